@@ -1,0 +1,173 @@
+"""`camgap` command line: score, synth, masks, zoo, study, predict, demo."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def _add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, type=Path, help="dataset root")
+    p.add_argument("--layout", default="auto", choices=["auto", "imagenet", "listfile", "kaggle", "coco", "csv"])
+    p.add_argument("--split", default="train", help="split to score (the training images; default train)")
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--resize", default="resize", choices=["resize", "resize_crop"],
+                   help="direct resize of the whole image (reference behaviour) or resize + center crop")
+    p.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
+
+
+def _add_score_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--arch", help="architecture name (see `camgap models`); not needed for a saved nn.Module")
+    p.add_argument("--num-classes", type=int, help="default: the number of classes in the data")
+    p.add_argument("--width", type=int, help="small_resnet width")
+    _add_data_args(p)
+    p.add_argument("--cam", default="gradcam", help="cam, gradcam, gradcam++, smoothgradcam++, layercam, xgradcam")
+    p.add_argument("--layer", help="target layer, dotted name (default: layer4 / the last conv stage)")
+    p.add_argument("--threshold", type=float, nargs="+", default=[0.1], help="one or more CAM thresholds rho")
+    p.add_argument("--class-boxes-only", action="store_true", help="A_G from the boxes of the labelled class only")
+    p.add_argument("--masks", default="boxes", help="A_G source: boxes, saliency, or a folder of PNG masks")
+    p.add_argument("--mean", type=float, nargs=3, help="normalisation mean (default ImageNet)")
+    p.add_argument("--std", type=float, nargs=3, help="normalisation std (default ImageNet)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for decoding")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--per-image", type=Path, help="write the per-image table (CSV)")
+    p.add_argument("--overlays", type=Path, help="write CAM overlay PNGs to this folder")
+    p.add_argument("--n", type=int, default=16, help="number of overlays")
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from camgap.data import BoxDataset, read_layout
+    from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+    from camgap.measures.score import score_model
+    from camgap.models import get_layer, load_checkpoint
+
+    records, classes = read_layout(args.data, args.layout, args.split)
+    num_classes = args.num_classes or len(classes)
+    if len(classes) > num_classes:
+        raise ValueError(
+            f"{args.data}: the data has {len(classes)} classes but the model has {num_classes} outputs "
+            f"(labels up to {len(classes) - 1} would be outside the model's classes)"
+        )
+    arch_kwargs = {"width": args.width} if args.width else {}
+    model = load_checkpoint(args.checkpoint, args.arch, num_classes, **arch_kwargs)
+    device = resolve_device(args.device)
+    dataset = BoxDataset(records, input_size=args.input_size, resize=args.resize, skip_bad=args.skip_bad)
+    masks, mask_ids = _reference_masks(args, dataset, device)
+    layer = get_layer(model, args.layer) if args.layer else None
+    result = score_model(
+        model,
+        dataset,
+        cam=args.cam,
+        thresholds=args.threshold,
+        target_layer=layer,
+        batch_size=args.batch_size,
+        device=device,
+        mean=args.mean or IMAGENET_MEAN,
+        std=args.std or IMAGENET_STD,
+        class_boxes_only=args.class_boxes_only,
+        masks=masks,
+        mask_ids=mask_ids,
+        keep_overlays=args.n if args.overlays else 0,
+        progress=sys.stderr.isatty() or not args.json,
+        num_workers=args.workers,
+    )
+    if args.per_image:
+        args.per_image.parent.mkdir(parents=True, exist_ok=True)
+        result.per_image.to_csv(args.per_image, index=False)
+    if args.overlays:
+        from camgap.viz import save_overlays
+
+        save_overlays(result.overlays, args.overlays, args.threshold[0], classes)
+    summary = result.summary() | {"masks": args.masks, "checkpoint": str(args.checkpoint)}
+    if args.json:
+        print(json.dumps(summary, indent=None))
+    else:
+        print(f"IoU^Model   = {summary['iou']:.4f}   (threshold {args.threshold[0]:g}, {args.cam})")
+        print(f"IoU-B^Model = {summary['iou_b']:.4f}")
+        for t, v in summary["by_threshold"].items():
+            if len(args.threshold) > 1:
+                print(f"  rho={t}: IoU {v['iou']:.4f}  IoU-B {v['iou_b']:.4f}")
+        print(f"images scored {summary['n_images']}, skipped {summary['n_skipped']}, "
+              f"without reference {summary['n_no_reference']}, train accuracy {summary['accuracy']:.4f}")
+    return 0
+
+
+def _reference_masks(args, dataset, device):
+    """Masks for A_G when --masks is not `boxes`: computed once per dataset and cached."""
+    if args.masks == "boxes":
+        return None, None
+    from camgap.data.masks import compute_masks
+    from camgap.data.store import TensorStore
+
+    cache = Path(args.data) / ".camgap-cache" / f"{args.split}-{args.input_size}-{args.resize}"
+    store = TensorStore.cached(dataset.records, cache, args.input_size, args.resize)
+    result = compute_masks(
+        args.masks, store.images, store.boxes, list(store.image_ids), args.input_size,
+        cache_dir=cache, skip_bad=args.skip_bad,
+    )
+    return result.masks, list(store.image_ids)
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from camgap.data.synthetic import write_synthetic
+
+    out = write_synthetic(
+        args.out,
+        seed=args.seed,
+        classes=args.classes,
+        train_per_class=args.train_per_class,
+        test_per_class=args.test_per_class,
+        size=args.size,
+    )
+    print(f"synthetic dataset written to {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="camgap", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("score", help="IoU / IoU-B of one model on its training images")
+    _add_score_args(p)
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("synth", help="write the embedded synthetic dataset (train and test splits)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--classes", type=int, default=10)
+    p.add_argument("--train-per-class", type=int, default=50)
+    p.add_argument("--test-per-class", type=int, default=50)
+    p.add_argument("--size", type=int, default=32)
+    p.set_defaults(func=cmd_synth)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("camgap: interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, OSError, RuntimeError) as exc:
+        print(f"camgap: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""The score: one pass over the training images computes the CAM of the predicted class,
+IoU / IoU-B with the object region at every threshold, and keeps the logits so the
+margin, prediction-matrix and effective-invariance measures need no second pass."""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from camgap.cam import create_cam, upsample_normalize
+from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD, BoxDataset, collate_boxes, normalize
+from camgap.data.masks import boxes_to_masks
+from camgap.measures.iou import threshold_ious
+
+# (images uint8 [B,3,S,S], labels [B], boxes list[[n,4]], box_labels list[[n]], image ids)
+Batch = tuple[Tensor, Tensor, list[Tensor], list[Tensor], list[str]]
+
+
+@dataclass
+class ScoreResult:
+    """IoU^Model per threshold plus everything the one forward pass produced."""
+
+    cam: str
+    thresholds: tuple[float, ...]
+    per_image: pd.DataFrame
+    logits: Tensor
+    labels: Tensor
+    n_skipped: int = 0
+    overlays: list[dict] = field(default_factory=list)
+
+    @property
+    def n_images(self) -> int:
+        return len(self.per_image)
+
+    @property
+    def n_no_reference(self) -> int:
+        """Images without any object region (no box / empty mask): excluded from the means."""
+        return int(self.per_image[_col("iou", self.thresholds[0])].isna().sum())
+
+    def iou(self, threshold: float | None = None) -> float:
+        return self._mean("iou", threshold)
+
+    def iou_b(self, threshold: float | None = None) -> float:
+        return self._mean("iou_b", threshold)
+
+    def _mean(self, kind: str, threshold: float | None) -> float:
+        t = self.thresholds[0] if threshold is None else threshold
+        values = self.per_image[_col(kind, t)].dropna()
+        return float(values.mean()) if len(values) else math.nan
+
+    @property
+    def train_acc(self) -> float:
+        return float(self.per_image["correct"].mean())
+
+    def summary(self) -> dict:
+        """The `--json` object: headline at the first threshold plus one entry per threshold."""
+        by_t = {f"{t:g}": {"iou": self.iou(t), "iou_b": self.iou_b(t)} for t in self.thresholds}
+        return {
+            "iou": self.iou(),
+            "iou_b": self.iou_b(),
+            "threshold": self.thresholds[0],
+            "by_threshold": by_t,
+            "cam": self.cam,
+            "n_images": self.n_images,
+            "n_skipped": self.n_skipped,
+            "n_no_reference": self.n_no_reference,
+            "accuracy": self.train_acc,
+        }
+
+
+def _col(kind: str, threshold: float) -> str:
+    return f"{kind}@{threshold:g}"
+
+
+def iter_batches(data, batch_size: int, device: torch.device, num_workers: int = 0) -> Iterator[Batch]:
+    """Batches from a BoxDataset (decoded on the fly) or a TensorStore (already decoded)."""
+    if isinstance(data, BoxDataset):
+        loader = torch.utils.data.DataLoader(
+            data, batch_size=batch_size, collate_fn=collate_boxes, num_workers=num_workers
+        )
+        start = 0
+        for images, labels, boxes, box_labels, ids in _with_ids(loader, data):
+            yield images.to(device, non_blocking=True), labels.to(device), boxes, box_labels, ids
+    else:  # TensorStore
+        ids = list(data.image_ids)
+        start = 0
+        for images, labels, boxes, box_labels in data.batches(batch_size, device=device):
+            yield images, labels, boxes, box_labels, ids[start : start + len(labels)]
+            start += len(labels)
+
+
+def _with_ids(loader, dataset: BoxDataset) -> Iterator[Batch]:
+    for batch in loader:
+        images, labels, boxes, box_labels = batch[:4]
+        ids = batch[4] if len(batch) > 4 else None
+        if ids is None:
+            raise RuntimeError("collate_boxes must return image ids as the fifth element")
+        yield images, labels, boxes, box_labels, list(ids)
+
+
+@torch.no_grad()
+def _reference_masks(
+    boxes: list[Tensor], box_labels: list[Tensor], labels: Tensor, size: int, device, class_boxes_only: bool
+) -> Tensor:
+    if class_boxes_only:
+        boxes = [b[bl == int(y)] for b, bl, y in zip(boxes, box_labels, labels)]
+    return boxes_to_masks(boxes, size, device)
+
+
+def score_model(
+    model: nn.Module,
+    data,
+    cam: str = "gradcam",
+    thresholds: Sequence[float] = (0.1,),
+    target_layer: nn.Module | str | None = None,
+    batch_size: int = 64,
+    device: str | torch.device | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    class_boxes_only: bool = False,
+    masks: Tensor | None = None,
+    mask_ids: Sequence[str] | None = None,
+    keep_overlays: int = 0,
+    cam_kwargs: dict | None = None,
+    progress: bool = False,
+    num_workers: int = 0,
+) -> ScoreResult:
+    """Score `model` on `data` (a BoxDataset or a TensorStore of its *training* images).
+
+    A_G is the union of the image's boxes (or only the boxes of its labelled class with
+    `class_boxes_only`), or row `i` of `masks` (bool [N,S,S], rows named by `mask_ids`).
+    The model is put in eval mode. `keep_overlays=k` keeps image, CAM and reference of the
+    first k images for pictures."""
+    if not thresholds:
+        raise ValueError("give at least one threshold")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model = model.eval().to(device)
+    thresholds = tuple(float(t) for t in thresholds)
+    mask_row = {m: i for i, m in enumerate(mask_ids)} if masks is not None else None
+    rows: list[dict] = []
+    all_logits: list[Tensor] = []
+    all_labels: list[Tensor] = []
+    overlays: list[dict] = []
+    n_total = len(data)
+    bar = _progress(n_total, progress)
+    with create_cam(cam, model, target_layer, **(cam_kwargs or {})) as cam_fn:
+        for images, labels, boxes, box_labels, ids in iter_batches(data, batch_size, device, num_workers):
+            size = images.shape[-1]
+            out = cam_fn(normalize(images, mean, std), None)
+            maps = upsample_normalize(out.maps, (images.shape[-2], size))
+            if masks is not None:
+                missing = [i for i in ids if i not in mask_row]
+                if missing:
+                    raise ValueError(f"no mask for {len(missing)} images, e.g. {missing[:3]}")
+                ref = masks[[mask_row[i] for i in ids]].to(device)
+            else:
+                ref = _reference_masks(boxes, box_labels, labels, size, device, class_boxes_only)
+            iou, iou_b, area = threshold_ious(maps, ref, thresholds)
+            pred = out.logits.argmax(1)
+            iou, iou_b, area = iou.cpu().numpy(), iou_b.cpu().numpy(), area.cpu().numpy()
+            labels_cpu, pred_cpu = labels.cpu().numpy(), pred.cpu().numpy()
+            for b, image_id in enumerate(ids):
+                row = {
+                    "image_id": image_id,
+                    "label": int(labels_cpu[b]),
+                    "pred": int(pred_cpu[b]),
+                    "correct": bool(labels_cpu[b] == pred_cpu[b]),
+                }
+                for t_i, t in enumerate(thresholds):
+                    row[_col("iou", t)] = float(iou[t_i, b])
+                    row[_col("iou_b", t)] = float(iou_b[t_i, b])
+                    row[_col("cam_area", t)] = float(area[t_i, b])
+                rows.append(row)
+            for b in range(min(len(ids), keep_overlays - len(overlays))):
+                overlays.append(
+                    {
+                        "image": images[b].cpu(),
+                        "cam": maps[b].cpu(),
+                        "reference": ref[b].cpu(),
+                        "boxes": boxes[b].cpu() if masks is None else None,
+                        "image_id": ids[b],
+                        "label": int(labels_cpu[b]),
+                        "pred": int(pred_cpu[b]),
+                        "iou": float(iou[0, b]),
+                    }
+                )
+            all_logits.append(out.logits.detach().float().cpu())
+            all_labels.append(labels.cpu())
+            bar.update(len(ids))
+    bar.close()
+    if not rows:
+        raise ValueError("no images were scored: the dataset is empty or every image was skipped")
+    return ScoreResult(
+        cam=cam,
+        thresholds=thresholds,
+        per_image=pd.DataFrame(rows),
+        logits=torch.cat(all_logits),
+        labels=torch.cat(all_labels),
+        n_skipped=max(0, n_total - len(rows)),
+        overlays=overlays,
+    )
+
+
+def _progress(total: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="img", desc="score", disable=not enabled, file=None)
