@@ -117,9 +117,9 @@ def _reference_masks(args, dataset, device):
     store = TensorStore.cached(dataset.records, cache, args.input_size, args.resize)
     result = compute_masks(
         args.masks, store.images, store.boxes, list(store.image_ids), args.input_size,
-        cache_dir=cache, skip_bad=args.skip_bad,
+        cache_dir=cache, skip_bad=args.skip_bad, resize=args.resize,
     )
-    return result.masks, list(store.image_ids)
+    return result.masks, list(result.image_ids)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

@@ -78,29 +78,42 @@ def _col(kind: str, threshold: float) -> str:
 
 
 def iter_batches(data, batch_size: int, device: torch.device, num_workers: int = 0) -> Iterator[Batch]:
-    """Batches from a BoxDataset (decoded on the fly) or a TensorStore (already decoded)."""
-    if isinstance(data, BoxDataset):
-        loader = torch.utils.data.DataLoader(
-            data, batch_size=batch_size, collate_fn=collate_boxes, num_workers=num_workers
-        )
-        start = 0
-        for images, labels, boxes, box_labels, ids in _with_ids(loader, data):
-            yield images.to(device, non_blocking=True), labels.to(device), boxes, box_labels, ids
-    else:  # TensorStore
+    """Batches from a TensorStore (already decoded; anything with `batches()` and `image_ids`)
+    or from a BoxDataset (decoded on the fly by a DataLoader)."""
+    if hasattr(data, "batches"):
         ids = list(data.image_ids)
         start = 0
         for images, labels, boxes, box_labels in data.batches(batch_size, device=device):
             yield images, labels, boxes, box_labels, ids[start : start + len(labels)]
             start += len(labels)
+        return
+    loader = torch.utils.data.DataLoader(
+        _Indexed(data), batch_size=batch_size, collate_fn=_collate_indexed, num_workers=num_workers
+    )
+    for images, labels, boxes, box_labels, index in loader:
+        ids = [data.image_ids[i] for i in index]
+        yield images.to(device, non_blocking=True), labels.to(device), boxes, box_labels, ids
 
 
-def _with_ids(loader, dataset: BoxDataset) -> Iterator[Batch]:
-    for batch in loader:
-        images, labels, boxes, box_labels = batch[:4]
-        ids = batch[4] if len(batch) > 4 else None
-        if ids is None:
-            raise RuntimeError("collate_boxes must return image ids as the fifth element")
-        yield images, labels, boxes, box_labels, list(ids)
+class _Indexed(torch.utils.data.Dataset):
+    """Pairs each item with its index so image ids survive skipped (None) items."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return i, self.dataset[i]
+
+
+def _collate_indexed(items):
+    kept = [(i, item) for i, item in items if item is not None]
+    if not kept:
+        return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long), [], [], []
+    images, labels, boxes, box_labels = collate_boxes([item for _, item in kept])[:4]
+    return images, labels, boxes, box_labels, [i for i, _ in kept]
 
 
 @torch.no_grad()
@@ -150,6 +163,8 @@ def score_model(
     bar = _progress(n_total, progress)
     with create_cam(cam, model, target_layer, **(cam_kwargs or {})) as cam_fn:
         for images, labels, boxes, box_labels, ids in iter_batches(data, batch_size, device, num_workers):
+            if not ids:
+                continue
             size = images.shape[-1]
             out = cam_fn(normalize(images, mean, std), None)
             maps = upsample_normalize(out.maps, (images.shape[-2], size))

@@ -1,0 +1,303 @@
+"""The one CAM base class: it owns the forward hook on the target layer, runs the single
+forward pass, picks the closed form or autograd for the layer gradients, and cleans up.
+
+Each method (`camgap.cam.methods`) is a short subclass that turns (activations,
+gradients) into a map. Contract (ARCHITECTURE.md):
+
+    with create_cam("gradcam", model) as cam:        # model.eval() first
+        out = cam(images, targets=None)               # CamOutput(maps [B,h,w], logits [B,K])
+        heat = upsample_normalize(out.maps, images.shape[-2:])
+
+The model must be in eval mode: a CAM object never changes the model's mode, and it
+refuses a model in training mode (batch norm would update its statistics and mix the
+images of a batch). `targets=None` means the class predicted by that same forward pass.
+
+Gradients: `torch.autograd.grad(sum of the selected logits, layer activation)` only. The
+forward pass runs under `torch.no_grad()` up to the target layer; the hook swaps the
+layer output for a detached leaf and switches grad mode on for the rest of the network,
+so the graph spans only the head, parameters' `.grad` are never touched, and the graph
+is freed before the call returns. When the layer feeds straight into global average
+pooling and one `nn.Linear` (torchvision ResNet / camgap SmallResNet `layer4`),
+d logit_c / dA_k(i, j) = W[c, k] / (h * w) exactly, and no graph is built at all.
+"""
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, NamedTuple, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from camgap.models import default_target_layer, get_layer
+
+# Layer gradients as the methods see them: a tensor [B, C, h, w], or [B, C, 1, 1] when the
+# gradient is constant over space (closed form); Smooth Grad-CAM++ passes its averaged
+# moments (E[g], E[g^2], E[g^3]) as a tuple.
+Gradients = Tensor | tuple[Tensor, Tensor, Tensor]
+
+
+class CamOutput(NamedTuple):
+    maps: Tensor  # [B, h, w] raw CAM after ReLU, at the target layer's resolution (float32)
+    logits: Tensor  # [B, K] of the (clean) forward pass, detached
+
+
+def upsample_normalize(maps: Tensor, size: int | Sequence[int]) -> Tensor:
+    """[B,h,w] -> [B,H,W] in [0,1]: bilinear (align_corners=False), then per-image min-max.
+
+    A constant map (e.g. all zeros after the ReLU) becomes all zeros, never NaN. The
+    constancy test is done on the input map: bilinear weights can turn an exactly constant
+    map into one with last-bit ripples that min-max would blow up to [0, 1]."""
+    if maps.dim() != 3:
+        raise ValueError(f"maps must be [B, h, w], got shape {tuple(maps.shape)}")
+    size = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
+    if len(size) != 2:
+        raise ValueError(f"size must be an int or (H, W), got {size}")
+    flat_in = maps.flatten(1)
+    constant = flat_in.amax(1) == flat_in.amin(1)
+    up = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
+    flat = up.flatten(1)
+    lo = flat.amin(1)
+    span = flat.amax(1) - lo
+    keep = (~constant) & (span > 0)
+    scale = torch.where(keep, 1.0 / torch.where(keep, span, torch.ones_like(span)), torch.zeros_like(span))
+    return up.sub_(lo[:, None, None]).mul_(scale[:, None, None])
+
+
+def _spatial_sum(t: Tensor, hw: int) -> Tensor:
+    """Sum over (h, w) of a tensor that is [B,C,h,w] or spatially constant [B,C,1,1]."""
+    return t.flatten(2).sum(-1) * (hw // (t.shape[-2] * t.shape[-1]))
+
+
+def _weighted_sum(weights: Tensor, acts: Tensor) -> Tensor:
+    """sum_k weights_k * A_k -> [B,h,w]; weights [B,C] (channel weights) or [B,C,h,w]."""
+    if weights.dim() == 2:
+        return torch.einsum("bc,bchw->bhw", weights, acts)
+    return (weights * acts).sum(1)
+
+
+def _resolve_module(model: nn.Module, layer: nn.Module | str | None, what: str) -> nn.Module | None:
+    if layer is None:
+        return None
+    if isinstance(layer, str):
+        return get_layer(model, layer)
+    if isinstance(layer, nn.Module):
+        if not any(m is layer for m in model.modules()):
+            raise ValueError(f"the {what} {type(layer).__name__} is not a submodule of the model")
+        return layer
+    raise TypeError(f"{what} must be an nn.Module or a dotted layer name, got {type(layer).__name__}")
+
+
+def detect_linear_head(model: nn.Module, layer: nn.Module) -> nn.Linear | None:
+    """The `nn.Linear` head when `layer` feeds straight into global average pooling and that
+    one linear layer, else None. Conservative: only the standard forward of torchvision's
+    `ResNet` (not overridden by a subclass) or camgap's `SmallResNet`, target `model.layer4`,
+    `model.avgpool` an AdaptiveAvgPool2d(1), `model.fc` exactly an nn.Linear, and no hooks
+    on the pool or the head that could change what they compute."""
+    from torchvision.models.resnet import ResNet
+
+    from camgap.models import SmallResNet
+
+    cls = type(model)
+    standard = cls is SmallResNet or (
+        isinstance(model, ResNet) and cls.forward is ResNet.forward and cls._forward_impl is ResNet._forward_impl
+    )
+    if not standard or layer is not getattr(model, "layer4", None):
+        return None
+    pool, fc = getattr(model, "avgpool", None), getattr(model, "fc", None)
+    if type(pool) is not nn.AdaptiveAvgPool2d or pool.output_size not in (1, (1, 1), [1, 1]):
+        return None
+    if type(fc) is not nn.Linear:
+        return None
+    for m in (pool, fc):
+        if m._forward_hooks or m._forward_pre_hooks:
+            return None
+    return fc
+
+
+class BaseCAM:
+    """Owns the forward hook on the target layer; subclasses implement `_map`.
+
+    Args:
+        model: a classifier returning logits [B, K]; must be in eval mode when called.
+        target_layer: module or dotted name; default `camgap.models.default_target_layer`.
+        closed_form: None = detect the GAP + Linear head (see `detect_linear_head`);
+            True = force it (uses `model.fc`, which must be an nn.Linear; you vouch that the
+            layer feeds straight into global average pooling and that head); False = autograd.
+
+    The hook is only active during a call, so the model can be used normally meanwhile.
+    Release it with `close()` or a `with` block.
+    """
+
+    name: ClassVar[str] = ""
+    uses_gradients: ClassVar[bool] = True
+
+    def __init__(
+        self, model: nn.Module, target_layer: nn.Module | str | None = None, *, closed_form: bool | None = None
+    ) -> None:
+        self.model = model
+        layer = _resolve_module(model, target_layer, "target layer")
+        self.target_layer: nn.Module = layer if layer is not None else default_target_layer(model)
+        self._head: nn.Linear | None = detect_linear_head(model, self.target_layer)
+        if closed_form:
+            if self._head is None:
+                fc = getattr(model, "fc", None)
+                if type(fc) is not nn.Linear:
+                    raise ValueError("closed_form=True needs `model.fc` to be an nn.Linear head")
+                self._head = fc
+        elif closed_form is not None:
+            self._head = None
+        self.closed_form: bool = self.uses_gradients and self._head is not None
+        self._armed = False
+        self._grad_after_layer = False
+        self._activation: Tensor | None = None
+        ref = weakref.ref(self)
+
+        def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
+            cam = ref()
+            return None if cam is None else cam._capture(output)
+
+        self._handle: torch.utils.hooks.RemovableHandle | None = self.target_layer.register_forward_hook(hook)
+
+    # ---- hook and forward --------------------------------------------------------------
+
+    def _capture(self, output: Any) -> Tensor | None:
+        if not self._armed:
+            return None
+        if self._activation is not None:
+            raise RuntimeError("the target layer ran more than once in one forward pass; pick another layer")
+        if not isinstance(output, Tensor) or output.dim() != 4:
+            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
+            raise ValueError(f"the target layer must output a [B, C, h, w] tensor, got {shape}")
+        if not self._grad_after_layer:
+            self._activation = output.detach()
+            return None
+        leaf = output.detach().requires_grad_(True)
+        self._activation = leaf
+        torch.set_grad_enabled(True)  # the rest of the network builds a graph; no_grad's exit restores
+        return leaf.clone()  # a non-leaf copy, so in-place ops downstream cannot hit the leaf
+
+    def _forward(self, images: Tensor, grad: bool) -> tuple[Tensor, Tensor]:
+        """One forward pass -> (layer activation, logits). With `grad`, the activation is a
+        leaf and the logits carry a graph back to it (and only to it)."""
+        if grad and torch.is_inference_mode_enabled():
+            raise RuntimeError("gradient-based CAM cannot run under torch.inference_mode(); use torch.no_grad()")
+        self._activation, self._grad_after_layer, self._armed = None, grad, True
+        try:
+            with torch.no_grad():
+                logits = self.model(images)
+            acts = self._activation
+        finally:
+            self._armed, self._activation = False, None
+        if acts is None:
+            raise ValueError("the target layer did not run during the forward pass")
+        if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != images.shape[0]:
+            got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+            raise ValueError(f"the model must return logits [B, K], got {got}")
+        return acts, logits
+
+    def _autograd(self, acts: Tensor, logits: Tensor, targets: Tensor) -> Tensor:
+        score = logits.gather(1, targets[:, None]).sum()
+        if not score.requires_grad:
+            raise ValueError("the logits do not depend on the target layer")
+        (grads,) = torch.autograd.grad(score, acts)
+        return grads
+
+    def _closed_form_gradients(self, acts: Tensor, targets: Tensor) -> Tensor:
+        assert self._head is not None
+        weight = self._head.weight
+        if weight.shape[1] != acts.shape[1]:
+            raise ValueError(f"closed form: head takes {weight.shape[1]} features, layer has {acts.shape[1]} channels")
+        hw = acts.shape[-2] * acts.shape[-1]
+        return (weight.detach()[targets].float() / hw)[:, :, None, None]
+
+    # ---- what subclasses may override ------------------------------------------------------
+
+    def _clean_pass_needs_graph(self) -> bool:
+        return self.uses_gradients and not self.closed_form
+
+    def _gradients(self, images: Tensor, acts: Tensor, logits: Tensor, targets: Tensor) -> Gradients:
+        if self.closed_form:
+            return self._closed_form_gradients(acts, targets)
+        return self._autograd(acts, logits, targets)
+
+    def _map(self, acts: Tensor, grads: Gradients | None, targets: Tensor) -> Tensor:
+        """acts [B,C,h,w] float32, detached -> map [B,h,w] before the ReLU."""
+        raise NotImplementedError
+
+    # ---- public --------------------------------------------------------------------------
+
+    def __call__(self, images: Tensor, targets: Tensor | Sequence[int] | None = None) -> CamOutput:
+        if self._handle is None:
+            raise RuntimeError(f"{type(self).__name__} is closed")
+        if any(m.training for m in self.model.modules()):
+            raise RuntimeError("the model is in training mode: call model.eval() first (a CAM never changes it)")
+        if images.dim() != 4:
+            raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
+        acts, logits = self._forward(images, grad=self._clean_pass_needs_graph())
+        targets = self._resolve_targets(targets, logits)
+        grads = self._gradients(images, acts, logits, targets) if self.uses_gradients else None
+        logits = logits.detach()
+        with torch.no_grad():
+            if isinstance(grads, Tensor):
+                grads = grads.float()
+            maps = self._map(acts.detach().float(), grads, targets).relu_()
+        return CamOutput(maps, logits)
+
+    @staticmethod
+    def _resolve_targets(targets: Tensor | Sequence[int] | None, logits: Tensor) -> Tensor:
+        if targets is None:
+            return logits.detach().argmax(1)
+        targets = torch.as_tensor(targets, device=logits.device).long().reshape(-1)
+        if targets.shape[0] != logits.shape[0]:
+            raise ValueError(f"{targets.shape[0]} targets for a batch of {logits.shape[0]} images")
+        if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= logits.shape[1]):
+            raise ValueError(f"targets must lie in [0, {logits.shape[1] - 1}]")
+        return targets
+
+    def close(self) -> None:
+        """Remove the hook (idempotent)."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def __enter__(self) -> BaseCAM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(layer={type(self.target_layer).__name__}, closed_form={self.closed_form})"
+
+
+_C = TypeVar("_C", bound=type[BaseCAM])
+_REGISTRY: dict[str, type[BaseCAM]] = {}
+
+
+def register_cam(name: str) -> Callable[[_C], _C]:
+    def wrap(cls: _C) -> _C:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_cams() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def create_cam(name: str, model: nn.Module, target_layer: nn.Module | str | None = None, **kwargs: Any) -> BaseCAM:
+    """Build a CAM method by registry name (see `list_cams()`); extra keywords go to its class."""
+    key = name.lower()
+    if key not in _REGISTRY:
+        raise ValueError(f"unknown CAM method {name!r}; known: {', '.join(list_cams())}")
+    return _REGISTRY[key](model, target_layer, **kwargs)

@@ -1,0 +1,297 @@
+"""read_layout / detect_layout: every layout, class order, box labels, and the error cases."""
+
+import json
+import warnings
+
+import pytest
+
+from camgap.data import DataError, Record, detect_layout, read_layout
+from fixtures_data import (H, W, make_coco, make_csv, make_imagenet, make_kaggle, make_listfile,
+                           save_image, write_csv, write_voc)
+
+
+def _by_id(records):
+    return {r.image_id: r for r in records}
+
+
+# ------------------------------------------------------------------------ imagenet
+
+@pytest.mark.parametrize("ann_in_split", [False, True])
+def test_imagenet_train(tmp_path, ann_in_split):
+    root = make_imagenet(tmp_path, ann_in_split=ann_in_split)
+    assert detect_layout(root) == "imagenet"
+    records, classes = read_layout(root)
+    assert classes == ["n01", "n02"]  # sorted folder names; Annotation folder excluded
+    assert [r.image_id for r in records] == ["n01_1", "n02_1", "n02_2"]
+    r = _by_id(records)
+    assert r["n01_1"] == Record(root / "train" / "n01" / "n01_1.JPEG", 0,
+                                ((1.0, 1.0, 5.0, 5.0), (6.0, 6.0, 12.0, 12.0)), (0, -1),
+                                (W, H), "n01_1")
+    assert r["n02_1"].label == 1 and r["n02_1"].box_labels == (1,)
+    # boxes stay in the <size> frame; the dataset rescales
+    assert r["n02_2"].boxes == ((4.0, 6.0, 20.0, 24.0),) and r["n02_2"].ann_size == (2 * W, 2 * H)
+
+
+def test_imagenet_test_split_uses_train_classes(tmp_path):
+    root = make_imagenet(tmp_path)
+    records, classes = read_layout(root, "imagenet", "test")
+    assert classes == ["n01", "n02"]
+    assert [(r.image_id, r.label, r.boxes) for r in records] == \
+        [("n01_9", 0, ((0.0, 0.0, 20.0, 16.0),))]
+    # a test class that the train split does not have
+    save_image(root / "test" / "n77" / "n77_1.JPEG")
+    write_voc(root / "Annotation" / "n77" / "n77_1.xml", (W, H), [("n77", (0, 0, 4, 4))])
+    with pytest.raises(DataError, match=r"n77_1\.JPEG: class folder 'n77' is not a class"):
+        read_layout(root, "imagenet", "test")
+    skipped = []
+    records, _ = read_layout(root, "imagenet", "test", skipped=skipped)
+    assert [r.image_id for r in records] == ["n01_9"]
+    assert len(skipped) == 1 and skipped[0][0].endswith("n77_1.JPEG")
+
+
+def test_imagenet_missing_annotation(tmp_path):
+    root = make_imagenet(tmp_path)
+    img = save_image(root / "train" / "n02" / "n02_3.JPEG")
+    expected_xml = root / "Annotation" / "n02" / "n02_3.xml"
+    with pytest.raises(DataError) as ei:
+        read_layout(root)
+    assert ei.value.path == str(img)
+    assert "missing annotation" in ei.value.problem and str(expected_xml) in ei.value.problem
+    records, _ = read_layout(root, missing_ok=True)
+    r = _by_id(records)["n02_3"]
+    assert r.boxes == () and r.box_labels == () and r.label == 1
+    skipped = []
+    records, _ = read_layout(root, skipped=skipped)
+    assert "n02_3" not in _by_id(records) and len(records) == 3
+    assert skipped == [(str(img), ei.value.problem)]
+
+
+def test_malformed_xml_names_the_xml(tmp_path):
+    root = make_imagenet(tmp_path)
+    xml = root / "Annotation" / "n02" / "n02_1.xml"
+    xml.write_text("<annotation><size><width>20</width>")
+    with pytest.raises(DataError, match=r"n02_1\.xml: malformed XML"):
+        read_layout(root)
+    write_voc(xml, (W, H), [("n02", ("abc", 1, 2, 3))])
+    with pytest.raises(DataError, match=r"n02_1\.xml: <bndbox><xmin> is not a number"):
+        read_layout(root)
+
+
+def test_missing_split_is_filenotfound(tmp_path):
+    root = make_imagenet(tmp_path)
+    import shutil
+
+    shutil.rmtree(root / "test")
+    with pytest.raises(FileNotFoundError, match=str(root / "test")):
+        read_layout(root, "imagenet", "test")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        read_layout(tmp_path / "nowhere")
+
+
+def test_empty_split_is_dataerror(tmp_path):
+    (tmp_path / "train" / "n01").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"train: no images"):
+        read_layout(tmp_path, "imagenet")
+
+
+# ------------------------------------------------------------------------ listfile
+
+def test_listfile(tmp_path):
+    root = make_listfile(tmp_path)
+    assert detect_layout(root) == "listfile"
+    records, classes = read_layout(root)
+    assert classes == ["0", "1", "2"]  # range(max train label + 1)
+    assert [(r.image_id, r.label) for r in records] == [("a", 0), ("b", 2), ("d", 0)]
+    a, b, _ = records
+    assert a.path == root / "image" / "a.jpg"
+    assert a.boxes == ((1.0, 2.0, 3.0, 4.0),) and a.ann_size == (W, H)
+    # object names map to the image label of a strict majority of train images containing
+    # them: n02 -> 2 (1 of 1), n01 -> 0 (2 of 3)
+    assert b.box_labels == (2, 0)
+    test, test_classes = read_layout(root, "auto", "test")
+    assert test_classes == classes
+    assert [(r.image_id, r.label, r.box_labels) for r in test] == [("c", 1, (1,))]
+
+
+def test_listfile_label_outside_train_classes(tmp_path):
+    root = make_listfile(tmp_path)
+    (root / "test.txt").write_text("c.jpg 3\n")
+    with pytest.raises(DataError, match=r"c\.jpg: label 3 .*outside the 3 classes"):
+        read_layout(root, "listfile", "test")
+
+
+def test_listfile_missing_annotation_and_bad_line(tmp_path):
+    root = make_listfile(tmp_path)
+    (root / "annotations" / "b.xml").unlink()
+    with pytest.raises(DataError) as ei:
+        read_layout(root)
+    assert ei.value.path == str(root / "image" / "b.jpg")
+    assert str(root / "annotations" / "b.xml") in ei.value.problem
+    (root / "train.txt").write_text("a.jpg zero\n")
+    with pytest.raises(DataError, match=r"train\.txt: line 1: label 'zero' is not an integer"):
+        read_layout(root)
+
+
+def test_listfile_missing_split(tmp_path):
+    root = make_listfile(tmp_path)
+    (root / "test.txt").unlink()
+    with pytest.raises(FileNotFoundError, match=r"test\.txt"):
+        read_layout(root, "listfile", "test")
+
+
+# ------------------------------------------------------------------------ kaggle
+
+def test_kaggle(tmp_path):
+    root = make_kaggle(tmp_path)
+    assert detect_layout(root) == "kaggle"
+    records, classes = read_layout(root)
+    assert classes == ["n01", "n02"]
+    r = _by_id(records)
+    assert r["n02_5"].path == root / "ILSVRC/Data/CLS-LOC/train/n02/n02_5.JPEG"
+    assert r["n02_5"].label == 1
+    assert r["n02_5"].boxes == ((1.0, 2.0, 11.0, 12.0), (3.0, 3.0, 6.0, 6.0))
+    assert r["n02_5"].box_labels == (1, 1) and r["n02_5"].ann_size is None
+    val, _ = read_layout(root, split="test")
+    assert len(val) == 1 and val[0].path == root / "ILSVRC/Data/CLS-LOC/val/VAL_0001.JPEG"
+    assert val[0].label == 0  # wnid of the first box
+    assert val[0].box_labels == (0, 1)
+
+
+def test_kaggle_synset_mapping_order(tmp_path):
+    root = make_kaggle(tmp_path, synset_mapping=True)
+    records, classes = read_layout(root)
+    assert classes == ["n02", "n01"]
+    assert _by_id(records)["n01_7"].label == 1
+
+
+def test_kaggle_bad_prediction_string(tmp_path):
+    root = make_kaggle(tmp_path)
+    (root / "LOC_train_solution.csv").write_text("ImageId,PredictionString\nn01_7,n01 0 0 19\n")
+    with pytest.raises(DataError, match=r"LOC_train_solution\.csv: row 2: PredictionString"):
+        read_layout(root)
+
+
+def test_kaggle_val_class_outside_train(tmp_path):
+    root = make_kaggle(tmp_path)
+    (root / "LOC_val_solution.csv").write_text("ImageId,PredictionString\nVAL_0001,n09 1 1 4 4\n")
+    with pytest.raises(DataError, match=r"VAL_0001\.JPEG: class 'n09' is not among"):
+        read_layout(root, split="test")
+
+
+# ------------------------------------------------------------------------ coco
+
+def test_coco(tmp_path):
+    root = make_coco(tmp_path)
+    assert detect_layout(root) == "coco"
+    records, classes = read_layout(root)
+    assert classes == ["cat", "apple", "zebra"]  # sorted by category id 3, 5, 7
+    x, y = records
+    assert x.path == root / "train" / "x.png" and x.image_id == "x"
+    assert x.boxes == ((0.0, 0.0, 4.0, 4.0), (2.0, 2.0, 12.0, 7.0))  # xywh -> xyxy
+    assert x.box_labels == (0, 2)
+    assert x.label == 2  # zebra: the largest box (area 50 > 16)
+    assert y.label == 1 and y.ann_size == (2 * W, 2 * H)
+    test, test_classes = read_layout(root, "coco", "test")
+    assert test_classes == classes
+    assert test[0].path == root / "z.png" and test[0].label == 1
+
+
+def test_coco_image_without_boxes_and_unknown_class(tmp_path):
+    root = make_coco(tmp_path)
+    data = json.loads((root / "train.json").read_text())
+    data["images"].append({"id": 3, "file_name": "w.png", "width": W, "height": H})
+    (root / "train.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"w\.png: no boxes"):
+        read_layout(root)
+    test = json.loads((root / "test.json").read_text())
+    test["categories"].append({"id": 9, "name": "okapi"})
+    test["annotations"][0]["category_id"] = 9
+    (root / "test.json").write_text(json.dumps(test))
+    with pytest.raises(DataError, match=r"z\.png: class 'okapi'"):
+        read_layout(root, "coco", "test")
+
+
+# ------------------------------------------------------------------------ csv
+
+def test_csv(tmp_path):
+    root = make_csv(tmp_path)
+    assert detect_layout(root) == "csv"
+    records, classes = read_layout(root)
+    assert classes == ["cat", "zebra"]
+    p, q = records  # first-occurrence order, rows of one path grouped
+    assert p.path == root / "images" / "p.png" and p.label == 1
+    assert p.boxes == ((1.0, 2.0, 5.0, 6.0), (7.0, 8.0, 9.0, 10.0)) and p.box_labels == (1, 1)
+    assert q.label == 0 and q.boxes == () and q.box_labels == ()  # empty box fields
+    test, _ = read_layout(root, "csv", "test")
+    assert test[0].boxes == ((0.5, 1.5, 10.0, 12.0),) and test[0].label == 0
+
+
+def test_csv_errors(tmp_path):
+    root = make_csv(tmp_path)
+    write_csv(root / "test.csv", [["images/r.png", "dog", 1, 1, 2, 2]])
+    with pytest.raises(DataError, match=r"r\.png: label 'dog' .*not among the 2 classes"):
+        read_layout(root, "csv", "test")
+    write_csv(root / "test.csv", [["images/r.png", "cat", 1, "", 2, 2]])
+    with pytest.raises(DataError, match=r"test\.csv: row 2 .*all set or all empty"):
+        read_layout(root, "csv", "test")
+    (root / "test.csv").write_text("path,label\nimages/r.png,cat\n")
+    with pytest.raises(DataError, match=r"test\.csv: missing column\(s\) xmin"):
+        read_layout(root, "csv", "test")
+    write_csv(root / "test.csv", [])
+    with pytest.raises(DataError, match=r"test\.csv: no images"):
+        read_layout(root, "csv", "test")
+
+
+def test_csv_duplicate_stems_get_path_ids(tmp_path):
+    save_image(tmp_path / "a" / "1.png")
+    save_image(tmp_path / "b" / "1.png")
+    write_csv(tmp_path / "train.csv", [["a/1.png", "x", "", "", "", ""],
+                                       ["b/1.png", "y", "", "", "", ""]])
+    records, _ = read_layout(tmp_path)
+    assert [r.image_id for r in records] == ["a/1", "b/1"]
+
+
+# ------------------------------------------------------------------------ missing splits
+
+@pytest.mark.parametrize("make,layout,test_file", [
+    (make_kaggle, "kaggle", "LOC_val_solution.csv"),
+    (make_coco, "coco", "test.json"),
+    (make_csv, "csv", "test.csv"),
+])
+def test_missing_test_split_names_the_file(tmp_path, make, layout, test_file):
+    root = make(tmp_path)
+    (root / test_file).unlink()
+    assert detect_layout(root) == layout
+    with pytest.raises(FileNotFoundError, match=str(root / test_file)):
+        read_layout(root, "auto", "test")
+
+
+# ------------------------------------------------------------------------ detection
+
+def test_detect_layout_nothing_matches(tmp_path):
+    (tmp_path / "readme.txt").write_text("hi")
+    with pytest.raises(DataError) as ei:
+        detect_layout(tmp_path)
+    msg = str(ei.value)
+    assert msg.startswith(str(tmp_path))
+    for expected in ("LOC_train_solution.csv", "train.txt", "train.json", "train.csv",
+                     "train/<wnid>/*.JPEG"):
+        assert expected in msg
+
+
+def test_unknown_layout_and_split(tmp_path):
+    root = make_csv(tmp_path)
+    with pytest.raises(ValueError, match="unknown layout"):
+        read_layout(root, "voc")
+    with pytest.raises(ValueError, match="unknown split"):
+        read_layout(root, "csv", "holdout")
+
+
+def test_record_is_frozen():
+    r = Record(path=__import__("pathlib").Path("x.jpg"), label=0)
+    with pytest.raises(Exception):
+        r.label = 1  # type: ignore[misc]
+    assert r.boxes == () and r.ann_size is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hash(r)

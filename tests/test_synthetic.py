@@ -1,0 +1,186 @@
+"""The embedded synthetic dataset (camgap.data.synthetic)."""
+
+import csv
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from camgap.data.synthetic import (
+    MANIFEST_NAME,
+    SOURCE_SHAPES,
+    TARGET_SHAPES,
+    class_names,
+    render_sample,
+    write_synthetic,
+)
+
+SMALL = dict(classes=4, train_per_class=3, test_per_class=2)
+
+
+def _rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _all_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    return write_synthetic(tmp_path_factory.mktemp("syn") / "d", seed=3, **SMALL)
+
+
+def test_layout_and_counts(small):
+    assert (small / MANIFEST_NAME).is_file()
+    for split, per_class in (("train", 3), ("test", 2)):
+        rows = _rows(small / f"{split}.csv")
+        assert list(rows[0].keys()) == ["path", "label", "xmin", "ymin", "xmax", "ymax"]
+        assert len(rows) == 4 * per_class  # one object, one box, one row per image
+        assert Counter(r["label"] for r in rows) == {n: per_class for n in class_names("target", 4)}
+        assert len({r["path"] for r in rows}) == len(rows)
+        for r in rows:
+            assert r["path"].startswith(f"images/{split}/")
+            with Image.open(small / r["path"]) as im:
+                assert im.mode == "RGB" and im.size == (32, 32)
+
+
+def test_read_layout_csv(small):
+    layouts = pytest.importorskip("camgap.data.layouts")
+    for split, per_class in (("train", 3), ("test", 2)):
+        records, classes = layouts.read_layout(small, "csv", split)
+        assert classes == ["00_circle", "01_square", "02_triangle", "03_cross"]
+        assert len(records) == 4 * per_class
+        assert Counter(r.label for r in records) == {k: per_class for k in range(4)}
+        by_id = {r.image_id: r for r in records}
+        for i in range(4 * per_class):
+            s = render_sample(3, i, split, "target", 4, 32)
+            r = by_id[f"{i:05d}"]
+            assert r.label == s.label == i % 4
+            assert r.boxes == (tuple(float(c) for c in s.box),)
+            assert r.box_labels == (s.label,)
+
+
+def test_boxes_are_tight_boxes_of_the_object_mask(small):
+    for split in ("train", "test"):
+        for i, r in enumerate(_rows(small / f"{split}.csv")):
+            s = render_sample(3, i, split, "target", 4, 32)
+            assert r["path"] == f"images/{split}/{i:05d}.png"
+            assert r["label"] == s.class_name
+            # the file holds exactly the rendered image
+            np.testing.assert_array_equal(np.asarray(Image.open(small / r["path"])), s.image)
+            x0, y0, x1, y1 = (int(r[k]) for k in ("xmin", "ymin", "xmax", "ymax"))
+            assert (x0, y0, x1, y1) == s.box
+            ys, xs = np.nonzero(s.mask)
+            assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x0, y0, x1, y1)
+            # every pixel of the object lies in the box; each box edge touches the object
+            inside = np.zeros_like(s.mask)
+            inside[y0:y1, x0:x1] = True
+            assert not (s.mask & ~inside).any()
+            assert s.mask[y0].any() and s.mask[y1 - 1].any()
+            assert s.mask[:, x0].any() and s.mask[:, x1 - 1].any()
+            # object side 12..22 px at size 32
+            assert 12 - 2 <= max(x1 - x0, y1 - y0) <= 22
+
+
+def test_every_shape_renders_distinct_nonempty_masks():
+    for class_set, shapes in (("target", TARGET_SHAPES), ("source", SOURCE_SHAPES)):
+        k = len(shapes)
+        masks = [render_sample(0, i, "train", class_set, k, 64).mask for i in range(k)]
+        assert all(m.sum() >= 20 for m in masks)
+    # shape identity on the normalised square: all shapes differ by > 5 % of the pixels
+    v, u = np.mgrid[-1:1:33j, -1:1:33j]
+    grids = [np.asarray(fn(u, v), dtype=bool) for fn in (*TARGET_SHAPES.values(), *SOURCE_SHAPES.values())]
+    for a in range(len(grids)):
+        for b in range(a + 1, len(grids)):
+            assert (grids[a] != grids[b]).mean() > 0.05, (a, b)
+
+
+def test_determinism(tmp_path):
+    a = write_synthetic(tmp_path / "a", seed=7, **SMALL)
+    b = write_synthetic(tmp_path / "b", seed=7, **SMALL)
+    c = write_synthetic(tmp_path / "c", seed=8, **SMALL)
+    assert _all_bytes(a) == _all_bytes(b)
+    ba, bc = _all_bytes(a), _all_bytes(c)
+    assert ba.keys() == bc.keys()
+    pngs = [k for k in ba if k.endswith(".png")]
+    assert sum(ba[k] != bc[k] for k in pngs) == len(pngs)  # every image differs
+
+
+def test_streams_differ_between_splits_and_class_sets():
+    train = render_sample(0, 0, "train", "target")
+    test = render_sample(0, 0, "test", "target")
+    source = render_sample(0, 0, "train", "source")
+    assert not np.array_equal(train.image, test.image)
+    assert not np.array_equal(train.image, source.image)
+    # same stream -> same bytes
+    np.testing.assert_array_equal(train.image, render_sample(0, 0, "train", "target").image)
+    # the stream of image i does not depend on how many images or classes there are
+    assert render_sample(0, 5, "train", "target", classes=3).label == 2
+
+
+def test_class_sets_disjoint_and_sorted():
+    target, source = class_names("target"), class_names("source")
+    assert len(target) == 10 and len(source) >= 10
+    strip = lambda names: {n.split("_", 1)[1] for n in names}  # noqa: E731
+    assert strip(target) == set(TARGET_SHAPES) == {
+        "circle", "square", "triangle", "cross", "ring", "star", "diamond", "bar", "hollow_square", "L"
+    }
+    assert not strip(target) & strip(source)
+    for names in (target, source):
+        assert names == sorted(names)  # sorted order == class index
+        assert [int(n[:2]) for n in names] == list(range(len(names)))
+    assert class_names("target", 3) == target[:3]
+    with pytest.raises(ValueError):
+        class_names("target", 11)
+    with pytest.raises(ValueError):
+        class_names("nope")
+
+
+def test_source_class_set_written(tmp_path):
+    out = write_synthetic(tmp_path / "src", seed=0, classes=12, train_per_class=1, test_per_class=1, class_set="source")
+    rows = _rows(out / "train.csv")
+    assert sorted(r["label"] for r in rows) == class_names("source")
+    assert json.loads((out / MANIFEST_NAME).read_text())["class_set"] == "source"
+
+
+def test_size_scales_objects(tmp_path):
+    sides = [max(s.box[2] - s.box[0], s.box[3] - s.box[1]) for s in (render_sample(1, i, size=64) for i in range(40))]
+    assert 24 - 4 <= min(sides) and max(sides) <= 44
+    assert render_sample(1, 0, size=64).image.shape == (64, 64, 3)
+
+
+def test_rerun_same_params_is_noop_and_other_params_error(tmp_path):
+    out = write_synthetic(tmp_path / "d", seed=1, **SMALL)
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    assert write_synthetic(tmp_path / "d", seed=1, **SMALL) == out
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before
+    with pytest.raises(FileExistsError, match="seed"):
+        write_synthetic(tmp_path / "d", seed=2, **SMALL)
+    with pytest.raises(FileExistsError, match="train_per_class"):
+        write_synthetic(tmp_path / "d", seed=1, classes=4, train_per_class=5, test_per_class=2)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before  # nothing touched
+
+
+def test_foreign_directory_and_bad_params_refused(tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not empty"):
+        write_synthetic(tmp_path / "x", **SMALL)
+    assert (tmp_path / "x" / "notes.txt").read_text() == "mine"
+    for bad in (dict(classes=0), dict(classes=11), dict(train_per_class=0), dict(size=8), dict(seed=-1),
+                dict(class_set="other")):
+        with pytest.raises(ValueError):
+            write_synthetic(tmp_path / "y", **{**SMALL, **bad})
+
+
+def test_interrupted_write_is_redone(tmp_path):
+    out = write_synthetic(tmp_path / "d", seed=1, **SMALL)
+    (out / MANIFEST_NAME).unlink()  # as if killed before the manifest was written
+    (out / "images" / "train" / "00000.png").write_bytes(b"partial")
+    write_synthetic(out, seed=1, **SMALL)
+    assert _all_bytes(out) == _all_bytes(write_synthetic(tmp_path / "ref", seed=1, **SMALL))
