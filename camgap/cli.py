@@ -55,7 +55,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     from camgap.measures.score import score_model
     from camgap.models import get_layer, load_checkpoint
 
-    records, classes = read_layout(args.data, args.layout, args.split)
+    skipped: list | None = [] if args.skip_bad else None
+    records, classes = read_layout(args.data, args.layout, args.split, skipped=skipped)
     num_classes = args.num_classes or len(classes)
     if len(classes) > num_classes:
         raise ValueError(
@@ -67,6 +68,12 @@ def cmd_score(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dataset = BoxDataset(records, input_size=args.input_size, resize=args.resize, skip_bad=args.skip_bad)
     masks, mask_ids = _reference_masks(args, dataset, device)
+    n_without_mask = 0
+    if masks is not None and args.skip_bad:  # images left out of the masks (bad file, no mask file)
+        have = set(mask_ids)
+        kept = [r for r in records if r.image_id in have]
+        n_without_mask = len(records) - len(kept)
+        dataset = BoxDataset(kept, input_size=args.input_size, resize=args.resize, skip_bad=True)
     layer = get_layer(model, args.layer) if args.layer else None
     result = score_model(
         model,
@@ -85,6 +92,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty() or not args.json,
         num_workers=args.workers,
     )
+    result.n_skipped += len(skipped or []) + n_without_mask
     if args.per_image:
         args.per_image.parent.mkdir(parents=True, exist_ok=True)
         result.per_image.to_csv(args.per_image, index=False)
@@ -114,7 +122,7 @@ def _reference_masks(args, dataset, device):
     from camgap.data.store import TensorStore
 
     cache = Path(args.data) / ".camgap-cache" / f"{args.split}-{args.input_size}-{args.resize}"
-    store = TensorStore.cached(dataset.records, cache, args.input_size, args.resize)
+    store = TensorStore.cached(dataset.records, cache, args.input_size, args.resize, skip_bad=args.skip_bad)
     result = compute_masks(
         args.masks, store.images, store.boxes, list(store.image_ids), args.input_size,
         cache_dir=cache, skip_bad=args.skip_bad, resize=args.resize,

@@ -167,6 +167,13 @@ def score_model(
                 continue
             size = images.shape[-1]
             out = cam_fn(normalize(images, mean, std), None)
+            outside = (labels < 0) | (labels >= out.logits.shape[1])
+            if bool(outside.any()):
+                b = int(outside.nonzero()[0, 0])
+                raise ValueError(
+                    f"image {ids[b]}: label {int(labels[b])} is outside the model's "
+                    f"{out.logits.shape[1]} classes (the data has more classes than the model has outputs)"
+                )
             maps = upsample_normalize(out.maps, (images.shape[-2], size))
             if masks is not None:
                 missing = [i for i in ids if i not in mask_row]

@@ -1,0 +1,451 @@
+"""Statistics of the study: how well does a measure track the generalization gap over a model set?
+
+Everything here works on plain arrays / DataFrames (no torch) and never invents a number:
+too few models, a constant input or an undefined ratio gives NaN, which the tables render
+as "n/a".
+
+- `pearson`, `spearman`, `kendall`: thin wrappers of `scipy.stats` that drop non-finite
+  pairs first and return NaN below `min_n` models (3 by default) or for constant input.
+  `kendall` is scipy's tau-b.
+- `bootstrap_ci`: seeded percentile bootstrap over models (pairs resampled together).
+- `granulated_kendall`: Jiang et al. 2020, "Fantastic generalization measures and where to
+  find them", sec. 2.2 (granulated Kendall's coefficient Psi).
+- `cmi_score`: Jiang et al. 2020 sec. 2.3 (conditional independence test), the score the
+  PGDL competition (NeurIPS 2020) ranked submissions by.
+- `selection_accuracy`: the paper's model-selection experiment (Du, Zhou, Dai 2024, Table 4).
+
+Signs: the gap is "larger is worse". A complexity measure (norms) is expected to correlate
+positively with the gap, the paper's IoU negatively. Psi and the correlations keep the raw
+sign; the CMI score is sign-free (mutual information); `selection_accuracy` takes
+`higher_is_better`.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats as _st
+
+MIN_N = 3
+#: Differences in the gap (percentage points) at most this large count as ties. The gap is
+#: usually computed as 100 * (train_acc - test_acc) in floating point, so two models with the
+#: same accuracies can differ by ~1e-14; a fixed tiny tolerance makes those ties.
+GAP_TOL = 1e-9
+#: Largest number of U_S values counted in a dense table by `cmi_score` (else sparse path).
+_DENSE_MAX = 2_000_000
+
+
+# ----------------------------------------------------------------------------- correlations
+def _finite_pairs(x, y) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x, dtype=float).ravel()
+    y = np.asarray(y, dtype=float).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"x and y differ in length: {x.size} vs {y.size}")
+    keep = np.isfinite(x) & np.isfinite(y)
+    return x[keep], y[keep]
+
+
+def _degenerate(x: np.ndarray, y: np.ndarray, min_n: int) -> bool:
+    return x.size < max(min_n, 2) or np.ptp(x) == 0 or np.ptp(y) == 0
+
+
+def _call(fn: Callable, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = fn(x, y)
+    return float(res[0]), float(res[1])
+
+
+def pearson(x, y, *, min_n: int = MIN_N) -> float:
+    """Pearson r (the paper's eq. 7) of the finite pairs; NaN below `min_n` or for constant input."""
+    x, y = _finite_pairs(x, y)
+    return math.nan if _degenerate(x, y, min_n) else _call(_st.pearsonr, x, y)[0]
+
+
+def spearman(x, y, *, min_n: int = MIN_N) -> float:
+    """Spearman rho of the finite pairs; NaN below `min_n` or for constant input."""
+    x, y = _finite_pairs(x, y)
+    return math.nan if _degenerate(x, y, min_n) else _call(_st.spearmanr, x, y)[0]
+
+
+def kendall(x, y, *, min_n: int = MIN_N) -> float:
+    """Kendall tau-b (scipy's default) of the finite pairs; NaN below `min_n` or constant input."""
+    x, y = _finite_pairs(x, y)
+    return math.nan if _degenerate(x, y, min_n) else _call(_st.kendalltau, x, y)[0]
+
+
+def correlations(x, y, *, min_n: int = MIN_N) -> dict[str, float]:
+    """n (finite pairs), Pearson r and its two-sided p-value, Spearman rho, Kendall tau-b."""
+    xf, yf = _finite_pairs(x, y)
+    out = {"n": int(xf.size), "pearson": math.nan, "pearson_p": math.nan,
+           "spearman": math.nan, "kendall": math.nan}
+    if not _degenerate(xf, yf, min_n):
+        out["pearson"], out["pearson_p"] = _call(_st.pearsonr, xf, yf)
+        out["spearman"] = _call(_st.spearmanr, xf, yf)[0]
+        out["kendall"] = _call(_st.kendalltau, xf, yf)[0]
+    return out
+
+
+# -------------------------------------------------------------------------------- bootstrap
+def _rowwise_pearson(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    xm = xs - xs.mean(axis=1, keepdims=True)
+    ym = ys - ys.mean(axis=1, keepdims=True)
+    den = np.sqrt((xm * xm).sum(axis=1) * (ym * ym).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = (xm * ym).sum(axis=1) / den
+    r[~(den > 0)] = np.nan
+    return np.clip(r, -1.0, 1.0)
+
+
+def _rowwise(stat: str | Callable) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    if stat == "pearson":
+        return _rowwise_pearson
+    if stat == "spearman":
+        return lambda xs, ys: _rowwise_pearson(_st.rankdata(xs, axis=1), _st.rankdata(ys, axis=1))
+    fn = {"kendall": lambda a, b: _call(_st.kendalltau, a, b)[0]}.get(stat, stat)  # type: ignore[arg-type]
+    if not callable(fn):
+        raise ValueError(f"unknown statistic {stat!r}: pearson, spearman, kendall or a callable")
+
+    def loop(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+        out = np.empty(xs.shape[0])
+        for k in range(xs.shape[0]):
+            a, b = xs[k], ys[k]
+            out[k] = np.nan if np.ptp(a) == 0 or np.ptp(b) == 0 else fn(a, b)
+        return out
+
+    return loop
+
+
+def bootstrap_ci(x, y, stat: str | Callable = "pearson", *, n_resamples: int = 2000,
+                 confidence: float = 0.95, seed: int = 0,
+                 min_n: int = MIN_N) -> tuple[float, float]:
+    """Percentile bootstrap interval of a correlation over models.
+
+    Models (x_i, y_i pairs) are resampled with replacement `n_resamples` times with
+    `numpy.random.default_rng(seed)`; the interval is the (1-c)/2 and (1+c)/2 percentiles of
+    the resampled statistic. Resamples where the statistic is undefined (a resample with a
+    constant x or y) are left out of the percentiles. Returns (NaN, NaN) below `min_n` pairs
+    or for constant input. Same data + same seed -> the same interval.
+    """
+    x, y = _finite_pairs(x, y)
+    if _degenerate(x, y, min_n):
+        return math.nan, math.nan
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    fn = _rowwise(stat)
+    rng = np.random.default_rng(seed)
+    n = x.size
+    idx = rng.integers(0, n, size=(int(n_resamples), n))
+    chunk = max(1, 2_000_000 // n)
+    vals = np.concatenate([fn(x[idx[s:s + chunk]], y[idx[s:s + chunk]])
+                           for s in range(0, idx.shape[0], chunk)])
+    vals = vals[np.isfinite(vals)]
+    if vals.size == 0:
+        return math.nan, math.nan
+    alpha = 1.0 - confidence
+    lo, hi = np.percentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(lo), float(hi)
+
+
+# ----------------------------------------------------------------------- pairwise sign utils
+def _sign(d: np.ndarray, tol: float) -> np.ndarray:
+    s = np.sign(d).astype(np.int8)
+    if tol > 0:
+        s[np.abs(d) <= tol] = 0
+    return s
+
+
+def _clean(df: pd.DataFrame, measure_col: str, gap_col: str, hparams: Sequence[str]) -> pd.DataFrame:
+    missing = [c for c in (measure_col, gap_col, *hparams) if c not in df.columns]
+    if missing:
+        raise KeyError(f"columns missing from the model table: {missing}")
+    out = df[[*hparams, measure_col, gap_col]].copy()
+    out[measure_col] = pd.to_numeric(out[measure_col], errors="coerce")
+    out[gap_col] = pd.to_numeric(out[gap_col], errors="coerce")
+    fin = np.isfinite(out[measure_col].to_numpy(float)) & np.isfinite(out[gap_col].to_numpy(float))
+    return out[fin].reset_index(drop=True)
+
+
+def _codes(col: pd.Series) -> np.ndarray:
+    """Integer code of each hyperparameter value (missing values form their own value)."""
+    return pd.factorize(col.astype(object), use_na_sentinel=False)[0].astype(np.int64)
+
+
+# ------------------------------------------------------------------------- granulated Kendall
+def tau_a(measure, gap, *, measure_tol: float = 0.0, gap_tol: float = GAP_TOL) -> float:
+    """Jiang et al. 2020 eq. (1): tau(T) = 1/(|T|(|T|-1)) sum_{i != j} sgn(mu_i - mu_j) sgn(g_i - g_j).
+
+    (Kendall's tau-a: tied pairs count as 0 and stay in the denominator.) NaN for |T| < 2.
+    """
+    m = np.asarray(measure, dtype=float)
+    g = np.asarray(gap, dtype=float)
+    n = m.size
+    if n < 2:
+        return math.nan
+    sm = _sign(m[:, None] - m[None, :], measure_tol)
+    sg = _sign(g[:, None] - g[None, :], gap_tol)
+    return float((sm.astype(np.int64) * sg).sum() / (n * (n - 1)))
+
+
+def granulated_kendall(df: pd.DataFrame, measure_col: str, gap_col: str, hparams: Sequence[str], *,
+                       tau: str = "a", min_models: int = 2, measure_tol: float = 0.0,
+                       gap_tol: float = GAP_TOL) -> tuple[float, dict[str, float]]:
+    """Granulated Kendall's coefficient, Jiang et al. 2020 sec. 2.2, eq. (3)-(4).
+
+    For hyperparameter i with value set Theta_i,
+
+        psi_i = 1/m_i * sum_{theta_1..theta_{i-1}, theta_{i+1}..theta_n}
+                            tau( U_{theta_i in Theta_i} {(mu(theta), g(theta))} )
+        Psi   = 1/n * sum_i psi_i
+
+    i.e. the models are grouped into cells that agree on every hyperparameter but i (so that
+    only hyperparameter i varies inside a cell, plus repeats/seeds when the set has them), the
+    Kendall coefficient of measure vs gap is computed inside each cell, and psi_i averages it
+    over the cells. Psi is the mean of psi_i over the hyperparameters.
+
+    Details (stated because real model sets are not complete grids):
+    - tau = "a" (default) is the paper's eq. (1) (`tau_a`: ties count 0); tau = "b" uses
+      scipy's tau-b (a cell where it is undefined, i.e. constant measure or gap, is skipped).
+    - A cell is used when it holds >= `min_models` models (2) and hyperparameter i takes at
+      least two distinct values in it; m_i is the number of cells used. On a complete grid
+      every cell qualifies and this is exactly the paper's m_i = prod_{j != i} |Theta_j|.
+    - psi_i is NaN when no cell qualifies; Psi is the mean of the defined psi_i (NaN if none).
+    - Rows with a non-finite measure or gap (failed measurements) are dropped first.
+    - `hparams` should list the real hyperparameters only: a repeat/seed column passed here
+      would split every cell into single runs.
+
+    Returns (Psi, {hparam: psi_i}).
+    """
+    if tau not in ("a", "b"):
+        raise ValueError(f"tau must be 'a' or 'b', got {tau!r}")
+    hparams = list(hparams)
+    if not hparams:
+        raise ValueError("granulated_kendall needs at least one hyperparameter")
+    d = _clean(df, measure_col, gap_col, hparams)
+    if len(d) < 2:
+        return math.nan, {h: math.nan for h in hparams}
+    m = d[measure_col].to_numpy(float)
+    g = d[gap_col].to_numpy(float)
+    codes = {h: _codes(d[h]) for h in hparams}
+    per: dict[str, float] = {}
+    for h in hparams:
+        key = np.zeros(len(d), dtype=np.int64)
+        for o in hparams:
+            if o != h:
+                key = key * (int(codes[o].max()) + 1) + codes[o]
+        _, cell_of = np.unique(key, return_inverse=True)
+        order = np.argsort(cell_of, kind="stable")
+        cells = np.split(order, np.flatnonzero(np.diff(cell_of[order])) + 1)
+        taus = []
+        for idx in cells:
+            if idx.size < min_models or np.unique(codes[h][idx]).size < 2:
+                continue
+            if tau == "a":
+                t = tau_a(m[idx], g[idx], measure_tol=measure_tol, gap_tol=gap_tol)
+            else:
+                t = kendall(m[idx], g[idx], min_n=2)
+            if np.isfinite(t):
+                taus.append(t)
+        per[h] = float(np.mean(taus)) if taus else math.nan
+    defined = [v for v in per.values() if np.isfinite(v)]
+    return (float(np.mean(defined)) if defined else math.nan), per
+
+
+# ------------------------------------------------------------------------------- CMI score
+def _entropy_bits(counts: np.ndarray) -> np.ndarray:
+    """Entropy (bits) of each row of a count matrix."""
+    tot = counts.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = counts / tot
+        h = -np.where(p > 0, p * np.log2(p), 0.0).sum(axis=-1)
+    return h
+
+
+def conditional_mi(v_measure: np.ndarray, v_gap: np.ndarray, cond: np.ndarray) -> tuple[float, float]:
+    """Plug-in I(V_mu; V_g | U) and H(V_g | U) in bits from per-pair discrete samples.
+
+    I(V_mu; V_g | U) = sum_u p(u) sum_{a,b} p(a,b|u) log2 [ p(a,b|u) / (p(a|u) p(b|u)) ]
+    H(V_g | U)       = -sum_u p(u) sum_b p(b|u) log2 p(b|u)
+    with every probability the empirical frequency over the given pairs.
+    """
+    cond = np.asarray(cond, dtype=np.int64)
+    _, cond_idx = np.unique(cond, return_inverse=True)
+    ab = (np.asarray(v_measure, dtype=np.int64) + 1) * 3 + np.asarray(v_gap, dtype=np.int64) + 1
+    n_u = int(cond_idx.max()) + 1 if cond_idx.size else 0
+    counts = np.bincount(cond_idx.ravel() * 9 + ab, minlength=n_u * 9).reshape(n_u, 3, 3)
+    return _cmi_from_counts(counts)
+
+
+def _cmi_from_counts(counts: np.ndarray) -> tuple[float, float]:
+    """(I(V_mu; V_g | U), H(V_g | U)) in bits from counts[u, v_mu + 1, v_g + 1]."""
+    counts = counts[counts.sum(axis=(1, 2)) > 0].astype(float)
+    if counts.shape[0] == 0:
+        return math.nan, math.nan
+    k = counts.shape[0]
+    n_u = counts.sum(axis=(1, 2))
+    p_u = n_u / n_u.sum()
+    h_ab = _entropy_bits(counts.reshape(k, 9))
+    h_a = _entropy_bits(counts.sum(axis=2))
+    h_b = _entropy_bits(counts.sum(axis=1))
+    mi = np.maximum(h_a + h_b - h_ab, 0.0)       # I = H(A) + H(B) - H(A,B), per slice
+    return float((p_u * mi).sum()), float((p_u * h_b).sum())
+
+
+def _swap_perm(radices: Sequence[int]) -> np.ndarray:
+    """For U_S coded as mixed-radix digits d_h = c_h(theta) * k_h + c_h(theta') (radix k_h^2),
+    the code of the same pair in the other order, for every code value."""
+    size = int(np.prod([k * k for k in radices])) if radices else 1
+    u = np.arange(size, dtype=np.int64)
+    out = np.zeros(size, dtype=np.int64)
+    rest = u.copy()
+    digits = []
+    for k in reversed(radices):
+        digits.append(rest % (k * k))
+        rest //= k * k
+    for k, d in zip(radices, reversed(digits)):
+        out = out * (k * k) + (d % k) * k + d // k
+    return out
+
+
+def cmi_score(df: pd.DataFrame, measure_col: str, gap_col: str, hparams: Sequence[str], *,
+              max_set_size: int = 2, measure_tol: float = 0.0,
+              gap_tol: float = GAP_TOL) -> tuple[float, dict[tuple[str, ...], float]]:
+    """Conditional-mutual-information score, Jiang et al. 2020 sec. 2.3 (the PGDL metric).
+
+    Probability space: every ordered pair (theta, theta') of two distinct models of the set,
+    uniformly. On a pair,
+
+        V_mu = sgn(mu(theta) - mu(theta')),   V_g = sgn(g(theta) - g(theta')),
+        U_S  = (theta_S, theta'_S)   (the values of the hyperparameters in S for both models).
+
+    Signs take three values {-1, 0, +1} (a tie is its own value; gap differences within
+    `gap_tol` percentage points are ties). For each conditioning set S the normalised
+    conditional mutual information is
+
+        I~(V_mu, V_g | U_S) = I(V_mu; V_g | U_S) / H(V_g | U_S)
+
+        I(V_mu; V_g | U_S) = sum_{U_S} p(U_S) sum_{V_mu, V_g} p(V_mu, V_g | U_S)
+                              log [ p(V_mu, V_g | U_S) / (p(V_mu | U_S) p(V_g | U_S)) ]
+        H(V_g | U_S)       = - sum_{U_S} p(U_S) sum_{V_g} p(V_g | U_S) log p(V_g | U_S)
+
+    (empirical plug-in probabilities, log base 2 - the base cancels in the ratio), and the
+    score is K(mu) = min over S of I~(V_mu, V_g | U_S).
+
+    Conditioning sets: S = {} (plain normalised mutual information), every single
+    hyperparameter, and every unordered pair of distinct hyperparameters, i.e. all S with
+    |S| <= `max_set_size` (2), as in Jiang et al. (who take the minimum over |S| <= 2).
+    A set where H(V_g | U_S) = 0 (the hyperparameters in S alone fix the sign of the gap
+    difference of every pair) has an undefined ratio 0/0: it is reported as NaN and left out
+    of the minimum; the score is NaN when every set is undefined. 1 means the measure's sign
+    determines the gap's sign even after conditioning; 0 means no information beyond S.
+
+    Differences from the PGDL scoring program (`mutual_information.py`): that program
+    conditions only on ordered pairs of distinct hyperparameters (|S| = 2), includes each
+    model paired with itself, maps ties to the "-" sign, and weights every value of U_S equally
+    rather than by p(U_S) (equal on a complete grid with one model per configuration).
+
+    Cost: O(n^2) pairs in memory (n = 2000 models -> 2M unordered pairs, ~100 MB peak).
+    Rows with a non-finite measure or gap are dropped first. `hparams` should list the real
+    hyperparameters only (not a repeat/seed column).
+
+    Returns (score, {S: I~ for every conditioning set S, S a tuple of hyperparameter names}).
+    """
+    hparams = list(hparams)
+    d = _clean(df, measure_col, gap_col, hparams)
+    n = len(d)
+    sets: list[tuple[str, ...]] = []
+    for k in range(0, max_set_size + 1):
+        sets.extend(itertools.combinations(hparams, k))
+    if n < 2:
+        return math.nan, {s: math.nan for s in sets}
+    m = d[measure_col].to_numpy(float)
+    g = d[gap_col].to_numpy(float)
+    # Unordered pairs i < j; the mirrored ordered pair (j, i) has both signs flipped and the
+    # U_S digits swapped, so the ordered-pair counts are counts + mirror(counts).
+    i, j = np.triu_indices(n, k=1)
+    ab = ((_sign(m[i] - m[j], measure_tol).astype(np.int64) + 1) * 3
+          + _sign(g[i] - g[j], gap_tol).astype(np.int64) + 1)
+    del m, g
+    codes = {h: _codes(d[h]) for h in hparams}
+    radix = {h: int(codes[h].max()) + 1 for h in hparams}
+    pair_code = {h: codes[h][i] * radix[h] + codes[h][j] for h in hparams}
+    per: dict[tuple[str, ...], float] = {}
+    for s in sets:
+        ks = [radix[h] for h in s]
+        size = int(np.prod([k * k for k in ks])) if ks else 1
+        key = np.zeros(i.size, dtype=np.int64)
+        for h in s:
+            key = key * (radix[h] ** 2) + pair_code[h]
+        if size <= _DENSE_MAX:
+            half = np.bincount(key * 9 + ab, minlength=size * 9).reshape(size, 3, 3)
+            counts = half + half[_swap_perm(ks)][:, ::-1, ::-1]
+        else:   # hyperparameters with very many values: code the ordered pairs explicitly
+            swapped = np.zeros(i.size, dtype=np.int64)
+            for h in s:
+                swapped = swapped * (radix[h] ** 2) + codes[h][j] * radix[h] + codes[h][i]
+            _, inv = np.unique(np.concatenate([key, swapped]), return_inverse=True)
+            both = np.concatenate([ab, 8 - ab])
+            counts = np.bincount(inv.ravel() * 9 + both, minlength=(int(inv.max()) + 1) * 9)
+            counts = counts.reshape(-1, 3, 3)
+        mi, h_g = _cmi_from_counts(counts)
+        per[s] = mi / h_g if h_g > 1e-12 else math.nan
+    defined = [v for v in per.values() if np.isfinite(v)]
+    return (float(min(defined)) if defined else math.nan), per
+
+
+# ------------------------------------------------------------------------ model selection
+@dataclass(frozen=True)
+class Selection:
+    """Pairwise model-selection outcome (the paper's Table 4).
+
+    accuracy = n_correct / n_compared over the pairs not tied in the measure nor in the gap.
+    n_ties = pairs tied in the measure or in the gap (excluded); n_ties_measure and
+    n_ties_gap count each kind (a pair tied in both counts in both). n_pairs = n(n-1)/2.
+    """
+
+    accuracy: float
+    n_correct: int
+    n_compared: int
+    n_ties: int
+    n_ties_measure: int
+    n_ties_gap: int
+    n_pairs: int
+    n_models: int
+
+
+def selection_accuracy(measure, gap, higher_is_better: bool = True, *, measure_tol: float = 0.0,
+                       gap_tol: float = GAP_TOL) -> Selection:
+    """Over all unordered pairs of models, the fraction where the model the measure prefers has
+    the smaller gap (the preferred model has the higher measure when `higher_is_better`).
+
+    Pairs tied in the measure (|diff| <= measure_tol) or in the gap (|diff| <= gap_tol) are
+    counted separately and excluded from the fraction. Non-finite rows are dropped. The
+    accuracy is NaN when no pair is left.
+    """
+    m, g = _finite_pairs(measure, gap)
+    n = m.size
+    correct = compared = tie_any = tie_m = tie_g = 0
+    sgn = 1 if higher_is_better else -1
+    block = max(1, 4_000_000 // max(n, 1))
+    for s in range(0, n, block):
+        rows = np.arange(s, min(n, s + block))
+        dm = m[rows, None] - m[None, :]
+        dg = g[rows, None] - g[None, :]
+        upper = np.arange(n)[None, :] > rows[:, None]
+        tm = (np.abs(dm) <= measure_tol) & upper
+        tg = (np.abs(dg) <= gap_tol) & upper
+        tie_m += int(tm.sum())
+        tie_g += int(tg.sum())
+        tie = tm | tg
+        tie_any += int(tie.sum())
+        ok = upper & ~tie
+        compared += int(ok.sum())
+        correct += int((ok & (sgn * np.sign(dm) * np.sign(dg) < 0)).sum())
+    pairs = n * (n - 1) // 2
+    acc = correct / compared if compared else math.nan
+    return Selection(acc, correct, compared, tie_any, tie_m, tie_g, pairs, n)

@@ -1,0 +1,734 @@
+"""The study's tables, in the layout of the paper's Tables 3-7 (Du, Zhou, Dai 2024).
+
+Input contract (decoupled from the model-set registry through two DataFrames):
+
+- `runs`: one row per model: `run_id`, `arch`, the hyperparameter columns, `trained` (bool;
+  False for the untrained random models of the validity test; a missing column means all
+  trained), `train_acc`, `test_acc` (fractions), `gap` (percentage points,
+  100 * (train_acc - test_acc)).
+- `measurements`: long form: `run_id`, `measure`, `params` ("k=v,k=v", "" when none),
+  `value`, `status` ("done"/"failed"), `error`. Only "done" rows give numbers.
+
+`wide_table` pivots the measurements onto the runs, one column per (measure, params).
+Every table cell with fewer than `min_n` (3) usable models is NaN, rendered "n/a".
+"""
+from __future__ import annotations
+
+import html
+import json
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import stats
+
+DEFAULT_THRESHOLDS: tuple[float, ...] = (0.95, 0.90, 0.85, 0.80)
+#: The paper's seven hyperparameters (Table 2), as registry column names. Columns absent from
+#: `runs`, or constant over the trained models, are left out of Psi and the CMI score.
+DEFAULT_HPARAMS: tuple[str, ...] = ("arch", "batch_size", "lr", "optimizer", "weight_decay",
+                                    "augment", "pretrained")
+#: Which variant of a multi-variant measure the headline tables use (Table 3, 4, 5): params
+#: keys -> preferred value; applied only when some variant has that value.
+DEFAULT_PRIMARY: dict[str, str] = {"cam": "gradcam", "masks": "boxes"}
+TOTAL = "Total"
+
+DISPLAY_NAMES = {
+    "spectral_norm": "Spectral Norm",
+    "nuclear_norm": "Nuclear Norm",
+    "effective_invariance": "EI",
+    "iou_b": "IoU-B",
+    "iou": "IoU",
+}
+#: Row order of Table 3: the paper's baselines first, other measures alphabetically, IoU last.
+MEASURE_ORDER = ("spectral_norm", "nuclear_norm", "effective_invariance")
+MEASURE_LAST = ("iou_b", "iou")
+CAM_NAMES = {"gradcam": "GradCAM", "gradcam++": "GradCAM++", "smoothgradcam++": "SmoothGradCAM++",
+             "scorecam": "ScoreCAM", "layercam": "LayerCAM", "xgradcam": "XGradCAM"}
+CAM_ORDER = ("gradcam", "gradcam++", "smoothgradcam++")
+MASK_NAMES = {"boxes": "bounding box", "saliency": "saliency map"}
+
+_EPS = 1e-12
+
+
+# ------------------------------------------------------------------------------- params
+def parse_params(params: str | float | None) -> dict[str, str]:
+    """"cam=gradcam,threshold=0.1" -> {"cam": "gradcam", "threshold": "0.1"}; ""/None -> {}.
+
+    The registry's canonical JSON ('{"cam": "gradcam", "threshold": 0.1}') is accepted too."""
+    if params is None or (isinstance(params, float) and math.isnan(params)):
+        return {}
+    text = str(params).strip()
+    if text.startswith("{"):                  # the registry's canonical JSON form
+        return {str(k): _json_value(v) for k, v in json.loads(text).items()}
+    out: dict[str, str] = {}
+    for part in str(params).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        k, sep, v = part.partition("=")
+        out[k.strip()] = v.strip() if sep else ""
+    return out
+
+
+def _json_value(v: object) -> str:
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def format_params(params: Mapping[str, object]) -> str:
+    """Inverse of `parse_params` (keys in the given order)."""
+    return ",".join(f"{k}={v}" for k, v in params.items())
+
+
+def display_name(measure: str) -> str:
+    return DISPLAY_NAMES.get(measure, measure.replace("_", " ").title())
+
+
+def natural_key(s: object) -> tuple:
+    """resnet18 < resnet34 < resnet50 < resnet101 (numbers compared as numbers)."""
+    return tuple(int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", str(s)))
+
+
+def threshold_label(t: float) -> str:
+    """0.95 -> ">=95" (column label of the accuracy-threshold columns)."""
+    return f">={100 * t:g}"
+
+
+# ------------------------------------------------------------------------ measure specs
+@dataclass(frozen=True)
+class MeasureSpec:
+    """One column of the wide table: `measure` with `params` (an exact params string, a
+    mapping every chosen params must contain, or None = the measure's only variant), shown
+    as `label` (default: the display name)."""
+
+    measure: str
+    params: str | Mapping[str, str] | None = ""
+    label: str | None = None
+
+    @property
+    def column(self) -> str:
+        if self.label:
+            return self.label
+        if isinstance(self.params, str) and self.params:
+            return f"{display_name(self.measure)} ({self.params})"
+        return display_name(self.measure)
+
+
+def _as_spec(m: MeasureSpec | Sequence) -> MeasureSpec:
+    if isinstance(m, MeasureSpec):
+        return m
+    if isinstance(m, str):
+        return MeasureSpec(m, None)
+    return MeasureSpec(*m)
+
+
+def _norm_measurements(measurements: pd.DataFrame) -> pd.DataFrame:
+    need = {"run_id", "measure", "value"}
+    if not need <= set(measurements.columns):
+        raise KeyError(f"measurements need columns {sorted(need)}, got {list(measurements.columns)}")
+    m = measurements.copy()
+    if "params" not in m.columns:
+        m["params"] = ""
+    m["params"] = m["params"].astype(object).where(m["params"].notna(), "").astype(str)
+    is_json = m["params"].str.lstrip().str.startswith("{")
+    if is_json.any():    # canonical JSON -> "k=v,k=v" (the JSON's key order)
+        m.loc[is_json, "params"] = [format_params(parse_params(p)) for p in m.loc[is_json, "params"]]
+    if "status" not in m.columns:
+        m["status"] = "done"
+    m["value"] = pd.to_numeric(m["value"], errors="coerce")
+    return m
+
+
+def _resolve_params(m: pd.DataFrame, spec: MeasureSpec) -> list[str]:
+    """The params strings of `spec.measure` in `m` that `spec` selects."""
+    have = sorted(set(m.loc[m["measure"] == spec.measure, "params"]))
+    if isinstance(spec.params, str):
+        return [spec.params] if spec.params in have else []
+    if spec.params is None:
+        return have
+    want = {k: str(v) for k, v in spec.params.items()}
+    return [p for p in have if all(parse_params(p).get(k) == v for k, v in want.items())]
+
+
+def wide_table(runs: pd.DataFrame, measurements: pd.DataFrame,
+               measures: Sequence[MeasureSpec | tuple] | None = None) -> pd.DataFrame:
+    """The runs with one column per (measure, params).
+
+    `measures`: [(measure, params, column_name), ...] (or `MeasureSpec`s); params is the exact
+    params string ("" for none), a mapping of params keys that must match (exactly one params
+    string must match), or None for a measure with a single variant. None (default) = every
+    (measure, params) present, columns named by `discover_specs`.
+
+    Only rows with status "done" give values; a failed or missing measurement is NaN. When a
+    run has several done rows for the same (measure, params), the last one wins.
+    """
+    m = _norm_measurements(measurements)
+    specs = discover_specs(m) if measures is None else [_as_spec(s) for s in measures]
+    done = m[m["status"].astype(str) == "done"]
+    keys = runs["run_id"].astype(str)
+    cols: dict[str, pd.Series] = {}
+    for spec in specs:
+        col = spec.column
+        if col in runs.columns or col in cols:
+            raise ValueError(f"column {col!r} already in the table; give the measure another name")
+        chosen = _resolve_params(m, spec)
+        if len(chosen) > 1:
+            raise ValueError(f"{spec.measure} with params {spec.params!r} matches several variants "
+                             f"{chosen}; pass the exact params string")
+        if not chosen:
+            cols[col] = pd.Series(np.nan, index=runs.index, dtype=float)
+            continue
+        sel = done[(done["measure"] == spec.measure) & (done["params"] == chosen[0])]
+        vals = sel.groupby(sel["run_id"].astype(str), sort=False)["value"].last()
+        cols[col] = keys.map(vals).astype(float)
+    if not cols:
+        return runs.copy()
+    return pd.concat([runs, pd.DataFrame(cols, index=runs.index)], axis=1)
+
+
+def discover_specs(measurements: pd.DataFrame, primary: Mapping[str, str] | None = None,
+                   measures: Sequence[str] | None = None) -> list[MeasureSpec]:
+    """One spec per (measure, params) present (failed ones included, so that a measure that
+    failed everywhere shows as an n/a row rather than vanishing).
+
+    `primary`: {params key: value}; for each measure whose variants carry that key, keep only
+    the variants with that value (when at least one has it), e.g. {"cam": "gradcam", "masks":
+    "boxes"} for the headline table. `measures` restricts to those measure names. Labels are
+    the display name, plus "(k=v, ...)" listing the params that still differ between a
+    measure's variants. Order: the paper's baselines, other measures A-Z, IoU-B, IoU.
+    """
+    m = _norm_measurements(measurements)
+    specs: list[MeasureSpec] = []
+    names = sorted(set(m["measure"]), key=_measure_rank) if measures is None else list(measures)
+    for name in names:
+        variants = sorted(set(m.loc[m["measure"] == name, "params"]))
+        variants = _filter_primary(variants, primary or {})
+        specs.extend(_label_variants(name, variants, display_name(name)))
+    return specs
+
+
+def _measure_rank(name: str) -> tuple:
+    if name in MEASURE_ORDER:
+        return (0, MEASURE_ORDER.index(name), "")
+    if name in MEASURE_LAST:
+        return (2, MEASURE_LAST.index(name), "")
+    return (1, 0, name)
+
+
+def _filter_primary(variants: list[str], primary: Mapping[str, str],
+                    skip: Sequence[str] = ()) -> list[str]:
+    for k, v in primary.items():
+        if k in skip:
+            continue
+        hit = [p for p in variants if parse_params(p).get(k) == str(v)]
+        if hit:
+            variants = hit
+    return variants
+
+
+def _label_variants(measure: str, variants: list[str], base: str,
+                    skip: Sequence[str] = ()) -> list[MeasureSpec]:
+    parsed = [parse_params(p) for p in variants]
+    keys = sorted({k for d in parsed for k in d} - set(skip))
+    differ = [k for k in keys if len({d.get(k) for d in parsed}) > 1]
+    out = []
+    for p, d in zip(variants, parsed):
+        extra = ", ".join(f"{k}={d.get(k, '')}" for k in differ)
+        out.append(MeasureSpec(measure, p, f"{base} ({extra})" if extra else base))
+    return out
+
+
+def variant_specs(measurements: pd.DataFrame, measure: str, vary: str,
+                  label: Callable[[str], str], order: Sequence[str] = (),
+                  primary: Mapping[str, str] | None = None) -> list[MeasureSpec]:
+    """Specs for the variants of `measure` that differ in params key `vary` (Table 6: cam,
+    Table 7: masks), the other keys fixed by `primary` where possible. Rows ordered by
+    `order`, then A-Z; labelled `label(value)` (+ any other params that still differ)."""
+    m = _norm_measurements(measurements)
+    variants = sorted(set(m.loc[m["measure"] == measure, "params"]))
+    variants = [p for p in variants if vary in parse_params(p)]
+    variants = _filter_primary(variants, primary or {}, skip=(vary,))
+    by_value: dict[str, list[str]] = {}
+    for p in variants:
+        by_value.setdefault(parse_params(p)[vary], []).append(p)
+    values = sorted(by_value, key=lambda v: (order.index(v) if v in order else len(order), v))
+    specs: list[MeasureSpec] = []
+    for v in values:
+        specs.extend(_label_variants(measure, by_value[v], label(v), skip=(vary,)))
+    return specs
+
+
+# ------------------------------------------------------------------------- run filters
+def trained_mask(runs: pd.DataFrame) -> pd.Series:
+    if "trained" not in runs.columns:
+        return pd.Series(True, index=runs.index)
+    t = runs["trained"]
+    if t.dtype == object or str(t.dtype).startswith("str"):
+        t = t.map(lambda v: str(v).strip().lower() not in ("false", "0", "no", "")
+                  if isinstance(v, str) else bool(v) if v is not None and v == v else True)
+    return t.fillna(True).astype(bool)
+
+
+def at_threshold(df: pd.DataFrame, t: float | None, acc_col: str = "train_acc") -> pd.DataFrame:
+    """Models with train_acc >= t (t = None: all)."""
+    if t is None:
+        return df
+    return df[pd.to_numeric(df[acc_col], errors="coerce") >= t - _EPS]
+
+
+def archs_of(df: pd.DataFrame, arch_col: str = "arch") -> list:
+    if arch_col not in df.columns:
+        return []
+    return sorted(df[arch_col].dropna().unique(), key=natural_key)
+
+
+def infer_hparams(runs: pd.DataFrame, candidates: Sequence[str] = DEFAULT_HPARAMS) -> list[str]:
+    """The candidate hyperparameter columns present in `runs` that vary over the trained models."""
+    tr = runs[trained_mask(runs)]
+    return [h for h in candidates if h in tr.columns and tr[h].astype(object).nunique(dropna=False) > 1]
+
+
+# --------------------------------------------------------------------- correlation tables
+_STATS = ("pearson", "spearman", "kendall", "ci_low", "ci_high", "n")
+
+
+@dataclass
+class CorrelationTable:
+    """One correlation table: each frame has the same rows and columns. `pearson` is the
+    headline (the paper's statistic); `n` the number of models in the cell. Cells with
+    fewer than `min_n` models are NaN in every frame but `n`."""
+
+    pearson: pd.DataFrame
+    spearman: pd.DataFrame
+    kendall: pd.DataFrame
+    ci_low: pd.DataFrame
+    ci_high: pd.DataFrame
+    n: pd.DataFrame
+    confidence: float = 0.95
+    note: str = ""
+
+    def frames(self) -> dict[str, pd.DataFrame]:
+        return {s: getattr(self, s) for s in _STATS}
+
+    def long(self) -> pd.DataFrame:
+        """Tidy form: one row per cell with every statistic."""
+        parts = {s: f.stack(future_stack=True) for s, f in self.frames().items()}
+        out = pd.DataFrame(parts)
+        out.index = out.index.set_names(
+            [n or "row" for n in self.pearson.index.names] + ["column"])
+        out["n"] = out["n"].astype(int)
+        return out.reset_index()
+
+    def block(self, key) -> "CorrelationTable":
+        """The rows of one first-level index value (e.g. the Total block of Table 3)."""
+        return CorrelationTable(*(f.loc[[key]] for f in self.frames().values()),
+                                confidence=self.confidence, note=self.note)
+
+
+def _cell(x, y, *, min_n: int, n_boot: int, seed: int, confidence: float) -> dict[str, float]:
+    c = stats.correlations(x, y, min_n=min_n)
+    lo = hi = math.nan
+    if n_boot > 0 and np.isfinite(c["pearson"]):
+        lo, hi = stats.bootstrap_ci(x, y, "pearson", n_resamples=n_boot, confidence=confidence,
+                                    seed=seed, min_n=min_n)
+    return {"pearson": c["pearson"], "spearman": c["spearman"], "kendall": c["kendall"],
+            "ci_low": lo, "ci_high": hi, "n": c["n"]}
+
+
+def _build(index: pd.Index, columns: Sequence[str], cell: Callable[[object, str], dict],
+           confidence: float, note: str = "") -> CorrelationTable:
+    frames = {s: pd.DataFrame(np.nan, index=index, columns=list(columns), dtype=float) for s in _STATS}
+    for r in index:
+        for c in columns:
+            vals = cell(r, c)
+            for s in _STATS:
+                frames[s].loc[r, c] = vals[s]
+    frames["n"] = frames["n"].fillna(0).astype(int)
+    return CorrelationTable(**frames, confidence=confidence, note=note)
+
+
+def correlation_table(wide: pd.DataFrame, measure_cols: Sequence[str], *, gap_col: str = "gap",
+                      arch_col: str = "arch", acc_col: str = "train_acc",
+                      thresholds: Sequence[float] = DEFAULT_THRESHOLDS, by_arch: bool = True,
+                      n_boot: int = 2000, seed: int = 0, confidence: float = 0.95,
+                      min_n: int = stats.MIN_N, note: str = "") -> CorrelationTable:
+    """Table 3 layout: rows (arch, measure) for each architecture then a "Total" block over all
+    models of `wide`; columns ">=95" ... (train_acc >= threshold). Cells: correlation of the
+    measure column with `gap_col` over the models in the cell (non-finite values dropped)."""
+    archs = archs_of(wide, arch_col) if by_arch else []
+    groups = [*archs, TOTAL]
+    index = pd.MultiIndex.from_tuples([(a, mc) for a in groups for mc in measure_cols],
+                                      names=[arch_col, "measure"])
+    cols = {threshold_label(t): t for t in thresholds}
+    subsets = {(a, lab): at_threshold(wide if a == TOTAL else wide[wide[arch_col] == a], t, acc_col)
+               for a in groups for lab, t in cols.items()}
+
+    def cell(row, col):
+        a, mc = row
+        d = subsets[(a, col)]
+        return _cell(d[mc], d[gap_col], min_n=min_n, n_boot=n_boot, seed=seed, confidence=confidence)
+
+    return _build(index, list(cols), cell, confidence, note)
+
+
+def _study_frame(runs: pd.DataFrame, measurements: pd.DataFrame, specs: Sequence[MeasureSpec],
+                 trained: bool | None = True) -> pd.DataFrame:
+    w = wide_table(runs, measurements, specs)
+    if trained is None:
+        return w
+    mask = trained_mask(w)
+    return w[mask if trained else ~mask]
+
+
+def table3(runs: pd.DataFrame, measurements: pd.DataFrame,
+           specs: Sequence[MeasureSpec] | None = None, *,
+           thresholds: Sequence[float] = DEFAULT_THRESHOLDS, primary: Mapping[str, str] | None = None,
+           n_boot: int = 2000, seed: int = 0, confidence: float = 0.95,
+           min_n: int = stats.MIN_N) -> CorrelationTable:
+    """Paper Table 3: every measure (primary variant, see `DEFAULT_PRIMARY`) against the gap,
+    trained models, per architecture and in total, per training-accuracy threshold."""
+    specs = list(specs) if specs is not None else discover_specs(
+        measurements, DEFAULT_PRIMARY if primary is None else primary)
+    w = _study_frame(runs, measurements, specs)
+    return correlation_table(w, [s.column for s in specs], thresholds=thresholds, n_boot=n_boot,
+                             seed=seed, confidence=confidence, min_n=min_n,
+                             note="Pearson r between each measure and the generalization gap "
+                                  "(trained models with train_acc >= threshold).")
+
+
+def primary_iou(measurements: pd.DataFrame, primary: Mapping[str, str] | None = None,
+                measure: str = "iou") -> MeasureSpec | None:
+    """The IoU variant the headline tables use (cam=gradcam, masks=boxes when present; the
+    first remaining variant otherwise)."""
+    if not (_norm_measurements(measurements)["measure"] == measure).any():
+        return None
+    specs = discover_specs(measurements, DEFAULT_PRIMARY if primary is None else primary,
+                           measures=[measure])
+    return MeasureSpec(measure, specs[0].params, display_name(measure))
+
+
+def ranking_table(runs: pd.DataFrame, measurements: pd.DataFrame,
+                  specs: Sequence[MeasureSpec] | None = None, hparams: Sequence[str] | None = None, *,
+                  primary: Mapping[str, str] | None = None, gap_col: str = "gap",
+                  min_n: int = stats.MIN_N) -> pd.DataFrame:
+    """Granulated Kendall Psi (with each psi_i) and the CMI score (with the conditioning set
+    that attains the minimum) per measure, over all trained models (NaN below `min_n` models
+    or without a varying hyperparameter). See `stats`."""
+    specs = list(specs) if specs is not None else discover_specs(
+        measurements, DEFAULT_PRIMARY if primary is None else primary)
+    hparams = infer_hparams(runs) if hparams is None else list(hparams)
+    w = _study_frame(runs, measurements, specs)
+    rows = []
+    for s in specs:
+        col = s.column
+        n = int((np.isfinite(w[col].to_numpy(float)) & np.isfinite(w[gap_col].to_numpy(float))).sum())
+        row: dict[str, object] = {"measure": col, "n": n}
+        if hparams and n >= min_n:
+            psi, per = stats.granulated_kendall(w, col, gap_col, hparams)
+            cmi, per_set = stats.cmi_score(w, col, gap_col, hparams)
+        else:
+            psi, per, cmi, per_set = math.nan, {}, math.nan, {}
+        row["psi"] = psi
+        for h in hparams:
+            row[f"psi[{h}]"] = per.get(h, math.nan)
+        row["cmi"] = cmi
+        arg = [k for k, v in per_set.items() if np.isfinite(v) and v == cmi]
+        row["cmi_set"] = ("+".join(arg[0]) or "{}") if arg else ""
+        rows.append(row)
+    cols = ["measure", "n", "psi", *[f"psi[{h}]" for h in hparams], "cmi", "cmi_set"]
+    return pd.DataFrame(rows, columns=cols).set_index("measure")
+
+
+# -------------------------------------------------------------------- selection (Table 4)
+@dataclass
+class SelectionTable:
+    """Paper Table 4. Rows: architectures then "Total" (all pairs, across architectures);
+    columns: thresholds. `accuracy` is a fraction (NaN below `min_n` models or when every
+    pair is tied); the other frames are pair/model counts."""
+
+    accuracy: pd.DataFrame
+    n_compared: pd.DataFrame
+    n_ties: pd.DataFrame
+    n_ties_measure: pd.DataFrame
+    n_ties_gap: pd.DataFrame
+    n_models: pd.DataFrame
+    measure: str = "IoU"
+
+    def long(self) -> pd.DataFrame:
+        names = ("accuracy", "n_compared", "n_ties", "n_ties_measure", "n_ties_gap", "n_models")
+        out = pd.DataFrame({k: getattr(self, k).stack(future_stack=True) for k in names})
+        out.index = out.index.set_names([self.accuracy.index.name or "arch", "column"])
+        return out.reset_index()
+
+
+def selection_table(wide: pd.DataFrame, measure_col: str, *, higher_is_better: bool = True,
+                    gap_col: str = "gap", arch_col: str = "arch", acc_col: str = "train_acc",
+                    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+                    min_n: int = stats.MIN_N) -> SelectionTable:
+    groups = [*archs_of(wide, arch_col), TOTAL]
+    cols = {threshold_label(t): t for t in thresholds}
+    idx = pd.Index(groups, name=arch_col)
+    fr = {k: pd.DataFrame(np.nan, index=idx, columns=list(cols), dtype=float) for k in
+          ("accuracy", "n_compared", "n_ties", "n_ties_measure", "n_ties_gap", "n_models")}
+    for a in groups:
+        d0 = wide if a == TOTAL else wide[wide[arch_col] == a]
+        for lab, t in cols.items():
+            d = at_threshold(d0, t, acc_col)
+            s = stats.selection_accuracy(d[measure_col], d[gap_col], higher_is_better)
+            fr["accuracy"].loc[a, lab] = s.accuracy if s.n_models >= min_n else math.nan
+            fr["n_compared"].loc[a, lab] = s.n_compared
+            fr["n_ties"].loc[a, lab] = s.n_ties
+            fr["n_ties_measure"].loc[a, lab] = s.n_ties_measure
+            fr["n_ties_gap"].loc[a, lab] = s.n_ties_gap
+            fr["n_models"].loc[a, lab] = s.n_models
+    for k in fr:
+        if k != "accuracy":
+            fr[k] = fr[k].astype(int)
+    return SelectionTable(**fr, measure=measure_col)
+
+
+def table4(runs: pd.DataFrame, measurements: pd.DataFrame, spec: MeasureSpec | None = None, *,
+           higher_is_better: bool = True, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+           primary: Mapping[str, str] | None = None, min_n: int = stats.MIN_N) -> SelectionTable | None:
+    """Paper Table 4: pairwise selection accuracy of IoU (higher IoU -> smaller gap), trained
+    models, within each architecture and across all. None when no IoU was measured."""
+    spec = spec or primary_iou(measurements, primary)
+    if spec is None:
+        return None
+    w = _study_frame(runs, measurements, [spec])
+    return selection_table(w, spec.column, higher_is_better=higher_is_better,
+                           thresholds=thresholds, min_n=min_n)
+
+
+# ---------------------------------------------------------------------- validity (Table 5)
+RANDOM_ROW, TRAINED_ROW = "Random Model", "Trained Model"
+
+
+def table5(runs: pd.DataFrame, measurements: pd.DataFrame, spec: MeasureSpec | None = None, *,
+           trained_threshold: float | None = min(DEFAULT_THRESHOLDS),
+           primary: Mapping[str, str] | None = None, n_boot: int = 2000, seed: int = 0,
+           confidence: float = 0.95, min_n: int = stats.MIN_N) -> CorrelationTable | None:
+    """Paper Table 5: IoU vs gap for untrained random models (every `trained == False` run)
+    and for trained models (train_acc >= `trained_threshold`, 0.80 as the paper's model set;
+    None = all trained). Columns: architectures, then "Total". None when no IoU was measured."""
+    spec = spec or primary_iou(measurements, primary)
+    if spec is None:
+        return None
+    w = _study_frame(runs, measurements, [spec], trained=None)
+    tmask = trained_mask(w)
+    sets = {RANDOM_ROW: w[~tmask], TRAINED_ROW: at_threshold(w[tmask], trained_threshold)}
+    cols = [*archs_of(w), TOTAL]
+    col = spec.column
+
+    def cell(row, c):
+        d = sets[row]
+        if c != TOTAL:
+            d = d[d["arch"] == c]
+        return _cell(d[col], d["gap"], min_n=min_n, n_boot=n_boot, seed=seed, confidence=confidence)
+
+    return _build(pd.Index([RANDOM_ROW, TRAINED_ROW], name="models"), cols, cell, confidence,
+                  note=f"Pearson r between {col} and the gap; trained models with train_acc >= "
+                       f"{trained_threshold}." if trained_threshold is not None else "")
+
+
+# ------------------------------------------------------------ robustness (Tables 6 and 7)
+def cam_label(cam: str) -> str:
+    return f"IoU (Using {CAM_NAMES.get(cam, cam)})"
+
+
+def mask_label(masks: str) -> str:
+    return f"IoU (using {MASK_NAMES.get(masks, 'masks from ' + masks)})"
+
+
+def _variant_table(runs, measurements, specs, *, thresholds, n_boot, seed, confidence, min_n,
+                   note) -> CorrelationTable | None:
+    if len(specs) < 2:
+        return None
+    w = _study_frame(runs, measurements, specs)
+    return correlation_table(w, [s.column for s in specs], thresholds=thresholds, n_boot=n_boot,
+                             seed=seed, confidence=confidence, min_n=min_n, note=note)
+
+
+def table6(runs: pd.DataFrame, measurements: pd.DataFrame, *, measure: str = "iou",
+           thresholds: Sequence[float] = DEFAULT_THRESHOLDS, primary: Mapping[str, str] | None = None,
+           n_boot: int = 2000, seed: int = 0, confidence: float = 0.95,
+           min_n: int = stats.MIN_N) -> CorrelationTable | None:
+    """Paper Table 6: IoU vs gap for each CAM method (params key `cam`), in the Table 3 layout
+    (per architecture and Total). None when fewer than two CAM methods were measured."""
+    specs = variant_specs(measurements, measure, "cam", cam_label, CAM_ORDER,
+                          DEFAULT_PRIMARY if primary is None else primary)
+    return _variant_table(runs, measurements, specs, thresholds=thresholds, n_boot=n_boot,
+                          seed=seed, confidence=confidence, min_n=min_n,
+                          note="Pearson r between IoU and the gap for each CAM method.")
+
+
+def table7(runs: pd.DataFrame, measurements: pd.DataFrame, *, measure: str = "iou",
+           thresholds: Sequence[float] = DEFAULT_THRESHOLDS, primary: Mapping[str, str] | None = None,
+           n_boot: int = 2000, seed: int = 0, confidence: float = 0.95,
+           min_n: int = stats.MIN_N) -> CorrelationTable | None:
+    """Paper Table 7: IoU vs gap with A_G from saliency masks vs from boxes (params key
+    `masks`), Table 3 layout. None when fewer than two mask sources were measured."""
+    specs = variant_specs(measurements, measure, "masks", mask_label, ("saliency",),
+                          DEFAULT_PRIMARY if primary is None else primary)
+    specs.sort(key=lambda s: parse_params(s.params).get("masks") == "boxes")  # boxes last
+    return _variant_table(runs, measurements, specs, thresholds=thresholds, n_boot=n_boot,
+                          seed=seed, confidence=confidence, min_n=min_n,
+                          note="Pearson r between IoU and the gap, A_G from saliency masks vs boxes.")
+
+
+def failures_table(measurements: pd.DataFrame) -> pd.DataFrame:
+    """Failed measurements per (measure, params): how many runs, and the first reason."""
+    m = _norm_measurements(measurements)
+    if "error" not in m.columns:
+        m["error"] = ""
+    f = m[m["status"].astype(str) == "failed"]
+    if f.empty:
+        return pd.DataFrame(columns=["measure", "params", "n_failed", "runs", "first_error"])
+    g = f.groupby(["measure", "params"], sort=True)
+    out = pd.DataFrame({
+        "n_failed": g.size(),
+        "runs": g["run_id"].agg(lambda s: ", ".join(map(str, list(s)[:5])) + (" ..." if len(s) > 5 else "")),
+        "first_error": g["error"].agg(lambda s: str(s.iloc[0])),
+    })
+    return out.reset_index()
+
+
+# ---------------------------------------------------------------------------- rendering
+Fmt = str | Callable[[float], str] | Mapping[str, "str | Callable[[float], str]"] | None
+
+
+def _fmt_value(v, fmt, na_rep: str) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA or v is pd.NaT:
+        return na_rep
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        if callable(fmt):
+            return fmt(float(v))
+        return (fmt or "{:.4f}").format(float(v)).replace("-", "\u2212")
+    return str(v)
+
+
+def format_frame(df: pd.DataFrame, fmt: Fmt = "{:.4f}", na_rep: str = "n/a") -> pd.DataFrame:
+    """Every cell as display text: floats with `fmt` (a format string, a callable, or a
+    {column: fmt} mapping), minus as U+2212 like the paper, NaN as `na_rep`."""
+    out = pd.DataFrame(index=df.index, columns=df.columns, dtype=object)
+    for c in df.columns:
+        f = fmt.get(c, "{:.4f}") if isinstance(fmt, Mapping) else fmt
+        out[c] = [_fmt_value(v, f, na_rep) for v in df[c].tolist()]
+    return out
+
+
+def percent(v: float) -> str:
+    return f"{100 * v:.2f}%"
+
+
+def _label(x) -> str:
+    s = str(x)
+    return s.replace(">=", "\u2265 ") if s.startswith(">=") else s
+
+
+def _display_rows(df: pd.DataFrame, fmt: Fmt, na_rep: str) -> tuple[list[str], list[list[str]], int]:
+    """(header, rows of cell text, number of index columns) shared by Markdown and HTML."""
+    text = format_frame(df, fmt, na_rep)
+    plain = isinstance(df.index, pd.RangeIndex) and df.index.name is None
+    idx_names = [] if plain else [n or "" for n in (
+        df.index.names if isinstance(df.index, pd.MultiIndex) else [df.index.name])]
+    header = [*idx_names, *(_label(c) for c in df.columns)]
+    rows = []
+    for key, (_, r) in zip(df.index, text.iterrows()):
+        key = () if plain else key if isinstance(key, tuple) else (key,)
+        rows.append([*(str(k) for k in key), *r.tolist()])
+    return header, rows, len(idx_names)
+
+
+def to_markdown(df: pd.DataFrame, fmt: Fmt = "{:.4f}", na_rep: str = "n/a") -> str:
+    """A GitHub-flavoured Markdown table; index levels become leading columns and a repeated
+    first-level value (the architecture of a block) is shown only on its block's first row."""
+    header, rows, n_idx = _display_rows(df, fmt, na_rep)
+
+    def esc(s: str) -> str:
+        return s.replace("|", "\\|")
+
+    lines = ["| " + " | ".join(esc(h) for h in header) + " |",
+             "| " + " | ".join(["---"] * n_idx + ["---:"] * len(df.columns)) + " |"]
+    prev = None
+    for row in rows:
+        shown = list(row)
+        if n_idx > 1 and row[0] == prev:
+            shown[0] = ""
+        prev = row[0] if n_idx else None
+        lines.append("| " + " | ".join(esc(c) for c in shown) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_html_table(df: pd.DataFrame, fmt: Fmt = "{:.4f}", na_rep: str = "n/a") -> str:
+    """An HTML table (escaped text, one header row); the first index level of a MultiIndex
+    spans its block's rows, like the paper's tables."""
+    header, rows, n_idx = _display_rows(df, fmt, na_rep)
+    e = html.escape
+    out = ["<table>", "<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead>",
+           "<tbody>"]
+    i = 0
+    while i < len(rows):
+        span = 1
+        if n_idx > 1:
+            while i + span < len(rows) and rows[i + span][0] == rows[i][0]:
+                span += 1
+        for k in range(span):
+            row = rows[i + k]
+            cells = []
+            for c, v in enumerate(row):
+                if c == 0 and n_idx > 1:
+                    if k == 0:
+                        cells.append(f"<th rowspan='{span}'>{e(v)}</th>")
+                    continue
+                cells.append(f"<th>{e(v)}</th>" if c < n_idx else f"<td>{e(v)}</td>")
+            out.append("<tr>" + "".join(cells) + "</tr>")
+        i += span
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def write_table(df: pd.DataFrame, out_dir: str | Path, name: str, *, fmt: Fmt = "{:.4f}",
+                na_rep: str = "n/a", title: str | None = None) -> tuple[Path, Path]:
+    """Write `name.csv` (full-precision numbers, NaN as "n/a", which pandas.read_csv reads back
+    as NaN) and `name.md` (formatted with `fmt`). Returns (csv_path, md_path)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path, md_path = out / f"{name}.csv", out / f"{name}.md"
+    index = not (isinstance(df.index, pd.RangeIndex) and df.index.name is None)
+    df.to_csv(csv_path, na_rep=na_rep, index=index)
+    md = to_markdown(df, fmt, na_rep) if len(df.columns) else "(empty)\n"
+    md_path.write_text((f"**{title}**\n\n" if title else "") + md, encoding="utf-8")
+    return csv_path, md_path
+
+
+def write_correlation_table(t: CorrelationTable, out_dir: str | Path, name: str,
+                            title: str | None = None) -> list[Path]:
+    """`name` (Pearson, the headline), `name_spearman`, `name_kendall`, `name_ci_low`,
+    `name_ci_high`, `name_n` and the tidy `name_long`, each as CSV + Markdown."""
+    paths: list[Path] = []
+    for s, f in t.frames().items():
+        paths += write_table(f, out_dir, name if s == "pearson" else f"{name}_{s}",
+                             title=title if s == "pearson" else None)
+    paths += write_table(t.long(), out_dir, f"{name}_long")
+    return paths
+
+
+def write_selection_table(t: SelectionTable, out_dir: str | Path, name: str = "table4",
+                          title: str | None = None) -> list[Path]:
+    paths = list(write_table(t.accuracy, out_dir, name, fmt=percent, title=title))
+    paths += write_table(t.long(), out_dir, f"{name}_long",
+                         fmt={"accuracy": "{:.6f}"})
+    return paths

@@ -1,0 +1,364 @@
+"""`camgap synth` + `camgap score` end to end: the JSON, the per-image CSV and the overlays
+equal what score_model computes, and bad input exits non-zero with a message naming the
+file and the problem."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from camgap.cli import main
+from camgap.data import BoxDataset, read_layout
+from camgap.data.masks import compute_masks
+from camgap.data.synthetic import write_synthetic
+from camgap.measures.score import score_model
+from camgap.models import create_model
+from fixtures_data import make_imagenet, write_csv
+
+SIZE = 32
+N_CLASSES = 3
+PER_CLASS = 2
+N = N_CLASSES * PER_CLASS
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def run_json(capsys, *args) -> dict:
+    rc, out, err = run(capsys, *args, "--json")
+    assert rc == 0, err
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert len(lines) == 1, out  # exactly one JSON object on stdout
+    return json.loads(lines[0])
+
+
+def same(a: float, b: float) -> bool:
+    return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, abs=1e-12)
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """The synthetic dataset written by `camgap synth`."""
+    out = tmp_path_factory.mktemp("cli") / "synth"
+    rc = main(["synth", "--out", str(out), "--seed", "5", "--classes", str(N_CLASSES),
+               "--train-per-class", str(PER_CLASS), "--test-per-class", "1", "--size", str(SIZE)])
+    assert rc == 0
+    assert (out / "train.csv").is_file() and (out / "test.csv").is_file()
+    assert len(list((out / "images" / "train").glob("*.png"))) == N
+    assert len(list((out / "images" / "test").glob("*.png"))) == N_CLASSES
+    with Image.open(out / "images" / "train" / "00000.png") as im:
+        assert im.size == (SIZE, SIZE)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    """SmallResNet width 8 trained a few steps on the synthetic training images."""
+    records, _ = read_layout(data, "csv", "train")
+    ds = BoxDataset(records, input_size=SIZE)
+    from camgap.data import normalize
+
+    x = normalize(torch.stack([ds[i][0] for i in range(len(ds))]))
+    y = torch.tensor(ds.labels)
+    torch.manual_seed(0)
+    m = create_model("small_resnet", num_classes=N_CLASSES, width=8)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    m.train()
+    for _ in range(10):
+        opt.zero_grad(set_to_none=True)
+        F.cross_entropy(m(x), y).backward()
+        opt.step()
+    opt.zero_grad(set_to_none=True)
+    return m.eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(model, tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    state = model.state_dict()
+    paths = {
+        "wrapped": d / "wrapped.pt",  # the reference release: DataParallel prefix inside model_state_dict
+        "plain": d / "plain.pt",
+        "module": d / "module.pt",
+    }
+    torch.save({"model_state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 7}, paths["wrapped"])
+    torch.save(state, paths["plain"])
+    torch.save(model, paths["module"])
+    return paths
+
+
+def base_args(data, ckpt, *extra):
+    return ["score", "--checkpoint", ckpt, "--data", data, "--layout", "csv", "--input-size", SIZE,
+            "--device", "cpu", "--batch-size", 4, *extra]
+
+
+ARCH = ["--arch", "small_resnet", "--width", 8, "--num-classes", N_CLASSES]
+
+
+@pytest.fixture(scope="module")
+def expected(model, data):
+    records, _ = read_layout(data, "csv", "train")
+    return score_model(model, BoxDataset(records, input_size=SIZE), thresholds=(0.1,), batch_size=4)
+
+
+# --- end to end -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["wrapped", "plain", "module"])
+def test_json_equals_score_model(capsys, data, checkpoints, expected, fmt):
+    arch = [] if fmt == "module" else ARCH
+    s = run_json(capsys, *base_args(data, checkpoints[fmt], *arch))
+    for key in ("iou", "iou_b", "n_images", "n_skipped", "cam", "threshold", "by_threshold"):
+        assert key in s, key
+    e = expected.summary()
+    assert same(s["iou"], e["iou"]) and same(s["iou_b"], e["iou_b"])
+    assert 0 < s["iou"] < 1 and 0 < s["iou_b"] < 1
+    assert s["n_images"] == N and s["n_skipped"] == 0 and s["n_no_reference"] == 0
+    assert s["cam"] == "gradcam" and s["threshold"] == 0.1
+    assert set(s["by_threshold"]) == {"0.1"}
+    assert same(s["by_threshold"]["0.1"]["iou"], e["iou"])
+    assert s["accuracy"] == pytest.approx(e["accuracy"])
+
+
+def test_several_thresholds(capsys, data, checkpoints, model):
+    s = run_json(capsys, *base_args(data, checkpoints["plain"], *ARCH, "--threshold", 0.1, 0.3, 0.5))
+    records, _ = read_layout(data, "csv", "train")
+    e = score_model(model, BoxDataset(records, input_size=SIZE), thresholds=(0.1, 0.3, 0.5))
+    assert s["threshold"] == 0.1 and set(s["by_threshold"]) == {"0.1", "0.3", "0.5"}
+    for t in (0.1, 0.3, 0.5):
+        assert same(s["by_threshold"][f"{t:g}"]["iou"], e.iou(t))
+        assert same(s["by_threshold"][f"{t:g}"]["iou_b"], e.iou_b(t))
+    assert same(s["iou"], e.iou(0.1))
+    assert s["by_threshold"]["0.1"]["iou"] != s["by_threshold"]["0.5"]["iou"]
+
+
+def test_per_image_csv_and_overlays(capsys, data, checkpoints, tmp_path):
+    table = tmp_path / "out" / "per_image.csv"
+    overlays = tmp_path / "ov"
+    s = run_json(capsys, *base_args(data, checkpoints["wrapped"], *ARCH, "--threshold", 0.1, 0.5,
+                                    "--per-image", table, "--overlays", overlays, "--n", 4))
+    df = pd.read_csv(table, dtype={"image_id": str})
+    assert list(df.columns) == ["image_id", "label", "pred", "correct", "iou@0.1", "iou_b@0.1", "cam_area@0.1",
+                                "iou@0.5", "iou_b@0.5", "cam_area@0.5"]
+    assert len(df) == N == s["n_images"]
+    records, _ = read_layout(data, "csv", "train")
+    assert df["image_id"].tolist() == [r.image_id for r in records]
+    assert df["label"].tolist() == [r.label for r in records]
+    assert (df["correct"] == (df["label"] == df["pred"])).all()
+    assert df["iou@0.1"].mean() == pytest.approx(s["iou"], abs=1e-12)
+    assert df["iou_b@0.5"].mean() == pytest.approx(s["by_threshold"]["0.5"]["iou_b"], abs=1e-12)
+    assert ((df["cam_area@0.1"] >= df["cam_area@0.5"]) & (df["cam_area@0.5"] >= 0) & (df["cam_area@0.1"] <= 1)).all()
+
+    pngs = sorted(overlays.glob("*.png"))
+    assert len(pngs) == 4
+    scale = max(1, 224 // SIZE)
+    for p, image_id in zip(pngs, [r.image_id for r in records[:4]]):
+        assert p.name.startswith(f"{image_id}_pred-")
+        with Image.open(p) as im:
+            assert im.size == (SIZE * scale, SIZE * scale) and im.mode == "RGB"
+
+
+def test_text_output(capsys, data, checkpoints):
+    rc, out, err = run(capsys, *base_args(data, checkpoints["plain"], *ARCH, "--threshold", 0.1, 0.5))
+    assert rc == 0, err
+    assert "IoU^Model" in out and "IoU-B^Model" in out and "rho=0.5" in out
+    assert f"images scored {N}, skipped 0" in out
+
+
+def test_saliency_masks(capsys, data, checkpoints, model):
+    pytest.importorskip("cv2")
+    s = run_json(capsys, *base_args(data, checkpoints["plain"], *ARCH, "--masks", "saliency"))
+    assert s["masks"] == "saliency" and s["n_images"] == N and s["n_skipped"] == 0
+    assert 0 <= s["iou"] <= 1 and 0 <= s["iou_b"] <= 1
+    # the same masks through the Python API give the same score
+    records, _ = read_layout(data, "csv", "train")
+    ds = BoxDataset(records, input_size=SIZE)
+    images = torch.stack([ds[i][0] for i in range(N)])
+    masks = compute_masks("saliency", images, None, ds.image_ids, SIZE)
+    e = score_model(model, ds, masks=masks.masks, mask_ids=masks.image_ids)
+    assert same(s["iou"], e.iou()) and same(s["iou_b"], e.iou_b())
+    assert s["n_no_reference"] == e.n_no_reference
+    # the saliency masks are not the boxes
+    assert not same(s["iou"], score_model(model, ds).iou())
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+def _fresh_synth(tmp_path):
+    return write_synthetic(tmp_path / "d", seed=5, classes=N_CLASSES, train_per_class=PER_CLASS,
+                           test_per_class=1, size=SIZE)
+
+
+def test_corrupt_image(capsys, tmp_path, checkpoints):
+    root = _fresh_synth(tmp_path)
+    bad = root / "images" / "train" / "00002.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    rc, out, err = run(capsys, *base_args(root, checkpoints["plain"], *ARCH, "--json"))
+    assert rc != 0 and out == ""
+    assert str(bad) in err and "corrupt" in err
+    with pytest.warns(UserWarning, match="00002.png"):
+        s = run_json(capsys, *base_args(root, checkpoints["plain"], *ARCH, "--skip-bad"))
+    assert s["n_skipped"] == 1 and s["n_images"] == N - 1
+
+
+def test_every_image_bad_with_skip_bad(capsys, tmp_path, checkpoints):
+    root = _fresh_synth(tmp_path)
+    for p in (root / "images" / "train").glob("*.png"):
+        p.write_bytes(b"")
+    with pytest.warns(UserWarning):
+        rc, out, err = run(capsys, *base_args(root, checkpoints["plain"], *ARCH, "--skip-bad", "--json"))
+    assert rc != 0 and "no images were scored" in err
+
+
+@pytest.fixture
+def two_class_ckpt(tmp_path):
+    torch.manual_seed(1)
+    path = tmp_path / "two.pt"
+    torch.save(create_model("small_resnet", num_classes=2, width=8).state_dict(), path)
+    return path
+
+
+def test_missing_annotation(capsys, tmp_path, two_class_ckpt):
+    root = make_imagenet(tmp_path / "inet")
+    xml = root / "Annotation" / "n02" / "n02_1.xml"
+    xml.unlink()
+    args = ["score", "--checkpoint", two_class_ckpt, "--arch", "small_resnet", "--width", 8, "--num-classes", 2,
+            "--data", root, "--layout", "imagenet", "--input-size", SIZE, "--device", "cpu"]
+    rc, out, err = run(capsys, *args, "--json")
+    assert rc != 0
+    assert "n02_1.JPEG" in err and "missing annotation" in err and str(xml) in err
+    s = run_json(capsys, *args, "--skip-bad")
+    assert s["n_skipped"] == 1 and s["n_images"] == 2
+
+
+def test_label_outside_the_models_classes(capsys, data, tmp_path, two_class_ckpt):
+    rc, out, err = run(capsys, *base_args(data, two_class_ckpt, "--arch", "small_resnet", "--width", 8,
+                                          "--num-classes", 2, "--json"))
+    assert rc != 0 and out == ""
+    assert str(data) in err and f"{N_CLASSES} classes" in err and "2 outputs" in err
+    # a saved nn.Module carries its own number of outputs: no --num-classes to compare with
+    module = tmp_path / "two_module.pt"
+    torch.save(create_model("small_resnet", num_classes=2, width=8), module)
+    rc, out, err = run(capsys, *base_args(data, module, "--json"))
+    assert rc != 0 and out == ""
+    assert "label 2 is outside the model's 2 classes" in err
+
+
+def test_empty_dataset(capsys, tmp_path, checkpoints):
+    root = tmp_path / "empty"
+    write_csv(root / "train.csv", [])
+    rc, out, err = run(capsys, *base_args(root, checkpoints["plain"], *ARCH, "--json"))
+    assert rc != 0 and out == ""
+    assert str(root / "train.csv") in err and "no images" in err
+
+
+@pytest.mark.parametrize("wrong", ["other_small", "sequential"])
+def test_checkpoint_for_another_architecture(capsys, data, tmp_path, wrong):
+    path = tmp_path / f"{wrong}.pt"
+    if wrong == "other_small":  # deeper and wider: extra blocks and other shapes
+        state = create_model("small_resnet", num_classes=N_CLASSES, width=16, blocks=(2, 1, 1, 1)).state_dict()
+    else:
+        state = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, N_CLASSES)).state_dict()
+    torch.save({"model_state_dict": state}, path)
+    rc, out, err = run(capsys, *base_args(data, path, *ARCH, "--json"))
+    assert rc != 0 and out == ""
+    assert str(path) in err and "does not match" in err
+    if wrong == "other_small":
+        assert "unexpected keys [layer1.1." in err and "shape mismatch" in err and "conv1.weight" in err
+    else:
+        assert "missing keys [" in err and "unexpected keys [0.bias, 0.weight, 2.bias, 2.weight]" in err
+
+
+def test_nonexistent_and_unreadable_checkpoint(capsys, data, tmp_path):
+    missing = tmp_path / "nope.pt"
+    rc, out, err = run(capsys, *base_args(data, missing, *ARCH, "--json"))
+    assert rc != 0 and out == "" and str(missing) in err and "no such checkpoint" in err
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"definitely not a torch file")
+    rc, out, err = run(capsys, *base_args(data, garbage, *ARCH, "--json"))
+    assert rc != 0 and str(garbage) in err and "cannot read checkpoint" in err
+
+
+def test_state_dict_without_arch(capsys, data, checkpoints):
+    rc, out, err = run(capsys, *base_args(data, checkpoints["plain"], "--json"))
+    assert rc != 0 and str(checkpoints["plain"]) in err and "architecture" in err
+
+
+def test_synth_rerun_and_conflict(capsys, data):
+    # the same parameters again: a no-op that succeeds; other parameters: an error naming them
+    args = ["synth", "--out", data, "--seed", 5, "--classes", N_CLASSES, "--train-per-class", PER_CLASS,
+            "--test-per-class", 1, "--size", SIZE]
+    rc, out, err = run(capsys, *args)
+    assert rc == 0 and str(data) in out
+    rc, out, err = run(capsys, *args[:-2], "--size", 48)
+    assert rc != 0 and "size" in err and str(data) in err
+
+
+def test_saliency_masks_skip_bad(capsys, tmp_path, checkpoints):
+    pytest.importorskip("cv2")
+    root = _fresh_synth(tmp_path)
+    bad = root / "images" / "train" / "00001.png"
+    bad.write_bytes(b"garbage")
+    args = base_args(root, checkpoints["plain"], *ARCH, "--masks", "saliency")
+    rc, out, err = run(capsys, *args, "--json")
+    assert rc != 0 and str(bad) in err
+    with pytest.warns(UserWarning, match="00001.png"):
+        s = run_json(capsys, *args, "--skip-bad")
+    assert s["n_skipped"] == 1 and s["n_images"] == N - 1 and s["masks"] == "saliency"
+
+
+def test_mask_folder(capsys, tmp_path, checkpoints, model):
+    """--masks DIR: the score uses those masks; a missing mask is an error, or skipped with
+    --skip-bad (counted in n_skipped, as is a corrupt image)."""
+    root = _fresh_synth(tmp_path)
+    records, _ = read_layout(root, "csv", "train")
+    rng = np.random.default_rng(0)
+    mdir = tmp_path / "masks"
+    mdir.mkdir()
+    masks = {}
+    for r in records:
+        m = np.zeros((SIZE, SIZE), dtype=bool)
+        y0, x0 = rng.integers(0, 16, size=2)
+        m[y0 : y0 + 14, x0 : x0 + 10] = True
+        masks[r.image_id] = m
+        Image.fromarray(m.astype(np.uint8) * 255).save(mdir / f"{r.image_id}.png")
+    args = base_args(root, checkpoints["plain"], *ARCH, "--masks", mdir, "--threshold", 0.1, 0.5)
+    s = run_json(capsys, *args)
+    ids = [r.image_id for r in records]
+    e = score_model(model, BoxDataset(records, input_size=SIZE), thresholds=(0.1, 0.5),
+                    masks=torch.from_numpy(np.stack([masks[i] for i in ids])), mask_ids=ids)
+    assert s["n_images"] == N and s["n_skipped"] == 0
+    for t in ("0.1", "0.5"):
+        assert same(s["by_threshold"][t]["iou"], e.iou(float(t)))
+        assert same(s["by_threshold"][t]["iou_b"], e.iou_b(float(t)))
+
+    (mdir / f"{ids[3]}.png").unlink()
+    rc, out, err = run(capsys, *args, "--json")
+    assert rc != 0 and ids[3] in err
+    (root / "images" / "train" / f"{ids[1]}.png").write_bytes(b"")
+    with pytest.warns(UserWarning):
+        s = run_json(capsys, *args, "--skip-bad")
+    assert s["n_skipped"] == 2 and s["n_images"] == N - 2

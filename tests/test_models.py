@@ -1,0 +1,246 @@
+"""Model registry, strict checkpoint loading, target layers."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from camgap.models import (
+    CheckpointError,
+    SmallResNet,
+    create_model,
+    default_target_layer,
+    extract_state_dict,
+    get_layer,
+    list_models,
+    load_checkpoint,
+    load_weights,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _threads():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_list_models():
+    assert {"resnet18", "resnet34", "resnet50", "resnet101", "small_resnet"} <= set(list_models())
+    assert list_models() == sorted(list_models())
+
+
+def test_resnet18_any_number_of_classes():
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=7).eval()
+    assert model.fc.out_features == 7
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 64, 64))
+    assert out.shape == (2, 7)
+    # random weights (nothing downloaded): two builds differ
+    other = create_model("resnet18", num_classes=7)
+    assert not torch.equal(model.conv1.weight, other.conv1.weight)
+
+
+@pytest.mark.parametrize("name,block,depths,features", [
+    ("resnet34", BasicBlock, (3, 4, 6, 3), 512),
+    ("resnet50", Bottleneck, (3, 4, 6, 3), 2048),
+    ("resnet101", Bottleneck, (3, 4, 23, 3), 2048),
+])
+def test_torchvision_resnets(name, block, depths, features):
+    model = create_model(name, num_classes=5)
+    assert model.fc.in_features == features and model.fc.out_features == 5
+    assert tuple(len(getattr(model, f"layer{i}")) for i in range(1, 5)) == depths
+    assert isinstance(model.layer4[0], block)
+
+
+def test_torchvision_resnet_rejects_options():
+    with pytest.raises(ValueError, match="no options"):
+        create_model("resnet18", num_classes=3, width=8)
+
+
+@pytest.mark.parametrize("width,blocks", [(8, (1, 1, 1, 1)), (4, (2, 1, 3, 1)), (16, [1, 2, 1, 2])])
+def test_small_resnet_shapes(width, blocks):
+    torch.manual_seed(0)
+    model = create_model("small_resnet", num_classes=5, width=width, blocks=blocks).eval()
+    assert isinstance(model, SmallResNet)
+    assert tuple(len(getattr(model, f"layer{i}")) for i in range(1, 5)) == tuple(blocks)
+    assert model.conv1.out_channels == width
+    assert [getattr(model, f"layer{i}")[-1].conv2.out_channels for i in range(1, 5)] == [width, 2 * width,
+                                                                                       4 * width, 8 * width]
+    assert model.fc.in_features == 8 * width and model.fc.out_features == 5
+    x = torch.randn(2, 3, 32, 32)
+    acts = {}
+    handle = model.layer4.register_forward_hook(lambda m, i, o: acts.setdefault("layer4", o))
+    with torch.no_grad():
+        out = model(x)
+    handle.remove()
+    assert out.shape == (2, 5)
+    assert acts["layer4"].shape == (2, 8 * width, 4, 4)  # stride 8 overall
+    # the head is global average pooling + one linear layer (what the closed-form CAM relies on)
+    expected = model.fc(acts["layer4"].mean((2, 3)))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_small_resnet_defaults_and_bad_blocks():
+    model = create_model("small_resnet", num_classes=3)
+    assert model.conv1.out_channels == 16 and all(len(getattr(model, f"layer{i}")) == 1 for i in range(1, 5))
+    with pytest.raises(ValueError, match="4 stage depths"):
+        create_model("small_resnet", num_classes=3, blocks=(1, 1, 1))
+
+
+def test_unknown_arch():
+    with pytest.raises(ValueError, match="unknown architecture 'resnet9'.*resnet18.*small_resnet"):
+        create_model("resnet9", num_classes=3)
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small():
+    torch.manual_seed(0)
+    return create_model("small_resnet", num_classes=4, width=4).eval()
+
+
+def _same_weights(a: nn.Module, b: nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+@pytest.mark.parametrize("fmt", ["plain", "model_state_dict", "module_prefix", "state_dict_key", "module"])
+def test_load_checkpoint_formats(tmp_path, small, fmt):
+    with torch.no_grad():  # non-default buffers so running stats are checked too
+        small.bn1.running_mean.uniform_()
+    state = small.state_dict()
+    obj = {
+        "plain": state,
+        "model_state_dict": {"model_state_dict": state, "optimizer": {"lr": 0.1}, "epoch": 3},
+        "module_prefix": {"model_state_dict": {f"module.{k}": v for k, v in state.items()}},
+        "state_dict_key": {"state_dict": {f"module.{k}": v for k, v in state.items()}},
+        "module": small,
+    }[fmt]
+    path = tmp_path / "ckpt.pt"
+    torch.save(obj, path)
+    if fmt == "module":
+        loaded = load_checkpoint(path)
+        assert isinstance(loaded, SmallResNet)
+        _same_weights(loaded, small)
+    loaded = load_checkpoint(path, "small_resnet", 4, width=4)
+    assert isinstance(loaded, SmallResNet) and loaded is not small
+    _same_weights(loaded, small)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(x), small(x), atol=0, rtol=0)
+
+
+def test_checkpoint_arch_kwargs(tmp_path, small):
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model_state_dict": small.state_dict(), "arch_kwargs": {"width": 4}}, path)
+    _same_weights(load_checkpoint(path, "small_resnet", 4), small)
+
+
+def test_state_dict_needs_arch(tmp_path, small):
+    path = tmp_path / "ckpt.pt"
+    torch.save(small.state_dict(), path)
+    with pytest.raises(CheckpointError, match="architecture"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="number of classes"):
+        load_checkpoint(path, "small_resnet")
+
+
+def test_bad_checkpoint_files(tmp_path):
+    missing = tmp_path / "missing.pt"
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(missing, "small_resnet", 4)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint") as exc:
+        load_checkpoint(garbage, "small_resnet", 4)
+    assert str(garbage) in str(exc.value)
+    odd = tmp_path / "odd.pt"
+    torch.save([1, 2, 3], odd)
+    with pytest.raises(CheckpointError, match="not a state_dict"):
+        load_checkpoint(odd, "small_resnet", 4)
+    assert issubclass(CheckpointError, ValueError)
+
+
+def test_strict_missing_keys(tmp_path, small):
+    state = small.state_dict()
+    del state["fc.bias"]
+    del state["layer2.0.conv1.weight"]
+    path = tmp_path / "ckpt.pt"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as exc:
+        load_checkpoint(path, "small_resnet", 4, width=4)
+    msg = str(exc.value)
+    assert str(path) in msg and "missing keys [fc.bias, layer2.0.conv1.weight]" in msg
+    assert "unexpected" not in msg and "shape" not in msg
+
+
+def test_strict_unexpected_keys(small):
+    state = small.state_dict() | {"extra.weight": torch.zeros(1), "head2.bias": torch.zeros(2)}
+    with pytest.raises(CheckpointError, match=r"unexpected keys \[extra.weight, head2.bias\]") as exc:
+        load_weights(create_model("small_resnet", 4, width=4), state, "x.pt")
+    assert "missing" not in str(exc.value)
+
+
+def test_strict_shape_mismatch(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    torch.save(create_model("small_resnet", num_classes=10, width=4).state_dict(), path)
+    with pytest.raises(CheckpointError) as exc:
+        load_checkpoint(path, "small_resnet", 4, width=4)
+    msg = str(exc.value)
+    assert "shape mismatch [fc.bias (10,) vs (4,), fc.weight (10, 32) vs (4, 32)]" in msg
+    assert "missing" not in msg and "unexpected" not in msg
+
+
+def test_wrong_architecture_lists_all_problems(small):
+    """A wider, deeper model: unexpected keys (the extra block) and shape mismatches, each
+    list cut to 5 names with the total."""
+    other = create_model("small_resnet", num_classes=4, width=8, blocks=(2, 1, 1, 1)).state_dict()
+    with pytest.raises(CheckpointError) as exc:
+        load_weights(small, other)
+    msg = str(exc.value)
+    n_extra = sum(k.startswith("layer1.1.") for k in other)
+    assert f"unexpected keys [layer1.1." in msg and f"({n_extra} in all)" in msg
+    assert "shape mismatch [" in msg and "conv1.weight (8, 3, 3, 3) vs (4, 3, 3, 3)" in msg
+    # nothing was loaded
+    fresh = create_model("small_resnet", num_classes=4, width=4)
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(CheckpointError):
+        load_weights(fresh, other)
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_extract_state_dict_strips_only_the_prefix():
+    state = {"module.a": torch.zeros(1), "b.module.c": torch.ones(1)}
+    out = extract_state_dict({"model_state_dict": state})
+    assert set(out) == {"a", "b.module.c"}
+
+
+# --- target layers --------------------------------------------------------------------------
+
+
+def test_default_target_layer(small):
+    assert default_target_layer(small) is small.layer4
+    r18 = create_model("resnet18", num_classes=3)
+    assert default_target_layer(r18) is r18.layer4
+    seq = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.ReLU(),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 2))
+    assert default_target_layer(seq) is seq[2]  # the last Conv2d
+    with pytest.raises(ValueError, match="no `layer4` and no Conv2d"):
+        default_target_layer(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)))
+
+
+def test_get_layer(small):
+    assert get_layer(small, "layer4") is small.layer4
+    assert get_layer(small, "layer4.0.conv2") is small.layer4[0].conv2
+    assert get_layer(small, "fc") is small.fc
+    with pytest.raises(ValueError, match="no layer 'layer5'.*top-level layers: conv1, bn1, relu, layer1"):
+        get_layer(small, "layer5")

@@ -1,0 +1,223 @@
+"""Tables 3-7: values equal the statistics computed directly; n/a below 3 models; CSV/Markdown."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as st
+
+from camgap.study import stats, tables
+from camgap.study.report import demo_frames
+
+IOU = "cam=gradcam,threshold=0.1,masks=boxes"
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return demo_frames(seed=0)
+
+
+def _trained_iou(runs, ms, params=IOU):
+    sel = ms[(ms.measure == "iou") & (ms.params == params) & (ms.status == "done")]
+    d = runs.merge(sel[["run_id", "value"]], on="run_id", how="left")
+    return d[d.trained]
+
+
+# ---------------------------------------------------------------------------- wide table
+def test_params_round_trip():
+    p = tables.parse_params("cam=gradcam++, threshold=0.1,masks=boxes")
+    assert p == {"cam": "gradcam++", "threshold": "0.1", "masks": "boxes"}
+    assert tables.format_params(p) == "cam=gradcam++,threshold=0.1,masks=boxes"
+    assert tables.parse_params("") == {} and tables.parse_params(None) == {}
+    assert tables.parse_params(float("nan")) == {}
+    # the registry's canonical JSON form
+    assert tables.parse_params('{"cam": "gradcam", "masks": "boxes", "threshold": 0.1}') == {
+        "cam": "gradcam", "masks": "boxes", "threshold": "0.1"}
+    ms = pd.DataFrame({"run_id": ["a", "b"], "measure": "iou", "value": [0.1, 0.2],
+                       "params": ['{"cam": "gradcam", "threshold": 0.1}', "{}"]})
+    w = tables.wide_table(pd.DataFrame({"run_id": ["a", "b"]}), ms,
+                          [("iou", "cam=gradcam,threshold=0.1", "x"), ("iou", "", "y")])
+    assert w["x"].tolist()[0] == 0.1 and w["y"].tolist()[1] == 0.2
+
+
+def test_wide_table_pivots_and_leaves_failures_nan():
+    runs = pd.DataFrame({"run_id": ["a", "b", "c"], "arch": "r18", "gap": [1.0, 2.0, 3.0]})
+    ms = pd.DataFrame([
+        ("a", "iou", "cam=gradcam,masks=boxes", 0.5, "done", ""),
+        ("b", "iou", "cam=gradcam,masks=boxes", 0.4, "done", ""),
+        ("c", "iou", "cam=gradcam,masks=boxes", np.nan, "failed", "negative margin"),
+        ("a", "iou", "cam=gradcam++,masks=boxes", 0.6, "done", ""),
+        ("a", "nuclear_norm", "", 1.5, "done", ""),
+        ("b", "nuclear_norm", np.nan, 2.5, "done", ""),      # missing params == ""
+    ], columns=["run_id", "measure", "params", "value", "status", "error"])
+    w = tables.wide_table(runs, ms, [("iou", "cam=gradcam,masks=boxes", "IoU"),
+                                     ("iou", {"cam": "gradcam++"}, "IoU++"),
+                                     ("nuclear_norm", "", "NN")])
+    assert w["IoU"].tolist()[:2] == [0.5, 0.4] and math.isnan(w["IoU"].iloc[2])
+    assert w["IoU++"].iloc[0] == 0.6 and w["IoU++"].iloc[1:].isna().all()
+    assert w["NN"].tolist()[:2] == [1.5, 2.5]
+    assert list(w.columns[:3]) == ["run_id", "arch", "gap"]
+    with pytest.raises(ValueError, match="several variants"):
+        tables.wide_table(runs, ms, [("iou", {"masks": "boxes"}, "x")])
+    with pytest.raises(ValueError, match="already in the table"):
+        tables.wide_table(runs, ms, [("nuclear_norm", "", "gap")])
+    auto = tables.wide_table(runs, ms)                   # every (measure, params), labelled
+    assert {"Nuclear Norm", "IoU (cam=gradcam)", "IoU (cam=gradcam++)"} <= set(auto.columns)
+    assert [s.label for s in tables.discover_specs(ms, {"cam": "gradcam"})] == ["Nuclear Norm", "IoU"]
+
+
+# ------------------------------------------------------------------------------ Table 3
+def test_table3_cells_equal_scipy_on_the_cell_subsets(frames):
+    runs, ms = frames
+    t = tables.table3(runs, ms, n_boot=50, seed=3)
+    assert list(t.pearson.columns) == [">=95", ">=90", ">=85", ">=80"]
+    assert t.pearson.index.get_level_values(0).unique().tolist() == ["resnet18", "resnet34", "Total"]
+    assert t.pearson.index.get_level_values(1).unique().tolist() == [
+        "Spectral Norm", "Nuclear Norm", "IoU-B", "IoU"]
+    d = _trained_iou(runs, ms)
+    for arch in ("resnet18", "Total"):
+        for thr, col in zip((0.95, 0.90, 0.85, 0.80), t.pearson.columns):
+            c = d if arch == "Total" else d[d.arch == arch]
+            c = c[c.train_acc >= thr]
+            key = (arch, "IoU")
+            assert t.n.loc[key, col] == len(c)
+            if len(c) < 3:
+                assert math.isnan(t.pearson.loc[key, col])
+                continue
+            assert t.pearson.loc[key, col] == pytest.approx(st.pearsonr(c.value, c.gap)[0], abs=1e-12)
+            assert t.spearman.loc[key, col] == pytest.approx(st.spearmanr(c.value, c.gap)[0], abs=1e-12)
+            assert t.kendall.loc[key, col] == pytest.approx(st.kendalltau(c.value, c.gap)[0], abs=1e-12)
+            lo, hi = stats.bootstrap_ci(c.value, c.gap, n_resamples=50, seed=3)
+            assert (t.ci_low.loc[key, col], t.ci_high.loc[key, col]) == (lo, hi)
+    # the failed spectral norm measurement is one model fewer
+    assert t.n.loc[("Total", "Spectral Norm"), ">=80"] == t.n.loc[("Total", "IoU"), ">=80"] - 1
+    long = t.long()
+    assert len(long) == t.pearson.size
+    assert set(long.columns) == {"arch", "measure", "column", "pearson", "spearman", "kendall",
+                                 "ci_low", "ci_high", "n"}
+
+
+def _small_runs():
+    rng = np.random.default_rng(0)
+    rows = []
+    for arch, n in (("resnet18", 6), ("resnet50", 2)):
+        for i in range(n):
+            rows.append(dict(run_id=f"{arch}-{i}", arch=arch, trained=True,
+                             train_acc=0.99 - 0.01 * i, gap=float(rng.uniform(0, 30))))
+    runs = pd.DataFrame(rows)
+    ms = pd.DataFrame(dict(run_id=runs.run_id, measure="iou", params="",
+                           value=0.5 - runs.gap / 100 + rng.normal(0, 0.01, len(runs)),
+                           status="done", error=""))
+    return runs, ms
+
+
+def test_cells_with_fewer_than_three_models_are_na(tmp_path):
+    runs, ms = _small_runs()
+    t = tables.table3(runs, ms, n_boot=20)
+    assert t.n.loc[("resnet50", "IoU")].tolist() == [2, 2, 2, 2]
+    for f in (t.pearson, t.spearman, t.kendall, t.ci_low, t.ci_high):
+        assert f.loc[("resnet50", "IoU")].isna().all()
+    assert np.isfinite(t.pearson.loc[("resnet18", "IoU")]).all()
+    csv, md = tables.write_table(t.pearson, tmp_path, "t3")
+    text = md.read_text()
+    row = [ln for ln in text.splitlines() if ln.startswith("| resnet50")][0]
+    assert row.count("n/a") == 4
+    back = pd.read_csv(csv, index_col=[0, 1])
+    assert back.loc[("resnet50", "IoU")].isna().all()
+    pd.testing.assert_frame_equal(back, t.pearson, check_names=False, rtol=0, atol=1e-15)
+    s = tables.selection_table(tables.wide_table(runs, ms, [("iou", "", "IoU")]), "IoU")
+    assert s.accuracy.loc["resnet50"].isna().all() and (s.n_models.loc["resnet50"] == 2).all()
+
+
+# ------------------------------------------------------------------- Psi / CMI per measure
+def test_ranking_table_equals_stats(frames):
+    runs, ms = frames
+    r = tables.ranking_table(runs, ms)
+    assert tables.infer_hparams(runs) == ["arch", "batch_size", "lr", "optimizer"]
+    d = _trained_iou(runs, ms)
+    hp = ["arch", "batch_size", "lr", "optimizer"]
+    psi, per = stats.granulated_kendall(d, "value", "gap", hp)
+    cmi, per_set = stats.cmi_score(d, "value", "gap", hp)
+    assert r.loc["IoU", "psi"] == pytest.approx(psi)
+    assert r.loc["IoU", "psi[lr]"] == pytest.approx(per["lr"])
+    assert r.loc["IoU", "cmi"] == pytest.approx(cmi)
+    best = min((v, k) for k, v in per_set.items() if np.isfinite(v))[1]
+    assert r.loc["IoU", "cmi_set"] == ("+".join(best) or "{}")
+    assert r.loc["IoU", "n"] == len(d)
+
+
+# ------------------------------------------------------------------------- Tables 4-7
+def test_table4_equals_selection_accuracy(frames, tmp_path):
+    runs, ms = frames
+    t = tables.table4(runs, ms)
+    d = _trained_iou(runs, ms)
+    for arch in ("resnet34", "Total"):
+        c = d if arch == "Total" else d[d.arch == arch]
+        c = c[c.train_acc >= 0.85]
+        s = stats.selection_accuracy(c.value, c.gap)
+        assert t.accuracy.loc[arch, ">=85"] == pytest.approx(s.accuracy)
+        assert t.n_compared.loc[arch, ">=85"] == s.n_compared
+        assert t.n_ties.loc[arch, ">=85"] == s.n_ties
+    csv, md = tables.write_selection_table(t, tmp_path, "t4")[:2]
+    assert "%" in md.read_text()
+    back = pd.read_csv(csv, index_col=0)
+    pd.testing.assert_frame_equal(back, t.accuracy, check_names=False, rtol=0, atol=1e-15)
+
+
+def test_table5_random_vs_trained(frames):
+    runs, ms = frames
+    t = tables.table5(runs, ms, n_boot=0)
+    assert t.pearson.index.tolist() == ["Random Model", "Trained Model"]
+    assert t.pearson.columns.tolist() == ["resnet18", "resnet34", "Total"]
+    sel = ms[(ms.measure == "iou") & (ms.params == IOU)]
+    d = runs.merge(sel[["run_id", "value"]], on="run_id")
+    rnd = d[~d.trained]
+    assert t.n.loc["Random Model", "Total"] == len(rnd) == 4
+    assert t.pearson.loc["Random Model", "Total"] == pytest.approx(st.pearsonr(rnd.value, rnd.gap)[0])
+    assert math.isnan(t.pearson.loc["Random Model", "resnet18"])      # 2 random models
+    tr = d[d.trained & (d.train_acc >= 0.8)]
+    assert t.pearson.loc["Trained Model", "Total"] == pytest.approx(st.pearsonr(tr.value, tr.gap)[0])
+
+
+def test_table6_rows_by_cam_method(frames):
+    runs, ms = frames
+    t = tables.table6(runs, ms, n_boot=0)
+    assert t.pearson.loc["Total"].index.tolist() == [
+        "IoU (Using GradCAM)", "IoU (Using GradCAM++)", "IoU (Using SmoothGradCAM++)"]
+    d = _trained_iou(runs, ms, "cam=smoothgradcam++,threshold=0.1,masks=boxes")
+    assert t.pearson.loc[("Total", "IoU (Using SmoothGradCAM++)"), ">=80"] == pytest.approx(
+        st.pearsonr(d.value, d.gap)[0])
+    only_gradcam = ms[~ms.params.str.contains(r"\+\+")]
+    assert tables.table6(runs, only_gradcam, n_boot=0) is None
+
+
+def test_table7_boxes_vs_saliency(frames):
+    runs, ms = frames
+    t = tables.table7(runs, ms, n_boot=0)
+    assert t.pearson.loc["resnet18"].index.tolist() == ["IoU (using saliency map)",
+                                                        "IoU (using bounding box)"]
+    d = _trained_iou(runs, ms, "cam=gradcam,threshold=0.1,masks=saliency")
+    d = d[(d.arch == "resnet18") & (d.train_acc >= 0.9)]
+    assert t.pearson.loc[("resnet18", "IoU (using saliency map)"), ">=90"] == pytest.approx(
+        st.pearsonr(d.value, d.gap)[0])
+    assert tables.table7(runs, ms[~ms.params.str.contains("saliency")], n_boot=0) is None
+
+
+def test_thresholds_are_configurable(frames):
+    runs, ms = frames
+    t = tables.table3(runs, ms, thresholds=(0.99, 0.5), n_boot=0)
+    assert list(t.pearson.columns) == [">=99", ">=50"]
+    assert t.ci_low.isna().all().all()                      # n_boot=0: no interval
+
+
+def test_markdown_layout():
+    df = pd.DataFrame({">=95": [-0.91444, np.nan], ">=90": [0.5, 1.0]},
+                      index=pd.MultiIndex.from_tuples([("resnet18", "IoU"), ("resnet18", "EI")],
+                                                      names=["arch", "measure"]))
+    md = tables.to_markdown(df)
+    lines = md.splitlines()
+    assert lines[0] == "| arch | measure | \u2265 95 | \u2265 90 |"
+    assert lines[2] == "| resnet18 | IoU | \u22120.9144 | 0.5000 |"
+    assert lines[3] == "|  | EI | n/a | 1.0000 |"
