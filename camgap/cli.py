@@ -25,6 +25,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resize", default="resize", choices=["resize", "resize_crop"],
                    help="direct resize of the whole image (reference behaviour) or resize + center crop")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
+    p.add_argument("--cache", type=Path, help="cache folder for decoded images and masks (default ~/.cache/camgap/...)")
 
 
 def _add_score_args(p: argparse.ArgumentParser) -> None:
@@ -49,7 +50,8 @@ def _add_score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=16, help="number of overlays")
 
 
-def cmd_score(args: argparse.Namespace) -> int:
+def _score_summary(args: argparse.Namespace) -> dict:
+    """Score the checkpoint as `camgap score` asks; writes --per-image / --overlays; returns the summary."""
     from camgap.data import BoxDataset, read_layout
     from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD
     from camgap.measures.score import score_model
@@ -100,9 +102,22 @@ def cmd_score(args: argparse.Namespace) -> int:
         from camgap.viz import save_overlays
 
         save_overlays(result.overlays, args.overlays, args.threshold[0], classes)
-    summary = result.summary() | {"masks": args.masks, "checkpoint": str(args.checkpoint)}
+    return result.summary() | {"masks": args.masks, "checkpoint": str(args.checkpoint)}
+
+
+def _json_safe(obj):
+    """NaN (no reference region anywhere) becomes null: strict JSON has no NaN."""
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    return obj
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    summary = _score_summary(args)
     if args.json:
-        print(json.dumps(summary, indent=None))
+        print(json.dumps(_json_safe(summary)))
     else:
         print(f"IoU^Model   = {summary['iou']:.4f}   (threshold {args.threshold[0]:g}, {args.cam})")
         print(f"IoU-B^Model = {summary['iou_b']:.4f}")
@@ -114,6 +129,19 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache_dir(args: argparse.Namespace) -> Path:
+    """Where decoded tensors and masks of a dataset are cached: --cache, else the user cache."""
+    import hashlib
+    import os
+
+    if getattr(args, "cache", None):
+        root = Path(args.cache)
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "camgap"
+        root = base / hashlib.sha256(str(Path(args.data).resolve()).encode()).hexdigest()[:16]
+    return root / f"{args.split}-{args.input_size}-{args.resize}"
+
+
 def _reference_masks(args, dataset, device):
     """Masks for A_G when --masks is not `boxes`: computed once per dataset and cached."""
     if args.masks == "boxes":
@@ -121,7 +149,7 @@ def _reference_masks(args, dataset, device):
     from camgap.data.masks import compute_masks
     from camgap.data.store import TensorStore
 
-    cache = Path(args.data) / ".camgap-cache" / f"{args.split}-{args.input_size}-{args.resize}"
+    cache = _cache_dir(args)
     store = TensorStore.cached(dataset.records, cache, args.input_size, args.resize, skip_bad=args.skip_bad)
     result = compute_masks(
         args.masks, store.images, store.boxes, list(store.image_ids), args.input_size,
@@ -145,6 +173,70 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from camgap.study.report import headline, run_study, write_study
+    from camgap.zoo.measure import overlay_rows
+    from camgap.zoo.registry import Registry
+
+    zoo = Path(args.zoo)
+    if not (zoo / Registry.FILENAME).exists():
+        raise FileNotFoundError(f"{zoo}: no model set here ({Registry.FILENAME} missing)")
+    with Registry.in_dir(zoo, create=False) as reg:
+        runs, measurements = reg.runs_frame(), reg.measurements_frame()
+    if measurements.empty:
+        raise ValueError(f"{zoo}: no measurements yet; run `camgap zoo measure {zoo}` first")
+    overlays = None if args.no_overlays else overlay_rows(zoo, device=resolve_device(args.device))
+    report = write_study(runs, measurements, args.out, overlays=overlays or None, n_boot=args.bootstrap)
+    print(headline(runs, measurements))
+    print(f"report: {report}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from camgap.study.predict import fit_gap, predict_gap
+    from camgap.study.tables import wide_table
+    from camgap.zoo.measure import score_params
+    from camgap.zoo.registry import Registry
+
+    with Registry.in_dir(args.zoo, create=False) as reg:
+        runs, measurements = reg.runs_frame(), reg.measurements_frame()
+    params = score_params(args.cam, args.threshold[0], "boxes")
+    wide = wide_table(runs[(runs.status == "done") & runs.trained], measurements, [("iou", params, "iou")])
+    fit = fit_gap(wide["iou"], wide["gap"], name="iou")
+    args.json, args.per_image, args.overlays = True, None, None
+    summary = _score_summary(args)
+    prediction = predict_gap(fit, summary["iou"], confidence=args.confidence)
+    print(f"IoU^Model = {summary['iou']:.4f} on {summary['n_images']} training images ({args.cam}, rho {args.threshold[0]:g})")
+    print(f"reference: {fit.n} trained models of {args.zoo}, gap = {fit.intercept:.2f} + {fit.slope:.2f} * IoU (r = {fit.r:.3f})")
+    print(prediction.text())
+    return 0
+
+
+def cmd_masks(args: argparse.Namespace) -> int:
+    from camgap.data import BoxDataset, read_layout
+    from camgap.data.masks import boxes_to_masks, compute_masks, export_masks, mask_quality
+    from camgap.data.store import TensorStore
+
+    skipped: list | None = [] if args.skip_bad else None
+    records, _ = read_layout(args.data, args.layout, args.split, skipped=skipped, missing_ok=True)
+    cache = _cache_dir(args)
+    store = TensorStore.cached(records, cache, args.input_size, args.resize, skip_bad=args.skip_bad)
+    result = compute_masks(args.source, store.images, store.boxes, list(store.image_ids), args.input_size,
+                           cache_dir=cache, skip_bad=args.skip_bad, resize=args.resize)
+    paths = export_masks(result.masks, result.image_ids, args.out)
+    print(f"{len(paths)} masks written to {args.out} ({args.source})")
+    stats = result.stats
+    print(f"empty masks {stats.get('n_empty', 0)}, full-image masks {stats.get('n_full', 0)}, "
+          f"missing {stats.get('n_missing', 0)}")
+    if any(len(b) for b in store.boxes):
+        keep = list(result.keep) if result.keep is not None else list(range(len(store)))
+        box_masks = boxes_to_masks([store.boxes[i] for i in keep], args.input_size)
+        quality = mask_quality(result.masks, box_masks)
+        print(f"agreement with the boxes: mean IoU {quality['mean_iou']:.3f}, "
+              f"masks missing the object entirely {100 * quality['miss_share']:.1f}% (n={quality['n']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="camgap", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -161,6 +253,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-per-class", type=int, default=50)
     p.add_argument("--size", type=int, default=32)
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("masks", help="export A_G masks (saliency or a mask folder) as PNGs, with their agreement with the boxes")
+    p.add_argument("data", type=Path, help="dataset root")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--source", default="saliency", help="saliency, saliency:spectral_residual, boxes, or a folder of PNG masks")
+    p.add_argument("--layout", default="auto", choices=["auto", "imagenet", "listfile", "kaggle", "coco", "csv"])
+    p.add_argument("--split", default="train")
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--resize", default="resize", choices=["resize", "resize_crop"])
+    p.add_argument("--skip-bad", action="store_true")
+    p.add_argument("--cache", type=Path)
+    p.set_defaults(func=cmd_masks)
+
+    p = sub.add_parser("study", help="tables, figures and an HTML report for a measured model set")
+    p.add_argument("zoo", type=Path, help="model-set folder (from `camgap zoo build`, measured by `camgap zoo measure`)")
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95%% intervals")
+    p.add_argument("--no-overlays", action="store_true", help="skip the CAM overlay figure (Figure 2)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("predict", help="predict a model's generalization gap from its IoU, fitted on a reference model set")
+    p.add_argument("--zoo", required=True, type=Path, help="measured reference model set")
+    _add_score_args(p)
+    p.add_argument("--confidence", type=float, default=0.95)
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

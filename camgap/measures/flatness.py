@@ -1,0 +1,235 @@
+"""PAC-Bayes flatness (Jiang et al. 2020, "Fantastic Generalization Measures", sec. 6 / C).
+
+sigma' is the largest noise scale such that perturbing ALL parameters (weights, biases and
+BatchNorm affine parameters; not the BN running statistics) with Gaussian noise moves the
+training accuracy by at most ``target`` (0.1 by default; or raises the training cross-entropy
+by at most ``target`` with ``criterion="loss"``):
+
+* ``pacbayes.flatness``     = 1 / sigma'^2, noise u ~ N(0, sigma'^2 I);
+* ``pacbayes.mag.flatness`` = 1 / sigma'^2, noise u_i ~ N(0, sigma'^2 w_i^2 + eps^2)
+  (magnitude-aware, eps = 1e-3).
+
+The accuracy drop is the mean over ``draws`` noise draws on a fixed subset (the first
+``n_images`` images of the training batches, in the store's order), in eval mode. sigma' is
+found by bracketing (doubling / halving from a start near the weights' RMS, rounded to a power
+of 2) then bisection, stopping when the drop is within ``tol`` of ``target`` or after
+``depth`` halvings of the bracket - as in Jiang et al.'s search.
+
+Determinism: draw j uses a generator seeded with (seed, j) on the model's device, and the SAME
+standard-normal direction z_j at every sigma (u = std(sigma) * z_j: common random numbers), so
+the drop is a smooth function of sigma and a seed gives one answer. The model's parameters are
+never modified: the perturbed networks run through ``torch.func.functional_call`` with
+perturbed copies, so the weights are exactly as before afterwards.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from camgap.measures.norms import check_finite
+from camgap.measures.registry import MeasureError
+
+
+@dataclass
+class PacBayesResult:
+    sigma: float                  # sigma' (the largest noise scale within the target)
+    clean: float                  # accuracy (or loss) of the unperturbed model on the subset
+    displacement: float           # accuracy drop (loss rise) at the last sigma evaluated
+    n_images: int
+    evaluations: list[tuple[float, float]] = field(default_factory=list)  # (sigma, displacement)
+
+    @property
+    def flatness(self) -> float:
+        return 1.0 / self.sigma**2
+
+
+def _subset(batches: Callable[[], Iterator] | Iterable, n_images: int,
+            device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    it = batches() if callable(batches) else iter(batches)
+    out, n = [], 0
+    for batch in it:
+        x, y = batch[0], batch[1]
+        take = min(x.shape[0], n_images - n)
+        out.append((x[:take].to(device), torch.as_tensor(y[:take]).to(device, torch.long)))
+        n += take
+        if n >= n_images:
+            break
+    if n == 0:
+        raise MeasureError("no training images for the PAC-Bayes search")
+    return out
+
+
+def _score(model: nn.Module, params: dict[str, torch.Tensor] | None,
+           data: list[tuple[torch.Tensor, torch.Tensor]], criterion: str) -> float:
+    total, n = 0.0, 0
+    for x, y in data:
+        out = model(x) if params is None else functional_call(model, params, (x,))
+        if criterion == "accuracy":
+            total += float((out.argmax(dim=1) == y).sum())
+        else:
+            total += float(F.cross_entropy(out.double(), y, reduction="sum"))
+        n += x.shape[0]
+    return total / n
+
+
+def _draw_seed(seed: int, draw: int) -> int:
+    return (int(seed) * 1_000_003 + 7919 * draw + 10_348_628_753) % (2**63 - 1)
+
+
+@torch.no_grad()
+def pacbayes_sigma(model: nn.Module, batches: Callable[[], Iterator] | Iterable, *,
+                   target: float = 0.1, criterion: str = "accuracy",
+                   magnitude_eps: float | None = None, draws: int = 5, n_images: int = 512,
+                   depth: int = 15, tol: float = 0.01, seed: int = 0,
+                   sigma0: float | None = None, max_steps: int = 40) -> PacBayesResult:
+    """Find sigma' by bisection (see the module docstring). ``batches``: a callable returning an
+    iterator of ``(images_normalized, labels, ...)`` or such an iterable. ``magnitude_eps``:
+    None for isotropic noise, eps for the magnitude-aware variant. Raises
+    :class:`MeasureError` for non-finite weights or when no sigma reaches the target."""
+    if criterion not in ("accuracy", "loss"):
+        raise ValueError(f"criterion must be 'accuracy' or 'loss', got {criterion!r}")
+    if not target > 0 or not tol >= 0 or draws < 1:
+        raise ValueError("need target > 0, tol >= 0, draws >= 1")
+    check_finite(model)
+    base = {n: p.detach() for n, p in model.named_parameters()}
+    if not base:
+        raise MeasureError("the model has no parameters")
+    dev = next(iter(base.values())).device
+    was_training = model.training
+    model.eval()
+    try:
+        data = _subset(batches, n_images, dev)
+        n_seen = sum(x.shape[0] for x, _ in data)
+        clean = _score(model, None, data, criterion)
+        if not math.isfinite(clean):
+            raise MeasureError(f"non-finite clean training {criterion}")
+        evaluations: list[tuple[float, float]] = []
+
+        def displacement(sigma: float) -> float:
+            values = []
+            for j in range(draws):
+                g = torch.Generator(device=dev).manual_seed(_draw_seed(seed, j))
+                params = {}
+                for name, p in base.items():
+                    z = torch.randn(p.shape, generator=g, device=dev, dtype=p.dtype)
+                    if magnitude_eps is None:
+                        params[name] = p + sigma * z
+                    else:
+                        std = torch.sqrt(sigma**2 * p.square() + magnitude_eps**2)
+                        params[name] = p + std * z
+                values.append(_score(model, params, data, criterion))
+            mean = sum(values) / draws
+            d = clean - mean if criterion == "accuracy" else mean - clean
+            if not math.isfinite(d):
+                d = math.inf
+            evaluations.append((sigma, d))
+            return d
+
+        def result(sigma: float, d: float) -> PacBayesResult:
+            return PacBayesResult(sigma=sigma, clean=clean, displacement=d, n_images=n_seen,
+                                  evaluations=evaluations)
+
+        if sigma0 is None:
+            if magnitude_eps is not None:
+                sigma0 = 2.0**-3
+            else:
+                sq = sum(float(p.double().square().sum()) for p in base.values())
+                cnt = sum(p.numel() for p in base.values())
+                rms = math.sqrt(sq / cnt) if sq > 0 else 1.0
+                sigma0 = 2.0 ** (round(math.log2(rms)) - 2)
+        s = float(sigma0)
+        d = displacement(s)
+        if abs(d - target) <= tol:
+            return result(s, d)
+        if d > target:  # too much noise: halve until within the target
+            hi = s
+            for _ in range(max_steps):
+                s /= 2
+                d = displacement(s)
+                if abs(d - target) <= tol:
+                    return result(s, d)
+                if d <= target:
+                    break
+                hi = s
+            else:
+                raise MeasureError(f"training {criterion} moves by more than {target} even at sigma={s:.3g}")
+            lo = s
+        else:  # not enough noise: double until the target is exceeded
+            lo = s
+            for _ in range(max_steps):
+                s *= 2
+                d = displacement(s)
+                if abs(d - target) <= tol:
+                    return result(s, d)
+                if d > target:
+                    break
+                lo = s
+            else:
+                raise MeasureError(f"training {criterion} never moves by {target} (sigma up to {s:.3g}; "
+                                   f"clean {criterion} {clean:.3g})")
+            hi = s
+        for _ in range(depth):
+            mid = (lo + hi) / 2
+            d = displacement(mid)
+            if abs(d - target) <= tol:
+                return result(mid, d)
+            if d > target:
+                hi = mid
+            else:
+                lo = mid
+        return result((lo + hi) / 2, d)
+    finally:
+        model.train(was_training)
+
+
+def pacbayes_flatness(model: nn.Module, batches, **options) -> float:
+    """Jiang et al. "pacbayes.flatness" = 1 / sigma'^2 (options: see :func:`pacbayes_sigma`)."""
+    return pacbayes_sigma(model, batches, **options).flatness
+
+
+def pacbayes_mag_flatness(model: nn.Module, batches, magnitude_eps: float = 1e-3, **options) -> float:
+    """Jiang et al. "pacbayes.mag.flatness" = 1 / sigma'^2 with magnitude-aware noise."""
+    return pacbayes_sigma(model, batches, magnitude_eps=magnitude_eps, **options).flatness
+
+
+@torch.no_grad()
+def pacbayes_bounds(model: nn.Module, sigma: float, m: int,
+                    init_state: Mapping[str, torch.Tensor] | None = None,
+                    magnitude_eps: float | None = None) -> dict[str, float]:
+    """Jiang et al.'s PAC-Bayes bound measures at sigma' over all parameters, m training images:
+
+    isotropic: ``orig`` = ||w||^2 / (4 sigma^2) + log(m / sigma) + 10, and ``init`` the same
+    with w - w0 (needs ``init_state``);
+    magnitude-aware (``magnitude_eps`` set, needs ``init_state``), omega parameters:
+    ``mag_init`` = 1/4 sum_i log((eps^2 + (sigma^2+1) ||w - w0||^2 / omega)
+    / (eps^2 + sigma^2 (w_i - w0_i)^2)) + log(m / sigma) + 10, and ``mag_orig`` with ||w||^2 in
+    the numerator."""
+    w = torch.cat([p.detach().double().flatten().cpu() for _, p in model.named_parameters()])
+    tail = math.log(m / sigma) + 10.0
+    out: dict[str, float] = {}
+    w0 = None
+    if init_state is not None:
+        try:
+            w0 = torch.cat([init_state[n].detach().double().flatten().cpu()
+                            for n, _ in model.named_parameters()])
+        except KeyError:
+            w0 = None
+        if w0 is not None and w0.shape != w.shape:
+            w0 = None
+    if magnitude_eps is None:
+        out["orig"] = float(w.square().sum()) / (4 * sigma**2) + tail
+        if w0 is not None:
+            out["init"] = float((w - w0).square().sum()) / (4 * sigma**2) + tail
+    elif w0 is not None:
+        eps2, omega = magnitude_eps**2, w.numel()
+        den = eps2 + sigma**2 * (w - w0).square()
+        for form, ref in (("mag_init", w - w0), ("mag_orig", w)):
+            num = eps2 + (sigma**2 + 1) * float(ref.square().sum()) / omega
+            out[form] = 0.25 * float(torch.log(num / den).sum()) + tail
+    return out

@@ -1,0 +1,258 @@
+"""String registry of the baseline generalization measures, with one interface.
+
+Every measure is a function ``measure(ctx: MeasureContext, **options) -> dict[str, float]``.
+The returned dict maps a *parameter string* to a value, so results go straight into a long
+table ``(run, measure, params, value)``. A parameter string is ``"key=value"`` pairs joined
+by commas, in a fixed order per measure (``""`` when a measure has no parameters), e.g.
+``{"conv=reshape,scale=log": 57.1, "conv=reshape,scale=raw": 6.3e24}``.
+
+The caller's scorer makes ONE forward pass over the training set per model and puts the
+logits ``[N, K]`` and labels ``[N]`` in the context; margin and prediction-matrix measures use
+only those. Weight measures read ``ctx.model`` (and ``ctx.init_state``). Effective invariance
+runs only the transformed passes over ``ctx.batches()`` (the clean pass is ``ctx.logits``), and
+PAC-Bayes flatness needs its own passes on a fixed subset of ``ctx.batches()``.
+
+A measure that cannot be computed for a model (non-finite weights or logits, 10th-percentile
+margin <= 0, missing initial weights, ...) raises :class:`MeasureError` with the reason; the
+caller records the measurement as failed and goes on with the next one.
+
+>>> from camgap.measures.registry import MEASURES, MeasureContext, compute_measure
+>>> ctx = MeasureContext(model=model, logits=logits, labels=labels, batches=lambda: iter(loader))
+>>> compute_measure("nuclear_norm", ctx)
+{'norm=paper': 1.2e-05, 'norm=deng': 0.61}
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class MeasureError(RuntimeError):
+    """A measure cannot be computed for this model; ``str(err)`` is the reason."""
+
+
+@dataclass
+class MeasureContext:
+    """Everything a measure may need about one model.
+
+    model:      the trained classifier (any device; measures never change its weights).
+    logits:     ``[N, K]`` logits of the single clean pass over the training set (in order).
+    labels:     ``[N]`` int64 training labels in the same order.
+    init_state: ``state_dict`` of the same model at initialisation (distance from init,
+                PAC-Bayes bounds).
+    batches:    zero-argument callable returning a fresh iterator of
+                ``(images_normalized [B,3,H,W], labels [B])`` on ``device``, in the SAME order
+                as ``logits`` (extra tuple elements, e.g. boxes, are ignored).
+    device:     device of the batches (default: the model's device).
+    seed:       seed for the randomized measures (PAC-Bayes noise, power iteration start).
+    mean, std:  the per-channel normalisation of the batches (needed by the grayscale
+                effective invariance, which must un-normalise, convert and re-normalise).
+    """
+
+    model: nn.Module
+    logits: torch.Tensor | None = None
+    labels: torch.Tensor | None = None
+    init_state: Mapping[str, torch.Tensor] | None = None
+    batches: Callable[[], Iterator[Any]] | None = None
+    device: torch.device | str | None = None
+    seed: int = 0
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def need_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.logits is None or self.labels is None:
+            raise MeasureError("this measure needs the training-set logits and labels")
+        return self.logits, self.labels
+
+    def need_batches(self) -> Callable[[], Iterator[Any]]:
+        if self.batches is None:
+            raise MeasureError("this measure needs the training batches (ctx.batches)")
+        return self.batches
+
+    def example_input(self) -> torch.Tensor:
+        """First image of the first batch, ``[1, C, H, W]`` (sizes for operator/path norms)."""
+        for batch in self.need_batches()():
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            return images[:1]
+        raise MeasureError("ctx.batches() yielded no batch")
+
+
+MeasureFn = Callable[..., dict[str, float]]
+MEASURES: dict[str, MeasureFn] = {}
+
+
+def register_measure(name: str) -> Callable[[MeasureFn], MeasureFn]:
+    def wrap(fn: MeasureFn) -> MeasureFn:
+        if name in MEASURES:
+            raise ValueError(f"measure {name!r} registered twice")
+        MEASURES[name] = fn
+        return fn
+
+    return wrap
+
+
+def list_measures() -> list[str]:
+    return sorted(MEASURES)
+
+
+def compute_measure(name: str, ctx: MeasureContext, **options) -> dict[str, float]:
+    """Run one measure by name; raises ``KeyError`` for an unknown name, :class:`MeasureError`
+    when the measure cannot be computed for this model."""
+    if name not in MEASURES:
+        raise KeyError(f"unknown measure {name!r}; known: {', '.join(list_measures())}")
+    return MEASURES[name](ctx, **options)
+
+
+def param_string(**params: Any) -> str:
+    """``param_string(conv="reshape", scale="log") == "conv=reshape,scale=log"`` (in order)."""
+    return ",".join(f"{k}={_fmt(v)}" for k, v in params.items())
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (tuple, list)):
+        return "/".join(_fmt(x) for x in v)
+    return str(v)
+
+
+def _pct(percentile: float) -> dict[str, float]:
+    """The margin percentile appears in the parameter string only when it is not the default 10."""
+    return {} if float(percentile) == 10.0 else {"percentile": float(percentile)}
+
+
+def _log_and_raw(log_value: float, **params: Any) -> dict[str, float]:
+    out = {param_string(**params, scale="log"): float(log_value)}
+    if log_value < 700:  # exp() finite in float64
+        out[param_string(**params, scale="raw")] = math.exp(log_value)
+    return out
+
+
+# ----------------------------------------------------------------------------- measures
+# Imports are inside the functions: the measure modules import MeasureError from here.
+
+
+@register_measure("spectral_norm")
+def _spectral_norm(ctx: MeasureContext, conv: str = "reshape", percentile: float = 10.0) -> dict[str, float]:
+    """Paper eq. A1 / Jiang et al. "spec.norm"; log value and raw value (when finite)."""
+    from camgap.measures.norms import spectral_norm_measure
+
+    logits, labels = ctx.need_logits()
+    example = ctx.example_input() if conv == "operator" else None
+    value = spectral_norm_measure(ctx.model, logits, labels, conv=conv, example_input=example,
+                                  percentile=percentile, seed=ctx.seed)
+    return _log_and_raw(value, conv=conv, **_pct(percentile))
+
+
+@register_measure("frobenius_norm")
+def _frobenius_norm(ctx: MeasureContext, percentile: float = 10.0) -> dict[str, float]:
+    """Margin-normalised Frobenius norms (Jiang et al. "prod.of.fro" and "sum.of.fro")."""
+    from camgap.measures.norms import frobenius_measure
+
+    logits, labels = ctx.need_logits()
+    out: dict[str, float] = {}
+    for form in ("prod", "sum"):
+        out.update(_log_and_raw(frobenius_measure(ctx.model, logits, labels, form=form,
+                                                  percentile=percentile), form=form, **_pct(percentile)))
+    return out
+
+
+@register_measure("path_norm")
+def _path_norm(ctx: MeasureContext, bias: bool = True) -> dict[str, float]:
+    """Jiang et al. "path.norm": sum of the squared-weight network's outputs on a ones input."""
+    from camgap.measures.norms import path_norm
+
+    value = path_norm(ctx.model, tuple(ctx.example_input().shape[1:]), bias=bias)
+    return {param_string(scale="log"): math.log(value) if value > 0 else -math.inf,
+            param_string(scale="raw"): value}
+
+
+@register_measure("distance_from_init")
+def _distance_from_init(ctx: MeasureContext) -> dict[str, float]:
+    """sum_i ||W_i - W_i^0||_F^2 over Conv2d/Linear weights, and its square root."""
+    from camgap.measures.norms import distance_from_init
+
+    if ctx.init_state is None:
+        raise MeasureError("distance_from_init needs the initial weights (ctx.init_state)")
+    sq = distance_from_init(ctx.model, ctx.init_state)
+    return {param_string(form="squared"): sq, param_string(form="sqrt"): math.sqrt(sq)}
+
+
+@register_measure("inverse_margin")
+def _inverse_margin(ctx: MeasureContext, percentile: float = 10.0) -> dict[str, float]:
+    """Jiang et al. "1/margin": 1 / gamma^2, gamma = 10th percentile of the margins."""
+    from camgap.measures.predictions import margin_percentile
+
+    gamma = margin_percentile(*ctx.need_logits(), percentile=percentile)
+    return {param_string(**_pct(percentile)): 1.0 / gamma**2}
+
+
+@register_measure("nuclear_norm")
+def _nuclear_norm(ctx: MeasureContext) -> dict[str, float]:
+    """Paper eq. A2 (``norm=paper``) and Deng et al. 2023's normalisation (``norm=deng``)."""
+    from camgap.measures.predictions import nuclear_norm
+
+    logits, _ = ctx.need_logits()
+    values = nuclear_norm(logits)
+    return {param_string(norm=k): v for k, v in values.items()}
+
+
+@register_measure("effective_invariance")
+def _effective_invariance(ctx: MeasureContext, angles: Sequence[int] = (90, 180, 270)) -> dict[str, float]:
+    """Paper eq. A3: rotations by 90/180/270 degrees, mean over images and angles."""
+    from camgap.measures.invariance import effective_invariance
+
+    logits, _ = ctx.need_logits()
+    value = effective_invariance(ctx.model, logits, ctx.need_batches()(), transform="rotation",
+                                 angles=tuple(angles))
+    return {param_string(transform="rotation"): value}
+
+
+@register_measure("effective_invariance_gray")
+def _effective_invariance_gray(ctx: MeasureContext) -> dict[str, float]:
+    """Effective invariance to a grayscale conversion (needs ctx.mean / ctx.std)."""
+    from camgap.measures.invariance import effective_invariance
+
+    if ctx.mean is None or ctx.std is None:
+        raise MeasureError("grayscale effective invariance needs ctx.mean and ctx.std")
+    logits, _ = ctx.need_logits()
+    value = effective_invariance(ctx.model, logits, ctx.need_batches()(), transform="grayscale",
+                                 mean=ctx.mean, std=ctx.std)
+    return {param_string(transform="grayscale"): value}
+
+
+def _pacbayes(ctx: MeasureContext, magnitude_eps: float | None, **options) -> dict[str, float]:
+    from camgap.measures.flatness import pacbayes_bounds, pacbayes_sigma
+
+    res = pacbayes_sigma(ctx.model, ctx.need_batches(), magnitude_eps=magnitude_eps,
+                         seed=ctx.seed, **options)
+    target = options.get("target", 0.1)
+    criterion = options.get("criterion", "accuracy")
+    out = {param_string(criterion=criterion, target=target, form="flatness"): 1.0 / res.sigma**2,
+           param_string(criterion=criterion, target=target, form="sigma"): res.sigma}
+    m = int(ctx.labels.numel()) if ctx.labels is not None else None
+    if m:
+        bounds = pacbayes_bounds(ctx.model, res.sigma, m, init_state=ctx.init_state,
+                                 magnitude_eps=magnitude_eps)
+        for form, v in bounds.items():
+            out[param_string(criterion=criterion, target=target, form=form)] = v
+    return out
+
+
+@register_measure("pacbayes_flatness")
+def _pacbayes_flatness(ctx: MeasureContext, **options) -> dict[str, float]:
+    """Jiang et al. "pacbayes.flatness" 1/sigma'^2 (and "pacbayes.orig"/"pacbayes.init"
+    when the training-set size / initial weights are known)."""
+    return _pacbayes(ctx, None, **options)
+
+
+@register_measure("pacbayes_mag_flatness")
+def _pacbayes_mag_flatness(ctx: MeasureContext, magnitude_eps: float = 1e-3, **options) -> dict[str, float]:
+    """Jiang et al. "pacbayes.mag.flatness": noise N(0, sigma'^2 w^2 + eps^2) per weight."""
+    return _pacbayes(ctx, magnitude_eps, **options)

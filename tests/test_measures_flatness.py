@@ -1,0 +1,109 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from camgap.measures.flatness import pacbayes_bounds, pacbayes_sigma
+from camgap.measures.registry import MeasureContext, MeasureError, compute_measure
+
+
+def _data(n=256, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    sign = torch.randint(0, 2, (n,), generator=g) * 2 - 1
+    x0 = sign * (0.2 + 0.8 * torch.rand(n, generator=g))
+    x = torch.stack([x0, torch.randn(n, generator=g)], dim=1)
+    y = (x0 > 0).long()
+    return x, y
+
+
+def _batches(x, y, bs=64):
+    return lambda: iter([(x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)])
+
+
+def _linear(scale, w=((-1.0, 0.0), (1.0, 0.0)), b=(0.0, 0.0)):
+    m = nn.Linear(2, 2)
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor(w) * scale)
+        m.bias.copy_(torch.tensor(b) * scale)
+    return m
+
+
+def test_larger_sigma_for_the_flatter_model_and_exact_scaling():
+    # (4W) + (4 sigma) z == 4 (W + sigma z) exactly in floating point: same predictions, so the
+    # model with 4x the weights tolerates exactly 4x the noise - it is flatter.
+    x, _ = _data()
+    w, b = ((-1.0, 0.5), (1.0, -0.25)), (0.125, -0.125)
+    with torch.no_grad():
+        y = _linear(1.0, w, b)(x).argmax(1)  # labels of the model itself: accuracy 1
+    sharp = pacbayes_sigma(_linear(1.0, w, b), _batches(x, y), draws=3)
+    flat = pacbayes_sigma(_linear(4.0, w, b), _batches(x, y), draws=3)
+    assert sharp.clean == flat.clean == 1.0
+    assert flat.sigma == pytest.approx(4 * sharp.sigma, rel=1e-12)
+    assert flat.flatness < sharp.flatness
+    assert abs(sharp.displacement - 0.1) <= 0.01 or len(sharp.evaluations) > 15
+    assert 0.05 < sharp.sigma < 5
+    # the magnitude-aware variant removes the scale (up to eps = 1e-3)
+    mag_a = pacbayes_sigma(_linear(1.0, w, b), _batches(x, y), draws=3, magnitude_eps=1e-3)
+    mag_b = pacbayes_sigma(_linear(4.0, w, b), _batches(x, y), draws=3, magnitude_eps=1e-3)
+    assert mag_b.sigma == pytest.approx(mag_a.sigma, rel=0.05)
+
+
+def test_deterministic_for_a_seed_and_weights_restored_exactly():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(3, 2))
+    model.train()
+    imgs = torch.randn(96, 1, 6, 6)
+    model(imgs)  # update the running statistics once
+    with torch.no_grad():
+        model.eval()
+        y = model(imgs).argmax(1)
+        model.train()
+    before = copy.deepcopy(model.state_dict())
+    a = pacbayes_sigma(model, _batches(imgs, y, 32), draws=2, n_images=64, seed=5)
+    b = pacbayes_sigma(model, _batches(imgs, y, 32), draws=2, n_images=64, seed=5)
+    assert a.sigma == b.sigma and a.evaluations == b.evaluations
+    assert a.n_images == 64
+    after = model.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert model.training
+    c = pacbayes_sigma(model, _batches(imgs, y, 32), draws=2, n_images=64, seed=6)
+    assert c.evaluations != a.evaluations  # another seed, other noise
+
+
+def test_loss_criterion_and_registry_long_form():
+    x, y = _data()
+    model = _linear(1.0)
+    res = pacbayes_sigma(model, _batches(x, y), criterion="loss", draws=2)
+    assert res.sigma > 0
+    init = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+    ctx = MeasureContext(model=model, logits=model(x).detach(), labels=y, batches=_batches(x, y),
+                         init_state=init, seed=0)
+    out = compute_measure("pacbayes_flatness", ctx, draws=2)
+    sigma = out["criterion=accuracy,target=0.1,form=sigma"]
+    assert out["criterion=accuracy,target=0.1,form=flatness"] == pytest.approx(1 / sigma**2)
+    # ||w||^2 = 2 and w0 = 0: orig and init bounds coincide
+    assert out["criterion=accuracy,target=0.1,form=orig"] == pytest.approx(
+        2 / (4 * sigma**2) + torch.log(torch.tensor(256 / sigma)).item() + 10, rel=1e-6)
+    assert out["criterion=accuracy,target=0.1,form=init"] == pytest.approx(
+        out["criterion=accuracy,target=0.1,form=orig"])
+    mag = compute_measure("pacbayes_mag_flatness", ctx, draws=2)
+    assert {"criterion=accuracy,target=0.1,form=mag_init",
+            "criterion=accuracy,target=0.1,form=mag_orig"} <= set(mag)
+    assert set(pacbayes_bounds(model, 0.5, 100)) == {"orig"}
+
+
+def test_failures_raise_measure_error():
+    x, y = _data(64)
+    model = _linear(1.0)
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    with pytest.raises(MeasureError, match="non-finite"):
+        pacbayes_sigma(model, _batches(x, y))
+    # a constant classifier at chance: no noise level moves its accuracy by 0.1
+    const = _linear(0.0)
+    with pytest.raises(MeasureError, match="never moves"):
+        pacbayes_sigma(const, _batches(x, torch.arange(64) % 2),
+                       draws=1, max_steps=8)
