@@ -1,0 +1,402 @@
+"""The driver: ``build`` a model set from a grid, report its ``status``, ``export`` its table.
+
+``build(grid, data, out)`` validates everything first (grid keys and values, the data
+directory's train and test splits, that ``out`` holds no model set of another grid or
+dataset, that every pretrained weights file exists), then decodes the data once into
+tensor stores (``out/cache``), pretrains the synthetic source-task models it needs, and
+runs every run that is not done through an executor, writing the registry
+(``out/registry.sqlite``) as results come back. Run directories are
+``out/runs/<run_id>/`` (config.json, history.json, init.pt, last.pt while training,
+final.pt).
+
+Rerunning the same command resumes: done runs are kept, runs left 'running' by a dead
+driver go back to pending and continue from their last epoch checkpoint, failed runs are
+retried until they have been started ``max_attempts`` times (``retry_failed`` grants a
+fresh set). One driver per model-set directory at a time (an exclusive lock on
+``out/.lock``).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from camgap.zoo.grid import GRID_KEYS, Grid, GridError, canonical_json, load_grid
+from camgap.zoo.registry import Registry, RegistryError
+
+__all__ = ["ZooError", "BuildSummary", "build", "status", "format_status", "export", "EXPORT_COLUMNS"]
+
+EXPORT_COLUMNS = [
+    "run_id", *GRID_KEYS, "repeat", "seed", "trained", "status", "epochs", "stop_reason",
+    "train_acc", "train_loss", "test_acc", "test_loss", "gap", "wall_time", "attempts", "error",
+]
+
+
+class ZooError(RuntimeError):
+    """Bad input to a zoo command, reported before anything trains."""
+
+
+@dataclass
+class BuildSummary:
+    zoo_dir: Path
+    total: int
+    counts: dict[str, int]
+    trained_now: int = 0
+    failed_now: int = 0
+    resumed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def done(self) -> int:
+        return self.counts.get("done", 0)
+
+    @property
+    def failed(self) -> int:
+        return self.counts.get("failed", 0)
+
+    def __str__(self) -> str:
+        c = self.counts
+        return (f"{self.zoo_dir}: {c.get('done', 0)}/{self.total} done, {c.get('failed', 0)} failed, "
+                f"{c.get('pending', 0)} pending; this build finished {self.trained_now} run(s), "
+                f"{self.failed_now} failure(s) in {self.seconds:.1f}s")
+
+
+@contextlib.contextmanager
+def _driver_lock(out: Path):
+    import fcntl
+
+    out.mkdir(parents=True, exist_ok=True)
+    f = open(out / ".lock", "a+")
+    try:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ZooError(f"{out}: another `camgap zoo build` is running on this model set") from None
+        yield
+    finally:
+        f.close()
+
+
+def _read_splits(data: Path, layout: str) -> tuple[list, list, list[str]]:
+    from camgap.data.layouts import read_layout
+
+    if not data.is_dir():
+        raise ZooError(f"--data {data}: no such directory")
+    try:
+        train, classes = read_layout(data, layout, "train", missing_ok=True)
+    except Exception as exc:  # noqa: BLE001
+        raise ZooError(f"--data {data}: cannot read the train split: {exc}") from None
+    try:
+        test, _ = read_layout(data, layout, "test", missing_ok=True)
+    except FileNotFoundError as exc:
+        raise ZooError(f"--data {data}: no test split ({exc}); the model set needs a held-out test split") from None
+    except Exception as exc:  # noqa: BLE001
+        raise ZooError(f"--data {data}: cannot read the test split: {exc}") from None
+    if len(classes) < 2:
+        raise ZooError(f"--data {data}: {len(classes)} class(es) in the train split; need at least 2")
+    return train, test, classes
+
+
+def _describe(cfg: dict, repeat: int) -> str:
+    if not cfg.get("trained", True):
+        return f"{cfg['arch']} untrained #{repeat}"
+    return (f"{cfg['arch']} bs={cfg['batch_size']} lr={cfg['lr']:g} {cfg['optimizer']} wd={cfg['weight_decay']:g} "
+            f"aug={int(cfg['augment'])} pre={int(cfg['pretrained'])} r{repeat}")
+
+
+def _result_line(res: dict) -> str:
+    return (f"{res['epochs']:>3d} ep {res.get('stop_reason') or '-':<9} train {res['train_acc']:.3f} "
+            f"test {res['test_acc']:.3f} gap {res['gap']:6.2f}pp {res.get('wall_time', 0.0):7.1f}s")
+
+
+def build(
+    grid: str | Path | Grid,
+    data: str | Path,
+    out: str | Path,
+    *,
+    executor: str = "local",
+    workers: int | None = None,
+    ray_address: str | None = None,
+    device: str = "auto",
+    layout: str = "auto",
+    max_attempts: int = 2,
+    retry_failed: bool = False,
+    keep_last: bool = False,
+    threads: int | None = None,
+    cpus_per_run: int | None = None,
+    progress: bool = True,
+    log=None,
+) -> BuildSummary:
+    """Build (or resume) the model set of ``grid`` on ``data`` in ``out``; see the module doc."""
+    from camgap.zoo.executors import make_executor, resolve_device
+    from camgap.zoo.pretrained import PretrainedWeightsError, ensure_source_models, pretrained_paths
+    from camgap.zoo.train import prepare_split
+
+    t_start = time.perf_counter()
+    if log is None:
+        def log(msg: str) -> None:
+            print(msg, flush=True)
+
+    if max_attempts < 1:
+        raise ZooError(f"--max-attempts must be >= 1, got {max_attempts}")
+    if executor not in ("local", "ray"):
+        raise ZooError(f"--executor must be local or ray, got {executor!r}")
+    try:
+        g = grid if isinstance(grid, Grid) else load_grid(grid)
+    except GridError as exc:
+        raise ZooError(str(exc)) from None
+    data = Path(data).expanduser().resolve()
+    out = Path(out).expanduser().resolve()
+    train_records, test_records, classes = _read_splits(data, layout)
+    if executor == "local":
+        try:
+            device = resolve_device(device)
+        except ValueError as exc:
+            raise ZooError(str(exc)) from None
+    if out.exists() and not out.is_dir():
+        raise ZooError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and not (out / Registry.FILENAME).exists() and any(
+        p for p in out.iterdir() if not p.name.startswith(".")
+    ):
+        raise ZooError(f"--out {out} is not empty and holds no model set; use a new or empty directory")
+
+    try:
+        pretrained = pretrained_paths(g, out)
+    except PretrainedWeightsError as exc:
+        raise ZooError(str(exc)) from None
+
+    with _driver_lock(out):
+        reg = Registry.in_dir(out)
+        try:
+            try:
+                reg.bind_grid(g.fingerprint(), canonical_json(g.canonical()), "grid")
+                data_info = {"classes": classes, "n_train": len(train_records), "n_test": len(test_records)}
+                reg.bind_grid(_sha(canonical_json(data_info)), canonical_json(data_info), "data")
+            except RegistryError as exc:
+                raise ZooError(str(exc)) from None
+            reg.set_meta("data_root", str(data))
+
+            specs = g.runs()
+            new = reg.add_runs(specs)
+            resumed = reg.reset_interrupted()
+            if retry_failed:
+                reg.reset_failed()
+            todo = reg.todo(max_attempts)
+            total = len(specs)
+            if new:
+                log(f"{out}: registered {new} new run(s); {total} in the grid")
+            if resumed:
+                log(f"resuming {len(resumed)} interrupted run(s) from their last checkpoint")
+            if not todo:
+                summary = BuildSummary(out, total, reg.counts(), resumed=resumed,
+                                       seconds=time.perf_counter() - t_start)
+                log(str(summary))
+                return summary
+
+            # decode the data once; pretrain source-task models; then the sweep
+            size, resize = g.train["input_size"], g.train["resize"]
+            cache = out / "cache"
+            try:
+                caches = {
+                    split: prepare_split(records, classes, cache / f"{split}-{size}-{resize}", size, resize, progress)
+                    for split, records in (("train", train_records), ("test", test_records))
+                }
+            except Exception as exc:  # noqa: BLE001 - undecodable image, bad labels: bad input
+                raise ZooError(f"--data {data}: cannot decode the dataset: {exc}") from exc
+            driver_device = device if executor == "local" else resolve_device("auto")
+            ensure_source_models(g, out, "cuda:0" if driver_device == "cuda" else driver_device, threads, log=log)
+
+            try:
+                ex = make_executor(executor, workers, device, ray_address, threads, cpus_per_run)
+            except (ValueError, ImportError) as exc:
+                raise ZooError(f"--executor {executor}: {exc}") from None
+            try:
+                trained_now, failed_now = _sweep(
+                    reg, ex, todo, out, g, caches, classes, pretrained, max_attempts, keep_last, total, progress, log
+                )
+            finally:
+                ex.close()
+            summary = BuildSummary(out, total, reg.counts(), trained_now, failed_now, resumed,
+                                   time.perf_counter() - t_start)
+            log(str(summary))
+            return summary
+        finally:
+            reg.close()
+
+
+def _sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _sweep(reg: Registry, ex, todo: list[dict], out: Path, g: Grid, caches: dict, classes: list[str],
+           pretrained: dict, max_attempts: int, keep_last: bool, total: int, progress: bool, log) -> tuple[int, int]:
+    from tqdm import tqdm
+
+    from camgap.zoo.train import atomic_write_json
+
+    counts = reg.counts()
+    exhausted = counts["failed"] - sum(1 for r in todo if r["status"] == "failed")  # out of attempts
+    bar = tqdm(total=total, initial=counts["done"] + exhausted, unit="run", desc="zoo", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+
+    def emit(msg: str) -> None:
+        if progress:
+            bar.write(msg, file=sys.stdout)
+            sys.stdout.flush()
+        else:
+            log(msg)
+
+    queue = deque(todo)
+    inflight: dict[str, dict] = {}
+    trained_now = failed_now = 0
+    try:
+        while queue or inflight:
+            while queue and len(inflight) < ex.capacity:
+                run = queue.popleft()
+                rid = run["run_id"]
+                attempt = reg.mark_running(rid)
+                run_dir = out / "runs" / rid
+                run_dir.mkdir(parents=True, exist_ok=True)
+                atomic_write_json({"run_id": rid, "repeat": run["repeat"], "seed": run["seed"], "config": run["config"],
+                            "grid_fingerprint": g.fingerprint()}, run_dir / "config.json")
+                cfg = run["config"]
+                task = {
+                    "run_id": rid,
+                    "config": cfg,
+                    "seed": run["seed"],
+                    "repeat": run["repeat"],
+                    "run_dir": str(run_dir),
+                    "data": caches,
+                    "num_classes": len(classes),
+                    "classes": classes,
+                    "pretrained_path": pretrained.get(cfg["arch"]) if cfg.get("pretrained") else None,
+                    "eval_batch_size": g.train["eval_batch_size"],
+                    "keep_last": keep_last,
+                }
+                ex.submit(task)
+                inflight[rid] = run | {"attempts": attempt}
+            for res in ex.wait():
+                run = inflight.pop(res["run_id"])
+                desc = _describe(run["config"], run["repeat"])
+                if res.get("status") == "done":
+                    reg.mark_done(res["run_id"], res)
+                    trained_now += 1
+                    bar.update(1)
+                    emit(f"done   {res['run_id']} {desc} | {_result_line(res)}")
+                else:
+                    err = str(res.get("error") or "unknown error")
+                    reg.mark_failed(res["run_id"], err)
+                    failed_now += 1
+                    retry = run["attempts"] < max_attempts
+                    first = err.strip().splitlines()[0] if err.strip() else err
+                    emit(f"FAILED {res['run_id']} {desc} (attempt {run['attempts']}/{max_attempts}"
+                         f"{', will retry' if retry else ''}): {first}")
+                    if retry:
+                        queue.append(run | {"status": "failed"})
+                    else:
+                        bar.update(1)
+                bar.set_postfix(failed=reg.counts()["failed"], refresh=False)
+    except BaseException:
+        reg.reset_interrupted()  # in-flight runs resume from last.pt next time
+        raise
+    finally:
+        bar.close()
+    return trained_now, failed_now
+
+
+# --- status / export --------------------------------------------------------------------
+
+
+def status(zoo_dir: str | Path) -> dict:
+    """Counts by status, by architecture x status, and the failures with their errors."""
+    zoo_dir = Path(zoo_dir)
+    try:
+        reg = Registry.in_dir(zoo_dir, create=False)
+    except RegistryError as exc:
+        raise ZooError(str(exc)) from None
+    try:
+        frame = reg.runs_frame()
+        counts = reg.counts()
+        problems = reg.integrity_check(zoo_dir)
+        grid = reg.get_meta("grid")
+    finally:
+        reg.close()
+    by_arch = {}
+    if len(frame):
+        kind = frame["trained"].map({True: "", False: " (untrained)"})
+        frame = frame.assign(group=frame["arch"].astype(str) + kind)
+        table = frame.groupby(["group", "status"]).size().unstack(fill_value=0)
+        by_arch = {g: {s: int(table.loc[g].get(s, 0)) for s in ("pending", "running", "done", "failed")}
+                   for g in table.index}
+    failures = [
+        {"run_id": r.run_id, "arch": r.arch, "attempts": int(r.attempts), "error": r.error or ""}
+        for r in frame[frame["status"] == "failed"].itertuples()
+    ] if len(frame) else []
+    done = frame[frame["status"] == "done"] if len(frame) else frame
+    return {
+        "zoo": str(zoo_dir),
+        "total": int(len(frame)),
+        "counts": counts,
+        "by_arch": by_arch,
+        "failures": failures,
+        "stop_reasons": done["stop_reason"].value_counts().to_dict() if len(done) else {},
+        "gap": done["gap"].describe().to_dict() if len(done) else {},
+        "integrity_problems": problems,
+        "grid": json.loads(grid) if grid else None,
+    }
+
+
+def format_status(info: dict) -> str:
+    c = info["counts"]
+    lines = [f"{info['zoo']}: {info['total']} runs: " + ", ".join(f"{c[s]} {s}" for s in c)]
+    if info["by_arch"]:
+        w = max(len(a) for a in info["by_arch"])
+        lines.append(f"  {'':<{w}}  pending running    done  failed")
+        for arch, row in sorted(info["by_arch"].items()):
+            lines.append(f"  {arch:<{w}}  {row['pending']:7d} {row['running']:7d} {row['done']:7d} {row['failed']:7d}")
+    if info["stop_reasons"]:
+        lines.append("  stop reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(info["stop_reasons"].items())))
+    if info["gap"]:
+        gp = info["gap"]
+        lines.append(f"  gap (pp): mean {gp['mean']:.2f}, min {gp['min']:.2f}, max {gp['max']:.2f}")
+    if info["failures"]:
+        lines.append(f"  failures ({len(info['failures'])}):")
+        for f in info["failures"]:
+            first = f["error"].strip().splitlines()[0] if f["error"].strip() else ""
+            lines.append(f"    {f['run_id']} {f['arch']} (attempts {f['attempts']}): {first}")
+    if info["integrity_problems"]:
+        lines.append(f"  INTEGRITY PROBLEMS ({len(info['integrity_problems'])}):")
+        lines += [f"    {p}" for p in info["integrity_problems"][:20]]
+    return "\n".join(lines)
+
+
+def export(zoo_dir: str | Path, fmt: str = "csv", out: str | Path | None = None) -> Path:
+    """Write one row per run (``EXPORT_COLUMNS``) as CSV or Parquet; return the file's path
+    (default ``ZOO/runs.<fmt>``)."""
+    zoo_dir = Path(zoo_dir)
+    if fmt not in ("csv", "parquet"):
+        raise ZooError(f"--format must be csv or parquet, got {fmt!r}")
+    try:
+        reg = Registry.in_dir(zoo_dir, create=False)
+    except RegistryError as exc:
+        raise ZooError(str(exc)) from None
+    try:
+        frame = reg.runs_frame()[EXPORT_COLUMNS]
+    finally:
+        reg.close()
+    path = Path(out) if out is not None else zoo_dir / f"runs.{fmt}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "csv":
+        frame.to_csv(path, index=False)
+    else:
+        try:
+            frame.to_parquet(path, index=False)
+        except ImportError as exc:
+            raise ZooError(f"--format parquet needs pyarrow (pip install 'camgap[parquet]'): {exc}") from None
+    return path

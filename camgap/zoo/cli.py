@@ -1,0 +1,135 @@
+"""`camgap zoo build|status|export`.
+
+``add_zoo_commands(subparsers)`` registers ``zoo`` (with ``build``, ``status``, ``export``)
+on an argparse subparsers object; each leaf sets ``func(args) -> exit code``.
+``python -m camgap.zoo.cli build|status|export ...`` runs the same commands directly.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["add_zoo_commands", "add_subcommands", "main"]
+
+
+def _build(args: argparse.Namespace) -> int:
+    from camgap.zoo.build import build
+
+    summary = build(
+        args.grid,
+        args.data,
+        args.out,
+        executor=args.executor,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        device=args.device,
+        layout=args.layout,
+        max_attempts=args.max_attempts,
+        retry_failed=args.retry_failed,
+        keep_last=args.keep_last,
+        threads=args.threads,
+        cpus_per_run=args.cpus_per_run,
+        progress=not args.no_progress,
+    )
+    return 0 if summary.failed == 0 else 3
+
+
+def _status(args: argparse.Namespace) -> int:
+    import json
+
+    from camgap.zoo.build import format_status, status
+
+    info = status(args.zoo)
+    if args.json:
+        print(json.dumps(info, indent=1, default=str))
+    else:
+        print(format_status(info))
+    return 1 if info["integrity_problems"] else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from camgap.zoo.build import export
+
+    path = export(args.zoo, args.format, args.out)
+    print(path)
+    return 0
+
+
+def add_subcommands(sub) -> None:
+    """Add build/status/export to a subparsers object."""
+    b = sub.add_parser("build", help="train (or resume) the model set of a grid",
+                       description="Train every run of GRID on DIR into ZOO, resumably: rerunning the same "
+                                   "command keeps finished runs and resumes interrupted ones.")
+    b.add_argument("grid", metavar="GRID", help="grid TOML file, or a packaged grid's name: paper, cpu-small")
+    b.add_argument("--data", required=True, metavar="DIR", help="dataset directory with train and test splits")
+    b.add_argument("--out", required=True, metavar="ZOO", help="model-set directory (registry, runs, caches)")
+    b.add_argument("--layout", default="auto", help="dataset layout (default: auto-detect)")
+    b.add_argument("--executor", choices=("local", "ray"), default="local")
+    b.add_argument("--workers", type=int, default=None,
+                   help="local: worker processes (default: one per GPU, else CPUs/4; 0 = in-process); "
+                        "ray: runs in flight at most")
+    b.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="connect to this Ray cluster (default: start a local instance)")
+    b.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    b.add_argument("--threads", type=int, default=None, help="torch threads per run (default: CPUs / workers)")
+    b.add_argument("--cpus-per-run", type=int, default=None, help="ray: CPUs each run requests")
+    b.add_argument("--max-attempts", type=int, default=2, help="start a failing run at most this often (default 2)")
+    b.add_argument("--retry-failed", action="store_true", help="give runs that failed for good a fresh set of attempts")
+    b.add_argument("--keep-last", action="store_true",
+                   help="keep last.pt (with optimizer state) next to final.pt after a run finishes")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    b.set_defaults(func=_guard(_build))
+
+    s = sub.add_parser("status", help="counts by status and architecture, failures with their errors")
+    s.add_argument("zoo", metavar="ZOO")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=_guard(_status))
+
+    e = sub.add_parser("export", help="one row per run as CSV or Parquet")
+    e.add_argument("zoo", metavar="ZOO")
+    e.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    e.add_argument("--out", default=None, metavar="FILE", help="output file (default: ZOO/runs.<format>)")
+    e.set_defaults(func=_guard(_export))
+
+
+def add_zoo_commands(subparsers):
+    """Register ``zoo build|status|export`` on the top-level CLI's subparsers object; return
+    the ``zoo`` command's own subparsers object (to add more, e.g. ``zoo measure``)."""
+    zoo = subparsers.add_parser("zoo", help="model sets: train a hyperparameter grid of classifiers",
+                                description="Model sets: train a hyperparameter grid with the paper's "
+                                            "stopping rules, resumably, locally or on Ray.")
+    sub = zoo.add_subparsers(dest="zoo_command", required=True)
+    add_subcommands(sub)
+    return sub
+
+
+def _guard(func):
+    """Bad input (ZooError, GridError) -> message on stderr, exit 2; Ctrl-C -> exit 130."""
+
+    def run(args: argparse.Namespace) -> int:
+        from camgap.zoo.build import ZooError
+        from camgap.zoo.grid import GridError
+
+        try:
+            return int(func(args))
+        except (ZooError, GridError) as exc:
+            print(f"camgap zoo: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("camgap zoo: interrupted; rerun the same command to resume", file=sys.stderr)
+            return 130
+
+    run.__name__ = func.__name__
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m camgap.zoo.cli", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="zoo_command", required=True)
+    add_subcommands(sub)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

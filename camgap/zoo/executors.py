@@ -1,0 +1,252 @@
+"""Executors: where runs execute. Workers return result dicts; only the driver writes the
+registry.
+
+* ``InProcessExecutor``: runs tasks one at a time in the driver process (``--workers 0``
+  or ``1`` on a CPU).
+* ``LocalExecutor``: N worker processes (``concurrent.futures.ProcessPoolExecutor``, spawn
+  context). With GPUs: one run per GPU at a time (slot i uses ``cuda:i % n_gpus``);
+  without: the CPU threads are split between the workers (``torch.set_num_threads``).
+  Workers die with the driver (``PR_SET_PDEATHSIG``), so a killed driver leaves no
+  stragglers. A worker that dies (OOM killer, segfault, ``kill -9``) fails the runs in
+  flight and the pool is rebuilt.
+* ``RayExecutor``: one Ray task per run requesting ``num_cpus`` / ``num_gpus``; connects
+  to a cluster (``address``) or starts a local instance. Checkpoints go to the model-set
+  directory, which every node must reach at the same path.
+
+Interface: ``capacity`` (runs in flight at most), ``submit(task)``, ``wait() -> list of
+result dicts`` (blocks until at least one run ends), ``close()``. ``submit`` fills in the
+task's ``device`` and ``threads``.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import sys
+import traceback
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
+from concurrent.futures import wait as futures_wait
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import torch
+
+from camgap.zoo.train import execute_task
+
+__all__ = ["InProcessExecutor", "LocalExecutor", "RayExecutor", "make_executor", "resolve_device", "cpu_count"]
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS
+        return os.cpu_count() or 1
+
+
+def thread_budget() -> int:
+    """CPU threads the runs may use together: OMP_NUM_THREADS when set, else the CPUs."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else cpu_count()
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; 'cuda' without a GPU is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA GPU is visible to this process")
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ValueError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N")
+    return device
+
+
+def _failed(task: dict, error: str) -> dict:
+    return {"run_id": task["run_id"], "status": "failed", "error": error}
+
+
+class InProcessExecutor:
+    def __init__(self, device: str = "cpu", threads: int | None = None):
+        self.device = "cuda:0" if device == "cuda" else device
+        self.threads = threads or thread_budget()
+        self.capacity = 1
+        self._queue: list[dict] = []
+
+    def submit(self, task: dict) -> None:
+        self._queue.append(task | {"device": self.device, "threads": self.threads})
+
+    def wait(self) -> list[dict]:
+        task = self._queue.pop(0)
+        return [execute_task(task)]
+
+    def close(self) -> None:
+        self._queue.clear()
+
+
+def _worker_init() -> None:
+    """Die with the driver (Linux): a SIGKILLed driver must not leave runs training."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            import signal
+
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            if os.getppid() == 1:  # the driver died before prctl took effect
+                os._exit(1)
+        except OSError:
+            pass
+
+
+class LocalExecutor:
+    def __init__(self, workers: int, device: str = "cpu", threads: int | None = None):
+        self.workers = max(1, int(workers))
+        self.device = device
+        self.capacity = self.workers
+        if device.startswith("cuda"):
+            if device == "cuda":
+                self.gpus = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+            else:
+                self.gpus = [device]
+        else:
+            self.gpus = []
+        self.threads = threads or max(1, thread_budget() // self.workers)
+        self._free_slots = list(range(self.workers))
+        self._inflight: dict[Future, tuple[dict, int]] = {}
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+
+    def submit(self, task: dict) -> None:
+        slot = self._free_slots.pop(0)
+        device = self.gpus[slot % len(self.gpus)] if self.gpus else "cpu"
+        task = task | {"device": device, "threads": self.threads}
+        try:
+            fut = self._pool.submit(execute_task, task)
+        except BrokenProcessPool:
+            self._restart()
+            fut = self._pool.submit(execute_task, task)
+        self._inflight[fut] = (task, slot)
+
+    def _restart(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool = self._new_pool()
+
+    def wait(self) -> list[dict]:
+        done, _ = futures_wait(list(self._inflight), return_when=FIRST_COMPLETED)
+        results, broken = [], False
+        for fut in done:
+            task, slot = self._inflight.pop(fut)
+            self._free_slots.append(slot)
+            try:
+                results.append(fut.result())
+            except BrokenProcessPool as exc:
+                broken = True
+                results.append(_failed(task, f"worker process died (killed, out of memory or crashed): {exc}"))
+            except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
+                results.append(_failed(task, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"))
+        if broken:  # every other run of the broken pool is lost too
+            for fut, (task, slot) in list(self._inflight.items()):
+                self._free_slots.append(slot)
+                results.append(_failed(task, "worker pool broken by another run's dead worker process"))
+            self._inflight.clear()
+            self._restart()
+        self._free_slots.sort()
+        return results
+
+    def close(self) -> None:
+        procs = list((getattr(self._pool, "_processes", None) or {}).values())
+        if self._inflight:  # interrupted: do not wait for the runs in flight
+            for proc in procs:
+                if proc.is_alive():
+                    proc.terminate()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._inflight.clear()
+
+
+class RayExecutor:
+    def __init__(self, address: str | None = None, workers: int | None = None, device: str = "auto",
+                 cpus_per_run: int | None = None, gpus_per_run: float | None = None):
+        import ray
+
+        self.ray = ray
+        self._started = False
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        if not ray.is_initialized():
+            kwargs = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                pkg_root = str(Path(__file__).resolve().parents[2])
+                env = {"PYTHONPATH": os.pathsep.join(p for p in (pkg_root, os.environ.get("PYTHONPATH")) if p)}
+                ray.init(num_cpus=workers or None, runtime_env={"env_vars": env}, **kwargs)
+            self._started = True
+        resources = ray.cluster_resources()
+        n_gpu = int(resources.get("GPU", 0))
+        n_cpu = int(resources.get("CPU", 1))
+        if device == "auto":
+            device = "cuda" if n_gpu else "cpu"
+        if device.startswith("cuda") and not n_gpu:
+            raise ValueError("--device cuda: the Ray cluster has no GPU")
+        self.num_gpus = (gpus_per_run if gpus_per_run is not None else 1.0) if device.startswith("cuda") else 0.0
+        self.num_cpus = cpus_per_run or (max(1, n_cpu // max(1, n_gpu)) if self.num_gpus else 1)
+        self.device = "cuda:0" if self.num_gpus else "cpu"
+        slots = int(n_gpu / self.num_gpus) if self.num_gpus else n_cpu // self.num_cpus
+        self.capacity = max(1, min(slots, workers) if workers else slots)
+        self._remote = ray.remote(execute_task).options(
+            num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0, name="camgap-zoo-run"
+        )
+        self._inflight: dict = {}
+
+    def submit(self, task: dict) -> None:
+        task = task | {"device": self.device, "threads": int(max(1, self.num_cpus))}
+        ref = self._remote.remote(task)
+        self._inflight[ref] = task
+
+    def wait(self) -> list[dict]:
+        ready, _ = self.ray.wait(list(self._inflight), num_returns=1)
+        results = []
+        for ref in ready:
+            task = self._inflight.pop(ref)
+            try:
+                results.append(self.ray.get(ref))
+            except Exception as exc:  # noqa: BLE001 - worker crash, node death, OOM kill
+                results.append(_failed(task, f"ray task failed: {type(exc).__name__}: {exc}"))
+        return results
+
+    def close(self) -> None:
+        for ref in list(self._inflight):
+            try:
+                self.ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001
+                pass
+        self._inflight.clear()
+        if self._started:
+            self.ray.shutdown()
+
+
+def make_executor(kind: str = "local", workers: int | None = None, device: str = "auto",
+                  ray_address: str | None = None, threads: int | None = None, cpus_per_run: int | None = None):
+    """Build an executor. Local defaults: one worker per GPU, else max(1, cpus // 4) workers
+    (``workers`` 0, or 1 on a CPU, run in-process)."""
+    if kind == "ray":
+        return RayExecutor(ray_address, workers, device if device == "auto" else resolve_device_for_ray(device),
+                           cpus_per_run=cpus_per_run)
+    if kind != "local":
+        raise ValueError(f"unknown executor {kind!r}; expected local or ray")
+    device = resolve_device(device)
+    if workers == 0:
+        return InProcessExecutor(device, threads)
+    if device.startswith("cuda"):
+        n = torch.cuda.device_count() if device == "cuda" else 1
+        return LocalExecutor(workers or n, device, threads)
+    if workers is None:
+        workers = max(1, cpu_count() // 4)
+    if workers <= 1:
+        return InProcessExecutor("cpu", threads)
+    return LocalExecutor(workers, "cpu", threads)
+
+
+def resolve_device_for_ray(device: str) -> str:
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"--executor ray takes --device auto, cpu or cuda, got {device!r}")
+    return device

@@ -1,0 +1,482 @@
+"""Grid files: a TOML hyperparameter grid expanded into runs with stable ids.
+
+A grid file::
+
+    [grid]                      # each key a list of values; the runs are their product
+    arch = ["resnet18", "resnet34"]
+    batch_size = [16, 32, 64]
+    lr = [1.25e-1, 1.25e-3, 1.25e-5]
+    optimizer = ["adam", "sgd"]
+    weight_decay = [0, 2e-4, 5e-4]
+    augment = [true, false]     # random horizontal flip + colour jitter
+    pretrained = [true, false]
+    repeats = 2                 # an integer: runs per configuration (different seeds)
+    untrained = 50              # an integer: randomly initialised models per arch (validity test)
+
+    [train]                     # scalars shared by every run (all optional, defaults below)
+    max_epochs = 150            # stopping rule C4
+    loss_threshold = 0.1        # C1: clean training cross-entropy below this
+    acc_threshold = 0.95        # C2: clean training accuracy above this
+    input_size = 224
+    resize = "resize"           # or "resize_crop"
+    momentum = 0.9              # SGD only
+    mean = [0.485, 0.456, 0.406]
+    std = [0.229, 0.224, 0.225]
+    flip_prob = 0.5             # augmentation: horizontal flip probability
+    jitter = 0.4                # augmentation: brightness/contrast/saturation strength
+    eval_batch_size = 256       # execution only: does not change a run's id
+    pretrained_weights = { resnet18 = "/path/resnet18-f37072fd.pth" }   # execution only
+
+    [arch_options.small_resnet] # keyword arguments of camgap.models.create_model per arch
+    width = 8
+    blocks = [1, 1, 1, 1]
+
+    [pretrain]                  # the synthetic "source task" that pretrains small_resnet
+    epochs = 20
+    ...
+
+Every key and value is validated (``GridError`` names the file, the key and what is
+allowed) before anything trains. Grid keys missing from ``[grid]`` take one default value
+(``arch`` is required).
+
+Run identity: a run's *config* is the JSON-canonical dict (sorted keys, floats as floats)
+of its grid values plus every setting that changes its training; ``run_id`` is the first
+16 hex digits of sha256 over the canonical config and the repeat index, and the run's
+seed is derived from ``run_id``. The same grid therefore always yields the same ids, and
+building it twice trains nothing twice.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD, RESIZE_MODES
+
+__all__ = [
+    "GRID_KEYS",
+    "TRAIN_DEFAULTS",
+    "PRETRAIN_DEFAULTS",
+    "GridError",
+    "Grid",
+    "RunSpec",
+    "canonical_json",
+    "make_run_id",
+    "seed_from_run_id",
+    "load_grid",
+    "parse_grid",
+    "packaged_grids",
+    "resolve_grid_path",
+]
+
+
+# grid key -> default value when the key is absent from [grid] (None = required)
+GRID_KEYS: dict[str, Any] = {
+    "arch": None,
+    "batch_size": 32,
+    "lr": 1.25e-3,
+    "optimizer": "sgd",
+    "weight_decay": 0.0,
+    "augment": False,
+    "pretrained": False,
+}
+OPTIMIZERS = ("sgd", "adam")
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "max_epochs": 150,
+    "loss_threshold": 0.1,
+    "acc_threshold": 0.95,
+    "input_size": 224,
+    "resize": "resize",
+    "momentum": 0.9,
+    "mean": list(IMAGENET_MEAN),
+    "std": list(IMAGENET_STD),
+    "flip_prob": 0.5,
+    "jitter": 0.4,
+    "eval_batch_size": 256,
+    "pretrained_weights": {},
+}
+# settings that do not change what a run computes: not part of run ids nor the fingerprint
+EXECUTION_ONLY = ("eval_batch_size", "pretrained_weights")
+
+PRETRAIN_DEFAULTS: dict[str, Any] = {
+    "classes": 12,
+    "train_per_class": 100,
+    "test_per_class": 20,
+    "seed": 0,
+    "epochs": 20,
+    "batch_size": 32,
+    "lr": 1.25e-3,
+    "optimizer": "adam",
+    "weight_decay": 0.0,
+    "augment": True,
+}
+
+TORCHVISION_PRETRAINED = "torchvision:IMAGENET1K_V1"
+
+
+class GridError(ValueError):
+    """A grid file that cannot be used; the message names the key and what is allowed."""
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    run_id: str
+    config: dict
+    repeat: int
+    seed: int
+
+    @property
+    def trained(self) -> bool:
+        return bool(self.config["trained"])
+
+
+def canonical_json(obj: Any) -> str:
+    """Sorted keys, no whitespace, no NaN: the byte string that ids are hashed from."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def make_run_id(config: dict, repeat: int) -> str:
+    payload = canonical_json({"config": config, "repeat": int(repeat)})
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def seed_from_run_id(run_id: str) -> int:
+    return int(hashlib.sha256(("seed:" + run_id).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+
+
+# --- value checks -----------------------------------------------------------------------
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+
+
+def _int(where: str, v: Any, lo: int | None = None) -> int:
+    if not _is_int(v) or (lo is not None and v < lo):
+        raise GridError(f"{where}: expected an integer{f' >= {lo}' if lo is not None else ''}, got {v!r}")
+    return int(v)
+
+
+def _float(where: str, v: Any, lo: float | None = None, hi: float | None = None, lo_open=False, hi_open=False) -> float:
+    if not _is_num(v):
+        raise GridError(f"{where}: expected a number, got {v!r}")
+    v = float(v)
+    bad = (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and (v >= hi if hi_open else v > hi))
+    if bad:
+        lb = "(" if lo_open else "["
+        hb = ")" if hi_open else "]"
+        raise GridError(f"{where}: {v!r} is outside {lb}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}{hb}")
+    return v
+
+
+def _bool(where: str, v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise GridError(f"{where}: expected true or false, got {v!r}")
+    return v
+
+
+def _choice(where: str, v: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(v, str) or v.lower() not in choices:
+        raise GridError(f"{where}: {v!r} is not one of {', '.join(choices)}")
+    return v.lower()
+
+
+def _arch(where: str, v: Any) -> str:
+    from camgap.models import list_models
+
+    known = tuple(list_models())
+    if not isinstance(v, str) or v not in known:
+        raise GridError(f"{where}: unknown architecture {v!r}; known: {', '.join(known)}")
+    return v
+
+
+_GRID_CHECKS = {
+    "arch": _arch,
+    "batch_size": lambda w, v: _int(w, v, 1),
+    "lr": lambda w, v: _float(w, v, 0.0, lo_open=True),
+    "optimizer": lambda w, v: _choice(w, v, OPTIMIZERS),
+    "weight_decay": lambda w, v: _float(w, v, 0.0),
+    "augment": _bool,
+    "pretrained": _bool,
+}
+
+
+def _triple(where: str, v: Any, positive: bool) -> list[float]:
+    if not isinstance(v, list) or len(v) != 3:
+        raise GridError(f"{where}: expected a list of 3 numbers (R, G, B), got {v!r}")
+    return [_float(f"{where}[{i}]", x, 0.0, lo_open=positive) for i, x in enumerate(v)]
+
+
+_TRAIN_CHECKS = {
+    "max_epochs": lambda w, v: _int(w, v, 1),
+    "loss_threshold": lambda w, v: _float(w, v, 0.0, lo_open=True),
+    "acc_threshold": lambda w, v: _float(w, v, 0.0, 1.0, lo_open=True),
+    "input_size": lambda w, v: _int(w, v, 8),
+    "resize": lambda w, v: _choice(w, v, RESIZE_MODES),
+    "momentum": lambda w, v: _float(w, v, 0.0, 1.0, hi_open=True),
+    "mean": lambda w, v: _triple(w, v, positive=False),
+    "std": lambda w, v: _triple(w, v, positive=True),
+    "flip_prob": lambda w, v: _float(w, v, 0.0, 1.0),
+    "jitter": lambda w, v: _float(w, v, 0.0, 1.0),
+    "eval_batch_size": lambda w, v: _int(w, v, 1),
+    "pretrained_weights": None,  # checked separately
+}
+
+_PRETRAIN_CHECKS = {
+    "classes": lambda w, v: _int(w, v, 2),
+    "train_per_class": lambda w, v: _int(w, v, 1),
+    "test_per_class": lambda w, v: _int(w, v, 1),
+    "seed": lambda w, v: _int(w, v, 0),
+    "epochs": lambda w, v: _int(w, v, 1),
+    "batch_size": lambda w, v: _int(w, v, 1),
+    "lr": lambda w, v: _float(w, v, 0.0, lo_open=True),
+    "optimizer": lambda w, v: _choice(w, v, OPTIMIZERS),
+    "weight_decay": lambda w, v: _float(w, v, 0.0),
+    "augment": _bool,
+}
+
+
+def _unknown(where: str, keys, allowed) -> None:
+    bad = sorted(set(keys) - set(allowed))
+    if bad:
+        raise GridError(f"{where}: unknown key(s) {', '.join(map(repr, bad))}; allowed: {', '.join(allowed)}")
+
+
+# --- the grid ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Grid:
+    axes: dict[str, tuple]  # GRID_KEYS order -> tuple of values
+    repeats: int = 1
+    untrained: int = 0
+    train: dict = field(default_factory=lambda: dict(TRAIN_DEFAULTS))
+    arch_options: dict = field(default_factory=dict)  # arch -> kwargs
+    pretrain: dict = field(default_factory=lambda: dict(PRETRAIN_DEFAULTS))
+    source: str = "<grid>"
+
+    @property
+    def archs(self) -> tuple[str, ...]:
+        return self.axes["arch"]
+
+    @property
+    def n_trained(self) -> int:
+        return math.prod(len(v) for v in self.axes.values()) * self.repeats
+
+    @property
+    def n_untrained(self) -> int:
+        return self.untrained * len(self.archs)
+
+    def __len__(self) -> int:
+        return self.n_trained + self.n_untrained
+
+    def wants_pretrained(self) -> set[str]:
+        """Architectures that some run trains from pretrained weights."""
+        return set(self.archs) if True in self.axes["pretrained"] else set()
+
+    def pretrained_source(self, arch: str) -> str:
+        """Identity of the weights a `pretrained = true` run of `arch` starts from."""
+        from camgap.zoo.pretrained import TORCHVISION_WEIGHTS
+
+        if arch in TORCHVISION_WEIGHTS:
+            return TORCHVISION_PRETRAINED
+        given = self.train.get("pretrained_weights", {})
+        if arch in given:
+            return "file:" + Path(given[arch]).name
+        return "synthetic-source:" + self.source_task_key(arch)
+
+    def source_task_key(self, arch: str) -> str:
+        """Hash of everything that determines the cached source-task model of `arch`."""
+        payload = {
+            "arch": arch,
+            "arch_options": self.arch_options.get(arch, {}),
+            "pretrain": self.pretrain,
+            "train": {k: self.train[k] for k in ("input_size", "resize", "mean", "std", "flip_prob", "jitter",
+                                                    "momentum", "loss_threshold", "acc_threshold")},
+        }
+        return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:12]
+
+    def _shared(self, arch: str) -> dict:
+        t = self.train
+        return {
+            "arch_options": self.arch_options.get(arch, {}),
+            "input_size": t["input_size"],
+            "resize": t["resize"],
+            "mean": t["mean"],
+            "std": t["std"],
+        }
+
+    def run_config(self, values: dict) -> dict:
+        """The canonical config of one trained run from one value per grid key."""
+        t = self.train
+        cfg = {k: values[k] for k in GRID_KEYS}
+        cfg.update(self._shared(values["arch"]))
+        cfg.update(
+            trained=True,
+            max_epochs=t["max_epochs"],
+            loss_threshold=t["loss_threshold"],
+            acc_threshold=t["acc_threshold"],
+            momentum=t["momentum"] if values["optimizer"] == "sgd" else None,
+            flip_prob=t["flip_prob"] if values["augment"] else None,
+            jitter=t["jitter"] if values["augment"] else None,
+            pretrained_source=self.pretrained_source(values["arch"]) if values["pretrained"] else None,
+        )
+        return cfg
+
+    def untrained_config(self, arch: str) -> dict:
+        cfg = {k: None for k in GRID_KEYS}
+        cfg.update(arch=arch, pretrained=False, trained=False)
+        cfg.update(self._shared(arch))
+        return cfg
+
+    def runs(self) -> list[RunSpec]:
+        """Every run: the product of the grid values (in GRID_KEYS order) x repeats, then the
+        untrained models (`untrained` per architecture)."""
+        specs: list[RunSpec] = []
+        keys = list(self.axes)
+        for combo in itertools.product(*(self.axes[k] for k in keys)):
+            cfg = self.run_config(dict(zip(keys, combo)))
+            for r in range(self.repeats):
+                rid = make_run_id(cfg, r)
+                specs.append(RunSpec(rid, cfg, r, seed_from_run_id(rid)))
+        for arch in self.archs:
+            cfg = self.untrained_config(arch)
+            for r in range(self.untrained):
+                rid = make_run_id(cfg, r)
+                specs.append(RunSpec(rid, cfg, r, seed_from_run_id(rid)))
+        return specs
+
+    def canonical(self) -> dict:
+        """Everything that defines the model set (execution-only settings left out)."""
+        return {
+            "grid": {k: list(v) for k, v in self.axes.items()},
+            "repeats": self.repeats,
+            "untrained": self.untrained,
+            "train": {k: v for k, v in self.train.items() if k not in EXECUTION_ONLY},
+            "arch_options": self.arch_options,
+            "pretrain": self.pretrain if self.wants_pretrained() & {"small_resnet"} else None,
+        }
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(canonical_json(self.canonical()).encode()).hexdigest()
+
+
+def parse_grid(doc: dict, source: str = "<grid>") -> Grid:
+    """Validate a parsed TOML document and return the Grid (GridError on any problem)."""
+    _unknown(source, doc, ("grid", "train", "arch_options", "pretrain"))
+    raw = doc.get("grid")
+    if not isinstance(raw, dict) or not raw:
+        raise GridError(f"{source}: empty grid: a [grid] table with at least `arch = [...]` is required")
+    raw = dict(raw)
+    repeats = _int(f"{source}: [grid] repeats", raw.pop("repeats", 1), 1)
+    untrained = _int(f"{source}: [grid] untrained", raw.pop("untrained", 0), 0)
+    _unknown(f"{source}: [grid]", raw, [*GRID_KEYS, "repeats", "untrained"])
+    if "arch" not in raw:
+        raise GridError(f"{source}: [grid] needs `arch = [...]` (a list of architecture names)")
+
+    axes: dict[str, tuple] = {}
+    for key, default in GRID_KEYS.items():
+        values = raw.get(key, [default])
+        where = f"{source}: [grid] {key}"
+        if not isinstance(values, list):
+            raise GridError(f"{where}: expected a list of values, e.g. {key} = [{values!r}]")
+        if not values:
+            raise GridError(f"{where}: empty list: the grid would have no runs")
+        checked = tuple(_GRID_CHECKS[key](f"{where}[{i}]", v) for i, v in enumerate(values))
+        if len(set(checked)) != len(checked):
+            raise GridError(f"{where}: duplicate values in {values!r}")
+        axes[key] = checked
+
+    train_raw = doc.get("train", {})
+    if not isinstance(train_raw, dict):
+        raise GridError(f"{source}: [train] must be a table")
+    _unknown(f"{source}: [train]", train_raw, TRAIN_DEFAULTS)
+    train = dict(TRAIN_DEFAULTS)
+    for key, v in train_raw.items():
+        if key == "pretrained_weights":
+            continue
+        train[key] = _TRAIN_CHECKS[key](f"{source}: [train] {key}", v)
+    pw = train_raw.get("pretrained_weights", {})
+    if not isinstance(pw, dict):
+        raise GridError(f"{source}: [train] pretrained_weights: expected a table {{arch = \"path\"}}, got {pw!r}")
+    for arch, path in pw.items():
+        _arch(f"{source}: [train] pretrained_weights key", arch)
+        if not isinstance(path, str) or not path:
+            raise GridError(f"{source}: [train] pretrained_weights.{arch}: expected a file path, got {path!r}")
+    train["pretrained_weights"] = dict(pw)
+
+    opts_raw = doc.get("arch_options", {})
+    if not isinstance(opts_raw, dict):
+        raise GridError(f"{source}: [arch_options] must be a table of tables, e.g. [arch_options.small_resnet]")
+    arch_options: dict[str, dict] = {}
+    for arch, opts in opts_raw.items():
+        where = f"{source}: [arch_options.{arch}]"
+        _arch(where, arch)
+        if not isinstance(opts, dict):
+            raise GridError(f"{where}: expected a table of keyword arguments")
+        if arch not in axes["arch"]:
+            raise GridError(f"{where}: {arch!r} is not in [grid] arch = {list(axes['arch'])}")
+        _check_arch_options(where, arch, opts)
+        arch_options[arch] = dict(opts)
+
+    pre_raw = doc.get("pretrain", {})
+    if not isinstance(pre_raw, dict):
+        raise GridError(f"{source}: [pretrain] must be a table")
+    _unknown(f"{source}: [pretrain]", pre_raw, PRETRAIN_DEFAULTS)
+    pretrain = dict(PRETRAIN_DEFAULTS)
+    for key, v in pre_raw.items():
+        pretrain[key] = _PRETRAIN_CHECKS[key](f"{source}: [pretrain] {key}", v)
+
+    return Grid(axes, repeats, untrained, train, arch_options, pretrain, source)
+
+
+def _check_arch_options(where: str, arch: str, opts: dict) -> None:
+    """Build the model once (2 classes) so a bad option fails here, not in a worker."""
+    from camgap.models import create_model
+
+    try:
+        create_model(arch, num_classes=2, **opts)
+    except (TypeError, ValueError) as exc:
+        raise GridError(f"{where}: invalid options {opts!r}: {exc}") from None
+
+
+def packaged_grids() -> dict[str, Path]:
+    """Grids shipped in the wheel (camgap/grids/*.toml), by stem: `paper`, `cpu-small`."""
+    root = resources.files("camgap") / "grids"
+    try:
+        return {Path(p.name).stem: Path(str(p)) for p in root.iterdir() if p.name.endswith(".toml")}
+    except FileNotFoundError:
+        return {}
+
+
+def resolve_grid_path(grid: str | Path) -> Path:
+    """A path to a TOML file, or the name of a packaged grid (`paper`, `cpu-small`)."""
+    p = Path(grid)
+    if p.is_file():
+        return p
+    shipped = packaged_grids()
+    if str(grid) in shipped:
+        return shipped[str(grid)]
+    names = ", ".join(sorted(shipped)) or "none"
+    raise GridError(f"{grid}: no such grid file (packaged grids: {names})")
+
+
+def load_grid(path: str | Path) -> Grid:
+    """Read and validate a grid file (a path or a packaged grid's name)."""
+    p = resolve_grid_path(path)
+    try:
+        doc = tomllib.loads(p.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise GridError(f"{p}: not valid TOML: {exc}") from None
+    return parse_grid(doc, str(p))

@@ -1,0 +1,204 @@
+"""Pretrained starting weights for `pretrained = true` runs.
+
+* torchvision ResNets: the ImageNet weights (IMAGENET1K_V1, the paper's era) from the local
+  torch hub cache, ``torch.hub.get_dir()/checkpoints/<torchvision's file name>`` (for
+  example ``resnet18-f37072fd.pth``), or a file given in the grid
+  (``[train] pretrained_weights = { resnet18 = "/path/file.pth" }``). Nothing is downloaded:
+  a missing file is an error before the sweep, naming where to put it.
+* ``small_resnet``: a "source task" model, trained once per model set on the synthetic
+  dataset's disjoint source classes (``write_synthetic(class_set="source")``) with the
+  grid's ``[pretrain]`` settings, and cached as ``ZOO/pretrained/small_resnet-<key>.pt``
+  (``key`` hashes the architecture options and the pretraining settings). Offline.
+
+A run loads the pretrained weights into its model except the final ``fc`` layer, which
+keeps its seeded random initialisation for the target classes.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from camgap.zoo.grid import Grid
+
+__all__ = [
+    "PretrainedWeightsError",
+    "TORCHVISION_WEIGHTS",
+    "torchvision_weights_url",
+    "torchvision_weights_filename",
+    "pretrained_paths",
+    "source_model_path",
+    "ensure_source_models",
+    "load_pretrained_backbone",
+]
+
+TORCHVISION_WEIGHTS = {
+    "resnet18": "ResNet18_Weights",
+    "resnet34": "ResNet34_Weights",
+    "resnet50": "ResNet50_Weights",
+    "resnet101": "ResNet101_Weights",
+}
+HEAD_KEYS = ("fc.weight", "fc.bias")
+
+
+class PretrainedWeightsError(FileNotFoundError):
+    """Pretrained weights a grid asks for cannot be found."""
+
+
+def torchvision_weights_url(arch: str) -> str:
+    """Where torchvision downloads the ImageNet (V1) weights of ``arch`` from."""
+    from torchvision import models as tvm
+
+    return getattr(tvm, TORCHVISION_WEIGHTS[arch]).IMAGENET1K_V1.url
+
+
+def torchvision_weights_filename(arch: str) -> str:
+    """The file name torch hub stores those weights under (e.g. ``resnet18-f37072fd.pth``)."""
+    return torchvision_weights_url(arch).rsplit("/", 1)[-1]
+
+
+def source_model_path(grid: Grid, arch: str, zoo_dir: str | Path) -> Path:
+    return Path(zoo_dir) / "pretrained" / f"{arch}-{grid.source_task_key(arch)}.pt"
+
+
+def pretrained_paths(grid: Grid, zoo_dir: str | Path) -> dict[str, str]:
+    """Weights file per architecture that some run trains from pretrained weights.
+
+    Raises PretrainedWeightsError (listing every missing file and where to put it) before
+    anything trains. Source-task models of small_resnet are returned even when not built
+    yet (``ensure_source_models`` builds them)."""
+    given = grid.train.get("pretrained_weights", {})
+    paths: dict[str, str] = {}
+    missing: list[str] = []
+    for arch in sorted(grid.wants_pretrained()):
+        if arch in given:
+            p = Path(given[arch]).expanduser()
+            if not p.is_file():
+                missing.append(f"  {arch}: {p} (from [train] pretrained_weights in {grid.source}) does not exist")
+            paths[arch] = str(p.resolve())
+        elif arch == "small_resnet":
+            paths[arch] = str(source_model_path(grid, arch, zoo_dir).resolve())
+        elif arch in TORCHVISION_WEIGHTS:
+            url = torchvision_weights_url(arch)
+            name = url.rsplit("/", 1)[-1]
+            p = Path(torch.hub.get_dir()) / "checkpoints" / name
+            if not p.is_file():
+                missing.append(f"  {arch}: put {name} (from {url}) at {p}, or set "
+                               f"[train] pretrained_weights = {{ {arch} = \"/path/{name}\" }}")
+            paths[arch] = str(p)
+        else:
+            missing.append(f"  {arch}: no known pretrained weights; set [train] pretrained_weights = "
+                           f"{{ {arch} = \"/path/weights.pt\" }}")
+    if missing:
+        raise PretrainedWeightsError(
+            "the grid asks for pretrained weights that are not available (nothing is downloaded):\n"
+            + "\n".join(missing)
+        )
+    return paths
+
+
+def load_pretrained_backbone(model: nn.Module, path: str | Path) -> nn.Module:
+    """Load every weight of ``path`` except the classifier head (fc) into ``model``, strictly."""
+    from camgap.models import CheckpointError, extract_state_dict
+
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path}: cannot read pretrained weights ({type(exc).__name__}: {exc})") from exc
+    state = {k: v for k, v in extract_state_dict(obj, path).items() if k not in HEAD_KEYS}
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state) - set(HEAD_KEYS))
+    unexpected = sorted(set(state) - set(own))
+    shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or shape:
+        raise CheckpointError(
+            f"{path}: pretrained weights do not match the architecture: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, shape mismatch {shape[:5]}"
+        )
+    model.load_state_dict(state, strict=False)
+    return model
+
+
+def source_task_config(grid: Grid, arch: str) -> dict:
+    p, t = grid.pretrain, grid.train
+    return {
+        "arch": arch,
+        "arch_options": grid.arch_options.get(arch, {}),
+        "batch_size": p["batch_size"],
+        "lr": p["lr"],
+        "optimizer": p["optimizer"],
+        "weight_decay": p["weight_decay"],
+        "augment": p["augment"],
+        "pretrained": False,
+        "trained": True,
+        "max_epochs": p["epochs"],
+        "loss_threshold": t["loss_threshold"],
+        "acc_threshold": t["acc_threshold"],
+        "momentum": t["momentum"] if p["optimizer"] == "sgd" else None,
+        "flip_prob": t["flip_prob"],
+        "jitter": t["jitter"],
+        "input_size": t["input_size"],
+        "resize": t["resize"],
+        "mean": t["mean"],
+        "std": t["std"],
+        "pretrained_source": None,
+    }
+
+
+def ensure_source_models(grid: Grid, zoo_dir: str | Path, device: str = "cpu", threads: int | None = None,
+                         log=print) -> list[Path]:
+    """Train the missing source-task models (small_resnet with pretrained = true and no
+    explicit weights file) in this process; return the paths built or found."""
+    from camgap.data.layouts import read_layout
+    from camgap.data.synthetic import write_synthetic
+    from camgap.zoo.train import atomic_save, prepare_split, release_data_cache, train_run
+
+    out = []
+    given = grid.train.get("pretrained_weights", {})
+    for arch in sorted(grid.wants_pretrained()):
+        if arch != "small_resnet" or arch in given:
+            continue
+        path = source_model_path(grid, arch, zoo_dir)
+        out.append(path)
+        if path.is_file():
+            continue
+        key = grid.source_task_key(arch)
+        work = Path(zoo_dir) / "pretrained" / f"{arch}-{key}"
+        p = grid.pretrain
+        size = max(16, int(grid.train["input_size"]))
+        log(f"pretraining {arch} on the synthetic source task ({p['classes']} classes, "
+            f"{p['train_per_class']} images per class, up to {p['epochs']} epochs) -> {path}")
+        data_dir = write_synthetic(work / "data", seed=p["seed"], classes=p["classes"],
+                                   train_per_class=p["train_per_class"], test_per_class=p["test_per_class"],
+                                   size=size, class_set="source")
+        t, r = grid.train["input_size"], grid.train["resize"]
+        train_records, classes = read_layout(data_dir, "csv", "train")
+        test_records, _ = read_layout(data_dir, "csv", "test")
+        caches = {"train": prepare_split(train_records, classes, work / "cache" / "train", t, r),
+                  "test": prepare_split(test_records, classes, work / "cache" / "test", t, r)}
+        task = {
+            "run_id": f"source-{arch}-{key}",
+            "config": source_task_config(grid, arch),
+            "seed": p["seed"],
+            "repeat": 0,
+            "run_dir": str(work / "run"),
+            "data": caches,
+            "num_classes": len(classes),
+            "classes": classes,
+            "device": device,
+            "threads": threads,
+            "eval_batch_size": grid.train["eval_batch_size"],
+            "keep_last": False,
+        }
+        result = train_run(task)
+        log(f"source task: {result['epochs']} epochs, stop {result['stop_reason']}, "
+            f"train acc {result['train_acc']:.3f}, test acc {result['test_acc']:.3f}")
+        final = torch.load(work / "run" / "final.pt", map_location="cpu", weights_only=False)
+        final["source_task"] = {"key": key, "pretrain": p, "classes": classes}
+        atomic_save(final, path)
+        release_data_cache()
+        shutil.rmtree(work / "cache", ignore_errors=True)
+    return out

@@ -1,0 +1,338 @@
+"""The model-set registry: one SQLite file (WAL mode), the single source of truth.
+
+Only the driver process writes it (workers return result dicts). Tables:
+
+* ``meta(key, value)``: ``grid_fingerprint``, ``grid`` (canonical JSON), ``data`` (the
+  data directory's fingerprint: classes and split sizes), ``schema``.
+* ``runs``: one row per run: ``run_id`` (primary key), ``config`` (canonical JSON),
+  ``repeat``, ``seed``, ``trained`` (0 for the randomly initialised models of the validity
+  test), ``status`` (pending/running/done/failed), ``attempts`` (times started),
+  ``error``, and the metrics ``epochs, stop_reason, train_acc, train_loss, test_acc,
+  test_loss, gap`` (percentage points: 100 * (train_acc - test_acc)), ``wall_time``
+  (seconds of training, summed over resumes), ``resumed_from`` (epoch the last attempt
+  resumed from), ``started``, ``finished`` (ISO timestamps, UTC).
+* ``measurements(run_id, measure, params, value, status, error, updated)`` with primary key
+  ``(run_id, measure, params)``; ``params`` is canonical JSON of the measure's parameters.
+
+Accuracies are fractions in [0, 1]; the gap is in percentage points.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from camgap.zoo.grid import GRID_KEYS, RunSpec, canonical_json
+
+__all__ = ["Registry", "RegistryError", "GridMismatchError", "STATUSES", "METRICS"]
+
+SCHEMA_VERSION = "1"
+STATUSES = ("pending", "running", "done", "failed")
+METRICS = ("epochs", "stop_reason", "train_acc", "train_loss", "test_acc", "test_loss", "gap", "wall_time")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    config TEXT NOT NULL,
+    repeat INTEGER NOT NULL,
+    seed INTEGER NOT NULL,
+    trained INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'running', 'done', 'failed')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    epochs INTEGER,
+    stop_reason TEXT,
+    train_acc REAL,
+    train_loss REAL,
+    test_acc REAL,
+    test_loss REAL,
+    gap REAL,
+    wall_time REAL,
+    resumed_from INTEGER,
+    started TEXT,
+    finished TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
+CREATE TABLE IF NOT EXISTS measurements (
+    run_id TEXT NOT NULL,
+    measure TEXT NOT NULL,
+    params TEXT NOT NULL,
+    value REAL,
+    status TEXT NOT NULL CHECK (status IN ('done', 'failed')),
+    error TEXT,
+    updated TEXT NOT NULL,
+    PRIMARY KEY (run_id, measure, params)
+);
+"""
+
+
+class RegistryError(RuntimeError):
+    """The registry is missing, from another grid, or inconsistent."""
+
+
+class GridMismatchError(RegistryError):
+    pass
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _params_json(params: Mapping | str | None) -> str:
+    if params is None:
+        return "{}"
+    if isinstance(params, str):
+        return canonical_json(json.loads(params))
+    return canonical_json(dict(params))
+
+
+class Registry:
+    """``Registry(path)`` opens (creating if needed) the SQLite registry at ``path``."""
+
+    FILENAME = "registry.sqlite"
+
+    def __init__(self, path: str | Path, create: bool = True):
+        self.path = Path(path)
+        if not create and not self.path.is_file():
+            raise RegistryError(f"{self.path}: no registry here (build a model set with `camgap zoo build`)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA busy_timeout=60000")
+        if create:
+            self.conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
+        self.conn.execute("PRAGMA synchronous=FULL")
+        if create:  # readers (status, export, measures) never write
+            self.conn.executescript(_SCHEMA)
+            self.conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
+
+    @classmethod
+    def in_dir(cls, zoo_dir: str | Path, create: bool = True) -> "Registry":
+        return cls(Path(zoo_dir) / cls.FILENAME, create=create)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "Registry":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    # --- meta -------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as c:
+            c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def bind_grid(self, fingerprint: str, grid_json: str, what: str = "grid") -> None:
+        """Record the grid (or data) fingerprint on first use; a different one is an error."""
+        old = self.get_meta(f"{what}_fingerprint")
+        if old is None:
+            with self.transaction() as c:
+                c.execute("INSERT INTO meta(key, value) VALUES (?, ?)", (f"{what}_fingerprint", fingerprint))
+                c.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (what, grid_json))
+        elif old != fingerprint:
+            raise GridMismatchError(
+                f"{self.path.parent} holds a model set built from a different {what} "
+                f"(fingerprint {old[:12]}, this one {fingerprint[:12]}); "
+                f"use another --out directory, or the {what} it was built with:\n{self.get_meta(what)}"
+            )
+
+    # --- runs -------------------------------------------------------------------------
+
+    def add_runs(self, specs: Iterable[RunSpec]) -> int:
+        """Insert runs that are not registered yet; return how many were new."""
+        rows = [(s.run_id, canonical_json(s.config), s.repeat, s.seed, int(s.trained)) for s in specs]
+        with self.transaction() as c:
+            before = c.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+            c.executemany(
+                "INSERT OR IGNORE INTO runs(run_id, config, repeat, seed, trained) VALUES (?, ?, ?, ?, ?)", rows
+            )
+            after = c.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
+        return after - before
+
+    def reset_interrupted(self) -> list[str]:
+        """Runs left 'running' by a dead driver go back to 'pending' (they resume from last.pt)."""
+        with self.transaction() as c:
+            ids = [r[0] for r in c.execute("SELECT run_id FROM runs WHERE status = 'running'")]
+            c.execute("UPDATE runs SET status = 'pending' WHERE status = 'running'")
+        return ids
+
+    def reset_failed(self) -> int:
+        """Give failed runs a fresh set of attempts (``zoo build --retry-failed``)."""
+        with self.transaction() as c:
+            return c.execute("UPDATE runs SET status = 'pending', attempts = 0 WHERE status = 'failed'").rowcount
+
+    def todo(self, max_attempts: int) -> list[dict]:
+        """Runs to start: pending ones, and failed ones with attempts < max_attempts.
+        Trained runs first (in insertion order), then the untrained models."""
+        rows = self.conn.execute(
+            "SELECT run_id, config, repeat, seed, trained, status, attempts FROM runs "
+            "WHERE status = 'pending' OR (status = 'failed' AND attempts < ?) ORDER BY trained DESC, rowid",
+            (max_attempts,),
+        ).fetchall()
+        return [dict(r) | {"config": json.loads(r["config"])} for r in rows]
+
+    def mark_running(self, run_id: str) -> int:
+        """Mark a run started; return its attempt number (1 for the first)."""
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE runs SET status = 'running', attempts = attempts + 1, started = ?, error = NULL "
+                "WHERE run_id = ?",
+                (_now(), run_id),
+            )
+            return c.execute("SELECT attempts FROM runs WHERE run_id = ?", (run_id,)).fetchone()[0]
+
+    def mark_done(self, run_id: str, result: Mapping[str, Any]) -> None:
+        with self.transaction() as c:
+            cur = c.execute(
+                "UPDATE runs SET status = 'done', error = NULL, epochs = ?, stop_reason = ?, train_acc = ?, "
+                "train_loss = ?, test_acc = ?, test_loss = ?, gap = ?, wall_time = ?, resumed_from = ?, "
+                "finished = ? WHERE run_id = ?",
+                (
+                    int(result["epochs"]),
+                    result.get("stop_reason"),
+                    float(result["train_acc"]),
+                    float(result["train_loss"]),
+                    float(result["test_acc"]),
+                    float(result["test_loss"]),
+                    float(result["gap"]),
+                    float(result.get("wall_time") or 0.0),
+                    result.get("resumed_from"),
+                    _now(),
+                    run_id,
+                ),
+            )
+            if cur.rowcount != 1:
+                raise RegistryError(f"mark_done: no run {run_id!r} in {self.path}")
+
+    def mark_failed(self, run_id: str, error: str) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "UPDATE runs SET status = 'failed', error = ?, finished = ? WHERE run_id = ?",
+                (str(error)[-20000:], _now(), run_id),
+            )
+
+    def get_run(self, run_id: str) -> dict | None:
+        row = self.conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            return None
+        return dict(row) | {"config": json.loads(row["config"])}
+
+    def counts(self) -> dict[str, int]:
+        got = dict(self.conn.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())
+        return {s: int(got.get(s, 0)) for s in STATUSES}
+
+    def runs_frame(self):
+        """One row per run: run_id, one column per grid key, repeat, seed, trained, status,
+        attempts, error, the metrics, resumed_from, started, finished, config (JSON)."""
+        import pandas as pd
+
+        rows = [dict(r) for r in self.conn.execute("SELECT * FROM runs ORDER BY rowid")]
+        cols = ["run_id", *GRID_KEYS, "repeat", "seed", "trained", "status", "attempts", "error", *METRICS,
+                "resumed_from", "started", "finished", "config"]
+        out = []
+        for r in rows:
+            cfg = json.loads(r["config"])
+            rec = {k: cfg.get(k) for k in GRID_KEYS}
+            rec.update({k: r[k] for k in r})
+            rec["trained"] = bool(r["trained"])
+            out.append(rec)
+        frame = pd.DataFrame(out, columns=cols)
+        return frame
+
+    # --- measurements -----------------------------------------------------------------
+
+    def record_measurement(
+        self,
+        run_id: str,
+        measure: str,
+        params: Mapping | str | None,
+        value: float | None,
+        status: str = "done",
+        error: str | None = None,
+    ) -> None:
+        """Insert or replace one measurement of one run (status 'done' or 'failed')."""
+        if status not in ("done", "failed"):
+            raise ValueError(f"measurement status must be 'done' or 'failed', got {status!r}")
+        with self.transaction() as c:
+            if c.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
+                raise RegistryError(f"record_measurement: no run {run_id!r} in {self.path}")
+            c.execute(
+                "INSERT OR REPLACE INTO measurements(run_id, measure, params, value, status, error, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, measure, _params_json(params), None if value is None else float(value), status, error, _now()),
+            )
+
+    def measurement_done(self, run_id: str, measure: str, params: Mapping | str | None = None) -> bool:
+        row = self.conn.execute(
+            "SELECT 1 FROM measurements WHERE run_id = ? AND measure = ? AND params = ? AND status = 'done'",
+            (run_id, measure, _params_json(params)),
+        ).fetchone()
+        return row is not None
+
+    def measurements_frame(self):
+        """Columns run_id, measure, params (canonical JSON), value, status, error, updated."""
+        import pandas as pd
+
+        rows = [dict(r) for r in self.conn.execute("SELECT * FROM measurements ORDER BY rowid")]
+        return pd.DataFrame(rows, columns=["run_id", "measure", "params", "value", "status", "error", "updated"])
+
+    # --- checks -----------------------------------------------------------------------
+
+    def integrity_check(self, zoo_dir: str | Path | None = None) -> list[str]:
+        """Problems found (an empty list means the registry is sound): SQLite's own
+        integrity check, unique run ids, valid statuses, done runs with complete metrics
+        (gap = 100 * (train_acc - test_acc)) and, given the model-set directory, a final.pt
+        for every done run; measurements that name unknown runs."""
+        problems: list[str] = []
+        res = [r[0] for r in self.conn.execute("PRAGMA integrity_check")]
+        if res != ["ok"]:
+            problems += [f"sqlite: {r}" for r in res]
+        for rid, n in self.conn.execute("SELECT run_id, COUNT(*) FROM runs GROUP BY run_id HAVING COUNT(*) > 1"):
+            problems.append(f"run {rid}: {n} rows")
+        for rid, st in self.conn.execute(
+            f"SELECT run_id, status FROM runs WHERE status NOT IN ({','.join('?' * len(STATUSES))})", STATUSES
+        ):
+            problems.append(f"run {rid}: unknown status {st!r}")
+        need = ("epochs", "train_acc", "train_loss", "test_acc", "test_loss", "gap")
+        for r in self.conn.execute("SELECT * FROM runs WHERE status = 'done'"):
+            missing = [k for k in need if r[k] is None]
+            if missing:
+                problems.append(f"run {r['run_id']}: done but missing {', '.join(missing)}")
+                continue
+            if abs(r["gap"] - 100.0 * (r["train_acc"] - r["test_acc"])) > 1e-6:
+                problems.append(f"run {r['run_id']}: gap {r['gap']} != 100 * (train_acc - test_acc)")
+            if not r["trained"] and r["epochs"] != 0:
+                problems.append(f"run {r['run_id']}: untrained model with epochs = {r['epochs']}")
+            if zoo_dir is not None and not (Path(zoo_dir) / "runs" / r["run_id"] / "final.pt").is_file():
+                problems.append(f"run {r['run_id']}: done but runs/{r['run_id']}/final.pt is missing")
+        for (rid,) in self.conn.execute(
+            "SELECT DISTINCT run_id FROM measurements WHERE run_id NOT IN (SELECT run_id FROM runs)"
+        ):
+            problems.append(f"measurements: unknown run {rid}")
+        return problems

@@ -1,0 +1,468 @@
+"""One training run: an explicit loop in the style of torchvision's references/classification.
+
+Data path. The driver decodes and resizes each split once into a ``TensorStore``
+(``prepare_split``); a worker opens it and keeps the whole split resident as uint8
+``[N, 3, S, S]`` on its device (on the CPU: the shared memory map; on a GPU: one copy per
+worker, kept across runs). Per batch, augmentation runs as batched tensor ops on the
+device (``augment_batch``: random horizontal flip and colour jitter, the paper's "random
+flipping and colour enhancement"), then ``normalize`` with the run's mean/std.
+
+Epoch. Shuffle with a generator seeded by (run seed, epoch); train one pass; then a clean
+evaluation pass over the training set (eval mode, no augmentation) gives the train loss
+and accuracy used by the stopping rules and by the final record, and a pass over the test
+split gives the test loss/accuracy. The rules (``camgap.zoo.stopping``) decide whether to
+stop. A non-finite parameter (NaN/inf: a diverged run, e.g. Adam at lr 0.125) is an
+absorbing state, so the run stops there with ``stop_reason = "diverged"`` instead of
+spinning to the epoch budget; its non-finite losses are recorded as ``inf``.
+
+Files in the run directory (all written atomically: temporary file + ``os.replace``):
+``init.pt`` (initial weights), ``last.pt`` (after every epoch: model and optimizer state,
+epoch, history, RNG states, elapsed time; removed after ``final.pt`` unless ``keep_last``),
+``final.pt`` (final weights + the result), ``history.json``. Checkpoints are plain dicts
+readable by ``camgap.models.load_checkpoint(path, arch, num_classes)``.
+
+Resume. A run directory with ``last.pt`` continues after the saved epoch and produces
+the same result as an uninterrupted run (per-epoch generators; on the CPU bit-identical).
+A run directory with ``final.pt`` returns the stored result without training.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from camgap.zoo.stopping import StoppingRules
+
+__all__ = [
+    "augment_batch",
+    "evaluate",
+    "train_run",
+    "execute_task",
+    "prepare_split",
+    "load_split",
+    "release_data_cache",
+    "atomic_save",
+    "atomic_write_json",
+    "INJECT_FAIL_ENV",
+    "EPOCH_DELAY_ENV",
+]
+
+# Test hooks: run ids (comma-separated) whose training raises, and a sleep after each epoch.
+INJECT_FAIL_ENV = "CAMGAP_ZOO_INJECT_FAIL"
+EPOCH_DELAY_ENV = "CAMGAP_ZOO_EPOCH_DELAY"
+
+_GRAY = (0.299, 0.587, 0.114)
+
+
+# --- files ------------------------------------------------------------------------------
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """torch.save to a temporary file in the same directory, fsync, then os.replace."""
+    path = Path(path)
+    tmp = _tmp(path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _finite_or_none(x):
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite_or_none(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_finite_or_none(v) for v in x]
+    return x
+
+
+def atomic_write_json(obj: Any, path: str | Path) -> None:
+    path = Path(path)
+    tmp = _tmp(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(_finite_or_none(obj), f, indent=1, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def _run_lock(run_dir: Path):
+    """Exclusive flock on run_dir/.lock: a straggler process still training this run (an
+    orphan of a killed driver) finishes before another one touches the directory."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    with open(run_dir / ".lock", "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+# --- data -------------------------------------------------------------------------------
+
+
+def prepare_split(records, classes: list[str], cache_dir, input_size: int, resize: str,
+                  progress: bool = False) -> str:
+    """Decode one split's records once into a TensorStore at ``cache_dir`` (reused when its
+    fingerprint matches); return ``cache_dir`` for ``load_split``."""
+    from camgap.data.store import TensorStore
+
+    store = TensorStore.cached(records, cache_dir, input_size, resize, classes=list(classes), progress=progress)
+    if len(store) and (int(store.labels.min()) < 0 or int(store.labels.max()) >= len(classes)):
+        raise ValueError(f"{cache_dir}: labels outside the {len(classes)} training classes")
+    return str(cache_dir)
+
+
+_DATA_CACHE: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def load_split(cache_dir: str | Path, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images uint8 [N,3,S,S], labels int64 [N]) resident on ``device``; cached per process."""
+    from camgap.data.store import TensorStore
+
+    key = (str(cache_dir), str(device))
+    if key not in _DATA_CACHE:
+        store = TensorStore.open(cache_dir)
+        if device.type == "cpu":
+            images, labels = store.images, store.labels  # memory map, shared page cache
+        else:
+            images, labels = store.images.to(device), store.labels.to(device)
+        if len(_DATA_CACHE) >= 4:  # a worker rarely needs more than target + source splits
+            _DATA_CACHE.pop(next(iter(_DATA_CACHE)))
+        _DATA_CACHE[key] = (images, labels)
+    return _DATA_CACHE[key]
+
+
+def release_data_cache() -> None:
+    """Drop the splits this process keeps resident (and their GPU memory)."""
+    _DATA_CACHE.clear()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# --- augmentation and evaluation --------------------------------------------------------
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    w = torch.tensor(_GRAY, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(dim=1, keepdim=True)
+
+
+def augment_batch(images: torch.Tensor, generator: torch.Generator | None, flip_prob: float = 0.5,
+                  jitter: float = 0.4) -> torch.Tensor:
+    """Random horizontal flip and colour jitter on a uint8 batch ``[B,3,H,W]`` -> float in [0,1].
+
+    Per image: flip with probability ``flip_prob``; brightness, contrast and saturation
+    factors drawn uniformly from ``[max(0, 1 - jitter), 1 + jitter]`` and applied in that
+    order with torchvision's blend formulas (brightness: blend with black; contrast: with
+    the image's mean grey level; saturation: with its greyscale image), clamping to [0,1]
+    after each. All on the batch's device, as tensor ops over the whole batch.
+    """
+    x = images.to(torch.float32).div_(255.0)
+    b = x.shape[0]
+    dev = x.device
+    if flip_prob > 0:
+        flip = torch.rand(b, generator=generator, device=dev) < flip_prob
+        x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
+    if jitter > 0:
+        f = torch.empty(3, b, device=dev).uniform_(max(0.0, 1.0 - jitter), 1.0 + jitter, generator=generator)
+        bright, contrast, sat = (f[i].view(b, 1, 1, 1) for i in range(3))
+        x = (x * bright).clamp_(0.0, 1.0)
+        m = _gray(x).mean(dim=(-1, -2), keepdim=True)
+        x = ((x - m) * contrast + m).clamp_(0.0, 1.0)
+        g = _gray(x)
+        x = ((x - g) * sat + g).clamp_(0.0, 1.0)
+    return x
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std,
+             device: torch.device, batch_size: int = 256) -> tuple[float, float]:
+    """Clean pass (eval mode, no augmentation): (mean cross-entropy, accuracy)."""
+    from camgap.data.dataset import normalize
+
+    model.eval()
+    n = int(labels.shape[0])
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for s in range(0, n, batch_size):
+        x = images[s : s + batch_size].to(device, non_blocking=True)
+        y = labels[s : s + batch_size].to(device, non_blocking=True)
+        out = model(normalize(x, mean, std))
+        total += F.cross_entropy(out.float(), y, reduction="sum").double()
+        correct += (out.argmax(1) == y).sum()
+    return float(total) / n, int(correct) / n
+
+
+# --- the run ----------------------------------------------------------------------------
+
+
+def _rng_states(device: torch.device) -> dict:
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if device.type == "cuda":
+        states["cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _set_rng_states(states: dict, device: torch.device) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if device.type == "cuda" and "cuda" in states:
+        torch.cuda.set_rng_state(states["cuda"], device)
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _make_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
+    if cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                               weight_decay=cfg["weight_decay"])
+    if cfg["optimizer"] == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
+    raise ValueError(f"unknown optimizer {cfg['optimizer']!r}")
+
+
+def _finite_params(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _inf_if_nan(x: float) -> float:
+    return x if math.isfinite(x) else math.inf
+
+
+def _checkpoint_base(task: dict, model: nn.Module) -> dict:
+    cfg = task["config"]
+    return {
+        "model_state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "arch": cfg["arch"],
+        "arch_kwargs": dict(cfg.get("arch_options") or {}),
+        "num_classes": int(task["num_classes"]),
+        "classes": list(task.get("classes") or []),
+        "config": cfg,
+        "run_id": task["run_id"],
+        "repeat": task.get("repeat"),
+        "seed": int(task["seed"]),
+        "input_size": cfg["input_size"],
+        "resize": cfg["resize"],
+        "mean": cfg["mean"],
+        "std": cfg["std"],
+    }
+
+
+def _result(task: dict, epochs: int, stop_reason: str | None, train: tuple, test: tuple, wall: float,
+            resumed_from: int | None) -> dict:
+    train_loss, train_acc = train
+    test_loss, test_acc = test
+    return {
+        "run_id": task["run_id"],
+        "status": "done",
+        "trained": bool(task["config"]["trained"]),
+        "epochs": int(epochs),
+        "stop_reason": stop_reason,
+        "train_loss": _inf_if_nan(train_loss),
+        "train_acc": float(train_acc),
+        "test_loss": _inf_if_nan(test_loss),
+        "test_acc": float(test_acc),
+        "gap": 100.0 * (float(train_acc) - float(test_acc)),
+        "wall_time": float(wall),
+        "resumed_from": resumed_from,
+    }
+
+
+def train_run(task: dict, epoch_callback: Callable[[int, dict], None] | None = None) -> dict:
+    """Train (or, for ``config["trained"] == False``, only evaluate) one run; return its result.
+
+    ``task`` keys: ``run_id``, ``config`` (see ``camgap.zoo.grid``), ``seed``, ``repeat``,
+    ``run_dir``, ``data`` (``{"train": cache_dir, "test": cache_dir}``), ``num_classes``,
+    ``classes``, ``device``, ``threads``, ``pretrained_path`` (for pretrained runs),
+    ``eval_batch_size``, ``keep_last``. ``epoch_callback(epoch, record)`` is called after each
+    epoch's checkpoint is written (tests use it to interrupt a run).
+    """
+    run_dir = Path(task["run_dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with _run_lock(run_dir):
+        return _train_locked(task, run_dir, epoch_callback)
+
+
+def _train_locked(task: dict, run_dir: Path, epoch_callback) -> dict:
+    from camgap.data.dataset import normalize
+    from camgap.models import create_model
+
+    final_path, last_path, init_path = run_dir / "final.pt", run_dir / "last.pt", run_dir / "init.pt"
+    if final_path.is_file():
+        done = torch.load(final_path, map_location="cpu", weights_only=False)
+        if done.get("run_id") == task["run_id"] and "result" in done:
+            return dict(done["result"])
+
+    cfg = task["config"]
+    device = torch.device(task.get("device") or "cpu")
+    if task.get("threads"):
+        torch.set_num_threads(int(task["threads"]))
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    seed = int(task["seed"])
+    eval_bs = int(task.get("eval_batch_size") or 256)
+    mean, std = cfg["mean"], cfg["std"]
+
+    train_x, train_y = load_split(task["data"]["train"], device)
+    test_x, test_y = load_split(task["data"]["test"], device)
+
+    _seed_all(seed)
+    model = create_model(cfg["arch"], int(task["num_classes"]), **(cfg.get("arch_options") or {}))
+    if cfg.get("pretrained"):
+        from camgap.zoo.pretrained import load_pretrained_backbone
+
+        if not task.get("pretrained_path"):
+            raise RuntimeError(f"run {task['run_id']}: pretrained = true but no weights file was resolved")
+        load_pretrained_backbone(model, task["pretrained_path"])
+    model.to(device)
+
+    if not cfg["trained"]:  # a randomly initialised model for the validity test
+        t0 = time.perf_counter()
+        base = _checkpoint_base(task, model)
+        atomic_save(base | {"epoch": 0}, init_path)
+        train = evaluate(model, train_x, train_y, mean, std, device, eval_bs)
+        test = evaluate(model, test_x, test_y, mean, std, device, eval_bs)
+        result = _result(task, 0, "untrained", train, test, time.perf_counter() - t0, None)
+        atomic_write_json([], run_dir / "history.json")
+        atomic_save(base | {"epoch": 0, "history": [], "result": result}, final_path)
+        return result
+
+    optimizer = _make_optimizer(model, cfg)
+    rules = StoppingRules(cfg["loss_threshold"], cfg["acc_threshold"], cfg["max_epochs"])
+    history: list[dict] = []
+    wall = 0.0
+    resumed_from = None
+    diverged = False
+    if last_path.is_file():
+        ck = torch.load(last_path, map_location="cpu", weights_only=False)
+        if ck.get("run_id") != task["run_id"]:
+            raise RuntimeError(f"{last_path} belongs to run {ck.get('run_id')!r}, not {task['run_id']!r}")
+        model.load_state_dict(ck["model_state_dict"])
+        optimizer.load_state_dict(ck["optimizer_state_dict"])
+        history = list(ck["history"])
+        wall = float(ck.get("wall_time", 0.0))
+        diverged = bool(ck.get("diverged", False))
+        resumed_from = int(ck["epoch"])
+        _set_rng_states(ck["rng_states"], device)
+    else:
+        atomic_save(_checkpoint_base(task, model) | {"epoch": 0}, init_path)
+
+    n = int(train_y.shape[0])
+    bs = int(cfg["batch_size"])
+    decision = rules.check(history)
+    delay = float(os.environ.get(EPOCH_DELAY_ENV, "0") or 0)
+    while not (decision.stop or diverged):
+        epoch = len(history) + 1
+        t0 = time.perf_counter()
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed * 1000 + epoch)
+        model.train()
+        perm = torch.randperm(n, generator=gen, device=device)
+        running, seen = torch.zeros((), device=device), 0
+        for s in range(0, n, bs):
+            idx = perm[s : s + bs]
+            x, y = train_x[idx], train_y[idx]  # uint8 batch gathered on the device
+            if cfg["augment"]:
+                x = augment_batch(x, gen, cfg["flip_prob"], cfg["jitter"])
+            out = model(normalize(x, mean, std))
+            loss = F.cross_entropy(out, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            running += loss.detach() * y.shape[0]
+            seen += int(y.shape[0])
+        train_loss, train_acc = evaluate(model, train_x, train_y, mean, std, device, eval_bs)
+        test_loss, test_acc = evaluate(model, test_x, test_y, mean, std, device, eval_bs)
+        diverged = not _finite_params(model)
+        wall += time.perf_counter() - t0
+        record = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "train_acc": train_acc,
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "aug_train_loss": float(running) / max(seen, 1),  # running loss of the training pass
+            "lr": optimizer.param_groups[0]["lr"],
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(record)
+        decision = rules.check(history)
+        ck = _checkpoint_base(task, model) | {
+            "optimizer_state_dict": optimizer.state_dict(),
+            "epoch": epoch,
+            "history": history,
+            "wall_time": wall,
+            "diverged": diverged,
+            "rng_states": _rng_states(device),
+        }
+        atomic_save(ck, last_path)
+        atomic_write_json(history, run_dir / "history.json")
+        if delay:
+            time.sleep(delay)
+        if epoch_callback is not None:
+            epoch_callback(epoch, record)
+
+    last = history[-1]
+    reason = "diverged" if diverged and not decision.stop else decision.reason
+    result = _result(task, len(history), reason, (last["train_loss"], last["train_acc"]),
+                     (last["test_loss"], last["test_acc"]), wall, resumed_from)
+    atomic_write_json(history, run_dir / "history.json")
+    atomic_save(_checkpoint_base(task, model) | {"epoch": len(history), "history": history, "result": result},
+                final_path)
+    if not task.get("keep_last", False):
+        with contextlib.suppress(FileNotFoundError):
+            last_path.unlink()
+    return result
+
+
+def execute_task(task: dict) -> dict:
+    """Worker entry point: never raises; a failing run returns ``{"status": "failed", "error"}``."""
+    try:
+        inject = {s.strip() for s in os.environ.get(INJECT_FAIL_ENV, "").split(",") if s.strip()}
+        if task["run_id"] in inject or "*" in inject:
+            raise RuntimeError(f"injected failure ({INJECT_FAIL_ENV})")
+        return train_run(task)
+    except Exception as exc:  # noqa: BLE001 - one bad run never stops the sweep
+        tb = traceback.format_exc(limit=8)
+        return {"run_id": task["run_id"], "status": "failed", "error": f"{type(exc).__name__}: {exc}\n{tb}"}

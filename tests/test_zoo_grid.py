@@ -1,0 +1,152 @@
+"""Grid files: parsing, validation, the paper's Table 2, run ids."""
+import filecmp
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from camgap.zoo.grid import (
+    GRID_KEYS,
+    GridError,
+    load_grid,
+    make_run_id,
+    packaged_grids,
+    parse_grid,
+    seed_from_run_id,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def g(text: str):
+    return parse_grid(tomllib.loads(text), "test.toml")
+
+
+BASE = """
+[grid]
+arch = ["small_resnet"]
+batch_size = [16, 32]
+lr = [0.1, 0.001]
+"""
+
+
+def test_paper_grid_is_table_2():
+    grid = load_grid(ROOT / "grids" / "paper.toml")
+    assert grid.axes == {
+        "arch": ("resnet18", "resnet34", "resnet50", "resnet101"),
+        "batch_size": (16, 32, 64),
+        "lr": (1.25e-1, 1.25e-3, 1.25e-5),
+        "optimizer": ("adam", "sgd"),
+        "weight_decay": (0.0, 2e-4, 5e-4),
+        "augment": (True, False),
+        "pretrained": (True, False),
+    }
+    # |Theta| = 864 configurations; the paper's |Theta| x 2 x 2 = 3456 models (see paper.toml)
+    assert grid.repeats == 4
+    assert grid.n_trained == 3456 == 3 * 3 * 2 * 3 * 4 * 2 * 2 * 4
+    assert grid.n_untrained == 200  # 50 random models per architecture (section 5.3)
+    runs = grid.runs()
+    assert len(runs) == 3656 and len({r.run_id for r in runs}) == 3656
+    assert len({r.seed for r in runs}) == 3656
+    t = grid.train
+    assert (t["max_epochs"], t["loss_threshold"], t["acc_threshold"], t["input_size"]) == (150, 0.1, 0.95, 224)
+    assert t["momentum"] == 0.9
+
+
+def test_packaged_grids_are_identical_to_the_repo_copies():
+    shipped = packaged_grids()
+    assert set(shipped) >= {"paper", "cpu-small"}
+    for name in ("paper", "cpu-small"):
+        assert filecmp.cmp(shipped[name], ROOT / "grids" / f"{name}.toml", shallow=False)
+    assert load_grid("cpu-small").archs == ("small_resnet",)
+
+
+def test_cpu_small_grid():
+    grid = load_grid(ROOT / "grids" / "cpu-small.toml")
+    assert grid.n_trained == 32 and grid.n_untrained == 8
+    assert grid.arch_options == {"small_resnet": {"width": 8, "blocks": [1, 1, 1, 1]}}
+
+
+def test_defaults_and_expansion_order():
+    grid = g(BASE + "repeats = 2\n")
+    assert grid.axes["optimizer"] == ("sgd",) and grid.axes["pretrained"] == (False,)
+    runs = grid.runs()
+    assert len(runs) == 8
+    combos = [(r.config["batch_size"], r.config["lr"], r.repeat) for r in runs]
+    assert combos[:4] == [(16, 0.1, 0), (16, 0.1, 1), (16, 0.001, 0), (16, 0.001, 1)]
+    assert all(set(GRID_KEYS) <= set(r.config) for r in runs)
+
+
+def test_numbers_are_canonical_floats_and_names_lowercase():
+    a = g('[grid]\narch = ["small_resnet"]\nweight_decay = [0]\nlr = [1]\noptimizer = ["SGD"]')
+    b = g('[grid]\narch = ["small_resnet"]\nweight_decay = [0.0]\nlr = [1.0]\noptimizer = ["sgd"]')
+    assert [r.run_id for r in a.runs()] == [r.run_id for r in b.runs()]
+    assert isinstance(a.runs()[0].config["weight_decay"], float)
+
+
+def test_run_id_is_stable_and_config_sensitive():
+    cfg = {"arch": "resnet18", "lr": 0.1, "batch_size": 16}
+    rid = make_run_id(cfg, 0)
+    assert rid == make_run_id(dict(reversed(list(cfg.items()))), 0)  # key order does not matter
+    assert len(rid) == 16 and int(rid, 16) >= 0
+    assert make_run_id(cfg, 1) != rid
+    assert make_run_id(cfg | {"lr": 0.01}, 0) != rid
+    assert seed_from_run_id(rid) == seed_from_run_id(rid) and 0 <= seed_from_run_id(rid) < 2**31
+    # ids do not depend on the file: same grid parsed twice, same ids
+    assert [r.run_id for r in g(BASE).runs()] == [r.run_id for r in g(BASE).runs()]
+    # a training setting changes every id; an execution-only one changes none
+    base = {r.run_id for r in g(BASE).runs()}
+    assert base.isdisjoint({r.run_id for r in g(BASE + "[train]\nmax_epochs = 10\n").runs()})
+    assert base == {r.run_id for r in g(BASE + "[train]\neval_batch_size = 7\n").runs()}
+    assert g(BASE).fingerprint() == g(BASE + "[train]\neval_batch_size = 7\n").fingerprint()
+    assert g(BASE).fingerprint() != g(BASE + "repeats = 2\n").fingerprint()
+
+
+def test_untrained_runs():
+    grid = g(BASE + "untrained = 3\n")
+    un = [r for r in grid.runs() if not r.trained]
+    assert len(un) == 3 and {r.repeat for r in un} == {0, 1, 2}
+    assert all(r.config["arch"] == "small_resnet" and r.config["lr"] is None for r in un)
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("", "empty grid"),
+        ("[grid]\n", "empty grid"),
+        ('[grid]\nbatch_size = [16]', "needs `arch"),
+        ('[grid]\narch = []', "empty list"),
+        ('[grid]\narch = ["small_resnet"]\nlr = []', "lr: empty list"),
+        ('[grid]\narch = ["resnet9000"]', "unknown architecture 'resnet9000'"),
+        ('[grid]\narch = ["small_resnet"]\nlearning_rate = [0.1]', "unknown key.*learning_rate"),
+        ('[grid]\narch = ["small_resnet"]\noptimizer = ["rmsprop"]', "'rmsprop' is not one of sgd, adam"),
+        ('[grid]\narch = ["small_resnet"]\nbatch_size = [0]', r"batch_size\[0\]: expected an integer >= 1"),
+        ('[grid]\narch = ["small_resnet"]\nbatch_size = [16.5]', "expected an integer"),
+        ('[grid]\narch = ["small_resnet"]\nlr = [-0.1]', "outside"),
+        ('[grid]\narch = ["small_resnet"]\naugment = ["yes"]', "expected true or false"),
+        ('[grid]\narch = ["small_resnet"]\nbatch_size = 16', "expected a list"),
+        ('[grid]\narch = ["small_resnet"]\nbatch_size = [16, 16]', "duplicate"),
+        ('[grid]\narch = ["small_resnet"]\nrepeats = 0', "repeats: expected an integer >= 1"),
+        ('[grid]\narch = ["small_resnet"]\n[train]\nmax_epoch = 3', r"\[train\]: unknown key.*max_epoch"),
+        ('[grid]\narch = ["small_resnet"]\n[train]\nacc_threshold = 1.5', "outside"),
+        ('[grid]\narch = ["small_resnet"]\n[train]\nresize = "crop"', "not one of resize, resize_crop"),
+        ('[grid]\narch = ["small_resnet"]\n[train]\nmean = [0.5, 0.5]', "list of 3 numbers"),
+        ('[grid]\narch = ["small_resnet"]\n[arch_options.small_resnet]\ndepth = 3', "invalid options"),
+        ('[grid]\narch = ["small_resnet"]\n[arch_options.resnet18]\nwidth = 3', "not in \\[grid\\] arch"),
+        ('[grid]\narch = ["small_resnet"]\n[pretrain]\nepochs = 0', "epochs: expected an integer >= 1"),
+        ('[grid]\narch = ["small_resnet"]\n[something]\nx = 1', "unknown key.*something"),
+        ('[grid]\narch = ["small_resnet"]\n[train]\npretrained_weights = { resnet9 = "x" }', "unknown architecture"),
+    ],
+)
+def test_validation_errors(text, match):
+    with pytest.raises(GridError, match=match):
+        g(text)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(GridError, match="no such grid file"):
+        load_grid(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[grid\narch = 1")
+    with pytest.raises(GridError, match="not valid TOML"):
+        load_grid(bad)

@@ -1,0 +1,132 @@
+"""The SQLite registry: round trip, resume bookkeeping, measurements, integrity check."""
+import json
+import sqlite3
+import tomllib
+
+import pytest
+
+from camgap.zoo.grid import GRID_KEYS, parse_grid
+from camgap.zoo.registry import GridMismatchError, Registry, RegistryError
+
+GRID = parse_grid(tomllib.loads("""
+[grid]
+arch = ["small_resnet"]
+batch_size = [16, 32]
+lr = [0.1]
+untrained = 1
+"""))
+
+
+def result(run_id, train_acc=0.9, test_acc=0.6, epochs=3):
+    return {"run_id": run_id, "status": "done", "epochs": epochs, "stop_reason": "C4", "train_acc": train_acc,
+            "train_loss": 0.3, "test_acc": test_acc, "test_loss": 1.2, "gap": 100 * (train_acc - test_acc),
+            "wall_time": 1.5, "resumed_from": None}
+
+
+def test_round_trip(tmp_path):
+    specs = GRID.runs()
+    with Registry.in_dir(tmp_path) as reg:
+        assert reg.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert reg.add_runs(specs) == 3
+        assert reg.add_runs(specs) == 0  # idempotent
+        assert reg.counts() == {"pending": 3, "running": 0, "done": 0, "failed": 0}
+        a, b, u = (s.run_id for s in specs)
+        assert reg.mark_running(a) == 1
+        reg.mark_done(a, result(a))
+        reg.mark_running(b)
+        reg.mark_failed(b, "RuntimeError: boom")
+        assert reg.counts() == {"pending": 1, "running": 0, "done": 1, "failed": 1}
+        row = reg.get_run(a)
+        assert row["status"] == "done" and row["attempts"] == 1 and row["config"] == specs[0].config
+        assert row["gap"] == pytest.approx(30.0) and row["started"] and row["finished"]
+        assert reg.get_run(b)["error"] == "RuntimeError: boom"
+
+    with Registry.in_dir(tmp_path, create=False) as reg:  # reopened: persisted
+        frame = reg.runs_frame()
+        assert list(frame["run_id"]) == [a, b, u]
+        assert set(GRID_KEYS) <= set(frame.columns)
+        assert list(frame["batch_size"].iloc[:2]) == [16, 32]
+        assert list(frame["trained"]) == [True, True, False]
+        assert frame.loc[frame.run_id == a, "train_acc"].item() == pytest.approx(0.9)
+        assert reg.integrity_check() == []
+
+
+def test_todo_retries_and_interrupted(tmp_path):
+    specs = GRID.runs()
+    a, b, u = (s.run_id for s in specs)
+    with Registry.in_dir(tmp_path) as reg:
+        reg.add_runs(specs)
+        reg.mark_running(a)
+        reg.mark_running(b)
+        reg.mark_failed(b, "x")
+        # a dead driver left `a` running
+        assert reg.reset_interrupted() == [a]
+        assert [r["run_id"] for r in reg.todo(max_attempts=2)] == [a, b, u]  # failed b: 1 < 2 attempts
+        reg.mark_running(b)
+        reg.mark_failed(b, "y")
+        assert [r["run_id"] for r in reg.todo(max_attempts=2)] == [a, u]  # b out of attempts
+        assert reg.reset_failed() == 1
+        assert reg.get_run(b)["attempts"] == 0 and reg.get_run(b)["status"] == "pending"
+
+
+def test_grid_binding(tmp_path):
+    with Registry.in_dir(tmp_path) as reg:
+        reg.bind_grid("abc", '{"g": 1}')
+        reg.bind_grid("abc", '{"g": 1}')  # same grid: fine
+        with pytest.raises(GridMismatchError, match="different grid"):
+            reg.bind_grid("xyz", '{"g": 2}')
+        reg.bind_grid("d1", "{}", "data")
+        with pytest.raises(GridMismatchError, match="different data"):
+            reg.bind_grid("d2", "{}", "data")
+
+
+def test_missing_registry(tmp_path):
+    with pytest.raises(RegistryError, match="no registry"):
+        Registry.in_dir(tmp_path / "nothing", create=False)
+
+
+def test_measurements(tmp_path):
+    specs = GRID.runs()
+    a = specs[0].run_id
+    with Registry.in_dir(tmp_path) as reg:
+        reg.add_runs(specs)
+        assert not reg.measurement_done(a, "iou", {"threshold": 0.1, "cam": "gradcam"})
+        reg.record_measurement(a, "iou", {"threshold": 0.1, "cam": "gradcam"}, 0.42)
+        # params are canonicalised: key order does not matter
+        assert reg.measurement_done(a, "iou", {"cam": "gradcam", "threshold": 0.1})
+        assert not reg.measurement_done(a, "iou", {"cam": "gradcam", "threshold": 0.2})
+        reg.record_measurement(a, "ei", None, None, status="failed", error="boom")
+        assert not reg.measurement_done(a, "ei")
+        reg.record_measurement(a, "iou", {"threshold": 0.1, "cam": "gradcam"}, 0.5)  # replace
+        m = reg.measurements_frame()
+        assert len(m) == 2
+        iou = m[m.measure == "iou"].iloc[0]
+        assert iou.value == 0.5 and json.loads(iou.params) == {"cam": "gradcam", "threshold": 0.1}
+        with pytest.raises(RegistryError, match="no run"):
+            reg.record_measurement("nope", "iou", None, 1.0)
+        with pytest.raises(ValueError):
+            reg.record_measurement(a, "iou", None, 1.0, status="weird")
+
+
+def test_integrity_check_finds_problems(tmp_path):
+    specs = GRID.runs()
+    a, b, _ = (s.run_id for s in specs)
+    with Registry.in_dir(tmp_path) as reg:
+        reg.add_runs(specs)
+        reg.mark_running(a)
+        reg.mark_done(a, result(a))
+        assert reg.integrity_check() == []
+        # done run without final.pt in the model-set directory
+        assert reg.integrity_check(tmp_path) == [f"run {a}: done but runs/{a}/final.pt is missing"]
+        (tmp_path / "runs" / a).mkdir(parents=True)
+        (tmp_path / "runs" / a / "final.pt").write_bytes(b"x")
+        assert reg.integrity_check(tmp_path) == []
+        # tamper: inconsistent gap, done run without metrics
+        reg.conn.execute("UPDATE runs SET gap = 1.0 WHERE run_id = ?", (a,))
+        reg.conn.execute("UPDATE runs SET status = 'done' WHERE run_id = ?", (b,))
+        problems = reg.integrity_check()
+        assert any("gap" in p and a in p for p in problems)
+        assert any(b in p and "missing epochs" in p for p in problems)
+        # status values outside the allowed set are refused by the schema
+        with pytest.raises(sqlite3.IntegrityError):
+            reg.conn.execute("UPDATE runs SET status = 'weird' WHERE run_id = ?", (a,))
