@@ -10,11 +10,9 @@ import torch
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda asked for, but torch sees no CUDA device")
-    return torch.device(name)
+    from camgap.zoo.executors import resolve_device as resolve
+
+    return torch.device(resolve(name))
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -237,6 +235,13 @@ def cmd_masks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from camgap.demo import run_demo
+
+    run_demo(args.out, quick=args.quick, device=args.device, workers=args.workers)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="camgap", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -253,6 +258,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-per-class", type=int, default=50)
     p.add_argument("--size", type=int, default=32)
     p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("demo", help="the whole study on the embedded synthetic dataset, in minutes on a CPU")
+    p.add_argument("--out", type=Path, default=Path("camgap-demo"), help="output folder (reused when rerun)")
+    p.add_argument("--quick", action="store_true", help="a 2-minute smoke run of every stage")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--workers", type=int, help="training worker processes (default 2 on a CPU, 1 on a GPU)")
+    p.set_defaults(func=cmd_demo)
+
+    from camgap.zoo.cli import add_zoo_commands
+
+    add_zoo_commands(sub)
 
     p = sub.add_parser("masks", help="export A_G masks (saliency or a mask folder) as PNGs, with their agreement with the boxes")
     p.add_argument("data", type=Path, help="dataset root")

@@ -96,7 +96,15 @@ class SmallResNet(nn.Module):
 
 
 @register_model("small_resnet")
+@register_model("small_resnet10")
 def small_resnet(num_classes: int, width: int = 16, blocks: Sequence[int] = (1, 1, 1, 1)) -> nn.Module:
+    """10 weight layers by default; `blocks` sets the BasicBlocks per stage."""
+    return SmallResNet(num_classes, width=width, blocks=tuple(blocks))
+
+
+@register_model("small_resnet18")
+def small_resnet18(num_classes: int, width: int = 16, blocks: Sequence[int] = (2, 2, 2, 2)) -> nn.Module:
+    """The ResNet18 layout (two BasicBlocks per stage) at CIFAR scale."""
     return SmallResNet(num_classes, width=width, blocks=tuple(blocks))
 
 

@@ -1,4 +1,4 @@
-"""`camgap zoo build|status|export`.
+"""`camgap zoo build|status|export|measure`.
 
 ``add_zoo_commands(subparsers)`` registers ``zoo`` (with ``build``, ``status``, ``export``)
 on an argparse subparsers object; each leaf sets ``func(args) -> exit code``.
@@ -55,8 +55,26 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _measure(args: argparse.Namespace) -> int:
+    from camgap.zoo.executors import resolve_device
+    from camgap.zoo.measure import DEFAULT_MEASURES, measure_zoo
+
+    measures = args.measures.split(",") if args.measures else list(DEFAULT_MEASURES)
+    summary = measure_zoo(
+        args.zoo,
+        measures=measures,
+        cams=args.cam.split(","),
+        thresholds=args.threshold,
+        masks=args.masks.split(","),
+        device=resolve_device(args.device),
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    return 0 if summary.failed == 0 else 3
+
+
 def add_subcommands(sub) -> None:
-    """Add build/status/export to a subparsers object."""
+    """Add build/status/export/measure to a subparsers object."""
     b = sub.add_parser("build", help="train (or resume) the model set of a grid",
                        description="Train every run of GRID on DIR into ZOO, resumably: rerunning the same "
                                    "command keeps finished runs and resumes interrupted ones.")
@@ -90,6 +108,22 @@ def add_subcommands(sub) -> None:
     e.add_argument("--format", choices=("csv", "parquet"), default="csv")
     e.add_argument("--out", default=None, metavar="FILE", help="output file (default: ZOO/runs.<format>)")
     e.set_defaults(func=_guard(_export))
+
+    m = sub.add_parser("measure", help="every generalization measure for every finished model (resumable)",
+                       description="Measure every done run of ZOO: IoU / IoU-B (one shared pass per model "
+                                   "with the margins, prediction matrix and effective invariance) and the "
+                                   "baseline measures. Finished measurements are never recomputed.")
+    m.add_argument("zoo", metavar="ZOO")
+    m.add_argument("--measures", default=None,
+                   help="comma-separated (default: iou, iou_b, spectral_norm, nuclear_norm, effective_invariance, "
+                        "inverse_margin, frobenius_norm, path_norm, distance_from_init, pacbayes_flatness)")
+    m.add_argument("--cam", default="gradcam", help="comma-separated CAM methods, e.g. gradcam,gradcam++,smoothgradcam++")
+    m.add_argument("--threshold", type=float, nargs="+", default=[0.1])
+    m.add_argument("--masks", default="boxes", help="comma-separated A_G sources: boxes, saliency, or a mask folder")
+    m.add_argument("--device", default="auto")
+    m.add_argument("--batch-size", type=int, default=128)
+    m.add_argument("--no-progress", action="store_true")
+    m.set_defaults(func=_guard(_measure))
 
 
 def add_zoo_commands(subparsers):

@@ -11,6 +11,7 @@ A grid file::
     augment = [true, false]     # random horizontal flip + colour jitter
     pretrained = [true, false]
     repeats = 2                 # an integer: runs per configuration (different seeds)
+    sample = 24                 # optional: a seeded random subset of the product's configurations
     untrained = 50              # an integer: randomly initialised models per arch (validity test)
 
     [train]                     # scalars shared by every run (all optional, defaults below)
@@ -51,6 +52,7 @@ import hashlib
 import itertools
 import json
 import math
+import random
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -135,6 +137,35 @@ class RunSpec:
     @property
     def trained(self) -> bool:
         return bool(self.config["trained"])
+
+
+SAMPLE_TRIES = 200
+
+
+def balanced_sample(combos: list[tuple], k: int) -> list[int]:
+    """Indices of k configurations, as balanced as possible over every hyperparameter's values:
+    of SAMPLE_TRIES seeded random subsets, the one whose value counts are most even
+    (deterministic, so run ids never change)."""
+
+    def imbalance(idx: list[int]) -> int:
+        total = 0
+        for axis in range(len(combos[0])):
+            counts: dict = {}
+            for i in idx:
+                counts[combos[i][axis]] = counts.get(combos[i][axis], 0) + 1
+            values = {c[axis] for c in combos}
+            total += max(counts.values()) - (min(counts.values()) if len(counts) == len(values) else 0)
+        return total
+
+    best = min((sorted(random.Random(seed).sample(range(len(combos)), k)) for seed in range(SAMPLE_TRIES)),
+               key=imbalance)
+    return best
+
+
+def _is_torchvision(arch: str) -> bool:
+    from camgap.zoo.pretrained import TORCHVISION_WEIGHTS
+
+    return arch in TORCHVISION_WEIGHTS
 
 
 def canonical_json(obj: Any) -> str:
@@ -261,6 +292,7 @@ class Grid:
     axes: dict[str, tuple]  # GRID_KEYS order -> tuple of values
     repeats: int = 1
     untrained: int = 0
+    sample: int | None = None  # keep this many configurations of the product (seeded), or all
     train: dict = field(default_factory=lambda: dict(TRAIN_DEFAULTS))
     arch_options: dict = field(default_factory=dict)  # arch -> kwargs
     pretrain: dict = field(default_factory=lambda: dict(PRETRAIN_DEFAULTS))
@@ -271,8 +303,13 @@ class Grid:
         return self.axes["arch"]
 
     @property
+    def n_configs(self) -> int:
+        full = math.prod(len(v) for v in self.axes.values())
+        return full if self.sample is None else min(self.sample, full)
+
+    @property
     def n_trained(self) -> int:
-        return math.prod(len(v) for v in self.axes.values()) * self.repeats
+        return self.n_configs * self.repeats
 
     @property
     def n_untrained(self) -> int:
@@ -345,7 +382,10 @@ class Grid:
         untrained models (`untrained` per architecture)."""
         specs: list[RunSpec] = []
         keys = list(self.axes)
-        for combo in itertools.product(*(self.axes[k] for k in keys)):
+        combos = list(itertools.product(*(self.axes[k] for k in keys)))
+        if self.sample is not None and self.sample < len(combos):
+            combos = [combos[i] for i in balanced_sample(combos, self.sample)]
+        for combo in combos:
             cfg = self.run_config(dict(zip(keys, combo)))
             for r in range(self.repeats):
                 rid = make_run_id(cfg, r)
@@ -363,9 +403,10 @@ class Grid:
             "grid": {k: list(v) for k, v in self.axes.items()},
             "repeats": self.repeats,
             "untrained": self.untrained,
+            "sample": self.sample,
             "train": {k: v for k, v in self.train.items() if k not in EXECUTION_ONLY},
             "arch_options": self.arch_options,
-            "pretrain": self.pretrain if self.wants_pretrained() & {"small_resnet"} else None,
+            "pretrain": self.pretrain if any(not _is_torchvision(a) for a in self.wants_pretrained()) else None,
         }
 
     def fingerprint(self) -> str:
@@ -381,7 +422,9 @@ def parse_grid(doc: dict, source: str = "<grid>") -> Grid:
     raw = dict(raw)
     repeats = _int(f"{source}: [grid] repeats", raw.pop("repeats", 1), 1)
     untrained = _int(f"{source}: [grid] untrained", raw.pop("untrained", 0), 0)
-    _unknown(f"{source}: [grid]", raw, [*GRID_KEYS, "repeats", "untrained"])
+    sample = raw.pop("sample", None)
+    sample = None if sample is None else _int(f"{source}: [grid] sample", sample, 1)
+    _unknown(f"{source}: [grid]", raw, [*GRID_KEYS, "repeats", "untrained", "sample"])
     if "arch" not in raw:
         raise GridError(f"{source}: [grid] needs `arch = [...]` (a list of architecture names)")
 
@@ -438,7 +481,7 @@ def parse_grid(doc: dict, source: str = "<grid>") -> Grid:
     for key, v in pre_raw.items():
         pretrain[key] = _PRETRAIN_CHECKS[key](f"{source}: [pretrain] {key}", v)
 
-    return Grid(axes, repeats, untrained, train, arch_options, pretrain, source)
+    return Grid(axes, repeats, untrained, sample, train, arch_options, pretrain, source)
 
 
 def _check_arch_options(where: str, arch: str, opts: dict) -> None:

@@ -78,7 +78,7 @@ def pretrained_paths(grid: Grid, zoo_dir: str | Path) -> dict[str, str]:
             if not p.is_file():
                 missing.append(f"  {arch}: {p} (from [train] pretrained_weights in {grid.source}) does not exist")
             paths[arch] = str(p.resolve())
-        elif arch == "small_resnet":
+        elif arch.startswith("small_resnet"):
             paths[arch] = str(source_model_path(grid, arch, zoo_dir).resolve())
         elif arch in TORCHVISION_WEIGHTS:
             url = torchvision_weights_url(arch)
@@ -159,7 +159,7 @@ def ensure_source_models(grid: Grid, zoo_dir: str | Path, device: str = "cpu", t
     out = []
     given = grid.train.get("pretrained_weights", {})
     for arch in sorted(grid.wants_pretrained()):
-        if arch != "small_resnet" or arch in given:
+        if not arch.startswith("small_resnet") or arch in given:
             continue
         path = source_model_path(grid, arch, zoo_dir)
         out.append(path)
