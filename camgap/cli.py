@@ -172,7 +172,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from camgap.study.report import headline, run_study, write_study
+    from camgap.study.report import headline, write_study
+    from camgap.study.tables import paper_specs
     from camgap.zoo.measure import overlay_rows
     from camgap.zoo.registry import Registry
 
@@ -185,7 +186,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         raise ValueError(f"{zoo}: no measurements yet; run `camgap zoo measure {zoo}` first")
     overlays = None if args.no_overlays else overlay_rows(zoo, device=resolve_device(args.device))
     report = write_study(runs, measurements, args.out, overlays=overlays or None, n_boot=args.bootstrap)
-    print(headline(runs, measurements))
+    print(headline(runs, measurements, specs=paper_specs(measurements)))
     print(f"report: {report}")
     return 0
 
@@ -198,7 +199,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     with Registry.in_dir(args.zoo, create=False) as reg:
         runs, measurements = reg.runs_frame(), reg.measurements_frame()
-    params = score_params(args.cam, args.threshold[0], "boxes")
+    params = score_params(args.cam, args.threshold[0], args.masks)  # the same A_G source as the new model's IoU
     wide = wide_table(runs[(runs.status == "done") & runs.trained], measurements, [("iou", params, "iou")])
     fit = fit_gap(wide["iou"], wide["gap"], name="iou")
     args.json, args.per_image, args.overlays = True, None, None

@@ -47,6 +47,7 @@ def run_demo(out: str | Path = "camgap-demo", quick: bool = False, device: str =
              workers: int | None = None, bootstrap: int = 1000, log: Callable[[str], None] = print) -> DemoResult:
     from camgap.data.synthetic import write_synthetic
     from camgap.study.report import headline, write_study
+    from camgap.study.tables import paper_specs
     from camgap.zoo.build import build
     from camgap.zoo.executors import resolve_device
     from camgap.zoo.measure import measure_zoo, overlay_rows
@@ -86,7 +87,7 @@ def run_demo(out: str | Path = "camgap-demo", quick: bool = False, device: str =
     report = write_study(runs, measurements, out / "study", overlays=overlay_rows(out / "zoo", device=device) or None,
                          n_boot=bootstrap, thresholds=THRESHOLDS)
     stage("study")
-    text = headline(runs, measurements, thresholds=THRESHOLDS)
+    text = headline(runs, measurements, thresholds=THRESHOLDS, specs=paper_specs(measurements))
     seconds["total"] = round(sum(seconds.values()), 1)
     log("")
     log(text)

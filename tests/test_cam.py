@@ -23,13 +23,6 @@ ORACLE = {
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _clear_grads(model: nn.Module) -> None:
     for p in model.parameters():

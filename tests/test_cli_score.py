@@ -28,13 +28,6 @@ PER_CLASS = 2
 N = N_CLASSES * PER_CLASS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def run(capsys, *args) -> tuple[int, str, str]:
     capsys.readouterr()

@@ -19,13 +19,6 @@ from camgap.models import (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def test_list_models():
     assert {"resnet18", "resnet34", "resnet50", "resnet101", "small_resnet"} <= set(list_models())

@@ -35,13 +35,6 @@ AMBIGUOUS = 1e-4
 TOL = 1e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 # --- oracles (numpy + pytorch-grad-cam; no camgap code) -------------------------------------
 

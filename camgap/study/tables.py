@@ -196,8 +196,8 @@ def wide_table(runs: pd.DataFrame, measurements: pd.DataFrame,
 
 def discover_specs(measurements: pd.DataFrame, primary: Mapping[str, str] | None = None,
                    measures: Sequence[str] | None = None) -> list[MeasureSpec]:
-    """One spec per (measure, params) present (failed ones included, so that a measure that
-    failed everywhere shows as an n/a row rather than vanishing).
+    """One spec per (measure, params) with a done value; a measure that failed everywhere
+    keeps its failed variants, so it shows as an n/a row rather than vanishing.
 
     `primary`: {params key: value}; for each measure whose variants carry that key, keep only
     the variants with that value (when at least one has it), e.g. {"cam": "gradcam", "masks":
@@ -209,10 +209,23 @@ def discover_specs(measurements: pd.DataFrame, primary: Mapping[str, str] | None
     specs: list[MeasureSpec] = []
     names = sorted(set(m["measure"]), key=_measure_rank) if measures is None else list(measures)
     for name in names:
-        variants = sorted(set(m.loc[m["measure"] == name, "params"]))
+        rows = m[m["measure"] == name]
+        done = rows[rows["status"] == "done"] if "status" in rows else rows
+        variants = sorted(set((done if len(done) else rows)["params"]))
         variants = _filter_primary(variants, primary or {})
         specs.extend(_label_variants(name, variants, display_name(name)))
     return specs
+
+
+PAPER_MEASURES = ("spectral_norm", "nuclear_norm", "effective_invariance", "iou_b", "iou")
+PAPER_PRIMARY = {**DEFAULT_PRIMARY, "conv": "reshape", "scale": "log", "norm": "paper", "transform": "rotation"}
+
+
+def paper_specs(measurements: pd.DataFrame) -> list[MeasureSpec]:
+    """The rows of the paper's Table 3 (spectral norm in log space, nuclear norm as eq. A2, EI
+    with rotations, IoU-B, IoU), for the headline."""
+    present = set(_norm_measurements(measurements)["measure"])
+    return discover_specs(measurements, PAPER_PRIMARY, [m for m in PAPER_MEASURES if m in present])
 
 
 def _measure_rank(name: str) -> tuple:

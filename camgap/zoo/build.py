@@ -207,14 +207,12 @@ def build(
                 }
             except Exception as exc:  # noqa: BLE001 - undecodable image, bad labels: bad input
                 raise ZooError(f"--data {data}: cannot decode the dataset: {exc}") from exc
-            driver_device = device if executor == "local" else resolve_device("auto")
-            ensure_source_models(g, out, "cuda:0" if driver_device == "cuda" else driver_device, threads, log=log)
-
             try:
                 ex = make_executor(executor, workers, device, ray_address, threads, cpus_per_run)
             except (ValueError, ImportError) as exc:
                 raise ZooError(f"--executor {executor}: {exc}") from None
             try:
+                ensure_source_models(g, out, ex, log=log)
                 trained_now, failed_now = _sweep(
                     reg, ex, todo, out, g, caches, classes, pretrained, max_attempts, keep_last, total, progress, log
                 )

@@ -6,6 +6,8 @@ invariance reuse those logits. Extra CAM methods or mask sources cost one more p
 The data were decoded once by `zoo build` (the TensorStore under ZOO/cache); saliency masks
 are computed once per model set and cached. Only this process writes the registry;
 finished measurements are never recomputed, so an interrupted run resumes where it stopped.
+A measurement recorded as failed (with its reason: NaN weights, a negative margin percentile)
+is finished too: rerunning does not retry it (delete its registry row to force a retry).
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from camgap.data.store import TensorStore
 from camgap.measures.registry import MEASURES, MeasureContext, MeasureError, compute_measure
 from camgap.measures.score import score_model
 from camgap.models import create_model, load_weights
+from camgap.zoo.grid import canonical_json
 from camgap.zoo.registry import Registry
 
 SCORE_MEASURES = ("iou", "iou_b")
@@ -117,7 +120,7 @@ def measure_zoo(
     try:
         for run_id in runs.run_id:
             todo_scores = [(c, t, m) for c, t, m in wanted_scores
-                           if not all(reg.measurement_done(run_id, k, score_params(c, t, m)) for k in measures if k in SCORE_MEASURES)]
+                           if not all(_recorded(reg, run_id, k, score_params(c, t, m)) for k in measures if k in SCORE_MEASURES)]
             todo_other = [m for m in measures if m not in SCORE_MEASURES and not _has_any(reg, run_id, m)]
             if not todo_scores and not todo_other:
                 bar.update(1)
@@ -139,14 +142,14 @@ def measure_zoo(
                     res = score_model(model, store, cam=cam, thresholds=thresholds, batch_size=batch_size,
                                       device=device, mean=mean, std=std, masks=ref, mask_ids=ref_ids)
                 except Exception as exc:  # noqa: BLE001 - one bad model never stops the set
-                    for t in thresholds:
-                        for k in measures:
-                            if k in SCORE_MEASURES:
-                                reg.record_measurement(run_id, k, score_params(cam, t, source), None, "failed", _reason(exc))
-                                summary.failed += 1
+                    _fail_scores(reg, run_id, measures, todo_scores, cam, thresholds, source, _reason(exc), summary)
                     continue
                 if logits is None:
                     logits, labels = res.logits, res.labels
+                if not bool(torch.isfinite(res.logits).all()):  # NaN weights: a CAM of NaNs is no IoU of 0
+                    _fail_scores(reg, run_id, measures, todo_scores, cam, thresholds, source,
+                                 "non-finite logits (NaN/inf in the model's outputs)", summary)
+                    continue
                 for t in thresholds:
                     values = {"iou": res.iou(t), "iou_b": res.iou_b(t)}
                     for k in measures:
@@ -180,11 +183,33 @@ def measure_zoo(
 
 
 def _has_any(reg: Registry, run_id: str, measure: str) -> bool:
-    """A non-score measure is done when any of its parameter rows is recorded as done."""
+    """A non-score measure is finished when any of its parameter rows is recorded (done or failed)."""
     row = reg.conn.execute(
-        "SELECT 1 FROM measurements WHERE run_id = ? AND measure = ? AND status = 'done' LIMIT 1", (run_id, measure)
+        "SELECT 1 FROM measurements WHERE run_id = ? AND measure = ? LIMIT 1", (run_id, measure)
     ).fetchone()
     return row is not None
+
+
+def _recorded(reg: Registry, run_id: str, measure: str, params: dict) -> bool:
+    """A score measurement is finished when its row exists (done or failed)."""
+    row = reg.conn.execute(
+        "SELECT 1 FROM measurements WHERE run_id = ? AND measure = ? AND params = ?",
+        (run_id, measure, canonical_json(params)),
+    ).fetchone()
+    return row is not None
+
+
+def _fail_scores(reg: Registry, run_id: str, measures: Sequence[str], todo_scores: list, cam: str,
+                 thresholds: Sequence[float], source: str, reason: str, summary: MeasureSummary) -> None:
+    """Record the score measurements of one failed pass; never overwrite finished ones (a pass
+    run only for the logits covers combinations that were measured before)."""
+    for t in thresholds:
+        if (cam, t, source) not in todo_scores:
+            continue
+        for k in measures:
+            if k in SCORE_MEASURES:
+                reg.record_measurement(run_id, k, score_params(cam, t, source), None, "failed", reason)
+                summary.failed += 1
 
 
 def _record(reg: Registry, run_id: str, measure: str, params: dict, value: float, summary: MeasureSummary) -> None:
@@ -203,7 +228,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def overlay_rows(zoo_dir: str | Path, n_images: int = 5, cam: str = "gradcam", threshold: float = 0.1,
-                 device: str | torch.device = "cpu") -> list[tuple[str, list]]:
+                 device: str | torch.device = "cpu", min_train_acc: float = 0.8) -> list[tuple[str, list]]:
     """The paper's Figure 2: the same training images under the trained models with the
     smallest, the median and the largest gap; one row per model, labelled with its gap."""
     from camgap.viz import render_overlay
@@ -212,6 +237,8 @@ def overlay_rows(zoo_dir: str | Path, n_images: int = 5, cam: str = "gradcam", t
     with Registry.in_dir(zoo, create=False) as reg:
         runs = reg.runs_frame()
     runs = runs[(runs.status == "done") & runs.trained].sort_values("gap")
+    if (runs.train_acc >= min_train_acc).sum() >= 3:  # models that fit their training set, as in the paper
+        runs = runs[runs.train_acc >= min_train_acc]
     if runs.empty:
         return []
     picks = runs.iloc[sorted({0, len(runs) // 2, len(runs) - 1})]

@@ -148,15 +148,14 @@ def source_task_config(grid: Grid, arch: str) -> dict:
     }
 
 
-def ensure_source_models(grid: Grid, zoo_dir: str | Path, device: str = "cpu", threads: int | None = None,
-                         log=print) -> list[Path]:
-    """Train the missing source-task models (small_resnet with pretrained = true and no
-    explicit weights file) in this process; return the paths built or found."""
+def ensure_source_models(grid: Grid, zoo_dir: str | Path, executor, log=print) -> list[Path]:
+    """Train the missing source-task models (small_resnet* with pretrained = true and no
+    explicit weights file) on the sweep's executor, side by side; return their paths."""
     from camgap.data.layouts import read_layout
     from camgap.data.synthetic import write_synthetic
-    from camgap.zoo.train import atomic_save, prepare_split, release_data_cache, train_run
+    from camgap.zoo.train import atomic_save, prepare_split
 
-    out = []
+    out, pending = [], []
     given = grid.train.get("pretrained_weights", {})
     for arch in sorted(grid.wants_pretrained()):
         if not arch.startswith("small_resnet") or arch in given:
@@ -188,17 +187,26 @@ def ensure_source_models(grid: Grid, zoo_dir: str | Path, device: str = "cpu", t
             "data": caches,
             "num_classes": len(classes),
             "classes": classes,
-            "device": device,
-            "threads": threads,
             "eval_batch_size": grid.train["eval_batch_size"],
             "keep_last": False,
         }
-        result = train_run(task)
-        log(f"source task: {result['epochs']} epochs, stop {result['stop_reason']}, "
-            f"train acc {result['train_acc']:.3f}, test acc {result['test_acc']:.3f}")
-        final = torch.load(work / "run" / "final.pt", map_location="cpu", weights_only=False)
-        final["source_task"] = {"key": key, "pretrain": p, "classes": classes}
-        atomic_save(final, path)
-        release_data_cache()
-        shutil.rmtree(work / "cache", ignore_errors=True)
+        pending.append((task, path, work, key, classes))
+
+    queue, inflight = list(pending), {}
+    while queue or inflight:
+        while queue and len(inflight) < executor.capacity:
+            item = queue.pop(0)
+            executor.submit(item[0])
+            inflight[item[0]["run_id"]] = item
+        for result in executor.wait():
+            task, path, work, key, classes = inflight.pop(result["run_id"])
+            if result.get("status") != "done":
+                raise RuntimeError(f"pretraining on the synthetic source task failed ({task['run_id']}): "
+                                   f"{result.get('error')}")
+            log(f"source task {task['config']['arch']}: {result['epochs']} epochs, stop {result['stop_reason']}, "
+                f"train acc {result['train_acc']:.3f}, test acc {result['test_acc']:.3f}")
+            final = torch.load(work / "run" / "final.pt", map_location="cpu", weights_only=False)
+            final["source_task"] = {"key": key, "pretrain": grid.pretrain, "classes": classes}
+            atomic_save(final, path)
+            shutil.rmtree(work / "cache", ignore_errors=True)
     return out

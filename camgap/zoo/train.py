@@ -36,7 +36,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -73,19 +73,24 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save to a temporary file in the same directory, fsync, then os.replace."""
+def _atomic_write(path: str | Path, mode: str, write: Callable[[IO], None]) -> None:
+    """Write through a temporary file in the same directory, fsync, then os.replace."""
     path = Path(path)
     tmp = _tmp(path)
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """torch.save, atomically: a reader sees the old file or the new one, never half of one."""
+    _atomic_write(path, "wb", lambda f: torch.save(obj, f))
 
 
 def _finite_or_none(x):
@@ -99,18 +104,11 @@ def _finite_or_none(x):
 
 
 def atomic_write_json(obj: Any, path: str | Path) -> None:
-    path = Path(path)
-    tmp = _tmp(path)
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(_finite_or_none(obj), f, indent=1, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    def write(f) -> None:
+        json.dump(_finite_or_none(obj), f, indent=1, sort_keys=True)
+        f.write("\n")
+
+    _atomic_write(path, "w", write)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,254 @@
+"""The study commands end to end on a tiny measured model set: `camgap zoo measure`,
+`camgap study`, `camgap predict`, `camgap masks` (camgap.cli:main)."""
+import json
+import re
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.stats
+import torch
+from PIL import Image
+
+from camgap.cli import main
+from camgap.data import BoxDataset, read_layout
+from camgap.data.masks import boxes_to_masks, compute_masks, mask_quality
+from camgap.data.store import TensorStore
+from camgap.data.synthetic import write_synthetic
+from camgap.measures.score import score_model
+from camgap.models import load_checkpoint
+from camgap.study.predict import fit_gap, predict_gap
+from camgap.zoo.build import build
+from camgap.zoo.measure import score_params
+from camgap.zoo.grid import canonical_json
+from camgap.zoo.registry import Registry
+
+GRID = """
+[grid]
+arch = ["small_resnet10"]
+batch_size = [16]
+lr = [0.05, 0.02, 0.005]
+optimizer = ["sgd"]
+untrained = 1
+
+[train]
+max_epochs = 2
+input_size = 32
+eval_batch_size = 256
+
+[arch_options.small_resnet10]
+width = 4
+"""
+IOU = canonical_json(score_params("gradcam", 0.1, "boxes"))
+COLUMNS = {">=95": 0.95, ">=90": 0.90, ">=85": 0.85, ">=80": 0.80}
+
+
+def quiet(*a, **k):
+    pass
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory) -> tuple[Path, Path]:
+    """3 trained + 1 untrained models, measured with `camgap zoo measure`."""
+    root = tmp_path_factory.mktemp("study")
+    data = write_synthetic(root / "data", seed=5, classes=4, train_per_class=20, test_per_class=10, size=32)
+    (root / "grid.toml").write_text(GRID)
+    s = build(root / "grid.toml", data, root / "zoo", workers=0, device="cpu", progress=False, log=quiet)
+    assert s.done == 4
+    rc = main(["zoo", "measure", str(root / "zoo"), "--measures", "iou,iou_b,nuclear_norm,effective_invariance",
+               "--device", "cpu", "--no-progress"])
+    assert rc == 0
+    return root / "zoo", data
+
+
+def frames(zoo: Path):
+    with Registry.in_dir(zoo, create=False) as reg:
+        return reg.runs_frame(), reg.measurements_frame()
+
+
+def trained_iou_gap(zoo: Path) -> pd.DataFrame:
+    runs, meas = frames(zoo)
+    runs = runs[(runs.status == "done") & runs.trained]
+    iou = meas[(meas.measure == "iou") & (meas.params == IOU) & (meas.status == "done")].set_index("run_id").value
+    return runs.assign(iou=runs.run_id.map(iou))[["run_id", "train_acc", "gap", "iou"]]
+
+
+def copy_zoo(zoo: Path, dst: Path, sql: str = "") -> Path:
+    shutil.copytree(zoo, dst)
+    if sql:
+        con = sqlite3.connect(dst / Registry.FILENAME)
+        con.executescript(sql)
+        con.commit()
+        con.close()
+    return dst
+
+
+def read_table3(out: Path) -> tuple[pd.DataFrame, pd.DataFrame, str]:
+    t = out / "tables"
+    pearson = pd.read_csv(t / "table3.csv", index_col=[0, 1])
+    n = pd.read_csv(t / "table3_n.csv", index_col=[0, 1])
+    return pearson, n, (t / "table3.csv").read_text()
+
+
+def check_report(out: Path) -> None:
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "http://" not in html and "https://" not in html
+    assert html.count("data:image/png;base64,") >= 3
+    for name in ("table3", "table3_spearman", "table3_kendall", "table3_n", "table3_long", "ranking", "models"):
+        assert (out / "tables" / f"{name}.csv").is_file() and (out / "tables" / f"{name}.md").is_file()
+    assert (out / "figures" / "figure4_gap_boxplot.png").is_file()
+
+
+def test_measure_records_every_model(measured):
+    zoo, _ = measured
+    runs, meas = frames(zoo)
+    assert len(runs) == 4
+    assert set(meas.measure) == {"iou", "iou_b", "nuclear_norm", "effective_invariance"}
+    assert (meas.status == "done").all() and len(meas) == 4 * (1 + 1 + 2 + 1)
+
+
+def test_measure_rerun_and_unknown_measure(measured, capsys):
+    zoo, _ = measured
+    before = frames(zoo)[1]
+    assert main(["zoo", "measure", str(zoo), "--measures", "iou,iou_b,nuclear_norm,effective_invariance",
+                 "--device", "cpu", "--no-progress"]) == 0
+    assert frames(zoo)[1].equals(before)
+    assert "0 measured now, 0 values recorded" in capsys.readouterr().out
+    assert main(["zoo", "measure", str(zoo), "--measures", "iou,bogus", "--no-progress"]) == 2
+    assert "bogus" in capsys.readouterr().err
+    assert frames(zoo)[1].equals(before)
+
+
+def test_study_report_and_table3_match_scipy(measured, tmp_path, capsys):
+    zoo, _ = measured
+    out = tmp_path / "study"
+    assert main(["study", str(zoo), "--out", str(out), "--bootstrap", "50", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "Pearson r with the generalization gap" in text and f"report: {out / 'report.html'}" in text
+    check_report(out)
+    assert (out / "figures" / "figure2_overlays.png").is_file()
+
+    pearson, n, _ = read_table3(out)
+    d = trained_iou_gap(zoo)
+    for col, t in COLUMNS.items():
+        sub = d[d.train_acc >= t - 1e-12]
+        assert n.loc[("Total", "IoU"), col] == len(sub)
+        got = pearson.loc[("Total", "IoU"), col]
+        if len(sub) >= 3:
+            assert got == pytest.approx(scipy.stats.pearsonr(sub.iou, sub.gap)[0], abs=1e-9)
+        else:
+            assert np.isnan(got)
+
+
+def test_table3_total_block_equals_scipy_over_the_trained_models(measured, tmp_path):
+    """Every trained model above the 95% column (training accuracies raised, gaps kept), so the
+    Total-block cell is a real number to check."""
+    zoo = copy_zoo(measured[0], tmp_path / "zoo",
+                   "UPDATE runs SET train_acc = 0.99, test_acc = 0.99 - gap / 100.0 WHERE trained = 1;")
+    out = tmp_path / "study"
+    assert main(["study", str(zoo), "--out", str(out), "--bootstrap", "50", "--no-overlays"]) == 0
+    check_report(out)
+    pearson, n, raw = read_table3(out)
+    d = trained_iou_gap(zoo)
+    assert len(d) == 3 and d.iou.notna().all()
+    want = scipy.stats.pearsonr(d.iou, d.gap)[0]
+    for col in COLUMNS:
+        assert n.loc[("Total", "IoU"), col] == 3
+        assert pearson.loc[("Total", "IoU"), col] == pytest.approx(want, abs=1e-9)
+    # the per-architecture block (one arch) equals the Total block
+    assert pearson.loc[("small_resnet10", "IoU"), ">=95"] == pytest.approx(want, abs=1e-9)
+    assert "n/a" not in raw.splitlines()[-1]  # the Total IoU row is all numbers
+
+
+def test_study_with_fewer_than_three_models_prints_na(measured, tmp_path, capsys):
+    zoo = copy_zoo(measured[0], tmp_path / "zoo",
+                   "UPDATE runs SET train_acc = 0.99, test_acc = 0.99 - gap / 100.0 WHERE trained = 1;"
+                   "UPDATE runs SET status = 'failed' WHERE run_id = "
+                   "(SELECT run_id FROM runs WHERE trained = 1 ORDER BY rowid LIMIT 1);")
+    out = tmp_path / "study"
+    assert main(["study", str(zoo), "--out", str(out), "--bootstrap", "50", "--no-overlays"]) == 0
+    text = capsys.readouterr().out
+    iou_line = [ln for ln in text.splitlines() if ln.startswith("IoU ")]
+    assert len(iou_line) == 1 and iou_line[0].count("n/a (n=2)") == 4, text
+    pearson, n, raw = read_table3(out)
+    assert pearson.loc["Total"].isna().all().all()
+    assert (n.loc[("Total", "IoU")] == 2).all()
+    assert "n/a" in raw
+    assert (out / "report.html").is_file()
+
+
+def test_study_without_registry_or_measurements(measured, tmp_path, capsys):
+    empty = tmp_path / "nothing"
+    empty.mkdir()
+    assert main(["study", str(empty), "--out", str(tmp_path / "o1")]) == 2
+    err = capsys.readouterr().err
+    assert "no model set" in err and str(empty) in err
+    assert not (tmp_path / "o1" / "report.html").exists()
+
+    zoo = copy_zoo(measured[0], tmp_path / "zoo", "DELETE FROM measurements;")
+    assert main(["study", str(zoo), "--out", str(tmp_path / "o2")]) == 2
+    assert "zoo measure" in capsys.readouterr().err
+
+
+def test_predict_on_a_zoo_checkpoint(measured, capsys):
+    zoo, data = measured
+    d = trained_iou_gap(zoo)
+    run_id = d.run_id.iloc[1]
+    ckpt = zoo / "runs" / run_id / "final.pt"
+    assert main(["predict", "--zoo", str(zoo), "--checkpoint", str(ckpt), "--arch", "small_resnet10",
+                 "--width", "4", "--data", str(data), "--input-size", "32", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+
+    # by hand: the IoU of the checkpoint on the training images, the OLS fit over the zoo
+    records, _ = read_layout(data, "auto", "train")
+    model = load_checkpoint(ckpt, "small_resnet10", 4, width=4)
+    x0 = score_model(model, BoxDataset(records, input_size=32), cam="gradcam", thresholds=(0.1,),
+                     device="cpu").iou(0.1)
+    assert x0 == pytest.approx(float(d.iou.iloc[1]), abs=1e-6)  # the zoo measured the same thing
+    fit = fit_gap(d.iou, d.gap, name="iou")
+    pred = predict_gap(fit, x0, confidence=0.95)
+    m = re.search(r"IoU\^Model = ([-\d.]+) on (\d+) training images", text)
+    assert m and float(m.group(1)) == pytest.approx(x0, abs=6e-5) and int(m.group(2)) == 80
+    assert f"reference: 3 trained models of {zoo}" in text
+    m = re.search(r"predicted gap ([-\d.]+) pp, 95% prediction interval \[([-\d.]+), ([-\d.]+)\] pp", text)
+    assert m, text
+    gap, lo, hi = map(float, m.groups())
+    assert gap == pytest.approx(pred.gap, abs=0.006)
+    assert lo == pytest.approx(pred.low, abs=0.006) and hi == pytest.approx(pred.high, abs=0.006)
+    assert lo < gap < hi
+    assert "WARNING" not in text  # one of the reference models lies within their range
+
+
+def test_predict_without_a_reference_set(tmp_path, measured, capsys):
+    _, data = measured
+    assert main(["predict", "--zoo", str(tmp_path), "--checkpoint", str(tmp_path / "x.pt"),
+                 "--arch", "small_resnet10", "--data", str(data), "--input-size", "32"]) == 2
+    assert "registry" in capsys.readouterr().err
+
+
+def test_masks_command(measured, tmp_path, capsys):
+    _, data = measured
+    out = tmp_path / "masks"
+    assert main(["masks", str(data), "--out", str(out), "--input-size", "32", "--cache", str(tmp_path / "cache")]) == 0
+    text = capsys.readouterr().out
+    records, _ = read_layout(data, "auto", "train")
+    pngs = sorted(out.rglob("*.png"))
+    assert len(pngs) == len(records) == 80
+    assert {p.relative_to(out).with_suffix("").as_posix() for p in pngs} == {r.image_id for r in records}
+    assert f"80 masks written to {out} (saliency)" in text
+
+    # independently: saliency masks on the decoded images, and their agreement with the boxes
+    store = TensorStore.cached(records, tmp_path / "cache2", 32, "resize")
+    ref = compute_masks("saliency", store.images, store.boxes, list(store.image_ids), 32)
+    first = np.array(Image.open(out / f"{ref.image_ids[0]}.png"))
+    assert first.shape == (32, 32) and set(np.unique(first)) <= {0, 255}
+    assert np.array_equal(first == 255, ref.masks[0].numpy())
+    q = mask_quality(ref.masks, boxes_to_masks(list(store.boxes), 32))
+    m = re.search(r"agreement with the boxes: mean IoU ([\d.]+), masks missing the object entirely ([\d.]+)% \(n=(\d+)\)", text)
+    assert m, text
+    assert float(m.group(1)) == pytest.approx(q["mean_iou"], abs=6e-4)
+    assert float(m.group(2)) == pytest.approx(100 * q["miss_share"], abs=0.06)
+    assert int(m.group(3)) == q["n"] == 80

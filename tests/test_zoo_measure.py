@@ -1,0 +1,258 @@
+"""`measure_zoo` on a tiny model set: values against independent computations, one shared
+forward pass per model, resumability, failures, several CAMs / thresholds / mask sources."""
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import camgap.zoo.measure as zm
+from camgap.data.dataset import normalize
+from camgap.data.masks import compute_masks
+from camgap.data.store import TensorStore
+from camgap.data.synthetic import write_synthetic
+from camgap.measures.predictions import nuclear_norm
+from camgap.measures.score import score_model
+from camgap.zoo.build import build
+from camgap.zoo.grid import canonical_json
+from camgap.zoo.measure import load_run_model, measure_zoo, score_params
+from camgap.zoo.registry import Registry
+
+GRID = """
+[grid]
+arch = ["small_resnet10"]
+batch_size = [16]
+lr = [0.05, 0.01, 0.002]
+optimizer = ["sgd"]
+untrained = 1
+
+[train]
+max_epochs = 2
+input_size = 32
+eval_batch_size = 256
+
+[arch_options.small_resnet10]
+width = 4
+"""
+N_TRAIN = 4 * 20
+
+
+def quiet(*a, **k):
+    pass
+
+
+@pytest.fixture(scope="module")
+def base_zoo(tmp_path_factory) -> tuple[Path, Path]:
+    """A built (not measured) model set: 3 trained runs + 1 untrained. Tests copy it."""
+    root = tmp_path_factory.mktemp("measure")
+    data = write_synthetic(root / "data", seed=3, classes=4, train_per_class=20, test_per_class=10, size=32)
+    (root / "grid.toml").write_text(GRID)
+    s = build(root / "grid.toml", data, root / "zoo", workers=0, device="cpu", progress=False, log=quiet)
+    assert s.done == 4 and s.failed == 0
+    return root / "zoo", data
+
+
+@pytest.fixture
+def zoo(base_zoo, tmp_path) -> Path:
+    dst = tmp_path / "zoo"
+    shutil.copytree(base_zoo[0], dst)
+    return dst
+
+
+def frames(zoo: Path):
+    with Registry.in_dir(zoo, create=False) as reg:
+        return reg.runs_frame(), reg.measurements_frame()
+
+
+def store_of(zoo: Path) -> TensorStore:
+    return TensorStore.open(zoo / "cache" / "train-32-resize")
+
+
+def value(meas, run_id, measure, params: dict) -> tuple[str, float]:
+    rows = meas[(meas.run_id == run_id) & (meas.measure == measure) & (meas.params == canonical_json(params))]
+    assert len(rows) == 1, (run_id, measure, params, meas[meas.run_id == run_id])
+    row = rows.iloc[0]
+    return row.status, row.value
+
+
+def test_scores_and_nuclear_norm_match_independent_computations(zoo):
+    summary = measure_zoo(zoo, measures=("iou", "iou_b", "nuclear_norm"), batch_size=32, progress=False, log=quiet)
+    runs, meas = frames(zoo)
+    assert summary.models == 4 and summary.measured == 4 and summary.failed == 0
+    assert summary.recorded == len(meas) == 4 * (2 + 2)
+    # long form: params of the score rows are exactly {cam, masks, threshold}
+    score_rows = meas[meas.measure.isin(["iou", "iou_b"])]
+    assert len(score_rows) == 8
+    for p in score_rows.params:
+        assert json.loads(p) == {"cam": "gradcam", "masks": "boxes", "threshold": "0.1"}
+    assert set(meas[meas.measure == "nuclear_norm"].params) == {'{"norm":"paper"}', '{"norm":"deng"}'}
+
+    store = store_of(zoo)
+    for run_id in runs.run_id:
+        model, ckpt = load_run_model(zoo / "runs" / run_id)
+        res = score_model(model, store, cam="gradcam", thresholds=(0.1,), batch_size=32, device="cpu",
+                          mean=ckpt["mean"], std=ckpt["std"])
+        params = score_params("gradcam", 0.1, "boxes")
+        st, iou = value(meas, run_id, "iou", params)
+        assert st == "done" and iou == pytest.approx(res.iou(0.1), abs=1e-9)
+        st, iou_b = value(meas, run_id, "iou_b", params)
+        assert st == "done" and iou_b == pytest.approx(res.iou_b(0.1), abs=1e-9)
+        assert 0.0 <= iou <= 1.0 and 0.0 <= iou_b <= 1.0
+
+        # nuclear norm from logits of a plain forward pass over the store's images
+        with torch.no_grad():
+            x = normalize(torch.as_tensor(store.images[:]), ckpt["mean"], ckpt["std"])
+            logits = model.eval()(x)
+        want = nuclear_norm(logits)
+        for norm in ("paper", "deng"):
+            st, v = value(meas, run_id, "nuclear_norm", {"norm": norm})
+            assert st == "done" and v == pytest.approx(want[norm], rel=1e-5)
+        # hand check of the normalisation: deng = ||P||_* / sqrt(N * min(N, K)), paper = deng / N
+        p = torch.softmax(logits.double(), 1)
+        nuc = float(torch.linalg.svdvals(p).sum())
+        assert value(meas, run_id, "nuclear_norm", {"norm": "deng"})[1] == pytest.approx(
+            nuc / math.sqrt(N_TRAIN * 4), rel=1e-5)
+        assert value(meas, run_id, "nuclear_norm", {"norm": "paper"})[1] == pytest.approx(
+            nuc / math.sqrt(N_TRAIN * 4) / N_TRAIN, rel=1e-5)
+
+
+def test_rerun_records_nothing_new(zoo, monkeypatch):
+    measures = ("iou", "iou_b", "nuclear_norm", "spectral_norm", "inverse_margin")
+    first = measure_zoo(zoo, measures=measures, progress=False, log=quiet)
+    assert first.measured == 4
+    _, before = frames(zoo)
+    assert len(before) > 0
+
+    def boom(*a, **k):
+        raise AssertionError("nothing should be recomputed")
+
+    monkeypatch.setattr(zm, "score_model", boom)
+    monkeypatch.setattr(zm, "compute_measure", boom)
+    monkeypatch.setattr(zm, "load_run_model", boom)
+    again = measure_zoo(zoo, measures=measures, progress=False, log=quiet)
+    assert (again.measured, again.recorded, again.failed) == (0, 0, 0)
+    _, after = frames(zoo)
+    assert after.equals(before)  # same rows, values, statuses, errors and timestamps
+
+
+def _count_forwards(monkeypatch) -> dict:
+    """Patch load_run_model so every model measure_zoo loads counts its forward calls."""
+    counts: dict[str, dict] = {}
+    real = zm.load_run_model
+
+    def counting(run_dir, which="final"):
+        model, ckpt = real(run_dir, which)
+        c = counts.setdefault(Path(run_dir).name, {"calls": 0, "images": 0})
+
+        def hook(module, inputs, output):
+            c["calls"] += 1
+            c["images"] += inputs[0].shape[0]
+
+        model.register_forward_hook(hook)
+        return model, ckpt
+
+    monkeypatch.setattr(zm, "load_run_model", counting)
+    return counts
+
+
+def test_one_forward_pass_per_model_for_score_and_prediction_measures(zoo, monkeypatch):
+    counts = _count_forwards(monkeypatch)
+    bs = 16
+    s = measure_zoo(zoo, measures=("iou", "iou_b", "nuclear_norm", "spectral_norm"), batch_size=bs,
+                    progress=False, log=quiet)
+    assert s.measured == 4 and len(counts) == 4
+    for run_id, c in counts.items():
+        assert c == {"calls": math.ceil(N_TRAIN / bs), "images": N_TRAIN}, run_id
+
+
+def test_effective_invariance_adds_exactly_three_rotated_passes(zoo, monkeypatch):
+    counts = _count_forwards(monkeypatch)
+    bs = 16
+    measure_zoo(zoo, measures=("iou", "iou_b", "nuclear_norm", "spectral_norm", "effective_invariance"),
+                batch_size=bs, progress=False, log=quiet)
+    _, meas = frames(zoo)
+    assert len(counts) == 4
+    for run_id, c in counts.items():
+        assert c == {"calls": 4 * math.ceil(N_TRAIN / bs), "images": 4 * N_TRAIN}, run_id
+        st, v = value(meas, run_id, "effective_invariance", {"transform": "rotation"})
+        assert st == "done" and 0.0 <= v <= 1.0
+
+
+def test_nan_weights_fail_that_model_only(zoo):
+    runs, _ = frames(zoo)
+    bad = runs[runs.trained].run_id.iloc[0]
+    path = zoo / "runs" / bad / "final.pt"
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    ckpt["model_state_dict"] = {k: (torch.full_like(v, float("nan")) if v.is_floating_point() else v)
+                                for k, v in ckpt["model_state_dict"].items()}
+    torch.save(ckpt, path)
+
+    measures = ("iou", "iou_b", "nuclear_norm", "spectral_norm")
+    s = measure_zoo(zoo, measures=measures, progress=False, log=quiet)
+    _, meas = frames(zoo)
+    assert s.models == 4 and s.failed >= len(measures)
+    mine = meas[meas.run_id == bad]
+    assert set(mine.measure) == set(measures)
+    assert (mine.status == "failed").all(), mine
+    assert mine.value.isna().all()
+    assert all(isinstance(e, str) and e.strip() for e in mine.error), mine.error.tolist()
+    assert any("finite" in e or "nan" in e.lower() for e in mine.error), mine.error.tolist()
+    others = meas[(meas.run_id != bad) & meas.measure.isin(["iou", "iou_b", "nuclear_norm"])]
+    assert len(others) == 3 * 4
+    assert (others.status == "done").all() and others.value.notna().all()
+
+
+def test_several_cams_and_thresholds_one_row_each(zoo):
+    cams, thresholds = ("gradcam", "gradcam++"), (0.1, 0.3, 0.5)
+    measure_zoo(zoo, measures=("iou", "iou_b"), cams=cams, thresholds=thresholds, progress=False, log=quiet)
+    runs, meas = frames(zoo)
+    assert len(meas) == 4 * 2 * 3 * 2
+    assert not meas.duplicated(["run_id", "measure", "params"]).any()
+    assert (meas.status == "done").all()
+    store = store_of(zoo)
+    run_id = runs[runs.trained].run_id.iloc[0]
+    model, ckpt = load_run_model(zoo / "runs" / run_id)
+    for cam in cams:
+        res = score_model(model, store, cam=cam, thresholds=thresholds, batch_size=128, device="cpu",
+                          mean=ckpt["mean"], std=ckpt["std"])
+        for t in thresholds:
+            assert value(meas, run_id, "iou", score_params(cam, t, "boxes"))[1] == pytest.approx(res.iou(t), abs=1e-9)
+            assert value(meas, run_id, "iou_b", score_params(cam, t, "boxes"))[1] == pytest.approx(res.iou_b(t), abs=1e-9)
+    # a higher threshold keeps a smaller CAM region: the rows are really per threshold
+    ious = [value(meas, run_id, "iou", score_params("gradcam", t, "boxes"))[1] for t in thresholds]
+    assert len(set(ious)) > 1
+
+
+def test_saliency_masks(zoo):
+    measure_zoo(zoo, measures=("iou",), masks=("boxes", "saliency"), progress=False, log=quiet)
+    runs, meas = frames(zoo)
+    assert len(meas) == 4 * 2
+    assert (meas.status == "done").all()
+    assert (zoo / "cache" / "masks").is_dir()
+    store = store_of(zoo)
+    ref = compute_masks("saliency", store.images, store.boxes, list(store.image_ids), 32)
+    run_id = runs.run_id.iloc[0]
+    model, ckpt = load_run_model(zoo / "runs" / run_id)
+    res = score_model(model, store, cam="gradcam", thresholds=(0.1,), batch_size=128, device="cpu",
+                      mean=ckpt["mean"], std=ckpt["std"], masks=ref.masks, mask_ids=list(ref.image_ids))
+    sal = value(meas, run_id, "iou", score_params("gradcam", 0.1, "saliency"))[1]
+    box = value(meas, run_id, "iou", score_params("gradcam", 0.1, "boxes"))[1]
+    assert sal == pytest.approx(res.iou(0.1), abs=1e-9)
+    assert sal != box
+
+
+def test_unknown_measure_is_rejected_before_anything_runs(zoo, monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("must not run")
+
+    monkeypatch.setattr(zm, "load_run_model", boom)
+    with pytest.raises(ValueError, match="bogus"):
+        measure_zoo(zoo, measures=("iou", "bogus"), progress=False, log=quiet)
+    assert frames(zoo)[1].empty
+
+
+def test_missing_registry(tmp_path):
+    with pytest.raises(FileNotFoundError, match="zoo build"):
+        measure_zoo(tmp_path, measures=("iou",), progress=False, log=quiet)
