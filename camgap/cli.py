@@ -197,10 +197,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from camgap.zoo.measure import score_params
     from camgap.zoo.registry import Registry
 
+    if not (Path(args.zoo) / Registry.FILENAME).exists():
+        raise FileNotFoundError(f"{args.zoo}: no model set here ({Registry.FILENAME} missing)")
     with Registry.in_dir(args.zoo, create=False) as reg:
         runs, measurements = reg.runs_frame(), reg.measurements_frame()
+    reference = runs[(runs.status == "done") & runs.trained]
+    if reference.empty:
+        raise ValueError(f"{args.zoo}: no trained model is done; build the model set first")
+    # preprocess the new model's images as the reference models' were, unless told otherwise
+    zoo_cfg = json.loads(reference.iloc[0]["config"])
+    for key in ("input_size", "mean", "std"):
+        if getattr(args, key) is None:
+            setattr(args, key, zoo_cfg[key])
     params = score_params(args.cam, args.threshold[0], args.masks)  # the same A_G source as the new model's IoU
-    wide = wide_table(runs[(runs.status == "done") & runs.trained], measurements, [("iou", params, "iou")])
+    wide = wide_table(reference, measurements, [("iou", params, "iou")])
+    if wide["iou"].notna().sum() < 3:
+        raise ValueError(f"{args.zoo}: fewer than 3 trained models have an IoU measured with {params}; "
+                         f"run `camgap zoo measure {args.zoo} --cam {args.cam} --threshold {args.threshold[0]:g} "
+                         f"--masks {args.masks}` first")
     fit = fit_gap(wide["iou"], wide["gap"], name="iou")
     args.json, args.per_image, args.overlays = True, None, None
     summary = _score_summary(args)
@@ -294,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict a model's generalization gap from its IoU, fitted on a reference model set")
     p.add_argument("--zoo", required=True, type=Path, help="measured reference model set")
     _add_score_args(p)
+    p.set_defaults(input_size=None)  # default: the reference set's input size, mean and std
     p.add_argument("--confidence", type=float, default=0.95)
     p.set_defaults(func=cmd_predict)
     return parser
