@@ -75,7 +75,11 @@ class InProcessExecutor:
 
     def wait(self) -> list[dict]:
         task = self._queue.pop(0)
-        return [execute_task(task)]
+        threads = torch.get_num_threads()
+        try:
+            return [execute_task(task)]
+        finally:
+            torch.set_num_threads(threads)  # a run sets its own thread count; the caller keeps its own
 
     def close(self) -> None:
         self._queue.clear()

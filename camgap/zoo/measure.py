@@ -29,6 +29,7 @@ from camgap.zoo.grid import canonical_json
 from camgap.zoo.registry import Registry
 
 SCORE_MEASURES = ("iou", "iou_b")
+NEEDS_INIT = {"distance_from_init", "pacbayes_flatness", "pacbayes_mag_flatness"}  # read init.pt
 DEFAULT_MEASURES = (
     "iou", "iou_b", "spectral_norm", "nuclear_norm", "effective_invariance", "inverse_margin",
     "frobenius_norm", "path_norm", "distance_from_init", "pacbayes_flatness",
@@ -157,7 +158,7 @@ def measure_zoo(
                             _record(reg, run_id, k, score_params(cam, t, source), values[k], summary)
             if todo_other:
                 init_state = None
-                if (run_dir / "init.pt").exists():
+                if set(todo_other) & NEEDS_INIT and (run_dir / "init.pt").exists():
                     init_state = torch.load(run_dir / "init.pt", map_location="cpu", weights_only=False)["model_state_dict"]
                 ctx = MeasureContext(
                     model=model, logits=logits, labels=labels, init_state=init_state, device=device,
