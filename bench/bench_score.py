@@ -11,9 +11,7 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from camgap.cam import upsample_normalize
 from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD, normalize

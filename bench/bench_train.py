@@ -318,8 +318,8 @@ def projection(args, device: torch.device) -> None:
         print(f"| {arch} | {train_s:.3f} | {1 / train_img_s:,.1f} | {1 / eval_img_s:,.1f} | {epoch_s:,.0f} | "
               f"{run_h:,.2f} | {arch_h:,.0f} | {arch_h / 24:,.1f} |", flush=True)
     print(f"| **total** | | | | | | **{total_h:,.0f}** | **{total_h / 24:,.1f}** |")
-    print(f"\nFor scale (paper section 4.1, not measured here): four GTX 2080 Ti GPUs for nearly 30 days "
-          f"(~120 GPU-days) trained ~2,100 of the 3,456 models.\n")
+    print("\nFor scale (paper section 4.1, not measured here): four GTX 2080 Ti GPUs for nearly 30 days "
+          "(~120 GPU-days) trained ~2,100 of the 3,456 models.\n")
 
 
 def main() -> None:

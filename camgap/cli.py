@@ -226,7 +226,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_masks(args: argparse.Namespace) -> int:
-    from camgap.data import BoxDataset, read_layout
+    from camgap.data import read_layout
     from camgap.data.masks import boxes_to_masks, compute_masks, export_masks, mask_quality
     from camgap.data.store import TensorStore
 

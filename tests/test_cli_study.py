@@ -1,6 +1,5 @@
 """The study commands end to end on a tiny measured model set: `camgap zoo measure`,
 `camgap study`, `camgap predict`, `camgap masks` (camgap.cli:main)."""
-import json
 import re
 import shutil
 import sqlite3
@@ -10,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.stats
-import torch
 from PIL import Image
 
 from camgap.cli import main

@@ -200,7 +200,7 @@ def test_wrong_architecture_lists_all_problems(small):
         load_weights(small, other)
     msg = str(exc.value)
     n_extra = sum(k.startswith("layer1.1.") for k in other)
-    assert f"unexpected keys [layer1.1." in msg and f"({n_extra} in all)" in msg
+    assert "unexpected keys [layer1.1." in msg and f"({n_extra} in all)" in msg
     assert "shape mismatch [" in msg and "conv1.weight (8, 3, 3, 3) vs (4, 3, 3, 3)" in msg
     # nothing was loaded
     fresh = create_model("small_resnet", num_classes=4, width=4)

@@ -221,3 +221,25 @@ def test_markdown_layout():
     assert lines[0] == "| arch | measure | \u2265 95 | \u2265 90 |"
     assert lines[2] == "| resnet18 | IoU | \u22120.9144 | 0.5000 |"
     assert lines[3] == "|  | EI | n/a | 1.0000 |"
+
+
+def test_paper_specs_pick_one_variant_per_paper_measure_and_skip_failed_params():
+    rows = [
+        ("r1", "spectral_norm", "conv=reshape,scale=log", 1.0, "done"),
+        ("r1", "spectral_norm", "conv=reshape,scale=raw", 2.0, "done"),
+        ("r2", "spectral_norm", "", None, "failed"),  # a failure recorded without parameters
+        ("r1", "nuclear_norm", "norm=paper", 0.1, "done"),
+        ("r1", "nuclear_norm", "norm=deng", 0.2, "done"),
+        ("r1", "iou", "cam=gradcam,masks=boxes,threshold=0.1", 0.3, "done"),
+        ("r1", "iou", "cam=gradcam++,masks=boxes,threshold=0.1", 0.3, "done"),
+        ("r1", "path_norm", "scale=log", 5.0, "done"),
+    ]
+    m = pd.DataFrame(rows, columns=["run_id", "measure", "params", "value", "status"])
+    specs = tables.paper_specs(m)
+    assert [(s.measure, s.params) for s in specs] == [
+        ("spectral_norm", "conv=reshape,scale=log"),
+        ("nuclear_norm", "norm=paper"),
+        ("iou", "cam=gradcam,masks=boxes,threshold=0.1"),
+    ]
+    # the full table keeps every done variant, and the parameterless failure is no row of its own
+    assert ("spectral_norm", "") not in {(s.measure, s.params) for s in tables.discover_specs(m)}

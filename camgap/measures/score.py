@@ -4,16 +4,15 @@ margin, prediction-matrix and effective-invariance measures need no second pass.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
 
 from camgap.cam import create_cam, upsample_normalize
-from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD, BoxDataset, collate_boxes, normalize
+from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD, collate_boxes, normalize
 from camgap.data.masks import boxes_to_masks
 from camgap.measures.iou import threshold_ious
 
