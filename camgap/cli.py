@@ -201,9 +201,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{args.zoo}: no model set here ({Registry.FILENAME} missing)")
     with Registry.in_dir(args.zoo, create=False) as reg:
         runs, measurements = reg.runs_frame(), reg.measurements_frame()
-    reference = runs[(runs.status == "done") & runs.trained]
+    reference = runs[(runs.status == "done") & runs.trained & (runs.train_acc >= args.min_train_acc)]
     if reference.empty:
-        raise ValueError(f"{args.zoo}: no trained model is done; build the model set first")
+        raise ValueError(f"{args.zoo}: no trained model with train accuracy >= {args.min_train_acc:g} is done")
     # preprocess the new model's images as the reference models' were, unless told otherwise
     zoo_cfg = json.loads(reference.iloc[0]["config"])
     for key in ("input_size", "mean", "std"):
@@ -220,8 +220,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     summary = _score_summary(args)
     prediction = predict_gap(fit, summary["iou"], confidence=args.confidence)
     print(f"IoU^Model = {summary['iou']:.4f} on {summary['n_images']} training images ({args.cam}, rho {args.threshold[0]:g})")
-    print(f"reference: {fit.n} trained models of {args.zoo}, gap = {fit.intercept:.2f} + {fit.slope:.2f} * IoU (r = {fit.r:.3f})")
+    print(f"reference: {fit.n} trained models of {args.zoo} with train acc >= {args.min_train_acc:g}, gap = {fit.intercept:.2f} + {fit.slope:.2f} * IoU (r = {fit.r:.3f})")
     print(prediction.text())
+    if summary["accuracy"] < args.min_train_acc:
+        print(f"WARNING: the model's training accuracy {summary['accuracy']:.3f} is below {args.min_train_acc:g}: "
+              "it has not fitted its training set, and the reference fit covers only models that have")
     return 0
 
 
@@ -310,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_score_args(p)
     p.set_defaults(input_size=None)  # default: the reference set's input size, mean and std
     p.add_argument("--confidence", type=float, default=0.95)
+    p.add_argument("--min-train-acc", type=float, default=0.8,
+                   help="fit on reference models with at least this training accuracy (the paper's model set: 0.8)")
     p.set_defaults(func=cmd_predict)
     return parser
 

@@ -197,7 +197,8 @@ def test_predict_on_a_zoo_checkpoint(measured, capsys):
     run_id = d.run_id.iloc[1]
     ckpt = zoo / "runs" / run_id / "final.pt"
     assert main(["predict", "--zoo", str(zoo), "--checkpoint", str(ckpt), "--arch", "small_resnet10",
-                 "--width", "4", "--data", str(data), "--input-size", "32", "--device", "cpu"]) == 0
+                 "--width", "4", "--data", str(data), "--input-size", "32", "--device", "cpu",
+                 "--min-train-acc", "0"]) == 0  # 2-epoch models: every one is below the paper's 80%
     text = capsys.readouterr().out
 
     # by hand: the IoU of the checkpoint on the training images, the OLS fit over the zoo
@@ -210,7 +211,7 @@ def test_predict_on_a_zoo_checkpoint(measured, capsys):
     pred = predict_gap(fit, x0, confidence=0.95)
     m = re.search(r"IoU\^Model = ([-\d.]+) on (\d+) training images", text)
     assert m and float(m.group(1)) == pytest.approx(x0, abs=6e-5) and int(m.group(2)) == 80
-    assert f"reference: 3 trained models of {zoo}" in text
+    assert f"reference: 3 trained models of {zoo} with train acc >= 0" in text
     m = re.search(r"predicted gap ([-\d.]+) pp, 95% prediction interval \[([-\d.]+), ([-\d.]+)\] pp", text)
     assert m, text
     gap, lo, hi = map(float, m.groups())
@@ -218,6 +219,14 @@ def test_predict_on_a_zoo_checkpoint(measured, capsys):
     assert lo == pytest.approx(pred.low, abs=0.006) and hi == pytest.approx(pred.high, abs=0.006)
     assert lo < gap < hi
     assert "WARNING" not in text  # one of the reference models lies within their range
+
+
+def test_predict_fits_only_models_that_fitted_their_training_set(measured, capsys):
+    zoo, data = measured
+    ckpt = next((zoo / "runs").glob("*/final.pt"))
+    assert main(["predict", "--zoo", str(zoo), "--checkpoint", str(ckpt), "--arch", "small_resnet10",
+                 "--width", "4", "--data", str(data), "--input-size", "32"]) == 2
+    assert "no trained model with train accuracy >= 0.8" in capsys.readouterr().err
 
 
 def test_predict_without_a_reference_set(tmp_path, measured, capsys):
