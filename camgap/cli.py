@@ -206,7 +206,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.zoo}: no trained model with train accuracy >= {args.min_train_acc:g} is done")
     # preprocess the new model's images as the reference models' were, unless told otherwise
     zoo_cfg = json.loads(reference.iloc[0]["config"])
-    for key in ("input_size", "mean", "std"):
+    for key in ("input_size", "resize", "mean", "std"):
         if getattr(args, key) is None:
             setattr(args, key, zoo_cfg[key])
     params = score_params(args.cam, args.threshold[0], args.masks)  # the same A_G source as the new model's IoU
@@ -311,7 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="predict a model's generalization gap from its IoU, fitted on a reference model set")
     p.add_argument("--zoo", required=True, type=Path, help="measured reference model set")
     _add_score_args(p)
-    p.set_defaults(input_size=None)  # default: the reference set's input size, mean and std
+    p.set_defaults(input_size=None, resize=None)  # default: the reference set's preprocessing
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--min-train-acc", type=float, default=0.8,
                    help="fit on reference models with at least this training accuracy (the paper's model set: 0.8)")

@@ -137,6 +137,7 @@ def measure_zoo(
             first = (cams[0], masks[0])
             passes = sorted({(c, m) for c, _, m in todo_scores} | {first}, key=lambda cm: cm != first)
             logits = labels = None
+            broken = None  # why the model cannot be measured at all (its shared pass failed or gave NaN)
             for cam, source in passes:
                 ref, ref_ids = mask_cache.get(source, (None, None))
                 try:
@@ -144,19 +145,24 @@ def measure_zoo(
                                       device=device, mean=mean, std=std, masks=ref, mask_ids=ref_ids)
                 except Exception as exc:  # noqa: BLE001 - one bad model never stops the set
                     _fail_scores(reg, run_id, measures, todo_scores, cam, thresholds, source, _reason(exc), summary)
+                    broken = broken or _reason(exc)
+                    continue
+                if not bool(torch.isfinite(res.logits).all()):  # NaN weights: a CAM of NaNs is no IoU of 0
+                    broken = "non-finite logits (NaN/inf in the model's outputs)"
+                    _fail_scores(reg, run_id, measures, todo_scores, cam, thresholds, source, broken, summary)
                     continue
                 if logits is None:
                     logits, labels = res.logits, res.labels
-                if not bool(torch.isfinite(res.logits).all()):  # NaN weights: a CAM of NaNs is no IoU of 0
-                    _fail_scores(reg, run_id, measures, todo_scores, cam, thresholds, source,
-                                 "non-finite logits (NaN/inf in the model's outputs)", summary)
-                    continue
                 for t in thresholds:
                     values = {"iou": res.iou(t), "iou_b": res.iou_b(t)}
                     for k in measures:
                         if k in SCORE_MEASURES and (cam, t, source) in todo_scores:
                             _record(reg, run_id, k, score_params(cam, t, source), values[k], summary)
-            if todo_other:
+            if todo_other and logits is None and broken:
+                for name in todo_other:  # every measure of a model that cannot run is failed, with the reason
+                    reg.record_measurement(run_id, name, {}, None, "failed", broken)
+                    summary.failed += 1
+            elif todo_other:
                 init_state = None
                 if set(todo_other) & NEEDS_INIT and (run_dir / "init.pt").exists():
                     init_state = torch.load(run_dir / "init.pt", map_location="cpu", weights_only=False)["model_state_dict"]
