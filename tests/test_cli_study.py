@@ -15,56 +15,28 @@ from camgap.cli import main
 from camgap.data import BoxDataset, read_layout
 from camgap.data.masks import boxes_to_masks, compute_masks, mask_quality
 from camgap.data.store import TensorStore
-from camgap.data.synthetic import write_synthetic
 from camgap.measures.score import score_model
 from camgap.models import load_checkpoint
 from camgap.study.predict import fit_gap, predict_gap
-from camgap.zoo.build import build
 from camgap.zoo.measure import score_params
 from camgap.zoo.grid import canonical_json
 from camgap.zoo.registry import Registry
+from fixtures_zoo import build_tiny_zoo, frames
 
-GRID = """
-[grid]
-arch = ["small_resnet10"]
-batch_size = [16]
-lr = [0.05, 0.02, 0.005]
-optimizer = ["sgd"]
-untrained = 1
-
-[train]
-max_epochs = 2
-input_size = 32
-eval_batch_size = 256
-
-[arch_options.small_resnet10]
-width = 4
-"""
 IOU = canonical_json(score_params("gradcam", 0.1, "boxes"))
 COLUMNS = {">=95": 0.95, ">=90": 0.90, ">=85": 0.85, ">=80": 0.80}
 
-
-def quiet(*a, **k):
-    pass
 
 
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory) -> tuple[Path, Path]:
     """3 trained + 1 untrained models, measured with `camgap zoo measure`."""
     root = tmp_path_factory.mktemp("study")
-    data = write_synthetic(root / "data", seed=5, classes=4, train_per_class=20, test_per_class=10, size=32)
-    (root / "grid.toml").write_text(GRID)
-    s = build(root / "grid.toml", data, root / "zoo", workers=0, device="cpu", progress=False, log=quiet)
-    assert s.done == 4
+    zoo, data = build_tiny_zoo(root, seed=5, lrs=(0.05, 0.02, 0.005))
     rc = main(["zoo", "measure", str(root / "zoo"), "--measures", "iou,iou_b,nuclear_norm,effective_invariance",
                "--device", "cpu", "--no-progress"])
     assert rc == 0
     return root / "zoo", data
-
-
-def frames(zoo: Path):
-    with Registry.in_dir(zoo, create=False) as reg:
-        return reg.runs_frame(), reg.measurements_frame()
 
 
 def trained_iou_gap(zoo: Path) -> pd.DataFrame:

@@ -12,46 +12,19 @@ import camgap.zoo.measure as zm
 from camgap.data.dataset import normalize
 from camgap.data.masks import compute_masks
 from camgap.data.store import TensorStore
-from camgap.data.synthetic import write_synthetic
 from camgap.measures.predictions import nuclear_norm
 from camgap.measures.score import score_model
-from camgap.zoo.build import build
 from camgap.zoo.grid import canonical_json
 from camgap.zoo.measure import load_run_model, measure_zoo, score_params
-from camgap.zoo.registry import Registry
-
-GRID = """
-[grid]
-arch = ["small_resnet10"]
-batch_size = [16]
-lr = [0.05, 0.01, 0.002]
-optimizer = ["sgd"]
-untrained = 1
-
-[train]
-max_epochs = 2
-input_size = 32
-eval_batch_size = 256
-
-[arch_options.small_resnet10]
-width = 4
-"""
-N_TRAIN = 4 * 20
+from fixtures_zoo import N_TRAIN, build_tiny_zoo, frames, quiet
 
 
-def quiet(*a, **k):
-    pass
 
 
 @pytest.fixture(scope="module")
 def base_zoo(tmp_path_factory) -> tuple[Path, Path]:
     """A built (not measured) model set: 3 trained runs + 1 untrained. Tests copy it."""
-    root = tmp_path_factory.mktemp("measure")
-    data = write_synthetic(root / "data", seed=3, classes=4, train_per_class=20, test_per_class=10, size=32)
-    (root / "grid.toml").write_text(GRID)
-    s = build(root / "grid.toml", data, root / "zoo", workers=0, device="cpu", progress=False, log=quiet)
-    assert s.done == 4 and s.failed == 0
-    return root / "zoo", data
+    return build_tiny_zoo(tmp_path_factory.mktemp("measure"), seed=3, lrs=(0.05, 0.01, 0.002))
 
 
 @pytest.fixture
@@ -59,11 +32,6 @@ def zoo(base_zoo, tmp_path) -> Path:
     dst = tmp_path / "zoo"
     shutil.copytree(base_zoo[0], dst)
     return dst
-
-
-def frames(zoo: Path):
-    with Registry.in_dir(zoo, create=False) as reg:
-        return reg.runs_frame(), reg.measurements_frame()
 
 
 def store_of(zoo: Path) -> TensorStore:

@@ -1,0 +1,45 @@
+"""A tiny model set for the tests that measure and study one: 3 trained small_resnet10 runs
+(width 4, 2 epochs) + 1 untrained model on 4 synthetic classes x 20 training images."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from camgap.data.synthetic import write_synthetic
+from camgap.zoo.build import build
+from camgap.zoo.registry import Registry
+
+TINY_GRID = """
+[grid]
+arch = ["small_resnet10"]
+batch_size = [16]
+lr = {lrs}
+optimizer = ["sgd"]
+untrained = 1
+
+[train]
+max_epochs = 2
+input_size = 32
+eval_batch_size = 256
+
+[arch_options.small_resnet10]
+width = 4
+"""
+N_TRAIN = 4 * 20
+
+
+def build_tiny_zoo(root: Path, seed: int, lrs: tuple[float, float, float]) -> tuple[Path, Path]:
+    """Write the data and build the set under `root`; returns (zoo, data)."""
+    data = write_synthetic(root / "data", seed=seed, classes=4, train_per_class=20, test_per_class=10, size=32)
+    (root / "grid.toml").write_text(TINY_GRID.format(lrs=list(lrs)))
+    summary = build(root / "grid.toml", data, root / "zoo", workers=0, device="cpu", progress=False, log=quiet)
+    assert summary.done == 4 and summary.failed == 0
+    return root / "zoo", data
+
+
+def frames(zoo: Path):
+    with Registry.in_dir(zoo, create=False) as reg:
+        return reg.runs_frame(), reg.measurements_frame()
+
+
+def quiet(*args, **kwargs) -> None:
+    """A `log` that prints nothing."""
