@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from camgap.errors import CamgapError, InputError, MissingFileError
+
 
 def resolve_device(name: str) -> torch.device:
     from camgap.zoo.executors import resolve_device as resolve
@@ -59,7 +61,7 @@ def _score_summary(args: argparse.Namespace) -> dict:
     records, classes = read_layout(args.data, args.layout, args.split, skipped=skipped)
     num_classes = args.num_classes or len(classes)
     if len(classes) > num_classes:
-        raise ValueError(
+        raise InputError(
             f"{args.data}: the data has {len(classes)} classes but the model has {num_classes} outputs "
             f"(labels up to {len(classes) - 1} would be outside the model's classes)"
         )
@@ -179,11 +181,11 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     zoo = Path(args.zoo)
     if not (zoo / Registry.FILENAME).exists():
-        raise FileNotFoundError(f"{zoo}: no model set here ({Registry.FILENAME} missing)")
+        raise MissingFileError(f"{zoo}: no model set here ({Registry.FILENAME} missing)")
     with Registry.in_dir(zoo, create=False) as reg:
         runs, measurements = reg.runs_frame(), reg.measurements_frame()
     if measurements.empty:
-        raise ValueError(f"{zoo}: no measurements yet; run `camgap zoo measure {zoo}` first")
+        raise InputError(f"{zoo}: no measurements yet; run `camgap zoo measure {zoo}` first")
     overlays = None if args.no_overlays else overlay_rows(zoo, device=resolve_device(args.device))
     report = write_study(runs, measurements, args.out, overlays=overlays or None, n_boot=args.bootstrap)
     print(headline(runs, measurements, specs=paper_specs(measurements)))
@@ -198,12 +200,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from camgap.zoo.registry import Registry
 
     if not (Path(args.zoo) / Registry.FILENAME).exists():
-        raise FileNotFoundError(f"{args.zoo}: no model set here ({Registry.FILENAME} missing)")
+        raise MissingFileError(f"{args.zoo}: no model set here ({Registry.FILENAME} missing)")
     with Registry.in_dir(args.zoo, create=False) as reg:
         runs, measurements = reg.runs_frame(), reg.measurements_frame()
     reference = runs[(runs.status == "done") & runs.trained & (runs.train_acc >= args.min_train_acc)]
     if reference.empty:
-        raise ValueError(f"{args.zoo}: no trained model with train accuracy >= {args.min_train_acc:g} is done")
+        raise InputError(f"{args.zoo}: no trained model with train accuracy >= {args.min_train_acc:g} is done")
     # preprocess the new model's images as the reference models' were, unless told otherwise
     zoo_cfg = json.loads(reference.iloc[0]["config"])
     for key in ("input_size", "resize", "mean", "std"):
@@ -212,7 +214,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     params = score_params(args.cam, args.threshold[0], args.masks)  # the same A_G source as the new model's IoU
     wide = wide_table(reference, measurements, [("iou", params, "iou")])
     if wide["iou"].notna().sum() < 3:
-        raise ValueError(f"{args.zoo}: fewer than 3 trained models have an IoU measured with {params}; "
+        raise InputError(f"{args.zoo}: fewer than 3 trained models have an IoU measured with {params}; "
                          f"run `camgap zoo measure {args.zoo} --cam {args.cam} --threshold {args.threshold[0]:g} "
                          f"--masks {args.masks}` first")
     fit = fit_gap(wide["iou"], wide["gap"], name="iou")
@@ -327,9 +329,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("camgap: interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, OSError, RuntimeError) as exc:
-        print(f"camgap: error: {exc}", file=sys.stderr)
+    except (CamgapError, OSError) as exc:  # anything else is a bug: keep its traceback
+        print(f"camgap: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and not isinstance(exc, CamgapError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return " ".join(str(exc).split("\n")).strip()
 
 
 if __name__ == "__main__":

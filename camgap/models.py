@@ -15,6 +15,8 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock
 
+from camgap.errors import CamgapError, InputError
+
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 
@@ -33,14 +35,14 @@ def list_models() -> list[str]:
 def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
     """Build a model by registry name. Extra keyword arguments go to the builder."""
     if name not in _REGISTRY:
-        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(list_models())}")
+        raise InputError(f"unknown architecture {name!r}; known: {', '.join(list_models())}")
     return _REGISTRY[name](num_classes=num_classes, **kwargs)
 
 
 def _torchvision_resnet(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     def build(num_classes: int, **kwargs) -> nn.Module:
         if kwargs:
-            raise ValueError(f"{builder.__name__} takes no options, got {sorted(kwargs)}")
+            raise InputError(f"{builder.__name__} takes no options, got {sorted(kwargs)}")
         return builder(weights=None, num_classes=num_classes)
 
     return build
@@ -63,7 +65,7 @@ class SmallResNet(nn.Module):
     def __init__(self, num_classes: int, width: int = 16, blocks: Sequence[int] = (1, 1, 1, 1)):
         super().__init__()
         if len(blocks) != 4:
-            raise ValueError(f"blocks must list 4 stage depths, got {blocks}")
+            raise InputError(f"blocks must list 4 stage depths, got {blocks}")
         self.conv1 = nn.Conv2d(3, width, 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
@@ -117,7 +119,7 @@ def default_target_layer(model: nn.Module) -> nn.Module:
         if isinstance(module, nn.Conv2d):
             last = module
     if last is None:
-        raise ValueError("model has no `layer4` and no Conv2d layer: pass the target layer explicitly")
+        raise InputError("model has no `layer4` and no Conv2d layer: pass the target layer explicitly")
     return last
 
 
@@ -126,11 +128,11 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
     modules = dict(model.named_modules())
     if name not in modules:
         candidates = [n for n in modules if n and "." not in n]
-        raise ValueError(f"model has no layer {name!r}; top-level layers: {', '.join(candidates)}")
+        raise InputError(f"model has no layer {name!r}; top-level layers: {', '.join(candidates)}")
     return modules[name]
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CamgapError, ValueError):
     """A checkpoint that cannot be read or does not match the architecture."""
 
 

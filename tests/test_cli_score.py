@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from fixtures_data import make_imagenet, write_csv
 from PIL import Image
 from torch import nn
 
@@ -20,7 +21,6 @@ from camgap.data.masks import compute_masks
 from camgap.data.synthetic import write_synthetic
 from camgap.measures.score import score_model
 from camgap.models import create_model
-from fixtures_data import make_imagenet, write_csv
 
 SIZE = 32
 N_CLASSES = 3

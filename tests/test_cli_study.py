@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.stats
+from fixtures_zoo import build_tiny_zoo, frames
 from PIL import Image
 
 from camgap.cli import main
@@ -18,10 +19,9 @@ from camgap.data.store import TensorStore
 from camgap.measures.score import score_model
 from camgap.models import load_checkpoint
 from camgap.study.predict import fit_gap, predict_gap
-from camgap.zoo.measure import score_params
 from camgap.zoo.grid import canonical_json
+from camgap.zoo.measure import score_params
 from camgap.zoo.registry import Registry
-from fixtures_zoo import build_tiny_zoo, frames
 
 IOU = canonical_json(score_params("gradcam", 0.1, "boxes"))
 COLUMNS = {">=95": 0.95, ">=90": 0.90, ">=85": 0.85, ">=80": 0.80}

@@ -6,12 +6,21 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
+from fixtures_data import make_imagenet, save_image
 from torch.testing import assert_close
 from torch.utils.data import DataLoader
 
-from camgap.data import (IMAGENET_MEAN, IMAGENET_STD, BoxDataset, DataError, Record,
-                         collate_boxes, decode_rgb, normalize, read_layout)
-from fixtures_data import make_imagenet, save_image
+from camgap.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BoxDataset,
+    DataError,
+    Record,
+    collate_boxes,
+    decode_rgb,
+    normalize,
+    read_layout,
+)
 
 BW, BH = 40, 32  # the dataset tests' image size
 

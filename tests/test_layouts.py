@@ -4,10 +4,20 @@ import json
 import warnings
 
 import pytest
+from fixtures_data import (
+    H,
+    W,
+    make_coco,
+    make_csv,
+    make_imagenet,
+    make_kaggle,
+    make_listfile,
+    save_image,
+    write_csv,
+    write_voc,
+)
 
 from camgap.data import DataError, Record, detect_layout, read_layout
-from fixtures_data import (H, W, make_coco, make_csv, make_imagenet, make_kaggle, make_listfile,
-                           save_image, write_csv, write_voc)
 
 
 def _by_id(records):

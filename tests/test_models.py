@@ -19,7 +19,6 @@ from camgap.models import (
 )
 
 
-
 def test_list_models():
     assert {"resnet18", "resnet34", "resnet50", "resnet101", "small_resnet"} <= set(list_models())
     assert list_models() == sorted(list_models())

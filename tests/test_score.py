@@ -4,7 +4,6 @@ enclosing rectangle and the IoU."""
 from __future__ import annotations
 
 import copy
-import itertools
 import math
 from dataclasses import replace
 
@@ -25,15 +24,14 @@ from camgap.models import create_model
 pgc = pytest.importorskip("pytorch_grad_cam")
 
 SIZE = 32
-# pytorch-grad-cam resizes with cv2 and normalises with a 1e-7 epsilon; camgap with torch's
-# bilinear interpolate: the two normalised maps agree to ~1e-6, well inside 1e-4 (the
-# agreement tests/test_cam.py asserts). A pixel whose oracle value lies within AMBIGUOUS of
-# the threshold may therefore fall on either side in camgap; for such pixels the oracle
-# accepts both sides (it enumerates the assignments, a count-level tolerance) and every
-# other pixel must agree exactly.
-AMBIGUOUS = 1e-4
-TOL = 1e-6
-
+# Two checks, so that no assertion hinges on the last bits of a float, which differ between
+# CPU kinds (Intel and AMD run different kernels): (1) camgap's normalised maps agree with
+# pytorch-grad-cam's to MAP_ATOL, a continuous comparison; (2) every IoU / IoU-B / area is
+# recomputed in numpy from camgap's *own* maps (kept through `keep_overlays`) and must agree
+# to TOL. Comparing thresholded regions across the two implementations instead would depend
+# on which side of rho a pixel within 1e-6 of it falls.
+MAP_ATOL = 1e-4
+TOL = 1e-6  # camgap divides the pixel counts in float32
 
 
 # --- oracles (numpy + pytorch-grad-cam; no camgap code) -------------------------------------
@@ -79,41 +77,31 @@ def np_iou(a: np.ndarray, g: np.ndarray) -> float:
     return (a & g).sum() / (a | g).sum()
 
 
-def oracle_values(cam: np.ndarray, ref: np.ndarray, rho: float, kind: str) -> list[float]:
-    """Every IoU (kind 'iou') or IoU-B ('iou_b') the region {cam >= rho} can have when the
-    pixels within AMBIGUOUS of rho go either way; a single value when there are none."""
-    amb = np.abs(cam - rho) < AMBIGUOUS
-    sure = (cam >= rho) & ~amb
-    where = np.argwhere(amb)
-    assert len(where) <= 10, f"{len(where)} pixels within {AMBIGUOUS} of the threshold"
-    values = []
-    for bits in itertools.product((False, True), repeat=len(where)):
-        region = sure.copy()
-        for (y, x), on in zip(where, bits):
-            region[y, x] = on
-        values.append(np_iou(enclosing(region) if kind == "iou_b" else region, ref))
-    return values
-
-
-def assert_matches(got: float, values: list[float], what: str) -> None:
-    if math.isnan(values[0]):
+def assert_value(got: float, expected: float, what: str) -> None:
+    if math.isnan(expected):
         assert math.isnan(got), f"{what}: expected NaN, got {got}"
-        return
-    assert min(abs(got - v) for v in values) <= TOL, f"{what}: {got} not in {values}"
+    else:
+        assert abs(got - expected) <= TOL, f"{what}: {got} != {expected}"
 
 
-def check_against_oracle(result, cams: np.ndarray, refs: list[np.ndarray], thresholds) -> int:
-    """Assert every per-image IoU / IoU-B; returns how many pixels were ambiguous."""
-    n_amb = 0
+def camgap_maps(result) -> np.ndarray:
+    """The normalised maps camgap thresholded (scored with keep_overlays >= n_images)."""
+    assert len(result.overlays) == result.n_images, "score with keep_overlays=len(data)"
+    return np.stack([o["cam"].numpy() for o in result.overlays])
+
+
+def check_against_oracle(result, cams: np.ndarray, refs: list[np.ndarray], thresholds) -> None:
+    """camgap's maps agree with pytorch-grad-cam's; every per-image IoU, IoU-B and area is the
+    numpy value on camgap's own map (thresholded as camgap does, in float32)."""
+    maps = camgap_maps(result)
+    np.testing.assert_allclose(maps, cams, atol=MAP_ATOL)
     for t in thresholds:
-        for i, (cam, ref) in enumerate(zip(cams, refs)):
+        for i, (cam, ref) in enumerate(zip(maps, refs)):
             row = result.per_image.iloc[i]
-            assert_matches(row[f"iou@{t:g}"], oracle_values(cam, ref, t, "iou"), f"iou image {i} rho {t}")
-            assert_matches(row[f"iou_b@{t:g}"], oracle_values(cam, ref, t, "iou_b"), f"iou_b image {i} rho {t}")
-            n_amb += int((np.abs(cam - t) < AMBIGUOUS).sum())
-            if not (np.abs(cam - t) < AMBIGUOUS).any():
-                assert row[f"cam_area@{t:g}"] == pytest.approx((cam >= t).mean(), abs=1e-9)
-    return n_amb
+            region = cam >= np.float32(t)
+            assert_value(row[f"iou@{t:g}"], np_iou(region, ref), f"iou image {i} rho {t}")
+            assert_value(row[f"iou_b@{t:g}"], np_iou(enclosing(region), ref), f"iou_b image {i} rho {t}")
+            assert_value(row[f"cam_area@{t:g}"], region.mean(), f"cam_area image {i} rho {t}")
 
 
 # --- fixtures -------------------------------------------------------------------------------
@@ -142,12 +130,14 @@ def csv_boxes(root, split="train") -> dict[str, list[tuple[float, ...]]]:
 
 @pytest.fixture(scope="module")
 def trained(synth):
-    """SmallResNet (width 8) trained a few steps on the 9 images so its CAMs have structure."""
+    """SmallResNet (width 8) trained a few steps on the 9 images so its CAMs have structure.
+    Trained in float64, so that the kernels of one CPU kind or another change its weights by
+    far less than anything the tests look at; scored in float32."""
     _, records, _ = synth
     torch.manual_seed(0)
-    x = oracle_images([r.path for r in records])
+    x = oracle_images([r.path for r in records]).double()
     y = torch.tensor([r.label for r in records])
-    model = create_model("small_resnet", num_classes=3, width=8)
+    model = create_model("small_resnet", num_classes=3, width=8).double()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
     for _ in range(20):
@@ -155,7 +145,7 @@ def trained(synth):
         F.cross_entropy(model(x), y).backward()
         opt.step()
     opt.zero_grad(set_to_none=True)
-    return model.eval()
+    return model.float().eval()
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +162,7 @@ def oracle(synth, trained):
 def base_result(synth, trained):
     _, records, _ = synth
     return score_model(trained, BoxDataset(records, input_size=SIZE), thresholds=(0.1, 0.3, 0.5), batch_size=4,
-                       keep_overlays=5)
+                       keep_overlays=len(records))
 
 
 # --- tests ----------------------------------------------------------------------------------
@@ -185,8 +175,7 @@ def test_per_image_iou_matches_pytorch_grad_cam_and_numpy(base_result, oracle):
     assert sum(0 < a < 1 for a in areas) >= 6
     assert len({round(v, 6) for v in base_result.per_image["iou@0.1"]}) >= 5
     assert all(r.any() for r in refs)
-    n_amb = check_against_oracle(base_result, cams, refs, (0.1, 0.3, 0.5))
-    assert n_amb <= 3  # the tolerance is an exception, not the rule
+    check_against_oracle(base_result, cams, refs, (0.1, 0.3, 0.5))
     # the model means are the plain means of the per-image values (no image lacks a box)
     for t in (0.1, 0.3, 0.5):
         assert base_result.iou(t) == pytest.approx(base_result.per_image[f"iou@{t:g}"].mean(), abs=1e-12)
@@ -205,14 +194,18 @@ def test_predictions_labels_and_logits_are_the_forward_pass(base_result, synth, 
     df = base_result.per_image
     assert df["image_id"].tolist() == [r.image_id for r in records]
     assert df["label"].tolist() == [r.label for r in records]
-    assert df["pred"].tolist() == expected.argmax(1).tolist()
-    assert df["correct"].tolist() == (expected.argmax(1) == torch.tensor(df["label"].tolist())).tolist()
+    top2 = expected.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1] > 1e-3).numpy()  # a near-tie may go either way on another CPU
+    assert clear.sum() >= 7
+    assert (df["pred"].to_numpy() == expected.argmax(1).numpy())[clear].all()
+    assert df["correct"].tolist() == (df["pred"] == df["label"]).tolist()
     assert base_result.train_acc == pytest.approx(df["correct"].mean())
 
 
-def test_overlays_keep_the_first_k_images(base_result, oracle):
+def test_overlays_keep_the_first_k_images(base_result, synth, trained, oracle):
+    _, records, _ = synth
     _, cams, refs = oracle
-    ov = base_result.overlays
+    ov = score_model(trained, BoxDataset(records, input_size=SIZE), batch_size=4, keep_overlays=5).overlays
     assert [o["image_id"] for o in ov] == base_result.per_image["image_id"].tolist()[:5]  # spans 2 batches
     for i, o in enumerate(ov):
         assert o["image"].dtype == torch.uint8 and tuple(o["image"].shape) == (3, SIZE, SIZE)
@@ -273,7 +266,8 @@ def test_layer3_matches_pytorch_grad_cam(synth, trained, oracle):
     _, records, _ = synth
     x, _, refs = oracle
     cams = oracle_cams(trained, x, trained.layer3)
-    res = score_model(trained, BoxDataset(records, input_size=SIZE), thresholds=(0.1,), target_layer="layer3")
+    res = score_model(trained, BoxDataset(records, input_size=SIZE), thresholds=(0.1,), target_layer="layer3",
+                      keep_overlays=len(records))
     check_against_oracle(res, cams, refs, (0.1,))
 
 
@@ -294,7 +288,7 @@ def test_masks_aligned_by_id(synth, trained, oracle):
     ids = [records[j].image_id for j in order] + ["not-an-image"]
     tensor = torch.from_numpy(np.stack([masks[j] for j in order] + [np.ones((SIZE, SIZE), bool)]))
     res = score_model(trained, BoxDataset(records, input_size=SIZE), thresholds=(0.1, 0.5), masks=tensor,
-                      mask_ids=ids, batch_size=4)
+                      mask_ids=ids, batch_size=4, keep_overlays=len(records))
     check_against_oracle(res, cams, masks, (0.1, 0.5))
     assert math.isnan(res.per_image["iou@0.1"].iloc[7]) and res.n_no_reference == 1
     with pytest.raises(ValueError, match="no mask"):
@@ -337,7 +331,7 @@ def test_class_boxes_only_and_images_without_boxes(two_class_csv, trained):
     cams = oracle_cams(trained, x, trained.layer4)
     data = BoxDataset(records, input_size=SIZE)
 
-    res_all = score_model(trained, data, thresholds=(0.1, 0.5))
+    res_all = score_model(trained, data, thresholds=(0.1, 0.5), keep_overlays=4)
     refs_all = [raster(union[r.image_id]) for r in records]
     check_against_oracle(res_all, cams, refs_all, (0.1, 0.5))
     assert res_all.n_no_reference == 1  # p2
@@ -346,7 +340,7 @@ def test_class_boxes_only_and_images_without_boxes(two_class_csv, trained):
     assert res_all.iou() == pytest.approx(vals.mean(), abs=1e-12)
     assert not math.isnan(res_all.iou()) and not math.isnan(res_all.iou_b())
 
-    res_own = score_model(trained, data, thresholds=(0.1, 0.5), class_boxes_only=True)
+    res_own = score_model(trained, data, thresholds=(0.1, 0.5), class_boxes_only=True, keep_overlays=4)
     refs_own = [raster(own[r.image_id]) for r in records]
     check_against_oracle(res_own, cams, refs_own, (0.1, 0.5))
     assert res_own.n_no_reference == 2  # p1 (only a box of another class) and p2
@@ -384,17 +378,18 @@ def test_label_outside_the_models_classes(synth, trained):
         score_model(two, BoxDataset(records, input_size=SIZE))
 
 
-def test_skipped_images_are_counted(synth, trained, tmp_path):
+def test_skipped_images_are_counted(synth, trained, oracle, tmp_path):
     _, records, _ = synth
+    _, cams, refs = oracle
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
     recs = list(records)
     recs[4] = replace(recs[4], path=bad)
     with pytest.warns(UserWarning, match="bad.png"):
-        res = score_model(trained, BoxDataset(recs, input_size=SIZE, skip_bad=True), batch_size=4)
+        res = score_model(trained, BoxDataset(recs, input_size=SIZE, skip_bad=True), batch_size=4, keep_overlays=9)
     assert res.n_skipped == 1 and res.n_images == 8
-    assert records[4].image_id not in res.per_image["image_id"].tolist()
-    full = score_model(trained, BoxDataset(records, input_size=SIZE), batch_size=4)
-    kept = full.per_image[full.per_image["image_id"] != records[4].image_id].reset_index(drop=True)
-    # per-image values do not depend on which images share a batch (eval mode)
-    pd.testing.assert_frame_equal(res.per_image, kept, check_exact=False, atol=1e-6)
+    assert res.per_image["image_id"].tolist() == [r.image_id for i, r in enumerate(records) if i != 4]
+    # the other images are scored as they are alone: maps within the oracle's tolerance, values
+    # recomputed from the maps (batch composition may change a map's last bits on some CPUs)
+    keep = [i for i in range(len(records)) if i != 4]
+    check_against_oracle(res, cams[keep], [refs[i] for i in keep], (0.1,))

@@ -1,9 +1,9 @@
 """The cached tensor store (camgap.data.store)."""
 
 import hashlib
+import multiprocessing
 import os
 import pickle
-import multiprocessing
 
 import numpy as np
 import pytest

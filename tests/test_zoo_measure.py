@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures_zoo import N_TRAIN, build_tiny_zoo, frames, quiet
 
 import camgap.zoo.measure as zm
 from camgap.data.dataset import normalize
@@ -16,9 +17,6 @@ from camgap.measures.predictions import nuclear_norm
 from camgap.measures.score import score_model
 from camgap.zoo.grid import canonical_json
 from camgap.zoo.measure import load_run_model, measure_zoo, score_params
-from fixtures_zoo import N_TRAIN, build_tiny_zoo, frames, quiet
-
-
 
 
 @pytest.fixture(scope="module")

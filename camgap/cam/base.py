@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from camgap.errors import InputError, StateError
 from camgap.models import default_target_layer, get_layer
 
 # Layer gradients as the methods see them: a tensor [B, C, h, w], or [B, C, 1, 1] when the
@@ -50,10 +51,10 @@ def upsample_normalize(maps: Tensor, size: int | Sequence[int]) -> Tensor:
     constancy test is done on the input map: bilinear weights can turn an exactly constant
     map into one with last-bit ripples that min-max would blow up to [0, 1]."""
     if maps.dim() != 3:
-        raise ValueError(f"maps must be [B, h, w], got shape {tuple(maps.shape)}")
+        raise InputError(f"maps must be [B, h, w], got shape {tuple(maps.shape)}")
     size = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
     if len(size) != 2:
-        raise ValueError(f"size must be an int or (H, W), got {size}")
+        raise InputError(f"size must be an int or (H, W), got {size}")
     flat_in = maps.flatten(1)
     constant = flat_in.amax(1) == flat_in.amin(1)
     up = F.interpolate(maps[:, None].float(), size=size, mode="bilinear", align_corners=False)[:, 0]
@@ -84,7 +85,7 @@ def _resolve_module(model: nn.Module, layer: nn.Module | str | None, what: str) 
         return get_layer(model, layer)
     if isinstance(layer, nn.Module):
         if not any(m is layer for m in model.modules()):
-            raise ValueError(f"the {what} {type(layer).__name__} is not a submodule of the model")
+            raise InputError(f"the {what} {type(layer).__name__} is not a submodule of the model")
         return layer
     raise TypeError(f"{what} must be an nn.Module or a dotted layer name, got {type(layer).__name__}")
 
@@ -144,7 +145,7 @@ class BaseCAM:
             if self._head is None:
                 fc = getattr(model, "fc", None)
                 if type(fc) is not nn.Linear:
-                    raise ValueError("closed_form=True needs `model.fc` to be an nn.Linear head")
+                    raise InputError("closed_form=True needs `model.fc` to be an nn.Linear head")
                 self._head = fc
         elif closed_form is not None:
             self._head = None
@@ -166,10 +167,10 @@ class BaseCAM:
         if not self._armed:
             return None
         if self._activation is not None:
-            raise RuntimeError("the target layer ran more than once in one forward pass; pick another layer")
+            raise StateError("the target layer ran more than once in one forward pass; pick another layer")
         if not isinstance(output, Tensor) or output.dim() != 4:
             shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-            raise ValueError(f"the target layer must output a [B, C, h, w] tensor, got {shape}")
+            raise InputError(f"the target layer must output a [B, C, h, w] tensor, got {shape}")
         if not self._grad_after_layer:
             self._activation = output.detach()
             return None
@@ -182,7 +183,7 @@ class BaseCAM:
         """One forward pass -> (layer activation, logits). With `grad`, the activation is a
         leaf and the logits carry a graph back to it (and only to it)."""
         if grad and torch.is_inference_mode_enabled():
-            raise RuntimeError("gradient-based CAM cannot run under torch.inference_mode(); use torch.no_grad()")
+            raise StateError("gradient-based CAM cannot run under torch.inference_mode(); use torch.no_grad()")
         self._activation, self._grad_after_layer, self._armed = None, grad, True
         try:
             with torch.no_grad():
@@ -191,16 +192,16 @@ class BaseCAM:
         finally:
             self._armed, self._activation = False, None
         if acts is None:
-            raise ValueError("the target layer did not run during the forward pass")
+            raise InputError("the target layer did not run during the forward pass")
         if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != images.shape[0]:
             got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-            raise ValueError(f"the model must return logits [B, K], got {got}")
+            raise InputError(f"the model must return logits [B, K], got {got}")
         return acts, logits
 
     def _autograd(self, acts: Tensor, logits: Tensor, targets: Tensor) -> Tensor:
         score = logits.gather(1, targets[:, None]).sum()
         if not score.requires_grad:
-            raise ValueError("the logits do not depend on the target layer")
+            raise InputError("the logits do not depend on the target layer")
         (grads,) = torch.autograd.grad(score, acts)
         return grads
 
@@ -208,7 +209,7 @@ class BaseCAM:
         assert self._head is not None
         weight = self._head.weight
         if weight.shape[1] != acts.shape[1]:
-            raise ValueError(f"closed form: head takes {weight.shape[1]} features, layer has {acts.shape[1]} channels")
+            raise InputError(f"closed form: head takes {weight.shape[1]} features, layer has {acts.shape[1]} channels")
         hw = acts.shape[-2] * acts.shape[-1]
         return (weight.detach()[targets].float() / hw)[:, :, None, None]
 
@@ -230,11 +231,11 @@ class BaseCAM:
 
     def __call__(self, images: Tensor, targets: Tensor | Sequence[int] | None = None) -> CamOutput:
         if self._handle is None:
-            raise RuntimeError(f"{type(self).__name__} is closed")
+            raise StateError(f"{type(self).__name__} is closed")
         if any(m.training for m in self.model.modules()):
-            raise RuntimeError("the model is in training mode: call model.eval() first (a CAM never changes it)")
+            raise StateError("the model is in training mode: call model.eval() first (a CAM never changes it)")
         if images.dim() != 4:
-            raise ValueError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
+            raise InputError(f"images must be [B, 3, H, W], got shape {tuple(images.shape)}")
         acts, logits = self._forward(images, grad=self._clean_pass_needs_graph())
         targets = self._resolve_targets(targets, logits)
         grads = self._gradients(images, acts, logits, targets) if self.uses_gradients else None
@@ -251,9 +252,9 @@ class BaseCAM:
             return logits.detach().argmax(1)
         targets = torch.as_tensor(targets, device=logits.device).long().reshape(-1)
         if targets.shape[0] != logits.shape[0]:
-            raise ValueError(f"{targets.shape[0]} targets for a batch of {logits.shape[0]} images")
+            raise InputError(f"{targets.shape[0]} targets for a batch of {logits.shape[0]} images")
         if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= logits.shape[1]):
-            raise ValueError(f"targets must lie in [0, {logits.shape[1] - 1}]")
+            raise InputError(f"targets must lie in [0, {logits.shape[1] - 1}]")
         return targets
 
     def close(self) -> None:
@@ -299,5 +300,5 @@ def create_cam(name: str, model: nn.Module, target_layer: nn.Module | str | None
     """Build a CAM method by registry name (see `list_cams()`); extra keywords go to its class."""
     key = name.lower()
     if key not in _REGISTRY:
-        raise ValueError(f"unknown CAM method {name!r}; known: {', '.join(list_cams())}")
+        raise InputError(f"unknown CAM method {name!r}; known: {', '.join(list_cams())}")
     return _REGISTRY[key](model, target_layer, **kwargs)

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from camgap.cam.base import BaseCAM, Gradients, _resolve_module, _spatial_sum, _weighted_sum, register_cam
+from camgap.errors import InputError
 
 
 def _hw(acts: Tensor) -> int:
@@ -42,13 +43,13 @@ class CAM(BaseCAM):
         super().__init__(model, target_layer, closed_form=closed_form)
         fc = _resolve_module(model, fc_layer, "fc layer") or self._head or getattr(model, "fc", None)
         if not isinstance(fc, nn.Linear):
-            raise ValueError("CAM needs a linear head: pass fc_layer= (an nn.Linear on the pooled features)")
+            raise InputError("CAM needs a linear head: pass fc_layer= (an nn.Linear on the pooled features)")
         self.fc_layer: nn.Linear = fc
 
     def _map(self, acts: Tensor, grads: Gradients | None, targets: Tensor) -> Tensor:
         weight = self.fc_layer.weight.detach()
         if weight.shape[1] != acts.shape[1]:
-            raise ValueError(f"fc layer takes {weight.shape[1]} features, target layer has {acts.shape[1]} channels")
+            raise InputError(f"fc layer takes {weight.shape[1]} features, target layer has {acts.shape[1]} channels")
         return _weighted_sum(weight[targets].float(), acts)
 
 
@@ -108,9 +109,9 @@ class SmoothGradCAMpp(GradCAMpp):
         closed_form: bool | None = None,
     ) -> None:
         if n_samples < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}")
+            raise InputError(f"n_samples must be >= 1, got {n_samples}")
         if noise_std < 0:
-            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+            raise InputError(f"noise_std must be >= 0, got {noise_std}")
         super().__init__(model, target_layer, closed_form=closed_form)
         self.n_samples, self.noise_std, self.seed = int(n_samples), float(noise_std), int(seed)
 

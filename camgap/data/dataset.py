@@ -29,6 +29,8 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
+from camgap.errors import InputError
+
 from .errors import DataError
 from .images import decode_rgb
 from .layouts import Record
@@ -52,7 +54,7 @@ def normalize(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
     A floating input is taken to be in 0..1 already.
     """
     if images.ndim not in (3, 4) or images.shape[-3] != 3:
-        raise ValueError(f"expected images [B,3,H,W] or [3,H,W], got {tuple(images.shape)}")
+        raise InputError(f"expected images [B,3,H,W] or [3,H,W], got {tuple(images.shape)}")
     x = images.to(torch.float32)
     if not images.is_floating_point():
         x = x / 255.0
@@ -69,7 +71,7 @@ def make_transform(input_size: int, resize: str = "resize") -> v2.Transform:
     if resize == "resize_crop":
         return v2.Compose([v2.Resize(int(input_size / CROP_RATIO), antialias=True),
                            v2.CenterCrop(input_size)])
-    raise ValueError(f"unknown resize mode {resize!r}; expected one of {RESIZE_MODES}")
+    raise InputError(f"unknown resize mode {resize!r}; expected one of {RESIZE_MODES}")
 
 
 def _keep_positive(boxes: torch.Tensor) -> torch.Tensor:
@@ -151,7 +153,7 @@ class BoxDataset(Dataset):
     def __init__(self, records: Sequence[Record], input_size: int = 224,
                  resize: str = "resize", skip_bad: bool = False):
         if int(input_size) <= 0:
-            raise ValueError(f"input_size must be positive, got {input_size}")
+            raise InputError(f"input_size must be positive, got {input_size}")
         self.records = list(records)
         self.input_size = int(input_size)
         self.resize = resize

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from camgap.errors import CamgapError
 
-class DataError(ValueError):
+
+class DataError(CamgapError, ValueError):
     """A bad input file: ``str(err) == f"{path}: {problem}"``.
 
     ``path`` is the file at fault (an image, an annotation, a split file, or a dataset root)

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from camgap.errors import InputError
+
 try:  # torchvision >= 0.29 deprecates its decoders (TorchCodec); PIL remains the fallback
     from torchvision.io import ImageReadMode, decode_image
 except ImportError:  # pragma: no cover - a torchvision without image ops
@@ -34,13 +36,13 @@ def _to_uint8_rgb(img: torch.Tensor) -> torch.Tensor:
     elif img.dtype != torch.uint8:
         raise TypeError(f"unexpected decoded dtype {img.dtype}")
     if img.ndim != 3:
-        raise ValueError(f"unexpected decoded shape {tuple(img.shape)}")
+        raise InputError(f"unexpected decoded shape {tuple(img.shape)}")
     if img.shape[0] == 1:
         img = img.expand(3, -1, -1)
     elif img.shape[0] == 4:
         img = img[:3]
     if img.shape[0] != 3:
-        raise ValueError(f"unexpected decoded shape {tuple(img.shape)}")
+        raise InputError(f"unexpected decoded shape {tuple(img.shape)}")
     return img.contiguous()
 
 

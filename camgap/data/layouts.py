@@ -59,6 +59,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
+from camgap.errors import InputError, MissingFileError
+
 from .errors import DataError
 
 __all__ = ["Record", "DataError", "read_layout", "detect_layout", "LAYOUTS", "SPLITS",
@@ -105,13 +107,13 @@ class _Bad:
 
 def _require_file(path: Path, what: str) -> Path:
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: {what} not found")
+        raise MissingFileError(f"{path}: {what} not found")
     return path
 
 
 def _check_split(split: str) -> str:
     if split not in SPLITS and split != "val":
-        raise ValueError(f"unknown split {split!r}; expected one of {SPLITS}")
+        raise InputError(f"unknown split {split!r}; expected one of {SPLITS}")
     return split
 
 
@@ -255,7 +257,7 @@ def detect_layout(root: str | Path) -> str:
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: dataset directory not found")
+        raise MissingFileError(f"{root}: dataset directory not found")
     if any((root / f"LOC_{s}_solution.csv").is_file() for s in ("train", "val")):
         return "kaggle"
     if (root / "image").is_dir() and any((root / f"{s}.txt").is_file() for s in SPLITS):
@@ -281,7 +283,7 @@ def _imagenet_classes(split_dir: Path) -> list[str]:
 def _read_imagenet(root: Path, split: str, missing_ok: bool, bad: _Bad):
     split_dir = root / split
     if not split_dir.is_dir():
-        raise FileNotFoundError(f"{split_dir}: split directory not found")
+        raise MissingFileError(f"{split_dir}: split directory not found")
     train_dir = root / "train"
     if train_dir.is_dir():
         classes = _imagenet_classes(train_dir)
@@ -460,7 +462,7 @@ def _read_kaggle(root: Path, split: str, missing_ok: bool, bad: _Bad):
     else:
         src = split_file if ksplit == "train" else train_file
         if not src.is_file():
-            raise FileNotFoundError(f"{train_file}: needed for the class list (or "
+            raise MissingFileError(f"{train_file}: needed for the class list (or "
                                     f"{synsets.name}) but not found")
         wnids = set()
         for row in _read_csv(src, ("ImageId", "PredictionString")):
@@ -668,12 +670,12 @@ def read_layout(root: str | Path, layout: str = "auto", split: str = "train", *,
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root}: dataset directory not found")
+        raise MissingFileError(f"{root}: dataset directory not found")
     split = _check_split(split)
     if layout == "auto":
         layout = detect_layout(root)
     if layout not in _PARSERS:
-        raise ValueError(f"unknown layout {layout!r}; expected 'auto' or one of {LAYOUTS}")
+        raise InputError(f"unknown layout {layout!r}; expected 'auto' or one of {LAYOUTS}")
     if split == "val" and layout != "kaggle":
         split = "test"
     records, classes, where = _PARSERS[layout](root, split, missing_ok, _Bad(skipped))

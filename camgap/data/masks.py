@@ -42,6 +42,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from camgap.errors import CamgapError, InputError, StateError
+
 __all__ = [
     "MaskError",
     "MaskResult",
@@ -68,7 +70,7 @@ CACHE_VERSION = 1
 _SHOW = 5  # names shown in error messages
 
 
-class MaskError(ValueError):
+class MaskError(CamgapError, ValueError):
     """Bad mask input (missing masks, unreadable files, unknown source)."""
 
 
@@ -137,7 +139,7 @@ def otsu_threshold(map) -> float:
     map has no split; like cv2 it gets ``t = 0`` (foreground = values above 0.5/255)."""
     values = _as_numpy(map).ravel()
     if values.size == 0:
-        raise ValueError("otsu_threshold of an empty map")
+        raise InputError("otsu_threshold of an empty map")
     values = np.nan_to_num(values.astype(np.float64), nan=0.0)
     hist = np.bincount(_to_bins(values), minlength=256).astype(np.float64)
     p = hist / hist.sum()
@@ -165,7 +167,7 @@ def binarize(map, method: str | float = "otsu") -> Tensor:
     t = torch.as_tensor(_as_numpy(map)) if not isinstance(map, Tensor) else map
     if isinstance(method, str):
         if method != "otsu":
-            raise ValueError(f"binarize method must be 'otsu' or a float, got {method!r}")
+            raise InputError(f"binarize method must be 'otsu' or a float, got {method!r}")
         flat = t.reshape(-1, *t.shape[-2:])
         thr = torch.tensor([otsu_threshold(m) for m in flat], dtype=torch.float64, device=t.device)
         out = flat.to(torch.float64) >= thr[:, None, None]
@@ -218,7 +220,7 @@ def saliency_maps(
     channels averaged, sigma S/16) were chosen on the synthetic dataset, where they lift the
     fine-grained IoU with the true boxes from 0.31 (grey image, no smoothing) to 0.38 at 32 px."""
     if method not in SALIENCY_METHODS:
-        raise ValueError(f"saliency method must be one of {SALIENCY_METHODS}, got {method!r}")
+        raise InputError(f"saliency method must be one of {SALIENCY_METHODS}, got {method!r}")
     cv2 = _cv2()
     detector = (
         cv2.saliency.StaticSaliencyFineGrained_create()
@@ -230,7 +232,7 @@ def saliency_maps(
         return torch.zeros(0, 0, 0)
     first = _as_numpy(images_uint8[0])
     if first.ndim != 3 or first.shape[0] != 3:
-        raise ValueError(f"saliency_maps expects uint8 RGB images [N,3,H,W], got an image of shape {first.shape}")
+        raise InputError(f"saliency_maps expects uint8 RGB images [N,3,H,W], got an image of shape {first.shape}")
     h, w = first.shape[1:]
     out = np.empty((n, h, w), dtype=np.float32)
     sigma = float(smooth) * max(h, w)
@@ -241,7 +243,7 @@ def saliency_maps(
     for start in range(0, n, batch_size):
         chunk = _as_numpy(images_uint8[start : start + batch_size])
         if chunk.dtype != np.uint8:
-            raise ValueError(f"saliency_maps expects uint8 images, got {chunk.dtype}")
+            raise InputError(f"saliency_maps expects uint8 images, got {chunk.dtype}")
         for j, img in enumerate(chunk):
             maps = []
             for c in range(3):
@@ -251,7 +253,7 @@ def saliency_maps(
                 # cv2 expects HxWx3 (BGR) uint8; a grey copy of one channel
                 ok, sal = detector.computeSaliency(cv2.merge([channel, channel, channel]))
                 if not ok:
-                    raise RuntimeError(f"cv2.saliency {method} failed on image {start + j}")
+                    raise StateError(f"cv2.saliency {method} failed on image {start + j}")
                 sal = np.asarray(sal, dtype=np.float32)
                 if sal.shape != (h, w):
                     sal = cv2.resize(sal, (w, h), interpolation=cv2.INTER_LINEAR)
@@ -570,10 +572,10 @@ def compute_masks(
         image_ids = [str(i) for i in range(n)]
     image_ids = [str(i) for i in image_ids]
     if len(image_ids) != n:
-        raise ValueError(f"{len(image_ids)} image ids for {n} images")
+        raise InputError(f"{len(image_ids)} image ids for {n} images")
     if size is None:
         if images is None:
-            raise ValueError("compute_masks needs size= when no images are given")
+            raise InputError("compute_masks needs size= when no images are given")
         size = int(images.shape[-1])
     if kind == "boxes":
         if boxes is None:
@@ -585,7 +587,7 @@ def compute_masks(
         return res
 
     if kind == "saliency" and images is None:
-        raise ValueError("saliency masks need the images")
+        raise InputError("saliency masks need the images")
     path = None
     if cache_dir is not None:
         key = cache_key(kind, arg, image_ids, size, threshold if kind == "saliency" else None, skip_bad, resize,
@@ -598,7 +600,7 @@ def compute_masks(
 
     if kind == "saliency":
         if int(images.shape[-1]) != size or int(images.shape[-2]) != size:
-            raise ValueError(f"images are {tuple(images.shape[-2:])}, masks asked at {size}px")
+            raise InputError(f"images are {tuple(images.shape[-2:])}, masks asked at {size}px")
         masks = saliency_masks(images, arg, threshold) if n else torch.zeros(0, size, size, dtype=torch.bool)
         keep, missing, n_resized = torch.arange(n), [], 0
         name = f"saliency:{arg}"
@@ -629,7 +631,7 @@ def mask_quality(masks: Tensor, box_masks: Tensor) -> dict:
     masks = torch.as_tensor(masks, dtype=torch.bool).cpu()
     box_masks = torch.as_tensor(box_masks, dtype=torch.bool).cpu()
     if masks.shape != box_masks.shape:
-        raise ValueError(f"masks {tuple(masks.shape)} and box masks {tuple(box_masks.shape)} differ in shape")
+        raise InputError(f"masks {tuple(masks.shape)} and box masks {tuple(box_masks.shape)} differ in shape")
     has_box = box_masks.flatten(1).any(1) if len(box_masks) else torch.zeros(0, dtype=torch.bool)
     m, b = masks[has_box].flatten(1), box_masks[has_box].flatten(1)
     inter = (m & b).sum(1).float()
@@ -654,7 +656,7 @@ def export_masks(masks: Tensor, image_ids: Sequence[str], out_dir: str | os.Path
 
     masks = torch.as_tensor(masks, dtype=torch.bool).cpu().numpy()
     if len(masks) != len(image_ids):
-        raise ValueError(f"{len(masks)} masks for {len(image_ids)} image ids")
+        raise InputError(f"{len(masks)} masks for {len(image_ids)} image ids")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -38,6 +38,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from camgap.errors import CamgapError, InputError, MissingFileError
+
 __all__ = ["TensorStore", "StoreError", "records_fingerprint"]
 
 FORMAT = "camgap-tensorstore"
@@ -48,7 +50,7 @@ META_NAME = "meta.json"
 LOCK_NAME = ".lock"
 
 
-class StoreError(ValueError):
+class StoreError(CamgapError, ValueError):
     """A cache directory that holds no complete, consistent store."""
 
 
@@ -292,7 +294,7 @@ class TensorStore:
 
         records = list(records)
         if not records:
-            raise ValueError(f"no records to store in {cache_dir}: the dataset is empty")
+            raise InputError(f"no records to store in {cache_dir}: the dataset is empty")
         input_size = int(input_size)
         if fp is None:
             fp = records_fingerprint(records, input_size, resize, classes)
@@ -344,7 +346,7 @@ class TensorStore:
                 os.fsync(f.fileno())
             n = len(labels)
             if n == 0:
-                raise ValueError(f"no readable images among {len(records)} records ({len(skipped)} skipped)")
+                raise InputError(f"no readable images among {len(records)} records ({len(skipped)} skipped)")
             counts = np.array([len(b) for b in boxes], dtype=np.int64)
             offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
             with open(tgt_tmp, "wb") as f:
@@ -398,7 +400,7 @@ class TensorStore:
         cache_dir = Path(cache_dir)
         meta_path = cache_dir / META_NAME
         if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path}: no tensor store here (missing or incomplete build)")
+            raise MissingFileError(f"{meta_path}: no tensor store here (missing or incomplete build)")
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except ValueError as e:
@@ -469,7 +471,7 @@ class TensorStore:
         with ``generator`` (a CPU ``torch.Generator``).
         """
         if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         device = torch.device(device)
         n = len(self)
         if indices is None:

@@ -48,6 +48,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
+from camgap.errors import InputError, PathExistsError
+
 __all__ = [
     "TARGET_SHAPES",
     "SOURCE_SHAPES",
@@ -154,7 +156,7 @@ def class_names(class_set: str = "target", classes: int | None = None) -> list[s
     names = [f"{i:02d}_{name}" for i, name in enumerate(shapes)]
     if classes is not None:
         if not 1 <= classes <= len(names):
-            raise ValueError(
+            raise InputError(
                 f"classes must be between 1 and {len(names)} for class_set={class_set!r}, got {classes}"
             )
         names = names[:classes]
@@ -165,7 +167,7 @@ def _shape_set(class_set: str) -> dict[str, ShapeFn]:
     try:
         return _SHAPE_SETS[class_set]
     except KeyError:
-        raise ValueError(f"class_set must be 'target' or 'source', got {class_set!r}") from None
+        raise InputError(f"class_set must be 'target' or 'source', got {class_set!r}") from None
 
 
 # --- rendering ---------------------------------------------------------------------------
@@ -253,7 +255,7 @@ def render_sample(
 ) -> SyntheticSample:
     """Render image ``index`` of a split exactly as ``write_synthetic`` writes it."""
     if split not in _SPLIT_CODE:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise InputError(f"split must be 'train' or 'test', got {split!r}")
     names = class_names(class_set, classes)
     shapes = list(_shape_set(class_set).values())
     label = index % classes
@@ -281,7 +283,7 @@ def _params(seed, classes, train_per_class, test_per_class, size, class_set) -> 
 
 def _check_int(name: str, value, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
@@ -321,11 +323,11 @@ def write_synthetic(
         try:
             old = json.loads(manifest.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            raise FileExistsError(f"{manifest}: unreadable synthetic-dataset manifest ({e})") from None
+            raise PathExistsError(f"{manifest}: unreadable synthetic-dataset manifest ({e})") from None
         if old != params:
             diff = {k: (old.get(k), params.get(k)) for k in params.keys() | old.keys() if old.get(k) != params.get(k)}
             details = ", ".join(f"{k}: {a!r} there, {b!r} asked" for k, (a, b) in sorted(diff.items()))
-            raise FileExistsError(
+            raise PathExistsError(
                 f"{out} holds a synthetic dataset written with other parameters ({details}); "
                 "use another --out directory or delete it"
             )
@@ -333,10 +335,10 @@ def write_synthetic(
             return out
     elif out.exists():
         if not out.is_dir():
-            raise FileExistsError(f"{out} exists and is not a directory")
+            raise PathExistsError(f"{out} exists and is not a directory")
         foreign = sorted(p.name for p in out.iterdir() if p.name not in _OURS and not p.name.startswith("."))
         if foreign:
-            raise FileExistsError(
+            raise PathExistsError(
                 f"{out} is not empty and holds no synthetic dataset ({', '.join(foreign[:5])}); "
                 "use an empty or new directory"
             )

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
+from camgap.errors import InputError
 from camgap.measures.norms import check_finite
 from camgap.measures.registry import MeasureError
 
@@ -93,9 +94,9 @@ def pacbayes_sigma(model: nn.Module, batches: Callable[[], Iterator] | Iterable,
     None for isotropic noise, eps for the magnitude-aware variant. Raises
     :class:`MeasureError` for non-finite weights or when no sigma reaches the target."""
     if criterion not in ("accuracy", "loss"):
-        raise ValueError(f"criterion must be 'accuracy' or 'loss', got {criterion!r}")
+        raise InputError(f"criterion must be 'accuracy' or 'loss', got {criterion!r}")
     if not target > 0 or not tol >= 0 or draws < 1:
-        raise ValueError("need target > 0, tol >= 0, draws >= 1")
+        raise InputError("need target > 0, tol >= 0, draws >= 1")
     check_finite(model)
     base = {n: p.detach() for n, p in model.named_parameters()}
     if not base:

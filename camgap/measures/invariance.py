@@ -26,6 +26,7 @@ from collections.abc import Iterable, Sequence
 import torch
 from torch import nn
 
+from camgap.errors import InputError
 from camgap.measures.registry import MeasureError
 
 LUMA = (0.299, 0.587, 0.114)
@@ -34,14 +35,14 @@ LUMA = (0.299, 0.587, 0.114)
 def rotate(images: torch.Tensor, angle: int) -> torch.Tensor:
     """Rotate ``[..., H, W]`` images counter-clockwise by a multiple of 90 degrees."""
     if angle % 90:
-        raise ValueError(f"only multiples of 90 degrees are supported, got {angle}")
+        raise InputError(f"only multiples of 90 degrees are supported, got {angle}")
     return torch.rot90(images, k=(angle // 90) % 4, dims=(-2, -1))
 
 
 def grayscale(images: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """Grayscale a normalised ``[B, 3, H, W]`` batch in unnormalised space, then re-normalise."""
     if images.shape[-3] != 3:
-        raise ValueError(f"grayscale needs 3-channel images, got {images.shape[-3]} channels")
+        raise InputError(f"grayscale needs 3-channel images, got {images.shape[-3]} channels")
     shape = (3, 1, 1)
     m = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(shape)
     s = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(shape)
@@ -76,12 +77,12 @@ def effective_invariance(model: nn.Module, logits: torch.Tensor, images: Iterabl
         transforms = [lambda x, a=a: rotate(x, a) for a in angles]
     elif transform == "grayscale":
         if mean is None or std is None:
-            raise ValueError("grayscale effective invariance needs mean and std")
+            raise InputError("grayscale effective invariance needs mean and std")
         transforms = [lambda x: grayscale(x, mean, std)]
     else:
-        raise ValueError(f"transform must be 'rotation' or 'grayscale', got {transform!r}")
+        raise InputError(f"transform must be 'rotation' or 'grayscale', got {transform!r}")
     if not transforms:
-        raise ValueError("no transform (empty angles)")
+        raise InputError("no transform (empty angles)")
     dev = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -94,7 +95,7 @@ def effective_invariance(model: nn.Module, logits: torch.Tensor, images: Iterabl
             b = x.shape[0]
             clean = logits[start:start + b].to(dev)
             if clean.shape[0] != b:
-                raise ValueError(f"more images than logits ({logits.shape[0]})")
+                raise InputError(f"more images than logits ({logits.shape[0]})")
             per_t = []
             for t in transforms:
                 out = model(t(x))
@@ -106,6 +107,6 @@ def effective_invariance(model: nn.Module, logits: torch.Tensor, images: Iterabl
     finally:
         model.train(was_training)
     if start != logits.shape[0]:
-        raise ValueError(f"{start} images for {logits.shape[0]} logits")
+        raise InputError(f"{start} images for {logits.shape[0]} logits")
     per = torch.cat(scores)
     return per if per_image else float(per.mean())

@@ -3,15 +3,18 @@
 Empty cases, defined rather than left to 0/0:
 - A_G empty (an image without boxes, or an all-zero mask): IoU and IoU-B are undefined and
   returned as NaN; the scorer excludes such images from the model mean and reports how many.
-- A_L empty (a constant CAM normalises to all zeros, or rho > 1): the model attends to nothing
+- A_L empty (a constant CAM normalises to all zeros): the model attends to nothing
   on the object, so IoU = IoU-B = 0.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+
+from camgap.errors import InputError
 
 
 def mask_iou(pred: Tensor, ref: Tensor) -> Tensor:
@@ -40,6 +43,26 @@ def enclosing_box_mask(mask: Tensor) -> Tensor:
     in_cols = (xs >= x0[..., None]) & (xs <= x1[..., None])
     box = in_rows[..., :, None] & in_cols[..., None, :]
     return box & rows.any(-1)[..., None, None]
+
+
+def validate_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
+    """The CAM thresholds rho as floats, each finite and in [0, 1); at least one.
+
+    The normalised CAM lies in [0, 1]: rho >= 1 selects at most the maximum pixel and rho < 0
+    the whole image, so neither gives an IoU that means anything. Every entry point (score,
+    zoo measure, the study, the API) checks here before it computes or stores anything."""
+    values = []
+    for t in thresholds if not isinstance(thresholds, (int, float, str)) else [thresholds]:
+        try:
+            rho = float(t)
+        except (TypeError, ValueError):
+            raise InputError(f"threshold {t!r} is not a number") from None
+        if not (math.isfinite(rho) and 0.0 <= rho < 1.0):
+            raise InputError(f"threshold {t!r} is outside [0, 1): the normalised CAM lies in [0, 1]")
+        values.append(rho)
+    if not values:
+        raise InputError("give at least one threshold")
+    return tuple(values)
 
 
 def threshold_ious(cams: Tensor, ref: Tensor, thresholds: Sequence[float]) -> tuple[Tensor, Tensor, Tensor]:

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from camgap.errors import InputError
 from camgap.measures.predictions import margin_percentile
 from camgap.measures.registry import MeasureError
 
@@ -131,7 +132,7 @@ def conv_operator_norm(conv: nn.Conv2d, input_hw: tuple[int, int], method: str =
             ev = err.eigenvalues
         return math.sqrt(max(float(np.max(ev)), 0.0))
     if method != "power":
-        raise ValueError(f"method must be 'auto', 'dense', 'lanczos' or 'power', got {method!r}")
+        raise InputError(f"method must be 'auto', 'dense', 'lanczos' or 'power', got {method!r}")
     x = x0.to(w.device)
     x /= x.norm()
     s_prev = 0.0
@@ -178,11 +179,11 @@ def layer_spectral_norms(model: nn.Module, conv: str = "reshape",
                          method: str = "auto") -> dict[str, float]:
     """``{layer name: ||W||_2}`` for the counted layers (see the module docstring)."""
     if conv not in ("reshape", "operator"):
-        raise ValueError(f"conv must be 'reshape' or 'operator', got {conv!r}")
+        raise InputError(f"conv must be 'reshape' or 'operator', got {conv!r}")
     sizes: dict[str, tuple[int, int]] = {}
     if conv == "operator":
         if example_input is None:
-            raise ValueError("conv='operator' needs an example_input to find the layers' input sizes")
+            raise InputError("conv='operator' needs an example_input to find the layers' input sizes")
         sizes = conv_input_sizes(model, example_input)
     out = {}
     for name, m in weight_layers(model):
@@ -242,7 +243,7 @@ def frobenius_measure(model: nn.Module, logits: torch.Tensor, labels: torch.Tens
         return sum(logs) - 2.0 * math.log(gamma)
     if form == "sum":
         return math.log(d) + sum(logs) / d - 2.0 * math.log(gamma)
-    raise ValueError(f"form must be 'prod' or 'sum', got {form!r}")
+    raise InputError(f"form must be 'prod' or 'sum', got {form!r}")
 
 
 def distance_from_init(model: nn.Module, init_state: Mapping[str, torch.Tensor]) -> float:

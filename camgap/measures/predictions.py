@@ -13,21 +13,22 @@ import math
 import numpy as np
 import torch
 
+from camgap.errors import InputError
 from camgap.measures.registry import MeasureError
 
 
 def _check_logits(logits: torch.Tensor, labels: torch.Tensor | None = None) -> None:
     if logits.dim() != 2:
-        raise ValueError(f"logits must be [N, K], got shape {tuple(logits.shape)}")
+        raise InputError(f"logits must be [N, K], got shape {tuple(logits.shape)}")
     if logits.shape[0] == 0:
         raise MeasureError("no training images (empty logits)")
     if not torch.isfinite(logits).all():
         raise MeasureError("non-finite logits (NaN/inf in the model's outputs)")
     if labels is not None:
         if labels.shape != (logits.shape[0],):
-            raise ValueError(f"labels must be [{logits.shape[0]}], got {tuple(labels.shape)}")
+            raise InputError(f"labels must be [{logits.shape[0]}], got {tuple(labels.shape)}")
         if logits.shape[1] < 2:
-            raise ValueError("margins need at least 2 classes")
+            raise InputError("margins need at least 2 classes")
 
 
 def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -69,7 +70,7 @@ def nuclear_norm_of(p: torch.Tensor, method: str = "auto") -> float:
         small = p.T @ p if p.shape[0] >= p.shape[1] else p @ p.T
         ev = torch.linalg.eigvalsh(small).clamp_min(0)
         return float(ev.sqrt().sum())
-    raise ValueError(f"method must be 'auto', 'svd' or 'gram', got {method!r}")
+    raise InputError(f"method must be 'auto', 'svd' or 'gram', got {method!r}")
 
 
 def nuclear_norm(logits: torch.Tensor, method: str = "auto") -> dict[str, float]:

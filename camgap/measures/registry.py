@@ -31,8 +31,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from camgap.errors import CamgapError, InputError, UnknownNameError
 
-class MeasureError(RuntimeError):
+
+class MeasureError(CamgapError, RuntimeError):
     """A measure cannot be computed for this model; ``str(err)`` is the reason."""
 
 
@@ -90,7 +92,7 @@ MEASURES: dict[str, MeasureFn] = {}
 def register_measure(name: str) -> Callable[[MeasureFn], MeasureFn]:
     def wrap(fn: MeasureFn) -> MeasureFn:
         if name in MEASURES:
-            raise ValueError(f"measure {name!r} registered twice")
+            raise InputError(f"measure {name!r} registered twice")
         MEASURES[name] = fn
         return fn
 
@@ -105,7 +107,7 @@ def compute_measure(name: str, ctx: MeasureContext, **options) -> dict[str, floa
     """Run one measure by name; raises ``KeyError`` for an unknown name, :class:`MeasureError`
     when the measure cannot be computed for this model."""
     if name not in MEASURES:
-        raise KeyError(f"unknown measure {name!r}; known: {', '.join(list_measures())}")
+        raise UnknownNameError(f"unknown measure {name!r}; known: {', '.join(list_measures())}")
     return MEASURES[name](ctx, **options)
 
 

@@ -14,7 +14,8 @@ from torch import Tensor, nn
 from camgap.cam import create_cam, upsample_normalize
 from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD, collate_boxes, normalize
 from camgap.data.masks import boxes_to_masks
-from camgap.measures.iou import threshold_ious
+from camgap.errors import InputError
+from camgap.measures.iou import threshold_ious, validate_thresholds
 
 # (images uint8 [B,3,S,S], labels [B], boxes list[[n,4]], box_labels list[[n]], image ids)
 Batch = tuple[Tensor, Tensor, list[Tensor], list[Tensor], list[str]]
@@ -148,11 +149,9 @@ def score_model(
     `class_boxes_only`), or row `i` of `masks` (bool [N,S,S], rows named by `mask_ids`).
     The model is put in eval mode. `keep_overlays=k` keeps image, CAM and reference of the
     first k images for pictures."""
-    if not thresholds:
-        raise ValueError("give at least one threshold")
+    thresholds = validate_thresholds(thresholds)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.eval().to(device)
-    thresholds = tuple(float(t) for t in thresholds)
     mask_row = {m: i for i, m in enumerate(mask_ids)} if masks is not None else None
     rows: list[dict] = []
     all_logits: list[Tensor] = []
@@ -169,7 +168,7 @@ def score_model(
             outside = (labels < 0) | (labels >= out.logits.shape[1])
             if bool(outside.any()):
                 b = int(outside.nonzero()[0, 0])
-                raise ValueError(
+                raise InputError(
                     f"image {ids[b]}: label {int(labels[b])} is outside the model's "
                     f"{out.logits.shape[1]} classes (the data has more classes than the model has outputs)"
                 )
@@ -177,7 +176,7 @@ def score_model(
             if masks is not None:
                 missing = [i for i in ids if i not in mask_row]
                 if missing:
-                    raise ValueError(f"no mask for {len(missing)} images, e.g. {missing[:3]}")
+                    raise InputError(f"no mask for {len(missing)} images, e.g. {missing[:3]}")
                 ref = masks[[mask_row[i] for i in ids]].to(device)
             else:
                 ref = _reference_masks(boxes, box_labels, labels, size, device, class_boxes_only)
@@ -215,7 +214,7 @@ def score_model(
             bar.update(len(ids))
     bar.close()
     if not rows:
-        raise ValueError("no images were scored: the dataset is empty or every image was skipped")
+        raise InputError("no images were scored: the dataset is empty or every image was skipped")
     return ScoreResult(
         cam=cam,
         thresholds=thresholds,

@@ -7,8 +7,16 @@ Kendall Psi, CMI score, selection accuracy), `tables` (the paper's Tables 3-7), 
 """
 from .predict import GapFit, GapPrediction, fit_from_wide, fit_gap, predict_gap
 from .report import Study, demo_frames, headline, run_study, write_study
-from .stats import (bootstrap_ci, cmi_score, correlations, granulated_kendall, kendall, pearson,
-                    selection_accuracy, spearman)
+from .stats import (
+                    bootstrap_ci,
+                    cmi_score,
+                    correlations,
+                    granulated_kendall,
+                    kendall,
+                    pearson,
+                    selection_accuracy,
+                    spearman,
+)
 from .tables import MeasureSpec, wide_table, write_table
 
 __all__ = [

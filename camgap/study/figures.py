@@ -21,6 +21,8 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from camgap.errors import InputError
+
 from . import stats
 from .tables import archs_of, trained_mask
 
@@ -120,7 +122,7 @@ def _as_rgb(img) -> np.ndarray:
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)
     if a.ndim != 3 or a.shape[2] not in (3, 4):
-        raise ValueError(f"overlay images must be HxWx3 (or HxW / HxWx4), got shape {a.shape}")
+        raise InputError(f"overlay images must be HxWx3 (or HxW / HxWx4), got shape {a.shape}")
     if a.dtype == np.uint8:
         return a
     a = a.astype(float)
@@ -143,7 +145,7 @@ def overlay_grid(rows: Sequence[tuple[object, Sequence[np.ndarray]]], path: str 
     float in [0, 1] / [0, 255]); rows may have different lengths (missing cells stay blank)."""
     rows = list(rows)
     if not rows:
-        raise ValueError("overlay_grid needs at least one row")
+        raise InputError("overlay_grid needs at least one row")
     ncols = max(1, max(len(imgs) for _, imgs in rows))
     size = (cell_size * ncols + 1.2, cell_size * len(rows) + (0.5 if title else 0))
     fig = Figure(layout="constrained", figsize=size)

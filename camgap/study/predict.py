@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
+from camgap.errors import InputError
+
 
 @dataclass(frozen=True)
 class GapFit:
@@ -67,16 +69,16 @@ def fit_gap(measure, gap, *, name: str = "iou") -> GapFit:
     x = np.asarray(measure, dtype=float).ravel()
     y = np.asarray(gap, dtype=float).ravel()
     if x.shape != y.shape:
-        raise ValueError(f"measure and gap differ in length: {x.size} vs {y.size}")
+        raise InputError(f"measure and gap differ in length: {x.size} vs {y.size}")
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
     n = x.size
     if n < 3:
-        raise ValueError(f"need at least 3 reference models with a finite {name} and gap, got {n}")
+        raise InputError(f"need at least 3 reference models with a finite {name} and gap, got {n}")
     xm, ym = x.mean(), y.mean()
     sxx = float(((x - xm) ** 2).sum())
     if sxx <= 0:
-        raise ValueError(f"{name} is constant over the reference set; no fit possible")
+        raise InputError(f"{name} is constant over the reference set; no fit possible")
     sxy = float(((x - xm) * (y - ym)).sum())
     b = sxy / sxx
     a = ym - b * xm
@@ -92,10 +94,10 @@ def predict_gap(fit: GapFit, value: float, *, confidence: float = 0.95) -> GapPr
     """Predicted gap for a model whose measure is `value`, with the t prediction interval;
     flags (and explains) a value outside the reference set's range."""
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+        raise InputError(f"confidence must lie in (0, 1), got {confidence}")
     x0 = float(value)
     if not math.isfinite(x0):
-        raise ValueError(f"the {fit.measure} of the model is not finite ({value})")
+        raise InputError(f"the {fit.measure} of the model is not finite ({value})")
     yhat = fit.intercept + fit.slope * x0
     se = fit.resid_std * math.sqrt(1.0 + 1.0 / fit.n + (x0 - fit.x_mean) ** 2 / fit.sxx)
     t = float(_st.t.ppf(0.5 + confidence / 2, fit.dof))

@@ -28,10 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from camgap.errors import InputError, UnknownNameError
+
 from . import figures, tables
 from .stats import MIN_N
-from .tables import (DEFAULT_PRIMARY, DEFAULT_THRESHOLDS, TOTAL, CorrelationTable, MeasureSpec,
-                     SelectionTable)
+from .tables import DEFAULT_PRIMARY, DEFAULT_THRESHOLDS, TOTAL, CorrelationTable, MeasureSpec, SelectionTable
 
 
 @dataclass
@@ -59,13 +60,13 @@ def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:
     need = {"run_id", "arch", "train_acc"}
     missing = need - set(runs.columns)
     if missing:
-        raise KeyError(f"runs lacks columns {sorted(missing)}")
+        raise UnknownNameError(f"runs lacks columns {sorted(missing)}")
     r = runs.copy()
     if "status" in r.columns:
         r = r[r["status"].astype(str) == "done"].reset_index(drop=True)
     if "gap" not in r.columns:
         if "test_acc" not in r.columns:
-            raise KeyError("runs needs a gap column or test_acc to compute it")
+            raise UnknownNameError("runs needs a gap column or test_acc to compute it")
         r["gap"] = np.nan
     r["gap"] = pd.to_numeric(r["gap"], errors="coerce")
     if "test_acc" in r.columns:
@@ -74,7 +75,7 @@ def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:
                                       - pd.to_numeric(r.loc[fill, "test_acc"], errors="coerce"))
     if r["run_id"].duplicated().any():
         dup = r.loc[r["run_id"].duplicated(), "run_id"].head(3).tolist()
-        raise ValueError(f"duplicate run_id in runs, e.g. {dup}")
+        raise InputError(f"duplicate run_id in runs, e.g. {dup}")
     return r
 
 
@@ -111,7 +112,7 @@ def headline(runs: pd.DataFrame | None = None, measurements: pd.DataFrame | None
     trained models at each threshold, with n. Pass `table` (a computed Table 3) or the frames."""
     if table is None:
         if runs is None or measurements is None:
-            raise ValueError("headline needs runs and measurements, or a computed table")
+            raise InputError("headline needs runs and measurements, or a computed table")
         table = tables.table3(prepare_runs(runs), measurements, specs, thresholds=thresholds,
                               primary=primary, n_boot=0)
     if TOTAL not in table.pearson.index.get_level_values(0):

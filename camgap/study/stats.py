@@ -31,6 +31,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
+from camgap.errors import InputError, UnknownNameError
+
 MIN_N = 3
 #: Differences in the gap (percentage points) at most this large count as ties. The gap is
 #: usually computed as 100 * (train_acc - test_acc) in floating point, so two models with the
@@ -45,7 +47,7 @@ def _finite_pairs(x, y) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(x, dtype=float).ravel()
     y = np.asarray(y, dtype=float).ravel()
     if x.shape != y.shape:
-        raise ValueError(f"x and y differ in length: {x.size} vs {y.size}")
+        raise InputError(f"x and y differ in length: {x.size} vs {y.size}")
     keep = np.isfinite(x) & np.isfinite(y)
     return x[keep], y[keep]
 
@@ -109,7 +111,7 @@ def _rowwise(stat: str | Callable) -> Callable[[np.ndarray, np.ndarray], np.ndar
         return lambda xs, ys: _rowwise_pearson(_st.rankdata(xs, axis=1), _st.rankdata(ys, axis=1))
     fn = {"kendall": lambda a, b: _call(_st.kendalltau, a, b)[0]}.get(stat, stat)  # type: ignore[arg-type]
     if not callable(fn):
-        raise ValueError(f"unknown statistic {stat!r}: pearson, spearman, kendall or a callable")
+        raise InputError(f"unknown statistic {stat!r}: pearson, spearman, kendall or a callable")
 
     def loop(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
         out = np.empty(xs.shape[0])
@@ -136,7 +138,7 @@ def bootstrap_ci(x, y, stat: str | Callable = "pearson", *, n_resamples: int = 2
     if _degenerate(x, y, min_n):
         return math.nan, math.nan
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+        raise InputError(f"confidence must lie in (0, 1), got {confidence}")
     fn = _rowwise(stat)
     rng = np.random.default_rng(seed)
     n = x.size
@@ -163,7 +165,7 @@ def _sign(d: np.ndarray, tol: float) -> np.ndarray:
 def _clean(df: pd.DataFrame, measure_col: str, gap_col: str, hparams: Sequence[str]) -> pd.DataFrame:
     missing = [c for c in (measure_col, gap_col, *hparams) if c not in df.columns]
     if missing:
-        raise KeyError(f"columns missing from the model table: {missing}")
+        raise UnknownNameError(f"columns missing from the model table: {missing}")
     out = df[[*hparams, measure_col, gap_col]].copy()
     out[measure_col] = pd.to_numeric(out[measure_col], errors="coerce")
     out[gap_col] = pd.to_numeric(out[gap_col], errors="coerce")
@@ -222,10 +224,10 @@ def granulated_kendall(df: pd.DataFrame, measure_col: str, gap_col: str, hparams
     Returns (Psi, {hparam: psi_i}).
     """
     if tau not in ("a", "b"):
-        raise ValueError(f"tau must be 'a' or 'b', got {tau!r}")
+        raise InputError(f"tau must be 'a' or 'b', got {tau!r}")
     hparams = list(hparams)
     if not hparams:
-        raise ValueError("granulated_kendall needs at least one hyperparameter")
+        raise InputError("granulated_kendall needs at least one hyperparameter")
     d = _clean(df, measure_col, gap_col, hparams)
     if len(d) < 2:
         return math.nan, {h: math.nan for h in hparams}

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from camgap.errors import InputError, UnknownNameError
+
 from . import stats
 
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.95, 0.90, 0.85, 0.80)
@@ -133,7 +135,7 @@ def _as_spec(m: MeasureSpec | Sequence) -> MeasureSpec:
 def _norm_measurements(measurements: pd.DataFrame) -> pd.DataFrame:
     need = {"run_id", "measure", "value"}
     if not need <= set(measurements.columns):
-        raise KeyError(f"measurements need columns {sorted(need)}, got {list(measurements.columns)}")
+        raise UnknownNameError(f"measurements need columns {sorted(need)}, got {list(measurements.columns)}")
     m = measurements.copy()
     if "params" not in m.columns:
         m["params"] = ""
@@ -178,10 +180,10 @@ def wide_table(runs: pd.DataFrame, measurements: pd.DataFrame,
     for spec in specs:
         col = spec.column
         if col in runs.columns or col in cols:
-            raise ValueError(f"column {col!r} already in the table; give the measure another name")
+            raise InputError(f"column {col!r} already in the table; give the measure another name")
         chosen = _resolve_params(m, spec)
         if len(chosen) > 1:
-            raise ValueError(f"{spec.measure} with params {spec.params!r} matches several variants "
+            raise InputError(f"{spec.measure} with params {spec.params!r} matches several variants "
                              f"{chosen}; pass the exact params string")
         if not chosen:
             cols[col] = pd.Series(np.nan, index=runs.index, dtype=float)

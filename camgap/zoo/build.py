@@ -25,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from camgap.errors import CamgapError
 from camgap.zoo.grid import GRID_KEYS, Grid, GridError, canonical_json, load_grid
 from camgap.zoo.registry import Registry, RegistryError
 
@@ -36,7 +37,7 @@ EXPORT_COLUMNS = [
 ]
 
 
-class ZooError(RuntimeError):
+class ZooError(CamgapError, RuntimeError):
     """Bad input to a zoo command, reported before anything trains."""
 
 

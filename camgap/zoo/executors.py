@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from camgap.errors import InputError
 from camgap.zoo.train import execute_task
 
 __all__ = ["InProcessExecutor", "LocalExecutor", "RayExecutor", "make_executor", "resolve_device", "cpu_count"]
@@ -53,9 +54,9 @@ def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA GPU is visible to this process")
+        raise InputError("--device cuda: no CUDA GPU is visible to this process")
     if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise ValueError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N")
+        raise InputError(f"unknown device {device!r}; expected auto, cpu, cuda or cuda:N")
     return device
 
 
@@ -190,7 +191,7 @@ class RayExecutor:
         if device == "auto":
             device = "cuda" if n_gpu else "cpu"
         if device.startswith("cuda") and not n_gpu:
-            raise ValueError("--device cuda: the Ray cluster has no GPU")
+            raise InputError("--device cuda: the Ray cluster has no GPU")
         self.num_gpus = (gpus_per_run if gpus_per_run is not None else 1.0) if device.startswith("cuda") else 0.0
         self.num_cpus = cpus_per_run or (max(1, n_cpu // max(1, n_gpu)) if self.num_gpus else 1)
         self.device = "cuda:0" if self.num_gpus else "cpu"
@@ -236,7 +237,7 @@ def make_executor(kind: str = "local", workers: int | None = None, device: str =
         return RayExecutor(ray_address, workers, device if device == "auto" else resolve_device_for_ray(device),
                            cpus_per_run=cpus_per_run)
     if kind != "local":
-        raise ValueError(f"unknown executor {kind!r}; expected local or ray")
+        raise InputError(f"unknown executor {kind!r}; expected local or ray")
     device = resolve_device(device)
     if workers == 0:
         return InProcessExecutor(device, threads)
@@ -252,5 +253,5 @@ def make_executor(kind: str = "local", workers: int | None = None, device: str =
 
 def resolve_device_for_ray(device: str) -> str:
     if device not in ("cpu", "cuda"):
-        raise ValueError(f"--executor ray takes --device auto, cpu or cuda, got {device!r}")
+        raise InputError(f"--executor ray takes --device auto, cpu or cuda, got {device!r}")
     return device

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD, RESIZE_MODES
+from camgap.errors import CamgapError
 
 __all__ = [
     "GRID_KEYS",
@@ -123,7 +124,7 @@ PRETRAIN_DEFAULTS: dict[str, Any] = {
 TORCHVISION_PRETRAINED = "torchvision:IMAGENET1K_V1"
 
 
-class GridError(ValueError):
+class GridError(CamgapError, ValueError):
     """A grid file that cannot be used; the message names the key and what is allowed."""
 
 

@@ -22,6 +22,7 @@ import torch
 
 from camgap.data.dataset import normalize
 from camgap.data.store import TensorStore
+from camgap.errors import InputError, MissingFileError
 from camgap.measures.registry import MEASURES, MeasureContext, MeasureError, compute_measure
 from camgap.measures.score import score_model
 from camgap.models import create_model, load_weights
@@ -104,9 +105,9 @@ def measure_zoo(
     zoo = Path(zoo_dir)
     unknown = [m for m in measures if m not in MEASURES and m not in SCORE_MEASURES]
     if unknown:
-        raise ValueError(f"unknown measure(s) {unknown}; known: {', '.join([*SCORE_MEASURES, *sorted(MEASURES)])}")
+        raise InputError(f"unknown measure(s) {unknown}; known: {', '.join([*SCORE_MEASURES, *sorted(MEASURES)])}")
     if not (zoo / Registry.FILENAME).exists():
-        raise FileNotFoundError(f"{zoo}: no model set here ({Registry.FILENAME} missing); run `camgap zoo build` first")
+        raise MissingFileError(f"{zoo}: no model set here ({Registry.FILENAME} missing); run `camgap zoo build` first")
     device = torch.device(device)
     reg = Registry.in_dir(zoo, create=False)
     runs = reg.runs_frame()

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from camgap.errors import CamgapError, StateError
 from camgap.zoo.grid import Grid
 
 __all__ = [
@@ -43,7 +44,7 @@ TORCHVISION_WEIGHTS = {
 HEAD_KEYS = ("fc.weight", "fc.bias")
 
 
-class PretrainedWeightsError(FileNotFoundError):
+class PretrainedWeightsError(CamgapError, FileNotFoundError):
     """Pretrained weights a grid asks for cannot be found."""
 
 
@@ -201,7 +202,7 @@ def ensure_source_models(grid: Grid, zoo_dir: str | Path, executor, log=print) -
         for result in executor.wait():
             task, path, work, key, classes = inflight.pop(result["run_id"])
             if result.get("status") != "done":
-                raise RuntimeError(f"pretraining on the synthetic source task failed ({task['run_id']}): "
+                raise StateError(f"pretraining on the synthetic source task failed ({task['run_id']}): "
                                    f"{result.get('error')}")
             log(f"source task {task['config']['arch']}: {result['epochs']} epochs, stop {result['stop_reason']}, "
                 f"train acc {result['train_acc']:.3f}, test acc {result['test_acc']:.3f}")

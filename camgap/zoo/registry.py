@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from camgap.errors import CamgapError, InputError
 from camgap.zoo.grid import GRID_KEYS, RunSpec, canonical_json
 
 __all__ = ["Registry", "RegistryError", "GridMismatchError", "STATUSES", "METRICS"]
@@ -74,7 +75,7 @@ CREATE TABLE IF NOT EXISTS measurements (
 """
 
 
-class RegistryError(RuntimeError):
+class RegistryError(CamgapError, RuntimeError):
     """The registry is missing, from another grid, or inconsistent."""
 
 
@@ -278,7 +279,7 @@ class Registry:
     ) -> None:
         """Insert or replace one measurement of one run (status 'done' or 'failed')."""
         if status not in ("done", "failed"):
-            raise ValueError(f"measurement status must be 'done' or 'failed', got {status!r}")
+            raise InputError(f"measurement status must be 'done' or 'failed', got {status!r}")
         with self.transaction() as c:
             if c.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
                 raise RegistryError(f"record_measurement: no run {run_id!r} in {self.path}")

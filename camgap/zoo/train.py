@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from camgap.errors import InputError, StateError
 from camgap.zoo.stopping import StoppingRules
 
 __all__ = [
@@ -139,7 +140,7 @@ def prepare_split(records, classes: list[str], cache_dir, input_size: int, resiz
 
     store = TensorStore.cached(records, cache_dir, input_size, resize, classes=list(classes), progress=progress)
     if len(store) and (int(store.labels.min()) < 0 or int(store.labels.max()) >= len(classes)):
-        raise ValueError(f"{cache_dir}: labels outside the {len(classes)} training classes")
+        raise InputError(f"{cache_dir}: labels outside the {len(classes)} training classes")
     return str(cache_dir)
 
 
@@ -254,7 +255,7 @@ def _make_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
                                weight_decay=cfg["weight_decay"])
     if cfg["optimizer"] == "adam":
         return torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    raise ValueError(f"unknown optimizer {cfg['optimizer']!r}")
+    raise InputError(f"unknown optimizer {cfg['optimizer']!r}")
 
 
 def _finite_params(model: nn.Module) -> bool:
@@ -351,7 +352,7 @@ def _train_locked(task: dict, run_dir: Path, epoch_callback) -> dict:
         from camgap.zoo.pretrained import load_pretrained_backbone
 
         if not task.get("pretrained_path"):
-            raise RuntimeError(f"run {task['run_id']}: pretrained = true but no weights file was resolved")
+            raise StateError(f"run {task['run_id']}: pretrained = true but no weights file was resolved")
         load_pretrained_backbone(model, task["pretrained_path"])
     model.to(device)
 
@@ -375,7 +376,7 @@ def _train_locked(task: dict, run_dir: Path, epoch_callback) -> dict:
     if last_path.is_file():
         ck = torch.load(last_path, map_location="cpu", weights_only=False)
         if ck.get("run_id") != task["run_id"]:
-            raise RuntimeError(f"{last_path} belongs to run {ck.get('run_id')!r}, not {task['run_id']!r}")
+            raise StateError(f"{last_path} belongs to run {ck.get('run_id')!r}, not {task['run_id']!r}")
         model.load_state_dict(ck["model_state_dict"])
         optimizer.load_state_dict(ck["optimizer_state_dict"])
         history = list(ck["history"])
