@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
 import torch
 
+from camgap import __version__
 from camgap.errors import CamgapError, InputError, MissingFileError
 
 
@@ -262,21 +264,46 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help unless the help already names its default
+    or there is none to name (a required option, a flag that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or action.required:
+            return text
+        if not action.option_strings and action.nargs not in ("?", "*"):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _DefaultsParser(argparse.ArgumentParser):
+    """Subcommand parsers whose help shows every option's default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="camgap", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="camgap", description=__doc__, epilog=EXIT_CODES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"camgap {__version__} (torch {torch.__version__})")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more detail on stderr (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="count", default=0, help="only warnings and errors on stderr")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_DefaultsParser)
 
     p = sub.add_parser("score", help="IoU / IoU-B of one model on its training images")
     _add_score_args(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("synth", help="write the embedded synthetic dataset (train and test splits)")
-    p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--classes", type=int, default=10)
-    p.add_argument("--train-per-class", type=int, default=50)
-    p.add_argument("--test-per-class", type=int, default=50)
-    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--out", required=True, type=Path, help="dataset folder to write")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    p.add_argument("--classes", type=int, default=10, help="number of target classes")
+    p.add_argument("--train-per-class", type=int, default=50, help="training images per class")
+    p.add_argument("--test-per-class", type=int, default=50, help="test images per class")
+    p.add_argument("--size", type=int, default=32, help="image side in pixels")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("demo", help="the whole study on the embedded synthetic dataset, in minutes on a CPU")
@@ -321,9 +348,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_CODES = """exit codes:
+  0    success (a measure that is undefined for a model by its definition is not a failure)
+  1    `zoo status`: the model set has integrity problems
+  2    bad input or an unusable state: one line on stderr names the file or value and the problem
+  3    `zoo build`: runs failed for good; `zoo measure`: measurements failed (see `zoo status`)
+  130  interrupted (Ctrl-C): finished work is kept, rerun the same command to resume
+  any other code, with a traceback, is a bug in camgap: please report it"""
+
+
+def _configure_logging(verbosity: int) -> None:
+    """Results go to stdout; progress, notes and warnings to stderr through `logging`."""
+    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG if verbosity > 0 else logging.ERROR)
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    logging.captureWarnings(True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _configure_logging(args.verbose - args.quiet)
     try:
         return args.func(args)
     except KeyboardInterrupt:

@@ -1,0 +1,85 @@
+"""The top-level CLI: --version, exit codes in --help, defaults in every subcommand's help,
+one-line errors for camgap's own errors and tracebacks for bugs."""
+from __future__ import annotations
+
+import pytest
+
+import camgap
+from camgap import cli
+from camgap.errors import CamgapError, InputError
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.startswith(f"camgap {camgap.__version__} (torch ")
+
+
+def test_help_documents_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    for code in ("0 ", "2 ", "3 ", "130 "):
+        assert f"\n  {code}" in out, code
+
+
+def test_subcommand_help_shows_defaults(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["zoo", "build", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "start a failing run at most this often (default 2)" in out
+    assert "(default: None)" not in out
+    with pytest.raises(SystemExit):
+        cli.main(["synth", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--classes CLASSES (default: 10)" in out
+
+
+def test_camgap_error_is_one_line_and_rc_2(monkeypatch, capsys):
+    def boom(args):
+        raise InputError("data/x.csv: row 3: line one\nline two")
+
+    monkeypatch.setattr(cli, "cmd_synth", boom)
+    assert cli.main(["synth", "--out", "x"]) == 2
+    assert capsys.readouterr().err == "camgap: error: data/x.csv: row 3: line one line two\n"
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    def bug(args):
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(cli, "cmd_synth", bug)
+    with pytest.raises(ZeroDivisionError):
+        cli.main(["synth", "--out", "x"])
+
+
+def test_missing_user_file_is_one_line(monkeypatch, capsys, tmp_path):
+    def opens(args):
+        open(tmp_path / "nope.csv")
+
+    monkeypatch.setattr(cli, "cmd_synth", opens)
+    assert cli.main(["synth", "--out", "x"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("camgap: error: ") and "nope.csv: No such file or directory" in err
+
+
+def test_every_camgap_error_class_derives_from_the_root():
+    import inspect
+
+    import camgap.data.errors
+    import camgap.data.masks
+    import camgap.data.store
+    import camgap.measures.registry
+    import camgap.models
+    import camgap.zoo.build
+    import camgap.zoo.grid
+    import camgap.zoo.pretrained
+    import camgap.zoo.registry
+
+    modules = [camgap.data.errors, camgap.data.masks, camgap.data.store, camgap.measures.registry, camgap.models,
+               camgap.zoo.build, camgap.zoo.grid, camgap.zoo.pretrained, camgap.zoo.registry]
+    classes = {c for m in modules for _, c in inspect.getmembers(m, inspect.isclass)
+               if issubclass(c, Exception) and c.__module__.startswith("camgap")}
+    assert len(classes) >= 10
+    assert all(issubclass(c, CamgapError) for c in classes), [c for c in classes if not issubclass(c, CamgapError)]
