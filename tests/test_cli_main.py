@@ -33,7 +33,7 @@ def test_subcommand_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         cli.main(["synth", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "--classes CLASSES (default: 10)" in out
+    assert "--classes CLASSES number of target classes (default: 10)" in out
 
 
 def test_camgap_error_is_one_line_and_rc_2(monkeypatch, capsys):
