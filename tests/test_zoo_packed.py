@@ -1,0 +1,102 @@
+"""PackedResNet against the solo models it packs: forward, running statistics, gradients and
+several optimizer steps with a different optimizer per run. Tolerances are relative to the
+values' scale; the solo computation is the oracle."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torchvision.models import resnet50
+
+from camgap.errors import InputError
+from camgap.models import create_model
+from camgap.zoo.packed import PackedResNet, pack_train_step, packable
+
+
+def _models(k: int, seed: int = 0, **kw):
+    out = []
+    for i in range(k):
+        torch.manual_seed(seed + i)
+        out.append(create_model("small_resnet", num_classes=5, width=8, **kw))
+    return out
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach(), b.detach()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_forward_equals_each_solo_model(train):
+    models = _models(3)
+    solo = copy.deepcopy(models)
+    pack = PackedResNet(models).train(train)
+    for m in solo:
+        m.train(train)
+    torch.manual_seed(9)
+    x = torch.randn(3, 4, 3, 16, 16)
+    out = pack(x)
+    assert out.shape == (3, 4, 5)
+    for k, m in enumerate(solo):
+        expected = m(x[k])
+        assert _rel(out[k], expected) < 1e-5
+        for (name, a), b in zip(models[k].named_buffers(), m.buffers(), strict=True):  # running stats updated alike
+            if a.is_floating_point():
+                assert _rel(a, b) < 1e-5, name
+            else:
+                assert torch.equal(a, b), name
+
+
+def test_bottleneck_resnet_packs_too():
+    torch.manual_seed(0)
+    models = [resnet50(weights=None, num_classes=3) for _ in range(2)]
+    solo = copy.deepcopy(models)
+    pack = PackedResNet(models).eval()
+    x = torch.randn(2, 1, 3, 32, 32)
+    out = pack(x)
+    for k, m in enumerate(solo):
+        assert _rel(out[k], m.eval()(x[k])) < 1e-4
+
+
+def test_training_steps_equal_solo_training_with_a_different_optimizer_per_run():
+    models = _models(3, seed=4)
+    solo = copy.deepcopy(models)
+
+    def optimizers(ms):
+        return [
+            torch.optim.SGD(ms[0].parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4),
+            torch.optim.Adam(ms[1].parameters(), lr=1e-3, weight_decay=0.0),
+            torch.optim.SGD(ms[2].parameters(), lr=0.05, momentum=0.0, weight_decay=1e-3),
+        ]
+
+    pack, opts, solo_opts = PackedResNet(models).train(), optimizers(models), optimizers(solo)
+    gen = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        x = torch.randn(3, 8, 3, 16, 16, generator=gen)
+        y = torch.randint(0, 5, (3, 8), generator=gen)
+        losses = pack_train_step(pack, opts, x, y)
+        for k, (m, opt) in enumerate(zip(solo, solo_opts, strict=True)):
+            m.train()
+            loss = F.cross_entropy(m(x[k]), y[k])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            assert abs(float(losses[k]) - float(loss)) < 1e-5
+    for packed_model, solo_model in zip(models, solo, strict=True):
+        for (name, a), b in zip(packed_model.state_dict().items(), solo_model.state_dict().values(), strict=True):
+            if a.is_floating_point():
+                assert _rel(a, b) <= 1e-5, name
+            else:
+                assert torch.equal(a, b), name
+
+
+def test_what_cannot_be_packed_is_refused():
+    with pytest.raises(InputError, match="one architecture"):
+        PackedResNet([create_model("small_resnet", 5, width=8), create_model("small_resnet", 5, width=16)])
+    with pytest.raises(InputError, match="torchvision layout"):
+        PackedResNet([torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3))])
+    assert not packable(torch.nn.Linear(2, 2))
+    with pytest.raises(InputError, match="holds 2 runs"):
+        PackedResNet(_models(2))(torch.zeros(3, 1, 3, 8, 8))
