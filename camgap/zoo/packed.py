@@ -20,6 +20,7 @@ but BatchNorm's in-place running-statistics update is not supported under ``vmap
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +29,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from camgap.errors import InputError
 
-__all__ = ["PackedResNet", "pack_train_step", "packable"]
+__all__ = ["PackedResNet", "PackedRun", "pack_train_step", "packable", "train_pack_epoch", "evaluate_pack"]
 
 
 def packable(model: nn.Module) -> bool:
@@ -149,3 +150,70 @@ def pack_train_step(pack: PackedResNet, optimizers: Sequence[torch.optim.Optimiz
     for opt in optimizers:
         opt.step()
     return losses.detach()
+
+
+@dataclass(frozen=True)
+class PackedRun:
+    """What a run of a pack keeps of its own in an epoch: its data order and augmentation (seed),
+    and its input normalisation."""
+
+    seed: int
+    augment: bool
+    flip_prob: float
+    jitter: float
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    """The generator of one run's epoch: its shuffle, then its augmentation draws, in batch order."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed * 1000 + epoch)
+    return gen
+
+
+def train_pack_epoch(pack: PackedResNet, optimizers: Sequence[torch.optim.Optimizer], runs: Sequence[PackedRun],
+                     images: Tensor, labels: Tensor, batch_size: int, epoch: int) -> list[float]:
+    """One epoch of every run of the pack; each run draws its shuffle and augmentation from its
+    own generator in the order it would alone. Returns each run's mean training loss."""
+    from camgap.data.dataset import normalize
+    from camgap.zoo.train import augment_batch
+
+    device = images.device
+    n = int(labels.shape[0])
+    gens = [epoch_generator(r.seed, epoch, device) for r in runs]
+    perms = [torch.randperm(n, generator=g, device=device) for g in gens]
+    pack.train()
+    running = torch.zeros(len(runs), device=device)
+    for s in range(0, n, batch_size):
+        xs, ys = [], []
+        for run, gen, perm in zip(runs, gens, perms, strict=True):
+            idx = perm[s : s + batch_size]
+            x = images[idx]
+            if run.augment:
+                x = augment_batch(x, gen, run.flip_prob, run.jitter)
+            xs.append(normalize(x, run.mean, run.std))
+            ys.append(labels[idx])
+        y = torch.stack(ys)
+        running += pack_train_step(pack, optimizers, torch.stack(xs), y) * y.shape[1]
+    return (running / n).tolist()
+
+
+@torch.inference_mode()
+def evaluate_pack(pack: PackedResNet, runs: Sequence[PackedRun], images: Tensor, labels: Tensor,
+                  batch_size: int = 256) -> list[tuple[float, float]]:
+    """Clean pass of every run (eval mode, no augmentation): [(mean cross-entropy, accuracy)]."""
+    from camgap.data.dataset import normalize
+
+    pack.eval()
+    n = int(labels.shape[0])
+    total = torch.zeros(len(runs), dtype=torch.float64, device=images.device)
+    correct = torch.zeros(len(runs), dtype=torch.int64, device=images.device)
+    for s in range(0, n, batch_size):
+        x, y = images[s : s + batch_size], labels[s : s + batch_size]
+        out = pack(torch.stack([normalize(x, r.mean, r.std) for r in runs])).float()  # [K, B, C]
+        k, b, c = out.shape
+        ce = F.cross_entropy(out.reshape(k * b, c), y.repeat(k), reduction="none").view(k, b)
+        total += ce.sum(1).double()
+        correct += (out.argmax(2) == y).sum(1)
+    return [(float(t) / n, int(c) / n) for t, c in zip(total, correct, strict=True)]
