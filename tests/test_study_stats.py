@@ -167,10 +167,12 @@ def brute_cmi(df, m, g, hparams, max_set=2):
     return (min(finite) if finite else math.nan), out
 
 
-@pytest.mark.parametrize("drop,dense", [(0, True), (5, True), (5, False)])
-def test_cmi_matches_brute_force(drop, dense, monkeypatch):
-    if not dense:   # the path for hyperparameters with very many values
-        monkeypatch.setattr(stats, "_DENSE_MAX", 0)
+@pytest.mark.parametrize("drop,dense_max", [(0, None), (5, None), (5, 40), (5, 0)])
+def test_cmi_matches_brute_force(drop, dense_max, monkeypatch):
+    # None: one joint code of all hyperparameters; 40: one code per conditioning set (the joint
+    # one is too large); 0: ordered pairs coded explicitly (hyperparameters with very many values)
+    if dense_max is not None:
+        monkeypatch.setattr(stats, "_DENSE_MAX", dense_max)
     df = grid_frame(seed=3, repeats=2, drop=drop)
     score, per = stats.cmi_score(df, "m", "gap", ["a", "b", "c"])
     bscore, bper = brute_cmi(df, "m", "gap", ["a", "b", "c"])
@@ -178,6 +180,20 @@ def test_cmi_matches_brute_force(drop, dense, monkeypatch):
     for s in per:
         assert per[s] == pytest.approx(bper[s], abs=1e-10), s
     assert score == pytest.approx(bscore, abs=1e-10)
+
+
+def test_cmi_scores_of_several_measures_equal_one_at_a_time():
+    df = grid_frame(seed=5, repeats=2)
+    rng = np.random.default_rng(1)
+    df = df.assign(m2=df["m"] + rng.normal(size=len(df)), m3=-df["gap"] + rng.normal(size=len(df)))
+    df.loc[[1, 4, 7], "m2"] = np.nan
+    df.loc[[2], "gap"] = np.nan
+    together = stats.cmi_scores(df, ["m", "m2", "m3"], "gap", ["a", "b", "c"])
+    for col in ("m", "m2", "m3"):
+        score, per = stats.cmi_score(df, col, "gap", ["a", "b", "c"])
+        bscore, bper = brute_cmi(df.dropna(subset=[col, "gap"]), col, "gap", ["a", "b", "c"])
+        assert together[col][0] == pytest.approx(score, abs=1e-12) == pytest.approx(bscore, abs=1e-10)
+        assert together[col][1] == pytest.approx(per, abs=1e-12)
 
 
 def test_cmi_hand_cases():

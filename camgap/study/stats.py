@@ -162,14 +162,20 @@ def _sign(d: np.ndarray, tol: float) -> np.ndarray:
     return s
 
 
-def _clean(df: pd.DataFrame, measure_col: str, gap_col: str, hparams: Sequence[str]) -> pd.DataFrame:
-    missing = [c for c in (measure_col, gap_col, *hparams) if c not in df.columns]
+def _clean(df: pd.DataFrame, measure_col: str, gap_col: str, hparams: Sequence[str], *,
+           require_measure: bool = True, extra: Sequence[str] = ()) -> pd.DataFrame:
+    """The hyperparameter, measure and gap columns of the rows with a finite gap (and, with
+    `require_measure`, a finite measure); measures as floats."""
+    measures = list(dict.fromkeys([measure_col, *extra]))
+    missing = [c for c in (*measures, gap_col, *hparams) if c not in df.columns]
     if missing:
         raise UnknownNameError(f"columns missing from the model table: {missing}")
-    out = df[[*hparams, measure_col, gap_col]].copy()
-    out[measure_col] = pd.to_numeric(out[measure_col], errors="coerce")
-    out[gap_col] = pd.to_numeric(out[gap_col], errors="coerce")
-    fin = np.isfinite(out[measure_col].to_numpy(float)) & np.isfinite(out[gap_col].to_numpy(float))
+    out = df[[*hparams, *measures, gap_col]].copy()
+    for c in (*measures, gap_col):
+        out[c] = pd.to_numeric(out[c], errors="coerce")
+    fin = np.isfinite(out[gap_col].to_numpy(float))
+    if require_measure:
+        fin &= np.isfinite(out[measure_col].to_numpy(float))
     return out[fin].reset_index(drop=True)
 
 
@@ -352,52 +358,106 @@ def cmi_score(df: pd.DataFrame, measure_col: str, gap_col: str, hparams: Sequenc
     rather than by p(U_S) (equal on a complete grid with one model per configuration).
 
     Cost: O(n^2) pairs in memory (n = 2000 models -> 2M unordered pairs, ~100 MB peak).
-    Rows with a non-finite measure or gap are dropped first. `hparams` should list the real
+    Rows with a non-finite measure or gap are dropped first. `cmi_scores` scores several
+    measures of one model table and builds the pair codes once for all of them. `hparams` should list the real
     hyperparameters only (not a repeat/seed column).
 
     Returns (score, {S: I~ for every conditioning set S, S a tuple of hyperparameter names}).
     """
+    return cmi_scores(df, [measure_col], gap_col, hparams, max_set_size=max_set_size, measure_tol=measure_tol,
+                      gap_tol=gap_tol)[measure_col]
+
+
+def cmi_scores(df: pd.DataFrame, measure_cols: Sequence[str], gap_col: str, hparams: Sequence[str], *,
+               max_set_size: int = 2, measure_tol: float = 0.0,
+               gap_tol: float = GAP_TOL) -> dict[str, tuple[float, dict[tuple[str, ...], float]]]:
+    """`cmi_score` of every measure in `measure_cols`: {measure: (score, {S: I~})}.
+
+    The pairs, the gap signs and the conditioning codes depend on the models only, so they are
+    built once; a measure's pairs are those whose two models both have a finite value, which
+    gives the same counts as `cmi_score` on the table without its non-finite rows (the codes of
+    a hyperparameter value do not matter, only which models share one)."""
     hparams = list(hparams)
-    d = _clean(df, measure_col, gap_col, hparams)
-    n = len(d)
     sets: list[tuple[str, ...]] = []
     for k in range(0, max_set_size + 1):
         sets.extend(itertools.combinations(hparams, k))
-    if n < 2:
-        return math.nan, {s: math.nan for s in sets}
-    m = d[measure_col].to_numpy(float)
+    d = _clean(df, measure_cols[0], gap_col, hparams, require_measure=False, extra=measure_cols[1:])
     g = d[gap_col].to_numpy(float)
-    # Unordered pairs i < j; the mirrored ordered pair (j, i) has both signs flipped and the
-    # U_S digits swapped, so the ordered-pair counts are counts + mirror(counts).
-    i, j = np.triu_indices(n, k=1)
-    ab = ((_sign(m[i] - m[j], measure_tol).astype(np.int64) + 1) * 3
-          + _sign(g[i] - g[j], gap_tol).astype(np.int64) + 1)
-    del m, g
+    values = {c: d[c].to_numpy(float) for c in measure_cols}
+    if len(d) < 2:
+        return {c: (math.nan, {s: math.nan for s in sets}) for c in measure_cols}
+    i, j = np.triu_indices(len(d), k=1)
+    v_gap = _sign(g[i] - g[j], gap_tol).astype(np.int64) + 1
     codes = {h: _codes(d[h]) for h in hparams}
     radix = {h: int(codes[h].max()) + 1 for h in hparams}
-    pair_code = {h: codes[h][i] * radix[h] + codes[h][j] for h in hparams}
-    per: dict[tuple[str, ...], float] = {}
-    for s in sets:
-        ks = [radix[h] for h in s]
-        size = int(np.prod([k * k for k in ks])) if ks else 1
-        key = np.zeros(i.size, dtype=np.int64)
+    keys = _ConditioningKeys(codes, radix, i, j)
+    out = {}
+    for col in measure_cols:
+        m = values[col]
+        ok = np.isfinite(m[i]) & np.isfinite(m[j])
+        if int(np.isfinite(m).sum()) < 2:
+            out[col] = (math.nan, {s: math.nan for s in sets})
+            continue
+        ab = (_sign(m[i[ok]] - m[j[ok]], measure_tol).astype(np.int64) + 1) * 3 + v_gap[ok]
+        per: dict[tuple[str, ...], float] = {}
+        for s, counts in keys.counts(sets, ab, ok):
+            mi, h_g = _cmi_from_counts(counts)
+            per[s] = mi / h_g if h_g > 1e-12 else math.nan
+        defined = [v for v in per.values() if np.isfinite(v)]
+        out[col] = ((float(min(defined)) if defined else math.nan), per)
+    return out
+
+
+class _ConditioningKeys:
+    """Ordered-pair counts [U_S, V_mu + 1, V_g + 1] of every conditioning set S from the unordered
+    pairs (i < j): the mirrored pair (j, i) has both signs flipped and the digits of U_S swapped,
+    so the ordered-pair counts are counts + mirror(counts). When the joint code of all
+    hyperparameters is small, one bincount per measure gives every S by summing axes out;
+    otherwise each S's code is built once and kept for the next measure."""
+
+    def __init__(self, codes: dict[str, np.ndarray], radix: dict[str, int], i: np.ndarray, j: np.ndarray):
+        self.hparams = list(codes)
+        self.radix = radix
+        self.pair_code = {h: codes[h][i] * radix[h] + codes[h][j] for h in self.hparams}
+        self.swapped_code = {h: codes[h][j] * radix[h] + codes[h][i] for h in self.hparams}
+        self.joint_size = int(np.prod([radix[h] ** 2 for h in self.hparams])) if self.hparams else 1
+        self.joint = self._key(self.hparams) if self.joint_size <= _DENSE_MAX else None
+        self._per_set: dict[tuple[str, ...], np.ndarray] = {}
+
+    def _key(self, s: Sequence[str], code: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        code = self.pair_code if code is None else code
+        n = next(iter(self.pair_code.values())).size if self.pair_code else 0
+        key = np.zeros(n, dtype=np.int64)
         for h in s:
-            key = key * (radix[h] ** 2) + pair_code[h]
-        if size <= _DENSE_MAX:
-            half = np.bincount(key * 9 + ab, minlength=size * 9).reshape(size, 3, 3)
-            counts = half + half[_swap_perm(ks)][:, ::-1, ::-1]
-        else:   # hyperparameters with very many values: code the ordered pairs explicitly
-            swapped = np.zeros(i.size, dtype=np.int64)
-            for h in s:
-                swapped = swapped * (radix[h] ** 2) + codes[h][j] * radix[h] + codes[h][i]
-            _, inv = np.unique(np.concatenate([key, swapped]), return_inverse=True)
-            both = np.concatenate([ab, 8 - ab])
-            counts = np.bincount(inv.ravel() * 9 + both, minlength=(int(inv.max()) + 1) * 9)
-            counts = counts.reshape(-1, 3, 3)
-        mi, h_g = _cmi_from_counts(counts)
-        per[s] = mi / h_g if h_g > 1e-12 else math.nan
-    defined = [v for v in per.values() if np.isfinite(v)]
-    return (float(min(defined)) if defined else math.nan), per
+            key = key * (self.radix[h] ** 2) + code[h]
+        return key
+
+    def counts(self, sets: Sequence[tuple[str, ...]], ab: np.ndarray, ok: np.ndarray):
+        if self.joint is not None:
+            shape = [self.radix[h] ** 2 for h in self.hparams]
+            half = np.bincount(self.joint[ok] * 9 + ab, minlength=self.joint_size * 9).reshape(*shape, 3, 3)
+            full = half
+            for axis, h in enumerate(self.hparams):
+                full = np.take(full, _swap_perm([self.radix[h]]), axis=axis)
+            full = half + full[..., ::-1, ::-1]
+            for s in sets:
+                drop = tuple(a for a, h in enumerate(self.hparams) if h not in s)
+                yield s, full.sum(axis=drop).reshape(-1, 3, 3)
+            return
+        for s in sets:
+            if s not in self._per_set:
+                self._per_set[s] = self._key(s)
+            key = self._per_set[s][ok]
+            size = int(np.prod([self.radix[h] ** 2 for h in s])) if s else 1
+            if size <= _DENSE_MAX:
+                half = np.bincount(key * 9 + ab, minlength=size * 9).reshape(size, 3, 3)
+                yield s, half + half[_swap_perm([self.radix[h] for h in s])][:, ::-1, ::-1]
+            else:  # hyperparameters with very many values: code the ordered pairs explicitly
+                swapped = self._key(s, self.swapped_code)[ok]
+                _, inv = np.unique(np.concatenate([key, swapped]), return_inverse=True)
+                both = np.concatenate([ab, 8 - ab])
+                counts = np.bincount(inv.ravel() * 9 + both, minlength=(int(inv.max()) + 1) * 9)
+                yield s, counts.reshape(-1, 3, 3)
 
 
 # ------------------------------------------------------------------------ model selection
