@@ -83,3 +83,15 @@ def test_every_camgap_error_class_derives_from_the_root():
                if issubclass(c, Exception) and c.__module__.startswith("camgap")}
     assert len(classes) >= 10
     assert all(issubclass(c, CamgapError) for c in classes), [c for c in classes if not issubclass(c, CamgapError)]
+
+
+def test_top_level_exports():
+    from camgap import BoxDataset, CamgapError, create_cam, create_model, load_checkpoint, read_layout, score_model
+    from camgap.data import BoxDataset as B
+    from camgap.measures.score import score_model as s
+
+    assert score_model is s and BoxDataset is B
+    assert all(callable(f) for f in (create_cam, create_model, load_checkpoint, read_layout))
+    assert issubclass(CamgapError, Exception)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        camgap.nope  # noqa: B018
