@@ -36,7 +36,7 @@ from camgap.measures.registry import MEASURES, MeasureContext, compute_measure, 
 from camgap.measures.score import score_model
 from camgap.models import CheckpointError, create_model, load_weights
 from camgap.zoo.grid import canonical_json
-from camgap.zoo.registry import Registry
+from camgap.zoo.registry import Registry, state_line
 from camgap.zoo.train import safe_load
 
 SCORE_MEASURES = ("iou", "iou_b")
@@ -74,38 +74,10 @@ class MeasureSummary:
         lines = [f"{self.models} model(s): {self.measured} measured now, {self.recorded} values recorded, "
                  f"{self.failed} failed and {self.undefined} undefined measurements"]
         for state in ("undefined", "failed"):
-            line = _state_line(self.counts, state)
+            line = state_line(self.counts, state)
             if line:
                 lines.append(line)
         return "\n".join(lines)
-
-
-def _state_line(counts: dict, state: str) -> str:
-    """'undefined in the set: 10th-percentile margin gamma <= 0: inverse_margin 2 runs, spectral_norm 2 runs; ...'"""
-    by_reason: dict[str, list[str]] = {}
-    for row in counts.get("not_done", []):
-        if row["state"] == state:
-            by_reason.setdefault(row["reason"], []).append(f"{row['measure']} {row['runs']} run(s)")
-    if not by_reason:
-        return ""
-    return f"{state} in the set: " + "; ".join(f"{why}: {', '.join(items)}" for why, items in by_reason.items())
-
-
-def format_measurement_status(counts: dict) -> list[str]:
-    """The measurements section of `zoo status`: counts by state, then one line per state
-    that is not done (per reason and measure)."""
-    states = counts.get("states") or {}
-    if not sum(states.values()):
-        return ["  measurements: none yet (run `camgap zoo measure`)"]
-    lines = ["  measurements: " + ", ".join(f"{n} {s}" for s, n in states.items())]
-    lines += [f"    {line}" for line in (_state_line(counts, s) for s in ("undefined", "failed")) if line]
-    return lines
-
-
-def measurement_status(zoo_dir: str | Path) -> dict:
-    """``Registry.measurement_counts`` of the model set in ``zoo_dir`` (for `zoo status`)."""
-    with Registry.in_dir(zoo_dir, create=False) as reg:
-        return reg.measurement_counts()
 
 
 def parse_params(text: str) -> dict:
@@ -179,7 +151,8 @@ def measure_zoo(
     reg.allow_undefined_state()
     runs = reg.runs_frame()
     runs = runs[runs.status == "done"]
-    wanted_scores = [(c, t, m) for c in cams for t in thresholds for m in masks] if set(measures) & set(SCORE_MEASURES) else []
+    score_measures = [k for k in measures if k in SCORE_MEASURES]
+    wanted_scores = [(c, t, m) for c in cams for t in thresholds for m in masks] if score_measures else []
     summary = MeasureSummary(len(runs), 0, 0, 0)
     mask_cache: dict[str, tuple] | None = None
 
@@ -189,7 +162,7 @@ def measure_zoo(
     try:
         for run_id in runs.run_id:
             todo_scores = [(c, t, m) for c, t, m in wanted_scores
-                           if not all(_recorded(reg, run_id, k, score_params(c, t, m)) for k in measures if k in SCORE_MEASURES)]
+                           if not all(_recorded(reg, run_id, k, score_params(c, t, m)) for k in score_measures)]
             todo_other = [m for m in measures if m not in SCORE_MEASURES and not _has_any(reg, run_id, m)]
             if not todo_scores and not todo_other:
                 bar.update(1)

@@ -126,6 +126,29 @@ def reason_kind(reason: str | None) -> str:
     return re.sub(r"\s*(?<![<>!=])=\s*([-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?|-?inf|nan)\b", "", text).strip()
 
 
+def state_line(counts: dict, state: str) -> str:
+    """One line from ``Registry.measurement_counts()``: 'undefined in the set: 10th-percentile
+    margin gamma <= 0: inverse_margin 2 run(s), spectral_norm 2 run(s); ...' ('' when none)."""
+    by_reason: dict[str, list[str]] = {}
+    for row in counts.get("not_done", []):
+        if row["state"] == state:
+            by_reason.setdefault(row["reason"], []).append(f"{row['measure']} {row['runs']} run(s)")
+    if not by_reason:
+        return ""
+    return f"{state} in the set: " + "; ".join(f"{why}: {', '.join(items)}" for why, items in by_reason.items())
+
+
+def format_measurement_status(counts: dict) -> list[str]:
+    """The measurements section of `zoo status`: counts by state, then one line per state
+    that is not done (by reason and measure)."""
+    states = counts.get("states") or {}
+    if not sum(states.values()):
+        return ["  measurements: none yet (run `camgap zoo measure`)"]
+    lines = ["  measurements: " + ", ".join(f"{n} {s}" for s, n in states.items())]
+    lines += [f"    {line}" for line in (state_line(counts, s) for s in ("undefined", "failed")) if line]
+    return lines
+
+
 class Registry:
     """``Registry(path)`` opens (creating if needed) the SQLite registry at ``path``."""
 
@@ -304,7 +327,9 @@ class Registry:
         """A registry written before the 'undefined' state existed has a CHECK constraint that
         refuses it; copy its measurements into a table with the current one (SQLite cannot
         alter a CHECK)."""
-        row = self.conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'measurements'").fetchone()
+        row = self.conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'measurements'"
+        ).fetchone()
         if row is None or "'undefined'" in row[0]:
             return
         table = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS measurements"):]
@@ -377,6 +402,12 @@ class Registry:
 
         rows = [dict(r) for r in self.conn.execute("SELECT * FROM measurements ORDER BY rowid")]
         return pd.DataFrame(rows, columns=["run_id", "measure", "params", "value", "status", "error", "updated"])
+
+    def measurements_export_frame(self):
+        """The measurement table for `zoo export --measures`, long form: run_id, measure,
+        params (canonical JSON), value, state (done, failed, undefined), reason."""
+        frame = self.measurements_frame().rename(columns={"status": "state", "error": "reason"})
+        return frame[["run_id", "measure", "params", "value", "state", "reason"]]
 
     def measurement_counts(self, measures: Iterable[str] | None = None) -> dict:
         """Measurements by state: ``{"states": {state: n}, "by_measure": {measure: {state: n}},
