@@ -33,6 +33,7 @@ import math
 import os
 import pickle
 import random
+import re
 import time
 import traceback
 from collections.abc import Callable
@@ -108,11 +109,20 @@ def safe_load(path: str | Path) -> Any:
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such checkpoint file") from None
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: refused by torch.load(weights_only=True): it holds pickled objects, "
-                              f"not only tensors and plain containers ({first})") from None
+        detail = _unpickler_detail(str(exc))
+        if "global" in detail.lower():
+            raise CheckpointError(f"{path}: refused by torch.load(weights_only=True): it holds pickled objects, "
+                                  f"not only tensors and plain containers ({detail})") from None
+        raise CheckpointError(f"{path}: cannot read checkpoint (not a torch file, or corrupt: {detail})") from None
     except Exception as exc:  # noqa: BLE001 - a corrupt or truncated file
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def _unpickler_detail(message: str) -> str:
+    """The cause in torch's weights_only message ('Unsupported global: GLOBAL io.open was not
+    an allowed global by default'), without its advice to load the file unsafely."""
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please use|\n\n|$)", message, re.S)
+    return " ".join((m.group(1) if m else message.strip().splitlines()[0]).split())
 
 
 def _finite_or_none(x):
