@@ -72,7 +72,7 @@ class MeasureSummary:
 
     def __str__(self) -> str:
         lines = [f"{self.models} model(s): {self.measured} measured now, {self.recorded} values recorded, "
-                 f"{self.failed} failed and {self.undefined} undefined measurements"]
+                 f"{self.failed} failed measurements, {self.undefined} undefined"]
         for state in ("undefined", "failed"):
             line = state_line(self.counts, state)
             if line:
