@@ -407,7 +407,7 @@ def test_measure_help_documents_exit_codes(capsys):
     with pytest.raises(SystemExit):
         main(["zoo", "measure", "--help"])
     text = capsys.readouterr().out
-    for line in ("exit codes:", "  0    every requested measurement", "  2    bad input", "  3    some requested",
+    for line in ("exit codes:", "  0    every recorded measurement", "  2    bad input", "  3    some measurement",
                  "  130  interrupted"):
         assert line in text
 

@@ -83,11 +83,12 @@ measurements are not retried on a rerun. Each run's rows are also written to
 ZOO/runs/<run_id>/measurements.json.
 
 exit codes:
-  0    every requested measurement of the set is done or undefined
+  0    every recorded measurement of the requested measures is done or undefined
   2    bad input, nothing computed or stored: unknown measure, a threshold outside
        [0, 1) or not a number, no model set in ZOO
-  3    some requested measurement of the set failed (the summary and `zoo status`
-       list them by measure and reason); an identical rerun exits 3 again
+  3    some measurement of the requested measures failed, in this call or an
+       earlier one (the summary and `zoo status` list them by measure and reason);
+       an identical rerun exits 3 again
   130  interrupted; rerun the same command to resume
 """
 
