@@ -6,7 +6,14 @@ import scipy.linalg
 import torch
 
 from camgap.measures.predictions import margin_percentile, margins, nuclear_norm, nuclear_norm_of
-from camgap.measures.registry import MeasureContext, MeasureError, compute_measure, list_measures
+from camgap.measures.registry import (
+    MeasureContext,
+    MeasureError,
+    MeasureUndefined,
+    compute_measure,
+    list_measures,
+    measure_outcome,
+)
 
 
 def test_margins_by_hand():
@@ -24,12 +31,31 @@ def test_margin_percentile_matches_numpy_and_raises_when_not_positive():
     assert margin_percentile(logits, labels) == pytest.approx(np.percentile(m, 10), rel=1e-12)
     assert margin_percentile(logits, labels, 50) == pytest.approx(np.median(m), rel=1e-12)
     wrong = (labels + 1) % 5  # every image misclassified: gamma < 0
-    with pytest.raises(MeasureError, match="gamma"):
+    with pytest.raises(MeasureUndefined, match=r"10th-percentile margin gamma = -\S+ <= 0"):
         margin_percentile(logits, wrong)
     bad = logits.clone()
     bad[3, 1] = float("nan")
-    with pytest.raises(MeasureError, match="non-finite"):
+    with pytest.raises(MeasureError, match="non-finite") as err:  # a failure, not "undefined"
         margin_percentile(bad, labels)
+    assert not isinstance(err.value, MeasureUndefined)
+
+
+def test_measure_outcome_sorts_undefined_from_failed():
+    assert measure_outcome(MeasureUndefined("gamma <= 0")) == ("undefined", "gamma <= 0")
+    assert measure_outcome(MeasureError("non-finite logits")) == ("failed", "non-finite logits")
+
+    def broken():
+        raise ZeroDivisionError("division by zero")
+
+    try:
+        broken()
+    except ZeroDivisionError as exc:
+        assert measure_outcome(exc) == ("failed", "ZeroDivisionError: division by zero (broken)")
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(50, 3, generator=g)
+    ctx = MeasureContext(model=torch.nn.Linear(2, 3), logits=logits, labels=(logits.argmax(1) + 1) % 3)
+    with pytest.raises(MeasureUndefined):  # every margin-normalised measure: undefined when gamma <= 0
+        compute_measure("inverse_margin", ctx)
 
 
 def test_nuclear_norm_identity_closed_form():

@@ -222,3 +222,227 @@ def test_unknown_measure_is_rejected_before_anything_runs(zoo, monkeypatch):
 def test_missing_registry(tmp_path):
     with pytest.raises(FileNotFoundError, match="zoo build"):
         measure_zoo(tmp_path, measures=("iou",), progress=False, log=quiet)
+
+
+# --- states, exit codes, measurements.json, safe loading ------------------------------------
+
+
+class Payload:
+    """Unpickling this object would create `marker` (a stand-in for arbitrary code)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def _json_rows(zoo: Path, run_id: str) -> list[dict]:
+    return json.loads((zoo / "runs" / run_id / "measurements.json").read_text())
+
+
+def _assert_files_match_registry(zoo: Path) -> None:
+    """Every run's measurements.json holds exactly its registry rows (the contract B1 rebuilds from)."""
+    runs, meas = frames(zoo)
+    for run_id in runs.run_id:
+        mine = meas[meas.run_id == run_id].sort_values(["measure", "params"])
+        want = [{"measure": r.measure, "params": r.params, "value": None if math.isnan(r.value) else r.value,
+                 "state": r.status, "reason": r.error if isinstance(r.error, str) else None}
+                for r in mine.itertuples()]
+        path = zoo / "runs" / run_id / "measurements.json"
+        assert (_json_rows(zoo, run_id) if path.exists() else []) == want, run_id
+
+
+def _zero_head(path: Path) -> None:
+    """Hand-set weights: a zero classifier gives equal logits, margins 0, gamma = 0 <= 0."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    for k in ("fc.weight", "fc.bias"):
+        ckpt["model_state_dict"][k] = torch.zeros_like(ckpt["model_state_dict"][k])
+    torch.save(ckpt, path)
+
+
+def test_undefined_by_definition_is_not_a_failure(zoo):
+    from camgap.measures.predictions import margin_percentile
+    from camgap.measures.registry import MeasureUndefined
+
+    runs, _ = frames(zoo)
+    zeroed = runs[runs.trained].run_id.iloc[0]
+    _zero_head(zoo / "runs" / zeroed / "final.pt")
+    measures = ("nuclear_norm", "spectral_norm", "inverse_margin")
+    s = measure_zoo(zoo, measures=measures, progress=False, log=quiet)
+    _, meas = frames(zoo)
+    store = store_of(zoo)
+    undefined_runs = set()
+    for run_id in runs.run_id:  # oracle: gamma from the same model's logits
+        model, ckpt = load_run_model(zoo / "runs" / run_id)
+        with torch.no_grad():
+            logits = model.eval()(normalize(torch.as_tensor(store.images[:]), ckpt["mean"], ckpt["std"]))
+        try:
+            margin_percentile(logits, torch.as_tensor(store.labels[:]))
+        except MeasureUndefined:
+            undefined_runs.add(run_id)
+    assert zeroed in undefined_runs
+    for run_id in runs.run_id:
+        mine = meas[meas.run_id == run_id].set_index("measure")
+        assert (meas[(meas.run_id == run_id) & (meas.measure == "nuclear_norm")].status == "done").all()
+        for name in ("spectral_norm", "inverse_margin"):
+            if run_id in undefined_runs:
+                assert mine.loc[name, "status"] == "undefined" and math.isnan(mine.loc[name, "value"])
+                assert mine.loc[name, "error"].startswith("10th-percentile margin gamma = ")
+                assert "<= 0" in mine.loc[name, "error"]
+            else:
+                assert (meas[(meas.run_id == run_id) & (meas.measure == name)].status == "done").all()
+    n = len(undefined_runs)
+    assert s.failed == 0 and s.undefined == 2 * n and s.exit_code == 0
+    assert str(s).splitlines()[1] == (f"undefined in the set: 10th-percentile margin gamma <= 0: "
+                                      f"inverse_margin {n} run(s), spectral_norm {n} run(s)")
+    _assert_files_match_registry(zoo)
+    again = measure_zoo(zoo, measures=measures, progress=False, log=quiet)  # identical rerun
+    assert (again.measured, again.undefined, again.exit_code) == (0, 0, 0)
+    assert str(again).splitlines()[1:] == str(s).splitlines()[1:]
+
+
+def test_failures_set_exit_code_3_and_a_rerun_keeps_it(zoo):
+    runs, _ = frames(zoo)
+    bad = runs[runs.trained].run_id.iloc[1]
+    path = zoo / "runs" / bad / "final.pt"
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt["model_state_dict"] = {k: (torch.full_like(v, float("nan")) if v.is_floating_point() else v)
+                                for k, v in ckpt["model_state_dict"].items()}
+    torch.save(ckpt, path)
+    s = measure_zoo(zoo, measures=("iou", "nuclear_norm"), progress=False, log=quiet)
+    assert s.failed == 2 and s.exit_code == 3
+    assert str(s).splitlines()[-1] == "failed in the set: non-finite logits: iou 1 run(s), nuclear_norm 1 run(s)"
+    again = measure_zoo(zoo, measures=("iou", "nuclear_norm"), progress=False, log=quiet)
+    assert (again.measured, again.failed, again.exit_code) == (0, 0, 3)
+    # a measure not asked for does not decide the exit code
+    assert measure_zoo(zoo, measures=("iou_b",), progress=False, log=quiet).exit_code == 3  # iou_b failed too
+    _assert_files_match_registry(zoo)
+
+
+def test_pickled_final_pt_fails_that_model_and_never_runs(zoo):
+    runs, _ = frames(zoo)
+    bad = runs[runs.trained].run_id.iloc[0]
+    marker = zoo.parent / "pwned"
+    torch.save({"arch": "small_resnet10", "num_classes": 4, "model_state_dict": Payload(marker)},
+               zoo / "runs" / bad / "final.pt")
+    measures = ("iou", "nuclear_norm")
+    s = measure_zoo(zoo, measures=measures, progress=False, log=quiet)
+    assert not marker.exists()
+    _, meas = frames(zoo)
+    mine = meas[meas.run_id == bad]
+    assert sorted(mine.measure) == ["iou", "nuclear_norm"] and (mine.status == "failed").all()
+    for e in mine.error:
+        assert f"runs/{bad}/final.pt: refused by torch.load(weights_only=True)" in e
+    assert (meas[meas.run_id != bad].status == "done").all() and len(meas) == 3 * (1 + 2) + 2
+    assert s.measured == 3 and s.exit_code == 3
+    assert [r["state"] for r in _json_rows(zoo, bad)] == ["failed", "failed"]
+    _assert_files_match_registry(zoo)
+
+
+def test_measurements_json_mirrors_the_registry(zoo):
+    measure_zoo(zoo, measures=("iou", "iou_b", "nuclear_norm", "path_norm"), thresholds=(0.1, 0.3),
+                progress=False, log=quiet)
+    runs, meas = frames(zoo)
+    assert len(meas) == 4 * (2 * 2 + 2 + 2)
+    _assert_files_match_registry(zoo)
+    rows = _json_rows(zoo, runs.run_id.iloc[0])
+    assert set(rows[0]) == {"measure", "params", "value", "state", "reason"}
+    assert {r["params"] for r in rows if r["measure"] == "iou"} == {
+        canonical_json(score_params("gradcam", t, "boxes")) for t in (0.1, 0.3)}
+    # a row changed through the registry API rewrites the file
+    from camgap.zoo.registry import Registry
+
+    with Registry.in_dir(zoo) as reg:
+        reg.record_measurement(runs.run_id.iloc[0], "path_norm", {"scale": "raw"}, None, "undefined", "test")
+    _assert_files_match_registry(zoo)
+
+
+@pytest.mark.parametrize("bad", ["2", "-0.1", "nan", "1"])
+def test_cli_rejects_a_bad_threshold_before_anything(zoo, bad, capsys, monkeypatch):
+    from camgap.cli import main
+
+    def boom(*a, **k):
+        raise AssertionError("must not run")
+
+    monkeypatch.setattr(zm, "load_run_model", boom)
+    assert main(["zoo", "measure", str(zoo), "--threshold", "0.1", bad, "--no-progress", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "outside [0, 1)" in err and bad in err
+    assert frames(zoo)[1].empty and not list(zoo.glob("runs/*/measurements.json"))
+
+
+def test_cli_exit_codes_status_and_export(zoo, capsys):
+    from camgap.cli import main
+
+    _zero_head(zoo / "runs" / frames(zoo)[0].query("trained").run_id.iloc[0] / "final.pt")
+    args = ["zoo", "measure", str(zoo), "--measures", "nuclear_norm,inverse_margin", "--no-progress",
+            "--device", "cpu"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "undefined in the set: 10th-percentile margin gamma <= 0: inverse_margin" in out
+    assert main(args) == 0  # identical rerun: same code
+    _, meas = frames(zoo)
+    counts = meas.status.value_counts().to_dict()
+    assert main(["zoo", "status", str(zoo)]) == 0
+    text = capsys.readouterr().out
+    want = ", ".join(f"{counts.get(s, 0)} {s}" for s in ("done", "failed", "undefined"))
+    assert f"  measurements: {want}" in text.splitlines()
+    assert main(["zoo", "status", str(zoo), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["measurements"]["states"] == {s: counts.get(s, 0) for s in ("done", "failed", "undefined")}
+    assert main(["zoo", "export", str(zoo), "--measures"]) == 0
+    import pandas as pd
+
+    table = pd.read_csv(zoo / "measurements.csv", keep_default_na=False, na_values=[""])
+    assert list(table.columns) == ["run_id", "measure", "params", "value", "state", "reason"]
+    assert len(table) == len(meas)
+    assert table.sort_values(["run_id", "measure", "params"]).state.tolist() == \
+        meas.sort_values(["run_id", "measure", "params"]).status.tolist()
+
+
+def test_measure_help_documents_exit_codes(capsys):
+    from camgap.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["zoo", "measure", "--help"])
+    text = capsys.readouterr().out
+    for line in ("exit codes:", "  0    every recorded measurement", "  2    bad input", "  3    some measurement",
+                 "  130  interrupted"):
+        assert line in text
+
+
+def test_old_registry_accepts_the_undefined_state(tmp_path):
+    """A registry created before 'undefined' existed keeps its rows and takes the new state."""
+    import sqlite3
+
+    from camgap.zoo.grid import RunSpec
+    from camgap.zoo.registry import Registry
+
+    path = tmp_path / "registry.sqlite"
+    with Registry(path) as reg:
+        reg.add_runs([RunSpec("r1", {"arch": "x", "trained": True}, 0, 1)])
+    con = sqlite3.connect(path)
+    con.executescript("DROP TABLE measurements; CREATE TABLE measurements (run_id TEXT NOT NULL, measure TEXT NOT "
+                      "NULL, params TEXT NOT NULL, value REAL, status TEXT NOT NULL CHECK (status IN ('done', "
+                      "'failed')), error TEXT, updated TEXT NOT NULL, PRIMARY KEY (run_id, measure, params));"
+                      "INSERT INTO measurements VALUES ('r1', 'iou', '{}', 0.5, 'done', NULL, 't');")
+    con.close()
+    with Registry(path) as reg:
+        reg.record_measurement("r1", "spectral_norm", {}, None, "undefined", "gamma <= 0")
+        m = reg.measurements_frame()
+    assert m[["measure", "status"]].values.tolist() == [["iou", "done"], ["spectral_norm", "undefined"]]
+    assert m.value.iloc[0] == 0.5 and math.isnan(m.value.iloc[1])
+
+
+def test_study_reads_only_done_values():
+    import pandas as pd
+
+    from camgap.study.tables import wide_table
+
+    runs = pd.DataFrame({"run_id": ["a", "b", "c"], "gap": [1.0, 2.0, 3.0]})
+    meas = pd.DataFrame({"run_id": ["a", "b", "c"], "measure": ["spectral_norm"] * 3, "params": ["{}"] * 3,
+                         "value": [1.5, None, None], "status": ["done", "undefined", "failed"],
+                         "error": [None, "gamma <= 0", "non-finite"]})
+    wide = wide_table(runs, meas, [("spectral_norm", "", "sn")])
+    assert wide["sn"].iloc[0] == 1.5 and wide["sn"].iloc[1:].isna().all()

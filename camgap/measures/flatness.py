@@ -34,7 +34,7 @@ from torch.func import functional_call
 
 from camgap.errors import InputError
 from camgap.measures.norms import check_finite
-from camgap.measures.registry import MeasureError
+from camgap.measures.registry import MeasureError, MeasureUndefined
 
 
 @dataclass
@@ -92,7 +92,8 @@ def pacbayes_sigma(model: nn.Module, batches: Callable[[], Iterator] | Iterable,
     """Find sigma' by bisection (see the module docstring). ``batches``: a callable returning an
     iterator of ``(images_normalized, labels, ...)`` or such an iterable. ``magnitude_eps``:
     None for isotropic noise, eps for the magnitude-aware variant. Raises
-    :class:`MeasureError` for non-finite weights or when no sigma reaches the target."""
+    :class:`MeasureError` for non-finite weights or when even tiny noise moves the criterion too far,
+    :class:`MeasureUndefined` when no noise level moves it by the target (sigma' is unbounded)."""
     if criterion not in ("accuracy", "loss"):
         raise InputError(f"criterion must be 'accuracy' or 'loss', got {criterion!r}")
     if not target > 0 or not tol >= 0 or draws < 1:
@@ -172,7 +173,7 @@ def pacbayes_sigma(model: nn.Module, batches: Callable[[], Iterator] | Iterable,
                     break
                 lo = s
             else:
-                raise MeasureError(f"training {criterion} never moves by {target} (sigma up to {s:.3g}; "
+                raise MeasureUndefined(f"training {criterion} never moves by {target} (sigma up to {s:.3g}; "
                                    f"clean {criterion} {clean:.3g})")
             hi = s
         for _ in range(depth):

@@ -2,7 +2,7 @@
 
 * :func:`margins` - correct-class logit minus the largest other logit, per image.
 * :func:`margin_percentile` - gamma, the 10th percentile of the margins (the normaliser of the
-  margin-based norm measures); raises :class:`MeasureError` when gamma <= 0.
+  margin-based norm measures); raises :class:`MeasureUndefined` when gamma <= 0.
 * :func:`nuclear_norm` - paper eq. A2 and Deng et al. 2023's normalisation of the nuclear norm
   of the prediction matrix P = softmax(logits) (N x K).
 """
@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from camgap.errors import InputError
-from camgap.measures.registry import MeasureError
+from camgap.measures.registry import MeasureError, MeasureUndefined
 
 
 def _check_logits(logits: torch.Tensor, labels: torch.Tensor | None = None) -> None:
@@ -45,12 +45,12 @@ def margins(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def margin_percentile(logits: torch.Tensor, labels: torch.Tensor, percentile: float = 10.0) -> float:
     """gamma = the ``percentile``-th percentile of the margins (numpy's linear interpolation).
 
-    Raises :class:`MeasureError` when gamma <= 0 (more than ``percentile`` % of the training
+    Raises :class:`MeasureUndefined` when gamma <= 0 (more than ``percentile`` % of the training
     images misclassified or on the boundary): the margin-normalised measures are undefined."""
     m = margins(logits, labels).cpu().numpy()
     gamma = float(np.percentile(m, percentile))
     if not gamma > 0:
-        raise MeasureError(f"{percentile:g}th-percentile margin gamma = {gamma:.4g} <= 0 "
+        raise MeasureUndefined(f"{percentile:g}th-percentile margin gamma = {gamma:.4g} <= 0 "
                            "(too many training images misclassified)")
     return gamma
 

@@ -12,9 +12,16 @@ only those. Weight measures read ``ctx.model`` (and ``ctx.init_state``). Effecti
 runs only the transformed passes over ``ctx.batches()`` (the clean pass is ``ctx.logits``), and
 PAC-Bayes flatness needs its own passes on a fixed subset of ``ctx.batches()``.
 
-A measure that cannot be computed for a model (non-finite weights or logits, 10th-percentile
-margin <= 0, missing initial weights, ...) raises :class:`MeasureError` with the reason; the
-caller records the measurement as failed and goes on with the next one.
+Outcomes. A measure that cannot be computed for a model raises :class:`MeasureError` with the
+reason, and ``measure_outcome`` sorts it into one of two states the caller records:
+
+* ``undefined`` (:class:`MeasureUndefined`): the measure has no value for this model by its
+  own definition, e.g. a margin-normalised norm when the 10th-percentile margin gamma <= 0
+  (more than 10 % of the training images misclassified), or PAC-Bayes flatness when no noise
+  level moves the training accuracy by the target (sigma' is unbounded). Expected for poorly
+  fitting models such as the untrained ones; nothing is broken.
+* ``failed``: anything else, e.g. non-finite weights or logits, missing initial weights, an
+  exception from the code. Something is wrong with the model or the measurement.
 
 >>> from camgap.measures.registry import MEASURES, MeasureContext, compute_measure
 >>> ctx = MeasureContext(model=model, logits=logits, labels=labels, batches=lambda: iter(loader))
@@ -36,6 +43,29 @@ from camgap.errors import CamgapError, InputError, UnknownNameError
 
 class MeasureError(CamgapError, RuntimeError):
     """A measure cannot be computed for this model; ``str(err)`` is the reason."""
+
+
+class MeasureUndefined(MeasureError):
+    """The measure is undefined for this model by its own definition (not a failure)."""
+
+
+#: The states of a recorded measurement: a value, a broken computation, no value by definition.
+MEASUREMENT_STATES = ("done", "failed", "undefined")
+
+
+def measure_outcome(exc: BaseException) -> tuple[str, str]:
+    """(state, reason) of a measure that raised ``exc``: ``undefined`` for
+    :class:`MeasureUndefined`, else ``failed``; the reason is the message (with the exception's
+    type and the function it came from when it is not a MeasureError: that is a bug to find)."""
+    if isinstance(exc, MeasureUndefined):
+        return "undefined", str(exc)
+    if isinstance(exc, MeasureError):
+        return "failed", str(exc)
+    import traceback
+
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" ({frames[-1].name})" if frames else ""
+    return "failed", f"{type(exc).__name__}: {exc}{where}"
 
 
 @dataclass

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from camgap.errors import CamgapError
 from camgap.zoo.grid import GRID_KEYS, Grid, GridError, canonical_json, load_grid
-from camgap.zoo.registry import Registry, RegistryError
+from camgap.zoo.registry import Registry, RegistryError, format_measurement_status
 
 __all__ = ["ZooError", "BuildSummary", "build", "status", "format_status", "export", "EXPORT_COLUMNS"]
 
@@ -313,7 +313,8 @@ def _sweep(reg: Registry, ex, todo: list[dict], out: Path, g: Grid, caches: dict
 
 
 def status(zoo_dir: str | Path) -> dict:
-    """Counts by status, by architecture x status, and the failures with their errors."""
+    """Counts by status, by architecture x status, and the failures with their errors;
+    ``measurements``: the measurements by state (``Registry.measurement_counts``)."""
     zoo_dir = Path(zoo_dir)
     try:
         reg = Registry.in_dir(zoo_dir, create=False)
@@ -324,6 +325,7 @@ def status(zoo_dir: str | Path) -> dict:
         counts = reg.counts()
         problems = reg.integrity_check(zoo_dir)
         grid = reg.get_meta("grid")
+        measurements = reg.measurement_counts()
     finally:
         reg.close()
     by_arch = {}
@@ -348,6 +350,7 @@ def status(zoo_dir: str | Path) -> dict:
         "gap": done["gap"].describe().to_dict() if len(done) else {},
         "integrity_problems": problems,
         "grid": json.loads(grid) if grid else None,
+        "measurements": measurements,
     }
 
 
@@ -372,12 +375,14 @@ def format_status(info: dict) -> str:
     if info["integrity_problems"]:
         lines.append(f"  INTEGRITY PROBLEMS ({len(info['integrity_problems'])}):")
         lines += [f"    {p}" for p in info["integrity_problems"][:20]]
+    lines += format_measurement_status(info.get("measurements") or {})
     return "\n".join(lines)
 
 
-def export(zoo_dir: str | Path, fmt: str = "csv", out: str | Path | None = None) -> Path:
-    """Write one row per run (``EXPORT_COLUMNS``) as CSV or Parquet; return the file's path
-    (default ``ZOO/runs.<fmt>``)."""
+def export(zoo_dir: str | Path, fmt: str = "csv", out: str | Path | None = None, measures: bool = False) -> Path:
+    """Write one row per run (``EXPORT_COLUMNS``), or with ``measures`` one row per measurement
+    (``Registry.measurements_export_frame``), as CSV or Parquet; return the file's path (default
+    ``ZOO/runs.<fmt>`` or ``ZOO/measurements.<fmt>``)."""
     zoo_dir = Path(zoo_dir)
     if fmt not in ("csv", "parquet"):
         raise ZooError(f"--format must be csv or parquet, got {fmt!r}")
@@ -386,10 +391,11 @@ def export(zoo_dir: str | Path, fmt: str = "csv", out: str | Path | None = None)
     except RegistryError as exc:
         raise ZooError(str(exc)) from None
     try:
-        frame = reg.runs_frame()[EXPORT_COLUMNS]
+        frame = reg.measurements_export_frame() if measures else reg.runs_frame()[EXPORT_COLUMNS]
     finally:
         reg.close()
-    path = Path(out) if out is not None else zoo_dir / f"runs.{fmt}"
+    name = "measurements" if measures else "runs"
+    path = Path(out) if out is not None else zoo_dir / f"{name}.{fmt}"
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "csv":
         frame.to_csv(path, index=False)

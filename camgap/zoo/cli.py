@@ -50,16 +50,17 @@ def _status(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from camgap.zoo.build import export
 
-    path = export(args.zoo, args.format, args.out)
-    print(path)
+    print(export(args.zoo, args.format, args.out, measures=args.measures))
     return 0
 
 
 def _measure(args: argparse.Namespace) -> int:
+    from camgap.measures.iou import validate_thresholds
     from camgap.zoo.executors import resolve_device
     from camgap.zoo.measure import DEFAULT_MEASURES, measure_zoo
 
     measures = args.measures.split(",") if args.measures else list(DEFAULT_MEASURES)
+    validate_thresholds(args.threshold)  # before the device is touched or anything is computed
     summary = measure_zoo(
         args.zoo,
         measures=measures,
@@ -70,7 +71,26 @@ def _measure(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         progress=not args.no_progress,
     )
-    return 0 if summary.failed == 0 else 3
+    return summary.exit_code
+
+
+MEASURE_EPILOG = """\
+states: each measurement is recorded as done (a value), undefined (no value by the
+measure's own definition, e.g. a margin-normalised norm when the 10th-percentile margin
+is <= 0; expected for poorly fitting models) or failed (something broke: non-finite
+weights or logits, an unreadable or unsafe final.pt, an error). Failed and undefined
+measurements are not retried on a rerun. Each run's rows are also written to
+ZOO/runs/<run_id>/measurements.json.
+
+exit codes:
+  0    every recorded measurement of the requested measures is done or undefined
+  2    bad input, nothing computed or stored: unknown measure, a threshold outside
+       [0, 1) or not a number, no model set in ZOO
+  3    some measurement of the requested measures failed, in this call or an
+       earlier one (the summary and `zoo status` list them by measure and reason);
+       an identical rerun exits 3 again
+  130  interrupted; rerun the same command to resume
+"""
 
 
 def add_subcommands(sub) -> None:
@@ -103,22 +123,27 @@ def add_subcommands(sub) -> None:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=_guard(_status))
 
-    e = sub.add_parser("export", help="one row per run as CSV or Parquet")
+    e = sub.add_parser("export", help="one row per run (or per measurement) as CSV or Parquet")
     e.add_argument("zoo", metavar="ZOO")
     e.add_argument("--format", choices=("csv", "parquet"), default="csv")
-    e.add_argument("--out", default=None, metavar="FILE", help="output file (default: ZOO/runs.<format>)")
+    e.add_argument("--measures", action="store_true",
+                   help="the measurement table instead, long form: run_id, measure, params, value, state, reason")
+    e.add_argument("--out", default=None, metavar="FILE",
+                   help="output file (default: ZOO/runs.<format>, with --measures ZOO/measurements.<format>)")
     e.set_defaults(func=_guard(_export))
 
     m = sub.add_parser("measure", help="every generalization measure for every finished model (resumable)",
                        description="Measure every done run of ZOO: IoU / IoU-B (one shared pass per model "
                                    "with the margins, prediction matrix and effective invariance) and the "
-                                   "baseline measures. Finished measurements are never recomputed.")
+                                   "baseline measures. Finished measurements are never recomputed.",
+                       epilog=MEASURE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     m.add_argument("zoo", metavar="ZOO")
     m.add_argument("--measures", default=None,
                    help="comma-separated (default: iou, iou_b, spectral_norm, nuclear_norm, effective_invariance, "
                         "inverse_margin, frobenius_norm, path_norm, distance_from_init, pacbayes_flatness)")
     m.add_argument("--cam", default="gradcam", help="comma-separated CAM methods, e.g. gradcam,gradcam++,smoothgradcam++")
-    m.add_argument("--threshold", type=float, nargs="+", default=[0.1])
+    m.add_argument("--threshold", type=float, nargs="+", default=[0.1],
+                   help="CAM thresholds rho, each in [0, 1) (default 0.1)")
     m.add_argument("--masks", default="boxes", help="comma-separated A_G sources: boxes, saliency, or a mask folder")
     m.add_argument("--device", default="auto")
     m.add_argument("--batch-size", type=int, default=128)
@@ -138,15 +163,15 @@ def add_zoo_commands(subparsers):
 
 
 def _guard(func):
-    """Bad input (ZooError, GridError) -> message on stderr, exit 2; Ctrl-C -> exit 130."""
+    """Bad input (any CamgapError: ZooError, GridError, InputError...) -> one line on stderr,
+    exit 2; Ctrl-C -> exit 130."""
 
     def run(args: argparse.Namespace) -> int:
-        from camgap.zoo.build import ZooError
-        from camgap.zoo.grid import GridError
+        from camgap.errors import CamgapError
 
         try:
             return int(func(args))
-        except (ZooError, GridError) as exc:
+        except CamgapError as exc:
             print(f"camgap zoo: error: {exc}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:

@@ -25,6 +25,7 @@ A grid file::
     std = [0.229, 0.224, 0.225]
     flip_prob = 0.5             # augmentation: horizontal flip probability
     jitter = 0.4                # augmentation: brightness/contrast/saturation strength
+    threads = 1                 # torch intra-op threads of each run (part of its id: see below)
     eval_batch_size = 256       # execution only: does not change a run's id
     pretrained_weights = { resnet18 = "/path/resnet18-f37072fd.pth" }   # execution only
 
@@ -45,6 +46,19 @@ of its grid values plus every setting that changes its training; ``run_id`` is t
 16 hex digits of sha256 over the canonical config and the repeat index, and the run's
 seed is derived from ``run_id``. The same grid therefore always yields the same ids, and
 building it twice trains nothing twice.
+
+Reproducibility. A run's weights depend only on its config and seed, never on how many runs
+train side by side, the executor or the machine's load: the number of torch intra-op threads
+changes how float reductions are split and summed, so it is fixed per run by ``[train]
+threads`` (default 1; parallelism comes from running several runs at once, ``--workers``).
+Since it changes the weights, ``threads`` is part of every trained run's config and id (an
+untrained model's weights are its seeded initialisation, so its id leaves it out). On one
+machine a run is then bit-identical whichever executor trains it. Across machines bit-identity
+is not possible: different CPUs (Intel, AMD) and GPUs run different kernels (oneDNN, cuDNN pick
+them per instruction set), so the last bits of the weights differ while the training is the
+same. On a GPU, cuDNN picks algorithms by benchmark unless ``torch.backends.cudnn.deterministic``
+and ``torch.use_deterministic_algorithms(True)`` are set, which costs speed; camgap does not set
+them.
 """
 from __future__ import annotations
 
@@ -102,6 +116,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "std": list(IMAGENET_STD),
     "flip_prob": 0.5,
     "jitter": 0.4,
+    "threads": 1,
     "eval_batch_size": 256,
     "pretrained_weights": {},
 }
@@ -261,6 +276,7 @@ _TRAIN_CHECKS = {
     "std": lambda w, v: _triple(w, v, positive=True),
     "flip_prob": lambda w, v: _float(w, v, 0.0, 1.0),
     "jitter": lambda w, v: _float(w, v, 0.0, 1.0),
+    "threads": lambda w, v: _int(w, v, 1),
     "eval_batch_size": lambda w, v: _int(w, v, 1),
     "pretrained_weights": None,  # checked separately
 }
@@ -341,7 +357,7 @@ class Grid:
             "arch_options": self.arch_options.get(arch, {}),
             "pretrain": self.pretrain,
             "train": {k: self.train[k] for k in ("input_size", "resize", "mean", "std", "flip_prob", "jitter",
-                                                    "momentum", "loss_threshold", "acc_threshold")},
+                                                    "momentum", "loss_threshold", "acc_threshold", "threads")},
         }
         return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:12]
 
@@ -363,6 +379,7 @@ class Grid:
         cfg.update(
             trained=True,
             max_epochs=t["max_epochs"],
+            threads=t["threads"],
             loss_threshold=t["loss_threshold"],
             acc_threshold=t["acc_threshold"],
             momentum=t["momentum"] if values["optimizer"] == "sgd" else None,

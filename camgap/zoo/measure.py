@@ -6,28 +6,38 @@ invariance reuse those logits. Extra CAM methods or mask sources cost one more p
 The data were decoded once by `zoo build` (the TensorStore under ZOO/cache); saliency masks
 are computed once per model set and cached. Only this process writes the registry;
 finished measurements are never recomputed, so an interrupted run resumes where it stopped.
-A measurement recorded as failed (with its reason: NaN weights, a negative margin percentile)
-is finished too: rerunning does not retry it (delete its registry row to force a retry).
+
+Every measurement ends in one of three states (``camgap.measures.registry.measure_outcome``):
+``done`` (a value), ``undefined`` (no value by the measure's own definition, e.g. a
+margin-normalised norm when the 10th-percentile margin is <= 0: expected for poorly fitting
+models) or ``failed`` (something broke: non-finite weights or logits, an unreadable or unsafe
+checkpoint, an exception). Failed and undefined measurements are finished too: rerunning does
+not retry them (delete their registry rows to force a retry), so an identical rerun gives the
+same exit code: 0 unless some requested measurement of the set failed, then 3. A model's rows
+are mirrored to ``runs/<run_id>/measurements.json``. Checkpoints are read with
+``torch.load(weights_only=True)``: a final.pt holding pickled objects fails that model's
+measurements with the reason and never runs its code.
 """
 from __future__ import annotations
 
 import json
 import math
-import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from camgap.data.dataset import normalize
 from camgap.data.store import TensorStore
-from camgap.errors import InputError, MissingFileError
-from camgap.measures.registry import MEASURES, MeasureContext, MeasureError, compute_measure
+from camgap.errors import CamgapError, InputError, MissingFileError
+from camgap.measures.iou import validate_thresholds
+from camgap.measures.registry import MEASURES, MeasureContext, compute_measure, measure_outcome
 from camgap.measures.score import score_model
-from camgap.models import create_model, load_weights
+from camgap.models import CheckpointError, create_model, load_weights
 from camgap.zoo.grid import canonical_json
-from camgap.zoo.registry import Registry
+from camgap.zoo.registry import Registry, state_line
+from camgap.zoo.train import safe_load
 
 SCORE_MEASURES = ("iou", "iou_b")
 NEEDS_INIT = {"distance_from_init", "pacbayes_flatness", "pacbayes_mag_flatness"}  # read init.pt
@@ -39,14 +49,35 @@ DEFAULT_MEASURES = (
 
 @dataclass
 class MeasureSummary:
+    """What one ``measure_zoo`` call did (``measured`` models, rows ``recorded`` done, ``failed``
+    and ``undefined`` now) and, over the whole set for the requested measures, the counts by
+    state and the not-done rows grouped by reason (``Registry.measurement_counts``)."""
+
     models: int
     measured: int
     recorded: int
     failed: int
+    undefined: int = 0
+    counts: dict = field(default_factory=dict)
+
+    @property
+    def failed_in_set(self) -> int:
+        return int(self.counts.get("states", {}).get("failed", 0))
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every requested measurement of the set is done or undefined, 3 when some
+        failed (the same on an identical rerun: failed rows are not retried)."""
+        return 3 if self.failed_in_set else 0
 
     def __str__(self) -> str:
-        return (f"{self.models} model(s): {self.measured} measured now, {self.recorded} values recorded, "
-                f"{self.failed} failed measurements")
+        lines = [f"{self.models} model(s): {self.measured} measured now, {self.recorded} values recorded, "
+                 f"{self.failed} failed measurements, {self.undefined} undefined"]
+        for state in ("undefined", "failed"):
+            line = state_line(self.counts, state)
+            if line:
+                lines.append(line)
+        return "\n".join(lines)
 
 
 def parse_params(text: str) -> dict:
@@ -64,10 +95,14 @@ def score_params(cam: str, threshold: float, masks: str) -> dict:
 
 
 def load_run_model(run_dir: Path, which: str = "final") -> tuple[torch.nn.Module, dict]:
-    """A model of the set, rebuilt from its plain-dict checkpoint."""
-    ckpt = torch.load(run_dir / f"{which}.pt", map_location="cpu", weights_only=False)
+    """A model of the set, rebuilt from its plain-dict checkpoint (read with weights_only=True:
+    a file holding pickled objects raises CheckpointError naming it, and never runs)."""
+    path = Path(run_dir) / f"{which}.pt"
+    ckpt = safe_load(path)
+    if not isinstance(ckpt, dict) or not {"arch", "num_classes", "model_state_dict"} <= set(ckpt):
+        raise CheckpointError(f"{path}: not a camgap run checkpoint (needs arch, num_classes, model_state_dict)")
     model = create_model(ckpt["arch"], ckpt["num_classes"], **ckpt.get("arch_kwargs", {}))
-    load_weights(model, ckpt["model_state_dict"], run_dir / f"{which}.pt")
+    load_weights(model, ckpt["model_state_dict"], path)
     return model, ckpt
 
 
@@ -101,18 +136,23 @@ def measure_zoo(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> MeasureSummary:
-    """Measure every done run of the model set in `zoo_dir`; resumable."""
+    """Measure every done run of the model set in `zoo_dir`; resumable. Bad input (unknown
+    measure, a threshold outside [0, 1), no model set) raises before anything is computed.
+    Each model's measurements are recorded together (and mirrored to its measurements.json)."""
     zoo = Path(zoo_dir)
     unknown = [m for m in measures if m not in MEASURES and m not in SCORE_MEASURES]
     if unknown:
         raise InputError(f"unknown measure(s) {unknown}; known: {', '.join([*SCORE_MEASURES, *sorted(MEASURES)])}")
+    thresholds = validate_thresholds(thresholds)
     if not (zoo / Registry.FILENAME).exists():
         raise MissingFileError(f"{zoo}: no model set here ({Registry.FILENAME} missing); run `camgap zoo build` first")
     device = torch.device(device)
     reg = Registry.in_dir(zoo, create=False)
+    reg.allow_undefined_state()
     runs = reg.runs_frame()
     runs = runs[runs.status == "done"]
-    wanted_scores = [(c, t, m) for c in cams for t in thresholds for m in masks] if set(measures) & set(SCORE_MEASURES) else []
+    score_measures = [k for k in measures if k in SCORE_MEASURES]
+    wanted_scores = [(c, t, m) for c in cams for t in thresholds for m in masks] if score_measures else []
     summary = MeasureSummary(len(runs), 0, 0, 0)
     mask_cache: dict[str, tuple] | None = None
 
@@ -122,13 +162,21 @@ def measure_zoo(
     try:
         for run_id in runs.run_id:
             todo_scores = [(c, t, m) for c, t, m in wanted_scores
-                           if not all(_recorded(reg, run_id, k, score_params(c, t, m)) for k in measures if k in SCORE_MEASURES)]
+                           if not all(_recorded(reg, run_id, k, score_params(c, t, m)) for k in score_measures)]
             todo_other = [m for m in measures if m not in SCORE_MEASURES and not _has_any(reg, run_id, m)]
             if not todo_scores and not todo_other:
                 bar.update(1)
                 continue
             run_dir = zoo / "runs" / run_id
-            model, ckpt = load_run_model(run_dir)
+            rows: list[tuple] = []  # (measure, params, value, state, reason) of this model
+            try:
+                model, ckpt = load_run_model(run_dir)
+            except CamgapError as exc:  # unreadable or unsafe final.pt: this model fails, the set goes on
+                rows += _fail_scores(measures, todo_scores, todo_scores, str(exc))
+                rows += [(name, {}, None, "failed", str(exc)) for name in todo_other]
+                _store(reg, run_id, rows, summary)
+                bar.update(1)
+                continue
             model.eval().to(device)
             store = _store_for(zoo, ckpt)
             if mask_cache is None:
@@ -140,54 +188,69 @@ def measure_zoo(
             logits = labels = None
             broken = None  # why the model cannot be measured at all (its shared pass failed or gave NaN)
             for cam, source in passes:
+                done_here = [(c, t, m) for c, t, m in todo_scores if (c, m) == (cam, source)]
                 ref, ref_ids = mask_cache.get(source, (None, None))
                 try:
                     res = score_model(model, store, cam=cam, thresholds=thresholds, batch_size=batch_size,
                                       device=device, mean=mean, std=std, masks=ref, mask_ids=ref_ids)
                 except Exception as exc:  # noqa: BLE001 - one bad model never stops the set
-                    _fail_scores(reg, run_id, measures, todo_scores, cam, thresholds, source, _reason(exc), summary)
-                    broken = broken or _reason(exc)
+                    reason = measure_outcome(exc)[1]
+                    rows += _fail_scores(measures, todo_scores, done_here, reason)
+                    broken = broken or reason
                     continue
                 if not bool(torch.isfinite(res.logits).all()):  # NaN weights: a CAM of NaNs is no IoU of 0
                     broken = "non-finite logits (NaN/inf in the model's outputs)"
-                    _fail_scores(reg, run_id, measures, todo_scores, cam, thresholds, source, broken, summary)
+                    rows += _fail_scores(measures, todo_scores, done_here, broken)
                     continue
                 if logits is None:
                     logits, labels = res.logits, res.labels
-                for t in thresholds:
+                for _, t, _ in done_here:
                     values = {"iou": res.iou(t), "iou_b": res.iou_b(t)}
-                    for k in measures:
-                        if k in SCORE_MEASURES and (cam, t, source) in todo_scores:
-                            _record(reg, run_id, k, score_params(cam, t, source), values[k], summary)
+                    rows += [_value_row(k, score_params(cam, t, source), values[k])
+                             for k in measures if k in SCORE_MEASURES]
             if todo_other and logits is None and broken:
-                for name in todo_other:  # every measure of a model that cannot run is failed, with the reason
-                    reg.record_measurement(run_id, name, {}, None, "failed", broken)
-                    summary.failed += 1
+                # every measure of a model that cannot run is failed, with the reason
+                rows += [(name, {}, None, "failed", broken) for name in todo_other]
             elif todo_other:
-                init_state = None
-                if set(todo_other) & NEEDS_INIT and (run_dir / "init.pt").exists():
-                    init_state = torch.load(run_dir / "init.pt", map_location="cpu", weights_only=False)["model_state_dict"]
-                ctx = MeasureContext(
-                    model=model, logits=logits, labels=labels, init_state=init_state, device=device,
-                    batches=lambda: ((normalize(x, mean, std), y) for x, y, *_ in store.batches(batch_size, device=device)),
-                    seed=int(ckpt.get("seed", 0)), mean=mean, std=std,
-                )
-                for name in todo_other:
-                    try:
-                        values = compute_measure(name, ctx)
-                    except Exception as exc:  # noqa: BLE001 - recorded, the set goes on
-                        reg.record_measurement(run_id, name, {}, None, "failed", _reason(exc))
-                        summary.failed += 1
-                        continue
-                    for params, value in values.items():
-                        _record(reg, run_id, name, parse_params(params), value, summary)
+                rows += _other_measures(todo_other, model, ckpt, run_dir, store, logits, labels, device, batch_size)
+            _store(reg, run_id, rows, summary)
             summary.measured += 1
             bar.update(1)
+        summary.counts = reg.measurement_counts(measures)
     finally:
         bar.close()
         reg.close()
     log(str(summary))
     return summary
+
+
+def _other_measures(names: Sequence[str], model: torch.nn.Module, ckpt: dict, run_dir: Path, store: TensorStore,
+                    logits: torch.Tensor, labels: torch.Tensor, device: torch.device, batch_size: int) -> list[tuple]:
+    """Rows of the non-score measures of one model, from the shared pass's logits."""
+    mean, std = ckpt["mean"], ckpt["std"]
+    init_state, init_error = None, None
+    if set(names) & NEEDS_INIT and (run_dir / "init.pt").exists():
+        try:
+            init_state = safe_load(run_dir / "init.pt")["model_state_dict"]
+        except (CamgapError, KeyError, TypeError) as exc:
+            init_error = f"initial weights unreadable: {exc}"
+    ctx = MeasureContext(
+        model=model, logits=logits, labels=labels, init_state=init_state, device=device,
+        batches=lambda: ((normalize(x, mean, std), y) for x, y, *_ in store.batches(batch_size, device=device)),
+        seed=int(ckpt.get("seed", 0)), mean=mean, std=std,
+    )
+    rows: list[tuple] = []
+    for name in names:
+        if init_error and name in NEEDS_INIT:
+            rows.append((name, {}, None, "failed", init_error))
+            continue
+        try:
+            values = compute_measure(name, ctx)
+        except Exception as exc:  # noqa: BLE001 - recorded (undefined or failed), the set goes on
+            rows.append((name, {}, None, *measure_outcome(exc)))
+            continue
+        rows += [_value_row(name, parse_params(params), value) for params, value in values.items()]
+    return rows
 
 
 def _has_any(reg: Registry, run_id: str, measure: str) -> bool:
@@ -207,32 +270,31 @@ def _recorded(reg: Registry, run_id: str, measure: str, params: dict) -> bool:
     return row is not None
 
 
-def _fail_scores(reg: Registry, run_id: str, measures: Sequence[str], todo_scores: list, cam: str,
-                 thresholds: Sequence[float], source: str, reason: str, summary: MeasureSummary) -> None:
-    """Record the score measurements of one failed pass; never overwrite finished ones (a pass
-    run only for the logits covers combinations that were measured before)."""
-    for t in thresholds:
-        if (cam, t, source) not in todo_scores:
-            continue
-        for k in measures:
-            if k in SCORE_MEASURES:
-                reg.record_measurement(run_id, k, score_params(cam, t, source), None, "failed", reason)
-                summary.failed += 1
+def _fail_scores(measures: Sequence[str], todo_scores: list, combos: list, reason: str) -> list[tuple]:
+    """Failed rows for the score measurements of ``combos`` (cam, threshold, masks) that are
+    still to do; never for finished ones (a pass run only for the logits covers combinations
+    that were measured before)."""
+    return [(k, score_params(c, t, m), None, "failed", reason)
+            for c, t, m in combos if (c, t, m) in todo_scores for k in measures if k in SCORE_MEASURES]
 
 
-def _record(reg: Registry, run_id: str, measure: str, params: dict, value: float, summary: MeasureSummary) -> None:
+def _value_row(measure: str, params: dict, value: float | None) -> tuple:
     if value is None or not math.isfinite(value):
-        reg.record_measurement(run_id, measure, params, None, "failed", f"not finite: {value}")
-        summary.failed += 1
-    else:
-        reg.record_measurement(run_id, measure, params, float(value), "done")
-        summary.recorded += 1
+        return measure, params, None, "failed", f"not finite: {value}"
+    return measure, params, float(value), "done", None
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, MeasureError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc} ({traceback.extract_tb(exc.__traceback__)[-1].name})"
+def _store(reg: Registry, run_id: str, rows: list[tuple], summary: MeasureSummary) -> None:
+    """Record one model's rows together (one transaction, then its measurements.json)."""
+    reg.record_measurements(run_id, rows)
+    for row in rows:
+        state = row[3]
+        if state == "done":
+            summary.recorded += 1
+        elif state == "failed":
+            summary.failed += 1
+        else:
+            summary.undefined += 1
 
 
 def overlay_rows(zoo_dir: str | Path, n_images: int = 5, cam: str = "gradcam", threshold: float = 0.1,

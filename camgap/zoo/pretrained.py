@@ -11,7 +11,9 @@
   (``key`` hashes the architecture options and the pretraining settings). Offline.
 
 A run loads the pretrained weights into its model except the final ``fc`` layer, which
-keeps its seeded random initialisation for the target classes.
+keeps its seeded random initialisation for the target classes. Weights files are read with
+``torch.load(weights_only=True)``: a file holding pickled objects (a whole saved model
+rather than its state_dict) is refused with an error naming it, never executed.
 """
 from __future__ import annotations
 
@@ -103,12 +105,13 @@ def pretrained_paths(grid: Grid, zoo_dir: str | Path) -> dict[str, str]:
 def load_pretrained_backbone(model: nn.Module, path: str | Path) -> nn.Module:
     """Load every weight of ``path`` except the classifier head (fc) into ``model``, strictly."""
     from camgap.models import CheckpointError, extract_state_dict
+    from camgap.zoo.train import safe_load
 
     path = Path(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001
-        raise CheckpointError(f"{path}: cannot read pretrained weights ({type(exc).__name__}: {exc})") from exc
+        obj = safe_load(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"pretrained weights: {exc} (save the model's state_dict with torch.save)") from None
     state = {k: v for k, v in extract_state_dict(obj, path).items() if k not in HEAD_KEYS}
     own = model.state_dict()
     missing = sorted(set(own) - set(state) - set(HEAD_KEYS))
@@ -136,6 +139,7 @@ def source_task_config(grid: Grid, arch: str) -> dict:
         "pretrained": False,
         "trained": True,
         "max_epochs": p["epochs"],
+        "threads": t["threads"],
         "loss_threshold": t["loss_threshold"],
         "acc_threshold": t["acc_threshold"],
         "momentum": t["momentum"] if p["optimizer"] == "sgd" else None,
@@ -154,7 +158,7 @@ def ensure_source_models(grid: Grid, zoo_dir: str | Path, executor, log=print) -
     explicit weights file) on the sweep's executor, side by side; return their paths."""
     from camgap.data.layouts import read_layout
     from camgap.data.synthetic import write_synthetic
-    from camgap.zoo.train import atomic_save, prepare_split
+    from camgap.zoo.train import atomic_save, prepare_split, safe_load
 
     out, pending = [], []
     given = grid.train.get("pretrained_weights", {})
@@ -206,7 +210,7 @@ def ensure_source_models(grid: Grid, zoo_dir: str | Path, executor, log=print) -
                                    f"{result.get('error')}")
             log(f"source task {task['config']['arch']}: {result['epochs']} epochs, stop {result['stop_reason']}, "
                 f"train acc {result['train_acc']:.3f}, test acc {result['test_acc']:.3f}")
-            final = torch.load(work / "run" / "final.pt", map_location="cpu", weights_only=False)
+            final = safe_load(work / "run" / "final.pt")
             final["source_task"] = {"key": key, "pretrain": grid.pretrain, "classes": classes}
             atomic_save(final, path)
             shutil.rmtree(work / "cache", ignore_errors=True)

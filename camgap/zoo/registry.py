@@ -12,13 +12,20 @@ Only the driver process writes it (workers return result dicts). Tables:
   (seconds of training, summed over resumes), ``resumed_from`` (epoch the last attempt
   resumed from), ``started``, ``finished`` (ISO timestamps, UTC).
 * ``measurements(run_id, measure, params, value, status, error, updated)`` with primary key
-  ``(run_id, measure, params)``; ``params`` is canonical JSON of the measure's parameters.
+  ``(run_id, measure, params)``; ``params`` is canonical JSON of the measure's parameters;
+  ``status`` is the measurement's state: ``done`` (a value), ``failed`` (something broke,
+  ``error`` says what) or ``undefined`` (no value by the measure's own definition, ``error``
+  says why). Every change to a run's measurements is mirrored, atomically, to
+  ``runs/<run_id>/measurements.json`` (see ``measurement_rows``), from which a lost registry
+  can be rebuilt.
 
 Accuracies are fractions in [0, 1]; the gap is in percentage points.
 """
 from __future__ import annotations
 
 import json
+import math
+import re
 import sqlite3
 import time
 from collections.abc import Iterable, Mapping
@@ -29,10 +36,13 @@ from typing import Any
 from camgap.errors import CamgapError, InputError
 from camgap.zoo.grid import GRID_KEYS, RunSpec, canonical_json
 
-__all__ = ["Registry", "RegistryError", "GridMismatchError", "STATUSES", "METRICS"]
+__all__ = ["Registry", "RegistryError", "GridMismatchError", "STATUSES", "METRICS", "MEASUREMENT_STATES",
+           "MEASUREMENTS_FILE"]
 
 SCHEMA_VERSION = "1"
 STATUSES = ("pending", "running", "done", "failed")
+MEASUREMENT_STATES = ("done", "failed", "undefined")
+MEASUREMENTS_FILE = "measurements.json"  # per run directory: that run's measurement rows
 METRICS = ("epochs", "stop_reason", "train_acc", "train_loss", "test_acc", "test_loss", "gap", "wall_time")
 
 _SCHEMA = """
@@ -67,7 +77,7 @@ CREATE TABLE IF NOT EXISTS measurements (
     measure TEXT NOT NULL,
     params TEXT NOT NULL,
     value REAL,
-    status TEXT NOT NULL CHECK (status IN ('done', 'failed')),
+    status TEXT NOT NULL CHECK (status IN ('done', 'failed', 'undefined')),
     error TEXT,
     updated TEXT NOT NULL,
     PRIMARY KEY (run_id, measure, params)
@@ -95,6 +105,50 @@ def _params_json(params: Mapping | str | None) -> str:
     return canonical_json(dict(params))
 
 
+def _measurement_row(run_id: str, measure: str, params: Mapping | str | None, value: float | None,
+                     state: str = "done", reason: str | None = None) -> tuple:
+    if state not in MEASUREMENT_STATES:
+        raise InputError(f"measurement state must be one of {', '.join(MEASUREMENT_STATES)}, got {state!r}")
+    if state == "done":
+        if value is None or not math.isfinite(float(value)):
+            raise InputError(f"{run_id} {measure}: a done measurement needs a finite value, got {value!r}")
+        value = float(value)
+    elif value is not None or not reason:
+        raise InputError(f"{run_id} {measure}: a {state} measurement has no value and needs a reason")
+    return run_id, measure, _params_json(params), value, state, reason, _now()
+
+
+def reason_kind(reason: str | None) -> str:
+    """A reason without its numbers, to count alike ones together:
+    '10th-percentile margin gamma = -0.31 <= 0 (too many ...)' -> '10th-percentile margin gamma <= 0'."""
+    text = (reason or "").strip().splitlines()[0] if (reason or "").strip() else "no reason given"
+    text = text.split(" (", 1)[0]
+    return re.sub(r"\s*(?<![<>!=])=\s*([-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?|-?inf|nan)\b", "", text).strip()
+
+
+def state_line(counts: dict, state: str) -> str:
+    """One line from ``Registry.measurement_counts()``: 'undefined in the set: 10th-percentile
+    margin gamma <= 0: inverse_margin 2 run(s), spectral_norm 2 run(s); ...' ('' when none)."""
+    by_reason: dict[str, list[str]] = {}
+    for row in counts.get("not_done", []):
+        if row["state"] == state:
+            by_reason.setdefault(row["reason"], []).append(f"{row['measure']} {row['runs']} run(s)")
+    if not by_reason:
+        return ""
+    return f"{state} in the set: " + "; ".join(f"{why}: {', '.join(items)}" for why, items in by_reason.items())
+
+
+def format_measurement_status(counts: dict) -> list[str]:
+    """The measurements section of `zoo status`: counts by state, then one line per state
+    that is not done (by reason and measure)."""
+    states = counts.get("states") or {}
+    if not sum(states.values()):
+        return ["  measurements: none yet (run `camgap zoo measure`)"]
+    lines = ["  measurements: " + ", ".join(f"{n} {s}" for s, n in states.items())]
+    lines += [f"    {line}" for line in (state_line(counts, s) for s in ("undefined", "failed")) if line]
+    return lines
+
+
 class Registry:
     """``Registry(path)`` opens (creating if needed) the SQLite registry at ``path``."""
 
@@ -114,6 +168,7 @@ class Registry:
         if create:  # readers (status, export, measures) never write
             self.conn.executescript(_SCHEMA)
             self.conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            self.allow_undefined_state()
 
     @classmethod
     def in_dir(cls, zoo_dir: str | Path, create: bool = True) -> "Registry":
@@ -268,6 +323,22 @@ class Registry:
 
     # --- measurements -----------------------------------------------------------------
 
+    def allow_undefined_state(self) -> None:
+        """A registry written before the 'undefined' state existed has a CHECK constraint that
+        refuses it; copy its measurements into a table with the current one (SQLite cannot
+        alter a CHECK)."""
+        row = self.conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'measurements'"
+        ).fetchone()
+        if row is None or "'undefined'" in row[0]:
+            return
+        table = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS measurements"):]
+        with self.transaction() as c:
+            c.execute("ALTER TABLE measurements RENAME TO measurements_old")
+            c.execute(table.replace(" IF NOT EXISTS", ""))
+            c.execute("INSERT INTO measurements SELECT * FROM measurements_old")
+            c.execute("DROP TABLE measurements_old")
+
     def record_measurement(
         self,
         run_id: str,
@@ -277,17 +348,45 @@ class Registry:
         status: str = "done",
         error: str | None = None,
     ) -> None:
-        """Insert or replace one measurement of one run (status 'done' or 'failed')."""
-        if status not in ("done", "failed"):
-            raise InputError(f"measurement status must be 'done' or 'failed', got {status!r}")
+        """Insert or replace one measurement of one run (state 'done', 'failed' or 'undefined')."""
+        self.record_measurements(run_id, [(measure, params, value, status, error)])
+
+    def record_measurements(self, run_id: str, rows: Iterable[tuple]) -> None:
+        """Insert or replace measurements of one run in one transaction, then rewrite the run's
+        measurements.json. ``rows``: ``(measure, params, value, state, reason)`` tuples; a 'done'
+        row needs a finite value, the others no value and a reason."""
+        checked = [_measurement_row(run_id, *r) for r in rows]
+        if not checked:
+            return
         with self.transaction() as c:
             if c.execute("SELECT 1 FROM runs WHERE run_id = ?", (run_id,)).fetchone() is None:
                 raise RegistryError(f"record_measurement: no run {run_id!r} in {self.path}")
-            c.execute(
+            c.executemany(
                 "INSERT OR REPLACE INTO measurements(run_id, measure, params, value, status, error, updated) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (run_id, measure, _params_json(params), None if value is None else float(value), status, error, _now()),
+                checked,
             )
+        self.write_measurements_file(run_id)
+
+    def measurement_rows(self, run_id: str) -> list[dict]:
+        """One run's measurements as measurements.json holds them: ``measure``, ``params``
+        (canonical JSON, exactly as stored), ``value``, ``state``, ``reason``; sorted."""
+        rows = self.conn.execute(
+            "SELECT measure, params, value, status, error FROM measurements WHERE run_id = ? ORDER BY measure, params",
+            (run_id,),
+        )
+        return [{"measure": m, "params": p, "value": v, "state": st, "reason": e} for m, p, v, st, e in rows]
+
+    def write_measurements_file(self, run_id: str) -> Path | None:
+        """Mirror a run's measurement rows to ``runs/<run_id>/measurements.json`` (atomically);
+        nothing when the run has no directory next to the registry."""
+        from camgap.zoo.train import atomic_write_json
+
+        run_dir = self.path.parent / "runs" / run_id
+        if not run_dir.is_dir():
+            return None
+        atomic_write_json(self.measurement_rows(run_id), run_dir / MEASUREMENTS_FILE)
+        return run_dir / MEASUREMENTS_FILE
 
     def measurement_done(self, run_id: str, measure: str, params: Mapping | str | None = None) -> bool:
         row = self.conn.execute(
@@ -297,11 +396,39 @@ class Registry:
         return row is not None
 
     def measurements_frame(self):
-        """Columns run_id, measure, params (canonical JSON), value, status, error, updated."""
+        """Columns run_id, measure, params (canonical JSON), value, status (the state: done,
+        failed, undefined), error (the reason), updated."""
         import pandas as pd
 
         rows = [dict(r) for r in self.conn.execute("SELECT * FROM measurements ORDER BY rowid")]
         return pd.DataFrame(rows, columns=["run_id", "measure", "params", "value", "status", "error", "updated"])
+
+    def measurements_export_frame(self):
+        """The measurement table for `zoo export --measures`, long form: run_id, measure,
+        params (canonical JSON), value, state (done, failed, undefined), reason."""
+        frame = self.measurements_frame().rename(columns={"status": "state", "error": "reason"})
+        return frame[["run_id", "measure", "params", "value", "state", "reason"]]
+
+    def measurement_counts(self, measures: Iterable[str] | None = None) -> dict:
+        """Measurements by state: ``{"states": {state: n}, "by_measure": {measure: {state: n}},
+        "not_done": [{"state", "measure", "reason", "runs"}]}``; ``reason`` is the reason with
+        its numbers left out (``reason_kind``), ``runs`` counts distinct runs. ``measures``:
+        only these measures (default: all)."""
+        rows = self.conn.execute("SELECT run_id, measure, status, error FROM measurements").fetchall()
+        if measures is not None:
+            keep = set(measures)
+            rows = [r for r in rows if r["measure"] in keep]
+        states = {s: 0 for s in MEASUREMENT_STATES}
+        by_measure: dict[str, dict[str, int]] = {}
+        groups: dict[tuple[str, str, str], set[str]] = {}
+        for r in rows:
+            states[r["status"]] += 1
+            by_measure.setdefault(r["measure"], {s: 0 for s in MEASUREMENT_STATES})[r["status"]] += 1
+            if r["status"] != "done":
+                groups.setdefault((r["status"], reason_kind(r["error"]), r["measure"]), set()).add(r["run_id"])
+        not_done = [{"state": st, "reason": why, "measure": m, "runs": len(ids)}
+                    for (st, why, m), ids in sorted(groups.items())]
+        return {"states": states, "by_measure": dict(sorted(by_measure.items())), "not_done": not_done}
 
     # --- checks -----------------------------------------------------------------------
 

@@ -31,7 +31,9 @@ import contextlib
 import json
 import math
 import os
+import pickle
 import random
+import re
 import time
 import traceback
 from collections.abc import Callable
@@ -56,6 +58,7 @@ __all__ = [
     "release_data_cache",
     "atomic_save",
     "atomic_write_json",
+    "safe_load",
     "INJECT_FAIL_ENV",
     "EPOCH_DELAY_ENV",
 ]
@@ -92,6 +95,34 @@ def _atomic_write(path: str | Path, mode: str, write: Callable[[IO], None]) -> N
 def atomic_save(obj: Any, path: str | Path) -> None:
     """torch.save, atomically: a reader sees the old file or the new one, never half of one."""
     _atomic_write(path, "wb", lambda f: torch.save(obj, f))
+
+
+def safe_load(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain containers only, so
+    a checkpoint can never run code. Everything camgap writes loads this way; a file that does
+    not (a pickled object, a corrupt or truncated file) raises CheckpointError naming it."""
+    from camgap.models import CheckpointError
+
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such checkpoint file") from None
+    except pickle.UnpicklingError as exc:
+        detail = _unpickler_detail(str(exc))
+        if "global" in detail.lower():
+            raise CheckpointError(f"{path}: refused by torch.load(weights_only=True): it holds pickled objects, "
+                                  f"not only tensors and plain containers ({detail})") from None
+        raise CheckpointError(f"{path}: cannot read checkpoint (not a torch file, or corrupt: {detail})") from None
+    except Exception as exc:  # noqa: BLE001 - a corrupt or truncated file
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def _unpickler_detail(message: str) -> str:
+    """The cause in torch's weights_only message ('Unsupported global: GLOBAL io.open was not
+    an allowed global by default'), without its advice to load the file unsafely."""
+    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please use|\n\n|$)", message, re.S)
+    return " ".join((m.group(1) if m else message.strip().splitlines()[0]).split())
 
 
 def _finite_or_none(x):
@@ -229,7 +260,21 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean,
 
 
 def _rng_states(device: torch.device) -> dict:
-    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The global RNG states, as plain tensors, ints and lists so ``torch.load(weights_only=True)``
+    reads them back. Training draws from per-epoch torch generators; the global torch state
+    (model init) and numpy/python's (any library code) are kept so a resume continues exactly."""
+    np_state = np.random.get_state(legacy=False)
+    py_version, py_internal, py_gauss = random.getstate()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
+        "python": [int(py_version), [int(x) for x in py_internal], py_gauss],
+    }
     if device.type == "cuda":
         states["cuda"] = torch.cuda.get_rng_state(device)
     return states
@@ -237,8 +282,11 @@ def _rng_states(device: torch.device) -> dict:
 
 def _set_rng_states(states: dict, device: torch.device) -> None:
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
-    random.setstate(states["python"])
+    npst = states["numpy"]
+    np.random.set_state(("MT19937", npst["key"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
+                         npst["gauss"]))
+    version, internal, gauss = states["python"]
+    random.setstate((version, tuple(internal), gauss))
     if device.type == "cuda" and "cuda" in states:
         torch.cuda.set_rng_state(states["cuda"], device)
 
@@ -305,6 +353,13 @@ def _result(task: dict, epochs: int, stop_reason: str | None, train: tuple, test
     }
 
 
+def run_threads(task: dict) -> int:
+    """The run's intra-op thread count: ``config["threads"]`` (``[train] threads``), so the
+    weights never depend on the executor or on how many runs share the machine. Configs
+    without the key (untrained models, older model sets) use the executor's ``task["threads"]``."""
+    return int(task["config"].get("threads") or task.get("threads") or 1)
+
+
 def train_run(task: dict, epoch_callback: Callable[[int, dict], None] | None = None) -> dict:
     """Train (or, for ``config["trained"] == False``, only evaluate) one run; return its result.
 
@@ -316,8 +371,12 @@ def train_run(task: dict, epoch_callback: Callable[[int, dict], None] | None = N
     """
     run_dir = Path(task["run_dir"])
     run_dir.mkdir(parents=True, exist_ok=True)
-    with _run_lock(run_dir):
-        return _train_locked(task, run_dir, epoch_callback)
+    caller_threads = torch.get_num_threads()
+    try:
+        with _run_lock(run_dir):
+            return _train_locked(task, run_dir, epoch_callback)
+    finally:
+        torch.set_num_threads(caller_threads)  # an in-process run leaves the caller's thread count alone
 
 
 def _train_locked(task: dict, run_dir: Path, epoch_callback) -> dict:
@@ -326,14 +385,13 @@ def _train_locked(task: dict, run_dir: Path, epoch_callback) -> dict:
 
     final_path, last_path, init_path = run_dir / "final.pt", run_dir / "last.pt", run_dir / "init.pt"
     if final_path.is_file():
-        done = torch.load(final_path, map_location="cpu", weights_only=False)
+        done = safe_load(final_path)
         if done.get("run_id") == task["run_id"] and "result" in done:
             return dict(done["result"])
 
     cfg = task["config"]
     device = torch.device(task.get("device") or "cpu")
-    if task.get("threads"):
-        torch.set_num_threads(int(task["threads"]))
+    torch.set_num_threads(run_threads(task))
     if device.type == "cuda":
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
@@ -374,7 +432,7 @@ def _train_locked(task: dict, run_dir: Path, epoch_callback) -> dict:
     resumed_from = None
     diverged = False
     if last_path.is_file():
-        ck = torch.load(last_path, map_location="cpu", weights_only=False)
+        ck = safe_load(last_path)
         if ck.get("run_id") != task["run_id"]:
             raise StateError(f"{last_path} belongs to run {ck.get('run_id')!r}, not {task['run_id']!r}")
         model.load_state_dict(ck["model_state_dict"])
