@@ -1,4 +1,4 @@
-"""The study at the paper's scale: `run_study` on a fake model set of `grids/paper.toml`'s size.
+"""The study at the paper's scale: `run_study` on a fake model set of `camgap/grids/paper.toml`'s size.
 
 Builds, in memory, the runs table of every run of the packaged paper grid (3456 trained +
 200 untrained) with synthetic accuracies, and a measurement table with one row per run and

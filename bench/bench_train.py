@@ -1,5 +1,5 @@
 """Training throughput: camgap's cached-tensor path vs a plain torchvision ImageFolder + PIL loop,
-and the projected cost of grids/paper.toml.
+and the projected cost of camgap/grids/paper.toml.
 
 Part 1 (throughput, images/s). Same model, same images (the synthetic dataset written once
 into a temporary directory), same batch size, same optimizer, same number of epochs, in one run:
@@ -58,7 +58,7 @@ from camgap.zoo.train import augment_batch, load_split, release_data_cache
 
 PAPER_TRAIN_IMAGES = 11_173  # paper Table 1 (sum over the 20 classes)
 PAPER_TEST_IMAGES = 1_000  # 50 per class
-PAPER_RUNS = 3_456  # grids/paper.toml: 864 configurations x 4 seeds
+PAPER_RUNS = 3_456  # camgap/grids/paper.toml: 864 configurations x 4 seeds
 PAPER_UNTRAINED = 50  # per architecture, evaluation only
 
 
@@ -292,7 +292,7 @@ def projection(args, device: torch.device) -> None:
     mean_epochs = 0.9 * 50 + 0.1 * 150
     per_arch = args.runs // 4
     n_tr, n_te = args.train_images, args.test_images
-    print(f"## Projected cost of grids/paper.toml on this {dev} "
+    print(f"## Projected cost of camgap/grids/paper.toml on this {dev} "
           f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} torch threads'})")
     print(f"Measured: {args.proj_steps} training steps and {args.proj_steps} eval batches of {args.proj_batch} random "
           f"images at {args.proj_size}x{args.proj_size} per architecture, after one warm-up each.")

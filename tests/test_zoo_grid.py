@@ -1,5 +1,4 @@
 """Grid files: parsing, validation, the paper's Table 2, run ids."""
-import filecmp
 import tomllib
 from pathlib import Path
 
@@ -31,7 +30,7 @@ lr = [0.1, 0.001]
 
 
 def test_paper_grid_is_table_2():
-    grid = load_grid(ROOT / "grids" / "paper.toml")
+    grid = load_grid("paper")
     assert grid.axes == {
         "arch": ("resnet18", "resnet34", "resnet50", "resnet101"),
         "batch_size": (16, 32, 64),
@@ -53,16 +52,16 @@ def test_paper_grid_is_table_2():
     assert t["momentum"] == 0.9
 
 
-def test_packaged_grids_are_identical_to_the_repo_copies():
+def test_the_grids_live_in_the_package_only():
     shipped = packaged_grids()
-    assert set(shipped) >= {"paper", "cpu-small"}
-    for name in ("paper", "cpu-small"):
-        assert filecmp.cmp(shipped[name], ROOT / "grids" / f"{name}.toml", shallow=False)
+    assert set(shipped) == {"paper", "cpu-small", "demo", "demo-quick"}
+    assert all(p.parent.name == "grids" and p.parent.parent.name == "camgap" for p in shipped.values())
+    assert not (ROOT / "grids").exists()
     assert load_grid("cpu-small").archs == ("small_resnet",)
 
 
 def test_cpu_small_grid():
-    grid = load_grid(ROOT / "grids" / "cpu-small.toml")
+    grid = load_grid("cpu-small")
     assert grid.n_trained == 32 and grid.n_untrained == 8
     assert grid.arch_options == {"small_resnet": {"width": 8, "blocks": [1, 1, 1, 1]}}
 
