@@ -38,6 +38,12 @@ class MeasureError(CamgapError, RuntimeError):
     """A measure cannot be computed for this model; ``str(err)`` is the reason."""
 
 
+class MeasureUndefined(MeasureError):
+    """The measure has no value for this model, by its definition rather than by a fault of the
+    computation (e.g. no noise level within the search's caps moves a chance-level model's training
+    accuracy by the PAC-Bayes target). ``str(err)`` is the reason."""
+
+
 @dataclass
 class MeasureContext:
     """Everything a measure may need about one model.
