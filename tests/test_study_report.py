@@ -6,6 +6,8 @@ import base64
 import importlib.metadata
 import math
 import re
+import shutil
+import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import pandas as pd
 import pytest
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from PIL import Image
 from scipy import stats as st
 
 import camgap
@@ -271,3 +274,25 @@ def test_overlay_grid_and_bad_images(tmp_path):
         figures.overlay_grid([(1.0, [np.zeros((4, 4, 2))])], tmp_path / "bad.png")
     with pytest.raises(ValueError):
         figures.overlay_grid([], tmp_path / "empty.png")
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium on this machine")
+def test_report_renders_in_a_headless_browser(study, tmp_path):
+    """The page as a browser draws it: a 1280x2000 screenshot with text, tables and colour,
+    not a blank or error page."""
+    _, _, _, report = study
+    shot = tmp_path / "shot.png"
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+           f"--screenshot={shot}", "--window-size=1280,2000", report.resolve().as_uri()]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    img = np.asarray(Image.open(shot).convert("RGB"))
+    assert img.shape == (2000, 1280, 3)
+    ink = (img < 200).any(axis=2)
+    assert 0.02 < ink.mean() < 0.5                                # text and table borders, mostly white page
+    rows = np.flatnonzero(ink.any(axis=1))
+    assert rows.min() < 100 and rows.max() > 1800                 # content from the top to the bottom
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50        # anti-aliased text, grey headers
