@@ -14,7 +14,9 @@ PAC-Bayes flatness needs its own passes on a fixed subset of ``ctx.batches()``.
 
 A measure that cannot be computed for a model (non-finite weights or logits, 10th-percentile
 margin <= 0, missing initial weights, ...) raises :class:`MeasureError` with the reason; the
-caller records the measurement as failed and goes on with the next one.
+caller records the measurement as failed and goes on with the next one. A measure that has no
+value for a model by its definition (PAC-Bayes flatness of a model whose accuracy no noise level
+within the search's caps moves by the target) raises the subclass :class:`MeasureUndefined`.
 
 >>> from camgap.measures.registry import MEASURES, MeasureContext, compute_measure
 >>> ctx = MeasureContext(model=model, logits=logits, labels=labels, batches=lambda: iter(loader))
