@@ -1,5 +1,8 @@
-"""Overlays like the paper's Figures 1-2: image, CAM heat map, thresholded region (white
-outline) and the object region (green boxes, or the mask's outline when masks are used)."""
+"""Overlays like the paper's Figures 1-2: the image in grey, the CAM heat map in a perceptual colour
+map (inferno: brightness grows with the CAM, readable in greyscale and by colour-blind readers,
+unlike jet), the thresholded region (white outline) and the object region (green boxes, or the
+mask's outline when masks are used). The grey base keeps the image's own colours from being read
+as CAM values."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +14,11 @@ from PIL import Image
 
 GREEN = np.array([0, 230, 0], dtype=np.float32)
 WHITE = np.array([255, 255, 255], dtype=np.float32)
+#: Colour map of the CAM heat map in every overlay (and of Figure 2's colour bar).
+CAM_CMAP = "inferno"
+#: Colours of the outlines, as matplotlib colours (for legends drawn next to the overlays).
+REGION_COLOUR = tuple(WHITE / 255)
+BOX_COLOUR = tuple(GREEN / 255)
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -20,6 +28,12 @@ def _outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~inner
 
 
+def desaturate(rgb: np.ndarray) -> np.ndarray:
+    """Luma (ITU-R BT.601) of an HxWx3 float image, repeated on 3 channels."""
+    grey = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
 def render_overlay(
     image: torch.Tensor,
     cam: torch.Tensor,
@@ -27,15 +41,18 @@ def render_overlay(
     boxes: torch.Tensor | None = None,
     reference: torch.Tensor | None = None,
     scale: int | None = None,
-    alpha: float = 0.45,
+    alpha: float = 0.5,
+    cmap: str = CAM_CMAP,
 ) -> np.ndarray:
-    """RGB uint8 [H*scale, W*scale, 3]. `image` uint8 [3,H,W]; `cam` [H,W] in [0,1];
-    boxes [n,4] xyxy in image pixels, or a bool `reference` mask when boxes are None."""
+    """RGB uint8 [H*scale, W*scale, 3]: (1 - alpha) * grey image + alpha * cmap(cam), the outline
+    of cam >= threshold in white, the boxes (or the outline of `reference`) in green.
+    `image` uint8 [3,H,W]; `cam` [H,W] in [0,1]; boxes [n,4] xyxy in image pixels, or a bool
+    `reference` mask when boxes are None."""
     h, w = image.shape[-2:]
     scale = scale or max(1, 224 // max(h, w))
-    rgb = image.permute(1, 2, 0).numpy().astype(np.float32)
-    heat = colormaps["jet"](cam.numpy())[..., :3] * 255
-    out = (1 - alpha) * rgb + alpha * heat
+    grey = desaturate(image.permute(1, 2, 0).numpy().astype(np.float32))
+    heat = colormaps[cmap](cam.numpy())[..., :3].astype(np.float32) * 255
+    out = (1 - alpha) * grey + alpha * heat
     out = np.kron(out, np.ones((scale, scale, 1), dtype=np.float32))
     region = np.kron((cam.numpy() >= threshold), np.ones((scale, scale), dtype=bool))
     out[_outline(region)] = WHITE
@@ -51,7 +68,8 @@ def render_overlay(
     return out.clip(0, 255).astype(np.uint8)
 
 
-def save_overlays(overlays: list[dict], out_dir: Path | str, threshold: float, classes: list[str] | None = None) -> list[Path]:
+def save_overlays(overlays: list[dict], out_dir: Path | str, threshold: float,
+                  classes: list[str] | None = None) -> list[Path]:
     """Write one PNG per kept image of a ScoreResult; returns the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from camgap.errors import InputError
 from camgap.measures.flatness import pacbayes_bounds, pacbayes_sigma
 from camgap.measures.registry import MeasureContext, MeasureError, MeasureUndefined, compute_measure
 
@@ -107,3 +108,77 @@ def test_failures_raise_measure_error():
     with pytest.raises(MeasureUndefined, match="never moves"):
         pacbayes_sigma(const, _batches(x, torch.arange(64) % 2),
                        draws=1, max_steps=8)
+
+
+class _Counter:
+    """on_evaluate hook: records every noise level the search evaluates."""
+
+    def __init__(self):
+        self.sigmas: list[float] = []
+        self.drops: list[float] = []
+
+    def __call__(self, sigma: float, drop: float) -> None:
+        self.sigmas.append(sigma)
+        self.drops.append(drop)
+
+
+def test_chance_level_zero_head_stops_at_the_sigma_cap():
+    """A zero linear head perturbed by sigma * z predicts argmax(z x + z_b) at EVERY sigma (the
+    scale cancels exactly for powers of 2), so the accuracy drop is the same at every noise level
+    and never reaches the target: the search must stop at the cap and call the measure undefined."""
+    x, _ = _data(64)
+    y = torch.arange(64) % 2                       # balanced labels: the zero head is at chance (0.5)
+    hook = _Counter()
+    with pytest.raises(MeasureUndefined, match=r"never moves by 0.1 for sigma up to the cap sigma_max=2 "
+                                               r"\(clean accuracy 0.5; 4 noise levels evaluated\)"):
+        pacbayes_sigma(_linear(0.0), _batches(x, y), draws=1, sigma_max=2.0, on_evaluate=hook)
+    # sigma0 = 1/4 for all-zero weights, doubled up to the cap and not beyond
+    assert hook.sigmas == [0.25, 0.5, 1.0, 2.0]
+    assert len(set(hook.drops)) == 1 and hook.drops[0] < 0.09
+    # the default cap (2^12 sigma0) stops it after 13 noise levels; max_steps bounds the doublings
+    hook = _Counter()
+    with pytest.raises(MeasureUndefined, match="sigma_max=1.02e[+]03"):
+        pacbayes_sigma(_linear(0.0), _batches(x, y), draws=1, on_evaluate=hook)
+    assert len(hook.sigmas) == 13 and max(hook.sigmas) == 1024.0
+    hook = _Counter()
+    with pytest.raises(MeasureUndefined, match="within max_steps=3 doublings"):
+        pacbayes_sigma(_linear(0.0), _batches(x, y), draws=1, max_steps=3, on_evaluate=hook)
+    assert len(hook.sigmas) == 1 + 3
+    # through the registry the undefined signal reaches the caller as a MeasureError subclass
+    ctx = MeasureContext(model=_linear(0.0), labels=y, batches=_batches(x, y), seed=0)
+    with pytest.raises(MeasureError, match="never moves"):
+        compute_measure("pacbayes_flatness", ctx, draws=1, sigma_max=2.0)
+
+
+def test_clean_accuracy_below_the_target_is_undefined_without_a_noisy_pass():
+    x, _ = _data(64)
+    y = torch.ones(64, dtype=torch.long)
+    y[:3] = 0                                      # the zero head predicts class 0: accuracy 3/64
+    hook = _Counter()
+    with pytest.raises(MeasureUndefined, match="clean training accuracy 0.0469 is below the target drop 0.1"):
+        pacbayes_sigma(_linear(0.0), _batches(x, y), on_evaluate=hook)
+    assert hook.sigmas == []
+
+
+def test_untrained_network_stops_within_the_iteration_cap():
+    """An untrained (random-init) CNN on random labels: whatever its outcome, the search evaluates
+    at most 1 + max_steps + depth noise levels."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    imgs = torch.randn(48, 1, 8, 8)
+    labels = torch.randint(0, 3, (48,), generator=torch.Generator().manual_seed(1))
+    hook = _Counter()
+    try:
+        res = pacbayes_sigma(model, _batches(imgs, labels, 16), draws=1, max_steps=6, depth=4, on_evaluate=hook)
+        assert [s for s, _ in res.evaluations] == hook.sigmas
+    except MeasureUndefined:
+        pass
+    assert 1 <= len(hook.sigmas) <= 1 + 6 + 4
+
+
+def test_search_caps_are_validated():
+    x, y = _data(32)
+    with pytest.raises(InputError, match="need 0 < sigma0 <= sigma_max, got sigma0=4.0, sigma_max=2.0"):
+        pacbayes_sigma(_linear(1.0), _batches(x, y), sigma0=4.0, sigma_max=2.0)
+    with pytest.raises(InputError, match="max_steps >= 0"):
+        pacbayes_sigma(_linear(1.0), _batches(x, y), max_steps=-1)

@@ -3,16 +3,26 @@ report.html is self-contained."""
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import math
 import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from PIL import Image
 from scipy import stats as st
 
-from camgap.study import figures, headline, stats, write_study
+import camgap
+from camgap.study import figures, headline, stats, wide_table, write_study
 from camgap.study.report import demo_frames
+from camgap.zoo.registry import Registry
 
 IOU = "cam=gradcam,threshold=0.1,masks=boxes"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -80,20 +90,147 @@ def test_csv_numbers_equal_the_computed_ones(study):
     assert fails.measure.tolist() == ["spectral_norm"] and fails.n_failed.tolist() == [1]
 
 
+class _Page(HTMLParser):
+    """The report's <img> attributes, <dt>/<dd> pairs of the provenance block, and its text."""
+
+    def __init__(self):
+        super().__init__()
+        self.imgs, self.prov, self.text, self._tag, self._in_prov = [], {}, [], None, False
+        self._dt = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.imgs.append(attrs)
+        if tag == "section" and attrs.get("id") == "provenance":
+            self._in_prov = True
+        self._tag = tag
+
+    def handle_endtag(self, tag):
+        if tag == "section":
+            self._in_prov = False
+        self._tag = None
+
+    def handle_data(self, data):
+        self.text.append(data)
+        if self._in_prov and self._tag == "dt":
+            self._dt = data
+        elif self._in_prov and self._tag == "dd":
+            self.prov[self._dt] = data
+
+
+def _page(report):
+    p = _Page()
+    p.feed(report.read_text(encoding="utf-8"))
+    return p
+
+
 def test_report_is_self_contained(study):
     _, _, out, report = study
     html = report.read_text(encoding="utf-8")
     assert "http://" not in html and "https://" not in html
     assert "<script" not in html.lower() and "<link" not in html.lower()
-    assert "src='http" not in html and "@import" not in html
-    imgs = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
-    assert len(imgs) == len(list((out / "figures").glob("*.png"))) == 7
-    for b in imgs:
-        assert base64.b64decode(b)[:8] == PNG
+    assert "@import" not in html
+    page = _page(report)
+    assert len(page.imgs) == len(list((out / "figures").glob("*.png"))) == 7
     for title in ("Table 3", "Table 4", "Table 5", "Table 6", "Table 7", "Figure 4", "Figure 5",
                   "Figure 2", "granulated Kendall"):
         assert title in html
     assert "n/a" in html                                         # the random-model cells
+
+
+def test_every_image_is_a_written_png_with_data(study):
+    """Each <img> inlines the PNG file it names, and a scatter is drawn only for a measure with
+    finite values among the models it shows (no empty plots)."""
+    runs, ms, out, report = study
+    page = _page(report)
+    wide = wide_table(runs, ms)
+    for img in page.imgs:
+        assert img["src"].startswith("data:image/png;base64,")
+        f = out / img["data-file"]
+        data = f.read_bytes()
+        assert data[:8] == PNG and len(data) > 1000
+        assert base64.b64decode(img["src"].split(",", 1)[1]) == data
+    files = sorted(img["data-file"] for img in page.imgs)
+    assert files == sorted(f"figures/{p.name}" for p in (out / "figures").glob("*.png"))
+    captions = [img["alt"] for img in page.imgs]
+    fit = wide[wide.trained & (wide.train_acc >= 0.8)]
+    for measure, label in (("iou", "IoU"), ("spectral_norm", "Spectral Norm")):
+        vals = ms[(ms.measure == measure) & (ms.status == "done")]
+        if measure == "iou":
+            vals = vals[vals.params == IOU]
+        n = int(fit.run_id.isin(vals.run_id).sum())
+        assert n > 0
+        assert f"{label} vs gap: {n} trained models with train acc ≥ 80 % with a finite {label}" in captions
+
+
+def test_provenance_block_opens_the_report(study, tmp_path):
+    runs, _, _, report = study
+    prov = _page(report).prov
+    assert prov["camgap"] == camgap.__version__
+    assert prov["torch"] == importlib.metadata.version("torch") and prov["torch"].startswith(torch.__version__[:4])
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", prov["date"])
+    assert prov["command"] == "not given (write_study called from Python)"
+    assert prov["models by status"] == f"{len(runs)} models (no status column: all counted as done)"
+    html = report.read_text(encoding="utf-8")
+    assert html.index('id="provenance"') < html.index("Table 3")
+    # with a command line, a model set whose registry records a grid, and run statuses
+    runs, ms = demo_frames(seed=1)
+    runs = runs.assign(status=["done"] * (len(runs) - 2) + ["failed", "pending"])
+    zoo = tmp_path / "zoo"
+    zoo.mkdir()
+    with Registry.in_dir(zoo) as reg:
+        reg.bind_grid("ab" * 32, "{}", "grid")
+    rep = write_study(runs, ms, tmp_path / "s", n_boot=0, command="camgap study zoo --out s <x>", model_set=zoo)
+    prov = _page(rep).prov
+    assert prov["command"] == "camgap study zoo --out s <x>"          # escaped in the HTML, intact as text
+    assert "&lt;x&gt;" in rep.read_text(encoding="utf-8")
+    assert prov["model set"] == str(zoo) and prov["grid SHA-256"] == "ab" * 32
+    assert prov["models by status"] == f"done: {len(runs) - 2}, failed: 1, pending: 1 (total {len(runs)})"
+    rep = write_study(runs, ms, tmp_path / "s2", n_boot=0, model_set=tmp_path)
+    assert _page(rep).prov["grid SHA-256"] == f"n/a (no registry.sqlite in {tmp_path})"
+
+
+def test_a_measure_without_data_gets_a_line_not_an_empty_plot(tmp_path):
+    runs, ms = demo_frames(seed=1)
+    ms = ms.copy()
+    norm = ms.measure == "spectral_norm"
+    ms.loc[norm, ["value", "status", "error"]] = [np.nan, "failed", "margin <= 0"]
+    report = write_study(runs, ms, tmp_path, n_boot=0, title="study <b>not bold</b>")
+    page = _page(report)
+    assert "no data: Spectral Norm was not measured / undefined for all models." in page.text
+    assert not (tmp_path / "figures" / "scatter_spectral_norm.png").exists()
+    assert not any("Spectral Norm" in img["alt"] for img in page.imgs)
+    assert "study &lt;b&gt;not bold&lt;/b&gt;" in report.read_text(encoding="utf-8")   # autoescape
+    # nothing finite among the shown models, though finite elsewhere: said so
+    ms.loc[norm & ms.run_id.str.startswith("u"), ["value", "status"]] = [1.0, "done"]
+    report = write_study(runs, ms, tmp_path / "b", n_boot=0)
+    assert ("no data: Spectral Norm has no finite value among the trained models with train acc ≥ 80 %; "
+            "no scatter drawn.") in _page(report).text
+
+
+def test_scatter_caption_says_when_it_shows_models_below_the_threshold(tmp_path):
+    runs, ms = demo_frames(seed=1)
+    runs = runs.copy()
+    low = runs.trained & (runs.run_id != "m000") & (runs.run_id != "m001")
+    runs.loc[low, "train_acc"] = 0.5                     # only 2 trained models reach 80 %
+    runs["gap"] = 100 * (runs.train_acc - runs.test_acc)
+    report = write_study(runs, ms, tmp_path, n_boot=0)
+    captions = [img["alt"] for img in _page(report).imgs]
+    n = int(runs.trained.sum())
+    assert (f"IoU vs gap: {n} trained models of any train acc (only 2 reach train acc ≥ 80 %, fewer than 3) "
+            "with a finite IoU") in captions
+
+
+def test_histogram_counts_have_integer_ticks(tmp_path, monkeypatch):
+    saved = []
+    monkeypatch.setattr(figures, "_save", lambda fig, path, dpi=100: saved.append(fig) or Path(path))
+    runs = pd.DataFrame(dict(gap=[3.0, 12.0], trained=True))
+    figures.gap_histogram(runs, tmp_path / "h.png")
+    fig = saved[0]
+    FigureCanvasAgg(fig).draw()
+    ticks = fig.axes[0].get_yticks()
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks)
 
 
 def test_missing_variants_are_reported_not_faked(tmp_path):
@@ -137,3 +274,25 @@ def test_overlay_grid_and_bad_images(tmp_path):
         figures.overlay_grid([(1.0, [np.zeros((4, 4, 2))])], tmp_path / "bad.png")
     with pytest.raises(ValueError):
         figures.overlay_grid([], tmp_path / "empty.png")
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium on this machine")
+def test_report_renders_in_a_headless_browser(study, tmp_path):
+    """The page as a browser draws it: a 1280x2000 screenshot with text, tables and colour,
+    not a blank or error page."""
+    _, _, _, report = study
+    shot = tmp_path / "shot.png"
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+           f"--screenshot={shot}", "--window-size=1280,2000", report.resolve().as_uri()]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    img = np.asarray(Image.open(shot).convert("RGB"))
+    assert img.shape == (2000, 1280, 3)
+    ink = (img < 200).any(axis=2)
+    assert 0.02 < ink.mean() < 0.5                                # text and table borders, mostly white page
+    rows = np.flatnonzero(ink.any(axis=1))
+    assert rows.min() < 100 and rows.max() > 1800                 # content from the top to the bottom
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50        # anti-aliased text, grey headers

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
+from camgap.errors import InputError
 from camgap.study import stats
 
 
@@ -58,6 +59,39 @@ def test_bootstrap_ci_contains_estimate_is_seeded_and_matches_a_loop():
         a, b = stats.bootstrap_ci(x, y, s, n_resamples=100, seed=0)
         assert a < getattr(stats, s)(x, y) < b
     assert all(math.isnan(v) for v in stats.bootstrap_ci([1, 2], [3, 4]))
+
+
+def _scipy_pearson(a, b, axis=-1):
+    return st.pearsonr(a, b, axis=axis).statistic
+
+
+def test_bootstrap_ci_is_scipys_paired_percentile_interval():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=25)
+    y = 0.4 * x + rng.normal(size=25)
+    ref = st.bootstrap((x, y), _scipy_pearson, paired=True, vectorized=True, n_resamples=400,
+                       method="percentile", confidence_level=0.9, rng=np.random.default_rng(11))
+    got = stats.bootstrap_ci(x, y, n_resamples=400, confidence=0.9, seed=11)
+    assert got == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high), abs=1e-12)
+    assert stats.bootstrap_ci(x, y, n_resamples=400, confidence=0.9, seed=11) == got   # rerun: same numbers
+
+
+def test_bootstrap_ci_leaves_out_undefined_resamples_of_a_tiny_set():
+    """With 4 models some resamples repeat one model (constant x): scipy's own interval is NaN;
+    camgap takes the quantiles of the defined resamples of the same scipy draw."""
+    x = np.array([0.1, 0.4, 0.2, 0.9])
+    y = np.array([3.0, 1.0, 2.5, 0.5])
+    with pytest.warns(st.DegenerateDataWarning):
+        ref = st.bootstrap((x, y), _scipy_pearson, paired=True, vectorized=True, n_resamples=300,
+                           method="percentile", rng=np.random.default_rng(5))
+    assert math.isnan(ref.confidence_interval.low)
+    dist = ref.bootstrap_distribution
+    assert np.isnan(dist).sum() > 0
+    fin = dist[np.isfinite(dist)]
+    lo, hi = stats.bootstrap_ci(x, y, n_resamples=300, seed=5)
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(fin, [2.5, 97.5])), abs=1e-9)
+    with pytest.raises(InputError, match="n_resamples must be >= 1, got 0"):
+        stats.bootstrap_ci(x, y, n_resamples=0)
 
 
 # -------------------------------------------------------------- granulated Kendall (Psi)

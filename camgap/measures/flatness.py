@@ -15,6 +15,15 @@ found by bracketing (doubling / halving from a start near the weights' RMS, roun
 of 2) then bisection, stopping when the drop is within ``tol`` of ``target`` or after
 ``depth`` halvings of the bracket - as in Jiang et al.'s search.
 
+The search is bounded: sigma never exceeds ``sigma_max`` (by default 2^12 times the start, i.e.
+noise ~1000 times the weights' RMS, long past the point where the network's outputs are noise),
+and the bracketing takes at most ``max_steps`` doublings or halvings, so at most
+``1 + max_steps + depth`` noise levels are evaluated. A model whose training accuracy no noise
+level within these caps moves by ``target`` (a model at chance level, whose accuracy noise cannot
+lower; or one with a clean accuracy below ``target``, found without any noisy pass), or which
+moves by more than ``target`` at every sigma down to ``sigma0 / 2^max_steps``, has no sigma':
+the search raises :class:`MeasureUndefined` with the reason.
+
 Determinism: draw j uses a generator seeded with (seed, j) on the model's device, and the SAME
 standard-normal direction z_j at every sigma (u = std(sigma) * z_j: common random numbers), so
 the drop is a smooth function of sigma and a seed gives one answer. The model's parameters are
@@ -88,16 +97,20 @@ def pacbayes_sigma(model: nn.Module, batches: Callable[[], Iterator] | Iterable,
                    target: float = 0.1, criterion: str = "accuracy",
                    magnitude_eps: float | None = None, draws: int = 5, n_images: int = 512,
                    depth: int = 15, tol: float = 0.01, seed: int = 0,
-                   sigma0: float | None = None, max_steps: int = 40) -> PacBayesResult:
+                   sigma0: float | None = None, sigma_max: float | None = None, max_steps: int = 20,
+                   on_evaluate: Callable[[float, float], None] | None = None) -> PacBayesResult:
     """Find sigma' by bisection (see the module docstring). ``batches``: a callable returning an
     iterator of ``(images_normalized, labels, ...)`` or such an iterable. ``magnitude_eps``:
-    None for isotropic noise, eps for the magnitude-aware variant. Raises
-    :class:`MeasureError` for non-finite weights or when even tiny noise moves the criterion too far,
-    :class:`MeasureUndefined` when no noise level moves it by the target (sigma' is unbounded)."""
+    None for isotropic noise, eps for the magnitude-aware variant. ``sigma_max`` caps the noise
+    scale (default ``sigma0 * 2**12``); ``on_evaluate(sigma, displacement)`` is called after each
+    noisy evaluation. Raises :class:`MeasureError` for non-finite weights or when even tiny noise
+    moves the criterion too far, :class:`MeasureUndefined` when no sigma within the caps moves it by
+    the target (sigma' is then unbounded as far as the search can tell)."""
     if criterion not in ("accuracy", "loss"):
         raise InputError(f"criterion must be 'accuracy' or 'loss', got {criterion!r}")
-    if not target > 0 or not tol >= 0 or draws < 1:
-        raise InputError("need target > 0, tol >= 0, draws >= 1")
+    if not target > 0 or not tol >= 0 or draws < 1 or max_steps < 0 or depth < 0:
+        raise InputError(f"need target > 0, tol >= 0, draws >= 1, max_steps >= 0, depth >= 0; got target={target}, "
+                         f"tol={tol}, draws={draws}, max_steps={max_steps}, depth={depth}")
     check_finite(model)
     base = {n: p.detach() for n, p in model.named_parameters()}
     if not base:
@@ -111,6 +124,9 @@ def pacbayes_sigma(model: nn.Module, batches: Callable[[], Iterator] | Iterable,
         clean = _score(model, None, data, criterion)
         if not math.isfinite(clean):
             raise MeasureError(f"non-finite clean training {criterion}")
+        if criterion == "accuracy" and clean < target - tol:
+            raise MeasureUndefined(f"clean training accuracy {clean:.3g} is below the target drop {target}: "
+                                   "no noise level can lower it by that much")
         evaluations: list[tuple[float, float]] = []
 
         def displacement(sigma: float) -> float:
@@ -131,6 +147,8 @@ def pacbayes_sigma(model: nn.Module, batches: Callable[[], Iterator] | Iterable,
             if not math.isfinite(d):
                 d = math.inf
             evaluations.append((sigma, d))
+            if on_evaluate is not None:
+                on_evaluate(sigma, d)
             return d
 
         def result(sigma: float, d: float) -> PacBayesResult:
@@ -138,13 +156,10 @@ def pacbayes_sigma(model: nn.Module, batches: Callable[[], Iterator] | Iterable,
                                   evaluations=evaluations)
 
         if sigma0 is None:
-            if magnitude_eps is not None:
-                sigma0 = 2.0**-3
-            else:
-                sq = sum(float(p.double().square().sum()) for p in base.values())
-                cnt = sum(p.numel() for p in base.values())
-                rms = math.sqrt(sq / cnt) if sq > 0 else 1.0
-                sigma0 = 2.0 ** (round(math.log2(rms)) - 2)
+            sigma0 = _default_sigma0(base, magnitude_eps)
+        cap = float(sigma_max) if sigma_max is not None else float(sigma0) * 2.0**12
+        if not 0 < sigma0 <= cap:
+            raise InputError(f"need 0 < sigma0 <= sigma_max, got sigma0={sigma0}, sigma_max={cap}")
         s = float(sigma0)
         d = displacement(s)
         if abs(d - target) <= tol:
@@ -160,11 +175,16 @@ def pacbayes_sigma(model: nn.Module, batches: Callable[[], Iterator] | Iterable,
                     break
                 hi = s
             else:
-                raise MeasureError(f"training {criterion} moves by more than {target} even at sigma={s:.3g}")
+                raise MeasureUndefined(f"training {criterion} moves by more than {target} even at sigma={s:.3g} "
+                                       f"({len(evaluations)} noise levels evaluated, max_steps={max_steps})")
             lo = s
         else:  # not enough noise: double until the target is exceeded
             lo = s
             for _ in range(max_steps):
+                if 2 * s > cap:
+                    raise MeasureUndefined(f"training {criterion} never moves by {target} for sigma up to the cap "
+                                           f"sigma_max={cap:.3g} (clean {criterion} {clean:.3g}; "
+                                           f"{len(evaluations)} noise levels evaluated)")
                 s *= 2
                 d = displacement(s)
                 if abs(d - target) <= tol:
@@ -173,8 +193,8 @@ def pacbayes_sigma(model: nn.Module, batches: Callable[[], Iterator] | Iterable,
                     break
                 lo = s
             else:
-                raise MeasureUndefined(f"training {criterion} never moves by {target} (sigma up to {s:.3g}; "
-                                   f"clean {criterion} {clean:.3g})")
+                raise MeasureUndefined(f"training {criterion} never moves by {target} within max_steps={max_steps} "
+                                       f"doublings (sigma up to {s:.3g}; clean {criterion} {clean:.3g})")
             hi = s
         for _ in range(depth):
             mid = (lo + hi) / 2
@@ -188,6 +208,17 @@ def pacbayes_sigma(model: nn.Module, batches: Callable[[], Iterator] | Iterable,
         return result((lo + hi) / 2, d)
     finally:
         model.train(was_training)
+
+
+def _default_sigma0(base: Mapping[str, torch.Tensor], magnitude_eps: float | None) -> float:
+    """Start of the search: 1/8 for the magnitude-aware noise (relative to |w|), else a quarter of
+    the parameters' RMS rounded to a power of 2 (1/4 for all-zero parameters)."""
+    if magnitude_eps is not None:
+        return 2.0**-3
+    sq = sum(float(p.double().square().sum()) for p in base.values())
+    cnt = sum(p.numel() for p in base.values())
+    rms = math.sqrt(sq / cnt) if sq > 0 else 1.0
+    return 2.0 ** (round(math.log2(rms)) - 2)
 
 
 def pacbayes_flatness(model: nn.Module, batches, **options) -> float:

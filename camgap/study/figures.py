@@ -6,7 +6,8 @@
 - `measure_scatter`: a measure against the gap, coloured by architecture, with the
   least-squares line and Pearson r in the title.
 - `overlay_grid`: paper Figure 2 style grid of pre-rendered CAM overlays, one row per model
-  (labelled with its gap).
+  (labelled with its gap), with the CAM method and threshold in the title, a legend of the
+  outlines and a colour bar of the CAM colour map (`camgap.viz`).
 
 PNG metadata is stripped of the "Software" entry so the files carry no URL.
 """
@@ -19,12 +20,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
 from camgap.errors import InputError
+from camgap.viz import BOX_COLOUR, CAM_CMAP, REGION_COLOUR
 
 from . import stats
-from .tables import archs_of, trained_mask
+from .tables import CAM_NAMES, archs_of, trained_mask
 
 _PNG_META = {"Software": None}
 
@@ -80,6 +86,7 @@ def gap_histogram(runs: pd.DataFrame, path: str | Path, *, gap_col: str = "gap",
                 ax.text((e0 + e1) / 2, c, str(int(c)), ha="center", va="bottom", fontsize=8)
     else:
         ax.text(0.5, 0.5, "no models", ha="center", va="center", transform=ax.transAxes)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))   # counts: no 0.5 of a model
     ax.set_xlabel("generalization gap (pp)")
     ax.set_ylabel("number of models")
     ax.set_title(f"Distribution of the gap (n={g.size})")
@@ -137,17 +144,15 @@ def _row_label(label) -> str:
     return str(label)
 
 
-def overlay_grid(rows: Sequence[tuple[object, Sequence[np.ndarray]]], path: str | Path, *,
-                 col_titles: Sequence[str] | None = None, title: str | None = None,
-                 cell_size: float = 1.8) -> Path:
-    """Lay out pre-rendered overlays in a grid: `rows` = [(label, [img, ...]), ...], one row
-    per model; a numeric label is shown as "gap = x.x pp". Images are numpy HxWx3 (uint8, or
-    float in [0, 1] / [0, 255]); rows may have different lengths (missing cells stay blank)."""
+def overlay_figure(rows: Sequence[tuple[object, Sequence[np.ndarray]]], *, cam: str | None = None,
+                   threshold: float | None = None, col_titles: Sequence[str] | None = None,
+                   title: str | None = None, cell_size: float = 1.8) -> Figure:
+    """The Figure 2 grid as a matplotlib Figure (see `overlay_grid`)."""
     rows = list(rows)
     if not rows:
         raise InputError("overlay_grid needs at least one row")
     ncols = max(1, max(len(imgs) for _, imgs in rows))
-    size = (cell_size * ncols + 1.2, cell_size * len(rows) + (0.5 if title else 0))
+    size = (cell_size * ncols + 2.2, cell_size * len(rows) + 1.3)
     fig = Figure(layout="constrained", figsize=size)
     axes = fig.subplots(len(rows), ncols, squeeze=False)
     for r, (label, imgs) in enumerate(rows):
@@ -163,6 +168,30 @@ def overlay_grid(rows: Sequence[tuple[object, Sequence[np.ndarray]]], path: str 
                 ax.set_ylabel(_row_label(label), fontsize=9)
             if r == 0 and col_titles is not None and c < len(col_titles):
                 ax.set_title(str(col_titles[c]), fontsize=9)
-    if title:
-        fig.suptitle(title)
+    method = CAM_NAMES.get(cam, cam) if cam else "CAM"
+    rho = f"ρ = {threshold:g}" if threshold is not None else "ρ"
+    fig.suptitle(title or f"{method} of the predicted class over the grey image, threshold {rho}")
+    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap=CAM_CMAP), ax=axes, shrink=0.8,
+                       fraction=0.05, pad=0.02)
+    bar.set_label(f"{method} (normalised to [0, 1])")
+    if threshold is not None:
+        bar.ax.axhline(threshold, color=REGION_COLOUR, lw=1.5)
+    handles = [Line2D([], [], color=REGION_COLOUR, lw=2, label=f"{method} ≥ {rho} (thresholded region)"),
+               Line2D([], [], color=BOX_COLOUR, lw=2, label="object (bounding boxes or mask)")]
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, facecolor="0.3",
+               labelcolor="white", framealpha=1.0)
+    return fig
+
+
+def overlay_grid(rows: Sequence[tuple[object, Sequence[np.ndarray]]], path: str | Path, *,
+                 cam: str | None = None, threshold: float | None = None,
+                 col_titles: Sequence[str] | None = None, title: str | None = None,
+                 cell_size: float = 1.8) -> Path:
+    """Lay out pre-rendered overlays in a grid: `rows` = [(label, [img, ...]), ...], one row
+    per model; a numeric label is shown as "gap = x.x pp". Images are numpy HxWx3 (uint8, or
+    float in [0, 1] / [0, 255]); rows may have different lengths (missing cells stay blank).
+    `cam` and `threshold` (the method and rho the overlays were rendered with, `camgap.viz`) name
+    the figure; a legend explains the outlines and a colour bar the CAM colours."""
+    fig = overlay_figure(rows, cam=cam, threshold=threshold, col_titles=col_titles, title=title,
+                         cell_size=cell_size)
     return _save(fig, path)

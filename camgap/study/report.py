@@ -1,6 +1,9 @@
 """The whole study in one call: every table (CSV + Markdown), the figures (PNG) and one
-self-contained `report.html` (tables as HTML, figures inline as base64 PNG data URIs, inline
-CSS, no scripts, no external references: it opens offline).
+self-contained `report.html` (rendered from the Jinja2 template `report.html.j2`, autoescaped:
+tables as HTML, figures inline as base64 PNG data URIs, inline CSS, no scripts, no external
+references: it opens offline). The report opens with its provenance (versions, date, command
+line, model set and its grid's SHA-256, models by status); a measure without any finite value
+gets a "no data" line instead of an empty scatter.
 
     write_study(runs, measurements, out_dir) -> out_dir / "report.html"
 
@@ -18,17 +21,20 @@ Layout of `out_dir`:
 from __future__ import annotations
 
 import base64
-import html
+import datetime
+import importlib.metadata
 import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import jinja2
 import numpy as np
 import pandas as pd
+from markupsafe import Markup
 
-from camgap.errors import InputError, UnknownNameError
+from camgap.errors import InputError, MissingFileError, UnknownNameError
 
 from . import figures, tables
 from .stats import MIN_N
@@ -124,7 +130,10 @@ def headline(runs: pd.DataFrame | None = None, measurements: pd.DataFrame | None
     head = ["measure", *(tables._label(c) for c in r.columns)]
     rows = [[str(m), *cs] for m, cs in zip(r.index, cells)]
     w = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
-    fmt = lambda row: "  ".join(s.ljust(w[0]) if i == 0 else s.rjust(w[i]) for i, s in enumerate(row))
+
+    def fmt(row: list[str]) -> str:
+        return "  ".join(s.ljust(w[0]) if i == 0 else s.rjust(w[i]) for i, s in enumerate(row))
+
     lines = ["Pearson r with the generalization gap, all trained models (Table 3, Total)",
              fmt(head), fmt(["-" * x for x in w]), *map(fmt, rows)]
     return "\n".join(lines)
@@ -135,19 +144,124 @@ def _slug(s: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", s.lower()).strip("_") or "measure"
 
 
+@dataclass(frozen=True)
+class FigureFile:
+    """A figure of the report: its caption and PNG file."""
+
+    caption: str
+    path: Path
+
+
+def _grid_sha256(model_set: Path) -> str:
+    """SHA-256 of the model set's grid (of its canonical JSON, as `zoo build` stores it in the
+    registry's meta table), or a note saying why there is none."""
+    from camgap.zoo.registry import Registry
+
+    if not (model_set / Registry.FILENAME).is_file():
+        return f"n/a (no {Registry.FILENAME} in {model_set})"
+    with Registry.in_dir(model_set, create=False) as reg:
+        return reg.get_meta("grid_fingerprint") or "n/a (the registry records no grid)"
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def provenance(runs: pd.DataFrame, *, command: str | None = None,
+               model_set: str | Path | None = None) -> list[tuple[str, str]]:
+    """What the report was made from and with: versions, date (UTC), command line, model set,
+    its grid's SHA-256 and the number of models by status (of `runs` as given, before the
+    study keeps the finished ones)."""
+    from camgap import __version__
+
+    if "status" in runs.columns:
+        counts = runs["status"].astype(str).value_counts()
+        status = ", ".join(f"{k}: {int(v)}" for k, v in sorted(counts.items())) + f" (total {len(runs)})"
+    else:
+        status = f"{len(runs)} models (no status column: all counted as done)"
+    rows = [("camgap", __version__), ("torch", _version("torch")),
+            ("date", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")),
+            ("command", command or "not given (write_study called from Python)"),
+            ("model set", str(model_set) if model_set is not None else "not given")]
+    if model_set is not None:
+        rows.append(("grid SHA-256", _grid_sha256(Path(model_set))))
+    rows.append(("models by status", status))
+    return rows
+
+
+def _gap_figures(runs: pd.DataFrame, fdir: Path) -> tuple[list[FigureFile], list[str]]:
+    """Figures 4 and 5, or a no-data line when no trained model has a finite gap."""
+    gaps = pd.to_numeric(runs.loc[tables.trained_mask(runs), "gap"], errors="coerce")
+    if not np.isfinite(gaps.to_numpy(float)).any():
+        return [], ["no data: no trained model has a finite gap; Figures 4 and 5 are not drawn."]
+    return [FigureFile("Figure 4. Generalization gap per architecture (trained models)",
+                       figures.gap_boxplot(runs, fdir / "figure4_gap_boxplot.png")),
+            FigureFile(f"Figure 5. Number of models per gap range ({int(np.isfinite(gaps).sum())} trained models)",
+                       figures.gap_histogram(runs, fdir / "figure5_gap_histogram.png"))], []
+
+
+def _scatter_models(wide: pd.DataFrame, thresholds: Sequence[float], min_n: int) -> tuple[pd.DataFrame, str]:
+    """The models the scatters show and their description: the trained models at the lowest
+    accuracy threshold (the paper's model set); when fewer than `min_n` reach it, all trained
+    models, and the description says so."""
+    trained = wide[tables.trained_mask(wide)]
+    floor = min((t for t in thresholds if t > 0), default=0.0)
+    if not floor:
+        return trained, "trained models"
+    fit = trained[trained["train_acc"] >= floor]
+    if len(fit) >= min_n:
+        return fit, f"trained models with train acc ≥ {100 * floor:g} %"
+    return trained, (f"trained models of any train acc (only {len(fit)} reach train acc ≥ {100 * floor:g} %, "
+                     f"fewer than {min_n})")
+
+
+def _scatter_figures(runs: pd.DataFrame, measurements: pd.DataFrame, specs: Sequence[MeasureSpec],
+                     thresholds: Sequence[float], min_n: int, fdir: Path) -> tuple[list[FigureFile], list[str]]:
+    """One scatter per measure with at least one finite value among the shown models (caption:
+    which models and how many); a no-data line for every other measure."""
+    wide = tables.wide_table(runs, measurements, specs)
+    shown, subset = _scatter_models(wide, thresholds, min_n)
+    gap_ok = np.isfinite(pd.to_numeric(shown["gap"], errors="coerce").to_numpy(float))
+    figs, no_data, used = [], [], set()
+    for s in specs:
+        col = s.column
+        ok = gap_ok & np.isfinite(pd.to_numeric(shown[col], errors="coerce").to_numpy(float))
+        if not ok.any():
+            anywhere = np.isfinite(pd.to_numeric(wide[col], errors="coerce").to_numpy(float)).any()
+            no_data.append(f"no data: {col} has no finite value among the {subset}; no scatter drawn." if anywhere
+                           else f"no data: {col} was not measured / undefined for all models.")
+            continue
+        slug = _slug(col)
+        while slug in used:
+            slug += "_"
+        used.add(slug)
+        figs.append(FigureFile(f"{col} vs gap: {int(ok.sum())} {subset} with a finite {col}",
+                               figures.measure_scatter(shown, col, fdir / f"scatter_{slug}.png")))
+    return figs, no_data
+
+
 def write_study(runs: pd.DataFrame, measurements: pd.DataFrame, out_dir: str | Path,
                 overlays: Sequence[tuple[object, Sequence[np.ndarray]]] | str | Path | None = None, *,
                 hparams: Sequence[str] | None = None, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
                 primary: Mapping[str, str] | None = None, specs: Sequence[MeasureSpec] | None = None,
                 n_boot: int = 2000, seed: int = 0, confidence: float = 0.95, min_n: int = MIN_N,
-                title: str = "camgap study: generalization measures vs the generalization gap") -> Path:
+                title: str = "camgap study: generalization measures vs the generalization gap",
+                command: str | None = None, model_set: str | Path | None = None,
+                overlay_cam: str | None = "gradcam", overlay_threshold: float | None = 0.1) -> Path:
     """Compute the study (`run_study`) and write tables, figures and `report.html` under
     `out_dir`; returns the report's path. `overlays`: rows for `figures.overlay_grid`
-    ([(gap or label, [HxWx3 image, ...]), ...]) or the path of an already rendered PNG."""
+    ([(gap or label, [HxWx3 image, ...]), ...]) rendered with `overlay_cam` at
+    `overlay_threshold` (the defaults of `camgap.zoo.measure.overlay_rows`), or the path of an
+    already rendered PNG. `command` (the command line) and `model_set` (the model-set
+    directory) go into the report's provenance block."""
     out = Path(out_dir)
     tdir, fdir = out / "tables", out / "figures"
     tdir.mkdir(parents=True, exist_ok=True)
     fdir.mkdir(parents=True, exist_ok=True)
+    prov = provenance(runs, command=command, model_set=model_set)
     st = run_study(runs, measurements, hparams=hparams, thresholds=thresholds, primary=primary,
                    specs=specs, n_boot=n_boot, seed=seed, confidence=confidence, min_n=min_n)
     runs = prepare_runs(runs)
@@ -164,55 +278,34 @@ def write_study(runs: pd.DataFrame, measurements: pd.DataFrame, out_dir: str | P
     tables.write_table(st.failures, tdir, "failures")
     tables.write_table(st.models, tdir, "models", fmt="{:.6g}")
 
-    figs: list[tuple[str, Path]] = []
-    figs.append(("Figure 4. Generalization gap per architecture (trained models)",
-                 figures.gap_boxplot(runs, fdir / "figure4_gap_boxplot.png")))
-    figs.append(("Figure 5. Number of models per gap range (trained models)",
-                 figures.gap_histogram(runs, fdir / "figure5_gap_histogram.png")))
-    trained = tables.wide_table(runs, measurements, st.specs)
-    trained = trained[tables.trained_mask(trained)]
-    # the scatters show the paper's model set: trained models above the lowest accuracy threshold
-    floor = min((t for t in thresholds if t > 0), default=0.0)
-    if (trained["train_acc"] >= floor).sum() >= min_n:
-        trained = trained[trained["train_acc"] >= floor]
-    subset = f"trained models, train acc ≥ {100 * floor:g}%" if floor else "trained models"
-    used: set[str] = set()
-    for s in st.specs:
-        slug = _slug(s.column)
-        while slug in used:
-            slug += "_"
-        used.add(slug)
-        figs.append((f"{s.column} vs gap ({subset})",
-                     figures.measure_scatter(trained, s.column, fdir / f"scatter_{slug}.png")))
+    figs, no_data = _gap_figures(runs, fdir)
+    more, lines = _scatter_figures(runs, measurements, st.specs, thresholds, min_n, fdir)
+    figs += more
+    no_data += lines
     if overlays is not None:
         if isinstance(overlays, (str, Path)):
-            figs.append(("Figure 2. CAM overlays", Path(overlays)))
-        else:
-            figs.append(("Figure 2. CAM overlays for models with small, medium and large gaps",
-                         figures.overlay_grid(overlays, fdir / "figure2_overlays.png")))
+            if not Path(overlays).is_file() or Path(overlays).stat().st_size == 0:
+                raise MissingFileError(f"{overlays}: overlay figure missing or empty")
+            figs.append(FigureFile("Figure 2. CAM overlays", Path(overlays)))
+        elif len(overlays):
+            figs.append(FigureFile("Figure 2. CAM overlays for models with small, medium and large gaps",
+                                   figures.overlay_grid(overlays, fdir / "figure2_overlays.png",
+                                                        cam=overlay_cam, threshold=overlay_threshold)))
 
     report = out / "report.html"
-    report.write_text(render_html(st, figs, title), encoding="utf-8")
+    report.write_text(render_html(st, figs, title, provenance=prov, no_data=no_data, base=out), encoding="utf-8")
     return report
 
 
 # -------------------------------------------------------------------------------- HTML
-_CSS = """
-body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;
-color:#222;line-height:1.4;padding:0 1em}
-h1{font-size:1.5em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ccc}
-table{border-collapse:collapse;margin:.6em 0;font-size:.9em}
-th,td{border:1px solid #bbb;padding:.2em .6em;text-align:right}
-th{background:#f0f0f0;text-align:left}
-.note{color:#555;font-size:.9em}figure{margin:1em 0}img{max-width:100%}
-figcaption{font-size:.9em;color:#444}details{margin:.4em 0}
-"""
+_TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True,
+                                undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
 
-def _html_table(df: pd.DataFrame, fmt: tables.Fmt = "{:.4f}") -> str:
+def _html_table(df: pd.DataFrame | None, fmt: tables.Fmt = "{:.4f}") -> Markup:
     if df is None or not len(df.columns):
-        return "<p class='note'>(empty)</p>"
-    return tables.to_html_table(df, fmt)
+        return Markup("<p class='note'>(empty)</p>")
+    return Markup(tables.to_html_table(df, fmt))   # to_html_table escapes every cell
 
 
 def _ci_frame(t: CorrelationTable) -> pd.DataFrame:
@@ -224,26 +317,31 @@ def _ci_frame(t: CorrelationTable) -> pd.DataFrame:
     return out
 
 
-def _corr_section(title: str, t: CorrelationTable | None, missing: str) -> str:
-    h = f"<h2>{html.escape(title)}</h2>"
+def _corr_section(title: str, t: CorrelationTable | None, missing: str) -> dict:
     if t is None:
-        return h + f"<p class='note'>{html.escape(missing)}</p>"
-    parts = [h, f"<p class='note'>{html.escape(t.note)} Cells with fewer than {MIN_N} models: n/a.</p>",
-             _html_table(t.pearson),
-             "<details><summary>Spearman rho</summary>" + _html_table(t.spearman) + "</details>",
-             "<details><summary>Kendall tau-b</summary>" + _html_table(t.kendall) + "</details>",
-             f"<details><summary>Bootstrap {int(round(100 * t.confidence))}% interval of Pearson r"
-             "</summary>" + _html_table(_ci_frame(t)) + "</details>",
-             "<details open><summary>Number of models</summary>" + _html_table(t.n) + "</details>"]
-    return "\n".join(parts)
+        return dict(title=title, table=None, missing=missing)
+    return dict(title=title, table=t, missing=missing, pearson=_html_table(t.pearson),
+                spearman=_html_table(t.spearman), kendall=_html_table(t.kendall),
+                confidence=int(round(100 * t.confidence)), ci=_html_table(_ci_frame(t)), n=_html_table(t.n))
 
 
-def _img(path: Path) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f"<img alt='{html.escape(Path(path).name)}' src='data:image/png;base64,{data}'>"
+def _figure(fig: FigureFile, base: Path | None) -> dict:
+    path = Path(fig.path)
+    data = path.read_bytes()
+    if not data:
+        raise InputError(f"{path}: empty figure file")
+    try:
+        file = path.resolve().relative_to(base.resolve()).as_posix() if base is not None else path.name
+    except ValueError:
+        file = str(path)
+    return dict(caption=fig.caption, file=file, data=base64.b64encode(data).decode("ascii"))
 
 
-def render_html(st: Study, figs: Sequence[tuple[str, Path]], title: str) -> str:
+def render_html(st: Study, figs: Sequence[FigureFile | tuple[str, Path]], title: str, *,
+                provenance: Sequence[tuple[str, str]] = (), no_data: Sequence[str] = (),
+                base: Path | None = None) -> str:
+    """The report page from the template `report.html.j2` (autoescaped). `figs` are inlined as
+    data URIs; each <img> names its file (relative to `base`) in `data-file`."""
     runs = st.models
     tm = tables.trained_mask(runs)
     archs = ", ".join(map(str, tables.archs_of(runs[tm]))) or "none"
@@ -252,48 +350,23 @@ def render_html(st: Study, figs: Sequence[tuple[str, Path]], title: str) -> str:
                f"{', '.join(tables._label(tables.threshold_label(t)) for t in st.thresholds)}; "
                f"hyperparameters for Psi / CMI: {', '.join(st.hparams) or 'none'}; "
                f"bootstrap resamples: {st.settings.get('n_boot')}, seed {st.settings.get('seed')}.")
-    s: list[str] = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-                    f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>",
-                    f"<h1>{html.escape(title)}</h1>", f"<p>{html.escape(summary)}</p>",
-                    "<p class='note'>The gap is train accuracy minus test accuracy in percentage "
-                    "points. A good measure correlates with it strongly; IoU is expected to correlate "
-                    "negatively (higher IoU, smaller gap). n/a marks a cell with fewer than "
-                    f"{MIN_N} models or an undefined statistic, never an estimate.</p>"]
-    s.append(_corr_section("Table 3. Correlation of each measure with the generalization gap",
-                           st.table3, ""))
-    s.append("<h2>Rank-based measures over all trained models</h2>"
-             "<p class='note'>psi: granulated Kendall coefficient (Jiang et al. 2020, sec. 2.2), "
-             "Psi = mean of psi[h]. cmi: conditional mutual information score (Jiang et al. 2020, "
-             "sec. 2.3; PGDL), minimum over conditioning sets of at most two hyperparameters; "
-             "cmi_set is the set that attains it.</p>")
-    s.append(_html_table(st.ranking))
-    s.append("<h2>Table 4. Accuracy of selecting the better-generalizing model with IoU</h2>")
-    if st.table4 is None:
-        s.append("<p class='note'>not available: no IoU measurements.</p>")
-    else:
-        t4 = st.table4
-        s.append("<p class='note'>Over all pairs of trained models (within each architecture; Total: "
-                 "all pairs across architectures), the share where the model with the higher IoU has "
-                 "the smaller gap. Pairs tied in IoU or in the gap are excluded and counted below.</p>")
-        s.append(_html_table(t4.accuracy, tables.percent))
-        s.append("<details open><summary>Pairs compared / tied (IoU tie, gap tie)</summary>"
-                 + _html_table(_counts_frame(t4)) + "</details>")
-    s.append(_corr_section("Table 5. Validity: IoU vs gap for untrained random and trained models",
-                           st.table5, "not available: no IoU measurements."))
-    s.append(_corr_section("Table 6. Robustness to the CAM method", st.table6,
-                           "not available: IoU was measured with fewer than two CAM methods."))
-    s.append(_corr_section("Table 7. IoU from boxes vs from saliency masks", st.table7,
-                           "not available: IoU was measured with fewer than two mask sources."))
-    s.append("<h2>Failed measurements</h2>")
-    if st.failures.empty:
-        s.append("<p class='note'>none.</p>")
-    else:
-        s.append(_html_table(st.failures))
-    s.append("<h2>Figures</h2>")
-    for cap, path in figs:
-        s.append(f"<figure>{_img(path)}<figcaption>{html.escape(cap)}</figcaption></figure>")
-    s.append("</body></html>")
-    return "\n".join(s)
+    t4 = None if st.table4 is None else dict(accuracy=_html_table(st.table4.accuracy, tables.percent),
+                                             counts=_html_table(_counts_frame(st.table4)))
+    variants = [
+        _corr_section("Table 5. Validity: IoU vs gap for untrained random and trained models", st.table5,
+                      "not available: no IoU measurements."),
+        _corr_section("Table 6. Robustness to the CAM method", st.table6,
+                      "not available: IoU was measured with fewer than two CAM methods."),
+        _corr_section("Table 7. IoU from boxes vs from saliency masks", st.table7,
+                      "not available: IoU was measured with fewer than two mask sources."),
+    ]
+    return _TEMPLATES.get_template("report.html.j2").render(
+        title=title, provenance=list(provenance), summary=summary, min_n=MIN_N,
+        table3=_corr_section("Table 3. Correlation of each measure with the generalization gap", st.table3, ""),
+        ranking=_html_table(st.ranking), table4=t4, variant_sections=variants,
+        failures=None if st.failures.empty else _html_table(st.failures),
+        figures=[_figure(f if isinstance(f, FigureFile) else FigureFile(*f), base) for f in figs],
+        no_data=list(no_data))
 
 
 def _counts_frame(t: SelectionTable) -> pd.DataFrame:

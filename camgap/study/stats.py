@@ -7,7 +7,8 @@ as "n/a".
 - `pearson`, `spearman`, `kendall`: thin wrappers of `scipy.stats` that drop non-finite
   pairs first and return NaN below `min_n` models (3 by default) or for constant input.
   `kendall` is scipy's tau-b.
-- `bootstrap_ci`: seeded percentile bootstrap over models (pairs resampled together).
+- `bootstrap_ci`: seeded percentile bootstrap over models (`scipy.stats.bootstrap`, pairs
+  resampled together).
 - `granulated_kendall`: Jiang et al. 2020, "Fantastic generalization measures and where to
   find them", sec. 2.2 (granulated Kendall's coefficient Psi).
 - `cmi_score`: Jiang et al. 2020 sec. 2.3 (conditional independence test), the score the
@@ -126,31 +127,39 @@ def _rowwise(stat: str | Callable) -> Callable[[np.ndarray, np.ndarray], np.ndar
 def bootstrap_ci(x, y, stat: str | Callable = "pearson", *, n_resamples: int = 2000,
                  confidence: float = 0.95, seed: int = 0,
                  min_n: int = MIN_N) -> tuple[float, float]:
-    """Percentile bootstrap interval of a correlation over models.
+    """Percentile bootstrap interval of a correlation over models (`scipy.stats.bootstrap`).
 
-    Models (x_i, y_i pairs) are resampled with replacement `n_resamples` times with
-    `numpy.random.default_rng(seed)`; the interval is the (1-c)/2 and (1+c)/2 percentiles of
-    the resampled statistic. Resamples where the statistic is undefined (a resample with a
-    constant x or y) are left out of the percentiles. Returns (NaN, NaN) below `min_n` pairs
-    or for constant input. Same data + same seed -> the same interval.
+    Models are resampled as (x_i, y_i) pairs (``paired=True``) `n_resamples` times with
+    `numpy.random.default_rng(seed)`; the interval is the (1-c)/2 and (1+c)/2 quantiles of the
+    resampled statistic. Resamples where the statistic is undefined (a resample with a constant
+    x or y, likely with a handful of models) are left out of the quantiles rather than making
+    the whole interval NaN; without such resamples this is exactly scipy's percentile interval.
+    Returns (NaN, NaN) below `min_n` pairs or for constant input. Same data + same seed -> the
+    same interval.
     """
     x, y = _finite_pairs(x, y)
     if _degenerate(x, y, min_n):
         return math.nan, math.nan
     if not 0 < confidence < 1:
         raise InputError(f"confidence must lie in (0, 1), got {confidence}")
+    if int(n_resamples) < 1:
+        raise InputError(f"n_resamples must be >= 1, got {n_resamples}")
     fn = _rowwise(stat)
-    rng = np.random.default_rng(seed)
-    n = x.size
-    idx = rng.integers(0, n, size=(int(n_resamples), n))
-    chunk = max(1, 2_000_000 // n)
-    vals = np.concatenate([fn(x[idx[s:s + chunk]], y[idx[s:s + chunk]])
-                           for s in range(0, idx.shape[0], chunk)])
-    vals = vals[np.isfinite(vals)]
-    if vals.size == 0:
+
+    def statistic(xs: np.ndarray, ys: np.ndarray, axis: int = -1) -> np.ndarray:
+        xs, ys = np.moveaxis(xs, axis, -1), np.moveaxis(ys, axis, -1)
+        return fn(xs.reshape(-1, xs.shape[-1]), ys.reshape(-1, ys.shape[-1])).reshape(xs.shape[:-1])
+
+    with warnings.catch_warnings():  # scipy warns about undefined resamples; they are left out below
+        warnings.simplefilter("ignore", _st.DegenerateDataWarning)
+        res = _st.bootstrap((x, y), statistic, paired=True, vectorized=True, n_resamples=int(n_resamples),
+                            batch=max(1, 2_000_000 // x.size), method="percentile",
+                            confidence_level=confidence, rng=np.random.default_rng(seed))
+    vals = res.bootstrap_distribution
+    if not np.isfinite(vals).any():
         return math.nan, math.nan
-    alpha = 1.0 - confidence
-    lo, hi = np.percentile(vals, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    alpha = (1.0 - confidence) / 2
+    lo, hi = _st.quantile(vals, [alpha, 1.0 - alpha], nan_policy="omit")
     return float(lo), float(hi)
 
 
