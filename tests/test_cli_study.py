@@ -150,6 +150,49 @@ def test_study_with_fewer_than_three_models_prints_na(measured, tmp_path, capsys
     assert (out / "report.html").is_file()
 
 
+def _iou_at(threshold: str, value: str) -> str:
+    """SQL: copy every IoU/IoU-B row of rho 0.1 to another threshold, with value `value`."""
+    return ("INSERT INTO measurements (run_id, measure, params, value, status, error, updated) "
+            f"SELECT run_id, measure, replace(params, '\"threshold\":\"0.1\"', '\"threshold\":\"{threshold}\"'), "
+            f"{value}, status, error, updated FROM measurements WHERE measure IN ('iou', 'iou_b') "
+            "AND params LIKE '%\"threshold\":\"0.1\"%';")
+
+
+def test_study_uses_rho_0_1_among_several_thresholds(measured, tmp_path, capsys):
+    """With rho 0.05, 0.1 and 0.3 measured (0.05 sorts first), every table reports rho 0.1."""
+    base = copy_zoo(measured[0], tmp_path / "base",
+                    "UPDATE runs SET train_acc = 0.99, test_acc = 0.99 - gap / 100.0 WHERE trained = 1;")
+    zoo = copy_zoo(base, tmp_path / "zoo", _iou_at("0.05", "-value") + _iou_at("0.3", "value * value"))
+    assert len(frames(zoo)[1]) == len(frames(base)[1]) + 2 * 2 * 4
+    outs = {}
+    for name, z in (("base", base), ("zoo", zoo)):
+        outs[name] = tmp_path / f"study_{name}"
+        assert main(["study", str(z), "--out", str(outs[name]), "--bootstrap", "0", "--no-overlays"]) == 0
+    headlines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("IoU")]
+    assert len(headlines) == 4 and headlines[:2] == headlines[2:]
+    for table in ("table3", "table4", "table5"):
+        assert (outs["zoo"] / "tables" / f"{table}.csv").read_text() == \
+            (outs["base"] / "tables" / f"{table}.csv").read_text()
+    pearson, _, _ = read_table3(outs["zoo"])
+    d = trained_iou_gap(zoo)
+    assert pearson.loc[("Total", "IoU"), ">=95"] == pytest.approx(scipy.stats.pearsonr(d.iou, d.gap)[0], abs=1e-9)
+
+
+def test_study_says_when_rho_0_1_was_not_measured(measured, tmp_path, capsys):
+    zoo = copy_zoo(measured[0], tmp_path / "zoo",
+                   _iou_at("0.05", "value") + "DELETE FROM measurements WHERE params LIKE '%\"threshold\":\"0.1\"%';")
+    assert set(frames(zoo)[1].measure) == {"iou", "iou_b", "nuclear_norm", "effective_invariance"}
+    out = tmp_path / "study"
+    assert main(["study", str(zoo), "--out", str(out), "--bootstrap", "0", "--no-overlays"]) == 0
+    text = capsys.readouterr().out
+    iou_line = [ln for ln in text.splitlines() if ln.startswith("IoU:")]
+    assert len(iou_line) == 1 and iou_line[0].startswith("IoU: not measured") and iou_line[0].count("n/a (n=0)") == 4
+    pearson, n, _ = read_table3(out)
+    assert pearson.loc[("Total", "IoU: not measured")].isna().all() and (n.loc[("Total", "IoU: not measured")] == 0).all()
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "IoU (gradcam, rho 0.1, boxes) was not measured." in html
+
+
 def test_study_without_registry_or_measurements(measured, tmp_path, capsys):
     empty = tmp_path / "nothing"
     empty.mkdir()
