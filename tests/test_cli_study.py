@@ -188,7 +188,8 @@ def test_study_says_when_rho_0_1_was_not_measured(measured, tmp_path, capsys):
     iou_line = [ln for ln in text.splitlines() if ln.startswith("IoU:")]
     assert len(iou_line) == 1 and iou_line[0].startswith("IoU: not measured") and iou_line[0].count("n/a (n=0)") == 4
     pearson, n, _ = read_table3(out)
-    assert pearson.loc[("Total", "IoU: not measured")].isna().all() and (n.loc[("Total", "IoU: not measured")] == 0).all()
+    row = ("Total", "IoU: not measured")
+    assert pearson.loc[row].isna().all() and (n.loc[row] == 0).all()
     html = (out / "report.html").read_text(encoding="utf-8")
     assert "IoU (gradcam, rho 0.1, boxes) was not measured." in html
 
@@ -269,7 +270,8 @@ def test_masks_command(measured, tmp_path, capsys):
     assert first.shape == (32, 32) and set(np.unique(first)) <= {0, 255}
     assert np.array_equal(first == 255, ref.masks[0].numpy())
     q = mask_quality(ref.masks, boxes_to_masks(list(store.boxes), 32))
-    m = re.search(r"agreement with the boxes: mean IoU ([\d.]+), masks missing the object entirely ([\d.]+)% \(n=(\d+)\)", text)
+    m = re.search(r"agreement with the boxes: mean IoU ([\d.]+), "
+                  r"masks missing the object entirely ([\d.]+)% \(n=(\d+)\)", text)
     assert m, text
     assert float(m.group(1)) == pytest.approx(q["mean_iou"], abs=6e-4)
     assert float(m.group(2)) == pytest.approx(100 * q["miss_share"], abs=0.06)
