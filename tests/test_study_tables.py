@@ -291,7 +291,7 @@ def test_tables_use_rho_0_1_although_0_05_sorts_first(frames):
     pd.testing.assert_frame_equal(tables.table4(runs, ten).accuracy, ref.accuracy)
 
 
-def test_tables_say_when_rho_0_1_was_not_measured(frames):
+def test_tables_say_when_rho_0_1_was_not_measured(frames, tmp_path):
     runs, ms = frames
     other = _with_thresholds(ms, ("0.05", "0.3"))
     other = other[~other.params.str.contains("threshold=0.1", regex=False)]
@@ -302,9 +302,12 @@ def test_tables_say_when_rho_0_1_was_not_measured(frames):
     assert t3.pearson.loc[("Total", "IoU: not measured")].isna().all()
     assert (t3.n.loc[("Total", "IoU: not measured")] == 0).all()
     assert missing in t3.note and "IoU-B (gradcam, rho 0.1, boxes) was not measured." in t3.note
+    md = tables.write_correlation_table(t3, tmp_path, "t3")[1].read_text()
+    assert "| IoU: not measured | n/a | n/a | n/a | n/a |" in md and md.endswith(f"{t3.note}\n")
     t4 = tables.table4(runs, other)
     assert t4.measure == "IoU: not measured" and t4.accuracy.isna().all().all()
     assert (t4.n_models == 0).all().all() and t4.note == missing
+    assert tables.write_selection_table(t4, tmp_path, "t4")[1].read_text().endswith(f"\n{missing}\n")
     t5 = tables.table5(runs, other, n_boot=0)
     assert t5.pearson.isna().all().all() and t5.note.endswith(missing)
     t6 = tables.table6(runs, other, n_boot=0)

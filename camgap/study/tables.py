@@ -819,16 +819,18 @@ def to_html_table(df: pd.DataFrame, fmt: Fmt = "{:.4f}", na_rep: str = "n/a") ->
 
 
 def write_table(df: pd.DataFrame, out_dir: str | Path, name: str, *, fmt: Fmt = "{:.4f}",
-                na_rep: str = "n/a", title: str | None = None) -> tuple[Path, Path]:
+                na_rep: str = "n/a", title: str | None = None, note: str = "") -> tuple[Path, Path]:
     """Write `name.csv` (full-precision numbers, NaN as "n/a", which pandas.read_csv reads back
-    as NaN) and `name.md` (formatted with `fmt`). Returns (csv_path, md_path)."""
+    as NaN) and `name.md` (formatted with `fmt`, `note` as a paragraph under the table, so a
+    variant that was not measured is said there). Returns (csv_path, md_path)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / f"{name}.csv", out / f"{name}.md"
     index = not (isinstance(df.index, pd.RangeIndex) and df.index.name is None)
     df.to_csv(csv_path, na_rep=na_rep, index=index)
     md = to_markdown(df, fmt, na_rep) if len(df.columns) else "(empty)\n"
-    md_path.write_text((f"**{title}**\n\n" if title else "") + md, encoding="utf-8")
+    md_path.write_text((f"**{title}**\n\n" if title else "") + md + (f"\n{note}\n" if note else ""),
+                       encoding="utf-8")
     return csv_path, md_path
 
 
@@ -839,14 +841,14 @@ def write_correlation_table(t: CorrelationTable, out_dir: str | Path, name: str,
     paths: list[Path] = []
     for s, f in t.frames().items():
         paths += write_table(f, out_dir, name if s == "pearson" else f"{name}_{s}",
-                             title=title if s == "pearson" else None)
+                             title=title if s == "pearson" else None, note=t.note if s == "pearson" else "")
     paths += write_table(t.long(), out_dir, f"{name}_long")
     return paths
 
 
 def write_selection_table(t: SelectionTable, out_dir: str | Path, name: str = "table4",
                           title: str | None = None) -> list[Path]:
-    paths = list(write_table(t.accuracy, out_dir, name, fmt=percent, title=title))
+    paths = list(write_table(t.accuracy, out_dir, name, fmt=percent, title=title, note=t.note))
     paths += write_table(t.long(), out_dir, f"{name}_long",
                          fmt={"accuracy": "{:.6f}"})
     return paths
