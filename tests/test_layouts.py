@@ -305,3 +305,78 @@ def test_record_is_frozen():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         hash(r)
+
+
+# ------------------------------------------------------------------------ paths outside the root
+
+def _escape_csv(root, name):
+    rows = [["images/p.png", "zebra", 1, 2, 5, 6], ["images/q.png", "cat", "", "", "", ""],
+            ["images/p.png", "zebra", 7, 8, 9, 10], [name, "cat", "", "", "", ""]]
+    write_csv(root / "train.csv", rows)
+    return root / "train.csv", "row 5"
+
+
+def _escape_listfile(root, name):
+    with open(root / "train.txt", "a") as f:
+        f.write(f"{name} 0\n")                      # lines 1, 2, (3 blank), 4, then 5
+    return root / "train.txt", "line 5"
+
+
+def _escape_coco(root, name):
+    data = json.loads((root / "train.json").read_text())
+    data["images"].append({"id": 9, "file_name": name, "width": W, "height": H})
+    data["annotations"].append({"id": 90, "image_id": 9, "category_id": 3, "bbox": [0, 0, 4, 4]})
+    (root / "train.json").write_text(json.dumps(data))
+    return root / "train.json", "image id 9"
+
+
+def _escape_kaggle(root, name):
+    with open(root / "LOC_train_solution.csv", "a") as f:
+        f.write(f"{name},n01 0 0 4 4\n")            # header is row 1, then rows 2, 3, 4
+    return root / "LOC_train_solution.csv", "row 4"
+
+
+def _make_kaggle_with_synsets(root):
+    # with the synset file the class list does not depend on the image ids of the rows
+    return make_kaggle(root, synset_mapping=True)
+
+
+ESCAPES = {"csv": (make_csv, _escape_csv), "listfile": (make_listfile, _escape_listfile),
+           "coco": (make_coco, _escape_coco), "kaggle": (_make_kaggle_with_synsets, _escape_kaggle)}
+
+
+@pytest.mark.parametrize("layout", list(ESCAPES))
+@pytest.mark.parametrize("kind", ["dotdot", "absolute"])
+def test_image_path_outside_the_root_is_a_bad_entry(tmp_path, layout, kind):
+    make, escape = ESCAPES[layout]
+    root = make(tmp_path / "ds")
+    secret = save_image(tmp_path / "secret.png")    # exists: only the path decides
+    clean, _ = read_layout(root, layout)
+    name = "../../../secret" if kind == "dotdot" else str(secret)
+    if layout != "kaggle":
+        name += ".png"
+    split_file, where = escape(root, name)
+    with pytest.raises(DataError) as ei:
+        read_layout(root, layout)
+    assert ei.value.path == str(split_file)
+    assert ei.value.problem == f"{where}: image path {name!r} leaves the dataset root {root}"
+    skipped = []
+    records, _ = read_layout(root, layout, skipped=skipped)
+    assert records == clean
+    assert skipped == [(str(split_file), ei.value.problem)]
+
+
+def test_dotdot_inside_the_root_and_owner_symlinks_are_kept(tmp_path):
+    root = make_csv(tmp_path / "ds")
+    elsewhere = save_image(tmp_path / "disk2" / "s.png")
+    (root / "link").symlink_to(elsewhere.parent, target_is_directory=True)
+    save_image(tmp_path / "secret.png")
+    write_csv(root / "train.csv", [["images/../images/p.png", "zebra", "", "", "", ""],
+                                   ["link/s.png", "cat", "", "", "", ""],
+                                   ["link/../secret.png", "cat", "", "", "", ""]])
+    skipped = []
+    records, _ = read_layout(root, "csv", skipped=skipped)
+    # a symlink the dataset owner put inside the root is trusted; `..` after it leaves the root
+    assert [r.path for r in records] == [root / "images/../images/p.png", root / "link" / "s.png"]
+    assert skipped == [(str(root / "train.csv"),
+                        f"row 4: image path 'link/../secret.png' leaves the dataset root {root}")]

@@ -65,7 +65,10 @@ def test_wide_table_pivots_and_leaves_failures_nan():
         tables.wide_table(runs, ms, [("nuclear_norm", "", "gap")])
     auto = tables.wide_table(runs, ms)                   # every (measure, params), labelled
     assert {"Nuclear Norm", "IoU (cam=gradcam)", "IoU (cam=gradcam++)"} <= set(auto.columns)
-    assert [s.label for s in tables.discover_specs(ms, {"cam": "gradcam"})] == ["Nuclear Norm", "IoU"]
+    # the IoU is exactly the paper's variant: these rows carry no threshold, so rho 0.1 was not measured
+    assert [s.label for s in tables.discover_specs(ms, {"cam": "gradcam"})] == ["Nuclear Norm", "IoU: not measured"]
+    assert [s.label for s in tables.discover_specs(ms, {"cam": "gradcam", "threshold": 0.3})] == [
+        "Nuclear Norm", "IoU: not measured"]
 
 
 # ------------------------------------------------------------------------------ Table 3
@@ -107,7 +110,7 @@ def _small_runs():
             rows.append(dict(run_id=f"{arch}-{i}", arch=arch, trained=True,
                              train_acc=0.99 - 0.01 * i, gap=float(rng.uniform(0, 30))))
     runs = pd.DataFrame(rows)
-    ms = pd.DataFrame(dict(run_id=runs.run_id, measure="iou", params="",
+    ms = pd.DataFrame(dict(run_id=runs.run_id, measure="iou", params=IOU,
                            value=0.5 - runs.gap / 100 + rng.normal(0, 0.01, len(runs)),
                            status="done", error=""))
     return runs, ms
@@ -127,7 +130,7 @@ def test_cells_with_fewer_than_three_models_are_na(tmp_path):
     back = pd.read_csv(csv, index_col=[0, 1])
     assert back.loc[("resnet50", "IoU")].isna().all()
     pd.testing.assert_frame_equal(back, t.pearson, check_names=False, rtol=0, atol=1e-15)
-    s = tables.selection_table(tables.wide_table(runs, ms, [("iou", "", "IoU")]), "IoU")
+    s = tables.selection_table(tables.wide_table(runs, ms, [("iou", IOU, "IoU")]), "IoU")
     assert s.accuracy.loc["resnet50"].isna().all() and (s.n_models.loc["resnet50"] == 2).all()
 
 
@@ -243,3 +246,117 @@ def test_paper_specs_pick_one_variant_per_paper_measure_and_skip_failed_params()
     ]
     # the full table keeps every done variant, and the parameterless failure is no row of its own
     assert ("spectral_norm", "") not in {(s.measure, s.params) for s in tables.discover_specs(m)}
+
+
+# ----------------------------------------------------------- the paper's primary IoU, exactly
+def _with_thresholds(ms, thresholds, seed=1):
+    """The IoU rows of `ms` (all at rho 0.1) copied to other thresholds with unrelated values."""
+    rng = np.random.default_rng(seed)
+    iou = ms[ms.measure.isin(["iou", "iou_b"])]
+    copies = []
+    for t in thresholds:
+        c = iou.copy()
+        c["params"] = c.params.str.replace("threshold=0.1", f"threshold={t}", regex=False)
+        c["value"] = rng.uniform(0, 1, len(c))
+        copies.append(c)
+    return pd.concat([ms, *copies], ignore_index=True)
+
+
+def _assert_same_table(a, b):
+    for name, f in a.frames().items():
+        pd.testing.assert_frame_equal(f, getattr(b, name))
+    assert a.note == b.note
+
+
+def test_tables_use_rho_0_1_although_0_05_sorts_first(frames):
+    runs, ms = frames
+    more = _with_thresholds(ms, ("0.05", "0.3"))
+    assert tables.PRIMARY_IOU == {"cam": "gradcam", "threshold": "0.1", "masks": "boxes"}
+    for make in (tables.table3, tables.table5, tables.table6, tables.table7):
+        _assert_same_table(make(runs, more, n_boot=0), make(runs, ms, n_boot=0))
+    assert tables.table3(runs, more, n_boot=0).pearson.loc["Total"].index.tolist() == [
+        "Spectral Norm", "Nuclear Norm", "IoU-B", "IoU"]
+    t4, ref = tables.table4(runs, more), tables.table4(runs, ms)
+    pd.testing.assert_frame_equal(t4.accuracy, ref.accuracy)
+    assert t4.note == ""
+    d = _trained_iou(runs, ms)
+    d = d[d.train_acc >= 0.85]
+    assert t4.accuracy.loc["Total", ">=85"] == pytest.approx(stats.selection_accuracy(d.value, d.gap).accuracy)
+    # the values at 0.05 differ, so picking it would have shown
+    low = _trained_iou(runs, more, "cam=gradcam,threshold=0.05,masks=boxes")
+    low = low[low.train_acc >= 0.85]
+    assert stats.selection_accuracy(low.value, low.gap).accuracy != t4.accuracy.loc["Total", ">=85"]
+    # a threshold written "0.10" is the same variant
+    ten = ms.assign(params=ms.params.str.replace("threshold=0.1", "threshold=0.10", regex=False))
+    pd.testing.assert_frame_equal(tables.table4(runs, ten).accuracy, ref.accuracy)
+
+
+def test_tables_say_when_rho_0_1_was_not_measured(frames, tmp_path):
+    runs, ms = frames
+    other = _with_thresholds(ms, ("0.05", "0.3"))
+    other = other[~other.params.str.contains("threshold=0.1", regex=False)]
+    missing = "IoU (gradcam, rho 0.1, boxes) was not measured."
+    t3 = tables.table3(runs, other, n_boot=0)
+    assert t3.pearson.loc["Total"].index.tolist() == [
+        "Spectral Norm", "Nuclear Norm", "IoU-B: not measured", "IoU: not measured"]
+    assert t3.pearson.loc[("Total", "IoU: not measured")].isna().all()
+    assert (t3.n.loc[("Total", "IoU: not measured")] == 0).all()
+    assert missing in t3.note and "IoU-B (gradcam, rho 0.1, boxes) was not measured." in t3.note
+    md = tables.write_correlation_table(t3, tmp_path, "t3")[1].read_text()
+    assert "| IoU: not measured | n/a | n/a | n/a | n/a |" in md and md.endswith(f"{t3.note}\n")
+    t4 = tables.table4(runs, other)
+    assert t4.measure == "IoU: not measured" and t4.accuracy.isna().all().all()
+    assert (t4.n_models == 0).all().all() and t4.note == missing
+    assert tables.write_selection_table(t4, tmp_path, "t4")[1].read_text().endswith(f"\n{missing}\n")
+    t5 = tables.table5(runs, other, n_boot=0)
+    assert t5.pearson.isna().all().all() and t5.note.endswith(missing)
+    t6 = tables.table6(runs, other, n_boot=0)
+    assert t6.pearson.loc["Total"].index.tolist() == [
+        "IoU (Using GradCAM): not measured", "IoU (Using GradCAM++): not measured",
+        "IoU (Using SmoothGradCAM++): not measured"]
+    assert "IoU (gradcam++, rho 0.1, boxes) was not measured." in t6.note
+    t7 = tables.table7(runs, other, n_boot=0)
+    assert t7.pearson.loc["Total"].index.tolist() == [
+        "IoU (using saliency map): not measured", "IoU (using bounding box): not measured"]
+    assert "IoU (gradcam, rho 0.1, saliency) was not measured." in t7.note
+    # no IoU at all: Tables 4 and 5 do not exist (the report says so)
+    norms = ms[~ms.measure.isin(["iou", "iou_b"])]
+    assert tables.table4(runs, norms) is None and tables.table5(runs, norms) is None
+
+
+def test_primary_threshold_is_validated_and_can_be_chosen(frames):
+    runs, ms = frames
+    more = _with_thresholds(ms, ("0.05",))
+    for bad in (1.5, -0.1, "nan", "x"):
+        with pytest.raises(ValueError, match="threshold"):
+            tables.table4(runs, more, primary={"threshold": bad})
+    t = tables.table4(runs, more, primary={"threshold": 0.05})
+    d = _trained_iou(runs, more, "cam=gradcam,threshold=0.05,masks=boxes")
+    d = d[d.train_acc >= 0.9]
+    assert t.accuracy.loc["Total", ">=90"] == pytest.approx(stats.selection_accuracy(d.value, d.gap).accuracy)
+    # params with a further key: two variants match, and no table chooses between them
+    extra = pd.concat([ms, ms[ms.measure == "iou"].assign(
+        params=lambda f: f.params + ",resize=resize_crop")], ignore_index=True)
+    with pytest.raises(ValueError, match="2 variants of iou match"):
+        tables.table4(runs, extra)
+
+
+def test_only_done_finite_rows_feed_the_tables():
+    runs = pd.DataFrame({"run_id": list("abcdef"), "arch": "r18", "trained": True,
+                         "train_acc": 0.99, "gap": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]})
+    ms = pd.DataFrame({"run_id": list("abcdef"), "measure": "iou", "params": IOU,
+                       "value": [0.6, 0.5, 0.45, np.inf, 0.9, 0.1],
+                       "status": ["done"] * 5 + ["failed"],
+                       "state": ["done", "done", "done", "done", "undefined", "done"]})
+    w = tables.wide_table(runs, ms, [("iou", IOU, "IoU")])
+    assert w["IoU"].tolist()[:3] == [0.6, 0.5, 0.45] and w["IoU"].iloc[3:].isna().all()
+    t = tables.table3(runs, ms, n_boot=0)
+    assert t.n.loc[("Total", "IoU"), ">=95"] == 3
+    assert t.pearson.loc[("Total", "IoU"), ">=95"] == pytest.approx(
+        st.pearsonr([0.6, 0.5, 0.45], [1.0, 2.0, 3.0])[0])
+    # without a state column, status alone decides (row e counts)
+    t = tables.table3(runs, ms.drop(columns="state"), n_boot=0)
+    assert t.n.loc[("Total", "IoU"), ">=95"] == 4
+    # a variant whose rows are all unusable is named in the note
+    t = tables.table3(runs, ms.assign(state="undefined"), n_boot=0)
+    assert "IoU (gradcam, rho 0.1, boxes) has no usable value" in t.note

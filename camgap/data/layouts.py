@@ -34,7 +34,9 @@ parser per layout:
     boxes.  ``path`` is relative to ``root``.  Classes = sorted unique labels of ``train.csv``.
 
 Rules common to all layouts: classes always come from the train split (reading ``test`` uses
-them, and an image whose class is not among them raises :class:`DataError`); box labels are
+them, and an image whose class is not among them raises :class:`DataError`); an image path
+read from a split file must stay inside ``root`` (an absolute path elsewhere or a ``..`` escape
+is a bad entry naming the split file, the line/row/COCO image id and the path); box labels are
 indices into the classes, -1 for a class outside them; a missing split raises
 ``FileNotFoundError`` naming the path; a split without images raises ``DataError("no
 images")``; errors always name the file at fault.
@@ -56,7 +58,7 @@ import warnings
 import xml.etree.ElementTree as ET
 from collections import Counter, OrderedDict, defaultdict
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path, PurePath, PurePosixPath
 from typing import Callable
 
 from camgap.errors import InputError, MissingFileError
@@ -103,6 +105,29 @@ class _Bad:
         if self.skipped is None:
             raise DataError(path, problem)
         self.skipped.append((str(path), problem))
+
+
+def _leaves_root(root: Path, path: Path, name: str) -> bool:
+    """True when ``path``, built from the split file's entry ``name``, points outside ``root``.
+
+    Lexically first: an absolute path elsewhere, or ``..`` climbing above ``root``. An entry
+    with ``..`` is then also resolved, since ``..`` after a symlinked folder climbs from the
+    link's target. Symlinks the dataset owner put inside ``root`` (e.g. ``train`` on another
+    disk) are otherwise trusted: only the split file's text is checked, not the disk layout.
+    """
+    base = os.path.normpath(root.absolute())
+    if not Path(os.path.normpath(path.absolute())).is_relative_to(base):
+        return True
+    return ".." in PurePath(name).parts and not path.resolve().is_relative_to(root.resolve())
+
+
+def _inside_root(root: Path, path: Path, name: str, split_file: Path, where: str, bad: _Bad) -> bool:
+    """Check an image path read from ``split_file`` (entry ``where``: "line 3", "row 2", "image
+    id 7"); a path outside ``root`` is a bad entry (raised, or skipped with ``skipped=``)."""
+    if _leaves_root(root, path, name):
+        bad(split_file, f"{where}: image path {name!r} leaves the dataset root {root}")
+        return False
+    return True
 
 
 def _require_file(path: Path, what: str) -> Path:
@@ -411,6 +436,8 @@ def _read_listfile(root: Path, split: str, missing_ok: bool, bad: _Bad):
     records = []
     for name, lab, n in entries:
         img = _listfile_image(root, name)
+        if not _inside_root(root, img, name, split_file, f"line {n}", bad):
+            continue
         if lab >= n_classes:
             bad(img, f"label {lab} ({split_file} line {n}) is outside the {n_classes} classes "
                      f"of the train split (0..{n_classes - 1})")
@@ -486,12 +513,14 @@ def _read_kaggle(root: Path, split: str, missing_ok: bool, bad: _Bad):
             wnid = image_id.split("_")[0]
             img = img_dir / wnid / f"{image_id}.JPEG"
         else:
+            wnid = objects[0][0] if objects else ""
             img = img_dir / f"{image_id}.JPEG"
-            if not objects:
-                bad(img, f"no boxes in {split_file.name} row {n}, so no label "
-                         "(a val image's label is the wnid of its first box)")
-                continue
-            wnid = objects[0][0]
+        if not _inside_root(root, img, image_id, split_file, f"row {n}", bad):
+            continue
+        if ksplit != "train" and not objects:
+            bad(img, f"no boxes in {split_file.name} row {n}, so no label "
+                     "(a val image's label is the wnid of its first box)")
+            continue
         if wnid not in index:
             bad(img, f"class {wnid!r} is not among the {len(classes)} train classes")
             continue
@@ -555,6 +584,8 @@ def _read_coco(root: Path, split: str, missing_ok: bool, bad: _Bad):
         img = root / split / fname
         if not img.exists() and (root / fname).exists():
             img = root / fname
+        if not _inside_root(root, img, fname, split_file, f"image id {im_id}", bad):
+            continue
         objs = anns.get(im_id, [])
         if not objs:
             bad(img, f"no boxes in {split_file.name}, so no label (a COCO image's label is "
@@ -607,6 +638,8 @@ def _read_csv_layout(root: Path, split: str, missing_ok: bool, bad: _Bad):
         img = root / rel
         if not rel:
             bad(split_file, f"row {grp[0][0]}: empty path")
+            continue
+        if not _inside_root(root, img, rel, split_file, f"row {grp[0][0]}", bad):
             continue
         labels = {r["label"] for _, r in grp}
         if len(labels) != 1:

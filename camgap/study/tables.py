@@ -7,7 +7,13 @@ Input contract (decoupled from the model-set registry through two DataFrames):
   trained), `train_acc`, `test_acc` (fractions), `gap` (percentage points,
   100 * (train_acc - test_acc)).
 - `measurements`: long form: `run_id`, `measure`, `params` ("k=v,k=v", "" when none),
-  `value`, `status` ("done"/"failed"), `error`. Only "done" rows give numbers.
+  `value`, `status` ("done"/"failed"), `error`, optionally `state` ("done"/"failed"/
+  "undefined"). Only rows that are done (in `status`, and in `state` when present) with a
+  finite value give numbers.
+
+The IoU in every table is the paper's primary variant, `PRIMARY_IOU` (Grad-CAM, rho = 0.1,
+boxes). Where that variant was not measured, the table carries a row "...: not measured" and a
+note saying so; no table falls back to another variant.
 
 `wide_table` pivots the measurements onto the runs, one column per (measure, params).
 Every table cell with fewer than `min_n` (3) usable models is NaN, rendered "n/a".
@@ -21,11 +27,13 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
 
 from camgap.errors import InputError, UnknownNameError
+from camgap.measures.iou import validate_thresholds
 
 from . import stats
 
@@ -34,9 +42,16 @@ DEFAULT_THRESHOLDS: tuple[float, ...] = (0.95, 0.90, 0.85, 0.80)
 #: `runs`, or constant over the trained models, are left out of Psi and the CMI score.
 DEFAULT_HPARAMS: tuple[str, ...] = ("arch", "batch_size", "lr", "optimizer", "weight_decay",
                                     "augment", "pretrained")
-#: Which variant of a multi-variant measure the headline tables use (Table 3, 4, 5): params
-#: keys -> preferred value; applied only when some variant has that value.
-DEFAULT_PRIMARY: dict[str, str] = {"cam": "gradcam", "masks": "boxes"}
+#: The paper's primary IoU (sec. 4): Grad-CAM, CAM threshold rho = 0.1, A_G from the bounding
+#: boxes. Every table (3-7, the headline) uses exactly this variant of the IoU measures; Tables 6
+#: and 7 vary one key and keep the other two. A `primary` argument may override these keys.
+PRIMARY_IOU: Mapping[str, str] = MappingProxyType({"cam": "gradcam", "threshold": "0.1", "masks": "boxes"})
+#: The measures whose params are (cam, threshold, masks) and that follow `PRIMARY_IOU` exactly.
+IOU_MEASURES: tuple[str, ...] = ("iou", "iou_b")
+#: The `primary` of the tables: the IoU keys are exact (see `PRIMARY_IOU`); other keys are a
+#: preference among the variants of the other measures, applied when some variant has that value.
+DEFAULT_PRIMARY: Mapping[str, str] = PRIMARY_IOU
+NOT_MEASURED = "not measured"
 TOTAL = "Total"
 
 DISPLAY_NAMES = {
@@ -146,7 +161,68 @@ def _norm_measurements(measurements: pd.DataFrame) -> pd.DataFrame:
     if "status" not in m.columns:
         m["status"] = "done"
     m["value"] = pd.to_numeric(m["value"], errors="coerce")
+    usable = (m["status"].astype(str) == "done") & np.isfinite(m["value"].to_numpy(float))
+    if "state" in m.columns:
+        usable &= m["state"].astype(str) == "done"
+    m["_usable"] = usable
     return m
+
+
+def _same_value(a: str, b: str) -> bool:
+    """Params values compare as numbers when both are numbers ("0.10" is "0.1")."""
+    try:
+        return float(a) == float(b)
+    except (TypeError, ValueError):
+        return a == b
+
+
+def params_match(params: str, want: Mapping[str, object]) -> bool:
+    """Whether the params string has every key of `want` with that value."""
+    have = parse_params(params)
+    return all(k in have and _same_value(have[k], str(v)) for k, v in want.items())
+
+
+def spec_params(spec: MeasureSpec) -> dict[str, str]:
+    """The params of a spec as a dict (an exact string parsed, a mapping copied, None: {})."""
+    if spec.params is None:
+        return {}
+    if isinstance(spec.params, str):
+        return parse_params(spec.params)
+    return {k: str(v) for k, v in spec.params.items()}
+
+
+def iou_variant(primary: Mapping[str, object] | None = None) -> dict[str, str]:
+    """The IoU variant the tables use: `PRIMARY_IOU`, with the cam/threshold/masks of `primary`
+    where it gives them. The threshold rho is validated (finite, in [0, 1))."""
+    want = {k: str((primary or {}).get(k, v)) for k, v in PRIMARY_IOU.items()}
+    want["threshold"] = f"{validate_thresholds([want['threshold']])[0]:g}"
+    return want
+
+
+def variant_name(measure: str, params: Mapping[str, str]) -> str:
+    """"IoU (gradcam, rho 0.1, boxes)": how notes name a variant."""
+    if {"cam", "threshold", "masks"} <= set(params):
+        return f"{display_name(measure)} ({params['cam']}, rho {params['threshold']}, {params['masks']})"
+    return f"{display_name(measure)} ({format_params(params)})" if params else display_name(measure)
+
+
+def missing_note(measurements: pd.DataFrame, specs: Sequence[MeasureSpec]) -> str:
+    """One sentence per spec without a usable value: not measured at all, or only failed or
+    undefined. Empty when every spec has values."""
+    m = _norm_measurements(measurements)
+    out = []
+    for spec in specs:
+        rows = m[(m["measure"] == spec.measure) & m["params"].isin(_resolve_params(m, spec))]
+        name = variant_name(spec.measure, spec_params(spec))
+        if rows.empty:
+            out.append(f"{name} was {NOT_MEASURED}.")
+        elif not rows["_usable"].any():
+            out.append(f"{name} has no usable value (failed or undefined for every model).")
+    return " ".join(out)
+
+
+def _join_notes(*notes: str) -> str:
+    return " ".join(n for n in notes if n)
 
 
 def _resolve_params(m: pd.DataFrame, spec: MeasureSpec) -> list[str]:
@@ -156,8 +232,7 @@ def _resolve_params(m: pd.DataFrame, spec: MeasureSpec) -> list[str]:
         return [spec.params] if spec.params in have else []
     if spec.params is None:
         return have
-    want = {k: str(v) for k, v in spec.params.items()}
-    return [p for p in have if all(parse_params(p).get(k) == v for k, v in want.items())]
+    return [p for p in have if params_match(p, spec.params)]
 
 
 def wide_table(runs: pd.DataFrame, measurements: pd.DataFrame,
@@ -169,12 +244,12 @@ def wide_table(runs: pd.DataFrame, measurements: pd.DataFrame,
     string must match), or None for a measure with a single variant. None (default) = every
     (measure, params) present, columns named by `discover_specs`.
 
-    Only rows with status "done" give values; a failed or missing measurement is NaN. When a
-    run has several done rows for the same (measure, params), the last one wins.
+    Only usable rows (done, finite value) give values; a failed, undefined or missing
+    measurement is NaN. When a run has several done rows for the same (measure, params), the last one wins.
     """
     m = _norm_measurements(measurements)
     specs = discover_specs(m) if measures is None else [_as_spec(s) for s in measures]
-    done = m[m["status"].astype(str) == "done"]
+    done = m[m["_usable"]]
     keys = runs["run_id"].astype(str)
     cols: dict[str, pd.Series] = {}
     for spec in specs:
@@ -201,26 +276,40 @@ def discover_specs(measurements: pd.DataFrame, primary: Mapping[str, str] | None
     """One spec per (measure, params) with a done value; a measure that failed everywhere
     keeps its failed variants, so it shows as an n/a row rather than vanishing.
 
-    `primary`: {params key: value}; for each measure whose variants carry that key, keep only
-    the variants with that value (when at least one has it), e.g. {"cam": "gradcam", "masks":
-    "boxes"} for the headline table. `measures` restricts to those measure names. Labels are
-    the display name, plus "(k=v, ...)" listing the params that still differ between a
-    measure's variants. Order: the paper's baselines, other measures A-Z, IoU-B, IoU.
+    `primary`: {params key: value}, e.g. `DEFAULT_PRIMARY` for the headline tables. The IoU
+    measures (`IOU_MEASURES`) get exactly `iou_variant(primary)`, or a row "...: not measured"
+    when that variant is absent; for the other measures, keep the variants with a key's value
+    when at least one has it. `measures` restricts to those measure names. Labels are the
+    display name, plus "(k=v, ...)" listing the params that still differ between a measure's
+    variants. Order: the paper's baselines, other measures A-Z, IoU-B, IoU.
     """
     m = _norm_measurements(measurements)
     specs: list[MeasureSpec] = []
     names = sorted(set(m["measure"]), key=_measure_rank) if measures is None else list(measures)
     for name in names:
         rows = m[m["measure"] == name]
-        done = rows[rows["status"] == "done"] if "status" in rows else rows
+        if primary and name in IOU_MEASURES:
+            specs.extend(_exact_variant(rows, name, iou_variant(primary), display_name(name)))
+            continue
+        done = rows[rows["_usable"]]
         variants = sorted(set((done if len(done) else rows)["params"]))
         variants = _filter_primary(variants, primary or {})
         specs.extend(_label_variants(name, variants, display_name(name)))
     return specs
 
 
+def _exact_variant(rows: pd.DataFrame, measure: str, want: Mapping[str, str], label: str,
+                   skip: Sequence[str] = ()) -> list[MeasureSpec]:
+    """The variants of `measure` in `rows` with every (key, value) of `want`; when there is none,
+    one spec for `want` labelled "<label>: not measured" (an n/a row, never another variant)."""
+    hit = sorted(p for p in set(rows["params"]) if params_match(p, want))
+    if not hit:
+        return [MeasureSpec(measure, dict(want), f"{label}: {NOT_MEASURED}")]
+    return _label_variants(measure, hit, label, skip)
+
+
 PAPER_MEASURES = ("spectral_norm", "nuclear_norm", "effective_invariance", "iou_b", "iou")
-PAPER_PRIMARY = {**DEFAULT_PRIMARY, "conv": "reshape", "scale": "log", "norm": "paper", "transform": "rotation"}
+PAPER_PRIMARY = {**PRIMARY_IOU, "conv": "reshape", "scale": "log", "norm": "paper", "transform": "rotation"}
 
 
 def paper_specs(measurements: pd.DataFrame) -> list[MeasureSpec]:
@@ -238,12 +327,9 @@ def _measure_rank(name: str) -> tuple:
     return (1, 0, name)
 
 
-def _filter_primary(variants: list[str], primary: Mapping[str, str],
-                    skip: Sequence[str] = ()) -> list[str]:
+def _filter_primary(variants: list[str], primary: Mapping[str, str]) -> list[str]:
     for k, v in primary.items():
-        if k in skip:
-            continue
-        hit = [p for p in variants if parse_params(p).get(k) == str(v)]
+        hit = [p for p in variants if params_match(p, {k: v})]
         if hit:
             variants = hit
     return variants
@@ -264,20 +350,19 @@ def _label_variants(measure: str, variants: list[str], base: str,
 def variant_specs(measurements: pd.DataFrame, measure: str, vary: str,
                   label: Callable[[str], str], order: Sequence[str] = (),
                   primary: Mapping[str, str] | None = None) -> list[MeasureSpec]:
-    """Specs for the variants of `measure` that differ in params key `vary` (Table 6: cam,
-    Table 7: masks), the other keys fixed by `primary` where possible. Rows ordered by
-    `order`, then A-Z; labelled `label(value)` (+ any other params that still differ)."""
+    """Specs for the values of params key `vary` (Table 6: cam, Table 7: masks) that `measure`
+    was measured with, the other keys fixed exactly: by `iou_variant(primary)` for an IoU
+    measure, else by `primary`. A value measured only with other fixed keys gets a row
+    "<label>: not measured". Rows ordered by `order`, then A-Z; labelled `label(value)` (+ any
+    other params that still differ)."""
     m = _norm_measurements(measurements)
-    variants = sorted(set(m.loc[m["measure"] == measure, "params"]))
-    variants = [p for p in variants if vary in parse_params(p)]
-    variants = _filter_primary(variants, primary or {}, skip=(vary,))
-    by_value: dict[str, list[str]] = {}
-    for p in variants:
-        by_value.setdefault(parse_params(p)[vary], []).append(p)
-    values = sorted(by_value, key=lambda v: (order.index(v) if v in order else len(order), v))
+    rows = m[m["measure"] == measure]
+    values = {parse_params(p)[vary] for p in set(rows["params"]) if vary in parse_params(p)}
+    fixed = iou_variant(primary) if primary and measure in IOU_MEASURES else dict(primary or {})
+    fixed.pop(vary, None)
     specs: list[MeasureSpec] = []
-    for v in values:
-        specs.extend(_label_variants(measure, by_value[v], label(v), skip=(vary,)))
+    for v in sorted(values, key=lambda v: (order.index(v) if v in order else len(order), v)):
+        specs.extend(_exact_variant(rows, measure, {**fixed, vary: v}, label(v), skip=(vary,)))
     return specs
 
 
@@ -408,26 +493,35 @@ def table3(runs: pd.DataFrame, measurements: pd.DataFrame,
            thresholds: Sequence[float] = DEFAULT_THRESHOLDS, primary: Mapping[str, str] | None = None,
            n_boot: int = 2000, seed: int = 0, confidence: float = 0.95,
            min_n: int = stats.MIN_N) -> CorrelationTable:
-    """Paper Table 3: every measure (primary variant, see `DEFAULT_PRIMARY`) against the gap,
-    trained models, per architecture and in total, per training-accuracy threshold."""
+    """Paper Table 3: every measure (primary variant, see `DEFAULT_PRIMARY`; the IoU exactly
+    `PRIMARY_IOU`) against the gap, trained models, per architecture and in total, per
+    training-accuracy threshold. The note names the variants without a usable value."""
     specs = list(specs) if specs is not None else discover_specs(
         measurements, DEFAULT_PRIMARY if primary is None else primary)
     w = _study_frame(runs, measurements, specs)
     return correlation_table(w, [s.column for s in specs], thresholds=thresholds, n_boot=n_boot,
                              seed=seed, confidence=confidence, min_n=min_n,
-                             note="Pearson r between each measure and the generalization gap "
-                                  "(trained models with train_acc >= threshold).")
+                             note=_join_notes("Pearson r between each measure and the generalization gap "
+                                              "(trained models with train_acc >= threshold).",
+                                              missing_note(measurements, specs)))
 
 
 def primary_iou(measurements: pd.DataFrame, primary: Mapping[str, str] | None = None,
                 measure: str = "iou") -> MeasureSpec | None:
-    """The IoU variant the headline tables use (cam=gradcam, masks=boxes when present; the
-    first remaining variant otherwise)."""
-    if not (_norm_measurements(measurements)["measure"] == measure).any():
+    """The IoU variant Tables 4 and 5 use: exactly `iou_variant(primary)` (`PRIMARY_IOU` by
+    default), labelled "IoU", or "IoU: not measured" when that variant is absent. None when
+    `measure` was not measured at all. Several matching variants (params with further keys)
+    are an InputError: the tables never choose one."""
+    m = _norm_measurements(measurements)
+    rows = m[m["measure"] == measure]
+    if rows.empty:
         return None
-    specs = discover_specs(measurements, DEFAULT_PRIMARY if primary is None else primary,
-                           measures=[measure])
-    return MeasureSpec(measure, specs[0].params, display_name(measure))
+    want = iou_variant(DEFAULT_PRIMARY if primary is None else primary)
+    specs = _exact_variant(rows, measure, want, display_name(measure))
+    if len(specs) > 1:
+        raise InputError(f"{len(specs)} variants of {measure} match {format_params(want)}: "
+                         f"{[s.params for s in specs]}; pass primary with their other keys")
+    return specs[0]
 
 
 def ranking_table(runs: pd.DataFrame, measurements: pd.DataFrame,
@@ -476,6 +570,7 @@ class SelectionTable:
     n_ties_gap: pd.DataFrame
     n_models: pd.DataFrame
     measure: str = "IoU"
+    note: str = ""
 
     def long(self) -> pd.DataFrame:
         names = ("accuracy", "n_compared", "n_ties", "n_ties_measure", "n_ties_gap", "n_models")
@@ -514,13 +609,16 @@ def table4(runs: pd.DataFrame, measurements: pd.DataFrame, spec: MeasureSpec | N
            higher_is_better: bool = True, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
            primary: Mapping[str, str] | None = None, min_n: int = stats.MIN_N) -> SelectionTable | None:
     """Paper Table 4: pairwise selection accuracy of IoU (higher IoU -> smaller gap), trained
-    models, within each architecture and across all. None when no IoU was measured."""
+    models, within each architecture and across all; the IoU is `primary_iou` (an n/a table
+    with a note when that variant was not measured). None when no IoU was measured at all."""
     spec = spec or primary_iou(measurements, primary)
     if spec is None:
         return None
     w = _study_frame(runs, measurements, [spec])
-    return selection_table(w, spec.column, higher_is_better=higher_is_better,
-                           thresholds=thresholds, min_n=min_n)
+    t = selection_table(w, spec.column, higher_is_better=higher_is_better,
+                        thresholds=thresholds, min_n=min_n)
+    t.note = missing_note(measurements, [spec])
+    return t
 
 
 # ---------------------------------------------------------------------- validity (Table 5)
@@ -533,7 +631,8 @@ def table5(runs: pd.DataFrame, measurements: pd.DataFrame, spec: MeasureSpec | N
            confidence: float = 0.95, min_n: int = stats.MIN_N) -> CorrelationTable | None:
     """Paper Table 5: IoU vs gap for untrained random models (every `trained == False` run)
     and for trained models (train_acc >= `trained_threshold`, 0.80 as the paper's model set;
-    None = all trained). Columns: architectures, then "Total". None when no IoU was measured."""
+    None = all trained). Columns: architectures, then "Total". The IoU is `primary_iou` (n/a
+    cells and a note when that variant was not measured); None when no IoU was measured at all."""
     spec = spec or primary_iou(measurements, primary)
     if spec is None:
         return None
@@ -549,9 +648,10 @@ def table5(runs: pd.DataFrame, measurements: pd.DataFrame, spec: MeasureSpec | N
             d = d[d["arch"] == c]
         return _cell(d[col], d["gap"], min_n=min_n, n_boot=n_boot, seed=seed, confidence=confidence)
 
+    note = f"Pearson r between {col} and the gap; trained models with train_acc >= " \
+           f"{trained_threshold}." if trained_threshold is not None else ""
     return _build(pd.Index([RANDOM_ROW, TRAINED_ROW], name="models"), cols, cell, confidence,
-                  note=f"Pearson r between {col} and the gap; trained models with train_acc >= "
-                       f"{trained_threshold}." if trained_threshold is not None else "")
+                  note=_join_notes(note, missing_note(measurements, [spec])))
 
 
 # ------------------------------------------------------------ robustness (Tables 6 and 7)
@@ -569,7 +669,8 @@ def _variant_table(runs, measurements, specs, *, thresholds, n_boot, seed, confi
         return None
     w = _study_frame(runs, measurements, specs)
     return correlation_table(w, [s.column for s in specs], thresholds=thresholds, n_boot=n_boot,
-                             seed=seed, confidence=confidence, min_n=min_n, note=note)
+                             seed=seed, confidence=confidence, min_n=min_n,
+                             note=_join_notes(note, missing_note(measurements, specs)))
 
 
 def table6(runs: pd.DataFrame, measurements: pd.DataFrame, *, measure: str = "iou",
@@ -577,7 +678,8 @@ def table6(runs: pd.DataFrame, measurements: pd.DataFrame, *, measure: str = "io
            n_boot: int = 2000, seed: int = 0, confidence: float = 0.95,
            min_n: int = stats.MIN_N) -> CorrelationTable | None:
     """Paper Table 6: IoU vs gap for each CAM method (params key `cam`), in the Table 3 layout
-    (per architecture and Total). None when fewer than two CAM methods were measured."""
+    (per architecture and Total), each at the threshold and masks of `PRIMARY_IOU`. None when
+    fewer than two CAM methods were measured."""
     specs = variant_specs(measurements, measure, "cam", cam_label, CAM_ORDER,
                           DEFAULT_PRIMARY if primary is None else primary)
     return _variant_table(runs, measurements, specs, thresholds=thresholds, n_boot=n_boot,
@@ -590,10 +692,11 @@ def table7(runs: pd.DataFrame, measurements: pd.DataFrame, *, measure: str = "io
            n_boot: int = 2000, seed: int = 0, confidence: float = 0.95,
            min_n: int = stats.MIN_N) -> CorrelationTable | None:
     """Paper Table 7: IoU vs gap with A_G from saliency masks vs from boxes (params key
-    `masks`), Table 3 layout. None when fewer than two mask sources were measured."""
+    `masks`), Table 3 layout, each with the cam and threshold of `PRIMARY_IOU`. None when fewer
+    than two mask sources were measured."""
     specs = variant_specs(measurements, measure, "masks", mask_label, ("saliency",),
                           DEFAULT_PRIMARY if primary is None else primary)
-    specs.sort(key=lambda s: parse_params(s.params).get("masks") == "boxes")  # boxes last
+    specs.sort(key=lambda s: spec_params(s).get("masks") == "boxes")  # boxes last
     return _variant_table(runs, measurements, specs, thresholds=thresholds, n_boot=n_boot,
                           seed=seed, confidence=confidence, min_n=min_n,
                           note="Pearson r between IoU and the gap, A_G from saliency masks vs boxes.")
@@ -716,16 +819,18 @@ def to_html_table(df: pd.DataFrame, fmt: Fmt = "{:.4f}", na_rep: str = "n/a") ->
 
 
 def write_table(df: pd.DataFrame, out_dir: str | Path, name: str, *, fmt: Fmt = "{:.4f}",
-                na_rep: str = "n/a", title: str | None = None) -> tuple[Path, Path]:
+                na_rep: str = "n/a", title: str | None = None, note: str = "") -> tuple[Path, Path]:
     """Write `name.csv` (full-precision numbers, NaN as "n/a", which pandas.read_csv reads back
-    as NaN) and `name.md` (formatted with `fmt`). Returns (csv_path, md_path)."""
+    as NaN) and `name.md` (formatted with `fmt`, `note` as a paragraph under the table, so a
+    variant that was not measured is said there). Returns (csv_path, md_path)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path, md_path = out / f"{name}.csv", out / f"{name}.md"
     index = not (isinstance(df.index, pd.RangeIndex) and df.index.name is None)
     df.to_csv(csv_path, na_rep=na_rep, index=index)
     md = to_markdown(df, fmt, na_rep) if len(df.columns) else "(empty)\n"
-    md_path.write_text((f"**{title}**\n\n" if title else "") + md, encoding="utf-8")
+    md_path.write_text((f"**{title}**\n\n" if title else "") + md + (f"\n{note}\n" if note else ""),
+                       encoding="utf-8")
     return csv_path, md_path
 
 
@@ -736,14 +841,14 @@ def write_correlation_table(t: CorrelationTable, out_dir: str | Path, name: str,
     paths: list[Path] = []
     for s, f in t.frames().items():
         paths += write_table(f, out_dir, name if s == "pearson" else f"{name}_{s}",
-                             title=title if s == "pearson" else None)
+                             title=title if s == "pearson" else None, note=t.note if s == "pearson" else "")
     paths += write_table(t.long(), out_dir, f"{name}_long")
     return paths
 
 
 def write_selection_table(t: SelectionTable, out_dir: str | Path, name: str = "table4",
                           title: str | None = None) -> list[Path]:
-    paths = list(write_table(t.accuracy, out_dir, name, fmt=percent, title=title))
+    paths = list(write_table(t.accuracy, out_dir, name, fmt=percent, title=title, note=t.note))
     paths += write_table(t.long(), out_dir, f"{name}_long",
                          fmt={"accuracy": "{:.6f}"})
     return paths
