@@ -121,8 +121,15 @@ def expected(model, data):
 
 @pytest.mark.parametrize("fmt", ["wrapped", "plain", "module"])
 def test_json_equals_score_model(capsys, data, checkpoints, expected, fmt):
-    arch = [] if fmt == "module" else ARCH
-    s = run_json(capsys, *base_args(data, checkpoints[fmt], *arch))
+    if fmt == "module":  # a pickled module: only with --unsafe-load, which warns
+        with pytest.warns(UserWarning, match="weights_only=False"):
+            s = run_json(capsys, *base_args(data, checkpoints[fmt], "--unsafe-load"))
+        assert s["model"]["arch"] == "SmallResNet" and s["model"]["source"]["arch"] == "saved nn.Module"
+    else:
+        s = run_json(capsys, *base_args(data, checkpoints[fmt], *ARCH))
+        assert s["model"] == {"arch": "small_resnet", "arch_kwargs": {"width": 8}, "num_classes": N_CLASSES,
+                              "source": {"arch": "flag", "arch_kwargs": "flag", "num_classes": "flag"}}
+    assert s["target_layer"] == "layer4"
     for key in ("iou", "iou_b", "n_images", "n_skipped", "cam", "threshold", "by_threshold"):
         assert key in s, key
     e = expected.summary()
@@ -255,7 +262,8 @@ def test_label_outside_the_models_classes(capsys, data, tmp_path, two_class_ckpt
     # a saved nn.Module carries its own number of outputs: no --num-classes to compare with
     module = tmp_path / "two_module.pt"
     torch.save(create_model("small_resnet", num_classes=2, width=8), module)
-    rc, out, err = run(capsys, *base_args(data, module, "--json"))
+    with pytest.warns(UserWarning, match="weights_only=False"):
+        rc, out, err = run(capsys, *base_args(data, module, "--json", "--unsafe-load"))
     assert rc != 0 and out == ""
     assert "label 2 is outside the model's 2 classes" in err
 
