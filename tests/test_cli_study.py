@@ -176,11 +176,11 @@ def test_predict_on_a_zoo_checkpoint(measured, capsys):
     # by hand: the IoU of the checkpoint on the training images, the OLS fit over the zoo
     records, _ = read_layout(data, "auto", "train")
     model = load_checkpoint(ckpt, "small_resnet10", 4, width=4)
-    x0 = score_model(model, BoxDataset(records, input_size=32), cam="gradcam", thresholds=(0.1,),
-                     device="cpu").iou(0.1)
+    res = score_model(model, BoxDataset(records, input_size=32), cam="gradcam", thresholds=(0.1,), device="cpu")
+    x0 = res.iou(0.1)
     assert x0 == pytest.approx(float(d.iou.iloc[1]), abs=1e-6)  # the zoo measured the same thing
     fit = fit_gap(d.iou, d.gap, name="iou")
-    pred = predict_gap(fit, x0, confidence=0.95)
+    pred = predict_gap(fit, x0, confidence=0.95, train_acc=res.train_acc)  # kept within the possible gaps
     m = re.search(r"IoU\^Model = ([-\d.]+) on (\d+) training images", text)
     assert m and float(m.group(1)) == pytest.approx(x0, abs=6e-5) and int(m.group(2)) == 80
     assert f"reference: 3 trained models of {zoo} with train acc >= 0" in text
