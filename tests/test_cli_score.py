@@ -430,8 +430,9 @@ def test_flag_contradicting_the_checkpoint_wins_with_a_warning(capsys, data, zoo
     assert any(f"--input-size 224 contradicts the checkpoint's input_size {ZOO_SIZE}" in m and str(zoo_ckpt) in m
                for m in msgs), msgs
     assert any(f"--mean [0.485, 0.456, 0.406] contradicts the checkpoint's mean {ZOO_MEAN}" in m for m in msgs), msgs
-    assert s["preprocessing"]["input_size"] == 224 and s["preprocessing"]["source"]["input_size"] == "flag"
-    assert s["preprocessing"]["source"]["resize"] == "checkpoint" and s["preprocessing"]["source"]["std"] == "checkpoint"
+    source = s["preprocessing"]["source"]
+    assert s["preprocessing"]["input_size"] == 224 and source["input_size"] == source["mean"] == "flag"
+    assert source["resize"] == source["std"] == source["channel_order"] == "checkpoint"
     records, _ = read_layout(data, "csv", "train")
     e = score_model(model, BoxDataset(records, input_size=224, resize="resize_crop"), mean=(0.485, 0.456, 0.406),
                     std=ZOO_STD)
