@@ -484,11 +484,18 @@ def test_bad_threshold_is_refused_before_anything_is_read(capsys, tmp_path, bad)
     assert err == f"camgap: error: threshold {float(bad)!r} is outside [0, 1): the normalised CAM lies in [0, 1]\n"
 
 
-def test_non_finite_weights_one_line_rc_2(capsys, data, model, tmp_path):
+@pytest.mark.parametrize("where", ["weights", "logits"])
+def test_non_finite_one_line_rc_2(capsys, data, model, tmp_path, where):
     state = {k: v.clone() for k, v in model.state_dict().items()}
-    state["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+    if where == "weights":
+        state["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+        expected = "non-finite values in parameter 'layer2.0.conv1.weight'"
+    else:  # finite weights whose products overflow float32: the pooled features are >= 0 (after a ReLU)
+        state["fc.weight"].fill_(3e38)
+        state["fc.bias"].fill_(3e38)
+        expected = "the model's logits are not finite"
     path = tmp_path / "nan.pt"
     torch.save(state, path)
     rc, out, err = run(capsys, *base_args(data, path, *ARCH, "--json"))
     assert rc == 2 and out == "" and err.count("\n") == 1
-    assert "non-finite values in parameter 'layer2.0.conv1.weight'" in err
+    assert err.startswith("camgap: error: ") and expected in err
