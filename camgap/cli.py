@@ -14,6 +14,7 @@ from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from camgap.errors import CamgapError, InputError, MissingFileError
 from camgap.measures.iou import validate_thresholds
 from camgap.measures.score import CHANNEL_ORDERS
+from camgap.models import short_list
 
 
 def resolve_device(name: str) -> torch.device:
@@ -118,20 +119,16 @@ def _model_settings(flags: dict, record: dict, classes: list[str], path: Path) -
         flags, recorded, {"arch": (None, "none"), "width": (None, "none"), "num_classes": (len(classes), "data")},
         path)
     kwargs = dict(record.get("arch_kwargs") or {}) if values["arch"] == record.get("arch") else {}
+    source = "checkpoint" if kwargs else "none"
     if values["width"] is not None:
-        kwargs["width"] = values["width"]
-    values["arch_kwargs"], sources["arch_kwargs"] = kwargs, sources["width"]
+        kwargs["width"], source = values["width"], sources["width"]
+    values["arch_kwargs"], sources["arch_kwargs"] = kwargs, source
     del values["width"], sources["width"]
     if record.get("classes") and list(record["classes"]) != list(classes):
-        warnings.warn(f"{path}: the checkpoint's classes {_short_list(record['classes'])} differ from the data's "
-                      f"{_short_list(classes)}: label i of the data may not be output i of the model",
-                      UserWarning, stacklevel=2)
+        warnings.warn(f"{path}: the checkpoint's classes {short_list([str(c) for c in record['classes']], 4)} differ "
+                      f"from the data's {short_list([str(c) for c in classes], 4)}: label i of the data may not be "
+                      "output i of the model", UserWarning, stacklevel=2)
     return values, sources
-
-
-def _short_list(items, n: int = 4) -> str:
-    items = list(items)
-    return "[" + ", ".join(map(str, items[:n])) + (f", ... ({len(items)})]" if len(items) > n else "]")
 
 
 def score_checkpoint(

@@ -221,19 +221,20 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path | 
     if missing or unexpected or shape:
         parts = []
         if missing:
-            parts.append(f"missing keys {_short(missing)}")
+            parts.append(f"missing keys {short_list(missing)}")
         if unexpected:
-            parts.append(f"unexpected keys {_short(unexpected)}")
+            parts.append(f"unexpected keys {short_list(unexpected)}")
         if shape:
             parts.append(
-                "shape mismatch " + _short([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shape])
+                "shape mismatch " + short_list([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shape])
             )
         raise CheckpointError(f"{path}: checkpoint does not match the architecture: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
     return model
 
 
-def _short(items: list[str], n: int = 5) -> str:
+def short_list(items: list[str], n: int = 5) -> str:
+    """`[a, b, ...]`, cut to n items with the total: error messages stay one readable line."""
     head = ", ".join(items[:n])
     return f"[{head}{f', ... ({len(items)} in all)' if len(items) > n else ''}]"
 
