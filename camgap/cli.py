@@ -4,13 +4,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 
 from camgap import __version__
+from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from camgap.errors import CamgapError, InputError, MissingFileError
+from camgap.measures.iou import validate_thresholds
+from camgap.measures.score import CHANNEL_ORDERS
+from camgap.models import short_list
 
 
 def resolve_device(name: str) -> torch.device:
@@ -23,26 +29,39 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, type=Path, help="dataset root")
     p.add_argument("--layout", default="auto", choices=["auto", "imagenet", "listfile", "kaggle", "coco", "csv"])
     p.add_argument("--split", default="train", help="split to score (the training images; default train)")
-    p.add_argument("--input-size", type=int, default=224)
-    p.add_argument("--resize", default="resize", choices=["resize", "resize_crop"],
-                   help="direct resize of the whole image (reference behaviour) or resize + center crop")
+    p.add_argument("--input-size", type=int,
+                   help="image side (default: what the checkpoint records, else 224)")
+    p.add_argument("--resize", choices=["resize", "resize_crop"],
+                   help="direct resize of the whole image (reference behaviour) or resize + center crop "
+                        "(default: what the checkpoint records, else resize)")
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
     p.add_argument("--cache", type=Path, help="cache folder for decoded images and masks (default ~/.cache/camgap/...)")
 
 
 def _add_score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, type=Path)
-    p.add_argument("--arch", help="architecture name (see `camgap models`); not needed for a saved nn.Module")
-    p.add_argument("--num-classes", type=int, help="default: the number of classes in the data")
-    p.add_argument("--width", type=int, help="small_resnet width")
+    p.add_argument("--arch", help="architecture name (see `camgap models`); default: what the checkpoint records; "
+                                  "not needed for a saved nn.Module")
+    p.add_argument("--num-classes", type=int,
+                   help="default: what the checkpoint records, else the number of classes in the data")
+    p.add_argument("--width", type=int, help="small_resnet width (default: what the checkpoint records)")
     _add_data_args(p)
     p.add_argument("--cam", default="gradcam", help="cam, gradcam, gradcam++, smoothgradcam++, layercam, xgradcam")
-    p.add_argument("--layer", help="target layer, dotted name (default: layer4 / the last conv stage)")
-    p.add_argument("--threshold", type=float, nargs="+", default=[0.1], help="one or more CAM thresholds rho")
+    p.add_argument("--layer", help="target layer, dotted name (default: the last block before the global pooling "
+                                   "of a known family, e.g. layer4 for ResNets)")
+    p.add_argument("--threshold", type=float, nargs="+", default=[0.1],
+                   help="one or more CAM thresholds rho, each in [0, 1)")
     p.add_argument("--class-boxes-only", action="store_true", help="A_G from the boxes of the labelled class only")
     p.add_argument("--masks", default="boxes", help="A_G source: boxes, saliency, or a folder of PNG masks")
-    p.add_argument("--mean", type=float, nargs=3, help="normalisation mean (default ImageNet)")
-    p.add_argument("--std", type=float, nargs=3, help="normalisation std (default ImageNet)")
+    p.add_argument("--mean", type=float, nargs=3,
+                   help="normalisation mean, in the model's channel order (default: the checkpoint's, else ImageNet)")
+    p.add_argument("--std", type=float, nargs=3,
+                   help="normalisation std, in the model's channel order (default: the checkpoint's, else ImageNet)")
+    p.add_argument("--channel-order", choices=list(CHANNEL_ORDERS),
+                   help="channel order the model was trained on (default: the checkpoint's, else rgb)")
+    p.add_argument("--unsafe-load", action="store_true",
+                   help="read a checkpoint that holds pickled objects (a saved nn.Module) with weights_only=False; "
+                        "this can run code from the file: only for files you trust")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for decoding")
     p.add_argument("--device", default="auto")
@@ -52,110 +71,242 @@ def _add_score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=16, help="number of overlays")
 
 
-def _score_summary(args: argparse.Namespace) -> dict:
-    """Score the checkpoint as `camgap score` asks; writes --per-image / --overlays; returns the summary."""
-    from camgap.data import BoxDataset, read_layout
-    from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD
-    from camgap.measures.score import score_model
-    from camgap.models import get_layer, load_checkpoint
+# flag > what the checkpoint records > these documented defaults (`camgap predict`: the reference set's)
+PREPROCESSING_DEFAULTS: dict[str, object] = {
+    "input_size": 224,
+    "resize": "resize",
+    "mean": list(IMAGENET_MEAN),
+    "std": list(IMAGENET_STD),
+    "channel_order": "rgb",
+}
+_MODEL_FIELDS = ("arch", "width", "num_classes")
 
-    skipped: list | None = [] if args.skip_bad else None
-    records, classes = read_layout(args.data, args.layout, args.split, skipped=skipped)
-    num_classes = args.num_classes or len(classes)
+
+def _score_flags(args: argparse.Namespace) -> dict:
+    """The model and preprocessing settings given on the command line (None: not given)."""
+    return {k: getattr(args, k) for k in (*_MODEL_FIELDS, *PREPROCESSING_DEFAULTS)}
+
+
+def _same_setting(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(math.isclose(float(x), float(y), rel_tol=1e-6) for x, y in zip(a, b))
+    return a == b
+
+
+def resolve_settings(flags: dict, recorded: dict, fallback: dict[str, tuple[object, str]],
+                     where: Path | str) -> tuple[dict, dict]:
+    """(value, source) of each field of `fallback`: the flag, else what the checkpoint records,
+    else the fallback's (value, source). A flag that contradicts the checkpoint wins, with a
+    warning naming both values."""
+    values, sources = {}, {}
+    for key, (default, default_source) in fallback.items():
+        flag, rec = flags.get(key), recorded.get(key)
+        if flag is not None:
+            if rec is not None and not _same_setting(flag, rec):
+                warnings.warn(f"--{key.replace('_', '-')} {flag} contradicts the checkpoint's {key} {rec} "
+                              f"({where}); using {flag} (the flag)", UserWarning, stacklevel=2)
+            values[key], sources[key] = flag, "flag"
+        elif rec is not None:
+            values[key], sources[key] = rec, "checkpoint"
+        else:
+            values[key], sources[key] = default, default_source
+    return values, sources
+
+
+def _model_settings(flags: dict, record: dict, classes: list[str], path: Path) -> tuple[dict, dict]:
+    """Architecture, its options and the number of outputs: flag > checkpoint > (none / the data)."""
+    recorded = dict(record)
+    recorded["width"] = (record.get("arch_kwargs") or {}).get("width")
+    values, sources = resolve_settings(
+        flags, recorded, {"arch": (None, "none"), "width": (None, "none"), "num_classes": (len(classes), "data")},
+        path)
+    kwargs = dict(record.get("arch_kwargs") or {}) if values["arch"] == record.get("arch") else {}
+    source = "checkpoint" if kwargs else "none"
+    if values["width"] is not None:
+        kwargs["width"], source = values["width"], sources["width"]
+    values["arch_kwargs"], sources["arch_kwargs"] = kwargs, source
+    del values["width"], sources["width"]
+    if record.get("classes") and list(record["classes"]) != list(classes):
+        warnings.warn(f"{path}: the checkpoint's classes {short_list([str(c) for c in record['classes']], 4)} differ "
+                      f"from the data's {short_list([str(c) for c in classes], 4)}: label i of the data may not be "
+                      "output i of the model", UserWarning, stacklevel=2)
+    return values, sources
+
+
+def score_checkpoint(
+    checkpoint: Path,
+    data: Path,
+    *,
+    layout: str = "auto",
+    split: str = "train",
+    flags: dict | None = None,
+    fallback: dict[str, tuple[object, str]] | None = None,
+    unsafe: bool = False,
+    cam: str = "gradcam",
+    thresholds: list[float] | tuple[float, ...] = (0.1,),
+    layer: str | None = None,
+    masks: str = "boxes",
+    class_boxes_only: bool = False,
+    skip_bad: bool = False,
+    cache: Path | None = None,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str = "auto",
+    keep_overlays: int = 0,
+    progress: bool = False,
+):
+    """Score a checkpoint file on the training images of a dataset, as `camgap score` does.
+
+    `flags` holds the settings given explicitly (`_score_flags`: arch, width, num_classes,
+    input_size, resize, mean, std, channel_order; None = not given); each missing one comes from
+    the checkpoint, else from `fallback` ({field: (value, source)}, default PREPROCESSING_DEFAULTS).
+    Returns (ScoreResult, settings, classes); settings holds "model" and "preprocessing", each
+    with the chosen values and a "source" per field (flag, checkpoint, default, ...)."""
+    from camgap.data import BoxDataset, read_layout
+    from camgap.measures.score import score_model
+    from camgap.models import checkpoint_record, get_layer, model_from_checkpoint, read_checkpoint
+
+    flags = flags or {}
+    fallback = fallback or {k: (v, "default") for k, v in PREPROCESSING_DEFAULTS.items()}
+    skipped: list | None = [] if skip_bad else None
+    records, classes = read_layout(data, layout, split, skipped=skipped)
+    obj = read_checkpoint(checkpoint, unsafe=unsafe)
+    record = checkpoint_record(obj)
+    model_cfg, model_src = _model_settings(flags, record, classes, checkpoint)
+    prep, prep_src = resolve_settings(flags, record, fallback, checkpoint)
+    num_classes = int(model_cfg["num_classes"])
     if len(classes) > num_classes:
         raise InputError(
-            f"{args.data}: the data has {len(classes)} classes but the model has {num_classes} outputs "
+            f"{data}: the data has {len(classes)} classes but the model has {num_classes} outputs "
             f"(labels up to {len(classes) - 1} would be outside the model's classes)"
         )
-    arch_kwargs = {"width": args.width} if args.width else {}
-    model = load_checkpoint(args.checkpoint, args.arch, num_classes, **arch_kwargs)
-    device = resolve_device(args.device)
-    dataset = BoxDataset(records, input_size=args.input_size, resize=args.resize, skip_bad=args.skip_bad)
-    masks, mask_ids = _reference_masks(args, dataset, device)
+    model = model_from_checkpoint(obj, checkpoint, model_cfg["arch"], num_classes, **model_cfg["arch_kwargs"])
+    if model_cfg["arch"] is None:  # a saved module as is: its class, its own outputs
+        model_cfg["arch"], model_src["arch"] = type(model).__name__, "saved nn.Module"
+        if model_src["num_classes"] == "data":
+            model_cfg["num_classes"], model_src["num_classes"] = None, "saved nn.Module"
+    torch_device = resolve_device(device)
+    size, resize = int(prep["input_size"]), str(prep["resize"])
+    dataset = BoxDataset(records, input_size=size, resize=resize, skip_bad=skip_bad)
+    cache_dir = _cache_dir(cache, data, split, size, resize)
+    ref_masks, mask_ids = _reference_masks(masks, dataset, torch_device, cache_dir, size, resize, skip_bad)
     n_without_mask = 0
-    if masks is not None and args.skip_bad:  # images left out of the masks (bad file, no mask file)
+    if ref_masks is not None and skip_bad:  # images left out of the masks (bad file, no mask file)
         have = set(mask_ids)
         kept = [r for r in records if r.image_id in have]
         n_without_mask = len(records) - len(kept)
-        dataset = BoxDataset(kept, input_size=args.input_size, resize=args.resize, skip_bad=True)
-    layer = get_layer(model, args.layer) if args.layer else None
+        dataset = BoxDataset(kept, input_size=size, resize=resize, skip_bad=True)
     result = score_model(
         model,
         dataset,
-        cam=args.cam,
-        thresholds=args.threshold,
-        target_layer=layer,
-        batch_size=args.batch_size,
-        device=device,
-        mean=args.mean or IMAGENET_MEAN,
-        std=args.std or IMAGENET_STD,
-        class_boxes_only=args.class_boxes_only,
-        masks=masks,
+        cam=cam,
+        thresholds=thresholds,
+        target_layer=get_layer(model, layer) if layer else None,
+        batch_size=batch_size,
+        device=torch_device,
+        mean=prep["mean"],
+        std=prep["std"],
+        channel_order=prep["channel_order"],
+        class_boxes_only=class_boxes_only,
+        masks=ref_masks,
         mask_ids=mask_ids,
-        keep_overlays=args.n if args.overlays else 0,
-        progress=sys.stderr.isatty() or not args.json,
-        num_workers=args.workers,
+        keep_overlays=keep_overlays,
+        progress=progress,
+        num_workers=workers,
     )
     result.n_skipped += len(skipped or []) + n_without_mask
+    settings = {"model": model_cfg | {"source": model_src}, "preprocessing": prep | {"source": prep_src}}
+    return result, _json_safe(settings), classes
+
+
+def _score_kwargs(args: argparse.Namespace) -> dict:
+    """The keywords of `score_checkpoint` that `camgap score` and `camgap predict` take from their flags."""
+    return {
+        "layout": args.layout, "split": args.split, "flags": _score_flags(args), "unsafe": args.unsafe_load,
+        "cam": args.cam, "thresholds": args.threshold, "layer": args.layer, "masks": args.masks,
+        "class_boxes_only": args.class_boxes_only, "skip_bad": args.skip_bad, "cache": args.cache,
+        "batch_size": args.batch_size, "workers": args.workers, "device": args.device,
+        "progress": sys.stderr.isatty() or not args.json,
+    }
+
+
+def _json_safe(obj):
+    """NaN (no reference region anywhere) becomes null: strict JSON has no NaN; tuples become lists."""
+    if isinstance(obj, float) and obj != obj:
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _settings_lines(settings: dict) -> list[str]:
+    """What was chosen and where it came from, for the text output."""
+    m, p = settings["model"], settings["preprocessing"]
+    ms, ps = m["source"], p["source"]
+    opts = f" {m['arch_kwargs']}" if m["arch_kwargs"] else ""
+    outputs = "its own" if m["num_classes"] is None else m["num_classes"]
+    return [
+        f"model: {m['arch']}{opts} ({ms['arch']}), {outputs} outputs ({ms['num_classes']})",
+        f"preprocessing: input {p['input_size']} ({ps['input_size']}), {p['resize']} ({ps['resize']}), "
+        f"mean {p['mean']} ({ps['mean']}), std {p['std']} ({ps['std']}), "
+        f"channels {p['channel_order']} ({ps['channel_order']})",
+    ]
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    thresholds = validate_thresholds(args.threshold)  # before anything is read
+    result, settings, classes = score_checkpoint(
+        args.checkpoint, args.data, **_score_kwargs(args), keep_overlays=args.n if args.overlays else 0
+    )
     if args.per_image:
         args.per_image.parent.mkdir(parents=True, exist_ok=True)
         result.per_image.to_csv(args.per_image, index=False)
     if args.overlays:
         from camgap.viz import save_overlays
 
-        save_overlays(result.overlays, args.overlays, args.threshold[0], classes)
-    return result.summary() | {"masks": args.masks, "checkpoint": str(args.checkpoint)}
-
-
-def _json_safe(obj):
-    """NaN (no reference region anywhere) becomes null: strict JSON has no NaN."""
-    if isinstance(obj, float) and obj != obj:
-        return None
-    if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
-    return obj
-
-
-def cmd_score(args: argparse.Namespace) -> int:
-    summary = _score_summary(args)
+        save_overlays(result.overlays, args.overlays, thresholds[0], classes)
+    summary = result.summary() | settings | {"masks": args.masks, "checkpoint": str(args.checkpoint)}
     if args.json:
         print(json.dumps(_json_safe(summary)))
-    else:
-        print(f"IoU^Model   = {summary['iou']:.4f}   (threshold {args.threshold[0]:g}, {args.cam})")
-        print(f"IoU-B^Model = {summary['iou_b']:.4f}")
-        for t, v in summary["by_threshold"].items():
-            if len(args.threshold) > 1:
-                print(f"  rho={t}: IoU {v['iou']:.4f}  IoU-B {v['iou_b']:.4f}")
-        print(f"images scored {summary['n_images']}, skipped {summary['n_skipped']}, "
-              f"without reference {summary['n_no_reference']}, train accuracy {summary['accuracy']:.4f}")
+        return 0
+    print(f"IoU^Model   = {summary['iou']:.4f}   "
+          f"(threshold {thresholds[0]:g}, {args.cam} at {summary['target_layer']})")
+    print(f"IoU-B^Model = {summary['iou_b']:.4f}")
+    for t, v in summary["by_threshold"].items():
+        if len(thresholds) > 1:
+            print(f"  rho={t}: IoU {v['iou']:.4f}  IoU-B {v['iou_b']:.4f}")
+    print(f"images scored {summary['n_images']}, skipped {summary['n_skipped']}, "
+          f"without reference {summary['n_no_reference']}, train accuracy {summary['accuracy']:.4f}")
+    print("\n".join(_settings_lines(settings)))
     return 0
 
 
-def _cache_dir(args: argparse.Namespace) -> Path:
-    """Where decoded tensors and masks of a dataset are cached: --cache, else the user cache."""
+def _cache_dir(cache: Path | None, data: Path, split: str, input_size: int, resize: str) -> Path:
+    """Where decoded tensors and masks of a dataset are cached: `cache`, else the user cache."""
     import hashlib
     import os
 
-    if getattr(args, "cache", None):
-        root = Path(args.cache)
+    if cache:
+        root = Path(cache)
     else:
         base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "camgap"
-        root = base / hashlib.sha256(str(Path(args.data).resolve()).encode()).hexdigest()[:16]
-    return root / f"{args.split}-{args.input_size}-{args.resize}"
+        root = base / hashlib.sha256(str(Path(data).resolve()).encode()).hexdigest()[:16]
+    return root / f"{split}-{input_size}-{resize}"
 
 
-def _reference_masks(args, dataset, device):
-    """Masks for A_G when --masks is not `boxes`: computed once per dataset and cached."""
-    if args.masks == "boxes":
+def _reference_masks(source: str, dataset, device, cache: Path, input_size: int, resize: str, skip_bad: bool):
+    """Masks for A_G when `source` is not `boxes`: computed once per dataset and cached."""
+    if source == "boxes":
         return None, None
     from camgap.data.masks import compute_masks
     from camgap.data.store import TensorStore
 
-    cache = _cache_dir(args)
-    store = TensorStore.cached(dataset.records, cache, args.input_size, args.resize, skip_bad=args.skip_bad)
+    store = TensorStore.cached(dataset.records, cache, input_size, resize, skip_bad=skip_bad)
     result = compute_masks(
-        args.masks, store.images, store.boxes, list(store.image_ids), args.input_size,
-        cache_dir=cache, skip_bad=args.skip_bad, resize=args.resize,
+        source, store.images, store.boxes, list(store.image_ids), input_size,
+        cache_dir=cache, skip_bad=skip_bad, resize=resize,
     )
     return result.masks, list(result.image_ids)
 
@@ -195,40 +346,76 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    from camgap.study.predict import fit_gap, predict_gap
+def _reference_fit(zoo: Path, min_train_acc: float, cam: str, threshold: float, masks: str):
+    """The OLS fit gap ~ IoU over the reference set's trained models, and the preprocessing its
+    models were scored with ({field: (value, "reference set")}, the fallback for the new model)."""
+    from camgap.study.predict import fit_gap
     from camgap.study.tables import wide_table
     from camgap.zoo.measure import score_params
     from camgap.zoo.registry import Registry
 
-    if not (Path(args.zoo) / Registry.FILENAME).exists():
-        raise MissingFileError(f"{args.zoo}: no model set here ({Registry.FILENAME} missing)")
-    with Registry.in_dir(args.zoo, create=False) as reg:
+    if not (Path(zoo) / Registry.FILENAME).exists():
+        raise MissingFileError(f"{zoo}: no model set here ({Registry.FILENAME} missing)")
+    with Registry.in_dir(zoo, create=False) as reg:
         runs, measurements = reg.runs_frame(), reg.measurements_frame()
-    reference = runs[(runs.status == "done") & runs.trained & (runs.train_acc >= args.min_train_acc)]
+    reference = runs[(runs.status == "done") & runs.trained & (runs.train_acc >= min_train_acc)]
     if reference.empty:
-        raise InputError(f"{args.zoo}: no trained model with train accuracy >= {args.min_train_acc:g} is done")
-    # preprocess the new model's images as the reference models' were, unless told otherwise
+        raise InputError(f"{zoo}: no trained model with train accuracy >= {min_train_acc:g} is done")
     zoo_cfg = json.loads(reference.iloc[0]["config"])
-    for key in ("input_size", "resize", "mean", "std"):
-        if getattr(args, key) is None:
-            setattr(args, key, zoo_cfg[key])
-    params = score_params(args.cam, args.threshold[0], args.masks)  # the same A_G source as the new model's IoU
+    fallback = {k: (zoo_cfg.get(k, v), "reference set" if k in zoo_cfg else "default")
+                for k, v in PREPROCESSING_DEFAULTS.items()}
+    params = score_params(cam, threshold, masks)  # the same A_G source as the new model's IoU
     wide = wide_table(reference, measurements, [("iou", params, "iou")])
     if wide["iou"].notna().sum() < 3:
-        raise InputError(f"{args.zoo}: fewer than 3 trained models have an IoU measured with {params}; "
-                         f"run `camgap zoo measure {args.zoo} --cam {args.cam} --threshold {args.threshold[0]:g} "
-                         f"--masks {args.masks}` first")
-    fit = fit_gap(wide["iou"], wide["gap"], name="iou")
-    args.json, args.per_image, args.overlays = True, None, None
-    summary = _score_summary(args)
-    prediction = predict_gap(fit, summary["iou"], confidence=args.confidence)
-    print(f"IoU^Model = {summary['iou']:.4f} on {summary['n_images']} training images ({args.cam}, rho {args.threshold[0]:g})")
-    print(f"reference: {fit.n} trained models of {args.zoo} with train acc >= {args.min_train_acc:g}, gap = {fit.intercept:.2f} + {fit.slope:.2f} * IoU (r = {fit.r:.3f})")
+        raise InputError(f"{zoo}: fewer than 3 trained models have an IoU measured with {params}; "
+                         f"run `camgap zoo measure {zoo} --cam {cam} --threshold {threshold:g} "
+                         f"--masks {masks}` first")
+    return fit_gap(wide["iou"], wide["gap"], name="iou"), fallback
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from camgap.study.predict import predict_gap
+
+    thresholds = validate_thresholds(args.threshold)  # before anything is read
+    fit, fallback = _reference_fit(args.zoo, args.min_train_acc, args.cam, thresholds[0], args.masks)
+    result, settings, _ = score_checkpoint(args.checkpoint, args.data, **_score_kwargs(args), fallback=fallback)
+    iou, train_acc = result.iou(), result.train_acc
+    prediction = predict_gap(fit, iou, confidence=args.confidence, train_acc=train_acc)
+    notes = [prediction.warning] if prediction.warning else []
+    if train_acc < args.min_train_acc:
+        notes.append(f"the model's training accuracy {train_acc:.3f} is below {args.min_train_acc:g}: it has not "
+                     "fitted its training set, and the reference fit covers only models that have")
+    if args.json:
+        for note in notes:
+            print(f"camgap: warning: {note}", file=sys.stderr)
+        print(json.dumps(_json_safe({
+            "prediction": prediction.gap,
+            "interval": [prediction.low, prediction.high],
+            "confidence": prediction.confidence,
+            "clipped": prediction.clipped,
+            "possible_range": prediction.possible,
+            "outside_range": prediction.outside_range,
+            "fit": {"n": fit.n, "r": fit.r, "intercept": fit.intercept, "slope": fit.slope, "zoo": str(args.zoo),
+                    "min_train_acc": args.min_train_acc},
+            "iou": iou,
+            "train_acc": train_acc,
+            "n_images": result.n_images,
+            "cam": args.cam,
+            "threshold": thresholds[0],
+            "target_layer": result.target_layer,
+            "checkpoint": str(args.checkpoint),
+            **settings,
+            "warnings": notes,
+        })))
+        return 0
+    print(f"IoU^Model = {iou:.4f} on {result.n_images} training images "
+          f"({args.cam} at {result.target_layer}, rho {thresholds[0]:g})")
+    print(f"reference: {fit.n} trained models of {args.zoo} with train acc >= {args.min_train_acc:g}, "
+          f"gap = {fit.intercept:.2f} + {fit.slope:.2f} * IoU (r = {fit.r:.3f})")
+    print("\n".join(_settings_lines(settings)))
     print(prediction.text())
-    if summary["accuracy"] < args.min_train_acc:
-        print(f"WARNING: the model's training accuracy {summary['accuracy']:.3f} is below {args.min_train_acc:g}: "
-              "it has not fitted its training set, and the reference fit covers only models that have")
+    if train_acc < args.min_train_acc:
+        print(f"WARNING: {notes[-1]}")
     return 0
 
 
@@ -239,7 +426,7 @@ def cmd_masks(args: argparse.Namespace) -> int:
 
     skipped: list | None = [] if args.skip_bad else None
     records, _ = read_layout(args.data, args.layout, args.split, skipped=skipped, missing_ok=True)
-    cache = _cache_dir(args)
+    cache = _cache_dir(args.cache, args.data, args.split, args.input_size, args.resize)
     store = TensorStore.cached(records, cache, args.input_size, args.resize, skip_bad=args.skip_bad)
     result = compute_masks(args.source, store.images, store.boxes, list(store.image_ids), args.input_size,
                            cache_dir=cache, skip_bad=args.skip_bad, resize=args.resize)
@@ -337,10 +524,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_study)
 
-    p = sub.add_parser("predict", help="predict a model's generalization gap from its IoU, fitted on a reference model set")
+    p = sub.add_parser("predict",
+                       help="predict a model's generalization gap from its IoU, fitted on a reference model set")
     p.add_argument("--zoo", required=True, type=Path, help="measured reference model set")
-    _add_score_args(p)
-    p.set_defaults(input_size=None, resize=None)  # default: the reference set's preprocessing
+    _add_score_args(p)  # preprocessing not given: the checkpoint's, else the reference set's
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument("--min-train-acc", type=float, default=0.8,
                    help="fit on reference models with at least this training accuracy (the paper's model set: 0.8)")

@@ -2,11 +2,18 @@
 
 `create_model("resnet18", num_classes=20)` builds a torchvision ResNet;
 `create_model("small_resnet", num_classes=10, width=16, blocks=(1, 1, 1, 1))`
-builds a CIFAR-style ResNet that trains in seconds on a CPU. Every model
-exposes its last convolutional stage as `layer4`, the default CAM layer.
+builds a CIFAR-style ResNet that trains in seconds on a CPU. `default_target_layer`
+knows where Grad-CAM looks in each torchvision family (`layer4` for the ResNets).
+
+Checkpoints are read with `torch.load(weights_only=True)`: a file that holds anything but
+tensors and plain containers (a saved `nn.Module`, or a pickle that would run code) is
+refused unless the caller vouches for it with `unsafe=True` (CLI: `--unsafe-load`).
 """
 from __future__ import annotations
 
+import pickle
+import re
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -110,17 +117,72 @@ def small_resnet18(num_classes: int, width: int = 16, blocks: Sequence[int] = (2
     return SmallResNet(num_classes, width=width, blocks=tuple(blocks))
 
 
-def default_target_layer(model: nn.Module) -> nn.Module:
-    """The last convolutional stage: `layer4` when present, else the last Conv2d's parent block."""
-    if hasattr(model, "layer4"):
-        return model.layer4
-    last = None
-    for module in model.modules():
-        if isinstance(module, nn.Conv2d):
-            last = module
-    if last is None:
-        raise InputError("model has no `layer4` and no Conv2d layer: pass the target layer explicitly")
-    return last
+# Where Grad-CAM looks in each torchvision family: the last block whose output feeds the global
+# pooling, as pytorch-grad-cam's README ("Chosing the Target Layer") documents per family.
+# ResNet keeps the whole `layer4` stage (same output as `layer4[-1]`).
+_FAMILY_LAYERS: tuple[tuple[type[nn.Module], str], ...] = (
+    (tvm.ResNet, "layer4"),
+    (SmallResNet, "layer4"),
+    (tvm.VGG, "features.-1"),
+    (tvm.DenseNet, "features.-1"),
+    (tvm.MobileNetV2, "features.-1"),
+    (tvm.MobileNetV3, "features.-1"),
+    (tvm.EfficientNet, "features.-1"),
+    (tvm.ConvNeXt, "features.-1"),
+    (tvm.RegNet, "trunk_output.-1"),
+)
+_FAMILY_NAMES = (
+    "ResNet/ResNeXt/Wide-ResNet, camgap's small_resnet and other models with a ResNet `layer4` stage (layer4), "
+    "VGG, DenseNet, MobileNet v2/v3, EfficientNet, ConvNeXt (features[-1]), RegNet (trunk_output[-1])"
+)
+
+
+def _family_layer(model: nn.Module) -> str | None:
+    """The dotted name of the family's target layer inside `model` itself, or None. A model of
+    another class with a `layer4` stage has the ResNet layout (timm, CIFAR ResNets): `layer4`."""
+    for cls, where in _FAMILY_LAYERS:
+        if isinstance(model, cls):
+            container, _, last = where.partition(".")
+            if not last:
+                return container
+            children = list(getattr(model, container).named_children())
+            return f"{container}.{children[int(last)][0]}"
+    if isinstance(getattr(model, "layer4", None), nn.Module):
+        return "layer4"
+    return None
+
+
+def default_target_layer(model: nn.Module) -> tuple[str, nn.Module]:
+    """(dotted name, module) of the layer Grad-CAM uses when none is given.
+
+    Known families (`_FAMILY_LAYERS`) are found directly, inside a DataParallel-style wrapper
+    (`model.module`) or inside an `nn.Sequential` (e.g. `nn.Sequential(normalize, resnet)`:
+    the last child of a known family). Any other model is an error: a wrong layer gives a
+    plausible-looking but meaningless score, so camgap never guesses (e.g. the last Conv2d)."""
+    name = _find_family_layer(model, "")
+    if name is None:
+        tops = [n for n, _ in model.named_children()]
+        raise InputError(
+            f"cannot choose a target layer for a {type(model).__name__}: camgap knows {_FAMILY_NAMES}; "
+            f"pass the last convolutional block feeding the global pooling with --layer (target_layer= in Python), "
+            f"top-level layers: {', '.join(tops) or '(none)'}"
+        )
+    return name, get_layer(model, name)
+
+
+def _find_family_layer(model: nn.Module, prefix: str) -> str | None:
+    own = _family_layer(model)
+    if own is not None:
+        return prefix + own
+    inner = getattr(model, "module", None)
+    if isinstance(inner, nn.Module):
+        return _find_family_layer(inner, f"{prefix}module.")
+    if isinstance(model, nn.Sequential):
+        for child_name, child in reversed(list(model.named_children())):
+            found = _find_family_layer(child, f"{prefix}{child_name}.")
+            if found is not None:
+                return found
+    return None
 
 
 def get_layer(model: nn.Module, name: str) -> nn.Module:
@@ -159,40 +221,91 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path | 
     if missing or unexpected or shape:
         parts = []
         if missing:
-            parts.append(f"missing keys {_short(missing)}")
+            parts.append(f"missing keys {short_list(missing)}")
         if unexpected:
-            parts.append(f"unexpected keys {_short(unexpected)}")
+            parts.append(f"unexpected keys {short_list(unexpected)}")
         if shape:
             parts.append(
-                "shape mismatch " + _short([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shape])
+                "shape mismatch " + short_list([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shape])
             )
         raise CheckpointError(f"{path}: checkpoint does not match the architecture: " + "; ".join(parts))
     model.load_state_dict(state, strict=True)
     return model
 
 
-def _short(items: list[str], n: int = 5) -> str:
+def short_list(items: list[str], n: int = 5) -> str:
+    """`[a, b, ...]`, cut to n items with the total: error messages stay one readable line."""
     head = ", ".join(items[:n])
     return f"[{head}{f', ... ({len(items)} in all)' if len(items) > n else ''}]"
 
 
-def load_checkpoint(path: Path | str, arch: str | None = None, num_classes: int | None = None, **kwargs) -> nn.Module:
-    """Load a model from a checkpoint file.
+# What a zoo checkpoint (camgap.zoo.train) records about its model and preprocessing.
+RECORDED_FIELDS = ("arch", "arch_kwargs", "num_classes", "classes", "input_size", "resize", "mean", "std",
+                   "channel_order")
 
-    A saved `nn.Module` is returned as is. A state_dict (or a dict holding one)
-    needs `arch` and `num_classes` and is loaded strictly."""
+
+def read_checkpoint(path: Path | str, unsafe: bool = False) -> object:
+    """`torch.load` of a checkpoint file, with `weights_only=True` unless `unsafe`.
+
+    Unpickling runs whatever code the file names, so only tensors and plain containers are
+    read by default. A file that needs more (a saved `nn.Module`, any other pickled object)
+    is a CheckpointError naming it and the way out; with `unsafe=True` it is read in full,
+    with a warning, which the caller should only do for a file from a trusted source."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if unsafe:
+        warnings.warn(f"{path}: loading with weights_only=False (--unsafe-load): unpickling can run arbitrary "
+                      "code; do this only for a file from a trusted source", UserWarning, stacklevel=2)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=not unsafe)
+    except pickle.UnpicklingError as exc:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if not unsafe and refused:
+            raise CheckpointError(
+                f"{path}: refused to load: it holds a pickled object ({refused.group(1)}), e.g. a saved nn.Module "
+                "or code that would run on loading, and only weights are loaded by default; if you trust this "
+                "file, pass --unsafe-load (unsafe=True in Python)"
+            ) from None
+        raise CheckpointError(f"{path}: cannot read checkpoint ({_first_line(exc)})") from exc
     except Exception as exc:  # corrupt or not a torch file
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {_first_line(exc)})") from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    """torch's weights-only errors run over many lines; the `WeightsUnpickler error` line says what failed."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    detail = [ln for ln in lines if "Unpickler error" in ln or "Unsupported" in ln]
+    return " ".join(detail[:2]) if detail else (lines[0] if lines else type(exc).__name__)
+
+
+def checkpoint_record(obj: object) -> dict:
+    """The settings a checkpoint records about its model and preprocessing (`RECORDED_FIELDS`
+    present in a dict checkpoint, such as the zoo writes); {} for a bare state_dict or module."""
+    if not isinstance(obj, dict):
+        return {}
+    return {k: obj[k] for k in RECORDED_FIELDS if k in obj and obj[k] is not None}
+
+
+def model_from_checkpoint(obj: object, path: Path | str = "<checkpoint>", arch: str | None = None,
+                          num_classes: int | None = None, **kwargs) -> nn.Module:
+    """The model a read checkpoint holds. A saved `nn.Module` is returned as is unless `arch`
+    is given; a state_dict is loaded strictly into `create_model(arch, num_classes, **kwargs)`,
+    each of which defaults to what the checkpoint records."""
+    record = checkpoint_record(obj)
     if isinstance(obj, nn.Module) and arch is None:
         return obj
+    arch = arch or record.get("arch")
+    num_classes = num_classes or record.get("num_classes")
     if arch is None or num_classes is None:
         raise CheckpointError(f"{path}: holds a state_dict; give the architecture and the number of classes")
-    if isinstance(obj, dict) and "arch_kwargs" in obj and not kwargs:
-        kwargs = dict(obj["arch_kwargs"])
-    model = create_model(arch, num_classes, **kwargs)
+    if not kwargs and record.get("arch", arch) == arch:
+        kwargs = dict(record.get("arch_kwargs") or {})
+    model = create_model(arch, int(num_classes), **kwargs)
     return load_weights(model, extract_state_dict(obj, path), path)
+
+
+def load_checkpoint(path: Path | str, arch: str | None = None, num_classes: int | None = None, *,
+                    unsafe: bool = False, **kwargs) -> nn.Module:
+    """Read a checkpoint file (see `read_checkpoint`) and build its model (see `model_from_checkpoint`)."""
+    return model_from_checkpoint(read_checkpoint(path, unsafe), path, arch, num_classes, **kwargs)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from camgap.cam import create_cam, list_cams, upsample_normalize
+from camgap.errors import InputError
 from camgap.models import create_model
 
 pgc = pytest.importorskip("pytorch_grad_cam")
@@ -207,15 +208,19 @@ def test_fallback_non_resnet_matches_pytorch_grad_cam(method):
     assert all(p.grad is None for p in model.parameters())
 
 
-def test_fallback_default_layer_and_forced_closed_form_errors():
+def test_unknown_family_needs_a_layer_and_forced_closed_form_errors():
     model = _seq_net()
-    with create_cam("gradcam", model) as cam:  # default: the last Conv2d
-        assert cam.target_layer is model[4] and not cam.closed_form
+    with pytest.raises(InputError, match="cannot choose a target layer for a Sequential.*--layer"):
+        create_cam("gradcam", model)  # never a guess such as the last Conv2d
+    with create_cam("gradcam", model, target_layer="4") as cam:
+        assert cam.target_layer is model[4] and cam.target_layer_name == "4" and not cam.closed_form
         assert cam(torch.randn(2, 3, 16, 16)).maps.shape == (2, 8, 8)
+    with create_cam("gradcam", model, target_layer=model[4]) as cam:
+        assert cam.target_layer_name == "4"
     with pytest.raises(ValueError, match="closed_form=True"):
-        create_cam("gradcam", model, closed_form=True)
+        create_cam("gradcam", model, target_layer="4", closed_form=True)
     with pytest.raises(ValueError, match="linear head"):
-        create_cam("cam", model)
+        create_cam("cam", model, target_layer="4")
     with create_cam("cam", model, target_layer="5", fc_layer=model[8]) as cam:  # Linear(64, .) vs 16 channels
         with pytest.raises(ValueError, match="features"):
             cam(torch.randn(1, 3, 16, 16))

@@ -121,8 +121,15 @@ def expected(model, data):
 
 @pytest.mark.parametrize("fmt", ["wrapped", "plain", "module"])
 def test_json_equals_score_model(capsys, data, checkpoints, expected, fmt):
-    arch = [] if fmt == "module" else ARCH
-    s = run_json(capsys, *base_args(data, checkpoints[fmt], *arch))
+    if fmt == "module":  # a pickled module: only with --unsafe-load, which warns
+        with pytest.warns(UserWarning, match="weights_only=False"):
+            s = run_json(capsys, *base_args(data, checkpoints[fmt], "--unsafe-load"))
+        assert s["model"]["arch"] == "SmallResNet" and s["model"]["source"]["arch"] == "saved nn.Module"
+    else:
+        s = run_json(capsys, *base_args(data, checkpoints[fmt], *ARCH))
+        assert s["model"] == {"arch": "small_resnet", "arch_kwargs": {"width": 8}, "num_classes": N_CLASSES,
+                              "source": {"arch": "flag", "arch_kwargs": "flag", "num_classes": "flag"}}
+    assert s["target_layer"] == "layer4"
     for key in ("iou", "iou_b", "n_images", "n_skipped", "cam", "threshold", "by_threshold"):
         assert key in s, key
     e = expected.summary()
@@ -255,7 +262,8 @@ def test_label_outside_the_models_classes(capsys, data, tmp_path, two_class_ckpt
     # a saved nn.Module carries its own number of outputs: no --num-classes to compare with
     module = tmp_path / "two_module.pt"
     torch.save(create_model("small_resnet", num_classes=2, width=8), module)
-    rc, out, err = run(capsys, *base_args(data, module, "--json"))
+    with pytest.warns(UserWarning, match="weights_only=False"):
+        rc, out, err = run(capsys, *base_args(data, module, "--json", "--unsafe-load"))
     assert rc != 0 and out == ""
     assert "label 2 is outside the model's 2 classes" in err
 
@@ -355,3 +363,139 @@ def test_mask_folder(capsys, tmp_path, checkpoints, model):
     with pytest.warns(UserWarning):
         s = run_json(capsys, *args, "--skip-bad")
     assert s["n_skipped"] == 2 and s["n_images"] == N - 2
+
+
+# --- settings: flag > checkpoint > default --------------------------------------------------
+
+ZOO_SIZE, ZOO_MEAN, ZOO_STD = 40, [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+
+
+def _zoo_like(model, classes, **over) -> dict:
+    """A checkpoint as camgap.zoo.train's _checkpoint_base writes it, built by hand."""
+    cfg = {"arch": "small_resnet", "arch_options": {"width": 8}, "input_size": ZOO_SIZE, "resize": "resize_crop",
+           "mean": ZOO_MEAN, "std": ZOO_STD, "trained": True}
+    return {
+        "model_state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "arch": "small_resnet", "arch_kwargs": {"width": 8}, "num_classes": N_CLASSES, "classes": list(classes),
+        "config": cfg, "run_id": "r0", "repeat": 0, "seed": 0, "input_size": ZOO_SIZE, "resize": "resize_crop",
+        "mean": ZOO_MEAN, "std": ZOO_STD, "channel_order": "rgb", "epoch": 3, "history": [{"train_acc": 0.5}],
+    } | over
+
+
+@pytest.fixture(scope="module")
+def zoo_ckpt(model, data, tmp_path_factory):
+    _, classes = read_layout(data, "csv", "train")
+    path = tmp_path_factory.mktemp("zoockpt") / "final.pt"
+    torch.save(_zoo_like(model, classes), path)
+    return path
+
+
+def zoo_args(data, ckpt, *extra):
+    return ["score", "--checkpoint", ckpt, "--data", data, "--layout", "csv", "--device", "cpu", *extra]
+
+
+def test_zoo_checkpoint_scored_with_its_own_settings(capsys, data, zoo_ckpt, model, recwarn):
+    s = run_json(capsys, *zoo_args(data, zoo_ckpt))
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]  # weights_only read, no conflict
+    records, _ = read_layout(data, "csv", "train")
+    e = score_model(model, BoxDataset(records, input_size=ZOO_SIZE, resize="resize_crop"), mean=ZOO_MEAN, std=ZOO_STD)
+    assert s["iou"] == e.iou() and s["iou_b"] == e.iou_b() and s["accuracy"] == e.train_acc
+    assert s["preprocessing"] == {"input_size": ZOO_SIZE, "resize": "resize_crop", "mean": ZOO_MEAN, "std": ZOO_STD,
+                                  "channel_order": "rgb", "source": dict.fromkeys(
+                                      ["input_size", "resize", "mean", "std", "channel_order"], "checkpoint")}
+    assert s["model"] == {"arch": "small_resnet", "arch_kwargs": {"width": 8}, "num_classes": N_CLASSES,
+                          "source": dict.fromkeys(["arch", "arch_kwargs", "num_classes"], "checkpoint")}
+    # the same settings given as flags: the same number, every source "flag", no warning
+    explicit = run_json(capsys, *zoo_args(data, zoo_ckpt, *ARCH, "--input-size", ZOO_SIZE, "--resize", "resize_crop",
+                                          "--mean", *ZOO_MEAN, "--std", *ZOO_STD, "--channel-order", "rgb"))
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+    assert explicit["iou"] == s["iou"] and explicit["iou_b"] == s["iou_b"]
+    assert set(explicit["preprocessing"]["source"].values()) == {"flag"}
+    # the old behaviour (224 whatever the checkpoint says) gives another number
+    at_224 = score_model(model, BoxDataset(records, input_size=224, resize="resize_crop"), mean=ZOO_MEAN, std=ZOO_STD)
+    assert at_224.iou() != s["iou"]
+    # text output says what was chosen and where from
+    rc, out, err = run(capsys, *zoo_args(data, zoo_ckpt))
+    assert rc == 0, err
+    assert "model: small_resnet {'width': 8} (checkpoint), 3 outputs (checkpoint)" in out
+    assert (f"preprocessing: input {ZOO_SIZE} (checkpoint), resize_crop (checkpoint), mean {ZOO_MEAN} (checkpoint), "
+            f"std {ZOO_STD} (checkpoint), channels rgb (checkpoint)") in out
+    assert "gradcam at layer4" in out
+
+
+def test_flag_contradicting_the_checkpoint_wins_with_a_warning(capsys, data, zoo_ckpt, model):
+    with pytest.warns(UserWarning) as caught:
+        s = run_json(capsys, *zoo_args(data, zoo_ckpt, "--input-size", 224, "--mean", 0.485, 0.456, 0.406))
+    msgs = [str(w.message) for w in caught]
+    assert any(f"--input-size 224 contradicts the checkpoint's input_size {ZOO_SIZE}" in m and str(zoo_ckpt) in m
+               for m in msgs), msgs
+    assert any(f"--mean [0.485, 0.456, 0.406] contradicts the checkpoint's mean {ZOO_MEAN}" in m for m in msgs), msgs
+    source = s["preprocessing"]["source"]
+    assert s["preprocessing"]["input_size"] == 224 and source["input_size"] == source["mean"] == "flag"
+    assert source["resize"] == source["std"] == source["channel_order"] == "checkpoint"
+    records, _ = read_layout(data, "csv", "train")
+    e = score_model(model, BoxDataset(records, input_size=224, resize="resize_crop"), mean=(0.485, 0.456, 0.406),
+                    std=ZOO_STD)
+    assert s["iou"] == e.iou()
+
+
+def test_defaults_when_neither_flag_nor_checkpoint_says(capsys, data, checkpoints):
+    s = run_json(capsys, *base_args(data, checkpoints["plain"], *ARCH))  # base_args gives --input-size only
+    p = s["preprocessing"]
+    assert (p["input_size"], p["resize"], p["channel_order"]) == (SIZE, "resize", "rgb")
+    assert p["mean"] == [0.485, 0.456, 0.406] and p["std"] == [0.229, 0.224, 0.225]
+    assert p["source"] == {"input_size": "flag", "resize": "default", "mean": "default", "std": "default",
+                           "channel_order": "default"}
+
+
+def test_checkpoint_classes_other_than_the_datas_warn(capsys, data, model, tmp_path):
+    path = tmp_path / "other_classes.pt"
+    torch.save(_zoo_like(model, ["cat", "dog", "emu"]), path)
+    with pytest.warns(UserWarning, match=r"classes \[cat, dog, emu\] differ from the data's"):
+        run_json(capsys, *zoo_args(data, path))
+
+
+def test_bgr_equals_rgb_on_channel_swapped_images(capsys, data, checkpoints, tmp_path):
+    """--channel-order bgr reverses the channels of each batch before normalising: scoring the
+    original images so equals scoring RGB on images whose channels were swapped on disk."""
+    import shutil
+
+    swapped = tmp_path / "swapped"
+    shutil.copytree(data, swapped)
+    for png in (swapped / "images" / "train").glob("*.png"):
+        with Image.open(png) as im:
+            Image.fromarray(np.asarray(im.convert("RGB"))[:, :, ::-1].copy()).save(png)
+    table_bgr, table_swapped = tmp_path / "bgr.csv", tmp_path / "swapped.csv"
+    bgr = run_json(capsys, *base_args(data, checkpoints["plain"], *ARCH, "--channel-order", "bgr",
+                                      "--per-image", table_bgr))
+    rgb_swapped = run_json(capsys, *base_args(swapped, checkpoints["plain"], *ARCH, "--per-image", table_swapped))
+    rgb = run_json(capsys, *base_args(data, checkpoints["plain"], *ARCH))
+    assert bgr["preprocessing"]["channel_order"] == "bgr" and bgr["preprocessing"]["source"]["channel_order"] == "flag"
+    assert bgr["iou"] == rgb_swapped["iou"] and bgr["iou_b"] == rgb_swapped["iou_b"]
+    pd.testing.assert_frame_equal(pd.read_csv(table_bgr), pd.read_csv(table_swapped))
+    assert (bgr["iou"], bgr["accuracy"]) != (rgb["iou"], rgb["accuracy"])  # the flag changes what the model sees
+
+
+@pytest.mark.parametrize("bad", ["-0.5", "1.5", "nan"])
+def test_bad_threshold_is_refused_before_anything_is_read(capsys, tmp_path, bad):
+    missing = tmp_path / "no.pt"  # neither the checkpoint nor the data exist: the threshold is checked first
+    rc, out, err = run(capsys, "score", "--checkpoint", missing, "--data", tmp_path / "nodata", "--threshold", bad)
+    assert rc == 2 and out == ""
+    assert err == f"camgap: error: threshold {float(bad)!r} is outside [0, 1): the normalised CAM lies in [0, 1]\n"
+
+
+@pytest.mark.parametrize("where", ["weights", "logits"])
+def test_non_finite_one_line_rc_2(capsys, data, model, tmp_path, where):
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    if where == "weights":
+        state["layer2.0.conv1.weight"][0, 0, 0, 0] = float("nan")
+        expected = "non-finite values in parameter 'layer2.0.conv1.weight'"
+    else:  # finite weights whose products overflow float32: the pooled features are >= 0 (after a ReLU)
+        state["fc.weight"].fill_(3e38)
+        state["fc.bias"].fill_(3e38)
+        expected = "the model's logits are not finite"
+    path = tmp_path / "nan.pt"
+    torch.save(state, path)
+    rc, out, err = run(capsys, *base_args(data, path, *ARCH, "--json"))
+    assert rc == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith("camgap: error: ") and expected in err

@@ -1,11 +1,14 @@
 """Model registry, strict checkpoint loading, target layers."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from camgap.errors import InputError
 from camgap.models import (
     CheckpointError,
     SmallResNet,
@@ -118,11 +121,16 @@ def test_load_checkpoint_formats(tmp_path, small, fmt):
     }[fmt]
     path = tmp_path / "ckpt.pt"
     torch.save(obj, path)
-    if fmt == "module":
-        loaded = load_checkpoint(path)
+    unsafe = fmt == "module"  # a pickled module is only read when the caller vouches for the file
+    if unsafe:
+        with pytest.raises(CheckpointError, match="refused to load.*camgap.models.SmallResNet.*--unsafe-load"):
+            load_checkpoint(path)
+        with pytest.warns(UserWarning, match="weights_only=False"):
+            loaded = load_checkpoint(path, unsafe=True)
         assert isinstance(loaded, SmallResNet)
         _same_weights(loaded, small)
-    loaded = load_checkpoint(path, "small_resnet", 4, width=4)
+    with pytest.warns(UserWarning) if unsafe else contextlib.nullcontext():
+        loaded = load_checkpoint(path, "small_resnet", 4, width=4, unsafe=unsafe)
     assert isinstance(loaded, SmallResNet) and loaded is not small
     _same_weights(loaded, small)
     x = torch.randn(2, 3, 32, 32)
@@ -220,14 +228,16 @@ def test_extract_state_dict_strips_only_the_prefix():
 
 
 def test_default_target_layer(small):
-    assert default_target_layer(small) is small.layer4
+    assert default_target_layer(small) == ("layer4", small.layer4)
     r18 = create_model("resnet18", num_classes=3)
-    assert default_target_layer(r18) is r18.layer4
+    assert default_target_layer(r18) == ("layer4", r18.layer4)
+    # an unknown family: an error asking for the layer, never the last Conv2d guessed
     seq = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.ReLU(),
                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 2))
-    assert default_target_layer(seq) is seq[2]  # the last Conv2d
-    with pytest.raises(ValueError, match="no `layer4` and no Conv2d"):
-        default_target_layer(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)))
+    for model in (seq, nn.Sequential(nn.Flatten(), nn.Linear(12, 2))):
+        with pytest.raises(InputError, match=r"cannot choose a target layer for a Sequential.*--layer.*top-level "
+                                             r"layers: 0, 1"):
+            default_target_layer(model)
 
 
 def test_get_layer(small):

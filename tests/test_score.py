@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 from dataclasses import replace
 
 import numpy as np
@@ -18,6 +19,7 @@ from camgap.data import BoxDataset, read_layout
 from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from camgap.data.store import TensorStore
 from camgap.data.synthetic import render_sample, write_synthetic
+from camgap.errors import InputError, NonFiniteError
 from camgap.measures.score import score_model
 from camgap.models import create_model
 
@@ -393,3 +395,36 @@ def test_skipped_images_are_counted(synth, trained, oracle, tmp_path):
     # recomputed from the maps (batch composition may change a map's last bits on some CPUs)
     keep = [i for i in range(len(records)) if i != 4]
     check_against_oracle(res, cams[keep], [refs[i] for i in keep], (0.1,))
+
+
+@pytest.mark.parametrize("where", ["parameter", "buffer"])
+def test_non_finite_weights_are_named(synth, trained, where):
+    _, records, _ = synth
+    model = copy.deepcopy(trained)
+    with torch.no_grad():
+        if where == "parameter":
+            model.layer3[0].conv2.weight[1, 0, 0, 0] = float("inf")
+            name = "layer3.0.conv2.weight"
+        else:
+            model.layer1[0].bn1.running_var[2] = float("nan")
+            name = "layer1.0.bn1.running_var"
+    with pytest.raises(NonFiniteError, match=rf"non-finite values in {where} '{re.escape(name)}'.*NaN/inf"):
+        score_model(model, BoxDataset(records, input_size=SIZE))
+
+
+def test_non_finite_logits_from_finite_weights(synth, trained):
+    """Finite weights, infinite outputs (here a hook on the head): the first such image is named."""
+    _, records, _ = synth
+    model = copy.deepcopy(trained)
+    model.fc.register_forward_hook(lambda m, i, out: out * torch.tensor([1.0, float("inf"), 1.0]))
+    with pytest.raises(NonFiniteError, match=rf"image {records[0].image_id}: the model's logits are not finite"):
+        score_model(model, BoxDataset(records, input_size=SIZE))
+
+
+def test_target_layer_is_reported(base_result, synth, trained):
+    assert base_result.target_layer == "layer4" and base_result.summary()["target_layer"] == "layer4"
+    _, records, _ = synth
+    res = score_model(trained, BoxDataset(records[:2], input_size=SIZE), target_layer=trained.layer3[0])
+    assert res.summary()["target_layer"] == "layer3.0"
+    with pytest.raises(InputError, match="channel order must be one of rgb, bgr, got 'BGR'"):
+        score_model(trained, BoxDataset(records[:2], input_size=SIZE), channel_order="BGR")

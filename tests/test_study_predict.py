@@ -78,3 +78,28 @@ def test_fit_from_wide_uses_trained_models():
                          "trained": [True, True, True, True, False]})
     f = fit_from_wide(wide, "IoU")
     assert f.n == 4 and f.slope == pytest.approx(-100) and f.measure == "IoU"
+
+
+def test_prediction_clipped_to_the_possible_gaps():
+    """gap = 100 * (train_acc - test_acc), test_acc in [0, 1]: with train acc 0.6 the gap lies in
+    [-40, 60]. A fit gap = 200 - 100 * IoU (+-1) predicts ~180 at IoU 0.2: above anything possible."""
+    f = fit_gap([0.1, 0.2, 0.3, 0.4], [191, 179, 171, 159])
+    raw = predict_gap(f, 0.2)
+    assert raw.gap > 60 and raw.low > 60 and not raw.clipped and raw.possible is None
+    p = predict_gap(f, 0.2, train_acc=0.6)
+    assert (p.gap, p.low, p.high) == (60.0, 60.0, 60.0)
+    assert p.clipped and p.possible == (-40.0, 60.0) and p.se == raw.se
+    assert "predicted gap 60.00 pp, 95% prediction interval [60.00, 60.00] pp " \
+           "(clipped to the possible range [-40.00, 60.00] pp)" in p.text()
+    # below: a fit that predicts a test accuracy above 100% for a model with train acc 0.95
+    g = fit_gap([0.1, 0.2, 0.3, 0.4], [10.0, 0.0, -8.0, -20.0])
+    low = predict_gap(g, 0.25, train_acc=0.95)
+    raw = predict_gap(g, 0.25)
+    assert raw.low < -5 < raw.high
+    assert low.clipped and low.low == pytest.approx(-5.0) and low.high == raw.high and low.gap == max(raw.gap, -5.0)
+    # inside: nothing moves, no note
+    inside = predict_gap(g, 0.2, train_acc=0.9)
+    assert not inside.clipped and inside.possible == (pytest.approx(-10.0), 90.0)
+    assert "clipped" not in inside.text()
+    with pytest.raises(ValueError, match=r"training accuracy must lie in \[0, 1\], got 1.5"):
+        predict_gap(g, 0.2, train_acc=1.5)

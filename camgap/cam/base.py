@@ -17,7 +17,8 @@ forward pass runs under `torch.no_grad()` up to the target layer; the hook swaps
 layer output for a detached leaf and switches grad mode on for the rest of the network,
 so the graph spans only the head, parameters' `.grad` are never touched, and the graph
 is freed before the call returns. When the layer feeds straight into global average
-pooling and one `nn.Linear` (torchvision ResNet / camgap SmallResNet `layer4`),
+pooling and one `nn.Linear` (torchvision ResNet, RegNet, MobileNet v2, EfficientNet, camgap
+SmallResNet; see `detect_linear_head`),
 d logit_c / dA_k(i, j) = W[c, k] / (h * w) exactly, and no graph is built at all.
 """
 from __future__ import annotations
@@ -90,31 +91,91 @@ def _resolve_module(model: nn.Module, layer: nn.Module | str | None, what: str) 
     raise TypeError(f"{what} must be an nn.Module or a dotted layer name, got {type(layer).__name__}")
 
 
-def detect_linear_head(model: nn.Module, layer: nn.Module) -> nn.Linear | None:
-    """The `nn.Linear` head when `layer` feeds straight into global average pooling and that
-    one linear layer, else None. Conservative: only the standard forward of torchvision's
-    `ResNet` (not overridden by a subclass) or camgap's `SmallResNet`, target `model.layer4`,
-    `model.avgpool` an AdaptiveAvgPool2d(1), `model.fc` exactly an nn.Linear, and no hooks
-    on the pool or the head that could change what they compute."""
-    from torchvision.models.resnet import ResNet
+def _module_name(model: nn.Module, layer: nn.Module) -> str:
+    return next(name for name, m in model.named_modules() if m is layer)
+
+
+class _GapLinear(NamedTuple):
+    """A family whose standard forward is `stage -> global average pool -> flatten -> head`."""
+
+    cls: type[nn.Module]
+    stage: str  # the nn.Sequential whose output is pooled
+    pool: str | None  # an AdaptiveAvgPool2d(1) attribute; None: the forward pools with F.adaptive_avg_pool2d
+    head: str  # an nn.Linear, or nn.Sequential(nn.Dropout, nn.Linear) (dropout is the identity in eval mode)
+
+
+def _gap_linear_families() -> tuple[_GapLinear, ...]:
+    from torchvision import models as tvm
 
     from camgap.models import SmallResNet
 
-    cls = type(model)
-    standard = cls is SmallResNet or (
-        isinstance(model, ResNet) and cls.forward is ResNet.forward and cls._forward_impl is ResNet._forward_impl
+    return (
+        _GapLinear(tvm.ResNet, "layer4", "avgpool", "fc"),
+        _GapLinear(SmallResNet, "layer4", "avgpool", "fc"),
+        _GapLinear(tvm.RegNet, "trunk_output", "avgpool", "fc"),
+        _GapLinear(tvm.MobileNetV2, "features", None, "classifier"),
+        _GapLinear(tvm.EfficientNet, "features", "avgpool", "classifier"),
     )
-    if not standard or layer is not getattr(model, "layer4", None):
-        return None
-    pool, fc = getattr(model, "avgpool", None), getattr(model, "fc", None)
-    if type(pool) is not nn.AdaptiveAvgPool2d or pool.output_size not in (1, (1, 1), [1, 1]):
-        return None
-    if type(fc) is not nn.Linear:
-        return None
-    for m in (pool, fc):
-        if m._forward_hooks or m._forward_pre_hooks:
+
+
+def _hooked(*modules: nn.Module) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+def _unwrap_plain(model: nn.Module) -> nn.Module:
+    """The model inside wrappers whose forward is exactly the inner model's: an nn.Sequential
+    with one child, nn.DataParallel, DistributedDataParallel (hook-free)."""
+    wrappers = (nn.DataParallel, nn.parallel.DistributedDataParallel)
+    while not _hooked(model):
+        if type(model) is nn.Sequential and len(model) == 1:
+            model = model[0]
+        elif type(model) in wrappers:
+            model = model.module
+        else:
+            break
+    return model
+
+
+def _linear_of(head: nn.Module) -> nn.Linear | None:
+    if type(head) is nn.Linear:
+        return head
+    if type(head) is nn.Sequential and [type(m) for m in head] == [nn.Dropout, nn.Linear]:
+        return head[1]
+    return None
+
+
+def detect_linear_head(model: nn.Module, layer: nn.Module) -> nn.Linear | None:
+    """The `nn.Linear` head when `layer` feeds straight into global average pooling and that
+    one linear layer, else None (autograd then computes the gradients).
+
+    Conservative: only the standard forward (not overridden by a subclass) of the families in
+    `_gap_linear_families` (torchvision ResNet/ResNeXt/Wide-ResNet, RegNet, MobileNet v2,
+    EfficientNet; camgap's SmallResNet), possibly inside a plain wrapper (`_unwrap_plain`);
+    `layer` the pooled stage or its last block; the pool an AdaptiveAvgPool2d(1); the head an
+    nn.Linear, possibly after an nn.Dropout; and no hooks that could change what they compute.
+    VGG (an MLP head), DenseNet (a ReLU after the features), MobileNet v3 (an MLP head) and
+    ConvNeXt (a LayerNorm before the Linear) are not of this form."""
+    core = _unwrap_plain(model)
+    cls = type(core)
+    for fam in _gap_linear_families():
+        if not isinstance(core, fam.cls):
+            continue
+        if any(getattr(cls, m, None) is not getattr(fam.cls, m, None) for m in ("forward", "_forward_impl")):
             return None
-    return fc
+        stage = getattr(core, fam.stage, None)
+        if type(stage) is not nn.Sequential or len(stage) == 0:
+            return None
+        if layer is not stage and (layer is not stage[-1] or _hooked(stage)):
+            return None
+        pool = getattr(core, fam.pool) if fam.pool else None
+        if pool is not None and (type(pool) is not nn.AdaptiveAvgPool2d or pool.output_size not in (1, (1, 1), [1, 1])):
+            return None
+        head = getattr(core, fam.head, None)
+        fc = _linear_of(head) if isinstance(head, nn.Module) else None
+        if fc is None or _hooked(*([pool] if pool is not None else []), *head.modules()):
+            return None
+        return fc
+    return None
 
 
 class BaseCAM:
@@ -122,7 +183,8 @@ class BaseCAM:
 
     Args:
         model: a classifier returning logits [B, K]; must be in eval mode when called.
-        target_layer: module or dotted name; default `camgap.models.default_target_layer`.
+        target_layer: module or dotted name; default `camgap.models.default_target_layer`
+            (its dotted name is `target_layer_name`).
         closed_form: None = detect the GAP + Linear head (see `detect_linear_head`);
             True = force it (uses `model.fc`, which must be an nn.Linear; you vouch that the
             layer feeds straight into global average pooling and that head); False = autograd.
@@ -139,7 +201,11 @@ class BaseCAM:
     ) -> None:
         self.model = model
         layer = _resolve_module(model, target_layer, "target layer")
-        self.target_layer: nn.Module = layer if layer is not None else default_target_layer(model)
+        if layer is None:
+            self.target_layer_name, self.target_layer = default_target_layer(model)
+        else:
+            self.target_layer_name: str = target_layer if isinstance(target_layer, str) else _module_name(model, layer)
+            self.target_layer: nn.Module = layer
         self._head: nn.Linear | None = detect_linear_head(model, self.target_layer)
         if closed_form:
             if self._head is None:
@@ -173,7 +239,9 @@ class BaseCAM:
             raise InputError(f"the target layer must output a [B, C, h, w] tensor, got {shape}")
         if not self._grad_after_layer:
             self._activation = output.detach()
-            return None
+            # an in-place op downstream (DenseNet's ReLU after `features`) would change the kept
+            # activation; a known GAP + Linear head has none
+            return None if self._head is not None else output.clone()
         leaf = output.detach().requires_grad_(True)
         self._activation = leaf
         torch.set_grad_enabled(True)  # the rest of the network builds a graph; no_grad's exit restores
@@ -276,7 +344,7 @@ class BaseCAM:
             pass
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(layer={type(self.target_layer).__name__}, closed_form={self.closed_form})"
+        return f"{type(self).__name__}(layer={self.target_layer_name!r}, closed_form={self.closed_form})"
 
 
 _C = TypeVar("_C", bound=type[BaseCAM])

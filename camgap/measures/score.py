@@ -14,8 +14,12 @@ from torch import Tensor, nn
 from camgap.cam import create_cam, upsample_normalize
 from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD, collate_boxes, normalize
 from camgap.data.masks import boxes_to_masks
-from camgap.errors import InputError
+from camgap.errors import InputError, NonFiniteError
 from camgap.measures.iou import threshold_ious, validate_thresholds
+from camgap.measures.norms import check_finite
+from camgap.measures.registry import MeasureError
+
+CHANNEL_ORDERS = ("rgb", "bgr")
 
 # (images uint8 [B,3,S,S], labels [B], boxes list[[n,4]], box_labels list[[n]], image ids)
 Batch = tuple[Tensor, Tensor, list[Tensor], list[Tensor], list[str]]
@@ -32,6 +36,7 @@ class ScoreResult:
     labels: Tensor
     n_skipped: int = 0
     overlays: list[dict] = field(default_factory=list)
+    target_layer: str = ""
 
     @property
     def n_images(self) -> int:
@@ -70,6 +75,7 @@ class ScoreResult:
             "n_skipped": self.n_skipped,
             "n_no_reference": self.n_no_reference,
             "accuracy": self.train_acc,
+            "target_layer": self.target_layer,
         }
 
 
@@ -142,14 +148,22 @@ def score_model(
     cam_kwargs: dict | None = None,
     progress: bool = False,
     num_workers: int = 0,
+    channel_order: str = "rgb",
 ) -> ScoreResult:
     """Score `model` on `data` (a BoxDataset or a TensorStore of its *training* images).
 
     A_G is the union of the image's boxes (or only the boxes of its labelled class with
     `class_boxes_only`), or row `i` of `masks` (bool [N,S,S], rows named by `mask_ids`).
     The model is put in eval mode. `keep_overlays=k` keeps image, CAM and reference of the
-    first k images for pictures."""
+    first k images for pictures. `channel_order="bgr"` is for a model trained on BGR images
+    (OpenCV / Caffe style): the channels of each RGB batch are reversed before normalising, so
+    `mean` and `std` are in the model's channel order.
+
+    Non-finite weights or logits raise NonFiniteError: a CAM of NaNs would pass for an IoU of 0."""
     thresholds = validate_thresholds(thresholds)
+    if channel_order not in CHANNEL_ORDERS:
+        raise InputError(f"channel order must be one of {', '.join(CHANNEL_ORDERS)}, got {channel_order!r}")
+    _check_finite_weights(model)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.eval().to(device)
     mask_row = {m: i for i, m in enumerate(mask_ids)} if masks is not None else None
@@ -164,7 +178,8 @@ def score_model(
             if not ids:
                 continue
             size = images.shape[-1]
-            out = cam_fn(normalize(images, mean, std), None)
+            out = cam_fn(normalize(images.flip(1) if channel_order == "bgr" else images, mean, std), None)
+            _check_finite_outputs(out.logits, out.maps, ids)
             outside = (labels < 0) | (labels >= out.logits.shape[1])
             if bool(outside.any()):
                 b = int(outside.nonzero()[0, 0])
@@ -212,6 +227,7 @@ def score_model(
             all_logits.append(out.logits.detach().float().cpu())
             all_labels.append(labels.cpu())
             bar.update(len(ids))
+        layer_name = cam_fn.target_layer_name
     bar.close()
     if not rows:
         raise InputError("no images were scored: the dataset is empty or every image was skipped")
@@ -223,7 +239,24 @@ def score_model(
         labels=torch.cat(all_labels),
         n_skipped=max(0, n_total - len(rows)),
         overlays=overlays,
+        target_layer=layer_name,
     )
+
+
+def _check_finite_weights(model: nn.Module) -> None:
+    try:
+        check_finite(model)
+    except MeasureError as exc:
+        raise NonFiniteError(f"{exc}: the model's weights hold NaN/inf (a diverged run?), so no CAM or "
+                             "IoU computed from it could be trusted") from None
+
+
+def _check_finite_outputs(logits: Tensor, maps: Tensor, ids: Sequence[str]) -> None:
+    for what, t in (("logits", logits), ("CAM", maps)):
+        bad = ~torch.isfinite(t.flatten(1)).all(1)
+        if bool(bad.any()):
+            raise NonFiniteError(f"image {ids[int(bad.nonzero()[0, 0])]}: the model's {what} are not finite "
+                                 "(NaN/inf), so no IoU computed from them could be trusted")
 
 
 def _progress(total: int, enabled: bool):

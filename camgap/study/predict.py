@@ -12,7 +12,8 @@ and the (1 - alpha) prediction interval for a new model with measure x0 is
 
 A value outside [min x_i, max x_i] of the reference set is an extrapolation: the result
 carries `outside_range = True` and a warning message (the interval assumes the linear fit
-holds there, which the reference set cannot show). Pure functions; no I/O.
+holds there, which the reference set cannot show). Given the model's training accuracy, the
+gap and its interval are clipped to what that accuracy allows. Pure functions; no I/O.
 """
 from __future__ import annotations
 
@@ -56,11 +57,24 @@ class GapPrediction:
     se: float             # s * sqrt(1 + 1/n + (x0 - xbar)^2 / Sxx)
     outside_range: bool
     warning: str | None
+    clipped: bool = False  # gap or interval moved into `possible`
+    possible: tuple[float, float] | None = None  # the gaps the model's training accuracy allows
 
     def text(self) -> str:
         s = (f"predicted gap {self.gap:.2f} pp, {round(100 * self.confidence)}% prediction interval "
              f"[{self.low:.2f}, {self.high:.2f}] pp")
+        if self.clipped and self.possible is not None:
+            s += f" (clipped to the possible range [{self.possible[0]:.2f}, {self.possible[1]:.2f}] pp)"
         return s + (f"\nWARNING: {self.warning}" if self.warning else "")
+
+
+def possible_gap_range(train_acc: float) -> tuple[float, float]:
+    """The gaps (pp) a model with this training accuracy can have: gap = 100 * (train_acc - test_acc)
+    with test_acc in [0, 1], so [100 * train_acc - 100, 100 * train_acc]."""
+    acc = float(train_acc)
+    if not (math.isfinite(acc) and 0.0 <= acc <= 1.0):
+        raise InputError(f"training accuracy must lie in [0, 1], got {train_acc}")
+    return 100.0 * acc - 100.0, 100.0 * acc
 
 
 def fit_gap(measure, gap, *, name: str = "iou") -> GapFit:
@@ -90,9 +104,12 @@ def fit_gap(measure, gap, *, name: str = "iou") -> GapFit:
                   float(r), name)
 
 
-def predict_gap(fit: GapFit, value: float, *, confidence: float = 0.95) -> GapPrediction:
+def predict_gap(fit: GapFit, value: float, *, confidence: float = 0.95,
+                train_acc: float | None = None) -> GapPrediction:
     """Predicted gap for a model whose measure is `value`, with the t prediction interval;
-    flags (and explains) a value outside the reference set's range."""
+    flags (and explains) a value outside the reference set's range. With the model's
+    `train_acc`, the gap and the interval are clipped to the gaps it can have (a linear fit
+    knows no bounds and can predict a test accuracy above 100% or below 0%)."""
     if not 0 < confidence < 1:
         raise InputError(f"confidence must lie in (0, 1), got {confidence}")
     x0 = float(value)
@@ -107,7 +124,13 @@ def predict_gap(fit: GapFit, value: float, *, confidence: float = 0.95) -> GapPr
         warning = (f"{fit.measure} = {x0:.4g} lies outside the reference set's range "
                    f"[{fit.x_min:.4g}, {fit.x_max:.4g}] ({fit.n} models): the prediction "
                    f"extrapolates the linear fit and may be unreliable")
-    return GapPrediction(x0, yhat, yhat - t * se, yhat + t * se, confidence, se, outside, warning)
+    low, high = yhat - t * se, yhat + t * se
+    if train_acc is None:
+        return GapPrediction(x0, yhat, low, high, confidence, se, outside, warning)
+    lo, hi = possible_gap_range(train_acc)
+    bounded = tuple(min(max(v, lo), hi) for v in (yhat, low, high))
+    return GapPrediction(x0, *bounded, confidence, se, outside, warning,
+                         clipped=bounded != (yhat, low, high), possible=(lo, hi))
 
 
 def fit_from_wide(wide: pd.DataFrame, measure_col: str, *, gap_col: str = "gap",

@@ -330,6 +330,7 @@ def _checkpoint_base(task: dict, model: nn.Module) -> dict:
         "resize": cfg["resize"],
         "mean": cfg["mean"],
         "std": cfg["std"],
+        "channel_order": "rgb",  # the data path decodes RGB; `camgap score` reads this back
     }
 
 
