@@ -477,7 +477,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"camgap {__version__} (torch {torch.__version__})")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more detail on stderr (-vv: debug)")
-    parser.add_argument("-q", "--quiet", action="count", default=0, help="only warnings and errors on stderr")
+    parser.add_argument("-q", "--quiet", action="count", default=0,
+                        help="only warnings and errors on stderr (-qq: errors only)")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_DefaultsParser)
 
     p = sub.add_parser("score", help="IoU / IoU-B of one model on its training images")
@@ -548,21 +549,32 @@ def _configure_logging(verbosity: int) -> None:
     """Results go to stdout; progress, notes and warnings to stderr through `logging`."""
     level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG if verbosity > 0 else logging.ERROR)
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
-    logging.captureWarnings(True)
+
+
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as one line on stderr, as errors are."""
+    return "camgap: warning: " + " ".join(str(message).split()) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _configure_logging(args.verbose - args.quiet)
+    formatwarning = warnings.formatwarning
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.formatwarning = _warning_line
+            if args.verbose - args.quiet < -1:
+                warnings.simplefilter("ignore")
+            return args.func(args)
     except KeyboardInterrupt:
         print("camgap: interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
         return 130
     except (CamgapError, OSError) as exc:  # anything else is a bug: keep its traceback
         print(f"camgap: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 def _one_line(exc: BaseException) -> str:

@@ -95,3 +95,16 @@ def test_top_level_exports():
     assert issubclass(CamgapError, Exception)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         camgap.nope  # noqa: B018
+
+
+def test_warnings_are_one_line_on_stderr():
+    import subprocess
+    import sys
+
+    code = ("import warnings, sys; from camgap import cli\n"
+            "cli.cmd_synth = lambda a: warnings.warn('a\\nb') or 0\n"
+            "sys.exit(cli.main(sys.argv[1:]))")
+    out = subprocess.run([sys.executable, "-c", code, "synth", "--out", "x"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stderr == "camgap: warning: a b\n"
+    out = subprocess.run([sys.executable, "-c", code, "-qq", "synth", "--out", "x"], capture_output=True, text=True)
+    assert out.stderr == ""
