@@ -312,11 +312,37 @@ def test_failures_set_exit_code_3_and_a_rerun_keeps_it(zoo):
     torch.save(ckpt, path)
     s = measure_zoo(zoo, measures=("iou", "nuclear_norm"), progress=False, log=quiet)
     assert s.failed == 2 and s.exit_code == 3
-    assert str(s).splitlines()[-1] == "failed in the set: non-finite logits: iou 1 run(s), nuclear_norm 1 run(s)"
+    assert str(s).splitlines()[-1] == ("failed in the set: non-finite values in parameter 'conv1.weight': the model's "
+                                       "weights hold NaN/inf: iou 1 run(s), nuclear_norm 1 run(s)")
     again = measure_zoo(zoo, measures=("iou", "nuclear_norm"), progress=False, log=quiet)
     assert (again.measured, again.failed, again.exit_code) == (0, 0, 3)
     # a measure not asked for does not decide the exit code
     assert measure_zoo(zoo, measures=("iou_b",), progress=False, log=quiet).exit_code == 3  # iou_b failed too
+    _assert_files_match_registry(zoo)
+
+
+def test_a_diverged_run_is_undefined_not_failed(zoo):
+    """A run that ended `diverged` has NaN weights by how it ended: its measures have no value,
+    which is no failure of the measurement (exit 0)."""
+    import sqlite3
+
+    from camgap.zoo.measure import DIVERGED
+
+    runs, _ = frames(zoo)
+    bad = runs[runs.trained].run_id.iloc[1]
+    path = zoo / "runs" / bad / "final.pt"
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt["model_state_dict"] = {k: (torch.full_like(v, float("nan")) if v.is_floating_point() else v)
+                                for k, v in ckpt["model_state_dict"].items()}
+    torch.save(ckpt, path)
+    with sqlite3.connect(zoo / "registry.sqlite") as conn:
+        conn.execute("UPDATE runs SET stop_reason = 'diverged' WHERE run_id = ?", (bad,))
+    s = measure_zoo(zoo, measures=("iou", "nuclear_norm"), progress=False, log=quiet)
+    assert (s.failed, s.exit_code) == (0, 0)
+    _, meas = frames(zoo)
+    mine = meas[meas.run_id == bad]
+    assert sorted(mine.measure) == ["iou", "nuclear_norm"] and (mine.status == "undefined").all()
+    assert (mine.error == DIVERGED).all() and mine.value.isna().all()
     _assert_files_match_registry(zoo)
 
 

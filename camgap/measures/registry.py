@@ -59,7 +59,7 @@ def measure_outcome(exc: BaseException) -> tuple[str, str]:
     type and the function it came from when it is not a MeasureError: that is a bug to find)."""
     if isinstance(exc, MeasureUndefined):
         return "undefined", str(exc)
-    if isinstance(exc, MeasureError):
+    if isinstance(exc, CamgapError):  # a reason camgap states itself (non-finite weights, ...)
         return "failed", str(exc)
     import traceback
 

@@ -90,6 +90,9 @@ def params_string(params_json: str) -> str:
     return ",".join(f"{k}={v}" for k, v in sorted(json.loads(params_json).items()))
 
 
+DIVERGED = "the run diverged in training (non-finite weights): no measure has a value"
+
+
 def score_params(cam: str, threshold: float, masks: str) -> dict:
     return {"cam": cam, "masks": masks, "threshold": f"{threshold:g}"}
 
@@ -151,6 +154,7 @@ def measure_zoo(
     reg.allow_undefined_state()
     runs = reg.runs_frame()
     runs = runs[runs.status == "done"]
+    stop_reasons = dict(zip(runs.run_id, runs.stop_reason, strict=True))
     score_measures = [k for k in measures if k in SCORE_MEASURES]
     wanted_scores = [(c, t, m) for c in cams for t in thresholds for m in masks] if score_measures else []
     summary = MeasureSummary(len(runs), 0, 0, 0)
@@ -169,6 +173,13 @@ def measure_zoo(
                 continue
             run_dir = zoo / "runs" / run_id
             rows: list[tuple] = []  # (measure, params, value, state, reason) of this model
+            if stop_reasons.get(run_id) == "diverged":  # its weights are NaN/inf by how it ended: no value exists
+                reason = DIVERGED
+                rows += _fail_scores(measures, todo_scores, todo_scores, reason, state="undefined")
+                rows += [(name, {}, None, "undefined", reason) for name in todo_other]
+                _store(reg, run_id, rows, summary)
+                bar.update(1)
+                continue
             try:
                 model, ckpt = load_run_model(run_dir)
             except CamgapError as exc:  # unreadable or unsafe final.pt: this model fails, the set goes on
@@ -270,11 +281,12 @@ def _recorded(reg: Registry, run_id: str, measure: str, params: dict) -> bool:
     return row is not None
 
 
-def _fail_scores(measures: Sequence[str], todo_scores: list, combos: list, reason: str) -> list[tuple]:
-    """Failed rows for the score measurements of ``combos`` (cam, threshold, masks) that are
-    still to do; never for finished ones (a pass run only for the logits covers combinations
-    that were measured before)."""
-    return [(k, score_params(c, t, m), None, "failed", reason)
+def _fail_scores(measures: Sequence[str], todo_scores: list, combos: list, reason: str,
+                 state: str = "failed") -> list[tuple]:
+    """Failed (or undefined) rows for the score measurements of ``combos`` (cam, threshold, masks)
+    that are still to do; never for finished ones (a pass run only for the logits covers
+    combinations that were measured before)."""
+    return [(k, score_params(c, t, m), None, state, reason)
             for c, t, m in combos if (c, t, m) in todo_scores for k in measures if k in SCORE_MEASURES]
 
 
