@@ -203,10 +203,14 @@ class LocalExecutor:
 
     def _lost_runs(self, tasks: list[dict]) -> list[dict]:
         """One ``lost`` result per run of the broken pool: ``worker_died`` for the run whose
-        worker died, for all of them when that cannot be told."""
+        worker died (by its reported pid; a run not reported yet when no reported one matches),
+        for all of them when that cannot be told."""
         self._drain_pids()
         dead = self._dead_pids()
-        culprits = {t["run_id"] for t in tasks if self._pids.get(t["run_id"]) in dead}
+        pids = {t["run_id"]: self._pids.get(t["run_id"]) for t in tasks}
+        culprits = {rid for rid, pid in pids.items() if pid in dead}
+        if not culprits and dead:  # the dead worker had not reported the run it picked up
+            culprits = {rid for rid, pid in pids.items() if pid is None}
         died = "its worker process died (killed, out of memory or crashed)"
         if not culprits:
             return [_lost(t, True, f"{died}, or a sibling's did (cannot tell which)") for t in tasks]
