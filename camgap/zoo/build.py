@@ -164,7 +164,7 @@ def build(
     """Build (or resume) the model set of ``grid`` on ``data`` in ``out``; see the module doc."""
     from camgap.zoo.executors import make_executor, resolve_device
     from camgap.zoo.pretrained import PretrainedWeightsError, ensure_source_models, pretrained_paths
-    from camgap.zoo.train import prepare_split
+    from camgap.zoo.train import prepare_split, storage_error
 
     t_start = time.perf_counter()
     if log is None:
@@ -240,6 +240,9 @@ def build(
                     for split, records in (("train", train_records), ("test", test_records))
                 }
             except Exception as exc:  # noqa: BLE001 - undecodable image, bad labels: bad input
+                disk = storage_error(exc)
+                if disk is not None:
+                    raise _stop_for_storage(f"{disk.filename or cache}: {disk.strerror or disk}") from exc
                 raise ZooError(f"--data {data}: cannot decode the dataset: {exc}") from exc
             try:
                 ex = make_executor(executor, workers, device, ray_address, threads, cpus_per_run)
@@ -316,7 +319,6 @@ def _rebuild_for(g: Grid, out: Path, log) -> None:
         if fp is not None and fp != g.fingerprint():
             raise ZooError(f"--out {out}: {cfg_path} is a run of a different grid (fingerprint {fp[:12]}, "
                            f"this one {g.fingerprint()[:12]}); use another --out directory, or that grid")
-        break
     report = rebuild_registry(out, g.runs())
     log(f"{out}: {Registry.FILENAME} missing; rebuilt it from runs/: {report}")
 
