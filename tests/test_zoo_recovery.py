@@ -22,7 +22,7 @@ from test_zoo_build import _task, quiet, write_grid
 import camgap.zoo.executors as executors
 import camgap.zoo.train as train
 from camgap.data.synthetic import write_synthetic
-from camgap.zoo.build import ZooError, build, format_status, status
+from camgap.zoo.build import StorageError, ZooError, build, format_status, status
 from camgap.zoo.cli import main as zoo_main
 from camgap.zoo.grid import load_grid
 from camgap.zoo.registry import META_BACKUP, Registry
@@ -336,6 +336,23 @@ def test_full_disk_while_saving_a_checkpoint(tmp_path, data, monkeypatch, capsys
     monkeypatch.setattr(train, "atomic_save", real_save)
     assert zoo_main(cmd) == 0
     assert list(runs(zoo).status) == ["done", "done"]
+
+
+def test_full_disk_while_the_driver_writes_a_run_directory(tmp_path, data, monkeypatch):
+    grid = write_grid(tmp_path / "g.toml", lrs="0.05", epochs=1)
+    zoo = tmp_path / "zoo"
+    real_write = train.atomic_write_json
+
+    def full_disk(obj, path):
+        if Path(path).name == "config.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(obj, path)
+
+    monkeypatch.setattr(train, "atomic_write_json", full_disk)
+    with pytest.raises(StorageError, match=r"config\.json: No space left on device; free space"):
+        build(grid, data, zoo, workers=0, device="cpu", progress=False, log=quiet)
+    run = runs(zoo).iloc[0]
+    assert run.status == "pending" and run.attempts == 0
 
 
 def test_full_disk_while_writing_the_registry(tmp_path, data, monkeypatch, capsys):

@@ -187,5 +187,5 @@ def test_read_only_open_on_storage_that_cannot_be_written(tmp_path, monkeypatch)
 def test_sqlite_errors_become_registry_errors(tmp_path):
     bad = tmp_path / "registry.sqlite"
     bad.write_bytes(b"this is not a database" * 100)
-    with pytest.raises(RegistryError, match=r"registry\.sqlite: file is not a database"):
+    with pytest.raises(RegistryError, match=r"registry\.sqlite: file is not a database; `camgap zoo repair "):
         Registry(bad)

@@ -492,9 +492,8 @@ def status(zoo_dir: str | Path) -> dict:
 def _with_interrupted(counts: dict[str, int], live: bool) -> dict[str, int]:
     """Split 'running' into running (a driver holds the lock) and interrupted (none does)."""
     running = counts.get("running", 0)
-    out = {k: v for k, v in counts.items() if k not in ("running", "done", "failed")}
-    out |= {"running": running if live else 0, "interrupted": 0 if live else running}
-    return out | {k: counts.get(k, 0) for k in ("done", "failed")}
+    return {"pending": counts.get("pending", 0), "running": running if live else 0,
+            "interrupted": 0 if live else running, "done": counts.get("done", 0), "failed": counts.get("failed", 0)}
 
 
 def format_status(info: dict) -> str:
