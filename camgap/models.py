@@ -264,10 +264,12 @@ def read_checkpoint(path: Path | str, unsafe: bool = False) -> object:
         if not unsafe and refused:
             raise CheckpointError(
                 f"{path}: refused to load: it holds a pickled object ({refused.group(1)}), e.g. a saved nn.Module "
-                "or code that would run on loading, and only weights are loaded by default; if you trust this "
-                "file, pass --unsafe-load (unsafe=True in Python)"
+                "or code that would run on loading, and only weights are loaded; if you trust this file, "
+                "`camgap score` and `predict` read it with --unsafe-load (unsafe=True in Python)"
             ) from None
         raise CheckpointError(f"{path}: cannot read checkpoint ({_first_line(exc)})") from exc
+    except OSError:  # the disk, not the file: the caller decides (a sweep stops, nothing is set aside)
+        raise
     except Exception as exc:  # corrupt or not a torch file
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {_first_line(exc)})") from exc
 

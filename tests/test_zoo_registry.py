@@ -34,10 +34,10 @@ def test_round_trip(tmp_path):
         assert reg.mark_running(a) == 1
         reg.mark_done(a, result(a))
         reg.mark_running(b)
-        reg.mark_failed(b, "RuntimeError: boom")
+        assert reg.mark_failed(b, "RuntimeError: boom") == 1  # a failure of the run uses an attempt
         assert reg.counts() == {"pending": 1, "running": 0, "done": 1, "failed": 1}
         row = reg.get_run(a)
-        assert row["status"] == "done" and row["attempts"] == 1 and row["config"] == specs[0].config
+        assert row["status"] == "done" and row["attempts"] == 0 and row["config"] == specs[0].config
         assert row["gap"] == pytest.approx(30.0) and row["started"] and row["finished"]
         assert reg.get_run(b)["error"] == "RuntimeError: boom"
 
@@ -128,5 +128,64 @@ def test_integrity_check_finds_problems(tmp_path):
         assert any("gap" in p and a in p for p in problems)
         assert any(b in p and "missing epochs" in p for p in problems)
         # status values outside the allowed set are refused by the schema
-        with pytest.raises(sqlite3.IntegrityError):
+        with pytest.raises(RegistryError, match=r"registry\.sqlite: CHECK constraint failed") as err:
             reg.conn.execute("UPDATE runs SET status = 'weird' WHERE run_id = ?", (a,))
+        assert isinstance(err.value.__cause__, sqlite3.IntegrityError)
+
+
+def test_only_a_failure_of_the_run_uses_an_attempt(tmp_path):
+    """Two driver kills (runs left 'running'), a worker death (requeue) and a start use no
+    attempt: with max_attempts=1 the run is still to do; one failure of its own uses it."""
+    specs = GRID.runs()
+    a = specs[0].run_id
+    with Registry.in_dir(tmp_path) as reg:
+        reg.add_runs(specs)
+        for _ in range(2):  # driver killed mid-run, twice
+            assert reg.mark_running(a) == 1
+            assert reg.reset_interrupted() == [a]
+        assert reg.mark_running(a) == 1
+        reg.requeue(a)  # its worker (or a sibling's) died
+        assert reg.get_run(a)["attempts"] == 0 and reg.get_run(a)["status"] == "pending"
+        assert a in [r["run_id"] for r in reg.todo(max_attempts=1)]
+        assert reg.mark_running(a) == 1
+        assert reg.mark_failed(a, "RuntimeError: boom") == 1
+        assert a not in [r["run_id"] for r in reg.todo(max_attempts=1)]
+        assert a in [r["run_id"] for r in reg.todo(max_attempts=2)]
+        assert reg.mark_running(a) == 2  # the attempt it is on
+
+
+def test_read_only_open(tmp_path):
+    specs = GRID.runs()
+    with Registry.in_dir(tmp_path) as reg:
+        reg.add_runs(specs)
+    with Registry.in_dir(tmp_path, read_only=True) as reg:
+        assert reg.read_only and reg.counts()["pending"] == 3
+        with pytest.raises(RegistryError, match=r"registry\.sqlite: attempt to write a readonly database"):
+            reg.mark_running(specs[0].run_id)
+    with pytest.raises(RegistryError, match="no registry"):
+        Registry.in_dir(tmp_path / "nothing", read_only=True)
+
+
+def test_read_only_open_on_storage_that_cannot_be_written(tmp_path, monkeypatch):
+    """Where the directory is not writable (tests run as root, so os.access is patched here;
+    test_zoo_recovery mounts a real read-only folder) the registry opens with immutable=1 and
+    creates no -wal/-shm file; create=False falls back to read-only there too."""
+    import camgap.zoo.registry as registry
+
+    specs = GRID.runs()
+    with Registry.in_dir(tmp_path) as reg:
+        reg.add_runs(specs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["registry.sqlite"]  # WAL checkpointed on close
+    monkeypatch.setattr(registry.os, "access", lambda path, mode: False)
+    assert "immutable=1" in registry._read_only_uri(tmp_path / "registry.sqlite")
+    for kwargs in ({"read_only": True}, {"create": False}):
+        with Registry.in_dir(tmp_path, **kwargs) as reg:
+            assert reg.read_only and len(reg.runs_frame()) == 3
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["registry.sqlite"]
+
+
+def test_sqlite_errors_become_registry_errors(tmp_path):
+    bad = tmp_path / "registry.sqlite"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(RegistryError, match=r"registry\.sqlite: file is not a database; `camgap zoo repair "):
+        Registry(bad)

@@ -13,12 +13,12 @@ import torch
 import camgap.zoo.train as zt
 from camgap.data.layouts import read_layout
 from camgap.data.synthetic import write_synthetic
-from camgap.models import CheckpointError, create_model
+from camgap.models import CheckpointError, create_model, read_checkpoint
 from camgap.zoo.build import build
 from camgap.zoo.grid import GridError, load_grid
 from camgap.zoo.pretrained import load_pretrained_backbone
 from camgap.zoo.registry import Registry
-from camgap.zoo.train import prepare_split, safe_load, train_run
+from camgap.zoo.train import prepare_split, train_run
 
 GRID = """
 [grid]
@@ -161,8 +161,8 @@ def test_last_pt_loads_with_weights_only_and_resumes(tmp_path, data):
     assert isinstance(rng["python"], list) and len(rng["python"][1]) == 625
     resumed = train_run(task)
     assert resumed["resumed_from"] == 1 and resumed["epochs"] == 2
-    assert safe_load(tmp_path / "run" / "final.pt")["result"]["resumed_from"] == 1
-    assert safe_load(tmp_path / "run" / "init.pt")["epoch"] == 0
+    assert read_checkpoint(tmp_path / "run" / "final.pt")["result"]["resumed_from"] == 1
+    assert read_checkpoint(tmp_path / "run" / "init.pt")["epoch"] == 0
 
 
 def test_rng_states_round_trip():
@@ -185,16 +185,15 @@ def test_safe_load_refuses_pickled_objects(tmp_path):
     marker = tmp_path / "marker"
     path = tmp_path / "evil.pt"
     torch.save({"model_state_dict": Payload(marker)}, path)
-    with pytest.raises(CheckpointError, match=r"evil\.pt: refused by torch\.load\(weights_only=True\): it holds "
-                                               r"pickled objects.*\(Unsupported global: GLOBAL \S*open") as err:
-        safe_load(path)
+    with pytest.raises(CheckpointError, match=r"evil\.pt: refused to load: it holds a pickled object \(\S*open\)") as err:
+        read_checkpoint(path)
     assert "weights_only` set to `False`" not in str(err.value)  # no advice to load it unsafely
     assert not marker.exists()
     with pytest.raises(CheckpointError, match=r"nothere\.pt: no such checkpoint file"):
-        safe_load(tmp_path / "nothere.pt")
+        read_checkpoint(tmp_path / "nothere.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match=r"junk\.pt: cannot read checkpoint \(not a torch file, or corrupt"):
-        safe_load(tmp_path / "junk.pt")
+    with pytest.raises(CheckpointError, match=r"junk\.pt: cannot read checkpoint \("):
+        read_checkpoint(tmp_path / "junk.pt")
 
 
 def test_pretrained_weights_with_pickled_objects_are_refused(tmp_path):

@@ -11,9 +11,15 @@ final.pt).
 
 Rerunning the same command resumes: done runs are kept, runs left 'running' by a dead
 driver go back to pending and continue from their last epoch checkpoint, failed runs are
-retried until they have been started ``max_attempts`` times (``retry_failed`` grants a
-fresh set). One driver per model-set directory at a time (an exclusive lock on
-``out/.lock``).
+retried until they have failed ``max_attempts`` times (``retry_failed`` grants a fresh
+set). One driver per model-set directory at a time (an exclusive lock on ``out/.lock``).
+
+Recovery. An attempt is used only by a failure of the run itself (its training raised, or
+its worker process died twice in a row). A run stopped by something else goes back to
+pending: an interrupted driver, a sibling's dead worker, its own worker's first death. A
+full or failing disk (ENOSPC, EIO, ... while writing a checkpoint or the registry) stops
+the sweep with one line naming the path (``StorageError``); the same command resumes once
+it is fixed. A missing ``registry.sqlite`` is rebuilt from ``runs/`` (``repair``).
 """
 from __future__ import annotations
 
@@ -27,9 +33,10 @@ from pathlib import Path
 
 from camgap.errors import CamgapError
 from camgap.zoo.grid import GRID_KEYS, Grid, GridError, canonical_json, load_grid
-from camgap.zoo.registry import Registry, RegistryError, format_measurement_status
+from camgap.zoo.registry import META_BACKUP, Registry, RegistryError, format_measurement_status, rebuild_registry
 
-__all__ = ["ZooError", "BuildSummary", "build", "status", "format_status", "export", "EXPORT_COLUMNS"]
+__all__ = ["ZooError", "StorageError", "BuildSummary", "build", "repair", "status", "format_status", "export",
+           "driver_running", "EXPORT_COLUMNS"]
 
 EXPORT_COLUMNS = [
     "run_id", *GRID_KEYS, "repeat", "seed", "trained", "status", "epochs", "stop_reason",
@@ -39,6 +46,10 @@ EXPORT_COLUMNS = [
 
 class ZooError(CamgapError, RuntimeError):
     """Bad input to a zoo command, reported before anything trains."""
+
+
+class StorageError(ZooError):
+    """The disk is full or failing: the sweep stopped; nothing is wrong with the runs."""
 
 
 @dataclass
@@ -76,10 +87,28 @@ def _driver_lock(out: Path):
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ZooError(f"{out}: another `camgap zoo build` is running on this model set") from None
+            raise ZooError(f"{out}: another `camgap zoo build` (or repair) is running on this model set") from None
         yield
     finally:
         f.close()
+
+
+def driver_running(out: str | Path) -> bool:
+    """Whether a driver holds ``out/.lock`` now (a shared, non-blocking flock fails); works on
+    read-only storage."""
+    import fcntl
+
+    try:
+        f = open(Path(out) / ".lock", "rb")
+    except OSError:  # no lock file: no driver ever ran here, or it cannot be read
+        return False
+    with f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        return False
 
 
 def _read_splits(data: Path, layout: str) -> tuple[list, list, list[str]]:
@@ -135,7 +164,7 @@ def build(
     """Build (or resume) the model set of ``grid`` on ``data`` in ``out``; see the module doc."""
     from camgap.zoo.executors import make_executor, resolve_device
     from camgap.zoo.pretrained import PretrainedWeightsError, ensure_source_models, pretrained_paths
-    from camgap.zoo.train import prepare_split
+    from camgap.zoo.train import prepare_split, storage_error
 
     t_start = time.perf_counter()
     if log is None:
@@ -160,7 +189,8 @@ def build(
             raise ZooError(str(exc)) from None
     if out.exists() and not out.is_dir():
         raise ZooError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and not (out / Registry.FILENAME).exists() and any(
+    rebuild = out.is_dir() and not (out / Registry.FILENAME).exists() and _recoverable(out)
+    if out.is_dir() and not (out / Registry.FILENAME).exists() and not rebuild and any(
         p for p in out.iterdir() if not p.name.startswith(".")
     ):
         raise ZooError(f"--out {out} is not empty and holds no model set; use a new or empty directory")
@@ -171,6 +201,8 @@ def build(
         raise ZooError(str(exc)) from None
 
     with _driver_lock(out):
+        if rebuild and not (out / Registry.FILENAME).exists():
+            _rebuild_for(g, out, log)
         reg = Registry.in_dir(out)
         try:
             try:
@@ -180,6 +212,7 @@ def build(
             except RegistryError as exc:
                 raise ZooError(str(exc)) from None
             reg.set_meta("data_root", str(data))
+            _write_meta_backup(reg, out)
 
             specs = g.runs()
             new = reg.add_runs(specs)
@@ -207,6 +240,9 @@ def build(
                     for split, records in (("train", train_records), ("test", test_records))
                 }
             except Exception as exc:  # noqa: BLE001 - undecodable image, bad labels: bad input
+                disk = storage_error(exc)
+                if disk is not None:
+                    raise _stop_for_storage(f"{disk.filename or cache}: {disk.strerror or disk}") from exc
                 raise ZooError(f"--data {data}: cannot decode the dataset: {exc}") from exc
             try:
                 ex = make_executor(executor, workers, device, ray_address, threads, cpus_per_run)
@@ -233,11 +269,89 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+# --- recovery ---------------------------------------------------------------------------
+
+
+def _recoverable(out: Path) -> bool:
+    """A model-set directory whose registry is gone: a meta backup, or run directories."""
+    return (out / META_BACKUP).is_file() or any((out / "runs").glob("*/config.json"))
+
+
+def _write_meta_backup(reg: Registry, out: Path) -> None:
+    """A copy of the registry's meta table (grid, data, fingerprints), for ``repair``."""
+    from camgap.zoo.train import atomic_write_json
+
+    meta = {k: v for k, v in reg.meta().items() if k != "schema"}
+    path = out / META_BACKUP
+    try:
+        if path.is_file() and json.loads(path.read_text()) == meta:
+            return
+    except (OSError, ValueError):
+        pass
+    atomic_write_json(meta, path)
+
+
+def _grid_from_meta(meta: dict) -> Grid | None:
+    """The grid recorded in a meta backup, when it parses back to the same fingerprint."""
+    from camgap.zoo.grid import parse_grid
+
+    try:
+        canon = json.loads(meta["grid"])
+        table = dict(canon["grid"], repeats=canon["repeats"], untrained=canon["untrained"])
+        if canon.get("sample") is not None:
+            table["sample"] = canon["sample"]
+        doc = {"grid": table, "train": canon["train"], "arch_options": canon["arch_options"]}
+        if canon.get("pretrain") is not None:
+            doc["pretrain"] = canon["pretrain"]
+        g = parse_grid(doc, META_BACKUP)
+    except (KeyError, TypeError, ValueError, GridError):
+        return None
+    return g if g.fingerprint() == meta.get("grid_fingerprint") else None
+
+
+def _rebuild_for(g: Grid, out: Path, log) -> None:
+    """``build`` found run directories but no registry: rebuild it (refusing another grid's runs)."""
+    for cfg_path in sorted((out / "runs").glob("*/config.json")):
+        try:
+            fp = json.loads(cfg_path.read_text()).get("grid_fingerprint")
+        except (OSError, ValueError):
+            continue
+        if fp is not None and fp != g.fingerprint():
+            raise ZooError(f"--out {out}: {cfg_path} is a run of a different grid (fingerprint {fp[:12]}, "
+                           f"this one {g.fingerprint()[:12]}); use another --out directory, or that grid")
+    report = rebuild_registry(out, g.runs())
+    log(f"{out}: {Registry.FILENAME} missing; rebuilt it from runs/: {report}")
+
+
+def repair(zoo_dir: str | Path, log=print):
+    """Rebuild ``ZOO/registry.sqlite`` from ``ZOO/runs/`` (``camgap zoo repair``): done runs
+    from their final.pt, every other run pending, measurements from measurements.json; an
+    existing registry is kept as ``registry.sqlite.replaced-<time>``. Holds the driver lock."""
+    zoo = Path(zoo_dir).expanduser().resolve()
+    if not zoo.is_dir():
+        raise ZooError(f"{zoo}: no such directory")
+    if not _recoverable(zoo):
+        raise ZooError(f"{zoo}: no run directories (runs/*/config.json) nor {META_BACKUP} to rebuild from")
+    with _driver_lock(zoo):
+        meta = {}
+        with contextlib.suppress(OSError, ValueError):
+            meta = json.loads((zoo / META_BACKUP).read_text())
+        g = _grid_from_meta(meta) if meta else None
+        report = rebuild_registry(zoo, g.runs() if g is not None else None)
+    log(f"{zoo}: rebuilt {Registry.FILENAME} from runs/: {report}")
+    return report
+
+
+def _stop_for_storage(where: str) -> StorageError:
+    return StorageError(f"disk full or failing: {where}; free space (or fix the storage) and rerun the same "
+                        f"command to resume (no attempt was used)")
+
+
 def _sweep(reg: Registry, ex, todo: list[dict], out: Path, g: Grid, caches: dict, classes: list[str],
            pretrained: dict, max_attempts: int, keep_last: bool, total: int, progress: bool, log) -> tuple[int, int]:
     from tqdm import tqdm
 
-    from camgap.zoo.train import atomic_write_json
+    from camgap.zoo.train import atomic_write_json, storage_error
 
     counts = reg.counts()
     exhausted = counts["failed"] - sum(1 for r in todo if r["status"] == "failed")  # out of attempts
@@ -253,6 +367,7 @@ def _sweep(reg: Registry, ex, todo: list[dict], out: Path, g: Grid, caches: dict
 
     queue = deque(todo)
     inflight: dict[str, dict] = {}
+    deaths: dict[str, int] = {}  # run_id -> its worker's deaths in a row
     trained_now = failed_now = 0
     try:
         while queue or inflight:
@@ -281,32 +396,52 @@ def _sweep(reg: Registry, ex, todo: list[dict], out: Path, g: Grid, caches: dict
                 ex.submit(task)
                 inflight[rid] = run | {"attempts": attempt}
             for res in ex.wait():
-                run = inflight.pop(res["run_id"])
+                rid = res["run_id"]
+                run = inflight.pop(rid)
                 desc = _describe(run["config"], run["repeat"])
-                if res.get("status") == "done":
-                    reg.mark_done(res["run_id"], res)
+                status, err = res.get("status"), str(res.get("error") or "unknown error")
+                for note in res.get("warnings") or ():
+                    emit(f"WARNING {rid}: {note}")
+                if status == "storage":
+                    reg.requeue(rid)
+                    raise _stop_for_storage(err)
+                if status == "lost":
+                    deaths[rid] = deaths.get(rid, 0) + int(bool(res.get("worker_died")))
+                    if deaths[rid] < 2:  # not the run's fault (yet): again, without using an attempt
+                        reg.requeue(rid)
+                        queue.append(run)
+                        emit(f"LOST   {rid} {desc}: {err}; re-queued (no attempt used)")
+                        continue
+                    status, err = "failed", f"its worker process died twice in a row while running it ({err})"
+                deaths.pop(rid, None)
+                if status == "done":
+                    reg.mark_done(rid, res)
                     trained_now += 1
                     bar.update(1)
-                    emit(f"done   {res['run_id']} {desc} | {_result_line(res)}")
+                    emit(f"done   {rid} {desc} | {_result_line(res)}")
                 else:
-                    err = str(res.get("error") or "unknown error")
-                    reg.mark_failed(res["run_id"], err)
+                    attempts = reg.mark_failed(rid, err)
                     failed_now += 1
-                    retry = run["attempts"] < max_attempts
+                    retry = attempts < max_attempts
                     first = err.strip().splitlines()[0] if err.strip() else err
-                    emit(f"FAILED {res['run_id']} {desc} (attempt {run['attempts']}/{max_attempts}"
+                    emit(f"FAILED {rid} {desc} (attempt {attempts}/{max_attempts}"
                          f"{', will retry' if retry else ''}): {first}")
                     if retry:
                         queue.append(run | {"status": "failed"})
                     else:
                         bar.update(1)
                 bar.set_postfix(failed=reg.counts()["failed"], refresh=False)
-    except BaseException:
-        reg.reset_interrupted()  # in-flight runs resume from last.pt next time
+    except BaseException as exc:
+        with contextlib.suppress(RegistryError):  # a failed registry write: the next build resets them
+            reg.reset_interrupted()  # in-flight runs resume from last.pt next time, no attempt used
+        disk = storage_error(exc) if not isinstance(exc, CamgapError) else None
+        if disk is not None:  # the driver's own writes (config.json, run directories)
+            raise _stop_for_storage(f"{disk.filename or out}: {disk.strerror or disk}") from exc
         raise
     finally:
         bar.close()
     return trained_now, failed_now
+
 
 
 # --- status / export --------------------------------------------------------------------
@@ -317,12 +452,13 @@ def status(zoo_dir: str | Path) -> dict:
     ``measurements``: the measurements by state (``Registry.measurement_counts``)."""
     zoo_dir = Path(zoo_dir)
     try:
-        reg = Registry.in_dir(zoo_dir, create=False)
+        reg = Registry.in_dir(zoo_dir, read_only=True)
     except RegistryError as exc:
         raise ZooError(str(exc)) from None
+    live = driver_running(zoo_dir)
     try:
         frame = reg.runs_frame()
-        counts = reg.counts()
+        counts = _with_interrupted(reg.counts(), live)
         problems = reg.integrity_check(zoo_dir)
         grid = reg.get_meta("grid")
         measurements = reg.measurement_counts()
@@ -333,7 +469,8 @@ def status(zoo_dir: str | Path) -> dict:
         kind = frame["trained"].map({True: "", False: " (untrained)"})
         frame = frame.assign(group=frame["arch"].astype(str) + kind)
         table = frame.groupby(["group", "status"]).size().unstack(fill_value=0)
-        by_arch = {g: {s: int(table.loc[g].get(s, 0)) for s in ("pending", "running", "done", "failed")}
+        by_arch = {g: _with_interrupted({s: int(table.loc[g].get(s, 0)) for s in ("pending", "running", "done",
+                                                                                    "failed")}, live)
                    for g in table.index}
     failures = [
         {"run_id": r.run_id, "arch": r.arch, "attempts": int(r.attempts), "error": r.error or ""}
@@ -343,6 +480,7 @@ def status(zoo_dir: str | Path) -> dict:
     return {
         "zoo": str(zoo_dir),
         "total": int(len(frame)),
+        "driver_running": live,
         "counts": counts,
         "by_arch": by_arch,
         "failures": failures,
@@ -354,14 +492,25 @@ def status(zoo_dir: str | Path) -> dict:
     }
 
 
+def _with_interrupted(counts: dict[str, int], live: bool) -> dict[str, int]:
+    """Split 'running' into running (a driver holds the lock) and interrupted (none does)."""
+    running = counts.get("running", 0)
+    return {"pending": counts.get("pending", 0), "running": running if live else 0,
+            "interrupted": 0 if live else running, "done": counts.get("done", 0), "failed": counts.get("failed", 0)}
+
+
 def format_status(info: dict) -> str:
     c = info["counts"]
     lines = [f"{info['zoo']}: {info['total']} runs: " + ", ".join(f"{c[s]} {s}" for s in c)]
     if info["by_arch"]:
         w = max(len(a) for a in info["by_arch"])
-        lines.append(f"  {'':<{w}}  pending running    done  failed")
+        cols = list(next(iter(info["by_arch"].values())))
+        lines.append(f"  {'':<{w}}  " + " ".join(f"{s:>11}" for s in cols))
         for arch, row in sorted(info["by_arch"].items()):
-            lines.append(f"  {arch:<{w}}  {row['pending']:7d} {row['running']:7d} {row['done']:7d} {row['failed']:7d}")
+            lines.append(f"  {arch:<{w}}  " + " ".join(f"{row[s]:11d}" for s in cols))
+    if c.get("interrupted"):
+        lines.append(f"  {c['interrupted']} run(s) interrupted (left running, no `camgap zoo build` holds "
+                     f"{Path(info['zoo']) / '.lock'}): rerun the build command to resume them")
     if info["stop_reasons"]:
         lines.append("  stop reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(info["stop_reasons"].items())))
     if info["gap"]:
@@ -387,7 +536,7 @@ def export(zoo_dir: str | Path, fmt: str = "csv", out: str | Path | None = None,
     if fmt not in ("csv", "parquet"):
         raise ZooError(f"--format must be csv or parquet, got {fmt!r}")
     try:
-        reg = Registry.in_dir(zoo_dir, create=False)
+        reg = Registry.in_dir(zoo_dir, read_only=True)
     except RegistryError as exc:
         raise ZooError(str(exc)) from None
     try:

@@ -1,15 +1,16 @@
-"""`camgap zoo build|status|export|measure`.
+"""`camgap zoo build|status|export|repair|measure`.
 
-``add_zoo_commands(subparsers)`` registers ``zoo`` (with ``build``, ``status``, ``export``)
-on an argparse subparsers object; each leaf sets ``func(args) -> exit code``.
-``python -m camgap.zoo.cli build|status|export ...`` runs the same commands directly.
+``add_zoo_commands(subparsers)`` registers ``zoo`` (with ``build``, ``status``, ``export``,
+``repair``, ``measure``) on an argparse subparsers object; each leaf sets
+``func(args) -> exit code``. ``python -m camgap.zoo.cli build|status|...`` runs the same
+commands directly.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-__all__ = ["add_zoo_commands", "add_subcommands", "main"]
+__all__ = ["add_zoo_commands", "add_subcommands", "main", "BUILD_EPILOG"]
 
 
 def _build(args: argparse.Namespace) -> int:
@@ -45,6 +46,13 @@ def _status(args: argparse.Namespace) -> int:
     else:
         print(format_status(info))
     return 1 if info["integrity_problems"] else 0
+
+
+def _repair(args: argparse.Namespace) -> int:
+    from camgap.zoo.build import repair
+
+    repair(args.zoo)
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -94,10 +102,11 @@ exit codes:
 
 
 def add_subcommands(sub) -> None:
-    """Add build/status/export/measure to a subparsers object."""
+    """Add build/status/export/repair/measure to a subparsers object."""
     b = sub.add_parser("build", help="train (or resume) the model set of a grid",
                        description="Train every run of GRID on DIR into ZOO, resumably: rerunning the same "
-                                   "command keeps finished runs and resumes interrupted ones.")
+                                   "command keeps finished runs and resumes interrupted ones.",
+                       epilog=BUILD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("grid", metavar="GRID", help="grid TOML file, or a packaged grid's name: paper, cpu-small")
     b.add_argument("--data", required=True, metavar="DIR", help="dataset directory with train and test splits")
     b.add_argument("--out", required=True, metavar="ZOO", help="model-set directory (registry, runs, caches)")
@@ -111,7 +120,9 @@ def add_subcommands(sub) -> None:
     b.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     b.add_argument("--threads", type=int, default=None, help="torch threads per run (default: CPUs / workers)")
     b.add_argument("--cpus-per-run", type=int, default=None, help="ray: CPUs each run requests")
-    b.add_argument("--max-attempts", type=int, default=2, help="start a failing run at most this often (default 2)")
+    b.add_argument("--max-attempts", type=int, default=2,
+                   help="give up on a run after it failed this often (default 2); an interrupted build, a "
+                        "sibling's dead worker or a full disk use no attempt")
     b.add_argument("--retry-failed", action="store_true", help="give runs that failed for good a fresh set of attempts")
     b.add_argument("--keep-last", action="store_true",
                    help="keep last.pt (with optimizer state) next to final.pt after a run finishes")
@@ -122,6 +133,16 @@ def add_subcommands(sub) -> None:
     s.add_argument("zoo", metavar="ZOO")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=_guard(_status))
+
+    r = sub.add_parser("repair", help="rebuild ZOO/registry.sqlite from the run directories",
+                       description="Rebuild ZOO/registry.sqlite from ZOO/runs/: a run whose final.pt holds its "
+                                   "result is done (nothing is retrained), every other run is pending (failed "
+                                   "runs get a fresh set of attempts), measurements come from each run's "
+                                   "measurements.json. An existing registry is kept as "
+                                   "registry.sqlite.replaced-<time>. `zoo build` does this by itself when "
+                                   "registry.sqlite is missing.")
+    r.add_argument("zoo", metavar="ZOO")
+    r.set_defaults(func=_guard(_repair))
 
     e = sub.add_parser("export", help="one row per run (or per measurement) as CSV or Parquet")
     e.add_argument("zoo", metavar="ZOO")
@@ -162,17 +183,37 @@ def add_zoo_commands(subparsers):
     return sub
 
 
+BUILD_EPILOG = """\
+exit status:
+  0    every run of the grid is done
+  2    bad input, or a one-line error: grid, data, another build running on ZOO, a full or
+       failing disk (nothing is lost and no attempt is used: free space, rerun the same command)
+  3    some runs failed for good (`camgap zoo status ZOO` lists them; --retry-failed retries)
+  130  interrupted (Ctrl-C): rerun the same command to resume
+"""
+
+
 def _guard(func):
-    """Bad input (any CamgapError: ZooError, GridError, InputError...) -> one line on stderr,
-    exit 2; Ctrl-C -> exit 130."""
+    """camgap's errors and OSErrors -> one line on stderr, exit 2 (an sqlite3.Error that got
+    past the registry is named after ZOO's registry file); Ctrl-C -> exit 130."""
 
     def run(args: argparse.Namespace) -> int:
+        import sqlite3
+        from pathlib import Path
+
+        from camgap.cli import _one_line
         from camgap.errors import CamgapError
 
         try:
             return int(func(args))
-        except CamgapError as exc:
-            print(f"camgap zoo: error: {exc}", file=sys.stderr)
+        except (CamgapError, OSError) as exc:
+            print(f"camgap zoo: error: {_one_line(exc)}", file=sys.stderr)
+            return 2
+        except sqlite3.Error as exc:
+            from camgap.zoo.registry import Registry, _registry_error
+
+            zoo = getattr(args, "zoo", None) or args.out
+            print(f"camgap zoo: error: {_registry_error(exc, Path(zoo) / Registry.FILENAME)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("camgap zoo: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -7,20 +7,26 @@ registry.
   context). With GPUs: one run per GPU at a time (slot i uses ``cuda:i % n_gpus``);
   without: the CPU threads are split between the workers (``torch.set_num_threads``).
   Workers die with the driver (``PR_SET_PDEATHSIG``), so a killed driver leaves no
-  stragglers. A worker that dies (OOM killer, segfault, ``kill -9``) fails the runs in
-  flight and the pool is rebuilt.
+  stragglers. A worker that dies (OOM killer, segfault, ``kill -9``) breaks the pool: the
+  pool is rebuilt and every run in flight comes back as ``{"status": "lost"}``, with
+  ``worker_died`` true for the run whose worker died (workers report their pid when they
+  start a run) and false for its siblings; where the dead worker cannot be told apart (it
+  died of SIGTERM, as the siblings do), all of them get ``worker_died``.
 * ``RayExecutor``: one Ray task per run requesting ``num_cpus`` / ``num_gpus``; connects
   to a cluster (``address``) or starts a local instance. Checkpoints go to the model-set
   directory, which every node must reach at the same path.
 
 Interface: ``capacity`` (runs in flight at most), ``submit(task)``, ``wait() -> list of
 result dicts`` (blocks until at least one run ends), ``close()``. ``submit`` fills in the
-task's ``device`` and ``threads``.
+task's ``device`` and ``threads``. A result's ``status`` is ``done``, ``failed`` (the run's
+own failure), ``storage`` (a full or failing disk) or ``lost`` (stopped by a dead worker,
+``worker_died`` telling whether it was the run's own).
 """
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 import sys
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
@@ -64,6 +70,10 @@ def _failed(task: dict, error: str) -> dict:
     return {"run_id": task["run_id"], "status": "failed", "error": error}
 
 
+def _lost(task: dict, worker_died: bool, error: str) -> dict:
+    return {"run_id": task["run_id"], "status": "lost", "worker_died": worker_died, "error": error}
+
+
 class InProcessExecutor:
     def __init__(self, device: str = "cpu", threads: int | None = None):
         self.device = "cuda:0" if device == "cuda" else device
@@ -86,8 +96,13 @@ class InProcessExecutor:
         self._queue.clear()
 
 
-def _worker_init() -> None:
+_PID_QUEUE = None  # in a worker: where it reports (run_id, pid) when it starts a run
+
+
+def _worker_init(pid_queue=None) -> None:
     """Die with the driver (Linux): a SIGKILLed driver must not leave runs training."""
+    global _PID_QUEUE
+    _PID_QUEUE = pid_queue
     if sys.platform.startswith("linux"):
         try:
             import ctypes
@@ -99,6 +114,13 @@ def _worker_init() -> None:
                 os._exit(1)
         except OSError:
             pass
+
+
+def _execute_in_worker(task: dict) -> dict:
+    """Report this worker's pid for the run (so the driver can tell whose worker died), then run it."""
+    if _PID_QUEUE is not None:
+        _PID_QUEUE.put((task["run_id"], os.getpid()))
+    return execute_task(task)
 
 
 class LocalExecutor:
@@ -116,20 +138,41 @@ class LocalExecutor:
         self.threads = threads or max(1, thread_budget() // self.workers)
         self._free_slots = list(range(self.workers))
         self._inflight: dict[Future, tuple[dict, int]] = {}
+        self._pids: dict[str, int] = {}  # run_id -> pid of the worker running it
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+        ctx = mp.get_context("spawn")
+        self._pid_queue = ctx.SimpleQueue()  # a fresh one: a killed worker may have left the old one locked
+        return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init,
+                                   initargs=(self._pid_queue,))
+
+    def _drain_pids(self) -> None:
+        while not self._pid_queue.empty():
+            run_id, pid = self._pid_queue.get()
+            self._pids[run_id] = pid
+
+    def _dead_pids(self) -> set[int]:
+        """Pids of the broken pool's workers that died on their own: every other one is
+        terminated (SIGTERM) by the pool once it sees one dead."""
+        procs = dict(getattr(self._pool, "_processes", None) or {})
+        dead = set()
+        for pid, proc in procs.items():
+            proc.join(timeout=10)
+            if proc.exitcode is not None and proc.exitcode != -signal.SIGTERM:
+                dead.add(pid)
+        return dead
 
     def submit(self, task: dict) -> None:
         slot = self._free_slots.pop(0)
         device = self.gpus[slot % len(self.gpus)] if self.gpus else "cpu"
         task = task | {"device": device, "threads": self.threads}
+        self._pids.pop(task["run_id"], None)
         try:
-            fut = self._pool.submit(execute_task, task)
+            fut = self._pool.submit(_execute_in_worker, task)
         except BrokenProcessPool:
             self._restart()
-            fut = self._pool.submit(execute_task, task)
+            fut = self._pool.submit(_execute_in_worker, task)
         self._inflight[fut] = (task, slot)
 
     def _restart(self) -> None:
@@ -138,25 +181,41 @@ class LocalExecutor:
 
     def wait(self) -> list[dict]:
         done, _ = futures_wait(list(self._inflight), return_when=FIRST_COMPLETED)
-        results, broken = [], False
+        results, broken = [], []
         for fut in done:
             task, slot = self._inflight.pop(fut)
             self._free_slots.append(slot)
             try:
                 results.append(fut.result())
-            except BrokenProcessPool as exc:
-                broken = True
-                results.append(_failed(task, f"worker process died (killed, out of memory or crashed): {exc}"))
+            except BrokenProcessPool:
+                broken.append(task)
             except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
                 results.append(_failed(task, f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"))
-        if broken:  # every other run of the broken pool is lost too
-            for fut, (task, slot) in list(self._inflight.items()):
+        if broken:  # every run in flight in the broken pool is lost
+            for task, slot in self._inflight.values():
                 self._free_slots.append(slot)
-                results.append(_failed(task, "worker pool broken by another run's dead worker process"))
+                broken.append(task)
             self._inflight.clear()
+            results += self._lost_runs(broken)
             self._restart()
         self._free_slots.sort()
         return results
+
+    def _lost_runs(self, tasks: list[dict]) -> list[dict]:
+        """One ``lost`` result per run of the broken pool: ``worker_died`` for the run whose
+        worker died (by its reported pid; a run not reported yet when no reported one matches),
+        for all of them when that cannot be told."""
+        self._drain_pids()
+        dead = self._dead_pids()
+        pids = {t["run_id"]: self._pids.get(t["run_id"]) for t in tasks}
+        culprits = {rid for rid, pid in pids.items() if pid in dead}
+        if not culprits and dead:  # the dead worker had not reported the run it picked up
+            culprits = {rid for rid, pid in pids.items() if pid is None}
+        died = "its worker process died (killed, out of memory or crashed)"
+        if not culprits:
+            return [_lost(t, True, f"{died}, or a sibling's did (cannot tell which)") for t in tasks]
+        return [_lost(t, True, died) if t["run_id"] in culprits
+                else _lost(t, False, "stopped by another run's dead worker process") for t in tasks]
 
     def close(self) -> None:
         procs = list((getattr(self._pool, "_processes", None) or {}).values())
@@ -214,8 +273,8 @@ class RayExecutor:
             task = self._inflight.pop(ref)
             try:
                 results.append(self.ray.get(ref))
-            except Exception as exc:  # noqa: BLE001 - worker crash, node death, OOM kill
-                results.append(_failed(task, f"ray task failed: {type(exc).__name__}: {exc}"))
+            except Exception as exc:  # noqa: BLE001 - execute_task never raises: a worker crash, node death, OOM kill
+                results.append(_lost(task, True, f"ray task failed: {type(exc).__name__}: {exc}"))
         return results
 
     def close(self) -> None:

@@ -34,10 +34,9 @@ from camgap.errors import CamgapError, InputError, MissingFileError
 from camgap.measures.iou import validate_thresholds
 from camgap.measures.registry import MEASURES, MeasureContext, compute_measure, measure_outcome
 from camgap.measures.score import score_model
-from camgap.models import CheckpointError, create_model, load_weights
+from camgap.models import CheckpointError, create_model, load_weights, read_checkpoint
 from camgap.zoo.grid import canonical_json
 from camgap.zoo.registry import Registry, state_line
-from camgap.zoo.train import safe_load
 
 SCORE_MEASURES = ("iou", "iou_b")
 NEEDS_INIT = {"distance_from_init", "pacbayes_flatness", "pacbayes_mag_flatness"}  # read init.pt
@@ -101,7 +100,7 @@ def load_run_model(run_dir: Path, which: str = "final") -> tuple[torch.nn.Module
     """A model of the set, rebuilt from its plain-dict checkpoint (read with weights_only=True:
     a file holding pickled objects raises CheckpointError naming it, and never runs)."""
     path = Path(run_dir) / f"{which}.pt"
-    ckpt = safe_load(path)
+    ckpt = read_checkpoint(path)
     if not isinstance(ckpt, dict) or not {"arch", "num_classes", "model_state_dict"} <= set(ckpt):
         raise CheckpointError(f"{path}: not a camgap run checkpoint (needs arch, num_classes, model_state_dict)")
     model = create_model(ckpt["arch"], ckpt["num_classes"], **ckpt.get("arch_kwargs", {}))
@@ -242,7 +241,7 @@ def _other_measures(names: Sequence[str], model: torch.nn.Module, ckpt: dict, ru
     init_state, init_error = None, None
     if set(names) & NEEDS_INIT and (run_dir / "init.pt").exists():
         try:
-            init_state = safe_load(run_dir / "init.pt")["model_state_dict"]
+            init_state = read_checkpoint(run_dir / "init.pt")["model_state_dict"]
         except (CamgapError, KeyError, TypeError) as exc:
             init_error = f"initial weights unreadable: {exc}"
     ctx = MeasureContext(

@@ -104,12 +104,11 @@ def pretrained_paths(grid: Grid, zoo_dir: str | Path) -> dict[str, str]:
 
 def load_pretrained_backbone(model: nn.Module, path: str | Path) -> nn.Module:
     """Load every weight of ``path`` except the classifier head (fc) into ``model``, strictly."""
-    from camgap.models import CheckpointError, extract_state_dict
-    from camgap.zoo.train import safe_load
+    from camgap.models import CheckpointError, extract_state_dict, read_checkpoint
 
     path = Path(path)
     try:
-        obj = safe_load(path)
+        obj = read_checkpoint(path)
     except CheckpointError as exc:
         raise CheckpointError(f"pretrained weights: {exc} (save the model's state_dict with torch.save)") from None
     state = {k: v for k, v in extract_state_dict(obj, path).items() if k not in HEAD_KEYS}
@@ -158,7 +157,8 @@ def ensure_source_models(grid: Grid, zoo_dir: str | Path, executor, log=print) -
     explicit weights file) on the sweep's executor, side by side; return their paths."""
     from camgap.data.layouts import read_layout
     from camgap.data.synthetic import write_synthetic
-    from camgap.zoo.train import atomic_save, prepare_split, safe_load
+    from camgap.models import read_checkpoint
+    from camgap.zoo.train import atomic_save, prepare_split
 
     out, pending = [], []
     given = grid.train.get("pretrained_weights", {})
@@ -210,7 +210,7 @@ def ensure_source_models(grid: Grid, zoo_dir: str | Path, executor, log=print) -
                                    f"{result.get('error')}")
             log(f"source task {task['config']['arch']}: {result['epochs']} epochs, stop {result['stop_reason']}, "
                 f"train acc {result['train_acc']:.3f}, test acc {result['test_acc']:.3f}")
-            final = safe_load(work / "run" / "final.pt")
+            final = read_checkpoint(work / "run" / "final.pt")
             final["source_task"] = {"key": key, "pretrain": grid.pretrain, "classes": classes}
             atomic_save(final, path)
             shutil.rmtree(work / "cache", ignore_errors=True)

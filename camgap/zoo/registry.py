@@ -1,13 +1,19 @@
 """The model-set registry: one SQLite file (WAL mode), the single source of truth.
 
-Only the driver process writes it (workers return result dicts). Tables:
+Only the driver process writes it (workers return result dicts). Readers open it read-only
+(``Registry(path, read_only=True)``; ``create=False`` falls back to read-only when the
+storage is not writable), so status, export and the study work on read-only storage.
+Every ``sqlite3.Error`` becomes a ``RegistryError`` naming the file. The registry can be
+rebuilt from the run directories (``rebuild_registry``): each holds ``config.json``, and
+``final.pt`` (with the run's result) once it is done. Tables:
 
 * ``meta(key, value)``: ``grid_fingerprint``, ``grid`` (canonical JSON), ``data`` (the
   data directory's fingerprint: classes and split sizes), ``schema``.
 * ``runs``: one row per run: ``run_id`` (primary key), ``config`` (canonical JSON),
   ``repeat``, ``seed``, ``trained`` (0 for the randomly initialised models of the validity
-  test), ``status`` (pending/running/done/failed), ``attempts`` (times started),
-  ``error``, and the metrics ``epochs, stop_reason, train_acc, train_loss, test_acc,
+  test), ``status`` (pending/running/done/failed), ``attempts`` (failures of the run
+  itself: its training raised, or its worker died twice in a row; an interrupted driver,
+  a sibling's dead worker or a full disk use none), ``error``, and the metrics ``epochs, stop_reason, train_acc, train_loss, test_acc,
   test_loss, gap`` (percentage points: 100 * (train_acc - test_acc)), ``wall_time``
   (seconds of training, summed over resumes), ``resumed_from`` (epoch the last attempt
   resumed from), ``started``, ``finished`` (ISO timestamps, UTC).
@@ -23,11 +29,14 @@ Accuracies are fractions in [0, 1]; the gap is in percentage points.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import re
 import sqlite3
 import time
+import urllib.parse
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,12 +46,13 @@ from camgap.errors import CamgapError, InputError
 from camgap.zoo.grid import GRID_KEYS, RunSpec, canonical_json
 
 __all__ = ["Registry", "RegistryError", "GridMismatchError", "STATUSES", "METRICS", "MEASUREMENT_STATES",
-           "MEASUREMENTS_FILE"]
+           "MEASUREMENTS_FILE", "META_BACKUP", "rebuild_registry", "set_aside_registry"]
 
 SCHEMA_VERSION = "1"
 STATUSES = ("pending", "running", "done", "failed")
 MEASUREMENT_STATES = ("done", "failed", "undefined")
 MEASUREMENTS_FILE = "measurements.json"  # per run directory: that run's measurement rows
+META_BACKUP = "registry-meta.json"  # a copy of the meta table, for rebuilding the registry from runs/
 METRICS = ("epochs", "stop_reason", "train_acc", "train_loss", "test_acc", "test_loss", "gap", "wall_time")
 
 _SCHEMA = """
@@ -91,6 +101,55 @@ class RegistryError(CamgapError, RuntimeError):
 
 class GridMismatchError(RegistryError):
     pass
+
+
+def _registry_error(exc: sqlite3.Error, path: Path) -> RegistryError:
+    """One line naming the registry file; a full or failing disk says how to go on."""
+    msg = " ".join(str(exc).split())
+    if "disk is full" in msg or "disk I/O error" in msg:
+        msg += "; free space (or fix the storage) and rerun the same command to resume"
+    elif "not a database" in msg or "malformed" in msg:
+        msg += f"; `camgap zoo repair {path.parent}` rebuilds it from the run directories"
+    return RegistryError(f"{path}: {msg}")
+
+
+class _Connection(sqlite3.Connection):
+    """A connection whose statements raise ``RegistryError`` (naming the file) for any sqlite3.Error."""
+
+    registry_path = Path("?")
+
+    def execute(self, *args):
+        try:
+            return super().execute(*args)
+        except sqlite3.Error as exc:
+            raise _registry_error(exc, self.registry_path) from exc
+
+    def executemany(self, *args):
+        try:
+            return super().executemany(*args)
+        except sqlite3.Error as exc:
+            raise _registry_error(exc, self.registry_path) from exc
+
+    def executescript(self, *args):
+        try:
+            return super().executescript(*args)
+        except sqlite3.Error as exc:
+            raise _registry_error(exc, self.registry_path) from exc
+
+
+def _writable(path: Path) -> bool:
+    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
+
+
+def _read_only_uri(path: Path) -> str:
+    """``mode=ro``; on storage we cannot write, also ``immutable=1`` unless the WAL files
+    exist (SQLite then reads them; without them it would need to create them)."""
+    path = path.resolve()
+    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
+    wal_files = all(Path(f"{path}{suffix}").exists() for suffix in ("-wal", "-shm"))
+    if not os.access(path.parent, os.W_OK) and not wal_files:
+        uri += "&immutable=1"
+    return uri
 
 
 def _now() -> str:
@@ -150,18 +209,33 @@ def format_measurement_status(counts: dict) -> list[str]:
 
 
 class Registry:
-    """``Registry(path)`` opens (creating if needed) the SQLite registry at ``path``."""
+    """``Registry(path)`` opens (creating if needed) the SQLite registry at ``path``.
+
+    ``create=False``: the file must exist; opened read-write where the storage allows it,
+    else read-only. ``read_only=True``: opened read-only (``mode=ro``), for commands that
+    only read; writes raise ``RegistryError``."""
 
     FILENAME = "registry.sqlite"
 
-    def __init__(self, path: str | Path, create: bool = True):
+    def __init__(self, path: str | Path, create: bool = True, read_only: bool = False):
         self.path = Path(path)
-        if not create and not self.path.is_file():
+        if (read_only or not create) and not self.path.is_file():
             raise RegistryError(f"{self.path}: no registry here (build a model set with `camgap zoo build`)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        self.read_only = read_only or (not create and not _writable(self.path))
+        try:
+            if self.read_only:
+                self.conn = sqlite3.connect(_read_only_uri(self.path), uri=True, timeout=60.0,
+                                            isolation_level=None, factory=_Connection)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, factory=_Connection)
+        except sqlite3.Error as exc:
+            raise _registry_error(exc, self.path) from exc
+        self.conn.registry_path = self.path
         self.conn.row_factory = sqlite3.Row
         self.conn.execute("PRAGMA busy_timeout=60000")
+        if self.read_only:
+            return
         if create:
             self.conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
         self.conn.execute("PRAGMA synchronous=FULL")
@@ -171,8 +245,8 @@ class Registry:
             self.allow_undefined_state()
 
     @classmethod
-    def in_dir(cls, zoo_dir: str | Path, create: bool = True) -> "Registry":
-        return cls(Path(zoo_dir) / cls.FILENAME, create=create)
+    def in_dir(cls, zoo_dir: str | Path, create: bool = True, read_only: bool = False) -> "Registry":
+        return cls(Path(zoo_dir) / cls.FILENAME, create=create, read_only=read_only)
 
     def close(self) -> None:
         self.conn.close()
@@ -189,12 +263,16 @@ class Registry:
         try:
             yield self.conn
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            with contextlib.suppress(RegistryError):  # SQLite may have rolled back already (disk full)
+                self.conn.execute("ROLLBACK")
             raise
         else:
             self.conn.execute("COMMIT")
 
     # --- meta -------------------------------------------------------------------------
+
+    def meta(self) -> dict[str, str]:
+        return dict(self.conn.execute("SELECT key, value FROM meta").fetchall())
 
     def get_meta(self, key: str) -> str | None:
         row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
@@ -254,14 +332,18 @@ class Registry:
         return [dict(r) | {"config": json.loads(r["config"])} for r in rows]
 
     def mark_running(self, run_id: str) -> int:
-        """Mark a run started; return its attempt number (1 for the first)."""
+        """Mark a run started; return the attempt it is on (failures so far + 1). Starting uses
+        no attempt: only a failure of the run itself does (``mark_failed``)."""
         with self.transaction() as c:
-            c.execute(
-                "UPDATE runs SET status = 'running', attempts = attempts + 1, started = ?, error = NULL "
-                "WHERE run_id = ?",
-                (_now(), run_id),
-            )
-            return c.execute("SELECT attempts FROM runs WHERE run_id = ?", (run_id,)).fetchone()[0]
+            c.execute("UPDATE runs SET status = 'running', started = ?, error = NULL WHERE run_id = ?",
+                      (_now(), run_id))
+            return c.execute("SELECT attempts FROM runs WHERE run_id = ?", (run_id,)).fetchone()[0] + 1
+
+    def requeue(self, run_id: str) -> None:
+        """Back to 'pending' without using an attempt: the run was stopped by something else
+        (a sibling's dead worker, its own worker's first death, a full disk)."""
+        with self.transaction() as c:
+            c.execute("UPDATE runs SET status = 'pending' WHERE run_id = ?", (run_id,))
 
     def mark_done(self, run_id: str, result: Mapping[str, Any]) -> None:
         with self.transaction() as c:
@@ -286,12 +368,15 @@ class Registry:
             if cur.rowcount != 1:
                 raise RegistryError(f"mark_done: no run {run_id!r} in {self.path}")
 
-    def mark_failed(self, run_id: str, error: str) -> None:
+    def mark_failed(self, run_id: str, error: str) -> int:
+        """A failure of the run itself: record it and use one attempt; return the attempts used."""
         with self.transaction() as c:
             c.execute(
-                "UPDATE runs SET status = 'failed', error = ?, finished = ? WHERE run_id = ?",
+                "UPDATE runs SET status = 'failed', attempts = attempts + 1, error = ?, finished = ? WHERE run_id = ?",
                 (str(error)[-20000:], _now(), run_id),
             )
+            row = c.execute("SELECT attempts FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        return 0 if row is None else int(row[0])
 
     def get_run(self, run_id: str) -> dict | None:
         row = self.conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
@@ -464,3 +549,134 @@ class Registry:
         ):
             problems.append(f"measurements: unknown run {rid}")
         return problems
+
+
+# --- rebuilding from the run directories --------------------------------------------------
+
+
+def _db_files(path: Path) -> list[Path]:
+    return [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+
+
+def set_aside_registry(path: str | Path, label: str) -> Path | None:
+    """Rename the registry file with its -wal/-shm files (which belong to it and must not be
+    replayed into another database of that name) to ``<name>.<label>``; return the new name."""
+    path = Path(path)
+    moved = None
+    for f in _db_files(path):
+        if f.exists():
+            dest = f.with_name(f.name.replace(path.name, f"{path.name}.{label}", 1))
+            os.replace(f, dest)
+            moved = moved or dest
+    return moved
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _mtime_iso(path: Path) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(path.stat().st_mtime))
+
+
+def _restore_run(reg: Registry, run_dir: Path, grid_fp: str | None, problems: list[str]) -> tuple[str, int] | None:
+    """Register one run directory; return (status, measurements restored), None when skipped."""
+    from camgap.zoo.train import stored_result  # torch: only when rebuilding
+
+    cfg = _read_json(run_dir / "config.json")
+    if not isinstance(cfg, dict) or not {"run_id", "config", "repeat", "seed"} <= set(cfg):
+        problems.append(f"{run_dir / 'config.json'}: unreadable or incomplete; run skipped")
+        return None
+    rid = cfg["run_id"]
+    if rid != run_dir.name:
+        problems.append(f"{run_dir / 'config.json'}: names run {rid!r}, not {run_dir.name!r}; skipped")
+        return None
+    if grid_fp is not None and cfg.get("grid_fingerprint") not in (None, grid_fp):
+        problems.append(f"{run_dir}: a run of another grid ({str(cfg['grid_fingerprint'])[:12]}); skipped")
+        return None
+    with reg.transaction() as c:
+        c.execute("INSERT OR IGNORE INTO runs(run_id, config, repeat, seed, trained) VALUES (?, ?, ?, ?, ?)",
+                  (rid, canonical_json(cfg["config"]), int(cfg["repeat"]), int(cfg["seed"]),
+                   int(bool(cfg["config"].get("trained", True)))))
+    result = stored_result(run_dir, rid)
+    if result is None:
+        return "pending", 0
+    reg.mark_done(rid, result)
+    reg.conn.execute("UPDATE runs SET finished = ? WHERE run_id = ?", (_mtime_iso(run_dir / "final.pt"), rid))
+    return "done", _restore_measurements(reg, run_dir, rid, problems)
+
+
+def _restore_measurements(reg: Registry, run_dir: Path, run_id: str, problems: list[str]) -> int:
+    """Rows of ``measurements.json`` (written by ``zoo measure`` next to final.pt): a list of
+    ``{"measure", "params", "value", "state", "reason"}``."""
+    path = run_dir / "measurements.json"
+    if not path.is_file():
+        return 0
+    rows = _read_json(path)
+    if not isinstance(rows, list):
+        problems.append(f"{path}: unreadable; its measurements are not restored")
+        return 0
+    updated, n = _mtime_iso(path), 0
+    for row in rows:
+        try:
+            value = row.get("value")
+            reg.conn.execute(
+                "INSERT OR REPLACE INTO measurements(run_id, measure, params, value, status, error, updated) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (run_id, str(row["measure"]), _params_json(row.get("params")),
+                 None if value is None else float(value), str(row["state"]), row.get("reason"), updated),
+            )
+            n += 1
+        except (AttributeError, KeyError, TypeError, ValueError, RegistryError) as exc:
+            problems.append(f"{path}: row {row!r} not restored ({exc})")
+    return n
+
+
+def rebuild_registry(zoo_dir: str | Path, specs: Iterable[RunSpec] | None = None) -> str:
+    """Write ``zoo_dir/registry.sqlite`` afresh from ``zoo_dir/runs/``; return a one-line report.
+
+    The meta table comes from ``registry-meta.json`` (written by every build) when present;
+    ``specs`` (the grid's runs, when known) are registered first, in grid order. Each run
+    directory with a ``config.json`` gives a run: done, with its metrics, when ``final.pt``
+    holds its result; pending otherwise (failed runs come back pending, with a fresh set of
+    attempts; a ``last.pt`` is resumed). Its ``measurements.json``, when present, gives its
+    measurements. The new file is written beside the old one and renamed over it; an
+    existing registry is kept as ``registry.sqlite.replaced-<time>``."""
+    zoo = Path(zoo_dir)
+    target = zoo / Registry.FILENAME
+    tmp = zoo / f".{Registry.FILENAME}.rebuilding"
+    for f in _db_files(tmp):
+        f.unlink(missing_ok=True)
+    meta = _read_json(zoo / META_BACKUP)
+    meta = meta if isinstance(meta, dict) else {}
+    run_dirs = sorted(d for d in (zoo / "runs").glob("*") if (d / "config.json").is_file())
+    problems: list[str] = []
+    counts = {"done": 0, "pending": 0, "measurements": 0}
+    reg = Registry(tmp)
+    try:
+        with reg.transaction() as c:
+            c.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                          [(k, str(v)) for k, v in meta.items() if k != "schema"])
+        if specs is not None:
+            reg.add_runs(specs)
+        grid_fp = meta.get("grid_fingerprint")
+        for d in run_dirs:
+            got = _restore_run(reg, d, grid_fp, problems)
+            if got is not None:
+                counts[got[0]] += 1
+                counts["measurements"] += got[1]
+        not_started = sum(reg.counts().values()) - counts["done"] - counts["pending"]
+        reg.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        reg.close()
+    for f in _db_files(tmp)[1:]:
+        f.unlink(missing_ok=True)
+    set_aside_registry(target, "replaced-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
+    os.replace(tmp, target)
+    return (f"{counts['done']} done, {counts['pending']} pending (from run directories)"
+            + (f", {not_started} not started" if not_started else "")
+            + f", {counts['measurements']} measurement(s) restored"
+            + (f"; {len(problems)} problem(s): " + "; ".join(problems) if problems else ""))

@@ -23,19 +23,23 @@ readable by ``camgap.models.load_checkpoint(path, arch, num_classes)``.
 
 Resume. A run directory with ``last.pt`` continues after the saved epoch and produces
 the same result as an uninterrupted run (per-epoch generators; on the CPU bit-identical).
-A run directory with ``final.pt`` returns the stored result without training.
+A run directory with ``final.pt`` returns the stored result without training. An
+unreadable ``last.pt`` or ``final.pt`` (truncated, corrupt) is set aside as
+``<name>.corrupt-<UTC time>`` with a ``CheckpointSetAsideWarning`` (also listed in the
+result's ``warnings``) and the run restarts from scratch: the same seed gives the same
+``init.pt``.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
-import pickle
 import random
-import re
 import time
 import traceback
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -46,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from camgap.errors import InputError, StateError
+from camgap.models import CheckpointError
 from camgap.zoo.stopping import StoppingRules
 
 __all__ = [
@@ -58,7 +63,11 @@ __all__ = [
     "release_data_cache",
     "atomic_save",
     "atomic_write_json",
-    "safe_load",
+    "read_run_checkpoint",
+    "stored_result",
+    "storage_error",
+    "CheckpointUnreadableError",
+    "CheckpointSetAsideWarning",
     "INJECT_FAIL_ENV",
     "EPOCH_DELAY_ENV",
 ]
@@ -68,6 +77,17 @@ INJECT_FAIL_ENV = "CAMGAP_ZOO_INJECT_FAIL"
 EPOCH_DELAY_ENV = "CAMGAP_ZOO_EPOCH_DELAY"
 
 _GRAY = (0.299, 0.587, 0.114)
+
+# errno values of a full or failing disk: the sweep stops (no attempt used) instead of failing runs
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS})
+
+
+class CheckpointUnreadableError(CheckpointError):
+    """A checkpoint file that torch cannot read back (truncated, corrupt)."""
+
+
+class CheckpointSetAsideWarning(RuntimeWarning):
+    """An unreadable checkpoint was renamed and the run restarted without it."""
 
 
 # --- files ------------------------------------------------------------------------------
@@ -87,6 +107,10 @@ def _atomic_write(path: str | Path, mode: str, write: Callable[[IO], None]) -> N
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.filename is None:  # a failed write/flush/fsync: name the file it was for
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -95,34 +119,6 @@ def _atomic_write(path: str | Path, mode: str, write: Callable[[IO], None]) -> N
 def atomic_save(obj: Any, path: str | Path) -> None:
     """torch.save, atomically: a reader sees the old file or the new one, never half of one."""
     _atomic_write(path, "wb", lambda f: torch.save(obj, f))
-
-
-def safe_load(path: str | Path) -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU: tensors and plain containers only, so
-    a checkpoint can never run code. Everything camgap writes loads this way; a file that does
-    not (a pickled object, a corrupt or truncated file) raises CheckpointError naming it."""
-    from camgap.models import CheckpointError
-
-    path = Path(path)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such checkpoint file") from None
-    except pickle.UnpicklingError as exc:
-        detail = _unpickler_detail(str(exc))
-        if "global" in detail.lower():
-            raise CheckpointError(f"{path}: refused by torch.load(weights_only=True): it holds pickled objects, "
-                                  f"not only tensors and plain containers ({detail})") from None
-        raise CheckpointError(f"{path}: cannot read checkpoint (not a torch file, or corrupt: {detail})") from None
-    except Exception as exc:  # noqa: BLE001 - a corrupt or truncated file
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {exc})") from None
-
-
-def _unpickler_detail(message: str) -> str:
-    """The cause in torch's weights_only message ('Unsupported global: GLOBAL io.open was not
-    an allowed global by default'), without its advice to load the file unsafely."""
-    m = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\. Please use|\n\n|$)", message, re.S)
-    return " ".join((m.group(1) if m else message.strip().splitlines()[0]).split())
 
 
 def _finite_or_none(x):
@@ -141,6 +137,76 @@ def atomic_write_json(obj: Any, path: str | Path) -> None:
         f.write("\n")
 
     _atomic_write(path, "w", write)
+
+
+def storage_error(exc: BaseException) -> OSError | None:
+    """The OSError of a full or failing disk behind ``exc`` (itself, or its cause/context), if any."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def read_run_checkpoint(path: str | Path) -> dict:
+    """One of a run's checkpoint files, read with ``weights_only=True`` (``models.read_checkpoint``);
+    ``CheckpointUnreadableError`` when it cannot be read that way (truncated, corrupt, or holding
+    pickled objects, which are never run). An OSError (the disk, not the file) is raised as it is."""
+
+    try:
+        ck = read_run_checkpoint(path)
+    except CheckpointError as exc:
+        raise CheckpointUnreadableError(str(exc)) from exc
+    if not isinstance(ck, dict):
+        raise CheckpointUnreadableError(f"{path}: unreadable checkpoint (a {type(ck).__name__}, not a dict)")
+    return ck
+
+
+def stored_result(run_dir: str | Path, run_id: str) -> dict | None:
+    """The result stored in ``run_dir/final.pt`` when it is readable and belongs to ``run_id``."""
+    path = Path(run_dir) / "final.pt"
+    if not path.is_file():
+        return None
+    try:
+        done = read_run_checkpoint(path)
+    except CheckpointUnreadableError:
+        return None
+    if done.get("run_id") != run_id or "result" not in done:
+        return None
+    return dict(done["result"])
+
+
+def _set_aside(path: Path, problem: str, then: str, notes: list[str]) -> None:
+    """Rename an unreadable checkpoint to ``<name>.corrupt-<UTC time>`` and warn, naming both."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+    os.replace(path, aside)
+    msg = f"{problem}; set aside as {aside.name}; {then}"
+    notes.append(msg)
+    warnings.warn(msg, CheckpointSetAsideWarning, stacklevel=3)
+
+
+def _readable_or_set_aside(path: Path, then: str, notes: list[str], need: tuple[str, ...] = ()) -> dict | None:
+    """The checkpoint at ``path``; None (after setting it aside) when it cannot be read or
+    lacks one of the keys in ``need``; None when there is no file."""
+    if not path.is_file():
+        return None
+    try:
+        ck = read_run_checkpoint(path)
+    except CheckpointUnreadableError as exc:
+        _set_aside(path, str(exc), then, notes)
+        return None
+    missing = [k for k in need if k not in ck]
+    if missing:
+        _set_aside(path, f"{path}: unreadable checkpoint (no {', '.join(missing)})", then, notes)
+        return None
+    return ck
 
 
 @contextlib.contextmanager
@@ -380,15 +446,19 @@ def train_run(task: dict, epoch_callback: Callable[[int, dict], None] | None = N
         torch.set_num_threads(caller_threads)  # an in-process run leaves the caller's thread count alone
 
 
+# what resuming from last.pt reads; a last.pt without one of them is unreadable
+_RESUME_KEYS = ("model_state_dict", "optimizer_state_dict", "history", "epoch", "rng_states")
+
+
 def _train_locked(task: dict, run_dir: Path, epoch_callback) -> dict:
     from camgap.data.dataset import normalize
     from camgap.models import create_model
 
     final_path, last_path, init_path = run_dir / "final.pt", run_dir / "last.pt", run_dir / "init.pt"
-    if final_path.is_file():
-        done = safe_load(final_path)
-        if done.get("run_id") == task["run_id"] and "result" in done:
-            return dict(done["result"])
+    notes: list[str] = []  # checkpoints set aside, reported with the result
+    done = _readable_or_set_aside(final_path, "the run is trained again", notes)
+    if done is not None and done.get("run_id") == task["run_id"] and "result" in done:
+        return dict(done["result"])
 
     cfg = task["config"]
     device = torch.device(task.get("device") or "cpu")
@@ -424,7 +494,7 @@ def _train_locked(task: dict, run_dir: Path, epoch_callback) -> dict:
         result = _result(task, 0, "untrained", train, test, time.perf_counter() - t0, None)
         atomic_write_json([], run_dir / "history.json")
         atomic_save(base | {"epoch": 0, "history": [], "result": result}, final_path)
-        return result
+        return result | ({"warnings": notes} if notes else {})
 
     optimizer = _make_optimizer(model, cfg)
     rules = StoppingRules(cfg["loss_threshold"], cfg["acc_threshold"], cfg["max_epochs"])
@@ -432,8 +502,8 @@ def _train_locked(task: dict, run_dir: Path, epoch_callback) -> dict:
     wall = 0.0
     resumed_from = None
     diverged = False
-    if last_path.is_file():
-        ck = safe_load(last_path)
+    ck = _readable_or_set_aside(last_path, "the run restarts from init.pt", notes, _RESUME_KEYS)
+    if ck is not None:
         if ck.get("run_id") != task["run_id"]:
             raise StateError(f"{last_path} belongs to run {ck.get('run_id')!r}, not {task['run_id']!r}")
         model.load_state_dict(ck["model_state_dict"])
@@ -511,16 +581,25 @@ def _train_locked(task: dict, run_dir: Path, epoch_callback) -> dict:
     if not task.get("keep_last", False):
         with contextlib.suppress(FileNotFoundError):
             last_path.unlink()
-    return result
+    return result | ({"warnings": notes} if notes else {})
 
 
 def execute_task(task: dict) -> dict:
-    """Worker entry point: never raises; a failing run returns ``{"status": "failed", "error"}``."""
+    """Worker entry point: never raises. A failing run returns ``{"status": "failed", "error"}``;
+    a full or failing disk (not the run's fault) ``{"status": "storage", "error"}`` naming the
+    path. Checkpoints set aside are reported in the result's ``warnings``, not as warnings."""
     try:
         inject = {s.strip() for s in os.environ.get(INJECT_FAIL_ENV, "").split(",") if s.strip()}
         if task["run_id"] in inject or "*" in inject:
             raise RuntimeError(f"injected failure ({INJECT_FAIL_ENV})")
-        return train_run(task)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", CheckpointSetAsideWarning)
+            return train_run(task)
     except Exception as exc:  # noqa: BLE001 - one bad run never stops the sweep
+        disk = storage_error(exc)
+        if disk is not None:
+            where = disk.filename or task.get("run_dir")
+            return {"run_id": task["run_id"], "status": "storage",
+                    "error": f"{where}: {disk.strerror or disk} (errno {errno.errorcode.get(disk.errno, disk.errno)})"}
         tb = traceback.format_exc(limit=8)
         return {"run_id": task["run_id"], "status": "failed", "error": f"{type(exc).__name__}: {exc}\n{tb}"}

@@ -1,0 +1,387 @@
+"""Crash recovery of `camgap zoo build` without a human: attempts used only by a run's own
+failure, dead workers, unreadable checkpoints, a lost registry, interrupted runs in
+`zoo status`, read-only storage, a full disk."""
+import errno
+import fcntl
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from test_zoo_build import _task, quiet, write_grid
+
+import camgap.zoo.executors as executors
+import camgap.zoo.train as train
+from camgap.data.synthetic import write_synthetic
+from camgap.zoo.build import StorageError, ZooError, build, format_status, status
+from camgap.zoo.cli import main as zoo_main
+from camgap.zoo.grid import load_grid
+from camgap.zoo.registry import META_BACKUP, Registry
+from camgap.zoo.train import EPOCH_DELAY_ENV, CheckpointSetAsideWarning, execute_task, train_run
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULT_COLUMNS = ["run_id", "config", "repeat", "seed", "trained", "status", "epochs", "stop_reason", "train_acc",
+                  "train_loss", "test_acc", "test_loss", "gap", "wall_time", "resumed_from"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return write_synthetic(tmp_path_factory.mktemp("synth") / "data", seed=2, classes=3, train_per_class=12,
+                           test_per_class=6, size=16)
+
+
+def runs(zoo: Path):
+    with Registry.in_dir(zoo, read_only=True) as reg:
+        return reg.runs_frame()
+
+
+class Scripted:
+    """The in-process executor, except where the script says: ``"interrupt"`` raises
+    KeyboardInterrupt in wait() (Ctrl-C of the driver), ``"died"`` reports the run's worker
+    dead (as LocalExecutor does after a worker's SIGKILL); ``None`` runs the run."""
+
+    def __init__(self, script: list):
+        self.script = script
+        self.inner = executors.InProcessExecutor("cpu", 1)
+        self.capacity = 1
+
+    def submit(self, task: dict) -> None:
+        self.inner.submit(task)
+
+    def wait(self) -> list[dict]:
+        step = self.script.pop(0) if self.script else None
+        if step == "interrupt":
+            raise KeyboardInterrupt
+        if step == "died":
+            task = self.inner._queue.pop(0)
+            return [{"run_id": task["run_id"], "status": "lost", "worker_died": True,
+                     "error": "its worker process died (killed, out of memory or crashed)"}]
+        return self.inner.wait()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def scripted(monkeypatch, script: list) -> None:
+    monkeypatch.setattr(executors, "make_executor", lambda *a, **k: Scripted(script))
+
+
+def test_interruptions_and_a_dead_worker_use_no_attempt(tmp_path, data, monkeypatch):
+    """With --max-attempts 1: a Ctrl-C, a kill -9 of the driver (its run left 'running') and a
+    worker's death later, every run still trains; none used an attempt."""
+    grid = write_grid(tmp_path / "g.toml", lrs="0.05, 0.005", epochs=1)
+    zoo = tmp_path / "zoo"
+    cmd = ["build", str(grid), "--data", str(data), "--out", str(zoo), "--workers", "0", "--device", "cpu",
+           "--max-attempts", "1", "--no-progress"]
+    scripted(monkeypatch, ["interrupt"])
+    assert zoo_main(cmd) == 130  # Ctrl-C
+    frame = runs(zoo)
+    assert list(frame.status) == ["pending", "pending"] and list(frame.attempts) == [0, 0]
+
+    first = frame.run_id[0]
+    with Registry.in_dir(zoo) as reg:  # what a kill -9 of the driver leaves: its run 'running'
+        reg.mark_running(first)
+    info = status(zoo)  # no driver holds the lock: shown as interrupted
+    assert info["counts"]["interrupted"] == 1 and info["counts"]["running"] == 0
+    assert "1 run(s) interrupted" in format_status(info)
+
+    scripted(monkeypatch, ["died"])  # then the first run's worker dies once
+    lines = []
+    s = build(grid, data, zoo, workers=0, device="cpu", progress=False, log=lines.append, max_attempts=1)
+    assert s.done == 2 and s.failed == 0
+    assert any(line.startswith(f"LOST   {first}") and "re-queued (no attempt used)" in line for line in lines)
+    assert "resuming 1 interrupted run(s) from their last checkpoint" in lines
+    frame = runs(zoo)
+    assert list(frame.status) == ["done", "done"] and list(frame.attempts) == [0, 0]
+
+
+def test_a_run_whose_worker_dies_twice_in_a_row_fails(tmp_path, data, monkeypatch):
+    grid = write_grid(tmp_path / "g.toml", lrs="0.05, 0.005", epochs=1)
+    zoo = tmp_path / "zoo"
+    scripted(monkeypatch, ["died", None, "died"])  # the first run kills its worker, twice (re-queued last)
+    lines = []
+    s = build(grid, data, zoo, workers=0, device="cpu", progress=False, log=lines.append, max_attempts=1)
+    assert s.done == 1 and s.failed == 1 and s.failed_now == 1
+    bad = runs(zoo).iloc[0]
+    assert bad.status == "failed" and bad.attempts == 1
+    assert bad.error.startswith("its worker process died twice in a row while running it")
+    assert any(line.startswith(f"FAILED {bad.run_id}") and "(attempt 1/1)" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_sigkill_of_a_worker_process(tmp_path, data, monkeypatch):
+    """kill -9 one of two worker processes mid-sweep: its run is re-queued (no attempt), the
+    sibling killed with the pool resumes; the sweep completes every run."""
+    monkeypatch.setenv(EPOCH_DELAY_ENV, "0.3")
+    grid = write_grid(tmp_path / "g.toml", lrs="0.05, 0.005", epochs=3)
+    zoo = tmp_path / "zoo"
+    killed = []
+
+    def kill_a_worker() -> None:
+        deadline = time.monotonic() + 120
+        while not list(zoo.glob("runs/*/last.pt")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        workers = [p for p in mp.active_children() if p.is_alive()]
+        if workers:
+            os.kill(workers[0].pid, 9)
+            killed.append(workers[0].pid)
+
+    killer = threading.Thread(target=kill_a_worker, daemon=True)
+    killer.start()
+    lines = []
+    s = build(grid, data, zoo, workers=2, threads=1, device="cpu", progress=False, log=lines.append)
+    killer.join(timeout=5)
+    assert killed, "no worker process was found to kill"
+    assert s.done == 2 and s.failed == 0 and s.failed_now == 0
+    lost = [line for line in lines if line.startswith("LOST")]
+    died = [line for line in lost if "its worker process died (killed" in line]
+    assert len(died) == 1, lines  # told apart from its sibling by pid and exit signal
+    assert all("another run's dead worker" in line for line in lost if line not in died)
+    frame = runs(zoo)
+    assert (frame.status == "done").all() and (frame.attempts == 0).all()
+    for r in frame.itertuples():
+        hist = json.loads((zoo / "runs" / r.run_id / "history.json").read_text())
+        assert [h["epoch"] for h in hist] == list(range(1, r.epochs + 1))
+
+
+def _interrupt_after_first_epoch(task: dict) -> None:
+    class Stop(Exception):
+        pass
+
+    def stop(epoch, record):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train_run(task, epoch_callback=stop)
+
+
+def test_unreadable_last_pt_is_set_aside_and_the_run_restarts(tmp_path, data):
+    fresh = train_run(_task(tmp_path, data, tmp_path / "fresh"))
+    task = _task(tmp_path, data, tmp_path / "run")
+    _interrupt_after_first_epoch(task)
+    last = tmp_path / "run" / "last.pt"
+    last.write_bytes(last.read_bytes()[:200])  # truncated
+    with pytest.warns(CheckpointSetAsideWarning, match=r"last\.pt: unreadable checkpoint.*set aside as "
+                                                        r"last\.pt\.corrupt-.*restarts from init\.pt"):
+        result = train_run(task)
+    aside = list((tmp_path / "run").glob("last.pt.corrupt-*"))
+    assert len(aside) == 1 and aside[0].stat().st_size == 200
+    assert result["resumed_from"] is None and result["warnings"][0].startswith(str(last))
+    for k in ("epochs", "stop_reason", "train_acc", "train_loss", "test_acc", "test_loss"):
+        assert result[k] == fresh[k], k  # restarted from scratch: the same seeded run, on this machine
+
+
+def test_unreadable_final_pt_is_set_aside_and_the_run_trained_again(tmp_path, data):
+    task = _task(tmp_path, data, tmp_path / "run", epochs=1)
+    train_run(task)
+    final = tmp_path / "run" / "final.pt"
+    final.write_bytes(b"\x00garbage" * 10)
+    with warnings.catch_warnings(record=True) as caught:  # the worker entry reports it in the result
+        warnings.simplefilter("always")
+        result = execute_task(task)
+    assert not [w for w in caught if issubclass(w.category, CheckpointSetAsideWarning)]
+    assert result["status"] == "done" and result["epochs"] == 1
+    assert "final.pt: unreadable checkpoint" in result["warnings"][0] and "trained again" in result["warnings"][0]
+    assert len(list((tmp_path / "run").glob("final.pt.corrupt-*"))) == 1
+    assert torch.load(final, weights_only=False)["result"]["epochs"] == 1
+
+
+def test_registry_rebuilt_from_the_run_directories(tmp_path, data):
+    grid = write_grid(tmp_path / "g.toml", lrs="0.05, 0.005", untrained=1, epochs=1)
+    zoo = tmp_path / "zoo"
+    build(grid, data, zoo, workers=0, device="cpu", progress=False, log=quiet)
+    a = runs(zoo).run_id[0]
+    rows = [{"measure": "iou", "params": '{"cam":"gradcam","threshold":0.1}', "value": 0.25, "state": "done",
+             "reason": None},
+            {"measure": "path_norm", "params": "{}", "value": None, "state": "failed", "reason": "overflow"}]
+    (zoo / "runs" / a / "measurements.json").write_text(json.dumps(rows))  # as `zoo measure` writes it
+    with Registry.in_dir(zoo) as reg:
+        for r in rows:
+            reg.record_measurement(a, r["measure"], r["params"], r["value"], r["state"], r["reason"])
+        old_meta, old_measures = reg.meta(), reg.measurements_frame()
+    old = runs(zoo)
+    mtimes = {p: p.stat().st_mtime_ns for p in zoo.glob("runs/*/final.pt")}
+
+    (zoo / Registry.FILENAME).unlink()
+    assert zoo_main(["repair", str(zoo)]) == 0
+    with Registry.in_dir(zoo, read_only=True) as reg:
+        assert reg.integrity_check(zoo) == []
+        assert reg.meta() == old_meta  # grid, data fingerprint, data root: from registry-meta.json
+        new_measures = reg.measurements_frame()
+    cols = ["run_id", "measure", "params", "value", "status", "error"]
+    assert new_measures[cols].equals(old_measures[cols])
+    new = runs(zoo)
+    assert new[RESULT_COLUMNS].equals(old[RESULT_COLUMNS])
+
+    # repair over an existing registry keeps the old one aside
+    assert zoo_main(["repair", str(zoo)]) == 0
+    assert len(list(zoo.glob("registry.sqlite.replaced-*Z"))) == 1  # with its -wal/-shm files, if any
+
+    # `zoo build` rebuilds a missing registry by itself, and retrains nothing
+    (zoo / Registry.FILENAME).unlink()
+    lines = []
+    s = build(grid, data, zoo, workers=0, device="cpu", progress=False, log=lines.append)
+    assert s.done == 3 and s.trained_now == 0
+    assert any("registry.sqlite missing; rebuilt it from runs/: 3 done, 0 pending" in line for line in lines)
+    assert {p: p.stat().st_mtime_ns for p in zoo.glob("runs/*/final.pt")} == mtimes
+    assert runs(zoo)[RESULT_COLUMNS].equals(old[RESULT_COLUMNS])
+
+    # ... but not with another grid's runs
+    (zoo / Registry.FILENAME).unlink()
+    other = write_grid(tmp_path / "other.toml", lrs="0.01", epochs=1)
+    with pytest.raises(ZooError, match="a run of a different grid"):
+        build(other, data, zoo, workers=0, device="cpu", progress=False, log=quiet)
+
+
+def test_rebuild_without_meta_backup_or_final_pt(tmp_path, data):
+    """Run directories alone: a run without final.pt comes back pending and is trained."""
+    grid = write_grid(tmp_path / "g.toml", lrs="0.05, 0.005", epochs=1)
+    zoo = tmp_path / "zoo"
+    build(grid, data, zoo, workers=0, device="cpu", progress=False, log=quiet)
+    a, b = runs(zoo).run_id
+    (zoo / Registry.FILENAME).unlink()
+    (zoo / META_BACKUP).unlink()
+    (zoo / "runs" / b / "final.pt").unlink()
+    assert zoo_main(["repair", str(zoo)]) == 0
+    frame = runs(zoo).set_index("run_id")
+    assert frame.loc[a, "status"] == "done" and frame.loc[b, "status"] == "pending"
+    s = build(grid, data, zoo, workers=0, device="cpu", progress=False, log=quiet)
+    assert s.done == 2 and s.trained_now == 1
+
+
+def _hand_made_zoo(zoo: Path, grid_file: Path) -> list[str]:
+    """A registry with three runs, one left 'running': no training needed."""
+    specs = load_grid(grid_file).runs()
+    with Registry.in_dir(zoo) as reg:
+        reg.add_runs(specs)
+        reg.mark_running(specs[0].run_id)
+    return [s.run_id for s in specs]
+
+
+def test_status_tells_interrupted_from_running(tmp_path):
+    zoo = tmp_path / "zoo"
+    _hand_made_zoo(zoo, write_grid(tmp_path / "g.toml", lrs="0.05, 0.005", untrained=1))
+    info = status(zoo)
+    assert not info["driver_running"]
+    assert info["counts"] == {"pending": 2, "running": 0, "interrupted": 1, "done": 0, "failed": 0}
+    assert info["by_arch"]["small_resnet"]["interrupted"] == 1
+    text = format_status(info)
+    assert "1 interrupted" in text and "rerun the build command to resume them" in text
+    with open(zoo / ".lock", "a+b") as lock:  # a live driver
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        info = status(zoo)
+    assert info["driver_running"] and info["counts"]["running"] == 1 and info["counts"]["interrupted"] == 0
+    assert "interrupted (" not in format_status(info)
+
+
+def _can_mount_read_only(tmp_path: Path) -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    cmd = f"mount --bind {probe} {probe} && mount -o remount,bind,ro {probe} && ! touch {probe}/x 2>/dev/null"
+    return subprocess.run(["unshare", "-m", "sh", "-c", cmd], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+def test_status_and_export_on_read_only_storage(tmp_path):
+    """A real read-only mount (a private mount namespace: as root, chmod would not stop writes)."""
+    if not _can_mount_read_only(tmp_path):
+        pytest.skip("cannot bind-mount a read-only folder here (unshare -m needs CAP_SYS_ADMIN)")
+    zoo = tmp_path / "zoo"
+    _hand_made_zoo(zoo, write_grid(tmp_path / "g.toml", lrs="0.05, 0.005", untrained=1))
+    before = sorted(p.name for p in zoo.iterdir())
+    assert before == ["registry.sqlite"]
+    cli = (f"import sys; from camgap.zoo.cli import main; "
+           f"sys.exit(main(['status', '{zoo}']) or main(['export', '{zoo}', '--out', '{tmp_path / 'runs.csv'}']))")
+    script = (f"mount --bind {zoo} {zoo} && mount -o remount,bind,ro {zoo} && ! touch {zoo}/x 2>/dev/null && "
+              f"{sys.executable} -c \"{cli}\"")
+    out = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, cwd=ROOT,
+                         env=os.environ | {"PYTHONPATH": str(ROOT)}, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "3 runs: 2 pending, 0 running, 1 interrupted, 0 done, 0 failed" in out.stdout
+    assert len((tmp_path / "runs.csv").read_text().splitlines()) == 4
+    assert sorted(p.name for p in zoo.iterdir()) == before
+
+
+def test_full_disk_while_saving_a_checkpoint(tmp_path, data, monkeypatch, capsys):
+    grid = write_grid(tmp_path / "g.toml", lrs="0.05, 0.005", epochs=1)
+    zoo = tmp_path / "zoo"
+    real_save = train.atomic_save
+
+    def full_disk(obj, path):
+        if Path(path).name == "last.pt":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_save(obj, path)
+
+    monkeypatch.setattr(train, "atomic_save", full_disk)
+    cmd = ["build", str(grid), "--data", str(data), "--out", str(zoo), "--workers", "0", "--device", "cpu",
+           "--max-attempts", "1", "--no-progress"]
+    assert zoo_main(cmd) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("camgap zoo: error: disk full or failing: ") and "last.pt: No space left on device" in err
+    assert "rerun the same command to resume (no attempt was used)" in err
+    frame = runs(zoo)
+    assert list(frame.status) == ["pending", "pending"] and list(frame.attempts) == [0, 0]
+    monkeypatch.setattr(train, "atomic_save", real_save)
+    assert zoo_main(cmd) == 0
+    assert list(runs(zoo).status) == ["done", "done"]
+
+
+def test_full_disk_while_the_driver_writes_a_run_directory(tmp_path, data, monkeypatch):
+    grid = write_grid(tmp_path / "g.toml", lrs="0.05", epochs=1)
+    zoo = tmp_path / "zoo"
+    real_write = train.atomic_write_json
+
+    def full_disk(obj, path):
+        if Path(path).name == "config.json":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_write(obj, path)
+
+    monkeypatch.setattr(train, "atomic_write_json", full_disk)
+    with pytest.raises(StorageError, match=r"config\.json: No space left on device; free space"):
+        build(grid, data, zoo, workers=0, device="cpu", progress=False, log=quiet)
+    run = runs(zoo).iloc[0]
+    assert run.status == "pending" and run.attempts == 0
+
+
+def test_full_disk_while_writing_the_registry(tmp_path, data, monkeypatch, capsys):
+    grid = write_grid(tmp_path / "g.toml", lrs="0.05", epochs=1)
+    zoo = tmp_path / "zoo"
+
+    def full(self, run_id, result):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(Registry, "mark_done", full)
+    cmd = ["build", str(grid), "--data", str(data), "--out", str(zoo), "--workers", "0", "--device", "cpu",
+           "--max-attempts", "1", "--no-progress"]
+    assert zoo_main(cmd) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"camgap zoo: error: {zoo / Registry.FILENAME}: database or disk is full; free space "
+                   f"(or fix the storage) and rerun the same command to resume")
+    run = runs(zoo).iloc[0]
+    assert run.status == "pending" and run.attempts == 0
+    final = zoo / "runs" / run.run_id / "final.pt"
+    mtime = final.stat().st_mtime_ns
+    monkeypatch.undo()
+    assert zoo_main(cmd) == 0
+    assert runs(zoo).status.tolist() == ["done"] and final.stat().st_mtime_ns == mtime  # not retrained
+
+
+def test_build_help_documents_exit_codes(capsys):
+    with pytest.raises(SystemExit):
+        zoo_main(["build", "--help"])
+    out = capsys.readouterr().out
+    for code in ("0    every run of the grid is done", "2    bad input", "3    some runs failed for good",
+                 "130  interrupted"):
+        assert code in out
