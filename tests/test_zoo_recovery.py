@@ -138,7 +138,7 @@ def test_sigkill_of_a_worker_process(tmp_path, data, monkeypatch):
     killer = threading.Thread(target=kill_a_worker, daemon=True)
     killer.start()
     lines = []
-    s = build(grid, data, zoo, workers=2, threads=1, device="cpu", progress=False, log=lines.append)
+    s = build(grid, data, zoo, workers=2, device="cpu", progress=False, log=lines.append)
     killer.join(timeout=5)
     assert killed, "no worker process was found to kill"
     assert s.done == 2 and s.failed == 0 and s.failed_now == 0

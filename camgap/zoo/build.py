@@ -156,7 +156,6 @@ def build(
     max_attempts: int = 2,
     retry_failed: bool = False,
     keep_last: bool = False,
-    threads: int | None = None,
     cpus_per_run: int | None = None,
     progress: bool = True,
     log=None,
@@ -245,7 +244,8 @@ def build(
                     raise _stop_for_storage(f"{disk.filename or cache}: {disk.strerror or disk}") from exc
                 raise ZooError(f"--data {data}: cannot decode the dataset: {exc}") from exc
             try:
-                ex = make_executor(executor, workers, device, ray_address, threads, cpus_per_run)
+                ex = make_executor(executor, workers, device, ray_address, cpus_per_run=cpus_per_run,
+                                   run_threads=int(g.train.get("threads", 1)))
             except (ValueError, ImportError) as exc:
                 raise ZooError(f"--executor {executor}: {exc}") from None
             try:

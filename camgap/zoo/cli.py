@@ -28,7 +28,6 @@ def _build(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         retry_failed=args.retry_failed,
         keep_last=args.keep_last,
-        threads=args.threads,
         cpus_per_run=args.cpus_per_run,
         progress=not args.no_progress,
     )
@@ -111,14 +110,13 @@ def add_subcommands(sub) -> None:
     b.add_argument("--data", required=True, metavar="DIR", help="dataset directory with train and test splits")
     b.add_argument("--out", required=True, metavar="ZOO", help="model-set directory (registry, runs, caches)")
     b.add_argument("--layout", default="auto", help="dataset layout (default: auto-detect)")
-    b.add_argument("--executor", choices=("local", "ray"), default="local")
+    b.add_argument("--executor", choices=("local", "ray"), default="local", help="where runs execute")
     b.add_argument("--workers", type=int, default=None,
-                   help="local: worker processes (default: one per GPU, else CPUs/4; 0 = in-process); "
-                        "ray: runs in flight at most")
+                   help="local: worker processes (default: one per GPU, else one per [train] threads CPUs; "
+                        "0 = in-process); ray: runs in flight at most. A run's weights never depend on it")
     b.add_argument("--ray-address", default=None, metavar="ADDR",
                    help="connect to this Ray cluster (default: start a local instance)")
     b.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    b.add_argument("--threads", type=int, default=None, help="torch threads per run (default: CPUs / workers)")
     b.add_argument("--cpus-per-run", type=int, default=None, help="ray: CPUs each run requests")
     b.add_argument("--max-attempts", type=int, default=2,
                    help="give up on a run after it failed this often (default 2); an interrupted build, a "

@@ -289,12 +289,14 @@ class RayExecutor:
 
 
 def make_executor(kind: str = "local", workers: int | None = None, device: str = "auto",
-                  ray_address: str | None = None, threads: int | None = None, cpus_per_run: int | None = None):
-    """Build an executor. Local defaults: one worker per GPU, else max(1, cpus // 4) workers
-    (``workers`` 0, or 1 on a CPU, run in-process)."""
+                  ray_address: str | None = None, threads: int | None = None, cpus_per_run: int | None = None,
+                  run_threads: int = 1):
+    """Build an executor. Local defaults: one worker per GPU, else one per ``run_threads`` CPUs
+    (the grid's ``[train] threads``: parallelism comes from workers, never from a run's thread
+    count, which would change its weights); ``workers`` 0, or 1 on a CPU, run in-process."""
     if kind == "ray":
         return RayExecutor(ray_address, workers, device if device == "auto" else resolve_device_for_ray(device),
-                           cpus_per_run=cpus_per_run)
+                           cpus_per_run=cpus_per_run or run_threads)
     if kind != "local":
         raise InputError(f"unknown executor {kind!r}; expected local or ray")
     device = resolve_device(device)
@@ -304,7 +306,7 @@ def make_executor(kind: str = "local", workers: int | None = None, device: str =
         n = torch.cuda.device_count() if device == "cuda" else 1
         return LocalExecutor(workers or n, device, threads)
     if workers is None:
-        workers = max(1, cpu_count() // 4)
+        workers = max(1, thread_budget() // max(1, run_threads))
     if workers <= 1:
         return InProcessExecutor("cpu", threads)
     return LocalExecutor(workers, "cpu", threads)
