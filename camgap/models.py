@@ -275,10 +275,14 @@ def read_checkpoint(path: Path | str, unsafe: bool = False) -> object:
 
 
 def _first_line(exc: BaseException) -> str:
-    """torch's weights-only errors run over many lines; the `WeightsUnpickler error` line says what failed."""
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    detail = [ln for ln in lines if "Unpickler error" in ln or "Unsupported" in ln]
-    return " ".join(detail[:2]) if detail else (lines[0] if lines else type(exc).__name__)
+    """The cause in one short line: torch's weights-only errors run over many lines (the
+    `WeightsUnpickler error: ...` part says what failed), its zip errors over many sentences."""
+    text = str(exc)
+    m = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    if m:
+        return m.group(1).strip().split(". ")[0]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return lines[0].split(". ")[0] if lines else type(exc).__name__
 
 
 def checkpoint_record(obj: object) -> dict:

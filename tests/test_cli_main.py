@@ -28,7 +28,7 @@ def test_subcommand_help_shows_defaults(capsys):
     with pytest.raises(SystemExit):
         cli.main(["zoo", "build", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "start a failing run at most this often (default 2)" in out
+    assert "give up on a run after it failed this often (default 2)" in out
     assert "(default: None)" not in out
     with pytest.raises(SystemExit):
         cli.main(["synth", "--help"])

@@ -203,7 +203,7 @@ def test_sigkill_driver_and_resume(tmp_path, data):
     grid = write_grid(tmp_path / "g.toml", lrs="0.05, 0.005", augs="true, false", epochs=3)
     zoo = tmp_path / "zoo"
     cmd = [sys.executable, "-m", "camgap.zoo.cli", "build", str(grid), "--data", str(data), "--out", str(zoo),
-           "--workers", "2", "--device", "cpu", "--threads", "1", "--no-progress"]
+           "--workers", "2", "--device", "cpu", "--no-progress"]
     env = os.environ | {EPOCH_DELAY_ENV: "0.4", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

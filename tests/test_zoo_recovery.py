@@ -170,7 +170,7 @@ def test_unreadable_last_pt_is_set_aside_and_the_run_restarts(tmp_path, data):
     _interrupt_after_first_epoch(task)
     last = tmp_path / "run" / "last.pt"
     last.write_bytes(last.read_bytes()[:200])  # truncated
-    with pytest.warns(CheckpointSetAsideWarning, match=r"last\.pt: unreadable checkpoint.*set aside as "
+    with pytest.warns(CheckpointSetAsideWarning, match=r"last\.pt: cannot read checkpoint.*set aside as "
                                                         r"last\.pt\.corrupt-.*restarts from init\.pt"):
         result = train_run(task)
     aside = list((tmp_path / "run").glob("last.pt.corrupt-*"))
@@ -190,7 +190,7 @@ def test_unreadable_final_pt_is_set_aside_and_the_run_trained_again(tmp_path, da
         result = execute_task(task)
     assert not [w for w in caught if issubclass(w.category, CheckpointSetAsideWarning)]
     assert result["status"] == "done" and result["epochs"] == 1
-    assert "final.pt: unreadable checkpoint" in result["warnings"][0] and "trained again" in result["warnings"][0]
+    assert "final.pt: cannot read checkpoint" in result["warnings"][0] and "trained again" in result["warnings"][0]
     assert len(list((tmp_path / "run").glob("final.pt.corrupt-*"))) == 1
     assert torch.load(final, weights_only=False)["result"]["epochs"] == 1
 

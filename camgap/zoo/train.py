@@ -155,8 +155,10 @@ def read_run_checkpoint(path: str | Path) -> dict:
     ``CheckpointUnreadableError`` when it cannot be read that way (truncated, corrupt, or holding
     pickled objects, which are never run). An OSError (the disk, not the file) is raised as it is."""
 
+    from camgap.models import read_checkpoint
+
     try:
-        ck = read_run_checkpoint(path)
+        ck = read_checkpoint(path)
     except CheckpointError as exc:
         raise CheckpointUnreadableError(str(exc)) from exc
     if not isinstance(ck, dict):
