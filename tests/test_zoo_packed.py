@@ -102,44 +102,25 @@ def test_what_cannot_be_packed_is_refused():
         PackedResNet(_models(2))(torch.zeros(3, 1, 3, 8, 8))
 
 
-def _solo_epoch(model, opt, run, images, labels, bs, epoch):
-    """The solo training loop of camgap.zoo.train, step for step."""
-    from camgap.data.dataset import normalize
-    from camgap.zoo.train import augment_batch
-
-    gen = torch.Generator().manual_seed(run.seed * 1000 + epoch)
-    model.train()
-    perm = torch.randperm(len(labels), generator=gen)
-    for s in range(0, len(labels), bs):
-        idx = perm[s : s + bs]
-        x, y = images[idx], labels[idx]
-        if run.augment:
-            x = augment_batch(x, gen, run.flip_prob, run.jitter)
-        loss = F.cross_entropy(model(normalize(x, run.mean, run.std)), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-
 def test_a_packed_epoch_is_each_runs_solo_epoch():
-    from camgap.zoo.packed import PackedRun, evaluate_pack, train_pack_epoch
-    from camgap.zoo.train import evaluate
+    from camgap.zoo.packed import evaluate_pack, train_pack_epoch
+    from camgap.zoo.train import RunInputs, evaluate, train_one_epoch
 
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8, generator=gen)
     labels = torch.randint(0, 5, (40,), generator=gen)
     imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    runs = [PackedRun(1, True, 0.5, 0.4, *imagenet), PackedRun(2, False, 0.5, 0.4, *imagenet),
-            PackedRun(3, True, 0.5, 0.2, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))]
+    runs = [RunInputs(1, True, 0.5, 0.4, *imagenet), RunInputs(2, False, 0.5, 0.4, *imagenet),
+            RunInputs(3, True, 0.5, 0.2, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))]
     models = _models(3, seed=7)
     solo = copy.deepcopy(models)
     lrs = (0.05, 0.01, 0.1)
     opts = [torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9) for m, lr in zip(models, lrs, strict=True)]
     solo_opts = [torch.optim.SGD(m.parameters(), lr=lr, momentum=0.9) for m, lr in zip(solo, lrs, strict=True)]
     pack = PackedResNet(models)
-    train_pack_epoch(pack, opts, runs, images, labels, batch_size=16, epoch=1)  # 3 steps, the last one partial
+    train_pack_epoch(pack, opts, runs, images, labels, batch_size=16, epochs=[1, 1, 1])  # 3 steps, the last one partial
     for m, opt, run in zip(solo, solo_opts, runs, strict=True):
-        _solo_epoch(m, opt, run, images, labels, 16, 1)
+        train_one_epoch(m, opt, run, images, labels, 16, 1)
     for a, b in zip(models, solo, strict=True):
         for (name, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
             if va.is_floating_point():

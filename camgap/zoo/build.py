@@ -342,6 +342,29 @@ def repair(zoo_dir: str | Path, log=print):
     return report
 
 
+def pack_plan(g: Grid) -> dict[str, str]:
+    """run id -> the id of its pack, for the runs of a grid with ``[train] pack`` > 1: trained runs of
+    one architecture, arch options and batch size, in grid order, in chunks of the pack size. A
+    function of the grid alone, so the same runs share a pack on every build and resume (their
+    float results depend on it); the runs of a pack that are still to do train together."""
+    import hashlib
+
+    groups: dict[tuple, list[str]] = {}
+    for spec in g.runs():
+        cfg = spec.config
+        size = int(cfg.get("pack") or 1)
+        if cfg["trained"] and size > 1:
+            key = (cfg["arch"], canonical_json(cfg["arch_options"]), cfg["batch_size"], size)
+            groups.setdefault(key, []).append(spec.run_id)
+    plan: dict[str, str] = {}
+    for (*_, size), ids in groups.items():
+        for i in range(0, len(ids), size):
+            members = ids[i : i + size]
+            pack_id = "pack-" + hashlib.sha256(",".join(members).encode()).hexdigest()[:16]
+            plan.update(dict.fromkeys(members, pack_id))
+    return plan
+
+
 def _stop_for_storage(where: str) -> StorageError:
     return StorageError(f"disk full or failing: {where}; free space (or fix the storage) and rerun the same "
                         f"command to resume (no attempt was used)")
@@ -366,36 +389,59 @@ def _sweep(reg: Registry, ex, todo: list[dict], out: Path, g: Grid, caches: dict
             log(msg)
 
     queue = deque(todo)
+    packs = pack_plan(g)
     inflight: dict[str, dict] = {}
+    pack_members: dict[str, list[str]] = {}  # pack task id -> its runs in flight
     deaths: dict[str, int] = {}  # run_id -> its worker's deaths in a row
     trained_now = failed_now = 0
+
+    def start(run: dict) -> dict:
+        rid = run["run_id"]
+        attempt = reg.mark_running(rid)
+        run_dir = out / "runs" / rid
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json({"run_id": rid, "repeat": run["repeat"], "seed": run["seed"], "config": run["config"],
+                           "grid_fingerprint": g.fingerprint()}, run_dir / "config.json")
+        cfg = run["config"]
+        inflight[rid] = run | {"attempts": attempt}
+        return {
+            "run_id": rid,
+            "config": cfg,
+            "seed": run["seed"],
+            "repeat": run["repeat"],
+            "run_dir": str(run_dir),
+            "data": caches,
+            "num_classes": len(classes),
+            "classes": classes,
+            "pretrained_path": pretrained.get(cfg["arch"]) if cfg.get("pretrained") else None,
+            "eval_batch_size": g.train["eval_batch_size"],
+            "keep_last": keep_last,
+        }
+
+    def results(res: dict) -> list[dict]:
+        """One result per run: a pack's results, or its one outcome given to each of its runs."""
+        members = pack_members.pop(res["run_id"], None)
+        if members is None:
+            return [res]
+        if res.get("status") == "pack":
+            return res["results"]
+        return [res | {"run_id": rid} for rid in members]
+
     try:
         while queue or inflight:
-            while queue and len(inflight) < ex.capacity:
+            while queue and len(pack_members) + len(inflight) - sum(map(len, pack_members.values())) < ex.capacity:
                 run = queue.popleft()
-                rid = run["run_id"]
-                attempt = reg.mark_running(rid)
-                run_dir = out / "runs" / rid
-                run_dir.mkdir(parents=True, exist_ok=True)
-                atomic_write_json({"run_id": rid, "repeat": run["repeat"], "seed": run["seed"], "config": run["config"],
-                            "grid_fingerprint": g.fingerprint()}, run_dir / "config.json")
-                cfg = run["config"]
-                task = {
-                    "run_id": rid,
-                    "config": cfg,
-                    "seed": run["seed"],
-                    "repeat": run["repeat"],
-                    "run_dir": str(run_dir),
-                    "data": caches,
-                    "num_classes": len(classes),
-                    "classes": classes,
-                    "pretrained_path": pretrained.get(cfg["arch"]) if cfg.get("pretrained") else None,
-                    "eval_batch_size": g.train["eval_batch_size"],
-                    "keep_last": keep_last,
-                }
-                ex.submit(task)
-                inflight[rid] = run | {"attempts": attempt}
-            for res in ex.wait():
+                pack_id = packs.get(run["run_id"])
+                mates = [r for r in queue if pack_id is not None and packs.get(r["run_id"]) == pack_id]
+                for r in mates:
+                    queue.remove(r)
+                tasks = [start(r) for r in (run, *mates)]
+                if len(tasks) == 1:
+                    ex.submit(tasks[0])
+                else:
+                    pack_members[pack_id] = [t["run_id"] for t in tasks]
+                    ex.submit({"run_id": pack_id, "pack": tasks})
+            for res in (r for unit in ex.wait() for r in results(unit)):
                 rid = res["run_id"]
                 run = inflight.pop(rid)
                 desc = _describe(run["config"], run["repeat"])

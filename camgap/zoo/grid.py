@@ -62,6 +62,7 @@ them.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -117,9 +118,11 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "flip_prob": 0.5,
     "jitter": 0.4,
     "threads": 1,
+    "pack": 1,
     "eval_batch_size": 256,
     "pretrained_weights": {},
 }
+PACK_AUTO = 8  # runs per pack for `[train] pack = "auto"`
 # settings that do not change what a run computes: not part of run ids nor the fingerprint
 EXECUTION_ONLY = ("eval_batch_size", "pretrained_weights")
 
@@ -192,6 +195,12 @@ def canonical_json(obj: Any) -> str:
 def make_run_id(config: dict, repeat: int) -> str:
     payload = canonical_json({"config": config, "repeat": int(repeat)})
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def run_seed(config: dict, repeat: int) -> int:
+    """A run's seed: from its id without the pack size, so a run trained in a pack draws the same
+    initial weights, data order and augmentation as the same run trained alone."""
+    return seed_from_run_id(make_run_id({k: v for k, v in config.items() if k != "pack"}, repeat))
 
 
 def seed_from_run_id(run_id: str) -> int:
@@ -277,6 +286,7 @@ _TRAIN_CHECKS = {
     "flip_prob": lambda w, v: _float(w, v, 0.0, 1.0),
     "jitter": lambda w, v: _float(w, v, 0.0, 1.0),
     "threads": lambda w, v: _int(w, v, 1),
+    "pack": lambda w, v: v if v == "auto" else _int(w, v, 1),
     "eval_batch_size": lambda w, v: _int(w, v, 1),
     "pretrained_weights": None,  # checked separately
 }
@@ -387,7 +397,24 @@ class Grid:
             jitter=t["jitter"] if values["augment"] else None,
             pretrained_source=self.pretrained_source(values["arch"]) if values["pretrained"] else None,
         )
+        pack = self.pack_size(values["arch"])
+        if pack > 1:  # packed runs compute in other float order than alone: part of what the run is
+            cfg["pack"] = pack
         return cfg
+
+    def pack_size(self, arch: str) -> int:
+        """Runs trained together as one computation (``camgap.zoo.packed``): ``[train] pack``, where
+        "auto" is 8 for the ResNets camgap can pack and 1 for any other architecture; the same on
+        every machine, so a pack's members and their weights depend on the grid alone."""
+        pack = self.train.get("pack", 1)
+        if pack == 1:
+            return 1
+        if not _packable_arch(arch, canonical_json(self.arch_options.get(arch, {}))):
+            if pack == "auto":
+                return 1
+            raise GridError(f"[train] pack = {pack}: {arch} cannot be packed (only ResNets of the torchvision "
+                            "layout can); use pack = 1 or \"auto\"")
+        return PACK_AUTO if pack == "auto" else int(pack)
 
     def untrained_config(self, arch: str) -> dict:
         cfg = {k: None for k in GRID_KEYS}
@@ -407,7 +434,7 @@ class Grid:
             cfg = self.run_config(dict(zip(keys, combo)))
             for r in range(self.repeats):
                 rid = make_run_id(cfg, r)
-                specs.append(RunSpec(rid, cfg, r, seed_from_run_id(rid)))
+                specs.append(RunSpec(rid, cfg, r, run_seed(cfg, r)))
         for arch in self.archs:
             cfg = self.untrained_config(arch)
             for r in range(self.untrained):
@@ -422,13 +449,22 @@ class Grid:
             "repeats": self.repeats,
             "untrained": self.untrained,
             "sample": self.sample,
-            "train": {k: v for k, v in self.train.items() if k not in EXECUTION_ONLY},
+            "train": {k: v for k, v in self.train.items()
+                      if k not in EXECUTION_ONLY and not (k == "pack" and v == 1)},
             "arch_options": self.arch_options,
             "pretrain": self.pretrain if any(not _is_torchvision(a) for a in self.wants_pretrained()) else None,
         }
 
     def fingerprint(self) -> str:
         return hashlib.sha256(canonical_json(self.canonical()).encode()).hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def _packable_arch(arch: str, options_json: str) -> bool:
+    from camgap.models import create_model
+    from camgap.zoo.packed import packable
+
+    return packable(create_model(arch, 2, **json.loads(options_json)))
 
 
 def parse_grid(doc: dict, source: str = "<grid>") -> Grid:

@@ -20,7 +20,6 @@ but BatchNorm's in-place running-statistics update is not supported under ``vmap
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -28,8 +27,9 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from camgap.errors import InputError
+from camgap.zoo.train import RunInputs
 
-__all__ = ["PackedResNet", "PackedRun", "pack_train_step", "packable", "train_pack_epoch", "evaluate_pack"]
+__all__ = ["PackedResNet", "pack_train_step", "packable", "train_pack_epoch", "evaluate_pack"]
 
 
 def packable(model: nn.Module) -> bool:
@@ -81,12 +81,8 @@ class PackedResNet(nn.Module):
         for stage in ("layer1", "layer2", "layer3", "layer4"):
             for i in range(len(getattr(first, stage))):
                 x = self._block([getattr(m, stage)[i] for m in self.runs], x)
-        feats = F.adaptive_avg_pool2d(x, 1).reshape(b, k, -1).transpose(0, 1)  # [K, B, C]
-        weight = torch.stack([m.fc.weight for m in self.runs])  # [K, O, C]
-        out = torch.bmm(feats, weight.transpose(1, 2))
-        if first.fc.bias is not None:
-            out = out + torch.stack([m.fc.bias for m in self.runs]).unsqueeze(1)
-        return out
+        feats = F.adaptive_avg_pool2d(x, 1).reshape(b, k, -1)  # [B, K, C]
+        return torch.stack([m.fc(feats[:, i]) for i, m in enumerate(self.runs)])  # each run's own head
 
     def _block(self, blocks: list[nn.Module], x: Tensor) -> Tensor:
         identity = x
@@ -136,71 +132,56 @@ class PackedResNet(nn.Module):
         return out
 
 
-def pack_train_step(pack: PackedResNet, optimizers: Sequence[torch.optim.Optimizer], x: Tensor, y: Tensor) -> Tensor:
+def pack_train_step(pack: PackedResNet, optimizers: Sequence[torch.optim.Optimizer], x: Tensor, y: Tensor,
+                    stepping: Sequence[torch.optim.Optimizer] | None = None) -> Tensor:
     """One optimisation step of every run: ``x`` ``[K, B, 3, H, W]`` (normalised), ``y`` ``[K, B]``.
 
     The summed loss has, for each run's parameters, exactly the gradient of that run's own mean
-    cross-entropy, so each optimizer steps as it would alone. Returns the K losses."""
+    cross-entropy, so each optimizer steps as it would alone (only those in ``stepping``, when
+    given). Returns the K losses."""
     logits = pack(x)
     k, b, c = logits.shape
     losses = F.cross_entropy(logits.reshape(k * b, c).float(), y.reshape(k * b), reduction="none").view(k, b).mean(1)
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     losses.sum().backward()
-    for opt in optimizers:
+    for opt in optimizers if stepping is None else stepping:
         opt.step()
     return losses.detach()
 
 
-@dataclass(frozen=True)
-class PackedRun:
-    """What a run of a pack keeps of its own in an epoch: its data order and augmentation (seed),
-    and its input normalisation."""
-
-    seed: int
-    augment: bool
-    flip_prob: float
-    jitter: float
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-
-def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    """The generator of one run's epoch: its shuffle, then its augmentation draws, in batch order."""
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed * 1000 + epoch)
-    return gen
-
-
-def train_pack_epoch(pack: PackedResNet, optimizers: Sequence[torch.optim.Optimizer], runs: Sequence[PackedRun],
-                     images: Tensor, labels: Tensor, batch_size: int, epoch: int) -> list[float]:
-    """One epoch of every run of the pack; each run draws its shuffle and augmentation from its
-    own generator in the order it would alone. Returns each run's mean training loss."""
-    from camgap.data.dataset import normalize
-    from camgap.zoo.train import augment_batch
+def train_pack_epoch(pack: PackedResNet, optimizers: Sequence[torch.optim.Optimizer], runs: Sequence[RunInputs],
+                     images: Tensor, labels: Tensor, batch_size: int, epochs: Sequence[int],
+                     frozen: Sequence[bool] | None = None) -> list[float]:
+    """One epoch of every run of the pack (``epochs[k]``: run k's epoch number); each run draws its
+    shuffle and augmentation from its own generator in the order it would alone
+    (``camgap.zoo.train.train_one_epoch``). A ``frozen`` run computes in the pack but is not
+    updated: no optimizer step, its BatchNorm statistics restored. Returns each run's mean loss."""
+    from camgap.zoo.train import epoch_generator, training_batch
 
     device = images.device
     n = int(labels.shape[0])
-    gens = [epoch_generator(r.seed, epoch, device) for r in runs]
+    frozen = list(frozen) if frozen is not None else [False] * len(runs)
+    gens = [epoch_generator(r.seed, e, device) for r, e in zip(runs, epochs, strict=True)]
     perms = [torch.randperm(n, generator=g, device=device) for g in gens]
+    kept = {k: {n_: b.clone() for n_, b in pack.runs[k].named_buffers()} for k, f in enumerate(frozen) if f}
+    stepping = [opt for opt, f in zip(optimizers, frozen, strict=True) if not f]
     pack.train()
     running = torch.zeros(len(runs), device=device)
     for s in range(0, n, batch_size):
-        xs, ys = [], []
-        for run, gen, perm in zip(runs, gens, perms, strict=True):
-            idx = perm[s : s + batch_size]
-            x = images[idx]
-            if run.augment:
-                x = augment_batch(x, gen, run.flip_prob, run.jitter)
-            xs.append(normalize(x, run.mean, run.std))
-            ys.append(labels[idx])
-        y = torch.stack(ys)
-        running += pack_train_step(pack, optimizers, torch.stack(xs), y) * y.shape[1]
+        batches = [training_batch(r, g, images, labels, perm[s : s + batch_size])
+                   for r, g, perm in zip(runs, gens, perms, strict=True)]
+        y = torch.stack([b[1] for b in batches])
+        running += pack_train_step(pack, optimizers, torch.stack([b[0] for b in batches]), y, stepping) * y.shape[1]
+    with torch.no_grad():
+        for k, buffers in kept.items():
+            for name, b in pack.runs[k].named_buffers():
+                b.copy_(buffers[name])
     return (running / n).tolist()
 
 
 @torch.inference_mode()
-def evaluate_pack(pack: PackedResNet, runs: Sequence[PackedRun], images: Tensor, labels: Tensor,
+def evaluate_pack(pack: PackedResNet, runs: Sequence[RunInputs], images: Tensor, labels: Tensor,
                   batch_size: int = 256) -> list[tuple[float, float]]:
     """Clean pass of every run (eval mode, no augmentation): [(mean cross-entropy, accuracy)]."""
     from camgap.data.dataset import normalize

@@ -41,6 +41,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -324,6 +325,61 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean,
     return float(total) / n, int(correct) / n
 
 
+@dataclass(frozen=True)
+class RunInputs:
+    """What a run draws its training batches from, besides the data: its seed (shuffle and
+    augmentation, one generator per epoch), its augmentation and its normalisation."""
+
+    seed: int
+    augment: bool
+    flip_prob: float
+    jitter: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def of(cls, config: dict, seed: int) -> RunInputs:
+        return cls(int(seed), bool(config["augment"]), float(config.get("flip_prob") or 0.0),
+                   float(config.get("jitter") or 0.0), tuple(config["mean"]), tuple(config["std"]))
+
+
+def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
+    """The generator of one run's epoch: its shuffle, then its augmentation draws, in batch order."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed * 1000 + epoch)
+    return gen
+
+
+def training_batch(inputs: RunInputs, gen: torch.Generator, images: torch.Tensor, labels: torch.Tensor,
+                   idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training batch of a run: gathered on the device, augmented, normalised."""
+    from camgap.data.dataset import normalize
+
+    x = images[idx]
+    if inputs.augment:
+        x = augment_batch(x, gen, inputs.flip_prob, inputs.jitter)
+    return normalize(x, inputs.mean, inputs.std), labels[idx]
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: RunInputs, images: torch.Tensor,
+                    labels: torch.Tensor, batch_size: int, epoch: int) -> float:
+    """One pass over the training split in the run's own order; returns the mean running loss."""
+    device = images.device
+    gen = epoch_generator(inputs.seed, epoch, device)
+    model.train()
+    n = int(labels.shape[0])
+    perm = torch.randperm(n, generator=gen, device=device)
+    running = torch.zeros((), device=device)
+    for s in range(0, n, batch_size):
+        x, y = training_batch(inputs, gen, images, labels, perm[s : s + batch_size])
+        loss = F.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        running += loss.detach() * y.shape[0]
+    return float(running) / max(n, 1)
+
+
 # --- the run ----------------------------------------------------------------------------
 
 
@@ -438,152 +494,221 @@ def train_run(task: dict, epoch_callback: Callable[[int, dict], None] | None = N
     ``eval_batch_size``, ``keep_last``. ``epoch_callback(epoch, record)`` is called after each
     epoch's checkpoint is written (tests use it to interrupt a run).
     """
-    run_dir = Path(task["run_dir"])
-    run_dir.mkdir(parents=True, exist_ok=True)
+    return train_pack([task], epoch_callback, packed=False)[0]
+
+
+def train_pack(tasks: list[dict], epoch_callback: Callable[[int, dict], None] | None = None,
+               packed: bool = True) -> list[dict]:
+    """Train several runs of one architecture and batch size together (``camgap.zoo.packed``), each
+    with its own seed, data order, augmentation, optimizer, stopping rules and files; return their
+    results in order. A run that stops leaves the pack. With ``packed=False`` (one task) the run
+    trains alone through its own module, as ``train_run``."""
+    device = _prepare_device(tasks[0])
     caller_threads = torch.get_num_threads()
     try:
-        with _run_lock(run_dir):
-            return _train_locked(task, run_dir, epoch_callback)
+        with contextlib.ExitStack() as stack:
+            for t in tasks:
+                Path(t["run_dir"]).mkdir(parents=True, exist_ok=True)
+                stack.enter_context(_run_lock(Path(t["run_dir"])))
+            torch.set_num_threads(run_threads(tasks[0]))
+            return _train_locked(tasks, device, epoch_callback, packed)
     finally:
         torch.set_num_threads(caller_threads)  # an in-process run leaves the caller's thread count alone
+
+
+def _prepare_device(task: dict) -> torch.device:
+    device = torch.device(task.get("device") or "cpu")
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
+    return device
 
 
 # what resuming from last.pt reads; a last.pt without one of them is unreadable
 _RESUME_KEYS = ("model_state_dict", "optimizer_state_dict", "history", "epoch", "rng_states")
 
 
-def _train_locked(task: dict, run_dir: Path, epoch_callback) -> dict:
-    from camgap.data.dataset import normalize
-    from camgap.models import create_model
+class _Run:
+    """One trained run between epochs: its model and optimizer, its history and stopping rules,
+    and its files (``init.pt``, ``last.pt`` after every epoch, ``final.pt``, ``history.json``)."""
 
-    final_path, last_path, init_path = run_dir / "final.pt", run_dir / "last.pt", run_dir / "init.pt"
-    notes: list[str] = []  # checkpoints set aside, reported with the result
-    done = _readable_or_set_aside(final_path, "the run is trained again", notes)
-    if done is not None and done.get("run_id") == task["run_id"] and "result" in done:
-        return dict(done["result"])
+    def __init__(self, task: dict, device: torch.device, notes: list[str]):
+        from camgap.models import create_model
 
-    cfg = task["config"]
-    device = torch.device(task.get("device") or "cpu")
-    torch.set_num_threads(run_threads(task))
-    if device.type == "cuda":
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-    seed = int(task["seed"])
-    eval_bs = int(task.get("eval_batch_size") or 256)
-    mean, std = cfg["mean"], cfg["std"]
+        self.task, self.cfg, self.notes = task, task["config"], notes
+        self.dir = Path(task["run_dir"])
+        self.inputs = RunInputs.of(self.cfg, task["seed"])
+        _seed_all(int(task["seed"]))
+        self.model = create_model(self.cfg["arch"], int(task["num_classes"]), **(self.cfg.get("arch_options") or {}))
+        if self.cfg.get("pretrained"):
+            from camgap.zoo.pretrained import load_pretrained_backbone
 
-    train_x, train_y = load_split(task["data"]["train"], device)
-    test_x, test_y = load_split(task["data"]["test"], device)
+            if not task.get("pretrained_path"):
+                raise StateError(f"run {task['run_id']}: pretrained = true but no weights file was resolved")
+            load_pretrained_backbone(self.model, task["pretrained_path"])
+        self.model.to(device)
+        self.device = device
+        self.history: list[dict] = []
+        self.wall, self.resumed_from, self.diverged = 0.0, None, False
+        if not self.cfg["trained"]:
+            return
+        self.rules = StoppingRules(self.cfg["loss_threshold"], self.cfg["acc_threshold"], self.cfg["max_epochs"])
+        self.optimizer = _make_optimizer(self.model, self.cfg)
+        last = self.dir / "last.pt"
+        ck = _readable_or_set_aside(last, "the run restarts from init.pt", notes, _RESUME_KEYS)
+        if ck is not None:
+            if ck.get("run_id") != task["run_id"]:
+                raise StateError(f"{last} belongs to run {ck.get('run_id')!r}, not {task['run_id']!r}")
+            self.model.load_state_dict(ck["model_state_dict"])
+            self.optimizer.load_state_dict(ck["optimizer_state_dict"])
+            self.history = list(ck["history"])
+            self.wall = float(ck.get("wall_time", 0.0))
+            self.diverged = bool(ck.get("diverged", False))
+            self.resumed_from = int(ck["epoch"])
+            _set_rng_states(ck["rng_states"], device)
+        else:
+            atomic_save(self._base() | {"epoch": 0}, self.dir / "init.pt")
+        self.decision = self.rules.check(self.history)
 
-    _seed_all(seed)
-    model = create_model(cfg["arch"], int(task["num_classes"]), **(cfg.get("arch_options") or {}))
-    if cfg.get("pretrained"):
-        from camgap.zoo.pretrained import load_pretrained_backbone
+    def _base(self) -> dict:
+        return _checkpoint_base(self.task, self.model)
 
-        if not task.get("pretrained_path"):
-            raise StateError(f"run {task['run_id']}: pretrained = true but no weights file was resolved")
-        load_pretrained_backbone(model, task["pretrained_path"])
-    model.to(device)
+    @property
+    def stopped(self) -> bool:
+        return self.decision.stop or self.diverged
 
-    if not cfg["trained"]:  # a randomly initialised model for the validity test
-        t0 = time.perf_counter()
-        base = _checkpoint_base(task, model)
-        atomic_save(base | {"epoch": 0}, init_path)
-        train = evaluate(model, train_x, train_y, mean, std, device, eval_bs)
-        test = evaluate(model, test_x, test_y, mean, std, device, eval_bs)
-        result = _result(task, 0, "untrained", train, test, time.perf_counter() - t0, None)
-        atomic_write_json([], run_dir / "history.json")
-        atomic_save(base | {"epoch": 0, "history": [], "result": result}, final_path)
-        return result | ({"warnings": notes} if notes else {})
+    @property
+    def next_epoch(self) -> int:
+        return len(self.history) + 1
 
-    optimizer = _make_optimizer(model, cfg)
-    rules = StoppingRules(cfg["loss_threshold"], cfg["acc_threshold"], cfg["max_epochs"])
-    history: list[dict] = []
-    wall = 0.0
-    resumed_from = None
-    diverged = False
-    ck = _readable_or_set_aside(last_path, "the run restarts from init.pt", notes, _RESUME_KEYS)
-    if ck is not None:
-        if ck.get("run_id") != task["run_id"]:
-            raise StateError(f"{last_path} belongs to run {ck.get('run_id')!r}, not {task['run_id']!r}")
-        model.load_state_dict(ck["model_state_dict"])
-        optimizer.load_state_dict(ck["optimizer_state_dict"])
-        history = list(ck["history"])
-        wall = float(ck.get("wall_time", 0.0))
-        diverged = bool(ck.get("diverged", False))
-        resumed_from = int(ck["epoch"])
-        _set_rng_states(ck["rng_states"], device)
-    else:
-        atomic_save(_checkpoint_base(task, model) | {"epoch": 0}, init_path)
-
-    n = int(train_y.shape[0])
-    bs = int(cfg["batch_size"])
-    decision = rules.check(history)
-    delay = float(os.environ.get(EPOCH_DELAY_ENV, "0") or 0)
-    while not (decision.stop or diverged):
-        epoch = len(history) + 1
-        t0 = time.perf_counter()
-        gen = torch.Generator(device=device)
-        gen.manual_seed(seed * 1000 + epoch)
-        model.train()
-        perm = torch.randperm(n, generator=gen, device=device)
-        running, seen = torch.zeros((), device=device), 0
-        for s in range(0, n, bs):
-            idx = perm[s : s + bs]
-            x, y = train_x[idx], train_y[idx]  # uint8 batch gathered on the device
-            if cfg["augment"]:
-                x = augment_batch(x, gen, cfg["flip_prob"], cfg["jitter"])
-            out = model(normalize(x, mean, std))
-            loss = F.cross_entropy(out, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            running += loss.detach() * y.shape[0]
-            seen += int(y.shape[0])
-        train_loss, train_acc = evaluate(model, train_x, train_y, mean, std, device, eval_bs)
-        test_loss, test_acc = evaluate(model, test_x, test_y, mean, std, device, eval_bs)
-        diverged = not _finite_params(model)
-        wall += time.perf_counter() - t0
+    def end_epoch(self, train: tuple[float, float], test: tuple[float, float], running_loss: float,
+                  seconds: float, epoch_callback=None) -> None:
+        """Record one epoch: history, stopping decision, ``last.pt`` and ``history.json``."""
+        self.diverged = not _finite_params(self.model)
+        self.wall += seconds
         record = {
-            "epoch": epoch,
-            "train_loss": train_loss,
-            "train_acc": train_acc,
-            "test_loss": test_loss,
-            "test_acc": test_acc,
-            "aug_train_loss": float(running) / max(seen, 1),  # running loss of the training pass
-            "lr": optimizer.param_groups[0]["lr"],
-            "seconds": time.perf_counter() - t0,
+            "epoch": self.next_epoch,
+            "train_loss": train[0],
+            "train_acc": train[1],
+            "test_loss": test[0],
+            "test_acc": test[1],
+            "aug_train_loss": running_loss,  # running loss of the training pass
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": seconds,
         }
-        history.append(record)
-        decision = rules.check(history)
-        ck = _checkpoint_base(task, model) | {
-            "optimizer_state_dict": optimizer.state_dict(),
-            "epoch": epoch,
-            "history": history,
-            "wall_time": wall,
-            "diverged": diverged,
-            "rng_states": _rng_states(device),
-        }
-        atomic_save(ck, last_path)
-        atomic_write_json(history, run_dir / "history.json")
+        self.history.append(record)
+        self.decision = self.rules.check(self.history)
+        atomic_save(self._base() | {
+            "optimizer_state_dict": self.optimizer.state_dict(),
+            "epoch": record["epoch"],
+            "history": self.history,
+            "wall_time": self.wall,
+            "diverged": self.diverged,
+            "rng_states": _rng_states(self.device),
+        }, self.dir / "last.pt")
+        atomic_write_json(self.history, self.dir / "history.json")
+        delay = float(os.environ.get(EPOCH_DELAY_ENV, "0") or 0)
         if delay:
             time.sleep(delay)
         if epoch_callback is not None:
-            epoch_callback(epoch, record)
+            epoch_callback(record["epoch"], record)
 
-    last = history[-1]
-    reason = "diverged" if diverged and not decision.stop else decision.reason
-    result = _result(task, len(history), reason, (last["train_loss"], last["train_acc"]),
-                     (last["test_loss"], last["test_acc"]), wall, resumed_from)
-    atomic_write_json(history, run_dir / "history.json")
-    atomic_save(_checkpoint_base(task, model) | {"epoch": len(history), "history": history, "result": result},
-                final_path)
-    if not task.get("keep_last", False):
-        with contextlib.suppress(FileNotFoundError):
-            last_path.unlink()
-    return result | ({"warnings": notes} if notes else {})
+    def finish(self, pack_size: int = 1) -> dict:
+        """Write ``final.pt`` (weights + result) and drop ``last.pt``; the run's result."""
+        last = self.history[-1]
+        reason = "diverged" if self.diverged and not self.decision.stop else self.decision.reason
+        result = _result(self.task, len(self.history), reason, (last["train_loss"], last["train_acc"]),
+                         (last["test_loss"], last["test_acc"]), self.wall, self.resumed_from)
+        result["pack_size"] = pack_size
+        atomic_write_json(self.history, self.dir / "history.json")
+        atomic_save(self._base() | {"epoch": len(self.history), "history": self.history, "result": result},
+                    self.dir / "final.pt")
+        if not self.task.get("keep_last", False):
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / "last.pt").unlink()
+        return result | ({"warnings": self.notes} if self.notes else {})
+
+
+def _evaluate_untrained(run: _Run, splits, eval_bs: int) -> dict:
+    """A randomly initialised model for the validity test: evaluated, never trained."""
+    (train_x, train_y), (test_x, test_y) = splits
+    t0 = time.perf_counter()
+    base = run._base()
+    atomic_save(base | {"epoch": 0}, run.dir / "init.pt")
+    mean, std = run.inputs.mean, run.inputs.std
+    train = evaluate(run.model, train_x, train_y, mean, std, run.device, eval_bs)
+    test = evaluate(run.model, test_x, test_y, mean, std, run.device, eval_bs)
+    result = _result(run.task, 0, "untrained", train, test, time.perf_counter() - t0, None) | {"pack_size": 1}
+    atomic_write_json([], run.dir / "history.json")
+    atomic_save(base | {"epoch": 0, "history": [], "result": result}, run.dir / "final.pt")
+    return result | ({"warnings": run.notes} if run.notes else {})
+
+
+def _train_locked(tasks: list[dict], device: torch.device, epoch_callback, packed: bool) -> list[dict]:
+    results: dict[int, dict] = {}
+    runs: dict[int, _Run] = {}
+    notes = {i: [] for i in range(len(tasks))}
+    for i, task in enumerate(tasks):
+        done = _readable_or_set_aside(Path(task["run_dir"]) / "final.pt", "the run is trained again", notes[i])
+        if done is not None and done.get("run_id") == task["run_id"] and "result" in done:
+            results[i] = dict(done["result"])
+        else:
+            runs[i] = _Run(task, device, notes[i])
+    if not runs:
+        return [results[i] for i in range(len(tasks))]
+    first = tasks[0]
+    splits = (load_split(first["data"]["train"], device), load_split(first["data"]["test"], device))
+    eval_bs = int(first.get("eval_batch_size") or 256)
+    for i, run in list(runs.items()):
+        if not run.cfg["trained"]:
+            results[i] = _evaluate_untrained(runs.pop(i), splits, eval_bs)
+    if packed and len(runs) > 1:
+        _train_packed(list(runs.values()), splits, eval_bs, epoch_callback)
+    else:
+        for run in runs.values():
+            _train_alone(run, splits, eval_bs, epoch_callback)
+    for i, run in runs.items():
+        results[i] = run.finish(pack_size=len(runs) if packed else 1)
+    return [results[i] for i in range(len(tasks))]
+
+
+def _train_alone(run: _Run, splits, eval_bs: int, epoch_callback) -> None:
+    (train_x, train_y), (test_x, test_y) = splits
+    mean, std, bs = run.inputs.mean, run.inputs.std, int(run.cfg["batch_size"])
+    while not run.stopped:
+        t0 = time.perf_counter()
+        loss = train_one_epoch(run.model, run.optimizer, run.inputs, train_x, train_y, bs, run.next_epoch)
+        train = evaluate(run.model, train_x, train_y, mean, std, run.device, eval_bs)
+        test = evaluate(run.model, test_x, test_y, mean, std, run.device, eval_bs)
+        run.end_epoch(train, test, loss, time.perf_counter() - t0, epoch_callback)
+
+
+def _train_packed(runs: list[_Run], splits, eval_bs: int, epoch_callback) -> None:
+    """Every epoch, the runs that have not stopped train as one pack. Runs resumed at different
+    epochs (a kill between two of their checkpoint writes) are brought level first: the ones
+    ahead stay in the pack, frozen, so every run computes in the pack it had uninterrupted."""
+    from camgap.zoo.packed import PackedResNet, evaluate_pack, train_pack_epoch
+
+    (train_x, train_y), (test_x, test_y) = splits
+    bs = int(runs[0].cfg["batch_size"])
+    active = [r for r in runs if not r.stopped]
+    while active:
+        t0 = time.perf_counter()
+        level = min(r.next_epoch for r in active)
+        frozen = [r.next_epoch > level for r in active]
+        pack = PackedResNet([r.model for r in active])
+        inputs = [r.inputs for r in active]
+        losses = train_pack_epoch(pack, [r.optimizer for r in active], inputs, train_x, train_y, bs,
+                                  [r.next_epoch for r in active], frozen=frozen)
+        train = evaluate_pack(pack, inputs, train_x, train_y, eval_bs)
+        test = evaluate_pack(pack, inputs, test_x, test_y, eval_bs)
+        seconds = time.perf_counter() - t0
+        for r, f, loss, tr, te in zip(active, frozen, losses, train, test, strict=True):
+            if not f:
+                r.end_epoch(tr, te, loss, seconds, epoch_callback)
+        active = [r for r in active if not r.stopped]
 
 
 def execute_task(task: dict) -> dict:
@@ -596,6 +721,8 @@ def execute_task(task: dict) -> dict:
             raise RuntimeError(f"injected failure ({INJECT_FAIL_ENV})")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CheckpointSetAsideWarning)
+            if "pack" in task:
+                return {"run_id": task["run_id"], "status": "pack", "results": train_pack(task["pack"])}
             return train_run(task)
     except Exception as exc:  # noqa: BLE001 - one bad run never stops the sweep
         disk = storage_error(exc)
