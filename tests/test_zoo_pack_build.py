@@ -212,3 +212,30 @@ def test_registry_rows_of_a_packed_build(tmp_path, data):
     for rid in frame.run_id:  # every run has the files of today
         assert {p.name for p in (zoo / "runs" / rid).iterdir()} >= {"init.pt", "final.pt", "history.json",
                                                                   "config.json"}
+
+
+def test_precision_and_memory_layout_are_recorded_and_keep_the_seed(tmp_path, data):
+    from camgap.zoo.train import resolve_precision
+
+    text = GRID.format(pack=3, epochs=1).replace(
+        "[arch_options", 'precision = "bf16"\nchannels_last = true\n\n[arch_options')
+    (tmp_path / "g.toml").write_text(text)
+    g, plain = load_grid(tmp_path / "g.toml"), load_grid(grid(tmp_path / "p.toml", 1, epochs=1))
+    fast = [s for s in g.runs() if s.config["trained"]]
+    slow = [s for s in plain.runs() if s.config["trained"]]
+    assert all(s.config["precision"] == "bf16" and s.config["channels_last"] is True for s in fast)
+    assert all("precision" not in s.config and "channels_last" not in s.config for s in slow)
+    assert [s.seed for s in fast] == [s.seed for s in slow]  # the same runs, computed otherwise
+    assert {s.run_id for s in fast}.isdisjoint(s.run_id for s in slow)
+    s = build(tmp_path / "g.toml", data, tmp_path / "zoo", workers=0, device="cpu", progress=False, log=quiet)
+    assert s.done == 5
+    results = [ck["result"] for ck in finals(tmp_path / "zoo").values()]
+    assert sorted((r["precision"], r["pack_size"]) for r in results) == [("bf16", 1), ("bf16", 3), ("bf16", 3),
+                                                                        ("bf16", 3), ("fp32", 1)]
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
+    native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    assert resolve_precision("auto", cpu) == ("bf16" if native else "fp32")
+    with pytest.raises(GridError, match="precision"):
+        (tmp_path / "b.toml").write_text(text.replace('"bf16"', '"fp16"'))
+        load_grid(tmp_path / "b.toml")

@@ -354,7 +354,8 @@ def pack_plan(g: Grid) -> dict[str, str]:
         cfg = spec.config
         size = int(cfg.get("pack") or 1)
         if cfg["trained"] and size > 1:
-            key = (cfg["arch"], canonical_json(cfg["arch_options"]), cfg["batch_size"], size)
+            key = (cfg["arch"], canonical_json(cfg["arch_options"]), cfg["batch_size"], cfg.get("precision"),
+                   cfg.get("channels_last"), size)
             groups.setdefault(key, []).append(spec.run_id)
     plan: dict[str, str] = {}
     for (*_, size), ids in groups.items():

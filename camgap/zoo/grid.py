@@ -105,6 +105,7 @@ GRID_KEYS: dict[str, Any] = {
     "pretrained": False,
 }
 OPTIMIZERS = ("sgd", "adam")
+PRECISIONS = ("fp32", "bf16", "auto")  # auto: bf16 where the device computes it natively, chosen per run
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "max_epochs": 150,
@@ -119,10 +120,14 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "jitter": 0.4,
     "threads": 1,
     "pack": 1,
+    "precision": "fp32",
+    "channels_last": False,
     "eval_batch_size": 256,
     "pretrained_weights": {},
 }
 PACK_AUTO = 8  # runs per pack for `[train] pack = "auto"`
+# how a run computes, not what it studies: left out of ids and fingerprints at their defaults
+OPTIONAL_TRAIN_KEYS = ("pack", "precision", "channels_last")
 # settings that do not change what a run computes: not part of run ids nor the fingerprint
 EXECUTION_ONLY = ("eval_batch_size", "pretrained_weights")
 
@@ -198,9 +203,10 @@ def make_run_id(config: dict, repeat: int) -> str:
 
 
 def run_seed(config: dict, repeat: int) -> int:
-    """A run's seed: from its id without the pack size, so a run trained in a pack draws the same
-    initial weights, data order and augmentation as the same run trained alone."""
-    return seed_from_run_id(make_run_id({k: v for k, v in config.items() if k != "pack"}, repeat))
+    """A run's seed: from its id without how it computes (pack size, precision, memory layout), so
+    a run trained in a pack or in bf16 draws the same initial weights, data order and augmentation
+    as the same run trained alone in fp32."""
+    return seed_from_run_id(make_run_id({k: v for k, v in config.items() if k not in OPTIONAL_TRAIN_KEYS}, repeat))
 
 
 def seed_from_run_id(run_id: str) -> int:
@@ -287,6 +293,8 @@ _TRAIN_CHECKS = {
     "jitter": lambda w, v: _float(w, v, 0.0, 1.0),
     "threads": lambda w, v: _int(w, v, 1),
     "pack": lambda w, v: v if v == "auto" else _int(w, v, 1),
+    "precision": lambda w, v: _choice(w, v, PRECISIONS),
+    "channels_last": _bool,
     "eval_batch_size": lambda w, v: _int(w, v, 1),
     "pretrained_weights": None,  # checked separately
 }
@@ -400,6 +408,9 @@ class Grid:
         pack = self.pack_size(values["arch"])
         if pack > 1:  # packed runs compute in other float order than alone: part of what the run is
             cfg["pack"] = pack
+        for key in ("precision", "channels_last"):  # likewise; left out at their defaults, as before
+            if t[key] != TRAIN_DEFAULTS[key]:
+                cfg[key] = t[key]
         return cfg
 
     def pack_size(self, arch: str) -> int:
@@ -450,7 +461,7 @@ class Grid:
             "untrained": self.untrained,
             "sample": self.sample,
             "train": {k: v for k, v in self.train.items()
-                      if k not in EXECUTION_ONLY and not (k == "pack" and v == 1)},
+                      if k not in EXECUTION_ONLY and not (k in OPTIONAL_TRAIN_KEYS and v == TRAIN_DEFAULTS[k])},
             "arch_options": self.arch_options,
             "pretrain": self.pretrain if any(not _is_torchvision(a) for a in self.wants_pretrained()) else None,
         }

@@ -343,6 +343,23 @@ class RunInputs:
                    float(config.get("jitter") or 0.0), tuple(config["mean"]), tuple(config["std"]))
 
 
+def resolve_precision(setting: str, device: torch.device) -> str:
+    """"fp32" or "bf16" for a run's steps: "auto" is bf16 where the device computes it natively (a
+    GPU with bf16, a CPU with AVX512-BF16 or AMX), else fp32. Chosen per run and recorded with it."""
+    if setting != "auto":
+        return setting
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
+        torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return "bf16" if native else "fp32"
+
+
+def autocast(precision: str, device: torch.device):
+    """The context a run's forward passes run in: bf16 autocast, or nothing for fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
     """The generator of one run's epoch: its shuffle, then its augmentation draws, in batch order."""
     gen = torch.Generator(device=device)
@@ -372,7 +389,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: 
     running = torch.zeros((), device=device)
     for s in range(0, n, batch_size):
         x, y = training_batch(inputs, gen, images, labels, perm[s : s + batch_size])
-        loss = F.cross_entropy(model(x), y)
+        loss = F.cross_entropy(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -549,6 +566,9 @@ class _Run:
                 raise StateError(f"run {task['run_id']}: pretrained = true but no weights file was resolved")
             load_pretrained_backbone(self.model, task["pretrained_path"])
         self.model.to(device)
+        self.precision = resolve_precision(self.cfg.get("precision") or "fp32", device)
+        if self.cfg.get("channels_last"):
+            self.model.to(memory_format=torch.channels_last)
         self.device = device
         self.history: list[dict] = []
         self.wall, self.resumed_from, self.diverged = 0.0, None, False
@@ -621,7 +641,7 @@ class _Run:
         reason = "diverged" if self.diverged and not self.decision.stop else self.decision.reason
         result = _result(self.task, len(self.history), reason, (last["train_loss"], last["train_acc"]),
                          (last["test_loss"], last["test_acc"]), self.wall, self.resumed_from)
-        result["pack_size"] = pack_size
+        result |= {"pack_size": pack_size, "precision": self.precision}
         atomic_write_json(self.history, self.dir / "history.json")
         atomic_save(self._base() | {"epoch": len(self.history), "history": self.history, "result": result},
                     self.dir / "final.pt")
@@ -640,7 +660,8 @@ def _evaluate_untrained(run: _Run, splits, eval_bs: int) -> dict:
     mean, std = run.inputs.mean, run.inputs.std
     train = evaluate(run.model, train_x, train_y, mean, std, run.device, eval_bs)
     test = evaluate(run.model, test_x, test_y, mean, std, run.device, eval_bs)
-    result = _result(run.task, 0, "untrained", train, test, time.perf_counter() - t0, None) | {"pack_size": 1}
+    result = _result(run.task, 0, "untrained", train, test, time.perf_counter() - t0, None)
+    result |= {"pack_size": 1, "precision": "fp32"}
     atomic_write_json([], run.dir / "history.json")
     atomic_save(base | {"epoch": 0, "history": [], "result": result}, run.dir / "final.pt")
     return result | ({"warnings": run.notes} if run.notes else {})
@@ -679,9 +700,10 @@ def _train_alone(run: _Run, splits, eval_bs: int, epoch_callback) -> None:
     mean, std, bs = run.inputs.mean, run.inputs.std, int(run.cfg["batch_size"])
     while not run.stopped:
         t0 = time.perf_counter()
-        loss = train_one_epoch(run.model, run.optimizer, run.inputs, train_x, train_y, bs, run.next_epoch)
-        train = evaluate(run.model, train_x, train_y, mean, std, run.device, eval_bs)
-        test = evaluate(run.model, test_x, test_y, mean, std, run.device, eval_bs)
+        with autocast(run.precision, run.device):
+            loss = train_one_epoch(run.model, run.optimizer, run.inputs, train_x, train_y, bs, run.next_epoch)
+            train = evaluate(run.model, train_x, train_y, mean, std, run.device, eval_bs)
+            test = evaluate(run.model, test_x, test_y, mean, std, run.device, eval_bs)
         run.end_epoch(train, test, loss, time.perf_counter() - t0, epoch_callback)
 
 
@@ -700,10 +722,11 @@ def _train_packed(runs: list[_Run], splits, eval_bs: int, epoch_callback) -> Non
         frozen = [r.next_epoch > level for r in active]
         pack = PackedResNet([r.model for r in active])
         inputs = [r.inputs for r in active]
-        losses = train_pack_epoch(pack, [r.optimizer for r in active], inputs, train_x, train_y, bs,
-                                  [r.next_epoch for r in active], frozen=frozen)
-        train = evaluate_pack(pack, inputs, train_x, train_y, eval_bs)
-        test = evaluate_pack(pack, inputs, test_x, test_y, eval_bs)
+        with autocast(active[0].precision, active[0].device):
+            losses = train_pack_epoch(pack, [r.optimizer for r in active], inputs, train_x, train_y, bs,
+                                      [r.next_epoch for r in active], frozen=frozen)
+            train = evaluate_pack(pack, inputs, train_x, train_y, eval_bs)
+            test = evaluate_pack(pack, inputs, test_x, test_y, eval_bs)
         seconds = time.perf_counter() - t0
         for r, f, loss, tr, te in zip(active, frozen, losses, train, test, strict=True):
             if not f:
