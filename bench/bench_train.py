@@ -54,7 +54,7 @@ from camgap.data.layouts import read_layout
 from camgap.data.store import TensorStore
 from camgap.data.synthetic import write_synthetic
 from camgap.models import create_model
-from camgap.zoo.train import augment_batch, load_split, release_data_cache
+from camgap.zoo.train import RunInputs, augment_batch, load_split, release_data_cache, train_one_epoch
 
 PAPER_TRAIN_IMAGES = 11_173  # paper Table 1 (sum over the 20 classes)
 PAPER_TEST_IMAGES = 1_000  # 50 per class
@@ -80,25 +80,11 @@ def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
 # --- the camgap path ---------------------------------------------------------------------
 
 
-def camgap_epoch(model, opt, images, labels, bs, gen, device, mean, std) -> int:
-    """One training pass exactly as in camgap.zoo.train.train_run (augment on)."""
-    model.train()
-    n = int(labels.shape[0])
-    perm = torch.randperm(n, generator=gen, device=device)
-    running, seen = torch.zeros((), device=device), 0
-    for s in range(0, n, bs):
-        idx = perm[s : s + bs]
-        x, y = images[idx], labels[idx]
-        x = augment_batch(x, gen, 0.5, 0.4)
-        out = model(normalize(x, mean, std))
-        loss = F.cross_entropy(out, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        running += loss.detach() * y.shape[0]
-        seen += int(y.shape[0])
-    float(running)  # the loop's one sync per epoch
-    return seen
+def camgap_epoch(model, opt, images, labels, bs, epoch, mean, std) -> int:
+    """One training pass of camgap's own loop (``camgap.zoo.train.train_one_epoch``, augment on)."""
+    inputs = RunInputs(seed=0, augment=True, flip_prob=0.5, jitter=0.4, mean=tuple(mean), std=tuple(std))
+    train_one_epoch(model, opt, inputs, images, labels, bs, epoch)  # ends with the loop's one sync
+    return int(labels.shape[0])
 
 
 # --- the plain torchvision + PIL loop ----------------------------------------------------
@@ -217,11 +203,9 @@ def throughput(args, device: torch.device, work: Path) -> None:
         rows = []
         model = _model(arch, len(classes), args.width, device)
         opt = _optimizer(model)
-        gen = torch.Generator(device=device)
 
-        def cg(e, model=model, opt=opt, gen=gen):
-            gen.manual_seed(1000 + e)
-            return camgap_epoch(model, opt, images, labels, args.batch_size, gen, device, mean, std)
+        def cg(e, model=model, opt=opt):
+            return camgap_epoch(model, opt, images, labels, args.batch_size, e + 1, mean, std)
 
         cam_ips = timed_epochs(cg, args.warmup, args.epochs, device)
         rows.append(("camgap cached uint8 tensors", cam_ips))
