@@ -16,6 +16,7 @@ optimizer = ["sgd"]
 
 [train]
 max_epochs = 2
+acc_threshold = 1.0  # only the epoch budget (C4) can stop a run: the test may not hinge on float details
 input_size = 16
 
 [arch_options.small_resnet]
