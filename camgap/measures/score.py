@@ -145,8 +145,8 @@ class TripletDataset(torch.utils.data.Dataset):
     def _item(self, i: int):
         item = self.dataset[i]
         if not isinstance(item, (tuple, list)) or len(item) != 3:
-            raise TypeError(f"item {i} of the dataset is a {type(item).__name__}"
-                            f"{f' of {len(item)}' if isinstance(item, (tuple, list)) else ''}: expected {ACCEPTED_DATA}")
+            size = f" of {len(item)}" if isinstance(item, (tuple, list)) else ""
+            raise TypeError(f"item {i} of the dataset is a {type(item).__name__}{size}: expected {ACCEPTED_DATA}")
         image, label, boxes = item
         image = torch.as_tensor(image)
         if image.dim() != 3 or image.shape[0] != 3 or image.shape[1] != image.shape[2]:
