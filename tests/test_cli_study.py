@@ -33,7 +33,7 @@ def measured(tmp_path_factory) -> tuple[Path, Path]:
     """3 trained + 1 untrained models, measured with `camgap zoo measure`."""
     root = tmp_path_factory.mktemp("study")
     zoo, data = build_tiny_zoo(root, seed=5, lrs=(0.05, 0.02, 0.005))
-    rc = main(["zoo", "measure", str(root / "zoo"), "--measures", "iou,iou_b,nuclear_norm,effective_invariance",
+    rc = main(["zoo", "measure", "--zoo", str(root / "zoo"), "--measures", "iou,iou_b,nuclear_norm,effective_invariance",
                "--device", "cpu", "--no-progress"])
     assert rc == 0
     return root / "zoo", data
@@ -83,11 +83,11 @@ def test_measure_records_every_model(measured):
 def test_measure_rerun_and_unknown_measure(measured, capsys):
     zoo, _ = measured
     before = frames(zoo)[1]
-    assert main(["zoo", "measure", str(zoo), "--measures", "iou,iou_b,nuclear_norm,effective_invariance",
+    assert main(["zoo", "measure", "--zoo", str(zoo), "--measures", "iou,iou_b,nuclear_norm,effective_invariance",
                  "--device", "cpu", "--no-progress"]) == 0
     assert frames(zoo)[1].equals(before)
     assert "0 measured now, 0 values recorded" in capsys.readouterr().out
-    assert main(["zoo", "measure", str(zoo), "--measures", "iou,bogus", "--no-progress"]) == 2
+    assert main(["zoo", "measure", "--zoo", str(zoo), "--measures", "iou,bogus", "--no-progress"]) == 2
     assert "bogus" in capsys.readouterr().err
     assert frames(zoo)[1].equals(before)
 
@@ -95,7 +95,7 @@ def test_measure_rerun_and_unknown_measure(measured, capsys):
 def test_study_report_and_table3_match_scipy(measured, tmp_path, capsys):
     zoo, _ = measured
     out = tmp_path / "study"
-    assert main(["study", str(zoo), "--out", str(out), "--bootstrap", "50", "--device", "cpu"]) == 0
+    assert main(["study", "--zoo", str(zoo), "--out", str(out), "--bootstrap", "50", "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert "Pearson r with the generalization gap" in text and f"report: {out / 'report.html'}" in text
     check_report(out)
@@ -119,7 +119,7 @@ def test_table3_total_block_equals_scipy_over_the_trained_models(measured, tmp_p
     zoo = copy_zoo(measured[0], tmp_path / "zoo",
                    "UPDATE runs SET train_acc = 0.99, test_acc = 0.99 - gap / 100.0 WHERE trained = 1;")
     out = tmp_path / "study"
-    assert main(["study", str(zoo), "--out", str(out), "--bootstrap", "50", "--no-overlays"]) == 0
+    assert main(["study", "--zoo", str(zoo), "--out", str(out), "--bootstrap", "50", "--no-overlays"]) == 0
     check_report(out)
     pearson, n, raw = read_table3(out)
     d = trained_iou_gap(zoo)
@@ -139,7 +139,7 @@ def test_study_with_fewer_than_three_models_prints_na(measured, tmp_path, capsys
                    "UPDATE runs SET status = 'failed' WHERE run_id = "
                    "(SELECT run_id FROM runs WHERE trained = 1 ORDER BY rowid LIMIT 1);")
     out = tmp_path / "study"
-    assert main(["study", str(zoo), "--out", str(out), "--bootstrap", "50", "--no-overlays"]) == 0
+    assert main(["study", "--zoo", str(zoo), "--out", str(out), "--bootstrap", "50", "--no-overlays"]) == 0
     text = capsys.readouterr().out
     iou_line = [ln for ln in text.splitlines() if ln.startswith("IoU ")]
     assert len(iou_line) == 1 and iou_line[0].count("n/a (n=2)") == 4, text
@@ -167,7 +167,7 @@ def test_study_uses_rho_0_1_among_several_thresholds(measured, tmp_path, capsys)
     outs = {}
     for name, z in (("base", base), ("zoo", zoo)):
         outs[name] = tmp_path / f"study_{name}"
-        assert main(["study", str(z), "--out", str(outs[name]), "--bootstrap", "0", "--no-overlays"]) == 0
+        assert main(["study", "--zoo", str(z), "--out", str(outs[name]), "--bootstrap", "0", "--no-overlays"]) == 0
     headlines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("IoU")]
     assert len(headlines) == 4 and headlines[:2] == headlines[2:]
     for table in ("table3", "table4", "table5"):
@@ -183,7 +183,7 @@ def test_study_says_when_rho_0_1_was_not_measured(measured, tmp_path, capsys):
                    _iou_at("0.05", "value") + "DELETE FROM measurements WHERE params LIKE '%\"threshold\":\"0.1\"%';")
     assert set(frames(zoo)[1].measure) == {"iou", "iou_b", "nuclear_norm", "effective_invariance"}
     out = tmp_path / "study"
-    assert main(["study", str(zoo), "--out", str(out), "--bootstrap", "0", "--no-overlays"]) == 0
+    assert main(["study", "--zoo", str(zoo), "--out", str(out), "--bootstrap", "0", "--no-overlays"]) == 0
     text = capsys.readouterr().out
     iou_line = [ln for ln in text.splitlines() if ln.startswith("IoU:")]
     assert len(iou_line) == 1 and iou_line[0].startswith("IoU: not measured") and iou_line[0].count("n/a (n=0)") == 4
@@ -197,13 +197,13 @@ def test_study_says_when_rho_0_1_was_not_measured(measured, tmp_path, capsys):
 def test_study_without_registry_or_measurements(measured, tmp_path, capsys):
     empty = tmp_path / "nothing"
     empty.mkdir()
-    assert main(["study", str(empty), "--out", str(tmp_path / "o1")]) == 2
+    assert main(["study", "--zoo", str(empty), "--out", str(tmp_path / "o1")]) == 2
     err = capsys.readouterr().err
     assert "no model set" in err and str(empty) in err
     assert not (tmp_path / "o1" / "report.html").exists()
 
     zoo = copy_zoo(measured[0], tmp_path / "zoo", "DELETE FROM measurements;")
-    assert main(["study", str(zoo), "--out", str(tmp_path / "o2")]) == 2
+    assert main(["study", "--zoo", str(zoo), "--out", str(tmp_path / "o2")]) == 2
     assert "zoo measure" in capsys.readouterr().err
 
 
@@ -263,7 +263,7 @@ def test_predict_without_a_reference_set(tmp_path, measured, capsys):
 def test_masks_command(measured, tmp_path, capsys):
     _, data = measured
     out = tmp_path / "masks"
-    assert main(["masks", str(data), "--out", str(out), "--input-size", "32", "--cache", str(tmp_path / "cache")]) == 0
+    assert main(["masks", "--data", str(data), "--out", str(out), "--input-size", "32", "--cache", str(tmp_path / "cache")]) == 0
     text = capsys.readouterr().out
     records, _ = read_layout(data, "auto", "train")
     pngs = sorted(out.rglob("*.png"))
