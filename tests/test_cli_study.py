@@ -284,3 +284,97 @@ def test_masks_command(measured, tmp_path, capsys):
     assert float(m.group(1)) == pytest.approx(q["mean_iou"], abs=6e-4)
     assert float(m.group(2)) == pytest.approx(100 * q["miss_share"], abs=0.06)
     assert int(m.group(3)) == q["n"] == 80
+
+
+def _stdout_json(capsys) -> dict:
+    import json
+
+    out = capsys.readouterr().out
+    return json.loads(out)  # the whole of stdout is one JSON object
+
+
+def test_study_json_is_the_table3_total_block(measured, tmp_path, capsys):
+    """`--json`: the headline as JSON alone on stdout, each cell r, its interval and n, equal to the
+    written Table 3's Total block; `--subsets` sets the columns, `--seed` the bootstrap."""
+    zoo = copy_zoo(measured[0], tmp_path / "zoo",
+                   "UPDATE runs SET train_acc = 0.99, test_acc = 0.99 - gap / 100.0 WHERE trained = 1;")
+    out = tmp_path / "study"
+    assert main(["study", "--zoo", str(zoo), "--out", str(out), "--bootstrap", "40", "--no-overlays",
+                 "--subsets", "0.95,0", "--seed", "3", "--json"]) == 0
+    got = _stdout_json(capsys)
+    assert got["report"] == str(out / "report.html") and got["confidence"] == 0.95
+    t = out / "tables"
+    pearson, n = (pd.read_csv(t / f"{name}.csv", index_col=[0, 1]) for name in ("table3", "table3_n"))
+    lo, hi = (pd.read_csv(t / f"table3_ci_{side}.csv", index_col=[0, 1]) for side in ("low", "high"))
+    assert list(pearson.columns) == [">=95", ">=0"]
+    assert set(got["cells"]) == set(pearson.loc["Total"].index)
+    for measure, by_col in got["cells"].items():
+        assert list(by_col) == [">=95", ">=0"]
+        for col, cell in by_col.items():
+            assert cell["n"] == n.loc[("Total", measure), col]
+            assert cell["r"] == pytest.approx(pearson.loc[("Total", measure), col], abs=1e-12)
+            assert cell["ci"] == pytest.approx([lo.loc[("Total", measure), col], hi.loc[("Total", measure), col]],
+                                               abs=1e-12)
+    d = trained_iou_gap(zoo)
+    assert got["cells"]["IoU"][">=0"]["n"] == 3
+    assert got["cells"]["IoU"][">=0"]["r"] == pytest.approx(scipy.stats.pearsonr(d.iou, d.gap)[0], abs=1e-9)
+    assert got["cells"]["IoU"][">=0"]["ci"][0] <= got["cells"]["IoU"][">=0"]["ci"][1]
+    # the report records the command line and the model set
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert str(zoo) in html
+
+
+def test_study_measures_and_primary(measured, tmp_path, capsys):
+    """`--measures` picks the rows; `--primary` the variant (an IoU at a threshold that was not measured
+    is a "not measured" row); an unknown measure is refused with the measured ones listed."""
+    zoo = measured[0]
+    out = tmp_path / "study"
+    assert main(["study", "--zoo", str(zoo), "--out", str(out), "--bootstrap", "0", "--no-overlays",
+                 "--measures", "iou,nuclear_norm", "--json"]) == 0
+    cells = _stdout_json(capsys)["cells"]
+    assert [m.split(" (")[0] for m in cells] == ["IoU", "Nuclear Norm", "Nuclear Norm"]  # in the order given
+    assert main(["study", "--zoo", str(zoo), "--out", str(tmp_path / "s2"), "--bootstrap", "0", "--no-overlays",
+                 "--measures", "iou", "--primary", "cam=gradcam,threshold=0.3,masks=boxes", "--json"]) == 0
+    assert list(_stdout_json(capsys)["cells"]) == ["IoU: not measured"]
+    assert main(["study", "--zoo", str(zoo), "--out", str(tmp_path / "s3"), "--measures", "iou,bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "no measurement of bogus; measured: effective_invariance, iou, iou_b, nuclear_norm" in err
+    assert main(["study", "--zoo", str(zoo), "--out", str(tmp_path / "s4"), "--primary", "cam"]) == 2
+    assert "'cam' is not of the form key=value" in capsys.readouterr().err
+
+
+def test_masks_json(measured, tmp_path, capsys):
+    _, data = measured
+    out = tmp_path / "masks"
+    assert main(["masks", "--data", str(data), "--out", str(out), "--input-size", "32", "--cache",
+                 str(tmp_path / "cache"), "--json"]) == 0
+    got = _stdout_json(capsys)
+    records, _ = read_layout(data, "auto", "train")
+    assert got["n_written"] == len(list(out.rglob("*.png"))) == len(records) == 80
+    assert got["out"] == str(out) and got["source"] == "saliency" and got["n_missing"] == 0
+    store = TensorStore.cached(records, tmp_path / "cache2", 32, "resize")
+    ref = compute_masks("saliency", store.images, store.boxes, list(store.image_ids), 32)
+    q = mask_quality(ref.masks, boxes_to_masks(list(store.boxes), 32))
+    assert got["agreement_with_boxes"] == {"mean_iou": pytest.approx(q["mean_iou"], abs=1e-9),
+                                           "miss_share": pytest.approx(q["miss_share"], abs=1e-12), "n": 80}
+
+
+def test_study_passes_its_options_to_write_study(measured, tmp_path, monkeypatch, capsys):
+    """The wiring: subsets, primary (over the default variant), seed, the command line and the model set."""
+    import camgap.study.report as report
+
+    seen, real = {}, report.write_study
+
+    def fake_write_study(runs, measurements, out_dir, **kwargs):
+        seen.update(kwargs)
+        return real(runs, measurements, out_dir, **kwargs)
+
+    monkeypatch.setattr(report, "write_study", fake_write_study)
+    monkeypatch.setattr("sys.argv", ["camgap", "study", "--zoo", "Z"])
+    assert main(["study", "--zoo", str(measured[0]), "--out", str(tmp_path / "s"), "--bootstrap", "0",
+                 "--no-overlays", "--subsets", "0.9,0", "--seed", "7", "--primary", "threshold=0.1,cam=gradcam"]) == 0
+    assert seen["thresholds"] == [0.9, 0] and seen["seed"] == 7 and seen["n_boot"] == 0
+    assert seen["primary"] == {"cam": "gradcam", "masks": "boxes", "threshold": "0.1"}
+    assert seen["command"] == "camgap study --zoo Z" and seen["model_set"] == measured[0]
+    text = capsys.readouterr().out
+    assert "Pearson r with the generalization gap" in text and "\u2265 90" in text and "\u2265 0" in text
