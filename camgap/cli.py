@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from camgap import __version__
-from camgap.cliutil import CommaList, add_location, finish_args
+from camgap.cliutil import CommaList, add_location, cam_names, finish_args
 from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from camgap.errors import CamgapError, InputError, MissingFileError
 from camgap.measures.iou import validate_thresholds
@@ -59,7 +59,7 @@ def _add_score_args(p: argparse.ArgumentParser) -> None:
                    help="default: what the checkpoint records, else the number of classes in the data")
     p.add_argument("--width", type=int, help="small_resnet width (default: what the checkpoint records)")
     _add_data_args(p)
-    p.add_argument("--cam", default="gradcam", help=_cam_help())
+    p.add_argument("--cam", default="gradcam", type=cam_names, help=_cam_help())
     p.add_argument("--layer", help="target layer, dotted name (default: the last block before the global pooling "
                                    "of a known family, e.g. layer4 for ResNets)")
     p.add_argument("--threshold", action=CommaList, convert=float, default=[0.1], metavar="RHO[,RHO...]",

@@ -52,6 +52,18 @@ class CommaList(argparse.Action):
         setattr(namespace, self.dest, converted)
 
 
+def cam_names(text: str) -> str:
+    """argparse type of `--cam`: each comma-separated CAM method by its canonical name
+    (`gradcampp,GradCAM` -> `gradcam++,gradcam`), so aliases name the same stored variant."""
+    from camgap.cam import cam_name
+    from camgap.errors import UnknownNameError
+
+    try:
+        return ",".join(cam_name(part.strip()) for part in text.split(",") if part.strip())
+    except UnknownNameError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_location(p: argparse.ArgumentParser, dest: str, flag: str, metavar: str, help: str, *,
                  positional: bool = True, old_flag: str | None = None, type: Callable[[str], Any] = str) -> None:
     """`flag METAVAR` (required, checked by `finish_args`), plus the old spellings it replaces:

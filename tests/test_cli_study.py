@@ -378,3 +378,28 @@ def test_study_passes_its_options_to_write_study(measured, tmp_path, monkeypatch
     assert seen["command"] == "camgap study --zoo Z" and seen["model_set"] == measured[0]
     text = capsys.readouterr().out
     assert "Pearson r with the generalization gap" in text and "\u2265 90" in text and "\u2265 0" in text
+
+
+def test_predict_json(measured, capsys):
+    """JSON alone on stdout; the same numbers as the text output's computation."""
+    zoo, data = measured
+    d = trained_iou_gap(zoo).sort_values("iou", kind="stable").reset_index(drop=True)
+    ckpt = zoo / "runs" / d.run_id.iloc[1] / "final.pt"
+    capsys.readouterr()
+    assert main(["predict", "--zoo", str(zoo), "--checkpoint", str(ckpt), "--arch", "small_resnet10", "--width", "4",
+                 "--data", str(data), "--input-size", "32", "--device", "cpu", "--batch-size", "128",
+                 "--min-train-acc", "0", "--json"]) == 0
+    got = _stdout_json(capsys)
+    fit = fit_gap(d.iou, d.gap, name="iou")
+    pred = predict_gap(fit, got["iou"], confidence=0.95, train_acc=got["train_acc"])
+    assert got["iou"] == d.iou.iloc[1] and got["n_images"] == 80 and got["fit"]["n"] == 3
+    assert got["prediction"] == pytest.approx(pred.gap, abs=1e-12)
+    assert got["interval"] == pytest.approx([pred.low, pred.high], abs=1e-12)
+
+
+def test_zoo_status_json(measured, capsys):
+    zoo, _ = measured
+    capsys.readouterr()
+    assert main(["zoo", "status", "--zoo", str(zoo), "--json"]) == 0
+    got = _stdout_json(capsys)
+    assert isinstance(got, dict) and not got["integrity_problems"]

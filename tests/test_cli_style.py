@@ -181,3 +181,17 @@ def test_models_for_given_names(capsys):
         {"name": "convnext_tiny", "group": "torchvision", "target_layer": "features.7", "closed_form": False}]
     rc, out, err = run_main(capsys, "models", "resnet9000")
     assert rc == 2 and out == "" and err.startswith("camgap: error: unknown architecture 'resnet9000'; known: ")
+
+
+@pytest.mark.parametrize("argv", [[*SCORE, "--cam", "GradCAMpp"], ["zoo", "measure", "--zoo", "Z", "--cam",
+                                                                   "gradcam, smoothgradcampp"]])
+def test_cam_aliases_are_canonical_on_the_command_line(argv):
+    """The reference release's names are accepted and stored under the canonical name (one variant)."""
+    cam = parse(*argv)[0].cam
+    assert cam == ("gradcam++" if argv[0] == "score" else "gradcam,smoothgradcam++")
+
+
+def test_unknown_cam_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit):
+        parse("zoo", "measure", "--zoo", "Z", "--cam", "gradcam,scorecam")
+    assert "argument --cam: unknown CAM method 'scorecam'; known: cam, gradcam," in capsys.readouterr().err

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from camgap.cliutil import CommaList, add_location, finish_args
+from camgap.cliutil import CommaList, add_location, cam_names, finish_args
 from camgap.errors import CamgapError
 
 __all__ = ["add_zoo_commands", "add_subcommands", "main", "BUILD_EPILOG"]
@@ -173,7 +173,9 @@ def add_subcommands(sub) -> None:
     m.add_argument("--measures", default=None,
                    help="comma-separated (default: iou, iou_b, spectral_norm, nuclear_norm, effective_invariance, "
                         "inverse_margin, frobenius_norm, path_norm, distance_from_init, pacbayes_flatness)")
-    m.add_argument("--cam", default="gradcam", help="comma-separated CAM methods, e.g. gradcam,gradcam++,smoothgradcam++")
+    m.add_argument("--cam", default="gradcam", type=cam_names,
+                   help="comma-separated CAM methods, e.g. gradcam,gradcam++,smoothgradcam++ (or the reference "
+                        "release's gradcampp, smoothgradcampp)")
     m.add_argument("--threshold", action=CommaList, convert=float, default=[0.1], metavar="RHO[,RHO...]",
                    help="CAM thresholds rho, comma-separated, each in [0, 1) (default 0.1)")
     m.add_argument("--masks", default="boxes", help="comma-separated A_G sources: boxes, saliency, or a mask folder")
