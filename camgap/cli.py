@@ -618,10 +618,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_zoo_commands(sub)
 
-    p = sub.add_parser("masks", help="export A_G masks (saliency or a mask folder) as PNGs, with their agreement with the boxes")
+    p = sub.add_parser("masks", help="export A_G masks (saliency or a mask folder) as PNGs, with their agreement "
+                                     "with the boxes")
     add_location(p, "data", "--data", "DIR", "dataset root", type=Path)
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--source", default="saliency", help="saliency, saliency:spectral_residual, boxes, or a folder of PNG masks")
+    p.add_argument("--source", default="saliency",
+                   help="saliency, saliency:spectral_residual, boxes, or a folder of PNG masks")
     p.add_argument("--layout", default="auto", choices=["auto", "imagenet", "listfile", "kaggle", "coco", "csv"])
     p.add_argument("--split", default="train")
     p.add_argument("--input-size", type=int, default=224)

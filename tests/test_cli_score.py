@@ -412,7 +412,8 @@ def test_zoo_checkpoint_scored_with_its_own_settings(capsys, data, zoo_ckpt, mod
                           "source": dict.fromkeys(["arch", "arch_kwargs", "num_classes"], "checkpoint")}
     # the same settings given as flags: the same number, every source "flag", no warning
     explicit = run_json(capsys, *zoo_args(data, zoo_ckpt, *ARCH, "--input-size", ZOO_SIZE, "--resize", "resize_crop",
-                                          "--mean", _commas(ZOO_MEAN), "--std", _commas(ZOO_STD), "--channel-order", "rgb"))
+                                          "--mean", _commas(ZOO_MEAN), "--std", _commas(ZOO_STD),
+                                          "--channel-order", "rgb"))
     assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
     assert explicit["iou"] == s["iou"] and explicit["iou_b"] == s["iou_b"]
     assert set(explicit["preprocessing"]["source"].values()) == {"flag"}

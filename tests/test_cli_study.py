@@ -33,8 +33,8 @@ def measured(tmp_path_factory) -> tuple[Path, Path]:
     """3 trained + 1 untrained models, measured with `camgap zoo measure`."""
     root = tmp_path_factory.mktemp("study")
     zoo, data = build_tiny_zoo(root, seed=5, lrs=(0.05, 0.02, 0.005))
-    rc = main(["zoo", "measure", "--zoo", str(root / "zoo"), "--measures", "iou,iou_b,nuclear_norm,effective_invariance",
-               "--device", "cpu", "--no-progress"])
+    rc = main(["zoo", "measure", "--zoo", str(root / "zoo"), "--measures",
+               "iou,iou_b,nuclear_norm,effective_invariance", "--device", "cpu", "--no-progress"])
     assert rc == 0
     return root / "zoo", data
 
@@ -263,7 +263,8 @@ def test_predict_without_a_reference_set(tmp_path, measured, capsys):
 def test_masks_command(measured, tmp_path, capsys):
     _, data = measured
     out = tmp_path / "masks"
-    assert main(["masks", "--data", str(data), "--out", str(out), "--input-size", "32", "--cache", str(tmp_path / "cache")]) == 0
+    assert main(["masks", "--data", str(data), "--out", str(out), "--input-size", "32",
+                 "--cache", str(tmp_path / "cache")]) == 0
     text = capsys.readouterr().out
     records, _ = read_layout(data, "auto", "train")
     pngs = sorted(out.rglob("*.png"))
