@@ -505,3 +505,35 @@ def test_non_finite_one_line_rc_2(capsys, data, model, tmp_path, where):
     rc, out, err = run(capsys, *base_args(data, path, *ARCH, "--json"))
     assert rc == 2 and out == "" and err.count("\n") == 1
     assert err.startswith("camgap: error: ") and expected in err
+
+
+# --- models from elsewhere: the reference release, timm -------------------------------------------
+
+
+def test_reference_release_checkpoint(capsys, data, tmp_path):
+    """The reference release's checkpoints: a torchvision ResNet18 with 20 outputs saved as
+    {'model_state_dict': DataParallel state}, trained on BGR images, scored with its Grad-CAM++ name."""
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=20).eval()
+    path = tmp_path / "ref.pt"
+    torch.save({"model_state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 3}, path)
+    s = run_json(capsys, *base_args(data, path, "--arch", "resnet18", "--num-classes", 20, "--cam", "gradcampp",
+                                    "--channel-order", "bgr"))
+    records, _ = read_layout(data, "csv", "train")
+    e = score_model(model, BoxDataset(records, input_size=SIZE), cam="gradcam++", channel_order="bgr", batch_size=4)
+    assert s["cam"] == "gradcam++" and s["target_layer"] == "layer4"
+    assert same(s["iou"], e.iou()) and same(s["iou_b"], e.iou_b())
+    assert s["model"]["num_classes"] == 20 and s["preprocessing"]["channel_order"] == "bgr"
+
+
+def test_timm_checkpoint(capsys, data, tmp_path):
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = create_model("timm:resnet18", num_classes=N_CLASSES).eval()
+    path = tmp_path / "timm.pt"
+    torch.save(model.state_dict(), path)
+    s = run_json(capsys, *base_args(data, path, "--arch", "timm:resnet18", "--num-classes", N_CLASSES))
+    records, _ = read_layout(data, "csv", "train")
+    e = score_model(model, BoxDataset(records, input_size=SIZE), batch_size=4)
+    assert s["target_layer"] == "layer4" and s["model"]["arch"] == "timm:resnet18"
+    assert same(s["iou"], e.iou()) and same(s["iou_b"], e.iou_b())
