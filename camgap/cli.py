@@ -1,4 +1,8 @@
-"""`camgap` command line: score, synth, masks, zoo, study, predict, demo."""
+"""`camgap` command line: score, synth, masks, zoo, study, predict, models, demo.
+
+Every command names the data with `--data DIR` and the model set with `--zoo ZOO`; lists are
+comma-separated (`--threshold 0.1,0.3`); `--json` prints the result as one JSON object on stdout,
+everything else (progress, notes, warnings) goes to stderr."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +16,7 @@ from pathlib import Path
 import torch
 
 from camgap import __version__
+from camgap.cliutil import CommaList, add_location, cam_names, finish_args
 from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from camgap.errors import CamgapError, InputError, MissingFileError
 from camgap.measures.iou import validate_thresholds
@@ -38,24 +43,32 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", type=Path, help="cache folder for decoded images and masks (default ~/.cache/camgap/...)")
 
 
+def _cam_help() -> str:
+    from camgap.cam import CAMS
+
+    aliases = ", ".join(f"{a} = {n}" for n in CAMS.names() for a in CAMS.aliases(n) if "-" not in a)
+    return f"CAM method: {', '.join(CAMS.names())} (also {aliases}, the reference release's names)"
+
+
 def _add_score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, type=Path)
-    p.add_argument("--arch", help="architecture name (see `camgap models`); default: what the checkpoint records; "
-                                  "not needed for a saved nn.Module")
+    p.add_argument("--arch", help="architecture name: camgap's, any torchvision classifier, timm:<name> (list: "
+                                  "`camgap models`); default: what the checkpoint records; not needed for a saved "
+                                  "nn.Module")
     p.add_argument("--num-classes", type=int,
                    help="default: what the checkpoint records, else the number of classes in the data")
     p.add_argument("--width", type=int, help="small_resnet width (default: what the checkpoint records)")
     _add_data_args(p)
-    p.add_argument("--cam", default="gradcam", help="cam, gradcam, gradcam++, smoothgradcam++, layercam, xgradcam")
+    p.add_argument("--cam", default="gradcam", type=cam_names, help=_cam_help())
     p.add_argument("--layer", help="target layer, dotted name (default: the last block before the global pooling "
                                    "of a known family, e.g. layer4 for ResNets)")
-    p.add_argument("--threshold", type=float, nargs="+", default=[0.1],
-                   help="one or more CAM thresholds rho, each in [0, 1)")
+    p.add_argument("--threshold", action=CommaList, convert=float, default=[0.1], metavar="RHO[,RHO...]",
+                   help="CAM thresholds rho, comma-separated, each in [0, 1); the first is the headline")
     p.add_argument("--class-boxes-only", action="store_true", help="A_G from the boxes of the labelled class only")
     p.add_argument("--masks", default="boxes", help="A_G source: boxes, saliency, or a folder of PNG masks")
-    p.add_argument("--mean", type=float, nargs=3,
+    p.add_argument("--mean", action=CommaList, convert=float, length=3, metavar="R,G,B",
                    help="normalisation mean, in the model's channel order (default: the checkpoint's, else ImageNet)")
-    p.add_argument("--std", type=float, nargs=3,
+    p.add_argument("--std", action=CommaList, convert=float, length=3, metavar="R,G,B",
                    help="normalisation std, in the model's channel order (default: the checkpoint's, else ImageNet)")
     p.add_argument("--channel-order", choices=list(CHANNEL_ORDERS),
                    help="channel order the model was trained on (default: the checkpoint's, else rgb)")
@@ -327,23 +340,79 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from camgap.study.report import headline, write_study
-    from camgap.study.tables import paper_specs
+    from camgap.params import parse_label
+    from camgap.study.report import write_study
+    from camgap.study.tables import DEFAULT_PRIMARY, discover_specs
     from camgap.zoo.measure import overlay_rows
     from camgap.zoo.registry import Registry
 
     zoo = Path(args.zoo)
+    primary = {**DEFAULT_PRIMARY, **parse_label(args.primary)} if args.primary else None
     if not (zoo / Registry.FILENAME).exists():
         raise MissingFileError(f"{zoo}: no model set here ({Registry.FILENAME} missing)")
     with Registry.in_dir(zoo, create=False) as reg:
         runs, measurements = reg.runs_frame(), reg.measurements_frame()
     if measurements.empty:
-        raise InputError(f"{zoo}: no measurements yet; run `camgap zoo measure {zoo}` first")
+        raise InputError(f"{zoo}: no measurements yet; run `camgap zoo measure --zoo {zoo}` first")
+    specs = None
+    if args.measures:
+        unknown = sorted(set(args.measures) - set(measurements["measure"]))
+        if unknown:
+            raise InputError(f"{zoo}: no measurement of {', '.join(unknown)}; measured: "
+                             f"{', '.join(sorted(set(measurements['measure'])))}")
+        specs = discover_specs(measurements, primary or DEFAULT_PRIMARY, args.measures)
     overlays = None if args.no_overlays else overlay_rows(zoo, device=resolve_device(args.device))
-    report = write_study(runs, measurements, args.out, overlays=overlays or None, n_boot=args.bootstrap)
-    print(headline(runs, measurements, specs=paper_specs(measurements)))
+    report = write_study(runs, measurements, args.out, overlays=overlays or None, n_boot=args.bootstrap,
+                         thresholds=args.subsets, primary=primary, specs=specs, seed=args.seed,
+                         command=" ".join(sys.argv), model_set=zoo)
+    total = _table3_total(Path(report).parent / "tables" / "table3_long.csv")
+    if args.json:
+        print(json.dumps(_json_safe({"table": "Table 3, Total: Pearson r with the generalization gap, "
+                                              "trained models with train_acc >= each subset's threshold",
+                                     "confidence": 0.95, "cells": total, "report": str(report)})))
+        return 0
+    print(_headline_text(total))
     print(f"report: {report}")
     return 0
+
+
+def _table3_total(long_csv: Path) -> dict[str, dict[str, dict]]:
+    """The Total block of the study's Table 3, as written with the report (one source for the
+    report and the headline): {measure: {subset: {"r", "ci", "n"}}}."""
+    import pandas as pd
+
+    from camgap.study.tables import TOTAL
+
+    long = pd.read_csv(long_csv, keep_default_na=False, na_values=["n/a"])
+    block = long[long.iloc[:, 0].astype(str) == TOTAL]
+    cells: dict[str, dict[str, dict]] = {}
+    for row in block.itertuples(index=False):
+        cells.setdefault(str(row.measure), {})[str(row.column)] = {
+            "r": float(row.pearson), "ci": [float(row.ci_low), float(row.ci_high)], "n": int(row.n)}
+    return cells
+
+
+def _headline_text(cells: dict[str, dict[str, dict]]) -> str:
+    """The Total block as a plain-text table: r [interval] (n) per measure and subset."""
+    if not cells:
+        return "(no measurements to correlate with the gap)"
+
+    def cell(c: dict) -> str:
+        if not math.isfinite(c["r"]):
+            return f"n/a (n={c['n']})"
+        ci = f" [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]" if all(map(math.isfinite, c["ci"])) else ""
+        return f"{c['r']:+.4f}{ci} (n={c['n']})"
+
+    columns = list(next(iter(cells.values())))
+    head = ["measure", *(c.replace(">=", "\u2265 ") for c in columns)]
+    rows = [[m, *(cell(by[c]) for c in columns)] for m, by in cells.items()]
+    w = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
+
+    def fmt(row: list[str]) -> str:
+        return "  ".join(v.ljust(w[0]) if i == 0 else v.rjust(w[i]) for i, v in enumerate(row))
+
+    return "\n".join(["Pearson r with the generalization gap, all trained models (Table 3, Total)",
+                      fmt(head), fmt(["-" * x for x in w]), *map(fmt, rows)])
 
 
 def _reference_fit(zoo: Path, min_train_acc: float, cam: str, threshold: float, masks: str):
@@ -368,8 +437,8 @@ def _reference_fit(zoo: Path, min_train_acc: float, cam: str, threshold: float, 
     wide = wide_table(reference, measurements, [("iou", params, "iou")])
     if wide["iou"].notna().sum() < 3:
         raise InputError(f"{zoo}: fewer than 3 trained models have an IoU measured with {params}; "
-                         f"run `camgap zoo measure {zoo} --cam {cam} --threshold {threshold:g} "
-                         f"--masks {masks}` first")
+                         f"run `camgap zoo measure --zoo {zoo} --cam {cam} --threshold "
+                         f"{threshold:g} --masks {masks}` first")
     return fit_gap(wide["iou"], wide["gap"], name="iou"), fallback
 
 
@@ -431,16 +500,60 @@ def cmd_masks(args: argparse.Namespace) -> int:
     result = compute_masks(args.source, store.images, store.boxes, list(store.image_ids), args.input_size,
                            cache_dir=cache, skip_bad=args.skip_bad, resize=args.resize)
     paths = export_masks(result.masks, result.image_ids, args.out)
-    print(f"{len(paths)} masks written to {args.out} ({args.source})")
     stats = result.stats
-    print(f"empty masks {stats.get('n_empty', 0)}, full-image masks {stats.get('n_full', 0)}, "
-          f"missing {stats.get('n_missing', 0)}")
+    summary = {"n_written": len(paths), "out": str(args.out), "source": args.source,
+               "n_empty": int(stats.get("n_empty", 0)), "n_full": int(stats.get("n_full", 0)),
+               "n_missing": int(stats.get("n_missing", 0)), "agreement_with_boxes": None}
     if any(len(b) for b in store.boxes):
         keep = list(result.keep) if result.keep is not None else list(range(len(store)))
         box_masks = boxes_to_masks([store.boxes[i] for i in keep], args.input_size)
         quality = mask_quality(result.masks, box_masks)
-        print(f"agreement with the boxes: mean IoU {quality['mean_iou']:.3f}, "
-              f"masks missing the object entirely {100 * quality['miss_share']:.1f}% (n={quality['n']})")
+        summary["agreement_with_boxes"] = {"mean_iou": float(quality["mean_iou"]),
+                                           "miss_share": float(quality["miss_share"]), "n": int(quality["n"])}
+    if args.json:
+        print(json.dumps(_json_safe(summary)))
+        return 0
+    print(f"{len(paths)} masks written to {args.out} ({args.source})")
+    print(f"empty masks {summary['n_empty']}, full-image masks {summary['n_full']}, missing {summary['n_missing']}")
+    if summary["agreement_with_boxes"]:
+        q = summary["agreement_with_boxes"]
+        print(f"agreement with the boxes: mean IoU {q['mean_iou']:.3f}, "
+              f"masks missing the object entirely {100 * q['miss_share']:.1f}% (n={q['n']})")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """The architecture names, grouped, with each one's default target layer and closed form."""
+    from camgap.models import describe_model, list_models, list_timm_models, timm_available
+
+    if args.names:
+        rows = [describe_model(n) for n in args.names]
+        timm_names: list[str] = []
+    else:
+        rows = [describe_model(n) for n in list_models()]
+        timm_names = list_timm_models()
+    if args.json:
+        print(json.dumps({"models": rows, "timm": {"installed": timm_available(), "names": timm_names}}))
+        return 0
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["group"], []).append(row)
+    width = max((len(r["name"]) for r in rows), default=0)
+    for group in ("camgap", "torchvision", "timm"):
+        if group not in groups:
+            continue
+        print(f"{group}:")
+        for r in groups[group]:
+            layer = r["target_layer"] or "(none: give --layer)"
+            closed = {True: "closed form", False: "autograd", None: ""}[r["closed_form"]]
+            print(f"  {r['name']:<{width}}  {layer:<22} {closed}".rstrip())
+    if timm_names:
+        print(f"timm: {len(timm_names)} architectures as timm:<name>, e.g. {', '.join(timm_names[:3])} (not built "
+              "for this list; `camgap models timm:<name>` shows one's target layer)")
+    elif not args.names:
+        print("timm: not installed (pip install 'camgap[timm]' for timm:<name> architectures)")
+    logging.getLogger("camgap").info("target layer: where Grad-CAM looks by default (--layer overrides); closed "
+                                     "form: the layer gradient is the head's weights, no backward pass")
     return 0
 
 
@@ -505,24 +618,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_zoo_commands(sub)
 
-    p = sub.add_parser("masks", help="export A_G masks (saliency or a mask folder) as PNGs, with their agreement with the boxes")
-    p.add_argument("data", type=Path, help="dataset root")
+    p = sub.add_parser("masks", help="export A_G masks (saliency or a mask folder) as PNGs, with their agreement "
+                                     "with the boxes")
+    add_location(p, "data", "--data", "DIR", "dataset root", type=Path)
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--source", default="saliency", help="saliency, saliency:spectral_residual, boxes, or a folder of PNG masks")
+    p.add_argument("--source", default="saliency",
+                   help="saliency, saliency:spectral_residual, boxes, or a folder of PNG masks")
     p.add_argument("--layout", default="auto", choices=["auto", "imagenet", "listfile", "kaggle", "coco", "csv"])
     p.add_argument("--split", default="train")
     p.add_argument("--input-size", type=int, default=224)
     p.add_argument("--resize", default="resize", choices=["resize", "resize_crop"])
     p.add_argument("--skip-bad", action="store_true")
     p.add_argument("--cache", type=Path)
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_masks)
 
     p = sub.add_parser("study", help="tables, figures and an HTML report for a measured model set")
-    p.add_argument("zoo", type=Path, help="model-set folder (from `camgap zoo build`, measured by `camgap zoo measure`)")
+    add_location(p, "zoo", "--zoo", "ZOO", "model-set folder (from `camgap zoo build`, measured by `camgap zoo "
+                                          "measure`)", type=Path)
     p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--subsets", action=CommaList, convert=float, default=[0.95, 0.9, 0.85, 0.8],
+                   metavar="ACC[,ACC...]",
+                   help="training-accuracy subsets, comma-separated: the models with train_acc >= each (0 = every "
+                        "model) (default: the paper's 0.95,0.9,0.85,0.8)")
+    p.add_argument("--primary", metavar="K=V[,K=V...]",
+                   help="the measurement variant the headline tables use, e.g. cam=gradcam,threshold=0.1,masks=boxes "
+                        "(default: cam=gradcam,masks=boxes and each measure's own defaults)")
+    p.add_argument("--measures", action=CommaList, metavar="M[,M...]",
+                   help="the measures shown as rows, comma-separated, e.g. iou,iou_b,spectral_norm (default: every "
+                        "measured one)")
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95%% intervals")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
     p.add_argument("--no-overlays", action="store_true", help="skip the CAM overlay figure (Figure 2)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true",
+                   help="print the headline (Table 3, Total: r, its interval and n per cell) as one JSON object")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("predict",
@@ -533,6 +663,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-train-acc", type=float, default=0.8,
                    help="fit on reference models with at least this training accuracy (the paper's model set: 0.8)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("models", help="the architecture names, with each one's default target layer",
+                       description="Architectures --arch and grids accept: camgap's, every torchvision "
+                                   "classifier (untrained: weights=None) and, when timm is installed, timm's as "
+                                   "timm:<name> (pretrained=False). Each is built once with its parameters on the "
+                                   "meta device (no memory, a few seconds for all) to find its default target "
+                                   "layer and whether Grad-CAM's closed form applies there.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these (e.g. timm:resnet18; default: all)")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.set_defaults(func=cmd_models)
     return parser
 
 
@@ -558,15 +698,15 @@ def _warning_line(message, category, filename, lineno, line=None) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    _configure_logging(args.verbose - args.quiet)
     formatwarning = warnings.formatwarning
     try:
         with warnings.catch_warnings():
             warnings.formatwarning = _warning_line
+            args = parser.parse_args(argv)  # an old spelling warns here
+            _configure_logging(args.verbose - args.quiet)
             if args.verbose - args.quiet < -1:
                 warnings.simplefilter("ignore")
-            return args.func(args)
+            return args.func(finish_args(parser, args))
     except KeyboardInterrupt:
         print("camgap: interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
         return 130

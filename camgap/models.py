@@ -11,10 +11,11 @@ refused unless the caller vouches for it with `unsafe=True` (CLI: `--unsafe-load
 """
 from __future__ import annotations
 
+import contextlib
 import pickle
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -22,46 +23,92 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock
 
-from camgap.errors import CamgapError, InputError
+from camgap.errors import CamgapError, InputError, UnknownNameError
+from camgap.registry import Registry
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+TIMM_PREFIX = "timm:"
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _REGISTRY[name] = fn
-        return fn
+class _ModelRegistry(Registry[Callable[..., nn.Module]]):
+    """camgap's and torchvision's architectures by name, plus timm's as ``timm:<name>`` (resolved
+    on demand when timm is installed: it has over a thousand, so they are not registered one by one)."""
 
-    return wrap
+    def resolve(self, name: str) -> str:
+        if str(name).startswith(TIMM_PREFIX):
+            timm = _timm()
+            inner = str(name)[len(TIMM_PREFIX):]
+            if not timm.is_model(inner):
+                raise UnknownNameError(f"unknown timm architecture {inner!r} (see `camgap models` or "
+                                       "timm.list_models())")
+            return TIMM_PREFIX + inner
+        return super().resolve(name)
+
+    def get(self, name: str) -> Callable[..., nn.Module]:
+        key = self.resolve(name)
+        return _timm_builder(key[len(TIMM_PREFIX):]) if key.startswith(TIMM_PREFIX) else super().get(key)
+
+
+MODELS = _ModelRegistry("architecture")
+
+
+def register_model(name: str, *aliases: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering a builder ``fn(num_classes, **options) -> nn.Module`` under `name`."""
+    return MODELS.register(name, *aliases)
 
 
 def list_models() -> list[str]:
-    return sorted(_REGISTRY)
+    """camgap's and torchvision's architecture names (timm's: `list_timm_models`)."""
+    return MODELS.names()
 
 
 def create_model(name: str, num_classes: int, **kwargs) -> nn.Module:
-    """Build a model by registry name. Extra keyword arguments go to the builder."""
-    if name not in _REGISTRY:
-        raise InputError(f"unknown architecture {name!r}; known: {', '.join(list_models())}")
-    return _REGISTRY[name](num_classes=num_classes, **kwargs)
+    """Build a model by registry name (untrained: nothing is downloaded). Extra keyword
+    arguments go to the builder; ``timm:<name>`` builds a timm model."""
+    return MODELS.get(name)(num_classes=num_classes, **kwargs)
 
 
-def _torchvision_resnet(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+def _timm():
+    try:
+        import timm
+    except ImportError:
+        raise InputError("timm architectures (timm:<name>) need timm: pip install 'camgap[timm]'") from None
+    return timm
+
+
+def timm_available() -> bool:
+    try:
+        import timm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def list_timm_models() -> list[str]:
+    """Every timm architecture as ``timm:<name>``; [] when timm is not installed."""
+    return [TIMM_PREFIX + n for n in _timm().list_models()] if timm_available() else []
+
+
+def _timm_builder(name: str) -> Callable[..., nn.Module]:
     def build(num_classes: int, **kwargs) -> nn.Module:
-        if kwargs:
-            raise InputError(f"{builder.__name__} takes no options, got {sorted(kwargs)}")
-        return builder(weights=None, num_classes=num_classes)
+        return _timm().create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
 
     return build
 
 
-for _name, _builder in {
-    "resnet18": tvm.resnet18,
-    "resnet34": tvm.resnet34,
-    "resnet50": tvm.resnet50,
-    "resnet101": tvm.resnet101,
-}.items():
-    register_model(_name)(_torchvision_resnet(_builder))
+def _torchvision_builder(name: str) -> Callable[..., nn.Module]:
+    """A torchvision classification model, untrained (``weights=None``) with `num_classes` outputs."""
+
+    def build(num_classes: int, **kwargs) -> nn.Module:
+        if kwargs:
+            raise InputError(f"{name} takes no options, got {sorted(kwargs)}")
+        return tvm.get_model(name, weights=None, num_classes=num_classes)
+
+    return build
+
+
+TORCHVISION_MODELS: tuple[str, ...] = tuple(tvm.list_models(module=tvm))
+for _name in TORCHVISION_MODELS:
+    register_model(_name)(_torchvision_builder(_name))
 
 
 class SmallResNet(nn.Module):
@@ -165,9 +212,20 @@ def default_target_layer(model: nn.Module) -> tuple[str, nn.Module]:
         raise InputError(
             f"cannot choose a target layer for a {type(model).__name__}: camgap knows {_FAMILY_NAMES}; "
             f"pass the last convolutional block feeding the global pooling with --layer (target_layer= in Python), "
-            f"top-level layers: {', '.join(tops) or '(none)'}"
+            f"top-level layers: {', '.join(tops) or '(none)'}{_feature_hint(model)}"
         )
     return name, get_layer(model, name)
+
+
+def _feature_hint(model: nn.Module) -> str:
+    """timm models name their last feature stage (`feature_info`): a candidate worth naming, not
+    a guess camgap makes (for a vision transformer it outputs tokens, not a [B, C, h, w] map)."""
+    info = getattr(model, "feature_info", None)
+    try:
+        last = info[-1]["module"] if info else None
+    except (TypeError, KeyError, IndexError):
+        return ""
+    return f"; the model's own last feature stage is {last!r} (a candidate if it outputs [B, C, h, w])" if last else ""
 
 
 def _find_family_layer(model: nn.Module, prefix: str) -> str | None:
@@ -192,6 +250,50 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
         candidates = [n for n in modules if n and "." not in n]
         raise InputError(f"model has no layer {name!r}; top-level layers: {', '.join(candidates)}")
     return modules[name]
+
+
+def model_group(name: str) -> str:
+    """Where an architecture comes from: camgap, torchvision or timm."""
+    key = MODELS.resolve(name)
+    return "timm" if key.startswith(TIMM_PREFIX) else "torchvision" if key in TORCHVISION_MODELS else "camgap"
+
+
+@contextlib.contextmanager
+def _parameters_on_meta() -> Iterator[None]:
+    """Build modules with their parameters on the meta device: no memory and no initialisation,
+    so even a 600M-parameter RegNet builds in milliseconds. (A `torch.device("meta")` context
+    would also move the plain tensors some builders compute their layer widths with.)"""
+    register = nn.Module.register_parameter
+
+    def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and param.device.type != "meta":
+            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+        register(module, name, param)
+
+    nn.Module.register_parameter = on_meta
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register
+
+
+def describe_model(name: str) -> dict:
+    """What `camgap models` shows for one architecture: its group, the default target layer
+    (None when camgap cannot choose one: give --layer) and whether Grad-CAM's closed form applies
+    there (`camgap.cam.detect_linear_head`). The model is built once, parameters on the meta device."""
+    from camgap.cam.base import detect_linear_head
+
+    key = MODELS.resolve(name)
+    with _parameters_on_meta(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision's notes on its default initialisation
+        model = create_model(key, num_classes=2)
+    try:
+        layer_name, layer = default_target_layer(model)
+    except InputError:
+        layer_name, closed = None, None
+    else:
+        closed = detect_linear_head(model, layer) is not None
+    return {"name": key, "group": model_group(key), "target_layer": layer_name, "closed_form": closed}
 
 
 class CheckpointError(CamgapError, ValueError):

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camgap.cam import create_cam, list_cams, upsample_normalize
+from camgap.cam import CAMS, GradCAM, cam_name, create_cam, list_cams, upsample_normalize
 from camgap.errors import InputError
 from camgap.models import create_model
 
@@ -41,7 +41,8 @@ def resnet18():
 @pytest.fixture(scope="module")
 def small_trained():
     """SmallResNet trained a few steps on images whose class sets where a bright square is,
-    so its maps have real structure."""
+    so its maps have real structure. Trained in float64, so that the kernels of one CPU kind or
+    another change its weights by far less than anything the tests look at; used in float32."""
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     n, k, s = 64, 4, 32
@@ -50,16 +51,16 @@ def small_trained():
     for i, c in enumerate(labels.tolist()):
         r, q = divmod(c, 2)
         x[i, :, 4 + 14 * r : 14 + 14 * r, 4 + 14 * q : 14 + 14 * q] += 2.0
-    model = create_model("small_resnet", num_classes=k, width=8)
+    model = create_model("small_resnet", num_classes=k, width=8).double()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
     for step in range(25):
         idx = torch.randint(0, n, (16,), generator=g)
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x[idx]), labels[idx]).backward()
+        F.cross_entropy(model(x[idx].double()), labels[idx]).backward()
         opt.step()
     opt.zero_grad(set_to_none=True)
-    model.eval()
+    model.float().eval()
     return model, x[:6]  # layer4: 4x4
 
 
@@ -314,7 +315,7 @@ def test_hooks_removed_and_registry(resnet18):
     gc.collect()
     assert len(model.layer4._forward_hooks) == n_hooks
     assert list_cams() == sorted(["cam", "gradcam", "gradcam++", "smoothgradcam++", "layercam", "xgradcam"])
-    with pytest.raises(ValueError, match="unknown CAM"):
+    with pytest.raises(KeyError, match="unknown CAM method 'scorecam'; known: cam, gradcam, gradcam"):
         create_cam("scorecam", model)
     with pytest.raises(ValueError, match="no layer"):
         create_cam("gradcam", model, target_layer="layer9")
@@ -323,3 +324,25 @@ def test_hooks_removed_and_registry(resnet18):
             cam(x[:2], torch.tensor([0]))
         with pytest.raises(ValueError, match="targets"):
             cam(x[:2], torch.tensor([0, 99]))
+
+
+@pytest.mark.parametrize("alias,name", [("gradcampp", "gradcam++"), ("smoothgradcampp", "smoothgradcam++"),
+                                        ("Grad-CAM++", "gradcam++"), ("GradCAM", "gradcam"),
+                                        ("grad-cam", "gradcam"), ("LayerCAM", "layercam")])
+def test_reference_release_names_are_aliases(resnet18, alias, name):
+    """The reference release's spellings build the same method; the object records the canonical name."""
+    model, x = resnet18
+    with create_cam(alias, model) as cam, create_cam(name, model) as same:
+        assert type(cam) is type(same) and cam.name == name
+        assert torch.equal(cam(x[:2]).maps, same(x[:2]).maps)
+    assert cam_name(alias) == name
+    assert alias.lower() not in list_cams() or alias.lower() == name  # aliases are not listed as methods
+    assert "gradcampp" in CAMS.aliases("gradcam++")
+
+
+def test_cam_registry_refuses_a_duplicate():
+    from camgap.cam import register_cam
+
+    with pytest.raises(InputError, match="CAM method alias 'gradcampp' is registered already"):
+        register_cam("mycam", "gradcampp")(type("MyCAM", (GradCAM,), {}))
+    assert "mycam" not in list_cams()

@@ -44,6 +44,10 @@ def run_json(capsys, *args) -> dict:
     return json.loads(lines[0])
 
 
+def _commas(values) -> str:
+    return ",".join(str(v) for v in values)
+
+
 def same(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, abs=1e-12)
 
@@ -68,7 +72,8 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model(data):
-    """SmallResNet width 8 trained a few steps on the synthetic training images."""
+    """SmallResNet width 8 trained a few steps on the synthetic training images, in float64 (the
+    kernels of one CPU kind or another change its weights by far less than the tests look at)."""
     records, _ = read_layout(data, "csv", "train")
     ds = BoxDataset(records, input_size=SIZE)
     from camgap.data import normalize
@@ -76,15 +81,15 @@ def model(data):
     x = normalize(torch.stack([ds[i][0] for i in range(len(ds))]))
     y = torch.tensor(ds.labels)
     torch.manual_seed(0)
-    m = create_model("small_resnet", num_classes=N_CLASSES, width=8)
+    m = create_model("small_resnet", num_classes=N_CLASSES, width=8).double()
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
     m.train()
     for _ in range(10):
         opt.zero_grad(set_to_none=True)
-        F.cross_entropy(m(x), y).backward()
+        F.cross_entropy(m(x.double()), y).backward()
         opt.step()
     opt.zero_grad(set_to_none=True)
-    return m.eval()
+    return m.float().eval()
 
 
 @pytest.fixture(scope="module")
@@ -143,9 +148,9 @@ def test_json_equals_score_model(capsys, data, checkpoints, expected, fmt):
 
 
 def test_several_thresholds(capsys, data, checkpoints, model):
-    s = run_json(capsys, *base_args(data, checkpoints["plain"], *ARCH, "--threshold", 0.1, 0.3, 0.5))
+    s = run_json(capsys, *base_args(data, checkpoints["plain"], *ARCH, "--threshold", "0.1,0.3,0.5"))
     records, _ = read_layout(data, "csv", "train")
-    e = score_model(model, BoxDataset(records, input_size=SIZE), thresholds=(0.1, 0.3, 0.5))
+    e = score_model(model, BoxDataset(records, input_size=SIZE), thresholds=(0.1, 0.3, 0.5), batch_size=4)
     assert s["threshold"] == 0.1 and set(s["by_threshold"]) == {"0.1", "0.3", "0.5"}
     for t in (0.1, 0.3, 0.5):
         assert same(s["by_threshold"][f"{t:g}"]["iou"], e.iou(t))
@@ -157,7 +162,7 @@ def test_several_thresholds(capsys, data, checkpoints, model):
 def test_per_image_csv_and_overlays(capsys, data, checkpoints, tmp_path):
     table = tmp_path / "out" / "per_image.csv"
     overlays = tmp_path / "ov"
-    s = run_json(capsys, *base_args(data, checkpoints["wrapped"], *ARCH, "--threshold", 0.1, 0.5,
+    s = run_json(capsys, *base_args(data, checkpoints["wrapped"], *ARCH, "--threshold", "0.1,0.5",
                                     "--per-image", table, "--overlays", overlays, "--n", 4))
     df = pd.read_csv(table, dtype={"image_id": str})
     assert list(df.columns) == ["image_id", "label", "pred", "correct", "iou@0.1", "iou_b@0.1", "cam_area@0.1",
@@ -181,7 +186,7 @@ def test_per_image_csv_and_overlays(capsys, data, checkpoints, tmp_path):
 
 
 def test_text_output(capsys, data, checkpoints):
-    rc, out, err = run(capsys, *base_args(data, checkpoints["plain"], *ARCH, "--threshold", 0.1, 0.5))
+    rc, out, err = run(capsys, *base_args(data, checkpoints["plain"], *ARCH, "--threshold", "0.1,0.5"))
     assert rc == 0, err
     assert "IoU^Model" in out and "IoU-B^Model" in out and "rho=0.5" in out
     assert f"images scored {N}, skipped 0" in out
@@ -197,11 +202,11 @@ def test_saliency_masks(capsys, data, checkpoints, model):
     ds = BoxDataset(records, input_size=SIZE)
     images = torch.stack([ds[i][0] for i in range(N)])
     masks = compute_masks("saliency", images, None, ds.image_ids, SIZE)
-    e = score_model(model, ds, masks=masks.masks, mask_ids=masks.image_ids)
+    e = score_model(model, ds, masks=masks.masks, mask_ids=masks.image_ids, batch_size=4)
     assert same(s["iou"], e.iou()) and same(s["iou_b"], e.iou_b())
     assert s["n_no_reference"] == e.n_no_reference
     # the saliency masks are not the boxes
-    assert not same(s["iou"], score_model(model, ds).iou())
+    assert not same(s["iou"], score_model(model, ds, batch_size=4).iou())
 
 
 # --- bad input ------------------------------------------------------------------------------
@@ -346,7 +351,7 @@ def test_mask_folder(capsys, tmp_path, checkpoints, model):
         m[y0 : y0 + 14, x0 : x0 + 10] = True
         masks[r.image_id] = m
         Image.fromarray(m.astype(np.uint8) * 255).save(mdir / f"{r.image_id}.png")
-    args = base_args(root, checkpoints["plain"], *ARCH, "--masks", mdir, "--threshold", 0.1, 0.5)
+    args = base_args(root, checkpoints["plain"], *ARCH, "--masks", mdir, "--threshold", "0.1,0.5")
     s = run_json(capsys, *args)
     ids = [r.image_id for r in records]
     e = score_model(model, BoxDataset(records, input_size=SIZE), thresholds=(0.1, 0.5),
@@ -407,7 +412,8 @@ def test_zoo_checkpoint_scored_with_its_own_settings(capsys, data, zoo_ckpt, mod
                           "source": dict.fromkeys(["arch", "arch_kwargs", "num_classes"], "checkpoint")}
     # the same settings given as flags: the same number, every source "flag", no warning
     explicit = run_json(capsys, *zoo_args(data, zoo_ckpt, *ARCH, "--input-size", ZOO_SIZE, "--resize", "resize_crop",
-                                          "--mean", *ZOO_MEAN, "--std", *ZOO_STD, "--channel-order", "rgb"))
+                                          "--mean", _commas(ZOO_MEAN), "--std", _commas(ZOO_STD),
+                                          "--channel-order", "rgb"))
     assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
     assert explicit["iou"] == s["iou"] and explicit["iou_b"] == s["iou_b"]
     assert set(explicit["preprocessing"]["source"].values()) == {"flag"}
@@ -425,7 +431,7 @@ def test_zoo_checkpoint_scored_with_its_own_settings(capsys, data, zoo_ckpt, mod
 
 def test_flag_contradicting_the_checkpoint_wins_with_a_warning(capsys, data, zoo_ckpt, model):
     with pytest.warns(UserWarning) as caught:
-        s = run_json(capsys, *zoo_args(data, zoo_ckpt, "--input-size", 224, "--mean", 0.485, 0.456, 0.406))
+        s = run_json(capsys, *zoo_args(data, zoo_ckpt, "--input-size", 224, "--mean", "0.485,0.456,0.406"))
     msgs = [str(w.message) for w in caught]
     assert any(f"--input-size 224 contradicts the checkpoint's input_size {ZOO_SIZE}" in m and str(zoo_ckpt) in m
                for m in msgs), msgs
@@ -499,3 +505,35 @@ def test_non_finite_one_line_rc_2(capsys, data, model, tmp_path, where):
     rc, out, err = run(capsys, *base_args(data, path, *ARCH, "--json"))
     assert rc == 2 and out == "" and err.count("\n") == 1
     assert err.startswith("camgap: error: ") and expected in err
+
+
+# --- models from elsewhere: the reference release, timm -------------------------------------------
+
+
+def test_reference_release_checkpoint(capsys, data, tmp_path):
+    """The reference release's checkpoints: a torchvision ResNet18 with 20 outputs saved as
+    {'model_state_dict': DataParallel state}, trained on BGR images, scored with its Grad-CAM++ name."""
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=20).eval()
+    path = tmp_path / "ref.pt"
+    torch.save({"model_state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 3}, path)
+    s = run_json(capsys, *base_args(data, path, "--arch", "resnet18", "--num-classes", 20, "--cam", "gradcampp",
+                                    "--channel-order", "bgr"))
+    records, _ = read_layout(data, "csv", "train")
+    e = score_model(model, BoxDataset(records, input_size=SIZE), cam="gradcam++", channel_order="bgr", batch_size=4)
+    assert s["cam"] == "gradcam++" and s["target_layer"] == "layer4"
+    assert same(s["iou"], e.iou()) and same(s["iou_b"], e.iou_b())
+    assert s["model"]["num_classes"] == 20 and s["preprocessing"]["channel_order"] == "bgr"
+
+
+def test_timm_checkpoint(capsys, data, tmp_path):
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = create_model("timm:resnet18", num_classes=N_CLASSES).eval()
+    path = tmp_path / "timm.pt"
+    torch.save(model.state_dict(), path)
+    s = run_json(capsys, *base_args(data, path, "--arch", "timm:resnet18", "--num-classes", N_CLASSES))
+    records, _ = read_layout(data, "csv", "train")
+    e = score_model(model, BoxDataset(records, input_size=SIZE), batch_size=4)
+    assert s["target_layer"] == "layer4" and s["model"]["arch"] == "timm:resnet18"
+    assert same(s["iou"], e.iou()) and same(s["iou_b"], e.iou_b())

@@ -33,8 +33,8 @@ def measured(tmp_path_factory) -> tuple[Path, Path]:
     """3 trained + 1 untrained models, measured with `camgap zoo measure`."""
     root = tmp_path_factory.mktemp("study")
     zoo, data = build_tiny_zoo(root, seed=5, lrs=(0.05, 0.02, 0.005))
-    rc = main(["zoo", "measure", str(root / "zoo"), "--measures", "iou,iou_b,nuclear_norm,effective_invariance",
-               "--device", "cpu", "--no-progress"])
+    rc = main(["zoo", "measure", "--zoo", str(root / "zoo"), "--measures",
+               "iou,iou_b,nuclear_norm,effective_invariance", "--device", "cpu", "--no-progress"])
     assert rc == 0
     return root / "zoo", data
 
@@ -83,11 +83,11 @@ def test_measure_records_every_model(measured):
 def test_measure_rerun_and_unknown_measure(measured, capsys):
     zoo, _ = measured
     before = frames(zoo)[1]
-    assert main(["zoo", "measure", str(zoo), "--measures", "iou,iou_b,nuclear_norm,effective_invariance",
+    assert main(["zoo", "measure", "--zoo", str(zoo), "--measures", "iou,iou_b,nuclear_norm,effective_invariance",
                  "--device", "cpu", "--no-progress"]) == 0
     assert frames(zoo)[1].equals(before)
     assert "0 measured now, 0 values recorded" in capsys.readouterr().out
-    assert main(["zoo", "measure", str(zoo), "--measures", "iou,bogus", "--no-progress"]) == 2
+    assert main(["zoo", "measure", "--zoo", str(zoo), "--measures", "iou,bogus", "--no-progress"]) == 2
     assert "bogus" in capsys.readouterr().err
     assert frames(zoo)[1].equals(before)
 
@@ -95,7 +95,7 @@ def test_measure_rerun_and_unknown_measure(measured, capsys):
 def test_study_report_and_table3_match_scipy(measured, tmp_path, capsys):
     zoo, _ = measured
     out = tmp_path / "study"
-    assert main(["study", str(zoo), "--out", str(out), "--bootstrap", "50", "--device", "cpu"]) == 0
+    assert main(["study", "--zoo", str(zoo), "--out", str(out), "--bootstrap", "50", "--device", "cpu"]) == 0
     text = capsys.readouterr().out
     assert "Pearson r with the generalization gap" in text and f"report: {out / 'report.html'}" in text
     check_report(out)
@@ -119,7 +119,7 @@ def test_table3_total_block_equals_scipy_over_the_trained_models(measured, tmp_p
     zoo = copy_zoo(measured[0], tmp_path / "zoo",
                    "UPDATE runs SET train_acc = 0.99, test_acc = 0.99 - gap / 100.0 WHERE trained = 1;")
     out = tmp_path / "study"
-    assert main(["study", str(zoo), "--out", str(out), "--bootstrap", "50", "--no-overlays"]) == 0
+    assert main(["study", "--zoo", str(zoo), "--out", str(out), "--bootstrap", "50", "--no-overlays"]) == 0
     check_report(out)
     pearson, n, raw = read_table3(out)
     d = trained_iou_gap(zoo)
@@ -139,7 +139,7 @@ def test_study_with_fewer_than_three_models_prints_na(measured, tmp_path, capsys
                    "UPDATE runs SET status = 'failed' WHERE run_id = "
                    "(SELECT run_id FROM runs WHERE trained = 1 ORDER BY rowid LIMIT 1);")
     out = tmp_path / "study"
-    assert main(["study", str(zoo), "--out", str(out), "--bootstrap", "50", "--no-overlays"]) == 0
+    assert main(["study", "--zoo", str(zoo), "--out", str(out), "--bootstrap", "50", "--no-overlays"]) == 0
     text = capsys.readouterr().out
     iou_line = [ln for ln in text.splitlines() if ln.startswith("IoU ")]
     assert len(iou_line) == 1 and iou_line[0].count("n/a (n=2)") == 4, text
@@ -167,7 +167,7 @@ def test_study_uses_rho_0_1_among_several_thresholds(measured, tmp_path, capsys)
     outs = {}
     for name, z in (("base", base), ("zoo", zoo)):
         outs[name] = tmp_path / f"study_{name}"
-        assert main(["study", str(z), "--out", str(outs[name]), "--bootstrap", "0", "--no-overlays"]) == 0
+        assert main(["study", "--zoo", str(z), "--out", str(outs[name]), "--bootstrap", "0", "--no-overlays"]) == 0
     headlines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("IoU")]
     assert len(headlines) == 4 and headlines[:2] == headlines[2:]
     for table in ("table3", "table4", "table5"):
@@ -183,7 +183,7 @@ def test_study_says_when_rho_0_1_was_not_measured(measured, tmp_path, capsys):
                    _iou_at("0.05", "value") + "DELETE FROM measurements WHERE params LIKE '%\"threshold\":\"0.1\"%';")
     assert set(frames(zoo)[1].measure) == {"iou", "iou_b", "nuclear_norm", "effective_invariance"}
     out = tmp_path / "study"
-    assert main(["study", str(zoo), "--out", str(out), "--bootstrap", "0", "--no-overlays"]) == 0
+    assert main(["study", "--zoo", str(zoo), "--out", str(out), "--bootstrap", "0", "--no-overlays"]) == 0
     text = capsys.readouterr().out
     iou_line = [ln for ln in text.splitlines() if ln.startswith("IoU:")]
     assert len(iou_line) == 1 and iou_line[0].startswith("IoU: not measured") and iou_line[0].count("n/a (n=0)") == 4
@@ -197,13 +197,13 @@ def test_study_says_when_rho_0_1_was_not_measured(measured, tmp_path, capsys):
 def test_study_without_registry_or_measurements(measured, tmp_path, capsys):
     empty = tmp_path / "nothing"
     empty.mkdir()
-    assert main(["study", str(empty), "--out", str(tmp_path / "o1")]) == 2
+    assert main(["study", "--zoo", str(empty), "--out", str(tmp_path / "o1")]) == 2
     err = capsys.readouterr().err
     assert "no model set" in err and str(empty) in err
     assert not (tmp_path / "o1" / "report.html").exists()
 
     zoo = copy_zoo(measured[0], tmp_path / "zoo", "DELETE FROM measurements;")
-    assert main(["study", str(zoo), "--out", str(tmp_path / "o2")]) == 2
+    assert main(["study", "--zoo", str(zoo), "--out", str(tmp_path / "o2")]) == 2
     assert "zoo measure" in capsys.readouterr().err
 
 
@@ -263,7 +263,8 @@ def test_predict_without_a_reference_set(tmp_path, measured, capsys):
 def test_masks_command(measured, tmp_path, capsys):
     _, data = measured
     out = tmp_path / "masks"
-    assert main(["masks", str(data), "--out", str(out), "--input-size", "32", "--cache", str(tmp_path / "cache")]) == 0
+    assert main(["masks", "--data", str(data), "--out", str(out), "--input-size", "32",
+                 "--cache", str(tmp_path / "cache")]) == 0
     text = capsys.readouterr().out
     records, _ = read_layout(data, "auto", "train")
     pngs = sorted(out.rglob("*.png"))
@@ -284,3 +285,122 @@ def test_masks_command(measured, tmp_path, capsys):
     assert float(m.group(1)) == pytest.approx(q["mean_iou"], abs=6e-4)
     assert float(m.group(2)) == pytest.approx(100 * q["miss_share"], abs=0.06)
     assert int(m.group(3)) == q["n"] == 80
+
+
+def _stdout_json(capsys) -> dict:
+    import json
+
+    out = capsys.readouterr().out
+    return json.loads(out)  # the whole of stdout is one JSON object
+
+
+def test_study_json_is_the_table3_total_block(measured, tmp_path, capsys):
+    """`--json`: the headline as JSON alone on stdout, each cell r, its interval and n, equal to the
+    written Table 3's Total block; `--subsets` sets the columns, `--seed` the bootstrap."""
+    zoo = copy_zoo(measured[0], tmp_path / "zoo",
+                   "UPDATE runs SET train_acc = 0.99, test_acc = 0.99 - gap / 100.0 WHERE trained = 1;")
+    out = tmp_path / "study"
+    assert main(["study", "--zoo", str(zoo), "--out", str(out), "--bootstrap", "40", "--no-overlays",
+                 "--subsets", "0.95,0", "--seed", "3", "--json"]) == 0
+    got = _stdout_json(capsys)
+    assert got["report"] == str(out / "report.html") and got["confidence"] == 0.95
+    t = out / "tables"
+    pearson, n = (pd.read_csv(t / f"{name}.csv", index_col=[0, 1]) for name in ("table3", "table3_n"))
+    lo, hi = (pd.read_csv(t / f"table3_ci_{side}.csv", index_col=[0, 1]) for side in ("low", "high"))
+    assert list(pearson.columns) == [">=95", ">=0"]
+    assert set(got["cells"]) == set(pearson.loc["Total"].index)
+    for measure, by_col in got["cells"].items():
+        assert list(by_col) == [">=95", ">=0"]
+        for col, cell in by_col.items():
+            assert cell["n"] == n.loc[("Total", measure), col]
+            assert cell["r"] == pytest.approx(pearson.loc[("Total", measure), col], abs=1e-12)
+            assert cell["ci"] == pytest.approx([lo.loc[("Total", measure), col], hi.loc[("Total", measure), col]],
+                                               abs=1e-12)
+    d = trained_iou_gap(zoo)
+    assert got["cells"]["IoU"][">=0"]["n"] == 3
+    assert got["cells"]["IoU"][">=0"]["r"] == pytest.approx(scipy.stats.pearsonr(d.iou, d.gap)[0], abs=1e-9)
+    assert got["cells"]["IoU"][">=0"]["ci"][0] <= got["cells"]["IoU"][">=0"]["ci"][1]
+    # the report records the command line and the model set
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert str(zoo) in html
+
+
+def test_study_measures_and_primary(measured, tmp_path, capsys):
+    """`--measures` picks the rows; `--primary` the variant (an IoU at a threshold that was not measured
+    is a "not measured" row); an unknown measure is refused with the measured ones listed."""
+    zoo = measured[0]
+    out = tmp_path / "study"
+    assert main(["study", "--zoo", str(zoo), "--out", str(out), "--bootstrap", "0", "--no-overlays",
+                 "--measures", "iou,nuclear_norm", "--json"]) == 0
+    cells = _stdout_json(capsys)["cells"]
+    assert [m.split(" (")[0] for m in cells] == ["IoU", "Nuclear Norm", "Nuclear Norm"]  # in the order given
+    assert main(["study", "--zoo", str(zoo), "--out", str(tmp_path / "s2"), "--bootstrap", "0", "--no-overlays",
+                 "--measures", "iou", "--primary", "cam=gradcam,threshold=0.3,masks=boxes", "--json"]) == 0
+    assert list(_stdout_json(capsys)["cells"]) == ["IoU: not measured"]
+    assert main(["study", "--zoo", str(zoo), "--out", str(tmp_path / "s3"), "--measures", "iou,bogus"]) == 2
+    err = capsys.readouterr().err
+    assert "no measurement of bogus; measured: effective_invariance, iou, iou_b, nuclear_norm" in err
+    assert main(["study", "--zoo", str(zoo), "--out", str(tmp_path / "s4"), "--primary", "cam"]) == 2
+    assert "'cam' is not of the form key=value" in capsys.readouterr().err
+
+
+def test_masks_json(measured, tmp_path, capsys):
+    _, data = measured
+    out = tmp_path / "masks"
+    assert main(["masks", "--data", str(data), "--out", str(out), "--input-size", "32", "--cache",
+                 str(tmp_path / "cache"), "--json"]) == 0
+    got = _stdout_json(capsys)
+    records, _ = read_layout(data, "auto", "train")
+    assert got["n_written"] == len(list(out.rglob("*.png"))) == len(records) == 80
+    assert got["out"] == str(out) and got["source"] == "saliency" and got["n_missing"] == 0
+    store = TensorStore.cached(records, tmp_path / "cache2", 32, "resize")
+    ref = compute_masks("saliency", store.images, store.boxes, list(store.image_ids), 32)
+    q = mask_quality(ref.masks, boxes_to_masks(list(store.boxes), 32))
+    assert got["agreement_with_boxes"] == {"mean_iou": pytest.approx(q["mean_iou"], abs=1e-9),
+                                           "miss_share": pytest.approx(q["miss_share"], abs=1e-12), "n": 80}
+
+
+def test_study_passes_its_options_to_write_study(measured, tmp_path, monkeypatch, capsys):
+    """The wiring: subsets, primary (over the default variant), seed, the command line and the model set."""
+    import camgap.study.report as report
+
+    seen, real = {}, report.write_study
+
+    def fake_write_study(runs, measurements, out_dir, **kwargs):
+        seen.update(kwargs)
+        return real(runs, measurements, out_dir, **kwargs)
+
+    monkeypatch.setattr(report, "write_study", fake_write_study)
+    monkeypatch.setattr("sys.argv", ["camgap", "study", "--zoo", "Z"])
+    assert main(["study", "--zoo", str(measured[0]), "--out", str(tmp_path / "s"), "--bootstrap", "0",
+                 "--no-overlays", "--subsets", "0.9,0", "--seed", "7", "--primary", "threshold=0.1,cam=gradcam"]) == 0
+    assert seen["thresholds"] == [0.9, 0] and seen["seed"] == 7 and seen["n_boot"] == 0
+    assert seen["primary"] == {"cam": "gradcam", "masks": "boxes", "threshold": "0.1"}
+    assert seen["command"] == "camgap study --zoo Z" and seen["model_set"] == measured[0]
+    text = capsys.readouterr().out
+    assert "Pearson r with the generalization gap" in text and "\u2265 90" in text and "\u2265 0" in text
+
+
+def test_predict_json(measured, capsys):
+    """JSON alone on stdout; the same numbers as the text output's computation."""
+    zoo, data = measured
+    d = trained_iou_gap(zoo).sort_values("iou", kind="stable").reset_index(drop=True)
+    ckpt = zoo / "runs" / d.run_id.iloc[1] / "final.pt"
+    capsys.readouterr()
+    assert main(["predict", "--zoo", str(zoo), "--checkpoint", str(ckpt), "--arch", "small_resnet10", "--width", "4",
+                 "--data", str(data), "--input-size", "32", "--device", "cpu", "--batch-size", "128",
+                 "--min-train-acc", "0", "--json"]) == 0
+    got = _stdout_json(capsys)
+    fit = fit_gap(d.iou, d.gap, name="iou")
+    pred = predict_gap(fit, got["iou"], confidence=0.95, train_acc=got["train_acc"])
+    assert got["iou"] == d.iou.iloc[1] and got["n_images"] == 80 and got["fit"]["n"] == 3
+    assert got["prediction"] == pytest.approx(pred.gap, abs=1e-12)
+    assert got["interval"] == pytest.approx([pred.low, pred.high], abs=1e-12)
+
+
+def test_zoo_status_json(measured, capsys):
+    zoo, _ = measured
+    capsys.readouterr()
+    assert main(["zoo", "status", "--zoo", str(zoo), "--json"]) == 0
+    got = _stdout_json(capsys)
+    assert isinstance(got, dict) and not got["integrity_problems"]

@@ -8,17 +8,23 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from camgap.errors import InputError
+from camgap.errors import InputError, UnknownNameError
 from camgap.models import (
+    MODELS,
     CheckpointError,
     SmallResNet,
     create_model,
     default_target_layer,
+    describe_model,
     extract_state_dict,
     get_layer,
     list_models,
+    list_timm_models,
     load_checkpoint,
     load_weights,
+    model_group,
+    register_model,
+    timm_available,
 )
 
 
@@ -87,8 +93,82 @@ def test_small_resnet_defaults_and_bad_blocks():
 
 
 def test_unknown_arch():
-    with pytest.raises(ValueError, match="unknown architecture 'resnet9'.*resnet18.*small_resnet"):
+    with pytest.raises(UnknownNameError, match="unknown architecture 'resnet9'; known: .*resnet18.*small_resnet"):
         create_model("resnet9", num_classes=3)
+
+
+def test_every_torchvision_classifier_by_name():
+    """Every torchvision classification model is an architecture, untrained (weights=None: nothing is
+    downloaded) with the requested number of outputs; camgap's own names stay."""
+    import torchvision
+
+    names = set(list_models())
+    assert set(torchvision.models.list_models(module=torchvision.models)) <= names
+    assert {"small_resnet", "small_resnet10", "small_resnet18", "resnet18", "convnext_tiny", "vit_b_16"} <= names
+    assert "fcn_resnet50" not in names  # segmentation models are not classifiers
+    model = create_model("mobilenet_v3_small", num_classes=6).eval()
+    with torch.no_grad():
+        assert model(torch.rand(1, 3, 64, 64)).shape == (1, 6)
+    assert model_group("mobilenet_v3_small") == "torchvision" and model_group("small_resnet") == "camgap"
+    with pytest.raises(InputError, match="mobilenet_v3_small takes no options"):
+        create_model("mobilenet_v3_small", num_classes=6, width=3)
+
+
+def test_model_registry_refuses_a_duplicate():
+    with pytest.raises(InputError, match="architecture 'resnet18' is registered already"):
+        register_model("resnet18")(lambda num_classes: nn.Linear(1, num_classes))
+
+
+def test_timm_models_by_prefix():
+    pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = create_model("timm:resnet18", num_classes=5).eval()
+    assert type(model).__module__.startswith("timm.")
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 64, 64)).shape == (2, 5)
+    assert "timm:resnet18" in MODELS and MODELS.resolve("timm:resnet18") == "timm:resnet18"
+    assert model_group("timm:resnet18") == "timm"
+    assert "timm:resnet18" in list_timm_models() and "timm:resnet18" not in list_models()
+    name, layer = default_target_layer(model)  # a timm ResNet has the ResNet layout: its layer4
+    assert name == "layer4" and layer is model.layer4
+    with pytest.raises(UnknownNameError, match="unknown timm architecture 'resnet9000'"):
+        create_model("timm:resnet9000", num_classes=5)
+
+
+def test_timm_model_without_a_known_layer_says_so():
+    pytest.importorskip("timm")
+    model = create_model("timm:convnext_atto", num_classes=3)
+    with pytest.raises(InputError, match=r"cannot choose a target layer for a ConvNeXt: .*--layer.*top-level "
+                                         r"layers: stem, stages.*last feature stage is 'stages.3'"):
+        default_target_layer(model)
+
+
+def test_timm_missing_is_a_clear_error(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_timm(name, *args, **kwargs):
+        if name == "timm":
+            raise ImportError("no timm")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_timm)
+    with pytest.raises(InputError, match=r"need timm: pip install 'camgap\[timm\]'"):
+        create_model("timm:resnet18", num_classes=3)
+    assert list_timm_models() == [] and not timm_available()
+
+
+@pytest.mark.parametrize("name,layer,closed", [
+    ("resnet50", "layer4", True), ("small_resnet10", "layer4", True), ("regnet_y_128gf", "trunk_output.block4", True),
+    ("convnext_tiny", "features.7", False), ("vit_b_16", None, None), ("squeezenet1_0", None, None),
+])
+def test_describe_model(name, layer, closed):
+    """The default target layer and whether the closed form applies, found by building the model with
+    its parameters on the meta device (a 644M-parameter RegNet costs no memory)."""
+    d = describe_model(name)
+    assert d == {"name": name, "group": model_group(name), "target_layer": layer, "closed_form": closed}
+    assert nn.Module.register_parameter.__name__ == "register_parameter"  # the patch is undone
 
 
 # --- checkpoints ----------------------------------------------------------------------------

@@ -428,3 +428,77 @@ def test_target_layer_is_reported(base_result, synth, trained):
     assert res.summary()["target_layer"] == "layer3.0"
     with pytest.raises(InputError, match="channel order must be one of rgb, bgr, got 'BGR'"):
         score_model(trained, BoxDataset(records[:2], input_size=SIZE), channel_order="BGR")
+
+
+# --- a plain torch Dataset of (image, label, boxes) ---------------------------------------------
+
+
+class _Triplets(torch.utils.data.Dataset):
+    """What a user has: (image, label, boxes) per item, from a BoxDataset's decoded items."""
+
+    def __init__(self, records, as_float: bool = False):
+        self.items = [item[:3] for item in BoxDataset(records, input_size=SIZE)]
+        self.as_float = as_float
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i):
+        image, label, boxes = self.items[i]
+        return (image.float() / 255 if self.as_float else image), label, boxes.tolist()
+
+
+@pytest.mark.parametrize("as_float", [False, True])
+def test_plain_dataset_scores_as_the_box_dataset(base_result, synth, trained, as_float):
+    """A Dataset yielding (image uint8 or float in [0,1], label, boxes) gives the BoxDataset's per-image
+    values; image ids are the indices; the result names the CAM method by its canonical name."""
+    _, records, _ = synth
+    got = score_model(trained, _Triplets(records, as_float), cam="GradCAM", thresholds=(0.1, 0.3, 0.5),
+                      batch_size=4)
+    want = base_result.per_image
+    assert got.per_image["image_id"].tolist() == [str(i) for i in range(9)] and got.cam == "gradcam"
+    for col in ("label", "pred", "iou@0.1", "iou@0.3", "iou_b@0.5", "cam_area@0.5"):
+        np.testing.assert_allclose(got.per_image[col].to_numpy(), want[col].to_numpy(), atol=1e-6 if as_float else 0)
+    torch.testing.assert_close(got.logits, base_result.logits, atol=1e-6, rtol=0)
+
+
+def test_score_model_records_the_canonical_cam_name(synth, trained):
+    _, records, _ = synth
+    assert score_model(trained, _Triplets(records), cam="gradcampp", batch_size=9).cam == "gradcam++"
+
+
+@pytest.mark.parametrize("data", [[(torch.zeros(3, 8, 8, dtype=torch.uint8), 0, torch.zeros(0, 4))], "images/",
+                                  torch.zeros(2, 3, 8, 8)])
+def test_score_model_refuses_other_data_naming_what_it_accepts(trained, data):
+    with pytest.raises(TypeError, match=r"cannot score on a (list|str|Tensor): expected a camgap BoxDataset, a "
+                                        r"TensorStore, or a torch.utils.data.Dataset yielding \(image, label, boxes\)"):
+        score_model(trained, data)
+
+
+class _Items(torch.utils.data.Dataset):
+    def __init__(self, items):
+        self.items = items
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+_IMG = torch.zeros(3, 16, 16, dtype=torch.uint8)
+
+
+@pytest.mark.parametrize("items,error,message", [
+    ([(_IMG, 0)], TypeError, r"item 0 of the dataset is a tuple of 2: expected .*\(image, label, boxes\)"),
+    ([(torch.zeros(3, 16, 12, dtype=torch.uint8), 0, [])], InputError, r"item 0: image of shape \(3, 16, 12\); "
+                                                                      r"expected a square \[3, S, S\] image"),
+    ([(_IMG, 0, []), (torch.zeros(3, 8, 8, dtype=torch.uint8), 1, [])], InputError,
+     r"item 1: image of shape \(3, 8, 8\), item 0's is \(3, 16, 16\): all images must have one size"),
+    ([(_IMG, 0, []), (_IMG.float(), 1, [])], InputError, r"item 1: a torch.float32 image, item 0's is torch.uint8"),
+    ([(_IMG, 0, [[1, 2, 3]])], InputError, r"item 0: boxes of shape \(1, 3\); expected \[n, 4\] xyxy"),
+    ([(_IMG.long(), 0, [])], InputError, r"item 0: image of dtype torch.int64; expected uint8"),
+])
+def test_plain_dataset_bad_items(trained, items, error, message):
+    with pytest.raises(error, match=message):
+        score_model(trained, _Items(items), batch_size=2)

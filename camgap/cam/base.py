@@ -33,6 +33,7 @@ from torch import Tensor, nn
 
 from camgap.errors import InputError, StateError
 from camgap.models import default_target_layer, get_layer
+from camgap.registry import Registry
 
 # Layer gradients as the methods see them: a tensor [B, C, h, w], or [B, C, 1, 1] when the
 # gradient is constant over space (closed form); Smooth Grad-CAM++ passes its averaged
@@ -348,25 +349,30 @@ class BaseCAM:
 
 
 _C = TypeVar("_C", bound=type[BaseCAM])
-_REGISTRY: dict[str, type[BaseCAM]] = {}
+CAMS: Registry[type[BaseCAM]] = Registry("CAM method")
 
 
-def register_cam(name: str) -> Callable[[_C], _C]:
+def register_cam(name: str, *aliases: str) -> Callable[[_C], _C]:
+    """Class decorator: register a CAM method under `name` (its canonical name, kept in
+    `cls.name` and in results) and any `aliases` (other spellings that resolve to it)."""
+
     def wrap(cls: _C) -> _C:
-        cls.name = name
-        _REGISTRY[name] = cls
+        CAMS.add(name, cls, *aliases)
+        cls.name = CAMS.resolve(name)
         return cls
 
     return wrap
 
 
 def list_cams() -> list[str]:
-    return sorted(_REGISTRY)
+    return CAMS.names()
+
+
+def cam_name(name: str) -> str:
+    """The canonical name of a CAM method or alias: ``cam_name("GradCAMpp") == "gradcam++"``."""
+    return CAMS.resolve(name)
 
 
 def create_cam(name: str, model: nn.Module, target_layer: nn.Module | str | None = None, **kwargs: Any) -> BaseCAM:
-    """Build a CAM method by registry name (see `list_cams()`); extra keywords go to its class."""
-    key = name.lower()
-    if key not in _REGISTRY:
-        raise InputError(f"unknown CAM method {name!r}; known: {', '.join(list_cams())}")
-    return _REGISTRY[key](model, target_layer, **kwargs)
+    """Build a CAM method by registry name or alias (see `list_cams()`); extra keywords go to its class."""
+    return CAMS.get(name)(model, target_layer, **kwargs)

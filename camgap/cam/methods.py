@@ -53,7 +53,7 @@ class CAM(BaseCAM):
         return _weighted_sum(weight[targets].float(), acts)
 
 
-@register_cam("gradcam")
+@register_cam("gradcam", "grad-cam")
 class GradCAM(BaseCAM):
     """Grad-CAM (Selvaraju et al. 2017): channel weights = spatial mean of the gradient."""
 
@@ -62,7 +62,7 @@ class GradCAM(BaseCAM):
         return _weighted_sum(grads.flatten(2).mean(-1), acts)
 
 
-@register_cam("gradcam++")
+@register_cam("gradcam++", "gradcampp", "grad-cam++")
 class GradCAMpp(BaseCAM):
     """Grad-CAM++ (Chattopadhay et al. 2018), eq. 19 with the exponential head dropped,
     as pytorch-grad-cam computes it."""
@@ -85,7 +85,7 @@ class GradCAMpp(BaseCAM):
         return _weighted_sum(weights, acts)
 
 
-@register_cam("smoothgradcam++")
+@register_cam("smoothgradcam++", "smoothgradcampp", "smooth-grad-cam++")
 class SmoothGradCAMpp(GradCAMpp):
     """Smooth Grad-CAM++ (Omeiza et al. 2019): the Grad-CAM++ weights with g, g^2, g^3
     replaced by their means over `n_samples` noisy copies x + N(0, sigma^2), where
@@ -143,7 +143,7 @@ class SmoothGradCAMpp(GradCAMpp):
         return m1.div_(n), m2.div_(n), m3.div_(n)
 
 
-@register_cam("layercam")
+@register_cam("layercam", "layer-cam")
 class LayerCAM(BaseCAM):
     """LayerCAM (Jiang et al. 2021): positive gradients weight each activation element."""
 
@@ -155,7 +155,7 @@ class LayerCAM(BaseCAM):
         return _weighted_sum(pos, acts)
 
 
-@register_cam("xgradcam")
+@register_cam("xgradcam", "xgrad-cam")
 class XGradCAM(BaseCAM):
     """XGrad-CAM (Fu et al. 2020): w_k = sum_ij g_k A_k / (sum_ij A_k + 1e-7)."""
 

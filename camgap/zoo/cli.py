@@ -10,6 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from camgap.cliutil import CommaList, add_location, cam_names, finish_args
+from camgap.errors import CamgapError
+
 __all__ = ["add_zoo_commands", "add_subcommands", "main", "BUILD_EPILOG"]
 
 
@@ -19,7 +22,7 @@ def _build(args: argparse.Namespace) -> int:
     summary = build(
         args.grid,
         args.data,
-        args.out,
+        args.zoo,
         executor=args.executor,
         workers=args.workers,
         ray_address=args.ray_address,
@@ -100,15 +103,25 @@ exit codes:
 """
 
 
+ZOO_HELP = "model-set directory (from `camgap zoo build`)"
+
+
+def _packaged_grids() -> str:
+    from camgap.zoo.grid import packaged_grids
+
+    return ", ".join(sorted(packaged_grids())) or "(none installed)"
+
+
 def add_subcommands(sub) -> None:
     """Add build/status/export/repair/measure to a subparsers object."""
     b = sub.add_parser("build", help="train (or resume) the model set of a grid",
                        description="Train every run of GRID on DIR into ZOO, resumably: rerunning the same "
                                    "command keeps finished runs and resumes interrupted ones.",
                        epilog=BUILD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    b.add_argument("grid", metavar="GRID", help="grid TOML file, or a packaged grid's name: paper, cpu-small")
+    b.add_argument("grid", metavar="GRID", help=f"grid TOML file, or a packaged grid's name: {_packaged_grids()}")
     b.add_argument("--data", required=True, metavar="DIR", help="dataset directory with train and test splits")
-    b.add_argument("--out", required=True, metavar="ZOO", help="model-set directory (registry, runs, caches)")
+    add_location(b, "zoo", "--zoo", "ZOO", "model-set directory (registry, runs, caches)", positional=False,
+                 old_flag="--out")
     b.add_argument("--layout", default="auto", help="dataset layout (default: auto-detect)")
     b.add_argument("--executor", choices=("local", "ray"), default="local", help="where runs execute")
     b.add_argument("--workers", type=int, default=None,
@@ -128,7 +141,7 @@ def add_subcommands(sub) -> None:
     b.set_defaults(func=_guard(_build))
 
     s = sub.add_parser("status", help="counts by status and architecture, failures with their errors")
-    s.add_argument("zoo", metavar="ZOO")
+    add_location(s, "zoo", "--zoo", "ZOO", ZOO_HELP)
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=_guard(_status))
 
@@ -139,11 +152,11 @@ def add_subcommands(sub) -> None:
                                    "measurements.json. An existing registry is kept as "
                                    "registry.sqlite.replaced-<time>. `zoo build` does this by itself when "
                                    "registry.sqlite is missing.")
-    r.add_argument("zoo", metavar="ZOO")
+    add_location(r, "zoo", "--zoo", "ZOO", ZOO_HELP)
     r.set_defaults(func=_guard(_repair))
 
     e = sub.add_parser("export", help="one row per run (or per measurement) as CSV or Parquet")
-    e.add_argument("zoo", metavar="ZOO")
+    add_location(e, "zoo", "--zoo", "ZOO", ZOO_HELP)
     e.add_argument("--format", choices=("csv", "parquet"), default="csv")
     e.add_argument("--measures", action="store_true",
                    help="the measurement table instead, long form: run_id, measure, params, value, state, reason")
@@ -156,13 +169,15 @@ def add_subcommands(sub) -> None:
                                    "with the margins, prediction matrix and effective invariance) and the "
                                    "baseline measures. Finished measurements are never recomputed.",
                        epilog=MEASURE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    m.add_argument("zoo", metavar="ZOO")
+    add_location(m, "zoo", "--zoo", "ZOO", ZOO_HELP)
     m.add_argument("--measures", default=None,
                    help="comma-separated (default: iou, iou_b, spectral_norm, nuclear_norm, effective_invariance, "
                         "inverse_margin, frobenius_norm, path_norm, distance_from_init, pacbayes_flatness)")
-    m.add_argument("--cam", default="gradcam", help="comma-separated CAM methods, e.g. gradcam,gradcam++,smoothgradcam++")
-    m.add_argument("--threshold", type=float, nargs="+", default=[0.1],
-                   help="CAM thresholds rho, each in [0, 1) (default 0.1)")
+    m.add_argument("--cam", default="gradcam", type=cam_names,
+                   help="comma-separated CAM methods, e.g. gradcam,gradcam++,smoothgradcam++ (or the reference "
+                        "release's gradcampp, smoothgradcampp)")
+    m.add_argument("--threshold", action=CommaList, convert=float, default=[0.1], metavar="RHO[,RHO...]",
+                   help="CAM thresholds rho, comma-separated, each in [0, 1) (default 0.1)")
     m.add_argument("--masks", default="boxes", help="comma-separated A_G sources: boxes, saliency, or a mask folder")
     m.add_argument("--device", default="auto")
     m.add_argument("--batch-size", type=int, default=128)
@@ -186,7 +201,7 @@ exit status:
   0    every run of the grid is done
   2    bad input, or a one-line error: grid, data, another build running on ZOO, a full or
        failing disk (nothing is lost and no attempt is used: free space, rerun the same command)
-  3    some runs failed for good (`camgap zoo status ZOO` lists them; --retry-failed retries)
+  3    some runs failed for good (`camgap zoo status --zoo ZOO` lists them; --retry-failed retries)
   130  interrupted (Ctrl-C): rerun the same command to resume
 """
 
@@ -210,7 +225,7 @@ def _guard(func):
         except sqlite3.Error as exc:
             from camgap.zoo.registry import Registry, _registry_error
 
-            zoo = getattr(args, "zoo", None) or args.out
+            zoo = args.zoo
             print(f"camgap zoo: error: {_registry_error(exc, Path(zoo) / Registry.FILENAME)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
@@ -225,8 +240,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m camgap.zoo.cli", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="zoo_command", required=True)
     add_subcommands(sub)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    import warnings
+
+    from camgap.cli import _warning_line
+
+    formatwarning = warnings.formatwarning
+    try:
+        with warnings.catch_warnings():
+            warnings.formatwarning = _warning_line  # an old spelling's warning: one line, as in `camgap`
+            args = parser.parse_args(argv)
+            try:
+                finish_args(parser, args)
+            except CamgapError as exc:
+                print(f"camgap zoo: error: {exc}", file=sys.stderr)
+                return 2
+            return args.func(args)
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 if __name__ == "__main__":

@@ -1,0 +1,96 @@
+"""One command-line style for `camgap` and `camgap zoo`: the data and the model set are flags
+(`--data DIR`, `--zoo ZOO`) in every command, lists are comma-separated (`--threshold 0.1,0.3`).
+
+The older spellings (`masks DATA`, `study ZOO`, `zoo status ZOO`, `zoo build --out ZOO`,
+`--threshold 0.1 0.3`, `--mean a b c`) still work for one release, each with one FutureWarning
+(shown by default, one line on stderr) that names the new spelling."""
+from __future__ import annotations
+
+import argparse
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from camgap.errors import InputError
+
+DEPRECATED = "is deprecated and will be removed in the next release"
+
+
+def deprecated(old: str, new: str) -> None:
+    """The one warning for an old spelling: "<old> is deprecated ...; write `<new>`"."""
+    warnings.warn(f"{old} {DEPRECATED}; write `{new}`", FutureWarning, stacklevel=3)
+
+
+class CommaList(argparse.Action):
+    """`--opt a,b,c` -> [a, b, c], each converted with `convert`; `length` fixes the count.
+
+    Takes nargs="+" so that the old space-separated `--opt a b c` still parses (with a
+    deprecation warning); a value in either spelling that does not convert is a usage error."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, convert: Callable[[str], Any] = str,
+                 length: int | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("nargs", "+")
+        kwargs.setdefault("metavar", "A,B,...")
+        super().__init__(option_strings, dest, **kwargs)
+        self.convert, self.length = convert, length
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        tokens = [values] if isinstance(values, str) else list(values)
+        if len(tokens) > 1:
+            deprecated(f"a space-separated list (`{option_string} {' '.join(tokens)}`)",
+                       f"{option_string} {','.join(tokens)}")
+        items = [part.strip() for token in tokens for part in token.split(",") if part.strip()]
+        try:
+            converted = [self.convert(item) for item in items]
+        except ValueError:
+            parser.error(f"argument {option_string}: {','.join(tokens)!r} is not a comma-separated list of "
+                         f"{getattr(self.convert, '__name__', 'value')}s")
+        if not converted or (self.length is not None and len(converted) != self.length):
+            want = f"{self.length} values" if self.length is not None else "at least one value"
+            parser.error(f"argument {option_string}: expected {want} separated by commas, got {','.join(tokens)!r}")
+        setattr(namespace, self.dest, converted)
+
+
+def cam_names(text: str) -> str:
+    """argparse type of `--cam`: each comma-separated CAM method by its canonical name
+    (`gradcampp,GradCAM` -> `gradcam++,gradcam`), so aliases name the same stored variant."""
+    from camgap.cam import cam_name
+    from camgap.errors import UnknownNameError
+
+    try:
+        return ",".join(cam_name(part.strip()) for part in text.split(",") if part.strip())
+    except UnknownNameError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_location(p: argparse.ArgumentParser, dest: str, flag: str, metavar: str, help: str, *,
+                 positional: bool = True, old_flag: str | None = None, type: Callable[[str], Any] = str) -> None:
+    """`flag METAVAR` (required, checked by `finish_args`), plus the old spellings it replaces:
+    a positional (`positional`) and/or another flag (`old_flag`), hidden from the help."""
+    p.add_argument(flag, dest=dest, metavar=metavar, help=f"{help} (required)", type=type)
+    legacy = list(p.get_default("_legacy") or [])
+    if positional:
+        p.add_argument(f"{dest}_positional", nargs="?", metavar=metavar, help=argparse.SUPPRESS, type=type)
+        legacy.append((f"{dest}_positional", dest, f"giving {metavar} as a positional argument", flag))
+    if old_flag:
+        p.add_argument(old_flag, dest=f"{dest}_old_flag", metavar=metavar, help=argparse.SUPPRESS, type=type)
+        legacy.append((f"{dest}_old_flag", dest, f"`{old_flag} {metavar}`", flag))
+    p.set_defaults(_legacy=legacy, _parser=p, **{f"_{dest}_metavar": metavar})
+
+
+def finish_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    """Map the old spellings registered by `add_location` onto the new flags (with the
+    deprecation warning) and require the flags. Call right after `parse_args`."""
+    for old_dest, dest, old, flag in getattr(args, "_legacy", None) or []:
+        old_value, value = getattr(args, old_dest, None), getattr(args, dest)
+        if old_value is not None:
+            if value is not None and value != old_value:
+                raise InputError(f"{flag} {value} and {old} ({old_value}) name two different places; give {flag} only")
+            deprecated(old, f"{flag} {old_value}")
+            setattr(args, dest, old_value)
+    for _, dest, _, flag in getattr(args, "_legacy", None) or []:
+        if getattr(args, dest) is None:
+            own = getattr(args, "_parser", None) or parser  # the subcommand's usage line
+            own.error(f"the following argument is required: {flag} {getattr(args, f'_{dest}_metavar')}")
+    return args
