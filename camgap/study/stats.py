@@ -366,7 +366,7 @@ def cmi_score(df: pd.DataFrame, measure_col: str, gap_col: str, hparams: Sequenc
     model paired with itself, maps ties to the "-" sign, and weights every value of U_S equally
     rather than by p(U_S) (equal on a complete grid with one model per configuration).
 
-    Cost: O(n^2) pairs in memory (n = 2000 models -> 2M unordered pairs, ~100 MB peak).
+    Cost: O(n^2) pairs in memory (n models -> n(n-1)/2 unordered pairs).
     Rows with a non-finite measure or gap are dropped first. `cmi_scores` scores several
     measures of one model table and builds the pair codes once for all of them. `hparams` should list the real
     hyperparameters only (not a repeat/seed column).
