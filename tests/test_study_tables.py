@@ -367,3 +367,39 @@ def test_only_done_finite_rows_feed_the_tables():
     # a variant whose rows are all unusable is named in the note
     t = tables.table3(runs, ms.assign(state="undefined"), n_boot=0)
     assert "IoU (gradcam, rho 0.1, boxes) has no usable value" in t.note
+
+
+# ------------------------------------------------------------------------- StudyOptions
+def test_study_options_check_each_field():
+    o = tables.StudyOptions(thresholds=[0.9, "0.8"], primary={"threshold": 0.05})
+    assert o.thresholds == (0.9, 0.8) and dict(o.primary) == {"threshold": "0.05"}
+    assert tables.StudyOptions().primary == tables.DEFAULT_PRIMARY and tables.StudyOptions().n_boot == 2000
+    for kw, msg in [({"thresholds": (0.9, 1.5)}, r"thresholds: accuracy threshold 1.5 is outside \[0, 1\]"),
+                    ({"thresholds": ("x",)}, "thresholds: accuracy threshold 'x' is not a number"),
+                    ({"n_boot": -1}, "n_boot must be an integer >= 0, got -1"),
+                    ({"seed": 1.5}, "seed must be an integer >= 0"),
+                    ({"confidence": 1.0}, r"confidence must be a number in \(0, 1\), got 1.0"),
+                    ({"min_n": 1}, "min_n must be an integer >= 2"),
+                    ({"primary": {"threshold": 2}}, "threshold 2 is outside"),
+                    ({"hparams": "arch"}, "hparams must be a list of column names")]:
+        with pytest.raises(ValueError, match=msg):
+            tables.StudyOptions(**kw)
+    o = tables.StudyOptions.of(None, n_boot=0, specs=[("iou", None, "IoU")])
+    assert o.n_boot == 0 and o.measures == (tables.MeasureSpec("iou", None, "IoU"),)
+    assert tables.StudyOptions.of(o) is o and tables.StudyOptions.of(o, seed=3).n_boot == 0
+    with pytest.raises(TypeError, match="unknown study option"):
+        tables.StudyOptions.of(None, n_bootstrap=3)
+
+
+def test_options_and_keywords_give_the_same_tables(frames):
+    runs, ms = frames
+    from camgap.study.report import run_study
+
+    o = tables.StudyOptions(thresholds=(0.9, 0.8), n_boot=20, seed=4)
+    a = run_study(runs, ms, o)
+    b = run_study(runs, ms, thresholds=(0.9, 0.8), n_boot=20, seed=4)
+    pd.testing.assert_frame_equal(a.table3.pearson, b.table3.pearson)
+    pd.testing.assert_frame_equal(a.table3.ci_low, b.table3.ci_low)
+    pd.testing.assert_frame_equal(a.ranking, b.ranking)
+    pd.testing.assert_frame_equal(tables.table6(runs, ms, o).pearson, a.table6.pearson)
+    assert a.table5.note == b.table5.note and ">= 0.8" in a.table5.note
