@@ -37,7 +37,6 @@ from markupsafe import Markup
 from camgap.errors import InputError, MissingFileError, UnknownNameError
 
 from . import figures, render, tables
-from .stats import MIN_N
 from .tables import DEFAULT_THRESHOLDS, TOTAL, CorrelationTable, MeasureSpec, SelectionTable, StudyOptions
 
 
