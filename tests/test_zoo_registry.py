@@ -1,5 +1,4 @@
 """The SQLite registry: round trip, resume bookkeeping, measurements, integrity check."""
-import json
 import sqlite3
 import tomllib
 
