@@ -380,3 +380,25 @@ def test_dotdot_inside_the_root_and_owner_symlinks_are_kept(tmp_path):
     assert [r.path for r in records] == [root / "images/../images/p.png", root / "link" / "s.png"]
     assert skipped == [(str(root / "train.csv"),
                         f"row 4: image path 'link/../secret.png' leaves the dataset root {root}")]
+
+
+@pytest.mark.parametrize("make,layout,train,follows", [
+    (make_imagenet, "imagenet", "train", "class indices follow the folders"),
+    (make_listfile, "listfile", "train.txt", "classes follow the labels"),
+    (make_coco, "coco", "train.json", "classes follow the categories"),
+    (make_csv, "csv", "train.csv", "classes follow the labels"),
+])
+def test_without_a_train_split_classes_follow_the_split_read_with_a_warning(tmp_path, make, layout, train,
+                                                                            follows):
+    import shutil
+
+    root = make(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")           # with the train split: no warning
+        read_layout(root, layout, "test")
+    path = root / train
+    shutil.rmtree(path) if path.is_dir() else path.unlink()
+    with pytest.warns(UserWarning, match=f"{train} not found: {follows} of .*test") as caught:
+        records, classes = read_layout(root, layout, "test")
+    assert caught[0].filename == __file__          # the warning points at the caller of read_layout
+    assert records and all(0 <= r.label < len(classes) for r in records)

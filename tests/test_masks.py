@@ -2,6 +2,7 @@
 the cache, quality report and export."""
 from __future__ import annotations
 
+import json
 import sys
 
 import numpy as np
@@ -11,7 +12,9 @@ from PIL import Image
 
 from camgap.data import masks as M
 from camgap.data.masks import (
+    MASK_SOURCES,
     MaskError,
+    MaskStats,
     binarize,
     box_mask,
     boxes_to_masks,
@@ -19,9 +22,11 @@ from camgap.data.masks import (
     export_masks,
     mask_quality,
     otsu_threshold,
+    parse_source,
     read_mask_folder,
     saliency_maps,
 )
+from camgap.errors import InputError
 
 cv2 = pytest.importorskip("cv2")
 
@@ -201,7 +206,7 @@ def test_mask_folder_missing_error_and_skip_bad(tmp_path):
     assert res.keep.tolist() == [0, 1, 2] and res.image_ids == ids[:3]
     assert res.valid.tolist() == [True] * 3 + [False] * 7
     assert res.masks.shape == (3, 8, 8)
-    assert res.stats["n_missing"] == 7 and res.stats["missing"][:2] == ["img03", "img04"]
+    assert res.stats.n_missing == 7 and res.stats.missing[:2] == ("img03", "img04")
     assert "7 without a mask skipped" in res.summary()
 
     with pytest.raises(MaskError, match="neither"):
@@ -213,8 +218,8 @@ def test_empty_and_full_masks_counted(tmp_path):
     Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / "one.png")
     Image.fromarray(_rect(8, 8, 0, 4, 0, 4).astype(np.uint8) * 255).save(tmp_path / "part.png")
     res = compute_masks(tmp_path, image_ids=["zero", "one", "part"], size=8)
-    assert res.stats["n_empty"] == 1 and res.stats["n_full"] == 1 and res.stats["n_masks"] == 3
-    assert res.stats["mean_area"] == pytest.approx((0 + 1 + 0.25) / 3)
+    assert res.stats.n_empty == 1 and res.stats.n_full == 1 and res.stats.n_masks == 3
+    assert res.stats.mean_area == pytest.approx((0 + 1 + 0.25) / 3)
     assert "1 empty" in res.summary() and "1 all-foreground" in res.summary()
     boxes = boxes_to_masks([torch.tensor([[0.0, 0.0, 4.0, 4.0]])] * 3, 8)
     q = mask_quality(res.masks, boxes)
@@ -246,7 +251,8 @@ def test_boxes_source():
     boxes = [torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.zeros(0, 4)]
     res = compute_masks("boxes", boxes=boxes, image_ids=["p", "q"], size=4)
     assert torch.equal(res.masks, boxes_to_masks(boxes, 4))
-    assert res.stats["n_empty"] == 1 and res.image_ids == ["p", "q"]
+    assert res.stats.n_empty == 1 and res.image_ids == ["p", "q"]
+    assert res.stats.source == "boxes" and res.stats.threshold is None and res.stats["n_empty"] == 1
     with pytest.raises(MaskError, match="--masks saliency"):
         compute_masks("boxes", images=torch.zeros(2, 3, 4, 4, dtype=torch.uint8))
     with pytest.raises(MaskError, match="unknown saliency method"):
@@ -285,7 +291,7 @@ def test_cache_hit_does_not_recompute(tmp_path, monkeypatch):
     imgs, _ = _images(6, 32)
     ids = [f"i{k}" for k in range(6)]
     first = compute_masks("saliency", imgs, image_ids=ids, cache_dir=tmp_path)
-    assert first.stats["cached"] is False and first.stats["source"] == "saliency:fine_grained"
+    assert first.stats.cached is False and first.stats.source == "saliency:fine_grained"
     files = list(tmp_path.glob("masks-*.npz"))
     assert len(files) == 1 and files[0].stat().st_size < 6 * 32 * 32  # packed bits
 
@@ -294,7 +300,7 @@ def test_cache_hit_does_not_recompute(tmp_path, monkeypatch):
 
     monkeypatch.setattr(M, "saliency_masks", boom)
     again = compute_masks("saliency", imgs, image_ids=ids, cache_dir=tmp_path)
-    assert again.stats["cached"] is True and "from cache" in again.summary()
+    assert again.stats.cached is True and "from cache" in again.summary()
     assert torch.equal(again.masks, first.masks) and again.image_ids == ids
     assert {k: v for k, v in again.stats.items() if k != "cached"} == {
         k: v for k, v in first.stats.items() if k != "cached"
@@ -315,7 +321,7 @@ def test_cache_folder_source(tmp_path, monkeypatch):
     first = compute_masks(d, image_ids=["a", "b"], size=8, cache_dir=tmp_path / "cache")
     monkeypatch.setattr(M, "read_mask_folder", lambda *a, **k: (_ for _ in ()).throw(AssertionError("reread")))
     again = compute_masks(d, image_ids=["a", "b"], size=8, cache_dir=tmp_path / "cache")
-    assert again.stats["cached"] and torch.equal(again.masks, first.masks)
+    assert again.stats.cached and torch.equal(again.masks, first.masks)
     # a mask file replaced -> the fingerprint changes -> read again
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(d / "c.png")
     with pytest.raises(AssertionError, match="reread"):
@@ -363,3 +369,21 @@ def test_saliency_finds_the_object_on_synthetic_data(tmp_path):
     assert q["mean_iou"] > chance + 0.1
     assert q["miss_share"] <= 0.05
     assert res.stats["n_empty"] == 0
+
+
+def test_mask_stats_check_each_field_and_read_as_a_mapping():
+    s = MaskStats(source="boxes", n=3, n_masks=3, n_empty=1, mean_area=0.25, size=8)
+    assert s.get("n_empty") == 1 and s["size"] == 8 and s.missing == () and s.cached is False
+    assert json.loads(s.to_json())["n_masks"] == 3 and "cached" not in json.loads(s.to_json())
+    with pytest.raises(InputError, match="n_empty must be a count >= 0, got -1"):
+        MaskStats(source="boxes", n=3, n_masks=3, n_empty=-1)
+    with pytest.raises(InputError, match=r"mean_area must be a share in \[0, 1\]"):
+        MaskStats(source="boxes", n=3, n_masks=3, mean_area=1.5)
+
+
+def test_mask_sources_are_one_registry():
+    assert MASK_SOURCES.names() == ["boxes", "folder", "saliency"]
+    assert parse_source("saliency") == ("saliency", "fine_grained")
+    assert parse_source("saliency:spectral_residual") == ("saliency", "spectral_residual")
+    with pytest.raises(InputError, match="mask source 'boxes' is registered already"):
+        MASK_SOURCES.add("boxes", MASK_SOURCES.get("boxes"))

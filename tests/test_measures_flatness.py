@@ -83,16 +83,16 @@ def test_loss_criterion_and_registry_long_form():
     ctx = MeasureContext(model=model, logits=model(x).detach(), labels=y, batches=_batches(x, y),
                          init_state=init, seed=0)
     out = compute_measure("pacbayes_flatness", ctx, draws=2)
-    sigma = out["criterion=accuracy,target=0.1,form=sigma"]
-    assert out["criterion=accuracy,target=0.1,form=flatness"] == pytest.approx(1 / sigma**2)
+    sigma = out["criterion=accuracy,form=sigma,target=0.1"]
+    assert out["criterion=accuracy,form=flatness,target=0.1"] == pytest.approx(1 / sigma**2)
     # ||w||^2 = 2 and w0 = 0: orig and init bounds coincide
-    assert out["criterion=accuracy,target=0.1,form=orig"] == pytest.approx(
+    assert out["criterion=accuracy,form=orig,target=0.1"] == pytest.approx(
         2 / (4 * sigma**2) + torch.log(torch.tensor(256 / sigma)).item() + 10, rel=1e-6)
-    assert out["criterion=accuracy,target=0.1,form=init"] == pytest.approx(
-        out["criterion=accuracy,target=0.1,form=orig"])
+    assert out["criterion=accuracy,form=init,target=0.1"] == pytest.approx(
+        out["criterion=accuracy,form=orig,target=0.1"])
     mag = compute_measure("pacbayes_mag_flatness", ctx, draws=2)
-    assert {"criterion=accuracy,target=0.1,form=mag_init",
-            "criterion=accuracy,target=0.1,form=mag_orig"} <= set(mag)
+    assert {"criterion=accuracy,form=mag_init,target=0.1",
+            "criterion=accuracy,form=mag_orig,target=0.1"} <= set(mag)
     assert set(pacbayes_bounds(model, 0.5, 100)) == {"orig"}
 
 

@@ -243,6 +243,15 @@ def test_missing_variants_are_reported_not_faked(tmp_path):
     assert (tmp_path / "tables" / "table4.csv").exists() and (tmp_path / "tables" / "table5.csv").exists()
 
 
+def test_table4_note_is_in_the_report(tmp_path):
+    runs, ms = demo_frames(seed=2)
+    ms = ms[~((ms.measure == "iou") & (ms.params == IOU))]        # the primary IoU variant is absent
+    report = write_study(runs, ms, tmp_path, n_boot=0)
+    html = report.read_text(encoding="utf-8")
+    table4 = html[html.index("<h2>Table 4."):html.index("<h2>", html.index("<h2>Table 4.") + 1)]
+    assert "IoU (gradcam, rho 0.1, boxes) was not measured." in table4
+
+
 def test_unfinished_runs_are_left_out():
     runs, ms = demo_frames(seed=1)
     runs = runs.assign(status="done")

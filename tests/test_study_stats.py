@@ -298,3 +298,16 @@ def test_selection_accuracy_matches_pair_loop_on_random_data():
             ok += (m[i] > m[j]) == (g[i] < g[j])
     s = stats.selection_accuracy(m, g)
     assert (s.n_correct, s.n_compared) == (ok, tot)
+
+
+@pytest.mark.parametrize("hparams,max_set", [(["a"], 2), (["a", "b"], 2), (["a", "b", "c", "rep"], 2),
+                                             (["a", "b", "c", "rep"], 3)])
+def test_cmi_marginals_match_brute_force_for_any_number_of_hyperparameters(hparams, max_set):
+    # the joint counts are summed down to each conditioning set through prefix / suffix sums
+    df = grid_frame(seed=7, repeats=2)
+    score, per = stats.cmi_score(df, "m", "gap", hparams, max_set_size=max_set)
+    bscore, bper = brute_cmi(df, "m", "gap", hparams, max_set=max_set)
+    assert set(per) == set(bper)
+    for s in per:
+        assert per[s] == pytest.approx(bper[s], abs=1e-10, nan_ok=True), s
+    assert score == pytest.approx(bscore, abs=1e-10)

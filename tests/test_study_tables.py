@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from camgap.study import stats, tables
+from camgap.study import render, stats, tables
 from camgap.study.report import demo_frames
 
 IOU = "cam=gradcam,threshold=0.1,masks=boxes"
@@ -26,15 +26,22 @@ def _trained_iou(runs, ms, params=IOU):
 
 
 # ---------------------------------------------------------------------------- wide table
-def test_params_round_trip():
-    p = tables.parse_params("cam=gradcam++, threshold=0.1,masks=boxes")
-    assert p == {"cam": "gradcam++", "threshold": "0.1", "masks": "boxes"}
-    assert tables.format_params(p) == "cam=gradcam++,threshold=0.1,masks=boxes"
-    assert tables.parse_params("") == {} and tables.parse_params(None) == {}
-    assert tables.parse_params(float("nan")) == {}
-    # the registry's canonical JSON form
-    assert tables.parse_params('{"cam": "gradcam", "masks": "boxes", "threshold": 0.1}') == {
-        "cam": "gradcam", "masks": "boxes", "threshold": "0.1"}
+def test_params_are_one_identity_whatever_their_spelling():
+    """The registry's JSON (string or number values), a label in any key order and "0.10" for 0.1
+    name one variant; the study reads them all as the same label."""
+    ms = pd.DataFrame({"run_id": list("abcd"), "measure": "iou", "value": [0.1, 0.2, 0.3, 0.4],
+                       "params": ['{"cam":"gradcam","threshold":"0.1"}', '{"cam": "gradcam", "threshold": 0.10}',
+                                  "threshold=0.1, cam=gradcam", "cam=gradcam,threshold=0.2"]})
+    m = tables.prepare_measurements(ms)
+    assert m["params"].tolist() == ["cam=gradcam,threshold=0.1"] * 3 + ["cam=gradcam,threshold=0.2"]
+    assert tables.prepare_measurements(m) is m   # a prepared frame is not prepared again
+    w = tables.wide_table(pd.DataFrame({"run_id": list("abcd")}), m, [("iou", "threshold=0.10,cam=gradcam", "x")])
+    assert w["x"].tolist()[:3] == [0.1, 0.2, 0.3] and math.isnan(w["x"].iloc[3])
+    assert tables.params_match("cam=gradcam,threshold=0.1", {"threshold": 0.1})
+    assert not tables.params_match("cam=gradcam,threshold=0.1", {"threshold": "0.2"})
+
+
+def test_json_params_and_no_params():
     ms = pd.DataFrame({"run_id": ["a", "b"], "measure": "iou", "value": [0.1, 0.2],
                        "params": ['{"cam": "gradcam", "threshold": 0.1}', "{}"]})
     w = tables.wide_table(pd.DataFrame({"run_id": ["a", "b"]}), ms,
@@ -123,7 +130,7 @@ def test_cells_with_fewer_than_three_models_are_na(tmp_path):
     for f in (t.pearson, t.spearman, t.kendall, t.ci_low, t.ci_high):
         assert f.loc[("resnet50", "IoU")].isna().all()
     assert np.isfinite(t.pearson.loc[("resnet18", "IoU")]).all()
-    csv, md = tables.write_table(t.pearson, tmp_path, "t3")
+    csv, md = render.write_table(t.pearson, tmp_path, "t3")
     text = md.read_text()
     row = [ln for ln in text.splitlines() if ln.startswith("| resnet50")][0]
     assert row.count("n/a") == 4
@@ -163,7 +170,7 @@ def test_table4_equals_selection_accuracy(frames, tmp_path):
         assert t.accuracy.loc[arch, ">=85"] == pytest.approx(s.accuracy)
         assert t.n_compared.loc[arch, ">=85"] == s.n_compared
         assert t.n_ties.loc[arch, ">=85"] == s.n_ties
-    csv, md = tables.write_selection_table(t, tmp_path, "t4")[:2]
+    csv, md = render.write_selection_table(t, tmp_path, "t4")[:2]
     assert "%" in md.read_text()
     back = pd.read_csv(csv, index_col=0)
     pd.testing.assert_frame_equal(back, t.accuracy, check_names=False, rtol=0, atol=1e-15)
@@ -219,7 +226,7 @@ def test_markdown_layout():
     df = pd.DataFrame({">=95": [-0.91444, np.nan], ">=90": [0.5, 1.0]},
                       index=pd.MultiIndex.from_tuples([("resnet18", "IoU"), ("resnet18", "EI")],
                                                       names=["arch", "measure"]))
-    md = tables.to_markdown(df)
+    md = render.to_markdown(df)
     lines = md.splitlines()
     assert lines[0] == "| arch | measure | \u2265 95 | \u2265 90 |"
     assert lines[2] == "| resnet18 | IoU | \u22120.9144 | 0.5000 |"
@@ -302,12 +309,12 @@ def test_tables_say_when_rho_0_1_was_not_measured(frames, tmp_path):
     assert t3.pearson.loc[("Total", "IoU: not measured")].isna().all()
     assert (t3.n.loc[("Total", "IoU: not measured")] == 0).all()
     assert missing in t3.note and "IoU-B (gradcam, rho 0.1, boxes) was not measured." in t3.note
-    md = tables.write_correlation_table(t3, tmp_path, "t3")[1].read_text()
+    md = render.write_correlation_table(t3, tmp_path, "t3")[1].read_text()
     assert "| IoU: not measured | n/a | n/a | n/a | n/a |" in md and md.endswith(f"{t3.note}\n")
     t4 = tables.table4(runs, other)
     assert t4.measure == "IoU: not measured" and t4.accuracy.isna().all().all()
     assert (t4.n_models == 0).all().all() and t4.note == missing
-    assert tables.write_selection_table(t4, tmp_path, "t4")[1].read_text().endswith(f"\n{missing}\n")
+    assert render.write_selection_table(t4, tmp_path, "t4")[1].read_text().endswith(f"\n{missing}\n")
     t5 = tables.table5(runs, other, n_boot=0)
     assert t5.pearson.isna().all().all() and t5.note.endswith(missing)
     t6 = tables.table6(runs, other, n_boot=0)
@@ -360,3 +367,39 @@ def test_only_done_finite_rows_feed_the_tables():
     # a variant whose rows are all unusable is named in the note
     t = tables.table3(runs, ms.assign(state="undefined"), n_boot=0)
     assert "IoU (gradcam, rho 0.1, boxes) has no usable value" in t.note
+
+
+# ------------------------------------------------------------------------- StudyOptions
+def test_study_options_check_each_field():
+    o = tables.StudyOptions(thresholds=[0.9, "0.8"], primary={"threshold": 0.05})
+    assert o.thresholds == (0.9, 0.8) and dict(o.primary) == {"threshold": "0.05"}
+    assert tables.StudyOptions().primary == tables.DEFAULT_PRIMARY and tables.StudyOptions().n_boot == 2000
+    for kw, msg in [({"thresholds": (0.9, 1.5)}, r"thresholds: accuracy threshold 1.5 is outside \[0, 1\]"),
+                    ({"thresholds": ("x",)}, "thresholds: accuracy threshold 'x' is not a number"),
+                    ({"n_boot": -1}, "n_boot must be an integer >= 0, got -1"),
+                    ({"seed": 1.5}, "seed must be an integer >= 0"),
+                    ({"confidence": 1.0}, r"confidence must be a number in \(0, 1\), got 1.0"),
+                    ({"min_n": 1}, "min_n must be an integer >= 2"),
+                    ({"primary": {"threshold": 2}}, "threshold 2 is outside"),
+                    ({"hparams": "arch"}, "hparams must be a list of column names")]:
+        with pytest.raises(ValueError, match=msg):
+            tables.StudyOptions(**kw)
+    o = tables.StudyOptions.of(None, n_boot=0, specs=[("iou", None, "IoU")])
+    assert o.n_boot == 0 and o.measures == (tables.MeasureSpec("iou", None, "IoU"),)
+    assert tables.StudyOptions.of(o) is o and tables.StudyOptions.of(o, seed=3).n_boot == 0
+    with pytest.raises(TypeError, match="unknown study option"):
+        tables.StudyOptions.of(None, n_bootstrap=3)
+
+
+def test_options_and_keywords_give_the_same_tables(frames):
+    runs, ms = frames
+    from camgap.study.report import run_study
+
+    o = tables.StudyOptions(thresholds=(0.9, 0.8), n_boot=20, seed=4)
+    a = run_study(runs, ms, o)
+    b = run_study(runs, ms, thresholds=(0.9, 0.8), n_boot=20, seed=4)
+    pd.testing.assert_frame_equal(a.table3.pearson, b.table3.pearson)
+    pd.testing.assert_frame_equal(a.table3.ci_low, b.table3.ci_low)
+    pd.testing.assert_frame_equal(a.ranking, b.ranking)
+    pd.testing.assert_frame_equal(tables.table6(runs, ms, o).pearson, a.table6.pearson)
+    assert a.table5.note == b.table5.note and ">= 0.8" in a.table5.note

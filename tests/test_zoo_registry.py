@@ -1,5 +1,4 @@
 """The SQLite registry: round trip, resume bookkeeping, measurements, integrity check."""
-import json
 import sqlite3
 import tomllib
 
@@ -95,13 +94,16 @@ def test_measurements(tmp_path):
         # params are canonicalised: key order does not matter
         assert reg.measurement_done(a, "iou", {"cam": "gradcam", "threshold": 0.1})
         assert not reg.measurement_done(a, "iou", {"cam": "gradcam", "threshold": 0.2})
+        # one identity: the number 0.1, the text "0.10" and the label name one variant
+        assert reg.measurement_done(a, "iou", {"cam": "gradcam", "threshold": "0.10"})
+        assert reg.measurement_done(a, "iou", "threshold=0.1,cam=gradcam")
         reg.record_measurement(a, "ei", None, None, status="failed", error="boom")
         assert not reg.measurement_done(a, "ei")
         reg.record_measurement(a, "iou", {"threshold": 0.1, "cam": "gradcam"}, 0.5)  # replace
         m = reg.measurements_frame()
         assert len(m) == 2
         iou = m[m.measure == "iou"].iloc[0]
-        assert iou.value == 0.5 and json.loads(iou.params) == {"cam": "gradcam", "threshold": 0.1}
+        assert iou.value == 0.5 and iou.params == '{"cam":"gradcam","threshold":"0.1"}'
         with pytest.raises(RegistryError, match="no run"):
             reg.record_measurement("nope", "iou", None, 1.0)
         with pytest.raises(ValueError):

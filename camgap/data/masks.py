@@ -1,4 +1,4 @@
-"""Object regions A_G for the score: boxes, external PNG masks, or built-in saliency (issue 5).
+"""Object regions A_G for the score: boxes, external PNG masks, or built-in saliency.
 
 The score compares the thresholded CAM region A_L with an object region A_G. A_G comes
 from one of three *mask sources*, all giving a boolean mask per image at the model's input
@@ -10,14 +10,15 @@ size ``S``:
     An unsupervised static saliency map from OpenCV's contrib module (``cv2.saliency``),
     binarised with Otsu's threshold (or a fixed threshold). Needs no download and no GPU;
     install with ``pip install camgap[saliency]``. ``"saliency"`` means
-    ``"saliency:fine_grained"``, which finds the object on the synthetic dataset much more
-    often than spectral residual: mean IoU with the true boxes 0.377 vs 0.156 at 32 px and
-    0.474 vs 0.286 at 64 px on 100 synthetic images, where an all-foreground mask gets 0.27,
-    the same masks at random positions 0.17-0.20, and the exact object pixels 0.66 (the
-    shapes do not fill their boxes); tests/test_masks.py asserts a bound.
+    ``"saliency:fine_grained"``, which finds the object on the synthetic dataset more often
+    than spectral residual (BENCHMARKS.md has the numbers; tests/test_masks.py asserts a bound).
 a directory
     One mask image per image, from any detector (e.g. the MCCL co-salient detector of the
     paper), matched by file stem == ``image_id`` (see ``read_mask_folder`` for the rules).
+
+Each kind is a :class:`MaskSource` in the ``MASK_SOURCES`` registry (``camgap.registry``);
+``parse_source`` turns a source string into ``(kind, option)`` and ``compute_masks`` asks that
+source, caches what it found and counts it in a :class:`MaskStats`.
 
 Masks depend only on the data, never on the model, so ``compute_masks`` caches them in
 ``cache_dir`` (a packed-bit ``.npz`` keyed by the source, the threshold, the input size and
@@ -31,22 +32,28 @@ Pixel convention (shared with the boxes of ``BoxDataset`` and the synthetic data
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from camgap.errors import CamgapError, InputError, StateError
+from camgap.registry import Registry
 
 __all__ = [
     "MaskError",
     "MaskResult",
+    "MaskStats",
+    "MaskSource",
+    "MASK_SOURCES",
     "SALIENCY_METHODS",
     "DEFAULT_SALIENCY",
     "box_mask",
@@ -214,11 +221,11 @@ def saliency_maps(
     scored on its own and the min-max normalised maps are averaged (an object differing from
     the background in colour only is found too). Images larger than ``work_size`` are shrunk
     to it first (area interpolation; ``None`` = never): the maps are smooth, and fine-grained
-    costs ~27 ms per channel at 224 px vs ~8 ms at 128 px on one core. The mean map is
+    costs grow with the pixel count. The mean map is
     resized to ``S`` (bilinear), smoothed with a Gaussian of sigma ``smooth * S`` (0 = off)
     and min-max normalised per image (a constant map becomes all zeros). The defaults (RGB
-    channels averaged, sigma S/16) were chosen on the synthetic dataset, where they lift the
-    fine-grained IoU with the true boxes from 0.31 (grey image, no smoothing) to 0.38 at 32 px."""
+    channels averaged, sigma S/16) were chosen on the synthetic dataset, where they find the
+    object more often than a grey image without smoothing."""
     if method not in SALIENCY_METHODS:
         raise InputError(f"saliency method must be one of {SALIENCY_METHODS}, got {method!r}")
     cv2 = _cv2()
@@ -418,54 +425,209 @@ def read_mask_folder(
 # --- the mask source API -----------------------------------------------------------------
 
 
+def _count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise InputError(f"mask stats: {name} must be a count >= 0, got {value!r}")
+    return int(value)
+
+
+def _share(name: str, value: object) -> float:
+    v = float(value)  # type: ignore[arg-type]
+    if not (np.isnan(v) or 0.0 <= v <= 1.0):
+        raise InputError(f"mask stats: {name} must be a share in [0, 1] (or NaN), got {value!r}")
+    return v
+
+
+def _ids(name: str, value: object) -> tuple[str, ...]:
+    return tuple(str(v) for v in value)  # type: ignore[union-attr]
+
+
+def _as_is(name: str, value: object) -> object:
+    return value
+
+
+def _stat(check: Callable[[str, object], object], default: object = dataclasses.MISSING) -> Any:
+    return dataclasses.field(default=default, metadata={"check": check})
+
+
+@dataclass(frozen=True)
+class MaskStats(Mapping):
+    """Counts of a mask set for the report; each field declares its check beside it.
+
+    ``source`` (``"boxes"``, ``"saliency:<method>"`` or the folder), ``n`` (input images),
+    ``n_masks``, ``n_missing``, ``missing`` (the first few ids without a mask), ``n_empty``
+    (all-False masks: IoU with them is undefined, the scorer reports and excludes those
+    images), ``n_full`` (all-True masks), ``n_resized`` (external masks not at the input
+    size), ``mean_area`` (mean foreground share), ``threshold`` (of the saliency maps),
+    ``size``, ``cached`` (loaded from the cache). Read-only mapping access
+    (``stats["n_empty"]``, ``stats.get(...)``) works too."""
+
+    source: str = _stat(lambda n, v: str(v))
+    n: int = _stat(_count)
+    n_masks: int = _stat(_count)
+    n_missing: int = _stat(_count, 0)
+    missing: tuple[str, ...] = _stat(_ids, ())
+    n_empty: int = _stat(_count, 0)
+    n_full: int = _stat(_count, 0)
+    n_resized: int = _stat(_count, 0)
+    mean_area: float = _stat(_share, float("nan"))
+    threshold: str | float | None = _stat(_as_is, None)
+    size: int = _stat(_count, 0)
+    cached: bool = _stat(lambda n, v: bool(v), False)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, f.metadata["check"](f.name, getattr(self, f.name)))
+
+    def __getitem__(self, key: str) -> object:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter(self.__dataclass_fields__)
+
+    def __len__(self) -> int:
+        return len(self.__dataclass_fields__)
+
+    def to_json(self) -> str:
+        """The cache's copy (without ``cached``)."""
+        return json.dumps({k: list(v) if k == "missing" else v for k, v in self.items() if k != "cached"})
+
+
 @dataclass
 class MaskResult:
     """Masks for the images that have one, and counts for the report.
 
     ``masks[j]`` belongs to image ``image_ids[j]`` = input image ``keep[j]``; ``valid`` is a
-    bool ``[N]`` over the input images. ``stats``: ``source``, ``n`` (input images),
-    ``n_masks``, ``n_missing``, ``missing`` (first few ids), ``n_empty`` (all-False masks:
-    IoU with them is undefined, the scorer reports and excludes those images), ``n_full``
-    (all-True masks), ``n_resized`` (external masks not at the input size), ``mean_area``
-    (mean foreground share), ``threshold``, ``size``, ``cached`` (loaded from the cache)."""
+    bool ``[N]`` over the input images; ``stats`` a :class:`MaskStats`."""
 
     masks: Tensor
     image_ids: list[str]
     keep: Tensor
     valid: Tensor
-    stats: dict = field(default_factory=dict)
+    stats: MaskStats
 
     def summary(self) -> str:
         s = self.stats
-        parts = [f"masks from {s.get('source')}: {s.get('n_masks')} of {s.get('n')} images"]
-        if s.get("n_missing"):
-            parts.append(f"{s['n_missing']} without a mask skipped (e.g. {', '.join(s.get('missing', [])[:3])})")
-        parts.append(f"{s.get('n_empty', 0)} empty (excluded from IoU), {s.get('n_full', 0)} all-foreground")
-        if s.get("n_resized"):
-            parts.append(f"{s['n_resized']} resized to {s.get('size')}px")
-        parts.append(f"mean area {s.get('mean_area', float('nan')):.1%}")
-        if s.get("cached"):
+        parts = [f"masks from {s.source}: {s.n_masks} of {s.n} images"]
+        if s.n_missing:
+            parts.append(f"{s.n_missing} without a mask skipped (e.g. {', '.join(s.missing[:3])})")
+        parts.append(f"{s.n_empty} empty (excluded from IoU), {s.n_full} all-foreground")
+        if s.n_resized:
+            parts.append(f"{s.n_resized} resized to {s.size}px")
+        parts.append(f"mean area {s.mean_area:.1%}")
+        if s.cached:
             parts.append("from cache")
         return "; ".join(parts)
+
+
+@dataclass(frozen=True)
+class MaskRequest:
+    """What a mask source is asked for: ``option`` (the saliency method, the folder), the
+    images' uint8 pixels, boxes and ids, the input size and how the images were resized."""
+
+    option: str | None
+    images: Any
+    boxes: Sequence | None
+    image_ids: list[str]
+    size: int
+    skip_bad: bool
+    threshold: str | float
+    resize: str
+
+
+@dataclass(frozen=True)
+class FoundMasks:
+    """A source's answer: masks of the images ``keep``, the ids it had none for, how many it
+    resized, and its name and threshold for the stats."""
+
+    masks: Tensor
+    keep: Tensor
+    missing: list[str]
+    n_resized: int
+    name: str
+    threshold: str | float | None = None
+
+
+def _no_check(request: MaskRequest) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class MaskSource:
+    """One kind of A_G. ``compute`` makes the masks; ``check`` refuses a request before any
+    cache lookup; ``options`` are the names it accepts after a colon (``saliency:<method>``;
+    the first is the default); ``cached``: ``compute_masks`` keeps its masks in ``cache_dir``,
+    their key covering the threshold and a sample of the images when ``uses_images``."""
+
+    compute: Callable[[MaskRequest], FoundMasks]
+    check: Callable[[MaskRequest], None] = _no_check
+    options: tuple[str, ...] = ()
+    cached: bool = True
+    uses_images: bool = False
+
+
+#: kind -> MaskSource: "boxes", "saliency" and "folder" (any other source string is a folder).
+MASK_SOURCES: Registry[MaskSource] = Registry("mask source", normalize=str)
+FOLDER = "folder"
+
+
+def _boxes_check(request: MaskRequest) -> None:
+    if request.boxes is None:
+        raise MaskError("mask source 'boxes' needs the images' boxes; this dataset has none: use --masks saliency")
+
+
+def _boxes(request: MaskRequest) -> FoundMasks:
+    masks = boxes_to_masks(request.boxes, request.size, torch.device("cpu"))
+    return FoundMasks(masks, torch.arange(len(request.image_ids)), [], 0, "boxes")
+
+
+def _saliency_check(request: MaskRequest) -> None:
+    if request.images is None:
+        raise InputError("saliency masks need the images")
+
+
+def _saliency(request: MaskRequest) -> FoundMasks:
+    images, size, n = request.images, request.size, len(request.image_ids)
+    if int(images.shape[-1]) != size or int(images.shape[-2]) != size:
+        raise InputError(f"images are {tuple(images.shape[-2:])}, masks asked at {size}px")
+    masks = (saliency_masks(images, request.option, request.threshold) if n
+             else torch.zeros(0, size, size, dtype=torch.bool))
+    return FoundMasks(masks, torch.arange(n), [], 0, f"saliency:{request.option}", request.threshold)
+
+
+def _folder(request: MaskRequest) -> FoundMasks:
+    found = read_mask_folder(request.option, request.image_ids, request.size, skip_bad=request.skip_bad,
+                             resize=request.resize)
+    return FoundMasks(found.masks, found.keep, found.missing, found.n_resized, str(request.option))
+
+
+MASK_SOURCES.add("boxes", MaskSource(_boxes, _boxes_check, cached=False))
+MASK_SOURCES.add("saliency", MaskSource(_saliency, _saliency_check, SALIENCY_METHODS, uses_images=True))
+MASK_SOURCES.add(FOLDER, MaskSource(_folder))
 
 
 def parse_source(source: str | os.PathLike) -> tuple[str, str | None]:
     """``"boxes"`` -> ``("boxes", None)``; ``"saliency[:method]"`` -> ``("saliency", method)``;
     anything else is a mask folder -> ``("folder", str(path))`` (it must exist)."""
     s = str(source)
-    if s == "boxes":
-        return "boxes", None
-    if s == "saliency" or s.startswith("saliency:"):
-        method = s.partition(":")[2] or DEFAULT_SALIENCY
-        if method not in SALIENCY_METHODS:
-            raise MaskError(f"unknown saliency method {method!r}; choose one of {', '.join(SALIENCY_METHODS)}")
-        return "saliency", method
+    name, sep, option = s.partition(":")
+    if name != FOLDER and name in MASK_SOURCES:
+        src = MASK_SOURCES.get(name)
+        if src.options:
+            option = option or src.options[0]
+            if option not in src.options:
+                raise MaskError(f"unknown {name} method {option!r}; choose one of {', '.join(src.options)}")
+            return name, option
+        if not sep:
+            return name, None
     path = Path(s).expanduser()
     if not path.is_dir():
-        raise MaskError(
-            f"mask source {s!r} is neither 'boxes', 'saliency[:{'|'.join(SALIENCY_METHODS)}]' nor an existing folder"
-        )
-    return "folder", str(path.resolve())
+        named = [f"'{n}[:{'|'.join(MASK_SOURCES.get(n).options)}]'" if MASK_SOURCES.get(n).options else f"'{n}'"
+                 for n in MASK_SOURCES.names() if n != FOLDER]
+        raise MaskError(f"mask source {s!r} is neither {', '.join(named)} nor an existing folder")
+    return FOLDER, str(path.resolve())
 
 
 def _sample_images_digest(images, h) -> None:
@@ -508,7 +670,7 @@ def _save_cache(path: Path, res: MaskResult) -> None:
             keep=res.keep.numpy(),
             valid=res.valid.numpy(),
             image_ids=np.asarray(res.image_ids, dtype=str),
-            stats=np.asarray(json.dumps({k: v for k, v in res.stats.items() if k != "cached"})),
+            stats=np.asarray(res.stats.to_json()),
         )
     os.replace(tmp, path)
 
@@ -522,16 +684,16 @@ def _load_cache(path: Path, image_ids: Sequence[str]) -> MaskResult | None:
             keep = torch.from_numpy(z["keep"].astype(np.int64))
             valid = torch.from_numpy(z["valid"].astype(bool))
             ids = [str(x) for x in z["image_ids"]]
-            stats = json.loads(str(z["stats"]))
-    except (OSError, ValueError, KeyError):
+            stats = MaskStats(**{**json.loads(str(z["stats"])), "cached": True})
+    except (OSError, ValueError, KeyError, TypeError):
         return None  # a corrupt or foreign file: recompute and overwrite
     if len(valid) != len(image_ids) or ids != [str(image_ids[k]) for k in keep.tolist()]:
         return None
-    stats["cached"] = True
     return MaskResult(torch.from_numpy(masks), ids, keep, valid, stats)
 
 
-def _stats(masks: Tensor) -> dict:
+def _area_counts(masks: Tensor) -> dict[str, int | float]:
+    """The MaskStats fields that come from the masks themselves."""
     flat = masks.reshape(len(masks), masks[0].numel() if len(masks) else 0)
     any_ = flat.any(1)
     all_ = flat.all(1) if flat.shape[1] else torch.zeros(len(masks), dtype=torch.bool)
@@ -566,7 +728,8 @@ def compute_masks(
     call with the same data loads the packed file and computes nothing.
     Missing external masks raise ``MaskError`` unless ``skip_bad`` (then ``keep``/``valid``
     say which images have one)."""
-    kind, arg = parse_source(source)
+    kind, option = parse_source(source)
+    src = MASK_SOURCES.get(kind)
     n = len(images) if images is not None else (len(boxes) if boxes is not None else len(image_ids or []))
     if image_ids is None:
         image_ids = [str(i) for i in range(n)]
@@ -577,42 +740,22 @@ def compute_masks(
         if images is None:
             raise InputError("compute_masks needs size= when no images are given")
         size = int(images.shape[-1])
-    if kind == "boxes":
-        if boxes is None:
-            raise MaskError("mask source 'boxes' needs the images' boxes; this dataset has none: use --masks saliency")
-        masks = boxes_to_masks(boxes, size, torch.device("cpu"))
-        res = MaskResult(masks, image_ids, torch.arange(n), torch.ones(n, dtype=torch.bool), {})
-        res.stats = {"source": "boxes", "n": n, "n_missing": 0, "missing": [], "n_resized": 0,
-                     "threshold": None, "size": size, "cached": False, **_stats(masks)}
-        return res
-
-    if kind == "saliency" and images is None:
-        raise InputError("saliency masks need the images")
+    request = MaskRequest(option, images, boxes, image_ids, size, skip_bad, threshold, resize)
+    src.check(request)
     path = None
-    if cache_dir is not None:
-        key = cache_key(kind, arg, image_ids, size, threshold if kind == "saliency" else None, skip_bad, resize,
-                        images if kind == "saliency" else None)
+    if src.cached and cache_dir is not None:
+        key = cache_key(kind, option, image_ids, size, threshold if src.uses_images else None, skip_bad, resize,
+                        images if src.uses_images else None)
         path = Path(cache_dir) / key
-        if path.is_file():
-            hit = _load_cache(path, image_ids)
-            if hit is not None:
-                return hit
-
-    if kind == "saliency":
-        if int(images.shape[-1]) != size or int(images.shape[-2]) != size:
-            raise InputError(f"images are {tuple(images.shape[-2:])}, masks asked at {size}px")
-        masks = saliency_masks(images, arg, threshold) if n else torch.zeros(0, size, size, dtype=torch.bool)
-        keep, missing, n_resized = torch.arange(n), [], 0
-        name = f"saliency:{arg}"
-    else:
-        found = read_mask_folder(arg, image_ids, size, skip_bad=skip_bad, resize=resize)
-        masks, keep, missing, n_resized = found.masks, found.keep, found.missing, found.n_resized
-        name = arg
+        hit = _load_cache(path, image_ids) if path.is_file() else None
+        if hit is not None:
+            return hit
+    found = src.compute(request)
     valid = torch.zeros(n, dtype=torch.bool)
-    valid[keep] = True
-    stats = {"source": name, "n": n, "n_missing": len(missing), "missing": missing[:_SHOW], "n_resized": n_resized,
-             "threshold": threshold if kind == "saliency" else None, "size": size, "cached": False, **_stats(masks)}
-    res = MaskResult(masks, [image_ids[k] for k in keep.tolist()], keep, valid, stats)
+    valid[found.keep] = True
+    stats = MaskStats(source=found.name, n=n, n_missing=len(found.missing), missing=found.missing[:_SHOW],
+                      n_resized=found.n_resized, threshold=found.threshold, size=size, **_area_counts(found.masks))
+    res = MaskResult(found.masks, [image_ids[k] for k in found.keep.tolist()], found.keep, valid, stats)
     if path is not None:
         _save_cache(path, res)
     return res

@@ -40,6 +40,8 @@ import torch
 
 from camgap.errors import CamgapError, InputError, MissingFileError
 
+from .errors import DataError
+
 __all__ = ["TensorStore", "StoreError", "records_fingerprint"]
 
 FORMAT = "camgap-tensorstore"
@@ -114,19 +116,6 @@ def _fsync(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _data_error_types() -> tuple[type[BaseException], ...]:
-    types: list[type[BaseException]] = []
-    for mod in ("camgap.data.errors", "camgap.data.dataset", "camgap.data.images"):
-        try:
-            m = __import__(mod, fromlist=["DataError"])
-        except ImportError:
-            continue
-        t = getattr(m, "DataError", None)
-        if isinstance(t, type) and t not in types:
-            types.append(t)
-    return tuple(types)
-
-
 class _SafeItems(torch.utils.data.Dataset):
     """Wraps BoxDataset: item i -> (i, sample or None, problem) so bad files can be skipped."""
 
@@ -142,7 +131,7 @@ class _SafeItems(torch.utils.data.Dataset):
             return i, self.dataset[i], None
         try:
             return i, self.dataset[i], None
-        except _data_error_types() as e:
+        except DataError as e:
             return i, None, str(e)
 
 

@@ -8,7 +8,7 @@
 
 so it goes through ``read_layout(out, "csv", split)`` like any user data.
 
-Design (issue 6, item 3). Every image holds exactly one object: a filled shape of one
+Design. Every image holds exactly one object: a filled shape of one
 random colour (contrasting with the background's base colour), of side 12-22 px at
 ``size=32`` (scaled with ``size``), at a random integer position fully inside the image.
 The background is class-independent: a random base colour, a random linear gradient,
@@ -18,7 +18,7 @@ learnable; the per-image background noise makes every training image memorisable
 is what gives a model set a spread of generalization gaps.
 
 Classes. ``class_set="target"`` has 10 shapes, ``class_set="source"`` 12 disjoint other
-shapes (used as an offline pretraining "source task", issue 3 item 7). Class names carry
+shapes (used as an offline pretraining "source task"). Class names carry
 a two-digit prefix (``00_circle``, ``01_square``, ...), so the sorted order of the names
 -- which the ``csv`` layout uses as the class index -- is the order of the tables below;
 ``classes=K`` keeps the first K shapes.

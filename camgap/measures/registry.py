@@ -1,10 +1,11 @@
 """String registry of the baseline generalization measures, with one interface.
 
 Every measure is a function ``measure(ctx: MeasureContext, **options) -> dict[str, float]``.
-The returned dict maps a *parameter string* to a value, so results go straight into a long
-table ``(run, measure, params, value)``. A parameter string is ``"key=value"`` pairs joined
-by commas, in a fixed order per measure (``""`` when a measure has no parameters), e.g.
-``{"conv=reshape,scale=log": 57.1, "conv=reshape,scale=raw": 6.3e24}``.
+The returned dict maps the *params label* of a variant (:func:`camgap.params.label`: sorted
+``key=value`` pairs joined by commas, ``""`` when a measure has no parameters) to its value, so
+results go straight into a long table ``(run, measure, params, value)``, e.g.
+``{"conv=reshape,scale=log": 57.1, "conv=reshape,scale=raw": 6.3e24}``. The registry stores
+``camgap.params.to_json`` of the same params: one variant, one identity.
 
 The caller's scorer makes ONE forward pass over the training set per model and puts the
 logits ``[N, K]`` and labels ``[N]`` in the context; margin and prediction-matrix measures use
@@ -38,7 +39,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from camgap.errors import CamgapError, InputError, UnknownNameError
+from camgap.errors import CamgapError
+from camgap.params import label
+from camgap.registry import Registry
 
 
 class MeasureError(CamgapError, RuntimeError):
@@ -116,42 +119,19 @@ class MeasureContext:
 
 
 MeasureFn = Callable[..., dict[str, float]]
-MEASURES: dict[str, MeasureFn] = {}
-
-
-def register_measure(name: str) -> Callable[[MeasureFn], MeasureFn]:
-    def wrap(fn: MeasureFn) -> MeasureFn:
-        if name in MEASURES:
-            raise InputError(f"measure {name!r} registered twice")
-        MEASURES[name] = fn
-        return fn
-
-    return wrap
+#: name -> measure function; ``@MEASURES.register("name")`` adds one (a duplicate is an InputError).
+MEASURES: Registry[MeasureFn] = Registry("measure")
+register_measure = MEASURES.register
 
 
 def list_measures() -> list[str]:
-    return sorted(MEASURES)
+    return MEASURES.names()
 
 
 def compute_measure(name: str, ctx: MeasureContext, **options) -> dict[str, float]:
-    """Run one measure by name; raises ``KeyError`` for an unknown name, :class:`MeasureError`
-    when the measure cannot be computed for this model."""
-    if name not in MEASURES:
-        raise UnknownNameError(f"unknown measure {name!r}; known: {', '.join(list_measures())}")
-    return MEASURES[name](ctx, **options)
-
-
-def param_string(**params: Any) -> str:
-    """``param_string(conv="reshape", scale="log") == "conv=reshape,scale=log"`` (in order)."""
-    return ",".join(f"{k}={_fmt(v)}" for k, v in params.items())
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:g}"
-    if isinstance(v, (tuple, list)):
-        return "/".join(_fmt(x) for x in v)
-    return str(v)
+    """Run one measure by name; raises ``UnknownNameError`` (a ``KeyError``) for an unknown name,
+    :class:`MeasureError` when the measure cannot be computed for this model."""
+    return MEASURES.get(name)(ctx, **options)
 
 
 def _pct(percentile: float) -> dict[str, float]:
@@ -160,9 +140,9 @@ def _pct(percentile: float) -> dict[str, float]:
 
 
 def _log_and_raw(log_value: float, **params: Any) -> dict[str, float]:
-    out = {param_string(**params, scale="log"): float(log_value)}
+    out = {label({**params, "scale": "log"}): float(log_value)}
     if log_value < 700:  # exp() finite in float64
-        out[param_string(**params, scale="raw")] = math.exp(log_value)
+        out[label({**params, "scale": "raw"})] = math.exp(log_value)
     return out
 
 
@@ -201,8 +181,8 @@ def _path_norm(ctx: MeasureContext, bias: bool = True) -> dict[str, float]:
     from camgap.measures.norms import path_norm
 
     value = path_norm(ctx.model, tuple(ctx.example_input().shape[1:]), bias=bias)
-    return {param_string(scale="log"): math.log(value) if value > 0 else -math.inf,
-            param_string(scale="raw"): value}
+    return {label({"scale": "log"}): math.log(value) if value > 0 else -math.inf,
+            label({"scale": "raw"}): value}
 
 
 @register_measure("distance_from_init")
@@ -213,7 +193,7 @@ def _distance_from_init(ctx: MeasureContext) -> dict[str, float]:
     if ctx.init_state is None:
         raise MeasureError("distance_from_init needs the initial weights (ctx.init_state)")
     sq = distance_from_init(ctx.model, ctx.init_state)
-    return {param_string(form="squared"): sq, param_string(form="sqrt"): math.sqrt(sq)}
+    return {label({"form": "squared"}): sq, label({"form": "sqrt"}): math.sqrt(sq)}
 
 
 @register_measure("inverse_margin")
@@ -222,7 +202,7 @@ def _inverse_margin(ctx: MeasureContext, percentile: float = 10.0) -> dict[str, 
     from camgap.measures.predictions import margin_percentile
 
     gamma = margin_percentile(*ctx.need_logits(), percentile=percentile)
-    return {param_string(**_pct(percentile)): 1.0 / gamma**2}
+    return {label(_pct(percentile)): 1.0 / gamma**2}
 
 
 @register_measure("nuclear_norm")
@@ -232,7 +212,7 @@ def _nuclear_norm(ctx: MeasureContext) -> dict[str, float]:
 
     logits, _ = ctx.need_logits()
     values = nuclear_norm(logits)
-    return {param_string(norm=k): v for k, v in values.items()}
+    return {label({"norm": k}): v for k, v in values.items()}
 
 
 @register_measure("effective_invariance")
@@ -243,7 +223,7 @@ def _effective_invariance(ctx: MeasureContext, angles: Sequence[int] = (90, 180,
     logits, _ = ctx.need_logits()
     value = effective_invariance(ctx.model, logits, ctx.need_batches()(), transform="rotation",
                                  angles=tuple(angles))
-    return {param_string(transform="rotation"): value}
+    return {label({"transform": "rotation"}): value}
 
 
 @register_measure("effective_invariance_gray")
@@ -256,7 +236,7 @@ def _effective_invariance_gray(ctx: MeasureContext) -> dict[str, float]:
     logits, _ = ctx.need_logits()
     value = effective_invariance(ctx.model, logits, ctx.need_batches()(), transform="grayscale",
                                  mean=ctx.mean, std=ctx.std)
-    return {param_string(transform="grayscale"): value}
+    return {label({"transform": "grayscale"}): value}
 
 
 def _pacbayes(ctx: MeasureContext, magnitude_eps: float | None, **options) -> dict[str, float]:
@@ -264,16 +244,15 @@ def _pacbayes(ctx: MeasureContext, magnitude_eps: float | None, **options) -> di
 
     res = pacbayes_sigma(ctx.model, ctx.need_batches(), magnitude_eps=magnitude_eps,
                          seed=ctx.seed, **options)
-    target = options.get("target", 0.1)
-    criterion = options.get("criterion", "accuracy")
-    out = {param_string(criterion=criterion, target=target, form="flatness"): 1.0 / res.sigma**2,
-           param_string(criterion=criterion, target=target, form="sigma"): res.sigma}
+    variant = {"criterion": options.get("criterion", "accuracy"), "target": options.get("target", 0.1)}
+    out = {label({**variant, "form": "flatness"}): 1.0 / res.sigma**2,
+           label({**variant, "form": "sigma"}): res.sigma}
     m = int(ctx.labels.numel()) if ctx.labels is not None else None
     if m:
         bounds = pacbayes_bounds(ctx.model, res.sigma, m, init_state=ctx.init_state,
                                  magnitude_eps=magnitude_eps)
         for form, v in bounds.items():
-            out[param_string(criterion=criterion, target=target, form=form)] = v
+            out[label({**variant, "form": form})] = v
     return out
 
 

@@ -36,9 +36,8 @@ from markupsafe import Markup
 
 from camgap.errors import InputError, MissingFileError, UnknownNameError
 
-from . import figures, tables
-from .stats import MIN_N
-from .tables import DEFAULT_PRIMARY, DEFAULT_THRESHOLDS, TOTAL, CorrelationTable, MeasureSpec, SelectionTable
+from . import figures, render, tables
+from .tables import DEFAULT_THRESHOLDS, TOTAL, CorrelationTable, MeasureSpec, SelectionTable, StudyOptions
 
 
 @dataclass
@@ -57,6 +56,8 @@ class Study:
     models: pd.DataFrame
     thresholds: tuple[float, ...]
     settings: dict = field(default_factory=dict)
+    measurements: pd.DataFrame | None = None   #: as the tables read them (`tables.prepare_measurements`)
+    options: StudyOptions = field(default_factory=StudyOptions)
 
 
 def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -85,29 +86,28 @@ def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return r
 
 
-def run_study(runs: pd.DataFrame, measurements: pd.DataFrame, *, hparams: Sequence[str] | None = None,
-              thresholds: Sequence[float] = DEFAULT_THRESHOLDS, primary: Mapping[str, str] | None = None,
-              specs: Sequence[MeasureSpec] | None = None, n_boot: int = 2000, seed: int = 0,
-              confidence: float = 0.95, min_n: int = MIN_N) -> Study:
-    """Compute every table (no files). `specs` defaults to every measure present, its primary
-    variant (`DEFAULT_PRIMARY`: cam=gradcam, masks=boxes); `hparams` to the paper's seven
-    hyperparameters present in `runs` that vary (see `tables.infer_hparams`)."""
+def run_study(runs: pd.DataFrame, measurements: pd.DataFrame, options: StudyOptions | None = None,
+              **settings) -> Study:
+    """Compute every table (no files). `options` (or their fields as keywords: thresholds=,
+    primary=, specs=/measures=, hparams=, n_boot=, seed=, confidence=, min_n=): the measures
+    default to every measure present, its primary variant (`DEFAULT_PRIMARY`: cam=gradcam,
+    masks=boxes); the hyperparameters to the paper's seven present in `runs` that vary (see
+    `tables.infer_hparams`). The measurements are prepared (params parsed) once for all tables."""
+    o = StudyOptions.of(options, **settings)
     runs = prepare_runs(runs)
-    primary = dict(DEFAULT_PRIMARY if primary is None else primary)
-    specs = list(specs) if specs is not None else tables.discover_specs(measurements, primary)
-    hp = tables.infer_hparams(runs) if hparams is None else list(hparams)
-    kw = dict(thresholds=tuple(thresholds), n_boot=n_boot, seed=seed, confidence=confidence,
-              min_n=min_n)
-    t3 = tables.table3(runs, measurements, specs, primary=primary, **kw)
-    rank = tables.ranking_table(runs, measurements, specs, hp, primary=primary, min_n=min_n)
-    t4 = tables.table4(runs, measurements, thresholds=tuple(thresholds), primary=primary, min_n=min_n)
-    t5 = tables.table5(runs, measurements, trained_threshold=min(thresholds) if len(thresholds) else None,
-                       primary=primary, n_boot=n_boot, seed=seed, confidence=confidence, min_n=min_n)
-    t6 = tables.table6(runs, measurements, primary=primary, **kw)
-    t7 = tables.table7(runs, measurements, primary=primary, **kw)
-    models = tables.wide_table(runs, measurements)
-    return Study(specs, hp, t3, rank, t4, t5, t6, t7, tables.failures_table(measurements), models,
-                 tuple(thresholds), dict(primary=primary, **kw))
+    m = tables.prepare_measurements(measurements)
+    specs = list(o.measures) if o.measures is not None else tables.discover_specs(m, o.primary)
+    hp = tables.infer_hparams(runs) if o.hparams is None else list(o.hparams)
+    t3 = tables.table3(runs, m, specs, o)
+    rank = tables.ranking_table(runs, m, specs, hp, o)
+    t4 = tables.table4(runs, m, options=o)
+    t5 = tables.table5(runs, m, options=o)
+    t6 = tables.table6(runs, m, o)
+    t7 = tables.table7(runs, m, o)
+    models = tables.wide_table(runs, m)
+    settings_out = dict(primary=dict(o.primary), **o.bootstrap())
+    return Study(specs, hp, t3, rank, t4, t5, t6, t7, tables.failures_table(m), models, o.thresholds,
+                 settings_out, m, o)
 
 
 # ---------------------------------------------------------------------------- headline
@@ -127,7 +127,7 @@ def headline(runs: pd.DataFrame | None = None, measurements: pd.DataFrame | None
     n = table.n.loc[TOTAL]
     cells = [[("n/a" if not np.isfinite(r.loc[m, c]) else f"{r.loc[m, c]:+.4f}") + f" (n={n.loc[m, c]})"
               for c in r.columns] for m in r.index]
-    head = ["measure", *(tables._label(c) for c in r.columns)]
+    head = ["measure", *(render.column_label(c) for c in r.columns)]
     rows = [[str(m), *cs] for m, cs in zip(r.index, cells)]
     w = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
 
@@ -245,41 +245,39 @@ def _scatter_figures(runs: pd.DataFrame, measurements: pd.DataFrame, specs: Sequ
 
 def write_study(runs: pd.DataFrame, measurements: pd.DataFrame, out_dir: str | Path,
                 overlays: Sequence[tuple[object, Sequence[np.ndarray]]] | str | Path | None = None, *,
-                hparams: Sequence[str] | None = None, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-                primary: Mapping[str, str] | None = None, specs: Sequence[MeasureSpec] | None = None,
-                n_boot: int = 2000, seed: int = 0, confidence: float = 0.95, min_n: int = MIN_N,
-                title: str = "camgap study: generalization measures vs the generalization gap",
+                options: StudyOptions | None = None, title: str = "camgap study: generalization measures vs the generalization gap",
                 command: str | None = None, model_set: str | Path | None = None,
-                overlay_cam: str | None = "gradcam", overlay_threshold: float | None = 0.1) -> Path:
+                overlay_cam: str | None = "gradcam", overlay_threshold: float | None = 0.1, **settings) -> Path:
     """Compute the study (`run_study`) and write tables, figures and `report.html` under
     `out_dir`; returns the report's path. `overlays`: rows for `figures.overlay_grid`
     ([(gap or label, [HxWx3 image, ...]), ...]) rendered with `overlay_cam` at
     `overlay_threshold` (the defaults of `camgap.zoo.measure.overlay_rows`), or the path of an
     already rendered PNG. `command` (the command line) and `model_set` (the model-set
-    directory) go into the report's provenance block."""
+    directory) go into the report's provenance block. `options`, or their fields as keywords
+    (n_boot=, thresholds=, ...): see `run_study`; they are checked before anything is written."""
+    o = StudyOptions.of(options, **settings)
     out = Path(out_dir)
     tdir, fdir = out / "tables", out / "figures"
     tdir.mkdir(parents=True, exist_ok=True)
     fdir.mkdir(parents=True, exist_ok=True)
     prov = provenance(runs, command=command, model_set=model_set)
-    st = run_study(runs, measurements, hparams=hparams, thresholds=thresholds, primary=primary,
-                   specs=specs, n_boot=n_boot, seed=seed, confidence=confidence, min_n=min_n)
+    st = run_study(runs, measurements, o)
     runs = prepare_runs(runs)
 
-    tables.write_correlation_table(st.table3, tdir, "table3", "Table 3. Pearson r, measure vs gap")
-    tables.write_table(st.ranking, tdir, "ranking",
+    render.write_correlation_table(st.table3, tdir, "table3", "Table 3. Pearson r, measure vs gap")
+    render.write_table(st.ranking, tdir, "ranking",
                        fmt="{:.4f}",
                        title="Granulated Kendall Psi and CMI score")
     if st.table4 is not None:
-        tables.write_selection_table(st.table4, tdir, "table4", "Table 4. Selection accuracy")
+        render.write_selection_table(st.table4, tdir, "table4", "Table 4. Selection accuracy")
     for name, t in (("table5", st.table5), ("table6", st.table6), ("table7", st.table7)):
         if t is not None:
-            tables.write_correlation_table(t, tdir, name)
-    tables.write_table(st.failures, tdir, "failures")
-    tables.write_table(st.models, tdir, "models", fmt="{:.6g}")
+            render.write_correlation_table(t, tdir, name)
+    render.write_table(st.failures, tdir, "failures")
+    render.write_table(st.models, tdir, "models", fmt="{:.6g}")
 
     figs, no_data = _gap_figures(runs, fdir)
-    more, lines = _scatter_figures(runs, measurements, st.specs, thresholds, min_n, fdir)
+    more, lines = _scatter_figures(runs, st.measurements, st.specs, o.thresholds, o.min_n, fdir)
     figs += more
     no_data += lines
     if overlays is not None:
@@ -302,17 +300,17 @@ _TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).pa
                                 undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
 
-def _html_table(df: pd.DataFrame | None, fmt: tables.Fmt = "{:.4f}") -> Markup:
+def _html_table(df: pd.DataFrame | None, fmt: render.Fmt = "{:.4f}") -> Markup:
     if df is None or not len(df.columns):
         return Markup("<p class='note'>(empty)</p>")
-    return Markup(tables.to_html_table(df, fmt))   # to_html_table escapes every cell
+    return Markup(render.to_html_table(df, fmt))   # to_html_table escapes every cell
 
 
 def _ci_frame(t: CorrelationTable) -> pd.DataFrame:
     out = pd.DataFrame(index=t.ci_low.index, columns=t.ci_low.columns, dtype=object)
     for c in out.columns:
         out[c] = [("n/a" if not (np.isfinite(lo) and np.isfinite(hi)) else
-                   tables._fmt_value(lo, "{:.4f}", "n/a") + ", " + tables._fmt_value(hi, "{:.4f}", "n/a"))
+                   render.fmt_value(lo, "{:.4f}", "n/a") + ", " + render.fmt_value(hi, "{:.4f}", "n/a"))
                   for lo, hi in zip(t.ci_low[c], t.ci_high[c])]
     return out
 
@@ -347,11 +345,11 @@ def render_html(st: Study, figs: Sequence[FigureFile | tuple[str, Path]], title:
     archs = ", ".join(map(str, tables.archs_of(runs[tm]))) or "none"
     summary = (f"{int(tm.sum())} trained models ({archs}), "
                f"{int((~tm).sum())} untrained random models; thresholds on training accuracy: "
-               f"{', '.join(tables._label(tables.threshold_label(t)) for t in st.thresholds)}; "
+               f"{', '.join(render.column_label(tables.threshold_label(t)) for t in st.thresholds)}; "
                f"hyperparameters for Psi / CMI: {', '.join(st.hparams) or 'none'}; "
                f"bootstrap resamples: {st.settings.get('n_boot')}, seed {st.settings.get('seed')}.")
-    t4 = None if st.table4 is None else dict(accuracy=_html_table(st.table4.accuracy, tables.percent),
-                                             counts=_html_table(_counts_frame(st.table4)))
+    t4 = None if st.table4 is None else dict(accuracy=_html_table(st.table4.accuracy, render.percent),
+                                             counts=_html_table(_counts_frame(st.table4)), note=st.table4.note)
     variants = [
         _corr_section("Table 5. Validity: IoU vs gap for untrained random and trained models", st.table5,
                       "not available: no IoU measurements."),
@@ -361,7 +359,7 @@ def render_html(st: Study, figs: Sequence[FigureFile | tuple[str, Path]], title:
                       "not available: IoU was measured with fewer than two mask sources."),
     ]
     return _TEMPLATES.get_template("report.html.j2").render(
-        title=title, provenance=list(provenance), summary=summary, min_n=MIN_N,
+        title=title, provenance=list(provenance), summary=summary, min_n=st.options.min_n,
         table3=_corr_section("Table 3. Correlation of each measure with the generalization gap", st.table3, ""),
         ranking=_html_table(st.ranking), table4=t4, variant_sections=variants,
         failures=None if st.failures.empty else _html_table(st.failures),

@@ -366,7 +366,7 @@ def cmi_score(df: pd.DataFrame, measure_col: str, gap_col: str, hparams: Sequenc
     model paired with itself, maps ties to the "-" sign, and weights every value of U_S equally
     rather than by p(U_S) (equal on a complete grid with one model per configuration).
 
-    Cost: O(n^2) pairs in memory (n = 2000 models -> 2M unordered pairs, ~100 MB peak).
+    Cost: O(n^2) pairs in memory (n models -> n(n-1)/2 unordered pairs).
     Rows with a non-finite measure or gap are dropped first. `cmi_scores` scores several
     measures of one model table and builds the pair codes once for all of them. `hparams` should list the real
     hyperparameters only (not a repeat/seed column).
@@ -403,11 +403,16 @@ def cmi_scores(df: pd.DataFrame, measure_cols: Sequence[str], gap_col: str, hpar
     out = {}
     for col in measure_cols:
         m = values[col]
-        ok = np.isfinite(m[i]) & np.isfinite(m[j])
-        if int(np.isfinite(m).sum()) < 2:
+        finite = np.isfinite(m)
+        if int(finite.sum()) < 2:
             out[col] = (math.nan, {s: math.nan for s in sets})
             continue
-        ab = (_sign(m[i[ok]] - m[j[ok]], measure_tol).astype(np.int64) + 1) * 3 + v_gap[ok]
+        if finite.all():   # the common case: no pair to drop, no copies of the pair arrays
+            ok = np.ones(i.size, dtype=bool)
+            ab = (_sign(m[i] - m[j], measure_tol).astype(np.int64) + 1) * 3 + v_gap
+        else:
+            ok = finite[i] & finite[j]
+            ab = (_sign(m[i[ok]] - m[j[ok]], measure_tol).astype(np.int64) + 1) * 3 + v_gap[ok]
         per: dict[tuple[str, ...], float] = {}
         for s, counts in keys.counts(sets, ab, ok):
             mi, h_g = _cmi_from_counts(counts)
@@ -427,46 +432,101 @@ class _ConditioningKeys:
     def __init__(self, codes: dict[str, np.ndarray], radix: dict[str, int], i: np.ndarray, j: np.ndarray):
         self.hparams = list(codes)
         self.radix = radix
-        self.pair_code = {h: codes[h][i] * radix[h] + codes[h][j] for h in self.hparams}
-        self.swapped_code = {h: codes[h][j] * radix[h] + codes[h][i] for h in self.hparams}
+        self.codes, self.i, self.j = codes, i, j
         self.joint_size = int(np.prod([radix[h] ** 2 for h in self.hparams])) if self.hparams else 1
         self.joint = self._key(self.hparams) if self.joint_size <= _DENSE_MAX else None
         self._per_set: dict[tuple[str, ...], np.ndarray] = {}
 
-    def _key(self, s: Sequence[str], code: dict[str, np.ndarray] | None = None) -> np.ndarray:
-        code = self.pair_code if code is None else code
-        n = next(iter(self.pair_code.values())).size if self.pair_code else 0
-        key = np.zeros(n, dtype=np.int64)
+    def _key(self, s: Sequence[str], swapped: bool = False) -> np.ndarray:
+        """Mixed-radix code of (theta_S, theta'_S) of every pair (of (theta'_S, theta_S) when
+        `swapped`), built digit by digit without keeping per-hyperparameter pair arrays."""
+        first, second = (self.j, self.i) if swapped else (self.i, self.j)
+        key = np.zeros(self.i.size, dtype=np.int64)
         for h in s:
-            key = key * (self.radix[h] ** 2) + code[h]
+            key *= self.radix[h] ** 2
+            key += self.codes[h][first] * self.radix[h]
+            key += self.codes[h][second]
         return key
 
     def counts(self, sets: Sequence[tuple[str, ...]], ab: np.ndarray, ok: np.ndarray):
+        every = bool(ok.all())
         if self.joint is not None:
             shape = [self.radix[h] ** 2 for h in self.hparams]
-            half = np.bincount(self.joint[ok] * 9 + ab, minlength=self.joint_size * 9).reshape(*shape, 3, 3)
+            half = np.bincount((self.joint if every else self.joint[ok]) * 9 + ab, minlength=self.joint_size * 9).reshape(*shape, 3, 3)
             full = half
             for axis, h in enumerate(self.hparams):
                 full = np.take(full, _swap_perm([self.radix[h]]), axis=axis)
             full = half + full[..., ::-1, ::-1]
+            margins = _Marginals(full, len(self.hparams))
             for s in sets:
-                drop = tuple(a for a, h in enumerate(self.hparams) if h not in s)
-                yield s, full.sum(axis=drop).reshape(-1, 3, 3)
+                yield s, margins.keep(tuple(self.hparams.index(h) for h in s)).reshape(-1, 3, 3)
             return
         for s in sets:
             if s not in self._per_set:
                 self._per_set[s] = self._key(s)
-            key = self._per_set[s][ok]
+            key = self._per_set[s] if every else self._per_set[s][ok]
             size = int(np.prod([self.radix[h] ** 2 for h in s])) if s else 1
             if size <= _DENSE_MAX:
                 half = np.bincount(key * 9 + ab, minlength=size * 9).reshape(size, 3, 3)
                 yield s, half + half[_swap_perm([self.radix[h] for h in s])][:, ::-1, ::-1]
             else:  # hyperparameters with very many values: code the ordered pairs explicitly
-                swapped = self._key(s, self.swapped_code)[ok]
+                swapped = self._key(s, swapped=True)[ok]
                 _, inv = np.unique(np.concatenate([key, swapped]), return_inverse=True)
                 both = np.concatenate([ab, 8 - ab])
                 counts = np.bincount(inv.ravel() * 9 + both, minlength=(int(inv.max()) + 1) * 9)
                 yield s, counts.reshape(-1, 3, 3)
+
+
+class _Marginals:
+    """Sums of a count array over all but a few of its first `n` axes (the trailing [3, 3] axes
+    stay), each from the smallest partial sum that still holds the kept axes: a pair (a, b)
+    with a >= 1 from the prefix sum over axes 0..a-1, a pair (0, b) from the suffix sum over
+    axes b+1..n-1, a single axis and the empty set from a pair. The full array is then read a
+    few times per measure rather than once per conditioning set."""
+
+    def __init__(self, full: np.ndarray, n: int):
+        self.full, self.n = full, n
+        self._prefix = {0: full}
+        self._suffix = {n - 1: full}
+        self._done: dict[tuple[int, ...], np.ndarray] = {}
+
+    def prefix(self, a: int) -> np.ndarray:
+        """Summed over axes 0..a-1: axes a..n-1 remain."""
+        if a not in self._prefix:
+            self._prefix[a] = self.prefix(a - 1).sum(axis=0)
+        return self._prefix[a]
+
+    def suffix(self, b: int) -> np.ndarray:
+        """Summed over axes b+1..n-1: axes 0..b remain."""
+        if b not in self._suffix:
+            self._suffix[b] = self.suffix(b + 1).sum(axis=b + 1)
+        return self._suffix[b]
+
+    def keep(self, axes: tuple[int, ...]) -> np.ndarray:
+        axes = tuple(sorted(axes))
+        if axes not in self._done:
+            self._done[axes] = self._compute(axes)
+        return self._done[axes]
+
+    def _compute(self, axes: tuple[int, ...]) -> np.ndarray:
+        n = self.n
+        if len(axes) == n:
+            return self.full
+        if len(axes) > 2:
+            return self.full.sum(axis=tuple(k for k in range(n) if k not in axes))
+        if len(axes) < 2:   # from a pair holding these axes (or the full array when n is 1)
+            if n == 1:
+                return self.full.sum(axis=0) if not axes else self.full
+            a = axes[0] if axes else 0
+            other = 1 if a == 0 else 0
+            pair = self.keep(tuple(sorted((a, other))))
+            pos = 1 if other > a else 0
+            kept = pair.sum(axis=pos)
+            return kept if axes else kept.sum(axis=0)
+        a, b = axes
+        if a >= 1:
+            return self.prefix(a).sum(axis=tuple(k - a for k in range(a, n) if k not in axes))
+        return self.suffix(b).sum(axis=tuple(range(1, b)))
 
 
 # ------------------------------------------------------------------------ model selection

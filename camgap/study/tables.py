@@ -6,8 +6,8 @@ Input contract (decoupled from the model-set registry through two DataFrames):
   False for the untrained random models of the validity test; a missing column means all
   trained), `train_acc`, `test_acc` (fractions), `gap` (percentage points,
   100 * (train_acc - test_acc)).
-- `measurements`: long form: `run_id`, `measure`, `params` ("k=v,k=v", "" when none),
-  `value`, `status` ("done"/"failed"), `error`, optionally `state` ("done"/"failed"/
+- `measurements`: long form: `run_id`, `measure`, `params` (a variant's identity, see
+  `camgap.params`: the registry's JSON or the label "k=v,k=v", "" when none), `value`, `status` ("done"/"failed"), `error`, optionally `state` ("done"/"failed"/
   "undefined"). Only rows that are done (in `status`, and in `state` when present) with a
   finite value give numbers.
 
@@ -15,18 +15,20 @@ The IoU in every table is the paper's primary variant, `PRIMARY_IOU` (Grad-CAM, 
 boxes). Where that variant was not measured, the table carries a row "...: not measured" and a
 note saying so; no table falls back to another variant.
 
-`wide_table` pivots the measurements onto the runs, one column per (measure, params).
-Every table cell with fewer than `min_n` (3) usable models is NaN, rendered "n/a".
+`prepare_measurements` checks that frame and turns every params entry into its label once;
+the table functions accept a raw or a prepared frame (a study prepares it once and passes it
+on). `wide_table` pivots the measurements onto the runs, one column per (measure, params).
+`StudyOptions` holds the settings every table shares. Every table cell with fewer than
+`min_n` (3) usable models is NaN, rendered "n/a". Writing tables to files: `render`.
 """
 from __future__ import annotations
 
-import html
-import json
+import dataclasses
+import functools
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
 
 import numpy as np
@@ -34,6 +36,8 @@ import pandas as pd
 
 from camgap.errors import InputError, UnknownNameError
 from camgap.measures.iou import validate_thresholds
+from camgap.params import canonical
+from camgap.params import label as params_label
 
 from . import stats
 
@@ -73,36 +77,15 @@ _EPS = 1e-12
 
 
 # ------------------------------------------------------------------------------- params
-def parse_params(params: str | float | None) -> dict[str, str]:
-    """"cam=gradcam,threshold=0.1" -> {"cam": "gradcam", "threshold": "0.1"}; ""/None -> {}.
-
-    The registry's canonical JSON ('{"cam": "gradcam", "threshold": 0.1}') is accepted too."""
-    if params is None or (isinstance(params, float) and math.isnan(params)):
-        return {}
-    text = str(params).strip()
-    if text.startswith("{"):                  # the registry's canonical JSON form
-        return {str(k): _json_value(v) for k, v in json.loads(text).items()}
-    out: dict[str, str] = {}
-    for part in str(params).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        k, sep, v = part.partition("=")
-        out[k.strip()] = v.strip() if sep else ""
-    return out
+@functools.lru_cache(maxsize=4096)
+def _label_of(params: str) -> str:
+    return params_label(params)
 
 
-def _json_value(v: object) -> str:
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
-
-
-def format_params(params: Mapping[str, object]) -> str:
-    """Inverse of `parse_params` (keys in the given order)."""
-    return ",".join(f"{k}={v}" for k, v in params.items())
+@functools.lru_cache(maxsize=4096)
+def _params_of(label: str) -> Mapping[str, str]:
+    """The params of a label, parsed once per distinct label (read-only)."""
+    return MappingProxyType(canonical(label))
 
 
 def display_name(measure: str) -> str:
@@ -147,17 +130,121 @@ def _as_spec(m: MeasureSpec | Sequence) -> MeasureSpec:
     return MeasureSpec(*m)
 
 
-def _norm_measurements(measurements: pd.DataFrame) -> pd.DataFrame:
+# ------------------------------------------------------------------------- study options
+def _accuracy_thresholds(name: str, value: object) -> tuple[float, ...]:
+    items = [value] if isinstance(value, (int, float, str)) else list(value)  # type: ignore[arg-type]
+    out = []
+    for t in items:
+        try:
+            x = float(t)
+        except (TypeError, ValueError):
+            raise InputError(f"{name}: accuracy threshold {t!r} is not a number") from None
+        if not (math.isfinite(x) and 0.0 <= x <= 1.0):
+            raise InputError(f"{name}: accuracy threshold {t!r} is outside [0, 1] (accuracies are fractions)")
+        out.append(x)
+    return tuple(out)
+
+
+def _primary(name: str, value: object) -> Mapping[str, str]:
+    if value is None:
+        return DEFAULT_PRIMARY
+    if not isinstance(value, Mapping):
+        raise InputError(f"{name} must be a mapping of params keys to values, got {value!r}")
+    if "threshold" in value:
+        validate_thresholds([value["threshold"]])  # type: ignore[list-item]
+    return MappingProxyType(canonical(value))
+
+
+def _integer(low: int) -> Callable[[str, object], int]:
+    def check(name: str, value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
+        return int(value)
+
+    return check
+
+
+def _fraction(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
+        raise InputError(f"{name} must be a number in (0, 1), got {value!r}")
+    return float(value)
+
+
+def _specs(name: str, value: object) -> tuple[MeasureSpec, ...] | None:
+    return None if value is None else tuple(_as_spec(s) for s in value)  # type: ignore[union-attr]
+
+
+def _names(name: str, value: object) -> tuple[str, ...] | None:
+    if isinstance(value, str):
+        raise InputError(f"{name} must be a list of column names, got the string {value!r}")
+    return None if value is None else tuple(str(v) for v in value)  # type: ignore[union-attr]
+
+
+def _option(default: object, check: Callable[[str, object], object]):
+    return dataclasses.field(default=default, metadata={"check": check})
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """The settings every table of a study shares. Each field declares its check beside it;
+    `__post_init__` runs them all (an InputError names the field) and stores the normalised
+    values (tuples, a read-only `primary`).
+
+    thresholds: training-accuracy thresholds, the columns of Tables 3, 4, 6, 7 (fractions).
+    primary:    the IoU variant of every table and the preferred variant of the other
+                measures (None: `DEFAULT_PRIMARY`); its threshold rho is validated.
+    n_boot, seed, confidence: the percentile bootstrap of the Pearson r (0: no intervals).
+    min_n:      cells with fewer models are n/a.
+    measures:   the rows of Table 3 and the ranking (None: every measure present, its primary
+                variant); hparams: the hyperparameters of Psi / CMI (None: those that vary).
+    """
+
+    thresholds: tuple[float, ...] = _option(DEFAULT_THRESHOLDS, _accuracy_thresholds)
+    primary: Mapping[str, str] = _option(None, _primary)  # None: DEFAULT_PRIMARY
+    n_boot: int = _option(2000, _integer(0))
+    seed: int = _option(0, _integer(0))
+    confidence: float = _option(0.95, _fraction)
+    min_n: int = _option(stats.MIN_N, _integer(2))
+    measures: tuple[MeasureSpec, ...] | None = _option(None, _specs)
+    hparams: tuple[str, ...] | None = _option(None, _names)
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, f.metadata["check"](f.name, getattr(self, f.name)))
+
+    @classmethod
+    def of(cls, options: StudyOptions | None = None, **settings: object) -> StudyOptions:
+        """`options` (default: the defaults) with the given fields replaced; the keyword form of
+        the table functions (``table3(runs, ms, n_boot=0)``). `specs` is accepted for `measures`."""
+        if "specs" in settings:
+            settings["measures"] = settings.pop("specs")
+        unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise TypeError(f"unknown study option(s) {unknown}")
+        base = options if options is not None else cls()
+        return dataclasses.replace(base, **settings) if settings else base
+
+    def bootstrap(self) -> dict[str, object]:
+        """The keywords of `correlation_table` that come from the options."""
+        return dict(thresholds=self.thresholds, n_boot=self.n_boot, seed=self.seed,
+                    confidence=self.confidence, min_n=self.min_n)
+
+
+def prepare_measurements(measurements: pd.DataFrame) -> pd.DataFrame:
+    """The measurements as the tables read them: every params entry (JSON or label, "" or
+    missing = none) as its `camgap.params.label`, each distinct entry parsed once; `value`
+    numeric; `_usable` marks the done rows with a finite value. A prepared frame is returned
+    as it is."""
+    if "_usable" in measurements.columns:
+        return measurements
     need = {"run_id", "measure", "value"}
     if not need <= set(measurements.columns):
         raise UnknownNameError(f"measurements need columns {sorted(need)}, got {list(measurements.columns)}")
     m = measurements.copy()
     if "params" not in m.columns:
         m["params"] = ""
-    m["params"] = m["params"].astype(object).where(m["params"].notna(), "").astype(str)
-    is_json = m["params"].str.lstrip().str.startswith("{")
-    if is_json.any():    # canonical JSON -> "k=v,k=v" (the JSON's key order)
-        m.loc[is_json, "params"] = [format_params(parse_params(p)) for p in m.loc[is_json, "params"]]
+    raw = m["params"].astype(object).where(m["params"].notna(), "").astype(str)
+    m["params"] = raw.map({p: _label_of(p) for p in raw.unique()})
     if "status" not in m.columns:
         m["status"] = "done"
     m["value"] = pd.to_numeric(m["value"], errors="coerce")
@@ -168,18 +255,11 @@ def _norm_measurements(measurements: pd.DataFrame) -> pd.DataFrame:
     return m
 
 
-def _same_value(a: str, b: str) -> bool:
-    """Params values compare as numbers when both are numbers ("0.10" is "0.1")."""
-    try:
-        return float(a) == float(b)
-    except (TypeError, ValueError):
-        return a == b
-
-
 def params_match(params: str, want: Mapping[str, object]) -> bool:
-    """Whether the params string has every key of `want` with that value."""
-    have = parse_params(params)
-    return all(k in have and _same_value(have[k], str(v)) for k, v in want.items())
+    """Whether the params label has every key of `want` with that value (values in their
+    canonical spelling: "0.10" is "0.1")."""
+    have = _params_of(params)
+    return all(have.get(k) == v for k, v in canonical(want).items())
 
 
 def spec_params(spec: MeasureSpec) -> dict[str, str]:
@@ -187,7 +267,7 @@ def spec_params(spec: MeasureSpec) -> dict[str, str]:
     if spec.params is None:
         return {}
     if isinstance(spec.params, str):
-        return parse_params(spec.params)
+        return dict(_params_of(_label_of(spec.params)))
     return {k: str(v) for k, v in spec.params.items()}
 
 
@@ -203,13 +283,13 @@ def variant_name(measure: str, params: Mapping[str, str]) -> str:
     """"IoU (gradcam, rho 0.1, boxes)": how notes name a variant."""
     if {"cam", "threshold", "masks"} <= set(params):
         return f"{display_name(measure)} ({params['cam']}, rho {params['threshold']}, {params['masks']})"
-    return f"{display_name(measure)} ({format_params(params)})" if params else display_name(measure)
+    return f"{display_name(measure)} ({params_label(params)})" if params else display_name(measure)
 
 
 def missing_note(measurements: pd.DataFrame, specs: Sequence[MeasureSpec]) -> str:
     """One sentence per spec without a usable value: not measured at all, or only failed or
     undefined. Empty when every spec has values."""
-    m = _norm_measurements(measurements)
+    m = prepare_measurements(measurements)
     out = []
     for spec in specs:
         rows = m[(m["measure"] == spec.measure) & m["params"].isin(_resolve_params(m, spec))]
@@ -229,7 +309,8 @@ def _resolve_params(m: pd.DataFrame, spec: MeasureSpec) -> list[str]:
     """The params strings of `spec.measure` in `m` that `spec` selects."""
     have = sorted(set(m.loc[m["measure"] == spec.measure, "params"]))
     if isinstance(spec.params, str):
-        return [spec.params] if spec.params in have else []
+        exact = _label_of(spec.params)
+        return [exact] if exact in have else []
     if spec.params is None:
         return have
     return [p for p in have if params_match(p, spec.params)]
@@ -247,7 +328,7 @@ def wide_table(runs: pd.DataFrame, measurements: pd.DataFrame,
     Only usable rows (done, finite value) give values; a failed, undefined or missing
     measurement is NaN. When a run has several done rows for the same (measure, params), the last one wins.
     """
-    m = _norm_measurements(measurements)
+    m = prepare_measurements(measurements)
     specs = discover_specs(m) if measures is None else [_as_spec(s) for s in measures]
     done = m[m["_usable"]]
     keys = runs["run_id"].astype(str)
@@ -283,7 +364,7 @@ def discover_specs(measurements: pd.DataFrame, primary: Mapping[str, str] | None
     display name, plus "(k=v, ...)" listing the params that still differ between a measure's
     variants. Order: the paper's baselines, other measures A-Z, IoU-B, IoU.
     """
-    m = _norm_measurements(measurements)
+    m = prepare_measurements(measurements)
     specs: list[MeasureSpec] = []
     names = sorted(set(m["measure"]), key=_measure_rank) if measures is None else list(measures)
     for name in names:
@@ -315,7 +396,7 @@ PAPER_PRIMARY = {**PRIMARY_IOU, "conv": "reshape", "scale": "log", "norm": "pape
 def paper_specs(measurements: pd.DataFrame) -> list[MeasureSpec]:
     """The rows of the paper's Table 3 (spectral norm in log space, nuclear norm as eq. A2, EI
     with rotations, IoU-B, IoU), for the headline."""
-    present = set(_norm_measurements(measurements)["measure"])
+    present = set(prepare_measurements(measurements)["measure"])
     return discover_specs(measurements, PAPER_PRIMARY, [m for m in PAPER_MEASURES if m in present])
 
 
@@ -337,7 +418,7 @@ def _filter_primary(variants: list[str], primary: Mapping[str, str]) -> list[str
 
 def _label_variants(measure: str, variants: list[str], base: str,
                     skip: Sequence[str] = ()) -> list[MeasureSpec]:
-    parsed = [parse_params(p) for p in variants]
+    parsed = [_params_of(p) for p in variants]
     keys = sorted({k for d in parsed for k in d} - set(skip))
     differ = [k for k in keys if len({d.get(k) for d in parsed}) > 1]
     out = []
@@ -355,9 +436,9 @@ def variant_specs(measurements: pd.DataFrame, measure: str, vary: str,
     measure, else by `primary`. A value measured only with other fixed keys gets a row
     "<label>: not measured". Rows ordered by `order`, then A-Z; labelled `label(value)` (+ any
     other params that still differ)."""
-    m = _norm_measurements(measurements)
+    m = prepare_measurements(measurements)
     rows = m[m["measure"] == measure]
-    values = {parse_params(p)[vary] for p in set(rows["params"]) if vary in parse_params(p)}
+    values = {_params_of(p)[vary] for p in set(rows["params"]) if vary in _params_of(p)}
     fixed = iou_variant(primary) if primary and measure in IOU_MEASURES else dict(primary or {})
     fixed.pop(vary, None)
     specs: list[MeasureSpec] = []
@@ -488,22 +569,27 @@ def _study_frame(runs: pd.DataFrame, measurements: pd.DataFrame, specs: Sequence
     return w[mask if trained else ~mask]
 
 
-def table3(runs: pd.DataFrame, measurements: pd.DataFrame,
-           specs: Sequence[MeasureSpec] | None = None, *,
-           thresholds: Sequence[float] = DEFAULT_THRESHOLDS, primary: Mapping[str, str] | None = None,
-           n_boot: int = 2000, seed: int = 0, confidence: float = 0.95,
-           min_n: int = stats.MIN_N) -> CorrelationTable:
+def table3(runs: pd.DataFrame, measurements: pd.DataFrame, specs: Sequence[MeasureSpec] | None = None,
+           options: StudyOptions | None = None, **settings) -> CorrelationTable:
     """Paper Table 3: every measure (primary variant, see `DEFAULT_PRIMARY`; the IoU exactly
     `PRIMARY_IOU`) against the gap, trained models, per architecture and in total, per
-    training-accuracy threshold. The note names the variants without a usable value."""
-    specs = list(specs) if specs is not None else discover_specs(
-        measurements, DEFAULT_PRIMARY if primary is None else primary)
-    w = _study_frame(runs, measurements, specs)
-    return correlation_table(w, [s.column for s in specs], thresholds=thresholds, n_boot=n_boot,
-                             seed=seed, confidence=confidence, min_n=min_n,
+    training-accuracy threshold. The note names the variants without a usable value.
+    `settings`: fields of `StudyOptions` (thresholds=, primary=, n_boot=, ...)."""
+    o = StudyOptions.of(options, **settings)
+    m = prepare_measurements(measurements)
+    specs = _study_specs(m, specs, o)
+    w = _study_frame(runs, m, specs)
+    return correlation_table(w, [s.column for s in specs], **o.bootstrap(),
                              note=_join_notes("Pearson r between each measure and the generalization gap "
                                               "(trained models with train_acc >= threshold).",
-                                              missing_note(measurements, specs)))
+                                              missing_note(m, specs)))
+
+
+def _study_specs(m: pd.DataFrame, specs: Sequence[MeasureSpec] | None, o: StudyOptions) -> list[MeasureSpec]:
+    """The given specs, else the options' measures, else every measure's primary variant."""
+    if specs is not None:
+        return [_as_spec(s) for s in specs]
+    return list(o.measures) if o.measures is not None else discover_specs(m, o.primary)
 
 
 def primary_iou(measurements: pd.DataFrame, primary: Mapping[str, str] | None = None,
@@ -512,44 +598,49 @@ def primary_iou(measurements: pd.DataFrame, primary: Mapping[str, str] | None = 
     default), labelled "IoU", or "IoU: not measured" when that variant is absent. None when
     `measure` was not measured at all. Several matching variants (params with further keys)
     are an InputError: the tables never choose one."""
-    m = _norm_measurements(measurements)
+    m = prepare_measurements(measurements)
     rows = m[m["measure"] == measure]
     if rows.empty:
         return None
     want = iou_variant(DEFAULT_PRIMARY if primary is None else primary)
     specs = _exact_variant(rows, measure, want, display_name(measure))
     if len(specs) > 1:
-        raise InputError(f"{len(specs)} variants of {measure} match {format_params(want)}: "
+        raise InputError(f"{len(specs)} variants of {measure} match {params_label(want)}: "
                          f"{[s.params for s in specs]}; pass primary with their other keys")
     return specs[0]
 
 
 def ranking_table(runs: pd.DataFrame, measurements: pd.DataFrame,
-                  specs: Sequence[MeasureSpec] | None = None, hparams: Sequence[str] | None = None, *,
-                  primary: Mapping[str, str] | None = None, gap_col: str = "gap",
-                  min_n: int = stats.MIN_N) -> pd.DataFrame:
+                  specs: Sequence[MeasureSpec] | None = None, hparams: Sequence[str] | None = None,
+                  options: StudyOptions | None = None, *, gap_col: str = "gap", **settings) -> pd.DataFrame:
     """Granulated Kendall Psi (with each psi_i) and the CMI score (with the conditioning set
     that attains the minimum) per measure, over all trained models (NaN below `min_n` models
-    or without a varying hyperparameter). See `stats`."""
-    specs = list(specs) if specs is not None else discover_specs(
-        measurements, DEFAULT_PRIMARY if primary is None else primary)
+    or without a varying hyperparameter). See `stats`; the CMI pairs are built once for all
+    measures (`stats.cmi_scores`)."""
+    o = StudyOptions.of(options, **settings)
+    m = prepare_measurements(measurements)
+    specs = _study_specs(m, specs, o)
+    if hparams is None:
+        hparams = o.hparams
     hparams = infer_hparams(runs) if hparams is None else list(hparams)
-    w = _study_frame(runs, measurements, specs)
+    w = _study_frame(runs, m, specs)
+    gap_ok = np.isfinite(pd.to_numeric(w[gap_col], errors="coerce").to_numpy(float))
+    counts = {s.column: int((np.isfinite(w[s.column].to_numpy(float)) & gap_ok).sum()) for s in specs}
+    scored = [c for c, n in counts.items() if hparams and n >= o.min_n]
+    cmi = stats.cmi_scores(w, scored, gap_col, hparams) if scored else {}
     rows = []
-    for s in specs:
-        col = s.column
-        n = int((np.isfinite(w[col].to_numpy(float)) & np.isfinite(w[gap_col].to_numpy(float))).sum())
+    for col, n in counts.items():
         row: dict[str, object] = {"measure": col, "n": n}
-        if hparams and n >= min_n:
+        if col in cmi:
             psi, per = stats.granulated_kendall(w, col, gap_col, hparams)
-            cmi, per_set = stats.cmi_score(w, col, gap_col, hparams)
+            score, per_set = cmi[col]
         else:
-            psi, per, cmi, per_set = math.nan, {}, math.nan, {}
+            psi, per, score, per_set = math.nan, {}, math.nan, {}
         row["psi"] = psi
         for h in hparams:
             row[f"psi[{h}]"] = per.get(h, math.nan)
-        row["cmi"] = cmi
-        arg = [k for k, v in per_set.items() if np.isfinite(v) and v == cmi]
+        row["cmi"] = score
+        arg = [k for k, v in per_set.items() if np.isfinite(v) and v == score]
         row["cmi_set"] = ("+".join(arg[0]) or "{}") if arg else ""
         rows.append(row)
     cols = ["measure", "n", "psi", *[f"psi[{h}]" for h in hparams], "cmi", "cmi_set"]
@@ -605,38 +696,45 @@ def selection_table(wide: pd.DataFrame, measure_col: str, *, higher_is_better: b
     return SelectionTable(**fr, measure=measure_col)
 
 
-def table4(runs: pd.DataFrame, measurements: pd.DataFrame, spec: MeasureSpec | None = None, *,
-           higher_is_better: bool = True, thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-           primary: Mapping[str, str] | None = None, min_n: int = stats.MIN_N) -> SelectionTable | None:
+def table4(runs: pd.DataFrame, measurements: pd.DataFrame, spec: MeasureSpec | None = None,
+           options: StudyOptions | None = None, *, higher_is_better: bool = True,
+           **settings) -> SelectionTable | None:
     """Paper Table 4: pairwise selection accuracy of IoU (higher IoU -> smaller gap), trained
     models, within each architecture and across all; the IoU is `primary_iou` (an n/a table
     with a note when that variant was not measured). None when no IoU was measured at all."""
-    spec = spec or primary_iou(measurements, primary)
+    o = StudyOptions.of(options, **settings)
+    m = prepare_measurements(measurements)
+    spec = spec or primary_iou(m, o.primary)
     if spec is None:
         return None
-    w = _study_frame(runs, measurements, [spec])
+    w = _study_frame(runs, m, [spec])
     t = selection_table(w, spec.column, higher_is_better=higher_is_better,
-                        thresholds=thresholds, min_n=min_n)
-    t.note = missing_note(measurements, [spec])
+                        thresholds=o.thresholds, min_n=o.min_n)
+    t.note = missing_note(m, [spec])
     return t
 
 
 # ---------------------------------------------------------------------- validity (Table 5)
 RANDOM_ROW, TRAINED_ROW = "Random Model", "Trained Model"
+_LOWEST = object()
 
 
-def table5(runs: pd.DataFrame, measurements: pd.DataFrame, spec: MeasureSpec | None = None, *,
-           trained_threshold: float | None = min(DEFAULT_THRESHOLDS),
-           primary: Mapping[str, str] | None = None, n_boot: int = 2000, seed: int = 0,
-           confidence: float = 0.95, min_n: int = stats.MIN_N) -> CorrelationTable | None:
+def table5(runs: pd.DataFrame, measurements: pd.DataFrame, spec: MeasureSpec | None = None,
+           options: StudyOptions | None = None, *, trained_threshold: float | None | object = _LOWEST,
+           **settings) -> CorrelationTable | None:
     """Paper Table 5: IoU vs gap for untrained random models (every `trained == False` run)
-    and for trained models (train_acc >= `trained_threshold`, 0.80 as the paper's model set;
-    None = all trained). Columns: architectures, then "Total". The IoU is `primary_iou` (n/a
-    cells and a note when that variant was not measured); None when no IoU was measured at all."""
-    spec = spec or primary_iou(measurements, primary)
+    and for trained models (train_acc >= `trained_threshold`, default the lowest of the
+    options' thresholds, 0.80 as the paper's model set; None = all trained). Columns:
+    architectures, then "Total". The IoU is `primary_iou` (n/a cells and a note when that
+    variant was not measured); None when no IoU was measured at all."""
+    o = StudyOptions.of(options, **settings)
+    if trained_threshold is _LOWEST:
+        trained_threshold = min(o.thresholds) if o.thresholds else None
+    m = prepare_measurements(measurements)
+    spec = spec or primary_iou(m, o.primary)
     if spec is None:
         return None
-    w = _study_frame(runs, measurements, [spec], trained=None)
+    w = _study_frame(runs, m, [spec], trained=None)
     tmask = trained_mask(w)
     sets = {RANDOM_ROW: w[~tmask], TRAINED_ROW: at_threshold(w[tmask], trained_threshold)}
     cols = [*archs_of(w), TOTAL]
@@ -646,12 +744,12 @@ def table5(runs: pd.DataFrame, measurements: pd.DataFrame, spec: MeasureSpec | N
         d = sets[row]
         if c != TOTAL:
             d = d[d["arch"] == c]
-        return _cell(d[col], d["gap"], min_n=min_n, n_boot=n_boot, seed=seed, confidence=confidence)
+        return _cell(d[col], d["gap"], min_n=o.min_n, n_boot=o.n_boot, seed=o.seed, confidence=o.confidence)
 
     note = f"Pearson r between {col} and the gap; trained models with train_acc >= " \
            f"{trained_threshold}." if trained_threshold is not None else ""
-    return _build(pd.Index([RANDOM_ROW, TRAINED_ROW], name="models"), cols, cell, confidence,
-                  note=_join_notes(note, missing_note(measurements, [spec])))
+    return _build(pd.Index([RANDOM_ROW, TRAINED_ROW], name="models"), cols, cell, o.confidence,
+                  note=_join_notes(note, missing_note(m, [spec])))
 
 
 # ------------------------------------------------------------ robustness (Tables 6 and 7)
@@ -663,48 +761,41 @@ def mask_label(masks: str) -> str:
     return f"IoU (using {MASK_NAMES.get(masks, 'masks from ' + masks)})"
 
 
-def _variant_table(runs, measurements, specs, *, thresholds, n_boot, seed, confidence, min_n,
-                   note) -> CorrelationTable | None:
+def _variant_table(runs: pd.DataFrame, m: pd.DataFrame, specs: list[MeasureSpec], o: StudyOptions,
+                   note: str) -> CorrelationTable | None:
     if len(specs) < 2:
         return None
-    w = _study_frame(runs, measurements, specs)
-    return correlation_table(w, [s.column for s in specs], thresholds=thresholds, n_boot=n_boot,
-                             seed=seed, confidence=confidence, min_n=min_n,
-                             note=_join_notes(note, missing_note(measurements, specs)))
+    w = _study_frame(runs, m, specs)
+    return correlation_table(w, [s.column for s in specs], **o.bootstrap(),
+                             note=_join_notes(note, missing_note(m, specs)))
 
 
-def table6(runs: pd.DataFrame, measurements: pd.DataFrame, *, measure: str = "iou",
-           thresholds: Sequence[float] = DEFAULT_THRESHOLDS, primary: Mapping[str, str] | None = None,
-           n_boot: int = 2000, seed: int = 0, confidence: float = 0.95,
-           min_n: int = stats.MIN_N) -> CorrelationTable | None:
+def table6(runs: pd.DataFrame, measurements: pd.DataFrame, options: StudyOptions | None = None, *,
+           measure: str = "iou", **settings) -> CorrelationTable | None:
     """Paper Table 6: IoU vs gap for each CAM method (params key `cam`), in the Table 3 layout
     (per architecture and Total), each at the threshold and masks of `PRIMARY_IOU`. None when
     fewer than two CAM methods were measured."""
-    specs = variant_specs(measurements, measure, "cam", cam_label, CAM_ORDER,
-                          DEFAULT_PRIMARY if primary is None else primary)
-    return _variant_table(runs, measurements, specs, thresholds=thresholds, n_boot=n_boot,
-                          seed=seed, confidence=confidence, min_n=min_n,
-                          note="Pearson r between IoU and the gap for each CAM method.")
+    o = StudyOptions.of(options, **settings)
+    m = prepare_measurements(measurements)
+    specs = variant_specs(m, measure, "cam", cam_label, CAM_ORDER, o.primary)
+    return _variant_table(runs, m, specs, o, "Pearson r between IoU and the gap for each CAM method.")
 
 
-def table7(runs: pd.DataFrame, measurements: pd.DataFrame, *, measure: str = "iou",
-           thresholds: Sequence[float] = DEFAULT_THRESHOLDS, primary: Mapping[str, str] | None = None,
-           n_boot: int = 2000, seed: int = 0, confidence: float = 0.95,
-           min_n: int = stats.MIN_N) -> CorrelationTable | None:
+def table7(runs: pd.DataFrame, measurements: pd.DataFrame, options: StudyOptions | None = None, *,
+           measure: str = "iou", **settings) -> CorrelationTable | None:
     """Paper Table 7: IoU vs gap with A_G from saliency masks vs from boxes (params key
     `masks`), Table 3 layout, each with the cam and threshold of `PRIMARY_IOU`. None when fewer
     than two mask sources were measured."""
-    specs = variant_specs(measurements, measure, "masks", mask_label, ("saliency",),
-                          DEFAULT_PRIMARY if primary is None else primary)
+    o = StudyOptions.of(options, **settings)
+    m = prepare_measurements(measurements)
+    specs = variant_specs(m, measure, "masks", mask_label, ("saliency",), o.primary)
     specs.sort(key=lambda s: spec_params(s).get("masks") == "boxes")  # boxes last
-    return _variant_table(runs, measurements, specs, thresholds=thresholds, n_boot=n_boot,
-                          seed=seed, confidence=confidence, min_n=min_n,
-                          note="Pearson r between IoU and the gap, A_G from saliency masks vs boxes.")
+    return _variant_table(runs, m, specs, o, "Pearson r between IoU and the gap, A_G from saliency masks vs boxes.")
 
 
 def failures_table(measurements: pd.DataFrame) -> pd.DataFrame:
     """Failed measurements per (measure, params): how many runs, and the first reason."""
-    m = _norm_measurements(measurements)
+    m = prepare_measurements(measurements)
     if "error" not in m.columns:
         m["error"] = ""
     f = m[m["status"].astype(str) == "failed"]
@@ -717,138 +808,3 @@ def failures_table(measurements: pd.DataFrame) -> pd.DataFrame:
         "first_error": g["error"].agg(lambda s: str(s.iloc[0])),
     })
     return out.reset_index()
-
-
-# ---------------------------------------------------------------------------- rendering
-Fmt = str | Callable[[float], str] | Mapping[str, "str | Callable[[float], str]"] | None
-
-
-def _fmt_value(v, fmt, na_rep: str) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA or v is pd.NaT:
-        return na_rep
-    if isinstance(v, (bool, np.bool_)):
-        return str(bool(v))
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        if callable(fmt):
-            return fmt(float(v))
-        return (fmt or "{:.4f}").format(float(v)).replace("-", "\u2212")
-    return str(v)
-
-
-def format_frame(df: pd.DataFrame, fmt: Fmt = "{:.4f}", na_rep: str = "n/a") -> pd.DataFrame:
-    """Every cell as display text: floats with `fmt` (a format string, a callable, or a
-    {column: fmt} mapping), minus as U+2212 like the paper, NaN as `na_rep`."""
-    out = pd.DataFrame(index=df.index, columns=df.columns, dtype=object)
-    for c in df.columns:
-        f = fmt.get(c, "{:.4f}") if isinstance(fmt, Mapping) else fmt
-        out[c] = [_fmt_value(v, f, na_rep) for v in df[c].tolist()]
-    return out
-
-
-def percent(v: float) -> str:
-    return f"{100 * v:.2f}%"
-
-
-def _label(x) -> str:
-    s = str(x)
-    return s.replace(">=", "\u2265 ") if s.startswith(">=") else s
-
-
-def _display_rows(df: pd.DataFrame, fmt: Fmt, na_rep: str) -> tuple[list[str], list[list[str]], int]:
-    """(header, rows of cell text, number of index columns) shared by Markdown and HTML."""
-    text = format_frame(df, fmt, na_rep)
-    plain = isinstance(df.index, pd.RangeIndex) and df.index.name is None
-    idx_names = [] if plain else [n or "" for n in (
-        df.index.names if isinstance(df.index, pd.MultiIndex) else [df.index.name])]
-    header = [*idx_names, *(_label(c) for c in df.columns)]
-    rows = []
-    for key, (_, r) in zip(df.index, text.iterrows()):
-        key = () if plain else key if isinstance(key, tuple) else (key,)
-        rows.append([*(str(k) for k in key), *r.tolist()])
-    return header, rows, len(idx_names)
-
-
-def to_markdown(df: pd.DataFrame, fmt: Fmt = "{:.4f}", na_rep: str = "n/a") -> str:
-    """A GitHub-flavoured Markdown table; index levels become leading columns and a repeated
-    first-level value (the architecture of a block) is shown only on its block's first row."""
-    header, rows, n_idx = _display_rows(df, fmt, na_rep)
-
-    def esc(s: str) -> str:
-        return s.replace("|", "\\|")
-
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |",
-             "| " + " | ".join(["---"] * n_idx + ["---:"] * len(df.columns)) + " |"]
-    prev = None
-    for row in rows:
-        shown = list(row)
-        if n_idx > 1 and row[0] == prev:
-            shown[0] = ""
-        prev = row[0] if n_idx else None
-        lines.append("| " + " | ".join(esc(c) for c in shown) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def to_html_table(df: pd.DataFrame, fmt: Fmt = "{:.4f}", na_rep: str = "n/a") -> str:
-    """An HTML table (escaped text, one header row); the first index level of a MultiIndex
-    spans its block's rows, like the paper's tables."""
-    header, rows, n_idx = _display_rows(df, fmt, na_rep)
-    e = html.escape
-    out = ["<table>", "<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead>",
-           "<tbody>"]
-    i = 0
-    while i < len(rows):
-        span = 1
-        if n_idx > 1:
-            while i + span < len(rows) and rows[i + span][0] == rows[i][0]:
-                span += 1
-        for k in range(span):
-            row = rows[i + k]
-            cells = []
-            for c, v in enumerate(row):
-                if c == 0 and n_idx > 1:
-                    if k == 0:
-                        cells.append(f"<th rowspan='{span}'>{e(v)}</th>")
-                    continue
-                cells.append(f"<th>{e(v)}</th>" if c < n_idx else f"<td>{e(v)}</td>")
-            out.append("<tr>" + "".join(cells) + "</tr>")
-        i += span
-    out.append("</tbody></table>")
-    return "\n".join(out)
-
-
-def write_table(df: pd.DataFrame, out_dir: str | Path, name: str, *, fmt: Fmt = "{:.4f}",
-                na_rep: str = "n/a", title: str | None = None, note: str = "") -> tuple[Path, Path]:
-    """Write `name.csv` (full-precision numbers, NaN as "n/a", which pandas.read_csv reads back
-    as NaN) and `name.md` (formatted with `fmt`, `note` as a paragraph under the table, so a
-    variant that was not measured is said there). Returns (csv_path, md_path)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    csv_path, md_path = out / f"{name}.csv", out / f"{name}.md"
-    index = not (isinstance(df.index, pd.RangeIndex) and df.index.name is None)
-    df.to_csv(csv_path, na_rep=na_rep, index=index)
-    md = to_markdown(df, fmt, na_rep) if len(df.columns) else "(empty)\n"
-    md_path.write_text((f"**{title}**\n\n" if title else "") + md + (f"\n{note}\n" if note else ""),
-                       encoding="utf-8")
-    return csv_path, md_path
-
-
-def write_correlation_table(t: CorrelationTable, out_dir: str | Path, name: str,
-                            title: str | None = None) -> list[Path]:
-    """`name` (Pearson, the headline), `name_spearman`, `name_kendall`, `name_ci_low`,
-    `name_ci_high`, `name_n` and the tidy `name_long`, each as CSV + Markdown."""
-    paths: list[Path] = []
-    for s, f in t.frames().items():
-        paths += write_table(f, out_dir, name if s == "pearson" else f"{name}_{s}",
-                             title=title if s == "pearson" else None, note=t.note if s == "pearson" else "")
-    paths += write_table(t.long(), out_dir, f"{name}_long")
-    return paths
-
-
-def write_selection_table(t: SelectionTable, out_dir: str | Path, name: str = "table4",
-                          title: str | None = None) -> list[Path]:
-    paths = list(write_table(t.accuracy, out_dir, name, fmt=percent, title=title, note=t.note))
-    paths += write_table(t.long(), out_dir, f"{name}_long",
-                         fmt={"accuracy": "{:.6f}"})
-    return paths

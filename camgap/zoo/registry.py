@@ -18,7 +18,8 @@ rebuilt from the run directories (``rebuild_registry``): each holds ``config.jso
   (seconds of training, summed over resumes), ``resumed_from`` (epoch the last attempt
   resumed from), ``started``, ``finished`` (ISO timestamps, UTC).
 * ``measurements(run_id, measure, params, value, status, error, updated)`` with primary key
-  ``(run_id, measure, params)``; ``params`` is canonical JSON of the measure's parameters;
+  ``(run_id, measure, params)``; ``params`` is ``camgap.params.to_json`` of the measure's parameters (sorted keys, string
+  values: one variant, one key);
   ``status`` is the measurement's state: ``done`` (a value), ``failed`` (something broke,
   ``error`` says what) or ``undefined`` (no value by the measure's own definition, ``error``
   says why). Every change to a run's measurements is mirrored, atomically, to
@@ -43,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from camgap.errors import CamgapError, InputError
+from camgap.params import to_json as params_json
 from camgap.zoo.grid import GRID_KEYS, RunSpec, canonical_json
 
 __all__ = ["Registry", "RegistryError", "GridMismatchError", "STATUSES", "METRICS", "MEASUREMENT_STATES",
@@ -156,14 +158,6 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _params_json(params: Mapping | str | None) -> str:
-    if params is None:
-        return "{}"
-    if isinstance(params, str):
-        return canonical_json(json.loads(params))
-    return canonical_json(dict(params))
-
-
 def _measurement_row(run_id: str, measure: str, params: Mapping | str | None, value: float | None,
                      state: str = "done", reason: str | None = None) -> tuple:
     if state not in MEASUREMENT_STATES:
@@ -174,7 +168,7 @@ def _measurement_row(run_id: str, measure: str, params: Mapping | str | None, va
         value = float(value)
     elif value is not None or not reason:
         raise InputError(f"{run_id} {measure}: a {state} measurement has no value and needs a reason")
-    return run_id, measure, _params_json(params), value, state, reason, _now()
+    return run_id, measure, params_json(params), value, state, reason, _now()
 
 
 def reason_kind(reason: str | None) -> str:
@@ -476,7 +470,7 @@ class Registry:
     def measurement_done(self, run_id: str, measure: str, params: Mapping | str | None = None) -> bool:
         row = self.conn.execute(
             "SELECT 1 FROM measurements WHERE run_id = ? AND measure = ? AND params = ? AND status = 'done'",
-            (run_id, measure, _params_json(params)),
+            (run_id, measure, params_json(params)),
         ).fetchone()
         return row is not None
 
@@ -626,7 +620,7 @@ def _restore_measurements(reg: Registry, run_dir: Path, run_id: str, problems: l
             reg.conn.execute(
                 "INSERT OR REPLACE INTO measurements(run_id, measure, params, value, status, error, updated) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (run_id, str(row["measure"]), _params_json(row.get("params")),
+                (run_id, str(row["measure"]), params_json(row.get("params")),
                  None if value is None else float(value), str(row["state"]), row.get("reason"), updated),
             )
             n += 1
