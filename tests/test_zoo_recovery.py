@@ -125,12 +125,13 @@ def test_sigkill_of_a_worker_process(tmp_path, data, monkeypatch):
     grid = write_grid(tmp_path / "g.toml", lrs="0.05, 0.005", epochs=3)
     zoo = tmp_path / "zoo"
     killed = []
+    older = {p.pid for p in mp.active_children()}  # children of earlier tests are not this sweep's workers
 
     def kill_a_worker() -> None:
         deadline = time.monotonic() + 120
         while not list(zoo.glob("runs/*/last.pt")) and time.monotonic() < deadline:
             time.sleep(0.05)
-        workers = [p for p in mp.active_children() if p.is_alive()]
+        workers = [p for p in mp.active_children() if p.is_alive() and p.pid not in older]
         if workers:
             os.kill(workers[0].pid, 9)
             killed.append(workers[0].pid)

@@ -255,11 +255,11 @@ def _choice(where: str, v: Any, choices: tuple[str, ...]) -> str:
 
 
 def _arch(where: str, v: Any) -> str:
-    from camgap.models import list_models
+    """A name `camgap.models.create_model` knows (camgap's, torchvision's, ``timm:<name>``), as written."""
+    from camgap.models import MODELS
 
-    known = tuple(list_models())
-    if not isinstance(v, str) or v not in known:
-        raise GridError(f"{where}: unknown architecture {v!r}; known: {', '.join(known)}")
+    if not isinstance(v, str) or v not in MODELS:
+        raise GridError(f"{where}: unknown architecture {v!r}; `camgap models` lists the known names")
     return v
 
 

@@ -111,7 +111,7 @@ def _registry_error(exc: sqlite3.Error, path: Path) -> RegistryError:
     if "disk is full" in msg or "disk I/O error" in msg:
         msg += "; free space (or fix the storage) and rerun the same command to resume"
     elif "not a database" in msg or "malformed" in msg:
-        msg += f"; `camgap zoo repair {path.parent}` rebuilds it from the run directories"
+        msg += f"; `camgap zoo repair --zoo {path.parent}` rebuilds it from the run directories"
     return RegistryError(f"{path}: {msg}")
 
 
