@@ -341,7 +341,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     from camgap.params import parse_label
-    from camgap.study.report import write_study
+    from camgap.study.report import headline_text, read_total_block, write_study
     from camgap.study.tables import DEFAULT_PRIMARY, discover_specs
     from camgap.zoo.measure import overlay_rows
     from camgap.zoo.registry import Registry
@@ -365,54 +365,15 @@ def cmd_study(args: argparse.Namespace) -> int:
     report = write_study(runs, measurements, args.out, overlays=overlays or None, n_boot=args.bootstrap,
                          thresholds=args.subsets, primary=primary, specs=specs, seed=args.seed,
                          command=" ".join(sys.argv), model_set=zoo)
-    total = _table3_total(Path(report).parent / "tables" / "table3_long.csv")
+    total = read_total_block(Path(report).parent / "tables" / "table3_long.csv")
     if args.json:
         print(json.dumps(_json_safe({"table": "Table 3, Total: Pearson r with the generalization gap, "
                                               "trained models with train_acc >= each subset's threshold",
                                      "confidence": 0.95, "cells": total, "report": str(report)})))
         return 0
-    print(_headline_text(total))
+    print(headline_text(total))
     print(f"report: {report}")
     return 0
-
-
-def _table3_total(long_csv: Path) -> dict[str, dict[str, dict]]:
-    """The Total block of the study's Table 3, as written with the report (one source for the
-    report and the headline): {measure: {subset: {"r", "ci", "n"}}}."""
-    import pandas as pd
-
-    from camgap.study.tables import TOTAL
-
-    long = pd.read_csv(long_csv, keep_default_na=False, na_values=["n/a"])
-    block = long[long.iloc[:, 0].astype(str) == TOTAL]
-    cells: dict[str, dict[str, dict]] = {}
-    for row in block.itertuples(index=False):
-        cells.setdefault(str(row.measure), {})[str(row.column)] = {
-            "r": float(row.pearson), "ci": [float(row.ci_low), float(row.ci_high)], "n": int(row.n)}
-    return cells
-
-
-def _headline_text(cells: dict[str, dict[str, dict]]) -> str:
-    """The Total block as a plain-text table: r [interval] (n) per measure and subset."""
-    if not cells:
-        return "(no measurements to correlate with the gap)"
-
-    def cell(c: dict) -> str:
-        if not math.isfinite(c["r"]):
-            return f"n/a (n={c['n']})"
-        ci = f" [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]" if all(map(math.isfinite, c["ci"])) else ""
-        return f"{c['r']:+.4f}{ci} (n={c['n']})"
-
-    columns = list(next(iter(cells.values())))
-    head = ["measure", *(c.replace(">=", "\u2265 ") for c in columns)]
-    rows = [[m, *(cell(by[c]) for c in columns)] for m, by in cells.items()]
-    w = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
-
-    def fmt(row: list[str]) -> str:
-        return "  ".join(v.ljust(w[0]) if i == 0 else v.rjust(w[i]) for i, v in enumerate(row))
-
-    return "\n".join(["Pearson r with the generalization gap, all trained models (Table 3, Total)",
-                      fmt(head), fmt(["-" * x for x in w]), *map(fmt, rows)])
 
 
 def _reference_fit(zoo: Path, min_train_acc: float, cam: str, threshold: float, masks: str):
@@ -560,7 +521,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from camgap.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, device=args.device, workers=args.workers)
+    run_demo(args.out, quick=args.quick, device=args.device, workers=args.workers, seed=args.seed)
     return 0
 
 
@@ -610,8 +571,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the whole study on the embedded synthetic dataset, in minutes on a CPU")
     p.add_argument("--out", type=Path, default=Path("camgap-demo"), help="output folder (reused when rerun)")
     p.add_argument("--quick", action="store_true", help="a 2-minute smoke run of every stage")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--workers", type=int, help="training worker processes (default 2 on a CPU, 1 on a GPU)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--workers", type=int, help="training worker processes (default: one per CPU core, 1 on a GPU)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="another seed draws other data, another sample of the grid and other run seeds")
     p.set_defaults(func=cmd_demo)
 
     from camgap.zoo.cli import add_zoo_commands

@@ -149,3 +149,20 @@ def test_load_errors(tmp_path):
     bad.write_text("[grid\narch = 1")
     with pytest.raises(GridError, match="not valid TOML"):
         load_grid(bad)
+
+
+def test_grid_seed_draws_another_sample_and_other_run_seeds():
+    import dataclasses
+
+    g0 = load_grid("demo")
+    g1 = dataclasses.replace(g0, seed=1)
+    assert g0.seed == 0 and "grid_seed" not in g0.runs()[0].config  # seed 0: the ids of before
+    r0, r1 = g0.runs(), g1.runs()
+    assert len(r0) == len(r1)
+    assert {r.run_id for r in r0}.isdisjoint(r.run_id for r in r1)
+    assert {r.seed for r in r0}.isdisjoint(r.seed for r in r1)
+    key = lambda runs: sorted(tuple(r.config[k] for k in ("arch", "batch_size", "lr", "optimizer")) for r in runs
+                              if r.config["trained"])
+    assert key(r0) != key(r1)  # another balanced sample of the configurations
+    assert g1.canonical()["seed"] == 1 and "seed" not in g0.canonical()
+    assert dataclasses.replace(g0, seed=1).fingerprint() == g1.fingerprint() != g0.fingerprint()

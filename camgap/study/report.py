@@ -114,29 +114,54 @@ def run_study(runs: pd.DataFrame, measurements: pd.DataFrame, options: StudyOpti
 def headline(runs: pd.DataFrame | None = None, measurements: pd.DataFrame | None = None, *,
              thresholds: Sequence[float] = DEFAULT_THRESHOLDS, primary: Mapping[str, str] | None = None,
              specs: Sequence[MeasureSpec] | None = None, table: CorrelationTable | None = None) -> str:
-    """The Table 3 Total block as plain text: Pearson r of each measure with the gap over all
-    trained models at each threshold, with n. Pass `table` (a computed Table 3) or the frames."""
+    """The Table 3 Total block as plain text: Pearson r of each measure with the gap over the
+    trained models of each subset, its interval when the table has one, and n. Pass `table` (a
+    computed Table 3) or the frames (then without intervals)."""
     if table is None:
         if runs is None or measurements is None:
             raise InputError("headline needs runs and measurements, or a computed table")
         table = tables.table3(prepare_runs(runs), measurements, specs, thresholds=thresholds,
                               primary=primary, n_boot=0)
-    if TOTAL not in table.pearson.index.get_level_values(0):
+    return headline_text(total_block(table.long()))
+
+
+def total_block(long: pd.DataFrame) -> dict[str, dict[str, dict]]:
+    """The Total block of a Table 3 in its long form (``CorrelationTable.long()``, or the
+    ``table3_long.csv`` the report writes): {measure: {subset: {"r", "ci", "n"}}}."""
+    block = long[long.iloc[:, 0].astype(str) == TOTAL]
+    cells: dict[str, dict[str, dict]] = {}
+    for row in block.itertuples(index=False):
+        cells.setdefault(str(row.measure), {})[str(row.column)] = {
+            "r": float(row.pearson), "ci": [float(row.ci_low), float(row.ci_high)], "n": int(row.n)}
+    return cells
+
+
+def read_total_block(long_csv: str | Path) -> dict[str, dict[str, dict]]:
+    """`total_block` of the ``tables/table3_long.csv`` a written study holds."""
+    return total_block(pd.read_csv(long_csv, keep_default_na=False, na_values=["n/a"]))
+
+
+def headline_text(cells: dict[str, dict[str, dict]]) -> str:
+    """The Total block as a plain-text table: r [interval] (n) per measure and subset."""
+    if not cells:
         return "(no measurements to correlate with the gap)"
-    r = table.pearson.loc[TOTAL]
-    n = table.n.loc[TOTAL]
-    cells = [[("n/a" if not np.isfinite(r.loc[m, c]) else f"{r.loc[m, c]:+.4f}") + f" (n={n.loc[m, c]})"
-              for c in r.columns] for m in r.index]
-    head = ["measure", *(render.column_label(c) for c in r.columns)]
-    rows = [[str(m), *cs] for m, cs in zip(r.index, cells)]
+
+    def cell(c: dict) -> str:
+        if not math.isfinite(c["r"]):
+            return f"n/a (n={c['n']})"
+        ci = f" [{c['ci'][0]:+.2f}, {c['ci'][1]:+.2f}]" if all(map(math.isfinite, c["ci"])) else ""
+        return f"{c['r']:+.4f}{ci} (n={c['n']})"
+
+    columns = list(next(iter(cells.values())))
+    head = ["measure", *(render.column_label(c) for c in columns)]
+    rows = [[m, *(cell(by[c]) for c in columns)] for m, by in cells.items()]
     w = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head))]
 
     def fmt(row: list[str]) -> str:
-        return "  ".join(s.ljust(w[0]) if i == 0 else s.rjust(w[i]) for i, s in enumerate(row))
+        return "  ".join(v.ljust(w[0]) if i == 0 else v.rjust(w[i]) for i, v in enumerate(row))
 
-    lines = ["Pearson r with the generalization gap, all trained models (Table 3, Total)",
-             fmt(head), fmt(["-" * x for x in w]), *map(fmt, rows)]
-    return "\n".join(lines)
+    return "\n".join(["Pearson r with the generalization gap, all trained models (Table 3, Total)",
+                      fmt(head), fmt(["-" * x for x in w]), *map(fmt, rows)])
 
 
 # ------------------------------------------------------------------------------- files

@@ -166,7 +166,7 @@ class RunSpec:
 SAMPLE_TRIES = 200
 
 
-def balanced_sample(combos: list[tuple], k: int) -> list[int]:
+def balanced_sample(combos: list[tuple], k: int, seed: int = 0) -> list[int]:
     """Indices of k configurations, as balanced as possible over every hyperparameter's values:
     of SAMPLE_TRIES seeded random subsets, the one whose value counts are most even
     (deterministic, so run ids never change)."""
@@ -181,8 +181,8 @@ def balanced_sample(combos: list[tuple], k: int) -> list[int]:
             total += max(counts.values()) - (min(counts.values()) if len(counts) == len(values) else 0)
         return total
 
-    best = min((sorted(random.Random(seed).sample(range(len(combos)), k)) for seed in range(SAMPLE_TRIES)),
-               key=imbalance)
+    tries = range(seed * SAMPLE_TRIES, (seed + 1) * SAMPLE_TRIES)
+    best = min((sorted(random.Random(t).sample(range(len(combos)), k)) for t in tries), key=imbalance)
     return best
 
 
@@ -332,6 +332,7 @@ class Grid:
     arch_options: dict = field(default_factory=dict)  # arch -> kwargs
     pretrain: dict = field(default_factory=lambda: dict(PRETRAIN_DEFAULTS))
     source: str = "<grid>"
+    seed: int = 0  # another seed draws another sample and other run seeds: the same study, rerun
 
     @property
     def archs(self) -> tuple[str, ...]:
@@ -408,6 +409,8 @@ class Grid:
         pack = self.pack_size(values["arch"])
         if pack > 1:  # packed runs compute in other float order than alone: part of what the run is
             cfg["pack"] = pack
+        if self.seed:  # another study of the same grid: other run ids, other seeds
+            cfg["grid_seed"] = self.seed
         for key in ("precision", "channels_last"):  # likewise; left out at their defaults, as before
             if t[key] != TRAIN_DEFAULTS[key]:
                 cfg[key] = t[key]
@@ -431,6 +434,8 @@ class Grid:
         cfg = {k: None for k in GRID_KEYS}
         cfg.update(arch=arch, pretrained=False, trained=False)
         cfg.update(self._shared(arch))
+        if self.seed:
+            cfg["grid_seed"] = self.seed
         return cfg
 
     def runs(self) -> list[RunSpec]:
@@ -440,7 +445,7 @@ class Grid:
         keys = list(self.axes)
         combos = list(itertools.product(*(self.axes[k] for k in keys)))
         if self.sample is not None and self.sample < len(combos):
-            combos = [combos[i] for i in balanced_sample(combos, self.sample)]
+            combos = [combos[i] for i in balanced_sample(combos, self.sample, self.seed)]
         for combo in combos:
             cfg = self.run_config(dict(zip(keys, combo)))
             for r in range(self.repeats):
@@ -460,6 +465,7 @@ class Grid:
             "repeats": self.repeats,
             "untrained": self.untrained,
             "sample": self.sample,
+            **({"seed": self.seed} if self.seed else {}),
             "train": {k: v for k, v in self.train.items()
                       if k not in EXECUTION_ONLY and not (k in OPTIONAL_TRAIN_KEYS and v == TRAIN_DEFAULTS[k])},
             "arch_options": self.arch_options,
@@ -489,7 +495,8 @@ def parse_grid(doc: dict, source: str = "<grid>") -> Grid:
     untrained = _int(f"{source}: [grid] untrained", raw.pop("untrained", 0), 0)
     sample = raw.pop("sample", None)
     sample = None if sample is None else _int(f"{source}: [grid] sample", sample, 1)
-    _unknown(f"{source}: [grid]", raw, [*GRID_KEYS, "repeats", "untrained", "sample"])
+    seed = _int(f"{source}: [grid] seed", raw.pop("seed", 0), 0)
+    _unknown(f"{source}: [grid]", raw, [*GRID_KEYS, "repeats", "untrained", "sample", "seed"])
     if "arch" not in raw:
         raise GridError(f"{source}: [grid] needs `arch = [...]` (a list of architecture names)")
 
@@ -546,7 +553,7 @@ def parse_grid(doc: dict, source: str = "<grid>") -> Grid:
     for key, v in pre_raw.items():
         pretrain[key] = _PRETRAIN_CHECKS[key](f"{source}: [pretrain] {key}", v)
 
-    return Grid(axes, repeats, untrained, sample, train, arch_options, pretrain, source)
+    return Grid(axes, repeats, untrained, sample, train, arch_options, pretrain, source, seed)
 
 
 def _check_arch_options(where: str, arch: str, opts: dict) -> None:
