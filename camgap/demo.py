@@ -15,7 +15,7 @@ from pathlib import Path
 # name -> (synthetic data settings, grid, measure settings)
 PRESETS = {
     "full": dict(
-        data=dict(classes=6, train_per_class=60, test_per_class=30, size=56),
+        data=dict(classes=6, train_per_class=150, test_per_class=50, size=32),
         grid="demo",
         measures=("iou", "iou_b", "spectral_norm", "nuclear_norm", "effective_invariance", "inverse_margin",
                   "frobenius_norm", "path_norm", "distance_from_init"),
