@@ -50,7 +50,8 @@ def run_demo(out: str | Path = "camgap-demo", quick: bool = False, device: str =
     """The demo; ``seed`` draws other data, another sample of the grid and other run seeds (the
     same study, rerun), so that a reader can see how much its numbers move."""
     from camgap.data.synthetic import write_synthetic
-    from camgap.study.report import headline_text, read_total_block, write_study
+    from camgap.study.report import headline, write_study
+    from camgap.study.tables import paper_specs
     from camgap.zoo.build import build
     from camgap.zoo.executors import resolve_device
     from camgap.zoo.grid import load_grid
@@ -92,7 +93,7 @@ def run_demo(out: str | Path = "camgap-demo", quick: bool = False, device: str =
     report = write_study(runs, measurements, out / "study", overlays=overlay_rows(out / "zoo", device=device) or None,
                          n_boot=bootstrap, thresholds=THRESHOLDS, model_set=out / "zoo")
     stage("study")
-    text = headline_text(read_total_block(Path(report).parent / "tables" / "table3_long.csv"))
+    text = headline(runs, measurements, thresholds=THRESHOLDS, specs=paper_specs(measurements), n_boot=bootstrap)
     seconds["total"] = round(sum(seconds.values()), 1)
     log("")
     log(text)

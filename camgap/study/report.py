@@ -113,15 +113,16 @@ def run_study(runs: pd.DataFrame, measurements: pd.DataFrame, options: StudyOpti
 # ---------------------------------------------------------------------------- headline
 def headline(runs: pd.DataFrame | None = None, measurements: pd.DataFrame | None = None, *,
              thresholds: Sequence[float] = DEFAULT_THRESHOLDS, primary: Mapping[str, str] | None = None,
-             specs: Sequence[MeasureSpec] | None = None, table: CorrelationTable | None = None) -> str:
+             specs: Sequence[MeasureSpec] | None = None, table: CorrelationTable | None = None,
+             n_boot: int = 0, seed: int = 0) -> str:
     """The Table 3 Total block as plain text: Pearson r of each measure with the gap over the
-    trained models of each subset, its interval when the table has one, and n. Pass `table` (a
-    computed Table 3) or the frames (then without intervals)."""
+    trained models of each subset, its bootstrap interval (with `n_boot` resamples, or from
+    `table`), and n. Pass `table` (a computed Table 3) or the frames."""
     if table is None:
         if runs is None or measurements is None:
             raise InputError("headline needs runs and measurements, or a computed table")
         table = tables.table3(prepare_runs(runs), measurements, specs, thresholds=thresholds,
-                              primary=primary, n_boot=0)
+                              primary=primary, n_boot=n_boot, seed=seed)
     return headline_text(total_block(table.long()))
 
 
