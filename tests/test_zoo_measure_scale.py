@@ -141,3 +141,43 @@ def test_cli_measure_takes_executor_arguments(base_zoo, tmp_path, capsys):
     assert out[0].startswith("4 model(s): 4 measured now, 8 values recorded, 0 failed measurements, 0 undefined in ")
     assert out[1].startswith("time per step (s total, s per model): load ")
     assert "nuclear_norm " in out[1]
+
+
+# --- Figure 2's models ------------------------------------------------------------------------
+
+
+def _runs(train_accs, gaps):
+    import pandas as pd
+
+    n = len(gaps)
+    return pd.DataFrame({"run_id": [f"r{i}" for i in range(n)], "status": ["done"] * n, "trained": [True] * n,
+                         "train_acc": train_accs, "gap": gaps})
+
+
+def test_overlay_picks_fitting_models_and_says_so():
+    runs = _runs([0.9, 0.95, 0.5, 0.85, 0.99], [10.0, 30.0, 1.0, 20.0, 40.0])
+    picks, selection, fallback = zm.overlay_picks(runs, 0.8)
+    # fitting: gaps 10, 20, 30, 40 (r2 is below 80 %): rows 0, 4 // 2 and 3
+    assert list(picks.run_id) == ["r0", "r1", "r4"] and not fallback
+    assert selection == "Smallest, median and largest gap among the 4 trained models with training accuracy >= 80 %"
+
+
+def test_overlay_picks_falls_back_out_loud():
+    runs = _runs([0.9, 0.5, 0.6, 0.7], [10.0, 1.0, 5.0, 30.0])
+    picks, selection, fallback = zm.overlay_picks(runs, 0.8)
+    assert list(picks.run_id) == ["r1", "r0", "r3"] and fallback  # gaps 1, 5, 10, 30: rows 0, 2, 3
+    assert selection == ("Only 1 trained model(s) reach training accuracy >= 80 %: smallest, median and largest gap "
+                         "among all 4 trained models, whatever their training accuracy")
+
+
+def test_overlay_rows_name_their_models(base_zoo):
+    rows = zm.overlay_rows(base_zoo, n_images=2, min_train_acc=0.0)
+    runs, _ = frames(base_zoo)
+    trained = runs[runs.trained].sort_values("gap")
+    assert isinstance(rows, list) and len(rows) == 3 and not rows.fallback
+    assert [m["run_id"] for m in rows.models] == list(trained.run_id)
+    assert [label for label, _ in rows] == [f"gap {g:.1f} pp\ntrain acc {100 * a:.1f} %"
+                                           for g, a in zip(trained.gap, trained.train_acc, strict=True)]
+    assert all(len(pictures) == 2 for _, pictures in rows)
+    assert rows.caption.startswith("Smallest, median and largest gap among the 3 trained models with training "
+                                   "accuracy >= 0 %. Rows: " + trained.run_id.iloc[0] + ": gap ")

@@ -505,22 +505,59 @@ def _store(reg: Registry, run_id: str, rows: list[tuple], summary: MeasureSummar
             summary.undefined += 1
 
 
+class OverlayRows(list):
+    """Figure 2's rows ``[(label, [overlay, ...]), ...]`` (a list, as ``write_study`` takes them)
+    that also say which models they show: ``models`` (run_id, gap, train_acc of each row, in
+    order), ``selection`` (the models they were picked from, in words; the study's caption) and
+    ``fallback`` (True when fewer than three models reach the training-accuracy bar, so the rows
+    come from every trained model instead)."""
+
+    def __init__(self, rows=(), models: Sequence[dict] = (), selection: str = "", fallback: bool = False):
+        super().__init__(rows)
+        self.models = list(models)
+        self.selection = selection
+        self.fallback = fallback
+
+    @property
+    def caption(self) -> str:
+        shown = "; ".join(f"{m['run_id']}: gap {m['gap']:.1f} pp, training accuracy {100 * m['train_acc']:.1f} %"
+                          for m in self.models)
+        return f"{self.selection}. Rows: {shown}." if shown else self.selection
+
+
+def overlay_picks(runs, min_train_acc: float = 0.8) -> tuple:
+    """The models of Figure 2 from a runs frame: (picks, selection, fallback). The smallest, the
+    median and the largest gap among the done, trained models with training accuracy >=
+    ``min_train_acc`` (models that fit their training set, as in the paper); when fewer than three
+    reach it, among every done, trained model, and ``selection`` says so."""
+    trained = runs[(runs.status == "done") & runs.trained].sort_values(["gap", "run_id"])
+    fitting = trained[trained.train_acc >= min_train_acc]
+    bar = f"training accuracy >= {100 * min_train_acc:g} %"
+    if len(fitting) >= 3:
+        pool, fallback = fitting, False
+        selection = f"Smallest, median and largest gap among the {len(pool)} trained models with {bar}"
+    else:
+        pool, fallback = trained, True
+        selection = (f"Only {len(fitting)} trained model(s) reach {bar}: smallest, median and largest gap among "
+                     f"all {len(pool)} trained models, whatever their training accuracy")
+    if pool.empty:
+        return pool, "No trained model to show", fallback
+    return pool.iloc[sorted({0, len(pool) // 2, len(pool) - 1})], selection, fallback
+
+
 def overlay_rows(zoo_dir: str | Path, n_images: int = 5, cam: str = "gradcam", threshold: float = 0.1,
-                 device: str | torch.device = "cpu", min_train_acc: float = 0.8) -> list[tuple[str, list]]:
+                 device: str | torch.device = "cpu", min_train_acc: float = 0.8) -> OverlayRows:
     """The paper's Figure 2: the same training images under the trained models with the
-    smallest, the median and the largest gap; one row per model, labelled with its gap."""
+    smallest, the median and the largest gap (``overlay_picks``); one row per model, labelled
+    with its gap and training accuracy. The result says which models it shows and how they were
+    picked (``OverlayRows.selection``, ``.caption``); empty when no trained model is done."""
     from camgap.viz import render_overlay
 
     zoo = Path(zoo_dir)
     with Registry.in_dir(zoo, create=False) as reg:
         runs = reg.runs_frame()
-    runs = runs[(runs.status == "done") & runs.trained].sort_values("gap")
-    if (runs.train_acc >= min_train_acc).sum() >= 3:  # models that fit their training set, as in the paper
-        runs = runs[runs.train_acc >= min_train_acc]
-    if runs.empty:
-        return []
-    picks = runs.iloc[sorted({0, len(runs) // 2, len(runs) - 1})]
-    rows = []
+    picks, selection, fallback = overlay_picks(runs, min_train_acc)
+    rows, models = [], []
     for run in picks.itertuples():
         model, ckpt = load_run_model(zoo / "runs" / run.run_id)
         store = _store_for(zoo, ckpt)
@@ -528,8 +565,9 @@ def overlay_rows(zoo_dir: str | Path, n_images: int = 5, cam: str = "gradcam", t
         res = score_model(model, subset, cam=cam, thresholds=(threshold,), device=device,
                           mean=ckpt["mean"], std=ckpt["std"], keep_overlays=n_images)
         pictures = [render_overlay(o["image"], o["cam"], threshold, o["boxes"]) for o in res.overlays]
-        rows.append((f"gap {run.gap:.1f}", pictures))
-    return rows
+        rows.append((f"gap {run.gap:.1f} pp\ntrain acc {100 * run.train_acc:.1f} %", pictures))
+        models.append({"run_id": run.run_id, "gap": float(run.gap), "train_acc": float(run.train_acc)})
+    return OverlayRows(rows, models, selection, fallback)
 
 
 class _Head:
