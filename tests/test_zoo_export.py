@@ -60,3 +60,11 @@ def test_measures_export_rounded(zoo):
     pq = pd.read_parquet(export(zoo, "parquet", measures=True))
     assert sorted(pq.value.dropna()) == [0.123457, 123457000.0]
     assert json.loads(pq.params.iloc[0]) == {"cam": "gradcam"}
+
+
+def test_a_set_of_pending_runs_exports_empty_cells(tmp_path):
+    with Registry.in_dir(tmp_path) as reg:
+        reg.add_runs([RunSpec("r1", CONFIG, 0, 3)])
+    _, row = export(tmp_path, "csv").read_text().splitlines()
+    assert row == "r1,small_resnet10,32,0.00125,sgd,0.0005,True,False,0,3,True,pending,,,,,,,,,0,"
+    assert pd.read_parquet(export(tmp_path, "parquet"))["epochs"].isna().all()

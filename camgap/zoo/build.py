@@ -565,11 +565,13 @@ def export(zoo_dir: str | Path, fmt: str = "csv", out: str | Path | None = None,
 def _runs_export_frame(runs):
     """The registry's runs in ``EXPORT_COLUMNS``: accuracies (fractions there) in percentage points
     like the gap, counts as nullable integers (a pending run has no epochs)."""
+    import pandas as pd
+
     frame = runs.assign(train_acc_pp=100.0 * runs["train_acc"], test_acc_pp=100.0 * runs["test_acc"],
                         gap_pp=runs["gap"])
     frame = frame[EXPORT_COLUMNS].copy()
-    for col in EXPORT_INTEGERS:
-        frame[col] = frame[col].round().astype("Int64")
+    for col in EXPORT_INTEGERS:  # a column of pending runs only holds None (object dtype)
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").round().astype("Int64")
     return frame
 
 
