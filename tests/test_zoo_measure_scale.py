@@ -181,3 +181,41 @@ def test_overlay_rows_name_their_models(base_zoo):
     assert all(len(pictures) == 2 for _, pictures in rows)
     assert rows.caption.startswith("Smallest, median and largest gap among the 3 trained models with training "
                                    "accuracy >= 0 %. Rows: " + trained.run_id.iloc[0] + ": gap ")
+
+
+class _DyingExecutor:
+    """An in-process stand-in whose worker 'dies' (result ``lost``) on given runs a number of times."""
+
+    capacity = 2
+
+    def __init__(self, deaths: dict[str, int]):
+        self.deaths, self.tasks, self.submitted = dict(deaths), [], []
+
+    def submit(self, task):
+        self.tasks.append(task)
+        self.submitted.append(task["run_id"])
+
+    def wait(self):
+        task = self.tasks.pop(0)
+        if self.deaths.get(task["run_id"], 0) > 0:
+            self.deaths[task["run_id"]] -= 1
+            return [{"run_id": task["run_id"], "status": "lost", "worker_died": True, "error": "its worker died"}]
+        return [run_measure_task(task | {"device": "cpu"})]
+
+    def close(self):
+        pass
+
+
+def test_a_dead_worker_is_retried_once_then_its_measurements_fail(base_zoo, tmp_path, monkeypatch):
+    zoo = _copy(base_zoo, tmp_path)
+    runs, _ = frames(zoo)
+    once, twice = runs.run_id.iloc[0], runs.run_id.iloc[1]
+    ex = _DyingExecutor({once: 1, twice: 2})
+    monkeypatch.setattr(zm, "_executor_for", lambda *a: ex)
+    s = measure_zoo(zoo, measures=("nuclear_norm",), progress=False, log=quiet)
+    assert ex.submitted.count(once) == 2 and ex.submitted.count(twice) == 2 and len(ex.submitted) == 6
+    _, meas = frames(zoo)
+    assert (meas[meas.run_id == once].status == "done").all() and len(meas[meas.run_id == once]) == 2
+    [row] = meas[meas.run_id == twice].itertuples()
+    assert (row.status, row.error) == ("failed", "measuring stopped: its worker died")
+    assert (s.measured, s.failed, s.exit_code) == (3, 1, 3)
