@@ -38,10 +38,14 @@ from camgap.zoo.registry import META_BACKUP, Registry, RegistryError, format_mea
 __all__ = ["ZooError", "StorageError", "BuildSummary", "build", "repair", "status", "format_status", "export",
            "driver_running", "EXPORT_COLUMNS"]
 
+# Accuracies and the gap in one unit, percentage points (the gap's unit in the registry and the
+# paper's), named by it: train_acc_pp - test_acc_pp == gap_pp.
 EXPORT_COLUMNS = [
     "run_id", *GRID_KEYS, "repeat", "seed", "trained", "status", "epochs", "stop_reason",
-    "train_acc", "train_loss", "test_acc", "test_loss", "gap", "wall_time", "attempts", "error",
+    "train_acc_pp", "train_loss", "test_acc_pp", "test_loss", "gap_pp", "wall_time", "attempts", "error",
 ]
+EXPORT_INTEGERS = ("batch_size", "repeat", "seed", "epochs", "attempts")  # written as integers, never 32.0
+EXPORT_DIGITS = 6  # significant digits of every other number
 
 
 class ZooError(CamgapError, RuntimeError):
@@ -578,7 +582,8 @@ def format_status(info: dict) -> str:
 def export(zoo_dir: str | Path, fmt: str = "csv", out: str | Path | None = None, measures: bool = False) -> Path:
     """Write one row per run (``EXPORT_COLUMNS``), or with ``measures`` one row per measurement
     (``Registry.measurements_export_frame``), as CSV or Parquet; return the file's path (default
-    ``ZOO/runs.<fmt>`` or ``ZOO/measurements.<fmt>``)."""
+    ``ZOO/runs.<fmt>`` or ``ZOO/measurements.<fmt>``). Counts are integers, every other number is
+    rounded to ``EXPORT_DIGITS`` significant digits, in both formats."""
     zoo_dir = Path(zoo_dir)
     if fmt not in ("csv", "parquet"):
         raise ZooError(f"--format must be csv or parquet, got {fmt!r}")
@@ -587,17 +592,41 @@ def export(zoo_dir: str | Path, fmt: str = "csv", out: str | Path | None = None,
     except RegistryError as exc:
         raise ZooError(str(exc)) from None
     try:
-        frame = reg.measurements_export_frame() if measures else reg.runs_frame()[EXPORT_COLUMNS]
+        frame = reg.measurements_export_frame() if measures else _runs_export_frame(reg.runs_frame())
     finally:
         reg.close()
+    frame = _rounded(frame)
     name = "measurements" if measures else "runs"
     path = Path(out) if out is not None else zoo_dir / f"{name}.{fmt}"
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "csv":
-        frame.to_csv(path, index=False)
+        frame.to_csv(path, index=False, float_format=f"%.{EXPORT_DIGITS}g")
     else:
         try:
             frame.to_parquet(path, index=False)
         except ImportError as exc:
             raise ZooError(f"--format parquet needs pyarrow (pip install 'camgap[parquet]'): {exc}") from None
     return path
+
+
+def _runs_export_frame(runs):
+    """The registry's runs in ``EXPORT_COLUMNS``: accuracies (fractions there) in percentage points
+    like the gap, counts as nullable integers (a pending run has no epochs)."""
+    import pandas as pd
+
+    frame = runs.assign(train_acc_pp=100.0 * runs["train_acc"], test_acc_pp=100.0 * runs["test_acc"],
+                        gap_pp=runs["gap"])
+    frame = frame[EXPORT_COLUMNS].copy()
+    for col in EXPORT_INTEGERS:  # a column of pending runs only holds None (object dtype)
+        frame[col] = pd.to_numeric(frame[col], errors="coerce").round().astype("Int64")
+    return frame
+
+
+def _rounded(frame):
+    """Every float column rounded to ``EXPORT_DIGITS`` significant digits, as the CSV writes them
+    (so the Parquet file holds the numbers the CSV shows)."""
+    frame = frame.copy()
+    for col in frame.columns:
+        if frame[col].dtype.kind == "f":
+            frame[col] = [float(f"{v:.{EXPORT_DIGITS}g}") for v in frame[col]]
+    return frame

@@ -80,6 +80,9 @@ def _measure(args: argparse.Namespace) -> int:
         device=resolve_device(args.device),
         batch_size=args.batch_size,
         progress=not args.no_progress,
+        executor=args.executor,
+        workers=args.workers,
+        ray_address=args.ray_address,
     )
     return summary.exit_code
 
@@ -181,6 +184,12 @@ def add_subcommands(sub) -> None:
     m.add_argument("--masks", default="boxes", help="comma-separated A_G sources: boxes, saliency, or a mask folder")
     m.add_argument("--device", default="auto")
     m.add_argument("--batch-size", type=int, default=128)
+    m.add_argument("--executor", choices=("local", "ray"), default="local", help="where runs are measured")
+    m.add_argument("--workers", type=int, default=None,
+                   help="local: worker processes (default: none, in this process); ray: runs in flight at most. "
+                        "Only this process writes the registry; the values never depend on it")
+    m.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="connect to this Ray cluster (default: start a local instance)")
     m.add_argument("--no-progress", action="store_true")
     m.set_defaults(func=_guard(_measure))
 

@@ -17,7 +17,10 @@ registry.
   directory, which every node must reach at the same path.
 
 Interface: ``capacity`` (runs in flight at most), ``submit(task)``, ``wait() -> list of
-result dicts`` (blocks until at least one run ends), ``close()``. ``submit`` fills in the
+result dicts`` (blocks until at least one run ends), ``close()``. Every executor calls
+``fn(task)`` for a task: ``camgap.zoo.train.execute_task`` (training a run) unless another
+top-level function is given (``zoo measure`` passes ``camgap.zoo.measure.run_measure_task``);
+``fn`` must never raise and must return a dict with the task's ``run_id`` and a ``status``. ``submit`` fills in the
 task's ``device`` and ``threads``. A result's ``status`` is ``done``, ``failed`` (the run's
 own failure), ``storage`` (a full or failing disk) or ``lost`` (stopped by a dead worker,
 ``worker_died`` telling whether it was the run's own).
@@ -29,6 +32,7 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
 from concurrent.futures import wait as futures_wait
 from concurrent.futures.process import BrokenProcessPool
@@ -74,8 +78,12 @@ def _lost(task: dict, worker_died: bool, error: str) -> dict:
     return {"run_id": task["run_id"], "status": "lost", "worker_died": worker_died, "error": error}
 
 
+TaskFn = Callable[[dict], dict]
+
+
 class InProcessExecutor:
-    def __init__(self, device: str = "cpu", threads: int | None = None):
+    def __init__(self, device: str = "cpu", threads: int | None = None, fn: TaskFn = execute_task):
+        self.fn = fn
         self.device = "cuda:0" if device == "cuda" else device
         self.threads = threads or thread_budget()
         self.capacity = 1
@@ -88,7 +96,7 @@ class InProcessExecutor:
         task = self._queue.pop(0)
         threads = torch.get_num_threads()
         try:
-            return [execute_task(task)]
+            return [self.fn(task)]
         finally:
             torch.set_num_threads(threads)  # a run sets its own thread count; the caller keeps its own
 
@@ -116,15 +124,16 @@ def _worker_init(pid_queue=None) -> None:
             pass
 
 
-def _execute_in_worker(task: dict) -> dict:
+def _execute_in_worker(task: dict, fn: TaskFn = execute_task) -> dict:
     """Report this worker's pid for the run (so the driver can tell whose worker died), then run it."""
     if _PID_QUEUE is not None:
         _PID_QUEUE.put((task["run_id"], os.getpid()))
-    return execute_task(task)
+    return fn(task)
 
 
 class LocalExecutor:
-    def __init__(self, workers: int, device: str = "cpu", threads: int | None = None):
+    def __init__(self, workers: int, device: str = "cpu", threads: int | None = None, fn: TaskFn = execute_task):
+        self.fn = fn
         self.workers = max(1, int(workers))
         self.device = device
         self.capacity = self.workers
@@ -169,10 +178,10 @@ class LocalExecutor:
         task = task | {"device": device, "threads": self.threads}
         self._pids.pop(task["run_id"], None)
         try:
-            fut = self._pool.submit(_execute_in_worker, task)
+            fut = self._pool.submit(_execute_in_worker, task, self.fn)
         except BrokenProcessPool:
             self._restart()
-            fut = self._pool.submit(_execute_in_worker, task)
+            fut = self._pool.submit(_execute_in_worker, task, self.fn)
         self._inflight[fut] = (task, slot)
 
     def _restart(self) -> None:
@@ -229,7 +238,7 @@ class LocalExecutor:
 
 class RayExecutor:
     def __init__(self, address: str | None = None, workers: int | None = None, device: str = "auto",
-                 cpus_per_run: int | None = None, gpus_per_run: float | None = None):
+                 cpus_per_run: int | None = None, gpus_per_run: float | None = None, fn: TaskFn = execute_task):
         import ray
 
         self.ray = ray
@@ -256,8 +265,9 @@ class RayExecutor:
         self.device = "cuda:0" if self.num_gpus else "cpu"
         slots = int(n_gpu / self.num_gpus) if self.num_gpus else n_cpu // self.num_cpus
         self.capacity = max(1, min(slots, workers) if workers else slots)
-        self._remote = ray.remote(execute_task).options(
-            num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0, name="camgap-zoo-run"
+        self._remote = ray.remote(fn).options(
+            num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0,
+            name="camgap-zoo-run" if fn is execute_task else f"camgap-zoo-{fn.__name__}"
         )
         self._inflight: dict = {}
 
@@ -290,26 +300,27 @@ class RayExecutor:
 
 def make_executor(kind: str = "local", workers: int | None = None, device: str = "auto",
                   ray_address: str | None = None, threads: int | None = None, cpus_per_run: int | None = None,
-                  run_threads: int = 1):
-    """Build an executor. Local defaults: one worker per GPU, else one per ``run_threads`` CPUs
-    (the grid's ``[train] threads``: parallelism comes from workers, never from a run's thread
-    count, which would change its weights); ``workers`` 0, or 1 on a CPU, run in-process."""
+                  run_threads: int = 1, fn: TaskFn = execute_task):
+    """Build an executor that calls ``fn(task)`` for each task (default: train a run). Local
+    defaults: one worker per GPU, else one per ``run_threads`` CPUs (the grid's ``[train]
+    threads``: parallelism comes from workers, never from a run's thread count, which would
+    change its weights); ``workers`` 0, or 1 on a CPU, run in-process."""
     if kind == "ray":
         return RayExecutor(ray_address, workers, device if device == "auto" else resolve_device_for_ray(device),
-                           cpus_per_run=cpus_per_run or run_threads)
+                           cpus_per_run=cpus_per_run or run_threads, fn=fn)
     if kind != "local":
         raise InputError(f"unknown executor {kind!r}; expected local or ray")
     device = resolve_device(device)
     if workers == 0:
-        return InProcessExecutor(device, threads)
+        return InProcessExecutor(device, threads, fn=fn)
     if device.startswith("cuda"):
         n = torch.cuda.device_count() if device == "cuda" else 1
-        return LocalExecutor(workers or n, device, threads)
+        return LocalExecutor(workers or n, device, threads, fn=fn)
     if workers is None:
         workers = max(1, thread_budget() // max(1, run_threads))
     if workers <= 1:
-        return InProcessExecutor("cpu", threads)
-    return LocalExecutor(workers, "cpu", threads)
+        return InProcessExecutor("cpu", threads, fn=fn)
+    return LocalExecutor(workers, "cpu", threads, fn=fn)
 
 
 def resolve_device_for_ray(device: str) -> str:

@@ -20,14 +20,20 @@ measurements with the reason and never runs its code.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
+import sys
+import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from camgap import params
 from camgap.data.dataset import normalize
 from camgap.data.store import TensorStore
 from camgap.errors import CamgapError, InputError, MissingFileError
@@ -35,7 +41,6 @@ from camgap.measures.iou import validate_thresholds
 from camgap.measures.registry import MEASURES, MeasureContext, compute_measure, measure_outcome
 from camgap.measures.score import score_model
 from camgap.models import CheckpointError, create_model, load_weights, read_checkpoint
-from camgap.zoo.grid import canonical_json
 from camgap.zoo.registry import Registry, state_line
 
 SCORE_MEASURES = ("iou", "iou_b")
@@ -49,8 +54,10 @@ DEFAULT_MEASURES = (
 @dataclass
 class MeasureSummary:
     """What one ``measure_zoo`` call did (``measured`` models, rows ``recorded`` done, ``failed``
-    and ``undefined`` now) and, over the whole set for the requested measures, the counts by
-    state and the not-done rows grouped by reason (``Registry.measurement_counts``)."""
+    and ``undefined`` now), the compute ``seconds`` per step (the shared pass, each other measure,
+    loading) summed over the ``timed`` models that ran it, the ``wall`` seconds of the call, and,
+    over the whole set for the requested measures, the counts by state and the not-done rows
+    grouped by reason (``Registry.measurement_counts``)."""
 
     models: int
     measured: int
@@ -58,6 +65,9 @@ class MeasureSummary:
     failed: int
     undefined: int = 0
     counts: dict = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    timed: dict[str, int] = field(default_factory=dict)
+    wall: float = 0.0
 
     @property
     def failed_in_set(self) -> int:
@@ -69,31 +79,115 @@ class MeasureSummary:
         failed (the same on an identical rerun: failed rows are not retried)."""
         return 3 if self.failed_in_set else 0
 
+    def add_seconds(self, seconds: dict[str, float]) -> None:
+        for step, s in seconds.items():
+            self.seconds[step] = self.seconds.get(step, 0.0) + s
+            self.timed[step] = self.timed.get(step, 0) + 1
+
+    def time_line(self) -> str:
+        """'time per step (s total, s per model): iou/iou_b 1.20 (0.30), ...' ('' when nothing ran)."""
+        if not self.seconds:
+            return ""
+        items = [f"{step} {s:.2f} ({s / self.timed[step]:.2f})" for step, s in self.seconds.items()]
+        total = sum(self.seconds.values())
+        return (f"time per step (s total, s per model): {', '.join(items)}; compute {total:.2f} s "
+                f"({total / max(1, self.measured):.2f} s per measured model)")
+
     def __str__(self) -> str:
-        lines = [f"{self.models} model(s): {self.measured} measured now, {self.recorded} values recorded, "
-                 f"{self.failed} failed measurements, {self.undefined} undefined"]
-        for state in ("undefined", "failed"):
-            line = state_line(self.counts, state)
-            if line:
-                lines.append(line)
+        first = (f"{self.models} model(s): {self.measured} measured now, {self.recorded} values recorded, "
+                 f"{self.failed} failed measurements, {self.undefined} undefined in {self.wall:.1f} s")
+        rest = (self.time_line(), *(state_line(self.counts, s) for s in ("undefined", "failed")))
+        lines = [first, *(line for line in rest if line)]
         return "\n".join(lines)
 
 
-def parse_params(text: str) -> dict:
-    """'conv=reshape,scale=log' -> {'conv': 'reshape', 'scale': 'log'} (numbers stay strings)."""
-    return dict(part.split("=", 1) for part in text.split(",") if part) if text else {}
-
-
-def params_string(params_json: str) -> str:
-    """Canonical JSON from the registry -> 'k=v,k=v' with keys sorted (the study's form)."""
-    return ",".join(f"{k}={v}" for k, v in sorted(json.loads(params_json).items()))
-
-
 DIVERGED = "the run diverged in training (non-finite weights): no measure has a value"
+LOAD = "load"  # timing key: reading the checkpoint, the tensor store, the masks and init.pt
+SHARED_PASS = "iou/iou_b"  # timing key of the shared CAM pass (IoU, IoU-B and the logits)
+LOGITS_PASS = "shared pass"  # the same pass when no score measure is asked for (the logits only)
 
 
-def score_params(cam: str, threshold: float, masks: str) -> dict:
-    return {"cam": cam, "masks": masks, "threshold": f"{threshold:g}"}
+def score_params(cam: str, threshold: float, masks: str) -> dict[str, str]:
+    """The params of an IoU / IoU-B measurement, canonical (``camgap.params``)."""
+    return params.canonical({"cam": cam, "masks": masks, "threshold": float(threshold)})
+
+
+@dataclass(frozen=True)
+class MeasureRequest:
+    """What a `zoo measure` call asks for; it travels to the workers with each run."""
+
+    measures: tuple[str, ...]
+    cams: tuple[str, ...] = ("gradcam",)
+    thresholds: tuple[float, ...] = (0.1,)
+    masks: tuple[str, ...] = ("boxes",)
+    batch_size: int = 128
+
+    @property
+    def score_measures(self) -> tuple[str, ...]:
+        return tuple(k for k in self.measures if k in SCORE_MEASURES)
+
+    @property
+    def combos(self) -> list[tuple[str, float, str]]:
+        """(cam, threshold, masks) of every score measurement asked for (none without iou / iou_b)."""
+        if not self.score_measures:
+            return []
+        return [(c, t, m) for c in self.cams for t in self.thresholds for m in self.masks]
+
+    @property
+    def pass_name(self) -> str:
+        return SHARED_PASS if self.score_measures else LOGITS_PASS
+
+
+def make_request(measures: Sequence[str], cams: Sequence[str], thresholds: Sequence[float], masks: Sequence[str],
+                 batch_size: int) -> MeasureRequest:
+    """A validated request: unknown measures and thresholds outside [0, 1) raise before anything runs."""
+    unknown = [m for m in measures if m not in MEASURES and m not in SCORE_MEASURES]
+    if unknown:
+        raise InputError(f"unknown measure(s) {unknown}; known: {', '.join([*SCORE_MEASURES, *sorted(MEASURES)])}")
+    if not cams or not masks:
+        raise InputError("need at least one CAM method and one mask source")
+    if batch_size < 1:
+        raise InputError(f"batch size must be >= 1, got {batch_size}")
+    return MeasureRequest(tuple(measures), tuple(cams), tuple(validate_thresholds(thresholds)), tuple(masks),
+                          int(batch_size))
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What one run still needs: the score combinations and the other measures with no row yet
+    (finished rows, done, failed or undefined, are never recomputed)."""
+
+    run_id: str
+    scores: tuple[tuple[str, float, str], ...]
+    others: tuple[str, ...]
+    diverged: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not self.scores and not self.others
+
+    def steps(self, request: MeasureRequest) -> list[str]:
+        """Its timed steps (the progress bar's units): the shared pass, then each other measure."""
+        return [request.pass_name, *self.others]
+
+
+def plan_run(run_id: str, recorded: set[tuple[str, str]], request: MeasureRequest, diverged: bool = False) -> RunPlan:
+    """The plan of one run from its recorded ``(measure, params JSON)`` keys: a score combination
+    is finished when all its score measures have a row, another measure when any of its rows exists."""
+    scores = tuple(combo for combo in request.combos
+                   if not all((k, params.to_json(score_params(*combo))) in recorded for k in request.score_measures))
+    have = {measure for measure, _ in recorded}
+    others = tuple(m for m in request.measures if m not in SCORE_MEASURES and m not in have)
+    return RunPlan(run_id, scores, others, diverged)
+
+
+def plan_rows(plan: RunPlan, request: MeasureRequest, state: str, reason: str) -> list[tuple]:
+    """One row per measurement the plan still needs, all in ``state`` (failed or undefined) for ``reason``."""
+    return _score_rows(request, plan.scores, state, reason) + [(name, {}, None, state, reason) for name in plan.others]
+
+
+def _score_rows(request: MeasureRequest, combos: Sequence[tuple], state: str, reason: str) -> list[tuple]:
+    return [(k, score_params(c, t, m), None, state, reason) for c, t, m in combos for k in request.score_measures]
 
 
 def load_run_model(run_dir: Path, which: str = "final") -> tuple[torch.nn.Module, dict]:
@@ -108,23 +202,179 @@ def load_run_model(run_dir: Path, which: str = "final") -> tuple[torch.nn.Module
     return model, ckpt
 
 
+def _store_dir(zoo: Path, input_size: int, resize: str) -> Path:
+    return zoo / "cache" / f"train-{input_size}-{resize}"
+
+
 def _store_for(zoo: Path, ckpt: dict) -> TensorStore:
-    cache = zoo / "cache" / f"train-{ckpt['input_size']}-{ckpt['resize']}"
-    return TensorStore.open(cache)
+    return TensorStore.open(_store_dir(zoo, ckpt["input_size"], ckpt["resize"]))
 
 
-def _mask_sets(zoo: Path, store: TensorStore, masks: Sequence[str], cache: Path) -> dict[str, tuple]:
-    """Reference masks other than boxes, computed once for the whole set (they do not depend on models)."""
+_REFERENCES: dict[tuple[str, str], tuple] = {}  # per process: (store dir, mask source) -> (masks, image ids)
+
+
+def _references(zoo: Path, store_dir: Path, store: TensorStore, masks: Sequence[str]) -> dict[str, tuple]:
+    """Reference masks other than boxes (they do not depend on the model): computed once per set
+    (cached on disk under ZOO/cache/masks) and kept in memory by each process that measures."""
     from camgap.data.masks import compute_masks
 
     out = {}
     for source in masks:
         if source == "boxes":
             continue
-        res = compute_masks(source, store.images, store.boxes, list(store.image_ids), store.input_size,
-                            cache_dir=cache, skip_bad=True, resize=store.resize)
-        out[source] = (res.masks, list(res.image_ids))
+        key = (str(store_dir), source)
+        if key not in _REFERENCES:
+            res = compute_masks(source, store.images, store.boxes, list(store.image_ids), store.input_size,
+                                cache_dir=zoo / "cache" / "masks", skip_bad=True, resize=store.resize)
+            _REFERENCES[key] = (res.masks, list(res.image_ids))
+        out[source] = _REFERENCES[key]
     return out
+
+
+class _Clock:
+    """Seconds per step of one run; ``on_step(name, ended)`` hears when a counted step starts and ends."""
+
+    def __init__(self, on_step: Callable[[str, bool], None] | None = None):
+        self.seconds: dict[str, float] = {}
+        self.on_step = on_step
+
+    @contextmanager
+    def step(self, name: str, counted: bool = True):
+        if counted and self.on_step:
+            self.on_step(name, False)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+            if counted and self.on_step:
+                self.on_step(name, True)
+
+
+@dataclass
+class RunResult:
+    """One run's rows ``(measure, params, value, state, reason)``, seconds per step, and whether
+    its model was measured (False when it diverged or could not be loaded)."""
+
+    rows: list[tuple]
+    seconds: dict[str, float]
+    measured: bool
+
+
+def measure_run(zoo: Path, plan: RunPlan, request: MeasureRequest, device: str | torch.device = "cpu",
+                on_step: Callable[[str, bool], None] | None = None) -> RunResult:
+    """Compute what ``plan`` needs for one run; records nothing (the driver does). A model that
+    cannot be measured gives failed (or, diverged, undefined) rows with the reason, never an exception."""
+    clock = _Clock(on_step)
+    if plan.diverged:  # its weights are NaN/inf by how it ended: no value exists
+        return RunResult(plan_rows(plan, request, "undefined", DIVERGED), clock.seconds, False)
+    run_dir = zoo / "runs" / plan.run_id
+    with clock.step(LOAD, counted=False):
+        try:
+            model, ckpt = load_run_model(run_dir)
+        except CamgapError as exc:  # unreadable or unsafe final.pt: this model fails, the set goes on
+            return RunResult(plan_rows(plan, request, "failed", str(exc)), clock.seconds, False)
+        model.eval().to(device)
+        store = _store_for(zoo, ckpt)
+        references = _references(zoo, _store_dir(zoo, ckpt["input_size"], ckpt["resize"]), store, request.masks)
+    with clock.step(request.pass_name):
+        rows, logits, labels, broken = _shared_pass(model, ckpt, store, references, plan, request, device)
+    if plan.others and logits is None:  # every measure of a model that cannot run is failed, with the reason
+        rows += [(name, {}, None, "failed", broken) for name in plan.others]
+    elif plan.others:
+        rows += _other_measures(plan.others, model, ckpt, run_dir, store, logits, labels, device, request.batch_size,
+                                clock)
+    return RunResult(rows, clock.seconds, True)
+
+
+def _shared_pass(model: torch.nn.Module, ckpt: dict, store: TensorStore, references: dict, plan: RunPlan,
+                 request: MeasureRequest, device) -> tuple[list[tuple], torch.Tensor | None, torch.Tensor | None,
+                                                           str | None]:
+    """The CAM pass(es): IoU / IoU-B rows of the planned combinations, and the logits of the first
+    pass (the first CAM with the first mask source, run even when its scores are recorded: the
+    other measures read its logits). Returns (rows, logits, labels, broken): ``broken`` says why
+    the model gave no logits (its pass raised or gave NaN), None when it did."""
+    first = (request.cams[0], request.masks[0])
+    passes = sorted({(c, m) for c, _, m in plan.scores} | {first}, key=lambda cm: cm != first)
+    rows: list[tuple] = []
+    logits = labels = broken = None
+    for cam, source in passes:
+        combos = [(c, t, m) for c, t, m in plan.scores if (c, m) == (cam, source)]
+        ref, ref_ids = references.get(source, (None, None))
+        try:
+            res = score_model(model, store, cam=cam, thresholds=request.thresholds, batch_size=request.batch_size,
+                              device=device, mean=ckpt["mean"], std=ckpt["std"], masks=ref, mask_ids=ref_ids)
+        except Exception as exc:  # noqa: BLE001 - one bad model never stops the set
+            reason = measure_outcome(exc)[1]
+            rows += _score_rows(request, combos, "failed", reason)
+            broken = broken or reason
+            continue
+        if not bool(torch.isfinite(res.logits).all()):  # NaN weights: a CAM of NaNs is no IoU of 0
+            broken = "non-finite logits (NaN/inf in the model's outputs)"
+            rows += _score_rows(request, combos, "failed", broken)
+            continue
+        if logits is None:
+            logits, labels = res.logits, res.labels
+        for _, t, _ in combos:
+            values = {"iou": res.iou(t), "iou_b": res.iou_b(t)}
+            rows += [_value_row(k, score_params(cam, t, source), values[k]) for k in request.score_measures]
+    return rows, logits, labels, broken
+
+
+def _init_state(run_dir: Path, names: Sequence[str]) -> tuple[dict | None, str | None]:
+    """The initial weights when a measure needs them: (state, None), or (None, why not)."""
+    if not set(names) & NEEDS_INIT or not (run_dir / "init.pt").exists():
+        return None, None
+    try:
+        return read_checkpoint(run_dir / "init.pt")["model_state_dict"], None
+    except (CamgapError, KeyError, TypeError) as exc:
+        return None, f"initial weights unreadable: {exc}"
+
+
+def _other_measures(names: Sequence[str], model: torch.nn.Module, ckpt: dict, run_dir: Path, store: TensorStore,
+                    logits: torch.Tensor, labels: torch.Tensor, device, batch_size: int, clock: _Clock) -> list[tuple]:
+    """Rows of the non-score measures of one model, from the shared pass's logits."""
+    mean, std = ckpt["mean"], ckpt["std"]
+    with clock.step(LOAD, counted=False):
+        init_state, init_error = _init_state(run_dir, names)
+    ctx = MeasureContext(
+        model=model, logits=logits, labels=labels, init_state=init_state, device=device,
+        batches=lambda: ((normalize(x, mean, std), y) for x, y, *_ in store.batches(batch_size, device=device)),
+        seed=int(ckpt.get("seed", 0)), mean=mean, std=std,
+    )
+    rows: list[tuple] = []
+    for name in names:
+        with clock.step(name):
+            if init_error and name in NEEDS_INIT:
+                rows.append((name, {}, None, "failed", init_error))
+                continue
+            try:
+                values = compute_measure(name, ctx)
+            except Exception as exc:  # noqa: BLE001 - recorded (undefined or failed), the set goes on
+                rows.append((name, {}, None, *measure_outcome(exc)))
+                continue
+        rows += [_value_row(name, params.canonical(key), value) for key, value in values.items()]
+    return rows
+
+
+def _value_row(measure: str, p: dict, value: float | None) -> tuple:
+    if value is None or not math.isfinite(value):
+        return measure, p, None, "failed", f"not finite: {value}"
+    return measure, p, float(value), "done", None
+
+
+def run_measure_task(task: dict, on_step: Callable[[str, bool], None] | None = None) -> dict:
+    """Executor entry point (in the driver, a worker process or a Ray task); never raises.
+    ``task``: run_id, zoo, plan, request, device, threads. Returns ``{"run_id", "status": "done",
+    "rows", "seconds", "measured"}`` or ``{"run_id", "status": "failed", "error"}``."""
+    try:
+        if task.get("threads"):
+            torch.set_num_threads(int(task["threads"]))
+        res = measure_run(Path(task["zoo"]), task["plan"], task["request"], task.get("device", "cpu"), on_step)
+        return {"run_id": task["run_id"], "status": "done", "rows": res.rows, "seconds": res.seconds,
+                "measured": res.measured}
+    except Exception as exc:  # noqa: BLE001 - one bad run never stops the set
+        return {"run_id": task["run_id"], "status": "failed", "error": measure_outcome(exc)[1]}
 
 
 def measure_zoo(
@@ -137,167 +387,114 @@ def measure_zoo(
     batch_size: int = 128,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    executor: str = "local",
+    workers: int | None = 0,
+    ray_address: str | None = None,
 ) -> MeasureSummary:
     """Measure every done run of the model set in `zoo_dir`; resumable. Bad input (unknown
     measure, a threshold outside [0, 1), no model set) raises before anything is computed.
-    Each model's measurements are recorded together (and mirrored to its measurements.json)."""
-    zoo = Path(zoo_dir)
-    unknown = [m for m in measures if m not in MEASURES and m not in SCORE_MEASURES]
-    if unknown:
-        raise InputError(f"unknown measure(s) {unknown}; known: {', '.join([*SCORE_MEASURES, *sorted(MEASURES)])}")
-    thresholds = validate_thresholds(thresholds)
+    Runs execute on the executors of `zoo build` (``executor`` local or ray; ``workers`` 0 or
+    None: in this process; N: N local worker processes, or on Ray N runs in flight at most);
+    the workers return each run's rows and this process records them, all of one model together
+    (mirrored to its measurements.json)."""
+    t0 = time.perf_counter()
+    zoo = Path(zoo_dir).expanduser().resolve()
+    request = make_request(measures, cams, thresholds, masks, batch_size)
     if not (zoo / Registry.FILENAME).exists():
         raise MissingFileError(f"{zoo}: no model set here ({Registry.FILENAME} missing); run `camgap zoo build` first")
-    device = torch.device(device)
     reg = Registry.in_dir(zoo, create=False)
-    reg.allow_undefined_state()
-    runs = reg.runs_frame()
-    runs = runs[runs.status == "done"]
-    stop_reasons = dict(zip(runs.run_id, runs.stop_reason, strict=True))
-    score_measures = [k for k in measures if k in SCORE_MEASURES]
-    wanted_scores = [(c, t, m) for c in cams for t in thresholds for m in masks] if score_measures else []
-    summary = MeasureSummary(len(runs), 0, 0, 0)
-    mask_cache: dict[str, tuple] | None = None
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(runs), unit="model", desc="measure", disable=not progress)
     try:
-        for run_id in runs.run_id:
-            todo_scores = [(c, t, m) for c, t, m in wanted_scores
-                           if not all(_recorded(reg, run_id, k, score_params(c, t, m)) for k in score_measures)]
-            todo_other = [m for m in measures if m not in SCORE_MEASURES and not _has_any(reg, run_id, m)]
-            if not todo_scores and not todo_other:
-                bar.update(1)
-                continue
-            run_dir = zoo / "runs" / run_id
-            rows: list[tuple] = []  # (measure, params, value, state, reason) of this model
-            if stop_reasons.get(run_id) == "diverged":  # its weights are NaN/inf by how it ended: no value exists
-                reason = DIVERGED
-                rows += _fail_scores(measures, todo_scores, todo_scores, reason, state="undefined")
-                rows += [(name, {}, None, "undefined", reason) for name in todo_other]
-                _store(reg, run_id, rows, summary)
-                bar.update(1)
-                continue
-            try:
-                model, ckpt = load_run_model(run_dir)
-            except CamgapError as exc:  # unreadable or unsafe final.pt: this model fails, the set goes on
-                rows += _fail_scores(measures, todo_scores, todo_scores, str(exc))
-                rows += [(name, {}, None, "failed", str(exc)) for name in todo_other]
-                _store(reg, run_id, rows, summary)
-                bar.update(1)
-                continue
-            model.eval().to(device)
-            store = _store_for(zoo, ckpt)
-            if mask_cache is None:
-                mask_cache = _mask_sets(zoo, store, masks, zoo / "cache" / "masks")
-            mean, std = ckpt["mean"], ckpt["std"]
-            # the shared pass: the first CAM with boxes (or the first requested combination)
-            first = (cams[0], masks[0])
-            passes = sorted({(c, m) for c, _, m in todo_scores} | {first}, key=lambda cm: cm != first)
-            logits = labels = None
-            broken = None  # why the model cannot be measured at all (its shared pass failed or gave NaN)
-            for cam, source in passes:
-                done_here = [(c, t, m) for c, t, m in todo_scores if (c, m) == (cam, source)]
-                ref, ref_ids = mask_cache.get(source, (None, None))
-                try:
-                    res = score_model(model, store, cam=cam, thresholds=thresholds, batch_size=batch_size,
-                                      device=device, mean=mean, std=std, masks=ref, mask_ids=ref_ids)
-                except Exception as exc:  # noqa: BLE001 - one bad model never stops the set
-                    reason = measure_outcome(exc)[1]
-                    rows += _fail_scores(measures, todo_scores, done_here, reason)
-                    broken = broken or reason
-                    continue
-                if not bool(torch.isfinite(res.logits).all()):  # NaN weights: a CAM of NaNs is no IoU of 0
-                    broken = "non-finite logits (NaN/inf in the model's outputs)"
-                    rows += _fail_scores(measures, todo_scores, done_here, broken)
-                    continue
-                if logits is None:
-                    logits, labels = res.logits, res.labels
-                for _, t, _ in done_here:
-                    values = {"iou": res.iou(t), "iou_b": res.iou_b(t)}
-                    rows += [_value_row(k, score_params(cam, t, source), values[k])
-                             for k in measures if k in SCORE_MEASURES]
-            if todo_other and logits is None and broken:
-                # every measure of a model that cannot run is failed, with the reason
-                rows += [(name, {}, None, "failed", broken) for name in todo_other]
-            elif todo_other:
-                rows += _other_measures(todo_other, model, ckpt, run_dir, store, logits, labels, device, batch_size)
-            _store(reg, run_id, rows, summary)
-            summary.measured += 1
-            bar.update(1)
-        summary.counts = reg.measurement_counts(measures)
+        reg.allow_undefined_state()
+        runs = reg.done_runs()
+        plans = [plan_run(r["run_id"], reg.measurement_keys(r["run_id"]), request, r["stop_reason"] == "diverged")
+                 for r in runs]
+        plans = [p for p in plans if not p.empty]
+        summary = MeasureSummary(len(runs), 0, 0, 0)
+        if plans:
+            _prepare_references(zoo, reg, request)
+            _measure_plans(reg, zoo, plans, request, summary, str(device), executor, workers, ray_address, progress)
+        summary.counts = reg.measurement_counts(request.measures)
     finally:
-        bar.close()
         reg.close()
+    summary.wall = time.perf_counter() - t0
     log(str(summary))
     return summary
 
 
-def _other_measures(names: Sequence[str], model: torch.nn.Module, ckpt: dict, run_dir: Path, store: TensorStore,
-                    logits: torch.Tensor, labels: torch.Tensor, device: torch.device, batch_size: int) -> list[tuple]:
-    """Rows of the non-score measures of one model, from the shared pass's logits."""
-    mean, std = ckpt["mean"], ckpt["std"]
-    init_state, init_error = None, None
-    if set(names) & NEEDS_INIT and (run_dir / "init.pt").exists():
-        try:
-            init_state = read_checkpoint(run_dir / "init.pt")["model_state_dict"]
-        except (CamgapError, KeyError, TypeError) as exc:
-            init_error = f"initial weights unreadable: {exc}"
-    ctx = MeasureContext(
-        model=model, logits=logits, labels=labels, init_state=init_state, device=device,
-        batches=lambda: ((normalize(x, mean, std), y) for x, y, *_ in store.batches(batch_size, device=device)),
-        seed=int(ckpt.get("seed", 0)), mean=mean, std=std,
-    )
-    rows: list[tuple] = []
-    for name in names:
-        if init_error and name in NEEDS_INIT:
-            rows.append((name, {}, None, "failed", init_error))
-            continue
-        try:
-            values = compute_measure(name, ctx)
-        except Exception as exc:  # noqa: BLE001 - recorded (undefined or failed), the set goes on
-            rows.append((name, {}, None, *measure_outcome(exc)))
-            continue
-        rows += [_value_row(name, parse_params(params), value) for params, value in values.items()]
-    return rows
+def _prepare_references(zoo: Path, reg: Registry, request: MeasureRequest) -> None:
+    """Compute the set's reference masks (saliency, mask folders) once, before any worker needs them."""
+    if all(m == "boxes" for m in request.masks) or not request.score_measures:
+        return
+    train = json.loads(reg.get_meta("grid") or "{}").get("train", {})
+    if "input_size" not in train:
+        return  # the workers compute them (and cache them) themselves
+    store_dir = _store_dir(zoo, train["input_size"], train.get("resize", "resize"))
+    _references(zoo, store_dir, TensorStore.open(store_dir), request.masks)
 
 
-def _has_any(reg: Registry, run_id: str, measure: str) -> bool:
-    """A non-score measure is finished when any of its parameter rows is recorded (done or failed)."""
-    row = reg.conn.execute(
-        "SELECT 1 FROM measurements WHERE run_id = ? AND measure = ? LIMIT 1", (run_id, measure)
-    ).fetchone()
-    return row is not None
+def _executor_for(kind: str, workers: int | None, device: str, ray_address: str | None):
+    from camgap.zoo.executors import make_executor
+
+    if kind == "ray":
+        device = "cuda" if device.startswith("cuda") else "cpu"
+    return make_executor(kind, 0 if workers is None else workers, device, ray_address, fn=run_measure_task)
 
 
-def _recorded(reg: Registry, run_id: str, measure: str, params: dict) -> bool:
-    """A score measurement is finished when its row exists (done or failed)."""
-    row = reg.conn.execute(
-        "SELECT 1 FROM measurements WHERE run_id = ? AND measure = ? AND params = ?",
-        (run_id, measure, canonical_json(params)),
-    ).fetchone()
-    return row is not None
+def _measure_plans(reg: Registry, zoo: Path, plans: list[RunPlan], request: MeasureRequest, summary: MeasureSummary,
+                   device: str, executor: str, workers: int | None, ray_address: str | None, progress: bool) -> None:
+    """Send each run's plan to the executor, record each run's rows as they come back. A run whose
+    worker died is sent again once; a second death (or a crash of the task) fails its measurements."""
+    from tqdm.auto import tqdm
 
+    from camgap.zoo.executors import InProcessExecutor
 
-def _fail_scores(measures: Sequence[str], todo_scores: list, combos: list, reason: str,
-                 state: str = "failed") -> list[tuple]:
-    """Failed (or undefined) rows for the score measurements of ``combos`` (cam, threshold, masks)
-    that are still to do; never for finished ones (a pass run only for the logits covers
-    combinations that were measured before)."""
-    return [(k, score_params(c, t, m), None, state, reason)
-            for c, t, m in combos if (c, t, m) in todo_scores for k in measures if k in SCORE_MEASURES]
+    steps = {p.run_id: len(p.steps(request)) for p in plans}
+    bar = tqdm(total=sum(steps.values()), unit="step", desc="measure", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True)
+    counted: dict[str, int] = {}
+    current: list[str] = []  # the run the in-process executor measures now
 
+    def on_step(name: str, ended: bool) -> None:
+        if not ended:
+            bar.set_description(f"measure {name}")
+        elif current:
+            counted[current[0]] = counted.get(current[0], 0) + 1
+            bar.update(1)
 
-def _value_row(measure: str, params: dict, value: float | None) -> tuple:
-    if value is None or not math.isfinite(value):
-        return measure, params, None, "failed", f"not finite: {value}"
-    return measure, params, float(value), "done", None
+    ex = _executor_for(executor, workers, device, ray_address)
+    if isinstance(ex, InProcessExecutor):  # live progress: it calls the task here, so the callback may be local
+        ex.fn = functools.partial(run_measure_task, on_step=on_step)
+    queue, inflight, deaths = deque(plans), {}, {}
+    try:
+        while queue or inflight:
+            while queue and len(inflight) < ex.capacity:
+                plan = queue.popleft()
+                current[:] = [plan.run_id]
+                ex.submit({"run_id": plan.run_id, "zoo": str(zoo), "plan": plan, "request": request})
+                inflight[plan.run_id] = plan
+            for res in ex.wait():
+                plan = inflight.pop(res["run_id"])
+                if res.get("status") == "lost" and deaths.get(plan.run_id, 0) == 0:
+                    deaths[plan.run_id] = 1
+                    queue.append(plan)
+                    continue
+                if res.get("status") == "done":
+                    rows = res["rows"]
+                    summary.measured += int(bool(res.get("measured")))
+                    summary.add_seconds(res.get("seconds") or {})
+                else:
+                    reason = str(res.get("error") or "unknown error").strip().splitlines()[0]
+                    rows = plan_rows(plan, request, "failed", f"measuring stopped: {reason}")
+                _store(reg, plan.run_id, rows, summary)
+                bar.update(steps[plan.run_id] - counted.pop(plan.run_id, 0))
+    finally:
+        ex.close()
+        bar.close()
 
 
 def _store(reg: Registry, run_id: str, rows: list[tuple], summary: MeasureSummary) -> None:
     """Record one model's rows together (one transaction, then its measurements.json)."""
-    reg.record_measurements(run_id, rows)
+    reg.record_measurements(run_id, [(m, params.to_json(p), v, st, why) for m, p, v, st, why in rows])
     for row in rows:
         state = row[3]
         if state == "done":
@@ -308,22 +505,59 @@ def _store(reg: Registry, run_id: str, rows: list[tuple], summary: MeasureSummar
             summary.undefined += 1
 
 
+class OverlayRows(list):
+    """Figure 2's rows ``[(label, [overlay, ...]), ...]`` (a list, as ``write_study`` takes them)
+    that also say which models they show: ``models`` (run_id, gap, train_acc of each row, in
+    order), ``selection`` (the models they were picked from, in words; the study's caption) and
+    ``fallback`` (True when fewer than three models reach the training-accuracy bar, so the rows
+    come from every trained model instead)."""
+
+    def __init__(self, rows=(), models: Sequence[dict] = (), selection: str = "", fallback: bool = False):
+        super().__init__(rows)
+        self.models = list(models)
+        self.selection = selection
+        self.fallback = fallback
+
+    @property
+    def caption(self) -> str:
+        shown = "; ".join(f"{m['run_id']}: gap {m['gap']:.1f} pp, training accuracy {100 * m['train_acc']:.1f} %"
+                          for m in self.models)
+        return f"{self.selection}. Rows: {shown}." if shown else self.selection
+
+
+def overlay_picks(runs, min_train_acc: float = 0.8) -> tuple:
+    """The models of Figure 2 from a runs frame: (picks, selection, fallback). The smallest, the
+    median and the largest gap among the done, trained models with training accuracy >=
+    ``min_train_acc`` (models that fit their training set, as in the paper); when fewer than three
+    reach it, among every done, trained model, and ``selection`` says so."""
+    trained = runs[(runs.status == "done") & runs.trained].sort_values(["gap", "run_id"])
+    fitting = trained[trained.train_acc >= min_train_acc]
+    bar = f"training accuracy >= {100 * min_train_acc:g} %"
+    if len(fitting) >= 3:
+        pool, fallback = fitting, False
+        selection = f"Smallest, median and largest gap among the {len(pool)} trained models with {bar}"
+    else:
+        pool, fallback = trained, True
+        selection = (f"Only {len(fitting)} trained model(s) reach {bar}: smallest, median and largest gap among "
+                     f"all {len(pool)} trained models, whatever their training accuracy")
+    if pool.empty:
+        return pool, "No trained model to show", fallback
+    return pool.iloc[sorted({0, len(pool) // 2, len(pool) - 1})], selection, fallback
+
+
 def overlay_rows(zoo_dir: str | Path, n_images: int = 5, cam: str = "gradcam", threshold: float = 0.1,
-                 device: str | torch.device = "cpu", min_train_acc: float = 0.8) -> list[tuple[str, list]]:
+                 device: str | torch.device = "cpu", min_train_acc: float = 0.8) -> OverlayRows:
     """The paper's Figure 2: the same training images under the trained models with the
-    smallest, the median and the largest gap; one row per model, labelled with its gap."""
+    smallest, the median and the largest gap (``overlay_picks``); one row per model, labelled
+    with its gap and training accuracy. The result says which models it shows and how they were
+    picked (``OverlayRows.selection``, ``.caption``); empty when no trained model is done."""
     from camgap.viz import render_overlay
 
     zoo = Path(zoo_dir)
     with Registry.in_dir(zoo, create=False) as reg:
         runs = reg.runs_frame()
-    runs = runs[(runs.status == "done") & runs.trained].sort_values("gap")
-    if (runs.train_acc >= min_train_acc).sum() >= 3:  # models that fit their training set, as in the paper
-        runs = runs[runs.train_acc >= min_train_acc]
-    if runs.empty:
-        return []
-    picks = runs.iloc[sorted({0, len(runs) // 2, len(runs) - 1})]
-    rows = []
+    picks, selection, fallback = overlay_picks(runs, min_train_acc)
+    rows, models = [], []
     for run in picks.itertuples():
         model, ckpt = load_run_model(zoo / "runs" / run.run_id)
         store = _store_for(zoo, ckpt)
@@ -331,8 +565,9 @@ def overlay_rows(zoo_dir: str | Path, n_images: int = 5, cam: str = "gradcam", t
         res = score_model(model, subset, cam=cam, thresholds=(threshold,), device=device,
                           mean=ckpt["mean"], std=ckpt["std"], keep_overlays=n_images)
         pictures = [render_overlay(o["image"], o["cam"], threshold, o["boxes"]) for o in res.overlays]
-        rows.append((f"gap {run.gap:.1f}", pictures))
-    return rows
+        rows.append((f"gap {run.gap:.1f} pp\ntrain acc {100 * run.train_acc:.1f} %", pictures))
+        models.append({"run_id": run.run_id, "gap": float(run.gap), "train_acc": float(run.train_acc)})
+    return OverlayRows(rows, models, selection, fallback)
 
 
 class _Head:

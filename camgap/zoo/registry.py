@@ -545,6 +545,18 @@ class Registry:
         return problems
 
 
+    # --- measuring (zoo measure) ------------------------------------------------------
+
+    def done_runs(self) -> list[dict]:
+        """The done runs in registry order: ``run_id`` and ``stop_reason`` (what measuring needs)."""
+        rows = self.conn.execute("SELECT run_id, stop_reason FROM runs WHERE status = 'done' ORDER BY rowid")
+        return [{"run_id": r[0], "stop_reason": r[1]} for r in rows]
+
+    def measurement_keys(self, run_id: str) -> set[tuple[str, str]]:
+        """``(measure, params JSON)`` of every row recorded for a run, in any state (finished rows)."""
+        rows = self.conn.execute("SELECT measure, params FROM measurements WHERE run_id = ?", (run_id,))
+        return {(r[0], r[1]) for r in rows}
+
 # --- rebuilding from the run directories --------------------------------------------------
 
 
