@@ -39,6 +39,7 @@ loading) per model, from ``MeasureSummary``. ``--workers N`` measures on N local
 
     python bench/bench_measure.py --mode default --models 1 --repeats 1    # ~3-6 min on a 2-core CPU
 """
+
 from __future__ import annotations
 
 import argparse
@@ -123,16 +124,25 @@ def separate_passes(zoo: Path, run_ids, records, device, batch_size: int, decode
                 return ((normalize(x, mean, std), y) for x, y, *_ in data.batches(batch_size, device=device))
 
         # 1. IoU / IoU-B: the CAM pass
-        res = score_model(model, data, cam="gradcam", thresholds=(THRESHOLD,), batch_size=batch_size,
-                          device=device, mean=mean, std=std)
+        res = score_model(
+            model,
+            data,
+            cam="gradcam",
+            thresholds=(THRESHOLD,),
+            batch_size=batch_size,
+            device=device,
+            mean=mean,
+            std=std,
+        )
         cam_key = f"cam=gradcam,masks=boxes,threshold={THRESHOLD:g}"
         values[(run_id, "iou", cam_key)] = res.iou(THRESHOLD)
         values[(run_id, "iou_b", cam_key)] = res.iou_b(THRESHOLD)
         # 2.-4. one pass per measure, each on a fresh context with its own logits
         for name in ("spectral_norm", "nuclear_norm", "effective_invariance"):
             logits, labels = forward_pass(model, batches)
-            ctx = MeasureContext(model=model, logits=logits, labels=labels, batches=batches, device=device,
-                                 seed=seed, mean=mean, std=std)
+            ctx = MeasureContext(
+                model=model, logits=logits, labels=labels, batches=batches, device=device, seed=seed, mean=mean, std=std
+            )
             try:
                 result = compute_measure(name, ctx)
             except MeasureError as exc:  # e.g. a negative 10th-percentile margin: failed, as in measure_zoo
@@ -201,8 +211,9 @@ def cpu_name() -> str:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
     except OSError:
         return "unknown CPU"
-    return next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")),
-                "unknown CPU")
+    return next(
+        (line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")), "unknown CPU"
+    )
 
 
 def default_mode(args, device: torch.device) -> None:
@@ -216,23 +227,39 @@ def default_mode(args, device: torch.device) -> None:
         grid = work / "demo-grid.toml"
         grid.write_text(DEMO_GRID.format(models=args.models, epochs=args.epochs))
         zoo = work / "zoo-demo"
-        build(grid, data, zoo, workers=0, device="cuda" if device.type == "cuda" else "cpu", progress=False,
-              log=lambda msg: None)
+        build(
+            grid,
+            data,
+            zoo,
+            workers=0,
+            device="cuda" if device.type == "cuda" else "cpu",
+            progress=False,
+            log=lambda msg: None,
+        )
         best = None
         for r in range(args.repeats):
             fresh = work / f"zoo-demo-copy-{r}"
             shutil.rmtree(fresh, ignore_errors=True)
             shutil.copytree(zoo, fresh)
-            summary = measure_zoo(fresh, measures=DEFAULT_MEASURES, device=device, batch_size=args.batch_size,
-                                  workers=args.workers, progress=False, log=lambda msg: None)
+            summary = measure_zoo(
+                fresh,
+                measures=DEFAULT_MEASURES,
+                device=device,
+                batch_size=args.batch_size,
+                workers=args.workers,
+                progress=False,
+                log=lambda msg: None,
+            )
             shutil.rmtree(fresh)
             if best is None or summary.wall < best.wall:
                 best = summary
     n = best.measured
-    print(f"## Default `zoo measure` on demo-size models: {n} models (small_resnet10 and small_resnet18, width 8, "
-          f"32x32, 900 training images, max {args.epochs} epochs), device {device}, CPU {cpu_name()}, "
-          f"torch threads {torch.get_num_threads()}, workers {args.workers}, batch {args.batch_size}, "
-          f"best of {args.repeats}\n")
+    print(
+        f"## Default `zoo measure` on demo-size models: {n} models (small_resnet10 and small_resnet18, width 8, "
+        f"32x32, 900 training images, max {args.epochs} epochs), device {device}, CPU {cpu_name()}, "
+        f"torch threads {torch.get_num_threads()}, workers {args.workers}, batch {args.batch_size}, "
+        f"best of {args.repeats}\n"
+    )
     print("| step | s total | s / model |")
     print("|---|---:|---:|")
     for step, sec in best.seconds.items():
@@ -245,8 +272,12 @@ def default_mode(args, device: torch.device) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=("shared", "default"), default="shared",
-                    help="shared: shared pass vs one pass per measure; default: the default measures, per step")
+    ap.add_argument(
+        "--mode",
+        choices=("shared", "default"),
+        default="shared",
+        help="shared: shared pass vs one pass per measure; default: the default measures, per step",
+    )
     ap.add_argument("--workers", type=int, default=0, help="--mode default: local worker processes (0: in-process)")
     ap.add_argument("--models", type=int, default=4, help="models in the set (seeds of one configuration)")
     ap.add_argument("--epochs", type=int, default=2, help="max_epochs of each training run")
@@ -269,21 +300,36 @@ def main() -> None:
         if "--models" not in sys.argv:
             args.models = 1
         default_mode(args, device)
-        print(f"total {time.perf_counter() - t_all:.0f} s. Rerun: python bench/bench_measure.py "
-              f"{shlex.join(sys.argv[1:])}".rstrip())
+        print(
+            f"total {time.perf_counter() - t_all:.0f} s. Rerun: python bench/bench_measure.py "
+            f"{shlex.join(sys.argv[1:])}".rstrip()
+        )
         return
 
     with tempfile.TemporaryDirectory(prefix="camgap-bench-measure-") as tmp:
         work = Path(args.workdir) if args.workdir else Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        data = write_synthetic(work / "data", seed=0, classes=args.classes, train_per_class=args.train_per_class,
-                               test_per_class=args.test_per_class, size=args.input_size)
+        data = write_synthetic(
+            work / "data",
+            seed=0,
+            classes=args.classes,
+            train_per_class=args.train_per_class,
+            test_per_class=args.test_per_class,
+            size=args.input_size,
+        )
         grid = work / "grid.toml"
         grid.write_text(GRID.format(models=args.models, epochs=args.epochs, size=args.input_size, width=args.width))
         zoo = work / "zoo"
         t0 = time.perf_counter()
-        build(grid, data, zoo, workers=0, device="cuda" if device.type == "cuda" else "cpu", progress=False,
-              log=lambda msg: None)
+        build(
+            grid,
+            data,
+            zoo,
+            workers=0,
+            device="cuda" if device.type == "cuda" else "cpu",
+            progress=False,
+            log=lambda msg: None,
+        )
         build_s = time.perf_counter() - t0
         with Registry.in_dir(zoo, create=False) as reg:
             runs = reg.runs_frame()
@@ -302,8 +348,16 @@ def main() -> None:
             shutil.copytree(zoo, fresh)
             _sync(device)
             t0 = time.perf_counter()
-            summary = measure_zoo(fresh, measures=MEASURES, cams=("gradcam",), thresholds=(THRESHOLD,),
-                                  device=device, batch_size=args.batch_size, progress=False, log=lambda msg: None)
+            summary = measure_zoo(
+                fresh,
+                measures=MEASURES,
+                cams=("gradcam",),
+                thresholds=(THRESHOLD,),
+                device=device,
+                batch_size=args.batch_size,
+                progress=False,
+                log=lambda msg: None,
+            )
             _sync(device)
             shared_t.append(time.perf_counter() - t0)
             if summary.failed:
@@ -321,12 +375,16 @@ def main() -> None:
                 dec_t.append(time.perf_counter() - t0)
 
         shared = min(shared_t) / n_models
-        print(f"## Measuring a model set: {n_models} small_resnet10 (width {args.width}) models, {n_images} training "
-              f"images ({args.classes} classes) at {args.input_size}x{args.input_size}, device {device}, "
-              f"torch threads {torch.get_num_threads()}, batch {args.batch_size}")
-        print(f"Measures: {', '.join(MEASURES)} (Grad-CAM, threshold {THRESHOLD:g}, boxes; EI over 90/180/270 "
-              f"degrees). Best of {args.repeats}; model set built in {build_s:.1f} s ({args.epochs} epochs per run, "
-              f"not timed below).\n")
+        print(
+            f"## Measuring a model set: {n_models} small_resnet10 (width {args.width}) models, {n_images} training "
+            f"images ({args.classes} classes) at {args.input_size}x{args.input_size}, device {device}, "
+            f"torch threads {torch.get_num_threads()}, batch {args.batch_size}"
+        )
+        print(
+            f"Measures: {', '.join(MEASURES)} (Grad-CAM, threshold {THRESHOLD:g}, boxes; EI over 90/180/270 "
+            f"degrees). Best of {args.repeats}; model set built in {build_s:.1f} s ({args.epochs} epochs per run, "
+            f"not timed below).\n"
+        )
         print("| method | passes over the training set per model | s / model | shared speed-up |")
         print("|---|---|---:|---:|")
         print(f"| shared (camgap.zoo.measure.measure_zoo) | 1 CAM + 3 rotated | {shared:.3f} | 1.00x (ref) |")
@@ -334,8 +392,7 @@ def main() -> None:
         print(f"| separate, cached tensors | 1 CAM + 3 clean + 3 rotated | {sep:.3f} | {sep / shared:.2f}x |")
         if dec_t:
             dec = min(dec_t) / n_models
-            print(f"| separate + decode per pass | same, 5 PNG decodes of the set | {dec:.3f} | "
-                  f"{dec / shared:.2f}x |")
+            print(f"| separate + decode per pass | same, 5 PNG decodes of the set | {dec:.3f} | {dec / shared:.2f}x |")
         worst, n = max_rel_diff(sep_values, reference)
         line = f"\nCheck: separate vs shared values, {n} compared, largest relative difference {worst:.2e}"
         if dec_values is not None:
@@ -344,8 +401,10 @@ def main() -> None:
         print(line + ".")
         failed = [k for k in sep_values if k[2] == "failed"]
         if failed or summary.failed:
-            print(f"Failed measurements (too little training): shared {summary.failed}, separate {len(failed)}, "
-                  f"e.g. {sep_values[failed[0]] if failed else ''}")
+            print(
+                f"Failed measurements (too little training): shared {summary.failed}, separate {len(failed)}, "
+                f"e.g. {sep_values[failed[0]] if failed else ''}"
+            )
             if any(k[1] == "spectral_norm" for k in failed):
                 from camgap.measures.norms import layer_spectral_norms
 
@@ -353,12 +412,18 @@ def main() -> None:
                 layer_spectral_norms(model)
                 t0 = time.perf_counter()
                 layer_spectral_norms(model)
-                print(f"spectral_norm stops at gamma <= 0 before its weight part (per-layer ||W||_2), which takes "
-                      f"{1000 * (time.perf_counter() - t0):.1f} ms per model here: both methods skip it equally.")
-        print(f"\ntimes (s, all models): shared {[round(t, 2) for t in shared_t]}, separate "
-              f"{[round(t, 2) for t in sep_t]}" + (f", separate + decode {[round(t, 2) for t in dec_t]}" if dec_t else ""))
-    print(f"total {time.perf_counter() - t_all:.0f} s. Rerun: python bench/bench_measure.py "
-          f"{shlex.join(sys.argv[1:])}".rstrip())
+                print(
+                    f"spectral_norm stops at gamma <= 0 before its weight part (per-layer ||W||_2), which takes "
+                    f"{1000 * (time.perf_counter() - t0):.1f} ms per model here: both methods skip it equally."
+                )
+        print(
+            f"\ntimes (s, all models): shared {[round(t, 2) for t in shared_t]}, separate "
+            f"{[round(t, 2) for t in sep_t]}" + (f", separate + decode {[round(t, 2) for t in dec_t]}" if dec_t else "")
+        )
+    print(
+        f"total {time.perf_counter() - t_all:.0f} s. Rerun: python bench/bench_measure.py "
+        f"{shlex.join(sys.argv[1:])}".rstrip()
+    )
 
 
 if __name__ == "__main__":

@@ -91,8 +91,11 @@ def part1(args, device: torch.device) -> None:
                     if precision == "bf16" and bf16 != "bf16" and not args.force_bf16:
                         continue
                     ips = epoch_ips(arch, 8, k, bs, precision, cl, images, labels, device)
-                    print(f"| {arch} w8 | {bs} | {k} | {precision} | {'yes' if cl else 'no'} | {ips:.0f} | "
-                          f"{ips / base:.2f}x |", flush=True)
+                    print(
+                        f"| {arch} w8 | {bs} | {k} | {precision} | {'yes' if cl else 'no'} | {ips:.0f} | "
+                        f"{ips / base:.2f}x |",
+                        flush=True,
+                    )
 
 
 def step_ips(k: int, precision: str, args, device: torch.device) -> float:
@@ -127,9 +130,16 @@ def part2(args, device: torch.device) -> dict[str, float]:
     for k in args.r18_k:
         fp = step_ips(k, "fp32", args, device)
         base = base or fp
-        bf = step_ips(k, "bf16", args, device) if resolve_precision("auto", device) == "bf16" or args.force_bf16 else None
-        print(f"| {k} | {fp:.1f} | {fp / base:.2f}x | {'n/a' if bf is None else f'{bf:.1f}'} | "
-              f"{'n/a' if bf is None else f'{bf / base:.2f}x'} |", flush=True)
+        bf = (
+            step_ips(k, "bf16", args, device)
+            if resolve_precision("auto", device) == "bf16" or args.force_bf16
+            else None
+        )
+        print(
+            f"| {k} | {fp:.1f} | {fp / base:.2f}x | {'n/a' if bf is None else f'{bf:.1f}'} | "
+            f"{'n/a' if bf is None else f'{bf / base:.2f}x'} |",
+            flush=True,
+        )
         best[f"K={k} fp32"] = fp / base
         if bf is not None:
             best[f"K={k} bf16"] = bf / base
@@ -140,13 +150,17 @@ def part3(speedups: dict[str, float], device: torch.device) -> None:
     name, factor = max(speedups.items(), key=lambda kv: kv[1])
     print(f"\n## Projection of camgap/grids/paper.toml with packing ({device.type})\n")
     if device.type != "cpu":
-        print(f"best ResNet18 setting: {name}, {factor:.2f}x one run at a time; run bench/bench_train.py on this "
-              "device for the solo hours and divide by this factor")
+        print(
+            f"best ResNet18 setting: {name}, {factor:.2f}x one run at a time; run bench/bench_train.py on this "
+            "device for the solo hours and divide by this factor"
+        )
         return
     total = 294_883  # bench/bench_train.py's CPU projection of all four architectures (BENCHMARKS.md)
-    print(f"best ResNet18 setting: {name}, {factor:.2f}x one run at a time. Applied to every architecture (an "
-          f"assumption: only ResNet18 was measured packed), the grid's {total:,} CPU-hours become "
-          f"{total / factor:,.0f} CPU-hours.")
+    print(
+        f"best ResNet18 setting: {name}, {factor:.2f}x one run at a time. Applied to every architecture (an "
+        f"assumption: only ResNet18 was measured packed), the grid's {total:,} CPU-hours become "
+        f"{total / factor:,.0f} CPU-hours."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,8 +178,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cpu = platform.processor() or platform.machine()
-    print(f"# bench_pack: {device.type}, {args.threads} threads, {cpu}, torch {torch.__version__}, native bf16: "
-          f"{resolve_precision('auto', device) == 'bf16'}")
+    print(
+        f"# bench_pack: {device.type}, {args.threads} threads, {cpu}, torch {torch.__version__}, native bf16: "
+        f"{resolve_precision('auto', device) == 'bf16'}"
+    )
     t0 = time.perf_counter()
     if 1 in args.parts:
         part1(args, device)

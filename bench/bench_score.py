@@ -6,6 +6,7 @@ camgap also thresholds it and computes IoU / IoU-B against the boxes.
 
     python bench/bench_score.py [--images 64] [--batch-size 16] [--repeats 2] [--device cpu]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -93,16 +94,25 @@ def main() -> None:
             upsample_normalize(attr[:, 0].detach(), (224, 224))
 
     results = {}
-    for name, fn in [("plain inference", plain), ("camgap score", camgap), ("pytorch-grad-cam", gradcam_lib), ("captum", captum)]:
+    for name, fn in [
+        ("plain inference", plain),
+        ("camgap score", camgap),
+        ("pytorch-grad-cam", gradcam_lib),
+        ("captum", captum),
+    ]:
         results[name] = args.images / timed(fn, args.repeats)
     base = results["camgap score"]
-    print(f"resnet18, {args.images} images 224x224, batch {args.batch_size}, device {device}, "
-          f"torch threads {torch.get_num_threads()}, best of {args.repeats}")
+    print(
+        f"resnet18, {args.images} images 224x224, batch {args.batch_size}, device {device}, "
+        f"torch threads {torch.get_num_threads()}, best of {args.repeats}"
+    )
     print(f"{'method':<18} {'images/s':>9} {'camgap speed-up':>16}")
     for name, ips in results.items():
         print(f"{name:<18} {ips:9.1f} {base / ips:15.2f}x")
     print(f"camgap / plain inference time ratio: {results['plain inference'] / base:.3f} (goal <= 1.15)")
-    print("rerun: python bench/bench_score.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()))
+    print(
+        "rerun: python bench/bench_score.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())
+    )
 
 
 if __name__ == "__main__":

@@ -38,11 +38,18 @@ def measured_variants(tmp: Path) -> list[tuple[str, str]]:
 
     data = write_synthetic(tmp / "data", seed=0, classes=3, train_per_class=6, test_per_class=2, size=32)
     grid = tmp / "grid.toml"
-    grid.write_text('[grid]\narch = ["small_resnet10"]\nbatch_size = [8]\nlr = [0.01]\noptimizer = ["sgd"]\n'
-                    '[train]\nmax_epochs = 1\ninput_size = 32\n[arch_options.small_resnet10]\nwidth = 4\n')
+    grid.write_text(
+        '[grid]\narch = ["small_resnet10"]\nbatch_size = [8]\nlr = [0.01]\noptimizer = ["sgd"]\n'
+        "[train]\nmax_epochs = 1\ninput_size = 32\n[arch_options.small_resnet10]\nwidth = 4\n"
+    )
     build(grid, data, tmp / "zoo", workers=0, device="cpu", progress=False, log=lambda *a, **k: None)
-    measure_zoo(tmp / "zoo", cams=("gradcam", "gradcam++", "smoothgradcam++"), masks=("boxes", "saliency"),
-                progress=False, log=lambda *a, **k: None)
+    measure_zoo(
+        tmp / "zoo",
+        cams=("gradcam", "gradcam++", "smoothgradcam++"),
+        masks=("boxes", "saliency"),
+        progress=False,
+        log=lambda *a, **k: None,
+    )
     with Registry.in_dir(tmp / "zoo", create=False) as reg:
         m = reg.measurements_frame()
     return sorted(set(zip(m["measure"], m["params"], strict=True)))
@@ -60,21 +67,31 @@ def fake_model_set(variants: list[tuple[str, str]], n_runs: int | None, seed: in
         cfg = spec.config
         train_acc = float(rng.uniform(0.5, 1.0)) if cfg["trained"] else float(rng.uniform(0.0, 0.1))
         test_acc = float(np.clip(train_acc - rng.uniform(0.0, 0.4), 0.0, 1.0))
-        rows.append({"run_id": spec.run_id, **{k: cfg.get(k) for k in GRID_KEYS}, "trained": bool(cfg["trained"]),
-                     "status": "done", "train_acc": train_acc, "test_acc": test_acc,
-                     "gap": 100.0 * (train_acc - test_acc)})
+        rows.append(
+            {
+                "run_id": spec.run_id,
+                **{k: cfg.get(k) for k in GRID_KEYS},
+                "trained": bool(cfg["trained"]),
+                "status": "done",
+                "train_acc": train_acc,
+                "test_acc": test_acc,
+                "gap": 100.0 * (train_acc - test_acc),
+            }
+        )
     runs = pd.DataFrame(rows)
     n_var = len(variants)
     noise = rng.normal(size=(len(runs), n_var))
     values = -0.01 * runs["gap"].to_numpy()[:, None] + 0.1 * noise
-    measurements = pd.DataFrame({
-        "run_id": np.repeat(runs["run_id"].to_numpy(), n_var),
-        "measure": [m for _ in range(len(runs)) for m, _ in variants],
-        "params": [p for _ in range(len(runs)) for _, p in variants],
-        "value": values.ravel(),
-        "status": "done",
-        "error": None,
-    })
+    measurements = pd.DataFrame(
+        {
+            "run_id": np.repeat(runs["run_id"].to_numpy(), n_var),
+            "measure": [m for _ in range(len(runs)) for m, _ in variants],
+            "params": [p for _ in range(len(runs)) for _, p in variants],
+            "value": values.ravel(),
+            "status": "done",
+            "error": None,
+        }
+    )
     return runs, measurements
 
 
@@ -90,8 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         variants = measured_variants(Path(tmp))
     runs, measurements = fake_model_set(variants, args.runs, seed=0)
-    print(f"{len(runs)} runs, {len(measurements)} measurement rows ({len(variants)} variants per run); "
-          f"python {platform.python_version()}, {platform.processor() or platform.machine()}", flush=True)
+    print(
+        f"{len(runs)} runs, {len(measurements)} measurement rows ({len(variants)} variants per run); "
+        f"python {platform.python_version()}, {platform.processor() or platform.machine()}",
+        flush=True,
+    )
     profile = cProfile.Profile()
     t0, c0 = time.perf_counter(), time.process_time()
     profile.enable()

@@ -36,6 +36,7 @@ table states hours on the device it ran on; rerun on a GPU machine for GPU-hours
     python bench/bench_train.py --skip-projection    # part 1 only
     python bench/bench_train.py --train-per-class 10 --epochs 1 --warmup 0 --proj-archs resnet18 --proj-steps 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -111,13 +112,15 @@ class PILFolder(torch.utils.data.Dataset):
 def pil_transform(mean, std):
     from torchvision.transforms import v2
 
-    return v2.Compose([
-        v2.RandomHorizontalFlip(),
-        v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
-        v2.ToImage(),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean, std),
-    ])
+    return v2.Compose(
+        [
+            v2.RandomHorizontalFlip(),
+            v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
 
 
 def pil_epoch(model, opt, loader, device) -> int:
@@ -179,8 +182,14 @@ def timed_epochs(run_epoch, warmup: int, epochs: int, device) -> float:
 
 
 def throughput(args, device: torch.device, work: Path) -> None:
-    data = write_synthetic(work / "data", seed=0, classes=args.classes, train_per_class=args.train_per_class,
-                           test_per_class=1, size=args.size)
+    data = write_synthetic(
+        work / "data",
+        seed=0,
+        classes=args.classes,
+        train_per_class=args.train_per_class,
+        test_per_class=1,
+        size=args.size,
+    )
     records, classes = read_layout(data, "csv", "train")
     t0 = time.perf_counter()
     store = TensorStore.cached(records, work / "cache", args.size, "resize", classes=classes)
@@ -191,11 +200,15 @@ def throughput(args, device: torch.device, work: Path) -> None:
     samples = [(str(r.path), int(r.label)) for r in records]
     dataset = PILFolder(samples, pil_transform(mean, std))
 
-    print(f"## Training throughput: {n} synthetic training images ({args.classes} classes) at "
-          f"{args.size}x{args.size}, batch {args.batch_size}, SGD, augmentation on, device {device}, "
-          f"torch threads {torch.get_num_threads()}")
-    print(f"{args.warmup} warm-up epoch(s) untimed, then {args.epochs} timed epoch(s) per row. "
-          f"camgap decoded the set once into its tensor store in {decode_s:.2f} s (not in the rows).\n")
+    print(
+        f"## Training throughput: {n} synthetic training images ({args.classes} classes) at "
+        f"{args.size}x{args.size}, batch {args.batch_size}, SGD, augmentation on, device {device}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print(
+        f"{args.warmup} warm-up epoch(s) untimed, then {args.epochs} timed epoch(s) per row. "
+        f"camgap decoded the set once into its tensor store in {decode_s:.2f} s (not in the rows).\n"
+    )
     header = "| model | data path | images/s | camgap ratio |"
     print(header)
     print("|---|---|---:|---:|")
@@ -212,21 +225,26 @@ def throughput(args, device: torch.device, work: Path) -> None:
         for w in args.workers:
             model = _model(arch, len(classes), args.width, device)
             opt = _optimizer(model)
-            loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=w,
-                                                 pin_memory=device.type == "cuda")
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_size=args.batch_size, shuffle=True, num_workers=w, pin_memory=device.type == "cuda"
+            )
 
             def pl(e, model=model, opt=opt, loader=loader):
                 return pil_epoch(model, opt, loader, device)
 
-            rows.append((f"PIL + transforms.v2, DataLoader num_workers={w}", timed_epochs(pl, args.warmup, args.epochs,
-                                                                                         device)))
+            rows.append(
+                (f"PIL + transforms.v2, DataLoader num_workers={w}", timed_epochs(pl, args.warmup, args.epochs, device))
+            )
         bound = model_only_ips(arch, len(classes), args, device, images, labels, mean, std)
         name = f"{arch} (width {args.width})" if arch.startswith("small_resnet") else arch
         for label, ips in rows:
             ratio = "1.00x (ref)" if label.startswith("camgap") else f"{cam_ips / ips:.2f}x"
             print(f"| {name} | {label} | {ips:,.0f} | {ratio} |", flush=True)
-        print(f"| {name} | bound: training step alone (one resident batch, no data path) | {bound:,.0f} | "
-              f"camgap at {cam_ips / bound:.0%} of it |", flush=True)
+        print(
+            f"| {name} | bound: training step alone (one resident batch, no data path) | {bound:,.0f} | "
+            f"camgap at {cam_ips / bound:.0%} of it |",
+            flush=True,
+        )
     release_data_cache()
     print()
 
@@ -276,20 +294,28 @@ def projection(args, device: torch.device) -> None:
     mean_epochs = 0.9 * 50 + 0.1 * 150
     per_arch = args.runs // 4
     n_tr, n_te = args.train_images, args.test_images
-    print(f"## Projected cost of camgap/grids/paper.toml on this {dev} "
-          f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{torch.get_num_threads()} torch threads'})")
-    print(f"Measured: {args.proj_steps} training steps and {args.proj_steps} eval batches of {args.proj_batch} random "
-          f"images at {args.proj_size}x{args.proj_size} per architecture, after one warm-up each.")
-    print(f"One epoch = training pass over {n_tr:,} images + clean eval pass over them + eval over {n_te:,} test "
-          f"images (paper Table 1: 11,173 training images, 50 test images per class).")
-    print(f"Assumptions: {per_arch} runs per architecture ({args.runs} in all); 90% of runs take 50 epochs and 10% "
-          f"take 150 (paper appendix A: 90% stop within 50 epochs, cap 150) -> {mean_epochs:.0f} epochs per run on "
-          f"average; per-image cost at batch {args.proj_batch} taken for batch 16/32/64 alike; the "
-          f"{PAPER_UNTRAINED} untrained models per architecture cost one eval pass each (included). "
-          f"No CPU->GPU factor assumed.\n")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} torch threads"
+    print(f"## Projected cost of camgap/grids/paper.toml on this {dev} ({where})")
+    print(
+        f"Measured: {args.proj_steps} training steps and {args.proj_steps} eval batches of {args.proj_batch} random "
+        f"images at {args.proj_size}x{args.proj_size} per architecture, after one warm-up each."
+    )
+    print(
+        f"One epoch = training pass over {n_tr:,} images + clean eval pass over them + eval over {n_te:,} test "
+        f"images (paper Table 1: 11,173 training images, 50 test images per class)."
+    )
+    print(
+        f"Assumptions: {per_arch} runs per architecture ({args.runs} in all); 90% of runs take 50 epochs and 10% "
+        f"take 150 (paper appendix A: 90% stop within 50 epochs, cap 150) -> {mean_epochs:.0f} epochs per run on "
+        f"average; per-image cost at batch {args.proj_batch} taken for batch 16/32/64 alike; the "
+        f"{PAPER_UNTRAINED} untrained models per architecture cost one eval pass each (included). "
+        f"No CPU->GPU factor assumed.\n"
+    )
     unit = "GPU" if device.type == "cuda" else "CPU"
-    print(f"| arch | s / train step (b{args.proj_batch}) | train img/s | eval img/s | s / epoch | "
-          f"h / run ({mean_epochs:.0f} ep) | {unit}-hours for {per_arch} runs | {unit}-days |")
+    print(
+        f"| arch | s / train step (b{args.proj_batch}) | train img/s | eval img/s | s / epoch | "
+        f"h / run ({mean_epochs:.0f} ep) | {unit}-hours for {per_arch} runs | {unit}-days |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     total_h = 0.0
     for arch in args.proj_archs:
@@ -299,11 +325,16 @@ def projection(args, device: torch.device) -> None:
         run_h = epoch_s * mean_epochs / 3600
         arch_h = per_arch * run_h + PAPER_UNTRAINED * (n_tr + n_te) * eval_img_s / 3600
         total_h += arch_h
-        print(f"| {arch} | {train_s:.3f} | {1 / train_img_s:,.1f} | {1 / eval_img_s:,.1f} | {epoch_s:,.0f} | "
-              f"{run_h:,.2f} | {arch_h:,.0f} | {arch_h / 24:,.1f} |", flush=True)
+        print(
+            f"| {arch} | {train_s:.3f} | {1 / train_img_s:,.1f} | {1 / eval_img_s:,.1f} | {epoch_s:,.0f} | "
+            f"{run_h:,.2f} | {arch_h:,.0f} | {arch_h / 24:,.1f} |",
+            flush=True,
+        )
     print(f"| **total** | | | | | | **{total_h:,.0f}** | **{total_h / 24:,.1f}** |")
-    print("\nFor scale (paper section 4.1, not measured here): four GTX 2080 Ti GPUs for nearly 30 days "
-          "(~120 GPU-days) trained ~2,100 of the 3,456 models.\n")
+    print(
+        "\nFor scale (paper section 4.1, not measured here): four GTX 2080 Ti GPUs for nearly 30 days "
+        "(~120 GPU-days) trained ~2,100 of the 3,456 models.\n"
+    )
 
 
 def main() -> None:
@@ -316,13 +347,18 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, help="untimed epochs before the timed ones")
     ap.add_argument("--models", type=lambda s: s.split(","), default=["small_resnet10", "resnet18"])
     ap.add_argument("--width", type=int, default=8, help="width of the small ResNets")
-    ap.add_argument("--workers", type=lambda s: [int(v) for v in s.split(",")], default=[0, 2],
-                    help="DataLoader num_workers values of the PIL loop")
+    ap.add_argument(
+        "--workers",
+        type=lambda s: [int(v) for v in s.split(",")],
+        default=[0, 2],
+        help="DataLoader num_workers values of the PIL loop",
+    )
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--skip-throughput", action="store_true")
     ap.add_argument("--skip-projection", action="store_true")
-    ap.add_argument("--proj-archs", type=lambda s: s.split(","), default=["resnet18", "resnet34", "resnet50",
-                                                                           "resnet101"])
+    ap.add_argument(
+        "--proj-archs", type=lambda s: s.split(","), default=["resnet18", "resnet34", "resnet50", "resnet101"]
+    )
     ap.add_argument("--proj-batch", type=int, default=16)
     ap.add_argument("--proj-steps", type=int, default=2, help="timed steps per architecture (after 1 warm-up)")
     ap.add_argument("--proj-size", type=int, default=224)
@@ -340,8 +376,10 @@ def main() -> None:
             throughput(args, device, work)
         if not args.skip_projection:
             projection(args, device)
-    print(f"total {time.perf_counter() - t0:.0f} s. Rerun: python bench/bench_train.py "
-          f"{shlex.join(sys.argv[1:])}".rstrip())
+    print(
+        f"total {time.perf_counter() - t0:.0f} s. Rerun: python bench/bench_train.py "
+        f"{shlex.join(sys.argv[1:])}".rstrip()
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 Every command names the data with `--data DIR` and the model set with `--zoo ZOO`; lists are
 comma-separated (`--threshold 0.1,0.3`); `--json` prints the result as one JSON object on stdout,
 everything else (progress, notes, warnings) goes to stderr."""
+
 from __future__ import annotations
 
 import argparse
@@ -34,11 +35,13 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, type=Path, help="dataset root")
     p.add_argument("--layout", default="auto", choices=["auto", "imagenet", "listfile", "kaggle", "coco", "csv"])
     p.add_argument("--split", default="train", help="split to score (the training images; default train)")
-    p.add_argument("--input-size", type=int,
-                   help="image side (default: what the checkpoint records, else 224)")
-    p.add_argument("--resize", choices=["resize", "resize_crop"],
-                   help="direct resize of the whole image (reference behaviour) or resize + center crop "
-                        "(default: what the checkpoint records, else resize)")
+    p.add_argument("--input-size", type=int, help="image side (default: what the checkpoint records, else 224)")
+    p.add_argument(
+        "--resize",
+        choices=["resize", "resize_crop"],
+        help="direct resize of the whole image (reference behaviour) or resize + center crop "
+        "(default: what the checkpoint records, else resize)",
+    )
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
     p.add_argument("--cache", type=Path, help="cache folder for decoded images and masks (default ~/.cache/camgap/...)")
 
@@ -52,29 +55,60 @@ def _cam_help() -> str:
 
 def _add_score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", required=True, type=Path)
-    p.add_argument("--arch", help="architecture name: camgap's, any torchvision classifier, timm:<name> (list: "
-                                  "`camgap models`); default: what the checkpoint records; not needed for a saved "
-                                  "nn.Module")
-    p.add_argument("--num-classes", type=int,
-                   help="default: what the checkpoint records, else the number of classes in the data")
+    p.add_argument(
+        "--arch",
+        help="architecture name: camgap's, any torchvision classifier, timm:<name> (list: "
+        "`camgap models`); default: what the checkpoint records; not needed for a saved "
+        "nn.Module",
+    )
+    p.add_argument(
+        "--num-classes", type=int, help="default: what the checkpoint records, else the number of classes in the data"
+    )
     p.add_argument("--width", type=int, help="small_resnet width (default: what the checkpoint records)")
     _add_data_args(p)
     p.add_argument("--cam", default="gradcam", type=cam_names, help=_cam_help())
-    p.add_argument("--layer", help="target layer, dotted name (default: the last block before the global pooling "
-                                   "of a known family, e.g. layer4 for ResNets)")
-    p.add_argument("--threshold", action=CommaList, convert=float, default=[0.1], metavar="RHO[,RHO...]",
-                   help="CAM thresholds rho, comma-separated, each in [0, 1); the first is the headline")
+    p.add_argument(
+        "--layer",
+        help="target layer, dotted name (default: the last block before the global pooling "
+        "of a known family, e.g. layer4 for ResNets)",
+    )
+    p.add_argument(
+        "--threshold",
+        action=CommaList,
+        convert=float,
+        default=[0.1],
+        metavar="RHO[,RHO...]",
+        help="CAM thresholds rho, comma-separated, each in [0, 1); the first is the headline",
+    )
     p.add_argument("--class-boxes-only", action="store_true", help="A_G from the boxes of the labelled class only")
     p.add_argument("--masks", default="boxes", help="A_G source: boxes, saliency, or a folder of PNG masks")
-    p.add_argument("--mean", action=CommaList, convert=float, length=3, metavar="R,G,B",
-                   help="normalisation mean, in the model's channel order (default: the checkpoint's, else ImageNet)")
-    p.add_argument("--std", action=CommaList, convert=float, length=3, metavar="R,G,B",
-                   help="normalisation std, in the model's channel order (default: the checkpoint's, else ImageNet)")
-    p.add_argument("--channel-order", choices=list(CHANNEL_ORDERS),
-                   help="channel order the model was trained on (default: the checkpoint's, else rgb)")
-    p.add_argument("--unsafe-load", action="store_true",
-                   help="read a checkpoint that holds pickled objects (a saved nn.Module) with weights_only=False; "
-                        "this can run code from the file: only for files you trust")
+    p.add_argument(
+        "--mean",
+        action=CommaList,
+        convert=float,
+        length=3,
+        metavar="R,G,B",
+        help="normalisation mean, in the model's channel order (default: the checkpoint's, else ImageNet)",
+    )
+    p.add_argument(
+        "--std",
+        action=CommaList,
+        convert=float,
+        length=3,
+        metavar="R,G,B",
+        help="normalisation std, in the model's channel order (default: the checkpoint's, else ImageNet)",
+    )
+    p.add_argument(
+        "--channel-order",
+        choices=list(CHANNEL_ORDERS),
+        help="channel order the model was trained on (default: the checkpoint's, else rgb)",
+    )
+    p.add_argument(
+        "--unsafe-load",
+        action="store_true",
+        help="read a checkpoint that holds pickled objects (a saved nn.Module) with weights_only=False; "
+        "this can run code from the file: only for files you trust",
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for decoding")
     p.add_argument("--device", default="auto")
@@ -106,8 +140,9 @@ def _same_setting(a, b) -> bool:
     return a == b
 
 
-def resolve_settings(flags: dict, recorded: dict, fallback: dict[str, tuple[object, str]],
-                     where: Path | str) -> tuple[dict, dict]:
+def resolve_settings(
+    flags: dict, recorded: dict, fallback: dict[str, tuple[object, str]], where: Path | str
+) -> tuple[dict, dict]:
     """(value, source) of each field of `fallback`: the flag, else what the checkpoint records,
     else the fallback's (value, source). A flag that contradicts the checkpoint wins, with a
     warning naming both values."""
@@ -116,8 +151,12 @@ def resolve_settings(flags: dict, recorded: dict, fallback: dict[str, tuple[obje
         flag, rec = flags.get(key), recorded.get(key)
         if flag is not None:
             if rec is not None and not _same_setting(flag, rec):
-                warnings.warn(f"--{key.replace('_', '-')} {flag} contradicts the checkpoint's {key} {rec} "
-                              f"({where}); using {flag} (the flag)", UserWarning, stacklevel=2)
+                warnings.warn(
+                    f"--{key.replace('_', '-')} {flag} contradicts the checkpoint's {key} {rec} "
+                    f"({where}); using {flag} (the flag)",
+                    UserWarning,
+                    stacklevel=2,
+                )
             values[key], sources[key] = flag, "flag"
         elif rec is not None:
             values[key], sources[key] = rec, "checkpoint"
@@ -131,8 +170,8 @@ def _model_settings(flags: dict, record: dict, classes: list[str], path: Path) -
     recorded = dict(record)
     recorded["width"] = (record.get("arch_kwargs") or {}).get("width")
     values, sources = resolve_settings(
-        flags, recorded, {"arch": (None, "none"), "width": (None, "none"), "num_classes": (len(classes), "data")},
-        path)
+        flags, recorded, {"arch": (None, "none"), "width": (None, "none"), "num_classes": (len(classes), "data")}, path
+    )
     kwargs = dict(record.get("arch_kwargs") or {}) if values["arch"] == record.get("arch") else {}
     source = "checkpoint" if kwargs else "none"
     if values["width"] is not None:
@@ -140,9 +179,13 @@ def _model_settings(flags: dict, record: dict, classes: list[str], path: Path) -
     values["arch_kwargs"], sources["arch_kwargs"] = kwargs, source
     del values["width"], sources["width"]
     if record.get("classes") and list(record["classes"]) != list(classes):
-        warnings.warn(f"{path}: the checkpoint's classes {short_list([str(c) for c in record['classes']], 4)} differ "
-                      f"from the data's {short_list([str(c) for c in classes], 4)}: label i of the data may not be "
-                      "output i of the model", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"{path}: the checkpoint's classes {short_list([str(c) for c in record['classes']], 4)} differ "
+            f"from the data's {short_list([str(c) for c in classes], 4)}: label i of the data may not be "
+            "output i of the model",
+            UserWarning,
+            stacklevel=2,
+        )
     return values, sources
 
 
@@ -235,10 +278,20 @@ def score_checkpoint(
 def _score_kwargs(args: argparse.Namespace) -> dict:
     """The keywords of `score_checkpoint` that `camgap score` and `camgap predict` take from their flags."""
     return {
-        "layout": args.layout, "split": args.split, "flags": _score_flags(args), "unsafe": args.unsafe_load,
-        "cam": args.cam, "thresholds": args.threshold, "layer": args.layer, "masks": args.masks,
-        "class_boxes_only": args.class_boxes_only, "skip_bad": args.skip_bad, "cache": args.cache,
-        "batch_size": args.batch_size, "workers": args.workers, "device": args.device,
+        "layout": args.layout,
+        "split": args.split,
+        "flags": _score_flags(args),
+        "unsafe": args.unsafe_load,
+        "cam": args.cam,
+        "thresholds": args.threshold,
+        "layer": args.layer,
+        "masks": args.masks,
+        "class_boxes_only": args.class_boxes_only,
+        "skip_bad": args.skip_bad,
+        "cache": args.cache,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "device": args.device,
         "progress": sys.stderr.isatty() or not args.json,
     }
 
@@ -284,14 +337,17 @@ def cmd_score(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_json_safe(summary)))
         return 0
-    print(f"IoU^Model   = {summary['iou']:.4f}   "
-          f"(threshold {thresholds[0]:g}, {args.cam} at {summary['target_layer']})")
+    print(
+        f"IoU^Model   = {summary['iou']:.4f}   (threshold {thresholds[0]:g}, {args.cam} at {summary['target_layer']})"
+    )
     print(f"IoU-B^Model = {summary['iou_b']:.4f}")
     for t, v in summary["by_threshold"].items():
         if len(thresholds) > 1:
             print(f"  rho={t}: IoU {v['iou']:.4f}  IoU-B {v['iou_b']:.4f}")
-    print(f"images scored {summary['n_images']}, skipped {summary['n_skipped']}, "
-          f"without reference {summary['n_no_reference']}, train accuracy {summary['accuracy']:.4f}")
+    print(
+        f"images scored {summary['n_images']}, skipped {summary['n_skipped']}, "
+        f"without reference {summary['n_no_reference']}, train accuracy {summary['accuracy']:.4f}"
+    )
     print("\n".join(_settings_lines(settings)))
     return 0
 
@@ -318,8 +374,14 @@ def _reference_masks(source: str, dataset, device, cache: Path, input_size: int,
 
     store = TensorStore.cached(dataset.records, cache, input_size, resize, skip_bad=skip_bad)
     result = compute_masks(
-        source, store.images, store.boxes, list(store.image_ids), input_size,
-        cache_dir=cache, skip_bad=skip_bad, resize=resize,
+        source,
+        store.images,
+        store.boxes,
+        list(store.image_ids),
+        input_size,
+        cache_dir=cache,
+        skip_bad=skip_bad,
+        resize=resize,
     )
     return result.masks, list(result.image_ids)
 
@@ -358,18 +420,40 @@ def cmd_study(args: argparse.Namespace) -> int:
     if args.measures:
         unknown = sorted(set(args.measures) - set(measurements["measure"]))
         if unknown:
-            raise InputError(f"{zoo}: no measurement of {', '.join(unknown)}; measured: "
-                             f"{', '.join(sorted(set(measurements['measure'])))}")
+            raise InputError(
+                f"{zoo}: no measurement of {', '.join(unknown)}; measured: "
+                f"{', '.join(sorted(set(measurements['measure'])))}"
+            )
         specs = discover_specs(measurements, primary or DEFAULT_PRIMARY, args.measures)
     overlays = None if args.no_overlays else overlay_rows(zoo, device=resolve_device(args.device))
-    report = write_study(runs, measurements, args.out, overlays=overlays or None, n_boot=args.bootstrap,
-                         thresholds=args.subsets, primary=primary, specs=specs, seed=args.seed,
-                         command=" ".join(sys.argv), model_set=zoo)
+    report = write_study(
+        runs,
+        measurements,
+        args.out,
+        overlays=overlays or None,
+        n_boot=args.bootstrap,
+        thresholds=args.subsets,
+        primary=primary,
+        specs=specs,
+        seed=args.seed,
+        command=" ".join(sys.argv),
+        model_set=zoo,
+    )
     total = read_total_block(Path(report).parent / "tables" / "table3_long.csv")
     if args.json:
-        print(json.dumps(_json_safe({"table": "Table 3, Total: Pearson r with the generalization gap, "
-                                              "trained models with train_acc >= each subset's threshold",
-                                     "confidence": 0.95, "cells": total, "report": str(report)})))
+        print(
+            json.dumps(
+                _json_safe(
+                    {
+                        "table": "Table 3, Total: Pearson r with the generalization gap, "
+                        "trained models with train_acc >= each subset's threshold",
+                        "confidence": 0.95,
+                        "cells": total,
+                        "report": str(report),
+                    }
+                )
+            )
+        )
         return 0
     print(headline_text(total))
     print(f"report: {report}")
@@ -392,14 +476,18 @@ def _reference_fit(zoo: Path, min_train_acc: float, cam: str, threshold: float, 
     if reference.empty:
         raise InputError(f"{zoo}: no trained model with train accuracy >= {min_train_acc:g} is done")
     zoo_cfg = json.loads(reference.iloc[0]["config"])
-    fallback = {k: (zoo_cfg.get(k, v), "reference set" if k in zoo_cfg else "default")
-                for k, v in PREPROCESSING_DEFAULTS.items()}
+    fallback = {
+        k: (zoo_cfg.get(k, v), "reference set" if k in zoo_cfg else "default")
+        for k, v in PREPROCESSING_DEFAULTS.items()
+    }
     params = score_params(cam, threshold, masks)  # the same A_G source as the new model's IoU
     wide = wide_table(reference, measurements, [("iou", params, "iou")])
     if wide["iou"].notna().sum() < 3:
-        raise InputError(f"{zoo}: fewer than 3 trained models have an IoU measured with {params}; "
-                         f"run `camgap zoo measure --zoo {zoo} --cam {cam} --threshold "
-                         f"{threshold:g} --masks {masks}` first")
+        raise InputError(
+            f"{zoo}: fewer than 3 trained models have an IoU measured with {params}; "
+            f"run `camgap zoo measure --zoo {zoo} --cam {cam} --threshold "
+            f"{threshold:g} --masks {masks}` first"
+        )
     return fit_gap(wide["iou"], wide["gap"], name="iou"), fallback
 
 
@@ -413,35 +501,53 @@ def cmd_predict(args: argparse.Namespace) -> int:
     prediction = predict_gap(fit, iou, confidence=args.confidence, train_acc=train_acc)
     notes = [prediction.warning] if prediction.warning else []
     if train_acc < args.min_train_acc:
-        notes.append(f"the model's training accuracy {train_acc:.3f} is below {args.min_train_acc:g}: it has not "
-                     "fitted its training set, and the reference fit covers only models that have")
+        notes.append(
+            f"the model's training accuracy {train_acc:.3f} is below {args.min_train_acc:g}: it has not "
+            "fitted its training set, and the reference fit covers only models that have"
+        )
     if args.json:
         for note in notes:
             print(f"camgap: warning: {note}", file=sys.stderr)
-        print(json.dumps(_json_safe({
-            "prediction": prediction.gap,
-            "interval": [prediction.low, prediction.high],
-            "confidence": prediction.confidence,
-            "clipped": prediction.clipped,
-            "possible_range": prediction.possible,
-            "outside_range": prediction.outside_range,
-            "fit": {"n": fit.n, "r": fit.r, "intercept": fit.intercept, "slope": fit.slope, "zoo": str(args.zoo),
-                    "min_train_acc": args.min_train_acc},
-            "iou": iou,
-            "train_acc": train_acc,
-            "n_images": result.n_images,
-            "cam": args.cam,
-            "threshold": thresholds[0],
-            "target_layer": result.target_layer,
-            "checkpoint": str(args.checkpoint),
-            **settings,
-            "warnings": notes,
-        })))
+        print(
+            json.dumps(
+                _json_safe(
+                    {
+                        "prediction": prediction.gap,
+                        "interval": [prediction.low, prediction.high],
+                        "confidence": prediction.confidence,
+                        "clipped": prediction.clipped,
+                        "possible_range": prediction.possible,
+                        "outside_range": prediction.outside_range,
+                        "fit": {
+                            "n": fit.n,
+                            "r": fit.r,
+                            "intercept": fit.intercept,
+                            "slope": fit.slope,
+                            "zoo": str(args.zoo),
+                            "min_train_acc": args.min_train_acc,
+                        },
+                        "iou": iou,
+                        "train_acc": train_acc,
+                        "n_images": result.n_images,
+                        "cam": args.cam,
+                        "threshold": thresholds[0],
+                        "target_layer": result.target_layer,
+                        "checkpoint": str(args.checkpoint),
+                        **settings,
+                        "warnings": notes,
+                    }
+                )
+            )
+        )
         return 0
-    print(f"IoU^Model = {iou:.4f} on {result.n_images} training images "
-          f"({args.cam} at {result.target_layer}, rho {thresholds[0]:g})")
-    print(f"reference: {fit.n} trained models of {args.zoo} with train acc >= {args.min_train_acc:g}, "
-          f"gap = {fit.intercept:.2f} + {fit.slope:.2f} * IoU (r = {fit.r:.3f})")
+    print(
+        f"IoU^Model = {iou:.4f} on {result.n_images} training images "
+        f"({args.cam} at {result.target_layer}, rho {thresholds[0]:g})"
+    )
+    print(
+        f"reference: {fit.n} trained models of {args.zoo} with train acc >= {args.min_train_acc:g}, "
+        f"gap = {fit.intercept:.2f} + {fit.slope:.2f} * IoU (r = {fit.r:.3f})"
+    )
     print("\n".join(_settings_lines(settings)))
     print(prediction.text())
     if train_acc < args.min_train_acc:
@@ -458,19 +564,36 @@ def cmd_masks(args: argparse.Namespace) -> int:
     records, _ = read_layout(args.data, args.layout, args.split, skipped=skipped, missing_ok=True)
     cache = _cache_dir(args.cache, args.data, args.split, args.input_size, args.resize)
     store = TensorStore.cached(records, cache, args.input_size, args.resize, skip_bad=args.skip_bad)
-    result = compute_masks(args.source, store.images, store.boxes, list(store.image_ids), args.input_size,
-                           cache_dir=cache, skip_bad=args.skip_bad, resize=args.resize)
+    result = compute_masks(
+        args.source,
+        store.images,
+        store.boxes,
+        list(store.image_ids),
+        args.input_size,
+        cache_dir=cache,
+        skip_bad=args.skip_bad,
+        resize=args.resize,
+    )
     paths = export_masks(result.masks, result.image_ids, args.out)
     stats = result.stats
-    summary = {"n_written": len(paths), "out": str(args.out), "source": args.source,
-               "n_empty": int(stats.get("n_empty", 0)), "n_full": int(stats.get("n_full", 0)),
-               "n_missing": int(stats.get("n_missing", 0)), "agreement_with_boxes": None}
+    summary = {
+        "n_written": len(paths),
+        "out": str(args.out),
+        "source": args.source,
+        "n_empty": int(stats.get("n_empty", 0)),
+        "n_full": int(stats.get("n_full", 0)),
+        "n_missing": int(stats.get("n_missing", 0)),
+        "agreement_with_boxes": None,
+    }
     if any(len(b) for b in store.boxes):
         keep = list(result.keep) if result.keep is not None else list(range(len(store)))
         box_masks = boxes_to_masks([store.boxes[i] for i in keep], args.input_size)
         quality = mask_quality(result.masks, box_masks)
-        summary["agreement_with_boxes"] = {"mean_iou": float(quality["mean_iou"]),
-                                           "miss_share": float(quality["miss_share"]), "n": int(quality["n"])}
+        summary["agreement_with_boxes"] = {
+            "mean_iou": float(quality["mean_iou"]),
+            "miss_share": float(quality["miss_share"]),
+            "n": int(quality["n"]),
+        }
     if args.json:
         print(json.dumps(_json_safe(summary)))
         return 0
@@ -478,8 +601,10 @@ def cmd_masks(args: argparse.Namespace) -> int:
     print(f"empty masks {summary['n_empty']}, full-image masks {summary['n_full']}, missing {summary['n_missing']}")
     if summary["agreement_with_boxes"]:
         q = summary["agreement_with_boxes"]
-        print(f"agreement with the boxes: mean IoU {q['mean_iou']:.3f}, "
-              f"masks missing the object entirely {100 * q['miss_share']:.1f}% (n={q['n']})")
+        print(
+            f"agreement with the boxes: mean IoU {q['mean_iou']:.3f}, "
+            f"masks missing the object entirely {100 * q['miss_share']:.1f}% (n={q['n']})"
+        )
     return 0
 
 
@@ -509,12 +634,16 @@ def cmd_models(args: argparse.Namespace) -> int:
             closed = {True: "closed form", False: "autograd", None: ""}[r["closed_form"]]
             print(f"  {r['name']:<{width}}  {layer:<22} {closed}".rstrip())
     if timm_names:
-        print(f"timm: {len(timm_names)} architectures as timm:<name>, e.g. {', '.join(timm_names[:3])} (not built "
-              "for this list; `camgap models timm:<name>` shows one's target layer)")
+        print(
+            f"timm: {len(timm_names)} architectures as timm:<name>, e.g. {', '.join(timm_names[:3])} (not built "
+            "for this list; `camgap models timm:<name>` shows one's target layer)"
+        )
     elif not args.names:
         print("timm: not installed (pip install 'camgap[timm]' for timm:<name> architectures)")
-    logging.getLogger("camgap").info("target layer: where Grad-CAM looks by default (--layer overrides); closed "
-                                     "form: the layer gradient is the head's weights, no backward pass")
+    logging.getLogger("camgap").info(
+        "target layer: where Grad-CAM looks by default (--layer overrides); closed "
+        "form: the layer gradient is the head's weights, no backward pass"
+    )
     return 0
 
 
@@ -547,12 +676,14 @@ class _DefaultsParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="camgap", description=__doc__, epilog=EXIT_CODES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="camgap", description=__doc__, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"camgap {__version__} (torch {torch.__version__})")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more detail on stderr (-vv: debug)")
-    parser.add_argument("-q", "--quiet", action="count", default=0,
-                        help="only warnings and errors on stderr (-qq: errors only)")
+    parser.add_argument(
+        "-q", "--quiet", action="count", default=0, help="only warnings and errors on stderr (-qq: errors only)"
+    )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_DefaultsParser)
 
     p = sub.add_parser("score", help="IoU / IoU-B of one model on its training images")
@@ -573,20 +704,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a 2-minute smoke run of every stage")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, help="training worker processes (default: one per CPU core, 1 on a GPU)")
-    p.add_argument("--seed", type=int, default=0,
-                   help="another seed draws other data, another sample of the grid and other run seeds")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="another seed draws other data, another sample of the grid and other run seeds",
+    )
     p.set_defaults(func=cmd_demo)
 
     from camgap.zoo.cli import add_zoo_commands
 
     add_zoo_commands(sub)
 
-    p = sub.add_parser("masks", help="export A_G masks (saliency or a mask folder) as PNGs, with their agreement "
-                                     "with the boxes")
+    p = sub.add_parser(
+        "masks", help="export A_G masks (saliency or a mask folder) as PNGs, with their agreement with the boxes"
+    )
     add_location(p, "data", "--data", "DIR", "dataset root", type=Path)
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--source", default="saliency",
-                   help="saliency, saliency:spectral_residual, boxes, or a folder of PNG masks")
+    p.add_argument(
+        "--source", default="saliency", help="saliency, saliency:spectral_residual, boxes, or a folder of PNG masks"
+    )
     p.add_argument("--layout", default="auto", choices=["auto", "imagenet", "listfile", "kaggle", "coco", "csv"])
     p.add_argument("--split", default="train")
     p.add_argument("--input-size", type=int, default=224)
@@ -597,42 +734,70 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_masks)
 
     p = sub.add_parser("study", help="tables, figures and an HTML report for a measured model set")
-    add_location(p, "zoo", "--zoo", "ZOO", "model-set folder (from `camgap zoo build`, measured by `camgap zoo "
-                                          "measure`)", type=Path)
+    add_location(
+        p,
+        "zoo",
+        "--zoo",
+        "ZOO",
+        "model-set folder (from `camgap zoo build`, measured by `camgap zoo measure`)",
+        type=Path,
+    )
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--subsets", action=CommaList, convert=float, default=[0.95, 0.9, 0.85, 0.8],
-                   metavar="ACC[,ACC...]",
-                   help="training-accuracy subsets, comma-separated: the models with train_acc >= each (0 = every "
-                        "model) (default: the paper's 0.95,0.9,0.85,0.8)")
-    p.add_argument("--primary", metavar="K=V[,K=V...]",
-                   help="the measurement variant the headline tables use, e.g. cam=gradcam,threshold=0.1,masks=boxes "
-                        "(default: cam=gradcam,masks=boxes and each measure's own defaults)")
-    p.add_argument("--measures", action=CommaList, metavar="M[,M...]",
-                   help="the measures shown as rows, comma-separated, e.g. iou,iou_b,spectral_norm (default: every "
-                        "measured one)")
+    p.add_argument(
+        "--subsets",
+        action=CommaList,
+        convert=float,
+        default=[0.95, 0.9, 0.85, 0.8],
+        metavar="ACC[,ACC...]",
+        help="training-accuracy subsets, comma-separated: the models with train_acc >= each (0 = every "
+        "model) (default: the paper's 0.95,0.9,0.85,0.8)",
+    )
+    p.add_argument(
+        "--primary",
+        metavar="K=V[,K=V...]",
+        help="the measurement variant the headline tables use, e.g. cam=gradcam,threshold=0.1,masks=boxes "
+        "(default: cam=gradcam,masks=boxes and each measure's own defaults)",
+    )
+    p.add_argument(
+        "--measures",
+        action=CommaList,
+        metavar="M[,M...]",
+        help="the measures shown as rows, comma-separated, e.g. iou,iou_b,spectral_norm (default: every measured one)",
+    )
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95%% intervals")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
     p.add_argument("--no-overlays", action="store_true", help="skip the CAM overlay figure (Figure 2)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true",
-                   help="print the headline (Table 3, Total: r, its interval and n per cell) as one JSON object")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the headline (Table 3, Total: r, its interval and n per cell) as one JSON object",
+    )
     p.set_defaults(func=cmd_study)
 
-    p = sub.add_parser("predict",
-                       help="predict a model's generalization gap from its IoU, fitted on a reference model set")
+    p = sub.add_parser(
+        "predict", help="predict a model's generalization gap from its IoU, fitted on a reference model set"
+    )
     p.add_argument("--zoo", required=True, type=Path, help="measured reference model set")
     _add_score_args(p)  # preprocessing not given: the checkpoint's, else the reference set's
     p.add_argument("--confidence", type=float, default=0.95)
-    p.add_argument("--min-train-acc", type=float, default=0.8,
-                   help="fit on reference models with at least this training accuracy (the paper's model set: 0.8)")
+    p.add_argument(
+        "--min-train-acc",
+        type=float,
+        default=0.8,
+        help="fit on reference models with at least this training accuracy (the paper's model set: 0.8)",
+    )
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("models", help="the architecture names, with each one's default target layer",
-                       description="Architectures --arch and grids accept: camgap's, every torchvision "
-                                   "classifier (untrained: weights=None) and, when timm is installed, timm's as "
-                                   "timm:<name> (pretrained=False). Each is built once with its parameters on the "
-                                   "meta device (no memory, a few seconds for all) to find its default target "
-                                   "layer and whether Grad-CAM's closed form applies there.")
+    p = sub.add_parser(
+        "models",
+        help="the architecture names, with each one's default target layer",
+        description="Architectures --arch and grids accept: camgap's, every torchvision "
+        "classifier (untrained: weights=None) and, when timm is installed, timm's as "
+        "timm:<name> (pretrained=False). Each is built once with its parameters on the "
+        "meta device (no memory, a few seconds for all) to find its default target "
+        "layer and whether Grad-CAM's closed form applies there.",
+    )
     p.add_argument("names", nargs="*", metavar="NAME", help="only these (e.g. timm:resnet18; default: all)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_models)

@@ -4,6 +4,7 @@
 The older spellings (`masks DATA`, `study ZOO`, `zoo status ZOO`, `zoo build --out ZOO`,
 `--threshold 0.1 0.3`, `--mean a b c`) still work for one release, each with one FutureWarning
 (shown by default, one line on stderr) that names the new spelling."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,25 +28,39 @@ class CommaList(argparse.Action):
     Takes nargs="+" so that the old space-separated `--opt a b c` still parses (with a
     deprecation warning); a value in either spelling that does not convert is a usage error."""
 
-    def __init__(self, option_strings: Sequence[str], dest: str, convert: Callable[[str], Any] = str,
-                 length: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        option_strings: Sequence[str],
+        dest: str,
+        convert: Callable[[str], Any] = str,
+        length: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("nargs", "+")
         kwargs.setdefault("metavar", "A,B,...")
         super().__init__(option_strings, dest, **kwargs)
         self.convert, self.length = convert, length
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
-                 option_string: str | None = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
         tokens = [values] if isinstance(values, str) else list(values)
         if len(tokens) > 1:
-            deprecated(f"a space-separated list (`{option_string} {' '.join(tokens)}`)",
-                       f"{option_string} {','.join(tokens)}")
+            deprecated(
+                f"a space-separated list (`{option_string} {' '.join(tokens)}`)", f"{option_string} {','.join(tokens)}"
+            )
         items = [part.strip() for token in tokens for part in token.split(",") if part.strip()]
         try:
             converted = [self.convert(item) for item in items]
         except ValueError:
-            parser.error(f"argument {option_string}: {','.join(tokens)!r} is not a comma-separated list of "
-                         f"{getattr(self.convert, '__name__', 'value')}s")
+            parser.error(
+                f"argument {option_string}: {','.join(tokens)!r} is not a comma-separated list of "
+                f"{getattr(self.convert, '__name__', 'value')}s"
+            )
         if not converted or (self.length is not None and len(converted) != self.length):
             want = f"{self.length} values" if self.length is not None else "at least one value"
             parser.error(f"argument {option_string}: expected {want} separated by commas, got {','.join(tokens)!r}")
@@ -64,8 +79,17 @@ def cam_names(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def add_location(p: argparse.ArgumentParser, dest: str, flag: str, metavar: str, help: str, *,
-                 positional: bool = True, old_flag: str | None = None, type: Callable[[str], Any] = str) -> None:
+def add_location(
+    p: argparse.ArgumentParser,
+    dest: str,
+    flag: str,
+    metavar: str,
+    help: str,
+    *,
+    positional: bool = True,
+    old_flag: str | None = None,
+    type: Callable[[str], Any] = str,
+) -> None:
     """`flag METAVAR` (required, checked by `finish_args`), plus the old spellings it replaces:
     a positional (`positional`) and/or another flag (`old_flag`), hidden from the help."""
     p.add_argument(flag, dest=dest, metavar=metavar, help=f"{help} (required)", type=type)

@@ -4,6 +4,7 @@ generate the data -> build the model set (grids/demo.toml) -> measure every mode
 write the study -> print the headline table. Every stage is resumable: rerunning with the
 same --out reuses the data, the trained models and the finished measurements.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +18,17 @@ PRESETS = {
     "full": dict(
         data=dict(classes=6, train_per_class=150, test_per_class=50, size=32),
         grid="demo",
-        measures=("iou", "iou_b", "spectral_norm", "nuclear_norm", "effective_invariance", "inverse_margin",
-                  "frobenius_norm", "path_norm", "distance_from_init"),
+        measures=(
+            "iou",
+            "iou_b",
+            "spectral_norm",
+            "nuclear_norm",
+            "effective_invariance",
+            "inverse_margin",
+            "frobenius_norm",
+            "path_norm",
+            "distance_from_init",
+        ),
         cams=("gradcam", "gradcam++", "smoothgradcam++"),
         masks=("boxes", "saliency"),
     ),
@@ -44,9 +54,15 @@ class DemoResult:
     seconds: dict
 
 
-def run_demo(out: str | Path = "camgap-demo", quick: bool = False, device: str = "auto",
-             workers: int | None = None, bootstrap: int = 1000, seed: int = 0,
-             log: Callable[[str], None] = print) -> DemoResult:
+def run_demo(
+    out: str | Path = "camgap-demo",
+    quick: bool = False,
+    device: str = "auto",
+    workers: int | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    log: Callable[[str], None] = print,
+) -> DemoResult:
     """The demo; ``seed`` draws other data, another sample of the grid and other run seeds (the
     same study, rerun), so that a reader can see how much its numbers move."""
     from camgap.data.synthetic import write_synthetic
@@ -83,15 +99,23 @@ def run_demo(out: str | Path = "camgap-demo", quick: bool = False, device: str =
     stage("build")
 
     log("[demo] 3/4 measures: " + ", ".join(preset["measures"]))
-    measure_zoo(out / "zoo", measures=preset["measures"], cams=preset["cams"], masks=preset["masks"],
-                device=device, log=log)
+    measure_zoo(
+        out / "zoo", measures=preset["measures"], cams=preset["cams"], masks=preset["masks"], device=device, log=log
+    )
     stage("measure")
 
     log(f"[demo] 4/4 study -> {out / 'study'}")
     with Registry.in_dir(out / "zoo", create=False) as reg:
         runs, measurements = reg.runs_frame(), reg.measurements_frame()
-    report = write_study(runs, measurements, out / "study", overlays=overlay_rows(out / "zoo", device=device) or None,
-                         n_boot=bootstrap, thresholds=THRESHOLDS, model_set=out / "zoo")
+    report = write_study(
+        runs,
+        measurements,
+        out / "study",
+        overlays=overlay_rows(out / "zoo", device=device) or None,
+        n_boot=bootstrap,
+        thresholds=THRESHOLDS,
+        model_set=out / "zoo",
+    )
     stage("study")
     text = headline(runs, measurements, thresholds=THRESHOLDS, specs=paper_specs(measurements), n_boot=bootstrap)
     seconds["total"] = round(sum(seconds.values()), 1)

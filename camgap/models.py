@@ -9,6 +9,7 @@ Checkpoints are read with `torch.load(weights_only=True)`: a file that holds any
 tensors and plain containers (a saved `nn.Module`, or a pickle that would run code) is
 refused unless the caller vouches for it with `unsafe=True` (CLI: `--unsafe-load`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,16 +37,17 @@ class _ModelRegistry(Registry[Callable[..., nn.Module]]):
     def resolve(self, name: str) -> str:
         if str(name).startswith(TIMM_PREFIX):
             timm = _timm()
-            inner = str(name)[len(TIMM_PREFIX):]
+            inner = str(name)[len(TIMM_PREFIX) :]
             if not timm.is_model(inner):
-                raise UnknownNameError(f"unknown timm architecture {inner!r} (see `camgap models` or "
-                                       "timm.list_models())")
+                raise UnknownNameError(
+                    f"unknown timm architecture {inner!r} (see `camgap models` or timm.list_models())"
+                )
             return TIMM_PREFIX + inner
         return super().resolve(name)
 
     def get(self, name: str) -> Callable[..., nn.Module]:
         key = self.resolve(name)
-        return _timm_builder(key[len(TIMM_PREFIX):]) if key.startswith(TIMM_PREFIX) else super().get(key)
+        return _timm_builder(key[len(TIMM_PREFIX) :]) if key.startswith(TIMM_PREFIX) else super().get(key)
 
 
 MODELS = _ModelRegistry("architecture")
@@ -342,8 +344,17 @@ def short_list(items: list[str], n: int = 5) -> str:
 
 
 # What a zoo checkpoint (camgap.zoo.train) records about its model and preprocessing.
-RECORDED_FIELDS = ("arch", "arch_kwargs", "num_classes", "classes", "input_size", "resize", "mean", "std",
-                   "channel_order")
+RECORDED_FIELDS = (
+    "arch",
+    "arch_kwargs",
+    "num_classes",
+    "classes",
+    "input_size",
+    "resize",
+    "mean",
+    "std",
+    "channel_order",
+)
 
 
 def read_checkpoint(path: Path | str, unsafe: bool = False) -> object:
@@ -357,8 +368,12 @@ def read_checkpoint(path: Path | str, unsafe: bool = False) -> object:
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     if unsafe:
-        warnings.warn(f"{path}: loading with weights_only=False (--unsafe-load): unpickling can run arbitrary "
-                      "code; do this only for a file from a trusted source", UserWarning, stacklevel=2)
+        warnings.warn(
+            f"{path}: loading with weights_only=False (--unsafe-load): unpickling can run arbitrary "
+            "code; do this only for a file from a trusted source",
+            UserWarning,
+            stacklevel=2,
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=not unsafe)
     except pickle.UnpicklingError as exc:
@@ -395,8 +410,9 @@ def checkpoint_record(obj: object) -> dict:
     return {k: obj[k] for k in RECORDED_FIELDS if k in obj and obj[k] is not None}
 
 
-def model_from_checkpoint(obj: object, path: Path | str = "<checkpoint>", arch: str | None = None,
-                          num_classes: int | None = None, **kwargs) -> nn.Module:
+def model_from_checkpoint(
+    obj: object, path: Path | str = "<checkpoint>", arch: str | None = None, num_classes: int | None = None, **kwargs
+) -> nn.Module:
     """The model a read checkpoint holds. A saved `nn.Module` is returned as is unless `arch`
     is given; a state_dict is loaded strictly into `create_model(arch, num_classes, **kwargs)`,
     each of which defaults to what the checkpoint records."""
@@ -413,7 +429,8 @@ def model_from_checkpoint(obj: object, path: Path | str = "<checkpoint>", arch: 
     return load_weights(model, extract_state_dict(obj, path), path)
 
 
-def load_checkpoint(path: Path | str, arch: str | None = None, num_classes: int | None = None, *,
-                    unsafe: bool = False, **kwargs) -> nn.Module:
+def load_checkpoint(
+    path: Path | str, arch: str | None = None, num_classes: int | None = None, *, unsafe: bool = False, **kwargs
+) -> nn.Module:
     """Read a checkpoint file (see `read_checkpoint`) and build its model (see `model_from_checkpoint`)."""
     return model_from_checkpoint(read_checkpoint(path, unsafe), path, arch, num_classes, **kwargs)

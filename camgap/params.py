@@ -74,7 +74,7 @@ def parse_label(text: str) -> Params:
 
 
 def _number_or_text(v: str) -> object:
-    """"0.10" -> 0.1, so a number written as text names the same variant; other text stays."""
+    """ "0.10" -> 0.1, so a number written as text names the same variant; other text stays."""
     try:
         number = float(v)
     except ValueError:

@@ -3,6 +3,7 @@ map (inferno: brightness grows with the CAM, readable in greyscale and by colour
 unlike jet), the thresholded region (white outline) and the object region (green boxes, or the
 mask's outline when masks are used). The grey base keeps the image's own colours from being read
 as CAM values."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -68,8 +69,9 @@ def render_overlay(
     return out.clip(0, 255).astype(np.uint8)
 
 
-def save_overlays(overlays: list[dict], out_dir: Path | str, threshold: float,
-                  classes: list[str] | None = None) -> list[Path]:
+def save_overlays(
+    overlays: list[dict], out_dir: Path | str, threshold: float, classes: list[str] | None = None
+) -> list[Path]:
     """Write one PNG per kept image of a ScoreResult; returns the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

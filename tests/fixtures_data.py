@@ -22,8 +22,14 @@ COLORS = {
 }
 
 
-def save_image(path: Path, size: tuple[int, int] = (W, H), color=(120, 60, 30),
-               mode: str = "RGB", fmt: str | None = None, array: np.ndarray | None = None) -> Path:
+def save_image(
+    path: Path,
+    size: tuple[int, int] = (W, H),
+    color=(120, 60, 30),
+    mode: str = "RGB",
+    fmt: str | None = None,
+    array: np.ndarray | None = None,
+) -> Path:
     """Write a solid-colour (or given ``array``) image; ``fmt`` overrides the suffix's format."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -31,8 +37,7 @@ def save_image(path: Path, size: tuple[int, int] = (W, H), color=(120, 60, 30),
     if mode != im.mode:
         im = im.convert(mode)
     kw = {"quality": 95} if (fmt or path.suffix.lstrip(".")).upper() in ("JPEG", "JPG") else {}
-    im.save(path, format=fmt or ("JPEG" if path.suffix.upper() in (".JPEG", ".JPG") else None),
-            **kw)
+    im.save(path, format=fmt or ("JPEG" if path.suffix.upper() in (".JPEG", ".JPG") else None), **kw)
     return path
 
 
@@ -42,12 +47,13 @@ def write_voc(path: Path, size: tuple[int, int] | None, objects) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     parts = ["<annotation>", f"<filename>{path.stem}</filename>"]
     if size is not None:
-        parts.append(f"<size><width>{size[0]}</width><height>{size[1]}</height>"
-                     "<depth>3</depth></size>")
+        parts.append(f"<size><width>{size[0]}</width><height>{size[1]}</height><depth>3</depth></size>")
     for name, (x0, y0, x1, y1) in objects:
-        parts.append(f"<object><name>{name}</name><pose>Unspecified</pose><bndbox>"
-                     f"<xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax>"
-                     "</bndbox></object>")
+        parts.append(
+            f"<object><name>{name}</name><pose>Unspecified</pose><bndbox>"
+            f"<xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax>"
+            "</bndbox></object>"
+        )
     parts.append("</annotation>")
     path.write_text("\n".join(parts))
     return path
@@ -64,8 +70,7 @@ def make_imagenet(root: Path, ann_in_split: bool = False) -> Path:
     # annotation frame twice the image: the dataset must halve the box
     write_voc(ann / "n02" / "n02_2.xml", (2 * W, 2 * H), [("n02", (4, 6, 20, 24))])
     save_image(root / "train" / "n01" / "n01_1.JPEG", color=COLORS["n01"])
-    write_voc(ann / "n01" / "n01_1.xml", (W, H),
-              [("n01", (1, 1, 5, 5)), ("n99", (6, 6, 12, 12))])
+    write_voc(ann / "n01" / "n01_1.xml", (W, H), [("n01", (1, 1, 5, 5)), ("n99", (6, 6, 12, 12))])
     save_image(root / "test" / "n01" / "n01_9.JPEG", color=COLORS["n01"])
     write_voc(root / "Annotation" / "n01" / "n01_9.xml", (W, H), [("n01", (0, 0, 20, 16))])
     return root
@@ -77,8 +82,7 @@ def make_listfile(root: Path) -> Path:
     save_image(root / "image" / "b.jpg", color=COLORS["n02"])
     save_image(root / "image" / "c.jpg", color=COLORS["n03"])
     write_voc(root / "annotations" / "a.xml", (W, H), [("n01", (1, 2, 3, 4))])
-    write_voc(root / "annotations" / "b.xml", (W, H), [("n02", (5, 6, 7, 8)),
-                                                       ("n01", (0, 0, 2, 2))])
+    write_voc(root / "annotations" / "b.xml", (W, H), [("n02", (5, 6, 7, 8)), ("n01", (0, 0, 2, 2))])
     write_voc(root / "annotations" / "c.xml", (W, H), [("1", (2, 2, 9, 9))])
     save_image(root / "image" / "d.jpg", color=COLORS["n01"])
     write_voc(root / "annotations" / "d.xml", (W, H), [("n01", (0, 0, 20, 16))])
@@ -94,12 +98,9 @@ def make_kaggle(root: Path, synset_mapping: bool = False) -> Path:
     save_image(data / "train" / "n01" / "n01_7.JPEG", color=COLORS["n01"])
     save_image(data / "val" / "VAL_0001.JPEG", color=COLORS["n01"])
     (root / "LOC_train_solution.csv").write_text(
-        "ImageId,PredictionString\n"
-        "n02_5,n02 1 2 11 12 n02 3 3 6 6 \n"
-        "n01_7,n01 0 0 19 15\n")
-    (root / "LOC_val_solution.csv").write_text(
-        "ImageId,PredictionString\n"
-        "VAL_0001,n01 4 4 8 8 n02 1 1 2 2\n")
+        "ImageId,PredictionString\nn02_5,n02 1 2 11 12 n02 3 3 6 6 \nn01_7,n01 0 0 19 15\n"
+    )
+    (root / "LOC_val_solution.csv").write_text("ImageId,PredictionString\nVAL_0001,n01 4 4 8 8 n02 1 1 2 2\n")
     if synset_mapping:
         (root / "LOC_synset_mapping.txt").write_text("n02 two things\nn01 one thing\n")
     return root
@@ -112,11 +113,13 @@ def make_coco(root: Path) -> Path:
     save_image(root / "z.png", color=COLORS["n03"])  # test image at root/<file_name>
     cats = [{"id": 7, "name": "zebra"}, {"id": 3, "name": "cat"}, {"id": 5, "name": "apple"}]
     train = {
-        "images": [{"id": 1, "file_name": "x.png", "width": W, "height": H},
-                   {"id": 2, "file_name": "y.png", "width": 2 * W, "height": 2 * H}],
+        "images": [
+            {"id": 1, "file_name": "x.png", "width": W, "height": H},
+            {"id": 2, "file_name": "y.png", "width": 2 * W, "height": 2 * H},
+        ],
         "annotations": [
-            {"id": 10, "image_id": 1, "category_id": 3, "bbox": [0, 0, 4, 4]},    # area 16
-            {"id": 11, "image_id": 1, "category_id": 7, "bbox": [2, 2, 10, 5]},   # area 50
+            {"id": 10, "image_id": 1, "category_id": 3, "bbox": [0, 0, 4, 4]},  # area 16
+            {"id": 11, "image_id": 1, "category_id": 7, "bbox": [2, 2, 10, 5]},  # area 50
             {"id": 12, "image_id": 2, "category_id": 5, "bbox": [4, 4, 8, 8]},
         ],
         "categories": cats,
@@ -146,10 +149,13 @@ def make_csv(root: Path) -> Path:
     save_image(root / "images" / "p.png", color=COLORS["n01"])
     save_image(root / "images" / "q.png", color=COLORS["n02"])
     save_image(root / "images" / "r.png", color=COLORS["n03"])
-    write_csv(root / "train.csv", [
-        ["images/p.png", "zebra", 1, 2, 5, 6],
-        ["images/q.png", "cat", "", "", "", ""],
-        ["images/p.png", "zebra", 7, 8, 9, 10],
-    ])
+    write_csv(
+        root / "train.csv",
+        [
+            ["images/p.png", "zebra", 1, 2, 5, 6],
+            ["images/q.png", "cat", "", "", "", ""],
+            ["images/p.png", "zebra", 7, 8, 9, 10],
+        ],
+    )
     write_csv(root / "test.csv", [["images/r.png", "cat", 0.5, 1.5, 10, 12]])
     return root

@@ -1,5 +1,6 @@
 """A tiny model set for the tests that measure and study one: 3 trained small_resnet10 runs
 (width 4, 2 epochs) + 1 untrained model on 4 synthetic classes x 20 training images."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """CAM methods against pytorch-grad-cam 1.5.5 and Captum, closed form vs autograd."""
+
 from __future__ import annotations
 
 import pytest
@@ -22,7 +23,6 @@ ORACLE = {
     "xgradcam": pgc.XGradCAM,
 }
 TOL = 1e-4
-
 
 
 def _clear_grads(model: nn.Module) -> None:
@@ -54,7 +54,7 @@ def small_trained():
     model = create_model("small_resnet", num_classes=k, width=8).double()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
-    for step in range(25):
+    for _ in range(25):
         idx = torch.randint(0, n, (16,), generator=g)
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x[idx].double()), labels[idx]).backward()
@@ -122,9 +122,10 @@ def test_closed_form_equals_autograd(request, which, method):
     model, x = _model(request, which)
     targets = torch.arange(x.shape[0]) % 3  # not the prediction: any class works
     kw = {"n_samples": 2, "noise_std": 0.2} if method == "smoothgradcam++" else {}
-    with create_cam(method, model, closed_form=True, **kw) as closed, create_cam(
-        method, model, closed_form=False, **kw
-    ) as grad:
+    with (
+        create_cam(method, model, closed_form=True, **kw) as closed,
+        create_cam(method, model, closed_form=False, **kw) as grad,
+    ):
         assert closed.closed_form == (method != "cam") and not grad.closed_form
         a, b = closed(x, targets), grad(x, targets)
     torch.testing.assert_close(a.logits, b.logits)
@@ -326,9 +327,17 @@ def test_hooks_removed_and_registry(resnet18):
             cam(x[:2], torch.tensor([0, 99]))
 
 
-@pytest.mark.parametrize("alias,name", [("gradcampp", "gradcam++"), ("smoothgradcampp", "smoothgradcam++"),
-                                        ("Grad-CAM++", "gradcam++"), ("GradCAM", "gradcam"),
-                                        ("grad-cam", "gradcam"), ("LayerCAM", "layercam")])
+@pytest.mark.parametrize(
+    "alias,name",
+    [
+        ("gradcampp", "gradcam++"),
+        ("smoothgradcampp", "smoothgradcam++"),
+        ("Grad-CAM++", "gradcam++"),
+        ("GradCAM", "gradcam"),
+        ("grad-cam", "gradcam"),
+        ("LayerCAM", "layercam"),
+    ],
+)
 def test_reference_release_names_are_aliases(resnet18, alias, name):
     """The reference release's spellings build the same method; the object records the canonical name."""
     model, x = resnet18

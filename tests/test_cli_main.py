@@ -1,5 +1,6 @@
 """The top-level CLI: --version, exit codes in --help, defaults in every subcommand's help,
 one-line errors for camgap's own errors and tracebacks for bugs."""
+
 from __future__ import annotations
 
 import pytest
@@ -77,10 +78,23 @@ def test_every_camgap_error_class_derives_from_the_root():
     import camgap.zoo.pretrained
     import camgap.zoo.registry
 
-    modules = [camgap.data.errors, camgap.data.masks, camgap.data.store, camgap.measures.registry, camgap.models,
-               camgap.zoo.build, camgap.zoo.grid, camgap.zoo.pretrained, camgap.zoo.registry]
-    classes = {c for m in modules for _, c in inspect.getmembers(m, inspect.isclass)
-               if issubclass(c, Exception) and c.__module__.startswith("camgap")}
+    modules = [
+        camgap.data.errors,
+        camgap.data.masks,
+        camgap.data.store,
+        camgap.measures.registry,
+        camgap.models,
+        camgap.zoo.build,
+        camgap.zoo.grid,
+        camgap.zoo.pretrained,
+        camgap.zoo.registry,
+    ]
+    classes = {
+        c
+        for m in modules
+        for _, c in inspect.getmembers(m, inspect.isclass)
+        if issubclass(c, Exception) and c.__module__.startswith("camgap")
+    }
     assert len(classes) >= 10
     assert all(issubclass(c, CamgapError) for c in classes), [c for c in classes if not issubclass(c, CamgapError)]
 
@@ -101,9 +115,11 @@ def test_warnings_are_one_line_on_stderr():
     import subprocess
     import sys
 
-    code = ("import warnings, sys; from camgap import cli\n"
-            "cli.cmd_synth = lambda a: warnings.warn('a\\nb') or 0\n"
-            "sys.exit(cli.main(sys.argv[1:]))")
+    code = (
+        "import warnings, sys; from camgap import cli\n"
+        "cli.cmd_synth = lambda a: warnings.warn('a\\nb') or 0\n"
+        "sys.exit(cli.main(sys.argv[1:]))"
+    )
     out = subprocess.run([sys.executable, "-c", code, "synth", "--out", "x"], capture_output=True, text=True)
     assert out.returncode == 0 and out.stderr == "camgap: warning: a b\n"
     out = subprocess.run([sys.executable, "-c", code, "-qq", "synth", "--out", "x"], capture_output=True, text=True)

@@ -1,6 +1,7 @@
 """`camgap synth` + `camgap score` end to end: the JSON, the per-image CSV and the overlays
 equal what score_model computes, and bad input exits non-zero with a message naming the
 file and the problem."""
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,6 @@ SIZE = 32
 N_CLASSES = 3
 PER_CLASS = 2
 N = N_CLASSES * PER_CLASS
-
 
 
 def run(capsys, *args) -> tuple[int, str, str]:
@@ -59,8 +59,23 @@ def same(a: float, b: float) -> bool:
 def data(tmp_path_factory):
     """The synthetic dataset written by `camgap synth`."""
     out = tmp_path_factory.mktemp("cli") / "synth"
-    rc = main(["synth", "--out", str(out), "--seed", "5", "--classes", str(N_CLASSES),
-               "--train-per-class", str(PER_CLASS), "--test-per-class", "1", "--size", str(SIZE)])
+    rc = main(
+        [
+            "synth",
+            "--out",
+            str(out),
+            "--seed",
+            "5",
+            "--classes",
+            str(N_CLASSES),
+            "--train-per-class",
+            str(PER_CLASS),
+            "--test-per-class",
+            "1",
+            "--size",
+            str(SIZE),
+        ]
+    )
     assert rc == 0
     assert (out / "train.csv").is_file() and (out / "test.csv").is_file()
     assert len(list((out / "images" / "train").glob("*.png"))) == N
@@ -108,8 +123,22 @@ def checkpoints(model, tmp_path_factory):
 
 
 def base_args(data, ckpt, *extra):
-    return ["score", "--checkpoint", ckpt, "--data", data, "--layout", "csv", "--input-size", SIZE,
-            "--device", "cpu", "--batch-size", 4, *extra]
+    return [
+        "score",
+        "--checkpoint",
+        ckpt,
+        "--data",
+        data,
+        "--layout",
+        "csv",
+        "--input-size",
+        SIZE,
+        "--device",
+        "cpu",
+        "--batch-size",
+        4,
+        *extra,
+    ]
 
 
 ARCH = ["--arch", "small_resnet", "--width", 8, "--num-classes", N_CLASSES]
@@ -132,8 +161,12 @@ def test_json_equals_score_model(capsys, data, checkpoints, expected, fmt):
         assert s["model"]["arch"] == "SmallResNet" and s["model"]["source"]["arch"] == "saved nn.Module"
     else:
         s = run_json(capsys, *base_args(data, checkpoints[fmt], *ARCH))
-        assert s["model"] == {"arch": "small_resnet", "arch_kwargs": {"width": 8}, "num_classes": N_CLASSES,
-                              "source": {"arch": "flag", "arch_kwargs": "flag", "num_classes": "flag"}}
+        assert s["model"] == {
+            "arch": "small_resnet",
+            "arch_kwargs": {"width": 8},
+            "num_classes": N_CLASSES,
+            "source": {"arch": "flag", "arch_kwargs": "flag", "num_classes": "flag"},
+        }
     assert s["target_layer"] == "layer4"
     for key in ("iou", "iou_b", "n_images", "n_skipped", "cam", "threshold", "by_threshold"):
         assert key in s, key
@@ -162,11 +195,35 @@ def test_several_thresholds(capsys, data, checkpoints, model):
 def test_per_image_csv_and_overlays(capsys, data, checkpoints, tmp_path):
     table = tmp_path / "out" / "per_image.csv"
     overlays = tmp_path / "ov"
-    s = run_json(capsys, *base_args(data, checkpoints["wrapped"], *ARCH, "--threshold", "0.1,0.5",
-                                    "--per-image", table, "--overlays", overlays, "--n", 4))
+    s = run_json(
+        capsys,
+        *base_args(
+            data,
+            checkpoints["wrapped"],
+            *ARCH,
+            "--threshold",
+            "0.1,0.5",
+            "--per-image",
+            table,
+            "--overlays",
+            overlays,
+            "--n",
+            4,
+        ),
+    )
     df = pd.read_csv(table, dtype={"image_id": str})
-    assert list(df.columns) == ["image_id", "label", "pred", "correct", "iou@0.1", "iou_b@0.1", "cam_area@0.1",
-                                "iou@0.5", "iou_b@0.5", "cam_area@0.5"]
+    assert list(df.columns) == [
+        "image_id",
+        "label",
+        "pred",
+        "correct",
+        "iou@0.1",
+        "iou_b@0.1",
+        "cam_area@0.1",
+        "iou@0.5",
+        "iou_b@0.5",
+        "cam_area@0.5",
+    ]
     assert len(df) == N == s["n_images"]
     records, _ = read_layout(data, "csv", "train")
     assert df["image_id"].tolist() == [r.image_id for r in records]
@@ -213,8 +270,9 @@ def test_saliency_masks(capsys, data, checkpoints, model):
 
 
 def _fresh_synth(tmp_path):
-    return write_synthetic(tmp_path / "d", seed=5, classes=N_CLASSES, train_per_class=PER_CLASS,
-                           test_per_class=1, size=SIZE)
+    return write_synthetic(
+        tmp_path / "d", seed=5, classes=N_CLASSES, train_per_class=PER_CLASS, test_per_class=1, size=SIZE
+    )
 
 
 def test_corrupt_image(capsys, tmp_path, checkpoints):
@@ -250,8 +308,25 @@ def test_missing_annotation(capsys, tmp_path, two_class_ckpt):
     root = make_imagenet(tmp_path / "inet")
     xml = root / "Annotation" / "n02" / "n02_1.xml"
     xml.unlink()
-    args = ["score", "--checkpoint", two_class_ckpt, "--arch", "small_resnet", "--width", 8, "--num-classes", 2,
-            "--data", root, "--layout", "imagenet", "--input-size", SIZE, "--device", "cpu"]
+    args = [
+        "score",
+        "--checkpoint",
+        two_class_ckpt,
+        "--arch",
+        "small_resnet",
+        "--width",
+        8,
+        "--num-classes",
+        2,
+        "--data",
+        root,
+        "--layout",
+        "imagenet",
+        "--input-size",
+        SIZE,
+        "--device",
+        "cpu",
+    ]
     rc, out, err = run(capsys, *args, "--json")
     assert rc != 0
     assert "n02_1.JPEG" in err and "missing annotation" in err and str(xml) in err
@@ -260,8 +335,9 @@ def test_missing_annotation(capsys, tmp_path, two_class_ckpt):
 
 
 def test_label_outside_the_models_classes(capsys, data, tmp_path, two_class_ckpt):
-    rc, out, err = run(capsys, *base_args(data, two_class_ckpt, "--arch", "small_resnet", "--width", 8,
-                                          "--num-classes", 2, "--json"))
+    rc, out, err = run(
+        capsys, *base_args(data, two_class_ckpt, "--arch", "small_resnet", "--width", 8, "--num-classes", 2, "--json")
+    )
     assert rc != 0 and out == ""
     assert str(data) in err and f"{N_CLASSES} classes" in err and "2 outputs" in err
     # a saved nn.Module carries its own number of outputs: no --num-classes to compare with
@@ -315,8 +391,21 @@ def test_state_dict_without_arch(capsys, data, checkpoints):
 
 def test_synth_rerun_and_conflict(capsys, data):
     # the same parameters again: a no-op that succeeds; other parameters: an error naming them
-    args = ["synth", "--out", data, "--seed", 5, "--classes", N_CLASSES, "--train-per-class", PER_CLASS,
-            "--test-per-class", 1, "--size", SIZE]
+    args = [
+        "synth",
+        "--out",
+        data,
+        "--seed",
+        5,
+        "--classes",
+        N_CLASSES,
+        "--train-per-class",
+        PER_CLASS,
+        "--test-per-class",
+        1,
+        "--size",
+        SIZE,
+    ]
     rc, out, err = run(capsys, *args)
     assert rc == 0 and str(data) in out
     rc, out, err = run(capsys, *args[:-2], "--size", 48)
@@ -354,8 +443,13 @@ def test_mask_folder(capsys, tmp_path, checkpoints, model):
     args = base_args(root, checkpoints["plain"], *ARCH, "--masks", mdir, "--threshold", "0.1,0.5")
     s = run_json(capsys, *args)
     ids = [r.image_id for r in records]
-    e = score_model(model, BoxDataset(records, input_size=SIZE), thresholds=(0.1, 0.5),
-                    masks=torch.from_numpy(np.stack([masks[i] for i in ids])), mask_ids=ids)
+    e = score_model(
+        model,
+        BoxDataset(records, input_size=SIZE),
+        thresholds=(0.1, 0.5),
+        masks=torch.from_numpy(np.stack([masks[i] for i in ids])),
+        mask_ids=ids,
+    )
     assert s["n_images"] == N and s["n_skipped"] == 0
     for t in ("0.1", "0.5"):
         assert same(s["by_threshold"][t]["iou"], e.iou(float(t)))
@@ -377,13 +471,32 @@ ZOO_SIZE, ZOO_MEAN, ZOO_STD = 40, [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
 
 def _zoo_like(model, classes, **over) -> dict:
     """A checkpoint as camgap.zoo.train's _checkpoint_base writes it, built by hand."""
-    cfg = {"arch": "small_resnet", "arch_options": {"width": 8}, "input_size": ZOO_SIZE, "resize": "resize_crop",
-           "mean": ZOO_MEAN, "std": ZOO_STD, "trained": True}
+    cfg = {
+        "arch": "small_resnet",
+        "arch_options": {"width": 8},
+        "input_size": ZOO_SIZE,
+        "resize": "resize_crop",
+        "mean": ZOO_MEAN,
+        "std": ZOO_STD,
+        "trained": True,
+    }
     return {
         "model_state_dict": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "arch": "small_resnet", "arch_kwargs": {"width": 8}, "num_classes": N_CLASSES, "classes": list(classes),
-        "config": cfg, "run_id": "r0", "repeat": 0, "seed": 0, "input_size": ZOO_SIZE, "resize": "resize_crop",
-        "mean": ZOO_MEAN, "std": ZOO_STD, "channel_order": "rgb", "epoch": 3, "history": [{"train_acc": 0.5}],
+        "arch": "small_resnet",
+        "arch_kwargs": {"width": 8},
+        "num_classes": N_CLASSES,
+        "classes": list(classes),
+        "config": cfg,
+        "run_id": "r0",
+        "repeat": 0,
+        "seed": 0,
+        "input_size": ZOO_SIZE,
+        "resize": "resize_crop",
+        "mean": ZOO_MEAN,
+        "std": ZOO_STD,
+        "channel_order": "rgb",
+        "epoch": 3,
+        "history": [{"train_acc": 0.5}],
     } | over
 
 
@@ -405,15 +518,39 @@ def test_zoo_checkpoint_scored_with_its_own_settings(capsys, data, zoo_ckpt, mod
     records, _ = read_layout(data, "csv", "train")
     e = score_model(model, BoxDataset(records, input_size=ZOO_SIZE, resize="resize_crop"), mean=ZOO_MEAN, std=ZOO_STD)
     assert s["iou"] == e.iou() and s["iou_b"] == e.iou_b() and s["accuracy"] == e.train_acc
-    assert s["preprocessing"] == {"input_size": ZOO_SIZE, "resize": "resize_crop", "mean": ZOO_MEAN, "std": ZOO_STD,
-                                  "channel_order": "rgb", "source": dict.fromkeys(
-                                      ["input_size", "resize", "mean", "std", "channel_order"], "checkpoint")}
-    assert s["model"] == {"arch": "small_resnet", "arch_kwargs": {"width": 8}, "num_classes": N_CLASSES,
-                          "source": dict.fromkeys(["arch", "arch_kwargs", "num_classes"], "checkpoint")}
+    assert s["preprocessing"] == {
+        "input_size": ZOO_SIZE,
+        "resize": "resize_crop",
+        "mean": ZOO_MEAN,
+        "std": ZOO_STD,
+        "channel_order": "rgb",
+        "source": dict.fromkeys(["input_size", "resize", "mean", "std", "channel_order"], "checkpoint"),
+    }
+    assert s["model"] == {
+        "arch": "small_resnet",
+        "arch_kwargs": {"width": 8},
+        "num_classes": N_CLASSES,
+        "source": dict.fromkeys(["arch", "arch_kwargs", "num_classes"], "checkpoint"),
+    }
     # the same settings given as flags: the same number, every source "flag", no warning
-    explicit = run_json(capsys, *zoo_args(data, zoo_ckpt, *ARCH, "--input-size", ZOO_SIZE, "--resize", "resize_crop",
-                                          "--mean", _commas(ZOO_MEAN), "--std", _commas(ZOO_STD),
-                                          "--channel-order", "rgb"))
+    explicit = run_json(
+        capsys,
+        *zoo_args(
+            data,
+            zoo_ckpt,
+            *ARCH,
+            "--input-size",
+            ZOO_SIZE,
+            "--resize",
+            "resize_crop",
+            "--mean",
+            _commas(ZOO_MEAN),
+            "--std",
+            _commas(ZOO_STD),
+            "--channel-order",
+            "rgb",
+        ),
+    )
     assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
     assert explicit["iou"] == s["iou"] and explicit["iou_b"] == s["iou_b"]
     assert set(explicit["preprocessing"]["source"].values()) == {"flag"}
@@ -424,8 +561,10 @@ def test_zoo_checkpoint_scored_with_its_own_settings(capsys, data, zoo_ckpt, mod
     rc, out, err = run(capsys, *zoo_args(data, zoo_ckpt))
     assert rc == 0, err
     assert "model: small_resnet {'width': 8} (checkpoint), 3 outputs (checkpoint)" in out
-    assert (f"preprocessing: input {ZOO_SIZE} (checkpoint), resize_crop (checkpoint), mean {ZOO_MEAN} (checkpoint), "
-            f"std {ZOO_STD} (checkpoint), channels rgb (checkpoint)") in out
+    assert (
+        f"preprocessing: input {ZOO_SIZE} (checkpoint), resize_crop (checkpoint), mean {ZOO_MEAN} (checkpoint), "
+        f"std {ZOO_STD} (checkpoint), channels rgb (checkpoint)"
+    ) in out
     assert "gradcam at layer4" in out
 
 
@@ -433,15 +572,17 @@ def test_flag_contradicting_the_checkpoint_wins_with_a_warning(capsys, data, zoo
     with pytest.warns(UserWarning) as caught:
         s = run_json(capsys, *zoo_args(data, zoo_ckpt, "--input-size", 224, "--mean", "0.485,0.456,0.406"))
     msgs = [str(w.message) for w in caught]
-    assert any(f"--input-size 224 contradicts the checkpoint's input_size {ZOO_SIZE}" in m and str(zoo_ckpt) in m
-               for m in msgs), msgs
+    assert any(
+        f"--input-size 224 contradicts the checkpoint's input_size {ZOO_SIZE}" in m and str(zoo_ckpt) in m for m in msgs
+    ), msgs
     assert any(f"--mean [0.485, 0.456, 0.406] contradicts the checkpoint's mean {ZOO_MEAN}" in m for m in msgs), msgs
     source = s["preprocessing"]["source"]
     assert s["preprocessing"]["input_size"] == 224 and source["input_size"] == source["mean"] == "flag"
     assert source["resize"] == source["std"] == source["channel_order"] == "checkpoint"
     records, _ = read_layout(data, "csv", "train")
-    e = score_model(model, BoxDataset(records, input_size=224, resize="resize_crop"), mean=(0.485, 0.456, 0.406),
-                    std=ZOO_STD)
+    e = score_model(
+        model, BoxDataset(records, input_size=224, resize="resize_crop"), mean=(0.485, 0.456, 0.406), std=ZOO_STD
+    )
     assert s["iou"] == e.iou()
 
 
@@ -450,8 +591,13 @@ def test_defaults_when_neither_flag_nor_checkpoint_says(capsys, data, checkpoint
     p = s["preprocessing"]
     assert (p["input_size"], p["resize"], p["channel_order"]) == (SIZE, "resize", "rgb")
     assert p["mean"] == [0.485, 0.456, 0.406] and p["std"] == [0.229, 0.224, 0.225]
-    assert p["source"] == {"input_size": "flag", "resize": "default", "mean": "default", "std": "default",
-                           "channel_order": "default"}
+    assert p["source"] == {
+        "input_size": "flag",
+        "resize": "default",
+        "mean": "default",
+        "std": "default",
+        "channel_order": "default",
+    }
 
 
 def test_checkpoint_classes_other_than_the_datas_warn(capsys, data, model, tmp_path):
@@ -472,8 +618,9 @@ def test_bgr_equals_rgb_on_channel_swapped_images(capsys, data, checkpoints, tmp
         with Image.open(png) as im:
             Image.fromarray(np.asarray(im.convert("RGB"))[:, :, ::-1].copy()).save(png)
     table_bgr, table_swapped = tmp_path / "bgr.csv", tmp_path / "swapped.csv"
-    bgr = run_json(capsys, *base_args(data, checkpoints["plain"], *ARCH, "--channel-order", "bgr",
-                                      "--per-image", table_bgr))
+    bgr = run_json(
+        capsys, *base_args(data, checkpoints["plain"], *ARCH, "--channel-order", "bgr", "--per-image", table_bgr)
+    )
     rgb_swapped = run_json(capsys, *base_args(swapped, checkpoints["plain"], *ARCH, "--per-image", table_swapped))
     rgb = run_json(capsys, *base_args(data, checkpoints["plain"], *ARCH))
     assert bgr["preprocessing"]["channel_order"] == "bgr" and bgr["preprocessing"]["source"]["channel_order"] == "flag"
@@ -517,8 +664,12 @@ def test_reference_release_checkpoint(capsys, data, tmp_path):
     model = create_model("resnet18", num_classes=20).eval()
     path = tmp_path / "ref.pt"
     torch.save({"model_state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 3}, path)
-    s = run_json(capsys, *base_args(data, path, "--arch", "resnet18", "--num-classes", 20, "--cam", "gradcampp",
-                                    "--channel-order", "bgr"))
+    s = run_json(
+        capsys,
+        *base_args(
+            data, path, "--arch", "resnet18", "--num-classes", 20, "--cam", "gradcampp", "--channel-order", "bgr"
+        ),
+    )
     records, _ = read_layout(data, "csv", "train")
     e = score_model(model, BoxDataset(records, input_size=SIZE), cam="gradcam++", channel_order="bgr", batch_size=4)
     assert s["cam"] == "gradcam++" and s["target_layer"] == "layer4"

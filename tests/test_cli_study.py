@@ -1,5 +1,6 @@
 """The study commands end to end on a tiny measured model set: `camgap zoo measure`,
 `camgap study`, `camgap predict`, `camgap masks` (camgap.cli:main)."""
+
 import re
 import shutil
 import sqlite3
@@ -27,14 +28,24 @@ IOU = canonical_json(score_params("gradcam", 0.1, "boxes"))
 COLUMNS = {">=95": 0.95, ">=90": 0.90, ">=85": 0.85, ">=80": 0.80}
 
 
-
 @pytest.fixture(scope="module")
 def measured(tmp_path_factory) -> tuple[Path, Path]:
     """3 trained + 1 untrained models, measured with `camgap zoo measure`."""
     root = tmp_path_factory.mktemp("study")
     zoo, data = build_tiny_zoo(root, seed=5, lrs=(0.05, 0.02, 0.005))
-    rc = main(["zoo", "measure", "--zoo", str(root / "zoo"), "--measures",
-               "iou,iou_b,nuclear_norm,effective_invariance", "--device", "cpu", "--no-progress"])
+    rc = main(
+        [
+            "zoo",
+            "measure",
+            "--zoo",
+            str(root / "zoo"),
+            "--measures",
+            "iou,iou_b,nuclear_norm,effective_invariance",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     return root / "zoo", data
 
@@ -83,8 +94,22 @@ def test_measure_records_every_model(measured):
 def test_measure_rerun_and_unknown_measure(measured, capsys):
     zoo, _ = measured
     before = frames(zoo)[1]
-    assert main(["zoo", "measure", "--zoo", str(zoo), "--measures", "iou,iou_b,nuclear_norm,effective_invariance",
-                 "--device", "cpu", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "zoo",
+                "measure",
+                "--zoo",
+                str(zoo),
+                "--measures",
+                "iou,iou_b,nuclear_norm,effective_invariance",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert frames(zoo)[1].equals(before)
     assert "0 measured now, 0 values recorded" in capsys.readouterr().out
     assert main(["zoo", "measure", "--zoo", str(zoo), "--measures", "iou,bogus", "--no-progress"]) == 2
@@ -116,8 +141,11 @@ def test_study_report_and_table3_match_scipy(measured, tmp_path, capsys):
 def test_table3_total_block_equals_scipy_over_the_trained_models(measured, tmp_path):
     """Every trained model above the 95% column (training accuracies raised, gaps kept), so the
     Total-block cell is a real number to check."""
-    zoo = copy_zoo(measured[0], tmp_path / "zoo",
-                   "UPDATE runs SET train_acc = 0.99, test_acc = 0.99 - gap / 100.0 WHERE trained = 1;")
+    zoo = copy_zoo(
+        measured[0],
+        tmp_path / "zoo",
+        "UPDATE runs SET train_acc = 0.99, test_acc = 0.99 - gap / 100.0 WHERE trained = 1;",
+    )
     out = tmp_path / "study"
     assert main(["study", "--zoo", str(zoo), "--out", str(out), "--bootstrap", "50", "--no-overlays"]) == 0
     check_report(out)
@@ -134,10 +162,13 @@ def test_table3_total_block_equals_scipy_over_the_trained_models(measured, tmp_p
 
 
 def test_study_with_fewer_than_three_models_prints_na(measured, tmp_path, capsys):
-    zoo = copy_zoo(measured[0], tmp_path / "zoo",
-                   "UPDATE runs SET train_acc = 0.99, test_acc = 0.99 - gap / 100.0 WHERE trained = 1;"
-                   "UPDATE runs SET status = 'failed' WHERE run_id = "
-                   "(SELECT run_id FROM runs WHERE trained = 1 ORDER BY rowid LIMIT 1);")
+    zoo = copy_zoo(
+        measured[0],
+        tmp_path / "zoo",
+        "UPDATE runs SET train_acc = 0.99, test_acc = 0.99 - gap / 100.0 WHERE trained = 1;"
+        "UPDATE runs SET status = 'failed' WHERE run_id = "
+        "(SELECT run_id FROM runs WHERE trained = 1 ORDER BY rowid LIMIT 1);",
+    )
     out = tmp_path / "study"
     assert main(["study", "--zoo", str(zoo), "--out", str(out), "--bootstrap", "50", "--no-overlays"]) == 0
     text = capsys.readouterr().out
@@ -152,16 +183,21 @@ def test_study_with_fewer_than_three_models_prints_na(measured, tmp_path, capsys
 
 def _iou_at(threshold: str, value: str) -> str:
     """SQL: copy every IoU/IoU-B row of rho 0.1 to another threshold, with value `value`."""
-    return ("INSERT INTO measurements (run_id, measure, params, value, status, error, updated) "
-            f"SELECT run_id, measure, replace(params, '\"threshold\":\"0.1\"', '\"threshold\":\"{threshold}\"'), "
-            f"{value}, status, error, updated FROM measurements WHERE measure IN ('iou', 'iou_b') "
-            "AND params LIKE '%\"threshold\":\"0.1\"%';")
+    return (
+        "INSERT INTO measurements (run_id, measure, params, value, status, error, updated) "
+        f'SELECT run_id, measure, replace(params, \'"threshold":"0.1"\', \'"threshold":"{threshold}"\'), '
+        f"{value}, status, error, updated FROM measurements WHERE measure IN ('iou', 'iou_b') "
+        'AND params LIKE \'%"threshold":"0.1"%\';'
+    )
 
 
 def test_study_uses_rho_0_1_among_several_thresholds(measured, tmp_path, capsys):
     """With rho 0.05, 0.1 and 0.3 measured (0.05 sorts first), every table reports rho 0.1."""
-    base = copy_zoo(measured[0], tmp_path / "base",
-                    "UPDATE runs SET train_acc = 0.99, test_acc = 0.99 - gap / 100.0 WHERE trained = 1;")
+    base = copy_zoo(
+        measured[0],
+        tmp_path / "base",
+        "UPDATE runs SET train_acc = 0.99, test_acc = 0.99 - gap / 100.0 WHERE trained = 1;",
+    )
     zoo = copy_zoo(base, tmp_path / "zoo", _iou_at("0.05", "-value") + _iou_at("0.3", "value * value"))
     assert len(frames(zoo)[1]) == len(frames(base)[1]) + 2 * 2 * 4
     outs = {}
@@ -171,16 +207,20 @@ def test_study_uses_rho_0_1_among_several_thresholds(measured, tmp_path, capsys)
     headlines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("IoU")]
     assert len(headlines) == 4 and headlines[:2] == headlines[2:]
     for table in ("table3", "table4", "table5"):
-        assert (outs["zoo"] / "tables" / f"{table}.csv").read_text() == \
-            (outs["base"] / "tables" / f"{table}.csv").read_text()
+        assert (outs["zoo"] / "tables" / f"{table}.csv").read_text() == (
+            outs["base"] / "tables" / f"{table}.csv"
+        ).read_text()
     pearson, _, _ = read_table3(outs["zoo"])
     d = trained_iou_gap(zoo)
     assert pearson.loc[("Total", "IoU"), ">=95"] == pytest.approx(scipy.stats.pearsonr(d.iou, d.gap)[0], abs=1e-9)
 
 
 def test_study_says_when_rho_0_1_was_not_measured(measured, tmp_path, capsys):
-    zoo = copy_zoo(measured[0], tmp_path / "zoo",
-                   _iou_at("0.05", "value") + "DELETE FROM measurements WHERE params LIKE '%\"threshold\":\"0.1\"%';")
+    zoo = copy_zoo(
+        measured[0],
+        tmp_path / "zoo",
+        _iou_at("0.05", "value") + 'DELETE FROM measurements WHERE params LIKE \'%"threshold":"0.1"%\';',
+    )
     assert set(frames(zoo)[1].measure) == {"iou", "iou_b", "nuclear_norm", "effective_invariance"}
     out = tmp_path / "study"
     assert main(["study", "--zoo", str(zoo), "--out", str(out), "--bootstrap", "0", "--no-overlays"]) == 0
@@ -215,16 +255,40 @@ def test_predict_on_a_zoo_checkpoint(measured, capsys):
     d = trained_iou_gap(zoo).sort_values("iou", kind="stable").reset_index(drop=True)
     run_id = d.run_id.iloc[1]
     ckpt = zoo / "runs" / run_id / "final.pt"
-    assert main(["predict", "--zoo", str(zoo), "--checkpoint", str(ckpt), "--arch", "small_resnet10",
-                 "--width", "4", "--data", str(data), "--input-size", "32", "--device", "cpu",
-                 "--batch-size", "128", "--min-train-acc", "0"]) == 0  # 2-epoch models: all below the paper's 80%
+    assert (
+        main(
+            [
+                "predict",
+                "--zoo",
+                str(zoo),
+                "--checkpoint",
+                str(ckpt),
+                "--arch",
+                "small_resnet10",
+                "--width",
+                "4",
+                "--data",
+                str(data),
+                "--input-size",
+                "32",
+                "--device",
+                "cpu",
+                "--batch-size",
+                "128",
+                "--min-train-acc",
+                "0",
+            ]
+        )
+        == 0
+    )  # 2-epoch models: all below the paper's 80%
     text = capsys.readouterr().out
 
     # by hand, as the CLI does: the IoU of the checkpoint on the training images, the OLS fit over the zoo
     records, _ = read_layout(data, "auto", "train")
     model = load_checkpoint(ckpt, "small_resnet10", 4, width=4)
-    res = score_model(model, BoxDataset(records, input_size=32), cam="gradcam", thresholds=(0.1,),
-                      batch_size=128, device="cpu")
+    res = score_model(
+        model, BoxDataset(records, input_size=32), cam="gradcam", thresholds=(0.1,), batch_size=128, device="cpu"
+    )
     x0 = res.iou(0.1)
     assert x0 == d.iou.iloc[1]  # the zoo measured the same thing, on the same pixels
     fit = fit_gap(d.iou, d.gap, name="iou")
@@ -244,27 +308,68 @@ def test_predict_on_a_zoo_checkpoint(measured, capsys):
 
 def test_predict_fits_only_models_that_fitted_their_training_set(measured, tmp_path, capsys):
     # every trained model below the paper's 80% by construction, whatever its training gave
-    zoo = copy_zoo(measured[0], tmp_path / "zoo",
-                   "UPDATE runs SET train_acc = 0.79, test_acc = 0.79 - gap / 100.0 WHERE trained = 1;")
+    zoo = copy_zoo(
+        measured[0],
+        tmp_path / "zoo",
+        "UPDATE runs SET train_acc = 0.79, test_acc = 0.79 - gap / 100.0 WHERE trained = 1;",
+    )
     data = measured[1]
     ckpt = next((zoo / "runs").glob("*/final.pt"))
-    assert main(["predict", "--zoo", str(zoo), "--checkpoint", str(ckpt), "--arch", "small_resnet10",
-                 "--width", "4", "--data", str(data), "--input-size", "32"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--zoo",
+                str(zoo),
+                "--checkpoint",
+                str(ckpt),
+                "--arch",
+                "small_resnet10",
+                "--width",
+                "4",
+                "--data",
+                str(data),
+                "--input-size",
+                "32",
+            ]
+        )
+        == 2
+    )
     assert "no trained model with train accuracy >= 0.8" in capsys.readouterr().err
 
 
 def test_predict_without_a_reference_set(tmp_path, measured, capsys):
     _, data = measured
-    assert main(["predict", "--zoo", str(tmp_path), "--checkpoint", str(tmp_path / "x.pt"),
-                 "--arch", "small_resnet10", "--data", str(data), "--input-size", "32"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--zoo",
+                str(tmp_path),
+                "--checkpoint",
+                str(tmp_path / "x.pt"),
+                "--arch",
+                "small_resnet10",
+                "--data",
+                str(data),
+                "--input-size",
+                "32",
+            ]
+        )
+        == 2
+    )
     assert "registry" in capsys.readouterr().err
 
 
 def test_masks_command(measured, tmp_path, capsys):
     _, data = measured
     out = tmp_path / "masks"
-    assert main(["masks", "--data", str(data), "--out", str(out), "--input-size", "32",
-                 "--cache", str(tmp_path / "cache")]) == 0
+    assert (
+        main(
+            ["masks", "--data", str(data), "--out", str(out), "--input-size", "32", "--cache", str(tmp_path / "cache")]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     records, _ = read_layout(data, "auto", "train")
     pngs = sorted(out.rglob("*.png"))
@@ -279,8 +384,11 @@ def test_masks_command(measured, tmp_path, capsys):
     assert first.shape == (32, 32) and set(np.unique(first)) <= {0, 255}
     assert np.array_equal(first == 255, ref.masks[0].numpy())
     q = mask_quality(ref.masks, boxes_to_masks(list(store.boxes), 32))
-    m = re.search(r"agreement with the boxes: mean IoU ([\d.]+), "
-                  r"masks missing the object entirely ([\d.]+)% \(n=(\d+)\)", text)
+    m = re.search(
+        r"agreement with the boxes: mean IoU ([\d.]+), "
+        r"masks missing the object entirely ([\d.]+)% \(n=(\d+)\)",
+        text,
+    )
     assert m, text
     assert float(m.group(1)) == pytest.approx(q["mean_iou"], abs=6e-4)
     assert float(m.group(2)) == pytest.approx(100 * q["miss_share"], abs=0.06)
@@ -297,11 +405,32 @@ def _stdout_json(capsys) -> dict:
 def test_study_json_is_the_table3_total_block(measured, tmp_path, capsys):
     """`--json`: the headline as JSON alone on stdout, each cell r, its interval and n, equal to the
     written Table 3's Total block; `--subsets` sets the columns, `--seed` the bootstrap."""
-    zoo = copy_zoo(measured[0], tmp_path / "zoo",
-                   "UPDATE runs SET train_acc = 0.99, test_acc = 0.99 - gap / 100.0 WHERE trained = 1;")
+    zoo = copy_zoo(
+        measured[0],
+        tmp_path / "zoo",
+        "UPDATE runs SET train_acc = 0.99, test_acc = 0.99 - gap / 100.0 WHERE trained = 1;",
+    )
     out = tmp_path / "study"
-    assert main(["study", "--zoo", str(zoo), "--out", str(out), "--bootstrap", "40", "--no-overlays",
-                 "--subsets", "0.95,0", "--seed", "3", "--json"]) == 0
+    assert (
+        main(
+            [
+                "study",
+                "--zoo",
+                str(zoo),
+                "--out",
+                str(out),
+                "--bootstrap",
+                "40",
+                "--no-overlays",
+                "--subsets",
+                "0.95,0",
+                "--seed",
+                "3",
+                "--json",
+            ]
+        )
+        == 0
+    )
     got = _stdout_json(capsys)
     assert got["report"] == str(out / "report.html") and got["confidence"] == 0.95
     t = out / "tables"
@@ -314,8 +443,9 @@ def test_study_json_is_the_table3_total_block(measured, tmp_path, capsys):
         for col, cell in by_col.items():
             assert cell["n"] == n.loc[("Total", measure), col]
             assert cell["r"] == pytest.approx(pearson.loc[("Total", measure), col], abs=1e-12)
-            assert cell["ci"] == pytest.approx([lo.loc[("Total", measure), col], hi.loc[("Total", measure), col]],
-                                               abs=1e-12)
+            assert cell["ci"] == pytest.approx(
+                [lo.loc[("Total", measure), col], hi.loc[("Total", measure), col]], abs=1e-12
+            )
     d = trained_iou_gap(zoo)
     assert got["cells"]["IoU"][">=0"]["n"] == 3
     assert got["cells"]["IoU"][">=0"]["r"] == pytest.approx(scipy.stats.pearsonr(d.iou, d.gap)[0], abs=1e-9)
@@ -330,12 +460,46 @@ def test_study_measures_and_primary(measured, tmp_path, capsys):
     is a "not measured" row); an unknown measure is refused with the measured ones listed."""
     zoo = measured[0]
     out = tmp_path / "study"
-    assert main(["study", "--zoo", str(zoo), "--out", str(out), "--bootstrap", "0", "--no-overlays",
-                 "--measures", "iou,nuclear_norm", "--json"]) == 0
+    assert (
+        main(
+            [
+                "study",
+                "--zoo",
+                str(zoo),
+                "--out",
+                str(out),
+                "--bootstrap",
+                "0",
+                "--no-overlays",
+                "--measures",
+                "iou,nuclear_norm",
+                "--json",
+            ]
+        )
+        == 0
+    )
     cells = _stdout_json(capsys)["cells"]
     assert [m.split(" (")[0] for m in cells] == ["IoU", "Nuclear Norm", "Nuclear Norm"]  # in the order given
-    assert main(["study", "--zoo", str(zoo), "--out", str(tmp_path / "s2"), "--bootstrap", "0", "--no-overlays",
-                 "--measures", "iou", "--primary", "cam=gradcam,threshold=0.3,masks=boxes", "--json"]) == 0
+    assert (
+        main(
+            [
+                "study",
+                "--zoo",
+                str(zoo),
+                "--out",
+                str(tmp_path / "s2"),
+                "--bootstrap",
+                "0",
+                "--no-overlays",
+                "--measures",
+                "iou",
+                "--primary",
+                "cam=gradcam,threshold=0.3,masks=boxes",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert list(_stdout_json(capsys)["cells"]) == ["IoU: not measured"]
     assert main(["study", "--zoo", str(zoo), "--out", str(tmp_path / "s3"), "--measures", "iou,bogus"]) == 2
     err = capsys.readouterr().err
@@ -347,8 +511,23 @@ def test_study_measures_and_primary(measured, tmp_path, capsys):
 def test_masks_json(measured, tmp_path, capsys):
     _, data = measured
     out = tmp_path / "masks"
-    assert main(["masks", "--data", str(data), "--out", str(out), "--input-size", "32", "--cache",
-                 str(tmp_path / "cache"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "masks",
+                "--data",
+                str(data),
+                "--out",
+                str(out),
+                "--input-size",
+                "32",
+                "--cache",
+                str(tmp_path / "cache"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     got = _stdout_json(capsys)
     records, _ = read_layout(data, "auto", "train")
     assert got["n_written"] == len(list(out.rglob("*.png"))) == len(records) == 80
@@ -356,8 +535,11 @@ def test_masks_json(measured, tmp_path, capsys):
     store = TensorStore.cached(records, tmp_path / "cache2", 32, "resize")
     ref = compute_masks("saliency", store.images, store.boxes, list(store.image_ids), 32)
     q = mask_quality(ref.masks, boxes_to_masks(list(store.boxes), 32))
-    assert got["agreement_with_boxes"] == {"mean_iou": pytest.approx(q["mean_iou"], abs=1e-9),
-                                           "miss_share": pytest.approx(q["miss_share"], abs=1e-12), "n": 80}
+    assert got["agreement_with_boxes"] == {
+        "mean_iou": pytest.approx(q["mean_iou"], abs=1e-9),
+        "miss_share": pytest.approx(q["miss_share"], abs=1e-12),
+        "n": 80,
+    }
 
 
 def test_study_passes_its_options_to_write_study(measured, tmp_path, monkeypatch, capsys):
@@ -372,8 +554,27 @@ def test_study_passes_its_options_to_write_study(measured, tmp_path, monkeypatch
 
     monkeypatch.setattr(report, "write_study", fake_write_study)
     monkeypatch.setattr("sys.argv", ["camgap", "study", "--zoo", "Z"])
-    assert main(["study", "--zoo", str(measured[0]), "--out", str(tmp_path / "s"), "--bootstrap", "0",
-                 "--no-overlays", "--subsets", "0.9,0", "--seed", "7", "--primary", "threshold=0.1,cam=gradcam"]) == 0
+    assert (
+        main(
+            [
+                "study",
+                "--zoo",
+                str(measured[0]),
+                "--out",
+                str(tmp_path / "s"),
+                "--bootstrap",
+                "0",
+                "--no-overlays",
+                "--subsets",
+                "0.9,0",
+                "--seed",
+                "7",
+                "--primary",
+                "threshold=0.1,cam=gradcam",
+            ]
+        )
+        == 0
+    )
     assert seen["thresholds"] == [0.9, 0] and seen["seed"] == 7 and seen["n_boot"] == 0
     assert seen["primary"] == {"cam": "gradcam", "masks": "boxes", "threshold": "0.1"}
     assert seen["command"] == "camgap study --zoo Z" and seen["model_set"] == measured[0]
@@ -387,9 +588,33 @@ def test_predict_json(measured, capsys):
     d = trained_iou_gap(zoo).sort_values("iou", kind="stable").reset_index(drop=True)
     ckpt = zoo / "runs" / d.run_id.iloc[1] / "final.pt"
     capsys.readouterr()
-    assert main(["predict", "--zoo", str(zoo), "--checkpoint", str(ckpt), "--arch", "small_resnet10", "--width", "4",
-                 "--data", str(data), "--input-size", "32", "--device", "cpu", "--batch-size", "128",
-                 "--min-train-acc", "0", "--json"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--zoo",
+                str(zoo),
+                "--checkpoint",
+                str(ckpt),
+                "--arch",
+                "small_resnet10",
+                "--width",
+                "4",
+                "--data",
+                str(data),
+                "--input-size",
+                "32",
+                "--device",
+                "cpu",
+                "--batch-size",
+                "128",
+                "--min-train-acc",
+                "0",
+                "--json",
+            ]
+        )
+        == 0
+    )
     got = _stdout_json(capsys)
     fit = fit_gap(d.iou, d.gap, name="iou")
     pred = predict_gap(fit, got["iou"], confidence=0.95, train_acc=got["train_acc"])

@@ -1,5 +1,6 @@
 """One command-line style: `--data DIR` / `--zoo ZOO` flags in every command, comma-separated lists,
 the old spellings kept for one release with one deprecation warning, `camgap models`."""
+
 from __future__ import annotations
 
 import json
@@ -26,16 +27,23 @@ def parse(*argv: str):
     return args, [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]
 
 
-@pytest.mark.parametrize("new,old,dest,value", [
-    (["masks", "--data", "D", "--out", "o"], ["masks", "D", "--out", "o"], "data", Path("D")),
-    (["study", "--zoo", "Z", "--out", "o"], ["study", "Z", "--out", "o"], "zoo", Path("Z")),
-    (["zoo", "status", "--zoo", "Z"], ["zoo", "status", "Z"], "zoo", "Z"),
-    (["zoo", "measure", "--zoo", "Z"], ["zoo", "measure", "Z"], "zoo", "Z"),
-    (["zoo", "export", "--zoo", "Z"], ["zoo", "export", "Z"], "zoo", "Z"),
-    (["zoo", "repair", "--zoo", "Z"], ["zoo", "repair", "Z"], "zoo", "Z"),
-    (["zoo", "build", "paper", "--data", "D", "--zoo", "Z"], ["zoo", "build", "paper", "--data", "D", "--out", "Z"],
-     "zoo", "Z"),
-])
+@pytest.mark.parametrize(
+    "new,old,dest,value",
+    [
+        (["masks", "--data", "D", "--out", "o"], ["masks", "D", "--out", "o"], "data", Path("D")),
+        (["study", "--zoo", "Z", "--out", "o"], ["study", "Z", "--out", "o"], "zoo", Path("Z")),
+        (["zoo", "status", "--zoo", "Z"], ["zoo", "status", "Z"], "zoo", "Z"),
+        (["zoo", "measure", "--zoo", "Z"], ["zoo", "measure", "Z"], "zoo", "Z"),
+        (["zoo", "export", "--zoo", "Z"], ["zoo", "export", "Z"], "zoo", "Z"),
+        (["zoo", "repair", "--zoo", "Z"], ["zoo", "repair", "Z"], "zoo", "Z"),
+        (
+            ["zoo", "build", "paper", "--data", "D", "--zoo", "Z"],
+            ["zoo", "build", "paper", "--data", "D", "--out", "Z"],
+            "zoo",
+            "Z",
+        ),
+    ],
+)
 def test_data_and_zoo_are_flags_and_old_spellings_still_work(new, old, dest, value):
     args, notes = parse(*new)
     assert getattr(args, dest) == value and notes == []
@@ -50,16 +58,23 @@ def test_data_and_zoo_are_flags_and_old_spellings_still_work(new, old, dest, val
         assert notes[0].startswith(f"giving {'DIR' if dest == 'data' else 'ZOO'} as a positional argument")
 
 
-@pytest.mark.parametrize("argv,dest,value", [
-    ([*SCORE, "--threshold", "0.1,0.3"], "threshold", [0.1, 0.3]),
-    ([*SCORE, "--threshold", "0.2"], "threshold", [0.2]),
-    ([*SCORE, "--mean", "0.485,0.456,0.406", "--std", "0.2, 0.2, 0.2"], "mean", [0.485, 0.456, 0.406]),
-    ([*SCORE, "--std", "0.2,0.2,0.2"], "std", [0.2, 0.2, 0.2]),
-    (["zoo", "measure", "--zoo", "Z", "--threshold", "0.1,0.3,0.5"], "threshold", [0.1, 0.3, 0.5]),
-    (["predict", "--zoo", "Z", *SCORE[1:], "--threshold", "0.1,0.3"], "threshold", [0.1, 0.3]),
-    (["study", "--zoo", "Z", "--out", "o", "--subsets", "0.95,0.9,0.85,0.8,0"], "subsets", [0.95, 0.9, 0.85, 0.8, 0]),
-    (["study", "--zoo", "Z", "--out", "o", "--measures", "iou,iou_b"], "measures", ["iou", "iou_b"]),
-])
+@pytest.mark.parametrize(
+    "argv,dest,value",
+    [
+        ([*SCORE, "--threshold", "0.1,0.3"], "threshold", [0.1, 0.3]),
+        ([*SCORE, "--threshold", "0.2"], "threshold", [0.2]),
+        ([*SCORE, "--mean", "0.485,0.456,0.406", "--std", "0.2, 0.2, 0.2"], "mean", [0.485, 0.456, 0.406]),
+        ([*SCORE, "--std", "0.2,0.2,0.2"], "std", [0.2, 0.2, 0.2]),
+        (["zoo", "measure", "--zoo", "Z", "--threshold", "0.1,0.3,0.5"], "threshold", [0.1, 0.3, 0.5]),
+        (["predict", "--zoo", "Z", *SCORE[1:], "--threshold", "0.1,0.3"], "threshold", [0.1, 0.3]),
+        (
+            ["study", "--zoo", "Z", "--out", "o", "--subsets", "0.95,0.9,0.85,0.8,0"],
+            "subsets",
+            [0.95, 0.9, 0.85, 0.8, 0],
+        ),
+        (["study", "--zoo", "Z", "--out", "o", "--measures", "iou,iou_b"], "measures", ["iou", "iou_b"]),
+    ],
+)
 def test_lists_are_comma_separated(argv, dest, value):
     args, notes = parse(*argv)
     assert getattr(args, dest) == pytest.approx(value) if dest != "measures" else getattr(args, dest) == value
@@ -72,25 +87,33 @@ def test_defaults_of_the_lists():
     assert study.subsets == [0.95, 0.9, 0.85, 0.8] and study.primary is None and study.seed == 0
 
 
-@pytest.mark.parametrize("argv,dest,value,old", [
-    ([*SCORE, "--threshold", "0.1", "0.3"], "threshold", [0.1, 0.3], "--threshold 0.1 0.3"),
-    ([*SCORE, "--mean", "0.5", "0.4", "0.3"], "mean", [0.5, 0.4, 0.3], "--mean 0.5 0.4 0.3"),
-    (["zoo", "measure", "--zoo", "Z", "--threshold", "0.1", "0.5"], "threshold", [0.1, 0.5], "--threshold 0.1 0.5"),
-])
+@pytest.mark.parametrize(
+    "argv,dest,value,old",
+    [
+        ([*SCORE, "--threshold", "0.1", "0.3"], "threshold", [0.1, 0.3], "--threshold 0.1 0.3"),
+        ([*SCORE, "--mean", "0.5", "0.4", "0.3"], "mean", [0.5, 0.4, 0.3], "--mean 0.5 0.4 0.3"),
+        (["zoo", "measure", "--zoo", "Z", "--threshold", "0.1", "0.5"], "threshold", [0.1, 0.5], "--threshold 0.1 0.5"),
+    ],
+)
 def test_space_separated_lists_still_work_with_a_warning(argv, dest, value, old):
     args, notes = parse(*argv)
     assert getattr(args, dest) == pytest.approx(value)
-    assert notes == [f"a space-separated list (`{old}`) is deprecated and will be removed in the next release; "
-                     f"write `{old.replace(' ', ',').replace(',', ' ', 1)}`"]
+    assert notes == [
+        f"a space-separated list (`{old}`) is deprecated and will be removed in the next release; "
+        f"write `{old.replace(' ', ',').replace(',', ' ', 1)}`"
+    ]
 
 
-@pytest.mark.parametrize("argv,message", [
-    ([*SCORE, "--threshold", "0.1,x"], "argument --threshold: '0.1,x' is not a comma-separated list of floats"),
-    ([*SCORE, "--mean", "0.5,0.4"], "argument --mean: expected 3 values separated by commas, got '0.5,0.4'"),
-    (["masks", "--out", "o"], "the following argument is required: --data DIR"),
-    (["zoo", "status"], "the following argument is required: --zoo ZOO"),
-    (["zoo", "build", "paper", "--data", "D"], "the following argument is required: --zoo ZOO"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        ([*SCORE, "--threshold", "0.1,x"], "argument --threshold: '0.1,x' is not a comma-separated list of floats"),
+        ([*SCORE, "--mean", "0.5,0.4"], "argument --mean: expected 3 values separated by commas, got '0.5,0.4'"),
+        (["masks", "--out", "o"], "the following argument is required: --data DIR"),
+        (["zoo", "status"], "the following argument is required: --zoo ZOO"),
+        (["zoo", "build", "paper", "--data", "D"], "the following argument is required: --zoo ZOO"),
+    ],
+)
 def test_bad_spelling_is_a_usage_error(capsys, argv, message):
     with pytest.raises(SystemExit) as e:
         parse(*argv)
@@ -100,20 +123,30 @@ def test_bad_spelling_is_a_usage_error(capsys, argv, message):
 
 
 def test_old_and_new_spelling_naming_two_places_is_an_error():
-    with pytest.raises(InputError, match=r"--zoo A and giving ZOO as a positional argument \(B\) name two different "
-                                         r"places; give --zoo only"):
+    with pytest.raises(
+        InputError,
+        match=r"--zoo A and giving ZOO as a positional argument \(B\) name two different "
+        r"places; give --zoo only",
+    ):
         parse("zoo", "status", "--zoo", "A", "B")
     assert parse("zoo", "status", "--zoo", "A", "A")[0].zoo == "A"  # the same place twice: fine (with the note)
 
 
 def test_deprecation_is_one_line_on_stderr(tmp_path):
     """A real process: the old spelling warns with one line on stderr, then the command runs."""
-    proc = subprocess.run([sys.executable, "-m", "camgap.cli", "zoo", "status", str(tmp_path / "none")],
-                          capture_output=True, text=True, cwd=Path(__file__).parents[1], timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "camgap.cli", "zoo", "status", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+        timeout=120,
+    )
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.splitlines()
-    assert lines[0] == (f"camgap: warning: giving ZOO as a positional argument is deprecated and will be removed in "
-                        f"the next release; write `--zoo {tmp_path / 'none'}`")
+    assert lines[0] == (
+        f"camgap: warning: giving ZOO as a positional argument is deprecated and will be removed in "
+        f"the next release; write `--zoo {tmp_path / 'none'}`"
+    )
     assert len(lines) == 2 and lines[1].startswith("camgap zoo: error: ") and "registry.sqlite" in lines[1]
 
 
@@ -156,8 +189,12 @@ def test_models_lists_every_architecture_with_its_layer(capsys):
     listing = json.loads(out)  # JSON alone on stdout
     rows = {r["name"]: r for r in listing["models"]}
     assert list(rows) == list_models()
-    assert rows["resnet18"] == {"name": "resnet18", "group": "torchvision", "target_layer": "layer4",
-                                "closed_form": True}
+    assert rows["resnet18"] == {
+        "name": "resnet18",
+        "group": "torchvision",
+        "target_layer": "layer4",
+        "closed_form": True,
+    }
     assert rows["small_resnet"]["group"] == "camgap" and rows["vit_b_16"]["target_layer"] is None
     assert listing["timm"]["names"] == list_timm_models()
 
@@ -178,13 +215,15 @@ def test_models_for_given_names(capsys):
     assert rc == 0
     assert json.loads(out)["models"] == [
         {"name": "timm:resnet18", "group": "timm", "target_layer": "layer4", "closed_form": False},
-        {"name": "convnext_tiny", "group": "torchvision", "target_layer": "features.7", "closed_form": False}]
+        {"name": "convnext_tiny", "group": "torchvision", "target_layer": "features.7", "closed_form": False},
+    ]
     rc, out, err = run_main(capsys, "models", "resnet9000")
     assert rc == 2 and out == "" and err.startswith("camgap: error: unknown architecture 'resnet9000'; known: ")
 
 
-@pytest.mark.parametrize("argv", [[*SCORE, "--cam", "GradCAMpp"], ["zoo", "measure", "--zoo", "Z", "--cam",
-                                                                   "gradcam, smoothgradcampp"]])
+@pytest.mark.parametrize(
+    "argv", [[*SCORE, "--cam", "GradCAMpp"], ["zoo", "measure", "--zoo", "Z", "--cam", "gradcam, smoothgradcampp"]]
+)
 def test_cam_aliases_are_canonical_on_the_command_line(argv):
     """The reference release's names are accepted and stored under the canonical name (one variant)."""
     cam = parse(*argv)[0].cam

@@ -34,8 +34,7 @@ def _image(tmp_path, name="im.png"):
 def _rec(path, boxes=(), box_labels=None, ann_size=None, label=3, image_id="im"):
     if box_labels is None:
         box_labels = tuple(range(len(boxes)))
-    return Record(path, label, tuple(tuple(map(float, b)) for b in boxes), tuple(box_labels),
-                  ann_size, image_id)
+    return Record(path, label, tuple(tuple(map(float, b)) for b in boxes), tuple(box_labels), ann_size, image_id)
 
 
 def _boxes(*rows):
@@ -149,8 +148,10 @@ def test_bad_image_raises_or_is_skipped(tmp_path):
 
 def test_collate_boxes(tmp_path):
     p = _image(tmp_path)
-    recs = [_rec(p, [(4, 4, 36, 28)], label=1, image_id="a"),
-            _rec(p, [(0, 0, 8, 8), (4, 4, 36, 28)], label=2, image_id="b")]
+    recs = [
+        _rec(p, [(4, 4, 36, 28)], label=1, image_id="a"),
+        _rec(p, [(0, 0, 8, 8), (4, 4, 36, 28)], label=2, image_id="b"),
+    ]
     images, labels, boxes, box_labels = collate_boxes([*BoxDataset(recs, input_size=8)])
     assert images.dtype == torch.uint8 and tuple(images.shape) == (2, 3, 8, 8)
     assert labels.dtype == torch.int64 and labels.tolist() == [1, 2]

@@ -1,5 +1,6 @@
 """`camgap demo --quick` end to end: every stage, the report and tables, the headline; then a
 rerun with the same --out that trains nothing and records no measurement."""
+
 import contextlib
 import io
 import re
@@ -48,7 +49,7 @@ def test_every_stage_runs_and_the_headline_is_printed(demo):
         assert f"[demo] {i}/4 " in text
         assert re.search(rf"\[demo\] {stage}: [\d.]+ s", text), stage
     assert "Pearson r with the generalization gap, all trained models (Table 3, Total)" in text
-    head = text[text.index("Pearson r with the generalization gap"):]
+    head = text[text.index("Pearson r with the generalization gap") :]
     for label in ("IoU", "IoU-B", "Nuclear Norm", "Spectral Norm", "EI"):
         assert re.search(rf"^{re.escape(label)}\s", head, re.M), label
     assert f"report: {out / 'study' / 'report.html'}" in text
@@ -80,8 +81,15 @@ def test_report_and_tables_hold_numbers_or_na(demo):
     assert (study / "figures" / "figure2_overlays.png").is_file()
     for name in ("table3", "table4", "table5", "ranking", "models"):
         assert (study / "tables" / f"{name}.csv").is_file() and (study / "tables" / f"{name}.md").is_file()
-    tables = {"table3": [0, 1], "table3_spearman": [0, 1], "table3_kendall": [0, 1], "table3_ci_low": [0, 1],
-              "table3_ci_high": [0, 1], "table5": [0], "table5_n": [0]}
+    tables = {
+        "table3": [0, 1],
+        "table3_spearman": [0, 1],
+        "table3_kendall": [0, 1],
+        "table3_ci_low": [0, 1],
+        "table3_ci_high": [0, 1],
+        "table5": [0],
+        "table5_n": [0],
+    }
     for name, index in tables.items():
         raw = pd.read_csv(study / "tables" / f"{name}.csv", index_col=index, keep_default_na=False, dtype=str)
         assert raw.size > 0, name

@@ -1,5 +1,6 @@
 """Mask sources for A_G (issue 5): box rasterisation, Otsu, external mask folders, saliency,
 the cache, quality report and export."""
+
 from __future__ import annotations
 
 import json

@@ -19,7 +19,7 @@ def _data(n=256, seed=0):
 
 
 def _batches(x, y, bs=64):
-    return lambda: iter([(x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)])
+    return lambda: iter([(x[i : i + bs], y[i : i + bs]) for i in range(0, len(x), bs)])
 
 
 def _linear(scale, w=((-1.0, 0.0), (1.0, 0.0)), b=(0.0, 0.0)):
@@ -52,8 +52,9 @@ def test_larger_sigma_for_the_flatter_model_and_exact_scaling():
 
 def test_deterministic_for_a_seed_and_weights_restored_exactly():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                          nn.Flatten(), nn.Linear(3, 2))
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(3, 2)
+    )
     model.train()
     imgs = torch.randn(96, 1, 6, 6)
     model(imgs)  # update the running statistics once
@@ -80,19 +81,21 @@ def test_loss_criterion_and_registry_long_form():
     res = pacbayes_sigma(model, _batches(x, y), criterion="loss", draws=2)
     assert res.sigma > 0
     init = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
-    ctx = MeasureContext(model=model, logits=model(x).detach(), labels=y, batches=_batches(x, y),
-                         init_state=init, seed=0)
+    ctx = MeasureContext(
+        model=model, logits=model(x).detach(), labels=y, batches=_batches(x, y), init_state=init, seed=0
+    )
     out = compute_measure("pacbayes_flatness", ctx, draws=2)
     sigma = out["criterion=accuracy,form=sigma,target=0.1"]
     assert out["criterion=accuracy,form=flatness,target=0.1"] == pytest.approx(1 / sigma**2)
     # ||w||^2 = 2 and w0 = 0: orig and init bounds coincide
     assert out["criterion=accuracy,form=orig,target=0.1"] == pytest.approx(
-        2 / (4 * sigma**2) + torch.log(torch.tensor(256 / sigma)).item() + 10, rel=1e-6)
+        2 / (4 * sigma**2) + torch.log(torch.tensor(256 / sigma)).item() + 10, rel=1e-6
+    )
     assert out["criterion=accuracy,form=init,target=0.1"] == pytest.approx(
-        out["criterion=accuracy,form=orig,target=0.1"])
+        out["criterion=accuracy,form=orig,target=0.1"]
+    )
     mag = compute_measure("pacbayes_mag_flatness", ctx, draws=2)
-    assert {"criterion=accuracy,form=mag_init,target=0.1",
-            "criterion=accuracy,form=mag_orig,target=0.1"} <= set(mag)
+    assert {"criterion=accuracy,form=mag_init,target=0.1", "criterion=accuracy,form=mag_orig,target=0.1"} <= set(mag)
     assert set(pacbayes_bounds(model, 0.5, 100)) == {"orig"}
 
 
@@ -106,8 +109,7 @@ def test_failures_raise_measure_error():
     # a constant classifier at chance: no noise level moves its accuracy by 0.1
     const = _linear(0.0)
     with pytest.raises(MeasureUndefined, match="never moves"):
-        pacbayes_sigma(const, _batches(x, torch.arange(64) % 2),
-                       draws=1, max_steps=8)
+        pacbayes_sigma(const, _batches(x, torch.arange(64) % 2), draws=1, max_steps=8)
 
 
 class _Counter:
@@ -127,10 +129,13 @@ def test_chance_level_zero_head_stops_at_the_sigma_cap():
     scale cancels exactly for powers of 2), so the accuracy drop is the same at every noise level
     and never reaches the target: the search must stop at the cap and call the measure undefined."""
     x, _ = _data(64)
-    y = torch.arange(64) % 2                       # balanced labels: the zero head is at chance (0.5)
+    y = torch.arange(64) % 2  # balanced labels: the zero head is at chance (0.5)
     hook = _Counter()
-    with pytest.raises(MeasureUndefined, match=r"never moves by 0.1 for sigma up to the cap sigma_max=2 "
-                                               r"\(clean accuracy 0.5; 4 noise levels evaluated\)"):
+    with pytest.raises(
+        MeasureUndefined,
+        match=r"never moves by 0.1 for sigma up to the cap sigma_max=2 "
+        r"\(clean accuracy 0.5; 4 noise levels evaluated\)",
+    ):
         pacbayes_sigma(_linear(0.0), _batches(x, y), draws=1, sigma_max=2.0, on_evaluate=hook)
     # sigma0 = 1/4 for all-zero weights, doubled up to the cap and not beyond
     assert hook.sigmas == [0.25, 0.5, 1.0, 2.0]
@@ -153,7 +158,7 @@ def test_chance_level_zero_head_stops_at_the_sigma_cap():
 def test_clean_accuracy_below_the_target_is_undefined_without_a_noisy_pass():
     x, _ = _data(64)
     y = torch.ones(64, dtype=torch.long)
-    y[:3] = 0                                      # the zero head predicts class 0: accuracy 3/64
+    y[:3] = 0  # the zero head predicts class 0: accuracy 3/64
     hook = _Counter()
     with pytest.raises(MeasureUndefined, match="clean training accuracy 0.0469 is below the target drop 0.1"):
         pacbayes_sigma(_linear(0.0), _batches(x, y), on_evaluate=hook)

@@ -51,12 +51,14 @@ class _Corner(nn.Module):
 
 def test_non_invariant_model_by_hand():
     hi, lo = 2.0, 0.0
-    images = torch.tensor([
-        [[hi, lo], [lo, lo]],  # A: corner only; every rotation moves it away -> EI 0
-        [[hi, hi], [lo, lo]],  # B: top row; one of 90/270 keeps a bright corner -> p/3
-        [[lo, lo], [lo, lo]],  # C: dark: class 0 under every rotation -> p
-        [[hi, hi], [hi, hi]],  # D: bright: class 1 under every rotation -> p
-    ]).unsqueeze(1)
+    images = torch.tensor(
+        [
+            [[hi, lo], [lo, lo]],  # A: corner only; every rotation moves it away -> EI 0
+            [[hi, hi], [lo, lo]],  # B: top row; one of 90/270 keeps a bright corner -> p/3
+            [[lo, lo], [lo, lo]],  # C: dark: class 0 under every rotation -> p
+            [[hi, hi], [hi, hi]],  # D: bright: class 1 under every rotation -> p
+        ]
+    ).unsqueeze(1)
     model = _Corner(0.5)
     with torch.no_grad():
         logits = model(images)
@@ -117,12 +119,17 @@ def test_grayscale_effective_invariance_by_hand():
     model = _RedMinusGreen()
     with torch.no_grad():
         logits = model(images)
-    per = effective_invariance(model, logits, [images], transform="grayscale", mean=MEAN, std=STD,
-                               per_image=True)
+    per = effective_invariance(model, logits, [images], transform="grayscale", mean=MEAN, std=STD, per_image=True)
     assert per[0].item() == 0.0
     assert per[1].item() == pytest.approx(_sigmoid(0.05), rel=1e-5)
-    ctx = MeasureContext(model=model, logits=logits, labels=torch.tensor([0, 1]),
-                         batches=lambda: iter([(images, torch.tensor([0, 1]))]), mean=MEAN, std=STD)
+    ctx = MeasureContext(
+        model=model,
+        logits=logits,
+        labels=torch.tensor([0, 1]),
+        batches=lambda: iter([(images, torch.tensor([0, 1]))]),
+        mean=MEAN,
+        std=STD,
+    )
     out = compute_measure("effective_invariance_gray", ctx)
     assert out == {"transform=grayscale": pytest.approx(_sigmoid(0.05) / 2, rel=1e-5)}
     ctx.mean = None
@@ -135,10 +142,12 @@ def test_registry_rotation_and_errors():
     images = torch.tensor([[[2.0, 2.0], [2.0, 2.0]]]).unsqueeze(1)
     with torch.no_grad():
         logits = model(images)
-    ctx = MeasureContext(model=model, logits=logits, labels=torch.tensor([1]),
-                         batches=lambda: iter([(images, torch.tensor([1]))]))
+    ctx = MeasureContext(
+        model=model, logits=logits, labels=torch.tensor([1]), batches=lambda: iter([(images, torch.tensor([1]))])
+    )
     assert compute_measure("effective_invariance", ctx) == {
-        "transform=rotation": pytest.approx(_sigmoid(1.5), rel=1e-6)}
+        "transform=rotation": pytest.approx(_sigmoid(1.5), rel=1e-6)
+    }
     with pytest.raises(MeasureError, match="non-finite"):
         effective_invariance(model, torch.tensor([[float("nan"), 0.0]]), [images])
     with pytest.raises(ValueError, match="logits"):

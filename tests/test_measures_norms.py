@@ -55,8 +55,9 @@ def _gamma(logits, labels):
 def _hand_spectral(mats, gamma, spec=None):
     spec = spec or [scipy.linalg.svdvals(w)[0] for w in mats]
     fro2 = [float((w**2).sum()) for w in mats]
-    return (sum(2 * math.log(s) for s in spec) + math.log(sum(f / s**2 for f, s in zip(fro2, spec)))
-            - 2 * math.log(gamma))
+    return (
+        sum(2 * math.log(s) for s in spec) + math.log(sum(f / s**2 for f, s in zip(fro2, spec))) - 2 * math.log(gamma)
+    )
 
 
 def _explicit_conv_matrix(conv, hw):
@@ -89,10 +90,15 @@ def test_spectral_norm_conv_reshaped_by_hand():
     assert spectral_norm_measure(model, logits, labels) == pytest.approx(expected, rel=1e-10)
 
 
-@pytest.mark.parametrize("hw,kw", [((5, 5), dict(stride=2, padding=1)),
-                                   ((6, 6), dict(stride=2, padding=1)),  # needs output_padding
-                                   ((5, 4), dict(stride=1, padding=2, dilation=2)),
-                                   ((5, 5), dict(stride=1, padding=1, padding_mode="circular"))])
+@pytest.mark.parametrize(
+    "hw,kw",
+    [
+        ((5, 5), dict(stride=2, padding=1)),
+        ((6, 6), dict(stride=2, padding=1)),  # needs output_padding
+        ((5, 4), dict(stride=1, padding=2, dilation=2)),
+        ((5, 5), dict(stride=1, padding=1, padding_mode="circular")),
+    ],
+)
 def test_conv_operator_norm_matches_explicit_matrix(hw, kw):
     torch.manual_seed(3)
     conv = nn.Conv2d(2, 3, 3, **kw)
@@ -119,8 +125,7 @@ def test_spectral_norm_operator_mode_by_hand():
     logits, labels = _logits(k=4)
     op = scipy.linalg.svdvals(_explicit_conv_matrix(model[0], (6, 6)))[0]
     mats = [_np(model[0].weight), _np(model[3].weight)]
-    expected = _hand_spectral(mats, _gamma(logits, labels),
-                              spec=[op, scipy.linalg.svdvals(mats[1])[0]])
+    expected = _hand_spectral(mats, _gamma(logits, labels), spec=[op, scipy.linalg.svdvals(mats[1])[0]])
     got = spectral_norm_measure(model, logits, labels, conv="operator", example_input=x)
     assert got == pytest.approx(expected, rel=1e-6)
 
@@ -140,19 +145,19 @@ def test_frobenius_measures_by_hand():
     logits, labels = _logits()
     gamma = _gamma(logits, labels)
     fro2 = [float((_np(m.weight) ** 2).sum()) for m in (model[0], model[2])]
-    assert frobenius_measure(model, logits, labels) == pytest.approx(
-        math.log(fro2[0] * fro2[1] / gamma**2), rel=1e-10)
+    assert frobenius_measure(model, logits, labels) == pytest.approx(math.log(fro2[0] * fro2[1] / gamma**2), rel=1e-10)
     assert frobenius_measure(model, logits, labels, form="sum") == pytest.approx(
-        math.log(2 * math.sqrt(fro2[0] * fro2[1]) / gamma**2), rel=1e-10)
+        math.log(2 * math.sqrt(fro2[0] * fro2[1]) / gamma**2), rel=1e-10
+    )
 
 
 def test_distance_from_init_by_hand():
     model = _mlp()
     init = copy.deepcopy(model.state_dict())
     with torch.no_grad():
-        model[0].weight += 0.5   # 20 entries
-        model[2].weight -= 2.0   # 12 entries
-        model[2].bias += 100.0   # biases do not count
+        model[0].weight += 0.5  # 20 entries
+        model[2].weight -= 2.0  # 12 entries
+        model[2].bias += 100.0  # biases do not count
     assert distance_from_init(model, init) == pytest.approx(20 * 0.25 + 12 * 4.0, rel=1e-6)  # float32 weights
     out = compute_measure("distance_from_init", MeasureContext(model=model, init_state=init))
     assert out == {"form=squared": pytest.approx(53.0), "form=sqrt": pytest.approx(math.sqrt(53.0))}
@@ -173,10 +178,12 @@ def test_nan_weights_and_negative_margin_raise():
         frobenius_measure(model, logits, (labels + 1) % 3)
     with torch.no_grad():
         model[2].weight[0, 0] = float("nan")
-    for fn in (lambda: spectral_norm_measure(model, logits, labels),
-               lambda: frobenius_measure(model, logits, labels),
-               lambda: path_norm(model, (5,)),
-               lambda: distance_from_init(model, init)):
+    for fn in (
+        lambda: spectral_norm_measure(model, logits, labels),
+        lambda: frobenius_measure(model, logits, labels),
+        lambda: path_norm(model, (5,)),
+        lambda: distance_from_init(model, init),
+    ):
         with pytest.raises(MeasureError, match="non-finite.*2.weight"):
             fn()
 
@@ -205,8 +212,14 @@ def _set_bn(bn, seed):
 
 def test_path_norm_folds_batchnorm_by_hand():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 2, 1, bias=False), nn.BatchNorm2d(2), nn.ReLU(),
-                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, 2, 1, bias=False),
+        nn.BatchNorm2d(2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2, 3),
+    )
     _set_bn(model[1], 1)
     bn = model[1]
     s = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
@@ -247,8 +260,12 @@ def test_fold_batchnorm_preserves_resnet_function_and_counts_layers():
     assert len(weight_layers(model)) == 13
     assert path_norm(model, (3, 16, 16)) > 0
     logits = model(x).detach()
-    ctx = MeasureContext(model=model, logits=logits, labels=logits.argmax(1),
-                         batches=lambda: iter([(x, torch.zeros(2, dtype=torch.long))]))
+    ctx = MeasureContext(
+        model=model,
+        logits=logits,
+        labels=logits.argmax(1),
+        batches=lambda: iter([(x, torch.zeros(2, dtype=torch.long))]),
+    )
     assert "scale=log" in compute_measure("path_norm", ctx)
     a = compute_measure("spectral_norm", ctx)["conv=reshape,scale=log"]
     b = compute_measure("spectral_norm", ctx, conv="operator")["conv=operator,scale=log"]
@@ -298,8 +315,7 @@ def test_raw_value_omitted_when_it_overflows():
     out = compute_measure("spectral_norm", MeasureContext(model=model, logits=logits, labels=labels))
     # log(prod (1e30)^2 * sum 2/1) with gamma = 1
     assert out == {"conv=reshape,scale=log": pytest.approx(6 * 2 * math.log(1e30) + math.log(12), rel=1e-6)}
-    out = compute_measure("frobenius_norm", MeasureContext(model=model, logits=logits, labels=labels),
-                          percentile=50)
+    out = compute_measure("frobenius_norm", MeasureContext(model=model, logits=logits, labels=labels), percentile=50)
     assert "form=prod,percentile=50,scale=raw" not in out  # log ~ 833
     assert out["form=prod,percentile=50,scale=log"] == pytest.approx(6 * math.log(2e60), rel=1e-6)
     assert out["form=sum,percentile=50,scale=raw"] == pytest.approx(6 * 2e60, rel=1e-6)

@@ -98,9 +98,18 @@ def test_nuclear_norm_nan_raises():
 
 
 def test_registry_interface_long_form():
-    assert {"spectral_norm", "nuclear_norm", "effective_invariance", "path_norm",
-            "frobenius_norm", "distance_from_init", "pacbayes_flatness",
-            "pacbayes_mag_flatness", "inverse_margin", "effective_invariance_gray"} <= set(list_measures())
+    assert {
+        "spectral_norm",
+        "nuclear_norm",
+        "effective_invariance",
+        "path_norm",
+        "frobenius_norm",
+        "distance_from_init",
+        "pacbayes_flatness",
+        "pacbayes_mag_flatness",
+        "inverse_margin",
+        "effective_invariance_gray",
+    } <= set(list_measures())
     logits = torch.eye(4) * 1e3
     ctx = MeasureContext(model=torch.nn.Linear(1, 1), logits=logits, labels=torch.arange(4))
     out = compute_measure("nuclear_norm", ctx)

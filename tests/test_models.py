@@ -1,4 +1,5 @@
 """Model registry, strict checkpoint loading, target layers."""
+
 from __future__ import annotations
 
 import contextlib
@@ -45,11 +46,14 @@ def test_resnet18_any_number_of_classes():
     assert not torch.equal(model.conv1.weight, other.conv1.weight)
 
 
-@pytest.mark.parametrize("name,block,depths,features", [
-    ("resnet34", BasicBlock, (3, 4, 6, 3), 512),
-    ("resnet50", Bottleneck, (3, 4, 6, 3), 2048),
-    ("resnet101", Bottleneck, (3, 4, 23, 3), 2048),
-])
+@pytest.mark.parametrize(
+    "name,block,depths,features",
+    [
+        ("resnet34", BasicBlock, (3, 4, 6, 3), 512),
+        ("resnet50", Bottleneck, (3, 4, 6, 3), 2048),
+        ("resnet101", Bottleneck, (3, 4, 23, 3), 2048),
+    ],
+)
 def test_torchvision_resnets(name, block, depths, features):
     model = create_model(name, num_classes=5)
     assert model.fc.in_features == features and model.fc.out_features == 5
@@ -69,8 +73,12 @@ def test_small_resnet_shapes(width, blocks):
     assert isinstance(model, SmallResNet)
     assert tuple(len(getattr(model, f"layer{i}")) for i in range(1, 5)) == tuple(blocks)
     assert model.conv1.out_channels == width
-    assert [getattr(model, f"layer{i}")[-1].conv2.out_channels for i in range(1, 5)] == [width, 2 * width,
-                                                                                       4 * width, 8 * width]
+    assert [getattr(model, f"layer{i}")[-1].conv2.out_channels for i in range(1, 5)] == [
+        width,
+        2 * width,
+        4 * width,
+        8 * width,
+    ]
     assert model.fc.in_features == 8 * width and model.fc.out_features == 5
     x = torch.randn(2, 3, 32, 32)
     acts = {}
@@ -138,8 +146,11 @@ def test_timm_models_by_prefix():
 def test_timm_model_without_a_known_layer_says_so():
     pytest.importorskip("timm")
     model = create_model("timm:convnext_atto", num_classes=3)
-    with pytest.raises(InputError, match=r"cannot choose a target layer for a ConvNeXt: .*--layer.*top-level "
-                                         r"layers: stem, stages.*last feature stage is 'stages.3'"):
+    with pytest.raises(
+        InputError,
+        match=r"cannot choose a target layer for a ConvNeXt: .*--layer.*top-level "
+        r"layers: stem, stages.*last feature stage is 'stages.3'",
+    ):
         default_target_layer(model)
 
 
@@ -159,10 +170,17 @@ def test_timm_missing_is_a_clear_error(monkeypatch):
     assert list_timm_models() == [] and not timm_available()
 
 
-@pytest.mark.parametrize("name,layer,closed", [
-    ("resnet50", "layer4", True), ("small_resnet10", "layer4", True), ("regnet_y_128gf", "trunk_output.block4", True),
-    ("convnext_tiny", "features.7", False), ("vit_b_16", None, None), ("squeezenet1_0", None, None),
-])
+@pytest.mark.parametrize(
+    "name,layer,closed",
+    [
+        ("resnet50", "layer4", True),
+        ("small_resnet10", "layer4", True),
+        ("regnet_y_128gf", "trunk_output.block4", True),
+        ("convnext_tiny", "features.7", False),
+        ("vit_b_16", None, None),
+        ("squeezenet1_0", None, None),
+    ],
+)
 def test_describe_model(name, layer, closed):
     """The default target layer and whether the closed form applies, found by building the model with
     its parameters on the meta device (a 644M-parameter RegNet costs no memory)."""
@@ -312,11 +330,21 @@ def test_default_target_layer(small):
     r18 = create_model("resnet18", num_classes=3)
     assert default_target_layer(r18) == ("layer4", r18.layer4)
     # an unknown family: an error asking for the layer, never the last Conv2d guessed
-    seq = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.ReLU(),
-                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 2))
+    seq = nn.Sequential(
+        nn.Conv2d(3, 4, 3),
+        nn.ReLU(),
+        nn.Conv2d(4, 5, 3),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(5, 2),
+    )
     for model in (seq, nn.Sequential(nn.Flatten(), nn.Linear(12, 2))):
-        with pytest.raises(InputError, match=r"cannot choose a target layer for a Sequential.*--layer.*top-level "
-                                             r"layers: 0, 1"):
+        with pytest.raises(
+            InputError,
+            match=r"cannot choose a target layer for a Sequential.*--layer.*top-level "
+            r"layers: 0, 1",
+        ):
             default_target_layer(model)
 
 

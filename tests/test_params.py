@@ -6,13 +6,16 @@ from camgap import params
 from camgap.errors import InputError
 
 
-@pytest.mark.parametrize("given", [
-    {"threshold": 0.1, "cam": "gradcam", "masks": "boxes"},
-    {"masks": "boxes", "cam": "gradcam", "threshold": "0.1"},
-    '{"cam": "gradcam", "masks": "boxes", "threshold": 0.10}',
-    '{"threshold":"0.10","masks":"boxes","cam":"gradcam"}',
-    "threshold=0.10, cam=gradcam,masks=boxes",
-])
+@pytest.mark.parametrize(
+    "given",
+    [
+        {"threshold": 0.1, "cam": "gradcam", "masks": "boxes"},
+        {"masks": "boxes", "cam": "gradcam", "threshold": "0.1"},
+        '{"cam": "gradcam", "masks": "boxes", "threshold": 0.10}',
+        '{"threshold":"0.10","masks":"boxes","cam":"gradcam"}',
+        "threshold=0.10, cam=gradcam,masks=boxes",
+    ],
+)
 def test_every_spelling_of_a_variant_is_one_identity(given):
     assert params.to_json(given) == '{"cam":"gradcam","masks":"boxes","threshold":"0.1"}'
     assert params.label(given) == "cam=gradcam,masks=boxes,threshold=0.1"
@@ -21,8 +24,11 @@ def test_every_spelling_of_a_variant_is_one_identity(given):
 
 def test_round_trips():
     p = {"conv": "reshape", "scale": "log", "rotations": (90, 180, 270)}
-    assert params.from_json(params.to_json(p)) == params.canonical(p) == {
-        "conv": "reshape", "rotations": "90/180/270", "scale": "log"}
+    assert (
+        params.from_json(params.to_json(p))
+        == params.canonical(p)
+        == {"conv": "reshape", "rotations": "90/180/270", "scale": "log"}
+    )
     assert params.parse_label(params.label(p)) == params.canonical(p)
     assert params.to_json(None) == params.to_json("") == params.to_json({}) == "{}"
     assert params.label({}) == ""

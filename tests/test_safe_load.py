@@ -1,5 +1,6 @@
 """Checkpoints are read with weights_only=True: a file whose pickle would run code is refused
 with a message naming it and --unsafe-load / unsafe=True, and that code never runs."""
+
 from __future__ import annotations
 
 import pytest
@@ -54,8 +55,24 @@ def test_unsafe_load_runs_the_pickle_with_a_warning(evil):
 def test_cli_refuses_with_one_line_and_rc_2(evil, tmp_path, capsys):
     path, marker, _ = evil
     data = write_synthetic(tmp_path / "d", seed=1, classes=3, train_per_class=1, test_per_class=1, size=32)
-    rc = main(["score", "--checkpoint", str(path), "--data", str(data), "--arch", "small_resnet",
-               "--width", "4", "--input-size", "32", "--device", "cpu", "--json"])
+    rc = main(
+        [
+            "score",
+            "--checkpoint",
+            str(path),
+            "--data",
+            str(data),
+            "--arch",
+            "small_resnet",
+            "--width",
+            "4",
+            "--input-size",
+            "32",
+            "--device",
+            "cpu",
+            "--json",
+        ]
+    )
     out, err = capsys.readouterr()
     assert rc == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("camgap: error: ")

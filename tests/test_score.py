@@ -1,6 +1,7 @@
 """score_model against independent oracles: pytorch-grad-cam's GradCAM for the normalised
 upsampled CAM, numpy for the thresholded region, the box raster (pixel-centre rule), the
 enclosing rectangle and the IoU."""
+
 from __future__ import annotations
 
 import copy
@@ -111,8 +112,9 @@ def check_against_oracle(result, cams: np.ndarray, refs: list[np.ndarray], thres
 
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
-    root = write_synthetic(tmp_path_factory.mktemp("synth"), seed=3, classes=3, train_per_class=3,
-                           test_per_class=1, size=SIZE)
+    root = write_synthetic(
+        tmp_path_factory.mktemp("synth"), seed=3, classes=3, train_per_class=3, test_per_class=1, size=SIZE
+    )
     records, classes = read_layout(root, "csv", "train")
     assert len(records) == 9 and len(classes) == 3
     return root, records, classes
@@ -163,8 +165,13 @@ def oracle(synth, trained):
 @pytest.fixture(scope="module")
 def base_result(synth, trained):
     _, records, _ = synth
-    return score_model(trained, BoxDataset(records, input_size=SIZE), thresholds=(0.1, 0.3, 0.5), batch_size=4,
-                       keep_overlays=len(records))
+    return score_model(
+        trained,
+        BoxDataset(records, input_size=SIZE),
+        thresholds=(0.1, 0.3, 0.5),
+        batch_size=4,
+        keep_overlays=len(records),
+    )
 
 
 # --- tests ----------------------------------------------------------------------------------
@@ -255,8 +262,9 @@ def test_one_forward_pass_per_image(synth, trained, layer):
     _, records, _ = synth
     calls, handle = _count_forwards(trained)
     try:
-        res = score_model(trained, BoxDataset(records, input_size=SIZE), thresholds=(0.1, 0.5), batch_size=4,
-                          target_layer=layer)
+        res = score_model(
+            trained, BoxDataset(records, input_size=SIZE), thresholds=(0.1, 0.5), batch_size=4, target_layer=layer
+        )
     finally:
         handle.remove()
     assert calls == {"n_calls": 3, "n_images": 9}
@@ -268,8 +276,13 @@ def test_layer3_matches_pytorch_grad_cam(synth, trained, oracle):
     _, records, _ = synth
     x, _, refs = oracle
     cams = oracle_cams(trained, x, trained.layer3)
-    res = score_model(trained, BoxDataset(records, input_size=SIZE), thresholds=(0.1,), target_layer="layer3",
-                      keep_overlays=len(records))
+    res = score_model(
+        trained,
+        BoxDataset(records, input_size=SIZE),
+        thresholds=(0.1,),
+        target_layer="layer3",
+        keep_overlays=len(records),
+    )
     check_against_oracle(res, cams, refs, (0.1,))
 
 
@@ -289,8 +302,15 @@ def test_masks_aligned_by_id(synth, trained, oracle):
     order = rng.permutation(len(records))
     ids = [records[j].image_id for j in order] + ["not-an-image"]
     tensor = torch.from_numpy(np.stack([masks[j] for j in order] + [np.ones((SIZE, SIZE), bool)]))
-    res = score_model(trained, BoxDataset(records, input_size=SIZE), thresholds=(0.1, 0.5), masks=tensor,
-                      mask_ids=ids, batch_size=4, keep_overlays=len(records))
+    res = score_model(
+        trained,
+        BoxDataset(records, input_size=SIZE),
+        thresholds=(0.1, 0.5),
+        masks=tensor,
+        mask_ids=ids,
+        batch_size=4,
+        keep_overlays=len(records),
+    )
     check_against_oracle(res, cams, masks, (0.1, 0.5))
     assert math.isnan(res.per_image["iou@0.1"].iloc[7]) and res.n_no_reference == 1
     with pytest.raises(ValueError, match="no mask"):
@@ -320,8 +340,12 @@ def two_class_csv(tmp_path_factory):
     text = "path,label,xmin,ymin,xmax,ymax,box_label\n" + "".join(",".join(map(str, r)) + "\n" for r in rows)
     (root / "train.csv").write_text(text)
     own = {"p0": [(2, 2, 14, 14)], "p1": [], "p2": [], "p3": [(3.5, 7.2, 20.4, 25.0)]}
-    union = {"p0": [(2, 2, 14, 14), (16, 18, 30, 30)], "p1": [(4, 4, 20, 12)], "p2": [],
-             "p3": [(3.5, 7.2, 20.4, 25.0), (20, 0, 32, 6)]}
+    union = {
+        "p0": [(2, 2, 14, 14), (16, 18, 30, 30)],
+        "p1": [(4, 4, 20, 12)],
+        "p2": [],
+        "p3": [(3.5, 7.2, 20.4, 25.0), (20, 0, 32, 6)],
+    }
     return root, own, union
 
 
@@ -453,8 +477,7 @@ def test_plain_dataset_scores_as_the_box_dataset(base_result, synth, trained, as
     """A Dataset yielding (image uint8 or float in [0,1], label, boxes) gives the BoxDataset's per-image
     values; image ids are the indices; the result names the CAM method by its canonical name."""
     _, records, _ = synth
-    got = score_model(trained, _Triplets(records, as_float), cam="GradCAM", thresholds=(0.1, 0.3, 0.5),
-                      batch_size=4)
+    got = score_model(trained, _Triplets(records, as_float), cam="GradCAM", thresholds=(0.1, 0.3, 0.5), batch_size=4)
     want = base_result.per_image
     assert got.per_image["image_id"].tolist() == [str(i) for i in range(9)] and got.cam == "gradcam"
     for col in ("label", "pred", "iou@0.1", "iou@0.3", "iou_b@0.5", "cam_area@0.5"):
@@ -467,11 +490,15 @@ def test_score_model_records_the_canonical_cam_name(synth, trained):
     assert score_model(trained, _Triplets(records), cam="gradcampp", batch_size=9).cam == "gradcam++"
 
 
-@pytest.mark.parametrize("data", [[(torch.zeros(3, 8, 8, dtype=torch.uint8), 0, torch.zeros(0, 4))], "images/",
-                                  torch.zeros(2, 3, 8, 8)])
+@pytest.mark.parametrize(
+    "data", [[(torch.zeros(3, 8, 8, dtype=torch.uint8), 0, torch.zeros(0, 4))], "images/", torch.zeros(2, 3, 8, 8)]
+)
 def test_score_model_refuses_other_data_naming_what_it_accepts(trained, data):
-    with pytest.raises(TypeError, match=r"cannot score on a (list|str|Tensor): expected a camgap BoxDataset, a "
-                                        r"TensorStore, or a torch.utils.data.Dataset yielding \(image, label, boxes\)"):
+    with pytest.raises(
+        TypeError,
+        match=r"cannot score on a (list|str|Tensor): expected a camgap BoxDataset, a "
+        r"TensorStore, or a torch.utils.data.Dataset yielding \(image, label, boxes\)",
+    ):
         score_model(trained, data)
 
 
@@ -489,16 +516,26 @@ class _Items(torch.utils.data.Dataset):
 _IMG = torch.zeros(3, 16, 16, dtype=torch.uint8)
 
 
-@pytest.mark.parametrize("items,error,message", [
-    ([(_IMG, 0)], TypeError, r"item 0 of the dataset is a tuple of 2: expected .*\(image, label, boxes\)"),
-    ([(torch.zeros(3, 16, 12, dtype=torch.uint8), 0, [])], InputError, r"item 0: image of shape \(3, 16, 12\); "
-                                                                      r"expected a square \[3, S, S\] image"),
-    ([(_IMG, 0, []), (torch.zeros(3, 8, 8, dtype=torch.uint8), 1, [])], InputError,
-     r"item 1: image of shape \(3, 8, 8\), item 0's is \(3, 16, 16\): all images must have one size"),
-    ([(_IMG, 0, []), (_IMG.float(), 1, [])], InputError, r"item 1: a torch.float32 image, item 0's is torch.uint8"),
-    ([(_IMG, 0, [[1, 2, 3]])], InputError, r"item 0: boxes of shape \(1, 3\); expected \[n, 4\] xyxy"),
-    ([(_IMG.long(), 0, [])], InputError, r"item 0: image of dtype torch.int64; expected uint8"),
-])
+@pytest.mark.parametrize(
+    "items,error,message",
+    [
+        ([(_IMG, 0)], TypeError, r"item 0 of the dataset is a tuple of 2: expected .*\(image, label, boxes\)"),
+        (
+            [(torch.zeros(3, 16, 12, dtype=torch.uint8), 0, [])],
+            InputError,
+            r"item 0: image of shape \(3, 16, 12\); "
+            r"expected a square \[3, S, S\] image",
+        ),
+        (
+            [(_IMG, 0, []), (torch.zeros(3, 8, 8, dtype=torch.uint8), 1, [])],
+            InputError,
+            r"item 1: image of shape \(3, 8, 8\), item 0's is \(3, 16, 16\): all images must have one size",
+        ),
+        ([(_IMG, 0, []), (_IMG.float(), 1, [])], InputError, r"item 1: a torch.float32 image, item 0's is torch.uint8"),
+        ([(_IMG, 0, [[1, 2, 3]])], InputError, r"item 0: boxes of shape \(1, 3\); expected \[n, 4\] xyxy"),
+        ([(_IMG.long(), 0, [])], InputError, r"item 0: image of dtype torch.int64; expected uint8"),
+    ],
+)
 def test_plain_dataset_bad_items(trained, items, error, message):
     with pytest.raises(error, match=message):
         score_model(trained, _Items(items), batch_size=2)

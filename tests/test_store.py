@@ -166,6 +166,7 @@ def test_batches_cover_every_index_once(records, tmp_path):
     assert torch.equal(torch.cat([b[1] for b in got]), ref[1])
     assert all(torch.equal(a, b) for a, b in zip([x for b in got for x in b[2]], ref[2]))
     assert all(torch.equal(a, b) for a, b in zip([x for b in got for x in b[3]], ref[3]))
+
     # shuffled: a permutation, seeded
     def run(seed):
         g = torch.Generator().manual_seed(seed)
@@ -233,7 +234,7 @@ def test_shared_between_processes(records, tmp_path):
 def _digest_in_child(cache_dir, conn):
     try:
         conn.send(_digest(TensorStore.open(cache_dir)))
-    except BaseException as e:  # report instead of hanging the parent
+    except BaseException as e:  # noqa: BLE001 - report instead of hanging the parent
         conn.send(repr(e))
 
 
@@ -241,7 +242,7 @@ def _cached_in_child(records, cache_dir, conn):
     try:
         store = TensorStore.cached(records, cache_dir, S)
         conn.send((_digest(store), os.stat(os.path.join(cache_dir, "images.u8")).st_ino))
-    except BaseException as e:
+    except BaseException as e:  # noqa: BLE001 - report instead of hanging the parent
         conn.send(repr(e))
 
 

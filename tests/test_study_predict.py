@@ -1,4 +1,5 @@
 """Gap prediction: OLS fit and the t prediction interval against a hand-worked case."""
+
 from __future__ import annotations
 
 import math
@@ -9,7 +10,7 @@ import pytest
 
 from camgap.study.predict import fit_from_wide, fit_gap, predict_gap
 
-T_975_2 = 4.302652729911275   # t quantile, 2 degrees of freedom, 0.975 (tables)
+T_975_2 = 4.302652729911275  # t quantile, 2 degrees of freedom, 0.975 (tables)
 
 
 def test_fit_and_interval_by_hand():
@@ -74,8 +75,9 @@ def test_bad_input():
 
 
 def test_fit_from_wide_uses_trained_models():
-    wide = pd.DataFrame({"IoU": [0.1, 0.2, 0.3, 0.4, 0.9], "gap": [40, 30, 20, 10, 99.0],
-                         "trained": [True, True, True, True, False]})
+    wide = pd.DataFrame(
+        {"IoU": [0.1, 0.2, 0.3, 0.4, 0.9], "gap": [40, 30, 20, 10, 99.0], "trained": [True, True, True, True, False]}
+    )
     f = fit_from_wide(wide, "IoU")
     assert f.n == 4 and f.slope == pytest.approx(-100) and f.measure == "IoU"
 
@@ -89,8 +91,10 @@ def test_prediction_clipped_to_the_possible_gaps():
     p = predict_gap(f, 0.2, train_acc=0.6)
     assert (p.gap, p.low, p.high) == (60.0, 60.0, 60.0)
     assert p.clipped and p.possible == (-40.0, 60.0) and p.se == raw.se
-    assert "predicted gap 60.00 pp, 95% prediction interval [60.00, 60.00] pp " \
-           "(clipped to the possible range [-40.00, 60.00] pp)" in p.text()
+    assert (
+        "predicted gap 60.00 pp, 95% prediction interval [60.00, 60.00] pp "
+        "(clipped to the possible range [-40.00, 60.00] pp)" in p.text()
+    )
     # below: a fit that predicts a test accuracy above 100% for a model with train acc 0.95
     g = fit_gap([0.1, 0.2, 0.3, 0.4], [10.0, 0.0, -8.0, -20.0])
     low = predict_gap(g, 0.25, train_acc=0.95)

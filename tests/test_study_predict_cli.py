@@ -2,6 +2,7 @@
 allows, `--json` prints one object on stdout (warnings on stderr), and the new model is
 preprocessed as its checkpoint says, else as the reference set was. The reference fit is
 set by hand (a measured model set is tested in test_cli_study.py)."""
+
 from __future__ import annotations
 
 import json
@@ -19,9 +20,13 @@ from camgap.study.predict import fit_gap
 SIZE = 32
 # gap = ~300 pp whatever the IoU: impossible for any model (at most 100 * train acc)
 FIT = fit_gap([0.0, 0.25, 0.5, 1.0], [300.0, 305.0, 310.0, 290.0])
-REFERENCE = {"input_size": (SIZE, "reference set"), "resize": ("resize", "reference set"),
-             "mean": ([0.5, 0.5, 0.5], "reference set"), "std": ([0.25, 0.25, 0.25], "reference set"),
-             "channel_order": ("rgb", "default")}
+REFERENCE = {
+    "input_size": (SIZE, "reference set"),
+    "resize": ("resize", "reference set"),
+    "mean": ([0.5, 0.5, 0.5], "reference set"),
+    "std": ([0.25, 0.25, 0.25], "reference set"),
+    "channel_order": ("rgb", "default"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +42,21 @@ def setup(tmp_path_factory):
         model.fc.bias.copy_(torch.tensor([1.0, 0.0, 0.0]))
     _, classes = read_layout(data, "csv", "train")
     ckpts = {"zoo": root / "zoo.pt", "plain": root / "plain.pt"}
-    torch.save({"model_state_dict": model.state_dict(), "arch": "small_resnet", "arch_kwargs": {"width": 4},
-                "num_classes": 3, "classes": classes, "input_size": 48, "resize": "resize_crop",
-                "mean": [0.4, 0.4, 0.4], "std": [0.2, 0.2, 0.2], "channel_order": "rgb"}, ckpts["zoo"])
+    torch.save(
+        {
+            "model_state_dict": model.state_dict(),
+            "arch": "small_resnet",
+            "arch_kwargs": {"width": 4},
+            "num_classes": 3,
+            "classes": classes,
+            "input_size": 48,
+            "resize": "resize_crop",
+            "mean": [0.4, 0.4, 0.4],
+            "std": [0.2, 0.2, 0.2],
+            "channel_order": "rgb",
+        },
+        ckpts["zoo"],
+    )
     torch.save(model.state_dict(), ckpts["plain"])
     return data, ckpts, model.eval()
 
@@ -58,8 +75,22 @@ def reference(monkeypatch):
 
 def predict(capsys, ckpt, data, *extra):
     capsys.readouterr()
-    rc = cli.main(["predict", "--zoo", "refzoo", "--checkpoint", str(ckpt), "--data", str(data), "--layout", "csv",
-                   "--device", "cpu", *map(str, extra)])
+    rc = cli.main(
+        [
+            "predict",
+            "--zoo",
+            "refzoo",
+            "--checkpoint",
+            str(ckpt),
+            "--data",
+            str(data),
+            "--layout",
+            "csv",
+            "--device",
+            "cpu",
+            *map(str, extra),
+        ]
+    )
     out, err = capsys.readouterr()
     return rc, out, err
 
@@ -92,11 +123,15 @@ def test_text_says_clipped_and_reference_preprocessing_fills_in(setup, reference
     rc, out, err = predict(capsys, ckpts["plain"], data, "--arch", "small_resnet", "--width", 4)
     assert rc == 0, err
     hi = 100 / 3
-    assert (f"predicted gap {hi:.2f} pp, 95% prediction interval [{hi:.2f}, {hi:.2f}] pp "
-            f"(clipped to the possible range [{hi - 100:.2f}, {hi:.2f}] pp)") in out
+    assert (
+        f"predicted gap {hi:.2f} pp, 95% prediction interval [{hi:.2f}, {hi:.2f}] pp "
+        f"(clipped to the possible range [{hi - 100:.2f}, {hi:.2f}] pp)"
+    ) in out
     # a bare state_dict records nothing: the reference set's preprocessing, the flags for the model
-    assert (f"preprocessing: input {SIZE} (reference set), resize (reference set), mean [0.5, 0.5, 0.5] "
-            "(reference set), std [0.25, 0.25, 0.25] (reference set), channels rgb (default)") in out
+    assert (
+        f"preprocessing: input {SIZE} (reference set), resize (reference set), mean [0.5, 0.5, 0.5] "
+        "(reference set), std [0.25, 0.25, 0.25] (reference set), channels rgb (default)"
+    ) in out
     assert "model: small_resnet {'width': 4} (flag), 3 outputs (data)" in out
     assert "WARNING: the model's training accuracy 0.333 is below 0.8" in out
 

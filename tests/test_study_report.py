@@ -1,5 +1,6 @@
 """End-to-end study on a tiny synthetic model set: files exist, CSVs hold the computed numbers,
 report.html is self-contained."""
+
 from __future__ import annotations
 
 import base64
@@ -33,9 +34,11 @@ def study(tmp_path_factory):
     runs, ms = demo_frames(seed=1)
     out = tmp_path_factory.mktemp("study")
     rng = np.random.default_rng(0)
-    overlays = [(1.5, [rng.uniform(size=(24, 24, 3)) for _ in range(3)]),
-                (25.0, [(rng.uniform(size=(24, 24, 3)) * 255).astype(np.uint8)] * 2),
-                ("no image", [])]
+    overlays = [
+        (1.5, [rng.uniform(size=(24, 24, 3)) for _ in range(3)]),
+        (25.0, [(rng.uniform(size=(24, 24, 3)) * 255).astype(np.uint8)] * 2),
+        ("no image", []),
+    ]
     report = write_study(runs, ms, out, overlays=overlays, n_boot=100, seed=5)
     return runs, ms, out, report
 
@@ -43,15 +46,35 @@ def study(tmp_path_factory):
 def test_all_files_written(study):
     _, _, out, report = study
     assert report == out / "report.html" and report.is_file()
-    for name in ("table3", "table3_spearman", "table3_kendall", "table3_ci_low", "table3_ci_high",
-                 "table3_n", "table3_long", "ranking", "table4", "table4_long", "table5", "table6",
-                 "table7", "failures", "models"):
+    for name in (
+        "table3",
+        "table3_spearman",
+        "table3_kendall",
+        "table3_ci_low",
+        "table3_ci_high",
+        "table3_n",
+        "table3_long",
+        "ranking",
+        "table4",
+        "table4_long",
+        "table5",
+        "table6",
+        "table7",
+        "failures",
+        "models",
+    ):
         for ext in ("csv", "md"):
             assert (out / "tables" / f"{name}.{ext}").is_file(), f"{name}.{ext}"
     figs = sorted(p.name for p in (out / "figures").glob("*.png"))
-    assert figs == ["figure2_overlays.png", "figure4_gap_boxplot.png", "figure5_gap_histogram.png",
-                    "scatter_iou.png", "scatter_iou_b.png",
-                    "scatter_nuclear_norm.png", "scatter_spectral_norm.png"]
+    assert figs == [
+        "figure2_overlays.png",
+        "figure4_gap_boxplot.png",
+        "figure5_gap_histogram.png",
+        "scatter_iou.png",
+        "scatter_iou_b.png",
+        "scatter_nuclear_norm.png",
+        "scatter_spectral_norm.png",
+    ]
     for p in (out / "figures").glob("*.png"):
         assert p.read_bytes()[:8] == PNG
 
@@ -68,7 +91,8 @@ def test_csv_numbers_equal_the_computed_ones(study):
     assert t3.loc[("resnet18", "IoU"), ">=90"] == pytest.approx(st.pearsonr(c.value, c.gap)[0], abs=1e-12)
     assert n3.loc[("resnet18", "IoU"), ">=90"] == len(c)
     assert lo3.loc[("resnet18", "IoU"), ">=90"] == pytest.approx(
-        stats.bootstrap_ci(c.value, c.gap, n_resamples=100, seed=5)[0], abs=1e-12)
+        stats.bootstrap_ci(c.value, c.gap, n_resamples=100, seed=5)[0], abs=1e-12
+    )
     c = tr[tr.train_acc >= 0.8]
     assert t3.loc[("Total", "IoU"), ">=80"] == pytest.approx(st.pearsonr(c.value, c.gap)[0], abs=1e-12)
     long = pd.read_csv(out / "tables" / "table3_long.csv")
@@ -83,7 +107,7 @@ def test_csv_numbers_equal_the_computed_ones(study):
     t5 = pd.read_csv(out / "tables" / "table5.csv", index_col=0)
     rnd = d[~d.trained]
     assert t5.loc["Random Model", "Total"] == pytest.approx(st.pearsonr(rnd.value, rnd.gap)[0])
-    assert math.isnan(t5.loc["Random Model", "resnet18"])        # 2 random models -> n/a
+    assert math.isnan(t5.loc["Random Model", "resnet18"])  # 2 random models -> n/a
     t7 = pd.read_csv(out / "tables" / "table7.csv", index_col=[0, 1])
     assert t7.loc["Total"].index.tolist() == ["IoU (using saliency map)", "IoU (using bounding box)"]
     fails = pd.read_csv(out / "tables" / "failures.csv")
@@ -133,10 +157,19 @@ def test_report_is_self_contained(study):
     assert "@import" not in html
     page = _page(report)
     assert len(page.imgs) == len(list((out / "figures").glob("*.png"))) == 7
-    for title in ("Table 3", "Table 4", "Table 5", "Table 6", "Table 7", "Figure 4", "Figure 5",
-                  "Figure 2", "granulated Kendall"):
+    for title in (
+        "Table 3",
+        "Table 4",
+        "Table 5",
+        "Table 6",
+        "Table 7",
+        "Figure 4",
+        "Figure 5",
+        "Figure 2",
+        "granulated Kendall",
+    ):
         assert title in html
-    assert "n/a" in html                                         # the random-model cells
+    assert "n/a" in html  # the random-model cells
 
 
 def test_every_image_is_a_written_png_with_data(study):
@@ -183,7 +216,7 @@ def test_provenance_block_opens_the_report(study, tmp_path):
         reg.bind_grid("ab" * 32, "{}", "grid")
     rep = write_study(runs, ms, tmp_path / "s", n_boot=0, command="camgap study zoo --out s <x>", model_set=zoo)
     prov = _page(rep).prov
-    assert prov["command"] == "camgap study zoo --out s <x>"          # escaped in the HTML, intact as text
+    assert prov["command"] == "camgap study zoo --out s <x>"  # escaped in the HTML, intact as text
     assert "&lt;x&gt;" in rep.read_text(encoding="utf-8")
     assert prov["model set"] == str(zoo) and prov["grid SHA-256"] == "ab" * 32
     assert prov["models by status"] == f"done: {len(runs) - 2}, failed: 1, pending: 1 (total {len(runs)})"
@@ -201,25 +234,28 @@ def test_a_measure_without_data_gets_a_line_not_an_empty_plot(tmp_path):
     assert "no data: Spectral Norm was not measured / undefined for all models." in page.text
     assert not (tmp_path / "figures" / "scatter_spectral_norm.png").exists()
     assert not any("Spectral Norm" in img["alt"] for img in page.imgs)
-    assert "study &lt;b&gt;not bold&lt;/b&gt;" in report.read_text(encoding="utf-8")   # autoescape
+    assert "study &lt;b&gt;not bold&lt;/b&gt;" in report.read_text(encoding="utf-8")  # autoescape
     # nothing finite among the shown models, though finite elsewhere: said so
     ms.loc[norm & ms.run_id.str.startswith("u"), ["value", "status"]] = [1.0, "done"]
     report = write_study(runs, ms, tmp_path / "b", n_boot=0)
-    assert ("no data: Spectral Norm has no finite value among the trained models with train acc ≥ 80 %; "
-            "no scatter drawn.") in _page(report).text
+    assert (
+        "no data: Spectral Norm has no finite value among the trained models with train acc ≥ 80 %; no scatter drawn."
+    ) in _page(report).text
 
 
 def test_scatter_caption_says_when_it_shows_models_below_the_threshold(tmp_path):
     runs, ms = demo_frames(seed=1)
     runs = runs.copy()
     low = runs.trained & (runs.run_id != "m000") & (runs.run_id != "m001")
-    runs.loc[low, "train_acc"] = 0.5                     # only 2 trained models reach 80 %
+    runs.loc[low, "train_acc"] = 0.5  # only 2 trained models reach 80 %
     runs["gap"] = 100 * (runs.train_acc - runs.test_acc)
     report = write_study(runs, ms, tmp_path, n_boot=0)
     captions = [img["alt"] for img in _page(report).imgs]
     n = int(runs.trained.sum())
-    assert (f"IoU vs gap: {n} trained models of any train acc (only 2 reach train acc ≥ 80 %, fewer than 3) "
-            "with a finite IoU") in captions
+    assert (
+        f"IoU vs gap: {n} trained models of any train acc (only 2 reach train acc ≥ 80 %, fewer than 3) "
+        "with a finite IoU"
+    ) in captions
 
 
 def test_histogram_counts_have_integer_ticks(tmp_path, monkeypatch):
@@ -235,7 +271,7 @@ def test_histogram_counts_have_integer_ticks(tmp_path, monkeypatch):
 
 def test_missing_variants_are_reported_not_faked(tmp_path):
     runs, ms = demo_frames(seed=2)
-    ms = ms[ms.params == IOU]                                      # no other CAM, no saliency
+    ms = ms[ms.params == IOU]  # no other CAM, no saliency
     report = write_study(runs, ms, tmp_path, n_boot=0)
     html = report.read_text(encoding="utf-8")
     assert "fewer than two CAM methods" in html and "fewer than two mask sources" in html
@@ -245,10 +281,10 @@ def test_missing_variants_are_reported_not_faked(tmp_path):
 
 def test_table4_note_is_in_the_report(tmp_path):
     runs, ms = demo_frames(seed=2)
-    ms = ms[~((ms.measure == "iou") & (ms.params == IOU))]        # the primary IoU variant is absent
+    ms = ms[~((ms.measure == "iou") & (ms.params == IOU))]  # the primary IoU variant is absent
     report = write_study(runs, ms, tmp_path, n_boot=0)
     html = report.read_text(encoding="utf-8")
-    table4 = html[html.index("<h2>Table 4."):html.index("<h2>", html.index("<h2>Table 4.") + 1)]
+    table4 = html[html.index("<h2>Table 4.") : html.index("<h2>", html.index("<h2>Table 4.") + 1)]
     assert "IoU (gradcam, rho 0.1, boxes) was not measured." in table4
 
 
@@ -257,10 +293,12 @@ def test_unfinished_runs_are_left_out():
     runs = runs.assign(status="done")
     runs.loc[0, ["status", "train_acc", "test_acc", "gap"]] = ["failed", np.nan, np.nan, np.nan]
     from camgap.study.report import run_study
+
     st = run_study(runs, ms, n_boot=0)
     assert st.models.shape[0] == len(runs) - 1
-    assert st.table3.n.loc[("Total", "IoU"), ">=80"] == int(((runs.status == "done") & runs.trained
-                                                            & (runs.train_acc >= 0.8)).sum())
+    assert st.table3.n.loc[("Total", "IoU"), ">=80"] == int(
+        ((runs.status == "done") & runs.trained & (runs.train_acc >= 0.8)).sum()
+    )
 
 
 def test_headline_is_the_total_block():
@@ -276,8 +314,9 @@ def test_headline_is_the_total_block():
 
 def test_overlay_grid_and_bad_images(tmp_path):
     imgs = [np.zeros((10, 12, 3), np.uint8), np.ones((10, 12)), np.full((10, 12, 3), 200.0)]
-    p = figures.overlay_grid([(0.4, imgs), (33.3, imgs[:1])], tmp_path / "g.png",
-                             col_titles=["a", "b", "c"], title="overlays")
+    p = figures.overlay_grid(
+        [(0.4, imgs), (33.3, imgs[:1])], tmp_path / "g.png", col_titles=["a", "b", "c"], title="overlays"
+    )
     assert p.read_bytes()[:8] == PNG
     with pytest.raises(ValueError, match="HxWx3"):
         figures.overlay_grid([(1.0, [np.zeros((4, 4, 2))])], tmp_path / "bad.png")
@@ -295,13 +334,21 @@ def test_report_renders_in_a_headless_browser(study, tmp_path):
     not a blank or error page."""
     _, _, _, report = study
     shot = tmp_path / "shot.png"
-    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-           f"--screenshot={shot}", "--window-size=1280,2000", report.resolve().as_uri()]
+    cmd = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--screenshot={shot}",
+        "--window-size=1280,2000",
+        report.resolve().as_uri(),
+    ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=120)
     img = np.asarray(Image.open(shot).convert("RGB"))
     assert img.shape == (2000, 1280, 3)
     ink = (img < 200).any(axis=2)
-    assert 0.02 < ink.mean() < 0.5                                # text and table borders, mostly white page
+    assert 0.02 < ink.mean() < 0.5  # text and table borders, mostly white page
     rows = np.flatnonzero(ink.any(axis=1))
-    assert rows.min() < 100 and rows.max() > 1800                 # content from the top to the bottom
-    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50        # anti-aliased text, grey headers
+    assert rows.min() < 100 and rows.max() > 1800  # content from the top to the bottom
+    assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50  # anti-aliased text, grey headers

@@ -1,4 +1,5 @@
 """Statistics of the study against scipy and against direct implementations of the definitions."""
+
 from __future__ import annotations
 
 import itertools
@@ -32,7 +33,7 @@ def test_correlations_drop_nonfinite_and_refuse_small_or_constant():
     keep = [0, 1, 3, 4]
     assert stats.pearson(x, y) == pytest.approx(st.pearsonr(x[keep], y[keep])[0])
     assert stats.correlations(x, y)["n"] == 4
-    assert math.isnan(stats.pearson([1, 2], [2, 1]))              # n < 3
+    assert math.isnan(stats.pearson([1, 2], [2, 1]))  # n < 3
     assert math.isnan(stats.spearman([1, 1, 1, 1], [1, 2, 3, 4]))  # constant
     assert math.isnan(stats.kendall([1, 2, 3], [5, 5, 5]))
     assert all(math.isnan(v) for k, v in stats.correlations([1, 2], [1, 2]).items() if k != "n")
@@ -69,11 +70,19 @@ def test_bootstrap_ci_is_scipys_paired_percentile_interval():
     rng = np.random.default_rng(3)
     x = rng.normal(size=25)
     y = 0.4 * x + rng.normal(size=25)
-    ref = st.bootstrap((x, y), _scipy_pearson, paired=True, vectorized=True, n_resamples=400,
-                       method="percentile", confidence_level=0.9, rng=np.random.default_rng(11))
+    ref = st.bootstrap(
+        (x, y),
+        _scipy_pearson,
+        paired=True,
+        vectorized=True,
+        n_resamples=400,
+        method="percentile",
+        confidence_level=0.9,
+        rng=np.random.default_rng(11),
+    )
     got = stats.bootstrap_ci(x, y, n_resamples=400, confidence=0.9, seed=11)
     assert got == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high), abs=1e-12)
-    assert stats.bootstrap_ci(x, y, n_resamples=400, confidence=0.9, seed=11) == got   # rerun: same numbers
+    assert stats.bootstrap_ci(x, y, n_resamples=400, confidence=0.9, seed=11) == got  # rerun: same numbers
 
 
 def test_bootstrap_ci_leaves_out_undefined_resamples_of_a_tiny_set():
@@ -82,8 +91,15 @@ def test_bootstrap_ci_leaves_out_undefined_resamples_of_a_tiny_set():
     x = np.array([0.1, 0.4, 0.2, 0.9])
     y = np.array([3.0, 1.0, 2.5, 0.5])
     with pytest.warns(st.DegenerateDataWarning):
-        ref = st.bootstrap((x, y), _scipy_pearson, paired=True, vectorized=True, n_resamples=300,
-                           method="percentile", rng=np.random.default_rng(5))
+        ref = st.bootstrap(
+            (x, y),
+            _scipy_pearson,
+            paired=True,
+            vectorized=True,
+            n_resamples=300,
+            method="percentile",
+            rng=np.random.default_rng(5),
+        )
     assert math.isnan(ref.confidence_interval.low)
     dist = ref.bootstrap_distribution
     assert np.isnan(dist).sum() > 0
@@ -122,8 +138,10 @@ def brute_granulated(df, m, g, hparams):
 
 def grid_frame(seed=0, repeats=2, drop=0):
     rng = np.random.default_rng(seed)
-    rows = [dict(a=a, b=b, c=c, rep=r) for a, b, c, r in
-            itertools.product([16, 32, 64], ["sgd", "adam"], [0.0, 5e-4], range(repeats))]
+    rows = [
+        dict(a=a, b=b, c=c, rep=r)
+        for a, b, c, r in itertools.product([16, 32, 64], ["sgd", "adam"], [0.0, 5e-4], range(repeats))
+    ]
     df = pd.DataFrame(rows)
     df["gap"] = rng.normal(size=len(df)).round(2)
     df["m"] = 0.6 * df["gap"] + rng.normal(size=len(df))
@@ -149,15 +167,14 @@ def test_granulated_kendall_hand_cases():
     #   (h1, h2): gap, measure = (0,0): 1, 10 | (1,0): 2, 20 | (0,1): 3, 40 | (1,1): 4, 30
     # psi_h1: cell h2=0 -> concordant (+1), cell h2=1 -> discordant (-1): mean 0
     # psi_h2: cell h1=0 -> (1,10) vs (3,40) +1, cell h1=1 -> (2,20) vs (4,30) +1: mean 1
-    hand = pd.DataFrame({"h1": [0, 1, 0, 1], "h2": [0, 0, 1, 1], "gap": [1, 2, 3, 4],
-                         "m": [10, 20, 40, 30]})
+    hand = pd.DataFrame({"h1": [0, 1, 0, 1], "h2": [0, 0, 1, 1], "gap": [1, 2, 3, 4], "m": [10, 20, 40, 30]})
     psi, per = stats.granulated_kendall(hand, "m", "gap", ["h1", "h2"])
     assert per == {"h1": 0.0, "h2": 1.0} and psi == 0.5
     # tau-b variant agrees on a tie-free cell; a failed (NaN) measurement is dropped
     assert stats.granulated_kendall(hand, "m", "gap", ["h1", "h2"], tau="b")[1] == per
     hand.loc[3, "m"] = np.nan
     psi, per = stats.granulated_kendall(hand, "m", "gap", ["h1", "h2"])
-    assert per == {"h1": 1.0, "h2": 1.0}   # only the complete cells remain
+    assert per == {"h1": 1.0, "h2": 1.0}  # only the complete cells remain
 
 
 def test_tau_a_counts_ties_as_zero():
@@ -242,7 +259,7 @@ def test_cmi_hand_cases():
     d2 = df.assign(gap=effect + rng.normal(size=len(df)), m=effect)
     score, per = stats.cmi_score(d2, "m", "gap", ["a", "b", "c"])
     assert score == pytest.approx(0.0, abs=1e-12)
-    assert per[()] > 0.3                    # unconditionally the measure does look informative
+    assert per[()] > 0.3  # unconditionally the measure does look informative
     assert per[("a",)] == pytest.approx(0.0, abs=1e-12)
 
 
@@ -258,8 +275,7 @@ def test_cmi_worked_example_empty_set():
 
 def test_cmi_undefined_sets_are_left_out():
     # gap fixed by h1 alone: conditioning on h1 leaves H(V_g | U) = 0 -> NaN, excluded from the min
-    df = pd.DataFrame({"h1": [0, 0, 1, 1], "h2": [0, 1, 0, 1], "gap": [1.0, 1.0, 5.0, 5.0],
-                       "m": [0.1, 0.2, 0.3, 0.4]})
+    df = pd.DataFrame({"h1": [0, 0, 1, 1], "h2": [0, 1, 0, 1], "gap": [1.0, 1.0, 5.0, 5.0], "m": [0.1, 0.2, 0.3, 0.4]})
     score, per = stats.cmi_score(df, "m", "gap", ["h1", "h2"])
     assert math.isnan(per[("h1",)]) and math.isnan(per[("h1", "h2")])
     assert score == pytest.approx(min(per[()], per[("h2",)]))
@@ -300,8 +316,9 @@ def test_selection_accuracy_matches_pair_loop_on_random_data():
     assert (s.n_correct, s.n_compared) == (ok, tot)
 
 
-@pytest.mark.parametrize("hparams,max_set", [(["a"], 2), (["a", "b"], 2), (["a", "b", "c", "rep"], 2),
-                                             (["a", "b", "c", "rep"], 3)])
+@pytest.mark.parametrize(
+    "hparams,max_set", [(["a"], 2), (["a", "b"], 2), (["a", "b", "c", "rep"], 2), (["a", "b", "c", "rep"], 3)]
+)
 def test_cmi_marginals_match_brute_force_for_any_number_of_hyperparameters(hparams, max_set):
     # the joint counts are summed down to each conditioning set through prefix / suffix sums
     df = grid_frame(seed=7, repeats=2)

@@ -1,4 +1,5 @@
 """Tables 3-7: values equal the statistics computed directly; n/a below 3 models; CSV/Markdown."""
+
 from __future__ import annotations
 
 import math
@@ -29,12 +30,22 @@ def _trained_iou(runs, ms, params=IOU):
 def test_params_are_one_identity_whatever_their_spelling():
     """The registry's JSON (string or number values), a label in any key order and "0.10" for 0.1
     name one variant; the study reads them all as the same label."""
-    ms = pd.DataFrame({"run_id": list("abcd"), "measure": "iou", "value": [0.1, 0.2, 0.3, 0.4],
-                       "params": ['{"cam":"gradcam","threshold":"0.1"}', '{"cam": "gradcam", "threshold": 0.10}',
-                                  "threshold=0.1, cam=gradcam", "cam=gradcam,threshold=0.2"]})
+    ms = pd.DataFrame(
+        {
+            "run_id": list("abcd"),
+            "measure": "iou",
+            "value": [0.1, 0.2, 0.3, 0.4],
+            "params": [
+                '{"cam":"gradcam","threshold":"0.1"}',
+                '{"cam": "gradcam", "threshold": 0.10}',
+                "threshold=0.1, cam=gradcam",
+                "cam=gradcam,threshold=0.2",
+            ],
+        }
+    )
     m = tables.prepare_measurements(ms)
     assert m["params"].tolist() == ["cam=gradcam,threshold=0.1"] * 3 + ["cam=gradcam,threshold=0.2"]
-    assert tables.prepare_measurements(m) is m   # a prepared frame is not prepared again
+    assert tables.prepare_measurements(m) is m  # a prepared frame is not prepared again
     w = tables.wide_table(pd.DataFrame({"run_id": list("abcd")}), m, [("iou", "threshold=0.10,cam=gradcam", "x")])
     assert w["x"].tolist()[:3] == [0.1, 0.2, 0.3] and math.isnan(w["x"].iloc[3])
     assert tables.params_match("cam=gradcam,threshold=0.1", {"threshold": 0.1})
@@ -42,26 +53,38 @@ def test_params_are_one_identity_whatever_their_spelling():
 
 
 def test_json_params_and_no_params():
-    ms = pd.DataFrame({"run_id": ["a", "b"], "measure": "iou", "value": [0.1, 0.2],
-                       "params": ['{"cam": "gradcam", "threshold": 0.1}', "{}"]})
-    w = tables.wide_table(pd.DataFrame({"run_id": ["a", "b"]}), ms,
-                          [("iou", "cam=gradcam,threshold=0.1", "x"), ("iou", "", "y")])
+    ms = pd.DataFrame(
+        {
+            "run_id": ["a", "b"],
+            "measure": "iou",
+            "value": [0.1, 0.2],
+            "params": ['{"cam": "gradcam", "threshold": 0.1}', "{}"],
+        }
+    )
+    w = tables.wide_table(
+        pd.DataFrame({"run_id": ["a", "b"]}), ms, [("iou", "cam=gradcam,threshold=0.1", "x"), ("iou", "", "y")]
+    )
     assert w["x"].tolist()[0] == 0.1 and w["y"].tolist()[1] == 0.2
 
 
 def test_wide_table_pivots_and_leaves_failures_nan():
     runs = pd.DataFrame({"run_id": ["a", "b", "c"], "arch": "r18", "gap": [1.0, 2.0, 3.0]})
-    ms = pd.DataFrame([
-        ("a", "iou", "cam=gradcam,masks=boxes", 0.5, "done", ""),
-        ("b", "iou", "cam=gradcam,masks=boxes", 0.4, "done", ""),
-        ("c", "iou", "cam=gradcam,masks=boxes", np.nan, "failed", "negative margin"),
-        ("a", "iou", "cam=gradcam++,masks=boxes", 0.6, "done", ""),
-        ("a", "nuclear_norm", "", 1.5, "done", ""),
-        ("b", "nuclear_norm", np.nan, 2.5, "done", ""),      # missing params == ""
-    ], columns=["run_id", "measure", "params", "value", "status", "error"])
-    w = tables.wide_table(runs, ms, [("iou", "cam=gradcam,masks=boxes", "IoU"),
-                                     ("iou", {"cam": "gradcam++"}, "IoU++"),
-                                     ("nuclear_norm", "", "NN")])
+    ms = pd.DataFrame(
+        [
+            ("a", "iou", "cam=gradcam,masks=boxes", 0.5, "done", ""),
+            ("b", "iou", "cam=gradcam,masks=boxes", 0.4, "done", ""),
+            ("c", "iou", "cam=gradcam,masks=boxes", np.nan, "failed", "negative margin"),
+            ("a", "iou", "cam=gradcam++,masks=boxes", 0.6, "done", ""),
+            ("a", "nuclear_norm", "", 1.5, "done", ""),
+            ("b", "nuclear_norm", np.nan, 2.5, "done", ""),  # missing params == ""
+        ],
+        columns=["run_id", "measure", "params", "value", "status", "error"],
+    )
+    w = tables.wide_table(
+        runs,
+        ms,
+        [("iou", "cam=gradcam,masks=boxes", "IoU"), ("iou", {"cam": "gradcam++"}, "IoU++"), ("nuclear_norm", "", "NN")],
+    )
     assert w["IoU"].tolist()[:2] == [0.5, 0.4] and math.isnan(w["IoU"].iloc[2])
     assert w["IoU++"].iloc[0] == 0.6 and w["IoU++"].iloc[1:].isna().all()
     assert w["NN"].tolist()[:2] == [1.5, 2.5]
@@ -70,12 +93,14 @@ def test_wide_table_pivots_and_leaves_failures_nan():
         tables.wide_table(runs, ms, [("iou", {"masks": "boxes"}, "x")])
     with pytest.raises(ValueError, match="already in the table"):
         tables.wide_table(runs, ms, [("nuclear_norm", "", "gap")])
-    auto = tables.wide_table(runs, ms)                   # every (measure, params), labelled
+    auto = tables.wide_table(runs, ms)  # every (measure, params), labelled
     assert {"Nuclear Norm", "IoU (cam=gradcam)", "IoU (cam=gradcam++)"} <= set(auto.columns)
     # the IoU is exactly the paper's variant: these rows carry no threshold, so rho 0.1 was not measured
     assert [s.label for s in tables.discover_specs(ms, {"cam": "gradcam"})] == ["Nuclear Norm", "IoU: not measured"]
     assert [s.label for s in tables.discover_specs(ms, {"cam": "gradcam", "threshold": 0.3})] == [
-        "Nuclear Norm", "IoU: not measured"]
+        "Nuclear Norm",
+        "IoU: not measured",
+    ]
 
 
 # ------------------------------------------------------------------------------ Table 3
@@ -84,8 +109,7 @@ def test_table3_cells_equal_scipy_on_the_cell_subsets(frames):
     t = tables.table3(runs, ms, n_boot=50, seed=3)
     assert list(t.pearson.columns) == [">=95", ">=90", ">=85", ">=80"]
     assert t.pearson.index.get_level_values(0).unique().tolist() == ["resnet18", "resnet34", "Total"]
-    assert t.pearson.index.get_level_values(1).unique().tolist() == [
-        "Spectral Norm", "Nuclear Norm", "IoU-B", "IoU"]
+    assert t.pearson.index.get_level_values(1).unique().tolist() == ["Spectral Norm", "Nuclear Norm", "IoU-B", "IoU"]
     d = _trained_iou(runs, ms)
     for arch in ("resnet18", "Total"):
         for thr, col in zip((0.95, 0.90, 0.85, 0.80), t.pearson.columns):
@@ -105,8 +129,17 @@ def test_table3_cells_equal_scipy_on_the_cell_subsets(frames):
     assert t.n.loc[("Total", "Spectral Norm"), ">=80"] == t.n.loc[("Total", "IoU"), ">=80"] - 1
     long = t.long()
     assert len(long) == t.pearson.size
-    assert set(long.columns) == {"arch", "measure", "column", "pearson", "spearman", "kendall",
-                                 "ci_low", "ci_high", "n"}
+    assert set(long.columns) == {
+        "arch",
+        "measure",
+        "column",
+        "pearson",
+        "spearman",
+        "kendall",
+        "ci_low",
+        "ci_high",
+        "n",
+    }
 
 
 def _small_runs():
@@ -114,12 +147,26 @@ def _small_runs():
     rows = []
     for arch, n in (("resnet18", 6), ("resnet50", 2)):
         for i in range(n):
-            rows.append(dict(run_id=f"{arch}-{i}", arch=arch, trained=True,
-                             train_acc=0.99 - 0.01 * i, gap=float(rng.uniform(0, 30))))
+            rows.append(
+                dict(
+                    run_id=f"{arch}-{i}",
+                    arch=arch,
+                    trained=True,
+                    train_acc=0.99 - 0.01 * i,
+                    gap=float(rng.uniform(0, 30)),
+                )
+            )
     runs = pd.DataFrame(rows)
-    ms = pd.DataFrame(dict(run_id=runs.run_id, measure="iou", params=IOU,
-                           value=0.5 - runs.gap / 100 + rng.normal(0, 0.01, len(runs)),
-                           status="done", error=""))
+    ms = pd.DataFrame(
+        dict(
+            run_id=runs.run_id,
+            measure="iou",
+            params=IOU,
+            value=0.5 - runs.gap / 100 + rng.normal(0, 0.01, len(runs)),
+            status="done",
+            error="",
+        )
+    )
     return runs, ms
 
 
@@ -186,7 +233,7 @@ def test_table5_random_vs_trained(frames):
     rnd = d[~d.trained]
     assert t.n.loc["Random Model", "Total"] == len(rnd) == 4
     assert t.pearson.loc["Random Model", "Total"] == pytest.approx(st.pearsonr(rnd.value, rnd.gap)[0])
-    assert math.isnan(t.pearson.loc["Random Model", "resnet18"])      # 2 random models
+    assert math.isnan(t.pearson.loc["Random Model", "resnet18"])  # 2 random models
     tr = d[d.trained & (d.train_acc >= 0.8)]
     assert t.pearson.loc["Trained Model", "Total"] == pytest.approx(st.pearsonr(tr.value, tr.gap)[0])
 
@@ -195,10 +242,14 @@ def test_table6_rows_by_cam_method(frames):
     runs, ms = frames
     t = tables.table6(runs, ms, n_boot=0)
     assert t.pearson.loc["Total"].index.tolist() == [
-        "IoU (Using GradCAM)", "IoU (Using GradCAM++)", "IoU (Using SmoothGradCAM++)"]
+        "IoU (Using GradCAM)",
+        "IoU (Using GradCAM++)",
+        "IoU (Using SmoothGradCAM++)",
+    ]
     d = _trained_iou(runs, ms, "cam=smoothgradcam++,threshold=0.1,masks=boxes")
     assert t.pearson.loc[("Total", "IoU (Using SmoothGradCAM++)"), ">=80"] == pytest.approx(
-        st.pearsonr(d.value, d.gap)[0])
+        st.pearsonr(d.value, d.gap)[0]
+    )
     only_gradcam = ms[~ms.params.str.contains(r"\+\+")]
     assert tables.table6(runs, only_gradcam, n_boot=0) is None
 
@@ -206,12 +257,12 @@ def test_table6_rows_by_cam_method(frames):
 def test_table7_boxes_vs_saliency(frames):
     runs, ms = frames
     t = tables.table7(runs, ms, n_boot=0)
-    assert t.pearson.loc["resnet18"].index.tolist() == ["IoU (using saliency map)",
-                                                        "IoU (using bounding box)"]
+    assert t.pearson.loc["resnet18"].index.tolist() == ["IoU (using saliency map)", "IoU (using bounding box)"]
     d = _trained_iou(runs, ms, "cam=gradcam,threshold=0.1,masks=saliency")
     d = d[(d.arch == "resnet18") & (d.train_acc >= 0.9)]
     assert t.pearson.loc[("resnet18", "IoU (using saliency map)"), ">=90"] == pytest.approx(
-        st.pearsonr(d.value, d.gap)[0])
+        st.pearsonr(d.value, d.gap)[0]
+    )
     assert tables.table7(runs, ms[~ms.params.str.contains("saliency")], n_boot=0) is None
 
 
@@ -219,13 +270,14 @@ def test_thresholds_are_configurable(frames):
     runs, ms = frames
     t = tables.table3(runs, ms, thresholds=(0.99, 0.5), n_boot=0)
     assert list(t.pearson.columns) == [">=99", ">=50"]
-    assert t.ci_low.isna().all().all()                      # n_boot=0: no interval
+    assert t.ci_low.isna().all().all()  # n_boot=0: no interval
 
 
 def test_markdown_layout():
-    df = pd.DataFrame({">=95": [-0.91444, np.nan], ">=90": [0.5, 1.0]},
-                      index=pd.MultiIndex.from_tuples([("resnet18", "IoU"), ("resnet18", "EI")],
-                                                      names=["arch", "measure"]))
+    df = pd.DataFrame(
+        {">=95": [-0.91444, np.nan], ">=90": [0.5, 1.0]},
+        index=pd.MultiIndex.from_tuples([("resnet18", "IoU"), ("resnet18", "EI")], names=["arch", "measure"]),
+    )
     md = render.to_markdown(df)
     lines = md.splitlines()
     assert lines[0] == "| arch | measure | \u2265 95 | \u2265 90 |"
@@ -282,7 +334,11 @@ def test_tables_use_rho_0_1_although_0_05_sorts_first(frames):
     for make in (tables.table3, tables.table5, tables.table6, tables.table7):
         _assert_same_table(make(runs, more, n_boot=0), make(runs, ms, n_boot=0))
     assert tables.table3(runs, more, n_boot=0).pearson.loc["Total"].index.tolist() == [
-        "Spectral Norm", "Nuclear Norm", "IoU-B", "IoU"]
+        "Spectral Norm",
+        "Nuclear Norm",
+        "IoU-B",
+        "IoU",
+    ]
     t4, ref = tables.table4(runs, more), tables.table4(runs, ms)
     pd.testing.assert_frame_equal(t4.accuracy, ref.accuracy)
     assert t4.note == ""
@@ -305,7 +361,11 @@ def test_tables_say_when_rho_0_1_was_not_measured(frames, tmp_path):
     missing = "IoU (gradcam, rho 0.1, boxes) was not measured."
     t3 = tables.table3(runs, other, n_boot=0)
     assert t3.pearson.loc["Total"].index.tolist() == [
-        "Spectral Norm", "Nuclear Norm", "IoU-B: not measured", "IoU: not measured"]
+        "Spectral Norm",
+        "Nuclear Norm",
+        "IoU-B: not measured",
+        "IoU: not measured",
+    ]
     assert t3.pearson.loc[("Total", "IoU: not measured")].isna().all()
     assert (t3.n.loc[("Total", "IoU: not measured")] == 0).all()
     assert missing in t3.note and "IoU-B (gradcam, rho 0.1, boxes) was not measured." in t3.note
@@ -319,12 +379,16 @@ def test_tables_say_when_rho_0_1_was_not_measured(frames, tmp_path):
     assert t5.pearson.isna().all().all() and t5.note.endswith(missing)
     t6 = tables.table6(runs, other, n_boot=0)
     assert t6.pearson.loc["Total"].index.tolist() == [
-        "IoU (Using GradCAM): not measured", "IoU (Using GradCAM++): not measured",
-        "IoU (Using SmoothGradCAM++): not measured"]
+        "IoU (Using GradCAM): not measured",
+        "IoU (Using GradCAM++): not measured",
+        "IoU (Using SmoothGradCAM++): not measured",
+    ]
     assert "IoU (gradcam++, rho 0.1, boxes) was not measured." in t6.note
     t7 = tables.table7(runs, other, n_boot=0)
     assert t7.pearson.loc["Total"].index.tolist() == [
-        "IoU (using saliency map): not measured", "IoU (using bounding box): not measured"]
+        "IoU (using saliency map): not measured",
+        "IoU (using bounding box): not measured",
+    ]
     assert "IoU (gradcam, rho 0.1, saliency) was not measured." in t7.note
     # no IoU at all: Tables 4 and 5 do not exist (the report says so)
     norms = ms[~ms.measure.isin(["iou", "iou_b"])]
@@ -342,25 +406,38 @@ def test_primary_threshold_is_validated_and_can_be_chosen(frames):
     d = d[d.train_acc >= 0.9]
     assert t.accuracy.loc["Total", ">=90"] == pytest.approx(stats.selection_accuracy(d.value, d.gap).accuracy)
     # params with a further key: two variants match, and no table chooses between them
-    extra = pd.concat([ms, ms[ms.measure == "iou"].assign(
-        params=lambda f: f.params + ",resize=resize_crop")], ignore_index=True)
+    extra = pd.concat(
+        [ms, ms[ms.measure == "iou"].assign(params=lambda f: f.params + ",resize=resize_crop")], ignore_index=True
+    )
     with pytest.raises(ValueError, match="2 variants of iou match"):
         tables.table4(runs, extra)
 
 
 def test_only_done_finite_rows_feed_the_tables():
-    runs = pd.DataFrame({"run_id": list("abcdef"), "arch": "r18", "trained": True,
-                         "train_acc": 0.99, "gap": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]})
-    ms = pd.DataFrame({"run_id": list("abcdef"), "measure": "iou", "params": IOU,
-                       "value": [0.6, 0.5, 0.45, np.inf, 0.9, 0.1],
-                       "status": ["done"] * 5 + ["failed"],
-                       "state": ["done", "done", "done", "done", "undefined", "done"]})
+    runs = pd.DataFrame(
+        {
+            "run_id": list("abcdef"),
+            "arch": "r18",
+            "trained": True,
+            "train_acc": 0.99,
+            "gap": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+        }
+    )
+    ms = pd.DataFrame(
+        {
+            "run_id": list("abcdef"),
+            "measure": "iou",
+            "params": IOU,
+            "value": [0.6, 0.5, 0.45, np.inf, 0.9, 0.1],
+            "status": ["done"] * 5 + ["failed"],
+            "state": ["done", "done", "done", "done", "undefined", "done"],
+        }
+    )
     w = tables.wide_table(runs, ms, [("iou", IOU, "IoU")])
     assert w["IoU"].tolist()[:3] == [0.6, 0.5, 0.45] and w["IoU"].iloc[3:].isna().all()
     t = tables.table3(runs, ms, n_boot=0)
     assert t.n.loc[("Total", "IoU"), ">=95"] == 3
-    assert t.pearson.loc[("Total", "IoU"), ">=95"] == pytest.approx(
-        st.pearsonr([0.6, 0.5, 0.45], [1.0, 2.0, 3.0])[0])
+    assert t.pearson.loc[("Total", "IoU"), ">=95"] == pytest.approx(st.pearsonr([0.6, 0.5, 0.45], [1.0, 2.0, 3.0])[0])
     # without a state column, status alone decides (row e counts)
     t = tables.table3(runs, ms.drop(columns="state"), n_boot=0)
     assert t.n.loc[("Total", "IoU"), ">=95"] == 4
@@ -374,14 +451,16 @@ def test_study_options_check_each_field():
     o = tables.StudyOptions(thresholds=[0.9, "0.8"], primary={"threshold": 0.05})
     assert o.thresholds == (0.9, 0.8) and dict(o.primary) == {"threshold": "0.05"}
     assert tables.StudyOptions().primary == tables.DEFAULT_PRIMARY and tables.StudyOptions().n_boot == 2000
-    for kw, msg in [({"thresholds": (0.9, 1.5)}, r"thresholds: accuracy threshold 1.5 is outside \[0, 1\]"),
-                    ({"thresholds": ("x",)}, "thresholds: accuracy threshold 'x' is not a number"),
-                    ({"n_boot": -1}, "n_boot must be an integer >= 0, got -1"),
-                    ({"seed": 1.5}, "seed must be an integer >= 0"),
-                    ({"confidence": 1.0}, r"confidence must be a number in \(0, 1\), got 1.0"),
-                    ({"min_n": 1}, "min_n must be an integer >= 2"),
-                    ({"primary": {"threshold": 2}}, "threshold 2 is outside"),
-                    ({"hparams": "arch"}, "hparams must be a list of column names")]:
+    for kw, msg in [
+        ({"thresholds": (0.9, 1.5)}, r"thresholds: accuracy threshold 1.5 is outside \[0, 1\]"),
+        ({"thresholds": ("x",)}, "thresholds: accuracy threshold 'x' is not a number"),
+        ({"n_boot": -1}, "n_boot must be an integer >= 0, got -1"),
+        ({"seed": 1.5}, "seed must be an integer >= 0"),
+        ({"confidence": 1.0}, r"confidence must be a number in \(0, 1\), got 1.0"),
+        ({"min_n": 1}, "min_n must be an integer >= 2"),
+        ({"primary": {"threshold": 2}}, "threshold 2 is outside"),
+        ({"hparams": "arch"}, "hparams must be a list of column names"),
+    ]:
         with pytest.raises(ValueError, match=msg):
             tables.StudyOptions(**kw)
     o = tables.StudyOptions.of(None, n_boot=0, specs=[("iou", None, "IoU")])

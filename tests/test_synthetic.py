@@ -127,9 +127,11 @@ def test_class_sets_disjoint_and_sorted():
     target, source = class_names("target"), class_names("source")
     assert len(target) == 10 and len(source) >= 10
     strip = lambda names: {n.split("_", 1)[1] for n in names}  # noqa: E731
-    assert strip(target) == set(TARGET_SHAPES) == {
-        "circle", "square", "triangle", "cross", "ring", "star", "diamond", "bar", "hollow_square", "L"
-    }
+    assert (
+        strip(target)
+        == set(TARGET_SHAPES)
+        == {"circle", "square", "triangle", "cross", "ring", "star", "diamond", "bar", "hollow_square", "L"}
+    )
     assert not strip(target) & strip(source)
     for names in (target, source):
         assert names == sorted(names)  # sorted order == class index
@@ -172,8 +174,14 @@ def test_foreign_directory_and_bad_params_refused(tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         write_synthetic(tmp_path / "x", **SMALL)
     assert (tmp_path / "x" / "notes.txt").read_text() == "mine"
-    for bad in (dict(classes=0), dict(classes=11), dict(train_per_class=0), dict(size=8), dict(seed=-1),
-                dict(class_set="other")):
+    for bad in (
+        dict(classes=0),
+        dict(classes=11),
+        dict(train_per_class=0),
+        dict(size=8),
+        dict(seed=-1),
+        dict(class_set="other"),
+    ):
         with pytest.raises(ValueError):
             write_synthetic(tmp_path / "y", **{**SMALL, **bad})
 

@@ -1,6 +1,7 @@
 """The default target layer per torchvision family is the one pytorch-grad-cam's README
 documents ("Chosing the Target Layer"), found inside wrappers too, and the closed-form
 gradient is used exactly where the head is global average pooling + one Linear."""
+
 from __future__ import annotations
 
 import pytest

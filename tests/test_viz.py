@@ -1,5 +1,6 @@
 """CAM overlays (camgap.viz) and the Figure 2 grid: colours computed from the definition, and the
 figure names its CAM method and threshold, explains its outlines and has a colour bar."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,24 +27,25 @@ def test_overlay_is_inferno_over_the_grey_image():
     want = 0.5 * grey[..., None] + 0.5 * colormaps[CAM_CMAP](cam.numpy())[..., :3].astype(np.float32) * 255
     want = want.clip(0, 255).astype(np.uint8)
     inside = np.zeros((8, 8), bool)
-    inside[3:5, 3:5] = True                         # interior of the thresholded square
+    inside[3:5, 3:5] = True  # interior of the thresholded square
     outside = np.ones((8, 8), bool)
     outside[2:6, 2:6] = False
     assert np.array_equal(out[inside], want[inside]) and np.array_equal(out[outside], want[outside])
     ring = np.zeros((8, 8), bool)
     ring[2:6, 2:6] = True
     ring &= ~inside
-    assert (out[ring] == WHITE.astype(np.uint8)).all()                   # outline of cam >= rho
+    assert (out[ring] == WHITE.astype(np.uint8)).all()  # outline of cam >= rho
     d = desaturate(rgb)
     assert d.shape == (8, 8, 3) and np.array_equal(d[..., 0], d[..., 2]) and np.allclose(d[..., 1], grey)
 
 
 def test_boxes_are_green_and_scaled():
-    out = render_overlay(_image(), torch.zeros(8, 8), threshold=0.5, boxes=torch.tensor([[1.0, 1.0, 5.0, 6.0]]),
-                         scale=2)
+    out = render_overlay(
+        _image(), torch.zeros(8, 8), threshold=0.5, boxes=torch.tensor([[1.0, 1.0, 5.0, 6.0]]), scale=2
+    )
     assert out.shape == (16, 16, 3)
-    assert (out[2, 2:10] == GREEN.astype(np.uint8)).all()                # top edge of the box, x 2..9
-    assert not (out[4, 4] == GREEN.astype(np.uint8)).all()               # inside stays the image
+    assert (out[2, 2:10] == GREEN.astype(np.uint8)).all()  # top edge of the box, x 2..9
+    assert not (out[4, 4] == GREEN.astype(np.uint8)).all()  # inside stays the image
 
 
 def test_figure2_names_method_and_threshold_with_legend_and_colour_bar(tmp_path):

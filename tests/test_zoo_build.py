@@ -1,5 +1,6 @@
 """End to end on a tiny synthetic dataset: build, rebuild, resume, crash (SIGKILL) and
 resume, failures, pretrained weights, bad input, status/export, the CLI."""
+
 import fcntl
 import json
 import os
@@ -60,8 +61,9 @@ def write_grid(path: Path, lrs="0.05", augs="true", pre="false", untrained=0, ep
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return write_synthetic(tmp_path_factory.mktemp("synth") / "data", seed=1, classes=3, train_per_class=12,
-                           test_per_class=6, size=16)
+    return write_synthetic(
+        tmp_path_factory.mktemp("synth") / "data", seed=1, classes=3, train_per_class=12, test_per_class=6, size=16
+    )
 
 
 def quiet(*a, **k):
@@ -100,8 +102,18 @@ def test_build_end_to_end_and_rebuild(tmp_path, data):
     untrained = frame[~frame.trained].iloc[0]
     assert untrained.epochs == 0 and untrained.stop_reason == "untrained"
     if len(trained):
-        assert set(trained["stop_reason"]) <= {"C4", "C1+C2", "C1+C2+C4", "C1+C3", "C2+C3", "C1+C3+C4",
-                                               "C2+C3+C4", "C1+C2+C3", "C1+C2+C3+C4", "diverged"}
+        assert set(trained["stop_reason"]) <= {
+            "C4",
+            "C1+C2",
+            "C1+C2+C4",
+            "C1+C3",
+            "C2+C3",
+            "C1+C3+C4",
+            "C2+C3+C4",
+            "C1+C2+C3",
+            "C1+C2+C3+C4",
+            "diverged",
+        }
 
     # building the same grid again trains nothing
     mtimes = {p: p.stat().st_mtime_ns for p in zoo.glob("runs/*/final.pt")}
@@ -133,9 +145,20 @@ def _task(tmp_path, data, run_dir, epochs=2, augment=True):
     for split in ("train", "test"):
         records, classes = read_layout(data, "csv", split)
         caches[split] = prepare_split(records, classes, tmp_path / f"cache-{split}", 16, "resize")
-    return {"run_id": spec.run_id, "config": spec.config, "seed": spec.seed, "repeat": 0, "run_dir": str(run_dir),
-            "data": caches, "num_classes": 3, "classes": classes,
-            "device": "cpu", "threads": 1, "eval_batch_size": 64, "keep_last": True}
+    return {
+        "run_id": spec.run_id,
+        "config": spec.config,
+        "seed": spec.seed,
+        "repeat": 0,
+        "run_dir": str(run_dir),
+        "data": caches,
+        "num_classes": 3,
+        "classes": classes,
+        "device": "cpu",
+        "threads": 1,
+        "eval_batch_size": 64,
+        "keep_last": True,
+    }
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, data):
@@ -203,8 +226,22 @@ def test_sigkill_driver_and_resume(tmp_path, data):
     none duplicated, finished runs not retrained, the interrupted ones resumed."""
     grid = write_grid(tmp_path / "g.toml", lrs="0.05, 0.005", augs="true, false", epochs=3)
     zoo = tmp_path / "zoo"
-    cmd = [sys.executable, "-m", "camgap.zoo.cli", "build", str(grid), "--data", str(data), "--out", str(zoo),
-           "--workers", "2", "--device", "cpu", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "camgap.zoo.cli",
+        "build",
+        str(grid),
+        "--data",
+        str(data),
+        "--out",
+        str(zoo),
+        "--workers",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     env = os.environ | {EPOCH_DELAY_ENV: "0.4", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -237,8 +274,7 @@ def test_sigkill_driver_and_resume(tmp_path, data):
 
     # resume in-process (--workers 0): checkpoints do not depend on the executor
     cmd[cmd.index("--workers") + 1] = "0"
-    out = subprocess.run(cmd, env=env | {EPOCH_DELAY_ENV: "0"}, cwd=ROOT, capture_output=True, text=True,
-                         timeout=180)
+    out = subprocess.run(cmd, env=env | {EPOCH_DELAY_ENV: "0"}, cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "resuming" in out.stdout
 

@@ -1,5 +1,6 @@
 """`zoo export`: counts as integers, every other number to 6 significant digits, accuracies and
 the gap in percentage points (named _pp), the same numbers in CSV and Parquet."""
+
 import json
 
 import pandas as pd
@@ -9,8 +10,16 @@ from camgap.zoo.build import EXPORT_COLUMNS, export
 from camgap.zoo.grid import RunSpec
 from camgap.zoo.registry import Registry
 
-CONFIG = {"arch": "small_resnet10", "batch_size": 32, "lr": 0.00125, "optimizer": "sgd", "weight_decay": 0.0005,
-          "augment": True, "pretrained": False, "trained": True}
+CONFIG = {
+    "arch": "small_resnet10",
+    "batch_size": 32,
+    "lr": 0.00125,
+    "optimizer": "sgd",
+    "weight_decay": 0.0005,
+    "augment": True,
+    "pretrained": False,
+    "trained": True,
+}
 
 
 @pytest.fixture
@@ -18,12 +27,27 @@ def zoo(tmp_path):
     """A registry with hand-set results: one done run, one pending run, three measurements."""
     with Registry.in_dir(tmp_path) as reg:
         reg.add_runs([RunSpec("r1", CONFIG, 0, 1234567), RunSpec("r2", CONFIG | {"lr": 0.01}, 1, 7)])
-        reg.mark_done("r1", {"epochs": 17, "stop_reason": "C1+C2", "train_acc": 0.987654321, "train_loss": 0.0123456789,
-                             "test_acc": 0.5, "test_loss": 2.0, "gap": 100 * (0.987654321 - 0.5),
-                             "wall_time": 12.3456789})
-        reg.record_measurements("r1", [("iou", {"cam": "gradcam"}, 0.123456789, "done", None),
-                                       ("path_norm", {"scale": "raw"}, 123456789.0, "done", None),
-                                       ("spectral_norm", {}, None, "undefined", "gamma <= 0")])
+        reg.mark_done(
+            "r1",
+            {
+                "epochs": 17,
+                "stop_reason": "C1+C2",
+                "train_acc": 0.987654321,
+                "train_loss": 0.0123456789,
+                "test_acc": 0.5,
+                "test_loss": 2.0,
+                "gap": 100 * (0.987654321 - 0.5),
+                "wall_time": 12.3456789,
+            },
+        )
+        reg.record_measurements(
+            "r1",
+            [
+                ("iou", {"cam": "gradcam"}, 0.123456789, "done", None),
+                ("path_norm", {"scale": "raw"}, 123456789.0, "done", None),
+                ("spectral_norm", {}, None, "undefined", "gamma <= 0"),
+            ],
+        )
     return tmp_path
 
 
@@ -32,8 +56,10 @@ def test_runs_csv_row_is_exact(zoo):
     header, done, pending = path.read_text().splitlines()
     assert header.split(",") == EXPORT_COLUMNS
     assert "train_acc_pp" in header and "gap_pp" in header and ",gap," not in header
-    assert done == ("r1,small_resnet10,32,0.00125,sgd,0.0005,True,False,0,1234567,True,done,17,C1+C2,"
-                    "98.7654,0.0123457,50,2,48.7654,12.3457,0,")
+    assert done == (
+        "r1,small_resnet10,32,0.00125,sgd,0.0005,True,False,0,1234567,True,done,17,C1+C2,"
+        "98.7654,0.0123457,50,2,48.7654,12.3457,0,"
+    )
     assert pending == "r2,small_resnet10,32,0.01,sgd,0.0005,True,False,1,7,True,pending,,,,,,,,,0,"
 
 
@@ -46,8 +72,9 @@ def test_parquet_holds_the_csv_numbers(zoo):
     assert pq.loc[0, "batch_size"] == 32 and pq.loc[0, "epochs"] == 17 and pd.isna(pq.loc[1, "epochs"])
     assert pq.loc[0, "train_acc_pp"] == 98.7654 and pq.loc[0, "gap_pp"] == 48.7654 and pq.loc[0, "test_acc_pp"] == 50
     assert pq.loc[0, "train_acc_pp"] - pq.loc[0, "test_acc_pp"] == pytest.approx(pq.loc[0, "gap_pp"])
-    pd.testing.assert_frame_equal(csv[["train_acc_pp", "gap_pp", "wall_time"]], pq[["train_acc_pp", "gap_pp",
-                                                                                      "wall_time"]])
+    pd.testing.assert_frame_equal(
+        csv[["train_acc_pp", "gap_pp", "wall_time"]], pq[["train_acc_pp", "gap_pp", "wall_time"]]
+    )
 
 
 def test_measures_export_rounded(zoo):

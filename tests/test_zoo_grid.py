@@ -1,4 +1,5 @@
 """Grid files: parsing, validation, the paper's Table 2, run ids."""
+
 import tomllib
 from pathlib import Path
 
@@ -113,8 +114,8 @@ def test_untrained_runs():
     [
         ("", "empty grid"),
         ("[grid]\n", "empty grid"),
-        ('[grid]\nbatch_size = [16]', "needs `arch"),
-        ('[grid]\narch = []', "empty list"),
+        ("[grid]\nbatch_size = [16]", "needs `arch"),
+        ("[grid]\narch = []", "empty list"),
         ('[grid]\narch = ["small_resnet"]\nlr = []', "lr: empty list"),
         ('[grid]\narch = ["resnet9000"]', "unknown architecture 'resnet9000'"),
         ('[grid]\narch = ["small_resnet"]\nlearning_rate = [0.1]', "unknown key.*learning_rate"),
@@ -161,8 +162,12 @@ def test_grid_seed_draws_another_sample_and_other_run_seeds():
     assert len(r0) == len(r1)
     assert {r.run_id for r in r0}.isdisjoint(r.run_id for r in r1)
     assert {r.seed for r in r0}.isdisjoint(r.seed for r in r1)
-    key = lambda runs: sorted(tuple(r.config[k] for k in ("arch", "batch_size", "lr", "optimizer")) for r in runs
-                              if r.config["trained"])
+
+    def key(runs):
+        return sorted(
+            tuple(r.config[k] for k in ("arch", "batch_size", "lr", "optimizer")) for r in runs if r.config["trained"]
+        )
+
     assert key(r0) != key(r1)  # another balanced sample of the configurations
     assert g1.canonical()["seed"] == 1 and "seed" not in g0.canonical()
     assert dataclasses.replace(g0, seed=1).fingerprint() == g1.fingerprint() != g0.fingerprint()

@@ -1,5 +1,6 @@
 """`measure_zoo` on a tiny model set: values against independent computations, one shared
 forward pass per model, resumability, failures, several CAMs / thresholds / mask sources."""
+
 import json
 import math
 import shutil
@@ -58,8 +59,16 @@ def test_scores_and_nuclear_norm_match_independent_computations(zoo):
     store = store_of(zoo)
     for run_id in runs.run_id:
         model, ckpt = load_run_model(zoo / "runs" / run_id)
-        res = score_model(model, store, cam="gradcam", thresholds=(0.1,), batch_size=32, device="cpu",
-                          mean=ckpt["mean"], std=ckpt["std"])
+        res = score_model(
+            model,
+            store,
+            cam="gradcam",
+            thresholds=(0.1,),
+            batch_size=32,
+            device="cpu",
+            mean=ckpt["mean"],
+            std=ckpt["std"],
+        )
         params = score_params("gradcam", 0.1, "boxes")
         st, iou = value(meas, run_id, "iou", params)
         assert st == "done" and iou == pytest.approx(res.iou(0.1), abs=1e-9)
@@ -79,9 +88,11 @@ def test_scores_and_nuclear_norm_match_independent_computations(zoo):
         p = torch.softmax(logits.double(), 1)
         nuc = float(torch.linalg.svdvals(p).sum())
         assert value(meas, run_id, "nuclear_norm", {"norm": "deng"})[1] == pytest.approx(
-            nuc / math.sqrt(N_TRAIN * 4), rel=1e-5)
+            nuc / math.sqrt(N_TRAIN * 4), rel=1e-5
+        )
         assert value(meas, run_id, "nuclear_norm", {"norm": "paper"})[1] == pytest.approx(
-            nuc / math.sqrt(N_TRAIN * 4) / N_TRAIN, rel=1e-5)
+            nuc / math.sqrt(N_TRAIN * 4) / N_TRAIN, rel=1e-5
+        )
 
 
 def test_rerun_records_nothing_new(zoo, monkeypatch):
@@ -126,8 +137,9 @@ def _count_forwards(monkeypatch) -> dict:
 def test_one_forward_pass_per_model_for_score_and_prediction_measures(zoo, monkeypatch):
     counts = _count_forwards(monkeypatch)
     bs = 16
-    s = measure_zoo(zoo, measures=("iou", "iou_b", "nuclear_norm", "spectral_norm"), batch_size=bs,
-                    progress=False, log=quiet)
+    s = measure_zoo(
+        zoo, measures=("iou", "iou_b", "nuclear_norm", "spectral_norm"), batch_size=bs, progress=False, log=quiet
+    )
     assert s.measured == 4 and len(counts) == 4
     for run_id, c in counts.items():
         assert c == {"calls": math.ceil(N_TRAIN / bs), "images": N_TRAIN}, run_id
@@ -136,8 +148,13 @@ def test_one_forward_pass_per_model_for_score_and_prediction_measures(zoo, monke
 def test_effective_invariance_adds_exactly_three_rotated_passes(zoo, monkeypatch):
     counts = _count_forwards(monkeypatch)
     bs = 16
-    measure_zoo(zoo, measures=("iou", "iou_b", "nuclear_norm", "spectral_norm", "effective_invariance"),
-                batch_size=bs, progress=False, log=quiet)
+    measure_zoo(
+        zoo,
+        measures=("iou", "iou_b", "nuclear_norm", "spectral_norm", "effective_invariance"),
+        batch_size=bs,
+        progress=False,
+        log=quiet,
+    )
     _, meas = frames(zoo)
     assert len(counts) == 4
     for run_id, c in counts.items():
@@ -151,8 +168,10 @@ def test_nan_weights_fail_that_model_only(zoo):
     bad = runs[runs.trained].run_id.iloc[0]
     path = zoo / "runs" / bad / "final.pt"
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    ckpt["model_state_dict"] = {k: (torch.full_like(v, float("nan")) if v.is_floating_point() else v)
-                                for k, v in ckpt["model_state_dict"].items()}
+    ckpt["model_state_dict"] = {
+        k: (torch.full_like(v, float("nan")) if v.is_floating_point() else v)
+        for k, v in ckpt["model_state_dict"].items()
+    }
     torch.save(ckpt, path)
 
     measures = ("iou", "iou_b", "nuclear_norm", "spectral_norm")
@@ -181,11 +200,21 @@ def test_several_cams_and_thresholds_one_row_each(zoo):
     run_id = runs[runs.trained].run_id.iloc[0]
     model, ckpt = load_run_model(zoo / "runs" / run_id)
     for cam in cams:
-        res = score_model(model, store, cam=cam, thresholds=thresholds, batch_size=128, device="cpu",
-                          mean=ckpt["mean"], std=ckpt["std"])
+        res = score_model(
+            model,
+            store,
+            cam=cam,
+            thresholds=thresholds,
+            batch_size=128,
+            device="cpu",
+            mean=ckpt["mean"],
+            std=ckpt["std"],
+        )
         for t in thresholds:
             assert value(meas, run_id, "iou", score_params(cam, t, "boxes"))[1] == pytest.approx(res.iou(t), abs=1e-9)
-            assert value(meas, run_id, "iou_b", score_params(cam, t, "boxes"))[1] == pytest.approx(res.iou_b(t), abs=1e-9)
+            assert value(meas, run_id, "iou_b", score_params(cam, t, "boxes"))[1] == pytest.approx(
+                res.iou_b(t), abs=1e-9
+            )
     # a higher threshold keeps a smaller CAM region: the rows are really per threshold
     ious = [value(meas, run_id, "iou", score_params("gradcam", t, "boxes"))[1] for t in thresholds]
     assert len(set(ious)) > 1
@@ -201,8 +230,18 @@ def test_saliency_masks(zoo):
     ref = compute_masks("saliency", store.images, store.boxes, list(store.image_ids), 32)
     run_id = runs.run_id.iloc[0]
     model, ckpt = load_run_model(zoo / "runs" / run_id)
-    res = score_model(model, store, cam="gradcam", thresholds=(0.1,), batch_size=128, device="cpu",
-                      mean=ckpt["mean"], std=ckpt["std"], masks=ref.masks, mask_ids=list(ref.image_ids))
+    res = score_model(
+        model,
+        store,
+        cam="gradcam",
+        thresholds=(0.1,),
+        batch_size=128,
+        device="cpu",
+        mean=ckpt["mean"],
+        std=ckpt["std"],
+        masks=ref.masks,
+        mask_ids=list(ref.image_ids),
+    )
     sal = value(meas, run_id, "iou", score_params("gradcam", 0.1, "saliency"))[1]
     box = value(meas, run_id, "iou", score_params("gradcam", 0.1, "boxes"))[1]
     assert sal == pytest.approx(res.iou(0.1), abs=1e-9)
@@ -246,9 +285,16 @@ def _assert_files_match_registry(zoo: Path) -> None:
     runs, meas = frames(zoo)
     for run_id in runs.run_id:
         mine = meas[meas.run_id == run_id].sort_values(["measure", "params"])
-        want = [{"measure": r.measure, "params": r.params, "value": None if math.isnan(r.value) else r.value,
-                 "state": r.status, "reason": r.error if isinstance(r.error, str) else None}
-                for r in mine.itertuples()]
+        want = [
+            {
+                "measure": r.measure,
+                "params": r.params,
+                "value": None if math.isnan(r.value) else r.value,
+                "state": r.status,
+                "reason": r.error if isinstance(r.error, str) else None,
+            }
+            for r in mine.itertuples()
+        ]
         path = zoo / "runs" / run_id / "measurements.json"
         assert (_json_rows(zoo, run_id) if path.exists() else []) == want, run_id
 
@@ -299,7 +345,9 @@ def test_undefined_by_definition_is_not_a_failure(zoo):
                 assert (meas[(meas.run_id == run_id) & (meas.measure == name)].status == "done").all()
     n = len(undefined_runs)
     assert s.failed == 0 and s.undefined == 2 * n and s.exit_code == 0
-    want = f"undefined in the set: 10th-percentile margin gamma <= 0: inverse_margin {n} run(s), spectral_norm {n} run(s)"
+    want = (
+        f"undefined in the set: 10th-percentile margin gamma <= 0: inverse_margin {n} run(s), spectral_norm {n} run(s)"
+    )
     assert state_lines(s) == [want]
     _assert_files_match_registry(zoo)
     again = measure_zoo(zoo, measures=measures, progress=False, log=quiet)  # identical rerun
@@ -312,13 +360,17 @@ def test_failures_set_exit_code_3_and_a_rerun_keeps_it(zoo):
     bad = runs[runs.trained].run_id.iloc[1]
     path = zoo / "runs" / bad / "final.pt"
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    ckpt["model_state_dict"] = {k: (torch.full_like(v, float("nan")) if v.is_floating_point() else v)
-                                for k, v in ckpt["model_state_dict"].items()}
+    ckpt["model_state_dict"] = {
+        k: (torch.full_like(v, float("nan")) if v.is_floating_point() else v)
+        for k, v in ckpt["model_state_dict"].items()
+    }
     torch.save(ckpt, path)
     s = measure_zoo(zoo, measures=("iou", "nuclear_norm"), progress=False, log=quiet)
     assert s.failed == 2 and s.exit_code == 3
-    assert str(s).splitlines()[-1] == ("failed in the set: non-finite values in parameter 'conv1.weight': the model's "
-                                       "weights hold NaN/inf: iou 1 run(s), nuclear_norm 1 run(s)")
+    assert str(s).splitlines()[-1] == (
+        "failed in the set: non-finite values in parameter 'conv1.weight': the model's "
+        "weights hold NaN/inf: iou 1 run(s), nuclear_norm 1 run(s)"
+    )
     again = measure_zoo(zoo, measures=("iou", "nuclear_norm"), progress=False, log=quiet)
     assert (again.measured, again.failed, again.exit_code) == (0, 0, 3)
     # a measure not asked for does not decide the exit code
@@ -337,8 +389,10 @@ def test_a_diverged_run_is_undefined_not_failed(zoo):
     bad = runs[runs.trained].run_id.iloc[1]
     path = zoo / "runs" / bad / "final.pt"
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    ckpt["model_state_dict"] = {k: (torch.full_like(v, float("nan")) if v.is_floating_point() else v)
-                                for k, v in ckpt["model_state_dict"].items()}
+    ckpt["model_state_dict"] = {
+        k: (torch.full_like(v, float("nan")) if v.is_floating_point() else v)
+        for k, v in ckpt["model_state_dict"].items()
+    }
     torch.save(ckpt, path)
     with sqlite3.connect(zoo / "registry.sqlite") as conn:
         conn.execute("UPDATE runs SET stop_reason = 'diverged' WHERE run_id = ?", (bad,))
@@ -355,8 +409,10 @@ def test_pickled_final_pt_fails_that_model_and_never_runs(zoo):
     runs, _ = frames(zoo)
     bad = runs[runs.trained].run_id.iloc[0]
     marker = zoo.parent / "pwned"
-    torch.save({"arch": "small_resnet10", "num_classes": 4, "model_state_dict": Payload(marker)},
-               zoo / "runs" / bad / "final.pt")
+    torch.save(
+        {"arch": "small_resnet10", "num_classes": 4, "model_state_dict": Payload(marker)},
+        zoo / "runs" / bad / "final.pt",
+    )
     measures = ("iou", "nuclear_norm")
     s = measure_zoo(zoo, measures=measures, progress=False, log=quiet)
     assert not marker.exists()
@@ -372,15 +428,17 @@ def test_pickled_final_pt_fails_that_model_and_never_runs(zoo):
 
 
 def test_measurements_json_mirrors_the_registry(zoo):
-    measure_zoo(zoo, measures=("iou", "iou_b", "nuclear_norm", "path_norm"), thresholds=(0.1, 0.3),
-                progress=False, log=quiet)
+    measure_zoo(
+        zoo, measures=("iou", "iou_b", "nuclear_norm", "path_norm"), thresholds=(0.1, 0.3), progress=False, log=quiet
+    )
     runs, meas = frames(zoo)
     assert len(meas) == 4 * (2 * 2 + 2 + 2)
     _assert_files_match_registry(zoo)
     rows = _json_rows(zoo, runs.run_id.iloc[0])
     assert set(rows[0]) == {"measure", "params", "value", "state", "reason"}
     assert {r["params"] for r in rows if r["measure"] == "iou"} == {
-        canonical_json(score_params("gradcam", t, "boxes")) for t in (0.1, 0.3)}
+        canonical_json(score_params("gradcam", t, "boxes")) for t in (0.1, 0.3)
+    }
     # a row changed through the registry API rewrites the file
     from camgap.zoo.registry import Registry
 
@@ -407,8 +465,7 @@ def test_cli_exit_codes_status_and_export(zoo, capsys):
     from camgap.cli import main
 
     _zero_head(zoo / "runs" / frames(zoo)[0].query("trained").run_id.iloc[0] / "final.pt")
-    args = ["zoo", "measure", str(zoo), "--measures", "nuclear_norm,inverse_margin", "--no-progress",
-            "--device", "cpu"]
+    args = ["zoo", "measure", str(zoo), "--measures", "nuclear_norm,inverse_margin", "--no-progress", "--device", "cpu"]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "undefined in the set: 10th-percentile margin gamma <= 0: inverse_margin" in out
@@ -428,8 +485,10 @@ def test_cli_exit_codes_status_and_export(zoo, capsys):
     table = pd.read_csv(zoo / "measurements.csv", keep_default_na=False, na_values=[""])
     assert list(table.columns) == ["run_id", "measure", "params", "value", "state", "reason"]
     assert len(table) == len(meas)
-    assert table.sort_values(["run_id", "measure", "params"]).state.tolist() == \
-        meas.sort_values(["run_id", "measure", "params"]).status.tolist()
+    assert (
+        table.sort_values(["run_id", "measure", "params"]).state.tolist()
+        == meas.sort_values(["run_id", "measure", "params"]).status.tolist()
+    )
 
 
 def test_measure_help_documents_exit_codes(capsys):
@@ -438,8 +497,13 @@ def test_measure_help_documents_exit_codes(capsys):
     with pytest.raises(SystemExit):
         main(["zoo", "measure", "--help"])
     text = capsys.readouterr().out
-    for line in ("exit codes:", "  0    every recorded measurement", "  2    bad input", "  3    some measurement",
-                 "  130  interrupted"):
+    for line in (
+        "exit codes:",
+        "  0    every recorded measurement",
+        "  2    bad input",
+        "  3    some measurement",
+        "  130  interrupted",
+    ):
         assert line in text
 
 
@@ -454,10 +518,12 @@ def test_old_registry_accepts_the_undefined_state(tmp_path):
     with Registry(path) as reg:
         reg.add_runs([RunSpec("r1", {"arch": "x", "trained": True}, 0, 1)])
     con = sqlite3.connect(path)
-    con.executescript("DROP TABLE measurements; CREATE TABLE measurements (run_id TEXT NOT NULL, measure TEXT NOT "
-                      "NULL, params TEXT NOT NULL, value REAL, status TEXT NOT NULL CHECK (status IN ('done', "
-                      "'failed')), error TEXT, updated TEXT NOT NULL, PRIMARY KEY (run_id, measure, params));"
-                      "INSERT INTO measurements VALUES ('r1', 'iou', '{}', 0.5, 'done', NULL, 't');")
+    con.executescript(
+        "DROP TABLE measurements; CREATE TABLE measurements (run_id TEXT NOT NULL, measure TEXT NOT "
+        "NULL, params TEXT NOT NULL, value REAL, status TEXT NOT NULL CHECK (status IN ('done', "
+        "'failed')), error TEXT, updated TEXT NOT NULL, PRIMARY KEY (run_id, measure, params));"
+        "INSERT INTO measurements VALUES ('r1', 'iou', '{}', 0.5, 'done', NULL, 't');"
+    )
     con.close()
     with Registry(path) as reg:
         reg.record_measurement("r1", "spectral_norm", {}, None, "undefined", "gamma <= 0")
@@ -472,8 +538,15 @@ def test_study_reads_only_done_values():
     from camgap.study.tables import wide_table
 
     runs = pd.DataFrame({"run_id": ["a", "b", "c"], "gap": [1.0, 2.0, 3.0]})
-    meas = pd.DataFrame({"run_id": ["a", "b", "c"], "measure": ["spectral_norm"] * 3, "params": ["{}"] * 3,
-                         "value": [1.5, None, None], "status": ["done", "undefined", "failed"],
-                         "error": [None, "gamma <= 0", "non-finite"]})
+    meas = pd.DataFrame(
+        {
+            "run_id": ["a", "b", "c"],
+            "measure": ["spectral_norm"] * 3,
+            "params": ["{}"] * 3,
+            "value": [1.5, None, None],
+            "status": ["done", "undefined", "failed"],
+            "error": [None, "gamma <= 0", "non-finite"],
+        }
+    )
     wide = wide_table(runs, meas, [("spectral_norm", "", "sn")])
     assert wide["sn"].iloc[0] == 1.5 and wide["sn"].iloc[1:].isna().all()

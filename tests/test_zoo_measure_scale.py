@@ -1,5 +1,6 @@
 """`zoo measure` on the executors of `zoo build`: worker processes and Ray give the rows of an
 in-process run (the driver records them); per-step progress events and timing."""
+
 import math
 import shutil
 from pathlib import Path
@@ -35,8 +36,17 @@ def _copy(base_zoo: Path, tmp_path: Path) -> Path:
 
 def _rows(zoo: Path) -> list[tuple]:
     meas = frames(zoo)[1].sort_values(["run_id", "measure", "params"])
-    return [(r.run_id, r.measure, r.params, r.status, None if math.isnan(r.value) else r.value,
-             r.error if isinstance(r.error, str) else None) for r in meas.itertuples()]
+    return [
+        (
+            r.run_id,
+            r.measure,
+            r.params,
+            r.status,
+            None if math.isnan(r.value) else r.value,
+            r.error if isinstance(r.error, str) else None,
+        )
+        for r in meas.itertuples()
+    ]
 
 
 def _same(rows: list[tuple], want: list[tuple]) -> None:
@@ -59,8 +69,14 @@ def test_two_local_workers_give_the_in_process_rows_and_resume(base_zoo, in_proc
     with Registry.in_dir(zoo, create=False) as reg:
         assert reg.integrity_check(zoo) == []
     # the workers' seconds reach the summary: every step of every measured model is timed
-    assert s.timed == {"load": 4, "iou/iou_b": 4, "nuclear_norm": 4, "inverse_margin": 4, "path_norm": 4,
-                       "distance_from_init": 4}
+    assert s.timed == {
+        "load": 4,
+        "iou/iou_b": 4,
+        "nuclear_norm": 4,
+        "inverse_margin": 4,
+        "path_norm": 4,
+        "distance_from_init": 4,
+    }
     assert lines[0].splitlines()[1].startswith("time per step (s total, s per model): load ")
 
     def boom(*a, **k):
@@ -80,8 +96,9 @@ def test_ray_local_instance_gives_the_in_process_rows(base_zoo, in_process_rows,
     zoo = _copy(base_zoo, tmp_path)
     assert not ray.is_initialized()
     try:
-        s = measure_zoo(zoo, measures=MEASURES, thresholds=(0.1, 0.3), executor="ray", workers=2, progress=False,
-                        log=quiet)
+        s = measure_zoo(
+            zoo, measures=MEASURES, thresholds=(0.1, 0.3), executor="ray", workers=2, progress=False, log=quiet
+        )
     finally:
         if ray.is_initialized():
             ray.shutdown()
@@ -97,16 +114,27 @@ def test_run_task_reports_each_step_and_records_nothing(base_zoo, tmp_path):
     plan = plan_run(run_id, set(), request)
     assert plan.scores == (("gradcam", 0.1, "boxes"),) and plan.others == ("nuclear_norm", "path_norm")
     events = []
-    res = run_measure_task({"run_id": run_id, "zoo": str(zoo), "plan": plan, "request": request, "threads": 1},
-                           on_step=lambda name, ended: events.append((name, ended)))
-    assert events == [("iou/iou_b", False), ("iou/iou_b", True), ("nuclear_norm", False), ("nuclear_norm", True),
-                      ("path_norm", False), ("path_norm", True)]
+    res = run_measure_task(
+        {"run_id": run_id, "zoo": str(zoo), "plan": plan, "request": request, "threads": 1},
+        on_step=lambda name, ended: events.append((name, ended)),
+    )
+    assert events == [
+        ("iou/iou_b", False),
+        ("iou/iou_b", True),
+        ("nuclear_norm", False),
+        ("nuclear_norm", True),
+        ("path_norm", False),
+        ("path_norm", True),
+    ]
     assert res["status"] == "done" and res["measured"] is True
     assert set(res["seconds"]) == {"load", "iou/iou_b", "nuclear_norm", "path_norm"}
     assert [(m, p, st) for m, p, _, st, _ in res["rows"]] == [
         ("iou", {"cam": "gradcam", "masks": "boxes", "threshold": "0.1"}, "done"),
-        ("nuclear_norm", {"norm": "paper"}, "done"), ("nuclear_norm", {"norm": "deng"}, "done"),
-        ("path_norm", {"scale": "log"}, "done"), ("path_norm", {"scale": "raw"}, "done")]
+        ("nuclear_norm", {"norm": "paper"}, "done"),
+        ("nuclear_norm", {"norm": "deng"}, "done"),
+        ("path_norm", {"scale": "log"}, "done"),
+        ("path_norm", {"scale": "raw"}, "done"),
+    ]
     assert frames(zoo)[1].empty  # the driver records, never the task
     # a plan that finds its rows recorded asks for nothing
     keys = {(m, zm.params.to_json(p)) for m, p, *_ in res["rows"]}
@@ -135,8 +163,25 @@ def test_cli_measure_takes_executor_arguments(base_zoo, tmp_path, capsys):
     from camgap.cli import main
 
     zoo = _copy(base_zoo, tmp_path)
-    assert main(["zoo", "measure", str(zoo), "--measures", "nuclear_norm", "--workers", "0", "--executor", "local",
-                 "--no-progress", "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "zoo",
+                "measure",
+                str(zoo),
+                "--measures",
+                "nuclear_norm",
+                "--workers",
+                "0",
+                "--executor",
+                "local",
+                "--no-progress",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("4 model(s): 4 measured now, 8 values recorded, 0 failed measurements, 0 undefined in ")
     assert out[1].startswith("time per step (s total, s per model): load ")
@@ -150,8 +195,15 @@ def _runs(train_accs, gaps):
     import pandas as pd
 
     n = len(gaps)
-    return pd.DataFrame({"run_id": [f"r{i}" for i in range(n)], "status": ["done"] * n, "trained": [True] * n,
-                         "train_acc": train_accs, "gap": gaps})
+    return pd.DataFrame(
+        {
+            "run_id": [f"r{i}" for i in range(n)],
+            "status": ["done"] * n,
+            "trained": [True] * n,
+            "train_acc": train_accs,
+            "gap": gaps,
+        }
+    )
 
 
 def test_overlay_picks_fitting_models_and_says_so():
@@ -166,8 +218,10 @@ def test_overlay_picks_falls_back_out_loud():
     runs = _runs([0.9, 0.5, 0.6, 0.7], [10.0, 1.0, 5.0, 30.0])
     picks, selection, fallback = zm.overlay_picks(runs, 0.8)
     assert list(picks.run_id) == ["r1", "r0", "r3"] and fallback  # gaps 1, 5, 10, 30: rows 0, 2, 3
-    assert selection == ("Only 1 trained model(s) reach training accuracy >= 80 %: smallest, median and largest gap "
-                         "among all 4 trained models, whatever their training accuracy")
+    assert selection == (
+        "Only 1 trained model(s) reach training accuracy >= 80 %: smallest, median and largest gap "
+        "among all 4 trained models, whatever their training accuracy"
+    )
 
 
 def test_overlay_rows_name_their_models(base_zoo):
@@ -176,11 +230,14 @@ def test_overlay_rows_name_their_models(base_zoo):
     trained = runs[runs.trained].sort_values("gap")
     assert isinstance(rows, list) and len(rows) == 3 and not rows.fallback
     assert [m["run_id"] for m in rows.models] == list(trained.run_id)
-    assert [label for label, _ in rows] == [f"gap {g:.1f} pp\ntrain acc {100 * a:.1f} %"
-                                           for g, a in zip(trained.gap, trained.train_acc, strict=True)]
+    assert [label for label, _ in rows] == [
+        f"gap {g:.1f} pp\ntrain acc {100 * a:.1f} %" for g, a in zip(trained.gap, trained.train_acc, strict=True)
+    ]
     assert all(len(pictures) == 2 for _, pictures in rows)
-    assert rows.caption.startswith("Smallest, median and largest gap among the 3 trained models with training "
-                                   "accuracy >= 0 %. Rows: " + trained.run_id.iloc[0] + ": gap ")
+    assert rows.caption.startswith(
+        "Smallest, median and largest gap among the 3 trained models with training "
+        "accuracy >= 0 %. Rows: " + trained.run_id.iloc[0] + ": gap "
+    )
 
 
 class _DyingExecutor:

@@ -2,6 +2,7 @@
 equals the same run trained alone (to float rounding), packs give the same weights at any worker
 count, and a pack resumes after an interrupt (also one that left its runs at different epochs)
 to exactly the weights of an uninterrupted build."""
+
 from __future__ import annotations
 
 import shutil
@@ -38,8 +39,9 @@ width = 4
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return write_synthetic(tmp_path_factory.mktemp("synth") / "data", seed=2, classes=3, train_per_class=12,
-                           test_per_class=6, size=16)
+    return write_synthetic(
+        tmp_path_factory.mktemp("synth") / "data", seed=2, classes=3, train_per_class=12, test_per_class=6, size=16
+    )
 
 
 def quiet(*a, **k):
@@ -82,10 +84,24 @@ def test_packs_are_a_function_of_the_grid(tmp_path):
 def test_a_packed_run_equals_the_same_run_alone(tmp_path, data):
     """Weights after the first epoch agree to 1e-5 relative; at the end (3 epochs) each run's
     accuracies agree within one image and it stops at the same epoch for the same reason."""
-    one = build(grid(tmp_path / "g1.toml", 1, epochs=1), data, tmp_path / "solo1", workers=0, device="cpu",
-                progress=False, log=quiet)
-    four = build(grid(tmp_path / "g4.toml", 4, epochs=1), data, tmp_path / "pack1", workers=0, device="cpu",
-                 progress=False, log=quiet)
+    one = build(
+        grid(tmp_path / "g1.toml", 1, epochs=1),
+        data,
+        tmp_path / "solo1",
+        workers=0,
+        device="cpu",
+        progress=False,
+        log=quiet,
+    )
+    four = build(
+        grid(tmp_path / "g4.toml", 4, epochs=1),
+        data,
+        tmp_path / "pack1",
+        workers=0,
+        device="cpu",
+        progress=False,
+        log=quiet,
+    )
     assert one.done == four.done == 5
     solo, packed = by_seed(tmp_path / "solo1"), by_seed(tmp_path / "pack1")
     assert solo.keys() == packed.keys()
@@ -129,15 +145,30 @@ def _pack_tasks(tmp_path: Path, data: Path, out: str, epochs: int = 3) -> list[d
     g = load_grid(grid(tmp_path / "g.toml", 3, epochs=epochs))
     records, classes = read_layout(data, "csv", "train")
     test_records, _ = read_layout(data, "csv", "test")
-    caches = {"train": prepare_split(records, classes, tmp_path / "cache" / "train", 16, "resize"),
-              "test": prepare_split(test_records, classes, tmp_path / "cache" / "test", 16, "resize")}
+    caches = {
+        "train": prepare_split(records, classes, tmp_path / "cache" / "train", 16, "resize"),
+        "test": prepare_split(test_records, classes, tmp_path / "cache" / "test", 16, "resize"),
+    }
     plan = pack_plan(g)
     specs = [s for s in g.runs() if s.run_id in plan]
     first = plan[specs[0].run_id]
-    return [{"run_id": s.run_id, "config": s.config, "seed": s.seed, "repeat": s.repeat,
-             "run_dir": str(tmp_path / out / s.run_id), "data": caches, "num_classes": 3, "classes": classes,
-             "device": "cpu", "eval_batch_size": 64, "keep_last": True}
-            for s in specs if plan[s.run_id] == first]
+    return [
+        {
+            "run_id": s.run_id,
+            "config": s.config,
+            "seed": s.seed,
+            "repeat": s.repeat,
+            "run_dir": str(tmp_path / out / s.run_id),
+            "data": caches,
+            "num_classes": 3,
+            "classes": classes,
+            "device": "cpu",
+            "eval_batch_size": 64,
+            "keep_last": True,
+        }
+        for s in specs
+        if plan[s.run_id] == first
+    ]
 
 
 def _assert_same_weights(a: list[dict], b: list[dict], tmp_path: Path, out_a: str, out_b: str) -> None:
@@ -170,9 +201,13 @@ def test_an_interrupted_pack_resumes_to_the_same_weights(tmp_path, data):
         train_pack(tasks, epoch_callback=stop)
     resumed = train_pack(tasks)
     assert all(r["resumed_from"] == 2 for r in resumed)
-    _assert_same_weights([r | {"run_id": t["run_id"]} for r, t in zip(full, full_tasks, strict=True)],
-                         [r | {"run_id": t["run_id"]} for r, t in zip(resumed, tasks, strict=True)],
-                         tmp_path, "full", "cut")
+    _assert_same_weights(
+        [r | {"run_id": t["run_id"]} for r, t in zip(full, full_tasks, strict=True)],
+        [r | {"run_id": t["run_id"]} for r, t in zip(resumed, tasks, strict=True)],
+        tmp_path,
+        "full",
+        "cut",
+    )
 
 
 def test_runs_left_at_different_epochs_are_brought_level_in_their_pack(tmp_path, data):
@@ -196,9 +231,13 @@ def test_runs_left_at_different_epochs_are_brought_level_in_their_pack(tmp_path,
     shutil.copy(behind.parent / "kept-last.pt", behind / "last.pt")  # run 1 is back at epoch 1
     resumed = train_pack(tasks)
     assert [r["resumed_from"] for r in resumed] == [2, 1, 2]
-    _assert_same_weights([r | {"run_id": t["run_id"]} for r, t in zip(full, full_tasks, strict=True)],
-                         [r | {"run_id": t["run_id"]} for r, t in zip(resumed, tasks, strict=True)],
-                         tmp_path, "full", "cut")
+    _assert_same_weights(
+        [r | {"run_id": t["run_id"]} for r, t in zip(full, full_tasks, strict=True)],
+        [r | {"run_id": t["run_id"]} for r, t in zip(resumed, tasks, strict=True)],
+        tmp_path,
+        "full",
+        "cut",
+    )
 
 
 def test_registry_rows_of_a_packed_build(tmp_path, data):
@@ -210,15 +249,20 @@ def test_registry_rows_of_a_packed_build(tmp_path, data):
         assert reg.integrity_check(zoo) == []
     assert (frame.status == "done").all() and (frame.attempts == 0).all()
     for rid in frame.run_id:  # every run has the files of today
-        assert {p.name for p in (zoo / "runs" / rid).iterdir()} >= {"init.pt", "final.pt", "history.json",
-                                                                  "config.json"}
+        assert {p.name for p in (zoo / "runs" / rid).iterdir()} >= {
+            "init.pt",
+            "final.pt",
+            "history.json",
+            "config.json",
+        }
 
 
 def test_precision_and_memory_layout_are_recorded_and_keep_the_seed(tmp_path, data):
     from camgap.zoo.train import resolve_precision
 
     text = GRID.format(pack=3, epochs=1).replace(
-        "[arch_options", 'precision = "bf16"\nchannels_last = true\n\n[arch_options')
+        "[arch_options", 'precision = "bf16"\nchannels_last = true\n\n[arch_options'
+    )
     (tmp_path / "g.toml").write_text(text)
     g, plain = load_grid(tmp_path / "g.toml"), load_grid(grid(tmp_path / "p.toml", 1, epochs=1))
     fast = [s for s in g.runs() if s.config["trained"]]
@@ -230,8 +274,13 @@ def test_precision_and_memory_layout_are_recorded_and_keep_the_seed(tmp_path, da
     s = build(tmp_path / "g.toml", data, tmp_path / "zoo", workers=0, device="cpu", progress=False, log=quiet)
     assert s.done == 5
     results = [ck["result"] for ck in finals(tmp_path / "zoo").values()]
-    assert sorted((r["precision"], r["pack_size"]) for r in results) == [("bf16", 1), ("bf16", 3), ("bf16", 3),
-                                                                        ("bf16", 3), ("fp32", 1)]
+    assert sorted((r["precision"], r["pack_size"]) for r in results) == [
+        ("bf16", 1),
+        ("bf16", 3),
+        ("bf16", 3),
+        ("bf16", 3),
+        ("fp32", 1),
+    ]
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
     native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()

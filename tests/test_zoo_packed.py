@@ -1,6 +1,7 @@
 """PackedResNet against the solo models it packs: forward, running statistics, gradients and
 several optimizer steps with a different optimizer per run. Tolerances are relative to the
 values' scale; the solo computation is the oracle."""
+
 from __future__ import annotations
 
 import copy
@@ -110,8 +111,11 @@ def test_a_packed_epoch_is_each_runs_solo_epoch():
     images = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8, generator=gen)
     labels = torch.randint(0, 5, (40,), generator=gen)
     imagenet = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    runs = [RunInputs(1, True, 0.5, 0.4, *imagenet), RunInputs(2, False, 0.5, 0.4, *imagenet),
-            RunInputs(3, True, 0.5, 0.2, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))]
+    runs = [
+        RunInputs(1, True, 0.5, 0.4, *imagenet),
+        RunInputs(2, False, 0.5, 0.4, *imagenet),
+        RunInputs(3, True, 0.5, 0.2, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+    ]
     models = _models(3, seed=7)
     solo = copy.deepcopy(models)
     lrs = (0.05, 0.01, 0.1)

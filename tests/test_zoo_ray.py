@@ -1,4 +1,5 @@
 """The Ray executor on a real local Ray instance with 2 CPUs: a tiny grid of 2 runs."""
+
 import pytest
 
 ray = pytest.importorskip("ray")

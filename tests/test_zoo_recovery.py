@@ -1,6 +1,7 @@
 """Crash recovery of `camgap zoo build` without a human: attempts used only by a run's own
 failure, dead workers, unreadable checkpoints, a lost registry, interrupted runs in
 `zoo status`, read-only storage, a full disk."""
+
 import errno
 import fcntl
 import json
@@ -29,14 +30,30 @@ from camgap.zoo.registry import META_BACKUP, Registry
 from camgap.zoo.train import EPOCH_DELAY_ENV, CheckpointSetAsideWarning, execute_task, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULT_COLUMNS = ["run_id", "config", "repeat", "seed", "trained", "status", "epochs", "stop_reason", "train_acc",
-                  "train_loss", "test_acc", "test_loss", "gap", "wall_time", "resumed_from"]
+RESULT_COLUMNS = [
+    "run_id",
+    "config",
+    "repeat",
+    "seed",
+    "trained",
+    "status",
+    "epochs",
+    "stop_reason",
+    "train_acc",
+    "train_loss",
+    "test_acc",
+    "test_loss",
+    "gap",
+    "wall_time",
+    "resumed_from",
+]
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return write_synthetic(tmp_path_factory.mktemp("synth") / "data", seed=2, classes=3, train_per_class=12,
-                           test_per_class=6, size=16)
+    return write_synthetic(
+        tmp_path_factory.mktemp("synth") / "data", seed=2, classes=3, train_per_class=12, test_per_class=6, size=16
+    )
 
 
 def runs(zoo: Path):
@@ -63,8 +80,14 @@ class Scripted:
             raise KeyboardInterrupt
         if step == "died":
             task = self.inner._queue.pop(0)
-            return [{"run_id": task["run_id"], "status": "lost", "worker_died": True,
-                     "error": "its worker process died (killed, out of memory or crashed)"}]
+            return [
+                {
+                    "run_id": task["run_id"],
+                    "status": "lost",
+                    "worker_died": True,
+                    "error": "its worker process died (killed, out of memory or crashed)",
+                }
+            ]
         return self.inner.wait()
 
     def close(self) -> None:
@@ -80,8 +103,21 @@ def test_interruptions_and_a_dead_worker_use_no_attempt(tmp_path, data, monkeypa
     worker's death later, every run still trains; none used an attempt."""
     grid = write_grid(tmp_path / "g.toml", lrs="0.05, 0.005", epochs=1)
     zoo = tmp_path / "zoo"
-    cmd = ["build", str(grid), "--data", str(data), "--out", str(zoo), "--workers", "0", "--device", "cpu",
-           "--max-attempts", "1", "--no-progress"]
+    cmd = [
+        "build",
+        str(grid),
+        "--data",
+        str(data),
+        "--out",
+        str(zoo),
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--max-attempts",
+        "1",
+        "--no-progress",
+    ]
     scripted(monkeypatch, ["interrupt"])
     assert zoo_main(cmd) == 130  # Ctrl-C
     frame = runs(zoo)
@@ -171,8 +207,11 @@ def test_unreadable_last_pt_is_set_aside_and_the_run_restarts(tmp_path, data):
     _interrupt_after_first_epoch(task)
     last = tmp_path / "run" / "last.pt"
     last.write_bytes(last.read_bytes()[:200])  # truncated
-    with pytest.warns(CheckpointSetAsideWarning, match=r"last\.pt: cannot read checkpoint.*set aside as "
-                                                        r"last\.pt\.corrupt-.*restarts from init\.pt"):
+    with pytest.warns(
+        CheckpointSetAsideWarning,
+        match=r"last\.pt: cannot read checkpoint.*set aside as "
+        r"last\.pt\.corrupt-.*restarts from init\.pt",
+    ):
         result = train_run(task)
     aside = list((tmp_path / "run").glob("last.pt.corrupt-*"))
     assert len(aside) == 1 and aside[0].stat().st_size == 200
@@ -201,9 +240,16 @@ def test_registry_rebuilt_from_the_run_directories(tmp_path, data):
     zoo = tmp_path / "zoo"
     build(grid, data, zoo, workers=0, device="cpu", progress=False, log=quiet)
     a = runs(zoo).run_id[0]
-    rows = [{"measure": "iou", "params": '{"cam":"gradcam","threshold":0.1}', "value": 0.25, "state": "done",
-             "reason": None},
-            {"measure": "path_norm", "params": "{}", "value": None, "state": "failed", "reason": "overflow"}]
+    rows = [
+        {
+            "measure": "iou",
+            "params": '{"cam":"gradcam","threshold":0.1}',
+            "value": 0.25,
+            "state": "done",
+            "reason": None,
+        },
+        {"measure": "path_norm", "params": "{}", "value": None, "state": "failed", "reason": "overflow"},
+    ]
     (zoo / "runs" / a / "measurements.json").write_text(json.dumps(rows))  # as `zoo measure` writes it
     with Registry.in_dir(zoo) as reg:
         for r in rows:
@@ -302,12 +348,22 @@ def test_status_and_export_on_read_only_storage(tmp_path):
     _hand_made_zoo(zoo, write_grid(tmp_path / "g.toml", lrs="0.05, 0.005", untrained=1))
     before = sorted(p.name for p in zoo.iterdir())
     assert before == ["registry.sqlite"]
-    cli = (f"import sys; from camgap.zoo.cli import main; "
-           f"sys.exit(main(['status', '{zoo}']) or main(['export', '{zoo}', '--out', '{tmp_path / 'runs.csv'}']))")
-    script = (f"mount --bind {zoo} {zoo} && mount -o remount,bind,ro {zoo} && ! touch {zoo}/x 2>/dev/null && "
-              f"{sys.executable} -c \"{cli}\"")
-    out = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, cwd=ROOT,
-                         env=os.environ | {"PYTHONPATH": str(ROOT)}, timeout=120)
+    cli = (
+        f"import sys; from camgap.zoo.cli import main; "
+        f"sys.exit(main(['status', '{zoo}']) or main(['export', '{zoo}', '--out', '{tmp_path / 'runs.csv'}']))"
+    )
+    script = (
+        f"mount --bind {zoo} {zoo} && mount -o remount,bind,ro {zoo} && ! touch {zoo}/x 2>/dev/null && "
+        f'{sys.executable} -c "{cli}"'
+    )
+    out = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=os.environ | {"PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "3 runs: 2 pending, 0 running, 1 interrupted, 0 done, 0 failed" in out.stdout
     assert len((tmp_path / "runs.csv").read_text().splitlines()) == 4
@@ -325,8 +381,21 @@ def test_full_disk_while_saving_a_checkpoint(tmp_path, data, monkeypatch, capsys
         real_save(obj, path)
 
     monkeypatch.setattr(train, "atomic_save", full_disk)
-    cmd = ["build", str(grid), "--data", str(data), "--out", str(zoo), "--workers", "0", "--device", "cpu",
-           "--max-attempts", "1", "--no-progress"]
+    cmd = [
+        "build",
+        str(grid),
+        "--data",
+        str(data),
+        "--out",
+        str(zoo),
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--max-attempts",
+        "1",
+        "--no-progress",
+    ]
     assert zoo_main(cmd) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
@@ -364,12 +433,27 @@ def test_full_disk_while_writing_the_registry(tmp_path, data, monkeypatch, capsy
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(Registry, "mark_done", full)
-    cmd = ["build", str(grid), "--data", str(data), "--out", str(zoo), "--workers", "0", "--device", "cpu",
-           "--max-attempts", "1", "--no-progress"]
+    cmd = [
+        "build",
+        str(grid),
+        "--data",
+        str(data),
+        "--out",
+        str(zoo),
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--max-attempts",
+        "1",
+        "--no-progress",
+    ]
     assert zoo_main(cmd) == 2
     err = capsys.readouterr().err.strip()
-    assert err == (f"camgap zoo: error: {zoo / Registry.FILENAME}: database or disk is full; free space "
-                   f"(or fix the storage) and rerun the same command to resume")
+    assert err == (
+        f"camgap zoo: error: {zoo / Registry.FILENAME}: database or disk is full; free space "
+        f"(or fix the storage) and rerun the same command to resume"
+    )
     run = runs(zoo).iloc[0]
     assert run.status == "pending" and run.attempts == 0
     final = zoo / "runs" / run.run_id / "final.pt"
@@ -383,6 +467,10 @@ def test_build_help_documents_exit_codes(capsys):
     with pytest.raises(SystemExit):
         zoo_main(["build", "--help"])
     out = capsys.readouterr().out
-    for code in ("0    every run of the grid is done", "2    bad input", "3    some runs failed for good",
-                 "130  interrupted"):
+    for code in (
+        "0    every run of the grid is done",
+        "2    bad input",
+        "3    some runs failed for good",
+        "130  interrupted",
+    ):
         assert code in out

@@ -1,4 +1,5 @@
 """The SQLite registry: round trip, resume bookkeeping, measurements, integrity check."""
+
 import sqlite3
 import tomllib
 
@@ -7,19 +8,31 @@ import pytest
 from camgap.zoo.grid import GRID_KEYS, parse_grid
 from camgap.zoo.registry import GridMismatchError, Registry, RegistryError
 
-GRID = parse_grid(tomllib.loads("""
+GRID = parse_grid(
+    tomllib.loads("""
 [grid]
 arch = ["small_resnet"]
 batch_size = [16, 32]
 lr = [0.1]
 untrained = 1
-"""))
+""")
+)
 
 
 def result(run_id, train_acc=0.9, test_acc=0.6, epochs=3):
-    return {"run_id": run_id, "status": "done", "epochs": epochs, "stop_reason": "C4", "train_acc": train_acc,
-            "train_loss": 0.3, "test_acc": test_acc, "test_loss": 1.2, "gap": 100 * (train_acc - test_acc),
-            "wall_time": 1.5, "resumed_from": None}
+    return {
+        "run_id": run_id,
+        "status": "done",
+        "epochs": epochs,
+        "stop_reason": "C4",
+        "train_acc": train_acc,
+        "train_loss": 0.3,
+        "test_acc": test_acc,
+        "test_loss": 1.2,
+        "gap": 100 * (train_acc - test_acc),
+        "wall_time": 1.5,
+        "resumed_from": None,
+    }
 
 
 def test_round_trip(tmp_path):

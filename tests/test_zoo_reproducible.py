@@ -2,6 +2,7 @@
 seed (not on --workers or the executor), its thread count is part of its config, every
 checkpoint camgap writes loads with weights_only=True, and files that do not are refused
 with an error naming them, never executed."""
+
 import json
 import random
 from pathlib import Path
@@ -47,8 +48,9 @@ def write_grid(path: Path, extra_grid: str = "", extra_train: str = "") -> Path:
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    return write_synthetic(tmp_path_factory.mktemp("synth") / "data", seed=5, classes=3, train_per_class=10,
-                           test_per_class=4, size=16)
+    return write_synthetic(
+        tmp_path_factory.mktemp("synth") / "data", seed=5, classes=3, train_per_class=10, test_per_class=4, size=16
+    )
 
 
 def quiet(*a, **k):
@@ -81,7 +83,10 @@ def test_weights_do_not_depend_on_workers(tmp_path, data):
     ids = sorted(p.name for p in (tmp_path / "a" / "runs").iterdir())
     assert ids == sorted(p.name for p in (tmp_path / "b" / "runs").iterdir()) and len(ids) == 4
     for rid in ids:
-        sa, sb = _states(tmp_path / "a" / "runs" / rid / "final.pt"), _states(tmp_path / "b" / "runs" / rid / "final.pt")
+        sa, sb = (
+            _states(tmp_path / "a" / "runs" / rid / "final.pt"),
+            _states(tmp_path / "b" / "runs" / rid / "final.pt"),
+        )
         assert json.loads((tmp_path / "b" / "runs" / rid / "config.json").read_text())["config"]["threads"] == 1
         assert sa.keys() == sb.keys()
         for k in sa:
@@ -138,9 +143,19 @@ def _task(tmp_path: Path, data: Path, run_dir: Path) -> dict:
     for split in ("train", "test"):
         records, classes = read_layout(data, "csv", split)
         caches[split] = prepare_split(records, classes, tmp_path / f"cache-{split}", 16, "resize")
-    return {"run_id": spec.run_id, "config": spec.config, "seed": spec.seed, "repeat": 0, "run_dir": str(run_dir),
-            "data": caches, "num_classes": 3, "classes": classes, "device": "cpu", "eval_batch_size": 64,
-            "keep_last": True}
+    return {
+        "run_id": spec.run_id,
+        "config": spec.config,
+        "seed": spec.seed,
+        "repeat": 0,
+        "run_dir": str(run_dir),
+        "data": caches,
+        "num_classes": 3,
+        "classes": classes,
+        "device": "cpu",
+        "eval_batch_size": 64,
+        "keep_last": True,
+    }
 
 
 def test_last_pt_loads_with_weights_only_and_resumes(tmp_path, data):
@@ -185,7 +200,9 @@ def test_safe_load_refuses_pickled_objects(tmp_path):
     marker = tmp_path / "marker"
     path = tmp_path / "evil.pt"
     torch.save({"model_state_dict": Payload(marker)}, path)
-    with pytest.raises(CheckpointError, match=r"evil\.pt: refused to load: it holds a pickled object \(\S*open\)") as err:
+    with pytest.raises(
+        CheckpointError, match=r"evil\.pt: refused to load: it holds a pickled object \(\S*open\)"
+    ) as err:
         read_checkpoint(path)
     assert "weights_only` set to `False`" not in str(err.value)  # no advice to load it unsafely
     assert not marker.exists()

@@ -1,5 +1,6 @@
 """`sample = k` in a grid's [grid] table: a seeded, balanced subset of the product's
 configurations (camgap.zoo.grid.balanced_sample), with stable run ids."""
+
 from collections import Counter
 
 import pytest
@@ -19,8 +20,11 @@ def grid_doc(sample=None, repeats=1, untrained=0, **extra) -> dict:
     if sample is not None:
         grid["sample"] = sample
     grid.update(extra)
-    return {"grid": grid, "train": {"input_size": 32, "max_epochs": 2},
-            "arch_options": {"small_resnet10": {"width": 4}}}
+    return {
+        "grid": grid,
+        "train": {"input_size": 32, "max_epochs": 2},
+        "arch_options": {"small_resnet10": {"width": 4}},
+    }
 
 
 def trained_configs(grid) -> list[dict]:
@@ -87,7 +91,7 @@ def test_sample_changes_the_fingerprint_not_the_ids_of_kept_runs():
     assert a.fingerprint() == parse_grid(grid_doc(sample=8)).fingerprint()
 
 
-@pytest.mark.parametrize("name,configs,untrained", [("demo-quick", 6, 2), ("demo", 24, 8)])
+@pytest.mark.parametrize("name,configs,untrained", [("demo-quick", 6, 2), ("demo", 64, 8)])
 def test_packaged_demo_grids_sample_every_value(name, configs, untrained):
     g = load_grid(name)
     specs = g.runs()

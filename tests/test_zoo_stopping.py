@@ -1,4 +1,5 @@
 """The paper's stopping rules (section 4.1) on scripted histories."""
+
 import pytest
 
 from camgap.zoo.stopping import StoppingRules, check_stop
@@ -6,7 +7,7 @@ from camgap.zoo.stopping import StoppingRules, check_stop
 
 def hist(*rows):
     """rows of (train_loss, train_acc, test_acc)"""
-    return [{"train_loss": l, "train_acc": a, "test_acc": t} for l, a, t in rows]
+    return [{"train_loss": loss, "train_acc": a, "test_acc": t} for loss, a, t in rows]
 
 
 RULES = StoppingRules(loss_threshold=0.1, acc_threshold=0.95, max_epochs=150)

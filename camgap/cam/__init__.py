@@ -1,6 +1,7 @@
 """CAM methods: `create_cam(name, model, target_layer=None, **kw)`, `list_cams()`,
 `upsample_normalize(maps, size)`. One base class (`BaseCAM`) owns the hook; each method
 is a short subclass in `methods.py`. See `camgap.cam.base` for the contract."""
+
 from camgap.cam.base import (
     CAMS,
     BaseCAM,

@@ -21,6 +21,7 @@ pooling and one `nn.Linear` (torchvision ResNet, RegNet, MobileNet v2, Efficient
 SmallResNet; see `detect_linear_head`),
 d logit_c / dA_k(i, j) = W[c, k] / (h * w) exactly, and no graph is built at all.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -341,7 +342,7 @@ class BaseCAM:
     def __del__(self) -> None:
         try:
             self.close()
-        except Exception:  # interpreter shutdown
+        except Exception:  # noqa: BLE001 - at interpreter shutdown anything may be gone
             pass
 
     def __repr__(self) -> str:

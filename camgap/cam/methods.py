@@ -9,6 +9,7 @@ activation, g = d logit_c / dA and S_k = sum_ij A_k(i,j):
     layercam         ReLU(sum_k ReLU(g_k) * A_k)
     xgradcam         w_k = sum_ij g_k A_k / (S_k + 1e-7)
 """
+
 from __future__ import annotations
 
 import torch

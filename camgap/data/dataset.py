@@ -35,8 +35,18 @@ from .errors import DataError
 from .images import decode_rgb
 from .layouts import Record
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "RESIZE_MODES", "CROP_RATIO", "normalize",
-           "BoxDataset", "collate_boxes", "load_item", "prepare_boxes", "make_transform"]
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "RESIZE_MODES",
+    "CROP_RATIO",
+    "normalize",
+    "BoxDataset",
+    "collate_boxes",
+    "load_item",
+    "prepare_boxes",
+    "make_transform",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -46,8 +56,9 @@ CROP_RATIO = 0.875
 Item = tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]
 
 
-def normalize(images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-              std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
+def normalize(
+    images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
+) -> torch.Tensor:
     """uint8 ``[B,3,H,W]`` or ``[3,H,W]`` (0..255) -> float32 ``(x/255 - mean) / std``.
 
     Runs on the images' device; ``mean``/``std`` are per-channel sequences (or tensors).
@@ -69,8 +80,7 @@ def make_transform(input_size: int, resize: str = "resize") -> v2.Transform:
     if resize == "resize":
         return v2.Resize((input_size, input_size), antialias=True)
     if resize == "resize_crop":
-        return v2.Compose([v2.Resize(int(input_size / CROP_RATIO), antialias=True),
-                           v2.CenterCrop(input_size)])
+        return v2.Compose([v2.Resize(int(input_size / CROP_RATIO), antialias=True), v2.CenterCrop(input_size)])
     raise InputError(f"unknown resize mode {resize!r}; expected one of {RESIZE_MODES}")
 
 
@@ -99,17 +109,21 @@ def prepare_boxes(record: Record, width: int, height: int) -> tuple[torch.Tensor
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
     keep = _keep_positive(boxes)
     if not bool(keep.all()):
-        dropped = [tuple(round(v, 2) for v in b) for b in
-                   torch.tensor(record.boxes, dtype=torch.float64)[~keep].tolist()]
-        warnings.warn(f"{record.path}: dropped {len(dropped)} degenerate box(es) (zero or "
-                      f"negative area after clamping to the {width}x{height} image): {dropped}",
-                      stacklevel=3)
+        dropped = [
+            tuple(round(v, 2) for v in b) for b in torch.tensor(record.boxes, dtype=torch.float64)[~keep].tolist()
+        ]
+        warnings.warn(
+            f"{record.path}: dropped {len(dropped)} degenerate box(es) (zero or "
+            f"negative area after clamping to the {width}x{height} image): {dropped}",
+            stacklevel=3,
+        )
         boxes, labels = boxes[keep], labels[keep]
     return boxes, labels
 
 
-def load_item(record: Record, input_size: int = 224, resize: str = "resize",
-              transform: v2.Transform | None = None) -> Item:
+def load_item(
+    record: Record, input_size: int = 224, resize: str = "resize", transform: v2.Transform | None = None
+) -> Item:
     """Decode, transform and return ``(image uint8 [3,S,S], label, boxes [n,4], labels [n])``.
 
     Raises :class:`DataError` for a bad file.
@@ -150,8 +164,9 @@ class BoxDataset(Dataset):
     images the loader yielded over one full pass.
     """
 
-    def __init__(self, records: Sequence[Record], input_size: int = 224,
-                 resize: str = "resize", skip_bad: bool = False):
+    def __init__(
+        self, records: Sequence[Record], input_size: int = 224, resize: str = "resize", skip_bad: bool = False
+    ):
         if int(input_size) <= 0:
             raise InputError(f"input_size must be positive, got {input_size}")
         self.records = list(records)
@@ -178,8 +193,9 @@ class BoxDataset(Dataset):
             return None
 
 
-def collate_boxes(batch: Sequence[Item | None]) -> tuple[torch.Tensor, torch.Tensor,
-                                                         list[torch.Tensor], list[torch.Tensor]]:
+def collate_boxes(
+    batch: Sequence[Item | None],
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """Stack a list of items: ``(images uint8 [B,3,S,S], labels int64 [B], boxes list of
     float32 [n_i,4], box_labels list of int64 [n_i])``.
 
@@ -188,8 +204,7 @@ def collate_boxes(batch: Sequence[Item | None]) -> tuple[torch.Tensor, torch.Ten
     """
     items = [b for b in batch if b is not None]
     if not items:
-        return (torch.empty((0, 3, 0, 0), dtype=torch.uint8), torch.empty(0, dtype=torch.int64),
-                [], [])
+        return (torch.empty((0, 3, 0, 0), dtype=torch.uint8), torch.empty(0, dtype=torch.int64), [], [])
     images = torch.stack([it[0] for it in items])
     labels = torch.tensor([int(it[1]) for it in items], dtype=torch.int64)
     return images, labels, [it[2] for it in items], [it[3] for it in items]

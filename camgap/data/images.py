@@ -79,7 +79,7 @@ def decode_rgb(path: str | Path) -> torch.Tensor:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 img = _to_uint8_rgb(decode_image(buf, mode=ImageReadMode.RGB))
-        except Exception as e:  # unsupported colour model / format on this build, corrupt data
+        except Exception as e:  # noqa: BLE001 - unsupported colour model / format on this build, corrupt data
             tv_error = e
         else:
             if img.shape[1] > 0 and img.shape[2] > 0:
@@ -88,7 +88,7 @@ def decode_rgb(path: str | Path) -> torch.Tensor:
 
     try:
         img = _decode_pil(data)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds for a bad file: all mean "cannot decode"
         problem = str(e).strip() or type(e).__name__
         tv_msg = str(tv_error).strip().splitlines()[-1] if tv_error else ""
         if "," in tv_msg and ".cpp" in tv_msg:  # drop torchvision's source location prefix

@@ -30,6 +30,7 @@ Pixel convention (shared with the boxes of ``BoxDataset`` and the synthetic data
 ``(xmin, ymin, xmax, ymax)`` when its centre lies inside the closed box:
 ``xmin <= x + 0.5 <= xmax`` and ``ymin <= y + 0.5 <= ymax``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -187,7 +188,7 @@ def binarize(map, method: str | float = "otsu") -> Tensor:
 
 def _cv2():
     try:
-        import cv2  # noqa: PLC0415  (optional dependency, imported lazily)
+        import cv2  # optional dependency, imported lazily
 
         cv2.saliency  # noqa: B018  (the contrib module, absent from plain opencv-python)
     except (ImportError, AttributeError):
@@ -319,7 +320,7 @@ def _match(image_id: str, by_rel: dict[str, Path], by_stem: dict[str, list[Path]
 
 def _foreground(path: Path) -> np.ndarray:
     """Read one mask file as a bool array at its own size (rules in ``read_mask_folder``)."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
@@ -355,9 +356,9 @@ def _resize_mask(fg: np.ndarray, size: int, resize: str) -> np.ndarray:
     the image (``camgap.data.dataset.make_transform``: ``"resize"`` stretches,
     ``"resize_crop"`` scales the shorter side and centre-crops), bilinear with antialiasing
     on the 0/1 mask, then foreground = value >= 0.5."""
-    from torchvision import tv_tensors  # noqa: PLC0415
+    from torchvision import tv_tensors
 
-    from camgap.data.dataset import make_transform  # noqa: PLC0415
+    from camgap.data.dataset import make_transform
 
     img = tv_tensors.Image(torch.from_numpy(fg.astype(np.float32))[None])
     out = make_transform(size, resize)(img).as_subclass(Tensor)[0]
@@ -592,14 +593,16 @@ def _saliency(request: MaskRequest) -> FoundMasks:
     images, size, n = request.images, request.size, len(request.image_ids)
     if int(images.shape[-1]) != size or int(images.shape[-2]) != size:
         raise InputError(f"images are {tuple(images.shape[-2:])}, masks asked at {size}px")
-    masks = (saliency_masks(images, request.option, request.threshold) if n
-             else torch.zeros(0, size, size, dtype=torch.bool))
+    masks = (
+        saliency_masks(images, request.option, request.threshold) if n else torch.zeros(0, size, size, dtype=torch.bool)
+    )
     return FoundMasks(masks, torch.arange(n), [], 0, f"saliency:{request.option}", request.threshold)
 
 
 def _folder(request: MaskRequest) -> FoundMasks:
-    found = read_mask_folder(request.option, request.image_ids, request.size, skip_bad=request.skip_bad,
-                             resize=request.resize)
+    found = read_mask_folder(
+        request.option, request.image_ids, request.size, skip_bad=request.skip_bad, resize=request.resize
+    )
     return FoundMasks(found.masks, found.keep, found.missing, found.n_resized, str(request.option))
 
 
@@ -624,8 +627,11 @@ def parse_source(source: str | os.PathLike) -> tuple[str, str | None]:
             return name, None
     path = Path(s).expanduser()
     if not path.is_dir():
-        named = [f"'{n}[:{'|'.join(MASK_SOURCES.get(n).options)}]'" if MASK_SOURCES.get(n).options else f"'{n}'"
-                 for n in MASK_SOURCES.names() if n != FOLDER]
+        named = [
+            f"'{n}[:{'|'.join(MASK_SOURCES.get(n).options)}]'" if MASK_SOURCES.get(n).options else f"'{n}'"
+            for n in MASK_SOURCES.names()
+            if n != FOLDER
+        ]
         raise MaskError(f"mask source {s!r} is neither {', '.join(named)} nor an existing folder")
     return FOLDER, str(path.resolve())
 
@@ -638,8 +644,16 @@ def _sample_images_digest(images, h) -> None:
         h.update(np.ascontiguousarray(_as_numpy(images[k])).tobytes())
 
 
-def cache_key(kind: str, arg: str | None, image_ids: Sequence[str], size: int, threshold, skip_bad: bool,
-              resize: str = "resize", images=None) -> str:
+def cache_key(
+    kind: str,
+    arg: str | None,
+    image_ids: Sequence[str],
+    size: int,
+    threshold,
+    skip_bad: bool,
+    resize: str = "resize",
+    images=None,
+) -> str:
     """Cache file name for a mask set: the source, its options and a fingerprint of the ids
     and the size (for folders also every matched file's name, size and mtime; for saliency a
     few of the images' bytes)."""
@@ -744,8 +758,16 @@ def compute_masks(
     src.check(request)
     path = None
     if src.cached and cache_dir is not None:
-        key = cache_key(kind, option, image_ids, size, threshold if src.uses_images else None, skip_bad, resize,
-                        images if src.uses_images else None)
+        key = cache_key(
+            kind,
+            option,
+            image_ids,
+            size,
+            threshold if src.uses_images else None,
+            skip_bad,
+            resize,
+            images if src.uses_images else None,
+        )
         path = Path(cache_dir) / key
         hit = _load_cache(path, image_ids) if path.is_file() else None
         if hit is not None:
@@ -753,8 +775,16 @@ def compute_masks(
     found = src.compute(request)
     valid = torch.zeros(n, dtype=torch.bool)
     valid[found.keep] = True
-    stats = MaskStats(source=found.name, n=n, n_missing=len(found.missing), missing=found.missing[:_SHOW],
-                      n_resized=found.n_resized, threshold=found.threshold, size=size, **_area_counts(found.masks))
+    stats = MaskStats(
+        source=found.name,
+        n=n,
+        n_missing=len(found.missing),
+        missing=found.missing[:_SHOW],
+        n_resized=found.n_resized,
+        threshold=found.threshold,
+        size=size,
+        **_area_counts(found.masks),
+    )
     res = MaskResult(found.masks, [image_ids[k] for k in found.keep.tolist()], found.keep, valid, stats)
     if path is not None:
         _save_cache(path, res)
@@ -781,8 +811,13 @@ def mask_quality(masks: Tensor, box_masks: Tensor) -> dict:
     union = (m | b).sum(1).float()
     n = int(has_box.sum())
     if n == 0:
-        return {"mean_iou": float("nan"), "miss_share": float("nan"), "full_image_iou": float("nan"),
-                "n": 0, "n_no_box": len(masks)}
+        return {
+            "mean_iou": float("nan"),
+            "miss_share": float("nan"),
+            "full_image_iou": float("nan"),
+            "n": 0,
+            "n_no_box": len(masks),
+        }
     return {
         "mean_iou": float((inter / union).mean()),
         "miss_share": float((inter == 0).float().mean()),
@@ -795,7 +830,7 @@ def mask_quality(masks: Tensor, box_masks: Tensor) -> dict:
 def export_masks(masks: Tensor, image_ids: Sequence[str], out_dir: str | os.PathLike) -> list[Path]:
     """Write one 8-bit greyscale PNG per image, ``<out_dir>/<image_id>.png``, 255 = foreground,
     0 = background (ids with ``/`` get subfolders). ``read_mask_folder`` reads them back."""
-    from PIL import Image  # noqa: PLC0415
+    from PIL import Image
 
     masks = torch.as_tensor(masks, dtype=torch.bool).cpu().numpy()
     if len(masks) != len(image_ids):

@@ -32,8 +32,8 @@ import sys
 import time
 import uuid
 import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -139,7 +139,7 @@ def _is_cuda(device) -> bool:
     return torch.device(device).type == "cuda"
 
 
-def _reopen(cache_dir: str, device: str | None) -> "TensorStore":
+def _reopen(cache_dir: str, device: str | None) -> TensorStore:
     store = TensorStore.open(cache_dir)
     return store if device is None else store.to_device(device)
 
@@ -236,7 +236,7 @@ class TensorStore:
         skip_bad: bool = False,
         num_workers: int = 0,
         progress: bool = False,
-    ) -> "TensorStore":
+    ) -> TensorStore:
         """Decode and resize ``records`` (through ``BoxDataset``) into ``cache_dir``; always builds.
 
         ``skip_bad`` leaves out records whose image fails to decode (listed in ``.skipped``;
@@ -259,7 +259,7 @@ class TensorStore:
         skip_bad: bool = False,
         num_workers: int = 0,
         progress: bool = False,
-    ) -> "TensorStore":
+    ) -> TensorStore:
         """Open the store in ``cache_dir`` when its fingerprint matches ``records``; else build it.
 
         Safe to call from several processes at once: one builds, the others wait and open.
@@ -273,12 +273,14 @@ class TensorStore:
                 store = None
             if store is not None and store.fingerprint == fp and bool(store.meta.get("skip_bad")) == bool(skip_bad):
                 return store
-            return cls._build_locked(records, cache_dir, input_size, resize, classes, skip_bad, num_workers, progress, fp)
+            return cls._build_locked(
+                records, cache_dir, input_size, resize, classes, skip_bad, num_workers, progress, fp
+            )
 
     @classmethod
     def _build_locked(
         cls, records, cache_dir: Path, input_size, resize, classes, skip_bad, num_workers, progress, fp=None
-    ) -> "TensorStore":
+    ) -> TensorStore:
         from camgap.data.dataset import BoxDataset
 
         records = list(records)
@@ -384,7 +386,7 @@ class TensorStore:
         return cls.open(cache_dir)
 
     @classmethod
-    def open(cls, cache_dir: str | os.PathLike) -> "TensorStore":
+    def open(cls, cache_dir: str | os.PathLike) -> TensorStore:
         """Open a built store (no decoding). Missing -> FileNotFoundError; inconsistent -> StoreError."""
         cache_dir = Path(cache_dir)
         meta_path = cache_dir / META_NAME
@@ -430,7 +432,7 @@ class TensorStore:
         )
 
     # -- access
-    def to_device(self, device: str | torch.device = "cpu") -> "TensorStore":
+    def to_device(self, device: str | torch.device = "cpu") -> TensorStore:
         """An in-memory copy with all images (and labels) resident on ``device``.
 
         For datasets that fit: training keeps the whole set on the GPU/CPU and augments

@@ -41,9 +41,9 @@ import io
 import json
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -156,9 +156,7 @@ def class_names(class_set: str = "target", classes: int | None = None) -> list[s
     names = [f"{i:02d}_{name}" for i, name in enumerate(shapes)]
     if classes is not None:
         if not 1 <= classes <= len(names):
-            raise InputError(
-                f"classes must be between 1 and {len(names)} for class_set={class_set!r}, got {classes}"
-            )
+            raise InputError(f"classes must be between 1 and {len(names)} for class_set={class_set!r}, got {classes}")
         names = names[:classes]
     return names
 

@@ -30,6 +30,7 @@ the drop is a smooth function of sigma and a seed gives one answer. The model's 
 never modified: the perturbed networks run through ``torch.func.functional_call`` with
 perturbed copies, so the weights are exactly as before afterwards.
 """
+
 from __future__ import annotations
 
 import math
@@ -48,9 +49,9 @@ from camgap.measures.registry import MeasureError, MeasureUndefined
 
 @dataclass
 class PacBayesResult:
-    sigma: float                  # sigma' (the largest noise scale within the target)
-    clean: float                  # accuracy (or loss) of the unperturbed model on the subset
-    displacement: float           # accuracy drop (loss rise) at the last sigma evaluated
+    sigma: float  # sigma' (the largest noise scale within the target)
+    clean: float  # accuracy (or loss) of the unperturbed model on the subset
+    displacement: float  # accuracy drop (loss rise) at the last sigma evaluated
     n_images: int
     evaluations: list[tuple[float, float]] = field(default_factory=list)  # (sigma, displacement)
 
@@ -59,8 +60,9 @@ class PacBayesResult:
         return 1.0 / self.sigma**2
 
 
-def _subset(batches: Callable[[], Iterator] | Iterable, n_images: int,
-            device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _subset(
+    batches: Callable[[], Iterator] | Iterable, n_images: int, device: torch.device
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     it = batches() if callable(batches) else iter(batches)
     out, n = [], 0
     for batch in it:
@@ -75,8 +77,12 @@ def _subset(batches: Callable[[], Iterator] | Iterable, n_images: int,
     return out
 
 
-def _score(model: nn.Module, params: dict[str, torch.Tensor] | None,
-           data: list[tuple[torch.Tensor, torch.Tensor]], criterion: str) -> float:
+def _score(
+    model: nn.Module,
+    params: dict[str, torch.Tensor] | None,
+    data: list[tuple[torch.Tensor, torch.Tensor]],
+    criterion: str,
+) -> float:
     total, n = 0.0, 0
     for x, y in data:
         out = model(x) if params is None else functional_call(model, params, (x,))
@@ -93,12 +99,23 @@ def _draw_seed(seed: int, draw: int) -> int:
 
 
 @torch.no_grad()
-def pacbayes_sigma(model: nn.Module, batches: Callable[[], Iterator] | Iterable, *,
-                   target: float = 0.1, criterion: str = "accuracy",
-                   magnitude_eps: float | None = None, draws: int = 5, n_images: int = 512,
-                   depth: int = 15, tol: float = 0.01, seed: int = 0,
-                   sigma0: float | None = None, sigma_max: float | None = None, max_steps: int = 20,
-                   on_evaluate: Callable[[float, float], None] | None = None) -> PacBayesResult:
+def pacbayes_sigma(
+    model: nn.Module,
+    batches: Callable[[], Iterator] | Iterable,
+    *,
+    target: float = 0.1,
+    criterion: str = "accuracy",
+    magnitude_eps: float | None = None,
+    draws: int = 5,
+    n_images: int = 512,
+    depth: int = 15,
+    tol: float = 0.01,
+    seed: int = 0,
+    sigma0: float | None = None,
+    sigma_max: float | None = None,
+    max_steps: int = 20,
+    on_evaluate: Callable[[float, float], None] | None = None,
+) -> PacBayesResult:
     """Find sigma' by bisection (see the module docstring). ``batches``: a callable returning an
     iterator of ``(images_normalized, labels, ...)`` or such an iterable. ``magnitude_eps``:
     None for isotropic noise, eps for the magnitude-aware variant. ``sigma_max`` caps the noise
@@ -109,8 +126,10 @@ def pacbayes_sigma(model: nn.Module, batches: Callable[[], Iterator] | Iterable,
     if criterion not in ("accuracy", "loss"):
         raise InputError(f"criterion must be 'accuracy' or 'loss', got {criterion!r}")
     if not target > 0 or not tol >= 0 or draws < 1 or max_steps < 0 or depth < 0:
-        raise InputError(f"need target > 0, tol >= 0, draws >= 1, max_steps >= 0, depth >= 0; got target={target}, "
-                         f"tol={tol}, draws={draws}, max_steps={max_steps}, depth={depth}")
+        raise InputError(
+            f"need target > 0, tol >= 0, draws >= 1, max_steps >= 0, depth >= 0; got target={target}, "
+            f"tol={tol}, draws={draws}, max_steps={max_steps}, depth={depth}"
+        )
     check_finite(model)
     base = {n: p.detach() for n, p in model.named_parameters()}
     if not base:
@@ -125,8 +144,10 @@ def pacbayes_sigma(model: nn.Module, batches: Callable[[], Iterator] | Iterable,
         if not math.isfinite(clean):
             raise MeasureError(f"non-finite clean training {criterion}")
         if criterion == "accuracy" and clean < target - tol:
-            raise MeasureUndefined(f"clean training accuracy {clean:.3g} is below the target drop {target}: "
-                                   "no noise level can lower it by that much")
+            raise MeasureUndefined(
+                f"clean training accuracy {clean:.3g} is below the target drop {target}: "
+                "no noise level can lower it by that much"
+            )
         evaluations: list[tuple[float, float]] = []
 
         def displacement(sigma: float) -> float:
@@ -152,8 +173,7 @@ def pacbayes_sigma(model: nn.Module, batches: Callable[[], Iterator] | Iterable,
             return d
 
         def result(sigma: float, d: float) -> PacBayesResult:
-            return PacBayesResult(sigma=sigma, clean=clean, displacement=d, n_images=n_seen,
-                                  evaluations=evaluations)
+            return PacBayesResult(sigma=sigma, clean=clean, displacement=d, n_images=n_seen, evaluations=evaluations)
 
         if sigma0 is None:
             sigma0 = _default_sigma0(base, magnitude_eps)
@@ -175,16 +195,20 @@ def pacbayes_sigma(model: nn.Module, batches: Callable[[], Iterator] | Iterable,
                     break
                 hi = s
             else:
-                raise MeasureUndefined(f"training {criterion} moves by more than {target} even at sigma={s:.3g} "
-                                       f"({len(evaluations)} noise levels evaluated, max_steps={max_steps})")
+                raise MeasureUndefined(
+                    f"training {criterion} moves by more than {target} even at sigma={s:.3g} "
+                    f"({len(evaluations)} noise levels evaluated, max_steps={max_steps})"
+                )
             lo = s
         else:  # not enough noise: double until the target is exceeded
             lo = s
             for _ in range(max_steps):
                 if 2 * s > cap:
-                    raise MeasureUndefined(f"training {criterion} never moves by {target} for sigma up to the cap "
-                                           f"sigma_max={cap:.3g} (clean {criterion} {clean:.3g}; "
-                                           f"{len(evaluations)} noise levels evaluated)")
+                    raise MeasureUndefined(
+                        f"training {criterion} never moves by {target} for sigma up to the cap "
+                        f"sigma_max={cap:.3g} (clean {criterion} {clean:.3g}; "
+                        f"{len(evaluations)} noise levels evaluated)"
+                    )
                 s *= 2
                 d = displacement(s)
                 if abs(d - target) <= tol:
@@ -193,8 +217,10 @@ def pacbayes_sigma(model: nn.Module, batches: Callable[[], Iterator] | Iterable,
                     break
                 lo = s
             else:
-                raise MeasureUndefined(f"training {criterion} never moves by {target} within max_steps={max_steps} "
-                                       f"doublings (sigma up to {s:.3g}; clean {criterion} {clean:.3g})")
+                raise MeasureUndefined(
+                    f"training {criterion} never moves by {target} within max_steps={max_steps} "
+                    f"doublings (sigma up to {s:.3g}; clean {criterion} {clean:.3g})"
+                )
             hi = s
         for _ in range(depth):
             mid = (lo + hi) / 2
@@ -232,9 +258,13 @@ def pacbayes_mag_flatness(model: nn.Module, batches, magnitude_eps: float = 1e-3
 
 
 @torch.no_grad()
-def pacbayes_bounds(model: nn.Module, sigma: float, m: int,
-                    init_state: Mapping[str, torch.Tensor] | None = None,
-                    magnitude_eps: float | None = None) -> dict[str, float]:
+def pacbayes_bounds(
+    model: nn.Module,
+    sigma: float,
+    m: int,
+    init_state: Mapping[str, torch.Tensor] | None = None,
+    magnitude_eps: float | None = None,
+) -> dict[str, float]:
     """Jiang et al.'s PAC-Bayes bound measures at sigma' over all parameters, m training images:
 
     isotropic: ``orig`` = ||w||^2 / (4 sigma^2) + log(m / sigma) + 10, and ``init`` the same
@@ -249,8 +279,7 @@ def pacbayes_bounds(model: nn.Module, sigma: float, m: int,
     w0 = None
     if init_state is not None:
         try:
-            w0 = torch.cat([init_state[n].detach().double().flatten().cpu()
-                            for n, _ in model.named_parameters()])
+            w0 = torch.cat([init_state[n].detach().double().flatten().cpu() for n, _ in model.named_parameters()])
         except KeyError:
             w0 = None
         if w0 is not None and w0.shape != w.shape:

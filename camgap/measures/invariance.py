@@ -19,6 +19,7 @@ The clean pass is not repeated: the caller passes the logits of its one forward 
 the training set; only the transformed passes run here, over ``images`` - an iterable of
 normalised image batches (or tuples whose first element is the batch) in the same order.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -62,10 +63,16 @@ def ei_scores(clean_logits: torch.Tensor, transformed_logits: torch.Tensor) -> t
 
 
 @torch.no_grad()
-def effective_invariance(model: nn.Module, logits: torch.Tensor, images: Iterable,
-                         transform: str = "rotation", angles: Sequence[int] = (90, 180, 270),
-                         mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                         per_image: bool = False) -> float | torch.Tensor:
+def effective_invariance(
+    model: nn.Module,
+    logits: torch.Tensor,
+    images: Iterable,
+    transform: str = "rotation",
+    angles: Sequence[int] = (90, 180, 270),
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    per_image: bool = False,
+) -> float | torch.Tensor:
     """Mean effective invariance over the images (and the angles for ``"rotation"``).
 
     ``logits``: ``[N, K]`` clean-pass logits; ``images``: iterable of normalised batches in the
@@ -93,7 +100,7 @@ def effective_invariance(model: nn.Module, logits: torch.Tensor, images: Iterabl
             x = batch[0] if isinstance(batch, (tuple, list)) else batch
             x = x.to(dev)
             b = x.shape[0]
-            clean = logits[start:start + b].to(dev)
+            clean = logits[start : start + b].to(dev)
             if clean.shape[0] != b:
                 raise InputError(f"more images than logits ({logits.shape[0]})")
             per_t = []

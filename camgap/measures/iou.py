@@ -6,6 +6,7 @@ Empty cases, defined rather than left to 0/0:
 - A_L empty (a constant CAM normalises to all zeros): the model attends to nothing
   on the object, so IoU = IoU-B = 0.
 """
+
 from __future__ import annotations
 
 import math

@@ -22,6 +22,7 @@ are always those of the kernel.
 Everything is computed in float64 and in log space: the product over the ~50-100 layers of a
 ResNet overflows otherwise. All functions return log values unless their names say otherwise.
 """
+
 from __future__ import annotations
 
 import copy
@@ -72,18 +73,20 @@ def _conv_adjoint(conv: nn.Conv2d, w: torch.Tensor, in_hw: tuple[int, int]):
         def adj(y: torch.Tensor) -> torch.Tensor:
             out_pad = []
             for d in range(2):
-                full = ((y.shape[2 + d] - 1) * conv.stride[d] - 2 * conv.padding[d]
-                        + conv.dilation[d] * (w.shape[2 + d] - 1) + 1)
+                full = (
+                    (y.shape[2 + d] - 1) * conv.stride[d]
+                    - 2 * conv.padding[d]
+                    + conv.dilation[d] * (w.shape[2 + d] - 1)
+                    + 1
+                )
                 out_pad.append(in_hw[d] - full)
-            return F.conv_transpose2d(y, w, None, conv.stride, conv.padding, tuple(out_pad),
-                                      conv.groups, conv.dilation)
+            return F.conv_transpose2d(y, w, None, conv.stride, conv.padding, tuple(out_pad), conv.groups, conv.dilation)
 
         return adj
 
     def adj_autograd(y: torch.Tensor) -> torch.Tensor:  # padding modes without a closed form
         with torch.enable_grad():
-            x = torch.zeros(y.shape[0], conv.in_channels, *in_hw, dtype=y.dtype, device=y.device,
-                            requires_grad=True)
+            x = torch.zeros(y.shape[0], conv.in_channels, *in_hw, dtype=y.dtype, device=y.device, requires_grad=True)
             (g,) = torch.autograd.grad(conv._conv_forward(x, w, None), x, y)
         return g
 
@@ -91,8 +94,14 @@ def _conv_adjoint(conv: nn.Conv2d, w: torch.Tensor, in_hw: tuple[int, int]):
 
 
 @torch.no_grad()
-def conv_operator_norm(conv: nn.Conv2d, input_hw: tuple[int, int], method: str = "auto",
-                       tol: float = 1e-8, iters: int = 1000, seed: int = 0) -> float:
+def conv_operator_norm(
+    conv: nn.Conv2d,
+    input_hw: tuple[int, int],
+    method: str = "auto",
+    tol: float = 1e-8,
+    iters: int = 1000,
+    seed: int = 0,
+) -> float:
     """Largest singular value of the convolution (without bias) as a linear map on inputs of
     spatial size ``input_hw`` (float64).
 
@@ -124,8 +133,9 @@ def conv_operator_norm(conv: nn.Conv2d, input_hw: tuple[int, int], method: str =
 
         op = LinearOperator((n, n), matvec=matvec, dtype=np.float64)
         try:
-            ev = eigsh(op, k=1, which="LA", v0=x0.reshape(-1).numpy(), tol=tol, maxiter=iters,
-                       return_eigenvectors=False)
+            ev = eigsh(
+                op, k=1, which="LA", v0=x0.reshape(-1).numpy(), tol=tol, maxiter=iters, return_eigenvectors=False
+            )
         except ArpackNoConvergence as err:
             if len(err.eigenvalues) == 0:
                 raise MeasureError(f"Lanczos did not converge for a conv at input {hw}") from err
@@ -174,9 +184,13 @@ def conv_input_sizes(model: nn.Module, example_input: torch.Tensor) -> dict[str,
     return sizes
 
 
-def layer_spectral_norms(model: nn.Module, conv: str = "reshape",
-                         example_input: torch.Tensor | None = None, seed: int = 0,
-                         method: str = "auto") -> dict[str, float]:
+def layer_spectral_norms(
+    model: nn.Module,
+    conv: str = "reshape",
+    example_input: torch.Tensor | None = None,
+    seed: int = 0,
+    method: str = "auto",
+) -> dict[str, float]:
     """``{layer name: ||W||_2}`` for the counted layers (see the module docstring)."""
     if conv not in ("reshape", "operator"):
         raise InputError(f"conv must be 'reshape' or 'operator', got {conv!r}")
@@ -196,9 +210,15 @@ def layer_spectral_norms(model: nn.Module, conv: str = "reshape",
     return out
 
 
-def spectral_norm_measure(model: nn.Module, logits: torch.Tensor, labels: torch.Tensor,
-                          conv: str = "reshape", example_input: torch.Tensor | None = None,
-                          percentile: float = 10.0, seed: int = 0) -> float:
+def spectral_norm_measure(
+    model: nn.Module,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    conv: str = "reshape",
+    example_input: torch.Tensor | None = None,
+    percentile: float = 10.0,
+    seed: int = 0,
+) -> float:
     """log of paper eq. A1 / Jiang et al.'s "spec.norm":
 
         prod_i ||W_i||_2^2 * sum_j (||W_j||_F^2 / ||W_j||_2^2) / gamma^2,
@@ -223,8 +243,9 @@ def spectral_norm_measure(model: nn.Module, logits: torch.Tensor, labels: torch.
 # ----------------------------------------------------------------------------- Frobenius
 
 
-def frobenius_measure(model: nn.Module, logits: torch.Tensor, labels: torch.Tensor,
-                      form: str = "prod", percentile: float = 10.0) -> float:
+def frobenius_measure(
+    model: nn.Module, logits: torch.Tensor, labels: torch.Tensor, form: str = "prod", percentile: float = 10.0
+) -> float:
     """Margin-normalised Frobenius norm, as a log:
 
     ``form="prod"``: log( prod_i ||W_i||_F^2 / gamma^2 )   (Jiang et al. "prod.of.fro")
@@ -257,8 +278,7 @@ def distance_from_init(model: nn.Module, init_state: Mapping[str, torch.Tensor])
             raise MeasureError(f"initial weights lack {key!r}")
         w0 = init_state[key]
         if tuple(w0.shape) != tuple(m.weight.shape):
-            raise MeasureError(f"initial {key!r} has shape {tuple(w0.shape)}, "
-                               f"model has {tuple(m.weight.shape)}")
+            raise MeasureError(f"initial {key!r} has shape {tuple(w0.shape)}, model has {tuple(m.weight.shape)}")
         if not torch.isfinite(w0).all():
             raise MeasureError(f"non-finite initial weights in {key!r}")
         diff = m.weight.detach().double() - w0.detach().to(m.weight.device).double()
@@ -316,6 +336,7 @@ def fold_batchnorm(model: nn.Module, example_input: torch.Tensor, fold: bool = T
     consumed: list[tuple[str, torch.Tensor]] = []
     calls: dict[str, int] = {}
     hooks = []
+
     def on_layer(name: str, out: torch.Tensor) -> None:  # hooks must return None
         produced.append((name, out))
         calls[name] = calls.get(name, 0) + 1

@@ -6,6 +6,7 @@
 * :func:`nuclear_norm` - paper eq. A2 and Deng et al. 2023's normalisation of the nuclear norm
   of the prediction matrix P = softmax(logits) (N x K).
 """
+
 from __future__ import annotations
 
 import math
@@ -50,8 +51,9 @@ def margin_percentile(logits: torch.Tensor, labels: torch.Tensor, percentile: fl
     m = margins(logits, labels).cpu().numpy()
     gamma = float(np.percentile(m, percentile))
     if not gamma > 0:
-        raise MeasureUndefined(f"{percentile:g}th-percentile margin gamma = {gamma:.4g} <= 0 "
-                           "(too many training images misclassified)")
+        raise MeasureUndefined(
+            f"{percentile:g}th-percentile margin gamma = {gamma:.4g} <= 0 (too many training images misclassified)"
+        )
     return gamma
 
 

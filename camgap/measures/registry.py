@@ -29,6 +29,7 @@ reason, and ``measure_outcome`` sorts it into one of two states the caller recor
 >>> compute_measure("nuclear_norm", ctx)
 {'norm=paper': 1.2e-05, 'norm=deng': 0.61}
 """
+
 from __future__ import annotations
 
 import math
@@ -157,8 +158,9 @@ def _spectral_norm(ctx: MeasureContext, conv: str = "reshape", percentile: float
 
     logits, labels = ctx.need_logits()
     example = ctx.example_input() if conv == "operator" else None
-    value = spectral_norm_measure(ctx.model, logits, labels, conv=conv, example_input=example,
-                                  percentile=percentile, seed=ctx.seed)
+    value = spectral_norm_measure(
+        ctx.model, logits, labels, conv=conv, example_input=example, percentile=percentile, seed=ctx.seed
+    )
     return _log_and_raw(value, conv=conv, **_pct(percentile))
 
 
@@ -170,8 +172,13 @@ def _frobenius_norm(ctx: MeasureContext, percentile: float = 10.0) -> dict[str, 
     logits, labels = ctx.need_logits()
     out: dict[str, float] = {}
     for form in ("prod", "sum"):
-        out.update(_log_and_raw(frobenius_measure(ctx.model, logits, labels, form=form,
-                                                  percentile=percentile), form=form, **_pct(percentile)))
+        out.update(
+            _log_and_raw(
+                frobenius_measure(ctx.model, logits, labels, form=form, percentile=percentile),
+                form=form,
+                **_pct(percentile),
+            )
+        )
     return out
 
 
@@ -181,8 +188,7 @@ def _path_norm(ctx: MeasureContext, bias: bool = True) -> dict[str, float]:
     from camgap.measures.norms import path_norm
 
     value = path_norm(ctx.model, tuple(ctx.example_input().shape[1:]), bias=bias)
-    return {label({"scale": "log"}): math.log(value) if value > 0 else -math.inf,
-            label({"scale": "raw"}): value}
+    return {label({"scale": "log"}): math.log(value) if value > 0 else -math.inf, label({"scale": "raw"}): value}
 
 
 @register_measure("distance_from_init")
@@ -221,8 +227,7 @@ def _effective_invariance(ctx: MeasureContext, angles: Sequence[int] = (90, 180,
     from camgap.measures.invariance import effective_invariance
 
     logits, _ = ctx.need_logits()
-    value = effective_invariance(ctx.model, logits, ctx.need_batches()(), transform="rotation",
-                                 angles=tuple(angles))
+    value = effective_invariance(ctx.model, logits, ctx.need_batches()(), transform="rotation", angles=tuple(angles))
     return {label({"transform": "rotation"}): value}
 
 
@@ -234,23 +239,21 @@ def _effective_invariance_gray(ctx: MeasureContext) -> dict[str, float]:
     if ctx.mean is None or ctx.std is None:
         raise MeasureError("grayscale effective invariance needs ctx.mean and ctx.std")
     logits, _ = ctx.need_logits()
-    value = effective_invariance(ctx.model, logits, ctx.need_batches()(), transform="grayscale",
-                                 mean=ctx.mean, std=ctx.std)
+    value = effective_invariance(
+        ctx.model, logits, ctx.need_batches()(), transform="grayscale", mean=ctx.mean, std=ctx.std
+    )
     return {label({"transform": "grayscale"}): value}
 
 
 def _pacbayes(ctx: MeasureContext, magnitude_eps: float | None, **options) -> dict[str, float]:
     from camgap.measures.flatness import pacbayes_bounds, pacbayes_sigma
 
-    res = pacbayes_sigma(ctx.model, ctx.need_batches(), magnitude_eps=magnitude_eps,
-                         seed=ctx.seed, **options)
+    res = pacbayes_sigma(ctx.model, ctx.need_batches(), magnitude_eps=magnitude_eps, seed=ctx.seed, **options)
     variant = {"criterion": options.get("criterion", "accuracy"), "target": options.get("target", 0.1)}
-    out = {label({**variant, "form": "flatness"}): 1.0 / res.sigma**2,
-           label({**variant, "form": "sigma"}): res.sigma}
+    out = {label({**variant, "form": "flatness"}): 1.0 / res.sigma**2, label({**variant, "form": "sigma"}): res.sigma}
     m = int(ctx.labels.numel()) if ctx.labels is not None else None
     if m:
-        bounds = pacbayes_bounds(ctx.model, res.sigma, m, init_state=ctx.init_state,
-                                 magnitude_eps=magnitude_eps)
+        bounds = pacbayes_bounds(ctx.model, res.sigma, m, init_state=ctx.init_state, magnitude_eps=magnitude_eps)
         for form, v in bounds.items():
             out[label({**variant, "form": form})] = v
     return out

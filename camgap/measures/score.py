@@ -1,6 +1,7 @@
 """The score: one pass over the training images computes the CAM of the predicted class,
 IoU / IoU-B with the object region at every threshold, and keeps the logits so the
 margin, prediction-matrix and effective-invariance measures need no second pass."""
+
 from __future__ import annotations
 
 import math
@@ -103,8 +104,10 @@ def iter_batches(data, batch_size: int, device: torch.device, num_workers: int =
         yield images.to(device, non_blocking=True), labels.to(device), boxes, box_labels, ids
 
 
-ACCEPTED_DATA = ("a camgap BoxDataset, a TensorStore, or a torch.utils.data.Dataset yielding (image, label, boxes): "
-                 "image uint8 [3,S,S] or float in [0,1], label an int, boxes float [n,4] xyxy in input pixels")
+ACCEPTED_DATA = (
+    "a camgap BoxDataset, a TensorStore, or a torch.utils.data.Dataset yielding (image, label, boxes): "
+    "image uint8 [3,S,S] or float in [0,1], label an int, boxes float [n,4] xyxy in input pixels"
+)
 
 
 def as_scoring_data(data):
@@ -154,12 +157,16 @@ class TripletDataset(torch.utils.data.Dataset):
         if image.dtype != torch.uint8 and not image.is_floating_point():
             raise InputError(f"item {i}: image of dtype {image.dtype}; expected uint8 (0..255) or float (0..1)")
         if getattr(self, "shape", None) not in (None, tuple(image.shape)):
-            raise InputError(f"item {i}: image of shape {tuple(image.shape)}, item 0's is {self.shape}: "
-                             "all images must have one size")
+            raise InputError(
+                f"item {i}: image of shape {tuple(image.shape)}, item 0's is {self.shape}: "
+                "all images must have one size"
+            )
         image = image.float() if image.is_floating_point() else image
         if getattr(self, "dtype", None) not in (None, image.dtype):
-            raise InputError(f"item {i}: a {image.dtype} image, item 0's is {self.dtype}: all images must be "
-                             "uint8 (0..255) or all float (0..1)")
+            raise InputError(
+                f"item {i}: a {image.dtype} image, item 0's is {self.dtype}: all images must be "
+                "uint8 (0..255) or all float (0..1)"
+            )
         boxes = torch.as_tensor(boxes, dtype=torch.float32)
         if boxes.numel() and (boxes.dim() != 2 or boxes.shape[1] != 4):
             raise InputError(f"item {i}: boxes of shape {tuple(boxes.shape)}; expected [n, 4] xyxy")
@@ -318,16 +325,20 @@ def _check_finite_weights(model: nn.Module) -> None:
     try:
         check_finite(model)
     except MeasureError as exc:
-        raise NonFiniteError(f"{exc}: the model's weights hold NaN/inf (a diverged run?), so no CAM or "
-                             "IoU computed from it could be trusted") from None
+        raise NonFiniteError(
+            f"{exc}: the model's weights hold NaN/inf (a diverged run?), so no CAM or "
+            "IoU computed from it could be trusted"
+        ) from None
 
 
 def _check_finite_outputs(logits: Tensor, maps: Tensor, ids: Sequence[str]) -> None:
     for what, t in (("logits", logits), ("CAM", maps)):
         bad = ~torch.isfinite(t.flatten(1)).all(1)
         if bool(bad.any()):
-            raise NonFiniteError(f"image {ids[int(bad.nonzero()[0, 0])]}: the model's {what} are not finite "
-                                 "(NaN/inf), so no IoU computed from them could be trusted")
+            raise NonFiniteError(
+                f"image {ids[int(bad.nonzero()[0, 0])]}: the model's {what} are not finite "
+                "(NaN/inf), so no IoU computed from them could be trusted"
+            )
 
 
 def _progress(total: int, enabled: bool):

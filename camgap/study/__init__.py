@@ -6,24 +6,43 @@ Kendall Psi, CMI score, selection accuracy), `tables` (the paper's Tables 3-7 an
 `StudyOptions` they share), `render` (Markdown, HTML and CSV files), `figures`, `report`
 (`run_study`, `write_study`, `headline`), `predict` (gap ~ measure with a prediction interval).
 """
+
 from .predict import GapFit, GapPrediction, fit_from_wide, fit_gap, predict_gap
 from .render import write_table
 from .report import Study, demo_frames, headline, run_study, write_study
 from .stats import (
-                    bootstrap_ci,
-                    cmi_score,
-                    correlations,
-                    granulated_kendall,
-                    kendall,
-                    pearson,
-                    selection_accuracy,
-                    spearman,
+    bootstrap_ci,
+    cmi_score,
+    correlations,
+    granulated_kendall,
+    kendall,
+    pearson,
+    selection_accuracy,
+    spearman,
 )
 from .tables import MeasureSpec, StudyOptions, wide_table
 
 __all__ = [
-    "GapFit", "GapPrediction", "MeasureSpec", "Study", "StudyOptions", "bootstrap_ci", "cmi_score", "correlations",
-    "demo_frames", "fit_from_wide", "fit_gap", "granulated_kendall", "headline", "kendall",
-    "pearson", "predict_gap", "run_study", "selection_accuracy", "spearman", "wide_table",
-    "write_study", "write_table",
+    "GapFit",
+    "GapPrediction",
+    "MeasureSpec",
+    "Study",
+    "StudyOptions",
+    "bootstrap_ci",
+    "cmi_score",
+    "correlations",
+    "demo_frames",
+    "fit_from_wide",
+    "fit_gap",
+    "granulated_kendall",
+    "headline",
+    "kendall",
+    "pearson",
+    "predict_gap",
+    "run_study",
+    "selection_accuracy",
+    "spearman",
+    "wide_table",
+    "write_study",
+    "write_table",
 ]

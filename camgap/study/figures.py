@@ -11,6 +11,7 @@
 
 PNG metadata is stripped of the "Software" entry so the files carry no URL.
 """
+
 from __future__ import annotations
 
 import math
@@ -47,13 +48,13 @@ def _trained(df: pd.DataFrame) -> pd.DataFrame:
     return df[trained_mask(df)]
 
 
-def gap_boxplot(runs: pd.DataFrame, path: str | Path, *, gap_col: str = "gap",
-                arch_col: str = "arch", trained_only: bool = True) -> Path:
+def gap_boxplot(
+    runs: pd.DataFrame, path: str | Path, *, gap_col: str = "gap", arch_col: str = "arch", trained_only: bool = True
+) -> Path:
     """Figure 4: box plot of the generalization gap per architecture (trained models)."""
     d = _trained(runs) if trained_only else runs
     archs = archs_of(d, arch_col)
-    data = [pd.to_numeric(d.loc[d[arch_col] == a, gap_col], errors="coerce").dropna().to_numpy()
-            for a in archs]
+    data = [pd.to_numeric(d.loc[d[arch_col] == a, gap_col], errors="coerce").dropna().to_numpy() for a in archs]
     fig = Figure(layout="constrained", figsize=(max(4.0, 1.3 * len(archs) + 2), 4))
     ax = fig.add_subplot()
     if archs:
@@ -67,8 +68,9 @@ def gap_boxplot(runs: pd.DataFrame, path: str | Path, *, gap_col: str = "gap",
     return _save(fig, path)
 
 
-def gap_histogram(runs: pd.DataFrame, path: str | Path, *, gap_col: str = "gap",
-                  bin_width: float = 5.0, trained_only: bool = True) -> Path:
+def gap_histogram(
+    runs: pd.DataFrame, path: str | Path, *, gap_col: str = "gap", bin_width: float = 5.0, trained_only: bool = True
+) -> Path:
     """Figure 5: number of models per gap range (bins `bin_width` pp wide, aligned to 0)."""
     d = _trained(runs) if trained_only else runs
     g = pd.to_numeric(d[gap_col], errors="coerce").dropna().to_numpy()
@@ -86,15 +88,22 @@ def gap_histogram(runs: pd.DataFrame, path: str | Path, *, gap_col: str = "gap",
                 ax.text((e0 + e1) / 2, c, str(int(c)), ha="center", va="bottom", fontsize=8)
     else:
         ax.text(0.5, 0.5, "no models", ha="center", va="center", transform=ax.transAxes)
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))   # counts: no 0.5 of a model
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 0.5 of a model
     ax.set_xlabel("generalization gap (pp)")
     ax.set_ylabel("number of models")
     ax.set_title(f"Distribution of the gap (n={g.size})")
     return _save(fig, path)
 
 
-def measure_scatter(wide: pd.DataFrame, measure_col: str, path: str | Path, *, gap_col: str = "gap",
-                    arch_col: str = "arch", label: str | None = None) -> Path:
+def measure_scatter(
+    wide: pd.DataFrame,
+    measure_col: str,
+    path: str | Path,
+    *,
+    gap_col: str = "gap",
+    arch_col: str = "arch",
+    label: str | None = None,
+) -> Path:
     """A measure (x) against the gap (y), one colour per architecture, least-squares line
     gap = a + b * measure over all points, Pearson r and n in the title ("n/a" below 3)."""
     x = pd.to_numeric(wide[measure_col], errors="coerce").to_numpy(float)
@@ -116,8 +125,9 @@ def measure_scatter(wide: pd.DataFrame, measure_col: str, path: str | Path, *, g
         xs = np.linspace(x[ok].min(), x[ok].max(), 50)
         ax.plot(xs, a + b * xs, color="black", lw=1.2)
     name = label or measure_col
-    ax.set_title(f"{name}: r = {r:.4f} (n={int(ok.sum())})" if np.isfinite(r)
-                 else f"{name}: r = n/a (n={int(ok.sum())})")
+    ax.set_title(
+        f"{name}: r = {r:.4f} (n={int(ok.sum())})" if np.isfinite(r) else f"{name}: r = n/a (n={int(ok.sum())})"
+    )
     ax.set_xlabel(name)
     ax.set_ylabel("generalization gap (pp)")
     ax.grid(alpha=0.3)
@@ -144,9 +154,15 @@ def _row_label(label) -> str:
     return str(label)
 
 
-def overlay_figure(rows: Sequence[tuple[object, Sequence[np.ndarray]]], *, cam: str | None = None,
-                   threshold: float | None = None, col_titles: Sequence[str] | None = None,
-                   title: str | None = None, cell_size: float = 1.8) -> Figure:
+def overlay_figure(
+    rows: Sequence[tuple[object, Sequence[np.ndarray]]],
+    *,
+    cam: str | None = None,
+    threshold: float | None = None,
+    col_titles: Sequence[str] | None = None,
+    title: str | None = None,
+    cell_size: float = 1.8,
+) -> Figure:
     """The Figure 2 grid as a matplotlib Figure (see `overlay_grid`)."""
     rows = list(rows)
     if not rows:
@@ -171,27 +187,40 @@ def overlay_figure(rows: Sequence[tuple[object, Sequence[np.ndarray]]], *, cam: 
     method = CAM_NAMES.get(cam, cam) if cam else "CAM"
     rho = f"ρ = {threshold:g}" if threshold is not None else "ρ"
     fig.suptitle(title or f"{method} of the predicted class over the grey image, threshold {rho}")
-    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap=CAM_CMAP), ax=axes, shrink=0.8,
-                       fraction=0.05, pad=0.02)
+    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap=CAM_CMAP), ax=axes, shrink=0.8, fraction=0.05, pad=0.02)
     bar.set_label(f"{method} (normalised to [0, 1])")
     if threshold is not None:
         bar.ax.axhline(threshold, color=REGION_COLOUR, lw=1.5)
-    handles = [Line2D([], [], color=REGION_COLOUR, lw=2, label=f"{method} ≥ {rho} (thresholded region)"),
-               Line2D([], [], color=BOX_COLOUR, lw=2, label="object (bounding boxes or mask)")]
-    fig.legend(handles=handles, loc="outside lower center", ncols=2, fontsize=8, facecolor="0.3",
-               labelcolor="white", framealpha=1.0)
+    handles = [
+        Line2D([], [], color=REGION_COLOUR, lw=2, label=f"{method} ≥ {rho} (thresholded region)"),
+        Line2D([], [], color=BOX_COLOUR, lw=2, label="object (bounding boxes or mask)"),
+    ]
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncols=2,
+        fontsize=8,
+        facecolor="0.3",
+        labelcolor="white",
+        framealpha=1.0,
+    )
     return fig
 
 
-def overlay_grid(rows: Sequence[tuple[object, Sequence[np.ndarray]]], path: str | Path, *,
-                 cam: str | None = None, threshold: float | None = None,
-                 col_titles: Sequence[str] | None = None, title: str | None = None,
-                 cell_size: float = 1.8) -> Path:
+def overlay_grid(
+    rows: Sequence[tuple[object, Sequence[np.ndarray]]],
+    path: str | Path,
+    *,
+    cam: str | None = None,
+    threshold: float | None = None,
+    col_titles: Sequence[str] | None = None,
+    title: str | None = None,
+    cell_size: float = 1.8,
+) -> Path:
     """Lay out pre-rendered overlays in a grid: `rows` = [(label, [img, ...]), ...], one row
     per model; a numeric label is shown as "gap = x.x pp". Images are numpy HxWx3 (uint8, or
     float in [0, 1] / [0, 255]); rows may have different lengths (missing cells stay blank).
     `cam` and `threshold` (the method and rho the overlays were rendered with, `camgap.viz`) name
     the figure; a legend explains the outlines and a colour bar the CAM colours."""
-    fig = overlay_figure(rows, cam=cam, threshold=threshold, col_titles=col_titles, title=title,
-                         cell_size=cell_size)
+    fig = overlay_figure(rows, cam=cam, threshold=threshold, col_titles=col_titles, title=title, cell_size=cell_size)
     return _save(fig, path)

@@ -15,6 +15,7 @@ carries `outside_range = True` and a warning message (the interval assumes the l
 holds there, which the reference set cannot show). Given the model's training accuracy, the
 gap and its interval are clipped to what that accuracy allows. Pure functions; no I/O.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,12 +35,12 @@ class GapFit:
     intercept: float
     slope: float
     n: int
-    resid_std: float      # s, with n - 2 degrees of freedom
+    resid_std: float  # s, with n - 2 degrees of freedom
     x_mean: float
     sxx: float
     x_min: float
     x_max: float
-    r: float              # Pearson r of the reference set
+    r: float  # Pearson r of the reference set
     measure: str = "iou"
 
     @property
@@ -50,19 +51,21 @@ class GapFit:
 @dataclass(frozen=True)
 class GapPrediction:
     measure_value: float
-    gap: float            # predicted gap (percentage points)
+    gap: float  # predicted gap (percentage points)
     low: float
     high: float
     confidence: float
-    se: float             # s * sqrt(1 + 1/n + (x0 - xbar)^2 / Sxx)
+    se: float  # s * sqrt(1 + 1/n + (x0 - xbar)^2 / Sxx)
     outside_range: bool
     warning: str | None
     clipped: bool = False  # gap or interval moved into `possible`
     possible: tuple[float, float] | None = None  # the gaps the model's training accuracy allows
 
     def text(self) -> str:
-        s = (f"predicted gap {self.gap:.2f} pp, {round(100 * self.confidence)}% prediction interval "
-             f"[{self.low:.2f}, {self.high:.2f}] pp")
+        s = (
+            f"predicted gap {self.gap:.2f} pp, {round(100 * self.confidence)}% prediction interval "
+            f"[{self.low:.2f}, {self.high:.2f}] pp"
+        )
         if self.clipped and self.possible is not None:
             s += f" (clipped to the possible range [{self.possible[0]:.2f}, {self.possible[1]:.2f}] pp)"
         return s + (f"\nWARNING: {self.warning}" if self.warning else "")
@@ -97,15 +100,15 @@ def fit_gap(measure, gap, *, name: str = "iou") -> GapFit:
     b = sxy / sxx
     a = ym - b * xm
     resid = y - (a + b * x)
-    s = math.sqrt(float((resid ** 2).sum()) / (n - 2))
+    s = math.sqrt(float((resid**2).sum()) / (n - 2))
     syy = float(((y - ym) ** 2).sum())
     r = sxy / math.sqrt(sxx * syy) if syy > 0 else math.nan
-    return GapFit(float(a), float(b), int(n), s, float(xm), sxx, float(x.min()), float(x.max()),
-                  float(r), name)
+    return GapFit(float(a), float(b), int(n), s, float(xm), sxx, float(x.min()), float(x.max()), float(r), name)
 
 
-def predict_gap(fit: GapFit, value: float, *, confidence: float = 0.95,
-                train_acc: float | None = None) -> GapPrediction:
+def predict_gap(
+    fit: GapFit, value: float, *, confidence: float = 0.95, train_acc: float | None = None
+) -> GapPrediction:
     """Predicted gap for a model whose measure is `value`, with the t prediction interval;
     flags (and explains) a value outside the reference set's range. With the model's
     `train_acc`, the gap and the interval are clipped to the gaps it can have (a linear fit
@@ -121,20 +124,22 @@ def predict_gap(fit: GapFit, value: float, *, confidence: float = 0.95,
     outside = not (fit.x_min <= x0 <= fit.x_max)
     warning = None
     if outside:
-        warning = (f"{fit.measure} = {x0:.4g} lies outside the reference set's range "
-                   f"[{fit.x_min:.4g}, {fit.x_max:.4g}] ({fit.n} models): the prediction "
-                   f"extrapolates the linear fit and may be unreliable")
+        warning = (
+            f"{fit.measure} = {x0:.4g} lies outside the reference set's range "
+            f"[{fit.x_min:.4g}, {fit.x_max:.4g}] ({fit.n} models): the prediction "
+            f"extrapolates the linear fit and may be unreliable"
+        )
     low, high = yhat - t * se, yhat + t * se
     if train_acc is None:
         return GapPrediction(x0, yhat, low, high, confidence, se, outside, warning)
     lo, hi = possible_gap_range(train_acc)
     bounded = tuple(min(max(v, lo), hi) for v in (yhat, low, high))
-    return GapPrediction(x0, *bounded, confidence, se, outside, warning,
-                         clipped=bounded != (yhat, low, high), possible=(lo, hi))
+    return GapPrediction(
+        x0, *bounded, confidence, se, outside, warning, clipped=bounded != (yhat, low, high), possible=(lo, hi)
+    )
 
 
-def fit_from_wide(wide: pd.DataFrame, measure_col: str, *, gap_col: str = "gap",
-                  trained_only: bool = True) -> GapFit:
+def fit_from_wide(wide: pd.DataFrame, measure_col: str, *, gap_col: str = "gap", trained_only: bool = True) -> GapFit:
     """`fit_gap` on the columns of a wide study table (see `tables.wide_table`), by default
     over the trained models only."""
     from .tables import trained_mask

@@ -1,6 +1,7 @@
 """Rendering the study's tables: cells as display text (`format_frame`: minus as U+2212 like
 the paper, NaN as "n/a"), Markdown and HTML tables, and the CSV + Markdown files that
 `write_study` leaves under `tables/`. Computing the tables is `tables`' job."""
+
 from __future__ import annotations
 
 import html
@@ -45,7 +46,7 @@ def percent(v: float) -> str:
 
 
 def column_label(x) -> str:
-    """">=95" -> "≥ 95" (how a threshold column is shown)."""
+    """ ">=95" -> "≥ 95" (how a threshold column is shown)."""
     s = str(x)
     return s.replace(">=", "\u2265 ") if s.startswith(">=") else s
 
@@ -54,8 +55,9 @@ def _display_rows(df: pd.DataFrame, fmt: Fmt, na_rep: str) -> tuple[list[str], l
     """(header, rows of cell text, number of index columns) shared by Markdown and HTML."""
     text = format_frame(df, fmt, na_rep)
     plain = isinstance(df.index, pd.RangeIndex) and df.index.name is None
-    idx_names = [] if plain else [n or "" for n in (
-        df.index.names if isinstance(df.index, pd.MultiIndex) else [df.index.name])]
+    idx_names = (
+        [] if plain else [n or "" for n in (df.index.names if isinstance(df.index, pd.MultiIndex) else [df.index.name])]
+    )
     header = [*idx_names, *(column_label(c) for c in df.columns)]
     rows = []
     for key, (_, r) in zip(df.index, text.iterrows()):
@@ -72,8 +74,10 @@ def to_markdown(df: pd.DataFrame, fmt: Fmt = "{:.4f}", na_rep: str = "n/a") -> s
     def esc(s: str) -> str:
         return s.replace("|", "\\|")
 
-    lines = ["| " + " | ".join(esc(h) for h in header) + " |",
-             "| " + " | ".join(["---"] * n_idx + ["---:"] * len(df.columns)) + " |"]
+    lines = [
+        "| " + " | ".join(esc(h) for h in header) + " |",
+        "| " + " | ".join(["---"] * n_idx + ["---:"] * len(df.columns)) + " |",
+    ]
     prev = None
     for row in rows:
         shown = list(row)
@@ -89,8 +93,7 @@ def to_html_table(df: pd.DataFrame, fmt: Fmt = "{:.4f}", na_rep: str = "n/a") ->
     spans its block's rows, like the paper's tables."""
     header, rows, n_idx = _display_rows(df, fmt, na_rep)
     e = html.escape
-    out = ["<table>", "<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead>",
-           "<tbody>"]
+    out = ["<table>", "<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr></thead>", "<tbody>"]
     i = 0
     while i < len(rows):
         span = 1
@@ -112,8 +115,16 @@ def to_html_table(df: pd.DataFrame, fmt: Fmt = "{:.4f}", na_rep: str = "n/a") ->
     return "\n".join(out)
 
 
-def write_table(df: pd.DataFrame, out_dir: str | Path, name: str, *, fmt: Fmt = "{:.4f}",
-                na_rep: str = "n/a", title: str | None = None, note: str = "") -> tuple[Path, Path]:
+def write_table(
+    df: pd.DataFrame,
+    out_dir: str | Path,
+    name: str,
+    *,
+    fmt: Fmt = "{:.4f}",
+    na_rep: str = "n/a",
+    title: str | None = None,
+    note: str = "",
+) -> tuple[Path, Path]:
     """Write `name.csv` (full-precision numbers, NaN as "n/a", which pandas.read_csv reads back
     as NaN) and `name.md` (formatted with `fmt`, `note` as a paragraph under the table, so a
     variant that was not measured is said there). Returns (csv_path, md_path)."""
@@ -123,26 +134,31 @@ def write_table(df: pd.DataFrame, out_dir: str | Path, name: str, *, fmt: Fmt = 
     index = not (isinstance(df.index, pd.RangeIndex) and df.index.name is None)
     df.to_csv(csv_path, na_rep=na_rep, index=index)
     md = to_markdown(df, fmt, na_rep) if len(df.columns) else "(empty)\n"
-    md_path.write_text((f"**{title}**\n\n" if title else "") + md + (f"\n{note}\n" if note else ""),
-                       encoding="utf-8")
+    md_path.write_text((f"**{title}**\n\n" if title else "") + md + (f"\n{note}\n" if note else ""), encoding="utf-8")
     return csv_path, md_path
 
 
-def write_correlation_table(t: CorrelationTable, out_dir: str | Path, name: str,
-                            title: str | None = None) -> list[Path]:
+def write_correlation_table(
+    t: CorrelationTable, out_dir: str | Path, name: str, title: str | None = None
+) -> list[Path]:
     """`name` (Pearson, the headline), `name_spearman`, `name_kendall`, `name_ci_low`,
     `name_ci_high`, `name_n` and the tidy `name_long`, each as CSV + Markdown."""
     paths: list[Path] = []
     for s, f in t.frames().items():
-        paths += write_table(f, out_dir, name if s == "pearson" else f"{name}_{s}",
-                             title=title if s == "pearson" else None, note=t.note if s == "pearson" else "")
+        paths += write_table(
+            f,
+            out_dir,
+            name if s == "pearson" else f"{name}_{s}",
+            title=title if s == "pearson" else None,
+            note=t.note if s == "pearson" else "",
+        )
     paths += write_table(t.long(), out_dir, f"{name}_long")
     return paths
 
 
-def write_selection_table(t: SelectionTable, out_dir: str | Path, name: str = "table4",
-                          title: str | None = None) -> list[Path]:
+def write_selection_table(
+    t: SelectionTable, out_dir: str | Path, name: str = "table4", title: str | None = None
+) -> list[Path]:
     paths = list(write_table(t.accuracy, out_dir, name, fmt=percent, title=title, note=t.note))
-    paths += write_table(t.long(), out_dir, f"{name}_long",
-                         fmt={"accuracy": "{:.6f}"})
+    paths += write_table(t.long(), out_dir, f"{name}_long", fmt={"accuracy": "{:.6f}"})
     return paths

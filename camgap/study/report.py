@@ -18,6 +18,7 @@ Layout of `out_dir`:
     figures/  figure4_gap_boxplot.png, figure5_gap_histogram.png, scatter_<measure>.png,
               figure2_overlays.png (when overlays are given)
 """
+
 from __future__ import annotations
 
 import base64
@@ -56,7 +57,7 @@ class Study:
     models: pd.DataFrame
     thresholds: tuple[float, ...]
     settings: dict = field(default_factory=dict)
-    measurements: pd.DataFrame | None = None   #: as the tables read them (`tables.prepare_measurements`)
+    measurements: pd.DataFrame | None = None  #: as the tables read them (`tables.prepare_measurements`)
     options: StudyOptions = field(default_factory=StudyOptions)
 
 
@@ -78,16 +79,17 @@ def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:
     r["gap"] = pd.to_numeric(r["gap"], errors="coerce")
     if "test_acc" in r.columns:
         fill = r["gap"].isna()
-        r.loc[fill, "gap"] = 100.0 * (pd.to_numeric(r.loc[fill, "train_acc"], errors="coerce")
-                                      - pd.to_numeric(r.loc[fill, "test_acc"], errors="coerce"))
+        r.loc[fill, "gap"] = 100.0 * (
+            pd.to_numeric(r.loc[fill, "train_acc"], errors="coerce")
+            - pd.to_numeric(r.loc[fill, "test_acc"], errors="coerce")
+        )
     if r["run_id"].duplicated().any():
         dup = r.loc[r["run_id"].duplicated(), "run_id"].head(3).tolist()
         raise InputError(f"duplicate run_id in runs, e.g. {dup}")
     return r
 
 
-def run_study(runs: pd.DataFrame, measurements: pd.DataFrame, options: StudyOptions | None = None,
-              **settings) -> Study:
+def run_study(runs: pd.DataFrame, measurements: pd.DataFrame, options: StudyOptions | None = None, **settings) -> Study:
     """Compute every table (no files). `options` (or their fields as keywords: thresholds=,
     primary=, specs=/measures=, hparams=, n_boot=, seed=, confidence=, min_n=): the measures
     default to every measure present, its primary variant (`DEFAULT_PRIMARY`: cam=gradcam,
@@ -106,23 +108,32 @@ def run_study(runs: pd.DataFrame, measurements: pd.DataFrame, options: StudyOpti
     t7 = tables.table7(runs, m, o)
     models = tables.wide_table(runs, m)
     settings_out = dict(primary=dict(o.primary), **o.bootstrap())
-    return Study(specs, hp, t3, rank, t4, t5, t6, t7, tables.failures_table(m), models, o.thresholds,
-                 settings_out, m, o)
+    return Study(
+        specs, hp, t3, rank, t4, t5, t6, t7, tables.failures_table(m), models, o.thresholds, settings_out, m, o
+    )
 
 
 # ---------------------------------------------------------------------------- headline
-def headline(runs: pd.DataFrame | None = None, measurements: pd.DataFrame | None = None, *,
-             thresholds: Sequence[float] = DEFAULT_THRESHOLDS, primary: Mapping[str, str] | None = None,
-             specs: Sequence[MeasureSpec] | None = None, table: CorrelationTable | None = None,
-             n_boot: int = 0, seed: int = 0) -> str:
+def headline(
+    runs: pd.DataFrame | None = None,
+    measurements: pd.DataFrame | None = None,
+    *,
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    primary: Mapping[str, str] | None = None,
+    specs: Sequence[MeasureSpec] | None = None,
+    table: CorrelationTable | None = None,
+    n_boot: int = 0,
+    seed: int = 0,
+) -> str:
     """The Table 3 Total block as plain text: Pearson r of each measure with the gap over the
     trained models of each subset, its bootstrap interval (with `n_boot` resamples, or from
     `table`), and n. Pass `table` (a computed Table 3) or the frames."""
     if table is None:
         if runs is None or measurements is None:
             raise InputError("headline needs runs and measurements, or a computed table")
-        table = tables.table3(prepare_runs(runs), measurements, specs, thresholds=thresholds,
-                              primary=primary, n_boot=n_boot, seed=seed)
+        table = tables.table3(
+            prepare_runs(runs), measurements, specs, thresholds=thresholds, primary=primary, n_boot=n_boot, seed=seed
+        )
     return headline_text(total_block(table.long()))
 
 
@@ -133,7 +144,10 @@ def total_block(long: pd.DataFrame) -> dict[str, dict[str, dict]]:
     cells: dict[str, dict[str, dict]] = {}
     for row in block.itertuples(index=False):
         cells.setdefault(str(row.measure), {})[str(row.column)] = {
-            "r": float(row.pearson), "ci": [float(row.ci_low), float(row.ci_high)], "n": int(row.n)}
+            "r": float(row.pearson),
+            "ci": [float(row.ci_low), float(row.ci_high)],
+            "n": int(row.n),
+        }
     return cells
 
 
@@ -161,8 +175,14 @@ def headline_text(cells: dict[str, dict[str, dict]]) -> str:
     def fmt(row: list[str]) -> str:
         return "  ".join(v.ljust(w[0]) if i == 0 else v.rjust(w[i]) for i, v in enumerate(row))
 
-    return "\n".join(["Pearson r with the generalization gap, all trained models (Table 3, Total)",
-                      fmt(head), fmt(["-" * x for x in w]), *map(fmt, rows)])
+    return "\n".join(
+        [
+            "Pearson r with the generalization gap, all trained models (Table 3, Total)",
+            fmt(head),
+            fmt(["-" * x for x in w]),
+            *map(fmt, rows),
+        ]
+    )
 
 
 # ------------------------------------------------------------------------------- files
@@ -196,8 +216,9 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def provenance(runs: pd.DataFrame, *, command: str | None = None,
-               model_set: str | Path | None = None) -> list[tuple[str, str]]:
+def provenance(
+    runs: pd.DataFrame, *, command: str | None = None, model_set: str | Path | None = None
+) -> list[tuple[str, str]]:
     """What the report was made from and with: versions, date (UTC), command line, model set,
     its grid's SHA-256 and the number of models by status (of `runs` as given, before the
     study keeps the finished ones)."""
@@ -208,10 +229,13 @@ def provenance(runs: pd.DataFrame, *, command: str | None = None,
         status = ", ".join(f"{k}: {int(v)}" for k, v in sorted(counts.items())) + f" (total {len(runs)})"
     else:
         status = f"{len(runs)} models (no status column: all counted as done)"
-    rows = [("camgap", __version__), ("torch", _version("torch")),
-            ("date", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")),
-            ("command", command or "not given (write_study called from Python)"),
-            ("model set", str(model_set) if model_set is not None else "not given")]
+    rows = [
+        ("camgap", __version__),
+        ("torch", _version("torch")),
+        ("date", datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")),
+        ("command", command or "not given (write_study called from Python)"),
+        ("model set", str(model_set) if model_set is not None else "not given"),
+    ]
     if model_set is not None:
         rows.append(("grid SHA-256", _grid_sha256(Path(model_set))))
     rows.append(("models by status", status))
@@ -223,10 +247,16 @@ def _gap_figures(runs: pd.DataFrame, fdir: Path) -> tuple[list[FigureFile], list
     gaps = pd.to_numeric(runs.loc[tables.trained_mask(runs), "gap"], errors="coerce")
     if not np.isfinite(gaps.to_numpy(float)).any():
         return [], ["no data: no trained model has a finite gap; Figures 4 and 5 are not drawn."]
-    return [FigureFile("Figure 4. Generalization gap per architecture (trained models)",
-                       figures.gap_boxplot(runs, fdir / "figure4_gap_boxplot.png")),
-            FigureFile(f"Figure 5. Number of models per gap range ({int(np.isfinite(gaps).sum())} trained models)",
-                       figures.gap_histogram(runs, fdir / "figure5_gap_histogram.png"))], []
+    return [
+        FigureFile(
+            "Figure 4. Generalization gap per architecture (trained models)",
+            figures.gap_boxplot(runs, fdir / "figure4_gap_boxplot.png"),
+        ),
+        FigureFile(
+            f"Figure 5. Number of models per gap range ({int(np.isfinite(gaps).sum())} trained models)",
+            figures.gap_histogram(runs, fdir / "figure5_gap_histogram.png"),
+        ),
+    ], []
 
 
 def _scatter_models(wide: pd.DataFrame, thresholds: Sequence[float], min_n: int) -> tuple[pd.DataFrame, str]:
@@ -240,12 +270,19 @@ def _scatter_models(wide: pd.DataFrame, thresholds: Sequence[float], min_n: int)
     fit = trained[trained["train_acc"] >= floor]
     if len(fit) >= min_n:
         return fit, f"trained models with train acc ≥ {100 * floor:g} %"
-    return trained, (f"trained models of any train acc (only {len(fit)} reach train acc ≥ {100 * floor:g} %, "
-                     f"fewer than {min_n})")
+    return trained, (
+        f"trained models of any train acc (only {len(fit)} reach train acc ≥ {100 * floor:g} %, fewer than {min_n})"
+    )
 
 
-def _scatter_figures(runs: pd.DataFrame, measurements: pd.DataFrame, specs: Sequence[MeasureSpec],
-                     thresholds: Sequence[float], min_n: int, fdir: Path) -> tuple[list[FigureFile], list[str]]:
+def _scatter_figures(
+    runs: pd.DataFrame,
+    measurements: pd.DataFrame,
+    specs: Sequence[MeasureSpec],
+    thresholds: Sequence[float],
+    min_n: int,
+    fdir: Path,
+) -> tuple[list[FigureFile], list[str]]:
     """One scatter per measure with at least one finite value among the shown models (caption:
     which models and how many); a no-data line for every other measure."""
     wide = tables.wide_table(runs, measurements, specs)
@@ -257,23 +294,39 @@ def _scatter_figures(runs: pd.DataFrame, measurements: pd.DataFrame, specs: Sequ
         ok = gap_ok & np.isfinite(pd.to_numeric(shown[col], errors="coerce").to_numpy(float))
         if not ok.any():
             anywhere = np.isfinite(pd.to_numeric(wide[col], errors="coerce").to_numpy(float)).any()
-            no_data.append(f"no data: {col} has no finite value among the {subset}; no scatter drawn." if anywhere
-                           else f"no data: {col} was not measured / undefined for all models.")
+            no_data.append(
+                f"no data: {col} has no finite value among the {subset}; no scatter drawn."
+                if anywhere
+                else f"no data: {col} was not measured / undefined for all models."
+            )
             continue
         slug = _slug(col)
         while slug in used:
             slug += "_"
         used.add(slug)
-        figs.append(FigureFile(f"{col} vs gap: {int(ok.sum())} {subset} with a finite {col}",
-                               figures.measure_scatter(shown, col, fdir / f"scatter_{slug}.png")))
+        figs.append(
+            FigureFile(
+                f"{col} vs gap: {int(ok.sum())} {subset} with a finite {col}",
+                figures.measure_scatter(shown, col, fdir / f"scatter_{slug}.png"),
+            )
+        )
     return figs, no_data
 
 
-def write_study(runs: pd.DataFrame, measurements: pd.DataFrame, out_dir: str | Path,
-                overlays: Sequence[tuple[object, Sequence[np.ndarray]]] | str | Path | None = None, *,
-                options: StudyOptions | None = None, title: str = "camgap study: generalization measures vs the generalization gap",
-                command: str | None = None, model_set: str | Path | None = None,
-                overlay_cam: str | None = "gradcam", overlay_threshold: float | None = 0.1, **settings) -> Path:
+def write_study(
+    runs: pd.DataFrame,
+    measurements: pd.DataFrame,
+    out_dir: str | Path,
+    overlays: Sequence[tuple[object, Sequence[np.ndarray]]] | str | Path | None = None,
+    *,
+    options: StudyOptions | None = None,
+    title: str = "camgap study: generalization measures vs the generalization gap",
+    command: str | None = None,
+    model_set: str | Path | None = None,
+    overlay_cam: str | None = "gradcam",
+    overlay_threshold: float | None = 0.1,
+    **settings,
+) -> Path:
     """Compute the study (`run_study`) and write tables, figures and `report.html` under
     `out_dir`; returns the report's path. `overlays`: rows for `figures.overlay_grid`
     ([(gap or label, [HxWx3 image, ...]), ...]) rendered with `overlay_cam` at
@@ -291,9 +344,7 @@ def write_study(runs: pd.DataFrame, measurements: pd.DataFrame, out_dir: str | P
     runs = prepare_runs(runs)
 
     render.write_correlation_table(st.table3, tdir, "table3", "Table 3. Pearson r, measure vs gap")
-    render.write_table(st.ranking, tdir, "ranking",
-                       fmt="{:.4f}",
-                       title="Granulated Kendall Psi and CMI score")
+    render.write_table(st.ranking, tdir, "ranking", fmt="{:.4f}", title="Granulated Kendall Psi and CMI score")
     if st.table4 is not None:
         render.write_selection_table(st.table4, tdir, "table4", "Table 4. Selection accuracy")
     for name, t in (("table5", st.table5), ("table6", st.table6), ("table7", st.table7)):
@@ -312,9 +363,14 @@ def write_study(runs: pd.DataFrame, measurements: pd.DataFrame, out_dir: str | P
                 raise MissingFileError(f"{overlays}: overlay figure missing or empty")
             figs.append(FigureFile("Figure 2. CAM overlays", Path(overlays)))
         elif len(overlays):
-            figs.append(FigureFile("Figure 2. CAM overlays for models with small, medium and large gaps",
-                                   figures.overlay_grid(overlays, fdir / "figure2_overlays.png",
-                                                        cam=overlay_cam, threshold=overlay_threshold)))
+            figs.append(
+                FigureFile(
+                    "Figure 2. CAM overlays for models with small, medium and large gaps",
+                    figures.overlay_grid(
+                        overlays, fdir / "figure2_overlays.png", cam=overlay_cam, threshold=overlay_threshold
+                    ),
+                )
+            )
 
     report = out / "report.html"
     report.write_text(render_html(st, figs, title, provenance=prov, no_data=no_data, base=out), encoding="utf-8")
@@ -322,31 +378,48 @@ def write_study(runs: pd.DataFrame, measurements: pd.DataFrame, out_dir: str | P
 
 
 # -------------------------------------------------------------------------------- HTML
-_TEMPLATES = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent), autoescape=True,
-                                undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+)
 
 
 def _html_table(df: pd.DataFrame | None, fmt: render.Fmt = "{:.4f}") -> Markup:
     if df is None or not len(df.columns):
         return Markup("<p class='note'>(empty)</p>")
-    return Markup(render.to_html_table(df, fmt))   # to_html_table escapes every cell
+    return Markup(render.to_html_table(df, fmt))  # to_html_table escapes every cell
 
 
 def _ci_frame(t: CorrelationTable) -> pd.DataFrame:
     out = pd.DataFrame(index=t.ci_low.index, columns=t.ci_low.columns, dtype=object)
     for c in out.columns:
-        out[c] = [("n/a" if not (np.isfinite(lo) and np.isfinite(hi)) else
-                   render.fmt_value(lo, "{:.4f}", "n/a") + ", " + render.fmt_value(hi, "{:.4f}", "n/a"))
-                  for lo, hi in zip(t.ci_low[c], t.ci_high[c])]
+        out[c] = [
+            (
+                "n/a"
+                if not (np.isfinite(lo) and np.isfinite(hi))
+                else render.fmt_value(lo, "{:.4f}", "n/a") + ", " + render.fmt_value(hi, "{:.4f}", "n/a")
+            )
+            for lo, hi in zip(t.ci_low[c], t.ci_high[c])
+        ]
     return out
 
 
 def _corr_section(title: str, t: CorrelationTable | None, missing: str) -> dict:
     if t is None:
         return dict(title=title, table=None, missing=missing)
-    return dict(title=title, table=t, missing=missing, pearson=_html_table(t.pearson),
-                spearman=_html_table(t.spearman), kendall=_html_table(t.kendall),
-                confidence=int(round(100 * t.confidence)), ci=_html_table(_ci_frame(t)), n=_html_table(t.n))
+    return dict(
+        title=title,
+        table=t,
+        missing=missing,
+        pearson=_html_table(t.pearson),
+        spearman=_html_table(t.spearman),
+        kendall=_html_table(t.kendall),
+        confidence=int(round(100 * t.confidence)),
+        ci=_html_table(_ci_frame(t)),
+        n=_html_table(t.n),
+    )
 
 
 def _figure(fig: FigureFile, base: Path | None) -> dict:
@@ -361,49 +434,82 @@ def _figure(fig: FigureFile, base: Path | None) -> dict:
     return dict(caption=fig.caption, file=file, data=base64.b64encode(data).decode("ascii"))
 
 
-def render_html(st: Study, figs: Sequence[FigureFile | tuple[str, Path]], title: str, *,
-                provenance: Sequence[tuple[str, str]] = (), no_data: Sequence[str] = (),
-                base: Path | None = None) -> str:
+def render_html(
+    st: Study,
+    figs: Sequence[FigureFile | tuple[str, Path]],
+    title: str,
+    *,
+    provenance: Sequence[tuple[str, str]] = (),
+    no_data: Sequence[str] = (),
+    base: Path | None = None,
+) -> str:
     """The report page from the template `report.html.j2` (autoescaped). `figs` are inlined as
     data URIs; each <img> names its file (relative to `base`) in `data-file`."""
     runs = st.models
     tm = tables.trained_mask(runs)
     archs = ", ".join(map(str, tables.archs_of(runs[tm]))) or "none"
-    summary = (f"{int(tm.sum())} trained models ({archs}), "
-               f"{int((~tm).sum())} untrained random models; thresholds on training accuracy: "
-               f"{', '.join(render.column_label(tables.threshold_label(t)) for t in st.thresholds)}; "
-               f"hyperparameters for Psi / CMI: {', '.join(st.hparams) or 'none'}; "
-               f"bootstrap resamples: {st.settings.get('n_boot')}, seed {st.settings.get('seed')}.")
-    t4 = None if st.table4 is None else dict(accuracy=_html_table(st.table4.accuracy, render.percent),
-                                             counts=_html_table(_counts_frame(st.table4)), note=st.table4.note)
+    summary = (
+        f"{int(tm.sum())} trained models ({archs}), "
+        f"{int((~tm).sum())} untrained random models; thresholds on training accuracy: "
+        f"{', '.join(render.column_label(tables.threshold_label(t)) for t in st.thresholds)}; "
+        f"hyperparameters for Psi / CMI: {', '.join(st.hparams) or 'none'}; "
+        f"bootstrap resamples: {st.settings.get('n_boot')}, seed {st.settings.get('seed')}."
+    )
+    t4 = (
+        None
+        if st.table4 is None
+        else dict(
+            accuracy=_html_table(st.table4.accuracy, render.percent),
+            counts=_html_table(_counts_frame(st.table4)),
+            note=st.table4.note,
+        )
+    )
     variants = [
-        _corr_section("Table 5. Validity: IoU vs gap for untrained random and trained models", st.table5,
-                      "not available: no IoU measurements."),
-        _corr_section("Table 6. Robustness to the CAM method", st.table6,
-                      "not available: IoU was measured with fewer than two CAM methods."),
-        _corr_section("Table 7. IoU from boxes vs from saliency masks", st.table7,
-                      "not available: IoU was measured with fewer than two mask sources."),
+        _corr_section(
+            "Table 5. Validity: IoU vs gap for untrained random and trained models",
+            st.table5,
+            "not available: no IoU measurements.",
+        ),
+        _corr_section(
+            "Table 6. Robustness to the CAM method",
+            st.table6,
+            "not available: IoU was measured with fewer than two CAM methods.",
+        ),
+        _corr_section(
+            "Table 7. IoU from boxes vs from saliency masks",
+            st.table7,
+            "not available: IoU was measured with fewer than two mask sources.",
+        ),
     ]
     return _TEMPLATES.get_template("report.html.j2").render(
-        title=title, provenance=list(provenance), summary=summary, min_n=st.options.min_n,
+        title=title,
+        provenance=list(provenance),
+        summary=summary,
+        min_n=st.options.min_n,
         table3=_corr_section("Table 3. Correlation of each measure with the generalization gap", st.table3, ""),
-        ranking=_html_table(st.ranking), table4=t4, variant_sections=variants,
+        ranking=_html_table(st.ranking),
+        table4=t4,
+        variant_sections=variants,
         failures=None if st.failures.empty else _html_table(st.failures),
         figures=[_figure(f if isinstance(f, FigureFile) else FigureFile(*f), base) for f in figs],
-        no_data=list(no_data))
+        no_data=list(no_data),
+    )
 
 
 def _counts_frame(t: SelectionTable) -> pd.DataFrame:
     out = pd.DataFrame(index=t.accuracy.index, columns=t.accuracy.columns, dtype=object)
     for c in out.columns:
-        out[c] = [f"{a} / {b} ({m}, {g})" for a, b, m, g in
-                  zip(t.n_compared[c], t.n_ties[c], t.n_ties_measure[c], t.n_ties_gap[c])]
+        out[c] = [
+            f"{a} / {b} ({m}, {g})"
+            for a, b, m, g in zip(t.n_compared[c], t.n_ties[c], t.n_ties_measure[c], t.n_ties_gap[c])
+        ]
     return out
 
 
 # ----------------------------------------------------------------------- demo frames
-def demo_frames(seed: int = 0, archs: Sequence[str] = ("resnet18", "resnet34"),
-                n_random: int = 4) -> tuple[pd.DataFrame, pd.DataFrame]:
+def demo_frames(
+    seed: int = 0, archs: Sequence[str] = ("resnet18", "resnet34"), n_random: int = 4
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A small synthetic (runs, measurements) pair in the study's input contract, for demos
     and tests: a 2 x 2 x 2 grid (batch_size, lr, optimizer) x 2 repeats per architecture, a
     few untrained models, IoU measured with three CAM methods and two mask sources
@@ -417,31 +523,50 @@ def demo_frames(seed: int = 0, archs: Sequence[str] = ("resnet18", "resnet34"),
                 for opt in ("sgd", "adam"):
                     for rep in (0, 1):
                         train = float(rng.uniform(0.8, 1.0))
-                        gap = float(np.clip(5 + (30 if lr == 0.1 else 0) + (10 if bs == 16 else 0)
-                                            + rng.normal(0, 6), 0.5, 70))
-                        rows.append(dict(run_id=f"m{k:03d}", arch=arch, batch_size=bs, lr=lr,
-                                         optimizer=opt, repeat=rep, trained=True, train_acc=train,
-                                         test_acc=train - gap / 100))
+                        gap = float(
+                            np.clip(5 + (30 if lr == 0.1 else 0) + (10 if bs == 16 else 0) + rng.normal(0, 6), 0.5, 70)
+                        )
+                        rows.append(
+                            dict(
+                                run_id=f"m{k:03d}",
+                                arch=arch,
+                                batch_size=bs,
+                                lr=lr,
+                                optimizer=opt,
+                                repeat=rep,
+                                trained=True,
+                                train_acc=train,
+                                test_acc=train - gap / 100,
+                            )
+                        )
                         k += 1
     for i in range(n_random):
         test = float(rng.uniform(0.03, 0.07))
-        rows.append(dict(run_id=f"u{i:03d}", arch=archs[i % len(archs)], batch_size=np.nan,
-                         lr=np.nan, optimizer="", repeat=i, trained=False,
-                         train_acc=float(rng.uniform(0.03, 0.07)), test_acc=test))
+        rows.append(
+            dict(
+                run_id=f"u{i:03d}",
+                arch=archs[i % len(archs)],
+                batch_size=np.nan,
+                lr=np.nan,
+                optimizer="",
+                repeat=i,
+                trained=False,
+                train_acc=float(rng.uniform(0.03, 0.07)),
+                test_acc=test,
+            )
+        )
     runs = pd.DataFrame(rows)
     runs["gap"] = 100 * (runs["train_acc"] - runs["test_acc"])
     ms = []
 
     def add(rid, measure, params, value, status="done", error=""):
-        ms.append(dict(run_id=rid, measure=measure, params=params, value=value, status=status,
-                       error=error))
+        ms.append(dict(run_id=rid, measure=measure, params=params, value=value, status=status, error=error))
 
     for i, r in enumerate(runs.itertuples()):
         base = 0.55 - r.gap / 120 + rng.normal(0, 0.03) if r.trained else rng.uniform(0.1, 0.3)
         for cam, noise in (("gradcam", 0.0), ("gradcam++", 0.02), ("smoothgradcam++", 0.04)):
             for masks, mn in (("boxes", 0.0), ("saliency", 0.03)):
-                add(r.run_id, "iou", f"cam={cam},threshold=0.1,masks={masks}",
-                    base + rng.normal(0, noise + mn + 1e-9))
+                add(r.run_id, "iou", f"cam={cam},threshold=0.1,masks={masks}", base + rng.normal(0, noise + mn + 1e-9))
         add(r.run_id, "iou_b", "cam=gradcam,threshold=0.1,masks=boxes", base + rng.normal(0, 0.05))
         if i == 3:
             add(r.run_id, "spectral_norm", "", math.nan, "failed", "non-finite weights in layer1.0.conv1")

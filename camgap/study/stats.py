@@ -20,6 +20,7 @@ positively with the gap, the paper's IoU negatively. Psi and the correlations ke
 sign; the CMI score is sign-free (mutual information); `selection_accuracy` takes
 `higher_is_better`.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -85,8 +86,7 @@ def kendall(x, y, *, min_n: int = MIN_N) -> float:
 def correlations(x, y, *, min_n: int = MIN_N) -> dict[str, float]:
     """n (finite pairs), Pearson r and its two-sided p-value, Spearman rho, Kendall tau-b."""
     xf, yf = _finite_pairs(x, y)
-    out = {"n": int(xf.size), "pearson": math.nan, "pearson_p": math.nan,
-           "spearman": math.nan, "kendall": math.nan}
+    out = {"n": int(xf.size), "pearson": math.nan, "pearson_p": math.nan, "spearman": math.nan, "kendall": math.nan}
     if not _degenerate(xf, yf, min_n):
         out["pearson"], out["pearson_p"] = _call(_st.pearsonr, xf, yf)
         out["spearman"] = _call(_st.spearmanr, xf, yf)[0]
@@ -124,9 +124,16 @@ def _rowwise(stat: str | Callable) -> Callable[[np.ndarray, np.ndarray], np.ndar
     return loop
 
 
-def bootstrap_ci(x, y, stat: str | Callable = "pearson", *, n_resamples: int = 2000,
-                 confidence: float = 0.95, seed: int = 0,
-                 min_n: int = MIN_N) -> tuple[float, float]:
+def bootstrap_ci(
+    x,
+    y,
+    stat: str | Callable = "pearson",
+    *,
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    min_n: int = MIN_N,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of a correlation over models (`scipy.stats.bootstrap`).
 
     Models are resampled as (x_i, y_i) pairs (``paired=True``) `n_resamples` times with
@@ -152,9 +159,17 @@ def bootstrap_ci(x, y, stat: str | Callable = "pearson", *, n_resamples: int = 2
 
     with warnings.catch_warnings():  # scipy warns about undefined resamples; they are left out below
         warnings.simplefilter("ignore", _st.DegenerateDataWarning)
-        res = _st.bootstrap((x, y), statistic, paired=True, vectorized=True, n_resamples=int(n_resamples),
-                            batch=max(1, 2_000_000 // x.size), method="percentile",
-                            confidence_level=confidence, rng=np.random.default_rng(seed))
+        res = _st.bootstrap(
+            (x, y),
+            statistic,
+            paired=True,
+            vectorized=True,
+            n_resamples=int(n_resamples),
+            batch=max(1, 2_000_000 // x.size),
+            method="percentile",
+            confidence_level=confidence,
+            rng=np.random.default_rng(seed),
+        )
     vals = res.bootstrap_distribution
     if not np.isfinite(vals).any():
         return math.nan, math.nan
@@ -171,8 +186,15 @@ def _sign(d: np.ndarray, tol: float) -> np.ndarray:
     return s
 
 
-def _clean(df: pd.DataFrame, measure_col: str, gap_col: str, hparams: Sequence[str], *,
-           require_measure: bool = True, extra: Sequence[str] = ()) -> pd.DataFrame:
+def _clean(
+    df: pd.DataFrame,
+    measure_col: str,
+    gap_col: str,
+    hparams: Sequence[str],
+    *,
+    require_measure: bool = True,
+    extra: Sequence[str] = (),
+) -> pd.DataFrame:
     """The hyperparameter, measure and gap columns of the rows with a finite gap (and, with
     `require_measure`, a finite measure); measures as floats."""
     measures = list(dict.fromkeys([measure_col, *extra]))
@@ -209,9 +231,17 @@ def tau_a(measure, gap, *, measure_tol: float = 0.0, gap_tol: float = GAP_TOL) -
     return float((sm.astype(np.int64) * sg).sum() / (n * (n - 1)))
 
 
-def granulated_kendall(df: pd.DataFrame, measure_col: str, gap_col: str, hparams: Sequence[str], *,
-                       tau: str = "a", min_models: int = 2, measure_tol: float = 0.0,
-                       gap_tol: float = GAP_TOL) -> tuple[float, dict[str, float]]:
+def granulated_kendall(
+    df: pd.DataFrame,
+    measure_col: str,
+    gap_col: str,
+    hparams: Sequence[str],
+    *,
+    tau: str = "a",
+    min_models: int = 2,
+    measure_tol: float = 0.0,
+    gap_tol: float = GAP_TOL,
+) -> tuple[float, dict[str, float]]:
     """Granulated Kendall's coefficient, Jiang et al. 2020 sec. 2.2, eq. (3)-(4).
 
     For hyperparameter i with value set Theta_i,
@@ -309,7 +339,7 @@ def _cmi_from_counts(counts: np.ndarray) -> tuple[float, float]:
     h_ab = _entropy_bits(counts.reshape(k, 9))
     h_a = _entropy_bits(counts.sum(axis=2))
     h_b = _entropy_bits(counts.sum(axis=1))
-    mi = np.maximum(h_a + h_b - h_ab, 0.0)       # I = H(A) + H(B) - H(A,B), per slice
+    mi = np.maximum(h_a + h_b - h_ab, 0.0)  # I = H(A) + H(B) - H(A,B), per slice
     return float((p_u * mi).sum()), float((p_u * h_b).sum())
 
 
@@ -329,9 +359,16 @@ def _swap_perm(radices: Sequence[int]) -> np.ndarray:
     return out
 
 
-def cmi_score(df: pd.DataFrame, measure_col: str, gap_col: str, hparams: Sequence[str], *,
-              max_set_size: int = 2, measure_tol: float = 0.0,
-              gap_tol: float = GAP_TOL) -> tuple[float, dict[tuple[str, ...], float]]:
+def cmi_score(
+    df: pd.DataFrame,
+    measure_col: str,
+    gap_col: str,
+    hparams: Sequence[str],
+    *,
+    max_set_size: int = 2,
+    measure_tol: float = 0.0,
+    gap_tol: float = GAP_TOL,
+) -> tuple[float, dict[tuple[str, ...], float]]:
     """Conditional-mutual-information score, Jiang et al. 2020 sec. 2.3 (the PGDL metric).
 
     Probability space: every ordered pair (theta, theta') of two distinct models of the set,
@@ -373,13 +410,21 @@ def cmi_score(df: pd.DataFrame, measure_col: str, gap_col: str, hparams: Sequenc
 
     Returns (score, {S: I~ for every conditioning set S, S a tuple of hyperparameter names}).
     """
-    return cmi_scores(df, [measure_col], gap_col, hparams, max_set_size=max_set_size, measure_tol=measure_tol,
-                      gap_tol=gap_tol)[measure_col]
+    return cmi_scores(
+        df, [measure_col], gap_col, hparams, max_set_size=max_set_size, measure_tol=measure_tol, gap_tol=gap_tol
+    )[measure_col]
 
 
-def cmi_scores(df: pd.DataFrame, measure_cols: Sequence[str], gap_col: str, hparams: Sequence[str], *,
-               max_set_size: int = 2, measure_tol: float = 0.0,
-               gap_tol: float = GAP_TOL) -> dict[str, tuple[float, dict[tuple[str, ...], float]]]:
+def cmi_scores(
+    df: pd.DataFrame,
+    measure_cols: Sequence[str],
+    gap_col: str,
+    hparams: Sequence[str],
+    *,
+    max_set_size: int = 2,
+    measure_tol: float = 0.0,
+    gap_tol: float = GAP_TOL,
+) -> dict[str, tuple[float, dict[tuple[str, ...], float]]]:
     """`cmi_score` of every measure in `measure_cols`: {measure: (score, {S: I~})}.
 
     The pairs, the gap signs and the conditioning codes depend on the models only, so they are
@@ -407,7 +452,7 @@ def cmi_scores(df: pd.DataFrame, measure_cols: Sequence[str], gap_col: str, hpar
         if int(finite.sum()) < 2:
             out[col] = (math.nan, {s: math.nan for s in sets})
             continue
-        if finite.all():   # the common case: no pair to drop, no copies of the pair arrays
+        if finite.all():  # the common case: no pair to drop, no copies of the pair arrays
             ok = np.ones(i.size, dtype=bool)
             ab = (_sign(m[i] - m[j], measure_tol).astype(np.int64) + 1) * 3 + v_gap
         else:
@@ -452,7 +497,9 @@ class _ConditioningKeys:
         every = bool(ok.all())
         if self.joint is not None:
             shape = [self.radix[h] ** 2 for h in self.hparams]
-            half = np.bincount((self.joint if every else self.joint[ok]) * 9 + ab, minlength=self.joint_size * 9).reshape(*shape, 3, 3)
+            half = np.bincount(
+                (self.joint if every else self.joint[ok]) * 9 + ab, minlength=self.joint_size * 9
+            ).reshape(*shape, 3, 3)
             full = half
             for axis, h in enumerate(self.hparams):
                 full = np.take(full, _swap_perm([self.radix[h]]), axis=axis)
@@ -514,7 +561,7 @@ class _Marginals:
             return self.full
         if len(axes) > 2:
             return self.full.sum(axis=tuple(k for k in range(n) if k not in axes))
-        if len(axes) < 2:   # from a pair holding these axes (or the full array when n is 1)
+        if len(axes) < 2:  # from a pair holding these axes (or the full array when n is 1)
             if n == 1:
                 return self.full.sum(axis=0) if not axes else self.full
             a = axes[0] if axes else 0
@@ -549,8 +596,9 @@ class Selection:
     n_models: int
 
 
-def selection_accuracy(measure, gap, higher_is_better: bool = True, *, measure_tol: float = 0.0,
-                       gap_tol: float = GAP_TOL) -> Selection:
+def selection_accuracy(
+    measure, gap, higher_is_better: bool = True, *, measure_tol: float = 0.0, gap_tol: float = GAP_TOL
+) -> Selection:
     """Over all unordered pairs of models, the fraction where the model the measure prefers has
     the smaller gap (the preferred model has the higher measure when `higher_is_better`).
 

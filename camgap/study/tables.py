@@ -7,9 +7,9 @@ Input contract (decoupled from the model-set registry through two DataFrames):
   trained), `train_acc`, `test_acc` (fractions), `gap` (percentage points,
   100 * (train_acc - test_acc)).
 - `measurements`: long form: `run_id`, `measure`, `params` (a variant's identity, see
-  `camgap.params`: the registry's JSON or the label "k=v,k=v", "" when none), `value`, `status` ("done"/"failed"), `error`, optionally `state` ("done"/"failed"/
-  "undefined"). Only rows that are done (in `status`, and in `state` when present) with a
-  finite value give numbers.
+  `camgap.params`: the registry's JSON or the label "k=v,k=v", "" when none), `value`, `status`
+  ("done"/"failed"), `error`, optionally `state` ("done"/"failed"/"undefined"). Only rows that
+  are done (in `status`, and in `state` when present) with a finite value give numbers.
 
 The IoU in every table is the paper's primary variant, `PRIMARY_IOU` (Grad-CAM, rho = 0.1,
 boxes). Where that variant was not measured, the table carries a row "...: not measured" and a
@@ -21,6 +21,7 @@ on). `wide_table` pivots the measurements onto the runs, one column per (measure
 `StudyOptions` holds the settings every table shares. Every table cell with fewer than
 `min_n` (3) usable models is NaN, rendered "n/a". Writing tables to files: `render`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -44,8 +45,7 @@ from . import stats
 DEFAULT_THRESHOLDS: tuple[float, ...] = (0.95, 0.90, 0.85, 0.80)
 #: The paper's seven hyperparameters (Table 2), as registry column names. Columns absent from
 #: `runs`, or constant over the trained models, are left out of Psi and the CMI score.
-DEFAULT_HPARAMS: tuple[str, ...] = ("arch", "batch_size", "lr", "optimizer", "weight_decay",
-                                    "augment", "pretrained")
+DEFAULT_HPARAMS: tuple[str, ...] = ("arch", "batch_size", "lr", "optimizer", "weight_decay", "augment", "pretrained")
 #: The paper's primary IoU (sec. 4): Grad-CAM, CAM threshold rho = 0.1, A_G from the bounding
 #: boxes. Every table (3-7, the headline) uses exactly this variant of the IoU measures; Tables 6
 #: and 7 vary one key and keep the other two. A `primary` argument may override these keys.
@@ -68,8 +68,14 @@ DISPLAY_NAMES = {
 #: Row order of Table 3: the paper's baselines first, other measures alphabetically, IoU last.
 MEASURE_ORDER = ("spectral_norm", "nuclear_norm", "effective_invariance")
 MEASURE_LAST = ("iou_b", "iou")
-CAM_NAMES = {"gradcam": "GradCAM", "gradcam++": "GradCAM++", "smoothgradcam++": "SmoothGradCAM++",
-             "scorecam": "ScoreCAM", "layercam": "LayerCAM", "xgradcam": "XGradCAM"}
+CAM_NAMES = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAM++",
+    "smoothgradcam++": "SmoothGradCAM++",
+    "scorecam": "ScoreCAM",
+    "layercam": "LayerCAM",
+    "xgradcam": "XGradCAM",
+}
 CAM_ORDER = ("gradcam", "gradcam++", "smoothgradcam++")
 MASK_NAMES = {"boxes": "bounding box", "saliency": "saliency map"}
 
@@ -226,8 +232,9 @@ class StudyOptions:
 
     def bootstrap(self) -> dict[str, object]:
         """The keywords of `correlation_table` that come from the options."""
-        return dict(thresholds=self.thresholds, n_boot=self.n_boot, seed=self.seed,
-                    confidence=self.confidence, min_n=self.min_n)
+        return dict(
+            thresholds=self.thresholds, n_boot=self.n_boot, seed=self.seed, confidence=self.confidence, min_n=self.min_n
+        )
 
 
 def prepare_measurements(measurements: pd.DataFrame) -> pd.DataFrame:
@@ -280,7 +287,7 @@ def iou_variant(primary: Mapping[str, object] | None = None) -> dict[str, str]:
 
 
 def variant_name(measure: str, params: Mapping[str, str]) -> str:
-    """"IoU (gradcam, rho 0.1, boxes)": how notes name a variant."""
+    """ "IoU (gradcam, rho 0.1, boxes)": how notes name a variant."""
     if {"cam", "threshold", "masks"} <= set(params):
         return f"{display_name(measure)} ({params['cam']}, rho {params['threshold']}, {params['masks']})"
     return f"{display_name(measure)} ({params_label(params)})" if params else display_name(measure)
@@ -316,8 +323,9 @@ def _resolve_params(m: pd.DataFrame, spec: MeasureSpec) -> list[str]:
     return [p for p in have if params_match(p, spec.params)]
 
 
-def wide_table(runs: pd.DataFrame, measurements: pd.DataFrame,
-               measures: Sequence[MeasureSpec | tuple] | None = None) -> pd.DataFrame:
+def wide_table(
+    runs: pd.DataFrame, measurements: pd.DataFrame, measures: Sequence[MeasureSpec | tuple] | None = None
+) -> pd.DataFrame:
     """The runs with one column per (measure, params).
 
     `measures`: [(measure, params, column_name), ...] (or `MeasureSpec`s); params is the exact
@@ -339,8 +347,10 @@ def wide_table(runs: pd.DataFrame, measurements: pd.DataFrame,
             raise InputError(f"column {col!r} already in the table; give the measure another name")
         chosen = _resolve_params(m, spec)
         if len(chosen) > 1:
-            raise InputError(f"{spec.measure} with params {spec.params!r} matches several variants "
-                             f"{chosen}; pass the exact params string")
+            raise InputError(
+                f"{spec.measure} with params {spec.params!r} matches several variants "
+                f"{chosen}; pass the exact params string"
+            )
         if not chosen:
             cols[col] = pd.Series(np.nan, index=runs.index, dtype=float)
             continue
@@ -352,8 +362,9 @@ def wide_table(runs: pd.DataFrame, measurements: pd.DataFrame,
     return pd.concat([runs, pd.DataFrame(cols, index=runs.index)], axis=1)
 
 
-def discover_specs(measurements: pd.DataFrame, primary: Mapping[str, str] | None = None,
-                   measures: Sequence[str] | None = None) -> list[MeasureSpec]:
+def discover_specs(
+    measurements: pd.DataFrame, primary: Mapping[str, str] | None = None, measures: Sequence[str] | None = None
+) -> list[MeasureSpec]:
     """One spec per (measure, params) with a done value; a measure that failed everywhere
     keeps its failed variants, so it shows as an n/a row rather than vanishing.
 
@@ -379,8 +390,9 @@ def discover_specs(measurements: pd.DataFrame, primary: Mapping[str, str] | None
     return specs
 
 
-def _exact_variant(rows: pd.DataFrame, measure: str, want: Mapping[str, str], label: str,
-                   skip: Sequence[str] = ()) -> list[MeasureSpec]:
+def _exact_variant(
+    rows: pd.DataFrame, measure: str, want: Mapping[str, str], label: str, skip: Sequence[str] = ()
+) -> list[MeasureSpec]:
     """The variants of `measure` in `rows` with every (key, value) of `want`; when there is none,
     one spec for `want` labelled "<label>: not measured" (an n/a row, never another variant)."""
     hit = sorted(p for p in set(rows["params"]) if params_match(p, want))
@@ -416,8 +428,7 @@ def _filter_primary(variants: list[str], primary: Mapping[str, str]) -> list[str
     return variants
 
 
-def _label_variants(measure: str, variants: list[str], base: str,
-                    skip: Sequence[str] = ()) -> list[MeasureSpec]:
+def _label_variants(measure: str, variants: list[str], base: str, skip: Sequence[str] = ()) -> list[MeasureSpec]:
     parsed = [_params_of(p) for p in variants]
     keys = sorted({k for d in parsed for k in d} - set(skip))
     differ = [k for k in keys if len({d.get(k) for d in parsed}) > 1]
@@ -428,9 +439,14 @@ def _label_variants(measure: str, variants: list[str], base: str,
     return out
 
 
-def variant_specs(measurements: pd.DataFrame, measure: str, vary: str,
-                  label: Callable[[str], str], order: Sequence[str] = (),
-                  primary: Mapping[str, str] | None = None) -> list[MeasureSpec]:
+def variant_specs(
+    measurements: pd.DataFrame,
+    measure: str,
+    vary: str,
+    label: Callable[[str], str],
+    order: Sequence[str] = (),
+    primary: Mapping[str, str] | None = None,
+) -> list[MeasureSpec]:
     """Specs for the values of params key `vary` (Table 6: cam, Table 7: masks) that `measure`
     was measured with, the other keys fixed exactly: by `iou_variant(primary)` for an IoU
     measure, else by `primary`. A value measured only with other fixed keys gets a row
@@ -453,8 +469,15 @@ def trained_mask(runs: pd.DataFrame) -> pd.Series:
         return pd.Series(True, index=runs.index)
     t = runs["trained"]
     if t.dtype == object or str(t.dtype).startswith("str"):
-        t = t.map(lambda v: str(v).strip().lower() not in ("false", "0", "no", "")
-                  if isinstance(v, str) else bool(v) if v is not None and v == v else True)
+        t = t.map(
+            lambda v: (
+                str(v).strip().lower() not in ("false", "0", "no", "")
+                if isinstance(v, str)
+                else bool(v)
+                if v is not None and v == v
+                else True
+            )
+        )
     return t.fillna(True).astype(bool)
 
 
@@ -503,29 +526,35 @@ class CorrelationTable:
         """Tidy form: one row per cell with every statistic."""
         parts = {s: f.stack(future_stack=True) for s, f in self.frames().items()}
         out = pd.DataFrame(parts)
-        out.index = out.index.set_names(
-            [n or "row" for n in self.pearson.index.names] + ["column"])
+        out.index = out.index.set_names([n or "row" for n in self.pearson.index.names] + ["column"])
         out["n"] = out["n"].astype(int)
         return out.reset_index()
 
-    def block(self, key) -> "CorrelationTable":
+    def block(self, key) -> CorrelationTable:
         """The rows of one first-level index value (e.g. the Total block of Table 3)."""
-        return CorrelationTable(*(f.loc[[key]] for f in self.frames().values()),
-                                confidence=self.confidence, note=self.note)
+        return CorrelationTable(
+            *(f.loc[[key]] for f in self.frames().values()), confidence=self.confidence, note=self.note
+        )
 
 
 def _cell(x, y, *, min_n: int, n_boot: int, seed: int, confidence: float) -> dict[str, float]:
     c = stats.correlations(x, y, min_n=min_n)
     lo = hi = math.nan
     if n_boot > 0 and np.isfinite(c["pearson"]):
-        lo, hi = stats.bootstrap_ci(x, y, "pearson", n_resamples=n_boot, confidence=confidence,
-                                    seed=seed, min_n=min_n)
-    return {"pearson": c["pearson"], "spearman": c["spearman"], "kendall": c["kendall"],
-            "ci_low": lo, "ci_high": hi, "n": c["n"]}
+        lo, hi = stats.bootstrap_ci(x, y, "pearson", n_resamples=n_boot, confidence=confidence, seed=seed, min_n=min_n)
+    return {
+        "pearson": c["pearson"],
+        "spearman": c["spearman"],
+        "kendall": c["kendall"],
+        "ci_low": lo,
+        "ci_high": hi,
+        "n": c["n"],
+    }
 
 
-def _build(index: pd.Index, columns: Sequence[str], cell: Callable[[object, str], dict],
-           confidence: float, note: str = "") -> CorrelationTable:
+def _build(
+    index: pd.Index, columns: Sequence[str], cell: Callable[[object, str], dict], confidence: float, note: str = ""
+) -> CorrelationTable:
     frames = {s: pd.DataFrame(np.nan, index=index, columns=list(columns), dtype=float) for s in _STATS}
     for r in index:
         for c in columns:
@@ -536,21 +565,33 @@ def _build(index: pd.Index, columns: Sequence[str], cell: Callable[[object, str]
     return CorrelationTable(**frames, confidence=confidence, note=note)
 
 
-def correlation_table(wide: pd.DataFrame, measure_cols: Sequence[str], *, gap_col: str = "gap",
-                      arch_col: str = "arch", acc_col: str = "train_acc",
-                      thresholds: Sequence[float] = DEFAULT_THRESHOLDS, by_arch: bool = True,
-                      n_boot: int = 2000, seed: int = 0, confidence: float = 0.95,
-                      min_n: int = stats.MIN_N, note: str = "") -> CorrelationTable:
+def correlation_table(
+    wide: pd.DataFrame,
+    measure_cols: Sequence[str],
+    *,
+    gap_col: str = "gap",
+    arch_col: str = "arch",
+    acc_col: str = "train_acc",
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    by_arch: bool = True,
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    min_n: int = stats.MIN_N,
+    note: str = "",
+) -> CorrelationTable:
     """Table 3 layout: rows (arch, measure) for each architecture then a "Total" block over all
     models of `wide`; columns ">=95" ... (train_acc >= threshold). Cells: correlation of the
     measure column with `gap_col` over the models in the cell (non-finite values dropped)."""
     archs = archs_of(wide, arch_col) if by_arch else []
     groups = [*archs, TOTAL]
-    index = pd.MultiIndex.from_tuples([(a, mc) for a in groups for mc in measure_cols],
-                                      names=[arch_col, "measure"])
+    index = pd.MultiIndex.from_tuples([(a, mc) for a in groups for mc in measure_cols], names=[arch_col, "measure"])
     cols = {threshold_label(t): t for t in thresholds}
-    subsets = {(a, lab): at_threshold(wide if a == TOTAL else wide[wide[arch_col] == a], t, acc_col)
-               for a in groups for lab, t in cols.items()}
+    subsets = {
+        (a, lab): at_threshold(wide if a == TOTAL else wide[wide[arch_col] == a], t, acc_col)
+        for a in groups
+        for lab, t in cols.items()
+    }
 
     def cell(row, col):
         a, mc = row
@@ -560,8 +601,9 @@ def correlation_table(wide: pd.DataFrame, measure_cols: Sequence[str], *, gap_co
     return _build(index, list(cols), cell, confidence, note)
 
 
-def _study_frame(runs: pd.DataFrame, measurements: pd.DataFrame, specs: Sequence[MeasureSpec],
-                 trained: bool | None = True) -> pd.DataFrame:
+def _study_frame(
+    runs: pd.DataFrame, measurements: pd.DataFrame, specs: Sequence[MeasureSpec], trained: bool | None = True
+) -> pd.DataFrame:
     w = wide_table(runs, measurements, specs)
     if trained is None:
         return w
@@ -569,8 +611,13 @@ def _study_frame(runs: pd.DataFrame, measurements: pd.DataFrame, specs: Sequence
     return w[mask if trained else ~mask]
 
 
-def table3(runs: pd.DataFrame, measurements: pd.DataFrame, specs: Sequence[MeasureSpec] | None = None,
-           options: StudyOptions | None = None, **settings) -> CorrelationTable:
+def table3(
+    runs: pd.DataFrame,
+    measurements: pd.DataFrame,
+    specs: Sequence[MeasureSpec] | None = None,
+    options: StudyOptions | None = None,
+    **settings,
+) -> CorrelationTable:
     """Paper Table 3: every measure (primary variant, see `DEFAULT_PRIMARY`; the IoU exactly
     `PRIMARY_IOU`) against the gap, trained models, per architecture and in total, per
     training-accuracy threshold. The note names the variants without a usable value.
@@ -579,10 +626,15 @@ def table3(runs: pd.DataFrame, measurements: pd.DataFrame, specs: Sequence[Measu
     m = prepare_measurements(measurements)
     specs = _study_specs(m, specs, o)
     w = _study_frame(runs, m, specs)
-    return correlation_table(w, [s.column for s in specs], **o.bootstrap(),
-                             note=_join_notes("Pearson r between each measure and the generalization gap "
-                                              "(trained models with train_acc >= threshold).",
-                                              missing_note(m, specs)))
+    return correlation_table(
+        w,
+        [s.column for s in specs],
+        **o.bootstrap(),
+        note=_join_notes(
+            "Pearson r between each measure and the generalization gap (trained models with train_acc >= threshold).",
+            missing_note(m, specs),
+        ),
+    )
 
 
 def _study_specs(m: pd.DataFrame, specs: Sequence[MeasureSpec] | None, o: StudyOptions) -> list[MeasureSpec]:
@@ -592,8 +644,9 @@ def _study_specs(m: pd.DataFrame, specs: Sequence[MeasureSpec] | None, o: StudyO
     return list(o.measures) if o.measures is not None else discover_specs(m, o.primary)
 
 
-def primary_iou(measurements: pd.DataFrame, primary: Mapping[str, str] | None = None,
-                measure: str = "iou") -> MeasureSpec | None:
+def primary_iou(
+    measurements: pd.DataFrame, primary: Mapping[str, str] | None = None, measure: str = "iou"
+) -> MeasureSpec | None:
     """The IoU variant Tables 4 and 5 use: exactly `iou_variant(primary)` (`PRIMARY_IOU` by
     default), labelled "IoU", or "IoU: not measured" when that variant is absent. None when
     `measure` was not measured at all. Several matching variants (params with further keys)
@@ -605,14 +658,23 @@ def primary_iou(measurements: pd.DataFrame, primary: Mapping[str, str] | None = 
     want = iou_variant(DEFAULT_PRIMARY if primary is None else primary)
     specs = _exact_variant(rows, measure, want, display_name(measure))
     if len(specs) > 1:
-        raise InputError(f"{len(specs)} variants of {measure} match {params_label(want)}: "
-                         f"{[s.params for s in specs]}; pass primary with their other keys")
+        raise InputError(
+            f"{len(specs)} variants of {measure} match {params_label(want)}: "
+            f"{[s.params for s in specs]}; pass primary with their other keys"
+        )
     return specs[0]
 
 
-def ranking_table(runs: pd.DataFrame, measurements: pd.DataFrame,
-                  specs: Sequence[MeasureSpec] | None = None, hparams: Sequence[str] | None = None,
-                  options: StudyOptions | None = None, *, gap_col: str = "gap", **settings) -> pd.DataFrame:
+def ranking_table(
+    runs: pd.DataFrame,
+    measurements: pd.DataFrame,
+    specs: Sequence[MeasureSpec] | None = None,
+    hparams: Sequence[str] | None = None,
+    options: StudyOptions | None = None,
+    *,
+    gap_col: str = "gap",
+    **settings,
+) -> pd.DataFrame:
     """Granulated Kendall Psi (with each psi_i) and the CMI score (with the conditioning set
     that attains the minimum) per measure, over all trained models (NaN below `min_n` models
     or without a varying hyperparameter). See `stats`; the CMI pairs are built once for all
@@ -670,15 +732,24 @@ class SelectionTable:
         return out.reset_index()
 
 
-def selection_table(wide: pd.DataFrame, measure_col: str, *, higher_is_better: bool = True,
-                    gap_col: str = "gap", arch_col: str = "arch", acc_col: str = "train_acc",
-                    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-                    min_n: int = stats.MIN_N) -> SelectionTable:
+def selection_table(
+    wide: pd.DataFrame,
+    measure_col: str,
+    *,
+    higher_is_better: bool = True,
+    gap_col: str = "gap",
+    arch_col: str = "arch",
+    acc_col: str = "train_acc",
+    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    min_n: int = stats.MIN_N,
+) -> SelectionTable:
     groups = [*archs_of(wide, arch_col), TOTAL]
     cols = {threshold_label(t): t for t in thresholds}
     idx = pd.Index(groups, name=arch_col)
-    fr = {k: pd.DataFrame(np.nan, index=idx, columns=list(cols), dtype=float) for k in
-          ("accuracy", "n_compared", "n_ties", "n_ties_measure", "n_ties_gap", "n_models")}
+    fr = {
+        k: pd.DataFrame(np.nan, index=idx, columns=list(cols), dtype=float)
+        for k in ("accuracy", "n_compared", "n_ties", "n_ties_measure", "n_ties_gap", "n_models")
+    }
     for a in groups:
         d0 = wide if a == TOTAL else wide[wide[arch_col] == a]
         for lab, t in cols.items():
@@ -696,9 +767,15 @@ def selection_table(wide: pd.DataFrame, measure_col: str, *, higher_is_better: b
     return SelectionTable(**fr, measure=measure_col)
 
 
-def table4(runs: pd.DataFrame, measurements: pd.DataFrame, spec: MeasureSpec | None = None,
-           options: StudyOptions | None = None, *, higher_is_better: bool = True,
-           **settings) -> SelectionTable | None:
+def table4(
+    runs: pd.DataFrame,
+    measurements: pd.DataFrame,
+    spec: MeasureSpec | None = None,
+    options: StudyOptions | None = None,
+    *,
+    higher_is_better: bool = True,
+    **settings,
+) -> SelectionTable | None:
     """Paper Table 4: pairwise selection accuracy of IoU (higher IoU -> smaller gap), trained
     models, within each architecture and across all; the IoU is `primary_iou` (an n/a table
     with a note when that variant was not measured). None when no IoU was measured at all."""
@@ -708,8 +785,7 @@ def table4(runs: pd.DataFrame, measurements: pd.DataFrame, spec: MeasureSpec | N
     if spec is None:
         return None
     w = _study_frame(runs, m, [spec])
-    t = selection_table(w, spec.column, higher_is_better=higher_is_better,
-                        thresholds=o.thresholds, min_n=o.min_n)
+    t = selection_table(w, spec.column, higher_is_better=higher_is_better, thresholds=o.thresholds, min_n=o.min_n)
     t.note = missing_note(m, [spec])
     return t
 
@@ -719,9 +795,15 @@ RANDOM_ROW, TRAINED_ROW = "Random Model", "Trained Model"
 _LOWEST = object()
 
 
-def table5(runs: pd.DataFrame, measurements: pd.DataFrame, spec: MeasureSpec | None = None,
-           options: StudyOptions | None = None, *, trained_threshold: float | None | object = _LOWEST,
-           **settings) -> CorrelationTable | None:
+def table5(
+    runs: pd.DataFrame,
+    measurements: pd.DataFrame,
+    spec: MeasureSpec | None = None,
+    options: StudyOptions | None = None,
+    *,
+    trained_threshold: float | None | object = _LOWEST,
+    **settings,
+) -> CorrelationTable | None:
     """Paper Table 5: IoU vs gap for untrained random models (every `trained == False` run)
     and for trained models (train_acc >= `trained_threshold`, default the lowest of the
     options' thresholds, 0.80 as the paper's model set; None = all trained). Columns:
@@ -746,10 +828,18 @@ def table5(runs: pd.DataFrame, measurements: pd.DataFrame, spec: MeasureSpec | N
             d = d[d["arch"] == c]
         return _cell(d[col], d["gap"], min_n=o.min_n, n_boot=o.n_boot, seed=o.seed, confidence=o.confidence)
 
-    note = f"Pearson r between {col} and the gap; trained models with train_acc >= " \
-           f"{trained_threshold}." if trained_threshold is not None else ""
-    return _build(pd.Index([RANDOM_ROW, TRAINED_ROW], name="models"), cols, cell, o.confidence,
-                  note=_join_notes(note, missing_note(m, [spec])))
+    note = (
+        f"Pearson r between {col} and the gap; trained models with train_acc >= {trained_threshold}."
+        if trained_threshold is not None
+        else ""
+    )
+    return _build(
+        pd.Index([RANDOM_ROW, TRAINED_ROW], name="models"),
+        cols,
+        cell,
+        o.confidence,
+        note=_join_notes(note, missing_note(m, [spec])),
+    )
 
 
 # ------------------------------------------------------------ robustness (Tables 6 and 7)
@@ -761,17 +851,25 @@ def mask_label(masks: str) -> str:
     return f"IoU (using {MASK_NAMES.get(masks, 'masks from ' + masks)})"
 
 
-def _variant_table(runs: pd.DataFrame, m: pd.DataFrame, specs: list[MeasureSpec], o: StudyOptions,
-                   note: str) -> CorrelationTable | None:
+def _variant_table(
+    runs: pd.DataFrame, m: pd.DataFrame, specs: list[MeasureSpec], o: StudyOptions, note: str
+) -> CorrelationTable | None:
     if len(specs) < 2:
         return None
     w = _study_frame(runs, m, specs)
-    return correlation_table(w, [s.column for s in specs], **o.bootstrap(),
-                             note=_join_notes(note, missing_note(m, specs)))
+    return correlation_table(
+        w, [s.column for s in specs], **o.bootstrap(), note=_join_notes(note, missing_note(m, specs))
+    )
 
 
-def table6(runs: pd.DataFrame, measurements: pd.DataFrame, options: StudyOptions | None = None, *,
-           measure: str = "iou", **settings) -> CorrelationTable | None:
+def table6(
+    runs: pd.DataFrame,
+    measurements: pd.DataFrame,
+    options: StudyOptions | None = None,
+    *,
+    measure: str = "iou",
+    **settings,
+) -> CorrelationTable | None:
     """Paper Table 6: IoU vs gap for each CAM method (params key `cam`), in the Table 3 layout
     (per architecture and Total), each at the threshold and masks of `PRIMARY_IOU`. None when
     fewer than two CAM methods were measured."""
@@ -781,8 +879,14 @@ def table6(runs: pd.DataFrame, measurements: pd.DataFrame, options: StudyOptions
     return _variant_table(runs, m, specs, o, "Pearson r between IoU and the gap for each CAM method.")
 
 
-def table7(runs: pd.DataFrame, measurements: pd.DataFrame, options: StudyOptions | None = None, *,
-           measure: str = "iou", **settings) -> CorrelationTable | None:
+def table7(
+    runs: pd.DataFrame,
+    measurements: pd.DataFrame,
+    options: StudyOptions | None = None,
+    *,
+    measure: str = "iou",
+    **settings,
+) -> CorrelationTable | None:
     """Paper Table 7: IoU vs gap with A_G from saliency masks vs from boxes (params key
     `masks`), Table 3 layout, each with the cam and threshold of `PRIMARY_IOU`. None when fewer
     than two mask sources were measured."""
@@ -802,9 +906,11 @@ def failures_table(measurements: pd.DataFrame) -> pd.DataFrame:
     if f.empty:
         return pd.DataFrame(columns=["measure", "params", "n_failed", "runs", "first_error"])
     g = f.groupby(["measure", "params"], sort=True)
-    out = pd.DataFrame({
-        "n_failed": g.size(),
-        "runs": g["run_id"].agg(lambda s: ", ".join(map(str, list(s)[:5])) + (" ..." if len(s) > 5 else "")),
-        "first_error": g["error"].agg(lambda s: str(s.iloc[0])),
-    })
+    out = pd.DataFrame(
+        {
+            "n_failed": g.size(),
+            "runs": g["run_id"].agg(lambda s: ", ".join(map(str, list(s)[:5])) + (" ..." if len(s) > 5 else "")),
+            "first_error": g["error"].agg(lambda s: str(s.iloc[0])),
+        }
+    )
     return out.reset_index()

@@ -10,6 +10,7 @@ resumably, on one machine or a Ray cluster (issue 3).
     build.py       the driver: build / status / export
     cli.py         `camgap zoo build|status|export`
 """
+
 from camgap.zoo.grid import Grid, GridError, RunSpec, load_grid, make_run_id, parse_grid
 from camgap.zoo.registry import Registry, RegistryError
 from camgap.zoo.stopping import StopDecision, StoppingRules, check_stop
@@ -28,4 +29,3 @@ __all__ = [
     "check_stop",
 ]
 # The driver: camgap.zoo.build.build / status / export (the module name is taken by the file).
-

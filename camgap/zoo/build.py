@@ -21,6 +21,7 @@ full or failing disk (ENOSPC, EIO, ... while writing a checkpoint or the registr
 the sweep with one line naming the path (``StorageError``); the same command resumes once
 it is fixed. A missing ``registry.sqlite`` is rebuilt from ``runs/`` (``repair``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,14 +36,38 @@ from camgap.errors import CamgapError
 from camgap.zoo.grid import GRID_KEYS, Grid, GridError, canonical_json, load_grid
 from camgap.zoo.registry import META_BACKUP, Registry, RegistryError, format_measurement_status, rebuild_registry
 
-__all__ = ["ZooError", "StorageError", "BuildSummary", "build", "repair", "status", "format_status", "export",
-           "driver_running", "EXPORT_COLUMNS"]
+__all__ = [
+    "ZooError",
+    "StorageError",
+    "BuildSummary",
+    "build",
+    "repair",
+    "status",
+    "format_status",
+    "export",
+    "driver_running",
+    "EXPORT_COLUMNS",
+]
 
 # Accuracies and the gap in one unit, percentage points (the gap's unit in the registry and the
 # paper's), named by it: train_acc_pp - test_acc_pp == gap_pp.
 EXPORT_COLUMNS = [
-    "run_id", *GRID_KEYS, "repeat", "seed", "trained", "status", "epochs", "stop_reason",
-    "train_acc_pp", "train_loss", "test_acc_pp", "test_loss", "gap_pp", "wall_time", "attempts", "error",
+    "run_id",
+    *GRID_KEYS,
+    "repeat",
+    "seed",
+    "trained",
+    "status",
+    "epochs",
+    "stop_reason",
+    "train_acc_pp",
+    "train_loss",
+    "test_acc_pp",
+    "test_loss",
+    "gap_pp",
+    "wall_time",
+    "attempts",
+    "error",
 ]
 EXPORT_INTEGERS = ("batch_size", "repeat", "seed", "epochs", "attempts")  # written as integers, never 32.0
 EXPORT_DIGITS = 6  # significant digits of every other number
@@ -76,9 +101,11 @@ class BuildSummary:
 
     def __str__(self) -> str:
         c = self.counts
-        return (f"{self.zoo_dir}: {c.get('done', 0)}/{self.total} done, {c.get('failed', 0)} failed, "
-                f"{c.get('pending', 0)} pending; this build finished {self.trained_now} run(s), "
-                f"{self.failed_now} failure(s) in {self.seconds:.1f}s")
+        return (
+            f"{self.zoo_dir}: {c.get('done', 0)}/{self.total} done, {c.get('failed', 0)} failed, "
+            f"{c.get('pending', 0)} pending; this build finished {self.trained_now} run(s), "
+            f"{self.failed_now} failure(s) in {self.seconds:.1f}s"
+        )
 
 
 @contextlib.contextmanager
@@ -138,13 +165,17 @@ def _read_splits(data: Path, layout: str) -> tuple[list, list, list[str]]:
 def _describe(cfg: dict, repeat: int) -> str:
     if not cfg.get("trained", True):
         return f"{cfg['arch']} untrained #{repeat}"
-    return (f"{cfg['arch']} bs={cfg['batch_size']} lr={cfg['lr']:g} {cfg['optimizer']} wd={cfg['weight_decay']:g} "
-            f"aug={int(cfg['augment'])} pre={int(cfg['pretrained'])} r{repeat}")
+    return (
+        f"{cfg['arch']} bs={cfg['batch_size']} lr={cfg['lr']:g} {cfg['optimizer']} wd={cfg['weight_decay']:g} "
+        f"aug={int(cfg['augment'])} pre={int(cfg['pretrained'])} r{repeat}"
+    )
 
 
 def _result_line(res: dict) -> str:
-    return (f"{res['epochs']:>3d} ep {res.get('stop_reason') or '-':<9} train {res['train_acc']:.3f} "
-            f"test {res['test_acc']:.3f} gap {res['gap']:6.2f}pp {res.get('wall_time', 0.0):7.1f}s")
+    return (
+        f"{res['epochs']:>3d} ep {res.get('stop_reason') or '-':<9} train {res['train_acc']:.3f} "
+        f"test {res['test_acc']:.3f} gap {res['gap']:6.2f}pp {res.get('wall_time', 0.0):7.1f}s"
+    )
 
 
 def build(
@@ -171,6 +202,7 @@ def build(
 
     t_start = time.perf_counter()
     if log is None:
+
         def log(msg: str) -> None:
             print(msg, flush=True)
 
@@ -193,8 +225,11 @@ def build(
     if out.exists() and not out.is_dir():
         raise ZooError(f"--out {out} exists and is not a directory")
     rebuild = out.is_dir() and not (out / Registry.FILENAME).exists() and _recoverable(out)
-    if out.is_dir() and not (out / Registry.FILENAME).exists() and not rebuild and any(
-        p for p in out.iterdir() if not p.name.startswith(".")
+    if (
+        out.is_dir()
+        and not (out / Registry.FILENAME).exists()
+        and not rebuild
+        and any(p for p in out.iterdir() if not p.name.startswith("."))
     ):
         raise ZooError(f"--out {out} is not empty and holds no model set; use a new or empty directory")
 
@@ -229,8 +264,7 @@ def build(
             if resumed:
                 log(f"resuming {len(resumed)} interrupted run(s) from their last checkpoint")
             if not todo:
-                summary = BuildSummary(out, total, reg.counts(), resumed=resumed,
-                                       seconds=time.perf_counter() - t_start)
+                summary = BuildSummary(out, total, reg.counts(), resumed=resumed, seconds=time.perf_counter() - t_start)
                 log(str(summary))
                 return summary
 
@@ -242,14 +276,20 @@ def build(
                     split: prepare_split(records, classes, cache / f"{split}-{size}-{resize}", size, resize, progress)
                     for split, records in (("train", train_records), ("test", test_records))
                 }
-            except Exception as exc:  # noqa: BLE001 - undecodable image, bad labels: bad input
+            except Exception as exc:
                 disk = storage_error(exc)
                 if disk is not None:
                     raise _stop_for_storage(f"{disk.filename or cache}: {disk.strerror or disk}") from exc
                 raise ZooError(f"--data {data}: cannot decode the dataset: {exc}") from exc
             try:
-                ex = make_executor(executor, workers, device, ray_address, cpus_per_run=cpus_per_run,
-                                   run_threads=int(g.train.get("threads", 1)))
+                ex = make_executor(
+                    executor,
+                    workers,
+                    device,
+                    ray_address,
+                    cpus_per_run=cpus_per_run,
+                    run_threads=int(g.train.get("threads", 1)),
+                )
             except (ValueError, ImportError) as exc:
                 raise ZooError(f"--executor {executor}: {exc}") from None
             try:
@@ -259,8 +299,9 @@ def build(
                 )
             finally:
                 ex.close()
-            summary = BuildSummary(out, total, reg.counts(), trained_now, failed_now, resumed,
-                                   time.perf_counter() - t_start)
+            summary = BuildSummary(
+                out, total, reg.counts(), trained_now, failed_now, resumed, time.perf_counter() - t_start
+            )
             log(str(summary))
             return summary
         finally:
@@ -321,8 +362,10 @@ def _rebuild_for(g: Grid, out: Path, log) -> None:
         except (OSError, ValueError):
             continue
         if fp is not None and fp != g.fingerprint():
-            raise ZooError(f"--out {out}: {cfg_path} is a run of a different grid (fingerprint {fp[:12]}, "
-                           f"this one {g.fingerprint()[:12]}); use another --out directory, or that grid")
+            raise ZooError(
+                f"--out {out}: {cfg_path} is a run of a different grid (fingerprint {fp[:12]}, "
+                f"this one {g.fingerprint()[:12]}); use another --out directory, or that grid"
+            )
     report = rebuild_registry(out, g.runs())
     log(f"{out}: {Registry.FILENAME} missing; rebuilt it from runs/: {report}")
 
@@ -358,8 +401,14 @@ def pack_plan(g: Grid) -> dict[str, str]:
         cfg = spec.config
         size = int(cfg.get("pack") or 1)
         if cfg["trained"] and size > 1:
-            key = (cfg["arch"], canonical_json(cfg["arch_options"]), cfg["batch_size"], cfg.get("precision"),
-                   cfg.get("channels_last"), size)
+            key = (
+                cfg["arch"],
+                canonical_json(cfg["arch_options"]),
+                cfg["batch_size"],
+                cfg.get("precision"),
+                cfg.get("channels_last"),
+                size,
+            )
             groups.setdefault(key, []).append(spec.run_id)
     plan: dict[str, str] = {}
     for (*_, size), ids in groups.items():
@@ -371,20 +420,42 @@ def pack_plan(g: Grid) -> dict[str, str]:
 
 
 def _stop_for_storage(where: str) -> StorageError:
-    return StorageError(f"disk full or failing: {where}; free space (or fix the storage) and rerun the same "
-                        f"command to resume (no attempt was used)")
+    return StorageError(
+        f"disk full or failing: {where}; free space (or fix the storage) and rerun the same "
+        f"command to resume (no attempt was used)"
+    )
 
 
-def _sweep(reg: Registry, ex, todo: list[dict], out: Path, g: Grid, caches: dict, classes: list[str],
-           pretrained: dict, max_attempts: int, keep_last: bool, total: int, progress: bool, log) -> tuple[int, int]:
+def _sweep(
+    reg: Registry,
+    ex,
+    todo: list[dict],
+    out: Path,
+    g: Grid,
+    caches: dict,
+    classes: list[str],
+    pretrained: dict,
+    max_attempts: int,
+    keep_last: bool,
+    total: int,
+    progress: bool,
+    log,
+) -> tuple[int, int]:
     from tqdm import tqdm
 
     from camgap.zoo.train import atomic_write_json, storage_error
 
     counts = reg.counts()
     exhausted = counts["failed"] - sum(1 for r in todo if r["status"] == "failed")  # out of attempts
-    bar = tqdm(total=total, initial=counts["done"] + exhausted, unit="run", desc="zoo", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=total,
+        initial=counts["done"] + exhausted,
+        unit="run",
+        desc="zoo",
+        file=sys.stderr,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
 
     def emit(msg: str) -> None:
         if progress:
@@ -405,8 +476,16 @@ def _sweep(reg: Registry, ex, todo: list[dict], out: Path, g: Grid, caches: dict
         attempt = reg.mark_running(rid)
         run_dir = out / "runs" / rid
         run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json({"run_id": rid, "repeat": run["repeat"], "seed": run["seed"], "config": run["config"],
-                           "grid_fingerprint": g.fingerprint()}, run_dir / "config.json")
+        atomic_write_json(
+            {
+                "run_id": rid,
+                "repeat": run["repeat"],
+                "seed": run["seed"],
+                "config": run["config"],
+                "grid_fingerprint": g.fingerprint(),
+            },
+            run_dir / "config.json",
+        )
         cfg = run["config"]
         inflight[rid] = run | {"attempts": attempt}
         return {
@@ -475,8 +554,10 @@ def _sweep(reg: Registry, ex, todo: list[dict], out: Path, g: Grid, caches: dict
                     failed_now += 1
                     retry = attempts < max_attempts
                     first = err.strip().splitlines()[0] if err.strip() else err
-                    emit(f"FAILED {rid} {desc} (attempt {attempts}/{max_attempts}"
-                         f"{', will retry' if retry else ''}): {first}")
+                    emit(
+                        f"FAILED {rid} {desc} (attempt {attempts}/{max_attempts}"
+                        f"{', will retry' if retry else ''}): {first}"
+                    )
                     if retry:
                         queue.append(run | {"status": "failed"})
                     else:
@@ -492,7 +573,6 @@ def _sweep(reg: Registry, ex, todo: list[dict], out: Path, g: Grid, caches: dict
     finally:
         bar.close()
     return trained_now, failed_now
-
 
 
 # --- status / export --------------------------------------------------------------------
@@ -520,13 +600,20 @@ def status(zoo_dir: str | Path) -> dict:
         kind = frame["trained"].map({True: "", False: " (untrained)"})
         frame = frame.assign(group=frame["arch"].astype(str) + kind)
         table = frame.groupby(["group", "status"]).size().unstack(fill_value=0)
-        by_arch = {g: _with_interrupted({s: int(table.loc[g].get(s, 0)) for s in ("pending", "running", "done",
-                                                                                    "failed")}, live)
-                   for g in table.index}
-    failures = [
-        {"run_id": r.run_id, "arch": r.arch, "attempts": int(r.attempts), "error": r.error or ""}
-        for r in frame[frame["status"] == "failed"].itertuples()
-    ] if len(frame) else []
+        by_arch = {
+            g: _with_interrupted(
+                {s: int(table.loc[g].get(s, 0)) for s in ("pending", "running", "done", "failed")}, live
+            )
+            for g in table.index
+        }
+    failures = (
+        [
+            {"run_id": r.run_id, "arch": r.arch, "attempts": int(r.attempts), "error": r.error or ""}
+            for r in frame[frame["status"] == "failed"].itertuples()
+        ]
+        if len(frame)
+        else []
+    )
     done = frame[frame["status"] == "done"] if len(frame) else frame
     return {
         "zoo": str(zoo_dir),
@@ -546,8 +633,13 @@ def status(zoo_dir: str | Path) -> dict:
 def _with_interrupted(counts: dict[str, int], live: bool) -> dict[str, int]:
     """Split 'running' into running (a driver holds the lock) and interrupted (none does)."""
     running = counts.get("running", 0)
-    return {"pending": counts.get("pending", 0), "running": running if live else 0,
-            "interrupted": 0 if live else running, "done": counts.get("done", 0), "failed": counts.get("failed", 0)}
+    return {
+        "pending": counts.get("pending", 0),
+        "running": running if live else 0,
+        "interrupted": 0 if live else running,
+        "done": counts.get("done", 0),
+        "failed": counts.get("failed", 0),
+    }
 
 
 def format_status(info: dict) -> str:
@@ -560,8 +652,10 @@ def format_status(info: dict) -> str:
         for arch, row in sorted(info["by_arch"].items()):
             lines.append(f"  {arch:<{w}}  " + " ".join(f"{row[s]:11d}" for s in cols))
     if c.get("interrupted"):
-        lines.append(f"  {c['interrupted']} run(s) interrupted (left running, no `camgap zoo build` holds "
-                     f"{Path(info['zoo']) / '.lock'}): rerun the build command to resume them")
+        lines.append(
+            f"  {c['interrupted']} run(s) interrupted (left running, no `camgap zoo build` holds "
+            f"{Path(info['zoo']) / '.lock'}): rerun the build command to resume them"
+        )
     if info["stop_reasons"]:
         lines.append("  stop reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(info["stop_reasons"].items())))
     if info["gap"]:
@@ -614,8 +708,9 @@ def _runs_export_frame(runs):
     like the gap, counts as nullable integers (a pending run has no epochs)."""
     import pandas as pd
 
-    frame = runs.assign(train_acc_pp=100.0 * runs["train_acc"], test_acc_pp=100.0 * runs["test_acc"],
-                        gap_pp=runs["gap"])
+    frame = runs.assign(
+        train_acc_pp=100.0 * runs["train_acc"], test_acc_pp=100.0 * runs["test_acc"], gap_pp=runs["gap"]
+    )
     frame = frame[EXPORT_COLUMNS].copy()
     for col in EXPORT_INTEGERS:  # a column of pending runs only holds None (object dtype)
         frame[col] = pd.to_numeric(frame[col], errors="coerce").round().astype("Int64")

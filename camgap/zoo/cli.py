@@ -5,6 +5,7 @@
 ``func(args) -> exit code``. ``python -m camgap.zoo.cli build|status|...`` runs the same
 commands directly.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -117,29 +118,49 @@ def _packaged_grids() -> str:
 
 def add_subcommands(sub) -> None:
     """Add build/status/export/repair/measure to a subparsers object."""
-    b = sub.add_parser("build", help="train (or resume) the model set of a grid",
-                       description="Train every run of GRID on DIR into ZOO, resumably: rerunning the same "
-                                   "command keeps finished runs and resumes interrupted ones.",
-                       epilog=BUILD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    b = sub.add_parser(
+        "build",
+        help="train (or resume) the model set of a grid",
+        description="Train every run of GRID on DIR into ZOO, resumably: rerunning the same "
+        "command keeps finished runs and resumes interrupted ones.",
+        epilog=BUILD_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     b.add_argument("grid", metavar="GRID", help=f"grid TOML file, or a packaged grid's name: {_packaged_grids()}")
     b.add_argument("--data", required=True, metavar="DIR", help="dataset directory with train and test splits")
-    add_location(b, "zoo", "--zoo", "ZOO", "model-set directory (registry, runs, caches)", positional=False,
-                 old_flag="--out")
+    add_location(
+        b, "zoo", "--zoo", "ZOO", "model-set directory (registry, runs, caches)", positional=False, old_flag="--out"
+    )
     b.add_argument("--layout", default="auto", help="dataset layout (default: auto-detect)")
     b.add_argument("--executor", choices=("local", "ray"), default="local", help="where runs execute")
-    b.add_argument("--workers", type=int, default=None,
-                   help="local: worker processes (default: one per GPU, else one per [train] threads CPUs; "
-                        "0 = in-process); ray: runs in flight at most. A run's weights never depend on it")
-    b.add_argument("--ray-address", default=None, metavar="ADDR",
-                   help="connect to this Ray cluster (default: start a local instance)")
+    b.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="local: worker processes (default: one per GPU, else one per [train] threads CPUs; "
+        "0 = in-process); ray: runs in flight at most. A run's weights never depend on it",
+    )
+    b.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="connect to this Ray cluster (default: start a local instance)",
+    )
     b.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     b.add_argument("--cpus-per-run", type=int, default=None, help="ray: CPUs each run requests")
-    b.add_argument("--max-attempts", type=int, default=2,
-                   help="give up on a run after it failed this often (default 2); an interrupted build, a "
-                        "sibling's dead worker or a full disk use no attempt")
+    b.add_argument(
+        "--max-attempts",
+        type=int,
+        default=2,
+        help="give up on a run after it failed this often (default 2); an interrupted build, a "
+        "sibling's dead worker or a full disk use no attempt",
+    )
     b.add_argument("--retry-failed", action="store_true", help="give runs that failed for good a fresh set of attempts")
-    b.add_argument("--keep-last", action="store_true",
-                   help="keep last.pt (with optimizer state) next to final.pt after a run finishes")
+    b.add_argument(
+        "--keep-last",
+        action="store_true",
+        help="keep last.pt (with optimizer state) next to final.pt after a run finishes",
+    )
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.set_defaults(func=_guard(_build))
 
@@ -148,48 +169,83 @@ def add_subcommands(sub) -> None:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=_guard(_status))
 
-    r = sub.add_parser("repair", help="rebuild ZOO/registry.sqlite from the run directories",
-                       description="Rebuild ZOO/registry.sqlite from ZOO/runs/: a run whose final.pt holds its "
-                                   "result is done (nothing is retrained), every other run is pending (failed "
-                                   "runs get a fresh set of attempts), measurements come from each run's "
-                                   "measurements.json. An existing registry is kept as "
-                                   "registry.sqlite.replaced-<time>. `zoo build` does this by itself when "
-                                   "registry.sqlite is missing.")
+    r = sub.add_parser(
+        "repair",
+        help="rebuild ZOO/registry.sqlite from the run directories",
+        description="Rebuild ZOO/registry.sqlite from ZOO/runs/: a run whose final.pt holds its "
+        "result is done (nothing is retrained), every other run is pending (failed "
+        "runs get a fresh set of attempts), measurements come from each run's "
+        "measurements.json. An existing registry is kept as "
+        "registry.sqlite.replaced-<time>. `zoo build` does this by itself when "
+        "registry.sqlite is missing.",
+    )
     add_location(r, "zoo", "--zoo", "ZOO", ZOO_HELP)
     r.set_defaults(func=_guard(_repair))
 
     e = sub.add_parser("export", help="one row per run (or per measurement) as CSV or Parquet")
     add_location(e, "zoo", "--zoo", "ZOO", ZOO_HELP)
     e.add_argument("--format", choices=("csv", "parquet"), default="csv")
-    e.add_argument("--measures", action="store_true",
-                   help="the measurement table instead, long form: run_id, measure, params, value, state, reason")
-    e.add_argument("--out", default=None, metavar="FILE",
-                   help="output file (default: ZOO/runs.<format>, with --measures ZOO/measurements.<format>)")
+    e.add_argument(
+        "--measures",
+        action="store_true",
+        help="the measurement table instead, long form: run_id, measure, params, value, state, reason",
+    )
+    e.add_argument(
+        "--out",
+        default=None,
+        metavar="FILE",
+        help="output file (default: ZOO/runs.<format>, with --measures ZOO/measurements.<format>)",
+    )
     e.set_defaults(func=_guard(_export))
 
-    m = sub.add_parser("measure", help="every generalization measure for every finished model (resumable)",
-                       description="Measure every done run of ZOO: IoU / IoU-B (one shared pass per model "
-                                   "with the margins, prediction matrix and effective invariance) and the "
-                                   "baseline measures. Finished measurements are never recomputed.",
-                       epilog=MEASURE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    m = sub.add_parser(
+        "measure",
+        help="every generalization measure for every finished model (resumable)",
+        description="Measure every done run of ZOO: IoU / IoU-B (one shared pass per model "
+        "with the margins, prediction matrix and effective invariance) and the "
+        "baseline measures. Finished measurements are never recomputed.",
+        epilog=MEASURE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_location(m, "zoo", "--zoo", "ZOO", ZOO_HELP)
-    m.add_argument("--measures", default=None,
-                   help="comma-separated (default: iou, iou_b, spectral_norm, nuclear_norm, effective_invariance, "
-                        "inverse_margin, frobenius_norm, path_norm, distance_from_init, pacbayes_flatness)")
-    m.add_argument("--cam", default="gradcam", type=cam_names,
-                   help="comma-separated CAM methods, e.g. gradcam,gradcam++,smoothgradcam++ (or the reference "
-                        "release's gradcampp, smoothgradcampp)")
-    m.add_argument("--threshold", action=CommaList, convert=float, default=[0.1], metavar="RHO[,RHO...]",
-                   help="CAM thresholds rho, comma-separated, each in [0, 1) (default 0.1)")
+    m.add_argument(
+        "--measures",
+        default=None,
+        help="comma-separated (default: iou, iou_b, spectral_norm, nuclear_norm, effective_invariance, "
+        "inverse_margin, frobenius_norm, path_norm, distance_from_init, pacbayes_flatness)",
+    )
+    m.add_argument(
+        "--cam",
+        default="gradcam",
+        type=cam_names,
+        help="comma-separated CAM methods, e.g. gradcam,gradcam++,smoothgradcam++ (or the reference "
+        "release's gradcampp, smoothgradcampp)",
+    )
+    m.add_argument(
+        "--threshold",
+        action=CommaList,
+        convert=float,
+        default=[0.1],
+        metavar="RHO[,RHO...]",
+        help="CAM thresholds rho, comma-separated, each in [0, 1) (default 0.1)",
+    )
     m.add_argument("--masks", default="boxes", help="comma-separated A_G sources: boxes, saliency, or a mask folder")
     m.add_argument("--device", default="auto")
     m.add_argument("--batch-size", type=int, default=128)
     m.add_argument("--executor", choices=("local", "ray"), default="local", help="where runs are measured")
-    m.add_argument("--workers", type=int, default=None,
-                   help="local: worker processes (default: none, in this process); ray: runs in flight at most. "
-                        "Only this process writes the registry; the values never depend on it")
-    m.add_argument("--ray-address", default=None, metavar="ADDR",
-                   help="connect to this Ray cluster (default: start a local instance)")
+    m.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="local: worker processes (default: none, in this process); ray: runs in flight at most. "
+        "Only this process writes the registry; the values never depend on it",
+    )
+    m.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="connect to this Ray cluster (default: start a local instance)",
+    )
     m.add_argument("--no-progress", action="store_true")
     m.set_defaults(func=_guard(_measure))
 
@@ -197,9 +253,12 @@ def add_subcommands(sub) -> None:
 def add_zoo_commands(subparsers):
     """Register ``zoo build|status|export`` on the top-level CLI's subparsers object; return
     the ``zoo`` command's own subparsers object (to add more, e.g. ``zoo measure``)."""
-    zoo = subparsers.add_parser("zoo", help="model sets: train a hyperparameter grid of classifiers",
-                                description="Model sets: train a hyperparameter grid with the paper's "
-                                            "stopping rules, resumably, locally or on Ray.")
+    zoo = subparsers.add_parser(
+        "zoo",
+        help="model sets: train a hyperparameter grid of classifiers",
+        description="Model sets: train a hyperparameter grid with the paper's "
+        "stopping rules, resumably, locally or on Ray.",
+    )
     sub = zoo.add_subparsers(dest="zoo_command", required=True)
     add_subcommands(sub)
     return sub

@@ -25,6 +25,7 @@ task's ``device`` and ``threads``. A result's ``status`` is ``done``, ``failed``
 own failure), ``storage`` (a full or failing disk) or ``lost`` (stopped by a dead worker,
 ``worker_died`` telling whether it was the run's own).
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -153,8 +154,7 @@ class LocalExecutor:
     def _new_pool(self) -> ProcessPoolExecutor:
         ctx = mp.get_context("spawn")
         self._pid_queue = ctx.SimpleQueue()  # a fresh one: a killed worker may have left the old one locked
-        return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init,
-                                   initargs=(self._pid_queue,))
+        return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init, initargs=(self._pid_queue,))
 
     def _drain_pids(self) -> None:
         while not self._pid_queue.empty():
@@ -223,8 +223,12 @@ class LocalExecutor:
         died = "its worker process died (killed, out of memory or crashed)"
         if not culprits:
             return [_lost(t, True, f"{died}, or a sibling's did (cannot tell which)") for t in tasks]
-        return [_lost(t, True, died) if t["run_id"] in culprits
-                else _lost(t, False, "stopped by another run's dead worker process") for t in tasks]
+        return [
+            _lost(t, True, died)
+            if t["run_id"] in culprits
+            else _lost(t, False, "stopped by another run's dead worker process")
+            for t in tasks
+        ]
 
     def close(self) -> None:
         procs = list((getattr(self._pool, "_processes", None) or {}).values())
@@ -237,8 +241,15 @@ class LocalExecutor:
 
 
 class RayExecutor:
-    def __init__(self, address: str | None = None, workers: int | None = None, device: str = "auto",
-                 cpus_per_run: int | None = None, gpus_per_run: float | None = None, fn: TaskFn = execute_task):
+    def __init__(
+        self,
+        address: str | None = None,
+        workers: int | None = None,
+        device: str = "auto",
+        cpus_per_run: int | None = None,
+        gpus_per_run: float | None = None,
+        fn: TaskFn = execute_task,
+    ):
         import ray
 
         self.ray = ray
@@ -266,8 +277,10 @@ class RayExecutor:
         slots = int(n_gpu / self.num_gpus) if self.num_gpus else n_cpu // self.num_cpus
         self.capacity = max(1, min(slots, workers) if workers else slots)
         self._remote = ray.remote(fn).options(
-            num_cpus=self.num_cpus, num_gpus=self.num_gpus, max_retries=0,
-            name="camgap-zoo-run" if fn is execute_task else f"camgap-zoo-{fn.__name__}"
+            num_cpus=self.num_cpus,
+            num_gpus=self.num_gpus,
+            max_retries=0,
+            name="camgap-zoo-run" if fn is execute_task else f"camgap-zoo-{fn.__name__}",
         )
         self._inflight: dict = {}
 
@@ -298,16 +311,28 @@ class RayExecutor:
             self.ray.shutdown()
 
 
-def make_executor(kind: str = "local", workers: int | None = None, device: str = "auto",
-                  ray_address: str | None = None, threads: int | None = None, cpus_per_run: int | None = None,
-                  run_threads: int = 1, fn: TaskFn = execute_task):
+def make_executor(
+    kind: str = "local",
+    workers: int | None = None,
+    device: str = "auto",
+    ray_address: str | None = None,
+    threads: int | None = None,
+    cpus_per_run: int | None = None,
+    run_threads: int = 1,
+    fn: TaskFn = execute_task,
+):
     """Build an executor that calls ``fn(task)`` for each task (default: train a run). Local
     defaults: one worker per GPU, else one per ``run_threads`` CPUs (the grid's ``[train]
     threads``: parallelism comes from workers, never from a run's thread count, which would
     change its weights); ``workers`` 0, or 1 on a CPU, run in-process."""
     if kind == "ray":
-        return RayExecutor(ray_address, workers, device if device == "auto" else resolve_device_for_ray(device),
-                           cpus_per_run=cpus_per_run or run_threads, fn=fn)
+        return RayExecutor(
+            ray_address,
+            workers,
+            device if device == "auto" else resolve_device_for_ray(device),
+            cpus_per_run=cpus_per_run or run_threads,
+            fn=fn,
+        )
     if kind != "local":
         raise InputError(f"unknown executor {kind!r}; expected local or ray")
     device = resolve_device(device)

@@ -60,6 +60,7 @@ same. On a GPU, cuDNN picks algorithms by benchmark unless ``torch.backends.cudn
 and ``torch.use_deterministic_algorithms(True)`` are set, which costs speed; camgap does not set
 them.
 """
+
 from __future__ import annotations
 
 import functools
@@ -238,7 +239,9 @@ def _float(where: str, v: Any, lo: float | None = None, hi: float | None = None,
     if bad:
         lb = "(" if lo_open else "["
         hb = ")" if hi_open else "]"
-        raise GridError(f"{where}: {v!r} is outside {lb}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}{hb}")
+        raise GridError(
+            f"{where}: {v!r} is outside {lb}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}{hb}"
+        )
     return v
 
 
@@ -375,8 +378,21 @@ class Grid:
             "arch": arch,
             "arch_options": self.arch_options.get(arch, {}),
             "pretrain": self.pretrain,
-            "train": {k: self.train[k] for k in ("input_size", "resize", "mean", "std", "flip_prob", "jitter",
-                                                    "momentum", "loss_threshold", "acc_threshold", "threads")},
+            "train": {
+                k: self.train[k]
+                for k in (
+                    "input_size",
+                    "resize",
+                    "mean",
+                    "std",
+                    "flip_prob",
+                    "jitter",
+                    "momentum",
+                    "loss_threshold",
+                    "acc_threshold",
+                    "threads",
+                )
+            },
         }
         return hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:12]
 
@@ -426,8 +442,10 @@ class Grid:
         if not _packable_arch(arch, canonical_json(self.arch_options.get(arch, {}))):
             if pack == "auto":
                 return 1
-            raise GridError(f"[train] pack = {pack}: {arch} cannot be packed (only ResNets of the torchvision "
-                            "layout can); use pack = 1 or \"auto\"")
+            raise GridError(
+                f"[train] pack = {pack}: {arch} cannot be packed (only ResNets of the torchvision "
+                'layout can); use pack = 1 or "auto"'
+            )
         return PACK_AUTO if pack == "auto" else int(pack)
 
     def untrained_config(self, arch: str) -> dict:
@@ -466,8 +484,11 @@ class Grid:
             "untrained": self.untrained,
             "sample": self.sample,
             **({"seed": self.seed} if self.seed else {}),
-            "train": {k: v for k, v in self.train.items()
-                      if k not in EXECUTION_ONLY and not (k in OPTIONAL_TRAIN_KEYS and v == TRAIN_DEFAULTS[k])},
+            "train": {
+                k: v
+                for k, v in self.train.items()
+                if k not in EXECUTION_ONLY and not (k in OPTIONAL_TRAIN_KEYS and v == TRAIN_DEFAULTS[k])
+            },
             "arch_options": self.arch_options,
             "pretrain": self.pretrain if any(not _is_torchvision(a) for a in self.wants_pretrained()) else None,
         }
@@ -524,7 +545,7 @@ def parse_grid(doc: dict, source: str = "<grid>") -> Grid:
         train[key] = _TRAIN_CHECKS[key](f"{source}: [train] {key}", v)
     pw = train_raw.get("pretrained_weights", {})
     if not isinstance(pw, dict):
-        raise GridError(f"{source}: [train] pretrained_weights: expected a table {{arch = \"path\"}}, got {pw!r}")
+        raise GridError(f'{source}: [train] pretrained_weights: expected a table {{arch = "path"}}, got {pw!r}')
     for arch, path in pw.items():
         _arch(f"{source}: [train] pretrained_weights key", arch)
         if not isinstance(path, str) or not path:

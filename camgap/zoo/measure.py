@@ -18,6 +18,7 @@ are mirrored to ``runs/<run_id>/measurements.json``. Checkpoints are read with
 ``torch.load(weights_only=True)``: a final.pt holding pickled objects fails that model's
 measurements with the reason and never runs its code.
 """
+
 from __future__ import annotations
 
 import functools
@@ -45,9 +46,18 @@ from camgap.zoo.registry import Registry, state_line
 
 SCORE_MEASURES = ("iou", "iou_b")
 NEEDS_INIT = {"distance_from_init", "pacbayes_flatness", "pacbayes_mag_flatness"}  # read init.pt
+# PAC-Bayes flatness is measured on request only (`--measures ...,pacbayes_flatness`): the paper does
+# not use it, and its noise search makes tens of passes per model, more than all the others together.
 DEFAULT_MEASURES = (
-    "iou", "iou_b", "spectral_norm", "nuclear_norm", "effective_invariance", "inverse_margin",
-    "frobenius_norm", "path_norm", "distance_from_init", "pacbayes_flatness",
+    "iou",
+    "iou_b",
+    "spectral_norm",
+    "nuclear_norm",
+    "effective_invariance",
+    "inverse_margin",
+    "frobenius_norm",
+    "path_norm",
+    "distance_from_init",
 )
 
 
@@ -90,12 +100,16 @@ class MeasureSummary:
             return ""
         items = [f"{step} {s:.2f} ({s / self.timed[step]:.2f})" for step, s in self.seconds.items()]
         total = sum(self.seconds.values())
-        return (f"time per step (s total, s per model): {', '.join(items)}; compute {total:.2f} s "
-                f"({total / max(1, self.measured):.2f} s per measured model)")
+        return (
+            f"time per step (s total, s per model): {', '.join(items)}; compute {total:.2f} s "
+            f"({total / max(1, self.measured):.2f} s per measured model)"
+        )
 
     def __str__(self) -> str:
-        first = (f"{self.models} model(s): {self.measured} measured now, {self.recorded} values recorded, "
-                 f"{self.failed} failed measurements, {self.undefined} undefined in {self.wall:.1f} s")
+        first = (
+            f"{self.models} model(s): {self.measured} measured now, {self.recorded} values recorded, "
+            f"{self.failed} failed measurements, {self.undefined} undefined in {self.wall:.1f} s"
+        )
         rest = (self.time_line(), *(state_line(self.counts, s) for s in ("undefined", "failed")))
         lines = [first, *(line for line in rest if line)]
         return "\n".join(lines)
@@ -138,8 +152,9 @@ class MeasureRequest:
         return SHARED_PASS if self.score_measures else LOGITS_PASS
 
 
-def make_request(measures: Sequence[str], cams: Sequence[str], thresholds: Sequence[float], masks: Sequence[str],
-                 batch_size: int) -> MeasureRequest:
+def make_request(
+    measures: Sequence[str], cams: Sequence[str], thresholds: Sequence[float], masks: Sequence[str], batch_size: int
+) -> MeasureRequest:
     """A validated request: unknown measures and thresholds outside [0, 1) raise before anything runs."""
     unknown = [m for m in measures if m not in MEASURES and m not in SCORE_MEASURES]
     if unknown:
@@ -148,8 +163,9 @@ def make_request(measures: Sequence[str], cams: Sequence[str], thresholds: Seque
         raise InputError("need at least one CAM method and one mask source")
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
-    return MeasureRequest(tuple(measures), tuple(cams), tuple(validate_thresholds(thresholds)), tuple(masks),
-                          int(batch_size))
+    return MeasureRequest(
+        tuple(measures), tuple(cams), tuple(validate_thresholds(thresholds)), tuple(masks), int(batch_size)
+    )
 
 
 @dataclass(frozen=True)
@@ -174,8 +190,11 @@ class RunPlan:
 def plan_run(run_id: str, recorded: set[tuple[str, str]], request: MeasureRequest, diverged: bool = False) -> RunPlan:
     """The plan of one run from its recorded ``(measure, params JSON)`` keys: a score combination
     is finished when all its score measures have a row, another measure when any of its rows exists."""
-    scores = tuple(combo for combo in request.combos
-                   if not all((k, params.to_json(score_params(*combo))) in recorded for k in request.score_measures))
+    scores = tuple(
+        combo
+        for combo in request.combos
+        if not all((k, params.to_json(score_params(*combo))) in recorded for k in request.score_measures)
+    )
     have = {measure for measure, _ in recorded}
     others = tuple(m for m in request.measures if m not in SCORE_MEASURES and m not in have)
     return RunPlan(run_id, scores, others, diverged)
@@ -224,8 +243,16 @@ def _references(zoo: Path, store_dir: Path, store: TensorStore, masks: Sequence[
             continue
         key = (str(store_dir), source)
         if key not in _REFERENCES:
-            res = compute_masks(source, store.images, store.boxes, list(store.image_ids), store.input_size,
-                                cache_dir=zoo / "cache" / "masks", skip_bad=True, resize=store.resize)
+            res = compute_masks(
+                source,
+                store.images,
+                store.boxes,
+                list(store.image_ids),
+                store.input_size,
+                cache_dir=zoo / "cache" / "masks",
+                skip_bad=True,
+                resize=store.resize,
+            )
             _REFERENCES[key] = (res.masks, list(res.image_ids))
         out[source] = _REFERENCES[key]
     return out
@@ -261,8 +288,13 @@ class RunResult:
     measured: bool
 
 
-def measure_run(zoo: Path, plan: RunPlan, request: MeasureRequest, device: str | torch.device = "cpu",
-                on_step: Callable[[str, bool], None] | None = None) -> RunResult:
+def measure_run(
+    zoo: Path,
+    plan: RunPlan,
+    request: MeasureRequest,
+    device: str | torch.device = "cpu",
+    on_step: Callable[[str, bool], None] | None = None,
+) -> RunResult:
     """Compute what ``plan`` needs for one run; records nothing (the driver does). A model that
     cannot be measured gives failed (or, diverged, undefined) rows with the reason, never an exception."""
     clock = _Clock(on_step)
@@ -282,14 +314,21 @@ def measure_run(zoo: Path, plan: RunPlan, request: MeasureRequest, device: str |
     if plan.others and logits is None:  # every measure of a model that cannot run is failed, with the reason
         rows += [(name, {}, None, "failed", broken) for name in plan.others]
     elif plan.others:
-        rows += _other_measures(plan.others, model, ckpt, run_dir, store, logits, labels, device, request.batch_size,
-                                clock)
+        rows += _other_measures(
+            plan.others, model, ckpt, run_dir, store, logits, labels, device, request.batch_size, clock
+        )
     return RunResult(rows, clock.seconds, True)
 
 
-def _shared_pass(model: torch.nn.Module, ckpt: dict, store: TensorStore, references: dict, plan: RunPlan,
-                 request: MeasureRequest, device) -> tuple[list[tuple], torch.Tensor | None, torch.Tensor | None,
-                                                           str | None]:
+def _shared_pass(
+    model: torch.nn.Module,
+    ckpt: dict,
+    store: TensorStore,
+    references: dict,
+    plan: RunPlan,
+    request: MeasureRequest,
+    device,
+) -> tuple[list[tuple], torch.Tensor | None, torch.Tensor | None, str | None]:
     """The CAM pass(es): IoU / IoU-B rows of the planned combinations, and the logits of the first
     pass (the first CAM with the first mask source, run even when its scores are recorded: the
     other measures read its logits). Returns (rows, logits, labels, broken): ``broken`` says why
@@ -302,8 +341,18 @@ def _shared_pass(model: torch.nn.Module, ckpt: dict, store: TensorStore, referen
         combos = [(c, t, m) for c, t, m in plan.scores if (c, m) == (cam, source)]
         ref, ref_ids = references.get(source, (None, None))
         try:
-            res = score_model(model, store, cam=cam, thresholds=request.thresholds, batch_size=request.batch_size,
-                              device=device, mean=ckpt["mean"], std=ckpt["std"], masks=ref, mask_ids=ref_ids)
+            res = score_model(
+                model,
+                store,
+                cam=cam,
+                thresholds=request.thresholds,
+                batch_size=request.batch_size,
+                device=device,
+                mean=ckpt["mean"],
+                std=ckpt["std"],
+                masks=ref,
+                mask_ids=ref_ids,
+            )
         except Exception as exc:  # noqa: BLE001 - one bad model never stops the set
             reason = measure_outcome(exc)[1]
             rows += _score_rows(request, combos, "failed", reason)
@@ -331,16 +380,32 @@ def _init_state(run_dir: Path, names: Sequence[str]) -> tuple[dict | None, str |
         return None, f"initial weights unreadable: {exc}"
 
 
-def _other_measures(names: Sequence[str], model: torch.nn.Module, ckpt: dict, run_dir: Path, store: TensorStore,
-                    logits: torch.Tensor, labels: torch.Tensor, device, batch_size: int, clock: _Clock) -> list[tuple]:
+def _other_measures(
+    names: Sequence[str],
+    model: torch.nn.Module,
+    ckpt: dict,
+    run_dir: Path,
+    store: TensorStore,
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    device,
+    batch_size: int,
+    clock: _Clock,
+) -> list[tuple]:
     """Rows of the non-score measures of one model, from the shared pass's logits."""
     mean, std = ckpt["mean"], ckpt["std"]
     with clock.step(LOAD, counted=False):
         init_state, init_error = _init_state(run_dir, names)
     ctx = MeasureContext(
-        model=model, logits=logits, labels=labels, init_state=init_state, device=device,
+        model=model,
+        logits=logits,
+        labels=labels,
+        init_state=init_state,
+        device=device,
         batches=lambda: ((normalize(x, mean, std), y) for x, y, *_ in store.batches(batch_size, device=device)),
-        seed=int(ckpt.get("seed", 0)), mean=mean, std=std,
+        seed=int(ckpt.get("seed", 0)),
+        mean=mean,
+        std=std,
     )
     rows: list[tuple] = []
     for name in names:
@@ -371,8 +436,13 @@ def run_measure_task(task: dict, on_step: Callable[[str, bool], None] | None = N
         if task.get("threads"):
             torch.set_num_threads(int(task["threads"]))
         res = measure_run(Path(task["zoo"]), task["plan"], task["request"], task.get("device", "cpu"), on_step)
-        return {"run_id": task["run_id"], "status": "done", "rows": res.rows, "seconds": res.seconds,
-                "measured": res.measured}
+        return {
+            "run_id": task["run_id"],
+            "status": "done",
+            "rows": res.rows,
+            "seconds": res.seconds,
+            "measured": res.measured,
+        }
     except Exception as exc:  # noqa: BLE001 - one bad run never stops the set
         return {"run_id": task["run_id"], "status": "failed", "error": measure_outcome(exc)[1]}
 
@@ -406,8 +476,10 @@ def measure_zoo(
     try:
         reg.allow_undefined_state()
         runs = reg.done_runs()
-        plans = [plan_run(r["run_id"], reg.measurement_keys(r["run_id"]), request, r["stop_reason"] == "diverged")
-                 for r in runs]
+        plans = [
+            plan_run(r["run_id"], reg.measurement_keys(r["run_id"]), request, r["stop_reason"] == "diverged")
+            for r in runs
+        ]
         plans = [p for p in plans if not p.empty]
         summary = MeasureSummary(len(runs), 0, 0, 0)
         if plans:
@@ -440,8 +512,18 @@ def _executor_for(kind: str, workers: int | None, device: str, ray_address: str 
     return make_executor(kind, 0 if workers is None else workers, device, ray_address, fn=run_measure_task)
 
 
-def _measure_plans(reg: Registry, zoo: Path, plans: list[RunPlan], request: MeasureRequest, summary: MeasureSummary,
-                   device: str, executor: str, workers: int | None, ray_address: str | None, progress: bool) -> None:
+def _measure_plans(
+    reg: Registry,
+    zoo: Path,
+    plans: list[RunPlan],
+    request: MeasureRequest,
+    summary: MeasureSummary,
+    device: str,
+    executor: str,
+    workers: int | None,
+    ray_address: str | None,
+    progress: bool,
+) -> None:
     """Send each run's plan to the executor, record each run's rows as they come back. A run whose
     worker died is sent again once; a second death (or a crash of the task) fails its measurements."""
     from tqdm.auto import tqdm
@@ -449,8 +531,14 @@ def _measure_plans(reg: Registry, zoo: Path, plans: list[RunPlan], request: Meas
     from camgap.zoo.executors import InProcessExecutor
 
     steps = {p.run_id: len(p.steps(request)) for p in plans}
-    bar = tqdm(total=sum(steps.values()), unit="step", desc="measure", file=sys.stderr, disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=sum(steps.values()),
+        unit="step",
+        desc="measure",
+        file=sys.stderr,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     counted: dict[str, int] = {}
     current: list[str] = []  # the run the in-process executor measures now
 
@@ -520,8 +608,9 @@ class OverlayRows(list):
 
     @property
     def caption(self) -> str:
-        shown = "; ".join(f"{m['run_id']}: gap {m['gap']:.1f} pp, training accuracy {100 * m['train_acc']:.1f} %"
-                          for m in self.models)
+        shown = "; ".join(
+            f"{m['run_id']}: gap {m['gap']:.1f} pp, training accuracy {100 * m['train_acc']:.1f} %" for m in self.models
+        )
         return f"{self.selection}. Rows: {shown}." if shown else self.selection
 
 
@@ -538,15 +627,23 @@ def overlay_picks(runs, min_train_acc: float = 0.8) -> tuple:
         selection = f"Smallest, median and largest gap among the {len(pool)} trained models with {bar}"
     else:
         pool, fallback = trained, True
-        selection = (f"Only {len(fitting)} trained model(s) reach {bar}: smallest, median and largest gap among "
-                     f"all {len(pool)} trained models, whatever their training accuracy")
+        selection = (
+            f"Only {len(fitting)} trained model(s) reach {bar}: smallest, median and largest gap among "
+            f"all {len(pool)} trained models, whatever their training accuracy"
+        )
     if pool.empty:
         return pool, "No trained model to show", fallback
     return pool.iloc[sorted({0, len(pool) // 2, len(pool) - 1})], selection, fallback
 
 
-def overlay_rows(zoo_dir: str | Path, n_images: int = 5, cam: str = "gradcam", threshold: float = 0.1,
-                 device: str | torch.device = "cpu", min_train_acc: float = 0.8) -> OverlayRows:
+def overlay_rows(
+    zoo_dir: str | Path,
+    n_images: int = 5,
+    cam: str = "gradcam",
+    threshold: float = 0.1,
+    device: str | torch.device = "cpu",
+    min_train_acc: float = 0.8,
+) -> OverlayRows:
     """The paper's Figure 2: the same training images under the trained models with the
     smallest, the median and the largest gap (``overlay_picks``); one row per model, labelled
     with its gap and training accuracy. The result says which models it shows and how they were
@@ -562,8 +659,16 @@ def overlay_rows(zoo_dir: str | Path, n_images: int = 5, cam: str = "gradcam", t
         model, ckpt = load_run_model(zoo / "runs" / run.run_id)
         store = _store_for(zoo, ckpt)
         subset = _Head(store, n_images)
-        res = score_model(model, subset, cam=cam, thresholds=(threshold,), device=device,
-                          mean=ckpt["mean"], std=ckpt["std"], keep_overlays=n_images)
+        res = score_model(
+            model,
+            subset,
+            cam=cam,
+            thresholds=(threshold,),
+            device=device,
+            mean=ckpt["mean"],
+            std=ckpt["std"],
+            keep_overlays=n_images,
+        )
         pictures = [render_overlay(o["image"], o["cam"], threshold, o["boxes"]) for o in res.overlays]
         rows.append((f"gap {run.gap:.1f} pp\ntrain acc {100 * run.train_acc:.1f} %", pictures))
         models.append({"run_id": run.run_id, "gap": float(run.gap), "train_acc": float(run.train_acc)})

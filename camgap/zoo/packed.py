@@ -132,8 +132,13 @@ class PackedResNet(nn.Module):
         return out
 
 
-def pack_train_step(pack: PackedResNet, optimizers: Sequence[torch.optim.Optimizer], x: Tensor, y: Tensor,
-                    stepping: Sequence[torch.optim.Optimizer] | None = None) -> Tensor:
+def pack_train_step(
+    pack: PackedResNet,
+    optimizers: Sequence[torch.optim.Optimizer],
+    x: Tensor,
+    y: Tensor,
+    stepping: Sequence[torch.optim.Optimizer] | None = None,
+) -> Tensor:
     """One optimisation step of every run: ``x`` ``[K, B, 3, H, W]`` (normalised), ``y`` ``[K, B]``.
 
     The summed loss has, for each run's parameters, exactly the gradient of that run's own mean
@@ -150,9 +155,16 @@ def pack_train_step(pack: PackedResNet, optimizers: Sequence[torch.optim.Optimiz
     return losses.detach()
 
 
-def train_pack_epoch(pack: PackedResNet, optimizers: Sequence[torch.optim.Optimizer], runs: Sequence[RunInputs],
-                     images: Tensor, labels: Tensor, batch_size: int, epochs: Sequence[int],
-                     frozen: Sequence[bool] | None = None) -> list[float]:
+def train_pack_epoch(
+    pack: PackedResNet,
+    optimizers: Sequence[torch.optim.Optimizer],
+    runs: Sequence[RunInputs],
+    images: Tensor,
+    labels: Tensor,
+    batch_size: int,
+    epochs: Sequence[int],
+    frozen: Sequence[bool] | None = None,
+) -> list[float]:
     """One epoch of every run of the pack (``epochs[k]``: run k's epoch number); each run draws its
     shuffle and augmentation from its own generator in the order it would alone
     (``camgap.zoo.train.train_one_epoch``). A ``frozen`` run computes in the pack but is not
@@ -169,8 +181,10 @@ def train_pack_epoch(pack: PackedResNet, optimizers: Sequence[torch.optim.Optimi
     pack.train()
     running = torch.zeros(len(runs), device=device)
     for s in range(0, n, batch_size):
-        batches = [training_batch(r, g, images, labels, perm[s : s + batch_size])
-                   for r, g, perm in zip(runs, gens, perms, strict=True)]
+        batches = [
+            training_batch(r, g, images, labels, perm[s : s + batch_size])
+            for r, g, perm in zip(runs, gens, perms, strict=True)
+        ]
         y = torch.stack([b[1] for b in batches])
         running += pack_train_step(pack, optimizers, torch.stack([b[0] for b in batches]), y, stepping) * y.shape[1]
     with torch.no_grad():
@@ -181,8 +195,9 @@ def train_pack_epoch(pack: PackedResNet, optimizers: Sequence[torch.optim.Optimi
 
 
 @torch.inference_mode()
-def evaluate_pack(pack: PackedResNet, runs: Sequence[RunInputs], images: Tensor, labels: Tensor,
-                  batch_size: int = 256) -> list[tuple[float, float]]:
+def evaluate_pack(
+    pack: PackedResNet, runs: Sequence[RunInputs], images: Tensor, labels: Tensor, batch_size: int = 256
+) -> list[tuple[float, float]]:
     """Clean pass of every run (eval mode, no augmentation): [(mean cross-entropy, accuracy)]."""
     from camgap.data.dataset import normalize
 

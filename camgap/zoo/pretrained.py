@@ -15,6 +15,7 @@ keeps its seeded random initialisation for the target classes. Weights files are
 ``torch.load(weights_only=True)``: a file holding pickled objects (a whole saved model
 rather than its state_dict) is refused with an error naming it, never executed.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -88,12 +89,16 @@ def pretrained_paths(grid: Grid, zoo_dir: str | Path) -> dict[str, str]:
             name = url.rsplit("/", 1)[-1]
             p = Path(torch.hub.get_dir()) / "checkpoints" / name
             if not p.is_file():
-                missing.append(f"  {arch}: put {name} (from {url}) at {p}, or set "
-                               f"[train] pretrained_weights = {{ {arch} = \"/path/{name}\" }}")
+                missing.append(
+                    f"  {arch}: put {name} (from {url}) at {p}, or set "
+                    f'[train] pretrained_weights = {{ {arch} = "/path/{name}" }}'
+                )
             paths[arch] = str(p)
         else:
-            missing.append(f"  {arch}: no known pretrained weights; set [train] pretrained_weights = "
-                           f"{{ {arch} = \"/path/weights.pt\" }}")
+            missing.append(
+                f"  {arch}: no known pretrained weights; set [train] pretrained_weights = "
+                f'{{ {arch} = "/path/weights.pt" }}'
+            )
     if missing:
         raise PretrainedWeightsError(
             "the grid asks for pretrained weights that are not available (nothing is downloaded):\n"
@@ -173,16 +178,26 @@ def ensure_source_models(grid: Grid, zoo_dir: str | Path, executor, log=print) -
         work = Path(zoo_dir) / "pretrained" / f"{arch}-{key}"
         p = grid.pretrain
         size = max(16, int(grid.train["input_size"]))
-        log(f"pretraining {arch} on the synthetic source task ({p['classes']} classes, "
-            f"{p['train_per_class']} images per class, up to {p['epochs']} epochs) -> {path}")
-        data_dir = write_synthetic(work / "data", seed=p["seed"], classes=p["classes"],
-                                   train_per_class=p["train_per_class"], test_per_class=p["test_per_class"],
-                                   size=size, class_set="source")
+        log(
+            f"pretraining {arch} on the synthetic source task ({p['classes']} classes, "
+            f"{p['train_per_class']} images per class, up to {p['epochs']} epochs) -> {path}"
+        )
+        data_dir = write_synthetic(
+            work / "data",
+            seed=p["seed"],
+            classes=p["classes"],
+            train_per_class=p["train_per_class"],
+            test_per_class=p["test_per_class"],
+            size=size,
+            class_set="source",
+        )
         t, r = grid.train["input_size"], grid.train["resize"]
         train_records, classes = read_layout(data_dir, "csv", "train")
         test_records, _ = read_layout(data_dir, "csv", "test")
-        caches = {"train": prepare_split(train_records, classes, work / "cache" / "train", t, r),
-                  "test": prepare_split(test_records, classes, work / "cache" / "test", t, r)}
+        caches = {
+            "train": prepare_split(train_records, classes, work / "cache" / "train", t, r),
+            "test": prepare_split(test_records, classes, work / "cache" / "test", t, r),
+        }
         task = {
             "run_id": f"source-{arch}-{key}",
             "config": source_task_config(grid, arch),
@@ -206,10 +221,13 @@ def ensure_source_models(grid: Grid, zoo_dir: str | Path, executor, log=print) -
         for result in executor.wait():
             task, path, work, key, classes = inflight.pop(result["run_id"])
             if result.get("status") != "done":
-                raise StateError(f"pretraining on the synthetic source task failed ({task['run_id']}): "
-                                   f"{result.get('error')}")
-            log(f"source task {task['config']['arch']}: {result['epochs']} epochs, stop {result['stop_reason']}, "
-                f"train acc {result['train_acc']:.3f}, test acc {result['test_acc']:.3f}")
+                raise StateError(
+                    f"pretraining on the synthetic source task failed ({task['run_id']}): {result.get('error')}"
+                )
+            log(
+                f"source task {task['config']['arch']}: {result['epochs']} epochs, stop {result['stop_reason']}, "
+                f"train acc {result['train_acc']:.3f}, test acc {result['test_acc']:.3f}"
+            )
             final = read_checkpoint(work / "run" / "final.pt")
             final["source_task"] = {"key": key, "pretrain": grid.pretrain, "classes": classes}
             atomic_save(final, path)

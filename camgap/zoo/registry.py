@@ -13,13 +13,13 @@ rebuilt from the run directories (``rebuild_registry``): each holds ``config.jso
   ``repeat``, ``seed``, ``trained`` (0 for the randomly initialised models of the validity
   test), ``status`` (pending/running/done/failed), ``attempts`` (failures of the run
   itself: its training raised, or its worker died twice in a row; an interrupted driver,
-  a sibling's dead worker or a full disk use none), ``error``, and the metrics ``epochs, stop_reason, train_acc, train_loss, test_acc,
-  test_loss, gap`` (percentage points: 100 * (train_acc - test_acc)), ``wall_time``
-  (seconds of training, summed over resumes), ``resumed_from`` (epoch the last attempt
-  resumed from), ``started``, ``finished`` (ISO timestamps, UTC).
+  a sibling's dead worker or a full disk use none), ``error``, and the metrics ``epochs,
+  stop_reason, train_acc, train_loss, test_acc, test_loss, gap`` (percentage points:
+  100 * (train_acc - test_acc)), ``wall_time`` (seconds of training, summed over resumes),
+  ``resumed_from`` (epoch the last attempt resumed from), ``started``, ``finished`` (ISO timestamps, UTC).
 * ``measurements(run_id, measure, params, value, status, error, updated)`` with primary key
-  ``(run_id, measure, params)``; ``params`` is ``camgap.params.to_json`` of the measure's parameters (sorted keys, string
-  values: one variant, one key);
+  ``(run_id, measure, params)``; ``params`` is ``camgap.params.to_json`` of the measure's
+  parameters (sorted keys, string values: one variant, one key);
   ``status`` is the measurement's state: ``done`` (a value), ``failed`` (something broke,
   ``error`` says what) or ``undefined`` (no value by the measure's own definition, ``error``
   says why). Every change to a run's measurements is mirrored, atomically, to
@@ -28,6 +28,7 @@ rebuilt from the run directories (``rebuild_registry``): each holds ``config.jso
 
 Accuracies are fractions in [0, 1]; the gap is in percentage points.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -47,8 +48,18 @@ from camgap.errors import CamgapError, InputError
 from camgap.params import to_json as params_json
 from camgap.zoo.grid import GRID_KEYS, RunSpec, canonical_json
 
-__all__ = ["Registry", "RegistryError", "GridMismatchError", "STATUSES", "METRICS", "MEASUREMENT_STATES",
-           "MEASUREMENTS_FILE", "META_BACKUP", "rebuild_registry", "set_aside_registry"]
+__all__ = [
+    "Registry",
+    "RegistryError",
+    "GridMismatchError",
+    "STATUSES",
+    "METRICS",
+    "MEASUREMENT_STATES",
+    "MEASUREMENTS_FILE",
+    "META_BACKUP",
+    "rebuild_registry",
+    "set_aside_registry",
+]
 
 SCHEMA_VERSION = "1"
 STATUSES = ("pending", "running", "done", "failed")
@@ -158,8 +169,14 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _measurement_row(run_id: str, measure: str, params: Mapping | str | None, value: float | None,
-                     state: str = "done", reason: str | None = None) -> tuple:
+def _measurement_row(
+    run_id: str,
+    measure: str,
+    params: Mapping | str | None,
+    value: float | None,
+    state: str = "done",
+    reason: str | None = None,
+) -> tuple:
     if state not in MEASUREMENT_STATES:
         raise InputError(f"measurement state must be one of {', '.join(MEASUREMENT_STATES)}, got {state!r}")
     if state == "done":
@@ -218,8 +235,9 @@ class Registry:
         self.read_only = read_only or (not create and not _writable(self.path))
         try:
             if self.read_only:
-                self.conn = sqlite3.connect(_read_only_uri(self.path), uri=True, timeout=60.0,
-                                            isolation_level=None, factory=_Connection)
+                self.conn = sqlite3.connect(
+                    _read_only_uri(self.path), uri=True, timeout=60.0, isolation_level=None, factory=_Connection
+                )
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self.conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, factory=_Connection)
@@ -239,13 +257,13 @@ class Registry:
             self.allow_undefined_state()
 
     @classmethod
-    def in_dir(cls, zoo_dir: str | Path, create: bool = True, read_only: bool = False) -> "Registry":
+    def in_dir(cls, zoo_dir: str | Path, create: bool = True, read_only: bool = False) -> Registry:
         return cls(Path(zoo_dir) / cls.FILENAME, create=create, read_only=read_only)
 
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> "Registry":
+    def __enter__(self) -> Registry:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -329,8 +347,9 @@ class Registry:
         """Mark a run started; return the attempt it is on (failures so far + 1). Starting uses
         no attempt: only a failure of the run itself does (``mark_failed``)."""
         with self.transaction() as c:
-            c.execute("UPDATE runs SET status = 'running', started = ?, error = NULL WHERE run_id = ?",
-                      (_now(), run_id))
+            c.execute(
+                "UPDATE runs SET status = 'running', started = ?, error = NULL WHERE run_id = ?", (_now(), run_id)
+            )
             return c.execute("SELECT attempts FROM runs WHERE run_id = ?", (run_id,)).fetchone()[0] + 1
 
     def requeue(self, run_id: str) -> None:
@@ -388,8 +407,21 @@ class Registry:
         import pandas as pd
 
         rows = [dict(r) for r in self.conn.execute("SELECT * FROM runs ORDER BY rowid")]
-        cols = ["run_id", *GRID_KEYS, "repeat", "seed", "trained", "status", "attempts", "error", *METRICS,
-                "resumed_from", "started", "finished", "config"]
+        cols = [
+            "run_id",
+            *GRID_KEYS,
+            "repeat",
+            "seed",
+            "trained",
+            "status",
+            "attempts",
+            "error",
+            *METRICS,
+            "resumed_from",
+            "started",
+            "finished",
+            "config",
+        ]
         out = []
         for r in rows:
             cfg = json.loads(r["config"])
@@ -411,7 +443,7 @@ class Registry:
         ).fetchone()
         if row is None or "'undefined'" in row[0]:
             return
-        table = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS measurements"):]
+        table = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS measurements") :]
         with self.transaction() as c:
             c.execute("ALTER TABLE measurements RENAME TO measurements_old")
             c.execute(table.replace(" IF NOT EXISTS", ""))
@@ -505,8 +537,9 @@ class Registry:
             by_measure.setdefault(r["measure"], {s: 0 for s in MEASUREMENT_STATES})[r["status"]] += 1
             if r["status"] != "done":
                 groups.setdefault((r["status"], reason_kind(r["error"]), r["measure"]), set()).add(r["run_id"])
-        not_done = [{"state": st, "reason": why, "measure": m, "runs": len(ids)}
-                    for (st, why, m), ids in sorted(groups.items())]
+        not_done = [
+            {"state": st, "reason": why, "measure": m, "runs": len(ids)} for (st, why, m), ids in sorted(groups.items())
+        ]
         return {"states": states, "by_measure": dict(sorted(by_measure.items())), "not_done": not_done}
 
     # --- checks -----------------------------------------------------------------------
@@ -544,7 +577,6 @@ class Registry:
             problems.append(f"measurements: unknown run {rid}")
         return problems
 
-
     # --- measuring (zoo measure) ------------------------------------------------------
 
     def done_runs(self) -> list[dict]:
@@ -556,6 +588,7 @@ class Registry:
         """``(measure, params JSON)`` of every row recorded for a run, in any state (finished rows)."""
         rows = self.conn.execute("SELECT measure, params FROM measurements WHERE run_id = ?", (run_id,))
         return {(r[0], r[1]) for r in rows}
+
 
 # --- rebuilding from the run directories --------------------------------------------------
 
@@ -604,9 +637,16 @@ def _restore_run(reg: Registry, run_dir: Path, grid_fp: str | None, problems: li
         problems.append(f"{run_dir}: a run of another grid ({str(cfg['grid_fingerprint'])[:12]}); skipped")
         return None
     with reg.transaction() as c:
-        c.execute("INSERT OR IGNORE INTO runs(run_id, config, repeat, seed, trained) VALUES (?, ?, ?, ?, ?)",
-                  (rid, canonical_json(cfg["config"]), int(cfg["repeat"]), int(cfg["seed"]),
-                   int(bool(cfg["config"].get("trained", True)))))
+        c.execute(
+            "INSERT OR IGNORE INTO runs(run_id, config, repeat, seed, trained) VALUES (?, ?, ?, ?, ?)",
+            (
+                rid,
+                canonical_json(cfg["config"]),
+                int(cfg["repeat"]),
+                int(cfg["seed"]),
+                int(bool(cfg["config"].get("trained", True))),
+            ),
+        )
     result = stored_result(run_dir, rid)
     if result is None:
         return "pending", 0
@@ -632,8 +672,15 @@ def _restore_measurements(reg: Registry, run_dir: Path, run_id: str, problems: l
             reg.conn.execute(
                 "INSERT OR REPLACE INTO measurements(run_id, measure, params, value, status, error, updated) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (run_id, str(row["measure"]), params_json(row.get("params")),
-                 None if value is None else float(value), str(row["state"]), row.get("reason"), updated),
+                (
+                    run_id,
+                    str(row["measure"]),
+                    params_json(row.get("params")),
+                    None if value is None else float(value),
+                    str(row["state"]),
+                    row.get("reason"),
+                    updated,
+                ),
             )
             n += 1
         except (AttributeError, KeyError, TypeError, ValueError, RegistryError) as exc:
@@ -664,8 +711,10 @@ def rebuild_registry(zoo_dir: str | Path, specs: Iterable[RunSpec] | None = None
     reg = Registry(tmp)
     try:
         with reg.transaction() as c:
-            c.executemany("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                          [(k, str(v)) for k, v in meta.items() if k != "schema"])
+            c.executemany(
+                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                [(k, str(v)) for k, v in meta.items() if k != "schema"],
+            )
         if specs is not None:
             reg.add_runs(specs)
         grid_fp = meta.get("grid_fingerprint")
@@ -682,7 +731,9 @@ def rebuild_registry(zoo_dir: str | Path, specs: Iterable[RunSpec] | None = None
         f.unlink(missing_ok=True)
     set_aside_registry(target, "replaced-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
     os.replace(tmp, target)
-    return (f"{counts['done']} done, {counts['pending']} pending (from run directories)"
-            + (f", {not_started} not started" if not_started else "")
-            + f", {counts['measurements']} measurement(s) restored"
-            + (f"; {len(problems)} problem(s): " + "; ".join(problems) if problems else ""))
+    return (
+        f"{counts['done']} done, {counts['pending']} pending (from run directories)"
+        + (f", {not_started} not started" if not_started else "")
+        + f", {counts['measurements']} measurement(s) restored"
+        + (f"; {len(problems)} problem(s): " + "; ".join(problems) if problems else "")
+    )

@@ -26,6 +26,7 @@ of C1-C3 when the two-of-three rule fired, plus ``C4`` when the budget was also 
 ``"C4"`` alone when only the budget stopped it. ``stop_reason`` joins them with ``+``
 (``"C1+C2"``, ``"C2+C3"``, ``"C4"``, ``"C1+C2+C4"``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence

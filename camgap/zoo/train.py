@@ -29,6 +29,7 @@ unreadable ``last.pt`` or ``final.pt`` (truncated, corrupt) is set aside as
 result's ``warnings``) and the run restarts from scratch: the same seed gives the same
 ``init.pt``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -232,8 +233,7 @@ def _run_lock(run_dir: Path):
 # --- data -------------------------------------------------------------------------------
 
 
-def prepare_split(records, classes: list[str], cache_dir, input_size: int, resize: str,
-                  progress: bool = False) -> str:
+def prepare_split(records, classes: list[str], cache_dir, input_size: int, resize: str, progress: bool = False) -> str:
     """Decode one split's records once into a TensorStore at ``cache_dir`` (reused when its
     fingerprint matches); return ``cache_dir`` for ``load_split``."""
     from camgap.data.store import TensorStore
@@ -279,8 +279,9 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return (x * w).sum(dim=1, keepdim=True)
 
 
-def augment_batch(images: torch.Tensor, generator: torch.Generator | None, flip_prob: float = 0.5,
-                  jitter: float = 0.4) -> torch.Tensor:
+def augment_batch(
+    images: torch.Tensor, generator: torch.Generator | None, flip_prob: float = 0.5, jitter: float = 0.4
+) -> torch.Tensor:
     """Random horizontal flip and colour jitter on a uint8 batch ``[B,3,H,W]`` -> float in [0,1].
 
     Per image: flip with probability ``flip_prob``; brightness, contrast and saturation
@@ -307,8 +308,9 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator | None, flip_
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std,
-             device: torch.device, batch_size: int = 256) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std, device: torch.device, batch_size: int = 256
+) -> tuple[float, float]:
     """Clean pass (eval mode, no augmentation): (mean cross-entropy, accuracy)."""
     from camgap.data.dataset import normalize
 
@@ -339,19 +341,27 @@ class RunInputs:
 
     @classmethod
     def of(cls, config: dict, seed: int) -> RunInputs:
-        return cls(int(seed), bool(config["augment"]), float(config.get("flip_prob") or 0.0),
-                   float(config.get("jitter") or 0.0), tuple(config["mean"]), tuple(config["std"]))
+        return cls(
+            int(seed),
+            bool(config["augment"]),
+            float(config.get("flip_prob") or 0.0),
+            float(config.get("jitter") or 0.0),
+            tuple(config["mean"]),
+            tuple(config["std"]),
+        )
 
 
 def resolve_precision(setting: str, device: torch.device) -> str:
-    """"fp32" or "bf16" for a run's steps: "auto" is bf16 where the device computes it natively (a
+    """ "fp32" or "bf16" for a run's steps: "auto" is bf16 where the device computes it natively (a
     GPU with bf16, a CPU with AVX512-BF16 or AMX), else fp32. Chosen per run and recorded with it."""
     if setting != "auto":
         return setting
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
-        torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    native = (
+        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
+        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    )
     return "bf16" if native else "fp32"
 
 
@@ -367,8 +377,9 @@ def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Genera
     return gen
 
 
-def training_batch(inputs: RunInputs, gen: torch.Generator, images: torch.Tensor, labels: torch.Tensor,
-                   idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def training_batch(
+    inputs: RunInputs, gen: torch.Generator, images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One training batch of a run: gathered on the device, augmented, normalised."""
     from camgap.data.dataset import normalize
 
@@ -378,8 +389,15 @@ def training_batch(inputs: RunInputs, gen: torch.Generator, images: torch.Tensor
     return normalize(x, inputs.mean, inputs.std), labels[idx]
 
 
-def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: RunInputs, images: torch.Tensor,
-                    labels: torch.Tensor, batch_size: int, epoch: int) -> float:
+def train_one_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    inputs: RunInputs,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    epoch: int,
+) -> float:
     """One pass over the training split in the run's own order; returns the mean running loss."""
     device = images.device
     gen = epoch_generator(inputs.seed, epoch, device)
@@ -424,8 +442,9 @@ def _rng_states(device: torch.device) -> dict:
 def _set_rng_states(states: dict, device: torch.device) -> None:
     torch.set_rng_state(states["torch"])
     npst = states["numpy"]
-    np.random.set_state(("MT19937", npst["key"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"],
-                         npst["gauss"]))
+    np.random.set_state(
+        ("MT19937", npst["key"].numpy().astype(np.uint32), npst["pos"], npst["has_gauss"], npst["gauss"])
+    )
     version, internal, gauss = states["python"]
     random.setstate((version, tuple(internal), gauss))
     if device.type == "cuda" and "cuda" in states:
@@ -440,8 +459,9 @@ def _seed_all(seed: int) -> None:
 
 def _make_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
     if cfg["optimizer"] == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                               weight_decay=cfg["weight_decay"])
+        return torch.optim.SGD(
+            model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
+        )
     if cfg["optimizer"] == "adam":
         return torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     raise InputError(f"unknown optimizer {cfg['optimizer']!r}")
@@ -475,8 +495,9 @@ def _checkpoint_base(task: dict, model: nn.Module) -> dict:
     }
 
 
-def _result(task: dict, epochs: int, stop_reason: str | None, train: tuple, test: tuple, wall: float,
-            resumed_from: int | None) -> dict:
+def _result(
+    task: dict, epochs: int, stop_reason: str | None, train: tuple, test: tuple, wall: float, resumed_from: int | None
+) -> dict:
     train_loss, train_acc = train
     test_loss, test_acc = test
     return {
@@ -514,8 +535,9 @@ def train_run(task: dict, epoch_callback: Callable[[int, dict], None] | None = N
     return train_pack([task], epoch_callback, packed=False)[0]
 
 
-def train_pack(tasks: list[dict], epoch_callback: Callable[[int, dict], None] | None = None,
-               packed: bool = True) -> list[dict]:
+def train_pack(
+    tasks: list[dict], epoch_callback: Callable[[int, dict], None] | None = None, packed: bool = True
+) -> list[dict]:
     """Train several runs of one architecture and batch size together (``camgap.zoo.packed``), each
     with its own seed, data order, augmentation, optimizer, stopping rules and files; return their
     results in order. A run that stops leaves the pack. With ``packed=False`` (one task) the run
@@ -603,8 +625,14 @@ class _Run:
     def next_epoch(self) -> int:
         return len(self.history) + 1
 
-    def end_epoch(self, train: tuple[float, float], test: tuple[float, float], running_loss: float,
-                  seconds: float, epoch_callback=None) -> None:
+    def end_epoch(
+        self,
+        train: tuple[float, float],
+        test: tuple[float, float],
+        running_loss: float,
+        seconds: float,
+        epoch_callback=None,
+    ) -> None:
         """Record one epoch: history, stopping decision, ``last.pt`` and ``history.json``."""
         self.diverged = not _finite_params(self.model)
         self.wall += seconds
@@ -620,14 +648,18 @@ class _Run:
         }
         self.history.append(record)
         self.decision = self.rules.check(self.history)
-        atomic_save(self._base() | {
-            "optimizer_state_dict": self.optimizer.state_dict(),
-            "epoch": record["epoch"],
-            "history": self.history,
-            "wall_time": self.wall,
-            "diverged": self.diverged,
-            "rng_states": _rng_states(self.device),
-        }, self.dir / "last.pt")
+        atomic_save(
+            self._base()
+            | {
+                "optimizer_state_dict": self.optimizer.state_dict(),
+                "epoch": record["epoch"],
+                "history": self.history,
+                "wall_time": self.wall,
+                "diverged": self.diverged,
+                "rng_states": _rng_states(self.device),
+            },
+            self.dir / "last.pt",
+        )
         atomic_write_json(self.history, self.dir / "history.json")
         delay = float(os.environ.get(EPOCH_DELAY_ENV, "0") or 0)
         if delay:
@@ -639,12 +671,21 @@ class _Run:
         """Write ``final.pt`` (weights + result) and drop ``last.pt``; the run's result."""
         last = self.history[-1]
         reason = "diverged" if self.diverged and not self.decision.stop else self.decision.reason
-        result = _result(self.task, len(self.history), reason, (last["train_loss"], last["train_acc"]),
-                         (last["test_loss"], last["test_acc"]), self.wall, self.resumed_from)
+        result = _result(
+            self.task,
+            len(self.history),
+            reason,
+            (last["train_loss"], last["train_acc"]),
+            (last["test_loss"], last["test_acc"]),
+            self.wall,
+            self.resumed_from,
+        )
         result |= {"pack_size": pack_size, "precision": self.precision}
         atomic_write_json(self.history, self.dir / "history.json")
-        atomic_save(self._base() | {"epoch": len(self.history), "history": self.history, "result": result},
-                    self.dir / "final.pt")
+        atomic_save(
+            self._base() | {"epoch": len(self.history), "history": self.history, "result": result},
+            self.dir / "final.pt",
+        )
         if not self.task.get("keep_last", False):
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / "last.pt").unlink()
@@ -723,8 +764,16 @@ def _train_packed(runs: list[_Run], splits, eval_bs: int, epoch_callback) -> Non
         pack = PackedResNet([r.model for r in active])
         inputs = [r.inputs for r in active]
         with autocast(active[0].precision, active[0].device):
-            losses = train_pack_epoch(pack, [r.optimizer for r in active], inputs, train_x, train_y, bs,
-                                      [r.next_epoch for r in active], frozen=frozen)
+            losses = train_pack_epoch(
+                pack,
+                [r.optimizer for r in active],
+                inputs,
+                train_x,
+                train_y,
+                bs,
+                [r.next_epoch for r in active],
+                frozen=frozen,
+            )
             train = evaluate_pack(pack, inputs, train_x, train_y, eval_bs)
             test = evaluate_pack(pack, inputs, test_x, test_y, eval_bs)
         seconds = time.perf_counter() - t0
@@ -751,7 +800,10 @@ def execute_task(task: dict) -> dict:
         disk = storage_error(exc)
         if disk is not None:
             where = disk.filename or task.get("run_dir")
-            return {"run_id": task["run_id"], "status": "storage",
-                    "error": f"{where}: {disk.strerror or disk} (errno {errno.errorcode.get(disk.errno, disk.errno)})"}
+            return {
+                "run_id": task["run_id"],
+                "status": "storage",
+                "error": f"{where}: {disk.strerror or disk} (errno {errno.errorcode.get(disk.errno, disk.errno)})",
+            }
         tb = traceback.format_exc(limit=8)
         return {"run_id": task["run_id"], "status": "failed", "error": f"{type(exc).__name__}: {exc}\n{tb}"}

@@ -75,8 +75,17 @@ from .imagenet import _read_imagenet
 from .kaggle import _read_kaggle
 from .listfile import _read_listfile
 
-__all__ = ["Record", "DataError", "read_layout", "detect_layout", "LAYOUTS", "SPLITS",
-           "parse_voc_xml", "Box", "IMAGE_EXTENSIONS"]
+__all__ = [
+    "Record",
+    "DataError",
+    "read_layout",
+    "detect_layout",
+    "LAYOUTS",
+    "SPLITS",
+    "parse_voc_xml",
+    "Box",
+    "IMAGE_EXTENSIONS",
+]
 
 
 _EXPECTED = {
@@ -123,9 +132,14 @@ _PARSERS: dict[str, Callable] = {
 }
 
 
-def read_layout(root: str | Path, layout: str = "auto", split: str = "train", *,
-                missing_ok: bool = False,
-                skipped: list | None = None) -> tuple[list[Record], list[str]]:
+def read_layout(
+    root: str | Path,
+    layout: str = "auto",
+    split: str = "train",
+    *,
+    missing_ok: bool = False,
+    skipped: list | None = None,
+) -> tuple[list[Record], list[str]]:
     """Read one split of a dataset: ``(records, classes)``.
 
     ``layout`` is one of ``"auto"`` (see :func:`detect_layout`), ``"imagenet"``,

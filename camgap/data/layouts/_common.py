@@ -23,8 +23,7 @@ Box = tuple[float, float, float, float]
 
 LAYOUTS = ("imagenet", "listfile", "kaggle", "coco", "csv")
 SPLITS = ("train", "test")
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm",
-                    ".pgm")
+IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
 @dataclass(frozen=True)
@@ -45,6 +44,7 @@ class Record:
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 class _Bad:
     """Collects bad entries: raise, or record and skip when a list was given."""
@@ -158,8 +158,7 @@ def parse_voc_xml(path: str | Path) -> tuple[tuple[int, int] | None, list[tuple[
         if bb is None:
             continue
         name = (obj.findtext("name") or "").strip()
-        box = tuple(_num(bb.findtext(k), path, f"<bndbox><{k}>")
-                    for k in ("xmin", "ymin", "xmax", "ymax"))
+        box = tuple(_num(bb.findtext(k), path, f"<bndbox><{k}>") for k in ("xmin", "ymin", "xmax", "ymax"))
         objects.append((name, box))
     return size, objects
 
@@ -167,8 +166,9 @@ def parse_voc_xml(path: str | Path) -> tuple[tuple[int, int] | None, list[tuple[
 def _list_images(d: Path) -> list[Path]:
     """Sorted image files directly in ``d`` (one ``scandir``, no per-file ``stat``)."""
     with os.scandir(d) as it:
-        return sorted(Path(e.path) for e in it
-                      if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS)
+        return sorted(
+            Path(e.path) for e in it if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+        )
 
 
 def _xml_stems(d: Path, cache: dict) -> dict[str, Path]:
@@ -198,11 +198,13 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
             fields = [h.strip() for h in (reader.fieldnames or [])]
             missing = [c for c in required if c not in fields]
             if missing:
-                raise DataError(path, f"missing column(s) {', '.join(missing)}; header must "
-                                      f"contain {','.join(required)} (found {','.join(fields)})")
+                raise DataError(
+                    path,
+                    f"missing column(s) {', '.join(missing)}; header must "
+                    f"contain {','.join(required)} (found {','.join(fields)})",
+                )
             reader.fieldnames = fields
-            return [{k: (v or "").strip() for k, v in row.items() if k is not None}
-                    for row in reader]
+            return [{k: (v or "").strip() for k, v in row.items() if k is not None} for row in reader]
     except UnicodeDecodeError as e:
         raise DataError(path, f"not a UTF-8 text file ({e})") from None
     except csv.Error as e:
@@ -213,8 +215,14 @@ def _box_label(name: str, index: dict[str, int]) -> int:
     return index.get(name, -1)
 
 
-def _train_classes(split: str, split_source: Path, train_source: Path, read: Callable[[Path], T],
-                   follows: str, current: T | None = None) -> T:
+def _train_classes(
+    split: str,
+    split_source: Path,
+    train_source: Path,
+    read: Callable[[Path], T],
+    follows: str,
+    current: T | None = None,
+) -> T:
     """Where the classes come from: the train split (``read(train_source)``, or ``current``
     when ``split`` is the train split and was read already). A dataset without a train split
     takes them from the split being read (``current`` or ``read(split_source)``), with a

@@ -17,14 +17,13 @@ def _load_json(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(path, f"malformed JSON ({e})") from None
     if not isinstance(data, dict) or "images" not in data or "categories" not in data:
-        raise DataError(path, "not a COCO instances file (needs 'images', 'annotations', "
-                              "'categories')")
+        raise DataError(path, "not a COCO instances file (needs 'images', 'annotations', 'categories')")
     return data
 
 
 def _coco_classes(data: dict, path: Path) -> tuple[list[str], dict[int, str]]:
     try:
-        cats = sorted(((int(c["id"]), str(c["name"])) for c in data["categories"]))
+        cats = sorted((int(c["id"]), str(c["name"])) for c in data["categories"])
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(path, f"malformed 'categories' entry ({e!r})") from None
     return [name for _, name in cats], dict(cats)
@@ -35,8 +34,9 @@ def _read_coco(root: Path, split: str, missing_ok: bool, bad: _Bad):
     data = _load_json(split_file)
     train_file = root / "train.json"
     own = _coco_classes(data, split_file)
-    classes, _ = _train_classes(split, split_file, train_file, lambda p: _coco_classes(_load_json(p), p),
-                                "classes follow the categories", own)
+    classes, _ = _train_classes(
+        split, split_file, train_file, lambda p: _coco_classes(_load_json(p), p), "classes follow the categories", own
+    )
     cat_name = own[1]
     index = {c: i for i, c in enumerate(classes)}
 
@@ -46,8 +46,7 @@ def _read_coco(root: Path, split: str, missing_ok: bool, bad: _Bad):
             x, y, w, h = (float(v) for v in a["bbox"])
             anns[a["image_id"]].append((int(a["category_id"]), (x, y, x + w, y + h), w * h))
         except (KeyError, TypeError, ValueError) as e:
-            raise DataError(split_file, f"malformed annotation {a.get('id', '?')} ({e!r})") \
-                from None
+            raise DataError(split_file, f"malformed annotation {a.get('id', '?')} ({e!r})") from None
 
     records = []
     for im in data["images"]:
@@ -62,8 +61,10 @@ def _read_coco(root: Path, split: str, missing_ok: bool, bad: _Bad):
             continue
         objs = anns.get(im_id, [])
         if not objs:
-            bad(img, f"no boxes in {split_file.name}, so no label (a COCO image's label is "
-                     "the category of its largest box)")
+            bad(
+                img,
+                f"no boxes in {split_file.name}, so no label (a COCO image's label is the category of its largest box)",
+            )
             continue
         unknown = [c for c, _, _ in objs if c not in cat_name]
         if unknown:
@@ -72,12 +73,18 @@ def _read_coco(root: Path, split: str, missing_ok: bool, bad: _Bad):
         big = max(range(len(objs)), key=lambda i: (objs[i][2], -i))
         name = cat_name[objs[big][0]]
         if name not in index:
-            bad(img, f"class {name!r} (its largest box) is not among the {len(classes)} "
-                     "train classes")
+            bad(img, f"class {name!r} (its largest box) is not among the {len(classes)} train classes")
             continue
         w, h = im.get("width"), im.get("height")
         size = (int(w), int(h)) if w and h else None
-        records.append(Record(img, index[name], tuple(b for _, b, _ in objs),
-                              tuple(index.get(cat_name[c], -1) for c, _, _ in objs), size,
-                              PurePosixPath(fname).stem))
+        records.append(
+            Record(
+                img,
+                index[name],
+                tuple(b for _, b, _ in objs),
+                tuple(index.get(cat_name[c], -1) for c, _, _ in objs),
+                size,
+                PurePosixPath(fname).stem,
+            )
+        )
     return records, classes, split_file

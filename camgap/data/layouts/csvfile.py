@@ -16,8 +16,9 @@ def _read_csv_layout(root: Path, split: str, missing_ok: bool, bad: _Bad):
     split_file = _require_file(root / f"{split}.csv", "split file")
     rows = _read_csv(split_file, _CSV_COLUMNS)
     train_file = root / "train.csv"
-    train_rows = _train_classes(split, split_file, train_file, lambda p: _read_csv(p, _CSV_COLUMNS),
-                                "classes follow the labels", rows)
+    train_rows = _train_classes(
+        split, split_file, train_file, lambda p: _read_csv(p, _CSV_COLUMNS), "classes follow the labels", rows
+    )
     classes = sorted({r["label"] for r in train_rows if r["label"]})
     index = {c: i for i, c in enumerate(classes)}
 
@@ -35,20 +36,27 @@ def _read_csv_layout(root: Path, split: str, missing_ok: bool, bad: _Bad):
             continue
         labels = {r["label"] for _, r in grp}
         if len(labels) != 1:
-            bad(img, f"rows {', '.join(str(n) for n, _ in grp)} of {split_file.name} give "
-                     f"different labels {sorted(labels)}")
+            bad(
+                img,
+                f"rows {', '.join(str(n) for n, _ in grp)} of {split_file.name} give different labels {sorted(labels)}",
+            )
             continue
         label = labels.pop()
         if label not in index:
-            bad(img, f"label {label!r} ({split_file.name} row {grp[0][0]}) is not among the "
-                     f"{len(classes)} classes of {train_file.name}")
+            bad(
+                img,
+                f"label {label!r} ({split_file.name} row {grp[0][0]}) is not among the "
+                f"{len(classes)} classes of {train_file.name}",
+            )
             continue
         boxes, box_labels, size, ok = [], [], None, True
         for n, r in grp:
             vals = [r[k] for k in ("xmin", "ymin", "xmax", "ymax")]
             if r.get("width") and r.get("height"):
-                size = (int(_num(r["width"], split_file, f"row {n} width")),
-                        int(_num(r["height"], split_file, f"row {n} height")))
+                size = (
+                    int(_num(r["width"], split_file, f"row {n} width")),
+                    int(_num(r["height"], split_file, f"row {n} height")),
+                )
             if not any(vals):
                 continue
             if not all(vals):
@@ -56,8 +64,7 @@ def _read_csv_layout(root: Path, split: str, missing_ok: bool, bad: _Bad):
                 ok = False
                 break
             try:
-                box = tuple(_num(v, split_file, f"row {n} {k}")
-                            for v, k in zip(vals, ("xmin", "ymin", "xmax", "ymax")))
+                box = tuple(_num(v, split_file, f"row {n} {k}") for v, k in zip(vals, ("xmin", "ymin", "xmax", "ymax")))
             except DataError as e:
                 bad(e.path, e.problem)
                 ok = False
@@ -65,6 +72,5 @@ def _read_csv_layout(root: Path, split: str, missing_ok: bool, bad: _Bad):
             boxes.append(box)
             box_labels.append(index.get(r.get("box_label") or label, -1))
         if ok:
-            records.append(Record(img, index[label], tuple(boxes), tuple(box_labels), size,
-                                  PurePosixPath(rel).stem))
+            records.append(Record(img, index[label], tuple(boxes), tuple(box_labels), size, PurePosixPath(rel).stem))
     return records, classes, split_file

@@ -13,15 +13,14 @@ from ._common import Record, _Bad, _inside_root, _read_csv, _read_text_lines, _r
 def _parse_prediction_string(s: str, path: Path, n: int, bad: _Bad):
     toks = s.split()
     if len(toks) % 5:
-        bad(path, f"row {n}: PredictionString must be groups of 'wnid xmin ymin xmax ymax', "
-                  f"got {len(toks)} fields")
+        bad(path, f"row {n}: PredictionString must be groups of 'wnid xmin ymin xmax ymax', got {len(toks)} fields")
         return None
     out = []
     for i in range(0, len(toks), 5):
         try:
-            box = tuple(float(t) for t in toks[i + 1:i + 5])
+            box = tuple(float(t) for t in toks[i + 1 : i + 5])
         except ValueError:
-            bad(path, f"row {n}: non-numeric box coordinate in {' '.join(toks[i:i + 5])!r}")
+            bad(path, f"row {n}: non-numeric box coordinate in {' '.join(toks[i : i + 5])!r}")
             return None
         out.append((toks[i], box))
     return out
@@ -37,8 +36,7 @@ def _read_kaggle(root: Path, split: str, missing_ok: bool, bad: _Bad):
     else:
         src = split_file if ksplit == "train" else train_file
         if not src.is_file():
-            raise MissingFileError(f"{train_file}: needed for the class list (or "
-                                    f"{synsets.name}) but not found")
+            raise MissingFileError(f"{train_file}: needed for the class list (or {synsets.name}) but not found")
         wnids = set()
         for row in _read_csv(src, ("ImageId", "PredictionString")):
             wnids.add(row["ImageId"].split("_")[0] if "_" in row["ImageId"] else "")
@@ -66,12 +64,23 @@ def _read_kaggle(root: Path, split: str, missing_ok: bool, bad: _Bad):
         if not _inside_root(root, img, image_id, split_file, f"row {n}", bad):
             continue
         if ksplit != "train" and not objects:
-            bad(img, f"no boxes in {split_file.name} row {n}, so no label "
-                     "(a val image's label is the wnid of its first box)")
+            bad(
+                img,
+                f"no boxes in {split_file.name} row {n}, so no label "
+                "(a val image's label is the wnid of its first box)",
+            )
             continue
         if wnid not in index:
             bad(img, f"class {wnid!r} is not among the {len(classes)} train classes")
             continue
-        records.append(Record(img, index[wnid], tuple(b for _, b in objects),
-                              tuple(index.get(w, -1) for w, _ in objects), None, image_id))
+        records.append(
+            Record(
+                img,
+                index[wnid],
+                tuple(b for _, b in objects),
+                tuple(index.get(w, -1) for w, _ in objects),
+                None,
+                image_id,
+            )
+        )
     return records, classes, split_file

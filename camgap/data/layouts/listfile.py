@@ -42,8 +42,7 @@ def _read_listfile(root: Path, split: str, missing_ok: bool, bad: _Bad):
     split_file = _require_file(root / f"{split}.txt", "split file")
     train_file = root / "train.txt"
     entries = _parse_listfile(split_file)
-    train_entries = _train_classes(split, split_file, train_file, _parse_listfile, "classes follow the labels",
-                                   entries)
+    train_entries = _train_classes(split, split_file, train_file, _parse_listfile, "classes follow the labels", entries)
     if not train_entries:
         raise DataError(train_file if split != "train" else split_file, "no images")
     n_classes = max(lab for _, lab, _ in train_entries) + 1
@@ -87,8 +86,11 @@ def _read_listfile(root: Path, split: str, missing_ok: bool, bad: _Bad):
         if not _inside_root(root, img, name, split_file, f"line {n}", bad):
             continue
         if lab >= n_classes:
-            bad(img, f"label {lab} ({split_file} line {n}) is outside the {n_classes} classes "
-                     f"of the train split (0..{n_classes - 1})")
+            bad(
+                img,
+                f"label {lab} ({split_file} line {n}) is outside the {n_classes} classes "
+                f"of the train split (0..{n_classes - 1})",
+            )
             continue
         try:
             xml, ann = parsed[name] if name in parsed else annotation(name)
@@ -102,7 +104,14 @@ def _read_listfile(root: Path, split: str, missing_ok: bool, bad: _Bad):
                 bad(img, f"missing annotation: expected {xml}")
             continue
         size, objects = ann
-        records.append(Record(img, lab, tuple(b for _, b in objects),
-                              tuple(box_label(o) for o, _ in objects), size,
-                              PurePosixPath(name).stem))
+        records.append(
+            Record(
+                img,
+                lab,
+                tuple(b for _, b in objects),
+                tuple(box_label(o) for o, _ in objects),
+                size,
+                PurePosixPath(name).stem,
+            )
+        )
     return records, classes, split_file
