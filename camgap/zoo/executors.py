@@ -38,6 +38,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
 from concurrent.futures import wait as futures_wait
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -80,6 +81,21 @@ def _lost(task: dict, worker_died: bool, error: str) -> dict:
 
 
 TaskFn = Callable[[dict], dict]
+
+
+class Executor(Protocol):
+    """Where runs (or a run's measurements) execute. ``submit`` a task dict while fewer than
+    ``capacity`` are in flight; ``wait`` blocks until at least one ends and returns their result
+    dicts (a task's ``fn`` never raises: failures come back as results); ``close`` ends the work
+    in flight. The driver that uses one is the only writer of the registry."""
+
+    capacity: int
+
+    def submit(self, task: dict) -> None: ...
+
+    def wait(self) -> list[dict]: ...
+
+    def close(self) -> None: ...
 
 
 class InProcessExecutor:
@@ -320,7 +336,7 @@ def make_executor(
     cpus_per_run: int | None = None,
     run_threads: int = 1,
     fn: TaskFn = execute_task,
-):
+) -> Executor:
     """Build an executor that calls ``fn(task)`` for each task (default: train a run). Local
     defaults: one worker per GPU, else one per ``run_threads`` CPUs (the grid's ``[train]
     threads``: parallelism comes from workers, never from a run's thread count, which would
