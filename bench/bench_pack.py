@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--parts", type=int, nargs="+", default=[1, 2, 3])
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--size", type=int, default=56, help="demo input size")
+    ap.add_argument("--size", type=int, default=32, help="demo input size")
     ap.add_argument("--train-images", type=int, default=900)
     ap.add_argument("--k", type=int, nargs="+", default=[4, 8], help="pack sizes of part 1")
     ap.add_argument("--r18-k", type=int, nargs="+", default=[1, 4, 8, 16])

@@ -13,22 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from camgap.zoo.measure import DEFAULT_MEASURES
+
 # name -> (synthetic data settings, grid, measure settings)
 PRESETS = {
     "full": dict(
         data=dict(classes=6, train_per_class=150, test_per_class=50, size=32),
         grid="demo",
-        measures=(
-            "iou",
-            "iou_b",
-            "spectral_norm",
-            "nuclear_norm",
-            "effective_invariance",
-            "inverse_margin",
-            "frobenius_norm",
-            "path_norm",
-            "distance_from_init",
-        ),
+        measures=DEFAULT_MEASURES,  # the paper's five and the cheap baselines; not PAC-Bayes flatness
         cams=("gradcam", "gradcam++", "smoothgradcam++"),
         masks=("boxes", "saliency"),
     ),

@@ -44,3 +44,28 @@ def frames(zoo: Path):
 
 def quiet(*args, **kwargs) -> None:
     """A `log` that prints nothing."""
+
+
+def run_task(spec, data: Path, cache_root: Path, run_dir: Path, size: int = 16, **extra) -> dict:
+    """The task dict the builder hands a worker for one run of a grid (`RunSpec`), on `data`
+    decoded at `size` into `cache_root`."""
+    from camgap.data.layouts import read_layout
+    from camgap.zoo.train import prepare_split
+
+    caches = {}
+    for split in ("train", "test"):
+        records, classes = read_layout(data, "csv", split)
+        caches[split] = prepare_split(records, classes, cache_root / f"cache-{split}", size, "resize")
+    return {
+        "run_id": spec.run_id,
+        "config": spec.config,
+        "seed": spec.seed,
+        "repeat": spec.repeat,
+        "run_dir": str(run_dir),
+        "data": caches,
+        "num_classes": len(classes),
+        "classes": classes,
+        "device": "cpu",
+        "eval_batch_size": 64,
+        "keep_last": True,
+    } | extra

@@ -13,8 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from fixtures_zoo import run_task
 
-from camgap.data.layouts import read_layout
 from camgap.data.synthetic import write_synthetic
 from camgap.models import create_model, load_checkpoint
 from camgap.zoo.build import EXPORT_COLUMNS, ZooError, build, export, format_status, status
@@ -22,7 +22,7 @@ from camgap.zoo.cli import main as zoo_main
 from camgap.zoo.grid import load_grid
 from camgap.zoo.pretrained import PretrainedWeightsError, load_pretrained_backbone, pretrained_paths
 from camgap.zoo.registry import Registry
-from camgap.zoo.train import EPOCH_DELAY_ENV, INJECT_FAIL_ENV, augment_batch, prepare_split, train_run
+from camgap.zoo.train import EPOCH_DELAY_ENV, INJECT_FAIL_ENV, augment_batch, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,25 +140,7 @@ def test_build_end_to_end_and_rebuild(tmp_path, data):
 
 def _task(tmp_path, data, run_dir, epochs=2, augment=True):
     grid = load_grid(write_grid(tmp_path / "g.toml", epochs=epochs, augs=str(augment).lower()))
-    spec = grid.runs()[0]
-    caches = {}
-    for split in ("train", "test"):
-        records, classes = read_layout(data, "csv", split)
-        caches[split] = prepare_split(records, classes, tmp_path / f"cache-{split}", 16, "resize")
-    return {
-        "run_id": spec.run_id,
-        "config": spec.config,
-        "seed": spec.seed,
-        "repeat": 0,
-        "run_dir": str(run_dir),
-        "data": caches,
-        "num_classes": 3,
-        "classes": classes,
-        "device": "cpu",
-        "threads": 1,
-        "eval_batch_size": 64,
-        "keep_last": True,
-    }
+    return run_task(grid.runs()[0], data, tmp_path, run_dir, threads=1)
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, data):

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from fixtures_zoo import run_task
 
 from camgap.data.synthetic import write_synthetic
 from camgap.zoo.build import build, pack_plan
 from camgap.zoo.grid import GridError, load_grid
 from camgap.zoo.registry import Registry
-from camgap.zoo.train import prepare_split, train_pack
+from camgap.zoo.train import train_pack
 
 GRID = """
 [grid]
@@ -140,35 +141,11 @@ def test_packs_give_the_same_weights_at_any_worker_count(tmp_path, data):
 
 
 def _pack_tasks(tmp_path: Path, data: Path, out: str, epochs: int = 3) -> list[dict]:
-    from camgap.data.layouts import read_layout
-
     g = load_grid(grid(tmp_path / "g.toml", 3, epochs=epochs))
-    records, classes = read_layout(data, "csv", "train")
-    test_records, _ = read_layout(data, "csv", "test")
-    caches = {
-        "train": prepare_split(records, classes, tmp_path / "cache" / "train", 16, "resize"),
-        "test": prepare_split(test_records, classes, tmp_path / "cache" / "test", 16, "resize"),
-    }
     plan = pack_plan(g)
     specs = [s for s in g.runs() if s.run_id in plan]
     first = plan[specs[0].run_id]
-    return [
-        {
-            "run_id": s.run_id,
-            "config": s.config,
-            "seed": s.seed,
-            "repeat": s.repeat,
-            "run_dir": str(tmp_path / out / s.run_id),
-            "data": caches,
-            "num_classes": 3,
-            "classes": classes,
-            "device": "cpu",
-            "eval_batch_size": 64,
-            "keep_last": True,
-        }
-        for s in specs
-        if plan[s.run_id] == first
-    ]
+    return [run_task(s, data, tmp_path / "cache", tmp_path / out / s.run_id) for s in specs if plan[s.run_id] == first]
 
 
 def _assert_same_weights(a: list[dict], b: list[dict], tmp_path: Path, out_a: str, out_b: str) -> None:

@@ -10,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures_zoo import run_task
 
 import camgap.zoo.train as zt
-from camgap.data.layouts import read_layout
 from camgap.data.synthetic import write_synthetic
 from camgap.models import CheckpointError, create_model, read_checkpoint
 from camgap.zoo.build import build
 from camgap.zoo.grid import GridError, load_grid
 from camgap.zoo.pretrained import load_pretrained_backbone
 from camgap.zoo.registry import Registry
-from camgap.zoo.train import prepare_split, train_run
+from camgap.zoo.train import train_run
 
 GRID = """
 [grid]
@@ -138,24 +138,7 @@ def test_run_sets_its_threads_and_restores_the_callers(tmp_path, data, monkeypat
 
 
 def _task(tmp_path: Path, data: Path, run_dir: Path) -> dict:
-    spec = load_grid(write_grid(tmp_path / "g.toml")).runs()[0]
-    caches = {}
-    for split in ("train", "test"):
-        records, classes = read_layout(data, "csv", split)
-        caches[split] = prepare_split(records, classes, tmp_path / f"cache-{split}", 16, "resize")
-    return {
-        "run_id": spec.run_id,
-        "config": spec.config,
-        "seed": spec.seed,
-        "repeat": 0,
-        "run_dir": str(run_dir),
-        "data": caches,
-        "num_classes": 3,
-        "classes": classes,
-        "device": "cpu",
-        "eval_batch_size": 64,
-        "keep_last": True,
-    }
+    return run_task(load_grid(write_grid(tmp_path / "g.toml")).runs()[0], data, tmp_path, run_dir)
 
 
 def test_last_pt_loads_with_weights_only_and_resumes(tmp_path, data):
