@@ -181,8 +181,14 @@ def test_sigkill_of_a_worker_process(tmp_path, data, monkeypatch):
     assert s.done == 2 and s.failed == 0 and s.failed_now == 0
     lost = [line for line in lines if line.startswith("LOST")]
     died = [line for line in lost if "its worker process died (killed" in line]
-    assert len(died) == 1, lines  # told apart from its sibling by pid and exit signal
-    assert all("another run's dead worker" in line for line in lost if line not in died)
+    # the dead worker's run is told apart from its sibling by pid and exit signal when the pool
+    # still lists its processes; when it no longer does (a race with the pool's own shutdown),
+    # both are suspects: either way every run is re-queued without using an attempt
+    assert 1 <= len(died) <= 2, lines
+    if len(died) == 1:
+        assert all("another run's dead worker" in line for line in lost if line not in died)
+    else:
+        assert all("cannot tell which" in line for line in died)
     frame = runs(zoo)
     assert (frame.status == "done").all() and (frame.attempts == 0).all()
     for r in frame.itertuples():
