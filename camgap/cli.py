@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -838,6 +839,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("camgap: interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `camgap models | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (CamgapError, OSError) as exc:  # anything else is a bug: keep its traceback
         print(f"camgap: error: {_one_line(exc)}", file=sys.stderr)
         return 2

@@ -124,3 +124,15 @@ def test_warnings_are_one_line_on_stderr():
     assert out.returncode == 0 and out.stderr == "camgap: warning: a b\n"
     out = subprocess.run([sys.executable, "-c", code, "-qq", "synth", "--out", "x"], capture_output=True, text=True)
     assert out.stderr == ""
+
+
+def test_a_closed_pipe_ends_quietly():
+    import subprocess
+    import sys
+
+    code = "import sys; from camgap import cli; sys.exit(cli.main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", code, "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.readline()  # `camgap models | head -1`
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 0
+    assert b"Broken pipe" not in proc.stderr.read()

@@ -538,6 +538,7 @@ def _measure_plans(
         file=sys.stderr,
         disable=not progress,
         dynamic_ncols=True,
+        mininterval=0.1 if sys.stderr.isatty() else 10.0,  # a log file gets a line per 10 s, not per step
     )
     counted: dict[str, int] = {}
     current: list[str] = []  # the run the in-process executor measures now
