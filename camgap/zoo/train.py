@@ -352,17 +352,13 @@ class RunInputs:
 
 
 def resolve_precision(setting: str, device: torch.device) -> str:
-    """ "fp32" or "bf16" for a run's steps: "auto" is bf16 where the device computes it natively (a
-    GPU with bf16, a CPU with AVX512-BF16 or AMX), else fp32. Chosen per run and recorded with it."""
+    """ "fp32" or "bf16" for a run's steps: "auto" is bf16 on a GPU that computes it natively, else
+    fp32; chosen per run and recorded with it. Never bf16 on a CPU for "auto": there, CPU autocast
+    kept SGD runs of the demo's models at chance accuracy where fp32 trains them
+    (``bench/bench_bf16_training.py``)."""
     if setting != "auto":
         return setting
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    native = (
-        getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)()
-        or getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    )
-    return "bf16" if native else "fp32"
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 
 
 def autocast(precision: str, device: torch.device):
