@@ -502,6 +502,11 @@ def _sweep(
             "keep_last": keep_last,
         }
 
+    def units_in_flight() -> int:
+        """Tasks the executor holds: each pack is one, each run outside a pack one."""
+        packed = sum(len(members) for members in pack_members.values())
+        return len(pack_members) + len(inflight) - packed
+
     def results(res: dict) -> list[dict]:
         """One result per run: a pack's results, or its one outcome given to each of its runs."""
         members = pack_members.pop(res["run_id"], None)
@@ -513,7 +518,7 @@ def _sweep(
 
     try:
         while queue or inflight:
-            while queue and len(pack_members) + len(inflight) - sum(map(len, pack_members.values())) < ex.capacity:
+            while queue and units_in_flight() < ex.capacity:
                 run = queue.popleft()
                 pack_id = packs.get(run["run_id"])
                 mates = [r for r in queue if pack_id is not None and packs.get(r["run_id"]) == pack_id]
