@@ -29,7 +29,7 @@ import torch
 
 from camgap.models import create_model
 from camgap.zoo.packed import PackedResNet, train_pack_epoch
-from camgap.zoo.train import RunInputs, autocast, resolve_precision, train_one_epoch
+from camgap.zoo.train import RunInputs, resolve_precision, train_one_epoch
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 SOLO_PAPER_CPU_HOURS = {"resnet18": 28_425}  # bench/bench_train.py's projection (BENCHMARKS.md)
@@ -59,11 +59,10 @@ def epoch_ips(arch, width, k, bs, precision, channels_last, images, labels, devi
     n = int(labels.shape[0])
 
     def epoch(e: int) -> None:
-        with autocast(precision, device):
-            if k == 1 and precision == "fp32" and not channels_last:  # the solo loop, as camgap ran before
-                train_one_epoch(models[0], opts[0], inputs[0], images, labels, bs, e)
-            else:
-                train_pack_epoch(PackedResNet(models), opts, inputs, images, labels, bs, [e] * k)
+        if k == 1:  # the solo loop
+            train_one_epoch(models[0], opts[0], inputs[0], images, labels, bs, e, precision)
+        else:
+            train_pack_epoch(PackedResNet(models), opts, inputs, images, labels, bs, [e] * k, precision=precision)
 
     epoch(1)
     _sync(device)
@@ -86,8 +85,10 @@ def part1(args, device: torch.device) -> None:
         for bs in (32, 64):
             base = epoch_ips(arch, 8, 1, bs, "fp32", False, images, labels, device)
             print(f"| {arch} w8 | {bs} | 1 | fp32 | no | {base:.0f} | 1.00x |", flush=True)
-            for k in args.k:
-                for precision, cl in (("fp32", False), ("bf16", False), ("bf16", True)):
+            for k in [1, *args.k]:
+                for precision, cl in (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True)):
+                    if (k, precision, cl) == (1, "fp32", False):
+                        continue
                     if precision == "bf16" and bf16 != "bf16" and not args.force_bf16:
                         continue
                     ips = epoch_ips(arch, 8, k, bs, precision, cl, images, labels, device)
@@ -109,8 +110,7 @@ def step_ips(k: int, precision: str, args, device: torch.device) -> float:
     pack = PackedResNet(models).train()
 
     def step() -> None:
-        with autocast(precision, device):
-            pack_train_step(pack, opts, x, y)
+        pack_train_step(pack, opts, x, y, precision=precision)
 
     step()
     _sync(device)

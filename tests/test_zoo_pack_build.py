@@ -260,7 +260,6 @@ def test_precision_and_memory_layout_are_recorded_and_keep_the_seed(tmp_path, da
     ]
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
-    assert resolve_precision("auto", cpu) == "fp32"  # CPU autocast does not train these models (see the doc)
     with pytest.raises(GridError, match="precision"):
         (tmp_path / "b.toml").write_text(text.replace('"bf16"', '"fp16"'))
         load_grid(tmp_path / "b.toml")

@@ -138,15 +138,19 @@ def pack_train_step(
     x: Tensor,
     y: Tensor,
     stepping: Sequence[torch.optim.Optimizer] | None = None,
+    precision: str = "fp32",
 ) -> Tensor:
     """One optimisation step of every run: ``x`` ``[K, B, 3, H, W]`` (normalised), ``y`` ``[K, B]``.
 
     The summed loss has, for each run's parameters, exactly the gradient of that run's own mean
     cross-entropy, so each optimizer steps as it would alone (only those in ``stepping``, when
     given). Returns the K losses."""
-    logits = pack(x)
+    from camgap.zoo.train import autocast
+
+    with autocast(precision, x.device):
+        logits = pack(x).float()
     k, b, c = logits.shape
-    losses = F.cross_entropy(logits.reshape(k * b, c).float(), y.reshape(k * b), reduction="none").view(k, b).mean(1)
+    losses = F.cross_entropy(logits.reshape(k * b, c), y.reshape(k * b), reduction="none").view(k, b).mean(1)
     for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     losses.sum().backward()
@@ -164,6 +168,7 @@ def train_pack_epoch(
     batch_size: int,
     epochs: Sequence[int],
     frozen: Sequence[bool] | None = None,
+    precision: str = "fp32",
 ) -> list[float]:
     """One epoch of every run of the pack (``epochs[k]``: run k's epoch number); each run draws its
     shuffle and augmentation from its own generator in the order it would alone
@@ -186,7 +191,9 @@ def train_pack_epoch(
             for r, g, perm in zip(runs, gens, perms, strict=True)
         ]
         y = torch.stack([b[1] for b in batches])
-        running += pack_train_step(pack, optimizers, torch.stack([b[0] for b in batches]), y, stepping) * y.shape[1]
+        running += (
+            pack_train_step(pack, optimizers, torch.stack([b[0] for b in batches]), y, stepping, precision) * y.shape[1]
+        )
     with torch.no_grad():
         for k, buffers in kept.items():
             for name, b in pack.runs[k].named_buffers():
@@ -196,10 +203,16 @@ def train_pack_epoch(
 
 @torch.inference_mode()
 def evaluate_pack(
-    pack: PackedResNet, runs: Sequence[RunInputs], images: Tensor, labels: Tensor, batch_size: int = 256
+    pack: PackedResNet,
+    runs: Sequence[RunInputs],
+    images: Tensor,
+    labels: Tensor,
+    batch_size: int = 256,
+    precision: str = "fp32",
 ) -> list[tuple[float, float]]:
     """Clean pass of every run (eval mode, no augmentation): [(mean cross-entropy, accuracy)]."""
     from camgap.data.dataset import normalize
+    from camgap.zoo.train import autocast
 
     pack.eval()
     n = int(labels.shape[0])
@@ -207,7 +220,8 @@ def evaluate_pack(
     correct = torch.zeros(len(runs), dtype=torch.int64, device=images.device)
     for s in range(0, n, batch_size):
         x, y = images[s : s + batch_size], labels[s : s + batch_size]
-        out = pack(torch.stack([normalize(x, r.mean, r.std) for r in runs])).float()  # [K, B, C]
+        with autocast(precision, images.device):
+            out = pack(torch.stack([normalize(x, r.mean, r.std) for r in runs])).float()  # [K, B, C]
         k, b, c = out.shape
         ce = F.cross_entropy(out.reshape(k * b, c), y.repeat(k), reduction="none").view(k, b)
         total += ce.sum(1).double()

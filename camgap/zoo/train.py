@@ -309,7 +309,14 @@ def augment_batch(
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, mean, std, device: torch.device, batch_size: int = 256
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mean,
+    std,
+    device: torch.device,
+    batch_size: int = 256,
+    precision: str = "fp32",
 ) -> tuple[float, float]:
     """Clean pass (eval mode, no augmentation): (mean cross-entropy, accuracy)."""
     from camgap.data.dataset import normalize
@@ -321,8 +328,9 @@ def evaluate(
     for s in range(0, n, batch_size):
         x = images[s : s + batch_size].to(device, non_blocking=True)
         y = labels[s : s + batch_size].to(device, non_blocking=True)
-        out = model(normalize(x, mean, std))
-        total += F.cross_entropy(out.float(), y, reduction="sum").double()
+        with autocast(precision, device):
+            out = model(normalize(x, mean, std)).float()
+        total += F.cross_entropy(out, y, reduction="sum").double()
         correct += (out.argmax(1) == y).sum()
     return float(total) / n, int(correct) / n
 
@@ -351,18 +359,29 @@ class RunInputs:
         )
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware: a GPU that supports it, or a CPU with AVX512-BF16
+    or AMX tiles. Elsewhere bf16 would be emulated, slower than fp32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+    return False
+
+
 def resolve_precision(setting: str, device: torch.device) -> str:
-    """ "fp32" or "bf16" for a run's steps: "auto" is bf16 on a GPU that computes it natively, else
-    fp32; chosen per run and recorded with it. Never bf16 on a CPU for "auto": there, CPU autocast
-    kept SGD runs of the demo's models at chance accuracy where fp32 trains them
-    (``bench/bench_bf16_training.py``)."""
+    """ "fp32" or "bf16" for a run's steps: "auto" is bf16 where the device computes it natively
+    (`native_bf16`), else fp32; chosen per run and recorded with it."""
     if setting != "auto":
         return setting
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 def autocast(precision: str, device: torch.device):
-    """The context a run's forward passes run in: bf16 autocast, or nothing for fp32."""
+    """The context of one forward pass: bf16 autocast, or nothing for fp32. It must wrap the forward
+    alone, never an optimizer step: autocast caches the bf16 copy of each weight until the context
+    is left, so a context around several steps would keep computing with the first step's weights."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
@@ -393,6 +412,7 @@ def train_one_epoch(
     labels: torch.Tensor,
     batch_size: int,
     epoch: int,
+    precision: str = "fp32",
 ) -> float:
     """One pass over the training split in the run's own order; returns the mean running loss."""
     device = images.device
@@ -403,7 +423,9 @@ def train_one_epoch(
     running = torch.zeros((), device=device)
     for s in range(0, n, batch_size):
         x, y = training_batch(inputs, gen, images, labels, perm[s : s + batch_size])
-        loss = F.cross_entropy(model(x).float(), y)
+        with autocast(precision, device):
+            logits = model(x).float()
+        loss = F.cross_entropy(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -737,10 +759,10 @@ def _train_alone(run: _Run, splits, eval_bs: int, epoch_callback) -> None:
     mean, std, bs = run.inputs.mean, run.inputs.std, int(run.cfg["batch_size"])
     while not run.stopped:
         t0 = time.perf_counter()
-        with autocast(run.precision, run.device):
-            loss = train_one_epoch(run.model, run.optimizer, run.inputs, train_x, train_y, bs, run.next_epoch)
-            train = evaluate(run.model, train_x, train_y, mean, std, run.device, eval_bs)
-            test = evaluate(run.model, test_x, test_y, mean, std, run.device, eval_bs)
+        epoch, precision = run.next_epoch, run.precision
+        loss = train_one_epoch(run.model, run.optimizer, run.inputs, train_x, train_y, bs, epoch, precision)
+        train = evaluate(run.model, train_x, train_y, mean, std, run.device, eval_bs, precision)
+        test = evaluate(run.model, test_x, test_y, mean, std, run.device, eval_bs, precision)
         run.end_epoch(train, test, loss, time.perf_counter() - t0, epoch_callback)
 
 
@@ -759,19 +781,20 @@ def _train_packed(runs: list[_Run], splits, eval_bs: int, epoch_callback) -> Non
         frozen = [r.next_epoch > level for r in active]
         pack = PackedResNet([r.model for r in active])
         inputs = [r.inputs for r in active]
-        with autocast(active[0].precision, active[0].device):
-            losses = train_pack_epoch(
-                pack,
-                [r.optimizer for r in active],
-                inputs,
-                train_x,
-                train_y,
-                bs,
-                [r.next_epoch for r in active],
-                frozen=frozen,
-            )
-            train = evaluate_pack(pack, inputs, train_x, train_y, eval_bs)
-            test = evaluate_pack(pack, inputs, test_x, test_y, eval_bs)
+        precision = active[0].precision
+        losses = train_pack_epoch(
+            pack,
+            [r.optimizer for r in active],
+            inputs,
+            train_x,
+            train_y,
+            bs,
+            [r.next_epoch for r in active],
+            frozen=frozen,
+            precision=precision,
+        )
+        train = evaluate_pack(pack, inputs, train_x, train_y, eval_bs, precision)
+        test = evaluate_pack(pack, inputs, test_x, test_y, eval_bs, precision)
         seconds = time.perf_counter() - t0
         for r, f, loss, tr, te in zip(active, frozen, losses, train, test, strict=True):
             if not f:
