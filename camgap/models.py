@@ -116,20 +116,36 @@ for _name in TORCHVISION_MODELS:
 class SmallResNet(nn.Module):
     """CIFAR-style ResNet: 3x3 stem, four BasicBlock stages (width, 2w, 4w, 8w),
     global average pooling and one linear layer, like torchvision's ResNet head,
-    so Grad-CAM at `layer4` has the closed form of the paper's models."""
+    so Grad-CAM at `layer4` has the closed form of the paper's models.
 
-    def __init__(self, num_classes: int, width: int = 16, blocks: Sequence[int] = (1, 1, 1, 1)):
+    `strides` are the four stages' strides and `stem_stride` the stem's: their product is the
+    `layer4` map's downsampling, e.g. 4 (strides 1, 2, 2, 1) gives a 28 px input the 7x7 map
+    of the paper's ResNets at 224 px."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        width: int = 16,
+        blocks: Sequence[int] = (1, 1, 1, 1),
+        strides: Sequence[int] = (1, 2, 2, 2),
+        stem_stride: int = 1,
+    ):
         super().__init__()
         if len(blocks) != 4:
             raise InputError(f"blocks must list 4 stage depths, got {blocks}")
-        self.conv1 = nn.Conv2d(3, width, 3, padding=1, bias=False)
+        if len(strides) != 4 or any(int(s) not in (1, 2) for s in strides) or int(stem_stride) not in (1, 2, 4):
+            raise InputError(
+                f"strides must list 4 stage strides of 1 or 2 and stem_stride be 1, 2 or 4, got "
+                f"strides={list(strides)}, stem_stride={stem_stride}"
+            )
+        self.conv1 = nn.Conv2d(3, width, 3, stride=int(stem_stride), padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.inplanes = width
-        self.layer1 = self._stage(width, blocks[0], stride=1)
-        self.layer2 = self._stage(width * 2, blocks[1], stride=2)
-        self.layer3 = self._stage(width * 4, blocks[2], stride=2)
-        self.layer4 = self._stage(width * 8, blocks[3], stride=2)
+        self.layer1 = self._stage(width, blocks[0], stride=int(strides[0]))
+        self.layer2 = self._stage(width * 2, blocks[1], stride=int(strides[1]))
+        self.layer3 = self._stage(width * 4, blocks[2], stride=int(strides[2]))
+        self.layer4 = self._stage(width * 8, blocks[3], stride=int(strides[3]))
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(width * 8, num_classes)
         for m in self.modules():
@@ -155,15 +171,16 @@ class SmallResNet(nn.Module):
 
 @register_model("small_resnet")
 @register_model("small_resnet10")
-def small_resnet(num_classes: int, width: int = 16, blocks: Sequence[int] = (1, 1, 1, 1)) -> nn.Module:
-    """10 weight layers by default; `blocks` sets the BasicBlocks per stage."""
-    return SmallResNet(num_classes, width=width, blocks=tuple(blocks))
+def small_resnet(num_classes: int, width: int = 16, blocks: Sequence[int] = (1, 1, 1, 1), **strides) -> nn.Module:
+    """10 weight layers by default; `blocks` sets the BasicBlocks per stage (`strides`, `stem_stride`:
+    see SmallResNet)."""
+    return SmallResNet(num_classes, width=width, blocks=tuple(blocks), **strides)
 
 
 @register_model("small_resnet18")
-def small_resnet18(num_classes: int, width: int = 16, blocks: Sequence[int] = (2, 2, 2, 2)) -> nn.Module:
+def small_resnet18(num_classes: int, width: int = 16, blocks: Sequence[int] = (2, 2, 2, 2), **strides) -> nn.Module:
     """The ResNet18 layout (two BasicBlocks per stage) at CIFAR scale."""
-    return SmallResNet(num_classes, width=width, blocks=tuple(blocks))
+    return SmallResNet(num_classes, width=width, blocks=tuple(blocks), **strides)
 
 
 # Where Grad-CAM looks in each torchvision family: the last block whose output feeds the global

@@ -93,6 +93,20 @@ def test_small_resnet_shapes(width, blocks):
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "size,strides,stem,side", [(32, (1, 2, 2, 2), 1, 4), (28, (1, 2, 2, 1), 1, 7), (56, (1, 2, 2, 1), 2, 7)]
+)
+def test_small_resnet_strides_set_the_layer4_map(size, strides, stem, side):
+    model = create_model("small_resnet", num_classes=3, width=4, strides=strides, stem_stride=stem).eval()
+    acts = {}
+    model.layer4.register_forward_hook(lambda m, i, o: acts.update(layer4=o))
+    model(torch.zeros(1, 3, size, size))
+    assert acts["layer4"].shape == (1, 32, side, side)
+    for bad in ({"strides": (1, 2, 2)}, {"strides": (1, 3, 2, 2)}, {"stem_stride": 3}):
+        with pytest.raises(ValueError, match="strides"):
+            create_model("small_resnet", num_classes=3, **bad)
+
+
 def test_small_resnet_defaults_and_bad_blocks():
     model = create_model("small_resnet", num_classes=3)
     assert model.conv1.out_channels == 16 and all(len(getattr(model, f"layer{i}")) == 1 for i in range(1, 5))

@@ -29,9 +29,11 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
-@pytest.mark.parametrize("train", [False, True])
-def test_forward_equals_each_solo_model(train):
-    models = _models(3)
+@pytest.mark.parametrize(
+    "train,strides", [(False, {}), (True, {}), (True, {"strides": (1, 2, 2, 1), "stem_stride": 2})]
+)
+def test_forward_equals_each_solo_model(train, strides):
+    models = _models(3, **strides)
     solo = copy.deepcopy(models)
     pack = PackedResNet(models).train(train)
     for m in solo:
