@@ -634,7 +634,10 @@ def test_bad_threshold_is_refused_before_anything_is_read(capsys, tmp_path, bad)
     missing = tmp_path / "no.pt"  # neither the checkpoint nor the data exist: the threshold is checked first
     rc, out, err = run(capsys, "score", "--checkpoint", missing, "--data", tmp_path / "nodata", "--threshold", bad)
     assert rc == 2 and out == ""
-    assert err == f"camgap: error: threshold {float(bad)!r} is outside [0, 1): the normalised CAM lies in [0, 1]\n"
+    assert err == (
+        f"camgap: error: threshold {float(bad)!r} is outside [0, 1): the CAM threshold rho selects pixels of the "
+        "normalised CAM, which lies in [0, 1]\n"
+    )
 
 
 @pytest.mark.parametrize("where", ["weights", "logits"])
