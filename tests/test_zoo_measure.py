@@ -16,7 +16,7 @@ from camgap.data.masks import compute_masks
 from camgap.data.store import TensorStore
 from camgap.measures.predictions import nuclear_norm
 from camgap.measures.score import score_model
-from camgap.zoo.grid import canonical_json
+from camgap.params import to_json
 from camgap.zoo.measure import load_run_model, measure_zoo, score_params
 
 
@@ -38,7 +38,7 @@ def store_of(zoo: Path) -> TensorStore:
 
 
 def value(meas, run_id, measure, params: dict) -> tuple[str, float]:
-    rows = meas[(meas.run_id == run_id) & (meas.measure == measure) & (meas.params == canonical_json(params))]
+    rows = meas[(meas.run_id == run_id) & (meas.measure == measure) & (meas.params == to_json(params))]
     assert len(rows) == 1, (run_id, measure, params, meas[meas.run_id == run_id])
     row = rows.iloc[0]
     return row.status, row.value
@@ -437,7 +437,7 @@ def test_measurements_json_mirrors_the_registry(zoo):
     rows = _json_rows(zoo, runs.run_id.iloc[0])
     assert set(rows[0]) == {"measure", "params", "value", "state", "reason"}
     assert {r["params"] for r in rows if r["measure"] == "iou"} == {
-        canonical_json(score_params("gradcam", t, "boxes")) for t in (0.1, 0.3)
+        to_json(score_params("gradcam", t, "boxes")) for t in (0.1, 0.3)
     }
     # a row changed through the registry API rewrites the file
     from camgap.zoo.registry import Registry

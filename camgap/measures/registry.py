@@ -7,11 +7,15 @@ results go straight into a long table ``(run, measure, params, value)``, e.g.
 ``{"conv=reshape,scale=log": 57.1, "conv=reshape,scale=raw": 6.3e24}``. The registry stores
 ``camgap.params.to_json`` of the same params: one variant, one identity.
 
-The caller's scorer makes ONE forward pass over the training set per model and puts the
-logits ``[N, K]`` and labels ``[N]`` in the context; margin and prediction-matrix measures use
-only those. Weight measures read ``ctx.model`` (and ``ctx.init_state``). Effective invariance
-runs only the transformed passes over ``ctx.batches()`` (the clean pass is ``ctx.logits``), and
-PAC-Bayes flatness needs its own passes on a fixed subset of ``ctx.batches()``.
+IoU and IoU-B (``iou``, ``iou_b``; params cam, masks, threshold: ``score_params``) are read
+from the shared CAM pass: ``ctx.need_score(cam, masks, thresholds)`` runs ``ctx.score_pass``
+once per distinct (cam, masks, thresholds) and keeps its ``ScoreResult``, so both measures at
+every threshold cost one pass; ``score_pass_measures()`` names them. That pass (or the caller's
+own) gives the logits ``[N, K]`` and labels ``[N]`` of the training set; margin and
+prediction-matrix measures use only those. Weight measures read ``ctx.model`` (and
+``ctx.init_state``). Effective invariance runs only the transformed passes over
+``ctx.batches()`` (the clean pass is ``ctx.logits``), and PAC-Bayes flatness needs its own
+passes on a fixed subset of ``ctx.batches()``.
 
 Outcomes. A measure that cannot be computed for a model raises :class:`MeasureError` with the
 reason, and ``measure_outcome`` sorts it into one of two states the caller records:
