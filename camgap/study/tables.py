@@ -37,6 +37,7 @@ import pandas as pd
 
 from camgap.errors import InputError, UnknownNameError
 from camgap.measures.iou import validate_thresholds
+from camgap.measures.registry import score_pass_measures
 from camgap.options import CheckedOptions
 from camgap.options import option as _option
 from camgap.params import canonical
@@ -52,8 +53,9 @@ DEFAULT_HPARAMS: tuple[str, ...] = ("arch", "batch_size", "lr", "optimizer", "we
 #: boxes. Every table (3-7, the headline) uses exactly this variant of the IoU measures; Tables 6
 #: and 7 vary one key and keep the other two. A `primary` argument may override these keys.
 PRIMARY_IOU: Mapping[str, str] = MappingProxyType({"cam": "gradcam", "threshold": "0.1", "masks": "boxes"})
-#: The measures whose params are (cam, threshold, masks) and that follow `PRIMARY_IOU` exactly.
-IOU_MEASURES: tuple[str, ...] = ("iou", "iou_b")
+#: The measures whose params are (cam, threshold, masks) and that follow `PRIMARY_IOU` exactly:
+#: those the measure registry reads from the shared CAM pass (IoU, IoU-B).
+IOU_MEASURES: tuple[str, ...] = score_pass_measures()
 #: The `primary` of the tables: the IoU keys are exact (see `PRIMARY_IOU`); other keys are a
 #: preference among the variants of the other measures, applied when some variant has that value.
 DEFAULT_PRIMARY: Mapping[str, str] = PRIMARY_IOU
