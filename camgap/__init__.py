@@ -3,7 +3,7 @@ on the training data (Du, Zhou, Dai 2024), model sets over hyperparameter grids,
 
 The entry points most users need are importable from here::
 
-    from camgap import score_model, create_model, load_checkpoint, read_layout, BoxDataset
+    from camgap import score_model, ScoreOptions, create_model, load_checkpoint, read_layout, BoxDataset
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "score_model": "camgap.measures.score",
+    "ScoreOptions": "camgap.measures.score",
     "ScoreResult": "camgap.measures.score",
     "create_model": "camgap.models",
     "load_checkpoint": "camgap.models",

@@ -21,8 +21,7 @@ from camgap import __version__
 from camgap.cliutil import CommaList, add_location, cam_names, finish_args
 from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from camgap.errors import CamgapError, InputError, MissingFileError
-from camgap.measures.iou import validate_thresholds
-from camgap.measures.score import CHANNEL_ORDERS
+from camgap.measures.score import CHANNEL_ORDERS, ScoreOptions
 from camgap.models import short_list
 
 
@@ -193,29 +192,26 @@ def _model_settings(flags: dict, record: dict, classes: list[str], path: Path) -
 def score_checkpoint(
     checkpoint: Path,
     data: Path,
+    options: ScoreOptions | None = None,
     *,
     layout: str = "auto",
     split: str = "train",
     flags: dict | None = None,
     fallback: dict[str, tuple[object, str]] | None = None,
     unsafe: bool = False,
-    cam: str = "gradcam",
-    thresholds: list[float] | tuple[float, ...] = (0.1,),
     layer: str | None = None,
     masks: str = "boxes",
-    class_boxes_only: bool = False,
     skip_bad: bool = False,
     cache: Path | None = None,
-    batch_size: int = 64,
-    workers: int = 0,
     device: str = "auto",
-    keep_overlays: int = 0,
-    progress: bool = False,
 ):
     """Score a checkpoint file on the training images of a dataset, as `camgap score` does.
 
-    `flags` holds the settings given explicitly (`_score_flags`: arch, width, num_classes,
-    input_size, resize, mean, std, channel_order; None = not given); each missing one comes from
+    `options` are the scoring settings (CAM, thresholds, batches, overlays, ...); their model-
+    dependent fields (target layer, device, mean, std, channel order) are set here from `layer`,
+    `device` and the resolved preprocessing. `flags` holds the settings given explicitly
+    (`_score_flags`: arch, width, num_classes, input_size, resize, mean, std, channel_order;
+    None = not given); each missing one comes from
     the checkpoint, else from `fallback` ({field: (value, source)}, default PREPROCESSING_DEFAULTS).
     Returns (ScoreResult, settings, classes); settings holds "model" and "preprocessing", each
     with the chosen values and a "source" per field (flag, checkpoint, default, ...)."""
@@ -253,48 +249,52 @@ def score_checkpoint(
         kept = [r for r in records if r.image_id in have]
         n_without_mask = len(records) - len(kept)
         dataset = BoxDataset(kept, input_size=size, resize=resize, skip_bad=True)
-    result = score_model(
-        model,
-        dataset,
-        cam=cam,
-        thresholds=thresholds,
+    options = ScoreOptions.of(
+        options,
         target_layer=get_layer(model, layer) if layer else None,
-        batch_size=batch_size,
         device=torch_device,
         mean=prep["mean"],
         std=prep["std"],
         channel_order=prep["channel_order"],
-        class_boxes_only=class_boxes_only,
-        masks=ref_masks,
-        mask_ids=mask_ids,
-        keep_overlays=keep_overlays,
-        progress=progress,
-        num_workers=workers,
     )
+    result = score_model(model, dataset, options, masks=ref_masks, mask_ids=mask_ids)
     result.n_skipped += len(skipped or []) + n_without_mask
     settings = {"model": model_cfg | {"source": model_src}, "preprocessing": prep | {"source": prep_src}}
     return result, _json_safe(settings), classes
 
 
-def _score_kwargs(args: argparse.Namespace) -> dict:
-    """The keywords of `score_checkpoint` that `camgap score` and `camgap predict` take from their flags."""
-    return {
-        "layout": args.layout,
-        "split": args.split,
-        "flags": _score_flags(args),
-        "unsafe": args.unsafe_load,
-        "cam": args.cam,
-        "thresholds": args.threshold,
-        "layer": args.layer,
-        "masks": args.masks,
-        "class_boxes_only": args.class_boxes_only,
-        "skip_bad": args.skip_bad,
-        "cache": args.cache,
-        "batch_size": args.batch_size,
-        "workers": args.workers,
-        "device": args.device,
-        "progress": sys.stderr.isatty() or not args.json,
-    }
+def _score_options(args: argparse.Namespace, keep_overlays: int = 0) -> ScoreOptions:
+    """The scoring settings of `camgap score` and `camgap predict` from their flags, checked
+    before anything is read (a threshold outside [0, 1) stops here)."""
+    return ScoreOptions(
+        cam=args.cam,
+        thresholds=args.threshold,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        class_boxes_only=args.class_boxes_only,
+        keep_overlays=keep_overlays,
+        progress=sys.stderr.isatty() or not args.json,
+    )
+
+
+def _score_from_args(args: argparse.Namespace, options: ScoreOptions, fallback: dict | None = None):
+    """`score_checkpoint` of the checkpoint and data that `camgap score` / `camgap predict` name
+    with their flags, scored with `options`; `fallback`: preprocessing neither flag nor checkpoint gives."""
+    return score_checkpoint(
+        args.checkpoint,
+        args.data,
+        options,
+        layout=args.layout,
+        split=args.split,
+        flags=_score_flags(args),
+        fallback=fallback,
+        unsafe=args.unsafe_load,
+        layer=args.layer,
+        masks=args.masks,
+        skip_bad=args.skip_bad,
+        cache=args.cache,
+        device=args.device,
+    )
 
 
 def _json_safe(obj):
@@ -323,10 +323,9 @@ def _settings_lines(settings: dict) -> list[str]:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    thresholds = validate_thresholds(args.threshold)  # before anything is read
-    result, settings, classes = score_checkpoint(
-        args.checkpoint, args.data, **_score_kwargs(args), keep_overlays=args.n if args.overlays else 0
-    )
+    options = _score_options(args, keep_overlays=args.n if args.overlays else 0)
+    thresholds = options.thresholds
+    result, settings, classes = _score_from_args(args, options)
     if args.per_image:
         args.per_image.parent.mkdir(parents=True, exist_ok=True)
         result.per_image.to_csv(args.per_image, index=False)
@@ -464,9 +463,9 @@ def cmd_study(args: argparse.Namespace) -> int:
 def _reference_fit(zoo: Path, min_train_acc: float, cam: str, threshold: float, masks: str):
     """The OLS fit gap ~ IoU over the reference set's trained models, and the preprocessing its
     models were scored with ({field: (value, "reference set")}, the fallback for the new model)."""
+    from camgap.measures.registry import score_params
     from camgap.study.predict import fit_gap
     from camgap.study.tables import wide_table
-    from camgap.zoo.measure import score_params
     from camgap.zoo.registry import Registry
 
     if not (Path(zoo) / Registry.FILENAME).exists():
@@ -495,9 +494,10 @@ def _reference_fit(zoo: Path, min_train_acc: float, cam: str, threshold: float, 
 def cmd_predict(args: argparse.Namespace) -> int:
     from camgap.study.predict import predict_gap
 
-    thresholds = validate_thresholds(args.threshold)  # before anything is read
+    options = _score_options(args)
+    thresholds = options.thresholds
     fit, fallback = _reference_fit(args.zoo, args.min_train_acc, args.cam, thresholds[0], args.masks)
-    result, settings, _ = score_checkpoint(args.checkpoint, args.data, **_score_kwargs(args), fallback=fallback)
+    result, settings, _ = _score_from_args(args, options, fallback)
     iou, train_acc = result.iou(), result.train_acc
     prediction = predict_gap(fit, iou, confidence=args.confidence, train_acc=train_acc)
     notes = [prediction.warning] if prediction.warning else []

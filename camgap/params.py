@@ -54,9 +54,10 @@ def from_json(text: str) -> Params:
     return canonical(obj)
 
 
-def label(params: Mapping[str, object] | str | None) -> str:
-    """The display form: ``cam=gradcam,threshold=0.1`` (keys sorted)."""
-    return ",".join(f"{k}={v}" for k, v in canonical(params).items())
+def label(params: Mapping[str, object] | str | None, sep: str = ",") -> str:
+    """The display form: ``cam=gradcam,threshold=0.1`` (keys sorted); ``sep=", "`` for prose
+    (table row labels). Only the ``","`` form is read back by :func:`parse_label`."""
+    return sep.join(f"{k}={v}" for k, v in canonical(params).items())
 
 
 def parse_label(text: str) -> Params:

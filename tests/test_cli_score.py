@@ -634,7 +634,10 @@ def test_bad_threshold_is_refused_before_anything_is_read(capsys, tmp_path, bad)
     missing = tmp_path / "no.pt"  # neither the checkpoint nor the data exist: the threshold is checked first
     rc, out, err = run(capsys, "score", "--checkpoint", missing, "--data", tmp_path / "nodata", "--threshold", bad)
     assert rc == 2 and out == ""
-    assert err == f"camgap: error: threshold {float(bad)!r} is outside [0, 1): the normalised CAM lies in [0, 1]\n"
+    assert err == (
+        f"camgap: error: threshold {float(bad)!r} is outside [0, 1): the CAM threshold rho selects pixels of the "
+        "normalised CAM, which lies in [0, 1]\n"
+    )
 
 
 @pytest.mark.parametrize("where", ["weights", "logits"])
@@ -688,3 +691,46 @@ def test_timm_checkpoint(capsys, data, tmp_path):
     e = score_model(model, BoxDataset(records, input_size=SIZE), batch_size=4)
     assert s["target_layer"] == "layer4" and s["model"]["arch"] == "timm:resnet18"
     assert same(s["iou"], e.iou()) and same(s["iou_b"], e.iou_b())
+
+
+def test_score_and_predict_build_one_score_options(capsys, monkeypatch, data, checkpoints, tmp_path):
+    """Both commands turn the same flags into the same ScoreOptions and score through one function."""
+    import camgap.cli as cli
+    import camgap.measures.score as score_module
+    from camgap.measures.score import ScoreOptions
+    from camgap.study.predict import fit_gap
+
+    seen: list[ScoreOptions] = []
+    real = score_module.score_model
+
+    def spy(model, data, options=None, **kw):
+        seen.append(options)
+        return real(model, data, options, **kw)
+
+    monkeypatch.setattr(score_module, "score_model", spy)
+    fit = fit_gap([0.0, 0.25, 0.5, 1.0], [10.0, 12.0, 14.0, 16.0])
+    monkeypatch.setattr(cli, "_reference_fit", lambda *a: (fit, {}))
+    flags = ["--cam", "gradcampp", "--threshold", "0.2,0.4", "--class-boxes-only", "--workers", 0, *ARCH]
+    s = run_json(capsys, *base_args(data, checkpoints["plain"], *flags))
+    rc, out, err = run(
+        capsys, "predict", "--zoo", tmp_path, *base_args(data, checkpoints["plain"], *flags)[1:], "--json"
+    )
+    assert rc == 0, err
+    want = ScoreOptions(
+        cam="gradcam++", thresholds=(0.2, 0.4), batch_size=4, class_boxes_only=True, device="cpu", progress=False
+    )
+    assert seen == [want, want]  # the preprocessing (ImageNet's here) filled in by the same function
+    assert json.loads(out)["iou"] == s["by_threshold"]["0.2"]["iou"]
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        (["--batch-size", "0"], "batch_size must be an integer >= 1, got 0"),
+        (["--cam", "gradcam", "--threshold", "0.1,1"], "threshold 1.0 is outside [0, 1)"),
+    ],
+)
+def test_bad_score_options_are_refused_before_anything_is_read(capsys, tmp_path, flag, message):
+    missing = tmp_path / "no.pt"
+    rc, out, err = run(capsys, "score", "--checkpoint", missing, "--data", tmp_path / "nodata", *flag)
+    assert rc == 2 and out == "" and err.startswith(f"camgap: error: {message}")

@@ -539,3 +539,64 @@ _IMG = torch.zeros(3, 16, 16, dtype=torch.uint8)
 def test_plain_dataset_bad_items(trained, items, error, message):
     with pytest.raises(error, match=message):
         score_model(trained, _Items(items), batch_size=2)
+
+
+# --- ScoreOptions ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "settings, error, message",
+    [
+        ({"thresholds": (1.5,)}, InputError, r"threshold 1\.5 is outside \[0, 1\): the CAM threshold rho"),
+        ({"thresholds": ()}, InputError, "give at least one threshold"),
+        ({"batch_size": 0}, InputError, "batch_size must be an integer >= 1, got 0"),
+        ({"batch_size": 2.5}, InputError, "batch_size must be an integer >= 1, got 2.5"),
+        ({"keep_overlays": -1}, InputError, "keep_overlays must be an integer >= 0, got -1"),
+        ({"channel_order": "BGR"}, InputError, "channel order must be one of rgb, bgr, got 'BGR'"),
+        ({"std": (0.2, 0.0, 0.2)}, InputError, r"std must be three positive numbers .*\(0\.2, 0\.0, 0\.2\)"),
+        ({"mean": (0.5, 0.5)}, InputError, r"mean must be three finite numbers"),
+        ({"device": "tpu9"}, InputError, "device 'tpu9' is not a torch device"),
+        ({"cam": "nocam"}, KeyError, "unknown CAM method 'nocam'"),
+        ({"cam_kwargs": 3}, InputError, "cam_kwargs must be a mapping"),
+    ],
+)
+def test_score_options_check_each_field(settings, error, message):
+    from camgap.measures.score import ScoreOptions
+
+    with pytest.raises(error, match=message):
+        ScoreOptions(**settings)
+
+
+def test_score_options_normalise_and_are_frozen():
+    import dataclasses
+
+    import camgap
+    from camgap.measures.score import ScoreOptions
+
+    o = ScoreOptions(cam="GradCAMpp", thresholds=0.2, mean=[0.5, 0.4, 0.3], device="cpu")
+    assert (o.cam, o.thresholds, o.mean, o.device) == ("gradcam++", (0.2,), (0.5, 0.4, 0.3), torch.device("cpu"))
+    assert ScoreOptions().std == tuple(IMAGENET_STD) and ScoreOptions().cam_kwargs == {}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        o.cam = "gradcam"  # type: ignore[misc]
+    assert ScoreOptions.of(o, batch_size=8) == dataclasses.replace(o, batch_size=8)
+    with pytest.raises(TypeError, match=r"unknown score option\(s\) \['bogus'\]"):
+        ScoreOptions.of(o, bogus=1)
+    assert camgap.ScoreOptions is ScoreOptions
+
+
+def test_options_and_keywords_score_alike(synth, trained):
+    from camgap.measures.score import ScoreOptions
+
+    _, records, _ = synth
+    data = BoxDataset(records, input_size=SIZE)
+    by_keywords = score_model(trained, data, cam="gradcam", thresholds=(0.1, 0.5), batch_size=4)
+    options = ScoreOptions(thresholds=(0.1, 0.5), batch_size=4)
+    by_options = score_model(trained, data, options)
+    pd.testing.assert_frame_equal(by_keywords.per_image, by_options.per_image)
+    # a keyword replaces that field of the options
+    one = score_model(trained, data, options, thresholds=(0.5,))
+    assert one.thresholds == (0.5,) and one.iou() == by_options.iou(0.5)
+    with pytest.raises(TypeError, match=r"unknown score option\(s\) \['thresh'\]"):
+        score_model(trained, data, thresh=(0.1,))
+    with pytest.raises(TypeError, match="options must be a ScoreOptions, got a str"):
+        score_model(trained, data, "gradcam")

@@ -16,7 +16,7 @@ from camgap.data.masks import compute_masks
 from camgap.data.store import TensorStore
 from camgap.measures.predictions import nuclear_norm
 from camgap.measures.score import score_model
-from camgap.zoo.grid import canonical_json
+from camgap.params import to_json
 from camgap.zoo.measure import load_run_model, measure_zoo, score_params
 
 
@@ -38,7 +38,7 @@ def store_of(zoo: Path) -> TensorStore:
 
 
 def value(meas, run_id, measure, params: dict) -> tuple[str, float]:
-    rows = meas[(meas.run_id == run_id) & (meas.measure == measure) & (meas.params == canonical_json(params))]
+    rows = meas[(meas.run_id == run_id) & (meas.measure == measure) & (meas.params == to_json(params))]
     assert len(rows) == 1, (run_id, measure, params, meas[meas.run_id == run_id])
     row = rows.iloc[0]
     return row.status, row.value
@@ -437,7 +437,7 @@ def test_measurements_json_mirrors_the_registry(zoo):
     rows = _json_rows(zoo, runs.run_id.iloc[0])
     assert set(rows[0]) == {"measure", "params", "value", "state", "reason"}
     assert {r["params"] for r in rows if r["measure"] == "iou"} == {
-        canonical_json(score_params("gradcam", t, "boxes")) for t in (0.1, 0.3)
+        to_json(score_params("gradcam", t, "boxes")) for t in (0.1, 0.3)
     }
     # a row changed through the registry API rewrites the file
     from camgap.zoo.registry import Registry
@@ -550,3 +550,61 @@ def test_study_reads_only_done_values():
     )
     wide = wide_table(runs, meas, [("spectral_norm", "", "sn")])
     assert wide["sn"].iloc[0] == 1.5 and wide["sn"].iloc[1:].isna().all()
+
+
+# Params JSON of the iou / iou_b rows as `zoo measure` wrote them before IoU and IoU-B became
+# registry measures (a run of that code: cams gradcam, gradcam++; thresholds 0.1, 0.25, 0.5;
+# masks boxes). Model sets measured then must read, and resume, unchanged.
+STORED_SCORE_PARAMS = {
+    '{"cam":"gradcam","masks":"boxes","threshold":"0.1"}',
+    '{"cam":"gradcam","masks":"boxes","threshold":"0.25"}',
+    '{"cam":"gradcam","masks":"boxes","threshold":"0.5"}',
+    '{"cam":"gradcam++","masks":"boxes","threshold":"0.1"}',
+    '{"cam":"gradcam++","masks":"boxes","threshold":"0.25"}',
+    '{"cam":"gradcam++","masks":"boxes","threshold":"0.5"}',
+}
+
+
+def test_score_rows_keep_the_stored_names_and_params_bytes(zoo, monkeypatch):
+    import sqlite3
+
+    kw = dict(cams=("gradcam", "gradcam++"), thresholds=(0.1, 0.25, 0.5), progress=False, log=quiet)
+    measure_zoo(zoo, measures=("iou", "iou_b"), **kw)
+    with sqlite3.connect(zoo / "registry.sqlite") as con:
+        rows = set(con.execute("SELECT measure, params FROM measurements"))
+        per_run = con.execute("SELECT run_id, COUNT(*) FROM measurements GROUP BY run_id").fetchall()
+    assert rows == {(m, p) for m in ("iou", "iou_b") for p in STORED_SCORE_PARAMS}
+    assert [n for _, n in per_run] == [12] * 4
+    # a rerun finds every row by those bytes: nothing is computed again
+    monkeypatch.setattr(zm, "load_run_model", lambda *a, **k: pytest.fail("nothing should be recomputed"))
+    again = measure_zoo(zoo, measures=("iou", "iou_b"), **kw)
+    assert (again.measured, again.recorded) == (0, 0)
+
+
+def test_the_shared_pass_runs_once_per_model_and_cam_for_iou_and_iou_b(zoo, monkeypatch):
+    calls: list[tuple] = []
+    real = zm.score_model
+
+    def spy(model, data, options=None, **kw):
+        calls.append((kw["cam"], kw["thresholds"]))
+        return real(model, data, options, **kw)
+
+    monkeypatch.setattr(zm, "score_model", spy)
+    cams = ("gradcam", "gradcam++")
+    measure_zoo(
+        zoo, measures=("iou", "iou_b", "nuclear_norm"), cams=cams, thresholds=(0.1, 0.3), progress=False, log=quiet
+    )
+    # the models are measured one after the other in this process: one pass per (model, cam), at
+    # both thresholds, for IoU and IoU-B together (and the logits of nuclear_norm)
+    assert calls == [("gradcam", (0.1, 0.3)), ("gradcam++", (0.1, 0.3))] * 4
+    _, meas = frames(zoo)
+    assert len(meas) == 4 * (2 * 2 * 2 + 2) and (meas.status == "done").all()
+
+
+def test_unknown_measure_lists_one_set_of_names(zoo):
+    from camgap.measures.registry import list_measures
+
+    with pytest.raises(ValueError) as err:
+        measure_zoo(zoo, measures=("iou", "bogus"), progress=False, log=quiet)
+    assert str(err.value) == f"unknown measure(s) ['bogus']; known: {', '.join(list_measures())}"
+    assert "iou, iou_b" in str(err.value)

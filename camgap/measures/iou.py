@@ -59,7 +59,10 @@ def validate_thresholds(thresholds: Sequence[float]) -> tuple[float, ...]:
         except (TypeError, ValueError):
             raise InputError(f"threshold {t!r} is not a number") from None
         if not (math.isfinite(rho) and 0.0 <= rho < 1.0):
-            raise InputError(f"threshold {t!r} is outside [0, 1): the normalised CAM lies in [0, 1]")
+            raise InputError(
+                f"threshold {t!r} is outside [0, 1): the CAM threshold rho selects pixels of the normalised "
+                "CAM, which lies in [0, 1]"
+            )
         values.append(rho)
     if not values:
         raise InputError("give at least one threshold")

@@ -7,11 +7,15 @@ results go straight into a long table ``(run, measure, params, value)``, e.g.
 ``{"conv=reshape,scale=log": 57.1, "conv=reshape,scale=raw": 6.3e24}``. The registry stores
 ``camgap.params.to_json`` of the same params: one variant, one identity.
 
-The caller's scorer makes ONE forward pass over the training set per model and puts the
-logits ``[N, K]`` and labels ``[N]`` in the context; margin and prediction-matrix measures use
-only those. Weight measures read ``ctx.model`` (and ``ctx.init_state``). Effective invariance
-runs only the transformed passes over ``ctx.batches()`` (the clean pass is ``ctx.logits``), and
-PAC-Bayes flatness needs its own passes on a fixed subset of ``ctx.batches()``.
+IoU and IoU-B (``iou``, ``iou_b``; params cam, masks, threshold: ``score_params``) are read
+from the shared CAM pass: ``ctx.need_score(cam, masks, thresholds)`` runs ``ctx.score_pass``
+once per distinct (cam, masks, thresholds) and keeps its ``ScoreResult``, so both measures at
+every threshold cost one pass; ``score_pass_measures()`` names them. That pass (or the caller's
+own) gives the logits ``[N, K]`` and labels ``[N]`` of the training set; margin and
+prediction-matrix measures use only those. Weight measures read ``ctx.model`` (and
+``ctx.init_state``). Effective invariance runs only the transformed passes over
+``ctx.batches()`` (the clean pass is ``ctx.logits``), and PAC-Bayes flatness needs its own
+passes on a fixed subset of ``ctx.batches()``.
 
 Outcomes. A measure that cannot be computed for a model raises :class:`MeasureError` with the
 reason, and ``measure_outcome`` sorts it into one of two states the caller records:
@@ -41,7 +45,7 @@ import torch
 from torch import nn
 
 from camgap.errors import CamgapError
-from camgap.params import label
+from camgap.params import canonical, label
 from camgap.registry import Registry
 
 
@@ -88,6 +92,9 @@ class MeasureContext:
     seed:       seed for the randomized measures (PAC-Bayes noise, power iteration start).
     mean, std:  the per-channel normalisation of the batches (needed by the grayscale
                 effective invariance, which must un-normalise, convert and re-normalise).
+    score_pass: ``(cam, masks, thresholds) -> ScoreResult``, one CAM pass over the training
+                set (``score_model`` with that CAM, A_G source and thresholds); IoU / IoU-B
+                read it through :meth:`need_score`, which runs each distinct pass once.
     """
 
     model: nn.Module
@@ -100,11 +107,26 @@ class MeasureContext:
     mean: Sequence[float] | None = None
     std: Sequence[float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    score_pass: Callable[[str, str, tuple[float, ...]], Any] | None = None
+    _scores: dict[tuple, Any] = field(default_factory=dict, init=False, repr=False)
 
     def need_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.logits is None or self.labels is None:
             raise MeasureError("this measure needs the training-set logits and labels")
         return self.logits, self.labels
+
+    def need_score(self, cam: str, masks: str, thresholds: Sequence[float]) -> Any:
+        """The ``ScoreResult`` of the CAM pass ``(cam, masks)`` at ``thresholds``, run on first
+        use by ``score_pass`` and kept: IoU and IoU-B at every threshold share that one pass.
+        The first pass also fills ``logits`` / ``labels`` when they are not given."""
+        key = (cam, masks, tuple(float(t) for t in thresholds))
+        if key not in self._scores:
+            if self.score_pass is None:
+                raise MeasureError("this measure needs the shared CAM pass (ctx.score_pass)")
+            self._scores[key] = self.score_pass(cam, masks, key[2])
+            if self.logits is None:
+                self.logits, self.labels = self._scores[key].logits, self._scores[key].labels
+        return self._scores[key]
 
     def need_batches(self) -> Callable[[], Iterator[Any]]:
         if self.batches is None:
@@ -129,6 +151,32 @@ def list_measures() -> list[str]:
     return MEASURES.names()
 
 
+def score_pass_measure(name: str) -> Callable[[MeasureFn], MeasureFn]:
+    """Register a measure computed from the shared CAM pass (``ctx.need_score``); its params are
+    ``score_params`` (cam, masks, threshold) and its options ``cam``, ``thresholds``, ``masks``."""
+
+    def wrap(fn: MeasureFn) -> MeasureFn:
+        fn.from_score_pass = True  # type: ignore[attr-defined]
+        return register_measure(name)(fn)
+
+    return wrap
+
+
+def from_score_pass(name: str) -> bool:
+    """Whether measure ``name`` is read from the shared CAM pass (an unknown name: UnknownNameError)."""
+    return bool(getattr(MEASURES.get(name), "from_score_pass", False))
+
+
+def score_pass_measures() -> tuple[str, ...]:
+    """The measures read from the shared CAM pass (IoU and IoU-B), by name."""
+    return tuple(name for name in MEASURES.names() if from_score_pass(name))
+
+
+def score_params(cam: str, threshold: float, masks: str) -> dict[str, str]:
+    """The params of a score-pass measurement (IoU, IoU-B), canonical (``camgap.params``)."""
+    return canonical({"cam": cam, "masks": masks, "threshold": float(threshold)})
+
+
 def compute_measure(name: str, ctx: MeasureContext, **options) -> dict[str, float]:
     """Run one measure by name; raises ``UnknownNameError`` (a ``KeyError``) for an unknown name,
     :class:`MeasureError` when the measure cannot be computed for this model."""
@@ -149,6 +197,33 @@ def _log_and_raw(log_value: float, **params: Any) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- measures
 # Imports are inside the functions: the measure modules import MeasureError from here.
+
+
+def _from_score(
+    kind: str, ctx: MeasureContext, cam: str, thresholds: Sequence[float] | float, masks: str
+) -> dict[str, float]:
+    from camgap.measures.iou import validate_thresholds
+
+    rhos = validate_thresholds(thresholds)
+    res = ctx.need_score(cam, masks, rhos)
+    mean = res.iou if kind == "iou" else res.iou_b
+    return {label(score_params(cam, t, masks)): mean(t) for t in rhos}
+
+
+@score_pass_measure("iou")
+def _iou(
+    ctx: MeasureContext, cam: str = "gradcam", thresholds: Sequence[float] | float = (0.1,), masks: str = "boxes"
+) -> dict[str, float]:
+    """Paper eq. 4: mean IoU of the thresholded CAM region A_L with the object region A_G, per rho."""
+    return _from_score("iou", ctx, cam, thresholds, masks)
+
+
+@score_pass_measure("iou_b")
+def _iou_b(
+    ctx: MeasureContext, cam: str = "gradcam", thresholds: Sequence[float] | float = (0.1,), masks: str = "boxes"
+) -> dict[str, float]:
+    """Paper eq. 5: IoU-B, A_L replaced by its enclosing box; the same pass as ``iou``."""
+    return _from_score("iou_b", ctx, cam, thresholds, masks)
 
 
 @register_measure("spectral_norm")

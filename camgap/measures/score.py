@@ -5,9 +5,11 @@ margin, prediction-matrix and effective-invariance measures need no second pass.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
@@ -19,6 +21,7 @@ from camgap.errors import InputError, NonFiniteError
 from camgap.measures.iou import threshold_ious, validate_thresholds
 from camgap.measures.norms import check_finite
 from camgap.measures.registry import MeasureError
+from camgap.options import CheckedOptions, option
 
 CHANNEL_ORDERS = ("rgb", "bgr")
 
@@ -78,6 +81,102 @@ class ScoreResult:
             "accuracy": self.train_acc,
             "target_layer": self.target_layer,
         }
+
+
+def _cam(name: str, value: object) -> str:
+    return cam_name(str(value))
+
+
+def _thresholds(name: str, value: object) -> tuple[float, ...]:
+    return validate_thresholds(value)  # type: ignore[arg-type]
+
+
+def _count(low: int):
+    def check(name: str, value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
+        return int(value)
+
+    return check
+
+
+def _device(name: str, value: object) -> torch.device | None:
+    if value is None:
+        return None
+    try:
+        return torch.device(value)  # type: ignore[arg-type]
+    except (RuntimeError, TypeError):
+        raise InputError(f"{name} {value!r} is not a torch device (cpu, cuda, cuda:N, mps)") from None
+
+
+def _channels(positive: bool):
+    """Three finite numbers (a per-channel mean; std: positive)."""
+
+    def check(name: str, value: object) -> tuple[float, ...]:
+        try:
+            values = tuple(float(v) for v in value)  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            raise InputError(f"{name} must be three numbers (one per channel), got {value!r}") from None
+        if len(values) != 3 or not all(math.isfinite(v) and (v > 0 or not positive) for v in values):
+            need = "positive " if positive else "finite "
+            raise InputError(f"{name} must be three {need}numbers (one per channel), got {value!r}")
+        return values
+
+    return check
+
+
+def _channel_order(name: str, value: object) -> str:
+    if value not in CHANNEL_ORDERS:
+        raise InputError(f"channel order must be one of {', '.join(CHANNEL_ORDERS)}, got {value!r}")
+    return str(value)
+
+
+def _flag(name: str, value: object) -> bool:
+    return bool(value)
+
+
+def _as_given(name: str, value: object) -> object:
+    return value
+
+
+def _kwargs(name: str, value: object) -> dict:
+    if value is not None and not isinstance(value, Mapping):
+        raise InputError(f"{name} must be a mapping of keyword arguments of the CAM method, got {value!r}")
+    return dict(value or {})
+
+
+@dataclass(frozen=True)
+class ScoreOptions(CheckedOptions):
+    """How `score_model` scores: every setting but the model, the data and precomputed masks.
+    Each field declares its check beside it; building the options runs them all, so bad
+    settings fail before any image is read (an InputError naming the field).
+
+    cam:              CAM method (a `camgap.cam.CAMS` name or alias; stored canonical).
+    thresholds:       CAM thresholds rho, each in [0, 1); the first is the headline.
+    target_layer:     module or dotted name (None: the architecture's default).
+    batch_size, num_workers: batches of the pass; DataLoader workers for decoded-on-the-fly data.
+    device:           None: the model's device.
+    mean, std, channel_order: the model's normalisation, in its channel order (rgb or bgr).
+    class_boxes_only: A_G from the boxes of the labelled class only.
+    keep_overlays:    keep image, CAM and reference of the first k images.
+    cam_kwargs:       keyword arguments of the CAM method; progress: show a progress bar.
+    """
+
+    cam: str = option("gradcam", _cam)
+    thresholds: tuple[float, ...] = option((0.1,), _thresholds)
+    target_layer: nn.Module | str | None = option(None, _as_given)
+    batch_size: int = option(64, _count(1))
+    device: torch.device | None = option(None, _device)
+    mean: tuple[float, ...] = option(IMAGENET_MEAN, _channels(positive=False))
+    std: tuple[float, ...] = option(IMAGENET_STD, _channels(positive=True))
+    channel_order: str = option("rgb", _channel_order)
+    class_boxes_only: bool = option(False, _flag)
+    keep_overlays: int = option(0, _count(0))
+    cam_kwargs: dict = option(None, _kwargs)
+    progress: bool = option(False, _flag)
+    num_workers: int = option(0, _count(0))
+
+    what: ClassVar[str] = "score option"
 
 
 def _col(kind: str, threshold: float) -> str:
@@ -208,21 +307,11 @@ def _reference_masks(
 def score_model(
     model: nn.Module,
     data,
-    cam: str = "gradcam",
-    thresholds: Sequence[float] = (0.1,),
-    target_layer: nn.Module | str | None = None,
-    batch_size: int = 64,
-    device: str | torch.device | None = None,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    class_boxes_only: bool = False,
+    options: ScoreOptions | None = None,
+    *,
     masks: Tensor | None = None,
     mask_ids: Sequence[str] | None = None,
-    keep_overlays: int = 0,
-    cam_kwargs: dict | None = None,
-    progress: bool = False,
-    num_workers: int = 0,
-    channel_order: str = "rgb",
+    **settings,
 ) -> ScoreResult:
     """Score `model` on `data`, its *training* images: a BoxDataset, a TensorStore, or any
     `torch.utils.data.Dataset` yielding ``(image, label, boxes)`` (image uint8 [3,S,S] or float
@@ -235,14 +324,14 @@ def score_model(
     (OpenCV / Caffe style): the channels of each RGB batch are reversed before normalising, so
     `mean` and `std` are in the model's channel order.
 
+    The settings are `options` (a :class:`ScoreOptions`) with any of its fields given as
+    keywords replacing them: ``score_model(model, data, cam="gradcam++", thresholds=(0.1, 0.3))``.
+
     Non-finite weights or logits raise NonFiniteError: a CAM of NaNs would pass for an IoU of 0."""
-    thresholds = validate_thresholds(thresholds)
+    o = ScoreOptions.of(options, **settings)
     data = as_scoring_data(data)
-    cam = cam_name(cam)
-    if channel_order not in CHANNEL_ORDERS:
-        raise InputError(f"channel order must be one of {', '.join(CHANNEL_ORDERS)}, got {channel_order!r}")
     _check_finite_weights(model)
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = o.device if o.device is not None else next(model.parameters()).device
     model = model.eval().to(device)
     mask_row = {m: i for i, m in enumerate(mask_ids)} if masks is not None else None
     rows: list[dict] = []
@@ -250,13 +339,13 @@ def score_model(
     all_labels: list[Tensor] = []
     overlays: list[dict] = []
     n_total = len(data)
-    bar = _progress(n_total, progress)
-    with create_cam(cam, model, target_layer, **(cam_kwargs or {})) as cam_fn:
-        for images, labels, boxes, box_labels, ids in iter_batches(data, batch_size, device, num_workers):
+    bar = _progress(n_total, o.progress)
+    with create_cam(o.cam, model, o.target_layer, **(o.cam_kwargs or {})) as cam_fn:
+        for images, labels, boxes, box_labels, ids in iter_batches(data, o.batch_size, device, o.num_workers):
             if not ids:
                 continue
             size = images.shape[-1]
-            out = cam_fn(normalize(images.flip(1) if channel_order == "bgr" else images, mean, std), None)
+            out = cam_fn(normalize(images.flip(1) if o.channel_order == "bgr" else images, o.mean, o.std), None)
             _check_finite_outputs(out.logits, out.maps, ids)
             outside = (labels < 0) | (labels >= out.logits.shape[1])
             if bool(outside.any()):
@@ -272,8 +361,8 @@ def score_model(
                     raise InputError(f"no mask for {len(missing)} images, e.g. {missing[:3]}")
                 ref = masks[[mask_row[i] for i in ids]].to(device)
             else:
-                ref = _reference_masks(boxes, box_labels, labels, size, device, class_boxes_only)
-            iou, iou_b, area = threshold_ious(maps, ref, thresholds)
+                ref = _reference_masks(boxes, box_labels, labels, size, device, o.class_boxes_only)
+            iou, iou_b, area = threshold_ious(maps, ref, o.thresholds)
             pred = out.logits.argmax(1)
             iou, iou_b, area = iou.cpu().numpy(), iou_b.cpu().numpy(), area.cpu().numpy()
             labels_cpu, pred_cpu = labels.cpu().numpy(), pred.cpu().numpy()
@@ -284,12 +373,12 @@ def score_model(
                     "pred": int(pred_cpu[b]),
                     "correct": bool(labels_cpu[b] == pred_cpu[b]),
                 }
-                for t_i, t in enumerate(thresholds):
+                for t_i, t in enumerate(o.thresholds):
                     row[_col("iou", t)] = float(iou[t_i, b])
                     row[_col("iou_b", t)] = float(iou_b[t_i, b])
                     row[_col("cam_area", t)] = float(area[t_i, b])
                 rows.append(row)
-            for b in range(min(len(ids), keep_overlays - len(overlays))):
+            for b in range(min(len(ids), o.keep_overlays - len(overlays))):
                 overlays.append(
                     {
                         "image": images[b].cpu(),
@@ -310,8 +399,8 @@ def score_model(
     if not rows:
         raise InputError("no images were scored: the dataset is empty or every image was skipped")
     return ScoreResult(
-        cam=cam,
-        thresholds=thresholds,
+        cam=o.cam,
+        thresholds=o.thresholds,
         per_image=pd.DataFrame(rows),
         logits=torch.cat(all_logits),
         labels=torch.cat(all_labels),

@@ -24,19 +24,22 @@ on). `wide_table` pivots the measurements onto the runs, one column per (measure
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import ClassVar
 
 import numpy as np
 import pandas as pd
 
 from camgap.errors import InputError, UnknownNameError
 from camgap.measures.iou import validate_thresholds
+from camgap.measures.registry import score_pass_measures
+from camgap.options import CheckedOptions
+from camgap.options import option as _option
 from camgap.params import canonical
 from camgap.params import label as params_label
 
@@ -50,8 +53,9 @@ DEFAULT_HPARAMS: tuple[str, ...] = ("arch", "batch_size", "lr", "optimizer", "we
 #: boxes. Every table (3-7, the headline) uses exactly this variant of the IoU measures; Tables 6
 #: and 7 vary one key and keep the other two. A `primary` argument may override these keys.
 PRIMARY_IOU: Mapping[str, str] = MappingProxyType({"cam": "gradcam", "threshold": "0.1", "masks": "boxes"})
-#: The measures whose params are (cam, threshold, masks) and that follow `PRIMARY_IOU` exactly.
-IOU_MEASURES: tuple[str, ...] = ("iou", "iou_b")
+#: The measures whose params are (cam, threshold, masks) and that follow `PRIMARY_IOU` exactly:
+#: those the measure registry reads from the shared CAM pass (IoU, IoU-B).
+IOU_MEASURES: tuple[str, ...] = score_pass_measures()
 #: The `primary` of the tables: the IoU keys are exact (see `PRIMARY_IOU`); other keys are a
 #: preference among the variants of the other measures, applied when some variant has that value.
 DEFAULT_PRIMARY: Mapping[str, str] = PRIMARY_IOU
@@ -186,12 +190,8 @@ def _names(name: str, value: object) -> tuple[str, ...] | None:
     return None if value is None else tuple(str(v) for v in value)  # type: ignore[union-attr]
 
 
-def _option(default: object, check: Callable[[str, object], object]):
-    return dataclasses.field(default=default, metadata={"check": check})
-
-
 @dataclass(frozen=True)
-class StudyOptions:
+class StudyOptions(CheckedOptions):
     """The settings every table of a study shares. Each field declares its check beside it;
     `__post_init__` runs them all (an InputError names the field) and stores the normalised
     values (tuples, a read-only `primary`).
@@ -214,9 +214,7 @@ class StudyOptions:
     measures: tuple[MeasureSpec, ...] | None = _option(None, _specs)
     hparams: tuple[str, ...] | None = _option(None, _names)
 
-    def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            object.__setattr__(self, f.name, f.metadata["check"](f.name, getattr(self, f.name)))
+    what: ClassVar[str] = "study option"
 
     @classmethod
     def of(cls, options: StudyOptions | None = None, **settings: object) -> StudyOptions:
@@ -224,11 +222,7 @@ class StudyOptions:
         the table functions (``table3(runs, ms, n_boot=0)``). `specs` is accepted for `measures`."""
         if "specs" in settings:
             settings["measures"] = settings.pop("specs")
-        unknown = sorted(set(settings) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise TypeError(f"unknown study option(s) {unknown}")
-        base = options if options is not None else cls()
-        return dataclasses.replace(base, **settings) if settings else base
+        return super().of(options, **settings)
 
     def bootstrap(self) -> dict[str, object]:
         """The keywords of `correlation_table` that come from the options."""
@@ -275,15 +269,15 @@ def spec_params(spec: MeasureSpec) -> dict[str, str]:
         return {}
     if isinstance(spec.params, str):
         return dict(_params_of(_label_of(spec.params)))
-    return {k: str(v) for k, v in spec.params.items()}
+    return canonical(spec.params)
 
 
 def iou_variant(primary: Mapping[str, object] | None = None) -> dict[str, str]:
     """The IoU variant the tables use: `PRIMARY_IOU`, with the cam/threshold/masks of `primary`
     where it gives them. The threshold rho is validated (finite, in [0, 1))."""
-    want = {k: str((primary or {}).get(k, v)) for k, v in PRIMARY_IOU.items()}
-    want["threshold"] = f"{validate_thresholds([want['threshold']])[0]:g}"
-    return want
+    want = {k: (primary or {}).get(k, v) for k, v in PRIMARY_IOU.items()}
+    validate_thresholds([want["threshold"]])  # type: ignore[list-item]
+    return canonical(want)
 
 
 def variant_name(measure: str, params: Mapping[str, str]) -> str:
@@ -434,7 +428,7 @@ def _label_variants(measure: str, variants: list[str], base: str, skip: Sequence
     differ = [k for k in keys if len({d.get(k) for d in parsed}) > 1]
     out = []
     for p, d in zip(variants, parsed):
-        extra = ", ".join(f"{k}={d.get(k, '')}" for k in differ)
+        extra = params_label({k: d.get(k, "") for k in differ}, sep=", ")
         out.append(MeasureSpec(measure, p, f"{base} ({extra})" if extra else base))
     return out
 

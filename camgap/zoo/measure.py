@@ -39,12 +39,19 @@ from camgap.data.dataset import normalize
 from camgap.data.store import TensorStore
 from camgap.errors import CamgapError, InputError, MissingFileError
 from camgap.measures.iou import validate_thresholds
-from camgap.measures.registry import MEASURES, MeasureContext, compute_measure, measure_outcome
-from camgap.measures.score import score_model
+from camgap.measures.registry import (
+    MEASURES,
+    MeasureContext,
+    compute_measure,
+    from_score_pass,
+    list_measures,
+    measure_outcome,
+    score_params,
+)
+from camgap.measures.score import ScoreOptions, ScoreResult, score_model
 from camgap.models import CheckpointError, create_model, load_weights, read_checkpoint
 from camgap.zoo.registry import Registry, state_line
 
-SCORE_MEASURES = ("iou", "iou_b")
 NEEDS_INIT = {"distance_from_init", "pacbayes_flatness", "pacbayes_mag_flatness"}  # read init.pt
 # PAC-Bayes flatness is measured on request only (`--measures ...,pacbayes_flatness`): the paper does
 # not use it, and its noise search makes tens of passes per model, more than all the others together.
@@ -121,11 +128,6 @@ SHARED_PASS = "iou/iou_b"  # timing key of the shared CAM pass (IoU, IoU-B and t
 LOGITS_PASS = "shared pass"  # the same pass when no score measure is asked for (the logits only)
 
 
-def score_params(cam: str, threshold: float, masks: str) -> dict[str, str]:
-    """The params of an IoU / IoU-B measurement, canonical (``camgap.params``)."""
-    return params.canonical({"cam": cam, "masks": masks, "threshold": float(threshold)})
-
-
 @dataclass(frozen=True)
 class MeasureRequest:
     """What a `zoo measure` call asks for; it travels to the workers with each run."""
@@ -138,7 +140,7 @@ class MeasureRequest:
 
     @property
     def score_measures(self) -> tuple[str, ...]:
-        return tuple(k for k in self.measures if k in SCORE_MEASURES)
+        return tuple(k for k in self.measures if from_score_pass(k))
 
     @property
     def combos(self) -> list[tuple[str, float, str]]:
@@ -155,10 +157,12 @@ class MeasureRequest:
 def make_request(
     measures: Sequence[str], cams: Sequence[str], thresholds: Sequence[float], masks: Sequence[str], batch_size: int
 ) -> MeasureRequest:
-    """A validated request: unknown measures and thresholds outside [0, 1) raise before anything runs."""
-    unknown = [m for m in measures if m not in MEASURES and m not in SCORE_MEASURES]
+    """A validated request: unknown measures and thresholds outside [0, 1) raise before anything runs.
+    Measure names are the registry's (``camgap.measures.registry.MEASURES``), as rows store them."""
+    unknown = [m for m in measures if m not in MEASURES]
     if unknown:
-        raise InputError(f"unknown measure(s) {unknown}; known: {', '.join([*SCORE_MEASURES, *sorted(MEASURES)])}")
+        raise InputError(f"unknown measure(s) {unknown}; known: {', '.join(list_measures())}")
+    measures = [MEASURES.resolve(m) for m in measures]
     if not cams or not masks:
         raise InputError("need at least one CAM method and one mask source")
     if batch_size < 1:
@@ -196,7 +200,7 @@ def plan_run(run_id: str, recorded: set[tuple[str, str]], request: MeasureReques
         if not all((k, params.to_json(score_params(*combo))) in recorded for k in request.score_measures)
     )
     have = {measure for measure, _ in recorded}
-    others = tuple(m for m in request.measures if m not in SCORE_MEASURES and m not in have)
+    others = tuple(m for m in request.measures if not from_score_pass(m) and m not in have)
     return RunPlan(run_id, scores, others, diverged)
 
 
@@ -309,65 +313,66 @@ def measure_run(
         model.eval().to(device)
         store = _store_for(zoo, ckpt)
         references = _references(zoo, _store_dir(zoo, ckpt["input_size"], ckpt["resize"]), store, request.masks)
+    ctx = _context(model, ckpt, store, references, request, device)
     with clock.step(request.pass_name):
-        rows, logits, labels, broken = _shared_pass(model, ckpt, store, references, plan, request, device)
-    if plan.others and logits is None:  # every measure of a model that cannot run is failed, with the reason
+        rows, broken = _shared_pass(ctx, plan, request)
+    if plan.others and ctx.logits is None:  # every measure of a model that cannot run is failed, with the reason
         rows += [(name, {}, None, "failed", broken) for name in plan.others]
     elif plan.others:
-        rows += _other_measures(
-            plan.others, model, ckpt, run_dir, store, logits, labels, device, request.batch_size, clock
-        )
+        rows += _other_measures(plan.others, ctx, run_dir, clock)
     return RunResult(rows, clock.seconds, True)
 
 
-def _shared_pass(
-    model: torch.nn.Module,
-    ckpt: dict,
-    store: TensorStore,
-    references: dict,
-    plan: RunPlan,
-    request: MeasureRequest,
-    device,
-) -> tuple[list[tuple], torch.Tensor | None, torch.Tensor | None, str | None]:
-    """The CAM pass(es): IoU / IoU-B rows of the planned combinations, and the logits of the first
-    pass (the first CAM with the first mask source, run even when its scores are recorded: the
-    other measures read its logits). Returns (rows, logits, labels, broken): ``broken`` says why
-    the model gave no logits (its pass raised or gave NaN), None when it did."""
+def _context(
+    model: torch.nn.Module, ckpt: dict, store: TensorStore, references: dict, request: MeasureRequest, device
+) -> MeasureContext:
+    """The measures' view of one model: its batches (normalised as in training) and the shared CAM
+    pass, run on first use per (cam, masks) (``MeasureContext.need_score``)."""
+    mean, std = ckpt["mean"], ckpt["std"]
+    options = ScoreOptions(batch_size=request.batch_size, device=device, mean=mean, std=std)
+
+    def score_pass(cam: str, source: str, thresholds: tuple[float, ...]) -> ScoreResult:
+        ref, ref_ids = references.get(source, (None, None))
+        return score_model(model, store, options, cam=cam, thresholds=thresholds, masks=ref, mask_ids=ref_ids)
+
+    return MeasureContext(
+        model=model,
+        device=device,
+        batches=lambda: ((normalize(x, mean, std), y) for x, y, *_ in store.batches(request.batch_size, device=device)),
+        seed=int(ckpt.get("seed", 0)),
+        mean=mean,
+        std=std,
+        score_pass=score_pass,
+    )
+
+
+def _shared_pass(ctx: MeasureContext, plan: RunPlan, request: MeasureRequest) -> tuple[list[tuple], str | None]:
+    """The CAM pass(es): the rows of the score measures (IoU, IoU-B) for the planned combinations,
+    one pass per (cam, masks) for every threshold, and the logits of the first pass (the first CAM
+    with the first mask source, run even when its scores are recorded: the other measures read its
+    logits from ``ctx``). Returns (rows, broken): ``broken`` says why the model gave no logits (its
+    pass raised), None when it did."""
     first = (request.cams[0], request.masks[0])
     passes = sorted({(c, m) for c, _, m in plan.scores} | {first}, key=lambda cm: cm != first)
     rows: list[tuple] = []
-    logits = labels = broken = None
+    broken = None
     for cam, source in passes:
         combos = [(c, t, m) for c, t, m in plan.scores if (c, m) == (cam, source)]
-        ref, ref_ids = references.get(source, (None, None))
         try:
-            res = score_model(
-                model,
-                store,
-                cam=cam,
-                thresholds=request.thresholds,
-                batch_size=request.batch_size,
-                device=device,
-                mean=ckpt["mean"],
-                std=ckpt["std"],
-                masks=ref,
-                mask_ids=ref_ids,
-            )
+            ctx.need_score(cam, source, request.thresholds)
+            values = {
+                name: compute_measure(name, ctx, cam=cam, thresholds=request.thresholds, masks=source)
+                for name in request.score_measures
+            }
         except Exception as exc:  # noqa: BLE001 - one bad model never stops the set
             reason = measure_outcome(exc)[1]
             rows += _score_rows(request, combos, "failed", reason)
             broken = broken or reason
             continue
-        if not bool(torch.isfinite(res.logits).all()):  # NaN weights: a CAM of NaNs is no IoU of 0
-            broken = "non-finite logits (NaN/inf in the model's outputs)"
-            rows += _score_rows(request, combos, "failed", broken)
-            continue
-        if logits is None:
-            logits, labels = res.logits, res.labels
-        for _, t, _ in combos:
-            values = {"iou": res.iou(t), "iou_b": res.iou_b(t)}
-            rows += [_value_row(k, score_params(cam, t, source), values[k]) for k in request.score_measures]
-    return rows, logits, labels, broken
+        for c, t, m in combos:
+            p = score_params(c, t, m)
+            rows += [_value_row(name, p, values[name][params.label(p)]) for name in request.score_measures]
+    return rows, broken
 
 
 def _init_state(run_dir: Path, names: Sequence[str]) -> tuple[dict | None, str | None]:
@@ -380,33 +385,10 @@ def _init_state(run_dir: Path, names: Sequence[str]) -> tuple[dict | None, str |
         return None, f"initial weights unreadable: {exc}"
 
 
-def _other_measures(
-    names: Sequence[str],
-    model: torch.nn.Module,
-    ckpt: dict,
-    run_dir: Path,
-    store: TensorStore,
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    device,
-    batch_size: int,
-    clock: _Clock,
-) -> list[tuple]:
-    """Rows of the non-score measures of one model, from the shared pass's logits."""
-    mean, std = ckpt["mean"], ckpt["std"]
+def _other_measures(names: Sequence[str], ctx: MeasureContext, run_dir: Path, clock: _Clock) -> list[tuple]:
+    """Rows of the measures not read from the CAM pass, from the same context (its logits)."""
     with clock.step(LOAD, counted=False):
-        init_state, init_error = _init_state(run_dir, names)
-    ctx = MeasureContext(
-        model=model,
-        logits=logits,
-        labels=labels,
-        init_state=init_state,
-        device=device,
-        batches=lambda: ((normalize(x, mean, std), y) for x, y, *_ in store.batches(batch_size, device=device)),
-        seed=int(ckpt.get("seed", 0)),
-        mean=mean,
-        std=std,
-    )
+        ctx.init_state, init_error = _init_state(run_dir, names)
     rows: list[tuple] = []
     for name in names:
         with clock.step(name):
