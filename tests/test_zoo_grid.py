@@ -171,3 +171,40 @@ def test_grid_seed_draws_another_sample_and_other_run_seeds():
     assert key(r0) != key(r1)  # another balanced sample of the configurations
     assert g1.canonical()["seed"] == 1 and "seed" not in g0.canonical()
     assert dataclasses.replace(g0, seed=1).fingerprint() == g1.fingerprint() != g0.fingerprint()
+
+
+# Run ids and seeds of the packaged grids as computed before run configs became typed: stored model
+# sets are keyed by them, so no change to how a config is built or serialised may move one.
+KNOWN_RUNS = {
+    "demo": (
+        72,
+        "36f3cd3efdaab714b0406f1bb04ce62e9696f11a2a69bcba202e7523adc25d95",
+        {
+            0: ("7702db5cddfa7886", 1159706274, 0),
+            36: ("e44c4db30422821d", 1958998554, 0),
+            71: ("c062dc2145ee7692", 347408818, 3),
+        },
+    ),
+    "paper": (
+        3656,
+        "7adef1097e78079c13f2652329ef4d4c9e06043643c9f1e5d6369717863aad77",
+        {
+            0: ("d68c9fc7a0c11541", 4093062, 0),
+            1828: ("d9d85242624ce4e2", 207139189, 0),
+            3655: ("5cec5e200de31a51", 968477926, 49),
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_RUNS))
+def test_packaged_grids_keep_their_run_ids(name):
+    import hashlib
+
+    n, digest, samples = KNOWN_RUNS[name]
+    specs = load_grid(name).runs()
+    assert len(specs) == n
+    for i, (run_id, seed, repeat) in samples.items():
+        assert (specs[i].run_id, specs[i].seed, specs[i].repeat) == (run_id, seed, repeat)
+        assert make_run_id(specs[i].config, repeat) == run_id
+    assert hashlib.sha256(",".join(s.run_id for s in specs).encode()).hexdigest() == digest
