@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from test_zoo_build import _task, quiet, write_grid
+from zoo_hooks import worker_env
 
 import camgap.zoo.executors as executors
 import camgap.zoo.train as train
@@ -27,7 +28,7 @@ from camgap.zoo.build import StorageError, ZooError, build, format_status, statu
 from camgap.zoo.cli import main as zoo_main
 from camgap.zoo.grid import load_grid
 from camgap.zoo.registry import META_BACKUP, Registry
-from camgap.zoo.train import EPOCH_DELAY_ENV, CheckpointSetAsideWarning, execute_task, train_run
+from camgap.zoo.train import CheckpointSetAsideWarning, execute_task, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_COLUMNS = [
@@ -157,7 +158,8 @@ def test_a_run_whose_worker_dies_twice_in_a_row_fails(tmp_path, data, monkeypatc
 def test_sigkill_of_a_worker_process(tmp_path, data, monkeypatch):
     """kill -9 one of two worker processes mid-sweep: its run is re-queued (no attempt), the
     sibling killed with the pool resumes; the sweep completes every run."""
-    monkeypatch.setenv(EPOCH_DELAY_ENV, "0.3")
+    for name, value in worker_env(epoch_delay=0.3).items():  # the spawned workers start with these
+        monkeypatch.setenv(name, value)
     grid = write_grid(tmp_path / "g.toml", lrs="0.05, 0.005", epochs=3)
     zoo = tmp_path / "zoo"
     killed = []

@@ -70,13 +70,7 @@ __all__ = [
     "storage_error",
     "CheckpointUnreadableError",
     "CheckpointSetAsideWarning",
-    "INJECT_FAIL_ENV",
-    "EPOCH_DELAY_ENV",
 ]
-
-# Test hooks: run ids (comma-separated) whose training raises, and a sleep after each epoch.
-INJECT_FAIL_ENV = "CAMGAP_ZOO_INJECT_FAIL"
-EPOCH_DELAY_ENV = "CAMGAP_ZOO_EPOCH_DELAY"
 
 _GRAY = (0.299, 0.587, 0.114)
 
@@ -679,9 +673,6 @@ class _Run:
             self.dir / "last.pt",
         )
         atomic_write_json(self.history, self.dir / "history.json")
-        delay = float(os.environ.get(EPOCH_DELAY_ENV, "0") or 0)
-        if delay:
-            time.sleep(delay)
         if epoch_callback is not None:
             epoch_callback(record["epoch"], record)
 
@@ -807,9 +798,6 @@ def execute_task(task: dict) -> dict:
     a full or failing disk (not the run's fault) ``{"status": "storage", "error"}`` naming the
     path. Checkpoints set aside are reported in the result's ``warnings``, not as warnings."""
     try:
-        inject = {s.strip() for s in os.environ.get(INJECT_FAIL_ENV, "").split(",") if s.strip()}
-        if task["run_id"] in inject or "*" in inject:
-            raise RuntimeError(f"injected failure ({INJECT_FAIL_ENV})")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CheckpointSetAsideWarning)
             if "pack" in task:
