@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from fixtures_zoo import run_task
-from zoo_hooks import fail_runs, worker_env
+from zoo_hooks import as_task, fail_runs, worker_env
 
 from camgap.data.synthetic import write_synthetic
 from camgap.models import create_model, load_checkpoint
@@ -141,12 +141,12 @@ def test_build_end_to_end_and_rebuild(tmp_path, data):
 
 def _task(tmp_path, data, run_dir, epochs=2, augment=True):
     grid = load_grid(write_grid(tmp_path / "g.toml", epochs=epochs, augs=str(augment).lower()))
-    return run_task(grid.runs()[0], data, tmp_path, run_dir, threads=1)
+    return as_task(run_task(grid.runs()[0], data, tmp_path, run_dir, threads=1))
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, data):
     full = train_run(_task(tmp_path, data, tmp_path / "a"))
-    assert full["epochs"] == 2 and full["stop_reason"] == "C4" and full["resumed_from"] is None
+    assert full.epochs == 2 and full.stop_reason == "C4" and full.resumed_from is None
 
     class Interrupt(Exception):
         pass
@@ -160,9 +160,9 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, data):
         train_run(task, epoch_callback=stop_after_first)
     assert (tmp_path / "b" / "last.pt").is_file() and not (tmp_path / "b" / "final.pt").exists()
     resumed = train_run(task)
-    assert resumed["resumed_from"] == 1
+    assert resumed.resumed_from == 1
     for k in ("epochs", "stop_reason", "train_acc", "train_loss", "test_acc", "test_loss", "gap"):
-        assert resumed[k] == full[k], k
+        assert getattr(resumed, k) == getattr(full, k), k
     a = torch.load(tmp_path / "a" / "final.pt", weights_only=False)
     b = torch.load(tmp_path / "b" / "final.pt", weights_only=False)
     for k, v in a["model_state_dict"].items():

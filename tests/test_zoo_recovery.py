@@ -26,6 +26,7 @@ import camgap.zoo.train as train
 from camgap.data.synthetic import write_synthetic
 from camgap.zoo.build import StorageError, ZooError, build, format_status, status
 from camgap.zoo.cli import main as zoo_main
+from camgap.zoo.config import Pack, RunResult, Task
 from camgap.zoo.grid import load_grid
 from camgap.zoo.registry import META_BACKUP, Registry
 from camgap.zoo.train import CheckpointSetAsideWarning, execute_task, train_run
@@ -72,23 +73,17 @@ class Scripted:
         self.inner = executors.InProcessExecutor("cpu", 1)
         self.capacity = 1
 
-    def submit(self, task: dict) -> None:
+    def submit(self, task: Task | Pack) -> None:
         self.inner.submit(task)
 
-    def wait(self) -> list[dict]:
+    def wait(self) -> list[RunResult]:
         step = self.script.pop(0) if self.script else None
         if step == "interrupt":
             raise KeyboardInterrupt
         if step == "died":
             task = self.inner._queue.pop(0)
-            return [
-                {
-                    "run_id": task["run_id"],
-                    "status": "lost",
-                    "worker_died": True,
-                    "error": "its worker process died (killed, out of memory or crashed)",
-                }
-            ]
+            died = "its worker process died (killed, out of memory or crashed)"
+            return [RunResult(task.run_id, "lost", error=died, worker_died=True)]
         return self.inner.wait()
 
     def close(self) -> None:
@@ -198,7 +193,7 @@ def test_sigkill_of_a_worker_process(tmp_path, data, monkeypatch):
         assert [h["epoch"] for h in hist] == list(range(1, r.epochs + 1))
 
 
-def _interrupt_after_first_epoch(task: dict) -> None:
+def _interrupt_after_first_epoch(task) -> None:
     class Stop(Exception):
         pass
 
@@ -223,9 +218,11 @@ def test_unreadable_last_pt_is_set_aside_and_the_run_restarts(tmp_path, data):
         result = train_run(task)
     aside = list((tmp_path / "run").glob("last.pt.corrupt-*"))
     assert len(aside) == 1 and aside[0].stat().st_size == 200
-    assert result["resumed_from"] is None and result["warnings"][0].startswith(str(last))
+    assert result.resumed_from is None and result.warnings[0].startswith(str(last))
     for k in ("epochs", "stop_reason", "train_acc", "train_loss", "test_acc", "test_loss"):
-        assert result[k] == fresh[k], k  # restarted from scratch: the same seeded run, on this machine
+        assert getattr(result, k) == getattr(fresh, k), (
+            k
+        )  # restarted from scratch: the same seeded run, on this machine
 
 
 def test_unreadable_final_pt_is_set_aside_and_the_run_trained_again(tmp_path, data):
@@ -237,8 +234,8 @@ def test_unreadable_final_pt_is_set_aside_and_the_run_trained_again(tmp_path, da
         warnings.simplefilter("always")
         result = execute_task(task)
     assert not [w for w in caught if issubclass(w.category, CheckpointSetAsideWarning)]
-    assert result["status"] == "done" and result["epochs"] == 1
-    assert "final.pt: cannot read checkpoint" in result["warnings"][0] and "trained again" in result["warnings"][0]
+    assert result.status == "done" and result.epochs == 1
+    assert "final.pt: cannot read checkpoint" in result.warnings[0] and "trained again" in result.warnings[0]
     assert len(list((tmp_path / "run").glob("final.pt.corrupt-*"))) == 1
     assert torch.load(final, weights_only=False)["result"]["epochs"] == 1
 

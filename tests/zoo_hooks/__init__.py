@@ -1,5 +1,5 @@
 """Test hooks of the zoo tests: an injected failure (in-process) and slow epochs (also in worker
-processes and CLI subprocesses, through ``sitecustomize``)."""
+processes and CLI subprocesses, through ``sitecustomize``); ``as_task``."""
 
 import os
 from pathlib import Path
@@ -23,8 +23,20 @@ def fail_runs(monkeypatch, run_ids: set[str]) -> None:
     train_run = train.train_run
 
     def failing(task, *args, **kwargs):
-        if task["run_id"] in run_ids:
+        if task.run_id in run_ids:
             raise RuntimeError("injected failure")
         return train_run(task, *args, **kwargs)
 
     monkeypatch.setattr(train, "train_run", failing)
+
+
+def as_task(task: dict):
+    """The ``Task`` of a task dict as ``fixtures_zoo.run_task`` writes it (``data``: split -> cache)."""
+    from camgap.zoo.config import RunConfig, Task
+
+    fields = dict(task)
+    data = fields.pop("data")
+    config = fields.pop("config")
+    config = RunConfig.from_dict(config) if isinstance(config, dict) else config
+    classes = tuple(fields.pop("classes", ()))
+    return Task(**fields, config=config, classes=classes, train_data=data["train"], test_data=data["test"])
