@@ -4,7 +4,7 @@ checks sit beside their fields, tasks travel to worker processes."""
 import hashlib
 import json
 import pickle
-from dataclasses import fields
+from dataclasses import fields, replace
 
 import pytest
 
@@ -74,6 +74,13 @@ def test_a_config_of_an_older_model_set_keeps_its_bytes_and_run_id():
     assert json.dumps(cfg.to_dict()) == json.dumps(old)
     assert make_run_id(cfg.to_dict(), 3) == make_run_id(old, 3)
     assert pickle.dumps(cfg.to_dict()) == pickle.dumps(old)
+    # a field set later is stored after the others; a config made directly stores what is set
+    assert list(replace(cfg, threads=2).to_dict()) == [*old, "threads"]
+    assert RunConfig(arch="resnet18", lr=0.1, trained=False).to_dict() == {
+        "arch": "resnet18",
+        "lr": 0.1,
+        "trained": False,
+    }
 
 
 def test_a_stored_config_or_result_with_an_unknown_key_is_refused():

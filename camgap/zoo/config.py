@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
 from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD, RESIZE_MODES
@@ -192,6 +192,11 @@ class PretrainConfig:
 # --- one run ----------------------------------------------------------------------------
 
 
+def _changed(obj: Any, f: Field) -> bool:
+    default = f.default_factory() if f.default is MISSING else f.default
+    return f.name != "stored_keys" and getattr(obj, f.name) != default
+
+
 def _stored(obj: Any) -> dict[str, Any]:
     return {k: getattr(obj, k) for k in obj.stored_keys}
 
@@ -248,8 +253,11 @@ class RunConfig:
         return _from_stored(cls, d, where)
 
     def to_dict(self) -> dict[str, Any]:
-        """The stored form: the keys it was made from, in their order (run ids hash it)."""
-        return _stored(self)
+        """The stored form: the keys it was read from, in their order (run ids hash it), then each
+        other field that differs from its default (one set by ``dataclasses.replace``; for a config
+        made without ``from_dict``, every field it was given)."""
+        changed = [f.name for f in fields(self) if f.name not in self.stored_keys and _changed(self, f)]
+        return {k: getattr(self, k) for k in (*self.stored_keys, *changed)}
 
 
 @dataclass(frozen=True)
