@@ -479,3 +479,16 @@ def test_build_help_documents_exit_codes(capsys):
         "130  interrupted",
     ):
         assert code in out
+
+
+@pytest.mark.slow
+def test_the_slow_epoch_hook_reaches_subprocesses():
+    """The kill tests time their kills by slow epochs: a subprocess given ``worker_env`` has them
+    (tests/zoo_hooks/sitecustomize.py), one without it trains at full speed (camgap has no switch)."""
+    probe = "import camgap.zoo.train as t; print(t.__file__, t._Run.end_epoch.__name__)"
+    for env, name in ((worker_env(epoch_delay=0.25), "delayed"), (worker_env(), "end_epoch")):
+        out = subprocess.run(
+            [sys.executable, "-c", probe], env=os.environ | env, cwd="/", capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == [str(ROOT / "camgap" / "zoo" / "train.py"), name]
