@@ -64,7 +64,7 @@ def fake_model_set(variants: list[tuple[str, str]], n_runs: int | None, seed: in
         specs = specs[:n_runs]
     rows = []
     for spec in specs:
-        cfg = spec.config
+        cfg = spec.config.to_dict()  # the stored form: grid keys of an untrained run are None
         train_acc = float(rng.uniform(0.5, 1.0)) if cfg["trained"] else float(rng.uniform(0.0, 0.1))
         test_acc = float(np.clip(train_acc - rng.uniform(0.0, 0.4), 0.0, 1.0))
         rows.append(

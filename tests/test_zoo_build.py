@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from fixtures_zoo import run_task
+from zoo_hooks import as_task, fail_runs, worker_env
 
 from camgap.data.synthetic import write_synthetic
 from camgap.models import create_model, load_checkpoint
@@ -22,7 +23,7 @@ from camgap.zoo.cli import main as zoo_main
 from camgap.zoo.grid import load_grid
 from camgap.zoo.pretrained import PretrainedWeightsError, load_pretrained_backbone, pretrained_paths
 from camgap.zoo.registry import Registry
-from camgap.zoo.train import EPOCH_DELAY_ENV, INJECT_FAIL_ENV, augment_batch, train_run
+from camgap.zoo.train import augment_batch, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,12 +141,12 @@ def test_build_end_to_end_and_rebuild(tmp_path, data):
 
 def _task(tmp_path, data, run_dir, epochs=2, augment=True):
     grid = load_grid(write_grid(tmp_path / "g.toml", epochs=epochs, augs=str(augment).lower()))
-    return run_task(grid.runs()[0], data, tmp_path, run_dir, threads=1)
+    return as_task(run_task(grid.runs()[0], data, tmp_path, run_dir, threads=1))
 
 
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, data):
     full = train_run(_task(tmp_path, data, tmp_path / "a"))
-    assert full["epochs"] == 2 and full["stop_reason"] == "C4" and full["resumed_from"] is None
+    assert full.epochs == 2 and full.stop_reason == "C4" and full.resumed_from is None
 
     class Interrupt(Exception):
         pass
@@ -159,9 +160,9 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, data):
         train_run(task, epoch_callback=stop_after_first)
     assert (tmp_path / "b" / "last.pt").is_file() and not (tmp_path / "b" / "final.pt").exists()
     resumed = train_run(task)
-    assert resumed["resumed_from"] == 1
+    assert resumed.resumed_from == 1
     for k in ("epochs", "stop_reason", "train_acc", "train_loss", "test_acc", "test_loss", "gap"):
-        assert resumed[k] == full[k], k
+        assert getattr(resumed, k) == getattr(full, k), k
     a = torch.load(tmp_path / "a" / "final.pt", weights_only=False)
     b = torch.load(tmp_path / "b" / "final.pt", weights_only=False)
     for k, v in a["model_state_dict"].items():
@@ -174,7 +175,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, data):
 def test_failed_run_is_recorded_and_the_sweep_continues(tmp_path, data, monkeypatch):
     grid = write_grid(tmp_path / "g.toml", lrs="0.05, 0.005")
     bad = load_grid(grid).runs()[0].run_id
-    monkeypatch.setenv(INJECT_FAIL_ENV, bad)
+    fail_runs(monkeypatch, {bad})
     zoo = tmp_path / "zoo"
     s = build(grid, data, zoo, workers=0, device="cpu", progress=False, log=quiet, max_attempts=2)
     assert s.done == 1 and s.failed == 1 and s.failed_now == 2  # tried twice
@@ -187,7 +188,7 @@ def test_failed_run_is_recorded_and_the_sweep_continues(tmp_path, data, monkeypa
     assert info["failures"][0]["run_id"] == bad and "injected failure" in format_status(info)
     assert zoo_main(["status", str(zoo)]) == 0
     # out of attempts: a plain rebuild leaves it; --retry-failed trains it
-    monkeypatch.delenv(INJECT_FAIL_ENV)
+    monkeypatch.undo()
     assert build(grid, data, zoo, workers=0, device="cpu", progress=False, log=quiet).failed == 1
     s = build(grid, data, zoo, workers=0, device="cpu", progress=False, log=quiet, retry_failed=True)
     assert s.done == 2 and s.failed == 0 and s.trained_now == 1
@@ -224,7 +225,7 @@ def test_sigkill_driver_and_resume(tmp_path, data):
         "cpu",
         "--no-progress",
     ]
-    env = os.environ | {EPOCH_DELAY_ENV: "0.4", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = os.environ | worker_env(epoch_delay=0.4) | {"OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         # kill once a run has finished and another is mid-run (last.pt is removed at the end)
@@ -256,7 +257,7 @@ def test_sigkill_driver_and_resume(tmp_path, data):
 
     # resume in-process (--workers 0): checkpoints do not depend on the executor
     cmd[cmd.index("--workers") + 1] = "0"
-    out = subprocess.run(cmd, env=env | {EPOCH_DELAY_ENV: "0"}, cwd=ROOT, capture_output=True, text=True, timeout=180)
+    out = subprocess.run(cmd, env=env | worker_env(), cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "resuming" in out.stdout
 

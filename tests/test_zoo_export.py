@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from camgap.zoo.build import EXPORT_COLUMNS, export
+from camgap.zoo.config import RunResult
 from camgap.zoo.grid import RunSpec
 from camgap.zoo.registry import Registry
 
@@ -29,16 +30,18 @@ def zoo(tmp_path):
         reg.add_runs([RunSpec("r1", CONFIG, 0, 1234567), RunSpec("r2", CONFIG | {"lr": 0.01}, 1, 7)])
         reg.mark_done(
             "r1",
-            {
-                "epochs": 17,
-                "stop_reason": "C1+C2",
-                "train_acc": 0.987654321,
-                "train_loss": 0.0123456789,
-                "test_acc": 0.5,
-                "test_loss": 2.0,
-                "gap": 100 * (0.987654321 - 0.5),
-                "wall_time": 12.3456789,
-            },
+            RunResult(
+                "r1",
+                "done",
+                epochs=17,
+                stop_reason="C1+C2",
+                train_acc=0.987654321,
+                train_loss=0.0123456789,
+                test_acc=0.5,
+                test_loss=2.0,
+                gap=100 * (0.987654321 - 0.5),
+                wall_time=12.3456789,
+            ),
         )
         reg.record_measurements(
             "r1",

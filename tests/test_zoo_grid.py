@@ -48,7 +48,7 @@ def test_paper_grid_is_table_2():
     runs = grid.runs()
     assert len(runs) == 3656 and len({r.run_id for r in runs}) == 3656
     assert len({r.seed for r in runs}) == 3656
-    t = grid.train
+    t = grid.train.to_dict()
     assert (t["max_epochs"], t["loss_threshold"], t["acc_threshold"], t["input_size"]) == (150, 0.1, 0.95, 224)
     assert t["momentum"] == 0.9
 
@@ -72,16 +72,16 @@ def test_defaults_and_expansion_order():
     assert grid.axes["optimizer"] == ("sgd",) and grid.axes["pretrained"] == (False,)
     runs = grid.runs()
     assert len(runs) == 8
-    combos = [(r.config["batch_size"], r.config["lr"], r.repeat) for r in runs]
+    combos = [(r.config.batch_size, r.config.lr, r.repeat) for r in runs]
     assert combos[:4] == [(16, 0.1, 0), (16, 0.1, 1), (16, 0.001, 0), (16, 0.001, 1)]
-    assert all(set(GRID_KEYS) <= set(r.config) for r in runs)
+    assert all(set(GRID_KEYS) <= set(r.config.to_dict()) for r in runs)
 
 
 def test_numbers_are_canonical_floats_and_names_lowercase():
     a = g('[grid]\narch = ["small_resnet"]\nweight_decay = [0]\nlr = [1]\noptimizer = ["SGD"]')
     b = g('[grid]\narch = ["small_resnet"]\nweight_decay = [0.0]\nlr = [1.0]\noptimizer = ["sgd"]')
     assert [r.run_id for r in a.runs()] == [r.run_id for r in b.runs()]
-    assert isinstance(a.runs()[0].config["weight_decay"], float)
+    assert isinstance(a.runs()[0].config.weight_decay, float)
 
 
 def test_run_id_is_stable_and_config_sensitive():
@@ -106,7 +106,7 @@ def test_untrained_runs():
     grid = g(BASE + "untrained = 3\n")
     un = [r for r in grid.runs() if not r.trained]
     assert len(un) == 3 and {r.repeat for r in un} == {0, 1, 2}
-    assert all(r.config["arch"] == "small_resnet" and r.config["lr"] is None for r in un)
+    assert all(r.config.arch == "small_resnet" and r.config.lr is None for r in un)
 
 
 @pytest.mark.parametrize(
@@ -157,7 +157,7 @@ def test_grid_seed_draws_another_sample_and_other_run_seeds():
 
     g0 = load_grid("demo")
     g1 = dataclasses.replace(g0, seed=1)
-    assert g0.seed == 0 and "grid_seed" not in g0.runs()[0].config  # seed 0: the ids of before
+    assert g0.seed == 0 and "grid_seed" not in g0.runs()[0].config.to_dict()  # seed 0: the ids of before
     r0, r1 = g0.runs(), g1.runs()
     assert len(r0) == len(r1)
     assert {r.run_id for r in r0}.isdisjoint(r.run_id for r in r1)
@@ -165,9 +165,46 @@ def test_grid_seed_draws_another_sample_and_other_run_seeds():
 
     def key(runs):
         return sorted(
-            tuple(r.config[k] for k in ("arch", "batch_size", "lr", "optimizer")) for r in runs if r.config["trained"]
+            tuple(getattr(r.config, k) for k in ("arch", "batch_size", "lr", "optimizer")) for r in runs if r.trained
         )
 
     assert key(r0) != key(r1)  # another balanced sample of the configurations
     assert g1.canonical()["seed"] == 1 and "seed" not in g0.canonical()
     assert dataclasses.replace(g0, seed=1).fingerprint() == g1.fingerprint() != g0.fingerprint()
+
+
+# Run ids and seeds of the packaged grids as computed before run configs became typed: stored model
+# sets are keyed by them, so no change to how a config is built or serialised may move one.
+KNOWN_RUNS = {
+    "demo": (
+        72,
+        "36f3cd3efdaab714b0406f1bb04ce62e9696f11a2a69bcba202e7523adc25d95",
+        {
+            0: ("7702db5cddfa7886", 1159706274, 0),
+            36: ("e44c4db30422821d", 1958998554, 0),
+            71: ("c062dc2145ee7692", 347408818, 3),
+        },
+    ),
+    "paper": (
+        3656,
+        "7adef1097e78079c13f2652329ef4d4c9e06043643c9f1e5d6369717863aad77",
+        {
+            0: ("d68c9fc7a0c11541", 4093062, 0),
+            1828: ("d9d85242624ce4e2", 207139189, 0),
+            3655: ("5cec5e200de31a51", 968477926, 49),
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(KNOWN_RUNS))
+def test_packaged_grids_keep_their_run_ids(name):
+    import hashlib
+
+    n, digest, samples = KNOWN_RUNS[name]
+    specs = load_grid(name).runs()
+    assert len(specs) == n
+    for i, (run_id, seed, repeat) in samples.items():
+        assert (specs[i].run_id, specs[i].seed, specs[i].repeat) == (run_id, seed, repeat)
+        assert make_run_id(specs[i].config.to_dict(), repeat) == run_id
+    assert hashlib.sha256(",".join(s.run_id for s in specs).encode()).hexdigest() == digest

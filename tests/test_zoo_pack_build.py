@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from fixtures_zoo import run_task
+from zoo_hooks import as_task
 
 from camgap.data.synthetic import write_synthetic
 from camgap.zoo.build import build, pack_plan
+from camgap.zoo.config import RunResult, Task
 from camgap.zoo.grid import GridError, load_grid
 from camgap.zoo.registry import Registry
 from camgap.zoo.train import train_pack
@@ -67,16 +69,18 @@ def by_seed(zoo: Path) -> dict[int, dict]:
 def test_packs_are_a_function_of_the_grid(tmp_path):
     g = load_grid(grid(tmp_path / "g.toml", 3))
     plan = pack_plan(g)
-    trained = [s.run_id for s in g.runs() if s.config["trained"]]
+    trained = [s.run_id for s in g.runs() if s.trained]
     assert set(plan) == set(trained)  # the untrained model is never packed
     packs = {}
     for rid in trained:
         packs.setdefault(plan[rid], []).append(rid)
     assert sorted(map(len, packs.values())) == [1, 3]  # 4 runs in grid order: a pack of 3, then 1
     assert pack_plan(load_grid(grid(tmp_path / "g.toml", 3))) == plan
-    assert all(s.config.get("pack") == 3 for s in g.runs() if s.config["trained"])
+    assert all(s.config.pack == 3 for s in g.runs() if s.trained)
     assert pack_plan(load_grid(grid(tmp_path / "g1.toml", 1))) == {}
-    assert "pack" not in load_grid(grid(tmp_path / "g1.toml", 1)).runs()[0].config  # run ids of pack = 1 unchanged
+    assert (
+        "pack" not in load_grid(grid(tmp_path / "g1.toml", 1)).runs()[0].config.to_dict()
+    )  # run ids of pack = 1 unchanged
     assert load_grid(grid(tmp_path / "ga.toml", "auto")).pack_size("small_resnet") == 8
     with pytest.raises(GridError, match="pack"):
         load_grid(grid(tmp_path / "gb.toml", 0))
@@ -140,19 +144,20 @@ def test_packs_give_the_same_weights_at_any_worker_count(tmp_path, data):
             assert torch.equal(t, b[rid]["model_state_dict"][name]), (rid, name)
 
 
-def _pack_tasks(tmp_path: Path, data: Path, out: str, epochs: int = 3) -> list[dict]:
+def _pack_tasks(tmp_path: Path, data: Path, out: str, epochs: int = 3) -> list[Task]:
     g = load_grid(grid(tmp_path / "g.toml", 3, epochs=epochs))
     plan = pack_plan(g)
     specs = [s for s in g.runs() if s.run_id in plan]
     first = plan[specs[0].run_id]
-    return [run_task(s, data, tmp_path / "cache", tmp_path / out / s.run_id) for s in specs if plan[s.run_id] == first]
+    cache = tmp_path / "cache"
+    return [as_task(run_task(s, data, cache, tmp_path / out / s.run_id)) for s in specs if plan[s.run_id] == first]
 
 
-def _assert_same_weights(a: list[dict], b: list[dict], tmp_path: Path, out_a: str, out_b: str) -> None:
-    assert [r["epochs"] for r in a] == [r["epochs"] for r in b]
-    for task_a, task_b in zip(a, b, strict=True):
-        ka = torch.load(tmp_path / out_a / task_a["run_id"] / "final.pt", weights_only=True)
-        kb = torch.load(tmp_path / out_b / task_b["run_id"] / "final.pt", weights_only=True)
+def _assert_same_weights(a: list[RunResult], b: list[RunResult], tmp_path: Path, out_a: str, out_b: str) -> None:
+    assert [r.epochs for r in a] == [r.epochs for r in b]
+    for res_a, res_b in zip(a, b, strict=True):
+        ka = torch.load(tmp_path / out_a / res_a.run_id / "final.pt", weights_only=True)
+        kb = torch.load(tmp_path / out_b / res_b.run_id / "final.pt", weights_only=True)
         for name, t in ka["model_state_dict"].items():
             assert torch.equal(t, kb["model_state_dict"][name]), name
         assert ka["history"][-1]["train_acc"] == kb["history"][-1]["train_acc"]
@@ -177,10 +182,10 @@ def test_an_interrupted_pack_resumes_to_the_same_weights(tmp_path, data):
     with pytest.raises(Interrupt):
         train_pack(tasks, epoch_callback=stop)
     resumed = train_pack(tasks)
-    assert all(r["resumed_from"] == 2 for r in resumed)
+    assert all(r.resumed_from == 2 for r in resumed)
     _assert_same_weights(
-        [r | {"run_id": t["run_id"]} for r, t in zip(full, full_tasks, strict=True)],
-        [r | {"run_id": t["run_id"]} for r, t in zip(resumed, tasks, strict=True)],
+        full,
+        resumed,
         tmp_path,
         "full",
         "cut",
@@ -193,7 +198,7 @@ def test_runs_left_at_different_epochs_are_brought_level_in_their_pack(tmp_path,
     full_tasks = _pack_tasks(tmp_path, data, "full")
     full = train_pack(full_tasks)
     tasks = _pack_tasks(tmp_path, data, "cut")
-    behind = Path(tasks[1]["run_dir"])
+    behind = Path(tasks[1].run_dir)
     seen = []
 
     def stop(epoch, record):
@@ -207,10 +212,10 @@ def test_runs_left_at_different_epochs_are_brought_level_in_their_pack(tmp_path,
         train_pack(tasks, epoch_callback=stop)
     shutil.copy(behind.parent / "kept-last.pt", behind / "last.pt")  # run 1 is back at epoch 1
     resumed = train_pack(tasks)
-    assert [r["resumed_from"] for r in resumed] == [2, 1, 2]
+    assert [r.resumed_from for r in resumed] == [2, 1, 2]
     _assert_same_weights(
-        [r | {"run_id": t["run_id"]} for r, t in zip(full, full_tasks, strict=True)],
-        [r | {"run_id": t["run_id"]} for r, t in zip(resumed, tasks, strict=True)],
+        full,
+        resumed,
         tmp_path,
         "full",
         "cut",
@@ -242,10 +247,10 @@ def test_precision_and_memory_layout_are_recorded_and_keep_the_seed(tmp_path, da
     )
     (tmp_path / "g.toml").write_text(text)
     g, plain = load_grid(tmp_path / "g.toml"), load_grid(grid(tmp_path / "p.toml", 1, epochs=1))
-    fast = [s for s in g.runs() if s.config["trained"]]
-    slow = [s for s in plain.runs() if s.config["trained"]]
-    assert all(s.config["precision"] == "bf16" and s.config["channels_last"] is True for s in fast)
-    assert all("precision" not in s.config and "channels_last" not in s.config for s in slow)
+    fast = [s for s in g.runs() if s.trained]
+    slow = [s for s in plain.runs() if s.trained]
+    assert all(s.config.precision == "bf16" and s.config.channels_last is True for s in fast)
+    assert all("precision" not in s.config.to_dict() and "channels_last" not in s.config.to_dict() for s in slow)
     assert [s.seed for s in fast] == [s.seed for s in slow]  # the same runs, computed otherwise
     assert {s.run_id for s in fast}.isdisjoint(s.run_id for s in slow)
     s = build(tmp_path / "g.toml", data, tmp_path / "zoo", workers=0, device="cpu", progress=False, log=quiet)

@@ -19,15 +19,17 @@ from pathlib import Path
 import pytest
 import torch
 from test_zoo_build import _task, quiet, write_grid
+from zoo_hooks import worker_env
 
 import camgap.zoo.executors as executors
 import camgap.zoo.train as train
 from camgap.data.synthetic import write_synthetic
 from camgap.zoo.build import StorageError, ZooError, build, format_status, status
 from camgap.zoo.cli import main as zoo_main
+from camgap.zoo.config import Pack, RunResult, Task
 from camgap.zoo.grid import load_grid
 from camgap.zoo.registry import META_BACKUP, Registry
-from camgap.zoo.train import EPOCH_DELAY_ENV, CheckpointSetAsideWarning, execute_task, train_run
+from camgap.zoo.train import CheckpointSetAsideWarning, execute_task, train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_COLUMNS = [
@@ -71,23 +73,17 @@ class Scripted:
         self.inner = executors.InProcessExecutor("cpu", 1)
         self.capacity = 1
 
-    def submit(self, task: dict) -> None:
+    def submit(self, task: Task | Pack) -> None:
         self.inner.submit(task)
 
-    def wait(self) -> list[dict]:
+    def wait(self) -> list[RunResult]:
         step = self.script.pop(0) if self.script else None
         if step == "interrupt":
             raise KeyboardInterrupt
         if step == "died":
             task = self.inner._queue.pop(0)
-            return [
-                {
-                    "run_id": task["run_id"],
-                    "status": "lost",
-                    "worker_died": True,
-                    "error": "its worker process died (killed, out of memory or crashed)",
-                }
-            ]
+            died = "its worker process died (killed, out of memory or crashed)"
+            return [RunResult(task.run_id, "lost", error=died, worker_died=True)]
         return self.inner.wait()
 
     def close(self) -> None:
@@ -157,7 +153,8 @@ def test_a_run_whose_worker_dies_twice_in_a_row_fails(tmp_path, data, monkeypatc
 def test_sigkill_of_a_worker_process(tmp_path, data, monkeypatch):
     """kill -9 one of two worker processes mid-sweep: its run is re-queued (no attempt), the
     sibling killed with the pool resumes; the sweep completes every run."""
-    monkeypatch.setenv(EPOCH_DELAY_ENV, "0.3")
+    for name, value in worker_env(epoch_delay=0.3).items():  # the spawned workers start with these
+        monkeypatch.setenv(name, value)
     grid = write_grid(tmp_path / "g.toml", lrs="0.05, 0.005", epochs=3)
     zoo = tmp_path / "zoo"
     killed = []
@@ -196,7 +193,7 @@ def test_sigkill_of_a_worker_process(tmp_path, data, monkeypatch):
         assert [h["epoch"] for h in hist] == list(range(1, r.epochs + 1))
 
 
-def _interrupt_after_first_epoch(task: dict) -> None:
+def _interrupt_after_first_epoch(task) -> None:
     class Stop(Exception):
         pass
 
@@ -221,9 +218,11 @@ def test_unreadable_last_pt_is_set_aside_and_the_run_restarts(tmp_path, data):
         result = train_run(task)
     aside = list((tmp_path / "run").glob("last.pt.corrupt-*"))
     assert len(aside) == 1 and aside[0].stat().st_size == 200
-    assert result["resumed_from"] is None and result["warnings"][0].startswith(str(last))
+    assert result.resumed_from is None and result.warnings[0].startswith(str(last))
     for k in ("epochs", "stop_reason", "train_acc", "train_loss", "test_acc", "test_loss"):
-        assert result[k] == fresh[k], k  # restarted from scratch: the same seeded run, on this machine
+        assert getattr(result, k) == getattr(fresh, k), (
+            k
+        )  # restarted from scratch: the same seeded run, on this machine
 
 
 def test_unreadable_final_pt_is_set_aside_and_the_run_trained_again(tmp_path, data):
@@ -235,8 +234,8 @@ def test_unreadable_final_pt_is_set_aside_and_the_run_trained_again(tmp_path, da
         warnings.simplefilter("always")
         result = execute_task(task)
     assert not [w for w in caught if issubclass(w.category, CheckpointSetAsideWarning)]
-    assert result["status"] == "done" and result["epochs"] == 1
-    assert "final.pt: cannot read checkpoint" in result["warnings"][0] and "trained again" in result["warnings"][0]
+    assert result.status == "done" and result.epochs == 1
+    assert "final.pt: cannot read checkpoint" in result.warnings[0] and "trained again" in result.warnings[0]
     assert len(list((tmp_path / "run").glob("final.pt.corrupt-*"))) == 1
     assert torch.load(final, weights_only=False)["result"]["epochs"] == 1
 
@@ -480,3 +479,16 @@ def test_build_help_documents_exit_codes(capsys):
         "130  interrupted",
     ):
         assert code in out
+
+
+@pytest.mark.slow
+def test_the_slow_epoch_hook_reaches_subprocesses():
+    """The kill tests time their kills by slow epochs: a subprocess given ``worker_env`` has them
+    (tests/zoo_hooks/sitecustomize.py), one without it trains at full speed (camgap has no switch)."""
+    probe = "import camgap.zoo.train as t; print(t.__file__, t._Run.end_epoch.__name__)"
+    for env, name in ((worker_env(epoch_delay=0.25), "delayed"), (worker_env(), "end_epoch")):
+        out = subprocess.run(
+            [sys.executable, "-c", probe], env=os.environ | env, cwd="/", capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == [str(ROOT / "camgap" / "zoo" / "train.py"), name]

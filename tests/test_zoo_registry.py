@@ -5,6 +5,7 @@ import tomllib
 
 import pytest
 
+from camgap.zoo.config import RunResult
 from camgap.zoo.grid import GRID_KEYS, parse_grid
 from camgap.zoo.registry import GridMismatchError, Registry, RegistryError
 
@@ -20,19 +21,18 @@ untrained = 1
 
 
 def result(run_id, train_acc=0.9, test_acc=0.6, epochs=3):
-    return {
-        "run_id": run_id,
-        "status": "done",
-        "epochs": epochs,
-        "stop_reason": "C4",
-        "train_acc": train_acc,
-        "train_loss": 0.3,
-        "test_acc": test_acc,
-        "test_loss": 1.2,
-        "gap": 100 * (train_acc - test_acc),
-        "wall_time": 1.5,
-        "resumed_from": None,
-    }
+    return RunResult(
+        run_id,
+        "done",
+        epochs=epochs,
+        stop_reason="C4",
+        train_acc=train_acc,
+        train_loss=0.3,
+        test_acc=test_acc,
+        test_loss=1.2,
+        gap=100 * (train_acc - test_acc),
+        wall_time=1.5,
+    )
 
 
 def test_round_trip(tmp_path):
@@ -73,10 +73,10 @@ def test_todo_retries_and_interrupted(tmp_path):
         reg.mark_failed(b, "x")
         # a dead driver left `a` running
         assert reg.reset_interrupted() == [a]
-        assert [r["run_id"] for r in reg.todo(max_attempts=2)] == [a, b, u]  # failed b: 1 < 2 attempts
+        assert [r.run_id for r in reg.todo(max_attempts=2)] == [a, b, u]  # failed b: 1 < 2 attempts
         reg.mark_running(b)
         reg.mark_failed(b, "y")
-        assert [r["run_id"] for r in reg.todo(max_attempts=2)] == [a, u]  # b out of attempts
+        assert [r.run_id for r in reg.todo(max_attempts=2)] == [a, u]  # b out of attempts
         assert reg.reset_failed() == 1
         assert reg.get_run(b)["attempts"] == 0 and reg.get_run(b)["status"] == "pending"
 
@@ -161,11 +161,11 @@ def test_only_a_failure_of_the_run_uses_an_attempt(tmp_path):
         assert reg.mark_running(a) == 1
         reg.requeue(a)  # its worker (or a sibling's) died
         assert reg.get_run(a)["attempts"] == 0 and reg.get_run(a)["status"] == "pending"
-        assert a in [r["run_id"] for r in reg.todo(max_attempts=1)]
+        assert a in [r.run_id for r in reg.todo(max_attempts=1)]
         assert reg.mark_running(a) == 1
         assert reg.mark_failed(a, "RuntimeError: boom") == 1
-        assert a not in [r["run_id"] for r in reg.todo(max_attempts=1)]
-        assert a in [r["run_id"] for r in reg.todo(max_attempts=2)]
+        assert a not in [r.run_id for r in reg.todo(max_attempts=1)]
+        assert a in [r.run_id for r in reg.todo(max_attempts=2)]
         assert reg.mark_running(a) == 2  # the attempt it is on
 
 

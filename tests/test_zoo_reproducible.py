@@ -5,12 +5,14 @@ with an error naming them, never executed."""
 
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from fixtures_zoo import run_task
+from zoo_hooks import as_task
 
 import camgap.zoo.train as zt
 from camgap.data.synthetic import write_synthetic
@@ -96,14 +98,14 @@ def test_weights_do_not_depend_on_workers(tmp_path, data):
 def test_threads_is_part_of_the_run_config_and_id(tmp_path):
     one = load_grid(write_grid(tmp_path / "one.toml", extra_grid="untrained = 1"))
     two = load_grid(write_grid(tmp_path / "two.toml", extra_grid="untrained = 1", extra_train="threads = 2"))
-    assert one.train["threads"] == 1 and two.train["threads"] == 2
+    assert one.train.threads == 1 and two.train.threads == 2
     r1, r2 = one.runs(), two.runs()
-    assert [r.config["threads"] for r in r1 if r.trained] == [1] * 4
-    assert [r.config["threads"] for r in r2 if r.trained] == [2] * 4
+    assert [r.config.threads for r in r1 if r.trained] == [1] * 4
+    assert [r.config.threads for r in r2 if r.trained] == [2] * 4
     assert {r.run_id for r in r1 if r.trained}.isdisjoint({r.run_id for r in r2 if r.trained})
     # an untrained model is its seeded initialisation: the thread count does not change it or its id
     assert [r.run_id for r in r1 if not r.trained] == [r.run_id for r in r2 if not r.trained]
-    assert "threads" not in next(r for r in r1 if not r.trained).config
+    assert "threads" not in next(r for r in r1 if not r.trained).config.to_dict()
     assert one.fingerprint() != two.fingerprint()
 
 
@@ -125,20 +127,20 @@ def test_run_sets_its_threads_and_restores_the_callers(tmp_path, data, monkeypat
 
     monkeypatch.setattr(zt, "evaluate", spy)
     task = _task(tmp_path, data, tmp_path / "run")
-    task["config"] = task["config"] | {"threads": 2, "max_epochs": 1}
-    task["threads"] = 1  # what an executor passes: ignored for a config with its own count
+    task = replace(task, config=replace(task.config, threads=2, max_epochs=1))
+    task = replace(task, threads=1)  # what an executor passes: ignored for a config with its own count
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert train_run(task)["epochs"] == 1
+        assert train_run(task).epochs == 1
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
     assert seen == [2, 2]  # the clean train and test passes of the one epoch
 
 
-def _task(tmp_path: Path, data: Path, run_dir: Path) -> dict:
-    return run_task(load_grid(write_grid(tmp_path / "g.toml")).runs()[0], data, tmp_path, run_dir)
+def _task(tmp_path: Path, data: Path, run_dir: Path):
+    return as_task(run_task(load_grid(write_grid(tmp_path / "g.toml")).runs()[0], data, tmp_path, run_dir))
 
 
 def test_last_pt_loads_with_weights_only_and_resumes(tmp_path, data):
@@ -158,7 +160,7 @@ def test_last_pt_loads_with_weights_only_and_resumes(tmp_path, data):
     assert rng["numpy"]["key"].shape == (624,) and isinstance(rng["numpy"]["pos"], int)
     assert isinstance(rng["python"], list) and len(rng["python"][1]) == 625
     resumed = train_run(task)
-    assert resumed["resumed_from"] == 1 and resumed["epochs"] == 2
+    assert resumed.resumed_from == 1 and resumed.epochs == 2
     assert read_checkpoint(tmp_path / "run" / "final.pt")["result"]["resumed_from"] == 1
     assert read_checkpoint(tmp_path / "run" / "init.pt")["epoch"] == 0
 

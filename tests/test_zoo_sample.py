@@ -28,7 +28,7 @@ def grid_doc(sample=None, repeats=1, untrained=0, **extra) -> dict:
 
 
 def trained_configs(grid) -> list[dict]:
-    return [s.config for s in grid.runs() if s.trained]
+    return [s.config.to_dict() for s in grid.runs() if s.trained]
 
 
 def test_sample_keeps_exactly_k_and_balances_every_value():
@@ -67,7 +67,7 @@ def test_sample_with_repeats_and_untrained():
     specs = g.runs()
     trained = [s for s in specs if s.trained]
     assert len(trained) == 10 and len(specs) == 13 == len(g)
-    assert len({tuple(s.config[k] for k in AXES) for s in trained}) == 5
+    assert len({tuple(getattr(s.config, k) for k in AXES) for s in trained}) == 5
     assert Counter(s.repeat for s in trained) == {0: 5, 1: 5}
 
 
@@ -98,5 +98,5 @@ def test_packaged_demo_grids_sample_every_value(name, configs, untrained):
     trained = [s for s in specs if s.trained]
     assert len(trained) == configs and len(specs) == configs + untrained
     for key, values in g.axes.items():
-        seen = Counter(s.config[key] for s in trained)
+        seen = Counter(getattr(s.config, key) for s in trained)
         assert set(seen) == set(values), (name, key, seen)

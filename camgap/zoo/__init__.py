@@ -1,6 +1,7 @@
 """Model sets: train a hyperparameter grid of classifiers with the paper's stopping rules,
 resumably, on one machine or a Ray cluster (issue 3).
 
+    config.py      typed settings: [train]/[pretrain] tables, a run's config, a worker's task, its result
     grid.py        grid TOML -> validated Grid -> RunSpecs with stable run ids
     stopping.py    the paper's stopping rules C1-C4 as a pure function of the history
     train.py       one run: tensor-store data on the device, batched augmentation, checkpoints
@@ -11,12 +12,19 @@ resumably, on one machine or a Ray cluster (issue 3).
     cli.py         `camgap zoo build|status|export`
 """
 
+from camgap.zoo.config import Pack, PretrainConfig, RunConfig, RunResult, Task, TrainConfig
 from camgap.zoo.grid import Grid, GridError, RunSpec, load_grid, make_run_id, parse_grid
 from camgap.zoo.registry import Registry, RegistryError
 from camgap.zoo.stopping import StopDecision, StoppingRules, check_stop
 
 __all__ = [
     "Grid",
+    "TrainConfig",
+    "PretrainConfig",
+    "RunConfig",
+    "Task",
+    "Pack",
+    "RunResult",
     "GridError",
     "RunSpec",
     "load_grid",

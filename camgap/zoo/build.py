@@ -29,11 +29,12 @@ import json
 import sys
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from camgap.errors import CamgapError
-from camgap.zoo.grid import GRID_KEYS, Grid, GridError, canonical_json, load_grid
+from camgap.zoo.config import Pack, RunConfig, RunResult, Task
+from camgap.zoo.grid import GRID_KEYS, Grid, GridError, RunSpec, canonical_json, load_grid
 from camgap.zoo.registry import META_BACKUP, Registry, RegistryError, format_measurement_status, rebuild_registry
 
 __all__ = [
@@ -162,19 +163,19 @@ def _read_splits(data: Path, layout: str) -> tuple[list, list, list[str]]:
     return train, test, classes
 
 
-def _describe(cfg: dict, repeat: int) -> str:
-    if not cfg.get("trained", True):
-        return f"{cfg['arch']} untrained #{repeat}"
+def _describe(cfg: RunConfig, repeat: int) -> str:
+    if not cfg.trained:
+        return f"{cfg.arch} untrained #{repeat}"
     return (
-        f"{cfg['arch']} bs={cfg['batch_size']} lr={cfg['lr']:g} {cfg['optimizer']} wd={cfg['weight_decay']:g} "
-        f"aug={int(cfg['augment'])} pre={int(cfg['pretrained'])} r{repeat}"
+        f"{cfg.arch} bs={cfg.batch_size} lr={cfg.lr:g} {cfg.optimizer} wd={cfg.weight_decay:g} "
+        f"aug={int(cfg.augment)} pre={int(cfg.pretrained)} r{repeat}"
     )
 
 
-def _result_line(res: dict) -> str:
+def _result_line(res: RunResult) -> str:
     return (
-        f"{res['epochs']:>3d} ep {res.get('stop_reason') or '-':<9} train {res['train_acc']:.3f} "
-        f"test {res['test_acc']:.3f} gap {res['gap']:6.2f}pp {res.get('wall_time', 0.0):7.1f}s"
+        f"{res.epochs:>3d} ep {res.stop_reason or '-':<9} train {res.train_acc:.3f} "
+        f"test {res.test_acc:.3f} gap {res.gap:6.2f}pp {res.wall_time or 0.0:7.1f}s"
     )
 
 
@@ -269,7 +270,7 @@ def build(
                 return summary
 
             # decode the data once; pretrain source-task models; then the sweep
-            size, resize = g.train["input_size"], g.train["resize"]
+            size, resize = g.train.input_size, g.train.resize
             cache = out / "cache"
             try:
                 caches = {
@@ -288,7 +289,7 @@ def build(
                     device,
                     ray_address,
                     cpus_per_run=cpus_per_run,
-                    run_threads=int(g.train.get("threads", 1)),
+                    run_threads=g.train.threads,
                 )
             except (ValueError, ImportError) as exc:
                 raise ZooError(f"--executor {executor}: {exc}") from None
@@ -399,16 +400,9 @@ def pack_plan(g: Grid) -> dict[str, str]:
     groups: dict[tuple, list[str]] = {}
     for spec in g.runs():
         cfg = spec.config
-        size = int(cfg.get("pack") or 1)
-        if cfg["trained"] and size > 1:
-            key = (
-                cfg["arch"],
-                canonical_json(cfg["arch_options"]),
-                cfg["batch_size"],
-                cfg.get("precision"),
-                cfg.get("channels_last"),
-                size,
-            )
+        size = int(cfg.pack or 1)
+        if cfg.trained and size > 1:
+            key = (cfg.arch, canonical_json(cfg.arch_options), cfg.batch_size, cfg.precision, cfg.channels_last, size)
             groups.setdefault(key, []).append(spec.run_id)
     plan: dict[str, str] = {}
     for (*_, size), ids in groups.items():
@@ -429,7 +423,7 @@ def _stop_for_storage(where: str) -> StorageError:
 def _sweep(
     reg: Registry,
     ex,
-    todo: list[dict],
+    todo: list[RunSpec],
     out: Path,
     g: Grid,
     caches: dict,
@@ -445,11 +439,9 @@ def _sweep(
 
     from camgap.zoo.train import atomic_write_json, storage_error
 
-    counts = reg.counts()
-    exhausted = counts["failed"] - sum(1 for r in todo if r["status"] == "failed")  # out of attempts
     bar = tqdm(
         total=total,
-        initial=counts["done"] + exhausted,
+        initial=reg.counts()["done"] + reg.exhausted(max_attempts),
         unit="run",
         desc="zoo",
         file=sys.stderr,
@@ -466,82 +458,83 @@ def _sweep(
 
     queue = deque(todo)
     packs = pack_plan(g)
-    inflight: dict[str, dict] = {}
+    inflight: dict[str, RunSpec] = {}
     pack_members: dict[str, list[str]] = {}  # pack task id -> its runs in flight
     deaths: dict[str, int] = {}  # run_id -> its worker's deaths in a row
     trained_now = failed_now = 0
 
-    def start(run: dict) -> dict:
-        rid = run["run_id"]
-        attempt = reg.mark_running(rid)
+    def start(run: RunSpec) -> Task:
+        rid = run.run_id
+        reg.mark_running(rid)
         run_dir = out / "runs" / rid
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(
             {
                 "run_id": rid,
-                "repeat": run["repeat"],
-                "seed": run["seed"],
-                "config": run["config"],
+                "repeat": run.repeat,
+                "seed": run.seed,
+                "config": run.config.to_dict(),
                 "grid_fingerprint": g.fingerprint(),
             },
             run_dir / "config.json",
         )
-        cfg = run["config"]
-        inflight[rid] = run | {"attempts": attempt}
-        return {
-            "run_id": rid,
-            "config": cfg,
-            "seed": run["seed"],
-            "repeat": run["repeat"],
-            "run_dir": str(run_dir),
-            "data": caches,
-            "num_classes": len(classes),
-            "classes": classes,
-            "pretrained_path": pretrained.get(cfg["arch"]) if cfg.get("pretrained") else None,
-            "eval_batch_size": g.train["eval_batch_size"],
-            "keep_last": keep_last,
-        }
+        cfg = run.config
+        inflight[rid] = run
+        return Task(
+            rid,
+            cfg,
+            run.seed,
+            run.repeat,
+            str(run_dir),
+            caches["train"],
+            caches["test"],
+            len(classes),
+            tuple(classes),
+            pretrained_path=pretrained.get(cfg.arch) if cfg.pretrained else None,
+            eval_batch_size=g.train.eval_batch_size,
+            keep_last=keep_last,
+        )
 
     def units_in_flight() -> int:
         """Tasks the executor holds: each pack is one, each run outside a pack one."""
         packed = sum(len(members) for members in pack_members.values())
         return len(pack_members) + len(inflight) - packed
 
-    def results(res: dict) -> list[dict]:
+    def results(res: RunResult) -> list[RunResult]:
         """One result per run: a pack's results, or its one outcome given to each of its runs."""
-        members = pack_members.pop(res["run_id"], None)
+        members = pack_members.pop(res.run_id, None)
         if members is None:
             return [res]
-        if res.get("status") == "pack":
-            return res["results"]
-        return [res | {"run_id": rid} for rid in members]
+        if res.status == "pack":
+            return list(res.results)
+        return [replace(res, run_id=rid) for rid in members]
 
     try:
         while queue or inflight:
             while queue and units_in_flight() < ex.capacity:
                 run = queue.popleft()
-                pack_id = packs.get(run["run_id"])
-                mates = [r for r in queue if pack_id is not None and packs.get(r["run_id"]) == pack_id]
+                pack_id = packs.get(run.run_id)
+                mates = [r for r in queue if pack_id is not None and packs.get(r.run_id) == pack_id]
                 for r in mates:
                     queue.remove(r)
                 tasks = [start(r) for r in (run, *mates)]
                 if len(tasks) == 1:
                     ex.submit(tasks[0])
                 else:
-                    pack_members[pack_id] = [t["run_id"] for t in tasks]
-                    ex.submit({"run_id": pack_id, "pack": tasks})
+                    pack_members[pack_id] = [t.run_id for t in tasks]
+                    ex.submit(Pack(pack_id, tuple(tasks)))
             for res in (r for unit in ex.wait() for r in results(unit)):
-                rid = res["run_id"]
+                rid = res.run_id
                 run = inflight.pop(rid)
-                desc = _describe(run["config"], run["repeat"])
-                status, err = res.get("status"), str(res.get("error") or "unknown error")
-                for note in res.get("warnings") or ():
+                desc = _describe(run.config, run.repeat)
+                status, err = res.status, str(res.error or "unknown error")
+                for note in res.warnings:
                     emit(f"WARNING {rid}: {note}")
                 if status == "storage":
                     reg.requeue(rid)
                     raise _stop_for_storage(err)
                 if status == "lost":
-                    deaths[rid] = deaths.get(rid, 0) + int(bool(res.get("worker_died")))
+                    deaths[rid] = deaths.get(rid, 0) + int(res.worker_died)
                     if deaths[rid] < 2:  # not the run's fault (yet): again, without using an attempt
                         reg.requeue(rid)
                         queue.append(run)
@@ -564,7 +557,7 @@ def _sweep(
                         f"{', will retry' if retry else ''}): {first}"
                     )
                     if retry:
-                        queue.append(run | {"status": "failed"})
+                        queue.append(run)
                     else:
                         bar.update(1)
                 bar.set_postfix(failed=reg.counts()["failed"], refresh=False)

@@ -1,5 +1,4 @@
-"""Executors: where runs execute. Workers return result dicts; only the driver writes the
-registry.
+"""Executors: where runs execute. Workers return results; only the driver writes the registry.
 
 * ``InProcessExecutor``: runs tasks one at a time in the driver process (``--workers 0``
   or ``1`` on a CPU).
@@ -8,7 +7,7 @@ registry.
   without: the CPU threads are split between the workers (``torch.set_num_threads``).
   Workers die with the driver (``PR_SET_PDEATHSIG``), so a killed driver leaves no
   stragglers. A worker that dies (OOM killer, segfault, ``kill -9``) breaks the pool: the
-  pool is rebuilt and every run in flight comes back as ``{"status": "lost"}``, with
+  pool is rebuilt and every run in flight comes back with status ``lost``, with
   ``worker_died`` true for the run whose worker died (workers report their pid when they
   start a run) and false for its siblings; where the dead worker cannot be told apart (it
   died of SIGTERM, as the siblings do), all of them get ``worker_died``.
@@ -16,13 +15,14 @@ registry.
   to a cluster (``address``) or starts a local instance. Checkpoints go to the model-set
   directory, which every node must reach at the same path.
 
-Interface: ``capacity`` (runs in flight at most), ``submit(task)``, ``wait() -> list of
-result dicts`` (blocks until at least one run ends), ``close()``. Every executor calls
-``fn(task)`` for a task: ``camgap.zoo.train.execute_task`` (training a run) unless another
-top-level function is given (``zoo measure`` passes ``camgap.zoo.measure.run_measure_task``);
-``fn`` must never raise and must return a dict with the task's ``run_id`` and a ``status``. ``submit`` fills in the
-task's ``device`` and ``threads``. A result's ``status`` is ``done``, ``failed`` (the run's
-own failure), ``storage`` (a full or failing disk) or ``lost`` (stopped by a dead worker,
+Interface (``Executor``): ``capacity`` (runs in flight at most), ``submit(task)``, ``wait() ->
+list of results`` (blocks until at least one run ends), ``close()``. Every executor calls
+``fn(task)`` for a task: ``camgap.zoo.train.execute_task`` (a ``Task`` or ``Pack`` in, a
+``RunResult`` out) unless another top-level function is given (``zoo measure`` passes
+``camgap.zoo.measure.run_measure_task``, whose tasks and results are dicts); ``fn`` must never
+raise and must return the task's ``run_id`` and a ``status``. ``submit`` fills in the task's
+``device`` and ``threads``. A result's ``status`` is ``done``, ``failed`` (the run's own
+failure), ``storage`` (a full or failing disk) or ``lost`` (stopped by a dead worker,
 ``worker_died`` telling whether it was the run's own).
 """
 
@@ -37,12 +37,14 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
 from concurrent.futures import wait as futures_wait
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
 import torch
 
 from camgap.errors import InputError
+from camgap.zoo.config import Pack, RunResult, Task
 from camgap.zoo.train import execute_task
 
 __all__ = ["InProcessExecutor", "LocalExecutor", "RayExecutor", "make_executor", "resolve_device", "cpu_count"]
@@ -72,28 +74,51 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def _failed(task: dict, error: str) -> dict:
-    return {"run_id": task["run_id"], "status": "failed", "error": error}
+# a run or a pack of runs (``execute_task``), or a dict (``zoo measure``'s tasks and results)
+Work = Task | Pack | dict
+Outcome = RunResult | dict
+TaskFn = Callable[[Work], Outcome]
 
 
-def _lost(task: dict, worker_died: bool, error: str) -> dict:
-    return {"run_id": task["run_id"], "status": "lost", "worker_died": worker_died, "error": error}
+def _run_id(task: Work) -> str:
+    return task["run_id"] if isinstance(task, dict) else task.run_id
 
 
-TaskFn = Callable[[dict], dict]
+def _placed(task: Work, device: str, threads: int) -> Work:
+    """The task with the device and thread count it runs with."""
+    if isinstance(task, dict):
+        return task | {"device": device, "threads": threads}
+    return replace(task, device=device, threads=threads)
+
+
+def _outcome(task: Work, status: str, error: str, worker_died: bool = False) -> Outcome:
+    """The result of a task that its ``fn`` could not return (a dead worker, an unpicklable result)."""
+    if isinstance(task, dict):
+        return {"run_id": task["run_id"], "status": status, "error": error} | (
+            {"worker_died": worker_died} if status == "lost" else {}
+        )
+    return RunResult(task.run_id, status, error=error, worker_died=worker_died)
+
+
+def _failed(task: Work, error: str) -> Outcome:
+    return _outcome(task, "failed", error)
+
+
+def _lost(task: Work, worker_died: bool, error: str) -> Outcome:
+    return _outcome(task, "lost", error, worker_died)
 
 
 class Executor(Protocol):
-    """Where runs (or a run's measurements) execute. ``submit`` a task dict while fewer than
-    ``capacity`` are in flight; ``wait`` blocks until at least one ends and returns their result
-    dicts (a task's ``fn`` never raises: failures come back as results); ``close`` ends the work
-    in flight. The driver that uses one is the only writer of the registry."""
+    """Where runs (or a run's measurements) execute. ``submit`` a task while fewer than
+    ``capacity`` are in flight; ``wait`` blocks until at least one ends and returns their results
+    (a task's ``fn`` never raises: failures come back as results); ``close`` ends the work in
+    flight. The driver that uses one is the only writer of the registry."""
 
     capacity: int
 
-    def submit(self, task: dict) -> None: ...
+    def submit(self, task: Task | Pack) -> None: ...
 
-    def wait(self) -> list[dict]: ...
+    def wait(self) -> list[RunResult]: ...
 
     def close(self) -> None: ...
 
@@ -104,12 +129,12 @@ class InProcessExecutor:
         self.device = "cuda:0" if device == "cuda" else device
         self.threads = threads or thread_budget()
         self.capacity = 1
-        self._queue: list[dict] = []
+        self._queue: list[Work] = []
 
-    def submit(self, task: dict) -> None:
-        self._queue.append(task | {"device": self.device, "threads": self.threads})
+    def submit(self, task: Work) -> None:
+        self._queue.append(_placed(task, self.device, self.threads))
 
-    def wait(self) -> list[dict]:
+    def wait(self) -> list[Outcome]:
         task = self._queue.pop(0)
         threads = torch.get_num_threads()
         try:
@@ -141,10 +166,10 @@ def _worker_init(pid_queue=None) -> None:
             pass
 
 
-def _execute_in_worker(task: dict, fn: TaskFn = execute_task) -> dict:
+def _execute_in_worker(task: Work, fn: TaskFn = execute_task) -> Outcome:
     """Report this worker's pid for the run (so the driver can tell whose worker died), then run it."""
     if _PID_QUEUE is not None:
-        _PID_QUEUE.put((task["run_id"], os.getpid()))
+        _PID_QUEUE.put((_run_id(task), os.getpid()))
     return fn(task)
 
 
@@ -163,7 +188,7 @@ class LocalExecutor:
             self.gpus = []
         self.threads = threads or max(1, thread_budget() // self.workers)
         self._free_slots = list(range(self.workers))
-        self._inflight: dict[Future, tuple[dict, int]] = {}
+        self._inflight: dict[Future, tuple[Work, int]] = {}
         self._pids: dict[str, int] = {}  # run_id -> pid of the worker running it
         self._pool = self._new_pool()
 
@@ -188,11 +213,11 @@ class LocalExecutor:
                 dead.add(pid)
         return dead
 
-    def submit(self, task: dict) -> None:
+    def submit(self, task: Work) -> None:
         slot = self._free_slots.pop(0)
         device = self.gpus[slot % len(self.gpus)] if self.gpus else "cpu"
-        task = task | {"device": device, "threads": self.threads}
-        self._pids.pop(task["run_id"], None)
+        task = _placed(task, device, self.threads)
+        self._pids.pop(_run_id(task), None)
         try:
             fut = self._pool.submit(_execute_in_worker, task, self.fn)
         except BrokenProcessPool:
@@ -204,7 +229,7 @@ class LocalExecutor:
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._pool = self._new_pool()
 
-    def wait(self) -> list[dict]:
+    def wait(self) -> list[Outcome]:
         done, _ = futures_wait(list(self._inflight), return_when=FIRST_COMPLETED)
         results, broken = [], []
         for fut in done:
@@ -226,13 +251,13 @@ class LocalExecutor:
         self._free_slots.sort()
         return results
 
-    def _lost_runs(self, tasks: list[dict]) -> list[dict]:
+    def _lost_runs(self, tasks: list[Work]) -> list[Outcome]:
         """One ``lost`` result per run of the broken pool: ``worker_died`` for the run whose
         worker died (by its reported pid; a run not reported yet when no reported one matches),
         for all of them when that cannot be told."""
         self._drain_pids()
         dead = self._dead_pids()
-        pids = {t["run_id"]: self._pids.get(t["run_id"]) for t in tasks}
+        pids = {_run_id(t): self._pids.get(_run_id(t)) for t in tasks}
         culprits = {rid for rid, pid in pids.items() if pid in dead}
         if not culprits and dead:  # the dead worker had not reported the run it picked up
             culprits = {rid for rid, pid in pids.items() if pid is None}
@@ -241,7 +266,7 @@ class LocalExecutor:
             return [_lost(t, True, f"{died}, or a sibling's did (cannot tell which)") for t in tasks]
         return [
             _lost(t, True, died)
-            if t["run_id"] in culprits
+            if _run_id(t) in culprits
             else _lost(t, False, "stopped by another run's dead worker process")
             for t in tasks
         ]
@@ -300,12 +325,12 @@ class RayExecutor:
         )
         self._inflight: dict = {}
 
-    def submit(self, task: dict) -> None:
-        task = task | {"device": self.device, "threads": int(max(1, self.num_cpus))}
+    def submit(self, task: Work) -> None:
+        task = _placed(task, self.device, int(max(1, self.num_cpus)))
         ref = self._remote.remote(task)
         self._inflight[ref] = task
 
-    def wait(self) -> list[dict]:
+    def wait(self) -> list[Outcome]:
         ready, _ = self.ray.wait(list(self._inflight), num_returns=1)
         results = []
         for ref in ready:

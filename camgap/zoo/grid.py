@@ -75,8 +75,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD, RESIZE_MODES
-from camgap.errors import CamgapError
+from camgap.zoo.config import GridError, PretrainConfig, RunConfig, TrainConfig, _arch, _int, _unknown, check_of
 
 __all__ = [
     "GRID_KEYS",
@@ -105,63 +104,36 @@ GRID_KEYS: dict[str, Any] = {
     "augment": False,
     "pretrained": False,
 }
-OPTIMIZERS = ("sgd", "adam")
-PRECISIONS = ("fp32", "bf16", "auto")  # auto: bf16 where the device computes it natively, chosen per run
 
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "max_epochs": 150,
-    "loss_threshold": 0.1,
-    "acc_threshold": 0.95,
-    "input_size": 224,
-    "resize": "resize",
-    "momentum": 0.9,
-    "mean": list(IMAGENET_MEAN),
-    "std": list(IMAGENET_STD),
-    "flip_prob": 0.5,
-    "jitter": 0.4,
-    "threads": 1,
-    "pack": 1,
-    "precision": "fp32",
-    "channels_last": False,
-    "eval_batch_size": 256,
-    "pretrained_weights": {},
-}
+TRAIN_DEFAULTS: dict[str, Any] = TrainConfig().to_dict()
 PACK_AUTO = 8  # runs per pack for `[train] pack = "auto"`
 # how a run computes, not what it studies: left out of ids and fingerprints at their defaults
 OPTIONAL_TRAIN_KEYS = ("pack", "precision", "channels_last")
 # settings that do not change what a run computes: not part of run ids nor the fingerprint
 EXECUTION_ONLY = ("eval_batch_size", "pretrained_weights")
 
-PRETRAIN_DEFAULTS: dict[str, Any] = {
-    "classes": 12,
-    "train_per_class": 100,
-    "test_per_class": 20,
-    "seed": 0,
-    "epochs": 20,
-    "batch_size": 32,
-    "lr": 1.25e-3,
-    "optimizer": "adam",
-    "weight_decay": 0.0,
-    "augment": True,
-}
+PRETRAIN_DEFAULTS: dict[str, Any] = PretrainConfig().to_dict()
 
 TORCHVISION_PRETRAINED = "torchvision:IMAGENET1K_V1"
 
 
-class GridError(CamgapError, ValueError):
-    """A grid file that cannot be used; the message names the key and what is allowed."""
-
-
 @dataclass(frozen=True)
 class RunSpec:
+    """One run of a grid: its id, config, repeat index and seed. A config given in its stored form
+    (a dict, as the registry and config.json hold it) is read into a ``RunConfig``."""
+
     run_id: str
-    config: dict
+    config: RunConfig
     repeat: int
     seed: int
 
+    def __post_init__(self) -> None:
+        if isinstance(self.config, dict):
+            object.__setattr__(self, "config", RunConfig.from_dict(self.config))
+
     @property
     def trained(self) -> bool:
-        return bool(self.config["trained"])
+        return bool(self.config.trained)
 
 
 SAMPLE_TRIES = 200
@@ -214,114 +186,6 @@ def seed_from_run_id(run_id: str) -> int:
     return int(hashlib.sha256(("seed:" + run_id).encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
 
 
-# --- value checks -----------------------------------------------------------------------
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
-
-
-def _int(where: str, v: Any, lo: int | None = None) -> int:
-    if not _is_int(v) or (lo is not None and v < lo):
-        raise GridError(f"{where}: expected an integer{f' >= {lo}' if lo is not None else ''}, got {v!r}")
-    return int(v)
-
-
-def _float(where: str, v: Any, lo: float | None = None, hi: float | None = None, lo_open=False, hi_open=False) -> float:
-    if not _is_num(v):
-        raise GridError(f"{where}: expected a number, got {v!r}")
-    v = float(v)
-    bad = (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and (v >= hi if hi_open else v > hi))
-    if bad:
-        lb = "(" if lo_open else "["
-        hb = ")" if hi_open else "]"
-        raise GridError(
-            f"{where}: {v!r} is outside {lb}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}{hb}"
-        )
-    return v
-
-
-def _bool(where: str, v: Any) -> bool:
-    if not isinstance(v, bool):
-        raise GridError(f"{where}: expected true or false, got {v!r}")
-    return v
-
-
-def _choice(where: str, v: Any, choices: tuple[str, ...]) -> str:
-    if not isinstance(v, str) or v.lower() not in choices:
-        raise GridError(f"{where}: {v!r} is not one of {', '.join(choices)}")
-    return v.lower()
-
-
-def _arch(where: str, v: Any) -> str:
-    """A name `camgap.models.create_model` knows (camgap's, torchvision's, ``timm:<name>``), as written."""
-    from camgap.models import MODELS
-
-    if not isinstance(v, str) or v not in MODELS:
-        raise GridError(f"{where}: unknown architecture {v!r}; `camgap models` lists the known names")
-    return v
-
-
-_GRID_CHECKS = {
-    "arch": _arch,
-    "batch_size": lambda w, v: _int(w, v, 1),
-    "lr": lambda w, v: _float(w, v, 0.0, lo_open=True),
-    "optimizer": lambda w, v: _choice(w, v, OPTIMIZERS),
-    "weight_decay": lambda w, v: _float(w, v, 0.0),
-    "augment": _bool,
-    "pretrained": _bool,
-}
-
-
-def _triple(where: str, v: Any, positive: bool) -> list[float]:
-    if not isinstance(v, list) or len(v) != 3:
-        raise GridError(f"{where}: expected a list of 3 numbers (R, G, B), got {v!r}")
-    return [_float(f"{where}[{i}]", x, 0.0, lo_open=positive) for i, x in enumerate(v)]
-
-
-_TRAIN_CHECKS = {
-    "max_epochs": lambda w, v: _int(w, v, 1),
-    "loss_threshold": lambda w, v: _float(w, v, 0.0, lo_open=True),
-    "acc_threshold": lambda w, v: _float(w, v, 0.0, 1.0, lo_open=True),
-    "input_size": lambda w, v: _int(w, v, 8),
-    "resize": lambda w, v: _choice(w, v, RESIZE_MODES),
-    "momentum": lambda w, v: _float(w, v, 0.0, 1.0, hi_open=True),
-    "mean": lambda w, v: _triple(w, v, positive=False),
-    "std": lambda w, v: _triple(w, v, positive=True),
-    "flip_prob": lambda w, v: _float(w, v, 0.0, 1.0),
-    "jitter": lambda w, v: _float(w, v, 0.0, 1.0),
-    "threads": lambda w, v: _int(w, v, 1),
-    "pack": lambda w, v: v if v == "auto" else _int(w, v, 1),
-    "precision": lambda w, v: _choice(w, v, PRECISIONS),
-    "channels_last": _bool,
-    "eval_batch_size": lambda w, v: _int(w, v, 1),
-    "pretrained_weights": None,  # checked separately
-}
-
-_PRETRAIN_CHECKS = {
-    "classes": lambda w, v: _int(w, v, 2),
-    "train_per_class": lambda w, v: _int(w, v, 1),
-    "test_per_class": lambda w, v: _int(w, v, 1),
-    "seed": lambda w, v: _int(w, v, 0),
-    "epochs": lambda w, v: _int(w, v, 1),
-    "batch_size": lambda w, v: _int(w, v, 1),
-    "lr": lambda w, v: _float(w, v, 0.0, lo_open=True),
-    "optimizer": lambda w, v: _choice(w, v, OPTIMIZERS),
-    "weight_decay": lambda w, v: _float(w, v, 0.0),
-    "augment": _bool,
-}
-
-
-def _unknown(where: str, keys, allowed) -> None:
-    bad = sorted(set(keys) - set(allowed))
-    if bad:
-        raise GridError(f"{where}: unknown key(s) {', '.join(map(repr, bad))}; allowed: {', '.join(allowed)}")
-
-
 # --- the grid ---------------------------------------------------------------------------
 
 
@@ -331,9 +195,9 @@ class Grid:
     repeats: int = 1
     untrained: int = 0
     sample: int | None = None  # keep this many configurations of the product (seeded), or all
-    train: dict = field(default_factory=lambda: dict(TRAIN_DEFAULTS))
+    train: TrainConfig = field(default_factory=TrainConfig)
     arch_options: dict = field(default_factory=dict)  # arch -> kwargs
-    pretrain: dict = field(default_factory=lambda: dict(PRETRAIN_DEFAULTS))
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     source: str = "<grid>"
     seed: int = 0  # another seed draws another sample and other run seeds: the same study, rerun
 
@@ -367,7 +231,7 @@ class Grid:
 
         if arch in TORCHVISION_WEIGHTS:
             return TORCHVISION_PRETRAINED
-        given = self.train.get("pretrained_weights", {})
+        given = self.train.pretrained_weights
         if arch in given:
             return "file:" + Path(given[arch]).name
         return "synthetic-source:" + self.source_task_key(arch)
@@ -377,9 +241,9 @@ class Grid:
         payload = {
             "arch": arch,
             "arch_options": self.arch_options.get(arch, {}),
-            "pretrain": self.pretrain,
+            "pretrain": self.pretrain.to_dict(),
             "train": {
-                k: self.train[k]
+                k: getattr(self.train, k)
                 for k in (
                     "input_size",
                     "resize",
@@ -400,26 +264,27 @@ class Grid:
         t = self.train
         return {
             "arch_options": self.arch_options.get(arch, {}),
-            "input_size": t["input_size"],
-            "resize": t["resize"],
-            "mean": t["mean"],
-            "std": t["std"],
+            "input_size": t.input_size,
+            "resize": t.resize,
+            "mean": t.mean,
+            "std": t.std,
         }
 
-    def run_config(self, values: dict) -> dict:
-        """The canonical config of one trained run from one value per grid key."""
+    def run_config(self, values: dict) -> RunConfig:
+        """The canonical config of one trained run from one value per grid key (built as its stored
+        form, in the key order run ids have always been hashed from)."""
         t = self.train
         cfg = {k: values[k] for k in GRID_KEYS}
         cfg.update(self._shared(values["arch"]))
         cfg.update(
             trained=True,
-            max_epochs=t["max_epochs"],
-            threads=t["threads"],
-            loss_threshold=t["loss_threshold"],
-            acc_threshold=t["acc_threshold"],
-            momentum=t["momentum"] if values["optimizer"] == "sgd" else None,
-            flip_prob=t["flip_prob"] if values["augment"] else None,
-            jitter=t["jitter"] if values["augment"] else None,
+            max_epochs=t.max_epochs,
+            threads=t.threads,
+            loss_threshold=t.loss_threshold,
+            acc_threshold=t.acc_threshold,
+            momentum=t.momentum if values["optimizer"] == "sgd" else None,
+            flip_prob=t.flip_prob if values["augment"] else None,
+            jitter=t.jitter if values["augment"] else None,
             pretrained_source=self.pretrained_source(values["arch"]) if values["pretrained"] else None,
         )
         pack = self.pack_size(values["arch"])
@@ -428,15 +293,15 @@ class Grid:
         if self.seed:  # another study of the same grid: other run ids, other seeds
             cfg["grid_seed"] = self.seed
         for key in ("precision", "channels_last"):  # likewise; left out at their defaults, as before
-            if t[key] != TRAIN_DEFAULTS[key]:
-                cfg[key] = t[key]
-        return cfg
+            if getattr(t, key) != TRAIN_DEFAULTS[key]:
+                cfg[key] = getattr(t, key)
+        return RunConfig.from_dict(cfg)
 
     def pack_size(self, arch: str) -> int:
         """Runs trained together as one computation (``camgap.zoo.packed``): ``[train] pack``, where
         "auto" is 8 for the ResNets camgap can pack and 1 for any other architecture; the same on
         every machine, so a pack's members and their weights depend on the grid alone."""
-        pack = self.train.get("pack", 1)
+        pack = self.train.pack
         if pack == 1:
             return 1
         if not _packable_arch(arch, canonical_json(self.arch_options.get(arch, {}))):
@@ -448,13 +313,13 @@ class Grid:
             )
         return PACK_AUTO if pack == "auto" else int(pack)
 
-    def untrained_config(self, arch: str) -> dict:
+    def untrained_config(self, arch: str) -> RunConfig:
         cfg = {k: None for k in GRID_KEYS}
         cfg.update(arch=arch, pretrained=False, trained=False)
         cfg.update(self._shared(arch))
         if self.seed:
             cfg["grid_seed"] = self.seed
-        return cfg
+        return RunConfig.from_dict(cfg)
 
     def runs(self) -> list[RunSpec]:
         """Every run: the product of the grid values (in GRID_KEYS order) x repeats, then the
@@ -467,12 +332,12 @@ class Grid:
         for combo in combos:
             cfg = self.run_config(dict(zip(keys, combo)))
             for r in range(self.repeats):
-                rid = make_run_id(cfg, r)
-                specs.append(RunSpec(rid, cfg, r, run_seed(cfg, r)))
+                rid = make_run_id(cfg.to_dict(), r)
+                specs.append(RunSpec(rid, cfg, r, run_seed(cfg.to_dict(), r)))
         for arch in self.archs:
             cfg = self.untrained_config(arch)
             for r in range(self.untrained):
-                rid = make_run_id(cfg, r)
+                rid = make_run_id(cfg.to_dict(), r)
                 specs.append(RunSpec(rid, cfg, r, seed_from_run_id(rid)))
         return specs
 
@@ -486,11 +351,13 @@ class Grid:
             **({"seed": self.seed} if self.seed else {}),
             "train": {
                 k: v
-                for k, v in self.train.items()
+                for k, v in self.train.to_dict().items()
                 if k not in EXECUTION_ONLY and not (k in OPTIONAL_TRAIN_KEYS and v == TRAIN_DEFAULTS[k])
             },
             "arch_options": self.arch_options,
-            "pretrain": self.pretrain if any(not _is_torchvision(a) for a in self.wants_pretrained()) else None,
+            "pretrain": self.pretrain.to_dict()
+            if any(not _is_torchvision(a) for a in self.wants_pretrained())
+            else None,
         }
 
     def fingerprint(self) -> str:
@@ -529,7 +396,7 @@ def parse_grid(doc: dict, source: str = "<grid>") -> Grid:
             raise GridError(f"{where}: expected a list of values, e.g. {key} = [{values!r}]")
         if not values:
             raise GridError(f"{where}: empty list: the grid would have no runs")
-        checked = tuple(_GRID_CHECKS[key](f"{where}[{i}]", v) for i, v in enumerate(values))
+        checked = tuple(check_of(RunConfig, key)(f"{where}[{i}]", v) for i, v in enumerate(values))
         if len(set(checked)) != len(checked):
             raise GridError(f"{where}: duplicate values in {values!r}")
         axes[key] = checked
@@ -537,20 +404,7 @@ def parse_grid(doc: dict, source: str = "<grid>") -> Grid:
     train_raw = doc.get("train", {})
     if not isinstance(train_raw, dict):
         raise GridError(f"{source}: [train] must be a table")
-    _unknown(f"{source}: [train]", train_raw, TRAIN_DEFAULTS)
-    train = dict(TRAIN_DEFAULTS)
-    for key, v in train_raw.items():
-        if key == "pretrained_weights":
-            continue
-        train[key] = _TRAIN_CHECKS[key](f"{source}: [train] {key}", v)
-    pw = train_raw.get("pretrained_weights", {})
-    if not isinstance(pw, dict):
-        raise GridError(f'{source}: [train] pretrained_weights: expected a table {{arch = "path"}}, got {pw!r}')
-    for arch, path in pw.items():
-        _arch(f"{source}: [train] pretrained_weights key", arch)
-        if not isinstance(path, str) or not path:
-            raise GridError(f"{source}: [train] pretrained_weights.{arch}: expected a file path, got {path!r}")
-    train["pretrained_weights"] = dict(pw)
+    train = TrainConfig.from_dict(train_raw, f"{source}: [train]")
 
     opts_raw = doc.get("arch_options", {})
     if not isinstance(opts_raw, dict):
@@ -569,10 +423,7 @@ def parse_grid(doc: dict, source: str = "<grid>") -> Grid:
     pre_raw = doc.get("pretrain", {})
     if not isinstance(pre_raw, dict):
         raise GridError(f"{source}: [pretrain] must be a table")
-    _unknown(f"{source}: [pretrain]", pre_raw, PRETRAIN_DEFAULTS)
-    pretrain = dict(PRETRAIN_DEFAULTS)
-    for key, v in pre_raw.items():
-        pretrain[key] = _PRETRAIN_CHECKS[key](f"{source}: [pretrain] {key}", v)
+    pretrain = PretrainConfig.from_dict(pre_raw, f"{source}: [pretrain]")
 
     return Grid(axes, repeats, untrained, sample, train, arch_options, pretrain, source, seed)
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from camgap.errors import CamgapError, StateError
+from camgap.zoo.config import RunConfig, Task
 from camgap.zoo.grid import Grid
 
 __all__ = [
@@ -73,7 +74,7 @@ def pretrained_paths(grid: Grid, zoo_dir: str | Path) -> dict[str, str]:
     Raises PretrainedWeightsError (listing every missing file and where to put it) before
     anything trains. Source-task models of small_resnet are returned even when not built
     yet (``ensure_source_models`` builds them)."""
-    given = grid.train.get("pretrained_weights", {})
+    given = grid.train.pretrained_weights
     paths: dict[str, str] = {}
     missing: list[str] = []
     for arch in sorted(grid.wants_pretrained()):
@@ -130,31 +131,35 @@ def load_pretrained_backbone(model: nn.Module, path: str | Path) -> nn.Module:
     return model
 
 
-def source_task_config(grid: Grid, arch: str) -> dict:
+def source_task_config(grid: Grid, arch: str) -> RunConfig:
+    """The config of the run that pretrains ``arch`` on the synthetic source task (stored in its
+    checkpoints in this key order, as before)."""
     p, t = grid.pretrain, grid.train
-    return {
-        "arch": arch,
-        "arch_options": grid.arch_options.get(arch, {}),
-        "batch_size": p["batch_size"],
-        "lr": p["lr"],
-        "optimizer": p["optimizer"],
-        "weight_decay": p["weight_decay"],
-        "augment": p["augment"],
-        "pretrained": False,
-        "trained": True,
-        "max_epochs": p["epochs"],
-        "threads": t["threads"],
-        "loss_threshold": t["loss_threshold"],
-        "acc_threshold": t["acc_threshold"],
-        "momentum": t["momentum"] if p["optimizer"] == "sgd" else None,
-        "flip_prob": t["flip_prob"],
-        "jitter": t["jitter"],
-        "input_size": t["input_size"],
-        "resize": t["resize"],
-        "mean": t["mean"],
-        "std": t["std"],
-        "pretrained_source": None,
-    }
+    return RunConfig.from_dict(
+        {
+            "arch": arch,
+            "arch_options": grid.arch_options.get(arch, {}),
+            "batch_size": p.batch_size,
+            "lr": p.lr,
+            "optimizer": p.optimizer,
+            "weight_decay": p.weight_decay,
+            "augment": p.augment,
+            "pretrained": False,
+            "trained": True,
+            "max_epochs": p.epochs,
+            "threads": t.threads,
+            "loss_threshold": t.loss_threshold,
+            "acc_threshold": t.acc_threshold,
+            "momentum": t.momentum if p.optimizer == "sgd" else None,
+            "flip_prob": t.flip_prob,
+            "jitter": t.jitter,
+            "input_size": t.input_size,
+            "resize": t.resize,
+            "mean": t.mean,
+            "std": t.std,
+            "pretrained_source": None,
+        }
+    )
 
 
 def ensure_source_models(grid: Grid, zoo_dir: str | Path, executor, log=print) -> list[Path]:
@@ -166,7 +171,7 @@ def ensure_source_models(grid: Grid, zoo_dir: str | Path, executor, log=print) -
     from camgap.zoo.train import atomic_save, prepare_split
 
     out, pending = [], []
-    given = grid.train.get("pretrained_weights", {})
+    given = grid.train.pretrained_weights
     for arch in sorted(grid.wants_pretrained()):
         if not arch.startswith("small_resnet") or arch in given:
             continue
@@ -177,39 +182,35 @@ def ensure_source_models(grid: Grid, zoo_dir: str | Path, executor, log=print) -
         key = grid.source_task_key(arch)
         work = Path(zoo_dir) / "pretrained" / f"{arch}-{key}"
         p = grid.pretrain
-        size = max(16, int(grid.train["input_size"]))
+        size = max(16, int(grid.train.input_size))
         log(
-            f"pretraining {arch} on the synthetic source task ({p['classes']} classes, "
-            f"{p['train_per_class']} images per class, up to {p['epochs']} epochs) -> {path}"
+            f"pretraining {arch} on the synthetic source task ({p.classes} classes, "
+            f"{p.train_per_class} images per class, up to {p.epochs} epochs) -> {path}"
         )
         data_dir = write_synthetic(
             work / "data",
-            seed=p["seed"],
-            classes=p["classes"],
-            train_per_class=p["train_per_class"],
-            test_per_class=p["test_per_class"],
+            seed=p.seed,
+            classes=p.classes,
+            train_per_class=p.train_per_class,
+            test_per_class=p.test_per_class,
             size=size,
             class_set="source",
         )
-        t, r = grid.train["input_size"], grid.train["resize"]
+        t, r = grid.train.input_size, grid.train.resize
         train_records, classes = read_layout(data_dir, "csv", "train")
         test_records, _ = read_layout(data_dir, "csv", "test")
-        caches = {
-            "train": prepare_split(train_records, classes, work / "cache" / "train", t, r),
-            "test": prepare_split(test_records, classes, work / "cache" / "test", t, r),
-        }
-        task = {
-            "run_id": f"source-{arch}-{key}",
-            "config": source_task_config(grid, arch),
-            "seed": p["seed"],
-            "repeat": 0,
-            "run_dir": str(work / "run"),
-            "data": caches,
-            "num_classes": len(classes),
-            "classes": classes,
-            "eval_batch_size": grid.train["eval_batch_size"],
-            "keep_last": False,
-        }
+        task = Task(
+            f"source-{arch}-{key}",
+            source_task_config(grid, arch),
+            p.seed,
+            0,
+            str(work / "run"),
+            prepare_split(train_records, classes, work / "cache" / "train", t, r),
+            prepare_split(test_records, classes, work / "cache" / "test", t, r),
+            len(classes),
+            tuple(classes),
+            eval_batch_size=grid.train.eval_batch_size,
+        )
         pending.append((task, path, work, key, classes))
 
     queue, inflight = list(pending), {}
@@ -217,19 +218,17 @@ def ensure_source_models(grid: Grid, zoo_dir: str | Path, executor, log=print) -
         while queue and len(inflight) < executor.capacity:
             item = queue.pop(0)
             executor.submit(item[0])
-            inflight[item[0]["run_id"]] = item
+            inflight[item[0].run_id] = item
         for result in executor.wait():
-            task, path, work, key, classes = inflight.pop(result["run_id"])
-            if result.get("status") != "done":
-                raise StateError(
-                    f"pretraining on the synthetic source task failed ({task['run_id']}): {result.get('error')}"
-                )
+            task, path, work, key, classes = inflight.pop(result.run_id)
+            if result.status != "done":
+                raise StateError(f"pretraining on the synthetic source task failed ({task.run_id}): {result.error}")
             log(
-                f"source task {task['config']['arch']}: {result['epochs']} epochs, stop {result['stop_reason']}, "
-                f"train acc {result['train_acc']:.3f}, test acc {result['test_acc']:.3f}"
+                f"source task {task.config.arch}: {result.epochs} epochs, stop {result.stop_reason}, "
+                f"train acc {result.train_acc:.3f}, test acc {result.test_acc:.3f}"
             )
             final = read_checkpoint(work / "run" / "final.pt")
-            final["source_task"] = {"key": key, "pretrain": grid.pretrain, "classes": classes}
+            final["source_task"] = {"key": key, "pretrain": grid.pretrain.to_dict(), "classes": classes}
             atomic_save(final, path)
             shutil.rmtree(work / "cache", ignore_errors=True)
     return out

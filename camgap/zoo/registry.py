@@ -42,10 +42,10 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from camgap.errors import CamgapError, InputError
 from camgap.params import to_json as params_json
+from camgap.zoo.config import RunConfig, RunResult
 from camgap.zoo.grid import GRID_KEYS, RunSpec, canonical_json
 
 __all__ = [
@@ -312,7 +312,7 @@ class Registry:
 
     def add_runs(self, specs: Iterable[RunSpec]) -> int:
         """Insert runs that are not registered yet; return how many were new."""
-        rows = [(s.run_id, canonical_json(s.config), s.repeat, s.seed, int(s.trained)) for s in specs]
+        rows = [(s.run_id, canonical_json(s.config.to_dict()), s.repeat, s.seed, int(s.trained)) for s in specs]
         with self.transaction() as c:
             before = c.execute("SELECT COUNT(*) FROM runs").fetchone()[0]
             c.executemany(
@@ -333,15 +333,22 @@ class Registry:
         with self.transaction() as c:
             return c.execute("UPDATE runs SET status = 'pending', attempts = 0 WHERE status = 'failed'").rowcount
 
-    def todo(self, max_attempts: int) -> list[dict]:
+    def todo(self, max_attempts: int) -> list[RunSpec]:
         """Runs to start: pending ones, and failed ones with attempts < max_attempts.
         Trained runs first (in insertion order), then the untrained models."""
         rows = self.conn.execute(
-            "SELECT run_id, config, repeat, seed, trained, status, attempts FROM runs "
+            "SELECT run_id, config, repeat, seed FROM runs "
             "WHERE status = 'pending' OR (status = 'failed' AND attempts < ?) ORDER BY trained DESC, rowid",
             (max_attempts,),
         ).fetchall()
-        return [dict(r) | {"config": json.loads(r["config"])} for r in rows]
+        return [
+            RunSpec(r["run_id"], RunConfig.from_dict(json.loads(r["config"])), r["repeat"], r["seed"]) for r in rows
+        ]
+
+    def exhausted(self, max_attempts: int) -> int:
+        """Failed runs out of attempts (``todo`` leaves them out)."""
+        query = "SELECT COUNT(*) FROM runs WHERE status = 'failed' AND attempts >= ?"
+        return int(self.conn.execute(query, (max_attempts,)).fetchone()[0])
 
     def mark_running(self, run_id: str) -> int:
         """Mark a run started; return the attempt it is on (failures so far + 1). Starting uses
@@ -358,22 +365,22 @@ class Registry:
         with self.transaction() as c:
             c.execute("UPDATE runs SET status = 'pending' WHERE run_id = ?", (run_id,))
 
-    def mark_done(self, run_id: str, result: Mapping[str, Any]) -> None:
+    def mark_done(self, run_id: str, result: RunResult) -> None:
         with self.transaction() as c:
             cur = c.execute(
                 "UPDATE runs SET status = 'done', error = NULL, epochs = ?, stop_reason = ?, train_acc = ?, "
                 "train_loss = ?, test_acc = ?, test_loss = ?, gap = ?, wall_time = ?, resumed_from = ?, "
                 "finished = ? WHERE run_id = ?",
                 (
-                    int(result["epochs"]),
-                    result.get("stop_reason"),
-                    float(result["train_acc"]),
-                    float(result["train_loss"]),
-                    float(result["test_acc"]),
-                    float(result["test_loss"]),
-                    float(result["gap"]),
-                    float(result.get("wall_time") or 0.0),
-                    result.get("resumed_from"),
+                    int(result.epochs),
+                    result.stop_reason,
+                    float(result.train_acc),
+                    float(result.train_loss),
+                    float(result.test_acc),
+                    float(result.test_loss),
+                    float(result.gap),
+                    float(result.wall_time or 0.0),
+                    result.resumed_from,
                     _now(),
                     run_id,
                 ),
@@ -392,10 +399,11 @@ class Registry:
         return 0 if row is None else int(row[0])
 
     def get_run(self, run_id: str) -> dict | None:
+        """The run's row, its config read into a ``RunConfig``."""
         row = self.conn.execute("SELECT * FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if row is None:
             return None
-        return dict(row) | {"config": json.loads(row["config"])}
+        return dict(row) | {"config": RunConfig.from_dict(json.loads(row["config"]))}
 
     def counts(self) -> dict[str, int]:
         got = dict(self.conn.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall())

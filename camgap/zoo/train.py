@@ -42,7 +42,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -53,6 +53,7 @@ from torch import nn
 
 from camgap.errors import InputError, StateError
 from camgap.models import CheckpointError
+from camgap.zoo.config import Pack, RunConfig, RunResult, Task
 from camgap.zoo.stopping import StoppingRules
 
 __all__ = [
@@ -70,13 +71,7 @@ __all__ = [
     "storage_error",
     "CheckpointUnreadableError",
     "CheckpointSetAsideWarning",
-    "INJECT_FAIL_ENV",
-    "EPOCH_DELAY_ENV",
 ]
-
-# Test hooks: run ids (comma-separated) whose training raises, and a sleep after each epoch.
-INJECT_FAIL_ENV = "CAMGAP_ZOO_INJECT_FAIL"
-EPOCH_DELAY_ENV = "CAMGAP_ZOO_EPOCH_DELAY"
 
 _GRAY = (0.299, 0.587, 0.114)
 
@@ -168,7 +163,7 @@ def read_run_checkpoint(path: str | Path) -> dict:
     return ck
 
 
-def stored_result(run_dir: str | Path, run_id: str) -> dict | None:
+def stored_result(run_dir: str | Path, run_id: str) -> RunResult | None:
     """The result stored in ``run_dir/final.pt`` when it is readable and belongs to ``run_id``."""
     path = Path(run_dir) / "final.pt"
     if not path.is_file():
@@ -179,7 +174,7 @@ def stored_result(run_dir: str | Path, run_id: str) -> dict | None:
         return None
     if done.get("run_id") != run_id or "result" not in done:
         return None
-    return dict(done["result"])
+    return RunResult.from_dict(done["result"], f"{path}: result")
 
 
 def _set_aside(path: Path, problem: str, then: str, notes: list[str]) -> None:
@@ -348,14 +343,14 @@ class RunInputs:
     std: tuple[float, ...]
 
     @classmethod
-    def of(cls, config: dict, seed: int) -> RunInputs:
+    def of(cls, config: RunConfig, seed: int) -> RunInputs:
         return cls(
             int(seed),
-            bool(config["augment"]),
-            float(config.get("flip_prob") or 0.0),
-            float(config.get("jitter") or 0.0),
-            tuple(config["mean"]),
-            tuple(config["std"]),
+            bool(config.augment),
+            float(config.flip_prob or 0.0),
+            float(config.jitter or 0.0),
+            tuple(config.mean),
+            tuple(config.std),
         )
 
 
@@ -475,14 +470,12 @@ def _seed_all(seed: int) -> None:
     random.seed(seed)
 
 
-def _make_optimizer(model: nn.Module, cfg: dict) -> torch.optim.Optimizer:
-    if cfg["optimizer"] == "sgd":
-        return torch.optim.SGD(
-            model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
-        )
-    if cfg["optimizer"] == "adam":
-        return torch.optim.Adam(model.parameters(), lr=cfg["lr"], weight_decay=cfg["weight_decay"])
-    raise InputError(f"unknown optimizer {cfg['optimizer']!r}")
+def _make_optimizer(model: nn.Module, cfg: RunConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise InputError(f"unknown optimizer {cfg.optimizer!r}")
 
 
 def _finite_params(model: nn.Module) -> bool:
@@ -493,69 +486,74 @@ def _inf_if_nan(x: float) -> float:
     return x if math.isfinite(x) else math.inf
 
 
-def _checkpoint_base(task: dict, model: nn.Module) -> dict:
-    cfg = task["config"]
+def _checkpoint_base(task: Task, model: nn.Module) -> dict:
+    cfg = task.config
     return {
         "model_state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "arch": cfg["arch"],
-        "arch_kwargs": dict(cfg.get("arch_options") or {}),
-        "num_classes": int(task["num_classes"]),
-        "classes": list(task.get("classes") or []),
-        "config": cfg,
-        "run_id": task["run_id"],
-        "repeat": task.get("repeat"),
-        "seed": int(task["seed"]),
-        "input_size": cfg["input_size"],
-        "resize": cfg["resize"],
-        "mean": cfg["mean"],
-        "std": cfg["std"],
+        "arch": cfg.arch,
+        "arch_kwargs": dict(cfg.arch_options or {}),
+        "num_classes": int(task.num_classes),
+        "classes": list(task.classes),
+        "config": cfg.to_dict(),
+        "run_id": task.run_id,
+        "repeat": task.repeat,
+        "seed": int(task.seed),
+        "input_size": cfg.input_size,
+        "resize": cfg.resize,
+        "mean": cfg.mean,
+        "std": cfg.std,
         "channel_order": "rgb",  # the data path decodes RGB; `camgap score` reads this back
     }
 
 
 def _result(
-    task: dict, epochs: int, stop_reason: str | None, train: tuple, test: tuple, wall: float, resumed_from: int | None
-) -> dict:
+    task: Task,
+    epochs: int,
+    stop_reason: str | None,
+    train: tuple,
+    test: tuple,
+    wall: float,
+    resumed_from: int | None,
+    pack_size: int,
+    precision: str,
+) -> RunResult:
     train_loss, train_acc = train
     test_loss, test_acc = test
-    return {
-        "run_id": task["run_id"],
-        "status": "done",
-        "trained": bool(task["config"]["trained"]),
-        "epochs": int(epochs),
-        "stop_reason": stop_reason,
-        "train_loss": _inf_if_nan(train_loss),
-        "train_acc": float(train_acc),
-        "test_loss": _inf_if_nan(test_loss),
-        "test_acc": float(test_acc),
-        "gap": 100.0 * (float(train_acc) - float(test_acc)),
-        "wall_time": float(wall),
-        "resumed_from": resumed_from,
-    }
+    return RunResult(
+        task.run_id,
+        "done",
+        trained=bool(task.config.trained),
+        epochs=int(epochs),
+        stop_reason=stop_reason,
+        train_loss=_inf_if_nan(train_loss),
+        train_acc=float(train_acc),
+        test_loss=_inf_if_nan(test_loss),
+        test_acc=float(test_acc),
+        gap=100.0 * (float(train_acc) - float(test_acc)),
+        wall_time=float(wall),
+        resumed_from=resumed_from,
+        pack_size=pack_size,
+        precision=precision,
+    )
 
 
-def run_threads(task: dict) -> int:
-    """The run's intra-op thread count: ``config["threads"]`` (``[train] threads``), so the
+def run_threads(task: Task) -> int:
+    """The run's intra-op thread count: its config's ``threads`` (``[train] threads``), so the
     weights never depend on the executor or on how many runs share the machine. Configs
-    without the key (untrained models, older model sets) use the executor's ``task["threads"]``."""
-    return int(task["config"].get("threads") or task.get("threads") or 1)
+    without it (untrained models, older model sets) use the executor's ``task.threads``."""
+    return int(task.config.threads or task.threads or 1)
 
 
-def train_run(task: dict, epoch_callback: Callable[[int, dict], None] | None = None) -> dict:
-    """Train (or, for ``config["trained"] == False``, only evaluate) one run; return its result.
-
-    ``task`` keys: ``run_id``, ``config`` (see ``camgap.zoo.grid``), ``seed``, ``repeat``,
-    ``run_dir``, ``data`` (``{"train": cache_dir, "test": cache_dir}``), ``num_classes``,
-    ``classes``, ``device``, ``threads``, ``pretrained_path`` (for pretrained runs),
-    ``eval_batch_size``, ``keep_last``. ``epoch_callback(epoch, record)`` is called after each
-    epoch's checkpoint is written (tests use it to interrupt a run).
-    """
+def train_run(task: Task, epoch_callback: Callable[[int, dict], None] | None = None) -> RunResult:
+    """Train (or, for an untrained config, only evaluate) one run; return its result.
+    ``epoch_callback(epoch, record)`` is called after each epoch's checkpoint is written (tests
+    use it to interrupt a run)."""
     return train_pack([task], epoch_callback, packed=False)[0]
 
 
 def train_pack(
-    tasks: list[dict], epoch_callback: Callable[[int, dict], None] | None = None, packed: bool = True
-) -> list[dict]:
+    tasks: list[Task], epoch_callback: Callable[[int, dict], None] | None = None, packed: bool = True
+) -> list[RunResult]:
     """Train several runs of one architecture and batch size together (``camgap.zoo.packed``), each
     with its own seed, data order, augmentation, optimizer, stopping rules and files; return their
     results in order. A run that stops leaves the pack. With ``packed=False`` (one task) the run
@@ -565,16 +563,16 @@ def train_pack(
     try:
         with contextlib.ExitStack() as stack:
             for t in tasks:
-                Path(t["run_dir"]).mkdir(parents=True, exist_ok=True)
-                stack.enter_context(_run_lock(Path(t["run_dir"])))
+                Path(t.run_dir).mkdir(parents=True, exist_ok=True)
+                stack.enter_context(_run_lock(Path(t.run_dir)))
             torch.set_num_threads(run_threads(tasks[0]))
             return _train_locked(tasks, device, epoch_callback, packed)
     finally:
         torch.set_num_threads(caller_threads)  # an in-process run leaves the caller's thread count alone
 
 
-def _prepare_device(task: dict) -> torch.device:
-    device = torch.device(task.get("device") or "cpu")
+def _prepare_device(task: Task) -> torch.device:
+    device = torch.device(task.device or "cpu")
     if device.type == "cuda":
         if device.index is None:
             device = torch.device("cuda", torch.cuda.current_device())
@@ -591,36 +589,36 @@ class _Run:
     """One trained run between epochs: its model and optimizer, its history and stopping rules,
     and its files (``init.pt``, ``last.pt`` after every epoch, ``final.pt``, ``history.json``)."""
 
-    def __init__(self, task: dict, device: torch.device, notes: list[str]):
+    def __init__(self, task: Task, device: torch.device, notes: list[str]):
         from camgap.models import create_model
 
-        self.task, self.cfg, self.notes = task, task["config"], notes
-        self.dir = Path(task["run_dir"])
-        self.inputs = RunInputs.of(self.cfg, task["seed"])
-        _seed_all(int(task["seed"]))
-        self.model = create_model(self.cfg["arch"], int(task["num_classes"]), **(self.cfg.get("arch_options") or {}))
-        if self.cfg.get("pretrained"):
+        self.task, self.cfg, self.notes = task, task.config, notes
+        self.dir = Path(task.run_dir)
+        self.inputs = RunInputs.of(self.cfg, task.seed)
+        _seed_all(int(task.seed))
+        self.model = create_model(self.cfg.arch, int(task.num_classes), **(self.cfg.arch_options or {}))
+        if self.cfg.pretrained:
             from camgap.zoo.pretrained import load_pretrained_backbone
 
-            if not task.get("pretrained_path"):
-                raise StateError(f"run {task['run_id']}: pretrained = true but no weights file was resolved")
-            load_pretrained_backbone(self.model, task["pretrained_path"])
+            if not task.pretrained_path:
+                raise StateError(f"run {task.run_id}: pretrained = true but no weights file was resolved")
+            load_pretrained_backbone(self.model, task.pretrained_path)
         self.model.to(device)
-        self.precision = resolve_precision(self.cfg.get("precision") or "fp32", device)
-        if self.cfg.get("channels_last"):
+        self.precision = resolve_precision(self.cfg.precision or "fp32", device)
+        if self.cfg.channels_last:
             self.model.to(memory_format=torch.channels_last)
         self.device = device
         self.history: list[dict] = []
         self.wall, self.resumed_from, self.diverged = 0.0, None, False
-        if not self.cfg["trained"]:
+        if not self.cfg.trained:
             return
-        self.rules = StoppingRules(self.cfg["loss_threshold"], self.cfg["acc_threshold"], self.cfg["max_epochs"])
+        self.rules = StoppingRules(self.cfg.loss_threshold, self.cfg.acc_threshold, self.cfg.max_epochs)
         self.optimizer = _make_optimizer(self.model, self.cfg)
         last = self.dir / "last.pt"
         ck = _readable_or_set_aside(last, "the run restarts from init.pt", notes, _RESUME_KEYS)
         if ck is not None:
-            if ck.get("run_id") != task["run_id"]:
-                raise StateError(f"{last} belongs to run {ck.get('run_id')!r}, not {task['run_id']!r}")
+            if ck.get("run_id") != task.run_id:
+                raise StateError(f"{last} belongs to run {ck.get('run_id')!r}, not {task.run_id!r}")
             self.model.load_state_dict(ck["model_state_dict"])
             self.optimizer.load_state_dict(ck["optimizer_state_dict"])
             self.history = list(ck["history"])
@@ -679,13 +677,10 @@ class _Run:
             self.dir / "last.pt",
         )
         atomic_write_json(self.history, self.dir / "history.json")
-        delay = float(os.environ.get(EPOCH_DELAY_ENV, "0") or 0)
-        if delay:
-            time.sleep(delay)
         if epoch_callback is not None:
             epoch_callback(record["epoch"], record)
 
-    def finish(self, pack_size: int = 1) -> dict:
+    def finish(self, pack_size: int = 1) -> RunResult:
         """Write ``final.pt`` (weights + result) and drop ``last.pt``; the run's result."""
         last = self.history[-1]
         reason = "diverged" if self.diverged and not self.decision.stop else self.decision.reason
@@ -697,20 +692,21 @@ class _Run:
             (last["test_loss"], last["test_acc"]),
             self.wall,
             self.resumed_from,
+            pack_size,
+            self.precision,
         )
-        result |= {"pack_size": pack_size, "precision": self.precision}
         atomic_write_json(self.history, self.dir / "history.json")
         atomic_save(
-            self._base() | {"epoch": len(self.history), "history": self.history, "result": result},
+            self._base() | {"epoch": len(self.history), "history": self.history, "result": result.to_dict()},
             self.dir / "final.pt",
         )
-        if not self.task.get("keep_last", False):
+        if not self.task.keep_last:
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / "last.pt").unlink()
-        return result | ({"warnings": self.notes} if self.notes else {})
+        return replace(result, warnings=tuple(self.notes))
 
 
-def _evaluate_untrained(run: _Run, splits, eval_bs: int) -> dict:
+def _evaluate_untrained(run: _Run, splits, eval_bs: int) -> RunResult:
     """A randomly initialised model for the validity test: evaluated, never trained."""
     (train_x, train_y), (test_x, test_y) = splits
     t0 = time.perf_counter()
@@ -719,30 +715,30 @@ def _evaluate_untrained(run: _Run, splits, eval_bs: int) -> dict:
     mean, std = run.inputs.mean, run.inputs.std
     train = evaluate(run.model, train_x, train_y, mean, std, run.device, eval_bs)
     test = evaluate(run.model, test_x, test_y, mean, std, run.device, eval_bs)
-    result = _result(run.task, 0, "untrained", train, test, time.perf_counter() - t0, None)
-    result |= {"pack_size": 1, "precision": "fp32"}
+    result = _result(run.task, 0, "untrained", train, test, time.perf_counter() - t0, None, 1, "fp32")
     atomic_write_json([], run.dir / "history.json")
-    atomic_save(base | {"epoch": 0, "history": [], "result": result}, run.dir / "final.pt")
-    return result | ({"warnings": run.notes} if run.notes else {})
+    atomic_save(base | {"epoch": 0, "history": [], "result": result.to_dict()}, run.dir / "final.pt")
+    return replace(result, warnings=tuple(run.notes))
 
 
-def _train_locked(tasks: list[dict], device: torch.device, epoch_callback, packed: bool) -> list[dict]:
-    results: dict[int, dict] = {}
+def _train_locked(tasks: list[Task], device: torch.device, epoch_callback, packed: bool) -> list[RunResult]:
+    results: dict[int, RunResult] = {}
     runs: dict[int, _Run] = {}
     notes = {i: [] for i in range(len(tasks))}
     for i, task in enumerate(tasks):
-        done = _readable_or_set_aside(Path(task["run_dir"]) / "final.pt", "the run is trained again", notes[i])
-        if done is not None and done.get("run_id") == task["run_id"] and "result" in done:
-            results[i] = dict(done["result"])
+        final = Path(task.run_dir) / "final.pt"
+        done = _readable_or_set_aside(final, "the run is trained again", notes[i])
+        if done is not None and done.get("run_id") == task.run_id and "result" in done:
+            results[i] = RunResult.from_dict(done["result"], f"{final}: result")
         else:
             runs[i] = _Run(task, device, notes[i])
     if not runs:
         return [results[i] for i in range(len(tasks))]
     first = tasks[0]
-    splits = (load_split(first["data"]["train"], device), load_split(first["data"]["test"], device))
-    eval_bs = int(first.get("eval_batch_size") or 256)
+    splits = (load_split(first.train_data, device), load_split(first.test_data, device))
+    eval_bs = int(first.eval_batch_size or 256)
     for i, run in list(runs.items()):
-        if not run.cfg["trained"]:
+        if not run.cfg.trained:
             results[i] = _evaluate_untrained(runs.pop(i), splits, eval_bs)
     if packed and len(runs) > 1:
         _train_packed(list(runs.values()), splits, eval_bs, epoch_callback)
@@ -756,7 +752,7 @@ def _train_locked(tasks: list[dict], device: torch.device, epoch_callback, packe
 
 def _train_alone(run: _Run, splits, eval_bs: int, epoch_callback) -> None:
     (train_x, train_y), (test_x, test_y) = splits
-    mean, std, bs = run.inputs.mean, run.inputs.std, int(run.cfg["batch_size"])
+    mean, std, bs = run.inputs.mean, run.inputs.std, int(run.cfg.batch_size)
     while not run.stopped:
         t0 = time.perf_counter()
         epoch, precision = run.next_epoch, run.precision
@@ -773,7 +769,7 @@ def _train_packed(runs: list[_Run], splits, eval_bs: int, epoch_callback) -> Non
     from camgap.zoo.packed import PackedResNet, evaluate_pack, train_pack_epoch
 
     (train_x, train_y), (test_x, test_y) = splits
-    bs = int(runs[0].cfg["batch_size"])
+    bs = int(runs[0].cfg.batch_size)
     active = [r for r in runs if not r.stopped]
     while active:
         t0 = time.perf_counter()
@@ -802,27 +798,23 @@ def _train_packed(runs: list[_Run], splits, eval_bs: int, epoch_callback) -> Non
         active = [r for r in active if not r.stopped]
 
 
-def execute_task(task: dict) -> dict:
-    """Worker entry point: never raises. A failing run returns ``{"status": "failed", "error"}``;
-    a full or failing disk (not the run's fault) ``{"status": "storage", "error"}`` naming the
-    path. Checkpoints set aside are reported in the result's ``warnings``, not as warnings."""
+def execute_task(work: Task | Pack) -> RunResult:
+    """Worker entry point: never raises. A failing run comes back with status ``failed`` and the
+    error; a full or failing disk (not the run's fault) with status ``storage``, the error naming
+    the path. A pack's runs compute on the pack's device; its result holds one result per run.
+    Checkpoints set aside are reported in the result's ``warnings``, not as warnings."""
     try:
-        inject = {s.strip() for s in os.environ.get(INJECT_FAIL_ENV, "").split(",") if s.strip()}
-        if task["run_id"] in inject or "*" in inject:
-            raise RuntimeError(f"injected failure ({INJECT_FAIL_ENV})")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", CheckpointSetAsideWarning)
-            if "pack" in task:
-                return {"run_id": task["run_id"], "status": "pack", "results": train_pack(task["pack"])}
-            return train_run(task)
+            if isinstance(work, Pack):
+                tasks = [replace(t, device=work.device, threads=work.threads) for t in work.runs]
+                return RunResult(work.run_id, "pack", results=tuple(train_pack(tasks)))
+            return train_run(work)
     except Exception as exc:  # noqa: BLE001 - one bad run never stops the sweep
         disk = storage_error(exc)
         if disk is not None:
-            where = disk.filename or task.get("run_dir")
-            return {
-                "run_id": task["run_id"],
-                "status": "storage",
-                "error": f"{where}: {disk.strerror or disk} (errno {errno.errorcode.get(disk.errno, disk.errno)})",
-            }
+            where = disk.filename or getattr(work, "run_dir", None)
+            code = errno.errorcode.get(disk.errno, disk.errno)
+            return RunResult(work.run_id, "storage", error=f"{where}: {disk.strerror or disk} (errno {code})")
         tb = traceback.format_exc(limit=8)
-        return {"run_id": task["run_id"], "status": "failed", "error": f"{type(exc).__name__}: {exc}\n{tb}"}
+        return RunResult(work.run_id, "failed", error=f"{type(exc).__name__}: {exc}\n{tb}")

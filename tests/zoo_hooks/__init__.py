@@ -1,0 +1,42 @@
+"""Test hooks of the zoo tests: an injected failure (in-process) and slow epochs (also in worker
+processes and CLI subprocesses, through ``sitecustomize``); ``as_task``."""
+
+import os
+from pathlib import Path
+
+from zoo_hooks.sitecustomize import EPOCH_DELAY_ENV
+
+ROOT = Path(__file__).resolve().parents[2]
+HOOKS = Path(__file__).resolve().parent
+
+
+def worker_env(epoch_delay: float = 0.0) -> dict[str, str]:
+    """Environment variables that make subprocesses import this checkout's camgap and, with
+    ``epoch_delay``, sleep that long after each epoch (``sitecustomize``)."""
+    return {"PYTHONPATH": os.pathsep.join((str(HOOKS), str(ROOT))), EPOCH_DELAY_ENV: str(epoch_delay)}
+
+
+def fail_runs(monkeypatch, run_ids: set[str]) -> None:
+    """Make training of ``run_ids`` raise in this process, as a run's own failure does."""
+    from camgap.zoo import train
+
+    train_run = train.train_run
+
+    def failing(task, *args, **kwargs):
+        if task.run_id in run_ids:
+            raise RuntimeError("injected failure")
+        return train_run(task, *args, **kwargs)
+
+    monkeypatch.setattr(train, "train_run", failing)
+
+
+def as_task(task: dict):
+    """The ``Task`` of a task dict as ``fixtures_zoo.run_task`` writes it (``data``: split -> cache)."""
+    from camgap.zoo.config import RunConfig, Task
+
+    fields = dict(task)
+    data = fields.pop("data")
+    config = fields.pop("config")
+    config = RunConfig.from_dict(config) if isinstance(config, dict) else config
+    classes = tuple(fields.pop("classes", ()))
+    return Task(**fields, config=config, classes=classes, train_data=data["train"], test_data=data["test"])
