@@ -82,7 +82,7 @@ def part1(args, device: torch.device) -> None:
     from camgap.zoo.grid import load_grid
 
     demo = load_grid("demo")
-    size, n = int(demo.train["input_size"]), 6 * PRESETS["full"]["data"]["train_per_class"]
+    size, n = demo.train.input_size, 6 * PRESETS["full"]["data"]["train_per_class"]
     n = args.train_images or n
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g)
