@@ -136,3 +136,12 @@ def test_a_closed_pipe_ends_quietly():
     proc.stdout.close()
     assert proc.wait(timeout=120) == 0
     assert b"Broken pipe" not in proc.stderr.read()
+
+
+def test_zoo_measure_help_names_the_default_measures(capsys):
+    from camgap.zoo.measure import DEFAULT_MEASURES
+
+    with pytest.raises(SystemExit):
+        cli.main(["zoo", "measure", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default: " + ", ".join(DEFAULT_MEASURES) + ";" in text
