@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.stats
-from fixtures_zoo import build_tiny_zoo, frames
 from PIL import Image
 
 from camgap.cli import main
@@ -23,22 +22,23 @@ from camgap.study.predict import fit_gap, predict_gap
 from camgap.zoo.grid import canonical_json
 from camgap.zoo.measure import score_params
 from camgap.zoo.registry import Registry
+from tests.helpers.zoo import frames
 
 IOU = canonical_json(score_params("gradcam", 0.1, "boxes"))
 COLUMNS = {">=95": 0.95, ">=90": 0.90, ">=85": 0.85, ">=80": 0.80}
 
 
 @pytest.fixture(scope="module")
-def measured(tmp_path_factory) -> tuple[Path, Path]:
-    """3 trained + 1 untrained models, measured with `camgap zoo measure`."""
-    root = tmp_path_factory.mktemp("study")
-    zoo, data = build_tiny_zoo(root, seed=5, lrs=(0.05, 0.02, 0.005))
+def measured(tiny_zoo, tmp_path_factory) -> tuple[Path, Path]:
+    """A copy of the session's tiny model set (3 trained + 1 untrained models), measured with
+    `camgap zoo measure`; the dataset is the shared one."""
+    zoo = Path(shutil.copytree(tiny_zoo.zoo, tmp_path_factory.mktemp("study") / "zoo"))
     rc = main(
         [
             "zoo",
             "measure",
             "--zoo",
-            str(root / "zoo"),
+            str(zoo),
             "--measures",
             "iou,iou_b,nuclear_norm,effective_invariance",
             "--device",
@@ -47,7 +47,7 @@ def measured(tmp_path_factory) -> tuple[Path, Path]:
         ]
     )
     assert rc == 0
-    return root / "zoo", data
+    return zoo, tiny_zoo.data
 
 
 def trained_iou_gap(zoo: Path) -> pd.DataFrame:

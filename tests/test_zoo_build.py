@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from fixtures_zoo import run_task
 
 from camgap.data.synthetic import write_synthetic
 from camgap.models import create_model, load_checkpoint
@@ -23,6 +22,7 @@ from camgap.zoo.grid import load_grid
 from camgap.zoo.pretrained import PretrainedWeightsError, load_pretrained_backbone, pretrained_paths
 from camgap.zoo.registry import Registry
 from camgap.zoo.train import EPOCH_DELAY_ENV, INJECT_FAIL_ENV, augment_batch, train_run
+from tests.helpers.zoo import run_task
 
 ROOT = Path(__file__).resolve().parents[1]
 

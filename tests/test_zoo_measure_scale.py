@@ -6,18 +6,19 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fixtures_zoo import build_tiny_zoo, frames, quiet
 
 import camgap.zoo.measure as zm
 from camgap.zoo.measure import MeasureRequest, measure_zoo, plan_run, run_measure_task
 from camgap.zoo.registry import Registry
+from tests.helpers.zoo import frames, quiet
 
 MEASURES = ("iou", "iou_b", "nuclear_norm", "inverse_margin", "path_norm", "distance_from_init")
 
 
 @pytest.fixture(scope="module")
-def base_zoo(tmp_path_factory) -> Path:
-    return build_tiny_zoo(tmp_path_factory.mktemp("scale"), seed=5, lrs=(0.05, 0.01, 0.002))[0]
+def base_zoo(tiny_zoo) -> Path:
+    """The session's tiny model set (read only: tests measure a copy)."""
+    return tiny_zoo.zoo
 
 
 @pytest.fixture(scope="module")

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures_zoo import run_task
 
 from camgap.data.synthetic import write_synthetic
 from camgap.zoo.build import build, pack_plan
 from camgap.zoo.grid import GridError, load_grid
 from camgap.zoo.registry import Registry
 from camgap.zoo.train import train_pack
+from tests.helpers.zoo import run_task
 
 GRID = """
 [grid]

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_zoo import run_task
 
 import camgap.zoo.train as zt
 from camgap.data.synthetic import write_synthetic
@@ -20,6 +19,7 @@ from camgap.zoo.grid import GridError, load_grid
 from camgap.zoo.pretrained import load_pretrained_backbone
 from camgap.zoo.registry import Registry
 from camgap.zoo.train import train_run
+from tests.helpers.zoo import run_task
 
 GRID = """
 [grid]
