@@ -203,6 +203,7 @@ def _lock_free(path: Path) -> bool:
         return True
 
 
+@pytest.mark.slow
 def test_sigkill_driver_and_resume(tmp_path, data):
     """kill -9 the driver (and with it its worker processes) mid-run; rerun; no run lost,
     none duplicated, finished runs not retrained, the interrupted ones resumed."""
