@@ -25,7 +25,13 @@ from camgap.zoo.registry import Registry
 from tests.helpers.zoo import frames
 
 IOU = canonical_json(score_params("gradcam", 0.1, "boxes"))
+MEASURES = "iou,iou_b,nuclear_norm,effective_invariance"
 COLUMNS = {">=95": 0.95, ">=90": 0.90, ">=85": 0.85, ">=80": 0.80}
+
+
+def measure(zoo: Path) -> int:
+    """`camgap zoo measure` of the measures the study tests read."""
+    return main(["zoo", "measure", "--zoo", str(zoo), "--measures", MEASURES, "--device", "cpu", "--no-progress"])
 
 
 @pytest.fixture(scope="module")
@@ -33,20 +39,7 @@ def measured(tiny_zoo, tmp_path_factory) -> tuple[Path, Path]:
     """A copy of the session's tiny model set (3 trained + 1 untrained models), measured with
     `camgap zoo measure`; the dataset is the shared one."""
     zoo = Path(shutil.copytree(tiny_zoo.zoo, tmp_path_factory.mktemp("study") / "zoo"))
-    rc = main(
-        [
-            "zoo",
-            "measure",
-            "--zoo",
-            str(zoo),
-            "--measures",
-            "iou,iou_b,nuclear_norm,effective_invariance",
-            "--device",
-            "cpu",
-            "--no-progress",
-        ]
-    )
-    assert rc == 0
+    assert measure(zoo) == 0
     return zoo, tiny_zoo.data
 
 
@@ -111,22 +104,7 @@ def test_measure_records_every_model(measured):
 def test_measure_rerun_and_unknown_measure(measured, capsys):
     zoo, _ = measured
     before = frames(zoo)[1]
-    assert (
-        main(
-            [
-                "zoo",
-                "measure",
-                "--zoo",
-                str(zoo),
-                "--measures",
-                "iou,iou_b,nuclear_norm,effective_invariance",
-                "--device",
-                "cpu",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert measure(zoo) == 0
     assert frames(zoo)[1].equals(before)
     assert "0 measured now, 0 values recorded" in capsys.readouterr().out
     assert main(["zoo", "measure", "--zoo", str(zoo), "--measures", "iou,bogus", "--no-progress"]) == 2
