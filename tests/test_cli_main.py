@@ -111,6 +111,7 @@ def test_top_level_exports():
         camgap.nope  # noqa: B018
 
 
+@pytest.mark.slow
 def test_warnings_are_one_line_on_stderr():
     import subprocess
     import sys
@@ -131,6 +132,7 @@ def test_warnings_are_one_line_on_stderr():
     assert err == ""
 
 
+@pytest.mark.slow
 def test_a_closed_pipe_ends_quietly():
     import subprocess
     import sys
