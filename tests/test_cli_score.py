@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from fixtures_data import make_imagenet, write_csv
 from PIL import Image
 from torch import nn
 
@@ -22,6 +21,7 @@ from camgap.data.masks import compute_masks
 from camgap.data.synthetic import write_synthetic
 from camgap.measures.score import score_model
 from camgap.models import create_model
+from tests.helpers.data import make_imagenet, write_csv
 
 SIZE = 32
 N_CLASSES = 3

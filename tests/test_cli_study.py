@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.stats
-from fixtures_zoo import build_tiny_zoo, frames
 from PIL import Image
 
 from camgap.cli import main
@@ -23,31 +22,25 @@ from camgap.study.predict import fit_gap, predict_gap
 from camgap.zoo.grid import canonical_json
 from camgap.zoo.measure import score_params
 from camgap.zoo.registry import Registry
+from tests.helpers.zoo import frames
 
 IOU = canonical_json(score_params("gradcam", 0.1, "boxes"))
+MEASURES = "iou,iou_b,nuclear_norm,effective_invariance"
 COLUMNS = {">=95": 0.95, ">=90": 0.90, ">=85": 0.85, ">=80": 0.80}
 
 
+def measure(zoo: Path) -> int:
+    """`camgap zoo measure` of the measures the study tests read."""
+    return main(["zoo", "measure", "--zoo", str(zoo), "--measures", MEASURES, "--device", "cpu", "--no-progress"])
+
+
 @pytest.fixture(scope="module")
-def measured(tmp_path_factory) -> tuple[Path, Path]:
-    """3 trained + 1 untrained models, measured with `camgap zoo measure`."""
-    root = tmp_path_factory.mktemp("study")
-    zoo, data = build_tiny_zoo(root, seed=5, lrs=(0.05, 0.02, 0.005))
-    rc = main(
-        [
-            "zoo",
-            "measure",
-            "--zoo",
-            str(root / "zoo"),
-            "--measures",
-            "iou,iou_b,nuclear_norm,effective_invariance",
-            "--device",
-            "cpu",
-            "--no-progress",
-        ]
-    )
-    assert rc == 0
-    return root / "zoo", data
+def measured(tiny_zoo, tmp_path_factory) -> tuple[Path, Path]:
+    """A copy of the session's tiny model set (3 trained + 1 untrained models), measured with
+    `camgap zoo measure`; the dataset is the shared one."""
+    zoo = Path(shutil.copytree(tiny_zoo.zoo, tmp_path_factory.mktemp("study") / "zoo"))
+    assert measure(zoo) == 0
+    return zoo, tiny_zoo.data
 
 
 def trained_iou_gap(zoo: Path) -> pd.DataFrame:
@@ -55,6 +48,23 @@ def trained_iou_gap(zoo: Path) -> pd.DataFrame:
     runs = runs[(runs.status == "done") & runs.trained]
     iou = meas[(meas.measure == "iou") & (meas.params == IOU) & (meas.status == "done")].set_index("run_id").value
     return runs.assign(iou=runs.run_id.map(iou))[["run_id", "train_acc", "gap", "iou"]]
+
+
+def median_model(zoo: Path) -> tuple[pd.DataFrame, Path]:
+    """The trained models sorted by IoU and the final checkpoint of the median one (of 3)."""
+    d = trained_iou_gap(zoo).sort_values("iou", kind="stable").reset_index(drop=True)
+    return d, zoo / "runs" / d.run_id.iloc[1] / "final.pt"
+
+
+def predict(zoo: Path, ckpt: Path, data: Path, *extra: str) -> int:
+    """`camgap predict` of a tiny-set checkpoint (small_resnet10 of width 4 at 32 px) against `zoo`."""
+    argv = ["--zoo", str(zoo), "--checkpoint", str(ckpt), "--arch", "small_resnet10", "--width", "4"]
+    return main(["predict", *argv, "--data", str(data), "--input-size", "32", *extra])
+
+
+def study(zoo: Path, out: Path, *extra: str) -> int:
+    """`camgap study --zoo ZOO --out OUT ...`."""
+    return main(["study", "--zoo", str(zoo), "--out", str(out), *extra])
 
 
 def copy_zoo(zoo: Path, dst: Path, sql: str = "") -> Path:
@@ -94,22 +104,7 @@ def test_measure_records_every_model(measured):
 def test_measure_rerun_and_unknown_measure(measured, capsys):
     zoo, _ = measured
     before = frames(zoo)[1]
-    assert (
-        main(
-            [
-                "zoo",
-                "measure",
-                "--zoo",
-                str(zoo),
-                "--measures",
-                "iou,iou_b,nuclear_norm,effective_invariance",
-                "--device",
-                "cpu",
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert measure(zoo) == 0
     assert frames(zoo)[1].equals(before)
     assert "0 measured now, 0 values recorded" in capsys.readouterr().out
     assert main(["zoo", "measure", "--zoo", str(zoo), "--measures", "iou,bogus", "--no-progress"]) == 2
@@ -120,7 +115,7 @@ def test_measure_rerun_and_unknown_measure(measured, capsys):
 def test_study_report_and_table3_match_scipy(measured, tmp_path, capsys):
     zoo, _ = measured
     out = tmp_path / "study"
-    assert main(["study", "--zoo", str(zoo), "--out", str(out), "--bootstrap", "50", "--device", "cpu"]) == 0
+    assert study(zoo, out, "--bootstrap", "50", "--device", "cpu") == 0
     text = capsys.readouterr().out
     assert "Pearson r with the generalization gap" in text and f"report: {out / 'report.html'}" in text
     check_report(out)
@@ -147,7 +142,7 @@ def test_table3_total_block_equals_scipy_over_the_trained_models(measured, tmp_p
         "UPDATE runs SET train_acc = 0.99, test_acc = 0.99 - gap / 100.0 WHERE trained = 1;",
     )
     out = tmp_path / "study"
-    assert main(["study", "--zoo", str(zoo), "--out", str(out), "--bootstrap", "50", "--no-overlays"]) == 0
+    assert study(zoo, out, "--bootstrap", "50", "--no-overlays") == 0
     check_report(out)
     pearson, n, raw = read_table3(out)
     d = trained_iou_gap(zoo)
@@ -170,7 +165,7 @@ def test_study_with_fewer_than_three_models_prints_na(measured, tmp_path, capsys
         "(SELECT run_id FROM runs WHERE trained = 1 ORDER BY rowid LIMIT 1);",
     )
     out = tmp_path / "study"
-    assert main(["study", "--zoo", str(zoo), "--out", str(out), "--bootstrap", "50", "--no-overlays"]) == 0
+    assert study(zoo, out, "--bootstrap", "50", "--no-overlays") == 0
     text = capsys.readouterr().out
     iou_line = [ln for ln in text.splitlines() if ln.startswith("IoU ")]
     assert len(iou_line) == 1 and iou_line[0].count("n/a (n=2)") == 4, text
@@ -203,7 +198,7 @@ def test_study_uses_rho_0_1_among_several_thresholds(measured, tmp_path, capsys)
     outs = {}
     for name, z in (("base", base), ("zoo", zoo)):
         outs[name] = tmp_path / f"study_{name}"
-        assert main(["study", "--zoo", str(z), "--out", str(outs[name]), "--bootstrap", "0", "--no-overlays"]) == 0
+        assert study(z, outs[name], "--bootstrap", "0", "--no-overlays") == 0
     headlines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("IoU")]
     assert len(headlines) == 4 and headlines[:2] == headlines[2:]
     for table in ("table3", "table4", "table5"):
@@ -223,7 +218,7 @@ def test_study_says_when_rho_0_1_was_not_measured(measured, tmp_path, capsys):
     )
     assert set(frames(zoo)[1].measure) == {"iou", "iou_b", "nuclear_norm", "effective_invariance"}
     out = tmp_path / "study"
-    assert main(["study", "--zoo", str(zoo), "--out", str(out), "--bootstrap", "0", "--no-overlays"]) == 0
+    assert study(zoo, out, "--bootstrap", "0", "--no-overlays") == 0
     text = capsys.readouterr().out
     iou_line = [ln for ln in text.splitlines() if ln.startswith("IoU:")]
     assert len(iou_line) == 1 and iou_line[0].startswith("IoU: not measured") and iou_line[0].count("n/a (n=0)") == 4
@@ -237,13 +232,13 @@ def test_study_says_when_rho_0_1_was_not_measured(measured, tmp_path, capsys):
 def test_study_without_registry_or_measurements(measured, tmp_path, capsys):
     empty = tmp_path / "nothing"
     empty.mkdir()
-    assert main(["study", "--zoo", str(empty), "--out", str(tmp_path / "o1")]) == 2
+    assert study(empty, tmp_path / "o1") == 2
     err = capsys.readouterr().err
     assert "no model set" in err and str(empty) in err
     assert not (tmp_path / "o1" / "report.html").exists()
 
     zoo = copy_zoo(measured[0], tmp_path / "zoo", "DELETE FROM measurements;")
-    assert main(["study", "--zoo", str(zoo), "--out", str(tmp_path / "o2")]) == 2
+    assert study(zoo, tmp_path / "o2") == 2
     assert "zoo measure" in capsys.readouterr().err
 
 
@@ -252,35 +247,9 @@ def test_predict_on_a_zoo_checkpoint(measured, capsys):
     images), so its IoU is bit for bit the one the zoo recorded, whatever the CPU's kernels; and
     the checkpoint is the reference model with the median IoU, so it lies inside the range."""
     zoo, data = measured
-    d = trained_iou_gap(zoo).sort_values("iou", kind="stable").reset_index(drop=True)
-    run_id = d.run_id.iloc[1]
-    ckpt = zoo / "runs" / run_id / "final.pt"
-    assert (
-        main(
-            [
-                "predict",
-                "--zoo",
-                str(zoo),
-                "--checkpoint",
-                str(ckpt),
-                "--arch",
-                "small_resnet10",
-                "--width",
-                "4",
-                "--data",
-                str(data),
-                "--input-size",
-                "32",
-                "--device",
-                "cpu",
-                "--batch-size",
-                "128",
-                "--min-train-acc",
-                "0",
-            ]
-        )
-        == 0
-    )  # 2-epoch models: all below the paper's 80%
+    d, ckpt = median_model(zoo)
+    # 2-epoch models: all below the paper's 80%
+    assert predict(zoo, ckpt, data, "--device", "cpu", "--batch-size", "128", "--min-train-acc", "0") == 0
     text = capsys.readouterr().out
 
     # by hand, as the CLI does: the IoU of the checkpoint on the training images, the OLS fit over the zoo
@@ -315,26 +284,7 @@ def test_predict_fits_only_models_that_fitted_their_training_set(measured, tmp_p
     )
     data = measured[1]
     ckpt = next((zoo / "runs").glob("*/final.pt"))
-    assert (
-        main(
-            [
-                "predict",
-                "--zoo",
-                str(zoo),
-                "--checkpoint",
-                str(ckpt),
-                "--arch",
-                "small_resnet10",
-                "--width",
-                "4",
-                "--data",
-                str(data),
-                "--input-size",
-                "32",
-            ]
-        )
-        == 2
-    )
+    assert predict(zoo, ckpt, data) == 2
     assert "no trained model with train accuracy >= 0.8" in capsys.readouterr().err
 
 
@@ -411,26 +361,7 @@ def test_study_json_is_the_table3_total_block(measured, tmp_path, capsys):
         "UPDATE runs SET train_acc = 0.99, test_acc = 0.99 - gap / 100.0 WHERE trained = 1;",
     )
     out = tmp_path / "study"
-    assert (
-        main(
-            [
-                "study",
-                "--zoo",
-                str(zoo),
-                "--out",
-                str(out),
-                "--bootstrap",
-                "40",
-                "--no-overlays",
-                "--subsets",
-                "0.95,0",
-                "--seed",
-                "3",
-                "--json",
-            ]
-        )
-        == 0
-    )
+    assert study(zoo, out, "--bootstrap", "40", "--no-overlays", "--subsets", "0.95,0", "--seed", "3", "--json") == 0
     got = _stdout_json(capsys)
     assert got["report"] == str(out / "report.html") and got["confidence"] == 0.95
     t = out / "tables"
@@ -460,51 +391,29 @@ def test_study_measures_and_primary(measured, tmp_path, capsys):
     is a "not measured" row); an unknown measure is refused with the measured ones listed."""
     zoo = measured[0]
     out = tmp_path / "study"
-    assert (
-        main(
-            [
-                "study",
-                "--zoo",
-                str(zoo),
-                "--out",
-                str(out),
-                "--bootstrap",
-                "0",
-                "--no-overlays",
-                "--measures",
-                "iou,nuclear_norm",
-                "--json",
-            ]
-        )
-        == 0
-    )
+    assert study(zoo, out, "--bootstrap", "0", "--no-overlays", "--measures", "iou,nuclear_norm", "--json") == 0
     cells = _stdout_json(capsys)["cells"]
     assert [m.split(" (")[0] for m in cells] == ["IoU", "Nuclear Norm", "Nuclear Norm"]  # in the order given
     assert (
-        main(
-            [
-                "study",
-                "--zoo",
-                str(zoo),
-                "--out",
-                str(tmp_path / "s2"),
-                "--bootstrap",
-                "0",
-                "--no-overlays",
-                "--measures",
-                "iou",
-                "--primary",
-                "cam=gradcam,threshold=0.3,masks=boxes",
-                "--json",
-            ]
+        study(
+            zoo,
+            tmp_path / "s2",
+            "--bootstrap",
+            "0",
+            "--no-overlays",
+            "--measures",
+            "iou",
+            "--primary",
+            "cam=gradcam,threshold=0.3,masks=boxes",
+            "--json",
         )
         == 0
     )
     assert list(_stdout_json(capsys)["cells"]) == ["IoU: not measured"]
-    assert main(["study", "--zoo", str(zoo), "--out", str(tmp_path / "s3"), "--measures", "iou,bogus"]) == 2
+    assert study(zoo, tmp_path / "s3", "--measures", "iou,bogus") == 2
     err = capsys.readouterr().err
     assert "no measurement of bogus; measured: effective_invariance, iou, iou_b, nuclear_norm" in err
-    assert main(["study", "--zoo", str(zoo), "--out", str(tmp_path / "s4"), "--primary", "cam"]) == 2
+    assert study(zoo, tmp_path / "s4", "--primary", "cam") == 2
     assert "'cam' is not of the form key=value" in capsys.readouterr().err
 
 
@@ -555,23 +464,18 @@ def test_study_passes_its_options_to_write_study(measured, tmp_path, monkeypatch
     monkeypatch.setattr(report, "write_study", fake_write_study)
     monkeypatch.setattr("sys.argv", ["camgap", "study", "--zoo", "Z"])
     assert (
-        main(
-            [
-                "study",
-                "--zoo",
-                str(measured[0]),
-                "--out",
-                str(tmp_path / "s"),
-                "--bootstrap",
-                "0",
-                "--no-overlays",
-                "--subsets",
-                "0.9,0",
-                "--seed",
-                "7",
-                "--primary",
-                "threshold=0.1,cam=gradcam",
-            ]
+        study(
+            measured[0],
+            tmp_path / "s",
+            "--bootstrap",
+            "0",
+            "--no-overlays",
+            "--subsets",
+            "0.9,0",
+            "--seed",
+            "7",
+            "--primary",
+            "threshold=0.1,cam=gradcam",
         )
         == 0
     )
@@ -585,36 +489,9 @@ def test_study_passes_its_options_to_write_study(measured, tmp_path, monkeypatch
 def test_predict_json(measured, capsys):
     """JSON alone on stdout; the same numbers as the text output's computation."""
     zoo, data = measured
-    d = trained_iou_gap(zoo).sort_values("iou", kind="stable").reset_index(drop=True)
-    ckpt = zoo / "runs" / d.run_id.iloc[1] / "final.pt"
+    d, ckpt = median_model(zoo)
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "predict",
-                "--zoo",
-                str(zoo),
-                "--checkpoint",
-                str(ckpt),
-                "--arch",
-                "small_resnet10",
-                "--width",
-                "4",
-                "--data",
-                str(data),
-                "--input-size",
-                "32",
-                "--device",
-                "cpu",
-                "--batch-size",
-                "128",
-                "--min-train-acc",
-                "0",
-                "--json",
-            ]
-        )
-        == 0
-    )
+    assert predict(zoo, ckpt, data, "--device", "cpu", "--batch-size", "128", "--min-train-acc", "0", "--json") == 0
     got = _stdout_json(capsys)
     fit = fit_gap(d.iou, d.gap, name="iou")
     pred = predict_gap(fit, got["iou"], confidence=0.95, train_acc=got["train_acc"])

@@ -181,8 +181,14 @@ def run_main(capsys, *argv: str) -> tuple[int, str, str]:
 
 
 @pytest.mark.slow
-def test_models_lists_every_architecture_with_its_layer(capsys):
+def test_models_lists_every_architecture_with_its_layer(capsys, monkeypatch):
+    import functools
+
+    import camgap.models
     from camgap.models import list_models, list_timm_models
+
+    # both listings describe every architecture (each built once): the second one reuses the first's rows
+    monkeypatch.setattr(camgap.models, "describe_model", functools.cache(camgap.models.describe_model))
 
     rc, out, _ = run_main(capsys, "models", "--json")
     assert rc == 0

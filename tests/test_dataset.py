@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 import torchvision.transforms.v2.functional as TF
-from fixtures_data import make_imagenet, save_image
 from torch.testing import assert_close
 from torch.utils.data import DataLoader
 
@@ -21,6 +20,7 @@ from camgap.data import (
     normalize,
     read_layout,
 )
+from tests.helpers.data import make_imagenet, save_image
 
 BW, BH = 40, 32  # the dataset tests' image size
 

@@ -21,6 +21,9 @@ from camgap.zoo.registry import Registry
 pytestmark = pytest.mark.slow
 
 STAGES = ("data", "build", "measure", "study")
+# in-process training: the same runs and files as the default worker pool (whose results do not
+# depend on the worker count: test_zoo_reproducible), without starting a process per core
+DEMO = ["demo", "--quick", "--device", "cpu", "--workers", "0"]
 
 
 def run_cli(argv: list[str]) -> tuple[int, str]:
@@ -38,7 +41,7 @@ def frames(zoo: Path):
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("demo") / "out"
-    rc, text = run_cli(["demo", "--quick", "--out", str(out), "--device", "cpu"])
+    rc, text = run_cli([*DEMO, "--out", str(out)])
     assert rc == 0, text
     return out, text
 
@@ -130,7 +133,7 @@ def test_rerun_trains_nothing_and_measures_nothing(demo, monkeypatch):
     monkeypatch.setattr(camgap.zoo.executors, "make_executor", no_executor)
     monkeypatch.setattr(zm, "compute_measure", no_measure)
     monkeypatch.setattr(zm, "score_model", score)
-    rc, text = run_cli(["demo", "--quick", "--out", str(out), "--device", "cpu"])
+    rc, text = run_cli([*DEMO, "--out", str(out)])
     assert rc == 0, text
     assert not scored
     assert "this build finished 0 run(s), 0 failure(s)" in text

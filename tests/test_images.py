@@ -5,11 +5,11 @@ import io
 import numpy as np
 import pytest
 import torch
-from fixtures_data import H, W, save_image
 from PIL import Image
 
 from camgap.data import DataError, decode_rgb
 from camgap.data import images as images_mod
+from tests.helpers.data import H, W, save_image
 
 JPEG_TOL = 12  # max abs difference allowed after a quality-95 JPEG round trip
 

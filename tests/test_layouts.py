@@ -4,7 +4,9 @@ import json
 import warnings
 
 import pytest
-from fixtures_data import (
+
+from camgap.data import DataError, Record, detect_layout, read_layout
+from tests.helpers.data import (
     H,
     W,
     make_coco,
@@ -16,8 +18,6 @@ from fixtures_data import (
     write_csv,
     write_voc,
 )
-
-from camgap.data import DataError, Record, detect_layout, read_layout
 
 
 def _by_id(records):

@@ -66,20 +66,25 @@ def _scipy_pearson(a, b, axis=-1):
     return st.pearsonr(a, b, axis=axis).statistic
 
 
-def test_bootstrap_ci_is_scipys_paired_percentile_interval():
-    rng = np.random.default_rng(3)
-    x = rng.normal(size=25)
-    y = 0.4 * x + rng.normal(size=25)
-    ref = st.bootstrap(
+def _scipy_bootstrap(x: np.ndarray, y: np.ndarray, n_resamples: int, seed: int, **kw):
+    """scipy's paired percentile bootstrap of Pearson r: the oracle of `stats.bootstrap_ci`."""
+    return st.bootstrap(
         (x, y),
         _scipy_pearson,
         paired=True,
         vectorized=True,
-        n_resamples=400,
+        n_resamples=n_resamples,
         method="percentile",
-        confidence_level=0.9,
-        rng=np.random.default_rng(11),
+        rng=np.random.default_rng(seed),
+        **kw,
     )
+
+
+def test_bootstrap_ci_is_scipys_paired_percentile_interval():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=25)
+    y = 0.4 * x + rng.normal(size=25)
+    ref = _scipy_bootstrap(x, y, n_resamples=400, seed=11, confidence_level=0.9)
     got = stats.bootstrap_ci(x, y, n_resamples=400, confidence=0.9, seed=11)
     assert got == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high), abs=1e-12)
     assert stats.bootstrap_ci(x, y, n_resamples=400, confidence=0.9, seed=11) == got  # rerun: same numbers
@@ -91,15 +96,7 @@ def test_bootstrap_ci_leaves_out_undefined_resamples_of_a_tiny_set():
     x = np.array([0.1, 0.4, 0.2, 0.9])
     y = np.array([3.0, 1.0, 2.5, 0.5])
     with pytest.warns(st.DegenerateDataWarning):
-        ref = st.bootstrap(
-            (x, y),
-            _scipy_pearson,
-            paired=True,
-            vectorized=True,
-            n_resamples=300,
-            method="percentile",
-            rng=np.random.default_rng(5),
-        )
+        ref = _scipy_bootstrap(x, y, n_resamples=300, seed=5)
     assert math.isnan(ref.confidence_interval.low)
     dist = ref.bootstrap_distribution
     assert np.isnan(dist).sum() > 0

@@ -13,8 +13,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from fixtures_zoo import run_task
-from zoo_hooks import as_task, fail_runs, worker_env
 
 from camgap.data.synthetic import write_synthetic
 from camgap.models import create_model, load_checkpoint
@@ -24,6 +22,8 @@ from camgap.zoo.grid import load_grid
 from camgap.zoo.pretrained import PretrainedWeightsError, load_pretrained_backbone, pretrained_paths
 from camgap.zoo.registry import Registry
 from camgap.zoo.train import augment_batch, train_run
+from tests.helpers.zoo import run_task
+from tests.zoo_hooks import as_task, fail_runs, worker_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -204,6 +204,7 @@ def _lock_free(path: Path) -> bool:
         return True
 
 
+@pytest.mark.slow
 def test_sigkill_driver_and_resume(tmp_path, data):
     """kill -9 the driver (and with it its worker processes) mid-run; rerun; no run lost,
     none duplicated, finished runs not retrained, the interrupted ones resumed."""

@@ -3,12 +3,10 @@ forward pass per model, resumability, failures, several CAMs / thresholds / mask
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from fixtures_zoo import N_TRAIN, build_tiny_zoo, frames, quiet
 
 import camgap.zoo.measure as zm
 from camgap.data.dataset import normalize
@@ -18,19 +16,13 @@ from camgap.measures.predictions import nuclear_norm
 from camgap.measures.score import score_model
 from camgap.params import to_json
 from camgap.zoo.measure import load_run_model, measure_zoo, score_params
-
-
-@pytest.fixture(scope="module")
-def base_zoo(tmp_path_factory) -> tuple[Path, Path]:
-    """A built (not measured) model set: 3 trained runs + 1 untrained. Tests copy it."""
-    return build_tiny_zoo(tmp_path_factory.mktemp("measure"), seed=3, lrs=(0.05, 0.01, 0.002))
+from tests.helpers.zoo import N_TRAIN, frames, quiet
 
 
 @pytest.fixture
-def zoo(base_zoo, tmp_path) -> Path:
-    dst = tmp_path / "zoo"
-    shutil.copytree(base_zoo[0], dst)
-    return dst
+def zoo(tiny_zoo_copy) -> Path:
+    """A private copy of the session's built (not measured) tiny model set."""
+    return tiny_zoo_copy
 
 
 def store_of(zoo: Path) -> TensorStore:

@@ -6,32 +6,23 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fixtures_zoo import build_tiny_zoo, frames, quiet
 
 import camgap.zoo.measure as zm
 from camgap.zoo.measure import MeasureRequest, measure_zoo, plan_run, run_measure_task
 from camgap.zoo.registry import Registry
+from tests.helpers.zoo import frames, quiet
 
 MEASURES = ("iou", "iou_b", "nuclear_norm", "inverse_margin", "path_norm", "distance_from_init")
 
 
 @pytest.fixture(scope="module")
-def base_zoo(tmp_path_factory) -> Path:
-    return build_tiny_zoo(tmp_path_factory.mktemp("scale"), seed=5, lrs=(0.05, 0.01, 0.002))[0]
-
-
-@pytest.fixture(scope="module")
-def in_process_rows(base_zoo, tmp_path_factory) -> list[tuple]:
+def in_process_rows(tiny_zoo, tmp_path_factory) -> list[tuple]:
+    """The rows of the session's tiny model set measured in-process (on a copy): the reference."""
     zoo = tmp_path_factory.mktemp("inproc") / "zoo"
-    shutil.copytree(base_zoo, zoo)
+    shutil.copytree(tiny_zoo.zoo, zoo)
     s = measure_zoo(zoo, measures=MEASURES, thresholds=(0.1, 0.3), progress=False, log=quiet)
     assert s.measured == 4 and s.failed == 0
     return _rows(zoo)
-
-
-def _copy(base_zoo: Path, tmp_path: Path) -> Path:
-    shutil.copytree(base_zoo, tmp_path / "zoo")
-    return tmp_path / "zoo"
 
 
 def _rows(zoo: Path) -> list[tuple]:
@@ -59,8 +50,8 @@ def _same(rows: list[tuple], want: list[tuple]) -> None:
 
 
 @pytest.mark.slow
-def test_two_local_workers_give_the_in_process_rows_and_resume(base_zoo, in_process_rows, tmp_path, monkeypatch):
-    zoo = _copy(base_zoo, tmp_path)
+def test_two_local_workers_give_the_in_process_rows_and_resume(in_process_rows, tiny_zoo_copy, monkeypatch):
+    zoo = tiny_zoo_copy
     lines = []
     s = measure_zoo(zoo, measures=MEASURES, thresholds=(0.1, 0.3), workers=2, progress=False, log=lines.append)
     assert (s.models, s.measured, s.failed) == (4, 4, 0)
@@ -89,11 +80,11 @@ def test_two_local_workers_give_the_in_process_rows_and_resume(base_zoo, in_proc
 
 
 @pytest.mark.slow
-def test_ray_local_instance_gives_the_in_process_rows(base_zoo, in_process_rows, tmp_path, monkeypatch):
+def test_ray_local_instance_gives_the_in_process_rows(in_process_rows, tiny_zoo_copy, monkeypatch):
     ray = pytest.importorskip("ray")
     monkeypatch.setenv("RAY_ADDRESS", "")  # never join a cluster from the environment
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
-    zoo = _copy(base_zoo, tmp_path)
+    zoo = tiny_zoo_copy
     assert not ray.is_initialized()
     try:
         s = measure_zoo(
@@ -106,8 +97,8 @@ def test_ray_local_instance_gives_the_in_process_rows(base_zoo, in_process_rows,
     _same(_rows(zoo), in_process_rows)
 
 
-def test_run_task_reports_each_step_and_records_nothing(base_zoo, tmp_path):
-    zoo = _copy(base_zoo, tmp_path)
+def test_run_task_reports_each_step_and_records_nothing(tiny_zoo_copy):
+    zoo = tiny_zoo_copy
     runs, _ = frames(zoo)
     run_id = runs.run_id.iloc[0]
     request = MeasureRequest(("iou", "nuclear_norm", "path_norm"))
@@ -150,8 +141,8 @@ def test_run_task_never_raises(tmp_path):
     assert (measure, value, state) == ("nuclear_norm", None, "failed") and "final.pt" in reason
 
 
-def test_progress_bar_names_the_measures_on_stderr(base_zoo, tmp_path, capsys):
-    zoo = _copy(base_zoo, tmp_path)
+def test_progress_bar_names_the_measures_on_stderr(tiny_zoo_copy, capsys):
+    zoo = tiny_zoo_copy
     s = measure_zoo(zoo, measures=("nuclear_norm",), progress=True, log=quiet)
     err = capsys.readouterr().err
     assert s.measured == 4 and "measure" in err and "8/8" in err  # 4 models x (shared pass + nuclear_norm)
@@ -159,10 +150,10 @@ def test_progress_bar_names_the_measures_on_stderr(base_zoo, tmp_path, capsys):
     assert all(v >= 0 for v in s.seconds.values()) and s.timed["nuclear_norm"] == 4
 
 
-def test_cli_measure_takes_executor_arguments(base_zoo, tmp_path, capsys):
+def test_cli_measure_takes_executor_arguments(tiny_zoo_copy, capsys):
     from camgap.cli import main
 
-    zoo = _copy(base_zoo, tmp_path)
+    zoo = tiny_zoo_copy
     assert (
         main(
             [
@@ -224,9 +215,9 @@ def test_overlay_picks_falls_back_out_loud():
     )
 
 
-def test_overlay_rows_name_their_models(base_zoo):
-    rows = zm.overlay_rows(base_zoo, n_images=2, min_train_acc=0.0)
-    runs, _ = frames(base_zoo)
+def test_overlay_rows_name_their_models(tiny_zoo):
+    rows = zm.overlay_rows(tiny_zoo.zoo, n_images=2, min_train_acc=0.0)
+    runs, _ = frames(tiny_zoo.zoo)
     trained = runs[runs.trained].sort_values("gap")
     assert isinstance(rows, list) and len(rows) == 3 and not rows.fallback
     assert [m["run_id"] for m in rows.models] == list(trained.run_id)
@@ -263,8 +254,8 @@ class _DyingExecutor:
         pass
 
 
-def test_a_dead_worker_is_retried_once_then_its_measurements_fail(base_zoo, tmp_path, monkeypatch):
-    zoo = _copy(base_zoo, tmp_path)
+def test_a_dead_worker_is_retried_once_then_its_measurements_fail(tiny_zoo_copy, monkeypatch):
+    zoo = tiny_zoo_copy
     runs, _ = frames(zoo)
     once, twice = runs.run_id.iloc[0], runs.run_id.iloc[1]
     ex = _DyingExecutor({once: 1, twice: 2})

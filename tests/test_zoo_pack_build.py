@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from fixtures_zoo import run_task
-from zoo_hooks import as_task
 
 from camgap.data.synthetic import write_synthetic
 from camgap.zoo.build import build, pack_plan
@@ -19,6 +17,8 @@ from camgap.zoo.config import RunResult, Task
 from camgap.zoo.grid import GridError, load_grid
 from camgap.zoo.registry import Registry
 from camgap.zoo.train import train_pack
+from tests.helpers.zoo import run_task
+from tests.zoo_hooks import as_task
 
 GRID = """
 [grid]

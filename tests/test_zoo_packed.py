@@ -14,6 +14,7 @@ from torchvision.models import resnet50
 from camgap.errors import InputError
 from camgap.models import create_model
 from camgap.zoo.packed import PackedResNet, pack_train_step, packable
+from tests.helpers.tensors import assert_states_close, rel_diff
 
 
 def _models(k: int, seed: int = 0, **kw):
@@ -22,11 +23,6 @@ def _models(k: int, seed: int = 0, **kw):
         torch.manual_seed(seed + i)
         out.append(create_model("small_resnet", num_classes=5, width=8, **kw))
     return out
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach(), b.detach()
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
 @pytest.mark.parametrize(
@@ -44,10 +40,10 @@ def test_forward_equals_each_solo_model(train, strides):
     assert out.shape == (3, 4, 5)
     for k, m in enumerate(solo):
         expected = m(x[k])
-        assert _rel(out[k], expected) < 1e-5
+        assert rel_diff(out[k], expected) < 1e-5
         for (name, a), b in zip(models[k].named_buffers(), m.buffers(), strict=True):  # running stats updated alike
             if a.is_floating_point():
-                assert _rel(a, b) < 1e-5, name
+                assert rel_diff(a, b) < 1e-5, name
             else:
                 assert torch.equal(a, b), name
 
@@ -60,7 +56,7 @@ def test_bottleneck_resnet_packs_too():
     x = torch.randn(2, 1, 3, 32, 32)
     out = pack(x)
     for k, m in enumerate(solo):
-        assert _rel(out[k], m.eval()(x[k])) < 1e-4
+        assert rel_diff(out[k], m.eval()(x[k])) < 1e-4
 
 
 def test_training_steps_equal_solo_training_with_a_different_optimizer_per_run():
@@ -88,11 +84,7 @@ def test_training_steps_equal_solo_training_with_a_different_optimizer_per_run()
             opt.step()
             assert abs(float(losses[k]) - float(loss.detach())) < 1e-5
     for packed_model, solo_model in zip(models, solo, strict=True):
-        for (name, a), b in zip(packed_model.state_dict().items(), solo_model.state_dict().values(), strict=True):
-            if a.is_floating_point():
-                assert _rel(a, b) <= 1e-5, name
-            else:
-                assert torch.equal(a, b), name
+        assert_states_close(packed_model.state_dict(), solo_model.state_dict())
 
 
 def test_what_cannot_be_packed_is_refused():
@@ -128,11 +120,7 @@ def test_a_packed_epoch_is_each_runs_solo_epoch():
     for m, opt, run in zip(solo, solo_opts, runs, strict=True):
         train_one_epoch(m, opt, run, images, labels, 16, 1)
     for a, b in zip(models, solo, strict=True):
-        for (name, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
-            if va.is_floating_point():
-                assert _rel(va, vb) <= 1e-5, name
-            else:
-                assert torch.equal(va, vb), name
+        assert_states_close(a.state_dict(), b.state_dict())
     packed_eval = evaluate_pack(pack, runs, images, labels, batch_size=32)
     for (loss, acc), m, run in zip(packed_eval, solo, runs, strict=True):
         solo_loss, solo_acc = evaluate(m, images, labels, run.mean, run.std, torch.device("cpu"), 32)

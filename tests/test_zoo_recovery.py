@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 from test_zoo_build import _task, quiet, write_grid
-from zoo_hooks import worker_env
 
 import camgap.zoo.executors as executors
 import camgap.zoo.train as train
@@ -30,6 +29,7 @@ from camgap.zoo.config import Pack, RunResult, Task
 from camgap.zoo.grid import load_grid
 from camgap.zoo.registry import META_BACKUP, Registry
 from camgap.zoo.train import CheckpointSetAsideWarning, execute_task, train_run
+from tests.zoo_hooks import worker_env
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_COLUMNS = [

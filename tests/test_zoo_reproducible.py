@@ -11,17 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_zoo import run_task
-from zoo_hooks import as_task
 
 import camgap.zoo.train as zt
-from camgap.data.synthetic import write_synthetic
 from camgap.models import CheckpointError, create_model, read_checkpoint
 from camgap.zoo.build import build
 from camgap.zoo.grid import GridError, load_grid
 from camgap.zoo.pretrained import load_pretrained_backbone
 from camgap.zoo.registry import Registry
 from camgap.zoo.train import train_run
+from tests.helpers.zoo import quiet, run_task
+from tests.zoo_hooks import as_task
 
 GRID = """
 [grid]
@@ -48,17 +47,6 @@ def write_grid(path: Path, extra_grid: str = "", extra_train: str = "") -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return write_synthetic(
-        tmp_path_factory.mktemp("synth") / "data", seed=5, classes=3, train_per_class=10, test_per_class=4, size=16
-    )
-
-
-def quiet(*a, **k):
-    pass
-
-
 class Payload:
     """Unpickling this object would create `marker` (a stand-in for arbitrary code)."""
 
@@ -74,11 +62,11 @@ def _states(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_weights_do_not_depend_on_workers(tmp_path, data):
+def test_weights_do_not_depend_on_workers(tmp_path, synthetic_data):
     """The same grid built in-process and by 2 worker processes gives bit-identical weights."""
     grid = write_grid(tmp_path / "g.toml")
-    a = build(grid, data, tmp_path / "a", workers=0, device="cpu", progress=False, log=quiet)
-    b = build(grid, data, tmp_path / "b", workers=2, device="cpu", progress=False, log=quiet)
+    a = build(grid, synthetic_data, tmp_path / "a", workers=0, device="cpu", progress=False, log=quiet)
+    b = build(grid, synthetic_data, tmp_path / "b", workers=2, device="cpu", progress=False, log=quiet)
     assert a.done == b.done == 4 and a.failed == b.failed == 0
     with Registry.in_dir(tmp_path / "b", create=False) as reg:  # the thread count is recorded with the run
         assert [json.loads(c)["threads"] for c in reg.runs_frame().config] == [1] * 4
@@ -115,7 +103,7 @@ def test_threads_is_validated(tmp_path, value):
         load_grid(write_grid(tmp_path / "g.toml", extra_train=f"threads = {value}"))
 
 
-def test_run_sets_its_threads_and_restores_the_callers(tmp_path, data, monkeypatch):
+def test_run_sets_its_threads_and_restores_the_callers(tmp_path, synthetic_data, monkeypatch):
     """A run trains with its config's thread count, whatever the executor passes, and an
     in-process caller keeps its own count afterwards."""
     seen = []
@@ -126,7 +114,7 @@ def test_run_sets_its_threads_and_restores_the_callers(tmp_path, data, monkeypat
         return real(*args, **kwargs)
 
     monkeypatch.setattr(zt, "evaluate", spy)
-    task = _task(tmp_path, data, tmp_path / "run")
+    task = _task(tmp_path, synthetic_data, tmp_path / "run")
     task = replace(task, config=replace(task.config, threads=2, max_epochs=1))
     task = replace(task, threads=1)  # what an executor passes: ignored for a config with its own count
     before = torch.get_num_threads()
@@ -143,7 +131,7 @@ def _task(tmp_path: Path, data: Path, run_dir: Path):
     return as_task(run_task(load_grid(write_grid(tmp_path / "g.toml")).runs()[0], data, tmp_path, run_dir))
 
 
-def test_last_pt_loads_with_weights_only_and_resumes(tmp_path, data):
+def test_last_pt_loads_with_weights_only_and_resumes(tmp_path, synthetic_data):
     class Interrupt(Exception):
         pass
 
@@ -151,7 +139,7 @@ def test_last_pt_loads_with_weights_only_and_resumes(tmp_path, data):
         if epoch == 1:
             raise Interrupt
 
-    task = _task(tmp_path, data, tmp_path / "run")
+    task = _task(tmp_path, synthetic_data, tmp_path / "run")
     with pytest.raises(Interrupt):
         train_run(task, epoch_callback=stop_after_first)
     last = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=True)

@@ -1,8 +1,12 @@
 """A tiny model set for the tests that measure and study one: 3 trained small_resnet10 runs
-(width 4, 2 epochs) + 1 untrained model on 4 synthetic classes x 20 training images."""
+(width 4, 2 epochs) + 1 untrained model on 4 synthetic classes x 20 training images.
+
+The session builds it once (the `tiny_zoo` fixture in conftest.py); these are the builder and
+the small readers the tests share."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 from camgap.data.synthetic import write_synthetic
@@ -38,8 +42,19 @@ def build_tiny_zoo(root: Path, seed: int, lrs: tuple[float, float, float]) -> tu
 
 
 def frames(zoo: Path):
+    """(runs, measurements) frames of the registry in `zoo`."""
     with Registry.in_dir(zoo, create=False) as reg:
         return reg.runs_frame(), reg.measurements_frame()
+
+
+def tree_digest(*roots: Path) -> str:
+    """A hash of every file's relative path and bytes under `roots`: equal digests mean nothing
+    was written, added or removed (a check that a shared fixture stayed read-only)."""
+    h = hashlib.sha256()
+    for root in roots:
+        for path in sorted(p for p in root.rglob("*") if p.is_file()):
+            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()
 
 
 def quiet(*args, **kwargs) -> None:
