@@ -18,7 +18,7 @@ from camgap.zoo.measure import DEFAULT_MEASURES
 # name -> (synthetic data settings, grid, measure settings)
 PRESETS = {
     "full": dict(
-        data=dict(classes=6, train_per_class=150, test_per_class=50, size=32),
+        data=dict(classes=6, train_per_class=100, test_per_class=50, size=28),
         grid="demo",
         measures=DEFAULT_MEASURES,  # the paper's five and the cheap baselines; not PAC-Bayes flatness
         cams=("gradcam", "gradcam++", "smoothgradcam++"),

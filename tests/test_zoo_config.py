@@ -22,9 +22,11 @@ from camgap.zoo.config import (
 )
 from camgap.zoo.executors import InProcessExecutor, _lost
 from camgap.zoo.grid import PRETRAIN_DEFAULTS, TRAIN_DEFAULTS, canonical_json, load_grid, make_run_id
+from tests.helpers.zoo import RELEASED_GRIDS
 
-# sha256 over the canonical JSON of every run config of the packaged grids, as stored before run
-# configs became typed (config.json, checkpoints and the registry hold these bytes)
+# sha256 over the canonical JSON of every run config of the packaged grids (demo: as an earlier
+# release shipped it), as stored before run configs became typed (config.json, checkpoints and the
+# registry hold these bytes)
 CONFIG_DIGESTS = {
     "demo": "8ddee1a3e2f291a77a497228c5ed60820c1cd52c24c4285a3a5cc6e5f17eb3aa",
     "paper": "0f94bdc4f9cae626f8bb91b7ed1273335fa84eb74a1d70dbdb2ce2b89774f5df",
@@ -57,7 +59,7 @@ UNTRAINED_KEYS = [*TRAINED_KEYS[:7], "trained", "arch_options", "input_size", "r
 
 @pytest.mark.parametrize("name", sorted(CONFIG_DIGESTS))
 def test_stored_configs_of_the_packaged_grids_are_unchanged(name):
-    specs = load_grid(name).runs()
+    specs = load_grid(RELEASED_GRIDS[name]).runs()
     text = "\n".join(canonical_json(s.config.to_dict()) for s in specs)
     assert hashlib.sha256(text.encode()).hexdigest() == CONFIG_DIGESTS[name]
     # insertion order too: checkpoints pickle the dict as it is

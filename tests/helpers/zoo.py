@@ -84,3 +84,8 @@ def run_task(spec, data: Path, cache_root: Path, run_dir: Path, size: int = 16, 
         "eval_batch_size": 64,
         "keep_last": True,
     } | extra
+
+
+# The packaged grids as a release shipped them: tests that pin run ids and stored configs read these,
+# so that the demo grid can be re-tuned without moving them ("paper" is the packaged file itself).
+RELEASED_GRIDS = {"demo": Path(__file__).parent.parent / "data" / "demo-grid-release-0.toml", "paper": "paper"}
