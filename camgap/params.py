@@ -39,9 +39,15 @@ def canonical(params: Mapping[str, object] | str | None) -> Params:
     return {str(k): _value(_number_or_text(v) if isinstance(v, str) else v) for k, v in sorted(params.items())}
 
 
+def canonical_json(obj: object) -> str:
+    """Sorted keys, no whitespace, no NaN: the one byte form camgap stores and hashes (params,
+    run configs and their ids)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
 def to_json(params: Mapping[str, object] | str | None) -> str:
     """The storage form: ``{"cam":"gradcam","threshold":"0.1"}``."""
-    return json.dumps(canonical(params), sort_keys=True, separators=(",", ":"))
+    return canonical_json(canonical(params))
 
 
 def from_json(text: str) -> Params:

@@ -75,6 +75,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from camgap.params import canonical_json
 from camgap.zoo.config import GridError, PretrainConfig, RunConfig, TrainConfig, _arch, _int, _unknown, check_of
 
 __all__ = [
@@ -163,11 +164,6 @@ def _is_torchvision(arch: str) -> bool:
     from camgap.zoo.pretrained import TORCHVISION_WEIGHTS
 
     return arch in TORCHVISION_WEIGHTS
-
-
-def canonical_json(obj: Any) -> str:
-    """Sorted keys, no whitespace, no NaN: the byte string that ids are hashed from."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
 
 
 def make_run_id(config: dict, repeat: int) -> str:
