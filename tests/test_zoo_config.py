@@ -196,14 +196,12 @@ def test_execute_task_reports_a_failure_as_a_result(monkeypatch):
     assert res.run_id == "r1" and res.status == "failed" and res.error.startswith("RuntimeError: no\n")
 
 
-def test_executors_keep_dict_tasks_of_zoo_measure():
-    ex = InProcessExecutor("cpu", threads=2, fn=lambda task: task | {"status": "done"})
-    ex.submit({"run_id": "m1"})
-    assert ex.wait() == [{"run_id": "m1", "device": "cpu", "threads": 2, "status": "done"}]
-    assert _lost({"run_id": "m1"}, True, "died") == {
-        "run_id": "m1",
-        "status": "lost",
-        "error": "died",
-        "worker_died": True,
-    }
+def test_executors_place_and_fail_every_kind_of_task():
+    from camgap.zoo.measure import MeasureOutcome, MeasureRequest, MeasureTask, RunPlan
+
+    task = MeasureTask("m1", "zoo", RunPlan("m1", (), ("nuclear_norm",)), MeasureRequest(("nuclear_norm",)))
+    ex = InProcessExecutor("cpu", threads=2, fn=lambda t: (t.device, t.threads, t.run_id))
+    ex.submit(task)
+    assert ex.wait() == [("cpu", 2, "m1")]
+    assert _lost(task, True, "died") == MeasureOutcome("m1", "lost", error="died", worker_died=True)
     assert _lost(_task(), False, "sibling") == RunResult("r1", "lost", error="sibling", worker_died=False)

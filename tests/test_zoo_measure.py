@@ -503,12 +503,13 @@ def test_old_registry_accepts_the_undefined_state(tmp_path):
     """A registry created before 'undefined' existed keeps its rows and takes the new state."""
     import sqlite3
 
+    from camgap.zoo.config import RunConfig
     from camgap.zoo.grid import RunSpec
     from camgap.zoo.registry import Registry
 
     path = tmp_path / "registry.sqlite"
     with Registry(path) as reg:
-        reg.add_runs([RunSpec("r1", {"arch": "x", "trained": True}, 0, 1)])
+        reg.add_runs([RunSpec("r1", RunConfig.from_dict({"arch": "x", "trained": True}), 0, 1)])
     con = sqlite3.connect(path)
     con.executescript(
         "DROP TABLE measurements; CREATE TABLE measurements (run_id TEXT NOT NULL, measure TEXT NOT "

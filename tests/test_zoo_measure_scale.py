@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import camgap.zoo.measure as zm
-from camgap.zoo.measure import MeasureRequest, measure_zoo, plan_run, run_measure_task
+from camgap.zoo.measure import MeasureRequest, MeasureTask, measure_zoo, plan_run, run_measure_task
 from camgap.zoo.registry import Registry
 from tests.helpers.zoo import frames, quiet
 
@@ -106,8 +106,7 @@ def test_run_task_reports_each_step_and_records_nothing(tiny_zoo_copy):
     assert plan.scores == (("gradcam", 0.1, "boxes"),) and plan.others == ("nuclear_norm", "path_norm")
     events = []
     res = run_measure_task(
-        {"run_id": run_id, "zoo": str(zoo), "plan": plan, "request": request, "threads": 1},
-        on_step=lambda name, ended: events.append((name, ended)),
+        MeasureTask(run_id, str(zoo), plan, request), on_step=lambda name, ended: events.append((name, ended))
     )
     assert events == [
         ("iou/iou_b", False),
@@ -117,9 +116,9 @@ def test_run_task_reports_each_step_and_records_nothing(tiny_zoo_copy):
         ("path_norm", False),
         ("path_norm", True),
     ]
-    assert res["status"] == "done" and res["measured"] is True
-    assert set(res["seconds"]) == {"load", "iou/iou_b", "nuclear_norm", "path_norm"}
-    assert [(m, p, st) for m, p, _, st, _ in res["rows"]] == [
+    assert res.status == "done" and res.measured is True
+    assert set(res.seconds) == {"load", "iou/iou_b", "nuclear_norm", "path_norm"}
+    assert [(m, p, st) for m, p, _, st, _ in res.rows] == [
         ("iou", {"cam": "gradcam", "masks": "boxes", "threshold": "0.1"}, "done"),
         ("nuclear_norm", {"norm": "paper"}, "done"),
         ("nuclear_norm", {"norm": "deng"}, "done"),
@@ -128,16 +127,16 @@ def test_run_task_reports_each_step_and_records_nothing(tiny_zoo_copy):
     ]
     assert frames(zoo)[1].empty  # the driver records, never the task
     # a plan that finds its rows recorded asks for nothing
-    keys = {(m, zm.params.to_json(p)) for m, p, *_ in res["rows"]}
+    keys = {(m, zm.params.to_json(p)) for m, p, *_ in res.rows}
     assert plan_run(run_id, keys, request).empty
 
 
 def test_run_task_never_raises(tmp_path):
     request = MeasureRequest(("nuclear_norm",))
     plan = plan_run("nope", set(), request)
-    res = run_measure_task({"run_id": "nope", "zoo": str(tmp_path), "plan": plan, "request": request})
-    assert res["status"] == "done" and res["measured"] is False
-    [(measure, _, value, state, reason)] = res["rows"]
+    res = run_measure_task(MeasureTask("nope", str(tmp_path), plan, request))
+    assert res.status == "done" and res.measured is False
+    [(measure, _, value, state, reason)] = res.rows
     assert (measure, value, state) == ("nuclear_norm", None, "failed") and "final.pt" in reason
 
 
@@ -241,14 +240,14 @@ class _DyingExecutor:
 
     def submit(self, task):
         self.tasks.append(task)
-        self.submitted.append(task["run_id"])
+        self.submitted.append(task.run_id)
 
     def wait(self):
         task = self.tasks.pop(0)
-        if self.deaths.get(task["run_id"], 0) > 0:
-            self.deaths[task["run_id"]] -= 1
-            return [{"run_id": task["run_id"], "status": "lost", "worker_died": True, "error": "its worker died"}]
-        return [run_measure_task(task | {"device": "cpu"})]
+        if self.deaths.get(task.run_id, 0) > 0:
+            self.deaths[task.run_id] -= 1
+            return [task.failure("lost", "its worker died", worker_died=True)]
+        return [run_measure_task(task)]
 
     def close(self):
         pass

@@ -281,6 +281,10 @@ class Task:
     device: str = "cpu"
     threads: int = 1
 
+    def failure(self, status: str, error: str, worker_died: bool = False) -> RunResult:
+        """Its result when the executor, not the run, ended it (a dead worker, an unpicklable result)."""
+        return RunResult(self.run_id, status, error=error, worker_died=worker_died)
+
 
 @dataclass(frozen=True)
 class Pack:
@@ -290,6 +294,9 @@ class Pack:
     runs: tuple[Task, ...]
     device: str = "cpu"
     threads: int = 1
+
+    def failure(self, status: str, error: str, worker_died: bool = False) -> RunResult:
+        return RunResult(self.run_id, status, error=error, worker_died=worker_died)
 
 
 # the keys of a stored result, in the order final.pt has always held them

@@ -19,8 +19,8 @@ Interface (``Executor``): ``capacity`` (runs in flight at most), ``submit(task)`
 list of results`` (blocks until at least one run ends), ``close()``. Every executor calls
 ``fn(task)`` for a task: ``camgap.zoo.train.execute_task`` (a ``Task`` or ``Pack`` in, a
 ``RunResult`` out) unless another top-level function is given (``zoo measure`` passes
-``camgap.zoo.measure.run_measure_task``, whose tasks and results are dicts); ``fn`` must never
-raise and must return the task's ``run_id`` and a ``status``. ``submit`` fills in the task's
+``camgap.zoo.measure.run_measure_task``: a ``MeasureTask`` in, a ``MeasureOutcome`` out); ``fn``
+must never raise and must return a result with the task's ``run_id`` and a ``status``. ``submit`` fills in the task's
 ``device`` and ``threads``. A result's ``status`` is ``done``, ``failed`` (the run's own
 failure), ``storage`` (a full or failing disk) or ``lost`` (stopped by a dead worker,
 ``worker_died`` telling whether it was the run's own).
@@ -39,12 +39,11 @@ from concurrent.futures import wait as futures_wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
 from camgap.errors import InputError
-from camgap.zoo.config import Pack, RunResult, Task
 from camgap.zoo.train import execute_task
 
 __all__ = ["InProcessExecutor", "LocalExecutor", "RayExecutor", "make_executor", "resolve_device", "cpu_count"]
@@ -74,38 +73,32 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-# a run or a pack of runs (``execute_task``), or a dict (``zoo measure``'s tasks and results)
-Work = Task | Pack | dict
-Outcome = RunResult | dict
+class Work(Protocol):
+    """A task an executor runs (a ``Task``, a ``Pack`` or a ``MeasureTask``: frozen dataclasses with
+    these fields); ``failure`` is its result when its ``fn`` could not return one."""
+
+    run_id: str
+    device: str
+    threads: int
+
+    def failure(self, status: str, error: str, worker_died: bool = False) -> Any: ...
+
+
+Outcome = Any  # what the task's ``fn`` returns: a RunResult or a MeasureOutcome
 TaskFn = Callable[[Work], Outcome]
-
-
-def _run_id(task: Work) -> str:
-    return task["run_id"] if isinstance(task, dict) else task.run_id
 
 
 def _placed(task: Work, device: str, threads: int) -> Work:
     """The task with the device and thread count it runs with."""
-    if isinstance(task, dict):
-        return task | {"device": device, "threads": threads}
     return replace(task, device=device, threads=threads)
 
 
-def _outcome(task: Work, status: str, error: str, worker_died: bool = False) -> Outcome:
-    """The result of a task that its ``fn`` could not return (a dead worker, an unpicklable result)."""
-    if isinstance(task, dict):
-        return {"run_id": task["run_id"], "status": status, "error": error} | (
-            {"worker_died": worker_died} if status == "lost" else {}
-        )
-    return RunResult(task.run_id, status, error=error, worker_died=worker_died)
-
-
 def _failed(task: Work, error: str) -> Outcome:
-    return _outcome(task, "failed", error)
+    return task.failure("failed", error)
 
 
 def _lost(task: Work, worker_died: bool, error: str) -> Outcome:
-    return _outcome(task, "lost", error, worker_died)
+    return task.failure("lost", error, worker_died)
 
 
 class Executor(Protocol):
@@ -116,9 +109,9 @@ class Executor(Protocol):
 
     capacity: int
 
-    def submit(self, task: Task | Pack) -> None: ...
+    def submit(self, task: Work) -> None: ...
 
-    def wait(self) -> list[RunResult]: ...
+    def wait(self) -> list[Outcome]: ...
 
     def close(self) -> None: ...
 
@@ -169,7 +162,7 @@ def _worker_init(pid_queue=None) -> None:
 def _execute_in_worker(task: Work, fn: TaskFn = execute_task) -> Outcome:
     """Report this worker's pid for the run (so the driver can tell whose worker died), then run it."""
     if _PID_QUEUE is not None:
-        _PID_QUEUE.put((_run_id(task), os.getpid()))
+        _PID_QUEUE.put((task.run_id, os.getpid()))
     return fn(task)
 
 
@@ -217,7 +210,7 @@ class LocalExecutor:
         slot = self._free_slots.pop(0)
         device = self.gpus[slot % len(self.gpus)] if self.gpus else "cpu"
         task = _placed(task, device, self.threads)
-        self._pids.pop(_run_id(task), None)
+        self._pids.pop(task.run_id, None)
         try:
             fut = self._pool.submit(_execute_in_worker, task, self.fn)
         except BrokenProcessPool:
@@ -257,7 +250,7 @@ class LocalExecutor:
         for all of them when that cannot be told."""
         self._drain_pids()
         dead = self._dead_pids()
-        pids = {_run_id(t): self._pids.get(_run_id(t)) for t in tasks}
+        pids = {t.run_id: self._pids.get(t.run_id) for t in tasks}
         culprits = {rid for rid, pid in pids.items() if pid in dead}
         if not culprits and dead:  # the dead worker had not reported the run it picked up
             culprits = {rid for rid, pid in pids.items() if pid is None}
@@ -266,7 +259,7 @@ class LocalExecutor:
             return [_lost(t, True, f"{died}, or a sibling's did (cannot tell which)") for t in tasks]
         return [
             _lost(t, True, died)
-            if _run_id(t) in culprits
+            if t.run_id in culprits
             else _lost(t, False, "stopped by another run's dead worker process")
             for t in tasks
         ]

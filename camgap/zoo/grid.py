@@ -128,10 +128,6 @@ class RunSpec:
     repeat: int
     seed: int
 
-    def __post_init__(self) -> None:
-        if isinstance(self.config, dict):
-            object.__setattr__(self, "config", RunConfig.from_dict(self.config))
-
     @property
     def trained(self) -> bool:
         return bool(self.config.trained)

@@ -283,7 +283,7 @@ class _Clock:
 
 
 @dataclass
-class RunResult:
+class MeasuredRun:
     """One run's rows ``(measure, params, value, state, reason)``, seconds per step, and whether
     its model was measured (False when it diverged or could not be loaded)."""
 
@@ -292,24 +292,55 @@ class RunResult:
     measured: bool
 
 
+@dataclass(frozen=True)
+class MeasureOutcome:
+    """What a measuring task returns to the driver: ``status`` ``done`` (with the run's ``rows``,
+    ``seconds`` per step and whether it was ``measured``), ``failed`` or ``lost`` (a dead worker;
+    ``worker_died``: its own) with the ``error``."""
+
+    run_id: str
+    status: str
+    rows: tuple = ()
+    seconds: dict = field(default_factory=dict)
+    measured: bool = False
+    error: str | None = None
+    worker_died: bool = False
+
+
+@dataclass(frozen=True)
+class MeasureTask:
+    """One run's measuring, as an executor runs it (``run_measure_task``); ``device`` and
+    ``threads`` are filled in by the executor."""
+
+    run_id: str
+    zoo: str
+    plan: RunPlan
+    request: MeasureRequest
+    device: str = "cpu"
+    threads: int = 1
+
+    def failure(self, status: str, error: str, worker_died: bool = False) -> MeasureOutcome:
+        return MeasureOutcome(self.run_id, status, error=error, worker_died=worker_died)
+
+
 def measure_run(
     zoo: Path,
     plan: RunPlan,
     request: MeasureRequest,
     device: str | torch.device = "cpu",
     on_step: Callable[[str, bool], None] | None = None,
-) -> RunResult:
+) -> MeasuredRun:
     """Compute what ``plan`` needs for one run; records nothing (the driver does). A model that
     cannot be measured gives failed (or, diverged, undefined) rows with the reason, never an exception."""
     clock = _Clock(on_step)
     if plan.diverged:  # its weights are NaN/inf by how it ended: no value exists
-        return RunResult(plan_rows(plan, request, "undefined", DIVERGED), clock.seconds, False)
+        return MeasuredRun(plan_rows(plan, request, "undefined", DIVERGED), clock.seconds, False)
     run_dir = zoo / "runs" / plan.run_id
     with clock.step(LOAD, counted=False):
         try:
             model, ckpt = load_run_model(run_dir)
         except CamgapError as exc:  # unreadable or unsafe final.pt: this model fails, the set goes on
-            return RunResult(plan_rows(plan, request, "failed", str(exc)), clock.seconds, False)
+            return MeasuredRun(plan_rows(plan, request, "failed", str(exc)), clock.seconds, False)
         model.eval().to(device)
         store = _store_for(zoo, ckpt)
         references = _references(zoo, _store_dir(zoo, ckpt["input_size"], ckpt["resize"]), store, request.masks)
@@ -320,7 +351,7 @@ def measure_run(
         rows += [(name, {}, None, "failed", broken) for name in plan.others]
     elif plan.others:
         rows += _other_measures(plan.others, ctx, run_dir, clock)
-    return RunResult(rows, clock.seconds, True)
+    return MeasuredRun(rows, clock.seconds, True)
 
 
 def _context(
@@ -410,23 +441,15 @@ def _value_row(measure: str, p: dict, value: float | None) -> tuple:
     return measure, p, float(value), "done", None
 
 
-def run_measure_task(task: dict, on_step: Callable[[str, bool], None] | None = None) -> dict:
-    """Executor entry point (in the driver, a worker process or a Ray task); never raises.
-    ``task``: run_id, zoo, plan, request, device, threads. Returns ``{"run_id", "status": "done",
-    "rows", "seconds", "measured"}`` or ``{"run_id", "status": "failed", "error"}``."""
+def run_measure_task(task: MeasureTask, on_step: Callable[[str, bool], None] | None = None) -> MeasureOutcome:
+    """Executor entry point (in the driver, a worker process or a Ray task); never raises."""
     try:
-        if task.get("threads"):
-            torch.set_num_threads(int(task["threads"]))
-        res = measure_run(Path(task["zoo"]), task["plan"], task["request"], task.get("device", "cpu"), on_step)
-        return {
-            "run_id": task["run_id"],
-            "status": "done",
-            "rows": res.rows,
-            "seconds": res.seconds,
-            "measured": res.measured,
-        }
+        if task.threads:
+            torch.set_num_threads(int(task.threads))
+        res = measure_run(Path(task.zoo), task.plan, task.request, task.device, on_step)
+        return MeasureOutcome(task.run_id, "done", tuple(res.rows), res.seconds, res.measured)
     except Exception as exc:  # noqa: BLE001 - one bad run never stops the set
-        return {"run_id": task["run_id"], "status": "failed", "error": measure_outcome(exc)[1]}
+        return task.failure("failed", measure_outcome(exc)[1])
 
 
 def measure_zoo(
@@ -541,20 +564,20 @@ def _measure_plans(
             while queue and len(inflight) < ex.capacity:
                 plan = queue.popleft()
                 current[:] = [plan.run_id]
-                ex.submit({"run_id": plan.run_id, "zoo": str(zoo), "plan": plan, "request": request})
+                ex.submit(MeasureTask(plan.run_id, str(zoo), plan, request))
                 inflight[plan.run_id] = plan
             for res in ex.wait():
-                plan = inflight.pop(res["run_id"])
-                if res.get("status") == "lost" and deaths.get(plan.run_id, 0) == 0:
+                plan = inflight.pop(res.run_id)
+                if res.status == "lost" and deaths.get(plan.run_id, 0) == 0:
                     deaths[plan.run_id] = 1
                     queue.append(plan)
                     continue
-                if res.get("status") == "done":
-                    rows = res["rows"]
-                    summary.measured += int(bool(res.get("measured")))
-                    summary.add_seconds(res.get("seconds") or {})
+                if res.status == "done":
+                    rows = list(res.rows)
+                    summary.measured += int(res.measured)
+                    summary.add_seconds(res.seconds)
                 else:
-                    reason = str(res.get("error") or "unknown error").strip().splitlines()[0]
+                    reason = str(res.error or "unknown error").strip().splitlines()[0]
                     rows = plan_rows(plan, request, "failed", f"measuring stopped: {reason}")
                 _store(reg, plan.run_id, rows, summary)
                 bar.update(steps[plan.run_id] - counted.pop(plan.run_id, 0))
