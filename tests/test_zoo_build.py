@@ -22,7 +22,7 @@ from camgap.zoo.grid import load_grid
 from camgap.zoo.pretrained import PretrainedWeightsError, load_pretrained_backbone, pretrained_paths
 from camgap.zoo.registry import Registry
 from camgap.zoo.train import augment_batch, train_run
-from tests.helpers.zoo import run_task
+from tests.helpers.zoo import build_args, run_task
 from tests.zoo_hooks import as_task, fail_runs, worker_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,22 +210,7 @@ def test_sigkill_driver_and_resume(tmp_path, data):
     none duplicated, finished runs not retrained, the interrupted ones resumed."""
     grid = write_grid(tmp_path / "g.toml", lrs="0.05, 0.005", augs="true, false", epochs=3)
     zoo = tmp_path / "zoo"
-    cmd = [
-        sys.executable,
-        "-m",
-        "camgap.zoo.cli",
-        "build",
-        str(grid),
-        "--data",
-        str(data),
-        "--out",
-        str(zoo),
-        "--workers",
-        "2",
-        "--device",
-        "cpu",
-        "--no-progress",
-    ]
+    cmd = [sys.executable, "-m", "camgap.zoo.cli", *build_args(grid, data, zoo, 2)]
     env = os.environ | worker_env(epoch_delay=0.4) | {"OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

@@ -29,6 +29,7 @@ from camgap.zoo.config import Pack, RunResult, Task
 from camgap.zoo.grid import load_grid
 from camgap.zoo.registry import META_BACKUP, Registry
 from camgap.zoo.train import CheckpointSetAsideWarning, execute_task, train_run
+from tests.helpers.zoo import build_args
 from tests.zoo_hooks import worker_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,21 +100,7 @@ def test_interruptions_and_a_dead_worker_use_no_attempt(tmp_path, data, monkeypa
     worker's death later, every run still trains; none used an attempt."""
     grid = write_grid(tmp_path / "g.toml", lrs="0.05, 0.005", epochs=1)
     zoo = tmp_path / "zoo"
-    cmd = [
-        "build",
-        str(grid),
-        "--data",
-        str(data),
-        "--out",
-        str(zoo),
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
-        "--max-attempts",
-        "1",
-        "--no-progress",
-    ]
+    cmd = build_args(grid, data, zoo, 0, "--max-attempts", "1")
     scripted(monkeypatch, ["interrupt"])
     assert zoo_main(cmd) == 130  # Ctrl-C
     frame = runs(zoo)
@@ -386,21 +373,7 @@ def test_full_disk_while_saving_a_checkpoint(tmp_path, data, monkeypatch, capsys
         real_save(obj, path)
 
     monkeypatch.setattr(train, "atomic_save", full_disk)
-    cmd = [
-        "build",
-        str(grid),
-        "--data",
-        str(data),
-        "--out",
-        str(zoo),
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
-        "--max-attempts",
-        "1",
-        "--no-progress",
-    ]
+    cmd = build_args(grid, data, zoo, 0, "--max-attempts", "1")
     assert zoo_main(cmd) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
@@ -438,21 +411,7 @@ def test_full_disk_while_writing_the_registry(tmp_path, data, monkeypatch, capsy
         raise sqlite3.OperationalError("database or disk is full")
 
     monkeypatch.setattr(Registry, "mark_done", full)
-    cmd = [
-        "build",
-        str(grid),
-        "--data",
-        str(data),
-        "--out",
-        str(zoo),
-        "--workers",
-        "0",
-        "--device",
-        "cpu",
-        "--max-attempts",
-        "1",
-        "--no-progress",
-    ]
+    cmd = build_args(grid, data, zoo, 0, "--max-attempts", "1")
     assert zoo_main(cmd) == 2
     err = capsys.readouterr().err.strip()
     assert err == (

@@ -57,6 +57,12 @@ def tree_digest(*roots: Path) -> str:
     return h.hexdigest()
 
 
+def build_args(grid: Path, data: Path, zoo: Path, workers: int = 0, *extra: str) -> list[str]:
+    """`camgap zoo build` arguments of the tests: on the CPU, no progress bar, plus `extra`."""
+    location = ["--data", str(data), "--zoo", str(zoo)]
+    return ["build", str(grid), *location, "--workers", str(workers), "--device", "cpu", *extra, "--no-progress"]
+
+
 def quiet(*args, **kwargs) -> None:
     """A `log` that prints nothing."""
 
