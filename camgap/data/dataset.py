@@ -32,7 +32,7 @@ from torchvision.transforms import v2
 from camgap.errors import InputError
 
 from .errors import DataError
-from .images import decode_rgb
+from .images import DEFAULT_MAX_PIXELS, check_max_pixels, decode_rgb
 from .layouts import Record
 
 __all__ = [
@@ -122,15 +122,19 @@ def prepare_boxes(record: Record, width: int, height: int) -> tuple[torch.Tensor
 
 
 def load_item(
-    record: Record, input_size: int = 224, resize: str = "resize", transform: v2.Transform | None = None
+    record: Record,
+    input_size: int = 224,
+    resize: str = "resize",
+    transform: v2.Transform | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> Item:
     """Decode, transform and return ``(image uint8 [3,S,S], label, boxes [n,4], labels [n])``.
 
-    Raises :class:`DataError` for a bad file.
+    Raises :class:`DataError` for a bad file or one larger than ``max_pixels`` (by its header).
     """
     if transform is None:
         transform = make_transform(input_size, resize)
-    image = decode_rgb(record.path)
+    image = decode_rgb(record.path, max_pixels)
     h, w = int(image.shape[-2]), int(image.shape[-1])
     boxes, box_labels = prepare_boxes(record, w, h)
     bb = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w))
@@ -153,7 +157,8 @@ class BoxDataset(Dataset):
 
     ``input_size`` S; ``resize`` ``"resize"`` (whole image to SxS, default) or
     ``"resize_crop"`` (shorter side to ``int(S/0.875)``, centre crop S).  ``image_ids`` and
-    ``labels`` list the records' ids and labels in order.
+    ``labels`` list the records' ids and labels in order.  A file whose header declares more
+    than ``max_pixels`` is a bad file (:mod:`camgap.data.images`).
 
     Bad files raise :class:`DataError` (path, problem).  With ``skip_bad=True`` a bad item
     instead warns, is appended to ``self.skipped`` as ``(path, problem)``, and
@@ -165,7 +170,12 @@ class BoxDataset(Dataset):
     """
 
     def __init__(
-        self, records: Sequence[Record], input_size: int = 224, resize: str = "resize", skip_bad: bool = False
+        self,
+        records: Sequence[Record],
+        input_size: int = 224,
+        resize: str = "resize",
+        skip_bad: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
     ):
         if int(input_size) <= 0:
             raise InputError(f"input_size must be positive, got {input_size}")
@@ -173,6 +183,7 @@ class BoxDataset(Dataset):
         self.input_size = int(input_size)
         self.resize = resize
         self.skip_bad = bool(skip_bad)
+        self.max_pixels = check_max_pixels(max_pixels)
         self.transform = make_transform(self.input_size, resize)
         self.image_ids = [r.image_id for r in self.records]
         self.labels = [int(r.label) for r in self.records]
@@ -184,7 +195,7 @@ class BoxDataset(Dataset):
     def __getitem__(self, i: int) -> Item | None:
         record = self.records[i]
         try:
-            return load_item(record, self.input_size, self.resize, self.transform)
+            return load_item(record, self.input_size, self.resize, self.transform, self.max_pixels)
         except DataError as e:
             if not self.skip_bad:
                 raise
