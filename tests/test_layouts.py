@@ -1,6 +1,7 @@
 """read_layout / detect_layout: every layout, class order, box labels, and the error cases."""
 
 import json
+import logging
 import warnings
 
 import pytest
@@ -267,6 +268,85 @@ def test_csv_duplicate_stems_get_path_ids(tmp_path):
     write_csv(tmp_path / "train.csv", [["a/1.png", "x", "", "", "", ""], ["b/1.png", "y", "", "", "", ""]])
     records, _ = read_layout(tmp_path)
     assert [r.image_id for r in records] == ["a/1", "b/1"]
+
+
+def _csv_labels(root, labels) -> None:
+    """One tiny image per label in train.csv, each with one box."""
+    rows = []
+    for i, label in enumerate(labels):
+        save_image(root / "images" / f"{i}.png")
+        rows.append([f"images/{i}.png", label, 1, 1, 5, 5])
+    write_csv(root / "train.csv", rows)
+
+
+def test_csv_integer_labels_sort_numerically_and_the_mapping_is_logged(tmp_path, caplog):
+    _csv_labels(tmp_path, [str(i) for i in (3, 10, 0, 2, 1, 9, 4, 5, 6, 7, 8)])
+    with caplog.at_level(logging.DEBUG, logger="camgap.data"):
+        records, classes = read_layout(tmp_path, "csv")
+    assert classes == [str(i) for i in range(11)]  # not '0', '1', '10', '2', ...
+    assert {int(classes[r.label]) for r in records} == set(range(11))
+    assert all(classes[r.label] == str(r.label) for r in records)  # label "2" is output 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "csv layout: 11 classes from train.csv, integer labels in numeric order: "
+        "'0' -> 0, '1' -> 1, '2' -> 2, '3' -> 3, '4' -> 4, '5' -> 5, '6' -> 6, '7' -> 7, '8' -> 8, '9' -> 9, '10' -> 10"
+    ]
+
+
+def test_csv_many_classes_log_a_short_line_and_every_one_at_debug(tmp_path, caplog):
+    _csv_labels(tmp_path, [str(i) for i in range(14)])
+    with caplog.at_level(logging.DEBUG, logger="camgap.data"):
+        read_layout(tmp_path, "csv")
+    info, debug = caplog.records
+    assert info.levelno == logging.INFO and debug.levelno == logging.DEBUG
+    assert info.getMessage().endswith("'11' -> 11, ... (14 in all; -v lists every one)")
+    assert debug.getMessage().endswith("'12' -> 12, '13' -> 13")
+
+
+def test_csv_other_labels_sort_as_strings(tmp_path):
+    _csv_labels(tmp_path, ["c2", "c10", "b", "1"])
+    _, classes = read_layout(tmp_path, "csv")
+    assert classes == ["1", "b", "c10", "c2"]
+
+
+def test_csv_classes_txt_fixes_the_order(tmp_path, caplog):
+    _csv_labels(tmp_path, [str(i) for i in range(11)])
+    order = ["10", "2", "0", "1", "3", "4", "5", "6", "7", "8", "9"]
+    (tmp_path / "classes.txt").write_text("\n".join(order) + "\n\n")
+    with caplog.at_level(logging.INFO, logger="camgap.data"):
+        records, classes = read_layout(tmp_path, "csv")
+    assert classes == order
+    by_file = {r.path.name: r.label for r in records}
+    assert by_file["2.png"] == 1 and by_file["10.png"] == 0 and by_file["0.png"] == 2
+    assert caplog.records[0].getMessage().startswith(
+        f"csv layout: 11 classes from {tmp_path / 'classes.txt'}: '10' -> 0, '2' -> 1, '0' -> 2,"
+    )
+
+
+@pytest.mark.parametrize(
+    "text,problem",
+    [
+        ("a\n\nb\n", "line 2 is blank: one class name a line, line i = class index i - 1"),
+        ("a\nb\na\n", "line 3: class 'a' is listed twice (first on line 1)"),
+        ("\n", "no class names"),
+    ],
+)
+def test_csv_bad_classes_txt(tmp_path, text, problem):
+    _csv_labels(tmp_path, ["a", "b"])
+    (tmp_path / "classes.txt").write_text(text)
+    with pytest.raises(DataError) as ei:
+        read_layout(tmp_path, "csv")
+    assert str(ei.value) == f"{tmp_path / 'classes.txt'}: {problem}"
+
+
+def test_csv_label_missing_from_classes_txt(tmp_path):
+    _csv_labels(tmp_path, ["a", "b"])
+    (tmp_path / "classes.txt").write_text("a\n")
+    with pytest.raises(DataError) as ei:
+        read_layout(tmp_path, "csv")
+    assert str(ei.value) == (
+        f"{tmp_path / 'images' / '1.png'}: label 'b' (train.csv row 3) is not among the 1 classes of "
+        f"{tmp_path / 'classes.txt'}"
+    )
 
 
 # ------------------------------------------------------------------------ missing splits
