@@ -106,8 +106,37 @@ def test_missing_split_is_filenotfound(tmp_path):
 
 def test_empty_split_is_dataerror(tmp_path):
     (tmp_path / "train" / "n01").mkdir(parents=True)
-    with pytest.raises(DataError, match=r"train: no images"):
+    with pytest.raises(DataError, match=r"train/n01: empty class folder"):
         read_layout(tmp_path, "imagenet")
+    with pytest.raises(DataError, match=r"train: no class folders"):
+        read_layout(tmp_path, "imagenet", skipped=[])
+
+
+EMPTY_FOLDER = "empty class folder (no image files in it): remove it, or --skip-bad leaves it out of the classes"
+
+
+def test_empty_class_folder_is_an_error_naming_it(tmp_path):
+    root = make_imagenet(tmp_path)
+    (root / "train" / "n00").mkdir()
+    (root / "train" / "n00" / "notes.txt").write_text("not an image")
+    for split in ("train", "test"):  # the test split takes its classes from train: the same error
+        with pytest.raises(DataError) as ei:
+            read_layout(root, "imagenet", split)
+        assert str(ei.value) == f"{root / 'train' / 'n00'}: {EMPTY_FOLDER}"
+
+
+def test_empty_class_folder_is_skipped_and_counted(tmp_path):
+    root = make_imagenet(tmp_path)
+    (root / "train" / "n00").mkdir()
+    skipped: list = []
+    records, classes = read_layout(root, "imagenet", skipped=skipped)
+    assert classes == ["n01", "n02"]  # not a class: n01 stays index 0
+    assert skipped == [(str(root / "train" / "n00"), EMPTY_FOLDER)]
+    assert sorted((r.image_id, r.label) for r in records) == [("n01_1", 0), ("n02_1", 1), ("n02_2", 1)]
+    (root / "test" / "n02").mkdir()  # an empty test folder names no class: nothing to report
+    skipped = []
+    test, _ = read_layout(root, "imagenet", "test", skipped=skipped)
+    assert [r.image_id for r in test] == ["n01_9"] and skipped == [(str(root / "train" / "n00"), EMPTY_FOLDER)]
 
 
 # ------------------------------------------------------------------------ listfile
