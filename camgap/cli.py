@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from camgap import __version__
-from camgap.cliutil import CommaList, add_location, cam_names, finish_args
+from camgap.cliutil import CommaList, add_input_checks, add_location, cam_names, finish_args
 from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD
 from camgap.errors import CamgapError, InputError, MissingFileError
 from camgap.measures.score import CHANNEL_ORDERS, ScoreOptions
@@ -44,6 +44,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
     p.add_argument("--cache", type=Path, help="cache folder for decoded images and masks (default ~/.cache/camgap/...)")
+    add_input_checks(p)
 
 
 def _cam_help() -> str:
@@ -204,6 +205,8 @@ def score_checkpoint(
     skip_bad: bool = False,
     cache: Path | None = None,
     device: str = "auto",
+    box_units: str | None = None,
+    max_pixels: int | None = None,
 ):
     """Score a checkpoint file on the training images of a dataset, as `camgap score` does.
 
@@ -213,16 +216,18 @@ def score_checkpoint(
     (`_score_flags`: arch, width, num_classes, input_size, resize, mean, std, channel_order;
     None = not given); each missing one comes from
     the checkpoint, else from `fallback` ({field: (value, source)}, default PREPROCESSING_DEFAULTS).
+    `box_units` and `max_pixels` are read_layout's and decode_rgb's (None: pixels, checked; 100 MP).
     Returns (ScoreResult, settings, classes); settings holds "model" and "preprocessing", each
     with the chosen values and a "source" per field (flag, checkpoint, default, ...)."""
     from camgap.data import BoxDataset, read_layout
+    from camgap.data.dataset import count_dropped_boxes
     from camgap.measures.score import score_model
     from camgap.models import checkpoint_record, get_layer, model_from_checkpoint, read_checkpoint
 
     flags = flags or {}
     fallback = fallback or {k: (v, "default") for k, v in PREPROCESSING_DEFAULTS.items()}
     skipped: list | None = [] if skip_bad else None
-    records, classes = read_layout(data, layout, split, skipped=skipped)
+    records, classes = read_layout(data, layout, split, skipped=skipped, box_units=box_units)
     obj = read_checkpoint(checkpoint, unsafe=unsafe)
     record = checkpoint_record(obj)
     model_cfg, model_src = _model_settings(flags, record, classes, checkpoint)
@@ -240,7 +245,7 @@ def score_checkpoint(
             model_cfg["num_classes"], model_src["num_classes"] = None, "saved nn.Module"
     torch_device = resolve_device(device)
     size, resize = int(prep["input_size"]), str(prep["resize"])
-    dataset = BoxDataset(records, input_size=size, resize=resize, skip_bad=skip_bad)
+    dataset = BoxDataset(records, input_size=size, resize=resize, skip_bad=skip_bad, max_pixels=max_pixels)
     cache_dir = _cache_dir(cache, data, split, size, resize)
     ref_masks, mask_ids = _reference_masks(masks, dataset, torch_device, cache_dir, size, resize, skip_bad)
     n_without_mask = 0
@@ -248,7 +253,7 @@ def score_checkpoint(
         have = set(mask_ids)
         kept = [r for r in records if r.image_id in have]
         n_without_mask = len(records) - len(kept)
-        dataset = BoxDataset(kept, input_size=size, resize=resize, skip_bad=True)
+        dataset = BoxDataset(kept, input_size=size, resize=resize, skip_bad=True, max_pixels=max_pixels)
     options = ScoreOptions.of(
         options,
         target_layer=get_layer(model, layer) if layer else None,
@@ -259,6 +264,7 @@ def score_checkpoint(
     )
     result = score_model(model, dataset, options, masks=ref_masks, mask_ids=mask_ids)
     result.n_skipped += len(skipped or []) + n_without_mask
+    result.n_boxes_dropped = count_dropped_boxes(dataset.records, max_pixels)
     settings = {"model": model_cfg | {"source": model_src}, "preprocessing": prep | {"source": prep_src}}
     return result, _json_safe(settings), classes
 
@@ -294,6 +300,8 @@ def _score_from_args(args: argparse.Namespace, options: ScoreOptions, fallback: 
         skip_bad=args.skip_bad,
         cache=args.cache,
         device=args.device,
+        box_units=args.box_units,
+        max_pixels=args.max_pixels,
     )
 
 
@@ -346,7 +354,8 @@ def cmd_score(args: argparse.Namespace) -> int:
             print(f"  rho={t}: IoU {v['iou']:.4f}  IoU-B {v['iou_b']:.4f}")
     print(
         f"images scored {summary['n_images']}, skipped {summary['n_skipped']}, "
-        f"without reference {summary['n_no_reference']}, train accuracy {summary['accuracy']:.4f}"
+        f"without reference {summary['n_no_reference']}, boxes outside their image {summary['n_boxes_dropped']}, "
+        f"train accuracy {summary['accuracy']:.4f}"
     )
     print("\n".join(_settings_lines(settings)))
     return 0
@@ -372,7 +381,9 @@ def _reference_masks(source: str, dataset, device, cache: Path, input_size: int,
     from camgap.data.masks import compute_masks
     from camgap.data.store import TensorStore
 
-    store = TensorStore.cached(dataset.records, cache, input_size, resize, skip_bad=skip_bad)
+    store = TensorStore.cached(
+        dataset.records, cache, input_size, resize, skip_bad=skip_bad, max_pixels=dataset.max_pixels
+    )
     result = compute_masks(
         source,
         store.images,
@@ -562,9 +573,13 @@ def cmd_masks(args: argparse.Namespace) -> int:
     from camgap.data.store import TensorStore
 
     skipped: list | None = [] if args.skip_bad else None
-    records, _ = read_layout(args.data, args.layout, args.split, skipped=skipped, missing_ok=True)
+    records, _ = read_layout(
+        args.data, args.layout, args.split, skipped=skipped, missing_ok=True, box_units=args.box_units
+    )
     cache = _cache_dir(args.cache, args.data, args.split, args.input_size, args.resize)
-    store = TensorStore.cached(records, cache, args.input_size, args.resize, skip_bad=args.skip_bad)
+    store = TensorStore.cached(
+        records, cache, args.input_size, args.resize, skip_bad=args.skip_bad, max_pixels=args.max_pixels
+    )
     result = compute_masks(
         args.source,
         store.images,
@@ -731,6 +746,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", default="resize", choices=["resize", "resize_crop"])
     p.add_argument("--skip-bad", action="store_true")
     p.add_argument("--cache", type=Path)
+    add_input_checks(p)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.set_defaults(func=cmd_masks)
 

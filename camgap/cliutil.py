@@ -118,3 +118,31 @@ def finish_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ar
             own = getattr(args, "_parser", None) or parser  # the subcommand's usage line
             own.error(f"the following argument is required: {flag} {getattr(args, f'_{dest}_metavar')}")
     return args
+
+
+def pixel_count(text: str) -> int:
+    """`--max-pixels`: a positive whole number of pixels, `100000000` or `1e8`."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of pixels: {text!r}") from None
+    if not value.is_integer() or value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number of pixels, got {text!r}")
+    return int(value)
+
+
+def add_input_checks(p: argparse.ArgumentParser) -> None:
+    """The flags of every command that reads a dataset's images and boxes."""
+    p.add_argument(
+        "--box-units",
+        choices=("pixels", "relative"),
+        help="pixels (coordinates in the annotation's frame) or relative (fractions of the image's "
+        "width and height); default: pixels, and boxes that all lie within [0, 1] are an error",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=pixel_count,
+        metavar="N",
+        help="largest image read, by its header, in pixels; a side may be 16384 px or sqrt(N), whichever "
+        "is larger (default 100000000: 100 megapixels)",
+    )

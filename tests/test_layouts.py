@@ -346,8 +346,10 @@ def test_csv_classes_txt_fixes_the_order(tmp_path, caplog):
     assert classes == order
     by_file = {r.path.name: r.label for r in records}
     assert by_file["2.png"] == 1 and by_file["10.png"] == 0 and by_file["0.png"] == 2
-    assert caplog.records[0].getMessage().startswith(
-        f"csv layout: 11 classes from {tmp_path / 'classes.txt'}: '10' -> 0, '2' -> 1, '0' -> 2,"
+    assert (
+        caplog.records[0]
+        .getMessage()
+        .startswith(f"csv layout: 11 classes from {tmp_path / 'classes.txt'}: '10' -> 0, '2' -> 1, '0' -> 2,")
     )
 
 

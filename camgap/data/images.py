@@ -43,7 +43,9 @@ MIN_SIDE_LIMIT = 16384
 
 
 def check_max_pixels(value: object) -> int:
-    """A pixel limit is a positive integer (``--max-pixels``)."""
+    """A pixel limit is a positive integer (``--max-pixels``); None is the default limit."""
+    if value is None:
+        return DEFAULT_MAX_PIXELS
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise InputError(f"max_pixels must be a positive integer, got {value!r}")
     return int(value)
@@ -73,11 +75,12 @@ def _problem(e: BaseException) -> str:
     return str(e).strip() or type(e).__name__
 
 
-def open_checked(path: str | Path, data: bytes | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+def open_checked(path: str | Path, data: bytes | None = None, max_pixels: int | None = None):
     """A PIL image of ``path`` (or of its bytes ``data``) whose header has been read and checked
     against the size limit; nothing is decoded yet.  Raises :class:`DataError` naming the file."""
     from PIL import Image, UnidentifiedImageError
 
+    max_pixels = check_max_pixels(max_pixels)
     source = io.BytesIO(data) if data is not None else path
     try:
         with _own_bomb_check():
@@ -103,7 +106,7 @@ def open_checked(path: str | Path, data: bytes | None = None, max_pixels: int = 
     return im
 
 
-def image_size(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+def image_size(path: str | Path, max_pixels: int | None = None) -> tuple[int, int]:
     """``(width, height)`` from the file's header alone (checked like :func:`decode_rgb`)."""
     with open_checked(path, max_pixels=max_pixels) as im:
         return im.size
@@ -149,11 +152,11 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
-def decode_rgb(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+def decode_rgb(path: str | Path, max_pixels: int | None = None) -> torch.Tensor:
     """Read ``path`` and return its pixels as a contiguous ``torch.uint8`` tensor ``[3, H, W]``.
 
     Raises :class:`DataError` ``(path, problem)`` when the file is missing, empty, unreadable,
-    larger than ``max_pixels`` (by its header) or not a decodable image.
+    larger than ``max_pixels`` (by its header; None: 100 megapixels) or not a decodable image.
     """
     path = Path(path)
     data = _read_bytes(path)

@@ -41,7 +41,7 @@ import torch
 from camgap.errors import CamgapError, InputError, MissingFileError
 
 from .errors import DataError
-from .images import DEFAULT_MAX_PIXELS
+from .images import check_max_pixels
 
 __all__ = ["TensorStore", "StoreError", "records_fingerprint"]
 
@@ -237,7 +237,7 @@ class TensorStore:
         skip_bad: bool = False,
         num_workers: int = 0,
         progress: bool = False,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_pixels: int | None = None,
     ) -> TensorStore:
         """Decode and resize ``records`` (through ``BoxDataset``) into ``cache_dir``; always builds.
 
@@ -264,7 +264,7 @@ class TensorStore:
         skip_bad: bool = False,
         num_workers: int = 0,
         progress: bool = False,
-        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_pixels: int | None = None,
     ) -> TensorStore:
         """Open the store in ``cache_dir`` when its fingerprint matches ``records``; else build it.
 
@@ -273,6 +273,7 @@ class TensorStore:
         Safe to call from several processes at once: one builds, the others wait and open.
         """
         cache_dir = Path(cache_dir)
+        max_pixels = check_max_pixels(max_pixels)
         fp = records_fingerprint(records, input_size, resize, classes)
         with _locked(cache_dir):
             try:
@@ -297,12 +298,13 @@ class TensorStore:
         skip_bad,
         num_workers,
         progress,
-        max_pixels=DEFAULT_MAX_PIXELS,
+        max_pixels=None,
         fp=None,
     ) -> TensorStore:
         from camgap.data.dataset import BoxDataset
 
         records = list(records)
+        max_pixels = check_max_pixels(max_pixels)
         if not records:
             raise InputError(f"no records to store in {cache_dir}: the dataset is empty")
         input_size = int(input_size)
@@ -382,7 +384,7 @@ class TensorStore:
                 "fingerprint": fp,
                 "classes": list(classes) if classes is not None else None,
                 "skip_bad": bool(skip_bad),
-                "max_pixels": int(max_pixels),
+                "max_pixels": max_pixels,
                 "skipped": skipped,
                 "build_seconds": round(time.perf_counter() - t0, 3),
             }

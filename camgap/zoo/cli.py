@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from camgap.cliutil import CommaList, add_location, cam_names, finish_args
+from camgap.cliutil import CommaList, add_input_checks, add_location, cam_names, finish_args
 from camgap.errors import CamgapError
 
 __all__ = ["add_zoo_commands", "add_subcommands", "main", "BUILD_EPILOG"]
@@ -34,6 +34,8 @@ def _build(args: argparse.Namespace) -> int:
         keep_last=args.keep_last,
         cpus_per_run=args.cpus_per_run,
         progress=not args.no_progress,
+        box_units=args.box_units,
+        max_pixels=args.max_pixels,
     )
     return 0 if summary.failed == 0 else 3
 
@@ -132,6 +134,7 @@ def add_subcommands(sub) -> None:
         b, "zoo", "--zoo", "ZOO", "model-set directory (registry, runs, caches)", positional=False, old_flag="--out"
     )
     b.add_argument("--layout", default="auto", help="dataset layout (default: auto-detect)")
+    add_input_checks(b)
     b.add_argument("--executor", choices=("local", "ray"), default="local", help="where runs execute")
     b.add_argument(
         "--workers",
