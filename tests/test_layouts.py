@@ -7,6 +7,7 @@ import warnings
 import pytest
 
 from camgap.data import DataError, Record, detect_layout, read_layout
+from camgap.errors import InputError
 from tests.helpers.data import (
     H,
     W,
@@ -378,6 +379,32 @@ def test_csv_label_missing_from_classes_txt(tmp_path):
         f"{tmp_path / 'images' / '1.png'}: label 'b' (train.csv row 3) is not among the 1 classes of "
         f"{tmp_path / 'classes.txt'}"
     )
+
+
+def test_box_units(tmp_path):
+    root = make_imagenet(tmp_path)  # VOC boxes in pixels: read as they are
+    assert read_layout(root, box_units="pixels")[0] == read_layout(root)[0]
+    for xml, size, objects in [
+        ("n02/n02_1.xml", (W, H), [("n02", (0.1, 0.2, 0.5, 0.75))]),
+        ("n02/n02_2.xml", None, [("n02", (0, 0, 1, 1))]),
+        ("n01/n01_1.xml", (W, H), [("n01", (0.25, 0.25, 0.5, 0.5))]),
+    ]:
+        write_voc(root / "Annotation" / xml, size, objects)
+    with pytest.raises(DataError) as ei:
+        read_layout(root)
+    assert str(ei.value) == (
+        f"{root / 'train'}: all 3 boxes lie within [0, 1]: fractions of the image size? pass --box-units "
+        "relative (or --box-units pixels if they are pixel coordinates)"
+    )
+    assert [r.ann_size for r in read_layout(root, box_units="pixels")[0]] == [(W, H), (W, H), None]
+    records, _ = read_layout(root, box_units="relative")
+    assert [(r.boxes, r.ann_size) for r in records] == [
+        (((0.25, 0.25, 0.5, 0.5),), (1, 1)),
+        (((0.1, 0.2, 0.5, 0.75),), (1, 1)),
+        (((0.0, 0.0, 1.0, 1.0),), (1, 1)),
+    ]
+    with pytest.raises(InputError, match="unknown box units 'percent'"):
+        read_layout(root, box_units="percent")
 
 
 # ------------------------------------------------------------------------ missing splits
