@@ -60,7 +60,8 @@ def side_limit(max_pixels: int) -> int:
 def _own_bomb_check():
     """PIL's own guard (a warning above 89 MP, an error above 179 MP, with no size in it) is
     replaced by ours while a header is read, so that the limit is the user's and the message
-    names the size; decoders run in processes of their own, so the swap races with nothing."""
+    names the size.  camgap decodes in one thread per process (DataLoader workers are
+    processes), so the swap races with no other decode."""
     from PIL import Image
 
     saved = Image.MAX_IMAGE_PIXELS
