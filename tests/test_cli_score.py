@@ -833,3 +833,14 @@ def test_empty_class_folder_is_skipped_and_counted(capsys, tmp_path, two_class_c
     assert rc == 2 and f"camgap: error: {root / 'train' / 'n00'}: empty class folder" in err
     s = run_json(capsys, *args, "--skip-bad")
     assert s["n_skipped"] == 1 and s["n_images"] == 3
+
+
+def test_verbose_score_prints_the_class_mapping(capsys, data, checkpoints):
+    mapping = (
+        "csv layout: 3 classes from train.csv, labels sorted as strings: "
+        "'00_circle' -> 0, '01_square' -> 1, '02_triangle' -> 2"
+    )
+    rc, out, err = run(capsys, "-v", *base_args(data, checkpoints["plain"], *ARCH, "--json"))
+    assert rc == 0 and mapping in err.splitlines()
+    rc, out, err = run(capsys, *base_args(data, checkpoints["plain"], *ARCH, "--json"))
+    assert rc == 0 and "csv layout" not in err
