@@ -409,10 +409,10 @@ class Grid:
 
 @functools.lru_cache(maxsize=64)
 def _packable_arch(arch: str, options_json: str) -> bool:
-    from camgap.models import create_model
+    from camgap.models import create_model_skeleton
     from camgap.zoo.packed import packable
 
-    return packable(create_model(arch, 2, **json.loads(options_json)))
+    return packable(create_model_skeleton(arch, 2, **json.loads(options_json)))
 
 
 def parse_grid(doc: dict, source: str = "<grid>", max_runs: int = MAX_RUNS) -> Grid:
@@ -474,13 +474,14 @@ def parse_grid(doc: dict, source: str = "<grid>", max_runs: int = MAX_RUNS) -> G
 
 
 def _check_arch_options(where: str, arch: str, opts: dict) -> None:
-    """Build the model once (2 classes) so a bad option fails here, not in a worker."""
-    from camgap.models import create_model
+    """Every option checked here (the model built once, on the meta device), not in a worker."""
+    from camgap.errors import CamgapError
+    from camgap.models import check_model_options
 
     try:
-        create_model(arch, num_classes=2, **opts)
-    except (TypeError, ValueError) as exc:
-        raise GridError(f"{where}: invalid options {opts!r}: {exc}") from None
+        check_model_options(arch, opts)
+    except CamgapError as exc:
+        raise GridError(f"{where}: {exc}") from None
 
 
 def packaged_grids() -> dict[str, Path]:
