@@ -246,7 +246,7 @@ def check_model_options(name: str, options: dict) -> None:
         create_model_skeleton(name, 2, **options)
     except CamgapError:
         raise
-    except Exception as exc:  # a third-party constructor's refusal of the user's options, in any form
+    except Exception as exc:  # noqa: BLE001 - a third-party constructor refuses the user's options in any form
         raise InputError(f"{name} rejects options {options!r}: {type(exc).__name__}: {exc}") from None
 
 
