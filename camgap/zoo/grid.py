@@ -39,7 +39,9 @@ A grid file::
 
 Every key and value is validated (``GridError`` names the file, the key and what is
 allowed) before anything trains. Grid keys missing from ``[grid]`` take one default value
-(``arch`` is required).
+(``arch`` is required). The run count (configurations x repeats + untrained x archs) comes
+from the number of values alone and is checked before anything is expanded: more than
+``MAX_RUNS`` (``max_runs``; ``zoo build --max-runs``) is a ``GridError`` naming the count.
 
 Run identity: a run's *config* is the JSON-canonical dict (sorted keys, floats as floats)
 of its grid values plus every setting that changes its training; ``run_id`` is the first
