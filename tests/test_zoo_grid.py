@@ -132,7 +132,7 @@ def test_untrained_runs():
         ('[grid]\narch = ["small_resnet"]\n[train]\nacc_threshold = 1.5', "outside"),
         ('[grid]\narch = ["small_resnet"]\n[train]\nresize = "crop"', "not one of resize, resize_crop"),
         ('[grid]\narch = ["small_resnet"]\n[train]\nmean = [0.5, 0.5]', "list of 3 numbers"),
-        ('[grid]\narch = ["small_resnet"]\n[arch_options.small_resnet]\ndepth = 3', "invalid options"),
+        ('[grid]\narch = ["small_resnet"]\n[arch_options.small_resnet]\ndepth = 3', "unknown option.*depth; it takes"),
         ('[grid]\narch = ["small_resnet"]\n[arch_options.resnet18]\nwidth = 3', "not in \\[grid\\] arch"),
         ('[grid]\narch = ["small_resnet"]\n[pretrain]\nepochs = 0', "epochs: expected an integer >= 1"),
         ('[grid]\narch = ["small_resnet"]\n[something]\nx = 1', "unknown key.*something"),

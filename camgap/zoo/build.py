@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
+import statistics
 import sys
 import time
 from collections import deque
@@ -34,7 +36,7 @@ from pathlib import Path
 
 from camgap.errors import CamgapError
 from camgap.zoo.config import Pack, RunConfig, RunResult, Task
-from camgap.zoo.grid import GRID_KEYS, Grid, GridError, RunSpec, canonical_json, load_grid
+from camgap.zoo.grid import GRID_KEYS, MAX_RUNS, Grid, GridError, RunSpec, canonical_json, load_grid
 from camgap.zoo.registry import META_BACKUP, Registry, RegistryError, format_measurement_status, rebuild_registry
 
 __all__ = [
@@ -195,8 +197,11 @@ def build(
     cpus_per_run: int | None = None,
     progress: bool = True,
     log=None,
+    max_runs: int | None = None,
 ) -> BuildSummary:
-    """Build (or resume) the model set of ``grid`` on ``data`` in ``out``; see the module doc."""
+    """Build (or resume) the model set of ``grid`` on ``data`` in ``out``; see the module doc.
+    ``max_runs``: refuse a grid of more runs, before anything is expanded or written (default:
+    a Grid's own limit, a grid file's ``MAX_RUNS``)."""
     from camgap.zoo.executors import make_executor, resolve_device
     from camgap.zoo.pretrained import PretrainedWeightsError, ensure_source_models, pretrained_paths
     from camgap.zoo.train import prepare_split, storage_error
@@ -211,8 +216,14 @@ def build(
         raise ZooError(f"--max-attempts must be >= 1, got {max_attempts}")
     if executor not in ("local", "ray"):
         raise ZooError(f"--executor must be local or ray, got {executor!r}")
+    if max_runs is not None and (not isinstance(max_runs, int) or max_runs < 1):
+        raise ZooError(f"--max-runs must be an integer >= 1, got {max_runs!r}")
     try:
-        g = grid if isinstance(grid, Grid) else load_grid(grid)
+        if isinstance(grid, Grid):
+            g = grid if max_runs is None else replace(grid, max_runs=max_runs)
+            g.check_size()
+        else:
+            g = load_grid(grid, MAX_RUNS if max_runs is None else max_runs)
     except GridError as exc:
         raise ZooError(str(exc)) from None
     data = Path(data).expanduser().resolve()
@@ -577,8 +588,11 @@ def _sweep(
 
 
 def status(zoo_dir: str | Path) -> dict:
-    """Counts by status, by architecture x status, and the failures with their errors;
-    ``measurements``: the measurements by state (``Registry.measurement_counts``)."""
+    """Counts by status (``total``, ``counts``), by architecture x status (``by_arch``), the
+    failures with their errors, ``stop_reasons``, the spread of ``train_acc_pp``, ``test_acc_pp``
+    and ``gap_pp`` over the done trained runs (``_spread``), ``integrity_problems``, the ``grid``
+    and ``measurements``: the measurements by state (``Registry.measurement_counts``). Every count
+    is an int: ``json.dumps`` of it is what ``zoo status --json`` prints (``STATUS_JSON_HELP``)."""
     zoo_dir = Path(zoo_dir)
     try:
         reg = Registry.in_dir(zoo_dir, read_only=True)
@@ -613,6 +627,7 @@ def status(zoo_dir: str | Path) -> dict:
         else []
     )
     done = frame[frame["status"] == "done"] if len(frame) else frame
+    trained = done[done["trained"].astype(bool)] if len(done) else done
     return {
         "zoo": str(zoo_dir),
         "total": int(len(frame)),
@@ -620,11 +635,28 @@ def status(zoo_dir: str | Path) -> dict:
         "counts": counts,
         "by_arch": by_arch,
         "failures": failures,
-        "stop_reasons": done["stop_reason"].value_counts().to_dict() if len(done) else {},
-        "gap": done["gap"].describe().to_dict() if len(done) else {},
+        "stop_reasons": {str(k): int(v) for k, v in done["stop_reason"].value_counts().items()} if len(done) else {},
+        "train_acc_pp": _spread(100.0 * trained["train_acc"] if len(trained) else []),
+        "test_acc_pp": _spread(100.0 * trained["test_acc"] if len(trained) else []),
+        "gap_pp": _spread(trained["gap"] if len(trained) else []),
         "integrity_problems": problems,
         "grid": json.loads(grid) if grid else None,
         "measurements": measurements,
+    }
+
+
+def _spread(values) -> dict:
+    """``{"n", "min", "median", "mean", "max"}`` of the finite values (n an int; the others
+    floats, None when n is 0)."""
+    finite = sorted(float(v) for v in values if v is not None and math.isfinite(float(v)))
+    if not finite:
+        return {"n": 0, "min": None, "median": None, "mean": None, "max": None}
+    return {
+        "n": len(finite),
+        "min": finite[0],
+        "median": statistics.median(finite),
+        "mean": statistics.fmean(finite),
+        "max": finite[-1],
     }
 
 
@@ -656,9 +688,13 @@ def format_status(info: dict) -> str:
         )
     if info["stop_reasons"]:
         lines.append("  stop reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(info["stop_reasons"].items())))
-    if info["gap"]:
-        gp = info["gap"]
-        lines.append(f"  gap (pp): mean {gp['mean']:.2f}, min {gp['min']:.2f}, max {gp['max']:.2f}")
+    for key, name in (("train_acc_pp", "train acc"), ("test_acc_pp", "test acc"), ("gap_pp", "gap")):
+        sp = info[key]
+        if sp["n"]:
+            lines.append(
+                f"  {name} (pp) of {sp['n']} trained runs: median {sp['median']:.2f}, mean {sp['mean']:.2f}, "
+                f"min {sp['min']:.2f}, max {sp['max']:.2f}"
+            )
     if info["failures"]:
         lines.append(f"  failures ({len(info['failures'])}):")
         for f in info["failures"]:
@@ -671,14 +707,21 @@ def format_status(info: dict) -> str:
     return "\n".join(lines)
 
 
-def export(zoo_dir: str | Path, fmt: str = "csv", out: str | Path | None = None, measures: bool = False) -> Path:
+STDOUT = "-"  # `--out -`: the table on standard output
+
+
+def export(zoo_dir: str | Path, fmt: str = "csv", out: str | Path | None = None, measures: bool = False) -> Path | None:
     """Write one row per run (``EXPORT_COLUMNS``), or with ``measures`` one row per measurement
     (``Registry.measurements_export_frame``), as CSV or Parquet; return the file's path (default
-    ``ZOO/runs.<fmt>`` or ``ZOO/measurements.<fmt>``). Counts are integers, every other number is
-    rounded to ``EXPORT_DIGITS`` significant digits, in both formats."""
+    ``ZOO/runs.<fmt>`` or ``ZOO/measurements.<fmt>``), or None for ``out="-"``: standard output
+    (Parquet's bytes only into a pipe or file, never a terminal). Counts are integers, every other
+    number is rounded to ``EXPORT_DIGITS`` significant digits, in both formats."""
     zoo_dir = Path(zoo_dir)
     if fmt not in ("csv", "parquet"):
         raise ZooError(f"--format must be csv or parquet, got {fmt!r}")
+    to_stdout = out is not None and str(out) == STDOUT
+    if to_stdout and fmt == "parquet" and sys.stdout.isatty():
+        raise ZooError("--format parquet --out -: Parquet is binary; redirect standard output to a file or pipe")
     try:
         reg = Registry.in_dir(zoo_dir, read_only=True)
     except RegistryError as exc:
@@ -688,17 +731,26 @@ def export(zoo_dir: str | Path, fmt: str = "csv", out: str | Path | None = None,
     finally:
         reg.close()
     frame = _rounded(frame)
+    if to_stdout:
+        _write_table(frame, fmt, sys.stdout.buffer if fmt == "parquet" else sys.stdout)
+        sys.stdout.flush()
+        return None
     name = "measurements" if measures else "runs"
     path = Path(out) if out is not None else zoo_dir / f"{name}.{fmt}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "csv":
-        frame.to_csv(path, index=False, float_format=f"%.{EXPORT_DIGITS}g")
-    else:
-        try:
-            frame.to_parquet(path, index=False)
-        except ImportError as exc:
-            raise ZooError(f"--format parquet needs pyarrow (pip install 'camgap[parquet]'): {exc}") from None
+    _write_table(frame, fmt, path)
     return path
+
+
+def _write_table(frame, fmt: str, target) -> None:
+    """``frame`` as CSV or Parquet into a path or an open file."""
+    if fmt == "csv":
+        frame.to_csv(target, index=False, float_format=f"%.{EXPORT_DIGITS}g")
+        return
+    try:
+        frame.to_parquet(target, index=False)
+    except ImportError as exc:
+        raise ZooError(f"--format parquet needs pyarrow (pip install 'camgap[parquet]'): {exc}") from None
 
 
 def _runs_export_frame(runs):
