@@ -451,3 +451,180 @@ def test_the_slow_epoch_hook_reaches_subprocesses():
         )
         assert out.returncode == 0, out.stderr
         assert out.stdout.split() == [str(ROOT / "camgap" / "zoo" / "train.py"), name]
+
+
+# --- unreadable files of any kind, a corrupt final.pt, idle workers, leftovers ------------------
+
+
+def _torch_error(path: Path) -> str:
+    """What torch itself raises on reading ``path`` (the cases camgap must all treat alike)."""
+    try:
+        torch.load(path, weights_only=True)
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+    except Exception as exc:  # noqa: BLE001
+        return type(exc).__name__
+    return "read"
+
+
+def _truncate(path: Path, fraction: float) -> int:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    return int(len(data) * fraction)
+
+
+@pytest.mark.parametrize(
+    ("fraction", "torch_raises", "problem"),
+    [
+        (0.10, "EINVAL", "Invalid argument; {size} bytes: truncated or corrupt"),
+        (0.25, "EINVAL", "Invalid argument; {size} bytes: truncated or corrupt"),
+        (0.50, "RuntimeError", "RuntimeError: PytorchStreamReader failed reading zip archive: failed finding central"),
+    ],
+)
+def test_a_short_last_pt_is_set_aside_whatever_torch_raises(tmp_path, data, fraction, torch_raises, problem):
+    """torch reads a last.pt cut to 10 or 25 % with an OSError(EINVAL), to 50 % with a zip error:
+    both the file's problem, not the disk's; the run restarts (at the worker entry: no `storage`)."""
+    task = _task(tmp_path, data, tmp_path / "run", epochs=2)
+    _interrupt_after_first_epoch(task)
+    last = tmp_path / "run" / "last.pt"
+    size = _truncate(last, fraction)
+    assert _torch_error(last) == torch_raises
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = execute_task(task)
+    assert not caught
+    assert result.status == "done" and result.epochs == 2 and result.resumed_from is None
+    assert result.warnings[0].startswith(f"{last}: cannot read checkpoint ({problem.format(size=size)}")
+    assert "); set aside as last.pt.corrupt-" in result.warnings[0]
+    assert result.warnings[0].endswith("; the run restarts from init.pt")
+    (aside,) = (tmp_path / "run").glob("last.pt.corrupt-*")
+    assert aside.stat().st_size == size
+
+
+def test_a_disk_error_on_reading_a_checkpoint_is_no_file_problem(tmp_path, data, monkeypatch):
+    """EIO while reading last.pt: the run comes back `storage` (no attempt used), nothing set aside."""
+    task = _task(tmp_path, data, tmp_path / "run", epochs=2)
+    _interrupt_after_first_epoch(task)
+    last = tmp_path / "run" / "last.pt"
+
+    def failing_disk(path, *a, **k):
+        raise OSError(errno.EIO, "Input/output error", str(path))
+
+    monkeypatch.setattr(torch, "load", failing_disk)
+    result = execute_task(task)
+    assert result.status == "storage" and result.error == f"{last}: Input/output error (errno EIO)"
+    assert last.is_file() and not list((tmp_path / "run").glob("*.corrupt-*"))
+
+
+def _build_keeping_last(tmp_path, data, zoo):
+    """Two done runs, each with last.pt kept (what resuming reads) beside final.pt."""
+    grid = write_grid(tmp_path / "g.toml", lrs="0.05, 0.005", epochs=1)
+    build(grid, data, zoo, workers=0, device="cpu", progress=False, log=quiet, keep_last=True)
+    return grid, list(runs(zoo).run_id)
+
+
+def _break_run_files(zoo: Path, a: str, b: str) -> dict[str, Path]:
+    """Run a: a final.pt of an older set (no recorded digest) cut to 25 %; run b: interrupted (no
+    final.pt) with its last.pt cut to 25 % and init.pt garbled. Returns the broken files; torch
+    raises EINVAL on both short checkpoints."""
+    ra, rb = zoo / "runs" / a, zoo / "runs" / b
+    (ra / "final.pt.sha256.json").unlink()
+    (rb / "final.pt").unlink()
+    (rb / "final.pt.sha256.json").unlink()
+    broken = {
+        "final": ra / "final.pt",
+        "last": rb / "last.pt",
+        "init": rb / "init.pt",
+    }
+    _truncate(broken["final"], 0.25)
+    _truncate(broken["last"], 0.25)
+    broken["init"].write_bytes(b"PK\x03\x04 not a zip archive")
+    assert _torch_error(broken["final"]) == _torch_error(broken["last"]) == "EINVAL"
+    return broken
+
+
+def test_repair_names_and_sets_aside_every_unreadable_file(tmp_path, data, capsys):
+    zoo = tmp_path / "zoo"
+    _, (a, b) = _build_keeping_last(tmp_path, data, zoo)
+    broken = _break_run_files(zoo, a, b)
+    (zoo / Registry.FILENAME).unlink()
+    capsys.readouterr()
+    assert zoo_main(["repair", "--zoo", str(zoo)]) == 0
+    out = capsys.readouterr().out
+    head, *problems = out.strip().splitlines()
+    assert head.endswith("0 done, 2 pending (from run directories), 0 measurement(s) restored; 3 problem(s):")
+    expect = {
+        "init": f"{broken['init']}: cannot read checkpoint (",
+        "last": f"{broken['last']}: cannot read checkpoint (Invalid argument; ",
+        "final": f"{broken['final']}: cannot read checkpoint (Invalid argument; ",
+    }
+    for name, start in expect.items():
+        (line,) = [p.strip() for p in problems if p.strip().startswith(start)]
+        assert f"; set aside as {broken[name].name}.corrupt-" in line, line
+    assert len(problems) == 3
+    for path in (broken["init"], broken["last"], broken["final"]):
+        assert not path.exists() and len(list(path.parent.glob(f"{path.name}.corrupt-*"))) == 1
+    assert list(runs(zoo).status) == ["pending", "pending"]
+
+
+def test_build_with_a_lost_registry_sets_aside_short_checkpoints_and_completes(tmp_path, data):
+    zoo = tmp_path / "zoo"
+    grid, (a, b) = _build_keeping_last(tmp_path, data, zoo)
+    old = runs(zoo)
+    broken = _break_run_files(zoo, a, b)
+    (zoo / Registry.FILENAME).unlink()
+    lines = []
+    s = build(grid, data, zoo, workers=0, device="cpu", progress=False, log=lines.append)
+    assert s.done == 2 and s.failed == 0 and s.trained_now == 2
+    text = "\n".join(lines)
+    assert "registry.sqlite missing; rebuilt it from runs/: 0 done, 2 pending" in text
+    for name in ("init", "last", "final"):
+        assert f"{broken[name]}: cannot read checkpoint (" in text
+        assert f"set aside as {broken[name].name}.corrupt-" in text
+    new = runs(zoo)
+    cols = ["run_id", "epochs", "train_acc", "test_acc", "gap"]  # trained again from scratch, same seeds
+    assert new[cols].equals(old[cols]) and (new.attempts == 0).all()
+
+
+def test_a_corrupt_final_pt_is_flagged_by_status_and_trained_again_by_build(tmp_path, data):
+    grid = write_grid(tmp_path / "g.toml", lrs="0.05, 0.005", epochs=1)
+    zoo = tmp_path / "zoo"
+    build(grid, data, zoo, workers=0, device="cpu", progress=False, log=quiet)
+    old = runs(zoo)
+    a, b = old.run_id
+    fa, fb = zoo / "runs" / a / "final.pt", zoo / "runs" / b / "final.pt"
+    recorded = json.loads((zoo / "runs" / a / "final.pt.sha256.json").read_text())
+    assert recorded == {"file": "final.pt", "size": fa.stat().st_size, "sha256": sha256(fa)}
+    flipped = bytearray(fa.read_bytes())
+    flipped[len(flipped) // 2] ^= 0xFF  # one bit flip inside the weights: torch would read it
+    fa.write_bytes(bytes(flipped))
+    full = fb.stat().st_size
+    size = _truncate(fb, 0.5)
+    info = status(zoo)
+    assert info["counts"]["done"] == 2
+    assert info["integrity_problems"] == [
+        f"run {a}: done, but {fa}: its sha256 differs from the one recorded when it was written (corrupt); "
+        "`camgap zoo build` trains it again",
+        f"run {b}: done, but {fb}: {size} bytes, {full} when it was written (truncated or overwritten); "
+        "`camgap zoo build` trains it again",
+    ]
+    assert "INTEGRITY PROBLEMS (2):" in format_status(info)
+
+    lines = []
+    s = build(grid, data, zoo, workers=0, device="cpu", progress=False, log=lines.append)
+    assert s.done == 2 and s.trained_now == 2
+    assert any(line.startswith(f"WARNING {a}: {fa}: its sha256 differs") for line in lines)
+    assert any(
+        line.startswith(f"WARNING {b}: {fb}: {size} bytes") and line.endswith("; the run is trained again")
+        for line in lines
+    )
+    assert len(list(fa.parent.glob("final.pt.corrupt-*"))) == 1
+    cols = ["run_id", "status", "epochs", "train_acc", "test_acc", "gap", "attempts"]
+    assert runs(zoo)[cols].equals(old[cols])
+    assert status(zoo)["integrity_problems"] == []
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
