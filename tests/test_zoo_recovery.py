@@ -30,7 +30,7 @@ from camgap.zoo.grid import load_grid
 from camgap.zoo.registry import META_BACKUP, Registry
 from camgap.zoo.train import CheckpointSetAsideWarning, execute_task, train_run
 from tests.helpers.zoo import build_args
-from tests.zoo_hooks import worker_env
+from tests.zoo_hooks import NapTask, nap, worker_env
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_COLUMNS = [
@@ -67,7 +67,8 @@ def runs(zoo: Path):
 class Scripted:
     """The in-process executor, except where the script says: ``"interrupt"`` raises
     KeyboardInterrupt in wait() (Ctrl-C of the driver), ``"died"`` reports the run's worker
-    dead (as LocalExecutor does after a worker's SIGKILL); ``None`` runs the run."""
+    dead (as LocalExecutor does after a worker's SIGKILL), ``"idle"`` an idle worker dead (the
+    run lost, not by its fault); ``None`` runs the run."""
 
     def __init__(self, script: list):
         self.script = script
@@ -85,6 +86,9 @@ class Scripted:
             task = self.inner._queue.pop(0)
             died = "its worker process died (killed, out of memory or crashed)"
             return [RunResult(task.run_id, "lost", error=died, worker_died=True)]
+        if step == "idle":
+            task = self.inner._queue.pop(0)
+            return [RunResult(task.run_id, "lost", error=IDLE_DIED, worker_died=False)]
         return self.inner.wait()
 
     def close(self) -> None:
@@ -628,3 +632,102 @@ def sha256(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+IDLE_DIED = "stopped when an idle worker process died (killed, out of memory or crashed)"
+
+
+def test_lost_runs_tell_an_idle_workers_death_from_a_runs_own(monkeypatch):
+    """Whose worker died, by the pids workers report: the run's own (worker_died), none of the
+    runs' (an idle worker: no run's fault), a run that had not reported yet (a suspect)."""
+    ex = executors.LocalExecutor(2, fn=nap)  # the pool starts no process before a submit
+    monkeypatch.setattr(ex, "_drain_pids", lambda: None)
+    tasks = [NapTask("a", 0, "-"), NapTask("b", 0, "-")]
+    try:
+        own = "its worker process died (killed, out of memory or crashed)"
+        sibling = "stopped by another run's dead worker process"
+        cases = [
+            ({"a": 11, "b": 12}, {13}, [(False, IDLE_DIED), (False, IDLE_DIED)]),  # 13: idle
+            ({"a": 11, "b": 12}, {12}, [(False, sibling), (True, own)]),
+            ({"a": 11}, {13}, [(False, sibling), (True, own)]),  # b had not reported: it may be 13's
+        ]
+        for pids, dead, expect in cases:
+            ex._pids = dict(pids)
+            monkeypatch.setattr(ex, "_dead_pids", lambda dead=dead: dead)
+            got = [(r.worker_died, r.error) for r in ex._lost_runs(tasks)]
+            assert got == expect, (pids, dead)
+            assert all(r.status == "lost" for r in ex._lost_runs(tasks))
+    finally:
+        ex.close()
+
+
+def test_an_idle_workers_death_uses_no_attempt(tmp_path, data, monkeypatch):
+    """With --max-attempts 1, a run stopped twice in a row by an idle worker's death still trains."""
+    grid = write_grid(tmp_path / "g.toml", lrs="0.05", epochs=1)
+    zoo = tmp_path / "zoo"
+    scripted(monkeypatch, ["idle", "idle"])
+    lines = []
+    s = build(grid, data, zoo, workers=0, device="cpu", progress=False, log=lines.append, max_attempts=1)
+    assert s.done == 1 and s.failed == 0
+    rid = runs(zoo).run_id[0]
+    assert [line for line in lines if line.startswith("LOST")] == [
+        f"LOST   {rid} small_resnet bs=16 lr=0.05 sgd wd=0 aug=1 pre=0 r0: {IDLE_DIED}; re-queued (no attempt used)"
+    ] * 2
+    assert list(runs(zoo).attempts) == [0]
+
+
+@pytest.mark.slow
+def test_sigkill_of_an_idle_worker_process(tmp_path):
+    """kill -9 a worker that has finished its run while its sibling runs: the sibling's run comes
+    back lost without being its fault (no attempt, no death of its own counted)."""
+    quick = NapTask("quick", 0.0, str(tmp_path / "quick.pid"), wait_for=str(tmp_path / "slow.pid"))
+    slow = NapTask("slow", 120.0, str(tmp_path / "slow.pid"))
+    ex = executors.LocalExecutor(2, fn=nap)
+    try:
+        ex.submit(quick)
+        ex.submit(slow)  # quick waits for slow to start: two workers, one run each
+        (first,) = ex.wait()
+        assert (first.run_id, first.status) == ("quick", "done")
+        idle, busy = (int((tmp_path / f"{t}.pid").read_text()) for t in ("quick", "slow"))
+        assert idle != busy
+        os.kill(idle, 9)
+        (lost,) = ex.wait()
+        assert (lost.run_id, lost.status, lost.worker_died, lost.error) == ("slow", "lost", False, IDLE_DIED)
+    finally:
+        ex.close()
+
+
+def test_temporary_files_of_dead_processes_are_removed_at_the_next_start(tmp_path, data):
+    grid = write_grid(tmp_path / "g.toml", lrs="0.05", epochs=1)
+    zoo = tmp_path / "zoo"
+    build(grid, data, zoo, workers=0, device="cpu", progress=False, log=quiet)
+    rid = runs(zoo).run_id[0]
+    dead = _dead_pid()
+    (cache,) = (zoo / "cache").glob("train-*")
+    leftovers = [
+        zoo / "runs" / rid / f".last.pt.tmp-{dead}",
+        zoo / "runs" / rid / f".final.pt.tmp-{dead}",
+        zoo / f".registry-meta.json.tmp-{dead}",
+        cache / f".images.npy.tmp-{dead}-0123abcd",  # the tensor store's
+    ]
+    live = zoo / "runs" / rid / f".history.json.tmp-{os.getppid()}"  # a live process may still write it
+    for f in [*leftovers, live]:
+        f.write_bytes(b"half a file")
+    lines = []
+    build(grid, data, zoo, workers=0, device="cpu", progress=False, log=lines.append)
+    assert not any(f.exists() for f in leftovers) and live.is_file()
+    (line,) = [line for line in lines if "temporary file" in line]
+    head, names = line.split(": removed 4 temporary file(s) left by a killed process: ")
+    assert head == str(zoo) and set(names.split(", ")) == {str(f.relative_to(zoo)) for f in leftovers}
+
+    left = zoo / "runs" / rid / f".config.json.tmp-{dead}"
+    left.write_text("{")
+    assert zoo_main(["repair", "--zoo", str(zoo)]) == 0
+    assert not left.exists() and live.is_file()
+
+
+def _dead_pid() -> int:
+    """The pid of a child that has exited and been reaped (no process has it until reused)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
