@@ -19,7 +19,9 @@ its worker process died twice in a row). A run stopped by something else goes ba
 pending: an interrupted driver, a sibling's dead worker, its own worker's first death. A
 full or failing disk (ENOSPC, EIO, ... while writing a checkpoint or the registry) stops
 the sweep with one line naming the path (``StorageError``); the same command resumes once
-it is fixed. A missing ``registry.sqlite`` is rebuilt from ``runs/`` (``repair``).
+it is fixed. A missing ``registry.sqlite`` is rebuilt from ``runs/`` (``repair``). Every build
+first checks the ``final.pt`` of each done run (size and sha256, ``camgap.zoo.digest``) and trains
+a missing or corrupt one again, and removes temporary files that killed processes left.
 """
 
 from __future__ import annotations
@@ -251,6 +253,7 @@ def build(
         raise ZooError(str(exc)) from None
 
     with _driver_lock(out):
+        _remove_stale_temp_files(out, log)
         if rebuild and not (out / Registry.FILENAME).exists():
             _rebuild_for(g, out, log)
         reg = Registry.in_dir(out)
@@ -266,6 +269,7 @@ def build(
 
             specs = g.runs()
             new = reg.add_runs(specs)
+            _retrain_unsound_finals(reg, out, log)
             resumed = reg.reset_interrupted()
             if retry_failed:
                 reg.reset_failed()
@@ -382,6 +386,41 @@ def _rebuild_for(g: Grid, out: Path, log) -> None:
     log(f"{out}: {Registry.FILENAME} missing; rebuilt it from runs/: {report}")
 
 
+def _remove_stale_temp_files(out: Path, log) -> None:
+    """Temporary files that a killed driver or worker left in the model set (``train.
+    remove_stale_temp_files``: only those of dead processes), with the driver lock held."""
+    from camgap.zoo.train import remove_stale_temp_files
+
+    dirs = [out, *(d for top in ("runs", "cache") for d in sorted((out / top).glob("*")) if d.is_dir())]
+    removed = [f for d in dirs for f in remove_stale_temp_files(d)]
+    if removed:
+        names = ", ".join(str(f.relative_to(out)) for f in removed)
+        log(f"{out}: removed {len(removed)} temporary file(s) left by a killed process: {names}")
+
+
+def _retrain_unsound_finals(reg: Registry, out: Path, log) -> None:
+    """Done runs whose final.pt is missing or corrupt (``digest.check_final``) go back to pending,
+    a corrupt file set aside; a final.pt without a recorded digest that reads back gets one."""
+    from camgap.zoo.digest import check_final
+    from camgap.zoo.train import set_aside, storage_error
+
+    for run in reg.done_runs():
+        rid = run["run_id"]
+        final = out / "runs" / rid / "final.pt"
+        try:
+            problem = check_final(final.parent, rid, record=True)
+            if problem is None:
+                continue
+            then = "the run is trained again"
+            msg = set_aside(final, problem, then) if final.is_file() else f"{problem}; {then}"
+        except OSError as exc:
+            if storage_error(exc) is None:
+                raise
+            raise _stop_for_storage(f"{exc.filename or final}: {exc.strerror or exc}") from exc
+        reg.requeue(rid)
+        log(f"WARNING {rid}: {msg}")
+
+
 def repair(zoo_dir: str | Path, log=print):
     """Rebuild ``ZOO/registry.sqlite`` from ``ZOO/runs/`` (``camgap zoo repair``): done runs
     from their final.pt, every other run pending, measurements from measurements.json; an
@@ -392,6 +431,7 @@ def repair(zoo_dir: str | Path, log=print):
     if not _recoverable(zoo):
         raise ZooError(f"{zoo}: no run directories (runs/*/config.json) nor {META_BACKUP} to rebuild from")
     with _driver_lock(zoo):
+        _remove_stale_temp_files(zoo, log)
         meta = {}
         with contextlib.suppress(OSError, ValueError):
             meta = json.loads((zoo / META_BACKUP).read_text())

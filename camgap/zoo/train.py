@@ -18,7 +18,8 @@ spinning to the epoch budget; its non-finite losses are recorded as ``inf``.
 Files in the run directory (all written atomically: temporary file + ``os.replace``):
 ``init.pt`` (initial weights), ``last.pt`` (after every epoch: model and optimizer state,
 epoch, history, RNG states, elapsed time; removed after ``final.pt`` unless ``keep_last``),
-``final.pt`` (final weights + the result), ``history.json``. Checkpoints are plain dicts
+``final.pt`` (final weights + the result; its size and sha256 in ``final.pt.sha256.json``),
+``history.json``. Checkpoints are plain dicts
 readable by ``camgap.models.load_checkpoint(path, arch, num_classes)``.
 
 Resume. A run directory with ``last.pt`` continues after the saved epoch and produces
@@ -27,7 +28,8 @@ A run directory with ``final.pt`` returns the stored result without training. An
 unreadable ``last.pt`` or ``final.pt`` (truncated, corrupt) is set aside as
 ``<name>.corrupt-<UTC time>`` with a ``CheckpointSetAsideWarning`` (also listed in the
 result's ``warnings``) and the run restarts from scratch: the same seed gives the same
-``init.pt``.
+``init.pt``. Unreadable is any failure to read it but a full or failing disk
+(``storage_error``): torch's EINVAL on a short file, zip and unpickling errors.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 import traceback
 import warnings
@@ -65,10 +68,15 @@ __all__ = [
     "load_split",
     "release_data_cache",
     "atomic_save",
+    "save_final",
     "atomic_write_json",
     "read_run_checkpoint",
     "stored_result",
     "storage_error",
+    "read_or_problem",
+    "resume_problem",
+    "set_aside",
+    "remove_stale_temp_files",
     "CheckpointUnreadableError",
     "CheckpointSetAsideWarning",
 ]
@@ -94,6 +102,39 @@ def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+# a temporary file of an atomic write: ``.<name>.tmp-<pid>`` (the tensor store adds ``-<hex>``)
+_TMP_NAME = re.compile(r"^\..+\.tmp-(\d+)(-[0-9a-f]+)?$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temp_files(directory: str | Path) -> list[Path]:
+    """Remove the temporary files of atomic writes in ``directory`` whose writer is dead (a
+    ``kill -9`` between writing and renaming leaves them for good); return them. A file of a
+    live process (a straggler still writing) is kept."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in os.scandir(directory):
+            m = _TMP_NAME.match(entry.name)
+            if m is None or not entry.is_file(follow_symlinks=False):
+                continue
+            pid = int(m.group(1))
+            if pid == os.getpid() or _pid_alive(pid):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
 def _atomic_write(path: str | Path, mode: str, write: Callable[[IO], None]) -> None:
     """Write through a temporary file in the same directory, fsync, then os.replace."""
     path = Path(path)
@@ -116,6 +157,16 @@ def _atomic_write(path: str | Path, mode: str, write: Callable[[IO], None]) -> N
 def atomic_save(obj: Any, path: str | Path) -> None:
     """torch.save, atomically: a reader sees the old file or the new one, never half of one."""
     _atomic_write(path, "wb", lambda f: torch.save(obj, f))
+
+
+def save_final(obj: Any, path: str | Path) -> None:
+    """``atomic_save`` of a run's ``final.pt``, its size and sha256 recorded beside it
+    (``camgap.zoo.digest``: what `zoo build` and `zoo status` check it against)."""
+    from camgap.zoo.digest import forget_digest, record_digest
+
+    forget_digest(path)
+    atomic_save(obj, path)
+    record_digest(path)
 
 
 def _finite_or_none(x):
@@ -158,9 +209,23 @@ def read_run_checkpoint(path: str | Path) -> dict:
         ck = read_checkpoint(path)
     except CheckpointError as exc:
         raise CheckpointUnreadableError(str(exc)) from exc
+    except OSError as exc:
+        if storage_error(exc) is not None:
+            raise
+        # a short zip archive makes torch seek before the file's start: EINVAL, the file's fault
+        raise CheckpointUnreadableError(
+            f"{path}: cannot read checkpoint ({exc.strerror or exc}; {_size(path)}: truncated or corrupt)"
+        ) from exc
     if not isinstance(ck, dict):
         raise CheckpointUnreadableError(f"{path}: unreadable checkpoint (a {type(ck).__name__}, not a dict)")
     return ck
+
+
+def _size(path: Path | str) -> str:
+    try:
+        return f"{os.path.getsize(path)} bytes"
+    except OSError:
+        return "size unknown"
 
 
 def stored_result(run_dir: str | Path, run_id: str) -> RunResult | None:
@@ -177,8 +242,10 @@ def stored_result(run_dir: str | Path, run_id: str) -> RunResult | None:
     return RunResult.from_dict(done["result"], f"{path}: result")
 
 
-def _set_aside(path: Path, problem: str, then: str, notes: list[str]) -> None:
-    """Rename an unreadable checkpoint to ``<name>.corrupt-<UTC time>`` and warn, naming both."""
+def set_aside(path: str | Path, problem: str, then: str) -> str:
+    """Rename an unreadable file to ``<name>.corrupt-<UTC time>`` (kept for a human to look at);
+    return the one line that says so: the problem (naming the file), the new name, what follows."""
+    path = Path(path)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     aside = path.with_name(f"{path.name}.corrupt-{stamp}")
     n = 1
@@ -186,9 +253,32 @@ def _set_aside(path: Path, problem: str, then: str, notes: list[str]) -> None:
         n += 1
         aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
     os.replace(path, aside)
-    msg = f"{problem}; set aside as {aside.name}; {then}"
+    return f"{problem}; set aside as {aside.name}; {then}"
+
+
+def _set_aside(path: Path, problem: str, then: str, notes: list[str]) -> None:
+    """``set_aside``, with a ``CheckpointSetAsideWarning`` and the line in ``notes``."""
+    msg = set_aside(path, problem, then)
     notes.append(msg)
     warnings.warn(msg, CheckpointSetAsideWarning, stacklevel=3)
+
+
+def read_or_problem(path: str | Path, need: tuple[str, ...] = ()) -> tuple[dict | None, str | None]:
+    """(the checkpoint at ``path``, None), or (None, the problem in one line naming the file) when it
+    cannot be read or lacks one of the keys in ``need``. A full or failing disk raises."""
+    try:
+        ck = read_run_checkpoint(path)
+    except CheckpointUnreadableError as exc:
+        return None, str(exc)
+    missing = [k for k in need if k not in ck]
+    if missing:
+        return None, f"{path}: unreadable checkpoint (no {', '.join(missing)})"
+    return ck, None
+
+
+def resume_problem(path: str | Path) -> str | None:
+    """Why a ``last.pt`` cannot be resumed from (None: it can)."""
+    return read_or_problem(path, _RESUME_KEYS)[1]
 
 
 def _readable_or_set_aside(path: Path, then: str, notes: list[str], need: tuple[str, ...] = ()) -> dict | None:
@@ -196,15 +286,9 @@ def _readable_or_set_aside(path: Path, then: str, notes: list[str], need: tuple[
     lacks one of the keys in ``need``; None when there is no file."""
     if not path.is_file():
         return None
-    try:
-        ck = read_run_checkpoint(path)
-    except CheckpointUnreadableError as exc:
-        _set_aside(path, str(exc), then, notes)
-        return None
-    missing = [k for k in need if k not in ck]
-    if missing:
-        _set_aside(path, f"{path}: unreadable checkpoint (no {', '.join(missing)})", then, notes)
-        return None
+    ck, problem = read_or_problem(path, need)
+    if problem is not None:
+        _set_aside(path, problem, then, notes)
     return ck
 
 
@@ -696,7 +780,7 @@ class _Run:
             self.precision,
         )
         atomic_write_json(self.history, self.dir / "history.json")
-        atomic_save(
+        save_final(
             self._base() | {"epoch": len(self.history), "history": self.history, "result": result.to_dict()},
             self.dir / "final.pt",
         )
@@ -717,7 +801,7 @@ def _evaluate_untrained(run: _Run, splits, eval_bs: int) -> RunResult:
     test = evaluate(run.model, test_x, test_y, mean, std, run.device, eval_bs)
     result = _result(run.task, 0, "untrained", train, test, time.perf_counter() - t0, None, 1, "fp32")
     atomic_write_json([], run.dir / "history.json")
-    atomic_save(base | {"epoch": 0, "history": [], "result": result.to_dict()}, run.dir / "final.pt")
+    save_final(base | {"epoch": 0, "history": [], "result": result.to_dict()}, run.dir / "final.pt")
     return replace(result, warnings=tuple(run.notes))
 
 
