@@ -26,7 +26,7 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock
 
-from camgap.errors import CamgapError, InputError, UnknownNameError
+from camgap.errors import STORAGE_ERRNOS, CamgapError, InputError, UnknownNameError
 from camgap.registry import Registry
 
 TIMM_PREFIX = "timm:"
@@ -478,10 +478,21 @@ def read_checkpoint(path: Path | str, unsafe: bool = False) -> object:
                 "`camgap score` and `predict` read it with --unsafe-load (unsafe=True in Python)"
             ) from None
         raise CheckpointError(f"{path}: cannot read checkpoint ({_first_line(exc)})") from exc
-    except OSError:  # the disk, not the file: the caller decides (a sweep stops, nothing is set aside)
-        raise
+    except OSError as exc:
+        if exc.errno in STORAGE_ERRNOS:  # the disk, not the file: the caller decides (a sweep stops)
+            raise
+        raise CheckpointError(
+            f"{path}: cannot read checkpoint ({exc.strerror or exc}; {_size(path)}: truncated or corrupt)"
+        ) from exc
     except Exception as exc:  # corrupt or not a torch file
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {_first_line(exc)})") from exc
+
+
+def _size(path: Path) -> str:
+    try:
+        return f"{path.stat().st_size} bytes"
+    except OSError:
+        return "size unknown"
 
 
 def _first_line(exc: BaseException) -> str:

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camgap.errors import InputError, StateError
+from camgap.errors import STORAGE_ERRNOS, InputError, StateError
 from camgap.models import CheckpointError
 from camgap.zoo.config import Pack, RunConfig, RunResult, Task
 from camgap.zoo.stopping import StoppingRules
@@ -82,9 +82,6 @@ __all__ = [
 ]
 
 _GRAY = (0.299, 0.587, 0.114)
-
-# errno values of a full or failing disk: the sweep stops (no attempt used) instead of failing runs
-STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS})
 
 
 class CheckpointUnreadableError(CheckpointError):
@@ -209,23 +206,9 @@ def read_run_checkpoint(path: str | Path) -> dict:
         ck = read_checkpoint(path)
     except CheckpointError as exc:
         raise CheckpointUnreadableError(str(exc)) from exc
-    except OSError as exc:
-        if storage_error(exc) is not None:
-            raise
-        # a short zip archive makes torch seek before the file's start: EINVAL, the file's fault
-        raise CheckpointUnreadableError(
-            f"{path}: cannot read checkpoint ({exc.strerror or exc}; {_size(path)}: truncated or corrupt)"
-        ) from exc
     if not isinstance(ck, dict):
         raise CheckpointUnreadableError(f"{path}: unreadable checkpoint (a {type(ck).__name__}, not a dict)")
     return ck
-
-
-def _size(path: Path | str) -> str:
-    try:
-        return f"{os.path.getsize(path)} bytes"
-    except OSError:
-        return "size unknown"
 
 
 def stored_result(run_dir: str | Path, run_id: str) -> RunResult | None:
