@@ -525,7 +525,7 @@ def _below(trained) -> str:
     best = float(trained.train_acc.max())
     return (
         f" (the best of its {len(trained)} trained models reaches {best:.3f}); --min-train-acc "
-        f"{math.floor(best * 100) / 100:g} fits on models below the paper's 0.8, which have not "
+        f"{math.floor(best * 100 + 1e-9) / 100:g} fits on models below the paper's 0.8, which have not "
         "fitted their training set"
     )
 
