@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from camgap.study.predict import fit_from_wide, fit_gap, predict_gap
+from camgap.study.predict import DataInfo, ReferenceSet, fit_from_wide, fit_gap, predict_gap
 
 T_975_2 = 4.302652729911275  # t quantile, 2 degrees of freedom, 0.975 (tables)
 
@@ -201,3 +201,31 @@ def test_the_issue_fit_four_models_and_a_positive_slope():
     ]
     assert "WARNING: the fit rests on 4 reference models" in p.text()
     assert p.text().count("WARNING: ") == 3
+
+
+def test_what_differs_from_the_reference_set():
+    ref = ReferenceSet(
+        fit_gap([0, 1, 2], [2, 1, 0]), ("small_resnet10",), (32,), ("layer4",), DataInfo("/d", ("a", "b"), 80)
+    )
+    assert ref.mismatches("small_resnet10", 32, "layer4", DataInfo("/d", ("a", "b"), 80)) == []
+    # the same classes and images in another folder: the same data
+    assert ref.mismatches("small_resnet10", 32, "layer4", DataInfo("/copy", ("a", "b"), 80)) == []
+    notes = ref.mismatches("resnet18", 224, "layer3", DataInfo("/d", ("a", "b"), 79))
+    assert notes == [
+        "the model's architecture resnet18 is not the reference set's (small_resnet10): the relation of IoU and "
+        "gap may differ between architectures, so the fit may not apply",
+        "the model's input size 224 is not the reference set's (32): its CAM maps have another resolution, so "
+        "the fit may not apply",
+        "the model's target layer layer3 is not the reference set's (layer4): its CAM is taken elsewhere, so the "
+        "fit may not apply",
+        "the model is scored on /d, 2 classes, 79 training images, the reference set was trained on /d, 2 "
+        "classes, 80 training images: the fit may not apply to other data",
+    ]
+    # a set that records only its folder: compared by folder; one that records nothing: said
+    old = ReferenceSet(ref.fit, ("small_resnet10",), (32,), ("layer4",), DataInfo("/d", None, None))
+    assert old.mismatches("small_resnet10", 32, "layer4", DataInfo("/d", ("x",), 3)) == []
+    unknown = ReferenceSet(ref.fit, ("small_resnet10",), (32,), ("layer4",), DataInfo(None, None, None))
+    assert unknown.mismatches("small_resnet10", 32, "layer4", DataInfo("/d", ("x",), 3)) == [
+        "the model is scored on /d, 1 class, 3 training images, the reference set was trained on an "
+        "unrecorded folder: the fit may not apply to other data"
+    ]

@@ -120,7 +120,7 @@ class DataInfo:
     def describe(self) -> str:
         parts = [self.root or "an unrecorded folder"]
         if self.classes is not None:
-            parts.append(f"{len(self.classes)} classes")
+            parts.append(f"{len(self.classes)} class{'' if len(self.classes) == 1 else 'es'}")
         if self.n_train is not None:
             parts.append(f"{self.n_train} training images")
         return ", ".join(parts)
