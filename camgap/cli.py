@@ -73,6 +73,11 @@ def _add_score_args(p: argparse.ArgumentParser) -> None:
         "of a known family, e.g. layer4 for ResNets)",
     )
     p.add_argument(
+        "--force",
+        action="store_true",
+        help="score even when the target layer's map is under 3x3 at the input size (its CAM cannot locate anything)",
+    )
+    p.add_argument(
         "--threshold",
         action=CommaList,
         convert=float,
@@ -118,7 +123,8 @@ def _add_score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=16, help="number of overlays")
 
 
-# flag > what the checkpoint records > these documented defaults (`camgap predict`: the reference set's)
+# flag > what the checkpoint records > these documented defaults (`score` and `predict` alike:
+# a new model is never scored with the reference set's preprocessing, which need not be its own)
 PREPROCESSING_DEFAULTS: dict[str, object] = {
     "input_size": 224,
     "resize": "resize",
@@ -204,6 +210,7 @@ def score_checkpoint(
     skip_bad: bool = False,
     cache: Path | None = None,
     device: str = "auto",
+    force: bool = False,
 ):
     """Score a checkpoint file on the training images of a dataset, as `camgap score` does.
 
@@ -213,11 +220,20 @@ def score_checkpoint(
     (`_score_flags`: arch, width, num_classes, input_size, resize, mean, std, channel_order;
     None = not given); each missing one comes from
     the checkpoint, else from `fallback` ({field: (value, source)}, default PREPROCESSING_DEFAULTS).
+    A target-layer map under 3x3 at the chosen input size is a MapTooSmallError naming the
+    input size to use, before any image is read (`force`: a warning, and scoring goes on).
     Returns (ScoreResult, settings, classes); settings holds "model" and "preprocessing", each
-    with the chosen values and a "source" per field (flag, checkpoint, default, ...)."""
+    with the chosen values and a "source" per field (flag, checkpoint, default, ...), and
+    "target_map" (the layer's map, [h, w])."""
     from camgap.data import BoxDataset, read_layout
-    from camgap.measures.score import score_model
-    from camgap.models import checkpoint_record, get_layer, model_from_checkpoint, read_checkpoint
+    from camgap.measures.score import check_map_size, score_model
+    from camgap.models import (
+        checkpoint_record,
+        default_target_layer,
+        get_layer,
+        model_from_checkpoint,
+        read_checkpoint,
+    )
 
     flags = flags or {}
     fallback = fallback or {k: (v, "default") for k, v in PREPROCESSING_DEFAULTS.items()}
@@ -240,6 +256,8 @@ def score_checkpoint(
             model_cfg["num_classes"], model_src["num_classes"] = None, "saved nn.Module"
     torch_device = resolve_device(device)
     size, resize = int(prep["input_size"]), str(prep["resize"])
+    layer_name, target = (layer, get_layer(model, layer)) if layer else default_target_layer(model)
+    target_map = check_map_size(model.to(torch_device), target, layer_name, size, force=force, where=str(checkpoint))
     dataset = BoxDataset(records, input_size=size, resize=resize, skip_bad=skip_bad)
     cache_dir = _cache_dir(cache, data, split, size, resize)
     ref_masks, mask_ids = _reference_masks(masks, dataset, torch_device, cache_dir, size, resize, skip_bad)
@@ -251,7 +269,7 @@ def score_checkpoint(
         dataset = BoxDataset(kept, input_size=size, resize=resize, skip_bad=True)
     options = ScoreOptions.of(
         options,
-        target_layer=get_layer(model, layer) if layer else None,
+        target_layer=target if layer else None,
         device=torch_device,
         mean=prep["mean"],
         std=prep["std"],
@@ -259,7 +277,11 @@ def score_checkpoint(
     )
     result = score_model(model, dataset, options, masks=ref_masks, mask_ids=mask_ids)
     result.n_skipped += len(skipped or []) + n_without_mask
-    settings = {"model": model_cfg | {"source": model_src}, "preprocessing": prep | {"source": prep_src}}
+    settings = {
+        "model": model_cfg | {"source": model_src},
+        "preprocessing": prep | {"source": prep_src},
+        "target_map": target_map,
+    }
     return result, _json_safe(settings), classes
 
 
@@ -277,9 +299,9 @@ def _score_options(args: argparse.Namespace, keep_overlays: int = 0) -> ScoreOpt
     )
 
 
-def _score_from_args(args: argparse.Namespace, options: ScoreOptions, fallback: dict | None = None):
+def _score_from_args(args: argparse.Namespace, options: ScoreOptions):
     """`score_checkpoint` of the checkpoint and data that `camgap score` / `camgap predict` name
-    with their flags, scored with `options`; `fallback`: preprocessing neither flag nor checkpoint gives."""
+    with their flags, scored with `options`: both read a checkpoint alike."""
     return score_checkpoint(
         args.checkpoint,
         args.data,
@@ -287,13 +309,13 @@ def _score_from_args(args: argparse.Namespace, options: ScoreOptions, fallback: 
         layout=args.layout,
         split=args.split,
         flags=_score_flags(args),
-        fallback=fallback,
         unsafe=args.unsafe_load,
         layer=args.layer,
         masks=args.masks,
         skip_bad=args.skip_bad,
         cache=args.cache,
         device=args.device,
+        force=args.force,
     )
 
 
@@ -461,25 +483,22 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def _reference_fit(zoo: Path, min_train_acc: float, cam: str, threshold: float, masks: str):
-    """The OLS fit gap ~ IoU over the reference set's trained models, and the preprocessing its
-    models were scored with ({field: (value, "reference set")}, the fallback for the new model)."""
+    """The reference set (`study.predict.ReferenceSet`): the OLS fit gap ~ IoU over its trained
+    models with at least `min_train_acc`, their architectures, input sizes and target layers,
+    and the dataset they were trained on."""
     from camgap.measures.registry import score_params
-    from camgap.study.predict import fit_gap
+    from camgap.study.predict import ReferenceSet, fit_gap
     from camgap.study.tables import wide_table
     from camgap.zoo.registry import Registry
 
     if not (Path(zoo) / Registry.FILENAME).exists():
         raise MissingFileError(f"{zoo}: no model set here ({Registry.FILENAME} missing)")
     with Registry.in_dir(zoo, create=False) as reg:
-        runs, measurements = reg.runs_frame(), reg.measurements_frame()
-    reference = runs[(runs.status == "done") & runs.trained & (runs.train_acc >= min_train_acc)]
+        runs, measurements, meta = reg.runs_frame(), reg.measurements_frame(), reg.meta()
+    trained = runs[(runs.status == "done") & runs.trained]
+    reference = trained[trained.train_acc >= min_train_acc]
     if reference.empty:
-        raise InputError(f"{zoo}: no trained model with train accuracy >= {min_train_acc:g} is done")
-    zoo_cfg = json.loads(reference.iloc[0]["config"])
-    fallback = {
-        k: (zoo_cfg.get(k, v), "reference set" if k in zoo_cfg else "default")
-        for k, v in PREPROCESSING_DEFAULTS.items()
-    }
+        raise InputError(f"{zoo}: no trained model with train accuracy >= {min_train_acc:g} is done{_below(trained)}")
     params = score_params(cam, threshold, masks)  # the same A_G source as the new model's IoU
     wide = wide_table(reference, measurements, [("iou", params, "iou")])
     if wide["iou"].notna().sum() < 3:
@@ -488,7 +507,53 @@ def _reference_fit(zoo: Path, min_train_acc: float, cam: str, threshold: float, 
             f"run `camgap zoo measure --zoo {zoo} --cam {cam} --threshold "
             f"{threshold:g} --masks {masks}` first"
         )
-    return fit_gap(wide["iou"], wide["gap"], name="iou"), fallback
+    fitted = wide[wide["iou"].notna() & wide["gap"].notna()]
+    sizes = {json.loads(c).get("input_size") for c in fitted["config"]} - {None}
+    return ReferenceSet(
+        fit=fit_gap(wide["iou"], wide["gap"], name="iou"),
+        archs=tuple(sorted(set(fitted["arch"]))),
+        input_sizes=tuple(sorted(int(v) for v in sizes)),
+        target_layers=_default_layers(set(fitted["arch"])),
+        data=_zoo_data(meta),
+    )
+
+
+def _below(trained) -> str:
+    """Where the trained models' accuracies lie, and the --min-train-acc that would keep some."""
+    if trained.empty:
+        return " (the set has no trained model done)"
+    best = float(trained.train_acc.max())
+    return (
+        f" (the best of its {len(trained)} trained models reaches {best:.3f}); --min-train-acc "
+        f"{math.floor(best * 100 + 1e-9) / 100:g} fits on models below the paper's 0.8, which have not "
+        "fitted their training set"
+    )
+
+
+def _default_layers(archs: set[str]) -> tuple[str, ...]:
+    """The target layers `zoo measure` scored these architectures at (each one's default)."""
+    from camgap.models import describe_model
+
+    return tuple(sorted({describe_model(a)["target_layer"] or "(none)" for a in archs}))
+
+
+def _zoo_data(meta: dict):
+    """The dataset a model set was built on, as its registry records it (`zoo build`)."""
+    from camgap.study.predict import DataInfo
+
+    info = json.loads(meta["data"]) if meta.get("data") else {}
+    classes = info.get("classes")
+    return DataInfo(
+        meta.get("data_root"), tuple(map(str, classes)) if classes is not None else None, info.get("n_train")
+    )
+
+
+def _scored_data(args: argparse.Namespace, classes: list[str], result):
+    """The dataset the new model was scored on, comparable with `_zoo_data`."""
+    from camgap.study.predict import DataInfo
+
+    n = result.n_images + result.n_skipped if args.split == "train" else None
+    return DataInfo(str(Path(args.data).expanduser().resolve()), tuple(map(str, classes)), n)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -496,11 +561,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     options = _score_options(args)
     thresholds = options.thresholds
-    fit, fallback = _reference_fit(args.zoo, args.min_train_acc, args.cam, thresholds[0], args.masks)
-    result, settings, _ = _score_from_args(args, options, fallback)
+    reference = _reference_fit(args.zoo, args.min_train_acc, args.cam, thresholds[0], args.masks)
+    fit = reference.fit
+    with warnings.catch_warnings(record=True) as caught:  # into the notes, and --json's "warnings"
+        warnings.simplefilter("always")
+        result, settings, classes = _score_from_args(args, options)
+    notes = [" ".join(str(w.message).split()) for w in caught]
     iou, train_acc = result.iou(), result.train_acc
     prediction = predict_gap(fit, iou, confidence=args.confidence, train_acc=train_acc)
-    notes = [prediction.warning] if prediction.warning else []
+    model, prep = settings["model"], settings["preprocessing"]
+    notes += reference.mismatches(
+        model["arch"], int(prep["input_size"]), result.target_layer, _scored_data(args, classes, result)
+    )
+    notes += prediction.warnings
     if train_acc < args.min_train_acc:
         notes.append(
             f"the model's training accuracy {train_acc:.3f} is below {args.min_train_acc:g}: it has not "
@@ -518,6 +591,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                         "confidence": prediction.confidence,
                         "clipped": prediction.clipped,
                         "possible_range": prediction.possible,
+                        "interval_coverage": prediction.coverage,
                         "outside_range": prediction.outside_range,
                         "fit": {
                             "n": fit.n,
@@ -526,6 +600,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
                             "slope": fit.slope,
                             "zoo": str(args.zoo),
                             "min_train_acc": args.min_train_acc,
+                            "warnings": fit.warnings(),
+                        },
+                        "reference": {
+                            "archs": reference.archs,
+                            "input_sizes": reference.input_sizes,
+                            "target_layers": reference.target_layers,
+                            "data": reference.data.describe(),
                         },
                         "iou": iou,
                         "train_acc": train_acc,
@@ -547,12 +628,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     print(
         f"reference: {fit.n} trained models of {args.zoo} with train acc >= {args.min_train_acc:g}, "
-        f"gap = {fit.intercept:.2f} + {fit.slope:.2f} * IoU (r = {fit.r:.3f})"
+        f"gap = {fit.intercept:.2f} {'-' if fit.slope < 0 else '+'} {abs(fit.slope):.2f} * IoU (r = {fit.r:.3f})"
     )
     print("\n".join(_settings_lines(settings)))
-    print(prediction.text())
-    if train_acc < args.min_train_acc:
-        print(f"WARNING: {notes[-1]}")
+    print(prediction.headline())
+    for note in notes:
+        print(f"WARNING: {note}")
     return 0
 
 
@@ -780,7 +861,7 @@ def build_parser() -> argparse.ArgumentParser:
         "predict", help="predict a model's generalization gap from its IoU, fitted on a reference model set"
     )
     p.add_argument("--zoo", required=True, type=Path, help="measured reference model set")
-    _add_score_args(p)  # preprocessing not given: the checkpoint's, else the reference set's
+    _add_score_args(p)  # read as `score` reads it: flag > checkpoint > default
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument(
         "--min-train-acc",
