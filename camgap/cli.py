@@ -203,7 +203,6 @@ def score_checkpoint(
     layout: str = "auto",
     split: str = "train",
     flags: dict | None = None,
-    fallback: dict[str, tuple[object, str]] | None = None,
     unsafe: bool = False,
     layer: str | None = None,
     masks: str = "boxes",
@@ -219,7 +218,7 @@ def score_checkpoint(
     `device` and the resolved preprocessing. `flags` holds the settings given explicitly
     (`_score_flags`: arch, width, num_classes, input_size, resize, mean, std, channel_order;
     None = not given); each missing one comes from
-    the checkpoint, else from `fallback` ({field: (value, source)}, default PREPROCESSING_DEFAULTS).
+    the checkpoint, else from PREPROCESSING_DEFAULTS.
     A target-layer map under 3x3 at the chosen input size is a MapTooSmallError naming the
     input size to use, before any image is read (`force`: a warning, and scoring goes on).
     Returns (ScoreResult, settings, classes); settings holds "model" and "preprocessing", each
@@ -236,7 +235,7 @@ def score_checkpoint(
     )
 
     flags = flags or {}
-    fallback = fallback or {k: (v, "default") for k, v in PREPROCESSING_DEFAULTS.items()}
+    fallback = {k: (v, "default") for k, v in PREPROCESSING_DEFAULTS.items()}
     skipped: list | None = [] if skip_bad else None
     records, classes = read_layout(data, layout, split, skipped=skipped)
     obj = read_checkpoint(checkpoint, unsafe=unsafe)
