@@ -16,6 +16,8 @@ import pytest
 import torch
 
 from camgap.data.synthetic import write_synthetic
+from camgap.study.report import how_computed, prepare_runs
+from camgap.study.tables import wide_table
 from camgap.zoo import build as build_mod
 from camgap.zoo import train as train_mod
 from camgap.zoo.build import ZooError, build, export
@@ -204,6 +206,19 @@ def test_wall_time_is_each_runs_share_of_its_pack(tmp_path, data):
     exported = pd.read_csv(export(zoo, "csv"))
     assert list(exported.pack_size) == [2, 2] and list(exported.precision) == ["fp32", "fp32"]
     assert list(exported.wall_time) == pytest.approx(list(exported.pack_wall_time / 2), rel=1e-5)  # 6 digits
+
+
+def test_the_study_model_table_shows_precision_and_pack_size(tmp_path, data):
+    zoo = tmp_path / "zoo"
+    run_build(grid(tmp_path, "bf16"), data, zoo)
+    with Registry.in_dir(zoo, create=False) as reg:
+        runs, measurements = reg.runs_frame(), reg.measurements_frame()
+    models = wide_table(prepare_runs(runs), measurements)  # the study's tables/models.csv
+    assert list(models.precision) == ["bf16", "bf16"] and list(models.pack_size) == [2, 2]
+    assert how_computed(models) == " Trained in bf16 (2); pack size 2 (2)."
+    mixed = pd.DataFrame({"precision": ["fp32", "bf16", "bf16"], "pack_size": [1.0, 8.0, None]})
+    assert how_computed(mixed) == " Trained in bf16 (2), fp32 (1); pack size 1 (1), 8 (1)."
+    assert how_computed(pd.DataFrame({"gap": [1.0]})) == ""  # a run table without the columns
 
 
 def test_a_run_trained_alone_keeps_its_whole_time(tmp_path, data):

@@ -298,7 +298,7 @@ class Grid:
         if self.train.precision != "auto":
             return self
         if precision not in ("fp32", "bf16"):
-            raise GridError(f"{self.source}: [train] precision = \"auto\" resolves to fp32 or bf16, not {precision!r}")
+            raise GridError(f'{self.source}: [train] precision = "auto" resolves to fp32 or bf16, not {precision!r}')
         return replace(self, train=replace(self.train, precision=precision))
 
     def pack_size(self, arch: str) -> int:
