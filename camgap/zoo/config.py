@@ -26,15 +26,15 @@ from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD, RESIZE_MODES
 from camgap.errors import CamgapError
 
 __all__ = [
-    "GridError",
-    "PackMismatchError",
     "TrainConfig",
     "PretrainConfig",
     "RunConfig",
+    "RunResult",
     "Task",
     "Pack",
-    "RunResult",
     "check_pack",
+    "GridError",
+    "PackMismatchError",
 ]
 
 OPTIMIZERS = ("sgd", "adam")
