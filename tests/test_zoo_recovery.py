@@ -48,6 +48,9 @@ RESULT_COLUMNS = [
     "test_loss",
     "gap",
     "wall_time",
+    "pack_wall_time",
+    "precision",
+    "pack_size",
     "resumed_from",
 ]
 

@@ -71,10 +71,13 @@ EXPORT_COLUMNS = [
     "test_loss",
     "gap_pp",
     "wall_time",
+    "pack_wall_time",
+    "precision",
+    "pack_size",
     "attempts",
     "error",
 ]
-EXPORT_INTEGERS = ("batch_size", "repeat", "seed", "epochs", "attempts")  # written as integers, never 32.0
+EXPORT_INTEGERS = ("batch_size", "repeat", "seed", "epochs", "pack_size", "attempts")  # written as integers, never 32.0
 EXPORT_DIGITS = 6  # significant digits of every other number
 
 
@@ -254,6 +257,7 @@ def build(
 
     with _driver_lock(out):
         _remove_stale_temp_files(out, log)
+        g = _resolve_precision(g, out, device if executor == "local" else None, log)
         if rebuild and not (out / Registry.FILENAME).exists():
             _rebuild_for(g, out, log)
         reg = Registry.in_dir(out)
@@ -274,6 +278,7 @@ def build(
             if retry_failed:
                 reg.reset_failed()
             todo = reg.todo(max_attempts)
+            _refuse_unresolved(todo, out)
             total = len(specs)
             if new:
                 log(f"{out}: registered {new} new run(s); {total} in the grid")
@@ -368,6 +373,64 @@ def _grid_from_meta(meta: dict) -> Grid | None:
     except (KeyError, TypeError, ValueError, GridError):
         return None
     return g if g.fingerprint() == meta.get("grid_fingerprint") else None
+
+
+def _recorded_grid(out: Path) -> dict | None:
+    """The canonical grid a model set recorded at its first build (registry, else its meta backup)."""
+    text = None
+    if (out / Registry.FILENAME).is_file():
+        with contextlib.suppress(RegistryError), Registry.in_dir(out, read_only=True) as reg:
+            text = reg.get_meta("grid")
+    if text is None and (out / META_BACKUP).is_file():
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            text = json.loads((out / META_BACKUP).read_text(encoding="utf-8")).get("grid")
+    with contextlib.suppress(TypeError, ValueError):
+        recorded = json.loads(text) if text else None
+        return recorded if isinstance(recorded, dict) else None
+    return None
+
+
+def _resolve_precision(g: Grid, out: Path, device: str | None, log) -> Grid:
+    """The grid with ``precision = "auto"`` resolved once per model set, before its first run
+    starts: as the model set at ``out`` recorded it (a resume keeps it, on any machine: bf16
+    computes everywhere, only slower), else for ``device`` (``train.choose_precision``); the log
+    says which and why. A model set recorded with "auto" itself (by an earlier camgap) keeps its
+    run ids; ``_refuse_unresolved`` stops before any of them would train."""
+    if g.train.precision != "auto":
+        return g
+    recorded = _recorded_grid(out)
+    if recorded is not None:
+        stored = (recorded.get("train") or {}).get("precision", "fp32")
+        if stored == "auto":
+            log('precision auto: this model set was built before camgap resolved it; its run ids keep "auto"')
+            return g
+        choice, why = stored, "as this model set recorded at its first build"
+    elif device is None:
+        raise ZooError(
+            f'{g.source}: [train] precision = "auto" is resolved before the first run starts, on the driver, '
+            'which does not know the devices of --executor ray workers; set precision = "fp32" or "bf16"'
+        )
+    else:
+        import torch
+
+        from camgap.zoo.train import choose_precision
+
+        choice, why = choose_precision("auto", torch.device(device))
+    log(f"precision auto -> {choice} ({why})")
+    return g.with_precision(choice)
+
+
+def _refuse_unresolved(todo: list[RunSpec], out: Path) -> None:
+    """Runs whose config still says precision "auto" (a model set of an earlier camgap, which chose
+    at every start) cannot train: their ids do not name what they would compute in."""
+    unresolved = [s.run_id for s in todo if s.config.precision == "auto"]
+    if unresolved:
+        raise ZooError(
+            f'{out}: {len(unresolved)} run(s) to train (e.g. {unresolved[0]}) have precision = "auto" in their '
+            "ids, from an earlier camgap that chose bf16 or fp32 at each start; camgap now resolves it before "
+            "a run starts and names it in the id, so build into a new --out (zoo status, export, measure and "
+            "study still read this model set and its finished runs)"
+        )
 
 
 def _rebuild_for(g: Grid, out: Path, log) -> None:

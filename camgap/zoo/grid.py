@@ -47,7 +47,9 @@ Run identity: a run's *config* is the JSON-canonical dict (sorted keys, floats a
 of its grid values plus every setting that changes its training; ``run_id`` is the first
 16 hex digits of sha256 over the canonical config and the repeat index, and the run's
 seed is derived from ``run_id``. The same grid therefore always yields the same ids, and
-building it twice trains nothing twice.
+building it twice trains nothing twice. ``[train] precision = "auto"`` is resolved to fp32 or bf16
+before a model set's first run starts (``Grid.with_precision``), so a run's id names the precision
+it computes in.
 
 Reproducibility. A run's weights depend only on its config and seed, never on how many runs
 train side by side, the executor or the machine's load: the number of torch intra-op threads
@@ -74,7 +76,7 @@ import random
 import sys
 import tomllib
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -333,6 +335,16 @@ class Grid:
             if getattr(t, key) != TRAIN_DEFAULTS[key]:
                 cfg[key] = getattr(t, key)
         return RunConfig.from_dict(cfg)
+
+    def with_precision(self, precision: str) -> Grid:
+        """This grid with ``[train] precision = "auto"`` resolved to ``precision`` ("fp32" or "bf16",
+        ``zoo.build`` chooses it for the device once per model set): its runs' configs and ids then
+        name the precision they compute in, and an fp32 run has the id of one with fp32 written."""
+        if self.train.precision != "auto":
+            return self
+        if precision not in ("fp32", "bf16"):
+            raise GridError(f'{self.source}: [train] precision = "auto" resolves to fp32 or bf16, not {precision!r}')
+        return replace(self, train=replace(self.train, precision=precision))
 
     def pack_size(self, arch: str) -> int:
         """Runs trained together as one computation (``camgap.zoo.packed``): ``[train] pack``, where

@@ -15,8 +15,12 @@ rebuilt from the run directories (``rebuild_registry``): each holds ``config.jso
   itself: its training raised, or its worker died twice in a row; an interrupted driver,
   a sibling's dead worker or a full disk use none), ``error``, and the metrics ``epochs,
   stop_reason, train_acc, train_loss, test_acc, test_loss, gap`` (percentage points:
-  100 * (train_acc - test_acc)), ``wall_time`` (seconds of training, summed over resumes),
-  ``resumed_from`` (epoch the last attempt resumed from), ``started``, ``finished`` (ISO timestamps, UTC).
+  100 * (train_acc - test_acc)), ``wall_time`` (the run's seconds of training, summed over
+  resumes: in a pack, its share of the pack's time), ``pack_wall_time`` (its pack's seconds while
+  it trained in it; ``wall_time`` alone), ``precision`` (fp32 or bf16, as it computed), ``pack_size``
+  (runs in its pack, 1 alone), ``resumed_from`` (epoch the last attempt resumed from), ``started``,
+  ``finished`` (ISO timestamps, UTC). A registry of an earlier camgap gains the three columns when
+  a build opens it; until then readers show them from the run configs.
 * ``measurements(run_id, measure, params, value, status, error, updated)`` with primary key
   ``(run_id, measure, params)``; ``params`` is ``camgap.params.to_json`` of the measure's
   parameters (sorted keys, string values: one variant, one key);
@@ -67,6 +71,8 @@ MEASUREMENT_STATES = ("done", "failed", "undefined")
 MEASUREMENTS_FILE = "measurements.json"  # per run directory: that run's measurement rows
 META_BACKUP = "registry-meta.json"  # a copy of the meta table, for rebuilding the registry from runs/
 METRICS = ("epochs", "stop_reason", "train_acc", "train_loss", "test_acc", "test_loss", "gap", "wall_time")
+# how a done run computed (from its result); added to registries written before they existed
+COMPUTE_COLUMNS = {"pack_wall_time": "REAL", "precision": "TEXT", "pack_size": "INTEGER"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -91,6 +97,9 @@ CREATE TABLE IF NOT EXISTS runs (
     gap REAL,
     wall_time REAL,
     resumed_from INTEGER,
+    pack_wall_time REAL,
+    precision TEXT,
+    pack_size INTEGER,
     started TEXT,
     finished TEXT
 );
@@ -255,6 +264,7 @@ class Registry:
             self.conn.executescript(_SCHEMA)
             self.conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
             self.allow_undefined_state()
+            self.add_compute_columns()
 
     @classmethod
     def in_dir(cls, zoo_dir: str | Path, create: bool = True, read_only: bool = False) -> Registry:
@@ -370,7 +380,7 @@ class Registry:
             cur = c.execute(
                 "UPDATE runs SET status = 'done', error = NULL, epochs = ?, stop_reason = ?, train_acc = ?, "
                 "train_loss = ?, test_acc = ?, test_loss = ?, gap = ?, wall_time = ?, resumed_from = ?, "
-                "finished = ? WHERE run_id = ?",
+                "pack_wall_time = ?, precision = ?, pack_size = ?, finished = ? WHERE run_id = ?",
                 (
                     int(result.epochs),
                     result.stop_reason,
@@ -381,6 +391,9 @@ class Registry:
                     float(result.gap),
                     float(result.wall_time or 0.0),
                     result.resumed_from,
+                    result.pack_wall_time,
+                    result.precision,
+                    result.pack_size,
                     _now(),
                     run_id,
                 ),
@@ -411,7 +424,10 @@ class Registry:
 
     def runs_frame(self):
         """One row per run: run_id, one column per grid key, repeat, seed, trained, status,
-        attempts, error, the metrics, resumed_from, started, finished, config (JSON)."""
+        attempts, error, the metrics, pack_wall_time, precision, pack_size, resumed_from, started,
+        finished, config (JSON). ``precision`` is what a done run computed in (its result), else
+        what its config says (fp32 where it says nothing: the default, and all there was before
+        precision was recorded); ``pack_size`` is a done run's (1 before packs were recorded)."""
         import pandas as pd
 
         rows = [dict(r) for r in self.conn.execute("SELECT * FROM runs ORDER BY rowid")]
@@ -425,6 +441,7 @@ class Registry:
             "attempts",
             "error",
             *METRICS,
+            *COMPUTE_COLUMNS,
             "resumed_from",
             "started",
             "finished",
@@ -436,9 +453,26 @@ class Registry:
             rec = {k: cfg.get(k) for k in GRID_KEYS}
             rec.update({k: r[k] for k in r})
             rec["trained"] = bool(r["trained"])
+            if rec.get("precision") is None:
+                rec["precision"] = cfg.get("precision") or "fp32"
+            if rec.get("pack_size") is None and r["status"] == "done":
+                rec["pack_size"] = int(cfg.get("pack") or 1)
             out.append(rec)
         frame = pd.DataFrame(out, columns=cols)
         return frame
+
+    def add_compute_columns(self) -> None:
+        """Add ``COMPUTE_COLUMNS`` to a runs table written before they existed (empty: readers fill
+        them from the configs until a run is done again or the registry is rebuilt)."""
+        if COMPUTE_COLUMNS.keys() <= self._run_columns():
+            return
+        with self.transaction() as c:  # checked again inside: another process may have added them
+            for name, kind in COMPUTE_COLUMNS.items():
+                if name not in self._run_columns():
+                    c.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+
+    def _run_columns(self) -> set[str]:
+        return {row[1] for row in self.conn.execute("PRAGMA table_info(runs)")}
 
     # --- measurements -----------------------------------------------------------------
 

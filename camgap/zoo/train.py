@@ -56,7 +56,7 @@ from torch import nn
 
 from camgap.errors import STORAGE_ERRNOS, InputError, StateError
 from camgap.models import CheckpointError
-from camgap.zoo.config import Pack, RunConfig, RunResult, Task
+from camgap.zoo.config import Pack, RunConfig, RunResult, Task, check_pack
 from camgap.zoo.stopping import StoppingRules
 
 __all__ = [
@@ -421,23 +421,57 @@ class RunInputs:
         )
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes bf16 in hardware: a GPU that supports it, or a CPU with AVX512-BF16
-    or AMX tiles. Elsewhere bf16 would be emulated, slower than fp32."""
+# oneDNN instruction-set limits (ONEDNN_MAX_CPU_ISA) below AVX512_CORE_BF16: its bf16 kernels are emulated
+_ONEDNN_BELOW_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"})
+
+
+def _cpu_probe(name: str) -> bool:
+    """One of torch.cpu's feature probes (cpuinfo); False where this torch has none."""
+    return bool(getattr(torch.cpu, name, lambda: False)())
+
+
+def bf16_support(device: torch.device) -> tuple[bool, str]:
+    """Whether ``device`` computes bf16 in hardware, and why, in words for the build log. A GPU:
+    ``torch.cuda.is_bf16_supported()``. A CPU: AVX512-BF16 or AMX in cpuinfo is not enough; the
+    kernels must use them too: PyTorch's dispatched capability (``ATEN_CPU_CAPABILITY``) must be
+    AVX512 and oneDNN's limit (``ONEDNN_MAX_CPU_ISA``) must not stop below AVX512_CORE_BF16,
+    else bf16 is emulated, slower than fp32."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
-    return False
+        ok = bool(torch.cuda.is_bf16_supported())
+        return ok, f"{'native' if ok else 'no native'} bf16 on this GPU: {torch.cuda.get_device_name(device)}"
+    if device.type != "cpu":
+        return False, f"no native bf16 known on a {device.type} device"
+    capability = str(torch.backends.cpu.get_cpu_capability())
+    if not capability.startswith("AVX512"):
+        return False, f"no native bf16 on this CPU: capability {capability}"
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if onednn in _ONEDNN_BELOW_BF16:
+        return False, f"no native bf16 on this CPU: ONEDNN_MAX_CPU_ISA={onednn}"
+    probes = (("_is_avx512_bf16_supported", "AVX512-BF16"), ("_is_amx_tile_supported", "AMX"))
+    units = [unit for probe, unit in probes if _cpu_probe(probe)]
+    if not units:
+        return False, f"no native bf16 on this CPU: no AVX512-BF16 or AMX (capability {capability})"
+    return True, f"native bf16 on this CPU: {' and '.join(units)}, capability {capability}"
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware (``bf16_support``)."""
+    return bf16_support(device)[0]
+
+
+def choose_precision(setting: str, device: torch.device) -> tuple[str, str]:
+    """("fp32" or "bf16", why) for a setting: "auto" is bf16 where the device computes it natively
+    (``bf16_support``), else fp32; any other setting is taken as it is."""
+    if setting != "auto":
+        return setting, "as the grid sets it"
+    ok, why = bf16_support(device)
+    return ("bf16" if ok else "fp32"), why
 
 
 def resolve_precision(setting: str, device: torch.device) -> str:
-    """ "fp32" or "bf16" for a run's steps: "auto" is bf16 where the device computes it natively
-    (`native_bf16`), else fp32; chosen per run and recorded with it."""
-    if setting != "auto":
-        return setting
-    return "bf16" if native_bf16(device) else "fp32"
+    """ "fp32" or "bf16" for ``setting`` on ``device`` (``choose_precision``). A model set resolves
+    "auto" once, before its runs start, and keeps the choice in their configs and ids."""
+    return choose_precision(setting, device)[0]
 
 
 def autocast(precision: str, device: torch.device):
@@ -583,7 +617,10 @@ def _result(
     resumed_from: int | None,
     pack_size: int,
     precision: str,
+    pack_wall: float | None = None,
 ) -> RunResult:
+    """A done run's result. ``wall`` is the run's share of its pack's seconds (all of them alone),
+    ``pack_wall`` the pack's seconds while the run was in it (``wall`` when None)."""
     train_loss, train_acc = train
     test_loss, test_acc = test
     return RunResult(
@@ -601,6 +638,7 @@ def _result(
         resumed_from=resumed_from,
         pack_size=pack_size,
         precision=precision,
+        pack_wall_time=float(wall if pack_wall is None else pack_wall),
     )
 
 
@@ -624,7 +662,10 @@ def train_pack(
     """Train several runs of one architecture and batch size together (``camgap.zoo.packed``), each
     with its own seed, data order, augmentation, optimizer, stopping rules and files; return their
     results in order. A run that stops leaves the pack. With ``packed=False`` (one task) the run
-    trains alone through its own module, as ``train_run``."""
+    trains alone through its own module, as ``train_run``. Runs that differ in what a pack shares
+    (``config.check_pack``: arch and options, batch size, precision, memory layout, threads, data)
+    raise ``PackMismatchError`` naming the field, before anything trains."""
+    check_pack(tasks)
     device = _prepare_device(tasks[0])
     caller_threads = torch.get_num_threads()
     try:
@@ -676,7 +717,7 @@ class _Run:
             self.model.to(memory_format=torch.channels_last)
         self.device = device
         self.history: list[dict] = []
-        self.wall, self.resumed_from, self.diverged = 0.0, None, False
+        self.wall, self.pack_wall, self.resumed_from, self.diverged = 0.0, 0.0, None, False
         if not self.cfg.trained:
             return
         self.rules = StoppingRules(self.cfg.loss_threshold, self.cfg.acc_threshold, self.cfg.max_epochs)
@@ -690,6 +731,7 @@ class _Run:
             self.optimizer.load_state_dict(ck["optimizer_state_dict"])
             self.history = list(ck["history"])
             self.wall = float(ck.get("wall_time", 0.0))
+            self.pack_wall = float(ck.get("pack_wall_time", self.wall))
             self.diverged = bool(ck.get("diverged", False))
             self.resumed_from = int(ck["epoch"])
             _set_rng_states(ck["rng_states"], device)
@@ -715,10 +757,13 @@ class _Run:
         running_loss: float,
         seconds: float,
         epoch_callback=None,
+        pack_seconds: float | None = None,
     ) -> None:
-        """Record one epoch: history, stopping decision, ``last.pt`` and ``history.json``."""
+        """Record one epoch: history, stopping decision, ``last.pt`` and ``history.json``. ``seconds``:
+        the run's share of the epoch; ``pack_seconds``: the whole pack's epoch (None: trained alone)."""
         self.diverged = not _finite_params(self.model)
         self.wall += seconds
+        self.pack_wall += seconds if pack_seconds is None else pack_seconds
         record = {
             "epoch": self.next_epoch,
             "train_loss": train[0],
@@ -728,6 +773,7 @@ class _Run:
             "aug_train_loss": running_loss,  # running loss of the training pass
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": seconds,
+            **({} if pack_seconds is None else {"pack_seconds": pack_seconds}),
         }
         self.history.append(record)
         self.decision = self.rules.check(self.history)
@@ -738,6 +784,7 @@ class _Run:
                 "epoch": record["epoch"],
                 "history": self.history,
                 "wall_time": self.wall,
+                "pack_wall_time": self.pack_wall,
                 "diverged": self.diverged,
                 "rng_states": _rng_states(self.device),
             },
@@ -761,6 +808,7 @@ class _Run:
             self.resumed_from,
             pack_size,
             self.precision,
+            self.pack_wall,
         )
         atomic_write_json(self.history, self.dir / "history.json")
         save_final(
@@ -859,9 +907,10 @@ def _train_packed(runs: list[_Run], splits, eval_bs: int, epoch_callback) -> Non
         train = evaluate_pack(pack, inputs, train_x, train_y, eval_bs, precision)
         test = evaluate_pack(pack, inputs, test_x, test_y, eval_bs, precision)
         seconds = time.perf_counter() - t0
+        share = seconds / sum(not f for f in frozen)  # the runs that record this epoch share its time
         for r, f, loss, tr, te in zip(active, frozen, losses, train, test, strict=True):
             if not f:
-                r.end_epoch(tr, te, loss, seconds, epoch_callback)
+                r.end_epoch(tr, te, loss, share, epoch_callback, pack_seconds=seconds)
         active = [r for r in active if not r.stopped]
 
 
