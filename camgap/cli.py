@@ -14,18 +14,22 @@ import os
 import sys
 import warnings
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from camgap import __version__
 from camgap.cliutil import CommaList, add_location, cam_names, finish_args
-from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from camgap.data.preprocessing import CHANNEL_ORDERS, IMAGENET_MEAN, IMAGENET_STD
 from camgap.errors import CamgapError, InputError, MissingFileError
-from camgap.measures.score import CHANNEL_ORDERS, ScoreOptions
-from camgap.models import short_list
+
+if TYPE_CHECKING:  # torch, pandas and what imports them load in the commands: `--help` stays fast
+    import torch
+
+    from camgap.measures.score import ScoreOptions
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     from camgap.zoo.executors import resolve_device as resolve
 
     return torch.device(resolve(name))
@@ -46,11 +50,12 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", type=Path, help="cache folder for decoded images and masks (default ~/.cache/camgap/...)")
 
 
-def _cam_help() -> str:
-    from camgap.cam import CAMS
-
-    aliases = ", ".join(f"{a} = {n}" for n in CAMS.names() for a in CAMS.aliases(n) if "-" not in a)
-    return f"CAM method: {', '.join(CAMS.names())} (also {aliases}, the reference release's names)"
+# Written out rather than read from camgap.cam.CAMS, which imports torch; a test checks it names
+# every registered method and its alias without a dash.
+CAM_HELP = (
+    "CAM method: cam, gradcam, gradcam++, layercam, smoothgradcam++, xgradcam (also gradcampp = gradcam++, "
+    "smoothgradcampp = smoothgradcam++, the reference release's names)"
+)
 
 
 def _add_score_args(p: argparse.ArgumentParser) -> None:
@@ -66,7 +71,7 @@ def _add_score_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--width", type=int, help="small_resnet width (default: what the checkpoint records)")
     _add_data_args(p)
-    p.add_argument("--cam", default="gradcam", type=cam_names, help=_cam_help())
+    p.add_argument("--cam", default="gradcam", type=cam_names, help=CAM_HELP)
     p.add_argument(
         "--layer",
         help="target layer, dotted name (default: the last block before the global pooling "
@@ -167,6 +172,8 @@ def resolve_settings(
 
 def _model_settings(flags: dict, record: dict, classes: list[str], path: Path) -> tuple[dict, dict]:
     """Architecture, its options and the number of outputs: flag > checkpoint > (none / the data)."""
+    from camgap.models import short_list
+
     recorded = dict(record)
     recorded["width"] = (record.get("arch_kwargs") or {}).get("width")
     values, sources = resolve_settings(
@@ -216,7 +223,7 @@ def score_checkpoint(
     Returns (ScoreResult, settings, classes); settings holds "model" and "preprocessing", each
     with the chosen values and a "source" per field (flag, checkpoint, default, ...)."""
     from camgap.data import BoxDataset, read_layout
-    from camgap.measures.score import score_model
+    from camgap.measures.score import ScoreOptions, score_model
     from camgap.models import checkpoint_record, get_layer, model_from_checkpoint, read_checkpoint
 
     flags = flags or {}
@@ -266,6 +273,8 @@ def score_checkpoint(
 def _score_options(args: argparse.Namespace, keep_overlays: int = 0) -> ScoreOptions:
     """The scoring settings of `camgap score` and `camgap predict` from their flags, checked
     before anything is read (a threshold outside [0, 1) stops here)."""
+    from camgap.measures.score import ScoreOptions
+
     return ScoreOptions(
         cam=args.cam,
         thresholds=args.threshold,
@@ -676,11 +685,21 @@ class _DefaultsParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+def _torch_version() -> str:
+    """torch's version from its installed metadata: importing torch takes seconds."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="camgap", description=__doc__, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--version", action="version", version=f"camgap {__version__} (torch {torch.__version__})")
+    parser.add_argument("--version", action="version", version=f"camgap {__version__} (torch {_torch_version()})")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more detail on stderr (-vv: debug)")
     parser.add_argument(
         "-q", "--quiet", action="count", default=0, help="only warnings and errors on stderr (-qq: errors only)"

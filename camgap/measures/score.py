@@ -17,13 +17,12 @@ from torch import Tensor, nn
 from camgap.cam import cam_name, create_cam, upsample_normalize
 from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD, collate_boxes, normalize
 from camgap.data.masks import boxes_to_masks
+from camgap.data.preprocessing import CHANNEL_ORDERS
 from camgap.errors import InputError, NonFiniteError
 from camgap.measures.iou import threshold_ious, validate_thresholds
 from camgap.measures.norms import check_finite
 from camgap.measures.registry import MeasureError
 from camgap.options import CheckedOptions, option
-
-CHANNEL_ORDERS = ("rgb", "bgr")
 
 # (images uint8 [B,3,S,S], labels [B], boxes list[[n,4]], box_labels list[[n]], image ids)
 Batch = tuple[Tensor, Tensor, list[Tensor], list[Tensor], list[str]]
