@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from camgap import __version__
-from camgap.cliutil import CommaList, add_location, cam_names, finish_args
+from camgap.cliutil import CommaList, add_location, add_progress_flag, cam_names, finish_args, wants_progress
 from camgap.data.preprocessing import CHANNEL_ORDERS, IMAGENET_MEAN, IMAGENET_STD
 from camgap.errors import CamgapError, InputError, MissingFileError
 
@@ -282,7 +282,7 @@ def _score_options(args: argparse.Namespace, keep_overlays: int = 0) -> ScoreOpt
         num_workers=args.workers,
         class_boxes_only=args.class_boxes_only,
         keep_overlays=keep_overlays,
-        progress=sys.stderr.isatty() or not args.json,
+        progress=wants_progress(args),
     )
 
 
@@ -573,7 +573,9 @@ def cmd_masks(args: argparse.Namespace) -> int:
     skipped: list | None = [] if args.skip_bad else None
     records, _ = read_layout(args.data, args.layout, args.split, skipped=skipped, missing_ok=True)
     cache = _cache_dir(args.cache, args.data, args.split, args.input_size, args.resize)
-    store = TensorStore.cached(records, cache, args.input_size, args.resize, skip_bad=args.skip_bad)
+    store = TensorStore.cached(
+        records, cache, args.input_size, args.resize, skip_bad=args.skip_bad, progress=wants_progress(args)
+    )
     result = compute_masks(
         args.source,
         store.images,
@@ -660,7 +662,14 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from camgap.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, device=args.device, workers=args.workers, seed=args.seed)
+    run_demo(
+        args.out,
+        quick=args.quick,
+        device=args.device,
+        workers=args.workers,
+        seed=args.seed,
+        progress=wants_progress(args),
+    )
     return 0
 
 
@@ -708,6 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="IoU / IoU-B of one model on its training images")
     _add_score_args(p)
+    add_progress_flag(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("synth", help="write the embedded synthetic dataset (train and test splits)")
@@ -730,6 +740,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="another seed draws other data, another sample of the grid and other run seeds",
     )
+    add_progress_flag(p)
     p.set_defaults(func=cmd_demo)
 
     from camgap.zoo.cli import add_zoo_commands
@@ -751,6 +762,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true")
     p.add_argument("--cache", type=Path)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_progress_flag(p)
     p.set_defaults(func=cmd_masks)
 
     p = sub.add_parser("study", help="tables, figures and an HTML report for a measured model set")
@@ -793,6 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the headline (Table 3, Total: r, its interval and n per cell) as one JSON object",
     )
+    add_progress_flag(p)
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser(
@@ -807,6 +820,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.8,
         help="fit on reference models with at least this training accuracy (the paper's model set: 0.8)",
     )
+    add_progress_flag(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(

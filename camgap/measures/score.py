@@ -430,6 +430,6 @@ def _check_finite_outputs(logits: Tensor, maps: Tensor, ids: Sequence[str]) -> N
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
+    from camgap.progress import progress_bar
 
-    return tqdm(total=total, unit="img", desc="score", disable=not enabled, file=None)
+    return progress_bar(total=total, unit="img", desc="score", enabled=enabled)
