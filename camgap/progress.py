@@ -65,6 +65,11 @@ class _LogLines(tqdm):
             logging.getLogger("camgap.progress").info(msg or str(self))
         return True
 
+    def __del__(self) -> None:
+        # dropped without close(): its step failed, and the error says so; no last line after it
+        self.disable = True
+        super().__del__()
+
 
 class _Discard:
     """The stream of a log-line bar: tqdm's own writes (newlines, clears) go nowhere."""

@@ -112,3 +112,12 @@ def test_score_into_a_log_file_writes_lines_not_bars(scored, capsys, before, aft
     err = capsys.readouterr().err
     assert "\r" not in err
     assert ("score: 6/6 img (100%)" in err) is line, err
+
+
+def test_a_step_that_fails_logs_no_last_line(monkeypatch, caplog):
+    monkeypatch.setattr(progress, "_interactive", lambda: False)
+    with caplog.at_level(logging.INFO, logger="camgap.progress"):
+        bar = progress.progress_bar(total=3, desc="score", unit="img")
+        bar.update(1)
+        del bar  # an exception left the loop: close() never ran
+    assert caplog.records == []
