@@ -15,6 +15,18 @@ from camgap.data.synthetic import write_synthetic
 from camgap.models import create_model
 
 
+@pytest.fixture
+def lines(monkeypatch, caplog):
+    """The progress lines logged, caught at camgap.progress itself: a handler an earlier
+    `cli.main` left on the root logger (its stream closed since) never sees them."""
+    logger = logging.getLogger("camgap.progress")
+    caplog.set_level(logging.INFO, logger=logger.name)
+    monkeypatch.setattr(logger, "propagate", False)
+    monkeypatch.setattr(logger, "handlers", [caplog.handler])
+    monkeypatch.setattr(progress, "_interactive", lambda: False)
+    return lambda: [r.getMessage() for r in caplog.records]
+
+
 def count_to(n: int, **kwargs) -> None:
     bar = progress.progress_bar(total=n, desc="score", unit="img", **kwargs)
     for _ in range(n):
@@ -22,42 +34,34 @@ def count_to(n: int, **kwargs) -> None:
     bar.close()
 
 
-def test_off_a_terminal_progress_is_plain_lines(monkeypatch, capsys, caplog):
-    monkeypatch.setattr(progress, "_interactive", lambda: False)
+def test_off_a_terminal_progress_is_plain_lines(monkeypatch, capsys, lines):
     monkeypatch.setattr(progress, "LOG_INTERVAL", 0.0)  # a line at every update
-    with caplog.at_level(logging.INFO, logger="camgap.progress"):
-        count_to(3)
-    lines = [r.getMessage() for r in caplog.records]
-    assert [line.split(",")[0] for line in lines] == [
+    count_to(3)
+    assert [line.split(",")[0] for line in lines()] == [
         "score: 1/3 img (33%)",
         "score: 2/3 img (67%)",
         "score: 3/3 img (100%)",
         "score: 3/3 img (100%)",  # the last line, from close()
     ]
-    assert lines[-1].endswith(" elapsed, 00:00 left")
+    assert lines()[-1].endswith(" elapsed, 00:00 left")
     assert capsys.readouterr().err == ""  # nothing drawn: no bar, no "\r"
 
 
-def test_a_short_step_off_a_terminal_logs_its_last_line_only(monkeypatch, caplog):
-    monkeypatch.setattr(progress, "_interactive", lambda: False)
-    with caplog.at_level(logging.INFO, logger="camgap.progress"):
-        count_to(5)
-    assert [r.getMessage().split(",")[0] for r in caplog.records] == ["score: 5/5 img (100%)"]
+def test_a_short_step_off_a_terminal_logs_its_last_line_only(lines):
+    count_to(5)
+    assert [line.split(",")[0] for line in lines()] == ["score: 5/5 img (100%)"]
 
 
-def test_without_a_total_the_line_counts(monkeypatch, caplog):
-    monkeypatch.setattr(progress, "_interactive", lambda: False)
-    with caplog.at_level(logging.INFO, logger="camgap.progress"):
-        assert list(progress.progress_bar(iter("abcd"), desc="decoding", unit="img")) == list("abcd")
-    assert [r.getMessage().split(",")[0] for r in caplog.records] == ["decoding: 4 img"]
+def test_without_a_total_the_line_counts(lines):
+    assert list(progress.progress_bar(iter("abcd"), desc="decoding", unit="img")) == list("abcd")
+    assert [line.split(",")[0] for line in lines()] == ["decoding: 4 img"]
 
 
-def test_not_wanted_draws_and_logs_nothing(monkeypatch, capsys, caplog):
+def test_not_wanted_draws_and_logs_nothing(monkeypatch, capsys, lines):
     for interactive in (True, False):
         monkeypatch.setattr(progress, "_interactive", lambda interactive=interactive: interactive)
-        with caplog.at_level(logging.INFO, logger="camgap.progress"):
-            count_to(3, enabled=False)
-    assert caplog.records == [] and capsys.readouterr().err == ""
+        count_to(3, enabled=False)
+    assert lines() == [] and capsys.readouterr().err == ""
 
 
 def test_on_a_terminal_it_is_a_bar_on_stderr(monkeypatch, capsys):
@@ -114,10 +118,8 @@ def test_score_into_a_log_file_writes_lines_not_bars(scored, capsys, before, aft
     assert ("score: 6/6 img (100%)" in err) is line, err
 
 
-def test_a_step_that_fails_logs_no_last_line(monkeypatch, caplog):
-    monkeypatch.setattr(progress, "_interactive", lambda: False)
-    with caplog.at_level(logging.INFO, logger="camgap.progress"):
-        bar = progress.progress_bar(total=3, desc="score", unit="img")
-        bar.update(1)
-        del bar  # an exception left the loop: close() never ran
-    assert caplog.records == []
+def test_a_step_that_fails_logs_no_last_line(lines):
+    bar = progress.progress_bar(total=3, desc="score", unit="img")
+    bar.update(1)
+    del bar  # an exception left the loop: close() never ran
+    assert lines() == []
