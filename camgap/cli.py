@@ -14,18 +14,22 @@ import os
 import sys
 import warnings
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from camgap import __version__
-from camgap.cliutil import CommaList, add_location, cam_names, finish_args
-from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from camgap.cliutil import CommaList, add_location, add_progress_flag, cam_names, finish_args, wants_progress
+from camgap.data.preprocessing import CHANNEL_ORDERS, IMAGENET_MEAN, IMAGENET_STD
 from camgap.errors import CamgapError, InputError, MissingFileError
-from camgap.measures.score import CHANNEL_ORDERS, ScoreOptions
-from camgap.models import short_list
+
+if TYPE_CHECKING:  # torch, pandas and what imports them load in the commands: `--help` stays fast
+    import torch
+
+    from camgap.measures.score import ScoreOptions
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     from camgap.zoo.executors import resolve_device as resolve
 
     return torch.device(resolve(name))
@@ -46,11 +50,12 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", type=Path, help="cache folder for decoded images and masks (default ~/.cache/camgap/...)")
 
 
-def _cam_help() -> str:
-    from camgap.cam import CAMS
-
-    aliases = ", ".join(f"{a} = {n}" for n in CAMS.names() for a in CAMS.aliases(n) if "-" not in a)
-    return f"CAM method: {', '.join(CAMS.names())} (also {aliases}, the reference release's names)"
+# Written out rather than read from camgap.cam.CAMS, which imports torch; a test checks it names
+# every registered method and its alias without a dash.
+CAM_HELP = (
+    "CAM method: cam, gradcam, gradcam++, layercam, smoothgradcam++, xgradcam (also gradcampp = gradcam++, "
+    "smoothgradcampp = smoothgradcam++, the reference release's names)"
+)
 
 
 def _add_score_args(p: argparse.ArgumentParser) -> None:
@@ -66,7 +71,7 @@ def _add_score_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--width", type=int, help="small_resnet width (default: what the checkpoint records)")
     _add_data_args(p)
-    p.add_argument("--cam", default="gradcam", type=cam_names, help=_cam_help())
+    p.add_argument("--cam", default="gradcam", type=cam_names, help=CAM_HELP)
     p.add_argument(
         "--layer",
         help="target layer, dotted name (default: the last block before the global pooling "
@@ -173,6 +178,8 @@ def resolve_settings(
 
 def _model_settings(flags: dict, record: dict, classes: list[str], path: Path) -> tuple[dict, dict]:
     """Architecture, its options and the number of outputs: flag > checkpoint > (none / the data)."""
+    from camgap.models import short_list
+
     recorded = dict(record)
     recorded["width"] = (record.get("arch_kwargs") or {}).get("width")
     values, sources = resolve_settings(
@@ -225,7 +232,7 @@ def score_checkpoint(
     with the chosen values and a "source" per field (flag, checkpoint, default, ...), and
     "target_map" (the layer's map, [h, w])."""
     from camgap.data import BoxDataset, read_layout
-    from camgap.measures.score import check_map_size, score_model
+    from camgap.measures.score import ScoreOptions, check_map_size, score_model
     from camgap.models import (
         checkpoint_record,
         default_target_layer,
@@ -287,6 +294,8 @@ def score_checkpoint(
 def _score_options(args: argparse.Namespace, keep_overlays: int = 0) -> ScoreOptions:
     """The scoring settings of `camgap score` and `camgap predict` from their flags, checked
     before anything is read (a threshold outside [0, 1) stops here)."""
+    from camgap.measures.score import ScoreOptions
+
     return ScoreOptions(
         cam=args.cam,
         thresholds=args.threshold,
@@ -294,7 +303,7 @@ def _score_options(args: argparse.Namespace, keep_overlays: int = 0) -> ScoreOpt
         num_workers=args.workers,
         class_boxes_only=args.class_boxes_only,
         keep_overlays=keep_overlays,
-        progress=sys.stderr.isatty() or not args.json,
+        progress=wants_progress(args),
     )
 
 
@@ -644,7 +653,9 @@ def cmd_masks(args: argparse.Namespace) -> int:
     skipped: list | None = [] if args.skip_bad else None
     records, _ = read_layout(args.data, args.layout, args.split, skipped=skipped, missing_ok=True)
     cache = _cache_dir(args.cache, args.data, args.split, args.input_size, args.resize)
-    store = TensorStore.cached(records, cache, args.input_size, args.resize, skip_bad=args.skip_bad)
+    store = TensorStore.cached(
+        records, cache, args.input_size, args.resize, skip_bad=args.skip_bad, progress=wants_progress(args)
+    )
     result = compute_masks(
         args.source,
         store.images,
@@ -731,7 +742,14 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from camgap.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, device=args.device, workers=args.workers, seed=args.seed)
+    run_demo(
+        args.out,
+        quick=args.quick,
+        device=args.device,
+        workers=args.workers,
+        seed=args.seed,
+        progress=wants_progress(args),
+    )
     return 0
 
 
@@ -756,11 +774,21 @@ class _DefaultsParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+def _torch_version() -> str:
+    """torch's version from its installed metadata: importing torch takes seconds."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="camgap", description=__doc__, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--version", action="version", version=f"camgap {__version__} (torch {torch.__version__})")
+    parser.add_argument("--version", action="version", version=f"camgap {__version__} (torch {_torch_version()})")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more detail on stderr (-vv: debug)")
     parser.add_argument(
         "-q", "--quiet", action="count", default=0, help="only warnings and errors on stderr (-qq: errors only)"
@@ -769,6 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="IoU / IoU-B of one model on its training images")
     _add_score_args(p)
+    add_progress_flag(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("synth", help="write the embedded synthetic dataset (train and test splits)")
@@ -791,6 +820,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="another seed draws other data, another sample of the grid and other run seeds",
     )
+    add_progress_flag(p)
     p.set_defaults(func=cmd_demo)
 
     from camgap.zoo.cli import add_zoo_commands
@@ -812,6 +842,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true")
     p.add_argument("--cache", type=Path)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_progress_flag(p)
     p.set_defaults(func=cmd_masks)
 
     p = sub.add_parser("study", help="tables, figures and an HTML report for a measured model set")
@@ -854,6 +885,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the headline (Table 3, Total: r, its interval and n per cell) as one JSON object",
     )
+    add_progress_flag(p)
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser(
@@ -868,6 +900,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.8,
         help="fit on reference models with at least this training accuracy (the paper's model set: 0.8)",
     )
+    add_progress_flag(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(

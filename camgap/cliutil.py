@@ -118,3 +118,20 @@ def finish_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ar
             own = getattr(args, "_parser", None) or parser  # the subcommand's usage line
             own.error(f"the following argument is required: {flag} {getattr(args, f'_{dest}_metavar')}")
     return args
+
+
+def add_progress_flag(p: argparse.ArgumentParser) -> None:
+    """`--no-progress`, the same on every long command."""
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (a bar is drawn only when stderr is a terminal; otherwise a progress "
+        "line every 30 s); -q hides it too",
+    )
+
+
+def wants_progress(args: argparse.Namespace) -> bool:
+    """Whether a command shows its progress: not with `--no-progress`, not with `-q`
+    (`camgap.progress` decides how: a bar on a terminal, plain lines elsewhere)."""
+    quiet = getattr(args, "quiet", 0) - getattr(args, "verbose", 0) > 0
+    return not (getattr(args, "no_progress", False) or quiet)

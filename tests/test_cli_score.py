@@ -757,7 +757,7 @@ def test_score_and_predict_build_one_score_options(capsys, monkeypatch, data, ch
     )
     assert rc == 0, err
     want = ScoreOptions(
-        cam="gradcam++", thresholds=(0.2, 0.4), batch_size=4, class_boxes_only=True, device="cpu", progress=False
+        cam="gradcam++", thresholds=(0.2, 0.4), batch_size=4, class_boxes_only=True, device="cpu", progress=True
     )
     assert seen == [want, want]  # the preprocessing (the defaults here) filled in by the same function
     assert json.loads(out)["iou"] == s["by_threshold"]["0.2"]["iou"]

@@ -102,7 +102,7 @@ def predict_at(capsys, zoo, ckpt, data, *extra):
 
 def test_json_is_one_object_clipped_to_the_possible_range(setup, reference, capsys):
     data, ckpts, model = setup
-    rc, out, err = predict(capsys, ckpts["zoo"], data, "--json")
+    rc, out, err = predict(capsys, ckpts["zoo"], data, "--json", "--no-progress")
     assert rc == 0, err
     lines = [ln for ln in out.splitlines() if ln.strip()]
     assert len(lines) == 1

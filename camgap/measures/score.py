@@ -4,9 +4,10 @@ margin, prediction-matrix and effective-invariance measures need no second pass.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -18,13 +19,12 @@ from torch import Tensor, nn
 from camgap.cam import cam_name, create_cam, upsample_normalize
 from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD, collate_boxes, normalize
 from camgap.data.masks import boxes_to_masks
+from camgap.data.preprocessing import CHANNEL_ORDERS
 from camgap.errors import InputError, NonFiniteError
 from camgap.measures.iou import threshold_ious, validate_thresholds
 from camgap.measures.norms import check_finite
 from camgap.measures.registry import MeasureError
 from camgap.options import CheckedOptions, option
-
-CHANNEL_ORDERS = ("rgb", "bgr")
 
 # (images uint8 [B,3,S,S], labels [B], boxes list[[n,4]], box_labels list[[n]], image ids)
 Batch = tuple[Tensor, Tensor, list[Tensor], list[Tensor], list[str]]
@@ -305,6 +305,24 @@ def _reference_masks(
     return boxes_to_masks(boxes, size, device)
 
 
+def _keeps_mode(score: Callable[..., ScoreResult]) -> Callable[..., ScoreResult]:
+    """`score` puts the model in eval mode; the caller gets back each module's own train/eval flag
+    (a model training with frozen BatchNorm stays so), also when `score` raises. Grad flags and
+    weights are never changed; the model stays on the scoring device."""
+
+    @functools.wraps(score)
+    def keeping_mode(model: nn.Module, *args, **kwargs) -> ScoreResult:
+        modes = [(m, m.training) for m in model.modules()]
+        try:
+            return score(model, *args, **kwargs)
+        finally:
+            for m, training in modes:
+                m.training = training
+
+    return keeping_mode
+
+
+@_keeps_mode
 def score_model(
     model: nn.Module,
     data,
@@ -320,7 +338,8 @@ def score_model(
 
     A_G is the union of the image's boxes (or only the boxes of its labelled class with
     `class_boxes_only`), or row `i` of `masks` (bool [N,S,S], rows named by `mask_ids`).
-    The model is put in eval mode. `keep_overlays=k` keeps image, CAM and reference of the
+    The model is scored in eval mode and given back in its own mode, each module's flag as it
+    was (it stays on the scoring device). `keep_overlays=k` keeps image, CAM and reference of the
     first k images for pictures. `channel_order="bgr"` is for a model trained on BGR images
     (OpenCV / Caffe style): the channels of each RGB batch are reversed before normalising, so
     `mean` and `std` are in the model's channel order.
@@ -432,9 +451,9 @@ def _check_finite_outputs(logits: Tensor, maps: Tensor, ids: Sequence[str]) -> N
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
+    from camgap.progress import progress_bar
 
-    return tqdm(total=total, unit="img", desc="score", disable=not enabled, file=None)
+    return progress_bar(total=total, unit="img", desc="score", enabled=enabled)
 
 
 MIN_MAP_CELLS = 3  # a target-layer map of fewer cells a side cannot locate an object

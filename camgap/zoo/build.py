@@ -549,19 +549,11 @@ def _sweep(
     progress: bool,
     log,
 ) -> tuple[int, int]:
-    from tqdm import tqdm
-
+    from camgap.progress import progress_bar
     from camgap.zoo.train import atomic_write_json, storage_error
 
-    bar = tqdm(
-        total=total,
-        initial=reg.counts()["done"] + reg.exhausted(max_attempts),
-        unit="run",
-        desc="zoo",
-        file=sys.stderr,
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    finished = reg.counts()["done"] + reg.exhausted(max_attempts)
+    bar = progress_bar(total=total, initial=finished, unit="run", desc="zoo", enabled=progress)
 
     def emit(msg: str) -> None:
         if progress:

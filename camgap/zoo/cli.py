@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from camgap.cliutil import CommaList, add_location, cam_names, finish_args
+from camgap.cliutil import CommaList, add_location, add_progress_flag, cam_names, finish_args, wants_progress
 from camgap.errors import CamgapError
 
 __all__ = ["add_zoo_commands", "add_subcommands", "main", "BUILD_EPILOG"]
@@ -33,7 +33,7 @@ def _build(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         keep_last=args.keep_last,
         cpus_per_run=args.cpus_per_run,
-        progress=not args.no_progress,
+        progress=wants_progress(args),
         max_runs=args.max_runs,
     )
     return 0 if summary.failed == 0 else 3
@@ -83,7 +83,7 @@ def _measure(args: argparse.Namespace) -> int:
         masks=args.masks.split(","),
         device=resolve_device(args.device),
         batch_size=args.batch_size,
-        progress=not args.no_progress,
+        progress=wants_progress(args),
         executor=args.executor,
         workers=args.workers,
         ray_address=args.ray_address,
@@ -165,7 +165,7 @@ def add_subcommands(sub) -> None:
         action="store_true",
         help="keep last.pt (with optimizer state) next to final.pt after a run finishes",
     )
-    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_flag(b)
     b.add_argument(
         "--max-runs",
         type=int,
@@ -264,7 +264,7 @@ def add_subcommands(sub) -> None:
         metavar="ADDR",
         help="connect to this Ray cluster (default: start a local instance)",
     )
-    m.add_argument("--no-progress", action="store_true")
+    add_progress_flag(m)
     m.set_defaults(func=_guard(_measure))
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
-from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD, RESIZE_MODES
+from camgap.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, RESIZE_MODES
 from camgap.errors import CamgapError
 
 __all__ = [
