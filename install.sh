@@ -2,6 +2,7 @@
 # Create .venv (or $CAMGAP_VENV) and install camgap with its runtime extras (Ray, OpenCV saliency, parquet).
 #   bash install.sh          camgap and its runtime extras
 #   bash install.sh --test   also the test dependencies (pytest, ruff and the oracles grad-cam, captum)
+# A CPU-only torch installed into the venv beforehand (README) is kept: 2.14.1+cpu satisfies torch==2.14.1.
 set -euo pipefail
 cd "$(dirname "$0")"
 with_tests=0

@@ -14,18 +14,30 @@ import os
 import sys
 import warnings
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from camgap import __version__
-from camgap.cliutil import CommaList, add_input_checks, add_location, cam_names, finish_args
-from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD
+from camgap.cliutil import (
+    CommaList,
+    add_input_checks,
+    add_location,
+    add_progress_flag,
+    cam_names,
+    finish_args,
+    wants_progress,
+)
+from camgap.data.preprocessing import CHANNEL_ORDERS, IMAGENET_MEAN, IMAGENET_STD
 from camgap.errors import CamgapError, InputError, MissingFileError
-from camgap.measures.score import CHANNEL_ORDERS, ScoreOptions
-from camgap.models import short_list
+
+if TYPE_CHECKING:  # torch, pandas and what imports them load in the commands: `--help` stays fast
+    import torch
+
+    from camgap.measures.score import ScoreOptions
 
 
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     from camgap.zoo.executors import resolve_device as resolve
 
     return torch.device(resolve(name))
@@ -47,11 +59,12 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     add_input_checks(p)
 
 
-def _cam_help() -> str:
-    from camgap.cam import CAMS
-
-    aliases = ", ".join(f"{a} = {n}" for n in CAMS.names() for a in CAMS.aliases(n) if "-" not in a)
-    return f"CAM method: {', '.join(CAMS.names())} (also {aliases}, the reference release's names)"
+# Written out rather than read from camgap.cam.CAMS, which imports torch; a test checks it names
+# every registered method and its alias without a dash.
+CAM_HELP = (
+    "CAM method: cam, gradcam, gradcam++, layercam, smoothgradcam++, xgradcam (also gradcampp = gradcam++, "
+    "smoothgradcampp = smoothgradcam++, the reference release's names)"
+)
 
 
 def _add_score_args(p: argparse.ArgumentParser) -> None:
@@ -67,11 +80,16 @@ def _add_score_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--width", type=int, help="small_resnet width (default: what the checkpoint records)")
     _add_data_args(p)
-    p.add_argument("--cam", default="gradcam", type=cam_names, help=_cam_help())
+    p.add_argument("--cam", default="gradcam", type=cam_names, help=CAM_HELP)
     p.add_argument(
         "--layer",
         help="target layer, dotted name (default: the last block before the global pooling "
         "of a known family, e.g. layer4 for ResNets)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="score even when the target layer's map is under 3x3 at the input size (its CAM cannot locate anything)",
     )
     p.add_argument(
         "--threshold",
@@ -119,7 +137,8 @@ def _add_score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=16, help="number of overlays")
 
 
-# flag > what the checkpoint records > these documented defaults (`camgap predict`: the reference set's)
+# flag > what the checkpoint records > these documented defaults (`score` and `predict` alike:
+# a new model is never scored with the reference set's preprocessing, which need not be its own)
 PREPROCESSING_DEFAULTS: dict[str, object] = {
     "input_size": 224,
     "resize": "resize",
@@ -168,6 +187,8 @@ def resolve_settings(
 
 def _model_settings(flags: dict, record: dict, classes: list[str], path: Path) -> tuple[dict, dict]:
     """Architecture, its options and the number of outputs: flag > checkpoint > (none / the data)."""
+    from camgap.models import short_list
+
     recorded = dict(record)
     recorded["width"] = (record.get("arch_kwargs") or {}).get("width")
     values, sources = resolve_settings(
@@ -198,7 +219,6 @@ def score_checkpoint(
     layout: str = "auto",
     split: str = "train",
     flags: dict | None = None,
-    fallback: dict[str, tuple[object, str]] | None = None,
     unsafe: bool = False,
     layer: str | None = None,
     masks: str = "boxes",
@@ -207,6 +227,7 @@ def score_checkpoint(
     device: str = "auto",
     box_units: str | None = None,
     max_pixels: int | None = None,
+    force: bool = False,
 ):
     """Score a checkpoint file on the training images of a dataset, as `camgap score` does.
 
@@ -215,17 +236,26 @@ def score_checkpoint(
     `device` and the resolved preprocessing. `flags` holds the settings given explicitly
     (`_score_flags`: arch, width, num_classes, input_size, resize, mean, std, channel_order;
     None = not given); each missing one comes from
-    the checkpoint, else from `fallback` ({field: (value, source)}, default PREPROCESSING_DEFAULTS).
+    the checkpoint, else from PREPROCESSING_DEFAULTS.
+    A target-layer map under 3x3 at the chosen input size is a MapTooSmallError naming the
+    input size to use, before any image is read (`force`: a warning, and scoring goes on).
     `box_units` and `max_pixels` are read_layout's and decode_rgb's (None: pixels, checked; 100 MP).
     Returns (ScoreResult, settings, classes); settings holds "model" and "preprocessing", each
-    with the chosen values and a "source" per field (flag, checkpoint, default, ...)."""
+    with the chosen values and a "source" per field (flag, checkpoint, default, ...), and
+    "target_map" (the layer's map, [h, w])."""
     from camgap.data import BoxDataset, read_layout
     from camgap.data.dataset import count_dropped_boxes
-    from camgap.measures.score import score_model
-    from camgap.models import checkpoint_record, get_layer, model_from_checkpoint, read_checkpoint
+    from camgap.measures.score import ScoreOptions, check_map_size, score_model
+    from camgap.models import (
+        checkpoint_record,
+        default_target_layer,
+        get_layer,
+        model_from_checkpoint,
+        read_checkpoint,
+    )
 
     flags = flags or {}
-    fallback = fallback or {k: (v, "default") for k, v in PREPROCESSING_DEFAULTS.items()}
+    fallback = {k: (v, "default") for k, v in PREPROCESSING_DEFAULTS.items()}
     skipped: list | None = [] if skip_bad else None
     records, classes = read_layout(data, layout, split, skipped=skipped, box_units=box_units)
     obj = read_checkpoint(checkpoint, unsafe=unsafe)
@@ -245,6 +275,8 @@ def score_checkpoint(
             model_cfg["num_classes"], model_src["num_classes"] = None, "saved nn.Module"
     torch_device = resolve_device(device)
     size, resize = int(prep["input_size"]), str(prep["resize"])
+    layer_name, target = (layer, get_layer(model, layer)) if layer else default_target_layer(model)
+    target_map = check_map_size(model.to(torch_device), target, layer_name, size, force=force, where=str(checkpoint))
     dataset = BoxDataset(records, input_size=size, resize=resize, skip_bad=skip_bad, max_pixels=max_pixels)
     cache_dir = _cache_dir(cache, data, split, size, resize)
     ref_masks, mask_ids = _reference_masks(masks, dataset, torch_device, cache_dir, size, resize, skip_bad)
@@ -256,7 +288,7 @@ def score_checkpoint(
         dataset = BoxDataset(kept, input_size=size, resize=resize, skip_bad=True, max_pixels=max_pixels)
     options = ScoreOptions.of(
         options,
-        target_layer=get_layer(model, layer) if layer else None,
+        target_layer=target if layer else None,
         device=torch_device,
         mean=prep["mean"],
         std=prep["std"],
@@ -265,13 +297,19 @@ def score_checkpoint(
     result = score_model(model, dataset, options, masks=ref_masks, mask_ids=mask_ids)
     result.n_skipped += len(skipped or []) + n_without_mask
     result.n_boxes_dropped = count_dropped_boxes(dataset.records, max_pixels)
-    settings = {"model": model_cfg | {"source": model_src}, "preprocessing": prep | {"source": prep_src}}
+    settings = {
+        "model": model_cfg | {"source": model_src},
+        "preprocessing": prep | {"source": prep_src},
+        "target_map": target_map,
+    }
     return result, _json_safe(settings), classes
 
 
 def _score_options(args: argparse.Namespace, keep_overlays: int = 0) -> ScoreOptions:
     """The scoring settings of `camgap score` and `camgap predict` from their flags, checked
     before anything is read (a threshold outside [0, 1) stops here)."""
+    from camgap.measures.score import ScoreOptions
+
     return ScoreOptions(
         cam=args.cam,
         thresholds=args.threshold,
@@ -279,13 +317,13 @@ def _score_options(args: argparse.Namespace, keep_overlays: int = 0) -> ScoreOpt
         num_workers=args.workers,
         class_boxes_only=args.class_boxes_only,
         keep_overlays=keep_overlays,
-        progress=sys.stderr.isatty() or not args.json,
+        progress=wants_progress(args),
     )
 
 
-def _score_from_args(args: argparse.Namespace, options: ScoreOptions, fallback: dict | None = None):
+def _score_from_args(args: argparse.Namespace, options: ScoreOptions):
     """`score_checkpoint` of the checkpoint and data that `camgap score` / `camgap predict` name
-    with their flags, scored with `options`; `fallback`: preprocessing neither flag nor checkpoint gives."""
+    with their flags, scored with `options`: both read a checkpoint alike."""
     return score_checkpoint(
         args.checkpoint,
         args.data,
@@ -293,7 +331,6 @@ def _score_from_args(args: argparse.Namespace, options: ScoreOptions, fallback: 
         layout=args.layout,
         split=args.split,
         flags=_score_flags(args),
-        fallback=fallback,
         unsafe=args.unsafe_load,
         layer=args.layer,
         masks=args.masks,
@@ -302,6 +339,7 @@ def _score_from_args(args: argparse.Namespace, options: ScoreOptions, fallback: 
         device=args.device,
         box_units=args.box_units,
         max_pixels=args.max_pixels,
+        force=args.force,
     )
 
 
@@ -472,25 +510,22 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 
 def _reference_fit(zoo: Path, min_train_acc: float, cam: str, threshold: float, masks: str):
-    """The OLS fit gap ~ IoU over the reference set's trained models, and the preprocessing its
-    models were scored with ({field: (value, "reference set")}, the fallback for the new model)."""
+    """The reference set (`study.predict.ReferenceSet`): the OLS fit gap ~ IoU over its trained
+    models with at least `min_train_acc`, their architectures, input sizes and target layers,
+    and the dataset they were trained on."""
     from camgap.measures.registry import score_params
-    from camgap.study.predict import fit_gap
+    from camgap.study.predict import ReferenceSet, fit_gap
     from camgap.study.tables import wide_table
     from camgap.zoo.registry import Registry
 
     if not (Path(zoo) / Registry.FILENAME).exists():
         raise MissingFileError(f"{zoo}: no model set here ({Registry.FILENAME} missing)")
     with Registry.in_dir(zoo, create=False) as reg:
-        runs, measurements = reg.runs_frame(), reg.measurements_frame()
-    reference = runs[(runs.status == "done") & runs.trained & (runs.train_acc >= min_train_acc)]
+        runs, measurements, meta = reg.runs_frame(), reg.measurements_frame(), reg.meta()
+    trained = runs[(runs.status == "done") & runs.trained]
+    reference = trained[trained.train_acc >= min_train_acc]
     if reference.empty:
-        raise InputError(f"{zoo}: no trained model with train accuracy >= {min_train_acc:g} is done")
-    zoo_cfg = json.loads(reference.iloc[0]["config"])
-    fallback = {
-        k: (zoo_cfg.get(k, v), "reference set" if k in zoo_cfg else "default")
-        for k, v in PREPROCESSING_DEFAULTS.items()
-    }
+        raise InputError(f"{zoo}: no trained model with train accuracy >= {min_train_acc:g} is done{_below(trained)}")
     params = score_params(cam, threshold, masks)  # the same A_G source as the new model's IoU
     wide = wide_table(reference, measurements, [("iou", params, "iou")])
     if wide["iou"].notna().sum() < 3:
@@ -499,7 +534,53 @@ def _reference_fit(zoo: Path, min_train_acc: float, cam: str, threshold: float, 
             f"run `camgap zoo measure --zoo {zoo} --cam {cam} --threshold "
             f"{threshold:g} --masks {masks}` first"
         )
-    return fit_gap(wide["iou"], wide["gap"], name="iou"), fallback
+    fitted = wide[wide["iou"].notna() & wide["gap"].notna()]
+    sizes = {json.loads(c).get("input_size") for c in fitted["config"]} - {None}
+    return ReferenceSet(
+        fit=fit_gap(wide["iou"], wide["gap"], name="iou"),
+        archs=tuple(sorted(set(fitted["arch"]))),
+        input_sizes=tuple(sorted(int(v) for v in sizes)),
+        target_layers=_default_layers(set(fitted["arch"])),
+        data=_zoo_data(meta),
+    )
+
+
+def _below(trained) -> str:
+    """Where the trained models' accuracies lie, and the --min-train-acc that would keep some."""
+    if trained.empty:
+        return " (the set has no trained model done)"
+    best = float(trained.train_acc.max())
+    return (
+        f" (the best of its {len(trained)} trained models reaches {best:.3f}); --min-train-acc "
+        f"{math.floor(best * 100 + 1e-9) / 100:g} fits on models below the paper's 0.8, which have not "
+        "fitted their training set"
+    )
+
+
+def _default_layers(archs: set[str]) -> tuple[str, ...]:
+    """The target layers `zoo measure` scored these architectures at (each one's default)."""
+    from camgap.models import describe_model
+
+    return tuple(sorted({describe_model(a)["target_layer"] or "(none)" for a in archs}))
+
+
+def _zoo_data(meta: dict):
+    """The dataset a model set was built on, as its registry records it (`zoo build`)."""
+    from camgap.study.predict import DataInfo
+
+    info = json.loads(meta["data"]) if meta.get("data") else {}
+    classes = info.get("classes")
+    return DataInfo(
+        meta.get("data_root"), tuple(map(str, classes)) if classes is not None else None, info.get("n_train")
+    )
+
+
+def _scored_data(args: argparse.Namespace, classes: list[str], result):
+    """The dataset the new model was scored on, comparable with `_zoo_data`."""
+    from camgap.study.predict import DataInfo
+
+    n = result.n_images + result.n_skipped if args.split == "train" else None
+    return DataInfo(str(Path(args.data).expanduser().resolve()), tuple(map(str, classes)), n)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -507,11 +588,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     options = _score_options(args)
     thresholds = options.thresholds
-    fit, fallback = _reference_fit(args.zoo, args.min_train_acc, args.cam, thresholds[0], args.masks)
-    result, settings, _ = _score_from_args(args, options, fallback)
+    reference = _reference_fit(args.zoo, args.min_train_acc, args.cam, thresholds[0], args.masks)
+    fit = reference.fit
+    with warnings.catch_warnings(record=True) as caught:  # into the notes, and --json's "warnings"
+        warnings.simplefilter("always")
+        result, settings, classes = _score_from_args(args, options)
+    notes = [" ".join(str(w.message).split()) for w in caught]
     iou, train_acc = result.iou(), result.train_acc
     prediction = predict_gap(fit, iou, confidence=args.confidence, train_acc=train_acc)
-    notes = [prediction.warning] if prediction.warning else []
+    model, prep = settings["model"], settings["preprocessing"]
+    notes += reference.mismatches(
+        model["arch"], int(prep["input_size"]), result.target_layer, _scored_data(args, classes, result)
+    )
+    notes += prediction.warnings
     if train_acc < args.min_train_acc:
         notes.append(
             f"the model's training accuracy {train_acc:.3f} is below {args.min_train_acc:g}: it has not "
@@ -529,6 +618,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                         "confidence": prediction.confidence,
                         "clipped": prediction.clipped,
                         "possible_range": prediction.possible,
+                        "interval_coverage": prediction.coverage,
                         "outside_range": prediction.outside_range,
                         "fit": {
                             "n": fit.n,
@@ -537,6 +627,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
                             "slope": fit.slope,
                             "zoo": str(args.zoo),
                             "min_train_acc": args.min_train_acc,
+                            "warnings": fit.warnings(),
+                        },
+                        "reference": {
+                            "archs": reference.archs,
+                            "input_sizes": reference.input_sizes,
+                            "target_layers": reference.target_layers,
+                            "data": reference.data.describe(),
                         },
                         "iou": iou,
                         "train_acc": train_acc,
@@ -558,12 +655,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     )
     print(
         f"reference: {fit.n} trained models of {args.zoo} with train acc >= {args.min_train_acc:g}, "
-        f"gap = {fit.intercept:.2f} + {fit.slope:.2f} * IoU (r = {fit.r:.3f})"
+        f"gap = {fit.intercept:.2f} {'-' if fit.slope < 0 else '+'} {abs(fit.slope):.2f} * IoU (r = {fit.r:.3f})"
     )
     print("\n".join(_settings_lines(settings)))
-    print(prediction.text())
-    if train_acc < args.min_train_acc:
-        print(f"WARNING: {notes[-1]}")
+    print(prediction.headline())
+    for note in notes:
+        print(f"WARNING: {note}")
     return 0
 
 
@@ -578,7 +675,13 @@ def cmd_masks(args: argparse.Namespace) -> int:
     )
     cache = _cache_dir(args.cache, args.data, args.split, args.input_size, args.resize)
     store = TensorStore.cached(
-        records, cache, args.input_size, args.resize, skip_bad=args.skip_bad, max_pixels=args.max_pixels
+        records,
+        cache,
+        args.input_size,
+        args.resize,
+        skip_bad=args.skip_bad,
+        progress=wants_progress(args),
+        max_pixels=args.max_pixels,
     )
     result = compute_masks(
         args.source,
@@ -666,7 +769,14 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from camgap.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, device=args.device, workers=args.workers, seed=args.seed)
+    run_demo(
+        args.out,
+        quick=args.quick,
+        device=args.device,
+        workers=args.workers,
+        seed=args.seed,
+        progress=wants_progress(args),
+    )
     return 0
 
 
@@ -691,11 +801,21 @@ class _DefaultsParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
+def _torch_version() -> str:
+    """torch's version from its installed metadata: importing torch takes seconds."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="camgap", description=__doc__, epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--version", action="version", version=f"camgap {__version__} (torch {torch.__version__})")
+    parser.add_argument("--version", action="version", version=f"camgap {__version__} (torch {_torch_version()})")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more detail on stderr (-vv: debug)")
     parser.add_argument(
         "-q", "--quiet", action="count", default=0, help="only warnings and errors on stderr (-qq: errors only)"
@@ -704,6 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("score", help="IoU / IoU-B of one model on its training images")
     _add_score_args(p)
+    add_progress_flag(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("synth", help="write the embedded synthetic dataset (train and test splits)")
@@ -726,6 +847,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="another seed draws other data, another sample of the grid and other run seeds",
     )
+    add_progress_flag(p)
     p.set_defaults(func=cmd_demo)
 
     from camgap.zoo.cli import add_zoo_commands
@@ -748,6 +870,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", type=Path)
     add_input_checks(p)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    add_progress_flag(p)
     p.set_defaults(func=cmd_masks)
 
     p = sub.add_parser("study", help="tables, figures and an HTML report for a measured model set")
@@ -790,13 +913,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the headline (Table 3, Total: r, its interval and n per cell) as one JSON object",
     )
+    add_progress_flag(p)
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser(
         "predict", help="predict a model's generalization gap from its IoU, fitted on a reference model set"
     )
     p.add_argument("--zoo", required=True, type=Path, help="measured reference model set")
-    _add_score_args(p)  # preprocessing not given: the checkpoint's, else the reference set's
+    _add_score_args(p)  # read as `score` reads it: flag > checkpoint > default
     p.add_argument("--confidence", type=float, default=0.95)
     p.add_argument(
         "--min-train-acc",
@@ -804,6 +928,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.8,
         help="fit on reference models with at least this training accuracy (the paper's model set: 0.8)",
     )
+    add_progress_flag(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(

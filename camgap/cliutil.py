@@ -120,6 +120,23 @@ def finish_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> ar
     return args
 
 
+def add_progress_flag(p: argparse.ArgumentParser) -> None:
+    """`--no-progress`, the same on every long command."""
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar (a bar is drawn only when stderr is a terminal; otherwise a progress "
+        "line every 30 s); -q hides it too",
+    )
+
+
+def wants_progress(args: argparse.Namespace) -> bool:
+    """Whether a command shows its progress: not with `--no-progress`, not with `-q`
+    (`camgap.progress` decides how: a bar on a terminal, plain lines elsewhere)."""
+    quiet = getattr(args, "quiet", 0) - getattr(args, "verbose", 0) > 0
+    return not (getattr(args, "no_progress", False) or quiet)
+
+
 def pixel_count(text: str) -> int:
     """`--max-pixels`: a positive whole number of pixels, `100000000` or `1e8`."""
     try:

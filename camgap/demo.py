@@ -54,9 +54,11 @@ def run_demo(
     bootstrap: int = 1000,
     seed: int = 0,
     log: Callable[[str], None] = print,
+    progress: bool = True,
 ) -> DemoResult:
     """The demo; ``seed`` draws other data, another sample of the grid and other run seeds (the
-    same study, rerun), so that a reader can see how much its numbers move."""
+    same study, rerun), so that a reader can see how much its numbers move; ``progress``: the
+    build's and the measures' progress, shown as `camgap.progress` decides."""
     from camgap.data.synthetic import write_synthetic
     from camgap.study.report import headline, write_study
     from camgap.study.tables import paper_specs
@@ -87,12 +89,18 @@ def run_demo(
     if workers is None:
         workers = 1 if device.startswith("cuda") else None  # on a CPU: one worker per core
     grid = dataclasses.replace(load_grid(preset["grid"]), seed=seed)
-    build(grid, out / "data", out / "zoo", workers=workers, device=device, progress=True, log=log)
+    build(grid, out / "data", out / "zoo", workers=workers, device=device, progress=progress, log=log)
     stage("build")
 
     log("[demo] 3/4 measures: " + ", ".join(preset["measures"]))
     measure_zoo(
-        out / "zoo", measures=preset["measures"], cams=preset["cams"], masks=preset["masks"], device=device, log=log
+        out / "zoo",
+        measures=preset["measures"],
+        cams=preset["cams"],
+        masks=preset["masks"],
+        device=device,
+        log=log,
+        progress=progress,
     )
     stage("measure")
 

@@ -4,6 +4,13 @@ its traceback. Each class keeps the builtin base that callers may already catch.
 
 from __future__ import annotations
 
+import errno
+
+# errno values of a full or failing disk. Any other OSError from reading a file is the file's fault
+# (a truncated zip makes torch seek before its start: EINVAL), so the file is named and set aside,
+# while these stop the work without blaming, or using an attempt of, whatever was being read.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS})
+
 
 class CamgapError(Exception):
     """Root of every error camgap raises for bad input or a state it cannot work with."""

@@ -13,6 +13,8 @@ refused unless the caller vouches for it with `unsafe=True` (CLI: `--unsafe-load
 from __future__ import annotations
 
 import contextlib
+import inspect
+import numbers
 import pickle
 import re
 import warnings
@@ -24,7 +26,7 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock
 
-from camgap.errors import CamgapError, InputError, UnknownNameError
+from camgap.errors import STORAGE_ERRNOS, CamgapError, InputError, UnknownNameError
 from camgap.registry import Registry
 
 TIMM_PREFIX = "timm:"
@@ -113,6 +115,39 @@ for _name in TORCHVISION_MODELS:
     register_model(_name)(_torchvision_builder(_name))
 
 
+SMALL_RESNET_MAX_WIDTH = 4096  # stage widths w..8w: 4096 already means 32768 channels in layer4
+SMALL_RESNET_MAX_BLOCKS = 64  # BasicBlocks per stage (the deepest ImageNet ResNet has 36 in one)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_small_resnet_options(width: object, blocks: object, strides: object, stem_stride: object) -> None:
+    """InputError naming the option and what is allowed, before any layer is built."""
+    if not _is_int(width) or not 1 <= width <= SMALL_RESNET_MAX_WIDTH:
+        raise InputError(f"width must be an integer from 1 to {SMALL_RESNET_MAX_WIDTH}, got {width!r}")
+    if (
+        not isinstance(blocks, Sequence)
+        or len(blocks) != 4
+        or not all(_is_int(b) and 1 <= b <= SMALL_RESNET_MAX_BLOCKS for b in blocks)
+    ):
+        raise InputError(
+            f"blocks must list 4 stage depths, each an integer from 1 to {SMALL_RESNET_MAX_BLOCKS}, got {blocks!r}"
+        )
+    if (
+        not isinstance(strides, Sequence)
+        or len(strides) != 4
+        or not all(_is_int(s) and s in (1, 2) for s in strides)
+        or not _is_int(stem_stride)
+        or stem_stride not in (1, 2, 4)
+    ):
+        raise InputError(
+            f"strides must list 4 stage strides of 1 or 2 and stem_stride be 1, 2 or 4, got "
+            f"strides={strides!r}, stem_stride={stem_stride!r}"
+        )
+
+
 class SmallResNet(nn.Module):
     """CIFAR-style ResNet: 3x3 stem, four BasicBlock stages (width, 2w, 4w, 8w),
     global average pooling and one linear layer, like torchvision's ResNet head,
@@ -131,13 +166,7 @@ class SmallResNet(nn.Module):
         stem_stride: int = 1,
     ):
         super().__init__()
-        if len(blocks) != 4:
-            raise InputError(f"blocks must list 4 stage depths, got {blocks}")
-        if len(strides) != 4 or any(int(s) not in (1, 2) for s in strides) or int(stem_stride) not in (1, 2, 4):
-            raise InputError(
-                f"strides must list 4 stage strides of 1 or 2 and stem_stride be 1, 2 or 4, got "
-                f"strides={list(strides)}, stem_stride={stem_stride}"
-            )
+        check_small_resnet_options(width, blocks, strides, stem_stride)
         self.conv1 = nn.Conv2d(3, width, 3, stride=int(stem_stride), padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
@@ -171,16 +200,54 @@ class SmallResNet(nn.Module):
 
 @register_model("small_resnet")
 @register_model("small_resnet10")
-def small_resnet(num_classes: int, width: int = 16, blocks: Sequence[int] = (1, 1, 1, 1), **strides) -> nn.Module:
+def small_resnet(
+    num_classes: int,
+    width: int = 16,
+    blocks: Sequence[int] = (1, 1, 1, 1),
+    strides: Sequence[int] = (1, 2, 2, 2),
+    stem_stride: int = 1,
+) -> nn.Module:
     """10 weight layers by default; `blocks` sets the BasicBlocks per stage (`strides`, `stem_stride`:
     see SmallResNet)."""
-    return SmallResNet(num_classes, width=width, blocks=tuple(blocks), **strides)
+    return SmallResNet(num_classes, width, blocks, strides, stem_stride)
 
 
 @register_model("small_resnet18")
-def small_resnet18(num_classes: int, width: int = 16, blocks: Sequence[int] = (2, 2, 2, 2), **strides) -> nn.Module:
+def small_resnet18(
+    num_classes: int,
+    width: int = 16,
+    blocks: Sequence[int] = (2, 2, 2, 2),
+    strides: Sequence[int] = (1, 2, 2, 2),
+    stem_stride: int = 1,
+) -> nn.Module:
     """The ResNet18 layout (two BasicBlocks per stage) at CIFAR scale."""
-    return SmallResNet(num_classes, width=width, blocks=tuple(blocks), **strides)
+    return SmallResNet(num_classes, width, blocks, strides, stem_stride)
+
+
+def model_options(name: str) -> tuple[str, ...] | None:
+    """The keyword options an architecture's builder takes, or None when it passes any on (timm's,
+    whose constructors are the judge)."""
+    params = inspect.signature(MODELS.get(name)).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return tuple(p.name for p in params if p.name != "num_classes")
+
+
+def check_model_options(name: str, options: dict) -> None:
+    """InputError (one line) when ``create_model(name, ..., **options)`` would refuse ``options``:
+    an option the builder does not take (naming those it takes), or one its constructor rejects.
+    The model is built once with its parameters on the meta device, so a huge one costs nothing."""
+    allowed = model_options(name)
+    unknown = sorted(set(options) - set(allowed)) if allowed is not None else []
+    if unknown:
+        takes = f"takes {', '.join(allowed)}" if allowed else "takes no options"
+        raise InputError(f"{name}: unknown option(s) {', '.join(unknown)}; it {takes}")
+    try:
+        create_model_skeleton(name, 2, **options)
+    except CamgapError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a third-party constructor refuses the user's options in any form
+        raise InputError(f"{name} rejects options {options!r}: {type(exc).__name__}: {exc}") from None
 
 
 # Where Grad-CAM looks in each torchvision family: the last block whose output feeds the global
@@ -296,6 +363,17 @@ def _parameters_on_meta() -> Iterator[None]:
         nn.Module.register_parameter = register
 
 
+def create_model_skeleton(name: str, num_classes: int, **kwargs) -> nn.Module:
+    """``create_model`` with every parameter on the meta device: the model's structure (layers,
+    shapes) without memory or initialisation, for checks that look at the structure alone. camgap's
+    own builders compute no plain tensors, so they run wholly on the meta device (no parameter is
+    allocated even for a moment: a width-4096 small_resnet has 38 GB convolutions)."""
+    own = model_group(name) == "camgap"
+    with torch.device("meta") if own else contextlib.nullcontext(), _parameters_on_meta(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision's notes on its default initialisation
+        return create_model(name, num_classes=num_classes, **kwargs)
+
+
 def describe_model(name: str) -> dict:
     """What `camgap models` shows for one architecture: its group, the default target layer
     (None when camgap cannot choose one: give --layer) and whether Grad-CAM's closed form applies
@@ -303,9 +381,7 @@ def describe_model(name: str) -> dict:
     from camgap.cam.base import detect_linear_head
 
     key = MODELS.resolve(name)
-    with _parameters_on_meta(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torchvision's notes on its default initialisation
-        model = create_model(key, num_classes=2)
+    model = create_model_skeleton(key, 2)
     try:
         layer_name, layer = default_target_layer(model)
     except InputError:
@@ -402,10 +478,21 @@ def read_checkpoint(path: Path | str, unsafe: bool = False) -> object:
                 "`camgap score` and `predict` read it with --unsafe-load (unsafe=True in Python)"
             ) from None
         raise CheckpointError(f"{path}: cannot read checkpoint ({_first_line(exc)})") from exc
-    except OSError:  # the disk, not the file: the caller decides (a sweep stops, nothing is set aside)
-        raise
+    except OSError as exc:
+        if exc.errno in STORAGE_ERRNOS:  # the disk, not the file: the caller decides (a sweep stops)
+            raise
+        raise CheckpointError(
+            f"{path}: cannot read checkpoint ({exc.strerror or exc}; {_size(path)}: truncated or corrupt)"
+        ) from exc
     except Exception as exc:  # corrupt or not a torch file
         raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {_first_line(exc)})") from exc
+
+
+def _size(path: Path) -> str:
+    try:
+        return f"{path.stat().st_size} bytes"
+    except OSError:
+        return "size unknown"
 
 
 def _first_line(exc: BaseException) -> str:

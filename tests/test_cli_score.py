@@ -660,6 +660,10 @@ def test_non_finite_one_line_rc_2(capsys, data, model, tmp_path, where):
 # --- models from elsewhere: the reference release, timm -------------------------------------------
 
 
+# resnet18's layer4 is 3x3 at 96 px (1x1 at the data's 32 px: refused, see the test below)
+RESNET_SIZE = 96
+
+
 def test_reference_release_checkpoint(capsys, data, tmp_path):
     """The reference release's checkpoints: a torchvision ResNet18 with 20 outputs saved as
     {'model_state_dict': DataParallel state}, trained on BGR images, scored with its Grad-CAM++ name."""
@@ -672,9 +676,12 @@ def test_reference_release_checkpoint(capsys, data, tmp_path):
         *base_args(
             data, path, "--arch", "resnet18", "--num-classes", 20, "--cam", "gradcampp", "--channel-order", "bgr"
         ),
+        "--input-size",
+        RESNET_SIZE,
     )
     records, _ = read_layout(data, "csv", "train")
-    e = score_model(model, BoxDataset(records, input_size=SIZE), cam="gradcam++", channel_order="bgr", batch_size=4)
+    dataset = BoxDataset(records, input_size=RESNET_SIZE)
+    e = score_model(model, dataset, cam="gradcam++", channel_order="bgr", batch_size=4)
     assert s["cam"] == "gradcam++" and s["target_layer"] == "layer4"
     assert same(s["iou"], e.iou()) and same(s["iou_b"], e.iou_b())
     assert s["model"]["num_classes"] == 20 and s["preprocessing"]["channel_order"] == "bgr"
@@ -686,11 +693,43 @@ def test_timm_checkpoint(capsys, data, tmp_path):
     model = create_model("timm:resnet18", num_classes=N_CLASSES).eval()
     path = tmp_path / "timm.pt"
     torch.save(model.state_dict(), path)
-    s = run_json(capsys, *base_args(data, path, "--arch", "timm:resnet18", "--num-classes", N_CLASSES))
+    flags = ["--arch", "timm:resnet18", "--num-classes", N_CLASSES, "--input-size", RESNET_SIZE]
+    s = run_json(capsys, *base_args(data, path, *flags))
     records, _ = read_layout(data, "csv", "train")
-    e = score_model(model, BoxDataset(records, input_size=SIZE), batch_size=4)
+    e = score_model(model, BoxDataset(records, input_size=RESNET_SIZE), batch_size=4)
     assert s["target_layer"] == "layer4" and s["model"]["arch"] == "timm:resnet18"
     assert same(s["iou"], e.iou()) and same(s["iou_b"], e.iou_b())
+
+
+def test_a_map_under_3x3_is_an_error_naming_the_input_size(capsys, data, tmp_path):
+    """resnet18 downsamples by 32: at the data's 32 px its layer4 map is 1x1 (a constant CAM, an
+    IoU that means nothing); the error names 96 px (3x3), and --force scores anyway, with a warning."""
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=N_CLASSES).eval()
+    path = tmp_path / "r18.pt"
+    torch.save(model.state_dict(), path)
+    with torch.no_grad():  # the oracle: the stages run one by one
+        stem = model.maxpool(model.relu(model.bn1(model.conv1(torch.zeros(1, 3, SIZE, SIZE)))))
+        assert model.layer4(model.layer3(model.layer2(model.layer1(stem)))).shape[-2:] == (1, 1)
+    flags = ["--arch", "resnet18", "--num-classes", N_CLASSES]
+    rc, out, err = run(capsys, *base_args(data, path, *flags))
+    assert rc == 2 and out == ""
+    assert err == (
+        f"camgap: error: {path}: the target layer layer4 gives a 1x1 map at input size 32 (the model "
+        "downsamples by 32; 224 px gives 7x7): a CAM of fewer than 3x3 cells cannot show where the model looks; "
+        "use --input-size 96 or more, or --force to score anyway\n"
+    )
+    rc, out, err = run(capsys, *base_args(data, path, *flags, "--layer", "layer2", "--json"))
+    assert rc == 0 and json.loads(out)["target_map"] == [4, 4]  # 32 px / 8: large enough
+    with pytest.warns(UserWarning) as caught:
+        rc, out, err = run(capsys, *base_args(data, path, *flags, "--force", "--json"))
+    assert rc == 0, err
+    s = json.loads(out)
+    assert s["target_map"] == [1, 1] and s["target_layer"] == "layer4"
+    assert [str(w.message) for w in caught] == [
+        f"{path}: the target layer layer4 gives a 1x1 map at input size 32 (the model downsamples by 32; 224 px "
+        "gives 7x7): a CAM of fewer than 3x3 cells cannot show where the model looks; scoring anyway (--force)"
+    ]
 
 
 def test_score_and_predict_build_one_score_options(capsys, monkeypatch, data, checkpoints, tmp_path):
@@ -698,7 +737,7 @@ def test_score_and_predict_build_one_score_options(capsys, monkeypatch, data, ch
     import camgap.cli as cli
     import camgap.measures.score as score_module
     from camgap.measures.score import ScoreOptions
-    from camgap.study.predict import fit_gap
+    from camgap.study.predict import DataInfo, ReferenceSet, fit_gap
 
     seen: list[ScoreOptions] = []
     real = score_module.score_model
@@ -709,7 +748,8 @@ def test_score_and_predict_build_one_score_options(capsys, monkeypatch, data, ch
 
     monkeypatch.setattr(score_module, "score_model", spy)
     fit = fit_gap([0.0, 0.25, 0.5, 1.0], [10.0, 12.0, 14.0, 16.0])
-    monkeypatch.setattr(cli, "_reference_fit", lambda *a: (fit, {}))
+    reference = ReferenceSet(fit, ("small_resnet",), (SIZE,), ("layer4",), DataInfo(None, None, None))
+    monkeypatch.setattr(cli, "_reference_fit", lambda *a: reference)
     flags = ["--cam", "gradcampp", "--threshold", "0.2,0.4", "--class-boxes-only", "--workers", 0, *ARCH]
     s = run_json(capsys, *base_args(data, checkpoints["plain"], *flags))
     rc, out, err = run(
@@ -717,9 +757,9 @@ def test_score_and_predict_build_one_score_options(capsys, monkeypatch, data, ch
     )
     assert rc == 0, err
     want = ScoreOptions(
-        cam="gradcam++", thresholds=(0.2, 0.4), batch_size=4, class_boxes_only=True, device="cpu", progress=False
+        cam="gradcam++", thresholds=(0.2, 0.4), batch_size=4, class_boxes_only=True, device="cpu", progress=True
     )
-    assert seen == [want, want]  # the preprocessing (ImageNet's here) filled in by the same function
+    assert seen == [want, want]  # the preprocessing (the defaults here) filled in by the same function
     assert json.loads(out)["iou"] == s["by_threshold"]["0.2"]["iou"]
 
 

@@ -78,3 +78,30 @@ def test_cli_refuses_with_one_line_and_rc_2(evil, tmp_path, capsys):
     assert err.count("\n") == 1 and err.startswith("camgap: error: ")
     assert str(path) in err and "refused to load" in err and "--unsafe-load" in err
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.25, 0.5])
+def test_a_truncated_checkpoint_is_a_checkpoint_error_naming_it(evil, tmp_path, keep):
+    """Whatever torch raises on a short file (EINVAL for a seek before the start, a zip error), score
+    and predict get one CheckpointError naming the file: only a full or failing disk stays an OSError."""
+    path, _, _ = evil
+    short = tmp_path / "short.pt"
+    data = path.read_bytes()
+    short.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(CheckpointError) as exc:
+        load_checkpoint(short, "small_resnet", 3, width=4)
+    assert str(short) in str(exc.value) and "cannot read checkpoint" in str(exc.value)
+
+
+def test_a_disk_error_stays_an_oserror(evil, monkeypatch):
+    import errno
+
+    path, _, _ = evil
+
+    def full_disk(*a, **k):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(torch, "load", full_disk)
+    with pytest.raises(OSError) as exc:
+        load_checkpoint(path, "small_resnet", 3, width=4)
+    assert not isinstance(exc.value, CheckpointError) and exc.value.errno == errno.EIO

@@ -600,3 +600,43 @@ def test_options_and_keywords_score_alike(synth, trained):
         score_model(trained, data, thresh=(0.1,))
     with pytest.raises(TypeError, match="options must be a ScoreOptions, got a str"):
         score_model(trained, data, "gradcam")
+
+
+# --- the caller's model -------------------------------------------------------------------
+
+
+def mixed_mode_copy(model):
+    """A copy in train mode with one BatchNorm frozen in eval mode and one weight frozen."""
+    m = copy.deepcopy(model).train()
+    m.bn1.eval()
+    m.fc.weight.requires_grad_(False)
+    return m
+
+
+def flags(model) -> tuple[dict, dict]:
+    return (
+        {name: m.training for name, m in model.named_modules()},
+        {name: p.requires_grad for name, p in model.named_parameters()},
+    )
+
+
+def test_score_model_gives_the_model_back_in_its_own_mode(synth, trained, base_result):
+    _, records, _ = synth
+    model = mixed_mode_copy(trained)
+    before, state = flags(model), copy.deepcopy(model.state_dict())
+    assert before[0][""] and not before[0]["bn1"] and not before[1]["fc.weight"]
+    result = score_model(model, BoxDataset(records, input_size=SIZE), thresholds=(0.1, 0.3, 0.5), batch_size=4)
+    assert flags(model) == before
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())  # no BatchNorm statistic moved
+    pd.testing.assert_frame_equal(result.per_image, base_result.per_image)  # scored in eval mode all the same
+
+
+def test_score_model_gives_the_mode_back_when_it_fails(synth, trained):
+    _, records, _ = synth
+    model = mixed_mode_copy(trained)
+    before = flags(model)
+    with pytest.raises(InputError, match=r"no mask for 9 images"):
+        score_model(
+            model, BoxDataset(records, input_size=SIZE), masks=torch.zeros(1, SIZE, SIZE, dtype=bool), mask_ids=["x"]
+        )
+    assert flags(model) == before

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from camgap.study.predict import fit_from_wide, fit_gap, predict_gap
+from camgap.study.predict import DataInfo, ReferenceSet, fit_from_wide, fit_gap, predict_gap
 
 T_975_2 = 4.302652729911275  # t quantile, 2 degrees of freedom, 0.975 (tables)
 
@@ -24,7 +24,14 @@ def test_fit_and_interval_by_hand():
     se = math.sqrt(1.35 * 1.25)
     assert p.gap == pytest.approx(2.75) and p.se == pytest.approx(se)
     assert (p.low, p.high) == (pytest.approx(2.75 - T_975_2 * se), pytest.approx(2.75 + T_975_2 * se))
-    assert not p.outside_range and p.warning is None
+    assert not p.outside_range
+    # 4 models and a positive slope: both said; the interval (+-5.6 pp) is narrow enough
+    assert p.warnings == (
+        "the fit rests on 4 reference models (fewer than 10): its slope and interval are rough",
+        "the fit's slope is +1.1 pp per unit of iou, not negative: the paper's relation (a higher iou, "
+        "a smaller gap) does not hold in this reference set",
+    )
+    assert p.coverage == pytest.approx(2 * T_975_2 * se / 100)
     # at x0 = 3: se = s * sqrt(1 + 1/4 + 1.5^2 / 5)
     p = predict_gap(f, 3.0)
     se = math.sqrt(1.35 * (1.25 + 2.25 / 5))
@@ -40,7 +47,10 @@ def test_matches_polyfit_and_warns_outside_range():
     assert (f.slope, f.intercept) == (pytest.approx(b), pytest.approx(a))
     assert f.r == pytest.approx(np.corrcoef(x, y)[0, 1])
     p = predict_gap(f, 0.9)
-    assert p.outside_range and "outside the reference set's range" in p.warning
+    assert p.outside_range and p.warnings == (
+        f"iou = 0.9 lies outside the reference set's range [{x.min():.4g}, {x.max():.4g}] (50 models): "
+        "the prediction extrapolates the linear fit and may be unreliable",
+    )
     assert "WARNING" in p.text()
     # extrapolation widens the interval
     assert p.se > predict_gap(f, float(x.mean())).se
@@ -107,3 +117,115 @@ def test_prediction_clipped_to_the_possible_gaps():
     assert "clipped" not in inside.text()
     with pytest.raises(ValueError, match=r"training accuracy must lie in \[0, 1\], got 1.5"):
         predict_gap(g, 0.2, train_acc=1.5)
+
+
+N_WARNING = "the fit rests on {n} reference models (fewer than 10): its slope and interval are rough"
+
+
+def _line(n: int, intercept: float, slope: float, noise: float) -> tuple[np.ndarray, np.ndarray]:
+    """n points on a line over x in [0, 1], with residuals +-noise alternating (no randomness)."""
+    x = np.linspace(0.0, 1.0, n)
+    return x, intercept + slope * x + noise * np.where(np.arange(n) % 2, 1.0, -1.0)
+
+
+def test_a_sound_fit_has_no_warnings_and_nine_models_are_too_few():
+    x, y = _line(10, 50.0, -40.0, 1.0)
+    f = fit_gap(x, y)
+    assert f.slope < 0 and abs(np.corrcoef(x, y)[0, 1]) > 0.9
+    p = predict_gap(f, 0.5, train_acc=0.9)
+    assert f.warnings() == [] and p.warnings == () and p.coverage < 0.1
+    f9 = fit_gap(x[:9], y[:9])
+    assert f9.warnings() == [N_WARNING.format(n=9)] and predict_gap(f9, 0.5).warnings == (N_WARNING.format(n=9),)
+
+
+@pytest.mark.parametrize("slope", [30.0, 0.0])
+def test_a_slope_that_is_not_negative(slope):
+    x = np.linspace(0.0, 1.0, 12)
+    y = 20.0 + slope * x  # exact: r = +1 (or undefined for a constant gap)
+    f = fit_gap(x, y)
+    assert f.slope == pytest.approx(slope, abs=1e-9)
+    notes = f.warnings()
+    assert notes[0] == (
+        f"the fit's slope is {f.slope:+.4g} pp per unit of iou, not negative: the paper's relation "
+        "(a higher iou, a smaller gap) does not hold in this reference set"
+    )
+    if slope:
+        assert len(notes) == 1
+    else:  # a constant gap: no correlation to speak of either
+        assert notes[1:] == [
+            "r = undefined (the gap is constant) over the reference set (|r| < 0.3): iou explains little of the gap"
+        ]
+
+
+def test_a_weak_correlation():
+    x, y = _line(12, 30.0, -6.0, 5.0)
+    r = np.corrcoef(x, y)[0, 1]
+    assert -0.3 < r < 0  # the oracle: numpy's Pearson r
+    f = fit_gap(x, y)
+    assert f.slope < 0 and f.r == pytest.approx(r)
+    assert f.warnings() == [f"r = {r:+.3f} over the reference set (|r| < 0.3): iou explains little of the gap"]
+
+
+def test_an_interval_that_covers_nearly_every_possible_gap():
+    x, y = _line(12, 200.0, -400.0, 40.0)
+    f = fit_gap(x, y)
+    assert f.warnings() == [] and f.r < -0.9
+    p = predict_gap(f, 0.5, train_acc=0.9)  # possible gaps [-10, 90]; raw interval about 0 +- 98
+    raw = predict_gap(f, 0.5)
+    assert raw.low < -10 and raw.high > 90 and (p.low, p.high) == (pytest.approx(-10.0), 90.0)
+    assert p.coverage == 1.0
+    assert p.warnings == (
+        "the 95% prediction interval covers 100% of the gaps this model can have [-10.00, 90.00] pp: "
+        "the prediction says next to nothing",
+    )
+    # without the training accuracy: the width against the 100 pp any one model's gaps span
+    assert raw.coverage == 1.0 and "a span of 100 pp" in raw.warnings[0]
+    # a narrower interval: its share of the possible range, no warning below 90%
+    tight = predict_gap(fit_gap(*_line(12, 200.0, -400.0, 10.0)), 0.5, train_acc=0.9)
+    assert tight.coverage == pytest.approx((tight.high - tight.low) / 100) and tight.coverage < 0.9
+    assert tight.warnings == ()
+
+
+def test_the_issue_fit_four_models_and_a_positive_slope():
+    """The issue's report: 4 reference models, a positive slope, an interval over every possible
+    gap, and no warning. Each is now said, in this order."""
+    x = [0.26, 0.27, 0.28, 0.30]
+    y = [0.0, 40.0, 35.0, 95.0]
+    f = fit_gap(x, y)
+    assert f.slope > 0
+    p = predict_gap(f, 0.28, train_acc=0.95)
+    assert [w.split(" ")[:3] for w in p.warnings] == [
+        ["the", "fit", "rests"],
+        ["the", "fit's", "slope"],
+        ["the", "95%", "prediction"],
+    ]
+    assert "WARNING: the fit rests on 4 reference models" in p.text()
+    assert p.text().count("WARNING: ") == 3
+
+
+def test_what_differs_from_the_reference_set():
+    ref = ReferenceSet(
+        fit_gap([0, 1, 2], [2, 1, 0]), ("small_resnet10",), (32,), ("layer4",), DataInfo("/d", ("a", "b"), 80)
+    )
+    assert ref.mismatches("small_resnet10", 32, "layer4", DataInfo("/d", ("a", "b"), 80)) == []
+    # the same classes and images in another folder: the same data
+    assert ref.mismatches("small_resnet10", 32, "layer4", DataInfo("/copy", ("a", "b"), 80)) == []
+    notes = ref.mismatches("resnet18", 224, "layer3", DataInfo("/d", ("a", "b"), 79))
+    assert notes == [
+        "the model's architecture resnet18 is not the reference set's (small_resnet10): the relation of IoU and "
+        "gap may differ between architectures, so the fit may not apply",
+        "the model's input size 224 is not the reference set's (32): its CAM maps have another resolution, so "
+        "the fit may not apply",
+        "the model's target layer layer3 is not the reference set's (layer4): its CAM is taken elsewhere, so the "
+        "fit may not apply",
+        "the model is scored on /d, 2 classes, 79 training images, the reference set was trained on /d, 2 "
+        "classes, 80 training images: the fit may not apply to other data",
+    ]
+    # a set that records only its folder: compared by folder; one that records nothing: said
+    old = ReferenceSet(ref.fit, ("small_resnet10",), (32,), ("layer4",), DataInfo("/d", None, None))
+    assert old.mismatches("small_resnet10", 32, "layer4", DataInfo("/d", ("x",), 3)) == []
+    unknown = ReferenceSet(ref.fit, ("small_resnet10",), (32,), ("layer4",), DataInfo(None, None, None))
+    assert unknown.mismatches("small_resnet10", 32, "layer4", DataInfo("/d", ("x",), 3)) == [
+        "the model is scored on /d, 1 class, 3 training images, the reference set was trained on an "
+        "unrecorded folder: the fit may not apply to other data"
+    ]

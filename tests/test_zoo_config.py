@@ -93,15 +93,21 @@ def test_a_stored_config_or_result_with_an_unknown_key_is_refused():
 
 
 def test_the_stored_result_holds_its_keys_in_their_order():
-    res = RunResult("a", "done", trained=True, epochs=3, gap=1.5, pack_size=1, precision="fp32", warnings=("w",))
+    res = RunResult(
+        "a", "done", trained=True, epochs=3, gap=1.5, pack_size=1, precision="fp32", pack_wall_time=2.0, warnings=("w",)
+    )
     stored = res.to_dict()
     assert list(stored) == list(RESULT_KEYS)  # no error, worker_died, warnings nor results on disk
+    assert RESULT_KEYS[-3:] == ("pack_size", "precision", "pack_wall_time")
     assert stored["epochs"] == 3 and stored["precision"] == "fp32" and stored["test_acc"] is None
-    older = {k: stored[k] for k in RESULT_KEYS[:-2]}  # written before pack_size and precision existed
-    back = RunResult.from_dict(older)
-    assert back.to_dict() == older and list(back.to_dict()) == list(older) and back.pack_size is None
+    assert stored["pack_wall_time"] == 2.0
+    for newer in (1, 3):  # written before pack_wall_time existed; before pack_size and precision too
+        older = {k: stored[k] for k in RESULT_KEYS[:-newer]}
+        back = RunResult.from_dict(older)
+        assert back.to_dict() == older and list(back.to_dict()) == list(older) and back.pack_wall_time is None
+    assert back.pack_size is None
     assert RunResult.from_dict(stored) == RunResult(
-        "a", "done", trained=True, epochs=3, gap=1.5, pack_size=1, precision="fp32"
+        "a", "done", trained=True, epochs=3, gap=1.5, pack_size=1, precision="fp32", pack_wall_time=2.0
     )
 
 

@@ -46,6 +46,9 @@ def zoo(tmp_path):
                 test_loss=2.0,
                 gap=100 * (0.987654321 - 0.5),
                 wall_time=12.3456789,
+                pack_wall_time=98.7654321,
+                precision="bf16",
+                pack_size=8,
             ),
         )
         reg.record_measurements(
@@ -64,18 +67,20 @@ def test_runs_csv_row_is_exact(zoo):
     header, done, pending = path.read_text().splitlines()
     assert header.split(",") == EXPORT_COLUMNS
     assert "train_acc_pp" in header and "gap_pp" in header and ",gap," not in header
+    assert header.endswith(",wall_time,pack_wall_time,precision,pack_size,attempts,error")
     assert done == (
         "r1,small_resnet10,32,0.00125,sgd,0.0005,True,False,0,1234567,True,done,17,C1+C2,"
-        "98.7654,0.0123457,50,2,48.7654,12.3457,0,"
+        "98.7654,0.0123457,50,2,48.7654,12.3457,98.7654,bf16,8,0,"
     )
-    assert pending == "r2,small_resnet10,32,0.01,sgd,0.0005,True,False,1,7,True,pending,,,,,,,,,0,"
+    # a pending run: the precision its config (and id) names, fp32 where it names none; no pack yet
+    assert pending == "r2,small_resnet10,32,0.01,sgd,0.0005,True,False,1,7,True,pending,,,,,,,,,,fp32,,0,"
 
 
 def test_parquet_holds_the_csv_numbers(zoo):
     csv = pd.read_csv(export(zoo, "csv"))
     pq = pd.read_parquet(export(zoo, "parquet"))
     assert list(pq.columns) == EXPORT_COLUMNS
-    for col in ("batch_size", "repeat", "seed", "epochs", "attempts"):
+    for col in ("batch_size", "repeat", "seed", "epochs", "pack_size", "attempts"):
         assert pd.api.types.is_integer_dtype(pq[col]), col
     assert pq.loc[0, "batch_size"] == 32 and pq.loc[0, "epochs"] == 17 and pd.isna(pq.loc[1, "epochs"])
     assert pq.loc[0, "train_acc_pp"] == 98.7654 and pq.loc[0, "gap_pp"] == 48.7654 and pq.loc[0, "test_acc_pp"] == 50
@@ -101,5 +106,5 @@ def test_a_set_of_pending_runs_exports_empty_cells(tmp_path):
     with Registry.in_dir(tmp_path) as reg:
         reg.add_runs([RunSpec("r1", RunConfig.from_dict(CONFIG), 0, 3)])
     _, row = export(tmp_path, "csv").read_text().splitlines()
-    assert row == "r1,small_resnet10,32,0.00125,sgd,0.0005,True,False,0,3,True,pending,,,,,,,,,0,"
+    assert row == "r1,small_resnet10,32,0.00125,sgd,0.0005,True,False,0,3,True,pending,,,,,,,,,,fp32,,0,"
     assert pd.read_parquet(export(tmp_path, "parquet"))["epochs"].isna().all()

@@ -132,7 +132,7 @@ def test_untrained_runs():
         ('[grid]\narch = ["small_resnet"]\n[train]\nacc_threshold = 1.5', "outside"),
         ('[grid]\narch = ["small_resnet"]\n[train]\nresize = "crop"', "not one of resize, resize_crop"),
         ('[grid]\narch = ["small_resnet"]\n[train]\nmean = [0.5, 0.5]', "list of 3 numbers"),
-        ('[grid]\narch = ["small_resnet"]\n[arch_options.small_resnet]\ndepth = 3', "invalid options"),
+        ('[grid]\narch = ["small_resnet"]\n[arch_options.small_resnet]\ndepth = 3', "unknown option.*depth; it takes"),
         ('[grid]\narch = ["small_resnet"]\n[arch_options.resnet18]\nwidth = 3', "not in \\[grid\\] arch"),
         ('[grid]\narch = ["small_resnet"]\n[pretrain]\nepochs = 0', "epochs: expected an integer >= 1"),
         ('[grid]\narch = ["small_resnet"]\n[something]\nx = 1', "unknown key.*something"),
@@ -210,3 +210,35 @@ def test_packaged_grids_keep_their_run_ids(name):
         assert (specs[i].run_id, specs[i].seed, specs[i].repeat) == (run_id, seed, repeat)
         assert make_run_id(specs[i].config.to_dict(), repeat) == run_id
     assert hashlib.sha256(",".join(s.run_id for s in specs).encode()).hexdigest() == digest
+
+
+# The released demo grid with its precision written out: bf16 runs are other runs than fp32 ones
+# (fp32, the default, keeps the ids above); the untrained models compute in fp32 whatever the grid says.
+KNOWN_BF16_DEMO = (
+    "8c0c5749a3e4e6f509bd680f9d7ac60831f0334da4bd4aeedd229372b8e99a94",
+    {0: ("66f5d8a2b8b77663", 1159706274, 0), 36: ("608e42ff475d22e8", 1958998554, 0)},
+)
+
+
+def _released_demo(precision: str):
+    text = Path(RELEASED_GRIDS["demo"]).read_text(encoding="utf-8")
+    return g(text.replace("channels_last = true", f'channels_last = true\nprecision = "{precision}"'))
+
+
+@pytest.mark.parametrize(("native", "explicit"), [(True, "bf16"), (False, "fp32")])
+def test_auto_takes_the_run_ids_of_the_precision_it_resolves_to(monkeypatch, native, explicit):
+    import hashlib
+
+    import torch
+
+    from camgap.zoo import train
+
+    monkeypatch.setattr(train, "bf16_support", lambda device: (native, "a device of that kind"))
+    resolved = _released_demo("auto").with_precision(train.resolve_precision("auto", torch.device("cpu")))
+    specs = _released_demo(explicit).runs()
+    assert [(s.run_id, s.seed) for s in resolved.runs()] == [(s.run_id, s.seed) for s in specs]
+    digest, samples = KNOWN_BF16_DEMO if explicit == "bf16" else KNOWN_RUNS["demo"][1:]
+    assert hashlib.sha256(",".join(s.run_id for s in specs).encode()).hexdigest() == digest
+    for i, (run_id, seed, repeat) in samples.items():
+        assert (specs[i].run_id, specs[i].seed, specs[i].repeat) == (run_id, seed, repeat)
+    assert specs[71].run_id == KNOWN_RUNS["demo"][2][71][0]  # an untrained model: the same in both

@@ -297,11 +297,14 @@ def state_lines(summary) -> list[str]:
 
 
 def _zero_head(path: Path) -> None:
-    """Hand-set weights: a zero classifier gives equal logits, margins 0, gamma = 0 <= 0."""
+    """Hand-set weights: a zero classifier gives equal logits, margins 0, gamma = 0 <= 0 (saved
+    with the digest a final.pt carries, so `zoo status` sees no corrupt file)."""
+    from camgap.zoo.train import save_final
+
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     for k in ("fc.weight", "fc.bias"):
         ckpt["model_state_dict"][k] = torch.zeros_like(ckpt["model_state_dict"][k])
-    torch.save(ckpt, path)
+    save_final(ckpt, path)
 
 
 def test_undefined_by_definition_is_not_a_failure(zoo):

@@ -1,10 +1,13 @@
 """bf16 autocast wraps each forward pass, never an optimizer step, in every training loop; "auto"
-precision follows the device's native bf16 support."""
+precision follows the device's native bf16 support: the units in cpuinfo and kernels that use them."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -12,7 +15,15 @@ import torch
 from camgap.models import create_model
 from camgap.zoo import train as train_mod
 from camgap.zoo.packed import PackedResNet, evaluate_pack, train_pack_epoch
-from camgap.zoo.train import RunInputs, evaluate, native_bf16, resolve_precision, train_one_epoch
+from camgap.zoo.train import (
+    RunInputs,
+    bf16_support,
+    choose_precision,
+    evaluate,
+    native_bf16,
+    resolve_precision,
+    train_one_epoch,
+)
 
 CPU = torch.device("cpu")
 INPUTS = RunInputs(3, True, 0.5, 0.4, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -88,15 +99,51 @@ def test_bf16_steps_compute_with_the_current_weights():
     assert not torch.allclose(weights[0], weights[2], rtol=1e-4, atol=0)
 
 
-def test_auto_precision_follows_native_bf16(monkeypatch):
-    assert resolve_precision("fp32", CPU) == "fp32" and resolve_precision("bf16", CPU) == "bf16"
-    assert resolve_precision("auto", CPU) == ("bf16" if native_bf16(CPU) else "fp32")
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
-    assert not native_bf16(CPU) and resolve_precision("auto", CPU) == "fp32"
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
-    assert native_bf16(CPU) and resolve_precision("auto", CPU) == "bf16"
+def _cpu(monkeypatch, capability: str, avx512_bf16: bool, amx: bool, onednn: str | None = None) -> None:
+    """A CPU as the probes see it: PyTorch's dispatched capability, cpuinfo's bf16 units, oneDNN's limit."""
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    if onednn is None:
+        monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    else:
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", onednn)
+
+
+@pytest.mark.parametrize(
+    ("cpu", "expected"),
+    [
+        (("AVX512", True, False), (True, "native bf16 on this CPU: AVX512-BF16, capability AVX512")),
+        (("AVX512", True, True), (True, "native bf16 on this CPU: AVX512-BF16 and AMX, capability AVX512")),
+        (("AVX512", False, True, "avx512_core_amx"), (True, "native bf16 on this CPU: AMX, capability AVX512")),
+        # cpuinfo says AVX512-BF16, but the kernels dispatched are AVX2 (ATEN_CPU_CAPABILITY=avx2)
+        (("AVX2", True, True), (False, "no native bf16 on this CPU: capability AVX2")),
+        (("DEFAULT", False, False), (False, "no native bf16 on this CPU: capability DEFAULT")),
+        (("AVX512", True, False, "AVX2"), (False, "no native bf16 on this CPU: ONEDNN_MAX_CPU_ISA=AVX2")),
+        (("AVX512", False, False), (False, "no native bf16 on this CPU: no AVX512-BF16 or AMX (capability AVX512)")),
+    ],
+)
+def test_native_bf16_needs_the_units_and_kernels_that_use_them(monkeypatch, cpu, expected):
+    _cpu(monkeypatch, *cpu)
+    assert bf16_support(CPU) == expected and native_bf16(CPU) is expected[0]
+    assert choose_precision("auto", CPU) == ("bf16" if expected[0] else "fp32", expected[1])
+    assert resolve_precision("auto", CPU) == ("bf16" if expected[0] else "fp32")
+    for explicit in ("fp32", "bf16"):  # an explicit setting is never second-guessed
+        assert choose_precision(explicit, CPU) == (explicit, "as the grid sets it")
+
+
+def test_a_torch_without_the_probes_has_no_native_bf16(monkeypatch):
+    _cpu(monkeypatch, "AVX512", True, True)
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
-    assert resolve_precision("auto", CPU) == "fp32"  # a torch without the probes: fp32, the safe choice
+    assert resolve_precision("auto", CPU) == "fp32"  # fp32, the safe choice
     assert copy.copy(INPUTS) == INPUTS
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch
+def test_the_avx2_emulation_is_seen_as_no_native_bf16():
+    """The real probes in a process that dispatches AVX2 kernels, as `.ci/run`'s second pass does."""
+    code = "import torch; from camgap.zoo.train import bf16_support; print(bf16_support(torch.device('cpu')))"
+    env = os.environ | {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "(False, 'no native bf16 on this CPU: capability AVX2')"

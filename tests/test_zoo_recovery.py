@@ -30,7 +30,7 @@ from camgap.zoo.grid import load_grid
 from camgap.zoo.registry import META_BACKUP, Registry
 from camgap.zoo.train import CheckpointSetAsideWarning, execute_task, train_run
 from tests.helpers.zoo import build_args
-from tests.zoo_hooks import worker_env
+from tests.zoo_hooks import NapTask, nap, worker_env
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULT_COLUMNS = [
@@ -48,6 +48,9 @@ RESULT_COLUMNS = [
     "test_loss",
     "gap",
     "wall_time",
+    "pack_wall_time",
+    "precision",
+    "pack_size",
     "resumed_from",
 ]
 
@@ -67,7 +70,8 @@ def runs(zoo: Path):
 class Scripted:
     """The in-process executor, except where the script says: ``"interrupt"`` raises
     KeyboardInterrupt in wait() (Ctrl-C of the driver), ``"died"`` reports the run's worker
-    dead (as LocalExecutor does after a worker's SIGKILL); ``None`` runs the run."""
+    dead (as LocalExecutor does after a worker's SIGKILL), ``"idle"`` an idle worker dead (the
+    run lost, not by its fault); ``None`` runs the run."""
 
     def __init__(self, script: list):
         self.script = script
@@ -85,6 +89,9 @@ class Scripted:
             task = self.inner._queue.pop(0)
             died = "its worker process died (killed, out of memory or crashed)"
             return [RunResult(task.run_id, "lost", error=died, worker_died=True)]
+        if step == "idle":
+            task = self.inner._queue.pop(0)
+            return [RunResult(task.run_id, "lost", error=IDLE_DIED, worker_died=False)]
         return self.inner.wait()
 
     def close(self) -> None:
@@ -451,3 +458,279 @@ def test_the_slow_epoch_hook_reaches_subprocesses():
         )
         assert out.returncode == 0, out.stderr
         assert out.stdout.split() == [str(ROOT / "camgap" / "zoo" / "train.py"), name]
+
+
+# --- unreadable files of any kind, a corrupt final.pt, idle workers, leftovers ------------------
+
+
+def _torch_error(path: Path) -> str:
+    """What torch itself raises on reading ``path`` (the cases camgap must all treat alike)."""
+    try:
+        torch.load(path, weights_only=True)
+    except OSError as exc:
+        return errno.errorcode[exc.errno]
+    except Exception as exc:  # noqa: BLE001
+        return type(exc).__name__
+    return "read"
+
+
+def _truncate(path: Path, fraction: float) -> int:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * fraction)])
+    return int(len(data) * fraction)
+
+
+@pytest.mark.parametrize(
+    ("fraction", "torch_raises", "problem"),
+    [
+        (0.10, "EINVAL", "Invalid argument; {size} bytes: truncated or corrupt"),
+        (0.25, "EINVAL", "Invalid argument; {size} bytes: truncated or corrupt"),
+        (0.50, "RuntimeError", "RuntimeError: PytorchStreamReader failed reading zip archive: failed finding central"),
+    ],
+)
+def test_a_short_last_pt_is_set_aside_whatever_torch_raises(tmp_path, data, fraction, torch_raises, problem):
+    """torch reads a last.pt cut to 10 or 25 % with an OSError(EINVAL), to 50 % with a zip error:
+    both the file's problem, not the disk's; the run restarts (at the worker entry: no `storage`)."""
+    task = _task(tmp_path, data, tmp_path / "run", epochs=2)
+    _interrupt_after_first_epoch(task)
+    last = tmp_path / "run" / "last.pt"
+    size = _truncate(last, fraction)
+    assert _torch_error(last) == torch_raises
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = execute_task(task)
+    assert not caught
+    assert result.status == "done" and result.epochs == 2 and result.resumed_from is None
+    assert result.warnings[0].startswith(f"{last}: cannot read checkpoint ({problem.format(size=size)}")
+    assert "); set aside as last.pt.corrupt-" in result.warnings[0]
+    assert result.warnings[0].endswith("; the run restarts from init.pt")
+    (aside,) = (tmp_path / "run").glob("last.pt.corrupt-*")
+    assert aside.stat().st_size == size
+
+
+def test_a_disk_error_on_reading_a_checkpoint_is_no_file_problem(tmp_path, data, monkeypatch):
+    """EIO while reading last.pt: the run comes back `storage` (no attempt used), nothing set aside."""
+    task = _task(tmp_path, data, tmp_path / "run", epochs=2)
+    _interrupt_after_first_epoch(task)
+    last = tmp_path / "run" / "last.pt"
+
+    def failing_disk(path, *a, **k):
+        raise OSError(errno.EIO, "Input/output error", str(path))
+
+    monkeypatch.setattr(torch, "load", failing_disk)
+    result = execute_task(task)
+    assert result.status == "storage" and result.error == f"{last}: Input/output error (errno EIO)"
+    assert last.is_file() and not list((tmp_path / "run").glob("*.corrupt-*"))
+
+
+def _build_keeping_last(tmp_path, data, zoo):
+    """Two done runs, each with last.pt kept (what resuming reads) beside final.pt."""
+    grid = write_grid(tmp_path / "g.toml", lrs="0.05, 0.005", epochs=1)
+    build(grid, data, zoo, workers=0, device="cpu", progress=False, log=quiet, keep_last=True)
+    return grid, list(runs(zoo).run_id)
+
+
+def _break_run_files(zoo: Path, a: str, b: str) -> dict[str, Path]:
+    """Run a: a final.pt of an older set (no recorded digest) cut to 25 %; run b: interrupted (no
+    final.pt) with its last.pt cut to 25 % and init.pt garbled. Returns the broken files; torch
+    raises EINVAL on both short checkpoints."""
+    ra, rb = zoo / "runs" / a, zoo / "runs" / b
+    (ra / "final.pt.sha256.json").unlink()
+    (rb / "final.pt").unlink()
+    (rb / "final.pt.sha256.json").unlink()
+    broken = {
+        "final": ra / "final.pt",
+        "last": rb / "last.pt",
+        "init": rb / "init.pt",
+    }
+    _truncate(broken["final"], 0.25)
+    _truncate(broken["last"], 0.25)
+    broken["init"].write_bytes(b"PK\x03\x04 not a zip archive")
+    assert _torch_error(broken["final"]) == _torch_error(broken["last"]) == "EINVAL"
+    return broken
+
+
+def test_repair_names_and_sets_aside_every_unreadable_file(tmp_path, data, capsys):
+    zoo = tmp_path / "zoo"
+    _, (a, b) = _build_keeping_last(tmp_path, data, zoo)
+    broken = _break_run_files(zoo, a, b)
+    (zoo / Registry.FILENAME).unlink()
+    capsys.readouterr()
+    assert zoo_main(["repair", "--zoo", str(zoo)]) == 0
+    out = capsys.readouterr().out
+    head, *problems = out.strip().splitlines()
+    assert head.endswith("0 done, 2 pending (from run directories), 0 measurement(s) restored; 3 problem(s):")
+    expect = {
+        "init": f"{broken['init']}: cannot read checkpoint (",
+        "last": f"{broken['last']}: cannot read checkpoint (Invalid argument; ",
+        "final": f"{broken['final']}: cannot read checkpoint (Invalid argument; ",
+    }
+    for name, start in expect.items():
+        (line,) = [p.strip() for p in problems if p.strip().startswith(start)]
+        assert f"; set aside as {broken[name].name}.corrupt-" in line, line
+    assert len(problems) == 3
+    for path in (broken["init"], broken["last"], broken["final"]):
+        assert not path.exists() and len(list(path.parent.glob(f"{path.name}.corrupt-*"))) == 1
+    assert list(runs(zoo).status) == ["pending", "pending"]
+
+
+def test_build_with_a_lost_registry_sets_aside_short_checkpoints_and_completes(tmp_path, data):
+    zoo = tmp_path / "zoo"
+    grid, (a, b) = _build_keeping_last(tmp_path, data, zoo)
+    old = runs(zoo)
+    broken = _break_run_files(zoo, a, b)
+    (zoo / Registry.FILENAME).unlink()
+    lines = []
+    s = build(grid, data, zoo, workers=0, device="cpu", progress=False, log=lines.append)
+    assert s.done == 2 and s.failed == 0 and s.trained_now == 2
+    text = "\n".join(lines)
+    assert "registry.sqlite missing; rebuilt it from runs/: 0 done, 2 pending" in text
+    for name in ("init", "last", "final"):
+        assert f"{broken[name]}: cannot read checkpoint (" in text
+        assert f"set aside as {broken[name].name}.corrupt-" in text
+    new = runs(zoo)
+    cols = ["run_id", "epochs", "train_acc", "test_acc", "gap"]  # trained again from scratch, same seeds
+    assert new[cols].equals(old[cols]) and (new.attempts == 0).all()
+
+
+def test_a_corrupt_final_pt_is_flagged_by_status_and_trained_again_by_build(tmp_path, data):
+    grid = write_grid(tmp_path / "g.toml", lrs="0.05, 0.005", epochs=1)
+    zoo = tmp_path / "zoo"
+    build(grid, data, zoo, workers=0, device="cpu", progress=False, log=quiet)
+    old = runs(zoo)
+    a, b = old.run_id
+    fa, fb = zoo / "runs" / a / "final.pt", zoo / "runs" / b / "final.pt"
+    recorded = json.loads((zoo / "runs" / a / "final.pt.sha256.json").read_text())
+    assert recorded == {"file": "final.pt", "size": fa.stat().st_size, "sha256": sha256(fa)}
+    flipped = bytearray(fa.read_bytes())
+    flipped[len(flipped) // 2] ^= 0xFF  # one bit flip inside the weights: torch would read it
+    fa.write_bytes(bytes(flipped))
+    full = fb.stat().st_size
+    size = _truncate(fb, 0.5)
+    info = status(zoo)
+    assert info["counts"]["done"] == 2
+    assert info["integrity_problems"] == [
+        f"run {a}: done, but {fa}: its sha256 differs from the one recorded when it was written (corrupt); "
+        "`camgap zoo build` trains it again",
+        f"run {b}: done, but {fb}: {size} bytes, {full} when it was written (truncated or overwritten); "
+        "`camgap zoo build` trains it again",
+    ]
+    assert "INTEGRITY PROBLEMS (2):" in format_status(info)
+
+    lines = []
+    s = build(grid, data, zoo, workers=0, device="cpu", progress=False, log=lines.append)
+    assert s.done == 2 and s.trained_now == 2
+    assert any(line.startswith(f"WARNING {a}: {fa}: its sha256 differs") for line in lines)
+    assert any(
+        line.startswith(f"WARNING {b}: {fb}: {size} bytes") and line.endswith("; the run is trained again")
+        for line in lines
+    )
+    assert len(list(fa.parent.glob("final.pt.corrupt-*"))) == 1
+    cols = ["run_id", "status", "epochs", "train_acc", "test_acc", "gap", "attempts"]
+    assert runs(zoo)[cols].equals(old[cols])
+    assert status(zoo)["integrity_problems"] == []
+
+
+def sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+IDLE_DIED = "stopped when an idle worker process died (killed, out of memory or crashed)"
+
+
+def test_lost_runs_tell_an_idle_workers_death_from_a_runs_own(monkeypatch):
+    """Whose worker died, by the pids workers report: the run's own (worker_died), none of the
+    runs' (an idle worker: no run's fault), a run that had not reported yet (a suspect)."""
+    ex = executors.LocalExecutor(2, fn=nap)  # the pool starts no process before a submit
+    monkeypatch.setattr(ex, "_drain_pids", lambda: None)
+    tasks = [NapTask("a", 0, "-"), NapTask("b", 0, "-")]
+    try:
+        own = "its worker process died (killed, out of memory or crashed)"
+        sibling = "stopped by another run's dead worker process"
+        cases = [
+            ({"a": 11, "b": 12}, {13}, [(False, IDLE_DIED), (False, IDLE_DIED)]),  # 13: idle
+            ({"a": 11, "b": 12}, {12}, [(False, sibling), (True, own)]),
+            ({"a": 11}, {13}, [(False, sibling), (True, own)]),  # b had not reported: it may be 13's
+        ]
+        for pids, dead, expect in cases:
+            ex._pids = dict(pids)
+            monkeypatch.setattr(ex, "_dead_pids", lambda dead=dead: dead)
+            got = [(r.worker_died, r.error) for r in ex._lost_runs(tasks)]
+            assert got == expect, (pids, dead)
+            assert all(r.status == "lost" for r in ex._lost_runs(tasks))
+    finally:
+        ex.close()
+
+
+def test_an_idle_workers_death_uses_no_attempt(tmp_path, data, monkeypatch):
+    """With --max-attempts 1, a run stopped twice in a row by an idle worker's death still trains."""
+    grid = write_grid(tmp_path / "g.toml", lrs="0.05", epochs=1)
+    zoo = tmp_path / "zoo"
+    scripted(monkeypatch, ["idle", "idle"])
+    lines = []
+    s = build(grid, data, zoo, workers=0, device="cpu", progress=False, log=lines.append, max_attempts=1)
+    assert s.done == 1 and s.failed == 0
+    rid = runs(zoo).run_id[0]
+    assert [line for line in lines if line.startswith("LOST")] == [
+        f"LOST   {rid} small_resnet bs=16 lr=0.05 sgd wd=0 aug=1 pre=0 r0: {IDLE_DIED}; re-queued (no attempt used)"
+    ] * 2
+    assert list(runs(zoo).attempts) == [0]
+
+
+@pytest.mark.slow
+def test_sigkill_of_an_idle_worker_process(tmp_path):
+    """kill -9 a worker that has finished its run while its sibling runs: the sibling's run comes
+    back lost without being its fault (no attempt, no death of its own counted)."""
+    quick = NapTask("quick", 0.0, str(tmp_path / "quick.pid"), wait_for=str(tmp_path / "slow.pid"))
+    slow = NapTask("slow", 120.0, str(tmp_path / "slow.pid"))
+    ex = executors.LocalExecutor(2, fn=nap)
+    try:
+        ex.submit(quick)
+        ex.submit(slow)  # quick waits for slow to start: two workers, one run each
+        (first,) = ex.wait()
+        assert (first.run_id, first.status) == ("quick", "done")
+        idle, busy = (int((tmp_path / f"{t}.pid").read_text()) for t in ("quick", "slow"))
+        assert idle != busy
+        os.kill(idle, 9)
+        (lost,) = ex.wait()
+        assert (lost.run_id, lost.status, lost.worker_died, lost.error) == ("slow", "lost", False, IDLE_DIED)
+    finally:
+        ex.close()
+
+
+def test_temporary_files_of_dead_processes_are_removed_at_the_next_start(tmp_path, data):
+    grid = write_grid(tmp_path / "g.toml", lrs="0.05", epochs=1)
+    zoo = tmp_path / "zoo"
+    build(grid, data, zoo, workers=0, device="cpu", progress=False, log=quiet)
+    rid = runs(zoo).run_id[0]
+    dead = _dead_pid()
+    (cache,) = (zoo / "cache").glob("train-*")
+    leftovers = [
+        zoo / "runs" / rid / f".last.pt.tmp-{dead}",
+        zoo / "runs" / rid / f".final.pt.tmp-{dead}",
+        zoo / f".registry-meta.json.tmp-{dead}",
+        cache / f".images.npy.tmp-{dead}-0123abcd",  # the tensor store's
+    ]
+    live = zoo / "runs" / rid / f".history.json.tmp-{os.getppid()}"  # a live process may still write it
+    for f in [*leftovers, live]:
+        f.write_bytes(b"half a file")
+    lines = []
+    build(grid, data, zoo, workers=0, device="cpu", progress=False, log=lines.append)
+    assert not any(f.exists() for f in leftovers) and live.is_file()
+    (line,) = [line for line in lines if "temporary file" in line]
+    head, names = line.split(": removed 4 temporary file(s) left by a killed process: ")
+    assert head == str(zoo) and set(names.split(", ")) == {str(f.relative_to(zoo)) for f in leftovers}
+
+    left = zoo / "runs" / rid / f".config.json.tmp-{dead}"
+    left.write_text("{")
+    assert zoo_main(["repair", "--zoo", str(zoo)]) == 0
+    assert not left.exists() and live.is_file()
+
+
+def _dead_pid() -> int:
+    """The pid of a child that has exited and been reaped (no process has it until reused)."""
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid

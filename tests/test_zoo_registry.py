@@ -8,6 +8,7 @@ import pytest
 from camgap.zoo.config import RunResult
 from camgap.zoo.grid import GRID_KEYS, parse_grid
 from camgap.zoo.registry import GridMismatchError, Registry, RegistryError
+from camgap.zoo.train import save_final
 
 GRID = parse_grid(
     tomllib.loads("""
@@ -133,8 +134,14 @@ def test_integrity_check_finds_problems(tmp_path):
         assert reg.integrity_check() == []
         # done run without final.pt in the model-set directory
         assert reg.integrity_check(tmp_path) == [f"run {a}: done but runs/{a}/final.pt is missing"]
-        (tmp_path / "runs" / a).mkdir(parents=True)
-        (tmp_path / "runs" / a / "final.pt").write_bytes(b"x")
+        final = tmp_path / "runs" / a / "final.pt"
+        final.parent.mkdir(parents=True)
+        final.write_bytes(b"x")  # no recorded digest: read back, and unreadable
+        assert reg.integrity_check(tmp_path) == [
+            f"run {a}: done, but {final}: cannot read checkpoint (Unsupported operand 120); "
+            "`camgap zoo build` trains it again"
+        ]
+        save_final({"run_id": a, "result": result(a).to_dict()}, final)
         assert reg.integrity_check(tmp_path) == []
         # tamper: inconsistent gap, done run without metrics
         reg.conn.execute("UPDATE runs SET gap = 1.0 WHERE run_id = ?", (a,))

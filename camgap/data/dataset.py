@@ -34,6 +34,7 @@ from camgap.errors import InputError
 from .errors import DataError
 from .images import check_max_pixels, decode_rgb, image_size
 from .layouts import Record
+from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, RESIZE_MODES
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -49,9 +50,6 @@ __all__ = [
     "make_transform",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-RESIZE_MODES = ("resize", "resize_crop")
 CROP_RATIO = 0.875
 
 Item = tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]

@@ -28,7 +28,6 @@ import contextlib
 import hashlib
 import json
 import os
-import sys
 import time
 import uuid
 import warnings
@@ -316,12 +315,9 @@ class TensorStore:
         if num_workers > 0:
             items = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers))
         if progress:
-            try:
-                from tqdm import tqdm
+            from camgap.progress import progress_bar
 
-                items = tqdm(items, total=len(dataset), desc="decoding", unit="img", file=sys.stderr)
-            except ImportError:  # pragma: no cover
-                pass
+            items = progress_bar(items, total=len(dataset), desc="decoding", unit="img")
 
         img_path = cache_dir / IMAGES_NAME
         tgt_path = cache_dir / TARGETS_NAME

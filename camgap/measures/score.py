@@ -4,8 +4,10 @@ margin, prediction-matrix and effective-invariance measures need no second pass.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -17,13 +19,12 @@ from torch import Tensor, nn
 from camgap.cam import cam_name, create_cam, upsample_normalize
 from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD, collate_boxes, normalize
 from camgap.data.masks import boxes_to_masks
+from camgap.data.preprocessing import CHANNEL_ORDERS
 from camgap.errors import InputError, NonFiniteError
 from camgap.measures.iou import threshold_ious, validate_thresholds
 from camgap.measures.norms import check_finite
 from camgap.measures.registry import MeasureError
 from camgap.options import CheckedOptions, option
-
-CHANNEL_ORDERS = ("rgb", "bgr")
 
 # (images uint8 [B,3,S,S], labels [B], boxes list[[n,4]], box_labels list[[n]], image ids)
 Batch = tuple[Tensor, Tensor, list[Tensor], list[Tensor], list[str]]
@@ -306,6 +307,24 @@ def _reference_masks(
     return boxes_to_masks(boxes, size, device)
 
 
+def _keeps_mode(score: Callable[..., ScoreResult]) -> Callable[..., ScoreResult]:
+    """`score` puts the model in eval mode; the caller gets back each module's own train/eval flag
+    (a model training with frozen BatchNorm stays so), also when `score` raises. Grad flags and
+    weights are never changed; the model stays on the scoring device."""
+
+    @functools.wraps(score)
+    def keeping_mode(model: nn.Module, *args, **kwargs) -> ScoreResult:
+        modes = [(m, m.training) for m in model.modules()]
+        try:
+            return score(model, *args, **kwargs)
+        finally:
+            for m, training in modes:
+                m.training = training
+
+    return keeping_mode
+
+
+@_keeps_mode
 def score_model(
     model: nn.Module,
     data,
@@ -321,7 +340,8 @@ def score_model(
 
     A_G is the union of the image's boxes (or only the boxes of its labelled class with
     `class_boxes_only`), or row `i` of `masks` (bool [N,S,S], rows named by `mask_ids`).
-    The model is put in eval mode. `keep_overlays=k` keeps image, CAM and reference of the
+    The model is scored in eval mode and given back in its own mode, each module's flag as it
+    was (it stays on the scoring device). `keep_overlays=k` keeps image, CAM and reference of the
     first k images for pictures. `channel_order="bgr"` is for a model trained on BGR images
     (OpenCV / Caffe style): the channels of each RGB batch are reversed before normalising, so
     `mean` and `std` are in the model's channel order.
@@ -433,6 +453,73 @@ def _check_finite_outputs(logits: Tensor, maps: Tensor, ids: Sequence[str]) -> N
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
+    from camgap.progress import progress_bar
 
-    return tqdm(total=total, unit="img", desc="score", disable=not enabled, file=None)
+    return progress_bar(total=total, unit="img", desc="score", enabled=enabled)
+
+
+MIN_MAP_CELLS = 3  # a target-layer map of fewer cells a side cannot locate an object
+_PROBE_SIZE = 224  # the input size every ImageNet architecture accepts: where downsampling is measured
+
+
+class MapTooSmallError(InputError):
+    """The target layer's map is smaller than MIN_MAP_CELLS x MIN_MAP_CELLS at the chosen input
+    size: the CAM is (nearly) constant, so its IoU says nothing about where the model looks."""
+
+    def __init__(self, message: str, input_size: int):
+        super().__init__(message)
+        self.input_size = input_size  # the smallest input size found to give a large enough map
+
+
+@torch.no_grad()
+def target_map_shape(model: nn.Module, layer: nn.Module, input_size: int) -> tuple[int, int] | None:
+    """(h, w) of `layer`'s output for one square image of `input_size` px (a forward pass of
+    zeros in eval mode; the model's mode is restored), or None when that output is not a
+    [B, C, h, w] map."""
+    shapes: list[tuple[int, ...]] = []
+    handle = layer.register_forward_hook(lambda m, i, out: shapes.append(tuple(getattr(out, "shape", ()))))
+    was_training = model.training
+    device = next(model.parameters()).device
+    try:
+        model.eval()(torch.zeros(1, 3, input_size, input_size, device=device))
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return shapes[0][-2:] if shapes and len(shapes[0]) == 4 else None
+
+
+def _size_for(model: nn.Module, layer: nn.Module, input_size: int, shape: tuple[int, int]) -> tuple[int, str]:
+    """The smallest input size (in steps of the model's downsampling) whose map has at least
+    MIN_MAP_CELLS a side, and a note on the downsampling, measured at _PROBE_SIZE px."""
+    probe = target_map_shape(model, layer, _PROBE_SIZE) if input_size < _PROBE_SIZE else None
+    side = min(probe or shape)
+    step = (_PROBE_SIZE if probe else input_size) / max(side, 1)
+    note = f"the model downsamples by {step:g}" + (f"; {_PROBE_SIZE} px gives {probe[0]}x{probe[1]}" if probe else "")
+    size = math.ceil(MIN_MAP_CELLS * step)
+    for _ in range(8):  # padding can leave a map one cell short of size / step
+        got = target_map_shape(model, layer, size)
+        if got is None or min(got) >= MIN_MAP_CELLS:
+            break
+        size += math.ceil(step)
+    return size, note
+
+
+def check_map_size(
+    model: nn.Module, layer: nn.Module, layer_name: str, input_size: int, *, force: bool = False, where: str = ""
+) -> tuple[int, int] | None:
+    """The target layer's map shape at `input_size`; a map under MIN_MAP_CELLS a side is a
+    MapTooSmallError that names the input size to use (with `force`: a warning, and scoring
+    goes on)."""
+    shape = target_map_shape(model, layer, input_size)
+    if shape is None or min(shape) >= MIN_MAP_CELLS:
+        return shape
+    size, note = _size_for(model, layer, input_size, shape)
+    prefix = f"{where}: " if where else ""
+    problem = (
+        f"{prefix}the target layer {layer_name} gives a {shape[0]}x{shape[1]} map at input size {input_size} "
+        f"({note}): a CAM of fewer than {MIN_MAP_CELLS}x{MIN_MAP_CELLS} cells cannot show where the model looks"
+    )
+    if not force:
+        raise MapTooSmallError(f"{problem}; use --input-size {size} or more, or --force to score anyway", size)
+    warnings.warn(f"{problem}; scoring anyway (--force)", UserWarning, stacklevel=2)
+    return shape

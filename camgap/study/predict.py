@@ -13,7 +13,14 @@ and the (1 - alpha) prediction interval for a new model with measure x0 is
 A value outside [min x_i, max x_i] of the reference set is an extrapolation: the result
 carries `outside_range = True` and a warning message (the interval assumes the linear fit
 holds there, which the reference set cannot show). Given the model's training accuracy, the
-gap and its interval are clipped to what that accuracy allows. Pure functions; no I/O.
+gap and its interval are clipped to what that accuracy allows.
+
+A fit can be computed from any 3 points and still mean nothing; each prediction carries a
+warning when the fit rests on fewer than MIN_N models, when its slope is not negative (the
+paper's relation: a higher IoU, a smaller gap), when |r| < MIN_ABS_R, and when the interval
+covers at least MAX_COVERAGE of the gaps the model can have. `ReferenceSet.mismatches` names
+what differs between the new model and the reference set (architecture, input size, target
+layer, dataset). Pure functions; no I/O.
 """
 
 from __future__ import annotations
@@ -26,6 +33,11 @@ import pandas as pd
 from scipy import stats as _st
 
 from camgap.errors import InputError
+
+MIN_N = 10  # fewer reference models: slope and interval are rough
+MIN_ABS_R = 0.3  # a weaker correlation: the measure explains little of the gap
+MAX_COVERAGE = 0.9  # an interval covering this share of the possible gaps says next to nothing
+GAP_SPAN = 100.0  # the possible gaps of any one model span 100 pp (test accuracy 0..1)
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,25 @@ class GapFit:
     def dof(self) -> int:
         return self.n - 2
 
+    def warnings(self) -> list[str]:
+        """What makes this fit a weak basis for a prediction, one sentence each ([] if nothing)."""
+        notes = []
+        if self.n < MIN_N:
+            notes.append(
+                f"the fit rests on {self.n} reference models (fewer than {MIN_N}): its slope and interval are rough"
+            )
+        if not self.slope < 0:
+            notes.append(
+                f"the fit's slope is {self.slope:+.4g} pp per unit of {self.measure}, not negative: the paper's "
+                f"relation (a higher {self.measure}, a smaller gap) does not hold in this reference set"
+            )
+        if not abs(self.r) >= MIN_ABS_R:  # NaN too: a constant gap
+            r = "undefined (the gap is constant)" if math.isnan(self.r) else f"{self.r:+.3f}"
+            notes.append(
+                f"r = {r} over the reference set (|r| < {MIN_ABS_R:g}): {self.measure} explains little of the gap"
+            )
+        return notes
+
 
 @dataclass(frozen=True)
 class GapPrediction:
@@ -57,18 +88,83 @@ class GapPrediction:
     confidence: float
     se: float  # s * sqrt(1 + 1/n + (x0 - xbar)^2 / Sxx)
     outside_range: bool
-    warning: str | None
+    warnings: tuple[str, ...] = ()  # the fit's, then this prediction's (see the module's docstring)
     clipped: bool = False  # gap or interval moved into `possible`
     possible: tuple[float, float] | None = None  # the gaps the model's training accuracy allows
+    coverage: float = math.nan  # share of the possible gaps (GAP_SPAN pp) the interval covers
 
-    def text(self) -> str:
+    def headline(self) -> str:
+        """The prediction and its interval in one line."""
         s = (
             f"predicted gap {self.gap:.2f} pp, {round(100 * self.confidence)}% prediction interval "
             f"[{self.low:.2f}, {self.high:.2f}] pp"
         )
         if self.clipped and self.possible is not None:
             s += f" (clipped to the possible range [{self.possible[0]:.2f}, {self.possible[1]:.2f}] pp)"
-        return s + (f"\nWARNING: {self.warning}" if self.warning else "")
+        return s
+
+    def text(self) -> str:
+        """The headline, then one WARNING line each."""
+        return "\n".join([self.headline(), *(f"WARNING: {w}" for w in self.warnings)])
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What identifies a dataset: its folder, class names and number of training images
+    (None: not known)."""
+
+    root: str | None
+    classes: tuple[str, ...] | None
+    n_train: int | None
+
+    def describe(self) -> str:
+        parts = [self.root or "an unrecorded folder"]
+        if self.classes is not None:
+            parts.append(f"{len(self.classes)} class{'' if len(self.classes) == 1 else 'es'}")
+        if self.n_train is not None:
+            parts.append(f"{self.n_train} training images")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class ReferenceSet:
+    """The reference models a fit was made on: their fit and what the new model should share
+    with them for the fit to apply (each a tuple of the values its models have)."""
+
+    fit: GapFit
+    archs: tuple[str, ...]
+    input_sizes: tuple[int, ...]
+    target_layers: tuple[str, ...]
+    data: DataInfo
+
+    def mismatches(self, arch: str, input_size: int, target_layer: str, data: DataInfo) -> list[str]:
+        """One sentence for each of architecture, input size, target layer and dataset in which
+        the new model differs from the reference set's models."""
+        notes = []
+        for what, mine, theirs, why in (
+            ("architecture", arch, self.archs, "the relation of IoU and gap may differ between architectures"),
+            ("input size", input_size, self.input_sizes, "its CAM maps have another resolution"),
+            ("target layer", target_layer, self.target_layers, "its CAM is taken elsewhere"),
+        ):
+            if theirs and mine not in theirs:
+                notes.append(
+                    f"the model's {what} {mine} is not the reference set's ({', '.join(map(str, theirs))}): "
+                    f"{why}, so the fit may not apply"
+                )
+        if not _same_data(self.data, data):
+            notes.append(
+                f"the model is scored on {data.describe()}, the reference set was trained on "
+                f"{self.data.describe()}: the fit may not apply to other data"
+            )
+        return notes
+
+
+def _same_data(a: DataInfo, b: DataInfo) -> bool:
+    """Same classes and number of training images where both are known (the same data in
+    another folder is the same), else the same folder."""
+    if a.classes is not None and b.classes is not None and a.n_train is not None and b.n_train is not None:
+        return tuple(a.classes) == tuple(b.classes) and a.n_train == b.n_train
+    return a.root is not None and a.root == b.root
 
 
 def possible_gap_range(train_acc: float) -> tuple[float, float]:
@@ -122,20 +218,25 @@ def predict_gap(
     se = fit.resid_std * math.sqrt(1.0 + 1.0 / fit.n + (x0 - fit.x_mean) ** 2 / fit.sxx)
     t = float(_st.t.ppf(0.5 + confidence / 2, fit.dof))
     outside = not (fit.x_min <= x0 <= fit.x_max)
-    warning = None
+    notes = fit.warnings()
     if outside:
-        warning = (
+        notes.append(
             f"{fit.measure} = {x0:.4g} lies outside the reference set's range "
             f"[{fit.x_min:.4g}, {fit.x_max:.4g}] ({fit.n} models): the prediction "
             f"extrapolates the linear fit and may be unreliable"
         )
-    low, high = yhat - t * se, yhat + t * se
-    if train_acc is None:
-        return GapPrediction(x0, yhat, low, high, confidence, se, outside, warning)
-    lo, hi = possible_gap_range(train_acc)
-    bounded = tuple(min(max(v, lo), hi) for v in (yhat, low, high))
+    raw = (yhat, yhat - t * se, yhat + t * se)
+    possible = possible_gap_range(train_acc) if train_acc is not None else None
+    gap, low, high = tuple(min(max(v, possible[0]), possible[1]) for v in raw) if possible else raw
+    coverage = min(high - low, GAP_SPAN) / GAP_SPAN  # clipped: the share of `possible` it covers
+    if coverage >= MAX_COVERAGE:
+        where = f" [{possible[0]:.2f}, {possible[1]:.2f}] pp" if possible else f" (a span of {GAP_SPAN:g} pp)"
+        notes.append(
+            f"the {round(100 * confidence)}% prediction interval covers {100 * coverage:.0f}% of the gaps "
+            f"this model can have{where}: the prediction says next to nothing"
+        )
     return GapPrediction(
-        x0, *bounded, confidence, se, outside, warning, clipped=bounded != (yhat, low, high), possible=(lo, hi)
+        x0, gap, low, high, confidence, se, outside, tuple(notes), (gap, low, high) != raw, possible, coverage
     )
 
 

@@ -242,6 +242,18 @@ def provenance(
     return rows
 
 
+def how_computed(runs: pd.DataFrame) -> str:
+    """' Trained in fp32 (8), bf16 (64); pack size 8 (64), 1 (8).' for the registry's columns (what
+    speeds training up, not what is studied; the model table has them per model); '' without them."""
+    parts = []
+    for col, name in (("precision", "trained in"), ("pack_size", "pack size")):
+        if col in runs.columns and runs[col].notna().any():
+            counts = runs[col].dropna().map(lambda v: str(int(v)) if isinstance(v, float) else str(v)).value_counts()
+            parts.append(f"{name} " + ", ".join(f"{v} ({n})" for v, n in counts.items()))
+    text = "; ".join(parts)
+    return f" {text[:1].upper()}{text[1:]}." if parts else ""
+
+
 def _gap_figures(runs: pd.DataFrame, fdir: Path) -> tuple[list[FigureFile], list[str]]:
     """Figures 4 and 5, or a no-data line when no trained model has a finite gap."""
     gaps = pd.to_numeric(runs.loc[tables.trained_mask(runs), "gap"], errors="coerce")
@@ -454,6 +466,7 @@ def render_html(
         f"{', '.join(render.column_label(tables.threshold_label(t)) for t in st.thresholds)}; "
         f"hyperparameters for Psi / CMI: {', '.join(st.hparams) or 'none'}; "
         f"bootstrap resamples: {st.settings.get('n_boot')}, seed {st.settings.get('seed')}."
+        f"{how_computed(runs[tm])}"
     )
     t4 = (
         None

@@ -19,13 +19,17 @@ its worker process died twice in a row). A run stopped by something else goes ba
 pending: an interrupted driver, a sibling's dead worker, its own worker's first death. A
 full or failing disk (ENOSPC, EIO, ... while writing a checkpoint or the registry) stops
 the sweep with one line naming the path (``StorageError``); the same command resumes once
-it is fixed. A missing ``registry.sqlite`` is rebuilt from ``runs/`` (``repair``).
+it is fixed. A missing ``registry.sqlite`` is rebuilt from ``runs/`` (``repair``). Every build
+first checks the ``final.pt`` of each done run (size and sha256, ``camgap.zoo.digest``) and trains
+a missing or corrupt one again, and removes temporary files that killed processes left.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
+import statistics
 import sys
 import time
 from collections import deque
@@ -34,7 +38,7 @@ from pathlib import Path
 
 from camgap.errors import CamgapError
 from camgap.zoo.config import Pack, RunConfig, RunResult, Task
-from camgap.zoo.grid import GRID_KEYS, Grid, GridError, RunSpec, canonical_json, load_grid
+from camgap.zoo.grid import GRID_KEYS, MAX_RUNS, Grid, GridError, RunSpec, canonical_json, load_grid
 from camgap.zoo.registry import META_BACKUP, Registry, RegistryError, format_measurement_status, rebuild_registry
 
 __all__ = [
@@ -67,10 +71,13 @@ EXPORT_COLUMNS = [
     "test_loss",
     "gap_pp",
     "wall_time",
+    "pack_wall_time",
+    "precision",
+    "pack_size",
     "attempts",
     "error",
 ]
-EXPORT_INTEGERS = ("batch_size", "repeat", "seed", "epochs", "attempts")  # written as integers, never 32.0
+EXPORT_INTEGERS = ("batch_size", "repeat", "seed", "epochs", "pack_size", "attempts")  # written as integers, never 32.0
 EXPORT_DIGITS = 6  # significant digits of every other number
 
 
@@ -195,11 +202,14 @@ def build(
     cpus_per_run: int | None = None,
     progress: bool = True,
     log=None,
+    max_runs: int | None = None,
     box_units: str | None = None,
     max_pixels: int | None = None,
 ) -> BuildSummary:
     """Build (or resume) the model set of ``grid`` on ``data`` in ``out``; see the module doc.
-    ``box_units`` and ``max_pixels`` are read_layout's and decode_rgb's (None: pixels, checked; 100 MP)."""
+    ``max_runs``: refuse a grid of more runs, before anything is expanded or written (default:
+    a Grid's own limit, a grid file's ``MAX_RUNS``). ``box_units`` and ``max_pixels`` are
+    read_layout's and decode_rgb's (None: pixels, checked; 100 MP)."""
     from camgap.zoo.executors import make_executor, resolve_device
     from camgap.zoo.pretrained import PretrainedWeightsError, ensure_source_models, pretrained_paths
     from camgap.zoo.train import prepare_split, storage_error
@@ -214,8 +224,14 @@ def build(
         raise ZooError(f"--max-attempts must be >= 1, got {max_attempts}")
     if executor not in ("local", "ray"):
         raise ZooError(f"--executor must be local or ray, got {executor!r}")
+    if max_runs is not None and (not isinstance(max_runs, int) or max_runs < 1):
+        raise ZooError(f"--max-runs must be an integer >= 1, got {max_runs!r}")
     try:
-        g = grid if isinstance(grid, Grid) else load_grid(grid)
+        if isinstance(grid, Grid):
+            g = grid if max_runs is None else replace(grid, max_runs=max_runs)
+            g.check_size()
+        else:
+            g = load_grid(grid, MAX_RUNS if max_runs is None else max_runs)
     except GridError as exc:
         raise ZooError(str(exc)) from None
     data = Path(data).expanduser().resolve()
@@ -243,6 +259,8 @@ def build(
         raise ZooError(str(exc)) from None
 
     with _driver_lock(out):
+        _remove_stale_temp_files(out, log)
+        g = _resolve_precision(g, out, device if executor == "local" else None, log)
         if rebuild and not (out / Registry.FILENAME).exists():
             _rebuild_for(g, out, log)
         reg = Registry.in_dir(out)
@@ -258,10 +276,12 @@ def build(
 
             specs = g.runs()
             new = reg.add_runs(specs)
+            _retrain_unsound_finals(reg, out, log)
             resumed = reg.reset_interrupted()
             if retry_failed:
                 reg.reset_failed()
             todo = reg.todo(max_attempts)
+            _refuse_unresolved(todo, out)
             total = len(specs)
             if new:
                 log(f"{out}: registered {new} new run(s); {total} in the grid")
@@ -360,6 +380,64 @@ def _grid_from_meta(meta: dict) -> Grid | None:
     return g if g.fingerprint() == meta.get("grid_fingerprint") else None
 
 
+def _recorded_grid(out: Path) -> dict | None:
+    """The canonical grid a model set recorded at its first build (registry, else its meta backup)."""
+    text = None
+    if (out / Registry.FILENAME).is_file():
+        with contextlib.suppress(RegistryError), Registry.in_dir(out, read_only=True) as reg:
+            text = reg.get_meta("grid")
+    if text is None and (out / META_BACKUP).is_file():
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            text = json.loads((out / META_BACKUP).read_text(encoding="utf-8")).get("grid")
+    with contextlib.suppress(TypeError, ValueError):
+        recorded = json.loads(text) if text else None
+        return recorded if isinstance(recorded, dict) else None
+    return None
+
+
+def _resolve_precision(g: Grid, out: Path, device: str | None, log) -> Grid:
+    """The grid with ``precision = "auto"`` resolved once per model set, before its first run
+    starts: as the model set at ``out`` recorded it (a resume keeps it, on any machine: bf16
+    computes everywhere, only slower), else for ``device`` (``train.choose_precision``); the log
+    says which and why. A model set recorded with "auto" itself (by an earlier camgap) keeps its
+    run ids; ``_refuse_unresolved`` stops before any of them would train."""
+    if g.train.precision != "auto":
+        return g
+    recorded = _recorded_grid(out)
+    if recorded is not None:
+        stored = (recorded.get("train") or {}).get("precision", "fp32")
+        if stored == "auto":
+            log('precision auto: this model set was built before camgap resolved it; its run ids keep "auto"')
+            return g
+        choice, why = stored, "as this model set recorded at its first build"
+    elif device is None:
+        raise ZooError(
+            f'{g.source}: [train] precision = "auto" is resolved before the first run starts, on the driver, '
+            'which does not know the devices of --executor ray workers; set precision = "fp32" or "bf16"'
+        )
+    else:
+        import torch
+
+        from camgap.zoo.train import choose_precision
+
+        choice, why = choose_precision("auto", torch.device(device))
+    log(f"precision auto -> {choice} ({why})")
+    return g.with_precision(choice)
+
+
+def _refuse_unresolved(todo: list[RunSpec], out: Path) -> None:
+    """Runs whose config still says precision "auto" (a model set of an earlier camgap, which chose
+    at every start) cannot train: their ids do not name what they would compute in."""
+    unresolved = [s.run_id for s in todo if s.config.precision == "auto"]
+    if unresolved:
+        raise ZooError(
+            f'{out}: {len(unresolved)} run(s) to train (e.g. {unresolved[0]}) have precision = "auto" in their '
+            "ids, from an earlier camgap that chose bf16 or fp32 at each start; camgap now resolves it before "
+            "a run starts and names it in the id, so build into a new --out (zoo status, export, measure and "
+            "study still read this model set and its finished runs)"
+        )
+
+
 def _rebuild_for(g: Grid, out: Path, log) -> None:
     """``build`` found run directories but no registry: rebuild it (refusing another grid's runs)."""
     for cfg_path in sorted((out / "runs").glob("*/config.json")):
@@ -376,6 +454,41 @@ def _rebuild_for(g: Grid, out: Path, log) -> None:
     log(f"{out}: {Registry.FILENAME} missing; rebuilt it from runs/: {report}")
 
 
+def _remove_stale_temp_files(out: Path, log) -> None:
+    """Temporary files that a killed driver or worker left in the model set (``train.
+    remove_stale_temp_files``: only those of dead processes), with the driver lock held."""
+    from camgap.zoo.train import remove_stale_temp_files
+
+    dirs = [out, *(d for top in ("runs", "cache") for d in sorted((out / top).glob("*")) if d.is_dir())]
+    removed = [f for d in dirs for f in remove_stale_temp_files(d)]
+    if removed:
+        names = ", ".join(str(f.relative_to(out)) for f in removed)
+        log(f"{out}: removed {len(removed)} temporary file(s) left by a killed process: {names}")
+
+
+def _retrain_unsound_finals(reg: Registry, out: Path, log) -> None:
+    """Done runs whose final.pt is missing or corrupt (``digest.check_final``) go back to pending,
+    a corrupt file set aside; a final.pt without a recorded digest that reads back gets one."""
+    from camgap.zoo.digest import check_final
+    from camgap.zoo.train import set_aside, storage_error
+
+    for run in reg.done_runs():
+        rid = run["run_id"]
+        final = out / "runs" / rid / "final.pt"
+        try:
+            problem = check_final(final.parent, rid, record=True)
+            if problem is None:
+                continue
+            then = "the run is trained again"
+            msg = set_aside(final, problem, then) if final.is_file() else f"{problem}; {then}"
+        except OSError as exc:
+            if storage_error(exc) is None:
+                raise
+            raise _stop_for_storage(f"{exc.filename or final}: {exc.strerror or exc}") from exc
+        reg.requeue(rid)
+        log(f"WARNING {rid}: {msg}")
+
+
 def repair(zoo_dir: str | Path, log=print):
     """Rebuild ``ZOO/registry.sqlite`` from ``ZOO/runs/`` (``camgap zoo repair``): done runs
     from their final.pt, every other run pending, measurements from measurements.json; an
@@ -386,6 +499,7 @@ def repair(zoo_dir: str | Path, log=print):
     if not _recoverable(zoo):
         raise ZooError(f"{zoo}: no run directories (runs/*/config.json) nor {META_BACKUP} to rebuild from")
     with _driver_lock(zoo):
+        _remove_stale_temp_files(zoo, log)
         meta = {}
         with contextlib.suppress(OSError, ValueError):
             meta = json.loads((zoo / META_BACKUP).read_text())
@@ -440,19 +554,11 @@ def _sweep(
     progress: bool,
     log,
 ) -> tuple[int, int]:
-    from tqdm import tqdm
-
+    from camgap.progress import progress_bar
     from camgap.zoo.train import atomic_write_json, storage_error
 
-    bar = tqdm(
-        total=total,
-        initial=reg.counts()["done"] + reg.exhausted(max_attempts),
-        unit="run",
-        desc="zoo",
-        file=sys.stderr,
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    finished = reg.counts()["done"] + reg.exhausted(max_attempts)
+    bar = progress_bar(total=total, initial=finished, unit="run", desc="zoo", enabled=progress)
 
     def emit(msg: str) -> None:
         if progress:
@@ -582,8 +688,11 @@ def _sweep(
 
 
 def status(zoo_dir: str | Path) -> dict:
-    """Counts by status, by architecture x status, and the failures with their errors;
-    ``measurements``: the measurements by state (``Registry.measurement_counts``)."""
+    """Counts by status (``total``, ``counts``), by architecture x status (``by_arch``), the
+    failures with their errors, ``stop_reasons``, the spread of ``train_acc_pp``, ``test_acc_pp``
+    and ``gap_pp`` over the done trained runs (``_spread``), ``integrity_problems``, the ``grid``
+    and ``measurements``: the measurements by state (``Registry.measurement_counts``). Every count
+    is an int: ``json.dumps`` of it is what ``zoo status --json`` prints (``STATUS_JSON_HELP``)."""
     zoo_dir = Path(zoo_dir)
     try:
         reg = Registry.in_dir(zoo_dir, read_only=True)
@@ -618,6 +727,7 @@ def status(zoo_dir: str | Path) -> dict:
         else []
     )
     done = frame[frame["status"] == "done"] if len(frame) else frame
+    trained = done[done["trained"].astype(bool)] if len(done) else done
     return {
         "zoo": str(zoo_dir),
         "total": int(len(frame)),
@@ -625,11 +735,28 @@ def status(zoo_dir: str | Path) -> dict:
         "counts": counts,
         "by_arch": by_arch,
         "failures": failures,
-        "stop_reasons": done["stop_reason"].value_counts().to_dict() if len(done) else {},
-        "gap": done["gap"].describe().to_dict() if len(done) else {},
+        "stop_reasons": {str(k): int(v) for k, v in done["stop_reason"].value_counts().items()} if len(done) else {},
+        "train_acc_pp": _spread(100.0 * trained["train_acc"] if len(trained) else []),
+        "test_acc_pp": _spread(100.0 * trained["test_acc"] if len(trained) else []),
+        "gap_pp": _spread(trained["gap"] if len(trained) else []),
         "integrity_problems": problems,
         "grid": json.loads(grid) if grid else None,
         "measurements": measurements,
+    }
+
+
+def _spread(values) -> dict:
+    """``{"n", "min", "median", "mean", "max"}`` of the finite values (n an int; the others
+    floats, None when n is 0)."""
+    finite = sorted(float(v) for v in values if v is not None and math.isfinite(float(v)))
+    if not finite:
+        return {"n": 0, "min": None, "median": None, "mean": None, "max": None}
+    return {
+        "n": len(finite),
+        "min": finite[0],
+        "median": statistics.median(finite),
+        "mean": statistics.fmean(finite),
+        "max": finite[-1],
     }
 
 
@@ -661,9 +788,13 @@ def format_status(info: dict) -> str:
         )
     if info["stop_reasons"]:
         lines.append("  stop reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(info["stop_reasons"].items())))
-    if info["gap"]:
-        gp = info["gap"]
-        lines.append(f"  gap (pp): mean {gp['mean']:.2f}, min {gp['min']:.2f}, max {gp['max']:.2f}")
+    for key, name in (("train_acc_pp", "train acc"), ("test_acc_pp", "test acc"), ("gap_pp", "gap")):
+        sp = info[key]
+        if sp["n"]:
+            lines.append(
+                f"  {name} (pp) of {sp['n']} trained runs: median {sp['median']:.2f}, mean {sp['mean']:.2f}, "
+                f"min {sp['min']:.2f}, max {sp['max']:.2f}"
+            )
     if info["failures"]:
         lines.append(f"  failures ({len(info['failures'])}):")
         for f in info["failures"]:
@@ -676,14 +807,21 @@ def format_status(info: dict) -> str:
     return "\n".join(lines)
 
 
-def export(zoo_dir: str | Path, fmt: str = "csv", out: str | Path | None = None, measures: bool = False) -> Path:
+STDOUT = "-"  # `--out -`: the table on standard output
+
+
+def export(zoo_dir: str | Path, fmt: str = "csv", out: str | Path | None = None, measures: bool = False) -> Path | None:
     """Write one row per run (``EXPORT_COLUMNS``), or with ``measures`` one row per measurement
     (``Registry.measurements_export_frame``), as CSV or Parquet; return the file's path (default
-    ``ZOO/runs.<fmt>`` or ``ZOO/measurements.<fmt>``). Counts are integers, every other number is
-    rounded to ``EXPORT_DIGITS`` significant digits, in both formats."""
+    ``ZOO/runs.<fmt>`` or ``ZOO/measurements.<fmt>``), or None for ``out="-"``: standard output
+    (Parquet's bytes only into a pipe or file, never a terminal). Counts are integers, every other
+    number is rounded to ``EXPORT_DIGITS`` significant digits, in both formats."""
     zoo_dir = Path(zoo_dir)
     if fmt not in ("csv", "parquet"):
         raise ZooError(f"--format must be csv or parquet, got {fmt!r}")
+    to_stdout = out is not None and str(out) == STDOUT
+    if to_stdout and fmt == "parquet" and sys.stdout.isatty():
+        raise ZooError("--format parquet --out -: Parquet is binary; redirect standard output to a file or pipe")
     try:
         reg = Registry.in_dir(zoo_dir, read_only=True)
     except RegistryError as exc:
@@ -693,17 +831,26 @@ def export(zoo_dir: str | Path, fmt: str = "csv", out: str | Path | None = None,
     finally:
         reg.close()
     frame = _rounded(frame)
+    if to_stdout:
+        _write_table(frame, fmt, sys.stdout.buffer if fmt == "parquet" else sys.stdout)
+        sys.stdout.flush()
+        return None
     name = "measurements" if measures else "runs"
     path = Path(out) if out is not None else zoo_dir / f"{name}.{fmt}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "csv":
-        frame.to_csv(path, index=False, float_format=f"%.{EXPORT_DIGITS}g")
-    else:
-        try:
-            frame.to_parquet(path, index=False)
-        except ImportError as exc:
-            raise ZooError(f"--format parquet needs pyarrow (pip install 'camgap[parquet]'): {exc}") from None
+    _write_table(frame, fmt, path)
     return path
+
+
+def _write_table(frame, fmt: str, target) -> None:
+    """``frame`` as CSV or Parquet into a path or an open file."""
+    if fmt == "csv":
+        frame.to_csv(target, index=False, float_format=f"%.{EXPORT_DIGITS}g")
+        return
+    try:
+        frame.to_parquet(target, index=False)
+    except ImportError as exc:
+        raise ZooError(f"--format parquet needs pyarrow (pip install 'camgap[parquet]'): {exc}") from None
 
 
 def _runs_export_frame(runs):

@@ -11,7 +11,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from camgap.cliutil import CommaList, add_input_checks, add_location, cam_names, finish_args
+from camgap.cliutil import (
+    CommaList,
+    add_input_checks,
+    add_location,
+    add_progress_flag,
+    cam_names,
+    finish_args,
+    wants_progress,
+)
 from camgap.errors import CamgapError
 
 __all__ = ["add_zoo_commands", "add_subcommands", "main", "BUILD_EPILOG"]
@@ -33,7 +41,8 @@ def _build(args: argparse.Namespace) -> int:
         retry_failed=args.retry_failed,
         keep_last=args.keep_last,
         cpus_per_run=args.cpus_per_run,
-        progress=not args.no_progress,
+        progress=wants_progress(args),
+        max_runs=args.max_runs,
         box_units=args.box_units,
         max_pixels=args.max_pixels,
     )
@@ -63,7 +72,9 @@ def _repair(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from camgap.zoo.build import export
 
-    print(export(args.zoo, args.format, args.out, measures=args.measures))
+    path = export(args.zoo, args.format, args.out, measures=args.measures)
+    if path is not None:  # with `--out -` standard output holds the table alone
+        print(path)
     return 0
 
 
@@ -82,7 +93,7 @@ def _measure(args: argparse.Namespace) -> int:
         masks=args.masks.split(","),
         device=resolve_device(args.device),
         batch_size=args.batch_size,
-        progress=not args.no_progress,
+        progress=wants_progress(args),
         executor=args.executor,
         workers=args.workers,
         ray_address=args.ray_address,
@@ -110,6 +121,7 @@ exit codes:
 
 
 ZOO_HELP = "model-set directory (from `camgap zoo build`)"
+MAX_RUNS_HELP = "100,000"  # camgap.zoo.grid.MAX_RUNS, written out: the grid module imports torch
 
 
 def _packaged_grids() -> str:
@@ -164,12 +176,24 @@ def add_subcommands(sub) -> None:
         action="store_true",
         help="keep last.pt (with optimizer state) next to final.pt after a run finishes",
     )
-    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_flag(b)
+    b.add_argument(
+        "--max-runs",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"refuse a grid of more than N runs, counted before anything is expanded (default {MAX_RUNS_HELP})",
+    )
     b.set_defaults(func=_guard(_build))
 
-    s = sub.add_parser("status", help="counts by status and architecture, failures with their errors")
+    s = sub.add_parser(
+        "status",
+        help="counts by status and architecture, failures with their errors",
+        epilog=STATUS_JSON_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_location(s, "zoo", "--zoo", "ZOO", ZOO_HELP)
-    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--json", action="store_true", help="machine-readable output (schema below)")
     s.set_defaults(func=_guard(_status))
 
     r = sub.add_parser(
@@ -197,7 +221,8 @@ def add_subcommands(sub) -> None:
         "--out",
         default=None,
         metavar="FILE",
-        help="output file (default: ZOO/runs.<format>, with --measures ZOO/measurements.<format>)",
+        help="output file, or - for standard output (default: ZOO/runs.<format>, with --measures "
+        "ZOO/measurements.<format>)",
     )
     e.set_defaults(func=_guard(_export))
 
@@ -250,7 +275,7 @@ def add_subcommands(sub) -> None:
         metavar="ADDR",
         help="connect to this Ray cluster (default: start a local instance)",
     )
-    m.add_argument("--no-progress", action="store_true")
+    add_progress_flag(m)
     m.set_defaults(func=_guard(_measure))
 
 
@@ -266,6 +291,25 @@ def add_zoo_commands(subparsers):
     sub = zoo.add_subparsers(dest="zoo_command", required=True)
     add_subcommands(sub)
     return sub
+
+
+STATUS_JSON_HELP = """\
+--json prints one object; every count is an integer:
+  zoo                 the model-set directory
+  total               runs in the registry
+  counts              runs by state: {"pending", "running", "interrupted", "done", "failed"}
+  driver_running      true while a `zoo build` holds ZOO/.lock
+  by_arch             {"<arch>" or "<arch> (untrained)": counts as above}
+  failures            [{"run_id", "arch", "attempts", "error"}]
+  stop_reasons        {"<rule(s)>": runs} over the done runs
+  train_acc_pp, test_acc_pp, gap_pp
+                      over the done trained runs, in percentage points:
+                      {"n": runs, "min", "median", "mean", "max"} (null when n is 0)
+  integrity_problems  [one line each]; any makes the exit status 1
+  grid                the grid the model set was built from (canonical form)
+  measurements        {"states": {state: n}, "by_measure": {measure: {state: n}},
+                       "not_done": [{"state", "measure", "reason", "runs"}]}
+"""
 
 
 BUILD_EPILOG = """\

@@ -18,17 +18,28 @@ as before. Frozen dataclasses pickle, so tasks travel to worker processes and Ra
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
-from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD, RESIZE_MODES
+from camgap.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, RESIZE_MODES
 from camgap.errors import CamgapError
 
-__all__ = ["GridError", "TrainConfig", "PretrainConfig", "RunConfig", "Task", "Pack", "RunResult"]
+__all__ = [
+    "TrainConfig",
+    "PretrainConfig",
+    "RunConfig",
+    "RunResult",
+    "Task",
+    "Pack",
+    "check_pack",
+    "GridError",
+    "PackMismatchError",
+]
 
 OPTIMIZERS = ("sgd", "adam")
-PRECISIONS = ("fp32", "bf16", "auto")  # auto: bf16 where the device computes it natively, chosen per run
+# auto: bf16 where the device computes it natively; resolved once per model set, before its runs start
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 class GridError(CamgapError, ValueError):
@@ -299,6 +310,40 @@ class Pack:
         return RunResult(self.run_id, status, error=error, worker_died=worker_died)
 
 
+class PackMismatchError(CamgapError, ValueError):
+    """Runs given to train together that cannot: the message names the field they differ in."""
+
+
+# what a pack computes once for all its runs: the network's shape, the batches, the arithmetic, the data
+PACK_SHARED_CONFIG = ("arch", "arch_options", "batch_size", "precision", "channels_last", "threads")
+PACK_SHARED_TASK = ("train_data", "test_data", "eval_batch_size")
+
+
+def check_pack(tasks: Sequence[Task]) -> None:
+    """``PackMismatchError`` naming the first field in which a task differs from the first one, or
+    a precision still "auto" (resolved before a run starts, so that its id names it)."""
+    first = tasks[0]
+    for t in tasks:
+        if t.config.precision == "auto":
+            raise PackMismatchError(
+                f"run {t.run_id}: precision = 'auto' was not resolved to fp32 or bf16 before the run started"
+            )
+        for name in PACK_SHARED_CONFIG:
+            if getattr(t.config, name) != getattr(first.config, name):
+                raise PackMismatchError(_differ(first, t, name, getattr(first.config, name), getattr(t.config, name)))
+        for name in PACK_SHARED_TASK:
+            if getattr(t, name) != getattr(first, name):
+                raise PackMismatchError(_differ(first, t, name, getattr(first, name), getattr(t, name)))
+
+
+def _differ(first: Task, other: Task, name: str, a: Any, b: Any) -> str:
+    return (
+        f"runs {first.run_id} and {other.run_id} cannot train in one pack: {name} differs "
+        f"({a!r} vs {b!r}); a pack's runs share arch, arch_options, batch_size, precision, channels_last, "
+        "threads and data"
+    )
+
+
 # the keys of a stored result, in the order final.pt has always held them
 RESULT_KEYS = (
     "run_id",
@@ -315,6 +360,7 @@ RESULT_KEYS = (
     "resumed_from",
     "pack_size",
     "precision",
+    "pack_wall_time",
 )
 
 
@@ -324,7 +370,9 @@ class RunResult:
     failure), ``storage`` (a full or failing disk), ``lost`` (stopped by a dead worker;
     ``worker_died`` whether it was its own) or ``pack`` (``results``: one per run of a pack).
     ``warnings``: checkpoints set aside on the way. Accuracies are fractions, ``gap`` in percentage
-    points."""
+    points. ``wall_time``: the run's share of its training seconds (a pack's epoch divided among the
+    runs that trained in it), summed over resumes; ``pack_wall_time``: its pack's seconds while the
+    run was in it (``wall_time`` for a run trained alone)."""
 
     run_id: str
     status: str
@@ -342,6 +390,7 @@ class RunResult:
     resumed_from: int | None = None
     pack_size: int | None = None
     precision: str | None = None
+    pack_wall_time: float | None = None
     warnings: tuple[str, ...] = ()
     results: tuple[RunResult, ...] = ()
     stored_keys: tuple[str, ...] = field(default=RESULT_KEYS, repr=False, compare=False)

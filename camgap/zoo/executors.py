@@ -9,7 +9,8 @@
   stragglers. A worker that dies (OOM killer, segfault, ``kill -9``) breaks the pool: the
   pool is rebuilt and every run in flight comes back with status ``lost``, with
   ``worker_died`` true for the run whose worker died (workers report their pid when they
-  start a run) and false for its siblings; where the dead worker cannot be told apart (it
+  start a run) and false for its siblings, and for every run when the dead worker was idle
+  (so its death uses no attempt of theirs); where the dead worker cannot be told apart (it
   died of SIGTERM, as the siblings do), all of them get ``worker_died``.
 * ``RayExecutor``: one Ray task per run requesting ``num_cpus`` / ``num_gpus``; connects
   to a cluster (``address``) or starts a local instance. Checkpoints go to the model-set
@@ -188,7 +189,12 @@ class LocalExecutor:
     def _new_pool(self) -> ProcessPoolExecutor:
         ctx = mp.get_context("spawn")
         self._pid_queue = ctx.SimpleQueue()  # a fresh one: a killed worker may have left the old one locked
+        # every worker this pool started (the pool starts them on submit, and forgets them on shutdown)
+        self._workers: dict[int, mp.process.BaseProcess] = {}
         return ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init, initargs=(self._pid_queue,))
+
+    def _note_workers(self) -> None:
+        self._workers.update(getattr(self._pool, "_processes", None) or {})
 
     def _drain_pids(self) -> None:
         while not self._pid_queue.empty():
@@ -198,9 +204,9 @@ class LocalExecutor:
     def _dead_pids(self) -> set[int]:
         """Pids of the broken pool's workers that died on their own: every other one is
         terminated (SIGTERM) by the pool once it sees one dead."""
-        procs = dict(getattr(self._pool, "_processes", None) or {})
+        self._note_workers()
         dead = set()
-        for pid, proc in procs.items():
+        for pid, proc in self._workers.items():
             proc.join(timeout=10)
             if proc.exitcode is not None and proc.exitcode != -signal.SIGTERM:
                 dead.add(pid)
@@ -216,6 +222,7 @@ class LocalExecutor:
         except BrokenProcessPool:
             self._restart()
             fut = self._pool.submit(_execute_in_worker, task, self.fn)
+        self._note_workers()
         self._inflight[fut] = (task, slot)
 
     def _restart(self) -> None:
@@ -247,13 +254,17 @@ class LocalExecutor:
     def _lost_runs(self, tasks: list[Work]) -> list[Outcome]:
         """One ``lost`` result per run of the broken pool: ``worker_died`` for the run whose
         worker died (by its reported pid; a run not reported yet when no reported one matches),
-        for all of them when that cannot be told."""
+        for none when every run reported a live worker (the dead one was idle), for all of them
+        when that cannot be told."""
         self._drain_pids()
         dead = self._dead_pids()
         pids = {t.run_id: self._pids.get(t.run_id) for t in tasks}
         culprits = {rid for rid, pid in pids.items() if pid in dead}
-        if not culprits and dead:  # the dead worker had not reported the run it picked up
+        if not culprits and dead:  # the dead worker had not reported the run it picked up, or ran none
             culprits = {rid for rid, pid in pids.items() if pid is None}
+            if not culprits:
+                idle = "stopped when an idle worker process died (killed, out of memory or crashed)"
+                return [_lost(t, False, idle) for t in tasks]
         died = "its worker process died (killed, out of memory or crashed)"
         if not culprits:
             return [_lost(t, True, f"{died}, or a sibling's did (cannot tell which)") for t in tasks]

@@ -39,13 +39,17 @@ A grid file::
 
 Every key and value is validated (``GridError`` names the file, the key and what is
 allowed) before anything trains. Grid keys missing from ``[grid]`` take one default value
-(``arch`` is required).
+(``arch`` is required). The run count (configurations x repeats + untrained x archs) comes
+from the number of values alone and is checked before anything is expanded: more than
+``MAX_RUNS`` (``max_runs``; ``zoo build --max-runs``) is a ``GridError`` naming the count.
 
 Run identity: a run's *config* is the JSON-canonical dict (sorted keys, floats as floats)
 of its grid values plus every setting that changes its training; ``run_id`` is the first
 16 hex digits of sha256 over the canonical config and the repeat index, and the run's
 seed is derived from ``run_id``. The same grid therefore always yields the same ids, and
-building it twice trains nothing twice.
+building it twice trains nothing twice. ``[train] precision = "auto"`` is resolved to fp32 or bf16
+before a model set's first run starts (``Grid.with_precision``), so a run's id names the precision
+it computes in.
 
 Reproducibility. A run's weights depend only on its config and seed, never on how many runs
 train side by side, the executor or the machine's load: the number of torch intra-op threads
@@ -69,8 +73,10 @@ import itertools
 import json
 import math
 import random
+import sys
 import tomllib
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -80,6 +86,7 @@ from camgap.zoo.config import GridError, PretrainConfig, RunConfig, TrainConfig,
 
 __all__ = [
     "GRID_KEYS",
+    "MAX_RUNS",
     "TRAIN_DEFAULTS",
     "PRETRAIN_DEFAULTS",
     "GridError",
@@ -134,26 +141,44 @@ class RunSpec:
 
 
 SAMPLE_TRIES = 200
+# runs a grid may expand to unless the caller allows more (`zoo build --max-runs`): a typo such as
+# 1000 values on two keys, or `repeats = 1000000`, is refused before anything is expanded or written
+MAX_RUNS = 100_000
 
 
-def balanced_sample(combos: list[tuple], k: int, seed: int = 0) -> list[int]:
-    """Indices of k configurations, as balanced as possible over every hyperparameter's values:
-    of SAMPLE_TRIES seeded random subsets, the one whose value counts are most even
-    (deterministic, so run ids never change)."""
+def combo_digits(index: int, sizes: Sequence[int]) -> tuple[int, ...]:
+    """The value index on each axis of configuration ``index`` of the product of axes of these
+    sizes, in ``itertools.product`` order (last axis fastest): mixed-radix decoding, so a
+    configuration is found without expanding the product."""
+    digits = []
+    for size in reversed(sizes):
+        index, d = divmod(index, size)
+        digits.append(d)
+    return tuple(reversed(digits))
+
+
+def balanced_sample(sizes: Sequence[int], k: int, seed: int = 0) -> list[int]:
+    """Indices (into the product of axes of these sizes) of k configurations, as balanced as
+    possible over every axis's values: of SAMPLE_TRIES seeded random subsets, the one whose value
+    counts are most even (deterministic, so run ids never change). Each try draws k indices of
+    ``range(n)`` (which ``random.sample`` does in O(k), never listing the range) and decodes only
+    those, so a product of millions costs what a small one does. The draws and the score are those
+    of expanding the product: the population is ``range(n)`` either way, and an axis's values are
+    distinct (``parse_grid`` refuses duplicates), so counting values is counting digits."""
+    n = math.prod(sizes)  # at most sys.maxsize (Grid.check_size): random.sample takes len(range(n))
 
     def imbalance(idx: list[int]) -> int:
+        digits = [combo_digits(i, sizes) for i in idx]
         total = 0
-        for axis in range(len(combos[0])):
-            counts: dict = {}
-            for i in idx:
-                counts[combos[i][axis]] = counts.get(combos[i][axis], 0) + 1
-            values = {c[axis] for c in combos}
-            total += max(counts.values()) - (min(counts.values()) if len(counts) == len(values) else 0)
+        for axis, size in enumerate(sizes):
+            counts: dict[int, int] = {}
+            for d in digits:
+                counts[d[axis]] = counts.get(d[axis], 0) + 1
+            total += max(counts.values()) - (min(counts.values()) if len(counts) == size else 0)
         return total
 
     tries = range(seed * SAMPLE_TRIES, (seed + 1) * SAMPLE_TRIES)
-    best = min((sorted(random.Random(t).sample(range(len(combos)), k)) for t in tries), key=imbalance)
-    return best
+    return min((sorted(random.Random(t).sample(range(n), k)) for t in tries), key=imbalance)
 
 
 def _is_torchvision(arch: str) -> bool:
@@ -192,14 +217,20 @@ class Grid:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     source: str = "<grid>"
     seed: int = 0  # another seed draws another sample and other run seeds: the same study, rerun
+    max_runs: int = field(default=MAX_RUNS, compare=False)  # a guard of whoever reads it, not the grid
 
     @property
     def archs(self) -> tuple[str, ...]:
         return self.axes["arch"]
 
     @property
+    def n_product(self) -> int:
+        """Configurations of the full product of the [grid] values."""
+        return math.prod(len(v) for v in self.axes.values())
+
+    @property
     def n_configs(self) -> int:
-        full = math.prod(len(v) for v in self.axes.values())
+        full = self.n_product
         return full if self.sample is None else min(self.sample, full)
 
     @property
@@ -212,6 +243,22 @@ class Grid:
 
     def __len__(self) -> int:
         return self.n_trained + self.n_untrained
+
+    def check_size(self) -> None:
+        """GridError naming the run count when the grid has more than ``max_runs`` runs, counted
+        from the number of values per key alone (nothing is expanded)."""
+        n = len(self)
+        if n > self.max_runs:
+            raise GridError(
+                f"{self.source}: {n:,} runs ({self.n_configs:,} configurations x {self.repeats:,} repeats "
+                f"+ {self.untrained:,} untrained x {len(self.archs)} architectures) is more than the limit of "
+                f"{self.max_runs:,}; use fewer values, `sample = K` in [grid], or raise the limit (--max-runs)"
+            )
+        if self.n_configs < self.n_product > sys.maxsize:  # random.sample takes len(range(n_product))
+            raise GridError(
+                f"{self.source}: [grid] sample = {self.sample}: the product has {self.n_product:,} "
+                f"configurations, more than can be sampled from (at most {sys.maxsize:,}); use fewer values"
+            )
 
     def wants_pretrained(self) -> set[str]:
         """Architectures that some run trains from pretrained weights."""
@@ -289,6 +336,16 @@ class Grid:
                 cfg[key] = getattr(t, key)
         return RunConfig.from_dict(cfg)
 
+    def with_precision(self, precision: str) -> Grid:
+        """This grid with ``[train] precision = "auto"`` resolved to ``precision`` ("fp32" or "bf16",
+        ``zoo.build`` chooses it for the device once per model set): its runs' configs and ids then
+        name the precision they compute in, and an fp32 run has the id of one with fp32 written."""
+        if self.train.precision != "auto":
+            return self
+        if precision not in ("fp32", "bf16"):
+            raise GridError(f'{self.source}: [train] precision = "auto" resolves to fp32 or bf16, not {precision!r}')
+        return replace(self, train=replace(self.train, precision=precision))
+
     def pack_size(self, arch: str) -> int:
         """Runs trained together as one computation (``camgap.zoo.packed``): ``[train] pack``, where
         "auto" is 8 for the ResNets camgap can pack and 1 for any other architecture; the same on
@@ -315,13 +372,12 @@ class Grid:
 
     def runs(self) -> list[RunSpec]:
         """Every run: the product of the grid values (in GRID_KEYS order) x repeats, then the
-        untrained models (`untrained` per architecture)."""
+        untrained models (`untrained` per architecture). GridError when there are more than
+        ``max_runs`` (checked before anything is expanded)."""
+        self.check_size()
         specs: list[RunSpec] = []
         keys = list(self.axes)
-        combos = list(itertools.product(*(self.axes[k] for k in keys)))
-        if self.sample is not None and self.sample < len(combos):
-            combos = [combos[i] for i in balanced_sample(combos, self.sample, self.seed)]
-        for combo in combos:
+        for combo in self._combos():
             cfg = self.run_config(dict(zip(keys, combo)))
             for r in range(self.repeats):
                 rid = make_run_id(cfg.to_dict(), r)
@@ -332,6 +388,15 @@ class Grid:
                 rid = make_run_id(cfg.to_dict(), r)
                 specs.append(RunSpec(rid, cfg, r, seed_from_run_id(rid)))
         return specs
+
+    def _combos(self) -> Iterator[tuple]:
+        """The configurations, one value per key: the product, or its balanced sample."""
+        values = list(self.axes.values())
+        if self.n_configs == self.n_product:
+            return itertools.product(*values)
+        sizes = [len(v) for v in values]
+        picked = balanced_sample(sizes, self.n_configs, self.seed)
+        return (tuple(v[d] for v, d in zip(values, combo_digits(i, sizes))) for i in picked)
 
     def canonical(self) -> dict:
         """Everything that defines the model set (execution-only settings left out)."""
@@ -358,14 +423,15 @@ class Grid:
 
 @functools.lru_cache(maxsize=64)
 def _packable_arch(arch: str, options_json: str) -> bool:
-    from camgap.models import create_model
+    from camgap.models import create_model_skeleton
     from camgap.zoo.packed import packable
 
-    return packable(create_model(arch, 2, **json.loads(options_json)))
+    return packable(create_model_skeleton(arch, 2, **json.loads(options_json)))
 
 
-def parse_grid(doc: dict, source: str = "<grid>") -> Grid:
-    """Validate a parsed TOML document and return the Grid (GridError on any problem)."""
+def parse_grid(doc: dict, source: str = "<grid>", max_runs: int = MAX_RUNS) -> Grid:
+    """Validate a parsed TOML document and return the Grid (GridError on any problem, and when
+    it has more than ``max_runs`` runs: counted right after the [grid] values are read)."""
     _unknown(source, doc, ("grid", "train", "arch_options", "pretrain"))
     raw = doc.get("grid")
     if not isinstance(raw, dict) or not raw:
@@ -392,6 +458,7 @@ def parse_grid(doc: dict, source: str = "<grid>") -> Grid:
         if len(set(checked)) != len(checked):
             raise GridError(f"{where}: duplicate values in {values!r}")
         axes[key] = checked
+    Grid(axes, repeats, untrained, sample, source=source, max_runs=max_runs).check_size()
 
     train_raw = doc.get("train", {})
     if not isinstance(train_raw, dict):
@@ -417,17 +484,18 @@ def parse_grid(doc: dict, source: str = "<grid>") -> Grid:
         raise GridError(f"{source}: [pretrain] must be a table")
     pretrain = PretrainConfig.from_dict(pre_raw, f"{source}: [pretrain]")
 
-    return Grid(axes, repeats, untrained, sample, train, arch_options, pretrain, source, seed)
+    return Grid(axes, repeats, untrained, sample, train, arch_options, pretrain, source, seed, max_runs)
 
 
 def _check_arch_options(where: str, arch: str, opts: dict) -> None:
-    """Build the model once (2 classes) so a bad option fails here, not in a worker."""
-    from camgap.models import create_model
+    """Every option checked here (the model built once, on the meta device), not in a worker."""
+    from camgap.errors import CamgapError
+    from camgap.models import check_model_options
 
     try:
-        create_model(arch, num_classes=2, **opts)
-    except (TypeError, ValueError) as exc:
-        raise GridError(f"{where}: invalid options {opts!r}: {exc}") from None
+        check_model_options(arch, opts)
+    except CamgapError as exc:
+        raise GridError(f"{where}: {exc}") from None
 
 
 def packaged_grids() -> dict[str, Path]:
@@ -451,11 +519,12 @@ def resolve_grid_path(grid: str | Path) -> Path:
     raise GridError(f"{grid}: no such grid file (packaged grids: {names})")
 
 
-def load_grid(path: str | Path) -> Grid:
-    """Read and validate a grid file (a path or a packaged grid's name)."""
+def load_grid(path: str | Path, max_runs: int = MAX_RUNS) -> Grid:
+    """Read and validate a grid file (a path or a packaged grid's name); ``max_runs``: see
+    ``parse_grid``."""
     p = resolve_grid_path(path)
     try:
         doc = tomllib.loads(p.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise GridError(f"{p}: not valid TOML: {exc}") from None
-    return parse_grid(doc, str(p))
+    return parse_grid(doc, str(p), max_runs)

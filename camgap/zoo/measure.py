@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -531,20 +530,11 @@ def _measure_plans(
 ) -> None:
     """Send each run's plan to the executor, record each run's rows as they come back. A run whose
     worker died is sent again once; a second death (or a crash of the task) fails its measurements."""
-    from tqdm.auto import tqdm
-
+    from camgap.progress import progress_bar
     from camgap.zoo.executors import InProcessExecutor
 
     steps = {p.run_id: len(p.steps(request)) for p in plans}
-    bar = tqdm(
-        total=sum(steps.values()),
-        unit="step",
-        desc="measure",
-        file=sys.stderr,
-        disable=not progress,
-        dynamic_ncols=True,
-        mininterval=0.1 if sys.stderr.isatty() else 10.0,  # a log file gets a line per 10 s, not per step
-    )
+    bar = progress_bar(total=sum(steps.values()), unit="step", desc="measure", enabled=progress)
     counted: dict[str, int] = {}
     current: list[str] = []  # the run the in-process executor measures now
 

@@ -15,8 +15,12 @@ rebuilt from the run directories (``rebuild_registry``): each holds ``config.jso
   itself: its training raised, or its worker died twice in a row; an interrupted driver,
   a sibling's dead worker or a full disk use none), ``error``, and the metrics ``epochs,
   stop_reason, train_acc, train_loss, test_acc, test_loss, gap`` (percentage points:
-  100 * (train_acc - test_acc)), ``wall_time`` (seconds of training, summed over resumes),
-  ``resumed_from`` (epoch the last attempt resumed from), ``started``, ``finished`` (ISO timestamps, UTC).
+  100 * (train_acc - test_acc)), ``wall_time`` (the run's seconds of training, summed over
+  resumes: in a pack, its share of the pack's time), ``pack_wall_time`` (its pack's seconds while
+  it trained in it; ``wall_time`` alone), ``precision`` (fp32 or bf16, as it computed), ``pack_size``
+  (runs in its pack, 1 alone), ``resumed_from`` (epoch the last attempt resumed from), ``started``,
+  ``finished`` (ISO timestamps, UTC). A registry of an earlier camgap gains the three columns when
+  a build opens it; until then readers show them from the run configs.
 * ``measurements(run_id, measure, params, value, status, error, updated)`` with primary key
   ``(run_id, measure, params)``; ``params`` is ``camgap.params.to_json`` of the measure's
   parameters (sorted keys, string values: one variant, one key);
@@ -67,6 +71,8 @@ MEASUREMENT_STATES = ("done", "failed", "undefined")
 MEASUREMENTS_FILE = "measurements.json"  # per run directory: that run's measurement rows
 META_BACKUP = "registry-meta.json"  # a copy of the meta table, for rebuilding the registry from runs/
 METRICS = ("epochs", "stop_reason", "train_acc", "train_loss", "test_acc", "test_loss", "gap", "wall_time")
+# how a done run computed (from its result); added to registries written before they existed
+COMPUTE_COLUMNS = {"pack_wall_time": "REAL", "precision": "TEXT", "pack_size": "INTEGER"}
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -91,6 +97,9 @@ CREATE TABLE IF NOT EXISTS runs (
     gap REAL,
     wall_time REAL,
     resumed_from INTEGER,
+    pack_wall_time REAL,
+    precision TEXT,
+    pack_size INTEGER,
     started TEXT,
     finished TEXT
 );
@@ -255,6 +264,7 @@ class Registry:
             self.conn.executescript(_SCHEMA)
             self.conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
             self.allow_undefined_state()
+            self.add_compute_columns()
 
     @classmethod
     def in_dir(cls, zoo_dir: str | Path, create: bool = True, read_only: bool = False) -> Registry:
@@ -370,7 +380,7 @@ class Registry:
             cur = c.execute(
                 "UPDATE runs SET status = 'done', error = NULL, epochs = ?, stop_reason = ?, train_acc = ?, "
                 "train_loss = ?, test_acc = ?, test_loss = ?, gap = ?, wall_time = ?, resumed_from = ?, "
-                "finished = ? WHERE run_id = ?",
+                "pack_wall_time = ?, precision = ?, pack_size = ?, finished = ? WHERE run_id = ?",
                 (
                     int(result.epochs),
                     result.stop_reason,
@@ -381,6 +391,9 @@ class Registry:
                     float(result.gap),
                     float(result.wall_time or 0.0),
                     result.resumed_from,
+                    result.pack_wall_time,
+                    result.precision,
+                    result.pack_size,
                     _now(),
                     run_id,
                 ),
@@ -411,7 +424,10 @@ class Registry:
 
     def runs_frame(self):
         """One row per run: run_id, one column per grid key, repeat, seed, trained, status,
-        attempts, error, the metrics, resumed_from, started, finished, config (JSON)."""
+        attempts, error, the metrics, pack_wall_time, precision, pack_size, resumed_from, started,
+        finished, config (JSON). ``precision`` is what a done run computed in (its result), else
+        what its config says (fp32 where it says nothing: the default, and all there was before
+        precision was recorded); ``pack_size`` is a done run's (1 before packs were recorded)."""
         import pandas as pd
 
         rows = [dict(r) for r in self.conn.execute("SELECT * FROM runs ORDER BY rowid")]
@@ -425,6 +441,7 @@ class Registry:
             "attempts",
             "error",
             *METRICS,
+            *COMPUTE_COLUMNS,
             "resumed_from",
             "started",
             "finished",
@@ -436,9 +453,26 @@ class Registry:
             rec = {k: cfg.get(k) for k in GRID_KEYS}
             rec.update({k: r[k] for k in r})
             rec["trained"] = bool(r["trained"])
+            if rec.get("precision") is None:
+                rec["precision"] = cfg.get("precision") or "fp32"
+            if rec.get("pack_size") is None and r["status"] == "done":
+                rec["pack_size"] = int(cfg.get("pack") or 1)
             out.append(rec)
         frame = pd.DataFrame(out, columns=cols)
         return frame
+
+    def add_compute_columns(self) -> None:
+        """Add ``COMPUTE_COLUMNS`` to a runs table written before they existed (empty: readers fill
+        them from the configs until a run is done again or the registry is rebuilt)."""
+        if COMPUTE_COLUMNS.keys() <= self._run_columns():
+            return
+        with self.transaction() as c:  # checked again inside: another process may have added them
+            for name, kind in COMPUTE_COLUMNS.items():
+                if name not in self._run_columns():
+                    c.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
+
+    def _run_columns(self) -> set[str]:
+        return {row[1] for row in self.conn.execute("PRAGMA table_info(runs)")}
 
     # --- measurements -----------------------------------------------------------------
 
@@ -555,8 +589,8 @@ class Registry:
     def integrity_check(self, zoo_dir: str | Path | None = None) -> list[str]:
         """Problems found (an empty list means the registry is sound): SQLite's own
         integrity check, unique run ids, valid statuses, done runs with complete metrics
-        (gap = 100 * (train_acc - test_acc)) and, given the model-set directory, a final.pt
-        for every done run; measurements that name unknown runs."""
+        (gap = 100 * (train_acc - test_acc)) and, given the model-set directory, a sound final.pt
+        for every done run (``zoo.digest.check_final``); measurements that name unknown runs."""
         problems: list[str] = []
         res = [r[0] for r in self.conn.execute("PRAGMA integrity_check")]
         if res != ["ok"]:
@@ -577,8 +611,8 @@ class Registry:
                 problems.append(f"run {r['run_id']}: gap {r['gap']} != 100 * (train_acc - test_acc)")
             if not r["trained"] and r["epochs"] != 0:
                 problems.append(f"run {r['run_id']}: untrained model with epochs = {r['epochs']}")
-            if zoo_dir is not None and not (Path(zoo_dir) / "runs" / r["run_id"] / "final.pt").is_file():
-                problems.append(f"run {r['run_id']}: done but runs/{r['run_id']}/final.pt is missing")
+            if zoo_dir is not None:
+                problems += _final_problem(Path(zoo_dir), r["run_id"])
         for (rid,) in self.conn.execute(
             "SELECT DISTINCT run_id FROM measurements WHERE run_id NOT IN (SELECT run_id FROM runs)"
         ):
@@ -596,6 +630,18 @@ class Registry:
         """``(measure, params JSON)`` of every row recorded for a run, in any state (finished rows)."""
         rows = self.conn.execute("SELECT measure, params FROM measurements WHERE run_id = ?", (run_id,))
         return {(r[0], r[1]) for r in rows}
+
+
+def _final_problem(zoo_dir: Path, run_id: str) -> list[str]:
+    """A done run's final.pt that is missing or corrupt, as an integrity problem saying what follows."""
+    from camgap.zoo.digest import check_final
+
+    if not (zoo_dir / "runs" / run_id / "final.pt").is_file():
+        return [f"run {run_id}: done but runs/{run_id}/final.pt is missing"]
+    problem = check_final(zoo_dir / "runs" / run_id, run_id)
+    if problem is None:
+        return []
+    return [f"run {run_id}: done, but {problem}; `camgap zoo build` trains it again"]
 
 
 # --- rebuilding from the run directories --------------------------------------------------
@@ -630,16 +676,19 @@ def _mtime_iso(path: Path) -> str:
 
 
 def _restore_run(reg: Registry, run_dir: Path, grid_fp: str | None, problems: list[str]) -> tuple[str, int] | None:
-    """Register one run directory; return (status, measurements restored), None when skipped."""
-    from camgap.zoo.train import stored_result  # torch: only when rebuilding
+    """Register one run directory; return (status, measurements restored), None when skipped.
+    Every unreadable file on the way is set aside (``train.set_aside``), named in ``problems``."""
+    from camgap.zoo.train import set_aside  # torch: only when rebuilding
 
-    cfg = _read_json(run_dir / "config.json")
+    cfg_path = run_dir / "config.json"
+    cfg = _read_json(cfg_path)
     if not isinstance(cfg, dict) or not {"run_id", "config", "repeat", "seed"} <= set(cfg):
-        problems.append(f"{run_dir / 'config.json'}: unreadable or incomplete; run skipped")
+        then = "run skipped (a build of its grid registers it again and writes it anew)"
+        problems.append(set_aside(cfg_path, f"{cfg_path}: unreadable or incomplete", then))
         return None
     rid = cfg["run_id"]
     if rid != run_dir.name:
-        problems.append(f"{run_dir / 'config.json'}: names run {rid!r}, not {run_dir.name!r}; skipped")
+        problems.append(f"{cfg_path}: names run {rid!r}, not {run_dir.name!r}; skipped")
         return None
     if grid_fp is not None and cfg.get("grid_fingerprint") not in (None, grid_fp):
         problems.append(f"{run_dir}: a run of another grid ({str(cfg['grid_fingerprint'])[:12]}); skipped")
@@ -655,7 +704,8 @@ def _restore_run(reg: Registry, run_dir: Path, grid_fp: str | None, problems: li
                 int(bool(cfg["config"].get("trained", True))),
             ),
         )
-    result = stored_result(run_dir, rid)
+    _set_aside_unreadable_checkpoints(run_dir, rid, problems)
+    result = _done_result(run_dir, rid, problems)
     if result is None:
         return "pending", 0
     reg.mark_done(rid, result)
@@ -663,15 +713,48 @@ def _restore_run(reg: Registry, run_dir: Path, grid_fp: str | None, problems: li
     return "done", _restore_measurements(reg, run_dir, rid, problems)
 
 
+def _done_result(run_dir: Path, run_id: str, problems: list[str]) -> RunResult | None:
+    """The result in a sound ``final.pt`` (``digest.check_final``, recording its digest when it had
+    none); a corrupt one is set aside and the run comes back pending."""
+    from camgap.zoo.digest import check_final
+    from camgap.zoo.train import set_aside, stored_result
+
+    final = run_dir / "final.pt"
+    if not final.is_file():
+        return None
+    problem = check_final(run_dir, run_id, record=True)
+    if problem is not None:
+        problems.append(set_aside(final, problem, "the run is pending (trained again)"))
+        return None
+    return stored_result(run_dir, run_id)
+
+
+def _set_aside_unreadable_checkpoints(run_dir: Path, run_id: str, problems: list[str]) -> None:
+    """``init.pt`` and ``last.pt`` that cannot be read back (what measuring and resuming read)."""
+    from camgap.zoo.train import read_or_problem, resume_problem, set_aside
+
+    checks = (
+        ("init.pt", lambda p: read_or_problem(p, ("model_state_dict",))[1], "a restart writes it anew"),
+        ("last.pt", resume_problem, "the run restarts from init.pt"),
+    )
+    for name, problem_of, then in checks:
+        path = run_dir / name
+        problem = problem_of(path) if path.is_file() else None
+        if problem is not None:
+            problems.append(set_aside(path, problem, then))
+
+
 def _restore_measurements(reg: Registry, run_dir: Path, run_id: str, problems: list[str]) -> int:
     """Rows of ``measurements.json`` (written by ``zoo measure`` next to final.pt): a list of
     ``{"measure", "params", "value", "state", "reason"}``."""
+    from camgap.zoo.train import set_aside
+
     path = run_dir / "measurements.json"
     if not path.is_file():
         return 0
     rows = _read_json(path)
     if not isinstance(rows, list):
-        problems.append(f"{path}: unreadable; its measurements are not restored")
+        problems.append(set_aside(path, f"{path}: unreadable", "its measurements are not restored"))
         return 0
     updated, n = _mtime_iso(path), 0
     for row in rows:
@@ -704,7 +787,9 @@ def rebuild_registry(zoo_dir: str | Path, specs: Iterable[RunSpec] | None = None
     directory with a ``config.json`` gives a run: done, with its metrics, when ``final.pt``
     holds its result; pending otherwise (failed runs come back pending, with a fresh set of
     attempts; a ``last.pt`` is resumed). Its ``measurements.json``, when present, gives its
-    measurements. The new file is written beside the old one and renamed over it; an
+    measurements. A file that cannot be read (config.json, init.pt, last.pt, a corrupt final.pt,
+    measurements.json) is set aside as ``<name>.corrupt-<time>`` and named, one problem a line
+    after the report. The new file is written beside the old one and renamed over it; an
     existing registry is kept as ``registry.sqlite.replaced-<time>``."""
     zoo = Path(zoo_dir)
     target = zoo / Registry.FILENAME
@@ -743,5 +828,5 @@ def rebuild_registry(zoo_dir: str | Path, specs: Iterable[RunSpec] | None = None
         f"{counts['done']} done, {counts['pending']} pending (from run directories)"
         + (f", {not_started} not started" if not_started else "")
         + f", {counts['measurements']} measurement(s) restored"
-        + (f"; {len(problems)} problem(s): " + "; ".join(problems) if problems else "")
+        + (f"; {len(problems)} problem(s):" + "".join(f"\n  {p}" for p in problems) if problems else "")
     )

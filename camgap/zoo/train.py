@@ -18,7 +18,8 @@ spinning to the epoch budget; its non-finite losses are recorded as ``inf``.
 Files in the run directory (all written atomically: temporary file + ``os.replace``):
 ``init.pt`` (initial weights), ``last.pt`` (after every epoch: model and optimizer state,
 epoch, history, RNG states, elapsed time; removed after ``final.pt`` unless ``keep_last``),
-``final.pt`` (final weights + the result), ``history.json``. Checkpoints are plain dicts
+``final.pt`` (final weights + the result; its size and sha256 in ``final.pt.sha256.json``),
+``history.json``. Checkpoints are plain dicts
 readable by ``camgap.models.load_checkpoint(path, arch, num_classes)``.
 
 Resume. A run directory with ``last.pt`` continues after the saved epoch and produces
@@ -27,7 +28,8 @@ A run directory with ``final.pt`` returns the stored result without training. An
 unreadable ``last.pt`` or ``final.pt`` (truncated, corrupt) is set aside as
 ``<name>.corrupt-<UTC time>`` with a ``CheckpointSetAsideWarning`` (also listed in the
 result's ``warnings``) and the run restarts from scratch: the same seed gives the same
-``init.pt``.
+``init.pt``. Unreadable is any failure to read it but a full or failing disk
+(``storage_error``): torch's EINVAL on a short file, zip and unpickling errors.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import json
 import math
 import os
 import random
+import re
 import time
 import traceback
 import warnings
@@ -51,9 +54,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from camgap.errors import InputError, StateError
+from camgap.errors import STORAGE_ERRNOS, InputError, StateError
 from camgap.models import CheckpointError
-from camgap.zoo.config import Pack, RunConfig, RunResult, Task
+from camgap.zoo.config import Pack, RunConfig, RunResult, Task, check_pack
 from camgap.zoo.stopping import StoppingRules
 
 __all__ = [
@@ -65,18 +68,20 @@ __all__ = [
     "load_split",
     "release_data_cache",
     "atomic_save",
+    "save_final",
     "atomic_write_json",
     "read_run_checkpoint",
     "stored_result",
     "storage_error",
+    "read_or_problem",
+    "resume_problem",
+    "set_aside",
+    "remove_stale_temp_files",
     "CheckpointUnreadableError",
     "CheckpointSetAsideWarning",
 ]
 
 _GRAY = (0.299, 0.587, 0.114)
-
-# errno values of a full or failing disk: the sweep stops (no attempt used) instead of failing runs
-STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS})
 
 
 class CheckpointUnreadableError(CheckpointError):
@@ -92,6 +97,39 @@ class CheckpointSetAsideWarning(RuntimeWarning):
 
 def _tmp(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+# a temporary file of an atomic write: ``.<name>.tmp-<pid>`` (the tensor store adds ``-<hex>``)
+_TMP_NAME = re.compile(r"^\..+\.tmp-(\d+)(-[0-9a-f]+)?$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temp_files(directory: str | Path) -> list[Path]:
+    """Remove the temporary files of atomic writes in ``directory`` whose writer is dead (a
+    ``kill -9`` between writing and renaming leaves them for good); return them. A file of a
+    live process (a straggler still writing) is kept."""
+    removed = []
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+        for entry in os.scandir(directory):
+            m = _TMP_NAME.match(entry.name)
+            if m is None or not entry.is_file(follow_symlinks=False):
+                continue
+            pid = int(m.group(1))
+            if pid == os.getpid() or _pid_alive(pid):
+                continue
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
 
 
 def _atomic_write(path: str | Path, mode: str, write: Callable[[IO], None]) -> None:
@@ -116,6 +154,16 @@ def _atomic_write(path: str | Path, mode: str, write: Callable[[IO], None]) -> N
 def atomic_save(obj: Any, path: str | Path) -> None:
     """torch.save, atomically: a reader sees the old file or the new one, never half of one."""
     _atomic_write(path, "wb", lambda f: torch.save(obj, f))
+
+
+def save_final(obj: Any, path: str | Path) -> None:
+    """``atomic_save`` of a run's ``final.pt``, its size and sha256 recorded beside it
+    (``camgap.zoo.digest``: what `zoo build` and `zoo status` check it against)."""
+    from camgap.zoo.digest import forget_digest, record_digest
+
+    forget_digest(path)
+    atomic_save(obj, path)
+    record_digest(path)
 
 
 def _finite_or_none(x):
@@ -177,8 +225,10 @@ def stored_result(run_dir: str | Path, run_id: str) -> RunResult | None:
     return RunResult.from_dict(done["result"], f"{path}: result")
 
 
-def _set_aside(path: Path, problem: str, then: str, notes: list[str]) -> None:
-    """Rename an unreadable checkpoint to ``<name>.corrupt-<UTC time>`` and warn, naming both."""
+def set_aside(path: str | Path, problem: str, then: str) -> str:
+    """Rename an unreadable file to ``<name>.corrupt-<UTC time>`` (kept for a human to look at);
+    return the one line that says so: the problem (naming the file), the new name, what follows."""
+    path = Path(path)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     aside = path.with_name(f"{path.name}.corrupt-{stamp}")
     n = 1
@@ -186,9 +236,32 @@ def _set_aside(path: Path, problem: str, then: str, notes: list[str]) -> None:
         n += 1
         aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
     os.replace(path, aside)
-    msg = f"{problem}; set aside as {aside.name}; {then}"
+    return f"{problem}; set aside as {aside.name}; {then}"
+
+
+def _set_aside(path: Path, problem: str, then: str, notes: list[str]) -> None:
+    """``set_aside``, with a ``CheckpointSetAsideWarning`` and the line in ``notes``."""
+    msg = set_aside(path, problem, then)
     notes.append(msg)
     warnings.warn(msg, CheckpointSetAsideWarning, stacklevel=3)
+
+
+def read_or_problem(path: str | Path, need: tuple[str, ...] = ()) -> tuple[dict | None, str | None]:
+    """(the checkpoint at ``path``, None), or (None, the problem in one line naming the file) when it
+    cannot be read or lacks one of the keys in ``need``. A full or failing disk raises."""
+    try:
+        ck = read_run_checkpoint(path)
+    except CheckpointUnreadableError as exc:
+        return None, str(exc)
+    missing = [k for k in need if k not in ck]
+    if missing:
+        return None, f"{path}: unreadable checkpoint (no {', '.join(missing)})"
+    return ck, None
+
+
+def resume_problem(path: str | Path) -> str | None:
+    """Why a ``last.pt`` cannot be resumed from (None: it can)."""
+    return read_or_problem(path, _RESUME_KEYS)[1]
 
 
 def _readable_or_set_aside(path: Path, then: str, notes: list[str], need: tuple[str, ...] = ()) -> dict | None:
@@ -196,15 +269,9 @@ def _readable_or_set_aside(path: Path, then: str, notes: list[str], need: tuple[
     lacks one of the keys in ``need``; None when there is no file."""
     if not path.is_file():
         return None
-    try:
-        ck = read_run_checkpoint(path)
-    except CheckpointUnreadableError as exc:
-        _set_aside(path, str(exc), then, notes)
-        return None
-    missing = [k for k in need if k not in ck]
-    if missing:
-        _set_aside(path, f"{path}: unreadable checkpoint (no {', '.join(missing)})", then, notes)
-        return None
+    ck, problem = read_or_problem(path, need)
+    if problem is not None:
+        _set_aside(path, problem, then, notes)
     return ck
 
 
@@ -365,23 +432,57 @@ class RunInputs:
         )
 
 
-def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes bf16 in hardware: a GPU that supports it, or a CPU with AVX512-BF16
-    or AMX tiles. Elsewhere bf16 would be emulated, slower than fp32."""
+# oneDNN instruction-set limits (ONEDNN_MAX_CPU_ISA) below AVX512_CORE_BF16: its bf16 kernels are emulated
+_ONEDNN_BELOW_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"})
+
+
+def _cpu_probe(name: str) -> bool:
+    """One of torch.cpu's feature probes (cpuinfo); False where this torch has none."""
+    return bool(getattr(torch.cpu, name, lambda: False)())
+
+
+def bf16_support(device: torch.device) -> tuple[bool, str]:
+    """Whether ``device`` computes bf16 in hardware, and why, in words for the build log. A GPU:
+    ``torch.cuda.is_bf16_supported()``. A CPU: AVX512-BF16 or AMX in cpuinfo is not enough; the
+    kernels must use them too: PyTorch's dispatched capability (``ATEN_CPU_CAPABILITY``) must be
+    AVX512 and oneDNN's limit (``ONEDNN_MAX_CPU_ISA``) must not stop below AVX512_CORE_BF16,
+    else bf16 is emulated, slower than fp32."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-        return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
-    return False
+        ok = bool(torch.cuda.is_bf16_supported())
+        return ok, f"{'native' if ok else 'no native'} bf16 on this GPU: {torch.cuda.get_device_name(device)}"
+    if device.type != "cpu":
+        return False, f"no native bf16 known on a {device.type} device"
+    capability = str(torch.backends.cpu.get_cpu_capability())
+    if not capability.startswith("AVX512"):
+        return False, f"no native bf16 on this CPU: capability {capability}"
+    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
+    if onednn in _ONEDNN_BELOW_BF16:
+        return False, f"no native bf16 on this CPU: ONEDNN_MAX_CPU_ISA={onednn}"
+    probes = (("_is_avx512_bf16_supported", "AVX512-BF16"), ("_is_amx_tile_supported", "AMX"))
+    units = [unit for probe, unit in probes if _cpu_probe(probe)]
+    if not units:
+        return False, f"no native bf16 on this CPU: no AVX512-BF16 or AMX (capability {capability})"
+    return True, f"native bf16 on this CPU: {' and '.join(units)}, capability {capability}"
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bf16 in hardware (``bf16_support``)."""
+    return bf16_support(device)[0]
+
+
+def choose_precision(setting: str, device: torch.device) -> tuple[str, str]:
+    """("fp32" or "bf16", why) for a setting: "auto" is bf16 where the device computes it natively
+    (``bf16_support``), else fp32; any other setting is taken as it is."""
+    if setting != "auto":
+        return setting, "as the grid sets it"
+    ok, why = bf16_support(device)
+    return ("bf16" if ok else "fp32"), why
 
 
 def resolve_precision(setting: str, device: torch.device) -> str:
-    """ "fp32" or "bf16" for a run's steps: "auto" is bf16 where the device computes it natively
-    (`native_bf16`), else fp32; chosen per run and recorded with it."""
-    if setting != "auto":
-        return setting
-    return "bf16" if native_bf16(device) else "fp32"
+    """ "fp32" or "bf16" for ``setting`` on ``device`` (``choose_precision``). A model set resolves
+    "auto" once, before its runs start, and keeps the choice in their configs and ids."""
+    return choose_precision(setting, device)[0]
 
 
 def autocast(precision: str, device: torch.device):
@@ -527,7 +628,10 @@ def _result(
     resumed_from: int | None,
     pack_size: int,
     precision: str,
+    pack_wall: float | None = None,
 ) -> RunResult:
+    """A done run's result. ``wall`` is the run's share of its pack's seconds (all of them alone),
+    ``pack_wall`` the pack's seconds while the run was in it (``wall`` when None)."""
     train_loss, train_acc = train
     test_loss, test_acc = test
     return RunResult(
@@ -545,6 +649,7 @@ def _result(
         resumed_from=resumed_from,
         pack_size=pack_size,
         precision=precision,
+        pack_wall_time=float(wall if pack_wall is None else pack_wall),
     )
 
 
@@ -568,7 +673,10 @@ def train_pack(
     """Train several runs of one architecture and batch size together (``camgap.zoo.packed``), each
     with its own seed, data order, augmentation, optimizer, stopping rules and files; return their
     results in order. A run that stops leaves the pack. With ``packed=False`` (one task) the run
-    trains alone through its own module, as ``train_run``."""
+    trains alone through its own module, as ``train_run``. Runs that differ in what a pack shares
+    (``config.check_pack``: arch and options, batch size, precision, memory layout, threads, data)
+    raise ``PackMismatchError`` naming the field, before anything trains."""
+    check_pack(tasks)
     device = _prepare_device(tasks[0])
     caller_threads = torch.get_num_threads()
     try:
@@ -620,7 +728,7 @@ class _Run:
             self.model.to(memory_format=torch.channels_last)
         self.device = device
         self.history: list[dict] = []
-        self.wall, self.resumed_from, self.diverged = 0.0, None, False
+        self.wall, self.pack_wall, self.resumed_from, self.diverged = 0.0, 0.0, None, False
         if not self.cfg.trained:
             return
         self.rules = StoppingRules(self.cfg.loss_threshold, self.cfg.acc_threshold, self.cfg.max_epochs)
@@ -634,6 +742,7 @@ class _Run:
             self.optimizer.load_state_dict(ck["optimizer_state_dict"])
             self.history = list(ck["history"])
             self.wall = float(ck.get("wall_time", 0.0))
+            self.pack_wall = float(ck.get("pack_wall_time", self.wall))
             self.diverged = bool(ck.get("diverged", False))
             self.resumed_from = int(ck["epoch"])
             _set_rng_states(ck["rng_states"], device)
@@ -659,10 +768,13 @@ class _Run:
         running_loss: float,
         seconds: float,
         epoch_callback=None,
+        pack_seconds: float | None = None,
     ) -> None:
-        """Record one epoch: history, stopping decision, ``last.pt`` and ``history.json``."""
+        """Record one epoch: history, stopping decision, ``last.pt`` and ``history.json``. ``seconds``:
+        the run's share of the epoch; ``pack_seconds``: the whole pack's epoch (None: trained alone)."""
         self.diverged = not _finite_params(self.model)
         self.wall += seconds
+        self.pack_wall += seconds if pack_seconds is None else pack_seconds
         record = {
             "epoch": self.next_epoch,
             "train_loss": train[0],
@@ -672,6 +784,7 @@ class _Run:
             "aug_train_loss": running_loss,  # running loss of the training pass
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": seconds,
+            **({} if pack_seconds is None else {"pack_seconds": pack_seconds}),
         }
         self.history.append(record)
         self.decision = self.rules.check(self.history)
@@ -682,6 +795,7 @@ class _Run:
                 "epoch": record["epoch"],
                 "history": self.history,
                 "wall_time": self.wall,
+                "pack_wall_time": self.pack_wall,
                 "diverged": self.diverged,
                 "rng_states": _rng_states(self.device),
             },
@@ -705,9 +819,10 @@ class _Run:
             self.resumed_from,
             pack_size,
             self.precision,
+            self.pack_wall,
         )
         atomic_write_json(self.history, self.dir / "history.json")
-        atomic_save(
+        save_final(
             self._base() | {"epoch": len(self.history), "history": self.history, "result": result.to_dict()},
             self.dir / "final.pt",
         )
@@ -728,7 +843,7 @@ def _evaluate_untrained(run: _Run, splits, eval_bs: int) -> RunResult:
     test = evaluate(run.model, test_x, test_y, mean, std, run.device, eval_bs)
     result = _result(run.task, 0, "untrained", train, test, time.perf_counter() - t0, None, 1, "fp32")
     atomic_write_json([], run.dir / "history.json")
-    atomic_save(base | {"epoch": 0, "history": [], "result": result.to_dict()}, run.dir / "final.pt")
+    save_final(base | {"epoch": 0, "history": [], "result": result.to_dict()}, run.dir / "final.pt")
     return replace(result, warnings=tuple(run.notes))
 
 
@@ -803,9 +918,10 @@ def _train_packed(runs: list[_Run], splits, eval_bs: int, epoch_callback) -> Non
         train = evaluate_pack(pack, inputs, train_x, train_y, eval_bs, precision)
         test = evaluate_pack(pack, inputs, test_x, test_y, eval_bs, precision)
         seconds = time.perf_counter() - t0
+        share = seconds / sum(not f for f in frozen)  # the runs that record this epoch share its time
         for r, f, loss, tr, te in zip(active, frozen, losses, train, test, strict=True):
             if not f:
-                r.end_epoch(tr, te, loss, seconds, epoch_callback)
+                r.end_epoch(tr, te, loss, share, epoch_callback, pack_seconds=seconds)
         active = [r for r in active if not r.stopped]
 
 

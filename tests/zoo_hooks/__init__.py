@@ -1,7 +1,9 @@
 """Test hooks of the zoo tests: an injected failure (in-process) and slow epochs (also in worker
-processes and CLI subprocesses, through ``sitecustomize``); ``as_task``."""
+processes and CLI subprocesses, through ``sitecustomize``); ``as_task``; ``nap`` (a task that only
+sleeps, for executor tests)."""
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from zoo_hooks.sitecustomize import EPOCH_DELAY_ENV
@@ -40,3 +42,35 @@ def as_task(task: dict):
     config = RunConfig.from_dict(config) if isinstance(config, dict) else config
     classes = tuple(fields.pop("classes", ()))
     return Task(**fields, config=config, classes=classes, train_data=data["train"], test_data=data["test"])
+
+
+@dataclass(frozen=True)
+class NapTask:
+    """A task for an executor's worker processes that trains nothing: it writes its worker's pid
+    to ``started``, waits for the file ``wait_for`` (if given) and sleeps ``seconds`` (``nap``)."""
+
+    run_id: str
+    seconds: float
+    started: str
+    wait_for: str | None = None
+    device: str = "cpu"
+    threads: int = 1
+
+    def failure(self, status: str, error: str, worker_died: bool = False):
+        from camgap.zoo.config import RunResult
+
+        return RunResult(self.run_id, status, error=error, worker_died=worker_died)
+
+
+def nap(task: NapTask):
+    import time
+
+    from camgap.zoo.config import RunResult
+
+    tmp = Path(f"{task.started}.tmp")
+    tmp.write_text(str(os.getpid()))
+    tmp.replace(task.started)  # whole, for the sibling that waits for it
+    while task.wait_for and not Path(task.wait_for).exists():
+        time.sleep(0.01)
+    time.sleep(task.seconds)
+    return RunResult(task.run_id, "done")
