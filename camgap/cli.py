@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from camgap import __version__
-from camgap.cliutil import CommaList, add_location, add_progress_flag, cam_names, finish_args, wants_progress
+from camgap.cliutil import (
+    CommaList,
+    add_input_checks,
+    add_location,
+    add_progress_flag,
+    cam_names,
+    finish_args,
+    wants_progress,
+)
 from camgap.data.preprocessing import CHANNEL_ORDERS, IMAGENET_MEAN, IMAGENET_STD
 from camgap.errors import CamgapError, InputError, MissingFileError
 
@@ -48,6 +56,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--skip-bad", action="store_true", help="skip unreadable images instead of stopping")
     p.add_argument("--cache", type=Path, help="cache folder for decoded images and masks (default ~/.cache/camgap/...)")
+    add_input_checks(p)
 
 
 # Written out rather than read from camgap.cam.CAMS, which imports torch; a test checks it names
@@ -216,6 +225,8 @@ def score_checkpoint(
     skip_bad: bool = False,
     cache: Path | None = None,
     device: str = "auto",
+    box_units: str | None = None,
+    max_pixels: int | None = None,
     force: bool = False,
 ):
     """Score a checkpoint file on the training images of a dataset, as `camgap score` does.
@@ -228,10 +239,12 @@ def score_checkpoint(
     the checkpoint, else from PREPROCESSING_DEFAULTS.
     A target-layer map under 3x3 at the chosen input size is a MapTooSmallError naming the
     input size to use, before any image is read (`force`: a warning, and scoring goes on).
+    `box_units` and `max_pixels` are read_layout's and decode_rgb's (None: pixels, checked; 100 MP).
     Returns (ScoreResult, settings, classes); settings holds "model" and "preprocessing", each
     with the chosen values and a "source" per field (flag, checkpoint, default, ...), and
     "target_map" (the layer's map, [h, w])."""
     from camgap.data import BoxDataset, read_layout
+    from camgap.data.dataset import count_dropped_boxes
     from camgap.measures.score import ScoreOptions, check_map_size, score_model
     from camgap.models import (
         checkpoint_record,
@@ -244,7 +257,7 @@ def score_checkpoint(
     flags = flags or {}
     fallback = {k: (v, "default") for k, v in PREPROCESSING_DEFAULTS.items()}
     skipped: list | None = [] if skip_bad else None
-    records, classes = read_layout(data, layout, split, skipped=skipped)
+    records, classes = read_layout(data, layout, split, skipped=skipped, box_units=box_units)
     obj = read_checkpoint(checkpoint, unsafe=unsafe)
     record = checkpoint_record(obj)
     model_cfg, model_src = _model_settings(flags, record, classes, checkpoint)
@@ -264,7 +277,7 @@ def score_checkpoint(
     size, resize = int(prep["input_size"]), str(prep["resize"])
     layer_name, target = (layer, get_layer(model, layer)) if layer else default_target_layer(model)
     target_map = check_map_size(model.to(torch_device), target, layer_name, size, force=force, where=str(checkpoint))
-    dataset = BoxDataset(records, input_size=size, resize=resize, skip_bad=skip_bad)
+    dataset = BoxDataset(records, input_size=size, resize=resize, skip_bad=skip_bad, max_pixels=max_pixels)
     cache_dir = _cache_dir(cache, data, split, size, resize)
     ref_masks, mask_ids = _reference_masks(masks, dataset, torch_device, cache_dir, size, resize, skip_bad)
     n_without_mask = 0
@@ -272,7 +285,7 @@ def score_checkpoint(
         have = set(mask_ids)
         kept = [r for r in records if r.image_id in have]
         n_without_mask = len(records) - len(kept)
-        dataset = BoxDataset(kept, input_size=size, resize=resize, skip_bad=True)
+        dataset = BoxDataset(kept, input_size=size, resize=resize, skip_bad=True, max_pixels=max_pixels)
     options = ScoreOptions.of(
         options,
         target_layer=target if layer else None,
@@ -283,6 +296,7 @@ def score_checkpoint(
     )
     result = score_model(model, dataset, options, masks=ref_masks, mask_ids=mask_ids)
     result.n_skipped += len(skipped or []) + n_without_mask
+    result.n_boxes_dropped = count_dropped_boxes(dataset.records, max_pixels)
     settings = {
         "model": model_cfg | {"source": model_src},
         "preprocessing": prep | {"source": prep_src},
@@ -323,6 +337,8 @@ def _score_from_args(args: argparse.Namespace, options: ScoreOptions):
         skip_bad=args.skip_bad,
         cache=args.cache,
         device=args.device,
+        box_units=args.box_units,
+        max_pixels=args.max_pixels,
         force=args.force,
     )
 
@@ -376,7 +392,8 @@ def cmd_score(args: argparse.Namespace) -> int:
             print(f"  rho={t}: IoU {v['iou']:.4f}  IoU-B {v['iou_b']:.4f}")
     print(
         f"images scored {summary['n_images']}, skipped {summary['n_skipped']}, "
-        f"without reference {summary['n_no_reference']}, train accuracy {summary['accuracy']:.4f}"
+        f"without reference {summary['n_no_reference']}, boxes outside their image {summary['n_boxes_dropped']}, "
+        f"train accuracy {summary['accuracy']:.4f}"
     )
     print("\n".join(_settings_lines(settings)))
     return 0
@@ -402,7 +419,9 @@ def _reference_masks(source: str, dataset, device, cache: Path, input_size: int,
     from camgap.data.masks import compute_masks
     from camgap.data.store import TensorStore
 
-    store = TensorStore.cached(dataset.records, cache, input_size, resize, skip_bad=skip_bad)
+    store = TensorStore.cached(
+        dataset.records, cache, input_size, resize, skip_bad=skip_bad, max_pixels=dataset.max_pixels
+    )
     result = compute_masks(
         source,
         store.images,
@@ -651,10 +670,18 @@ def cmd_masks(args: argparse.Namespace) -> int:
     from camgap.data.store import TensorStore
 
     skipped: list | None = [] if args.skip_bad else None
-    records, _ = read_layout(args.data, args.layout, args.split, skipped=skipped, missing_ok=True)
+    records, _ = read_layout(
+        args.data, args.layout, args.split, skipped=skipped, missing_ok=True, box_units=args.box_units
+    )
     cache = _cache_dir(args.cache, args.data, args.split, args.input_size, args.resize)
     store = TensorStore.cached(
-        records, cache, args.input_size, args.resize, skip_bad=args.skip_bad, progress=wants_progress(args)
+        records,
+        cache,
+        args.input_size,
+        args.resize,
+        skip_bad=args.skip_bad,
+        progress=wants_progress(args),
+        max_pixels=args.max_pixels,
     )
     result = compute_masks(
         args.source,
@@ -841,6 +868,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", default="resize", choices=["resize", "resize_crop"])
     p.add_argument("--skip-bad", action="store_true")
     p.add_argument("--cache", type=Path)
+    add_input_checks(p)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     add_progress_flag(p)
     p.set_defaults(func=cmd_masks)

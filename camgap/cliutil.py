@@ -135,3 +135,31 @@ def wants_progress(args: argparse.Namespace) -> bool:
     (`camgap.progress` decides how: a bar on a terminal, plain lines elsewhere)."""
     quiet = getattr(args, "quiet", 0) - getattr(args, "verbose", 0) > 0
     return not (getattr(args, "no_progress", False) or quiet)
+
+
+def pixel_count(text: str) -> int:
+    """`--max-pixels`: a positive whole number of pixels, `100000000` or `1e8`."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of pixels: {text!r}") from None
+    if not value.is_integer() or value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number of pixels, got {text!r}")
+    return int(value)
+
+
+def add_input_checks(p: argparse.ArgumentParser) -> None:
+    """The flags of every command that reads a dataset's images and boxes."""
+    p.add_argument(
+        "--box-units",
+        choices=("pixels", "relative"),
+        help="pixels (coordinates in the annotation's frame) or relative (fractions of the image's "
+        "width and height); default: pixels, and boxes that all lie within [0, 1] are an error",
+    )
+    p.add_argument(
+        "--max-pixels",
+        type=pixel_count,
+        metavar="N",
+        help="largest image read, by its header, in pixels; a side may be 16384 px or sqrt(N), whichever "
+        "is larger (default 100000000: 100 megapixels)",
+    )

@@ -774,3 +774,113 @@ def test_bad_score_options_are_refused_before_anything_is_read(capsys, tmp_path,
     missing = tmp_path / "no.pt"
     rc, out, err = run(capsys, "score", "--checkpoint", missing, "--data", tmp_path / "nodata", *flag)
     assert rc == 2 and out == "" and err.startswith(f"camgap: error: {message}")
+
+
+# --- boxes as the user meant them; files refused by their header --------------------------------
+
+
+def _last_line(err: str) -> str:
+    """The error line (the csv layout's class mapping is logged before it)."""
+    return err.splitlines()[-1] + "\n"
+
+
+def _rewrite_boxes(root, change) -> None:
+    """Rewrite train.csv with `change(row)` applied to each row (dicts of the csv's columns)."""
+    frame = pd.read_csv(root / "train.csv", dtype=str)
+    rows = [change(dict(r)) for _, r in frame.iterrows()]
+    pd.DataFrame(rows, columns=frame.columns).to_csv(root / "train.csv", index=False)
+
+
+def test_fractional_boxes_are_an_error_suggesting_box_units_relative(capsys, tmp_path, checkpoints, expected):
+    root = _fresh_synth(tmp_path)
+
+    def to_fractions(row):
+        return row | {k: repr(int(row[k]) / SIZE) for k in ("xmin", "ymin", "xmax", "ymax")}  # exact in binary
+
+    _rewrite_boxes(root, to_fractions)
+    rc, out, err = run(capsys, *base_args(root, checkpoints["plain"], *ARCH, "--json"))
+    assert rc == 2 and out == ""
+    assert _last_line(err) == (
+        f"camgap: error: {root / 'train.csv'}: all {N} boxes lie within [0, 1]: fractions of the image size? "
+        "pass --box-units relative (or --box-units pixels if they are pixel coordinates)\n"
+    )
+    s = run_json(capsys, *base_args(root, checkpoints["plain"], *ARCH, "--box-units", "relative"))
+    assert s["iou"] == expected.iou() and s["iou_b"] == expected.iou_b()  # the pixel boxes, exactly
+    assert s["n_images"] == N and s["n_no_reference"] == 0 and s["n_boxes_dropped"] == 0
+    records, _ = read_layout(root, "csv", box_units="relative")
+    pixels, _ = read_layout(_fresh_synth(tmp_path / "pixels"), "csv")
+    for r, p in zip(records, pixels):
+        assert torch.equal(BoxDataset([r], input_size=SIZE)[0][2], BoxDataset([p], input_size=SIZE)[0][2])
+
+
+def test_box_units_relative_refuses_a_box_outside_0_1(capsys, tmp_path, checkpoints):
+    root = _fresh_synth(tmp_path)
+    rc, out, err = run(capsys, *base_args(root, checkpoints["plain"], *ARCH, "--box-units", "relative"))
+    assert rc == 2
+    assert _last_line(err) == (
+        f"camgap: error: {root / 'images' / 'train' / '00000.png'}: box (6.0, 16.0, 18.0, 28.0) is not a "
+        "fraction of the image size (--box-units relative: each in [0, 1])\n"
+    )
+
+
+def test_boxes_wholly_outside_the_image_are_counted(capsys, tmp_path, checkpoints):
+    root = _fresh_synth(tmp_path)
+
+    def push_out(row):  # two images' boxes moved past the 32 x 32 image: nothing of them is left
+        if row["path"].endswith(("00001.png", "00004.png")):
+            row |= {"xmin": "40", "ymin": "1", "xmax": "50", "ymax": "9"}
+        return row
+
+    _rewrite_boxes(root, push_out)
+    with pytest.warns(UserWarning, match=r"00001\.png: dropped 1 degenerate box"):
+        s = run_json(capsys, *base_args(root, checkpoints["plain"], *ARCH))
+    assert s["n_boxes_dropped"] == 2 and s["n_no_reference"] == 2 and s["n_images"] == N
+    with pytest.warns(UserWarning, match="degenerate box"):
+        rc, out, err = run(capsys, *base_args(root, checkpoints["plain"], *ARCH))
+    assert rc == 0 and "without reference 2, boxes outside their image 2," in out
+
+
+def test_truncated_png_and_bomb_header_name_the_file(capsys, tmp_path, checkpoints):
+    from tests.test_images import bomb_png, truncated_1bit_png  # decoding it is known not to crash
+
+    root = _fresh_synth(tmp_path)
+    cut, bomb = root / "images" / "train" / "00002.png", root / "images" / "train" / "00003.png"
+    cut.write_bytes(truncated_1bit_png())
+    bomb.write_bytes(bomb_png())
+    rc, out, err = run(capsys, *base_args(root, checkpoints["plain"], *ARCH, "--json"))
+    assert rc == 2
+    assert _last_line(err).startswith(f"camgap: error: {cut}: corrupt or unsupported image (image file is truncated")
+    with pytest.warns(UserWarning, match="skipping"):
+        s = run_json(capsys, *base_args(root, checkpoints["plain"], *ARCH, "--skip-bad"))
+    assert s["n_skipped"] == 2 and s["n_images"] == N - 2
+    cut.unlink()
+    bomb.unlink()
+    frame = pd.read_csv(root / "train.csv", dtype=str)
+    frame[~frame["path"].str.endswith(("00002.png", "00003.png"))].to_csv(root / "train.csv", index=False)
+    rc, out, err = run(capsys, *base_args(root, checkpoints["plain"], *ARCH, "--max-pixels", "1e3", "--json"))
+    assert _last_line(err) == (
+        f"camgap: error: {root / 'images' / 'train' / '00000.png'}: image header declares 32x32 pixels (0.0 "
+        "megapixels), over the limit of 0.001 megapixels and 16384 px a side; raise --max-pixels to read it\n"
+    )
+
+
+def test_empty_class_folder_is_skipped_and_counted(capsys, tmp_path, two_class_ckpt):
+    root = make_imagenet(tmp_path / "inet")
+    (root / "train" / "n00").mkdir()
+    args = [*base_args(root, two_class_ckpt, "--arch", "small_resnet", "--width", 8, "--num-classes", 2)]
+    args[args.index("csv")] = "imagenet"
+    rc, out, err = run(capsys, *args)
+    assert rc == 2 and f"camgap: error: {root / 'train' / 'n00'}: empty class folder" in err
+    s = run_json(capsys, *args, "--skip-bad")
+    assert s["n_skipped"] == 1 and s["n_images"] == 3
+
+
+def test_verbose_score_prints_the_class_mapping(capsys, data, checkpoints):
+    mapping = (
+        "csv layout: 3 classes from train.csv, labels sorted as strings: "
+        "'00_circle' -> 0, '01_square' -> 1, '02_triangle' -> 2"
+    )
+    rc, out, err = run(capsys, "-v", *base_args(data, checkpoints["plain"], *ARCH, "--json"))
+    assert rc == 0 and mapping in err.splitlines()
+    rc, out, err = run(capsys, *base_args(data, checkpoints["plain"], *ARCH, "--json"))
+    assert rc == 0 and "csv layout" not in err

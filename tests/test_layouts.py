@@ -1,11 +1,13 @@
 """read_layout / detect_layout: every layout, class order, box labels, and the error cases."""
 
 import json
+import logging
 import warnings
 
 import pytest
 
 from camgap.data import DataError, Record, detect_layout, read_layout
+from camgap.errors import InputError
 from tests.helpers.data import (
     H,
     W,
@@ -105,8 +107,37 @@ def test_missing_split_is_filenotfound(tmp_path):
 
 def test_empty_split_is_dataerror(tmp_path):
     (tmp_path / "train" / "n01").mkdir(parents=True)
-    with pytest.raises(DataError, match=r"train: no images"):
+    with pytest.raises(DataError, match=r"train/n01: empty class folder"):
         read_layout(tmp_path, "imagenet")
+    with pytest.raises(DataError, match=r"train: no class folders"):
+        read_layout(tmp_path, "imagenet", skipped=[])
+
+
+EMPTY_FOLDER = "empty class folder (no image files in it): remove it, or --skip-bad leaves it out of the classes"
+
+
+def test_empty_class_folder_is_an_error_naming_it(tmp_path):
+    root = make_imagenet(tmp_path)
+    (root / "train" / "n00").mkdir()
+    (root / "train" / "n00" / "notes.txt").write_text("not an image")
+    for split in ("train", "test"):  # the test split takes its classes from train: the same error
+        with pytest.raises(DataError) as ei:
+            read_layout(root, "imagenet", split)
+        assert str(ei.value) == f"{root / 'train' / 'n00'}: {EMPTY_FOLDER}"
+
+
+def test_empty_class_folder_is_skipped_and_counted(tmp_path):
+    root = make_imagenet(tmp_path)
+    (root / "train" / "n00").mkdir()
+    skipped: list = []
+    records, classes = read_layout(root, "imagenet", skipped=skipped)
+    assert classes == ["n01", "n02"]  # not a class: n01 stays index 0
+    assert skipped == [(str(root / "train" / "n00"), EMPTY_FOLDER)]
+    assert sorted((r.image_id, r.label) for r in records) == [("n01_1", 0), ("n02_1", 1), ("n02_2", 1)]
+    (root / "test" / "n02").mkdir()  # an empty test folder names no class: nothing to report
+    skipped = []
+    test, _ = read_layout(root, "imagenet", "test", skipped=skipped)
+    assert [r.image_id for r in test] == ["n01_9"] and skipped == [(str(root / "train" / "n00"), EMPTY_FOLDER)]
 
 
 # ------------------------------------------------------------------------ listfile
@@ -267,6 +298,103 @@ def test_csv_duplicate_stems_get_path_ids(tmp_path):
     write_csv(tmp_path / "train.csv", [["a/1.png", "x", "", "", "", ""], ["b/1.png", "y", "", "", "", ""]])
     records, _ = read_layout(tmp_path)
     assert [r.image_id for r in records] == ["a/1", "b/1"]
+
+
+def _csv_labels(root, labels) -> None:
+    """One tiny image per label in train.csv, each with one box."""
+    rows = []
+    for i, label in enumerate(labels):
+        save_image(root / "images" / f"{i}.png")
+        rows.append([f"images/{i}.png", label, 1, 1, 5, 5])
+    write_csv(root / "train.csv", rows)
+
+
+def test_csv_integer_labels_sort_numerically_and_the_mapping_is_logged(tmp_path, caplog):
+    _csv_labels(tmp_path, [str(i) for i in (3, 10, 0, 2, 1, 9, 4, 5, 6, 7, 8)])
+    with caplog.at_level(logging.DEBUG, logger="camgap.data"):
+        records, classes = read_layout(tmp_path, "csv")
+    assert classes == [str(i) for i in range(11)]  # not '0', '1', '10', '2', ...
+    assert {int(classes[r.label]) for r in records} == set(range(11))
+    assert all(classes[r.label] == str(r.label) for r in records)  # label "2" is output 2
+    assert [r.getMessage() for r in caplog.records] == [
+        "csv layout: 11 classes from train.csv, integer labels in numeric order: "
+        "'0' -> 0, '1' -> 1, '2' -> 2, '3' -> 3, '4' -> 4, '5' -> 5, '6' -> 6, '7' -> 7, '8' -> 8, '9' -> 9, '10' -> 10"
+    ]
+
+
+def test_csv_other_labels_sort_as_strings(tmp_path):
+    _csv_labels(tmp_path, ["c2", "c10", "b", "1"])
+    _, classes = read_layout(tmp_path, "csv")
+    assert classes == ["1", "b", "c10", "c2"]
+
+
+def test_csv_classes_txt_fixes_the_order(tmp_path, caplog):
+    _csv_labels(tmp_path, [str(i) for i in range(11)])
+    order = ["10", "2", "0", "1", "3", "4", "5", "6", "7", "8", "9"]
+    (tmp_path / "classes.txt").write_text("\n".join(order) + "\n\n")
+    with caplog.at_level(logging.DEBUG, logger="camgap.data"):
+        records, classes = read_layout(tmp_path, "csv")
+    assert classes == order
+    by_file = {r.path.name: r.label for r in records}
+    assert by_file["2.png"] == 1 and by_file["10.png"] == 0 and by_file["0.png"] == 2
+    assert (
+        caplog.records[0]
+        .getMessage()
+        .startswith(f"csv layout: 11 classes from {tmp_path / 'classes.txt'}: '10' -> 0, '2' -> 1, '0' -> 2,")
+    )
+
+
+@pytest.mark.parametrize(
+    "text,problem",
+    [
+        ("a\n\nb\n", "line 2 is blank: one class name a line, line i = class index i - 1"),
+        ("a\nb\na\n", "line 3: class 'a' is listed twice (first on line 1)"),
+        ("\n", "no class names"),
+    ],
+)
+def test_csv_bad_classes_txt(tmp_path, text, problem):
+    _csv_labels(tmp_path, ["a", "b"])
+    (tmp_path / "classes.txt").write_text(text)
+    with pytest.raises(DataError) as ei:
+        read_layout(tmp_path, "csv")
+    assert str(ei.value) == f"{tmp_path / 'classes.txt'}: {problem}"
+
+
+def test_csv_label_missing_from_classes_txt(tmp_path):
+    _csv_labels(tmp_path, ["a", "b"])
+    (tmp_path / "classes.txt").write_text("a\n")
+    with pytest.raises(DataError) as ei:
+        read_layout(tmp_path, "csv")
+    assert str(ei.value) == (
+        f"{tmp_path / 'images' / '1.png'}: label 'b' (train.csv row 3) is not among the 1 classes of "
+        f"{tmp_path / 'classes.txt'}"
+    )
+
+
+def test_box_units(tmp_path):
+    root = make_imagenet(tmp_path)  # VOC boxes in pixels: read as they are
+    assert read_layout(root, box_units="pixels")[0] == read_layout(root)[0]
+    for xml, size, objects in [
+        ("n02/n02_1.xml", (W, H), [("n02", (0.1, 0.2, 0.5, 0.75))]),
+        ("n02/n02_2.xml", None, [("n02", (0, 0, 1, 1))]),
+        ("n01/n01_1.xml", (W, H), [("n01", (0.25, 0.25, 0.5, 0.5))]),
+    ]:
+        write_voc(root / "Annotation" / xml, size, objects)
+    with pytest.raises(DataError) as ei:
+        read_layout(root)
+    assert str(ei.value) == (
+        f"{root / 'train'}: all 3 boxes lie within [0, 1]: fractions of the image size? pass --box-units "
+        "relative (or --box-units pixels if they are pixel coordinates)"
+    )
+    assert [r.ann_size for r in read_layout(root, box_units="pixels")[0]] == [(W, H), (W, H), None]
+    records, _ = read_layout(root, box_units="relative")
+    assert [(r.boxes, r.ann_size) for r in records] == [
+        (((0.25, 0.25, 0.5, 0.5),), (1, 1)),
+        (((0.1, 0.2, 0.5, 0.75),), (1, 1)),
+        (((0.0, 0.0, 1.0, 1.0),), (1, 1)),
+    ]
+    with pytest.raises(InputError, match="unknown box units 'percent'"):
+        read_layout(root, box_units="percent")
 
 
 # ------------------------------------------------------------------------ missing splits

@@ -1,5 +1,6 @@
 """The cached tensor store (camgap.data.store)."""
 
+import dataclasses
 import hashlib
 import multiprocessing
 import os
@@ -267,3 +268,29 @@ def test_concurrent_cached_builds_once(records, tmp_path):
     assert d1 == d2 == _digest(TensorStore.open(cache))
     assert ino1 == ino2  # the second process waited on the lock and reused the first build
     assert not [p for p in os.listdir(cache) if ".tmp-" in p]
+
+
+def test_max_pixels_decides_what_a_skipping_store_holds(records, tmp_path, count_decodes):
+    """A store that skipped files under one limit is rebuilt under another; one that skipped
+    nothing is reused under any limit (the same images either way)."""
+    from PIL import Image
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (64, 64), (9, 9, 9)).save(big)
+    records = [dataclasses.replace(records[0], path=big), *records[1:]]  # the others are 32 x 32
+    cache = tmp_path / "c"
+    with pytest.warns(UserWarning, match="skipped 1 of 15 images"):
+        small = TensorStore.cached(records, cache, S, skip_bad=True, max_pixels=32 * 32)
+    assert len(small) == len(records) - 1 and small.meta["max_pixels"] == 32 * 32
+    assert [(s["path"], s["problem"]) for s in small.skipped] == [
+        (
+            str(big),
+            f"{big}: image header declares 64x64 pixels (0.0 megapixels), over the limit of 0.001024 "
+            "megapixels and 16384 px a side; raise --max-pixels to read it",
+        )
+    ]
+    n = len(count_decodes)
+    full = TensorStore.cached(records, cache, S, skip_bad=True)
+    assert len(full) == len(records) and not full.skipped and len(count_decodes) == 2 * n
+    again = TensorStore.cached(records, cache, S, skip_bad=True, max_pixels=10**9)  # skipped nothing: reused
+    assert len(again) == len(records) and len(count_decodes) == 2 * n

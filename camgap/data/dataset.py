@@ -32,7 +32,7 @@ from torchvision.transforms import v2
 from camgap.errors import InputError
 
 from .errors import DataError
-from .images import decode_rgb
+from .images import check_max_pixels, decode_rgb, image_size
 from .layouts import Record
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, RESIZE_MODES
 
@@ -46,6 +46,7 @@ __all__ = [
     "collate_boxes",
     "load_item",
     "prepare_boxes",
+    "count_dropped_boxes",
     "make_transform",
 ]
 
@@ -86,18 +87,15 @@ def _keep_positive(boxes: torch.Tensor) -> torch.Tensor:
     return (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
 
 
-def prepare_boxes(record: Record, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Record boxes -> float32 ``[n,4]`` in the decoded image's pixel frame, plus labels.
-
-    Rescales from ``record.ann_size`` when it differs from ``(width, height)``, clamps to the
-    image, and drops (with a warning naming the file) boxes of zero or negative area.
-    """
+def _frame_boxes(record: Record, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Record boxes rescaled to a ``width x height`` image and clamped to it, their labels, and
+    which boxes keep a positive area (the others lie wholly outside the image)."""
     boxes = torch.tensor(record.boxes, dtype=torch.float32).reshape(-1, 4)
     labels = torch.tensor(record.box_labels, dtype=torch.int64).reshape(-1)
     if labels.numel() != boxes.shape[0]:
         raise DataError(record.path, f"{boxes.shape[0]} boxes but {labels.numel()} box labels")
     if boxes.shape[0] == 0:
-        return boxes, labels
+        return boxes, labels, torch.ones(0, dtype=torch.bool)
     if record.ann_size is not None and tuple(record.ann_size) != (width, height):
         aw, ah = record.ann_size
         if aw <= 0 or ah <= 0:
@@ -105,7 +103,16 @@ def prepare_boxes(record: Record, width: int, height: int) -> tuple[torch.Tensor
         boxes = boxes * torch.tensor([width / aw, height / ah, width / aw, height / ah])
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
-    keep = _keep_positive(boxes)
+    return boxes, labels, _keep_positive(boxes)
+
+
+def prepare_boxes(record: Record, width: int, height: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Record boxes -> float32 ``[n,4]`` in the decoded image's pixel frame, plus labels.
+
+    Rescales from ``record.ann_size`` when it differs from ``(width, height)``, clamps to the
+    image, and drops (with a warning naming the file) boxes of zero or negative area.
+    """
+    boxes, labels, keep = _frame_boxes(record, width, height)
     if not bool(keep.all()):
         dropped = [
             tuple(round(v, 2) for v in b) for b in torch.tensor(record.boxes, dtype=torch.float64)[~keep].tolist()
@@ -119,16 +126,35 @@ def prepare_boxes(record: Record, width: int, height: int) -> tuple[torch.Tensor
     return boxes, labels
 
 
+def count_dropped_boxes(records: Sequence[Record], max_pixels: int | None = None) -> int:
+    """How many boxes of ``records`` :func:`prepare_boxes` drops (wholly outside their image),
+    from each image's header alone; an unreadable file counts none (it is reported when decoded)."""
+    n = 0
+    for record in records:
+        if not record.boxes:
+            continue
+        try:
+            width, height = image_size(record.path, max_pixels)
+            n += int((~_frame_boxes(record, width, height)[2]).sum())
+        except DataError:
+            continue
+    return n
+
+
 def load_item(
-    record: Record, input_size: int = 224, resize: str = "resize", transform: v2.Transform | None = None
+    record: Record,
+    input_size: int = 224,
+    resize: str = "resize",
+    transform: v2.Transform | None = None,
+    max_pixels: int | None = None,
 ) -> Item:
     """Decode, transform and return ``(image uint8 [3,S,S], label, boxes [n,4], labels [n])``.
 
-    Raises :class:`DataError` for a bad file.
+    Raises :class:`DataError` for a bad file or one larger than ``max_pixels`` (by its header).
     """
     if transform is None:
         transform = make_transform(input_size, resize)
-    image = decode_rgb(record.path)
+    image = decode_rgb(record.path, max_pixels)
     h, w = int(image.shape[-2]), int(image.shape[-1])
     boxes, box_labels = prepare_boxes(record, w, h)
     bb = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w))
@@ -151,7 +177,8 @@ class BoxDataset(Dataset):
 
     ``input_size`` S; ``resize`` ``"resize"`` (whole image to SxS, default) or
     ``"resize_crop"`` (shorter side to ``int(S/0.875)``, centre crop S).  ``image_ids`` and
-    ``labels`` list the records' ids and labels in order.
+    ``labels`` list the records' ids and labels in order.  A file whose header declares more
+    than ``max_pixels`` is a bad file (:mod:`camgap.data.images`).
 
     Bad files raise :class:`DataError` (path, problem).  With ``skip_bad=True`` a bad item
     instead warns, is appended to ``self.skipped`` as ``(path, problem)``, and
@@ -163,7 +190,12 @@ class BoxDataset(Dataset):
     """
 
     def __init__(
-        self, records: Sequence[Record], input_size: int = 224, resize: str = "resize", skip_bad: bool = False
+        self,
+        records: Sequence[Record],
+        input_size: int = 224,
+        resize: str = "resize",
+        skip_bad: bool = False,
+        max_pixels: int | None = None,
     ):
         if int(input_size) <= 0:
             raise InputError(f"input_size must be positive, got {input_size}")
@@ -171,6 +203,7 @@ class BoxDataset(Dataset):
         self.input_size = int(input_size)
         self.resize = resize
         self.skip_bad = bool(skip_bad)
+        self.max_pixels = check_max_pixels(max_pixels)
         self.transform = make_transform(self.input_size, resize)
         self.image_ids = [r.image_id for r in self.records]
         self.labels = [int(r.label) for r in self.records]
@@ -182,7 +215,7 @@ class BoxDataset(Dataset):
     def __getitem__(self, i: int) -> Item | None:
         record = self.records[i]
         try:
-            return load_item(record, self.input_size, self.resize, self.transform)
+            return load_item(record, self.input_size, self.resize, self.transform, self.max_pixels)
         except DataError as e:
             if not self.skip_bad:
                 raise

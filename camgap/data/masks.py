@@ -320,10 +320,11 @@ def _match(image_id: str, by_rel: dict[str, Path], by_stem: dict[str, list[Path]
 
 def _foreground(path: Path) -> np.ndarray:
     """Read one mask file as a bool array at its own size (rules in ``read_mask_folder``)."""
-    from PIL import Image
+    from .errors import DataError
+    from .images import open_checked
 
     try:
-        with Image.open(path) as im:
+        with open_checked(path) as im:  # its header's size checked before any pixel is decoded
             im.load()
             mode = im.mode
             if mode == "P":  # palette (e.g. VOC-style label maps): index 0 = background
@@ -341,6 +342,8 @@ def _foreground(path: Path) -> np.ndarray:
                 a, full = np.asarray(im, dtype=np.float64), 1.0
             else:  # 1, L, RGB, CMYK, YCbCr, ...
                 a, full = np.asarray(im.convert("L")), 255.0
+    except DataError as e:
+        raise MaskError(f"{path}: unreadable mask ({e.problem})") from None
     except (OSError, ValueError, SyntaxError) as e:
         raise MaskError(f"{path}: unreadable mask ({e})") from None
     if a.ndim != 2:

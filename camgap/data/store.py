@@ -40,6 +40,7 @@ import torch
 from camgap.errors import CamgapError, InputError, MissingFileError
 
 from .errors import DataError
+from .images import check_max_pixels
 
 __all__ = ["TensorStore", "StoreError", "records_fingerprint"]
 
@@ -235,16 +236,20 @@ class TensorStore:
         skip_bad: bool = False,
         num_workers: int = 0,
         progress: bool = False,
+        max_pixels: int | None = None,
     ) -> TensorStore:
         """Decode and resize ``records`` (through ``BoxDataset``) into ``cache_dir``; always builds.
 
         ``skip_bad`` leaves out records whose image fails to decode (listed in ``.skipped``;
         ``.record_index`` maps store rows back to records); otherwise the ``DataError``
-        propagates. ``num_workers`` > 0 decodes in DataLoader worker processes.
+        propagates. ``num_workers`` > 0 decodes in DataLoader worker processes. A file whose
+        header declares more than ``max_pixels`` fails to decode.
         """
         cache_dir = Path(cache_dir)
         with _locked(cache_dir):
-            return cls._build_locked(records, cache_dir, input_size, resize, classes, skip_bad, num_workers, progress)
+            return cls._build_locked(
+                records, cache_dir, input_size, resize, classes, skip_bad, num_workers, progress, max_pixels
+            )
 
     @classmethod
     def cached(
@@ -258,12 +263,16 @@ class TensorStore:
         skip_bad: bool = False,
         num_workers: int = 0,
         progress: bool = False,
+        max_pixels: int | None = None,
     ) -> TensorStore:
         """Open the store in ``cache_dir`` when its fingerprint matches ``records``; else build it.
 
+        A store that skipped files under another ``max_pixels`` is rebuilt (the limit decides
+        which files it holds); one that skipped nothing holds the same images under any limit.
         Safe to call from several processes at once: one builds, the others wait and open.
         """
         cache_dir = Path(cache_dir)
+        max_pixels = check_max_pixels(max_pixels)
         fp = records_fingerprint(records, input_size, resize, classes)
         with _locked(cache_dir):
             try:
@@ -271,25 +280,37 @@ class TensorStore:
             except (StoreError, FileNotFoundError):
                 store = None
             if store is not None and store.fingerprint == fp and bool(store.meta.get("skip_bad")) == bool(skip_bad):
-                return store
+                if not store.skipped or store.meta.get("max_pixels") == max_pixels:
+                    return store
             return cls._build_locked(
-                records, cache_dir, input_size, resize, classes, skip_bad, num_workers, progress, fp
+                records, cache_dir, input_size, resize, classes, skip_bad, num_workers, progress, max_pixels, fp
             )
 
     @classmethod
     def _build_locked(
-        cls, records, cache_dir: Path, input_size, resize, classes, skip_bad, num_workers, progress, fp=None
+        cls,
+        records,
+        cache_dir: Path,
+        input_size,
+        resize,
+        classes,
+        skip_bad,
+        num_workers,
+        progress,
+        max_pixels=None,
+        fp=None,
     ) -> TensorStore:
         from camgap.data.dataset import BoxDataset
 
         records = list(records)
+        max_pixels = check_max_pixels(max_pixels)
         if not records:
             raise InputError(f"no records to store in {cache_dir}: the dataset is empty")
         input_size = int(input_size)
         if fp is None:
             fp = records_fingerprint(records, input_size, resize, classes)
         t0 = time.perf_counter()
-        dataset = _SafeItems(BoxDataset(records, input_size=input_size, resize=resize), skip_bad)
+        dataset = _SafeItems(BoxDataset(records, input_size=input_size, resize=resize, max_pixels=max_pixels), skip_bad)
         items: Iterator = map(dataset.__getitem__, range(len(dataset)))
         if num_workers > 0:
             items = iter(torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=num_workers))
@@ -359,6 +380,7 @@ class TensorStore:
                 "fingerprint": fp,
                 "classes": list(classes) if classes is not None else None,
                 "skip_bad": bool(skip_bad),
+                "max_pixels": max_pixels,
                 "skipped": skipped,
                 "build_seconds": round(time.perf_counter() - t0, 3),
             }

@@ -40,6 +40,7 @@ class ScoreResult:
     logits: Tensor
     labels: Tensor
     n_skipped: int = 0
+    n_boxes_dropped: int = 0  # boxes wholly outside their image (left out of A_G)
     overlays: list[dict] = field(default_factory=list)
     target_layer: str = ""
 
@@ -78,6 +79,7 @@ class ScoreResult:
             "cam": self.cam,
             "n_images": self.n_images,
             "n_skipped": self.n_skipped,
+            "n_boxes_dropped": self.n_boxes_dropped,
             "n_no_reference": self.n_no_reference,
             "accuracy": self.train_acc,
             "target_layer": self.target_layer,

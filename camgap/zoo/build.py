@@ -150,17 +150,17 @@ def driver_running(out: str | Path) -> bool:
         return False
 
 
-def _read_splits(data: Path, layout: str) -> tuple[list, list, list[str]]:
+def _read_splits(data: Path, layout: str, box_units: str | None = None) -> tuple[list, list, list[str]]:
     from camgap.data.layouts import read_layout
 
     if not data.is_dir():
         raise ZooError(f"--data {data}: no such directory")
     try:
-        train, classes = read_layout(data, layout, "train", missing_ok=True)
+        train, classes = read_layout(data, layout, "train", missing_ok=True, box_units=box_units)
     except Exception as exc:  # noqa: BLE001
         raise ZooError(f"--data {data}: cannot read the train split: {exc}") from None
     try:
-        test, _ = read_layout(data, layout, "test", missing_ok=True)
+        test, _ = read_layout(data, layout, "test", missing_ok=True, box_units=box_units)
     except FileNotFoundError as exc:
         raise ZooError(f"--data {data}: no test split ({exc}); the model set needs a held-out test split") from None
     except Exception as exc:  # noqa: BLE001
@@ -203,10 +203,13 @@ def build(
     progress: bool = True,
     log=None,
     max_runs: int | None = None,
+    box_units: str | None = None,
+    max_pixels: int | None = None,
 ) -> BuildSummary:
     """Build (or resume) the model set of ``grid`` on ``data`` in ``out``; see the module doc.
     ``max_runs``: refuse a grid of more runs, before anything is expanded or written (default:
-    a Grid's own limit, a grid file's ``MAX_RUNS``)."""
+    a Grid's own limit, a grid file's ``MAX_RUNS``). ``box_units`` and ``max_pixels`` are
+    read_layout's and decode_rgb's (None: pixels, checked; 100 MP)."""
     from camgap.zoo.executors import make_executor, resolve_device
     from camgap.zoo.pretrained import PretrainedWeightsError, ensure_source_models, pretrained_paths
     from camgap.zoo.train import prepare_split, storage_error
@@ -233,7 +236,7 @@ def build(
         raise ZooError(str(exc)) from None
     data = Path(data).expanduser().resolve()
     out = Path(out).expanduser().resolve()
-    train_records, test_records, classes = _read_splits(data, layout)
+    train_records, test_records, classes = _read_splits(data, layout, box_units)
     if executor == "local":
         try:
             device = resolve_device(device)
@@ -294,7 +297,9 @@ def build(
             cache = out / "cache"
             try:
                 caches = {
-                    split: prepare_split(records, classes, cache / f"{split}-{size}-{resize}", size, resize, progress)
+                    split: prepare_split(
+                        records, classes, cache / f"{split}-{size}-{resize}", size, resize, progress, max_pixels
+                    )
                     for split, records in (("train", train_records), ("test", test_records))
                 }
             except Exception as exc:

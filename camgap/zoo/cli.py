@@ -11,7 +11,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from camgap.cliutil import CommaList, add_location, add_progress_flag, cam_names, finish_args, wants_progress
+from camgap.cliutil import (
+    CommaList,
+    add_input_checks,
+    add_location,
+    add_progress_flag,
+    cam_names,
+    finish_args,
+    wants_progress,
+)
 from camgap.errors import CamgapError
 
 __all__ = ["add_zoo_commands", "add_subcommands", "main", "BUILD_EPILOG"]
@@ -35,6 +43,8 @@ def _build(args: argparse.Namespace) -> int:
         cpus_per_run=args.cpus_per_run,
         progress=wants_progress(args),
         max_runs=args.max_runs,
+        box_units=args.box_units,
+        max_pixels=args.max_pixels,
     )
     return 0 if summary.failed == 0 else 3
 
@@ -136,6 +146,7 @@ def add_subcommands(sub) -> None:
         b, "zoo", "--zoo", "ZOO", "model-set directory (registry, runs, caches)", positional=False, old_flag="--out"
     )
     b.add_argument("--layout", default="auto", help="dataset layout (default: auto-detect)")
+    add_input_checks(b)
     b.add_argument("--executor", choices=("local", "ray"), default="local", help="where runs execute")
     b.add_argument(
         "--workers",

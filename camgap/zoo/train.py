@@ -295,12 +295,23 @@ def _run_lock(run_dir: Path):
 # --- data -------------------------------------------------------------------------------
 
 
-def prepare_split(records, classes: list[str], cache_dir, input_size: int, resize: str, progress: bool = False) -> str:
+def prepare_split(
+    records,
+    classes: list[str],
+    cache_dir,
+    input_size: int,
+    resize: str,
+    progress: bool = False,
+    max_pixels: int | None = None,
+) -> str:
     """Decode one split's records once into a TensorStore at ``cache_dir`` (reused when its
-    fingerprint matches); return ``cache_dir`` for ``load_split``."""
+    fingerprint matches; files over ``max_pixels`` are refused by their header); return
+    ``cache_dir`` for ``load_split``."""
     from camgap.data.store import TensorStore
 
-    store = TensorStore.cached(records, cache_dir, input_size, resize, classes=list(classes), progress=progress)
+    store = TensorStore.cached(
+        records, cache_dir, input_size, resize, classes=list(classes), progress=progress, max_pixels=max_pixels
+    )
     if len(store) and (int(store.labels.min()) < 0 or int(store.labels.max()) >= len(classes)):
         raise InputError(f"{cache_dir}: labels outside the {len(classes)} training classes")
     return str(cache_dir)

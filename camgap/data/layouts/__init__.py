@@ -43,6 +43,12 @@ indices into the classes, -1 for a class outside them; a missing split raises
 ``FileNotFoundError`` naming the path; a split without images raises ``DataError("no
 images")``; errors always name the file at fault.
 
+Box units: boxes are pixel coordinates of the annotation frame.  Boxes that all lie within
+[0, 1] look like fractions of the image size and raise :class:`DataError` suggesting
+``box_units="relative"`` (``--box-units relative``), which reads every box as fractions of
+the image's width and height (an annotation frame of 1 x 1); ``box_units="pixels"`` says they
+are pixels and skips that check.
+
 Bad entries (missing annotation, unknown label, malformed row) raise :class:`DataError`,
 unless a list is passed as ``skipped=``: then the entry is left out and ``(path, problem)`` is
 appended to that list (the CLI's ``--skip-bad``).  ``missing_ok=True`` instead keeps an image
@@ -51,6 +57,7 @@ whose XML annotation is missing, with no boxes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,7 +92,10 @@ __all__ = [
     "parse_voc_xml",
     "Box",
     "IMAGE_EXTENSIONS",
+    "BOX_UNITS",
 ]
+
+BOX_UNITS = ("pixels", "relative")
 
 
 _EXPECTED = {
@@ -139,6 +149,7 @@ def read_layout(
     *,
     missing_ok: bool = False,
     skipped: list | None = None,
+    box_units: str | None = None,
 ) -> tuple[list[Record], list[str]]:
     """Read one split of a dataset: ``(records, classes)``.
 
@@ -148,6 +159,8 @@ def read_layout(
     boxes) instead of raising.  With a list as ``skipped``, bad entries are left out and
     ``(path, problem)`` pairs are appended to it instead of raising :class:`DataError`
     (structural problems of the split file itself, and an empty result, still raise).
+    ``box_units``: None (pixels, refused when every box lies within [0, 1]), ``"pixels"`` or
+    ``"relative"`` (fractions of the image's width and height).
     """
     root = Path(root)
     if not root.is_dir():
@@ -157,8 +170,36 @@ def read_layout(
         layout = detect_layout(root)
     if layout not in _PARSERS:
         raise InputError(f"unknown layout {layout!r}; expected 'auto' or one of {LAYOUTS}")
+    if box_units is not None and box_units not in BOX_UNITS:
+        raise InputError(f"unknown box units {box_units!r}; expected one of {BOX_UNITS}")
     if split == "val" and layout != "kaggle":
         split = "test"
-    records, classes, where = _PARSERS[layout](root, split, missing_ok, _Bad(skipped))
+    bad = _Bad(skipped)
+    records, classes, where = _PARSERS[layout](root, split, missing_ok, bad)
+    records = _in_box_units(records, box_units, where, bad)
     _no_images(where, records)
     return _unique_ids(records, root), classes
+
+
+def _in_box_units(records: list[Record], box_units: str | None, where: Path, bad: _Bad) -> list[Record]:
+    """Records whose boxes are in the pixels of their annotation frame (see the module doc)."""
+    if box_units == "pixels":
+        return records
+    if box_units is None:
+        coords = [c for r in records for b in r.boxes for c in b]
+        if coords and all(0.0 <= c <= 1.0 for c in coords):
+            n = sum(len(r.boxes) for r in records)
+            raise DataError(
+                where,
+                f"all {n} boxes lie within [0, 1]: fractions of the image size? pass --box-units relative "
+                "(or --box-units pixels if they are pixel coordinates)",
+            )
+        return records
+    out = []
+    for r in records:
+        outside = next((b for b in r.boxes if not all(0.0 <= c <= 1.0 for c in b)), None)
+        if outside is not None:
+            bad(r.path, f"box {outside} is not a fraction of the image size (--box-units relative: each in [0, 1])")
+            continue
+        out.append(dataclasses.replace(r, ann_size=(1, 1)))
+    return out

@@ -1,15 +1,69 @@
 """The ``csv`` layout: ``root/<split>.csv`` with header ``path,label,xmin,ymin,xmax,ymax``, one
-row per box."""
+row per box.
+
+Class order (label -> output index): ``root/classes.txt`` when present (one name a line, line
+i = index i); else the train labels sorted numerically when all are integers (``2`` before
+``10``), as strings otherwise.  ``camgap -v`` logs the mapping.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from pathlib import Path, PurePosixPath
 
 from ..errors import DataError
-from ._common import Record, _Bad, _inside_root, _num, _read_csv, _require_file, _train_classes
+from ._common import Record, _Bad, _inside_root, _num, _read_csv, _read_text_lines, _require_file, _train_classes
 
 _CSV_COLUMNS = ("path", "label", "xmin", "ymin", "xmax", "ymax")
+CLASSES_FILE = "classes.txt"
+
+log = logging.getLogger("camgap.data")
+
+
+def _read_classes_file(path: Path) -> list[str]:
+    """One class name a line (line i = index i); trailing blank lines are allowed, others not."""
+    lines = _read_text_lines(path)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    names = [line.strip() for line in lines]
+    for n, name in enumerate(names, 1):
+        if not name:
+            raise DataError(path, f"line {n} is blank: one class name a line, line i = class index i - 1")
+        if name in names[: n - 1]:
+            raise DataError(path, f"line {n}: class {name!r} is listed twice (first on line {names.index(name) + 1})")
+    if not names:
+        raise DataError(path, "no class names")
+    return names
+
+
+def _as_int(label: str) -> int | None:
+    try:
+        return int(label)
+    except ValueError:
+        return None
+
+
+def _label_order(labels: set[str]) -> tuple[list[str], str]:
+    """The labels in index order, and how that order was chosen."""
+    if labels and all(_as_int(x) is not None for x in labels):
+        return sorted(labels, key=lambda x: (int(x), x)), "integer labels in numeric order"
+    return sorted(labels), "labels sorted as strings"
+
+
+def _csv_classes(root: Path, train_rows: list[dict], train_file: Path) -> tuple[list[str], str]:
+    """``(classes, where they come from)``: ``classes.txt`` when present, else the train labels in order."""
+    listed = root / CLASSES_FILE
+    if listed.is_file():
+        return _read_classes_file(listed), str(listed)
+    classes, how = _label_order({r["label"] for r in train_rows if r["label"]})
+    return classes, f"{train_file.name}, {how}"
+
+
+def _log_mapping(classes: list[str], source: str) -> None:
+    # at DEBUG (`camgap -v`): the default stderr stays one line per error or warning
+    pairs = ", ".join(f"{c!r} -> {i}" for i, c in enumerate(classes))
+    log.debug("csv layout: %d classes from %s: %s", len(classes), source, pairs)
 
 
 def _read_csv_layout(root: Path, split: str, missing_ok: bool, bad: _Bad):
@@ -19,7 +73,8 @@ def _read_csv_layout(root: Path, split: str, missing_ok: bool, bad: _Bad):
     train_rows = _train_classes(
         split, split_file, train_file, lambda p: _read_csv(p, _CSV_COLUMNS), "classes follow the labels", rows
     )
-    classes = sorted({r["label"] for r in train_rows if r["label"]})
+    classes, source = _csv_classes(root, train_rows, train_file)
+    _log_mapping(classes, source)
     index = {c: i for i, c in enumerate(classes)}
 
     groups: OrderedDict[str, list[tuple[int, dict]]] = OrderedDict()
@@ -46,7 +101,7 @@ def _read_csv_layout(root: Path, split: str, missing_ok: bool, bad: _Bad):
             bad(
                 img,
                 f"label {label!r} ({split_file.name} row {grp[0][0]}) is not among the "
-                f"{len(classes)} classes of {train_file.name}",
+                f"{len(classes)} classes of {source}",
             )
             continue
         boxes, box_labels, size, ok = [], [], None, True

@@ -2,16 +2,43 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from camgap.errors import MissingFileError
 
 from ..errors import DataError
-from ._common import Record, _Bad, _box_label, _list_images, _train_classes, _xml_stems, parse_voc_xml
+from ._common import (
+    IMAGE_EXTENSIONS,
+    Record,
+    _Bad,
+    _box_label,
+    _list_images,
+    _train_classes,
+    _xml_stems,
+    parse_voc_xml,
+)
 
 
-def _imagenet_classes(split_dir: Path) -> list[str]:
-    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and p.name != "Annotation")
+def _class_dirs(split_dir: Path) -> list[Path]:
+    return sorted(p for p in split_dir.iterdir() if p.is_dir() and p.name != "Annotation")
+
+
+def _has_image(d: Path) -> bool:
+    with os.scandir(d) as it:
+        return any(e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS for e in it)
+
+
+def _imagenet_classes(split_dir: Path, bad: _Bad) -> list[str]:
+    """The class folders' names, sorted; a folder without images would be a class no image has
+    (every later index shifted by one): a bad entry, left out of the classes when skipped."""
+    classes = []
+    for d in _class_dirs(split_dir):
+        if _has_image(d):
+            classes.append(d.name)
+        else:
+            bad(d, "empty class folder (no image files in it): remove it, or --skip-bad leaves it out of the classes")
+    return classes
 
 
 def _read_imagenet(root: Path, split: str, missing_ok: bool, bad: _Bad):
@@ -19,7 +46,9 @@ def _read_imagenet(root: Path, split: str, missing_ok: bool, bad: _Bad):
     if not split_dir.is_dir():
         raise MissingFileError(f"{split_dir}: split directory not found")
     train_dir = root / "train"
-    classes = _train_classes(split, split_dir, train_dir, _imagenet_classes, "class indices follow the folders")
+    classes = _train_classes(
+        split, split_dir, train_dir, lambda d: _imagenet_classes(d, bad), "class indices follow the folders"
+    )
     if not classes:
         raise DataError(
             train_dir if train_dir.is_dir() else split_dir, "no class folders (expected <split>/<class>/<image>)"
@@ -29,9 +58,9 @@ def _read_imagenet(root: Path, split: str, missing_ok: bool, bad: _Bad):
     cache: dict = {}
 
     records = []
-    for cdir in sorted(p for p in split_dir.iterdir() if p.is_dir() and p.name != "Annotation"):
+    for cdir in _class_dirs(split_dir):
         images = _list_images(cdir)
-        if not images:
+        if not images:  # a train folder was reported by _imagenet_classes; a test one names no class
             continue
         if cdir.name not in index:
             for img in images:
