@@ -591,10 +591,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
                         "clipped": prediction.clipped,
                         "possible_range": prediction.possible,
                         "interval_coverage": prediction.coverage,
+                        "interval_kind": prediction.interval_kind,
                         "outside_range": prediction.outside_range,
                         "fit": {
                             "n": fit.n,
                             "r": fit.r,
+                            "loo_coverage": prediction.loo_coverage,
                             "intercept": fit.intercept,
                             "slope": fit.slope,
                             "zoo": str(args.zoo),
