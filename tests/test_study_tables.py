@@ -508,7 +508,9 @@ def test_group_table_matches_scipy_per_level_and_names_cluster_effects():
     # undefined cells are marked with their n
     small = tables.group_table(runs, ms, n_boot=0, min_n=17)
     cells = tables.group_cells(small, 17)
-    assert (cells["IoU"] == "undefined (n=16 < 17)").sum() == 8 and cells.loc[tables.ALL_MODELS, "IoU"].startswith("\u2212")
+    assert (cells["IoU"] == "undefined (n=16 < 17)").sum() == 8 and cells.loc[tables.ALL_MODELS, "IoU"].startswith(
+        "\u2212"
+    )
 
 
 def test_cluster_effects_by_hand():

@@ -385,8 +385,7 @@ def _scatter_figures(
         by = color_by if s.measure in tables.IOU_MEASURES else None
         figs.append(
             FigureFile(
-                f"{col} vs gap: {int(ok.sum())} {subset} with a finite {col}"
-                + (f", coloured by {by}" if by else ""),
+                f"{col} vs gap: {int(ok.sum())} {subset} with a finite {col}" + (f", coloured by {by}" if by else ""),
                 figures.measure_scatter(shown, col, fdir / f"scatter_{slug}.png", color_by=by),
             )
         )
@@ -564,9 +563,7 @@ def render_html(
             clusters=st.clusters,
         )
     )
-    calibration = dict(
-        table=None if st.calibration is None else _html_table(st.calibration), note=st.calibration_note
-    )
+    calibration = dict(table=None if st.calibration is None else _html_table(st.calibration), note=st.calibration_note)
     t4 = (
         None
         if st.table4 is None
