@@ -162,9 +162,8 @@ def predict_calibration(
         (f"split-conformal half-width at {c}% (pp)", fit.conformal_halfwidth(confidence)),
         ("leave-one-out coverage of the split-conformal interval", fit.conformal_coverage(confidence)),
     ]
-    frame = pd.DataFrame(
-        {"value": pd.Series([v for _, v in rows], dtype=object)}, index=pd.Index([k for k, _ in rows], name="quantity")
-    )
+    index = pd.Index([k for k, _ in rows], name="quantity")
+    frame = pd.DataFrame({"value": pd.Series([v for _, v in rows], index=index, dtype=object)})
     used = (
         f"below {100 * (confidence - CALIBRATION_SLACK):g}%: `camgap predict` uses the split-conformal interval"
         if kind == "conformal"
@@ -434,10 +433,10 @@ def write_study(
         if t is not None:
             render.write_correlation_table(t, tdir, name)
     if st.groups is not None:
-        title = "Table 3 within groups. Pearson r [interval] (n), measure vs gap, per hyperparameter level"
+        group_title = "Table 3 within groups. Pearson r [interval] (n), measure vs gap, per hyperparameter level"
         render.write_correlation_table(st.groups, tdir, "table3_groups")
         render.write_table(
-            tables.group_cells(st.groups, o.min_n), tdir, "table3_groups_cells", title=title, note=st.groups.note
+            tables.group_cells(st.groups, o.min_n), tdir, "table3_groups_cells", title=group_title, note=st.groups.note
         )
     if st.calibration is not None:
         render.write_table(st.calibration, tdir, "predict_calibration", note=st.calibration_note)
