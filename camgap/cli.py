@@ -452,7 +452,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_study(args: argparse.Namespace) -> int:
     from camgap.params import parse_label
-    from camgap.study.report import headline_text, read_total_block, write_study
+    from camgap.study.report import check_color_by, headline_text, read_total_block, write_study
     from camgap.study.tables import DEFAULT_PRIMARY, discover_specs
     from camgap.zoo.measure import overlay_rows
     from camgap.zoo.registry import Registry
@@ -465,6 +465,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         runs, measurements = reg.runs_frame(), reg.measurements_frame()
     if measurements.empty:
         raise InputError(f"{zoo}: no measurements yet; run `camgap zoo measure --zoo {zoo}` first")
+    check_color_by(runs, args.color_by)
     specs = None
     if args.measures:
         unknown = sorted(set(args.measures) - set(measurements["measure"]))
@@ -485,6 +486,8 @@ def cmd_study(args: argparse.Namespace) -> int:
         primary=primary,
         specs=specs,
         seed=args.seed,
+        cmi=args.cmi,
+        color_by=args.color_by,
         command=" ".join(sys.argv),
         model_set=zoo,
     )
@@ -619,10 +622,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
                         "clipped": prediction.clipped,
                         "possible_range": prediction.possible,
                         "interval_coverage": prediction.coverage,
+                        "interval_kind": prediction.interval_kind,
                         "outside_range": prediction.outside_range,
                         "fit": {
                             "n": fit.n,
                             "r": fit.r,
+                            "loo_coverage": prediction.loo_coverage,
                             "intercept": fit.intercept,
                             "slope": fit.slope,
                             "zoo": str(args.zoo),
@@ -906,6 +911,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples for the 95%% intervals")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
+    p.add_argument(
+        "--cmi",
+        choices=["jiang", "pgdl"],
+        default="jiang",
+        help="the CMI score's definition: jiang (Jiang et al. 2020, sec. 2.3; in [0, 1]) or pgdl (the PGDL "
+        "competition's scoring program, x 100, comparable with its published scores) (default: jiang)",
+    )
+    p.add_argument(
+        "--color-by",
+        metavar="HPARAM",
+        help="colour the IoU scatter by this hyperparameter, e.g. pretrained or optimizer (default: by architecture)",
+    )
     p.add_argument("--no-overlays", action="store_true", help="skip the CAM overlay figure (Figure 2)")
     p.add_argument("--device", default="auto")
     p.add_argument(

@@ -487,6 +487,7 @@ def test_study_passes_its_options_to_write_study(measured, tmp_path, monkeypatch
         == 0
     )
     assert seen["thresholds"] == [0.9, 0] and seen["seed"] == 7 and seen["n_boot"] == 0
+    assert seen["cmi"] == "jiang" and seen["color_by"] is None  # the defaults
     assert seen["primary"] == {"cam": "gradcam", "masks": "boxes", "threshold": "0.1"}
     assert seen["command"] == "camgap study --zoo Z" and seen["model_set"] == measured[0]
     text = capsys.readouterr().out
@@ -513,3 +514,19 @@ def test_zoo_status_json(measured, capsys):
     assert main(["zoo", "status", "--zoo", str(zoo), "--json"]) == 0
     got = _stdout_json(capsys)
     assert isinstance(got, dict) and not got["integrity_problems"]
+
+
+def test_study_cmi_pgdl_and_color_by(measured, tmp_path, capsys):
+    """--cmi pgdl reaches the ranking and the report names the definition; --color-by colours the
+    IoU scatter; an unknown --color-by is one line listing the known hyperparameters, before any work."""
+    out = tmp_path / "s"
+    rc = study(measured[0], out, "--bootstrap", "0", "--no-overlays", "--cmi", "pgdl", "--color-by", "lr")
+    assert rc == 0, capsys.readouterr().err
+    html = (out / "report.html").read_text()
+    assert "CMI definition: pgdl (the PGDL competition" in html and "coloured by lr" in html
+    assert (out / "tables" / "table3_groups_cells.csv").is_file()
+    capsys.readouterr()
+    assert study(measured[0], tmp_path / "t", "--no-overlays", "--color-by", "colour") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--color-by 'colour' is not a hyperparameter of the model set; known: arch," in err[0]
+    assert not (tmp_path / "t").exists()

@@ -229,3 +229,73 @@ def test_what_differs_from_the_reference_set():
         "the model is scored on /d, 1 class, 3 training images, the reference set was trained on an "
         "unrecorded folder: the fit may not apply to other data"
     ]
+
+
+# ------------------------------------------------------------------ leave-one-out calibration
+def brute_loo(x, y, confidence=0.95):
+    """Refit without each model (scipy.stats.linregress), predict it, check the t interval."""
+    from scipy import stats as st
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    covered, resid = [], []
+    for i in range(x.size):
+        keep = np.arange(x.size) != i
+        xs, ys = x[keep], y[keep]
+        lr = st.linregress(xs, ys)
+        m = xs.size
+        pred = lr.intercept + lr.slope * x[i]
+        s = math.sqrt(((ys - lr.intercept - lr.slope * xs) ** 2).sum() / (m - 2))
+        se = s * math.sqrt(1 + 1 / m + (x[i] - xs.mean()) ** 2 / ((xs - xs.mean()) ** 2).sum())
+        t = st.t.ppf(0.5 + confidence / 2, m - 2)
+        covered.append(abs(y[i] - pred) <= t * se)
+        resid.append(abs(y[i] - pred))
+    return float(np.mean(covered)), resid
+
+
+@pytest.mark.parametrize("seed,heavy", [(0, False), (1, True), (2, True)])
+def test_loo_coverage_matches_a_refit_loop(seed, heavy):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.2, 0.6, 40)
+    noise = rng.standard_t(1.5, 40) if heavy else rng.normal(0, 2, 40)
+    y = 40 - 50 * x + noise
+    f = fit_gap(x, y)
+    for conf in (0.95, 0.8):
+        cov, resid = brute_loo(x, y, conf)
+        assert f.loo_coverage(conf) == cov
+        assert np.allclose(sorted(f.loo_abs_resid), sorted(resid), rtol=1e-9, atol=1e-9)
+
+
+def test_conformal_quantile_on_hand_made_residuals():
+    from camgap.study.predict import GapFit
+
+    base = fit_gap([0, 1, 2, 3], [1, 3, 2, 5])
+    resid = (0.5, 3.0, 1.0, 2.0, 4.0, 0.1, 0.2, 0.3, 0.4, 0.6)  # m = 10
+    f = GapFit(**{**base.__dict__, "loo_abs_resid": resid, "loo_t": (9.0,) * 10})
+    # (m + 1) * 0.8 = 8.8 -> the 9th smallest: 0.1 0.2 0.3 0.4 0.5 0.6 1.0 2.0 [3.0] 4.0
+    assert f.conformal_halfwidth(0.8) == 3.0
+    # (m + 1) * 0.5 = 5.5 -> the 6th smallest: 0.6; 6 of 10 residuals within it
+    assert f.conformal_halfwidth(0.5) == 0.6 and f.conformal_coverage(0.5) == 0.6
+    # (m + 1) * 0.95 = 10.45 -> 11 > m: no finite interval from 10 models
+    assert f.conformal_halfwidth(0.95) == math.inf
+    # every t statistic is 9 > t(0.975, 1 dof) = 12.7? no: 9 < 12.7, all covered -> "t"
+    assert f.loo_coverage(0.95) == 1.0 and f.interval_kind(0.95) == "t"
+
+
+def test_predict_uses_the_conformal_interval_when_the_t_interval_undercovers():
+    # 20 % of the models are off the line by +-10 pp, the others by ~0.1: s ~ sqrt(0.2) * 10 ~ 4.5,
+    # so the t interval (+-1.97 s ~ 8.9) misses every one of the 20 %: coverage ~ 0.8
+    rng = np.random.default_rng(7)
+    x = rng.uniform(0.2, 0.6, 200)
+    off = np.arange(200) % 5 == 0
+    y = 40 - 50 * x + np.where(off, 10.0 * rng.choice([-1, 1], 200), rng.normal(0, 0.1, 200))
+    f = fit_gap(x, y)
+    assert f.loo_coverage() < 0.9 and f.interval_kind() == "conformal"
+    q = f.conformal_halfwidth()
+    p = predict_gap(f, 0.4)
+    assert p.interval_kind == "conformal" and p.loo_coverage == f.loo_coverage()
+    assert (p.low, p.high) == (pytest.approx(p.gap - q), pytest.approx(p.gap + q))
+    assert f.conformal_coverage() >= 0.95
+    assert "split-conformal: the t interval covered" in p.headline()
+    # a well-behaved set keeps the t interval
+    g = fit_gap(x, 40 - 50 * x + rng.normal(0, 1, 200))
+    assert g.interval_kind() == "t" and predict_gap(g, 0.4).interval_kind == "t"

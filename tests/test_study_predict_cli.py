@@ -115,6 +115,8 @@ def test_json_is_one_object_clipped_to_the_possible_range(setup, reference, caps
     assert s["clipped"] is True
     assert s["prediction"] == pytest.approx(hi) and s["interval"] == [pytest.approx(hi), pytest.approx(hi)]
     assert s["fit"]["n"] == 4 and s["fit"]["r"] == pytest.approx(FIT.r)
+    # 4 reference models: too few to calibrate on, the t interval stays (and says so)
+    assert s["interval_kind"] == "t" and s["fit"]["loo_coverage"] == pytest.approx(FIT.loo_coverage())
     assert s["preprocessing"]["input_size"] == 48 and set(s["preprocessing"]["source"].values()) == {"checkpoint"}
     assert s["target_layer"] == "layer4" and s["confidence"] == 0.95
     # warnings go to stderr (and into the object), never onto stdout

@@ -352,3 +352,23 @@ def test_report_renders_in_a_headless_browser(study, tmp_path):
     rows = np.flatnonzero(ink.any(axis=1))
     assert rows.min() < 100 and rows.max() > 1800  # content from the top to the bottom
     assert len(np.unique(img.reshape(-1, 3), axis=0)) > 50  # anti-aliased text, grey headers
+
+
+def test_report_has_within_groups_cluster_effects_and_predict_calibration(tmp_path):
+    from camgap.study.predict import fit_gap
+    from camgap.study.report import demo_frames
+
+    runs, ms = demo_frames(seed=2)
+    report = write_study(runs, ms, tmp_path, n_boot=20, seed=1)
+    html = report.read_text(encoding="utf-8")
+    assert "<title>camgap study" in html and "CMI definition: jiang (Jiang et al. 2020" in html
+    assert "Table 3 within groups" in html and "exceeds in absolute value every r within the levels of lr" in html
+    cells = pd.read_csv(tmp_path / "tables" / "table3_groups_cells.csv", index_col=[0, 1])
+    assert list(cells.index.get_level_values(0).unique()) == ["all models", "arch", "batch_size", "lr", "optimizer"]
+    # the calibration is predict's own fit over the trained models at >= 80 %, IoU (gradcam, 0.1, boxes)
+    iou = ms[(ms.measure == "iou") & (ms.params == "cam=gradcam,threshold=0.1,masks=boxes")].set_index("run_id")
+    ref = runs[runs.trained & (runs.train_acc >= 0.8)]
+    fit = fit_gap(iou.loc[ref.run_id, "value"].to_numpy(), ref.gap.to_numpy())
+    cal = pd.read_csv(tmp_path / "tables" / "predict_calibration.csv", index_col=0)["value"]
+    assert cal.iloc[0] == fit.n == len(ref)
+    assert cal.iloc[1] == pytest.approx(fit.loo_coverage()) and cal.iloc[2] == pytest.approx(fit.conformal_halfwidth())

@@ -325,3 +325,107 @@ def test_cmi_marginals_match_brute_force_for_any_number_of_hyperparameters(hpara
     for s in per:
         assert per[s] == pytest.approx(bper[s], abs=1e-10, nan_ok=True), s
     assert score == pytest.approx(bscore, abs=1e-10)
+
+
+# ------------------------------------------------------------------- CMI score, PGDL mode
+def brute_pgdl(df, m, g, hparams):
+    """The PGDL scoring program's definition, by counting: every ordered pair of models (a model
+    with itself included), signs "+" when the difference is > 0 else "-", per ordered pair of
+    distinct hyperparameters the per-cell I and H(V_g) averaged over the cells unweighted, their
+    ratio, the minimum over the pairs, x 100."""
+    rows = df.to_dict("records")
+
+    def entropy(counts):
+        tot = sum(counts)
+        return -sum(c / tot * math.log2(c / tot) for c in counts if c)
+
+    out = {}
+    for h1, h2 in itertools.permutations(hparams, 2):
+        cells = {}
+        for ri in rows:
+            for rj in rows:
+                u = (ri[h1], rj[h1], ri[h2], rj[h2])
+                key = (ri[m] > rj[m], ri[g] > rj[g])
+                cells.setdefault(u, {}).setdefault(key, 0)
+                cells[u][key] += 1
+        mis, hs = [], []
+        for c in cells.values():
+            pm = [sum(v for (a, _), v in c.items() if a == s) for s in (False, True)]
+            pg = [sum(v for (_, b), v in c.items() if b == s) for s in (False, True)]
+            mis.append(entropy(pm) + entropy(pg) - entropy(list(c.values())))
+            hs.append(entropy(pg))
+        h = sum(hs) / len(hs)
+        out[(h1, h2)] = 100 * (sum(mis) / len(mis)) / h if h > 1e-12 else math.nan
+    finite = [v for v in out.values() if not math.isnan(v)]
+    return (min(finite) if finite else math.nan), out
+
+
+def six_models():
+    """6 models on a 2 x 2 grid (h1, h2): A, B at (0, 0), C, D at (1, 1), E at (0, 1), F at (1, 0).
+    The measure orders A < B as the gap does, and C, D against it."""
+    return pd.DataFrame(
+        {
+            "h1": [0, 0, 1, 1, 0, 1],
+            "h2": [0, 0, 1, 1, 1, 0],
+            "gap": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0],
+            "m": [1.0, 2.0, 4.0, 3.0, 5.0, 0.0],
+        },
+        index=list("ABCDEF"),
+    )
+
+
+def test_cmi_pgdl_six_models_by_hand():
+    # PGDL: the only set is (h1, h2) (its mirror (h2, h1) has the same cells). Ordered pairs,
+    # self-pairs included: 36, in 4 x 4 = 16 cells (configuration of the first, of the second).
+    # Cell (00, 00): AA, AB, BA, BB -> (V_mu, V_g) = (-,-), (-,-), (+,+), (-,-): V_g is "+" once
+    #   in 4 -> H = h(1/4) = 2 - 3/4 log2 3; V_mu = V_g, so I = H = h(1/4).
+    # Cell (11, 11): CC (-,-), CD (+,-) (measure 4 > 3, gap 3 < 4), DC (-,+), DD (-,-):
+    #   H(V_g) = h(1/4), H(V_mu) = h(1/4), H(V_mu, V_g) = H(1/2, 1/4, 1/4) = 1.5 -> I = 2 h(1/4) - 1.5.
+    # Every other cell has one gap sign only (e.g. (00, 11): AC, AD, BC, BD are all "-";
+    #   (01, 01): EE alone) -> I = H = 0.
+    # mean I / mean H = (3 h - 1.5) / 16 / (2 h / 16) = 1.5 - 0.75 / h; the score is x 100.
+    h = 2 - 0.75 * math.log2(3)
+    want = 100 * (1.5 - 0.75 / h)  # 57.5533...
+    score, per = stats.cmi_score(six_models(), "m", "gap", ["h1", "h2"], mode="pgdl")
+    assert per == {("h1", "h2"): pytest.approx(want, abs=1e-10)}
+    assert score == pytest.approx(want, abs=1e-10)
+    assert want == pytest.approx(57.5533, abs=1e-4)
+
+
+def test_cmi_jiang_six_models_by_hand():
+    # Jiang et al. (the default): ordered pairs of distinct models (30), three-valued signs,
+    # cells weighted by their share of the pairs. S = (h1, h2):
+    # cell (00, 00): AB (-,-), BA (+,+) -> I = H = 1 bit, 2 of the 30 pairs;
+    # cell (11, 11): CD (+,-), DC (-,+) -> V_mu fixes V_g (sign-free) -> I = H = 1 bit, 2 pairs;
+    # every other cell has one gap sign -> I = H = 0. I = H = 4/30 -> I~ = 1.
+    df = six_models()
+    score, per = stats.cmi_score(df, "m", "gap", ["h1", "h2"])
+    assert per[("h1", "h2")] == pytest.approx(1.0, abs=1e-12)
+    bscore, bper = brute_cmi(df, "m", "gap", ["h1", "h2"])
+    assert score == pytest.approx(bscore, abs=1e-12)
+    assert per == pytest.approx(bper, abs=1e-12)
+    # the brute force of the PGDL definition agrees with the hand-derived number above
+    assert brute_pgdl(df, "m", "gap", ["h1", "h2"])[0] == pytest.approx(
+        stats.cmi_score(df, "m", "gap", ["h1", "h2"], mode="pgdl")[0], abs=1e-10
+    )
+
+
+@pytest.mark.parametrize("drop,dense_max", [(0, None), (5, None), (5, 40), (5, 0)])
+def test_cmi_pgdl_matches_brute_force(drop, dense_max, monkeypatch):
+    if dense_max is not None:
+        monkeypatch.setattr(stats, "_DENSE_MAX", dense_max)
+    df = grid_frame(seed=3, repeats=2, drop=drop)
+    df.loc[df.index[:3], "gap"] = df["gap"].iloc[3]  # gap ties count as "-"
+    df.loc[df.index[4:6], "m"] = df["m"].iloc[6]  # measure ties too
+    score, per = stats.cmi_score(df, "m", "gap", ["a", "b", "c"], mode="pgdl")
+    bscore, bper = brute_pgdl(df, "m", "gap", ["a", "b", "c"])
+    assert set(per) == {("a", "b"), ("a", "c"), ("b", "c")}
+    for s, v in per.items():
+        assert v == pytest.approx(bper[s], abs=1e-9) == pytest.approx(bper[s[::-1]], abs=1e-9)
+    assert score == pytest.approx(bscore, abs=1e-9)
+
+
+def test_cmi_mode_is_checked_and_pgdl_needs_two_hyperparameters():
+    with pytest.raises(InputError, match="unknown CMI mode 'x': jiang, pgdl"):
+        stats.cmi_score(six_models(), "m", "gap", ["h1"], mode="x")
+    assert math.isnan(stats.cmi_score(six_models(), "m", "gap", ["h1"], mode="pgdl")[0])

@@ -482,3 +482,42 @@ def test_options_and_keywords_give_the_same_tables(frames):
     pd.testing.assert_frame_equal(a.ranking, b.ranking)
     pd.testing.assert_frame_equal(tables.table6(runs, ms, o).pearson, a.table6.pearson)
     assert a.table5.note == b.table5.note and ">= 0.8" in a.table5.note
+
+
+# ------------------------------------------------------------------------ within groups
+def test_group_table_matches_scipy_per_level_and_names_cluster_effects():
+    from scipy import stats as st
+
+    from camgap.study.report import demo_frames
+
+    runs, ms = demo_frames(seed=1)
+    t = tables.group_table(runs, ms, n_boot=50)
+    specs = tables.discover_specs(tables.prepare_measurements(ms), tables.DEFAULT_PRIMARY)
+    w = tables.at_threshold(tables.wide_table(runs, ms, specs)[lambda d: d.trained], 0.8)
+    iou = "IoU"
+    assert list(t.pearson.columns) == [s.column for s in specs]
+    assert t.pearson.loc[tables.ALL_MODELS, iou] == pytest.approx(st.pearsonr(w["IoU"], w["gap"])[0])
+    for lr in (0.1, 0.001):
+        d = w[w["lr"] == lr]
+        assert t.pearson.loc[("lr", f"{lr:g}"), iou] == pytest.approx(st.pearsonr(d["IoU"], d["gap"])[0])
+        assert t.n.loc[("lr", f"{lr:g}"), iou] == len(d)
+    assert "from 50 resamples" in t.note
+    # the demo's gap depends on lr by construction: the overall r beats both within-lr r's
+    lines = tables.cluster_effects(t)
+    assert any(line.startswith("IoU: the r over all models") and "levels of lr (0.1: " in line for line in lines)
+    # undefined cells are marked with their n
+    small = tables.group_table(runs, ms, n_boot=0, min_n=17)
+    cells = tables.group_cells(small, 17)
+    assert (cells["IoU"] == "undefined (n=16 < 17)").sum() == 8 and cells.loc[tables.ALL_MODELS, "IoU"].startswith(
+        "\u2212"
+    )
+
+
+def test_cluster_effects_by_hand():
+    idx = pd.MultiIndex.from_tuples([tables.ALL_MODELS, ("h", "a"), ("h", "b"), ("k", "x"), ("k", "y")])
+    r = pd.DataFrame({"M": [-0.9, -0.3, 0.2, -0.95, -0.5]}, index=idx)
+    n = pd.DataFrame({"M": [10, 5, 5, 5, 5]}, index=idx)
+    t = tables.CorrelationTable(r, r, r, r * np.nan, r * np.nan, n)
+    (line,) = tables.cluster_effects(t)  # h: |-0.3|, |0.2| < 0.9; k: |-0.95| > 0.9 -> not all
+    assert line.startswith("M: the r over all models (-0.900) exceeds in absolute value every r within the levels of h")
+    assert "(a: -0.300, b: +0.200) and some have the opposite sign" in line

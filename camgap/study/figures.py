@@ -3,7 +3,7 @@
 - `gap_boxplot`: paper Figure 4, distribution of the gap per architecture (box = IQR,
   whiskers 1.5 IQR, outliers as points).
 - `gap_histogram`: paper Figure 5, number of models per gap range.
-- `measure_scatter`: a measure against the gap, coloured by architecture, with the
+- `measure_scatter`: a measure against the gap, coloured by architecture (or another column), with the
   least-squares line and Pearson r in the title.
 - `overlay_grid`: paper Figure 2 style grid of pre-rendered CAM overlays, one row per model
   (labelled with its gap), with the CAM method and threshold in the title, a legend of the
@@ -103,20 +103,23 @@ def measure_scatter(
     gap_col: str = "gap",
     arch_col: str = "arch",
     label: str | None = None,
+    color_by: str | None = None,
 ) -> Path:
-    """A measure (x) against the gap (y), one colour per architecture, least-squares line
-    gap = a + b * measure over all points, Pearson r and n in the title ("n/a" below 3)."""
+    """A measure (x) against the gap (y), one colour per architecture (per value of the column
+    `color_by` when given), least-squares line gap = a + b * measure over all points, Pearson r
+    and n in the title ("n/a" below 3)."""
     x = pd.to_numeric(wide[measure_col], errors="coerce").to_numpy(float)
     y = pd.to_numeric(wide[gap_col], errors="coerce").to_numpy(float)
     ok = np.isfinite(x) & np.isfinite(y)
     fig = Figure(layout="constrained", figsize=(5.5, 4.2))
     ax = fig.add_subplot()
-    archs = archs_of(wide[ok], arch_col) if arch_col in wide.columns else []
-    if archs:
-        for a in archs:
-            sel = ok & (wide[arch_col] == a).to_numpy()
-            ax.scatter(x[sel], y[sel], s=14, alpha=0.75, label=str(a))
-        ax.legend(fontsize=8, frameon=False)
+    group_col = color_by or arch_col
+    groups = archs_of(wide[ok], group_col) if group_col in wide.columns else []
+    if groups:
+        for a in groups:
+            sel = ok & (wide[group_col] == a).to_numpy()
+            ax.scatter(x[sel], y[sel], s=14, alpha=0.75, label=f"{a:g}" if isinstance(a, float) else str(a))
+        ax.legend(fontsize=8, frameon=False, title=color_by)
     else:
         ax.scatter(x[ok], y[ok], s=14, alpha=0.75)
     r = stats.pearson(x, y)

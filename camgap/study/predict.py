@@ -15,6 +15,15 @@ carries `outside_range = True` and a warning message (the interval assumes the l
 holds there, which the reference set cannot show). Given the model's training accuracy, the
 gap and its interval are clipped to what that accuracy allows.
 
+Calibration: `fit_gap` also leaves each reference model out in turn (closed form: the fit
+without model i predicts it with residual e_i / (1 - h_i), h_i its leverage, and its interval's
+standard error is s_(i) / sqrt(1 - h_i)), so `GapFit.loo_coverage` is the share of reference
+models the t interval of the fit without them covers. Where it falls short of the nominal
+confidence by more than CALIBRATION_SLACK (95 % -> below 90 %), over at least MIN_N models,
+`predict_gap` uses the split-conformal interval yhat0 +- q instead, q the
+ceil((m + 1)(1 - alpha))-th smallest of the m absolute leave-one-out residuals (infinite when
+that exceeds m), and says so (`GapPrediction.interval_kind`: "t" or "conformal").
+
 A fit can be computed from any 3 points and still mean nothing; each prediction carries a
 warning when the fit rests on fewer than MIN_N models, when its slope is not negative (the
 paper's relation: a higher IoU, a smaller gap), when |r| < MIN_ABS_R, and when the interval
@@ -38,6 +47,8 @@ MIN_N = 10  # fewer reference models: slope and interval are rough
 MIN_ABS_R = 0.3  # a weaker correlation: the measure explains little of the gap
 MAX_COVERAGE = 0.9  # an interval covering this share of the possible gaps says next to nothing
 GAP_SPAN = 100.0  # the possible gaps of any one model span 100 pp (test accuracy 0..1)
+CALIBRATION_SLACK = 0.05  # LOO coverage below confidence - this: the t interval is replaced
+INTERVAL_KINDS = ("t", "conformal")
 
 
 @dataclass(frozen=True)
@@ -54,10 +65,44 @@ class GapFit:
     x_max: float
     r: float  # Pearson r of the reference set
     measure: str = "iou"
+    #: per reference model whose leave-one-out fit is defined: |e_(i)|, the absolute residual of
+    #: the fit without it, and |e_(i)| sqrt(1 - h_i) / s_(i), what its t interval must reach
+    loo_abs_resid: tuple[float, ...] = ()
+    loo_t: tuple[float, ...] = ()
 
     @property
     def dof(self) -> int:
         return self.n - 2
+
+    def loo_coverage(self, confidence: float = 0.95) -> float:
+        """Share of the reference models that the `confidence` t prediction interval of the fit
+        without them covers (NaN when no leave-one-out fit is defined: fewer than 4 models)."""
+        if not self.loo_t:
+            return math.nan
+        t = float(_st.t.ppf(0.5 + confidence / 2, self.n - 3))
+        return float(np.mean(np.asarray(self.loo_t) <= t))
+
+    def conformal_halfwidth(self, confidence: float = 0.95) -> float:
+        """The split-conformal half-width: the ceil((m + 1) * confidence)-th smallest of the m
+        absolute leave-one-out residuals (inf when that exceeds m: too few models)."""
+        m = len(self.loo_abs_resid)
+        k = math.ceil((m + 1) * confidence - 1e-12)  # the guard keeps (m + 1) * c = integer exact
+        return math.inf if m == 0 or k > m else float(sorted(self.loo_abs_resid)[k - 1])
+
+    def conformal_coverage(self, confidence: float = 0.95) -> float:
+        """Share of the absolute leave-one-out residuals within `conformal_halfwidth`."""
+        if not self.loo_abs_resid:
+            return math.nan
+        return float(np.mean(np.asarray(self.loo_abs_resid) <= self.conformal_halfwidth(confidence)))
+
+    def interval_kind(self, confidence: float = 0.95) -> str:
+        """ "conformal" when the t interval's leave-one-out coverage falls short of `confidence`
+        by more than CALIBRATION_SLACK, else "t". Below MIN_N models the coverage is too coarse
+        to decide on (one miss in 4 is 75 %) and the t interval stays, with the fit's warning
+        that it is rough."""
+        if len(self.loo_t) < MIN_N:
+            return "t"
+        return "conformal" if self.loo_coverage(confidence) < confidence - CALIBRATION_SLACK else "t"
 
     def warnings(self) -> list[str]:
         """What makes this fit a weak basis for a prediction, one sentence each ([] if nothing)."""
@@ -92,6 +137,8 @@ class GapPrediction:
     clipped: bool = False  # gap or interval moved into `possible`
     possible: tuple[float, float] | None = None  # the gaps the model's training accuracy allows
     coverage: float = math.nan  # share of the possible gaps (GAP_SPAN pp) the interval covers
+    interval_kind: str = "t"  # "t" or "conformal" (see the module's docstring)
+    loo_coverage: float = math.nan  # the t interval's leave-one-out coverage over the reference set
 
     def headline(self) -> str:
         """The prediction and its interval in one line."""
@@ -99,6 +146,11 @@ class GapPrediction:
             f"predicted gap {self.gap:.2f} pp, {round(100 * self.confidence)}% prediction interval "
             f"[{self.low:.2f}, {self.high:.2f}] pp"
         )
+        if self.interval_kind == "conformal":
+            s += (
+                f" (split-conformal: the t interval covered {100 * self.loo_coverage:.0f}% of the reference "
+                "models left out)"
+            )
         if self.clipped and self.possible is not None:
             s += f" (clipped to the possible range [{self.possible[0]:.2f}, {self.possible[1]:.2f}] pp)"
         return s
@@ -199,13 +251,39 @@ def fit_gap(measure, gap, *, name: str = "iou") -> GapFit:
     s = math.sqrt(float((resid**2).sum()) / (n - 2))
     syy = float(((y - ym) ** 2).sum())
     r = sxy / math.sqrt(sxx * syy) if syy > 0 else math.nan
-    return GapFit(float(a), float(b), int(n), s, float(xm), sxx, float(x.min()), float(x.max()), float(r), name)
+    loo_abs, loo_t = _leave_one_out(x, resid, xm, sxx)
+    return GapFit(
+        float(a), float(b), int(n), s, float(xm), sxx, float(x.min()), float(x.max()), float(r), name, loo_abs, loo_t
+    )
+
+
+def _leave_one_out(
+    x: np.ndarray, resid: np.ndarray, xm: float, sxx: float
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(|e_(i)|, |e_(i)| sqrt(1 - h_i) / s_(i)) of every model whose leave-one-out fit is defined
+    (n >= 4 and the other models' measure not constant). With leverage h_i = 1/n + (x_i -
+    xbar)^2 / Sxx, the fit without i has residual e_(i) = e_i / (1 - h_i) at x_i, residual
+    variance s_(i)^2 = (SSE - e_i^2 / (1 - h_i)) / (n - 3), and prediction standard error
+    s_(i) / sqrt(1 - h_i) there (1 + 1/(n-1) + (x_i - xbar_(i))^2 / Sxx_(i) = 1 / (1 - h_i))."""
+    n = x.size
+    if n < 4:
+        return (), ()
+    h = 1.0 / n + (x - xm) ** 2 / sxx
+    ok = h < 1.0 - 1e-12
+    h, e = h[ok], resid[ok]
+    e_loo = e / (1.0 - h)
+    s_loo = np.sqrt(np.maximum(float((resid**2).sum()) - e**2 / (1.0 - h), 0.0) / (n - 3))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.abs(e_loo) * np.sqrt(1.0 - h) / s_loo
+    z[s_loo == 0] = np.where(e_loo[s_loo == 0] == 0, 0.0, np.inf)  # a perfect fit of the others
+    return tuple(map(float, np.abs(e_loo))), tuple(map(float, z))
 
 
 def predict_gap(
     fit: GapFit, value: float, *, confidence: float = 0.95, train_acc: float | None = None
 ) -> GapPrediction:
-    """Predicted gap for a model whose measure is `value`, with the t prediction interval;
+    """Predicted gap for a model whose measure is `value`, with the t prediction interval, or
+    the split-conformal one where the fit's leave-one-out coverage says so (`GapFit.interval_kind`);
     flags (and explains) a value outside the reference set's range. With the model's
     `train_acc`, the gap and the interval are clipped to the gaps it can have (a linear fit
     knows no bounds and can predict a test accuracy above 100% or below 0%)."""
@@ -216,7 +294,8 @@ def predict_gap(
         raise InputError(f"the {fit.measure} of the model is not finite ({value})")
     yhat = fit.intercept + fit.slope * x0
     se = fit.resid_std * math.sqrt(1.0 + 1.0 / fit.n + (x0 - fit.x_mean) ** 2 / fit.sxx)
-    t = float(_st.t.ppf(0.5 + confidence / 2, fit.dof))
+    kind = fit.interval_kind(confidence)
+    half = fit.conformal_halfwidth(confidence) if kind == "conformal" else se * _st.t.ppf(0.5 + confidence / 2, fit.dof)
     outside = not (fit.x_min <= x0 <= fit.x_max)
     notes = fit.warnings()
     if outside:
@@ -225,7 +304,7 @@ def predict_gap(
             f"[{fit.x_min:.4g}, {fit.x_max:.4g}] ({fit.n} models): the prediction "
             f"extrapolates the linear fit and may be unreliable"
         )
-    raw = (yhat, yhat - t * se, yhat + t * se)
+    raw = (yhat, yhat - half, yhat + half)
     possible = possible_gap_range(train_acc) if train_acc is not None else None
     gap, low, high = tuple(min(max(v, possible[0]), possible[1]) for v in raw) if possible else raw
     coverage = min(high - low, GAP_SPAN) / GAP_SPAN  # clipped: the share of `possible` it covers
@@ -236,7 +315,19 @@ def predict_gap(
             f"this model can have{where}: the prediction says next to nothing"
         )
     return GapPrediction(
-        x0, gap, low, high, confidence, se, outside, tuple(notes), (gap, low, high) != raw, possible, coverage
+        x0,
+        gap,
+        low,
+        high,
+        confidence,
+        se,
+        outside,
+        tuple(notes),
+        (gap, low, high) != raw,
+        possible,
+        coverage,
+        kind,
+        fit.loo_coverage(confidence),
     )
 
 

@@ -59,6 +59,10 @@ class Study:
     settings: dict = field(default_factory=dict)
     measurements: pd.DataFrame | None = None  #: as the tables read them (`tables.prepare_measurements`)
     options: StudyOptions = field(default_factory=StudyOptions)
+    groups: CorrelationTable | None = None  #: Table 3 within hyperparameter levels (`tables.group_table`)
+    clusters: list[str] = field(default_factory=list)  #: `tables.cluster_effects` of `groups`
+    calibration: pd.DataFrame | None = None  #: `predict_calibration`
+    calibration_note: str = ""
 
 
 def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:
@@ -107,10 +111,67 @@ def run_study(runs: pd.DataFrame, measurements: pd.DataFrame, options: StudyOpti
     t6 = tables.table6(runs, m, o)
     t7 = tables.table7(runs, m, o)
     models = tables.wide_table(runs, m)
-    settings_out = dict(primary=dict(o.primary), **o.bootstrap())
+    groups = tables.group_table(runs, m, specs, hp, o)
+    calibration, cal_note = predict_calibration(runs, m, o)
+    settings_out = dict(primary=dict(o.primary), cmi=o.cmi, **o.bootstrap())
     return Study(
-        specs, hp, t3, rank, t4, t5, t6, t7, tables.failures_table(m), models, o.thresholds, settings_out, m, o
+        specs,
+        hp,
+        t3,
+        rank,
+        t4,
+        t5,
+        t6,
+        t7,
+        tables.failures_table(m),
+        models,
+        o.thresholds,
+        settings_out,
+        m,
+        o,
+        groups,
+        tables.cluster_effects(groups),
+        calibration,
+        cal_note,
     )
+
+
+def predict_calibration(
+    runs: pd.DataFrame, measurements: pd.DataFrame, options: StudyOptions, confidence: float = 0.95
+) -> tuple[pd.DataFrame | None, str]:
+    """How well `camgap predict`'s interval covers held-out models: the fit gap ~ IoU (the
+    primary variant) over the trained models of the primary subset, as `predict` fits it, each
+    model left out in turn (`predict.GapFit.loo_coverage`), and the split-conformal interval
+    `predict` switches to when that coverage is too low. (None, why) when no fit is possible."""
+    from .predict import CALIBRATION_SLACK, MIN_N, fit_from_wide
+
+    spec = tables.primary_iou(measurements, options.primary)
+    if spec is None:
+        return None, "not available: no IoU measurements."
+    t = tables.primary_subset(options)
+    wide = tables.at_threshold(tables.wide_table(runs, measurements, [spec]), t)
+    try:
+        fit = fit_from_wide(wide, spec.column)
+    except InputError as e:
+        return None, f"not available: {e}."
+    kind = fit.interval_kind(confidence)
+    c = round(100 * confidence)
+    rows = [
+        ("reference models (trained" + ("" if t is None else f", train_acc >= {t:g}") + ")", fit.n),
+        (f"leave-one-out coverage of the {c}% t interval", fit.loo_coverage(confidence)),
+        (f"split-conformal half-width at {c}% (pp)", fit.conformal_halfwidth(confidence)),
+        ("leave-one-out coverage of the split-conformal interval", fit.conformal_coverage(confidence)),
+    ]
+    index = pd.Index([k for k, _ in rows], name="quantity")
+    frame = pd.DataFrame({"value": pd.Series([v for _, v in rows], index=index, dtype=object)})
+    used = (
+        f"below {100 * (confidence - CALIBRATION_SLACK):g}%: `camgap predict` uses the split-conformal interval"
+        if kind == "conformal"
+        else "`camgap predict` uses the t interval"
+        + (f" (fewer than {MIN_N} models: too few to calibrate on)" if len(fit.loo_t) < MIN_N else "")
+    )
+    note = f"Fit gap ~ {spec.column} as `camgap predict` makes it, each model left out in turn; {used}."
+    return frame, note
 
 
 # ---------------------------------------------------------------------------- headline
@@ -271,6 +332,20 @@ def _gap_figures(runs: pd.DataFrame, fdir: Path) -> tuple[list[FigureFile], list
     ], []
 
 
+def color_by_choices(runs: pd.DataFrame) -> list[str]:
+    """The hyperparameter columns `--color-by` accepts: those of `tables.DEFAULT_HPARAMS` in `runs`."""
+    return [h for h in tables.DEFAULT_HPARAMS if h in runs.columns]
+
+
+def check_color_by(runs: pd.DataFrame, color_by: str | None) -> None:
+    """An UnknownNameError naming the known hyperparameters when `color_by` is not one of them."""
+    known = color_by_choices(runs)
+    if color_by is not None and color_by not in known:
+        raise UnknownNameError(
+            f"--color-by {color_by!r} is not a hyperparameter of the model set; known: {', '.join(known) or 'none'}"
+        )
+
+
 def _scatter_models(wide: pd.DataFrame, thresholds: Sequence[float], min_n: int) -> tuple[pd.DataFrame, str]:
     """The models the scatters show and their description: the trained models at the lowest
     accuracy threshold (the paper's model set); when fewer than `min_n` reach it, all trained
@@ -294,9 +369,11 @@ def _scatter_figures(
     thresholds: Sequence[float],
     min_n: int,
     fdir: Path,
+    color_by: str | None = None,
 ) -> tuple[list[FigureFile], list[str]]:
     """One scatter per measure with at least one finite value among the shown models (caption:
-    which models and how many); a no-data line for every other measure."""
+    which models and how many); a no-data line for every other measure. With `color_by`, the
+    IoU scatters (`tables.IOU_MEASURES`) are coloured by that hyperparameter."""
     wide = tables.wide_table(runs, measurements, specs)
     shown, subset = _scatter_models(wide, thresholds, min_n)
     gap_ok = np.isfinite(pd.to_numeric(shown["gap"], errors="coerce").to_numpy(float))
@@ -316,10 +393,11 @@ def _scatter_figures(
         while slug in used:
             slug += "_"
         used.add(slug)
+        by = color_by if s.measure in tables.IOU_MEASURES else None
         figs.append(
             FigureFile(
-                f"{col} vs gap: {int(ok.sum())} {subset} with a finite {col}",
-                figures.measure_scatter(shown, col, fdir / f"scatter_{slug}.png"),
+                f"{col} vs gap: {int(ok.sum())} {subset} with a finite {col}" + (f", coloured by {by}" if by else ""),
+                figures.measure_scatter(shown, col, fdir / f"scatter_{slug}.png", color_by=by),
             )
         )
     return figs, no_data
@@ -337,6 +415,7 @@ def write_study(
     model_set: str | Path | None = None,
     overlay_cam: str | None = "gradcam",
     overlay_threshold: float | None = 0.1,
+    color_by: str | None = None,
     **settings,
 ) -> Path:
     """Compute the study (`run_study`) and write tables, figures and `report.html` under
@@ -345,8 +424,11 @@ def write_study(
     `overlay_threshold` (the defaults of `camgap.zoo.measure.overlay_rows`), or the path of an
     already rendered PNG. `command` (the command line) and `model_set` (the model-set
     directory) go into the report's provenance block. `options`, or their fields as keywords
-    (n_boot=, thresholds=, ...): see `run_study`; they are checked before anything is written."""
+    (n_boot=, thresholds=, ...): see `run_study`; they are checked before anything is written.
+    `color_by`: a hyperparameter column of `runs`; the IoU scatter is then coloured by its
+    values (an UnknownNameError lists the known ones)."""
     o = StudyOptions.of(options, **settings)
+    check_color_by(runs, color_by)
     out = Path(out_dir)
     tdir, fdir = out / "tables", out / "figures"
     tdir.mkdir(parents=True, exist_ok=True)
@@ -362,11 +444,19 @@ def write_study(
     for name, t in (("table5", st.table5), ("table6", st.table6), ("table7", st.table7)):
         if t is not None:
             render.write_correlation_table(t, tdir, name)
+    if st.groups is not None:
+        group_title = "Table 3 within groups. Pearson r [interval] (n), measure vs gap, per hyperparameter level"
+        render.write_correlation_table(st.groups, tdir, "table3_groups")
+        render.write_table(
+            tables.group_cells(st.groups, o.min_n), tdir, "table3_groups_cells", title=group_title, note=st.groups.note
+        )
+    if st.calibration is not None:
+        render.write_table(st.calibration, tdir, "predict_calibration", note=st.calibration_note)
     render.write_table(st.failures, tdir, "failures")
     render.write_table(st.models, tdir, "models", fmt="{:.6g}")
 
     figs, no_data = _gap_figures(runs, fdir)
-    more, lines = _scatter_figures(runs, st.measurements, st.specs, o.thresholds, o.min_n, fdir)
+    more, lines = _scatter_figures(runs, st.measurements, st.specs, o.thresholds, o.min_n, fdir, color_by)
     figs += more
     no_data += lines
     if overlays is not None:
@@ -390,6 +480,13 @@ def write_study(
 
 
 # -------------------------------------------------------------------------------- HTML
+#: How the report names each CMI definition (`StudyOptions.cmi`).
+CMI_DESCRIPTIONS = {
+    "jiang": "jiang (Jiang et al. 2020, sec. 2.3: ordered pairs of distinct models, three-valued signs, "
+    "cells weighted by size, minimum over conditioning sets of at most two hyperparameters; in [0, 1])",
+    "pgdl": "pgdl (the PGDL competition's scoring program: ordered pairs including a model with itself, "
+    'ties as "-", cells averaged unweighted, minimum over pairs of distinct hyperparameters; x 100)',
+}
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent),
     autoescape=True,
@@ -465,9 +562,20 @@ def render_html(
         f"{int((~tm).sum())} untrained random models; thresholds on training accuracy: "
         f"{', '.join(render.column_label(tables.threshold_label(t)) for t in st.thresholds)}; "
         f"hyperparameters for Psi / CMI: {', '.join(st.hparams) or 'none'}; "
+        f"CMI definition: {CMI_DESCRIPTIONS[st.options.cmi]}; "
         f"bootstrap resamples: {st.settings.get('n_boot')}, seed {st.settings.get('seed')}."
         f"{how_computed(runs[tm])}"
     )
+    groups = (
+        None
+        if st.groups is None
+        else dict(
+            cells=_html_table(tables.group_cells(st.groups, st.options.min_n)),
+            note=st.groups.note,
+            clusters=st.clusters,
+        )
+    )
+    calibration = dict(table=None if st.calibration is None else _html_table(st.calibration), note=st.calibration_note)
     t4 = (
         None
         if st.table4 is None
@@ -500,7 +608,10 @@ def render_html(
         summary=summary,
         min_n=st.options.min_n,
         table3=_corr_section("Table 3. Correlation of each measure with the generalization gap", st.table3, ""),
+        groups=groups,
         ranking=_html_table(st.ranking),
+        cmi=CMI_DESCRIPTIONS[st.options.cmi],
+        calibration=calibration,
         table4=t4,
         variant_sections=variants,
         failures=None if st.failures.empty else _html_table(st.failures),

@@ -42,6 +42,10 @@ MIN_N = 3
 GAP_TOL = 1e-9
 #: Largest number of U_S values counted in a dense table by `cmi_score` (else sparse path).
 _DENSE_MAX = 2_000_000
+#: The definitions `cmi_score` computes (see its docstring): "jiang" (Jiang et al. 2020, sec.
+#: 2.3, the default) and "pgdl" (the PGDL competition's scoring program, comparable with its
+#: published scores).
+CMI_MODES: tuple[str, ...] = ("jiang", "pgdl")
 
 
 # ----------------------------------------------------------------------------- correlations
@@ -333,14 +337,19 @@ def _cmi_from_counts(counts: np.ndarray) -> tuple[float, float]:
     counts = counts[counts.sum(axis=(1, 2)) > 0].astype(float)
     if counts.shape[0] == 0:
         return math.nan, math.nan
-    k = counts.shape[0]
     n_u = counts.sum(axis=(1, 2))
     p_u = n_u / n_u.sum()
-    h_ab = _entropy_bits(counts.reshape(k, 9))
+    mi, h_b = _cell_terms(counts)
+    return float((p_u * mi).sum()), float((p_u * h_b).sum())
+
+
+def _cell_terms(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per cell u of counts[u, a, b] (none empty): I(A; B | u) and H(B | u) in bits."""
+    k = counts.shape[0]
+    h_ab = _entropy_bits(counts.reshape(k, -1))
     h_a = _entropy_bits(counts.sum(axis=2))
     h_b = _entropy_bits(counts.sum(axis=1))
-    mi = np.maximum(h_a + h_b - h_ab, 0.0)  # I = H(A) + H(B) - H(A,B), per slice
-    return float((p_u * mi).sum()), float((p_u * h_b).sum())
+    return np.maximum(h_a + h_b - h_ab, 0.0), h_b  # I = H(A) + H(B) - H(A,B), per slice
 
 
 def _swap_perm(radices: Sequence[int]) -> np.ndarray:
@@ -368,6 +377,7 @@ def cmi_score(
     max_set_size: int = 2,
     measure_tol: float = 0.0,
     gap_tol: float = GAP_TOL,
+    mode: str = "jiang",
 ) -> tuple[float, dict[tuple[str, ...], float]]:
     """Conditional-mutual-information score, Jiang et al. 2020 sec. 2.3 (the PGDL metric).
 
@@ -398,10 +408,21 @@ def cmi_score(
     of the minimum; the score is NaN when every set is undefined. 1 means the measure's sign
     determines the gap's sign even after conditioning; 0 means no information beyond S.
 
-    Differences from the PGDL scoring program (`mutual_information.py`): that program
-    conditions only on ordered pairs of distinct hyperparameters (|S| = 2), includes each
-    model paired with itself, maps ties to the "-" sign, and weights every value of U_S equally
-    rather than by p(U_S) (equal on a complete grid with one model per configuration).
+    `mode="pgdl"` is the PGDL scoring program's definition instead (its `mutual_information.py`,
+    NeurIPS 2020), so that scores compare with the competition's published numbers:
+    - the probability space is every ordered pair of models, a model paired with itself included;
+    - signs take two values: "+" when the difference is > 0 (> `gap_tol` for the gap), else "-"
+      (a tie, the self-pairs included, counts as "-");
+    - S ranges over the ordered pairs of distinct hyperparameters only (|S| = 2; (h1, h2) and
+      (h2, h1) give the same cells, so the unordered pairs suffice);
+    - per S, I(V_mu; V_g | U_S = u) and H(V_g | U_S = u) are computed inside each cell u and
+      averaged over the cells without weighting by their size; the set's value is
+      mean_u I / mean_u H (a ratio of averages, not an average of ratios);
+    - the score is 100 * the minimum over S.
+    Cells without any pair are left out of the averages (the program requires a complete grid,
+    where none is empty; it would give NaN there). The program adds 1e-12 inside its entropy's
+    logarithm; here 0 log 0 = 0 exactly (the two differ by < 1e-10). A set whose averaged
+    entropy is 0 is NaN and left out; with fewer than two hyperparameters the pgdl score is NaN.
 
     Cost: O(n^2) pairs in memory (n models -> n(n-1)/2 unordered pairs).
     Rows with a non-finite measure or gap are dropped first. `cmi_scores` scores several
@@ -411,7 +432,14 @@ def cmi_score(
     Returns (score, {S: I~ for every conditioning set S, S a tuple of hyperparameter names}).
     """
     return cmi_scores(
-        df, [measure_col], gap_col, hparams, max_set_size=max_set_size, measure_tol=measure_tol, gap_tol=gap_tol
+        df,
+        [measure_col],
+        gap_col,
+        hparams,
+        max_set_size=max_set_size,
+        measure_tol=measure_tol,
+        gap_tol=gap_tol,
+        mode=mode,
     )[measure_col]
 
 
@@ -424,23 +452,29 @@ def cmi_scores(
     max_set_size: int = 2,
     measure_tol: float = 0.0,
     gap_tol: float = GAP_TOL,
+    mode: str = "jiang",
 ) -> dict[str, tuple[float, dict[tuple[str, ...], float]]]:
     """`cmi_score` of every measure in `measure_cols`: {measure: (score, {S: I~})}.
 
     The pairs, the gap signs and the conditioning codes depend on the models only, so they are
     built once; a measure's pairs are those whose two models both have a finite value, which
     gives the same counts as `cmi_score` on the table without its non-finite rows (the codes of
-    a hyperparameter value do not matter, only which models share one)."""
+    a hyperparameter value do not matter, only which models share one). In `mode="pgdl"` the
+    self-pairs enter the unordered pairs with weight 1/2 (mirroring them counts them twice)."""
+    if mode not in CMI_MODES:
+        raise InputError(f"unknown CMI mode {mode!r}: {', '.join(CMI_MODES)}")
+    pgdl = mode == "pgdl"
     hparams = list(hparams)
     sets: list[tuple[str, ...]] = []
-    for k in range(0, max_set_size + 1):
+    for k in (2,) if pgdl else range(0, max_set_size + 1):
         sets.extend(itertools.combinations(hparams, k))
     d = _clean(df, measure_cols[0], gap_col, hparams, require_measure=False, extra=measure_cols[1:])
     g = d[gap_col].to_numpy(float)
     values = {c: d[c].to_numpy(float) for c in measure_cols}
     if len(d) < 2:
         return {c: (math.nan, {s: math.nan for s in sets}) for c in measure_cols}
-    i, j = np.triu_indices(len(d), k=1)
+    i, j = np.triu_indices(len(d), k=0 if pgdl else 1)
+    weights = np.where(i == j, 0.5, 1.0) if pgdl else None
     v_gap = _sign(g[i] - g[j], gap_tol).astype(np.int64) + 1
     codes = {h: _codes(d[h]) for h in hparams}
     radix = {h: int(codes[h].max()) + 1 for h in hparams}
@@ -459,12 +493,26 @@ def cmi_scores(
             ok = finite[i] & finite[j]
             ab = (_sign(m[i[ok]] - m[j[ok]], measure_tol).astype(np.int64) + 1) * 3 + v_gap[ok]
         per: dict[tuple[str, ...], float] = {}
-        for s, counts in keys.counts(sets, ab, ok):
-            mi, h_g = _cmi_from_counts(counts)
+        for s, counts in keys.counts(sets, ab, ok, weights):
+            mi, h_g = _pgdl_from_counts(counts) if pgdl else _cmi_from_counts(counts)
             per[s] = mi / h_g if h_g > 1e-12 else math.nan
         defined = [v for v in per.values() if np.isfinite(v)]
-        out[col] = ((float(min(defined)) if defined else math.nan), per)
+        score = float(min(defined)) if defined else math.nan
+        out[col] = (100.0 * score, {k: 100.0 * v for k, v in per.items()}) if pgdl else (score, per)
     return out
+
+
+def _pgdl_from_counts(counts: np.ndarray) -> tuple[float, float]:
+    """(mean_u I(V_mu; V_g | u), mean_u H(V_g | u)) in bits over the non-empty cells u, each cell
+    counted once whatever its size (the PGDL program), from three-valued ordered-pair
+    counts[u, v_mu + 1, v_g + 1] with a tie folded into "-"."""
+    counts = counts[counts.sum(axis=(1, 2)) > 0].astype(float)
+    if counts.shape[0] == 0:
+        return math.nan, math.nan
+    two = np.stack([counts[:, :2].sum(axis=1), counts[:, 2]], axis=1)  # V_mu: {-1, 0} -> "-", +1 -> "+"
+    two = np.stack([two[..., :2].sum(axis=-1), two[..., 2]], axis=-1)  # V_g likewise
+    mi, h_b = _cell_terms(two)
+    return float(mi.mean()), float(h_b.mean())
 
 
 class _ConditioningKeys:
@@ -493,12 +541,17 @@ class _ConditioningKeys:
             key += self.codes[h][second]
         return key
 
-    def counts(self, sets: Sequence[tuple[str, ...]], ab: np.ndarray, ok: np.ndarray):
+    def counts(
+        self, sets: Sequence[tuple[str, ...]], ab: np.ndarray, ok: np.ndarray, weights: np.ndarray | None = None
+    ):
+        """(S, counts[U_S, V_mu + 1, V_g + 1]) for each S; `weights` (per pair, default 1) weigh
+        the pairs."""
         every = bool(ok.all())
+        w = weights if weights is None or every else weights[ok]
         if self.joint is not None:
             shape = [self.radix[h] ** 2 for h in self.hparams]
             half = np.bincount(
-                (self.joint if every else self.joint[ok]) * 9 + ab, minlength=self.joint_size * 9
+                (self.joint if every else self.joint[ok]) * 9 + ab, weights=w, minlength=self.joint_size * 9
             ).reshape(*shape, 3, 3)
             full = half
             for axis, h in enumerate(self.hparams):
@@ -514,13 +567,14 @@ class _ConditioningKeys:
             key = self._per_set[s] if every else self._per_set[s][ok]
             size = int(np.prod([self.radix[h] ** 2 for h in s])) if s else 1
             if size <= _DENSE_MAX:
-                half = np.bincount(key * 9 + ab, minlength=size * 9).reshape(size, 3, 3)
+                half = np.bincount(key * 9 + ab, weights=w, minlength=size * 9).reshape(size, 3, 3)
                 yield s, half + half[_swap_perm([self.radix[h] for h in s])][:, ::-1, ::-1]
             else:  # hyperparameters with very many values: code the ordered pairs explicitly
                 swapped = self._key(s, swapped=True)[ok]
                 _, inv = np.unique(np.concatenate([key, swapped]), return_inverse=True)
                 both = np.concatenate([ab, 8 - ab])
-                counts = np.bincount(inv.ravel() * 9 + both, minlength=(int(inv.max()) + 1) * 9)
+                ww = None if w is None else np.concatenate([w, w])
+                counts = np.bincount(inv.ravel() * 9 + both, weights=ww, minlength=(int(inv.max()) + 1) * 9)
                 yield s, counts.reshape(-1, 3, 3)
 
 

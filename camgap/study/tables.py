@@ -184,6 +184,12 @@ def _specs(name: str, value: object) -> tuple[MeasureSpec, ...] | None:
     return None if value is None else tuple(_as_spec(s) for s in value)  # type: ignore[union-attr]
 
 
+def _cmi_mode(name: str, value: object) -> str:
+    if value not in stats.CMI_MODES:
+        raise InputError(f"{name} must be one of {', '.join(stats.CMI_MODES)}, got {value!r}")
+    return str(value)
+
+
 def _names(name: str, value: object) -> tuple[str, ...] | None:
     if isinstance(value, str):
         raise InputError(f"{name} must be a list of column names, got the string {value!r}")
@@ -202,7 +208,10 @@ class StudyOptions(CheckedOptions):
     n_boot, seed, confidence: the percentile bootstrap of the Pearson r (0: no intervals).
     min_n:      cells with fewer models are n/a.
     measures:   the rows of Table 3 and the ranking (None: every measure present, its primary
-                variant); hparams: the hyperparameters of Psi / CMI (None: those that vary).
+                variant); hparams: the hyperparameters of Psi / CMI and of the within-group
+                table (None: those that vary).
+    cmi:        the CMI score's definition, `stats.CMI_MODES`: "jiang" (Jiang et al. 2020, a
+                fraction in [0, 1]) or "pgdl" (the PGDL scoring program's, x 100).
     """
 
     thresholds: tuple[float, ...] = _option(DEFAULT_THRESHOLDS, _accuracy_thresholds)
@@ -213,6 +222,7 @@ class StudyOptions(CheckedOptions):
     min_n: int = _option(stats.MIN_N, _integer(2))
     measures: tuple[MeasureSpec, ...] | None = _option(None, _specs)
     hparams: tuple[str, ...] | None = _option(None, _names)
+    cmi: str = _option("jiang", _cmi_mode)
 
     what: ClassVar[str] = "study option"
 
@@ -638,6 +648,107 @@ def _study_specs(m: pd.DataFrame, specs: Sequence[MeasureSpec] | None, o: StudyO
     return list(o.measures) if o.measures is not None else discover_specs(m, o.primary)
 
 
+# ----------------------------------------------------------------- within groups (Table 3)
+#: Bootstrap resamples of a within-group cell at most: that table has a cell per measure and
+#: per hyperparameter level, so its intervals use fewer resamples than Table 3's (rougher tails).
+GROUP_N_BOOT = 400
+#: The first row of the within-group table: every model of the primary subset.
+ALL_MODELS = ("all models", "")
+
+
+def primary_subset(o: StudyOptions) -> float | None:
+    """The training-accuracy threshold of the primary subset: the lowest of the options'
+    thresholds (0.80 for the paper's), None (every model) when there is none."""
+    return min(o.thresholds) if o.thresholds else None
+
+
+def group_table(
+    runs: pd.DataFrame,
+    measurements: pd.DataFrame,
+    specs: Sequence[MeasureSpec] | None = None,
+    hparams: Sequence[str] | None = None,
+    options: StudyOptions | None = None,
+    **settings,
+) -> CorrelationTable:
+    """Table 3 within groups: Pearson r of each measure (columns) with the gap over the trained
+    models of the primary subset (`primary_subset`), first over all of them (`ALL_MODELS`),
+    then within each level of each hyperparameter (rows (hyperparameter, level)). A correlation
+    over all models can come from differences between the groups alone (Simpson's paradox);
+    `cluster_effects` names where. Intervals: `min(n_boot, GROUP_N_BOOT)` resamples."""
+    o = StudyOptions.of(options, **settings)
+    m = prepare_measurements(measurements)
+    specs = _study_specs(m, specs, o)
+    if hparams is None:
+        hparams = o.hparams
+    hparams = infer_hparams(runs) if hparams is None else list(hparams)
+    t = primary_subset(o)
+    w = at_threshold(_study_frame(runs, m, specs), t)
+    groups = {ALL_MODELS: w}
+    for h in hparams:
+        values = w[h].astype(object)
+        for level in sorted(values.dropna().unique(), key=natural_key):
+            groups[(h, _level(level))] = w[(values == level).to_numpy()]
+    n_boot = min(o.n_boot, GROUP_N_BOOT)
+
+    def cell(row, col):
+        d = groups[row]
+        return _cell(d[col], d["gap"], min_n=o.min_n, n_boot=n_boot, seed=o.seed, confidence=o.confidence)
+
+    subset = "every trained model" if t is None else f"trained models with train_acc >= {t:g}"
+    note = (
+        f"Pearson r between each measure and the gap within each level of each hyperparameter, {subset}; "
+        f"bootstrap intervals from {n_boot} resamples."
+    )
+    index = pd.MultiIndex.from_tuples(list(groups), names=["hyperparameter", "level"])
+    return _build(index, [s.column for s in specs], cell, o.confidence, _join_notes(note, missing_note(m, specs)))
+
+
+def _level(v: object) -> str:
+    """A hyperparameter value as a row label (16.0 -> "16": a column with missing values is float)."""
+    return f"{v:g}" if isinstance(v, (float, np.floating)) else str(v)
+
+
+def group_cells(t: CorrelationTable, min_n: int) -> pd.DataFrame:
+    """The within-group table as text: "r [low, high] (n=...)" per cell, or "undefined (n=... <
+    min_n)" / "undefined (constant, n=...)" where r is not defined."""
+    out = pd.DataFrame(index=t.pearson.index, columns=t.pearson.columns, dtype=object)
+    for c in out.columns:
+        cells = []
+        for r, lo, hi, n in zip(t.pearson[c], t.ci_low[c], t.ci_high[c], t.n[c]):
+            if not np.isfinite(r):
+                cells.append(f"undefined (n={n} < {min_n})" if n < min_n else f"undefined (constant, n={n})")
+                continue
+            ci = f" [{lo:+.2f}, {hi:+.2f}]" if np.isfinite(lo) and np.isfinite(hi) else ""
+            cells.append(f"{r:+.3f}{ci} (n={n})".replace("-", "\u2212"))
+        out[c] = cells
+    return out
+
+
+def cluster_effects(t: CorrelationTable) -> list[str]:
+    """One sentence per (measure, hyperparameter) where the r over all models exceeds in
+    absolute value the r within every level of the hyperparameter that has one (at least two
+    levels with a defined r): the correlation owes part of its strength to differences between
+    the groups (a cluster effect; Simpson's paradox when the signs differ too)."""
+    out = []
+    hparams = list(dict.fromkeys(h for h, _ in t.pearson.index if h != ALL_MODELS[0]))
+    for col in t.pearson.columns:
+        overall = float(t.pearson.loc[ALL_MODELS, col])
+        if not np.isfinite(overall):
+            continue
+        for h in hparams:
+            within = t.pearson.loc[h, col].dropna()
+            if len(within) < 2 or not (within.abs() < abs(overall)).all():
+                continue
+            levels = ", ".join(f"{lvl}: {r:+.3f}" for lvl, r in within.items())
+            flip = " and some have the opposite sign" if (np.sign(within) != np.sign(overall)).any() else ""
+            out.append(
+                f"{col}: the r over all models ({overall:+.3f}) exceeds in absolute value every r within the "
+                f"levels of {h} ({levels}){flip}: part of the correlation comes from differences between "
+                f"the groups (a cluster effect, Simpson's paradox)."
+            )
+    return out
+
+
 def primary_iou(
     measurements: pd.DataFrame, primary: Mapping[str, str] | None = None, measure: str = "iou"
 ) -> MeasureSpec | None:
@@ -670,9 +781,9 @@ def ranking_table(
     **settings,
 ) -> pd.DataFrame:
     """Granulated Kendall Psi (with each psi_i) and the CMI score (with the conditioning set
-    that attains the minimum) per measure, over all trained models (NaN below `min_n` models
-    or without a varying hyperparameter). See `stats`; the CMI pairs are built once for all
-    measures (`stats.cmi_scores`)."""
+    that attains the minimum; its definition is the options' `cmi` mode) per measure, over all
+    trained models (NaN below `min_n` models or without a varying hyperparameter). See `stats`;
+    the CMI pairs are built once for all measures (`stats.cmi_scores`)."""
     o = StudyOptions.of(options, **settings)
     m = prepare_measurements(measurements)
     specs = _study_specs(m, specs, o)
@@ -683,7 +794,7 @@ def ranking_table(
     gap_ok = np.isfinite(pd.to_numeric(w[gap_col], errors="coerce").to_numpy(float))
     counts = {s.column: int((np.isfinite(w[s.column].to_numpy(float)) & gap_ok).sum()) for s in specs}
     scored = [c for c, n in counts.items() if hparams and n >= o.min_n]
-    cmi = stats.cmi_scores(w, scored, gap_col, hparams) if scored else {}
+    cmi = stats.cmi_scores(w, scored, gap_col, hparams, mode=o.cmi) if scored else {}
     rows = []
     for col, n in counts.items():
         row: dict[str, object] = {"measure": col, "n": n}
