@@ -651,7 +651,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from camgap.demo import run_demo
 
-    run_demo(args.out, quick=args.quick, device=args.device, workers=args.workers, seed=args.seed)
+    run_demo(
+        args.out, quick=args.quick, device=args.device, workers=args.workers, seed=args.seed, precision=args.precision
+    )
     return 0
 
 
@@ -710,6 +712,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="another seed draws other data, another sample of the grid and other run seeds",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        help="the runs' precision instead of the grid's (auto: bf16 where the device computes it natively, else "
+        "fp32); recorded in each run's config",
     )
     p.set_defaults(func=cmd_demo)
 

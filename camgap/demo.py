@@ -18,7 +18,7 @@ from camgap.zoo.measure import DEFAULT_MEASURES
 # name -> (synthetic data settings, grid, measure settings)
 PRESETS = {
     "full": dict(
-        data=dict(classes=6, train_per_class=100, test_per_class=50, size=28),
+        data=dict(classes=6, train_per_class=50, test_per_class=50, size=28),
         grid="demo",
         measures=DEFAULT_MEASURES,  # the paper's five and the cheap baselines; not PAC-Bayes flatness
         cams=("gradcam", "gradcam++", "smoothgradcam++"),
@@ -53,10 +53,13 @@ def run_demo(
     workers: int | None = None,
     bootstrap: int = 1000,
     seed: int = 0,
+    precision: str | None = None,
     log: Callable[[str], None] = print,
 ) -> DemoResult:
     """The demo; ``seed`` draws other data, another sample of the grid and other run seeds (the
-    same study, rerun), so that a reader can see how much its numbers move."""
+    same study, rerun), so that a reader can see how much its numbers move. ``precision``
+    ("auto", "fp32", "bf16") replaces the grid's ``[train] precision``; it is part of each run's
+    config, so other precisions are other runs of the model set."""
     from camgap.data.synthetic import write_synthetic
     from camgap.study.report import headline, write_study
     from camgap.study.tables import paper_specs
@@ -87,6 +90,9 @@ def run_demo(
     if workers is None:
         workers = 1 if device.startswith("cuda") else None  # on a CPU: one worker per core
     grid = dataclasses.replace(load_grid(preset["grid"]), seed=seed)
+    if precision is not None:
+        grid = dataclasses.replace(grid, train=dataclasses.replace(grid.train, precision=precision))
+    log(f"[demo] precision: {grid.train.precision}" + (" (--precision)" if precision is not None else " (the grid's)"))
     build(grid, out / "data", out / "zoo", workers=workers, device=device, progress=True, log=log)
     stage("build")
 
