@@ -704,7 +704,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole study on the embedded synthetic dataset, in minutes on a CPU")
     p.add_argument("--out", type=Path, default=Path("camgap-demo"), help="output folder (reused when rerun)")
-    p.add_argument("--quick", action="store_true", help="a 2-minute smoke run of every stage")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run of every stage, under 2 minutes on a 2-core CPU; its numbers are not a study",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, help="training worker processes (default: one per CPU core, 1 on a GPU)")
     p.add_argument(
