@@ -30,6 +30,38 @@ def cpu_seconds(work) -> float:
     return time.process_time() - t
 
 
+def bench_arch(arch: str, args: argparse.Namespace, tr: tuple, te: tuple) -> None:
+    cpu = torch.device("cpu")
+    models = [
+        create_model(arch, 6, width=8, strides=[1, 2, 2, 1]).to(memory_format=torch.channels_last)
+        for _ in range(args.k)
+    ]
+    opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in models]
+    inputs = [RunInputs(i, True, 0.5, 0.4, *IMAGENET) for i in range(args.k)]
+    pack = PackedResNet(models)
+
+    def train(epoch: int) -> None:
+        train_pack_epoch(pack, opts, inputs, *tr, args.batch_size, [epoch] * args.k, precision=args.precision)
+
+    def packed_eval() -> None:
+        for x, y in (tr, te):
+            evaluate_pack(pack, inputs, x, y, args.eval_batch_size, args.precision)
+
+    def per_run_eval() -> None:
+        for m in models:
+            for x, y in (tr, te):
+                evaluate(m, x, y, *IMAGENET, cpu, args.eval_batch_size, args.precision)
+
+    train(1)  # warm-up
+    rows: dict[str, list[float]] = {"train (packed)": [], "eval packed": [], "eval run by run": []}
+    for r in range(args.repeats):
+        rows["train (packed)"].append(cpu_seconds(lambda r=r: train(r + 2)))
+        rows["eval packed"].append(cpu_seconds(packed_eval))
+        rows["eval run by run"].append(cpu_seconds(per_run_eval))
+    for name, xs in rows.items():
+        print(f"{arch} K={args.k} {args.precision} {name}: {min(xs):.2f} CPU-s per epoch (best of {len(xs)})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--archs", nargs="+", default=["small_resnet10", "small_resnet18"])
@@ -50,36 +82,8 @@ def main() -> None:
         (images[: args.train_images], labels[: args.train_images]),
         (images[args.train_images :], labels[args.train_images :]),
     )
-    cpu = torch.device("cpu")
     for arch in args.archs:
-        models = [
-            create_model(arch, 6, width=8, strides=[1, 2, 2, 1]).to(memory_format=torch.channels_last)
-            for _ in range(args.k)
-        ]
-        opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in models]
-        inputs = [RunInputs(i, True, 0.5, 0.4, *IMAGENET) for i in range(args.k)]
-        pack = PackedResNet(models)
-
-        def train(epoch: int) -> None:
-            train_pack_epoch(pack, opts, inputs, *tr, args.batch_size, [epoch] * args.k, precision=args.precision)
-
-        def packed_eval() -> None:
-            for x, y in (tr, te):
-                evaluate_pack(pack, inputs, x, y, args.eval_batch_size, args.precision)
-
-        def per_run_eval() -> None:
-            for m in models:
-                for x, y in (tr, te):
-                    evaluate(m, x, y, *IMAGENET, cpu, args.eval_batch_size, args.precision)
-
-        train(1)  # warm-up
-        rows: dict[str, list[float]] = {"train (packed)": [], "eval packed": [], "eval run by run": []}
-        for r in range(args.repeats):
-            rows["train (packed)"].append(cpu_seconds(lambda r=r: train(r + 2)))
-            rows["eval packed"].append(cpu_seconds(packed_eval))
-            rows["eval run by run"].append(cpu_seconds(per_run_eval))
-        for name, xs in rows.items():
-            print(f"{arch} K={args.k} {args.precision} {name}: {min(xs):.2f} CPU-s per epoch (best of {len(xs)})")
+        bench_arch(arch, args, tr, te)
 
 
 if __name__ == "__main__":
