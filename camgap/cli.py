@@ -781,6 +781,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         workers=args.workers,
         seed=args.seed,
         progress=wants_progress(args),
+        precision=args.precision,
     )
     return 0
 
@@ -843,7 +844,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole study on the embedded synthetic dataset, in minutes on a CPU")
     p.add_argument("--out", type=Path, default=Path("camgap-demo"), help="output folder (reused when rerun)")
-    p.add_argument("--quick", action="store_true", help="a 2-minute smoke run of every stage")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run of every stage, under 2 minutes on a 2-core CPU; its numbers are not a study",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, help="training worker processes (default: one per CPU core, 1 on a GPU)")
     p.add_argument(
@@ -853,6 +858,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="another seed draws other data, another sample of the grid and other run seeds",
     )
     add_progress_flag(p)
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        help="the runs' precision instead of the grid's (auto: bf16 where the device computes it natively, else "
+        "fp32); recorded in each run's config",
+    )
     p.set_defaults(func=cmd_demo)
 
     from camgap.zoo.cli import add_zoo_commands

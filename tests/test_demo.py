@@ -14,7 +14,7 @@ import scipy.stats
 import camgap.zoo.executors
 import camgap.zoo.measure as zm
 from camgap.cli import main
-from camgap.demo import PRESETS, THRESHOLDS
+from camgap.demo import PRESETS, SMOKE_NOTE, THRESHOLDS
 from camgap.zoo.grid import canonical_json, load_grid
 from camgap.zoo.registry import Registry
 
@@ -144,3 +144,40 @@ def test_rerun_trains_nothing_and_measures_nothing(demo, monkeypatch):
     assert meas1.equals(meas0)  # values, statuses, updated timestamps
     assert "Pearson r with the generalization gap" in text
     assert (out / "study" / "report.html").is_file()
+
+
+def test_quick_says_it_is_a_smoke_run_in_the_terminal_and_the_report(demo):
+    out, text = demo
+    assert text.count(f"[demo] --quick: {SMOKE_NOTE}") == 2  # before the first stage and after the headline
+    assert text.index(SMOKE_NOTE) < text.index("[demo] 1/4 ")
+    html = (out / "study" / "report.html").read_text(encoding="utf-8")
+    assert f"camgap demo --quick: {SMOKE_NOTE}" in html
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("precision", [None, "fp32", "bf16"])
+def test_precision_replaces_the_grids_and_is_said(tmp_path, monkeypatch, precision):
+    """--precision goes into the grid the build receives (so into every run's config and id)."""
+    import camgap.zoo.build
+    from camgap.demo import run_demo
+
+    seen = {}
+
+    def build(grid, *a, **k):
+        seen["grid"] = grid
+        raise _Stop
+
+    monkeypatch.setattr(camgap.zoo.build, "build", build)
+    lines: list[str] = []
+    with pytest.raises(_Stop):
+        run_demo(tmp_path / "out", quick=True, device="cpu", precision=precision, log=lines.append)
+    want = precision or load_grid(PRESETS["quick"]["grid"]).train.precision
+    assert seen["grid"].train.precision == want
+    # stored where it differs from the default fp32, as every grid stores it; untrained models compute in fp32
+    trained = [r.config for r in seen["grid"].runs() if r.config.trained]
+    assert trained and {c.precision for c in trained} == {None if want == "fp32" else want}
+    said = f"[demo] precision: {want} (--precision)" if precision else f"[demo] precision: {want} (the grid's)"
+    assert said in lines

@@ -238,6 +238,20 @@ def test_table5_random_vs_trained(frames):
     assert t.pearson.loc["Trained Model", "Total"] == pytest.approx(st.pearsonr(tr.value, tr.gap)[0])
 
 
+def test_table5_selects_the_lowest_threshold_above_zero(frames):
+    """A 0 column (every trained model, as the demo's Table 3 has) is not Table 5's selection."""
+    runs, ms = frames
+    sel = ms[(ms.measure == "iou") & (ms.params == IOU)]
+    d = runs.merge(sel[["run_id", "value"]], on="run_id")
+    tr = d[d.trained & (d.train_acc >= 0.9)]
+    assert 3 <= len(tr) < int(d.trained.sum())  # the selection leaves models out
+    t = tables.table5(runs, ms, thresholds=(0.95, 0.9, 0.0), n_boot=0)
+    assert t.n.loc["Trained Model", "Total"] == len(tr)
+    assert t.pearson.loc["Trained Model", "Total"] == pytest.approx(st.pearsonr(tr.value, tr.gap)[0])
+    assert "trained models with train_acc >= 0.9." in t.note
+    assert tables.table5(runs, ms, thresholds=(0.0,), n_boot=0).n.loc["Trained Model", "Total"] == d.trained.sum()
+
+
 def test_table6_rows_by_cam_method(frames):
     runs, ms = frames
     t = tables.table6(runs, ms, n_boot=0)

@@ -911,12 +911,14 @@ def table5(
 ) -> CorrelationTable | None:
     """Paper Table 5: IoU vs gap for untrained random models (every `trained == False` run)
     and for trained models (train_acc >= `trained_threshold`, default the lowest of the
-    options' thresholds, 0.80 as the paper's model set; None = all trained). Columns:
+    options' thresholds above 0, 0.80 as the paper's model set: a 0 column is every trained
+    model, not a selection; None = all trained). Columns:
     architectures, then "Total". The IoU is `primary_iou` (n/a cells and a note when that
     variant was not measured); None when no IoU was measured at all."""
     o = StudyOptions.of(options, **settings)
     if trained_threshold is _LOWEST:
-        trained_threshold = min(o.thresholds) if o.thresholds else None
+        selections = [t for t in o.thresholds if t > 0]
+        trained_threshold = min(selections) if selections else None
     m = prepare_measurements(measurements)
     spec = spec or primary_iou(m, o.primary)
     if spec is None:

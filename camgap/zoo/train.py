@@ -877,25 +877,35 @@ def _train_locked(tasks: list[Task], device: torch.device, epoch_callback, packe
 
 
 def _train_alone(run: _Run, splits, eval_bs: int, epoch_callback) -> None:
-    (train_x, train_y), (test_x, test_y) = splits
-    mean, std, bs = run.inputs.mean, run.inputs.std, int(run.cfg.batch_size)
+    train_x, train_y = splits[0]
+    bs = int(run.cfg.batch_size)
     while not run.stopped:
         t0 = time.perf_counter()
         epoch, precision = run.next_epoch, run.precision
         loss = train_one_epoch(run.model, run.optimizer, run.inputs, train_x, train_y, bs, epoch, precision)
-        train = evaluate(run.model, train_x, train_y, mean, std, run.device, eval_bs, precision)
-        test = evaluate(run.model, test_x, test_y, mean, std, run.device, eval_bs, precision)
-        run.end_epoch(train, test, loss, time.perf_counter() - t0, epoch_callback)
+        run.end_epoch(*_evaluate_splits(run, splits, eval_bs), loss, time.perf_counter() - t0, epoch_callback)
+
+
+def _evaluate_splits(run: _Run, splits, eval_bs: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The clean (train, test) evaluation of one run after an epoch, through its own module also
+    in a pack: in fp32 on a CPU a grouped convolution in inference is about twice as slow as the
+    K models one after another (BENCHMARKS.md, "The demo on a CPU without native bf16"), and the
+    history then holds the numbers the run would have alone, for the same weights."""
+    (train_x, train_y), (test_x, test_y) = splits
+    mean, std = run.inputs.mean, run.inputs.std
+    train = evaluate(run.model, train_x, train_y, mean, std, run.device, eval_bs, run.precision)
+    test = evaluate(run.model, test_x, test_y, mean, std, run.device, eval_bs, run.precision)
+    return train, test
 
 
 def _train_packed(runs: list[_Run], splits, eval_bs: int, epoch_callback) -> None:
     """Every epoch, the runs that have not stopped train as one pack. Runs resumed at different
     epochs (a kill between two of their checkpoint writes) are brought level first: the ones
     ahead stay in the pack, frozen, so every run computes in the pack it had uninterrupted."""
-    from camgap.zoo.packed import PackedResNet, evaluate_pack, train_pack_epoch
+    from camgap.zoo.packed import PackedResNet, train_pack_epoch
 
-    (train_x, train_y), (test_x, test_y) = splits
     bs = int(runs[0].cfg.batch_size)
+    train_x, train_y = splits[0]
     active = [r for r in runs if not r.stopped]
     while active:
         t0 = time.perf_counter()
@@ -915,13 +925,12 @@ def _train_packed(runs: list[_Run], splits, eval_bs: int, epoch_callback) -> Non
             frozen=frozen,
             precision=precision,
         )
-        train = evaluate_pack(pack, inputs, train_x, train_y, eval_bs, precision)
-        test = evaluate_pack(pack, inputs, test_x, test_y, eval_bs, precision)
+        level_runs = [r for r, f in zip(active, frozen, strict=True) if not f]
+        evals = [_evaluate_splits(r, splits, eval_bs) for r in level_runs]
         seconds = time.perf_counter() - t0
-        share = seconds / sum(not f for f in frozen)  # the runs that record this epoch share its time
-        for r, f, loss, tr, te in zip(active, frozen, losses, train, test, strict=True):
-            if not f:
-                r.end_epoch(tr, te, loss, share, epoch_callback, pack_seconds=seconds)
+        share = seconds / len(level_runs)  # the runs that record this epoch share its time
+        for r, (train, test) in zip(level_runs, evals, strict=True):
+            r.end_epoch(train, test, losses[active.index(r)], share, epoch_callback, pack_seconds=seconds)
         active = [r for r in active if not r.stopped]
 
 
