@@ -22,6 +22,19 @@ def _one_torch_thread():
     torch.set_num_threads(old)
 
 
+@pytest.fixture
+def float64():
+    """torch's default dtype is float64 for the test: models, random inputs and the training path
+    (`normalize`, `augment_batch`) compute in float64. Where two code paths must agree exactly
+    (a pack against its runs alone), tests compare them so: float64 convolutions run PyTorch's
+    own kernels, which compute a grouped convolution group by group as the plain one, whereas
+    float32 runs oneDNN, whose grouped and plain kernels round differently on each CPU."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
+
+
 class TinyZoo(NamedTuple):
     zoo: Path
     data: Path

@@ -126,9 +126,9 @@ def test_warnings_are_one_line_on_stderr():
         subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for argv in (["synth", "--out", "x"], ["-qq", "synth", "--out", "x"])
     )
-    _, err = loud.communicate(timeout=120)
+    _, err = loud.communicate(timeout=600)
     assert loud.returncode == 0 and err == "camgap: warning: a b\n"
-    _, err = quiet.communicate(timeout=120)
+    _, err = quiet.communicate(timeout=600)
     assert err == ""
 
 
@@ -143,7 +143,7 @@ def test_a_closed_pipe_ends_quietly():
     proc = subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert proc.stdout.readline() == b"camgap:\n"  # `camgap models ... | head -1`
     proc.stdout.close()
-    assert proc.wait(timeout=120) == 0
+    assert proc.wait(timeout=600) == 0
     assert b"Broken pipe" not in proc.stderr.read()
 
 

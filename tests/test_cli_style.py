@@ -139,7 +139,7 @@ def test_deprecation_is_one_line_on_stderr(tmp_path):
         capture_output=True,
         text=True,
         cwd=Path(__file__).parents[1],
-        timeout=120,
+        timeout=600,
     )
     assert proc.returncode == 2 and proc.stdout == ""
     lines = proc.stderr.splitlines()

@@ -255,7 +255,10 @@ def test_fold_batchnorm_preserves_resnet_function_and_counts_layers():
     folded = fold_batchnorm(model, x[:1])
     assert not any(isinstance(m, (nn.BatchNorm2d, ChannelAffine)) for m in folded.modules())
     with torch.no_grad():
-        torch.testing.assert_close(folded(x.double()), model(x).double(), rtol=1e-5, atol=1e-5)
+        # folding reassociates the arithmetic: compared with the model in float64, not float32
+        torch.testing.assert_close(
+            folded(x.double()), copy.deepcopy(model).double()(x.double()), rtol=1e-10, atol=1e-12
+        )
     # stem + 4 blocks x 2 convs + 3 downsample convs + fc
     assert len(weight_layers(model)) == 13
     assert path_norm(model, (3, 16, 16)) > 0
@@ -294,7 +297,9 @@ def test_fold_falls_back_to_affine_when_the_conv_output_is_shared():
     folded = fold_batchnorm(model, x[:1])
     assert isinstance(folded.bn, ChannelAffine)
     with torch.no_grad():
-        torch.testing.assert_close(folded(x.double()), model(x).double(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            folded(x.double()), copy.deepcopy(model).double()(x.double()), rtol=1e-10, atol=1e-12
+        )
     bn = model.bn
     s = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
     t = bn.bias.detach().double() - s * bn.running_mean.double()

@@ -344,7 +344,7 @@ def test_report_renders_in_a_headless_browser(study, tmp_path):
         "--window-size=1280,2000",
         report.resolve().as_uri(),
     ]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
     img = np.asarray(Image.open(shot).convert("RGB"))
     assert img.shape == (2000, 1280, 3)
     ink = (img < 200).any(axis=2)

@@ -147,7 +147,8 @@ def test_a_run_whose_worker_dies_twice_in_a_row_fails(tmp_path, data, monkeypatc
 def test_sigkill_of_a_worker_process(tmp_path, data, monkeypatch):
     """kill -9 one of two worker processes mid-sweep: its run is re-queued (no attempt), the
     sibling killed with the pool resumes; the sweep completes every run."""
-    for name, value in worker_env(epoch_delay=0.3).items():  # the spawned workers start with these
+    gate = tmp_path / "gate"
+    for name, value in worker_env(hold=gate).items():  # the spawned workers start with these
         monkeypatch.setenv(name, value)
     grid = write_grid(tmp_path / "g.toml", lrs="0.05, 0.005", epochs=3)
     zoo = tmp_path / "zoo"
@@ -155,19 +156,23 @@ def test_sigkill_of_a_worker_process(tmp_path, data, monkeypatch):
     older = {p.pid for p in mp.active_children()}  # children of earlier tests are not this sweep's workers
 
     def kill_a_worker() -> None:
-        deadline = time.monotonic() + 120
-        while not list(zoo.glob("runs/*/last.pt")) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        workers = [p for p in mp.active_children() if p.is_alive() and p.pid not in older]
-        if workers:
-            os.kill(workers[0].pid, 9)
-            killed.append(workers[0].pid)
+        """Once both runs are held after their first epoch, kill one's worker; then let them go on."""
+        try:
+            deadline = time.monotonic() + 300  # a limit against a hang, not a timing
+            while len(list(zoo.glob("runs/*/last.pt"))) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            workers = [p for p in mp.active_children() if p.is_alive() and p.pid not in older]
+            if workers:
+                os.kill(workers[0].pid, 9)
+                killed.append(workers[0].pid)
+        finally:
+            gate.touch()
 
     killer = threading.Thread(target=kill_a_worker, daemon=True)
     killer.start()
     lines = []
     s = build(grid, data, zoo, workers=2, device="cpu", progress=False, log=lines.append)
-    killer.join(timeout=5)
+    killer.join()
     assert killed, "no worker process was found to kill"
     assert s.done == 2 and s.failed == 0 and s.failed_now == 0
     lost = [line for line in lines if line.startswith("LOST")]
@@ -361,7 +366,7 @@ def test_status_and_export_on_read_only_storage(tmp_path):
         text=True,
         cwd=ROOT,
         env=os.environ | {"PYTHONPATH": str(ROOT)},
-        timeout=120,
+        timeout=600,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "3 runs: 2 pending, 0 running, 1 interrupted, 0 done, 0 failed" in out.stdout
@@ -448,13 +453,14 @@ def test_build_help_documents_exit_codes(capsys):
 
 
 @pytest.mark.slow
-def test_the_slow_epoch_hook_reaches_subprocesses():
-    """The kill tests time their kills by slow epochs: a subprocess given ``worker_env`` has them
-    (tests/zoo_hooks/sitecustomize.py), one without it trains at full speed (camgap has no switch)."""
+def test_the_hold_hook_reaches_subprocesses():
+    """The kill tests kill processes while their runs are held at an epoch's end: a subprocess
+    given ``worker_env(hold=...)`` holds them (tests/zoo_hooks/sitecustomize.py), one without it
+    trains straight on (camgap has no switch)."""
     probe = "import camgap.zoo.train as t; print(t.__file__, t._Run.end_epoch.__name__)"
-    for env, name in ((worker_env(epoch_delay=0.25), "delayed"), (worker_env(), "end_epoch")):
+    for env, name in ((worker_env(hold=Path("/nonexistent/gate")), "held"), (worker_env(), "end_epoch")):
         out = subprocess.run(
-            [sys.executable, "-c", probe], env=os.environ | env, cwd="/", capture_output=True, text=True, timeout=120
+            [sys.executable, "-c", probe], env=os.environ | env, cwd="/", capture_output=True, text=True, timeout=300
         )
         assert out.returncode == 0, out.stderr
         assert out.stdout.split() == [str(ROOT / "camgap" / "zoo" / "train.py"), name]

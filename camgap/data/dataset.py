@@ -58,19 +58,20 @@ Item = tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]
 def normalize(
     images: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
 ) -> torch.Tensor:
-    """uint8 ``[B,3,H,W]`` or ``[3,H,W]`` (0..255) -> float32 ``(x/255 - mean) / std``.
+    """uint8 ``[B,3,H,W]`` or ``[3,H,W]`` (0..255) -> float ``(x/255 - mean) / std``.
 
     Runs on the images' device; ``mean``/``std`` are per-channel sequences (or tensors).
-    A floating input is taken to be in 0..1 already.
+    A floating input is taken to be in 0..1 already. The result has torch's default dtype
+    (float32 unless changed), so that a float64 model, as the exactness tests train, gets float64 inputs.
     """
     if images.ndim not in (3, 4) or images.shape[-3] != 3:
         raise InputError(f"expected images [B,3,H,W] or [3,H,W], got {tuple(images.shape)}")
-    x = images.to(torch.float32)
+    x = images.to(torch.get_default_dtype())
     if not images.is_floating_point():
         x = x / 255.0
     shape = (3, 1, 1)
-    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).reshape(shape)
-    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).reshape(shape)
+    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).reshape(shape)
+    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).reshape(shape)
     return (x - m) / s
 
 

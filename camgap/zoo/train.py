@@ -355,7 +355,8 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 def augment_batch(
     images: torch.Tensor, generator: torch.Generator | None, flip_prob: float = 0.5, jitter: float = 0.4
 ) -> torch.Tensor:
-    """Random horizontal flip and colour jitter on a uint8 batch ``[B,3,H,W]`` -> float in [0,1].
+    """Random horizontal flip and colour jitter on a uint8 batch ``[B,3,H,W]`` -> float in [0,1]
+    (torch's default dtype, as ``normalize``).
 
     Per image: flip with probability ``flip_prob``; brightness, contrast and saturation
     factors drawn uniformly from ``[max(0, 1 - jitter), 1 + jitter]`` and applied in that
@@ -363,7 +364,7 @@ def augment_batch(
     the image's mean grey level; saturation: with its greyscale image), clamping to [0,1]
     after each. All on the batch's device, as tensor ops over the whole batch.
     """
-    x = images.to(torch.float32).div_(255.0)
+    x = images.to(torch.get_default_dtype()).div_(255.0)
     b = x.shape[0]
     dev = x.device
     if flip_prob > 0:

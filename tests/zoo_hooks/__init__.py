@@ -1,21 +1,26 @@
-"""Test hooks of the zoo tests: an injected failure (in-process) and slow epochs (also in worker
-processes and CLI subprocesses, through ``sitecustomize``); ``as_task``; ``nap`` (a task that only
-sleeps, for executor tests)."""
+"""Test hooks of the zoo tests: an injected failure (in-process) and runs held at their epochs'
+end until a gate file exists (also in worker processes and CLI subprocesses, through
+``sitecustomize``); ``as_task``; ``nap`` (a task that only sleeps, for executor tests)."""
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from zoo_hooks.sitecustomize import EPOCH_DELAY_ENV
+from zoo_hooks.sitecustomize import HOLD_GATE_ENV, HOLD_RUNS_ENV
 
 ROOT = Path(__file__).resolve().parents[2]
 HOOKS = Path(__file__).resolve().parent
 
 
-def worker_env(epoch_delay: float = 0.0) -> dict[str, str]:
+def worker_env(hold: Path | None = None, runs: tuple[str, ...] = ()) -> dict[str, str]:
     """Environment variables that make subprocesses import this checkout's camgap and, with
-    ``epoch_delay``, sleep that long after each epoch (``sitecustomize``)."""
-    return {"PYTHONPATH": os.pathsep.join((str(HOOKS), str(ROOT))), EPOCH_DELAY_ENV: str(epoch_delay)}
+    ``hold`` (a gate file), hold each of ``runs`` (every run when none are named) after each
+    epoch's checkpoint until ``hold`` exists (``sitecustomize``)."""
+    return {
+        "PYTHONPATH": os.pathsep.join((str(HOOKS), str(ROOT))),
+        HOLD_GATE_ENV: str(hold or ""),
+        HOLD_RUNS_ENV: ",".join(runs),
+    }
 
 
 def fail_runs(monkeypatch, run_ids: set[str]) -> None:
