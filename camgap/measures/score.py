@@ -1,6 +1,7 @@
 """The score: one pass over the training images computes the CAM of the predicted class,
-IoU / IoU-B with the object region at every threshold, and keeps the logits so the
-margin, prediction-matrix and effective-invariance measures need no second pass."""
+IoU / IoU-B with the object region at every threshold, the threshold-free localization
+measures (`camgap.measures.localization`), and keeps the logits so the margin,
+prediction-matrix and effective-invariance measures need no second pass."""
 
 from __future__ import annotations
 
@@ -19,6 +20,13 @@ from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD, collate_boxes, norm
 from camgap.data.masks import boxes_to_masks
 from camgap.errors import InputError, NonFiniteError
 from camgap.measures.iou import threshold_ious, validate_thresholds
+from camgap.measures.localization import (
+    LocalizationTotals,
+    box_extents,
+    component_boxes,
+    energy_share,
+    pointing_hits,
+)
 from camgap.measures.norms import check_finite
 from camgap.measures.registry import MeasureError
 from camgap.options import CheckedOptions, option
@@ -41,6 +49,7 @@ class ScoreResult:
     n_skipped: int = 0
     overlays: list[dict] = field(default_factory=list)
     target_layer: str = ""
+    localization: LocalizationTotals = field(default_factory=LocalizationTotals)
 
     @property
     def n_images(self) -> int:
@@ -57,9 +66,26 @@ class ScoreResult:
     def iou_b(self, threshold: float | None = None) -> float:
         return self._mean("iou_b", threshold)
 
+    def energy_pg(self) -> float:
+        """Energy-based pointing game: mean share of the CAM mass inside the object region."""
+        return self._mean_of(ENERGY_PG)
+
+    def pointing_game(self) -> float:
+        """Share of the images whose CAM maximum lies in the object region."""
+        return self._mean_of(POINTING_GAME)
+
+    def max_box_acc_v2(self) -> float:
+        return self.localization.max_box_acc_v2()
+
+    def pxap(self) -> float:
+        return self.localization.pxap()
+
     def _mean(self, kind: str, threshold: float | None) -> float:
         t = self.thresholds[0] if threshold is None else threshold
-        values = self.per_image[_col(kind, t)].dropna()
+        return self._mean_of(_col(kind, t))
+
+    def _mean_of(self, column: str) -> float:
+        values = self.per_image[column].dropna()
         return float(values.mean()) if len(values) else math.nan
 
     @property
@@ -177,6 +203,9 @@ class ScoreOptions(CheckedOptions):
     num_workers: int = option(0, _count(0))
 
     what: ClassVar[str] = "score option"
+
+
+ENERGY_PG, POINTING_GAME = "energy_pg", "pointing_game"  # per-image columns (NaN: no object region)
 
 
 def _col(kind: str, threshold: float) -> str:
@@ -299,9 +328,31 @@ def _collate_indexed(items):
 def _reference_masks(
     boxes: list[Tensor], box_labels: list[Tensor], labels: Tensor, size: int, device, class_boxes_only: bool
 ) -> Tensor:
+    return boxes_to_masks(_selected_boxes(boxes, box_labels, labels, class_boxes_only), size, device)
+
+
+def _selected_boxes(boxes: list[Tensor], box_labels: list[Tensor], labels: Tensor, class_boxes_only: bool):
     if class_boxes_only:
-        boxes = [b[bl == int(y)] for b, bl, y in zip(boxes, box_labels, labels)]
-    return boxes_to_masks(boxes, size, device)
+        return [b[bl == int(y)] for b, bl, y in zip(boxes, box_labels, labels)]
+    return boxes
+
+
+def _localization(
+    maps: Tensor, ref: Tensor, totals: LocalizationTotals, boxes: list[Tensor] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Add one batch to the streaming localization totals; return its per-image energy share
+    and pointing hit (NaN without an object region). ``boxes``: the A_G boxes, None when A_G
+    is a mask source (its connected components are the ground-truth boxes)."""
+    h, w = ref.shape[-2:]
+    if boxes is None:
+        gt = [component_boxes(m) for m in ref.cpu().numpy()]
+    else:
+        gt = [box_extents(b, h, w) for b in boxes]
+    totals.add(maps, ref, gt)
+    has_ref = ref.flatten(1).any(1).cpu().numpy()
+    energy = np.where(has_ref, energy_share(maps, ref).cpu().numpy(), np.nan)
+    hits = np.where(has_ref, pointing_hits(maps, ref).cpu().numpy().astype(float), np.nan)
+    return energy, hits
 
 
 def score_model(
@@ -338,6 +389,7 @@ def score_model(
     all_logits: list[Tensor] = []
     all_labels: list[Tensor] = []
     overlays: list[dict] = []
+    totals = LocalizationTotals()
     n_total = len(data)
     bar = _progress(n_total, o.progress)
     with create_cam(o.cam, model, o.target_layer, **(o.cam_kwargs or {})) as cam_fn:
@@ -363,6 +415,8 @@ def score_model(
             else:
                 ref = _reference_masks(boxes, box_labels, labels, size, device, o.class_boxes_only)
             iou, iou_b, area = threshold_ious(maps, ref, o.thresholds)
+            gt_boxes = None if masks is not None else _selected_boxes(boxes, box_labels, labels, o.class_boxes_only)
+            energy, hits = _localization(maps, ref, totals, gt_boxes)
             pred = out.logits.argmax(1)
             iou, iou_b, area = iou.cpu().numpy(), iou_b.cpu().numpy(), area.cpu().numpy()
             labels_cpu, pred_cpu = labels.cpu().numpy(), pred.cpu().numpy()
@@ -372,6 +426,8 @@ def score_model(
                     "label": int(labels_cpu[b]),
                     "pred": int(pred_cpu[b]),
                     "correct": bool(labels_cpu[b] == pred_cpu[b]),
+                    ENERGY_PG: float(energy[b]),
+                    POINTING_GAME: float(hits[b]),
                 }
                 for t_i, t in enumerate(o.thresholds):
                     row[_col("iou", t)] = float(iou[t_i, b])
@@ -407,6 +463,7 @@ def score_model(
         n_skipped=max(0, n_total - len(rows)),
         overlays=overlays,
         target_layer=layer_name,
+        localization=totals,
     )
 
 
