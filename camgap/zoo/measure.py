@@ -48,6 +48,7 @@ from camgap.measures.registry import (
     measure_outcome,
     pass_params,
 )
+from camgap.measures.registry import score_params as score_params  # re-exported: callers import it from here
 from camgap.measures.score import ScoreOptions, ScoreResult, score_model
 from camgap.models import CheckpointError, create_model, load_weights, read_checkpoint
 from camgap.zoo.registry import Registry, state_line
