@@ -93,7 +93,7 @@ def o_gt_boxes(boxes, h: int, w: int) -> list[tuple[int, int, int, int]]:
     return out
 
 
-@functools.lru_cache(maxsize=None)  # the same boxes recur at many thresholds
+@functools.cache  # the same boxes recur at many thresholds
 def o_box_iou(a, b) -> float:
     pa = {(y, x) for y in range(a[1], a[3] + 1) for x in range(a[0], a[2] + 1)}
     pb = {(y, x) for y in range(b[1], b[3] + 1) for x in range(b[0], b[2] + 1)}
@@ -111,12 +111,10 @@ def o_maxboxacc(cams, boxes_list) -> dict[float, float]:
             region = [[float(v) > k / 100 for v in r] for r in cam]
             row.append(max((o_box_iou(p, g) for p in o_components(region) for g in gt), default=-1.0))
         best.append(row)
-    return {
-        delta: max(sum(b[k] >= delta for b in best) / len(images) for k in range(101)) for delta in IOU_LEVELS
-    }
+    return {delta: max(sum(b[k] >= delta for b in best) / len(images) for k in range(101)) for delta in IOU_LEVELS}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def o_binned(v: float) -> float:
     """The largest threshold k/100 that the value reaches."""
     return max(k / 100 for k in range(101) if v >= k / 100)
@@ -345,7 +343,8 @@ def test_the_registry_reads_every_localization_measure_from_the_one_pass(scored)
 
 
 def test_no_object_region_anywhere_is_undefined():
-    per_image = pd.DataFrame({"image_id": ["a"], "correct": [True], "energy_pg": [math.nan], "pointing_game": [math.nan]})
+    nan = [math.nan]
+    per_image = pd.DataFrame({"image_id": ["a"], "correct": [True], "energy_pg": nan, "pointing_game": nan})
     empty = ScoreResult("gradcam", (0.1,), per_image, torch.zeros(1, 2), torch.zeros(1, dtype=torch.long))
     ctx = MeasureContext(model=torch.nn.Linear(1, 1), score_pass=Spy(empty))
     for name in LOCALIZATION:
