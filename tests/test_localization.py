@@ -27,7 +27,7 @@ from camgap.measures.localization import (
     energy_share,
     pointing_hits,
 )
-from camgap.measures.registry import MeasureContext, MeasureUndefined, compute_measure
+from camgap.measures.registry import MeasureContext, MeasureError, MeasureUndefined, compute_measure
 from camgap.measures.score import ScoreResult, score_model
 from camgap.models import create_model
 
@@ -291,13 +291,17 @@ def test_memory_is_flat_in_the_number_of_images():
 
 
 @pytest.fixture(scope="module")
-def scored(tmp_path_factory):
+def scored_inputs(tmp_path_factory):
     root = write_synthetic(tmp_path_factory.mktemp("loc"), seed=4, classes=3, train_per_class=4, size=24)
     records, _ = read_layout(root, "csv", "train")
     torch.manual_seed(0)
-    model = create_model("small_resnet", num_classes=3, width=8).eval()
-    data = BoxDataset(records, input_size=24)
-    return score_model(model, data, thresholds=(0.1, 0.5), batch_size=5, keep_overlays=len(records))
+    return create_model("small_resnet", num_classes=3, width=8).eval(), BoxDataset(records, input_size=24)
+
+
+@pytest.fixture(scope="module")
+def scored(scored_inputs):
+    model, data = scored_inputs
+    return score_model(model, data, thresholds=(0.1, 0.5), batch_size=5, keep_overlays=len(data), box_accuracy=True)
 
 
 def test_score_model_gives_the_brute_force_values_of_its_own_maps(scored):
@@ -340,6 +344,17 @@ def test_the_registry_reads_every_localization_measure_from_the_one_pass(scored)
     for name in LOCALIZATION:
         compute_measure(name, ctx)
     assert alone.calls == [("gradcam", "boxes", (0.1,))]
+
+
+def test_maxboxacc_is_computed_on_request_only(scored, scored_inputs):
+    """Its labelling costs more than the pass: without box_accuracy the pass leaves it out and
+    the measure fails saying so; the other measures of that pass are the same."""
+    cheap = score_model(*scored_inputs, thresholds=(0.1, 0.5), batch_size=5)
+    assert cheap.localization.box_correct.sum() == 0 and cheap.pxap() == scored.pxap()
+    ctx = MeasureContext(model=torch.nn.Linear(1, 1), score_pass=Spy(cheap))
+    assert compute_measure("energy_pg", ctx) == {"cam=gradcam,masks=boxes": scored.energy_pg()}
+    with pytest.raises(MeasureError, match=r"MaxBoxAccV2 was not computed in this CAM pass \(score with box_accuracy"):
+        compute_measure("maxboxacc_v2", ctx)
 
 
 def test_no_object_region_anywhere_is_undefined():

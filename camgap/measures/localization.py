@@ -45,6 +45,8 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
+from camgap.errors import StateError
+
 #: CAM thresholds of MaxBoxAccV2 and the bins of PxAP: 0, 0.01, ..., 1.
 CAM_THRESHOLDS: tuple[float, ...] = tuple(k / 100 for k in range(101))
 #: IoU levels of MaxBoxAccV2.
@@ -150,6 +152,9 @@ class LocalizationTotals:
 
     thresholds: tuple[float, ...] = CAM_THRESHOLDS
     levels: tuple[float, ...] = IOU_LEVELS
+    #: whether MaxBoxAccV2 is accumulated: its component labelling (101 regions per image) costs
+    #: several times the CAM pass on a demo model, so the pass computes it only when asked
+    boxes: bool = True
     box_correct: np.ndarray = field(default=None)  # type: ignore[assignment]  # int64 [T, D]
     n_box_images: int = 0
     pixel_pos: np.ndarray = field(default=None)  # type: ignore[assignment]  # int64 [T]
@@ -170,6 +175,8 @@ class LocalizationTotals:
         maps, ref = maps[has_ref], ref[has_ref]
         gt_boxes = [g for g, k in zip(gt_boxes, has_ref.tolist()) if k]
         self._add_pixels(maps, ref)
+        if not self.boxes:
+            return
         boxed = [i for i, g in enumerate(gt_boxes) if len(g)]
         best = best_box_ious(maps[boxed], [gt_boxes[i] for i in boxed], self.thresholds)
         levels = np.asarray(self.levels)
@@ -186,7 +193,10 @@ class LocalizationTotals:
         self.pixel_pos += counts[n:]
 
     def max_box_acc(self) -> dict[float, float]:
-        """MaxBoxAcc at each IoU level (NaN without an image with a box)."""
+        """MaxBoxAcc at each IoU level (NaN without an image with a box); a StateError when
+        the pass did not accumulate it."""
+        if not self.boxes:
+            raise StateError("MaxBoxAccV2 was not computed in this CAM pass (score with box_accuracy=True)")
         if not self.n_box_images:
             return {d: math.nan for d in self.levels}
         acc = self.box_correct / self.n_box_images

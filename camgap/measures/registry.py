@@ -46,7 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from camgap.errors import CamgapError
+from camgap.errors import CamgapError, StateError
 from camgap.params import canonical, label
 from camgap.registry import Registry
 
@@ -259,7 +259,10 @@ def _from_pass(
     from camgap.measures.iou import validate_thresholds
 
     res = ctx.need_score(cam, masks, validate_thresholds(thresholds), any_thresholds=True)
-    v = value(res)
+    try:
+        v = value(res)
+    except StateError as exc:  # the pass left this measure out (MaxBoxAccV2 on request)
+        raise MeasureError(str(exc)) from None
     if math.isnan(v):
         raise MeasureUndefined("no training image has an object region (a box or a non-empty mask)")
     return {label(canonical({"cam": cam, "masks": masks})): v}

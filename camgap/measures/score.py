@@ -186,6 +186,7 @@ class ScoreOptions(CheckedOptions):
     class_boxes_only: A_G from the boxes of the labelled class only.
     keep_overlays:    keep image, CAM and reference of the first k images.
     cam_kwargs:       keyword arguments of the CAM method; progress: show a progress bar.
+    box_accuracy:     also accumulate MaxBoxAccV2 (its labelling costs more than the pass itself).
     """
 
     cam: str = option("gradcam", _cam)
@@ -201,6 +202,7 @@ class ScoreOptions(CheckedOptions):
     cam_kwargs: dict = option(None, _kwargs)
     progress: bool = option(False, _flag)
     num_workers: int = option(0, _count(0))
+    box_accuracy: bool = option(False, _flag)
 
     what: ClassVar[str] = "score option"
 
@@ -389,7 +391,7 @@ def score_model(
     all_logits: list[Tensor] = []
     all_labels: list[Tensor] = []
     overlays: list[dict] = []
-    totals = LocalizationTotals()
+    totals = LocalizationTotals(boxes=o.box_accuracy)
     n_total = len(data)
     bar = _progress(n_total, o.progress)
     with create_cam(o.cam, model, o.target_layer, **(o.cam_kwargs or {})) as cam_fn:

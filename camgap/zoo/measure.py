@@ -54,6 +54,8 @@ from camgap.models import CheckpointError, create_model, load_weights, read_chec
 from camgap.zoo.registry import Registry, state_line
 
 NEEDS_INIT = {"distance_from_init", "pacbayes_flatness", "pacbayes_mag_flatness"}  # read init.pt
+# MaxBoxAccV2 is measured on request only (`--measures ...,maxboxacc_v2`): labelling 101 thresholded
+# regions per image costs ~2 s per demo model, several times the CAM pass (BENCHMARKS.md).
 # PAC-Bayes flatness is measured on request only (`--measures ...,pacbayes_flatness`): the paper does
 # not use it, and its noise search makes tens of passes per model, more than all the others together.
 DEFAULT_MEASURES = (
@@ -61,7 +63,6 @@ DEFAULT_MEASURES = (
     "iou_b",
     "energy_pg",
     "pointing_game",
-    "maxboxacc_v2",
     "pxap",
     "spectral_norm",
     "nuclear_norm",
@@ -376,7 +377,13 @@ def _context(
     """The measures' view of one model: its batches (normalised as in training) and the shared CAM
     pass, run on first use per (cam, masks) (``MeasureContext.need_score``)."""
     mean, std = ckpt["mean"], ckpt["std"]
-    options = ScoreOptions(batch_size=request.batch_size, device=device, mean=mean, std=std)
+    options = ScoreOptions(
+        batch_size=request.batch_size,
+        device=device,
+        mean=mean,
+        std=std,
+        box_accuracy="maxboxacc_v2" in request.measures,  # on request: it costs more than the pass
+    )
 
     def score_pass(cam: str, source: str, thresholds: tuple[float, ...]) -> ScoreResult:
         ref, ref_ids = references.get(source, (None, None))
