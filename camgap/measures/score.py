@@ -428,13 +428,12 @@ def score_model(
                     "label": int(labels_cpu[b]),
                     "pred": int(pred_cpu[b]),
                     "correct": bool(labels_cpu[b] == pred_cpu[b]),
-                    ENERGY_PG: float(energy[b]),
-                    POINTING_GAME: float(hits[b]),
                 }
                 for t_i, t in enumerate(o.thresholds):
                     row[_col("iou", t)] = float(iou[t_i, b])
                     row[_col("iou_b", t)] = float(iou_b[t_i, b])
                     row[_col("cam_area", t)] = float(area[t_i, b])
+                row[ENERGY_PG], row[POINTING_GAME] = float(energy[b]), float(hits[b])  # after the threshold columns
                 rows.append(row)
             for b in range(min(len(ids), o.keep_overlays - len(overlays))):
                 overlays.append(
