@@ -268,37 +268,30 @@ def _from_pass(
     return {label(canonical({"cam": cam, "masks": masks})): v}
 
 
-@score_pass_measure("energy_pg", PASS_KEYS)
-def _energy_pg(
-    ctx: MeasureContext, cam: str = "gradcam", thresholds: Sequence[float] | float = (0.1,), masks: str = "boxes"
-) -> dict[str, float]:
-    """Energy-based pointing game (Score-CAM): mean share of the CAM mass inside the object
-    region. ``thresholds`` only names the pass to share; see `camgap.measures.localization`."""
-    return _from_pass(ctx, lambda r: r.energy_pg(), cam, thresholds, masks)
+#: The threshold-free localization measures: name -> (ScoreResult method, what it is).
+LOCALIZATION_MEASURES: dict[str, tuple[str, str]] = {
+    "energy_pg": ("energy_pg", "energy-based pointing game (Score-CAM): mean share of the CAM mass in the region"),
+    "pointing_game": ("pointing_game", "share of the images whose CAM maximum (the first, row-major) is in the region"),
+    "maxboxacc_v2": ("max_box_acc_v2", "MaxBoxAccV2 (Choe et al. 2020): mean over IoU 0.3/0.5/0.7 of MaxBoxAcc"),
+    "pxap": ("pxap", "PxAP (Choe et al. 2020): pixel average precision of the CAM against the object region"),
+}
 
 
-@score_pass_measure("pointing_game", PASS_KEYS)
-def _pointing_game(
-    ctx: MeasureContext, cam: str = "gradcam", thresholds: Sequence[float] | float = (0.1,), masks: str = "boxes"
-) -> dict[str, float]:
-    """Pointing game: share of the images whose CAM maximum (the first, row-major) is in the object region."""
-    return _from_pass(ctx, lambda r: r.pointing_game(), cam, thresholds, masks)
+def _localization_measure(name: str, method: str, what: str) -> MeasureFn:
+    def measure(
+        ctx: MeasureContext, cam: str = "gradcam", thresholds: Sequence[float] | float = (0.1,), masks: str = "boxes"
+    ) -> dict[str, float]:
+        return _from_pass(ctx, lambda r: getattr(r, method)(), cam, thresholds, masks)
+
+    measure.__doc__ = (
+        f"{what[0].upper()}{what[1:]}. ``thresholds`` only names the pass to share; definitions in "
+        "`camgap.measures.localization`."
+    )
+    return score_pass_measure(name, PASS_KEYS)(measure)
 
 
-@score_pass_measure("maxboxacc_v2", PASS_KEYS)
-def _maxboxacc_v2(
-    ctx: MeasureContext, cam: str = "gradcam", thresholds: Sequence[float] | float = (0.1,), masks: str = "boxes"
-) -> dict[str, float]:
-    """MaxBoxAccV2 (Choe et al. 2020): mean over IoU 0.3/0.5/0.7 of the best-threshold box accuracy."""
-    return _from_pass(ctx, lambda r: r.max_box_acc_v2(), cam, thresholds, masks)
-
-
-@score_pass_measure("pxap", PASS_KEYS)
-def _pxap(
-    ctx: MeasureContext, cam: str = "gradcam", thresholds: Sequence[float] | float = (0.1,), masks: str = "boxes"
-) -> dict[str, float]:
-    """PxAP (Choe et al. 2020): pixel average precision of the CAM against the object region."""
-    return _from_pass(ctx, lambda r: r.pxap(), cam, thresholds, masks)
+for _name, (_method, _what) in LOCALIZATION_MEASURES.items():
+    _localization_measure(_name, _method, _what)
 
 
 @register_measure("spectral_norm")
