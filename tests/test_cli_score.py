@@ -223,6 +223,8 @@ def test_per_image_csv_and_overlays(capsys, data, checkpoints, tmp_path):
         "iou@0.5",
         "iou_b@0.5",
         "cam_area@0.5",
+        "energy_pg",
+        "pointing_game",
     ]
     assert len(df) == N == s["n_images"]
     records, _ = read_layout(data, "csv", "train")

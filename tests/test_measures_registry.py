@@ -50,7 +50,7 @@ def test_list_measures_holds_iou_and_iou_b_beside_the_others():
     names = list_measures()
     assert {"iou", "iou_b", "nuclear_norm", "spectral_norm", "effective_invariance"} <= set(names)
     assert names == sorted(names)
-    assert score_pass_measures() == ("iou", "iou_b")
+    assert score_pass_measures() == ("energy_pg", "iou", "iou_b", "maxboxacc_v2", "pointing_game", "pxap")
     assert from_score_pass("iou") and from_score_pass("IoU_B") and not from_score_pass("nuclear_norm")
     with pytest.raises(UnknownNameError, match=r"unknown measure 'bogus'; known: .*\biou, iou_b, "):
         compute_measure("bogus", MeasureContext(model=torch.nn.Linear(1, 1)))

@@ -535,3 +535,47 @@ def test_cluster_effects_by_hand():
     (line,) = tables.cluster_effects(t)  # h: |-0.3|, |0.2| < 0.9; k: |-0.95| > 0.9 -> not all
     assert line.startswith("M: the r over all models (-0.900) exceeds in absolute value every r within the levels of h")
     assert "(a: -0.300, b: +0.200) and some have the opposite sign" in line
+
+
+# ------------------------------------------------------------ threshold-free localization
+LOCALIZATION_LABELS = {"energy_pg": "Energy PG", "pointing_game": "Pointing Game", "maxboxacc_v2": "MaxBoxAccV2"}
+
+
+def _with_localization(runs, ms, cams=("gradcam", "gradcam++"), seed=3):
+    """The demo frames plus the four localization measures (params cam, masks: no threshold)."""
+    rng = np.random.default_rng(seed)
+    rows = [
+        {"run_id": r, "measure": k, "params": f"cam={cam},masks=boxes", "value": float(rng.random()), "status": "done"}
+        for r in runs.run_id
+        for k in (*LOCALIZATION_LABELS, "pxap")
+        for cam in cams
+    ]
+    return pd.concat([ms, pd.DataFrame(rows)], ignore_index=True)
+
+
+def test_localization_measures_in_table3_and_the_ranking_with_readable_labels(frames):
+    runs, ms = frames
+    ms = _with_localization(runs, ms)
+    specs = tables.discover_specs(ms, tables.DEFAULT_PRIMARY)
+    labels = [s.column for s in specs]
+    # the gradcam / boxes variant exactly (as the primary IoU), before IoU-B and IoU
+    assert labels[-6:] == ["Energy PG", "Pointing Game", "MaxBoxAccV2", "PxAP", "IoU-B", "IoU"]
+    assert [s.params for s in specs if s.measure == "pxap"] == ["cam=gradcam,masks=boxes"]
+    t3 = tables.table3(runs, ms)
+    assert {"Energy PG", "Pointing Game", "MaxBoxAccV2", "PxAP"} <= {m for _, m in t3.pearson.index}
+    rank = tables.ranking_table(runs, ms)
+    sel = ms[(ms.measure == "pxap") & (ms.params == "cam=gradcam,masks=boxes")]
+    d = runs.merge(sel[["run_id", "value"]], on="run_id", how="left")
+    psi, _ = stats.granulated_kendall(d[d.trained], "value", "gap", ["arch", "batch_size", "lr", "optimizer"])
+    assert rank.loc["PxAP", "psi"] == pytest.approx(psi)
+    assert tables.variant_name("pxap", {"cam": "gradcam", "masks": "boxes"}) == "PxAP (gradcam, boxes)"
+
+
+def test_a_localization_measure_without_the_primary_variant_is_not_measured(frames):
+    runs, ms = frames
+    ms = _with_localization(runs, ms, cams=("gradcam++",))
+    labels = [s.column for s in tables.discover_specs(ms, tables.DEFAULT_PRIMARY)]
+    assert "PxAP: not measured" in labels and "PxAP" not in labels
+    # Table 6 varies the CAM of a localization measure like the IoU's, masks fixed to boxes
+    specs = tables.variant_specs(ms, "pxap", "cam", tables.cam_label, tables.CAM_ORDER, tables.DEFAULT_PRIMARY)
+    assert [s.params for s in specs] == ["cam=gradcam++,masks=boxes"]

@@ -578,7 +578,8 @@ def test_score_rows_keep_the_stored_names_and_params_bytes(zoo, monkeypatch):
     assert (again.measured, again.recorded) == (0, 0)
 
 
-def test_the_shared_pass_runs_once_per_model_and_cam_for_iou_and_iou_b(zoo, monkeypatch):
+def count_passes(monkeypatch) -> list[tuple]:
+    """The (cam, thresholds) of every score_model call `zoo measure` makes from now on."""
     calls: list[tuple] = []
     real = zm.score_model
 
@@ -587,6 +588,11 @@ def test_the_shared_pass_runs_once_per_model_and_cam_for_iou_and_iou_b(zoo, monk
         return real(model, data, options, **kw)
 
     monkeypatch.setattr(zm, "score_model", spy)
+    return calls
+
+
+def test_the_shared_pass_runs_once_per_model_and_cam_for_iou_and_iou_b(zoo, monkeypatch):
+    calls = count_passes(monkeypatch)
     cams = ("gradcam", "gradcam++")
     measure_zoo(
         zoo, measures=("iou", "iou_b", "nuclear_norm"), cams=cams, thresholds=(0.1, 0.3), progress=False, log=quiet
@@ -605,3 +611,28 @@ def test_unknown_measure_lists_one_set_of_names(zoo):
         measure_zoo(zoo, measures=("iou", "bogus"), progress=False, log=quiet)
     assert str(err.value) == f"unknown measure(s) ['bogus']; known: {', '.join(list_measures())}"
     assert "iou, iou_b" in str(err.value)
+
+
+def test_localization_measures_share_the_pass_one_row_per_cam_and_masks(zoo, monkeypatch):
+    calls = count_passes(monkeypatch)
+    measures = ("iou", "energy_pg", "pointing_game", "maxboxacc_v2", "pxap")
+    measure_zoo(zoo, measures=measures, cams=("gradcam",), thresholds=(0.1, 0.3), progress=False, log=quiet)
+    assert calls == [("gradcam", (0.1, 0.3))] * 4  # one pass per model, however many measures
+    runs, meas = frames(zoo)
+    # IoU once per threshold; each threshold-free measure once per (cam, masks)
+    assert len(meas) == 4 * (2 + 4) and not meas.duplicated(["run_id", "measure", "params"]).any()
+    assert (meas.status == "done").all()
+    p = {"cam": "gradcam", "masks": "boxes"}
+    assert set(meas[meas.measure != "iou"].params) == {to_json(p)}
+    run_id = runs[runs.trained].run_id.iloc[0]
+    model, ckpt = load_run_model(zoo / "runs" / run_id)
+    res = score_model(
+        model, store_of(zoo), batch_size=128, device="cpu", mean=ckpt["mean"], std=ckpt["std"], box_accuracy=True
+    )
+    want = {
+        "energy_pg": res.energy_pg(),
+        "pointing_game": res.pointing_game(),
+        "maxboxacc_v2": res.max_box_acc_v2(),
+        "pxap": res.pxap(),
+    }
+    assert {k: value(meas, run_id, k, p)[1] for k in want} == pytest.approx(want, abs=1e-12)

@@ -10,7 +10,9 @@ results go straight into a long table ``(run, measure, params, value)``, e.g.
 IoU and IoU-B (``iou``, ``iou_b``; params cam, masks, threshold: ``score_params``) are read
 from the shared CAM pass: ``ctx.need_score(cam, masks, thresholds)`` runs ``ctx.score_pass``
 once per distinct (cam, masks, thresholds) and keeps its ``ScoreResult``, so both measures at
-every threshold cost one pass; ``score_pass_measures()`` names them. That pass (or the caller's
+every threshold cost one pass; ``score_pass_measures()`` names them. The threshold-free
+localization measures (``energy_pg``, ``pointing_game``, ``maxboxacc_v2``, ``pxap``; params
+cam, masks: ``pass_params``) read the same pass. That pass (or the caller's
 own) gives the logits ``[N, K]`` and labels ``[N]`` of the training set; margin and
 prediction-matrix measures use only those. Weight measures read ``ctx.model`` (and
 ``ctx.init_state``). Effective invariance runs only the transformed passes over
@@ -44,7 +46,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from camgap.errors import CamgapError
+from camgap.errors import CamgapError, StateError
 from camgap.params import canonical, label
 from camgap.registry import Registry
 
@@ -115,11 +117,16 @@ class MeasureContext:
             raise MeasureError("this measure needs the training-set logits and labels")
         return self.logits, self.labels
 
-    def need_score(self, cam: str, masks: str, thresholds: Sequence[float]) -> Any:
+    def need_score(self, cam: str, masks: str, thresholds: Sequence[float], any_thresholds: bool = False) -> Any:
         """The ``ScoreResult`` of the CAM pass ``(cam, masks)`` at ``thresholds``, run on first
         use by ``score_pass`` and kept: IoU and IoU-B at every threshold share that one pass.
-        The first pass also fills ``logits`` / ``labels`` when they are not given."""
+        ``any_thresholds``: a pass of ``(cam, masks)`` at other thresholds will do (for the
+        measures that do not read them). The first pass also fills ``logits`` / ``labels``
+        when they are not given."""
         key = (cam, masks, tuple(float(t) for t in thresholds))
+        if key not in self._scores and any_thresholds:
+            # a threshold-free measure reads whichever pass of (cam, masks) already ran
+            key = next((k for k in self._scores if k[:2] == (cam, masks)), key)
         if key not in self._scores:
             if self.score_pass is None:
                 raise MeasureError("this measure needs the shared CAM pass (ctx.score_pass)")
@@ -151,15 +158,34 @@ def list_measures() -> list[str]:
     return MEASURES.names()
 
 
-def score_pass_measure(name: str) -> Callable[[MeasureFn], MeasureFn]:
-    """Register a measure computed from the shared CAM pass (``ctx.need_score``); its params are
-    ``score_params`` (cam, masks, threshold) and its options ``cam``, ``thresholds``, ``masks``."""
+#: The params keys of a score-pass measure read at each CAM threshold, and of a threshold-free one.
+THRESHOLD_KEYS: tuple[str, ...] = ("cam", "masks", "threshold")
+PASS_KEYS: tuple[str, ...] = ("cam", "masks")
+
+
+def score_pass_measure(name: str, keys: tuple[str, ...] = THRESHOLD_KEYS) -> Callable[[MeasureFn], MeasureFn]:
+    """Register a measure computed from the shared CAM pass (``ctx.need_score``); its options are
+    ``cam``, ``thresholds``, ``masks`` and its params ``keys`` of them: ``THRESHOLD_KEYS`` (one
+    value per CAM threshold, ``score_params``) or ``PASS_KEYS`` (one value per pass)."""
 
     def wrap(fn: MeasureFn) -> MeasureFn:
         fn.from_score_pass = True  # type: ignore[attr-defined]
+        fn.pass_keys = tuple(keys)  # type: ignore[attr-defined]
         return register_measure(name)(fn)
 
     return wrap
+
+
+def pass_keys(name: str) -> tuple[str, ...]:
+    """The params keys of score-pass measure ``name`` (() for any other measure)."""
+    return tuple(getattr(MEASURES.get(name), "pass_keys", ()))
+
+
+def pass_params(name: str, cam: str, threshold: float, masks: str) -> dict[str, str]:
+    """The params of score-pass measure ``name``'s measurement for (cam, threshold, masks),
+    canonical: ``score_params``, without the threshold for a threshold-free measure."""
+    full = score_params(cam, threshold, masks)
+    return {k: v for k, v in full.items() if k in pass_keys(name)}
 
 
 def from_score_pass(name: str) -> bool:
@@ -168,7 +194,7 @@ def from_score_pass(name: str) -> bool:
 
 
 def score_pass_measures() -> tuple[str, ...]:
-    """The measures read from the shared CAM pass (IoU and IoU-B), by name."""
+    """The measures read from the shared CAM pass (IoU, IoU-B, the localization measures), by name."""
     return tuple(name for name in MEASURES.names() if from_score_pass(name))
 
 
@@ -224,6 +250,48 @@ def _iou_b(
 ) -> dict[str, float]:
     """Paper eq. 5: IoU-B, A_L replaced by its enclosing box; the same pass as ``iou``."""
     return _from_score("iou_b", ctx, cam, thresholds, masks)
+
+
+def _from_pass(
+    ctx: MeasureContext, value: Callable[[Any], float], cam: str, thresholds: Sequence[float] | float, masks: str
+) -> dict[str, float]:
+    """A threshold-free measure of the pass (cam, masks): any thresholds' pass will do."""
+    from camgap.measures.iou import validate_thresholds
+
+    res = ctx.need_score(cam, masks, validate_thresholds(thresholds), any_thresholds=True)
+    try:
+        v = value(res)
+    except StateError as exc:  # the pass left this measure out (MaxBoxAccV2 on request)
+        raise MeasureError(str(exc)) from None
+    if math.isnan(v):
+        raise MeasureUndefined("no training image has an object region (a box or a non-empty mask)")
+    return {label(canonical({"cam": cam, "masks": masks})): v}
+
+
+#: The threshold-free localization measures: name -> (ScoreResult method, what it is).
+LOCALIZATION_MEASURES: dict[str, tuple[str, str]] = {
+    "energy_pg": ("energy_pg", "energy-based pointing game (Score-CAM): mean share of the CAM mass in the region"),
+    "pointing_game": ("pointing_game", "share of the images whose CAM maximum (the first, row-major) is in the region"),
+    "maxboxacc_v2": ("max_box_acc_v2", "MaxBoxAccV2 (Choe et al. 2020): mean over IoU 0.3/0.5/0.7 of MaxBoxAcc"),
+    "pxap": ("pxap", "PxAP (Choe et al. 2020): pixel average precision of the CAM against the object region"),
+}
+
+
+def _localization_measure(name: str, method: str, what: str) -> MeasureFn:
+    def measure(
+        ctx: MeasureContext, cam: str = "gradcam", thresholds: Sequence[float] | float = (0.1,), masks: str = "boxes"
+    ) -> dict[str, float]:
+        return _from_pass(ctx, lambda r: getattr(r, method)(), cam, thresholds, masks)
+
+    measure.__doc__ = (
+        f"{what[0].upper()}{what[1:]}. ``thresholds`` only names the pass to share; definitions in "
+        "`camgap.measures.localization`."
+    )
+    return score_pass_measure(name, PASS_KEYS)(measure)
+
+
+for _name, (_method, _what) in LOCALIZATION_MEASURES.items():
+    _localization_measure(_name, _method, _what)
 
 
 @register_measure("spectral_norm")

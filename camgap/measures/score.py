@@ -1,6 +1,7 @@
 """The score: one pass over the training images computes the CAM of the predicted class,
-IoU / IoU-B with the object region at every threshold, and keeps the logits so the
-margin, prediction-matrix and effective-invariance measures need no second pass."""
+IoU / IoU-B with the object region at every threshold, the threshold-free localization
+measures (`camgap.measures.localization`), and keeps the logits so the margin,
+prediction-matrix and effective-invariance measures need no second pass."""
 
 from __future__ import annotations
 
@@ -22,6 +23,13 @@ from camgap.data.masks import boxes_to_masks
 from camgap.data.preprocessing import CHANNEL_ORDERS
 from camgap.errors import InputError, NonFiniteError
 from camgap.measures.iou import threshold_ious, validate_thresholds
+from camgap.measures.localization import (
+    LocalizationTotals,
+    box_extents,
+    component_boxes,
+    energy_share,
+    pointing_hits,
+)
 from camgap.measures.norms import check_finite
 from camgap.measures.registry import MeasureError
 from camgap.options import CheckedOptions, option
@@ -43,6 +51,7 @@ class ScoreResult:
     n_boxes_dropped: int = 0  # boxes wholly outside their image (left out of A_G)
     overlays: list[dict] = field(default_factory=list)
     target_layer: str = ""
+    localization: LocalizationTotals = field(default_factory=LocalizationTotals)
 
     @property
     def n_images(self) -> int:
@@ -59,9 +68,26 @@ class ScoreResult:
     def iou_b(self, threshold: float | None = None) -> float:
         return self._mean("iou_b", threshold)
 
+    def energy_pg(self) -> float:
+        """Energy-based pointing game: mean share of the CAM mass inside the object region."""
+        return self._mean_of(ENERGY_PG)
+
+    def pointing_game(self) -> float:
+        """Share of the images whose CAM maximum lies in the object region."""
+        return self._mean_of(POINTING_GAME)
+
+    def max_box_acc_v2(self) -> float:
+        return self.localization.max_box_acc_v2()
+
+    def pxap(self) -> float:
+        return self.localization.pxap()
+
     def _mean(self, kind: str, threshold: float | None) -> float:
         t = self.thresholds[0] if threshold is None else threshold
-        values = self.per_image[_col(kind, t)].dropna()
+        return self._mean_of(_col(kind, t))
+
+    def _mean_of(self, column: str) -> float:
+        values = self.per_image[column].dropna()
         return float(values.mean()) if len(values) else math.nan
 
     @property
@@ -163,6 +189,7 @@ class ScoreOptions(CheckedOptions):
     class_boxes_only: A_G from the boxes of the labelled class only.
     keep_overlays:    keep image, CAM and reference of the first k images.
     cam_kwargs:       keyword arguments of the CAM method; progress: show a progress bar.
+    box_accuracy:     also accumulate MaxBoxAccV2 (its labelling costs more than the pass itself).
     """
 
     cam: str = option("gradcam", _cam)
@@ -178,8 +205,12 @@ class ScoreOptions(CheckedOptions):
     cam_kwargs: dict = option(None, _kwargs)
     progress: bool = option(False, _flag)
     num_workers: int = option(0, _count(0))
+    box_accuracy: bool = option(False, _flag)
 
     what: ClassVar[str] = "score option"
+
+
+ENERGY_PG, POINTING_GAME = "energy_pg", "pointing_game"  # per-image columns (NaN: no object region)
 
 
 def _col(kind: str, threshold: float) -> str:
@@ -302,9 +333,31 @@ def _collate_indexed(items):
 def _reference_masks(
     boxes: list[Tensor], box_labels: list[Tensor], labels: Tensor, size: int, device, class_boxes_only: bool
 ) -> Tensor:
+    return boxes_to_masks(_selected_boxes(boxes, box_labels, labels, class_boxes_only), size, device)
+
+
+def _selected_boxes(boxes: list[Tensor], box_labels: list[Tensor], labels: Tensor, class_boxes_only: bool):
     if class_boxes_only:
-        boxes = [b[bl == int(y)] for b, bl, y in zip(boxes, box_labels, labels)]
-    return boxes_to_masks(boxes, size, device)
+        return [b[bl == int(y)] for b, bl, y in zip(boxes, box_labels, labels)]
+    return boxes
+
+
+def _localization(
+    maps: Tensor, ref: Tensor, totals: LocalizationTotals, boxes: list[Tensor] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Add one batch to the streaming localization totals; return its per-image energy share
+    and pointing hit (NaN without an object region). ``boxes``: the A_G boxes, None when A_G
+    is a mask source (its connected components are the ground-truth boxes)."""
+    h, w = ref.shape[-2:]
+    if boxes is None:
+        gt = [component_boxes(m) for m in ref.cpu().numpy()]
+    else:
+        gt = [box_extents(b, h, w) for b in boxes]
+    totals.add(maps, ref, gt)
+    has_ref = ref.flatten(1).any(1).cpu().numpy()
+    energy = np.where(has_ref, energy_share(maps, ref).cpu().numpy(), np.nan)
+    hits = np.where(has_ref, pointing_hits(maps, ref).cpu().numpy().astype(float), np.nan)
+    return energy, hits
 
 
 def _keeps_mode(score: Callable[..., ScoreResult]) -> Callable[..., ScoreResult]:
@@ -360,6 +413,7 @@ def score_model(
     all_logits: list[Tensor] = []
     all_labels: list[Tensor] = []
     overlays: list[dict] = []
+    totals = LocalizationTotals(boxes=o.box_accuracy)
     n_total = len(data)
     bar = _progress(n_total, o.progress)
     with create_cam(o.cam, model, o.target_layer, **(o.cam_kwargs or {})) as cam_fn:
@@ -385,6 +439,8 @@ def score_model(
             else:
                 ref = _reference_masks(boxes, box_labels, labels, size, device, o.class_boxes_only)
             iou, iou_b, area = threshold_ious(maps, ref, o.thresholds)
+            gt_boxes = None if masks is not None else _selected_boxes(boxes, box_labels, labels, o.class_boxes_only)
+            energy, hits = _localization(maps, ref, totals, gt_boxes)
             pred = out.logits.argmax(1)
             iou, iou_b, area = iou.cpu().numpy(), iou_b.cpu().numpy(), area.cpu().numpy()
             labels_cpu, pred_cpu = labels.cpu().numpy(), pred.cpu().numpy()
@@ -399,6 +455,7 @@ def score_model(
                     row[_col("iou", t)] = float(iou[t_i, b])
                     row[_col("iou_b", t)] = float(iou_b[t_i, b])
                     row[_col("cam_area", t)] = float(area[t_i, b])
+                row[ENERGY_PG], row[POINTING_GAME] = float(energy[b]), float(hits[b])  # after the threshold columns
                 rows.append(row)
             for b in range(min(len(ids), o.keep_overlays - len(overlays))):
                 overlays.append(
@@ -429,6 +486,7 @@ def score_model(
         n_skipped=max(0, n_total - len(rows)),
         overlays=overlays,
         target_layer=layer_name,
+        localization=totals,
     )
 
 

@@ -37,7 +37,7 @@ import pandas as pd
 
 from camgap.errors import InputError, UnknownNameError
 from camgap.measures.iou import validate_thresholds
-from camgap.measures.registry import score_pass_measures
+from camgap.measures.registry import pass_keys, score_pass_measures
 from camgap.options import CheckedOptions
 from camgap.options import option as _option
 from camgap.params import canonical
@@ -53,8 +53,9 @@ DEFAULT_HPARAMS: tuple[str, ...] = ("arch", "batch_size", "lr", "optimizer", "we
 #: boxes. Every table (3-7, the headline) uses exactly this variant of the IoU measures; Tables 6
 #: and 7 vary one key and keep the other two. A `primary` argument may override these keys.
 PRIMARY_IOU: Mapping[str, str] = MappingProxyType({"cam": "gradcam", "threshold": "0.1", "masks": "boxes"})
-#: The measures whose params are (cam, threshold, masks) and that follow `PRIMARY_IOU` exactly:
-#: those the measure registry reads from the shared CAM pass (IoU, IoU-B).
+#: The measures that follow `PRIMARY_IOU` exactly, on the keys of it they have (`pass_variant`):
+#: those the measure registry reads from the shared CAM pass (IoU, IoU-B with (cam, threshold,
+#: masks); the threshold-free localization measures with (cam, masks)).
 IOU_MEASURES: tuple[str, ...] = score_pass_measures()
 #: The `primary` of the tables: the IoU keys are exact (see `PRIMARY_IOU`); other keys are a
 #: preference among the variants of the other measures, applied when some variant has that value.
@@ -66,12 +67,17 @@ DISPLAY_NAMES = {
     "spectral_norm": "Spectral Norm",
     "nuclear_norm": "Nuclear Norm",
     "effective_invariance": "EI",
+    "energy_pg": "Energy PG",
+    "pointing_game": "Pointing Game",
+    "maxboxacc_v2": "MaxBoxAccV2",
+    "pxap": "PxAP",
     "iou_b": "IoU-B",
     "iou": "IoU",
 }
-#: Row order of Table 3: the paper's baselines first, other measures alphabetically, IoU last.
+#: Row order of Table 3: the paper's baselines first, other measures alphabetically, then the
+#: threshold-free localization measures, IoU last.
 MEASURE_ORDER = ("spectral_norm", "nuclear_norm", "effective_invariance")
-MEASURE_LAST = ("iou_b", "iou")
+MEASURE_LAST = ("energy_pg", "pointing_game", "maxboxacc_v2", "pxap", "iou_b", "iou")
 CAM_NAMES = {
     "gradcam": "GradCAM",
     "gradcam++": "GradCAM++",
@@ -290,10 +296,18 @@ def iou_variant(primary: Mapping[str, object] | None = None) -> dict[str, str]:
     return canonical(want)
 
 
+def pass_variant(measure: str, primary: Mapping[str, object] | None = None) -> dict[str, str]:
+    """`iou_variant(primary)` on the params keys of score-pass measure `measure` (a
+    threshold-free localization measure: cam and masks)."""
+    return {k: v for k, v in iou_variant(primary).items() if k in pass_keys(measure)}
+
+
 def variant_name(measure: str, params: Mapping[str, str]) -> str:
-    """ "IoU (gradcam, rho 0.1, boxes)": how notes name a variant."""
+    """ "IoU (gradcam, rho 0.1, boxes)", "PxAP (gradcam, boxes)": how notes name a variant."""
     if {"cam", "threshold", "masks"} <= set(params):
         return f"{display_name(measure)} ({params['cam']}, rho {params['threshold']}, {params['masks']})"
+    if set(params) == {"cam", "masks"}:
+        return f"{display_name(measure)} ({params['cam']}, {params['masks']})"
     return f"{display_name(measure)} ({params_label(params)})" if params else display_name(measure)
 
 
@@ -373,7 +387,7 @@ def discover_specs(
     keeps its failed variants, so it shows as an n/a row rather than vanishing.
 
     `primary`: {params key: value}, e.g. `DEFAULT_PRIMARY` for the headline tables. The IoU
-    measures (`IOU_MEASURES`) get exactly `iou_variant(primary)`, or a row "...: not measured"
+    measures (`IOU_MEASURES`) get exactly `pass_variant(name, primary)`, or a row "...: not measured"
     when that variant is absent; for the other measures, keep the variants with a key's value
     when at least one has it. `measures` restricts to those measure names. Labels are the
     display name, plus "(k=v, ...)" listing the params that still differ between a measure's
@@ -385,7 +399,7 @@ def discover_specs(
     for name in names:
         rows = m[m["measure"] == name]
         if primary and name in IOU_MEASURES:
-            specs.extend(_exact_variant(rows, name, iou_variant(primary), display_name(name)))
+            specs.extend(_exact_variant(rows, name, pass_variant(name, primary), display_name(name)))
             continue
         done = rows[rows["_usable"]]
         variants = sorted(set((done if len(done) else rows)["params"]))
@@ -452,14 +466,14 @@ def variant_specs(
     primary: Mapping[str, str] | None = None,
 ) -> list[MeasureSpec]:
     """Specs for the values of params key `vary` (Table 6: cam, Table 7: masks) that `measure`
-    was measured with, the other keys fixed exactly: by `iou_variant(primary)` for an IoU
+    was measured with, the other keys fixed exactly: by `pass_variant(measure, primary)` for a score-pass
     measure, else by `primary`. A value measured only with other fixed keys gets a row
     "<label>: not measured". Rows ordered by `order`, then A-Z; labelled `label(value)` (+ any
     other params that still differ)."""
     m = prepare_measurements(measurements)
     rows = m[m["measure"] == measure]
     values = {_params_of(p)[vary] for p in set(rows["params"]) if vary in _params_of(p)}
-    fixed = iou_variant(primary) if primary and measure in IOU_MEASURES else dict(primary or {})
+    fixed = pass_variant(measure, primary) if primary and measure in IOU_MEASURES else dict(primary or {})
     fixed.pop(vary, None)
     specs: list[MeasureSpec] = []
     for v in sorted(values, key=lambda v: (order.index(v) if v in order else len(order), v)):
@@ -760,7 +774,7 @@ def primary_iou(
     rows = m[m["measure"] == measure]
     if rows.empty:
         return None
-    want = iou_variant(DEFAULT_PRIMARY if primary is None else primary)
+    want = pass_variant(measure, DEFAULT_PRIMARY if primary is None else primary)
     specs = _exact_variant(rows, measure, want, display_name(measure))
     if len(specs) > 1:
         raise InputError(

@@ -239,9 +239,9 @@ def add_subcommands(sub) -> None:
     m.add_argument(
         "--measures",
         default=None,
-        help="comma-separated (default: iou, iou_b, spectral_norm, nuclear_norm, effective_invariance, "
-        "inverse_margin, frobenius_norm, path_norm, distance_from_init; also: pacbayes_flatness, "
-        "pacbayes_mag_flatness, effective_invariance_gray)",
+        help="comma-separated (default: iou, iou_b, energy_pg, pointing_game, pxap, spectral_norm, nuclear_norm, "
+        "effective_invariance, inverse_margin, frobenius_norm, path_norm, distance_from_init; also: "
+        "maxboxacc_v2, pacbayes_flatness, pacbayes_mag_flatness, effective_invariance_gray)",
     )
     m.add_argument(
         "--cam",

@@ -45,18 +45,24 @@ from camgap.measures.registry import (
     from_score_pass,
     list_measures,
     measure_outcome,
-    score_params,
+    pass_params,
 )
+from camgap.measures.registry import score_params as score_params  # re-exported: callers import it from here
 from camgap.measures.score import ScoreOptions, ScoreResult, score_model
 from camgap.models import CheckpointError, create_model, load_weights, read_checkpoint
 from camgap.zoo.registry import Registry, state_line
 
 NEEDS_INIT = {"distance_from_init", "pacbayes_flatness", "pacbayes_mag_flatness"}  # read init.pt
+# MaxBoxAccV2 is measured on request only (`--measures ...,maxboxacc_v2`): labelling 101 thresholded
+# regions per image costs ~2 s per demo model, several times the CAM pass (BENCHMARKS.md).
 # PAC-Bayes flatness is measured on request only (`--measures ...,pacbayes_flatness`): the paper does
 # not use it, and its noise search makes tens of passes per model, more than all the others together.
 DEFAULT_MEASURES = (
     "iou",
     "iou_b",
+    "energy_pg",
+    "pointing_game",
+    "pxap",
     "spectral_norm",
     "nuclear_norm",
     "effective_invariance",
@@ -196,7 +202,7 @@ def plan_run(run_id: str, recorded: set[tuple[str, str]], request: MeasureReques
     scores = tuple(
         combo
         for combo in request.combos
-        if not all((k, params.to_json(score_params(*combo))) in recorded for k in request.score_measures)
+        if not all((k, params.to_json(pass_params(k, *combo))) in recorded for k in request.score_measures)
     )
     have = {measure for measure, _ in recorded}
     others = tuple(m for m in request.measures if not from_score_pass(m) and m not in have)
@@ -209,7 +215,18 @@ def plan_rows(plan: RunPlan, request: MeasureRequest, state: str, reason: str) -
 
 
 def _score_rows(request: MeasureRequest, combos: Sequence[tuple], state: str, reason: str) -> list[tuple]:
-    return [(k, score_params(c, t, m), None, state, reason) for c, t, m in combos for k in request.score_measures]
+    return [(k, p, None, state, reason) for k, p in _score_measurements(request, combos)]
+
+
+def _score_measurements(request: MeasureRequest, combos: Sequence[tuple]) -> list[tuple[str, dict]]:
+    """(measure, params) of each score measurement of ``combos``, once: a threshold-free
+    measure has one measurement per (cam, masks), however many thresholds were asked for."""
+    out: dict[tuple[str, str], tuple[str, dict]] = {}
+    for combo in combos:
+        for k in request.score_measures:
+            p = pass_params(k, *combo)
+            out.setdefault((k, params.to_json(p)), (k, p))
+    return list(out.values())
 
 
 def load_run_model(run_dir: Path, which: str = "final") -> tuple[torch.nn.Module, dict]:
@@ -359,7 +376,13 @@ def _context(
     """The measures' view of one model: its batches (normalised as in training) and the shared CAM
     pass, run on first use per (cam, masks) (``MeasureContext.need_score``)."""
     mean, std = ckpt["mean"], ckpt["std"]
-    options = ScoreOptions(batch_size=request.batch_size, device=device, mean=mean, std=std)
+    options = ScoreOptions(
+        batch_size=request.batch_size,
+        device=device,
+        mean=mean,
+        std=std,
+        box_accuracy="maxboxacc_v2" in request.measures,  # on request: it costs more than the pass
+    )
 
     def score_pass(cam: str, source: str, thresholds: tuple[float, ...]) -> ScoreResult:
         ref, ref_ids = references.get(source, (None, None))
@@ -377,7 +400,7 @@ def _context(
 
 
 def _shared_pass(ctx: MeasureContext, plan: RunPlan, request: MeasureRequest) -> tuple[list[tuple], str | None]:
-    """The CAM pass(es): the rows of the score measures (IoU, IoU-B) for the planned combinations,
+    """The CAM pass(es): the rows of the score measures (IoU, IoU-B, ...) for the planned combinations,
     one pass per (cam, masks) for every threshold, and the logits of the first pass (the first CAM
     with the first mask source, run even when its scores are recorded: the other measures read its
     logits from ``ctx``). Returns (rows, broken): ``broken`` says why the model gave no logits (its
@@ -390,19 +413,29 @@ def _shared_pass(ctx: MeasureContext, plan: RunPlan, request: MeasureRequest) ->
         combos = [(c, t, m) for c, t, m in plan.scores if (c, m) == (cam, source)]
         try:
             ctx.need_score(cam, source, request.thresholds)
-            values = {
-                name: compute_measure(name, ctx, cam=cam, thresholds=request.thresholds, masks=source)
-                for name in request.score_measures
-            }
         except Exception as exc:  # noqa: BLE001 - one bad model never stops the set
             reason = measure_outcome(exc)[1]
             rows += _score_rows(request, combos, "failed", reason)
             broken = broken or reason
             continue
-        for c, t, m in combos:
-            p = score_params(c, t, m)
-            rows += [_value_row(name, p, values[name][params.label(p)]) for name in request.score_measures]
+        rows += _score_values(ctx, request, combos, cam, source)
     return rows, broken
+
+
+def _score_values(ctx: MeasureContext, request: MeasureRequest, combos: list, cam: str, source: str) -> list[tuple]:
+    """The rows of each score measure from the pass (cam, source) that ran; a measure that
+    raises gets its own failed or undefined rows, the others keep their values."""
+    rows: list[tuple] = []
+    wanted = _score_measurements(request, combos)
+    for name in request.score_measures:
+        mine = [p for k, p in wanted if k == name]
+        try:
+            values = compute_measure(name, ctx, cam=cam, thresholds=request.thresholds, masks=source)
+        except Exception as exc:  # noqa: BLE001 - recorded (undefined or failed), the set goes on
+            rows += [(name, p, None, *measure_outcome(exc)) for p in mine]
+            continue
+        rows += [_value_row(name, p, values[params.label(p)]) for p in mine]
+    return rows
 
 
 def _init_state(run_dir: Path, names: Sequence[str]) -> tuple[dict | None, str | None]:
