@@ -6,7 +6,7 @@ On a seeded subset of ``images`` training images (the first ``images`` of a rand
 of the training set, drawn from a ``torch.Generator`` seeded with ``seed``, or all of them when
 there are fewer):
 
-* **DB**: the Davies-Bouldin index (``sklearn.metrics.davies_bouldin_score``) of the features
+* **DB**: the Davies-Bouldin index (as ``sklearn.metrics.davies_bouldin_score``) of the features
   of the model's first ``Conv2d`` (its output, in module order: the "initial" layer of the
   reference code), max-pooled with a ``pool`` x ``pool`` window and stride (``pool`` = 4 as in
   the reference; the window shrinks to the map when the map is smaller) and flattened, with the
@@ -75,15 +75,27 @@ def layer_features(model: nn.Module, layer: nn.Module, images: torch.Tensor, poo
 
 
 def davies_bouldin(features: np.ndarray, labels: np.ndarray) -> float:
-    """Davies-Bouldin index of ``features`` clustered by ``labels`` (scikit-learn's); undefined
-    with fewer than 2 labels or no image more than labels."""
-    from sklearn.metrics import davies_bouldin_score
+    """Davies-Bouldin index of ``features`` clustered by ``labels``, as scikit-learn's
+    ``davies_bouldin_score`` computes it (the reference code's copy of it): S_i the mean Euclidean
+    distance of cluster i to its centroid, M_ij the distance between centroids, the mean over i of
+    max over j != i of (S_i + S_j) / M_ij; 0 when every S_i or every M_ij is ~0, and a pair with
+    equal centroids left out of the max. Undefined with fewer than 2 labels or no image more than
+    labels. In numpy and scipy: scikit-learn is not a camgap dependency."""
+    from scipy.spatial.distance import cdist
 
-    k = len(np.unique(labels))
-    if not 1 < k < len(labels):
-        n = len(labels)
+    x = np.asarray(features, dtype=np.float64)
+    keys, which = np.unique(labels, return_inverse=True)
+    k = len(keys)
+    if not 1 < k < len(x):
+        n = len(x)
         raise MeasureUndefined(f"Davies-Bouldin needs 2 to n-1 labels among n images: {k} label(s), {n} image(s)")
-    return float(davies_bouldin_score(features, labels))
+    centroids = np.stack([x[which == i].mean(axis=0) for i in range(k)])
+    spread = np.array([np.linalg.norm(x[which == i] - centroids[i], axis=1).mean() for i in range(k)])
+    between = cdist(centroids, centroids)
+    if np.allclose(spread, 0) or np.allclose(between, 0):
+        return 0.0
+    between[between == 0] = np.inf
+    return float(np.max((spread[:, None] + spread[None, :]) / between, axis=1).mean())
 
 
 def mixup_partners(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
