@@ -14,8 +14,9 @@ WeightWatcher's ``min_evals`` are not analysed at all. A model with no layer lef
 has no value for it: undefined, not failed. The package's version is part of the params.
 
 Importing the package configures the root logger (``logging.basicConfig`` at INFO) and its fits
-print to stdout; camgap removes that configuration and silences the prints and the package's
-warnings (a fit on few eigenvalues, no GPU for the SVD), so a measurement writes nothing.
+print to stdout; camgap removes that configuration and silences the prints, the package's log
+warnings (a fit on few eigenvalues, no GPU for the SVD) and its Python warnings (pandas
+deprecations) while it runs, so a measurement writes nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import importlib.util
 import io
 import logging
 import math
+import warnings
 
 from torch import nn
 
@@ -58,7 +60,12 @@ def _quiet():
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with (
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+            warnings.catch_warnings(),
+        ):
+            warnings.simplefilter("ignore")  # its pandas deprecations, not camgap's to act on
             yield
     finally:
         for handler in root.handlers[:]:

@@ -68,6 +68,9 @@ DISPLAY_NAMES = {
     "effective_invariance": "EI",
     "iou_b": "IoU-B",
     "iou": "IoU",
+    "augmentation_consistency": "Augmentation Consistency",
+    "db_mixup": "DB x Mixup",
+    "weightwatcher": "WeightWatcher",
 }
 #: Row order of Table 3: the paper's baselines first, other measures alphabetically, IoU last.
 MEASURE_ORDER = ("spectral_norm", "nuclear_norm", "effective_invariance")
