@@ -15,6 +15,7 @@ from camgap.zoo.measure import load_run_model, measure_zoo
 from tests.helpers.zoo import N_TRAIN, frames, quiet
 
 
+@pytest.mark.slow
 def test_baselines_in_zoo_measure_match_direct_calls(tiny_zoo_copy):
     zoo = tiny_zoo_copy
     summary = measure_zoo(
