@@ -32,7 +32,6 @@ from torch import nn
 
 from camgap.data.dataset import normalize
 from camgap.errors import InputError
-from camgap.measures.registry import MeasureError
 
 
 def default_augmentation() -> tuple[float, float]:
@@ -94,33 +93,12 @@ def augmentation_consistency(
     draws. The model runs in eval mode (its mode is restored)."""
     if draws < 1:
         raise InputError(f"draws must be >= 1, got {draws}")
-    if not torch.isfinite(logits).all():
-        raise MeasureError("non-finite logits (NaN/inf in the model's outputs)")
-    dev = next(model.parameters()).device
-    generator = None
-    was_training = model.training
-    model.eval()
-    scores, start = [], 0
-    try:
-        for batch in images:
-            x = (batch[0] if isinstance(batch, (tuple, list)) else batch).to(dev)
-            if generator is None:
-                generator = torch.Generator(device=x.device).manual_seed(int(seed))
-            b = x.shape[0]
-            clean = logits[start : start + b].to(dev)
-            if clean.shape[0] != b:
-                raise InputError(f"more images than logits ({logits.shape[0]})")
-            per_draw = []
-            for _ in range(draws):
-                out = model(augment_normalized(x, generator, flip_prob, jitter, mean, std))
-                if not torch.isfinite(out).all():
-                    raise MeasureError("non-finite logits on augmented images")
-                per_draw.append(total_variation(clean, out))
-            scores.append(torch.stack(per_draw).mean(dim=0).cpu())
-            start += b
-    finally:
-        model.train(was_training)
-    if start != logits.shape[0]:
-        raise InputError(f"{start} images for {logits.shape[0]} logits")
-    per = torch.cat(scores)
+    from camgap.measures.invariance import per_transform_means
+
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(int(seed))
+
+    def augment(x: torch.Tensor) -> torch.Tensor:
+        return augment_normalized(x, generator, flip_prob, jitter, mean, std)
+
+    per = per_transform_means(model, logits, images, [augment] * draws, total_variation)
     return per if per_image else float(per.mean())
