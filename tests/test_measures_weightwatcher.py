@@ -13,6 +13,8 @@ from camgap.measures import weightwatcher as wwm
 from camgap.measures.registry import MeasureContext, MeasureUndefined, compute_measure, unavailable_reason
 from camgap.zoo import measure as zm
 
+needs_weightwatcher = pytest.mark.skipif(not wwm.available(), reason="weightwatcher is not installed")
+
 
 def _tiny_model():
     torch.manual_seed(0)
@@ -23,17 +25,27 @@ def _tiny_model():
 
 
 @pytest.mark.filterwarnings("ignore:Passing a dict to DataFrame.from_records")  # the direct call's
+@needs_weightwatcher
 def test_matches_weightwatcher_called_directly(capsys):
-    ww = pytest.importorskip("weightwatcher")
     model = _tiny_model()
-    root_handlers = list(logging.getLogger().handlers)
-    out = compute_measure("weightwatcher", MeasureContext(model=model))
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        again = compute_measure("weightwatcher", MeasureContext(model=model))
-    assert capsys.readouterr() == ("", "") and caught == []  # nothing printed, no warning
+    root = logging.getLogger()
+    records: list[logging.LogRecord] = []
+    listener = logging.Handler(logging.DEBUG)
+    listener.emit = records.append
+    root.addHandler(listener)
+    root_handlers = list(root.handlers)
+    try:
+        out = compute_measure("weightwatcher", MeasureContext(model=model))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            again = compute_measure("weightwatcher", MeasureContext(model=model))
+        assert root.handlers == root_handlers  # its basicConfig undone
+    finally:
+        root.removeHandler(listener)
+    assert capsys.readouterr() == ("", "") and caught == [] and records == []  # nothing printed or logged
     assert again == out
-    assert logging.getLogger().handlers == root_handlers  # its basicConfig undone
+
+    import weightwatcher as ww  # imported (quietly) by the measure above: its basicConfig is not rerun
 
     version = wwm.version()
     details = ww.WeightWatcher(model=model).analyze()
@@ -63,7 +75,8 @@ def test_no_layer_large_enough_is_undefined():
     failed = pd.DataFrame({"alpha": [-1.0], "alpha_weighted": [-1.0], "log_norm": [1.0], "status": ["failed"]})
     with pytest.raises(MeasureUndefined, match="every layer's power-law fit failed, no alpha"):
         wwm.summarize(failed)
-    pytest.importorskip("weightwatcher")
+    if not wwm.available():
+        return
     with pytest.raises(MeasureUndefined, match="analysed no layer"):
         compute_measure("weightwatcher", MeasureContext(model=nn.Sequential(nn.Linear(5, 3), nn.Linear(3, 2))))
 

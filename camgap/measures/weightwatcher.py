@@ -56,9 +56,11 @@ def require() -> None:
 
 @contextlib.contextmanager
 def _quiet():
-    """Keep the package's stdout prints and its root-logger configuration out of camgap's output."""
+    """Keep the package's prints, log records, warnings and root-logger configuration out of
+    camgap's output while it imports and runs."""
     root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
+    handlers, level, disabled = list(root.handlers), root.level, logging.root.manager.disable
+    logging.disable(logging.CRITICAL)  # its log records reach no handler while it runs
     try:
         with (
             contextlib.redirect_stdout(io.StringIO()),
@@ -72,7 +74,7 @@ def _quiet():
             if handler not in handlers:
                 root.removeHandler(handler)
         root.setLevel(level)
-        logging.getLogger("weightwatcher").setLevel(logging.ERROR)
+        logging.disable(disabled)
 
 
 def analyze(model: nn.Module):
@@ -81,7 +83,7 @@ def analyze(model: nn.Module):
     with _quiet():
         import weightwatcher
 
-        return weightwatcher.WeightWatcher(model=model, log_level=logging.ERROR).analyze()
+        return weightwatcher.WeightWatcher(model=model).analyze()
 
 
 def summarize(details) -> dict[str, float]:
