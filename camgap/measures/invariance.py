@@ -22,7 +22,7 @@ normalised image batches (or tuples whose first element is the batch) in the sam
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -90,6 +90,25 @@ def effective_invariance(
         raise InputError(f"transform must be 'rotation' or 'grayscale', got {transform!r}")
     if not transforms:
         raise InputError("no transform (empty angles)")
+    per = per_transform_means(model, logits, images, transforms, ei_scores)
+    return per if per_image else float(per.mean())
+
+
+@torch.no_grad()
+def per_transform_means(
+    model: nn.Module,
+    logits: torch.Tensor,
+    images: Iterable,
+    transforms: Sequence[Callable[[torch.Tensor], torch.Tensor]],
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """``[N]`` per-image means over ``transforms`` of ``score(clean logits, logits on t(x))``.
+
+    ``logits``: ``[N, K]`` clean-pass logits; ``images``: iterable of normalised batches (or
+    tuples whose first element is the batch) in the same order, N images in all; each transform
+    is applied to each batch in order. The model runs in eval mode (its mode is restored)."""
+    if not torch.isfinite(logits).all():
+        raise MeasureError("non-finite logits (NaN/inf in the model's outputs)")
     dev = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -108,12 +127,11 @@ def effective_invariance(
                 out = model(t(x))
                 if not torch.isfinite(out).all():
                     raise MeasureError("non-finite logits on transformed images")
-                per_t.append(ei_scores(clean, out))
+                per_t.append(score(clean, out))
             scores.append(torch.stack(per_t).mean(dim=0).cpu())
             start += b
     finally:
         model.train(was_training)
     if start != logits.shape[0]:
         raise InputError(f"{start} images for {logits.shape[0]} logits")
-    per = torch.cat(scores)
-    return per if per_image else float(per.mean())
+    return torch.cat(scores)

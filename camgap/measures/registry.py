@@ -97,6 +97,8 @@ class MeasureContext:
     score_pass: ``(cam, masks, thresholds) -> ScoreResult``, one CAM pass over the training
                 set (``score_model`` with that CAM, A_G source and thresholds); IoU / IoU-B
                 read it through :meth:`need_score`, which runs each distinct pass once.
+    augmentation: ``(flip_prob, jitter)`` of the augmentation the model trained with, None when
+                it trained without one (or nobody knows): augmentation consistency reads it.
     """
 
     model: nn.Module
@@ -110,6 +112,7 @@ class MeasureContext:
     std: Sequence[float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     score_pass: Callable[[str, str, tuple[float, ...]], Any] | None = None
+    augmentation: tuple[float, float] | None = None
     _scores: dict[tuple, Any] = field(default_factory=dict, init=False, repr=False)
 
     def need_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -196,6 +199,13 @@ def from_score_pass(name: str) -> bool:
 def score_pass_measures() -> tuple[str, ...]:
     """The measures read from the shared CAM pass (IoU, IoU-B, the localization measures), by name."""
     return tuple(name for name in MEASURES.names() if from_score_pass(name))
+
+
+def unavailable_reason(name: str) -> str | None:
+    """Why measure ``name`` cannot run in this installation (an optional package is missing, and
+    how to install it), None when it can; an unknown name: UnknownNameError."""
+    check = getattr(MEASURES.get(name), "unavailable", None)
+    return check() if check else None
 
 
 def score_params(cam: str, threshold: float, masks: str) -> dict[str, str]:
@@ -413,3 +423,53 @@ def _pacbayes_flatness(ctx: MeasureContext, **options) -> dict[str, float]:
 def _pacbayes_mag_flatness(ctx: MeasureContext, magnitude_eps: float = 1e-3, **options) -> dict[str, float]:
     """Jiang et al. "pacbayes.mag.flatness": noise N(0, sigma'^2 w^2 + eps^2) per weight."""
     return _pacbayes(ctx, magnitude_eps, **options)
+
+
+@register_measure("augmentation_consistency")
+def _augmentation_consistency(ctx: MeasureContext, draws: int = 1) -> dict[str, float]:
+    """PGDL 2nd place idea: mean total variation between the softmax outputs of each training
+    image and of ``draws`` draws of the run's training augmentation (needs ctx.mean / ctx.std)."""
+    from camgap.measures.consistency import augmentation_consistency, default_augmentation
+
+    if ctx.mean is None or ctx.std is None:
+        raise MeasureError("augmentation consistency needs ctx.mean and ctx.std")
+    logits, _ = ctx.need_logits()
+    flip_prob, jitter = ctx.augmentation or default_augmentation()
+    value = augmentation_consistency(
+        ctx.model, logits, ctx.need_batches()(), ctx.mean, ctx.std, flip_prob, jitter, draws=draws, seed=ctx.seed
+    )
+    return {label({"draws": int(draws), "flip_prob": float(flip_prob), "jitter": float(jitter)}): value}
+
+
+@register_measure("db_mixup")
+def _db_mixup(ctx: MeasureContext, images: int = 300, pool: int = 4, lam: float = 0.5) -> dict[str, float]:
+    """PGDL 1st place (Natekar & Sharma 2020): Davies-Bouldin index of the first conv layer's
+    max-pooled features x (1 - label-wise mixup accuracy), on a seeded subset of the training
+    images; also each factor (``form=db``, ``form=mixup_accuracy``)."""
+    from camgap.measures.representation import db_mixup
+
+    batches = ctx.need_batches()
+    count = int(ctx.labels.numel()) if ctx.labels is not None else sum(int(b[0].shape[0]) for b in batches())
+    res = db_mixup(ctx.model, batches(), count, images=images, pool=pool, lam=lam, seed=ctx.seed)
+    base = {"images": int(res["images"]), "lambda": float(lam), "layer": "first_conv", "pool": int(pool)}
+    return {label({**base, "form": form}): res[form] for form in ("product", "db", "mixup_accuracy")}
+
+
+def _weightwatcher_missing() -> str | None:
+    from camgap.measures import weightwatcher
+
+    return None if weightwatcher.available() else f"needs the weightwatcher package: {weightwatcher.INSTALL}"
+
+
+@register_measure("weightwatcher")
+def _weightwatcher(ctx: MeasureContext) -> dict[str, float]:
+    """WeightWatcher's alpha, alpha_weighted and log_norm, means over the layers (optional package;
+    its version is in the params)."""
+    from camgap.measures import weightwatcher
+
+    values = weightwatcher.weightwatcher_summary(ctx.model)
+    version = weightwatcher.version()
+    return {label({"stat": stat, "version": version}): value for stat, value in values.items()}
+
+
+_weightwatcher.unavailable = _weightwatcher_missing  # type: ignore[attr-defined]

@@ -73,6 +73,9 @@ DISPLAY_NAMES = {
     "pxap": "PxAP",
     "iou_b": "IoU-B",
     "iou": "IoU",
+    "augmentation_consistency": "Augmentation Consistency",
+    "db_mixup": "DB x Mixup",
+    "weightwatcher": "WeightWatcher",
 }
 #: Row order of Table 3: the paper's baselines first, other measures alphabetically, then the
 #: threshold-free localization measures, IoU last.

@@ -46,9 +46,11 @@ from camgap.measures.registry import (
     list_measures,
     measure_outcome,
     pass_params,
+    unavailable_reason,
 )
 from camgap.measures.registry import score_params as score_params  # re-exported: callers import it from here
 from camgap.measures.score import ScoreOptions, ScoreResult, score_model
+from camgap.measures.weightwatcher import available as weightwatcher_available
 from camgap.models import CheckpointError, create_model, load_weights, read_checkpoint
 from camgap.zoo.registry import Registry, state_line
 
@@ -57,6 +59,7 @@ NEEDS_INIT = {"distance_from_init", "pacbayes_flatness", "pacbayes_mag_flatness"
 # regions per image costs ~2 s per demo model, several times the CAM pass (BENCHMARKS.md).
 # PAC-Bayes flatness is measured on request only (`--measures ...,pacbayes_flatness`): the paper does
 # not use it, and its noise search makes tens of passes per model, more than all the others together.
+# WeightWatcher's statistics are default where its optional package is installed.
 DEFAULT_MEASURES = (
     "iou",
     "iou_b",
@@ -70,7 +73,9 @@ DEFAULT_MEASURES = (
     "frobenius_norm",
     "path_norm",
     "distance_from_init",
-)
+    "augmentation_consistency",
+    "db_mixup",
+) + (("weightwatcher",) if weightwatcher_available() else ())
 
 
 @dataclass
@@ -168,6 +173,10 @@ def make_request(
     if unknown:
         raise InputError(f"unknown measure(s) {unknown}; known: {', '.join(list_measures())}")
     measures = [MEASURES.resolve(m) for m in measures]
+    for name in measures:
+        reason = unavailable_reason(name)
+        if reason:
+            raise InputError(f"measure {name} {reason}")
     if not cams or not masks:
         raise InputError("need at least one CAM method and one mask source")
     if batch_size < 1:
@@ -388,9 +397,14 @@ def _context(
         ref, ref_ids = references.get(source, (None, None))
         return score_model(model, store, options, cam=cam, thresholds=thresholds, masks=ref, mask_ids=ref_ids)
 
+    config = ckpt.get("config") or {}
+    augmentation = None  # trained without: augmentation consistency says which one it used instead
+    if config.get("augment"):
+        augmentation = (float(config.get("flip_prob") or 0.0), float(config.get("jitter") or 0.0))
     return MeasureContext(
         model=model,
         device=device,
+        augmentation=augmentation,
         batches=lambda: ((normalize(x, mean, std), y) for x, y, *_ in store.batches(request.batch_size, device=device)),
         seed=int(ckpt.get("seed", 0)),
         mean=mean,
