@@ -426,6 +426,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         train_per_class=args.train_per_class,
         test_per_class=args.test_per_class,
         size=args.size,
+        context=args.context,
     )
     print(f"synthetic dataset written to {out}")
     return 0
@@ -807,6 +808,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-per-class", type=int, default=50, help="training images per class")
     p.add_argument("--test-per-class", type=int, default=50, help="test images per class")
     p.add_argument("--size", type=int, default=32, help="image side in pixels")
+    p.add_argument(
+        "--context",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability that an image's background carries a cue of its class, in train and test alike",
+    )
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("demo", help="the whole study on the embedded synthetic dataset, in minutes on a CPU")
