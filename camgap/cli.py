@@ -741,15 +741,32 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from camgap.demo import run_demo
+    from camgap.data.synthetic import check_context
 
+    if args.context is not None:
+        check_context(args.context)  # before the imports that take seconds
+    from camgap.demo import run_demo
+    from camgap.experiments import default_out, run_context_experiment
+
+    out = args.out or default_out(args.context, args.experiment)
+    if args.experiment == "context":
+        run_context_experiment(
+            out,
+            quick=args.quick,
+            device=args.device,
+            workers=args.workers,
+            seed=args.seed,
+            progress=wants_progress(args),
+        )
+        return 0
     run_demo(
-        args.out,
+        out,
         quick=args.quick,
         device=args.device,
         workers=args.workers,
         seed=args.seed,
         progress=wants_progress(args),
+        context=args.context,
     )
     return 0
 
@@ -818,7 +835,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("demo", help="the whole study on the embedded synthetic dataset, in minutes on a CPU")
-    p.add_argument("--out", type=Path, default=Path("camgap-demo"), help="output folder (reused when rerun)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="output folder, reused when rerun (default: camgap-demo; camgap-demo-context50 with --context 0.5; "
+        "camgap-demo-context with --experiment context)",
+    )
     p.add_argument("--quick", action="store_true", help="a 2-minute smoke run of every stage")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--workers", type=int, help="training worker processes (default: one per CPU core, 1 on a GPU)")
@@ -827,6 +849,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="another seed draws other data, another sample of the grid and other run seeds",
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--context",
+        type=float,
+        metavar="P",
+        help="the demo on data where a share P of the images carry a cue of their class in the background",
+    )
+    which.add_argument(
+        "--experiment",
+        choices=("context",),
+        help="context: the demo at P = 0, 0.5 and 0.9 (each in a subfolder) and one table comparing them",
     )
     add_progress_flag(p)
     p.set_defaults(func=cmd_demo)

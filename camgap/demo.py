@@ -38,6 +38,11 @@ PRESETS = {
 THRESHOLDS = (0.95, 0.90, 0.85, 0.80, 0.0)
 
 
+def context_title(context: float) -> str:
+    """The report's title for the demo on data with a class cue in a share P of backgrounds."""
+    return f"camgap demo, context experiment: a class cue in the background of P = {context:g} of the images"
+
+
 @dataclass
 class DemoResult:
     out: Path
@@ -55,11 +60,14 @@ def run_demo(
     seed: int = 0,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    context: float | None = None,
 ) -> DemoResult:
     """The demo; ``seed`` draws other data, another sample of the grid and other run seeds (the
     same study, rerun), so that a reader can see how much its numbers move; ``progress``: the
-    build's and the measures' progress, shown as `camgap.progress` decides."""
-    from camgap.data.synthetic import write_synthetic
+    build's and the measures' progress, shown as `camgap.progress` decides; ``context``: the
+    share P of images whose background carries a cue of their class (`write_synthetic`), said
+    in the report's title (None: the plain demo, P = 0 and not said)."""
+    from camgap.data.synthetic import check_context, write_synthetic
     from camgap.study.report import headline, write_study
     from camgap.study.tables import paper_specs
     from camgap.zoo.build import build
@@ -82,7 +90,10 @@ def run_demo(
         log(f"[demo] {name}: {seconds[name]:.1f} s")
 
     log(f"[demo] 1/4 synthetic dataset -> {out / 'data'}")
-    write_synthetic(out / "data", **preset["data"], seed=seed)
+    if context is not None:
+        context = check_context(context)
+        log(f"[demo] context experiment: P = {context:g} of the images carry a class cue in their background")
+    write_synthetic(out / "data", **preset["data"], seed=seed, context=context or 0.0)
     stage("data")
 
     log(f"[demo] 2/4 model set (grid {preset['grid']}) -> {out / 'zoo'}")
@@ -115,6 +126,7 @@ def run_demo(
         n_boot=bootstrap,
         thresholds=THRESHOLDS,
         model_set=out / "zoo",
+        **({} if context is None else {"title": context_title(context)}),
     )
     stage("study")
     text = headline(runs, measurements, thresholds=THRESHOLDS, specs=paper_specs(measurements), n_boot=bootstrap)
