@@ -43,6 +43,8 @@ from camgap.study.tables import (
 CONTEXT_LEVELS: tuple[float, ...] = (0.0, 0.5, 0.9)
 #: the training-accuracy threshold of the table (the paper's lowest)
 THRESHOLD = 0.80
+#: the threshold of a quick (smoke) run: every trained model
+QUICK_THRESHOLD = 0.0
 #: the table's fixed rows: (column key, measure), in Table 3's variants
 FIXED = (("iou", "iou"), ("iou_b", "iou_b"), ("ei", "effective_invariance"))
 #: the threshold-free localization measures the table looks for (those measured take part)
@@ -247,9 +249,14 @@ def run_context_experiment(
     log: Callable[[str], None] = print,
     progress: bool = True,
     candidates: Sequence[str] = THRESHOLD_FREE,
+    threshold: float | None = None,
 ) -> ExperimentResult:
     """The demo at each P of `levels` (each in ``out/context<100 P>``, resumable like the demo),
-    then the table of `context_table`, printed and written to ``out/context_experiment.csv|md``."""
+    then the table of `context_table`, printed and written to ``out/context_experiment.csv|md``.
+    `threshold`: the training accuracy of the models compared, `THRESHOLD` (None) or, for
+    `quick`, 0 (every trained model: the quick grid's models stay far below 80 %)."""
+    if threshold is None:
+        threshold = QUICK_THRESHOLD if quick else THRESHOLD
     from camgap.demo import run_demo
     from camgap.zoo.registry import Registry
 
@@ -272,13 +279,16 @@ def run_context_experiment(
         )
         with Registry.in_dir(sub / "zoo", create=False) as reg:
             frames[p] = (reg.runs_frame(), reg.measurements_frame())
-    table = context_table(frames, candidates=candidates, n_boot=bootstrap, seed=seed, confidence=CONFIDENCE)
+    table = context_table(
+        frames, threshold=threshold, candidates=candidates, n_boot=bootstrap, seed=seed, confidence=CONFIDENCE
+    )
     measured = {name for _, meas in frames.values() for name in set(meas["measure"])}
-    note = table_note(THRESHOLD, candidates, sorted(measured), bootstrap, CONFIDENCE)
+    note = table_note(threshold, candidates, sorted(measured), bootstrap, CONFIDENCE)
     csv_path, md_path = write_context_table(table, out, note)
     text = "\n".join(
         [
-            f"The context experiment: Pearson r with the gap at training accuracy >= {100 * THRESHOLD:g} %",
+            f"The context experiment: Pearson r with the gap at training accuracy >= {100 * threshold:g} %"
+            + (" (--quick: every trained model)" if quick and threshold == QUICK_THRESHOLD else ""),
             render.to_markdown(display_frame(table)),
             note,
             f"table: {csv_path}, {md_path}",

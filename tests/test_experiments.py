@@ -12,6 +12,7 @@ import pytest
 import scipy.stats
 
 from camgap import cli
+from camgap.demo import PRESETS
 from camgap.experiments import (
     STATS,
     context_folder,
@@ -22,6 +23,7 @@ from camgap.experiments import (
     write_context_table,
 )
 from camgap.study.tables import display_name
+from camgap.zoo.grid import load_grid
 
 PRIMARY = {"cam": "gradcam", "masks": "boxes", "threshold": "0.1"}
 COLUMNS = [
@@ -154,3 +156,33 @@ def test_demo_cli_refuses_a_bad_context_before_writing(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["demo", "--context", "0.5", "--experiment", "context"])
     assert e.value.code == 2
+
+
+@pytest.mark.slow
+def test_quick_context_experiment_end_to_end(tmp_path, capsys):
+    out = tmp_path / "exp"
+    assert cli.main(["demo", "--quick", "--experiment", "context", "--device", "cpu", "--workers", "0",
+                     "--no-progress", "--out", str(out)]) == 0  # fmt: skip
+    text = capsys.readouterr().out
+    assert (
+        "The context experiment: Pearson r with the gap at training accuracy >= 0 % (--quick: every trained model)"
+        in text
+    )
+    for p, sub in ((0.0, "context0"), (0.5, "context50"), (0.9, "context90")):
+        assert "[experiment] " in text and f"context P = {p:g} -> {out / sub}" in text
+        manifest = json.loads((out / sub / "data" / "camgap-synth.json").read_text())
+        assert manifest.get("context", 0.0) == p
+        assert f"P = {p:g} of the images" in (out / sub / "study" / "report.html").read_text(encoding="utf-8")
+    table = pd.read_csv(out / "context_experiment.csv", index_col=0, keep_default_na=False, na_values=["n/a"])
+    assert list(table.index) == [0.0, 0.5, 0.9] and list(table.columns) == COLUMNS
+    for key in ("iou", "iou_b", "ei", "tf"):
+        r, lo, hi, n = (table[f"{key}_{s}"] for s in STATS)
+        assert ((n >= 0) & (n <= table["models"])).all()
+        ok = r.isna() | ((r.abs() <= 1) & (lo <= r + 1e-12) & (r <= hi + 1e-12))
+        assert ok.all(), key
+        assert r[n < 3].isna().all(), key
+    assert (table["models"] == load_grid(PRESETS["quick"]["grid"]).n_trained).all()  # every trained model
+    assert table[["iou_r", "iou_b_r", "ei_r"]].notna().all().all()
+    assert table["mean_iou"].dropna().between(0, 1).all()
+    md = (out / "context_experiment.md").read_text()
+    assert md.count("\n| 0") == 1 and "| 0.5 |" in md and "| 0.9 |" in md
