@@ -749,25 +749,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from camgap.experiments import default_out, run_context_experiment
 
     out = args.out or default_out(args.context, args.experiment)
-    if args.experiment == "context":
-        run_context_experiment(
-            out,
-            quick=args.quick,
-            device=args.device,
-            workers=args.workers,
-            seed=args.seed,
-            progress=wants_progress(args),
-        )
-        return 0
-    run_demo(
-        out,
-        quick=args.quick,
-        device=args.device,
-        workers=args.workers,
-        seed=args.seed,
-        progress=wants_progress(args),
-        context=args.context,
+    settings = dict(
+        quick=args.quick, device=args.device, workers=args.workers, seed=args.seed, progress=wants_progress(args)
     )
+    if args.experiment == "context":
+        run_context_experiment(out, **settings)
+    else:
+        run_demo(out, **settings, context=args.context)
     return 0
 
 
