@@ -445,6 +445,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         train_per_class=args.train_per_class,
         test_per_class=args.test_per_class,
         size=args.size,
+        context=args.context,
     )
     print(f"synthetic dataset written to {out}")
     return 0
@@ -772,10 +773,15 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from camgap.demo import run_demo
+    from camgap.data.synthetic import check_context
 
-    run_demo(
-        args.out,
+    if args.context is not None:
+        check_context(args.context)  # before the imports that take seconds
+    from camgap.demo import run_demo
+    from camgap.experiments import default_out, run_context_experiment
+
+    out = args.out or default_out(args.context, args.experiment)
+    settings = dict(
         quick=args.quick,
         device=args.device,
         workers=args.workers,
@@ -783,6 +789,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         progress=wants_progress(args),
         precision=args.precision,
     )
+    if args.experiment == "context":
+        run_context_experiment(out, **settings)
+    else:
+        run_demo(out, **settings, context=args.context)
     return 0
 
 
@@ -840,10 +850,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-per-class", type=int, default=50, help="training images per class")
     p.add_argument("--test-per-class", type=int, default=50, help="test images per class")
     p.add_argument("--size", type=int, default=32, help="image side in pixels")
+    p.add_argument(
+        "--context",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability that an image's background carries a cue of its class, in train and test alike",
+    )
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("demo", help="the whole study on the embedded synthetic dataset, in minutes on a CPU")
-    p.add_argument("--out", type=Path, default=Path("camgap-demo"), help="output folder (reused when rerun)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="output folder, reused when rerun (default: camgap-demo; camgap-demo-context50 with --context 0.5; "
+        "camgap-demo-context with --experiment context)",
+    )
     p.add_argument(
         "--quick",
         action="store_true",
@@ -856,6 +878,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="another seed draws other data, another sample of the grid and other run seeds",
+    )
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--context",
+        type=float,
+        metavar="P",
+        help="the demo on data where a share P of the images carry a cue of their class in the background",
+    )
+    which.add_argument(
+        "--experiment",
+        choices=("context",),
+        help="context: the demo at P = 0, 0.5 and 0.9 (each in a subfolder) and one table comparing them",
     )
     add_progress_flag(p)
     p.add_argument(

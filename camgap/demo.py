@@ -41,6 +41,19 @@ SMOKE_NOTE = "a smoke run of every stage, under 2 minutes on a 2-core CPU: its n
 THRESHOLDS = (0.95, 0.90, 0.85, 0.80, 0.0)
 
 
+def context_title(context: float) -> str:
+    """The report's title for the demo on data with a class cue in a share P of backgrounds."""
+    return f"camgap demo, context experiment: a class cue in the background of P = {context:g} of the images"
+
+
+def _title(quick: bool, context: float | None) -> str | None:
+    """The report's title: the context and the smoke-run warning when they apply, else the default."""
+    parts = [context_title(context)] if context is not None else []
+    if quick:
+        parts.append(f"--quick: {SMOKE_NOTE}")
+    return "; ".join(parts) or None
+
+
 @dataclass
 class DemoResult:
     out: Path
@@ -59,13 +72,16 @@ def run_demo(
     precision: str | None = None,
     log: Callable[[str], None] = print,
     progress: bool = True,
+    context: float | None = None,
 ) -> DemoResult:
     """The demo; ``seed`` draws other data, another sample of the grid and other run seeds (the
     same study, rerun), so that a reader can see how much its numbers move. ``precision``
     ("auto", "fp32", "bf16") replaces the grid's ``[train] precision``; it is part of each run's
     config, so other precisions are other runs of the model set. ``progress``: the build's and
-    the measures' progress, shown as `camgap.progress` decides."""
-    from camgap.data.synthetic import write_synthetic
+    the measures' progress, shown as `camgap.progress` decides; ``context``: the share P of
+    images whose background carries a cue of their class (`write_synthetic`), said in the
+    report's title (None: the plain demo, P = 0 and not said)."""
+    from camgap.data.synthetic import check_context, write_synthetic
     from camgap.study.report import headline, write_study
     from camgap.study.tables import paper_specs
     from camgap.zoo.build import build
@@ -90,7 +106,10 @@ def run_demo(
         log(f"[demo] {name}: {seconds[name]:.1f} s")
 
     log(f"[demo] 1/4 synthetic dataset -> {out / 'data'}")
-    write_synthetic(out / "data", **preset["data"], seed=seed)
+    if context is not None:
+        context = check_context(context)
+        log(f"[demo] context experiment: P = {context:g} of the images carry a class cue in their background")
+    write_synthetic(out / "data", **preset["data"], seed=seed, context=context or 0.0)
     stage("data")
 
     log(f"[demo] 2/4 model set (grid {preset['grid']}) -> {out / 'zoo'}")
@@ -126,7 +145,7 @@ def run_demo(
         n_boot=bootstrap,
         thresholds=THRESHOLDS,
         model_set=out / "zoo",
-        **({"title": f"camgap demo --quick: {SMOKE_NOTE}"} if quick else {}),
+        **({"title": title} if (title := _title(quick, context)) else {}),
     )
     stage("study")
     text = headline(runs, measurements, thresholds=THRESHOLDS, specs=paper_specs(measurements), n_boot=bootstrap)

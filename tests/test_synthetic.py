@@ -1,6 +1,7 @@
 """The embedded synthetic dataset (camgap.data.synthetic)."""
 
 import csv
+import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from camgap.cli import main
 from camgap.data.synthetic import (
     MANIFEST_NAME,
     SOURCE_SHAPES,
@@ -17,6 +19,7 @@ from camgap.data.synthetic import (
     render_sample,
     write_synthetic,
 )
+from camgap.errors import InputError
 
 SMALL = dict(classes=4, train_per_class=3, test_per_class=2)
 
@@ -192,3 +195,117 @@ def test_interrupted_write_is_redone(tmp_path):
     (out / "images" / "train" / "00000.png").write_bytes(b"partial")
     write_synthetic(out, seed=1, **SMALL)
     assert _all_bytes(out) == _all_bytes(write_synthetic(tmp_path / "ref", seed=1, **SMALL))
+
+
+# --- context: a class cue in the background ----------------------------------------------
+
+CTX = dict(classes=6, size=28)
+# decoded pixels, CSVs and manifests of two datasets as camgap wrote them before `context`
+# existed (numpy's Generator streams are the same on every platform)
+PINNED = {
+    "target": "dd0d45c2b4dbcab72b6d2f95f17a6b6636a02145c52b5f5fa8d5281e82230a50",
+    "source": "9e62479a024b8c6e140fcb518fac61026dc5296e78232c13293c1ddabfb4b5b7",
+}
+
+
+def _pixel_digest(root: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file():
+            h.update(str(p.relative_to(root)).encode() + b"\0")
+            h.update(np.asarray(Image.open(p)).tobytes() if p.suffix == ".png" else p.read_bytes())
+    return h.hexdigest()
+
+
+def _cue_strength(image: np.ndarray, outside: np.ndarray, label: int, classes: int, size: int) -> float:
+    """|Fourier coefficient| of the background's projection on class `label`'s colour direction
+    at its stripe frequency: the stripes as the module docstring defines them (orientation
+    180 k / K degrees, hue 360 k / K degrees in the chroma plane, period 6 px at size 32)."""
+    theta, hue = np.pi * label / classes, 2 * np.pi * label / classes
+    e1, e2 = np.array([1.0, -1.0, 0.0]) / np.sqrt(2), np.array([1.0, 1.0, -2.0]) / np.sqrt(6)
+    colour = np.cos(hue) * e1 + np.sin(hue) * e2
+    py, px = np.mgrid[0:size, 0:size] + 0.5
+    proj = image.astype(float) @ colour
+    proj = proj - proj[outside].mean()
+    wave = np.exp(-2j * np.pi * (np.cos(theta) * px + np.sin(theta) * py) / (6.0 * size / 32))
+    return float(abs((proj * wave)[outside].sum()))
+
+
+def _cue_class(s, classes: int, size: int) -> int:
+    """The class whose cue is strongest in the pixels outside the box."""
+    x0, y0, x1, y1 = s.box
+    outside = np.ones((size, size), dtype=bool)
+    outside[y0:y1, x0:x1] = False
+    return int(np.argmax([_cue_strength(s.image, outside, k, classes, size) for k in range(classes)]))
+
+
+def test_context_zero_writes_the_data_of_before(tmp_path):
+    target = write_synthetic(tmp_path / "t", seed=3, **SMALL, context=0)
+    source = write_synthetic(
+        tmp_path / "s", seed=0, classes=12, train_per_class=1, test_per_class=1, size=28, class_set="source", context=0
+    )
+    assert _pixel_digest(target) == PINNED["target"]
+    assert _pixel_digest(source) == PINNED["source"]
+    assert "context" not in json.loads((target / MANIFEST_NAME).read_text())
+    assert _all_bytes(target) == _all_bytes(write_synthetic(tmp_path / "d", seed=3, **SMALL))  # the default
+
+
+def test_context_one_puts_the_class_cue_in_every_background():
+    n = 6 * 8
+    with_cue = [render_sample(5, i, "test", "target", context=1.0, **CTX) for i in range(n)]
+    without = [render_sample(5, i, "test", "target", context=0.0, **CTX) for i in range(n)]
+    assert all(s.context for s in with_cue) and not any(s.context for s in without)
+    # the cue outside the box names the class of every image; without it, about chance
+    assert [_cue_class(s, 6, 28) for s in with_cue] == [s.label for s in with_cue]
+    assert np.mean([_cue_class(s, 6, 28) == s.label for s in without]) < 0.4
+    # the cue is stripes in colour, not a tint: each image's mean colour moves by little
+    shift = [np.abs(a.image.mean((0, 1)) - b.image.mean((0, 1))).max() for a, b in zip(with_cue, without)]
+    assert np.median(shift) < 10
+
+
+def test_context_leaves_the_object_and_its_box_as_they_are():
+    for i in range(24):
+        a = render_sample(2, i, "train", "target", context=1.0, **CTX)
+        b = render_sample(2, i, "train", "target", context=0.0, **CTX)
+        assert a.box == b.box and a.label == b.label
+        np.testing.assert_array_equal(a.mask, b.mask)
+        np.testing.assert_array_equal(a.image[a.mask], b.image[b.mask])  # the object's pixels
+        assert not np.array_equal(a.image, b.image)
+
+
+def test_context_rate_is_p_and_nested_in_larger_p():
+    n = 400
+    half = [render_sample(1, i, "train", "target", context=0.5, **CTX) for i in range(n)]
+    most = [render_sample(1, i, "train", "target", context=0.9, **CTX) for i in range(n)]
+    cued = np.array([s.context for s in half])
+    assert 0.42 <= cued.mean() <= 0.58 and 0.85 <= np.mean([s.context for s in most]) <= 0.95
+    assert all(m.context for h, m in zip(half, most) if h.context)  # P = 0.5's cues are among P = 0.9's
+    for i in np.flatnonzero(~cued)[:10]:  # an image without a cue is the image of context=0
+        np.testing.assert_array_equal(half[i].image, render_sample(1, int(i), "train", "target", **CTX).image)
+
+
+def test_context_same_seed_same_data_and_recorded(tmp_path):
+    a = write_synthetic(tmp_path / "a", seed=4, **SMALL, context=0.5)
+    b = write_synthetic(tmp_path / "b", seed=4, **SMALL, context=0.5)
+    assert _all_bytes(a) == _all_bytes(b)
+    assert json.loads((a / MANIFEST_NAME).read_text())["context"] == 0.5
+    assert _all_bytes(a) != _all_bytes(write_synthetic(tmp_path / "c", seed=4, **SMALL))
+    with pytest.raises(FileExistsError, match="context: 0.5 there, 0.9 asked"):
+        write_synthetic(a, seed=4, **SMALL, context=0.9)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "0.5", True, None])
+def test_context_must_be_a_probability(tmp_path, bad):
+    with pytest.raises(InputError, match=r"^context must be a probability between 0 and 1, got "):
+        write_synthetic(tmp_path / "d", **SMALL, context=bad)
+    assert not (tmp_path / "d").exists()
+
+
+def test_synth_cli_context(tmp_path, capsys):
+    assert main(["synth", "--out", str(tmp_path / "d"), "--classes", "2", "--train-per-class", "1",
+                 "--test-per-class", "1", "--context", "0.9"]) == 0  # fmt: skip
+    assert json.loads((tmp_path / "d" / MANIFEST_NAME).read_text())["context"] == 0.9
+    capsys.readouterr()
+    assert main(["synth", "--out", str(tmp_path / "e"), "--context", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "context must be a probability between 0 and 1, got 2.0" in err

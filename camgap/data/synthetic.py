@@ -17,6 +17,18 @@ Gaussian noise over everything (the object included). The shape makes the class
 learnable; the per-image background noise makes every training image memorisable, which
 is what gives a model set a spread of generalization gaps.
 
+Context (``context=P``, default 0). With probability P an image's background carries a cue of
+its class: stripes over the whole background (clutter included, the object drawn over them)
+whose orientation and colour are the class's (class k of K: orientation 180 k / K degrees,
+colour a chroma direction at hue 360 k / K degrees, so the mean tint stays the base colour's),
+at a random phase. The cue is drawn the same way in train and test, so it predicts the class
+on unseen images too (the case of natural images where the context is signal: Xiao et al.,
+ICLR 2021), and a model can generalise while looking outside the box. Whether and how an image
+carries the cue comes from a stream of its own (``(seed, class_set, split, i, 1)``): the
+image's other draws, its object and its box are those of ``context=0``, which writes exactly
+the data it always did (its manifest has no ``context`` key); the images with a cue at P are
+among those with a cue at any larger P.
+
 Classes. ``class_set="target"`` has 10 shapes, ``class_set="source"`` 12 disjoint other
 shapes (used as an offline pretraining "source task"). Class names carry
 a two-digit prefix (``00_circle``, ``01_square``, ...), so the sorted order of the names
@@ -55,7 +67,9 @@ __all__ = [
     "SOURCE_SHAPES",
     "MANIFEST_NAME",
     "SyntheticSample",
+    "check_context",
     "class_names",
+    "cue_direction",
     "render_sample",
     "write_synthetic",
 ]
@@ -180,6 +194,7 @@ class SyntheticSample:
     label: int
     class_name: str
     box: tuple[int, int, int, int]  # xmin, ymin, xmax, ymax (pixel edges, exclusive max)
+    context: bool = False  # whether the background carries the class's cue
 
 
 def _tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -198,7 +213,36 @@ def _segment_distance(px, py, x1, y1, x2, y2):
     return np.sqrt(ex * ex + ey * ey)
 
 
-def _render(rng: np.random.Generator, shape: ShapeFn, size: int) -> tuple[np.ndarray, np.ndarray]:
+# the cue: stripes of period CUE_PERIOD px at size 32 (scaled with the size), amplitude
+# CUE_AMPLITUDE grey levels along the class's chroma direction: well above the sensor noise
+# (18), so a small CNN picks it up within the demo's few epochs
+CUE_PERIOD = 6.0
+CUE_AMPLITUDE = 45.0
+# an orthonormal basis of the chroma plane (orthogonal to grey): a cue changes colour, not brightness
+_CHROMA = np.array([[1.0, -1.0, 0.0], [1.0, 1.0, -2.0]]) / np.sqrt([[2.0], [6.0]])
+
+
+def cue_direction(label: int, classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The cue of class ``label`` of ``classes``: (unit wave vector (x, y) across the stripes,
+    unit RGB colour direction)."""
+    theta = np.pi * label / classes
+    hue = 2.0 * np.pi * label / classes
+    return np.array([np.cos(theta), np.sin(theta)]), np.cos(hue) * _CHROMA[0] + np.sin(hue) * _CHROMA[1]
+
+
+def _cue(rng: np.random.Generator, label: int, classes: int, size: int) -> np.ndarray:
+    """The additive cue [3, size, size] of one image (class ``label``), at a random phase."""
+    py, px = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    wave, colour = cue_direction(label, classes)
+    period = CUE_PERIOD * size / 32.0
+    phase = rng.uniform(0.0, 2.0 * np.pi)
+    stripes = np.sin(2.0 * np.pi * (wave[0] * px + wave[1] * py) / period + phase)
+    return CUE_AMPLITUDE * colour[:, None, None] * stripes[None]
+
+
+def _render(
+    rng: np.random.Generator, shape: ShapeFn, size: int, cue: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     scale = size / 32.0
     py, px = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
 
@@ -217,6 +261,8 @@ def _render(rng: np.random.Generator, shape: ShapeFn, size: int) -> tuple[np.nda
     on_line = _segment_distance(px, py, x1, y1, x2, y2) <= 0.6 * max(scale, 1.0)
     for k in range(n_lines):
         img[:, on_line[k]] = colours[k][:, None]
+    if cue is not None:  # over the whole background; the object is drawn over it
+        img += cue
 
     # the object
     lo, hi = max(2, round(12 * scale)), max(3, round(22 * scale))
@@ -250,23 +296,30 @@ def render_sample(
     class_set: str = "target",
     classes: int = 10,
     size: int = 32,
+    context: float = 0.0,
 ) -> SyntheticSample:
     """Render image ``index`` of a split exactly as ``write_synthetic`` writes it."""
     if split not in _SPLIT_CODE:
         raise InputError(f"split must be 'train' or 'test', got {split!r}")
+    context = check_context(context)
     names = class_names(class_set, classes)
     shapes = list(_shape_set(class_set).values())
     label = index % classes
-    rng = np.random.default_rng([int(seed), _SET_CODE[class_set], _SPLIT_CODE[split], int(index)])
-    image, mask = _render(rng, shapes[label], size)
-    return SyntheticSample(image, mask, label, names[label], _tight_box(mask))
+    key = [int(seed), _SET_CODE[class_set], _SPLIT_CODE[split], int(index)]
+    cue = None
+    if context > 0:  # its own stream, so that the image's other draws are those of context=0
+        cue_rng = np.random.default_rng([*key, 1])
+        if cue_rng.random() < context:
+            cue = _cue(cue_rng, label, classes, size)
+    image, mask = _render(np.random.default_rng(key), shapes[label], size, cue)
+    return SyntheticSample(image, mask, label, names[label], _tight_box(mask), cue is not None)
 
 
 # --- writing -----------------------------------------------------------------------------
 
 
-def _params(seed, classes, train_per_class, test_per_class, size, class_set) -> dict:
-    return {
+def _params(seed, classes, train_per_class, test_per_class, size, class_set, context) -> dict:
+    params = {
         "generator": "camgap-synth",
         "version": GENERATOR_VERSION,
         "seed": seed,
@@ -277,6 +330,18 @@ def _params(seed, classes, train_per_class, test_per_class, size, class_set) -> 
         "test_per_class": test_per_class,
         "size": size,
     }
+    if context > 0:  # absent at 0: the manifests written before context existed still match
+        params["context"] = context
+    return params
+
+
+def check_context(value) -> float:
+    """The context probability P, a number in [0, 1] (an InputError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InputError(f"context must be a probability between 0 and 1, got {value!r}")
+    if not 0.0 <= float(value) <= 1.0:  # NaN fails here too
+        raise InputError(f"context must be a probability between 0 and 1, got {value!r}")
+    return float(value)
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -302,8 +367,11 @@ def write_synthetic(
     test_per_class: int = 50,
     size: int = 32,
     class_set: str = "target",
+    context: float = 0.0,
 ) -> Path:
     """Write the synthetic dataset in the CSV-manifest layout under ``out_dir``; return it.
+    ``context``: the probability P that an image's background carries its class's cue (see
+    the module's docstring); 0 writes the data of a camgap without this option.
 
     Rerunning with the same parameters is a no-op. ``out_dir`` holding a dataset written
     with other parameters, or holding other files, is a ``FileExistsError``.
@@ -313,7 +381,8 @@ def write_synthetic(
     train_per_class = _check_int("train_per_class", train_per_class, 1)
     test_per_class = _check_int("test_per_class", test_per_class, 1)
     size = _check_int("size", size, 16)
-    params = _params(seed, classes, train_per_class, test_per_class, size, class_set)
+    context = check_context(context)
+    params = _params(seed, classes, train_per_class, test_per_class, size, class_set, context)
 
     out = Path(out_dir)
     manifest = out / MANIFEST_NAME
@@ -354,7 +423,7 @@ def write_synthetic(
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(["path", "label", "xmin", "ymin", "xmax", "ymax"])
         for i in range(classes * per_class):
-            s = render_sample(seed, i, split, class_set, classes, size)
+            s = render_sample(seed, i, split, class_set, classes, size, context)
             rel = f"images/{split}/{i:05d}.png"
             Image.fromarray(s.image).save(out / rel, format="PNG", compress_level=1)
             writer.writerow([rel, s.class_name, *s.box])
