@@ -674,9 +674,11 @@ ALL_MODELS = ("all models", "")
 
 
 def primary_subset(o: StudyOptions) -> float | None:
-    """The training-accuracy threshold of the primary subset: the lowest of the options'
-    thresholds (0.80 for the paper's), None (every model) when there is none."""
-    return min(o.thresholds) if o.thresholds else None
+    """The training-accuracy threshold of the models a selection-based table compares: the lowest
+    of the options' thresholds above 0 (0.80 for the paper's model set; a 0 threshold means every
+    trained model, not a selection), None (every trained model) when there is none."""
+    selections = [t for t in o.thresholds if t > 0]
+    return min(selections) if selections else None
 
 
 def group_table(
@@ -934,8 +936,7 @@ def table5(
     variant was not measured); None when no IoU was measured at all."""
     o = StudyOptions.of(options, **settings)
     if trained_threshold is _LOWEST:
-        selections = [t for t in o.thresholds if t > 0]
-        trained_threshold = min(selections) if selections else None
+        trained_threshold = primary_subset(o)
     m = prepare_measurements(measurements)
     spec = spec or primary_iou(m, o.primary)
     if spec is None:
