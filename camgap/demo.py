@@ -47,11 +47,10 @@ def context_title(context: float) -> str:
 
 
 def _title(quick: bool, context: float | None) -> str | None:
-    """The report's title: the context and the smoke-run warning when they apply, else the default."""
-    parts = [context_title(context)] if context is not None else []
-    if quick:
-        parts.append(f"--quick: {SMOKE_NOTE}")
-    return "; ".join(parts) or None
+    """The report's title: the context and the smoke-run warning where they apply, else the default."""
+    if context is None:
+        return f"camgap demo --quick: {SMOKE_NOTE}" if quick else None
+    return f"{context_title(context)} (--quick: {SMOKE_NOTE})" if quick else context_title(context)
 
 
 @dataclass
