@@ -84,7 +84,7 @@ def run_demo(
     from camgap.study.report import headline, write_study
     from camgap.study.tables import paper_specs
     from camgap.zoo.build import build
-    from camgap.zoo.executors import resolve_device
+    from camgap.zoo.executors import resolve_device, thread_budget
     from camgap.zoo.grid import load_grid
     from camgap.zoo.measure import measure_zoo, overlay_rows
     from camgap.zoo.registry import Registry
@@ -130,6 +130,8 @@ def run_demo(
         device=device,
         log=log,
         progress=progress,
+        # on a CPU one worker process per core, as the build: a model's measures are one thread's work
+        workers=workers if workers is not None else (0 if device.startswith("cuda") else thread_budget()),
     )
     stage("measure")
 

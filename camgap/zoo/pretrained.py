@@ -8,7 +8,11 @@
 * ``small_resnet``: a "source task" model, trained once per model set on the synthetic
   dataset's disjoint source classes (``write_synthetic(class_set="source")``) with the
   grid's ``[pretrain]`` settings, and cached as ``ZOO/pretrained/small_resnet-<key>.pt``
-  (``key`` hashes the architecture options and the pretraining settings). Offline.
+  (``key`` hashes the architecture options and the pretraining settings). Offline. The
+  package ships the source models of its own grids (``camgap/grids/source/<arch>-<key>.pt``,
+  made by ``python -m camgap.zoo.pretrained --grid demo``): a grid with the same key starts
+  from those, the same bytes on every machine, as torchvision's ImageNet weights are for the
+  paper's ResNets; any other key trains its source model in the build.
 
 A run loads the pretrained weights into its model except the final ``fc`` layer, which
 keeps its seeded random initialisation for the target classes. Weights files are read with
@@ -64,8 +68,38 @@ def torchvision_weights_filename(arch: str) -> str:
     return torchvision_weights_url(arch).rsplit("/", 1)[-1]
 
 
+PACKAGED_SOURCE_DIR = Path(__file__).resolve().parent.parent / "grids" / "source"
+
+
 def source_model_path(grid: Grid, arch: str, zoo_dir: str | Path) -> Path:
     return Path(zoo_dir) / "pretrained" / f"{arch}-{grid.source_task_key(arch)}.pt"
+
+
+def packaged_source_model(grid: Grid, arch: str) -> Path | None:
+    """The packaged source model of ``arch`` for this grid's source-task key, if the package has one."""
+    path = PACKAGED_SOURCE_DIR / f"{arch}-{grid.source_task_key(arch)}.pt"
+    return path if path.is_file() else None
+
+
+def _use_packaged(grid: Grid, arch: str, path: Path, log) -> bool:
+    """Copy the packaged source model of ``arch`` to ``path`` when the package has one for this
+    key (checked against the key the file records); say what it is."""
+    from camgap.models import read_checkpoint
+    from camgap.zoo.train import atomic_save
+
+    src = packaged_source_model(grid, arch)
+    if src is None:
+        return False
+    obj = read_checkpoint(src)
+    task = obj.get("source_task", {})
+    if task.get("key") != grid.source_task_key(arch):
+        raise StateError(f"{src}: packaged source model records key {task.get('key')!r}, not its file name's")
+    atomic_save(obj, path)
+    log(
+        f"source task {arch}: the packaged source model {src.name} ({task['epochs']} epochs, stop "
+        f"{task['stop_reason']}, train acc {task['train_acc']:.3f}, test acc {task['test_acc']:.3f}) -> {path}"
+    )
+    return True
 
 
 def pretrained_paths(grid: Grid, zoo_dir: str | Path) -> dict[str, str]:
@@ -162,9 +196,10 @@ def source_task_config(grid: Grid, arch: str) -> RunConfig:
     )
 
 
-def ensure_source_models(grid: Grid, zoo_dir: str | Path, executor, log=print) -> list[Path]:
+def ensure_source_models(grid: Grid, zoo_dir: str | Path, executor, log=print, packaged: bool = True) -> list[Path]:
     """Train the missing source-task models (small_resnet* with pretrained = true and no
-    explicit weights file) on the sweep's executor, side by side; return their paths."""
+    explicit weights file) on the sweep's executor, side by side; return their paths. A model
+    the package ships for the same key is copied instead (``packaged=False``: train it anyway)."""
     from camgap.data.layouts import read_layout
     from camgap.data.synthetic import write_synthetic
     from camgap.models import read_checkpoint
@@ -177,7 +212,7 @@ def ensure_source_models(grid: Grid, zoo_dir: str | Path, executor, log=print) -
             continue
         path = source_model_path(grid, arch, zoo_dir)
         out.append(path)
-        if path.is_file():
+        if path.is_file() or (packaged and _use_packaged(grid, arch, path, log)):
             continue
         key = grid.source_task_key(arch)
         work = Path(zoo_dir) / "pretrained" / f"{arch}-{key}"
@@ -228,7 +263,40 @@ def ensure_source_models(grid: Grid, zoo_dir: str | Path, executor, log=print) -
                 f"train acc {result.train_acc:.3f}, test acc {result.test_acc:.3f}"
             )
             final = read_checkpoint(work / "run" / "final.pt")
-            final["source_task"] = {"key": key, "pretrain": grid.pretrain.to_dict(), "classes": classes}
+            final["source_task"] = {
+                "key": key,
+                "pretrain": grid.pretrain.to_dict(),
+                "classes": classes,
+                **{k: getattr(result, k) for k in ("epochs", "stop_reason", "train_acc", "test_acc")},
+            }
             atomic_save(final, path)
             shutil.rmtree(work / "cache", ignore_errors=True)
     return out
+
+
+def _package_source_models(argv: list[str] | None = None) -> None:
+    """Train the source models of a packaged grid and store them in the package, as shipped."""
+    import argparse
+    import tempfile
+
+    from camgap.zoo.executors import make_executor
+    from camgap.zoo.grid import load_grid
+
+    ap = argparse.ArgumentParser(prog="python -m camgap.zoo.pretrained", description=_package_source_models.__doc__)
+    ap.add_argument("--grid", default="demo", help="a packaged grid's name or a grid file (default: demo)")
+    ap.add_argument("--workers", type=int, default=None, help="training processes (default: one per core)")
+    args = ap.parse_args(argv)
+    grid = load_grid(args.grid)
+    executor = make_executor("local", workers=args.workers, device="cpu")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in ensure_source_models(grid, tmp, executor, packaged=False):
+                PACKAGED_SOURCE_DIR.mkdir(exist_ok=True)
+                shutil.copyfile(path, PACKAGED_SOURCE_DIR / path.name)  # the whole record: config, history, result
+                print(f"packaged {PACKAGED_SOURCE_DIR / path.name}")
+    finally:
+        executor.close()
+
+
+if __name__ == "__main__":
+    _package_source_models()
