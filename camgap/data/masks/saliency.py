@@ -74,33 +74,43 @@ def saliency_maps(
     h, w = first.shape[1:]
     out = np.empty((n, h, w), dtype=np.float32)
     sigma = float(smooth) * max(h, w)
-    shrink = work_size is not None and max(h, w) > work_size
-    if shrink:
+    work_hw = None  # cv2 order: (w, h)
+    if work_size is not None and max(h, w) > work_size:
         scale = work_size / max(h, w)
-        work_hw = (max(1, round(w * scale)), max(1, round(h * scale)))  # cv2 order: (w, h)
+        work_hw = (max(1, round(w * scale)), max(1, round(h * scale)))
     for start in range(0, n, batch_size):
         chunk = _as_numpy(images_uint8[start : start + batch_size])
         if chunk.dtype != np.uint8:
             raise InputError(f"saliency_maps expects uint8 images, got {chunk.dtype}")
         for j, img in enumerate(chunk):
-            maps = []
-            for c in range(3):
-                channel = np.ascontiguousarray(img[c])
-                if shrink:
-                    channel = cv2.resize(channel, work_hw, interpolation=cv2.INTER_AREA)
-                # cv2 expects HxWx3 (BGR) uint8; a grey copy of one channel
-                ok, sal = detector.computeSaliency(cv2.merge([channel, channel, channel]))
-                if not ok:
-                    raise StateError(f"cv2.saliency {method} failed on image {start + j}")
-                sal = np.asarray(sal, dtype=np.float32)
-                if sal.shape != (h, w):
-                    sal = cv2.resize(sal, (w, h), interpolation=cv2.INTER_LINEAR)
-                maps.append(_minmax(sal))
-            m = np.mean(maps, axis=0)
-            if sigma > 0:
-                m = cv2.GaussianBlur(m, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-            out[start + j] = _minmax(m)
+            m = _image_map(cv2, detector, img, work_hw, sigma)
+            if m is None:
+                raise StateError(f"cv2.saliency {method} failed on image {start + j}")
+            out[start + j] = m
     return torch.from_numpy(out)
+
+
+def _image_map(cv2, detector, img: np.ndarray, work_hw: tuple[int, int] | None, sigma: float) -> np.ndarray | None:
+    """One uint8 ``[3,H,W]`` image's map (``saliency_maps``): each channel's map min-max
+    normalised, their mean smoothed and normalised again; None when the detector fails."""
+    h, w = img.shape[1:]
+    maps = []
+    for c in range(3):
+        channel = np.ascontiguousarray(img[c])
+        if work_hw is not None:
+            channel = cv2.resize(channel, work_hw, interpolation=cv2.INTER_AREA)
+        # cv2 expects HxWx3 (BGR) uint8; a grey copy of one channel
+        ok, sal = detector.computeSaliency(cv2.merge([channel, channel, channel]))
+        if not ok:
+            return None
+        sal = np.asarray(sal, dtype=np.float32)
+        if sal.shape != (h, w):
+            sal = cv2.resize(sal, (w, h), interpolation=cv2.INTER_LINEAR)
+        maps.append(_minmax(sal))
+    m = np.mean(maps, axis=0)
+    if sigma > 0:
+        m = cv2.GaussianBlur(m, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    return _minmax(m)
 
 
 def saliency_masks(
