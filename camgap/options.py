@@ -18,10 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
-
-import numpy as np
 
 from camgap.errors import InputError
 
@@ -50,7 +49,7 @@ OPTION_WORDS = Wording()
 
 
 def _is_integer(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # numpy's integers too
 
 
 def integer(
@@ -99,7 +98,7 @@ def number(
     """``value`` as a finite float in the interval from ``low`` to ``high`` (closed unless
     ``open_low``/``open_high``; a bound of None is open); NaN passes only with ``nan``. A bool
     is not a number."""
-    numeric = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    numeric = isinstance(value, numbers.Real) and not isinstance(value, bool)  # numpy's floats too
     v = float(value) if numeric else math.nan  # type: ignore[arg-type]
     if numeric and math.isnan(v) and nan:
         return v
