@@ -299,7 +299,7 @@ def test_cache_hit_does_not_recompute(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("recomputed despite the cache")
 
-    monkeypatch.setattr(M, "saliency_masks", boom)
+    monkeypatch.setattr(M.saliency, "saliency_masks", boom)  # where the saliency source calls it
     again = compute_masks("saliency", imgs, image_ids=ids, cache_dir=tmp_path)
     assert again.stats.cached is True and "from cache" in again.summary()
     assert torch.equal(again.masks, first.masks) and again.image_ids == ids
@@ -320,7 +320,7 @@ def test_cache_folder_source(tmp_path, monkeypatch):
     for i in "ab":
         Image.fromarray(_rect(8, 8, 0, 4, 0, 4).astype(np.uint8) * 255).save(d / f"{i}.png")
     first = compute_masks(d, image_ids=["a", "b"], size=8, cache_dir=tmp_path / "cache")
-    monkeypatch.setattr(M, "read_mask_folder", lambda *a, **k: (_ for _ in ()).throw(AssertionError("reread")))
+    monkeypatch.setattr(M.folder, "read_mask_folder", lambda *a, **k: (_ for _ in ()).throw(AssertionError("reread")))
     again = compute_masks(d, image_ids=["a", "b"], size=8, cache_dir=tmp_path / "cache")
     assert again.stats.cached and torch.equal(again.masks, first.masks)
     # a mask file replaced -> the fingerprint changes -> read again

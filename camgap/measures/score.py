@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -18,10 +18,11 @@ import torch
 from torch import Tensor, nn
 
 from camgap.cam import cam_name, create_cam, upsample_normalize
-from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD, collate_boxes, normalize
+from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD, normalize
 from camgap.data.masks import boxes_to_masks
 from camgap.data.preprocessing import CHANNEL_ORDERS
 from camgap.errors import InputError, NonFiniteError
+from camgap.measures.inputs import Batch, as_scoring_data, iter_batches
 from camgap.measures.iou import threshold_ious, validate_thresholds
 from camgap.measures.localization import (
     LocalizationTotals,
@@ -32,10 +33,7 @@ from camgap.measures.localization import (
 )
 from camgap.measures.norms import check_finite
 from camgap.measures.registry import MeasureError
-from camgap.options import CheckedOptions, option
-
-# (images uint8 [B,3,S,S], labels [B], boxes list[[n,4]], box_labels list[[n]], image ids)
-Batch = tuple[Tensor, Tensor, list[Tensor], list[Tensor], list[str]]
+from camgap.options import CheckedOptions, integer, option
 
 
 @dataclass
@@ -120,15 +118,6 @@ def _thresholds(name: str, value: object) -> tuple[float, ...]:
     return validate_thresholds(value)  # type: ignore[arg-type]
 
 
-def _count(low: int):
-    def check(name: str, value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
-        return int(value)
-
-    return check
-
-
 def _device(name: str, value: object) -> torch.device | None:
     if value is None:
         return None
@@ -195,16 +184,16 @@ class ScoreOptions(CheckedOptions):
     cam: str = option("gradcam", _cam)
     thresholds: tuple[float, ...] = option((0.1,), _thresholds)
     target_layer: nn.Module | str | None = option(None, _as_given)
-    batch_size: int = option(64, _count(1))
+    batch_size: int = option(64, functools.partial(integer, low=1))
     device: torch.device | None = option(None, _device)
     mean: tuple[float, ...] = option(IMAGENET_MEAN, _channels(positive=False))
     std: tuple[float, ...] = option(IMAGENET_STD, _channels(positive=True))
     channel_order: str = option("rgb", _channel_order)
     class_boxes_only: bool = option(False, _flag)
-    keep_overlays: int = option(0, _count(0))
+    keep_overlays: int = option(0, functools.partial(integer, low=0))
     cam_kwargs: dict = option(None, _kwargs)
     progress: bool = option(False, _flag)
-    num_workers: int = option(0, _count(0))
+    num_workers: int = option(0, functools.partial(integer, low=0))
     box_accuracy: bool = option(False, _flag)
 
     what: ClassVar[str] = "score option"
@@ -215,125 +204,6 @@ ENERGY_PG, POINTING_GAME = "energy_pg", "pointing_game"  # per-image columns (Na
 
 def _col(kind: str, threshold: float) -> str:
     return f"{kind}@{threshold:g}"
-
-
-def iter_batches(data, batch_size: int, device: torch.device, num_workers: int = 0) -> Iterator[Batch]:
-    """Batches from a TensorStore (already decoded; anything with `batches()` and `image_ids`),
-    a BoxDataset, or a plain Dataset of (image, label, boxes) (see `as_scoring_data`), the
-    last two decoded on the fly by a DataLoader."""
-    data = as_scoring_data(data)
-    if hasattr(data, "batches"):
-        ids = list(data.image_ids)
-        start = 0
-        for images, labels, boxes, box_labels in data.batches(batch_size, device=device):
-            yield images, labels, boxes, box_labels, ids[start : start + len(labels)]
-            start += len(labels)
-        return
-    loader = torch.utils.data.DataLoader(
-        _Indexed(data), batch_size=batch_size, collate_fn=_collate_indexed, num_workers=num_workers
-    )
-    for images, labels, boxes, box_labels, index in loader:
-        ids = [data.image_ids[i] for i in index]
-        yield images.to(device, non_blocking=True), labels.to(device), boxes, box_labels, ids
-
-
-ACCEPTED_DATA = (
-    "a camgap BoxDataset, a TensorStore, or a torch.utils.data.Dataset yielding (image, label, boxes): "
-    "image uint8 [3,S,S] or float in [0,1], label an int, boxes float [n,4] xyxy in input pixels"
-)
-
-
-def as_scoring_data(data):
-    """`data` as something `iter_batches` reads: a TensorStore or BoxDataset as is, a plain
-    Dataset of (image, label, boxes) wrapped in `TripletDataset`; anything else is a TypeError
-    naming what is accepted."""
-    from camgap.data.dataset import BoxDataset
-
-    if hasattr(data, "batches") and hasattr(data, "image_ids"):
-        return data
-    if isinstance(data, (BoxDataset, TripletDataset)):
-        return data
-    if isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__"):
-        return TripletDataset(data)
-    raise TypeError(f"cannot score on a {type(data).__name__}: expected {ACCEPTED_DATA}")
-
-
-class TripletDataset(torch.utils.data.Dataset):
-    """A user's Dataset of ``(image, label, boxes)`` as BoxDataset items ``(image, label, boxes,
-    box_labels)``: every box belongs to the image's labelled class. Images must all have one
-    square size (the CAM, the masks and the IoU share one grid); the first item sets it and is
-    checked here, before any model runs. Ids are the dataset's `image_ids`, else the indices."""
-
-    def __init__(self, dataset: torch.utils.data.Dataset):
-        self.dataset = dataset
-        self.image_ids = [str(i) for i in getattr(dataset, "image_ids", range(len(dataset)))]
-        if len(self.image_ids) != len(dataset):
-            raise InputError(f"the dataset has {len(dataset)} items but {len(self.image_ids)} image_ids")
-        first = self._item(0)[0] if len(dataset) else None
-        self.shape, self.dtype = (tuple(first.shape), first.dtype) if first is not None else (None, None)
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int):
-        return self._item(i)
-
-    def _item(self, i: int):
-        item = self.dataset[i]
-        if not isinstance(item, (tuple, list)) or len(item) != 3:
-            size = f" of {len(item)}" if isinstance(item, (tuple, list)) else ""
-            raise TypeError(f"item {i} of the dataset is a {type(item).__name__}{size}: expected {ACCEPTED_DATA}")
-        image, label, boxes = item
-        image = torch.as_tensor(image)
-        if image.dim() != 3 or image.shape[0] != 3 or image.shape[1] != image.shape[2]:
-            raise InputError(f"item {i}: image of shape {tuple(image.shape)}; expected a square [3, S, S] image")
-        if image.dtype != torch.uint8 and not image.is_floating_point():
-            raise InputError(f"item {i}: image of dtype {image.dtype}; expected uint8 (0..255) or float (0..1)")
-        if getattr(self, "shape", None) not in (None, tuple(image.shape)):
-            raise InputError(
-                f"item {i}: image of shape {tuple(image.shape)}, item 0's is {self.shape}: "
-                "all images must have one size"
-            )
-        image = image.float() if image.is_floating_point() else image
-        if getattr(self, "dtype", None) not in (None, image.dtype):
-            raise InputError(
-                f"item {i}: a {image.dtype} image, item 0's is {self.dtype}: all images must be "
-                "uint8 (0..255) or all float (0..1)"
-            )
-        boxes = torch.as_tensor(boxes, dtype=torch.float32)
-        if boxes.numel() and (boxes.dim() != 2 or boxes.shape[1] != 4):
-            raise InputError(f"item {i}: boxes of shape {tuple(boxes.shape)}; expected [n, 4] xyxy")
-        boxes = boxes.reshape(-1, 4)
-        label = int(label)
-        return image, label, boxes, torch.full((len(boxes),), label, dtype=torch.int64)
-
-
-class _Indexed(torch.utils.data.Dataset):
-    """Pairs each item with its index so image ids survive skipped (None) items."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int):
-        return i, self.dataset[i]
-
-
-def _collate_indexed(items):
-    kept = [(i, item) for i, item in items if item is not None]
-    if not kept:
-        return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long), [], [], []
-    images, labels, boxes, box_labels = collate_boxes([item for _, item in kept])[:4]
-    return images, labels, boxes, box_labels, [i for i, _ in kept]
-
-
-@torch.no_grad()
-def _reference_masks(
-    boxes: list[Tensor], box_labels: list[Tensor], labels: Tensor, size: int, device, class_boxes_only: bool
-) -> Tensor:
-    return boxes_to_masks(_selected_boxes(boxes, box_labels, labels, class_boxes_only), size, device)
 
 
 def _selected_boxes(boxes: list[Tensor], box_labels: list[Tensor], labels: Tensor, class_boxes_only: bool):
@@ -408,86 +278,158 @@ def score_model(
     _check_finite_weights(model)
     device = o.device if o.device is not None else next(model.parameters()).device
     model = model.eval().to(device)
-    mask_row = {m: i for i, m in enumerate(mask_ids)} if masks is not None else None
-    rows: list[dict] = []
-    all_logits: list[Tensor] = []
-    all_labels: list[Tensor] = []
-    overlays: list[dict] = []
-    totals = LocalizationTotals(boxes=o.box_accuracy)
-    n_total = len(data)
-    bar = _progress(n_total, o.progress)
+    reference = _Reference(o.class_boxes_only, device, masks, mask_ids)
+    kept = _Kept(LocalizationTotals(boxes=o.box_accuracy))
+    bar = _progress(len(data), o.progress)
     with create_cam(o.cam, model, o.target_layer, **(o.cam_kwargs or {})) as cam_fn:
-        for images, labels, boxes, box_labels, ids in iter_batches(data, o.batch_size, device, o.num_workers):
-            if not ids:
-                continue
-            size = images.shape[-1]
-            out = cam_fn(normalize(images.flip(1) if o.channel_order == "bgr" else images, o.mean, o.std), None)
-            _check_finite_outputs(out.logits, out.maps, ids)
-            outside = (labels < 0) | (labels >= out.logits.shape[1])
-            if bool(outside.any()):
-                b = int(outside.nonzero()[0, 0])
-                raise InputError(
-                    f"image {ids[b]}: label {int(labels[b])} is outside the model's "
-                    f"{out.logits.shape[1]} classes (the data has more classes than the model has outputs)"
-                )
-            maps = upsample_normalize(out.maps, (images.shape[-2], size))
-            if masks is not None:
-                missing = [i for i in ids if i not in mask_row]
-                if missing:
-                    raise InputError(f"no mask for {len(missing)} images, e.g. {missing[:3]}")
-                ref = masks[[mask_row[i] for i in ids]].to(device)
-            else:
-                ref = _reference_masks(boxes, box_labels, labels, size, device, o.class_boxes_only)
-            iou, iou_b, area = threshold_ious(maps, ref, o.thresholds)
-            gt_boxes = None if masks is not None else _selected_boxes(boxes, box_labels, labels, o.class_boxes_only)
-            energy, hits = _localization(maps, ref, totals, gt_boxes)
-            pred = out.logits.argmax(1)
-            iou, iou_b, area = iou.cpu().numpy(), iou_b.cpu().numpy(), area.cpu().numpy()
-            labels_cpu, pred_cpu = labels.cpu().numpy(), pred.cpu().numpy()
-            for b, image_id in enumerate(ids):
-                row = {
-                    "image_id": image_id,
-                    "label": int(labels_cpu[b]),
-                    "pred": int(pred_cpu[b]),
-                    "correct": bool(labels_cpu[b] == pred_cpu[b]),
-                }
-                for t_i, t in enumerate(o.thresholds):
-                    row[_col("iou", t)] = float(iou[t_i, b])
-                    row[_col("iou_b", t)] = float(iou_b[t_i, b])
-                    row[_col("cam_area", t)] = float(area[t_i, b])
-                row[ENERGY_PG], row[POINTING_GAME] = float(energy[b]), float(hits[b])  # after the threshold columns
-                rows.append(row)
-            for b in range(min(len(ids), o.keep_overlays - len(overlays))):
-                overlays.append(
-                    {
-                        "image": images[b].cpu(),
-                        "cam": maps[b].cpu(),
-                        "reference": ref[b].cpu(),
-                        "boxes": boxes[b].cpu() if masks is None else None,
-                        "image_id": ids[b],
-                        "label": int(labels_cpu[b]),
-                        "pred": int(pred_cpu[b]),
-                        "iou": float(iou[0, b]),
-                    }
-                )
-            all_logits.append(out.logits.detach().float().cpu())
-            all_labels.append(labels.cpu())
-            bar.update(len(ids))
+        for batch in iter_batches(data, o.batch_size, device, o.num_workers):
+            if batch[-1]:  # a batch whose every item was skipped has no ids
+                kept.add(_score_batch(cam_fn, batch, o, reference, kept.totals), o)
+                bar.update(len(batch[-1]))
         layer_name = cam_fn.target_layer_name
     bar.close()
-    if not rows:
-        raise InputError("no images were scored: the dataset is empty or every image was skipped")
-    return ScoreResult(
-        cam=o.cam,
-        thresholds=o.thresholds,
-        per_image=pd.DataFrame(rows),
-        logits=torch.cat(all_logits),
-        labels=torch.cat(all_labels),
-        n_skipped=max(0, n_total - len(rows)),
-        overlays=overlays,
-        target_layer=layer_name,
-        localization=totals,
-    )
+    return kept.result(o, len(data), layer_name)
+
+
+@dataclass
+class _Reference:
+    """A_G of a batch: the rows of precomputed `masks` named by `mask_ids`, else the images'
+    boxes (with `class_boxes_only`, those of the labelled class)."""
+
+    class_boxes_only: bool
+    device: torch.device
+    masks: Tensor | None = None
+    mask_ids: Sequence[str] | None = None
+    row: dict[str, int] = field(init=False, default_factory=dict)  # mask row of each image id
+
+    def __post_init__(self) -> None:
+        if self.masks is not None:
+            self.row = {m: i for i, m in enumerate(self.mask_ids)}  # type: ignore[arg-type]
+
+    def of(self, batch: Batch) -> tuple[Tensor, list[Tensor] | None]:
+        """A_G as bool [B,S,S] on the scoring device, and the boxes it was drawn from (None
+        for masks: then their connected components are the ground-truth boxes)."""
+        images, labels, boxes, box_labels, ids = batch
+        if self.masks is None:
+            selected = _selected_boxes(boxes, box_labels, labels, self.class_boxes_only)
+            return boxes_to_masks(selected, images.shape[-1], self.device), selected
+        missing = [i for i in ids if i not in self.row]
+        if missing:
+            raise InputError(f"no mask for {len(missing)} images, e.g. {missing[:3]}")
+        return self.masks[[self.row[i] for i in ids]].to(self.device), None
+
+
+@dataclass
+class _Scored:
+    """One batch through the CAM: the batch, the maps, A_G and every per-image value."""
+
+    batch: Batch
+    logits: Tensor
+    maps: Tensor  # [B,S,S] in [0,1]
+    ref: Tensor  # A_G, bool [B,S,S]
+    from_boxes: bool  # A_G drawn from the boxes (not from masks)
+    pred: np.ndarray
+    iou: np.ndarray  # [T,B]: one row per threshold
+    iou_b: np.ndarray
+    area: np.ndarray
+    energy: np.ndarray  # [B]; NaN without an object region
+    hits: np.ndarray
+
+
+def _score_batch(cam_fn, batch: Batch, o: ScoreOptions, reference: _Reference, totals: LocalizationTotals) -> _Scored:
+    """The CAM of the predicted class for one batch, IoU / IoU-B / CAM area at every threshold
+    and the localization measures (added to `totals`)."""
+    images, labels, ids = batch[0], batch[1], batch[-1]
+    out = cam_fn(normalize(images.flip(1) if o.channel_order == "bgr" else images, o.mean, o.std), None)
+    _check_finite_outputs(out.logits, out.maps, ids)
+    _check_labels(labels, out.logits.shape[1], ids)
+    maps = upsample_normalize(out.maps, (images.shape[-2], images.shape[-1]))
+    ref, gt_boxes = reference.of(batch)
+    iou, iou_b, area = threshold_ious(maps, ref, o.thresholds)
+    energy, hits = _localization(maps, ref, totals, gt_boxes)
+    pred = out.logits.argmax(1).cpu().numpy()
+    iou, iou_b, area = iou.cpu().numpy(), iou_b.cpu().numpy(), area.cpu().numpy()
+    return _Scored(batch, out.logits, maps, ref, gt_boxes is not None, pred, iou, iou_b, area, energy, hits)
+
+
+def _check_labels(labels: Tensor, n_classes: int, ids: Sequence[str]) -> None:
+    outside = (labels < 0) | (labels >= n_classes)
+    if bool(outside.any()):
+        b = int(outside.nonzero()[0, 0])
+        raise InputError(
+            f"image {ids[b]}: label {int(labels[b])} is outside the model's "
+            f"{n_classes} classes (the data has more classes than the model has outputs)"
+        )
+
+
+def _image_rows(s: _Scored, thresholds: Sequence[float]) -> list[dict]:
+    """The per-image table's rows: label, prediction, then IoU, IoU-B and CAM area per threshold,
+    then the threshold-free columns."""
+    labels, rows = s.batch[1].cpu().numpy(), []
+    for b, image_id in enumerate(s.batch[-1]):
+        row = {
+            "image_id": image_id,
+            "label": int(labels[b]),
+            "pred": int(s.pred[b]),
+            "correct": bool(labels[b] == s.pred[b]),
+        }
+        for t_i, t in enumerate(thresholds):
+            row[_col("iou", t)] = float(s.iou[t_i, b])
+            row[_col("iou_b", t)] = float(s.iou_b[t_i, b])
+            row[_col("cam_area", t)] = float(s.area[t_i, b])
+        row[ENERGY_PG], row[POINTING_GAME] = float(s.energy[b]), float(s.hits[b])
+        rows.append(row)
+    return rows
+
+
+def _overlays(s: _Scored, k: int) -> list[dict]:
+    """Image, CAM and A_G of the batch's first `k` images, for pictures."""
+    images, labels, boxes, _, ids = s.batch
+    return [
+        {
+            "image": images[b].cpu(),
+            "cam": s.maps[b].cpu(),
+            "reference": s.ref[b].cpu(),
+            "boxes": boxes[b].cpu() if s.from_boxes else None,
+            "image_id": ids[b],
+            "label": int(labels[b]),
+            "pred": int(s.pred[b]),
+            "iou": float(s.iou[0, b]),
+        }
+        for b in range(min(len(ids), k))
+    ]
+
+
+@dataclass
+class _Kept:
+    """What the pass keeps from batch to batch, and the ScoreResult it makes of them."""
+
+    totals: LocalizationTotals
+    rows: list[dict] = field(default_factory=list)
+    logits: list[Tensor] = field(default_factory=list)
+    labels: list[Tensor] = field(default_factory=list)
+    overlays: list[dict] = field(default_factory=list)
+
+    def add(self, s: _Scored, o: ScoreOptions) -> None:
+        self.rows += _image_rows(s, o.thresholds)
+        self.overlays += _overlays(s, o.keep_overlays - len(self.overlays))
+        self.logits.append(s.logits.detach().float().cpu())
+        self.labels.append(s.batch[1].cpu())
+
+    def result(self, o: ScoreOptions, n_total: int, layer_name: str) -> ScoreResult:
+        if not self.rows:
+            raise InputError("no images were scored: the dataset is empty or every image was skipped")
+        return ScoreResult(
+            cam=o.cam,
+            thresholds=o.thresholds,
+            per_image=pd.DataFrame(self.rows),
+            logits=torch.cat(self.logits),
+            labels=torch.cat(self.labels),
+            n_skipped=max(0, n_total - len(self.rows)),
+            overlays=self.overlays,
+            target_layer=layer_name,
+            localization=self.totals,
+        )
 
 
 def _check_finite_weights(model: nn.Module) -> None:

@@ -38,7 +38,7 @@ import pandas as pd
 from camgap.errors import InputError, UnknownNameError
 from camgap.measures.iou import validate_thresholds
 from camgap.measures.registry import pass_keys, score_pass_measures
-from camgap.options import CheckedOptions
+from camgap.options import CheckedOptions, integer, number
 from camgap.options import option as _option
 from camgap.params import canonical
 from camgap.params import label as params_label
@@ -174,21 +174,6 @@ def _primary(name: str, value: object) -> Mapping[str, str]:
     return MappingProxyType(canonical(value))
 
 
-def _integer(low: int) -> Callable[[str, object], int]:
-    def check(name: str, value: object) -> int:
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-            raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
-        return int(value)
-
-    return check
-
-
-def _fraction(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) < 1.0:
-        raise InputError(f"{name} must be a number in (0, 1), got {value!r}")
-    return float(value)
-
-
 def _specs(name: str, value: object) -> tuple[MeasureSpec, ...] | None:
     return None if value is None else tuple(_as_spec(s) for s in value)  # type: ignore[union-attr]
 
@@ -225,10 +210,10 @@ class StudyOptions(CheckedOptions):
 
     thresholds: tuple[float, ...] = _option(DEFAULT_THRESHOLDS, _accuracy_thresholds)
     primary: Mapping[str, str] = _option(None, _primary)  # None: DEFAULT_PRIMARY
-    n_boot: int = _option(2000, _integer(0))
-    seed: int = _option(0, _integer(0))
-    confidence: float = _option(0.95, _fraction)
-    min_n: int = _option(stats.MIN_N, _integer(2))
+    n_boot: int = _option(2000, functools.partial(integer, low=0))
+    seed: int = _option(0, functools.partial(integer, low=0))
+    confidence: float = _option(0.95, functools.partial(number, low=0, high=1, open_low=True, open_high=True))
+    min_n: int = _option(stats.MIN_N, functools.partial(integer, low=2))
     measures: tuple[MeasureSpec, ...] | None = _option(None, _specs)
     hparams: tuple[str, ...] | None = _option(None, _names)
     cmi: str = _option("jiang", _cmi_mode)

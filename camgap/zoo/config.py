@@ -17,13 +17,14 @@ as before. Frozen dataclasses pickle, so tasks travel to worker processes and Ra
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
 from camgap.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, RESIZE_MODES
 from camgap.errors import CamgapError
+from camgap.options import Wording, field_checks, integer, number
+from camgap.options import option as _field
 
 __all__ = [
     "TrainConfig",
@@ -49,32 +50,18 @@ class GridError(CamgapError, ValueError):
 # --- value checks: each takes (where, value) and returns the value as stored ------------
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
+# a grid file's refusals name the file, table and key first: "g.toml: [train] threads: expected ..."
+_GRID_WORDS = Wording(
+    GridError, "{name}: expected {what}, got {value!r}", outside="{name}: {value!r} is outside {interval}"
+)
 
 
 def _int(where: str, v: Any, lo: int | None = None) -> int:
-    if not _is_int(v) or (lo is not None and v < lo):
-        raise GridError(f"{where}: expected an integer{f' >= {lo}' if lo is not None else ''}, got {v!r}")
-    return int(v)
+    return integer(where, v, lo, words=_GRID_WORDS)
 
 
 def _float(where: str, v: Any, lo: float | None = None, hi: float | None = None, lo_open=False, hi_open=False) -> float:
-    if not _is_num(v):
-        raise GridError(f"{where}: expected a number, got {v!r}")
-    v = float(v)
-    bad = (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and (v >= hi if hi_open else v > hi))
-    if bad:
-        lb = "(" if lo_open else "["
-        hb = ")" if hi_open else "]"
-        raise GridError(
-            f"{where}: {v!r} is outside {lb}{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}{hb}"
-        )
-    return v
+    return number(where, v, lo, hi, open_low=lo_open, open_high=hi_open, words=_GRID_WORDS)
 
 
 def _bool(where: str, v: Any) -> bool:
@@ -115,22 +102,6 @@ def _weights_files(where: str, v: Any) -> dict[str, str]:
     return dict(v)
 
 
-Check = Callable[[str, Any], Any]
-
-
-def _field(default: Any = None, check: Check | None = None, factory: Callable[[], Any] | None = None) -> Any:
-    """A dataclass field with its check beside it."""
-    meta = {"check": check} if check is not None else {}
-    if factory is not None:
-        return field(default_factory=factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def check_of(cls: type, name: str) -> Check:
-    """The check declared for field ``name`` of ``cls``."""
-    return next(f.metadata["check"] for f in fields(cls) if f.name == name)
-
-
 def _unknown(where: str, keys, allowed) -> None:
     bad = sorted(set(keys) - set(allowed))
     if bad:
@@ -139,7 +110,7 @@ def _unknown(where: str, keys, allowed) -> None:
 
 def _checked(cls: type, raw: Mapping[str, Any], where: str) -> dict[str, Any]:
     """``raw``'s values, each through the check its field declares (GridError on the first bad one)."""
-    declared = {f.name: f.metadata.get("check") for f in fields(cls) if f.name != "stored_keys"}
+    declared = {k: check for k, check in field_checks(cls).items() if k != "stored_keys"}
     _unknown(where, raw, declared)
     return {k: (declared[k](f"{where} {k}", v) if declared[k] else v) for k, v in raw.items()}
 

@@ -81,8 +81,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from camgap.options import check_of
 from camgap.params import canonical_json
-from camgap.zoo.config import GridError, PretrainConfig, RunConfig, TrainConfig, _arch, _int, _unknown, check_of
+from camgap.zoo.config import GridError, PretrainConfig, RunConfig, TrainConfig, _arch, _int, _unknown
 
 __all__ = [
     "GRID_KEYS",

@@ -1,0 +1,127 @@
+"""What `score_model` reads: a TensorStore, a BoxDataset or a user's Dataset of
+``(image, label, boxes)``, as batches of uint8 images with their labels, boxes and ids."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor
+
+from camgap.data.dataset import collate_boxes
+from camgap.errors import InputError
+
+# (images uint8 [B,3,S,S], labels [B], boxes list[[n,4]], box_labels list[[n]], image ids)
+Batch = tuple[Tensor, Tensor, list[Tensor], list[Tensor], list[str]]
+
+
+def iter_batches(data, batch_size: int, device: torch.device, num_workers: int = 0) -> Iterator[Batch]:
+    """Batches from a TensorStore (already decoded; anything with `batches()` and `image_ids`),
+    a BoxDataset, or a plain Dataset of (image, label, boxes) (see `as_scoring_data`), the
+    last two decoded on the fly by a DataLoader."""
+    data = as_scoring_data(data)
+    if hasattr(data, "batches"):
+        ids = list(data.image_ids)
+        start = 0
+        for images, labels, boxes, box_labels in data.batches(batch_size, device=device):
+            yield images, labels, boxes, box_labels, ids[start : start + len(labels)]
+            start += len(labels)
+        return
+    loader = torch.utils.data.DataLoader(
+        _Indexed(data), batch_size=batch_size, collate_fn=_collate_indexed, num_workers=num_workers
+    )
+    for images, labels, boxes, box_labels, index in loader:
+        ids = [data.image_ids[i] for i in index]
+        yield images.to(device, non_blocking=True), labels.to(device), boxes, box_labels, ids
+
+
+ACCEPTED_DATA = (
+    "a camgap BoxDataset, a TensorStore, or a torch.utils.data.Dataset yielding (image, label, boxes): "
+    "image uint8 [3,S,S] or float in [0,1], label an int, boxes float [n,4] xyxy in input pixels"
+)
+
+
+def as_scoring_data(data):
+    """`data` as something `iter_batches` reads: a TensorStore or BoxDataset as is, a plain
+    Dataset of (image, label, boxes) wrapped in `TripletDataset`; anything else is a TypeError
+    naming what is accepted."""
+    from camgap.data.dataset import BoxDataset
+
+    if hasattr(data, "batches") and hasattr(data, "image_ids"):
+        return data
+    if isinstance(data, (BoxDataset, TripletDataset)):
+        return data
+    if isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__"):
+        return TripletDataset(data)
+    raise TypeError(f"cannot score on a {type(data).__name__}: expected {ACCEPTED_DATA}")
+
+
+class TripletDataset(torch.utils.data.Dataset):
+    """A user's Dataset of ``(image, label, boxes)`` as BoxDataset items ``(image, label, boxes,
+    box_labels)``: every box belongs to the image's labelled class. Images must all have one
+    square size (the CAM, the masks and the IoU share one grid); the first item sets it and is
+    checked here, before any model runs. Ids are the dataset's `image_ids`, else the indices."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset):
+        self.dataset = dataset
+        self.image_ids = [str(i) for i in getattr(dataset, "image_ids", range(len(dataset)))]
+        if len(self.image_ids) != len(dataset):
+            raise InputError(f"the dataset has {len(dataset)} items but {len(self.image_ids)} image_ids")
+        first = self._item(0)[0] if len(dataset) else None
+        self.shape, self.dtype = (tuple(first.shape), first.dtype) if first is not None else (None, None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return self._item(i)
+
+    def _item(self, i: int):
+        item = self.dataset[i]
+        if not isinstance(item, (tuple, list)) or len(item) != 3:
+            size = f" of {len(item)}" if isinstance(item, (tuple, list)) else ""
+            raise TypeError(f"item {i} of the dataset is a {type(item).__name__}{size}: expected {ACCEPTED_DATA}")
+        image, label, boxes = item
+        image = torch.as_tensor(image)
+        if image.dim() != 3 or image.shape[0] != 3 or image.shape[1] != image.shape[2]:
+            raise InputError(f"item {i}: image of shape {tuple(image.shape)}; expected a square [3, S, S] image")
+        if image.dtype != torch.uint8 and not image.is_floating_point():
+            raise InputError(f"item {i}: image of dtype {image.dtype}; expected uint8 (0..255) or float (0..1)")
+        if getattr(self, "shape", None) not in (None, tuple(image.shape)):
+            raise InputError(
+                f"item {i}: image of shape {tuple(image.shape)}, item 0's is {self.shape}: "
+                "all images must have one size"
+            )
+        image = image.float() if image.is_floating_point() else image
+        if getattr(self, "dtype", None) not in (None, image.dtype):
+            raise InputError(
+                f"item {i}: a {image.dtype} image, item 0's is {self.dtype}: all images must be "
+                "uint8 (0..255) or all float (0..1)"
+            )
+        boxes = torch.as_tensor(boxes, dtype=torch.float32)
+        if boxes.numel() and (boxes.dim() != 2 or boxes.shape[1] != 4):
+            raise InputError(f"item {i}: boxes of shape {tuple(boxes.shape)}; expected [n, 4] xyxy")
+        boxes = boxes.reshape(-1, 4)
+        label = int(label)
+        return image, label, boxes, torch.full((len(boxes),), label, dtype=torch.int64)
+
+
+class _Indexed(torch.utils.data.Dataset):
+    """Pairs each item with its index so image ids survive skipped (None) items."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        return i, self.dataset[i]
+
+
+def _collate_indexed(items):
+    kept = [(i, item) for i, item in items if item is not None]
+    if not kept:
+        return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long), [], [], []
+    images, labels, boxes, box_labels = collate_boxes([item for _, item in kept])[:4]
+    return images, labels, boxes, box_labels, [i for i, _ in kept]
