@@ -187,7 +187,7 @@ def resolve_settings(
 
 def _model_settings(flags: dict, record: dict, classes: list[str], path: Path) -> tuple[dict, dict]:
     """Architecture, its options and the number of outputs: flag > checkpoint > (none / the data)."""
-    from camgap.models import short_list
+    from camgap.checkpoints import short_list
 
     recorded = dict(record)
     recorded["width"] = (record.get("arch_kwargs") or {}).get("width")
@@ -246,13 +246,9 @@ def score_checkpoint(
     from camgap.data import BoxDataset, read_layout
     from camgap.data.dataset import count_dropped_boxes
     from camgap.measures.score import ScoreOptions, check_map_size, score_model
-    from camgap.models import (
-        checkpoint_record,
-        default_target_layer,
-        get_layer,
-        model_from_checkpoint,
-        read_checkpoint,
-    )
+    from camgap.cam.layers import default_target_layer, get_layer
+    from camgap.checkpoints import checkpoint_record, read_checkpoint
+    from camgap.models import model_from_checkpoint
 
     flags = flags or {}
     fallback = {k: (v, "default") for k, v in PREPROCESSING_DEFAULTS.items()}
