@@ -12,6 +12,7 @@ from camgap.cliutil import (
     add_input_checks,
     add_location,
     add_progress_flag,
+    add_threshold_flag,
     cam_names,
 )
 from camgap.data.preprocessing import CHANNEL_ORDERS
@@ -69,14 +70,7 @@ def _add_cam_args(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="score even when the target layer's map is under 3x3 at the input size (its CAM cannot locate anything)",
     )
-    p.add_argument(
-        "--threshold",
-        action=CommaList,
-        convert=float,
-        default=[0.1],
-        metavar="RHO[,RHO...]",
-        help="CAM thresholds rho, comma-separated, each in [0, 1); the first is the headline",
-    )
+    add_threshold_flag(p, "; the first is the headline")
     p.add_argument("--class-boxes-only", action="store_true", help="A_G from the boxes of the labelled class only")
     p.add_argument("--masks", default="boxes", help="A_G source: boxes, saliency, or a folder of PNG masks")
 

@@ -68,6 +68,18 @@ class CommaList(argparse.Action):
         setattr(namespace, self.dest, converted)
 
 
+def add_threshold_flag(p: argparse.ArgumentParser, note: str) -> None:
+    """`--threshold RHO[,RHO...]`, the CAM thresholds rho (default 0.1); `note` ends its help."""
+    p.add_argument(
+        "--threshold",
+        action=CommaList,
+        convert=float,
+        default=[0.1],
+        metavar="RHO[,RHO...]",
+        help=f"CAM thresholds rho, comma-separated, each in [0, 1){note}",
+    )
+
+
 def cam_names(text: str) -> str:
     """argparse type of `--cam`: each comma-separated CAM method by its canonical name
     (`gradcampp,GradCAM` -> `gradcam++,gradcam`), so aliases name the same stored variant."""

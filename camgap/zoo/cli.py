@@ -12,10 +12,10 @@ import argparse
 import sys
 
 from camgap.cliutil import (
-    CommaList,
     add_input_checks,
     add_location,
     add_progress_flag,
+    add_threshold_flag,
     cam_names,
     finish_args,
     one_line,
@@ -264,14 +264,7 @@ def _add_measure(sub) -> None:
         help="comma-separated CAM methods, e.g. gradcam,gradcam++,smoothgradcam++ (or the reference "
         "release's gradcampp, smoothgradcampp)",
     )
-    m.add_argument(
-        "--threshold",
-        action=CommaList,
-        convert=float,
-        default=[0.1],
-        metavar="RHO[,RHO...]",
-        help="CAM thresholds rho, comma-separated, each in [0, 1) (default 0.1)",
-    )
+    add_threshold_flag(m, " (default 0.1)")
     m.add_argument("--masks", default="boxes", help="comma-separated A_G sources: boxes, saliency, or a mask folder")
     m.add_argument("--device", default="auto")
     m.add_argument("--batch-size", type=int, default=128)
