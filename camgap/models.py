@@ -198,6 +198,8 @@ class SmallResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+# Grad-CAM looks at layer4, which feeds avgpool and fc alone: the closed form applies. Declared
+# here, beside the class, because camgap.cam.layers holds the tables but imports no model code.
 add_family(SmallResNet, "layer4", gap_linear=("layer4", "avgpool", "fc"))
 
 
