@@ -4,6 +4,7 @@ on the training data (Du, Zhou, Dai 2024), model sets over hyperparameter grids,
 The entry points most users need are importable from here::
 
     from camgap import score_model, ScoreOptions, create_model, load_checkpoint, read_layout, BoxDataset
+    from camgap import score_checkpoint   # a checkpoint file on a dataset, as `camgap score` reads it
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ _EXPORTS = {
     "score_model": "camgap.measures.score",
     "ScoreOptions": "camgap.measures.score",
     "ScoreResult": "camgap.measures.score",
+    "score_checkpoint": "camgap.scoring",
     "create_model": "camgap.models",
     "load_checkpoint": "camgap.models",
     "read_layout": "camgap.data",

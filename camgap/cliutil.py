@@ -8,11 +8,12 @@ The older spellings (`masks DATA`, `study ZOO`, `zoo status ZOO`, `zoo build --o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from camgap.errors import InputError
+from camgap.errors import CamgapError, InputError
 
 DEPRECATED = "is deprecated and will be removed in the next release"
 
@@ -65,6 +66,18 @@ class CommaList(argparse.Action):
             want = f"{self.length} values" if self.length is not None else "at least one value"
             parser.error(f"argument {option_string}: expected {want} separated by commas, got {','.join(tokens)!r}")
         setattr(namespace, self.dest, converted)
+
+
+def add_threshold_flag(p: argparse.ArgumentParser, note: str) -> None:
+    """`--threshold RHO[,RHO...]`, the CAM thresholds rho (default 0.1); `note` ends its help."""
+    p.add_argument(
+        "--threshold",
+        action=CommaList,
+        convert=float,
+        default=[0.1],
+        metavar="RHO[,RHO...]",
+        help=f"CAM thresholds rho, comma-separated, each in [0, 1){note}",
+    )
 
 
 def cam_names(text: str) -> str:
@@ -163,3 +176,49 @@ def add_input_checks(p: argparse.ArgumentParser) -> None:
         help="largest image read, by its header, in pixels; a side may be 16384 px or sqrt(N), whichever "
         "is larger (default 100000000: 100 megapixels)",
     )
+
+
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help unless the help already names its default
+    or there is none to name (a required option, a flag that is off)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or action.required:
+            return text
+        if not action.option_strings and action.nargs not in ("?", "*"):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class DefaultsParser(argparse.ArgumentParser):
+    """Subcommand parsers whose help shows every option's default."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as the one line the commands print: an OSError names its file."""
+    if isinstance(exc, OSError) and not isinstance(exc, CamgapError) and exc.filename:
+        return f"{exc.filename}: {exc.strerror or exc}"
+    return " ".join(str(exc).split("\n")).strip()
+
+
+def warning_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as one line on stderr, as errors are."""
+    return "camgap: warning: " + " ".join(str(message).split()) + "\n"
+
+
+@contextlib.contextmanager
+def one_line_warnings() -> Iterator[None]:
+    """Within the block every warning prints as `warning_line`, and warning filters set in it
+    are undone at its end."""
+    formatwarning = warnings.formatwarning
+    try:
+        with warnings.catch_warnings():
+            warnings.formatwarning = warning_line
+            yield
+    finally:
+        warnings.formatwarning = formatwarning

@@ -1,13 +1,12 @@
-"""Model registry: string names -> classifiers, strict checkpoint loading.
+"""Architecture registry: string names -> classifiers, and the model a checkpoint holds.
 
 `create_model("resnet18", num_classes=20)` builds a torchvision ResNet;
 `create_model("small_resnet", num_classes=10, width=16, blocks=(1, 1, 1, 1))`
-builds a CIFAR-style ResNet that trains in seconds on a CPU. `default_target_layer`
-knows where Grad-CAM looks in each torchvision family (`layer4` for the ResNets).
+builds a CIFAR-style ResNet that trains in seconds on a CPU. `describe_model` is what
+`camgap models` shows; where Grad-CAM looks in each family is `camgap.cam.layers`.
 
-Checkpoints are read with `torch.load(weights_only=True)`: a file that holds anything but
-tensors and plain containers (a saved `nn.Module`, or a pickle that would run code) is
-refused unless the caller vouches for it with `unsafe=True` (CLI: `--unsafe-load`).
+`load_checkpoint` reads a file with `camgap.checkpoints.read_checkpoint` (weights only unless
+`unsafe=True`) and loads its state_dict strictly into the architecture it names.
 """
 
 from __future__ import annotations
@@ -15,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import inspect
 import numbers
-import pickle
-import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -26,7 +23,10 @@ from torch import nn
 from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock
 
-from camgap.errors import STORAGE_ERRNOS, CamgapError, InputError, UnknownNameError
+from camgap.cam.base import detect_linear_head
+from camgap.cam.layers import add_family, default_target_layer
+from camgap.checkpoints import CheckpointError, checkpoint_record, extract_state_dict, load_weights, read_checkpoint
+from camgap.errors import CamgapError, InputError, UnknownNameError
 from camgap.registry import Registry
 
 TIMM_PREFIX = "timm:"
@@ -198,6 +198,11 @@ class SmallResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+# Grad-CAM looks at layer4, which feeds avgpool and fc alone: the closed form applies. Declared
+# here, beside the class, because camgap.cam.layers holds the tables but imports no model code.
+add_family(SmallResNet, "layer4", gap_linear=("layer4", "avgpool", "fc"))
+
+
 @register_model("small_resnet")
 @register_model("small_resnet10")
 def small_resnet(
@@ -250,94 +255,6 @@ def check_model_options(name: str, options: dict) -> None:
         raise InputError(f"{name} rejects options {options!r}: {type(exc).__name__}: {exc}") from None
 
 
-# Where Grad-CAM looks in each torchvision family: the last block whose output feeds the global
-# pooling, as pytorch-grad-cam's README ("Chosing the Target Layer") documents per family.
-# ResNet keeps the whole `layer4` stage (same output as `layer4[-1]`).
-_FAMILY_LAYERS: tuple[tuple[type[nn.Module], str], ...] = (
-    (tvm.ResNet, "layer4"),
-    (SmallResNet, "layer4"),
-    (tvm.VGG, "features.-1"),
-    (tvm.DenseNet, "features.-1"),
-    (tvm.MobileNetV2, "features.-1"),
-    (tvm.MobileNetV3, "features.-1"),
-    (tvm.EfficientNet, "features.-1"),
-    (tvm.ConvNeXt, "features.-1"),
-    (tvm.RegNet, "trunk_output.-1"),
-)
-_FAMILY_NAMES = (
-    "ResNet/ResNeXt/Wide-ResNet, camgap's small_resnet and other models with a ResNet `layer4` stage (layer4), "
-    "VGG, DenseNet, MobileNet v2/v3, EfficientNet, ConvNeXt (features[-1]), RegNet (trunk_output[-1])"
-)
-
-
-def _family_layer(model: nn.Module) -> str | None:
-    """The dotted name of the family's target layer inside `model` itself, or None. A model of
-    another class with a `layer4` stage has the ResNet layout (timm, CIFAR ResNets): `layer4`."""
-    for cls, where in _FAMILY_LAYERS:
-        if isinstance(model, cls):
-            container, _, last = where.partition(".")
-            if not last:
-                return container
-            children = list(getattr(model, container).named_children())
-            return f"{container}.{children[int(last)][0]}"
-    if isinstance(getattr(model, "layer4", None), nn.Module):
-        return "layer4"
-    return None
-
-
-def default_target_layer(model: nn.Module) -> tuple[str, nn.Module]:
-    """(dotted name, module) of the layer Grad-CAM uses when none is given.
-
-    Known families (`_FAMILY_LAYERS`) are found directly, inside a DataParallel-style wrapper
-    (`model.module`) or inside an `nn.Sequential` (e.g. `nn.Sequential(normalize, resnet)`:
-    the last child of a known family). Any other model is an error: a wrong layer gives a
-    plausible-looking but meaningless score, so camgap never guesses (e.g. the last Conv2d)."""
-    name = _find_family_layer(model, "")
-    if name is None:
-        tops = [n for n, _ in model.named_children()]
-        raise InputError(
-            f"cannot choose a target layer for a {type(model).__name__}: camgap knows {_FAMILY_NAMES}; "
-            f"pass the last convolutional block feeding the global pooling with --layer (target_layer= in Python), "
-            f"top-level layers: {', '.join(tops) or '(none)'}{_feature_hint(model)}"
-        )
-    return name, get_layer(model, name)
-
-
-def _feature_hint(model: nn.Module) -> str:
-    """timm models name their last feature stage (`feature_info`): a candidate worth naming, not
-    a guess camgap makes (for a vision transformer it outputs tokens, not a [B, C, h, w] map)."""
-    info = getattr(model, "feature_info", None)
-    try:
-        last = info[-1]["module"] if info else None
-    except (TypeError, KeyError, IndexError):
-        return ""
-    return f"; the model's own last feature stage is {last!r} (a candidate if it outputs [B, C, h, w])" if last else ""
-
-
-def _find_family_layer(model: nn.Module, prefix: str) -> str | None:
-    own = _family_layer(model)
-    if own is not None:
-        return prefix + own
-    inner = getattr(model, "module", None)
-    if isinstance(inner, nn.Module):
-        return _find_family_layer(inner, f"{prefix}module.")
-    if isinstance(model, nn.Sequential):
-        for child_name, child in reversed(list(model.named_children())):
-            found = _find_family_layer(child, f"{prefix}{child_name}.")
-            if found is not None:
-                return found
-    return None
-
-
-def get_layer(model: nn.Module, name: str) -> nn.Module:
-    """Resolve a dotted module path such as `layer4` or `layer4.1.conv2`."""
-    modules = dict(model.named_modules())
-    if name not in modules:
-        candidates = [n for n in modules if n and "." not in n]
-        raise InputError(f"model has no layer {name!r}; top-level layers: {', '.join(candidates)}")
-    return modules[name]
-
-
 def model_group(name: str) -> str:
     """Where an architecture comes from: camgap, torchvision or timm."""
     key = MODELS.resolve(name)
@@ -378,8 +295,6 @@ def describe_model(name: str) -> dict:
     """What `camgap models` shows for one architecture: its group, the default target layer
     (None when camgap cannot choose one: give --layer) and whether Grad-CAM's closed form applies
     there (`camgap.cam.detect_linear_head`). The model is built once, parameters on the meta device."""
-    from camgap.cam.base import detect_linear_head
-
     key = MODELS.resolve(name)
     model = create_model_skeleton(key, 2)
     try:
@@ -389,129 +304,6 @@ def describe_model(name: str) -> dict:
     else:
         closed = detect_linear_head(model, layer) is not None
     return {"name": key, "group": model_group(key), "target_layer": layer_name, "closed_form": closed}
-
-
-class CheckpointError(CamgapError, ValueError):
-    """A checkpoint that cannot be read or does not match the architecture."""
-
-
-def extract_state_dict(obj: object, path: Path | str = "<checkpoint>") -> dict[str, torch.Tensor]:
-    """Accept a plain state_dict, {'model_state_dict': ...} (the reference release),
-    {'state_dict': ...} or {'model': ...}; strip DataParallel's `module.` prefix."""
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
-    if isinstance(obj, dict):
-        for key in ("model_state_dict", "state_dict", "model"):
-            if key in obj and isinstance(obj[key], (dict, nn.Module)):
-                return extract_state_dict(obj[key], path)
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: not a state_dict, a dict with 'model_state_dict', or a saved nn.Module")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], path: Path | str = "<checkpoint>") -> nn.Module:
-    """Strict load with an error that names what does not match."""
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    shape = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    if missing or unexpected or shape:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {short_list(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys {short_list(unexpected)}")
-        if shape:
-            parts.append(
-                "shape mismatch " + short_list([f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in shape])
-            )
-        raise CheckpointError(f"{path}: checkpoint does not match the architecture: " + "; ".join(parts))
-    model.load_state_dict(state, strict=True)
-    return model
-
-
-def short_list(items: list[str], n: int = 5) -> str:
-    """`[a, b, ...]`, cut to n items with the total: error messages stay one readable line."""
-    head = ", ".join(items[:n])
-    return f"[{head}{f', ... ({len(items)} in all)' if len(items) > n else ''}]"
-
-
-# What a zoo checkpoint (camgap.zoo.train) records about its model and preprocessing.
-RECORDED_FIELDS = (
-    "arch",
-    "arch_kwargs",
-    "num_classes",
-    "classes",
-    "input_size",
-    "resize",
-    "mean",
-    "std",
-    "channel_order",
-)
-
-
-def read_checkpoint(path: Path | str, unsafe: bool = False) -> object:
-    """`torch.load` of a checkpoint file, with `weights_only=True` unless `unsafe`.
-
-    Unpickling runs whatever code the file names, so only tensors and plain containers are
-    read by default. A file that needs more (a saved `nn.Module`, any other pickled object)
-    is a CheckpointError naming it and the way out; with `unsafe=True` it is read in full,
-    with a warning, which the caller should only do for a file from a trusted source."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    if unsafe:
-        warnings.warn(
-            f"{path}: loading with weights_only=False (--unsafe-load): unpickling can run arbitrary "
-            "code; do this only for a file from a trusted source",
-            UserWarning,
-            stacklevel=2,
-        )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not unsafe)
-    except pickle.UnpicklingError as exc:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if not unsafe and refused:
-            raise CheckpointError(
-                f"{path}: refused to load: it holds a pickled object ({refused.group(1)}), e.g. a saved nn.Module "
-                "or code that would run on loading, and only weights are loaded; if you trust this file, "
-                "`camgap score` and `predict` read it with --unsafe-load (unsafe=True in Python)"
-            ) from None
-        raise CheckpointError(f"{path}: cannot read checkpoint ({_first_line(exc)})") from exc
-    except OSError as exc:
-        if exc.errno in STORAGE_ERRNOS:  # the disk, not the file: the caller decides (a sweep stops)
-            raise
-        raise CheckpointError(
-            f"{path}: cannot read checkpoint ({exc.strerror or exc}; {_size(path)}: truncated or corrupt)"
-        ) from exc
-    except Exception as exc:  # corrupt or not a torch file
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(exc).__name__}: {_first_line(exc)})") from exc
-
-
-def _size(path: Path) -> str:
-    try:
-        return f"{path.stat().st_size} bytes"
-    except OSError:
-        return "size unknown"
-
-
-def _first_line(exc: BaseException) -> str:
-    """The cause in one short line: torch's weights-only errors run over many lines (the
-    `WeightsUnpickler error: ...` part says what failed), its zip errors over many sentences."""
-    text = str(exc)
-    m = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
-    if m:
-        return m.group(1).strip().split(". ")[0]
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    return lines[0].split(". ")[0] if lines else type(exc).__name__
-
-
-def checkpoint_record(obj: object) -> dict:
-    """The settings a checkpoint records about its model and preprocessing (`RECORDED_FIELDS`
-    present in a dict checkpoint, such as the zoo writes); {} for a bare state_dict or module."""
-    if not isinstance(obj, dict):
-        return {}
-    return {k: obj[k] for k in RECORDED_FIELDS if k in obj and obj[k] is not None}
 
 
 def model_from_checkpoint(

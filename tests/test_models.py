@@ -9,20 +9,17 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from camgap.cam.layers import default_target_layer, get_layer
+from camgap.checkpoints import CheckpointError, extract_state_dict, load_weights
 from camgap.errors import InputError, UnknownNameError
 from camgap.models import (
     MODELS,
-    CheckpointError,
     SmallResNet,
     create_model,
-    default_target_layer,
     describe_model,
-    extract_state_dict,
-    get_layer,
     list_models,
     list_timm_models,
     load_checkpoint,
-    load_weights,
     model_group,
     register_model,
     timm_available,

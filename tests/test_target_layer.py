@@ -11,8 +11,8 @@ from torch import nn
 from torchvision import models as tvm
 
 from camgap.cam import create_cam, detect_linear_head, upsample_normalize
+from camgap.cam.layers import default_target_layer
 from camgap.errors import InputError
-from camgap.models import default_target_layer
 
 pgc = pytest.importorskip("pytorch_grad_cam")
 

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from camgap.cam.layers import GAP_LINEAR_FAMILIES, default_target_layer, get_layer
 from camgap.errors import InputError, StateError
-from camgap.models import default_target_layer, get_layer
 from camgap.registry import Registry
 
 # Layer gradients as the methods see them: a tensor [B, C, h, w], or [B, C, 1, 1] when the
@@ -97,29 +97,6 @@ def _module_name(model: nn.Module, layer: nn.Module) -> str:
     return next(name for name, m in model.named_modules() if m is layer)
 
 
-class _GapLinear(NamedTuple):
-    """A family whose standard forward is `stage -> global average pool -> flatten -> head`."""
-
-    cls: type[nn.Module]
-    stage: str  # the nn.Sequential whose output is pooled
-    pool: str | None  # an AdaptiveAvgPool2d(1) attribute; None: the forward pools with F.adaptive_avg_pool2d
-    head: str  # an nn.Linear, or nn.Sequential(nn.Dropout, nn.Linear) (dropout is the identity in eval mode)
-
-
-def _gap_linear_families() -> tuple[_GapLinear, ...]:
-    from torchvision import models as tvm
-
-    from camgap.models import SmallResNet
-
-    return (
-        _GapLinear(tvm.ResNet, "layer4", "avgpool", "fc"),
-        _GapLinear(SmallResNet, "layer4", "avgpool", "fc"),
-        _GapLinear(tvm.RegNet, "trunk_output", "avgpool", "fc"),
-        _GapLinear(tvm.MobileNetV2, "features", None, "classifier"),
-        _GapLinear(tvm.EfficientNet, "features", "avgpool", "classifier"),
-    )
-
-
 def _hooked(*modules: nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
@@ -151,7 +128,7 @@ def detect_linear_head(model: nn.Module, layer: nn.Module) -> nn.Linear | None:
     one linear layer, else None (autograd then computes the gradients).
 
     Conservative: only the standard forward (not overridden by a subclass) of the families in
-    `_gap_linear_families` (torchvision ResNet/ResNeXt/Wide-ResNet, RegNet, MobileNet v2,
+    `camgap.cam.layers.GAP_LINEAR_FAMILIES` (torchvision ResNet/ResNeXt/Wide-ResNet, RegNet, MobileNet v2,
     EfficientNet; camgap's SmallResNet), possibly inside a plain wrapper (`_unwrap_plain`);
     `layer` the pooled stage or its last block; the pool an AdaptiveAvgPool2d(1); the head an
     nn.Linear, possibly after an nn.Dropout; and no hooks that could change what they compute.
@@ -159,7 +136,7 @@ def detect_linear_head(model: nn.Module, layer: nn.Module) -> nn.Linear | None:
     ConvNeXt (a LayerNorm before the Linear) are not of this form."""
     core = _unwrap_plain(model)
     cls = type(core)
-    for fam in _gap_linear_families():
+    for fam in GAP_LINEAR_FAMILIES:
         if not isinstance(core, fam.cls):
             continue
         if any(getattr(cls, m, None) is not getattr(fam.cls, m, None) for m in ("forward", "_forward_impl")):
@@ -185,7 +162,7 @@ class BaseCAM:
 
     Args:
         model: a classifier returning logits [B, K]; must be in eval mode when called.
-        target_layer: module or dotted name; default `camgap.models.default_target_layer`
+        target_layer: module or dotted name; default `camgap.cam.layers.default_target_layer`
             (its dotted name is `target_layer_name`).
         closed_form: None = detect the GAP + Linear head (see `detect_linear_head`);
             True = force it (uses `model.fc`, which must be an nn.Linear; you vouch that the

@@ -12,12 +12,14 @@ import argparse
 import sys
 
 from camgap.cliutil import (
-    CommaList,
     add_input_checks,
     add_location,
     add_progress_flag,
+    add_threshold_flag,
     cam_names,
     finish_args,
+    one_line,
+    one_line_warnings,
     wants_progress,
 )
 from camgap.errors import CamgapError
@@ -130,8 +132,7 @@ def _packaged_grids() -> str:
     return ", ".join(sorted(packaged_grids())) or "(none installed)"
 
 
-def add_subcommands(sub) -> None:
-    """Add build/status/export/repair/measure to a subparsers object."""
+def _add_build(sub) -> None:
     b = sub.add_parser(
         "build",
         help="train (or resume) the model set of a grid",
@@ -155,12 +156,7 @@ def add_subcommands(sub) -> None:
         help="local: worker processes (default: one per GPU, else one per [train] threads CPUs; "
         "0 = in-process); ray: runs in flight at most. A run's weights never depend on it",
     )
-    b.add_argument(
-        "--ray-address",
-        default=None,
-        metavar="ADDR",
-        help="connect to this Ray cluster (default: start a local instance)",
-    )
+    _add_ray_address(b)
     b.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     b.add_argument("--cpus-per-run", type=int, default=None, help="ray: CPUs each run requests")
     b.add_argument(
@@ -186,6 +182,17 @@ def add_subcommands(sub) -> None:
     )
     b.set_defaults(func=_guard(_build))
 
+
+def _add_ray_address(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="connect to this Ray cluster (default: start a local instance)",
+    )
+
+
+def _add_status(sub) -> None:
     s = sub.add_parser(
         "status",
         help="counts by status and architecture, failures with their errors",
@@ -196,6 +203,8 @@ def add_subcommands(sub) -> None:
     s.add_argument("--json", action="store_true", help="machine-readable output (schema below)")
     s.set_defaults(func=_guard(_status))
 
+
+def _add_repair(sub) -> None:
     r = sub.add_parser(
         "repair",
         help="rebuild ZOO/registry.sqlite from the run directories",
@@ -209,6 +218,8 @@ def add_subcommands(sub) -> None:
     add_location(r, "zoo", "--zoo", "ZOO", ZOO_HELP)
     r.set_defaults(func=_guard(_repair))
 
+
+def _add_export(sub) -> None:
     e = sub.add_parser("export", help="one row per run (or per measurement) as CSV or Parquet")
     add_location(e, "zoo", "--zoo", "ZOO", ZOO_HELP)
     e.add_argument("--format", choices=("csv", "parquet"), default="csv")
@@ -226,6 +237,8 @@ def add_subcommands(sub) -> None:
     )
     e.set_defaults(func=_guard(_export))
 
+
+def _add_measure(sub) -> None:
     m = sub.add_parser(
         "measure",
         help="every generalization measure for every finished model (resumable)",
@@ -251,14 +264,7 @@ def add_subcommands(sub) -> None:
         help="comma-separated CAM methods, e.g. gradcam,gradcam++,smoothgradcam++ (or the reference "
         "release's gradcampp, smoothgradcampp)",
     )
-    m.add_argument(
-        "--threshold",
-        action=CommaList,
-        convert=float,
-        default=[0.1],
-        metavar="RHO[,RHO...]",
-        help="CAM thresholds rho, comma-separated, each in [0, 1) (default 0.1)",
-    )
+    add_threshold_flag(m, " (default 0.1)")
     m.add_argument("--masks", default="boxes", help="comma-separated A_G sources: boxes, saliency, or a mask folder")
     m.add_argument("--device", default="auto")
     m.add_argument("--batch-size", type=int, default=128)
@@ -270,14 +276,15 @@ def add_subcommands(sub) -> None:
         help="local: worker processes (default: none, in this process); ray: runs in flight at most. "
         "Only this process writes the registry; the values never depend on it",
     )
-    m.add_argument(
-        "--ray-address",
-        default=None,
-        metavar="ADDR",
-        help="connect to this Ray cluster (default: start a local instance)",
-    )
+    _add_ray_address(m)
     add_progress_flag(m)
     m.set_defaults(func=_guard(_measure))
+
+
+def add_subcommands(sub) -> None:
+    """Add build/status/export/repair/measure to a subparsers object."""
+    for add in (_add_build, _add_status, _add_repair, _add_export, _add_measure):
+        add(sub)
 
 
 def add_zoo_commands(subparsers):
@@ -331,13 +338,10 @@ def _guard(func):
         import sqlite3
         from pathlib import Path
 
-        from camgap.cli import _one_line
-        from camgap.errors import CamgapError
-
         try:
             return int(func(args))
         except (CamgapError, OSError) as exc:
-            print(f"camgap zoo: error: {_one_line(exc)}", file=sys.stderr)
+            print(f"camgap zoo: error: {one_line(exc)}", file=sys.stderr)
             return 2
         except sqlite3.Error as exc:
             from camgap.zoo.registry import Registry, _registry_error
@@ -357,23 +361,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m camgap.zoo.cli", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="zoo_command", required=True)
     add_subcommands(sub)
-    import warnings
-
-    from camgap.cli import _warning_line
-
-    formatwarning = warnings.formatwarning
-    try:
-        with warnings.catch_warnings():
-            warnings.formatwarning = _warning_line  # an old spelling's warning: one line, as in `camgap`
-            args = parser.parse_args(argv)
-            try:
-                finish_args(parser, args)
-            except CamgapError as exc:
-                print(f"camgap zoo: error: {exc}", file=sys.stderr)
-                return 2
-            return args.func(args)
-    finally:
-        warnings.formatwarning = formatwarning
+    with one_line_warnings():  # an old spelling's warning: one line, as in `camgap`
+        args = parser.parse_args(argv)
+        try:
+            finish_args(parser, args)
+        except CamgapError as exc:
+            print(f"camgap zoo: error: {exc}", file=sys.stderr)
+            return 2
+        return args.func(args)
 
 
 if __name__ == "__main__":
