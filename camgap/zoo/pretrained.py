@@ -91,13 +91,15 @@ def _use_packaged(grid: Grid, arch: str, path: Path, log) -> bool:
     if src is None:
         return False
     obj = read_checkpoint(src)
-    task = obj.get("source_task", {})
-    if task.get("key") != grid.source_task_key(arch):
-        raise StateError(f"{src}: packaged source model records key {task.get('key')!r}, not its file name's")
+    key = obj.get("source_task", {}).get("key")
+    if key != grid.source_task_key(arch):
+        raise StateError(f"{src}: packaged source model records key {key!r}, not its file name's")
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_save(obj, path)
+    r = obj["result"]
     log(
-        f"source task {arch}: the packaged source model {src.name} ({task['epochs']} epochs, stop "
-        f"{task['stop_reason']}, train acc {task['train_acc']:.3f}, test acc {task['test_acc']:.3f}) -> {path}"
+        f"source task {arch}: the packaged source model {src.name} ({r['epochs']} epochs, stop "
+        f"{r['stop_reason']}, train acc {r['train_acc']:.3f}, test acc {r['test_acc']:.3f}) -> {path}"
     )
     return True
 
@@ -263,12 +265,7 @@ def ensure_source_models(grid: Grid, zoo_dir: str | Path, executor, log=print, p
                 f"train acc {result.train_acc:.3f}, test acc {result.test_acc:.3f}"
             )
             final = read_checkpoint(work / "run" / "final.pt")
-            final["source_task"] = {
-                "key": key,
-                "pretrain": grid.pretrain.to_dict(),
-                "classes": classes,
-                **{k: getattr(result, k) for k in ("epochs", "stop_reason", "train_acc", "test_acc")},
-            }
+            final["source_task"] = {"key": key, "pretrain": grid.pretrain.to_dict(), "classes": classes}
             atomic_save(final, path)
             shutil.rmtree(work / "cache", ignore_errors=True)
     return out
