@@ -374,7 +374,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.context is not None:
         check_context(args.context)  # before the imports that take seconds
     from camgap.demo import run_demo
-    from camgap.experiments import default_out, run_context_experiment
+    from camgap.experiments import default_out, run_context_experiment, run_seeds_experiment
 
     out = args.out or default_out(args.context, args.experiment)
     settings = dict(
@@ -387,6 +387,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     if args.experiment == "context":
         run_context_experiment(out, **settings)
+    elif args.experiment == "seeds":
+        run_seeds_experiment(out, **settings)
     else:
         run_demo(out, **settings, context=args.context)
     return 0

@@ -143,7 +143,7 @@ def add_demo(sub) -> argparse.ArgumentParser:
         "--out",
         type=Path,
         help="output folder, reused when rerun (default: camgap-demo; camgap-demo-context50 with --context 0.5; "
-        "camgap-demo-context with --experiment context)",
+        "camgap-demo-context with --experiment context, camgap-demo-seeds with --experiment seeds)",
     )
     p.add_argument(
         "--quick",
@@ -167,8 +167,9 @@ def add_demo(sub) -> argparse.ArgumentParser:
     )
     which.add_argument(
         "--experiment",
-        choices=("context",),
-        help="context: the demo at P = 0, 0.5 and 0.9 (each in a subfolder) and one table comparing them",
+        choices=("context", "seeds"),
+        help="context: the demo at P = 0, 0.5 and 0.9 (each in a subfolder) and one table comparing them; "
+        "seeds: the demo at --seed and the next two seeds and one leaderboard of every measure",
     )
     add_progress_flag(p)
     p.add_argument(
