@@ -37,6 +37,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from camgap.errors import CamgapError
+from camgap.io import file_lock
 from camgap.zoo.config import Pack, RunConfig, RunResult, Task
 from camgap.zoo.grid import GRID_KEYS, MAX_RUNS, Grid, GridError, RunSpec, canonical_json, load_grid
 from camgap.zoo.registry import META_BACKUP, Registry, RegistryError, format_measurement_status, rebuild_registry
@@ -118,35 +119,20 @@ class BuildSummary:
 
 @contextlib.contextmanager
 def _driver_lock(out: Path):
-    import fcntl
-
     out.mkdir(parents=True, exist_ok=True)
-    f = open(out / ".lock", "a+")
-    try:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ZooError(f"{out}: another `camgap zoo build` (or repair) is running on this model set") from None
+    with file_lock(out / ".lock", wait=False) as held:
+        if not held:
+            raise ZooError(f"{out}: another `camgap zoo build` (or repair) is running on this model set")
         yield
-    finally:
-        f.close()
 
 
 def driver_running(out: str | Path) -> bool:
     """Whether a driver holds ``out/.lock`` now (a shared, non-blocking flock fails); works on
     read-only storage."""
-    import fcntl
-
     try:
-        f = open(Path(out) / ".lock", "rb")
+        with file_lock(Path(out) / ".lock", shared=True, wait=False, create=False) as held:
+            return not held
     except OSError:  # no lock file: no driver ever ran here, or it cannot be read
-        return False
-    with f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
         return False
 
 
