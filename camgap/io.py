@@ -34,7 +34,8 @@ __all__ = [
     "remove_stale_temp_files",
 ]
 
-# a temporary file of an atomic write: ``.<name>.tmp-<pid>``; older tensor stores added ``-<hex>``
+# a temporary file of an atomic write: ``.<name>.tmp-<pid>``; a ``-<hex>`` suffix is matched too, so the
+# leftovers of writers that added one (tensor stores did) are cleaned up as well
 _TMP_NAME = re.compile(r"^\..+\.tmp-(\d+)(-[0-9a-f]+)?$")
 
 

@@ -19,9 +19,10 @@ from camgap.models import create_model, load_checkpoint
 from camgap.zoo.build import EXPORT_COLUMNS, ZooError, build, export, format_status, status
 from camgap.zoo.cli import main as zoo_main
 from camgap.zoo.grid import load_grid
+from camgap.zoo.loop import augment_batch
 from camgap.zoo.pretrained import PretrainedWeightsError, load_pretrained_backbone, pretrained_paths
 from camgap.zoo.registry import Registry
-from camgap.zoo.train import augment_batch, train_run
+from camgap.zoo.train import train_run
 from tests.helpers.zoo import build_args, run_task
 from tests.zoo_hooks import as_task, fail_runs, worker_env
 

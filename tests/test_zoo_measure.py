@@ -300,7 +300,7 @@ def state_lines(summary) -> list[str]:
 def _zero_head(path: Path) -> None:
     """Hand-set weights: a zero classifier gives equal logits, margins 0, gamma = 0 <= 0 (saved
     with the digest a final.pt carries, so `zoo status` sees no corrupt file)."""
-    from camgap.zoo.train import save_final
+    from camgap.zoo.digest import save_final
 
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     for k in ("fc.weight", "fc.bias"):

@@ -221,7 +221,7 @@ def test_registry_rows_of_a_packed_build(tmp_path, data):
 
 
 def test_precision_and_memory_layout_are_recorded_and_keep_the_seed(tmp_path, data):
-    from camgap.zoo.train import resolve_precision
+    from camgap.zoo.loop import resolve_precision
 
     text = GRID.format(pack=3, epochs=1).replace(
         "[arch_options", 'precision = "bf16"\nchannels_last = true\n\n[arch_options'

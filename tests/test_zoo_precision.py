@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from camgap.models import create_model
-from camgap.zoo import train as train_mod
-from camgap.zoo.packed import PackedResNet, evaluate_pack, train_pack_epoch
-from camgap.zoo.train import (
+from camgap.zoo import loop
+from camgap.zoo.loop import (
     RunInputs,
     bf16_support,
     choose_precision,
@@ -24,6 +23,7 @@ from camgap.zoo.train import (
     resolve_precision,
     train_one_epoch,
 )
+from camgap.zoo.packed import PackedResNet, evaluate_pack, train_pack_epoch
 
 CPU = torch.device("cpu")
 INPUTS = RunInputs(3, True, 0.5, 0.4, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -81,9 +81,9 @@ def test_bf16_steps_compute_with_the_current_weights():
     model, ref, stale = _model(), _model(), _model()
     opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (model, ref, stale)]
     train_one_epoch(model, opts[0], INPUTS, x, y, 16, 1, "bf16")
-    gen = train_mod.epoch_generator(INPUTS.seed, 1, CPU)
+    gen = loop.epoch_generator(INPUTS.seed, 1, CPU)
     perm = torch.randperm(48, generator=gen)
-    batches = [train_mod.training_batch(INPUTS, gen, x, y, perm[s : s + 16]) for s in range(0, 48, 16)]
+    batches = [loop.training_batch(INPUTS, gen, x, y, perm[s : s + 16]) for s in range(0, 48, 16)]
     for net, opt, per_step in ((ref, opts[1], True), (stale, opts[2], False)):
         # any enclosing autocast context, even a disabled one, keeps the cache for its whole extent
         with contextlib.nullcontext() if per_step else torch.autocast("cpu", dtype=torch.bfloat16):

@@ -19,7 +19,7 @@ from camgap.data.synthetic import write_synthetic
 from camgap.study.report import how_computed, prepare_runs
 from camgap.study.tables import wide_table
 from camgap.zoo import build as build_mod
-from camgap.zoo import train as train_mod
+from camgap.zoo import loop
 from camgap.zoo.build import ZooError, build, export
 from camgap.zoo.config import PackMismatchError, RunResult, Task
 from camgap.zoo.grid import Grid, RunSpec, load_grid
@@ -64,7 +64,7 @@ def ids(path: Path) -> list[str]:
 
 
 def device_with(monkeypatch, support: tuple[bool, str]) -> None:
-    monkeypatch.setattr(train_mod, "bf16_support", lambda device: support)
+    monkeypatch.setattr(loop, "bf16_support", lambda device: support)
 
 
 def run_build(g: Path, data: Path, zoo: Path) -> tuple[list[str], object]:
@@ -88,7 +88,7 @@ def test_auto_resolves_for_the_device_and_names_the_precision_in_the_run_ids(tmp
     assert set(ids(bf16)).isdisjoint(ids(fp32))  # bf16 and fp32 runs are different runs
     for support, explicit in ((NATIVE, bf16), (EMULATED, fp32)):
         device_with(monkeypatch, support)
-        choice, why = train_mod.choose_precision("auto", torch.device("cpu"))
+        choice, why = loop.choose_precision("auto", torch.device("cpu"))
         resolved = load_grid(auto).with_precision(choice)
         assert [s.run_id for s in resolved.runs()] == ids(explicit)  # auto = what it resolved to, written
         assert resolved.fingerprint() == load_grid(explicit).fingerprint()

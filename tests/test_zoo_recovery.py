@@ -21,14 +21,16 @@ import torch
 from test_zoo_build import _task, quiet, write_grid
 
 import camgap.zoo.executors as executors
+import camgap.zoo.files as files
 import camgap.zoo.train as train
 from camgap.data.synthetic import write_synthetic
 from camgap.zoo.build import StorageError, ZooError, build, format_status, status
 from camgap.zoo.cli import main as zoo_main
 from camgap.zoo.config import Pack, RunResult, Task
+from camgap.zoo.files import CheckpointSetAsideWarning
 from camgap.zoo.grid import load_grid
 from camgap.zoo.registry import META_BACKUP, Registry
-from camgap.zoo.train import CheckpointSetAsideWarning, execute_task, train_run
+from camgap.zoo.train import execute_task, train_run
 from tests.helpers.zoo import build_args
 from tests.zoo_hooks import NapTask, nap, worker_env
 
@@ -401,14 +403,14 @@ def test_full_disk_while_saving_a_checkpoint(tmp_path, data, monkeypatch, capsys
 def test_full_disk_while_the_driver_writes_a_run_directory(tmp_path, data, monkeypatch):
     grid = write_grid(tmp_path / "g.toml", lrs="0.05", epochs=1)
     zoo = tmp_path / "zoo"
-    real_write = train.atomic_write_json
+    real_write = files.atomic_write_json
 
     def full_disk(obj, path):
         if Path(path).name == "config.json":
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real_write(obj, path)
 
-    monkeypatch.setattr(train, "atomic_write_json", full_disk)
+    monkeypatch.setattr(files, "atomic_write_json", full_disk)
     with pytest.raises(StorageError, match=r"config\.json: No space left on device; free space"):
         build(grid, data, zoo, workers=0, device="cpu", progress=False, log=quiet)
     run = runs(zoo).iloc[0]

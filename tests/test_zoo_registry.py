@@ -6,9 +6,9 @@ import tomllib
 import pytest
 
 from camgap.zoo.config import RunResult
+from camgap.zoo.digest import save_final
 from camgap.zoo.grid import GRID_KEYS, parse_grid
 from camgap.zoo.registry import GridMismatchError, Registry, RegistryError
-from camgap.zoo.train import save_final
 
 GRID = parse_grid(
     tomllib.loads("""

@@ -197,8 +197,8 @@ def build(
     a Grid's own limit, a grid file's ``MAX_RUNS``). ``box_units`` and ``max_pixels`` are
     read_layout's and decode_rgb's (None: pixels, checked; 100 MP)."""
     from camgap.zoo.executors import make_executor, resolve_device
+    from camgap.zoo.files import cache_path, prepare_split, storage_error
     from camgap.zoo.pretrained import PretrainedWeightsError, ensure_source_models, pretrained_paths
-    from camgap.zoo.train import prepare_split, storage_error
 
     t_start = time.perf_counter()
     if log is None:
@@ -284,7 +284,7 @@ def build(
             try:
                 caches = {
                     split: prepare_split(
-                        records, classes, cache / f"{split}-{size}-{resize}", size, resize, progress, max_pixels
+                        records, classes, cache_path(out, split, size, resize), size, resize, progress, max_pixels
                     )
                     for split, records in (("train", train_records), ("test", test_records))
                 }
@@ -336,7 +336,7 @@ def _recoverable(out: Path) -> bool:
 
 def _write_meta_backup(reg: Registry, out: Path) -> None:
     """A copy of the registry's meta table (grid, data, fingerprints), for ``repair``."""
-    from camgap.zoo.train import atomic_write_json
+    from camgap.zoo.files import atomic_write_json
 
     meta = {k: v for k, v in reg.meta().items() if k != "schema"}
     path = out / META_BACKUP
@@ -404,7 +404,7 @@ def _resolve_precision(g: Grid, out: Path, device: str | None, log) -> Grid:
     else:
         import torch
 
-        from camgap.zoo.train import choose_precision
+        from camgap.zoo.loop import choose_precision
 
         choice, why = choose_precision("auto", torch.device(device))
     log(f"precision auto -> {choice} ({why})")
@@ -443,7 +443,7 @@ def _rebuild_for(g: Grid, out: Path, log) -> None:
 def _remove_stale_temp_files(out: Path, log) -> None:
     """Temporary files that a killed driver or worker left in the model set (``train.
     remove_stale_temp_files``: only those of dead processes), with the driver lock held."""
-    from camgap.zoo.train import remove_stale_temp_files
+    from camgap.io import remove_stale_temp_files
 
     dirs = [out, *(d for top in ("runs", "cache") for d in sorted((out / top).glob("*")) if d.is_dir())]
     removed = [f for d in dirs for f in remove_stale_temp_files(d)]
@@ -456,7 +456,7 @@ def _retrain_unsound_finals(reg: Registry, out: Path, log) -> None:
     """Done runs whose final.pt is missing or corrupt (``digest.check_final``) go back to pending,
     a corrupt file set aside; a final.pt without a recorded digest that reads back gets one."""
     from camgap.zoo.digest import check_final
-    from camgap.zoo.train import set_aside, storage_error
+    from camgap.zoo.files import set_aside, storage_error
 
     for run in reg.done_runs():
         rid = run["run_id"]
@@ -541,7 +541,7 @@ def _sweep(
     log,
 ) -> tuple[int, int]:
     from camgap.progress import progress_bar
-    from camgap.zoo.train import atomic_write_json, storage_error
+    from camgap.zoo.files import atomic_write_json, storage_error
 
     finished = reg.counts()["done"] + reg.exhausted(max_attempts)
     bar = progress_bar(total=total, initial=finished, unit="run", desc="zoo", enabled=progress)

@@ -10,9 +10,9 @@ worker is given and what it hands back.
   comes back; the ``result`` that ``final.pt`` stores).
 
 Stored forms. ``RunConfig`` and ``RunResult`` read back from disk remember which keys were stored,
-in which order (``stored_keys``), and ``to_dict`` writes exactly those: a config of an older model
-set, which lacks a key that newer ones have, serialises to the same bytes (and the same run id)
-as before. Frozen dataclasses pickle, so tasks travel to worker processes and Ray as they are.
+in which order (``stored_keys``), and ``to_dict`` writes exactly those: a config read back
+serialises to the bytes it was read from, so its run id holds whatever fields camgap adds to the
+class. Frozen dataclasses pickle, so tasks travel to worker processes and Ray as they are.
 """
 
 from __future__ import annotations
@@ -344,7 +344,7 @@ def _differ(first: Task, other: Task, name: str, a: Any, b: Any) -> str:
     )
 
 
-# the keys of a stored result, in the order final.pt has always held them
+# the keys of a stored result, in the order final.pt holds them (its bytes depend on it)
 RESULT_KEYS = (
     "run_id",
     "status",

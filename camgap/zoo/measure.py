@@ -52,6 +52,7 @@ from camgap.measures.registry import score_params as score_params  # re-exported
 from camgap.measures.score import ScoreOptions, ScoreResult, score_model
 from camgap.measures.weightwatcher import available as weightwatcher_available
 from camgap.models import CheckpointError, create_model, load_weights, read_checkpoint
+from camgap.zoo.files import cache_path
 from camgap.zoo.registry import Registry, state_line
 
 NEEDS_INIT = {"distance_from_init", "pacbayes_flatness", "pacbayes_mag_flatness"}  # read init.pt
@@ -250,12 +251,8 @@ def load_run_model(run_dir: Path, which: str = "final") -> tuple[torch.nn.Module
     return model, ckpt
 
 
-def _store_dir(zoo: Path, input_size: int, resize: str) -> Path:
-    return zoo / "cache" / f"train-{input_size}-{resize}"
-
-
 def _store_for(zoo: Path, ckpt: dict) -> TensorStore:
-    return TensorStore.open(_store_dir(zoo, ckpt["input_size"], ckpt["resize"]))
+    return TensorStore.open(cache_path(zoo, "train", ckpt["input_size"], ckpt["resize"]))
 
 
 _REFERENCES: dict[tuple[str, str], tuple] = {}  # per process: (store dir, mask source) -> (masks, image ids)
@@ -368,7 +365,9 @@ def measure_run(
             return MeasuredRun(plan_rows(plan, request, "failed", str(exc)), clock.seconds, False)
         model.eval().to(device)
         store = _store_for(zoo, ckpt)
-        references = _references(zoo, _store_dir(zoo, ckpt["input_size"], ckpt["resize"]), store, request.masks)
+        references = _references(
+            zoo, cache_path(zoo, "train", ckpt["input_size"], ckpt["resize"]), store, request.masks
+        )
     ctx = _context(model, ckpt, store, references, request, device)
     with clock.step(request.pass_name):
         rows, broken = _shared_pass(ctx, plan, request)
@@ -551,7 +550,7 @@ def _prepare_references(zoo: Path, reg: Registry, request: MeasureRequest) -> No
     train = json.loads(reg.get_meta("grid") or "{}").get("train", {})
     if "input_size" not in train:
         return  # the workers compute them (and cache them) themselves
-    store_dir = _store_dir(zoo, train["input_size"], train.get("resize", "resize"))
+    store_dir = cache_path(zoo, "train", train["input_size"], train.get("resize", "resize"))
     _references(zoo, store_dir, TensorStore.open(store_dir), request.masks)
 
 

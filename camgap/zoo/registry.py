@@ -533,7 +533,7 @@ class Registry:
     def write_measurements_file(self, run_id: str) -> Path | None:
         """Mirror a run's measurement rows to ``runs/<run_id>/measurements.json`` (atomically);
         nothing when the run has no directory next to the registry."""
-        from camgap.zoo.train import atomic_write_json
+        from camgap.zoo.files import atomic_write_json
 
         run_dir = self.path.parent / "runs" / run_id
         if not run_dir.is_dir():
@@ -677,8 +677,8 @@ def _mtime_iso(path: Path) -> str:
 
 def _restore_run(reg: Registry, run_dir: Path, grid_fp: str | None, problems: list[str]) -> tuple[str, int] | None:
     """Register one run directory; return (status, measurements restored), None when skipped.
-    Every unreadable file on the way is set aside (``train.set_aside``), named in ``problems``."""
-    from camgap.zoo.train import set_aside  # torch: only when rebuilding
+    Every unreadable file on the way is set aside (``files.set_aside``), named in ``problems``."""
+    from camgap.zoo.files import set_aside  # torch: only when rebuilding
 
     cfg_path = run_dir / "config.json"
     cfg = _read_json(cfg_path)
@@ -717,7 +717,7 @@ def _done_result(run_dir: Path, run_id: str, problems: list[str]) -> RunResult |
     """The result in a sound ``final.pt`` (``digest.check_final``, recording its digest when it had
     none); a corrupt one is set aside and the run comes back pending."""
     from camgap.zoo.digest import check_final
-    from camgap.zoo.train import set_aside, stored_result
+    from camgap.zoo.files import set_aside, stored_result
 
     final = run_dir / "final.pt"
     if not final.is_file():
@@ -731,7 +731,7 @@ def _done_result(run_dir: Path, run_id: str, problems: list[str]) -> RunResult |
 
 def _set_aside_unreadable_checkpoints(run_dir: Path, run_id: str, problems: list[str]) -> None:
     """``init.pt`` and ``last.pt`` that cannot be read back (what measuring and resuming read)."""
-    from camgap.zoo.train import read_or_problem, resume_problem, set_aside
+    from camgap.zoo.files import read_or_problem, resume_problem, set_aside
 
     checks = (
         ("init.pt", lambda p: read_or_problem(p, ("model_state_dict",))[1], "a restart writes it anew"),
@@ -747,7 +747,7 @@ def _set_aside_unreadable_checkpoints(run_dir: Path, run_id: str, problems: list
 def _restore_measurements(reg: Registry, run_dir: Path, run_id: str, problems: list[str]) -> int:
     """Rows of ``measurements.json`` (written by ``zoo measure`` next to final.pt): a list of
     ``{"measure", "params", "value", "state", "reason"}``."""
-    from camgap.zoo.train import set_aside
+    from camgap.zoo.files import set_aside
 
     path = run_dir / "measurements.json"
     if not path.is_file():

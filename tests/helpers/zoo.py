@@ -71,7 +71,7 @@ def run_task(spec, data: Path, cache_root: Path, run_dir: Path, size: int = 16, 
     """The task dict the builder hands a worker for one run of a grid (`RunSpec`), on `data`
     decoded at `size` into `cache_root`."""
     from camgap.data.layouts import read_layout
-    from camgap.zoo.train import prepare_split
+    from camgap.zoo.files import prepare_split
 
     caches = {}
     for split in ("train", "test"):
