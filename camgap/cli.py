@@ -456,13 +456,13 @@ def cmd_study(args: argparse.Namespace) -> int:
     from camgap.study.report import check_color_by, headline_text, read_total_block, write_study
     from camgap.study.tables import DEFAULT_PRIMARY, discover_specs
     from camgap.zoo.measure import overlay_rows
-    from camgap.zoo.registry import Registry
+    from camgap.zoo.registry import ZooDB
 
     zoo = Path(args.zoo)
     primary = {**DEFAULT_PRIMARY, **parse_label(args.primary)} if args.primary else None
-    if not (zoo / Registry.FILENAME).exists():
-        raise MissingFileError(f"{zoo}: no model set here ({Registry.FILENAME} missing)")
-    with Registry.in_dir(zoo, create=False) as reg:
+    if not (zoo / ZooDB.FILENAME).exists():
+        raise MissingFileError(f"{zoo}: no model set here ({ZooDB.FILENAME} missing)")
+    with ZooDB.in_dir(zoo, create=False) as reg:
         runs, measurements = reg.runs_frame(), reg.measurements_frame()
     if measurements.empty:
         raise InputError(f"{zoo}: no measurements yet; run `camgap zoo measure --zoo {zoo}` first")
@@ -520,11 +520,11 @@ def _reference_fit(zoo: Path, min_train_acc: float, cam: str, threshold: float, 
     from camgap.measures.registry import score_params
     from camgap.study.predict import ReferenceSet, fit_gap
     from camgap.study.tables import wide_table
-    from camgap.zoo.registry import Registry
+    from camgap.zoo.registry import ZooDB
 
-    if not (Path(zoo) / Registry.FILENAME).exists():
-        raise MissingFileError(f"{zoo}: no model set here ({Registry.FILENAME} missing)")
-    with Registry.in_dir(zoo, create=False) as reg:
+    if not (Path(zoo) / ZooDB.FILENAME).exists():
+        raise MissingFileError(f"{zoo}: no model set here ({ZooDB.FILENAME} missing)")
+    with ZooDB.in_dir(zoo, create=False) as reg:
         runs, measurements, meta = reg.runs_frame(), reg.measurements_frame(), reg.meta()
     trained = runs[(runs.status == "done") & runs.trained]
     reference = trained[trained.train_acc >= min_train_acc]

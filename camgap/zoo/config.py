@@ -301,13 +301,18 @@ class Task:
 class Pack:
     """Runs that train together as one computation (``camgap.zoo.packed``), under the pack's id."""
 
-    run_id: str
+    pack_id: str
     runs: tuple[Task, ...]
     device: str = "cpu"
     threads: int = 1
 
+    @property
+    def run_id(self) -> str:
+        """The key executors track every piece of work by (``executors.Work``): for a pack, its pack id."""
+        return self.pack_id
+
     def failure(self, status: str, error: str, worker_died: bool = False) -> RunResult:
-        return RunResult(self.run_id, status, error=error, worker_died=worker_died)
+        return RunResult(self.pack_id, status, error=error, worker_died=worker_died)
 
 
 class PackMismatchError(CamgapError, ValueError):

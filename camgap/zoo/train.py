@@ -460,7 +460,7 @@ def execute_task(work: Task | Pack) -> RunResult:
             warnings.simplefilter("ignore", CheckpointSetAsideWarning)
             if isinstance(work, Pack):
                 tasks = [replace(t, device=work.device, threads=work.threads) for t in work.runs]
-                return RunResult(work.run_id, "pack", results=tuple(train_pack(tasks)))
+                return RunResult(work.pack_id, "pack", results=tuple(train_pack(tasks)))
             return train_run(work)
     except Exception as exc:  # noqa: BLE001 - one bad run never stops the sweep
         disk = storage_error(exc)

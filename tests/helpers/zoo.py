@@ -11,7 +11,7 @@ from pathlib import Path
 
 from camgap.data.synthetic import write_synthetic
 from camgap.zoo.build import build
-from camgap.zoo.registry import Registry
+from camgap.zoo.registry import ZooDB
 
 TINY_GRID = """
 [grid]
@@ -43,7 +43,7 @@ def build_tiny_zoo(root: Path, seed: int, lrs: tuple[float, float, float]) -> tu
 
 def frames(zoo: Path):
     """(runs, measurements) frames of the registry in `zoo`."""
-    with Registry.in_dir(zoo, create=False) as reg:
+    with ZooDB.in_dir(zoo, create=False) as reg:
         return reg.runs_frame(), reg.measurements_frame()
 
 
