@@ -143,7 +143,7 @@ def test_a_torch_without_the_probes_has_no_native_bf16(monkeypatch):
 @pytest.mark.slow  # a fresh interpreter importing torch
 def test_the_avx2_emulation_is_seen_as_no_native_bf16():
     """The real probes in a process that dispatches AVX2 kernels, as `.ci/run`'s second pass does."""
-    code = "import torch; from camgap.zoo.train import bf16_support; print(bf16_support(torch.device('cpu')))"
+    code = "import torch; from camgap.zoo.loop import bf16_support; print(bf16_support(torch.device('cpu')))"
     env = os.environ | {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "(False, 'no native bf16 on this CPU: capability AVX2')"
