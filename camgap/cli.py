@@ -249,13 +249,13 @@ def cmd_study(args: argparse.Namespace) -> int:
     from camgap.study.report import check_color_by, headline_text, read_total_block, write_study
     from camgap.study.tables import DEFAULT_PRIMARY
     from camgap.zoo.measure import overlay_rows
-    from camgap.zoo.registry import Registry
+    from camgap.zoo.registry import ZooDB
 
     zoo = Path(args.zoo)
     primary = {**DEFAULT_PRIMARY, **parse_label(args.primary)} if args.primary else None
-    if not (zoo / Registry.FILENAME).exists():
-        raise MissingFileError(f"{zoo}: no model set here ({Registry.FILENAME} missing)")
-    with Registry.in_dir(zoo, create=False) as reg:
+    if not (zoo / ZooDB.FILENAME).exists():
+        raise MissingFileError(f"{zoo}: no model set here ({ZooDB.FILENAME} missing)")
+    with ZooDB.in_dir(zoo, create=False) as reg:
         runs, measurements = reg.runs_frame(), reg.measurements_frame()
     if measurements.empty:
         raise InputError(f"{zoo}: no measurements yet; run `camgap zoo measure --zoo {zoo}` first")

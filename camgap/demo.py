@@ -87,7 +87,7 @@ def run_demo(
     from camgap.zoo.executors import resolve_device, thread_budget
     from camgap.zoo.grid import load_grid
     from camgap.zoo.measure import measure_zoo, overlay_rows
-    from camgap.zoo.registry import Registry
+    from camgap.zoo.registry import ZooDB
 
     preset = PRESETS["quick" if quick else "full"]
     out = Path(out)
@@ -136,7 +136,7 @@ def run_demo(
     stage("measure")
 
     log(f"[demo] 4/4 study -> {out / 'study'}")
-    with Registry.in_dir(out / "zoo", create=False) as reg:
+    with ZooDB.in_dir(out / "zoo", create=False) as reg:
         runs, measurements = reg.runs_frame(), reg.measurements_frame()
     report = write_study(
         runs,

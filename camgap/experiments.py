@@ -270,7 +270,7 @@ def run_context_experiment(
     if threshold is None:
         threshold = QUICK_THRESHOLD if quick else THRESHOLD
     from camgap.demo import run_demo
-    from camgap.zoo.registry import Registry
+    from camgap.zoo.registry import ZooDB
 
     levels = [check_context(p) for p in levels]
     out = Path(out)
@@ -290,7 +290,7 @@ def run_context_experiment(
             precision=precision,
             context=p,
         )
-        with Registry.in_dir(sub / "zoo", create=False) as reg:
+        with ZooDB.in_dir(sub / "zoo", create=False) as reg:
             frames[p] = (reg.runs_frame(), reg.measurements_frame())
     table = context_table(
         frames, threshold=threshold, candidates=candidates, n_boot=bootstrap, seed=seed, confidence=CONFIDENCE

@@ -308,11 +308,11 @@ def reference_set(zoo: Path, min_train_acc: float, cam: str, threshold: float, m
     from camgap.measures.registry import score_params
     from camgap.study.predict import ReferenceSet, fit_gap
     from camgap.study.tables import wide_table
-    from camgap.zoo.registry import Registry
+    from camgap.zoo.registry import ZooDB
 
-    if not (Path(zoo) / Registry.FILENAME).exists():
-        raise MissingFileError(f"{zoo}: no model set here ({Registry.FILENAME} missing)")
-    with Registry.in_dir(zoo, create=False) as reg:
+    if not (Path(zoo) / ZooDB.FILENAME).exists():
+        raise MissingFileError(f"{zoo}: no model set here ({ZooDB.FILENAME} missing)")
+    with ZooDB.in_dir(zoo, create=False) as reg:
         runs, measurements, meta = reg.runs_frame(), reg.measurements_frame(), reg.meta()
     trained = runs[(runs.status == "done") & runs.trained]
     reference = trained[trained.train_acc >= min_train_acc]

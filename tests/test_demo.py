@@ -16,7 +16,7 @@ import camgap.zoo.measure as zm
 from camgap.cli import main
 from camgap.demo import PRESETS, SMOKE_NOTE, THRESHOLDS
 from camgap.zoo.grid import canonical_json, load_grid
-from camgap.zoo.registry import Registry
+from camgap.zoo.registry import ZooDB
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
 
 
 def frames(zoo: Path):
-    with Registry.in_dir(zoo, create=False) as reg:
+    with ZooDB.in_dir(zoo, create=False) as reg:
         return reg.runs_frame(), reg.measurements_frame()
 
 

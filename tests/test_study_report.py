@@ -23,7 +23,7 @@ from scipy import stats as st
 import camgap
 from camgap.study import figures, headline, stats, wide_table, write_study
 from camgap.study.report import demo_frames
-from camgap.zoo.registry import Registry
+from camgap.zoo.registry import ZooDB
 
 IOU = "cam=gradcam,threshold=0.1,masks=boxes"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -212,7 +212,7 @@ def test_provenance_block_opens_the_report(study, tmp_path):
     runs = runs.assign(status=["done"] * (len(runs) - 2) + ["failed", "pending"])
     zoo = tmp_path / "zoo"
     zoo.mkdir()
-    with Registry.in_dir(zoo) as reg:
+    with ZooDB.in_dir(zoo) as reg:
         reg.bind_grid("ab" * 32, "{}", "grid")
     rep = write_study(runs, ms, tmp_path / "s", n_boot=0, command="camgap study zoo --out s <x>", model_set=zoo)
     prov = _page(rep).prov

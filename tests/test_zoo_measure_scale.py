@@ -9,7 +9,7 @@ import pytest
 
 import camgap.zoo.measure as zm
 from camgap.zoo.measure import MeasureRequest, MeasureTask, measure_zoo, plan_run, run_measure_task
-from camgap.zoo.registry import Registry
+from camgap.zoo.registry import ZooDB
 from tests.helpers.zoo import frames, quiet
 
 MEASURES = ("iou", "iou_b", "nuclear_norm", "inverse_margin", "path_norm", "distance_from_init")
@@ -57,7 +57,7 @@ def test_two_local_workers_give_the_in_process_rows_and_resume(in_process_rows, 
     assert (s.models, s.measured, s.failed) == (4, 4, 0)
     assert s.recorded + s.undefined == len(in_process_rows) == 4 * (2 * 2 + 2 + 1 + 2 + 2)
     _same(_rows(zoo), in_process_rows)
-    with Registry.in_dir(zoo, create=False) as reg:
+    with ZooDB.in_dir(zoo, create=False) as reg:
         assert reg.integrity_check(zoo) == []
     # the workers' seconds reach the summary: every step of every measured model is timed
     assert s.timed == {

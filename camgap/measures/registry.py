@@ -59,10 +59,6 @@ class MeasureUndefined(MeasureError):
     """The measure is undefined for this model by its own definition (not a failure)."""
 
 
-#: The states of a recorded measurement: a value, a broken computation, no value by definition.
-MEASUREMENT_STATES = ("done", "failed", "undefined")
-
-
 def measure_outcome(exc: BaseException) -> tuple[str, str]:
     """(state, reason) of a measure that raised ``exc``: ``undefined`` for
     :class:`MeasureUndefined`, else ``failed``; the reason is the message (with the exception's

@@ -262,11 +262,11 @@ class FigureFile:
 def _grid_sha256(model_set: Path) -> str:
     """SHA-256 of the model set's grid (of its canonical JSON, as `zoo build` stores it in the
     registry's meta table), or a note saying why there is none."""
-    from camgap.zoo.registry import Registry
+    from camgap.zoo.registry import ZooDB
 
-    if not (model_set / Registry.FILENAME).is_file():
-        return f"n/a (no {Registry.FILENAME} in {model_set})"
-    with Registry.in_dir(model_set, create=False) as reg:
+    if not (model_set / ZooDB.FILENAME).is_file():
+        return f"n/a (no {ZooDB.FILENAME} in {model_set})"
+    with ZooDB.in_dir(model_set, create=False) as reg:
         return reg.get_meta("grid_fingerprint") or "n/a (the registry records no grid)"
 
 

@@ -37,9 +37,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from camgap.errors import CamgapError
+from camgap.io import file_lock
 from camgap.zoo.config import Pack, RunConfig, RunResult, Task
 from camgap.zoo.grid import GRID_KEYS, MAX_RUNS, Grid, GridError, RunSpec, canonical_json, load_grid
-from camgap.zoo.registry import META_BACKUP, Registry, RegistryError, format_measurement_status, rebuild_registry
+from camgap.zoo.rebuild import rebuild_registry
+from camgap.zoo.registry import META_BACKUP, RegistryError, ZooDB, format_measurement_status
 
 __all__ = [
     "ZooError",
@@ -118,35 +120,20 @@ class BuildSummary:
 
 @contextlib.contextmanager
 def _driver_lock(out: Path):
-    import fcntl
-
     out.mkdir(parents=True, exist_ok=True)
-    f = open(out / ".lock", "a+")
-    try:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ZooError(f"{out}: another `camgap zoo build` (or repair) is running on this model set") from None
+    with file_lock(out / ".lock", wait=False) as held:
+        if not held:
+            raise ZooError(f"{out}: another `camgap zoo build` (or repair) is running on this model set")
         yield
-    finally:
-        f.close()
 
 
 def driver_running(out: str | Path) -> bool:
     """Whether a driver holds ``out/.lock`` now (a shared, non-blocking flock fails); works on
     read-only storage."""
-    import fcntl
-
     try:
-        f = open(Path(out) / ".lock", "rb")
+        with file_lock(Path(out) / ".lock", shared=True, wait=False, create=False) as held:
+            return not held
     except OSError:  # no lock file: no driver ever ran here, or it cannot be read
-        return False
-    with f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
         return False
 
 
@@ -211,8 +198,8 @@ def build(
     a Grid's own limit, a grid file's ``MAX_RUNS``). ``box_units`` and ``max_pixels`` are
     read_layout's and decode_rgb's (None: pixels, checked; 100 MP)."""
     from camgap.zoo.executors import make_executor, resolve_device
+    from camgap.zoo.files import cache_path, prepare_split, storage_error
     from camgap.zoo.pretrained import PretrainedWeightsError, ensure_source_models, pretrained_paths
-    from camgap.zoo.train import prepare_split, storage_error
 
     t_start = time.perf_counter()
     if log is None:
@@ -244,10 +231,10 @@ def build(
             raise ZooError(str(exc)) from None
     if out.exists() and not out.is_dir():
         raise ZooError(f"--out {out} exists and is not a directory")
-    rebuild = out.is_dir() and not (out / Registry.FILENAME).exists() and _recoverable(out)
+    rebuild = out.is_dir() and not (out / ZooDB.FILENAME).exists() and _recoverable(out)
     if (
         out.is_dir()
-        and not (out / Registry.FILENAME).exists()
+        and not (out / ZooDB.FILENAME).exists()
         and not rebuild
         and any(p for p in out.iterdir() if not p.name.startswith("."))
     ):
@@ -261,9 +248,9 @@ def build(
     with _driver_lock(out):
         _remove_stale_temp_files(out, log)
         g = _resolve_precision(g, out, device if executor == "local" else None, log)
-        if rebuild and not (out / Registry.FILENAME).exists():
+        if rebuild and not (out / ZooDB.FILENAME).exists():
             _rebuild_for(g, out, log)
-        reg = Registry.in_dir(out)
+        reg = ZooDB.in_dir(out)
         try:
             try:
                 reg.bind_grid(g.fingerprint(), canonical_json(g.canonical()), "grid")
@@ -298,7 +285,7 @@ def build(
             try:
                 caches = {
                     split: prepare_split(
-                        records, classes, cache / f"{split}-{size}-{resize}", size, resize, progress, max_pixels
+                        records, classes, cache_path(out, split, size, resize), size, resize, progress, max_pixels
                     )
                     for split, records in (("train", train_records), ("test", test_records))
                 }
@@ -348,9 +335,9 @@ def _recoverable(out: Path) -> bool:
     return (out / META_BACKUP).is_file() or any((out / "runs").glob("*/config.json"))
 
 
-def _write_meta_backup(reg: Registry, out: Path) -> None:
+def _write_meta_backup(reg: ZooDB, out: Path) -> None:
     """A copy of the registry's meta table (grid, data, fingerprints), for ``repair``."""
-    from camgap.zoo.train import atomic_write_json
+    from camgap.zoo.files import atomic_write_json
 
     meta = {k: v for k, v in reg.meta().items() if k != "schema"}
     path = out / META_BACKUP
@@ -383,8 +370,8 @@ def _grid_from_meta(meta: dict) -> Grid | None:
 def _recorded_grid(out: Path) -> dict | None:
     """The canonical grid a model set recorded at its first build (registry, else its meta backup)."""
     text = None
-    if (out / Registry.FILENAME).is_file():
-        with contextlib.suppress(RegistryError), Registry.in_dir(out, read_only=True) as reg:
+    if (out / ZooDB.FILENAME).is_file():
+        with contextlib.suppress(RegistryError), ZooDB.in_dir(out, read_only=True) as reg:
             text = reg.get_meta("grid")
     if text is None and (out / META_BACKUP).is_file():
         with contextlib.suppress(OSError, ValueError, AttributeError):
@@ -398,7 +385,7 @@ def _recorded_grid(out: Path) -> dict | None:
 def _resolve_precision(g: Grid, out: Path, device: str | None, log) -> Grid:
     """The grid with ``precision = "auto"`` resolved once per model set, before its first run
     starts: as the model set at ``out`` recorded it (a resume keeps it, on any machine: bf16
-    computes everywhere, only slower), else for ``device`` (``train.choose_precision``); the log
+    computes everywhere, only slower), else for ``device`` (``loop.choose_precision``); the log
     says which and why. A model set recorded with "auto" itself (by an earlier camgap) keeps its
     run ids; ``_refuse_unresolved`` stops before any of them would train."""
     if g.train.precision != "auto":
@@ -418,7 +405,7 @@ def _resolve_precision(g: Grid, out: Path, device: str | None, log) -> Grid:
     else:
         import torch
 
-        from camgap.zoo.train import choose_precision
+        from camgap.zoo.loop import choose_precision
 
         choice, why = choose_precision("auto", torch.device(device))
     log(f"precision auto -> {choice} ({why})")
@@ -451,13 +438,13 @@ def _rebuild_for(g: Grid, out: Path, log) -> None:
                 f"this one {g.fingerprint()[:12]}); use another --out directory, or that grid"
             )
     report = rebuild_registry(out, g.runs())
-    log(f"{out}: {Registry.FILENAME} missing; rebuilt it from runs/: {report}")
+    log(f"{out}: {ZooDB.FILENAME} missing; rebuilt it from runs/: {report}")
 
 
 def _remove_stale_temp_files(out: Path, log) -> None:
     """Temporary files that a killed driver or worker left in the model set (``train.
     remove_stale_temp_files``: only those of dead processes), with the driver lock held."""
-    from camgap.zoo.train import remove_stale_temp_files
+    from camgap.io import remove_stale_temp_files
 
     dirs = [out, *(d for top in ("runs", "cache") for d in sorted((out / top).glob("*")) if d.is_dir())]
     removed = [f for d in dirs for f in remove_stale_temp_files(d)]
@@ -466,11 +453,11 @@ def _remove_stale_temp_files(out: Path, log) -> None:
         log(f"{out}: removed {len(removed)} temporary file(s) left by a killed process: {names}")
 
 
-def _retrain_unsound_finals(reg: Registry, out: Path, log) -> None:
+def _retrain_unsound_finals(reg: ZooDB, out: Path, log) -> None:
     """Done runs whose final.pt is missing or corrupt (``digest.check_final``) go back to pending,
     a corrupt file set aside; a final.pt without a recorded digest that reads back gets one."""
     from camgap.zoo.digest import check_final
-    from camgap.zoo.train import set_aside, storage_error
+    from camgap.zoo.files import set_aside, storage_error
 
     for run in reg.done_runs():
         rid = run["run_id"]
@@ -505,7 +492,7 @@ def repair(zoo_dir: str | Path, log=print):
             meta = json.loads((zoo / META_BACKUP).read_text())
         g = _grid_from_meta(meta) if meta else None
         report = rebuild_registry(zoo, g.runs() if g is not None else None)
-    log(f"{zoo}: rebuilt {Registry.FILENAME} from runs/: {report}")
+    log(f"{zoo}: rebuilt {ZooDB.FILENAME} from runs/: {report}")
     return report
 
 
@@ -540,7 +527,7 @@ def _stop_for_storage(where: str) -> StorageError:
 
 
 def _sweep(
-    reg: Registry,
+    reg: ZooDB,
     ex,
     todo: list[RunSpec],
     out: Path,
@@ -555,7 +542,7 @@ def _sweep(
     log,
 ) -> tuple[int, int]:
     from camgap.progress import progress_bar
-    from camgap.zoo.train import atomic_write_json, storage_error
+    from camgap.zoo.files import atomic_write_json, storage_error
 
     finished = reg.counts()["done"] + reg.exhausted(max_attempts)
     bar = progress_bar(total=total, initial=finished, unit="run", desc="zoo", enabled=progress)
@@ -691,11 +678,11 @@ def status(zoo_dir: str | Path) -> dict:
     """Counts by status (``total``, ``counts``), by architecture x status (``by_arch``), the
     failures with their errors, ``stop_reasons``, the spread of ``train_acc_pp``, ``test_acc_pp``
     and ``gap_pp`` over the done trained runs (``_spread``), ``integrity_problems``, the ``grid``
-    and ``measurements``: the measurements by state (``Registry.measurement_counts``). Every count
+    and ``measurements``: the measurements by state (``ZooDB.measurement_counts``). Every count
     is an int: ``json.dumps`` of it is what ``zoo status --json`` prints (``STATUS_JSON_HELP``)."""
     zoo_dir = Path(zoo_dir)
     try:
-        reg = Registry.in_dir(zoo_dir, read_only=True)
+        reg = ZooDB.in_dir(zoo_dir, read_only=True)
     except RegistryError as exc:
         raise ZooError(str(exc)) from None
     live = driver_running(zoo_dir)
@@ -812,7 +799,7 @@ STDOUT = "-"  # `--out -`: the table on standard output
 
 def export(zoo_dir: str | Path, fmt: str = "csv", out: str | Path | None = None, measures: bool = False) -> Path | None:
     """Write one row per run (``EXPORT_COLUMNS``), or with ``measures`` one row per measurement
-    (``Registry.measurements_export_frame``), as CSV or Parquet; return the file's path (default
+    (``ZooDB.measurements_export_frame``), as CSV or Parquet; return the file's path (default
     ``ZOO/runs.<fmt>`` or ``ZOO/measurements.<fmt>``), or None for ``out="-"``: standard output
     (Parquet's bytes only into a pipe or file, never a terminal). Counts are integers, every other
     number is rounded to ``EXPORT_DIGITS`` significant digits, in both formats."""
@@ -823,7 +810,7 @@ def export(zoo_dir: str | Path, fmt: str = "csv", out: str | Path | None = None,
     if to_stdout and fmt == "parquet" and sys.stdout.isatty():
         raise ZooError("--format parquet --out -: Parquet is binary; redirect standard output to a file or pipe")
     try:
-        reg = Registry.in_dir(zoo_dir, read_only=True)
+        reg = ZooDB.in_dir(zoo_dir, read_only=True)
     except RegistryError as exc:
         raise ZooError(str(exc)) from None
     try:

@@ -344,10 +344,11 @@ def _guard(func):
             print(f"camgap zoo: error: {one_line(exc)}", file=sys.stderr)
             return 2
         except sqlite3.Error as exc:
-            from camgap.zoo.registry import Registry, _registry_error
+            from camgap.zoo.dbschema import registry_error
+            from camgap.zoo.registry import ZooDB
 
             zoo = args.zoo
-            print(f"camgap zoo: error: {_registry_error(exc, Path(zoo) / Registry.FILENAME)}", file=sys.stderr)
+            print(f"camgap zoo: error: {registry_error(exc, Path(zoo) / ZooDB.FILENAME)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("camgap zoo: interrupted; rerun the same command to resume", file=sys.stderr)

@@ -92,6 +92,7 @@ __all__ = [
     "PRETRAIN_DEFAULTS",
     "GridError",
     "Grid",
+    "TORCHVISION_WEIGHTS",
     "RunSpec",
     "canonical_json",
     "make_run_id",
@@ -124,6 +125,13 @@ EXECUTION_ONLY = ("eval_batch_size", "pretrained_weights")
 PRETRAIN_DEFAULTS: dict[str, Any] = PretrainConfig().to_dict()
 
 TORCHVISION_PRETRAINED = "torchvision:IMAGENET1K_V1"
+# architectures with torchvision ImageNet weights -> their weights enum in torchvision.models
+TORCHVISION_WEIGHTS = {
+    "resnet18": "ResNet18_Weights",
+    "resnet34": "ResNet34_Weights",
+    "resnet50": "ResNet50_Weights",
+    "resnet101": "ResNet101_Weights",
+}
 
 
 @dataclass(frozen=True)
@@ -183,8 +191,6 @@ def balanced_sample(sizes: Sequence[int], k: int, seed: int = 0) -> list[int]:
 
 
 def _is_torchvision(arch: str) -> bool:
-    from camgap.zoo.pretrained import TORCHVISION_WEIGHTS
-
     return arch in TORCHVISION_WEIGHTS
 
 
@@ -267,8 +273,6 @@ class Grid:
 
     def pretrained_source(self, arch: str) -> str:
         """Identity of the weights a `pretrained = true` run of `arch` starts from."""
-        from camgap.zoo.pretrained import TORCHVISION_WEIGHTS
-
         if arch in TORCHVISION_WEIGHTS:
             return TORCHVISION_PRETRAINED
         given = self.train.pretrained_weights
@@ -311,8 +315,8 @@ class Grid:
         }
 
     def run_config(self, values: dict) -> RunConfig:
-        """The canonical config of one trained run from one value per grid key (built as its stored
-        form, in the key order run ids have always been hashed from)."""
+        """The canonical config of one trained run from one value per grid key, built as its stored
+        form: the run id hashes it, key order included, so the order below is part of every id."""
         t = self.train
         cfg = {k: values[k] for k in GRID_KEYS}
         cfg.update(self._shared(values["arch"]))
@@ -332,7 +336,7 @@ class Grid:
             cfg["pack"] = pack
         if self.seed:  # another study of the same grid: other run ids, other seeds
             cfg["grid_seed"] = self.seed
-        for key in ("precision", "channels_last"):  # likewise; left out at their defaults, as before
+        for key in ("precision", "channels_last"):  # likewise: at their defaults they leave the ids alone
             if getattr(t, key) != TRAIN_DEFAULTS[key]:
                 cfg[key] = getattr(t, key)
         return RunConfig.from_dict(cfg)

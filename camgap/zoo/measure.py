@@ -52,7 +52,8 @@ from camgap.measures.registry import score_params as score_params  # re-exported
 from camgap.measures.score import ScoreOptions, ScoreResult, score_model
 from camgap.measures.weightwatcher import available as weightwatcher_available
 from camgap.models import CheckpointError, create_model, load_weights, read_checkpoint
-from camgap.zoo.registry import Registry, state_line
+from camgap.zoo.files import cache_path
+from camgap.zoo.registry import ZooDB, state_line
 
 NEEDS_INIT = {"distance_from_init", "pacbayes_flatness", "pacbayes_mag_flatness"}  # read init.pt
 # MaxBoxAccV2 is measured on request only (`--measures ...,maxboxacc_v2`): labelling 101 thresholded
@@ -84,7 +85,7 @@ class MeasureSummary:
     and ``undefined`` now), the compute ``seconds`` per step (the shared pass, each other measure,
     loading) summed over the ``timed`` models that ran it, the ``wall`` seconds of the call, and,
     over the whole set for the requested measures, the counts by state and the not-done rows
-    grouped by reason (``Registry.measurement_counts``)."""
+    grouped by reason (``ZooDB.measurement_counts``)."""
 
     models: int
     measured: int
@@ -250,12 +251,8 @@ def load_run_model(run_dir: Path, which: str = "final") -> tuple[torch.nn.Module
     return model, ckpt
 
 
-def _store_dir(zoo: Path, input_size: int, resize: str) -> Path:
-    return zoo / "cache" / f"train-{input_size}-{resize}"
-
-
 def _store_for(zoo: Path, ckpt: dict) -> TensorStore:
-    return TensorStore.open(_store_dir(zoo, ckpt["input_size"], ckpt["resize"]))
+    return TensorStore.open(cache_path(zoo, "train", ckpt["input_size"], ckpt["resize"]))
 
 
 _REFERENCES: dict[tuple[str, str], tuple] = {}  # per process: (store dir, mask source) -> (masks, image ids)
@@ -368,7 +365,9 @@ def measure_run(
             return MeasuredRun(plan_rows(plan, request, "failed", str(exc)), clock.seconds, False)
         model.eval().to(device)
         store = _store_for(zoo, ckpt)
-        references = _references(zoo, _store_dir(zoo, ckpt["input_size"], ckpt["resize"]), store, request.masks)
+        references = _references(
+            zoo, cache_path(zoo, "train", ckpt["input_size"], ckpt["resize"]), store, request.masks
+        )
     ctx = _context(model, ckpt, store, references, request, device)
     with clock.step(request.pass_name):
         rows, broken = _shared_pass(ctx, plan, request)
@@ -521,9 +520,9 @@ def measure_zoo(
     t0 = time.perf_counter()
     zoo = Path(zoo_dir).expanduser().resolve()
     request = make_request(measures, cams, thresholds, masks, batch_size)
-    if not (zoo / Registry.FILENAME).exists():
-        raise MissingFileError(f"{zoo}: no model set here ({Registry.FILENAME} missing); run `camgap zoo build` first")
-    reg = Registry.in_dir(zoo, create=False)
+    if not (zoo / ZooDB.FILENAME).exists():
+        raise MissingFileError(f"{zoo}: no model set here ({ZooDB.FILENAME} missing); run `camgap zoo build` first")
+    reg = ZooDB.in_dir(zoo, create=False)
     try:
         reg.allow_undefined_state()
         runs = reg.done_runs()
@@ -544,14 +543,14 @@ def measure_zoo(
     return summary
 
 
-def _prepare_references(zoo: Path, reg: Registry, request: MeasureRequest) -> None:
+def _prepare_references(zoo: Path, reg: ZooDB, request: MeasureRequest) -> None:
     """Compute the set's reference masks (saliency, mask folders) once, before any worker needs them."""
     if all(m == "boxes" for m in request.masks) or not request.score_measures:
         return
     train = json.loads(reg.get_meta("grid") or "{}").get("train", {})
     if "input_size" not in train:
         return  # the workers compute them (and cache them) themselves
-    store_dir = _store_dir(zoo, train["input_size"], train.get("resize", "resize"))
+    store_dir = cache_path(zoo, "train", train["input_size"], train.get("resize", "resize"))
     _references(zoo, store_dir, TensorStore.open(store_dir), request.masks)
 
 
@@ -564,7 +563,7 @@ def _executor_for(kind: str, workers: int | None, device: str, ray_address: str 
 
 
 def _measure_plans(
-    reg: Registry,
+    reg: ZooDB,
     zoo: Path,
     plans: list[RunPlan],
     request: MeasureRequest,
@@ -623,7 +622,7 @@ def _measure_plans(
         bar.close()
 
 
-def _store(reg: Registry, run_id: str, rows: list[tuple], summary: MeasureSummary) -> None:
+def _store(reg: ZooDB, run_id: str, rows: list[tuple], summary: MeasureSummary) -> None:
     """Record one model's rows together (one transaction, then its measurements.json)."""
     reg.record_measurements(run_id, [(m, params.to_json(p), v, st, why) for m, p, v, st, why in rows])
     for row in rows:
@@ -694,7 +693,7 @@ def overlay_rows(
     from camgap.viz import render_overlay
 
     zoo = Path(zoo_dir)
-    with Registry.in_dir(zoo, create=False) as reg:
+    with ZooDB.in_dir(zoo, create=False) as reg:
         runs = reg.runs_frame()
     picks, selection, fallback = overlay_picks(runs, min_train_acc)
     rows, models = [], []

@@ -30,7 +30,7 @@ from torch import nn
 
 from camgap.errors import CamgapError, StateError
 from camgap.zoo.config import RunConfig, Task
-from camgap.zoo.grid import Grid
+from camgap.zoo.grid import TORCHVISION_WEIGHTS, Grid
 
 __all__ = [
     "PretrainedWeightsError",
@@ -43,12 +43,6 @@ __all__ = [
     "load_pretrained_backbone",
 ]
 
-TORCHVISION_WEIGHTS = {
-    "resnet18": "ResNet18_Weights",
-    "resnet34": "ResNet34_Weights",
-    "resnet50": "ResNet50_Weights",
-    "resnet101": "ResNet101_Weights",
-}
 HEAD_KEYS = ("fc.weight", "fc.bias")
 
 
@@ -205,7 +199,7 @@ def ensure_source_models(grid: Grid, zoo_dir: str | Path, executor, log=print, p
     from camgap.data.layouts import read_layout
     from camgap.data.synthetic import write_synthetic
     from camgap.models import read_checkpoint
-    from camgap.zoo.train import atomic_save, prepare_split
+    from camgap.zoo.files import atomic_save, prepare_split
 
     out, pending = [], []
     given = grid.train.pretrained_weights
