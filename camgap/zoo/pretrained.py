@@ -10,7 +10,7 @@
   grid's ``[pretrain]`` settings, and cached as ``ZOO/pretrained/small_resnet-<key>.pt``
   (``key`` hashes the architecture options and the pretraining settings). Offline. The
   package ships the source models of its own grids (``camgap/grids/source/<arch>-<key>.pt``,
-  made by ``python -m camgap.zoo.pretrained --grid demo``): a grid with the same key starts
+  made by ``python -m camgap.zoo.ship_source --grid demo``): a grid with the same key starts
   from those, the same bytes on every machine, as torchvision's ImageNet weights are for the
   paper's ResNets; any other key trains its source model in the build.
 
@@ -78,8 +78,8 @@ def packaged_source_model(grid: Grid, arch: str) -> Path | None:
 def _use_packaged(grid: Grid, arch: str, path: Path, log) -> bool:
     """Copy the packaged source model of ``arch`` to ``path`` when the package has one for this
     key (checked against the key the file records); say what it is."""
-    from camgap.models import read_checkpoint
-    from camgap.zoo.train import atomic_save
+    from camgap.checkpoints import read_checkpoint
+    from camgap.zoo.files import atomic_save
 
     src = packaged_source_model(grid, arch)
     if src is None:
@@ -263,31 +263,3 @@ def ensure_source_models(grid: Grid, zoo_dir: str | Path, executor, log=print, p
             atomic_save(final, path)
             shutil.rmtree(work / "cache", ignore_errors=True)
     return out
-
-
-def _package_source_models(argv: list[str] | None = None) -> None:
-    """Train the source models of a packaged grid and store them in the package, as shipped."""
-    import argparse
-    import tempfile
-
-    from camgap.zoo.executors import make_executor
-    from camgap.zoo.grid import load_grid
-
-    ap = argparse.ArgumentParser(prog="python -m camgap.zoo.pretrained", description=_package_source_models.__doc__)
-    ap.add_argument("--grid", default="demo", help="a packaged grid's name or a grid file (default: demo)")
-    ap.add_argument("--workers", type=int, default=None, help="training processes (default: one per core)")
-    args = ap.parse_args(argv)
-    grid = load_grid(args.grid)
-    executor = make_executor("local", workers=args.workers, device="cpu")
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for path in ensure_source_models(grid, tmp, executor, packaged=False):
-                PACKAGED_SOURCE_DIR.mkdir(exist_ok=True)
-                shutil.copyfile(path, PACKAGED_SOURCE_DIR / path.name)  # the whole record: config, history, result
-                print(f"packaged {PACKAGED_SOURCE_DIR / path.name}")
-    finally:
-        executor.close()
-
-
-if __name__ == "__main__":
-    _package_source_models()
