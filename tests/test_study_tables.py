@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from camgap.study import render, stats, tables
+from camgap.study import bootstrap, cmi, render, stats, tables
 from camgap.study.report import demo_frames
 
 IOU = "cam=gradcam,threshold=0.1,masks=boxes"
@@ -123,7 +123,7 @@ def test_table3_cells_equal_scipy_on_the_cell_subsets(frames):
             assert t.pearson.loc[key, col] == pytest.approx(st.pearsonr(c.value, c.gap)[0], abs=1e-12)
             assert t.spearman.loc[key, col] == pytest.approx(st.spearmanr(c.value, c.gap)[0], abs=1e-12)
             assert t.kendall.loc[key, col] == pytest.approx(st.kendalltau(c.value, c.gap)[0], abs=1e-12)
-            lo, hi = stats.bootstrap_ci(c.value, c.gap, n_resamples=50, seed=3)
+            lo, hi = bootstrap.bootstrap_ci(c.value, c.gap, n_resamples=50, seed=3)
             assert (t.ci_low.loc[key, col], t.ci_high.loc[key, col]) == (lo, hi)
     # the failed spectral norm measurement is one model fewer
     assert t.n.loc[("Total", "Spectral Norm"), ">=80"] == t.n.loc[("Total", "IoU"), ">=80"] - 1
@@ -196,10 +196,10 @@ def test_ranking_table_equals_stats(frames):
     d = _trained_iou(runs, ms)
     hp = ["arch", "batch_size", "lr", "optimizer"]
     psi, per = stats.granulated_kendall(d, "value", "gap", hp)
-    cmi, per_set = stats.cmi_score(d, "value", "gap", hp)
+    score, per_set = cmi.cmi_score(d, "value", "gap", hp)
     assert r.loc["IoU", "psi"] == pytest.approx(psi)
     assert r.loc["IoU", "psi[lr]"] == pytest.approx(per["lr"])
-    assert r.loc["IoU", "cmi"] == pytest.approx(cmi)
+    assert r.loc["IoU", "cmi"] == pytest.approx(score)
     best = min((v, k) for k, v in per_set.items() if np.isfinite(v))[1]
     assert r.loc["IoU", "cmi_set"] == ("+".join(best) or "{}")
     assert r.loc["IoU", "n"] == len(d)

@@ -38,7 +38,22 @@ from markupsafe import Markup
 from camgap.errors import InputError, MissingFileError, UnknownNameError
 
 from . import figures, render, tables
-from .tables import DEFAULT_THRESHOLDS, TOTAL, CorrelationTable, MeasureSpec, SelectionTable, StudyOptions
+from .correlation import CorrelationTable
+from .groups import cluster_effects, group_cells, group_table
+from .options import (
+    DEFAULT_HPARAMS,
+    DEFAULT_THRESHOLDS,
+    StudyOptions,
+    archs_of,
+    at_threshold,
+    infer_hparams,
+    primary_subset,
+    threshold_label,
+    trained_mask,
+)
+from .ranking import ranking_table
+from .selection import SelectionTable, table4
+from .variants import IOU_MEASURES, TOTAL, MeasureSpec, discover_specs, prepare_measurements, primary_iou, wide_table
 
 
 @dataclass
@@ -57,10 +72,10 @@ class Study:
     models: pd.DataFrame
     thresholds: tuple[float, ...]
     settings: dict = field(default_factory=dict)
-    measurements: pd.DataFrame | None = None  #: as the tables read them (`tables.prepare_measurements`)
+    measurements: pd.DataFrame | None = None  #: as the tables read them (`prepare_measurements`)
     options: StudyOptions = field(default_factory=StudyOptions)
-    groups: CorrelationTable | None = None  #: Table 3 within hyperparameter levels (`tables.group_table`)
-    clusters: list[str] = field(default_factory=list)  #: `tables.cluster_effects` of `groups`
+    groups: CorrelationTable | None = None  #: Table 3 within hyperparameter levels (`group_table`)
+    clusters: list[str] = field(default_factory=list)  #: `cluster_effects` of `groups`
     calibration: pd.DataFrame | None = None  #: `predict_calibration`
     calibration_note: str = ""
 
@@ -98,20 +113,20 @@ def run_study(runs: pd.DataFrame, measurements: pd.DataFrame, options: StudyOpti
     primary=, specs=/measures=, hparams=, n_boot=, seed=, confidence=, min_n=): the measures
     default to every measure present, its primary variant (`DEFAULT_PRIMARY`: cam=gradcam,
     masks=boxes); the hyperparameters to the paper's seven present in `runs` that vary (see
-    `tables.infer_hparams`). The measurements are prepared (params parsed) once for all tables."""
+    `infer_hparams`). The measurements are prepared (params parsed) once for all tables."""
     o = StudyOptions.of(options, **settings)
     runs = prepare_runs(runs)
-    m = tables.prepare_measurements(measurements)
-    specs = list(o.measures) if o.measures is not None else tables.discover_specs(m, o.primary)
-    hp = tables.infer_hparams(runs) if o.hparams is None else list(o.hparams)
+    m = prepare_measurements(measurements)
+    specs = list(o.measures) if o.measures is not None else discover_specs(m, o.primary)
+    hp = infer_hparams(runs) if o.hparams is None else list(o.hparams)
     t3 = tables.table3(runs, m, specs, o)
-    rank = tables.ranking_table(runs, m, specs, hp, o)
-    t4 = tables.table4(runs, m, options=o)
+    rank = ranking_table(runs, m, specs, hp, o)
+    t4 = table4(runs, m, options=o)
     t5 = tables.table5(runs, m, options=o)
     t6 = tables.table6(runs, m, o)
     t7 = tables.table7(runs, m, o)
-    models = tables.wide_table(runs, m)
-    groups = tables.group_table(runs, m, specs, hp, o)
+    models = wide_table(runs, m)
+    within = group_table(runs, m, specs, hp, o)
     calibration, cal_note = predict_calibration(runs, m, o)
     settings_out = dict(primary=dict(o.primary), cmi=o.cmi, **o.bootstrap())
     return Study(
@@ -129,8 +144,8 @@ def run_study(runs: pd.DataFrame, measurements: pd.DataFrame, options: StudyOpti
         settings_out,
         m,
         o,
-        groups,
-        tables.cluster_effects(groups),
+        within,
+        cluster_effects(within),
         calibration,
         cal_note,
     )
@@ -145,11 +160,11 @@ def predict_calibration(
     `predict` switches to when that coverage is too low. (None, why) when no fit is possible."""
     from .predict import CALIBRATION_SLACK, MIN_N, fit_from_wide
 
-    spec = tables.primary_iou(measurements, options.primary)
+    spec = primary_iou(measurements, options.primary)
     if spec is None:
         return None, "not available: no IoU measurements."
-    t = tables.primary_subset(options)
-    wide = tables.at_threshold(tables.wide_table(runs, measurements, [spec]), t)
+    t = primary_subset(options)
+    wide = at_threshold(wide_table(runs, measurements, [spec]), t)
     try:
         fit = fit_from_wide(wide, spec.column)
     except InputError as e:
@@ -317,7 +332,7 @@ def how_computed(runs: pd.DataFrame) -> str:
 
 def _gap_figures(runs: pd.DataFrame, fdir: Path) -> tuple[list[FigureFile], list[str]]:
     """Figures 4 and 5, or a no-data line when no trained model has a finite gap."""
-    gaps = pd.to_numeric(runs.loc[tables.trained_mask(runs), "gap"], errors="coerce")
+    gaps = pd.to_numeric(runs.loc[trained_mask(runs), "gap"], errors="coerce")
     if not np.isfinite(gaps.to_numpy(float)).any():
         return [], ["no data: no trained model has a finite gap; Figures 4 and 5 are not drawn."]
     return [
@@ -333,8 +348,8 @@ def _gap_figures(runs: pd.DataFrame, fdir: Path) -> tuple[list[FigureFile], list
 
 
 def color_by_choices(runs: pd.DataFrame) -> list[str]:
-    """The hyperparameter columns `--color-by` accepts: those of `tables.DEFAULT_HPARAMS` in `runs`."""
-    return [h for h in tables.DEFAULT_HPARAMS if h in runs.columns]
+    """The hyperparameter columns `--color-by` accepts: those of `DEFAULT_HPARAMS` in `runs`."""
+    return [h for h in DEFAULT_HPARAMS if h in runs.columns]
 
 
 def check_color_by(runs: pd.DataFrame, color_by: str | None) -> None:
@@ -350,7 +365,7 @@ def _scatter_models(wide: pd.DataFrame, thresholds: Sequence[float], min_n: int)
     """The models the scatters show and their description: the trained models at the lowest
     accuracy threshold (the paper's model set); when fewer than `min_n` reach it, all trained
     models, and the description says so."""
-    trained = wide[tables.trained_mask(wide)]
+    trained = wide[trained_mask(wide)]
     floor = min((t for t in thresholds if t > 0), default=0.0)
     if not floor:
         return trained, "trained models"
@@ -373,8 +388,8 @@ def _scatter_figures(
 ) -> tuple[list[FigureFile], list[str]]:
     """One scatter per measure with at least one finite value among the shown models (caption:
     which models and how many); a no-data line for every other measure. With `color_by`, the
-    IoU scatters (`tables.IOU_MEASURES`) are coloured by that hyperparameter."""
-    wide = tables.wide_table(runs, measurements, specs)
+    IoU scatters (`IOU_MEASURES`) are coloured by that hyperparameter."""
+    wide = wide_table(runs, measurements, specs)
     shown, subset = _scatter_models(wide, thresholds, min_n)
     gap_ok = np.isfinite(pd.to_numeric(shown["gap"], errors="coerce").to_numpy(float))
     figs, no_data, used = [], [], set()
@@ -393,7 +408,7 @@ def _scatter_figures(
         while slug in used:
             slug += "_"
         used.add(slug)
-        by = color_by if s.measure in tables.IOU_MEASURES else None
+        by = color_by if s.measure in IOU_MEASURES else None
         figs.append(
             FigureFile(
                 f"{col} vs gap: {int(ok.sum())} {subset} with a finite {col}" + (f", coloured by {by}" if by else ""),
@@ -448,7 +463,7 @@ def write_study(
         group_title = "Table 3 within groups. Pearson r [interval] (n), measure vs gap, per hyperparameter level"
         render.write_correlation_table(st.groups, tdir, "table3_groups")
         render.write_table(
-            tables.group_cells(st.groups, o.min_n), tdir, "table3_groups_cells", title=group_title, note=st.groups.note
+            group_cells(st.groups, o.min_n), tdir, "table3_groups_cells", title=group_title, note=st.groups.note
         )
     if st.calibration is not None:
         render.write_table(st.calibration, tdir, "predict_calibration", note=st.calibration_note)
@@ -555,12 +570,12 @@ def render_html(
     """The report page from the template `report.html.j2` (autoescaped). `figs` are inlined as
     data URIs; each <img> names its file (relative to `base`) in `data-file`."""
     runs = st.models
-    tm = tables.trained_mask(runs)
-    archs = ", ".join(map(str, tables.archs_of(runs[tm]))) or "none"
+    tm = trained_mask(runs)
+    archs = ", ".join(map(str, archs_of(runs[tm]))) or "none"
     summary = (
         f"{int(tm.sum())} trained models ({archs}), "
         f"{int((~tm).sum())} untrained random models; thresholds on training accuracy: "
-        f"{', '.join(render.column_label(tables.threshold_label(t)) for t in st.thresholds)}; "
+        f"{', '.join(render.column_label(threshold_label(t)) for t in st.thresholds)}; "
         f"hyperparameters for Psi / CMI: {', '.join(st.hparams) or 'none'}; "
         f"CMI definition: {CMI_DESCRIPTIONS[st.options.cmi]}; "
         f"bootstrap resamples: {st.settings.get('n_boot')}, seed {st.settings.get('seed')}."
@@ -570,7 +585,7 @@ def render_html(
         None
         if st.groups is None
         else dict(
-            cells=_html_table(tables.group_cells(st.groups, st.options.min_n)),
+            cells=_html_table(group_cells(st.groups, st.options.min_n)),
             note=st.groups.note,
             clusters=st.clusters,
         )
