@@ -82,6 +82,16 @@ def _swap_perm(radices: Sequence[int]) -> np.ndarray:
     return out
 
 
+def _with_mirror(half: np.ndarray, radices: Sequence[int]) -> np.ndarray:
+    """Ordered-pair counts [U_S digits..., 3, 3] from the unordered ones: each pair (i, j) also
+    counted as (j, i), its U_S digits swapped and both signs flipped. Applied after summing
+    the other hyperparameters out (sums and the swap commute), on the small array of one S."""
+    mirrored = half
+    for axis, k in enumerate(radices):
+        mirrored = np.take(mirrored, _swap_perm([k]), axis=axis)
+    return half + mirrored[..., ::-1, ::-1]
+
+
 def cmi_score(
     df: pd.DataFrame,
     measure_col: str,
@@ -202,10 +212,10 @@ def cmi_scores(
             continue
         if finite.all():  # the common case: no pair to drop, no copies of the pair arrays
             ok = np.ones(i.size, dtype=bool)
-            ab = (_sign(m[i] - m[j], measure_tol).astype(np.int64) + 1) * 3 + v_gap
+            ab = _pair_codes(m[i], m[j], measure_tol, v_gap)
         else:
             ok = finite[i] & finite[j]
-            ab = (_sign(m[i[ok]] - m[j[ok]], measure_tol).astype(np.int64) + 1) * 3 + v_gap[ok]
+            ab = _pair_codes(m[i[ok]], m[j[ok]], measure_tol, v_gap[ok])
         per: dict[tuple[str, ...], float] = {}
         for s, counts in keys.counts(sets, ab, ok, weights):
             mi, h_g = _pgdl_from_counts(counts) if pgdl else _cmi_from_counts(counts)
@@ -214,6 +224,15 @@ def cmi_scores(
         score = float(min(defined)) if defined else math.nan
         out[col] = (100.0 * score, {k: 100.0 * v for k, v in per.items()}) if pgdl else (score, per)
     return out
+
+
+def _pair_codes(first: np.ndarray, second: np.ndarray, tol: float, v_gap: np.ndarray) -> np.ndarray:
+    """(V_mu + 1) * 3 + V_g + 1 of each pair, V_mu = `_sign(first - second, tol)`, in a few
+    passes over the pairs (the pair arrays are the study's largest)."""
+    d = first - second
+    v = (d > tol).view(np.int8) - (d < -tol).view(np.int8)
+    v *= 3
+    return v_gap + 3 + v
 
 
 def _pgdl_from_counts(counts: np.ndarray) -> tuple[float, float]:
@@ -241,7 +260,8 @@ class _ConditioningKeys:
         self.radix = radix
         self.codes, self.i, self.j = codes, i, j
         self.joint_size = int(np.prod([radix[h] ** 2 for h in self.hparams])) if self.hparams else 1
-        self.joint = self._key(self.hparams) if self.joint_size <= _DENSE_MAX else None
+        # the joint code of a pair times 9, the room for its (V_mu, V_g) code
+        self.joint9 = self._key(self.hparams) * 9 if self.joint_size <= _DENSE_MAX else None
         self._per_set: dict[tuple[str, ...], np.ndarray] = {}
 
     def _key(self, s: Sequence[str], swapped: bool = False) -> np.ndarray:
@@ -262,18 +282,16 @@ class _ConditioningKeys:
         the pairs."""
         every = bool(ok.all())
         w = weights if weights is None or every else weights[ok]
-        if self.joint is not None:
+        if self.joint9 is not None:
             shape = [self.radix[h] ** 2 for h in self.hparams]
             half = np.bincount(
-                (self.joint if every else self.joint[ok]) * 9 + ab, weights=w, minlength=self.joint_size * 9
+                (self.joint9 if every else self.joint9[ok]) + ab, weights=w, minlength=self.joint_size * 9
             ).reshape(*shape, 3, 3)
-            full = half
-            for axis, h in enumerate(self.hparams):
-                full = np.take(full, _swap_perm([self.radix[h]]), axis=axis)
-            full = half + full[..., ::-1, ::-1]
-            margins = _Marginals(full, len(self.hparams))
+            margins = _Marginals(half, len(self.hparams))
             for s in sets:
-                yield s, margins.keep(tuple(self.hparams.index(h) for h in s)).reshape(-1, 3, 3)
+                axes = tuple(sorted(self.hparams.index(h) for h in s))
+                part = margins.keep(axes)
+                yield s, _with_mirror(part, [self.radix[self.hparams[a]] for a in axes]).reshape(-1, 3, 3)
             return
         for s in sets:
             if s not in self._per_set:

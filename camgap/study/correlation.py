@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from . import stats
-from .bootstrap import bootstrap_ci
+from .bootstrap import pearson_intervals
 from .options import DEFAULT_THRESHOLDS, archs_of, at_threshold, threshold_label
 from .variants import TOTAL
 
@@ -52,30 +52,55 @@ class CorrelationTable:
         )
 
 
-def _cell(x, y, *, min_n: int, n_boot: int, seed: int, confidence: float) -> dict[str, float]:
-    c = stats.correlations(x, y, min_n=min_n)
-    lo = hi = math.nan
-    if n_boot > 0 and np.isfinite(c["pearson"]):
-        lo, hi = bootstrap_ci(x, y, "pearson", n_resamples=n_boot, confidence=confidence, seed=seed, min_n=min_n)
-    return {
-        "pearson": c["pearson"],
-        "spearman": c["spearman"],
-        "kendall": c["kendall"],
-        "ci_low": lo,
-        "ci_high": hi,
-        "n": c["n"],
-    }
+def correlation_cells(
+    d: pd.DataFrame, cols: Sequence[str], gap_col: str = "gap", *, min_n: int, n_boot: int, seed: int, confidence: float
+) -> dict[str, dict[str, float]]:
+    """The statistics of one cell per column of `cols` over the models of `d`, each column's
+    non-finite pairs dropped: the correlations with `gap_col`, and the bootstrap interval of every
+    defined Pearson r. Columns finite on the same models share one set of resamples, which is what
+    each would draw alone (same n, same seed), so the intervals are those of `bootstrap_ci`."""
+    y = np.asarray(d[gap_col], dtype=float)
+    out: dict[str, dict[str, float]] = {}
+    shared: dict[bytes, list[str]] = {}
+    for c in cols:
+        x = np.asarray(d[c], dtype=float)
+        r = stats.correlations(x, y, min_n=min_n)
+        out[c] = {s: r[s] for s in ("pearson", "spearman", "kendall", "n")} | {"ci_low": math.nan, "ci_high": math.nan}
+        if n_boot > 0 and np.isfinite(r["pearson"]):
+            shared.setdefault((np.isfinite(x) & np.isfinite(y)).tobytes(), []).append(c)
+    for key, group in shared.items():
+        keep = np.frombuffer(key, dtype=bool)
+        xs = np.column_stack([np.asarray(d[c], dtype=float)[keep] for c in group])
+        cis = pearson_intervals(xs, y[keep], n_resamples=n_boot, confidence=confidence, seed=seed)
+        for c, (lo, hi) in zip(group, cis):
+            out[c]["ci_low"], out[c]["ci_high"] = lo, hi
+    return out
+
+
+class _Cells:
+    """`correlation_cells` of every column over each set of models, computed once per set when
+    one of its cells is first read."""
+
+    def __init__(self, sets: dict, cols: Sequence[str], gap_col: str = "gap", **bootstrap):
+        self.sets, self.cols, self.gap_col, self.bootstrap = sets, list(cols), gap_col, bootstrap
+        self._done: dict = {}
+
+    def __call__(self, key, col: str) -> dict[str, float]:
+        if key not in self._done:
+            self._done[key] = correlation_cells(self.sets[key], self.cols, self.gap_col, **self.bootstrap)
+        return self._done[key][col]
 
 
 def _build(
     index: pd.Index, columns: Sequence[str], cell: Callable[[object, str], dict], confidence: float, note: str = ""
 ) -> CorrelationTable:
-    frames = {s: pd.DataFrame(np.nan, index=index, columns=list(columns), dtype=float) for s in _STATS}
-    for r in index:
-        for c in columns:
+    values = {s: np.full((len(index), len(columns)), np.nan) for s in _STATS}
+    for i, r in enumerate(index):
+        for j, c in enumerate(columns):
             vals = cell(r, c)
             for s in _STATS:
-                frames[s].loc[r, c] = vals[s]
+                values[s][i, j] = vals[s]
+    frames = {s: pd.DataFrame(v, index=index, columns=list(columns)) for s, v in values.items()}
     frames["n"] = frames["n"].fillna(0).astype(int)
     return CorrelationTable(**frames, confidence=confidence, note=note)
 
@@ -108,9 +133,5 @@ def correlation_table(
         for lab, t in cols.items()
     }
 
-    def cell(row, col):
-        a, mc = row
-        d = subsets[(a, col)]
-        return _cell(d[mc], d[gap_col], min_n=min_n, n_boot=n_boot, seed=seed, confidence=confidence)
-
-    return _build(index, list(cols), cell, confidence, note)
+    cells = _Cells(subsets, measure_cols, gap_col, min_n=min_n, n_boot=n_boot, seed=seed, confidence=confidence)
+    return _build(index, list(cols), lambda row, col: cells((row[0], col), row[1]), confidence, note)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
-from .correlation import CorrelationTable, _build, _cell
+from .correlation import CorrelationTable, _build, _Cells
 from .options import StudyOptions, at_threshold, infer_hparams, primary_subset, study_frame, study_specs
 from .variants import MeasureSpec, _join_notes, missing_note, natural_key, prepare_measurements
 
@@ -47,9 +47,8 @@ def group_table(
             groups[(h, _level(level))] = w[(values == level).to_numpy()]
     n_boot = min(o.n_boot, GROUP_N_BOOT)
 
-    def cell(row, col):
-        d = groups[row]
-        return _cell(d[col], d["gap"], min_n=o.min_n, n_boot=n_boot, seed=o.seed, confidence=o.confidence)
+    columns = [s.column for s in specs]
+    cells = _Cells(groups, columns, min_n=o.min_n, n_boot=n_boot, seed=o.seed, confidence=o.confidence)
 
     subset = "every trained model" if t is None else f"trained models with train_acc >= {t:g}"
     note = (
@@ -57,7 +56,7 @@ def group_table(
         f"bootstrap intervals from {n_boot} resamples."
     )
     index = pd.MultiIndex.from_tuples(list(groups), names=["hyperparameter", "level"])
-    return _build(index, [s.column for s in specs], cell, o.confidence, _join_notes(note, missing_note(m, specs)))
+    return _build(index, columns, cells, o.confidence, _join_notes(note, missing_note(m, specs)))
 
 
 def _level(v: object) -> str:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from .correlation import CorrelationTable, _build, _cell, correlation_table
+from .correlation import CorrelationTable, _build, correlation_cells, correlation_table
 from .groups import ALL_MODELS, GROUP_N_BOOT, cluster_effects, group_cells, group_table
 from .options import (
     DEFAULT_HPARAMS,
@@ -195,7 +195,7 @@ def table5(
         d = sets[row]
         if c != TOTAL:
             d = d[d["arch"] == c]
-        return _cell(d[col], d["gap"], min_n=o.min_n, n_boot=o.n_boot, seed=o.seed, confidence=o.confidence)
+        return correlation_cells(d, [col], min_n=o.min_n, n_boot=o.n_boot, seed=o.seed, confidence=o.confidence)[col]
 
     note = (
         f"Pearson r between {col} and the gap; trained models with train_acc >= {trained_threshold}."

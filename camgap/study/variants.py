@@ -186,13 +186,15 @@ def missing_note(measurements: pd.DataFrame, specs: Sequence[MeasureSpec]) -> st
     """One sentence per spec without a usable value: not measured at all, or only failed or
     undefined. Empty when every spec has values."""
     m = prepare_measurements(measurements)
+    usable = m.groupby(["measure", "params"], sort=False)["_usable"].any()
+    have = _variants_of(m)
     out = []
     for spec in specs:
-        rows = m[(m["measure"] == spec.measure) & m["params"].isin(_resolve_params(m, spec))]
+        hits = [bool(usable[(spec.measure, p)]) for p in _resolve_params(have, spec)]
         name = variant_name(spec.measure, spec_params(spec))
-        if rows.empty:
+        if not hits:
             out.append(f"{name} was {NOT_MEASURED}.")
-        elif not rows["_usable"].any():
+        elif not any(hits):
             out.append(f"{name} has no usable value (failed or undefined for every model).")
     return " ".join(out)
 
@@ -201,9 +203,18 @@ def _join_notes(*notes: str) -> str:
     return " ".join(n for n in notes if n)
 
 
-def _resolve_params(m: pd.DataFrame, spec: MeasureSpec) -> list[str]:
-    """The params strings of `spec.measure` in `m` that `spec` selects."""
-    have = sorted(set(m.loc[m["measure"] == spec.measure, "params"]))
+def _variants_of(m: pd.DataFrame) -> dict[str, list[str]]:
+    """{measure: its params strings in `m`, sorted}."""
+    out: dict[str, set[str]] = {}
+    pairs = m[["measure", "params"]].drop_duplicates()
+    for measure, params in zip(pairs["measure"].tolist(), pairs["params"].tolist()):
+        out.setdefault(measure, set()).add(params)
+    return {k: sorted(v) for k, v in out.items()}
+
+
+def _resolve_params(variants: Mapping[str, list[str]], spec: MeasureSpec) -> list[str]:
+    """The params strings of `spec.measure` (among `variants`, see `_variants_of`) that `spec` selects."""
+    have = variants.get(spec.measure, [])
     if isinstance(spec.params, str):
         exact = _label_of(spec.params)
         return [exact] if exact in have else []
@@ -228,13 +239,15 @@ def wide_table(
     m = prepare_measurements(measurements)
     specs = discover_specs(m) if measures is None else [_as_spec(s) for s in measures]
     done = m[m["_usable"]]
+    rows_of = done.groupby(["measure", "params"], sort=False).indices  # each variant's usable rows
+    have = _variants_of(m)
     keys = runs["run_id"].astype(str)
     cols: dict[str, pd.Series] = {}
     for spec in specs:
         col = spec.column
         if col in runs.columns or col in cols:
             raise InputError(f"column {col!r} already in the table; give the measure another name")
-        chosen = _resolve_params(m, spec)
+        chosen = _resolve_params(have, spec)
         if len(chosen) > 1:
             raise InputError(
                 f"{spec.measure} with params {spec.params!r} matches several variants "
@@ -243,7 +256,7 @@ def wide_table(
         if not chosen:
             cols[col] = pd.Series(np.nan, index=runs.index, dtype=float)
             continue
-        sel = done[(done["measure"] == spec.measure) & (done["params"] == chosen[0])]
+        sel = done.iloc[rows_of.get((spec.measure, chosen[0]), [])]
         vals = sel.groupby(sel["run_id"].astype(str), sort=False)["value"].last()
         cols[col] = keys.map(vals).astype(float)
     if not cols:
