@@ -203,6 +203,7 @@ def cmi_scores(
     codes = {h: _codes(d[h]) for h in hparams}
     radix = {h: int(codes[h].max()) + 1 for h in hparams}
     keys = _ConditioningKeys(codes, radix, i, j)
+    pair_codes = _PairCodes(i, j, v_gap)
     out = {}
     for col in measure_cols:
         m = values[col]
@@ -210,12 +211,7 @@ def cmi_scores(
         if int(finite.sum()) < 2:
             out[col] = (math.nan, {s: math.nan for s in sets})
             continue
-        if finite.all():  # the common case: no pair to drop, no copies of the pair arrays
-            ok = np.ones(i.size, dtype=bool)
-            ab = _pair_codes(m[i], m[j], measure_tol, v_gap)
-        else:
-            ok = finite[i] & finite[j]
-            ab = _pair_codes(m[i[ok]], m[j[ok]], measure_tol, v_gap[ok])
+        ab, ok = pair_codes(m, finite, measure_tol)
         per: dict[tuple[str, ...], float] = {}
         for s, counts in keys.counts(sets, ab, ok, weights):
             mi, h_g = _pgdl_from_counts(counts) if pgdl else _cmi_from_counts(counts)
@@ -226,13 +222,33 @@ def cmi_scores(
     return out
 
 
-def _pair_codes(first: np.ndarray, second: np.ndarray, tol: float, v_gap: np.ndarray) -> np.ndarray:
-    """(V_mu + 1) * 3 + V_g + 1 of each pair, V_mu = `_sign(first - second, tol)`, in a few
-    passes over the pairs (the pair arrays are the study's largest)."""
-    d = first - second
-    v = (d > tol).view(np.int8) - (d < -tol).view(np.int8)
-    v *= 3
-    return v_gap + 3 + v
+class _PairCodes:
+    """(V_mu + 1) * 3 + V_g + 1 of every pair for one measure after another, V_mu =
+    `_sign(mu_i - mu_j, tol)`. The pair arrays are the study's largest: they are written into
+    buffers allocated once, since a fresh array of that size costs its page faults again."""
+
+    def __init__(self, i: np.ndarray, j: np.ndarray, v_gap: np.ndarray):
+        self.i, self.j, self.v_gap3 = i, j, v_gap + 3
+        self.first, self.second = np.empty(i.size), np.empty(i.size)
+        self.up, self.down = np.empty(i.size, dtype=bool), np.empty(i.size, dtype=bool)
+        self.ab = np.empty(i.size, dtype=np.int64)
+
+    def __call__(self, m: np.ndarray, finite: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray | None]:
+        """(codes, ok): the codes of the pairs whose two models both have a finite value (ok;
+        None: every pair). The codes are overwritten by the next call."""
+        if not finite.all():  # rare: fresh arrays of the pairs kept
+            ok = finite[self.i] & finite[self.j]
+            d = m[self.i[ok]] - m[self.j[ok]]
+            v = (d > tol).view(np.int8) - (d < -tol).view(np.int8)
+            return self.v_gap3[ok] + 3 * v, ok
+        # mode="clip": the indices are valid, and the default mode copies `out` through a buffer
+        first = np.take(m, self.i, out=self.first, mode="clip")
+        d = np.subtract(first, np.take(m, self.j, out=self.second, mode="clip"), out=self.first)
+        np.greater(d, tol, out=self.up)
+        np.less(d, -tol, out=self.down)
+        v = np.subtract(self.up.view(np.int8), self.down.view(np.int8), out=self.up.view(np.int8))
+        np.multiply(v, 3, out=v)
+        return np.add(self.v_gap3, v, out=self.ab), None
 
 
 def _pgdl_from_counts(counts: np.ndarray) -> tuple[float, float]:
@@ -263,30 +279,43 @@ class _ConditioningKeys:
         # the joint code of a pair times 9, the room for its (V_mu, V_g) code
         self.joint9 = self._key(self.hparams) * 9 if self.joint_size <= _DENSE_MAX else None
         self._per_set: dict[tuple[str, ...], np.ndarray] = {}
+        self._scratch: np.ndarray | None = None
 
     def _key(self, s: Sequence[str], swapped: bool = False) -> np.ndarray:
         """Mixed-radix code of (theta_S, theta'_S) of every pair (of (theta'_S, theta_S) when
-        `swapped`), built digit by digit without keeping per-hyperparameter pair arrays."""
+        `swapped`): the digit of h is c_h(theta) * k_h + c_h(theta'), so the code is a sum of a
+        per-model term of the first model and one of the second, gathered once each."""
         first, second = (self.j, self.i) if swapped else (self.i, self.j)
-        key = np.zeros(self.i.size, dtype=np.int64)
+        n = len(next(iter(self.codes.values()))) if self.codes else 0
+        lead, trail = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=np.int64)
         for h in s:
-            key *= self.radix[h] ** 2
-            key += self.codes[h][first] * self.radix[h]
-            key += self.codes[h][second]
-        return key
+            k = self.radix[h]
+            lead *= k * k
+            lead += self.codes[h] * k
+            trail *= k * k
+            trail += self.codes[h]
+        return lead[first] + trail[second]
 
     def counts(
-        self, sets: Sequence[tuple[str, ...]], ab: np.ndarray, ok: np.ndarray, weights: np.ndarray | None = None
+        self,
+        sets: Sequence[tuple[str, ...]],
+        ab: np.ndarray,
+        ok: np.ndarray | None = None,
+        weights: np.ndarray | None = None,
     ):
         """(S, counts[U_S, V_mu + 1, V_g + 1]) for each S; `weights` (per pair, default 1) weigh
         the pairs."""
-        every = bool(ok.all())
+        every = ok is None  # ok: which pairs `ab` codes (None: every pair)
         w = weights if weights is None or every else weights[ok]
         if self.joint9 is not None:
             shape = [self.radix[h] ** 2 for h in self.hparams]
-            half = np.bincount(
-                (self.joint9 if every else self.joint9[ok]) + ab, weights=w, minlength=self.joint_size * 9
-            ).reshape(*shape, 3, 3)
+            if every:
+                if self._scratch is None:
+                    self._scratch = np.empty(self.joint9.size, dtype=np.int64)
+                key = np.add(self.joint9, ab, out=self._scratch)
+            else:
+                key = self.joint9[ok] + ab
+            half = np.bincount(key, weights=w, minlength=self.joint_size * 9).reshape(*shape, 3, 3)
             margins = _Marginals(half, len(self.hparams))
             for s in sets:
                 axes = tuple(sorted(self.hparams.index(h) for h in s))
@@ -302,7 +331,8 @@ class _ConditioningKeys:
                 half = np.bincount(key * 9 + ab, weights=w, minlength=size * 9).reshape(size, 3, 3)
                 yield s, half + half[_swap_perm([self.radix[h] for h in s])][:, ::-1, ::-1]
             else:  # hyperparameters with very many values: code the ordered pairs explicitly
-                swapped = self._key(s, swapped=True)[ok]
+                swapped = self._key(s, swapped=True)
+                swapped = swapped if every else swapped[ok]
                 _, inv = np.unique(np.concatenate([key, swapped]), return_inverse=True)
                 both = np.concatenate([ab, 8 - ab])
                 ww = None if w is None else np.concatenate([w, w])
