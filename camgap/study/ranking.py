@@ -27,7 +27,8 @@ def ranking_table(
     """Granulated Kendall Psi (with each psi_i) and the CMI score (with the conditioning set
     that attains the minimum; its definition is the options' `cmi` mode) per measure, over all
     trained models (NaN below `min_n` models or without a varying hyperparameter). See `stats`;
-    the CMI pairs are built once for all measures (`stats.cmi_scores`)."""
+    the Psi cells and the CMI pairs are built once for all measures (`stats.granulated_kendalls`,
+    `cmi.cmi_scores`)."""
     o = StudyOptions.of(options, **settings)
     m = prepare_measurements(measurements)
     specs = study_specs(m, specs, o)
@@ -39,15 +40,15 @@ def ranking_table(
     counts = {s.column: int((np.isfinite(w[s.column].to_numpy(float)) & gap_ok).sum()) for s in specs}
     scored = [c for c, n in counts.items() if hparams and n >= o.min_n]
     cmi = cmi_scores(w, scored, gap_col, hparams, mode=o.cmi) if scored else {}
+    psi = stats.granulated_kendalls(w, scored, gap_col, hparams) if scored else {}
     rows = []
     for col, n in counts.items():
         row: dict[str, object] = {"measure": col, "n": n}
         if col in cmi:
-            psi, per = stats.granulated_kendall(w, col, gap_col, hparams)
+            row["psi"], per = psi[col]
             score, per_set = cmi[col]
         else:
-            psi, per, score, per_set = math.nan, {}, math.nan, {}
-        row["psi"] = psi
+            row["psi"], per, score, per_set = math.nan, {}, math.nan, {}
         for h in hparams:
             row[f"psi[{h}]"] = per.get(h, math.nan)
         row["cmi"] = score

@@ -186,6 +186,10 @@ def granulated_kendall(
     hparams = list(hparams)
     if not hparams:
         raise InputError("granulated_kendall needs at least one hyperparameter")
+    if tau == "a":
+        return granulated_kendalls(
+            df, [measure_col], gap_col, hparams, min_models=min_models, measure_tol=measure_tol, gap_tol=gap_tol
+        )[measure_col]
     d = _clean(df, measure_col, gap_col, hparams)
     if len(d) < 2:
         return math.nan, {h: math.nan for h in hparams}
@@ -194,26 +198,100 @@ def granulated_kendall(
     codes = {h: _codes(d[h]) for h in hparams}
     per: dict[str, float] = {}
     for h in hparams:
-        key = np.zeros(len(d), dtype=np.int64)
-        for o in hparams:
-            if o != h:
-                key = key * (int(codes[o].max()) + 1) + codes[o]
-        _, cell_of = np.unique(key, return_inverse=True)
-        order = np.argsort(cell_of, kind="stable")
-        cells = np.split(order, np.flatnonzero(np.diff(cell_of[order])) + 1)
-        taus = []
-        for idx in cells:
-            if idx.size < min_models or np.unique(codes[h][idx]).size < 2:
-                continue
-            if tau == "a":
-                t = tau_a(m[idx], g[idx], measure_tol=measure_tol, gap_tol=gap_tol)
-            else:
-                t = kendall(m[idx], g[idx], min_n=2)
-            if np.isfinite(t):
-                taus.append(t)
+        taus = [kendall(m[idx], g[idx], min_n=2) for idx in _varying_cells(codes, h, min_models)]
+        taus = [t for t in taus if np.isfinite(t)]
         per[h] = float(np.mean(taus)) if taus else math.nan
+    return _psi(per), per
+
+
+def _psi(per: dict[str, float]) -> float:
     defined = [v for v in per.values() if np.isfinite(v)]
-    return (float(np.mean(defined)) if defined else math.nan), per
+    return float(np.mean(defined)) if defined else math.nan
+
+
+def _varying_cells(codes: dict[str, np.ndarray], h: str, min_models: int) -> list[np.ndarray]:
+    """The row indices of each cell of models that agree on every hyperparameter but `h`, with at
+    least `min_models` models and two values of `h`, in the order of their codes."""
+    key = np.zeros(len(codes[h]), dtype=np.int64)
+    for o in codes:
+        if o != h:
+            key = key * (int(codes[o].max()) + 1) + codes[o]
+    _, cell_of = np.unique(key, return_inverse=True)
+    order = np.argsort(cell_of, kind="stable")
+    cells = np.split(order, np.flatnonzero(np.diff(cell_of[order])) + 1)
+    return [idx for idx in cells if idx.size >= min_models and np.unique(codes[h][idx]).size >= 2]
+
+
+def granulated_kendalls(
+    df: pd.DataFrame,
+    measure_cols: Sequence[str],
+    gap_col: str,
+    hparams: Sequence[str],
+    *,
+    min_models: int = 2,
+    measure_tol: float = 0.0,
+    gap_tol: float = GAP_TOL,
+) -> dict[str, tuple[float, dict[str, float]]]:
+    """`granulated_kendall` (tau "a") of every measure in `measure_cols`: {measure: (Psi, {h:
+    psi_h})}. Measures finite on the same models share their cells and the gap signs, and the
+    tau of a cell is one array operation for all of them (integer sums: the same numbers)."""
+    hparams = list(hparams)
+    if not hparams:
+        raise InputError("granulated_kendall needs at least one hyperparameter")
+    d = _clean(df, measure_cols[0], gap_col, hparams, require_measure=False, extra=measure_cols[1:])
+    shared: dict[bytes, list[str]] = {}
+    for c in measure_cols:
+        shared.setdefault(np.isfinite(d[c].to_numpy(float)).tobytes(), []).append(c)
+    out = {}
+    for key, cols in shared.items():
+        rows = d[np.frombuffer(key, dtype=bool)].reset_index(drop=True)
+        if len(rows) < 2:
+            out.update({c: (math.nan, {h: math.nan for h in hparams}) for c in cols})
+            continue
+        per = _psi_per_hparam(rows, cols, gap_col, hparams, min_models, measure_tol, gap_tol)
+        out.update({c: (_psi(per[c]), per[c]) for c in cols})
+    return out
+
+
+#: Sign-matrix elements computed at once by `_cell_taus` (a few measures of a large cell at a time).
+_SIGN_CHUNK = 4_000_000
+
+
+def _cell_taus(m: np.ndarray, g: np.ndarray, measure_tol: float, gap_tol: float) -> np.ndarray:
+    """`tau_a` of each column of `m` [c, k] with `g` over one cell of c models."""
+    c = g.size
+    sg = _sign(g[:, None] - g[None, :], gap_tol)[:, :, None]
+    step = max(1, _SIGN_CHUNK // (c * c))
+    sums = [
+        (_sign(m[:, None, a : a + step] - m[None, :, a : a + step], measure_tol).astype(np.int64) * sg).sum(axis=(0, 1))
+        for a in range(0, m.shape[1], step)
+    ]
+    return np.concatenate(sums) / (c * (c - 1))
+
+
+def _psi_per_hparam(
+    d: pd.DataFrame,
+    cols: list[str],
+    gap_col: str,
+    hparams: list[str],
+    min_models: int,
+    measure_tol: float,
+    gap_tol: float,
+) -> dict[str, dict[str, float]]:
+    """{measure: {h: psi_h}} over the rows of `d` (all finite)."""
+    m = d[cols].to_numpy(float)
+    g = d[gap_col].to_numpy(float)
+    codes = {h: _codes(d[h]) for h in hparams}
+    per: dict[str, dict[str, float]] = {c: {} for c in cols}
+    for h in hparams:
+        taus = []
+        for idx in _varying_cells(codes, h, min_models):
+            taus.append(_cell_taus(m[idx], g[idx], measure_tol, gap_tol))
+        per_h = np.array(taus).T.copy()  # [measure, cell]: each row contiguous, summed as a list would be
+        for c, t in zip(cols, per_h if taus else [[]] * len(cols)):
+            t = t[np.isfinite(t)]
+            per[c][h] = float(np.mean(t)) if t.size else math.nan
+    return per
 
 
 # ------------------------------------------------------------------------ model selection
