@@ -142,12 +142,12 @@ def run_demo(
         out / "study",
         overlays=overlay_rows(out / "zoo", device=device) or None,
         n_boot=bootstrap,
-        thresholds=THRESHOLDS,
+        subsets=THRESHOLDS,
         model_set=out / "zoo",
         **({"title": title} if (title := _title(quick, context)) else {}),
     )
     stage("study")
-    text = headline(runs, measurements, thresholds=THRESHOLDS, specs=paper_specs(measurements), n_boot=bootstrap)
+    text = headline(runs, measurements, subsets=THRESHOLDS, specs=paper_specs(measurements), n_boot=bootstrap)
     seconds["total"] = round(sum(seconds.values()), 1)
     log("")
     log(text)

@@ -126,7 +126,7 @@ def context_row(
     col = threshold_label(threshold)
     cells = {}
     if specs:
-        t = table3(runs, m, specs, thresholds=(threshold,), n_boot=n_boot, seed=seed, confidence=confidence)
+        t = table3(runs, m, specs, subsets=(threshold,), n_boot=n_boot, seed=seed, confidence=confidence)
         cells = {measure: by[col] for measure, by in total_block(t.long()).items()}
     none = {"r": math.nan, "ci": [math.nan, math.nan], "n": 0}
 

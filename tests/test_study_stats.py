@@ -107,6 +107,36 @@ def test_bootstrap_ci_leaves_out_undefined_resamples_of_a_tiny_set():
         bootstrap.bootstrap_ci(x, y, n_resamples=0)
 
 
+def test_resample_indices_are_scipys_draws_batch_by_batch():
+    """The one-sample bootstrap of 0..n-1 resamples the indices themselves; n = 5000 makes
+    scipy draw 1000 resamples in batches of 400 (the batch `bootstrap_ci` sets)."""
+    n, b = 5000, 1000
+    seen = []
+
+    def record(i, axis=-1):
+        seen.append(np.array(i))
+        return i.mean(axis=axis)
+
+    st.bootstrap(
+        (np.arange(n),), record, n_resamples=b, batch=2_000_000 // n, method="percentile", rng=np.random.default_rng(9)
+    )
+    assert [s.shape[0] for s in seen] == [400, 400, 200]
+    np.testing.assert_array_equal(bootstrap.resample_indices(n, b, seed=9), np.concatenate(seen))
+
+
+def test_pearson_intervals_of_several_columns_are_each_columns_interval():
+    rng = np.random.default_rng(5)
+    y = rng.normal(size=40)
+    far = 1e3 + 1e-2 * y + 1e-2 * rng.normal(size=40)  # far from 0: the moments are taken about the mean
+    xs = np.column_stack([0.5 * y + rng.normal(size=40), rng.normal(size=40), far])
+    got = bootstrap.pearson_intervals(xs, y, n_resamples=300, confidence=0.9, seed=2)
+    for j in range(3):
+        one = bootstrap.bootstrap_ci(xs[:, j], y, n_resamples=300, confidence=0.9, seed=2)
+        ref = _scipy_bootstrap(xs[:, j], y, n_resamples=300, seed=2, confidence_level=0.9).confidence_interval
+        assert got[j] == pytest.approx(one, abs=1e-12)
+        assert got[j] == pytest.approx((ref.low, ref.high), abs=1e-12)
+
+
 # -------------------------------------------------------------- granulated Kendall (Psi)
 def brute_granulated(df, m, g, hparams):
     """Jiang et al. 2020 eq. (1), (3), (4) written out over the full value grid."""
@@ -154,6 +184,20 @@ def test_granulated_kendall_matches_brute_force(repeats, drop):
     bpsi, bper = brute_granulated(df, "m", "gap", ["a", "b", "c"])
     assert psi == pytest.approx(bpsi, abs=1e-12)
     assert per == pytest.approx(bper, abs=1e-12)
+
+
+def test_granulated_kendalls_of_several_measures_are_each_measures_psi(monkeypatch):
+    df = grid_frame(repeats=3)
+    rng = np.random.default_rng(1)
+    df["m2"] = (-0.3 * df["gap"] + rng.normal(size=len(df))).round(1)  # ties
+    df["m3"] = df["m"].where(rng.random(len(df)) > 0.2)  # missing values: other cells
+    hp = ["a", "b", "c"]
+    got = stats.granulated_kendalls(df, ["m", "m2", "m3"], "gap", hp)
+    for c in ("m", "m2", "m3"):
+        psi, per = brute_granulated(df[df[c].notna()], c, "gap", hp)
+        assert got[c][0] == pytest.approx(psi, abs=1e-12) and got[c][1] == pytest.approx(per, abs=1e-12)
+    monkeypatch.setattr(stats, "_SIGN_CHUNK", 1)  # one measure of a cell at a time: the same numbers
+    assert stats.granulated_kendalls(df, ["m", "m2", "m3"], "gap", hp) == got
 
 
 def test_granulated_kendall_hand_cases():

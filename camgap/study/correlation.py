@@ -13,7 +13,7 @@ import pandas as pd
 
 from . import stats
 from .bootstrap import pearson_intervals
-from .options import DEFAULT_THRESHOLDS, archs_of, at_threshold, threshold_label
+from .options import DEFAULT_SUBSETS, archs_of, at_subset, subset_label
 from .variants import TOTAL
 
 _STATS = ("pearson", "spearman", "kendall", "ci_low", "ci_high", "n")
@@ -58,7 +58,8 @@ def correlation_cells(
     """The statistics of one cell per column of `cols` over the models of `d`, each column's
     non-finite pairs dropped: the correlations with `gap_col`, and the bootstrap interval of every
     defined Pearson r. Columns finite on the same models share one set of resamples, which is what
-    each would draw alone (same n, same seed), so the intervals are those of `bootstrap_ci`."""
+    each would draw alone (same n, same seed): the intervals are those of `bootstrap_ci` (to about
+    1e-15: one matrix product for all columns sums in another order)."""
     y = np.asarray(d[gap_col], dtype=float)
     out: dict[str, dict[str, float]] = {}
     shared: dict[bytes, list[str]] = {}
@@ -112,7 +113,7 @@ def correlation_table(
     gap_col: str = "gap",
     arch_col: str = "arch",
     acc_col: str = "train_acc",
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    subsets: Sequence[float] = DEFAULT_SUBSETS,
     by_arch: bool = True,
     n_boot: int = 2000,
     seed: int = 0,
@@ -121,14 +122,14 @@ def correlation_table(
     note: str = "",
 ) -> CorrelationTable:
     """Table 3 layout: rows (arch, measure) for each architecture then a "Total" block over all
-    models of `wide`; columns ">=95" ... (train_acc >= threshold). Cells: correlation of the
+    models of `wide`; columns ">=95" ... (train_acc >= the subset's cutoff). Cells: correlation of the
     measure column with `gap_col` over the models in the cell (non-finite values dropped)."""
     archs = archs_of(wide, arch_col) if by_arch else []
     groups = [*archs, TOTAL]
     index = pd.MultiIndex.from_tuples([(a, mc) for a in groups for mc in measure_cols], names=[arch_col, "measure"])
-    cols = {threshold_label(t): t for t in thresholds}
+    cols = {subset_label(t): t for t in subsets}
     subsets = {
-        (a, lab): at_threshold(wide if a == TOTAL else wide[wide[arch_col] == a], t, acc_col)
+        (a, lab): at_subset(wide if a == TOTAL else wide[wide[arch_col] == a], t, acc_col)
         for a in groups
         for lab, t in cols.items()
     }

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .correlation import CorrelationTable, _build, _Cells
-from .options import StudyOptions, at_threshold, infer_hparams, primary_subset, study_frame, study_specs
+from .options import StudyOptions, at_subset, infer_hparams, primary_subset, study_frame, study_specs
 from .variants import MeasureSpec, _join_notes, missing_note, natural_key, prepare_measurements
 
 #: Bootstrap resamples of a within-group cell at most: that table has a cell per measure and
@@ -39,7 +39,7 @@ def group_table(
         hparams = o.hparams
     hparams = infer_hparams(runs) if hparams is None else list(hparams)
     t = primary_subset(o)
-    w = at_threshold(study_frame(runs, m, specs), t)
+    w = at_subset(study_frame(runs, m, specs), t)
     groups = {ALL_MODELS: w}
     for h in hparams:
         values = w[h].astype(object)

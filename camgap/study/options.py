@@ -5,8 +5,9 @@ per architecture."""
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from types import MappingProxyType
 from typing import ClassVar
 
@@ -23,7 +24,7 @@ from . import stats
 from .cmi import CMI_MODES
 from .variants import DEFAULT_PRIMARY, MeasureSpec, _as_spec, discover_specs, natural_key, wide_table
 
-DEFAULT_THRESHOLDS: tuple[float, ...] = (0.95, 0.90, 0.85, 0.80)
+DEFAULT_SUBSETS: tuple[float, ...] = (0.95, 0.90, 0.85, 0.80)
 #: The paper's seven hyperparameters (Table 2), as registry column names. Columns absent from
 #: `runs`, or constant over the trained models, are left out of Psi and the CMI score.
 DEFAULT_HPARAMS: tuple[str, ...] = ("arch", "batch_size", "lr", "optimizer", "weight_decay", "augment", "pretrained")
@@ -31,24 +32,44 @@ DEFAULT_HPARAMS: tuple[str, ...] = ("arch", "batch_size", "lr", "optimizer", "we
 _EPS = 1e-12
 
 
-def threshold_label(t: float) -> str:
-    """0.95 -> ">=95" (column label of the accuracy-threshold columns)."""
+def subset_label(t: float) -> str:
+    """0.95 -> ">=95" (column label of the training-accuracy subsets)."""
     return f">={100 * t:g}"
 
 
 # ------------------------------------------------------------------------- study options
-def _accuracy_thresholds(name: str, value: object) -> tuple[float, ...]:
+def _accuracy_subsets(name: str, value: object) -> tuple[float, ...]:
     items = [value] if isinstance(value, (int, float, str)) else list(value)  # type: ignore[arg-type]
     out = []
     for t in items:
         try:
             x = float(t)
         except (TypeError, ValueError):
-            raise InputError(f"{name}: accuracy threshold {t!r} is not a number") from None
+            raise InputError(f"{name}: training-accuracy cutoff {t!r} is not a number") from None
         if not (math.isfinite(x) and 0.0 <= x <= 1.0):
-            raise InputError(f"{name}: accuracy threshold {t!r} is outside [0, 1] (accuracies are fractions)")
+            raise InputError(f"{name}: training-accuracy cutoff {t!r} is outside [0, 1] (accuracies are fractions)")
         out.append(x)
     return tuple(out)
+
+
+def _deprecated_thresholds(where: str) -> None:
+    warnings.warn(
+        f"{where}: thresholds= is deprecated, pass subsets= (the training-accuracy cutoffs; "
+        "thresholds names the CAM threshold rho)",
+        DeprecationWarning,
+        stacklevel=4,
+    )
+
+
+def subsets_keyword(settings: dict, where: str) -> dict:
+    """`settings` with the deprecated keyword `thresholds` moved to `subsets` (a
+    DeprecationWarning naming `where`); both at once are a TypeError."""
+    if "thresholds" not in settings:
+        return settings
+    if "subsets" in settings:
+        raise TypeError(f"{where}: pass subsets= alone (thresholds= is its deprecated name)")
+    _deprecated_thresholds(where)
+    return {**{k: v for k, v in settings.items() if k != "thresholds"}, "subsets": settings["thresholds"]}
 
 
 def _primary(name: str, value: object) -> Mapping[str, str]:
@@ -61,7 +82,7 @@ def _primary(name: str, value: object) -> Mapping[str, str]:
     return MappingProxyType(canonical(value))
 
 
-def _integer(low: int) -> Callable[[str, object], int]:
+def _integer_at_least(low: int) -> Callable[[str, object], int]:
     def check(name: str, value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
             raise InputError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -98,7 +119,10 @@ class StudyOptions(CheckedOptions):
     `__post_init__` runs them all (an InputError names the field) and stores the normalised
     values (tuples, a read-only `primary`).
 
-    thresholds: training-accuracy thresholds, the columns of Tables 3, 4, 6, 7 (fractions).
+    subsets:    the training-accuracy cutoffs: the columns of Tables 3, 4, 6, 7 (fractions;
+                a column holds the trained models with train_acc >= its cutoff).
+                `thresholds=` is its deprecated name (a DeprecationWarning), since
+                `thresholds` names the CAM threshold rho everywhere else.
     primary:    the IoU variant of every table and the preferred variant of the other
                 measures (None: `DEFAULT_PRIMARY`); its threshold rho is validated.
     n_boot, seed, confidence: the percentile bootstrap of the Pearson r (0: no intervals).
@@ -110,38 +134,46 @@ class StudyOptions(CheckedOptions):
                 fraction in [0, 1]) or "pgdl" (the PGDL scoring program's, x 100).
     """
 
-    thresholds: tuple[float, ...] = _option(DEFAULT_THRESHOLDS, _accuracy_thresholds)
+    subsets: tuple[float, ...] = _option(DEFAULT_SUBSETS, _accuracy_subsets)
     primary: Mapping[str, str] = _option(None, _primary)  # None: DEFAULT_PRIMARY
-    n_boot: int = _option(2000, _integer(0))
-    seed: int = _option(0, _integer(0))
+    n_boot: int = _option(2000, _integer_at_least(0))
+    seed: int = _option(0, _integer_at_least(0))
     confidence: float = _option(0.95, _fraction)
-    min_n: int = _option(stats.MIN_N, _integer(2))
+    min_n: int = _option(stats.MIN_N, _integer_at_least(2))
     measures: tuple[MeasureSpec, ...] | None = _option(None, _specs)
     hparams: tuple[str, ...] | None = _option(None, _names)
     cmi: str = _option("jiang", _cmi_mode)
+    thresholds: InitVar[Sequence[float] | None] = None  # the deprecated name of `subsets`
 
     what: ClassVar[str] = "study option"
+
+    def __post_init__(self, thresholds: Sequence[float] | None = None) -> None:
+        if thresholds is not None:
+            _deprecated_thresholds("StudyOptions")
+            object.__setattr__(self, "subsets", thresholds)
+        super().__post_init__()
 
     @classmethod
     def of(cls, options: StudyOptions | None = None, **settings: object) -> StudyOptions:
         """`options` (default: the defaults) with the given fields replaced; the keyword form of
-        the table functions (``table3(runs, ms, n_boot=0)``). `specs` is accepted for `measures`."""
+        the table functions (``table3(runs, ms, n_boot=0)``). `specs` is accepted for `measures`,
+        `thresholds` (deprecated) for `subsets`."""
         if "specs" in settings:
             settings["measures"] = settings.pop("specs")
-        return super().of(options, **settings)
+        return super().of(options, **subsets_keyword(settings, "study"))
 
     def bootstrap(self) -> dict[str, object]:
         """The keywords of `correlation_table` that come from the options."""
         return dict(
-            thresholds=self.thresholds, n_boot=self.n_boot, seed=self.seed, confidence=self.confidence, min_n=self.min_n
+            subsets=self.subsets, n_boot=self.n_boot, seed=self.seed, confidence=self.confidence, min_n=self.min_n
         )
 
 
 def primary_subset(o: StudyOptions) -> float | None:
-    """The training-accuracy threshold of the models a selection-based table compares: the lowest
-    of the options' thresholds above 0 (0.80 for the paper's model set; a 0 threshold means every
-    trained model, not a selection), None (every trained model) when there is none."""
-    selections = [t for t in o.thresholds if t > 0]
+    """The training-accuracy cutoff of the models a selection-based table compares: the lowest of
+    the options' subsets above 0 (0.80 for the paper's model set; a 0 cutoff means every trained
+    model, not a selection), None (every trained model) when there is none."""
+    selections = [t for t in o.subsets if t > 0]
     return min(selections) if selections else None
 
 
@@ -163,7 +195,7 @@ def trained_mask(runs: pd.DataFrame) -> pd.Series:
     return t.fillna(True).astype(bool)
 
 
-def at_threshold(df: pd.DataFrame, t: float | None, acc_col: str = "train_acc") -> pd.DataFrame:
+def at_subset(df: pd.DataFrame, t: float | None, acc_col: str = "train_acc") -> pd.DataFrame:
     """Models with train_acc >= t (t = None: all)."""
     if t is None:
         return df

@@ -21,7 +21,6 @@ Layout of `out_dir`:
 
 from __future__ import annotations
 
-import base64
 import datetime
 import importlib.metadata
 import math
@@ -30,10 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jinja2
 import numpy as np
 import pandas as pd
-from markupsafe import Markup
 
 from camgap.errors import InputError, MissingFileError, UnknownNameError
 
@@ -42,15 +39,16 @@ from .correlation import CorrelationTable
 from .groups import cluster_effects, group_cells, group_table
 from .options import (
     DEFAULT_HPARAMS,
-    DEFAULT_THRESHOLDS,
+    DEFAULT_SUBSETS,
     StudyOptions,
-    archs_of,
-    at_threshold,
+    at_subset,
     infer_hparams,
     primary_subset,
-    threshold_label,
+    subsets_keyword,
     trained_mask,
 )
+from .page import FigureFile, render_html
+from .page import how_computed as how_computed  # its callers import it from the report
 from .ranking import ranking_table
 from .selection import SelectionTable, table4
 from .variants import IOU_MEASURES, TOTAL, MeasureSpec, discover_specs, prepare_measurements, primary_iou, wide_table
@@ -70,7 +68,7 @@ class Study:
     table7: CorrelationTable | None
     failures: pd.DataFrame
     models: pd.DataFrame
-    thresholds: tuple[float, ...]
+    subsets: tuple[float, ...]
     settings: dict = field(default_factory=dict)
     measurements: pd.DataFrame | None = None  #: as the tables read them (`prepare_measurements`)
     options: StudyOptions = field(default_factory=StudyOptions)
@@ -109,7 +107,7 @@ def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_study(runs: pd.DataFrame, measurements: pd.DataFrame, options: StudyOptions | None = None, **settings) -> Study:
-    """Compute every table (no files). `options` (or their fields as keywords: thresholds=,
+    """Compute every table (no files). `options` (or their fields as keywords: subsets=,
     primary=, specs=/measures=, hparams=, n_boot=, seed=, confidence=, min_n=): the measures
     default to every measure present, its primary variant (`DEFAULT_PRIMARY`: cam=gradcam,
     masks=boxes); the hyperparameters to the paper's seven present in `runs` that vary (see
@@ -140,7 +138,7 @@ def run_study(runs: pd.DataFrame, measurements: pd.DataFrame, options: StudyOpti
         t7,
         tables.failures_table(m),
         models,
-        o.thresholds,
+        o.subsets,
         settings_out,
         m,
         o,
@@ -164,7 +162,7 @@ def predict_calibration(
     if spec is None:
         return None, "not available: no IoU measurements."
     t = primary_subset(options)
-    wide = at_threshold(wide_table(runs, measurements, [spec]), t)
+    wide = at_subset(wide_table(runs, measurements, [spec]), t)
     try:
         fit = fit_from_wide(wide, spec.column)
     except InputError as e:
@@ -194,21 +192,25 @@ def headline(
     runs: pd.DataFrame | None = None,
     measurements: pd.DataFrame | None = None,
     *,
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    subsets: Sequence[float] = DEFAULT_SUBSETS,
     primary: Mapping[str, str] | None = None,
     specs: Sequence[MeasureSpec] | None = None,
     table: CorrelationTable | None = None,
     n_boot: int = 0,
     seed: int = 0,
+    thresholds: Sequence[float] | None = None,
 ) -> str:
     """The Table 3 Total block as plain text: Pearson r of each measure with the gap over the
     trained models of each subset, its bootstrap interval (with `n_boot` resamples, or from
-    `table`), and n. Pass `table` (a computed Table 3) or the frames."""
+    `table`), and n. Pass `table` (a computed Table 3) or the frames. `thresholds`: the
+    deprecated name of `subsets`."""
+    if thresholds is not None:
+        subsets = subsets_keyword({"thresholds": thresholds}, "headline")["subsets"]
     if table is None:
         if runs is None or measurements is None:
             raise InputError("headline needs runs and measurements, or a computed table")
         table = tables.table3(
-            prepare_runs(runs), measurements, specs, thresholds=thresholds, primary=primary, n_boot=n_boot, seed=seed
+            prepare_runs(runs), measurements, specs, subsets=subsets, primary=primary, n_boot=n_boot, seed=seed
         )
     return headline_text(total_block(table.long()))
 
@@ -266,14 +268,6 @@ def _slug(s: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", s.lower()).strip("_") or "measure"
 
 
-@dataclass(frozen=True)
-class FigureFile:
-    """A figure of the report: its caption and PNG file."""
-
-    caption: str
-    path: Path
-
-
 def _grid_sha256(model_set: Path) -> str:
     """SHA-256 of the model set's grid (of its canonical JSON, as `zoo build` stores it in the
     registry's meta table), or a note saying why there is none."""
@@ -318,18 +312,6 @@ def provenance(
     return rows
 
 
-def how_computed(runs: pd.DataFrame) -> str:
-    """' Trained in fp32 (8), bf16 (64); pack size 8 (64), 1 (8).' for the registry's columns (what
-    speeds training up, not what is studied; the model table has them per model); '' without them."""
-    parts = []
-    for col, name in (("precision", "trained in"), ("pack_size", "pack size")):
-        if col in runs.columns and runs[col].notna().any():
-            counts = runs[col].dropna().map(lambda v: str(int(v)) if isinstance(v, float) else str(v)).value_counts()
-            parts.append(f"{name} " + ", ".join(f"{v} ({n})" for v, n in counts.items()))
-    text = "; ".join(parts)
-    return f" {text[:1].upper()}{text[1:]}." if parts else ""
-
-
 def _gap_figures(runs: pd.DataFrame, fdir: Path) -> tuple[list[FigureFile], list[str]]:
     """Figures 4 and 5, or a no-data line when no trained model has a finite gap."""
     gaps = pd.to_numeric(runs.loc[trained_mask(runs), "gap"], errors="coerce")
@@ -361,12 +343,12 @@ def check_color_by(runs: pd.DataFrame, color_by: str | None) -> None:
         )
 
 
-def _scatter_models(wide: pd.DataFrame, thresholds: Sequence[float], min_n: int) -> tuple[pd.DataFrame, str]:
+def _scatter_models(wide: pd.DataFrame, subsets: Sequence[float], min_n: int) -> tuple[pd.DataFrame, str]:
     """The models the scatters show and their description: the trained models at the lowest
     accuracy threshold (the paper's model set); when fewer than `min_n` reach it, all trained
     models, and the description says so."""
     trained = wide[trained_mask(wide)]
-    floor = min((t for t in thresholds if t > 0), default=0.0)
+    floor = min((t for t in subsets if t > 0), default=0.0)
     if not floor:
         return trained, "trained models"
     fit = trained[trained["train_acc"] >= floor]
@@ -381,7 +363,7 @@ def _scatter_figures(
     runs: pd.DataFrame,
     measurements: pd.DataFrame,
     specs: Sequence[MeasureSpec],
-    thresholds: Sequence[float],
+    subsets: Sequence[float],
     min_n: int,
     fdir: Path,
     color_by: str | None = None,
@@ -390,7 +372,7 @@ def _scatter_figures(
     which models and how many); a no-data line for every other measure. With `color_by`, the
     IoU scatters (`IOU_MEASURES`) are coloured by that hyperparameter."""
     wide = wide_table(runs, measurements, specs)
-    shown, subset = _scatter_models(wide, thresholds, min_n)
+    shown, subset = _scatter_models(wide, subsets, min_n)
     gap_ok = np.isfinite(pd.to_numeric(shown["gap"], errors="coerce").to_numpy(float))
     figs, no_data, used = [], [], set()
     for s in specs:
@@ -439,7 +421,7 @@ def write_study(
     `overlay_threshold` (the defaults of `camgap.zoo.measure.overlay_rows`), or the path of an
     already rendered PNG. `command` (the command line) and `model_set` (the model-set
     directory) go into the report's provenance block. `options`, or their fields as keywords
-    (n_boot=, thresholds=, ...): see `run_study`; they are checked before anything is written.
+    (n_boot=, subsets=, ...): see `run_study`; they are checked before anything is written.
     `color_by`: a hyperparameter column of `runs`; the IoU scatter is then coloured by its
     values (an UnknownNameError lists the known ones)."""
     o = StudyOptions.of(options, **settings)
@@ -471,7 +453,7 @@ def write_study(
     render.write_table(st.models, tdir, "models", fmt="{:.6g}")
 
     figs, no_data = _gap_figures(runs, fdir)
-    more, lines = _scatter_figures(runs, st.measurements, st.specs, o.thresholds, o.min_n, fdir, color_by)
+    more, lines = _scatter_figures(runs, st.measurements, st.specs, o.subsets, o.min_n, fdir, color_by)
     figs += more
     no_data += lines
     if overlays is not None:
@@ -492,157 +474,6 @@ def write_study(
     report = out / "report.html"
     report.write_text(render_html(st, figs, title, provenance=prov, no_data=no_data, base=out), encoding="utf-8")
     return report
-
-
-# -------------------------------------------------------------------------------- HTML
-#: How the report names each CMI definition (`StudyOptions.cmi`).
-CMI_DESCRIPTIONS = {
-    "jiang": "jiang (Jiang et al. 2020, sec. 2.3: ordered pairs of distinct models, three-valued signs, "
-    "cells weighted by size, minimum over conditioning sets of at most two hyperparameters; in [0, 1])",
-    "pgdl": "pgdl (the PGDL competition's scoring program: ordered pairs including a model with itself, "
-    'ties as "-", cells averaged unweighted, minimum over pairs of distinct hyperparameters; x 100)',
-}
-_TEMPLATES = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(Path(__file__).parent),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-)
-
-
-def _html_table(df: pd.DataFrame | None, fmt: render.Fmt = "{:.4f}") -> Markup:
-    if df is None or not len(df.columns):
-        return Markup("<p class='note'>(empty)</p>")
-    return Markup(render.to_html_table(df, fmt))  # to_html_table escapes every cell
-
-
-def _ci_frame(t: CorrelationTable) -> pd.DataFrame:
-    out = pd.DataFrame(index=t.ci_low.index, columns=t.ci_low.columns, dtype=object)
-    for c in out.columns:
-        out[c] = [
-            (
-                "n/a"
-                if not (np.isfinite(lo) and np.isfinite(hi))
-                else render.fmt_value(lo, "{:.4f}", "n/a") + ", " + render.fmt_value(hi, "{:.4f}", "n/a")
-            )
-            for lo, hi in zip(t.ci_low[c], t.ci_high[c])
-        ]
-    return out
-
-
-def _corr_section(title: str, t: CorrelationTable | None, missing: str) -> dict:
-    if t is None:
-        return dict(title=title, table=None, missing=missing)
-    return dict(
-        title=title,
-        table=t,
-        missing=missing,
-        pearson=_html_table(t.pearson),
-        spearman=_html_table(t.spearman),
-        kendall=_html_table(t.kendall),
-        confidence=int(round(100 * t.confidence)),
-        ci=_html_table(_ci_frame(t)),
-        n=_html_table(t.n),
-    )
-
-
-def _figure(fig: FigureFile, base: Path | None) -> dict:
-    path = Path(fig.path)
-    data = path.read_bytes()
-    if not data:
-        raise InputError(f"{path}: empty figure file")
-    try:
-        file = path.resolve().relative_to(base.resolve()).as_posix() if base is not None else path.name
-    except ValueError:
-        file = str(path)
-    return dict(caption=fig.caption, file=file, data=base64.b64encode(data).decode("ascii"))
-
-
-def render_html(
-    st: Study,
-    figs: Sequence[FigureFile | tuple[str, Path]],
-    title: str,
-    *,
-    provenance: Sequence[tuple[str, str]] = (),
-    no_data: Sequence[str] = (),
-    base: Path | None = None,
-) -> str:
-    """The report page from the template `report.html.j2` (autoescaped). `figs` are inlined as
-    data URIs; each <img> names its file (relative to `base`) in `data-file`."""
-    runs = st.models
-    tm = trained_mask(runs)
-    archs = ", ".join(map(str, archs_of(runs[tm]))) or "none"
-    summary = (
-        f"{int(tm.sum())} trained models ({archs}), "
-        f"{int((~tm).sum())} untrained random models; thresholds on training accuracy: "
-        f"{', '.join(render.column_label(threshold_label(t)) for t in st.thresholds)}; "
-        f"hyperparameters for Psi / CMI: {', '.join(st.hparams) or 'none'}; "
-        f"CMI definition: {CMI_DESCRIPTIONS[st.options.cmi]}; "
-        f"bootstrap resamples: {st.settings.get('n_boot')}, seed {st.settings.get('seed')}."
-        f"{how_computed(runs[tm])}"
-    )
-    groups = (
-        None
-        if st.groups is None
-        else dict(
-            cells=_html_table(group_cells(st.groups, st.options.min_n)),
-            note=st.groups.note,
-            clusters=st.clusters,
-        )
-    )
-    calibration = dict(table=None if st.calibration is None else _html_table(st.calibration), note=st.calibration_note)
-    t4 = (
-        None
-        if st.table4 is None
-        else dict(
-            accuracy=_html_table(st.table4.accuracy, render.percent),
-            counts=_html_table(_counts_frame(st.table4)),
-            note=st.table4.note,
-        )
-    )
-    variants = [
-        _corr_section(
-            "Table 5. Validity: IoU vs gap for untrained random and trained models",
-            st.table5,
-            "not available: no IoU measurements.",
-        ),
-        _corr_section(
-            "Table 6. Robustness to the CAM method",
-            st.table6,
-            "not available: IoU was measured with fewer than two CAM methods.",
-        ),
-        _corr_section(
-            "Table 7. IoU from boxes vs from saliency masks",
-            st.table7,
-            "not available: IoU was measured with fewer than two mask sources.",
-        ),
-    ]
-    return _TEMPLATES.get_template("report.html.j2").render(
-        title=title,
-        provenance=list(provenance),
-        summary=summary,
-        min_n=st.options.min_n,
-        table3=_corr_section("Table 3. Correlation of each measure with the generalization gap", st.table3, ""),
-        groups=groups,
-        ranking=_html_table(st.ranking),
-        cmi=CMI_DESCRIPTIONS[st.options.cmi],
-        calibration=calibration,
-        table4=t4,
-        variant_sections=variants,
-        failures=None if st.failures.empty else _html_table(st.failures),
-        figures=[_figure(f if isinstance(f, FigureFile) else FigureFile(*f), base) for f in figs],
-        no_data=list(no_data),
-    )
-
-
-def _counts_frame(t: SelectionTable) -> pd.DataFrame:
-    out = pd.DataFrame(index=t.accuracy.index, columns=t.accuracy.columns, dtype=object)
-    for c in out.columns:
-        out[c] = [
-            f"{a} / {b} ({m}, {g})"
-            for a, b, m, g in zip(t.n_compared[c], t.n_ties[c], t.n_ties_measure[c], t.n_ties_gap[c])
-        ]
-    return out
 
 
 # ----------------------------------------------------------------------- demo frames

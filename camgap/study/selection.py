@@ -10,14 +10,14 @@ import numpy as np
 import pandas as pd
 
 from . import stats
-from .options import DEFAULT_THRESHOLDS, StudyOptions, archs_of, at_threshold, study_frame, threshold_label
+from .options import DEFAULT_SUBSETS, StudyOptions, archs_of, at_subset, study_frame, subset_label
 from .variants import TOTAL, MeasureSpec, missing_note, prepare_measurements, primary_iou
 
 
 @dataclass
 class SelectionTable:
     """Paper Table 4. Rows: architectures then "Total" (all pairs, across architectures);
-    columns: thresholds. `accuracy` is a fraction (NaN below `min_n` models or when every
+    columns: training-accuracy subsets. `accuracy` is a fraction (NaN below `min_n` models or when every
     pair is tied); the other frames are pair/model counts."""
 
     accuracy: pd.DataFrame
@@ -44,11 +44,11 @@ def selection_table(
     gap_col: str = "gap",
     arch_col: str = "arch",
     acc_col: str = "train_acc",
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    subsets: Sequence[float] = DEFAULT_SUBSETS,
     min_n: int = stats.MIN_N,
 ) -> SelectionTable:
     groups = [*archs_of(wide, arch_col), TOTAL]
-    cols = {threshold_label(t): t for t in thresholds}
+    cols = {subset_label(t): t for t in subsets}
     idx = pd.Index(groups, name=arch_col)
     fr = {
         k: pd.DataFrame(np.nan, index=idx, columns=list(cols), dtype=float)
@@ -57,7 +57,7 @@ def selection_table(
     for a in groups:
         d0 = wide if a == TOTAL else wide[wide[arch_col] == a]
         for lab, t in cols.items():
-            d = at_threshold(d0, t, acc_col)
+            d = at_subset(d0, t, acc_col)
             s = stats.selection_accuracy(d[measure_col], d[gap_col], higher_is_better)
             fr["accuracy"].loc[a, lab] = s.accuracy if s.n_models >= min_n else math.nan
             fr["n_compared"].loc[a, lab] = s.n_compared
@@ -89,6 +89,6 @@ def table4(
     if spec is None:
         return None
     w = study_frame(runs, m, [spec])
-    t = selection_table(w, spec.column, higher_is_better=higher_is_better, thresholds=o.thresholds, min_n=o.min_n)
+    t = selection_table(w, spec.column, higher_is_better=higher_is_better, subsets=o.subsets, min_n=o.min_n)
     t.note = missing_note(m, [spec])
     return t

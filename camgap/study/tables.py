@@ -32,15 +32,15 @@ from .correlation import CorrelationTable, _build, correlation_cells, correlatio
 from .groups import ALL_MODELS, GROUP_N_BOOT, cluster_effects, group_cells, group_table
 from .options import (
     DEFAULT_HPARAMS,
-    DEFAULT_THRESHOLDS,
+    DEFAULT_SUBSETS,
     StudyOptions,
     archs_of,
-    at_threshold,
+    at_subset,
     infer_hparams,
     primary_subset,
     study_frame,
     study_specs,
-    threshold_label,
+    subset_label,
     trained_mask,
 )
 from .ranking import ranking_table
@@ -73,6 +73,10 @@ from .variants import (
     wide_table,
 )
 
+#: The names `camgap.experiments` imports under their former names (the training-accuracy cutoffs
+#: are subsets; `threshold` is the CAM threshold rho).
+at_threshold, threshold_label = at_subset, subset_label
+
 #: The table functions, and the names callers of `camgap.study.tables` read from the modules it
 #: draws on (their homes: `options`, `variants`, `correlation`, `groups`, `selection`, `ranking`).
 __all__ = [
@@ -82,7 +86,7 @@ __all__ = [
     "CorrelationTable",
     "DEFAULT_HPARAMS",
     "DEFAULT_PRIMARY",
-    "DEFAULT_THRESHOLDS",
+    "DEFAULT_SUBSETS",
     "DISPLAY_NAMES",
     "GROUP_N_BOOT",
     "IOU_MEASURES",
@@ -95,6 +99,7 @@ __all__ = [
     "StudyOptions",
     "TOTAL",
     "archs_of",
+    "at_subset",
     "at_threshold",
     "cam_label",
     "cluster_effects",
@@ -124,6 +129,7 @@ __all__ = [
     "table5",
     "table6",
     "table7",
+    "subset_label",
     "threshold_label",
     "trained_mask",
     "variant_name",
@@ -141,8 +147,8 @@ def table3(
 ) -> CorrelationTable:
     """Paper Table 3: every measure (primary variant, see `DEFAULT_PRIMARY`; the IoU exactly
     `PRIMARY_IOU`) against the gap, trained models, per architecture and in total, per
-    training-accuracy threshold. The note names the variants without a usable value.
-    `settings`: fields of `StudyOptions` (thresholds=, primary=, n_boot=, ...)."""
+    training-accuracy subset. The note names the variants without a usable value.
+    `settings`: fields of `StudyOptions` (subsets=, primary=, n_boot=, ...)."""
     o = StudyOptions.of(options, **settings)
     m = prepare_measurements(measurements)
     specs = study_specs(m, specs, o)
@@ -169,25 +175,25 @@ def table5(
     spec: MeasureSpec | None = None,
     options: StudyOptions | None = None,
     *,
-    trained_threshold: float | None | object = _LOWEST,
+    trained_subset: float | None | object = _LOWEST,
     **settings,
 ) -> CorrelationTable | None:
     """Paper Table 5: IoU vs gap for untrained random models (every `trained == False` run)
-    and for trained models (train_acc >= `trained_threshold`, default the lowest of the
-    options' thresholds above 0, 0.80 as the paper's model set: a 0 column is every trained
+    and for trained models (train_acc >= `trained_subset`, default the lowest of the
+    options' subsets above 0, 0.80 as the paper's model set: a 0 column is every trained
     model, not a selection; None = all trained). Columns:
     architectures, then "Total". The IoU is `primary_iou` (n/a cells and a note when that
     variant was not measured); None when no IoU was measured at all."""
     o = StudyOptions.of(options, **settings)
-    if trained_threshold is _LOWEST:
-        trained_threshold = primary_subset(o)
+    if trained_subset is _LOWEST:
+        trained_subset = primary_subset(o)
     m = prepare_measurements(measurements)
     spec = spec or primary_iou(m, o.primary)
     if spec is None:
         return None
     w = study_frame(runs, m, [spec], trained=None)
     tmask = trained_mask(w)
-    sets = {RANDOM_ROW: w[~tmask], TRAINED_ROW: at_threshold(w[tmask], trained_threshold)}
+    sets = {RANDOM_ROW: w[~tmask], TRAINED_ROW: at_subset(w[tmask], trained_subset)}
     cols = [*archs_of(w), TOTAL]
     col = spec.column
 
@@ -198,8 +204,8 @@ def table5(
         return correlation_cells(d, [col], min_n=o.min_n, n_boot=o.n_boot, seed=o.seed, confidence=o.confidence)[col]
 
     note = (
-        f"Pearson r between {col} and the gap; trained models with train_acc >= {trained_threshold}."
-        if trained_threshold is not None
+        f"Pearson r between {col} and the gap; trained models with train_acc >= {trained_subset}."
+        if trained_subset is not None
         else ""
     )
     return _build(
