@@ -268,7 +268,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         args.out,
         overlays=overlays or None,
         n_boot=args.bootstrap,
-        thresholds=args.subsets,
+        subsets=args.subsets,
         primary=primary,
         specs=specs,
         seed=args.seed,

@@ -38,7 +38,7 @@ PRESETS = {
 SMOKE_NOTE = "a smoke run of every stage, under 2 minutes on a 2-core CPU: its numbers are not a study"
 
 # the paper's training-accuracy thresholds, plus every trained model (a small set has few above 80%)
-THRESHOLDS = (0.95, 0.90, 0.85, 0.80, 0.0)
+SUBSETS = (0.95, 0.90, 0.85, 0.80, 0.0)
 
 
 def context_title(context: float) -> str:
@@ -144,12 +144,12 @@ def run_demo(
         out / "study",
         overlays=overlay_rows(out / "zoo", device=device) or None,
         n_boot=bootstrap,
-        thresholds=THRESHOLDS,
+        subsets=SUBSETS,
         model_set=out / "zoo",
         **({"title": title} if (title := _title(quick, context)) else {}),
     )
     stage("study")
-    text = headline(runs, measurements, thresholds=THRESHOLDS, specs=paper_specs(measurements), n_boot=bootstrap)
+    text = headline(runs, measurements, subsets=SUBSETS, specs=paper_specs(measurements), n_boot=bootstrap)
     seconds["total"] = round(sum(seconds.values()), 1)
     log("")
     log(text)

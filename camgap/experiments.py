@@ -35,13 +35,13 @@ from camgap.study import render
 from camgap.study.report import prepare_runs, total_block
 from camgap.study.tables import (
     MeasureSpec,
-    at_threshold,
+    at_subset,
     display_name,
     paper_specs,
     params_match,
     prepare_measurements,
+    subset_label,
     table3,
-    threshold_label,
     trained_mask,
     wide_table,
 )
@@ -134,15 +134,15 @@ def context_row(
     fixed = _fixed_specs(m)
     free = _threshold_free_specs(m, candidates)
     specs = [*fixed.values(), *free]
-    col = threshold_label(threshold)
+    col = subset_label(threshold)
     cells = {}
     if specs:
-        t = table3(runs, m, specs, thresholds=(threshold,), n_boot=n_boot, seed=seed, confidence=confidence)
+        t = table3(runs, m, specs, subsets=(threshold,), n_boot=n_boot, seed=seed, confidence=confidence)
         cells = {measure: by[col] for measure, by in total_block(t.long()).items()}
     none = {"r": math.nan, "ci": [math.nan, math.nan], "n": 0}
 
     trained = runs[trained_mask(runs)]
-    top = at_threshold(trained, threshold)
+    top = at_subset(trained, threshold)
     row: dict[str, object] = {"models": len(top), "mean_gap": float(top["gap"].mean()) if len(top) else math.nan}
     row["mean_iou"] = math.nan
     if "iou" in fixed:
@@ -323,7 +323,7 @@ def seed_board(study_dir: str | Path, threshold: float = THRESHOLD) -> pd.DataFr
     found = [tables / "table3_long.csv", *(p for k in (6, 7) if (p := tables / f"table{k}_long.csv").is_file())]
     long = pd.concat([pd.read_csv(p) for p in found])
     long = long[~long["measure"].isin(PRIMARY_IOU_LABELS)]
-    cell = long[(long["arch"] == "Total") & (long["column"] == threshold_label(threshold))]
+    cell = long[(long["arch"] == "Total") & (long["column"] == subset_label(threshold))]
     cell = cell.set_index("measure")[["pearson", "ci_low", "ci_high", "n", "kendall"]]
     rank = pd.read_csv(tables / "ranking.csv").set_index("measure")[["psi", "cmi"]]
     return cell.rename(columns={"pearson": "r", "kendall": "tau"}).join(rank, how="outer")
