@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from camgap.zoo.grid import load_grid
-from camgap.zoo.build import pack_plan
+from camgap.zoo.packing import pack_plan
 
 PINNED = json.loads((Path(__file__).parent / "data" / "pack-plans.json").read_text())
 CASES = {"demo fp32": ("demo", "fp32"), "demo bf16": ("demo", "bf16"), "demo-quick": ("demo-quick", "fp32")}

@@ -32,14 +32,15 @@ import math
 import statistics
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from camgap.errors import CamgapError
 from camgap.zoo.config import Pack, RunConfig, RunResult, Task
 from camgap.zoo.grid import GRID_KEYS, MAX_RUNS, Grid, GridError, RunSpec, canonical_json, load_grid
+from camgap.zoo.packing import pack_plan
 from camgap.zoo.registry import META_BACKUP, Registry, RegistryError, format_measurement_status, rebuild_registry
+from camgap.zoo.sweep import OWN_DEATHS, SweepJob, sweep
 
 __all__ = [
     "ZooError",
@@ -210,53 +211,18 @@ def build(
     ``max_runs``: refuse a grid of more runs, before anything is expanded or written (default:
     a Grid's own limit, a grid file's ``MAX_RUNS``). ``box_units`` and ``max_pixels`` are
     read_layout's and decode_rgb's (None: pixels, checked; 100 MP)."""
-    from camgap.zoo.executors import make_executor, resolve_device
-    from camgap.zoo.pretrained import PretrainedWeightsError, ensure_source_models, pretrained_paths
+    from camgap.zoo.pretrained import ensure_source_models
     from camgap.zoo.train import prepare_split, storage_error
 
     t_start = time.perf_counter()
-    if log is None:
-
-        def log(msg: str) -> None:
-            print(msg, flush=True)
-
-    if max_attempts < 1:
-        raise ZooError(f"--max-attempts must be >= 1, got {max_attempts}")
-    if executor not in ("local", "ray"):
-        raise ZooError(f"--executor must be local or ray, got {executor!r}")
-    if max_runs is not None and (not isinstance(max_runs, int) or max_runs < 1):
-        raise ZooError(f"--max-runs must be an integer >= 1, got {max_runs!r}")
-    try:
-        if isinstance(grid, Grid):
-            g = grid if max_runs is None else replace(grid, max_runs=max_runs)
-            g.check_size()
-        else:
-            g = load_grid(grid, MAX_RUNS if max_runs is None else max_runs)
-    except GridError as exc:
-        raise ZooError(str(exc)) from None
+    log = log or _print_line
+    g = _checked_grid(grid, executor, max_attempts, max_runs)
     data = Path(data).expanduser().resolve()
     out = Path(out).expanduser().resolve()
     train_records, test_records, classes = _read_splits(data, layout, box_units)
-    if executor == "local":
-        try:
-            device = resolve_device(device)
-        except ValueError as exc:
-            raise ZooError(str(exc)) from None
-    if out.exists() and not out.is_dir():
-        raise ZooError(f"--out {out} exists and is not a directory")
-    rebuild = out.is_dir() and not (out / Registry.FILENAME).exists() and _recoverable(out)
-    if (
-        out.is_dir()
-        and not (out / Registry.FILENAME).exists()
-        and not rebuild
-        and any(p for p in out.iterdir() if not p.name.startswith("."))
-    ):
-        raise ZooError(f"--out {out} is not empty and holds no model set; use a new or empty directory")
-
-    try:
-        pretrained = pretrained_paths(g, out)
-    except PretrainedWeightsError as exc:
-        raise ZooError(str(exc)) from None
+    device = _local_device(device) if executor == "local" else device
+    rebuild = _check_out(out)
+    pretrained = _pretrained(g, out)
 
     with _driver_lock(out):
         _remove_stale_temp_files(out, log)
@@ -265,32 +231,13 @@ def build(
             _rebuild_for(g, out, log)
         reg = Registry.in_dir(out)
         try:
-            try:
-                reg.bind_grid(g.fingerprint(), canonical_json(g.canonical()), "grid")
-                data_info = {"classes": classes, "n_train": len(train_records), "n_test": len(test_records)}
-                reg.bind_grid(_sha(canonical_json(data_info)), canonical_json(data_info), "data")
-            except RegistryError as exc:
-                raise ZooError(str(exc)) from None
-            reg.set_meta("data_root", str(data))
-            _write_meta_backup(reg, out)
-
+            data_info = {"classes": classes, "n_train": len(train_records), "n_test": len(test_records)}
+            _bind(reg, g, out, data, data_info)
             specs = g.runs()
-            new = reg.add_runs(specs)
-            _retrain_unsound_finals(reg, out, log)
-            resumed = reg.reset_interrupted()
-            if retry_failed:
-                reg.reset_failed()
-            todo = reg.todo(max_attempts)
-            _refuse_unresolved(todo, out)
+            todo, resumed = _register(reg, specs, out, retry_failed, max_attempts, log)
             total = len(specs)
-            if new:
-                log(f"{out}: registered {new} new run(s); {total} in the grid")
-            if resumed:
-                log(f"resuming {len(resumed)} interrupted run(s) from their last checkpoint")
             if not todo:
-                summary = BuildSummary(out, total, reg.counts(), resumed=resumed, seconds=time.perf_counter() - t_start)
-                log(str(summary))
-                return summary
+                return _summary(reg, out, total, resumed, t_start, log)
 
             # decode the data once; pretrain source-task models; then the sweep
             size, resize = g.train.input_size, g.train.resize
@@ -307,31 +254,120 @@ def build(
                 if disk is not None:
                     raise _stop_for_storage(f"{disk.filename or cache}: {disk.strerror or disk}") from exc
                 raise ZooError(f"--data {data}: cannot decode the dataset: {exc}") from exc
-            try:
-                ex = make_executor(
-                    executor,
-                    workers,
-                    device,
-                    ray_address,
-                    cpus_per_run=cpus_per_run,
-                    run_threads=g.train.threads,
-                )
-            except (ValueError, ImportError) as exc:
-                raise ZooError(f"--executor {executor}: {exc}") from None
+            ex = _executor(executor, workers, device, ray_address, cpus_per_run, g.train.threads)
             try:
                 ensure_source_models(g, out, ex, log=log)
-                trained_now, failed_now = _sweep(
-                    reg, ex, todo, out, g, caches, classes, pretrained, max_attempts, keep_last, total, progress, log
-                )
+                setup = _Setup(out, g, caches, classes, pretrained, max_attempts, keep_last)
+                trained_now, failed_now = _sweep(reg, ex, todo, setup, total, progress, log)
             finally:
                 ex.close()
-            summary = BuildSummary(
-                out, total, reg.counts(), trained_now, failed_now, resumed, time.perf_counter() - t_start
-            )
-            log(str(summary))
-            return summary
+            return _summary(reg, out, total, resumed, t_start, log, trained_now, failed_now)
         finally:
             reg.close()
+
+
+def _summary(
+    reg: Registry, out: Path, total: int, resumed: list[str], t_start: float, log, trained_now=0, failed_now=0
+) -> BuildSummary:
+    """The build's summary, logged (``trained_now``, ``failed_now``: runs finished, failures of this build)."""
+    summary = BuildSummary(out, total, reg.counts(), trained_now, failed_now, resumed, time.perf_counter() - t_start)
+    log(str(summary))
+    return summary
+
+
+def _print_line(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _checked_grid(grid: str | Path | Grid, executor: str, max_attempts: int, max_runs: int | None) -> Grid:
+    """The grid to build, after the options that need no data: ZooError naming the bad one."""
+    if max_attempts < 1:
+        raise ZooError(f"--max-attempts must be >= 1, got {max_attempts}")
+    if executor not in ("local", "ray"):
+        raise ZooError(f"--executor must be local or ray, got {executor!r}")
+    if max_runs is not None and (not isinstance(max_runs, int) or max_runs < 1):
+        raise ZooError(f"--max-runs must be an integer >= 1, got {max_runs!r}")
+    try:
+        if isinstance(grid, Grid):
+            g = grid if max_runs is None else replace(grid, max_runs=max_runs)
+            g.check_size()
+            return g
+        return load_grid(grid, MAX_RUNS if max_runs is None else max_runs)
+    except GridError as exc:
+        raise ZooError(str(exc)) from None
+
+
+def _local_device(device: str) -> str:
+    from camgap.zoo.executors import resolve_device
+
+    try:
+        return resolve_device(device)
+    except ValueError as exc:
+        raise ZooError(str(exc)) from None
+
+
+def _check_out(out: Path) -> bool:
+    """Refuse an ``out`` that is no directory or holds something else than a model set; True when it
+    is a model set whose registry is gone (rebuilt from its runs under the driver lock)."""
+    if out.exists() and not out.is_dir():
+        raise ZooError(f"--out {out} exists and is not a directory")
+    rebuild = out.is_dir() and not (out / Registry.FILENAME).exists() and _recoverable(out)
+    if (
+        out.is_dir()
+        and not (out / Registry.FILENAME).exists()
+        and not rebuild
+        and any(p for p in out.iterdir() if not p.name.startswith("."))
+    ):
+        raise ZooError(f"--out {out} is not empty and holds no model set; use a new or empty directory")
+    return rebuild
+
+
+def _pretrained(g: Grid, out: Path) -> dict:
+    from camgap.zoo.pretrained import PretrainedWeightsError, pretrained_paths
+
+    try:
+        return pretrained_paths(g, out)
+    except PretrainedWeightsError as exc:
+        raise ZooError(str(exc)) from None
+
+
+def _bind(reg: Registry, g: Grid, out: Path, data: Path, data_info: dict) -> None:
+    """Tie the registry to this grid and dataset (ZooError when it holds another's), and back its meta up."""
+    try:
+        reg.bind_grid(g.fingerprint(), canonical_json(g.canonical()), "grid")
+        reg.bind_grid(_sha(canonical_json(data_info)), canonical_json(data_info), "data")
+    except RegistryError as exc:
+        raise ZooError(str(exc)) from None
+    reg.set_meta("data_root", str(data))
+    _write_meta_backup(reg, out)
+
+
+def _register(
+    reg: Registry, specs: list[RunSpec], out: Path, retry_failed: bool, max_attempts: int, log
+) -> tuple[list[RunSpec], list[str]]:
+    """Register the grid's runs, send unsound and interrupted ones back to pending; returns the runs
+    to train and the interrupted ones that resume."""
+    new = reg.add_runs(specs)
+    _retrain_unsound_finals(reg, out, log)
+    resumed = reg.reset_interrupted()
+    if retry_failed:
+        reg.reset_failed()
+    todo = reg.todo(max_attempts)
+    _refuse_unresolved(todo, out)
+    if new:
+        log(f"{out}: registered {new} new run(s); {len(specs)} in the grid")
+    if resumed:
+        log(f"resuming {len(resumed)} interrupted run(s) from their last checkpoint")
+    return todo, resumed
+
+
+def _executor(kind: str, workers: int | None, device: str, ray_address: str | None, cpus_per_run, threads: int):
+    from camgap.zoo.executors import make_executor
+
+    try:
+        return make_executor(kind, workers, device, ray_address, cpus_per_run=cpus_per_run, run_threads=threads)
+    except (ValueError, ImportError) as exc:
+        raise ZooError(f"--executor {kind}: {exc}") from None
 
 
 def _sha(text: str) -> str:
@@ -509,29 +545,6 @@ def repair(zoo_dir: str | Path, log=print):
     return report
 
 
-def pack_plan(g: Grid) -> dict[str, str]:
-    """run id -> the id of its pack, for the runs of a grid with ``[train] pack`` > 1: trained runs of
-    one architecture, arch options and batch size, in grid order, in chunks of the pack size. A
-    function of the grid alone, so the same runs share a pack on every build and resume (their
-    float results depend on it); the runs of a pack that are still to do train together."""
-    import hashlib
-
-    groups: dict[tuple, list[str]] = {}
-    for spec in g.runs():
-        cfg = spec.config
-        size = int(cfg.pack or 1)
-        if cfg.trained and size > 1:
-            key = (cfg.arch, canonical_json(cfg.arch_options), cfg.batch_size, cfg.precision, cfg.channels_last, size)
-            groups.setdefault(key, []).append(spec.run_id)
-    plan: dict[str, str] = {}
-    for (*_, size), ids in groups.items():
-        for i in range(0, len(ids), size):
-            members = ids[i : i + size]
-            pack_id = "pack-" + hashlib.sha256(",".join(members).encode()).hexdigest()[:16]
-            plan.update(dict.fromkeys(members, pack_id))
-    return plan
-
-
 def _stop_for_storage(where: str) -> StorageError:
     return StorageError(
         f"disk full or failing: {where}; free space (or fix the storage) and rerun the same "
@@ -539,149 +552,130 @@ def _stop_for_storage(where: str) -> StorageError:
     )
 
 
-def _sweep(
-    reg: Registry,
-    ex,
-    todo: list[RunSpec],
-    out: Path,
-    g: Grid,
-    caches: dict,
-    classes: list[str],
-    pretrained: dict,
-    max_attempts: int,
-    keep_last: bool,
-    total: int,
-    progress: bool,
-    log,
-) -> tuple[int, int]:
+@dataclass(frozen=True)
+class _Setup:
+    """What a build's runs are started with: the model set, its grid, the decoded data and settings."""
+
+    out: Path
+    grid: Grid
+    caches: dict
+    classes: list[str]
+    pretrained: dict
+    max_attempts: int
+    keep_last: bool
+
+
+def _sweep(reg: Registry, ex, todo: list[RunSpec], setup: _Setup, total: int, progress: bool, log) -> tuple[int, int]:
+    """Train ``todo`` on ``ex`` (``zoo.sweep``), recording each result as it comes back; returns the
+    runs finished and the failures of this build. Runs in flight when it stops go back to pending."""
     from camgap.progress import progress_bar
-    from camgap.zoo.train import atomic_write_json, storage_error
+    from camgap.zoo.train import storage_error
 
-    finished = reg.counts()["done"] + reg.exhausted(max_attempts)
+    finished = reg.counts()["done"] + reg.exhausted(setup.max_attempts)
     bar = progress_bar(total=total, initial=finished, unit="run", desc="zoo", enabled=progress)
+    job = _Training(reg, setup, bar, progress, log)
+    try:
+        sweep(ex, todo, job)
+    except BaseException as exc:
+        with contextlib.suppress(RegistryError):  # a failed registry write: the next build resets them
+            reg.reset_interrupted()  # in-flight runs resume from last.pt next time, no attempt used
+        disk = storage_error(exc) if not isinstance(exc, CamgapError) else None
+        if disk is not None:  # the driver's own writes (config.json, run directories)
+            raise _stop_for_storage(f"{disk.filename or setup.out}: {disk.strerror or disk}") from exc
+        raise
+    finally:
+        bar.close()
+    return job.trained, job.failed
 
-    def emit(msg: str) -> None:
-        if progress:
-            bar.write(msg, file=sys.stdout)
+
+class _Training(SweepJob):
+    """A build's sweep: each run's directory, config.json and ``Task`` as it starts; each result in
+    the registry and the log. Only the run's own worker dying twice in a row uses an attempt."""
+
+    lost = OWN_DEATHS
+
+    def __init__(self, reg: Registry, setup: _Setup, bar, progress: bool, log):
+        self.reg, self.setup, self.bar, self.progress, self.log = reg, setup, bar, progress, log
+        self.packs = pack_plan(setup.grid)
+        self.trained = self.failed = 0
+
+    def emit(self, msg: str) -> None:
+        """A line of the build's log, above the progress bar when there is one."""
+        if self.progress:
+            self.bar.write(msg, file=sys.stdout)
             sys.stdout.flush()
         else:
-            log(msg)
+            self.log(msg)
 
-    queue = deque(todo)
-    packs = pack_plan(g)
-    inflight: dict[str, RunSpec] = {}
-    pack_members: dict[str, list[str]] = {}  # pack task id -> its runs in flight
-    deaths: dict[str, int] = {}  # run_id -> its worker's deaths in a row
-    trained_now = failed_now = 0
+    def pack_of(self, run: RunSpec) -> str | None:
+        return self.packs.get(run.run_id)
 
-    def start(run: RunSpec) -> Task:
-        rid = run.run_id
-        reg.mark_running(rid)
-        run_dir = out / "runs" / rid
+    def pack(self, pack_id: str, tasks: list[Task]) -> Pack:
+        return Pack(pack_id, tuple(tasks))
+
+    def start(self, run: RunSpec) -> Task:
+        from camgap.zoo.train import atomic_write_json
+
+        rid, s, cfg = run.run_id, self.setup, run.config
+        self.reg.mark_running(rid)
+        run_dir = s.out / "runs" / rid
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(
             {
                 "run_id": rid,
                 "repeat": run.repeat,
                 "seed": run.seed,
-                "config": run.config.to_dict(),
-                "grid_fingerprint": g.fingerprint(),
+                "config": cfg.to_dict(),
+                "grid_fingerprint": s.grid.fingerprint(),
             },
             run_dir / "config.json",
         )
-        cfg = run.config
-        inflight[rid] = run
         return Task(
             rid,
             cfg,
             run.seed,
             run.repeat,
             str(run_dir),
-            caches["train"],
-            caches["test"],
-            len(classes),
-            tuple(classes),
-            pretrained_path=pretrained.get(cfg.arch) if cfg.pretrained else None,
-            eval_batch_size=g.train.eval_batch_size,
-            keep_last=keep_last,
+            s.caches["train"],
+            s.caches["test"],
+            len(s.classes),
+            tuple(s.classes),
+            pretrained_path=s.pretrained.get(cfg.arch) if cfg.pretrained else None,
+            eval_batch_size=s.grid.train.eval_batch_size,
+            keep_last=s.keep_last,
         )
 
-    def units_in_flight() -> int:
-        """Tasks the executor holds: each pack is one, each run outside a pack one."""
-        packed = sum(len(members) for members in pack_members.values())
-        return len(pack_members) + len(inflight) - packed
+    def requeued(self, run: RunSpec, res: RunResult) -> None:
+        self.reg.requeue(run.run_id)
+        err = str(res.error or "unknown error")
+        self.emit(f"LOST   {run.run_id} {_describe(run.config, run.repeat)}: {err}; re-queued (no attempt used)")
 
-    def results(res: RunResult) -> list[RunResult]:
-        """One result per run: a pack's results, or its one outcome given to each of its runs."""
-        members = pack_members.pop(res.run_id, None)
-        if members is None:
-            return [res]
-        if res.status == "pack":
-            return list(res.results)
-        return [replace(res, run_id=rid) for rid in members]
-
-    try:
-        while queue or inflight:
-            while queue and units_in_flight() < ex.capacity:
-                run = queue.popleft()
-                pack_id = packs.get(run.run_id)
-                mates = [r for r in queue if pack_id is not None and packs.get(r.run_id) == pack_id]
-                for r in mates:
-                    queue.remove(r)
-                tasks = [start(r) for r in (run, *mates)]
-                if len(tasks) == 1:
-                    ex.submit(tasks[0])
-                else:
-                    pack_members[pack_id] = [t.run_id for t in tasks]
-                    ex.submit(Pack(pack_id, tuple(tasks)))
-            for res in (r for unit in ex.wait() for r in results(unit)):
-                rid = res.run_id
-                run = inflight.pop(rid)
-                desc = _describe(run.config, run.repeat)
-                status, err = res.status, str(res.error or "unknown error")
-                for note in res.warnings:
-                    emit(f"WARNING {rid}: {note}")
-                if status == "storage":
-                    reg.requeue(rid)
-                    raise _stop_for_storage(err)
-                if status == "lost":
-                    deaths[rid] = deaths.get(rid, 0) + int(res.worker_died)
-                    if deaths[rid] < 2:  # not the run's fault (yet): again, without using an attempt
-                        reg.requeue(rid)
-                        queue.append(run)
-                        emit(f"LOST   {rid} {desc}: {err}; re-queued (no attempt used)")
-                        continue
-                    status, err = "failed", f"its worker process died twice in a row while running it ({err})"
-                deaths.pop(rid, None)
-                if status == "done":
-                    reg.mark_done(rid, res)
-                    trained_now += 1
-                    bar.update(1)
-                    emit(f"done   {rid} {desc} | {_result_line(res)}")
-                else:
-                    attempts = reg.mark_failed(rid, err)
-                    failed_now += 1
-                    retry = attempts < max_attempts
-                    first = err.strip().splitlines()[0] if err.strip() else err
-                    emit(
-                        f"FAILED {rid} {desc} (attempt {attempts}/{max_attempts}"
-                        f"{', will retry' if retry else ''}): {first}"
-                    )
-                    if retry:
-                        queue.append(run)
-                    else:
-                        bar.update(1)
-                bar.set_postfix(failed=reg.counts()["failed"], refresh=False)
-    except BaseException as exc:
-        with contextlib.suppress(RegistryError):  # a failed registry write: the next build resets them
-            reg.reset_interrupted()  # in-flight runs resume from last.pt next time, no attempt used
-        disk = storage_error(exc) if not isinstance(exc, CamgapError) else None
-        if disk is not None:  # the driver's own writes (config.json, run directories)
-            raise _stop_for_storage(f"{disk.filename or out}: {disk.strerror or disk}") from exc
-        raise
-    finally:
-        bar.close()
-    return trained_now, failed_now
+    def record(self, run: RunSpec, res: RunResult) -> bool:
+        rid, desc, err = run.run_id, _describe(run.config, run.repeat), str(res.error or "unknown error")
+        for note in res.warnings:
+            self.emit(f"WARNING {rid}: {note}")
+        if res.status == "storage":
+            self.reg.requeue(rid)
+            raise _stop_for_storage(err)
+        retry = False
+        if res.status == "done":
+            self.reg.mark_done(rid, res)
+            self.trained += 1
+            self.bar.update(1)
+            self.emit(f"done   {rid} {desc} | {_result_line(res)}")
+        else:
+            attempts = self.reg.mark_failed(rid, err)
+            self.failed += 1
+            retry = attempts < self.setup.max_attempts
+            first = err.strip().splitlines()[0] if err.strip() else err
+            self.emit(
+                f"FAILED {rid} {desc} (attempt {attempts}/{self.setup.max_attempts}"
+                f"{', will retry' if retry else ''}): {first}"
+            )
+            if not retry:
+                self.bar.update(1)
+        self.bar.set_postfix(failed=self.reg.counts()["failed"], refresh=False)
+        return retry
 
 
 # --- status / export --------------------------------------------------------------------
