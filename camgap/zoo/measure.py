@@ -25,7 +25,6 @@ import functools
 import json
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,6 +52,7 @@ from camgap.measures.score import ScoreOptions, ScoreResult, score_model
 from camgap.measures.weightwatcher import available as weightwatcher_available
 from camgap.models import CheckpointError, create_model, load_weights, read_checkpoint
 from camgap.zoo.registry import Registry, state_line
+from camgap.zoo.sweep import ANY_DEATH, SweepJob, sweep
 
 NEEDS_INIT = {"distance_from_init", "pacbayes_flatness", "pacbayes_mag_flatness"}  # read init.pt
 # MaxBoxAccV2 is measured on request only (`--measures ...,maxboxacc_v2`): labelling 101 thresholded
@@ -218,13 +218,30 @@ def plan_run(run_id: str, recorded: set[tuple[str, str]], request: MeasureReques
     return RunPlan(run_id, scores, others, diverged)
 
 
-def plan_rows(plan: RunPlan, request: MeasureRequest, state: str, reason: str) -> list[tuple]:
+@dataclass(frozen=True)
+class MeasurementRow:
+    """One measurement of one run, as a worker hands it to the driver: the ``measure``, its variant
+    (``params``, a dict), the ``value`` (None unless ``state`` is done) and why not (``reason``)."""
+
+    measure: str
+    params: dict
+    value: float | None
+    state: str
+    reason: str | None = None
+
+    def stored(self) -> tuple:
+        """The row as the registry stores it (``Registry.record_measurements``): params as JSON."""
+        return self.measure, params.to_json(self.params), self.value, self.state, self.reason
+
+
+def plan_rows(plan: RunPlan, request: MeasureRequest, state: str, reason: str) -> list[MeasurementRow]:
     """One row per measurement the plan still needs, all in ``state`` (failed or undefined) for ``reason``."""
-    return _score_rows(request, plan.scores, state, reason) + [(name, {}, None, state, reason) for name in plan.others]
+    others = [MeasurementRow(name, {}, None, state, reason) for name in plan.others]
+    return _score_rows(request, plan.scores, state, reason) + others
 
 
-def _score_rows(request: MeasureRequest, combos: Sequence[tuple], state: str, reason: str) -> list[tuple]:
-    return [(k, p, None, state, reason) for k, p in _score_measurements(request, combos)]
+def _score_rows(request: MeasureRequest, combos: Sequence[tuple], state: str, reason: str) -> list[MeasurementRow]:
+    return [MeasurementRow(k, p, None, state, reason) for k, p in _score_measurements(request, combos)]
 
 
 def _score_measurements(request: MeasureRequest, combos: Sequence[tuple]) -> list[tuple[str, dict]]:
@@ -309,10 +326,10 @@ class _Clock:
 
 @dataclass
 class MeasuredRun:
-    """One run's rows ``(measure, params, value, state, reason)``, seconds per step, and whether
-    its model was measured (False when it diverged or could not be loaded)."""
+    """One run's rows, seconds per step, and whether its model was measured (False when it diverged
+    or could not be loaded)."""
 
-    rows: list[tuple]
+    rows: list[MeasurementRow]
     seconds: dict[str, float]
     measured: bool
 
@@ -325,7 +342,7 @@ class MeasureOutcome:
 
     run_id: str
     status: str
-    rows: tuple = ()
+    rows: tuple[MeasurementRow, ...] = ()
     seconds: dict = field(default_factory=dict)
     measured: bool = False
     error: str | None = None
@@ -373,7 +390,7 @@ def measure_run(
     with clock.step(request.pass_name):
         rows, broken = _shared_pass(ctx, plan, request)
     if plan.others and ctx.logits is None:  # every measure of a model that cannot run is failed, with the reason
-        rows += [(name, {}, None, "failed", broken) for name in plan.others]
+        rows += [MeasurementRow(name, {}, None, "failed", broken) for name in plan.others]
     elif plan.others:
         rows += _other_measures(plan.others, ctx, run_dir, clock)
     return MeasuredRun(rows, clock.seconds, True)
@@ -413,7 +430,9 @@ def _context(
     )
 
 
-def _shared_pass(ctx: MeasureContext, plan: RunPlan, request: MeasureRequest) -> tuple[list[tuple], str | None]:
+def _shared_pass(
+    ctx: MeasureContext, plan: RunPlan, request: MeasureRequest
+) -> tuple[list[MeasurementRow], str | None]:
     """The CAM pass(es): the rows of the score measures (IoU, IoU-B, ...) for the planned combinations,
     one pass per (cam, masks) for every threshold, and the logits of the first pass (the first CAM
     with the first mask source, run even when its scores are recorded: the other measures read its
@@ -421,7 +440,7 @@ def _shared_pass(ctx: MeasureContext, plan: RunPlan, request: MeasureRequest) ->
     pass raised), None when it did."""
     first = (request.cams[0], request.masks[0])
     passes = sorted({(c, m) for c, _, m in plan.scores} | {first}, key=lambda cm: cm != first)
-    rows: list[tuple] = []
+    rows: list[MeasurementRow] = []
     broken = None
     for cam, source in passes:
         combos = [(c, t, m) for c, t, m in plan.scores if (c, m) == (cam, source)]
@@ -436,17 +455,19 @@ def _shared_pass(ctx: MeasureContext, plan: RunPlan, request: MeasureRequest) ->
     return rows, broken
 
 
-def _score_values(ctx: MeasureContext, request: MeasureRequest, combos: list, cam: str, source: str) -> list[tuple]:
+def _score_values(
+    ctx: MeasureContext, request: MeasureRequest, combos: list, cam: str, source: str
+) -> list[MeasurementRow]:
     """The rows of each score measure from the pass (cam, source) that ran; a measure that
     raises gets its own failed or undefined rows, the others keep their values."""
-    rows: list[tuple] = []
+    rows: list[MeasurementRow] = []
     wanted = _score_measurements(request, combos)
     for name in request.score_measures:
         mine = [p for k, p in wanted if k == name]
         try:
             values = compute_measure(name, ctx, cam=cam, thresholds=request.thresholds, masks=source)
         except Exception as exc:  # noqa: BLE001 - recorded (undefined or failed), the set goes on
-            rows += [(name, p, None, *measure_outcome(exc)) for p in mine]
+            rows += [MeasurementRow(name, p, None, *measure_outcome(exc)) for p in mine]
             continue
         rows += [_value_row(name, p, values[params.label(p)]) for p in mine]
     return rows
@@ -462,29 +483,29 @@ def _init_state(run_dir: Path, names: Sequence[str]) -> tuple[dict | None, str |
         return None, f"initial weights unreadable: {exc}"
 
 
-def _other_measures(names: Sequence[str], ctx: MeasureContext, run_dir: Path, clock: _Clock) -> list[tuple]:
+def _other_measures(names: Sequence[str], ctx: MeasureContext, run_dir: Path, clock: _Clock) -> list[MeasurementRow]:
     """Rows of the measures not read from the CAM pass, from the same context (its logits)."""
     with clock.step(LOAD, counted=False):
         ctx.init_state, init_error = _init_state(run_dir, names)
-    rows: list[tuple] = []
+    rows: list[MeasurementRow] = []
     for name in names:
         with clock.step(name):
             if init_error and name in NEEDS_INIT:
-                rows.append((name, {}, None, "failed", init_error))
+                rows.append(MeasurementRow(name, {}, None, "failed", init_error))
                 continue
             try:
                 values = compute_measure(name, ctx)
             except Exception as exc:  # noqa: BLE001 - recorded (undefined or failed), the set goes on
-                rows.append((name, {}, None, *measure_outcome(exc)))
+                rows.append(MeasurementRow(name, {}, None, *measure_outcome(exc)))
                 continue
         rows += [_value_row(name, params.canonical(key), value) for key, value in values.items()]
     return rows
 
 
-def _value_row(measure: str, p: dict, value: float | None) -> tuple:
+def _value_row(measure: str, p: dict, value: float | None) -> MeasurementRow:
     if value is None or not math.isfinite(value):
-        return measure, p, None, "failed", f"not finite: {value}"
-    return measure, p, float(value), "done", None
+        return MeasurementRow(measure, p, None, "failed", f"not finite: {value}")
+    return MeasurementRow(measure, p, float(value), "done", None)
 
 
 def run_measure_task(task: MeasureTask, on_step: Callable[[str, bool], None] | None = None) -> MeasureOutcome:
@@ -575,62 +596,65 @@ def _measure_plans(
     ray_address: str | None,
     progress: bool,
 ) -> None:
-    """Send each run's plan to the executor, record each run's rows as they come back. A run whose
-    worker died is sent again once; a second death (or a crash of the task) fails its measurements."""
+    """Send each run's plan to the executor, record each run's rows as they come back (``zoo.sweep``)."""
     from camgap.progress import progress_bar
     from camgap.zoo.executors import InProcessExecutor
 
     steps = {p.run_id: len(p.steps(request)) for p in plans}
     bar = progress_bar(total=sum(steps.values()), unit="step", desc="measure", enabled=progress)
-    counted: dict[str, int] = {}
-    current: list[str] = []  # the run the in-process executor measures now
-
-    def on_step(name: str, ended: bool) -> None:
-        if not ended:
-            bar.set_description(f"measure {name}")
-        elif current:
-            counted[current[0]] = counted.get(current[0], 0) + 1
-            bar.update(1)
-
+    job = _Measuring(reg, zoo, request, summary, bar, steps)
     ex = _executor_for(executor, workers, device, ray_address)
     if isinstance(ex, InProcessExecutor):  # live progress: it calls the task here, so the callback may be local
-        ex.fn = functools.partial(run_measure_task, on_step=on_step)
-    queue, inflight, deaths = deque(plans), {}, {}
+        ex.fn = functools.partial(run_measure_task, on_step=job.on_step)
     try:
-        while queue or inflight:
-            while queue and len(inflight) < ex.capacity:
-                plan = queue.popleft()
-                current[:] = [plan.run_id]
-                ex.submit(MeasureTask(plan.run_id, str(zoo), plan, request))
-                inflight[plan.run_id] = plan
-            for res in ex.wait():
-                plan = inflight.pop(res.run_id)
-                if res.status == "lost" and deaths.get(plan.run_id, 0) == 0:
-                    deaths[plan.run_id] = 1
-                    queue.append(plan)
-                    continue
-                if res.status == "done":
-                    rows = list(res.rows)
-                    summary.measured += int(res.measured)
-                    summary.add_seconds(res.seconds)
-                else:
-                    reason = str(res.error or "unknown error").strip().splitlines()[0]
-                    rows = plan_rows(plan, request, "failed", f"measuring stopped: {reason}")
-                _store(reg, plan.run_id, rows, summary)
-                bar.update(steps[plan.run_id] - counted.pop(plan.run_id, 0))
+        sweep(ex, plans, job)
     finally:
         ex.close()
         bar.close()
 
 
-def _store(reg: Registry, run_id: str, rows: list[tuple], summary: MeasureSummary) -> None:
+class _Measuring(SweepJob):
+    """A measuring sweep: a run whose worker died is sent again once; a second death (or a crash of
+    the task) fails its measurements with the reason. The bar counts each run's steps."""
+
+    lost = ANY_DEATH
+
+    def __init__(self, reg: Registry, zoo: Path, request: MeasureRequest, summary: MeasureSummary, bar, steps: dict):
+        self.reg, self.zoo, self.request, self.summary, self.bar, self.steps = reg, zoo, request, summary, bar, steps
+        self.counted: dict[str, int] = {}  # run id -> its steps the bar counted as they ended
+        self.current: str | None = None  # the run the in-process executor measures now
+
+    def on_step(self, name: str, ended: bool) -> None:
+        if not ended:
+            self.bar.set_description(f"measure {name}")
+        elif self.current is not None:
+            self.counted[self.current] = self.counted.get(self.current, 0) + 1
+            self.bar.update(1)
+
+    def start(self, plan: RunPlan) -> MeasureTask:
+        self.current = plan.run_id
+        return MeasureTask(plan.run_id, str(self.zoo), plan, self.request)
+
+    def record(self, plan: RunPlan, res: MeasureOutcome) -> bool:
+        if res.status == "done":
+            rows = list(res.rows)
+            self.summary.measured += int(res.measured)
+            self.summary.add_seconds(res.seconds)
+        else:
+            reason = str(res.error or "unknown error").strip().splitlines()[0]
+            rows = plan_rows(plan, self.request, "failed", f"measuring stopped: {reason}")
+        _store(self.reg, plan.run_id, rows, self.summary)
+        self.bar.update(self.steps[plan.run_id] - self.counted.pop(plan.run_id, 0))
+        return False
+
+
+def _store(reg: Registry, run_id: str, rows: list[MeasurementRow], summary: MeasureSummary) -> None:
     """Record one model's rows together (one transaction, then its measurements.json)."""
-    reg.record_measurements(run_id, [(m, params.to_json(p), v, st, why) for m, p, v, st, why in rows])
+    reg.record_measurements(run_id, [row.stored() for row in rows])
     for row in rows:
-        state = row[3]
-        if state == "done":
+        if row.state == "done":
             summary.recorded += 1
-        elif state == "failed":
+        elif row.state == "failed":
             summary.failed += 1
         else:
             summary.undefined += 1
