@@ -35,12 +35,21 @@ from pathlib import Path
 
 from camgap.errors import CamgapError
 from camgap.zoo.config import Pack, RunConfig, RunResult, Task
-from camgap.zoo.errors import StorageError, ZooError
+from camgap.zoo.errors import StorageError, ZooError, storage_stop
 from camgap.zoo.grid import MAX_RUNS, Grid, GridError, RunSpec, canonical_json, load_grid
 from camgap.zoo.packing import pack_plan
-from camgap.zoo.registry import META_BACKUP, Registry, RegistryError, rebuild_registry
+from camgap.zoo.recovery import (
+    driver_lock,
+    rebuild_for,
+    recoverable,
+    remove_temp_files,
+    repair,
+    retrain_unsound_finals,
+    write_meta_backup,
+)
+from camgap.zoo.registry import META_BACKUP, Registry, RegistryError
 
-# the Python API (camgap.zoo's doc) names status and export here, beside build
+# the Python API (camgap.zoo's doc) and `zoo repair|status|export` name these here, beside build
 from camgap.zoo.status import EXPORT_COLUMNS, export, format_status, status
 from camgap.zoo.sweep import OWN_DEATHS, SweepJob, sweep
 
@@ -82,22 +91,6 @@ class BuildSummary:
             f"{c.get('pending', 0)} pending; this build finished {self.trained_now} run(s), "
             f"{self.failed_now} failure(s) in {self.seconds:.1f}s"
         )
-
-
-@contextlib.contextmanager
-def _driver_lock(out: Path):
-    import fcntl
-
-    out.mkdir(parents=True, exist_ok=True)
-    f = open(out / ".lock", "a+")
-    try:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ZooError(f"{out}: another `camgap zoo build` (or repair) is running on this model set") from None
-        yield
-    finally:
-        f.close()
 
 
 def _read_splits(data: Path, layout: str, box_units: str | None = None) -> tuple[list, list, list[str]]:
@@ -173,11 +166,11 @@ def build(
     rebuild = _check_out(out)
     pretrained = _pretrained(g, out)
 
-    with _driver_lock(out):
-        _remove_stale_temp_files(out, log)
+    with driver_lock(out):
+        remove_temp_files(out, log)
         g = _resolve_precision(g, out, device if executor == "local" else None, log)
         if rebuild and not (out / Registry.FILENAME).exists():
-            _rebuild_for(g, out, log)
+            rebuild_for(g, out, log)
         reg = Registry.in_dir(out)
         try:
             data_info = {"classes": classes, "n_train": len(train_records), "n_test": len(test_records)}
@@ -201,7 +194,7 @@ def build(
             except Exception as exc:
                 disk = storage_error(exc)
                 if disk is not None:
-                    raise _stop_for_storage(f"{disk.filename or cache}: {disk.strerror or disk}") from exc
+                    raise storage_stop(f"{disk.filename or cache}: {disk.strerror or disk}") from exc
                 raise ZooError(f"--data {data}: cannot decode the dataset: {exc}") from exc
             ex = _executor(executor, workers, device, ray_address, cpus_per_run, g.train.threads)
             try:
@@ -260,7 +253,7 @@ def _check_out(out: Path) -> bool:
     is a model set whose registry is gone (rebuilt from its runs under the driver lock)."""
     if out.exists() and not out.is_dir():
         raise ZooError(f"--out {out} exists and is not a directory")
-    rebuild = out.is_dir() and not (out / Registry.FILENAME).exists() and _recoverable(out)
+    rebuild = out.is_dir() and not (out / Registry.FILENAME).exists() and recoverable(out)
     if (
         out.is_dir()
         and not (out / Registry.FILENAME).exists()
@@ -288,7 +281,7 @@ def _bind(reg: Registry, g: Grid, out: Path, data: Path, data_info: dict) -> Non
     except RegistryError as exc:
         raise ZooError(str(exc)) from None
     reg.set_meta("data_root", str(data))
-    _write_meta_backup(reg, out)
+    write_meta_backup(reg, out)
 
 
 def _register(
@@ -297,7 +290,7 @@ def _register(
     """Register the grid's runs, send unsound and interrupted ones back to pending; returns the runs
     to train and the interrupted ones that resume."""
     new = reg.add_runs(specs)
-    _retrain_unsound_finals(reg, out, log)
+    retrain_unsound_finals(reg, out, log)
     resumed = reg.reset_interrupted()
     if retry_failed:
         reg.reset_failed()
@@ -325,44 +318,7 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-# --- recovery ---------------------------------------------------------------------------
-
-
-def _recoverable(out: Path) -> bool:
-    """A model-set directory whose registry is gone: a meta backup, or run directories."""
-    return (out / META_BACKUP).is_file() or any((out / "runs").glob("*/config.json"))
-
-
-def _write_meta_backup(reg: Registry, out: Path) -> None:
-    """A copy of the registry's meta table (grid, data, fingerprints), for ``repair``."""
-    from camgap.zoo.train import atomic_write_json
-
-    meta = {k: v for k, v in reg.meta().items() if k != "schema"}
-    path = out / META_BACKUP
-    try:
-        if path.is_file() and json.loads(path.read_text()) == meta:
-            return
-    except (OSError, ValueError):
-        pass
-    atomic_write_json(meta, path)
-
-
-def _grid_from_meta(meta: dict) -> Grid | None:
-    """The grid recorded in a meta backup, when it parses back to the same fingerprint."""
-    from camgap.zoo.grid import parse_grid
-
-    try:
-        canon = json.loads(meta["grid"])
-        table = dict(canon["grid"], repeats=canon["repeats"], untrained=canon["untrained"])
-        if canon.get("sample") is not None:
-            table["sample"] = canon["sample"]
-        doc = {"grid": table, "train": canon["train"], "arch_options": canon["arch_options"]}
-        if canon.get("pretrain") is not None:
-            doc["pretrain"] = canon["pretrain"]
-        g = parse_grid(doc, META_BACKUP)
-    except (KeyError, TypeError, ValueError, GridError):
-        return None
-    return g if g.fingerprint() == meta.get("grid_fingerprint") else None
+# --- precision ---------------------------------------------------------------------------
 
 
 def _recorded_grid(out: Path) -> dict | None:
@@ -423,84 +379,6 @@ def _refuse_unresolved(todo: list[RunSpec], out: Path) -> None:
         )
 
 
-def _rebuild_for(g: Grid, out: Path, log) -> None:
-    """``build`` found run directories but no registry: rebuild it (refusing another grid's runs)."""
-    for cfg_path in sorted((out / "runs").glob("*/config.json")):
-        try:
-            fp = json.loads(cfg_path.read_text()).get("grid_fingerprint")
-        except (OSError, ValueError):
-            continue
-        if fp is not None and fp != g.fingerprint():
-            raise ZooError(
-                f"--out {out}: {cfg_path} is a run of a different grid (fingerprint {fp[:12]}, "
-                f"this one {g.fingerprint()[:12]}); use another --out directory, or that grid"
-            )
-    report = rebuild_registry(out, g.runs())
-    log(f"{out}: {Registry.FILENAME} missing; rebuilt it from runs/: {report}")
-
-
-def _remove_stale_temp_files(out: Path, log) -> None:
-    """Temporary files that a killed driver or worker left in the model set (``train.
-    remove_stale_temp_files``: only those of dead processes), with the driver lock held."""
-    from camgap.zoo.train import remove_stale_temp_files
-
-    dirs = [out, *(d for top in ("runs", "cache") for d in sorted((out / top).glob("*")) if d.is_dir())]
-    removed = [f for d in dirs for f in remove_stale_temp_files(d)]
-    if removed:
-        names = ", ".join(str(f.relative_to(out)) for f in removed)
-        log(f"{out}: removed {len(removed)} temporary file(s) left by a killed process: {names}")
-
-
-def _retrain_unsound_finals(reg: Registry, out: Path, log) -> None:
-    """Done runs whose final.pt is missing or corrupt (``digest.check_final``) go back to pending,
-    a corrupt file set aside; a final.pt without a recorded digest that reads back gets one."""
-    from camgap.zoo.digest import check_final
-    from camgap.zoo.train import set_aside, storage_error
-
-    for run in reg.done_runs():
-        rid = run["run_id"]
-        final = out / "runs" / rid / "final.pt"
-        try:
-            problem = check_final(final.parent, rid, record=True)
-            if problem is None:
-                continue
-            then = "the run is trained again"
-            msg = set_aside(final, problem, then) if final.is_file() else f"{problem}; {then}"
-        except OSError as exc:
-            if storage_error(exc) is None:
-                raise
-            raise _stop_for_storage(f"{exc.filename or final}: {exc.strerror or exc}") from exc
-        reg.requeue(rid)
-        log(f"WARNING {rid}: {msg}")
-
-
-def repair(zoo_dir: str | Path, log=print):
-    """Rebuild ``ZOO/registry.sqlite`` from ``ZOO/runs/`` (``camgap zoo repair``): done runs
-    from their final.pt, every other run pending, measurements from measurements.json; an
-    existing registry is kept as ``registry.sqlite.replaced-<time>``. Holds the driver lock."""
-    zoo = Path(zoo_dir).expanduser().resolve()
-    if not zoo.is_dir():
-        raise ZooError(f"{zoo}: no such directory")
-    if not _recoverable(zoo):
-        raise ZooError(f"{zoo}: no run directories (runs/*/config.json) nor {META_BACKUP} to rebuild from")
-    with _driver_lock(zoo):
-        _remove_stale_temp_files(zoo, log)
-        meta = {}
-        with contextlib.suppress(OSError, ValueError):
-            meta = json.loads((zoo / META_BACKUP).read_text())
-        g = _grid_from_meta(meta) if meta else None
-        report = rebuild_registry(zoo, g.runs() if g is not None else None)
-    log(f"{zoo}: rebuilt {Registry.FILENAME} from runs/: {report}")
-    return report
-
-
-def _stop_for_storage(where: str) -> StorageError:
-    return StorageError(
-        f"disk full or failing: {where}; free space (or fix the storage) and rerun the same "
-        f"command to resume (no attempt was used)"
-    )
-
-
 @dataclass(frozen=True)
 class _Setup:
     """What a build's runs are started with: the model set, its grid, the decoded data and settings."""
@@ -530,7 +408,7 @@ def _sweep(reg: Registry, ex, todo: list[RunSpec], setup: _Setup, total: int, pr
             reg.reset_interrupted()  # in-flight runs resume from last.pt next time, no attempt used
         disk = storage_error(exc) if not isinstance(exc, CamgapError) else None
         if disk is not None:  # the driver's own writes (config.json, run directories)
-            raise _stop_for_storage(f"{disk.filename or setup.out}: {disk.strerror or disk}") from exc
+            raise storage_stop(f"{disk.filename or setup.out}: {disk.strerror or disk}") from exc
         raise
     finally:
         bar.close()
@@ -605,7 +483,7 @@ class _Training(SweepJob):
             self.emit(f"WARNING {rid}: {note}")
         if res.status == "storage":
             self.reg.requeue(rid)
-            raise _stop_for_storage(err)
+            raise storage_stop(err)
         retry = False
         if res.status == "done":
             self.reg.mark_done(rid, res)
