@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from camgap.zoo.config import PACK_SHARED_CONFIG
 from camgap.zoo.grid import load_grid
-from camgap.zoo.packing import pack_plan
+from camgap.zoo.packing import pack_key, pack_plan
 
 PINNED = json.loads((Path(__file__).parent / "data" / "pack-plans.json").read_text())
 CASES = {"demo fp32": ("demo", "fp32"), "demo bf16": ("demo", "bf16"), "demo-quick": ("demo-quick", "fp32")}
@@ -41,3 +42,14 @@ def test_the_demo_packs_hold_eight_runs_of_one_arch_and_batch_size():
     for p in packs:
         assert len({(by_id[r].arch, by_id[r].batch_size) for r in p["runs"]}) == 1
     assert sum(len(p["runs"]) for p in packs) == sum(c.trained for c in by_id.values()) == 64
+
+
+def test_the_pack_key_is_what_config_check_pack_compares():
+    runs = load_grid("demo").with_precision("fp32").runs()
+    assert [pack_key(s.config) for s in runs if not s.trained] == [None] * 8
+    trained = [s.config for s in runs if s.trained]
+    for a in trained[:8]:
+        for b in trained:
+            same = all(getattr(a, n) == getattr(b, n) for n in PACK_SHARED_CONFIG) and a.pack == b.pack
+            assert (pack_key(a) == pack_key(b)) == same
+    assert pack_key(load_grid("demo-quick").runs()[0].config) is None  # pack = 1: trains alone

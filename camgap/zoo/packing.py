@@ -17,17 +17,20 @@ import functools
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from camgap.params import canonical_json
 from camgap.zoo.config import PACK_SHARED_CONFIG, GridError, RunConfig
 
-if TYPE_CHECKING:
-    from camgap.zoo.grid import Grid
-
 __all__ = ["PACK_AUTO", "pack_size", "packable_arch", "pack_key", "pack_plan", "pack_id"]
 
 PACK_AUTO = 8  # runs per pack for `[train] pack = "auto"`
+
+
+class _Runs(Protocol):
+    """A ``Grid``, as this module sees it (the grid imports this module: no import back)."""
+
+    def runs(self) -> list: ...
 
 
 @functools.lru_cache(maxsize=64)
@@ -73,7 +76,7 @@ def pack_id(members: Iterable[str]) -> str:
     return "pack-" + hashlib.sha256(",".join(members).encode()).hexdigest()[:16]
 
 
-def pack_plan(g: Grid) -> dict[str, str]:
+def pack_plan(g: _Runs) -> dict[str, str]:
     """run id -> the id of its pack, for every run of ``g`` that trains in one: runs of one
     ``pack_key``, in grid order, in chunks of the pack size (the runs of a pack that are still to
     do train together)."""
