@@ -67,10 +67,8 @@ them.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
-import json
 import math
 import random
 import sys
@@ -84,6 +82,7 @@ from typing import Any
 from camgap.options import check_of
 from camgap.params import canonical_json
 from camgap.zoo.config import GridError, PretrainConfig, RunConfig, TrainConfig, _arch, _int, _unknown
+from camgap.zoo.packing import pack_size
 
 __all__ = [
     "GRID_KEYS",
@@ -116,7 +115,6 @@ GRID_KEYS: dict[str, Any] = {
 }
 
 TRAIN_DEFAULTS: dict[str, Any] = TrainConfig().to_dict()
-PACK_AUTO = 8  # runs per pack for `[train] pack = "auto"`
 # how a run computes, not what it studies: left out of ids and fingerprints at their defaults
 OPTIONAL_TRAIN_KEYS = ("pack", "precision", "channels_last")
 # settings that do not change what a run computes: not part of run ids nor the fingerprint
@@ -352,20 +350,8 @@ class Grid:
         return replace(self, train=replace(self.train, precision=precision))
 
     def pack_size(self, arch: str) -> int:
-        """Runs trained together as one computation (``camgap.zoo.packed``): ``[train] pack``, where
-        "auto" is 8 for the ResNets camgap can pack and 1 for any other architecture; the same on
-        every machine, so a pack's members and their weights depend on the grid alone."""
-        pack = self.train.pack
-        if pack == 1:
-            return 1
-        if not _packable_arch(arch, canonical_json(self.arch_options.get(arch, {}))):
-            if pack == "auto":
-                return 1
-            raise GridError(
-                f"[train] pack = {pack}: {arch} cannot be packed (only ResNets of the torchvision "
-                'layout can); use pack = 1 or "auto"'
-            )
-        return PACK_AUTO if pack == "auto" else int(pack)
+        """Runs of ``arch`` trained together as one computation (``camgap.zoo.packing.pack_size``)."""
+        return pack_size(self.train.pack, arch, self.arch_options.get(arch, {}))
 
     def untrained_config(self, arch: str) -> RunConfig:
         cfg = {k: None for k in GRID_KEYS}
@@ -424,14 +410,6 @@ class Grid:
 
     def fingerprint(self) -> str:
         return hashlib.sha256(canonical_json(self.canonical()).encode()).hexdigest()
-
-
-@functools.lru_cache(maxsize=64)
-def _packable_arch(arch: str, options_json: str) -> bool:
-    from camgap.models import create_model_skeleton
-    from camgap.zoo.packed import packable
-
-    return packable(create_model_skeleton(arch, 2, **json.loads(options_json)))
 
 
 def parse_grid(doc: dict, source: str = "<grid>", max_runs: int = MAX_RUNS) -> Grid:

@@ -9,12 +9,14 @@ bound by per-operator overhead; a pack pays that overhead once for K runs.
 Why weights are concatenated at every forward instead of stored packed: each run keeps its
 own ``nn.Module``, with the parameters and buffers of a solo model, so each run keeps its own
 optimizer (type, lr, momentum, weight decay and state: ``torch.optim`` needs leaf tensors, which
-slices of a packed tensor are not), its checkpoints stay in today's format, and a run that stops
-simply leaves the pack. The concatenation copies the weights once per step, which is small next
+slices of a packed tensor are not), its checkpoints are those of a run trained alone, and a run that
+stops simply leaves the pack. The concatenation copies the weights once per step, which is small next
 to the convolutions; its backward is a slice.
 
 ``torch.func.stack_module_state`` + ``vmap`` was the alternative: it keeps solo modules too,
 but BatchNorm's in-place running-statistics update is not supported under ``vmap``.
+
+Which runs share a pack: ``camgap.zoo.packing``.
 """
 
 from __future__ import annotations
