@@ -52,7 +52,6 @@ CAM_THRESHOLDS: tuple[float, ...] = tuple(k / 100 for k in range(101))
 #: IoU levels of MaxBoxAccV2.
 IOU_LEVELS: tuple[float, ...] = (0.3, 0.5, 0.7)
 _EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity, as findContours' foreground
-_TILES_PER_LABEL = 4096  # (image, threshold) tiles labelled per scipy call: ~3 MB at 28 px
 
 
 def energy_share(maps: Tensor, ref: Tensor) -> Tensor:
@@ -101,8 +100,8 @@ def _slices_to_boxes(slices: Sequence) -> np.ndarray:
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU in pixels of inclusive int boxes: ``a`` [n,4] x ``b`` [m,4] -> float64 [n,m]."""
-    a, b = a[:, None, :], b[None, :, :]
+    """IoU in pixels of inclusive int boxes ``a`` [..., 4] and ``b`` [..., 4], broadcast
+    against each other: float64 of the broadcast shape without the last axis."""
     iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1
     ih = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1
     inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
@@ -115,33 +114,183 @@ def best_box_ious(maps: Tensor, gt_boxes: Sequence[np.ndarray], thresholds: Sequ
     """Per image and CAM threshold, the best IoU of a component box of ``maps > tau`` with a
     ground-truth box: float64 ``[B, T]``, -1 where the region is empty or the image has no box.
 
-    Every (image, threshold) region is a tile of one tall image, the tiles separated by a zero
-    row so no component crosses them; one labelling per chunk of tiles finds all components."""
-    b_n, h, w = maps.shape
-    thr = torch.as_tensor(list(thresholds), dtype=torch.float64)
-    best = np.full((b_n, len(thr)), -1.0)
-    if b_n == 0:
+    The regions are nested (a higher threshold selects fewer pixels), so their components form
+    a tree: one union-find, grown from the highest threshold down, adds each threshold's new
+    pixels and joins the components they connect, instead of labelling 101 regions per image."""
+    thr = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    order = np.argsort(thr, kind="stable")
+    best = np.full((maps.shape[0], len(thr)), -1.0)
+    if not best.size:
         return best
-    regions = maps.detach().cpu().double()[:, None] > thr[None, :, None, None]  # [B,T,H,W]
-    tiles = torch.nn.functional.pad(regions.reshape(-1, h, w), (0, 0, 0, 1)).numpy()  # [B*T, H+1, W]
-    for start in range(0, len(tiles), _TILES_PER_LABEL):
-        chunk = tiles[start : start + _TILES_PER_LABEL]
-        labels, _ = ndimage.label(chunk.reshape(-1, w), structure=_EIGHT)
-        slices = ndimage.find_objects(labels)
-        if not slices:
-            continue
-        boxes = _slices_to_boxes(slices)
-        tile = boxes[:, 1] // (h + 1)
-        boxes[:, [1, 3]] -= (tile * (h + 1))[:, None]
-        tile += start
-        image, t_i = tile // len(thr), tile % len(thr)
-        for b in np.unique(image):
-            if len(gt_boxes[b]) == 0:
-                continue
-            sel = image == b
-            ious = box_iou(boxes[sel], gt_boxes[b]).max(1)
-            np.maximum.at(best[b], t_i[sel], ious)
+    levels = _levels(maps, thr[order])
+    gt = _PaddedBoxes(gt_boxes)
+    for i, roots, boxes in _components_by_threshold(levels, len(thr)):
+        image = roots // (levels.shape[1] * levels.shape[2])
+        column = best[:, order[i]]  # a copy: maximum.at needs a contiguous target
+        np.maximum.at(column, image, gt.best_iou(boxes, image))
+        best[:, order[i]] = column
     return best
+
+
+def _levels(maps: Tensor, sorted_thresholds: np.ndarray) -> np.ndarray:
+    """How many of the sorted thresholds lie below each pixel's value, int [B,H,W]: the pixel is
+    in the region of the i-th threshold (``value > threshold``) exactly when its level is above i.
+    A NaN pixel has level 0: in no region, as ``NaN > tau`` is false."""
+    values = maps.detach().cpu().double().numpy()
+    levels = np.searchsorted(sorted_thresholds, values, side="left")
+    levels[np.isnan(values)] = 0
+    return levels
+
+
+class _PaddedBoxes:
+    """Each image's ground-truth boxes padded to the most any image has, to score component
+    boxes of many images in one broadcast."""
+
+    def __init__(self, gt_boxes: Sequence[np.ndarray]):
+        width = max([len(g) for g in gt_boxes] + [1])
+        self.boxes = np.zeros((len(gt_boxes), width, 4), np.int64)
+        self.valid = np.zeros((len(gt_boxes), width), bool)
+        for i, g in enumerate(gt_boxes):
+            self.boxes[i, : len(g)] = np.asarray(g, np.int64).reshape(-1, 4)
+            self.valid[i, : len(g)] = True
+
+    def best_iou(self, boxes: np.ndarray, image: np.ndarray) -> np.ndarray:
+        """The best IoU of each box [n, 4] with a ground-truth box of its image; -1 without one."""
+        iou = box_iou(boxes[:, None, :], self.boxes[image])
+        return np.where(self.valid[image], iou, -1.0).max(1)
+
+
+def _components_by_threshold(levels: np.ndarray, n_thresholds: int):
+    """For each threshold index i from the highest down: (i, the root pixel of each component of
+    the region ``levels > i``, their inclusive [x0, y0, x1, y1] boxes), pixels flat over the stack."""
+    union = _UnionFind(levels.shape)
+    u, v, edge_levels = _forest_edges(levels)
+    pixels, pixel_starts = _by_level(levels.reshape(-1), n_thresholds)
+    edges, edge_starts = _by_level(edge_levels, n_thresholds)
+    for i in range(n_thresholds - 1, -1, -1):
+        k = n_thresholds - 1 - i  # the rank of level i + 1, first joined at threshold i
+        union.add(pixels[pixel_starts[k] : pixel_starts[k + 1]])
+        joining = edges[edge_starts[k] : edge_starts[k + 1]]
+        union.join(u[joining], v[joining])
+        if len(union.roots):
+            yield i, union.roots, union.root_boxes()
+
+
+def _by_level(levels: np.ndarray, n_thresholds: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of ``levels`` from the highest level down and where each level's run starts: the
+    items of level ``n_thresholds - k`` are ``order[starts[k]:starts[k + 1]]``."""
+    rank = n_thresholds - levels
+    rank = rank.astype(np.int16) if n_thresholds < 2**15 else rank  # 16-bit keys sort by radix
+    order = np.argsort(rank, kind="stable")
+    return order, np.concatenate([[0], np.cumsum(np.bincount(rank, minlength=n_thresholds + 1))])
+
+
+def _forest_edges(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The 8-connectivity edges of the stacked level maps ``levels`` [B,H,W] that the union needs:
+    flat pixel indices u, v and the edge's level min(level_u, level_v) (it joins u and v in the
+    regions of the thresholds below it). In each 2x2 block the lightest edge of every triangle and
+    of the square is dropped: a lightest edge on a cycle is in no maximum spanning forest, and that
+    forest alone joins the same pixels at every threshold. Ties are broken by a fixed edge order
+    with the diagonals first (lightest), so a diagonal beside a corner at its level goes. Edges of
+    level 0 join pixels in no region and are dropped too."""
+    index = np.arange(levels.size).reshape(levels.shape)
+    flat = levels.reshape(-1)
+    ends = {  # edge kind -> its end pixels; the order is the tie-break, lightest first
+        "d1": (index[:, :-1, :-1], index[:, 1:, 1:]),  # top-left to bottom-right
+        "d2": (index[:, :-1, 1:], index[:, 1:, :-1]),  # top-right to bottom-left
+        "h": (index[:, :, :-1], index[:, :, 1:]),
+        "v": (index[:, :-1, :], index[:, 1:, :]),
+    }
+    edge_levels = {kind: np.minimum(flat[a], flat[b]) for kind, (a, b) in ends.items()}
+    dropped = _cycle_lightest(edge_levels, levels.size)
+    kept = [(kind, ~dropped[kind] & (edge_levels[kind] > 0)) for kind in ends]
+    return (
+        np.concatenate([ends[kind][0][keep] for kind, keep in kept]),
+        np.concatenate([ends[kind][1][keep] for kind, keep in kept]),
+        np.concatenate([edge_levels[kind][keep] for kind, keep in kept]),
+    )
+
+
+#: The cycles of a 2x2 block by its edges: (kind, which of that kind's edges of the image).
+_BLOCK = {
+    "top": ("h", np.s_[:, :-1, :]),
+    "bottom": ("h", np.s_[:, 1:, :]),
+    "left": ("v", np.s_[:, :, :-1]),
+    "right": ("v", np.s_[:, :, 1:]),
+    "d1": ("d1", np.s_[:]),
+    "d2": ("d2", np.s_[:]),
+}
+_CYCLES = (
+    ("top", "left", "d2"),
+    ("right", "bottom", "d2"),
+    ("top", "right", "d1"),
+    ("left", "bottom", "d1"),
+    ("top", "right", "bottom", "left"),
+)
+
+
+def _cycle_lightest(edge_levels: dict[str, np.ndarray], n_pixels: int) -> dict[str, np.ndarray]:
+    """Per edge kind, whether the edge is the lightest of a cycle of a 2x2 block; edges are
+    ordered by level, then by kind (in ``edge_levels``' order), then by position, a strict order."""
+    keys, offset = {}, 0
+    for kind, lv in edge_levels.items():
+        keys[kind] = lv.astype(np.int64) * (4 * n_pixels) + offset + np.arange(lv.size).reshape(lv.shape)
+        offset += lv.size
+    dropped = {kind: np.zeros(lv.shape, bool) for kind, lv in edge_levels.items()}
+    for cycle in _CYCLES:
+        cycle_keys = [keys[_BLOCK[side][0]][_BLOCK[side][1]] for side in cycle]
+        lightest = np.minimum.reduce(cycle_keys)
+        for side, key in zip(cycle, cycle_keys):
+            dropped[_BLOCK[side][0]][_BLOCK[side][1]] |= key == lightest
+    return dropped
+
+
+class _UnionFind:
+    """Components of a growing set of pixels of stacked [B,H,W] maps: each pixel points towards
+    its component's root, the component's smallest flat index, which points at itself; a root
+    keeps its component's box as [-x0, -y0, x1, y1], so one elementwise maximum merges boxes."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        _, h, w = shape
+        pixel = np.arange(int(np.prod(shape)))
+        self.parent = pixel.copy()
+        x, y = pixel % w, pixel // w % h
+        self.box = np.stack([-x, -y, x, y])
+        self.roots = np.zeros(0, np.int64)
+
+    def add(self, pixels: np.ndarray) -> None:
+        """New pixels, each a component of its own until joined."""
+        self.roots = np.concatenate([self.roots, pixels])
+
+    def join(self, u: np.ndarray, v: np.ndarray) -> None:
+        """Joins the components of u[j] and v[j] for every j, then merges the boxes of the roots
+        that stopped being roots into their new roots."""
+        while len(u):
+            ru, rv = self.find(u), self.find(v)
+            apart = ru != rv
+            u, v = ru[apart], rv[apart]
+            # hooks each larger root under the smallest root it meets this round; roots hooked
+            # elsewhere or met twice are joined in the next round
+            np.minimum.at(self.parent, np.maximum(u, v), np.minimum(u, v))
+        final = self.find(self.roots)
+        moved = final != self.roots
+        np.maximum.at(self.box, (slice(None), final[moved]), self.box[:, self.roots[moved]])
+        self.roots = self.roots[~moved]
+
+    def find(self, x: np.ndarray) -> np.ndarray:
+        """The roots of the pixels x, halving the paths on the way."""
+        r = self.parent[x]
+        while True:
+            up = self.parent[r]
+            if np.array_equal(up, r):
+                return r
+            self.parent[r] = self.parent[up]
+            r = self.parent[up]
+
+    def root_boxes(self) -> np.ndarray:
+        """Inclusive [x0, y0, x1, y1] of each root's component, int [n_roots, 4]."""
+        box = self.box[:, self.roots].T
+        return np.stack([-box[:, 0], -box[:, 1], box[:, 2], box[:, 3]], 1)
 
 
 @dataclass
