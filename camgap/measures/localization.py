@@ -265,27 +265,32 @@ class _UnionFind:
     def join(self, u: np.ndarray, v: np.ndarray) -> None:
         """Joins the components of u[j] and v[j] for every j, then merges the boxes of the roots
         that stopped being roots into their new roots."""
+        hooked = []
         while len(u):
-            ru, rv = self.find(u), self.find(v)
-            apart = ru != rv
-            u, v = ru[apart], rv[apart]
+            r = self.find(np.concatenate([u, v]))
+            apart = r[: len(u)] != r[len(u) :]
+            u, v = r[: len(u)][apart], r[len(u) :][apart]
             # hooks each larger root under the smallest root it meets this round; roots hooked
             # elsewhere or met twice are joined in the next round
-            np.minimum.at(self.parent, np.maximum(u, v), np.minimum(u, v))
-        final = self.find(self.roots)
-        moved = final != self.roots
-        np.maximum.at(self.box, (slice(None), final[moved]), self.box[:, self.roots[moved]])
-        self.roots = self.roots[~moved]
+            high = np.maximum(u, v)
+            np.minimum.at(self.parent, high, np.minimum(u, v))
+            hooked.append(high)
+        if hooked:  # their boxes are still those of their components before this join
+            gone = np.concatenate(hooked)
+            np.maximum.at(self.box, (slice(None), self.find(gone)), self.box[:, gone])
+        self.roots = self.roots[self.parent[self.roots] == self.roots]
 
     def find(self, x: np.ndarray) -> np.ndarray:
-        """The roots of the pixels x, halving the paths on the way."""
+        """The roots of the pixels x; the pointers on the way are halved and x's point at them."""
         r = self.parent[x]
         while True:
             up = self.parent[r]
-            if np.array_equal(up, r):
+            if (up == r).all():
+                self.parent[x] = r
                 return r
-            self.parent[r] = self.parent[up]
-            r = self.parent[up]
+            grand = self.parent[up]
+            self.parent[r] = grand
+            r = grand
 
     def root_boxes(self) -> np.ndarray:
         """Inclusive [x0, y0, x1, y1] of each root's component, int [n_roots, 4]."""
