@@ -268,6 +268,44 @@ def test_box_extents_are_the_rasterised_boxes():
     assert box_extents(boxes, S, S).tolist() == [[0, 0, 4, 3], [2, 1, 7, 8]]
 
 
+def test_box_extents_of_random_boxes_on_and_off_the_pixel_centres():
+    rng = np.random.default_rng(8)
+    xy = rng.integers(-4, 2 * S + 4, (40, 4)) / 2  # on the centres (x + 0.5), on the edges, outside
+    boxes = torch.tensor(np.concatenate([np.minimum(xy[:, :2], xy[:, 2:]), np.maximum(xy[:, :2], xy[:, 2:])], 1))
+    boxes = torch.cat([boxes, torch.rand(20, 4) * S, torch.tensor([[3.0, 1.0, 2.0, 5.0]])])  # any, and x1 < x0
+    for h, w in ((S, S), (7, 12)):
+        assert box_extents(boxes, h, w).tolist() == [list(b) for b in o_gt_boxes(boxes.float().tolist(), h, w)]
+
+
+def test_maxboxacc_sweeps_pooled_batches_in_pieces(monkeypatch):
+    """The sweep pools batches up to a pixel budget and splits them above it; the counts are
+    those of one sweep over all images, whatever the budget, and a batch of another size first
+    sweeps the waiting ones."""
+    cams, boxes = hand_made()
+    whole = totals_of(cams, boxes, (slice(None),))
+    whole.sweep()
+    for budget in (1, 2 * S * S + 1, 10**6):
+        monkeypatch.setattr("camgap.measures.localization._SWEEP_PIXELS", budget)
+        parts = totals_of(cams, boxes, (slice(0, 3), slice(3, 4), slice(4, None)))
+        assert parts.max_box_acc() == whole.max_box_acc() and np.array_equal(parts.box_correct, whole.box_correct)
+        assert not parts.waiting
+    mixed = LocalizationTotals()
+    mixed.add(
+        torch.from_numpy(np.stack(cams[:2])),
+        boxes_to_masks([torch.tensor(b) for b in boxes[:2]], S),
+        [box_extents(torch.tensor(b), S, S) for b in boxes[:2]],
+    )
+    small = torch.zeros(1, 4, 4)
+    small[0, 1:3, 1:3] = 1.0
+    mixed.add(small, small > 0, [np.array([[1, 1, 2, 2]])])
+    assert [m.shape[1:] for m, _ in mixed.waiting] == [(4, 4)]  # the 10x10 maps were swept
+    first = totals_of(cams[:2], boxes[:2], (slice(None),))
+    first.sweep()
+    assert mixed.box_correct.tolist() == first.box_correct.tolist()
+    mixed.sweep()
+    assert (mixed.box_correct - first.box_correct)[:100].tolist() == [[1, 1, 1]] * 100  # IoU 1 below tau = 1
+
+
 def test_pxap_equals_scikit_learn():
     cams, boxes = hand_made()
     totals = totals_of(cams, boxes)

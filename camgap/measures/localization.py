@@ -52,6 +52,9 @@ CAM_THRESHOLDS: tuple[float, ...] = tuple(k / 100 for k in range(101))
 #: IoU levels of MaxBoxAccV2.
 IOU_LEVELS: tuple[float, ...] = (0.3, 0.5, 0.7)
 _EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity, as findContours' foreground
+#: pixels swept for MaxBoxAccV2 at once: a demo pass (300 images of 28x28) in one sweep, its
+#: union-find and edge arrays (~200 bytes a pixel) ~50 MB
+_SWEEP_PIXELS = 2**18
 
 
 def energy_share(maps: Tensor, ref: Tensor) -> Tensor:
@@ -74,17 +77,15 @@ def box_extents(boxes: Tensor, height: int, width: int) -> np.ndarray:
     """The pixels each xyxy box covers, as inclusive ``[x0, y0, x1, y1]`` int64 rows: pixel
     (y, x) is covered when its centre (x+0.5, y+0.5) lies in the box (the rule of
     `boxes_to_masks`, compared the same way in float32). Boxes covering no pixel are dropped."""
-    b = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).cpu()
-    out = []
+    b = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).cpu().numpy()
+    ext, covers = np.zeros((len(b), 4), np.int64), np.ones(len(b), bool)
     for lo, hi, n in ((0, 2, width), (1, 3, height)):
-        centres = torch.arange(n, dtype=torch.float32) + 0.5
+        centres = np.arange(n, dtype=np.float32) + np.float32(0.5)
         inside = (centres >= b[:, lo : lo + 1]) & (centres <= b[:, hi : hi + 1])  # [n_boxes, n]
-        first = inside.to(torch.uint8).argmax(1)
-        last = n - 1 - inside.flip(1).to(torch.uint8).argmax(1)
-        out.append((first, last, inside.any(1)))
-    (x0, x1, okx), (y0, y1, oky) = out
-    ext = torch.stack([x0, y0, x1, y1], 1).numpy().astype(np.int64)
-    return ext[(okx & oky).numpy()]
+        ext[:, lo] = inside.argmax(1)
+        ext[:, hi] = n - 1 - inside[:, ::-1].argmax(1)
+        covers &= inside.any(1)
+    return ext[covers]
 
 
 def component_boxes(mask: np.ndarray) -> np.ndarray:
@@ -97,17 +98,6 @@ def _slices_to_boxes(slices: Sequence) -> np.ndarray:
     if not slices:
         return np.zeros((0, 4), dtype=np.int64)
     return np.array([(s[1].start, s[0].start, s[1].stop - 1, s[0].stop - 1) for s in slices], dtype=np.int64)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU in pixels of inclusive int boxes ``a`` [..., 4] and ``b`` [..., 4], broadcast
-    against each other: float64 of the broadcast shape without the last axis."""
-    iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1
-    ih = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1
-    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
-    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
-    return inter / (area_a + area_b - inter).astype(np.float64)
 
 
 def best_box_ious(maps: Tensor, gt_boxes: Sequence[np.ndarray], thresholds: Sequence[float] = CAM_THRESHOLDS):
@@ -132,6 +122,22 @@ def best_box_ious(maps: Tensor, gt_boxes: Sequence[np.ndarray], thresholds: Sequ
     return best
 
 
+def _signed(boxes: np.ndarray) -> np.ndarray:
+    """Inclusive [x0, y0, x1, y1] boxes as [-x0, -y0, x1, y1]: the corners of an intersection
+    (or of a union's bounding box) are then one elementwise minimum (maximum) of all four."""
+    return boxes * np.array([-1, -1, 1, 1], dtype=boxes.dtype)
+
+
+def _signed_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU in pixels of signed boxes ``a`` [..., 4] and ``b`` [..., 4] (see `_signed`),
+    broadcast against each other: float64 of the broadcast shape without the last axis."""
+    corner = np.minimum(a, b)
+    inter = np.maximum(corner[..., 0] + corner[..., 2] + 1, 0) * np.maximum(corner[..., 1] + corner[..., 3] + 1, 0)
+    area_a = (a[..., 0] + a[..., 2] + 1) * (a[..., 1] + a[..., 3] + 1)
+    area_b = (b[..., 0] + b[..., 2] + 1) * (b[..., 1] + b[..., 3] + 1)
+    return inter / (area_a + area_b - inter).astype(np.float64)
+
+
 def _levels(maps: Tensor, sorted_thresholds: np.ndarray) -> np.ndarray:
     """How many of the sorted thresholds lie below each pixel's value, int [B,H,W]: the pixel is
     in the region of the i-th threshold (``value > threshold``) exactly when its level is above i.
@@ -151,18 +157,19 @@ class _PaddedBoxes:
         self.boxes = np.zeros((len(gt_boxes), width, 4), np.int64)
         self.valid = np.zeros((len(gt_boxes), width), bool)
         for i, g in enumerate(gt_boxes):
-            self.boxes[i, : len(g)] = np.asarray(g, np.int64).reshape(-1, 4)
+            self.boxes[i, : len(g)] = _signed(np.asarray(g, np.int64).reshape(-1, 4))
             self.valid[i, : len(g)] = True
 
     def best_iou(self, boxes: np.ndarray, image: np.ndarray) -> np.ndarray:
-        """The best IoU of each box [n, 4] with a ground-truth box of its image; -1 without one."""
-        iou = box_iou(boxes[:, None, :], self.boxes[image])
+        """The best IoU of each signed box [n, 4] with a ground-truth box of its image; -1
+        without one."""
+        iou = _signed_iou(boxes[:, None, :], self.boxes[image])
         return np.where(self.valid[image], iou, -1.0).max(1)
 
 
 def _components_by_threshold(levels: np.ndarray, n_thresholds: int):
     """For each threshold index i from the highest down: (i, the root pixel of each component of
-    the region ``levels > i``, their inclusive [x0, y0, x1, y1] boxes), pixels flat over the stack."""
+    the region ``levels > i``, their signed boxes [n, 4]), pixels flat over the stack."""
     union = _UnionFind(levels.shape)
     u, v, edge_levels = _forest_edges(levels)
     pixels, pixel_starts = _by_level(levels.reshape(-1), n_thresholds)
@@ -173,7 +180,7 @@ def _components_by_threshold(levels: np.ndarray, n_thresholds: int):
         joining = edges[edge_starts[k] : edge_starts[k + 1]]
         union.join(u[joining], v[joining])
         if len(union.roots):
-            yield i, union.roots, union.root_boxes()
+            yield i, union.roots, union.box[union.roots]
 
 
 def _by_level(levels: np.ndarray, n_thresholds: int) -> tuple[np.ndarray, np.ndarray]:
@@ -248,14 +255,14 @@ def _cycle_lightest(edge_levels: dict[str, np.ndarray], n_pixels: int) -> dict[s
 class _UnionFind:
     """Components of a growing set of pixels of stacked [B,H,W] maps: each pixel points towards
     its component's root, the component's smallest flat index, which points at itself; a root
-    keeps its component's box as [-x0, -y0, x1, y1], so one elementwise maximum merges boxes."""
+    keeps its component's signed box (`_signed`), so one elementwise maximum merges boxes."""
 
     def __init__(self, shape: tuple[int, ...]):
         _, h, w = shape
         pixel = np.arange(int(np.prod(shape)))
         self.parent = pixel.copy()
         x, y = pixel % w, pixel // w % h
-        self.box = np.stack([-x, -y, x, y])
+        self.box = np.stack([-x, -y, x, y], 1)
         self.roots = np.zeros(0, np.int64)
 
     def add(self, pixels: np.ndarray) -> None:
@@ -277,7 +284,7 @@ class _UnionFind:
             hooked.append(high)
         if hooked:  # their boxes are still those of their components before this join
             gone = np.concatenate(hooked)
-            np.maximum.at(self.box, (slice(None), self.find(gone)), self.box[:, gone])
+            np.maximum.at(self.box, self.find(gone), self.box[gone])
         self.roots = self.roots[self.parent[self.roots] == self.roots]
 
     def find(self, x: np.ndarray) -> np.ndarray:
@@ -292,11 +299,6 @@ class _UnionFind:
             self.parent[r] = grand
             r = grand
 
-    def root_boxes(self) -> np.ndarray:
-        """Inclusive [x0, y0, x1, y1] of each root's component, int [n_roots, 4]."""
-        box = self.box[:, self.roots].T
-        return np.stack([-box[:, 0], -box[:, 1], box[:, 2], box[:, 3]], 1)
-
 
 @dataclass
 class LocalizationTotals:
@@ -306,13 +308,15 @@ class LocalizationTotals:
 
     thresholds: tuple[float, ...] = CAM_THRESHOLDS
     levels: tuple[float, ...] = IOU_LEVELS
-    #: whether MaxBoxAccV2 is accumulated: its component labelling (101 regions per image) costs
-    #: several times the CAM pass on a demo model, so the pass computes it only when asked
+    #: whether MaxBoxAccV2 is accumulated (the pass computes it when asked)
     boxes: bool = True
     box_correct: np.ndarray = field(default=None)  # type: ignore[assignment]  # int64 [T, D]
     n_box_images: int = 0
     pixel_pos: np.ndarray = field(default=None)  # type: ignore[assignment]  # int64 [T]
     pixel_neg: np.ndarray = field(default=None)  # type: ignore[assignment]
+    #: MaxBoxAccV2's images not yet swept, (maps, their boxes) per batch: a sweep costs per call
+    #: about what it costs per pixel at demo size, so batches are pooled up to _SWEEP_PIXELS
+    waiting: list = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self):
         t, d = len(self.thresholds), len(self.levels)
@@ -332,10 +336,26 @@ class LocalizationTotals:
         if not self.boxes:
             return
         boxed = [i for i, g in enumerate(gt_boxes) if len(g)]
-        best = best_box_ious(maps[boxed], [gt_boxes[i] for i in boxed], self.thresholds)
-        levels = np.asarray(self.levels)
-        self.box_correct += (best[:, :, None] >= levels[None, None, :]).sum(0)
         self.n_box_images += len(boxed)
+        if self.waiting and self.waiting[0][0].shape[1:] != maps.shape[1:]:
+            self.sweep()  # pooled maps share their size
+        self.waiting.append((maps[boxed].detach().cpu(), [gt_boxes[i] for i in boxed]))
+        if sum(m.numel() for m, _ in self.waiting) >= _SWEEP_PIXELS:
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Counts the correct images of the waiting batches at every threshold and IoU level, at
+        most _SWEEP_PIXELS pixels (or one image) per `best_box_ious` call."""
+        if not self.waiting:
+            return
+        maps = torch.cat([m for m, _ in self.waiting])
+        gt = [g for _, batch in self.waiting for g in batch]
+        self.waiting = []
+        step = max(1, _SWEEP_PIXELS // max(1, maps.shape[1] * maps.shape[2]))
+        levels = np.asarray(self.levels)
+        for start in range(0, len(maps), step):
+            best = best_box_ious(maps[start : start + step], gt[start : start + step], self.thresholds)
+            self.box_correct += (best[:, :, None] >= levels[None, None, :]).sum(0)
 
     def _add_pixels(self, maps: Tensor, ref: Tensor) -> None:
         edges = torch.as_tensor(self.thresholds, dtype=torch.float64, device=maps.device)
@@ -351,6 +371,7 @@ class LocalizationTotals:
         the pass did not accumulate it."""
         if not self.boxes:
             raise StateError("MaxBoxAccV2 was not computed in this CAM pass (score with box_accuracy=True)")
+        self.sweep()
         if not self.n_box_images:
             return {d: math.nan for d in self.levels}
         acc = self.box_correct / self.n_box_images
