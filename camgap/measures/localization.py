@@ -218,7 +218,8 @@ def _forest_edges(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarra
     )
 
 
-#: The cycles of a 2x2 block by its edges: (kind, which of that kind's edges of the image).
+#: The six edges of every 2x2 block: side -> (edge kind, the slice of that kind's edges that is
+#: this side of each block, blocks in the order of the diagonals).
 _BLOCK = {
     "top": ("h", np.s_[:, :-1, :]),
     "bottom": ("h", np.s_[:, 1:, :]),
