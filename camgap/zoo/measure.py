@@ -59,8 +59,6 @@ from camgap.zoo.registry import ZooDB
 from camgap.zoo.sweep import ANY_DEATH, SweepJob, sweep
 
 NEEDS_INIT = {"distance_from_init", "pacbayes_flatness", "pacbayes_mag_flatness"}  # read init.pt
-# MaxBoxAccV2 is measured on request only (`--measures ...,maxboxacc_v2`): labelling 101 thresholded
-# regions per image costs ~2 s per demo model, several times the CAM pass (BENCHMARKS.md).
 # PAC-Bayes flatness is measured on request only (`--measures ...,pacbayes_flatness`): the paper does
 # not use it, and its noise search makes tens of passes per model, more than all the others together.
 # WeightWatcher's statistics are default where its optional package is installed.
@@ -70,6 +68,7 @@ DEFAULT_MEASURES = (
     "energy_pg",
     "pointing_game",
     "pxap",
+    "maxboxacc_v2",
     "spectral_norm",
     "nuclear_norm",
     "effective_invariance",
