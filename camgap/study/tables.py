@@ -73,6 +73,8 @@ DISPLAY_NAMES = {
     "pxap": "PxAP",
     "iou_b": "IoU-B",
     "iou": "IoU",
+    "iou_heldout": "IoU held-out",
+    "iou_drop": "IoU drop",
     "augmentation_consistency": "Augmentation Consistency",
     "db_mixup": "DB x Mixup",
     "weightwatcher": "WeightWatcher",
