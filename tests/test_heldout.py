@@ -39,9 +39,7 @@ def _values(meas: pd.DataFrame, measure: str) -> dict[str, float]:
 def measured(tmp_path_factory, tiny_zoo):
     """A copy of the tiny model set with IoU, held-out IoU and the drop measured."""
     zoo = Path(shutil.copytree(tiny_zoo.zoo, tmp_path_factory.mktemp("heldout") / "zoo"))
-    summary = measure_zoo(
-        zoo, measures=("iou", "iou_heldout", "iou_drop"), batch_size=BATCH, progress=False, log=quiet
-    )
+    summary = measure_zoo(zoo, measures=("iou", "iou_heldout", "iou_drop"), batch_size=BATCH, progress=False, log=quiet)
     assert summary.failed == 0 and summary.measured == 4
     return zoo, tiny_zoo.data
 

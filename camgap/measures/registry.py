@@ -162,7 +162,7 @@ class MeasureContext:
         key = (cam, float(threshold))
         if key not in self._test_scores:
             if self.score_pass is None or self.test_data is None:
-                raise MeasureError("this measure needs the test split (ctx.test_data) and the CAM pass (ctx.score_pass)")
+                raise MeasureError("this measure needs the test split (ctx.test_data) and a CAM pass (ctx.score_pass)")
             self._test_scores[key] = self.score_pass(cam, "boxes", (key[1],), data=self.test_data())
         return self._test_scores[key]
 
