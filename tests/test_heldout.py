@@ -21,7 +21,7 @@ from camgap.measures.registry import MeasureContext, MeasureError, MeasureUndefi
 from camgap.measures.score import ScoreOptions
 from camgap.params import to_json
 from camgap.scoring import score_checkpoint
-from camgap.study.report import run_study
+from camgap.study.report import run_study, write_study
 from camgap.zoo.measure import measure_zoo, score_params
 from tests.helpers.zoo import frames, quiet
 
@@ -60,10 +60,12 @@ def test_iou_heldout_is_score_checkpoint_on_the_test_split_and_the_drop_the_diff
     assert any(heldout[r] != iou[r] for r in runs.run_id)
 
 
-def test_the_study_reports_them_like_the_other_measures(measured):
+def test_the_study_reports_them_like_the_other_measures(measured, tmp_path):
     zoo, _ = measured
     runs, meas = frames(zoo)
     study = run_study(runs, meas, n_boot=0, thresholds=(0.0,))
+    report = write_study(runs, meas, tmp_path, n_boot=0, thresholds=(0.0,)).read_text(encoding="utf-8")
+    written = pd.read_csv(tmp_path / "tables" / "table3.csv", index_col=[0, 1])
     trained = runs[runs.trained]
     for measure, row in (("iou_heldout", "IoU held-out"), ("iou_drop", "IoU drop")):
         values = trained.run_id.map(_values(meas, measure))
@@ -71,6 +73,7 @@ def test_the_study_reports_them_like_the_other_measures(measured):
         assert study.table3.n.loc[("Total", row), ">=0"] == len(trained) == 3
         assert study.table3.pearson.loc[("Total", row), ">=0"] == pytest.approx(want, abs=1e-12)
         assert study.ranking.loc[row, "n"] == 3
+        assert ("Total", row) in written.index and row in report
 
 
 def test_score_split_test_from_the_cli_says_the_split(measured, capsys):
