@@ -107,9 +107,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         if len(thresholds) > 1:
             print(f"  rho={t}: IoU {v['iou']:.4f}  IoU-B {v['iou_b']:.4f}")
     print(
-        f"images scored {summary['n_images']}, skipped {summary['n_skipped']}, "
+        f"{args.split} images scored {summary['n_images']}, skipped {summary['n_skipped']}, "
         f"without reference {summary['n_no_reference']}, boxes outside their image {summary['n_boxes_dropped']}, "
-        f"train accuracy {summary['accuracy']:.4f}"
+        f"{args.split} accuracy {summary['accuracy']:.4f}"
     )
     print("\n".join(_settings_lines(settings)))
     return 0

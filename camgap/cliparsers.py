@@ -45,7 +45,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, type=Path, help="dataset root")
     p.add_argument("--layout", default="auto", choices=LAYOUTS)
-    p.add_argument("--split", default="train", help="split to score (the training images; default train)")
+    p.add_argument(
+        "--split",
+        default="train",
+        help="split to score: train (default; the paper's IoU) or test (held-out images: their boxes are "
+        "needed, their labels are not, as the CAM is the predicted class's)",
+    )
     p.add_argument("--input-size", type=int, help="image side (default: what the checkpoint records, else 224)")
     p.add_argument(
         "--resize",

@@ -165,7 +165,9 @@ def score_checkpoint(
     max_pixels: int | None = None,
     force: bool = False,
 ):
-    """Score a checkpoint file on the training images of a dataset, as `camgap score` does.
+    """Score a checkpoint file on one split of a dataset, as `camgap score` does: `split` train
+    (the paper's IoU) or test (held-out images: their boxes are needed, their labels are not, as
+    the CAM is the predicted class's).
 
     `options` are the scoring settings (CAM, thresholds, batches, overlays, ...); their model-
     dependent fields (target layer, device, mean, std, channel order) are set here from `layer`,
@@ -176,8 +178,8 @@ def score_checkpoint(
     input size to use, before any image is read (`force`: a warning, and scoring goes on).
     `box_units` and `max_pixels` are read_layout's and decode_rgb's (None: pixels, checked; 100 MP).
     Returns (ScoreResult, settings, classes); settings holds "model" and "preprocessing", each
-    with the chosen values and a "source" per field (flag, checkpoint, default, ...), and
-    "target_map" (the layer's map, [h, w])."""
+    with the chosen values and a "source" per field (flag, checkpoint, default, ...),
+    "target_map" (the layer's map, [h, w]) and "split"."""
     from camgap.cam.layers import default_target_layer, get_layer
     from camgap.data import BoxDataset, read_layout
     from camgap.data.dataset import count_dropped_boxes
@@ -185,6 +187,7 @@ def score_checkpoint(
 
     skipped: list | None = [] if skip_bad else None
     records, classes = read_layout(data, layout, split, skipped=skipped, box_units=box_units)
+    _check_heldout_boxes(records, data, split, masks)
     model, settings = _checkpoint_model(checkpoint, data, flags or {}, classes, unsafe)
     prep = settings["preprocessing"]
     torch_device = resolve_device(device)
@@ -210,7 +213,16 @@ def score_checkpoint(
     result = score_model(model, dataset, options, masks=ref_masks, mask_ids=mask_ids)
     result.n_skipped += len(skipped or []) + n_without_mask
     result.n_boxes_dropped = count_dropped_boxes(dataset.records, max_pixels)
-    return result, json_safe(settings | {"target_map": target_map}), classes
+    return result, json_safe(settings | {"target_map": target_map, "split": split}), classes
+
+
+def _check_heldout_boxes(records, data: Path, split: str, masks: str) -> None:
+    """A held-out split is scored for its IoU alone: without a box there is nothing to score."""
+    if split != "train" and masks == "boxes" and not any(r.boxes for r in records):
+        raise InputError(
+            f"{data}: no image of the {split} split has a box: its IoU compares the CAM with the boxes "
+            "(give the split's boxes, or --masks saliency|DIR)"
+        )
 
 
 def cache_dir(cache: Path | None, data: Path, split: str, input_size: int, resize: str) -> Path:

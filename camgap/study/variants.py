@@ -48,6 +48,8 @@ DISPLAY_NAMES = {
     "maxboxacc_v2": "MaxBoxAccV2",
     "pxap": "PxAP",
     "iou_b": "IoU-B",
+    "iou_heldout": "IoU held-out",
+    "iou_drop": "IoU drop",
     "iou": "IoU",
     "augmentation_consistency": "Augmentation Consistency",
     "db_mixup": "DB x Mixup",

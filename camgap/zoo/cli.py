@@ -252,10 +252,10 @@ def _add_measure(sub) -> None:
     m.add_argument(
         "--measures",
         default=None,
-        help="comma-separated (default: iou, iou_b, energy_pg, pointing_game, pxap, maxboxacc_v2, spectral_norm, "
-        "nuclear_norm, effective_invariance, inverse_margin, frobenius_norm, path_norm, distance_from_init, "
-        "augmentation_consistency, db_mixup, and weightwatcher where its package is installed; also: "
-        "pacbayes_flatness, pacbayes_mag_flatness, effective_invariance_gray)",
+        help="comma-separated (default: iou, iou_b, iou_heldout, iou_drop, energy_pg, pointing_game, pxap, "
+        "maxboxacc_v2, spectral_norm, nuclear_norm, effective_invariance, inverse_margin, frobenius_norm, path_norm, "
+        "distance_from_init, augmentation_consistency, db_mixup, and weightwatcher where its package is installed; "
+        "also: pacbayes_flatness, pacbayes_mag_flatness, effective_invariance_gray)",
     )
     m.add_argument(
         "--cam",

@@ -65,6 +65,8 @@ NEEDS_INIT = {"distance_from_init", "pacbayes_flatness", "pacbayes_mag_flatness"
 DEFAULT_MEASURES = (
     "iou",
     "iou_b",
+    "iou_heldout",
+    "iou_drop",
     "energy_pg",
     "pointing_game",
     "pxap",
@@ -97,8 +99,8 @@ def load_run_model(run_dir: Path, which: str = "final") -> tuple[torch.nn.Module
     return model, ckpt
 
 
-def _store_for(zoo: Path, ckpt: dict) -> TensorStore:
-    return TensorStore.open(cache_path(zoo, "train", ckpt["input_size"], ckpt["resize"]))
+def _store_for(zoo: Path, ckpt: dict, split: str = "train") -> TensorStore:
+    return TensorStore.open(cache_path(zoo, split, ckpt["input_size"], ckpt["resize"]))
 
 
 _REFERENCES: dict[tuple[str, str], tuple] = {}  # per process: (store dir, mask source) -> (masks, image ids)
@@ -184,6 +186,7 @@ def measure_run(
             zoo, cache_path(zoo, "train", ckpt["input_size"], ckpt["resize"]), store, request.masks
         )
     ctx = _context(model, ckpt, store, references, request, device)
+    ctx.test_data = lambda: _store_for(zoo, ckpt, "test")
     with clock.step(request.pass_name):
         rows, broken = _shared_pass(ctx, plan, request)
     if plan.others and ctx.logits is None:  # every measure of a model that cannot run is failed, with the reason
@@ -207,9 +210,9 @@ def _context(
         box_accuracy="maxboxacc_v2" in request.measures,  # on request: it costs more than the pass
     )
 
-    def score_pass(cam: str, source: str, thresholds: tuple[float, ...]) -> ScoreResult:
+    def score_pass(cam: str, source: str, thresholds: tuple[float, ...], data=store) -> ScoreResult:
         ref, ref_ids = references.get(source, (None, None))
-        return score_model(model, store, options, cam=cam, thresholds=thresholds, masks=ref, mask_ids=ref_ids)
+        return score_model(model, data, options, cam=cam, thresholds=thresholds, masks=ref, mask_ids=ref_ids)
 
     config = ckpt.get("config") or {}
     augmentation = None  # trained without: augmentation consistency says which one it used instead
