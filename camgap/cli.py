@@ -85,12 +85,16 @@ def _settings_lines(settings: dict) -> list[str]:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    options = _score_options(args, keep_overlays=args.n if args.overlays else 0)
+    from camgap.measures.score import ScoreOptions
+
+    # the table is written as batches finish; no logits are kept: memory stays flat in the images
+    options = ScoreOptions.of(
+        _score_options(args, keep_overlays=args.n if args.overlays else 0),
+        per_image_out=args.per_image,
+        keep_logits=False,
+    )
     thresholds = options.thresholds
     result, settings, classes = _score_from_args(args, options)
-    if args.per_image:
-        args.per_image.parent.mkdir(parents=True, exist_ok=True)
-        result.per_image.to_csv(args.per_image, index=False)
     if args.overlays:
         from camgap.viz import save_overlays
 

@@ -109,10 +109,20 @@ def _add_score_args(p: argparse.ArgumentParser) -> None:
     _add_cam_args(p)
     _add_preprocessing_args(p)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for decoding")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes that decode and resize the images while the model runs (default 0: this process; "
+        "the numbers are the same either way)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
-    p.add_argument("--per-image", type=Path, help="write the per-image table (CSV)")
+    p.add_argument(
+        "--per-image",
+        type=Path,
+        help="write the per-image table as batches finish: CSV, or Parquet for a .parquet name",
+    )
     p.add_argument("--overlays", type=Path, help="write CAM overlay PNGs to this folder")
     p.add_argument("--n", type=int, default=16, help="number of overlays")
 

@@ -33,8 +33,10 @@ def progress_bar(
     unit: str,
     enabled: bool = True,
     initial: int = 0,
+    rate: bool = False,
 ) -> tqdm:
-    """A tqdm object over `iterable` (or updated by hand), shown as this module's docstring says."""
+    """A tqdm object over `iterable` (or updated by hand), shown as this module's docstring says;
+    `rate`: a log line also says how many units a second (a bar on a terminal always does)."""
     common = dict(total=total, desc=desc, unit=unit, initial=initial)
     if not enabled:
         return tqdm(iterable, disable=True, **common)
@@ -45,7 +47,7 @@ def progress_bar(
         file=_Discard(),
         mininterval=LOG_INTERVAL,
         maxinterval=LOG_INTERVAL,
-        bar_format=_LINE if total is not None else _LINE_NO_TOTAL,
+        bar_format=(_LINE if total is not None else _LINE_NO_TOTAL) + (", {rate_fmt}" if rate else ""),
         **common,
     )
 

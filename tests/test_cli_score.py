@@ -761,7 +761,8 @@ def test_score_and_predict_build_one_score_options(capsys, monkeypatch, data, ch
     want = ScoreOptions(
         cam="gradcam++", thresholds=(0.2, 0.4), batch_size=4, class_boxes_only=True, device="cpu", progress=True
     )
-    assert seen == [want, want]  # the preprocessing (the defaults here) filled in by the same function
+    # the preprocessing (the defaults here) filled in by the same function; score alone keeps no logits
+    assert seen == [ScoreOptions.of(want, keep_logits=False), want]
     assert json.loads(out)["iou"] == s["by_threshold"]["0.2"]["iou"]
 
 

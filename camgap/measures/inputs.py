@@ -1,15 +1,24 @@
 """What `score_model` reads: a TensorStore, a BoxDataset or a user's Dataset of
-``(image, label, boxes)``, as batches of uint8 images with their labels, boxes and ids."""
+``(image, label, boxes)``, as batches of uint8 images with their labels, boxes and ids.
+
+With ``num_workers`` > 0 the images are decoded and resized in DataLoader worker processes
+while the model runs (batches in order, pinned memory for a GPU). A worker sends its bad-file
+error and its warnings back with the batch instead of raising there, and this process re-emits
+them item by item: the error is the same one-line ``CamgapError`` naming the file (a worker's
+own traceback would be a RuntimeError), raised at the same image, after the same warnings, as
+without workers."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from camgap.data.dataset import collate_boxes
-from camgap.errors import InputError
+from camgap.errors import CamgapError, InputError
 
 # (images uint8 [B,3,S,S], labels [B], boxes list[[n,4]], box_labels list[[n]], image ids)
 Batch = tuple[Tensor, Tensor, list[Tensor], list[Tensor], list[str]]
@@ -28,11 +37,17 @@ def iter_batches(data, batch_size: int, device: torch.device, num_workers: int =
             start += len(labels)
         return
     loader = torch.utils.data.DataLoader(
-        _Indexed(data), batch_size=batch_size, collate_fn=_collate_indexed, num_workers=num_workers
+        _Indexed(data),
+        batch_size=batch_size,
+        collate_fn=_collate_indexed,
+        num_workers=num_workers,
+        pin_memory=num_workers > 0 and device.type == "cuda",
     )
-    for images, labels, boxes, box_labels, index in loader:
+    for images, labels, boxes, box_labels, index, notes in loader:
+        for note in notes:
+            note.deliver()
         ids = [data.image_ids[i] for i in index]
-        yield images.to(device, non_blocking=True), labels.to(device), boxes, box_labels, ids
+        yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True), boxes, box_labels, ids
 
 
 ACCEPTED_DATA = (
@@ -106,8 +121,25 @@ class TripletDataset(torch.utils.data.Dataset):
         return image, label, boxes, torch.full((len(boxes),), label, dtype=torch.int64)
 
 
+@dataclass
+class _WorkerNote:
+    """What loading one item in a worker process said: its warnings (message, category,
+    filename, line) and the CamgapError it raised, if any."""
+
+    warnings: list[tuple[str, type[Warning], str, int]]
+    error: CamgapError | None = None
+
+    def deliver(self) -> None:
+        """Re-emit the warnings here (this process's filters and format apply), then raise the error."""
+        for message, category, filename, lineno in self.warnings:
+            warnings.warn_explicit(message, category, filename, lineno)
+        if self.error is not None:
+            raise self.error
+
+
 class _Indexed(torch.utils.data.Dataset):
-    """Pairs each item with its index so image ids survive skipped (None) items."""
+    """Pairs each item with its index so image ids survive skipped (None) items; in a worker
+    process, also with the `_WorkerNote` of loading it (None in this process)."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -116,12 +148,27 @@ class _Indexed(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, i: int):
-        return i, self.dataset[i]
+        if torch.utils.data.get_worker_info() is None:
+            return i, self.dataset[i], None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # this process's filters decide when it re-emits them
+            try:
+                item, error = self.dataset[i], None
+            except CamgapError as exc:
+                item, error = None, exc
+        said = [(str(w.message), w.category, w.filename, w.lineno) for w in caught]
+        return i, item, _WorkerNote(said, error)
 
 
 def _collate_indexed(items):
-    kept = [(i, item) for i, item in items if item is not None]
+    """The batch of the items up to the first that failed (`_WorkerNote.deliver` raises there),
+    and the notes to deliver before it is scored."""
+    notes = [note for _, _, note in items if note is not None]
+    failed = next((k for k, note in enumerate(notes) if note.error is not None), None)
+    if failed is not None:
+        items, notes = [], notes[: failed + 1]
+    kept = [(i, item) for i, item, _ in items if item is not None]
     if not kept:
-        return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long), [], [], []
+        return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long), [], [], [], notes
     images, labels, boxes, box_labels = collate_boxes([item for _, item in kept])[:4]
-    return images, labels, boxes, box_labels, [i for i, _ in kept]
+    return images, labels, boxes, box_labels, [i for i, _ in kept], notes

@@ -5,11 +5,13 @@ prediction-matrix and effective-invariance measures need no second pass."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -33,6 +35,7 @@ from camgap.measures.localization import (
 )
 from camgap.measures.norms import check_finite
 from camgap.measures.registry import MeasureError
+from camgap.measures.tablefile import TableFile, check_table_path
 from camgap.options import CheckedOptions, integer, option
 
 
@@ -43,7 +46,7 @@ class ScoreResult:
     cam: str
     thresholds: tuple[float, ...]
     per_image: pd.DataFrame
-    logits: Tensor
+    logits: Tensor | None  # None when the pass was told not to keep them (`keep_logits`)
     labels: Tensor
     n_skipped: int = 0
     n_boxes_dropped: int = 0  # boxes wholly outside their image (left out of A_G)
@@ -172,13 +175,17 @@ class ScoreOptions(CheckedOptions):
     cam:              CAM method (a `camgap.cam.CAMS` name or alias; stored canonical).
     thresholds:       CAM thresholds rho, each in [0, 1); the first is the headline.
     target_layer:     module or dotted name (None: the architecture's default).
-    batch_size, num_workers: batches of the pass; DataLoader workers for decoded-on-the-fly data.
+    batch_size, num_workers: batches of the pass; DataLoader worker processes that decode and
+                      resize images while the model runs (0: this process; the same numbers either way).
     device:           None: the model's device.
     mean, std, channel_order: the model's normalisation, in its channel order (rgb or bgr).
     class_boxes_only: A_G from the boxes of the labelled class only.
     keep_overlays:    keep image, CAM and reference of the first k images.
     cam_kwargs:       keyword arguments of the CAM method; progress: show a progress bar.
     box_accuracy:     also accumulate MaxBoxAccV2 (its labelling costs more than the pass itself).
+    per_image_out:    write the per-image table to this file as batches finish (`measures.tablefile`).
+    keep_logits:      keep every image's logits in the result (the measures read them; a pass
+                      that only reports IoU keeps memory flat without them).
     """
 
     cam: str = option("gradcam", _cam)
@@ -195,6 +202,8 @@ class ScoreOptions(CheckedOptions):
     progress: bool = option(False, _flag)
     num_workers: int = option(0, functools.partial(integer, low=0))
     box_accuracy: bool = option(False, _flag)
+    per_image_out: Path | None = option(None, check_table_path)
+    keep_logits: bool = option(True, _flag)
 
     what: ClassVar[str] = "score option"
 
@@ -279,16 +288,18 @@ def score_model(
     device = o.device if o.device is not None else next(model.parameters()).device
     model = model.eval().to(device)
     reference = _Reference(o.class_boxes_only, device, masks, mask_ids)
-    kept = _Kept(LocalizationTotals(boxes=o.box_accuracy))
+    table = TableFile(o.per_image_out) if o.per_image_out is not None else None
+    kept = _Kept(LocalizationTotals(boxes=o.box_accuracy), table)
     bar = _progress(len(data), o.progress)
-    with create_cam(o.cam, model, o.target_layer, **(o.cam_kwargs or {})) as cam_fn:
+    with table or contextlib.nullcontext(), create_cam(o.cam, model, o.target_layer, **(o.cam_kwargs or {})) as cam_fn:
         for batch in iter_batches(data, o.batch_size, device, o.num_workers):
             if batch[-1]:  # a batch whose every item was skipped has no ids
                 kept.add(_score_batch(cam_fn, batch, o, reference, kept.totals), o)
                 bar.update(len(batch[-1]))
-        layer_name = cam_fn.target_layer_name
+        # inside the `with`: a pass that scored nothing raises here, and no table takes its name
+        result = kept.result(o, len(data), cam_fn.target_layer_name)
     bar.close()
-    return kept.result(o, len(data), layer_name)
+    return result
 
 
 @dataclass
@@ -362,24 +373,23 @@ def _check_labels(labels: Tensor, n_classes: int, ids: Sequence[str]) -> None:
         )
 
 
-def _image_rows(s: _Scored, thresholds: Sequence[float]) -> list[dict]:
-    """The per-image table's rows: label, prediction, then IoU, IoU-B and CAM area per threshold,
-    then the threshold-free columns."""
-    labels, rows = s.batch[1].cpu().numpy(), []
-    for b, image_id in enumerate(s.batch[-1]):
-        row = {
-            "image_id": image_id,
-            "label": int(labels[b]),
-            "pred": int(s.pred[b]),
-            "correct": bool(labels[b] == s.pred[b]),
-        }
-        for t_i, t in enumerate(thresholds):
-            row[_col("iou", t)] = float(s.iou[t_i, b])
-            row[_col("iou_b", t)] = float(s.iou_b[t_i, b])
-            row[_col("cam_area", t)] = float(s.area[t_i, b])
-        row[ENERGY_PG], row[POINTING_GAME] = float(s.energy[b]), float(s.hits[b])
-        rows.append(row)
-    return rows
+def _image_frame(s: _Scored, thresholds: Sequence[float]) -> pd.DataFrame:
+    """The batch's rows of the per-image table: label, prediction, then IoU, IoU-B and CAM area
+    per threshold, then the threshold-free columns. Built by column: a frame per batch holds a
+    few numbers per image, where a dict per row would hold a few hundred bytes."""
+    labels, pred = s.batch[1].cpu().numpy().astype(np.int64), s.pred.astype(np.int64)
+    columns: dict[str, object] = {
+        "image_id": list(s.batch[-1]),
+        "label": labels,
+        "pred": pred,
+        "correct": labels == pred,
+    }
+    for t_i, t in enumerate(thresholds):
+        columns[_col("iou", t)] = s.iou[t_i].astype(np.float64)
+        columns[_col("iou_b", t)] = s.iou_b[t_i].astype(np.float64)
+        columns[_col("cam_area", t)] = s.area[t_i].astype(np.float64)
+    columns[ENERGY_PG], columns[POINTING_GAME] = s.energy.astype(np.float64), s.hits.astype(np.float64)
+    return pd.DataFrame(columns)
 
 
 def _overlays(s: _Scored, k: int) -> list[dict]:
@@ -402,30 +412,38 @@ def _overlays(s: _Scored, k: int) -> list[dict]:
 
 @dataclass
 class _Kept:
-    """What the pass keeps from batch to batch, and the ScoreResult it makes of them."""
+    """What the pass keeps from batch to batch, and the ScoreResult it makes of them: a few
+    numbers per image (and its logits with `keep_logits`); images only for the overlays."""
 
     totals: LocalizationTotals
-    rows: list[dict] = field(default_factory=list)
+    table: TableFile | None = None  # where the rows are written as batches finish
+    frames: list[pd.DataFrame] = field(default_factory=list)
     logits: list[Tensor] = field(default_factory=list)
     labels: list[Tensor] = field(default_factory=list)
     overlays: list[dict] = field(default_factory=list)
+    n_rows: int = 0
 
     def add(self, s: _Scored, o: ScoreOptions) -> None:
-        self.rows += _image_rows(s, o.thresholds)
+        frame = _image_frame(s, o.thresholds)
+        if self.table is not None:
+            self.table.write(frame)
+        self.frames.append(frame)
+        self.n_rows += len(frame)
         self.overlays += _overlays(s, o.keep_overlays - len(self.overlays))
-        self.logits.append(s.logits.detach().float().cpu())
+        if o.keep_logits:
+            self.logits.append(s.logits.detach().float().cpu())
         self.labels.append(s.batch[1].cpu())
 
     def result(self, o: ScoreOptions, n_total: int, layer_name: str) -> ScoreResult:
-        if not self.rows:
+        if not self.frames:
             raise InputError("no images were scored: the dataset is empty or every image was skipped")
         return ScoreResult(
             cam=o.cam,
             thresholds=o.thresholds,
-            per_image=pd.DataFrame(self.rows),
-            logits=torch.cat(self.logits),
+            per_image=pd.concat(self.frames, ignore_index=True),
+            logits=torch.cat(self.logits) if o.keep_logits else None,
             labels=torch.cat(self.labels),
-            n_skipped=max(0, n_total - len(self.rows)),
+            n_skipped=max(0, n_total - self.n_rows),
             overlays=self.overlays,
             target_layer=layer_name,
             localization=self.totals,
@@ -455,7 +473,7 @@ def _check_finite_outputs(logits: Tensor, maps: Tensor, ids: Sequence[str]) -> N
 def _progress(total: int, enabled: bool):
     from camgap.progress import progress_bar
 
-    return progress_bar(total=total, unit="img", desc="score", enabled=enabled)
+    return progress_bar(total=total, unit="img", desc="score", enabled=enabled, rate=True)
 
 
 MIN_MAP_CELLS = 3  # a target-layer map of fewer cells a side cannot locate an object

@@ -1,0 +1,162 @@
+"""`score --workers N`: images decoded in worker processes give the numbers of `--workers 0`
+exactly, the bad-file rules hold there (one line naming the file; --skip-bad skips and counts),
+and the per-image table is written to disk as batches finish (CSV, or Parquet)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from camgap import progress
+from camgap.cli import main
+from camgap.data import BoxDataset, read_layout
+from camgap.data.errors import DataError
+from camgap.errors import InputError
+from camgap.measures.score import ScoreOptions, score_model
+from camgap.models import create_model
+from tests.helpers.data import write_csv
+
+SIZE, N_CLASSES, N_IMAGES, BATCH = 32, 3, 12, 4
+BAD, DEGENERATE = 5, 9  # the index of a corrupt file (in the second batch) and of a box outside its image
+
+
+def _write_data(root):
+    """12 noise images (JPEG and PNG, several sizes) in a csv layout; one box per image, one
+    of them wholly outside its image (a warning naming the file when decoded)."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(N_IMAGES):
+        w, h = int(rng.integers(30, 60)), int(rng.integers(30, 60))
+        name = f"images/{i:02d}.{'jpg' if i % 2 else 'png'}"
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / name)
+        box = [w + 5, h + 5, w + 9, h + 9] if i == DEGENERATE else [2, 3, w // 2 + 2, h // 2 + 3]
+        rows.append([name, f"c{i % N_CLASSES}", *box])
+    write_csv(root / "train.csv", rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return _write_data(tmp_path_factory.mktemp("workers") / "d")
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return create_model("small_resnet", N_CLASSES, width=4).eval()
+
+
+def _dataset(root, skip_bad=False):
+    records, _ = read_layout(root, "csv", "train")
+    return BoxDataset(records, input_size=SIZE, skip_bad=skip_bad)
+
+
+def _score(model, dataset, workers, **kw):
+    """score_model with `workers` worker processes, and the warnings it gave, in order."""
+    options = ScoreOptions(thresholds=(0.1, 0.5), batch_size=BATCH, num_workers=workers, device="cpu", **kw)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = score_model(model, dataset, options)
+    return result, [str(w.message) for w in caught]
+
+
+def test_workers_give_the_numbers_and_warnings_of_one_process(data, model):
+    base, said = _score(model, _dataset(data), 0)
+    for workers in (1, 2):
+        got, got_said = _score(model, _dataset(data), workers)
+        pd.testing.assert_frame_equal(got.per_image, base.per_image, check_exact=True)
+        assert torch.equal(got.logits, base.logits) and torch.equal(got.labels, base.labels)
+        assert got.pxap() == base.pxap() and got.n_skipped == base.n_skipped == 0
+        assert got_said == said
+    assert len(said) == 1 and f"{DEGENERATE:02d}.jpg: dropped 1 degenerate box" in said[0]
+    assert list(base.per_image.image_id) == _dataset(data).image_ids  # every image, in order
+
+
+def _corrupt(tmp_path):
+    root = _write_data(tmp_path / "d")
+    bad = root / "images" / f"{BAD:02d}.jpg"
+    bad.write_bytes(b"\xff\xd8\xff this is not a JPEG")
+    return root, bad
+
+
+def test_a_bad_file_in_a_worker_is_the_one_line_error_of_one_process(tmp_path, model):
+    root, bad = _corrupt(tmp_path)
+    errors = []
+    for workers in (0, 2):
+        with pytest.raises(DataError) as caught:
+            _score(model, _dataset(root), workers, per_image_out=tmp_path / f"w{workers}.csv")
+        errors.append(str(caught.value))
+        assert not (tmp_path / f"w{workers}.csv").exists()  # no table under its name: it is not whole
+    assert errors == [f"{bad}: corrupt or unsupported image (not a format PIL recognises)"] * 2
+    # the batch before the bad file's was scored, and its rows kept in the .partial table
+    partial = [pd.read_csv(tmp_path / f"w{w}.csv.partial", dtype={"image_id": str}) for w in (0, 2)]
+    pd.testing.assert_frame_equal(partial[0], partial[1])
+    assert list(partial[0].image_id) == _dataset(root).image_ids[:BATCH]
+
+
+def test_skip_bad_in_workers_skips_and_counts(tmp_path, model):
+    root, bad = _corrupt(tmp_path)
+    base, said = _score(model, _dataset(root, skip_bad=True), 0)
+    got, got_said = _score(model, _dataset(root, skip_bad=True), 2)
+    pd.testing.assert_frame_equal(got.per_image, base.per_image, check_exact=True)
+    assert got.n_skipped == base.n_skipped == 1 and got.n_images == N_IMAGES - 1
+    assert got_said == said and any(s.startswith(f"skipping {bad}: corrupt") for s in said)
+
+
+def test_cli_workers_bad_file_is_one_line_exit_2(tmp_path, model, capsys):
+    root, bad = _corrupt(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "m.pt")
+    args = ["score", "--checkpoint", tmp_path / "m.pt", "--arch", "small_resnet", "--width", "4", "--data", root]
+    args = [str(a) for a in (*args, "--layout", "csv", "--input-size", SIZE, "--device", "cpu", "--workers", "2")]
+    capsys.readouterr()
+    assert main([*args, "--batch-size", "4", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == f"camgap: error: {bad}: corrupt or unsupported image (not a format PIL recognises)"
+    assert "Traceback" not in err
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main([*args, "--skip-bad", "--per-image", str(tmp_path / "t.csv"), "--json"]) == 0
+    assert '"n_skipped": 1' in capsys.readouterr().out and len(pd.read_csv(tmp_path / "t.csv")) == N_IMAGES - 1
+
+
+def test_the_streamed_csv_is_the_whole_tables_csv(data, model, tmp_path):
+    out = tmp_path / "sub" / "per_image.csv"
+    result, _ = _score(model, _dataset(data), 2, per_image_out=out)
+    result.per_image.to_csv(tmp_path / "whole.csv", index=False)
+    assert out.read_bytes() == (tmp_path / "whole.csv").read_bytes()
+    assert not out.with_name("per_image.csv.partial").exists()
+
+
+def test_the_streamed_parquet_reads_back_as_the_table(data, model, tmp_path):
+    pytest.importorskip("pyarrow")
+    out = tmp_path / "per_image.parquet"
+    result, _ = _score(model, _dataset(data), 0, per_image_out=out)
+    pd.testing.assert_frame_equal(pd.read_parquet(out), result.per_image, check_exact=True, check_dtype=False)
+    assert list(pd.read_parquet(out).dtypes.astype(str)[1:4]) == ["int64", "int64", "bool"]
+
+
+def test_a_folder_as_the_table_is_refused_before_anything_is_read(tmp_path):
+    with pytest.raises(InputError, match=f"per_image_out {tmp_path}: is a folder"):
+        ScoreOptions(per_image_out=tmp_path)
+
+
+def test_without_logits_the_result_holds_the_same_table(data, model):
+    base, _ = _score(model, _dataset(data), 0)
+    got, _ = _score(model, _dataset(data), 0, keep_logits=False)
+    assert got.logits is None and torch.equal(got.labels, base.labels)
+    pd.testing.assert_frame_equal(got.per_image, base.per_image, check_exact=True)
+
+
+def test_progress_lines_say_images_per_second(data, model, monkeypatch, caplog):
+    monkeypatch.setattr(progress, "_interactive", lambda: False)
+    with caplog.at_level(logging.INFO, logger="camgap.progress"):
+        _score(model, _dataset(data), 0, progress=True)
+    last = [r.getMessage() for r in caplog.records if r.name == "camgap.progress"][-1]
+    assert last.startswith(f"score: {N_IMAGES}/{N_IMAGES} img (100%)") and last.endswith("img/s")
