@@ -83,4 +83,6 @@ class TableFile:
     def __exit__(self, exc_type, exc, tb) -> None:
         self._close_handle()
         if exc_type is None and self._handle is not None:
-            os.replace(self.partial, self.path)
+            # not camgap.io's atomic write: the rows must outlive an error, so the file grows under
+            # its .partial name and is renamed when whole
+            Path(self.partial).replace(self.path)
