@@ -162,8 +162,8 @@ def load_pretrained_backbone(model: nn.Module, path: str | Path) -> nn.Module:
 
 
 def source_task_config(grid: Grid, arch: str) -> RunConfig:
-    """The config of the run that pretrains ``arch`` on the synthetic source task (stored in its
-    checkpoints in this key order, as before)."""
+    """The config of the run that pretrains ``arch`` on the synthetic source task (in this key
+    order: its checkpoints store it as written, and the shipped source models hold this order)."""
     p, t = grid.pretrain, grid.train
     return RunConfig.from_dict(
         {

@@ -277,8 +277,9 @@ class ZooDB:
         """One row per run: run_id, one column per grid key, repeat, seed, trained, status,
         attempts, error, the metrics, pack_wall_time, precision, pack_size, resumed_from, started,
         finished, config (JSON). ``precision`` is what a done run computed in (its result), else
-        what its config says (fp32 where it says nothing: the default, and all there was before
-        precision was recorded); ``pack_size`` is a done run's (1 before packs were recorded)."""
+        what its config says (fp32 where it says nothing: the default, which configs that predate
+        the precision key computed in); ``pack_size`` is a done run's (1 where none is recorded:
+        such runs trained alone)."""
         import pandas as pd
 
         rows = [dict(r) for r in self.conn.execute("SELECT * FROM runs ORDER BY rowid")]
