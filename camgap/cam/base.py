@@ -288,7 +288,9 @@ class BaseCAM:
         if self._activation is not None:
             raise StateError("the target layer ran more than once in one forward pass; pick another layer")
         if not isinstance(output, Tensor):
-            raise InputError(f"the target layer {self.target_layer_name} must output a tensor, got {type(output).__name__}")
+            raise InputError(
+                f"the target layer {self.target_layer_name} must output a tensor, got {type(output).__name__}"
+            )
         acts = self.reshape.to_map(output.detach())
         if not self._grad_after_layer:
             self._activation = acts
