@@ -219,3 +219,8 @@ def test_torchvision_vit_b_16_matches_pytorch_grad_cam():
     heat = upsample_normalize(out.maps, 224)
     assert heat.max() - heat.min() > 0.5, "map too flat to compare"
     assert (heat - want).abs().max().item() < TOL
+
+
+def test_no_closed_form_on_tokens():
+    with pytest.raises(InputError, match=r"closed_form=True needs a \[B, C, h, w\] layer; tokens need a backward pass"):
+        create_cam("gradcam", _model("timm_vit"), closed_form=True)

@@ -259,6 +259,8 @@ class BaseCAM:
             self.target_layer_name: str = target_layer if isinstance(target_layer, str) else _module_name(model, layer)
             self.target_layer: nn.Module = layer
         self.reshape: MapReshape = resolve_reshape(model, self.target_layer_name, reshape)
+        if closed_form and self.reshape.kind != "none":
+            raise InputError(f"closed_form=True needs a [B, C, h, w] layer; {self.reshape.kind} need a backward pass")
         self._head: nn.Linear | None = detect_linear_head(model, self.target_layer)
         if closed_form:
             if self._head is None:
