@@ -207,12 +207,13 @@ def score_checkpoint(
 
     skipped: list | None = [] if skip_bad else None
     records, classes = read_layout(data, layout, split, skipped=skipped, box_units=box_units)
-    model, settings = _checkpoint_model(checkpoint, data, flags or {}, classes, unsafe)
+    flags = flags or {}
+    model, settings = _checkpoint_model(checkpoint, data, flags, classes, unsafe)
     prep = settings["preprocessing"]
     torch_device = resolve_device(device)
     size, resize = int(prep["input_size"]), str(prep["resize"])
     layer_name, target = (layer, get_layer(model, layer)) if layer else default_target_layer(model)
-    reshape = _map_reshape(model, layer_name, (flags or {}).get("reshape"), settings["model"])
+    reshape = _map_reshape(model, layer_name, flags.get("reshape"), settings["model"])
     target_map = check_map_size(
         model.to(torch_device), target, layer_name, size, force=force, where=str(checkpoint), reshape=reshape
     )
@@ -224,6 +225,8 @@ def score_checkpoint(
         kept = [r for r in records if r.image_id in have]
         n_without_mask = len(records) - len(kept)
         dataset = BoxDataset(kept, input_size=size, resize=resize, skip_bad=True, max_pixels=max_pixels)
+    # --reshape goes to the CAM; without it the CAM takes the family's layout itself, as resolved here
+    cam_kwargs = dict(getattr(options, "cam_kwargs", None) or {}) | {"reshape": reshape.kind}
     options = ScoreOptions.of(
         options,
         target_layer=target if layer else None,
@@ -231,7 +234,7 @@ def score_checkpoint(
         mean=prep["mean"],
         std=prep["std"],
         channel_order=prep["channel_order"],
-        cam_kwargs=dict(getattr(options, "cam_kwargs", None) or {}) | {"reshape": reshape.kind},
+        **({"cam_kwargs": cam_kwargs} if flags.get("reshape") else {}),
     )
     result = score_model(model, dataset, options, masks=ref_masks, mask_ids=mask_ids)
     result.n_skipped += len(skipped or []) + n_without_mask
