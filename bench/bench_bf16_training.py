@@ -22,8 +22,8 @@ from camgap.data.layouts import read_layout
 from camgap.data.store import TensorStore
 from camgap.data.synthetic import write_synthetic
 from camgap.models import create_model
+from camgap.zoo.loop import RunInputs, evaluate, train_one_epoch
 from camgap.zoo.packed import PackedResNet, evaluate_pack, train_pack_epoch
-from camgap.zoo.train import RunInputs, evaluate, train_one_epoch
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

@@ -18,8 +18,8 @@ import time
 import torch
 
 from camgap.models import create_model
+from camgap.zoo.loop import RunInputs, evaluate
 from camgap.zoo.packed import PackedResNet, evaluate_pack, train_pack_epoch
-from camgap.zoo.train import RunInputs, evaluate
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 

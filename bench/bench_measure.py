@@ -61,7 +61,7 @@ from camgap.measures.registry import MeasureContext, MeasureError, compute_measu
 from camgap.measures.score import score_model
 from camgap.zoo.build import build
 from camgap.zoo.measure import load_run_model, measure_zoo
-from camgap.zoo.registry import Registry
+from camgap.zoo.registry import ZooDB
 
 MEASURES = ("iou", "iou_b", "spectral_norm", "nuclear_norm", "effective_invariance")
 THRESHOLD = 0.1
@@ -155,7 +155,7 @@ def separate_passes(zoo: Path, run_ids, records, device, batch_size: int, decode
 
 
 def registry_values(zoo: Path) -> dict:
-    with Registry.in_dir(zoo, create=False) as reg:
+    with ZooDB.in_dir(zoo, create=False) as reg:
         frame = reg.measurements_frame()
     import json
 
@@ -331,7 +331,7 @@ def main() -> None:
             log=lambda msg: None,
         )
         build_s = time.perf_counter() - t0
-        with Registry.in_dir(zoo, create=False) as reg:
+        with ZooDB.in_dir(zoo, create=False) as reg:
             runs = reg.runs_frame()
         run_ids = list(runs[runs.status == "done"].run_id)
         if not run_ids:

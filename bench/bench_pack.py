@@ -33,8 +33,8 @@ import time
 import torch
 
 from camgap.models import create_model
+from camgap.zoo.loop import RunInputs, resolve_precision, train_one_epoch
 from camgap.zoo.packed import PackedResNet, train_pack_epoch
-from camgap.zoo.train import RunInputs, resolve_precision, train_one_epoch
 
 IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 SOLO_PAPER_CPU_HOURS = {"resnet18": 28_425}  # bench/bench_train.py's projection (BENCHMARKS.md)

@@ -34,7 +34,7 @@ def measured_variants(tmp: Path) -> list[tuple[str, str]]:
     from camgap.data.synthetic import write_synthetic
     from camgap.zoo.build import build
     from camgap.zoo.measure import measure_zoo
-    from camgap.zoo.registry import Registry
+    from camgap.zoo.registry import ZooDB
 
     data = write_synthetic(tmp / "data", seed=0, classes=3, train_per_class=6, test_per_class=2, size=32)
     grid = tmp / "grid.toml"
@@ -50,7 +50,7 @@ def measured_variants(tmp: Path) -> list[tuple[str, str]]:
         progress=False,
         log=lambda *a, **k: None,
     )
-    with Registry.in_dir(tmp / "zoo", create=False) as reg:
+    with ZooDB.in_dir(tmp / "zoo", create=False) as reg:
         m = reg.measurements_frame()
     return sorted(set(zip(m["measure"], m["params"], strict=True)))
 

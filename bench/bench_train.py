@@ -5,7 +5,7 @@ Part 1 (throughput, images/s). Same model, same images (the synthetic dataset wr
 into a temporary directory), same batch size, same optimizer, same number of epochs, in one run:
 
 * ``camgap``: the training set decoded ONCE into a ``TensorStore`` (decode time reported
-  separately) and kept resident as uint8 ``[N,3,S,S]`` (``camgap.zoo.train.load_split``); per
+  separately) and kept resident as uint8 ``[N,3,S,S]`` (``camgap.zoo.loop.load_split``); per
   batch a gather on the device, ``augment_batch`` (flip + colour jitter as batched tensor ops)
   and ``normalize`` -- the loop of ``camgap.zoo.train.train_run`` without its evaluation passes.
 * ``PIL, workers=W``: a ``torch.utils.data.Dataset`` that opens and decodes each PNG with PIL on
@@ -55,7 +55,7 @@ from camgap.data.layouts import read_layout
 from camgap.data.store import TensorStore
 from camgap.data.synthetic import write_synthetic
 from camgap.models import create_model
-from camgap.zoo.train import RunInputs, augment_batch, load_split, release_data_cache, train_one_epoch
+from camgap.zoo.loop import RunInputs, augment_batch, load_split, release_data_cache, train_one_epoch
 
 PAPER_TRAIN_IMAGES = 11_173  # paper Table 1 (sum over the 20 classes)
 PAPER_TEST_IMAGES = 1_000  # 50 per class
@@ -82,7 +82,7 @@ def _optimizer(model: torch.nn.Module) -> torch.optim.Optimizer:
 
 
 def camgap_epoch(model, opt, images, labels, bs, epoch, mean, std) -> int:
-    """One training pass of camgap's own loop (``camgap.zoo.train.train_one_epoch``, augment on)."""
+    """One training pass of camgap's own loop (``camgap.zoo.loop.train_one_epoch``, augment on)."""
     inputs = RunInputs(seed=0, augment=True, flip_prob=0.5, jitter=0.4, mean=tuple(mean), std=tuple(std))
     train_one_epoch(model, opt, inputs, images, labels, bs, epoch)  # ends with the loop's one sync
     return int(labels.shape[0])

@@ -108,9 +108,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         if len(thresholds) > 1:
             print(f"  rho={t}: IoU {v['iou']:.4f}  IoU-B {v['iou_b']:.4f}")
     print(
-        f"images scored {summary['n_images']}, skipped {summary['n_skipped']}, "
+        f"{args.split} images scored {summary['n_images']}, skipped {summary['n_skipped']}, "
         f"without reference {summary['n_no_reference']}, boxes outside their image {summary['n_boxes_dropped']}, "
-        f"train accuracy {summary['accuracy']:.4f}"
+        f"{args.split} accuracy {summary['accuracy']:.4f}"
     )
     print("\n".join(_settings_lines(settings)))
     return 0
@@ -250,13 +250,13 @@ def cmd_study(args: argparse.Namespace) -> int:
     from camgap.study.report import check_color_by, headline_text, read_total_block, write_study
     from camgap.study.tables import DEFAULT_PRIMARY
     from camgap.zoo.measure import overlay_rows
-    from camgap.zoo.registry import Registry
+    from camgap.zoo.registry import ZooDB
 
     zoo = Path(args.zoo)
     primary = {**DEFAULT_PRIMARY, **parse_label(args.primary)} if args.primary else None
-    if not (zoo / Registry.FILENAME).exists():
-        raise MissingFileError(f"{zoo}: no model set here ({Registry.FILENAME} missing)")
-    with Registry.in_dir(zoo, create=False) as reg:
+    if not (zoo / ZooDB.FILENAME).exists():
+        raise MissingFileError(f"{zoo}: no model set here ({ZooDB.FILENAME} missing)")
+    with ZooDB.in_dir(zoo, create=False) as reg:
         runs, measurements = reg.runs_frame(), reg.measurements_frame()
     if measurements.empty:
         raise InputError(f"{zoo}: no measurements yet; run `camgap zoo measure --zoo {zoo}` first")
@@ -269,7 +269,7 @@ def cmd_study(args: argparse.Namespace) -> int:
         args.out,
         overlays=overlays or None,
         n_boot=args.bootstrap,
-        thresholds=args.subsets,
+        subsets=args.subsets,
         primary=primary,
         specs=specs,
         seed=args.seed,
@@ -377,7 +377,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.context is not None:
         check_context(args.context)  # before the imports that take seconds
     from camgap.demo import run_demo
-    from camgap.experiments import default_out, run_context_experiment
+    from camgap.experiments import default_out, run_context_experiment, run_seeds_experiment
 
     out = args.out or default_out(args.context, args.experiment)
     settings = dict(
@@ -390,6 +390,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     )
     if args.experiment == "context":
         run_context_experiment(out, **settings)
+    elif args.experiment == "seeds":
+        run_seeds_experiment(out, **settings)
     else:
         run_demo(out, **settings, context=args.context)
     return 0

@@ -45,7 +45,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, type=Path, help="dataset root")
     p.add_argument("--layout", default="auto", choices=LAYOUTS)
-    p.add_argument("--split", default="train", help="split to score (the training images; default train)")
+    p.add_argument(
+        "--split",
+        default="train",
+        help="split to score: train (default; the paper's IoU) or test (held-out images: their boxes are "
+        "needed, their labels are not, as the CAM is the predicted class's)",
+    )
     p.add_argument("--input-size", type=int, help="image side (default: what the checkpoint records, else 224)")
     p.add_argument(
         "--resize",
@@ -151,7 +156,7 @@ def add_demo(sub) -> argparse.ArgumentParser:
         "--out",
         type=Path,
         help="output folder, reused when rerun (default: camgap-demo; camgap-demo-context50 with --context 0.5; "
-        "camgap-demo-context with --experiment context)",
+        "camgap-demo-context with --experiment context, camgap-demo-seeds with --experiment seeds)",
     )
     p.add_argument(
         "--quick",
@@ -175,8 +180,9 @@ def add_demo(sub) -> argparse.ArgumentParser:
     )
     which.add_argument(
         "--experiment",
-        choices=("context",),
-        help="context: the demo at P = 0, 0.5 and 0.9 (each in a subfolder) and one table comparing them",
+        choices=("context", "seeds"),
+        help="context: the demo at P = 0, 0.5 and 0.9 (each in a subfolder) and one table comparing them; "
+        "seeds: the demo at --seed and the next two seeds and one leaderboard of every measure",
     )
     add_progress_flag(p)
     p.add_argument(

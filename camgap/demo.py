@@ -38,7 +38,7 @@ PRESETS = {
 SMOKE_NOTE = "a smoke run of every stage, under 2 minutes on a 2-core CPU: its numbers are not a study"
 
 # the paper's training-accuracy thresholds, plus every trained model (a small set has few above 80%)
-THRESHOLDS = (0.95, 0.90, 0.85, 0.80, 0.0)
+SUBSETS = (0.95, 0.90, 0.85, 0.80, 0.0)
 
 
 def context_title(context: float) -> str:
@@ -61,6 +61,52 @@ class DemoResult:
     seconds: dict
 
 
+class _Stages:
+    """Each stage's wall time, logged as it ends (``seconds``)."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log, self.seconds, self.clock = log, {}, time.perf_counter()
+
+    def end(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(now - self.clock, 1)
+        self.clock = now
+        self.log(f"[demo] {name}: {self.seconds[name]:.1f} s")
+
+
+def _demo_grid(preset: dict, seed: int, precision: str | None, log: Callable[[str], None]):
+    """The preset's grid at ``seed``, with ``precision`` instead of the grid's when given (said)."""
+    from camgap.zoo.grid import load_grid
+
+    grid = dataclasses.replace(load_grid(preset["grid"]), seed=seed)
+    if precision is not None:
+        grid = dataclasses.replace(grid, train=dataclasses.replace(grid.train, precision=precision))
+    log(f"[demo] precision: {grid.train.precision}" + (" (--precision)" if precision is not None else " (the grid's)"))
+    return grid
+
+
+def _write_study(out: Path, quick: bool, context: float | None, bootstrap: int, device: str):
+    """The study of the demo's model set -> (report path, headline text)."""
+    from camgap.study.report import headline, write_study
+    from camgap.study.tables import paper_specs
+    from camgap.zoo.measure import overlay_rows
+    from camgap.zoo.registry import ZooDB
+
+    with ZooDB.in_dir(out / "zoo", create=False) as reg:
+        runs, measurements = reg.runs_frame(), reg.measurements_frame()
+    report = write_study(
+        runs,
+        measurements,
+        out / "study",
+        overlays=overlay_rows(out / "zoo", device=device) or None,
+        n_boot=bootstrap,
+        subsets=SUBSETS,
+        model_set=out / "zoo",
+        **({"title": title} if (title := _title(quick, context)) else {}),
+    )
+    return report, headline(runs, measurements, subsets=SUBSETS, specs=paper_specs(measurements), n_boot=bootstrap)
+
+
 def run_demo(
     out: str | Path = "camgap-demo",
     quick: bool = False,
@@ -81,75 +127,40 @@ def run_demo(
     images whose background carries a cue of their class (`write_synthetic`), said in the
     report's title (None: the plain demo, P = 0 and not said)."""
     from camgap.data.synthetic import check_context, write_synthetic
-    from camgap.study.report import headline, write_study
-    from camgap.study.tables import paper_specs
     from camgap.zoo.build import build
     from camgap.zoo.executors import resolve_device, thread_budget
-    from camgap.zoo.grid import load_grid
-    from camgap.zoo.measure import measure_zoo, overlay_rows
-    from camgap.zoo.registry import Registry
+    from camgap.zoo.measure import measure_zoo
 
-    preset = PRESETS["quick" if quick else "full"]
-    out = Path(out)
+    preset, out, stages = PRESETS["quick" if quick else "full"], Path(out), _Stages(log)
     if quick:
         log(f"[demo] --quick: {SMOKE_NOTE}")
     device = resolve_device(device)
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def stage(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[name] = round(now - clock, 1)
-        clock = now
-        log(f"[demo] {name}: {seconds[name]:.1f} s")
 
     log(f"[demo] 1/4 synthetic dataset -> {out / 'data'}")
     if context is not None:
         context = check_context(context)
         log(f"[demo] context experiment: P = {context:g} of the images carry a class cue in their background")
     write_synthetic(out / "data", **preset["data"], seed=seed, context=context or 0.0)
-    stage("data")
+    stages.end("data")
 
     log(f"[demo] 2/4 model set (grid {preset['grid']}) -> {out / 'zoo'}")
     if workers is None:
         workers = 1 if device.startswith("cuda") else None  # on a CPU: one worker per core
-    grid = dataclasses.replace(load_grid(preset["grid"]), seed=seed)
-    if precision is not None:
-        grid = dataclasses.replace(grid, train=dataclasses.replace(grid.train, precision=precision))
-    log(f"[demo] precision: {grid.train.precision}" + (" (--precision)" if precision is not None else " (the grid's)"))
+    grid = _demo_grid(preset, seed, precision, log)
     build(grid, out / "data", out / "zoo", workers=workers, device=device, progress=progress, log=log)
-    stage("build")
+    stages.end("build")
 
     log("[demo] 3/4 measures: " + ", ".join(preset["measures"]))
-    measure_zoo(
-        out / "zoo",
-        measures=preset["measures"],
-        cams=preset["cams"],
-        masks=preset["masks"],
-        device=device,
-        log=log,
-        progress=progress,
-        # on a CPU one worker process per core, as the build: a model's measures are one thread's work
-        workers=workers if workers is not None else (0 if device.startswith("cuda") else thread_budget()),
-    )
-    stage("measure")
+    # on a CPU one worker process per core, as the build: a model's measures are one thread's work
+    measure_workers = workers if workers is not None else (0 if device.startswith("cuda") else thread_budget())
+    measure_zoo(out / "zoo", measures=preset["measures"], cams=preset["cams"], masks=preset["masks"],
+                device=device, log=log, progress=progress, workers=measure_workers)  # fmt: skip
+    stages.end("measure")
 
     log(f"[demo] 4/4 study -> {out / 'study'}")
-    with Registry.in_dir(out / "zoo", create=False) as reg:
-        runs, measurements = reg.runs_frame(), reg.measurements_frame()
-    report = write_study(
-        runs,
-        measurements,
-        out / "study",
-        overlays=overlay_rows(out / "zoo", device=device) or None,
-        n_boot=bootstrap,
-        thresholds=THRESHOLDS,
-        model_set=out / "zoo",
-        **({"title": title} if (title := _title(quick, context)) else {}),
-    )
-    stage("study")
-    text = headline(runs, measurements, thresholds=THRESHOLDS, specs=paper_specs(measurements), n_boot=bootstrap)
+    report, text = _write_study(out, quick, context, bootstrap, device)
+    stages.end("study")
+    seconds = stages.seconds
     seconds["total"] = round(sum(seconds.values()), 1)
     log("")
     log(text)

@@ -1,4 +1,5 @@
-"""`camgap demo --experiment context`: where IoU could fail.
+"""`camgap demo --experiment context|seeds`: where IoU could fail, and how much the demo's
+numbers move from one draw to the next.
 
 In the demo's data the class is visible only inside the box, so a model can open a
 generalization gap only by memorising its backgrounds, and a low IoU can only mean that.
@@ -10,6 +11,12 @@ threshold-free localization measure track the gap.
 
 The statistics are the study's: Table 3's Total cell at training accuracy >= 80 % (`table3`,
 `report.total_block`), on the variants Table 3 shows (`paper_specs`).
+
+The seeds experiment runs the demo at three seeds (other data, another sample of the grid,
+other run seeds; each in ``seed<N>``) and ranks every measured variant in one leaderboard:
+per seed, Table 3's Total cell at >= 80 % (Pearson r, Kendall tau) and the study's ranking
+(granulated Kendall Psi, CMI), read from each demo's written tables; the board gives their
+mean over the seeds and the smallest and largest r.
 """
 
 from __future__ import annotations
@@ -28,13 +35,13 @@ from camgap.study import render
 from camgap.study.report import prepare_runs, total_block
 from camgap.study.tables import (
     MeasureSpec,
-    at_threshold,
+    at_subset,
     display_name,
     paper_specs,
     params_match,
     prepare_measurements,
+    subset_label,
     table3,
-    threshold_label,
     trained_mask,
     wide_table,
 )
@@ -54,7 +61,11 @@ CAM_KEYS = {"cam": "gradcam", "masks": "boxes"}
 CONFIDENCE = 0.95
 #: the statistics of each correlation column group in the numeric table
 STATS = ("r", "ci_low", "ci_high", "n")
-EXPERIMENTS = ("context",)
+EXPERIMENTS = ("context", "seeds")
+#: the seeds experiment's draws: the demo's seed and the next two
+N_SEEDS = 3
+#: the primary IoU (Grad-CAM, boxes) as Tables 6 and 7 label it
+PRIMARY_IOU_LABELS = ("IoU (Using GradCAM)", "IoU (using bounding box)")
 
 
 def context_folder(context: float) -> str:
@@ -64,7 +75,7 @@ def context_folder(context: float) -> str:
 
 def default_out(context: float | None = None, experiment: str | None = None) -> Path:
     """The demo's output folder when the user gives none: ``camgap-demo``, ``camgap-demo-context50``
-    for ``--context 0.5``, ``camgap-demo-context`` for ``--experiment context``."""
+    for ``--context 0.5``, ``camgap-demo-<experiment>`` for ``--experiment``."""
     if experiment is not None:
         return Path(f"camgap-demo-{experiment}")
     if context is not None:
@@ -123,15 +134,15 @@ def context_row(
     fixed = _fixed_specs(m)
     free = _threshold_free_specs(m, candidates)
     specs = [*fixed.values(), *free]
-    col = threshold_label(threshold)
+    col = subset_label(threshold)
     cells = {}
     if specs:
-        t = table3(runs, m, specs, thresholds=(threshold,), n_boot=n_boot, seed=seed, confidence=confidence)
+        t = table3(runs, m, specs, subsets=(threshold,), n_boot=n_boot, seed=seed, confidence=confidence)
         cells = {measure: by[col] for measure, by in total_block(t.long()).items()}
     none = {"r": math.nan, "ci": [math.nan, math.nan], "n": 0}
 
     trained = runs[trained_mask(runs)]
-    top = at_threshold(trained, threshold)
+    top = at_subset(trained, threshold)
     row: dict[str, object] = {"models": len(top), "mean_gap": float(top["gap"].mean()) if len(top) else math.nan}
     row["mean_iou"] = math.nan
     if "iou" in fixed:
@@ -259,7 +270,7 @@ def run_context_experiment(
     if threshold is None:
         threshold = QUICK_THRESHOLD if quick else THRESHOLD
     from camgap.demo import run_demo
-    from camgap.zoo.registry import Registry
+    from camgap.zoo.registry import ZooDB
 
     levels = [check_context(p) for p in levels]
     out = Path(out)
@@ -279,7 +290,7 @@ def run_context_experiment(
             precision=precision,
             context=p,
         )
-        with Registry.in_dir(sub / "zoo", create=False) as reg:
+        with ZooDB.in_dir(sub / "zoo", create=False) as reg:
             frames[p] = (reg.runs_frame(), reg.measurements_frame())
     table = context_table(
         frames, threshold=threshold, candidates=candidates, n_boot=bootstrap, seed=seed, confidence=CONFIDENCE
@@ -299,3 +310,124 @@ def run_context_experiment(
     log("")
     log(text)
     return ExperimentResult(out, table, csv_path, md_path, text)
+
+
+# ------------------------------------------------------------------------ the seeds experiment
+def seed_board(study_dir: str | Path, threshold: float = THRESHOLD) -> pd.DataFrame:
+    """One demo's row per measured variant, from its written study tables: Table 3's Total cell at
+    `threshold` (r, its interval, n, Kendall tau) and the ranking's Psi and CMI."""
+    tables = Path(study_dir) / "tables"
+    # Table 3's variants, then the IoU variants of Tables 6 (CAM methods) and 7 (saliency masks)
+    # without their rows of the primary IoU, which Table 3 already has
+    # (a study writes Tables 6 and 7 only when it has several CAM methods or mask sources)
+    found = [tables / "table3_long.csv", *(p for k in (6, 7) if (p := tables / f"table{k}_long.csv").is_file())]
+    long = pd.concat([pd.read_csv(p) for p in found])
+    long = long[~long["measure"].isin(PRIMARY_IOU_LABELS)]
+    cell = long[(long["arch"] == "Total") & (long["column"] == subset_label(threshold))]
+    cell = cell.set_index("measure")[["pearson", "ci_low", "ci_high", "n", "kendall"]]
+    rank = pd.read_csv(tables / "ranking.csv").set_index("measure")[["psi", "cmi"]]
+    return cell.rename(columns={"pearson": "r", "kendall": "tau"}).join(rank, how="outer")
+
+
+def leaderboard(boards: Mapping[int, pd.DataFrame]) -> pd.DataFrame:
+    """{seed: `seed_board`} -> one row per variant: the mean over the seeds of r, tau, Psi and CMI
+    (NaN where a seed has no value), the smallest and largest r, and each seed's r, its interval
+    and n; sorted by |mean r|, largest first."""
+    long = pd.concat({seed: b for seed, b in boards.items()}, names=["seed", "measure"]).reset_index()
+    by = long.groupby("measure")
+    out = pd.DataFrame(
+        {
+            "r": by["r"].mean(),
+            "r_min": by["r"].min(),
+            "r_max": by["r"].max(),
+            "seeds": by["r"].count(),
+            "tau": by["tau"].mean(),
+            "psi": by["psi"].mean(),
+            "cmi": by["cmi"].mean(),
+        }
+    )
+    for seed, b in boards.items():
+        out = out.join(b[["r", "ci_low", "ci_high", "n"]].add_suffix(f"_seed{seed}"))
+    return out.reindex(out["r"].abs().sort_values(ascending=False, na_position="last").index)
+
+
+def _num(v: float, fmt: str = "{:+.2f}") -> str:
+    return fmt.format(v).replace("-", "\u2212") if math.isfinite(v) else "n/a"
+
+
+def leaderboard_display(board: pd.DataFrame, threshold: float = THRESHOLD) -> pd.DataFrame:
+    """The board as text: mean r [smallest, largest of the seeds], tau, Psi, CMI (x100), n per seed."""
+    seeds = [c[len("n_seed") :] for c in board.columns if c.startswith("n_seed")]
+    col = f"r at >= {100 * threshold:g} %: mean [min, max]"
+    out = pd.DataFrame(index=board.index)
+    out[col] = [f"{_num(r)} [{_num(lo)}, {_num(hi)}]" for r, lo, hi in zip(board.r, board.r_min, board.r_max)]
+    out["Kendall tau"] = [_num(v) for v in board.tau]
+    out["Psi"] = [_num(v) for v in board.psi]
+    out["CMI x100"] = [_num(100 * v, "{:.2f}") for v in board.cmi]
+    out["n per seed"] = [
+        " / ".join(str(int(v)) if math.isfinite(v) else "-" for v in row)
+        for row in board[[f"n_seed{s}" for s in seeds]].to_numpy(float)
+    ]
+    return out
+
+
+def leaderboard_note(seeds: Sequence[int], threshold: float = THRESHOLD) -> str:
+    return (
+        f"Seeds {', '.join(map(str, seeds))}: each a fresh demo (other data, another sample of the grid, "
+        f"other run seeds). r and tau: Table 3's Total cell over the trained models at >= {100 * threshold:g} % "
+        "training accuracy; [min, max]: the smallest and largest r of the seeds (each seed's 95 % bootstrap "
+        "interval is in the csv); Psi and CMI: the study's ranking over all trained models (CMI x 100, as PGDL "
+        "reports it). Rows by |mean r|, largest first; the sign says the direction (a good measure of "
+        "generalization has a negative r with the gap when it grows with generalization)."
+    )
+
+
+def run_seeds_experiment(
+    out: str | Path = "camgap-demo-seeds",
+    quick: bool = False,
+    device: str = "auto",
+    workers: int | None = None,
+    bootstrap: int = 1000,
+    seed: int = 0,
+    precision: str | None = None,
+    log: Callable[[str], None] = print,
+    progress: bool = True,
+    threshold: float | None = None,
+    n_seeds: int = N_SEEDS,
+) -> ExperimentResult:
+    """The demo at seeds ``seed .. seed + n_seeds - 1`` (each in ``out/seed<N>``, resumable), then
+    the leaderboard, printed and written to ``out/leaderboard.csv|md``."""
+    if threshold is None:
+        threshold = QUICK_THRESHOLD if quick else THRESHOLD
+    from camgap.demo import run_demo
+
+    out = Path(out)
+    seeds = list(range(seed, seed + n_seeds))
+    boards = {}
+    for i, s in enumerate(seeds, 1):
+        sub = out / f"seed{s}"
+        log(f"[experiment] {i}/{len(seeds)} seed {s} -> {sub}")
+        run_demo(
+            sub,
+            quick=quick,
+            device=device,
+            workers=workers,
+            bootstrap=bootstrap,
+            seed=s,
+            log=log,
+            progress=progress,
+            precision=precision,
+        )
+        boards[s] = seed_board(sub / "study", threshold)
+    board = leaderboard(boards)
+    note = leaderboard_note(seeds, threshold)
+    csv_path, md_path = out / "leaderboard.csv", out / "leaderboard.md"
+    board.to_csv(csv_path, na_rep="n/a")
+    shown = render.to_markdown(leaderboard_display(board, threshold).reset_index())
+    md_path.write_text(f"**Leaderboard over {len(seeds)} seeds**\n\n{shown}\n{note}\n", encoding="utf-8")
+    text = "\n".join(
+        [f"Leaderboard over seeds {', '.join(map(str, seeds))}", shown, note, f"table: {csv_path}, {md_path}"]
+    )
+    log("")
+    log(text)
+    return ExperimentResult(out, board, csv_path, md_path, text)

@@ -186,7 +186,9 @@ def score_checkpoint(
     max_pixels: int | None = None,
     force: bool = False,
 ):
-    """Score a checkpoint file on the training images of a dataset, as `camgap score` does.
+    """Score a checkpoint file on one split of a dataset, as `camgap score` does: `split` train
+    (the paper's IoU) or test (held-out images: their boxes are needed, their labels are not, as
+    the CAM is the predicted class's).
 
     `options` are the scoring settings (CAM, thresholds, batches, overlays, ...); their model-
     dependent fields (target layer, device, mean, std, channel order) are set here from `layer`,
@@ -197,9 +199,9 @@ def score_checkpoint(
     input size to use, before any image is read (`force`: a warning, and scoring goes on).
     `box_units` and `max_pixels` are read_layout's and decode_rgb's (None: pixels, checked; 100 MP).
     Returns (ScoreResult, settings, classes); settings holds "model" and "preprocessing", each
-    with the chosen values and a "source" per field (flag, checkpoint, default, ...), and
-    "target_map" (the layer's map, [h, w]); "model" also says how the layer's output became
-    that map ("reshape": none, tokens with the prefix tokens dropped, or nhwc)."""
+    with the chosen values and a "source" per field (flag, checkpoint, default, ...),
+    "target_map" (the layer's map, [h, w]) and "split"; "model" also says how the layer's output
+    became that map ("reshape": none, tokens with the prefix tokens dropped, or nhwc)."""
     from camgap.cam.layers import default_target_layer, get_layer
     from camgap.data import BoxDataset, read_layout
     from camgap.data.dataset import count_dropped_boxes
@@ -207,6 +209,7 @@ def score_checkpoint(
 
     skipped: list | None = [] if skip_bad else None
     records, classes = read_layout(data, layout, split, skipped=skipped, box_units=box_units)
+    _check_heldout_boxes(records, data, split, masks)
     flags = flags or {}
     model, settings = _checkpoint_model(checkpoint, data, flags, classes, unsafe)
     prep = settings["preprocessing"]
@@ -239,7 +242,16 @@ def score_checkpoint(
     result = score_model(model, dataset, options, masks=ref_masks, mask_ids=mask_ids)
     result.n_skipped += len(skipped or []) + n_without_mask
     result.n_boxes_dropped = count_dropped_boxes(dataset.records, max_pixels)
-    return result, json_safe(settings | {"target_map": target_map}), classes
+    return result, json_safe(settings | {"target_map": target_map, "split": split}), classes
+
+
+def _check_heldout_boxes(records, data: Path, split: str, masks: str) -> None:
+    """A held-out split is scored for its IoU alone: without a box there is nothing to score."""
+    if split != "train" and masks == "boxes" and not any(r.boxes for r in records):
+        raise InputError(
+            f"{data}: no image of the {split} split has a box: its IoU compares the CAM with the boxes "
+            "(give the split's boxes, or --masks saliency|DIR)"
+        )
 
 
 def cache_dir(cache: Path | None, data: Path, split: str, input_size: int, resize: str) -> Path:
@@ -337,11 +349,11 @@ def reference_set(zoo: Path, min_train_acc: float, cam: str, threshold: float, m
     from camgap.measures.registry import score_params
     from camgap.study.predict import ReferenceSet, fit_gap
     from camgap.study.tables import wide_table
-    from camgap.zoo.registry import Registry
+    from camgap.zoo.registry import ZooDB
 
-    if not (Path(zoo) / Registry.FILENAME).exists():
-        raise MissingFileError(f"{zoo}: no model set here ({Registry.FILENAME} missing)")
-    with Registry.in_dir(zoo, create=False) as reg:
+    if not (Path(zoo) / ZooDB.FILENAME).exists():
+        raise MissingFileError(f"{zoo}: no model set here ({ZooDB.FILENAME} missing)")
+    with ZooDB.in_dir(zoo, create=False) as reg:
         runs, measurements, meta = reg.runs_frame(), reg.measurements_frame(), reg.meta()
     trained = runs[(runs.status == "done") & runs.trained]
     reference = trained[trained.train_acc >= min_train_acc]

@@ -21,7 +21,7 @@ from camgap.models import load_checkpoint
 from camgap.study.predict import fit_gap, predict_gap
 from camgap.zoo.grid import canonical_json
 from camgap.zoo.measure import score_params
-from camgap.zoo.registry import Registry
+from camgap.zoo.registry import ZooDB
 from tests.helpers.zoo import frames
 
 IOU = canonical_json(score_params("gradcam", 0.1, "boxes"))
@@ -70,7 +70,7 @@ def study(zoo: Path, out: Path, *extra: str) -> int:
 def copy_zoo(zoo: Path, dst: Path, sql: str = "") -> Path:
     shutil.copytree(zoo, dst)
     if sql:
-        con = sqlite3.connect(dst / Registry.FILENAME)
+        con = sqlite3.connect(dst / ZooDB.FILENAME)
         con.executescript(sql)
         con.commit()
         con.close()

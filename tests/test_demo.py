@@ -14,9 +14,9 @@ import scipy.stats
 import camgap.zoo.executors
 import camgap.zoo.measure as zm
 from camgap.cli import main
-from camgap.demo import PRESETS, SMOKE_NOTE, THRESHOLDS
+from camgap.demo import PRESETS, SMOKE_NOTE, SUBSETS
 from camgap.zoo.grid import canonical_json, load_grid
-from camgap.zoo.registry import Registry
+from camgap.zoo.registry import ZooDB
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def run_cli(argv: list[str]) -> tuple[int, str]:
 
 
 def frames(zoo: Path):
-    with Registry.in_dir(zoo, create=False) as reg:
+    with ZooDB.in_dir(zoo, create=False) as reg:
         return reg.runs_frame(), reg.measurements_frame()
 
 
@@ -102,7 +102,7 @@ def test_report_and_tables_hold_numbers_or_na(demo):
     # the ">=0" column (every trained model) of the Total block: Pearson over the registry
     pearson = pd.read_csv(study / "tables" / "table3.csv", index_col=[0, 1])
     n = pd.read_csv(study / "tables" / "table3_n.csv", index_col=[0, 1])
-    assert ">=0" in pearson.columns and len(pearson.columns) == len(THRESHOLDS)
+    assert ">=0" in pearson.columns and len(pearson.columns) == len(SUBSETS)
     runs, meas = frames(out / "zoo")
     tr = runs[(runs.status == "done") & runs.trained]
     primary = canonical_json(zm.score_params("gradcam", 0.1, "boxes"))  # the paper's IoU, which Table 3 reports

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import ndimage
 
 from camgap.data import BoxDataset, read_layout
 from camgap.data.masks import boxes_to_masks
@@ -22,6 +23,7 @@ from camgap.measures.localization import (
     CAM_THRESHOLDS,
     IOU_LEVELS,
     LocalizationTotals,
+    best_box_ious,
     box_extents,
     component_boxes,
     energy_share,
@@ -266,6 +268,44 @@ def test_box_extents_are_the_rasterised_boxes():
     assert box_extents(boxes, S, S).tolist() == [[0, 0, 4, 3], [2, 1, 7, 8]]
 
 
+def test_box_extents_of_random_boxes_on_and_off_the_pixel_centres():
+    rng = np.random.default_rng(8)
+    xy = rng.integers(-4, 2 * S + 4, (40, 4)) / 2  # on the centres (x + 0.5), on the edges, outside
+    boxes = torch.tensor(np.concatenate([np.minimum(xy[:, :2], xy[:, 2:]), np.maximum(xy[:, :2], xy[:, 2:])], 1))
+    boxes = torch.cat([boxes, torch.rand(20, 4) * S, torch.tensor([[3.0, 1.0, 2.0, 5.0]])])  # any, and x1 < x0
+    for h, w in ((S, S), (7, 12)):
+        assert box_extents(boxes, h, w).tolist() == [list(b) for b in o_gt_boxes(boxes.float().tolist(), h, w)]
+
+
+def test_maxboxacc_sweeps_pooled_batches_in_pieces(monkeypatch):
+    """The sweep pools batches up to a pixel budget and splits them above it; the counts are
+    those of one sweep over all images, whatever the budget, and a batch of another size first
+    sweeps the waiting ones."""
+    cams, boxes = hand_made()
+    whole = totals_of(cams, boxes, (slice(None),))
+    whole.sweep()
+    for budget in (1, 2 * S * S + 1, 10**6):
+        monkeypatch.setattr("camgap.measures.localization._SWEEP_PIXELS", budget)
+        parts = totals_of(cams, boxes, (slice(0, 3), slice(3, 4), slice(4, None)))
+        assert parts.max_box_acc() == whole.max_box_acc() and np.array_equal(parts.box_correct, whole.box_correct)
+        assert not parts.waiting
+    mixed = LocalizationTotals()
+    mixed.add(
+        torch.from_numpy(np.stack(cams[:2])),
+        boxes_to_masks([torch.tensor(b) for b in boxes[:2]], S),
+        [box_extents(torch.tensor(b), S, S) for b in boxes[:2]],
+    )
+    small = torch.zeros(1, 4, 4)
+    small[0, 1:3, 1:3] = 1.0
+    mixed.add(small, small > 0, [np.array([[1, 1, 2, 2]])])
+    assert [m.shape[1:] for m, _ in mixed.waiting] == [(4, 4)]  # the 10x10 maps were swept
+    first = totals_of(cams[:2], boxes[:2], (slice(None),))
+    first.sweep()
+    assert mixed.box_correct.tolist() == first.box_correct.tolist()
+    mixed.sweep()
+    assert (mixed.box_correct - first.box_correct)[:100].tolist() == [[1, 1, 1]] * 100  # IoU 1 below tau = 1
+
+
 def test_pxap_equals_scikit_learn():
     cams, boxes = hand_made()
     totals = totals_of(cams, boxes)
@@ -285,6 +325,75 @@ def test_memory_is_flat_in_the_number_of_images():
     assert totals.box_correct.shape == (len(CAM_THRESHOLDS), len(IOU_LEVELS))
     assert totals.pixel_pos.shape == totals.pixel_neg.shape == (101,)
     assert int(totals.pixel_pos.sum() + totals.pixel_neg.sum()) == 8 * S * S  # image 4 left out
+
+
+def labelled_best_box_ious(maps: torch.Tensor, gt_boxes, thresholds) -> np.ndarray:
+    """The labelling definition of `best_box_ious`: scipy labels each (image, threshold) region
+    on its own; the boxes are its components' slices, their IoU counted in pixels. -1 where no
+    box or no ground truth."""
+    best = np.full((len(maps), len(thresholds)), -1.0)
+    for b, cam in enumerate(maps.double().numpy()):
+        for t, tau in enumerate(thresholds):
+            labels, _ = ndimage.label(cam > tau, structure=np.ones((3, 3)))
+            for s in ndimage.find_objects(labels):
+                box = (s[1].start, s[0].start, s[1].stop - 1, s[0].stop - 1)
+                for g in gt_boxes[b]:
+                    best[b, t] = max(best[b, t], o_box_iou(box, tuple(int(x) for x in g)))
+    return best
+
+
+def random_maps(rng, n: int, h: int, w: int) -> torch.Tensor:
+    """Smooth maps (a coarse grid upsampled, as a CAM), noise, values on the thresholds and on
+    k/8 (ties within and across bins), all-zero and constant maps, a NaN pixel."""
+    coarse = torch.from_numpy(rng.random((n, 1, 3, 4)))
+    smooth = torch.nn.functional.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+    kinds = [
+        smooth,
+        torch.from_numpy(rng.random((n, h, w))),
+        torch.from_numpy(rng.integers(0, 101, (n, h, w)) / 100),
+        torch.from_numpy(rng.integers(0, 9, (n, h, w)) / 8),
+    ]
+    maps = torch.cat([k / k.amax((1, 2), keepdim=True) for k in kinds]).float()
+    maps[0], maps[1], maps[2, h // 2, w // 2] = 0.0, 0.5, math.nan
+    return maps
+
+
+def random_gt(rng, n: int, h: int, w: int) -> list[np.ndarray]:
+    out = []
+    for _ in range(n):
+        xy = np.sort(rng.integers(0, [w, h], (int(rng.integers(0, 4)), 2, 2)), axis=1)  # 0 to 3 boxes
+        out.append(np.stack([xy[:, 0, 0], xy[:, 0, 1], xy[:, 1, 0], xy[:, 1, 1]], 1).astype(np.int64))
+    return out
+
+
+@pytest.mark.parametrize("h, w", [(9, 13), (6, 1), (1, 7)])
+def test_best_box_ious_equal_labelling_each_region(h, w):
+    """The union-find over the thresholds against scipy labelling every region separately, in
+    float64 and exactly: several boxes per image, images without one, ties, zero and constant
+    maps; the demo's thresholds and unsorted ones with a repeat."""
+    rng = np.random.default_rng(h * 100 + w)
+    maps = random_maps(rng, 6, h, w)
+    gt = random_gt(rng, len(maps), h, w)
+    for thresholds in (CAM_THRESHOLDS, (0.5, 0.0, 0.25, 0.5, 1.0, 0.125)):
+        want = labelled_best_box_ious(maps, gt, thresholds)
+        assert np.array_equal(best_box_ious(maps, gt, thresholds), want)
+        assert np.array_equal(best_box_ious(maps[7:], gt[7:], thresholds), want[7:])  # batches apart
+    assert (want[0] == -1).all() and (best_box_ious(maps[:0], [], CAM_THRESHOLDS).shape == (0, 101))
+
+
+def test_best_box_ious_by_hand():
+    """A ring is one component (8-connected around its hole); two diagonal pixels are one; a
+    region that splits as the threshold rises gives two boxes."""
+    cam = torch.zeros(1, 5, 6)
+    cam[0, 0, 0] = cam[0, 1, 1] = 0.9  # one component through the diagonal, box (0,0)-(1,1)
+    cam[0, 2:5, 2:5] = 0.4
+    cam[0, 3, 3] = 0.0  # a ring, box (2,2)-(4,4)
+    cam[0, 4, 4] = 0.5
+    gt = [np.array([[0, 0, 1, 1], [2, 2, 4, 4]])]
+    best = best_box_ious(cam, gt, (0.0, 0.3, 0.45, 0.95))[0]
+    # tau 0 and 0.3: the ring and the diagonal pair touch at (1,1)-(2,2): one box (0,0)-(4,4),
+    # IoU 9/25 with the ring's box; tau 0.45: the pair (IoU 1) and the pixel (4,4) apart
+    assert best.tolist() == [9 / 25, 9 / 25, 1.0, -1.0]
 
 
 # --- the one pass ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from torch import nn
 from camgap.data.dataset import normalize
 from camgap.measures.consistency import augment_normalized, augmentation_consistency, total_variation
 from camgap.measures.registry import MeasureContext, MeasureError, compute_measure
-from camgap.zoo.train import augment_batch
+from camgap.zoo.loop import augment_batch
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
 

@@ -19,7 +19,7 @@ from camgap.measures.registry import score_params
 from camgap.measures.score import score_model
 from camgap.models import create_model
 from camgap.study.predict import DataInfo, ReferenceSet, fit_gap
-from camgap.zoo.registry import Registry
+from camgap.zoo.registry import ZooDB
 from tests.helpers.zoo import frames
 
 SIZE = 32
@@ -173,7 +173,7 @@ def reference_zoo(tiny_zoo_copy):
     runs, _ = frames(tiny_zoo_copy)
     trained = runs[runs.trained & (runs.status == "done")]
     assert len(trained) == 3
-    with Registry.in_dir(tiny_zoo_copy) as reg:
+    with ZooDB.in_dir(tiny_zoo_copy) as reg:
         for run_id, gap in zip(trained.run_id, trained.gap):
             reg.record_measurement(run_id, "iou", score_params("gradcam", 0.1, "boxes"), 0.5 - gap / 200)
     return tiny_zoo_copy

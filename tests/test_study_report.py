@@ -21,9 +21,9 @@ from PIL import Image
 from scipy import stats as st
 
 import camgap
-from camgap.study import figures, headline, stats, wide_table, write_study
+from camgap.study import bootstrap_ci, cmi_score, figures, headline, stats, wide_table, write_study
 from camgap.study.report import demo_frames
-from camgap.zoo.registry import Registry
+from camgap.zoo.registry import ZooDB
 
 IOU = "cam=gradcam,threshold=0.1,masks=boxes"
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -91,7 +91,7 @@ def test_csv_numbers_equal_the_computed_ones(study):
     assert t3.loc[("resnet18", "IoU"), ">=90"] == pytest.approx(st.pearsonr(c.value, c.gap)[0], abs=1e-12)
     assert n3.loc[("resnet18", "IoU"), ">=90"] == len(c)
     assert lo3.loc[("resnet18", "IoU"), ">=90"] == pytest.approx(
-        stats.bootstrap_ci(c.value, c.gap, n_resamples=100, seed=5)[0], abs=1e-12
+        bootstrap_ci(c.value, c.gap, n_resamples=100, seed=5)[0], abs=1e-12
     )
     c = tr[tr.train_acc >= 0.8]
     assert t3.loc[("Total", "IoU"), ">=80"] == pytest.approx(st.pearsonr(c.value, c.gap)[0], abs=1e-12)
@@ -103,7 +103,7 @@ def test_csv_numbers_equal_the_computed_ones(study):
     rk = pd.read_csv(out / "tables" / "ranking.csv", index_col=0)
     hp = ["arch", "batch_size", "lr", "optimizer"]
     assert rk.loc["IoU", "psi"] == pytest.approx(stats.granulated_kendall(tr, "value", "gap", hp)[0])
-    assert rk.loc["IoU", "cmi"] == pytest.approx(stats.cmi_score(tr, "value", "gap", hp)[0])
+    assert rk.loc["IoU", "cmi"] == pytest.approx(cmi_score(tr, "value", "gap", hp)[0])
     t5 = pd.read_csv(out / "tables" / "table5.csv", index_col=0)
     rnd = d[~d.trained]
     assert t5.loc["Random Model", "Total"] == pytest.approx(st.pearsonr(rnd.value, rnd.gap)[0])
@@ -212,7 +212,7 @@ def test_provenance_block_opens_the_report(study, tmp_path):
     runs = runs.assign(status=["done"] * (len(runs) - 2) + ["failed", "pending"])
     zoo = tmp_path / "zoo"
     zoo.mkdir()
-    with Registry.in_dir(zoo) as reg:
+    with ZooDB.in_dir(zoo) as reg:
         reg.bind_grid("ab" * 32, "{}", "grid")
     rep = write_study(runs, ms, tmp_path / "s", n_boot=0, command="camgap study zoo --out s <x>", model_set=zoo)
     prov = _page(rep).prov

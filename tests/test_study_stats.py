@@ -11,7 +11,7 @@ import pytest
 from scipy import stats as st
 
 from camgap.errors import InputError
-from camgap.study import stats
+from camgap.study import bootstrap, cmi, stats
 
 
 # ------------------------------------------------------------------------- correlations
@@ -45,21 +45,21 @@ def test_bootstrap_ci_contains_estimate_is_seeded_and_matches_a_loop():
     x = rng.normal(size=30)
     y = -0.7 * x + rng.normal(scale=0.6, size=30)
     r = stats.pearson(x, y)
-    lo, hi = stats.bootstrap_ci(x, y, n_resamples=500, seed=7)
+    lo, hi = bootstrap.bootstrap_ci(x, y, n_resamples=500, seed=7)
     assert lo < r < hi and -1 <= lo < hi <= 1
-    assert stats.bootstrap_ci(x, y, n_resamples=500, seed=7) == (lo, hi)
-    assert stats.bootstrap_ci(x, y, n_resamples=500, seed=8) != (lo, hi)
+    assert bootstrap.bootstrap_ci(x, y, n_resamples=500, seed=7) == (lo, hi)
+    assert bootstrap.bootstrap_ci(x, y, n_resamples=500, seed=8) != (lo, hi)
     # the same resamples, computed one by one with numpy
     idx = np.random.default_rng(7).integers(0, 30, size=(500, 30))
     rs = np.array([np.corrcoef(x[i], y[i])[0, 1] for i in idx])
     assert (lo, hi) == pytest.approx(tuple(np.percentile(rs, [2.5, 97.5])), abs=1e-12)
     # wider confidence, wider interval; spearman and kendall variants run
-    lo99, hi99 = stats.bootstrap_ci(x, y, n_resamples=500, seed=7, confidence=0.99)
+    lo99, hi99 = bootstrap.bootstrap_ci(x, y, n_resamples=500, seed=7, confidence=0.99)
     assert lo99 <= lo and hi99 >= hi
     for s in ("spearman", "kendall"):
-        a, b = stats.bootstrap_ci(x, y, s, n_resamples=100, seed=0)
+        a, b = bootstrap.bootstrap_ci(x, y, s, n_resamples=100, seed=0)
         assert a < getattr(stats, s)(x, y) < b
-    assert all(math.isnan(v) for v in stats.bootstrap_ci([1, 2], [3, 4]))
+    assert all(math.isnan(v) for v in bootstrap.bootstrap_ci([1, 2], [3, 4]))
 
 
 def _scipy_pearson(a, b, axis=-1):
@@ -67,7 +67,7 @@ def _scipy_pearson(a, b, axis=-1):
 
 
 def _scipy_bootstrap(x: np.ndarray, y: np.ndarray, n_resamples: int, seed: int, **kw):
-    """scipy's paired percentile bootstrap of Pearson r: the oracle of `stats.bootstrap_ci`."""
+    """scipy's paired percentile bootstrap of Pearson r: the oracle of `bootstrap.bootstrap_ci`."""
     return st.bootstrap(
         (x, y),
         _scipy_pearson,
@@ -85,9 +85,9 @@ def test_bootstrap_ci_is_scipys_paired_percentile_interval():
     x = rng.normal(size=25)
     y = 0.4 * x + rng.normal(size=25)
     ref = _scipy_bootstrap(x, y, n_resamples=400, seed=11, confidence_level=0.9)
-    got = stats.bootstrap_ci(x, y, n_resamples=400, confidence=0.9, seed=11)
+    got = bootstrap.bootstrap_ci(x, y, n_resamples=400, confidence=0.9, seed=11)
     assert got == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high), abs=1e-12)
-    assert stats.bootstrap_ci(x, y, n_resamples=400, confidence=0.9, seed=11) == got  # rerun: same numbers
+    assert bootstrap.bootstrap_ci(x, y, n_resamples=400, confidence=0.9, seed=11) == got  # rerun: same numbers
 
 
 def test_bootstrap_ci_leaves_out_undefined_resamples_of_a_tiny_set():
@@ -101,10 +101,40 @@ def test_bootstrap_ci_leaves_out_undefined_resamples_of_a_tiny_set():
     dist = ref.bootstrap_distribution
     assert np.isnan(dist).sum() > 0
     fin = dist[np.isfinite(dist)]
-    lo, hi = stats.bootstrap_ci(x, y, n_resamples=300, seed=5)
+    lo, hi = bootstrap.bootstrap_ci(x, y, n_resamples=300, seed=5)
     assert (lo, hi) == pytest.approx(tuple(np.percentile(fin, [2.5, 97.5])), abs=1e-9)
     with pytest.raises(InputError, match="n_resamples must be >= 1, got 0"):
-        stats.bootstrap_ci(x, y, n_resamples=0)
+        bootstrap.bootstrap_ci(x, y, n_resamples=0)
+
+
+def test_resample_indices_are_scipys_draws_batch_by_batch():
+    """The one-sample bootstrap of 0..n-1 resamples the indices themselves; n = 5000 makes
+    scipy draw 1000 resamples in batches of 400 (the batch `bootstrap_ci` sets)."""
+    n, b = 5000, 1000
+    seen = []
+
+    def record(i, axis=-1):
+        seen.append(np.array(i))
+        return i.mean(axis=axis)
+
+    st.bootstrap(
+        (np.arange(n),), record, n_resamples=b, batch=2_000_000 // n, method="percentile", rng=np.random.default_rng(9)
+    )
+    assert [s.shape[0] for s in seen] == [400, 400, 200]
+    np.testing.assert_array_equal(bootstrap.resample_indices(n, b, seed=9), np.concatenate(seen))
+
+
+def test_pearson_intervals_of_several_columns_are_each_columns_interval():
+    rng = np.random.default_rng(5)
+    y = rng.normal(size=40)
+    far = 1e3 + 1e-2 * y + 1e-2 * rng.normal(size=40)  # far from 0: the moments are taken about the mean
+    xs = np.column_stack([0.5 * y + rng.normal(size=40), rng.normal(size=40), far])
+    got = bootstrap.pearson_intervals(xs, y, n_resamples=300, confidence=0.9, seed=2)
+    for j in range(3):
+        one = bootstrap.bootstrap_ci(xs[:, j], y, n_resamples=300, confidence=0.9, seed=2)
+        ref = _scipy_bootstrap(xs[:, j], y, n_resamples=300, seed=2, confidence_level=0.9).confidence_interval
+        assert got[j] == pytest.approx(one, abs=1e-12)
+        assert got[j] == pytest.approx((ref.low, ref.high), abs=1e-12)
 
 
 # -------------------------------------------------------------- granulated Kendall (Psi)
@@ -154,6 +184,20 @@ def test_granulated_kendall_matches_brute_force(repeats, drop):
     bpsi, bper = brute_granulated(df, "m", "gap", ["a", "b", "c"])
     assert psi == pytest.approx(bpsi, abs=1e-12)
     assert per == pytest.approx(bper, abs=1e-12)
+
+
+def test_granulated_kendalls_of_several_measures_are_each_measures_psi(monkeypatch):
+    df = grid_frame(repeats=3)
+    rng = np.random.default_rng(1)
+    df["m2"] = (-0.3 * df["gap"] + rng.normal(size=len(df))).round(1)  # ties
+    df["m3"] = df["m"].where(rng.random(len(df)) > 0.2)  # missing values: other cells
+    hp = ["a", "b", "c"]
+    got = stats.granulated_kendalls(df, ["m", "m2", "m3"], "gap", hp)
+    for c in ("m", "m2", "m3"):
+        psi, per = brute_granulated(df[df[c].notna()], c, "gap", hp)
+        assert got[c][0] == pytest.approx(psi, abs=1e-12) and got[c][1] == pytest.approx(per, abs=1e-12)
+    monkeypatch.setattr(stats, "_SIGN_CHUNK", 1)  # one measure of a cell at a time: the same numbers
+    assert stats.granulated_kendalls(df, ["m", "m2", "m3"], "gap", hp) == got
 
 
 def test_granulated_kendall_hand_cases():
@@ -220,9 +264,9 @@ def test_cmi_matches_brute_force(drop, dense_max, monkeypatch):
     # None: one joint code of all hyperparameters; 40: one code per conditioning set (the joint
     # one is too large); 0: ordered pairs coded explicitly (hyperparameters with very many values)
     if dense_max is not None:
-        monkeypatch.setattr(stats, "_DENSE_MAX", dense_max)
+        monkeypatch.setattr(cmi, "_DENSE_MAX", dense_max)
     df = grid_frame(seed=3, repeats=2, drop=drop)
-    score, per = stats.cmi_score(df, "m", "gap", ["a", "b", "c"])
+    score, per = cmi.cmi_score(df, "m", "gap", ["a", "b", "c"])
     bscore, bper = brute_cmi(df, "m", "gap", ["a", "b", "c"])
     assert set(per) == set(bper) and len(per) == 1 + 3 + 3
     for s in per:
@@ -236,9 +280,9 @@ def test_cmi_scores_of_several_measures_equal_one_at_a_time():
     df = df.assign(m2=df["m"] + rng.normal(size=len(df)), m3=-df["gap"] + rng.normal(size=len(df)))
     df.loc[[1, 4, 7], "m2"] = np.nan
     df.loc[[2], "gap"] = np.nan
-    together = stats.cmi_scores(df, ["m", "m2", "m3"], "gap", ["a", "b", "c"])
+    together = cmi.cmi_scores(df, ["m", "m2", "m3"], "gap", ["a", "b", "c"])
     for col in ("m", "m2", "m3"):
-        score, per = stats.cmi_score(df, col, "gap", ["a", "b", "c"])
+        score, per = cmi.cmi_score(df, col, "gap", ["a", "b", "c"])
         bscore, bper = brute_cmi(df.dropna(subset=[col, "gap"]), col, "gap", ["a", "b", "c"])
         assert together[col][0] == pytest.approx(score, abs=1e-12) == pytest.approx(bscore, abs=1e-10)
         assert together[col][1] == pytest.approx(per, abs=1e-12)
@@ -247,14 +291,14 @@ def test_cmi_scores_of_several_measures_equal_one_at_a_time():
 def test_cmi_hand_cases():
     df = grid_frame(seed=4, repeats=2)
     # a measure that ranks the gap perfectly: V_mu = V_g on every pair -> I = H -> score 1
-    score, per = stats.cmi_score(df.assign(m=3 * df.gap - 1), "m", "gap", ["a", "b", "c"])
+    score, per = cmi.cmi_score(df.assign(m=3 * df.gap - 1), "m", "gap", ["a", "b", "c"])
     assert score == pytest.approx(1.0) and all(v == pytest.approx(1.0) for v in per.values())
     # a measure that only knows hyperparameter `a`: the gap depends on `a` plus noise, the
     # measure is a function of `a` alone -> given a, V_mu is 0 on every pair -> score 0
     rng = np.random.default_rng(0)
     effect = df["a"].map({16: 0.0, 32: 5.0, 64: 10.0})
     d2 = df.assign(gap=effect + rng.normal(size=len(df)), m=effect)
-    score, per = stats.cmi_score(d2, "m", "gap", ["a", "b", "c"])
+    score, per = cmi.cmi_score(d2, "m", "gap", ["a", "b", "c"])
     assert score == pytest.approx(0.0, abs=1e-12)
     assert per[()] > 0.3  # unconditionally the measure does look informative
     assert per[("a",)] == pytest.approx(0.0, abs=1e-12)
@@ -265,7 +309,7 @@ def test_cmi_worked_example_empty_set():
     # (-,-) x2, (+,-) x1, (+,+) x2, (-,+) x1 -> H(V_g) = 1 bit,
     # I = H(V_mu) + H(V_g) - H(V_mu, V_g) = 2 - (2/3 log2 3 + 1/3 log2 6)
     df = pd.DataFrame({"gap": [1.0, 2.0, 3.0], "m": [1.0, 3.0, 2.0], "h": [0, 0, 1]})
-    score, per = stats.cmi_score(df, "m", "gap", ["h"], max_set_size=0)
+    score, per = cmi.cmi_score(df, "m", "gap", ["h"], max_set_size=0)
     want = 2 - (2 / 3 * math.log2(3) + 1 / 3 * math.log2(6))
     assert per == {(): pytest.approx(want)} and score == pytest.approx(want)
 
@@ -273,10 +317,10 @@ def test_cmi_worked_example_empty_set():
 def test_cmi_undefined_sets_are_left_out():
     # gap fixed by h1 alone: conditioning on h1 leaves H(V_g | U) = 0 -> NaN, excluded from the min
     df = pd.DataFrame({"h1": [0, 0, 1, 1], "h2": [0, 1, 0, 1], "gap": [1.0, 1.0, 5.0, 5.0], "m": [0.1, 0.2, 0.3, 0.4]})
-    score, per = stats.cmi_score(df, "m", "gap", ["h1", "h2"])
+    score, per = cmi.cmi_score(df, "m", "gap", ["h1", "h2"])
     assert math.isnan(per[("h1",)]) and math.isnan(per[("h1", "h2")])
     assert score == pytest.approx(min(per[()], per[("h2",)]))
-    assert math.isnan(stats.cmi_score(df.iloc[:1], "m", "gap", ["h1"])[0])
+    assert math.isnan(cmi.cmi_score(df.iloc[:1], "m", "gap", ["h1"])[0])
 
 
 # --------------------------------------------------------------------- selection accuracy
@@ -319,7 +363,7 @@ def test_selection_accuracy_matches_pair_loop_on_random_data():
 def test_cmi_marginals_match_brute_force_for_any_number_of_hyperparameters(hparams, max_set):
     # the joint counts are summed down to each conditioning set through prefix / suffix sums
     df = grid_frame(seed=7, repeats=2)
-    score, per = stats.cmi_score(df, "m", "gap", hparams, max_set_size=max_set)
+    score, per = cmi.cmi_score(df, "m", "gap", hparams, max_set_size=max_set)
     bscore, bper = brute_cmi(df, "m", "gap", hparams, max_set=max_set)
     assert set(per) == set(bper)
     for s in per:
@@ -386,7 +430,7 @@ def test_cmi_pgdl_six_models_by_hand():
     # mean I / mean H = (3 h - 1.5) / 16 / (2 h / 16) = 1.5 - 0.75 / h; the score is x 100.
     h = 2 - 0.75 * math.log2(3)
     want = 100 * (1.5 - 0.75 / h)  # 57.5533...
-    score, per = stats.cmi_score(six_models(), "m", "gap", ["h1", "h2"], mode="pgdl")
+    score, per = cmi.cmi_score(six_models(), "m", "gap", ["h1", "h2"], mode="pgdl")
     assert per == {("h1", "h2"): pytest.approx(want, abs=1e-10)}
     assert score == pytest.approx(want, abs=1e-10)
     assert want == pytest.approx(57.5533, abs=1e-4)
@@ -399,25 +443,25 @@ def test_cmi_jiang_six_models_by_hand():
     # cell (11, 11): CD (+,-), DC (-,+) -> V_mu fixes V_g (sign-free) -> I = H = 1 bit, 2 pairs;
     # every other cell has one gap sign -> I = H = 0. I = H = 4/30 -> I~ = 1.
     df = six_models()
-    score, per = stats.cmi_score(df, "m", "gap", ["h1", "h2"])
+    score, per = cmi.cmi_score(df, "m", "gap", ["h1", "h2"])
     assert per[("h1", "h2")] == pytest.approx(1.0, abs=1e-12)
     bscore, bper = brute_cmi(df, "m", "gap", ["h1", "h2"])
     assert score == pytest.approx(bscore, abs=1e-12)
     assert per == pytest.approx(bper, abs=1e-12)
     # the brute force of the PGDL definition agrees with the hand-derived number above
     assert brute_pgdl(df, "m", "gap", ["h1", "h2"])[0] == pytest.approx(
-        stats.cmi_score(df, "m", "gap", ["h1", "h2"], mode="pgdl")[0], abs=1e-10
+        cmi.cmi_score(df, "m", "gap", ["h1", "h2"], mode="pgdl")[0], abs=1e-10
     )
 
 
 @pytest.mark.parametrize("drop,dense_max", [(0, None), (5, None), (5, 40), (5, 0)])
 def test_cmi_pgdl_matches_brute_force(drop, dense_max, monkeypatch):
     if dense_max is not None:
-        monkeypatch.setattr(stats, "_DENSE_MAX", dense_max)
+        monkeypatch.setattr(cmi, "_DENSE_MAX", dense_max)
     df = grid_frame(seed=3, repeats=2, drop=drop)
     df.loc[df.index[:3], "gap"] = df["gap"].iloc[3]  # gap ties count as "-"
     df.loc[df.index[4:6], "m"] = df["m"].iloc[6]  # measure ties too
-    score, per = stats.cmi_score(df, "m", "gap", ["a", "b", "c"], mode="pgdl")
+    score, per = cmi.cmi_score(df, "m", "gap", ["a", "b", "c"], mode="pgdl")
     bscore, bper = brute_pgdl(df, "m", "gap", ["a", "b", "c"])
     assert set(per) == {("a", "b"), ("a", "c"), ("b", "c")}
     for s, v in per.items():
@@ -427,5 +471,5 @@ def test_cmi_pgdl_matches_brute_force(drop, dense_max, monkeypatch):
 
 def test_cmi_mode_is_checked_and_pgdl_needs_two_hyperparameters():
     with pytest.raises(InputError, match="unknown CMI mode 'x': jiang, pgdl"):
-        stats.cmi_score(six_models(), "m", "gap", ["h1"], mode="x")
-    assert math.isnan(stats.cmi_score(six_models(), "m", "gap", ["h1"], mode="pgdl")[0])
+        cmi.cmi_score(six_models(), "m", "gap", ["h1"], mode="x")
+    assert math.isnan(cmi.cmi_score(six_models(), "m", "gap", ["h1"], mode="pgdl")[0])

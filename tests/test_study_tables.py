@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats as st
 
-from camgap.study import render, stats, tables
+from camgap.study import bootstrap, cmi, options, render, stats, tables
 from camgap.study.report import demo_frames
 
 IOU = "cam=gradcam,threshold=0.1,masks=boxes"
@@ -123,8 +123,10 @@ def test_table3_cells_equal_scipy_on_the_cell_subsets(frames):
             assert t.pearson.loc[key, col] == pytest.approx(st.pearsonr(c.value, c.gap)[0], abs=1e-12)
             assert t.spearman.loc[key, col] == pytest.approx(st.spearmanr(c.value, c.gap)[0], abs=1e-12)
             assert t.kendall.loc[key, col] == pytest.approx(st.kendalltau(c.value, c.gap)[0], abs=1e-12)
-            lo, hi = stats.bootstrap_ci(c.value, c.gap, n_resamples=50, seed=3)
-            assert (t.ci_low.loc[key, col], t.ci_high.loc[key, col]) == (lo, hi)
+            # the same resamples; one matrix product for all measures sums in another order
+            lo, hi = bootstrap.bootstrap_ci(c.value, c.gap, n_resamples=50, seed=3)
+            assert t.ci_low.loc[key, col] == pytest.approx(lo, abs=1e-12)
+            assert t.ci_high.loc[key, col] == pytest.approx(hi, abs=1e-12)
     # the failed spectral norm measurement is one model fewer
     assert t.n.loc[("Total", "Spectral Norm"), ">=80"] == t.n.loc[("Total", "IoU"), ">=80"] - 1
     long = t.long()
@@ -196,10 +198,10 @@ def test_ranking_table_equals_stats(frames):
     d = _trained_iou(runs, ms)
     hp = ["arch", "batch_size", "lr", "optimizer"]
     psi, per = stats.granulated_kendall(d, "value", "gap", hp)
-    cmi, per_set = stats.cmi_score(d, "value", "gap", hp)
+    score, per_set = cmi.cmi_score(d, "value", "gap", hp)
     assert r.loc["IoU", "psi"] == pytest.approx(psi)
     assert r.loc["IoU", "psi[lr]"] == pytest.approx(per["lr"])
-    assert r.loc["IoU", "cmi"] == pytest.approx(cmi)
+    assert r.loc["IoU", "cmi"] == pytest.approx(score)
     best = min((v, k) for k, v in per_set.items() if np.isfinite(v))[1]
     assert r.loc["IoU", "cmi_set"] == ("+".join(best) or "{}")
     assert r.loc["IoU", "n"] == len(d)
@@ -245,11 +247,11 @@ def test_table5_selects_the_lowest_threshold_above_zero(frames):
     d = runs.merge(sel[["run_id", "value"]], on="run_id")
     tr = d[d.trained & (d.train_acc >= 0.9)]
     assert 3 <= len(tr) < int(d.trained.sum())  # the selection leaves models out
-    t = tables.table5(runs, ms, thresholds=(0.95, 0.9, 0.0), n_boot=0)
+    t = tables.table5(runs, ms, subsets=(0.95, 0.9, 0.0), n_boot=0)
     assert t.n.loc["Trained Model", "Total"] == len(tr)
     assert t.pearson.loc["Trained Model", "Total"] == pytest.approx(st.pearsonr(tr.value, tr.gap)[0])
     assert "trained models with train_acc >= 0.9." in t.note
-    assert tables.table5(runs, ms, thresholds=(0.0,), n_boot=0).n.loc["Trained Model", "Total"] == d.trained.sum()
+    assert tables.table5(runs, ms, subsets=(0.0,), n_boot=0).n.loc["Trained Model", "Total"] == d.trained.sum()
 
 
 def test_table6_rows_by_cam_method(frames):
@@ -282,7 +284,7 @@ def test_table7_boxes_vs_saliency(frames):
 
 def test_thresholds_are_configurable(frames):
     runs, ms = frames
-    t = tables.table3(runs, ms, thresholds=(0.99, 0.5), n_boot=0)
+    t = tables.table3(runs, ms, subsets=(0.99, 0.5), n_boot=0)
     assert list(t.pearson.columns) == [">=99", ">=50"]
     assert t.ci_low.isna().all().all()  # n_boot=0: no interval
 
@@ -462,12 +464,12 @@ def test_only_done_finite_rows_feed_the_tables():
 
 # ------------------------------------------------------------------------- StudyOptions
 def test_study_options_check_each_field():
-    o = tables.StudyOptions(thresholds=[0.9, "0.8"], primary={"threshold": 0.05})
-    assert o.thresholds == (0.9, 0.8) and dict(o.primary) == {"threshold": "0.05"}
+    o = tables.StudyOptions(subsets=[0.9, "0.8"], primary={"threshold": 0.05})
+    assert o.subsets == (0.9, 0.8) and dict(o.primary) == {"threshold": "0.05"}
     assert tables.StudyOptions().primary == tables.DEFAULT_PRIMARY and tables.StudyOptions().n_boot == 2000
     for kw, msg in [
-        ({"thresholds": (0.9, 1.5)}, r"thresholds: accuracy threshold 1.5 is outside \[0, 1\]"),
-        ({"thresholds": ("x",)}, "thresholds: accuracy threshold 'x' is not a number"),
+        ({"subsets": (0.9, 1.5)}, r"subsets: training-accuracy cutoff 1.5 is outside \[0, 1\]"),
+        ({"subsets": ("x",)}, "subsets: training-accuracy cutoff 'x' is not a number"),
         ({"n_boot": -1}, "n_boot must be an integer >= 0, got -1"),
         ({"seed": 1.5}, "seed must be an integer >= 0"),
         ({"confidence": 1.0}, r"confidence must be a number in \(0, 1\), got 1.0"),
@@ -488,14 +490,34 @@ def test_options_and_keywords_give_the_same_tables(frames):
     runs, ms = frames
     from camgap.study.report import run_study
 
-    o = tables.StudyOptions(thresholds=(0.9, 0.8), n_boot=20, seed=4)
+    o = tables.StudyOptions(subsets=(0.9, 0.8), n_boot=20, seed=4)
     a = run_study(runs, ms, o)
-    b = run_study(runs, ms, thresholds=(0.9, 0.8), n_boot=20, seed=4)
+    b = run_study(runs, ms, subsets=(0.9, 0.8), n_boot=20, seed=4)
     pd.testing.assert_frame_equal(a.table3.pearson, b.table3.pearson)
     pd.testing.assert_frame_equal(a.table3.ci_low, b.table3.ci_low)
     pd.testing.assert_frame_equal(a.ranking, b.ranking)
     pd.testing.assert_frame_equal(tables.table6(runs, ms, o).pearson, a.table6.pearson)
     assert a.table5.note == b.table5.note and ">= 0.8" in a.table5.note
+
+
+def test_thresholds_is_the_deprecated_name_of_subsets(frames):
+    runs, ms = frames
+    from camgap.study.report import headline, run_study
+
+    deprecated = "thresholds= is deprecated, pass subsets="
+    with pytest.warns(DeprecationWarning, match=f"StudyOptions: {deprecated}"):
+        o = tables.StudyOptions(thresholds=(0.9, 0.8), n_boot=0)
+    assert o.subsets == (0.9, 0.8) and o == tables.StudyOptions(subsets=(0.9, 0.8), n_boot=0)
+    with pytest.warns(DeprecationWarning, match=f"study: {deprecated}"):
+        a = run_study(runs, ms, thresholds=(0.9,), n_boot=0)
+    b = run_study(runs, ms, subsets=(0.9,), n_boot=0)
+    assert a.subsets == b.subsets == (0.9,)
+    pd.testing.assert_frame_equal(a.table3.pearson, b.table3.pearson)
+    with pytest.warns(DeprecationWarning, match=f"headline: {deprecated}"):
+        old = headline(runs, ms, thresholds=(0.9,))
+    assert old == headline(runs, ms, subsets=(0.9,))
+    with pytest.raises(TypeError, match="pass subsets= alone"):
+        tables.StudyOptions.of(None, subsets=(0.9,), thresholds=(0.8,))
 
 
 # ------------------------------------------------------------------------ within groups
@@ -507,7 +529,7 @@ def test_group_table_matches_scipy_per_level_and_names_cluster_effects():
     runs, ms = demo_frames(seed=1)
     t = tables.group_table(runs, ms, n_boot=50)
     specs = tables.discover_specs(tables.prepare_measurements(ms), tables.DEFAULT_PRIMARY)
-    w = tables.at_threshold(tables.wide_table(runs, ms, specs)[lambda d: d.trained], 0.8)
+    w = options.at_subset(tables.wide_table(runs, ms, specs)[lambda d: d.trained], 0.8)
     iou = "IoU"
     assert list(t.pearson.columns) == [s.column for s in specs]
     assert t.pearson.loc[tables.ALL_MODELS, iou] == pytest.approx(st.pearsonr(w["IoU"], w["gap"])[0])

@@ -19,9 +19,10 @@ from camgap.models import create_model, load_checkpoint
 from camgap.zoo.build import EXPORT_COLUMNS, ZooError, build, export, format_status, status
 from camgap.zoo.cli import main as zoo_main
 from camgap.zoo.grid import load_grid
+from camgap.zoo.loop import augment_batch
 from camgap.zoo.pretrained import PretrainedWeightsError, load_pretrained_backbone, pretrained_paths
-from camgap.zoo.registry import Registry
-from camgap.zoo.train import augment_batch, train_run
+from camgap.zoo.registry import ZooDB
+from camgap.zoo.train import train_run
 from tests.helpers.zoo import build_args, run_task
 from tests.zoo_hooks import as_task, fail_runs, worker_env
 
@@ -77,7 +78,7 @@ def test_build_end_to_end_and_rebuild(tmp_path, data):
     s = build(grid, data, zoo, workers=0, device="cpu", progress=False, log=quiet)
     assert s.total == 3 and s.done == 3 and s.failed == 0 and s.trained_now == 3
 
-    with Registry.in_dir(zoo, create=False) as reg:
+    with ZooDB.in_dir(zoo, create=False) as reg:
         assert reg.integrity_check(zoo) == []
         frame = reg.runs_frame()
     assert (frame["status"] == "done").all()
@@ -179,7 +180,7 @@ def test_failed_run_is_recorded_and_the_sweep_continues(tmp_path, data, monkeypa
     zoo = tmp_path / "zoo"
     s = build(grid, data, zoo, workers=0, device="cpu", progress=False, log=quiet, max_attempts=2)
     assert s.done == 1 and s.failed == 1 and s.failed_now == 2  # tried twice
-    with Registry.in_dir(zoo, create=False) as reg:
+    with ZooDB.in_dir(zoo, create=False) as reg:
         row = reg.get_run(bad)
         assert row["status"] == "failed" and row["attempts"] == 2
         assert "injected failure" in row["error"]
@@ -241,7 +242,7 @@ def test_sigkill_driver_and_resume(tmp_path, data):
         assert time.monotonic() < deadline, "a worker outlived the killed driver"
         time.sleep(0.1)
 
-    with Registry.in_dir(zoo, create=False) as reg:
+    with ZooDB.in_dir(zoo, create=False) as reg:
         before = reg.runs_frame()
     interrupted = set(before.loc[before.status == "running", "run_id"])
     assert interrupted, before[["run_id", "status"]]
@@ -254,7 +255,7 @@ def test_sigkill_driver_and_resume(tmp_path, data):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "resuming" in out.stdout
 
-    with Registry.in_dir(zoo, create=False) as reg:
+    with ZooDB.in_dir(zoo, create=False) as reg:
         assert reg.integrity_check(zoo) == []
         after = reg.runs_frame()
         n_rows = reg.conn.execute("SELECT COUNT(*), COUNT(DISTINCT run_id) FROM runs").fetchone()
@@ -281,7 +282,7 @@ def test_pretrained_source_task(tmp_path, data):
     assert len(src) == 1
     source = torch.load(src[0], weights_only=False)
     assert source["num_classes"] == 3 and source["source_task"]["classes"][0] == "00_pentagon"
-    with Registry.in_dir(zoo, create=False) as reg:
+    with ZooDB.in_dir(zoo, create=False) as reg:
         run = reg.runs_frame().iloc[0]
     assert json.loads(run.config)["pretrained_source"].startswith("synthetic-source:")
     init = torch.load(zoo / "runs" / run.run_id / "init.pt", weights_only=False)["model_state_dict"]
@@ -359,7 +360,7 @@ def test_diverged_run_stops_early(tmp_path, data):
     zoo = tmp_path / "zoo"
     s = build(grid, data, zoo, workers=0, device="cpu", progress=False, log=quiet)
     assert s.done == 1
-    with Registry.in_dir(zoo, create=False) as reg:
+    with ZooDB.in_dir(zoo, create=False) as reg:
         assert reg.integrity_check(zoo) == []
         run = reg.runs_frame().iloc[0]
     assert run.stop_reason == "diverged" and run.epochs == 1 and run.train_loss == float("inf")

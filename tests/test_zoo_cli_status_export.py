@@ -12,7 +12,7 @@ from camgap.zoo.build import EXPORT_COLUMNS, export, format_status, status
 from camgap.zoo.cli import STATUS_JSON_HELP, main
 from camgap.zoo.config import RunConfig, RunResult
 from camgap.zoo.grid import RunSpec
-from camgap.zoo.registry import Registry
+from camgap.zoo.registry import ZooDB
 
 TRAINED = {"arch": "small_resnet", "batch_size": 32, "optimizer": "sgd", "weight_decay": 0.0, "trained": True}
 UNTRAINED = {"arch": "small_resnet", "pretrained": False, "trained": False}
@@ -41,7 +41,7 @@ def zoo(tmp_path):
     """A registry with hand-set results: 3 trained runs done, 1 untrained done, 1 pending, 1 failed."""
     specs = [RunSpec(rid, RunConfig.from_dict(TRAINED | {"lr": lr}), 0, 1) for rid, lr in zip("abcpf", [1, 2, 3, 4, 5])]
     specs.append(RunSpec("u", RunConfig.from_dict(UNTRAINED), 0, 2))
-    with Registry.in_dir(tmp_path) as reg:
+    with ZooDB.in_dir(tmp_path) as reg:
         reg.add_runs(specs)
         for rid, (tr, te, stop) in DONE.items():
             reg.mark_done(rid, result(rid, tr, te, stop, rid != "u"))
@@ -101,7 +101,7 @@ def test_status_json_keys_are_the_documented_ones(zoo):
 
 
 def test_status_of_a_set_without_done_runs_has_empty_spreads(tmp_path, capsys):
-    with Registry.in_dir(tmp_path) as reg:
+    with ZooDB.in_dir(tmp_path) as reg:
         reg.add_runs([RunSpec("p", RunConfig.from_dict(TRAINED | {"lr": 0.1}), 0, 1)])
     assert main(["status", "--zoo", str(tmp_path), "--json"]) == 0
     got = stdout_json(capsys)

@@ -9,7 +9,7 @@ import pytest
 from camgap.zoo.build import EXPORT_COLUMNS, export
 from camgap.zoo.config import RunConfig, RunResult
 from camgap.zoo.grid import RunSpec
-from camgap.zoo.registry import Registry
+from camgap.zoo.registry import ZooDB
 
 CONFIG = {
     "arch": "small_resnet10",
@@ -26,7 +26,7 @@ CONFIG = {
 @pytest.fixture
 def zoo(tmp_path):
     """A registry with hand-set results: one done run, one pending run, three measurements."""
-    with Registry.in_dir(tmp_path) as reg:
+    with ZooDB.in_dir(tmp_path) as reg:
         reg.add_runs(
             [
                 RunSpec("r1", RunConfig.from_dict(CONFIG), 0, 1234567),
@@ -103,7 +103,7 @@ def test_measures_export_rounded(zoo):
 
 
 def test_a_set_of_pending_runs_exports_empty_cells(tmp_path):
-    with Registry.in_dir(tmp_path) as reg:
+    with ZooDB.in_dir(tmp_path) as reg:
         reg.add_runs([RunSpec("r1", RunConfig.from_dict(CONFIG), 0, 3)])
     _, row = export(tmp_path, "csv").read_text().splitlines()
     assert row == "r1,small_resnet10,32,0.00125,sgd,0.0005,True,False,0,3,True,pending,,,,,,,,,,fp32,,0,"

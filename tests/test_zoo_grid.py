@@ -231,10 +231,10 @@ def test_auto_takes_the_run_ids_of_the_precision_it_resolves_to(monkeypatch, nat
 
     import torch
 
-    from camgap.zoo import train
+    from camgap.zoo import loop
 
-    monkeypatch.setattr(train, "bf16_support", lambda device: (native, "a device of that kind"))
-    resolved = _released_demo("auto").with_precision(train.resolve_precision("auto", torch.device("cpu")))
+    monkeypatch.setattr(loop, "bf16_support", lambda device: (native, "a device of that kind"))
+    resolved = _released_demo("auto").with_precision(loop.resolve_precision("auto", torch.device("cpu")))
     specs = _released_demo(explicit).runs()
     assert [(s.run_id, s.seed) for s in resolved.runs()] == [(s.run_id, s.seed) for s in specs]
     digest, samples = KNOWN_BF16_DEMO if explicit == "bf16" else KNOWN_RUNS["demo"][1:]

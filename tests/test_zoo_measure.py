@@ -300,7 +300,7 @@ def state_lines(summary) -> list[str]:
 def _zero_head(path: Path) -> None:
     """Hand-set weights: a zero classifier gives equal logits, margins 0, gamma = 0 <= 0 (saved
     with the digest a final.pt carries, so `zoo status` sees no corrupt file)."""
-    from camgap.zoo.train import save_final
+    from camgap.zoo.digest import save_final
 
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     for k in ("fc.weight", "fc.bias"):
@@ -436,9 +436,9 @@ def test_measurements_json_mirrors_the_registry(zoo):
         to_json(score_params("gradcam", t, "boxes")) for t in (0.1, 0.3)
     }
     # a row changed through the registry API rewrites the file
-    from camgap.zoo.registry import Registry
+    from camgap.zoo.registry import ZooDB
 
-    with Registry.in_dir(zoo) as reg:
+    with ZooDB.in_dir(zoo) as reg:
         reg.record_measurement(runs.run_id.iloc[0], "path_norm", {"scale": "raw"}, None, "undefined", "test")
     _assert_files_match_registry(zoo)
 
@@ -509,10 +509,10 @@ def test_old_registry_accepts_the_undefined_state(tmp_path):
 
     from camgap.zoo.config import RunConfig
     from camgap.zoo.grid import RunSpec
-    from camgap.zoo.registry import Registry
+    from camgap.zoo.registry import ZooDB
 
     path = tmp_path / "registry.sqlite"
-    with Registry(path) as reg:
+    with ZooDB(path) as reg:
         reg.add_runs([RunSpec("r1", RunConfig.from_dict({"arch": "x", "trained": True}), 0, 1)])
     con = sqlite3.connect(path)
     con.executescript(
@@ -522,7 +522,7 @@ def test_old_registry_accepts_the_undefined_state(tmp_path):
         "INSERT INTO measurements VALUES ('r1', 'iou', '{}', 0.5, 'done', NULL, 't');"
     )
     con.close()
-    with Registry(path) as reg:
+    with ZooDB(path) as reg:
         reg.record_measurement("r1", "spectral_norm", {}, None, "undefined", "gamma <= 0")
         m = reg.measurements_frame()
     assert m[["measure", "status"]].values.tolist() == [["iou", "done"], ["spectral_norm", "undefined"]]

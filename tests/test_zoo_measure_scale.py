@@ -9,7 +9,7 @@ import pytest
 
 import camgap.zoo.measure as zm
 from camgap.zoo.measure import MeasureRequest, MeasureTask, measure_zoo, plan_run, run_measure_task
-from camgap.zoo.registry import Registry
+from camgap.zoo.registry import ZooDB
 from tests.helpers.zoo import frames, quiet
 
 MEASURES = ("iou", "iou_b", "nuclear_norm", "inverse_margin", "path_norm", "distance_from_init")
@@ -57,7 +57,7 @@ def test_two_local_workers_give_the_in_process_rows_and_resume(in_process_rows, 
     assert (s.models, s.measured, s.failed) == (4, 4, 0)
     assert s.recorded + s.undefined == len(in_process_rows) == 4 * (2 * 2 + 2 + 1 + 2 + 2)
     _same(_rows(zoo), in_process_rows)
-    with Registry.in_dir(zoo, create=False) as reg:
+    with ZooDB.in_dir(zoo, create=False) as reg:
         assert reg.integrity_check(zoo) == []
     # the workers' seconds reach the summary: every step of every measured model is timed
     assert s.timed == {
@@ -118,7 +118,7 @@ def test_run_task_reports_each_step_and_records_nothing(tiny_zoo_copy):
     ]
     assert res.status == "done" and res.measured is True
     assert set(res.seconds) == {"load", "iou/iou_b", "nuclear_norm", "path_norm"}
-    assert [(m, p, st) for m, p, _, st, _ in res.rows] == [
+    assert [(r.measure, r.params, r.state) for r in res.rows] == [
         ("iou", {"cam": "gradcam", "masks": "boxes", "threshold": "0.1"}, "done"),
         ("nuclear_norm", {"norm": "paper"}, "done"),
         ("nuclear_norm", {"norm": "deng"}, "done"),
@@ -127,7 +127,7 @@ def test_run_task_reports_each_step_and_records_nothing(tiny_zoo_copy):
     ]
     assert frames(zoo)[1].empty  # the driver records, never the task
     # a plan that finds its rows recorded asks for nothing
-    keys = {(m, zm.params.to_json(p)) for m, p, *_ in res.rows}
+    keys = {(r.measure, zm.params.to_json(r.params)) for r in res.rows}
     assert plan_run(run_id, keys, request).empty
 
 
@@ -136,8 +136,8 @@ def test_run_task_never_raises(tmp_path):
     plan = plan_run("nope", set(), request)
     res = run_measure_task(MeasureTask("nope", str(tmp_path), plan, request))
     assert res.status == "done" and res.measured is False
-    [(measure, _, value, state, reason)] = res.rows
-    assert (measure, value, state) == ("nuclear_norm", None, "failed") and "final.pt" in reason
+    [row] = res.rows
+    assert (row.measure, row.value, row.state) == ("nuclear_norm", None, "failed") and "final.pt" in row.reason
 
 
 def test_progress_bar_names_the_measures_on_stderr(tiny_zoo_copy, capsys):

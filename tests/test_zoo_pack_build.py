@@ -15,7 +15,7 @@ from camgap.data.synthetic import write_synthetic
 from camgap.zoo.build import build, pack_plan
 from camgap.zoo.config import RunResult, Task
 from camgap.zoo.grid import GridError, load_grid
-from camgap.zoo.registry import Registry
+from camgap.zoo.registry import ZooDB
 from camgap.zoo.train import train_pack
 from tests.helpers.tensors import assert_states_equal
 from tests.helpers.zoo import run_task
@@ -207,7 +207,7 @@ def test_registry_rows_of_a_packed_build(tmp_path, data):
     zoo = tmp_path / "zoo"
     s = build(grid(tmp_path / "g.toml", 3), data, zoo, workers=0, device="cpu", progress=False, log=quiet)
     assert s.done == 5 and s.failed == 0
-    with Registry.in_dir(zoo, create=False) as reg:
+    with ZooDB.in_dir(zoo, create=False) as reg:
         frame = reg.runs_frame()
         assert reg.integrity_check(zoo) == []
     assert (frame.status == "done").all() and (frame.attempts == 0).all()
@@ -221,7 +221,7 @@ def test_registry_rows_of_a_packed_build(tmp_path, data):
 
 
 def test_precision_and_memory_layout_are_recorded_and_keep_the_seed(tmp_path, data):
-    from camgap.zoo.train import resolve_precision
+    from camgap.zoo.loop import resolve_precision
 
     text = GRID.format(pack=3, epochs=1).replace(
         "[arch_options", 'precision = "bf16"\nchannels_last = true\n\n[arch_options'

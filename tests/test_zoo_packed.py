@@ -104,8 +104,8 @@ def test_what_cannot_be_packed_is_refused():
 
 
 def test_a_packed_epoch_is_each_runs_solo_epoch(float64):
+    from camgap.zoo.loop import RunInputs, evaluate, train_one_epoch
     from camgap.zoo.packed import evaluate_pack, train_pack_epoch
-    from camgap.zoo.train import RunInputs, evaluate, train_one_epoch
 
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8, generator=gen)

@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from camgap.models import create_model
-from camgap.zoo import train as train_mod
-from camgap.zoo.packed import PackedResNet, evaluate_pack, train_pack_epoch
-from camgap.zoo.train import (
+from camgap.zoo import loop
+from camgap.zoo.loop import (
     RunInputs,
     bf16_support,
     choose_precision,
@@ -24,6 +23,7 @@ from camgap.zoo.train import (
     resolve_precision,
     train_one_epoch,
 )
+from camgap.zoo.packed import PackedResNet, evaluate_pack, train_pack_epoch
 
 CPU = torch.device("cpu")
 INPUTS = RunInputs(3, True, 0.5, 0.4, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -81,9 +81,9 @@ def test_bf16_steps_compute_with_the_current_weights():
     model, ref, stale = _model(), _model(), _model()
     opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (model, ref, stale)]
     train_one_epoch(model, opts[0], INPUTS, x, y, 16, 1, "bf16")
-    gen = train_mod.epoch_generator(INPUTS.seed, 1, CPU)
+    gen = loop.epoch_generator(INPUTS.seed, 1, CPU)
     perm = torch.randperm(48, generator=gen)
-    batches = [train_mod.training_batch(INPUTS, gen, x, y, perm[s : s + 16]) for s in range(0, 48, 16)]
+    batches = [loop.training_batch(INPUTS, gen, x, y, perm[s : s + 16]) for s in range(0, 48, 16)]
     for net, opt, per_step in ((ref, opts[1], True), (stale, opts[2], False)):
         # any enclosing autocast context, even a disabled one, keeps the cache for its whole extent
         with contextlib.nullcontext() if per_step else torch.autocast("cpu", dtype=torch.bfloat16):
@@ -143,7 +143,7 @@ def test_a_torch_without_the_probes_has_no_native_bf16(monkeypatch):
 @pytest.mark.slow  # a fresh interpreter importing torch
 def test_the_avx2_emulation_is_seen_as_no_native_bf16():
     """The real probes in a process that dispatches AVX2 kernels, as `.ci/run`'s second pass does."""
-    code = "import torch; from camgap.zoo.train import bf16_support; print(bf16_support(torch.device('cpu')))"
+    code = "import torch; from camgap.zoo.loop import bf16_support; print(bf16_support(torch.device('cpu')))"
     env = os.environ | {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "(False, 'no native bf16 on this CPU: capability AVX2')"

@@ -19,11 +19,11 @@ from camgap.data.synthetic import write_synthetic
 from camgap.study.report import how_computed, prepare_runs
 from camgap.study.tables import wide_table
 from camgap.zoo import build as build_mod
-from camgap.zoo import train as train_mod
+from camgap.zoo import loop
 from camgap.zoo.build import ZooError, build, export
 from camgap.zoo.config import PackMismatchError, RunResult, Task
 from camgap.zoo.grid import Grid, RunSpec, load_grid
-from camgap.zoo.registry import Registry
+from camgap.zoo.registry import ZooDB
 from camgap.zoo.train import train_pack
 
 GRID = """
@@ -64,7 +64,7 @@ def ids(path: Path) -> list[str]:
 
 
 def device_with(monkeypatch, support: tuple[bool, str]) -> None:
-    monkeypatch.setattr(train_mod, "bf16_support", lambda device: support)
+    monkeypatch.setattr(loop, "bf16_support", lambda device: support)
 
 
 def run_build(g: Path, data: Path, zoo: Path) -> tuple[list[str], object]:
@@ -79,7 +79,7 @@ def interrupted(*args, **kwargs):
 
 
 def registered(zoo: Path) -> pd.DataFrame:
-    with Registry.in_dir(zoo, create=False) as reg:
+    with ZooDB.in_dir(zoo, create=False) as reg:
         return reg.runs_frame()
 
 
@@ -88,7 +88,7 @@ def test_auto_resolves_for_the_device_and_names_the_precision_in_the_run_ids(tmp
     assert set(ids(bf16)).isdisjoint(ids(fp32))  # bf16 and fp32 runs are different runs
     for support, explicit in ((NATIVE, bf16), (EMULATED, fp32)):
         device_with(monkeypatch, support)
-        choice, why = train_mod.choose_precision("auto", torch.device("cpu"))
+        choice, why = loop.choose_precision("auto", torch.device("cpu"))
         resolved = load_grid(auto).with_precision(choice)
         assert [s.run_id for s in resolved.runs()] == ids(explicit)  # auto = what it resolved to, written
         assert resolved.fingerprint() == load_grid(explicit).fingerprint()
@@ -211,7 +211,7 @@ def test_wall_time_is_each_runs_share_of_its_pack(tmp_path, data):
 def test_the_study_model_table_shows_precision_and_pack_size(tmp_path, data):
     zoo = tmp_path / "zoo"
     run_build(grid(tmp_path, "bf16"), data, zoo)
-    with Registry.in_dir(zoo, create=False) as reg:
+    with ZooDB.in_dir(zoo, create=False) as reg:
         runs, measurements = reg.runs_frame(), reg.measurements_frame()
     models = wide_table(prepare_runs(runs), measurements)  # the study's tables/models.csv
     assert list(models.precision) == ["bf16", "bf16"] and list(models.pack_size) == [2, 2]
@@ -234,19 +234,19 @@ def test_a_run_trained_alone_keeps_its_whole_time(tmp_path, data):
 
 def test_an_earlier_registry_gains_the_columns_and_reads_without_them(tmp_path):
     config = load_grid(grid(tmp_path, "bf16")).runs()[0].config
-    with Registry.in_dir(tmp_path) as reg:
+    with ZooDB.in_dir(tmp_path) as reg:
         reg.add_runs([RunSpec("a", config, 0, 1), RunSpec("b", replace(config, precision=None, pack=None), 0, 2)])
         reg.mark_done("b", RunResult("b", "done", epochs=1, train_acc=1.0, train_loss=0.0, test_acc=0.5,
                                      test_loss=1.0, gap=50.0, wall_time=3.0))  # fmt: skip
-    with sqlite3.connect(tmp_path / Registry.FILENAME) as db:  # the runs table of an earlier camgap
+    with sqlite3.connect(tmp_path / ZooDB.FILENAME) as db:  # the runs table of an earlier camgap
         for column in ("pack_wall_time", "precision", "pack_size"):
             db.execute(f"ALTER TABLE runs DROP COLUMN {column}")
-    with Registry.in_dir(tmp_path, read_only=True) as reg:
+    with ZooDB.in_dir(tmp_path, read_only=True) as reg:
         frame = reg.runs_frame()
     # pending: what its config names; done before precision and packs were recorded: fp32, alone
     assert list(frame.run_id) == ["a", "b"] and list(frame.precision) == ["bf16", "fp32"]
     assert pd.isna(frame.pack_size[0]) and frame.pack_size[1] == 1 and frame.pack_wall_time.isna().all()
-    with Registry.in_dir(tmp_path) as reg:  # a build opens it: the columns are added
+    with ZooDB.in_dir(tmp_path) as reg:  # a build opens it: the columns are added
         reg.mark_done("a", RunResult("a", "done", epochs=1, train_acc=1.0, train_loss=0.0, test_acc=0.5,
                                      test_loss=1.0, gap=50.0, wall_time=1.5, pack_wall_time=3.0, precision="bf16",
                                      pack_size=2))  # fmt: skip

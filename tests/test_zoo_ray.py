@@ -6,7 +6,7 @@ ray = pytest.importorskip("ray")
 
 from camgap.data.synthetic import write_synthetic  # noqa: E402
 from camgap.zoo.build import build  # noqa: E402
-from camgap.zoo.registry import Registry  # noqa: E402
+from camgap.zoo.registry import ZooDB  # noqa: E402
 
 GRID = """
 [grid]
@@ -41,7 +41,7 @@ def test_ray_executor_local_instance(tmp_path, monkeypatch):
         if ray.is_initialized():  # build shuts down the instance it started; make sure
             ray.shutdown()
     assert s.total == 2 and s.done == 2 and s.failed == 0 and s.trained_now == 2
-    with Registry.in_dir(zoo, create=False) as reg:
+    with ZooDB.in_dir(zoo, create=False) as reg:
         assert reg.integrity_check(zoo) == []
         frame = reg.runs_frame()
     assert (frame.status == "done").all() and (frame.epochs == 2).all()

@@ -21,14 +21,16 @@ import torch
 from test_zoo_build import _task, quiet, write_grid
 
 import camgap.zoo.executors as executors
+import camgap.zoo.files as files
 import camgap.zoo.train as train
 from camgap.data.synthetic import write_synthetic
 from camgap.zoo.build import StorageError, ZooError, build, format_status, status
 from camgap.zoo.cli import main as zoo_main
 from camgap.zoo.config import Pack, RunResult, Task
+from camgap.zoo.files import CheckpointSetAsideWarning
 from camgap.zoo.grid import load_grid
-from camgap.zoo.registry import META_BACKUP, Registry
-from camgap.zoo.train import CheckpointSetAsideWarning, execute_task, train_run
+from camgap.zoo.registry import META_BACKUP, ZooDB
+from camgap.zoo.train import execute_task, train_run
 from tests.helpers.zoo import build_args
 from tests.zoo_hooks import NapTask, nap, worker_env
 
@@ -63,7 +65,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def runs(zoo: Path):
-    with Registry.in_dir(zoo, read_only=True) as reg:
+    with ZooDB.in_dir(zoo, read_only=True) as reg:
         return reg.runs_frame()
 
 
@@ -114,7 +116,7 @@ def test_interruptions_and_a_dead_worker_use_no_attempt(tmp_path, data, monkeypa
     assert list(frame.status) == ["pending", "pending"] and list(frame.attempts) == [0, 0]
 
     first = frame.run_id[0]
-    with Registry.in_dir(zoo) as reg:  # what a kill -9 of the driver leaves: its run 'running'
+    with ZooDB.in_dir(zoo) as reg:  # what a kill -9 of the driver leaves: its run 'running'
         reg.mark_running(first)
     info = status(zoo)  # no driver holds the lock: shown as interrupted
     assert info["counts"]["interrupted"] == 1 and info["counts"]["running"] == 0
@@ -255,16 +257,16 @@ def test_registry_rebuilt_from_the_run_directories(tmp_path, data):
         {"measure": "path_norm", "params": "{}", "value": None, "state": "failed", "reason": "overflow"},
     ]
     (zoo / "runs" / a / "measurements.json").write_text(json.dumps(rows))  # as `zoo measure` writes it
-    with Registry.in_dir(zoo) as reg:
+    with ZooDB.in_dir(zoo) as reg:
         for r in rows:
             reg.record_measurement(a, r["measure"], r["params"], r["value"], r["state"], r["reason"])
         old_meta, old_measures = reg.meta(), reg.measurements_frame()
     old = runs(zoo)
     mtimes = {p: p.stat().st_mtime_ns for p in zoo.glob("runs/*/final.pt")}
 
-    (zoo / Registry.FILENAME).unlink()
+    (zoo / ZooDB.FILENAME).unlink()
     assert zoo_main(["repair", str(zoo)]) == 0
-    with Registry.in_dir(zoo, read_only=True) as reg:
+    with ZooDB.in_dir(zoo, read_only=True) as reg:
         assert reg.integrity_check(zoo) == []
         assert reg.meta() == old_meta  # grid, data fingerprint, data root: from registry-meta.json
         new_measures = reg.measurements_frame()
@@ -278,7 +280,7 @@ def test_registry_rebuilt_from_the_run_directories(tmp_path, data):
     assert len(list(zoo.glob("registry.sqlite.replaced-*Z"))) == 1  # with its -wal/-shm files, if any
 
     # `zoo build` rebuilds a missing registry by itself, and retrains nothing
-    (zoo / Registry.FILENAME).unlink()
+    (zoo / ZooDB.FILENAME).unlink()
     lines = []
     s = build(grid, data, zoo, workers=0, device="cpu", progress=False, log=lines.append)
     assert s.done == 3 and s.trained_now == 0
@@ -287,7 +289,7 @@ def test_registry_rebuilt_from_the_run_directories(tmp_path, data):
     assert runs(zoo)[RESULT_COLUMNS].equals(old[RESULT_COLUMNS])
 
     # ... but not with another grid's runs
-    (zoo / Registry.FILENAME).unlink()
+    (zoo / ZooDB.FILENAME).unlink()
     other = write_grid(tmp_path / "other.toml", lrs="0.01", epochs=1)
     with pytest.raises(ZooError, match="a run of a different grid"):
         build(other, data, zoo, workers=0, device="cpu", progress=False, log=quiet)
@@ -299,7 +301,7 @@ def test_rebuild_without_meta_backup_or_final_pt(tmp_path, data):
     zoo = tmp_path / "zoo"
     build(grid, data, zoo, workers=0, device="cpu", progress=False, log=quiet)
     a, b = runs(zoo).run_id
-    (zoo / Registry.FILENAME).unlink()
+    (zoo / ZooDB.FILENAME).unlink()
     (zoo / META_BACKUP).unlink()
     (zoo / "runs" / b / "final.pt").unlink()
     assert zoo_main(["repair", str(zoo)]) == 0
@@ -312,7 +314,7 @@ def test_rebuild_without_meta_backup_or_final_pt(tmp_path, data):
 def _hand_made_zoo(zoo: Path, grid_file: Path) -> list[str]:
     """A registry with three runs, one left 'running': no training needed."""
     specs = load_grid(grid_file).runs()
-    with Registry.in_dir(zoo) as reg:
+    with ZooDB.in_dir(zoo) as reg:
         reg.add_runs(specs)
         reg.mark_running(specs[0].run_id)
     return [s.run_id for s in specs]
@@ -401,14 +403,14 @@ def test_full_disk_while_saving_a_checkpoint(tmp_path, data, monkeypatch, capsys
 def test_full_disk_while_the_driver_writes_a_run_directory(tmp_path, data, monkeypatch):
     grid = write_grid(tmp_path / "g.toml", lrs="0.05", epochs=1)
     zoo = tmp_path / "zoo"
-    real_write = train.atomic_write_json
+    real_write = files.atomic_write_json
 
     def full_disk(obj, path):
         if Path(path).name == "config.json":
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         real_write(obj, path)
 
-    monkeypatch.setattr(train, "atomic_write_json", full_disk)
+    monkeypatch.setattr(files, "atomic_write_json", full_disk)
     with pytest.raises(StorageError, match=r"config\.json: No space left on device; free space"):
         build(grid, data, zoo, workers=0, device="cpu", progress=False, log=quiet)
     run = runs(zoo).iloc[0]
@@ -422,12 +424,12 @@ def test_full_disk_while_writing_the_registry(tmp_path, data, monkeypatch, capsy
     def full(self, run_id, result):
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(Registry, "mark_done", full)
+    monkeypatch.setattr(ZooDB, "mark_done", full)
     cmd = build_args(grid, data, zoo, 0, "--max-attempts", "1")
     assert zoo_main(cmd) == 2
     err = capsys.readouterr().err.strip()
     assert err == (
-        f"camgap zoo: error: {zoo / Registry.FILENAME}: database or disk is full; free space "
+        f"camgap zoo: error: {zoo / ZooDB.FILENAME}: database or disk is full; free space "
         f"(or fix the storage) and rerun the same command to resume"
     )
     run = runs(zoo).iloc[0]
@@ -560,7 +562,7 @@ def test_repair_names_and_sets_aside_every_unreadable_file(tmp_path, data, capsy
     zoo = tmp_path / "zoo"
     _, (a, b) = _build_keeping_last(tmp_path, data, zoo)
     broken = _break_run_files(zoo, a, b)
-    (zoo / Registry.FILENAME).unlink()
+    (zoo / ZooDB.FILENAME).unlink()
     capsys.readouterr()
     assert zoo_main(["repair", "--zoo", str(zoo)]) == 0
     out = capsys.readouterr().out
@@ -585,7 +587,7 @@ def test_build_with_a_lost_registry_sets_aside_short_checkpoints_and_completes(t
     grid, (a, b) = _build_keeping_last(tmp_path, data, zoo)
     old = runs(zoo)
     broken = _break_run_files(zoo, a, b)
-    (zoo / Registry.FILENAME).unlink()
+    (zoo / ZooDB.FILENAME).unlink()
     lines = []
     s = build(grid, data, zoo, workers=0, device="cpu", progress=False, log=lines.append)
     assert s.done == 2 and s.failed == 0 and s.trained_now == 2

@@ -6,9 +6,9 @@ import tomllib
 import pytest
 
 from camgap.zoo.config import RunResult
+from camgap.zoo.digest import save_final
 from camgap.zoo.grid import GRID_KEYS, parse_grid
-from camgap.zoo.registry import GridMismatchError, Registry, RegistryError
-from camgap.zoo.train import save_final
+from camgap.zoo.registry import GridMismatchError, RegistryError, ZooDB
 
 GRID = parse_grid(
     tomllib.loads("""
@@ -38,7 +38,7 @@ def result(run_id, train_acc=0.9, test_acc=0.6, epochs=3):
 
 def test_round_trip(tmp_path):
     specs = GRID.runs()
-    with Registry.in_dir(tmp_path) as reg:
+    with ZooDB.in_dir(tmp_path) as reg:
         assert reg.conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert reg.add_runs(specs) == 3
         assert reg.add_runs(specs) == 0  # idempotent
@@ -54,7 +54,7 @@ def test_round_trip(tmp_path):
         assert row["gap"] == pytest.approx(30.0) and row["started"] and row["finished"]
         assert reg.get_run(b)["error"] == "RuntimeError: boom"
 
-    with Registry.in_dir(tmp_path, create=False) as reg:  # reopened: persisted
+    with ZooDB.in_dir(tmp_path, create=False) as reg:  # reopened: persisted
         frame = reg.runs_frame()
         assert list(frame["run_id"]) == [a, b, u]
         assert set(GRID_KEYS) <= set(frame.columns)
@@ -67,7 +67,7 @@ def test_round_trip(tmp_path):
 def test_todo_retries_and_interrupted(tmp_path):
     specs = GRID.runs()
     a, b, u = (s.run_id for s in specs)
-    with Registry.in_dir(tmp_path) as reg:
+    with ZooDB.in_dir(tmp_path) as reg:
         reg.add_runs(specs)
         reg.mark_running(a)
         reg.mark_running(b)
@@ -83,7 +83,7 @@ def test_todo_retries_and_interrupted(tmp_path):
 
 
 def test_grid_binding(tmp_path):
-    with Registry.in_dir(tmp_path) as reg:
+    with ZooDB.in_dir(tmp_path) as reg:
         reg.bind_grid("abc", '{"g": 1}')
         reg.bind_grid("abc", '{"g": 1}')  # same grid: fine
         with pytest.raises(GridMismatchError, match="different grid"):
@@ -95,13 +95,13 @@ def test_grid_binding(tmp_path):
 
 def test_missing_registry(tmp_path):
     with pytest.raises(RegistryError, match="no registry"):
-        Registry.in_dir(tmp_path / "nothing", create=False)
+        ZooDB.in_dir(tmp_path / "nothing", create=False)
 
 
 def test_measurements(tmp_path):
     specs = GRID.runs()
     a = specs[0].run_id
-    with Registry.in_dir(tmp_path) as reg:
+    with ZooDB.in_dir(tmp_path) as reg:
         reg.add_runs(specs)
         assert not reg.measurement_done(a, "iou", {"threshold": 0.1, "cam": "gradcam"})
         reg.record_measurement(a, "iou", {"threshold": 0.1, "cam": "gradcam"}, 0.42)
@@ -127,7 +127,7 @@ def test_measurements(tmp_path):
 def test_integrity_check_finds_problems(tmp_path):
     specs = GRID.runs()
     a, b, _ = (s.run_id for s in specs)
-    with Registry.in_dir(tmp_path) as reg:
+    with ZooDB.in_dir(tmp_path) as reg:
         reg.add_runs(specs)
         reg.mark_running(a)
         reg.mark_done(a, result(a))
@@ -160,7 +160,7 @@ def test_only_a_failure_of_the_run_uses_an_attempt(tmp_path):
     attempt: with max_attempts=1 the run is still to do; one failure of its own uses it."""
     specs = GRID.runs()
     a = specs[0].run_id
-    with Registry.in_dir(tmp_path) as reg:
+    with ZooDB.in_dir(tmp_path) as reg:
         reg.add_runs(specs)
         for _ in range(2):  # driver killed mid-run, twice
             assert reg.mark_running(a) == 1
@@ -178,30 +178,30 @@ def test_only_a_failure_of_the_run_uses_an_attempt(tmp_path):
 
 def test_read_only_open(tmp_path):
     specs = GRID.runs()
-    with Registry.in_dir(tmp_path) as reg:
+    with ZooDB.in_dir(tmp_path) as reg:
         reg.add_runs(specs)
-    with Registry.in_dir(tmp_path, read_only=True) as reg:
+    with ZooDB.in_dir(tmp_path, read_only=True) as reg:
         assert reg.read_only and reg.counts()["pending"] == 3
         with pytest.raises(RegistryError, match=r"registry\.sqlite: attempt to write a readonly database"):
             reg.mark_running(specs[0].run_id)
     with pytest.raises(RegistryError, match="no registry"):
-        Registry.in_dir(tmp_path / "nothing", read_only=True)
+        ZooDB.in_dir(tmp_path / "nothing", read_only=True)
 
 
 def test_read_only_open_on_storage_that_cannot_be_written(tmp_path, monkeypatch):
     """Where the directory is not writable (tests run as root, so os.access is patched here;
     test_zoo_recovery mounts a real read-only folder) the registry opens with immutable=1 and
     creates no -wal/-shm file; create=False falls back to read-only there too."""
-    import camgap.zoo.registry as registry
+    import camgap.zoo.dbschema as dbschema
 
     specs = GRID.runs()
-    with Registry.in_dir(tmp_path) as reg:
+    with ZooDB.in_dir(tmp_path) as reg:
         reg.add_runs(specs)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["registry.sqlite"]  # WAL checkpointed on close
-    monkeypatch.setattr(registry.os, "access", lambda path, mode: False)
-    assert "immutable=1" in registry._read_only_uri(tmp_path / "registry.sqlite")
+    monkeypatch.setattr(dbschema.os, "access", lambda path, mode: False)
+    assert "immutable=1" in dbschema._read_only_uri(tmp_path / "registry.sqlite")
     for kwargs in ({"read_only": True}, {"create": False}):
-        with Registry.in_dir(tmp_path, **kwargs) as reg:
+        with ZooDB.in_dir(tmp_path, **kwargs) as reg:
             assert reg.read_only and len(reg.runs_frame()) == 3
         assert sorted(p.name for p in tmp_path.iterdir()) == ["registry.sqlite"]
 
@@ -210,4 +210,4 @@ def test_sqlite_errors_become_registry_errors(tmp_path):
     bad = tmp_path / "registry.sqlite"
     bad.write_bytes(b"this is not a database" * 100)
     with pytest.raises(RegistryError, match=r"registry\.sqlite: file is not a database; `camgap zoo repair "):
-        Registry(bad)
+        ZooDB(bad)

@@ -17,7 +17,7 @@ from camgap.models import CheckpointError, create_model, read_checkpoint
 from camgap.zoo.build import build
 from camgap.zoo.grid import GridError, load_grid
 from camgap.zoo.pretrained import load_pretrained_backbone
-from camgap.zoo.registry import Registry
+from camgap.zoo.registry import ZooDB
 from camgap.zoo.train import train_run
 from tests.helpers.zoo import quiet, run_task
 from tests.zoo_hooks import as_task
@@ -68,7 +68,7 @@ def test_weights_do_not_depend_on_workers(tmp_path, synthetic_data):
     a = build(grid, synthetic_data, tmp_path / "a", workers=0, device="cpu", progress=False, log=quiet)
     b = build(grid, synthetic_data, tmp_path / "b", workers=2, device="cpu", progress=False, log=quiet)
     assert a.done == b.done == 4 and a.failed == b.failed == 0
-    with Registry.in_dir(tmp_path / "b", create=False) as reg:  # the thread count is recorded with the run
+    with ZooDB.in_dir(tmp_path / "b", create=False) as reg:  # the thread count is recorded with the run
         assert [json.loads(c)["threads"] for c in reg.runs_frame().config] == [1] * 4
     ids = sorted(p.name for p in (tmp_path / "a" / "runs").iterdir())
     assert ids == sorted(p.name for p in (tmp_path / "b" / "runs").iterdir()) and len(ids) == 4

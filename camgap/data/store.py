@@ -8,7 +8,7 @@ A store lives in a cache directory shared by all runs and worker processes::
     cache_dir/meta.json     N, S, resize mode, fingerprint, classes, skipped images
     cache_dir/.lock         advisory lock held while building (POSIX flock)
 
-Every file is written to a temporary name and moved into place with ``os.replace``;
+Every file is written to a temporary name and moved into place (``camgap.io.replacing``);
 ``meta.json`` is removed first and written last, so a directory with a ``meta.json``
 always holds a complete store, and a crash mid-build leaves one that ``cached`` rebuilds.
 
@@ -29,7 +29,6 @@ import hashlib
 import json
 import os
 import time
-import uuid
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 
 from camgap.errors import CamgapError, InputError, MissingFileError
+from camgap.io import file_lock, replacing
 
 from .errors import DataError
 from .images import check_max_pixels
@@ -92,28 +92,50 @@ def records_fingerprint(
 
 @contextlib.contextmanager
 def _locked(cache_dir: Path):
-    """Exclusive advisory lock on ``cache_dir/.lock`` (no-op where flock does not exist)."""
+    """Exclusive advisory lock on ``cache_dir/.lock`` while one process builds the store."""
     cache_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
+    with file_lock(cache_dir / LOCK_NAME):
         yield
-        return
-    with open(cache_dir / LOCK_NAME, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+def _write_images(items, f, records: list, shape: tuple[int, int, int]) -> tuple[dict[str, list], list[dict]]:
+    """Stream the decoded images into ``f`` as raw uint8; return the per-image columns of the
+    targets file and the skipped files."""
+    columns: dict[str, list] = {"labels": [], "boxes": [], "box_labels": [], "image_ids": [], "record_index": []}
+    skipped: list[dict] = []
+    for i, sample, problem in items:
+        i = int(i)
+        if sample is None:
+            skipped.append({"index": i, "path": str(records[i].path), "problem": problem})
+            continue
+        image, label, bxs, bls = sample
+        image = torch.as_tensor(image)
+        if image.dtype != torch.uint8 or tuple(image.shape) != shape:
+            raise StoreError(
+                f"{records[i].path}: BoxDataset gave {tuple(image.shape)} {image.dtype}, expected {shape} torch.uint8"
+            )
+        f.write(image.contiguous().numpy().tobytes())
+        columns["labels"].append(int(label))
+        columns["boxes"].append(torch.as_tensor(bxs, dtype=torch.float32).reshape(-1, 4).numpy())
+        columns["box_labels"].append(torch.as_tensor(bls, dtype=torch.int64).reshape(-1).numpy())
+        columns["image_ids"].append(str(getattr(records[i], "image_id", i)))
+        columns["record_index"].append(i)
+    return columns, skipped
 
 
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
+def _write_targets(f, fp: str, columns: dict[str, list]) -> None:
+    """The targets file: labels, boxes flat with offsets, box labels, image ids, record index."""
+    counts = np.array([len(b) for b in columns["boxes"]], dtype=np.int64)
+    np.savez(
+        f,
+        fingerprint=np.array(fp),
+        labels=np.array(columns["labels"], dtype=np.int64),
+        record_index=np.array(columns["record_index"], dtype=np.int64),
+        box_offsets=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        boxes=np.concatenate(columns["boxes"]).astype(np.float32).reshape(-1, 4),
+        box_labels=np.concatenate(columns["box_labels"]).astype(np.int64),
+        image_ids=np.array(columns["image_ids"], dtype=str),
+    )
 
 
 class _SafeItems(torch.utils.data.Dataset):
@@ -319,57 +341,15 @@ class TensorStore:
 
             items = progress_bar(items, total=len(dataset), desc="decoding", unit="img")
 
-        img_path = cache_dir / IMAGES_NAME
-        tgt_path = cache_dir / TARGETS_NAME
-        meta_path = cache_dir / META_NAME
-        img_tmp, tgt_tmp, meta_tmp = _tmp_name(img_path), _tmp_name(tgt_path), _tmp_name(meta_path)
-        labels: list[int] = []
-        boxes: list[np.ndarray] = []
-        box_labels: list[np.ndarray] = []
-        image_ids: list[str] = []
-        record_index: list[int] = []
-        skipped: list[dict] = []
-        shape = (3, input_size, input_size)
-        try:
+        img_path, tgt_path, meta_path = (cache_dir / name for name in (IMAGES_NAME, TARGETS_NAME, META_NAME))
+        with replacing(img_path, tgt_path, meta_path) as (img_tmp, tgt_tmp, meta_tmp):  # meta.json last
             with open(img_tmp, "wb") as f:
-                for i, sample, problem in items:
-                    i = int(i)
-                    if sample is None:
-                        skipped.append({"index": i, "path": str(records[i].path), "problem": problem})
-                        continue
-                    image, label, bxs, bls = sample
-                    image = torch.as_tensor(image)
-                    if image.dtype != torch.uint8 or tuple(image.shape) != shape:
-                        raise StoreError(
-                            f"{records[i].path}: BoxDataset gave {tuple(image.shape)} {image.dtype}, "
-                            f"expected {shape} torch.uint8"
-                        )
-                    f.write(image.contiguous().numpy().tobytes())
-                    labels.append(int(label))
-                    boxes.append(torch.as_tensor(bxs, dtype=torch.float32).reshape(-1, 4).numpy())
-                    box_labels.append(torch.as_tensor(bls, dtype=torch.int64).reshape(-1).numpy())
-                    image_ids.append(str(getattr(records[i], "image_id", i)))
-                    record_index.append(i)
-                f.flush()
-                os.fsync(f.fileno())
-            n = len(labels)
+                columns, skipped = _write_images(items, f, records, (3, input_size, input_size))
+            n = len(columns["labels"])
             if n == 0:
                 raise InputError(f"no readable images among {len(records)} records ({len(skipped)} skipped)")
-            counts = np.array([len(b) for b in boxes], dtype=np.int64)
-            offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
             with open(tgt_tmp, "wb") as f:
-                np.savez(
-                    f,
-                    fingerprint=np.array(fp),
-                    labels=np.array(labels, dtype=np.int64),
-                    record_index=np.array(record_index, dtype=np.int64),
-                    box_offsets=offsets,
-                    boxes=np.concatenate(boxes).astype(np.float32).reshape(-1, 4),
-                    box_labels=np.concatenate(box_labels).astype(np.int64),
-                    image_ids=np.array(image_ids, dtype=str),
-                )
-                f.flush()
-                os.fsync(f.fileno())
+                _write_targets(f, fp, columns)
             meta = {
                 "format": FORMAT,
                 "version": FORMAT_VERSION,
@@ -385,16 +365,8 @@ class TensorStore:
                 "build_seconds": round(time.perf_counter() - t0, 3),
             }
             meta_tmp.write_text(json.dumps(meta, indent=1) + "\n", encoding="utf-8")
-            _fsync(meta_tmp)
             with contextlib.suppress(FileNotFoundError):
                 meta_path.unlink()  # from here until the last replace the directory reads as incomplete
-            os.replace(img_tmp, img_path)
-            os.replace(tgt_tmp, tgt_path)
-            os.replace(meta_tmp, meta_path)
-        finally:
-            for tmp in (img_tmp, tgt_tmp, meta_tmp):
-                with contextlib.suppress(FileNotFoundError):
-                    tmp.unlink()
         if skipped:
             warnings.warn(
                 f"{cache_dir}: skipped {len(skipped)} of {len(records)} images that failed to decode "

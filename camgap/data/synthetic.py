@@ -61,6 +61,7 @@ import numpy as np
 from PIL import Image
 
 from camgap.errors import InputError, PathExistsError
+from camgap.io import atomic_write_text
 
 __all__ = [
     "TARGET_SHAPES",
@@ -350,12 +351,6 @@ def _check_int(name: str, value, minimum: int) -> int:
     return int(value)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 _OURS = {"images", "train.csv", "test.csv", MANIFEST_NAME}
 
 
@@ -427,6 +422,6 @@ def write_synthetic(
             rel = f"images/{split}/{i:05d}.png"
             Image.fromarray(s.image).save(out / rel, format="PNG", compress_level=1)
             writer.writerow([rel, s.class_name, *s.box])
-        _atomic_write_text(out / f"{split}.csv", buf.getvalue())
-    _atomic_write_text(manifest, json.dumps(params, indent=2) + "\n")
+        atomic_write_text(out / f"{split}.csv", buf.getvalue())
+    atomic_write_text(manifest, json.dumps(params, indent=2) + "\n")
     return out

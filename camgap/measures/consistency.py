@@ -10,7 +10,7 @@ augmentation of x:
 the total-variation distance between the two output distributions: 0 when the augmentation never
 changes the output, 1 when the outputs put their mass on disjoint classes. Larger = less consistent.
 
-The augmentation is camgap's training augmentation (``camgap.zoo.train.augment_batch``: random
+The augmentation is camgap's training augmentation (``camgap.zoo.loop.augment_batch``: random
 horizontal flip, then brightness / contrast / saturation jitter), with the flip probability and
 jitter strength the run trained with, or camgap's training defaults (``TrainConfig``) for a run
 that trained without augmentation; the values used are in the measurement's params. The batches
@@ -65,7 +65,7 @@ def augment_normalized(
     std: Sequence[float],
 ) -> torch.Tensor:
     """One draw of the training augmentation on a normalised batch, normalised again."""
-    from camgap.zoo.train import augment_batch
+    from camgap.zoo.loop import augment_batch
 
     # augment_batch takes 0..255 images (a uint8 batch in training) and divides by 255.
     raw = unnormalize(images.float(), mean, std).clamp_(0.0, 1.0).mul_(255.0)

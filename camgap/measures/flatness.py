@@ -28,7 +28,7 @@ Determinism: draw j uses a generator seeded with (seed, j) on the model's device
 standard-normal direction z_j at every sigma (u = std(sigma) * z_j: common random numbers), so
 the drop is a smooth function of sigma and a seed gives one answer. The model's parameters are
 never modified: the perturbed networks run through ``torch.func.functional_call`` with
-perturbed copies, so the weights are exactly as before afterwards.
+perturbed copies, so the search leaves the weights bit-for-bit unchanged.
 """
 
 from __future__ import annotations
@@ -98,6 +98,64 @@ def _draw_seed(seed: int, draw: int) -> int:
     return (int(seed) * 1_000_003 + 7919 * draw + 10_348_628_753) % (2**63 - 1)
 
 
+_Data = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass
+class _Search:
+    """One sigma' search: the fixed subset, its clean score, the noise model, and every noise level
+    evaluated (in order), shared by the bracketing and the bisection."""
+
+    model: nn.Module
+    base: dict[str, torch.Tensor]
+    data: _Data
+    criterion: str
+    clean: float
+    target: float
+    tol: float
+    draws: int
+    seed: int
+    magnitude_eps: float | None
+    on_evaluate: Callable[[float, float], None] | None
+    evaluations: list[tuple[float, float]] = field(default_factory=list)
+
+    def perturbed(self, sigma: float, draw: int) -> dict[str, torch.Tensor]:
+        """Noisy copies of all parameters for one draw; the direction z depends on (seed, draw)
+        only, so every sigma sees the same z (common random numbers)."""
+        dev = next(iter(self.base.values())).device
+        g = torch.Generator(device=dev).manual_seed(_draw_seed(self.seed, draw))
+        params = {}
+        for name, p in self.base.items():
+            z = torch.randn(p.shape, generator=g, device=dev, dtype=p.dtype)
+            if self.magnitude_eps is None:
+                params[name] = p + sigma * z
+            else:
+                params[name] = p + torch.sqrt(sigma**2 * p.square() + self.magnitude_eps**2) * z
+        return params
+
+    def displacement(self, sigma: float) -> float:
+        """Accuracy drop (loss rise) at ``sigma``, mean over the draws; inf when not finite, so a
+        diverged network counts as too much noise."""
+        values = [_score(self.model, self.perturbed(sigma, j), self.data, self.criterion) for j in range(self.draws)]
+        mean = sum(values) / self.draws
+        d = self.clean - mean if self.criterion == "accuracy" else mean - self.clean
+        if not math.isfinite(d):
+            d = math.inf
+        self.evaluations.append((sigma, d))
+        if self.on_evaluate is not None:
+            self.on_evaluate(sigma, d)
+        return d
+
+    def hit(self, d: float) -> bool:
+        return abs(d - self.target) <= self.tol
+
+    def result(self, sigma: float, d: float) -> PacBayesResult:
+        n_seen = sum(x.shape[0] for x, _ in self.data)
+        return PacBayesResult(
+            sigma=sigma, clean=self.clean, displacement=d, n_images=n_seen, evaluations=self.evaluations
+        )
+
+
 @torch.no_grad()
 def pacbayes_sigma(
     model: nn.Module,
@@ -123,6 +181,30 @@ def pacbayes_sigma(
     noisy evaluation. Raises :class:`MeasureError` for non-finite weights or when even tiny noise
     moves the criterion too far, :class:`MeasureUndefined` when no sigma within the caps moves it by
     the target (sigma' is then unbounded as far as the search can tell)."""
+    _check_options(criterion, target, tol, draws, max_steps, depth)
+    check_finite(model)
+    base = {n: p.detach() for n, p in model.named_parameters()}
+    if not base:
+        raise MeasureError("the model has no parameters")
+    was_training = model.training
+    model.eval()
+    try:
+        data = _subset(batches, n_images, next(iter(base.values())).device)
+        clean = _clean_score(model, data, criterion, target, tol)
+        search = _Search(model, base, data, criterion, clean, target, tol, draws, seed, magnitude_eps, on_evaluate)
+        s, cap = _start_and_cap(base, magnitude_eps, sigma0, sigma_max)
+        d = search.displacement(s)
+        if search.hit(d):
+            return search.result(s, d)
+        bracket = _bracket_down(search, s, max_steps) if d > target else _bracket_up(search, s, cap, max_steps)
+        if isinstance(bracket, PacBayesResult):
+            return bracket
+        return _bisect(search, *bracket, depth)
+    finally:
+        model.train(was_training)
+
+
+def _check_options(criterion: str, target: float, tol: float, draws: int, max_steps: int, depth: int) -> None:
     if criterion not in ("accuracy", "loss"):
         raise InputError(f"criterion must be 'accuracy' or 'loss', got {criterion!r}")
     if not target > 0 or not tol >= 0 or draws < 1 or max_steps < 0 or depth < 0:
@@ -130,110 +212,90 @@ def pacbayes_sigma(
             f"need target > 0, tol >= 0, draws >= 1, max_steps >= 0, depth >= 0; got target={target}, "
             f"tol={tol}, draws={draws}, max_steps={max_steps}, depth={depth}"
         )
-    check_finite(model)
-    base = {n: p.detach() for n, p in model.named_parameters()}
-    if not base:
-        raise MeasureError("the model has no parameters")
-    dev = next(iter(base.values())).device
-    was_training = model.training
-    model.eval()
-    try:
-        data = _subset(batches, n_images, dev)
-        n_seen = sum(x.shape[0] for x, _ in data)
-        clean = _score(model, None, data, criterion)
-        if not math.isfinite(clean):
-            raise MeasureError(f"non-finite clean training {criterion}")
-        if criterion == "accuracy" and clean < target - tol:
+
+
+def _clean_score(model: nn.Module, data: _Data, criterion: str, target: float, tol: float) -> float:
+    """Score of the unperturbed model; an accuracy already below the target drop is refused before
+    any noisy pass, since no noise can lower it by that much."""
+    clean = _score(model, None, data, criterion)
+    if not math.isfinite(clean):
+        raise MeasureError(f"non-finite clean training {criterion}")
+    if criterion == "accuracy" and clean < target - tol:
+        raise MeasureUndefined(
+            f"clean training accuracy {clean:.3g} is below the target drop {target}: "
+            "no noise level can lower it by that much"
+        )
+    return clean
+
+
+def _start_and_cap(
+    base: Mapping[str, torch.Tensor], magnitude_eps: float | None, sigma0: float | None, sigma_max: float | None
+) -> tuple[float, float]:
+    """The first noise level and the largest one the search may try."""
+    if sigma0 is None:
+        sigma0 = _default_sigma0(base, magnitude_eps)
+    cap = float(sigma_max) if sigma_max is not None else float(sigma0) * 2.0**12
+    if not 0 < sigma0 <= cap:
+        raise InputError(f"need 0 < sigma0 <= sigma_max, got sigma0={sigma0}, sigma_max={cap}")
+    return float(sigma0), cap
+
+
+def _bracket_down(search: _Search, s: float, max_steps: int) -> PacBayesResult | tuple[float, float]:
+    """Too much noise at ``s``: halve until the displacement is within the target. Returns the
+    result on a hit, else the bracket (lo, hi) with the target between d(lo) and d(hi)."""
+    hi = s
+    for _ in range(max_steps):
+        s /= 2
+        d = search.displacement(s)
+        if search.hit(d):
+            return search.result(s, d)
+        if d <= search.target:
+            return s, hi
+        hi = s
+    raise MeasureUndefined(
+        f"training {search.criterion} moves by more than {search.target} even at sigma={s:.3g} "
+        f"({len(search.evaluations)} noise levels evaluated, max_steps={max_steps})"
+    )
+
+
+def _bracket_up(search: _Search, s: float, cap: float, max_steps: int) -> PacBayesResult | tuple[float, float]:
+    """Not enough noise at ``s``: double (never past ``cap``) until the target is exceeded. Returns
+    the result on a hit, else the bracket (lo, hi)."""
+    crit, target, clean = search.criterion, search.target, search.clean
+    lo = s
+    for _ in range(max_steps):
+        if 2 * s > cap:
             raise MeasureUndefined(
-                f"clean training accuracy {clean:.3g} is below the target drop {target}: "
-                "no noise level can lower it by that much"
+                f"training {crit} never moves by {target} for sigma up to the cap "
+                f"sigma_max={cap:.3g} (clean {crit} {clean:.3g}; "
+                f"{len(search.evaluations)} noise levels evaluated)"
             )
-        evaluations: list[tuple[float, float]] = []
+        s *= 2
+        d = search.displacement(s)
+        if search.hit(d):
+            return search.result(s, d)
+        if d > target:
+            return lo, s
+        lo = s
+    raise MeasureUndefined(
+        f"training {crit} never moves by {target} within max_steps={max_steps} "
+        f"doublings (sigma up to {s:.3g}; clean {crit} {clean:.3g})"
+    )
 
-        def displacement(sigma: float) -> float:
-            values = []
-            for j in range(draws):
-                g = torch.Generator(device=dev).manual_seed(_draw_seed(seed, j))
-                params = {}
-                for name, p in base.items():
-                    z = torch.randn(p.shape, generator=g, device=dev, dtype=p.dtype)
-                    if magnitude_eps is None:
-                        params[name] = p + sigma * z
-                    else:
-                        std = torch.sqrt(sigma**2 * p.square() + magnitude_eps**2)
-                        params[name] = p + std * z
-                values.append(_score(model, params, data, criterion))
-            mean = sum(values) / draws
-            d = clean - mean if criterion == "accuracy" else mean - clean
-            if not math.isfinite(d):
-                d = math.inf
-            evaluations.append((sigma, d))
-            if on_evaluate is not None:
-                on_evaluate(sigma, d)
-            return d
 
-        def result(sigma: float, d: float) -> PacBayesResult:
-            return PacBayesResult(sigma=sigma, clean=clean, displacement=d, n_images=n_seen, evaluations=evaluations)
-
-        if sigma0 is None:
-            sigma0 = _default_sigma0(base, magnitude_eps)
-        cap = float(sigma_max) if sigma_max is not None else float(sigma0) * 2.0**12
-        if not 0 < sigma0 <= cap:
-            raise InputError(f"need 0 < sigma0 <= sigma_max, got sigma0={sigma0}, sigma_max={cap}")
-        s = float(sigma0)
-        d = displacement(s)
-        if abs(d - target) <= tol:
-            return result(s, d)
-        if d > target:  # too much noise: halve until within the target
-            hi = s
-            for _ in range(max_steps):
-                s /= 2
-                d = displacement(s)
-                if abs(d - target) <= tol:
-                    return result(s, d)
-                if d <= target:
-                    break
-                hi = s
-            else:
-                raise MeasureUndefined(
-                    f"training {criterion} moves by more than {target} even at sigma={s:.3g} "
-                    f"({len(evaluations)} noise levels evaluated, max_steps={max_steps})"
-                )
-            lo = s
-        else:  # not enough noise: double until the target is exceeded
-            lo = s
-            for _ in range(max_steps):
-                if 2 * s > cap:
-                    raise MeasureUndefined(
-                        f"training {criterion} never moves by {target} for sigma up to the cap "
-                        f"sigma_max={cap:.3g} (clean {criterion} {clean:.3g}; "
-                        f"{len(evaluations)} noise levels evaluated)"
-                    )
-                s *= 2
-                d = displacement(s)
-                if abs(d - target) <= tol:
-                    return result(s, d)
-                if d > target:
-                    break
-                lo = s
-            else:
-                raise MeasureUndefined(
-                    f"training {criterion} never moves by {target} within max_steps={max_steps} "
-                    f"doublings (sigma up to {s:.3g}; clean {criterion} {clean:.3g})"
-                )
-            hi = s
-        for _ in range(depth):
-            mid = (lo + hi) / 2
-            d = displacement(mid)
-            if abs(d - target) <= tol:
-                return result(mid, d)
-            if d > target:
-                hi = mid
-            else:
-                lo = mid
-        return result((lo + hi) / 2, d)
-    finally:
-        model.train(was_training)
+def _bisect(search: _Search, lo: float, hi: float, depth: int) -> PacBayesResult:
+    """At most ``depth`` halvings of the bracket; without a hit, its midpoint with the displacement
+    last evaluated."""
+    for _ in range(depth):
+        mid = (lo + hi) / 2
+        d = search.displacement(mid)
+        if search.hit(d):
+            return search.result(mid, d)
+        if d > search.target:
+            hi = mid
+        else:
+            lo = mid
+    return search.result((lo + hi) / 2, search.evaluations[-1][1])
 
 
 def _default_sigma0(base: Mapping[str, torch.Tensor], magnitude_eps: float | None) -> float:

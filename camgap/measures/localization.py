@@ -52,7 +52,9 @@ CAM_THRESHOLDS: tuple[float, ...] = tuple(k / 100 for k in range(101))
 #: IoU levels of MaxBoxAccV2.
 IOU_LEVELS: tuple[float, ...] = (0.3, 0.5, 0.7)
 _EIGHT = np.ones((3, 3), dtype=bool)  # 8-connectivity, as findContours' foreground
-_TILES_PER_LABEL = 4096  # (image, threshold) tiles labelled per scipy call: ~3 MB at 28 px
+#: pixels swept for MaxBoxAccV2 at once: a demo pass (300 images of 28x28) in one sweep, its
+#: union-find and edge arrays (~200 bytes a pixel) ~50 MB
+_SWEEP_PIXELS = 2**18
 
 
 def energy_share(maps: Tensor, ref: Tensor) -> Tensor:
@@ -75,17 +77,15 @@ def box_extents(boxes: Tensor, height: int, width: int) -> np.ndarray:
     """The pixels each xyxy box covers, as inclusive ``[x0, y0, x1, y1]`` int64 rows: pixel
     (y, x) is covered when its centre (x+0.5, y+0.5) lies in the box (the rule of
     `boxes_to_masks`, compared the same way in float32). Boxes covering no pixel are dropped."""
-    b = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).cpu()
-    out = []
+    b = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4).cpu().numpy()
+    ext, covers = np.zeros((len(b), 4), np.int64), np.ones(len(b), bool)
     for lo, hi, n in ((0, 2, width), (1, 3, height)):
-        centres = torch.arange(n, dtype=torch.float32) + 0.5
+        centres = np.arange(n, dtype=np.float32) + np.float32(0.5)
         inside = (centres >= b[:, lo : lo + 1]) & (centres <= b[:, hi : hi + 1])  # [n_boxes, n]
-        first = inside.to(torch.uint8).argmax(1)
-        last = n - 1 - inside.flip(1).to(torch.uint8).argmax(1)
-        out.append((first, last, inside.any(1)))
-    (x0, x1, okx), (y0, y1, oky) = out
-    ext = torch.stack([x0, y0, x1, y1], 1).numpy().astype(np.int64)
-    return ext[(okx & oky).numpy()]
+        ext[:, lo] = inside.argmax(1)
+        ext[:, hi] = n - 1 - inside[:, ::-1].argmax(1)
+        covers &= inside.any(1)
+    return ext[covers]
 
 
 def component_boxes(mask: np.ndarray) -> np.ndarray:
@@ -100,48 +100,205 @@ def _slices_to_boxes(slices: Sequence) -> np.ndarray:
     return np.array([(s[1].start, s[0].start, s[1].stop - 1, s[0].stop - 1) for s in slices], dtype=np.int64)
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU in pixels of inclusive int boxes: ``a`` [n,4] x ``b`` [m,4] -> float64 [n,m]."""
-    a, b = a[:, None, :], b[None, :, :]
-    iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1
-    ih = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1
-    inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
-    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
-    return inter / (area_a + area_b - inter).astype(np.float64)
-
-
 def best_box_ious(maps: Tensor, gt_boxes: Sequence[np.ndarray], thresholds: Sequence[float] = CAM_THRESHOLDS):
     """Per image and CAM threshold, the best IoU of a component box of ``maps > tau`` with a
     ground-truth box: float64 ``[B, T]``, -1 where the region is empty or the image has no box.
 
-    Every (image, threshold) region is a tile of one tall image, the tiles separated by a zero
-    row so no component crosses them; one labelling per chunk of tiles finds all components."""
-    b_n, h, w = maps.shape
-    thr = torch.as_tensor(list(thresholds), dtype=torch.float64)
-    best = np.full((b_n, len(thr)), -1.0)
-    if b_n == 0:
+    The regions are nested (a higher threshold selects fewer pixels), so their components form
+    a tree: one union-find, grown from the highest threshold down, adds each threshold's new
+    pixels and joins the components they connect, instead of labelling 101 regions per image."""
+    thr = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+    order = np.argsort(thr, kind="stable")
+    best = np.full((maps.shape[0], len(thr)), -1.0)
+    if not best.size:
         return best
-    regions = maps.detach().cpu().double()[:, None] > thr[None, :, None, None]  # [B,T,H,W]
-    tiles = torch.nn.functional.pad(regions.reshape(-1, h, w), (0, 0, 0, 1)).numpy()  # [B*T, H+1, W]
-    for start in range(0, len(tiles), _TILES_PER_LABEL):
-        chunk = tiles[start : start + _TILES_PER_LABEL]
-        labels, _ = ndimage.label(chunk.reshape(-1, w), structure=_EIGHT)
-        slices = ndimage.find_objects(labels)
-        if not slices:
-            continue
-        boxes = _slices_to_boxes(slices)
-        tile = boxes[:, 1] // (h + 1)
-        boxes[:, [1, 3]] -= (tile * (h + 1))[:, None]
-        tile += start
-        image, t_i = tile // len(thr), tile % len(thr)
-        for b in np.unique(image):
-            if len(gt_boxes[b]) == 0:
-                continue
-            sel = image == b
-            ious = box_iou(boxes[sel], gt_boxes[b]).max(1)
-            np.maximum.at(best[b], t_i[sel], ious)
+    levels = _levels(maps, thr[order])
+    gt = _PaddedBoxes(gt_boxes)
+    for i, roots, boxes in _components_by_threshold(levels, len(thr)):
+        image = roots // (levels.shape[1] * levels.shape[2])
+        column = best[:, order[i]]  # a copy: maximum.at needs a contiguous target
+        np.maximum.at(column, image, gt.best_iou(boxes, image))
+        best[:, order[i]] = column
     return best
+
+
+def _signed(boxes: np.ndarray) -> np.ndarray:
+    """Inclusive [x0, y0, x1, y1] boxes as [-x0, -y0, x1, y1]: the corners of an intersection
+    (or of a union's bounding box) are then one elementwise minimum (maximum) of all four."""
+    return boxes * np.array([-1, -1, 1, 1], dtype=boxes.dtype)
+
+
+def _signed_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU in pixels of signed boxes ``a`` [..., 4] and ``b`` [..., 4] (see `_signed`),
+    broadcast against each other: float64 of the broadcast shape without the last axis."""
+    corner = np.minimum(a, b)
+    inter = np.maximum(corner[..., 0] + corner[..., 2] + 1, 0) * np.maximum(corner[..., 1] + corner[..., 3] + 1, 0)
+    area_a = (a[..., 0] + a[..., 2] + 1) * (a[..., 1] + a[..., 3] + 1)
+    area_b = (b[..., 0] + b[..., 2] + 1) * (b[..., 1] + b[..., 3] + 1)
+    return inter / (area_a + area_b - inter).astype(np.float64)
+
+
+def _levels(maps: Tensor, sorted_thresholds: np.ndarray) -> np.ndarray:
+    """How many of the sorted thresholds lie below each pixel's value, int [B,H,W]: the pixel is
+    in the region of the i-th threshold (``value > threshold``) exactly when its level is above i.
+    A NaN pixel has level 0: in no region, as ``NaN > tau`` is false."""
+    values = maps.detach().cpu().double().numpy()
+    levels = np.searchsorted(sorted_thresholds, values, side="left")
+    levels[np.isnan(values)] = 0
+    return levels
+
+
+class _PaddedBoxes:
+    """Each image's ground-truth boxes padded to the most any image has, to score component
+    boxes of many images in one broadcast."""
+
+    def __init__(self, gt_boxes: Sequence[np.ndarray]):
+        width = max([len(g) for g in gt_boxes] + [1])
+        self.boxes = np.zeros((len(gt_boxes), width, 4), np.int64)
+        self.valid = np.zeros((len(gt_boxes), width), bool)
+        for i, g in enumerate(gt_boxes):
+            self.boxes[i, : len(g)] = _signed(np.asarray(g, np.int64).reshape(-1, 4))
+            self.valid[i, : len(g)] = True
+
+    def best_iou(self, boxes: np.ndarray, image: np.ndarray) -> np.ndarray:
+        """The best IoU of each signed box [n, 4] with a ground-truth box of its image; -1
+        without one."""
+        iou = _signed_iou(boxes[:, None, :], self.boxes[image])
+        return np.where(self.valid[image], iou, -1.0).max(1)
+
+
+def _components_by_threshold(levels: np.ndarray, n_thresholds: int):
+    """For each threshold index i from the highest down: (i, the root pixel of each component of
+    the region ``levels > i``, their signed boxes [n, 4]), pixels flat over the stack."""
+    union = _UnionFind(levels.shape)
+    u, v, edge_levels = _forest_edges(levels)
+    pixels, pixel_starts = _by_level(levels.reshape(-1), n_thresholds)
+    edges, edge_starts = _by_level(edge_levels, n_thresholds)
+    for i in range(n_thresholds - 1, -1, -1):
+        k = n_thresholds - 1 - i  # the rank of level i + 1, first joined at threshold i
+        union.add(pixels[pixel_starts[k] : pixel_starts[k + 1]])
+        joining = edges[edge_starts[k] : edge_starts[k + 1]]
+        union.join(u[joining], v[joining])
+        if len(union.roots):
+            yield i, union.roots, union.box[union.roots]
+
+
+def _by_level(levels: np.ndarray, n_thresholds: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of ``levels`` from the highest level down and where each level's run starts: the
+    items of level ``n_thresholds - k`` are ``order[starts[k]:starts[k + 1]]``."""
+    rank = n_thresholds - levels
+    rank = rank.astype(np.int16) if n_thresholds < 2**15 else rank  # 16-bit keys sort by radix
+    order = np.argsort(rank, kind="stable")
+    return order, np.concatenate([[0], np.cumsum(np.bincount(rank, minlength=n_thresholds + 1))])
+
+
+def _forest_edges(levels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The 8-connectivity edges of the stacked level maps ``levels`` [B,H,W] that the union needs:
+    flat pixel indices u, v and the edge's level min(level_u, level_v) (it joins u and v in the
+    regions of the thresholds below it). In each 2x2 block the lightest edge of every triangle and
+    of the square is dropped: a lightest edge on a cycle is in no maximum spanning forest, and that
+    forest alone joins the same pixels at every threshold. Ties are broken by a fixed edge order
+    with the diagonals first (lightest), so a diagonal beside a corner at its level goes. Edges of
+    level 0 join pixels in no region and are dropped too."""
+    index = np.arange(levels.size).reshape(levels.shape)
+    flat = levels.reshape(-1)
+    ends = {  # edge kind -> its end pixels; the order is the tie-break, lightest first
+        "d1": (index[:, :-1, :-1], index[:, 1:, 1:]),  # top-left to bottom-right
+        "d2": (index[:, :-1, 1:], index[:, 1:, :-1]),  # top-right to bottom-left
+        "h": (index[:, :, :-1], index[:, :, 1:]),
+        "v": (index[:, :-1, :], index[:, 1:, :]),
+    }
+    edge_levels = {kind: np.minimum(flat[a], flat[b]) for kind, (a, b) in ends.items()}
+    dropped = _cycle_lightest(edge_levels, levels.size)
+    kept = [(kind, ~dropped[kind] & (edge_levels[kind] > 0)) for kind in ends]
+    return (
+        np.concatenate([ends[kind][0][keep] for kind, keep in kept]),
+        np.concatenate([ends[kind][1][keep] for kind, keep in kept]),
+        np.concatenate([edge_levels[kind][keep] for kind, keep in kept]),
+    )
+
+
+#: The six edges of every 2x2 block: side -> (edge kind, the slice of that kind's edges that is
+#: this side of each block, blocks in the order of the diagonals).
+_BLOCK = {
+    "top": ("h", np.s_[:, :-1, :]),
+    "bottom": ("h", np.s_[:, 1:, :]),
+    "left": ("v", np.s_[:, :, :-1]),
+    "right": ("v", np.s_[:, :, 1:]),
+    "d1": ("d1", np.s_[:]),
+    "d2": ("d2", np.s_[:]),
+}
+_CYCLES = (
+    ("top", "left", "d2"),
+    ("right", "bottom", "d2"),
+    ("top", "right", "d1"),
+    ("left", "bottom", "d1"),
+    ("top", "right", "bottom", "left"),
+)
+
+
+def _cycle_lightest(edge_levels: dict[str, np.ndarray], n_pixels: int) -> dict[str, np.ndarray]:
+    """Per edge kind, whether the edge is the lightest of a cycle of a 2x2 block; edges are
+    ordered by level, then by kind (in ``edge_levels``' order), then by position, a strict order."""
+    keys, offset = {}, 0
+    for kind, lv in edge_levels.items():
+        keys[kind] = lv.astype(np.int64) * (4 * n_pixels) + offset + np.arange(lv.size).reshape(lv.shape)
+        offset += lv.size
+    dropped = {kind: np.zeros(lv.shape, bool) for kind, lv in edge_levels.items()}
+    for cycle in _CYCLES:
+        cycle_keys = [keys[_BLOCK[side][0]][_BLOCK[side][1]] for side in cycle]
+        lightest = np.minimum.reduce(cycle_keys)
+        for side, key in zip(cycle, cycle_keys):
+            dropped[_BLOCK[side][0]][_BLOCK[side][1]] |= key == lightest
+    return dropped
+
+
+class _UnionFind:
+    """Components of a growing set of pixels of stacked [B,H,W] maps: each pixel points towards
+    its component's root, the component's smallest flat index, which points at itself; a root
+    keeps its component's signed box (`_signed`), so one elementwise maximum merges boxes."""
+
+    def __init__(self, shape: tuple[int, ...]):
+        _, h, w = shape
+        pixel = np.arange(int(np.prod(shape)))
+        self.parent = pixel.copy()
+        x, y = pixel % w, pixel // w % h
+        self.box = np.stack([-x, -y, x, y], 1)
+        self.roots = np.zeros(0, np.int64)
+
+    def add(self, pixels: np.ndarray) -> None:
+        """New pixels, each a component of its own until joined."""
+        self.roots = np.concatenate([self.roots, pixels])
+
+    def join(self, u: np.ndarray, v: np.ndarray) -> None:
+        """Joins the components of u[j] and v[j] for every j, then merges the boxes of the roots
+        that stopped being roots into their new roots."""
+        hooked = []
+        while len(u):
+            r = self.find(np.concatenate([u, v]))
+            apart = r[: len(u)] != r[len(u) :]
+            u, v = r[: len(u)][apart], r[len(u) :][apart]
+            # hooks each larger root under the smallest root it meets this round; roots hooked
+            # elsewhere or met twice are joined in the next round
+            high = np.maximum(u, v)
+            np.minimum.at(self.parent, high, np.minimum(u, v))
+            hooked.append(high)
+        if hooked:  # their boxes are still those of their components before this join
+            gone = np.concatenate(hooked)
+            np.maximum.at(self.box, self.find(gone), self.box[gone])
+        self.roots = self.roots[self.parent[self.roots] == self.roots]
+
+    def find(self, x: np.ndarray) -> np.ndarray:
+        """The roots of the pixels x; the pointers on the way are halved and x's point at them."""
+        r = self.parent[x]
+        while True:
+            up = self.parent[r]
+            if (up == r).all():
+                self.parent[x] = r
+                return r
+            grand = self.parent[up]
+            self.parent[r] = grand
+            r = grand
 
 
 @dataclass
@@ -152,13 +309,15 @@ class LocalizationTotals:
 
     thresholds: tuple[float, ...] = CAM_THRESHOLDS
     levels: tuple[float, ...] = IOU_LEVELS
-    #: whether MaxBoxAccV2 is accumulated: its component labelling (101 regions per image) costs
-    #: several times the CAM pass on a demo model, so the pass computes it only when asked
+    #: whether MaxBoxAccV2 is accumulated (the pass computes it when asked)
     boxes: bool = True
     box_correct: np.ndarray = field(default=None)  # type: ignore[assignment]  # int64 [T, D]
     n_box_images: int = 0
     pixel_pos: np.ndarray = field(default=None)  # type: ignore[assignment]  # int64 [T]
     pixel_neg: np.ndarray = field(default=None)  # type: ignore[assignment]
+    #: MaxBoxAccV2's images not yet swept, (maps, their boxes) per batch: a sweep costs per call
+    #: about what it costs per pixel at demo size, so batches are pooled up to _SWEEP_PIXELS
+    waiting: list = field(default_factory=list, repr=False, compare=False)
 
     def __post_init__(self):
         t, d = len(self.thresholds), len(self.levels)
@@ -178,10 +337,26 @@ class LocalizationTotals:
         if not self.boxes:
             return
         boxed = [i for i, g in enumerate(gt_boxes) if len(g)]
-        best = best_box_ious(maps[boxed], [gt_boxes[i] for i in boxed], self.thresholds)
-        levels = np.asarray(self.levels)
-        self.box_correct += (best[:, :, None] >= levels[None, None, :]).sum(0)
         self.n_box_images += len(boxed)
+        if self.waiting and self.waiting[0][0].shape[1:] != maps.shape[1:]:
+            self.sweep()  # pooled maps share their size
+        self.waiting.append((maps[boxed].detach().cpu(), [gt_boxes[i] for i in boxed]))
+        if sum(m.numel() for m, _ in self.waiting) >= _SWEEP_PIXELS:
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Counts the correct images of the waiting batches at every threshold and IoU level, at
+        most _SWEEP_PIXELS pixels (or one image) per `best_box_ious` call."""
+        if not self.waiting:
+            return
+        maps = torch.cat([m for m, _ in self.waiting])
+        gt = [g for _, batch in self.waiting for g in batch]
+        self.waiting = []
+        step = max(1, _SWEEP_PIXELS // max(1, maps.shape[1] * maps.shape[2]))
+        levels = np.asarray(self.levels)
+        for start in range(0, len(maps), step):
+            best = best_box_ious(maps[start : start + step], gt[start : start + step], self.thresholds)
+            self.box_correct += (best[:, :, None] >= levels[None, None, :]).sum(0)
 
     def _add_pixels(self, maps: Tensor, ref: Tensor) -> None:
         edges = torch.as_tensor(self.thresholds, dtype=torch.float64, device=maps.device)
@@ -197,6 +372,7 @@ class LocalizationTotals:
         the pass did not accumulate it."""
         if not self.boxes:
             raise StateError("MaxBoxAccV2 was not computed in this CAM pass (score with box_accuracy=True)")
+        self.sweep()
         if not self.n_box_images:
             return {d: math.nan for d in self.levels}
         acc = self.box_correct / self.n_box_images

@@ -17,7 +17,9 @@ own) gives the logits ``[N, K]`` and labels ``[N]`` of the training set; margin 
 prediction-matrix measures use only those. Weight measures read ``ctx.model`` (and
 ``ctx.init_state``). Effective invariance runs only the transformed passes over
 ``ctx.batches()`` (the clean pass is ``ctx.logits``), and PAC-Bayes flatness needs its own
-passes on a fixed subset of ``ctx.batches()``.
+passes on a fixed subset of ``ctx.batches()``. The held-out measures (``iou_heldout``,
+``iou_drop``; params as IoU's, A_G always the boxes) add one CAM pass over the test split
+(``ctx.need_test_score``, kept and shared by both).
 
 Outcomes. A measure that cannot be computed for a model raises :class:`MeasureError` with the
 reason, and ``measure_outcome`` sorts it into one of two states the caller records:
@@ -59,10 +61,6 @@ class MeasureUndefined(MeasureError):
     """The measure is undefined for this model by its own definition (not a failure)."""
 
 
-#: The states of a recorded measurement: a value, a broken computation, no value by definition.
-MEASUREMENT_STATES = ("done", "failed", "undefined")
-
-
 def measure_outcome(exc: BaseException) -> tuple[str, str]:
     """(state, reason) of a measure that raised ``exc``: ``undefined`` for
     :class:`MeasureUndefined`, else ``failed``; the reason is the message (with the exception's
@@ -94,11 +92,16 @@ class MeasureContext:
     seed:       seed for the randomized measures (PAC-Bayes noise, power iteration start).
     mean, std:  the per-channel normalisation of the batches (needed by the grayscale
                 effective invariance, which must un-normalise, convert and re-normalise).
-    score_pass: ``(cam, masks, thresholds) -> ScoreResult``, one CAM pass over the training
-                set (``score_model`` with that CAM, A_G source and thresholds); IoU / IoU-B
-                read it through :meth:`need_score`, which runs each distinct pass once.
+    score_pass: ``(cam, masks, thresholds, data=<the training set>) -> ScoreResult``, one CAM
+                pass over the training set (``score_model`` with that CAM, A_G source and
+                thresholds); IoU / IoU-B read it through :meth:`need_score`, which runs each
+                distinct pass once.
     augmentation: ``(flip_prob, jitter)`` of the augmentation the model trained with, None when
                 it trained without one (or nobody knows): augmentation consistency reads it.
+    test_data:  zero-argument callable returning the test split's images with their boxes
+                (what ``score_model`` reads, e.g. a TensorStore): the held-out measures score
+                it through ``score_pass(cam, "boxes", thresholds, data=test_data())``
+                (:meth:`need_test_score`, one pass per CAM).
     """
 
     model: nn.Module
@@ -113,7 +116,9 @@ class MeasureContext:
     extra: dict[str, Any] = field(default_factory=dict)
     score_pass: Callable[[str, str, tuple[float, ...]], Any] | None = None
     augmentation: tuple[float, float] | None = None
+    test_data: Callable[[], Any] | None = None
     _scores: dict[tuple, Any] = field(default_factory=dict, init=False, repr=False)
+    _test_scores: dict[tuple, Any] = field(default_factory=dict, init=False, repr=False)
 
     def need_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.logits is None or self.labels is None:
@@ -137,6 +142,25 @@ class MeasureContext:
             if self.logits is None:
                 self.logits, self.labels = self._scores[key].logits, self._scores[key].labels
         return self._scores[key]
+
+    def score_with(self, cam: str, masks: str, threshold: float) -> Any:
+        """A kept pass of ``(cam, masks)`` that holds ``threshold`` among its thresholds, else
+        the pass at ``threshold`` alone (:meth:`need_score`): a measure of one threshold reads
+        the pass that the IoU at several thresholds already ran."""
+        t = float(threshold)
+        key = next((k for k in self._scores if k[:2] == (cam, masks) and t in k[2]), None)
+        return self._scores[key] if key is not None else self.need_score(cam, masks, (t,))
+
+    def need_test_score(self, cam: str, threshold: float) -> Any:
+        """The ``ScoreResult`` of the CAM pass ``cam`` over the test split (``test_data``), A_G
+        from its boxes, at ``threshold``; run on first use and kept, so held-out IoU and the
+        IoU drop share it."""
+        key = (cam, float(threshold))
+        if key not in self._test_scores:
+            if self.score_pass is None or self.test_data is None:
+                raise MeasureError("this measure needs the test split (ctx.test_data) and a CAM pass (ctx.score_pass)")
+            self._test_scores[key] = self.score_pass(cam, "boxes", (key[1],), data=self.test_data())
+        return self._test_scores[key]
 
     def need_batches(self) -> Callable[[], Iterator[Any]]:
         if self.batches is None:
@@ -260,6 +284,22 @@ def _iou_b(
 ) -> dict[str, float]:
     """Paper eq. 5: IoU-B, A_L replaced by its enclosing box; the same pass as ``iou``."""
     return _from_score("iou_b", ctx, cam, thresholds, masks)
+
+
+@register_measure("iou_heldout")
+def _iou_heldout(ctx: MeasureContext, cam: str = "gradcam", threshold: float = 0.1) -> dict[str, float]:
+    """IoU (eq. 4) on the test split's images, A_G from their boxes (`camgap.measures.heldout`)."""
+    from camgap.measures.heldout import heldout_iou
+
+    return {label(score_params(cam, threshold, "boxes")): heldout_iou(ctx, cam, threshold)}
+
+
+@register_measure("iou_drop")
+def _iou_drop(ctx: MeasureContext, cam: str = "gradcam", threshold: float = 0.1) -> dict[str, float]:
+    """Train IoU - held-out IoU (boxes); undefined when either is (`camgap.measures.heldout`)."""
+    from camgap.measures.heldout import iou_drop
+
+    return {label(score_params(cam, threshold, "boxes")): iou_drop(ctx, cam, threshold)}
 
 
 def _from_pass(

@@ -7,12 +7,13 @@ Kendall Psi, CMI score, selection accuracy), `tables` (the paper's Tables 3-7 an
 (`run_study`, `write_study`, `headline`), `predict` (gap ~ measure with a prediction interval).
 """
 
+from .bootstrap import bootstrap_ci
+from .cmi import cmi_score
+from .options import StudyOptions
 from .predict import GapFit, GapPrediction, fit_from_wide, fit_gap, predict_gap
 from .render import write_table
 from .report import Study, demo_frames, headline, run_study, write_study
 from .stats import (
-    bootstrap_ci,
-    cmi_score,
     correlations,
     granulated_kendall,
     kendall,
@@ -20,7 +21,7 @@ from .stats import (
     selection_accuracy,
     spearman,
 )
-from .tables import MeasureSpec, StudyOptions, wide_table
+from .variants import MeasureSpec, wide_table
 
 __all__ = [
     "GapFit",

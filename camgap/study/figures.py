@@ -31,7 +31,8 @@ from camgap.errors import InputError
 from camgap.viz import BOX_COLOUR, CAM_CMAP, REGION_COLOUR
 
 from . import stats
-from .tables import CAM_NAMES, archs_of, trained_mask
+from .options import archs_of, trained_mask
+from .variants import CAM_NAMES
 
 _PNG_META = {"Software": None}
 

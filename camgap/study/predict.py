@@ -334,7 +334,7 @@ def predict_gap(
 def fit_from_wide(wide: pd.DataFrame, measure_col: str, *, gap_col: str = "gap", trained_only: bool = True) -> GapFit:
     """`fit_gap` on the columns of a wide study table (see `tables.wide_table`), by default
     over the trained models only."""
-    from .tables import trained_mask
+    from .options import trained_mask
 
     d = wide[trained_mask(wide)] if trained_only else wide
     return fit_gap(d[measure_col], d[gap_col], name=measure_col)

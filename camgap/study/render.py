@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .tables import CorrelationTable, SelectionTable
+from .correlation import CorrelationTable
+from .selection import SelectionTable
 
 Fmt = str | Callable[[float], str] | Mapping[str, "str | Callable[[float], str]"] | None
 

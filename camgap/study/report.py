@@ -21,7 +21,6 @@ Layout of `out_dir`:
 
 from __future__ import annotations
 
-import base64
 import datetime
 import importlib.metadata
 import math
@@ -30,15 +29,29 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import jinja2
 import numpy as np
 import pandas as pd
-from markupsafe import Markup
 
 from camgap.errors import InputError, MissingFileError, UnknownNameError
 
 from . import figures, render, tables
-from .tables import DEFAULT_THRESHOLDS, TOTAL, CorrelationTable, MeasureSpec, SelectionTable, StudyOptions
+from .correlation import CorrelationTable
+from .groups import cluster_effects, group_cells, group_table
+from .options import (
+    DEFAULT_HPARAMS,
+    DEFAULT_SUBSETS,
+    StudyOptions,
+    at_subset,
+    infer_hparams,
+    primary_subset,
+    subsets_keyword,
+    trained_mask,
+)
+from .page import FigureFile, render_html
+from .page import how_computed as how_computed  # its callers import it from the report
+from .ranking import ranking_table
+from .selection import SelectionTable, table4
+from .variants import IOU_MEASURES, TOTAL, MeasureSpec, discover_specs, prepare_measurements, primary_iou, wide_table
 
 
 @dataclass
@@ -55,12 +68,12 @@ class Study:
     table7: CorrelationTable | None
     failures: pd.DataFrame
     models: pd.DataFrame
-    thresholds: tuple[float, ...]
+    subsets: tuple[float, ...]
     settings: dict = field(default_factory=dict)
-    measurements: pd.DataFrame | None = None  #: as the tables read them (`tables.prepare_measurements`)
+    measurements: pd.DataFrame | None = None  #: as the tables read them (`prepare_measurements`)
     options: StudyOptions = field(default_factory=StudyOptions)
-    groups: CorrelationTable | None = None  #: Table 3 within hyperparameter levels (`tables.group_table`)
-    clusters: list[str] = field(default_factory=list)  #: `tables.cluster_effects` of `groups`
+    groups: CorrelationTable | None = None  #: Table 3 within hyperparameter levels (`group_table`)
+    clusters: list[str] = field(default_factory=list)  #: `cluster_effects` of `groups`
     calibration: pd.DataFrame | None = None  #: `predict_calibration`
     calibration_note: str = ""
 
@@ -94,24 +107,24 @@ def prepare_runs(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def run_study(runs: pd.DataFrame, measurements: pd.DataFrame, options: StudyOptions | None = None, **settings) -> Study:
-    """Compute every table (no files). `options` (or their fields as keywords: thresholds=,
+    """Compute every table (no files). `options` (or their fields as keywords: subsets=,
     primary=, specs=/measures=, hparams=, n_boot=, seed=, confidence=, min_n=): the measures
     default to every measure present, its primary variant (`DEFAULT_PRIMARY`: cam=gradcam,
     masks=boxes); the hyperparameters to the paper's seven present in `runs` that vary (see
-    `tables.infer_hparams`). The measurements are prepared (params parsed) once for all tables."""
+    `infer_hparams`). The measurements are prepared (params parsed) once for all tables."""
     o = StudyOptions.of(options, **settings)
     runs = prepare_runs(runs)
-    m = tables.prepare_measurements(measurements)
-    specs = list(o.measures) if o.measures is not None else tables.discover_specs(m, o.primary)
-    hp = tables.infer_hparams(runs) if o.hparams is None else list(o.hparams)
+    m = prepare_measurements(measurements)
+    specs = list(o.measures) if o.measures is not None else discover_specs(m, o.primary)
+    hp = infer_hparams(runs) if o.hparams is None else list(o.hparams)
     t3 = tables.table3(runs, m, specs, o)
-    rank = tables.ranking_table(runs, m, specs, hp, o)
-    t4 = tables.table4(runs, m, options=o)
+    rank = ranking_table(runs, m, specs, hp, o)
+    t4 = table4(runs, m, options=o)
     t5 = tables.table5(runs, m, options=o)
     t6 = tables.table6(runs, m, o)
     t7 = tables.table7(runs, m, o)
-    models = tables.wide_table(runs, m)
-    groups = tables.group_table(runs, m, specs, hp, o)
+    models = wide_table(runs, m)
+    within = group_table(runs, m, specs, hp, o)
     calibration, cal_note = predict_calibration(runs, m, o)
     settings_out = dict(primary=dict(o.primary), cmi=o.cmi, **o.bootstrap())
     return Study(
@@ -125,12 +138,12 @@ def run_study(runs: pd.DataFrame, measurements: pd.DataFrame, options: StudyOpti
         t7,
         tables.failures_table(m),
         models,
-        o.thresholds,
+        o.subsets,
         settings_out,
         m,
         o,
-        groups,
-        tables.cluster_effects(groups),
+        within,
+        cluster_effects(within),
         calibration,
         cal_note,
     )
@@ -145,11 +158,11 @@ def predict_calibration(
     `predict` switches to when that coverage is too low. (None, why) when no fit is possible."""
     from .predict import CALIBRATION_SLACK, MIN_N, fit_from_wide
 
-    spec = tables.primary_iou(measurements, options.primary)
+    spec = primary_iou(measurements, options.primary)
     if spec is None:
         return None, "not available: no IoU measurements."
-    t = tables.primary_subset(options)
-    wide = tables.at_threshold(tables.wide_table(runs, measurements, [spec]), t)
+    t = primary_subset(options)
+    wide = at_subset(wide_table(runs, measurements, [spec]), t)
     try:
         fit = fit_from_wide(wide, spec.column)
     except InputError as e:
@@ -179,21 +192,25 @@ def headline(
     runs: pd.DataFrame | None = None,
     measurements: pd.DataFrame | None = None,
     *,
-    thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
+    subsets: Sequence[float] = DEFAULT_SUBSETS,
     primary: Mapping[str, str] | None = None,
     specs: Sequence[MeasureSpec] | None = None,
     table: CorrelationTable | None = None,
     n_boot: int = 0,
     seed: int = 0,
+    thresholds: Sequence[float] | None = None,
 ) -> str:
     """The Table 3 Total block as plain text: Pearson r of each measure with the gap over the
     trained models of each subset, its bootstrap interval (with `n_boot` resamples, or from
-    `table`), and n. Pass `table` (a computed Table 3) or the frames."""
+    `table`), and n. Pass `table` (a computed Table 3) or the frames. `thresholds`: the
+    deprecated name of `subsets`."""
+    if thresholds is not None:
+        subsets = subsets_keyword({"thresholds": thresholds}, "headline")["subsets"]
     if table is None:
         if runs is None or measurements is None:
             raise InputError("headline needs runs and measurements, or a computed table")
         table = tables.table3(
-            prepare_runs(runs), measurements, specs, thresholds=thresholds, primary=primary, n_boot=n_boot, seed=seed
+            prepare_runs(runs), measurements, specs, subsets=subsets, primary=primary, n_boot=n_boot, seed=seed
         )
     return headline_text(total_block(table.long()))
 
@@ -251,22 +268,14 @@ def _slug(s: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", s.lower()).strip("_") or "measure"
 
 
-@dataclass(frozen=True)
-class FigureFile:
-    """A figure of the report: its caption and PNG file."""
-
-    caption: str
-    path: Path
-
-
 def _grid_sha256(model_set: Path) -> str:
     """SHA-256 of the model set's grid (of its canonical JSON, as `zoo build` stores it in the
     registry's meta table), or a note saying why there is none."""
-    from camgap.zoo.registry import Registry
+    from camgap.zoo.registry import ZooDB
 
-    if not (model_set / Registry.FILENAME).is_file():
-        return f"n/a (no {Registry.FILENAME} in {model_set})"
-    with Registry.in_dir(model_set, create=False) as reg:
+    if not (model_set / ZooDB.FILENAME).is_file():
+        return f"n/a (no {ZooDB.FILENAME} in {model_set})"
+    with ZooDB.in_dir(model_set, create=False) as reg:
         return reg.get_meta("grid_fingerprint") or "n/a (the registry records no grid)"
 
 
@@ -303,21 +312,9 @@ def provenance(
     return rows
 
 
-def how_computed(runs: pd.DataFrame) -> str:
-    """' Trained in fp32 (8), bf16 (64); pack size 8 (64), 1 (8).' for the registry's columns (what
-    speeds training up, not what is studied; the model table has them per model); '' without them."""
-    parts = []
-    for col, name in (("precision", "trained in"), ("pack_size", "pack size")):
-        if col in runs.columns and runs[col].notna().any():
-            counts = runs[col].dropna().map(lambda v: str(int(v)) if isinstance(v, float) else str(v)).value_counts()
-            parts.append(f"{name} " + ", ".join(f"{v} ({n})" for v, n in counts.items()))
-    text = "; ".join(parts)
-    return f" {text[:1].upper()}{text[1:]}." if parts else ""
-
-
 def _gap_figures(runs: pd.DataFrame, fdir: Path) -> tuple[list[FigureFile], list[str]]:
     """Figures 4 and 5, or a no-data line when no trained model has a finite gap."""
-    gaps = pd.to_numeric(runs.loc[tables.trained_mask(runs), "gap"], errors="coerce")
+    gaps = pd.to_numeric(runs.loc[trained_mask(runs), "gap"], errors="coerce")
     if not np.isfinite(gaps.to_numpy(float)).any():
         return [], ["no data: no trained model has a finite gap; Figures 4 and 5 are not drawn."]
     return [
@@ -333,8 +330,8 @@ def _gap_figures(runs: pd.DataFrame, fdir: Path) -> tuple[list[FigureFile], list
 
 
 def color_by_choices(runs: pd.DataFrame) -> list[str]:
-    """The hyperparameter columns `--color-by` accepts: those of `tables.DEFAULT_HPARAMS` in `runs`."""
-    return [h for h in tables.DEFAULT_HPARAMS if h in runs.columns]
+    """The hyperparameter columns `--color-by` accepts: those of `DEFAULT_HPARAMS` in `runs`."""
+    return [h for h in DEFAULT_HPARAMS if h in runs.columns]
 
 
 def check_color_by(runs: pd.DataFrame, color_by: str | None) -> None:
@@ -346,12 +343,12 @@ def check_color_by(runs: pd.DataFrame, color_by: str | None) -> None:
         )
 
 
-def _scatter_models(wide: pd.DataFrame, thresholds: Sequence[float], min_n: int) -> tuple[pd.DataFrame, str]:
+def _scatter_models(wide: pd.DataFrame, subsets: Sequence[float], min_n: int) -> tuple[pd.DataFrame, str]:
     """The models the scatters show and their description: the trained models at the lowest
     accuracy threshold (the paper's model set); when fewer than `min_n` reach it, all trained
     models, and the description says so."""
-    trained = wide[tables.trained_mask(wide)]
-    floor = min((t for t in thresholds if t > 0), default=0.0)
+    trained = wide[trained_mask(wide)]
+    floor = min((t for t in subsets if t > 0), default=0.0)
     if not floor:
         return trained, "trained models"
     fit = trained[trained["train_acc"] >= floor]
@@ -366,16 +363,16 @@ def _scatter_figures(
     runs: pd.DataFrame,
     measurements: pd.DataFrame,
     specs: Sequence[MeasureSpec],
-    thresholds: Sequence[float],
+    subsets: Sequence[float],
     min_n: int,
     fdir: Path,
     color_by: str | None = None,
 ) -> tuple[list[FigureFile], list[str]]:
     """One scatter per measure with at least one finite value among the shown models (caption:
     which models and how many); a no-data line for every other measure. With `color_by`, the
-    IoU scatters (`tables.IOU_MEASURES`) are coloured by that hyperparameter."""
-    wide = tables.wide_table(runs, measurements, specs)
-    shown, subset = _scatter_models(wide, thresholds, min_n)
+    IoU scatters (`IOU_MEASURES`) are coloured by that hyperparameter."""
+    wide = wide_table(runs, measurements, specs)
+    shown, subset = _scatter_models(wide, subsets, min_n)
     gap_ok = np.isfinite(pd.to_numeric(shown["gap"], errors="coerce").to_numpy(float))
     figs, no_data, used = [], [], set()
     for s in specs:
@@ -393,7 +390,7 @@ def _scatter_figures(
         while slug in used:
             slug += "_"
         used.add(slug)
-        by = color_by if s.measure in tables.IOU_MEASURES else None
+        by = color_by if s.measure in IOU_MEASURES else None
         figs.append(
             FigureFile(
                 f"{col} vs gap: {int(ok.sum())} {subset} with a finite {col}" + (f", coloured by {by}" if by else ""),
@@ -424,7 +421,7 @@ def write_study(
     `overlay_threshold` (the defaults of `camgap.zoo.measure.overlay_rows`), or the path of an
     already rendered PNG. `command` (the command line) and `model_set` (the model-set
     directory) go into the report's provenance block. `options`, or their fields as keywords
-    (n_boot=, thresholds=, ...): see `run_study`; they are checked before anything is written.
+    (n_boot=, subsets=, ...): see `run_study`; they are checked before anything is written.
     `color_by`: a hyperparameter column of `runs`; the IoU scatter is then coloured by its
     values (an UnknownNameError lists the known ones)."""
     o = StudyOptions.of(options, **settings)
@@ -448,7 +445,7 @@ def write_study(
         group_title = "Table 3 within groups. Pearson r [interval] (n), measure vs gap, per hyperparameter level"
         render.write_correlation_table(st.groups, tdir, "table3_groups")
         render.write_table(
-            tables.group_cells(st.groups, o.min_n), tdir, "table3_groups_cells", title=group_title, note=st.groups.note
+            group_cells(st.groups, o.min_n), tdir, "table3_groups_cells", title=group_title, note=st.groups.note
         )
     if st.calibration is not None:
         render.write_table(st.calibration, tdir, "predict_calibration", note=st.calibration_note)
@@ -456,7 +453,7 @@ def write_study(
     render.write_table(st.models, tdir, "models", fmt="{:.6g}")
 
     figs, no_data = _gap_figures(runs, fdir)
-    more, lines = _scatter_figures(runs, st.measurements, st.specs, o.thresholds, o.min_n, fdir, color_by)
+    more, lines = _scatter_figures(runs, st.measurements, st.specs, o.subsets, o.min_n, fdir, color_by)
     figs += more
     no_data += lines
     if overlays is not None:
@@ -477,157 +474,6 @@ def write_study(
     report = out / "report.html"
     report.write_text(render_html(st, figs, title, provenance=prov, no_data=no_data, base=out), encoding="utf-8")
     return report
-
-
-# -------------------------------------------------------------------------------- HTML
-#: How the report names each CMI definition (`StudyOptions.cmi`).
-CMI_DESCRIPTIONS = {
-    "jiang": "jiang (Jiang et al. 2020, sec. 2.3: ordered pairs of distinct models, three-valued signs, "
-    "cells weighted by size, minimum over conditioning sets of at most two hyperparameters; in [0, 1])",
-    "pgdl": "pgdl (the PGDL competition's scoring program: ordered pairs including a model with itself, "
-    'ties as "-", cells averaged unweighted, minimum over pairs of distinct hyperparameters; x 100)',
-}
-_TEMPLATES = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(Path(__file__).parent),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-)
-
-
-def _html_table(df: pd.DataFrame | None, fmt: render.Fmt = "{:.4f}") -> Markup:
-    if df is None or not len(df.columns):
-        return Markup("<p class='note'>(empty)</p>")
-    return Markup(render.to_html_table(df, fmt))  # to_html_table escapes every cell
-
-
-def _ci_frame(t: CorrelationTable) -> pd.DataFrame:
-    out = pd.DataFrame(index=t.ci_low.index, columns=t.ci_low.columns, dtype=object)
-    for c in out.columns:
-        out[c] = [
-            (
-                "n/a"
-                if not (np.isfinite(lo) and np.isfinite(hi))
-                else render.fmt_value(lo, "{:.4f}", "n/a") + ", " + render.fmt_value(hi, "{:.4f}", "n/a")
-            )
-            for lo, hi in zip(t.ci_low[c], t.ci_high[c])
-        ]
-    return out
-
-
-def _corr_section(title: str, t: CorrelationTable | None, missing: str) -> dict:
-    if t is None:
-        return dict(title=title, table=None, missing=missing)
-    return dict(
-        title=title,
-        table=t,
-        missing=missing,
-        pearson=_html_table(t.pearson),
-        spearman=_html_table(t.spearman),
-        kendall=_html_table(t.kendall),
-        confidence=int(round(100 * t.confidence)),
-        ci=_html_table(_ci_frame(t)),
-        n=_html_table(t.n),
-    )
-
-
-def _figure(fig: FigureFile, base: Path | None) -> dict:
-    path = Path(fig.path)
-    data = path.read_bytes()
-    if not data:
-        raise InputError(f"{path}: empty figure file")
-    try:
-        file = path.resolve().relative_to(base.resolve()).as_posix() if base is not None else path.name
-    except ValueError:
-        file = str(path)
-    return dict(caption=fig.caption, file=file, data=base64.b64encode(data).decode("ascii"))
-
-
-def render_html(
-    st: Study,
-    figs: Sequence[FigureFile | tuple[str, Path]],
-    title: str,
-    *,
-    provenance: Sequence[tuple[str, str]] = (),
-    no_data: Sequence[str] = (),
-    base: Path | None = None,
-) -> str:
-    """The report page from the template `report.html.j2` (autoescaped). `figs` are inlined as
-    data URIs; each <img> names its file (relative to `base`) in `data-file`."""
-    runs = st.models
-    tm = tables.trained_mask(runs)
-    archs = ", ".join(map(str, tables.archs_of(runs[tm]))) or "none"
-    summary = (
-        f"{int(tm.sum())} trained models ({archs}), "
-        f"{int((~tm).sum())} untrained random models; thresholds on training accuracy: "
-        f"{', '.join(render.column_label(tables.threshold_label(t)) for t in st.thresholds)}; "
-        f"hyperparameters for Psi / CMI: {', '.join(st.hparams) or 'none'}; "
-        f"CMI definition: {CMI_DESCRIPTIONS[st.options.cmi]}; "
-        f"bootstrap resamples: {st.settings.get('n_boot')}, seed {st.settings.get('seed')}."
-        f"{how_computed(runs[tm])}"
-    )
-    groups = (
-        None
-        if st.groups is None
-        else dict(
-            cells=_html_table(tables.group_cells(st.groups, st.options.min_n)),
-            note=st.groups.note,
-            clusters=st.clusters,
-        )
-    )
-    calibration = dict(table=None if st.calibration is None else _html_table(st.calibration), note=st.calibration_note)
-    t4 = (
-        None
-        if st.table4 is None
-        else dict(
-            accuracy=_html_table(st.table4.accuracy, render.percent),
-            counts=_html_table(_counts_frame(st.table4)),
-            note=st.table4.note,
-        )
-    )
-    variants = [
-        _corr_section(
-            "Table 5. Validity: IoU vs gap for untrained random and trained models",
-            st.table5,
-            "not available: no IoU measurements.",
-        ),
-        _corr_section(
-            "Table 6. Robustness to the CAM method",
-            st.table6,
-            "not available: IoU was measured with fewer than two CAM methods.",
-        ),
-        _corr_section(
-            "Table 7. IoU from boxes vs from saliency masks",
-            st.table7,
-            "not available: IoU was measured with fewer than two mask sources.",
-        ),
-    ]
-    return _TEMPLATES.get_template("report.html.j2").render(
-        title=title,
-        provenance=list(provenance),
-        summary=summary,
-        min_n=st.options.min_n,
-        table3=_corr_section("Table 3. Correlation of each measure with the generalization gap", st.table3, ""),
-        groups=groups,
-        ranking=_html_table(st.ranking),
-        cmi=CMI_DESCRIPTIONS[st.options.cmi],
-        calibration=calibration,
-        table4=t4,
-        variant_sections=variants,
-        failures=None if st.failures.empty else _html_table(st.failures),
-        figures=[_figure(f if isinstance(f, FigureFile) else FigureFile(*f), base) for f in figs],
-        no_data=list(no_data),
-    )
-
-
-def _counts_frame(t: SelectionTable) -> pd.DataFrame:
-    out = pd.DataFrame(index=t.accuracy.index, columns=t.accuracy.columns, dtype=object)
-    for c in out.columns:
-        out[c] = [
-            f"{a} / {b} ({m}, {g})"
-            for a, b, m, g in zip(t.n_compared[c], t.n_ties[c], t.n_ties_measure[c], t.n_ties_gap[c])
-        ]
-    return out
 
 
 # ----------------------------------------------------------------------- demo frames

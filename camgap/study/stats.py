@@ -7,11 +7,11 @@ as "n/a".
 - `pearson`, `spearman`, `kendall`: thin wrappers of `scipy.stats` that drop non-finite
   pairs first and return NaN below `min_n` models (3 by default) or for constant input.
   `kendall` is scipy's tau-b.
-- `bootstrap_ci`: seeded percentile bootstrap over models (`scipy.stats.bootstrap`, pairs
-  resampled together).
+- `bootstrap_ci` (module `bootstrap`): seeded percentile bootstrap over models (pairs
+  resampled together, scipy's draws).
 - `granulated_kendall`: Jiang et al. 2020, "Fantastic generalization measures and where to
   find them", sec. 2.2 (granulated Kendall's coefficient Psi).
-- `cmi_score`: Jiang et al. 2020 sec. 2.3 (conditional independence test), the score the
+- `cmi_score` (module `cmi`): Jiang et al. 2020 sec. 2.3 (conditional independence test), the score the
   PGDL competition (NeurIPS 2020) ranked submissions by.
 - `selection_accuracy`: the paper's model-selection experiment (Du, Zhou, Dai 2024, Table 4).
 
@@ -23,7 +23,6 @@ sign; the CMI score is sign-free (mutual information); `selection_accuracy` take
 
 from __future__ import annotations
 
-import itertools
 import math
 import warnings
 from collections.abc import Callable, Sequence
@@ -40,12 +39,6 @@ MIN_N = 3
 #: usually computed as 100 * (train_acc - test_acc) in floating point, so two models with the
 #: same accuracies can differ by ~1e-14; a fixed tiny tolerance makes those ties.
 GAP_TOL = 1e-9
-#: Largest number of U_S values counted in a dense table by `cmi_score` (else sparse path).
-_DENSE_MAX = 2_000_000
-#: The definitions `cmi_score` computes (see its docstring): "jiang" (Jiang et al. 2020, sec.
-#: 2.3, the default) and "pgdl" (the PGDL competition's scoring program, comparable with its
-#: published scores).
-CMI_MODES: tuple[str, ...] = ("jiang", "pgdl")
 
 
 # ----------------------------------------------------------------------------- correlations
@@ -96,90 +89,6 @@ def correlations(x, y, *, min_n: int = MIN_N) -> dict[str, float]:
         out["spearman"] = _call(_st.spearmanr, xf, yf)[0]
         out["kendall"] = _call(_st.kendalltau, xf, yf)[0]
     return out
-
-
-# -------------------------------------------------------------------------------- bootstrap
-def _rowwise_pearson(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    xm = xs - xs.mean(axis=1, keepdims=True)
-    ym = ys - ys.mean(axis=1, keepdims=True)
-    den = np.sqrt((xm * xm).sum(axis=1) * (ym * ym).sum(axis=1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (xm * ym).sum(axis=1) / den
-    r[~(den > 0)] = np.nan
-    return np.clip(r, -1.0, 1.0)
-
-
-def _rowwise(stat: str | Callable) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    if stat == "pearson":
-        return _rowwise_pearson
-    if stat == "spearman":
-        return lambda xs, ys: _rowwise_pearson(_st.rankdata(xs, axis=1), _st.rankdata(ys, axis=1))
-    fn = {"kendall": lambda a, b: _call(_st.kendalltau, a, b)[0]}.get(stat, stat)  # type: ignore[arg-type]
-    if not callable(fn):
-        raise InputError(f"unknown statistic {stat!r}: pearson, spearman, kendall or a callable")
-
-    def loop(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-        out = np.empty(xs.shape[0])
-        for k in range(xs.shape[0]):
-            a, b = xs[k], ys[k]
-            out[k] = np.nan if np.ptp(a) == 0 or np.ptp(b) == 0 else fn(a, b)
-        return out
-
-    return loop
-
-
-def bootstrap_ci(
-    x,
-    y,
-    stat: str | Callable = "pearson",
-    *,
-    n_resamples: int = 2000,
-    confidence: float = 0.95,
-    seed: int = 0,
-    min_n: int = MIN_N,
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of a correlation over models (`scipy.stats.bootstrap`).
-
-    Models are resampled as (x_i, y_i) pairs (``paired=True``) `n_resamples` times with
-    `numpy.random.default_rng(seed)`; the interval is the (1-c)/2 and (1+c)/2 quantiles of the
-    resampled statistic. Resamples where the statistic is undefined (a resample with a constant
-    x or y, likely with a handful of models) are left out of the quantiles rather than making
-    the whole interval NaN; without such resamples this is exactly scipy's percentile interval.
-    Returns (NaN, NaN) below `min_n` pairs or for constant input. Same data + same seed -> the
-    same interval.
-    """
-    x, y = _finite_pairs(x, y)
-    if _degenerate(x, y, min_n):
-        return math.nan, math.nan
-    if not 0 < confidence < 1:
-        raise InputError(f"confidence must lie in (0, 1), got {confidence}")
-    if int(n_resamples) < 1:
-        raise InputError(f"n_resamples must be >= 1, got {n_resamples}")
-    fn = _rowwise(stat)
-
-    def statistic(xs: np.ndarray, ys: np.ndarray, axis: int = -1) -> np.ndarray:
-        xs, ys = np.moveaxis(xs, axis, -1), np.moveaxis(ys, axis, -1)
-        return fn(xs.reshape(-1, xs.shape[-1]), ys.reshape(-1, ys.shape[-1])).reshape(xs.shape[:-1])
-
-    with warnings.catch_warnings():  # scipy warns about undefined resamples; they are left out below
-        warnings.simplefilter("ignore", _st.DegenerateDataWarning)
-        res = _st.bootstrap(
-            (x, y),
-            statistic,
-            paired=True,
-            vectorized=True,
-            n_resamples=int(n_resamples),
-            batch=max(1, 2_000_000 // x.size),
-            method="percentile",
-            confidence_level=confidence,
-            rng=np.random.default_rng(seed),
-        )
-    vals = res.bootstrap_distribution
-    if not np.isfinite(vals).any():
-        return math.nan, math.nan
-    alpha = (1.0 - confidence) / 2
-    lo, hi = _st.quantile(vals, [alpha, 1.0 - alpha], nan_policy="omit")
-    return float(lo), float(hi)
 
 
 # ----------------------------------------------------------------------- pairwise sign utils
@@ -277,6 +186,10 @@ def granulated_kendall(
     hparams = list(hparams)
     if not hparams:
         raise InputError("granulated_kendall needs at least one hyperparameter")
+    if tau == "a":
+        return granulated_kendalls(
+            df, [measure_col], gap_col, hparams, min_models=min_models, measure_tol=measure_tol, gap_tol=gap_tol
+        )[measure_col]
     d = _clean(df, measure_col, gap_col, hparams)
     if len(d) < 2:
         return math.nan, {h: math.nan for h in hparams}
@@ -285,349 +198,100 @@ def granulated_kendall(
     codes = {h: _codes(d[h]) for h in hparams}
     per: dict[str, float] = {}
     for h in hparams:
-        key = np.zeros(len(d), dtype=np.int64)
-        for o in hparams:
-            if o != h:
-                key = key * (int(codes[o].max()) + 1) + codes[o]
-        _, cell_of = np.unique(key, return_inverse=True)
-        order = np.argsort(cell_of, kind="stable")
-        cells = np.split(order, np.flatnonzero(np.diff(cell_of[order])) + 1)
-        taus = []
-        for idx in cells:
-            if idx.size < min_models or np.unique(codes[h][idx]).size < 2:
-                continue
-            if tau == "a":
-                t = tau_a(m[idx], g[idx], measure_tol=measure_tol, gap_tol=gap_tol)
-            else:
-                t = kendall(m[idx], g[idx], min_n=2)
-            if np.isfinite(t):
-                taus.append(t)
+        taus = [kendall(m[idx], g[idx], min_n=2) for idx in _varying_cells(codes, h, min_models)]
+        taus = [t for t in taus if np.isfinite(t)]
         per[h] = float(np.mean(taus)) if taus else math.nan
+    return _psi(per), per
+
+
+def _psi(per: dict[str, float]) -> float:
     defined = [v for v in per.values() if np.isfinite(v)]
-    return (float(np.mean(defined)) if defined else math.nan), per
+    return float(np.mean(defined)) if defined else math.nan
 
 
-# ------------------------------------------------------------------------------- CMI score
-def _entropy_bits(counts: np.ndarray) -> np.ndarray:
-    """Entropy (bits) of each row of a count matrix."""
-    tot = counts.sum(axis=-1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        p = counts / tot
-        h = -np.where(p > 0, p * np.log2(p), 0.0).sum(axis=-1)
-    return h
+def _varying_cells(codes: dict[str, np.ndarray], h: str, min_models: int) -> list[np.ndarray]:
+    """The row indices of each cell of models that agree on every hyperparameter but `h`, with at
+    least `min_models` models and two values of `h`, in the order of their codes."""
+    key = np.zeros(len(codes[h]), dtype=np.int64)
+    for o in codes:
+        if o != h:
+            key = key * (int(codes[o].max()) + 1) + codes[o]
+    _, cell_of = np.unique(key, return_inverse=True)
+    order = np.argsort(cell_of, kind="stable")
+    cells = np.split(order, np.flatnonzero(np.diff(cell_of[order])) + 1)
+    return [idx for idx in cells if idx.size >= min_models and np.unique(codes[h][idx]).size >= 2]
 
 
-def conditional_mi(v_measure: np.ndarray, v_gap: np.ndarray, cond: np.ndarray) -> tuple[float, float]:
-    """Plug-in I(V_mu; V_g | U) and H(V_g | U) in bits from per-pair discrete samples.
-
-    I(V_mu; V_g | U) = sum_u p(u) sum_{a,b} p(a,b|u) log2 [ p(a,b|u) / (p(a|u) p(b|u)) ]
-    H(V_g | U)       = -sum_u p(u) sum_b p(b|u) log2 p(b|u)
-    with every probability the empirical frequency over the given pairs.
-    """
-    cond = np.asarray(cond, dtype=np.int64)
-    _, cond_idx = np.unique(cond, return_inverse=True)
-    ab = (np.asarray(v_measure, dtype=np.int64) + 1) * 3 + np.asarray(v_gap, dtype=np.int64) + 1
-    n_u = int(cond_idx.max()) + 1 if cond_idx.size else 0
-    counts = np.bincount(cond_idx.ravel() * 9 + ab, minlength=n_u * 9).reshape(n_u, 3, 3)
-    return _cmi_from_counts(counts)
-
-
-def _cmi_from_counts(counts: np.ndarray) -> tuple[float, float]:
-    """(I(V_mu; V_g | U), H(V_g | U)) in bits from counts[u, v_mu + 1, v_g + 1]."""
-    counts = counts[counts.sum(axis=(1, 2)) > 0].astype(float)
-    if counts.shape[0] == 0:
-        return math.nan, math.nan
-    n_u = counts.sum(axis=(1, 2))
-    p_u = n_u / n_u.sum()
-    mi, h_b = _cell_terms(counts)
-    return float((p_u * mi).sum()), float((p_u * h_b).sum())
-
-
-def _cell_terms(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per cell u of counts[u, a, b] (none empty): I(A; B | u) and H(B | u) in bits."""
-    k = counts.shape[0]
-    h_ab = _entropy_bits(counts.reshape(k, -1))
-    h_a = _entropy_bits(counts.sum(axis=2))
-    h_b = _entropy_bits(counts.sum(axis=1))
-    return np.maximum(h_a + h_b - h_ab, 0.0), h_b  # I = H(A) + H(B) - H(A,B), per slice
-
-
-def _swap_perm(radices: Sequence[int]) -> np.ndarray:
-    """For U_S coded as mixed-radix digits d_h = c_h(theta) * k_h + c_h(theta') (radix k_h^2),
-    the code of the same pair in the other order, for every code value."""
-    size = int(np.prod([k * k for k in radices])) if radices else 1
-    u = np.arange(size, dtype=np.int64)
-    out = np.zeros(size, dtype=np.int64)
-    rest = u.copy()
-    digits = []
-    for k in reversed(radices):
-        digits.append(rest % (k * k))
-        rest //= k * k
-    for k, d in zip(radices, reversed(digits)):
-        out = out * (k * k) + (d % k) * k + d // k
-    return out
-
-
-def cmi_score(
-    df: pd.DataFrame,
-    measure_col: str,
-    gap_col: str,
-    hparams: Sequence[str],
-    *,
-    max_set_size: int = 2,
-    measure_tol: float = 0.0,
-    gap_tol: float = GAP_TOL,
-    mode: str = "jiang",
-) -> tuple[float, dict[tuple[str, ...], float]]:
-    """Conditional-mutual-information score, Jiang et al. 2020 sec. 2.3 (the PGDL metric).
-
-    Probability space: every ordered pair (theta, theta') of two distinct models of the set,
-    uniformly. On a pair,
-
-        V_mu = sgn(mu(theta) - mu(theta')),   V_g = sgn(g(theta) - g(theta')),
-        U_S  = (theta_S, theta'_S)   (the values of the hyperparameters in S for both models).
-
-    Signs take three values {-1, 0, +1} (a tie is its own value; gap differences within
-    `gap_tol` percentage points are ties). For each conditioning set S the normalised
-    conditional mutual information is
-
-        I~(V_mu, V_g | U_S) = I(V_mu; V_g | U_S) / H(V_g | U_S)
-
-        I(V_mu; V_g | U_S) = sum_{U_S} p(U_S) sum_{V_mu, V_g} p(V_mu, V_g | U_S)
-                              log [ p(V_mu, V_g | U_S) / (p(V_mu | U_S) p(V_g | U_S)) ]
-        H(V_g | U_S)       = - sum_{U_S} p(U_S) sum_{V_g} p(V_g | U_S) log p(V_g | U_S)
-
-    (empirical plug-in probabilities, log base 2 - the base cancels in the ratio), and the
-    score is K(mu) = min over S of I~(V_mu, V_g | U_S).
-
-    Conditioning sets: S = {} (plain normalised mutual information), every single
-    hyperparameter, and every unordered pair of distinct hyperparameters, i.e. all S with
-    |S| <= `max_set_size` (2), as in Jiang et al. (who take the minimum over |S| <= 2).
-    A set where H(V_g | U_S) = 0 (the hyperparameters in S alone fix the sign of the gap
-    difference of every pair) has an undefined ratio 0/0: it is reported as NaN and left out
-    of the minimum; the score is NaN when every set is undefined. 1 means the measure's sign
-    determines the gap's sign even after conditioning; 0 means no information beyond S.
-
-    `mode="pgdl"` is the PGDL scoring program's definition instead (its `mutual_information.py`,
-    NeurIPS 2020), so that scores compare with the competition's published numbers:
-    - the probability space is every ordered pair of models, a model paired with itself included;
-    - signs take two values: "+" when the difference is > 0 (> `gap_tol` for the gap), else "-"
-      (a tie, the self-pairs included, counts as "-");
-    - S ranges over the ordered pairs of distinct hyperparameters only (|S| = 2; (h1, h2) and
-      (h2, h1) give the same cells, so the unordered pairs suffice);
-    - per S, I(V_mu; V_g | U_S = u) and H(V_g | U_S = u) are computed inside each cell u and
-      averaged over the cells without weighting by their size; the set's value is
-      mean_u I / mean_u H (a ratio of averages, not an average of ratios);
-    - the score is 100 * the minimum over S.
-    Cells without any pair are left out of the averages (the program requires a complete grid,
-    where none is empty; it would give NaN there). The program adds 1e-12 inside its entropy's
-    logarithm; here 0 log 0 = 0 exactly (the two differ by < 1e-10). A set whose averaged
-    entropy is 0 is NaN and left out; with fewer than two hyperparameters the pgdl score is NaN.
-
-    Cost: O(n^2) pairs in memory (n models -> n(n-1)/2 unordered pairs).
-    Rows with a non-finite measure or gap are dropped first. `cmi_scores` scores several
-    measures of one model table and builds the pair codes once for all of them. `hparams` should list the real
-    hyperparameters only (not a repeat/seed column).
-
-    Returns (score, {S: I~ for every conditioning set S, S a tuple of hyperparameter names}).
-    """
-    return cmi_scores(
-        df,
-        [measure_col],
-        gap_col,
-        hparams,
-        max_set_size=max_set_size,
-        measure_tol=measure_tol,
-        gap_tol=gap_tol,
-        mode=mode,
-    )[measure_col]
-
-
-def cmi_scores(
+def granulated_kendalls(
     df: pd.DataFrame,
     measure_cols: Sequence[str],
     gap_col: str,
     hparams: Sequence[str],
     *,
-    max_set_size: int = 2,
+    min_models: int = 2,
     measure_tol: float = 0.0,
     gap_tol: float = GAP_TOL,
-    mode: str = "jiang",
-) -> dict[str, tuple[float, dict[tuple[str, ...], float]]]:
-    """`cmi_score` of every measure in `measure_cols`: {measure: (score, {S: I~})}.
-
-    The pairs, the gap signs and the conditioning codes depend on the models only, so they are
-    built once; a measure's pairs are those whose two models both have a finite value, which
-    gives the same counts as `cmi_score` on the table without its non-finite rows (the codes of
-    a hyperparameter value do not matter, only which models share one). In `mode="pgdl"` the
-    self-pairs enter the unordered pairs with weight 1/2 (mirroring them counts them twice)."""
-    if mode not in CMI_MODES:
-        raise InputError(f"unknown CMI mode {mode!r}: {', '.join(CMI_MODES)}")
-    pgdl = mode == "pgdl"
+) -> dict[str, tuple[float, dict[str, float]]]:
+    """`granulated_kendall` (tau "a") of every measure in `measure_cols`: {measure: (Psi, {h:
+    psi_h})}. Measures finite on the same models share their cells and the gap signs, and the
+    tau of a cell is one array operation for all of them (integer sums: the same numbers)."""
     hparams = list(hparams)
-    sets: list[tuple[str, ...]] = []
-    for k in (2,) if pgdl else range(0, max_set_size + 1):
-        sets.extend(itertools.combinations(hparams, k))
+    if not hparams:
+        raise InputError("granulated_kendall needs at least one hyperparameter")
     d = _clean(df, measure_cols[0], gap_col, hparams, require_measure=False, extra=measure_cols[1:])
-    g = d[gap_col].to_numpy(float)
-    values = {c: d[c].to_numpy(float) for c in measure_cols}
-    if len(d) < 2:
-        return {c: (math.nan, {s: math.nan for s in sets}) for c in measure_cols}
-    i, j = np.triu_indices(len(d), k=0 if pgdl else 1)
-    weights = np.where(i == j, 0.5, 1.0) if pgdl else None
-    v_gap = _sign(g[i] - g[j], gap_tol).astype(np.int64) + 1
-    codes = {h: _codes(d[h]) for h in hparams}
-    radix = {h: int(codes[h].max()) + 1 for h in hparams}
-    keys = _ConditioningKeys(codes, radix, i, j)
+    shared: dict[bytes, list[str]] = {}
+    for c in measure_cols:
+        shared.setdefault(np.isfinite(d[c].to_numpy(float)).tobytes(), []).append(c)
     out = {}
-    for col in measure_cols:
-        m = values[col]
-        finite = np.isfinite(m)
-        if int(finite.sum()) < 2:
-            out[col] = (math.nan, {s: math.nan for s in sets})
+    for key, cols in shared.items():
+        rows = d[np.frombuffer(key, dtype=bool)].reset_index(drop=True)
+        if len(rows) < 2:
+            out.update({c: (math.nan, {h: math.nan for h in hparams}) for c in cols})
             continue
-        if finite.all():  # the common case: no pair to drop, no copies of the pair arrays
-            ok = np.ones(i.size, dtype=bool)
-            ab = (_sign(m[i] - m[j], measure_tol).astype(np.int64) + 1) * 3 + v_gap
-        else:
-            ok = finite[i] & finite[j]
-            ab = (_sign(m[i[ok]] - m[j[ok]], measure_tol).astype(np.int64) + 1) * 3 + v_gap[ok]
-        per: dict[tuple[str, ...], float] = {}
-        for s, counts in keys.counts(sets, ab, ok, weights):
-            mi, h_g = _pgdl_from_counts(counts) if pgdl else _cmi_from_counts(counts)
-            per[s] = mi / h_g if h_g > 1e-12 else math.nan
-        defined = [v for v in per.values() if np.isfinite(v)]
-        score = float(min(defined)) if defined else math.nan
-        out[col] = (100.0 * score, {k: 100.0 * v for k, v in per.items()}) if pgdl else (score, per)
+        per = _psi_per_hparam(rows, cols, gap_col, hparams, min_models, measure_tol, gap_tol)
+        out.update({c: (_psi(per[c]), per[c]) for c in cols})
     return out
 
 
-def _pgdl_from_counts(counts: np.ndarray) -> tuple[float, float]:
-    """(mean_u I(V_mu; V_g | u), mean_u H(V_g | u)) in bits over the non-empty cells u, each cell
-    counted once whatever its size (the PGDL program), from three-valued ordered-pair
-    counts[u, v_mu + 1, v_g + 1] with a tie folded into "-"."""
-    counts = counts[counts.sum(axis=(1, 2)) > 0].astype(float)
-    if counts.shape[0] == 0:
-        return math.nan, math.nan
-    two = np.stack([counts[:, :2].sum(axis=1), counts[:, 2]], axis=1)  # V_mu: {-1, 0} -> "-", +1 -> "+"
-    two = np.stack([two[..., :2].sum(axis=-1), two[..., 2]], axis=-1)  # V_g likewise
-    mi, h_b = _cell_terms(two)
-    return float(mi.mean()), float(h_b.mean())
+#: Sign-matrix elements computed at once by `_cell_taus` (a few measures of a large cell at a time).
+_SIGN_CHUNK = 4_000_000
 
 
-class _ConditioningKeys:
-    """Ordered-pair counts [U_S, V_mu + 1, V_g + 1] of every conditioning set S from the unordered
-    pairs (i < j): the mirrored pair (j, i) has both signs flipped and the digits of U_S swapped,
-    so the ordered-pair counts are counts + mirror(counts). When the joint code of all
-    hyperparameters is small, one bincount per measure gives every S by summing axes out;
-    otherwise each S's code is built once and kept for the next measure."""
-
-    def __init__(self, codes: dict[str, np.ndarray], radix: dict[str, int], i: np.ndarray, j: np.ndarray):
-        self.hparams = list(codes)
-        self.radix = radix
-        self.codes, self.i, self.j = codes, i, j
-        self.joint_size = int(np.prod([radix[h] ** 2 for h in self.hparams])) if self.hparams else 1
-        self.joint = self._key(self.hparams) if self.joint_size <= _DENSE_MAX else None
-        self._per_set: dict[tuple[str, ...], np.ndarray] = {}
-
-    def _key(self, s: Sequence[str], swapped: bool = False) -> np.ndarray:
-        """Mixed-radix code of (theta_S, theta'_S) of every pair (of (theta'_S, theta_S) when
-        `swapped`), built digit by digit without keeping per-hyperparameter pair arrays."""
-        first, second = (self.j, self.i) if swapped else (self.i, self.j)
-        key = np.zeros(self.i.size, dtype=np.int64)
-        for h in s:
-            key *= self.radix[h] ** 2
-            key += self.codes[h][first] * self.radix[h]
-            key += self.codes[h][second]
-        return key
-
-    def counts(
-        self, sets: Sequence[tuple[str, ...]], ab: np.ndarray, ok: np.ndarray, weights: np.ndarray | None = None
-    ):
-        """(S, counts[U_S, V_mu + 1, V_g + 1]) for each S; `weights` (per pair, default 1) weigh
-        the pairs."""
-        every = bool(ok.all())
-        w = weights if weights is None or every else weights[ok]
-        if self.joint is not None:
-            shape = [self.radix[h] ** 2 for h in self.hparams]
-            half = np.bincount(
-                (self.joint if every else self.joint[ok]) * 9 + ab, weights=w, minlength=self.joint_size * 9
-            ).reshape(*shape, 3, 3)
-            full = half
-            for axis, h in enumerate(self.hparams):
-                full = np.take(full, _swap_perm([self.radix[h]]), axis=axis)
-            full = half + full[..., ::-1, ::-1]
-            margins = _Marginals(full, len(self.hparams))
-            for s in sets:
-                yield s, margins.keep(tuple(self.hparams.index(h) for h in s)).reshape(-1, 3, 3)
-            return
-        for s in sets:
-            if s not in self._per_set:
-                self._per_set[s] = self._key(s)
-            key = self._per_set[s] if every else self._per_set[s][ok]
-            size = int(np.prod([self.radix[h] ** 2 for h in s])) if s else 1
-            if size <= _DENSE_MAX:
-                half = np.bincount(key * 9 + ab, weights=w, minlength=size * 9).reshape(size, 3, 3)
-                yield s, half + half[_swap_perm([self.radix[h] for h in s])][:, ::-1, ::-1]
-            else:  # hyperparameters with very many values: code the ordered pairs explicitly
-                swapped = self._key(s, swapped=True)[ok]
-                _, inv = np.unique(np.concatenate([key, swapped]), return_inverse=True)
-                both = np.concatenate([ab, 8 - ab])
-                ww = None if w is None else np.concatenate([w, w])
-                counts = np.bincount(inv.ravel() * 9 + both, weights=ww, minlength=(int(inv.max()) + 1) * 9)
-                yield s, counts.reshape(-1, 3, 3)
+def _cell_taus(m: np.ndarray, g: np.ndarray, measure_tol: float, gap_tol: float) -> np.ndarray:
+    """`tau_a` of each column of `m` [c, k] with `g` over one cell of c models."""
+    c = g.size
+    sg = _sign(g[:, None] - g[None, :], gap_tol)[:, :, None]
+    step = max(1, _SIGN_CHUNK // (c * c))
+    sums = [
+        (_sign(m[:, None, a : a + step] - m[None, :, a : a + step], measure_tol).astype(np.int64) * sg).sum(axis=(0, 1))
+        for a in range(0, m.shape[1], step)
+    ]
+    return np.concatenate(sums) / (c * (c - 1))
 
 
-class _Marginals:
-    """Sums of a count array over all but a few of its first `n` axes (the trailing [3, 3] axes
-    stay), each from the smallest partial sum that still holds the kept axes: a pair (a, b)
-    with a >= 1 from the prefix sum over axes 0..a-1, a pair (0, b) from the suffix sum over
-    axes b+1..n-1, a single axis and the empty set from a pair. The full array is then read a
-    few times per measure rather than once per conditioning set."""
-
-    def __init__(self, full: np.ndarray, n: int):
-        self.full, self.n = full, n
-        self._prefix = {0: full}
-        self._suffix = {n - 1: full}
-        self._done: dict[tuple[int, ...], np.ndarray] = {}
-
-    def prefix(self, a: int) -> np.ndarray:
-        """Summed over axes 0..a-1: axes a..n-1 remain."""
-        if a not in self._prefix:
-            self._prefix[a] = self.prefix(a - 1).sum(axis=0)
-        return self._prefix[a]
-
-    def suffix(self, b: int) -> np.ndarray:
-        """Summed over axes b+1..n-1: axes 0..b remain."""
-        if b not in self._suffix:
-            self._suffix[b] = self.suffix(b + 1).sum(axis=b + 1)
-        return self._suffix[b]
-
-    def keep(self, axes: tuple[int, ...]) -> np.ndarray:
-        axes = tuple(sorted(axes))
-        if axes not in self._done:
-            self._done[axes] = self._compute(axes)
-        return self._done[axes]
-
-    def _compute(self, axes: tuple[int, ...]) -> np.ndarray:
-        n = self.n
-        if len(axes) == n:
-            return self.full
-        if len(axes) > 2:
-            return self.full.sum(axis=tuple(k for k in range(n) if k not in axes))
-        if len(axes) < 2:  # from a pair holding these axes (or the full array when n is 1)
-            if n == 1:
-                return self.full.sum(axis=0) if not axes else self.full
-            a = axes[0] if axes else 0
-            other = 1 if a == 0 else 0
-            pair = self.keep(tuple(sorted((a, other))))
-            pos = 1 if other > a else 0
-            kept = pair.sum(axis=pos)
-            return kept if axes else kept.sum(axis=0)
-        a, b = axes
-        if a >= 1:
-            return self.prefix(a).sum(axis=tuple(k - a for k in range(a, n) if k not in axes))
-        return self.suffix(b).sum(axis=tuple(range(1, b)))
+def _psi_per_hparam(
+    d: pd.DataFrame,
+    cols: list[str],
+    gap_col: str,
+    hparams: list[str],
+    min_models: int,
+    measure_tol: float,
+    gap_tol: float,
+) -> dict[str, dict[str, float]]:
+    """{measure: {h: psi_h}} over the rows of `d` (all finite)."""
+    m = d[cols].to_numpy(float)
+    g = d[gap_col].to_numpy(float)
+    codes = {h: _codes(d[h]) for h in hparams}
+    per: dict[str, dict[str, float]] = {c: {} for c in cols}
+    for h in hparams:
+        taus = []
+        for idx in _varying_cells(codes, h, min_models):
+            taus.append(_cell_taus(m[idx], g[idx], measure_tol, gap_tol))
+        per_h = np.array(taus).T.copy()  # [measure, cell]: each row contiguous, summed as a list would be
+        for c, t in zip(cols, per_h if taus else [[]] * len(cols)):
+            t = t[np.isfinite(t)]
+            per[c][h] = float(np.mean(t)) if t.size else math.nan
+    return per
 
 
 # ------------------------------------------------------------------------ model selection

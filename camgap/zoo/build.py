@@ -1,4 +1,4 @@
-"""The driver: ``build`` a model set from a grid, report its ``status``, ``export`` its table.
+"""The driver: ``build`` a model set from a grid (``status`` and ``export``: ``zoo.status``).
 
 ``build(grid, data, out)`` validates everything first (grid keys and values, the data
 directory's train and test splits, that ``out`` holds no model set of another grid or
@@ -28,18 +28,30 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
-import statistics
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from camgap.errors import CamgapError
 from camgap.zoo.config import Pack, RunConfig, RunResult, Task
-from camgap.zoo.grid import GRID_KEYS, MAX_RUNS, Grid, GridError, RunSpec, canonical_json, load_grid
-from camgap.zoo.registry import META_BACKUP, Registry, RegistryError, format_measurement_status, rebuild_registry
+from camgap.zoo.errors import StorageError, ZooError, storage_stop
+from camgap.zoo.grid import MAX_RUNS, Grid, GridError, RunSpec, canonical_json, load_grid
+from camgap.zoo.packing import pack_plan
+from camgap.zoo.recovery import (
+    driver_lock,
+    rebuild_for,
+    recoverable,
+    remove_temp_files,
+    repair,
+    retrain_unsound_finals,
+    write_meta_backup,
+)
+from camgap.zoo.registry import META_BACKUP, RegistryError, ZooDB
+
+# the Python API (camgap.zoo's doc) and `zoo repair|status|export` name these here, beside build
+from camgap.zoo.status import EXPORT_COLUMNS, export, format_status, status
+from camgap.zoo.sweep import OWN_DEATHS, SweepJob, sweep
 
 __all__ = [
     "ZooError",
@@ -50,43 +62,8 @@ __all__ = [
     "status",
     "format_status",
     "export",
-    "driver_running",
     "EXPORT_COLUMNS",
 ]
-
-# Accuracies and the gap in one unit, percentage points (the gap's unit in the registry and the
-# paper's), named by it: train_acc_pp - test_acc_pp == gap_pp.
-EXPORT_COLUMNS = [
-    "run_id",
-    *GRID_KEYS,
-    "repeat",
-    "seed",
-    "trained",
-    "status",
-    "epochs",
-    "stop_reason",
-    "train_acc_pp",
-    "train_loss",
-    "test_acc_pp",
-    "test_loss",
-    "gap_pp",
-    "wall_time",
-    "pack_wall_time",
-    "precision",
-    "pack_size",
-    "attempts",
-    "error",
-]
-EXPORT_INTEGERS = ("batch_size", "repeat", "seed", "epochs", "pack_size", "attempts")  # written as integers, never 32.0
-EXPORT_DIGITS = 6  # significant digits of every other number
-
-
-class ZooError(CamgapError, RuntimeError):
-    """Bad input to a zoo command, reported before anything trains."""
-
-
-class StorageError(ZooError):
-    """The disk is full or failing: the sweep stopped; nothing is wrong with the runs."""
 
 
 @dataclass
@@ -114,40 +91,6 @@ class BuildSummary:
             f"{c.get('pending', 0)} pending; this build finished {self.trained_now} run(s), "
             f"{self.failed_now} failure(s) in {self.seconds:.1f}s"
         )
-
-
-@contextlib.contextmanager
-def _driver_lock(out: Path):
-    import fcntl
-
-    out.mkdir(parents=True, exist_ok=True)
-    f = open(out / ".lock", "a+")
-    try:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ZooError(f"{out}: another `camgap zoo build` (or repair) is running on this model set") from None
-        yield
-    finally:
-        f.close()
-
-
-def driver_running(out: str | Path) -> bool:
-    """Whether a driver holds ``out/.lock`` now (a shared, non-blocking flock fails); works on
-    read-only storage."""
-    import fcntl
-
-    try:
-        f = open(Path(out) / ".lock", "rb")
-    except OSError:  # no lock file: no driver ever ran here, or it cannot be read
-        return False
-    with f:
-        try:
-            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-        return False
 
 
 def _read_splits(data: Path, layout: str, box_units: str | None = None) -> tuple[list, list, list[str]]:
@@ -210,16 +153,75 @@ def build(
     ``max_runs``: refuse a grid of more runs, before anything is expanded or written (default:
     a Grid's own limit, a grid file's ``MAX_RUNS``). ``box_units`` and ``max_pixels`` are
     read_layout's and decode_rgb's (None: pixels, checked; 100 MP)."""
-    from camgap.zoo.executors import make_executor, resolve_device
-    from camgap.zoo.pretrained import PretrainedWeightsError, ensure_source_models, pretrained_paths
-    from camgap.zoo.train import prepare_split, storage_error
+    from camgap.zoo.files import cache_path, prepare_split, storage_error
+    from camgap.zoo.pretrained import ensure_source_models
 
     t_start = time.perf_counter()
-    if log is None:
+    log = log or _print_line
+    g = _checked_grid(grid, executor, max_attempts, max_runs)
+    data = Path(data).expanduser().resolve()
+    out = Path(out).expanduser().resolve()
+    train_records, test_records, classes = _read_splits(data, layout, box_units)
+    device = _local_device(device) if executor == "local" else device
+    rebuild = _check_out(out)
+    pretrained = _pretrained(g, out)
 
-        def log(msg: str) -> None:
-            print(msg, flush=True)
+    with driver_lock(out):
+        remove_temp_files(out, log)
+        g = _resolve_precision(g, out, device if executor == "local" else None, log)
+        if rebuild and not (out / ZooDB.FILENAME).exists():
+            rebuild_for(g, out, log)
+        reg = ZooDB.in_dir(out)
+        try:
+            data_info = {"classes": classes, "n_train": len(train_records), "n_test": len(test_records)}
+            _bind(reg, g, out, data, data_info)
+            specs = g.runs()
+            todo, resumed = _register(reg, specs, out, retry_failed, max_attempts, log)
+            total = len(specs)
+            if not todo:
+                return _summary(reg, out, total, resumed, t_start, log)
 
+            # decode the data once; pretrain source-task models; then the sweep
+            size, resize = g.train.input_size, g.train.resize
+            try:
+                caches = {
+                    split: prepare_split(
+                        records, classes, cache_path(out, split, size, resize), size, resize, progress, max_pixels
+                    )
+                    for split, records in (("train", train_records), ("test", test_records))
+                }
+            except Exception as exc:
+                disk = storage_error(exc)
+                if disk is not None:
+                    raise storage_stop(f"{disk.filename or out / 'cache'}: {disk.strerror or disk}") from exc
+                raise ZooError(f"--data {data}: cannot decode the dataset: {exc}") from exc
+            ex = _executor(executor, workers, device, ray_address, cpus_per_run, g.train.threads)
+            try:
+                ensure_source_models(g, out, ex, log=log)
+                setup = _Setup(out, g, caches, classes, pretrained, max_attempts, keep_last)
+                trained_now, failed_now = _sweep(reg, ex, todo, setup, total, progress, log)
+            finally:
+                ex.close()
+            return _summary(reg, out, total, resumed, t_start, log, trained_now, failed_now)
+        finally:
+            reg.close()
+
+
+def _summary(
+    reg: ZooDB, out: Path, total: int, resumed: list[str], t_start: float, log, trained_now=0, failed_now=0
+) -> BuildSummary:
+    """The build's summary, logged (``trained_now``, ``failed_now``: runs finished, failures of this build)."""
+    summary = BuildSummary(out, total, reg.counts(), trained_now, failed_now, resumed, time.perf_counter() - t_start)
+    log(str(summary))
+    return summary
+
+
+def _print_line(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def _checked_grid(grid: str | Path | Grid, executor: str, max_attempts: int, max_runs: int | None) -> Grid:
+    """The grid to build, after the options that need no data: ZooError naming the bad one."""
     if max_attempts < 1:
         raise ZooError(f"--max-attempts must be >= 1, got {max_attempts}")
     if executor not in ("local", "ray"):
@@ -230,108 +232,83 @@ def build(
         if isinstance(grid, Grid):
             g = grid if max_runs is None else replace(grid, max_runs=max_runs)
             g.check_size()
-        else:
-            g = load_grid(grid, MAX_RUNS if max_runs is None else max_runs)
+            return g
+        return load_grid(grid, MAX_RUNS if max_runs is None else max_runs)
     except GridError as exc:
         raise ZooError(str(exc)) from None
-    data = Path(data).expanduser().resolve()
-    out = Path(out).expanduser().resolve()
-    train_records, test_records, classes = _read_splits(data, layout, box_units)
-    if executor == "local":
-        try:
-            device = resolve_device(device)
-        except ValueError as exc:
-            raise ZooError(str(exc)) from None
+
+
+def _local_device(device: str) -> str:
+    from camgap.zoo.executors import resolve_device
+
+    try:
+        return resolve_device(device)
+    except ValueError as exc:
+        raise ZooError(str(exc)) from None
+
+
+def _check_out(out: Path) -> bool:
+    """Refuse an ``out`` that is no directory or holds something else than a model set; True when it
+    is a model set whose registry is gone (rebuilt from its runs under the driver lock)."""
     if out.exists() and not out.is_dir():
         raise ZooError(f"--out {out} exists and is not a directory")
-    rebuild = out.is_dir() and not (out / Registry.FILENAME).exists() and _recoverable(out)
+    rebuild = out.is_dir() and not (out / ZooDB.FILENAME).exists() and recoverable(out)
     if (
         out.is_dir()
-        and not (out / Registry.FILENAME).exists()
+        and not (out / ZooDB.FILENAME).exists()
         and not rebuild
         and any(p for p in out.iterdir() if not p.name.startswith("."))
     ):
         raise ZooError(f"--out {out} is not empty and holds no model set; use a new or empty directory")
+    return rebuild
+
+
+def _pretrained(g: Grid, out: Path) -> dict:
+    from camgap.zoo.pretrained import PretrainedWeightsError, pretrained_paths
 
     try:
-        pretrained = pretrained_paths(g, out)
+        return pretrained_paths(g, out)
     except PretrainedWeightsError as exc:
         raise ZooError(str(exc)) from None
 
-    with _driver_lock(out):
-        _remove_stale_temp_files(out, log)
-        g = _resolve_precision(g, out, device if executor == "local" else None, log)
-        if rebuild and not (out / Registry.FILENAME).exists():
-            _rebuild_for(g, out, log)
-        reg = Registry.in_dir(out)
-        try:
-            try:
-                reg.bind_grid(g.fingerprint(), canonical_json(g.canonical()), "grid")
-                data_info = {"classes": classes, "n_train": len(train_records), "n_test": len(test_records)}
-                reg.bind_grid(_sha(canonical_json(data_info)), canonical_json(data_info), "data")
-            except RegistryError as exc:
-                raise ZooError(str(exc)) from None
-            reg.set_meta("data_root", str(data))
-            _write_meta_backup(reg, out)
 
-            specs = g.runs()
-            new = reg.add_runs(specs)
-            _retrain_unsound_finals(reg, out, log)
-            resumed = reg.reset_interrupted()
-            if retry_failed:
-                reg.reset_failed()
-            todo = reg.todo(max_attempts)
-            _refuse_unresolved(todo, out)
-            total = len(specs)
-            if new:
-                log(f"{out}: registered {new} new run(s); {total} in the grid")
-            if resumed:
-                log(f"resuming {len(resumed)} interrupted run(s) from their last checkpoint")
-            if not todo:
-                summary = BuildSummary(out, total, reg.counts(), resumed=resumed, seconds=time.perf_counter() - t_start)
-                log(str(summary))
-                return summary
+def _bind(reg: ZooDB, g: Grid, out: Path, data: Path, data_info: dict) -> None:
+    """Tie the registry to this grid and dataset (ZooError when it holds another's), and back its meta up."""
+    try:
+        reg.bind_grid(g.fingerprint(), canonical_json(g.canonical()), "grid")
+        reg.bind_grid(_sha(canonical_json(data_info)), canonical_json(data_info), "data")
+    except RegistryError as exc:
+        raise ZooError(str(exc)) from None
+    reg.set_meta("data_root", str(data))
+    write_meta_backup(reg, out)
 
-            # decode the data once; pretrain source-task models; then the sweep
-            size, resize = g.train.input_size, g.train.resize
-            cache = out / "cache"
-            try:
-                caches = {
-                    split: prepare_split(
-                        records, classes, cache / f"{split}-{size}-{resize}", size, resize, progress, max_pixels
-                    )
-                    for split, records in (("train", train_records), ("test", test_records))
-                }
-            except Exception as exc:
-                disk = storage_error(exc)
-                if disk is not None:
-                    raise _stop_for_storage(f"{disk.filename or cache}: {disk.strerror or disk}") from exc
-                raise ZooError(f"--data {data}: cannot decode the dataset: {exc}") from exc
-            try:
-                ex = make_executor(
-                    executor,
-                    workers,
-                    device,
-                    ray_address,
-                    cpus_per_run=cpus_per_run,
-                    run_threads=g.train.threads,
-                )
-            except (ValueError, ImportError) as exc:
-                raise ZooError(f"--executor {executor}: {exc}") from None
-            try:
-                ensure_source_models(g, out, ex, log=log)
-                trained_now, failed_now = _sweep(
-                    reg, ex, todo, out, g, caches, classes, pretrained, max_attempts, keep_last, total, progress, log
-                )
-            finally:
-                ex.close()
-            summary = BuildSummary(
-                out, total, reg.counts(), trained_now, failed_now, resumed, time.perf_counter() - t_start
-            )
-            log(str(summary))
-            return summary
-        finally:
-            reg.close()
+
+def _register(
+    reg: ZooDB, specs: list[RunSpec], out: Path, retry_failed: bool, max_attempts: int, log
+) -> tuple[list[RunSpec], list[str]]:
+    """Register the grid's runs, send unsound and interrupted ones back to pending; returns the runs
+    to train and the interrupted ones that resume."""
+    new = reg.add_runs(specs)
+    retrain_unsound_finals(reg, out, log)
+    resumed = reg.reset_interrupted()
+    if retry_failed:
+        reg.reset_failed()
+    todo = reg.todo(max_attempts)
+    _refuse_unresolved(todo, out)
+    if new:
+        log(f"{out}: registered {new} new run(s); {len(specs)} in the grid")
+    if resumed:
+        log(f"resuming {len(resumed)} interrupted run(s) from their last checkpoint")
+    return todo, resumed
+
+
+def _executor(kind: str, workers: int | None, device: str, ray_address: str | None, cpus_per_run, threads: int):
+    from camgap.zoo.executors import make_executor
+
+    try:
+        return make_executor(kind, workers, device, ray_address, cpus_per_run=cpus_per_run, run_threads=threads)
+    except (ValueError, ImportError) as exc:
+        raise ZooError(f"--executor {kind}: {exc}") from None
 
 
 def _sha(text: str) -> str:
@@ -340,51 +317,14 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-# --- recovery ---------------------------------------------------------------------------
-
-
-def _recoverable(out: Path) -> bool:
-    """A model-set directory whose registry is gone: a meta backup, or run directories."""
-    return (out / META_BACKUP).is_file() or any((out / "runs").glob("*/config.json"))
-
-
-def _write_meta_backup(reg: Registry, out: Path) -> None:
-    """A copy of the registry's meta table (grid, data, fingerprints), for ``repair``."""
-    from camgap.zoo.train import atomic_write_json
-
-    meta = {k: v for k, v in reg.meta().items() if k != "schema"}
-    path = out / META_BACKUP
-    try:
-        if path.is_file() and json.loads(path.read_text()) == meta:
-            return
-    except (OSError, ValueError):
-        pass
-    atomic_write_json(meta, path)
-
-
-def _grid_from_meta(meta: dict) -> Grid | None:
-    """The grid recorded in a meta backup, when it parses back to the same fingerprint."""
-    from camgap.zoo.grid import parse_grid
-
-    try:
-        canon = json.loads(meta["grid"])
-        table = dict(canon["grid"], repeats=canon["repeats"], untrained=canon["untrained"])
-        if canon.get("sample") is not None:
-            table["sample"] = canon["sample"]
-        doc = {"grid": table, "train": canon["train"], "arch_options": canon["arch_options"]}
-        if canon.get("pretrain") is not None:
-            doc["pretrain"] = canon["pretrain"]
-        g = parse_grid(doc, META_BACKUP)
-    except (KeyError, TypeError, ValueError, GridError):
-        return None
-    return g if g.fingerprint() == meta.get("grid_fingerprint") else None
+# --- precision ---------------------------------------------------------------------------
 
 
 def _recorded_grid(out: Path) -> dict | None:
     """The canonical grid a model set recorded at its first build (registry, else its meta backup)."""
     text = None
-    if (out / Registry.FILENAME).is_file():
-        with contextlib.suppress(RegistryError), Registry.in_dir(out, read_only=True) as reg:
+    if (out / ZooDB.FILENAME).is_file():
+        with contextlib.suppress(RegistryError), ZooDB.in_dir(out, read_only=True) as reg:
             text = reg.get_meta("grid")
     if text is None and (out / META_BACKUP).is_file():
         with contextlib.suppress(OSError, ValueError, AttributeError):
@@ -398,7 +338,7 @@ def _recorded_grid(out: Path) -> dict | None:
 def _resolve_precision(g: Grid, out: Path, device: str | None, log) -> Grid:
     """The grid with ``precision = "auto"`` resolved once per model set, before its first run
     starts: as the model set at ``out`` recorded it (a resume keeps it, on any machine: bf16
-    computes everywhere, only slower), else for ``device`` (``train.choose_precision``); the log
+    computes everywhere, only slower), else for ``device`` (``loop.choose_precision``); the log
     says which and why. A model set recorded with "auto" itself (by an earlier camgap) keeps its
     run ids; ``_refuse_unresolved`` stops before any of them would train."""
     if g.train.precision != "auto":
@@ -418,7 +358,7 @@ def _resolve_precision(g: Grid, out: Path, device: str | None, log) -> Grid:
     else:
         import torch
 
-        from camgap.zoo.train import choose_precision
+        from camgap.zoo.loop import choose_precision
 
         choice, why = choose_precision("auto", torch.device(device))
     log(f"precision auto -> {choice} ({why})")
@@ -438,440 +378,127 @@ def _refuse_unresolved(todo: list[RunSpec], out: Path) -> None:
         )
 
 
-def _rebuild_for(g: Grid, out: Path, log) -> None:
-    """``build`` found run directories but no registry: rebuild it (refusing another grid's runs)."""
-    for cfg_path in sorted((out / "runs").glob("*/config.json")):
-        try:
-            fp = json.loads(cfg_path.read_text()).get("grid_fingerprint")
-        except (OSError, ValueError):
-            continue
-        if fp is not None and fp != g.fingerprint():
-            raise ZooError(
-                f"--out {out}: {cfg_path} is a run of a different grid (fingerprint {fp[:12]}, "
-                f"this one {g.fingerprint()[:12]}); use another --out directory, or that grid"
-            )
-    report = rebuild_registry(out, g.runs())
-    log(f"{out}: {Registry.FILENAME} missing; rebuilt it from runs/: {report}")
+@dataclass(frozen=True)
+class _Setup:
+    """What a build's runs are started with: the model set, its grid, the decoded data and settings."""
+
+    out: Path
+    grid: Grid
+    caches: dict
+    classes: list[str]
+    pretrained: dict
+    max_attempts: int
+    keep_last: bool
 
 
-def _remove_stale_temp_files(out: Path, log) -> None:
-    """Temporary files that a killed driver or worker left in the model set (``train.
-    remove_stale_temp_files``: only those of dead processes), with the driver lock held."""
-    from camgap.zoo.train import remove_stale_temp_files
-
-    dirs = [out, *(d for top in ("runs", "cache") for d in sorted((out / top).glob("*")) if d.is_dir())]
-    removed = [f for d in dirs for f in remove_stale_temp_files(d)]
-    if removed:
-        names = ", ".join(str(f.relative_to(out)) for f in removed)
-        log(f"{out}: removed {len(removed)} temporary file(s) left by a killed process: {names}")
-
-
-def _retrain_unsound_finals(reg: Registry, out: Path, log) -> None:
-    """Done runs whose final.pt is missing or corrupt (``digest.check_final``) go back to pending,
-    a corrupt file set aside; a final.pt without a recorded digest that reads back gets one."""
-    from camgap.zoo.digest import check_final
-    from camgap.zoo.train import set_aside, storage_error
-
-    for run in reg.done_runs():
-        rid = run["run_id"]
-        final = out / "runs" / rid / "final.pt"
-        try:
-            problem = check_final(final.parent, rid, record=True)
-            if problem is None:
-                continue
-            then = "the run is trained again"
-            msg = set_aside(final, problem, then) if final.is_file() else f"{problem}; {then}"
-        except OSError as exc:
-            if storage_error(exc) is None:
-                raise
-            raise _stop_for_storage(f"{exc.filename or final}: {exc.strerror or exc}") from exc
-        reg.requeue(rid)
-        log(f"WARNING {rid}: {msg}")
-
-
-def repair(zoo_dir: str | Path, log=print):
-    """Rebuild ``ZOO/registry.sqlite`` from ``ZOO/runs/`` (``camgap zoo repair``): done runs
-    from their final.pt, every other run pending, measurements from measurements.json; an
-    existing registry is kept as ``registry.sqlite.replaced-<time>``. Holds the driver lock."""
-    zoo = Path(zoo_dir).expanduser().resolve()
-    if not zoo.is_dir():
-        raise ZooError(f"{zoo}: no such directory")
-    if not _recoverable(zoo):
-        raise ZooError(f"{zoo}: no run directories (runs/*/config.json) nor {META_BACKUP} to rebuild from")
-    with _driver_lock(zoo):
-        _remove_stale_temp_files(zoo, log)
-        meta = {}
-        with contextlib.suppress(OSError, ValueError):
-            meta = json.loads((zoo / META_BACKUP).read_text())
-        g = _grid_from_meta(meta) if meta else None
-        report = rebuild_registry(zoo, g.runs() if g is not None else None)
-    log(f"{zoo}: rebuilt {Registry.FILENAME} from runs/: {report}")
-    return report
-
-
-def pack_plan(g: Grid) -> dict[str, str]:
-    """run id -> the id of its pack, for the runs of a grid with ``[train] pack`` > 1: trained runs of
-    one architecture, arch options and batch size, in grid order, in chunks of the pack size. A
-    function of the grid alone, so the same runs share a pack on every build and resume (their
-    float results depend on it); the runs of a pack that are still to do train together."""
-    import hashlib
-
-    groups: dict[tuple, list[str]] = {}
-    for spec in g.runs():
-        cfg = spec.config
-        size = int(cfg.pack or 1)
-        if cfg.trained and size > 1:
-            key = (cfg.arch, canonical_json(cfg.arch_options), cfg.batch_size, cfg.precision, cfg.channels_last, size)
-            groups.setdefault(key, []).append(spec.run_id)
-    plan: dict[str, str] = {}
-    for (*_, size), ids in groups.items():
-        for i in range(0, len(ids), size):
-            members = ids[i : i + size]
-            pack_id = "pack-" + hashlib.sha256(",".join(members).encode()).hexdigest()[:16]
-            plan.update(dict.fromkeys(members, pack_id))
-    return plan
-
-
-def _stop_for_storage(where: str) -> StorageError:
-    return StorageError(
-        f"disk full or failing: {where}; free space (or fix the storage) and rerun the same "
-        f"command to resume (no attempt was used)"
-    )
-
-
-def _sweep(
-    reg: Registry,
-    ex,
-    todo: list[RunSpec],
-    out: Path,
-    g: Grid,
-    caches: dict,
-    classes: list[str],
-    pretrained: dict,
-    max_attempts: int,
-    keep_last: bool,
-    total: int,
-    progress: bool,
-    log,
-) -> tuple[int, int]:
+def _sweep(reg: ZooDB, ex, todo: list[RunSpec], setup: _Setup, total: int, progress: bool, log) -> tuple[int, int]:
+    """Train ``todo`` on ``ex`` (``zoo.sweep``), recording each result as it comes back; returns the
+    runs finished and the failures of this build. Runs in flight when it stops go back to pending."""
     from camgap.progress import progress_bar
-    from camgap.zoo.train import atomic_write_json, storage_error
+    from camgap.zoo.files import storage_error
 
-    finished = reg.counts()["done"] + reg.exhausted(max_attempts)
+    finished = reg.counts()["done"] + reg.exhausted(setup.max_attempts)
     bar = progress_bar(total=total, initial=finished, unit="run", desc="zoo", enabled=progress)
+    job = _Training(reg, setup, bar, progress, log)
+    try:
+        sweep(ex, todo, job)
+    except BaseException as exc:
+        with contextlib.suppress(RegistryError):  # a failed registry write: the next build resets them
+            reg.reset_interrupted()  # in-flight runs resume from last.pt next time, no attempt used
+        disk = storage_error(exc) if not isinstance(exc, CamgapError) else None
+        if disk is not None:  # the driver's own writes (config.json, run directories)
+            raise storage_stop(f"{disk.filename or setup.out}: {disk.strerror or disk}") from exc
+        raise
+    finally:
+        bar.close()
+    return job.trained, job.failed
 
-    def emit(msg: str) -> None:
-        if progress:
-            bar.write(msg, file=sys.stdout)
+
+class _Training(SweepJob):
+    """A build's sweep: each run's directory, config.json and ``Task`` as it starts; each result in
+    the registry and the log. Only the run's own worker dying twice in a row uses an attempt."""
+
+    lost = OWN_DEATHS
+
+    def __init__(self, reg: ZooDB, setup: _Setup, bar, progress: bool, log):
+        self.reg, self.setup, self.bar, self.progress, self.log = reg, setup, bar, progress, log
+        self.packs = pack_plan(setup.grid)
+        self.trained = self.failed = 0
+
+    def emit(self, msg: str) -> None:
+        """A line of the build's log, above the progress bar when there is one."""
+        if self.progress:
+            self.bar.write(msg, file=sys.stdout)
             sys.stdout.flush()
         else:
-            log(msg)
+            self.log(msg)
 
-    queue = deque(todo)
-    packs = pack_plan(g)
-    inflight: dict[str, RunSpec] = {}
-    pack_members: dict[str, list[str]] = {}  # pack task id -> its runs in flight
-    deaths: dict[str, int] = {}  # run_id -> its worker's deaths in a row
-    trained_now = failed_now = 0
+    def pack_of(self, run: RunSpec) -> str | None:
+        return self.packs.get(run.run_id)
 
-    def start(run: RunSpec) -> Task:
-        rid = run.run_id
-        reg.mark_running(rid)
-        run_dir = out / "runs" / rid
+    def pack(self, pack_id: str, tasks: list[Task]) -> Pack:
+        return Pack(pack_id, tuple(tasks))
+
+    def start(self, run: RunSpec) -> Task:
+        from camgap.zoo.files import atomic_write_json
+
+        rid, s, cfg = run.run_id, self.setup, run.config
+        self.reg.mark_running(rid)
+        run_dir = s.out / "runs" / rid
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(
             {
                 "run_id": rid,
                 "repeat": run.repeat,
                 "seed": run.seed,
-                "config": run.config.to_dict(),
-                "grid_fingerprint": g.fingerprint(),
+                "config": cfg.to_dict(),
+                "grid_fingerprint": s.grid.fingerprint(),
             },
             run_dir / "config.json",
         )
-        cfg = run.config
-        inflight[rid] = run
         return Task(
             rid,
             cfg,
             run.seed,
             run.repeat,
             str(run_dir),
-            caches["train"],
-            caches["test"],
-            len(classes),
-            tuple(classes),
-            pretrained_path=pretrained.get(cfg.arch) if cfg.pretrained else None,
-            eval_batch_size=g.train.eval_batch_size,
-            keep_last=keep_last,
+            s.caches["train"],
+            s.caches["test"],
+            len(s.classes),
+            tuple(s.classes),
+            pretrained_path=s.pretrained.get(cfg.arch) if cfg.pretrained else None,
+            eval_batch_size=s.grid.train.eval_batch_size,
+            keep_last=s.keep_last,
         )
 
-    def units_in_flight() -> int:
-        """Tasks the executor holds: each pack is one, each run outside a pack one."""
-        packed = sum(len(members) for members in pack_members.values())
-        return len(pack_members) + len(inflight) - packed
+    def requeued(self, run: RunSpec, res: RunResult) -> None:
+        self.reg.requeue(run.run_id)
+        err = str(res.error or "unknown error")
+        self.emit(f"LOST   {run.run_id} {_describe(run.config, run.repeat)}: {err}; re-queued (no attempt used)")
 
-    def results(res: RunResult) -> list[RunResult]:
-        """One result per run: a pack's results, or its one outcome given to each of its runs."""
-        members = pack_members.pop(res.run_id, None)
-        if members is None:
-            return [res]
-        if res.status == "pack":
-            return list(res.results)
-        return [replace(res, run_id=rid) for rid in members]
-
-    try:
-        while queue or inflight:
-            while queue and units_in_flight() < ex.capacity:
-                run = queue.popleft()
-                pack_id = packs.get(run.run_id)
-                mates = [r for r in queue if pack_id is not None and packs.get(r.run_id) == pack_id]
-                for r in mates:
-                    queue.remove(r)
-                tasks = [start(r) for r in (run, *mates)]
-                if len(tasks) == 1:
-                    ex.submit(tasks[0])
-                else:
-                    pack_members[pack_id] = [t.run_id for t in tasks]
-                    ex.submit(Pack(pack_id, tuple(tasks)))
-            for res in (r for unit in ex.wait() for r in results(unit)):
-                rid = res.run_id
-                run = inflight.pop(rid)
-                desc = _describe(run.config, run.repeat)
-                status, err = res.status, str(res.error or "unknown error")
-                for note in res.warnings:
-                    emit(f"WARNING {rid}: {note}")
-                if status == "storage":
-                    reg.requeue(rid)
-                    raise _stop_for_storage(err)
-                if status == "lost":
-                    deaths[rid] = deaths.get(rid, 0) + int(res.worker_died)
-                    if deaths[rid] < 2:  # not the run's fault (yet): again, without using an attempt
-                        reg.requeue(rid)
-                        queue.append(run)
-                        emit(f"LOST   {rid} {desc}: {err}; re-queued (no attempt used)")
-                        continue
-                    status, err = "failed", f"its worker process died twice in a row while running it ({err})"
-                deaths.pop(rid, None)
-                if status == "done":
-                    reg.mark_done(rid, res)
-                    trained_now += 1
-                    bar.update(1)
-                    emit(f"done   {rid} {desc} | {_result_line(res)}")
-                else:
-                    attempts = reg.mark_failed(rid, err)
-                    failed_now += 1
-                    retry = attempts < max_attempts
-                    first = err.strip().splitlines()[0] if err.strip() else err
-                    emit(
-                        f"FAILED {rid} {desc} (attempt {attempts}/{max_attempts}"
-                        f"{', will retry' if retry else ''}): {first}"
-                    )
-                    if retry:
-                        queue.append(run)
-                    else:
-                        bar.update(1)
-                bar.set_postfix(failed=reg.counts()["failed"], refresh=False)
-    except BaseException as exc:
-        with contextlib.suppress(RegistryError):  # a failed registry write: the next build resets them
-            reg.reset_interrupted()  # in-flight runs resume from last.pt next time, no attempt used
-        disk = storage_error(exc) if not isinstance(exc, CamgapError) else None
-        if disk is not None:  # the driver's own writes (config.json, run directories)
-            raise _stop_for_storage(f"{disk.filename or out}: {disk.strerror or disk}") from exc
-        raise
-    finally:
-        bar.close()
-    return trained_now, failed_now
-
-
-# --- status / export --------------------------------------------------------------------
-
-
-def status(zoo_dir: str | Path) -> dict:
-    """Counts by status (``total``, ``counts``), by architecture x status (``by_arch``), the
-    failures with their errors, ``stop_reasons``, the spread of ``train_acc_pp``, ``test_acc_pp``
-    and ``gap_pp`` over the done trained runs (``_spread``), ``integrity_problems``, the ``grid``
-    and ``measurements``: the measurements by state (``Registry.measurement_counts``). Every count
-    is an int: ``json.dumps`` of it is what ``zoo status --json`` prints (``STATUS_JSON_HELP``)."""
-    zoo_dir = Path(zoo_dir)
-    try:
-        reg = Registry.in_dir(zoo_dir, read_only=True)
-    except RegistryError as exc:
-        raise ZooError(str(exc)) from None
-    live = driver_running(zoo_dir)
-    try:
-        frame = reg.runs_frame()
-        counts = _with_interrupted(reg.counts(), live)
-        problems = reg.integrity_check(zoo_dir)
-        grid = reg.get_meta("grid")
-        measurements = reg.measurement_counts()
-    finally:
-        reg.close()
-    by_arch = {}
-    if len(frame):
-        kind = frame["trained"].map({True: "", False: " (untrained)"})
-        frame = frame.assign(group=frame["arch"].astype(str) + kind)
-        table = frame.groupby(["group", "status"]).size().unstack(fill_value=0)
-        by_arch = {
-            g: _with_interrupted(
-                {s: int(table.loc[g].get(s, 0)) for s in ("pending", "running", "done", "failed")}, live
+    def record(self, run: RunSpec, res: RunResult) -> bool:
+        rid, desc, err = run.run_id, _describe(run.config, run.repeat), str(res.error or "unknown error")
+        for note in res.warnings:
+            self.emit(f"WARNING {rid}: {note}")
+        if res.status == "storage":
+            self.reg.requeue(rid)
+            raise storage_stop(err)
+        retry = False
+        if res.status == "done":
+            self.reg.mark_done(rid, res)
+            self.trained += 1
+            self.bar.update(1)
+            self.emit(f"done   {rid} {desc} | {_result_line(res)}")
+        else:
+            attempts = self.reg.mark_failed(rid, err)
+            self.failed += 1
+            retry = attempts < self.setup.max_attempts
+            first = err.strip().splitlines()[0] if err.strip() else err
+            self.emit(
+                f"FAILED {rid} {desc} (attempt {attempts}/{self.setup.max_attempts}"
+                f"{', will retry' if retry else ''}): {first}"
             )
-            for g in table.index
-        }
-    failures = (
-        [
-            {"run_id": r.run_id, "arch": r.arch, "attempts": int(r.attempts), "error": r.error or ""}
-            for r in frame[frame["status"] == "failed"].itertuples()
-        ]
-        if len(frame)
-        else []
-    )
-    done = frame[frame["status"] == "done"] if len(frame) else frame
-    trained = done[done["trained"].astype(bool)] if len(done) else done
-    return {
-        "zoo": str(zoo_dir),
-        "total": int(len(frame)),
-        "driver_running": live,
-        "counts": counts,
-        "by_arch": by_arch,
-        "failures": failures,
-        "stop_reasons": {str(k): int(v) for k, v in done["stop_reason"].value_counts().items()} if len(done) else {},
-        "train_acc_pp": _spread(100.0 * trained["train_acc"] if len(trained) else []),
-        "test_acc_pp": _spread(100.0 * trained["test_acc"] if len(trained) else []),
-        "gap_pp": _spread(trained["gap"] if len(trained) else []),
-        "integrity_problems": problems,
-        "grid": json.loads(grid) if grid else None,
-        "measurements": measurements,
-    }
-
-
-def _spread(values) -> dict:
-    """``{"n", "min", "median", "mean", "max"}`` of the finite values (n an int; the others
-    floats, None when n is 0)."""
-    finite = sorted(float(v) for v in values if v is not None and math.isfinite(float(v)))
-    if not finite:
-        return {"n": 0, "min": None, "median": None, "mean": None, "max": None}
-    return {
-        "n": len(finite),
-        "min": finite[0],
-        "median": statistics.median(finite),
-        "mean": statistics.fmean(finite),
-        "max": finite[-1],
-    }
-
-
-def _with_interrupted(counts: dict[str, int], live: bool) -> dict[str, int]:
-    """Split 'running' into running (a driver holds the lock) and interrupted (none does)."""
-    running = counts.get("running", 0)
-    return {
-        "pending": counts.get("pending", 0),
-        "running": running if live else 0,
-        "interrupted": 0 if live else running,
-        "done": counts.get("done", 0),
-        "failed": counts.get("failed", 0),
-    }
-
-
-def format_status(info: dict) -> str:
-    c = info["counts"]
-    lines = [f"{info['zoo']}: {info['total']} runs: " + ", ".join(f"{c[s]} {s}" for s in c)]
-    if info["by_arch"]:
-        w = max(len(a) for a in info["by_arch"])
-        cols = list(next(iter(info["by_arch"].values())))
-        lines.append(f"  {'':<{w}}  " + " ".join(f"{s:>11}" for s in cols))
-        for arch, row in sorted(info["by_arch"].items()):
-            lines.append(f"  {arch:<{w}}  " + " ".join(f"{row[s]:11d}" for s in cols))
-    if c.get("interrupted"):
-        lines.append(
-            f"  {c['interrupted']} run(s) interrupted (left running, no `camgap zoo build` holds "
-            f"{Path(info['zoo']) / '.lock'}): rerun the build command to resume them"
-        )
-    if info["stop_reasons"]:
-        lines.append("  stop reasons: " + ", ".join(f"{k} {v}" for k, v in sorted(info["stop_reasons"].items())))
-    for key, name in (("train_acc_pp", "train acc"), ("test_acc_pp", "test acc"), ("gap_pp", "gap")):
-        sp = info[key]
-        if sp["n"]:
-            lines.append(
-                f"  {name} (pp) of {sp['n']} trained runs: median {sp['median']:.2f}, mean {sp['mean']:.2f}, "
-                f"min {sp['min']:.2f}, max {sp['max']:.2f}"
-            )
-    if info["failures"]:
-        lines.append(f"  failures ({len(info['failures'])}):")
-        for f in info["failures"]:
-            first = f["error"].strip().splitlines()[0] if f["error"].strip() else ""
-            lines.append(f"    {f['run_id']} {f['arch']} (attempts {f['attempts']}): {first}")
-    if info["integrity_problems"]:
-        lines.append(f"  INTEGRITY PROBLEMS ({len(info['integrity_problems'])}):")
-        lines += [f"    {p}" for p in info["integrity_problems"][:20]]
-    lines += format_measurement_status(info.get("measurements") or {})
-    return "\n".join(lines)
-
-
-STDOUT = "-"  # `--out -`: the table on standard output
-
-
-def export(zoo_dir: str | Path, fmt: str = "csv", out: str | Path | None = None, measures: bool = False) -> Path | None:
-    """Write one row per run (``EXPORT_COLUMNS``), or with ``measures`` one row per measurement
-    (``Registry.measurements_export_frame``), as CSV or Parquet; return the file's path (default
-    ``ZOO/runs.<fmt>`` or ``ZOO/measurements.<fmt>``), or None for ``out="-"``: standard output
-    (Parquet's bytes only into a pipe or file, never a terminal). Counts are integers, every other
-    number is rounded to ``EXPORT_DIGITS`` significant digits, in both formats."""
-    zoo_dir = Path(zoo_dir)
-    if fmt not in ("csv", "parquet"):
-        raise ZooError(f"--format must be csv or parquet, got {fmt!r}")
-    to_stdout = out is not None and str(out) == STDOUT
-    if to_stdout and fmt == "parquet" and sys.stdout.isatty():
-        raise ZooError("--format parquet --out -: Parquet is binary; redirect standard output to a file or pipe")
-    try:
-        reg = Registry.in_dir(zoo_dir, read_only=True)
-    except RegistryError as exc:
-        raise ZooError(str(exc)) from None
-    try:
-        frame = reg.measurements_export_frame() if measures else _runs_export_frame(reg.runs_frame())
-    finally:
-        reg.close()
-    frame = _rounded(frame)
-    if to_stdout:
-        _write_table(frame, fmt, sys.stdout.buffer if fmt == "parquet" else sys.stdout)
-        sys.stdout.flush()
-        return None
-    name = "measurements" if measures else "runs"
-    path = Path(out) if out is not None else zoo_dir / f"{name}.{fmt}"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _write_table(frame, fmt, path)
-    return path
-
-
-def _write_table(frame, fmt: str, target) -> None:
-    """``frame`` as CSV or Parquet into a path or an open file."""
-    if fmt == "csv":
-        frame.to_csv(target, index=False, float_format=f"%.{EXPORT_DIGITS}g")
-        return
-    try:
-        frame.to_parquet(target, index=False)
-    except ImportError as exc:
-        raise ZooError(f"--format parquet needs pyarrow (pip install 'camgap[parquet]'): {exc}") from None
-
-
-def _runs_export_frame(runs):
-    """The registry's runs in ``EXPORT_COLUMNS``: accuracies (fractions there) in percentage points
-    like the gap, counts as nullable integers (a pending run has no epochs)."""
-    import pandas as pd
-
-    frame = runs.assign(
-        train_acc_pp=100.0 * runs["train_acc"], test_acc_pp=100.0 * runs["test_acc"], gap_pp=runs["gap"]
-    )
-    frame = frame[EXPORT_COLUMNS].copy()
-    for col in EXPORT_INTEGERS:  # a column of pending runs only holds None (object dtype)
-        frame[col] = pd.to_numeric(frame[col], errors="coerce").round().astype("Int64")
-    return frame
-
-
-def _rounded(frame):
-    """Every float column rounded to ``EXPORT_DIGITS`` significant digits, as the CSV writes them
-    (so the Parquet file holds the numbers the CSV shows)."""
-    frame = frame.copy()
-    for col in frame.columns:
-        if frame[col].dtype.kind == "f":
-            frame[col] = [float(f"{v:.{EXPORT_DIGITS}g}") for v in frame[col]]
-    return frame
+            if not retry:
+                self.bar.update(1)
+        self.bar.set_postfix(failed=self.reg.counts()["failed"], refresh=False)
+        return retry

@@ -252,10 +252,10 @@ def _add_measure(sub) -> None:
     m.add_argument(
         "--measures",
         default=None,
-        help="comma-separated (default: iou, iou_b, energy_pg, pointing_game, pxap, spectral_norm, nuclear_norm, "
-        "effective_invariance, inverse_margin, frobenius_norm, path_norm, distance_from_init, "
-        "augmentation_consistency, db_mixup, and weightwatcher where its package is installed; also: "
-        "maxboxacc_v2, pacbayes_flatness, pacbayes_mag_flatness, effective_invariance_gray)",
+        help="comma-separated (default: iou, iou_b, iou_heldout, iou_drop, energy_pg, pointing_game, pxap, "
+        "maxboxacc_v2, spectral_norm, nuclear_norm, effective_invariance, inverse_margin, frobenius_norm, path_norm, "
+        "distance_from_init, augmentation_consistency, db_mixup, and weightwatcher where its package is installed; "
+        "also: pacbayes_flatness, pacbayes_mag_flatness, effective_invariance_gray)",
     )
     m.add_argument(
         "--cam",
@@ -344,10 +344,11 @@ def _guard(func):
             print(f"camgap zoo: error: {one_line(exc)}", file=sys.stderr)
             return 2
         except sqlite3.Error as exc:
-            from camgap.zoo.registry import Registry, _registry_error
+            from camgap.zoo.dbschema import registry_error
+            from camgap.zoo.registry import ZooDB
 
             zoo = args.zoo
-            print(f"camgap zoo: error: {_registry_error(exc, Path(zoo) / Registry.FILENAME)}", file=sys.stderr)
+            print(f"camgap zoo: error: {registry_error(exc, Path(zoo) / ZooDB.FILENAME)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print("camgap zoo: interrupted; rerun the same command to resume", file=sys.stderr)

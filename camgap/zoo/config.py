@@ -10,9 +10,9 @@ worker is given and what it hands back.
   comes back; the ``result`` that ``final.pt`` stores).
 
 Stored forms. ``RunConfig`` and ``RunResult`` read back from disk remember which keys were stored,
-in which order (``stored_keys``), and ``to_dict`` writes exactly those: a config of an older model
-set, which lacks a key that newer ones have, serialises to the same bytes (and the same run id)
-as before. Frozen dataclasses pickle, so tasks travel to worker processes and Ray as they are.
+in which order (``stored_keys``), and ``to_dict`` writes exactly those: a config read back
+serialises to the bytes it was read from, so its run id holds whatever fields camgap adds to the
+class. Frozen dataclasses pickle, so tasks travel to worker processes and Ray as they are.
 """
 
 from __future__ import annotations
@@ -272,13 +272,18 @@ class Task:
 class Pack:
     """Runs that train together as one computation (``camgap.zoo.packed``), under the pack's id."""
 
-    run_id: str
+    pack_id: str
     runs: tuple[Task, ...]
     device: str = "cpu"
     threads: int = 1
 
+    @property
+    def run_id(self) -> str:
+        """The key executors track every piece of work by (``executors.Work``): for a pack, its pack id."""
+        return self.pack_id
+
     def failure(self, status: str, error: str, worker_died: bool = False) -> RunResult:
-        return RunResult(self.run_id, status, error=error, worker_died=worker_died)
+        return RunResult(self.pack_id, status, error=error, worker_died=worker_died)
 
 
 class PackMismatchError(CamgapError, ValueError):
@@ -315,7 +320,7 @@ def _differ(first: Task, other: Task, name: str, a: Any, b: Any) -> str:
     )
 
 
-# the keys of a stored result, in the order final.pt has always held them
+# the keys of a stored result, in the order final.pt holds them (its bytes depend on it)
 RESULT_KEYS = (
     "run_id",
     "status",

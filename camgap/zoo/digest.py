@@ -13,7 +13,7 @@ import hashlib
 import json
 from pathlib import Path
 
-__all__ = ["DIGEST_SUFFIX", "file_digest", "record_digest", "forget_digest", "check_final"]
+__all__ = ["DIGEST_SUFFIX", "file_digest", "record_digest", "forget_digest", "save_final", "check_final"]
 
 DIGEST_SUFFIX = ".sha256.json"
 _CHUNK = 1 << 20
@@ -35,7 +35,7 @@ def file_digest(path: str | Path) -> dict:
 
 def record_digest(path: str | Path) -> None:
     """Write ``<path>.sha256.json`` with the file's size and sha256 (atomically)."""
-    from camgap.zoo.train import atomic_write_json
+    from camgap.zoo.files import atomic_write_json
 
     path = Path(path)
     atomic_write_json({"file": path.name, **file_digest(path)}, _digest_path(path))
@@ -45,6 +45,17 @@ def forget_digest(path: str | Path) -> None:
     """Remove a file's record before the file is rewritten: a kill between the two writes then
     leaves no record (checked by reading) rather than another file's."""
     _digest_path(Path(path)).unlink(missing_ok=True)
+
+
+def save_final(obj, path: str | Path) -> None:
+    """``files.atomic_save`` of a run's ``final.pt``, its size and sha256 recorded beside it (what
+    `zoo build` and `zoo status` check it against). The old record goes first: a kill between
+    the writes leaves a file without a record, checked by reading it back."""
+    from camgap.zoo.files import atomic_save
+
+    forget_digest(path)
+    atomic_save(obj, path)
+    record_digest(path)
 
 
 def _recorded(path: Path) -> dict | None:
@@ -72,7 +83,7 @@ def check_final(run_dir: str | Path, run_id: str, record: bool = False) -> str |
         if now["sha256"] != rec["sha256"]:
             return f"{path}: its sha256 differs from the one recorded when it was written (corrupt)"
         return None
-    from camgap.zoo.train import CheckpointUnreadableError, read_run_checkpoint
+    from camgap.zoo.files import CheckpointUnreadableError, read_run_checkpoint
 
     try:
         ck = read_run_checkpoint(path)

@@ -67,10 +67,8 @@ them.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
-import json
 import math
 import random
 import sys
@@ -84,6 +82,7 @@ from typing import Any
 from camgap.options import check_of
 from camgap.params import canonical_json
 from camgap.zoo.config import GridError, PretrainConfig, RunConfig, TrainConfig, _arch, _int, _unknown
+from camgap.zoo.packing import pack_size
 
 __all__ = [
     "GRID_KEYS",
@@ -92,6 +91,7 @@ __all__ = [
     "PRETRAIN_DEFAULTS",
     "GridError",
     "Grid",
+    "TORCHVISION_WEIGHTS",
     "RunSpec",
     "canonical_json",
     "make_run_id",
@@ -115,7 +115,6 @@ GRID_KEYS: dict[str, Any] = {
 }
 
 TRAIN_DEFAULTS: dict[str, Any] = TrainConfig().to_dict()
-PACK_AUTO = 8  # runs per pack for `[train] pack = "auto"`
 # how a run computes, not what it studies: left out of ids and fingerprints at their defaults
 OPTIONAL_TRAIN_KEYS = ("pack", "precision", "channels_last")
 # settings that do not change what a run computes: not part of run ids nor the fingerprint
@@ -124,6 +123,13 @@ EXECUTION_ONLY = ("eval_batch_size", "pretrained_weights")
 PRETRAIN_DEFAULTS: dict[str, Any] = PretrainConfig().to_dict()
 
 TORCHVISION_PRETRAINED = "torchvision:IMAGENET1K_V1"
+# architectures with torchvision ImageNet weights -> their weights enum in torchvision.models
+TORCHVISION_WEIGHTS = {
+    "resnet18": "ResNet18_Weights",
+    "resnet34": "ResNet34_Weights",
+    "resnet50": "ResNet50_Weights",
+    "resnet101": "ResNet101_Weights",
+}
 
 
 @dataclass(frozen=True)
@@ -183,8 +189,6 @@ def balanced_sample(sizes: Sequence[int], k: int, seed: int = 0) -> list[int]:
 
 
 def _is_torchvision(arch: str) -> bool:
-    from camgap.zoo.pretrained import TORCHVISION_WEIGHTS
-
     return arch in TORCHVISION_WEIGHTS
 
 
@@ -267,8 +271,6 @@ class Grid:
 
     def pretrained_source(self, arch: str) -> str:
         """Identity of the weights a `pretrained = true` run of `arch` starts from."""
-        from camgap.zoo.pretrained import TORCHVISION_WEIGHTS
-
         if arch in TORCHVISION_WEIGHTS:
             return TORCHVISION_PRETRAINED
         given = self.train.pretrained_weights
@@ -311,8 +313,8 @@ class Grid:
         }
 
     def run_config(self, values: dict) -> RunConfig:
-        """The canonical config of one trained run from one value per grid key (built as its stored
-        form, in the key order run ids have always been hashed from)."""
+        """The canonical config of one trained run from one value per grid key, built as its stored
+        form: the run id hashes it, key order included, so the order below is part of every id."""
         t = self.train
         cfg = {k: values[k] for k in GRID_KEYS}
         cfg.update(self._shared(values["arch"]))
@@ -332,7 +334,7 @@ class Grid:
             cfg["pack"] = pack
         if self.seed:  # another study of the same grid: other run ids, other seeds
             cfg["grid_seed"] = self.seed
-        for key in ("precision", "channels_last"):  # likewise; left out at their defaults, as before
+        for key in ("precision", "channels_last"):  # likewise: at their defaults they leave the ids alone
             if getattr(t, key) != TRAIN_DEFAULTS[key]:
                 cfg[key] = getattr(t, key)
         return RunConfig.from_dict(cfg)
@@ -348,20 +350,8 @@ class Grid:
         return replace(self, train=replace(self.train, precision=precision))
 
     def pack_size(self, arch: str) -> int:
-        """Runs trained together as one computation (``camgap.zoo.packed``): ``[train] pack``, where
-        "auto" is 8 for the ResNets camgap can pack and 1 for any other architecture; the same on
-        every machine, so a pack's members and their weights depend on the grid alone."""
-        pack = self.train.pack
-        if pack == 1:
-            return 1
-        if not _packable_arch(arch, canonical_json(self.arch_options.get(arch, {}))):
-            if pack == "auto":
-                return 1
-            raise GridError(
-                f"[train] pack = {pack}: {arch} cannot be packed (only ResNets of the torchvision "
-                'layout can); use pack = 1 or "auto"'
-            )
-        return PACK_AUTO if pack == "auto" else int(pack)
+        """Runs of ``arch`` trained together as one computation (``camgap.zoo.packing.pack_size``)."""
+        return pack_size(self.train.pack, arch, self.arch_options.get(arch, {}))
 
     def untrained_config(self, arch: str) -> RunConfig:
         cfg = {k: None for k in GRID_KEYS}
@@ -420,14 +410,6 @@ class Grid:
 
     def fingerprint(self) -> str:
         return hashlib.sha256(canonical_json(self.canonical()).encode()).hexdigest()
-
-
-@functools.lru_cache(maxsize=64)
-def _packable_arch(arch: str, options_json: str) -> bool:
-    from camgap.models import create_model_skeleton
-    from camgap.zoo.packed import packable
-
-    return packable(create_model_skeleton(arch, 2, **json.loads(options_json)))
 
 
 def parse_grid(doc: dict, source: str = "<grid>", max_runs: int = MAX_RUNS) -> Grid:

@@ -25,10 +25,9 @@ import functools
 import json
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -36,36 +35,42 @@ import torch
 from camgap import params
 from camgap.data.dataset import normalize
 from camgap.data.store import TensorStore
-from camgap.errors import CamgapError, InputError, MissingFileError
-from camgap.measures.iou import validate_thresholds
-from camgap.measures.registry import (
-    MEASURES,
-    MeasureContext,
-    compute_measure,
-    from_score_pass,
-    list_measures,
-    measure_outcome,
-    pass_params,
-    unavailable_reason,
-)
+from camgap.errors import CamgapError, MissingFileError
+from camgap.measures.registry import MeasureContext, compute_measure, measure_outcome
 from camgap.measures.registry import score_params as score_params  # re-exported: callers import it from here
 from camgap.measures.score import ScoreOptions, ScoreResult, score_model
 from camgap.measures.weightwatcher import available as weightwatcher_available
 from camgap.models import CheckpointError, create_model, load_weights, read_checkpoint
-from camgap.zoo.registry import Registry, state_line
+from camgap.zoo.files import cache_path
+from camgap.zoo.measure_types import (
+    MeasurementRow,
+    MeasureOutcome,
+    MeasureRequest,
+    MeasureSummary,
+    MeasureTask,
+    RunPlan,
+    make_request,
+    plan_rows,
+    plan_run,
+    score_measurements,
+    score_rows,
+)
+from camgap.zoo.registry import ZooDB
+from camgap.zoo.sweep import ANY_DEATH, SweepJob, sweep
 
 NEEDS_INIT = {"distance_from_init", "pacbayes_flatness", "pacbayes_mag_flatness"}  # read init.pt
-# MaxBoxAccV2 is measured on request only (`--measures ...,maxboxacc_v2`): labelling 101 thresholded
-# regions per image costs ~2 s per demo model, several times the CAM pass (BENCHMARKS.md).
 # PAC-Bayes flatness is measured on request only (`--measures ...,pacbayes_flatness`): the paper does
 # not use it, and its noise search makes tens of passes per model, more than all the others together.
 # WeightWatcher's statistics are default where its optional package is installed.
 DEFAULT_MEASURES = (
     "iou",
     "iou_b",
+    "iou_heldout",
+    "iou_drop",
     "energy_pg",
     "pointing_game",
     "pxap",
+    "maxboxacc_v2",
     "spectral_norm",
     "nuclear_norm",
     "effective_invariance",
@@ -78,164 +83,8 @@ DEFAULT_MEASURES = (
 ) + (("weightwatcher",) if weightwatcher_available() else ())
 
 
-@dataclass
-class MeasureSummary:
-    """What one ``measure_zoo`` call did (``measured`` models, rows ``recorded`` done, ``failed``
-    and ``undefined`` now), the compute ``seconds`` per step (the shared pass, each other measure,
-    loading) summed over the ``timed`` models that ran it, the ``wall`` seconds of the call, and,
-    over the whole set for the requested measures, the counts by state and the not-done rows
-    grouped by reason (``Registry.measurement_counts``)."""
-
-    models: int
-    measured: int
-    recorded: int
-    failed: int
-    undefined: int = 0
-    counts: dict = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-    timed: dict[str, int] = field(default_factory=dict)
-    wall: float = 0.0
-
-    @property
-    def failed_in_set(self) -> int:
-        return int(self.counts.get("states", {}).get("failed", 0))
-
-    @property
-    def exit_code(self) -> int:
-        """0 when every requested measurement of the set is done or undefined, 3 when some
-        failed (the same on an identical rerun: failed rows are not retried)."""
-        return 3 if self.failed_in_set else 0
-
-    def add_seconds(self, seconds: dict[str, float]) -> None:
-        for step, s in seconds.items():
-            self.seconds[step] = self.seconds.get(step, 0.0) + s
-            self.timed[step] = self.timed.get(step, 0) + 1
-
-    def time_line(self) -> str:
-        """'time per step (s total, s per model): iou/iou_b 1.20 (0.30), ...' ('' when nothing ran)."""
-        if not self.seconds:
-            return ""
-        items = [f"{step} {s:.2f} ({s / self.timed[step]:.2f})" for step, s in self.seconds.items()]
-        total = sum(self.seconds.values())
-        return (
-            f"time per step (s total, s per model): {', '.join(items)}; compute {total:.2f} s "
-            f"({total / max(1, self.measured):.2f} s per measured model)"
-        )
-
-    def __str__(self) -> str:
-        first = (
-            f"{self.models} model(s): {self.measured} measured now, {self.recorded} values recorded, "
-            f"{self.failed} failed measurements, {self.undefined} undefined in {self.wall:.1f} s"
-        )
-        rest = (self.time_line(), *(state_line(self.counts, s) for s in ("undefined", "failed")))
-        lines = [first, *(line for line in rest if line)]
-        return "\n".join(lines)
-
-
 DIVERGED = "the run diverged in training (non-finite weights): no measure has a value"
 LOAD = "load"  # timing key: reading the checkpoint, the tensor store, the masks and init.pt
-SHARED_PASS = "iou/iou_b"  # timing key of the shared CAM pass (IoU, IoU-B and the logits)
-LOGITS_PASS = "shared pass"  # the same pass when no score measure is asked for (the logits only)
-
-
-@dataclass(frozen=True)
-class MeasureRequest:
-    """What a `zoo measure` call asks for; it travels to the workers with each run."""
-
-    measures: tuple[str, ...]
-    cams: tuple[str, ...] = ("gradcam",)
-    thresholds: tuple[float, ...] = (0.1,)
-    masks: tuple[str, ...] = ("boxes",)
-    batch_size: int = 128
-
-    @property
-    def score_measures(self) -> tuple[str, ...]:
-        return tuple(k for k in self.measures if from_score_pass(k))
-
-    @property
-    def combos(self) -> list[tuple[str, float, str]]:
-        """(cam, threshold, masks) of every score measurement asked for (none without iou / iou_b)."""
-        if not self.score_measures:
-            return []
-        return [(c, t, m) for c in self.cams for t in self.thresholds for m in self.masks]
-
-    @property
-    def pass_name(self) -> str:
-        return SHARED_PASS if self.score_measures else LOGITS_PASS
-
-
-def make_request(
-    measures: Sequence[str], cams: Sequence[str], thresholds: Sequence[float], masks: Sequence[str], batch_size: int
-) -> MeasureRequest:
-    """A validated request: unknown measures and thresholds outside [0, 1) raise before anything runs.
-    Measure names are the registry's (``camgap.measures.registry.MEASURES``), as rows store them."""
-    unknown = [m for m in measures if m not in MEASURES]
-    if unknown:
-        raise InputError(f"unknown measure(s) {unknown}; known: {', '.join(list_measures())}")
-    measures = [MEASURES.resolve(m) for m in measures]
-    for name in measures:
-        reason = unavailable_reason(name)
-        if reason:
-            raise InputError(f"measure {name} {reason}")
-    if not cams or not masks:
-        raise InputError("need at least one CAM method and one mask source")
-    if batch_size < 1:
-        raise InputError(f"batch size must be >= 1, got {batch_size}")
-    return MeasureRequest(
-        tuple(measures), tuple(cams), tuple(validate_thresholds(thresholds)), tuple(masks), int(batch_size)
-    )
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """What one run still needs: the score combinations and the other measures with no row yet
-    (finished rows, done, failed or undefined, are never recomputed)."""
-
-    run_id: str
-    scores: tuple[tuple[str, float, str], ...]
-    others: tuple[str, ...]
-    diverged: bool = False
-
-    @property
-    def empty(self) -> bool:
-        return not self.scores and not self.others
-
-    def steps(self, request: MeasureRequest) -> list[str]:
-        """Its timed steps (the progress bar's units): the shared pass, then each other measure."""
-        return [request.pass_name, *self.others]
-
-
-def plan_run(run_id: str, recorded: set[tuple[str, str]], request: MeasureRequest, diverged: bool = False) -> RunPlan:
-    """The plan of one run from its recorded ``(measure, params JSON)`` keys: a score combination
-    is finished when all its score measures have a row, another measure when any of its rows exists."""
-    scores = tuple(
-        combo
-        for combo in request.combos
-        if not all((k, params.to_json(pass_params(k, *combo))) in recorded for k in request.score_measures)
-    )
-    have = {measure for measure, _ in recorded}
-    others = tuple(m for m in request.measures if not from_score_pass(m) and m not in have)
-    return RunPlan(run_id, scores, others, diverged)
-
-
-def plan_rows(plan: RunPlan, request: MeasureRequest, state: str, reason: str) -> list[tuple]:
-    """One row per measurement the plan still needs, all in ``state`` (failed or undefined) for ``reason``."""
-    return _score_rows(request, plan.scores, state, reason) + [(name, {}, None, state, reason) for name in plan.others]
-
-
-def _score_rows(request: MeasureRequest, combos: Sequence[tuple], state: str, reason: str) -> list[tuple]:
-    return [(k, p, None, state, reason) for k, p in _score_measurements(request, combos)]
-
-
-def _score_measurements(request: MeasureRequest, combos: Sequence[tuple]) -> list[tuple[str, dict]]:
-    """(measure, params) of each score measurement of ``combos``, once: a threshold-free
-    measure has one measurement per (cam, masks), however many thresholds were asked for."""
-    out: dict[tuple[str, str], tuple[str, dict]] = {}
-    for combo in combos:
-        for k in request.score_measures:
-            p = pass_params(k, *combo)
-            out.setdefault((k, params.to_json(p)), (k, p))
-    return list(out.values())
 
 
 def load_run_model(run_dir: Path, which: str = "final") -> tuple[torch.nn.Module, dict]:
@@ -250,12 +99,8 @@ def load_run_model(run_dir: Path, which: str = "final") -> tuple[torch.nn.Module
     return model, ckpt
 
 
-def _store_dir(zoo: Path, input_size: int, resize: str) -> Path:
-    return zoo / "cache" / f"train-{input_size}-{resize}"
-
-
-def _store_for(zoo: Path, ckpt: dict) -> TensorStore:
-    return TensorStore.open(_store_dir(zoo, ckpt["input_size"], ckpt["resize"]))
+def _store_for(zoo: Path, ckpt: dict, split: str = "train") -> TensorStore:
+    return TensorStore.open(cache_path(zoo, split, ckpt["input_size"], ckpt["resize"]))
 
 
 _REFERENCES: dict[tuple[str, str], tuple] = {}  # per process: (store dir, mask source) -> (masks, image ids)
@@ -309,43 +154,12 @@ class _Clock:
 
 @dataclass
 class MeasuredRun:
-    """One run's rows ``(measure, params, value, state, reason)``, seconds per step, and whether
-    its model was measured (False when it diverged or could not be loaded)."""
+    """One run's rows, seconds per step, and whether its model was measured (False when it diverged
+    or could not be loaded)."""
 
-    rows: list[tuple]
+    rows: list[MeasurementRow]
     seconds: dict[str, float]
     measured: bool
-
-
-@dataclass(frozen=True)
-class MeasureOutcome:
-    """What a measuring task returns to the driver: ``status`` ``done`` (with the run's ``rows``,
-    ``seconds`` per step and whether it was ``measured``), ``failed`` or ``lost`` (a dead worker;
-    ``worker_died``: its own) with the ``error``."""
-
-    run_id: str
-    status: str
-    rows: tuple = ()
-    seconds: dict = field(default_factory=dict)
-    measured: bool = False
-    error: str | None = None
-    worker_died: bool = False
-
-
-@dataclass(frozen=True)
-class MeasureTask:
-    """One run's measuring, as an executor runs it (``run_measure_task``); ``device`` and
-    ``threads`` are filled in by the executor."""
-
-    run_id: str
-    zoo: str
-    plan: RunPlan
-    request: MeasureRequest
-    device: str = "cpu"
-    threads: int = 1
-
-    def failure(self, status: str, error: str, worker_died: bool = False) -> MeasureOutcome:
-        return MeasureOutcome(self.run_id, status, error=error, worker_died=worker_died)
 
 
 def measure_run(
@@ -368,12 +182,15 @@ def measure_run(
             return MeasuredRun(plan_rows(plan, request, "failed", str(exc)), clock.seconds, False)
         model.eval().to(device)
         store = _store_for(zoo, ckpt)
-        references = _references(zoo, _store_dir(zoo, ckpt["input_size"], ckpt["resize"]), store, request.masks)
+        references = _references(
+            zoo, cache_path(zoo, "train", ckpt["input_size"], ckpt["resize"]), store, request.masks
+        )
     ctx = _context(model, ckpt, store, references, request, device)
+    ctx.test_data = lambda: _store_for(zoo, ckpt, "test")
     with clock.step(request.pass_name):
         rows, broken = _shared_pass(ctx, plan, request)
     if plan.others and ctx.logits is None:  # every measure of a model that cannot run is failed, with the reason
-        rows += [(name, {}, None, "failed", broken) for name in plan.others]
+        rows += [MeasurementRow(name, {}, None, "failed", broken) for name in plan.others]
     elif plan.others:
         rows += _other_measures(plan.others, ctx, run_dir, clock)
     return MeasuredRun(rows, clock.seconds, True)
@@ -393,9 +210,9 @@ def _context(
         box_accuracy="maxboxacc_v2" in request.measures,  # on request: it costs more than the pass
     )
 
-    def score_pass(cam: str, source: str, thresholds: tuple[float, ...]) -> ScoreResult:
+    def score_pass(cam: str, source: str, thresholds: tuple[float, ...], data=store) -> ScoreResult:
         ref, ref_ids = references.get(source, (None, None))
-        return score_model(model, store, options, cam=cam, thresholds=thresholds, masks=ref, mask_ids=ref_ids)
+        return score_model(model, data, options, cam=cam, thresholds=thresholds, masks=ref, mask_ids=ref_ids)
 
     config = ckpt.get("config") or {}
     augmentation = None  # trained without: augmentation consistency says which one it used instead
@@ -413,7 +230,9 @@ def _context(
     )
 
 
-def _shared_pass(ctx: MeasureContext, plan: RunPlan, request: MeasureRequest) -> tuple[list[tuple], str | None]:
+def _shared_pass(
+    ctx: MeasureContext, plan: RunPlan, request: MeasureRequest
+) -> tuple[list[MeasurementRow], str | None]:
     """The CAM pass(es): the rows of the score measures (IoU, IoU-B, ...) for the planned combinations,
     one pass per (cam, masks) for every threshold, and the logits of the first pass (the first CAM
     with the first mask source, run even when its scores are recorded: the other measures read its
@@ -421,7 +240,7 @@ def _shared_pass(ctx: MeasureContext, plan: RunPlan, request: MeasureRequest) ->
     pass raised), None when it did."""
     first = (request.cams[0], request.masks[0])
     passes = sorted({(c, m) for c, _, m in plan.scores} | {first}, key=lambda cm: cm != first)
-    rows: list[tuple] = []
+    rows: list[MeasurementRow] = []
     broken = None
     for cam, source in passes:
         combos = [(c, t, m) for c, t, m in plan.scores if (c, m) == (cam, source)]
@@ -429,24 +248,26 @@ def _shared_pass(ctx: MeasureContext, plan: RunPlan, request: MeasureRequest) ->
             ctx.need_score(cam, source, request.thresholds)
         except Exception as exc:  # noqa: BLE001 - one bad model never stops the set
             reason = measure_outcome(exc)[1]
-            rows += _score_rows(request, combos, "failed", reason)
+            rows += score_rows(request, combos, "failed", reason)
             broken = broken or reason
             continue
         rows += _score_values(ctx, request, combos, cam, source)
     return rows, broken
 
 
-def _score_values(ctx: MeasureContext, request: MeasureRequest, combos: list, cam: str, source: str) -> list[tuple]:
+def _score_values(
+    ctx: MeasureContext, request: MeasureRequest, combos: list, cam: str, source: str
+) -> list[MeasurementRow]:
     """The rows of each score measure from the pass (cam, source) that ran; a measure that
     raises gets its own failed or undefined rows, the others keep their values."""
-    rows: list[tuple] = []
-    wanted = _score_measurements(request, combos)
+    rows: list[MeasurementRow] = []
+    wanted = score_measurements(request, combos)
     for name in request.score_measures:
         mine = [p for k, p in wanted if k == name]
         try:
             values = compute_measure(name, ctx, cam=cam, thresholds=request.thresholds, masks=source)
         except Exception as exc:  # noqa: BLE001 - recorded (undefined or failed), the set goes on
-            rows += [(name, p, None, *measure_outcome(exc)) for p in mine]
+            rows += [MeasurementRow(name, p, None, *measure_outcome(exc)) for p in mine]
             continue
         rows += [_value_row(name, p, values[params.label(p)]) for p in mine]
     return rows
@@ -462,29 +283,29 @@ def _init_state(run_dir: Path, names: Sequence[str]) -> tuple[dict | None, str |
         return None, f"initial weights unreadable: {exc}"
 
 
-def _other_measures(names: Sequence[str], ctx: MeasureContext, run_dir: Path, clock: _Clock) -> list[tuple]:
+def _other_measures(names: Sequence[str], ctx: MeasureContext, run_dir: Path, clock: _Clock) -> list[MeasurementRow]:
     """Rows of the measures not read from the CAM pass, from the same context (its logits)."""
     with clock.step(LOAD, counted=False):
         ctx.init_state, init_error = _init_state(run_dir, names)
-    rows: list[tuple] = []
+    rows: list[MeasurementRow] = []
     for name in names:
         with clock.step(name):
             if init_error and name in NEEDS_INIT:
-                rows.append((name, {}, None, "failed", init_error))
+                rows.append(MeasurementRow(name, {}, None, "failed", init_error))
                 continue
             try:
                 values = compute_measure(name, ctx)
             except Exception as exc:  # noqa: BLE001 - recorded (undefined or failed), the set goes on
-                rows.append((name, {}, None, *measure_outcome(exc)))
+                rows.append(MeasurementRow(name, {}, None, *measure_outcome(exc)))
                 continue
         rows += [_value_row(name, params.canonical(key), value) for key, value in values.items()]
     return rows
 
 
-def _value_row(measure: str, p: dict, value: float | None) -> tuple:
+def _value_row(measure: str, p: dict, value: float | None) -> MeasurementRow:
     if value is None or not math.isfinite(value):
-        return measure, p, None, "failed", f"not finite: {value}"
-    return measure, p, float(value), "done", None
+        return MeasurementRow(measure, p, None, "failed", f"not finite: {value}")
+    return MeasurementRow(measure, p, float(value), "done", None)
 
 
 def run_measure_task(task: MeasureTask, on_step: Callable[[str, bool], None] | None = None) -> MeasureOutcome:
@@ -521,9 +342,9 @@ def measure_zoo(
     t0 = time.perf_counter()
     zoo = Path(zoo_dir).expanduser().resolve()
     request = make_request(measures, cams, thresholds, masks, batch_size)
-    if not (zoo / Registry.FILENAME).exists():
-        raise MissingFileError(f"{zoo}: no model set here ({Registry.FILENAME} missing); run `camgap zoo build` first")
-    reg = Registry.in_dir(zoo, create=False)
+    if not (zoo / ZooDB.FILENAME).exists():
+        raise MissingFileError(f"{zoo}: no model set here ({ZooDB.FILENAME} missing); run `camgap zoo build` first")
+    reg = ZooDB.in_dir(zoo, create=False)
     try:
         reg.allow_undefined_state()
         runs = reg.done_runs()
@@ -544,14 +365,14 @@ def measure_zoo(
     return summary
 
 
-def _prepare_references(zoo: Path, reg: Registry, request: MeasureRequest) -> None:
+def _prepare_references(zoo: Path, reg: ZooDB, request: MeasureRequest) -> None:
     """Compute the set's reference masks (saliency, mask folders) once, before any worker needs them."""
     if all(m == "boxes" for m in request.masks) or not request.score_measures:
         return
     train = json.loads(reg.get_meta("grid") or "{}").get("train", {})
     if "input_size" not in train:
         return  # the workers compute them (and cache them) themselves
-    store_dir = _store_dir(zoo, train["input_size"], train.get("resize", "resize"))
+    store_dir = cache_path(zoo, "train", train["input_size"], train.get("resize", "resize"))
     _references(zoo, store_dir, TensorStore.open(store_dir), request.masks)
 
 
@@ -564,7 +385,7 @@ def _executor_for(kind: str, workers: int | None, device: str, ray_address: str 
 
 
 def _measure_plans(
-    reg: Registry,
+    reg: ZooDB,
     zoo: Path,
     plans: list[RunPlan],
     request: MeasureRequest,
@@ -575,62 +396,65 @@ def _measure_plans(
     ray_address: str | None,
     progress: bool,
 ) -> None:
-    """Send each run's plan to the executor, record each run's rows as they come back. A run whose
-    worker died is sent again once; a second death (or a crash of the task) fails its measurements."""
+    """Send each run's plan to the executor, record each run's rows as they come back (``zoo.sweep``)."""
     from camgap.progress import progress_bar
     from camgap.zoo.executors import InProcessExecutor
 
     steps = {p.run_id: len(p.steps(request)) for p in plans}
     bar = progress_bar(total=sum(steps.values()), unit="step", desc="measure", enabled=progress)
-    counted: dict[str, int] = {}
-    current: list[str] = []  # the run the in-process executor measures now
-
-    def on_step(name: str, ended: bool) -> None:
-        if not ended:
-            bar.set_description(f"measure {name}")
-        elif current:
-            counted[current[0]] = counted.get(current[0], 0) + 1
-            bar.update(1)
-
+    job = _Measuring(reg, zoo, request, summary, bar, steps)
     ex = _executor_for(executor, workers, device, ray_address)
     if isinstance(ex, InProcessExecutor):  # live progress: it calls the task here, so the callback may be local
-        ex.fn = functools.partial(run_measure_task, on_step=on_step)
-    queue, inflight, deaths = deque(plans), {}, {}
+        ex.fn = functools.partial(run_measure_task, on_step=job.on_step)
     try:
-        while queue or inflight:
-            while queue and len(inflight) < ex.capacity:
-                plan = queue.popleft()
-                current[:] = [plan.run_id]
-                ex.submit(MeasureTask(plan.run_id, str(zoo), plan, request))
-                inflight[plan.run_id] = plan
-            for res in ex.wait():
-                plan = inflight.pop(res.run_id)
-                if res.status == "lost" and deaths.get(plan.run_id, 0) == 0:
-                    deaths[plan.run_id] = 1
-                    queue.append(plan)
-                    continue
-                if res.status == "done":
-                    rows = list(res.rows)
-                    summary.measured += int(res.measured)
-                    summary.add_seconds(res.seconds)
-                else:
-                    reason = str(res.error or "unknown error").strip().splitlines()[0]
-                    rows = plan_rows(plan, request, "failed", f"measuring stopped: {reason}")
-                _store(reg, plan.run_id, rows, summary)
-                bar.update(steps[plan.run_id] - counted.pop(plan.run_id, 0))
+        sweep(ex, plans, job)
     finally:
         ex.close()
         bar.close()
 
 
-def _store(reg: Registry, run_id: str, rows: list[tuple], summary: MeasureSummary) -> None:
+class _Measuring(SweepJob):
+    """A measuring sweep: a run whose worker died is sent again once; a second death (or a crash of
+    the task) fails its measurements with the reason. The bar counts each run's steps."""
+
+    lost = ANY_DEATH
+
+    def __init__(self, reg: ZooDB, zoo: Path, request: MeasureRequest, summary: MeasureSummary, bar, steps: dict):
+        self.reg, self.zoo, self.request, self.summary, self.bar, self.steps = reg, zoo, request, summary, bar, steps
+        self.counted: dict[str, int] = {}  # run id -> its steps the bar counted as they ended
+        self.current: str | None = None  # the run the in-process executor measures now
+
+    def on_step(self, name: str, ended: bool) -> None:
+        if not ended:
+            self.bar.set_description(f"measure {name}")
+        elif self.current is not None:
+            self.counted[self.current] = self.counted.get(self.current, 0) + 1
+            self.bar.update(1)
+
+    def start(self, plan: RunPlan) -> MeasureTask:
+        self.current = plan.run_id
+        return MeasureTask(plan.run_id, str(self.zoo), plan, self.request)
+
+    def record(self, plan: RunPlan, res: MeasureOutcome) -> bool:
+        if res.status == "done":
+            rows = list(res.rows)
+            self.summary.measured += int(res.measured)
+            self.summary.add_seconds(res.seconds)
+        else:
+            reason = str(res.error or "unknown error").strip().splitlines()[0]
+            rows = plan_rows(plan, self.request, "failed", f"measuring stopped: {reason}")
+        _store(self.reg, plan.run_id, rows, self.summary)
+        self.bar.update(self.steps[plan.run_id] - self.counted.pop(plan.run_id, 0))
+        return False
+
+
+def _store(reg: ZooDB, run_id: str, rows: list[MeasurementRow], summary: MeasureSummary) -> None:
     """Record one model's rows together (one transaction, then its measurements.json)."""
-    reg.record_measurements(run_id, [(m, params.to_json(p), v, st, why) for m, p, v, st, why in rows])
+    reg.record_measurements(run_id, [row.stored() for row in rows])
     for row in rows:
-        state = row[3]
-        if state == "done":
+        if row.state == "done":
             summary.recorded += 1
-        elif state == "failed":
+        elif row.state == "failed":
             summary.failed += 1
         else:
             summary.undefined += 1
@@ -694,7 +518,7 @@ def overlay_rows(
     from camgap.viz import render_overlay
 
     zoo = Path(zoo_dir)
-    with Registry.in_dir(zoo, create=False) as reg:
+    with ZooDB.in_dir(zoo, create=False) as reg:
         runs = reg.runs_frame()
     picks, selection, fallback = overlay_picks(runs, min_train_acc)
     rows, models = [], []

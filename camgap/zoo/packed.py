@@ -9,12 +9,14 @@ bound by per-operator overhead; a pack pays that overhead once for K runs.
 Why weights are concatenated at every forward instead of stored packed: each run keeps its
 own ``nn.Module``, with the parameters and buffers of a solo model, so each run keeps its own
 optimizer (type, lr, momentum, weight decay and state: ``torch.optim`` needs leaf tensors, which
-slices of a packed tensor are not), its checkpoints stay in today's format, and a run that stops
-simply leaves the pack. The concatenation copies the weights once per step, which is small next
+slices of a packed tensor are not), its checkpoints are those of a run trained alone, and a run that
+stops simply leaves the pack. The concatenation copies the weights once per step, which is small next
 to the convolutions; its backward is a slice.
 
 ``torch.func.stack_module_state`` + ``vmap`` was the alternative: it keeps solo modules too,
 but BatchNorm's in-place running-statistics update is not supported under ``vmap``.
+
+Which runs share a pack: ``camgap.zoo.packing``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from camgap.errors import InputError
-from camgap.zoo.train import RunInputs
+from camgap.zoo.loop import RunInputs, autocast, epoch_generator, training_batch
 
 __all__ = ["PackedResNet", "pack_train_step", "packable", "train_pack_epoch", "evaluate_pack"]
 
@@ -145,8 +147,6 @@ def pack_train_step(
     The summed loss has, for each run's parameters, exactly the gradient of that run's own mean
     cross-entropy, so each optimizer steps as it would alone (only those in ``stepping``, when
     given). Returns the K losses."""
-    from camgap.zoo.train import autocast
-
     with autocast(precision, x.device):
         logits = pack(x).float()
     k, b, c = logits.shape
@@ -172,10 +172,8 @@ def train_pack_epoch(
 ) -> list[float]:
     """One epoch of every run of the pack (``epochs[k]``: run k's epoch number); each run draws its
     shuffle and augmentation from its own generator in the order it would alone
-    (``camgap.zoo.train.train_one_epoch``). A ``frozen`` run computes in the pack but is not
+    (``camgap.zoo.loop.train_one_epoch``). A ``frozen`` run computes in the pack but is not
     updated: no optimizer step, its BatchNorm statistics restored. Returns each run's mean loss."""
-    from camgap.zoo.train import epoch_generator, training_batch
-
     device = images.device
     n = int(labels.shape[0])
     frozen = list(frozen) if frozen is not None else [False] * len(runs)
@@ -212,7 +210,6 @@ def evaluate_pack(
 ) -> list[tuple[float, float]]:
     """Clean pass of every run (eval mode, no augmentation): [(mean cross-entropy, accuracy)]."""
     from camgap.data.dataset import normalize
-    from camgap.zoo.train import autocast
 
     pack.eval()
     n = int(labels.shape[0])

@@ -10,7 +10,7 @@
   grid's ``[pretrain]`` settings, and cached as ``ZOO/pretrained/small_resnet-<key>.pt``
   (``key`` hashes the architecture options and the pretraining settings). Offline. The
   package ships the source models of its own grids (``camgap/grids/source/<arch>-<key>.pt``,
-  made by ``python -m camgap.zoo.pretrained --grid demo``): a grid with the same key starts
+  made by ``python -m camgap.zoo.ship_source --grid demo``): a grid with the same key starts
   from those, the same bytes on every machine, as torchvision's ImageNet weights are for the
   paper's ResNets; any other key trains its source model in the build.
 
@@ -30,7 +30,7 @@ from torch import nn
 
 from camgap.errors import CamgapError, StateError
 from camgap.zoo.config import RunConfig, Task
-from camgap.zoo.grid import Grid
+from camgap.zoo.grid import TORCHVISION_WEIGHTS, Grid
 
 __all__ = [
     "PretrainedWeightsError",
@@ -43,12 +43,6 @@ __all__ = [
     "load_pretrained_backbone",
 ]
 
-TORCHVISION_WEIGHTS = {
-    "resnet18": "ResNet18_Weights",
-    "resnet34": "ResNet34_Weights",
-    "resnet50": "ResNet50_Weights",
-    "resnet101": "ResNet101_Weights",
-}
 HEAD_KEYS = ("fc.weight", "fc.bias")
 
 
@@ -84,20 +78,22 @@ def packaged_source_model(grid: Grid, arch: str) -> Path | None:
 def _use_packaged(grid: Grid, arch: str, path: Path, log) -> bool:
     """Copy the packaged source model of ``arch`` to ``path`` when the package has one for this
     key (checked against the key the file records); say what it is."""
-    from camgap.models import read_checkpoint
-    from camgap.zoo.train import atomic_save
+    from camgap.checkpoints import read_checkpoint
+    from camgap.zoo.files import atomic_save
 
     src = packaged_source_model(grid, arch)
     if src is None:
         return False
     obj = read_checkpoint(src)
-    task = obj.get("source_task", {})
-    if task.get("key") != grid.source_task_key(arch):
-        raise StateError(f"{src}: packaged source model records key {task.get('key')!r}, not its file name's")
+    key = obj.get("source_task", {}).get("key")
+    if key != grid.source_task_key(arch):
+        raise StateError(f"{src}: packaged source model records key {key!r}, not its file name's")
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_save(obj, path)
+    r = obj["result"]
     log(
-        f"source task {arch}: the packaged source model {src.name} ({task['epochs']} epochs, stop "
-        f"{task['stop_reason']}, train acc {task['train_acc']:.3f}, test acc {task['test_acc']:.3f}) -> {path}"
+        f"source task {arch}: the packaged source model {src.name} ({r['epochs']} epochs, stop "
+        f"{r['stop_reason']}, train acc {r['train_acc']:.3f}, test acc {r['test_acc']:.3f}) -> {path}"
     )
     return True
 
@@ -203,7 +199,7 @@ def ensure_source_models(grid: Grid, zoo_dir: str | Path, executor, log=print, p
     from camgap.data.layouts import read_layout
     from camgap.data.synthetic import write_synthetic
     from camgap.models import read_checkpoint
-    from camgap.zoo.train import atomic_save, prepare_split
+    from camgap.zoo.files import atomic_save, prepare_split
 
     out, pending = [], []
     given = grid.train.pretrained_weights
@@ -263,40 +259,7 @@ def ensure_source_models(grid: Grid, zoo_dir: str | Path, executor, log=print, p
                 f"train acc {result.train_acc:.3f}, test acc {result.test_acc:.3f}"
             )
             final = read_checkpoint(work / "run" / "final.pt")
-            final["source_task"] = {
-                "key": key,
-                "pretrain": grid.pretrain.to_dict(),
-                "classes": classes,
-                **{k: getattr(result, k) for k in ("epochs", "stop_reason", "train_acc", "test_acc")},
-            }
+            final["source_task"] = {"key": key, "pretrain": grid.pretrain.to_dict(), "classes": classes}
             atomic_save(final, path)
             shutil.rmtree(work / "cache", ignore_errors=True)
     return out
-
-
-def _package_source_models(argv: list[str] | None = None) -> None:
-    """Train the source models of a packaged grid and store them in the package, as shipped."""
-    import argparse
-    import tempfile
-
-    from camgap.zoo.executors import make_executor
-    from camgap.zoo.grid import load_grid
-
-    ap = argparse.ArgumentParser(prog="python -m camgap.zoo.pretrained", description=_package_source_models.__doc__)
-    ap.add_argument("--grid", default="demo", help="a packaged grid's name or a grid file (default: demo)")
-    ap.add_argument("--workers", type=int, default=None, help="training processes (default: one per core)")
-    args = ap.parse_args(argv)
-    grid = load_grid(args.grid)
-    executor = make_executor("local", workers=args.workers, device="cpu")
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for path in ensure_source_models(grid, tmp, executor, packaged=False):
-                PACKAGED_SOURCE_DIR.mkdir(exist_ok=True)
-                shutil.copyfile(path, PACKAGED_SOURCE_DIR / path.name)  # the whole record: config, history, result
-                print(f"packaged {PACKAGED_SOURCE_DIR / path.name}")
-    finally:
-        executor.close()
-
-
-if __name__ == "__main__":
-    _package_source_models()

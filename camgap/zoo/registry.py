@@ -1,59 +1,40 @@
-"""The model-set registry: one SQLite file (WAL mode), the single source of truth.
+"""The model-set registry (``ZooDB``): one SQLite file, the single source of truth about a model
+set's runs and their measurements (tables: ``camgap.zoo.dbschema``).
 
 Only the driver process writes it (workers return result dicts). Readers open it read-only
-(``Registry(path, read_only=True)``; ``create=False`` falls back to read-only when the
-storage is not writable), so status, export and the study work on read-only storage.
-Every ``sqlite3.Error`` becomes a ``RegistryError`` naming the file. The registry can be
-rebuilt from the run directories (``rebuild_registry``): each holds ``config.json``, and
-``final.pt`` (with the run's result) once it is done. Tables:
-
-* ``meta(key, value)``: ``grid_fingerprint``, ``grid`` (canonical JSON), ``data`` (the
-  data directory's fingerprint: classes and split sizes), ``schema``.
-* ``runs``: one row per run: ``run_id`` (primary key), ``config`` (canonical JSON),
-  ``repeat``, ``seed``, ``trained`` (0 for the randomly initialised models of the validity
-  test), ``status`` (pending/running/done/failed), ``attempts`` (failures of the run
-  itself: its training raised, or its worker died twice in a row; an interrupted driver,
-  a sibling's dead worker or a full disk use none), ``error``, and the metrics ``epochs,
-  stop_reason, train_acc, train_loss, test_acc, test_loss, gap`` (percentage points:
-  100 * (train_acc - test_acc)), ``wall_time`` (the run's seconds of training, summed over
-  resumes: in a pack, its share of the pack's time), ``pack_wall_time`` (its pack's seconds while
-  it trained in it; ``wall_time`` alone), ``precision`` (fp32 or bf16, as it computed), ``pack_size``
-  (runs in its pack, 1 alone), ``resumed_from`` (epoch the last attempt resumed from), ``started``,
-  ``finished`` (ISO timestamps, UTC). A registry of an earlier camgap gains the three columns when
-  a build opens it; until then readers show them from the run configs.
-* ``measurements(run_id, measure, params, value, status, error, updated)`` with primary key
-  ``(run_id, measure, params)``; ``params`` is ``camgap.params.to_json`` of the measure's
-  parameters (sorted keys, string values: one variant, one key);
-  ``status`` is the measurement's state: ``done`` (a value), ``failed`` (something broke,
-  ``error`` says what) or ``undefined`` (no value by the measure's own definition, ``error``
-  says why). Every change to a run's measurements is mirrored, atomically, to
-  ``runs/<run_id>/measurements.json`` (see ``measurement_rows``), from which a lost registry
-  can be rebuilt.
+(``ZooDB(path, read_only=True)``; ``create=False`` falls back to read-only when the storage is not
+writable). Every change to a run's measurements is mirrored, atomically, to
+``runs/<run_id>/measurements.json`` (see ``measurement_rows``), from which a lost registry can be
+rebuilt (``camgap.zoo.rebuild``).
 
 Accuracies are fractions in [0, 1]; the gap is in percentage points.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import re
-import sqlite3
 import time
-import urllib.parse
 from collections.abc import Iterable, Mapping
-from contextlib import contextmanager
 from pathlib import Path
 
-from camgap.errors import CamgapError, InputError
+from camgap.errors import InputError
 from camgap.params import to_json as params_json
+from camgap.zoo import dbschema
 from camgap.zoo.config import RunConfig, RunResult
+from camgap.zoo.dbschema import (
+    COMPUTE_COLUMNS,
+    MEASUREMENT_STATES,
+    METRICS,
+    STATUSES,
+    GridMismatchError,
+    RegistryError,
+)
 from camgap.zoo.grid import GRID_KEYS, RunSpec, canonical_json
 
 __all__ = [
-    "Registry",
+    "ZooDB",
     "RegistryError",
     "GridMismatchError",
     "STATUSES",
@@ -61,117 +42,10 @@ __all__ = [
     "MEASUREMENT_STATES",
     "MEASUREMENTS_FILE",
     "META_BACKUP",
-    "rebuild_registry",
-    "set_aside_registry",
 ]
 
-SCHEMA_VERSION = "1"
-STATUSES = ("pending", "running", "done", "failed")
-MEASUREMENT_STATES = ("done", "failed", "undefined")
 MEASUREMENTS_FILE = "measurements.json"  # per run directory: that run's measurement rows
 META_BACKUP = "registry-meta.json"  # a copy of the meta table, for rebuilding the registry from runs/
-METRICS = ("epochs", "stop_reason", "train_acc", "train_loss", "test_acc", "test_loss", "gap", "wall_time")
-# how a done run computed (from its result); added to registries written before they existed
-COMPUTE_COLUMNS = {"pack_wall_time": "REAL", "precision": "TEXT", "pack_size": "INTEGER"}
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS runs (
-    run_id TEXT PRIMARY KEY,
-    config TEXT NOT NULL,
-    repeat INTEGER NOT NULL,
-    seed INTEGER NOT NULL,
-    trained INTEGER NOT NULL,
-    status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'running', 'done', 'failed')),
-    attempts INTEGER NOT NULL DEFAULT 0,
-    error TEXT,
-    epochs INTEGER,
-    stop_reason TEXT,
-    train_acc REAL,
-    train_loss REAL,
-    test_acc REAL,
-    test_loss REAL,
-    gap REAL,
-    wall_time REAL,
-    resumed_from INTEGER,
-    pack_wall_time REAL,
-    precision TEXT,
-    pack_size INTEGER,
-    started TEXT,
-    finished TEXT
-);
-CREATE INDEX IF NOT EXISTS runs_status ON runs(status);
-CREATE TABLE IF NOT EXISTS measurements (
-    run_id TEXT NOT NULL,
-    measure TEXT NOT NULL,
-    params TEXT NOT NULL,
-    value REAL,
-    status TEXT NOT NULL CHECK (status IN ('done', 'failed', 'undefined')),
-    error TEXT,
-    updated TEXT NOT NULL,
-    PRIMARY KEY (run_id, measure, params)
-);
-"""
-
-
-class RegistryError(CamgapError, RuntimeError):
-    """The registry is missing, from another grid, or inconsistent."""
-
-
-class GridMismatchError(RegistryError):
-    pass
-
-
-def _registry_error(exc: sqlite3.Error, path: Path) -> RegistryError:
-    """One line naming the registry file; a full or failing disk says how to go on."""
-    msg = " ".join(str(exc).split())
-    if "disk is full" in msg or "disk I/O error" in msg:
-        msg += "; free space (or fix the storage) and rerun the same command to resume"
-    elif "not a database" in msg or "malformed" in msg:
-        msg += f"; `camgap zoo repair --zoo {path.parent}` rebuilds it from the run directories"
-    return RegistryError(f"{path}: {msg}")
-
-
-class _Connection(sqlite3.Connection):
-    """A connection whose statements raise ``RegistryError`` (naming the file) for any sqlite3.Error."""
-
-    registry_path = Path("?")
-
-    def execute(self, *args):
-        try:
-            return super().execute(*args)
-        except sqlite3.Error as exc:
-            raise _registry_error(exc, self.registry_path) from exc
-
-    def executemany(self, *args):
-        try:
-            return super().executemany(*args)
-        except sqlite3.Error as exc:
-            raise _registry_error(exc, self.registry_path) from exc
-
-    def executescript(self, *args):
-        try:
-            return super().executescript(*args)
-        except sqlite3.Error as exc:
-            raise _registry_error(exc, self.registry_path) from exc
-
-
-def _writable(path: Path) -> bool:
-    return os.access(path.parent, os.W_OK) and (not path.exists() or os.access(path, os.W_OK))
-
-
-def _read_only_uri(path: Path) -> str:
-    """``mode=ro``; on storage we cannot write, also ``immutable=1`` unless the WAL files
-    exist (SQLite then reads them; without them it would need to create them)."""
-    path = path.resolve()
-    uri = f"file:{urllib.parse.quote(str(path))}?mode=ro"
-    wal_files = all(Path(f"{path}{suffix}").exists() for suffix in ("-wal", "-shm"))
-    if not os.access(path.parent, os.W_OK) and not wal_files:
-        uri += "&immutable=1"
-    return uri
 
 
 def _now() -> str:
@@ -206,7 +80,7 @@ def reason_kind(reason: str | None) -> str:
 
 
 def state_line(counts: dict, state: str) -> str:
-    """One line from ``Registry.measurement_counts()``: 'undefined in the set: 10th-percentile
+    """One line from ``ZooDB.measurement_counts()``: 'undefined in the set: 10th-percentile
     margin gamma <= 0: inverse_margin 2 run(s), spectral_norm 2 run(s); ...' ('' when none)."""
     by_reason: dict[str, list[str]] = {}
     for row in counts.get("not_done", []):
@@ -228,8 +102,8 @@ def format_measurement_status(counts: dict) -> list[str]:
     return lines
 
 
-class Registry:
-    """``Registry(path)`` opens (creating if needed) the SQLite registry at ``path``.
+class ZooDB:
+    """``ZooDB(path)`` opens (creating if needed) the SQLite registry at ``path``.
 
     ``create=False``: the file must exist; opened read-write where the storage allows it,
     else read-only. ``read_only=True``: opened read-only (``mode=ro``), for commands that
@@ -241,55 +115,32 @@ class Registry:
         self.path = Path(path)
         if (read_only or not create) and not self.path.is_file():
             raise RegistryError(f"{self.path}: no registry here (build a model set with `camgap zoo build`)")
-        self.read_only = read_only or (not create and not _writable(self.path))
-        try:
-            if self.read_only:
-                self.conn = sqlite3.connect(
-                    _read_only_uri(self.path), uri=True, timeout=60.0, isolation_level=None, factory=_Connection
-                )
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self.conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None, factory=_Connection)
-        except sqlite3.Error as exc:
-            raise _registry_error(exc, self.path) from exc
-        self.conn.registry_path = self.path
-        self.conn.row_factory = sqlite3.Row
-        self.conn.execute("PRAGMA busy_timeout=60000")
+        self.read_only = read_only or (not create and not dbschema.writable(self.path))
+        self.conn = dbschema.connect(self.path, self.read_only)
         if self.read_only:
             return
         if create:
             self.conn.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
         self.conn.execute("PRAGMA synchronous=FULL")
         if create:  # readers (status, export, measures) never write
-            self.conn.executescript(_SCHEMA)
-            self.conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
-            self.allow_undefined_state()
-            self.add_compute_columns()
+            dbschema.migrate(self.conn)
 
     @classmethod
-    def in_dir(cls, zoo_dir: str | Path, create: bool = True, read_only: bool = False) -> Registry:
+    def in_dir(cls, zoo_dir: str | Path, create: bool = True, read_only: bool = False) -> ZooDB:
         return cls(Path(zoo_dir) / cls.FILENAME, create=create, read_only=read_only)
 
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> Registry:
+    def __enter__(self) -> ZooDB:
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
 
-    @contextmanager
     def transaction(self):
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            with contextlib.suppress(RegistryError):  # SQLite may have rolled back already (disk full)
-                self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
+        """A write transaction (``dbschema.transaction``): committed at the end, rolled back on error."""
+        return dbschema.transaction(self.conn)
 
     # --- meta -------------------------------------------------------------------------
 
@@ -462,35 +313,12 @@ class Registry:
         return frame
 
     def add_compute_columns(self) -> None:
-        """Add ``COMPUTE_COLUMNS`` to a runs table written before they existed (empty: readers fill
-        them from the configs until a run is done again or the registry is rebuilt)."""
-        if COMPUTE_COLUMNS.keys() <= self._run_columns():
-            return
-        with self.transaction() as c:  # checked again inside: another process may have added them
-            for name, kind in COMPUTE_COLUMNS.items():
-                if name not in self._run_columns():
-                    c.execute(f"ALTER TABLE runs ADD COLUMN {name} {kind}")
-
-    def _run_columns(self) -> set[str]:
-        return {row[1] for row in self.conn.execute("PRAGMA table_info(runs)")}
+        dbschema.add_compute_columns(self.conn)
 
     # --- measurements -----------------------------------------------------------------
 
     def allow_undefined_state(self) -> None:
-        """A registry written before the 'undefined' state existed has a CHECK constraint that
-        refuses it; copy its measurements into a table with the current one (SQLite cannot
-        alter a CHECK)."""
-        row = self.conn.execute(
-            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'measurements'"
-        ).fetchone()
-        if row is None or "'undefined'" in row[0]:
-            return
-        table = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS measurements") :]
-        with self.transaction() as c:
-            c.execute("ALTER TABLE measurements RENAME TO measurements_old")
-            c.execute(table.replace(" IF NOT EXISTS", ""))
-            c.execute("INSERT INTO measurements SELECT * FROM measurements_old")
-            c.execute("DROP TABLE measurements_old")
+        dbschema.allow_undefined_state(self.conn)
 
     def record_measurement(
         self,
@@ -533,13 +361,13 @@ class Registry:
     def write_measurements_file(self, run_id: str) -> Path | None:
         """Mirror a run's measurement rows to ``runs/<run_id>/measurements.json`` (atomically);
         nothing when the run has no directory next to the registry."""
-        from camgap.zoo.train import atomic_write_json
+        from camgap.zoo.files import atomic_write_json, run_dir  # torch: files reads checkpoints
 
-        run_dir = self.path.parent / "runs" / run_id
-        if not run_dir.is_dir():
+        directory = run_dir(self.path.parent, run_id)
+        if not directory.is_dir():
             return None
-        atomic_write_json(self.measurement_rows(run_id), run_dir / MEASUREMENTS_FILE)
-        return run_dir / MEASUREMENTS_FILE
+        atomic_write_json(self.measurement_rows(run_id), directory / MEASUREMENTS_FILE)
+        return directory / MEASUREMENTS_FILE
 
     def measurement_done(self, run_id: str, measure: str, params: Mapping | str | None = None) -> bool:
         row = self.conn.execute(
@@ -642,191 +470,3 @@ def _final_problem(zoo_dir: Path, run_id: str) -> list[str]:
     if problem is None:
         return []
     return [f"run {run_id}: done, but {problem}; `camgap zoo build` trains it again"]
-
-
-# --- rebuilding from the run directories --------------------------------------------------
-
-
-def _db_files(path: Path) -> list[Path]:
-    return [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
-
-
-def set_aside_registry(path: str | Path, label: str) -> Path | None:
-    """Rename the registry file with its -wal/-shm files (which belong to it and must not be
-    replayed into another database of that name) to ``<name>.<label>``; return the new name."""
-    path = Path(path)
-    moved = None
-    for f in _db_files(path):
-        if f.exists():
-            dest = f.with_name(f.name.replace(path.name, f"{path.name}.{label}", 1))
-            os.replace(f, dest)
-            moved = moved or dest
-    return moved
-
-
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
-def _mtime_iso(path: Path) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(path.stat().st_mtime))
-
-
-def _restore_run(reg: Registry, run_dir: Path, grid_fp: str | None, problems: list[str]) -> tuple[str, int] | None:
-    """Register one run directory; return (status, measurements restored), None when skipped.
-    Every unreadable file on the way is set aside (``train.set_aside``), named in ``problems``."""
-    from camgap.zoo.train import set_aside  # torch: only when rebuilding
-
-    cfg_path = run_dir / "config.json"
-    cfg = _read_json(cfg_path)
-    if not isinstance(cfg, dict) or not {"run_id", "config", "repeat", "seed"} <= set(cfg):
-        then = "run skipped (a build of its grid registers it again and writes it anew)"
-        problems.append(set_aside(cfg_path, f"{cfg_path}: unreadable or incomplete", then))
-        return None
-    rid = cfg["run_id"]
-    if rid != run_dir.name:
-        problems.append(f"{cfg_path}: names run {rid!r}, not {run_dir.name!r}; skipped")
-        return None
-    if grid_fp is not None and cfg.get("grid_fingerprint") not in (None, grid_fp):
-        problems.append(f"{run_dir}: a run of another grid ({str(cfg['grid_fingerprint'])[:12]}); skipped")
-        return None
-    with reg.transaction() as c:
-        c.execute(
-            "INSERT OR IGNORE INTO runs(run_id, config, repeat, seed, trained) VALUES (?, ?, ?, ?, ?)",
-            (
-                rid,
-                canonical_json(cfg["config"]),
-                int(cfg["repeat"]),
-                int(cfg["seed"]),
-                int(bool(cfg["config"].get("trained", True))),
-            ),
-        )
-    _set_aside_unreadable_checkpoints(run_dir, rid, problems)
-    result = _done_result(run_dir, rid, problems)
-    if result is None:
-        return "pending", 0
-    reg.mark_done(rid, result)
-    reg.conn.execute("UPDATE runs SET finished = ? WHERE run_id = ?", (_mtime_iso(run_dir / "final.pt"), rid))
-    return "done", _restore_measurements(reg, run_dir, rid, problems)
-
-
-def _done_result(run_dir: Path, run_id: str, problems: list[str]) -> RunResult | None:
-    """The result in a sound ``final.pt`` (``digest.check_final``, recording its digest when it had
-    none); a corrupt one is set aside and the run comes back pending."""
-    from camgap.zoo.digest import check_final
-    from camgap.zoo.train import set_aside, stored_result
-
-    final = run_dir / "final.pt"
-    if not final.is_file():
-        return None
-    problem = check_final(run_dir, run_id, record=True)
-    if problem is not None:
-        problems.append(set_aside(final, problem, "the run is pending (trained again)"))
-        return None
-    return stored_result(run_dir, run_id)
-
-
-def _set_aside_unreadable_checkpoints(run_dir: Path, run_id: str, problems: list[str]) -> None:
-    """``init.pt`` and ``last.pt`` that cannot be read back (what measuring and resuming read)."""
-    from camgap.zoo.train import read_or_problem, resume_problem, set_aside
-
-    checks = (
-        ("init.pt", lambda p: read_or_problem(p, ("model_state_dict",))[1], "a restart writes it anew"),
-        ("last.pt", resume_problem, "the run restarts from init.pt"),
-    )
-    for name, problem_of, then in checks:
-        path = run_dir / name
-        problem = problem_of(path) if path.is_file() else None
-        if problem is not None:
-            problems.append(set_aside(path, problem, then))
-
-
-def _restore_measurements(reg: Registry, run_dir: Path, run_id: str, problems: list[str]) -> int:
-    """Rows of ``measurements.json`` (written by ``zoo measure`` next to final.pt): a list of
-    ``{"measure", "params", "value", "state", "reason"}``."""
-    from camgap.zoo.train import set_aside
-
-    path = run_dir / "measurements.json"
-    if not path.is_file():
-        return 0
-    rows = _read_json(path)
-    if not isinstance(rows, list):
-        problems.append(set_aside(path, f"{path}: unreadable", "its measurements are not restored"))
-        return 0
-    updated, n = _mtime_iso(path), 0
-    for row in rows:
-        try:
-            value = row.get("value")
-            reg.conn.execute(
-                "INSERT OR REPLACE INTO measurements(run_id, measure, params, value, status, error, updated) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    run_id,
-                    str(row["measure"]),
-                    params_json(row.get("params")),
-                    None if value is None else float(value),
-                    str(row["state"]),
-                    row.get("reason"),
-                    updated,
-                ),
-            )
-            n += 1
-        except (AttributeError, KeyError, TypeError, ValueError, RegistryError) as exc:
-            problems.append(f"{path}: row {row!r} not restored ({exc})")
-    return n
-
-
-def rebuild_registry(zoo_dir: str | Path, specs: Iterable[RunSpec] | None = None) -> str:
-    """Write ``zoo_dir/registry.sqlite`` afresh from ``zoo_dir/runs/``; return a one-line report.
-
-    The meta table comes from ``registry-meta.json`` (written by every build) when present;
-    ``specs`` (the grid's runs, when known) are registered first, in grid order. Each run
-    directory with a ``config.json`` gives a run: done, with its metrics, when ``final.pt``
-    holds its result; pending otherwise (failed runs come back pending, with a fresh set of
-    attempts; a ``last.pt`` is resumed). Its ``measurements.json``, when present, gives its
-    measurements. A file that cannot be read (config.json, init.pt, last.pt, a corrupt final.pt,
-    measurements.json) is set aside as ``<name>.corrupt-<time>`` and named, one problem a line
-    after the report. The new file is written beside the old one and renamed over it; an
-    existing registry is kept as ``registry.sqlite.replaced-<time>``."""
-    zoo = Path(zoo_dir)
-    target = zoo / Registry.FILENAME
-    tmp = zoo / f".{Registry.FILENAME}.rebuilding"
-    for f in _db_files(tmp):
-        f.unlink(missing_ok=True)
-    meta = _read_json(zoo / META_BACKUP)
-    meta = meta if isinstance(meta, dict) else {}
-    run_dirs = sorted(d for d in (zoo / "runs").glob("*") if (d / "config.json").is_file())
-    problems: list[str] = []
-    counts = {"done": 0, "pending": 0, "measurements": 0}
-    reg = Registry(tmp)
-    try:
-        with reg.transaction() as c:
-            c.executemany(
-                "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
-                [(k, str(v)) for k, v in meta.items() if k != "schema"],
-            )
-        if specs is not None:
-            reg.add_runs(specs)
-        grid_fp = meta.get("grid_fingerprint")
-        for d in run_dirs:
-            got = _restore_run(reg, d, grid_fp, problems)
-            if got is not None:
-                counts[got[0]] += 1
-                counts["measurements"] += got[1]
-        not_started = sum(reg.counts().values()) - counts["done"] - counts["pending"]
-        reg.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    finally:
-        reg.close()
-    for f in _db_files(tmp)[1:]:
-        f.unlink(missing_ok=True)
-    set_aside_registry(target, "replaced-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()))
-    os.replace(tmp, target)
-    return (
-        f"{counts['done']} done, {counts['pending']} pending (from run directories)"
-        + (f", {not_started} not started" if not_started else "")
-        + f", {counts['measurements']} measurement(s) restored"
-        + (f"; {len(problems)} problem(s):" + "".join(f"\n  {p}" for p in problems) if problems else "")
-    )

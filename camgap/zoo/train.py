@@ -1,21 +1,15 @@
-"""One training run: an explicit loop in the style of torchvision's references/classification.
+"""One training run, or a pack of them: the run driver and the worker entry point.
 
-Data path. The driver decodes and resizes each split once into a ``TensorStore``
-(``prepare_split``); a worker opens it and keeps the whole split resident as uint8
-``[N, 3, S, S]`` on its device (on the CPU: the shared memory map; on a GPU: one copy per
-worker, kept across runs). Per batch, augmentation runs as batched tensor ops on the
-device (``augment_batch``: random horizontal flip and colour jitter, the paper's "random
-flipping and colour enhancement"), then ``normalize`` with the run's mean/std.
+Epoch. Shuffle with a generator seeded by (run seed, epoch); train one pass
+(``camgap.zoo.loop``); then a clean evaluation pass over the training set (eval mode, no
+augmentation) gives the train loss and accuracy used by the stopping rules and by the final
+record, and a pass over the test split gives the test loss/accuracy. The rules
+(``camgap.zoo.stopping``) decide whether to stop. A non-finite parameter (NaN/inf: a diverged
+run, e.g. Adam at lr 0.125) is an absorbing state, so the run stops there with
+``stop_reason = "diverged"`` instead of spinning to the epoch budget; its non-finite losses are
+recorded as ``inf``.
 
-Epoch. Shuffle with a generator seeded by (run seed, epoch); train one pass; then a clean
-evaluation pass over the training set (eval mode, no augmentation) gives the train loss
-and accuracy used by the stopping rules and by the final record, and a pass over the test
-split gives the test loss/accuracy. The rules (``camgap.zoo.stopping``) decide whether to
-stop. A non-finite parameter (NaN/inf: a diverged run, e.g. Adam at lr 0.125) is an
-absorbing state, so the run stops there with ``stop_reason = "diverged"`` instead of
-spinning to the epoch budget; its non-finite losses are recorded as ``inf``.
-
-Files in the run directory (all written atomically: temporary file + ``os.replace``):
+Files in the run directory (all written atomically, ``camgap.zoo.files``):
 ``init.pt`` (initial weights), ``last.pt`` (after every epoch: model and optimizer state,
 epoch, history, RNG states, elapsed time; removed after ``final.pt`` unless ``keep_last``),
 ``final.pt`` (final weights + the result; its size and sha256 in ``final.pt.sha256.json``),
@@ -36,509 +30,36 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import math
-import os
 import random
-import re
 import time
 import traceback
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import IO, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from camgap.errors import STORAGE_ERRNOS, InputError, StateError
-from camgap.models import CheckpointError
+from camgap.errors import InputError, StateError
 from camgap.zoo.config import Pack, RunConfig, RunResult, Task, check_pack
+from camgap.zoo.digest import save_final
+from camgap.zoo.files import (
+    RESUME_KEYS,
+    CheckpointSetAsideWarning,
+    atomic_save,
+    atomic_write_json,
+    readable_or_set_aside,
+    run_lock,
+    storage_error,
+)
+from camgap.zoo.loop import RunInputs, evaluate, load_split, resolve_precision, train_one_epoch
+from camgap.zoo.packed import PackedResNet, train_pack_epoch
 from camgap.zoo.stopping import StoppingRules
 
-__all__ = [
-    "augment_batch",
-    "evaluate",
-    "train_run",
-    "execute_task",
-    "prepare_split",
-    "load_split",
-    "release_data_cache",
-    "atomic_save",
-    "save_final",
-    "atomic_write_json",
-    "read_run_checkpoint",
-    "stored_result",
-    "storage_error",
-    "read_or_problem",
-    "resume_problem",
-    "set_aside",
-    "remove_stale_temp_files",
-    "CheckpointUnreadableError",
-    "CheckpointSetAsideWarning",
-]
-
-_GRAY = (0.299, 0.587, 0.114)
-
-
-class CheckpointUnreadableError(CheckpointError):
-    """A checkpoint file that torch cannot read back (truncated, corrupt)."""
-
-
-class CheckpointSetAsideWarning(RuntimeWarning):
-    """An unreadable checkpoint was renamed and the run restarted without it."""
-
-
-# --- files ------------------------------------------------------------------------------
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-# a temporary file of an atomic write: ``.<name>.tmp-<pid>`` (the tensor store adds ``-<hex>``)
-_TMP_NAME = re.compile(r"^\..+\.tmp-(\d+)(-[0-9a-f]+)?$")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def remove_stale_temp_files(directory: str | Path) -> list[Path]:
-    """Remove the temporary files of atomic writes in ``directory`` whose writer is dead (a
-    ``kill -9`` between writing and renaming leaves them for good); return them. A file of a
-    live process (a straggler still writing) is kept."""
-    removed = []
-    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-        for entry in os.scandir(directory):
-            m = _TMP_NAME.match(entry.name)
-            if m is None or not entry.is_file(follow_symlinks=False):
-                continue
-            pid = int(m.group(1))
-            if pid == os.getpid() or _pid_alive(pid):
-                continue
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
-                removed.append(Path(entry.path))
-    return removed
-
-
-def _atomic_write(path: str | Path, mode: str, write: Callable[[IO], None]) -> None:
-    """Write through a temporary file in the same directory, fsync, then os.replace."""
-    path = Path(path)
-    tmp = _tmp(path)
-    try:
-        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        if exc.filename is None:  # a failed write/flush/fsync: name the file it was for
-            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
-        raise
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """torch.save, atomically: a reader sees the old file or the new one, never half of one."""
-    _atomic_write(path, "wb", lambda f: torch.save(obj, f))
-
-
-def save_final(obj: Any, path: str | Path) -> None:
-    """``atomic_save`` of a run's ``final.pt``, its size and sha256 recorded beside it
-    (``camgap.zoo.digest``: what `zoo build` and `zoo status` check it against)."""
-    from camgap.zoo.digest import forget_digest, record_digest
-
-    forget_digest(path)
-    atomic_save(obj, path)
-    record_digest(path)
-
-
-def _finite_or_none(x):
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite_or_none(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_finite_or_none(v) for v in x]
-    return x
-
-
-def atomic_write_json(obj: Any, path: str | Path) -> None:
-    def write(f) -> None:
-        json.dump(_finite_or_none(obj), f, indent=1, sort_keys=True)
-        f.write("\n")
-
-    _atomic_write(path, "w", write)
-
-
-def storage_error(exc: BaseException) -> OSError | None:
-    """The OSError of a full or failing disk behind ``exc`` (itself, or its cause/context), if any."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def read_run_checkpoint(path: str | Path) -> dict:
-    """One of a run's checkpoint files, read with ``weights_only=True`` (``models.read_checkpoint``);
-    ``CheckpointUnreadableError`` when it cannot be read that way (truncated, corrupt, or holding
-    pickled objects, which are never run). An OSError (the disk, not the file) is raised as it is."""
-
-    from camgap.models import read_checkpoint
-
-    try:
-        ck = read_checkpoint(path)
-    except CheckpointError as exc:
-        raise CheckpointUnreadableError(str(exc)) from exc
-    if not isinstance(ck, dict):
-        raise CheckpointUnreadableError(f"{path}: unreadable checkpoint (a {type(ck).__name__}, not a dict)")
-    return ck
-
-
-def stored_result(run_dir: str | Path, run_id: str) -> RunResult | None:
-    """The result stored in ``run_dir/final.pt`` when it is readable and belongs to ``run_id``."""
-    path = Path(run_dir) / "final.pt"
-    if not path.is_file():
-        return None
-    try:
-        done = read_run_checkpoint(path)
-    except CheckpointUnreadableError:
-        return None
-    if done.get("run_id") != run_id or "result" not in done:
-        return None
-    return RunResult.from_dict(done["result"], f"{path}: result")
-
-
-def set_aside(path: str | Path, problem: str, then: str) -> str:
-    """Rename an unreadable file to ``<name>.corrupt-<UTC time>`` (kept for a human to look at);
-    return the one line that says so: the problem (naming the file), the new name, what follows."""
-    path = Path(path)
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-    n = 1
-    while aside.exists():
-        n += 1
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-    os.replace(path, aside)
-    return f"{problem}; set aside as {aside.name}; {then}"
-
-
-def _set_aside(path: Path, problem: str, then: str, notes: list[str]) -> None:
-    """``set_aside``, with a ``CheckpointSetAsideWarning`` and the line in ``notes``."""
-    msg = set_aside(path, problem, then)
-    notes.append(msg)
-    warnings.warn(msg, CheckpointSetAsideWarning, stacklevel=3)
-
-
-def read_or_problem(path: str | Path, need: tuple[str, ...] = ()) -> tuple[dict | None, str | None]:
-    """(the checkpoint at ``path``, None), or (None, the problem in one line naming the file) when it
-    cannot be read or lacks one of the keys in ``need``. A full or failing disk raises."""
-    try:
-        ck = read_run_checkpoint(path)
-    except CheckpointUnreadableError as exc:
-        return None, str(exc)
-    missing = [k for k in need if k not in ck]
-    if missing:
-        return None, f"{path}: unreadable checkpoint (no {', '.join(missing)})"
-    return ck, None
-
-
-def resume_problem(path: str | Path) -> str | None:
-    """Why a ``last.pt`` cannot be resumed from (None: it can)."""
-    return read_or_problem(path, _RESUME_KEYS)[1]
-
-
-def _readable_or_set_aside(path: Path, then: str, notes: list[str], need: tuple[str, ...] = ()) -> dict | None:
-    """The checkpoint at ``path``; None (after setting it aside) when it cannot be read or
-    lacks one of the keys in ``need``; None when there is no file."""
-    if not path.is_file():
-        return None
-    ck, problem = read_or_problem(path, need)
-    if problem is not None:
-        _set_aside(path, problem, then, notes)
-    return ck
-
-
-@contextlib.contextmanager
-def _run_lock(run_dir: Path):
-    """Exclusive flock on run_dir/.lock: a straggler process still training this run (an
-    orphan of a killed driver) finishes before another one touches the directory."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - non-POSIX
-        yield
-        return
-    with open(run_dir / ".lock", "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-# --- data -------------------------------------------------------------------------------
-
-
-def prepare_split(
-    records,
-    classes: list[str],
-    cache_dir,
-    input_size: int,
-    resize: str,
-    progress: bool = False,
-    max_pixels: int | None = None,
-) -> str:
-    """Decode one split's records once into a TensorStore at ``cache_dir`` (reused when its
-    fingerprint matches; files over ``max_pixels`` are refused by their header); return
-    ``cache_dir`` for ``load_split``."""
-    from camgap.data.store import TensorStore
-
-    store = TensorStore.cached(
-        records, cache_dir, input_size, resize, classes=list(classes), progress=progress, max_pixels=max_pixels
-    )
-    if len(store) and (int(store.labels.min()) < 0 or int(store.labels.max()) >= len(classes)):
-        raise InputError(f"{cache_dir}: labels outside the {len(classes)} training classes")
-    return str(cache_dir)
-
-
-_DATA_CACHE: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
-
-
-def load_split(cache_dir: str | Path, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images uint8 [N,3,S,S], labels int64 [N]) resident on ``device``; cached per process."""
-    from camgap.data.store import TensorStore
-
-    key = (str(cache_dir), str(device))
-    if key not in _DATA_CACHE:
-        store = TensorStore.open(cache_dir)
-        if device.type == "cpu":
-            images, labels = store.images, store.labels  # memory map, shared page cache
-        else:
-            images, labels = store.images.to(device), store.labels.to(device)
-        if len(_DATA_CACHE) >= 4:  # a worker rarely needs more than target + source splits
-            _DATA_CACHE.pop(next(iter(_DATA_CACHE)))
-        _DATA_CACHE[key] = (images, labels)
-    return _DATA_CACHE[key]
-
-
-def release_data_cache() -> None:
-    """Drop the splits this process keeps resident (and their GPU memory)."""
-    _DATA_CACHE.clear()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
-# --- augmentation and evaluation --------------------------------------------------------
-
-
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    w = torch.tensor(_GRAY, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x * w).sum(dim=1, keepdim=True)
-
-
-def augment_batch(
-    images: torch.Tensor, generator: torch.Generator | None, flip_prob: float = 0.5, jitter: float = 0.4
-) -> torch.Tensor:
-    """Random horizontal flip and colour jitter on a uint8 batch ``[B,3,H,W]`` -> float in [0,1]
-    (torch's default dtype, as ``normalize``).
-
-    Per image: flip with probability ``flip_prob``; brightness, contrast and saturation
-    factors drawn uniformly from ``[max(0, 1 - jitter), 1 + jitter]`` and applied in that
-    order with torchvision's blend formulas (brightness: blend with black; contrast: with
-    the image's mean grey level; saturation: with its greyscale image), clamping to [0,1]
-    after each. All on the batch's device, as tensor ops over the whole batch.
-    """
-    x = images.to(torch.get_default_dtype()).div_(255.0)
-    b = x.shape[0]
-    dev = x.device
-    if flip_prob > 0:
-        flip = torch.rand(b, generator=generator, device=dev) < flip_prob
-        x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
-    if jitter > 0:
-        f = torch.empty(3, b, device=dev).uniform_(max(0.0, 1.0 - jitter), 1.0 + jitter, generator=generator)
-        bright, contrast, sat = (f[i].view(b, 1, 1, 1) for i in range(3))
-        x = (x * bright).clamp_(0.0, 1.0)
-        m = _gray(x).mean(dim=(-1, -2), keepdim=True)
-        x = ((x - m) * contrast + m).clamp_(0.0, 1.0)
-        g = _gray(x)
-        x = ((x - g) * sat + g).clamp_(0.0, 1.0)
-    return x
-
-
-@torch.inference_mode()
-def evaluate(
-    model: nn.Module,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    mean,
-    std,
-    device: torch.device,
-    batch_size: int = 256,
-    precision: str = "fp32",
-) -> tuple[float, float]:
-    """Clean pass (eval mode, no augmentation): (mean cross-entropy, accuracy)."""
-    from camgap.data.dataset import normalize
-
-    model.eval()
-    n = int(labels.shape[0])
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    for s in range(0, n, batch_size):
-        x = images[s : s + batch_size].to(device, non_blocking=True)
-        y = labels[s : s + batch_size].to(device, non_blocking=True)
-        with autocast(precision, device):
-            out = model(normalize(x, mean, std)).float()
-        total += F.cross_entropy(out, y, reduction="sum").double()
-        correct += (out.argmax(1) == y).sum()
-    return float(total) / n, int(correct) / n
-
-
-@dataclass(frozen=True)
-class RunInputs:
-    """What a run draws its training batches from, besides the data: its seed (shuffle and
-    augmentation, one generator per epoch), its augmentation and its normalisation."""
-
-    seed: int
-    augment: bool
-    flip_prob: float
-    jitter: float
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-    @classmethod
-    def of(cls, config: RunConfig, seed: int) -> RunInputs:
-        return cls(
-            int(seed),
-            bool(config.augment),
-            float(config.flip_prob or 0.0),
-            float(config.jitter or 0.0),
-            tuple(config.mean),
-            tuple(config.std),
-        )
-
-
-# oneDNN instruction-set limits (ONEDNN_MAX_CPU_ISA) below AVX512_CORE_BF16: its bf16 kernels are emulated
-_ONEDNN_BELOW_BF16 = frozenset({"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"})
-
-
-def _cpu_probe(name: str) -> bool:
-    """One of torch.cpu's feature probes (cpuinfo); False where this torch has none."""
-    return bool(getattr(torch.cpu, name, lambda: False)())
-
-
-def bf16_support(device: torch.device) -> tuple[bool, str]:
-    """Whether ``device`` computes bf16 in hardware, and why, in words for the build log. A GPU:
-    ``torch.cuda.is_bf16_supported()``. A CPU: AVX512-BF16 or AMX in cpuinfo is not enough; the
-    kernels must use them too: PyTorch's dispatched capability (``ATEN_CPU_CAPABILITY``) must be
-    AVX512 and oneDNN's limit (``ONEDNN_MAX_CPU_ISA``) must not stop below AVX512_CORE_BF16,
-    else bf16 is emulated, slower than fp32."""
-    if device.type == "cuda":
-        ok = bool(torch.cuda.is_bf16_supported())
-        return ok, f"{'native' if ok else 'no native'} bf16 on this GPU: {torch.cuda.get_device_name(device)}"
-    if device.type != "cpu":
-        return False, f"no native bf16 known on a {device.type} device"
-    capability = str(torch.backends.cpu.get_cpu_capability())
-    if not capability.startswith("AVX512"):
-        return False, f"no native bf16 on this CPU: capability {capability}"
-    onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
-    if onednn in _ONEDNN_BELOW_BF16:
-        return False, f"no native bf16 on this CPU: ONEDNN_MAX_CPU_ISA={onednn}"
-    probes = (("_is_avx512_bf16_supported", "AVX512-BF16"), ("_is_amx_tile_supported", "AMX"))
-    units = [unit for probe, unit in probes if _cpu_probe(probe)]
-    if not units:
-        return False, f"no native bf16 on this CPU: no AVX512-BF16 or AMX (capability {capability})"
-    return True, f"native bf16 on this CPU: {' and '.join(units)}, capability {capability}"
-
-
-def native_bf16(device: torch.device) -> bool:
-    """Whether `device` computes bf16 in hardware (``bf16_support``)."""
-    return bf16_support(device)[0]
-
-
-def choose_precision(setting: str, device: torch.device) -> tuple[str, str]:
-    """("fp32" or "bf16", why) for a setting: "auto" is bf16 where the device computes it natively
-    (``bf16_support``), else fp32; any other setting is taken as it is."""
-    if setting != "auto":
-        return setting, "as the grid sets it"
-    ok, why = bf16_support(device)
-    return ("bf16" if ok else "fp32"), why
-
-
-def resolve_precision(setting: str, device: torch.device) -> str:
-    """ "fp32" or "bf16" for ``setting`` on ``device`` (``choose_precision``). A model set resolves
-    "auto" once, before its runs start, and keeps the choice in their configs and ids."""
-    return choose_precision(setting, device)[0]
-
-
-def autocast(precision: str, device: torch.device):
-    """The context of one forward pass: bf16 autocast, or nothing for fp32. It must wrap the forward
-    alone, never an optimizer step: autocast caches the bf16 copy of each weight until the context
-    is left, so a context around several steps would keep computing with the first step's weights."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Generator:
-    """The generator of one run's epoch: its shuffle, then its augmentation draws, in batch order."""
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed * 1000 + epoch)
-    return gen
-
-
-def training_batch(
-    inputs: RunInputs, gen: torch.Generator, images: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One training batch of a run: gathered on the device, augmented, normalised."""
-    from camgap.data.dataset import normalize
-
-    x = images[idx]
-    if inputs.augment:
-        x = augment_batch(x, gen, inputs.flip_prob, inputs.jitter)
-    return normalize(x, inputs.mean, inputs.std), labels[idx]
-
-
-def train_one_epoch(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    inputs: RunInputs,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    batch_size: int,
-    epoch: int,
-    precision: str = "fp32",
-) -> float:
-    """One pass over the training split in the run's own order; returns the mean running loss."""
-    device = images.device
-    gen = epoch_generator(inputs.seed, epoch, device)
-    model.train()
-    n = int(labels.shape[0])
-    perm = torch.randperm(n, generator=gen, device=device)
-    running = torch.zeros((), device=device)
-    for s in range(0, n, batch_size):
-        x, y = training_batch(inputs, gen, images, labels, perm[s : s + batch_size])
-        with autocast(precision, device):
-            logits = model(x).float()
-        loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        running += loss.detach() * y.shape[0]
-    return float(running) / max(n, 1)
+__all__ = ["train_run", "train_pack", "execute_task", "run_threads"]
 
 
 # --- the run ----------------------------------------------------------------------------
@@ -684,7 +205,7 @@ def train_pack(
         with contextlib.ExitStack() as stack:
             for t in tasks:
                 Path(t.run_dir).mkdir(parents=True, exist_ok=True)
-                stack.enter_context(_run_lock(Path(t.run_dir)))
+                stack.enter_context(run_lock(Path(t.run_dir)))
             torch.set_num_threads(run_threads(tasks[0]))
             return _train_locked(tasks, device, epoch_callback, packed)
     finally:
@@ -699,10 +220,6 @@ def _prepare_device(task: Task) -> torch.device:
         torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True
     return device
-
-
-# what resuming from last.pt reads; a last.pt without one of them is unreadable
-_RESUME_KEYS = ("model_state_dict", "optimizer_state_dict", "history", "epoch", "rng_states")
 
 
 class _Run:
@@ -735,7 +252,7 @@ class _Run:
         self.rules = StoppingRules(self.cfg.loss_threshold, self.cfg.acc_threshold, self.cfg.max_epochs)
         self.optimizer = _make_optimizer(self.model, self.cfg)
         last = self.dir / "last.pt"
-        ck = _readable_or_set_aside(last, "the run restarts from init.pt", notes, _RESUME_KEYS)
+        ck = readable_or_set_aside(last, "the run restarts from init.pt", notes, RESUME_KEYS)
         if ck is not None:
             if ck.get("run_id") != task.run_id:
                 raise StateError(f"{last} belongs to run {ck.get('run_id')!r}, not {task.run_id!r}")
@@ -854,7 +371,7 @@ def _train_locked(tasks: list[Task], device: torch.device, epoch_callback, packe
     notes = {i: [] for i in range(len(tasks))}
     for i, task in enumerate(tasks):
         final = Path(task.run_dir) / "final.pt"
-        done = _readable_or_set_aside(final, "the run is trained again", notes[i])
+        done = readable_or_set_aside(final, "the run is trained again", notes[i])
         if done is not None and done.get("run_id") == task.run_id and "result" in done:
             results[i] = RunResult.from_dict(done["result"], f"{final}: result")
         else:
@@ -903,8 +420,6 @@ def _train_packed(runs: list[_Run], splits, eval_bs: int, epoch_callback) -> Non
     """Every epoch, the runs that have not stopped train as one pack. Runs resumed at different
     epochs (a kill between two of their checkpoint writes) are brought level first: the ones
     ahead stay in the pack, frozen, so every run computes in the pack it had uninterrupted."""
-    from camgap.zoo.packed import PackedResNet, train_pack_epoch
-
     bs = int(runs[0].cfg.batch_size)
     train_x, train_y = splits[0]
     active = [r for r in runs if not r.stopped]
@@ -945,7 +460,7 @@ def execute_task(work: Task | Pack) -> RunResult:
             warnings.simplefilter("ignore", CheckpointSetAsideWarning)
             if isinstance(work, Pack):
                 tasks = [replace(t, device=work.device, threads=work.threads) for t in work.runs]
-                return RunResult(work.run_id, "pack", results=tuple(train_pack(tasks)))
+                return RunResult(work.pack_id, "pack", results=tuple(train_pack(tasks)))
             return train_run(work)
     except Exception as exc:  # noqa: BLE001 - one bad run never stops the sweep
         disk = storage_error(exc)

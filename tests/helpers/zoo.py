@@ -11,7 +11,7 @@ from pathlib import Path
 
 from camgap.data.synthetic import write_synthetic
 from camgap.zoo.build import build
-from camgap.zoo.registry import Registry
+from camgap.zoo.registry import ZooDB
 
 TINY_GRID = """
 [grid]
@@ -43,7 +43,7 @@ def build_tiny_zoo(root: Path, seed: int, lrs: tuple[float, float, float]) -> tu
 
 def frames(zoo: Path):
     """(runs, measurements) frames of the registry in `zoo`."""
-    with Registry.in_dir(zoo, create=False) as reg:
+    with ZooDB.in_dir(zoo, create=False) as reg:
         return reg.runs_frame(), reg.measurements_frame()
 
 
@@ -71,7 +71,7 @@ def run_task(spec, data: Path, cache_root: Path, run_dir: Path, size: int = 16, 
     """The task dict the builder hands a worker for one run of a grid (`RunSpec`), on `data`
     decoded at `size` into `cache_root`."""
     from camgap.data.layouts import read_layout
-    from camgap.zoo.train import prepare_split
+    from camgap.zoo.files import prepare_split
 
     caches = {}
     for split in ("train", "test"):

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from camgap.io import atomic_write
 
 from ._common import _as_numpy
 from .folder import MASK_EXTENSIONS
@@ -58,9 +59,9 @@ def cache_key(
 def _save_cache(path: Path, res: MaskResult) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     m = res.masks.cpu().numpy()
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.savez(
+    atomic_write(
+        path,
+        lambda f: np.savez(
             f,
             packed=np.packbits(m.reshape(len(m), -1), axis=1),
             shape=np.asarray(m.shape, dtype=np.int64),
@@ -68,8 +69,8 @@ def _save_cache(path: Path, res: MaskResult) -> None:
             valid=res.valid.numpy(),
             image_ids=np.asarray(res.image_ids, dtype=str),
             stats=np.asarray(res.stats.to_json()),
-        )
-    os.replace(tmp, path)
+        ),
+    )
 
 
 def _load_cache(path: Path, image_ids: Sequence[str]) -> MaskResult | None:
