@@ -76,8 +76,9 @@ def _settings_lines(settings: dict) -> list[str]:
     ms, ps = m["source"], p["source"]
     opts = f" {m['arch_kwargs']}" if m["arch_kwargs"] else ""
     outputs = "its own" if m["num_classes"] is None else m["num_classes"]
+    reshape = f", target layer output reshaped: {m['reshape']} ({ms['reshape']})" if "reshape" in m else ""
     return [
-        f"model: {m['arch']}{opts} ({ms['arch']}), {outputs} outputs ({ms['num_classes']})",
+        f"model: {m['arch']}{opts} ({ms['arch']}), {outputs} outputs ({ms['num_classes']}){reshape}",
         f"preprocessing: input {p['input_size']} ({ps['input_size']}), {p['resize']} ({ps['resize']}), "
         f"mean {p['mean']} ({ps['mean']}), std {p['std']} ({ps['std']}), "
         f"channels {p['channel_order']} ({ps['channel_order']})",
@@ -341,6 +342,8 @@ def _print_models(rows: list[dict], timm_names: list[str], named: bool) -> None:
         for r in groups[group]:
             layer = r["target_layer"] or "(none: give --layer)"
             closed = {True: "closed form", False: "autograd", None: ""}[r["closed_form"]]
+            if r.get("reshape") in ("tokens", "nhwc"):
+                closed = f"autograd ({r['reshape']} -> [C, h, w]; no closed form: a backward pass is needed)"
             print(f"  {r['name']:<{width}}  {layer:<22} {closed}".rstrip())
     if timm_names:
         print(

@@ -71,6 +71,14 @@ def _add_cam_args(p: argparse.ArgumentParser) -> None:
         "of a known family, e.g. layer4 for ResNets)",
     )
     p.add_argument(
+        "--reshape",
+        choices=["tokens", "nhwc", "none"],
+        help="how the target layer's output becomes a [C, H, W] map, for a model camgap does not know: tokens "
+        "([B, N, C]: the class/distillation tokens the model records dropped, the rest a square grid), nhwc "
+        "([B, H, W, C], as Swin's stages), none (already [B, C, H, W]) (default: the model family's: tokens "
+        "for ViT/DeiT, nhwc for Swin, none for convolutional networks)",
+    )
+    p.add_argument(
         "--force",
         action="store_true",
         help="score even when the target layer's map is under 3x3 at the input size (its CAM cannot locate anything)",

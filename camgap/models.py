@@ -24,7 +24,7 @@ from torchvision import models as tvm
 from torchvision.models.resnet import BasicBlock
 
 from camgap.cam.base import detect_linear_head
-from camgap.cam.layers import add_family, default_target_layer
+from camgap.cam.layers import add_family, default_target_layer, family_reshape
 from camgap.checkpoints import CheckpointError, checkpoint_record, extract_state_dict, load_weights, read_checkpoint
 from camgap.errors import CamgapError, InputError, UnknownNameError
 from camgap.registry import Registry
@@ -293,8 +293,11 @@ def create_model_skeleton(name: str, num_classes: int, **kwargs) -> nn.Module:
 
 def describe_model(name: str) -> dict:
     """What `camgap models` shows for one architecture: its group, the default target layer
-    (None when camgap cannot choose one: give --layer) and whether Grad-CAM's closed form applies
-    there (`camgap.cam.detect_linear_head`). The model is built once, parameters on the meta device."""
+    (None when camgap cannot choose one: give --layer), whether Grad-CAM's closed form applies
+    there (`camgap.cam.detect_linear_head`; never on a transformer's tokens: a backward pass is
+    needed) and how that layer's output becomes a map (`camgap.cam.layers.family_reshape`: none,
+    tokens or nhwc; None when camgap does not know the family). The model is built once,
+    parameters on the meta device."""
     key = MODELS.resolve(name)
     model = create_model_skeleton(key, 2)
     try:
@@ -303,7 +306,13 @@ def describe_model(name: str) -> dict:
         layer_name, closed = None, None
     else:
         closed = detect_linear_head(model, layer) is not None
-    return {"name": key, "group": model_group(key), "target_layer": layer_name, "closed_form": closed}
+    return {
+        "name": key,
+        "group": model_group(key),
+        "target_layer": layer_name,
+        "closed_form": closed,
+        "reshape": family_reshape(model) if layer_name else None,
+    }
 
 
 def model_from_checkpoint(

@@ -39,7 +39,7 @@ PREPROCESSING_DEFAULTS: dict[str, object] = {
     "std": list(IMAGENET_STD),
     "channel_order": "rgb",
 }
-MODEL_FIELDS = ("arch", "width", "num_classes")
+MODEL_FIELDS = ("arch", "width", "num_classes", "reshape")
 # every setting `score_checkpoint` takes from `flags`
 SETTING_FIELDS = (*MODEL_FIELDS, *PREPROCESSING_DEFAULTS)
 
@@ -147,6 +147,27 @@ def _checkpoint_model(checkpoint: Path, data: Path, flags: dict, classes: list[s
     return model, settings
 
 
+def _map_reshape(model, layer_name: str, flag: str | None, model_settings: dict):
+    """How the target layer's output becomes a map (`camgap.cam.base.MapReshape`): the flag, else
+    the model family's layout, else none; recorded in `model_settings` with its source. A flag
+    that contradicts the family's layout wins, with a warning naming both."""
+    from camgap.cam.base import resolve_reshape
+    from camgap.cam.layers import family_reshape
+
+    family = family_reshape(model)
+    if flag is not None and family is not None and flag != family:
+        warnings.warn(
+            f"--reshape {flag} contradicts the {family} layout of the {type(model).__name__} family; "
+            f"using {flag} (the flag)",
+            UserWarning,
+            stacklevel=3,
+        )
+    reshape = resolve_reshape(model, layer_name, flag)
+    model_settings["reshape"] = reshape.describe()
+    model_settings["source"]["reshape"] = "flag" if flag is not None else "model family" if family else "default"
+    return reshape
+
+
 def score_checkpoint(
     checkpoint: Path,
     data: Path,
@@ -179,7 +200,8 @@ def score_checkpoint(
     `box_units` and `max_pixels` are read_layout's and decode_rgb's (None: pixels, checked; 100 MP).
     Returns (ScoreResult, settings, classes); settings holds "model" and "preprocessing", each
     with the chosen values and a "source" per field (flag, checkpoint, default, ...),
-    "target_map" (the layer's map, [h, w]) and "split"."""
+    "target_map" (the layer's map, [h, w]) and "split"; "model" also says how the layer's output
+    became that map ("reshape": none, tokens with the prefix tokens dropped, or nhwc)."""
     from camgap.cam.layers import default_target_layer, get_layer
     from camgap.data import BoxDataset, read_layout
     from camgap.data.dataset import count_dropped_boxes
@@ -188,12 +210,16 @@ def score_checkpoint(
     skipped: list | None = [] if skip_bad else None
     records, classes = read_layout(data, layout, split, skipped=skipped, box_units=box_units)
     _check_heldout_boxes(records, data, split, masks)
-    model, settings = _checkpoint_model(checkpoint, data, flags or {}, classes, unsafe)
+    flags = flags or {}
+    model, settings = _checkpoint_model(checkpoint, data, flags, classes, unsafe)
     prep = settings["preprocessing"]
     torch_device = resolve_device(device)
     size, resize = int(prep["input_size"]), str(prep["resize"])
     layer_name, target = (layer, get_layer(model, layer)) if layer else default_target_layer(model)
-    target_map = check_map_size(model.to(torch_device), target, layer_name, size, force=force, where=str(checkpoint))
+    reshape = _map_reshape(model, layer_name, flags.get("reshape"), settings["model"])
+    target_map = check_map_size(
+        model.to(torch_device), target, layer_name, size, force=force, where=str(checkpoint), reshape=reshape
+    )
     dataset = BoxDataset(records, input_size=size, resize=resize, skip_bad=skip_bad, max_pixels=max_pixels)
     ref_masks, mask_ids = _reference_masks(masks, dataset, cache_dir(cache, data, split, size, resize), skip_bad)
     n_without_mask = 0
@@ -202,6 +228,8 @@ def score_checkpoint(
         kept = [r for r in records if r.image_id in have]
         n_without_mask = len(records) - len(kept)
         dataset = BoxDataset(kept, input_size=size, resize=resize, skip_bad=True, max_pixels=max_pixels)
+    # --reshape goes to the CAM; without it the CAM takes the family's layout itself, as resolved here
+    cam_kwargs = dict(getattr(options, "cam_kwargs", None) or {}) | {"reshape": reshape.kind}
     options = ScoreOptions.of(
         options,
         target_layer=target if layer else None,
@@ -209,6 +237,7 @@ def score_checkpoint(
         mean=prep["mean"],
         std=prep["std"],
         channel_order=prep["channel_order"],
+        **({"cam_kwargs": cam_kwargs} if flags.get("reshape") else {}),
     )
     result = score_model(model, dataset, options, masks=ref_masks, mask_ids=mask_ids)
     result.n_skipped += len(skipped or []) + n_without_mask

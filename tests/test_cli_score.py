@@ -165,7 +165,8 @@ def test_json_equals_score_model(capsys, data, checkpoints, expected, fmt):
             "arch": "small_resnet",
             "arch_kwargs": {"width": 8},
             "num_classes": N_CLASSES,
-            "source": {"arch": "flag", "arch_kwargs": "flag", "num_classes": "flag"},
+            "reshape": "none",
+            "source": {"arch": "flag", "arch_kwargs": "flag", "num_classes": "flag", "reshape": "model family"},
         }
     assert s["target_layer"] == "layer4"
     for key in ("iou", "iou_b", "n_images", "n_skipped", "cam", "threshold", "by_threshold"):
@@ -532,7 +533,8 @@ def test_zoo_checkpoint_scored_with_its_own_settings(capsys, data, zoo_ckpt, mod
         "arch": "small_resnet",
         "arch_kwargs": {"width": 8},
         "num_classes": N_CLASSES,
-        "source": dict.fromkeys(["arch", "arch_kwargs", "num_classes"], "checkpoint"),
+        "reshape": "none",
+        "source": dict.fromkeys(["arch", "arch_kwargs", "num_classes"], "checkpoint") | {"reshape": "model family"},
     }
     # the same settings given as flags: the same number, every source "flag", no warning
     explicit = run_json(

@@ -200,8 +200,11 @@ def test_models_lists_every_architecture_with_its_layer(capsys, monkeypatch):
         "group": "torchvision",
         "target_layer": "layer4",
         "closed_form": True,
+        "reshape": "none",
     }
-    assert rows["small_resnet"]["group"] == "camgap" and rows["vit_b_16"]["target_layer"] is None
+    assert rows["small_resnet"]["group"] == "camgap" and rows["squeezenet1_0"]["target_layer"] is None
+    assert rows["vit_b_16"]["target_layer"] == "encoder.layers.encoder_layer_11.ln_1"
+    assert rows["vit_b_16"]["closed_form"] is False and rows["vit_b_16"]["reshape"] == "tokens"
     assert listing["timm"]["names"] == list_timm_models()
 
     rc, text, _ = run_main(capsys, "models")
@@ -211,7 +214,10 @@ def test_models_lists_every_architecture_with_its_layer(capsys, monkeypatch):
     resnet = next(ln for ln in lines if ln.split()[:1] == ["resnet50"])
     assert resnet.split() == ["resnet50", "layer4", "closed", "form"]
     vit = next(ln for ln in lines if ln.split()[:1] == ["vit_b_16"])
-    assert "(none: give --layer)" in vit
+    assert vit.split()[1] == "encoder.layers.encoder_layer_11.ln_1"
+    assert vit.endswith("autograd (tokens -> [C, h, w]; no closed form: a backward pass is needed)")
+    squeezenet = next(ln for ln in lines if ln.split()[:1] == ["squeezenet1_0"])
+    assert "(none: give --layer)" in squeezenet
     assert lines.index("torchvision:") < lines.index(resnet)
 
 
@@ -220,8 +226,14 @@ def test_models_for_given_names(capsys):
     rc, out, _ = run_main(capsys, "models", "timm:resnet18", "convnext_tiny", "--json")
     assert rc == 0
     assert json.loads(out)["models"] == [
-        {"name": "timm:resnet18", "group": "timm", "target_layer": "layer4", "closed_form": False},
-        {"name": "convnext_tiny", "group": "torchvision", "target_layer": "features.7", "closed_form": False},
+        {"name": "timm:resnet18", "group": "timm", "target_layer": "layer4", "closed_form": False, "reshape": "none"},
+        {
+            "name": "convnext_tiny",
+            "group": "torchvision",
+            "target_layer": "features.7",
+            "closed_form": False,
+            "reshape": "none",
+        },
     ]
     rc, out, err = run_main(capsys, "models", "resnet9000")
     assert rc == 2 and out == "" and err.startswith("camgap: error: unknown architecture 'resnet9000'; known: ")

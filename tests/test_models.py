@@ -183,21 +183,27 @@ def test_timm_missing_is_a_clear_error(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "name,layer,closed",
+    "name,layer,closed,reshape",
     [
-        ("resnet50", "layer4", True),
-        ("small_resnet10", "layer4", True),
-        ("regnet_y_128gf", "trunk_output.block4", True),
-        ("convnext_tiny", "features.7", False),
-        ("vit_b_16", None, None),
-        ("squeezenet1_0", None, None),
+        ("resnet50", "layer4", True, "none"),
+        ("small_resnet10", "layer4", True, "none"),
+        ("regnet_y_128gf", "trunk_output.block4", True, "none"),
+        ("convnext_tiny", "features.7", False, "none"),
+        ("vit_b_16", "encoder.layers.encoder_layer_11.ln_1", False, "tokens"),
+        ("squeezenet1_0", None, None, None),
     ],
 )
-def test_describe_model(name, layer, closed):
+def test_describe_model(name, layer, closed, reshape):
     """The default target layer and whether the closed form applies, found by building the model with
     its parameters on the meta device (a 644M-parameter RegNet costs no memory)."""
     d = describe_model(name)
-    assert d == {"name": name, "group": model_group(name), "target_layer": layer, "closed_form": closed}
+    assert d == {
+        "name": name,
+        "group": model_group(name),
+        "target_layer": layer,
+        "closed_form": closed,
+        "reshape": reshape,
+    }
     assert nn.Module.register_parameter.__name__ == "register_parameter"  # the patch is undone
 
 

@@ -49,7 +49,13 @@ def test_score_checkpoint_equals_score_model_on_the_same_model(synthetic_data, t
         "arch": "small_resnet",
         "num_classes": 3,
         "arch_kwargs": ARCH_KWARGS,
-        "source": {"arch": "checkpoint", "num_classes": "checkpoint", "arch_kwargs": "checkpoint"},
+        "reshape": "none",
+        "source": {
+            "arch": "checkpoint",
+            "num_classes": "checkpoint",
+            "arch_kwargs": "checkpoint",
+            "reshape": "model family",
+        },
     }
     prep = settings["preprocessing"]
     assert (prep["input_size"], prep["mean"], prep["resize"]) == (16, list(IMAGENET_MEAN), "resize")

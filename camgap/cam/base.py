@@ -16,7 +16,9 @@ Gradients: `torch.autograd.grad(sum of the selected logits, layer activation)` o
 forward pass runs under `torch.no_grad()` up to the target layer; the hook swaps the
 layer output for a detached leaf and switches grad mode on for the rest of the network,
 so the graph spans only the head, parameters' `.grad` are never touched, and the graph
-is freed before the call returns. When the layer feeds straight into global average
+is freed before the call returns. A transformer's layer outputs tokens: `MapReshape` turns them
+into a [B, C, h, w] map in the hook (the family's layout from `camgap.cam.layers`, or `reshape=`),
+and the leaf is that map, so every method sees a map. When the layer feeds straight into global average
 pooling and one `nn.Linear` (torchvision ResNet, RegNet, MobileNet v2, EfficientNet, camgap
 SmallResNet; see `detect_linear_head`),
 d logit_c / dA_k(i, j) = W[c, k] / (h * w) exactly, and no graph is built at all.
@@ -24,6 +26,7 @@ d logit_c / dA_k(i, j) = W[c, k] / (h * w) exactly, and no graph is built at all
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NamedTuple, TypeVar
@@ -32,7 +35,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from camgap.cam.layers import GAP_LINEAR_FAMILIES, default_target_layer, get_layer
+from camgap.cam.layers import (
+    GAP_LINEAR_FAMILIES,
+    RESHAPES,
+    default_target_layer,
+    family_reshape,
+    get_layer,
+    prefix_tokens,
+)
 from camgap.errors import InputError, StateError
 from camgap.registry import Registry
 
@@ -79,6 +89,62 @@ def _weighted_sum(weights: Tensor, acts: Tensor) -> Tensor:
     if weights.dim() == 2:
         return torch.einsum("bc,bchw->bhw", weights, acts)
     return (weights * acts).sum(1)
+
+
+class MapReshape(NamedTuple):
+    """How the target layer's output becomes the [B, C, h, w] map a CAM weighs (`RESHAPES`):
+    "none" (it is one), "tokens" ([B, prefix + h*w, C]: the `prefix` class/distillation tokens
+    dropped, the rest a square h x w grid) or "nhwc" ([B, h, w, C], permuted)."""
+
+    kind: str
+    prefix: int
+    layer: str  # the target layer's name, for the errors
+
+    def describe(self) -> str:
+        if self.kind == "tokens":
+            return f"tokens ({self.prefix} prefix token{'s' * (self.prefix != 1)} dropped)"
+        return self.kind
+
+    def grid(self, shape: Sequence[int]) -> tuple[int, int]:
+        """(h, w) of the map for a layer output of `shape`; InputError naming the layer when the
+        output does not have this layout."""
+        want = {"none": "[B, C, h, w]", "tokens": "[B, N, C] tokens", "nhwc": "[B, h, w, C]"}[self.kind]
+        if len(shape) != (3 if self.kind == "tokens" else 4):
+            raise InputError(f"the target layer {self.layer} must output a {want} tensor, got {tuple(shape)}")
+        if self.kind == "none":
+            return int(shape[2]), int(shape[3])
+        if self.kind == "nhwc":
+            return int(shape[1]), int(shape[2])
+        patches = int(shape[1]) - self.prefix
+        side = math.isqrt(max(patches, 0))
+        if patches < 1 or side * side != patches:
+            raise InputError(
+                f"the target layer {self.layer} outputs {shape[1]} tokens: after {self.prefix} prefix token(s) "
+                f"{patches} do not form a square grid"
+            )
+        return side, side
+
+    def to_map(self, out: Tensor) -> Tensor:
+        """The layer output as [B, C, h, w] (a view where the layout allows)."""
+        h, w = self.grid(out.shape)
+        if self.kind == "tokens":
+            return out[:, self.prefix :].transpose(1, 2).reshape(out.shape[0], out.shape[2], h, w)
+        return out.permute(0, 3, 1, 2) if self.kind == "nhwc" else out
+
+    def from_map(self, leaf: Tensor, out: Tensor) -> Tensor:
+        """What the network gets in place of `out`: the leaf map in the layer's layout (a new
+        tensor, so in-place ops downstream cannot hit the leaf); prefix tokens as they were."""
+        if self.kind == "tokens":
+            return torch.cat([out[:, : self.prefix].detach(), leaf.flatten(2).transpose(1, 2)], 1)
+        return (leaf.permute(0, 2, 3, 1) if self.kind == "nhwc" else leaf).clone()
+
+
+def resolve_reshape(model: nn.Module, layer_name: str, reshape: str | None = None) -> MapReshape:
+    """`reshape` (None: the model family's, `camgap.cam.layers.family_reshape`) as a MapReshape."""
+    kind = reshape or family_reshape(model) or "none"
+    if kind not in RESHAPES:
+        raise InputError(f"reshape must be one of {', '.join(RESHAPES)}, got {kind!r}")
+    return MapReshape(kind, prefix_tokens(model) if kind == "tokens" else 0, layer_name)
 
 
 def _resolve_module(model: nn.Module, layer: nn.Module | str | None, what: str) -> nn.Module | None:
@@ -167,6 +233,8 @@ class BaseCAM:
         closed_form: None = detect the GAP + Linear head (see `detect_linear_head`);
             True = force it (uses `model.fc`, which must be an nn.Linear; you vouch that the
             layer feeds straight into global average pooling and that head); False = autograd.
+        reshape: how the layer's output becomes a [B, C, h, w] map: "none", "tokens" or "nhwc"
+            (`MapReshape`); None = the model family's (`camgap.cam.layers.family_reshape`).
 
     The hook is only active during a call, so the model can be used normally meanwhile.
     Release it with `close()` or a `with` block.
@@ -176,7 +244,12 @@ class BaseCAM:
     uses_gradients: ClassVar[bool] = True
 
     def __init__(
-        self, model: nn.Module, target_layer: nn.Module | str | None = None, *, closed_form: bool | None = None
+        self,
+        model: nn.Module,
+        target_layer: nn.Module | str | None = None,
+        *,
+        closed_form: bool | None = None,
+        reshape: str | None = None,
     ) -> None:
         self.model = model
         layer = _resolve_module(model, target_layer, "target layer")
@@ -185,6 +258,9 @@ class BaseCAM:
         else:
             self.target_layer_name: str = target_layer if isinstance(target_layer, str) else _module_name(model, layer)
             self.target_layer: nn.Module = layer
+        self.reshape: MapReshape = resolve_reshape(model, self.target_layer_name, reshape)
+        if closed_form and self.reshape.kind != "none":
+            raise InputError(f"closed_form=True needs a [B, C, h, w] layer; {self.reshape.kind} need a backward pass")
         self._head: nn.Linear | None = detect_linear_head(model, self.target_layer)
         if closed_form:
             if self._head is None:
@@ -213,18 +289,20 @@ class BaseCAM:
             return None
         if self._activation is not None:
             raise StateError("the target layer ran more than once in one forward pass; pick another layer")
-        if not isinstance(output, Tensor) or output.dim() != 4:
-            shape = tuple(output.shape) if isinstance(output, Tensor) else type(output).__name__
-            raise InputError(f"the target layer must output a [B, C, h, w] tensor, got {shape}")
+        if not isinstance(output, Tensor):
+            raise InputError(
+                f"the target layer {self.target_layer_name} must output a tensor, got {type(output).__name__}"
+            )
+        acts = self.reshape.to_map(output.detach())
         if not self._grad_after_layer:
-            self._activation = output.detach()
+            self._activation = acts
             # an in-place op downstream (DenseNet's ReLU after `features`) would change the kept
             # activation; a known GAP + Linear head has none
             return None if self._head is not None else output.clone()
-        leaf = output.detach().requires_grad_(True)
+        leaf = acts.contiguous().requires_grad_(True)
         self._activation = leaf
         torch.set_grad_enabled(True)  # the rest of the network builds a graph; no_grad's exit restores
-        return leaf.clone()  # a non-leaf copy, so in-place ops downstream cannot hit the leaf
+        return self.reshape.from_map(leaf, output)
 
     def _forward(self, images: Tensor, grad: bool) -> tuple[Tensor, Tensor]:
         """One forward pass -> (layer activation, logits). With `grad`, the activation is a
@@ -323,7 +401,10 @@ class BaseCAM:
             pass
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(layer={self.target_layer_name!r}, closed_form={self.closed_form})"
+        return (
+            f"{type(self).__name__}(layer={self.target_layer_name!r}, closed_form={self.closed_form}, "
+            f"reshape={self.reshape.kind!r})"
+        )
 
 
 _C = TypeVar("_C", bound=type[BaseCAM])

@@ -1,18 +1,23 @@
-"""Where a CAM looks: the target layer of each model family, and which families end in global
-average pooling + one linear layer (where Grad-CAM's gradient has a closed form).
+"""Where a CAM looks: the target layer of each model family, which families end in global
+average pooling + one linear layer (where Grad-CAM's gradient has a closed form), and which
+output tokens that the CAM reshapes to a [C, h, w] map (vision transformers).
 
-Both tables live here alone: `default_target_layer` reads `TARGET_LAYERS`, and
-`camgap.cam.base.detect_linear_head` reads `GAP_LINEAR_FAMILIES`. A family defined elsewhere
-(camgap's SmallResNet in `camgap.models`) joins them with `add_family` where its class is
-defined, so this module imports no model code and nothing imports in a circle.
+The tables live here alone: `default_target_layer` reads `TARGET_LAYERS`,
+`camgap.cam.base.detect_linear_head` reads `GAP_LINEAR_FAMILIES` and `family_reshape` reads
+`TOKEN_LAYOUTS`. A family defined elsewhere (camgap's SmallResNet in `camgap.models`) joins them
+with `add_family` where its class is defined, so this module imports no model code and nothing
+imports in a circle. timm's transformers join once timm is imported (`_add_timm_families`): a
+timm model cannot exist before, and timm stays optional.
 """
 
 from __future__ import annotations
 
+import sys
 from typing import NamedTuple
 
 from torch import nn
 from torchvision import models as tvm
+from torchvision.models.swin_transformer import SwinTransformerBlockV2
 
 from camgap.errors import InputError
 
@@ -39,6 +44,19 @@ TARGET_LAYERS: list[tuple[type[nn.Module], str]] = [
     (tvm.EfficientNet, "features.-1"),
     (tvm.ConvNeXt, "features.-1"),
     (tvm.RegNet, "trunk_output.-1"),
+    # transformers: the last block's first norm (pytorch-grad-cam's tutorial "vision transformers":
+    # the class token is computed in the last block, so its tokens after that block get no gradient)
+    (tvm.VisionTransformer, "encoder.layers.-1.ln_1"),
+    (tvm.SwinTransformer, "features.-1.-1.norm1"),
+]
+
+# How a family's target layer lays out its map (anything not listed: [B, C, h, w]):
+# "tokens": [B, prefix + h*w, C] (class/distillation/register tokens first, dropped);
+# "nhwc": [B, h, w, C] (Swin's stages), permuted to [B, C, h, w].
+RESHAPES = ("none", "tokens", "nhwc")
+TOKEN_LAYOUTS: list[tuple[type[nn.Module], str]] = [
+    (tvm.VisionTransformer, "tokens"),
+    (tvm.SwinTransformer, "nhwc"),
 ]
 
 # What `detect_linear_head` accepts (its docstring says why the other families are not here).
@@ -51,31 +69,73 @@ GAP_LINEAR_FAMILIES: list[GapLinear] = [
 
 FAMILY_NAMES = (
     "ResNet/ResNeXt/Wide-ResNet, camgap's small_resnet and other models with a ResNet `layer4` stage (layer4), "
-    "VGG, DenseNet, MobileNet v2/v3, EfficientNet, ConvNeXt (features[-1]), RegNet (trunk_output[-1])"
+    "VGG, DenseNet, MobileNet v2/v3, EfficientNet, ConvNeXt (features[-1]), RegNet (trunk_output[-1]), "
+    "vision transformers: torchvision ViT (encoder.layers[-1].ln_1), Swin (features[-1][-1].norm1), "
+    "timm vit_*/deit_* (blocks[-1].norm1), swin_* (layers[-1].blocks[-1].norm1)"
 )
 
 
-def add_family(cls: type[nn.Module], target: str, gap_linear: tuple[str, str | None, str] | None = None) -> None:
-    """Add a family to the tables: its `target` layer (a dotted name, "container.-1" for a
-    container's last child) and, when its forward is stage -> pool -> head, the
-    `(stage, pool, head)` attribute names. Adding the same class again changes nothing."""
+def add_family(
+    cls: type[nn.Module],
+    target: str,
+    gap_linear: tuple[str, str | None, str] | None = None,
+    reshape: str = "none",
+) -> None:
+    """Add a family to the tables: its `target` layer (a dotted name, "-1" for a container's last
+    child, e.g. "blocks.-1.norm1"), when its forward is stage -> pool -> head the
+    `(stage, pool, head)` attribute names, and how its target layer lays out the map (`RESHAPES`).
+    Adding the same class again changes nothing."""
+    if reshape not in RESHAPES:
+        raise InputError(f"reshape must be one of {', '.join(RESHAPES)}, got {reshape!r}")
     if any(c is cls for c, _ in TARGET_LAYERS):
         return
     TARGET_LAYERS.append((cls, target))
     if gap_linear is not None:
         GAP_LINEAR_FAMILIES.append(GapLinear(cls, *gap_linear))
+    if reshape != "none":
+        TOKEN_LAYOUTS.append((cls, reshape))
+
+
+def _add_timm_families() -> None:
+    """timm's ViT/DeiT (a distilled DeiT is a VisionTransformer subclass) and Swin, once timm is
+    imported: the same layers as torchvision's, in timm's names."""
+    vit, swin = (sys.modules.get(f"timm.models.{m}") for m in ("vision_transformer", "swin_transformer"))
+    if vit is not None:
+        add_family(vit.VisionTransformer, "blocks.-1.norm1", reshape="tokens")
+    if swin is not None:
+        add_family(swin.SwinTransformer, "layers.-1.blocks.-1.norm1", reshape="nhwc")
+
+
+def _resolve_path(model: nn.Module, where: str) -> str | None:
+    """`where` with each "-1" replaced by the name of that container's last child; None when the
+    model lacks a step of it (a variant with another layout)."""
+    module, names = model, []
+    for step in where.split("."):
+        children = dict(module.named_children())
+        if step == "-1":
+            step = next(reversed(children), None) if children else None
+        if step is None or step not in children:
+            return None
+        module = children[step]
+        names.append(step)
+    return ".".join(names)
+
+
+def _undocumented(model: nn.Module) -> bool:
+    """torchvision's Swin v2 shares the v1 class, but its blocks normalise after attention
+    (post-norm): a layer pytorch-grad-cam does not document, so camgap asks for --layer."""
+    return isinstance(model, tvm.SwinTransformer) and any(
+        isinstance(m, SwinTransformerBlockV2) for m in model.features[-1].children()
+    )
 
 
 def _family_layer(model: nn.Module) -> str | None:
     """The dotted name of the family's target layer inside `model` itself, or None. A model of
     another class with a `layer4` stage has the ResNet layout (timm, CIFAR ResNets): `layer4`."""
+    _add_timm_families()
     for cls, where in TARGET_LAYERS:
         if isinstance(model, cls):
-            container, _, last = where.partition(".")
-            if not last:
-                return container
-            children = list(getattr(model, container).named_children())
-            return f"{container}.{children[int(last)][0]}"
+            return None if _undocumented(model) else _resolve_path(model, where)
     if isinstance(getattr(model, "layer4", None), nn.Module):
         return "layer4"
     return None
@@ -88,15 +148,16 @@ def default_target_layer(model: nn.Module) -> tuple[str, nn.Module]:
     (`model.module`) or inside an `nn.Sequential` (e.g. `nn.Sequential(normalize, resnet)`:
     the last child of a known family). Any other model is an error: a wrong layer gives a
     plausible-looking but meaningless score, so camgap never guesses (e.g. the last Conv2d)."""
-    name = _find_family_layer(model, "")
-    if name is None:
+    found = _find_family(model, "")
+    if found is None:
         tops = [n for n, _ in model.named_children()]
         raise InputError(
             f"cannot choose a target layer for a {type(model).__name__}: camgap knows {FAMILY_NAMES}; "
-            f"pass the last convolutional block feeding the global pooling with --layer (target_layer= in Python), "
+            f"pass the last convolutional block feeding the global pooling with --layer (target_layer= in Python; "
+            f"for a layer that outputs tokens also --reshape tokens or nhwc), "
             f"top-level layers: {', '.join(tops) or '(none)'}{_feature_hint(model)}"
         )
-    return name, get_layer(model, name)
+    return found[0], get_layer(model, found[0])
 
 
 def _feature_hint(model: nn.Module) -> str:
@@ -110,19 +171,42 @@ def _feature_hint(model: nn.Module) -> str:
     return f"; the model's own last feature stage is {last!r} (a candidate if it outputs [B, C, h, w])" if last else ""
 
 
-def _find_family_layer(model: nn.Module, prefix: str) -> str | None:
+def _find_family(model: nn.Module, prefix: str) -> tuple[str, nn.Module] | None:
+    """(dotted name of the target layer, the family's model) inside `model` or its wrappers."""
     own = _family_layer(model)
     if own is not None:
-        return prefix + own
+        return prefix + own, model
     inner = getattr(model, "module", None)
     if isinstance(inner, nn.Module):
-        return _find_family_layer(inner, f"{prefix}module.")
+        return _find_family(inner, f"{prefix}module.")
     if isinstance(model, nn.Sequential):
         for child_name, child in reversed(list(model.named_children())):
-            found = _find_family_layer(child, f"{prefix}{child_name}.")
+            found = _find_family(child, f"{prefix}{child_name}.")
             if found is not None:
                 return found
     return None
+
+
+def family_reshape(model: nn.Module) -> str | None:
+    """How the target layer of the model's family lays out its map (`RESHAPES`): "none" for a
+    convolutional family, None for a model camgap does not know (--reshape names it there)."""
+    found = _find_family(model, "")
+    if found is None:
+        return None
+    return next((kind for cls, kind in TOKEN_LAYOUTS if isinstance(found[1], cls)), "none")
+
+
+def prefix_tokens(model: nn.Module) -> int:
+    """How many tokens precede the patch grid in the model's token maps: timm records it
+    (`num_prefix_tokens`: class, distillation and register tokens), torchvision's ViT has one
+    class token; any other model: 0 (its tokens are all patches)."""
+    for m in model.modules():
+        count = getattr(m, "num_prefix_tokens", None)
+        if isinstance(count, int) and not isinstance(count, bool):
+            return count
+        if isinstance(m, tvm.VisionTransformer):
+            return 1
+    return 0
 
 
 def get_layer(model: nn.Module, name: str) -> nn.Module:

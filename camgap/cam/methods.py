@@ -40,8 +40,9 @@ class CAM(BaseCAM):
         *,
         fc_layer: nn.Module | str | None = None,
         closed_form: bool | None = None,
+        reshape: str | None = None,
     ) -> None:
-        super().__init__(model, target_layer, closed_form=closed_form)
+        super().__init__(model, target_layer, closed_form=closed_form, reshape=reshape)
         fc = _resolve_module(model, fc_layer, "fc layer") or self._head or getattr(model, "fc", None)
         if not isinstance(fc, nn.Linear):
             raise InputError("CAM needs a linear head: pass fc_layer= (an nn.Linear on the pooled features)")
@@ -108,12 +109,13 @@ class SmoothGradCAMpp(GradCAMpp):
         noise_std: float = 0.15,
         seed: int = 0,
         closed_form: bool | None = None,
+        reshape: str | None = None,
     ) -> None:
         if n_samples < 1:
             raise InputError(f"n_samples must be >= 1, got {n_samples}")
         if noise_std < 0:
             raise InputError(f"noise_std must be >= 0, got {noise_std}")
-        super().__init__(model, target_layer, closed_form=closed_form)
+        super().__init__(model, target_layer, closed_form=closed_form, reshape=reshape)
         self.n_samples, self.noise_std, self.seed = int(n_samples), float(noise_std), int(seed)
 
     def _clean_pass_needs_graph(self) -> bool:

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from camgap.cam import cam_name, create_cam, upsample_normalize
+from camgap.cam.base import MapReshape
 from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD, normalize
 from camgap.data.masks import boxes_to_masks
 from camgap.data.preprocessing import CHANNEL_ORDERS
@@ -490,10 +491,13 @@ class MapTooSmallError(InputError):
 
 
 @torch.no_grad()
-def target_map_shape(model: nn.Module, layer: nn.Module, input_size: int) -> tuple[int, int] | None:
-    """(h, w) of `layer`'s output for one square image of `input_size` px (a forward pass of
-    zeros in eval mode; the model's mode is restored), or None when that output is not a
-    [B, C, h, w] map."""
+def target_map_shape(
+    model: nn.Module, layer: nn.Module, input_size: int, reshape: MapReshape | None = None
+) -> tuple[int, int] | None:
+    """(h, w) of `layer`'s map for one square image of `input_size` px (a forward pass of
+    zeros in eval mode; the model's mode is restored): the output's grid as `reshape` reads it
+    (an InputError when the output does not have that layout), or without `reshape` the last two
+    sides of a [B, C, h, w] output and None for any other output."""
     shapes: list[tuple[int, ...]] = []
     handle = layer.register_forward_hook(lambda m, i, out: shapes.append(tuple(getattr(out, "shape", ()))))
     was_training = model.training
@@ -503,19 +507,32 @@ def target_map_shape(model: nn.Module, layer: nn.Module, input_size: int) -> tup
     finally:
         handle.remove()
         model.train(was_training)
+    if reshape is not None and shapes:
+        return reshape.grid(shapes[0])
     return shapes[0][-2:] if shapes and len(shapes[0]) == 4 else None
 
 
-def _size_for(model: nn.Module, layer: nn.Module, input_size: int, shape: tuple[int, int]) -> tuple[int, str]:
+def _probe(model: nn.Module, layer: nn.Module, input_size: int, reshape: MapReshape | None) -> tuple[int, int] | None:
+    """The map shape at another input size; None where the model takes only its own (a ViT built
+    for one image size refuses others in any form)."""
+    try:
+        return target_map_shape(model, layer, input_size, reshape)
+    except Exception:  # noqa: BLE001 - a third-party model refuses an input size in any form
+        return None
+
+
+def _size_for(
+    model: nn.Module, layer: nn.Module, input_size: int, shape: tuple[int, int], reshape: MapReshape | None = None
+) -> tuple[int, str]:
     """The smallest input size (in steps of the model's downsampling) whose map has at least
     MIN_MAP_CELLS a side, and a note on the downsampling, measured at _PROBE_SIZE px."""
-    probe = target_map_shape(model, layer, _PROBE_SIZE) if input_size < _PROBE_SIZE else None
+    probe = _probe(model, layer, _PROBE_SIZE, reshape) if input_size < _PROBE_SIZE else None
     side = min(probe or shape)
     step = (_PROBE_SIZE if probe else input_size) / max(side, 1)
     note = f"the model downsamples by {step:g}" + (f"; {_PROBE_SIZE} px gives {probe[0]}x{probe[1]}" if probe else "")
     size = math.ceil(MIN_MAP_CELLS * step)
     for _ in range(8):  # padding can leave a map one cell short of size / step
-        got = target_map_shape(model, layer, size)
+        got = _probe(model, layer, size, reshape)
         if got is None or min(got) >= MIN_MAP_CELLS:
             break
         size += math.ceil(step)
@@ -523,15 +540,22 @@ def _size_for(model: nn.Module, layer: nn.Module, input_size: int, shape: tuple[
 
 
 def check_map_size(
-    model: nn.Module, layer: nn.Module, layer_name: str, input_size: int, *, force: bool = False, where: str = ""
+    model: nn.Module,
+    layer: nn.Module,
+    layer_name: str,
+    input_size: int,
+    *,
+    force: bool = False,
+    where: str = "",
+    reshape: MapReshape | None = None,
 ) -> tuple[int, int] | None:
-    """The target layer's map shape at `input_size`; a map under MIN_MAP_CELLS a side is a
-    MapTooSmallError that names the input size to use (with `force`: a warning, and scoring
-    goes on)."""
-    shape = target_map_shape(model, layer, input_size)
+    """The target layer's map shape at `input_size` (its tokens' grid with `reshape`); a map
+    under MIN_MAP_CELLS a side is a MapTooSmallError that names the input size to use (with
+    `force`: a warning, and scoring goes on)."""
+    shape = target_map_shape(model, layer, input_size, reshape)
     if shape is None or min(shape) >= MIN_MAP_CELLS:
         return shape
-    size, note = _size_for(model, layer, input_size, shape)
+    size, note = _size_for(model, layer, input_size, shape, reshape)
     prefix = f"{where}: " if where else ""
     problem = (
         f"{prefix}the target layer {layer_name} gives a {shape[0]}x{shape[1]} map at input size {input_size} "
