@@ -486,7 +486,7 @@ def test_study_passes_its_options_to_write_study(measured, tmp_path, monkeypatch
         )
         == 0
     )
-    assert seen["thresholds"] == [0.9, 0] and seen["seed"] == 7 and seen["n_boot"] == 0
+    assert seen["subsets"] == [0.9, 0] and seen["seed"] == 7 and seen["n_boot"] == 0
     assert seen["cmi"] == "jiang" and seen["color_by"] is None  # the defaults
     assert seen["primary"] == {"cam": "gradcam", "masks": "boxes", "threshold": "0.1"}
     assert seen["command"] == "camgap study --zoo Z" and seen["model_set"] == measured[0]

@@ -287,8 +287,9 @@ def _psi_per_hparam(
         taus = []
         for idx in _varying_cells(codes, h, min_models):
             taus.append(_cell_taus(m[idx], g[idx], measure_tol, gap_tol))
-        per_h = np.array(taus).T.copy()  # [measure, cell]: each row contiguous, summed as a list would be
-        for c, t in zip(cols, per_h if taus else [[]] * len(cols)):
+        # [measure, cell]: each row contiguous, summed as a list would be; no cell varies h: no column
+        per_h = np.array(taus).T.copy() if taus else np.empty((len(cols), 0))
+        for c, t in zip(cols, per_h, strict=True):
             t = t[np.isfinite(t)]
             per[c][h] = float(np.mean(t)) if t.size else math.nan
     return per
