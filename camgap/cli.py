@@ -117,6 +117,11 @@ def cmd_score(args: argparse.Namespace) -> int:
         f"{args.split} accuracy {summary['accuracy']:.4f}"
     )
     print("\n".join(_settings_lines(settings)))
+    if summary["num_workers"]:
+        print(
+            f"decoding: {summary['num_workers']} worker processes beside the model's "
+            f"{summary['model_threads']} torch thread(s) (the cores the workers leave)"
+        )
     return 0
 
 

@@ -45,6 +45,16 @@ def test_png_exact(tmp_path):
     assert np.array_equal(_hwc(t), a)
 
 
+@pytest.mark.parametrize("name", ["a.png", "a.JPEG"])
+def test_interleaved_pixels_are_the_same_pixels(tmp_path, name):
+    """contiguous=False keeps the decoder's interleaved layout (what load_item resizes: about 3x
+    faster than a planar copy): the same values, channels-last in memory."""
+    p = save_image(tmp_path / name, array=_pattern())
+    t = decode_rgb(p, contiguous=False)
+    assert t.shape == (3, H, W) and t.stride() == (1, 3 * W, 3)
+    assert torch.equal(t, decode_rgb(p))
+
+
 def test_rgb_jpeg_within_tolerance(tmp_path):
     a = _pattern()
     t = decode_rgb(save_image(tmp_path / "a.JPEG", array=a))

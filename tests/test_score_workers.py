@@ -18,6 +18,8 @@ from camgap.cli import main
 from camgap.data import BoxDataset, read_layout
 from camgap.data.errors import DataError
 from camgap.errors import InputError
+from camgap.measures import inputs
+from camgap.measures import score as score_mod
 from camgap.measures.score import ScoreOptions, score_model
 from camgap.models import create_model
 from tests.helpers.data import write_csv
@@ -160,3 +162,51 @@ def test_progress_lines_say_images_per_second(data, model, monkeypatch, caplog):
         _score(model, _dataset(data), 0, progress=True)
     last = [r.getMessage() for r in caplog.records if r.name == "camgap.progress"][-1]
     assert last.startswith(f"score: {N_IMAGES}/{N_IMAGES} img (100%)") and last.endswith("img/s")
+
+
+def test_more_workers_than_cores_is_refused_before_any_process_starts(monkeypatch):
+    monkeypatch.setattr(inputs, "usable_cores", lambda: 2)
+    assert ScoreOptions(num_workers=2).num_workers == 2
+    with pytest.raises(InputError) as caught:
+        ScoreOptions(num_workers=1_000_000)
+    assert str(caught.value) == (
+        "num_workers 1000000 is more than the 2 CPU cores this process may use: each worker is a process "
+        "that decodes on a core of its own (at most 2 here)"
+    )
+    with pytest.raises(InputError, match="num_workers must be an integer >= 0, got -1"):
+        ScoreOptions(num_workers=-1)
+
+
+def test_the_model_gets_the_cores_the_workers_leave_and_torch_its_threads_back(data, model, monkeypatch):
+    monkeypatch.setattr(inputs, "usable_cores", lambda: 3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        seen, score_batch = [], score_mod._score_batch
+        monkeypatch.setattr(
+            score_mod, "_score_batch", lambda *a: seen.append(torch.get_num_threads()) or score_batch(*a)
+        )
+        got, _ = _score(model, _dataset(data), 2)
+        assert set(seen) == {1} and (got.num_workers, got.model_threads) == (2, 1)
+        assert torch.get_num_threads() == 3
+        base, _ = _score(model, _dataset(data), 0)  # no workers: torch's threads, untouched
+        assert (base.num_workers, base.model_threads) == (0, 3)
+        # another thread count may change float rounding in the model (oneDNN blocks its work by
+        # thread), so the floats agree to rounding; on one thread both passes are the same pass
+        pd.testing.assert_frame_equal(got.per_image, base.per_image, check_exact=False, rtol=1e-5)
+        torch.set_num_threads(1)
+        one, _ = _score(model, _dataset(data), 0)
+        pd.testing.assert_frame_equal(got.per_image, one.per_image, check_exact=True)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_a_batch_s_boxes_cross_as_three_tensors_and_come_back_per_image():
+    boxes = [torch.tensor([[1.0, 2, 3, 4], [0, 0, 5, 5]]), torch.empty(0, 4), torch.tensor([[2.0, 2, 6, 7]])]
+    labels = [torch.tensor([0, 1]), torch.empty(0, dtype=torch.int64), torch.tensor([2])]
+    packed = inputs._Boxes.pack(boxes, labels)
+    assert packed.boxes.shape == (3, 4) and packed.counts.tolist() == [2, 0, 1]
+    got_boxes, got_labels = packed.unpack()
+    assert all(torch.equal(a, b) for a, b in zip(got_boxes, boxes)) and len(got_boxes) == 3
+    assert all(torch.equal(a, b) for a, b in zip(got_labels, labels))
+    assert inputs._Boxes.pack([], []).unpack() == ([], [])

@@ -155,7 +155,7 @@ def load_item(
     """
     if transform is None:
         transform = make_transform(input_size, resize)
-    image = decode_rgb(record.path, max_pixels)
+    image = decode_rgb(record.path, max_pixels, contiguous=False)  # resized first, made contiguous after
     h, w = int(image.shape[-2]), int(image.shape[-1])
     boxes, box_labels = prepare_boxes(record, w, h)
     bb = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(h, w))

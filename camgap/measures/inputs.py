@@ -10,6 +10,8 @@ without workers."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +21,7 @@ from torch import Tensor
 
 from camgap.data.dataset import collate_boxes
 from camgap.errors import CamgapError, InputError
+from camgap.options import integer
 
 # (images uint8 [B,3,S,S], labels [B], boxes list[[n,4]], box_labels list[[n]], image ids)
 Batch = tuple[Tensor, Tensor, list[Tensor], list[Tensor], list[str]]
@@ -43,11 +46,55 @@ def iter_batches(data, batch_size: int, device: torch.device, num_workers: int =
         num_workers=num_workers,
         pin_memory=num_workers > 0 and device.type == "cuda",
     )
-    for images, labels, boxes, box_labels, index, notes in loader:
+    for images, labels, packed, index, notes in loader:
         for note in notes:
             note.deliver()
         ids = [data.image_ids[i] for i in index]
+        boxes, box_labels = packed.unpack()
         yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True), boxes, box_labels, ids
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, e.g. a container's or taskset's
+    share, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - macOS, Windows
+        return os.cpu_count() or 1
+
+
+def check_workers(name: str, value: object) -> int:
+    """Decoding worker processes: 0 (this process) up to one per usable core. Each worker is a
+    process of its own, a copy of this one; more of them than cores decode no faster, and a
+    typo's million would exhaust the machine's memory before the first batch."""
+    cores = usable_cores()
+    n = integer(name, value, low=0)
+    if n > cores:
+        raise InputError(
+            f"{name} {n} is more than the {cores} CPU cores this process may use: each worker is a process "
+            f"that decodes on a core of its own (at most {cores} here)"
+        )
+    return n
+
+
+@contextlib.contextmanager
+def decoding_split(data, num_workers: int, device: torch.device) -> Iterator[tuple[int, int]]:
+    """Yields (decoding worker processes, torch intra-op threads of the model) for a pass over
+    `data`: no workers for data already decoded (a TensorStore); on a CPU, beside N workers, the
+    model gets the cores they leave, at least one (never more than torch had), and torch's own
+    count is restored after. Torch's default, a thread per core, oversubscribes the cores: its
+    threads spin at every barrier while the workers wait for a core, and the pass ran slower
+    with 2 workers than with none (BENCHMARKS.md)."""
+    threads = torch.get_num_threads()
+    workers = 0 if hasattr(as_scoring_data(data), "batches") else num_workers
+    if workers == 0 or device.type != "cpu":
+        yield workers, threads
+        return
+    torch.set_num_threads(max(1, min(threads, usable_cores() - workers)))
+    try:
+        yield workers, torch.get_num_threads()
+    finally:
+        torch.set_num_threads(threads)
 
 
 ACCEPTED_DATA = (
@@ -169,6 +216,29 @@ def _collate_indexed(items):
         items, notes = [], notes[: failed + 1]
     kept = [(i, item) for i, item, _ in items if item is not None]
     if not kept:
-        return torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long), [], [], [], notes
+        empty = torch.empty(0, 3, 1, 1, dtype=torch.uint8), torch.empty(0, dtype=torch.long)
+        return *empty, _Boxes.pack([], []), [], notes
     images, labels, boxes, box_labels = collate_boxes([item for _, item in kept])[:4]
-    return images, labels, boxes, box_labels, [i for i, _ in kept], notes
+    return images, labels, _Boxes.pack(boxes, box_labels), [i for i, _ in kept], notes
+
+
+@dataclass
+class _Boxes:
+    """A batch's boxes as three tensors, not two per image: a worker process sends each tensor
+    through its own shared-memory segment, so 2B small tensors cost more than decoding the batch."""
+
+    boxes: Tensor  # float32 [sum n_i, 4]
+    labels: Tensor  # int64 [sum n_i]
+    counts: Tensor  # int64 [B]: n_i
+
+    @classmethod
+    def pack(cls, boxes: list[Tensor], box_labels: list[Tensor]) -> _Boxes:
+        counts = torch.tensor([len(b) for b in boxes], dtype=torch.int64)
+        if not boxes:
+            return cls(torch.empty(0, 4), torch.empty(0, dtype=torch.int64), counts)
+        return cls(torch.cat(boxes), torch.cat(box_labels), counts)
+
+    def unpack(self) -> tuple[list[Tensor], list[Tensor]]:
+        """The per-image lists again, as views of the two tensors."""
+        sizes = self.counts.tolist()
+        return list(self.boxes.split(sizes)), list(self.labels.split(sizes))

@@ -25,7 +25,7 @@ from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD, normalize
 from camgap.data.masks import boxes_to_masks
 from camgap.data.preprocessing import CHANNEL_ORDERS
 from camgap.errors import InputError, NonFiniteError
-from camgap.measures.inputs import Batch, as_scoring_data, iter_batches
+from camgap.measures.inputs import Batch, as_scoring_data, check_workers, decoding_split, iter_batches
 from camgap.measures.iou import threshold_ious, validate_thresholds
 from camgap.measures.localization import (
     LocalizationTotals,
@@ -54,6 +54,8 @@ class ScoreResult:
     overlays: list[dict] = field(default_factory=list)
     target_layer: str = ""
     localization: LocalizationTotals = field(default_factory=LocalizationTotals)
+    num_workers: int = 0  # decoding worker processes
+    model_threads: int = 1  # torch's intra-op threads the model ran with (`inputs.model_threads`)
 
     @property
     def n_images(self) -> int:
@@ -111,6 +113,8 @@ class ScoreResult:
             "n_no_reference": self.n_no_reference,
             "accuracy": self.train_acc,
             "target_layer": self.target_layer,
+            "num_workers": self.num_workers,
+            "model_threads": self.model_threads,
         }
 
 
@@ -177,7 +181,8 @@ class ScoreOptions(CheckedOptions):
     thresholds:       CAM thresholds rho, each in [0, 1); the first is the headline.
     target_layer:     module or dotted name (None: the architecture's default).
     batch_size, num_workers: batches of the pass; DataLoader worker processes that decode and
-                      resize images while the model runs (0: this process; the same numbers either way).
+                      resize images while the model runs (0: this process; the same numbers either way,
+                      up to the float rounding of the fewer torch threads the model gets beside them).
     device:           None: the model's device.
     mean, std, channel_order: the model's normalisation, in its channel order (rgb or bgr).
     class_boxes_only: A_G from the boxes of the labelled class only.
@@ -201,7 +206,7 @@ class ScoreOptions(CheckedOptions):
     keep_overlays: int = option(0, functools.partial(integer, low=0))
     cam_kwargs: dict = option(None, _kwargs)
     progress: bool = option(False, _flag)
-    num_workers: int = option(0, functools.partial(integer, low=0))
+    num_workers: int = option(0, check_workers)
     box_accuracy: bool = option(False, _flag)
     per_image_out: Path | None = option(None, check_table_path)
     keep_logits: bool = option(True, _flag)
@@ -292,14 +297,16 @@ def score_model(
     table = TableFile(o.per_image_out) if o.per_image_out is not None else None
     kept = _Kept(LocalizationTotals(boxes=o.box_accuracy), table)
     bar = _progress(len(data), o.progress)
-    with table or contextlib.nullcontext(), create_cam(o.cam, model, o.target_layer, **(o.cam_kwargs or {})) as cam_fn:
-        for batch in iter_batches(data, o.batch_size, device, o.num_workers):
+    cam = create_cam(o.cam, model, o.target_layer, **(o.cam_kwargs or {}))
+    with table or contextlib.nullcontext(), cam as cam_fn, decoding_split(data, o.num_workers, device) as split:
+        for batch in iter_batches(data, o.batch_size, device, split[0]):
             if batch[-1]:  # a batch whose every item was skipped has no ids
                 kept.add(_score_batch(cam_fn, batch, o, reference, kept.totals), o)
                 bar.update(len(batch[-1]))
         # inside the `with`: a pass that scored nothing raises here, and no table takes its name
         result = kept.result(o, len(data), cam_fn.target_layer_name)
     bar.close()
+    result.num_workers, result.model_threads = split
     return result
 
 
