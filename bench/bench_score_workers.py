@@ -13,6 +13,7 @@ model-only pass; on C cores no schedule beats C / (decode + model CPU time) imag
 is the bound that decoding in workers can approach when the model-only bound is out of reach.
 
     python bench/bench_score_workers.py [--images 2000] [--workers 0,2] [--batch-size 64] [--width 8]
+    python bench/bench_score_workers.py --device cuda --arch resnet18 --size 224 --workers 0,8   # bench/gpu_check.sh
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from camgap.data.dataset import collate_boxes
 from camgap.measures.score import ScoreOptions, score_model
 from camgap.models import create_model
 
-SIZE, N_CLASSES, WIDTH, HEIGHT = 64, 10, 500, 375
+N_CLASSES, WIDTH, HEIGHT = 10, 500, 375
 
 
 def write_jpegs(root: Path, n: int, seed: int = 0) -> Path:
@@ -100,15 +101,18 @@ def main() -> None:
     ap.add_argument("--workers", default="0,2", help="comma-separated worker counts to time")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--arch", default="small_resnet", help="any `camgap models` architecture (random weights)")
     ap.add_argument("--width", type=int, default=8, help="small_resnet width")
+    ap.add_argument("--size", type=int, default=64, help="input size")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     torch.manual_seed(0)
-    model = create_model("small_resnet", N_CLASSES, width=args.width).eval()
+    kwargs = {"width": args.width} if args.arch == "small_resnet" else {}
+    model = create_model(args.arch, N_CLASSES, **kwargs).eval()
     with tempfile.TemporaryDirectory() as tmp:
         root = write_jpegs(Path(tmp) / "data", args.images)
         records, _ = read_layout(root, "csv", "train")
-        dataset = BoxDataset(records, input_size=SIZE)
+        dataset = BoxDataset(records, input_size=args.size)
         decode_cpu, memory = cpu_time(lambda: InMemory(dataset))  # also warms the page cache
 
         def score(data, workers: int):
@@ -136,7 +140,8 @@ def main() -> None:
 def report(args, rates: dict[str, float], decode_ms: float, model_ms: float) -> None:
     bound, cores = rates["model only (pre-decoded)"], os.cpu_count() or 1
     print(
-        f"small_resnet width {args.width}, {args.images} JPEGs {WIDTH}x{HEIGHT} -> {SIZE} px, batch "
+        f"{args.arch}{f' width {args.width}' if args.arch == 'small_resnet' else ''}, {args.images} JPEGs "
+        f"{WIDTH}x{HEIGHT} -> {args.size} px, batch "
         f"{args.batch_size}, device {args.device}, {cores} cores, torch threads {torch.get_num_threads()}, "
         f"best of {args.repeats}"
     )
