@@ -28,6 +28,7 @@ from camgap.measures.localization import (
     component_boxes,
     energy_share,
     pointing_hits,
+    threshold_bins,
 )
 from camgap.measures.registry import MeasureContext, MeasureError, MeasureUndefined, compute_measure
 from camgap.measures.score import ScoreResult, score_model
@@ -474,3 +475,17 @@ def test_no_object_region_anywhere_is_undefined():
     for name in LOCALIZATION:
         with pytest.raises(MeasureUndefined, match="no training image has an object region"):
             compute_measure(name, ctx)
+
+
+@pytest.mark.parametrize(
+    "edges",
+    [CAM_THRESHOLDS, tuple(k / 10 for k in range(11)), (0.0, 0.1, 0.5, 0.55, 0.9)],
+    ids=["default", "tenths", "uneven"],
+)
+def test_threshold_bins_are_bucketize_s_bins(edges):
+    e = torch.tensor(edges, dtype=torch.float64)
+    near = torch.cat([e, torch.nextafter(e, e + 1), torch.nextafter(e, e - 1)])
+    values = torch.cat([near.clamp(0, 1), torch.rand(100_000, generator=torch.Generator().manual_seed(0)).double()])
+    assert torch.equal(threshold_bins(values, e), torch.bucketize(values, e, right=True) - 1)
+    odd = torch.tensor([-0.5, 1.5, float("nan"), 0.3], dtype=torch.float64)  # the binary search's bins
+    assert torch.equal(threshold_bins(odd, e), torch.bucketize(odd, e, right=True) - 1)

@@ -301,6 +301,23 @@ class _UnionFind:
             r = grand
 
 
+def threshold_bins(values: Tensor, edges: Tensor) -> Tensor:
+    """The bin of each value: the last k with edges[k] <= value (-1 below edges[0]), as
+    `torch.bucketize(values, edges, right=True) - 1` gives it. For edges k / (n - 1), k = 0..n-1
+    (CAM_THRESHOLDS), and values in [0, 1], floor(value * (n - 1)) is that bin or a neighbour, and
+    one comparison with the edge on each side settles it: 3x faster than the binary search, and
+    the same bins (the comparisons are the same float64 ones)."""
+    n = len(edges)
+    uniform = n > 1 and torch.equal(edges, torch.arange(n, dtype=edges.dtype, device=edges.device) / (n - 1))
+    if not uniform or not bool(((values >= 0) & (values <= 1)).all()):  # NaN fails the test too
+        return torch.bucketize(values, edges, right=True) - 1
+    above = torch.cat([edges, edges.new_tensor([math.inf])])  # edges[k + 1] of the last bin
+    bins = (values * (n - 1)).floor_().long().clamp_(0, n - 1)
+    bins += (values >= above[bins + 1]).long()
+    bins -= (values < above[bins]).long()
+    return bins
+
+
 @dataclass
 class LocalizationTotals:
     """The streaming part of the localization measures, flat in the number of images: the
@@ -360,7 +377,7 @@ class LocalizationTotals:
 
     def _add_pixels(self, maps: Tensor, ref: Tensor) -> None:
         edges = torch.as_tensor(self.thresholds, dtype=torch.float64, device=maps.device)
-        bins = torch.bucketize(maps.double().flatten(), edges, right=True) - 1  # cam >= edge[bin]
+        bins = threshold_bins(maps.double().flatten(), edges)
         pos = ref.flatten()
         n = len(edges)
         counts = torch.bincount(bins + n * pos.long(), minlength=2 * n).cpu().numpy()
