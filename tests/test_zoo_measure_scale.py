@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import camgap.zoo.measure as zm
+from camgap import progress
 from camgap.zoo.measure import MeasureRequest, MeasureTask, measure_zoo, plan_run, run_measure_task
 from camgap.zoo.registry import ZooDB
 from tests.helpers.zoo import frames, quiet
@@ -140,7 +141,10 @@ def test_run_task_never_raises(tmp_path):
     assert (row.measure, row.value, row.state) == ("nuclear_norm", None, "failed") and "final.pt" in row.reason
 
 
-def test_progress_bar_names_the_measures_on_stderr(tiny_zoo_copy, capsys):
+def test_progress_bar_names_the_measures_on_stderr(tiny_zoo_copy, capsys, monkeypatch):
+    # a bar is drawn on a terminal (or in a notebook); pytest's stderr is neither, whatever an
+    # earlier test imported (a module that imports ipykernel would make it look like a notebook)
+    monkeypatch.setattr(progress, "_interactive", lambda: True)
     zoo = tiny_zoo_copy
     s = measure_zoo(zoo, measures=("nuclear_norm",), progress=True, log=quiet)
     err = capsys.readouterr().err
