@@ -25,7 +25,9 @@ HOUR_NS = 3600 * 10**9
 
 
 def _result(rid: str) -> RunResult:
-    return RunResult(rid, "done", epochs=3, stop_reason="C1", train_acc=0.9, train_loss=0.1, test_acc=0.6, test_loss=1.0, gap=30.0)
+    return RunResult(
+        rid, "done", epochs=3, stop_reason="C1", train_acc=0.9, train_loss=0.1, test_acc=0.6, test_loss=1.0, gap=30.0
+    )
 
 
 def _final(zoo: Path, rid: str) -> Path:
@@ -85,7 +87,13 @@ def test_records_hold_size_sha256_mtime_and_inode(zoo):
     final = _final(zoo, "r0")
     st = final.stat()
     rec = json.loads(_record(zoo, "r0").read_text())
-    want = {"file": "final.pt", "size": st.st_size, "sha256": _sha256(final), "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
+    want = {
+        "file": "final.pt",
+        "size": st.st_size,
+        "sha256": _sha256(final),
+        "mtime_ns": st.st_mtime_ns,
+        "inode": st.st_ino,
+    }
     assert rec == want
 
 
