@@ -204,8 +204,8 @@ def _add_status(sub) -> None:
     s.add_argument(
         "--verify",
         action="store_true",
-        help="hash every done run's final.pt (default: only those whose size, mtime or inode "
-        "differ from the ones recorded with its sha256), reporting mismatches as integrity problems",
+        help="hash every done run's final.pt (default: only those whose mtime or inode is not the "
+        "one recorded with its sha256), reporting mismatches as integrity problems",
     )
     s.set_defaults(func=_guard(_status))
 
