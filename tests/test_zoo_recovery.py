@@ -609,7 +609,14 @@ def test_a_corrupt_final_pt_is_flagged_by_status_and_trained_again_by_build(tmp_
     a, b = old.run_id
     fa, fb = zoo / "runs" / a / "final.pt", zoo / "runs" / b / "final.pt"
     recorded = json.loads((zoo / "runs" / a / "final.pt.sha256.json").read_text())
-    assert recorded == {"file": "final.pt", "size": fa.stat().st_size, "sha256": sha256(fa)}
+    st = fa.stat()
+    assert recorded == {
+        "file": "final.pt",
+        "size": st.st_size,
+        "sha256": sha256(fa),
+        "mtime_ns": st.st_mtime_ns,
+        "inode": st.st_ino,
+    }
     flipped = bytearray(fa.read_bytes())
     flipped[len(flipped) // 2] ^= 0xFF  # one bit flip inside the weights: torch would read it
     fa.write_bytes(bytes(flipped))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -187,12 +187,11 @@ def variant_name(measure: str, params: Mapping[str, str]) -> str:
 def missing_note(measurements: pd.DataFrame, specs: Sequence[MeasureSpec]) -> str:
     """One sentence per spec without a usable value: not measured at all, or only failed or
     undefined. Empty when every spec has values."""
-    m = prepare_measurements(measurements)
-    usable = m.groupby(["measure", "params"], sort=False)["_usable"].any()
-    have = _variants_of(m)
+    usable = _usable_variants(prepare_measurements(measurements))
+    have = {k: sorted(v) for k, v in usable.items()}
     out = []
     for spec in specs:
-        hits = [bool(usable[(spec.measure, p)]) for p in _resolve_params(have, spec)]
+        hits = [usable[spec.measure][p] for p in _resolve_params(have, spec)]
         name = variant_name(spec.measure, spec_params(spec))
         if not hits:
             out.append(f"{name} was {NOT_MEASURED}.")
@@ -207,11 +206,19 @@ def _join_notes(*notes: str) -> str:
 
 def _variants_of(m: pd.DataFrame) -> dict[str, list[str]]:
     """{measure: its params strings in `m`, sorted}."""
-    out: dict[str, set[str]] = {}
-    pairs = m[["measure", "params"]].drop_duplicates()
-    for measure, params in zip(pairs["measure"].tolist(), pairs["params"].tolist()):
-        out.setdefault(measure, set()).add(params)
-    return {k: sorted(v) for k, v in out.items()}
+    return {k: sorted(v) for k, v in _usable_variants(m).items()}
+
+
+def _usable_variants(m: pd.DataFrame) -> dict[str, dict[str, bool]]:
+    """{measure: {params: whether some row of that variant is usable}} of a prepared frame, in
+    order of first appearance. One groupby over the rows: the callers then loop over the few
+    distinct variants, never over the rows (Python iteration over a pyarrow string column is
+    what a study of 200,000 rows spent its seconds on)."""
+    usable = m.groupby(["measure", "params"], sort=False, dropna=False, observed=True)["_usable"].any()
+    out: dict[str, dict[str, bool]] = {}
+    for (measure, params), ok in zip(usable.index.tolist(), usable.tolist(), strict=True):
+        out.setdefault(measure, {})[params] = bool(ok)
+    return out
 
 
 def _resolve_params(variants: Mapping[str, list[str]], spec: MeasureSpec) -> list[str]:
@@ -279,27 +286,27 @@ def discover_specs(
     display name, plus "(k=v, ...)" listing the params that still differ between a measure's
     variants. Order: the paper's baselines, other measures A-Z, IoU-B, IoU.
     """
-    m = prepare_measurements(measurements)
+    by_measure = _usable_variants(prepare_measurements(measurements))
     specs: list[MeasureSpec] = []
-    names = sorted(set(m["measure"]), key=_measure_rank) if measures is None else list(measures)
+    names = sorted(by_measure, key=_measure_rank) if measures is None else list(measures)
     for name in names:
-        rows = m[m["measure"] == name]
+        have = by_measure.get(name, {})
         if primary and name in IOU_MEASURES:
-            specs.extend(_exact_variant(rows, name, pass_variant(name, primary), display_name(name)))
+            specs.extend(_exact_variant(have, name, pass_variant(name, primary), display_name(name)))
             continue
-        done = rows[rows["_usable"]]
-        variants = sorted(set((done if len(done) else rows)["params"]))
+        done = [p for p, ok in have.items() if ok]
+        variants = sorted(done or have)
         variants = _filter_primary(variants, primary or {})
         specs.extend(_label_variants(name, variants, display_name(name)))
     return specs
 
 
 def _exact_variant(
-    rows: pd.DataFrame, measure: str, want: Mapping[str, str], label: str, skip: Sequence[str] = ()
+    variants: Iterable[str], measure: str, want: Mapping[str, str], label: str, skip: Sequence[str] = ()
 ) -> list[MeasureSpec]:
-    """The variants of `measure` in `rows` with every (key, value) of `want`; when there is none,
-    one spec for `want` labelled "<label>: not measured" (an n/a row, never another variant)."""
-    hit = sorted(p for p in set(rows["params"]) if params_match(p, want))
+    """The `variants` (params strings) of `measure` with every (key, value) of `want`; when there
+    is none, one spec for `want` labelled "<label>: not measured" (an n/a row, never another variant)."""
+    hit = sorted(p for p in set(variants) if params_match(p, want))
     if not hit:
         return [MeasureSpec(measure, dict(want), f"{label}: {NOT_MEASURED}")]
     return _label_variants(measure, hit, label, skip)
@@ -356,14 +363,13 @@ def variant_specs(
     measure, else by `primary`. A value measured only with other fixed keys gets a row
     "<label>: not measured". Rows ordered by `order`, then A-Z; labelled `label(value)` (+ any
     other params that still differ)."""
-    m = prepare_measurements(measurements)
-    rows = m[m["measure"] == measure]
-    values = {_params_of(p)[vary] for p in set(rows["params"]) if vary in _params_of(p)}
+    have = _variants_of(prepare_measurements(measurements)).get(measure, [])
+    values = {_params_of(p)[vary] for p in have if vary in _params_of(p)}
     fixed = pass_variant(measure, primary) if primary and measure in IOU_MEASURES else dict(primary or {})
     fixed.pop(vary, None)
     specs: list[MeasureSpec] = []
     for v in sorted(values, key=lambda v: (order.index(v) if v in order else len(order), v)):
-        specs.extend(_exact_variant(rows, measure, {**fixed, vary: v}, label(v), skip=(vary,)))
+        specs.extend(_exact_variant(have, measure, {**fixed, vary: v}, label(v), skip=(vary,)))
     return specs
 
 
@@ -374,12 +380,11 @@ def primary_iou(
     default), labelled "IoU", or "IoU: not measured" when that variant is absent. None when
     `measure` was not measured at all. Several matching variants (params with further keys)
     are an InputError: the tables never choose one."""
-    m = prepare_measurements(measurements)
-    rows = m[m["measure"] == measure]
-    if rows.empty:
+    have = _variants_of(prepare_measurements(measurements)).get(measure)
+    if not have:
         return None
     want = pass_variant(measure, DEFAULT_PRIMARY if primary is None else primary)
-    specs = _exact_variant(rows, measure, want, display_name(measure))
+    specs = _exact_variant(have, measure, want, display_name(measure))
     if len(specs) > 1:
         raise InputError(
             f"{len(specs)} variants of {measure} match {params_label(want)}: "

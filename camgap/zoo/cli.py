@@ -56,7 +56,7 @@ def _status(args: argparse.Namespace) -> int:
 
     from camgap.zoo.build import format_status, status
 
-    info = status(args.zoo)
+    info = status(args.zoo, verify=args.verify)
     if args.json:
         print(json.dumps(info, indent=1, default=str))
     else:
@@ -201,6 +201,12 @@ def _add_status(sub) -> None:
     )
     add_location(s, "zoo", "--zoo", "ZOO", ZOO_HELP)
     s.add_argument("--json", action="store_true", help="machine-readable output (schema below)")
+    s.add_argument(
+        "--verify",
+        action="store_true",
+        help="hash every done run's final.pt (default: only those whose mtime or inode is not the "
+        "one recorded with its sha256), reporting mismatches as integrity problems",
+    )
     s.set_defaults(func=_guard(_status))
 
 
@@ -314,6 +320,9 @@ STATUS_JSON_HELP = """\
                       over the done trained runs, in percentage points:
                       {"n": runs, "min", "median", "mean", "max"} (null when n is 0)
   integrity_problems  [one line each]; any makes the exit status 1
+  final_checks        the done runs' final.pt by how they were checked: {"by_stat": not read
+                      (size, mtime, inode as recorded), "hashed": sha256 computed (changed,
+                      or --verify), "read_back": no recorded digest, read as a checkpoint}
   grid                the grid the model set was built from (canonical form)
   measurements        {"states": {state: n}, "by_measure": {measure: {state: n}},
                        "not_done": [{"state", "measure", "reason", "runs"}]}

@@ -415,11 +415,14 @@ class ZooDB:
 
     # --- checks -----------------------------------------------------------------------
 
-    def integrity_check(self, zoo_dir: str | Path | None = None) -> list[str]:
+    def integrity_check(
+        self, zoo_dir: str | Path | None = None, verify: bool = False, tally: dict | None = None
+    ) -> list[str]:
         """Problems found (an empty list means the registry is sound): SQLite's own
         integrity check, unique run ids, valid statuses, done runs with complete metrics
         (gap = 100 * (train_acc - test_acc)) and, given the model-set directory, a sound final.pt
-        for every done run (``zoo.digest.check_final``); measurements that name unknown runs."""
+        for every done run (``zoo.digest.check_final``, hashing every one with ``verify``, counting
+        them in ``tally`` by how they were checked); measurements that name unknown runs."""
         problems: list[str] = []
         res = [r[0] for r in self.conn.execute("PRAGMA integrity_check")]
         if res != ["ok"]:
@@ -441,7 +444,7 @@ class ZooDB:
             if not r["trained"] and r["epochs"] != 0:
                 problems.append(f"run {r['run_id']}: untrained model with epochs = {r['epochs']}")
             if zoo_dir is not None:
-                problems += _final_problem(Path(zoo_dir), r["run_id"])
+                problems += _final_problem(Path(zoo_dir), r["run_id"], verify, tally)
         for (rid,) in self.conn.execute(
             "SELECT DISTINCT run_id FROM measurements WHERE run_id NOT IN (SELECT run_id FROM runs)"
         ):
@@ -461,13 +464,13 @@ class ZooDB:
         return {(r[0], r[1]) for r in rows}
 
 
-def _final_problem(zoo_dir: Path, run_id: str) -> list[str]:
+def _final_problem(zoo_dir: Path, run_id: str, verify: bool, tally: dict | None) -> list[str]:
     """A done run's final.pt that is missing or corrupt, as an integrity problem saying what follows."""
     from camgap.zoo.digest import check_final
 
     if not (zoo_dir / "runs" / run_id / "final.pt").is_file():
         return [f"run {run_id}: done but runs/{run_id}/final.pt is missing"]
-    problem = check_final(zoo_dir / "runs" / run_id, run_id)
+    problem = check_final(zoo_dir / "runs" / run_id, run_id, verify=verify, tally=tally)
     if problem is None:
         return []
     return [f"run {run_id}: done, but {problem}; `camgap zoo build` trains it again"]

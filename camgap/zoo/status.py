@@ -54,12 +54,16 @@ def driver_running(out: str | Path) -> bool:
         return False
 
 
-def status(zoo_dir: str | Path) -> dict:
+def status(zoo_dir: str | Path, verify: bool = False) -> dict:
     """Counts by status (``total``, ``counts``), by architecture x status (``by_arch``), the
     failures with their errors, ``stop_reasons``, the spread of ``train_acc_pp``, ``test_acc_pp``
-    and ``gap_pp`` over the done trained runs (``_spread``), ``integrity_problems``, the ``grid``
-    and ``measurements``: the measurements by state (``ZooDB.measurement_counts``). Every count
-    is an int: ``json.dumps`` of it is what ``zoo status --json`` prints (``STATUS_JSON_HELP``)."""
+    and ``gap_pp`` over the done trained runs (``_spread``), ``integrity_problems``, how the done
+    runs' final.pt were checked (``final_checks``: ``digest.CHECK_KINDS``; ``verify`` hashes every
+    one), the ``grid`` and ``measurements``: the measurements by state
+    (``ZooDB.measurement_counts``). Every count is an int: ``json.dumps`` of it is what
+    ``zoo status --json`` prints (``STATUS_JSON_HELP``)."""
+    from camgap.zoo.digest import CHECK_KINDS
+
     zoo_dir = Path(zoo_dir)
     try:
         reg = ZooDB.in_dir(zoo_dir, read_only=True)
@@ -69,7 +73,8 @@ def status(zoo_dir: str | Path) -> dict:
     try:
         frame = reg.runs_frame()
         counts = _with_interrupted(reg.counts(), live)
-        problems = reg.integrity_check(zoo_dir)
+        final_checks = dict.fromkeys(CHECK_KINDS, 0)
+        problems = reg.integrity_check(zoo_dir, verify=verify, tally=final_checks)
         grid = reg.get_meta("grid")
         measurements = reg.measurement_counts()
     finally:
@@ -107,6 +112,7 @@ def status(zoo_dir: str | Path) -> dict:
         "test_acc_pp": _spread(100.0 * trained["test_acc"] if len(trained) else []),
         "gap_pp": _spread(trained["gap"] if len(trained) else []),
         "integrity_problems": problems,
+        "final_checks": final_checks,
         "grid": json.loads(grid) if grid else None,
         "measurements": measurements,
     }
@@ -167,11 +173,26 @@ def format_status(info: dict) -> str:
         for f in info["failures"]:
             first = f["error"].strip().splitlines()[0] if f["error"].strip() else ""
             lines.append(f"    {f['run_id']} {f['arch']} (attempts {f['attempts']}): {first}")
+    lines += _final_checks_lines(info.get("final_checks") or {})
     if info["integrity_problems"]:
         lines.append(f"  INTEGRITY PROBLEMS ({len(info['integrity_problems'])}):")
         lines += [f"    {p}" for p in info["integrity_problems"][:20]]
     lines += format_measurement_status(info.get("measurements") or {})
     return "\n".join(lines)
+
+
+def _final_checks_lines(checks: dict) -> list[str]:
+    """How the done runs' final.pt were checked, when any was read (at the paper's scale they
+    hold 90 GB): a status that reads them says which and why."""
+    hashed, read_back = checks.get("hashed", 0), checks.get("read_back", 0)
+    if not hashed and not read_back:
+        return []
+    n = sum(checks.values())
+    return [
+        f"  final.pt of {n} done runs: {checks.get('by_stat', 0)} not read (size, mtime, inode as recorded), "
+        f"{hashed} hashed (mtime or inode changed, or --verify), {read_back} read back (no digest recorded); "
+        "`zoo status` writes nothing, `camgap zoo build` records them"
+    ]
 
 
 STDOUT = "-"  # `--out -`: the table on standard output
