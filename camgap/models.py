@@ -263,21 +263,26 @@ def model_group(name: str) -> str:
 
 @contextlib.contextmanager
 def _parameters_on_meta() -> Iterator[None]:
-    """Build modules with their parameters on the meta device: no memory and no initialisation,
-    so even a 600M-parameter RegNet builds in milliseconds. (A `torch.device("meta")` context
-    would also move the plain tensors some builders compute their layer widths with.)"""
-    register = nn.Module.register_parameter
+    """Build modules with their parameters and buffers on the meta device: no memory and no
+    initialisation, so even a 600M-parameter RegNet builds in milliseconds. (A `torch.device("meta")`
+    context would also move the plain tensors some builders compute their layer widths with.)
+    Buffers go too: a module that fills a buffer from its parameters' device (timm's Swin v2
+    windows) could not copy meta values into a CPU buffer."""
+    register, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
 
     def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
         if param is not None and param.device.type != "meta":
             param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
         register(module, name, param)
 
-    nn.Module.register_parameter = on_meta
+    def buffer_on_meta(module: nn.Module, name: str, tensor: torch.Tensor | None, persistent: bool = True) -> None:
+        register_buffer(module, name, None if tensor is None else tensor.to("meta"), persistent)
+
+    nn.Module.register_parameter, nn.Module.register_buffer = on_meta, buffer_on_meta
     try:
         yield
     finally:
-        nn.Module.register_parameter = register
+        nn.Module.register_parameter, nn.Module.register_buffer = register, register_buffer
 
 
 def create_model_skeleton(name: str, num_classes: int, **kwargs) -> nn.Module:
