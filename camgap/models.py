@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import numbers
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -27,6 +26,7 @@ from camgap.cam.base import detect_linear_head
 from camgap.cam.layers import add_family, default_target_layer, family_reshape
 from camgap.checkpoints import CheckpointError, checkpoint_record, extract_state_dict, load_weights, read_checkpoint
 from camgap.errors import CamgapError, InputError, UnknownNameError
+from camgap.options import integer, is_integer
 from camgap.registry import Registry
 
 TIMM_PREFIX = "timm:"
@@ -119,18 +119,13 @@ SMALL_RESNET_MAX_WIDTH = 4096  # stage widths w..8w: 4096 already means 32768 ch
 SMALL_RESNET_MAX_BLOCKS = 64  # BasicBlocks per stage (the deepest ImageNet ResNet has 36 in one)
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
 def check_small_resnet_options(width: object, blocks: object, strides: object, stem_stride: object) -> None:
     """InputError naming the option and what is allowed, before any layer is built."""
-    if not _is_int(width) or not 1 <= width <= SMALL_RESNET_MAX_WIDTH:
-        raise InputError(f"width must be an integer from 1 to {SMALL_RESNET_MAX_WIDTH}, got {width!r}")
+    integer("width", width, 1, SMALL_RESNET_MAX_WIDTH)
     if (
         not isinstance(blocks, Sequence)
         or len(blocks) != 4
-        or not all(_is_int(b) and 1 <= b <= SMALL_RESNET_MAX_BLOCKS for b in blocks)
+        or not all(is_integer(b) and 1 <= b <= SMALL_RESNET_MAX_BLOCKS for b in blocks)
     ):
         raise InputError(
             f"blocks must list 4 stage depths, each an integer from 1 to {SMALL_RESNET_MAX_BLOCKS}, got {blocks!r}"
@@ -138,8 +133,8 @@ def check_small_resnet_options(width: object, blocks: object, strides: object, s
     if (
         not isinstance(strides, Sequence)
         or len(strides) != 4
-        or not all(_is_int(s) and s in (1, 2) for s in strides)
-        or not _is_int(stem_stride)
+        or not all(is_integer(s) and s in (1, 2) for s in strides)
+        or not is_integer(stem_stride)
         or stem_stride not in (1, 2, 4)
     ):
         raise InputError(
@@ -263,21 +258,26 @@ def model_group(name: str) -> str:
 
 @contextlib.contextmanager
 def _parameters_on_meta() -> Iterator[None]:
-    """Build modules with their parameters on the meta device: no memory and no initialisation,
-    so even a 600M-parameter RegNet builds in milliseconds. (A `torch.device("meta")` context
-    would also move the plain tensors some builders compute their layer widths with.)"""
-    register = nn.Module.register_parameter
+    """Build modules with their parameters and buffers on the meta device: no memory and no
+    initialisation, so even a 600M-parameter RegNet builds in milliseconds. (A `torch.device("meta")`
+    context would also move the plain tensors some builders compute their layer widths with.)
+    Buffers go too: a module that fills a buffer from its parameters' device (timm's Swin v2
+    windows) could not copy meta values into a CPU buffer."""
+    register, register_buffer = nn.Module.register_parameter, nn.Module.register_buffer
 
     def on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
         if param is not None and param.device.type != "meta":
             param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
         register(module, name, param)
 
-    nn.Module.register_parameter = on_meta
+    def buffer_on_meta(module: nn.Module, name: str, tensor: torch.Tensor | None, persistent: bool = True) -> None:
+        register_buffer(module, name, None if tensor is None else tensor.to("meta"), persistent)
+
+    nn.Module.register_parameter, nn.Module.register_buffer = on_meta, buffer_on_meta
     try:
         yield
     finally:
-        nn.Module.register_parameter = register
+        nn.Module.register_parameter, nn.Module.register_buffer = register, register_buffer
 
 
 def create_model_skeleton(name: str, num_classes: int, **kwargs) -> nn.Module:

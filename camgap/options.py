@@ -48,7 +48,8 @@ class Wording:
 OPTION_WORDS = Wording()
 
 
-def _is_integer(value: object) -> bool:
+def is_integer(value: object) -> bool:
+    """An integer (numpy's too), not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)  # numpy's integers too
 
 
@@ -62,7 +63,7 @@ def integer(
     words: Wording = OPTION_WORDS,
 ) -> int:
     """``value`` as an int in ``[low, high]`` (a bound of None is open); a bool is not an integer."""
-    if _is_integer(value) and (low is None or value >= low) and (high is None or value <= high):  # type: ignore[operator]
+    if is_integer(value) and (low is None or value >= low) and (high is None or value <= high):  # type: ignore[operator]
         return int(value)  # type: ignore[call-overload]
     if low is not None and high is not None:
         what = f"{noun} from {low} to {high}"

@@ -203,6 +203,10 @@ def test_models_lists_every_architecture_with_its_layer(capsys, monkeypatch):
         "reshape": "none",
     }
     assert rows["small_resnet"]["group"] == "camgap" and rows["squeezenet1_0"]["target_layer"] is None
+    # every other torchvision classifier has a default layer (test_target_layer.py, test_vit.py)
+    refused = ["alexnet", "googlenet", "inception_v3", "squeezenet1_0", "squeezenet1_1"]
+    refused += [f"shufflenet_v2_x{w}" for w in ("0_5", "1_0", "1_5", "2_0")]
+    assert sorted(n for n, r in rows.items() if r["target_layer"] is None) == sorted(refused)
     assert rows["vit_b_16"]["target_layer"] == "encoder.layers.encoder_layer_11.ln_1"
     assert rows["vit_b_16"]["closed_form"] is False and rows["vit_b_16"]["reshape"] == "tokens"
     assert listing["timm"]["names"] == list_timm_models()

@@ -204,7 +204,8 @@ def test_describe_model(name, layer, closed, reshape):
         "closed_form": closed,
         "reshape": reshape,
     }
-    assert nn.Module.register_parameter.__name__ == "register_parameter"  # the patch is undone
+    assert nn.Module.register_parameter.__name__ == "register_parameter"  # the patches are undone
+    assert nn.Module.register_buffer.__name__ == "register_buffer"
 
 
 # --- checkpoints ----------------------------------------------------------------------------

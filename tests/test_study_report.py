@@ -21,7 +21,7 @@ from PIL import Image
 from scipy import stats as st
 
 import camgap
-from camgap.study import bootstrap_ci, cmi_score, figures, headline, stats, wide_table, write_study
+from camgap.study import bootstrap_ci, cmi_score, figures, headline, stats, tables, wide_table, write_study
 from camgap.study.report import demo_frames
 from camgap.zoo.registry import ZooDB
 
@@ -286,6 +286,28 @@ def test_table4_note_is_in_the_report(tmp_path):
     html = report.read_text(encoding="utf-8")
     table4 = html[html.index("<h2>Table 4.") : html.index("<h2>", html.index("<h2>Table 4.") + 1)]
     assert "IoU (gradcam, rho 0.1, boxes) was not measured." in table4
+
+
+def test_table6_says_why_gradcampp_and_smoothgradcampp_rows_are_identical(tmp_path):
+    """On GAP + linear models SmoothGrad-CAM++ measures exactly Grad-CAM++'s IoU: Table 6 then
+    shows two identical rows, and says why under the table (Markdown and the page); rows that
+    differ, or that are n/a throughout, get no such note."""
+    runs, ms = demo_frames(seed=2)
+    smooth = ms.params.str.startswith("cam=smoothgradcam++,")
+    twin = ms[ms.params.str.startswith("cam=gradcam++,")]
+    same = pd.concat([ms[~smooth], twin.assign(params=twin.params.str.replace("cam=gradcam++", "cam=smoothgradcam++"))])
+    report = write_study(runs, same, tmp_path, n_boot=0)
+    t6 = pd.read_csv(tmp_path / "tables" / "table6.csv", index_col=[0, 1])
+    rows = [t6.xs(f"IoU (Using {m})", level=1) for m in ("GradCAM++", "SmoothGradCAM++")]
+    pd.testing.assert_frame_equal(rows[0], rows[1])
+    assert rows[0].notna().any().any()
+    assert (tmp_path / "tables" / "table6.md").read_text(encoding="utf-8").endswith(f"{tables.SMOOTH_SAME_NOTE}\n")
+    assert any(tables.SMOOTH_SAME_NOTE in text for text in _page(report).text)
+
+    differ = write_study(runs, ms, tmp_path / "b", n_boot=0)  # the demo's SmoothGrad-CAM++ IoUs differ
+    assert "SmoothGradCAM++ rows are identical" not in differ.read_text(encoding="utf-8")
+    assert "SmoothGradCAM++ rows are identical" not in (tmp_path / "b" / "tables" / "table6.md").read_text()
+    assert tables.SMOOTH_SAME_NOTE not in tables.table6(runs, same, n_boot=0, min_n=1000).note  # all n/a
 
 
 def test_unfinished_runs_are_left_out():

@@ -3,6 +3,7 @@
 import csv
 import hashlib
 import json
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -299,6 +300,28 @@ def test_context_must_be_a_probability(tmp_path, bad):
     with pytest.raises(InputError, match=r"^context must be a probability between 0 and 1, got "):
         write_synthetic(tmp_path / "d", **SMALL, context=bad)
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+        ({"classes": True}, "classes must be an integer >= 1, got True"),
+        ({"train_per_class": 2.5}, "train_per_class must be an integer >= 1, got 2.5"),
+        ({"test_per_class": 0}, "test_per_class must be an integer >= 1, got 0"),
+        ({"size": np.int64(8)}, "size must be an integer >= 16, got np.int64(8)"),
+    ],
+)
+def test_counts_must_be_integers(tmp_path, bad, message):
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+        write_synthetic(tmp_path / "d", **{**SMALL, **bad})
+    assert not (tmp_path / "d").exists()
+
+
+def test_numpy_integer_counts_are_written_as_ints(tmp_path):
+    out = write_synthetic(tmp_path / "d", **{**SMALL, "classes": np.int64(4)}, size=np.int32(16))
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["classes"] == 4 and manifest["size"] == 16
 
 
 def test_synth_cli_context(tmp_path, capsys):

@@ -28,6 +28,7 @@ DOCUMENTED = {
     "efficientnet_b0": (lambda m: m.features[-1], "features.8", True),  # Dropout + Linear
     "convnext_tiny": (lambda m: m.features[-1], "features.7", False),  # LayerNorm before the Linear
     "regnet_y_400mf": (lambda m: m.trunk_output[-1], "trunk_output.block4", True),
+    "mnasnet0_5": (lambda m: m.layers[-1], "layers.16", True),  # x.mean([2, 3]), then Dropout + Linear
 }
 
 
@@ -80,9 +81,20 @@ def _oracle_gradcam(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torc
     return out
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small"])
+@pytest.mark.parametrize("name", ["alexnet", "googlenet", "inception_v3", "shufflenet_v2_x0_5", "squeezenet1_0"])
+def test_the_torchvision_families_without_a_default_say_how_to_choose(name):
+    """The torchvision families camgap has no default layer for (pytorch-grad-cam documents none;
+    test_cli_style checks that they are all): a refusal naming --layer and --reshape, no guess."""
+    from camgap.models import create_model_skeleton
+
+    model = create_model_skeleton(name, 3)
+    with pytest.raises(InputError, match=rf"a target layer for a {type(model).__name__}: .*--layer.*--reshape"):
+        default_target_layer(model)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small", "mnasnet0_5"])
 def test_gradcam_on_the_default_layer_matches_pytorch_grad_cam(name):
-    """mobilenet_v2: closed form (GAP + Dropout + Linear); mobilenet_v3_small: autograd (MLP head)."""
+    """mobilenet_v2, mnasnet0_5: closed form (GAP + Dropout + Linear); mobilenet_v3_small: autograd (MLP head)."""
     torch.manual_seed(0)
     model = getattr(tvm, name)(weights=None, num_classes=5).eval()
     with torch.no_grad():  # raw maps well above pytorch-grad-cam's 1e-7 in its min-max scaling

@@ -1,7 +1,8 @@
 """Vision transformers: token maps reshaped to [C, h, w] in the CAM's hook agree with
 pytorch-grad-cam's `GradCAM` and its `reshape_transform` (timm and torchvision ViT, DeiT with a
-distillation token, Swin), at the layer pytorch-grad-cam's tutorial documents; small randomly
-initialised models, nothing downloaded."""
+distillation token, ViT with register tokens, BEiT, EVA, Swin v1 and v2), at the layer
+pytorch-grad-cam's tutorial documents (Swin v2: the last block, see camgap.cam.layers), and
+MaxViT's [C, h, w] stages; small randomly initialised models, nothing downloaded."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 from torchvision import models as tvm
+from torchvision.models.swin_transformer import PatchMergingV2, SwinTransformerBlockV2
 
 from camgap.cam import create_cam, upsample_normalize
 from camgap.cam.base import MapReshape, resolve_reshape
@@ -19,8 +21,11 @@ from camgap.measures.score import MapTooSmallError, check_map_size
 pgc = pytest.importorskip("pytorch_grad_cam")
 timm = pytest.importorskip("timm")
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa: E402
+from timm.models.beit import Beit  # noqa: E402
 from timm.models.deit import VisionTransformerDistilled  # noqa: E402
+from timm.models.eva import Eva  # noqa: E402
 from timm.models.swin_transformer import SwinTransformer  # noqa: E402
+from timm.models.swin_transformer_v2 import SwinTransformerV2  # noqa: E402
 from timm.models.vision_transformer import VisionTransformer  # noqa: E402
 
 TOL = 1e-4
@@ -28,18 +33,20 @@ K = 5
 METHODS = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "layercam": pgc.LayerCAM}
 
 
+SMALL_VIT = {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 2, "num_heads": 2, "num_classes": K}
+SMALL_SWIN = {"img_size": 32, "patch_size": 4, "embed_dim": 16, "depths": (1, 1), "num_heads": (1, 2), "window_size": 4}
+
+
 def _vit(**kw) -> nn.Module:
-    return VisionTransformer(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=K, **kw)
+    return VisionTransformer(**SMALL_VIT, **kw)
 
 
 def _deit() -> nn.Module:
-    return VisionTransformerDistilled(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2, num_classes=K)
+    return VisionTransformerDistilled(**SMALL_VIT)
 
 
-def _swin() -> nn.Module:
-    return SwinTransformer(
-        img_size=32, patch_size=4, embed_dim=16, depths=(1, 1), num_heads=(1, 2), window_size=4, num_classes=K
-    )
+def _swin(cls=SwinTransformer) -> nn.Module:
+    return cls(**SMALL_SWIN, num_classes=K)
 
 
 def _random_head(model: nn.Module) -> nn.Module:
@@ -56,9 +63,26 @@ def _tv_vit() -> nn.Module:  # vit_b_16's class at a small size
     )
 
 
-def _tv_swin() -> nn.Module:  # swin_t's class (v1 blocks) at a small size
+def _tv_swin(**v2) -> nn.Module:  # swin_t's class (v1 blocks; swin_v2_t's with `_tv_swin_v2`) at a small size
     return tvm.SwinTransformer(
-        patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=[4, 4], num_classes=K
+        patch_size=[4, 4], embed_dim=16, depths=[1, 1], num_heads=[1, 2], window_size=[4, 4], num_classes=K, **v2
+    )
+
+
+def _tv_swin_v2() -> nn.Module:
+    return _tv_swin(block=SwinTransformerBlockV2, downsample_layer=PatchMergingV2)
+
+
+def _tv_maxvit() -> nn.Module:  # maxvit_t's class at a small size: 32 px -> a 4x4 map after two stages
+    return tvm.MaxVit(
+        input_size=(32, 32),
+        stem_channels=8,
+        partition_size=2,
+        block_channels=[8, 16],
+        block_layers=[1, 1],
+        head_dim=4,
+        stochastic_depth_prob=0.0,
+        num_classes=K,
     )
 
 
@@ -70,6 +94,32 @@ FAMILIES = {
     "timm_swin": (_swin, lambda m: m.layers[-1].blocks[-1].norm1, "layers.1.blocks.0.norm1", "nhwc", 0),
     "tv_vit": (_tv_vit, lambda m: m.encoder.layers[-1].ln_1, "encoder.layers.encoder_layer_1.ln_1", "tokens", 1),
     "tv_swin": (_tv_swin, lambda m: m.features[-1][-1].norm1, "features.3.0.norm1", "nhwc", 0),
+    # Swin v2 is post-norm: the last block's output, not its norm1 (camgap.cam.layers.BLOCK_VARIANTS)
+    "tv_swin_v2": (_tv_swin_v2, lambda m: m.features[-1][-1], "features.3.0", "nhwc", 0),
+    "timm_swinv2": (
+        lambda: _swin(SwinTransformerV2),
+        lambda m: m.layers[-1].blocks[-1],
+        "layers.1.blocks.0",
+        "nhwc",
+        0,
+    ),
+    # head_init_scale: timm shrinks these heads by 1e-3, and gradients ~1e-4 would meet pytorch-grad-cam's
+    # 1e-7 in Grad-CAM++'s denominator (a difference of the oracle's, not of the layer)
+    "timm_beit": (
+        lambda: Beit(**SMALL_VIT, head_init_scale=1.0),
+        lambda m: m.blocks[-1].norm1,
+        "blocks.1.norm1",
+        "tokens",
+        1,
+    ),
+    "timm_eva": (
+        lambda: Eva(**SMALL_VIT, head_init_scale=1.0),
+        lambda m: m.blocks[-1].norm1,
+        "blocks.1.norm1",
+        "tokens",
+        1,
+    ),
+    "tv_maxvit": (_tv_maxvit, lambda m: m.blocks[-1], "blocks.1", "none", 0),
 }
 
 
@@ -84,7 +134,7 @@ def _pgc_reshape(kind: str, prefix: int):
     def nhwc(t):
         return t.transpose(2, 3).transpose(1, 2)
 
-    return tokens if kind == "tokens" else nhwc
+    return {"tokens": tokens, "nhwc": nhwc, "none": None}[kind]
 
 
 def _model(name: str) -> nn.Module:
@@ -196,9 +246,33 @@ def test_torchvision_vit_b_16_and_swin_t_layers():
     swin = create_model_skeleton("swin_t", 3)
     assert default_target_layer(swin) == ("features.7.1.norm1", swin.features[-1][-1].norm1)
     assert family_reshape(vit) == "tokens" and family_reshape(swin) == "nhwc"
-    # Swin v2 shares the class but normalises after attention: not the documented layer
-    with pytest.raises(InputError, match="cannot choose a target layer for a SwinTransformer"):
-        default_target_layer(create_model_skeleton("swin_v2_t", 3))
+    # Swin v2 shares the class but normalises after attention: its last block's output
+    for name in ("swin_v2_t", "swin_v2_s", "swin_v2_b"):
+        v2 = create_model_skeleton(name, 3)
+        assert default_target_layer(v2) == ("features.7.1", v2.features[-1][-1]) and family_reshape(v2) == "nhwc"
+    maxvit = create_model_skeleton("maxvit_t", 3)
+    assert default_target_layer(maxvit) == ("blocks.3", maxvit.blocks[-1]) and family_reshape(maxvit) == "none"
+
+
+def test_timm_transformers_described_from_their_skeleton():
+    """`camgap models timm:<name>` builds the model on the meta device: timm's Swin v2 fills its
+    window buffers from its parameters' device there (so the buffers are on it too)."""
+    from camgap.models import describe_model
+
+    got = {n: describe_model(f"timm:{n}") for n in ("swinv2_tiny_window8_256", "beit_base_patch16_224")}
+    assert got["swinv2_tiny_window8_256"]["target_layer"] == "layers.3.blocks.1"
+    assert got["beit_base_patch16_224"]["target_layer"] == "blocks.11.norm1"
+    assert [d["reshape"] for d in got.values()] == ["nhwc", "tokens"]
+
+
+def test_post_norm_eva_has_no_default_layer():
+    """A post-norm EVA's norm1 outputs the attention branch alone and its class token may be all
+    the head reads: camgap asks for the layer (and the layout) instead of choosing one."""
+    model = Eva(**SMALL_VIT, use_post_norm=True, global_pool="token")
+    with pytest.raises(InputError, match=r"cannot choose a target layer for a Eva: .*--layer.*--reshape tokens"):
+        default_target_layer(model)
+    assert family_reshape(model) is None
+    assert default_target_layer(Eva(**SMALL_VIT))[0] == "blocks.1.norm1"  # the pre-norm class is still known
 
 
 @pytest.mark.slow

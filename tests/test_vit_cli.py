@@ -75,32 +75,33 @@ def test_score_a_timm_vit_checkpoint(capsys, data, tmp_path):
 
 
 def test_reshape_flag_for_a_transformer_camgap_does_not_know(capsys, data, tmp_path):
-    """timm's BEiT is not a family camgap knows: --layer and --reshape name what to do, and the
-    output records the flag; without --reshape its tokens are refused before any image is read."""
-    arch = "timm:beit_base_patch16_224"
-    opts = {"img_size": SIZE, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2}
+    """timm's post-norm EVA has no default layer in camgap: --layer and --reshape name what to do,
+    and the output records the flag; without --reshape its tokens are refused before any image is
+    read. (Its pooling averages the tokens, so the last block's output is a layer with gradients.)"""
+    arch = "timm:eva02_tiny_patch14_224"
+    opts = {"img_size": SIZE, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2, "use_post_norm": True}
     torch.manual_seed(0)
     model = create_model(arch, num_classes=N_CLASSES, **opts).eval()
-    path = tmp_path / "beit.pt"
+    path = tmp_path / "eva.pt"
     torch.save({"model_state_dict": model.state_dict(), "arch": arch, "arch_kwargs": opts}, path)
     rc, out, err = run(capsys, *_args(data, path, "--input-size", SIZE))
-    assert rc == 2 and err.startswith("camgap: error: cannot choose a target layer for a Beit")
-    layer = ["--input-size", SIZE, "--layer", "blocks.1.norm1"]
+    assert rc == 2 and err.startswith("camgap: error: cannot choose a target layer for a Eva")
+    layer = ["--input-size", SIZE, "--layer", "blocks.1"]
     rc, out, err = run(capsys, *_args(data, path, *layer))
     assert rc == 2 and err == (
-        "camgap: error: the target layer blocks.1.norm1 must output a [B, C, h, w] tensor, got (1, 17, 32)\n"
+        "camgap: error: the target layer blocks.1 must output a [B, C, h, w] tensor, got (1, 17, 32)\n"
     )
     rc, out, err = run(capsys, *_args(data, path, *layer, "--reshape", "tokens", "--json"))
     assert rc == 0, err
     s = json.loads(out)
-    assert s["target_map"] == [4, 4] and s["target_layer"] == "blocks.1.norm1"
+    assert s["target_map"] == [4, 4] and s["target_layer"] == "blocks.1"
     assert s["model"]["reshape"] == "tokens (1 prefix token dropped)" and s["model"]["source"]["reshape"] == "flag"
     records, _ = read_layout(data, "csv", "train")
     want = score_model(
         model,
         BoxDataset(records, input_size=SIZE),
         batch_size=4,
-        target_layer="blocks.1.norm1",
+        target_layer="blocks.1",
         cam_kwargs={"reshape": "tokens"},
     )
     assert s["iou"] == pytest.approx(want.iou(), abs=1e-12)

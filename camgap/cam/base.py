@@ -19,8 +19,8 @@ so the graph spans only the head, parameters' `.grad` are never touched, and the
 is freed before the call returns. A transformer's layer outputs tokens: `MapReshape` turns them
 into a [B, C, h, w] map in the hook (the family's layout from `camgap.cam.layers`, or `reshape=`),
 and the leaf is that map, so every method sees a map. When the layer feeds straight into global average
-pooling and one `nn.Linear` (torchvision ResNet, RegNet, MobileNet v2, EfficientNet, camgap
-SmallResNet; see `detect_linear_head`),
+pooling and one `nn.Linear` (torchvision ResNet, RegNet, MobileNet v2, EfficientNet, MNASNet,
+camgap SmallResNet; see `detect_linear_head`),
 d logit_c / dA_k(i, j) = W[c, k] / (h * w) exactly, and no graph is built at all.
 """
 
@@ -195,7 +195,7 @@ def detect_linear_head(model: nn.Module, layer: nn.Module) -> nn.Linear | None:
 
     Conservative: only the standard forward (not overridden by a subclass) of the families in
     `camgap.cam.layers.GAP_LINEAR_FAMILIES` (torchvision ResNet/ResNeXt/Wide-ResNet, RegNet, MobileNet v2,
-    EfficientNet; camgap's SmallResNet), possibly inside a plain wrapper (`_unwrap_plain`);
+    EfficientNet, MNASNet; camgap's SmallResNet), possibly inside a plain wrapper (`_unwrap_plain`);
     `layer` the pooled stage or its last block; the pool an AdaptiveAvgPool2d(1); the head an
     nn.Linear, possibly after an nn.Dropout; and no hooks that could change what they compute.
     VGG (an MLP head), DenseNet (a ReLU after the features), MobileNet v3 (an MLP head) and

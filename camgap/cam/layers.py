@@ -2,7 +2,7 @@
 average pooling + one linear layer (where Grad-CAM's gradient has a closed form), and which
 output tokens that the CAM reshapes to a [C, h, w] map (vision transformers).
 
-The tables live here alone: `default_target_layer` reads `TARGET_LAYERS`,
+The tables live here alone: `default_target_layer` reads `TARGET_LAYERS` (and `BLOCK_VARIANTS`),
 `camgap.cam.base.detect_linear_head` reads `GAP_LINEAR_FAMILIES` and `family_reshape` reads
 `TOKEN_LAYOUTS`. A family defined elsewhere (camgap's SmallResNet in `camgap.models`) joins them
 with `add_family` where its class is defined, so this module imports no model code and nothing
@@ -27,7 +27,7 @@ class GapLinear(NamedTuple):
 
     cls: type[nn.Module]
     stage: str  # the nn.Sequential whose output is pooled
-    pool: str | None  # an AdaptiveAvgPool2d(1) attribute; None: the forward pools with F.adaptive_avg_pool2d
+    pool: str | None  # an AdaptiveAvgPool2d(1) attribute; None: the forward pools (adaptive_avg_pool2d, mean)
     head: str  # an nn.Linear, or nn.Sequential(nn.Dropout, nn.Linear) (dropout is the identity in eval mode)
 
 
@@ -44,10 +44,27 @@ TARGET_LAYERS: list[tuple[type[nn.Module], str]] = [
     (tvm.EfficientNet, "features.-1"),
     (tvm.ConvNeXt, "features.-1"),
     (tvm.RegNet, "trunk_output.-1"),
+    (tvm.MNASNet, "layers.-1"),
+    # MaxViT's blocks output [B, C, h, w] maps (each attention layer partitions the grid and puts
+    # it back): the last stage feeds the pooling like a convolutional family's
+    (tvm.MaxVit, "blocks.-1"),
     # transformers: the last block's first norm (pytorch-grad-cam's tutorial "vision transformers":
     # the class token is computed in the last block, so its tokens after that block get no gradient)
     (tvm.VisionTransformer, "encoder.layers.-1.ln_1"),
     (tvm.SwinTransformer, "features.-1.-1.norm1"),
+]
+
+# Variants that share their family's class but not its block, so not its target layer: (family
+# class, block class, the variant's target layer, or None where camgap asks for --layer).
+# Swin v2 (torchvision's swin_v2_*, timm's swinv2_*) normalises after attention (post-norm:
+# `x = x + norm1(attn(x))`), so its `norm1` outputs the attention branch alone, not the token map:
+# a Grad-CAM there would miss everything the skip connection carries. Swin pools every token (no
+# class token, the ViT reason for looking inside the last block), so a v2 map is the last block's
+# output, the tokens the final norm and the average pooling read: the rule of the convolutional
+# families above. A post-norm EVA (timm's EvaBlockPostNorm) may read its class token alone, so
+# its last block's output tokens can get no gradient: no default there.
+BLOCK_VARIANTS: list[tuple[type[nn.Module], type[nn.Module], str | None]] = [
+    (tvm.SwinTransformer, SwinTransformerBlockV2, "features.-1.-1"),
 ]
 
 # How a family's target layer lays out its map (anything not listed: [B, C, h, w]):
@@ -65,13 +82,16 @@ GAP_LINEAR_FAMILIES: list[GapLinear] = [
     GapLinear(tvm.RegNet, "trunk_output", "avgpool", "fc"),
     GapLinear(tvm.MobileNetV2, "features", None, "classifier"),
     GapLinear(tvm.EfficientNet, "features", "avgpool", "classifier"),
+    GapLinear(tvm.MNASNet, "layers", None, "classifier"),  # its forward pools with x.mean([2, 3])
 ]
 
 FAMILY_NAMES = (
     "ResNet/ResNeXt/Wide-ResNet, camgap's small_resnet and other models with a ResNet `layer4` stage (layer4), "
     "VGG, DenseNet, MobileNet v2/v3, EfficientNet, ConvNeXt (features[-1]), RegNet (trunk_output[-1]), "
+    "MNASNet (layers[-1]), MaxViT (blocks[-1]), "
     "vision transformers: torchvision ViT (encoder.layers[-1].ln_1), Swin (features[-1][-1].norm1), "
-    "timm vit_*/deit_* (blocks[-1].norm1), swin_* (layers[-1].blocks[-1].norm1)"
+    "Swin v2 (features[-1][-1]), timm vit_*/deit_*/beit*/pre-norm eva* (blocks[-1].norm1), "
+    "swin_* (layers[-1].blocks[-1].norm1), swinv2_* (layers[-1].blocks[-1])"
 )
 
 
@@ -80,11 +100,13 @@ def add_family(
     target: str,
     gap_linear: tuple[str, str | None, str] | None = None,
     reshape: str = "none",
+    variant: tuple[type[nn.Module], str | None] | None = None,
 ) -> None:
     """Add a family to the tables: its `target` layer (a dotted name, "-1" for a container's last
     child, e.g. "blocks.-1.norm1"), when its forward is stage -> pool -> head the
-    `(stage, pool, head)` attribute names, and how its target layer lays out the map (`RESHAPES`).
-    Adding the same class again changes nothing."""
+    `(stage, pool, head)` attribute names, how its target layer lays out the map (`RESHAPES`) and
+    a `(block class, target or None)` variant (`BLOCK_VARIANTS`). Adding the same class again
+    changes nothing."""
     if reshape not in RESHAPES:
         raise InputError(f"reshape must be one of {', '.join(RESHAPES)}, got {reshape!r}")
     if any(c is cls for c, _ in TARGET_LAYERS):
@@ -94,16 +116,31 @@ def add_family(
         GAP_LINEAR_FAMILIES.append(GapLinear(cls, *gap_linear))
     if reshape != "none":
         TOKEN_LAYOUTS.append((cls, reshape))
+    if variant is not None:
+        BLOCK_VARIANTS.append((cls, *variant))
+
+
+# timm's transformers, in timm's names: (timm.models module, class, target layer, reshape, a block
+# class whose models get no default: `BLOCK_VARIANTS`). ViT (a distilled DeiT and a ViT with
+# register tokens are VisionTransformers), BEiT and EVA are pre-norm with prefix tokens, like
+# torchvision's ViT; Swin v2 is post-norm, and so is EVA built of EvaBlockPostNorm.
+TIMM_FAMILIES = (
+    ("vision_transformer", "VisionTransformer", "blocks.-1.norm1", "tokens", None),
+    ("beit", "Beit", "blocks.-1.norm1", "tokens", None),
+    ("eva", "Eva", "blocks.-1.norm1", "tokens", "EvaBlockPostNorm"),
+    ("swin_transformer", "SwinTransformer", "layers.-1.blocks.-1.norm1", "nhwc", None),
+    ("swin_transformer_v2", "SwinTransformerV2", "layers.-1.blocks.-1", "nhwc", None),
+)
 
 
 def _add_timm_families() -> None:
-    """timm's ViT/DeiT (a distilled DeiT is a VisionTransformer subclass) and Swin, once timm is
-    imported: the same layers as torchvision's, in timm's names."""
-    vit, swin = (sys.modules.get(f"timm.models.{m}") for m in ("vision_transformer", "swin_transformer"))
-    if vit is not None:
-        add_family(vit.VisionTransformer, "blocks.-1.norm1", reshape="tokens")
-    if swin is not None:
-        add_family(swin.SwinTransformer, "layers.-1.blocks.-1.norm1", reshape="nhwc")
+    """timm's transformers (`TIMM_FAMILIES`) once timm is imported: a timm model cannot exist
+    before, and timm stays optional."""
+    for module_name, class_name, target, reshape, refused_block in TIMM_FAMILIES:
+        module = sys.modules.get(f"timm.models.{module_name}")
+        if module is not None:
+            variant = (getattr(module, refused_block), None) if refused_block else None
+            add_family(getattr(module, class_name), target, reshape=reshape, variant=variant)
 
 
 def _resolve_path(model: nn.Module, where: str) -> str | None:
@@ -121,12 +158,13 @@ def _resolve_path(model: nn.Module, where: str) -> str | None:
     return ".".join(names)
 
 
-def _undocumented(model: nn.Module) -> bool:
-    """torchvision's Swin v2 shares the v1 class, but its blocks normalise after attention
-    (post-norm): a layer pytorch-grad-cam does not document, so camgap asks for --layer."""
-    return isinstance(model, tvm.SwinTransformer) and any(
-        isinstance(m, SwinTransformerBlockV2) for m in model.features[-1].children()
-    )
+def _variant_target(model: nn.Module, cls: type[nn.Module], where: str) -> str | None:
+    """The family's `where`, or its variant's (`BLOCK_VARIANTS`) when the model is built of the
+    variant's blocks."""
+    for family, block, target in BLOCK_VARIANTS:
+        if family is cls and any(isinstance(m, block) for m in model.modules()):
+            return target
+    return where
 
 
 def _family_layer(model: nn.Module) -> str | None:
@@ -135,7 +173,8 @@ def _family_layer(model: nn.Module) -> str | None:
     _add_timm_families()
     for cls, where in TARGET_LAYERS:
         if isinstance(model, cls):
-            return None if _undocumented(model) else _resolve_path(model, where)
+            target = _variant_target(model, cls, where)
+            return None if target is None else _resolve_path(model, target)
     if isinstance(getattr(model, "layer4", None), nn.Module):
         return "layer4"
     return None

@@ -62,6 +62,7 @@ from PIL import Image
 
 from camgap.errors import InputError, PathExistsError
 from camgap.io import atomic_write_text
+from camgap.options import integer
 
 __all__ = [
     "TARGET_SHAPES",
@@ -345,12 +346,6 @@ def check_context(value) -> float:
     return float(value)
 
 
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
-
-
 _OURS = {"images", "train.csv", "test.csv", MANIFEST_NAME}
 
 
@@ -371,11 +366,11 @@ def write_synthetic(
     Rerunning with the same parameters is a no-op. ``out_dir`` holding a dataset written
     with other parameters, or holding other files, is a ``FileExistsError``.
     """
-    seed = _check_int("seed", seed, 0)
-    classes = _check_int("classes", classes, 1)
-    train_per_class = _check_int("train_per_class", train_per_class, 1)
-    test_per_class = _check_int("test_per_class", test_per_class, 1)
-    size = _check_int("size", size, 16)
+    seed = integer("seed", seed, 0)
+    classes = integer("classes", classes, 1)
+    train_per_class = integer("train_per_class", train_per_class, 1)
+    test_per_class = integer("test_per_class", test_per_class, 1)
+    size = integer("size", size, 16)
     context = check_context(context)
     params = _params(seed, classes, train_per_class, test_per_class, size, class_set, context)
 

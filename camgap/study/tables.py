@@ -24,6 +24,7 @@ on). `wide_table` pivots the measurements onto the runs, one column per (measure
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import pandas as pd
@@ -248,7 +249,28 @@ def table6(
     o = StudyOptions.of(options, **settings)
     m = prepare_measurements(measurements)
     specs = variant_specs(m, measure, "cam", cam_label, CAM_ORDER, o.primary)
-    return _variant_table(runs, m, specs, o, "Pearson r between IoU and the gap for each CAM method.")
+    t = _variant_table(runs, m, specs, o, "Pearson r between IoU and the gap for each CAM method.")
+    if t is not None and _same_rows(t, cam_label("gradcam++"), cam_label("smoothgradcam++")):
+        t = dataclasses.replace(t, note=_join_notes(t.note, SMOOTH_SAME_NOTE))
+    return t
+
+
+# Why Table 6 can show two equal rows (written under it only when they are equal, see `_same_rows`).
+SMOOTH_SAME_NOTE = (
+    "The GradCAM++ and SmoothGradCAM++ rows are identical: the CAM's layer feeds global average pooling "
+    "and one linear layer (as ResNets' layer4 does), so the gradient there is the head's weights / (h*w) "
+    "whatever the input; the noise SmoothGrad adds to the input changes nothing, and both methods give "
+    "the same maps."
+)
+
+
+def _same_rows(t: CorrelationTable, a: str, b: str) -> bool:
+    """Whether the measured rows `a` and `b` hold the same statistics in every block (architecture
+    and Total), with at least one correlation defined: not two rows of n/a."""
+    measures = t.pearson.index.get_level_values("measure")
+    if a not in measures or b not in measures or t.pearson.xs(a, level="measure").isna().all().all():
+        return False
+    return all(f.xs(a, level="measure").equals(f.xs(b, level="measure")) for f in t.frames().values())
 
 
 def table7(
