@@ -14,6 +14,7 @@ from camgap.cliutil import (
     add_progress_flag,
     add_threshold_flag,
     cam_names,
+    worker_count,
 )
 from camgap.data.preprocessing import CHANNEL_ORDERS
 
@@ -119,10 +120,10 @@ def _add_score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument(
         "--workers",
-        type=int,
+        type=worker_count,
         default=0,
         help="processes that decode and resize the images while the model runs (default 0: this process; "
-        "the numbers are the same either way)",
+        "the numbers are the same either way; at most 4 per CPU)",
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -174,7 +175,11 @@ def add_demo(sub) -> argparse.ArgumentParser:
         help="a smoke run of every stage, under 2 minutes on a 2-core CPU; its numbers are not a study",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--workers", type=int, help="training worker processes (default: one per CPU core, 1 on a GPU)")
+    p.add_argument(
+        "--workers",
+        type=worker_count,
+        help="training worker processes, at most 4 per CPU (default: one per CPU core, 1 on a GPU)",
+    )
     p.add_argument(
         "--seed",
         type=int,

@@ -18,6 +18,7 @@ from camgap.cli import main
 from camgap.data import BoxDataset, read_layout
 from camgap.data.errors import DataError
 from camgap.errors import InputError
+from camgap.machine import cpu_count, max_workers
 from camgap.measures.score import ScoreOptions, score_model
 from camgap.models import create_model
 from tests.helpers.data import write_csv
@@ -160,3 +161,24 @@ def test_progress_lines_say_images_per_second(data, model, monkeypatch, caplog):
         _score(model, _dataset(data), 0, progress=True)
     last = [r.getMessage() for r in caplog.records if r.name == "camgap.progress"][-1]
     assert last.startswith(f"score: {N_IMAGES}/{N_IMAGES} img (100%)") and last.endswith("img/s")
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("-1", "must be 0 (this process) or more, got -1"),
+        ("1.5", "not a whole number of processes: '1.5'"),
+        ("many", "not a whole number of processes: 'many'"),
+        ("1000000", "1000000 processes is more than 4 per CPU"),  # it forked until memory ran out
+    ],
+)
+@pytest.mark.parametrize("command", ["score", "demo"])
+def test_a_worker_count_out_of_bounds_is_refused_before_anything_starts(tmp_path, capsys, command, value, problem):
+    args = ["--checkpoint", str(tmp_path / "none.pt"), "--data", str(tmp_path)] if command == "score" else []
+    with pytest.raises(SystemExit) as exc:
+        main([command, *args, "--workers", value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == f"camgap {command}: error: argument --workers: {problem}" + (
+        f" ({max_workers()} for the {cpu_count()} CPUs this process may use)" if value == "1000000" else ""
+    )
