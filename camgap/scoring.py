@@ -139,12 +139,36 @@ def _checkpoint_model(checkpoint: Path, data: Path, flags: dict, classes: list[s
             f"(labels up to {len(classes) - 1} would be outside the model's classes)"
         )
     model = model_from_checkpoint(obj, checkpoint, model_cfg["arch"], num_classes, **model_cfg["arch_kwargs"])
+    _model_input_size(model, prep, prep_src, checkpoint)
     if model_cfg["arch"] is None:  # a saved module as is: its class, its own outputs
         model_cfg["arch"], model_src["arch"] = type(model).__name__, "saved nn.Module"
         if model_src["num_classes"] == "data":
             model_cfg["num_classes"], model_src["num_classes"] = None, "saved nn.Module"
     settings = {"model": model_cfg | {"source": model_src}, "preprocessing": prep | {"source": prep_src}}
     return model, settings
+
+
+def _model_input_size(model, prep: dict, sources: dict, checkpoint: Path) -> None:
+    """A model that takes one input size only (a ViT's patch grid, `fixed_input_size`): that
+    size where neither flag nor checkpoint names one (its source "model"); another size is an
+    InputError naming both, before any image is read (the model's forward would assert)."""
+    from camgap.models import fixed_input_size
+
+    own = fixed_input_size(model)
+    if own is None:
+        return
+    name = type(model).__name__
+    if own[0] != own[1]:
+        raise InputError(f"{checkpoint}: the {name} takes {own[1]}x{own[0]} images only; camgap scores square images")
+    if sources["input_size"] == "default":
+        prep["input_size"], sources["input_size"] = own[0], "model"
+    elif int(prep["input_size"]) != own[0]:
+        given = "--input-size" if sources["input_size"] == "flag" else "the checkpoint's input_size"
+        raise InputError(
+            f"{checkpoint}: the {name} takes {own[0]}x{own[0]} images only (its patch embedding is built for "
+            f"that size), not {given} {prep['input_size']}: give --input-size {own[0]}, or build the model at "
+            "the size you want (timm: img_size=...)"
+        )
 
 
 def _map_reshape(model, layer_name: str, flag: str | None, model_settings: dict):
