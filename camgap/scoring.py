@@ -233,7 +233,7 @@ def score_checkpoint(
 
     skipped: list | None = [] if skip_bad else None
     records, classes = read_layout(data, layout, split, skipped=skipped, box_units=box_units)
-    _check_heldout_boxes(records, data, split, masks)
+    _check_boxes(records, data, split, masks, max_pixels)
     flags = flags or {}
     model, settings = _checkpoint_model(checkpoint, data, flags, classes, unsafe)
     prep = settings["preprocessing"]
@@ -269,12 +269,23 @@ def score_checkpoint(
     return result, json_safe(settings | {"target_map": target_map, "split": split}), classes
 
 
-def _check_heldout_boxes(records, data: Path, split: str, masks: str) -> None:
-    """A held-out split is scored for its IoU alone: without a box there is nothing to score."""
-    if split != "train" and masks == "boxes" and not any(r.boxes for r in records):
+def _check_boxes(records, data: Path, split: str, masks: str, max_pixels: int | None) -> None:
+    """With A_G from the boxes, a split without a box inside its image has no IoU (every image
+    would be "without reference" and the headline NaN): an InputError before the model runs."""
+    from camgap.data.dataset import any_box_inside, count_dropped_boxes
+
+    if masks != "boxes":
+        return
+    instead = "give the split's boxes, or --masks saliency|DIR"
+    if not any(r.boxes for r in records):
         raise InputError(
-            f"{data}: no image of the {split} split has a box: its IoU compares the CAM with the boxes "
-            "(give the split's boxes, or --masks saliency|DIR)"
+            f"{data}: no image of the {split} split has a box: its IoU compares the CAM with the boxes ({instead})"
+        )
+    if not any_box_inside(records, max_pixels):
+        raise InputError(
+            f"{data}: every box of the {split} split ({count_dropped_boxes(records, max_pixels)}) lies wholly outside "
+            "its image: its IoU compares the CAM with the boxes (check their coordinates and --box-units, or give "
+            "--masks saliency|DIR)"
         )
 
 
