@@ -380,9 +380,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.context is not None:
         check_context(args.context)  # before the imports that take seconds
     from camgap.demo import run_demo
-    from camgap.experiments import default_out, run_context_experiment, run_seeds_experiment
+    from camgap.experiments import check_out, default_out, run_context_experiment, run_seeds_experiment
 
     out = args.out or default_out(args.context, args.experiment)
+    check_out(out, args.experiment)
     settings = dict(
         quick=args.quick,
         device=args.device,

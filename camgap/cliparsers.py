@@ -14,6 +14,7 @@ from camgap.cliutil import (
     add_progress_flag,
     add_threshold_flag,
     cam_names,
+    seed_number,
     worker_count,
 )
 from camgap.data.preprocessing import CHANNEL_ORDERS
@@ -146,7 +147,7 @@ def add_score(sub) -> argparse.ArgumentParser:
 def add_synth(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="write the embedded synthetic dataset (train and test splits)")
     p.add_argument("--out", required=True, type=Path, help="dataset folder to write")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    p.add_argument("--seed", type=seed_number, default=0, help="seed of every random choice (0 or more)")
     p.add_argument("--classes", type=int, default=10, help="number of target classes")
     p.add_argument("--train-per-class", type=int, default=50, help="training images per class")
     p.add_argument("--test-per-class", type=int, default=50, help="test images per class")
@@ -166,8 +167,9 @@ def add_demo(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         type=Path,
-        help="output folder, reused when rerun (default: camgap-demo; camgap-demo-context50 with --context 0.5; "
-        "camgap-demo-context with --experiment context, camgap-demo-seeds with --experiment seeds)",
+        help="output folder, reused when rerun, refused when it holds another kind of demo output (default: "
+        "camgap-demo; camgap-demo-context50 with --context 0.5; camgap-demo-context with --experiment context, "
+        "camgap-demo-seeds with --experiment seeds)",
     )
     p.add_argument(
         "--quick",
@@ -182,9 +184,9 @@ def add_demo(sub) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--seed",
-        type=int,
+        type=seed_number,
         default=0,
-        help="another seed draws other data, another sample of the grid and other run seeds",
+        help="another seed draws other data, another sample of the grid and other run seeds (0 or more)",
     )
     which = p.add_mutually_exclusive_group()
     which.add_argument(

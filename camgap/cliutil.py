@@ -163,6 +163,17 @@ def pixel_count(text: str) -> int:
     return int(value)
 
 
+def seed_number(text: str) -> int:
+    """`--seed` of a command that draws data with it: a whole number >= 0 (numpy's seeds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def worker_count(text: str) -> int:
     """`--workers` of a command that starts local processes: a whole number from 0 to
     `camgap.machine.max_workers()` (a huge count would fork until memory runs out)."""
