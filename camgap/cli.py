@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -18,8 +17,8 @@ from typing import TYPE_CHECKING
 from camgap import __version__
 from camgap.cliparsers import CAM_HELP as CAM_HELP  # the --cam help, which a test checks against the registry
 from camgap.cliparsers import add_demo, add_masks, add_models, add_predict, add_score, add_study, add_synth
-from camgap.cliutil import DefaultsParser, finish_args, one_line, one_line_warnings, wants_progress
-from camgap.errors import CamgapError, InputError, MissingFileError
+from camgap.cliutil import DefaultsParser, finish_args, one_line_warnings, run_command, wants_progress
+from camgap.errors import InputError, MissingFileError
 from camgap.scoring import SETTING_FIELDS, json_safe
 from camgap.zoo.cli import add_zoo_commands
 
@@ -386,9 +385,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.context is not None:
         check_context(args.context)  # before the imports that take seconds
     from camgap.demo import run_demo
-    from camgap.experiments import default_out, run_context_experiment, run_seeds_experiment
+    from camgap.experiments import check_out, default_out, run_context_experiment, run_seeds_experiment
 
     out = args.out or default_out(args.context, args.experiment)
+    check_out(out, args.experiment)
     settings = dict(
         quick=args.quick,
         device=args.device,
@@ -454,22 +454,16 @@ def _configure_logging(verbosity: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    try:
+
+    def body() -> int:
         with one_line_warnings():
             args = parser.parse_args(argv)  # an old spelling warns here
             _configure_logging(args.verbose - args.quiet)
             if args.verbose - args.quiet < -1:
                 warnings.simplefilter("ignore")
             return args.func(finish_args(parser, args))
-    except KeyboardInterrupt:
-        print("camgap: interrupted; finished work is kept, rerun the same command to resume", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `camgap models | head`: the reader has all it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except (CamgapError, OSError) as exc:  # anything else is a bug: keep its traceback
-        print(f"camgap: error: {one_line(exc)}", file=sys.stderr)
-        return 2
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

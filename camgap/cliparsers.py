@@ -14,6 +14,8 @@ from camgap.cliutil import (
     add_progress_flag,
     add_threshold_flag,
     cam_names,
+    seed_number,
+    worker_count,
 )
 from camgap.data.preprocessing import CHANNEL_ORDERS
 
@@ -119,7 +121,7 @@ def _add_score_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument(
         "--workers",
-        type=int,
+        type=worker_count,
         default=0,
         help="processes that decode and resize the images while the model runs, at most one per CPU core; on a "
         "CPU the model runs on the cores they leave (default 0: this process; the numbers are the same either way)",
@@ -145,7 +147,7 @@ def add_score(sub) -> argparse.ArgumentParser:
 def add_synth(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("synth", help="write the embedded synthetic dataset (train and test splits)")
     p.add_argument("--out", required=True, type=Path, help="dataset folder to write")
-    p.add_argument("--seed", type=int, default=0, help="seed of every random choice")
+    p.add_argument("--seed", type=seed_number, default=0, help="seed of every random choice (0 or more)")
     p.add_argument("--classes", type=int, default=10, help="number of target classes")
     p.add_argument("--train-per-class", type=int, default=50, help="training images per class")
     p.add_argument("--test-per-class", type=int, default=50, help="test images per class")
@@ -165,8 +167,9 @@ def add_demo(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         type=Path,
-        help="output folder, reused when rerun (default: camgap-demo; camgap-demo-context50 with --context 0.5; "
-        "camgap-demo-context with --experiment context, camgap-demo-seeds with --experiment seeds)",
+        help="output folder, reused when rerun, refused when it holds another kind of demo output (default: "
+        "camgap-demo; camgap-demo-context50 with --context 0.5; camgap-demo-context with --experiment context, "
+        "camgap-demo-seeds with --experiment seeds)",
     )
     p.add_argument(
         "--quick",
@@ -174,12 +177,16 @@ def add_demo(sub) -> argparse.ArgumentParser:
         help="a smoke run of every stage, under 2 minutes on a 2-core CPU; its numbers are not a study",
     )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--workers", type=int, help="training worker processes (default: one per CPU core, 1 on a GPU)")
+    p.add_argument(
+        "--workers",
+        type=worker_count,
+        help="training worker processes, at most one per CPU (default: one per CPU core, 1 on a GPU)",
+    )
     p.add_argument(
         "--seed",
-        type=int,
+        type=seed_number,
         default=0,
-        help="another seed draws other data, another sample of the grid and other run seeds",
+        help="another seed draws other data, another sample of the grid and other run seeds (0 or more)",
     )
     which = p.add_mutually_exclusive_group()
     which.add_argument(

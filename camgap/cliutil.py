@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -161,6 +163,33 @@ def pixel_count(text: str) -> int:
     return int(value)
 
 
+def seed_number(text: str) -> int:
+    """`--seed` of a command that draws data with it: a whole number >= 0 (numpy's seeds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def worker_count(text: str) -> int:
+    """`--workers` of a command that starts local processes: a whole number from 0 to
+    `camgap.machine.max_workers()` (a huge count would fork until memory runs out)."""
+    from camgap.machine import too_many_workers
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number of processes: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (this process) or more, got {value}")
+    if problem := too_many_workers(value):
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
 def add_input_checks(p: argparse.ArgumentParser) -> None:
     """The flags of every command that reads a dataset's images and boxes."""
     p.add_argument(
@@ -222,3 +251,24 @@ def one_line_warnings() -> Iterator[None]:
             yield
     finally:
         warnings.formatwarning = formatwarning
+
+
+RESUMABLE = "finished work is kept, rerun the same command to resume"
+
+
+def run_command(body: Callable[[], int], prog: str = "camgap", interrupted: str = RESUMABLE) -> int:
+    """`body()`'s exit code, with the ends every camgap entry point shares: bad input or an
+    unusable state (CamgapError, OSError) is one line on stderr and exit 2, Ctrl-C one line
+    (`interrupted`: what is kept) and 130, a closed stdout (`camgap models | head`) 0. Anything
+    else is a bug: its traceback stays."""
+    try:
+        return body()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; {interrupted}", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (CamgapError, OSError) as exc:
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+        return 2

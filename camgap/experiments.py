@@ -22,6 +22,7 @@ mean over the seeds and the smallest and largest r.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,6 +82,45 @@ def default_out(context: float | None = None, experiment: str | None = None) -> 
     if context is not None:
         return Path(f"camgap-demo-{context_folder(context)}")
     return Path("camgap-demo")
+
+
+#: what each kind of demo output is, for the error that refuses to mix two in one --out
+OUT_KINDS = {
+    "demo": ("the demo", "camgap demo"),
+    "context": ("the context experiment", "camgap demo --experiment context"),
+    "seeds": ("the seeds experiment", "camgap demo --experiment seeds"),
+}
+
+
+def out_kind(out: Path) -> str | None:
+    """Which kind of demo output (`OUT_KINDS`) a folder holds, by what each leaves there: the
+    demo's data/, zoo/ and study/, the context experiment's context<100 P>/ and its table, the
+    seeds experiment's seed<N>/ and its leaderboard; None for a missing, empty or other folder."""
+    if not out.is_dir():
+        return None
+    names = {p.name for p in out.iterdir()}
+    if names & {"data", "zoo", "study"}:
+        return "demo"
+    if "context_experiment.csv" in names or any(re.fullmatch(r"context\d+(\.\d+)?", n) for n in names):
+        return "context"
+    if "leaderboard.csv" in names or any(re.fullmatch(r"seed\d+", n) for n in names):
+        return "seeds"
+    return None
+
+
+def check_out(out: Path, experiment: str | None) -> None:
+    """`camgap demo`'s --out, before anything runs: a file is refused, and so is a folder that
+    holds another kind of demo output (resuming there would mix the two, and the experiment's
+    table would sit beside another's folders)."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: --out is a file, not a folder")
+    found, wanted = out_kind(out), experiment or "demo"
+    if found is not None and found != wanted:
+        (name, command), (wanted_name, _) = OUT_KINDS[found], OUT_KINDS[wanted]
+        raise InputError(
+            f"{out} holds the output of {name} (`{command}`); {wanted_name} needs a folder of its own: "
+            "give another --out"
+        )
 
 
 # ----------------------------------------------------------------------------------- table

@@ -291,6 +291,18 @@ def create_model_skeleton(name: str, num_classes: int, **kwargs) -> nn.Module:
         return create_model(name, num_classes=num_classes, **kwargs)
 
 
+def fixed_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """The (height, width) a model takes and no other, or None when any size goes: a patch
+    embedding with a fixed image size (timm's `PatchEmbed` with `strict_img_size`, as ViT,
+    DeiT and Swin are built by default; their position embeddings or windows are for that
+    grid). Built with `dynamic_img_size=True`, a timm model takes other sizes."""
+    for module in model.modules():
+        size = getattr(module, "img_size", None)
+        if getattr(module, "strict_img_size", False) and isinstance(size, (tuple, list)) and len(size) == 2:
+            return int(size[0]), int(size[1])
+    return None
+
+
 def describe_model(name: str) -> dict:
     """What `camgap models` shows for one architecture: its group, the default target layer
     (None when camgap cannot choose one: give --layer), whether Grad-CAM's closed form applies

@@ -139,12 +139,36 @@ def _checkpoint_model(checkpoint: Path, data: Path, flags: dict, classes: list[s
             f"(labels up to {len(classes) - 1} would be outside the model's classes)"
         )
     model = model_from_checkpoint(obj, checkpoint, model_cfg["arch"], num_classes, **model_cfg["arch_kwargs"])
+    _model_input_size(model, prep, prep_src, checkpoint)
     if model_cfg["arch"] is None:  # a saved module as is: its class, its own outputs
         model_cfg["arch"], model_src["arch"] = type(model).__name__, "saved nn.Module"
         if model_src["num_classes"] == "data":
             model_cfg["num_classes"], model_src["num_classes"] = None, "saved nn.Module"
     settings = {"model": model_cfg | {"source": model_src}, "preprocessing": prep | {"source": prep_src}}
     return model, settings
+
+
+def _model_input_size(model, prep: dict, sources: dict, checkpoint: Path) -> None:
+    """A model that takes one input size only (a ViT's patch grid, `fixed_input_size`): that
+    size where neither flag nor checkpoint names one (its source "model"); another size is an
+    InputError naming both, before any image is read (the model's forward would assert)."""
+    from camgap.models import fixed_input_size
+
+    own = fixed_input_size(model)
+    if own is None:
+        return
+    name = type(model).__name__
+    if own[0] != own[1]:
+        raise InputError(f"{checkpoint}: the {name} takes {own[1]}x{own[0]} images only; camgap scores square images")
+    if sources["input_size"] == "default":
+        prep["input_size"], sources["input_size"] = own[0], "model"
+    elif int(prep["input_size"]) != own[0]:
+        given = "--input-size" if sources["input_size"] == "flag" else "the checkpoint's input_size"
+        raise InputError(
+            f"{checkpoint}: the {name} takes {own[0]}x{own[0]} images only (its patch embedding is built for "
+            f"that size), not {given} {prep['input_size']}: give --input-size {own[0]}, or build the model at "
+            "the size you want (timm: img_size=...)"
+        )
 
 
 def _map_reshape(model, layer_name: str, flag: str | None, model_settings: dict):
@@ -209,7 +233,7 @@ def score_checkpoint(
 
     skipped: list | None = [] if skip_bad else None
     records, classes = read_layout(data, layout, split, skipped=skipped, box_units=box_units)
-    _check_heldout_boxes(records, data, split, masks)
+    _check_boxes(records, data, split, masks, max_pixels)
     flags = flags or {}
     model, settings = _checkpoint_model(checkpoint, data, flags, classes, unsafe)
     prep = settings["preprocessing"]
@@ -245,12 +269,23 @@ def score_checkpoint(
     return result, json_safe(settings | {"target_map": target_map, "split": split}), classes
 
 
-def _check_heldout_boxes(records, data: Path, split: str, masks: str) -> None:
-    """A held-out split is scored for its IoU alone: without a box there is nothing to score."""
-    if split != "train" and masks == "boxes" and not any(r.boxes for r in records):
+def _check_boxes(records, data: Path, split: str, masks: str, max_pixels: int | None) -> None:
+    """With A_G from the boxes, a split without a box inside its image has no IoU (every image
+    would be "without reference" and the headline NaN): an InputError before the model runs."""
+    from camgap.data.dataset import any_box_inside, count_dropped_boxes
+
+    if masks != "boxes":
+        return
+    instead = "give the split's boxes, or --masks saliency|DIR"
+    if not any(r.boxes for r in records):
         raise InputError(
-            f"{data}: no image of the {split} split has a box: its IoU compares the CAM with the boxes "
-            "(give the split's boxes, or --masks saliency|DIR)"
+            f"{data}: no image of the {split} split has a box: its IoU compares the CAM with the boxes ({instead})"
+        )
+    if not any_box_inside(records, max_pixels):
+        raise InputError(
+            f"{data}: every box of the {split} split ({count_dropped_boxes(records, max_pixels)}) lies wholly outside "
+            "its image: its IoU compares the CAM with the boxes (check their coordinates and --box-units, or give "
+            "--masks saliency|DIR)"
         )
 
 

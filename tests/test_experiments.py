@@ -158,6 +158,65 @@ def test_demo_cli_refuses_a_bad_context_before_writing(tmp_path, capsys):
     assert e.value.code == 2
 
 
+@pytest.fixture
+def no_demo_runs(monkeypatch):
+    """The demo and the experiments replaced by a stub that records its calls: what is refused
+    is refused before anything runs."""
+    calls: list = []
+    for name in ("run_demo", "run_context_experiment", "run_seeds_experiment"):
+        module = "camgap.demo" if name == "run_demo" else "camgap.experiments"
+        monkeypatch.setattr(f"{module}.{name}", lambda out, *a, _n=name, **kw: calls.append((_n, out)))
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("seed", "problem"),
+    [("-1", "must be 0 or more, got -1"), ("0,,1", "not a whole number: '0,,1'"), ("a", "not a whole number: 'a'")],
+)
+@pytest.mark.parametrize("experiment", [[], ["--experiment", "seeds"], ["--experiment", "context"]])
+def test_demo_refuses_a_bad_seed_as_a_usage_error(tmp_path, capsys, no_demo_runs, experiment, seed, problem):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["demo", "--quick", *experiment, "--seed", seed, "--out", str(tmp_path / "d")])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == f"camgap demo: error: argument --seed: {problem}"
+    assert no_demo_runs == [] and not (tmp_path / "d").exists()
+
+
+def test_demo_refuses_an_out_that_is_a_file(tmp_path, capsys, no_demo_runs):
+    (tmp_path / "f").write_text("")
+    for experiment in ([], ["--experiment", "seeds"]):
+        assert cli.main(["demo", "--quick", *experiment, "--out", str(tmp_path / "f")]) == 2
+        assert capsys.readouterr().err == f"camgap: error: {tmp_path / 'f'}: --out is a file, not a folder\n"
+    assert no_demo_runs == []
+
+
+# what each kind of run leaves in its --out; `made` the folders a resumed run finds there
+MADE = {"demo": ["data", "zoo"], "context": ["context0", "context50"], "seeds": ["seed0"]}
+SAID = {
+    "demo": ("the demo", "camgap demo"),
+    "context": ("the context experiment", "camgap demo --experiment context"),
+    "seeds": ("the seeds experiment", "camgap demo --experiment seeds"),
+}
+
+
+@pytest.mark.parametrize("made", list(MADE))
+@pytest.mark.parametrize("wanted", list(MADE))
+def test_demo_resumes_only_into_an_out_of_its_own_kind(tmp_path, capsys, no_demo_runs, made, wanted):
+    out = tmp_path / "out"
+    for folder in MADE[made]:
+        (out / folder).mkdir(parents=True)
+    rc = cli.main(["demo", "--quick", *([] if wanted == "demo" else ["--experiment", wanted]), "--out", str(out)])
+    if made == wanted:  # a rerun resumes
+        assert rc == 0 and [out for _, out in no_demo_runs] == [out]
+        return
+    assert rc == 2 and no_demo_runs == []
+    (name, command), (wanted_name, _) = SAID[made], SAID[wanted]
+    assert capsys.readouterr().err == (
+        f"camgap: error: {out} holds the output of {name} (`{command}`); {wanted_name} needs a folder of its "
+        "own: give another --out\n"
+    )
+
+
 @pytest.mark.slow
 def test_quick_context_experiment_end_to_end(tmp_path, capsys):
     out = tmp_path / "exp"

@@ -90,19 +90,47 @@ def test_score_split_test_from_the_cli_says_the_split(measured, capsys):
     assert summary["iou"] == _values(frames(zoo)[1], "iou_heldout")[run_id]
 
 
-def test_a_test_split_without_boxes_is_refused_in_one_line(measured, tmp_path, capsys):
+def _boxes_set(root: Path, split: str, **values) -> int:
+    """Every row of `split`.csv with its box fields set to `values`; the number of rows."""
+    table = pd.read_csv(root / f"{split}.csv")
+    for key, value in values.items():
+        table[key] = value
+    table.to_csv(root / f"{split}.csv", index=False)
+    return len(table)
+
+
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_a_split_without_boxes_is_refused_in_one_line(measured, tmp_path, capsys, split):
+    """The train split too: its IoU was NaN, "without reference" every image, and exit 0."""
     zoo, data = measured
     root = Path(shutil.copytree(data, tmp_path / "data"))
-    table = pd.read_csv(root / "test.csv")
-    table[["xmin", "ymin", "xmax", "ymax"]] = np.nan
-    table.to_csv(root / "test.csv", index=False)
+    _boxes_set(root, split, xmin=np.nan, ymin=np.nan, xmax=np.nan, ymax=np.nan)
     run_id = frames(zoo)[0].run_id.iloc[0]
-    with pytest.raises(InputError, match="no image of the test split has a box"):
-        score_checkpoint(zoo / "runs" / run_id / "final.pt", root, split="test", device="cpu")
-    args = ["score", "--checkpoint", zoo / "runs" / run_id / "final.pt", "--data", root, "--split", "test"]
+    with pytest.raises(InputError, match=f"no image of the {split} split has a box"):
+        score_checkpoint(zoo / "runs" / run_id / "final.pt", root, split=split, device="cpu")
+    args = ["score", "--checkpoint", zoo / "runs" / run_id / "final.pt", "--data", root, "--split", split]
     assert main([str(a) for a in [*args, "--device", "cpu", "--no-progress"]]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"{root}: no image of the test split has a box" in err[0]
+    assert len(err) == 1 and f"{root}: no image of the {split} split has a box" in err[0]
+
+
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_a_split_whose_boxes_all_lie_outside_their_images_is_refused_in_one_line(measured, tmp_path, capsys, split):
+    """Nothing of a box is left inside its image: the IoU would be NaN; one line, before the model runs."""
+    zoo, data = measured
+    root = Path(shutil.copytree(data, tmp_path / "data"))
+    n = _boxes_set(root, split, xmin=5000, ymin=5000, xmax=6000, ymax=6000)
+    run_id = frames(zoo)[0].run_id.iloc[0]
+    args = ["score", "--checkpoint", zoo / "runs" / run_id / "final.pt", "--data", root, "--split", split]
+    assert main([str(a) for a in [*args, "--device", "cpu", "--no-progress"]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"camgap: error: {root}: every box of the {split} split ({n}) lies wholly outside its image: its IoU "
+        "compares the CAM with the boxes (check their coordinates and --box-units, or give --masks saliency|DIR)"
+    ]
+    saliency = [*args, "--device", "cpu", "--no-progress", "--masks", "saliency", "--cache", tmp_path / "cache"]
+    with pytest.warns(UserWarning, match="degenerate box"):  # A_G from the images: the boxes are not needed
+        assert main([str(a) for a in saliency]) == 0
 
 
 # --- the context alone: which passes run, and the undefined cases ----------------------------

@@ -561,3 +561,17 @@ def test_without_a_train_split_classes_follow_the_split_read_with_a_warning(tmp_
         records, classes = read_layout(root, layout, "test")
     assert caught[0].filename == __file__  # the warning points at the caller of read_layout
     assert records and all(0 <= r.label < len(classes) for r in records)
+
+
+@pytest.mark.parametrize("maker", [make_csv, make_imagenet, make_listfile, make_coco])
+def test_split_val_of_a_layout_without_one_reads_test_and_says_so(tmp_path, maker):
+    """Only kaggle's held-out split is named val; the others read their test split, never silently."""
+    root = maker(tmp_path / "d")
+    layout = detect_layout(root)
+    with pytest.warns(
+        UserWarning, match=rf"the {layout} layout has a train and a test split: split 'val' reads the test"
+    ):
+        got = read_layout(root, split="val")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert got == read_layout(root, split="test")

@@ -13,11 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from camgap import progress
+from camgap import machine, progress
 from camgap.cli import main
 from camgap.data import BoxDataset, read_layout
 from camgap.data.errors import DataError
 from camgap.errors import InputError
+from camgap.machine import cpu_count
 from camgap.measures import inputs
 from camgap.measures import score as score_mod
 from camgap.measures.score import ScoreOptions, score_model
@@ -165,20 +166,17 @@ def test_progress_lines_say_images_per_second(data, model, monkeypatch, caplog):
 
 
 def test_more_workers_than_cores_is_refused_before_any_process_starts(monkeypatch):
-    monkeypatch.setattr(inputs, "usable_cores", lambda: 2)
+    monkeypatch.setattr(machine, "cpu_count", lambda: 2)
     assert ScoreOptions(num_workers=2).num_workers == 2
     with pytest.raises(InputError) as caught:
         ScoreOptions(num_workers=1_000_000)
-    assert str(caught.value) == (
-        "num_workers 1000000 is more than the 2 CPU cores this process may use: each worker is a process "
-        "that decodes on a core of its own (at most 2 here)"
-    )
+    assert str(caught.value) == "num_workers: 1000000 processes is more than one per CPU (2 CPUs this process may use)"
     with pytest.raises(InputError, match="num_workers must be an integer >= 0, got -1"):
         ScoreOptions(num_workers=-1)
 
 
 def test_the_model_gets_the_cores_the_workers_leave_and_torch_its_threads_back(data, model, monkeypatch):
-    monkeypatch.setattr(inputs, "usable_cores", lambda: 3)
+    monkeypatch.setattr(machine, "cpu_count", lambda: 3)
     threads = torch.get_num_threads()
     torch.set_num_threads(3)
     try:
@@ -210,3 +208,24 @@ def test_a_batch_s_boxes_cross_as_three_tensors_and_come_back_per_image():
     assert all(torch.equal(a, b) for a, b in zip(got_boxes, boxes)) and len(got_boxes) == 3
     assert all(torch.equal(a, b) for a, b in zip(got_labels, labels))
     assert inputs._Boxes.pack([], []).unpack() == ([], [])
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("-1", "must be 0 (this process) or more, got -1"),
+        ("1.5", "not a whole number of processes: '1.5'"),
+        ("many", "not a whole number of processes: 'many'"),
+        ("1000000", "1000000 processes is more than one per CPU"),  # it forked until memory ran out
+    ],
+)
+@pytest.mark.parametrize("command", ["score", "demo"])
+def test_a_worker_count_out_of_bounds_is_refused_before_anything_starts(tmp_path, capsys, command, value, problem):
+    args = ["--checkpoint", str(tmp_path / "none.pt"), "--data", str(tmp_path)] if command == "score" else []
+    with pytest.raises(SystemExit) as exc:
+        main([command, *args, "--workers", value])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == f"camgap {command}: error: argument --workers: {problem}" + (
+        f" ({cpu_count()} CPUs this process may use)" if value == "1000000" else ""
+    )

@@ -17,6 +17,7 @@ from camgap.cam.base import MapReshape, resolve_reshape
 from camgap.cam.layers import default_target_layer, family_reshape, prefix_tokens
 from camgap.errors import InputError
 from camgap.measures.score import MapTooSmallError, check_map_size
+from camgap.models import create_model, fixed_input_size
 
 pgc = pytest.importorskip("pytorch_grad_cam")
 timm = pytest.importorskip("timm")
@@ -298,3 +299,31 @@ def test_torchvision_vit_b_16_matches_pytorch_grad_cam():
 def test_no_closed_form_on_tokens():
     with pytest.raises(InputError, match=r"closed_form=True needs a \[B, C, h, w\] layer; tokens need a backward pass"):
         create_cam("gradcam", _model("timm_vit"), closed_form=True)
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_a_cnn_read_as_nhwc_has_no_closed_form_and_matches_pytorch_grad_cam(method):
+    """`--reshape nhwc` on a GAP + linear CNN: the head's weights are the gradient of the map as
+    the network pools it, not of the permuted one, so the CAM takes the backward pass (the closed
+    form used to be chosen, and failed on the channel count or, where it matched, was wrong)."""
+    torch.manual_seed(1)  # a seed whose Grad-CAM maps are not all zero
+    model = create_model("small_resnet", num_classes=K, width=4).eval()  # layer4: [B, 32, 4, 4]
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with create_cam(method, model) as cam:
+        assert cam.closed_form  # the family's own layout keeps it
+    with create_cam(method, model, reshape="nhwc") as cam:
+        assert not cam.closed_form and cam.reshape.kind == "nhwc"
+        out = cam(x)
+    assert out.maps.shape == (3, 32, 4)  # [B, C, h, w] = [B, 32, 4, 4] read as [B, h, w, C]
+    targets = [ClassifierOutputTarget(int(t)) for t in out.logits.argmax(1)]
+    with METHODS[method](model=model, target_layers=[model.layer4], reshape_transform=_pgc_reshape("nhwc", 0)) as ref:
+        want = torch.from_numpy(ref(input_tensor=x, targets=targets))
+    heat = upsample_normalize(out.maps, 32)
+    assert bool(((heat.flatten(1).amax(1) - heat.flatten(1).amin(1)) > 0.5).all()), "maps too flat to compare"
+    assert (heat - want).abs().max().item() < TOL
+
+
+def test_fixed_input_size_is_the_patch_embeddings_strict_size():
+    assert fixed_input_size(_vit()) == (32, 32) and fixed_input_size(_swin()) == (32, 32)
+    assert fixed_input_size(_vit(dynamic_img_size=True)) is None  # timm resamples its position embeddings
+    assert fixed_input_size(create_model("small_resnet", num_classes=K)) is None

@@ -105,3 +105,39 @@ def test_reshape_flag_for_a_transformer_camgap_does_not_know(capsys, data, tmp_p
         cam_kwargs={"reshape": "tokens"},
     )
     assert s["iou"] == pytest.approx(want.iou(), abs=1e-12)
+
+
+def _vit_checkpoint(tmp_path, **record):
+    torch.manual_seed(0)
+    model = create_model(VIT, num_classes=N_CLASSES, **SMALL).eval()
+    path = tmp_path / "vit.pt"
+    torch.save({"model_state_dict": model.state_dict(), "arch": VIT, "arch_kwargs": SMALL, **record}, path)
+    return model, path
+
+
+def test_a_vit_is_scored_at_its_own_input_size_where_nothing_names_one(capsys, data, tmp_path):
+    """The default 224 would not fit a ViT built for 32 px (its forward asserted, a traceback):
+    its own size is chosen, and the settings say where it came from."""
+    model, path = _vit_checkpoint(tmp_path)
+    rc, out, err = run(capsys, *_args(data, path, "--json"))
+    assert rc == 0, err
+    s = json.loads(out)
+    assert s["preprocessing"]["input_size"] == SIZE and s["preprocessing"]["source"]["input_size"] == "model"
+    records, _ = read_layout(data, "csv", "train")
+    want = score_model(model, BoxDataset(records, input_size=SIZE), batch_size=4)
+    assert s["iou"] == pytest.approx(want.iou(), abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("flag", "record", "named"),
+    [(["--input-size", "64"], {}, "--input-size 64"), ([], {"input_size": 48}, "the checkpoint's input_size 48")],
+)
+def test_a_vit_at_another_input_size_is_one_line_before_any_image_is_read(capsys, data, tmp_path, flag, record, named):
+    _, path = _vit_checkpoint(tmp_path, **record)
+    rc, out, err = run(capsys, *_args(data, path, *flag))
+    assert rc == 2 and out == ""
+    assert err == (
+        f"camgap: error: {path}: the VisionTransformer takes {SIZE}x{SIZE} images only (its patch embedding is "
+        f"built for that size), not {named}: give --input-size {SIZE}, or build the model at the size you want "
+        "(timm: img_size=...)\n"
+    )

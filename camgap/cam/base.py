@@ -261,7 +261,11 @@ class BaseCAM:
         self.reshape: MapReshape = resolve_reshape(model, self.target_layer_name, reshape)
         if closed_form and self.reshape.kind != "none":
             raise InputError(f"closed_form=True needs a [B, C, h, w] layer; {self.reshape.kind} need a backward pass")
-        self._head: nn.Linear | None = detect_linear_head(model, self.target_layer)
+        # the head's weights are the gradient of the pooled layer output as the network lays it
+        # out; a map read in another layout (--reshape nhwc on a CNN) is not what the head pools
+        self._head: nn.Linear | None = (
+            detect_linear_head(model, self.target_layer) if self.reshape.kind == "none" else None
+        )
         if closed_form:
             if self._head is None:
                 fc = getattr(model, "fc", None)

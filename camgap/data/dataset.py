@@ -47,6 +47,7 @@ __all__ = [
     "load_item",
     "prepare_boxes",
     "count_dropped_boxes",
+    "any_box_inside",
     "make_transform",
 ]
 
@@ -140,6 +141,22 @@ def count_dropped_boxes(records: Sequence[Record], max_pixels: int | None = None
         except DataError:
             continue
     return n
+
+
+def any_box_inside(records: Sequence[Record], max_pixels: int | None = None) -> bool:
+    """Whether some record keeps a box inside its image (:func:`prepare_boxes` drops the rest),
+    from the headers of the records with boxes, up to the first that keeps one; an unreadable
+    file counts as keeping its boxes (it is reported when decoded)."""
+    for record in records:
+        if not record.boxes:
+            continue
+        try:
+            width, height = image_size(record.path, max_pixels)
+        except DataError:
+            return True
+        if bool(_frame_boxes(record, width, height)[2].any()):
+            return True
+    return False
 
 
 def load_item(

@@ -11,7 +11,6 @@ without workers."""
 from __future__ import annotations
 
 import contextlib
-import os
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from camgap import machine
 from camgap.data.dataset import collate_boxes
 from camgap.errors import CamgapError, InputError
 from camgap.options import integer
@@ -54,26 +54,13 @@ def iter_batches(data, batch_size: int, device: torch.device, num_workers: int =
         yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True), boxes, box_labels, ids
 
 
-def usable_cores() -> int:
-    """The CPU cores this process may run on (its affinity mask, e.g. a container's or taskset's
-    share, not the machine's count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS, Windows
-        return os.cpu_count() or 1
-
-
 def check_workers(name: str, value: object) -> int:
-    """Decoding worker processes: 0 (this process) up to one per usable core. Each worker is a
-    process of its own, a copy of this one; more of them than cores decode no faster, and a
-    typo's million would exhaust the machine's memory before the first batch."""
-    cores = usable_cores()
+    """Decoding worker processes: 0 (this process) up to one per CPU (`camgap.machine`): each
+    worker is a copy of this process decoding on a core of its own; more decode no faster, and a
+    mistyped million would exhaust the machine's memory before the first batch."""
     n = integer(name, value, low=0)
-    if n > cores:
-        raise InputError(
-            f"{name} {n} is more than the {cores} CPU cores this process may use: each worker is a process "
-            f"that decodes on a core of its own (at most {cores} here)"
-        )
+    if problem := machine.too_many_workers(n):
+        raise InputError(f"{name}: {problem}")
     return n
 
 
@@ -90,7 +77,7 @@ def decoding_split(data, num_workers: int, device: torch.device) -> Iterator[tup
     if workers == 0 or device.type != "cpu":
         yield workers, threads
         return
-    torch.set_num_threads(max(1, min(threads, usable_cores() - workers)))
+    torch.set_num_threads(max(1, min(threads, machine.cpu_count() - workers)))
     try:
         yield workers, torch.get_num_threads()
     finally:

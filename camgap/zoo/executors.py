@@ -45,16 +45,10 @@ from typing import Any, Protocol
 import torch
 
 from camgap.errors import InputError
+from camgap.machine import cpu_count
 from camgap.zoo.train import execute_task
 
 __all__ = ["InProcessExecutor", "LocalExecutor", "RayExecutor", "make_executor", "resolve_device", "cpu_count"]
-
-
-def cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - macOS
-        return os.cpu_count() or 1
 
 
 def thread_budget() -> int:

@@ -40,6 +40,7 @@ __all__ = [
     "pretrained_paths",
     "source_model_path",
     "ensure_source_models",
+    "source_task_archs",
     "load_pretrained_backbone",
 ]
 
@@ -192,6 +193,13 @@ def source_task_config(grid: Grid, arch: str) -> RunConfig:
     )
 
 
+def source_task_archs(grid: Grid) -> list[str]:
+    """The architectures whose `pretrained = true` runs start from a source-task model: the
+    small_resnet ones without a weights file in ``[train] pretrained_weights``."""
+    given = grid.train.pretrained_weights
+    return [a for a in sorted(grid.wants_pretrained()) if a.startswith("small_resnet") and a not in given]
+
+
 def ensure_source_models(grid: Grid, zoo_dir: str | Path, executor, log=print, packaged: bool = True) -> list[Path]:
     """Train the missing source-task models (small_resnet* with pretrained = true and no
     explicit weights file) on the sweep's executor, side by side; return their paths. A model
@@ -202,10 +210,7 @@ def ensure_source_models(grid: Grid, zoo_dir: str | Path, executor, log=print, p
     from camgap.zoo.files import atomic_save, prepare_split
 
     out, pending = [], []
-    given = grid.train.pretrained_weights
-    for arch in sorted(grid.wants_pretrained()):
-        if not arch.startswith("small_resnet") or arch in given:
-            continue
+    for arch in source_task_archs(grid):
         path = source_model_path(grid, arch, zoo_dir)
         out.append(path)
         if path.is_file() or (packaged and _use_packaged(grid, arch, path, log)):

@@ -58,6 +58,7 @@ whose XML annotation is missing, with no boxes.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -155,8 +156,9 @@ def read_layout(
 
     ``layout`` is one of ``"auto"`` (see :func:`detect_layout`), ``"imagenet"``,
     ``"listfile"``, ``"kaggle"``, ``"coco"``, ``"csv"``; ``split`` is ``"train"`` or
-    ``"test"``.  ``missing_ok=True`` keeps images whose XML annotation is missing (with no
-    boxes) instead of raising.  With a list as ``skipped``, bad entries are left out and
+    ``"test"`` (``"val"``: kaggle's val split, the test split of the others, with a warning).
+    ``missing_ok=True`` keeps images whose XML annotation is missing (with no boxes) instead of
+    raising.  With a list as ``skipped``, bad entries are left out and
     ``(path, problem)`` pairs are appended to it instead of raising :class:`DataError`
     (structural problems of the split file itself, and an empty result, still raise).
     ``box_units``: None (pixels, refused when every box lies within [0, 1]), ``"pixels"`` or
@@ -172,7 +174,12 @@ def read_layout(
         raise InputError(f"unknown layout {layout!r}; expected 'auto' or one of {LAYOUTS}")
     if box_units is not None and box_units not in BOX_UNITS:
         raise InputError(f"unknown box units {box_units!r}; expected one of {BOX_UNITS}")
-    if split == "val" and layout != "kaggle":
+    if split == "val" and layout != "kaggle":  # kaggle's held-out split is named val; the others' test
+        warnings.warn(
+            f"{root}: the {layout} layout has a train and a test split: split 'val' reads the test split",
+            UserWarning,
+            stacklevel=2,
+        )
         split = "test"
     bad = _Bad(skipped)
     records, classes, where = _PARSERS[layout](root, split, missing_ok, bad)
