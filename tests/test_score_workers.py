@@ -229,3 +229,9 @@ def test_a_worker_count_out_of_bounds_is_refused_before_anything_starts(tmp_path
     assert err.splitlines()[-1] == f"camgap {command}: error: argument --workers: {problem}" + (
         f" ({cpu_count()} CPUs this process may use)" if value == "1000000" else ""
     )
+
+
+def test_no_more_workers_start_than_there_are_batches(data, model, monkeypatch):
+    monkeypatch.setattr(machine, "cpu_count", lambda: 8)
+    got, _ = _score(model, _dataset(data), 8)  # 12 images in batches of 4: 3 batches, 3 workers
+    assert got.num_workers == 3 and got.n_images == N_IMAGES

@@ -65,15 +65,16 @@ def check_workers(name: str, value: object) -> int:
 
 
 @contextlib.contextmanager
-def decoding_split(data, num_workers: int, device: torch.device) -> Iterator[tuple[int, int]]:
+def decoding_split(data, num_workers: int, batch_size: int, device: torch.device) -> Iterator[tuple[int, int]]:
     """Yields (decoding worker processes, torch intra-op threads of the model) for a pass over
-    `data`: no workers for data already decoded (a TensorStore); on a CPU, beside N workers, the
+    `data`: no workers for data already decoded (a TensorStore), and no more than there are
+    batches (a worker decodes whole batches); on a CPU, beside N workers, the
     model gets the cores they leave, at least one (never more than torch had), and torch's own
     count is restored after. Torch's default, a thread per core, oversubscribes the cores: its
     threads spin at every barrier while the workers wait for a core, and the pass ran slower
     with 2 workers than with none (BENCHMARKS.md)."""
     threads = torch.get_num_threads()
-    workers = 0 if hasattr(as_scoring_data(data), "batches") else num_workers
+    workers = 0 if hasattr(as_scoring_data(data), "batches") else min(num_workers, -(-len(data) // batch_size))
     if workers == 0 or device.type != "cpu":
         yield workers, threads
         return

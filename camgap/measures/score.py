@@ -298,7 +298,8 @@ def score_model(
     kept = _Kept(LocalizationTotals(boxes=o.box_accuracy), table)
     bar = _progress(len(data), o.progress)
     cam = create_cam(o.cam, model, o.target_layer, **(o.cam_kwargs or {}))
-    with table or contextlib.nullcontext(), cam as cam_fn, decoding_split(data, o.num_workers, device) as split:
+    split = decoding_split(data, o.num_workers, o.batch_size, device)
+    with table or contextlib.nullcontext(), cam as cam_fn, split as split:
         for batch in iter_batches(data, o.batch_size, device, split[0]):
             if batch[-1]:  # a batch whose every item was skipped has no ids
                 kept.add(_score_batch(cam_fn, batch, o, reference, kept.totals), o)
