@@ -163,15 +163,20 @@ def pixel_count(text: str) -> int:
     return int(value)
 
 
-def seed_number(text: str) -> int:
-    """`--seed` of a command that draws data with it: a whole number >= 0 (numpy's seeds)."""
+def _at_least_zero(text: str, what: str, zero: str) -> int:
+    """`text` as a whole number >= 0, or the usage error naming `what` it must be."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
     if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+        raise argparse.ArgumentTypeError(f"must be {zero} or more, got {value}")
     return value
+
+
+def seed_number(text: str) -> int:
+    """`--seed` of a command that draws data with it: a whole number >= 0 (numpy's seeds)."""
+    return _at_least_zero(text, "a whole number", "0")
 
 
 def worker_count(text: str) -> int:
@@ -179,12 +184,7 @@ def worker_count(text: str) -> int:
     `camgap.machine.max_workers()` (a huge count would fork until memory runs out)."""
     from camgap.machine import too_many_workers
 
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number of processes: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (this process) or more, got {value}")
+    value = _at_least_zero(text, "a whole number of processes", "0 (this process)")
     if problem := too_many_workers(value):
         raise argparse.ArgumentTypeError(problem)
     return value
