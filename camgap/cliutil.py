@@ -179,6 +179,12 @@ def seed_number(text: str) -> int:
     return _at_least_zero(text, "a whole number", "0")
 
 
+def process_count(text: str) -> int:
+    """`--workers` of a command whose executor may be a cluster (zoo build, zoo measure): a whole
+    number >= 0; the local executor bounds it (`zoo.executors.make_executor`)."""
+    return _at_least_zero(text, "a whole number of processes", "0 (this process)")
+
+
 def worker_count(text: str) -> int:
     """`--workers` of a command that starts local processes: a whole number from 0 to
     `camgap.machine.max_workers()` (a huge count would fork until memory runs out)."""

@@ -376,3 +376,30 @@ def test_augment_batch():
     assert torch.allclose(flipped, x.flip(-1).float() / 255)
     same = augment_batch(x, torch.Generator().manual_seed(0), flip_prob=0.0, jitter=0.0)
     assert torch.allclose(same, x.float() / 255)
+
+
+def test_a_local_executor_starts_at_most_one_worker_per_cpu(monkeypatch):
+    from camgap import machine
+    from camgap.errors import InputError
+    from camgap.zoo.executors import InProcessExecutor, make_executor
+
+    monkeypatch.setattr(machine, "cpu_count", lambda: 2)
+    with pytest.raises(InputError) as caught:
+        make_executor("local", workers=1_000_000, device="cpu")  # it would fork until memory ran out
+    assert str(caught.value) == (
+        "--workers 1000000 processes is more than one per CPU (2 CPUs this process may use) "
+        "(a local executor starts one process per worker; --executor ray runs more)"
+    )
+    with pytest.raises(InputError, match="--workers -1 processes: give 0 or more"):
+        make_executor("local", workers=-1, device="cpu")
+    assert isinstance(make_executor("local", workers=0, device="cpu"), InProcessExecutor)
+
+
+@pytest.mark.parametrize("command", ["build", "measure"])
+def test_zoo_workers_below_zero_is_a_usage_error(tmp_path, capsys, command):
+    args = ["--data", str(tmp_path)] if command == "build" else []
+    with pytest.raises(SystemExit) as exc:
+        zoo_main([command, *args, "--zoo", str(tmp_path / "z"), "--workers", "-1"])
+    assert exc.value.code == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.endswith("argument --workers: must be 0 (this process) or more, got -1")

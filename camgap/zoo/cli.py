@@ -20,6 +20,7 @@ from camgap.cliutil import (
     finish_args,
     one_line,
     one_line_warnings,
+    process_count,
     wants_progress,
 )
 from camgap.errors import CamgapError
@@ -151,7 +152,7 @@ def _add_build(sub) -> None:
     b.add_argument("--executor", choices=("local", "ray"), default="local", help="where runs execute")
     b.add_argument(
         "--workers",
-        type=int,
+        type=process_count,
         default=None,
         help="local: worker processes (default: one per GPU, else one per [train] threads CPUs; "
         "0 = in-process); ray: runs in flight at most. A run's weights never depend on it",
@@ -277,7 +278,7 @@ def _add_measure(sub) -> None:
     m.add_argument("--executor", choices=("local", "ray"), default="local", help="where runs are measured")
     m.add_argument(
         "--workers",
-        type=int,
+        type=process_count,
         default=None,
         help="local: worker processes (default: none, in this process); ray: runs in flight at most. "
         "Only this process writes the registry; the values never depend on it",

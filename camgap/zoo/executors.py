@@ -45,7 +45,7 @@ from typing import Any, Protocol
 import torch
 
 from camgap.errors import InputError
-from camgap.machine import cpu_count
+from camgap.machine import cpu_count, too_many_workers
 from camgap.zoo.train import execute_task
 
 __all__ = ["InProcessExecutor", "LocalExecutor", "RayExecutor", "make_executor", "resolve_device", "cpu_count"]
@@ -374,6 +374,10 @@ def make_executor(
         )
     if kind != "local":
         raise InputError(f"unknown executor {kind!r}; expected local or ray")
+    if workers is not None and (workers < 0 or (problem := too_many_workers(workers))):
+        # each local worker is a process of this machine: a mistyped count would fork until memory runs out
+        why = f"{workers} processes: give 0 or more" if workers < 0 else problem
+        raise InputError(f"--workers {why} (a local executor starts one process per worker; --executor ray runs more)")
     device = resolve_device(device)
     if workers == 0:
         return InProcessExecutor(device, threads, fn=fn)
