@@ -229,7 +229,8 @@ def score_checkpoint(
     from camgap.cam.layers import default_target_layer, get_layer
     from camgap.data import BoxDataset, read_layout
     from camgap.data.dataset import count_dropped_boxes
-    from camgap.measures.score import ScoreOptions, check_map_size, score_model
+    from camgap.measures.mapsize import check_map_size
+    from camgap.measures.score import ScoreOptions, score_model
 
     skipped: list | None = [] if skip_bad else None
     records, classes = read_layout(data, layout, split, skipped=skipped, box_units=box_units)
