@@ -1,5 +1,7 @@
 """The target layer's map at an input size, measured by one forward pass of zeros (a probe):
-`check_map_size` refuses a map under MIN_MAP_CELLS a side, naming the input size to use."""
+`check_map_size` refuses a map under MIN_MAP_CELLS a side, naming the input size to use, and
+turns a model that fails on the probe's input into one line naming the checkpoint, the size
+and the model's message."""
 
 from __future__ import annotations
 
@@ -25,20 +27,37 @@ class MapTooSmallError(InputError):
         self.input_size = input_size  # the smallest input size found to give a large enough map
 
 
+class ModelRefusedInputError(InputError):
+    """The model's own forward pass raised on the probe's input (a model built for other sizes
+    asserts on its input, or fails on it in any other way); the message names the size and
+    the model's message, after `where` (the checkpoint)."""
+
+    def __init__(self, input_size: int, exc: Exception, where: str = ""):
+        said = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        prefix = f"{where}: " if where else ""
+        super().__init__(
+            f"{prefix}the model fails on a {input_size}x{input_size} input ({said}); give --input-size a size it takes"
+        )
+        self.input_size = input_size
+
+
 @torch.no_grad()
 def target_map_shape(
-    model: nn.Module, layer: nn.Module, input_size: int, reshape: MapReshape | None = None
+    model: nn.Module, layer: nn.Module, input_size: int, reshape: MapReshape | None = None, *, where: str = ""
 ) -> tuple[int, int] | None:
     """(h, w) of `layer`'s map for one square image of `input_size` px (a forward pass of
     zeros in eval mode; the model's mode is restored): the output's grid as `reshape` reads it
     (an InputError when the output does not have that layout), or without `reshape` the last two
-    sides of a [B, C, h, w] output and None for any other output."""
+    sides of a [B, C, h, w] output and None for any other output. The model raising on the
+    input is a ModelRefusedInputError naming `where`, the size and its message."""
     shapes: list[tuple[int, ...]] = []
     handle = layer.register_forward_hook(lambda m, i, out: shapes.append(tuple(getattr(out, "shape", ()))))
     was_training = model.training
     device = next(model.parameters()).device
     try:
         model.eval()(torch.zeros(1, 3, input_size, input_size, device=device))
+    except Exception as exc:  # a model refuses an input size in any form of its own: one line, not a traceback
+        raise ModelRefusedInputError(input_size, exc, where) from exc
     finally:
         handle.remove()
         model.train(was_training)
@@ -86,8 +105,9 @@ def check_map_size(
 ) -> tuple[int, int] | None:
     """The target layer's map shape at `input_size` (its tokens' grid with `reshape`); a map
     under MIN_MAP_CELLS a side is a MapTooSmallError that names the input size to use (with
-    `force`: a warning, and scoring goes on)."""
-    shape = target_map_shape(model, layer, input_size, reshape)
+    `force`: a warning, and scoring goes on); a model that raises on the input is a
+    ModelRefusedInputError naming `where`, the size and the model's message."""
+    shape = target_map_shape(model, layer, input_size, reshape, where=where)
     if shape is None or min(shape) >= MIN_MAP_CELLS:
         return shape
     size, note = _size_for(model, layer, input_size, shape, reshape)
