@@ -84,6 +84,15 @@ def _settings_lines(settings: dict) -> list[str]:
     ]
 
 
+def _accuracy(summary: dict) -> str:
+    """The accuracy over the labelled images; n/a when none is (a held-out split without labels)."""
+    n_labelled = summary["n_images"] - summary["n_unlabeled"]
+    if not n_labelled:
+        return "n/a (no image has a known label)"
+    over = f" (over the {n_labelled} labelled images)" if summary["n_unlabeled"] else ""
+    return f"{summary['accuracy']:.4f}{over}"
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from camgap.measures.score import ScoreOptions
 
@@ -113,7 +122,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     print(
         f"{args.split} images scored {summary['n_images']}, skipped {summary['n_skipped']}, "
         f"without reference {summary['n_no_reference']}, boxes outside their image {summary['n_boxes_dropped']}, "
-        f"{args.split} accuracy {summary['accuracy']:.4f}"
+        f"unlabeled {summary['n_unlabeled']}, {args.split} accuracy {_accuracy(summary)}"
     )
     print("\n".join(_settings_lines(settings)))
     if summary["num_workers"]:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from camgap.cam import cam_name, create_cam, upsample_normalize
 from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD, normalize
+from camgap.data.layouts import UNLABELED
 from camgap.data.masks import boxes_to_masks
 from camgap.data.preprocessing import CHANNEL_ORDERS
 from camgap.errors import InputError, NonFiniteError
@@ -93,8 +94,15 @@ class ScoreResult:
         return float(values.mean()) if len(values) else math.nan
 
     @property
+    def n_unlabeled(self) -> int:
+        """Held-out images without a known label (label -1): scored for their IoU, not for accuracy."""
+        return int(self.per_image["correct"].isna().sum())
+
+    @property
     def train_acc(self) -> float:
-        return float(self.per_image["correct"].mean())
+        """Accuracy over the labelled images (of the scored split); NaN when none is labelled."""
+        correct = self.per_image["correct"].dropna()
+        return float(correct.astype(float).mean()) if len(correct) else math.nan
 
     def summary(self) -> dict:
         """The `--json` object: headline at the first threshold plus one entry per threshold."""
@@ -109,6 +117,7 @@ class ScoreResult:
             "n_skipped": self.n_skipped,
             "n_boxes_dropped": self.n_boxes_dropped,
             "n_no_reference": self.n_no_reference,
+            "n_unlabeled": self.n_unlabeled,
             "accuracy": self.train_acc,
             "target_layer": self.target_layer,
             "num_workers": self.num_workers,
@@ -273,6 +282,8 @@ def score_model(
     """Score `model` on `data`, its *training* images: a BoxDataset, a TensorStore, or any
     `torch.utils.data.Dataset` yielding ``(image, label, boxes)`` (image uint8 [3,S,S] or float
     in [0,1], all of one size S; boxes float [n,4] xyxy in input pixels); anything else is a TypeError.
+    Held-out images may carry label -1 (UNLABELED, no known label): the CAM is the predicted
+    class's, so they are scored for IoU alike; their `correct` is NA and the accuracy leaves them out.
 
     A_G is the union of the image's boxes (or only the boxes of its labelled class with
     `class_boxes_only`), or row `i` of `masks` (bool [N,S,S], rows named by `mask_ids`).
@@ -328,6 +339,9 @@ class _Reference:
         """A_G as bool [B,S,S] on the scoring device, and the boxes it was drawn from (None
         for masks: then their connected components are the ground-truth boxes)."""
         images, labels, boxes, box_labels, ids = batch
+        if self.masks is None and self.class_boxes_only and bool((labels == UNLABELED).any()):
+            b = int((labels == UNLABELED).nonzero()[0, 0])
+            raise InputError(f"image {ids[b]}: no known label (-1), so no boxes of its class (class_boxes_only)")
         if self.masks is None:
             selected = _selected_boxes(boxes, box_labels, labels, self.class_boxes_only)
             return boxes_to_masks(selected, images.shape[-1], self.device), selected
@@ -371,13 +385,12 @@ def _score_batch(cam_fn, batch: Batch, o: ScoreOptions, reference: _Reference, t
 
 
 def _check_labels(labels: Tensor, n_classes: int, ids: Sequence[str]) -> None:
-    outside = (labels < 0) | (labels >= n_classes)
+    """Each label a class of the model, or UNLABELED (-1: a held-out image without a known label)."""
+    outside = (labels < UNLABELED) | (labels >= n_classes)
     if bool(outside.any()):
         b = int(outside.nonzero()[0, 0])
-        raise InputError(
-            f"image {ids[b]}: label {int(labels[b])} is outside the model's "
-            f"{n_classes} classes (the data has more classes than the model has outputs)"
-        )
+        why = "the data has more classes than the model has outputs" if int(labels[b]) >= 0 else "-1: no known label"
+        raise InputError(f"image {ids[b]}: label {int(labels[b])} is outside the model's {n_classes} classes ({why})")
 
 
 def _image_frame(s: _Scored, thresholds: Sequence[float]) -> pd.DataFrame:
@@ -389,7 +402,8 @@ def _image_frame(s: _Scored, thresholds: Sequence[float]) -> pd.DataFrame:
         "image_id": list(s.batch[-1]),
         "label": labels,
         "pred": pred,
-        "correct": labels == pred,
+        # nullable: an image without a known label (-1, a held-out split) is neither right nor wrong
+        "correct": pd.arrays.BooleanArray(labels == pred, labels == UNLABELED),
     }
     for t_i, t in enumerate(thresholds):
         columns[_col("iou", t)] = s.iou[t_i].astype(np.float64)
