@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from camgap import __version__
 from camgap.cliparsers import CAM_HELP as CAM_HELP  # the --cam help, which a test checks against the registry
 from camgap.cliparsers import add_demo, add_masks, add_models, add_predict, add_score, add_study, add_synth
-from camgap.cliutil import DefaultsParser, finish_args, one_line_warnings, run_command, wants_progress
+from camgap.cliutil import RESUMABLE, DefaultsParser, finish_args, one_line_warnings, run_command, wants_progress
 from camgap.errors import InputError, MissingFileError
 from camgap.scoring import SETTING_FIELDS, json_safe
 from camgap.zoo.cli import add_zoo_commands
@@ -84,6 +84,15 @@ def _settings_lines(settings: dict) -> list[str]:
     ]
 
 
+def _accuracy(summary: dict) -> str:
+    """The accuracy over the labelled images; n/a when none is (a held-out split without labels)."""
+    n_labelled = summary["n_images"] - summary["n_unlabeled"]
+    if not n_labelled:
+        return "n/a (no image has a known label)"
+    over = f" (over the {n_labelled} labelled images)" if summary["n_unlabeled"] else ""
+    return f"{summary['accuracy']:.4f}{over}"
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     from camgap.measures.score import ScoreOptions
 
@@ -95,6 +104,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     )
     thresholds = options.thresholds
     result, settings, classes = _score_from_args(args, options)
+    kept = f"; the per-image table is whole in {args.per_image}" if args.per_image else ""
+    args.interrupted = f"the scoring pass had finished{kept}; a rerun scores every image again"  # for Ctrl-C from here
     if args.overlays:
         from camgap.viz import save_overlays
 
@@ -113,7 +124,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     print(
         f"{args.split} images scored {summary['n_images']}, skipped {summary['n_skipped']}, "
         f"without reference {summary['n_no_reference']}, boxes outside their image {summary['n_boxes_dropped']}, "
-        f"{args.split} accuracy {summary['accuracy']:.4f}"
+        f"unlabeled {summary['n_unlabeled']}, {args.split} accuracy {_accuracy(summary)}"
     )
     print("\n".join(_settings_lines(settings)))
     if summary["num_workers"]:
@@ -421,7 +432,8 @@ EXIT_CODES = """exit codes:
   1    `zoo status`: the model set has integrity problems
   2    bad input or an unusable state: one line on stderr names the file or value and the problem
   3    `zoo build`: runs failed for good; `zoo measure`: measurements failed (see `zoo status`)
-  130  interrupted (Ctrl-C): finished work is kept, rerun the same command to resume
+  130  interrupted (Ctrl-C): one line says what is kept; demo, zoo build and zoo measure resume
+       when the same command is rerun, the other commands start over
   any other code, with a traceback, is a bug in camgap: please report it"""
 
 
@@ -435,15 +447,43 @@ def build_parser() -> argparse.ArgumentParser:
         "-q", "--quiet", action="count", default=0, help="only warnings and errors on stderr (-qq: errors only)"
     )
     sub = parser.add_subparsers(dest="command", required=True, parser_class=DefaultsParser)
-    add_score(sub).set_defaults(func=cmd_score)
-    add_synth(sub).set_defaults(func=cmd_synth)
-    add_demo(sub).set_defaults(func=cmd_demo)
-    add_zoo_commands(sub)  # each `zoo` command brings its own function
-    add_masks(sub).set_defaults(func=cmd_masks)
-    add_study(sub).set_defaults(func=cmd_study)
-    add_predict(sub).set_defaults(func=cmd_predict)
-    add_models(sub).set_defaults(func=cmd_models)
+    # `interrupted`: what Ctrl-C keeps (`interrupted_note`); only the demo resumes of these
+    add_score(sub).set_defaults(func=cmd_score, interrupted=_score_interrupted)
+    add_synth(sub).set_defaults(func=cmd_synth, interrupted="synth does not resume: a rerun writes the dataset again")
+    add_demo(sub).set_defaults(func=cmd_demo, interrupted=RESUMABLE)
+    add_zoo_commands(sub)  # each `zoo` command brings its own function, and says itself what Ctrl-C keeps
+    add_masks(sub).set_defaults(
+        func=cmd_masks,
+        interrupted="masks does not resume: a rerun writes every mask again (from the decoded images and "
+        "masks cached by a run that finished computing them)",
+    )
+    add_study(sub).set_defaults(func=cmd_study, interrupted="study does not resume: a rerun computes it again")
+    add_predict(sub).set_defaults(
+        func=cmd_predict, interrupted="predict does not resume: a rerun scores the model again"
+    )
+    add_models(sub).set_defaults(func=cmd_models, interrupted="nothing to keep")
     return parser
+
+
+def _score_interrupted(args: argparse.Namespace) -> str:
+    """Ctrl-C in score's pass: it starts over; the rows it had scored are in the per-image
+    table's .partial file (`measures.tablefile`)."""
+    note = "score does not resume: a rerun scores every image again"
+    if args.per_image is not None:
+        from camgap.measures.tablefile import TableFile
+
+        partial = TableFile(args.per_image).partial
+        kept = f"the rows scored so far are in {partial}" if partial.exists() else "no row was scored yet"
+        note += f"; {kept}"
+    return note
+
+
+def interrupted_note(args: argparse.Namespace | None) -> str:
+    """What Ctrl-C of the command in `args` keeps, said on its line (None: before a command was parsed)."""
+    if args is None:
+        return "nothing was started"
+    note = getattr(args, "interrupted", RESUMABLE)
+    return note(args) if callable(note) else note
 
 
 def _configure_logging(verbosity: int) -> None:
@@ -454,16 +494,18 @@ def _configure_logging(verbosity: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    parsed: list[argparse.Namespace] = []  # the command, for the line that Ctrl-C prints
 
     def body() -> int:
         with one_line_warnings():
             args = parser.parse_args(argv)  # an old spelling warns here
+            parsed.append(args)
             _configure_logging(args.verbose - args.quiet)
             if args.verbose - args.quiet < -1:
                 warnings.simplefilter("ignore")
             return args.func(finish_args(parser, args))
 
-    return run_command(body)
+    return run_command(body, interrupted=lambda: interrupted_note(parsed[-1] if parsed else None))
 
 
 if __name__ == "__main__":

@@ -262,15 +262,16 @@ def one_line_warnings() -> Iterator[None]:
 RESUMABLE = "finished work is kept, rerun the same command to resume"
 
 
-def run_command(body: Callable[[], int], prog: str = "camgap", interrupted: str = RESUMABLE) -> int:
+def run_command(body: Callable[[], int], prog: str = "camgap", interrupted: str | Callable[[], str] = RESUMABLE) -> int:
     """`body()`'s exit code, with the ends every camgap entry point shares: bad input or an
     unusable state (CamgapError, OSError) is one line on stderr and exit 2, Ctrl-C one line
-    (`interrupted`: what is kept) and 130, a closed stdout (`camgap models | head`) 0. Anything
+    (`interrupted`: what is kept, or a function that says it when Ctrl-C comes: the command
+    may be known only then) and 130, a closed stdout (`camgap models | head`) 0. Anything
     else is a bug: its traceback stays."""
     try:
         return body()
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted; {interrupted}", file=sys.stderr)
+        print(f"{prog}: interrupted; {interrupted() if callable(interrupted) else interrupted}", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader has all it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

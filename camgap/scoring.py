@@ -229,11 +229,16 @@ def score_checkpoint(
     from camgap.cam.layers import default_target_layer, get_layer
     from camgap.data import BoxDataset, read_layout
     from camgap.data.dataset import count_dropped_boxes
-    from camgap.measures.score import ScoreOptions, check_map_size, score_model
+    from camgap.measures.mapsize import check_map_size
+    from camgap.measures.score import ScoreOptions, score_model
 
     skipped: list | None = [] if skip_bad else None
-    records, classes = read_layout(data, layout, split, skipped=skipped, box_units=box_units)
+    # a held-out split needs no labels: the CAM is the predicted class's (an unlabelled image: label -1)
+    records, classes = read_layout(
+        data, layout, split, skipped=skipped, box_units=box_units, unlabeled_ok=split != "train"
+    )
     _check_boxes(records, data, split, masks, max_pixels)
+    _check_class_boxes(records, data, split, masks, options)
     flags = flags or {}
     model, settings = _checkpoint_model(checkpoint, data, flags, classes, unsafe)
     prep = settings["preprocessing"]
@@ -267,6 +272,22 @@ def score_checkpoint(
     result.n_skipped += len(skipped or []) + n_without_mask
     result.n_boxes_dropped = count_dropped_boxes(dataset.records, max_pixels)
     return result, json_safe(settings | {"target_map": target_map, "split": split}), classes
+
+
+def _check_class_boxes(records, data: Path, split: str, masks: str, options: ScoreOptions | None) -> None:
+    """--class-boxes-only draws A_G from the boxes of the image's labelled class: an image without a
+    known label has none to draw from (an InputError before the model runs)."""
+    from camgap.data.layouts import UNLABELED
+
+    if masks != "boxes" or not getattr(options, "class_boxes_only", False):
+        return
+    n = sum(r.label == UNLABELED for r in records)
+    if n:
+        raise InputError(
+            f"{data}: {n} of the {len(records)} images of the {split} split have no known label, and "
+            "--class-boxes-only draws A_G from the boxes of the labelled class: give their labels, or drop "
+            "--class-boxes-only (A_G from all their boxes)"
+        )
 
 
 def _check_boxes(records, data: Path, split: str, masks: str, max_pixels: int | None) -> None:

@@ -16,7 +16,7 @@ from camgap.cam import create_cam, upsample_normalize
 from camgap.cam.base import MapReshape, resolve_reshape
 from camgap.cam.layers import default_target_layer, family_reshape, prefix_tokens
 from camgap.errors import InputError
-from camgap.measures.score import MapTooSmallError, check_map_size
+from camgap.measures.mapsize import MapTooSmallError, check_map_size
 from camgap.models import create_model, fixed_input_size
 
 pgc = pytest.importorskip("pytorch_grad_cam")

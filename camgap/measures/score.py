@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from camgap.cam import cam_name, create_cam, upsample_normalize
-from camgap.cam.base import MapReshape
 from camgap.data.dataset import IMAGENET_MEAN, IMAGENET_STD, normalize
+from camgap.data.layouts import UNLABELED
 from camgap.data.masks import boxes_to_masks
 from camgap.data.preprocessing import CHANNEL_ORDERS
 from camgap.errors import InputError, NonFiniteError
@@ -95,8 +94,15 @@ class ScoreResult:
         return float(values.mean()) if len(values) else math.nan
 
     @property
+    def n_unlabeled(self) -> int:
+        """Held-out images without a known label (label -1): scored for their IoU, not for accuracy."""
+        return int(self.per_image["correct"].isna().sum())
+
+    @property
     def train_acc(self) -> float:
-        return float(self.per_image["correct"].mean())
+        """Accuracy over the labelled images (of the scored split); NaN when none is labelled."""
+        correct = self.per_image["correct"].dropna()
+        return float(correct.astype(float).mean()) if len(correct) else math.nan
 
     def summary(self) -> dict:
         """The `--json` object: headline at the first threshold plus one entry per threshold."""
@@ -111,6 +117,7 @@ class ScoreResult:
             "n_skipped": self.n_skipped,
             "n_boxes_dropped": self.n_boxes_dropped,
             "n_no_reference": self.n_no_reference,
+            "n_unlabeled": self.n_unlabeled,
             "accuracy": self.train_acc,
             "target_layer": self.target_layer,
             "num_workers": self.num_workers,
@@ -275,6 +282,8 @@ def score_model(
     """Score `model` on `data`, its *training* images: a BoxDataset, a TensorStore, or any
     `torch.utils.data.Dataset` yielding ``(image, label, boxes)`` (image uint8 [3,S,S] or float
     in [0,1], all of one size S; boxes float [n,4] xyxy in input pixels); anything else is a TypeError.
+    Held-out images may carry label -1 (UNLABELED, no known label): the CAM is the predicted
+    class's, so they are scored for IoU alike; their `correct` is NA and the accuracy leaves them out.
 
     A_G is the union of the image's boxes (or only the boxes of its labelled class with
     `class_boxes_only`), or row `i` of `masks` (bool [N,S,S], rows named by `mask_ids`).
@@ -330,6 +339,9 @@ class _Reference:
         """A_G as bool [B,S,S] on the scoring device, and the boxes it was drawn from (None
         for masks: then their connected components are the ground-truth boxes)."""
         images, labels, boxes, box_labels, ids = batch
+        if self.masks is None and self.class_boxes_only and bool((labels == UNLABELED).any()):
+            b = int((labels == UNLABELED).nonzero()[0, 0])
+            raise InputError(f"image {ids[b]}: no known label (-1), so no boxes of its class (class_boxes_only)")
         if self.masks is None:
             selected = _selected_boxes(boxes, box_labels, labels, self.class_boxes_only)
             return boxes_to_masks(selected, images.shape[-1], self.device), selected
@@ -373,13 +385,12 @@ def _score_batch(cam_fn, batch: Batch, o: ScoreOptions, reference: _Reference, t
 
 
 def _check_labels(labels: Tensor, n_classes: int, ids: Sequence[str]) -> None:
-    outside = (labels < 0) | (labels >= n_classes)
+    """Each label a class of the model, or UNLABELED (-1: a held-out image without a known label)."""
+    outside = (labels < UNLABELED) | (labels >= n_classes)
     if bool(outside.any()):
         b = int(outside.nonzero()[0, 0])
-        raise InputError(
-            f"image {ids[b]}: label {int(labels[b])} is outside the model's "
-            f"{n_classes} classes (the data has more classes than the model has outputs)"
-        )
+        why = "the data has more classes than the model has outputs" if int(labels[b]) >= 0 else "-1: no known label"
+        raise InputError(f"image {ids[b]}: label {int(labels[b])} is outside the model's {n_classes} classes ({why})")
 
 
 def _image_frame(s: _Scored, thresholds: Sequence[float]) -> pd.DataFrame:
@@ -391,7 +402,8 @@ def _image_frame(s: _Scored, thresholds: Sequence[float]) -> pd.DataFrame:
         "image_id": list(s.batch[-1]),
         "label": labels,
         "pred": pred,
-        "correct": labels == pred,
+        # nullable: an image without a known label (-1, a held-out split) is neither right nor wrong
+        "correct": pd.arrays.BooleanArray(labels == pred, labels == UNLABELED),
     }
     for t_i, t in enumerate(thresholds):
         columns[_col("iou", t)] = s.iou[t_i].astype(np.float64)
@@ -483,93 +495,3 @@ def _progress(total: int, enabled: bool):
     from camgap.progress import progress_bar
 
     return progress_bar(total=total, unit="img", desc="score", enabled=enabled, rate=True)
-
-
-MIN_MAP_CELLS = 3  # a target-layer map of fewer cells a side cannot locate an object
-_PROBE_SIZE = 224  # the input size every ImageNet architecture accepts: where downsampling is measured
-
-
-class MapTooSmallError(InputError):
-    """The target layer's map is smaller than MIN_MAP_CELLS x MIN_MAP_CELLS at the chosen input
-    size: the CAM is (nearly) constant, so its IoU says nothing about where the model looks."""
-
-    def __init__(self, message: str, input_size: int):
-        super().__init__(message)
-        self.input_size = input_size  # the smallest input size found to give a large enough map
-
-
-@torch.no_grad()
-def target_map_shape(
-    model: nn.Module, layer: nn.Module, input_size: int, reshape: MapReshape | None = None
-) -> tuple[int, int] | None:
-    """(h, w) of `layer`'s map for one square image of `input_size` px (a forward pass of
-    zeros in eval mode; the model's mode is restored): the output's grid as `reshape` reads it
-    (an InputError when the output does not have that layout), or without `reshape` the last two
-    sides of a [B, C, h, w] output and None for any other output."""
-    shapes: list[tuple[int, ...]] = []
-    handle = layer.register_forward_hook(lambda m, i, out: shapes.append(tuple(getattr(out, "shape", ()))))
-    was_training = model.training
-    device = next(model.parameters()).device
-    try:
-        model.eval()(torch.zeros(1, 3, input_size, input_size, device=device))
-    finally:
-        handle.remove()
-        model.train(was_training)
-    if reshape is not None and shapes:
-        return reshape.grid(shapes[0])
-    return shapes[0][-2:] if shapes and len(shapes[0]) == 4 else None
-
-
-def _probe(model: nn.Module, layer: nn.Module, input_size: int, reshape: MapReshape | None) -> tuple[int, int] | None:
-    """The map shape at another input size; None where the model takes only its own (a ViT built
-    for one image size refuses others in any form)."""
-    try:
-        return target_map_shape(model, layer, input_size, reshape)
-    except Exception:  # noqa: BLE001 - a third-party model refuses an input size in any form
-        return None
-
-
-def _size_for(
-    model: nn.Module, layer: nn.Module, input_size: int, shape: tuple[int, int], reshape: MapReshape | None = None
-) -> tuple[int, str]:
-    """The smallest input size (in steps of the model's downsampling) whose map has at least
-    MIN_MAP_CELLS a side, and a note on the downsampling, measured at _PROBE_SIZE px."""
-    probe = _probe(model, layer, _PROBE_SIZE, reshape) if input_size < _PROBE_SIZE else None
-    side = min(probe or shape)
-    step = (_PROBE_SIZE if probe else input_size) / max(side, 1)
-    note = f"the model downsamples by {step:g}" + (f"; {_PROBE_SIZE} px gives {probe[0]}x{probe[1]}" if probe else "")
-    size = math.ceil(MIN_MAP_CELLS * step)
-    for _ in range(8):  # padding can leave a map one cell short of size / step
-        got = _probe(model, layer, size, reshape)
-        if got is None or min(got) >= MIN_MAP_CELLS:
-            break
-        size += math.ceil(step)
-    return size, note
-
-
-def check_map_size(
-    model: nn.Module,
-    layer: nn.Module,
-    layer_name: str,
-    input_size: int,
-    *,
-    force: bool = False,
-    where: str = "",
-    reshape: MapReshape | None = None,
-) -> tuple[int, int] | None:
-    """The target layer's map shape at `input_size` (its tokens' grid with `reshape`); a map
-    under MIN_MAP_CELLS a side is a MapTooSmallError that names the input size to use (with
-    `force`: a warning, and scoring goes on)."""
-    shape = target_map_shape(model, layer, input_size, reshape)
-    if shape is None or min(shape) >= MIN_MAP_CELLS:
-        return shape
-    size, note = _size_for(model, layer, input_size, shape, reshape)
-    prefix = f"{where}: " if where else ""
-    problem = (
-        f"{prefix}the target layer {layer_name} gives a {shape[0]}x{shape[1]} map at input size {input_size} "
-        f"({note}): a CAM of fewer than {MIN_MAP_CELLS}x{MIN_MAP_CELLS} cells cannot show where the model looks"
-    )
-    if not force:
-        raise MapTooSmallError(f"{problem}; use --input-size {size} or more, or --force to score anyway", size)
-    warnings.warn(f"{problem}; scoring anyway (--force)", UserWarning, stacklevel=2)
-    return shape

@@ -36,7 +36,12 @@ parser per layout, each in its own module (``imagenet``, ``listfile``, ``kaggle`
     boxes.  ``path`` is relative to ``root``.  Classes = sorted unique labels of ``train.csv``.
 
 Rules common to all layouts: classes always come from the train split (reading ``test`` uses
-them, and an image whose class is not among them raises :class:`DataError`); an image path
+them, and an image whose class is not among them raises :class:`DataError`, unless
+``unlabeled_ok=True`` keeps it with label ``UNLABELED`` (-1): a held-out split whose images
+have no label or one outside the classes, as in a csv row with an empty ``label``, a listfile
+line of a filename alone or with a label outside the classes, an imagenet test folder that is
+no train class or an image directly in ``root/test/``, a kaggle or coco image without boxes or
+whose class is not a train class; the train split stays strict); an image path
 read from a split file must stay inside ``root`` (an absolute path elsewhere or a ``..`` escape
 is a bad entry naming the split file, the line/row/COCO image id and the path); box labels are
 indices into the classes, -1 for a class outside them; a missing split raises
@@ -69,6 +74,7 @@ from ._common import (
     IMAGE_EXTENSIONS,
     LAYOUTS,
     SPLITS,
+    UNLABELED,
     Box,
     Record,
     _Bad,
@@ -94,6 +100,7 @@ __all__ = [
     "Box",
     "IMAGE_EXTENSIONS",
     "BOX_UNITS",
+    "UNLABELED",
 ]
 
 BOX_UNITS = ("pixels", "relative")
@@ -151,6 +158,7 @@ def read_layout(
     missing_ok: bool = False,
     skipped: list | None = None,
     box_units: str | None = None,
+    unlabeled_ok: bool = False,
 ) -> tuple[list[Record], list[str]]:
     """Read one split of a dataset: ``(records, classes)``.
 
@@ -163,6 +171,8 @@ def read_layout(
     (structural problems of the split file itself, and an empty result, still raise).
     ``box_units``: None (pixels, refused when every box lies within [0, 1]), ``"pixels"`` or
     ``"relative"`` (fractions of the image's width and height).
+    ``unlabeled_ok=True`` (a held-out split only: scoring it needs boxes, not labels) keeps an
+    image whose label is missing or not among the classes, with label UNLABELED (-1).
     """
     root = Path(root)
     if not root.is_dir():
@@ -181,7 +191,9 @@ def read_layout(
             stacklevel=2,
         )
         split = "test"
-    bad = _Bad(skipped)
+    if unlabeled_ok and split == "train":
+        raise InputError(f"{root}: unlabeled_ok is for a held-out split; a training image needs its label")
+    bad = _Bad(skipped, unlabeled_ok)
     records, classes, where = _PARSERS[layout](root, split, missing_ok, bad)
     records = _in_box_units(records, box_units, where, bad)
     _no_images(where, records)

@@ -24,15 +24,18 @@ Box = tuple[float, float, float, float]
 LAYOUTS = ("imagenet", "listfile", "kaggle", "coco", "csv")
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+UNLABELED = -1  # Record.label of a held-out image without a known label (`read_layout(unlabeled_ok=True)`)
 
 
 @dataclass(frozen=True)
 class Record:
     """One image of a split.
 
-    ``boxes`` are (xmin, ymin, xmax, ymax) in the annotation's pixel frame, whose (width,
-    height) is ``ann_size`` (None = the decoded image's own size).  ``box_labels[i]`` is the
-    class index of ``boxes[i]``, -1 when its class is outside ``classes``.
+    ``label`` is the class index, UNLABELED (-1) for a held-out image whose label is missing or
+    outside ``classes`` (only with ``unlabeled_ok``).  ``boxes`` are (xmin, ymin, xmax, ymax)
+    in the annotation's pixel frame, whose (width, height) is ``ann_size`` (None = the decoded
+    image's own size).  ``box_labels[i]`` is the class index of ``boxes[i]``, -1 when its class
+    is outside ``classes``.
     """
 
     path: Path
@@ -47,15 +50,24 @@ class Record:
 
 
 class _Bad:
-    """Collects bad entries: raise, or record and skip when a list was given."""
+    """Collects bad entries: raise, or record and skip when a list was given. An image without a
+    known label is one too, unless the split may be unlabelled (`unlabeled_ok`, a held-out split)."""
 
-    def __init__(self, skipped: list | None):
+    def __init__(self, skipped: list | None, unlabeled_ok: bool = False):
         self.skipped = skipped
+        self.unlabeled_ok = unlabeled_ok
 
     def __call__(self, path, problem: str) -> None:
         if self.skipped is None:
             raise DataError(path, problem)
         self.skipped.append((str(path), problem))
+
+    def unlabeled(self, path, problem: str) -> bool:
+        """True: keep the image, labelled UNLABELED; False: it was a bad entry (raised or skipped)."""
+        if self.unlabeled_ok:
+            return True
+        self(path, problem)
+        return False
 
 
 def _leaves_root(root: Path, path: Path, name: str) -> bool:

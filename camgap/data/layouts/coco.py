@@ -7,7 +7,7 @@ from collections import defaultdict
 from pathlib import Path, PurePosixPath
 
 from ..errors import DataError
-from ._common import Record, _Bad, _inside_root, _require_file, _train_classes
+from ._common import UNLABELED, Record, _Bad, _inside_root, _require_file, _train_classes
 
 
 def _load_json(path: Path) -> dict:
@@ -27,6 +27,14 @@ def _coco_classes(data: dict, path: Path) -> tuple[list[str], dict[int, str]]:
     except (KeyError, TypeError, ValueError) as e:
         raise DataError(path, f"malformed 'categories' entry ({e!r})") from None
     return [name for _, name in cats], dict(cats)
+
+
+def _largest_box_class(objs: list, cat_name: dict[int, str]) -> str | None:
+    """The category of the largest box (by ``w*h``; the first wins ties): the image's label; None without a box."""
+    if not objs:
+        return None
+    big = max(range(len(objs)), key=lambda i: (objs[i][2], -i))
+    return cat_name[objs[big][0]]
 
 
 def _read_coco(root: Path, split: str, missing_ok: bool, bad: _Bad):
@@ -60,27 +68,25 @@ def _read_coco(root: Path, split: str, missing_ok: bool, bad: _Bad):
         if not _inside_root(root, img, fname, split_file, f"image id {im_id}", bad):
             continue
         objs = anns.get(im_id, [])
-        if not objs:
-            bad(
-                img,
-                f"no boxes in {split_file.name}, so no label (a COCO image's label is the category of its largest box)",
-            )
-            continue
         unknown = [c for c, _, _ in objs if c not in cat_name]
         if unknown:
             bad(split_file, f"image {fname}: category id {unknown[0]} not in 'categories'")
             continue
-        big = max(range(len(objs)), key=lambda i: (objs[i][2], -i))
-        name = cat_name[objs[big][0]]
-        if name not in index:
-            bad(img, f"class {name!r} (its largest box) is not among the {len(classes)} train classes")
+        name, problem = _largest_box_class(objs, cat_name), ""  # problem: why the image has no known label
+        if name is None:
+            problem = (
+                f"no boxes in {split_file.name}, so no label (a COCO image's label is the category of its largest box)"
+            )
+        elif name not in index:
+            problem = f"class {name!r} (its largest box) is not among the {len(classes)} train classes"
+        if problem and not bad.unlabeled(img, problem):
             continue
         w, h = im.get("width"), im.get("height")
         size = (int(w), int(h)) if w and h else None
         records.append(
             Record(
                 img,
-                index[name],
+                index.get(name, UNLABELED),
                 tuple(b for _, b, _ in objs),
                 tuple(index.get(cat_name[c], -1) for c, _, _ in objs),
                 size,

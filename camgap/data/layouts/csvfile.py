@@ -13,7 +13,17 @@ from collections import OrderedDict
 from pathlib import Path, PurePosixPath
 
 from ..errors import DataError
-from ._common import Record, _Bad, _inside_root, _num, _read_csv, _read_text_lines, _require_file, _train_classes
+from ._common import (
+    UNLABELED,
+    Record,
+    _Bad,
+    _inside_root,
+    _num,
+    _read_csv,
+    _read_text_lines,
+    _require_file,
+    _train_classes,
+)
 
 _CSV_COLUMNS = ("path", "label", "xmin", "ymin", "xmax", "ymax")
 CLASSES_FILE = "classes.txt"
@@ -97,12 +107,9 @@ def _read_csv_layout(root: Path, split: str, missing_ok: bool, bad: _Bad):
             )
             continue
         label = labels.pop()
-        if label not in index:
-            bad(
-                img,
-                f"label {label!r} ({split_file.name} row {grp[0][0]}) is not among the "
-                f"{len(classes)} classes of {source}",
-            )
+        where = f"{split_file.name} row {grp[0][0]}"
+        problem = f"label {label!r} ({where}) is not among the {len(classes)} classes of {source}" if label else ""
+        if label not in index and not bad.unlabeled(img, problem or f"no label ({where})"):
             continue
         boxes, box_labels, size, ok = [], [], None, True
         for n, r in grp:
@@ -127,5 +134,6 @@ def _read_csv_layout(root: Path, split: str, missing_ok: bool, bad: _Bad):
             boxes.append(box)
             box_labels.append(index.get(r.get("box_label") or label, -1))
         if ok:
-            records.append(Record(img, index[label], tuple(boxes), tuple(box_labels), size, PurePosixPath(rel).stem))
+            label_index = index.get(label, UNLABELED)
+            records.append(Record(img, label_index, tuple(boxes), tuple(box_labels), size, PurePosixPath(rel).stem))
     return records, classes, split_file

@@ -10,6 +10,7 @@ from camgap.errors import MissingFileError
 from ..errors import DataError
 from ._common import (
     IMAGE_EXTENSIONS,
+    UNLABELED,
     Record,
     _Bad,
     _box_label,
@@ -53,47 +54,53 @@ def _read_imagenet(root: Path, split: str, missing_ok: bool, bad: _Bad):
         raise DataError(
             train_dir if train_dir.is_dir() else split_dir, "no class folders (expected <split>/<class>/<image>)"
         )
-    index = {c: i for i, c in enumerate(classes)}
-    ann_dirs = [root / "Annotation", split_dir / "Annotation"]
-    cache: dict = {}
-
+    folder = _Folders(root, split_dir, classes, missing_ok, bad)
     records = []
     for cdir in _class_dirs(split_dir):
         images = _list_images(cdir)
         if not images:  # a train folder was reported by _imagenet_classes; a test one names no class
             continue
-        if cdir.name not in index:
-            for img in images:
-                bad(
-                    img,
-                    f"class folder {cdir.name!r} is not a class of the train split "
-                    f"({len(classes)} classes from {train_dir})",
-                )
-            continue
-        label = index[cdir.name]
-        # where to look, in order: <ann>/<wnid>/<stem>.xml, then a flat <ann>/<stem>.xml
-        lookups = [_xml_stems(d / cdir.name, cache) for d in ann_dirs] + [_xml_stems(d, cache) for d in ann_dirs]
+        if cdir.name not in folder.index:
+            problem = f"class folder {cdir.name!r} is not a class of the train split"
+            problem += f" ({len(classes)} classes from {train_dir})"
+            images = [img for img in images if bad.unlabeled(img, problem)]
+        records += folder.records(images, cdir.name)
+    if bad.unlabeled_ok:  # images in the split folder itself, in no class folder: held-out images without a label
+        records += folder.records(_list_images(split_dir), None)
+    return records, classes, split_dir
+
+
+class _Folders:
+    """The records of the images of one folder, with their XML boxes: <ann>/<wnid>/<stem>.xml,
+    then a flat <ann>/<stem>.xml, for <ann> = root/Annotation, then <split>/Annotation."""
+
+    def __init__(self, root: Path, split_dir: Path, classes: list[str], missing_ok: bool, bad: _Bad):
+        self.index = {c: i for i, c in enumerate(classes)}
+        self.ann_dirs = [root / "Annotation", split_dir / "Annotation"]
+        self.missing_ok, self.bad = missing_ok, bad
+        self.cache: dict = {}
+
+    def records(self, images: list[Path], wnid: str | None) -> list[Record]:
+        """``wnid``: the class folder the images are in (its class, or UNLABELED when it is not a
+        class of the train split); None: the split folder itself (UNLABELED, flat annotations only)."""
+        label = self.index.get(wnid, UNLABELED) if wnid is not None else UNLABELED
+        nested = [_xml_stems(d / wnid, self.cache) for d in self.ann_dirs] if wnid is not None else []
+        lookups = nested + [_xml_stems(d, self.cache) for d in self.ann_dirs]
+        out = []
         for img in images:
             xml = next((m[img.stem] for m in lookups if img.stem in m), None)
             if xml is None:
-                if missing_ok:
-                    records.append(Record(img, label, (), (), None, img.stem))
+                if self.missing_ok:
+                    out.append(Record(img, label, (), (), None, img.stem))
                 else:
-                    bad(img, f"missing annotation: expected {ann_dirs[0] / cdir.name / (img.stem + '.xml')}")
+                    expected = self.ann_dirs[0] / (wnid or "") / (img.stem + ".xml")
+                    self.bad(img, f"missing annotation: expected {expected}")
                 continue
             try:
                 size, objects = parse_voc_xml(xml)
             except DataError as e:
-                bad(e.path, e.problem)
+                self.bad(e.path, e.problem)
                 continue
-            records.append(
-                Record(
-                    img,
-                    label,
-                    tuple(b for _, b in objects),
-                    tuple(_box_label(n, index) for n, _ in objects),
-                    size,
-                    img.stem,
-                )
-            )
-    return records, classes, split_dir
+            box_labels = tuple(_box_label(n, self.index) for n, _ in objects)
+            out.append(Record(img, label, tuple(b for _, b in objects), box_labels, size, img.stem))
+        return out

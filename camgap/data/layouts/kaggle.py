@@ -7,7 +7,7 @@ from pathlib import Path
 
 from camgap.errors import MissingFileError
 
-from ._common import Record, _Bad, _inside_root, _read_csv, _read_text_lines, _require_file
+from ._common import UNLABELED, Record, _Bad, _inside_root, _read_csv, _read_text_lines, _require_file
 
 
 def _parse_prediction_string(s: str, path: Path, n: int, bad: _Bad):
@@ -63,20 +63,19 @@ def _read_kaggle(root: Path, split: str, missing_ok: bool, bad: _Bad):
             img = img_dir / f"{image_id}.JPEG"
         if not _inside_root(root, img, image_id, split_file, f"row {n}", bad):
             continue
+        problem = ""  # why the image has no known label
         if ksplit != "train" and not objects:
-            bad(
-                img,
-                f"no boxes in {split_file.name} row {n}, so no label "
-                "(a val image's label is the wnid of its first box)",
+            problem = (
+                f"no boxes in {split_file.name} row {n}, so no label (a val image's label is the wnid of its first box)"
             )
-            continue
-        if wnid not in index:
-            bad(img, f"class {wnid!r} is not among the {len(classes)} train classes")
+        elif wnid not in index:
+            problem = f"class {wnid!r} is not among the {len(classes)} train classes"
+        if problem and not bad.unlabeled(img, problem):
             continue
         records.append(
             Record(
                 img,
-                index[wnid],
+                index.get(wnid, UNLABELED),
                 tuple(b for _, b in objects),
                 tuple(index.get(w, -1) for w, _ in objects),
                 None,

@@ -8,11 +8,23 @@ from collections import Counter, defaultdict
 from pathlib import Path, PurePosixPath
 
 from ..errors import DataError
-from ._common import Record, _Bad, _inside_root, _read_text_lines, _require_file, _train_classes, parse_voc_xml
+from ._common import (
+    UNLABELED,
+    Record,
+    _Bad,
+    _inside_root,
+    _read_text_lines,
+    _require_file,
+    _train_classes,
+    parse_voc_xml,
+)
 
 
-def _parse_listfile(path: Path) -> list[tuple[str, int, int]]:
-    """``[(filename, label, line_number)]`` from a ``filename label`` file."""
+def _parse_listfile(path: Path, unlabeled_ok: bool = False) -> list[tuple[str, int, int]]:
+    """``[(filename, label, line_number)]`` from a ``filename label`` file. With ``unlabeled_ok``
+    (a held-out split) a line of a filename alone, or with a negative label, is an image without
+    a known label (UNLABELED); a label that is not an integer stays an error either way (the
+    filename may hold spaces, so a stray word there is no label to guess around)."""
     out = []
     for n, line in enumerate(_read_text_lines(path), 1):
         line = line.strip()
@@ -20,14 +32,17 @@ def _parse_listfile(path: Path) -> list[tuple[str, int, int]]:
             continue
         parts = line.rsplit(None, 1)
         if len(parts) != 2:
+            if unlabeled_ok:
+                out.append((line, UNLABELED, n))
+                continue
             raise DataError(path, f"line {n}: expected 'filename label', got {line!r}")
         try:
             label = int(parts[1])
         except ValueError:
             raise DataError(path, f"line {n}: label {parts[1]!r} is not an integer") from None
-        if label < 0:
+        if label < 0 and not unlabeled_ok:
             raise DataError(path, f"line {n}: negative label {label}")
-        out.append((parts[0].strip(), label, n))
+        out.append((parts[0].strip(), max(label, UNLABELED), n))
     return out
 
 
@@ -41,7 +56,7 @@ def _listfile_image(root: Path, name: str) -> Path:
 def _read_listfile(root: Path, split: str, missing_ok: bool, bad: _Bad):
     split_file = _require_file(root / f"{split}.txt", "split file")
     train_file = root / "train.txt"
-    entries = _parse_listfile(split_file)
+    entries = _parse_listfile(split_file, bad.unlabeled_ok)
     train_entries = _train_classes(split, split_file, train_file, _parse_listfile, "classes follow the labels", entries)
     if not train_entries:
         raise DataError(train_file if split != "train" else split_file, "no images")
@@ -86,12 +101,10 @@ def _read_listfile(root: Path, split: str, missing_ok: bool, bad: _Bad):
         if not _inside_root(root, img, name, split_file, f"line {n}", bad):
             continue
         if lab >= n_classes:
-            bad(
-                img,
-                f"label {lab} ({split_file} line {n}) is outside the {n_classes} classes "
-                f"of the train split (0..{n_classes - 1})",
-            )
-            continue
+            problem = f"label {lab} ({split_file} line {n}) is outside the {n_classes} classes of the train split"
+            if not bad.unlabeled(img, f"{problem} (0..{n_classes - 1})"):
+                continue
+            lab = UNLABELED
         try:
             xml, ann = parsed[name] if name in parsed else annotation(name)
         except DataError as e:
