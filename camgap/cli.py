@@ -29,9 +29,10 @@ if TYPE_CHECKING:  # torch, pandas and what imports them load in the commands: `
 # ---- score and predict read a checkpoint alike ------------------------------------------------
 
 
-def _score_options(args: argparse.Namespace, keep_overlays: int = 0) -> ScoreOptions:
+def _score_options(args: argparse.Namespace) -> ScoreOptions:
     """The scoring settings of `camgap score` and `camgap predict` from their flags, checked
-    before anything is read (a threshold outside [0, 1) stops here)."""
+    before anything is read (a threshold outside [0, 1) stops here). The per-image table is
+    written as batches finish and no logits are kept: memory stays flat in the images."""
     from camgap.measures.score import ScoreOptions
 
     return ScoreOptions(
@@ -40,9 +41,18 @@ def _score_options(args: argparse.Namespace, keep_overlays: int = 0) -> ScoreOpt
         batch_size=args.batch_size,
         num_workers=args.workers,
         class_boxes_only=args.class_boxes_only,
-        keep_overlays=keep_overlays,
+        keep_overlays=args.n if args.overlays else 0,
         progress=wants_progress(args),
+        per_image_out=args.per_image,
+        keep_logits=False,
     )
+
+
+def _save_overlays(args: argparse.Namespace, result, classes: list[str]) -> None:
+    if args.overlays:
+        from camgap.viz import save_overlays
+
+        save_overlays(result.overlays, args.overlays, result.thresholds[0], classes)
 
 
 def _score_from_args(args: argparse.Namespace, options: ScoreOptions):
@@ -94,22 +104,12 @@ def _accuracy(summary: dict) -> str:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from camgap.measures.score import ScoreOptions
-
-    # the table is written as batches finish; no logits are kept: memory stays flat in the images
-    options = ScoreOptions.of(
-        _score_options(args, keep_overlays=args.n if args.overlays else 0),
-        per_image_out=args.per_image,
-        keep_logits=False,
-    )
+    options = _score_options(args)
     thresholds = options.thresholds
     result, settings, classes = _score_from_args(args, options)
     kept = f"; the per-image table is whole in {args.per_image}" if args.per_image else ""
     args.interrupted = f"the scoring pass had finished{kept}; a rerun scores every image again"  # for Ctrl-C from here
-    if args.overlays:
-        from camgap.viz import save_overlays
-
-        save_overlays(result.overlays, args.overlays, thresholds[0], classes)
+    _save_overlays(args, result, classes)
     summary = result.summary() | settings | {"masks": args.masks, "checkpoint": str(args.checkpoint)}
     if args.json:
         print(json.dumps(json_safe(summary)))
@@ -200,6 +200,11 @@ def _prediction_json(args: argparse.Namespace, reference, prediction, result, th
 def cmd_predict(args: argparse.Namespace) -> int:
     from camgap.study.predict import predict_gap
 
+    if args.split != "train":
+        raise InputError(
+            f"--split {args.split}: predict fits the gap on the IoU over training images, as its reference "
+            f"set's IoU is; the held-out IoU is `camgap score --split {args.split}`"
+        )
     options = _score_options(args)
     threshold = options.thresholds[0]
     reference = _reference_fit(args.zoo, args.min_train_acc, args.cam, threshold, args.masks)
@@ -208,6 +213,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         result, settings, classes = _score_from_args(args, options)
     notes = [" ".join(str(w.message).split()) for w in caught]
+    _save_overlays(args, result, classes)
     prediction = predict_gap(fit, result.iou(), confidence=args.confidence, train_acc=result.train_acc)
     notes += _prediction_notes(args, reference, prediction, result, settings, classes)
     if args.json:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 
@@ -161,6 +162,29 @@ def test_bad_threshold_before_the_reference_set_is_read(setup, reference, capsys
     rc, out, err = predict(capsys, ckpts["zoo"], data, "--threshold", 1.5)
     assert rc == 2 and out == "" and "threshold 1.5 is outside [0, 1)" in err
     assert reference == []
+
+
+def test_a_held_out_split_is_refused_before_the_reference_set_is_read(setup, reference, capsys):
+    data, ckpts, _ = setup
+    rc, out, err = predict(capsys, ckpts["zoo"], data, "--split", "test")
+    assert rc == 2 and out == "" and reference == []
+    assert err.splitlines()[-1] == (
+        "camgap: error: --split test: predict fits the gap on the IoU over training images, as its reference "
+        "set's IoU is; the held-out IoU is `camgap score --split test`"
+    )
+
+
+def test_predict_writes_the_per_image_table_and_overlays_as_score_does(setup, reference, capsys, tmp_path):
+    data, ckpts, _ = setup
+    table, pictures = tmp_path / "per_image.csv", tmp_path / "overlays"
+    rc, out, err = predict(
+        capsys, ckpts["zoo"], data, "--json", "--no-progress", "--per-image", table, "--overlays", pictures, "--n", 2
+    )
+    assert rc == 0, err
+    rows = pd.read_csv(table)
+    assert len(rows) == json.loads(out)["n_images"] == 6
+    assert json.loads(out)["iou"] == pytest.approx(rows["iou@0.1"].mean())
+    assert len(list(pictures.glob("*.png"))) == 2
 
 
 # --- a foreign checkpoint against a real 32-px reference set -------------------------------------
