@@ -761,10 +761,16 @@ def test_score_and_predict_build_one_score_options(capsys, monkeypatch, data, ch
     )
     assert rc == 0, err
     want = ScoreOptions(
-        cam="gradcam++", thresholds=(0.2, 0.4), batch_size=4, class_boxes_only=True, device="cpu", progress=True
+        cam="gradcam++",
+        thresholds=(0.2, 0.4),
+        batch_size=4,
+        class_boxes_only=True,
+        device="cpu",
+        progress=True,
+        keep_logits=False,
     )
-    # the preprocessing (the defaults here) filled in by the same function; score alone keeps no logits
-    assert seen == [ScoreOptions.of(want, keep_logits=False), want]
+    # the preprocessing (the defaults here) filled in by the same function; neither keeps logits
+    assert seen == [want, want]
     assert json.loads(out)["iou"] == s["by_threshold"]["0.2"]["iou"]
 
 
