@@ -121,3 +121,15 @@ def test_the_train_split_is_never_unlabeled(tmp_path):
     with pytest.raises(InputError, match="unlabeled_ok is for a held-out split; a training image needs its label"):
         read_layout(root, "csv", "train", unlabeled_ok=True)
     assert all(r.label != UNLABELED for r in read_layout(root, "csv", "test", unlabeled_ok=True)[0])
+
+
+def test_imagenet_images_in_no_class_folder_are_said_to_be_left_out(tmp_path):
+    root = make_imagenet(tmp_path)
+    save_image(root / "train" / "stray.JPEG", color=COLORS["n02"])
+    with pytest.warns(UserWarning) as said:
+        records, _ = read_layout(root, "imagenet", "train")
+    assert "stray" not in {r.image_id for r in records} and len(records) == 3
+    assert [str(w.message) for w in said] == [
+        f"{root / 'train'}: 1 image file(s) lie in the split folder itself, in no class folder (e.g. stray.JPEG): "
+        "not read, as the train split's images need their class folder"
+    ]

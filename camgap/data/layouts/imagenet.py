@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 from camgap.errors import MissingFileError
@@ -65,8 +66,16 @@ def _read_imagenet(root: Path, split: str, missing_ok: bool, bad: _Bad):
             problem += f" ({len(classes)} classes from {train_dir})"
             images = [img for img in images if bad.unlabeled(img, problem)]
         records += folder.records(images, cdir.name)
-    if bad.unlabeled_ok:  # images in the split folder itself, in no class folder: held-out images without a label
-        records += folder.records(_list_images(split_dir), None)
+    loose = _list_images(split_dir)  # in the split folder itself, in no class folder
+    if bad.unlabeled_ok:  # held-out images without a label
+        records += folder.records(loose, None)
+    elif loose:  # a class is its folder: these have none, and reading on without them must be said
+        warnings.warn(
+            f"{split_dir}: {len(loose)} image file(s) lie in the split folder itself, in no class folder "
+            f"(e.g. {loose[0].name}): not read, as the {split} split's images need their class folder",
+            UserWarning,
+            stacklevel=2,
+        )
     return records, classes, split_dir
 
 
