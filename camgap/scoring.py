@@ -371,7 +371,9 @@ def write_masks(
     from camgap.data.masks import boxes_to_masks, export_masks, mask_quality
 
     skipped: list | None = [] if skip_bad else None
-    records, _ = read_layout(data, layout, split, skipped=skipped, missing_ok=True, box_units=box_units)
+    records, _ = read_layout(  # a mask needs no label: held-out images without one are kept (label -1)
+        data, layout, split, skipped=skipped, missing_ok=True, box_units=box_units, unlabeled_ok=split != "train"
+    )
     cache = cache_dir(cache, data, split, input_size, resize)
     store, result = _dataset_masks(
         source, records, cache, input_size, resize, skip_bad, progress=progress, max_pixels=max_pixels

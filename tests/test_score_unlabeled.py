@@ -170,3 +170,15 @@ def test_score_model_refuses_a_negative_label_other_than_minus_one():
     result = score_model(model, torch.utils.data.Subset(Items(), [0]), batch_size=2)
     assert result.n_unlabeled == 1 and math.isnan(result.train_acc) and result.summary()["accuracy"] != 0
     assert np.isfinite(result.iou())
+
+
+def test_masks_of_a_held_out_split_need_no_labels(capsys, data, tmp_path):
+    root = _relabel(data, tmp_path / "d", "test", {0: "zebra", 1: ""})
+    out = tmp_path / "masks"
+    args = ["masks", "--data", root, "--layout", "csv", "--split", "test", "--source", "saliency"]
+    args += ["--input-size", SIZE, "--out", out, "--cache", tmp_path / "cache", "--json", "--no-progress"]
+    capsys.readouterr()
+    assert main([str(a) for a in args]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["n_written"] == N_TEST == len(list(out.glob("*.png")))
+    assert main([str(a) for a in [*args[:6], "train", *args[7:]]]) == 0  # labelled: as before
