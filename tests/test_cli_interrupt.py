@@ -97,3 +97,26 @@ def test_score_before_any_row_and_after_the_pass(capsys, monkeypatch, score_args
 def test_each_command_says_what_it_keeps(argv, note):
     assert interrupted_note(build_parser().parse_args(argv)).startswith(note)
     assert interrupted_note(None) == "nothing was started"
+
+
+@pytest.mark.parametrize(
+    ("command", "note"),
+    [
+        ("build", "finished work is kept, rerun the same command to resume"),
+        ("measure", "finished work is kept, rerun the same command to resume"),
+        ("status", "rerun the same command (it has nothing to resume)"),
+        ("export", "rerun the same command (it has nothing to resume)"),
+        ("repair", "rerun the same command (it has nothing to resume)"),
+    ],
+)
+def test_each_zoo_command_says_whether_it_resumes(command, note, monkeypatch, capsys, tmp_path):
+    import camgap.zoo.cli as zoo_cli
+
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(zoo_cli, f"_{command}", interrupted)
+    args = ["demo", "--data", str(tmp_path)] if command == "build" else []
+    capsys.readouterr()
+    assert zoo_cli.main([command, *args, "--zoo", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == f"camgap zoo: interrupted; {note}\n"

@@ -181,7 +181,7 @@ def _add_build(sub) -> None:
         metavar="N",
         help=f"refuse a grid of more than N runs, counted before anything is expanded (default {MAX_RUNS_HELP})",
     )
-    b.set_defaults(func=_guard(_build))
+    b.set_defaults(func=_guard(_build, RESUMES))
 
 
 def _add_ray_address(p: argparse.ArgumentParser) -> None:
@@ -285,7 +285,7 @@ def _add_measure(sub) -> None:
     )
     _add_ray_address(m)
     add_progress_flag(m)
-    m.set_defaults(func=_guard(_measure))
+    m.set_defaults(func=_guard(_measure, RESUMES))
 
 
 def add_subcommands(sub) -> None:
@@ -340,9 +340,14 @@ exit status:
 """
 
 
-def _guard(func):
+RESUMES = "finished work is kept, rerun the same command to resume"
+READS = "rerun the same command (it has nothing to resume)"
+
+
+def _guard(func, interrupted: str = READS):
     """camgap's errors and OSErrors -> one line on stderr, exit 2 (an sqlite3.Error that got
-    past the registry is named after ZOO's registry file); Ctrl-C -> exit 130."""
+    past the registry is named after ZOO's registry file); Ctrl-C -> exit 130 and one line,
+    `interrupted`: what the command keeps."""
 
     def run(args: argparse.Namespace) -> int:
         import sqlite3
@@ -361,7 +366,7 @@ def _guard(func):
             print(f"camgap zoo: error: {registry_error(exc, Path(zoo) / ZooDB.FILENAME)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
-            print("camgap zoo: interrupted; rerun the same command to resume", file=sys.stderr)
+            print(f"camgap zoo: interrupted; {interrupted}", file=sys.stderr)
             return 130
 
     run.__name__ = func.__name__
