@@ -286,9 +286,25 @@ def create_model_skeleton(name: str, num_classes: int, **kwargs) -> nn.Module:
     own builders compute no plain tensors, so they run wholly on the meta device (no parameter is
     allocated even for a moment: a width-4096 small_resnet has 38 GB convolutions)."""
     own = model_group(name) == "camgap"
-    with torch.device("meta") if own else contextlib.nullcontext(), _parameters_on_meta(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torchvision's notes on its default initialisation
+    try:
+        with torch.device("meta") if own else contextlib.nullcontext(), _parameters_on_meta(), _quiet():
+            return create_model(name, num_classes=num_classes, **kwargs)
+    except CamgapError:
+        raise
+    except Exception:
+        # a third-party builder that computes with its own weights while it builds (timm's MCi and
+        # ViTamin) cannot run on the meta device: built for real, it has the same structure
+        if own:
+            raise
+    with _quiet():
         return create_model(name, num_classes=num_classes, **kwargs)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision's notes on its default initialisation
+        yield
 
 
 def fixed_input_size(model: nn.Module) -> tuple[int, int] | None:

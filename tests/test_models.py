@@ -373,3 +373,19 @@ def test_get_layer(small):
     assert get_layer(small, "fc") is small.fc
     with pytest.raises(ValueError, match="no layer 'layer5'.*top-level layers: conv1, bn1, relu, layer1"):
         get_layer(small, "layer5")
+
+
+def test_a_builder_that_cannot_run_on_meta_is_built_for_real(monkeypatch):
+    """timm's MCi and ViTamin compute with their own weights while they build: on the meta device
+    that raised, and `camgap models timm:vit_base_mci_224` was a traceback."""
+    import camgap.models as models
+
+    def builder(num_classes: int) -> nn.Module:
+        layer = nn.Linear(3, num_classes)
+        layer.weight.data.mul_(1 + float(layer.weight.data.abs().max()))  # a meta tensor has no value: raises
+        return layer
+
+    monkeypatch.setattr(models, "model_group", lambda name: "timm")
+    monkeypatch.setattr(models.MODELS, "get", lambda name: builder)
+    model = models.create_model_skeleton("timm:fake", 4)
+    assert model.weight.device.type == "cpu" and model.weight.shape == (4, 3)
