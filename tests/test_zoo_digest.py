@@ -205,3 +205,20 @@ def test_a_file_without_record_is_read_back(zoo, reads):
     info = status(zoo)
     assert info["integrity_problems"] == [] and reads == {"hashed": 0, "read_back": 1}
     assert info["final_checks"] == {"by_stat": N - 1, "hashed": 0, "read_back": 1}
+
+
+def test_a_build_says_how_many_checkpoints_it_had_to_read(zoo, reads):
+    from camgap.zoo.recovery import retrain_unsound_finals
+
+    final = _final(zoo, "r1")
+    _set_mtime(final, final.stat().st_mtime_ns + HOUR_NS)
+    said = []
+    with ZooDB.in_dir(zoo) as reg:
+        retrain_unsound_finals(reg, zoo, said.append)
+        assert said == [
+            f"{zoo}: checked the done runs' final.pt: 1 hashed (new or changed on disk since recorded), "
+            f"{N - 1} by size, mtime and inode"
+        ]
+        said.clear()
+        retrain_unsound_finals(reg, zoo, said.append)  # recorded by the first: nothing read, nothing said
+    assert said == [] and reads["hashed"] == 1

@@ -104,11 +104,12 @@ def retrain_unsound_finals(reg: ZooDB, out: Path, log) -> None:
     from camgap.zoo.digest import check_final
     from camgap.zoo.files import set_aside, storage_error
 
+    tally: dict[str, int] = {}
     for run in reg.done_runs():
         rid = run["run_id"]
         final = out / "runs" / rid / "final.pt"
         try:
-            problem = check_final(final.parent, rid, record=True)
+            problem = check_final(final.parent, rid, record=True, tally=tally)
             if problem is None:
                 continue
             then = "the run is trained again"
@@ -119,6 +120,11 @@ def retrain_unsound_finals(reg: ZooDB, out: Path, log) -> None:
             raise storage_stop(f"{exc.filename or final}: {exc.strerror or exc}") from exc
         reg.requeue(rid)
         log(f"WARNING {rid}: {msg}")
+    read = {k: n for k, n in tally.items() if k != "by_stat" and n}
+    if read:  # a copied or touched set costs a read of every file once: say why this build took long
+        said = ", ".join(f"{n} {'hashed' if k == 'hashed' else 'read back'}" for k, n in read.items())
+        log(f"{out}: checked the done runs' final.pt: {said} (new or changed on disk since recorded), "
+            f"{tally.get('by_stat', 0)} by size, mtime and inode")  # fmt: skip
 
 
 def repair(zoo_dir: str | Path, log=print):
