@@ -132,8 +132,11 @@ def main() -> None:
         seconds, bound_table = timed(score(memory, 0), args.repeats)
         rates["model only (pre-decoded)"] = args.images / seconds
         model_cpu, _ = cpu_time(score(memory, 0))
-    for table in tables.values():
-        pd.testing.assert_frame_equal(table, bound_table, check_exact=True)
+    for workers, table in tables.items():
+        # beside workers the model runs on fewer threads (camgap.measures.inputs.decoding_split),
+        # which may round its floats otherwise: exact at torch's own thread count only
+        same = workers == 0 or torch.get_num_threads() <= 1
+        pd.testing.assert_frame_equal(table, bound_table, check_exact=same, rtol=1e-5)
     report(args, rates, 1000 * decode_cpu / args.images, 1000 * model_cpu / args.images)
 
 
@@ -153,7 +156,7 @@ def report(args, rates: dict[str, float], decode_ms: float, model_ms: float) -> 
         f"CPU time per image on one thread: decoding {decode_ms:.2f} ms, model-only pass {model_ms:.2f} ms; "
         f"{cores} cores allow at most {1000 * cores / (decode_ms + model_ms):.0f} images/s with decoding"
     )
-    print("every pass gave the same per-image table")
+    print("every pass gave the same per-image table (to float rounding where the model's thread count differed)")
     print(
         "rerun: python bench/bench_score_workers.py "
         + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -104,6 +105,7 @@ def _accuracy(summary: dict) -> str:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    args.started = time.time()  # what Ctrl-C finds newer than this is this run's (`_score_interrupted`)
     options = _score_options(args)
     thresholds = options.thresholds
     result, settings, classes = _score_from_args(args, options)
@@ -128,9 +130,10 @@ def cmd_score(args: argparse.Namespace) -> int:
     )
     print("\n".join(_settings_lines(settings)))
     if summary["num_workers"]:
+        where = " (the cores the workers leave)" if settings["device"] == "cpu" else ""  # a GPU keeps torch's
         print(
             f"decoding: {summary['num_workers']} worker processes beside the model's "
-            f"{summary['model_threads']} torch thread(s) (the cores the workers leave)"
+            f"{summary['model_threads']} torch thread(s){where}"
         )
     return 0
 
@@ -479,7 +482,9 @@ def _score_interrupted(args: argparse.Namespace) -> str:
         from camgap.measures.tablefile import TableFile
 
         partial = TableFile(args.per_image).partial
-        kept = f"the rows scored so far are in {partial}" if partial.exists() else "no row was scored yet"
+        # a .partial left by an earlier run is not this run's rows
+        fresh = partial.exists() and partial.stat().st_mtime >= getattr(args, "started", 0.0)
+        kept = f"the rows scored so far are in {partial}" if fresh else "no row was scored yet"
         note += f"; {kept}"
     return note
 

@@ -127,6 +127,7 @@ def run_demo(
     images whose background carries a cue of their class (`write_synthetic`), said in the
     report's title (None: the plain demo, P = 0 and not said)."""
     from camgap.data.synthetic import check_context, write_synthetic
+    from camgap.machine import max_workers
     from camgap.zoo.build import build
     from camgap.zoo.executors import resolve_device, thread_budget
     from camgap.zoo.measure import measure_zoo
@@ -152,7 +153,8 @@ def run_demo(
 
     log("[demo] 3/4 measures: " + ", ".join(preset["measures"]))
     # on a CPU one worker process per core, as the build: a model's measures are one thread's work
-    measure_workers = workers if workers is not None else (0 if device.startswith("cuda") else thread_budget())
+    cpu_workers = min(thread_budget(), max_workers())  # OMP_NUM_THREADS may exceed the usable CPUs
+    measure_workers = workers if workers is not None else (0 if device.startswith("cuda") else cpu_workers)
     measure_zoo(out / "zoo", measures=preset["measures"], cams=preset["cams"], masks=preset["masks"],
                 device=device, log=log, progress=progress, workers=measure_workers)  # fmt: skip
     stages.end("measure")

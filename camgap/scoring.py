@@ -216,16 +216,15 @@ def score_checkpoint(
 
     `options` are the scoring settings (CAM, thresholds, batches, overlays, ...); their model-
     dependent fields (target layer, device, mean, std, channel order) are set here from `layer`,
-    `device` and the resolved preprocessing. `flags` holds the settings given explicitly
-    (`SETTING_FIELDS`; None = not given); each missing one comes from the checkpoint, else from
-    PREPROCESSING_DEFAULTS.
+    `device` and the resolved preprocessing. `flags` holds the settings given explicitly (None =
+    not given); each missing one comes from the checkpoint, else from PREPROCESSING_DEFAULTS.
     A target-layer map under 3x3 at the chosen input size is a MapTooSmallError naming the
     input size to use, before any image is read (`force`: a warning, and scoring goes on).
     `box_units` and `max_pixels` are read_layout's and decode_rgb's (None: pixels, checked; 100 MP).
     Returns (ScoreResult, settings, classes); settings holds "model" and "preprocessing", each
     with the chosen values and a "source" per field (flag, checkpoint, default, ...),
-    "target_map" (the layer's map, [h, w]) and "split"; "model" also says how the layer's output
-    became that map ("reshape": none, tokens with the prefix tokens dropped, or nhwc)."""
+    "target_map" (the layer's map, [h, w]), "split" and "device"; "model" also says how the layer's
+    output became that map ("reshape": none, tokens with the prefix tokens dropped, or nhwc)."""
     from camgap.cam.layers import default_target_layer, get_layer
     from camgap.data import BoxDataset, read_layout
     from camgap.data.dataset import count_dropped_boxes
@@ -271,7 +270,8 @@ def score_checkpoint(
     result = score_model(model, dataset, options, masks=ref_masks, mask_ids=mask_ids)
     result.n_skipped += len(skipped or []) + n_without_mask
     result.n_boxes_dropped = count_dropped_boxes(dataset.records, max_pixels)
-    return result, json_safe(settings | {"target_map": target_map, "split": split}), classes
+    settings |= {"target_map": target_map, "split": split, "device": str(torch_device)}
+    return result, json_safe(settings), classes
 
 
 def _check_class_boxes(records, data: Path, split: str, masks: str, options: ScoreOptions | None) -> None:

@@ -78,7 +78,8 @@ def save_overlays(
     paths = []
     for item in overlays:
         picture = render_overlay(item["image"], item["cam"], threshold, item["boxes"], item["reference"])
-        pred = classes[item["pred"]] if classes else item["pred"]
+        p = item["pred"]  # a model may have more outputs than the data has classes
+        pred = classes[p] if classes and 0 <= p < len(classes) else p
         name = f"{item['image_id']}_pred-{pred}_iou-{item['iou']:.3f}.png".replace("/", "_")
         path = out_dir / name
         Image.fromarray(picture).save(path)

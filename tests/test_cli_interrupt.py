@@ -3,6 +3,8 @@ the same command to resume" (score says where its rows are, as it starts over)."
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import pytest
 import torch
@@ -120,3 +122,15 @@ def test_each_zoo_command_says_whether_it_resumes(command, note, monkeypatch, ca
     capsys.readouterr()
     assert zoo_cli.main([command, *args, "--zoo", str(tmp_path)]) == 130
     assert capsys.readouterr().err == f"camgap zoo: interrupted; {note}\n"
+
+
+def test_a_partial_table_of_an_earlier_run_is_not_this_run_s_rows(capsys, monkeypatch, score_args, tmp_path):
+    table = tmp_path / "rows.csv"
+    stale = table.with_name("rows.csv.partial")
+    stale.write_text("image_id\nfrom-an-earlier-run\n")
+    os.utime(stale, (1, 1))  # written long before this run started
+    _interrupt_batch(monkeypatch, 0)
+    assert _run(capsys, [*score_args, "--per-image", str(table)]) == (
+        130,
+        f"camgap: interrupted; {STARTS_OVER}; no row was scored yet\n",
+    )

@@ -39,12 +39,12 @@ def test_a_model_that_raises_on_the_size_is_one_input_error():
         check_map_size(model, model.conv, "conv", 64, where="model.pt")
     assert isinstance(caught.value, InputError) and caught.value.input_size == 64
     assert str(caught.value) == (
-        "model.pt: the model fails on a 64x64 input (AssertionError: input must be 32x32); "
-        "give --input-size a size it takes"
+        "model.pt: the model fails on a 64x64 input of zeros (AssertionError: input must be 32x32); "
+        "if it takes images of another size only, give --input-size that size"
     )
     assert model.training and not model.conv._forward_hooks  # its mode back, the hook gone
     silent = SizeAsserting(RuntimeError, "")
-    with pytest.raises(InputError, match=r"^the model fails on a 48x48 input \(RuntimeError\); give --input-size"):
+    with pytest.raises(InputError, match=r"^the model fails on a 48x48 input of zeros \(RuntimeError\); if it takes"):
         check_map_size(silent, silent.conv, "conv", 48)
 
 
@@ -59,8 +59,8 @@ def test_score_says_it_in_one_line(capsys, tmp_path):
         assert main([str(a) for a in [*args, "--input-size", 64]]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err == (
-        f"camgap: error: {path}: the model fails on a 64x64 input (AssertionError: input must be 32x32); "
-        "give --input-size a size it takes\n"
+        f"camgap: error: {path}: the model fails on a 64x64 input of zeros (AssertionError: input must be "
+        "32x32); if it takes images of another size only, give --input-size that size\n"
     )
     with pytest.warns(UserWarning, match="weights_only=False"):
         assert main([str(a) for a in [*args, "--input-size", SIZE, "--json"]]) == 0

@@ -165,7 +165,8 @@ def test_score_model_refuses_a_negative_label_other_than_minus_one():
             return torch.zeros(3, SIZE, SIZE, dtype=torch.uint8), [-1, -2][i], [[2.0, 2.0, 20.0, 20.0]]
 
     model = create_model("small_resnet", num_classes=N_CLASSES, width=8)
-    with pytest.raises(InputError, match=r"image 1: label -2 is outside the model's 3 classes \(-1: no known label\)"):
+    refused = r"image 1: label -2 is outside the model's 3 classes \(negative: only -1, no known label, is allowed\)"
+    with pytest.raises(InputError, match=refused):
         score_model(model, Items(), batch_size=2)
     result = score_model(model, torch.utils.data.Subset(Items(), [0]), batch_size=2)
     assert result.n_unlabeled == 1 and math.isnan(result.train_acc) and result.summary()["accuracy"] != 0

@@ -62,3 +62,21 @@ def test_figure2_names_method_and_threshold_with_legend_and_colour_bar(tmp_path)
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="at least one row"):
         figures.overlay_figure([])
+
+
+def test_overlays_of_a_model_with_more_outputs_than_the_data_has_classes(tmp_path):
+    """A 1000-class checkpoint on a 3-class dataset: a prediction past the data's classes is named
+    by its index (it was an IndexError)."""
+    from camgap.viz import save_overlays
+
+    item = {
+        "image_id": "a",
+        "image": _image(),
+        "cam": torch.rand(8, 8, generator=torch.Generator().manual_seed(1)),
+        "boxes": torch.tensor([[1.0, 1.0, 5.0, 5.0]]),
+        "reference": torch.zeros(8, 8, dtype=torch.bool),
+        "pred": 7,
+        "iou": 0.25,
+    }
+    paths = save_overlays([item, item | {"image_id": "b", "pred": 1}], tmp_path, 0.1, ["c0", "c1", "c2"])
+    assert [p.name for p in paths] == ["a_pred-7_iou-0.250.png", "b_pred-c1_iou-0.250.png"]

@@ -403,3 +403,30 @@ def test_zoo_workers_below_zero_is_a_usage_error(tmp_path, capsys, command):
     assert exc.value.code == 2
     last = capsys.readouterr().err.splitlines()[-1]
     assert last.endswith("argument --workers: must be 0 (this process) or more, got -1")
+
+
+def test_the_default_local_workers_stay_within_the_cpus(monkeypatch):
+    """OMP_NUM_THREADS (thread_budget) may name more threads than the CPUs this process may use."""
+    from camgap import machine
+    from camgap.errors import InputError
+    from camgap.zoo import executors
+
+    monkeypatch.setattr(machine, "cpu_count", lambda: 2)
+    monkeypatch.setattr(executors, "thread_budget", lambda: 64)
+    ex = executors.make_executor("local", workers=None, device="cpu")
+    try:
+        assert isinstance(ex, executors.LocalExecutor) and ex.workers == 2
+    finally:
+        ex.close()
+    with pytest.raises(InputError, match="--workers 3 processes is more than one per CPU"):
+        executors.LocalExecutor(3)
+
+
+def test_too_many_local_workers_stop_a_build_before_anything_is_written(tmp_path, monkeypatch):
+    from camgap import machine
+    from camgap.errors import InputError
+
+    monkeypatch.setattr(machine, "cpu_count", lambda: 2)
+    with pytest.raises(InputError, match="--workers 5 processes is more than one per CPU"):
+        build("demo-quick", tmp_path / "no-data", tmp_path / "zoo", workers=5)
+    assert not (tmp_path / "zoo").exists()

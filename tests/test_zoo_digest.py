@@ -141,7 +141,7 @@ def test_a_file_replaced_with_its_size_and_mtime_is_found_by_its_inode(zoo, read
     info = status(zoo)
     assert info["integrity_problems"] == [
         f"run r2: done, but {final}: its sha256 differs from the one recorded when it was written (corrupt); "
-        "`camgap zoo build` trains it again"
+        "`camgap zoo build --verify` trains it again"
     ]
     assert reads["hashed"] == 1
 
@@ -155,7 +155,7 @@ def test_a_truncated_file_is_found_without_reading_it(zoo, reads):
     info = status(zoo)
     assert info["integrity_problems"] == [
         f"run r3: done, but {final}: {st.st_size // 2} bytes, {st.st_size} when it was written "
-        "(truncated or overwritten); `camgap zoo build` trains it again"
+        "(truncated or overwritten); `camgap zoo build --verify` trains it again"
     ]
     assert reads == {"hashed": 0, "read_back": 0}
 
@@ -222,3 +222,23 @@ def test_a_build_says_how_many_checkpoints_it_had_to_read(zoo, reads):
         said.clear()
         retrain_unsound_finals(reg, zoo, said.append)  # recorded by the first: nothing read, nothing said
     assert said == [] and reads["hashed"] == 1
+
+
+def test_build_verify_trains_again_a_file_damaged_with_its_size_mtime_and_inode_kept(zoo, reads):
+    from camgap.zoo.recovery import retrain_unsound_finals
+
+    final = _final(zoo, "r2")
+    st = final.stat()
+    with open(final, "r+b") as f:  # bit rot: one byte, in place, the mtime set back
+        f.seek(st.st_size // 2)
+        byte = f.read(1)
+        f.seek(st.st_size // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    _set_mtime(final, st.st_mtime_ns)
+    said = []
+    with ZooDB.in_dir(zoo) as reg:
+        retrain_unsound_finals(reg, zoo, said.append)  # a plain build trusts size, mtime and inode
+        assert not [s for s in said if "WARNING" in s] and reg.todo(2) == []
+        retrain_unsound_finals(reg, zoo, said.append, verify=True)
+        assert [r.run_id for r in reg.todo(2)] == ["r2"]
+    assert any(s.startswith("WARNING r2: ") and "sha256 differs" in s for s in said)

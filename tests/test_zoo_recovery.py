@@ -626,9 +626,9 @@ def test_a_corrupt_final_pt_is_flagged_by_status_and_trained_again_by_build(tmp_
     assert info["counts"]["done"] == 2
     assert info["integrity_problems"] == [
         f"run {a}: done, but {fa}: its sha256 differs from the one recorded when it was written (corrupt); "
-        "`camgap zoo build` trains it again",
+        "`camgap zoo build --verify` trains it again",
         f"run {b}: done, but {fb}: {size} bytes, {full} when it was written (truncated or overwritten); "
-        "`camgap zoo build` trains it again",
+        "`camgap zoo build --verify` trains it again",
     ]
     assert "INTEGRITY PROBLEMS (2):" in format_status(info)
 

@@ -139,7 +139,7 @@ def test_integrity_check_finds_problems(tmp_path):
         final.write_bytes(b"x")  # no recorded digest: read back, and unreadable
         assert reg.integrity_check(tmp_path) == [
             f"run {a}: done, but {final}: cannot read checkpoint (Unsupported operand 120); "
-            "`camgap zoo build` trains it again"
+            "`camgap zoo build --verify` trains it again"
         ]
         save_final({"run_id": a, "result": result(a).to_dict()}, final)
         assert reg.integrity_check(tmp_path) == []

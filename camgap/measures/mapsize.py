@@ -36,7 +36,8 @@ class ModelRefusedInputError(InputError):
         said = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         prefix = f"{where}: " if where else ""
         super().__init__(
-            f"{prefix}the model fails on a {input_size}x{input_size} input ({said}); give --input-size a size it takes"
+            f"{prefix}the model fails on a {input_size}x{input_size} input of zeros ({said}); if it takes "
+            "images of another size only, give --input-size that size"
         )
         self.input_size = input_size
 
@@ -56,6 +57,8 @@ def target_map_shape(
     device = next(model.parameters()).device
     try:
         model.eval()(torch.zeros(1, 3, input_size, input_size, device=device))
+    except torch.OutOfMemoryError:  # the machine's limit, not the model's refusal: as it is
+        raise
     except Exception as exc:  # a model refuses an input size in any form of its own: one line, not a traceback
         raise ModelRefusedInputError(input_size, exc, where) from exc
     finally:

@@ -54,7 +54,7 @@ class ScoreResult:
     target_layer: str = ""
     localization: LocalizationTotals = field(default_factory=LocalizationTotals)
     num_workers: int = 0  # decoding worker processes
-    model_threads: int = 1  # torch's intra-op threads the model ran with (`inputs.model_threads`)
+    model_threads: int = 1  # torch's intra-op threads the model ran with (`inputs.decoding_split`)
 
     @property
     def n_images(self) -> int:
@@ -389,7 +389,11 @@ def _check_labels(labels: Tensor, n_classes: int, ids: Sequence[str]) -> None:
     outside = (labels < UNLABELED) | (labels >= n_classes)
     if bool(outside.any()):
         b = int(outside.nonzero()[0, 0])
-        why = "the data has more classes than the model has outputs" if int(labels[b]) >= 0 else "-1: no known label"
+        why = (
+            "the data has more classes than the model has outputs"
+            if int(labels[b]) >= 0
+            else "negative: only -1, no known label, is allowed"
+        )
         raise InputError(f"image {ids[b]}: label {int(labels[b])} is outside the model's {n_classes} classes ({why})")
 
 

@@ -148,17 +148,20 @@ def build(
     max_runs: int | None = None,
     box_units: str | None = None,
     max_pixels: int | None = None,
+    verify: bool = False,
 ) -> BuildSummary:
     """Build (or resume) the model set of ``grid`` on ``data`` in ``out``; see the module doc.
     ``max_runs``: refuse a grid of more runs, before anything is expanded or written (default:
     a Grid's own limit, a grid file's ``MAX_RUNS``). ``box_units`` and ``max_pixels`` are
-    read_layout's and decode_rgb's (None: pixels, checked; 100 MP)."""
+    read_layout's and decode_rgb's (None: pixels, checked; 100 MP). ``verify``: hash every done
+    run's final.pt (`zoo.digest.check_final`), not only those whose size, mtime or inode changed."""
     from camgap.zoo.files import cache_path, prepare_split, storage_error
     from camgap.zoo.pretrained import ensure_source_models
 
     t_start = time.perf_counter()
     log = log or _print_line
     g = _checked_grid(grid, executor, max_attempts, max_runs)
+    _check_local_workers(executor, workers)
     data = Path(data).expanduser().resolve()
     out = Path(out).expanduser().resolve()
     train_records, test_records, classes = _read_splits(data, layout, box_units)
@@ -176,7 +179,7 @@ def build(
             data_info = {"classes": classes, "n_train": len(train_records), "n_test": len(test_records)}
             _bind(reg, g, out, data, data_info)
             specs = g.runs()
-            todo, resumed = _register(reg, specs, out, retry_failed, max_attempts, log)
+            todo, resumed = _register(reg, specs, out, retry_failed, max_attempts, log, verify)
             total = len(specs)
             if not todo:
                 return _summary(reg, out, total, resumed, t_start, log)
@@ -218,6 +221,14 @@ def _summary(
 
 def _print_line(msg: str) -> None:
     print(msg, flush=True)
+
+
+def _check_local_workers(executor: str, workers: int | None) -> None:
+    """A local executor's worker count, before the registry is written or the data decoded."""
+    from camgap.zoo.executors import check_local_workers
+
+    if executor == "local" and workers is not None:
+        check_local_workers(workers)
 
 
 def _checked_grid(grid: str | Path | Grid, executor: str, max_attempts: int, max_runs: int | None) -> Grid:
@@ -284,12 +295,12 @@ def _bind(reg: ZooDB, g: Grid, out: Path, data: Path, data_info: dict) -> None:
 
 
 def _register(
-    reg: ZooDB, specs: list[RunSpec], out: Path, retry_failed: bool, max_attempts: int, log
+    reg: ZooDB, specs: list[RunSpec], out: Path, retry_failed: bool, max_attempts: int, log, verify: bool = False
 ) -> tuple[list[RunSpec], list[str]]:
     """Register the grid's runs, send unsound and interrupted ones back to pending; returns the runs
     to train and the interrupted ones that resume."""
     new = reg.add_runs(specs)
-    retrain_unsound_finals(reg, out, log)
+    retrain_unsound_finals(reg, out, log, verify=verify)
     resumed = reg.reset_interrupted()
     if retry_failed:
         reg.reset_failed()

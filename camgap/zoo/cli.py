@@ -43,6 +43,7 @@ def _build(args: argparse.Namespace) -> int:
         max_attempts=args.max_attempts,
         retry_failed=args.retry_failed,
         keep_last=args.keep_last,
+        verify=args.verify,
         cpus_per_run=args.cpus_per_run,
         progress=wants_progress(args),
         max_runs=args.max_runs,
@@ -172,6 +173,12 @@ def _add_build(sub) -> None:
         "--keep-last",
         action="store_true",
         help="keep last.pt (with optimizer state) next to final.pt after a run finishes",
+    )
+    b.add_argument(
+        "--verify",
+        action="store_true",
+        help="hash every done run's final.pt and train again those that do not match their recorded sha256 "
+        "(default: only files whose size, mtime or inode changed are hashed; bit rot changes none of them)",
     )
     add_progress_flag(b)
     b.add_argument(
@@ -322,8 +329,9 @@ STATUS_JSON_HELP = """\
                       {"n": runs, "min", "median", "mean", "max"} (null when n is 0)
   integrity_problems  [one line each]; any makes the exit status 1
   final_checks        the done runs' final.pt by how they were checked: {"by_stat": not read
-                      (size, mtime, inode as recorded), "hashed": sha256 computed (changed,
-                      or --verify), "read_back": no recorded digest, read as a checkpoint}
+                      (size, mtime, inode as recorded; or a size that differs: a problem),
+                      "hashed": sha256 computed (changed, or --verify), "read_back": no
+                      recorded digest, read as a checkpoint}
   grid                the grid the model set was built from (canonical form)
   measurements        {"states": {state: n}, "by_measure": {measure: {state: n}},
                        "not_done": [{"state", "measure", "reason", "runs"}]}

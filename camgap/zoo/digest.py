@@ -6,8 +6,9 @@ The record also holds the file's ``mtime_ns`` and ``inode`` as they were when it
 that a check reads no byte of a file whose size, mtime and inode are still the recorded ones:
 at the paper's scale (2000 checkpoints of ~45 MB) hashing them all would read 90 GB on every
 `zoo status`. A file replaced (new inode), touched or rewritten (new mtime) or cut short (new
-size) is hashed again as before; one edited in place with its mtime set back is found only by
-``verify`` (`zoo status --verify`), which hashes every file.
+size) is hashed again as before; one damaged in place with its size, mtime and inode unchanged
+(bit rot, an edit with its mtime set back) is found only by ``verify`` (`zoo status --verify`,
+`zoo build --verify`), which hashes every file.
 
 A ``final.pt`` without a record (written before records existed, or a kill between the two
 writes) is checked by reading it back; a writer then records its digest. Nothing here imports

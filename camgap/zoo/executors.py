@@ -45,7 +45,7 @@ from typing import Any, Protocol
 import torch
 
 from camgap.errors import InputError
-from camgap.machine import cpu_count, too_many_workers
+from camgap.machine import cpu_count, max_workers, too_many_workers
 from camgap.zoo.train import execute_task
 
 __all__ = ["InProcessExecutor", "LocalExecutor", "RayExecutor", "make_executor", "resolve_device", "cpu_count"]
@@ -161,8 +161,19 @@ def _execute_in_worker(task: Work, fn: TaskFn = execute_task) -> Outcome:
     return fn(task)
 
 
+def check_local_workers(workers: int) -> None:
+    """InputError unless a local executor may start `workers` processes: each is a process of this
+    machine, at most one per CPU (a mistyped count would fork until memory runs out)."""
+    problem = f"{workers} processes: give 0 or more" if workers < 0 else too_many_workers(workers)
+    if problem:
+        raise InputError(
+            f"--workers {problem} (a local executor starts one process per worker; --executor ray runs more)"
+        )
+
+
 class LocalExecutor:
     def __init__(self, workers: int, device: str = "cpu", threads: int | None = None, fn: TaskFn = execute_task):
+        check_local_workers(int(workers))
         self.fn = fn
         self.workers = max(1, int(workers))
         self.device = device
@@ -374,18 +385,16 @@ def make_executor(
         )
     if kind != "local":
         raise InputError(f"unknown executor {kind!r}; expected local or ray")
-    if workers is not None and (workers < 0 or (problem := too_many_workers(workers))):
-        # each local worker is a process of this machine: a mistyped count would fork until memory runs out
-        why = f"{workers} processes: give 0 or more" if workers < 0 else problem
-        raise InputError(f"--workers {why} (a local executor starts one process per worker; --executor ray runs more)")
+    if workers is not None:
+        check_local_workers(workers)
     device = resolve_device(device)
     if workers == 0:
         return InProcessExecutor(device, threads, fn=fn)
     if device.startswith("cuda"):
         n = torch.cuda.device_count() if device == "cuda" else 1
         return LocalExecutor(workers or n, device, threads, fn=fn)
-    if workers is None:
-        workers = max(1, thread_budget() // max(1, run_threads))
+    if workers is None:  # OMP_NUM_THREADS (thread_budget) may exceed the CPUs this process may use
+        workers = max(1, min(thread_budget() // max(1, run_threads), max_workers()))
     if workers <= 1:
         return InProcessExecutor("cpu", threads, fn=fn)
     return LocalExecutor(workers, "cpu", threads, fn=fn)

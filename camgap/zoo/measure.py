@@ -339,9 +339,13 @@ def measure_zoo(
     None: in this process; N: N local worker processes, or on Ray N runs in flight at most);
     the workers return each run's rows and this process records them, all of one model together
     (mirrored to its measurements.json)."""
+    from camgap.zoo.executors import check_local_workers
+
     t0 = time.perf_counter()
     zoo = Path(zoo_dir).expanduser().resolve()
     request = make_request(measures, cams, thresholds, masks, batch_size)
+    if executor == "local" and workers is not None:  # before reference masks are computed
+        check_local_workers(workers)
     if not (zoo / ZooDB.FILENAME).exists():
         raise MissingFileError(f"{zoo}: no model set here ({ZooDB.FILENAME} missing); run `camgap zoo build` first")
     reg = ZooDB.in_dir(zoo, create=False)

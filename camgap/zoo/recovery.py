@@ -98,9 +98,10 @@ def remove_temp_files(out: Path, log) -> None:
         log(f"{out}: removed {len(removed)} temporary file(s) left by a killed process: {names}")
 
 
-def retrain_unsound_finals(reg: ZooDB, out: Path, log) -> None:
-    """Done runs whose final.pt is missing or corrupt (``digest.check_final``) go back to pending,
-    a corrupt file set aside; a final.pt without a recorded digest that reads back gets one."""
+def retrain_unsound_finals(reg: ZooDB, out: Path, log, verify: bool = False) -> None:
+    """Done runs whose final.pt is missing or corrupt (``digest.check_final``; ``verify``: every
+    file hashed) go back to pending, a corrupt file set aside; a final.pt without a recorded
+    digest that reads back gets one."""
     from camgap.zoo.digest import check_final
     from camgap.zoo.files import set_aside, storage_error
 
@@ -109,7 +110,7 @@ def retrain_unsound_finals(reg: ZooDB, out: Path, log) -> None:
         rid = run["run_id"]
         final = out / "runs" / rid / "final.pt"
         try:
-            problem = check_final(final.parent, rid, record=True, tally=tally)
+            problem = check_final(final.parent, rid, record=True, verify=verify, tally=tally)
             if problem is None:
                 continue
             then = "the run is trained again"

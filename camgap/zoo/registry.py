@@ -473,4 +473,4 @@ def _final_problem(zoo_dir: Path, run_id: str, verify: bool, tally: dict | None)
     problem = check_final(zoo_dir / "runs" / run_id, run_id, verify=verify, tally=tally)
     if problem is None:
         return []
-    return [f"run {run_id}: done, but {problem}; `camgap zoo build` trains it again"]
+    return [f"run {run_id}: done, but {problem}; `camgap zoo build --verify` trains it again"]
