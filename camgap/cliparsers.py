@@ -124,7 +124,8 @@ def _add_score_args(p: argparse.ArgumentParser) -> None:
         type=worker_count,
         default=0,
         help="processes that decode and resize the images while the model runs, at most one per CPU core; on a "
-        "CPU the model runs on the cores they leave (default 0: this process; the numbers are the same either way)",
+        "CPU the model runs on the cores they leave (default 0: this process; the same numbers, on a CPU to "
+        "float rounding)",
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
