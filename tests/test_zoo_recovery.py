@@ -749,3 +749,39 @@ def _dead_pid() -> int:
     child = subprocess.Popen(["true"])
     child.wait()
     return child.pid
+
+
+class _ReapedElsewhere:
+    """A worker process that has ended, whose exit code reads None for a moment: the pool's own
+    thread won the race to waitpid and has not stored the code yet."""
+
+    def __init__(self, ended: bool):
+        self.reads = 0
+        read, write = os.pipe()
+        self.sentinel, self._write = read, write
+        if ended:  # a process's sentinel is ready once it has exited
+            os.close(write)
+            self._write = None
+
+    def join(self, timeout=None) -> None:
+        pass
+
+    @property
+    def exitcode(self):
+        self.reads += 1
+        return None if self.reads < 3 else -9
+
+    def close(self) -> None:
+        os.close(self.sentinel)
+        if self._write is not None:
+            os.close(self._write)
+
+
+def test_an_ended_worker_s_exit_code_is_asked_again_until_the_pool_stored_it():
+    ended, running = _ReapedElsewhere(ended=True), _ReapedElsewhere(ended=False)
+    try:
+        assert executors._exit_code(ended) == -9 and ended.reads == 3
+        assert executors._exit_code(running) is None and running.reads == 1  # no waiting on a live one
+    finally:
+        ended.close()
+        running.close()

@@ -33,6 +33,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor
@@ -171,6 +172,22 @@ def check_local_workers(workers: int) -> None:
         )
 
 
+def _exit_code(proc: mp.process.BaseProcess, wait: float = 10.0) -> int | None:
+    """The exit code of a pool's worker process once it has ended (None: still running after
+    `wait` s). The pool's own thread reaps its workers too: when it wins the race to waitpid,
+    ours fails (ECHILD) and the code reads None until that thread has stored it, microseconds
+    later; so a process that has ended is asked again for up to a second."""
+    from multiprocessing.connection import wait as ready
+
+    proc.join(timeout=wait)
+    deadline, code = time.monotonic() + 1.0, proc.exitcode
+    # its sentinel is ready once it has ended (is_alive would read the same failed waitpid)
+    while code is None and ready([proc.sentinel], 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+        code = proc.exitcode
+    return code
+
+
 class LocalExecutor:
     def __init__(self, workers: int, device: str = "cpu", threads: int | None = None, fn: TaskFn = execute_task):
         check_local_workers(int(workers))
@@ -212,8 +229,8 @@ class LocalExecutor:
         self._note_workers()
         dead = set()
         for pid, proc in self._workers.items():
-            proc.join(timeout=10)
-            if proc.exitcode is not None and proc.exitcode != -signal.SIGTERM:
+            code = _exit_code(proc)
+            if code is not None and code != -signal.SIGTERM:
                 dead.add(pid)
         return dead
 
