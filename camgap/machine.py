@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import os
 
-#: worker processes a command may start per CPU: each decodes or trains on a core of its own, more
-#: only queue for the same cores, and a mistyped count (--workers 100000) would fork until memory runs out
-WORKERS_PER_CPU = 1
-
 
 def cpu_count() -> int:
     """CPUs this process may run on (its affinity mask, else the machine's count)."""
@@ -19,8 +15,10 @@ def cpu_count() -> int:
 
 
 def max_workers() -> int:
-    """The most worker processes a local command starts: `WORKERS_PER_CPU` per CPU."""
-    return WORKERS_PER_CPU * cpu_count()
+    """The most worker processes a local command starts: one per CPU. Each decodes or trains on a
+    core of its own, more only queue for the same cores, and a mistyped count (--workers 100000)
+    would fork until memory runs out."""
+    return cpu_count()
 
 
 def too_many_workers(n: int) -> str | None:

@@ -307,16 +307,16 @@ def score_model(
     kept = _Kept(LocalizationTotals(boxes=o.box_accuracy), table)
     bar = _progress(len(data), o.progress)
     cam = create_cam(o.cam, model, o.target_layer, **(o.cam_kwargs or {}))
-    split = decoding_split(data, o.num_workers, o.batch_size, device)
-    with table or contextlib.nullcontext(), cam as cam_fn, split as split:
-        for batch in iter_batches(data, o.batch_size, device, split[0]):
+    decoding = decoding_split(data, o.num_workers, o.batch_size, device)
+    with table or contextlib.nullcontext(), cam as cam_fn, decoding as (workers, threads):
+        for batch in iter_batches(data, o.batch_size, device, workers):
             if batch[-1]:  # a batch whose every item was skipped has no ids
                 kept.add(_score_batch(cam_fn, batch, o, reference, kept.totals), o)
                 bar.update(len(batch[-1]))
         # inside the `with`: a pass that scored nothing raises here, and no table takes its name
         result = kept.result(o, len(data), cam_fn.target_layer_name)
     bar.close()
-    result.num_workers, result.model_threads = split
+    result.num_workers, result.model_threads = workers, threads
     return result
 
 
@@ -339,10 +339,10 @@ class _Reference:
         """A_G as bool [B,S,S] on the scoring device, and the boxes it was drawn from (None
         for masks: then their connected components are the ground-truth boxes)."""
         images, labels, boxes, box_labels, ids = batch
-        if self.masks is None and self.class_boxes_only and bool((labels == UNLABELED).any()):
-            b = int((labels == UNLABELED).nonzero()[0, 0])
-            raise InputError(f"image {ids[b]}: no known label (-1), so no boxes of its class (class_boxes_only)")
         if self.masks is None:
+            if self.class_boxes_only and bool((labels == UNLABELED).any()):
+                b = int((labels == UNLABELED).nonzero()[0, 0])
+                raise InputError(f"image {ids[b]}: no known label (-1), so no boxes of its class (class_boxes_only)")
             selected = _selected_boxes(boxes, box_labels, labels, self.class_boxes_only)
             return boxes_to_masks(selected, images.shape[-1], self.device), selected
         missing = [i for i in ids if i not in self.row]

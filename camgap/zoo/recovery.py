@@ -123,7 +123,7 @@ def retrain_unsound_finals(reg: ZooDB, out: Path, log, verify: bool = False) -> 
         log(f"WARNING {rid}: {msg}")
     read = {k: n for k, n in tally.items() if k != "by_stat" and n}
     if read:  # a copied or touched set costs a read of every file once: say why this build took long
-        said = ", ".join(f"{n} {'hashed' if k == 'hashed' else 'read back'}" for k, n in read.items())
+        said = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in read.items())
         log(f"{out}: checked the done runs' final.pt: {said} (new or changed on disk since recorded), "
             f"{tally.get('by_stat', 0)} by size, mtime and inode")  # fmt: skip
 
