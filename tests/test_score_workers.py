@@ -236,3 +236,18 @@ def test_no_more_workers_start_than_there_are_batches(data, model, monkeypatch):
     monkeypatch.setattr(machine, "cpu_count", lambda: 8)
     got, _ = _score(model, _dataset(data), 8)  # 12 images in batches of 4: 3 batches, 3 workers
     assert got.num_workers == 3 and got.n_images == N_IMAGES
+
+
+def test_each_batch_of_the_csv_is_on_disk_before_the_next(tmp_path):
+    """A process killed outright (kill -9) runs no cleanup: the rows of every batch written so far
+    must already be in the .partial file, whole."""
+    from camgap.measures.tablefile import TableFile
+
+    frames = [pd.DataFrame({"image_id": [f"{b}{i}" for i in range(3)], "iou@0.1": [0.5, 0.25, 0.125]}) for b in "ab"]
+    table = TableFile(tmp_path / "t.csv")
+    with table:
+        for k, frame in enumerate(frames, 1):
+            table.write(frame)
+            on_disk = pd.read_csv(table.partial)  # read while the file is still open
+            pd.testing.assert_frame_equal(on_disk, pd.concat(frames[:k], ignore_index=True))
+    assert (tmp_path / "t.csv").read_bytes() == pd.concat(frames).to_csv(index=False).encode()

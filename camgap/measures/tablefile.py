@@ -3,8 +3,10 @@
 
 Rows go to ``<name>.partial`` and the file takes its own name when the pass ends, so a file
 under the asked name always holds the whole table; a pass stopped by an error leaves the rows
-it had scored in the .partial file. The CSV is byte for byte what ``DataFrame.to_csv(path,
-index=False)`` of the whole table writes; the Parquet file reads back as the same frame."""
+it had scored in the .partial file (a CSV one also when the process is killed outright: each
+batch is flushed; a Parquet file gets its footer only when closed). The CSV is byte for byte
+what ``DataFrame.to_csv(path, index=False)`` of the whole table writes; the Parquet file reads
+back as the same frame."""
 
 from __future__ import annotations
 
@@ -59,7 +61,10 @@ class TableFile:
             if first:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._handle = open(self.partial, "w", newline="", encoding="utf-8")  # as to_csv opens a path
-            frame.to_csv(self._handle, header=first, index=False)
+            # one write per batch, flushed: a process killed outright (kill -9) leaves whole batches
+            # on disk, at most the last one torn if the kill lands inside that write
+            self._handle.write(frame.to_csv(header=first, index=False))
+            self._handle.flush()
         else:
             self._write_parquet(frame)
 
